@@ -1,0 +1,61 @@
+"""Tiny randomly initialised checkpoints of every model family, built from transformers' own config
+classes (no download). One entry per `config.model_type`; adding a family to the registry means adding
+one line here.
+
+Sizes are the smallest that keep each family's structure: 2 decoder blocks (Gemma 2/3 alternate a
+sliding-window and a global layer, with a window shorter than the test prompts), grouped-query
+attention where the family has it, hidden 64.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+COMMON = {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4,
+          "num_key_value_heads": 2, "max_position_embeddings": 256}
+
+# model_type -> (transformers config class name, config kwargs)
+FAMILY_CONFIGS: dict[str, tuple[str, dict[str, Any]]] = {
+    "llama": ("LlamaConfig", COMMON),
+    "mistral": ("MistralConfig", {**COMMON, "sliding_window": 16}),
+    "qwen2": ("Qwen2Config", COMMON),
+    "qwen3": ("Qwen3Config", {**COMMON, "head_dim": 16}),
+    "gemma": ("GemmaConfig", {**COMMON, "head_dim": 16}),
+    "gemma2": ("Gemma2Config", {**COMMON, "head_dim": 16, "sliding_window": 16}),
+    "gemma3_text": ("Gemma3TextConfig", {**COMMON, "head_dim": 16, "sliding_window": 16,
+                                         "layer_types": ["sliding_attention", "full_attention"]}),
+    "phi3": ("Phi3Config", {**COMMON, "sliding_window": 16}),
+    "opt": ("OPTConfig", {"hidden_size": 64, "ffn_dim": 128, "num_hidden_layers": 2, "num_attention_heads": 4,
+                          "max_position_embeddings": 256, "word_embed_proj_dim": 64}),
+    "gpt_neox": ("GPTNeoXConfig", {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
+                                   "num_attention_heads": 4, "max_position_embeddings": 256}),
+    "gpt2": ("GPT2Config", {"n_embd": 64, "n_layer": 2, "n_head": 4, "n_positions": 256}),
+    "bitnet": ("BitNetConfig", COMMON),
+}
+
+
+def tiny_config(model_type: str, vocab_size: int = 512) -> Any:
+    import transformers
+
+    cls_name, kwargs = FAMILY_CONFIGS[model_type]
+    special = {"bos_token_id": None, "eos_token_id": None, "pad_token_id": None}  # the tokenizer owns them
+    return getattr(transformers, cls_name)(vocab_size=vocab_size, **special, **kwargs)
+
+
+def tiny_model(model_type: str, vocab_size: int = 512, seed: int = 0) -> torch.nn.Module:
+    """A randomly initialised fp32 CausalLM of the family, in eval mode."""
+    from transformers import AutoModelForCausalLM
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = AutoModelForCausalLM.from_config(tiny_config(model_type, vocab_size))
+    return model.float().eval()
+
+
+def save_tiny(model_type: str, out_dir: Path, vocab_size: int = 512, seed: int = 0) -> Path:
+    """Write a tiny checkpoint folder (safetensors + config.json) that `source:` can load."""
+    tiny_model(model_type, vocab_size, seed).save_pretrained(out_dir)
+    return Path(out_dir)
