@@ -17,13 +17,12 @@ current, error-compensated values; the results are identical to the reference wh
 block boundaries (the defaults, 128 and 128), and independent of block_size whenever one of
 group_size, block_size divides the other.
 Blocks are quantized in order, each on the outputs of
-the already-quantized blocks ("sequential"); `true_sequential` additionally orders q/k/v, o,
-gate/up, down inside a block.
+the already-quantized blocks ("sequential"); `true_sequential` additionally quantizes the block's
+linears group by group in the family's order (`families.Family.groups`: q/k/v, o, gate/up, down).
 """
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -31,9 +30,10 @@ import torch
 import torch.nn as nn
 from torch import Tensor
 
-from ptq_bench.quant.absmax import A_BITS, attach_act_quant, report_bits, set_weight
-from ptq_bench.quant.calibrate import SEQUENTIAL_GROUPS, Hessian, layer_linears, run_blockwise
-from ptq_bench.quant.primitives import TERNARY, Grid, minmax_params, quantize_scalar
+from ptq_bench.quant.apply import Solver, hessian_stat, quantize_model
+from ptq_bench.quant.calibrate import Hessian
+from ptq_bench.quant.linears import weight_matrix
+from ptq_bench.quant.primitives import TERNARY, Grid, check_a_bits, minmax_params, quantize_scalar
 from ptq_bench.quant.registry import QuantReport, register
 
 GPTQ_W_BITS = (TERNARY, 2, 3, 4, 8)
@@ -48,7 +48,7 @@ class GPTQConfig:
     act_order: bool = False  # process columns by descending diag(H)
     sym: bool = True  # symmetric min-max grid (zero implicit); False = asymmetric, zeros stored
     static_groups: bool = False  # fit every group's quantizer on the original weights first
-    true_sequential: bool = False  # inside a block: q/k/v, then o, then gate/up, then down
+    true_sequential: bool = False  # inside a block: the family's groups in order (q/k/v, o, gate/up, down)
     a_bits: int = 16  # dynamic per-token activation bits; 16 = not quantized
 
     def __post_init__(self) -> None:
@@ -60,8 +60,7 @@ class GPTQConfig:
             raise ValueError(f"damp must be in [0, 1), got {self.damp}")
         if self.block_size < 1:
             raise ValueError(f"block_size must be >= 1, got {self.block_size}")
-        if self.a_bits not in A_BITS:
-            raise ValueError(f"a_bits must be one of 2..8 or 16 (16 = not quantized), got {self.a_bits}")
+        check_a_bits(self.a_bits)
         if self.w_bits == TERNARY and not self.sym:
             raise ValueError("sym must be True for w_bits 1.58 (the ternary grid is symmetric)")
 
@@ -169,30 +168,18 @@ def gptq_solve(
     return Q.to(weight.dtype), grid, float(losses)
 
 
+def gptq_solver(cfg: GPTQConfig) -> Solver:
+    """One linear: GPTQ of its (out, in) weight against its Hessian."""
+
+    def solve(linear: nn.Module, stat: Hessian) -> tuple[Tensor, Grid, float]:
+        return gptq_solve(weight_matrix(linear), stat.H, cfg.w_bits, cfg.group_size, cfg.damp, cfg.block_size,
+                          cfg.act_order, cfg.sym, cfg.static_groups)
+
+    return solve
+
+
 @register("gptq", GPTQConfig, needs_calibration=True)
 def quantize_gptq(model: nn.Module, cfg: GPTQConfig, calib: Tensor) -> QuantReport:
     """GPTQ every linear of every decoder block, block by block on the quantized model's activations."""
-    t0 = time.perf_counter()
-    done: dict[str, tuple[nn.Linear, Grid]] = {}
-    losses: dict[str, float] = {}
-
-    def on_layer(idx: int, layer: nn.Module, stats: dict[str, Hessian]) -> None:
-        linears = layer_linears(layer)
-        for name, stat in stats.items():
-            lin = linears[name]
-            w_hat, grid, loss = gptq_solve(lin.weight.data, stat.H, cfg.w_bits, cfg.group_size, cfg.damp,
-                                           cfg.block_size, cfg.act_order, cfg.sym, cfg.static_groups)
-            set_weight(lin, w_hat, grid)
-            attach_act_quant(lin, cfg.a_bits, "token")
-            done[f"model.layers.{idx}.{name}"] = (lin, grid)
-            losses[f"model.layers.{idx}.{name}"] = loss
-
-    run_blockwise(model, calib, lambda name, lin: Hessian(lin.in_features, lin.weight.device), on_layer,
-                  groups=SEQUENTIAL_GROUPS if cfg.true_sequential else None)
-    linears = {n: lin for n, (lin, _) in done.items()}
-    return QuantReport(
-        effective_bits=report_bits(linears, [g for _, g in done.values()]),
-        seconds=time.perf_counter() - t0,
-        n_linears=len(done),
-        details={"loss_sum": sum(losses.values())},
-    )
+    return quantize_model(model, gptq_solver(cfg), cfg.a_bits, calib=calib, make_stat=hessian_stat,
+                          true_sequential=cfg.true_sequential)
