@@ -13,9 +13,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
-from ptq_bench.quant.apply import Solver, quantize_model
-from ptq_bench.quant.linears import weight_matrix
-from ptq_bench.quant.primitives import check_a_bits, check_w_bits, check_weight_granularity, fake_quant_weight
+from ptq_bench.quant.apply import quantize_model, rtn_solver
+from ptq_bench.quant.primitives import check_a_bits, check_w_bits, check_weight_granularity
 from ptq_bench.quant.registry import QuantReport, register
 
 
@@ -31,18 +30,6 @@ class AbsmaxConfig:
         check_w_bits(self.w_bits)
         check_weight_granularity(self.w_granularity, self.group_size)
         check_a_bits(self.a_bits, self.a_granularity)
-
-
-def rtn_solver(w_bits: float, granularity: str, group_size: int) -> Solver:
-    """Round-to-nearest of one linear's (out, in) weight on the naive grid; 16 bits = left as is."""
-
-    def solve(linear: nn.Module, stat: object) -> tuple:
-        if w_bits >= 16:
-            return None, None, None
-        w_hat, grid = fake_quant_weight(weight_matrix(linear), w_bits, granularity, group_size)
-        return w_hat, grid, None
-
-    return solve
 
 
 @register("absmax", AbsmaxConfig)

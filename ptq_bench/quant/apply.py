@@ -33,12 +33,24 @@ from ptq_bench.quant.calibrate import (
     run_blockwise,
     stat_inputs,
 )
-from ptq_bench.quant.linears import attach_act_quant, refuse_low_bit, set_weight
-from ptq_bench.quant.primitives import Grid, effective_bits
+from ptq_bench.quant.linears import attach_act_quant, refuse_low_bit, set_weight, weight_matrix
+from ptq_bench.quant.primitives import Grid, effective_bits, fake_quant_weight
 from ptq_bench.quant.registry import QuantReport
 
 # (linear, its statistic or None) -> (w_hat (out, in) or None = leave the weight, grid or None, loss or None)
 Solver = Callable[[nn.Module, Any], tuple[Tensor | None, Grid | None, float | None]]
+
+
+def rtn_solver(w_bits: float, granularity: str, group_size: int) -> Solver:
+    """Round-to-nearest of one linear's (out, in) weight on the naive grid; 16 bits = left as is."""
+
+    def solve(linear: nn.Module, stat: object) -> tuple:
+        if w_bits >= 16:
+            return None, None, None
+        w_hat, grid = fake_quant_weight(weight_matrix(linear), w_bits, granularity, group_size)
+        return w_hat, grid, None
+
+    return solve
 
 
 def hessian_stat(name: str, linear: nn.Module) -> Hessian:

@@ -23,7 +23,6 @@ linears group by group in the family's order (`families.Family.groups`: q/k/v, o
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -32,6 +31,7 @@ from torch import Tensor
 
 from ptq_bench.quant.apply import Solver, hessian_stat, quantize_model
 from ptq_bench.quant.calibrate import Hessian
+from ptq_bench.quant.ldlq import error_feedback, inverse_hessian_factor
 from ptq_bench.quant.linears import weight_matrix
 from ptq_bench.quant.primitives import TERNARY, Grid, check_a_bits, minmax_params, quantize_scalar
 from ptq_bench.quant.registry import QuantReport, register
@@ -63,44 +63,6 @@ class GPTQConfig:
         check_a_bits(self.a_bits)
         if self.w_bits == TERNARY and not self.sym:
             raise ValueError("sym must be True for w_bits 1.58 (the ternary grid is symmetric)")
-
-
-def inverse_hessian_factor(H: Tensor, damp: float) -> Tensor:
-    """Upper Cholesky factor U of (H + damp * mean(diag H) I)^-1; H is modified (damped) in place."""
-    idx = torch.arange(H.shape[0], device=H.device)
-    H[idx, idx] += damp * torch.mean(torch.diag(H))
-    L = torch.linalg.cholesky(H)
-    return torch.linalg.cholesky(torch.cholesky_inverse(L), upper=True)
-
-
-@torch.no_grad()
-def error_feedback(
-    W: Tensor, U: Tensor, quant_col: Callable[[int, Tensor, Tensor], Tensor], block_size: int = 128
-) -> tuple[Tensor, float]:
-    """GPTQ's column loop with lazy block updates (== LDLQ in GPTQ's column order), in place on W.
-
-    W: (rows, cols) float32, modified; U: upper Cholesky factor of H^-1 (cols, cols);
-    quant_col(col, w, W) rounds column `col` (its current value w, (rows,)) onto the grid (W is the
-    whole current matrix, for fitting groups). Returns (Q, sum_i (w_i - q_i)^2 / U_ii^2).
-    """
-    cols = W.shape[1]
-    Q = torch.zeros_like(W)
-    loss = torch.zeros((), device=W.device)
-    for i1 in range(0, cols, block_size):
-        i2 = min(i1 + block_size, cols)
-        W1 = W[:, i1:i2]  # (rows, block) view: in-block updates land in W, so group fits see them
-        Q1, Err1, U1 = torch.zeros_like(W1), torch.zeros_like(W1), U[i1:i2, i1:i2]
-        for i in range(i2 - i1):
-            w, d = W1[:, i], U1[i, i]
-            q = quant_col(i1 + i, w, W)
-            Q1[:, i] = q
-            loss += ((w - q) ** 2).sum() / d**2
-            err = (w - q) / d
-            W1[:, i:] -= err.unsqueeze(1) @ U1[i, i:].unsqueeze(0)
-            Err1[:, i] = err
-        Q[:, i1:i2] = Q1
-        W[:, i2:] -= Err1 @ U[i1:i2, i2:]  # lazy update of everything right of the block
-    return Q, float(loss)
 
 
 @torch.no_grad()
@@ -159,13 +121,15 @@ def gptq_solve(
         grid_perm = perm  # groups were formed in act-order
     if perm is not None:
         Q = Q[:, torch.argsort(perm)]
-    maxq = fits[0][2]
-    grid = Grid(
-        scale=torch.stack([f[0] for f in fits], dim=1),
-        zero=torch.stack([f[1] for f in fits], dim=1),
-        maxq=maxq, group_size=gs, bits=float(bits), zero_bits=0.0 if sym else float(bits), perm=grid_perm,
-    )
-    return Q.to(weight.dtype), grid, float(losses)
+    return Q.to(weight.dtype), _grid(fits, gs, bits, sym, grid_perm), float(losses)
+
+
+def _grid(fits: list[tuple[Tensor, Tensor, int]], group_size: int, bits: float, sym: bool,
+          perm: Tensor | None) -> Grid:
+    """The Grid of per-group (scale (rows,), zero (rows,), maxq) fits, in processing order."""
+    return Grid(scale=torch.stack([f[0] for f in fits], dim=1), zero=torch.stack([f[1] for f in fits], dim=1),
+                maxq=fits[0][2], group_size=group_size, bits=float(bits), zero_bits=0.0 if sym else float(bits),
+                perm=perm)
 
 
 def gptq_solver(cfg: GPTQConfig) -> Solver:
@@ -183,3 +147,6 @@ def quantize_gptq(model: nn.Module, cfg: GPTQConfig, calib: Tensor) -> QuantRepo
     """GPTQ every linear of every decoder block, block by block on the quantized model's activations."""
     return quantize_model(model, gptq_solver(cfg), cfg.a_bits, calib=calib, make_stat=hessian_stat,
                           true_sequential=cfg.true_sequential)
+
+
+__all__ = ["GPTQConfig", "error_feedback", "gptq_solve", "gptq_solver", "inverse_hessian_factor", "quantize_gptq"]

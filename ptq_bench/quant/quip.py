@@ -10,7 +10,7 @@ Per linear W (m, n) with Hessian H (n, n), as the reference `preproc` -> `ldlq` 
 4. grid (the reference's qfn='b'): one per-tensor scale s = 2.4 RMS(W); 2^b levels evenly spaced on
    [-s, s]; W is clamped to [-s, s] before rounding (the clamp error is not fed back, as in `bal.py`);
 5. LDLQ: rounding with linear feedback from the LDL factor of H, computed in GPTQ's form (the
-   reference's `ldl_gptqequiv`): the same loop as `gptq.error_feedback` on a fixed grid;
+   reference's `ldl_gptqequiv`): the same loop as `ldlq.error_feedback` on a fixed grid;
 6. undo: W_hat = U^T Q V diag(c)^-1 is stored (fake quantization; the grid lives in the rotated basis,
    `Grid.transform` maps a stored weight back there).
 
@@ -38,7 +38,7 @@ from torch import Tensor
 
 from ptq_bench.quant.apply import Solver, hessian_stat, quantize_model
 from ptq_bench.quant.calibrate import Hessian
-from ptq_bench.quant.gptq import error_feedback, inverse_hessian_factor
+from ptq_bench.quant.ldlq import error_feedback, inverse_hessian_factor
 from ptq_bench.quant.linears import weight_matrix
 from ptq_bench.quant.primitives import SCALE_BITS, Grid, check_a_bits, quantize_scalar
 from ptq_bench.quant.registry import QuantReport, register

@@ -29,8 +29,7 @@ import torch.nn as nn
 
 from ptq_bench.errors import QuantError
 from ptq_bench.families import Smooth
-from ptq_bench.quant.absmax import rtn_solver
-from ptq_bench.quant.apply import quantize_model
+from ptq_bench.quant.apply import quantize_model, rtn_solver
 from ptq_bench.quant.calibrate import ChannelAbsMax, model_family, stat_inputs
 from ptq_bench.quant.linears import weight_matrix
 from ptq_bench.quant.primitives import W_BITS, check_a_bits, check_w_bits, check_weight_granularity
