@@ -80,6 +80,7 @@ def refuse_low_bit(model: nn.Module, family: Family, model_type: str) -> None:
     qcfg = getattr(getattr(model, "config", None), "quantization_config", None)
     if family.low_bit or qcfg is not None:
         method = qcfg.get("quant_method") if isinstance(qcfg, dict) else getattr(qcfg, "quant_method", None)
+        method = getattr(method, "value", method)  # transformers keeps an enum
         what = f"quant_method '{method}'" if qcfg is not None else f"family '{model_type}'"
         raise QuantError(f"PTQ refused: the checkpoint is already low-bit ({what}); its layers re-quantize "
                          "weights and activations on every call")
