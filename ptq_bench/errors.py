@@ -11,3 +11,8 @@ class RecipeError(PtqBenchError):
 
 class DataError(PtqBenchError):
     """A missing or malformed data folder or file."""
+
+
+class QuantError(PtqBenchError):
+    """A quantization step that cannot do what its row would claim (nothing quantized, an unresolvable
+    smoothing pair, a model whose linears are already low-bit)."""

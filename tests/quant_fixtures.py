@@ -8,7 +8,7 @@ import torch
 import torch.nn as nn
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from ptq_bench.quant.calibrate import decoder_layers, quantizable_linears
+from ptq_bench.quant.calibrate import decoder_layers, model_family, quantizable_linears
 
 VOCAB, HIDDEN, LAYERS = 256, 64, 2
 
@@ -34,11 +34,12 @@ def calib_tokens(n: int = 8, seqlen: int = 32, seed: int = 1) -> torch.Tensor:
 
 
 def add_outlier_channels(model: nn.Module, channels: tuple[int, ...] = (3, 17, 40), factor: float = 50.0) -> None:
-    """Scale a few input_layernorm weight channels: activation outliers as in real LLMs."""
+    """Scale a few weight channels of every smoothing norm (families registry): activation outliers as in
+    real LLMs."""
     with torch.no_grad():
         for layer in decoder_layers(model):
-            layer.input_layernorm.weight[list(channels)] *= factor
-            layer.post_attention_layernorm.weight[list(channels)] *= factor
+            for pair in model_family(model).smooth:
+                layer.get_submodule(pair.norm).weight[list(channels)] *= factor
 
 
 def add_weight_outliers(model: nn.Module, frac: float = 0.01, factor: float = 20.0, seed: int = 3) -> None:

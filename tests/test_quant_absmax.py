@@ -6,8 +6,9 @@ import pytest
 import torch
 from quant_fixtures import calib_tokens, logits, quantized_copy, relative_error, tiny_llama
 
-from ptq_bench.quant.absmax import AbsmaxConfig, ActQuant
+from ptq_bench.quant.absmax import AbsmaxConfig
 from ptq_bench.quant.calibrate import quantizable_linears
+from ptq_bench.quant.linears import ActQuant
 from ptq_bench.quant.primitives import (
     fake_quant_act,
     fake_quant_weight,

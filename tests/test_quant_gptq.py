@@ -8,7 +8,7 @@ import pytest
 import torch
 from quant_fixtures import calib_tokens, linear_errors, quantized_copy, tiny_llama
 
-from ptq_bench.quant.calibrate import Hessian, capture_inputs, decoder_layers, quantizable_linears
+from ptq_bench.quant.calibrate import Hessian, capture_inputs, decoder_layers, quantizable_linears, run_layer
 from ptq_bench.quant.gptq import GPTQConfig, gptq_solve
 from ptq_bench.quant.primitives import minmax_params, on_grid, quantize_scalar
 
@@ -90,9 +90,7 @@ def test_solver_beats_rtn_on_real_hessians(model, calib, bits, opts):
     stats = {}
     hooks = [m.register_forward_pre_hook(lambda mod, a, n=n: stats.setdefault(n, Hessian(a[0].shape[-1])).add(a[0]))
              for n, m in layer.named_modules() if isinstance(m, torch.nn.Linear)]
-    with torch.no_grad():
-        for h, kw in zip(inputs.hidden, inputs.kwargs):
-            layer(h, **kw)
+    run_layer(layer, inputs.hidden, inputs.calls[0])
     for h in hooks:
         h.remove()
     gs = opts.get("group_size", -1)

@@ -13,6 +13,7 @@ from quant_fixtures import (
     tiny_llama,
 )
 
+from ptq_bench.errors import QuantError
 from ptq_bench.quant.calibrate import decoder_layers
 from ptq_bench.quant.smoothquant import SmoothQuantConfig, smooth, smoothing_scales
 
@@ -32,12 +33,13 @@ def calib():
 def test_smoothing_alone_keeps_float_outputs(outlier_model, calib):
     tokens = calib_tokens(4, 64, seed=9)
     q, rep = quantized_copy(outlier_model, "smoothquant", calib, w_bits=16, a_bits=16)
-    assert rep.details["smoothed_norms"] == 4 and rep.details["skipped"] == []
+    assert rep.details["smoothed_norms"] == 4
     for a, b in zip(decoder_layers(outlier_model), decoder_layers(q)):  # smoothing did happen
         assert not torch.allclose(a.input_layernorm.weight, b.input_layernorm.weight)
         assert not torch.allclose(a.mlp.up_proj.weight, b.mlp.up_proj.weight)
     ref, out = logits(outlier_model, tokens), logits(q, tokens)
-    assert (ref - out).abs().max() < 1e-4 * ref.abs().max()
+    # measured max|diff| / max|ref| 1.15e-4 (fp32 rounding of the x50 outlier scales; 0.0 in float64)
+    assert (ref - out).abs().max() < 3e-4 * ref.abs().max()
 
 
 def test_alpha_half_balances_maxima():
@@ -66,14 +68,12 @@ def test_smoothquant_beats_absmax_on_outliers(outlier_model, calib, w_bits, a_bi
     assert rep.effective_bits == pytest.approx(ra.effective_bits)  # same storage, better placement
 
 
-def test_non_plain_linear_targets_are_skipped(calib):
-    class Sub(torch.nn.Linear):
-        pass
-
+def test_unresolvable_pair_is_an_error(calib):
+    """A norm the family names that has no weight to fold into: an error, not a silently skipped pair."""
     m = tiny_llama()
-    decoder_layers(m)[0].self_attn.q_proj.__class__ = Sub
-    _, rep = quantized_copy(m, "smoothquant", calib, w_bits=16, a_bits=16)
-    assert rep.details["skipped"] == ["model.layers.0.input_layernorm"] and rep.details["smoothed_norms"] == 3
+    decoder_layers(m)[1].post_attention_layernorm = torch.nn.Identity()
+    with pytest.raises(QuantError, match="cannot resolve smoothing pair post_attention_layernorm"):
+        quantized_copy(m, "smoothquant", calib, w_bits=16, a_bits=16)
 
 
 @pytest.mark.parametrize("kw, field", [

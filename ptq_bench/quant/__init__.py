@@ -12,7 +12,7 @@ def load_all() -> None:
 
     import ptq_bench.quant as pkg
 
-    skip = {"registry", "primitives", "calibrate"}
+    skip = {"registry", "primitives", "calibrate", "linears", "apply", "ldlq"}
     for info in pkgutil.iter_modules(pkg.__path__):
         if info.name not in skip and not info.name.startswith("_"):
             importlib.import_module(f"ptq_bench.quant.{info.name}")

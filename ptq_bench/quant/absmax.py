@@ -3,44 +3,19 @@
 Weights: symmetric absmax per output channel, per group of input columns, or per tensor; 1 bit =
 sign x mean|w|, 1.58 bits = ternary absmean (see `primitives`). Activations: dynamic absmax per token
 or per tensor, applied by a forward pre-hook on each quantized linear (SmoothQuant `W8A8Linear` style).
+No calibration: the family's linears are walked directly (`apply.quantize_model`).
 """
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
 
-from ptq_bench.quant.calibrate import quantizable_linears
-from ptq_bench.quant.primitives import (
-    ACT_GRANULARITIES,
-    TERNARY,
-    WEIGHT_GRANULARITIES,
-    Grid,
-    effective_bits,
-    fake_quant_act,
-    fake_quant_weight,
-    on_grid,
-)
+from ptq_bench.quant.apply import quantize_model, rtn_solver
+from ptq_bench.quant.primitives import check_a_bits, check_w_bits, check_weight_granularity
 from ptq_bench.quant.registry import QuantReport, register
-
-W_BITS = (1, TERNARY, 2, 3, 4, 5, 6, 7, 8, 16)
-A_BITS = (2, 3, 4, 5, 6, 7, 8, 16)
-GRID_ATTR = "ptq_grid"  # attribute on a quantized linear holding its primitives.Grid
-
-
-def check_w_bits(w_bits: float, allowed: tuple = W_BITS) -> None:
-    if w_bits not in allowed:
-        raise ValueError(f"w_bits must be one of {', '.join(str(b) for b in allowed)}, got {w_bits}")
-
-
-def check_a_bits(a_bits: int, a_granularity: str) -> None:
-    if a_bits not in A_BITS:
-        raise ValueError(f"a_bits must be one of 2..8 or 16 (16 = not quantized), got {a_bits}")
-    if a_granularity not in ACT_GRANULARITIES:
-        raise ValueError(f"a_granularity must be one of {ACT_GRANULARITIES}, got {a_granularity!r}")
 
 
 @dataclass(frozen=True)
@@ -53,83 +28,12 @@ class AbsmaxConfig:
 
     def __post_init__(self) -> None:
         check_w_bits(self.w_bits)
-        if self.w_granularity not in WEIGHT_GRANULARITIES:
-            raise ValueError(f"w_granularity must be one of {WEIGHT_GRANULARITIES}, got {self.w_granularity!r}")
-        if self.group_size < 1:
-            raise ValueError(f"group_size must be >= 1, got {self.group_size}")
+        check_weight_granularity(self.w_granularity, self.group_size)
         check_a_bits(self.a_bits, self.a_granularity)
-
-
-class ActQuant:
-    """Forward pre-hook: fake-quantize the first positional input of a linear (dynamic absmax)."""
-
-    def __init__(self, bits: int, granularity: str) -> None:
-        self.bits, self.granularity = bits, granularity
-
-    def __call__(self, module: nn.Module, args: tuple) -> tuple:
-        return (fake_quant_act(args[0], self.bits, self.granularity), *args[1:])
-
-    def __repr__(self) -> str:
-        return f"ActQuant(bits={self.bits}, granularity={self.granularity!r})"
-
-
-def attach_act_quant(linear: nn.Linear, bits: int, granularity: str) -> None:
-    """Install (once) activation fake quantization on a linear's input; bits 16 = nothing."""
-    if bits >= 16:
-        return
-    if any(isinstance(h, ActQuant) for h in linear._forward_pre_hooks.values()):
-        raise ValueError("activation quantization already attached to this linear")
-    linear.register_forward_pre_hook(ActQuant(bits, granularity))
-
-
-@torch.no_grad()
-def set_weight(linear: nn.Linear, w_hat: torch.Tensor, grid: Grid | None) -> None:
-    """Replace a linear's weight by its dequantized value (dtype preserved) and record the grid."""
-    linear.weight.data.copy_(w_hat.to(linear.weight.dtype))
-    setattr(linear, GRID_ATTR, grid)
-
-
-@torch.no_grad()
-def quantize_linear_rtn(linear: nn.Linear, w_bits: float, granularity: str, group_size: int) -> Grid | None:
-    """Round-to-nearest of one linear's weight in place; returns its grid (None for 16 bits)."""
-    if w_bits >= 16:
-        return None
-    w_hat, grid = fake_quant_weight(linear.weight.data, w_bits, granularity, group_size)
-    set_weight(linear, w_hat, grid)
-    return grid
-
-
-def weight_on_grid(linear: nn.Linear, tol: float = 1e-2) -> bool:
-    """True iff a quantized linear's weight lies on the grid its method recorded (see primitives.on_grid)."""
-    grid = getattr(linear, GRID_ATTR, None)
-    if grid is None:
-        raise ValueError("this linear has no recorded grid (not quantized, or 16-bit)")
-    return on_grid(linear.weight.data, grid, tol)
-
-
-def report_bits(linears: dict[str, nn.Linear], grids: list[Grid | None]) -> float:
-    """Effective stored bits per weight over `linears` (16 for unquantized ones)."""
-    sizes = [m.weight.numel() for m in linears.values()]
-    if all(g is None for g in grids):
-        return 16.0
-    total = sum(16.0 * n if g is None else g.storage_bits(n) for g, n in zip(grids, sizes))
-    return total / max(sum(sizes), 1)
 
 
 @register("absmax", AbsmaxConfig)
 def quantize_absmax(model: nn.Module, cfg: AbsmaxConfig, calib: torch.Tensor | None = None) -> QuantReport:
     """Absmax RTN of every linear in the decoder blocks; optional dynamic activation quantization."""
-    t0 = time.perf_counter()
-    linears = quantizable_linears(model)
-    grids = [quantize_linear_rtn(m, cfg.w_bits, cfg.w_granularity, cfg.group_size) for m in linears.values()]
-    for m in linears.values():
-        attach_act_quant(m, cfg.a_bits, cfg.a_granularity)
-    return QuantReport(
-        effective_bits=report_bits(linears, grids),
-        seconds=time.perf_counter() - t0,
-        n_linears=len(linears),
-    )
-
-
-__all__ = ["AbsmaxConfig", "ActQuant", "GRID_ATTR", "attach_act_quant", "quantize_absmax", "quantize_linear_rtn",
-           "quantizable_linears", "report_bits", "effective_bits", "weight_on_grid"]
+    solve = rtn_solver(cfg.w_bits, cfg.w_granularity, cfg.group_size)
+    return quantize_model(model, solve, cfg.a_bits, cfg.a_granularity)

@@ -1,56 +1,76 @@
 """Which linears a method touches, and the one block-by-block calibration runner.
 
-Architecture knowledge is data: a decoder is `model.model.layers` (LLaMA layout in transformers),
-the quantized linears are every nn.Linear inside those layers (BitLinear included); embeddings and
-lm_head stay untouched. SMOOTH_MAPPINGS says which norm feeds which linears.
+Architecture knowledge comes from `ptq_bench.families` only, keyed by `model.config.model_type`: where
+the decoder blocks are, the block's linears (in sequential groups) and its norm -> linears pairs. A block
+whose linears differ from what the registry names is an error, so a count of quantized linears is always
+the registry's count. Embeddings, the final norm and the LM head stay untouched.
+
+The runner captures, in one real forward pass, the call every block gets (attention mask, position
+embeddings, position ids, ... : Gemma 2/3, Mistral and Qwen2 give sliding-window layers another mask
+than global layers, Gemma 3 gives them other rotary embeddings), and replays block i with block i's own
+call. Only block 0's hidden states are stored; each next block's inputs are the previous block's outputs.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 import torch.nn as nn
 
-# (norm inside a decoder layer, linears it feeds) — LLaMA block; the reference `smooth.py` set.
-SMOOTH_MAPPINGS: list[tuple[str, list[str]]] = [
-    ("input_layernorm", ["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"]),
-    ("post_attention_layernorm", ["mlp.gate_proj", "mlp.up_proj"]),
-]
+from ptq_bench.errors import QuantError
+from ptq_bench.families import Family, family_of_config
+from ptq_bench.quant.linears import is_conv1d, is_linear, weight_matrix
 
-# GPTQ `--true-sequential` order inside a LLaMA block: each group is quantized on inputs produced by
-# the already-quantized groups before it.
-SEQUENTIAL_GROUPS: list[list[str]] = [
-    ["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"],
-    ["self_attn.o_proj"],
-    ["mlp.gate_proj", "mlp.up_proj"],
-    ["mlp.down_proj"],
-]
+
+def model_family(model: nn.Module) -> Family:
+    """The registered family of a transformers model (RecipeError naming an unsupported one)."""
+    config = getattr(model, "config", None)
+    if config is None:
+        raise QuantError(f"{type(model).__name__}: no transformers config, so no known model family")
+    return family_of_config(config)
 
 
 def decoder_layers(model: nn.Module) -> nn.ModuleList:
-    """The decoder blocks: `model.model.layers` (LlamaForCausalLM and alikes)."""
-    inner = getattr(model, "model", None)
-    layers = getattr(inner, "layers", None)
+    """The decoder blocks, at the path the model's family names (`model.layers`, `transformer.h`, ...)."""
+    path = model_family(model).blocks
+    try:
+        layers = model.get_submodule(path)
+    except AttributeError:
+        layers = None
     if not isinstance(layers, nn.ModuleList):
-        raise ValueError(f"{type(model).__name__}: expected decoder blocks at model.model.layers")
+        raise QuantError(f"{type(model).__name__}: expected decoder blocks at {path} (family registry)")
     return layers
 
 
-def layer_linears(layer: nn.Module) -> dict[str, nn.Linear]:
-    """Every nn.Linear (subclasses included) inside one block, by name relative to the block."""
-    return {name: m for name, m in layer.named_modules() if isinstance(m, nn.Linear)}
+def block_linears(layer: nn.Module, family: Family) -> dict[str, nn.Module]:
+    """The block's linears the family names, in sequential order; any mismatch with the block is an error."""
+    out: dict[str, nn.Module] = {}
+    for name in family.linears:
+        try:
+            module = layer.get_submodule(name)
+        except AttributeError:
+            raise QuantError(f"{type(layer).__name__}: no linear '{name}' (family registry)") from None
+        if not is_linear(module) or is_conv1d(module) != family.conv1d:
+            want = "Conv1D" if family.conv1d else "nn.Linear"
+            raise QuantError(f"{type(layer).__name__}.{name}: expected {want}, found {type(module).__name__}")
+        out[name] = module
+    extra = sorted(n for n, m in layer.named_modules() if is_linear(m) and n not in out)
+    if extra:
+        raise QuantError(f"{type(layer).__name__}: linears the family registry does not name: {', '.join(extra)}")
+    return out
 
 
-def quantizable_linears(model: nn.Module) -> dict[str, nn.Linear]:
-    """Every nn.Linear inside model.model.layers, by full name (`model.layers.0.self_attn.q_proj`)."""
-    out: dict[str, nn.Linear] = {}
+def quantizable_linears(model: nn.Module) -> dict[str, nn.Module]:
+    """Every block linear by full name, `<family.blocks>.<block index>.<linear>` (`transformer.h.0.attn.c_attn`)."""
+    family = model_family(model)
+    out: dict[str, nn.Module] = {}
     for i, layer in enumerate(decoder_layers(model)):
-        for name, m in layer_linears(layer).items():
-            out[f"model.layers.{i}.{name}"] = m
+        for name, m in block_linears(layer, family).items():
+            out[f"{family.blocks}.{i}.{name}"] = m
     return out
 
 
@@ -93,59 +113,92 @@ class ChannelAbsMax:
 
 
 class _Caught(Exception):
-    """Raised by the catcher hook to stop the forward pass once layer 0's inputs are stored."""
+    """Raised by the last block's pre-hook: every block's call is recorded, the rest is not needed."""
 
 
 @dataclass
-class LayerInputs:
-    """What a decoder block is called with, one entry per calibration batch."""
+class Call:
+    """One block call minus its hidden states: positional extras (GPT-2 passes the mask positionally)."""
+
+    args: tuple
+    kwargs: dict[str, Any]
+
+
+@dataclass
+class BlockInputs:
+    """Block 0's hidden states per calibration batch, and every block's own call per batch."""
 
     hidden: list[torch.Tensor]  # (batch, seqlen, hidden) each
-    kwargs: list[dict[str, Any]]  # attention_mask, position_embeddings (cos, sin), position_ids, ...
+    calls: list[list[Call]] = field(default_factory=list)  # [block][batch]
 
 
 @torch.no_grad()
-def capture_inputs(model: nn.Module, calib: torch.Tensor, batch_size: int = 8) -> LayerInputs:
-    """Run the model on `calib` (n, seqlen) token ids up to layer 0 and keep that layer's call.
+def capture_inputs(model: nn.Module, calib: torch.Tensor, batch_size: int = 8) -> BlockInputs:
+    """Run the model on `calib` (n, seqlen) token ids once, recording each block's call arguments.
 
-    Whatever the model passes to its blocks (in transformers 5 LLaMA: the causal mask, the rotary
-    (cos, sin) pair, position ids, cache flags) is kept as keyword arguments, so no architecture code
-    is repeated here.
+    Pre-hooks on every block record its keyword (and extra positional) arguments as the model's own
+    forward builds them; block 0's also records the hidden states. The last block's hook stops the pass.
     """
-    first = decoder_layers(model)[0]
-    got = LayerInputs([], [])
+    layers = decoder_layers(model)
+    got = BlockInputs([], [[] for _ in layers])
 
-    def catch(module: nn.Module, args: tuple, kwargs: dict) -> None:
-        kwargs = dict(kwargs)
-        hidden = args[0] if args else kwargs.pop("hidden_states")
-        got.hidden.append(hidden.detach())
-        got.kwargs.append(kwargs)
-        raise _Caught
+    def recorder(idx: int) -> Callable:
+        def record(module: nn.Module, args: tuple, kwargs: dict) -> None:
+            kwargs = dict(kwargs)
+            hidden = args[0] if args else kwargs.pop("hidden_states")
+            if idx == 0:
+                got.hidden.append(hidden.detach())
+            got.calls[idx].append(Call(tuple(args[1:]), kwargs))
+            if idx == len(layers) - 1:
+                raise _Caught
+        return record
 
-    handle = first.register_forward_pre_hook(catch, with_kwargs=True)
+    handles = [layer.register_forward_pre_hook(recorder(i), with_kwargs=True) for i, layer in enumerate(layers)]
     try:
         for batch in calib.split(batch_size):
             try:
                 model(batch.to(_device_of(model)), use_cache=False)
             except _Caught:
-                pass
+                continue
+            raise QuantError(f"{type(model).__name__}: the forward pass never reached its last decoder block")
     finally:
-        handle.remove()
+        for h in handles:
+            h.remove()
     return got
 
 
 @torch.no_grad()
-def run_layer(layer: nn.Module, inputs: LayerInputs) -> list[torch.Tensor]:
-    """The block's outputs for every stored batch (a tuple output's first element)."""
+def run_layer(layer: nn.Module, hidden: list[torch.Tensor], calls: list[Call]) -> list[torch.Tensor]:
+    """The block's outputs for every stored batch, each called with its own arguments."""
     outs = []
-    for hidden, kwargs in zip(inputs.hidden, inputs.kwargs):
-        out = layer(hidden, **kwargs)
+    for h, call in zip(hidden, calls, strict=True):
+        out = layer(h, *call.args, **call.kwargs)
         outs.append(out[0] if isinstance(out, tuple) else out)
     return outs
 
 
-StatFactory = Callable[[str, nn.Linear], Any]  # (name in block, linear) -> object with .add(x), or None
-LayerCallback = Callable[[int, nn.Module, dict[str, Any]], None]  # (block index, block, stats by name)
+StatFactory = Callable[[str, nn.Module], Any]  # (name in block, linear) -> object with .add(x), or None
+GroupCallback = Callable[[int, nn.Module, dict[str, nn.Module], dict[str, Any]], None]
+# (block index, block, the group's linears by name, statistics by name)
+
+
+def _collect(layer: nn.Module, hidden: list[torch.Tensor], calls: list[Call], linears: dict[str, nn.Module],
+             make_stat: StatFactory) -> tuple[dict[str, Any], list[torch.Tensor]]:
+    """Run the block once with statistic hooks on `linears`; (statistics by name, block outputs)."""
+    stats = {n: make_stat(n, m) for n, m in linears.items()}
+    stats = {n: s for n, s in stats.items() if s is not None}
+    hooks = [linears[n].register_forward_hook(lambda m, a, o, s=s: s.add(a[0])) for n, s in stats.items()]
+    try:
+        outs = run_layer(layer, hidden, calls)
+    finally:
+        for h in hooks:
+            h.remove()
+    return stats, outs
+
+
+def stat_inputs(linear: nn.Module) -> int:
+    """Input features of a linear or Conv1D (the size of its statistics)."""
+    return weight_matrix(linear).shape[1]
 
 
 @torch.no_grad()
@@ -153,37 +206,30 @@ def run_blockwise(
     model: nn.Module,
     calib: torch.Tensor,
     make_stat: StatFactory,
-    quantize_layer: LayerCallback,
-    groups: list[list[str]] | None = None,
+    on_group: GroupCallback,
+    true_sequential: bool = False,
     sequential: bool = True,
     batch_size: int = 8,
 ) -> int:
     """Feed calibration data through the decoder block by block; returns the number of blocks.
 
-    For each block: hook the input of every linear of a group (default: one group = all linears) to
-    accumulate its statistic (`make_stat(name, linear)`, None = no statistic), run the block, hand the
-    statistics to `quantize_layer(index, block, stats)`; next group. Then the next block's inputs are
-    this block's outputs: re-computed with the quantized weights if `sequential` (the GPTQ reference),
-    or the float outputs of the first pass otherwise (SmoothQuant collects on the float model).
+    For each block and each group of its linears (the family's sequential groups if `true_sequential`,
+    else one group of all): hook the inputs of the group's linears to accumulate `make_stat(name, linear)`
+    (None = no statistic), run the block, hand the group to `on_group`. Then the next block's inputs are
+    this block's outputs: re-computed with the quantized weights if `sequential` (the GPTQ reference), or
+    the float outputs of the first pass otherwise (SmoothQuant collects on the float model).
     """
+    family = model_family(model)
     inputs = capture_inputs(model, calib, batch_size)
     layers = decoder_layers(model)
+    plan = family.groups if true_sequential else (family.linears,)
     for idx, layer in enumerate(layers):
-        linears = layer_linears(layer)
-        plan = [[n for n in g if n in linears] for g in (groups or [])]
-        rest = [n for n in linears if not any(n in g for g in plan)]
-        plan = [g for g in plan + [rest] if g]
+        linears, calls = block_linears(layer, family), inputs.calls[idx]
         float_out = None
         for names in plan:
-            stats = {n: make_stat(n, linears[n]) for n in names}
-            stats = {n: s for n, s in stats.items() if s is not None}
-            hooks = [linears[n].register_forward_hook(lambda m, a, o, s=s: s.add(a[0])) for n, s in stats.items()]
-            try:
-                outs = run_layer(layer, inputs)
-            finally:
-                for h in hooks:
-                    h.remove()
+            group = {n: linears[n] for n in names}
+            stats, outs = _collect(layer, inputs.hidden, calls, group, make_stat)
             float_out = outs if float_out is None else float_out
-            quantize_layer(idx, layer, stats)
-        inputs.hidden = run_layer(layer, inputs) if sequential or float_out is None else float_out
+            on_group(idx, layer, group, stats)
+        inputs.hidden = run_layer(layer, inputs.hidden, calls) if sequential else float_out
     return len(layers)

@@ -17,23 +17,23 @@ current, error-compensated values; the results are identical to the reference wh
 block boundaries (the defaults, 128 and 128), and independent of block_size whenever one of
 group_size, block_size divides the other.
 Blocks are quantized in order, each on the outputs of
-the already-quantized blocks ("sequential"); `true_sequential` additionally orders q/k/v, o,
-gate/up, down inside a block.
+the already-quantized blocks ("sequential"); `true_sequential` additionally quantizes the block's
+linears group by group in the family's order (`families.Family.groups`: q/k/v, o, gate/up, down).
 """
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
 from torch import Tensor
 
-from ptq_bench.quant.absmax import A_BITS, attach_act_quant, report_bits, set_weight
-from ptq_bench.quant.calibrate import SEQUENTIAL_GROUPS, Hessian, layer_linears, run_blockwise
-from ptq_bench.quant.primitives import TERNARY, Grid, minmax_params, quantize_scalar
+from ptq_bench.quant.apply import Solver, hessian_stat, quantize_model
+from ptq_bench.quant.calibrate import Hessian
+from ptq_bench.quant.ldlq import error_feedback, inverse_hessian_factor
+from ptq_bench.quant.linears import weight_matrix
+from ptq_bench.quant.primitives import TERNARY, Grid, check_a_bits, minmax_params, quantize_scalar
 from ptq_bench.quant.registry import QuantReport, register
 
 GPTQ_W_BITS = (TERNARY, 2, 3, 4, 8)
@@ -48,7 +48,7 @@ class GPTQConfig:
     act_order: bool = False  # process columns by descending diag(H)
     sym: bool = True  # symmetric min-max grid (zero implicit); False = asymmetric, zeros stored
     static_groups: bool = False  # fit every group's quantizer on the original weights first
-    true_sequential: bool = False  # inside a block: q/k/v, then o, then gate/up, then down
+    true_sequential: bool = False  # inside a block: the family's groups in order (q/k/v, o, gate/up, down)
     a_bits: int = 16  # dynamic per-token activation bits; 16 = not quantized
 
     def __post_init__(self) -> None:
@@ -60,48 +60,9 @@ class GPTQConfig:
             raise ValueError(f"damp must be in [0, 1), got {self.damp}")
         if self.block_size < 1:
             raise ValueError(f"block_size must be >= 1, got {self.block_size}")
-        if self.a_bits not in A_BITS:
-            raise ValueError(f"a_bits must be one of 2..8 or 16 (16 = not quantized), got {self.a_bits}")
+        check_a_bits(self.a_bits)
         if self.w_bits == TERNARY and not self.sym:
             raise ValueError("sym must be True for w_bits 1.58 (the ternary grid is symmetric)")
-
-
-def inverse_hessian_factor(H: Tensor, damp: float) -> Tensor:
-    """Upper Cholesky factor U of (H + damp * mean(diag H) I)^-1; H is modified (damped) in place."""
-    idx = torch.arange(H.shape[0], device=H.device)
-    H[idx, idx] += damp * torch.mean(torch.diag(H))
-    L = torch.linalg.cholesky(H)
-    return torch.linalg.cholesky(torch.cholesky_inverse(L), upper=True)
-
-
-@torch.no_grad()
-def error_feedback(
-    W: Tensor, U: Tensor, quant_col: Callable[[int, Tensor, Tensor], Tensor], block_size: int = 128
-) -> tuple[Tensor, float]:
-    """GPTQ's column loop with lazy block updates (== LDLQ in GPTQ's column order), in place on W.
-
-    W: (rows, cols) float32, modified; U: upper Cholesky factor of H^-1 (cols, cols);
-    quant_col(col, w, W) rounds column `col` (its current value w, (rows,)) onto the grid (W is the
-    whole current matrix, for fitting groups). Returns (Q, sum_i (w_i - q_i)^2 / U_ii^2).
-    """
-    cols = W.shape[1]
-    Q = torch.zeros_like(W)
-    loss = torch.zeros((), device=W.device)
-    for i1 in range(0, cols, block_size):
-        i2 = min(i1 + block_size, cols)
-        W1 = W[:, i1:i2]  # (rows, block) view: in-block updates land in W, so group fits see them
-        Q1, Err1, U1 = torch.zeros_like(W1), torch.zeros_like(W1), U[i1:i2, i1:i2]
-        for i in range(i2 - i1):
-            w, d = W1[:, i], U1[i, i]
-            q = quant_col(i1 + i, w, W)
-            Q1[:, i] = q
-            loss += ((w - q) ** 2).sum() / d**2
-            err = (w - q) / d
-            W1[:, i:] -= err.unsqueeze(1) @ U1[i, i:].unsqueeze(0)
-            Err1[:, i] = err
-        Q[:, i1:i2] = Q1
-        W[:, i2:] -= Err1 @ U[i1:i2, i2:]  # lazy update of everything right of the block
-    return Q, float(loss)
 
 
 @torch.no_grad()
@@ -160,39 +121,32 @@ def gptq_solve(
         grid_perm = perm  # groups were formed in act-order
     if perm is not None:
         Q = Q[:, torch.argsort(perm)]
-    maxq = fits[0][2]
-    grid = Grid(
-        scale=torch.stack([f[0] for f in fits], dim=1),
-        zero=torch.stack([f[1] for f in fits], dim=1),
-        maxq=maxq, group_size=gs, bits=float(bits), zero_bits=0.0 if sym else float(bits), perm=grid_perm,
-    )
-    return Q.to(weight.dtype), grid, float(losses)
+    return Q.to(weight.dtype), _grid(fits, gs, bits, sym, grid_perm), float(losses)
+
+
+def _grid(fits: list[tuple[Tensor, Tensor, int]], group_size: int, bits: float, sym: bool,
+          perm: Tensor | None) -> Grid:
+    """The Grid of per-group (scale (rows,), zero (rows,), maxq) fits, in processing order."""
+    return Grid(scale=torch.stack([f[0] for f in fits], dim=1), zero=torch.stack([f[1] for f in fits], dim=1),
+                maxq=fits[0][2], group_size=group_size, bits=float(bits), zero_bits=0.0 if sym else float(bits),
+                perm=perm)
+
+
+def gptq_solver(cfg: GPTQConfig) -> Solver:
+    """One linear: GPTQ of its (out, in) weight against its Hessian."""
+
+    def solve(linear: nn.Module, stat: Hessian) -> tuple[Tensor, Grid, float]:
+        return gptq_solve(weight_matrix(linear), stat.H, cfg.w_bits, cfg.group_size, cfg.damp, cfg.block_size,
+                          cfg.act_order, cfg.sym, cfg.static_groups)
+
+    return solve
 
 
 @register("gptq", GPTQConfig, needs_calibration=True)
 def quantize_gptq(model: nn.Module, cfg: GPTQConfig, calib: Tensor) -> QuantReport:
     """GPTQ every linear of every decoder block, block by block on the quantized model's activations."""
-    t0 = time.perf_counter()
-    done: dict[str, tuple[nn.Linear, Grid]] = {}
-    losses: dict[str, float] = {}
+    return quantize_model(model, gptq_solver(cfg), cfg.a_bits, calib=calib, make_stat=hessian_stat,
+                          true_sequential=cfg.true_sequential)
 
-    def on_layer(idx: int, layer: nn.Module, stats: dict[str, Hessian]) -> None:
-        linears = layer_linears(layer)
-        for name, stat in stats.items():
-            lin = linears[name]
-            w_hat, grid, loss = gptq_solve(lin.weight.data, stat.H, cfg.w_bits, cfg.group_size, cfg.damp,
-                                           cfg.block_size, cfg.act_order, cfg.sym, cfg.static_groups)
-            set_weight(lin, w_hat, grid)
-            attach_act_quant(lin, cfg.a_bits, "token")
-            done[f"model.layers.{idx}.{name}"] = (lin, grid)
-            losses[f"model.layers.{idx}.{name}"] = loss
 
-    run_blockwise(model, calib, lambda name, lin: Hessian(lin.in_features, lin.weight.device), on_layer,
-                  groups=SEQUENTIAL_GROUPS if cfg.true_sequential else None)
-    linears = {n: lin for n, (lin, _) in done.items()}
-    return QuantReport(
-        effective_bits=report_bits(linears, [g for _, g in done.values()]),
-        seconds=time.perf_counter() - t0,
-        n_linears=len(done),
-        details={"loss_sum": sum(losses.values())},
-    )
+__all__ = ["GPTQConfig", "error_feedback", "gptq_solve", "gptq_solver", "inverse_hessian_factor", "quantize_gptq"]

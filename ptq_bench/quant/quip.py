@@ -10,7 +10,7 @@ Per linear W (m, n) with Hessian H (n, n), as the reference `preproc` -> `ldlq` 
 4. grid (the reference's qfn='b'): one per-tensor scale s = 2.4 RMS(W); 2^b levels evenly spaced on
    [-s, s]; W is clamped to [-s, s] before rounding (the clamp error is not fed back, as in `bal.py`);
 5. LDLQ: rounding with linear feedback from the LDL factor of H, computed in GPTQ's form (the
-   reference's `ldl_gptqequiv`): the same loop as `gptq.error_feedback` on a fixed grid;
+   reference's `ldl_gptqequiv`): the same loop as `ldlq.error_feedback` on a fixed grid;
 6. undo: W_hat = U^T Q V diag(c)^-1 is stored (fake quantization; the grid lives in the rotated basis,
    `Grid.transform` maps a stored weight back there).
 
@@ -30,17 +30,17 @@ Not reproduced: QuIP's greedy refinement passes (`npasses`) after LDLQ, and the 
 from __future__ import annotations
 
 import math
-import time
 from dataclasses import dataclass, field
 
 import torch
 import torch.nn as nn
 from torch import Tensor
 
-from ptq_bench.quant.absmax import A_BITS, attach_act_quant, report_bits, set_weight
-from ptq_bench.quant.calibrate import Hessian, layer_linears, run_blockwise
-from ptq_bench.quant.gptq import error_feedback, inverse_hessian_factor
-from ptq_bench.quant.primitives import SCALE_BITS, Grid, quantize_scalar
+from ptq_bench.quant.apply import Solver, hessian_stat, quantize_model
+from ptq_bench.quant.calibrate import Hessian
+from ptq_bench.quant.ldlq import error_feedback, inverse_hessian_factor
+from ptq_bench.quant.linears import weight_matrix
+from ptq_bench.quant.primitives import SCALE_BITS, Grid, check_a_bits, quantize_scalar
 from ptq_bench.quant.registry import QuantReport, register
 
 TRANSFORMS = ("hadamard", "orthogonal")
@@ -65,8 +65,7 @@ class QuIPConfig:
             raise ValueError(f"damp must be in [0, 1), got {self.damp}")
         if self.block_size < 1:
             raise ValueError(f"block_size must be >= 1, got {self.block_size}")
-        if self.a_bits not in A_BITS:
-            raise ValueError(f"a_bits must be one of 2..8 or 16 (16 = not quantized), got {self.a_bits}")
+        check_a_bits(self.a_bits)
 
 
 # ----------------------------------------------------------------------------- structured rotations
@@ -247,30 +246,19 @@ def quip_solve(
     return W_hat.to(weight.dtype), grid, loss
 
 
+def quip_solver(cfg: QuIPConfig) -> Solver:
+    """One linear: QuIP of its (out, in) weight; one generator seeds every linear's rotations in order."""
+    gen = torch.Generator().manual_seed(cfg.seed)
+
+    def solve(linear: nn.Module, stat: Hessian) -> tuple[Tensor, Grid, float]:
+        return quip_solve(weight_matrix(linear), stat.H, cfg.w_bits, cfg.transform, cfg.rescale, cfg.damp, gen,
+                          cfg.block_size)
+
+    return solve
+
+
 @register("quip", QuIPConfig, needs_calibration=True)
 def quantize_quip(model: nn.Module, cfg: QuIPConfig, calib: Tensor) -> QuantReport:
     """QuIP every linear of every decoder block, block by block on the quantized model's activations."""
-    t0 = time.perf_counter()
-    gen = torch.Generator().manual_seed(cfg.seed)
-    done: dict[str, tuple[nn.Linear, Grid]] = {}
-    losses: dict[str, float] = {}
-
-    def on_layer(idx: int, layer: nn.Module, stats: dict[str, Hessian]) -> None:
-        linears = layer_linears(layer)
-        for name, stat in stats.items():
-            lin = linears[name]
-            w_hat, grid, loss = quip_solve(lin.weight.data, stat.H, cfg.w_bits, cfg.transform, cfg.rescale,
-                                           cfg.damp, gen, cfg.block_size)
-            set_weight(lin, w_hat, grid)
-            attach_act_quant(lin, cfg.a_bits, "token")
-            done[f"model.layers.{idx}.{name}"] = (lin, grid)
-            losses[f"model.layers.{idx}.{name}"] = loss
-
-    run_blockwise(model, calib, lambda name, lin: Hessian(lin.in_features, lin.weight.device), on_layer)
-    linears = {n: lin for n, (lin, _) in done.items()}
-    return QuantReport(
-        effective_bits=report_bits(linears, [g for _, g in done.values()]),
-        seconds=time.perf_counter() - t0,
-        n_linears=len(done),
-        details={"loss_sum": sum(losses.values()), "transform": cfg.transform},
-    )
+    return quantize_model(model, quip_solver(cfg), cfg.a_bits, calib=calib, make_stat=hessian_stat,
+                          details={"transform": cfg.transform})

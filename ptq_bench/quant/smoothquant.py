@@ -1,39 +1,38 @@
 """SmoothQuant (Xiao et al., arXiv 2211.10438), after mit-han-lab/smoothquant `smooth.py` / `fake_quant.py`.
 
-Per norm -> linears mapping (calibrate.SMOOTH_MAPPINGS), with a_j = max|X_j| over the calibration
+Per norm -> linears pair of the model's family (`families.Family.smooth`), with a_j = max|X_j| over the calibration
 inputs of those linears and w_j = max over the linears and their rows of |W_ij|:
 
     s_j = clamp(a_j^alpha / clamp(w_j, 1e-5)^(1 - alpha), 1e-5)
-    norm.weight /= s (and its bias);   W[:, j] *= s_j for every linear fed by the norm
+    norm output /= s;   W[:, j] *= s_j for every linear fed by the norm
 
+(the norm's output is divided per its semantics: w / s for a gain, (1 + w) / s - 1 for Gemma's 1 + gain,
+weight and bias / s for a LayerNorm; a Conv1D's weight is (in, out), so its rows are scaled)
 which leaves the float model's output unchanged and moves activation outliers into the weights. Then
 absmax fake quantization as `W8A8Linear`: weights per channel (or tensor / group), activations dynamic
 per token (or tensor), on every linear of every block (o_proj and down_proj are quantized, not
-smoothed). Activation maxima are collected on the float model, as the reference does.
+smoothed; fused projections such as Phi-3's qkv_proj are one target like any other). Activation
+maxima are collected on the float model, as the reference does.
 
 Not reproduced: the reference's optional output quantization of q/k/v (`quantize_bmm_input`).
-A mapping is skipped (and named in the report) when its norm is missing or a target is not a plain
-nn.Linear, e.g. BitLinear, whose own input RMSNorm would undo the smoothing.
+A pair that cannot be resolved (norm or target missing, widths that disagree) is an error, never a
+silent skip.
 """
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn as nn
 
-from ptq_bench.quant.absmax import (
-    W_BITS,
-    attach_act_quant,
-    check_a_bits,
-    check_w_bits,
-    quantize_linear_rtn,
-    report_bits,
-)
-from ptq_bench.quant.calibrate import SMOOTH_MAPPINGS, ChannelAbsMax, layer_linears, run_blockwise
-from ptq_bench.quant.primitives import WEIGHT_GRANULARITIES, Grid
+from ptq_bench.errors import QuantError
+from ptq_bench.families import Smooth
+from ptq_bench.quant.apply import quantize_model, rtn_solver
+from ptq_bench.quant.calibrate import ChannelAbsMax, model_family, stat_inputs
+from ptq_bench.quant.linears import weight_matrix
+from ptq_bench.quant.primitives import W_BITS, check_a_bits, check_w_bits, check_weight_granularity
 from ptq_bench.quant.registry import QuantReport, register
 
 
@@ -50,10 +49,7 @@ class SmoothQuantConfig:
         if not 0.0 <= self.alpha <= 1.0:
             raise ValueError(f"alpha must be in [0, 1], got {self.alpha}")
         check_w_bits(self.w_bits, W_BITS)
-        if self.w_granularity not in WEIGHT_GRANULARITIES:
-            raise ValueError(f"w_granularity must be one of {WEIGHT_GRANULARITIES}, got {self.w_granularity!r}")
-        if self.group_size < 1:
-            raise ValueError(f"group_size must be >= 1, got {self.group_size}")
+        check_weight_granularity(self.w_granularity, self.group_size)
         check_a_bits(self.a_bits, self.a_granularity)
 
 
@@ -64,49 +60,67 @@ def smoothing_scales(act_amax: torch.Tensor, weights: list[torch.Tensor], alpha:
 
 
 @torch.no_grad()
-def smooth(norm: nn.Module, linears: list[nn.Linear], act_amax: torch.Tensor, alpha: float) -> torch.Tensor:
-    """Fold the smoothing scales into `norm` (divide) and the input columns of `linears` (multiply)."""
-    s = smoothing_scales(act_amax, [m.weight for m in linears], alpha).to(norm.weight.device)
-    norm.weight.div_(s.to(norm.weight.dtype))
-    if getattr(norm, "bias", None) is not None:
-        norm.bias.div_(s.to(norm.bias.dtype))
+def fold_into_norm(norm: nn.Module, s: torch.Tensor, kind: str = "gain") -> None:
+    """Make the norm's output y' = y / s, per its semantics (see `ptq_bench.families`)."""
+    w = norm.weight
+    if kind == "one_plus_gain":  # (1 + w') = (1 + w) / s; kept in fp32: Gemma norms compute in fp32
+        norm.weight.data = ((1 + w.float()) / s - 1).to(torch.promote_types(w.dtype, torch.float32))
+        return
+    w.div_(s.to(w.dtype))  # "gain" and "layernorm": y = w * n(x) (+ b), both terms / s
+    bias = getattr(norm, "bias", None)
+    if bias is not None:
+        bias.div_(s.to(bias.dtype))
+
+
+@torch.no_grad()
+def smooth(norm: nn.Module, linears: list[nn.Module], act_amax: torch.Tensor, alpha: float,
+           kind: str = "gain") -> torch.Tensor:
+    """Fold the smoothing scales into `norm` (output / s) and the input columns of `linears` (x s).
+
+    `kind` is the norm's semantics ("gain", "one_plus_gain", "layernorm"); linears may be nn.Linear or
+    Conv1D (their (out, in) view is scaled). Returns s (in,) float32.
+    """
+    s = smoothing_scales(act_amax, [weight_matrix(m) for m in linears], alpha).to(norm.weight.device)
+    fold_into_norm(norm, s, kind)
     for m in linears:
-        m.weight.mul_(s.to(m.weight.dtype).view(1, -1))
+        w = weight_matrix(m)  # (out, in) view: a Conv1D's rows are scaled through it
+        w.mul_(s.to(w.dtype).view(1, -1))
     return s
+
+
+def _resolve(layer: nn.Module, pair: Smooth, group: dict[str, nn.Module]) -> tuple[nn.Module, list[nn.Module]]:
+    """The norm module and target linears of a smoothing pair; anything missing is an error."""
+    try:
+        norm = layer.get_submodule(pair.norm)
+    except AttributeError:
+        norm = None
+    fcs = [group.get(t) for t in pair.targets]
+    weight = getattr(norm, "weight", None)
+    if weight is None or any(m is None for m in fcs):
+        raise QuantError(f"{type(layer).__name__}: cannot resolve smoothing pair {pair.norm} -> {', '.join(pair.targets)}")
+    if any(weight.shape != (stat_inputs(m),) for m in fcs):
+        raise QuantError(f"{type(layer).__name__}.{pair.norm}: width {tuple(weight.shape)} does not match its targets")
+    return norm, fcs
 
 
 @register("smoothquant", SmoothQuantConfig, needs_calibration=True)
 def quantize_smoothquant(model: nn.Module, cfg: SmoothQuantConfig, calib: torch.Tensor) -> QuantReport:
-    """Smooth every norm -> linears mapping, then absmax W/A fake quantization of every block linear."""
-    t0 = time.perf_counter()
-    probes = {targets[0] for _, targets in SMOOTH_MAPPINGS}  # targets share the norm's output
-    done: dict[str, tuple[nn.Linear, Grid | None]] = {}
-    skipped: list[str] = []
-    smoothed: list[str] = []
+    """Smooth every norm -> linears pair of the family, then absmax W/A fake quantization of every linear."""
+    pairs = model_family(model).smooth
+    probes = {pair.targets[0] for pair in pairs}  # a pair's targets share the norm's output
+    details: dict[str, Any] = {"smoothed_norms": 0}
 
-    def on_layer(idx: int, layer: nn.Module, stats: dict[str, ChannelAbsMax]) -> None:
-        linears = layer_linears(layer)
-        for norm_name, targets in SMOOTH_MAPPINGS:
-            norm = getattr(layer, norm_name, None)
-            fcs = [linears.get(t) for t in targets]
-            if norm is None or getattr(norm, "weight", None) is None or any(type(m) is not nn.Linear for m in fcs):
-                skipped.append(f"model.layers.{idx}.{norm_name}")
-                continue
-            smooth(norm, fcs, stats[targets[0]].amax, cfg.alpha)
-            smoothed.append(f"model.layers.{idx}.{norm_name}")
-        for name, lin in linears.items():
-            grid = quantize_linear_rtn(lin, cfg.w_bits, cfg.w_granularity, cfg.group_size)
-            attach_act_quant(lin, cfg.a_bits, cfg.a_granularity)
-            done[f"model.layers.{idx}.{name}"] = (lin, grid)
+    def smooth_block(idx: int, layer: nn.Module, group: dict[str, nn.Module], stats: dict[str, Any]) -> None:
+        for pair in pairs:
+            norm, fcs = _resolve(layer, pair, group)
+            smooth(norm, fcs, stats[pair.targets[0]].amax, cfg.alpha, pair.kind)
+            details["smoothed_norms"] += 1
 
-    def make_stat(name: str, lin: nn.Linear) -> ChannelAbsMax | None:
-        return ChannelAbsMax(lin.in_features, lin.weight.device) if name in probes else None
+    def make_stat(name: str, linear: nn.Module) -> ChannelAbsMax | None:
+        return ChannelAbsMax(stat_inputs(linear), linear.weight.device) if name in probes else None
 
-    run_blockwise(model, calib, make_stat, on_layer, sequential=False)
-    linears = {n: lin for n, (lin, _) in done.items()}
-    return QuantReport(
-        effective_bits=report_bits(linears, [g for _, g in done.values()]),
-        seconds=time.perf_counter() - t0,
-        n_linears=len(done),
-        details={"smoothed_norms": len(smoothed), "skipped": skipped},
-    )
+    if not pairs:
+        raise QuantError(f"model family '{model.config.model_type}' names no smoothing pairs")
+    return quantize_model(model, rtn_solver(cfg.w_bits, cfg.w_granularity, cfg.group_size), cfg.a_bits,
+                          cfg.a_granularity, calib=calib, make_stat=make_stat, before_group=smooth_block,
+                          sequential=False, details=details)

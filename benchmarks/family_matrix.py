@@ -1,0 +1,84 @@
+"""Print the model family x PTQ method matrix: each invariant of tests/test_families.py, PASS or FAIL.
+
+    PYTHONPATH=$PWD python benchmarks/family_matrix.py
+
+Per family: block replay (max |runner's block output - real forward's|, bound 1e-5), smoothing alone
+(SmoothQuant alpha 0.5 W16A16, max |delta logit|, bound 1e-4), linears in the blocks (counted module by
+module) vs the registry's prediction. Per family x method: the method runs, quantizes exactly the
+predicted number of linears, and every stored weight lies on its grid; BitNet must be refused.
+Tiny random checkpoints (tests/tiny_families.py), 4 calibration windows of 32 tokens, CPU.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+
+from family_checks import (  # noqa: E402  (tests/ on the path first)
+    FAMILY_TYPES,
+    METHOD_PARAMS,
+    calib_tokens,
+    count_block_linears,
+    lively_model,
+    n_on_grid,
+    predicted_linears,
+    quantize,
+    replay_delta,
+    smoothing_only_delta,
+)
+
+from ptq_bench.errors import PtqBenchError, QuantError  # noqa: E402
+from ptq_bench.families import FAMILIES  # noqa: E402
+
+
+def method_cell(model, method: str, calib, low_bit: bool) -> str:
+    """'PASS n=14' / 'FAIL ...' / 'refused' for one family x method."""
+    try:
+        q, rep = quantize(model, method, calib, **METHOD_PARAMS[method])
+    except QuantError as exc:
+        return "refused" if low_bit and "PTQ refused" in str(exc) else f"FAIL {exc}"
+    except PtqBenchError as exc:
+        return f"FAIL {exc}"
+    if low_bit:
+        return "FAIL not refused"
+    expected = predicted_linears(model)
+    gridded, on = n_on_grid(q)
+    ok = rep.n_linears == gridded == on == expected
+    return f"{'PASS' if ok else 'FAIL'} n={rep.n_linears}" + ("" if ok else f" grid={gridded} on={on}")
+
+
+def family_row(model_type: str, calib, tokens) -> list[str]:
+    model = lively_model(model_type)
+    low_bit = FAMILIES[model_type].low_bit
+    replay = replay_delta(model, calib)
+    cells = [f"{'PASS' if replay <= 1e-5 else 'FAIL'} {replay:.1e}"]
+    if low_bit:
+        cells.append("-")
+    else:
+        delta, _ = smoothing_only_delta(model, calib, tokens)
+        cells.append(f"{'PASS' if delta <= 1e-4 else 'FAIL'} {delta:.1e}")
+    counted, predicted = count_block_linears(model), predicted_linears(model)
+    cells.append(f"{'PASS' if counted == predicted else 'FAIL'} {counted}/{predicted}")
+    return cells + [method_cell(model, m, calib, low_bit) for m in sorted(METHOD_PARAMS)]
+
+
+def main() -> int:
+    calib, tokens = calib_tokens(4, 32), calib_tokens(2, 32, seed=7)
+    header = ["family", "replay", "smooth W16A16", "linears", *sorted(METHOD_PARAMS)]
+    rows, t0 = [], time.perf_counter()
+    for model_type in FAMILY_TYPES:
+        rows.append([model_type, *family_row(model_type, calib, tokens)])
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+    for r in [header, ["-" * w for w in widths], *rows]:
+        print(" | ".join(str(c).ljust(w) for c, w in zip(r, widths)))
+    failed = sum("FAIL" in c for r in rows for c in r)
+    print(f"\n{len(rows)} families x {len(METHOD_PARAMS)} methods, {failed} FAIL, {time.perf_counter() - t0:.1f} s; "
+          f"methods: {', '.join(f'{m} {p}' for m, p in sorted(METHOD_PARAMS.items()))}")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,157 @@
+"""Model families as data: where a decoder's blocks are, which linears a block has, which norm feeds them.
+
+One `Family` per transformers `config.model_type`. Everything that walks a model (the calibration
+runner in `quant.calibrate`, every PTQ method, the tests) reads this table and nothing else, so adding a
+family is one entry here plus one tiny test config (tests/tiny_families.py). A model whose family is not
+registered is an error naming it, never a silent fallback to the Llama layout.
+
+Names were read from transformers' modeling files (v5): e.g. Gemma 2/3 feed the MLP from
+`pre_feedforward_layernorm` (their `post_attention_layernorm` normalizes the attention *output*), OPT's
+`self_attn_layer_norm` / `final_layer_norm` are LayerNorms with bias feeding q/k/v and fc1, GPT-NeoX's
+`post_attention_layernorm` feeds the MLP whether or not `use_parallel_residual` is set (the parallel
+form reads the block input, the sequential form the attention residual: the norm feeds the same linear).
+
+Norm semantics for smoothing (y = norm(x) feeds the target linears, s the smoothing scales, y' = y / s):
+- "gain":          y = w * rms(x)          -> w' = w / s
+- "one_plus_gain": y = (1 + w) * rms(x)    -> w' = (1 + w) / s - 1      (Gemma, Gemma 2, Gemma 3)
+- "layernorm":     y = w * ln(x) + b       -> w' = w / s, b' = b / s    (OPT, GPT-NeoX, GPT-2)
+
+This module imports nothing heavy (no torch), so `validate` can check a checkpoint's family cheaply.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from ptq_bench.errors import RecipeError
+
+NORM_KINDS = ("gain", "one_plus_gain", "layernorm")
+
+# Module classes whose weights are already low-bit (their forward re-quantizes whatever is stored):
+# PTQ on them is refused (see quant.linears.refuse_low_bit). Qualified names, so nothing is imported.
+LOW_BIT_CLASSES = (
+    "ptq_bench.models.bitlinear.BitLinear",
+    "transformers.integrations.bitnet.BitLinear",
+    "transformers.integrations.bitnet.AutoBitLinear",
+)
+
+
+@dataclass(frozen=True)
+class Smooth:
+    """A norm inside a block and the linears that read its output (all of them, or smoothing is wrong)."""
+
+    norm: str  # module path inside a block, e.g. "input_layernorm"
+    targets: tuple[str, ...]  # linears fed by the norm's output, e.g. ("self_attn.q_proj", ...)
+    kind: str  # one of NORM_KINDS
+
+    def __post_init__(self) -> None:
+        if self.kind not in NORM_KINDS:
+            raise ValueError(f"Smooth.kind must be one of {NORM_KINDS}, got {self.kind!r}")
+
+
+@dataclass(frozen=True)
+class Family:
+    """How one transformers architecture lays out its decoder."""
+
+    blocks: str  # dotted path of the ModuleList of decoder blocks, from the CausalLM
+    groups: tuple[tuple[str, ...], ...]  # the block's linears, in GPTQ true-sequential groups
+    smooth: tuple[Smooth, ...]  # norm -> linears pairs SmoothQuant folds scales into
+    fused: tuple[str, ...] = ()  # linears computing several projections at once (e.g. q, k, v)
+    conv1d: bool = False  # linears are transformers `Conv1D`: weight stored transposed, (in, out)
+    low_bit: bool = False  # the family's linears are already low-bit: PTQ is refused
+    requires: tuple[tuple[str, Any], ...] = ()  # config values this layout assumes (else unsupported)
+
+    @property
+    def linears(self) -> tuple[str, ...]:
+        """Every quantized linear of a block, in sequential order."""
+        return tuple(name for group in self.groups for name in group)
+
+
+def _llama_like(blocks: str = "model.layers", mlp_norm: str = "post_attention_layernorm", kind: str = "gain",
+                low_bit: bool = False) -> Family:
+    """The Llama block: q/k/v, o, gate/up, down; RMSNorm before attention and before the MLP."""
+    qkv = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj")
+    gate_up = ("mlp.gate_proj", "mlp.up_proj")
+    return Family(
+        blocks=blocks,
+        groups=(qkv, ("self_attn.o_proj",), gate_up, ("mlp.down_proj",)),
+        smooth=(Smooth("input_layernorm", qkv, kind), Smooth(mlp_norm, gate_up, kind)),
+        low_bit=low_bit,
+    )
+
+
+FAMILIES: dict[str, Family] = {
+    "llama": _llama_like(),
+    "mistral": _llama_like(),
+    "qwen2": _llama_like(),
+    "qwen3": _llama_like(),
+    "gemma": _llama_like(kind="one_plus_gain"),
+    "gemma2": _llama_like(mlp_norm="pre_feedforward_layernorm", kind="one_plus_gain"),
+    "gemma3_text": _llama_like(mlp_norm="pre_feedforward_layernorm", kind="one_plus_gain"),
+    # Gemma3ForConditionalGeneration: the text decoder sits under the multimodal wrapper
+    "gemma3": _llama_like(blocks="model.language_model.layers", mlp_norm="pre_feedforward_layernorm",
+                          kind="one_plus_gain"),
+    "phi3": Family(
+        blocks="model.layers",
+        groups=(("self_attn.qkv_proj",), ("self_attn.o_proj",), ("mlp.gate_up_proj",), ("mlp.down_proj",)),
+        smooth=(Smooth("input_layernorm", ("self_attn.qkv_proj",), "gain"),
+                Smooth("post_attention_layernorm", ("mlp.gate_up_proj",), "gain")),
+        fused=("self_attn.qkv_proj", "mlp.gate_up_proj"),
+    ),
+    "opt": Family(
+        blocks="model.decoder.layers",
+        groups=(("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"), ("self_attn.out_proj",),
+                ("fc1",), ("fc2",)),
+        smooth=(Smooth("self_attn_layer_norm", ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"),
+                       "layernorm"),
+                Smooth("final_layer_norm", ("fc1",), "layernorm")),
+        requires=(("do_layer_norm_before", True),),  # OPT-350m normalizes after: its norms feed no linear
+    ),
+    "gpt_neox": Family(
+        blocks="gpt_neox.layers",
+        groups=(("attention.query_key_value",), ("attention.dense",), ("mlp.dense_h_to_4h",),
+                ("mlp.dense_4h_to_h",)),
+        smooth=(Smooth("input_layernorm", ("attention.query_key_value",), "layernorm"),
+                Smooth("post_attention_layernorm", ("mlp.dense_h_to_4h",), "layernorm")),
+        fused=("attention.query_key_value",),
+    ),
+    "gpt2": Family(
+        blocks="transformer.h",
+        groups=(("attn.c_attn",), ("attn.c_proj",), ("mlp.c_fc",), ("mlp.c_proj",)),
+        smooth=(Smooth("ln_1", ("attn.c_attn",), "layernorm"), Smooth("ln_2", ("mlp.c_fc",), "layernorm")),
+        fused=("attn.c_attn",),
+        conv1d=True,
+        requires=(("add_cross_attention", False),),  # cross-attention blocks have more linears and norms
+    ),
+    # transformers' BitNet (b1.58 checkpoints, `quant_method: bitnet`): linears re-ternarize on every call
+    "bitnet": _llama_like(low_bit=True),
+}
+
+SUPPORTED_MODEL_TYPES: tuple[str, ...] = tuple(sorted(FAMILIES))
+
+
+def get_family(model_type: str) -> Family:
+    """The registered family of a `config.model_type`; an unknown one is a one-line RecipeError."""
+    if model_type not in FAMILIES:
+        raise RecipeError(
+            f"model family '{model_type}' is not supported (supported: {', '.join(SUPPORTED_MODEL_TYPES)})"
+        )
+    return FAMILIES[model_type]
+
+
+def family_of_config(config: Any) -> Family:
+    """The family of a transformers config object, checking the config values its layout assumes."""
+    model_type = getattr(config, "model_type", None)
+    family = get_family(str(model_type))
+    for key, expected in family.requires:
+        value = getattr(config, key, None)
+        if value != expected:
+            raise RecipeError(
+                f"model family '{model_type}' with {key}={value!r} is not supported (its layout assumes {expected!r})"
+            )
+    return family
+
+
+__all__ = ["FAMILIES", "Family", "LOW_BIT_CLASSES", "NORM_KINDS", "SUPPORTED_MODEL_TYPES", "Smooth",
+           "family_of_config", "get_family"]

@@ -1,0 +1,111 @@
+"""The per-linear glue, written once: walk the family's linears, solve each, store, report.
+
+A method is a config, a solver and a call to `quantize_model`:
+
+    def solve(linear, stat) -> (w_hat (out, in), grid, loss):   # stat: the linear's statistic or None
+        ...
+    return quantize_model(model, solve, a_bits=cfg.a_bits, calib=calib, make_stat=hessian_stat)
+
+`quantize_model` refuses already low-bit models (see `quant.linears`), runs the block-by-block
+calibration when the method collects statistics (or walks the blocks directly when it does not), stores
+each solution (`set_weight`, Conv1D transposed), attaches activation quantization, and assembles the
+QuantReport. A model in which no linear was quantized is an error, never a row.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+import torch
+import torch.nn as nn
+from torch import Tensor
+
+from ptq_bench.errors import QuantError
+from ptq_bench.quant.calibrate import (
+    GroupCallback,
+    Hessian,
+    StatFactory,
+    block_linears,
+    decoder_layers,
+    model_family,
+    run_blockwise,
+    stat_inputs,
+)
+from ptq_bench.quant.linears import attach_act_quant, refuse_low_bit, set_weight, weight_matrix
+from ptq_bench.quant.primitives import Grid, effective_bits, fake_quant_weight
+from ptq_bench.quant.registry import QuantReport
+
+# (linear, its statistic or None) -> (w_hat (out, in) or None = leave the weight, grid or None, loss or None)
+Solver = Callable[[nn.Module, Any], tuple[Tensor | None, Grid | None, float | None]]
+
+
+def rtn_solver(w_bits: float, granularity: str, group_size: int) -> Solver:
+    """Round-to-nearest of one linear's (out, in) weight on the naive grid; 16 bits = left as is."""
+
+    def solve(linear: nn.Module, stat: object) -> tuple:
+        if w_bits >= 16:
+            return None, None, None
+        w_hat, grid = fake_quant_weight(weight_matrix(linear), w_bits, granularity, group_size)
+        return w_hat, grid, None
+
+    return solve
+
+
+def hessian_stat(name: str, linear: nn.Module) -> Hessian:
+    """GPTQ-style statistic for every linear: H = (2/n) sum x x^T of its inputs."""
+    return Hessian(stat_inputs(linear), linear.weight.device)
+
+
+@torch.no_grad()
+def quantize_model(
+    model: nn.Module,
+    solve: Solver,
+    a_bits: int,
+    a_granularity: str = "token",
+    calib: Tensor | None = None,
+    make_stat: StatFactory | None = None,
+    before_group: GroupCallback | None = None,
+    true_sequential: bool = False,
+    sequential: bool = True,
+    details: dict[str, Any] | None = None,
+) -> QuantReport:
+    """Quantize every linear of every decoder block with `solve`; see the module docstring.
+
+    `make_stat` None: no calibration (blocks are walked directly). `before_group(idx, block, linears,
+    stats)` runs before a group's linears are solved (SmoothQuant folds its scales there).
+    """
+    t0 = time.perf_counter()
+    family = model_family(model)
+    refuse_low_bit(model, family, str(model.config.model_type))
+    grids: dict[str, tuple[nn.Module, Grid | None]] = {}
+    losses: list[float] = []
+
+    def on_group(idx: int, layer: nn.Module, group: dict[str, nn.Module], stats: dict[str, Any]) -> None:
+        if before_group is not None:
+            before_group(idx, layer, group, stats)
+        for name, linear in group.items():
+            w_hat, grid, loss = solve(linear, stats.get(name))
+            if w_hat is not None:
+                set_weight(linear, w_hat, grid)
+            attach_act_quant(linear, a_bits, a_granularity)
+            grids[f"{family.blocks}.{idx}.{name}"] = (linear, grid)
+            losses.extend([] if loss is None else [loss])
+
+    if make_stat is None:
+        for idx, layer in enumerate(decoder_layers(model)):
+            on_group(idx, layer, block_linears(layer, family), {})
+    else:
+        if calib is None:
+            raise QuantError("this method needs calibration data, none was given")
+        run_blockwise(model, calib, make_stat, on_group, true_sequential, sequential)
+    if not grids:
+        raise QuantError(f"{type(model).__name__}: no linear was quantized")
+    extra = {"loss_sum": sum(losses)} if losses else {}
+    return QuantReport(
+        effective_bits=effective_bits([g for _, g in grids.values()], [m.weight.numel() for m, _ in grids.values()]),
+        seconds=time.perf_counter() - t0,
+        n_linears=len(grids),
+        details={**extra, **(details or {})},
+    )

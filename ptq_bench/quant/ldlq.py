@@ -1,0 +1,47 @@
+"""The Hessian-weighted rounding loop shared by GPTQ and QuIP: GPTQ's column loop with lazy block
+updates, which is LDLQ (QuIP) in GPTQ's column order, and the inverse-Hessian Cholesky factor it uses."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import Tensor
+
+
+def inverse_hessian_factor(H: Tensor, damp: float) -> Tensor:
+    """Upper Cholesky factor U of (H + damp * mean(diag H) I)^-1; H is modified (damped) in place."""
+    idx = torch.arange(H.shape[0], device=H.device)
+    H[idx, idx] += damp * torch.mean(torch.diag(H))
+    L = torch.linalg.cholesky(H)
+    return torch.linalg.cholesky(torch.cholesky_inverse(L), upper=True)
+
+
+@torch.no_grad()
+def error_feedback(
+    W: Tensor, U: Tensor, quant_col: Callable[[int, Tensor, Tensor], Tensor], block_size: int = 128
+) -> tuple[Tensor, float]:
+    """GPTQ's column loop with lazy block updates (== LDLQ in GPTQ's column order), in place on W.
+
+    W: (rows, cols) float32, modified; U: upper Cholesky factor of H^-1 (cols, cols);
+    quant_col(col, w, W) rounds column `col` (its current value w, (rows,)) onto the grid (W is the
+    whole current matrix, for fitting groups). Returns (Q, sum_i (w_i - q_i)^2 / U_ii^2).
+    """
+    cols = W.shape[1]
+    Q = torch.zeros_like(W)
+    loss = torch.zeros((), device=W.device)
+    for i1 in range(0, cols, block_size):
+        i2 = min(i1 + block_size, cols)
+        W1 = W[:, i1:i2]  # (rows, block) view: in-block updates land in W, so group fits see them
+        Q1, Err1, U1 = torch.zeros_like(W1), torch.zeros_like(W1), U[i1:i2, i1:i2]
+        for i in range(i2 - i1):
+            w, d = W1[:, i], U1[i, i]
+            q = quant_col(i1 + i, w, W)
+            Q1[:, i] = q
+            loss += ((w - q) ** 2).sum() / d**2
+            err = (w - q) / d
+            W1[:, i:] -= err.unsqueeze(1) @ U1[i, i:].unsqueeze(0)
+            Err1[:, i] = err
+        Q[:, i1:i2] = Q1
+        W[:, i2:] -= Err1 @ U[i1:i2, i2:]  # lazy update of everything right of the block
+    return Q, float(loss)

@@ -1,0 +1,94 @@
+"""What every method does to one linear: read its weight as (out, in), store a quantized weight and its
+grid, quantize its input activations, count its stored bits; and the refusal of already low-bit models.
+
+A "linear" is an `nn.Linear` (weight (out, in)) or a transformers `Conv1D` (GPT-2; weight stored
+transposed, (in, out)). `weight_matrix` gives both as an (out, in) view, so solvers, grids and tests see
+one orientation and writes through the view land in the module's own layout.
+
+Already low-bit models are refused, not quantized: a BitNet layer (ptq-bench's `BitLinear`,
+transformers' `BitLinear` / `AutoBitLinear`, any `bitnet` family checkpoint, any checkpoint that carries
+a `quantization_config`) re-quantizes its stored weight and its input on every call, so a PTQ grid written
+into it would not be the grid the forward uses, and a row labelled "W4" would be a lie. Defining PTQ on
+such models (quantizing effective weights and post-norm inputs) is not implemented.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+from torch import Tensor
+
+from ptq_bench.errors import QuantError
+from ptq_bench.families import LOW_BIT_CLASSES, Family
+from ptq_bench.quant.primitives import Grid, fake_quant_act
+
+GRID_ATTR = "ptq_grid"  # attribute on a quantized linear holding its primitives.Grid
+
+
+def is_conv1d(module: nn.Module) -> bool:
+    """True for transformers' `Conv1D` (GPT-2 style, weight (in, out))."""
+    from transformers.pytorch_utils import Conv1D
+
+    return isinstance(module, Conv1D)
+
+
+def is_linear(module: nn.Module) -> bool:
+    return isinstance(module, nn.Linear) or is_conv1d(module)
+
+
+def weight_matrix(module: nn.Module) -> Tensor:
+    """The weight as an (out, in) view of the stored parameter data (in-place writes land in the module)."""
+    w = module.weight.data
+    return w.T if is_conv1d(module) else w
+
+
+@torch.no_grad()
+def set_weight(linear: nn.Module, w_hat: Tensor, grid: Grid | None) -> None:
+    """Replace a linear's weight by w_hat (out, in), dtype preserved, and record the grid it lies on."""
+    weight_matrix(linear).copy_(w_hat.to(linear.weight.dtype))
+    setattr(linear, GRID_ATTR, grid)
+
+
+class ActQuant:
+    """Forward pre-hook: fake-quantize the first positional input of a linear (dynamic absmax)."""
+
+    def __init__(self, bits: int, granularity: str) -> None:
+        self.bits, self.granularity = bits, granularity
+
+    def __call__(self, module: nn.Module, args: tuple) -> tuple:
+        return (fake_quant_act(args[0], self.bits, self.granularity), *args[1:])
+
+    def __repr__(self) -> str:
+        return f"ActQuant(bits={self.bits}, granularity={self.granularity!r})"
+
+
+def attach_act_quant(linear: nn.Module, bits: int, granularity: str) -> None:
+    """Install (once) activation fake quantization on a linear's input; bits 16 = nothing."""
+    if bits >= 16:
+        return
+    if any(isinstance(h, ActQuant) for h in linear._forward_pre_hooks.values()):
+        raise ValueError("activation quantization already attached to this linear")
+    linear.register_forward_pre_hook(ActQuant(bits, granularity))
+
+
+def _class_name(module: nn.Module) -> str:
+    return f"{type(module).__module__}.{type(module).__qualname__}"
+
+
+def refuse_low_bit(model: nn.Module, family: Family, model_type: str) -> None:
+    """Raise QuantError when the model's linears are already low-bit (see the module docstring)."""
+    qcfg = getattr(getattr(model, "config", None), "quantization_config", None)
+    if family.low_bit or qcfg is not None:
+        method = qcfg.get("quant_method") if isinstance(qcfg, dict) else getattr(qcfg, "quant_method", None)
+        method = getattr(method, "value", method)  # transformers keeps an enum
+        what = f"quant_method '{method}'" if qcfg is not None else f"family '{model_type}'"
+        raise QuantError(f"PTQ refused: the checkpoint is already low-bit ({what}); its layers re-quantize "
+                         "weights and activations on every call")
+    low = sorted({type(m).__name__ for m in model.modules() if _class_name(m) in LOW_BIT_CLASSES})
+    if low:
+        raise QuantError(f"PTQ refused: the model's linears are already low-bit ({', '.join(low)}); "
+                         "a PTQ grid written into them is not what their forward uses")
+
+
+__all__ = ["ActQuant", "GRID_ATTR", "attach_act_quant", "is_conv1d", "is_linear", "refuse_low_bit",
+           "set_weight", "weight_matrix"]

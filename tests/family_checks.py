@@ -1,0 +1,132 @@
+"""The invariants that make a PTQ method honest on a model family, as measuring functions.
+
+Shared by tests/test_families.py (which asserts them) and benchmarks/family_matrix.py (which prints the
+family x method matrix). Models are tiny random checkpoints from transformers' own config classes
+(tests/tiny_families.py), made "lively": block linears re-drawn with std 1/sqrt(in) and every smoothing
+norm's weight (and bias) perturbed, so that a wrong mask, a wrong norm fold or a skipped linear shows.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import torch
+import torch.nn as nn
+from tiny_families import FAMILY_CONFIGS, tiny_model
+
+from ptq_bench.families import get_family
+from ptq_bench.quant import METHODS, load_all
+from ptq_bench.quant.calibrate import decoder_layers, model_family, quantizable_linears, run_blockwise
+from ptq_bench.quant.linears import GRID_ATTR, is_linear, weight_matrix
+from ptq_bench.quant.primitives import on_grid
+
+load_all()
+VOCAB = 512
+# model_type -> extra tiny checkpoints not built by tiny_families (multimodal Gemma 3: text decoder inside)
+GEMMA3_TEXT = {"vocab_size": VOCAB, "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
+               "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 16, "sliding_window": 16,
+               "layer_types": ["sliding_attention", "full_attention"], "max_position_embeddings": 256,
+               "bos_token_id": None, "eos_token_id": None, "pad_token_id": None}
+GEMMA3_VISION = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1, "num_attention_heads": 2,
+                 "image_size": 28, "patch_size": 14}
+FAMILY_TYPES = (*FAMILY_CONFIGS, "gemma3")
+# one setting per method for the matrix; a_bits 16 so that logits can be compared with weights alone
+METHOD_PARAMS: dict[str, dict[str, Any]] = {
+    "absmax": {"w_bits": 4}, "gptq": {"w_bits": 4, "true_sequential": True, "group_size": 16},
+    "quip": {"w_bits": 4}, "smoothquant": {"w_bits": 4, "a_bits": 16},
+}
+
+
+def calib_tokens(n: int = 4, seqlen: int = 32, seed: int = 1) -> torch.Tensor:
+    """(n, seqlen) token ids; 32 tokens > the tiny configs' sliding window of 16."""
+    return torch.randint(0, VOCAB, (n, seqlen), generator=torch.Generator().manual_seed(seed))
+
+
+def _build(model_type: str) -> nn.Module:
+    if model_type != "gemma3":
+        return tiny_model(model_type, VOCAB)
+    from transformers import AutoModelForCausalLM, Gemma3Config
+
+    cfg = Gemma3Config(text_config=GEMMA3_TEXT, vision_config=GEMMA3_VISION, mm_tokens_per_image=4)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        return AutoModelForCausalLM.from_config(cfg).float().eval()
+
+
+@torch.no_grad()
+def lively_model(model_type: str, seed: int = 0) -> nn.Module:
+    """A tiny model of the family whose blocks matter (see the module docstring)."""
+    model = _build(model_type)
+    family = get_family(model_type)
+    g = torch.Generator().manual_seed(seed)
+    for layer in model.get_submodule(family.blocks):
+        for m in layer.modules():
+            if is_linear(m):
+                w = weight_matrix(m)
+                w.copy_(torch.randn(w.shape, generator=g) / w.shape[1] ** 0.5)
+        for pair in family.smooth:
+            norm = layer.get_submodule(pair.norm)
+            norm.weight.add_(0.1 * torch.randn(norm.weight.shape, generator=g))
+            if getattr(norm, "bias", None) is not None:
+                norm.bias.add_(0.1 * torch.randn(norm.bias.shape, generator=g))
+    return model
+
+
+def count_block_linears(model: nn.Module) -> int:
+    """Every nn.Linear / Conv1D inside the decoder blocks, counted without the registry's names."""
+    return sum(is_linear(m) for layer in decoder_layers(model) for m in layer.modules())
+
+
+def predicted_linears(model: nn.Module) -> int:
+    return len(decoder_layers(model)) * len(model_family(model).linears)
+
+
+@torch.no_grad()
+def logits(model: nn.Module, tokens: torch.Tensor) -> torch.Tensor:
+    return model(tokens, use_cache=False).logits.float()
+
+
+def quantize(model: nn.Module, method: str, calib: torch.Tensor, **params: Any) -> tuple[nn.Module, Any]:
+    """(quantized deep copy, QuantReport)."""
+    m = METHODS[method]
+    target = copy.deepcopy(model)
+    return target, m.apply(target, m.config_cls(**params), calib if m.needs_calibration else None)
+
+
+def n_on_grid(model: nn.Module) -> tuple[int, int]:
+    """(linears carrying a grid, of those: weights on it) after a method ran."""
+    gridded = [m for m in quantizable_linears(model).values() if getattr(m, GRID_ATTR, None) is not None]
+    return len(gridded), sum(on_grid(weight_matrix(m), getattr(m, GRID_ATTR)) for m in gridded)
+
+
+def smoothing_only_delta(model: nn.Module, calib: torch.Tensor, tokens: torch.Tensor) -> tuple[float, int]:
+    """(max |logit change|, norms smoothed) of SmoothQuant W16A16 (alpha 0.5): smoothing alone."""
+    q, rep = quantize(model, "smoothquant", calib, alpha=0.5, w_bits=16, a_bits=16)
+    return float((logits(model, tokens) - logits(q, tokens)).abs().max()), rep.details["smoothed_norms"]
+
+
+@torch.no_grad()
+def replay_delta(model: nn.Module, calib: torch.Tensor, batch_size: int = 2) -> float:
+    """max over blocks and batches of |block output in the runner's replay - in the real forward|.
+
+    The replay is `run_blockwise` itself (no statistics, nothing quantized); block outputs are read by
+    forward hooks, the runner's last call of each block being its output for the next block.
+    """
+    layers = decoder_layers(model)
+    seen: list[list[torch.Tensor]] = [[] for _ in layers]
+    hooks = [layer.register_forward_hook(lambda m, a, o, i=i: seen[i].append(o[0] if isinstance(o, tuple) else o))
+             for i, layer in enumerate(layers)]
+    try:
+        for batch in calib.split(batch_size):
+            model(batch, use_cache=False)
+        real = [list(s) for s in seen]
+        for s in seen:
+            s.clear()
+        run_blockwise(model, calib, lambda n, m: None, lambda *a: None, sequential=True, batch_size=batch_size)
+    finally:
+        for h in hooks:
+            h.remove()
+    n = len(real[0])
+    return max(float((r - p).abs().max()) for i in range(len(layers)) for r, p in zip(real[i], seen[i][-n:],
+                                                                                      strict=True))

@@ -1,0 +1,109 @@
+"""Every registered model family x every PTQ method: the invariants that make a row honest.
+
+Tiny random checkpoints of each family (transformers' own config classes, no download; see
+tests/family_checks.py): the method runs; it quantizes exactly the linears the families registry predicts,
+which is every nn.Linear / Conv1D in the blocks; the stored weights lie on their grids; smoothing alone
+keeps the logits; the block-by-block runner replays the real forward; BitNet checkpoints are refused.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from family_checks import (
+    FAMILY_TYPES,
+    METHOD_PARAMS,
+    calib_tokens,
+    count_block_linears,
+    lively_model,
+    logits,
+    n_on_grid,
+    predicted_linears,
+    quantize,
+    replay_delta,
+    smoothing_only_delta,
+)
+
+from ptq_bench.errors import QuantError, RecipeError
+from ptq_bench.families import FAMILIES, SUPPORTED_MODEL_TYPES, get_family
+from ptq_bench.quant import METHODS
+from ptq_bench.quant.calibrate import decoder_layers
+
+PTQ_FAMILIES = [t for t in FAMILY_TYPES if not FAMILIES[t].low_bit]
+LOW_BIT = [t for t in FAMILY_TYPES if FAMILIES[t].low_bit]
+
+
+@pytest.fixture(scope="module")
+def models():
+    cache: dict = {}
+    return lambda t: cache.setdefault(t, lively_model(t))
+
+
+@pytest.fixture(scope="module")
+def calib():
+    return calib_tokens(4, 32)
+
+
+def test_every_registered_family_is_tested():
+    assert set(FAMILY_TYPES) == set(SUPPORTED_MODEL_TYPES)
+    assert set(METHOD_PARAMS) == set(METHODS)
+
+
+@pytest.mark.parametrize("method", sorted(METHOD_PARAMS))
+@pytest.mark.parametrize("model_type", PTQ_FAMILIES)
+def test_method_on_family(models, calib, model_type, method):
+    model = models(model_type)
+    q, rep = quantize(model, method, calib, **METHOD_PARAMS[method])
+    expected = predicted_linears(model)
+    assert expected == count_block_linears(model)  # the registry names every linear of the blocks
+    assert rep.n_linears == expected
+    gridded, on = n_on_grid(q)
+    assert gridded == expected, f"{gridded} of {expected} linears carry a grid"
+    assert on == expected, f"{expected - on} linears off their grid"
+    assert torch.isfinite(logits(q, calib[:1])).all()
+
+
+@pytest.mark.parametrize("model_type", PTQ_FAMILIES)
+def test_smoothing_alone_keeps_logits(models, calib, model_type):
+    model = models(model_type)
+    delta, smoothed = smoothing_only_delta(model, calib, calib_tokens(2, 32, seed=7))
+    assert smoothed == 2 * len(FAMILIES[model_type].smooth)  # 2 blocks
+    assert delta <= 1e-4, delta
+
+
+@pytest.mark.parametrize("model_type", FAMILY_TYPES)
+def test_block_replay_equals_real_forward(models, calib, model_type):
+    assert replay_delta(models(model_type), calib) <= 1e-5
+
+
+@pytest.mark.parametrize("method", sorted(METHOD_PARAMS))
+@pytest.mark.parametrize("model_type", LOW_BIT)
+def test_ptq_of_low_bit_family_is_refused(models, calib, model_type, method):
+    with pytest.raises(QuantError, match=f"PTQ refused.*family '{model_type}'"):
+        quantize(models(model_type), method, calib, **METHOD_PARAMS[method])
+
+
+def test_unregistered_family_is_a_one_line_error(calib):
+    with pytest.raises(RecipeError) as err:
+        get_family("falcon")
+    assert "'falcon'" in str(err.value) and "llama" in str(err.value) and "\n" not in str(err.value)
+    model = lively_model("llama")
+    model.config.model_type = "falcon"
+    with pytest.raises(RecipeError, match="'falcon' is not supported"):
+        quantize(model, "gptq", calib, w_bits=4)
+
+
+@pytest.mark.parametrize("model_type, key, value", [("opt", "do_layer_norm_before", False),
+                                                    ("gpt2", "add_cross_attention", True)])
+def test_layout_the_registry_does_not_describe_is_refused(calib, model_type, key, value):
+    model = lively_model(model_type)
+    setattr(model.config, key, value)
+    with pytest.raises(RecipeError, match=f"{key}={value!r} is not supported"):
+        quantize(model, "absmax", calib, w_bits=4)
+
+
+def test_extra_linear_in_a_block_is_an_error(calib):
+    model = lively_model("llama")
+    decoder_layers(model)[1].mlp.extra = torch.nn.Linear(4, 4)
+    with pytest.raises(QuantError, match="does not name: mlp.extra"):
+        quantize(model, "absmax", calib, w_bits=4)
