@@ -92,3 +92,16 @@ def test_transformers_bitnet_online_takes_hflm_batching(suites, tok):
     a, b, worst, flips = both(suites, model)
     assert suites["fast"].last_path == "fast:hflm"
     assert (worst, flips) == (0.0, 0) and a == b
+
+
+def test_models_whose_cache_fastlm_cannot_fill_take_the_plain_path(suites, tok, monkeypatch):
+    """Every registered family's cache is one FastLM fills exactly; anything else (here: a model without
+    a config, or a cache judged unknown) takes the exact plain path, and the row's protocol says so."""
+    import ptq_bench.eval.fast_lm as fast_lm
+
+    assert all(fast_lm.shareable_cache(tiny_model(name, vocab_size=64)) for name in FAMILY_CONFIGS)
+    assert not fast_lm.shareable_cache(torch.nn.Linear(2, 2))
+    monkeypatch.setattr(fast_lm, "shareable_cache", lambda model: False)
+    a, b, worst, flips = both(suites, build("gemma3_text", len(tok)))
+    assert suites["fast"].last_path == "fast:plain" and suites["fast"].provenance()["path"] == "fast:plain"
+    assert worst <= 1e-4 and flips == 0 and a == b
