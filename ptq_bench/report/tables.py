@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections import Counter
 from typing import TYPE_CHECKING, Any
 
-from ptq_bench.report.fmt import bits, frame, md_cell, to_markdown  # noqa: F401  (to_markdown: notebook API)
+from ptq_bench.report.fmt import bits, frame, md_cell
 from ptq_bench.report.run import RunData, metrics, ppl_key, versions
 
 if TYPE_CHECKING:
@@ -59,13 +59,6 @@ def generic_table(run: RunData, layout: Layout | None = None) -> pd.DataFrame:
         rec["diverged"] = "yes" if row.get("diverged", False) else ""
         records.append({**rec, **versions(row, rows)})
     return frame(records)
-
-
-def build_table(rows: list[dict[str, Any]]) -> pd.DataFrame:
-    """The generic table of bare rows (the notebook's entry point)."""
-    from pathlib import Path
-
-    return generic_table(RunData(Path("."), rows))
 
 
 def shown_tasks(run: RunData, layout: Layout) -> list[str]:
