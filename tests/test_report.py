@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from ptq_bench.models.build import ArchConfig, build_model, weight_bytes
-from ptq_bench.report import render
 from ptq_bench.report import plots as plots_mod
+from ptq_bench.report import render
 from ptq_bench.report.fmt import csv_cell, md_cell, tex_cell, to_latex
 from ptq_bench.report.layouts import LAYOUTS
 from ptq_bench.report.paper import PAPER_TABLE3, b158_table, table3

@@ -13,8 +13,8 @@ from ptq_bench.errors import PtqBenchError
 
 def render(run_dir: str | Path) -> list[Path]:
     """Write the generic table.{md,csv} and plots, and the recipe layout's files, into `run_dir`."""
-    from ptq_bench.report.render import render_run
     from ptq_bench.report.run import load_run
+    from ptq_bench.report.write import render_run
     from ptq_bench.results import RESULTS
 
     run_dir = Path(run_dir)

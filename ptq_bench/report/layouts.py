@@ -5,7 +5,7 @@ against `LAYOUT_NAMES` at validate time. The functions a layout names are refere
 ("module:attribute") and imported only when a report is rendered (`Layout.table_fn`, `Layout.plot_fns`).
 
 A table function is `fn(run: RunData, layout: Layout) -> pandas.DataFrame`; a plot function is
-`fn(run: RunData, table: pandas.DataFrame, out: Path) -> list[Path]` (see `ptq_bench.report.render`).
+`fn(run: RunData, table: pandas.DataFrame, out: Path) -> list[Path]` (see `ptq_bench.report.write`).
 Adding a layout is one entry here plus its table function.
 """
 

@@ -12,13 +12,13 @@ from collections import defaultdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ptq_bench.report.fmt import md_cell
+from ptq_bench.report.fmt import md_cell, nonfinite_name
 from ptq_bench.report.run import RunData, ppl
 
 if TYPE_CHECKING:
     import pandas as pd
 
-_EDGE_MARKER = {"NaN": "X", "+inf": "^", "-inf": "v"}
+_EDGE_MARKER = {"nan": "X", "inf": "^", "-inf": "v"}
 
 
 def _finite(v: float) -> bool:
@@ -46,7 +46,7 @@ class Marks:
         for x, y, color in self.pending:
             px, py = _edge(x, x0, x1), _edge(y, y0, y1)
             label = " ".join(f"{axis} {md_cell(v)}" for axis, v in (("x", x), ("y", y)) if not _finite(v))
-            marker = _EDGE_MARKER[md_cell(y if not _finite(y) else x)]
+            marker = _EDGE_MARKER[nonfinite_name(y if not _finite(y) else x)]
             ax.plot([px], [py], marker=marker, markersize=10, color=color, linestyle="none", clip_on=False, zorder=6)
             ax.annotate(label, (px, py), textcoords="offset points", xytext=(6, -10 if py == y1 else 4),
                         fontsize=7, color=color, annotation_clip=False)
