@@ -72,14 +72,19 @@ def num_fewshot(row: dict[str, Any]) -> int | None:
     return (row.get("protocol") or {}).get("num_fewshot")
 
 
-def task_metric(row: dict[str, Any], task: str, metric: str, scale: float = 100.0) -> float | None:
-    """lm-eval metric of `task` (in % by default); None when the row did not measure it."""
+def percent(v: Any) -> float | None:
+    """An lm-eval accuracy (a fraction) in %, as every table shows it; None stays None."""
+    return None if v is None else float(v) * 100
+
+
+def task_metric(row: dict[str, Any], task: str, metric: str) -> float | None:
+    """lm-eval accuracy of `task` in %; None when the row did not measure it."""
     n = num_fewshot(row)
     ms = metrics(row)
     keys = ([f"lm_eval/{task}/{n}shot/{metric}"] if n is not None else
             [k for k in ms if k.startswith(f"lm_eval/{task}/") and k.endswith(f"shot/{metric}")])
     v = ms.get(keys[0]) if keys else None
-    return None if v is None else float(v) * scale
+    return percent(v)
 
 
 def ppl_key(row: dict[str, Any], text: str = "wikitext2") -> str | None:

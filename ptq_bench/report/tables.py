@@ -10,7 +10,7 @@ from collections import Counter
 from typing import TYPE_CHECKING, Any
 
 from ptq_bench.report.fmt import bits, frame, md_cell
-from ptq_bench.report.run import RunData, metrics, ppl_key, versions
+from ptq_bench.report.run import RunData, metrics, percent, ppl_key, versions
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -49,8 +49,7 @@ def generic_table(run: RunData, layout: Layout | None = None) -> pd.DataFrame:
         rec: dict[str, Any] = {"model": row.get("model"), "method": row.get("method"),
                                "W": bits(row.get("w_bits")), "A": bits(row.get("a_bits"))}
         for k in metric_cols:
-            v = head.get(k)
-            rec[k] = v * 100 if v is not None and k.endswith(_ACC) else v
+            rec[k] = percent(head.get(k)) if k.endswith(_ACC) else head.get(k)
         accs = [rec[k] for k in metric_cols if k.endswith(_ACC) and rec[k] is not None]
         rec["avg_acc"] = sum(accs) / len(accs) if accs else None
         quant = row.get("quant")
