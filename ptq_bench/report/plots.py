@@ -195,6 +195,10 @@ def plot_scaling(run: RunData, df: pd.DataFrame, out: Path) -> list[Path]:
     return paths
 
 
+def _peak_lr(curve: dict[str, Any]) -> float | None:
+    return (curve.get("schedule") or {}).get("lr")
+
+
 def plot_lr_stability(run: RunData, df: pd.DataFrame, out: Path) -> list[Path]:
     """Loss curves per model kind at each peak LR; a diverged run ends in an x at its last finite loss."""
     curves = list(run.curves.values())
@@ -205,11 +209,12 @@ def plot_lr_stability(run: RunData, df: pd.DataFrame, out: Path) -> list[Path]:
     drawn = []
     for ax, kind in zip(axes, kinds):
         marks = Marks()
-        for c in sorted((c for c in curves if str(c.get("kind")) == kind), key=lambda c: c["schedule"]["lr"]):
+        for c in sorted((c for c in curves if str(c.get("kind")) == kind), key=lambda c: _peak_lr(c) or 0.0):
             pts = c.get("curve") or []
-            line = marks.line(ax, [p["tokens"] for p in pts], [p["loss"] for p in pts],
-                              label=f"peak LR {c['schedule']['lr']:g}")
-            fin = [p for p in pts if p["loss"] is not None and _finite(p["loss"])]
+            lr = _peak_lr(c)
+            line = marks.line(ax, [p.get("tokens") for p in pts], [p.get("loss") for p in pts],
+                              label=f"peak LR {lr:g}" if lr is not None else "peak LR ?")
+            fin = [p for p in pts if p.get("loss") is not None and _finite(p["loss"])]
             if c.get("diverged") and fin:
                 ax.plot([fin[-1]["tokens"]], [fin[-1]["loss"]], marker="x", markersize=12, color=line.get_color())
         ax.set_title(f"{kind} (x = diverged)")

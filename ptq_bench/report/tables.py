@@ -10,7 +10,7 @@ from collections import Counter
 from typing import TYPE_CHECKING, Any
 
 from ptq_bench.report.fmt import bits, frame, md_cell
-from ptq_bench.report.run import RunData, metrics, percent, ppl_key, versions
+from ptq_bench.report.run import RunData, mean, metrics, percent, ppl_key, versions
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -50,8 +50,7 @@ def generic_table(run: RunData, layout: Layout | None = None) -> pd.DataFrame:
                                "W": bits(row.get("w_bits")), "A": bits(row.get("a_bits"))}
         for k in metric_cols:
             rec[k] = percent(head.get(k)) if k.endswith(_ACC) else head.get(k)
-        accs = [rec[k] for k in metric_cols if k.endswith(_ACC) and rec[k] is not None]
-        rec["avg_acc"] = sum(accs) / len(accs) if accs else None
+        rec["avg_acc"] = mean([rec[k] for k in metric_cols if k.endswith(_ACC)])  # "–" if a task is unmeasured
         quant = row.get("quant")
         if isinstance(quant, dict) and quant:
             rec["eff_bits"], rec["quant_s"] = quant.get("effective_bits"), quant.get("seconds")
@@ -74,9 +73,12 @@ def protocol_notes(rows: list[dict[str, Any]]) -> list[str]:
         return []
     ppl = p.get("ppl") or {}
     win = "all windows" if ppl.get("max_windows") is None else f"first {ppl['max_windows']} windows"
+    lines = [] if ppl.get("seq_len") is None else [
+        f"- `ppl_gptq/<set>/seq{ppl['seq_len']}…`: GPTQ-protocol perplexity (test text joined, non-overlapping "
+        f"{ppl['seq_len']}-token windows, {win}).",
+    ]
     return [
-        f"- `ppl_gptq/<set>/seq{ppl.get('seq_len')}…`: GPTQ-protocol perplexity (test text joined, non-overlapping "
-        f"{ppl.get('seq_len')}-token windows, {win}).",
+        *lines,
         f"- `<task>/<n>shot/acc|acc_norm`: lm-eval task definitions and metrics, {p.get('num_fewshot')}-shot, "
         f"limit {p.get('limit') or 'none'} documents per task, backend `{p.get('backend')}`; accuracies in %.",
         "- `W`/`A`: weight/activation bits (FP16 = 16/16; BitNet b1.58 = 1.58/8 and b1 = 1/8 natively).",
@@ -127,6 +129,6 @@ def notes(run: RunData, layout: Layout, df: pd.DataFrame) -> list[str]:
     lines = [*protocol_notes(run.rows), *task_notes(shown_tasks(run, layout)), *untrained_notes(run.rows)]
     if "PPL" in df.columns:
         lines += ppl_note(run.rows)
-    if run.manifest:
+    if run.manifest and run.manifest.get("invocations"):
         lines.append(provenance(run.manifest))
     return lines + run.damage
