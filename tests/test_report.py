@@ -102,6 +102,7 @@ def test_table_md_csv_tex_render_nan_inf_and_missing_distinctly(tmp_path):
     ppl, wge = "ppl_gptq/wikitext2/seq128", "winogrande/0shot/acc"
     assert [by_w[w][ppl] for w in ("8", "4", "2")] == ["NaN", "+inf", "99.00"]
     assert by_w["4"][wge] == "-inf" and by_w["2"][wge] == "–" and by_w["16"][wge] == "50.00"
+    assert [by_w[w]["avg_acc"] for w in ("16", "4", "2")] == ["45.00", "-inf", "–"]
     with open(d / "table.csv", encoding="utf-8") as fh:
         by_w_csv = {r["W"]: r for r in csv.DictReader(fh)}
     assert [by_w_csv[w][ppl] for w in ("8", "4")] == ["nan", "inf"]
