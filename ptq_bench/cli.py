@@ -62,6 +62,8 @@ def _ls(args: argparse.Namespace) -> int:
     for name in sorted(TASKS):
         print(f"  {name}")
     print("perplexity sets (GPTQ protocol):", ", ".join(PPL_FILES))
+    from ptq_bench.report.layouts import LAYOUT_NAMES
+    print("layouts:", ", ".join(LAYOUT_NAMES))
     print("models: fp16, bitnet_b158, bitnet_b1 (trained), or any HF checkpoint dir / hub id via 'source'")
     return 0
 
