@@ -8,16 +8,13 @@ or per tensor, applied by a forward pre-hook on each quantized linear (SmoothQua
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
 
 from ptq_bench.quant.calibrate import quantizable_linears
+from ptq_bench.quant.configs import A_BITS, W_BITS, AbsmaxConfig  # noqa: F401 - re-exported
 from ptq_bench.quant.primitives import (
-    ACT_GRANULARITIES,
-    TERNARY,
-    WEIGHT_GRANULARITIES,
     Grid,
     effective_bits,
     fake_quant_act,
@@ -26,38 +23,7 @@ from ptq_bench.quant.primitives import (
 )
 from ptq_bench.quant.registry import QuantReport, register
 
-W_BITS = (1, TERNARY, 2, 3, 4, 5, 6, 7, 8, 16)
-A_BITS = (2, 3, 4, 5, 6, 7, 8, 16)
 GRID_ATTR = "ptq_grid"  # attribute on a quantized linear holding its primitives.Grid
-
-
-def check_w_bits(w_bits: float, allowed: tuple = W_BITS) -> None:
-    if w_bits not in allowed:
-        raise ValueError(f"w_bits must be one of {', '.join(str(b) for b in allowed)}, got {w_bits}")
-
-
-def check_a_bits(a_bits: int, a_granularity: str) -> None:
-    if a_bits not in A_BITS:
-        raise ValueError(f"a_bits must be one of 2..8 or 16 (16 = not quantized), got {a_bits}")
-    if a_granularity not in ACT_GRANULARITIES:
-        raise ValueError(f"a_granularity must be one of {ACT_GRANULARITIES}, got {a_granularity!r}")
-
-
-@dataclass(frozen=True)
-class AbsmaxConfig:
-    w_bits: float = 8  # weight bits: 1 (sign), 1.58 (ternary), 2..8, 16 = unquantized
-    w_granularity: str = "channel"  # one scale per "tensor", per output "channel", or per "group"
-    group_size: int = 128  # input columns per scale when w_granularity == "group"
-    a_bits: int = 16  # activation bits, dynamic absmax; 16 = not quantized
-    a_granularity: str = "token"  # one activation scale per "token" or per "tensor"
-
-    def __post_init__(self) -> None:
-        check_w_bits(self.w_bits)
-        if self.w_granularity not in WEIGHT_GRANULARITIES:
-            raise ValueError(f"w_granularity must be one of {WEIGHT_GRANULARITIES}, got {self.w_granularity!r}")
-        if self.group_size < 1:
-            raise ValueError(f"group_size must be >= 1, got {self.group_size}")
-        check_a_bits(self.a_bits, self.a_granularity)
 
 
 class ActQuant:

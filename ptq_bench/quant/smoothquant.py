@@ -19,42 +19,19 @@ nn.Linear, e.g. BitLinear, whose own input RMSNorm would undo the smoothing.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
 
 from ptq_bench.quant.absmax import (
-    W_BITS,
     attach_act_quant,
-    check_a_bits,
-    check_w_bits,
     quantize_linear_rtn,
     report_bits,
 )
 from ptq_bench.quant.calibrate import SMOOTH_MAPPINGS, ChannelAbsMax, layer_linears, run_blockwise
-from ptq_bench.quant.primitives import WEIGHT_GRANULARITIES, Grid
+from ptq_bench.quant.configs import SmoothQuantConfig
+from ptq_bench.quant.primitives import Grid
 from ptq_bench.quant.registry import QuantReport, register
-
-
-@dataclass(frozen=True)
-class SmoothQuantConfig:
-    alpha: float = 0.5  # migration strength: 0 = all difficulty stays on activations, 1 = all on weights
-    w_bits: float = 8  # weight bits after smoothing (absmax): 1, 1.58, 2..8, 16 = unquantized
-    a_bits: int = 8  # activation bits (dynamic absmax); 16 = not quantized
-    w_granularity: str = "channel"  # "tensor" | "channel" | "group"
-    a_granularity: str = "token"  # "token" | "tensor"
-    group_size: int = 128  # input columns per weight scale when w_granularity == "group"
-
-    def __post_init__(self) -> None:
-        if not 0.0 <= self.alpha <= 1.0:
-            raise ValueError(f"alpha must be in [0, 1], got {self.alpha}")
-        check_w_bits(self.w_bits, W_BITS)
-        if self.w_granularity not in WEIGHT_GRANULARITIES:
-            raise ValueError(f"w_granularity must be one of {WEIGHT_GRANULARITIES}, got {self.w_granularity!r}")
-        if self.group_size < 1:
-            raise ValueError(f"group_size must be >= 1, got {self.group_size}")
-        check_a_bits(self.a_bits, self.a_granularity)
 
 
 def smoothing_scales(act_amax: torch.Tensor, weights: list[torch.Tensor], alpha: float) -> torch.Tensor:
