@@ -238,22 +238,21 @@ class StrictLoader(yaml.SafeLoader):
         self._depth += 1
         if self._depth > MAX_DEPTH:
             raise ConfigError(f"line {self.peek_event().start_mark.line + 1}: nested deeper than {MAX_DEPTH} levels")
+        alias = self.check_event(yaml.AliasEvent)
         try:
             node = super().compose_node(parent, index)
         finally:
             self._depth -= 1
-        if id(node) not in self._sizes:
+        if alias and id(node) not in self._sizes:  # an alias to a node still being composed
+            raise ConfigError(f"line {node.start_mark.line + 1}: recursive YAML alias")
+        if not alias:
             self._sizes[id(node)] = self._expanded_size(node)
         return node
 
     def _expanded_size(self, node: Any) -> int:
         children = node.value if isinstance(node, yaml.SequenceNode) else (
             [n for kv in node.value for n in kv] if isinstance(node, yaml.MappingNode) else [])
-        size = 1
-        for child in children:
-            if id(child) not in self._sizes:
-                raise ConfigError(f"line {node.start_mark.line + 1}: recursive YAML alias")
-            size += self._sizes[id(child)]
+        size = 1 + sum(self._sizes[id(child)] for child in children)
         if size > MAX_NODES:
             raise ConfigError(f"line {node.start_mark.line + 1}: more than {MAX_NODES} values once YAML aliases "
                               "are expanded")

@@ -130,7 +130,7 @@ BAD = {
     "rope_theta inf": (_set("arch", "rope_theta", math.inf), "arch.rope_theta: expected a finite number"),
     "rope_theta negative": (_set("arch", "rope_theta", -1.0), "arch.rope_theta: must be > 0"),
     "rope_theta in model arch": (_set("models", "fp16", "arch", {"rope_theta": math.nan}), "models.fp16.arch.rope_theta"),
-    "huge float": (_set("train", "grad_clip", 10**400), "train.grad_clip: number out of range"),
+    "huge number": (_set("train", "grad_clip", 2**70), "train.grad_clip: number out of range"),
     # lengths beyond the model's context (smoke: arch.max_seq_len 256)
     "calibration.seq_len beyond context": (
         lambda r: (r["quantize"].append({"method": "gptq", "w_bits": 4}), r["calibration"].update(seq_len=100000)),
@@ -193,7 +193,7 @@ def _text(tmp_path: Path, text: str | bytes) -> Path:
 
 SMOKE_TEXT = SMOKE.read_text()
 BAD_TEXT = {
-    "duplicate key": (SMOKE_TEXT + "seed: 1\n", "line 32: duplicate key 'seed'"),
+    "duplicate key": (SMOKE_TEXT + "seed: 1\n", "line 36: duplicate key 'seed'"),
     "duplicate nested key": (SMOKE_TEXT.replace("  seq_len: 64\n", "  seq_len: 64\n  seq_len: 32\n", 1),
                              "duplicate key 'seq_len'"),
     "not UTF-8": (b"\xff\xfe name: x\n", "not UTF-8 text (byte 0)"),
@@ -326,3 +326,53 @@ def test_validate_imports_no_torch_or_pandas():
     out = subprocess.run([sys.executable, "-c", code, str(ROOT / "recipes" / "quickstart.yaml")],
                          capture_output=True, text=True, check=True).stdout
     assert out.strip().endswith("0 []"), out
+
+
+# ----------------------------------------------------------------------------- one place for each name list
+
+
+def test_catalog_matches_registry():
+    """quant/configs.py CATALOG (read by validate) and the registry (read by run) name the same methods,
+    with the same config classes and calibration needs."""
+    from ptq_bench.quant import METHODS, load_all
+    from ptq_bench.quant.configs import CATALOG
+
+    load_all()
+    assert sorted(METHODS) == sorted(CATALOG)
+    for name, m in METHODS.items():
+        assert (m.config_cls, m.needs_calibration) == (CATALOG[name].config, CATALOG[name].needs_calibration), name
+
+
+def test_registry_make_config_goes_through_the_loader():
+    from ptq_bench.quant import get_method
+
+    for method, params, needle in [("gptq", {"sym": "false"}, "q.sym: expected true/false"),
+                                   ("absmax", {"w_bits": True}, "q.w_bits: expected a number"),
+                                   ("gptq", {"act_order": "yes"}, "q.act_order"),
+                                   ("gptq", {"group_size": 1.5}, "q.group_size"),
+                                   ("smoothquant", {"alpha": True}, "q.alpha")]:
+        with pytest.raises(RecipeError, match=needle):
+            get_method(method).make_config(params, "q")
+
+
+def test_layout_names_match_paper():
+    from ptq_bench.report.layouts import LAYOUT_NAMES
+    from ptq_bench.report.paper import LAYOUTS
+
+    assert tuple(LAYOUTS) == LAYOUT_NAMES
+
+
+def test_kinds_table_is_what_build_and_train_use():
+    from ptq_bench.kinds import BITNET_MODES, KINDS, TRAINED_KINDS
+    from ptq_bench.models.arch import ArchConfig
+    from ptq_bench.models.bitlinear import BitLinear
+    from ptq_bench.models.build import MODEL_KINDS, build_model
+    from ptq_bench.models.train import SCHEDULES, make_schedule
+
+    assert MODEL_KINDS == TRAINED_KINDS == ("fp16", "bitnet_b158", "bitnet_b1")
+    arch = ArchConfig(hidden_size=16, intermediate_size=32, num_layers=1, num_heads=2, max_seq_len=8)
+    for kind in TRAINED_KINDS:
+        modes = {m.mode for m in build_model(kind, arch, 300, seed=0).modules() if isinstance(m, BitLinear)}
+        assert modes == ({BITNET_MODES[kind]} if kind in BITNET_MODES else set()), kind
+        assert make_schedule(kind) == make_schedule(kind, None) and KINDS[kind].schedule in SCHEDULES
+    assert [k for k, v in KINDS.items() if v.ptq_allowed] == ["fp16"]
