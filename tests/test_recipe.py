@@ -153,6 +153,10 @@ BAD = {
     "PTQ of bitnet_b1": (_set("quantize", 0, "models", ["fp16", "bitnet_b1"]), "'bitnet_b1' is a BitNet b1 model"),
     # sources and names
     "source /nonexistent": (_set("models", "fp16", "source", "/nonexistent"), "models.fp16.source: no such folder"),
+    "source empty": (_set("models", "fp16", "source", ""), "models.fp16.source: empty"),
+    "source not a hub id": (_set("models", "fp16", "source", "a b"), "neither a local folder nor a hub id"),
+    "source not a checkpoint": (_set("models", "fp16", "source", "/proc"), "is not a checkpoint folder"),
+    "source .": (_set("models", "fp16", "source", "."), "is not a checkpoint folder"),
     "source ./missing": (_set("models", "fp16", "source", "./missing/model"), "models.fp16.source: no such folder"),
     "name empty": (_set("name", ""), "name: must be a plain name"),
     "name ..": (_set("name", ".."), "name: must be a plain name"),
