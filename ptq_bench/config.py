@@ -87,7 +87,8 @@ def _scalar(value: Any, tp: Any, where: str) -> Any:
         return value
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"{where}: expected a number, got {short(value)}")
+            hint = " (YAML reads 1e-3 as text: write 1.0e-3)" if _numeric_text(value) else ""
+            raise ConfigError(f"{where}: expected a number, got {short(value)}{hint}")
         if isinstance(value, int) and abs(value) > INT_LIMIT:
             raise ConfigError(f"{where}: number out of range, got {short(value)}")
         if not math.isfinite(value):
@@ -100,6 +101,13 @@ def _scalar(value: Any, tp: Any, where: str) -> Any:
             raise ConfigError(f"{where}: a string must not contain a NUL character, got {short(value)}")
         return value
     raise ConfigError(f"{where}: unsupported type {_type_name(tp)}")  # pragma: no cover - schema bug
+
+
+def _numeric_text(value: Any) -> bool:
+    try:
+        return isinstance(value, str) and len(value) < 40 and math.isfinite(float(value))
+    except ValueError:
+        return False
 
 
 def coerce(value: Any, tp: Any, where: str) -> Any:

@@ -25,6 +25,13 @@ from hypothesis import strategies as st
 
 ROOT = Path(__file__).resolve().parents[1]
 BASES = {name: yaml.safe_load((ROOT / "recipes" / f"{name}.yaml").read_text()) for name in ("smoke", "quickstart")}
+for _base in BASES.values():  # spell out float and bool settings so that edits can reach them
+    _base["models"]["fp16"].update(lr=2.5e-3, weight_decay=0.1)
+    _base["models"]["bitnet_b158"].update(lr_stage2=2e-3)
+    _base["train"].update(grad_clip=1.0)
+    _base["arch"].update(rope_theta=10000.0)
+    _base["quantize"].append({"method": "gptq", "w_bits": 4, "group_size": 32, "damp": 0.01, "sym": True,
+                              "act_order": False})
 MARK = "__MUTATION__"  # a string value later replaced in the YAML text by a text-level edit
 
 SPECIAL = [0, -1, 1, 2**31, 2**32, 2**63, 2**70, -(2**70), 10**30, 0.5, 1.5, -0.0, 1e308, math.nan, math.inf,
@@ -51,9 +58,16 @@ def _parent(doc: Any, path: tuple) -> Any:
 
 
 BOUNDARY = {  # type of the current value -> values just outside (or at the edge of) what is allowed
-    "number": [0, -1, 1, 2**32, 2**70, -(2**70), 1e308, 0.5, math.nan, math.inf, -math.inf, True, "8", None],
+    "int": [0, -1, 1, 2**32, 2**70, -(2**70), 0.5, 1.5, math.nan, True, "8", None, "9" * 5000],
+    "float": [math.nan, math.inf, -math.inf, -1.0, -1e-9, 0.0, 1e308, True, "0.1", None, "x" * 5000],
+    "bool": ["false", "yes", 0, 1, None, "true", "y" * 5000],
     "str": ["", ".", "..", "../../x", "/abs", "a/b", "a\x00b", "x" * 200, 1, True, None, ["x"]],
 }
+
+
+def _type_class(value: Any) -> str:
+    return "bool" if isinstance(value, bool) else type(value).__name__ if isinstance(value, (int, float, str)) else "str"
+
 PARAMS = ["w_bits", "a_bits", "sym", "act_order", "static_groups", "true_sequential", "group_size", "alpha",
           "damp", "block_size", "seed", "transform", "rescale", "w_granularity", "a_granularity", "models"]
 SOURCES = ["/nonexistent", "./nope", "~/nope/x", "a/b/c", "org/name", "", "/", "/proc", "."]
@@ -95,8 +109,8 @@ def mutations(draw: Any) -> tuple[str, bytes]:
     labels = [base]
     text_edit = None
     for _ in range(draw(st.sampled_from([1, 1, 1, 2]))):
-        op = draw(st.sampled_from(["nudge", "nudge", "nudge", "param", "param", "source", "set", "set", "drop",
-                                   "rename", "add", "text"]))
+        op = draw(st.sampled_from(["nudge"] * 6 + ["param", "param", "source", "set", "set", "drop", "rename",
+                                                    "add", "text"]))
         if op in ("nudge", "param", "source"):
             labels.append(_targeted(draw, doc, op))
             continue
@@ -128,10 +142,13 @@ def mutations(draw: Any) -> tuple[str, bytes]:
 
 def _targeted(draw: Any, doc: dict, op: str) -> str:
     """A typed-but-wrong edit: a leaf set to a boundary value, a method setting, or a model source."""
-    if op == "nudge":
-        path = draw(st.sampled_from(leaf_paths(doc)))
-        current = _parent(doc, path)[path[-1]]
-        value = draw(st.sampled_from(BOUNDARY["str" if isinstance(current, str) else "number"]))
+    if op == "nudge":  # pick the type first, so that the few float and bool settings are edited often
+        by_type: dict[str, list[tuple]] = {}
+        for p in leaf_paths(doc):
+            by_type.setdefault(_type_class(_parent(doc, p)[p[-1]]), []).append(p)
+        kind = draw(st.sampled_from(sorted(by_type)))
+        path = draw(st.sampled_from(by_type[kind]))
+        value = draw(st.sampled_from(BOUNDARY[kind]))
     elif op == "param":
         if not isinstance(doc.get("quantize"), list) or not doc["quantize"]:
             doc["quantize"] = [{"method": draw(st.sampled_from(sorted(METHOD_BITS)))}]

@@ -131,6 +131,7 @@ BAD = {
     "rope_theta negative": (_set("arch", "rope_theta", -1.0), "arch.rope_theta: must be > 0"),
     "rope_theta in model arch": (_set("models", "fp16", "arch", {"rope_theta": math.nan}), "models.fp16.arch.rope_theta"),
     "huge number": (_set("train", "grad_clip", 2**70), "train.grad_clip: number out of range"),
+    "lr as YAML 1.1 text": (_set("models", "fp16", "lr", "1e-3"), "expected a number, got '1e-3' (YAML reads"),
     # lengths beyond the model's context (smoke: arch.max_seq_len 256)
     "calibration.seq_len beyond context": (
         lambda r: (r["quantize"].append({"method": "gptq", "w_bits": 4}), r["calibration"].update(seq_len=100000)),
