@@ -50,6 +50,12 @@ def short(value: Any, limit: int = 60) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
+def label(key: Any) -> str:
+    """A mapping key as it appears in a key path: bare when it is a short plain name, else `short(key)`."""
+    plain = isinstance(key, str) and len(key) <= 60 and key.replace("-", "_").replace(".", "_").isidentifier()
+    return key if plain else short(key)
+
+
 def clip(text: str, limit: int = 200) -> str:
     """`text` cut to `limit` characters (an ellipsis marks the cut)."""
     return text if len(text) <= limit else text[: limit - 1] + "…"
@@ -140,7 +146,7 @@ def coerce(value: Any, tp: Any, where: str) -> Any:
         if not isinstance(value, dict):
             raise ConfigError(f"{where}: expected a mapping, got {short(value)}")
         _, val_tp = typing.get_args(tp)
-        return {_key(k, where): coerce(v, val_tp, f"{where}.{k}") for k, v in value.items()}
+        return {_key(k, where): coerce(v, val_tp, f"{where}.{label(k)}") for k, v in value.items()}
     return _scalar(value, tp, where)
 
 
@@ -166,7 +172,9 @@ def check_value(value: Any, meta: typing.Mapping[str, Any], where: str) -> None:
         return
     choices = meta.get("choices")
     if choices is not None and value not in choices:
-        raise ConfigError(f"{where}: expected one of {', '.join(map(str, choices))}, got {short(value)}")
+        known = ", ".join(map(str, choices))
+        known = known if len(known) <= 120 else f"{len(choices)} names (see `ptq-bench ls`)"
+        raise ConfigError(f"{where}: expected one of {known}, got {short(value)}")
     if isinstance(value, str) and len(value) > meta.get("max_len", MAX_STR):
         raise ConfigError(f"{where}: longer than {meta.get('max_len', MAX_STR)} characters")
     if isinstance(value, (int, float)) and not isinstance(value, bool):
@@ -193,8 +201,7 @@ def from_dict(cls: type, data: typing.Mapping[str, Any], where: str = "") -> Any
     kwargs = {}
     for key, value in data.items():
         if key not in fields:
-            name = key if isinstance(key, str) and key.isidentifier() and len(key) <= 60 else short(key)
-            raise ConfigError(f"{prefix}{name}: unknown key (known: {', '.join(sorted(fields))})")
+            raise ConfigError(f"{prefix}{label(key)}: unknown key (known: {', '.join(sorted(fields))})")
         kwargs[key] = coerce(value, hints[key], f"{prefix}{key}")
         check_value(kwargs[key], fields[key].metadata, f"{prefix}{key}")
     missing = [n for n, f in fields.items() if n not in kwargs and f.default is MISSING and f.default_factory is MISSING]

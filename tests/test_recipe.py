@@ -170,6 +170,7 @@ BAD = {
     "name 101 chars": (_set("name", "x" * 101), "name: longer than 100 characters"),
     "model name ../x": (lambda r: r["models"].update({"../x": {"kind": "fp16"}}), "a model name: must be a plain"),
     "model name not a string": (lambda r: r["models"].update({1: {"kind": "fp16"}}), "models: keys must be strings"),
+    "long model name": (lambda r: r["models"].update({"m" * 5000: {"kind": "fp8"}}), "models.'mmmm"),
     "data_dir with NUL": (_set("data_dir", "/tmp/\x00x"), "data_dir: a string must not contain a NUL"),
     "device": (_set("device", "tpu"), "device: expected one of auto, cpu, cuda"),
     "layout": (_set("layout", "table9"), "layout: expected one of"),
@@ -382,3 +383,14 @@ def test_kinds_table_is_what_build_and_train_use():
         assert modes == ({BITNET_MODES[kind]} if kind in BITNET_MODES else set()), kind
         assert make_schedule(kind) == make_schedule(kind, None) and KINDS[kind].schedule in SCHEDULES
     assert [k for k, v in KINDS.items() if v.ptq_allowed] == ["fp16"]
+
+
+def test_ls_lists_the_tables(capsys):
+    from ptq_bench.kinds import KINDS
+    from ptq_bench.quant.configs import CATALOG
+
+    assert main(["ls"]) == 0
+    out = capsys.readouterr().out
+    for name in [*KINDS, *CATALOG, *(k.display for k in KINDS.values())]:
+        assert name in out, name
+    assert "bitnet_b158  BitNet b1.58  W1.58A8   trained, no PTQ" in out
