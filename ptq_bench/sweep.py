@@ -30,11 +30,9 @@ from ptq_bench.data import (
     resolve_data_dir,
     train_documents,
 )
+from ptq_bench.kinds import NATIVE_BITS  # nominal (weight, activation) bits of unquantized models
 from ptq_bench.recipe import Cell, Recipe, expand_cells, model_arch, to_dict
 from ptq_bench.results import append_row, close_run, done_cells, open_run
-
-# nominal (weight bits, activation bits) of the unquantized models, for tables and plots
-NATIVE_BITS = {"fp16": (16, 16), "bitnet_b158": (1.58, 8), "bitnet_b1": (1, 8), "bitnet_hf": (1.58, 8)}
 
 
 def _hash(obj: Any) -> str:

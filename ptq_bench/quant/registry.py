@@ -17,7 +17,6 @@ method does not need calibration. Every config must have `w_bits` and `a_bits` f
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -43,17 +42,10 @@ class Method:
     needs_calibration: bool
 
     def make_config(self, params: dict[str, Any], where: str = "") -> Any:
-        """Build the frozen config from recipe params; an unknown key or a bad value is a RecipeError."""
-        fields = {f.name: f for f in dataclasses.fields(self.config_cls)}
-        for key in params:
-            if key not in fields:
-                raise RecipeError(
-                    f"{where}: unknown key '{key}' for method '{self.name}' (known: {', '.join(sorted(fields))})"
-                )
-        try:
-            return self.config_cls(**params)
-        except (TypeError, ValueError) as exc:
-            raise RecipeError(f"{where}: {exc}") from None
+        """Build the frozen config through the typed loader: unknown key, wrong type, out of bounds = RecipeError."""
+        from ptq_bench.config import from_dict
+
+        return from_dict(self.config_cls, params, where)
 
 
 METHODS: dict[str, Method] = {}
