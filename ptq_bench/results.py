@@ -297,6 +297,15 @@ def _refuse_foreign(run_dir: Path, recipe_hash: str, manifest: dict[str, Any] | 
                                 f"{recipe_hash}); {advice}")
 
 
+def _refuse_changed_data(run_dir: Path, manifest: dict[str, Any], base: dict[str, Any]) -> None:
+    """Data files are not in the recipe hash: one that changed since the folder's first run is an error."""
+    old, new = manifest.get("data_sha256") or {}, base.get("data_sha256") or {}
+    for rel in sorted(set(old) & set(new)):
+        if old[rel] != new[rel]:
+            raise PtqBenchError(f"data file {rel} changed since {run_dir} was first run (sha256 {old[rel][:12]}... "
+                                f"now {new[rel][:12]}...); set a different output_dir")
+
+
 def open_run(run_dir: Path, recipe_hash: str, base: dict[str, Any]) -> tuple[dict[str, Any], list[Row]]:
     """Reopen (or create) a run folder for `recipe_hash`, under `run_lock`: (manifest, stored rows).
 
@@ -305,6 +314,8 @@ def open_run(run_dir: Path, recipe_hash: str, base: dict[str, Any]) -> tuple[dic
     run_dir.mkdir(parents=True, exist_ok=True)
     manifest = load_manifest(run_dir, strict=True)
     _refuse_foreign(run_dir, recipe_hash, manifest)
+    if manifest is not None:
+        _refuse_changed_data(run_dir, manifest, base)
     aside = repair_tail(run_dir)
     if aside is not None:
         from ptq_bench.console import log
@@ -313,6 +324,7 @@ def open_run(run_dir: Path, recipe_hash: str, base: dict[str, Any]) -> tuple[dic
             "that cell is recomputed")
     if manifest is None:
         manifest = {**base, "recipe_hash": recipe_hash, "invocations": []}
+    manifest.update({k: base[k] for k in ("recipe_name", "recipe", "recipe_text") if k in base})  # the latest
     manifest["invocations"].append(
         {"started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "git": git_hash(), "versions": package_versions(),
          "hardware": hardware(), "pid": os.getpid()}
