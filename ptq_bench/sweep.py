@@ -233,10 +233,13 @@ def run(recipe: Recipe, recipe_text: str) -> Path:
     logging.getLogger("lm_eval").setLevel(logging.ERROR)  # its HFLM-with-a-model notices are expected here
     with run_lock(recipe.out_dir):
         sw = prepare(recipe, recipe_text)
-        sw.bar = tqdm(total=len(sw.todo), desc="cells", unit="cell", dynamic_ncols=True)
-        for name in recipe.models:
-            run_model(sw, name)
-        sw.bar.close()
+        # no bar when stderr is not a terminal (disable=None): the log lines of each cell say it all
+        sw.bar = tqdm(total=len(sw.todo), desc="cells", unit="cell", dynamic_ncols=True, disable=None)
+        try:
+            for name in recipe.models:
+                run_model(sw, name)
+        finally:
+            sw.bar.close()
         _record_eval(sw)
         close_run(sw.out, sw.manifest, time.perf_counter() - t0, sw.ran)
     log(f"done in {time.perf_counter() - t0:.0f}s")
