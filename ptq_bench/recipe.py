@@ -106,6 +106,11 @@ class QuantSpec:
     params: dict[str, Any] = field(default_factory=dict)
 
 
+# Recipe fields that change no result (names, where files go, free text, report layout, device choice):
+# left out of Recipe.digest, so editing them keeps a run folder valid.
+NOT_IN_DIGEST = ("name", "output_dir", "cache_dir", "description", "device", "layout")
+
+
 @dataclass(frozen=True)
 class Recipe:
     name: str = bound(max_len=100)  # a plain name: the default results folder is runs/<name>
@@ -129,8 +134,9 @@ class Recipe:
         return Path(self.output_dir or f"runs/{self.name}")
 
     def digest(self) -> str:
-        """A hash of the normalized recipe (key order and formatting do not matter)."""
-        blob = json.dumps(to_dict(self), sort_keys=True, default=str)
+        """A hash of what changes results (key order, formatting and NOT_IN_DIGEST fields do not matter)."""
+        blob = json.dumps({k: v for k, v in to_dict(self).items() if k not in NOT_IN_DIGEST}, sort_keys=True,
+                          default=str)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
