@@ -19,10 +19,12 @@ The base model's log-probabilities are computed once per recipe and set (`build_
 per cell. Size: one window holds (seqlen - 1) x vocab log-probs; SmolLM2-135M at seq 512 is
 511 x 49,152 x 4 B = 100 MB per window in float32, 6.4 GB for 2 sets x 32 windows: too much to keep in
 RAM on a 24 GB machine shared with other work, so with `path` they go to a memory-mapped float32 .npy
-on disk (sha256 checked when reopened; reading it back costs ~1 s/GB). float16 would halve that, but
-its rounding (up to 4.9e-4 nats on log-probs in [-1, -0.5), 7.8e-3 below -16) is the size of the whole
-mean KL of a good W8 cell (~1e-3 nats), so the reference stays float32. KL is accumulated in float64
-from float32 log-softmaxes, so a model compared with itself gives exactly 0.
+on disk (sha256 checked when reopened; reading it back costs ~1 s/GB). float16 would halve the disk
+(rounding: up to 2.4e-4 nats on log-probs in [-1, -0.5), 7.8e-3 below -16); measured on SmolLM2-135M,
+4 windows, Absmax W8A16 per channel (benchmarks/smollm2_probe.py): mean KL 0.0033037 from float32,
++3.2e-6 nats (+0.1%) from float16. Small for the mean, but it would make a model's KL to itself
+nonzero and blur the smallest distances, and disk is not what binds here, so the reference stays
+float32. KL is accumulated in float64 from float32 log-softmaxes, so a model compared with itself gives exactly 0.
 """
 
 from __future__ import annotations
