@@ -178,39 +178,29 @@ def save_model(model: LlamaForCausalLM, kind: str, out_dir: Path) -> None:
 
 
 def load_model(path: str | Path, device: str = "cpu") -> tuple[LlamaForCausalLM, str]:
-    """(model, kind) from a `save_model` folder, any other HF checkpoint folder, or a hub id.
+    """(model, kind) from any `source:` form (`ptq_bench.sources`): a `save_model` folder, an HF checkpoint
+    folder, a GGUF file, a packaged model's short name, or a hub id.
 
-    kind is one of MODEL_KINDS for toolkit folders; for other checkpoints "fp16" (plain) or
-    "bitnet_hf" (a transformers BitNet checkpoint, evaluation only).
+    kind is one of MODEL_KINDS for toolkit folders; for other checkpoints "fp16" (plain, GGUF
+    dequantized) or "bitnet_hf" (a transformers BitNet checkpoint, evaluation only).
     """
-    p = Path(path)
-    if (p / META_FILE).is_file():
-        from safetensors.torch import load_file
+    from ptq_bench.sources import inspect_source, load_source
 
-        meta = json.loads((p / META_FILE).read_text())
-        if meta.get("format_version") != FORMAT_VERSION:
-            raise ValueError(f"{p / META_FILE}: format_version {meta.get('format_version')!r} is not {FORMAT_VERSION}")
-        kind = meta["kind"]
-        model = build_model(kind, ArchConfig.from_dict(meta["arch"]), meta["vocab_size"], seed=0)
-        cast_model(model, getattr(torch, meta["dtype"]))
-        model.load_state_dict(load_file(str(p / WEIGHTS_FILE)), strict=True)
-        return model.to(device).eval(), kind
-    return _load_hf(str(path), device)
+    model, _, kind = load_source(inspect_source(str(path)), device, tokenizer=False)
+    return model, kind
 
 
-def _load_hf(name: str, device: str) -> tuple[LlamaForCausalLM, str]:
-    from transformers import AutoConfig, AutoModelForCausalLM
+def load_toolkit(path: Path, device: str = "cpu") -> LlamaForCausalLM:
+    """The model of a `save_model` folder, exactly as saved (latent weights, dtype)."""
+    from safetensors.torch import load_file
 
-    qcfg = getattr(AutoConfig.from_pretrained(name), "quantization_config", None)
-    if qcfg is None:
-        kind = "fp16"
-    else:
-        method = qcfg.get("quant_method") if isinstance(qcfg, dict) else getattr(qcfg, "quant_method", None)
-        if str(getattr(method, "value", method)) != "bitnet":
-            raise ValueError(f"{name}: quantization_config quant_method {method!r} is not supported (plain or bitnet only)")
-        kind = "bitnet_hf"
-    model = AutoModelForCausalLM.from_pretrained(name)
-    return model.to(device).eval(), kind
+    meta = json.loads((path / META_FILE).read_text())
+    if meta.get("format_version") != FORMAT_VERSION:
+        raise ValueError(f"{path / META_FILE}: format_version {meta.get('format_version')!r} is not {FORMAT_VERSION}")
+    model = build_model(meta["kind"], ArchConfig.from_dict(meta["arch"]), meta["vocab_size"], seed=0)
+    cast_model(model, getattr(torch, meta["dtype"]))
+    model.load_state_dict(load_file(str(path / WEIGHTS_FILE)), strict=True)
+    return model.to(device).eval()
 
 
 def export_hf(model: LlamaForCausalLM, kind: str, out_dir: Path) -> None:
