@@ -12,7 +12,7 @@ prefix token and max_length are HFLM's):
    Winogrande/WSC273 (partial scoring) the shared part is the sentence before the blank. The stage-2
    cache is the model's own `DynamicCache`, filled through its layers' `update` with each row's prefix
    left-padded, so sliding-window layers (Mistral, Gemma 2/3, Phi-3) see exactly HFLM's window; a model
-   whose cache has other layer kinds takes the plain path (mode "plain", recorded in the row's protocol);
+   whose cache has other layer kinds takes the exact plain path (mode "plain": `TaskSuite.last_path`);
 3. computes the LM head (`logits_to_keep`) and log-softmax only at scored positions, deduplicates
    identical rows, and batches by tokens (`max_tokens`), longest first.
 
