@@ -114,7 +114,10 @@ def mutations(draw: Any) -> tuple[str, bytes]:
         if op in ("nudge", "param", "source"):
             labels.append(_targeted(draw, doc, op))
             continue
-        path = draw(st.sampled_from(node_paths(doc)))
+        paths = node_paths(doc)
+        if not paths:
+            break
+        path = draw(st.sampled_from(paths))
         if op == "text":
             text_edit = draw(st.sampled_from(sorted(TEXT_EDITS)))
             _edit(doc, "set", path, MARK)
@@ -146,6 +149,8 @@ def _targeted(draw: Any, doc: dict, op: str) -> str:
         by_type: dict[str, list[tuple]] = {}
         for p in leaf_paths(doc):
             by_type.setdefault(_type_class(_parent(doc, p)[p[-1]]), []).append(p)
+        if not by_type:
+            return "nudge@nothing"
         kind = draw(st.sampled_from(sorted(by_type)))
         path = draw(st.sampled_from(by_type[kind]))
         value = draw(st.sampled_from(BOUNDARY[kind]))
@@ -155,7 +160,8 @@ def _targeted(draw: Any, doc: dict, op: str) -> str:
         path = ("quantize", draw(st.integers(0, len(doc["quantize"]) - 1)), draw(st.sampled_from(PARAMS)))
         value = draw(st.one_of(st.sampled_from(SPECIAL + [["bitnet_b158"], ["fp16", "bitnet_b1"]]), VALUES))
     else:
-        path = ("models", draw(st.sampled_from(sorted(doc["models"]))), "source")
+        models = doc.get("models") if isinstance(doc.get("models"), dict) and doc["models"] else {"m": {}}
+        path = ("models", draw(st.sampled_from(sorted(models, key=str))), "source")
         value = draw(st.sampled_from(SOURCES))
     with contextlib.suppress(KeyError, IndexError, TypeError):  # an earlier edit may have changed the shape
         _parent(doc, path)[path[-1]] = value
