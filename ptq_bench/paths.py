@@ -17,8 +17,6 @@ from ptq_bench.errors import RecipeError
 
 SAFE_COMPONENT = re.compile(r"[A-Za-z0-9_.+-]{1,100}")  # a name used as one folder or file name
 SYSTEM_DIRS = ("/proc", "/sys", "/dev")
-HUB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,95}(/[A-Za-z0-9][A-Za-z0-9_.-]{0,95})?")
-CHECKPOINT_FILES = ("config.json", "ptq_bench.json")
 
 
 def check_component(name: str, where: str) -> None:
@@ -27,26 +25,6 @@ def check_component(name: str, where: str) -> None:
     if not SAFE_COMPONENT.fullmatch(name) or name in (".", ".."):
         raise RecipeError(f"{where}: must be a plain name (1-100 characters of A-Z a-z 0-9 _ . + -, "
                           f"not . or ..), got {short(name)}")
-
-
-def looks_like_path(source: str) -> bool:
-    """A `source:` that names a local folder rather than a hub id (`org/name`)."""
-    return (os.path.isabs(source) or source.startswith((".", "~")) or source.count(os.sep) > 1
-            or (os.altsep is not None and os.altsep in source))
-
-
-def check_source(source: str, where: str) -> None:
-    """A local checkpoint folder (with config.json or ptq_bench.json), or a hub id `name` / `org/name`."""
-    if not source.strip():
-        raise RecipeError(f"{where}: empty (a checkpoint folder or a hub id)")
-    folder = Path(source).expanduser()
-    if looks_like_path(source) or folder.is_dir():
-        if not folder.is_dir():
-            raise RecipeError(f"{where}: no such folder {short(source)}")
-        if not any((folder / f).is_file() for f in CHECKPOINT_FILES):
-            raise RecipeError(f"{where}: {short(source)} is not a checkpoint folder (no {' or '.join(CHECKPOINT_FILES)})")
-    elif not HUB_ID.fullmatch(source):
-        raise RecipeError(f"{where}: neither a local folder nor a hub id (org/name), got {short(source)}")
 
 
 def _inside(path: Path, root: Path) -> bool:

@@ -25,9 +25,10 @@ from ptq_bench.errors import RecipeError
 from ptq_bench.eval.harness import BACKENDS, TASKS
 from ptq_bench.kinds import KINDS, TRAINED_KINDS
 from ptq_bench.models.arch import ArchConfig
-from ptq_bench.paths import check_component, check_source
+from ptq_bench.paths import check_component
 from ptq_bench.quant.configs import CATALOG, SEED_MAX, make_config
 from ptq_bench.report.layouts import LAYOUT_NAMES
+from ptq_bench.sources import SourceInfo, inspect_source
 
 __all__ = ["Cell", "Recipe", "expand_cells", "load_recipe", "model_arch", "to_dict"]
 
@@ -288,43 +289,9 @@ def expand_cells(recipe: Recipe) -> list[Cell]:
 # cross-field checks
 
 
-@dataclass(frozen=True)
-class SourceFacts:
-    kind: str  # a key of kinds.KINDS
-    max_seq_len: int | None  # context length, when the checkpoint's config states it
-
-
-def source_facts(source: str) -> SourceFacts | None:
-    """What validation needs about a `source:` checkpoint without loading it (None: not known offline).
-
-    Hook for ptq_bench/sources.py (which reads checkpoint configs in full); here only a local folder's
-    ptq_bench.json or config.json is read, as plain JSON.
-    """
-    folder = Path(source).expanduser()
-    try:
-        meta = _small_json(folder / "ptq_bench.json")
-        cfg = _small_json(folder / "config.json") or {}
-    except (OSError, ValueError, RecursionError):
-        raise RecipeError(f"source {short(source)}: unreadable ptq_bench.json / config.json") from None
-    if meta is None and not cfg:
-        return None
-    if meta is not None:
-        return SourceFacts(str(meta.get("kind")), (meta.get("arch") or {}).get("max_seq_len"))
-    text = cfg.get("text_config") if isinstance(cfg.get("text_config"), dict) else cfg
-    ctx = next((text[k] for k in ("max_position_embeddings", "n_positions", "max_sequence_length")
-                if isinstance(text.get(k), int)), None)
-    quant = cfg.get("quantization_config") or {}
-    kind = "bitnet_hf" if isinstance(quant, dict) and quant.get("quant_method") == "bitnet" else "fp16"
-    return SourceFacts(kind, ctx)
-
-
-def _small_json(path: Path) -> Any:
-    if not path.is_file():
-        return None
-    if path.stat().st_size > MAX_FILE_BYTES:
-        raise ValueError(f"{path} is too large")
-    value = json.loads(path.read_text(encoding="utf-8"))
-    return value if isinstance(value, dict) else {}
+def source_info(recipe: Recipe, name: str) -> SourceInfo:
+    """What model `name`'s `source:` is (ptq_bench/sources.py reads it without loading; cached per run)."""
+    return inspect_source(recipe.models[name].source, f"models.{name}.source")
 
 
 def model_kind(recipe: Recipe, name: str) -> str:
@@ -333,12 +300,7 @@ def model_kind(recipe: Recipe, name: str) -> str:
     spec = recipe.models[name]
     if spec.source is None:
         return spec.kind
-    facts = source_facts(spec.source)
-    if facts is None:
-        return "fp16"
-    if facts.kind not in KINDS:
-        raise RecipeError(f"models.{name}.source: unknown model kind {short(facts.kind)} in its ptq_bench.json")
-    return facts.kind
+    return source_info(recipe, name).kind or "fp16"
 
 
 def _context(recipe: Recipe, name: str) -> tuple[int | None, str]:
@@ -346,8 +308,7 @@ def _context(recipe: Recipe, name: str) -> tuple[int | None, str]:
     spec = recipe.models[name]
     if spec.source is None:
         return model_arch(recipe, name).max_seq_len, f"models.{name} arch.max_seq_len"
-    facts = source_facts(spec.source)
-    return (facts.max_seq_len if facts else None), f"models.{name}.source config"
+    return source_info(recipe, name).context_length, f"models.{name}.source config"
 
 
 def _check_lengths(recipe: Recipe) -> None:
@@ -372,7 +333,7 @@ def check_recipe(recipe: Recipe) -> None:
     for name, spec in recipe.models.items():
         check_component(name, "models: a model name")
         if spec.source is not None:
-            check_source(spec.source, f"models.{name}.source")
+            source_info(recipe, name)
         model_arch(recipe, name)
     expand_cells(recipe)
     _check_lengths(recipe)

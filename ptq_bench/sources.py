@@ -31,12 +31,10 @@ from pathlib import Path
 from struct import error as struct_error
 from typing import Any
 
+from ptq_bench.config import short
 from ptq_bench.errors import RecipeError
+from ptq_bench.kinds import NATIVE_BITS
 
-# kind -> (weight bits, activation bits) the model runs at natively
-NATIVE_BITS: dict[str, tuple[float, int]] = {
-    "fp16": (16, 16), "bitnet_b158": (1.58, 8), "bitnet_b1": (1, 8), "bitnet_hf": (1.58, 8),
-}
 TOOLKIT_META = "ptq_bench.json"  # = models/build.py META_FILE (build imports torch; tests check they agree)
 TOOLKIT_MODEL_TYPE = "llama"  # toolkit models are LlamaForCausalLM (fp16) or Llama with BitLinears
 # files of a checkpoint folder that the content hash covers (config, weights, tokenizer)
@@ -95,18 +93,20 @@ class SourceInfo:
 
 def inspect_source(source: str, key: str = "source") -> SourceInfo:
     """Resolve and describe `source`; bad input is a one-line RecipeError that starts with `key`."""
+    if not source.strip():
+        raise RecipeError(f"{key}: empty (a checkpoint folder, a .gguf file, a packaged model or a hub id)")
     if source in PACKAGED:
         return _inspect_packaged(source, PACKAGED[source], key)
     p = Path(source).expanduser()
     if p.is_file():
         if p.suffix != ".gguf":
-            raise RecipeError(f"{key}: '{source}' is a file but not a .gguf; give a checkpoint folder or a .gguf file")
+            raise RecipeError(f"{key}: {short(source)} is a file but not a .gguf; give a checkpoint folder or a .gguf file")
         return _inspect_gguf(source, p, "gguf", key)
     if p.is_dir():
         return _inspect_dir(source, p, key)
     if HUB_ID.match(source) and not source.startswith(".") and not source.endswith(".gguf"):
         return _inspect_hub(source, key)
-    raise RecipeError(f"{key}: '{source}' does not exist; a source is a checkpoint folder, a .gguf file, a packaged "
+    raise RecipeError(f"{key}: {short(source)} does not exist; a source is a checkpoint folder, a .gguf file, a packaged "
                       f"model ({', '.join(PACKAGED)}) or a hub id org/name")
 
 
@@ -119,8 +119,8 @@ def _inspect_dir(source: str, p: Path, key: str, form: str | None = None) -> Sou
     if len(ggufs) == 1:
         return _inspect_gguf(source, ggufs[0], "gguf", key)
     if ggufs:
-        raise RecipeError(f"{key}: '{source}' holds {len(ggufs)} .gguf files ({', '.join(g.name for g in ggufs)}); name one")
-    raise RecipeError(f"{key}: '{source}' holds no config.json, {TOOLKIT_META} or .gguf file")
+        raise RecipeError(f"{key}: {short(source)} holds {len(ggufs)} .gguf files ({', '.join(g.name for g in ggufs)}); name one")
+    raise RecipeError(f"{key}: {short(source)} holds no config.json, {TOOLKIT_META} or .gguf file")
 
 
 def _read_json(path: Path, key: str) -> dict:
@@ -241,7 +241,7 @@ def _inspect_hub(source: str, key: str) -> SourceInfo:
     if isinstance(cached, str):
         return _inspect_dir(source, Path(cached).parent, key, form="hub")
     return SourceInfo(source, "hub", None, None, None, None, None, None, True,
-                      note=f"hub id '{source}' is not in the local hub cache: validate cannot read it offline "
+                      note=f"hub id {short(source)} is not in the local hub cache: validate cannot read it offline "
                            "(family, kind and context are unchecked); it is downloaded at run time")
 
 

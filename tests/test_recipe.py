@@ -153,12 +153,12 @@ BAD = {
                            "quantize[0].models: 'bitnet_b158' is a BitNet b1.58 model"),
     "PTQ of bitnet_b1": (_set("quantize", 0, "models", ["fp16", "bitnet_b1"]), "'bitnet_b1' is a BitNet b1 model"),
     # sources and names
-    "source /nonexistent": (_set("models", "fp16", "source", "/nonexistent"), "models.fp16.source: no such folder"),
+    "source /nonexistent": (_set("models", "fp16", "source", "/nonexistent"), "models.fp16.source: '/nonexistent' does not exist"),
     "source empty": (_set("models", "fp16", "source", ""), "models.fp16.source: empty"),
-    "source not a hub id": (_set("models", "fp16", "source", "a b"), "neither a local folder nor a hub id"),
-    "source not a checkpoint": (_set("models", "fp16", "source", "/proc"), "is not a checkpoint folder"),
-    "source .": (_set("models", "fp16", "source", "."), "is not a checkpoint folder"),
-    "source ./missing": (_set("models", "fp16", "source", "./missing/model"), "models.fp16.source: no such folder"),
+    "source not a hub id": (_set("models", "fp16", "source", "a b"), "models.fp16.source: 'a b' does not exist"),
+    "source not a checkpoint": (_set("models", "fp16", "source", "/proc"), "holds no config.json"),
+    "source .": (_set("models", "fp16", "source", "."), "holds no config.json"),
+    "source ./missing": (_set("models", "fp16", "source", "./missing/model"), "models.fp16.source: './missing/model' does not exist"),
     "name empty": (_set("name", ""), "name: must be a plain name"),
     "name ..": (_set("name", ".."), "name: must be a plain name"),
     "name ../../x": (_set("name", "../../x"), "name: must be a plain name"),
@@ -281,7 +281,7 @@ def test_cli_output_dir_override_is_checked(tmp_path, capsys):
 def _source(tmp_path: Path, cfg: dict) -> Path:
     folder = tmp_path / "ckpt"
     folder.mkdir()
-    (folder / "config.json").write_text(json.dumps(cfg))
+    (folder / "config.json").write_text(json.dumps({"model_type": "llama", **cfg}))
     return folder
 
 

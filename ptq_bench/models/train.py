@@ -93,6 +93,19 @@ def batch_order(n_windows: int, steps: int, batch_size: int, seed: int) -> np.nd
     return order.reshape(steps, batch_size)
 
 
+def make_optimizer(model: torch.nn.Module, schedule: Schedule) -> torch.optim.AdamW:
+    """AdamW with weight decay on the 2-D non-embedding weights only (group 0) and none elsewhere (group 1)."""
+    decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "embed" not in n]
+    no_decay = [p for n, p in model.named_parameters() if not (p.ndim >= 2 and "embed" not in n)]
+    groups = [{"params": decay, "weight_decay": schedule.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=schedule.lr, betas=schedule.betas, eps=1e-8)
+
+
+def batch_windows(tokens: np.ndarray, idx: np.ndarray, seq_len: int) -> np.ndarray:
+    """(len(idx), seq_len + 1) int64: window i of `tokens` for each i in idx (inputs plus the next token)."""
+    return np.stack([tokens[i * seq_len : i * seq_len + seq_len + 1] for i in idx]).astype(np.int64)
+
+
 def train(
     model: torch.nn.Module,
     tokens: np.ndarray,
@@ -113,14 +126,7 @@ def train(
     n_windows = (len(tokens) - 1) // seq_len
     steps = total_tokens // (seq_len * batch_size)
     order = batch_order(n_windows, steps, batch_size, seed)
-    decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "embed" not in n]
-    no_decay = [p for n, p in model.named_parameters() if not (p.ndim >= 2 and "embed" not in n)]
-    opt = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": schedule.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-        lr=schedule.lr,
-        betas=schedule.betas,
-        eps=1e-8,
-    )
+    opt = make_optimizer(model, schedule)
     torch.manual_seed(seed)
     model.train()
     result = TrainResult(steps=0, tokens=0, seconds=0.0)
@@ -130,9 +136,7 @@ def train(
         lr, wd = lr_at(schedule, step, steps, warmup_steps)
         opt.param_groups[0]["lr"] = opt.param_groups[1]["lr"] = lr
         opt.param_groups[0]["weight_decay"] = wd
-        idx = order[step]
-        x = np.stack([tokens[i * seq_len : i * seq_len + seq_len + 1] for i in idx]).astype(np.int64)
-        batch = torch.from_numpy(x).to(device)
+        batch = torch.from_numpy(batch_windows(tokens, order[step], seq_len)).to(device)  # (batch, seq_len + 1)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
             logits = model(batch[:, :-1]).logits
         loss = torch.nn.functional.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), batch[:, 1:].reshape(-1))
