@@ -122,3 +122,16 @@ def test_ptq_of_exported_bitnet_checkpoint_is_refused(tmp_path, calib):
     for method in sorted(METHOD_PARAMS):
         with pytest.raises(QuantError, match="PTQ refused.*quant_method 'bitnet'"):
             quantize(model, method, calib, **METHOD_PARAMS[method])
+
+
+def test_config_json_mapping_without_torch():
+    """What `validate` can ask from a checkpoint's config.json alone (families.py imports no torch)."""
+    from ptq_bench.families import family_of_config, low_bit_reason
+
+    assert family_of_config({"model_type": "gpt2", "add_cross_attention": False}).conv1d
+    assert low_bit_reason({"model_type": "qwen2"}) is None
+    assert low_bit_reason({"model_type": "bitnet"}) == "family 'bitnet'"
+    assert low_bit_reason({"model_type": "llama", "quantization_config": {"quant_method": "bitnet"}}) == \
+        "quant_method 'bitnet'"
+    with pytest.raises(RecipeError, match="do_layer_norm_before=False"):
+        family_of_config({"model_type": "opt", "do_layer_norm_before": False})
