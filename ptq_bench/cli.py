@@ -8,30 +8,29 @@ from pathlib import Path
 
 
 def _validate(args: argparse.Namespace) -> int:
-    from ptq_bench.data import resolve_data_dir
+    from ptq_bench.paths import check_data
     from ptq_bench.recipe import expand_cells, load_recipe
-    from ptq_bench.sweep import data_hashes
 
     recipe = load_recipe(args.recipe)
-    data_dir = resolve_data_dir(recipe.data_dir)
-    data_hashes(data_dir, recipe)  # every data file the recipe needs exists
+    data_dir = check_data(recipe)  # every data file the recipe needs exists
     cells = expand_cells(recipe)
     print(f"{args.recipe}: OK ({len(recipe.models)} models, {len(cells)} cells, data {data_dir})")
     return 0
 
 
 def _run(args: argparse.Namespace) -> int:
-    from ptq_bench.data import resolve_data_dir
+    from ptq_bench.paths import check_data, check_paths
     from ptq_bench.recipe import load_recipe
-    from ptq_bench.report import render
-    from ptq_bench.sweep import data_hashes, run
 
     recipe = load_recipe(args.recipe)
     if args.output_dir:
         import dataclasses
 
         recipe = dataclasses.replace(recipe, output_dir=args.output_dir)
-    data_hashes(resolve_data_dir(recipe.data_dir), recipe)  # fail before writing anything
+    check_paths(recipe, check_data(recipe))  # everything validate checks, plus the folders: before any write
+    from ptq_bench.report import render
+    from ptq_bench.sweep import run
+
     out = run(recipe, Path(args.recipe).read_text(encoding="utf-8"))
     for path in render(out):
         print(f"wrote {path}")
@@ -51,18 +50,25 @@ def _ls(args: argparse.Namespace) -> int:
 
     from ptq_bench.data import PPL_FILES
     from ptq_bench.eval.harness import TASKS
-    from ptq_bench.quant import METHODS, load_all
+    from ptq_bench.kinds import KINDS
+    from ptq_bench.quant.configs import CATALOG
 
-    load_all()
     print("methods:")
-    for name, m in sorted(METHODS.items()):
-        fields = ", ".join(f"{f.name}={f.default!r}" for f in dataclasses.fields(m.config_cls))
-        print(f"  {name:<12} {'(calibrated) ' if m.needs_calibration else ''}{fields}")
+    for name, entry in sorted(CATALOG.items()):
+        fields = ", ".join(f"{f.name}={f.default!r}" for f in dataclasses.fields(entry.config))
+        print(f"  {name:<12} {'(calibrated) ' if entry.needs_calibration else ''}{fields}")
     print("tasks:")
     for name in sorted(TASKS):
         print(f"  {name}")
     print("perplexity sets (GPTQ protocol):", ", ".join(PPL_FILES))
-    print("models: fp16, bitnet_b158, bitnet_b1 (trained), or any HF checkpoint dir / hub id via 'source'")
+    from ptq_bench.report.layouts import LAYOUT_NAMES
+    print("layouts:", ", ".join(LAYOUT_NAMES))
+    print("model kinds (trained here, or detected from a 'source:' HF checkpoint dir / hub id):")
+    for kind in KINDS.values():
+        how = "trained" if kind.schedule else "source only"
+        ptq = "PTQ target" if kind.ptq_default else "PTQ allowed" if kind.ptq_allowed else "no PTQ"
+        bits = "W{}A{}".format(*kind.native_bits)
+        print(f"  {kind.name:<12} {kind.display:<13} {bits:<9} {how}, {ptq}")
     return 0
 
 

@@ -1,4 +1,4 @@
-"""Where the data comes from: a local folder laid out like ../shared/data, or (with a network) the hub.
+"""Where the data comes from: a local folder laid out like ../shared/data (nothing is downloaded).
 
 Everything the toolkit reads goes through `resolve_data_dir`: the recipe key `data_dir`, else the
 environment variable PTQ_BENCH_DATA. A missing folder or file is a DataError naming the path.
@@ -83,17 +83,3 @@ def file_sha256(path: Path) -> str:
             h.update(chunk)
     return h.hexdigest()
 
-
-def hub_perplexity_text(name: str) -> str:  # pragma: no cover - needs a network
-    """The same texts from the Hugging Face hub, for users with a network (needs `datasets`)."""
-    from datasets import load_dataset
-
-    if name == "wikitext2":
-        rows = load_dataset("wikitext", "wikitext-2-raw-v1", split="test")["text"]
-        return "\n\n".join(rows)
-    if name == "c4":
-        ds = load_dataset(
-            "allenai/c4", data_files={"validation": "en/c4-validation.00000-of-00008.json.gz"}, split="validation"
-        )
-        return " ".join(ds[:1100]["text"])
-    raise DataError(f"unknown perplexity set '{name}'")

@@ -1,8 +1,13 @@
-"""The recipe: a typed, frozen description of one sweep, loaded from YAML with a safe loader.
+"""The recipe: a typed, frozen description of one sweep, loaded from YAML with a strict safe loader.
 
-Every section is a dataclass; an unknown key, a wrong type or a bad value raises a RecipeError whose
-one-line message names the key (`eval.limit: expected int, got 'ten'`). `expand_cells` turns a
-recipe into the cells of the sweep: one baseline cell per model plus one per quantization setting.
+Every section is a dataclass read by the one typed loader (`ptq_bench.config`): an unknown key, a wrong
+type or an out-of-bounds value raises a one-line RecipeError that names the key
+(`train.seq_len: must be >= 1, got 0`). Cross-field checks (context lengths, names used as paths,
+`source:` folders, which models a method may quantize) follow in `check_recipe`. `expand_cells` turns
+a recipe into the cells of the sweep: one baseline cell per model plus one per quantization setting.
+
+Light by design: no torch, pandas or method code is imported here (name lists come from light
+modules), so `ptq-bench validate` stays fast.
 """
 
 from __future__ import annotations
@@ -10,38 +15,43 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import types
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
+from ptq_bench.config import ConfigError, bound, coerce, from_dict, load_yaml, short, to_dict
+from ptq_bench.data import PPL_FILES, TRAIN_FILES
 from ptq_bench.errors import RecipeError
-from ptq_bench.models.build import ArchConfig
+from ptq_bench.eval.harness import BACKENDS, TASKS
+from ptq_bench.kinds import KINDS, TRAINED_KINDS
+from ptq_bench.models.arch import ArchConfig
+from ptq_bench.paths import check_component, check_source
+from ptq_bench.quant.configs import CATALOG, SEED_MAX, make_config
+from ptq_bench.report.layouts import LAYOUT_NAMES
+
+__all__ = ["Cell", "Recipe", "expand_cells", "load_recipe", "model_arch", "to_dict"]
+
+MAX_FILE_BYTES = 1 << 18  # a recipe is a small text file (pure-Python YAML parses ~1 MB/s)
+MAX_SETTINGS = 64  # cells one w_bits / a_bits list may expand to
+DEVICES = ("auto", "cpu", "cuda")
 
 
 @dataclass(frozen=True)
 class TokenizerSpec:
-    vocab_size: int = 16000  # BPE vocabulary (the BitNet paper used 16K)
-    train_chars: int = 0  # characters of the training corpus used to fit the BPE (0 = all)
-
-    def __post_init__(self) -> None:
-        if not 256 < self.vocab_size <= 262144:
-            raise ValueError(f"vocab_size must be in (256, 262144], got {self.vocab_size}")
+    vocab_size: int = bound(16000, gt=256, max=262144)  # BPE vocabulary (the BitNet paper used 16K)
+    train_chars: int = bound(0, min=0)  # characters of the training corpus used to fit the BPE (0 = all)
 
 
 @dataclass(frozen=True)
 class TrainSpec:
     """The token budget and batching shared by every trained model of the recipe."""
 
-    tokens: int = 1_000_000  # training tokens per model (same stream and order for every model)
-    seq_len: int = 256  # training window
-    batch_size: int = 16  # windows per step
-    warmup_steps: int = 50  # linear warm-up steps
-    grad_clip: float = 1.0  # max grad norm (0 = off)
-    log_every: int = 10  # steps between loss-curve points
+    tokens: int = bound(1_000_000, min=1)  # training tokens per model (same stream and order for every model)
+    seq_len: int = bound(256, min=1, max=1 << 22)  # training window
+    batch_size: int = bound(16, min=1, max=1 << 20)  # windows per step
+    warmup_steps: int = bound(50, min=0)  # linear warm-up steps
+    grad_clip: float = bound(1.0, min=0.0)  # max grad norm (0 = off)
+    log_every: int = bound(10, min=1)  # steps between loss-curve points
 
     def __post_init__(self) -> None:
         if self.tokens < self.seq_len * self.batch_size:
@@ -52,53 +62,35 @@ class TrainSpec:
 class ModelSpec:
     """One model of the recipe: trained here (kind + schedule) or loaded from `source`."""
 
-    kind: str = "fp16"  # fp16 | bitnet_b158 | bitnet_b1
+    kind: str = bound("fp16", choices=TRAINED_KINDS)  # ptq_bench/kinds.py; ignored when `source` is set
     source: str | None = None  # an HF checkpoint dir or hub id to load instead of training
-    lr: float | None = None  # peak LR (None = the kind's default, see models/train.py)
-    lr_stage2: float | None = None  # b1.58 second-stage peak LR (None = default)
-    weight_decay: float | None = None  # None = the kind's default
+    lr: float | None = bound(None, gt=0.0)  # peak LR (None = the kind's default, see models/train.py)
+    lr_stage2: float | None = bound(None, gt=0.0)  # b1.58 second-stage peak LR (None = default)
+    weight_decay: float | None = bound(None, min=0.0)  # None = the kind's default
     arch: dict[str, Any] = field(default_factory=dict)  # overrides of the recipe's arch for this model
-
-    def __post_init__(self) -> None:
-        kinds = ("fp16", "bitnet_b158", "bitnet_b1")
-        if self.source is None and self.kind not in kinds:
-            raise ValueError(f"kind must be one of {', '.join(kinds)}, got '{self.kind}'")
-        if self.lr is not None and self.lr <= 0:
-            raise ValueError(f"lr must be positive, got {self.lr}")
 
 
 @dataclass(frozen=True)
 class CalibrationSpec:
-    n_samples: int = 128  # random windows of C4 training text (reference: 128)
-    seq_len: int = 2048  # tokens per window (reference: 2048)
+    n_samples: int = bound(128, min=1, max=1 << 20)  # random windows of C4 training text (reference: 128)
+    seq_len: int = bound(2048, min=1, max=1 << 22)  # tokens per window (reference: 2048)
 
 
 @dataclass(frozen=True)
 class PerplexitySpec:
-    sets: list[str] = field(default_factory=lambda: ["wikitext2", "c4"])  # GPTQ-protocol sets
-    seq_len: int = 2048  # window length of the GPTQ protocol
-    max_windows: int | None = None  # keep only the first k windows (None = the whole set)
-
-    def __post_init__(self) -> None:
-        for name in self.sets:
-            if name not in ("wikitext2", "c4"):
-                raise ValueError(f"unknown perplexity set '{name}' (known: wikitext2, c4)")
+    sets: list[str] = bound(factory=lambda: ["wikitext2", "c4"], choices=tuple(PPL_FILES), unique=True)
+    seq_len: int = bound(2048, min=2, max=1 << 22)  # window length of the GPTQ protocol
+    max_windows: int | None = bound(None, min=1)  # keep only the first k windows (None = the whole set)
 
 
 @dataclass(frozen=True)
 class EvalSpec:
     perplexity: PerplexitySpec = field(default_factory=PerplexitySpec)
-    tasks: list[str] = field(default_factory=list)  # lm-eval task names (see `ptq-bench ls`)
-    limit: int | None = None  # documents per task (None = all)
-    num_fewshot: int = 0  # zero-shot by default, as in the papers
-    batch_size: int = 16  # requests per forward batch
-    backend: str = "fast"  # fast | hflm (stock lm-eval HFLM)
-
-    def __post_init__(self) -> None:
-        if self.backend not in ("fast", "hflm"):
-            raise ValueError(f"backend must be 'fast' or 'hflm', got '{self.backend}'")
-        if self.limit is not None and self.limit < 1:
-            raise ValueError(f"limit must be >= 1, got {self.limit}")
+    tasks: list[str] = bound(factory=list, choices=tuple(TASKS), unique=True)  # lm-eval tasks (`ptq-bench ls`)
+    limit: int | None = bound(None, min=1)  # documents per task (None = all)
+    num_fewshot: int = bound(0, min=0, max=1000)  # zero-shot by default, as in the papers
+    batch_size: int = bound(16, min=1, max=1 << 16)  # requests per forward batch
+    backend: str = bound("fast", choices=BACKENDS)  # fast | hflm (stock lm-eval HFLM)
 
 
 @dataclass(frozen=True)
@@ -110,35 +102,41 @@ class QuantSpec:
     """
 
     method: str
-    models: list[str] | None = None  # models it applies to (None = every fp16 model)
+    models: list[str] | None = None  # models it applies to (None = every default PTQ target, kinds.py)
     params: dict[str, Any] = field(default_factory=dict)
+
+
+# Recipe fields that change no result (names, where files go, free text, report layout, device choice):
+# left out of Recipe.digest, so editing them keeps a run folder valid.
+NOT_IN_DIGEST = ("name", "output_dir", "cache_dir", "description", "device", "layout")
 
 
 @dataclass(frozen=True)
 class Recipe:
-    name: str
-    models: dict[str, ModelSpec]
-    seed: int = 0  # one seed for init, data order and calibration sampling
+    name: str = bound(max_len=100)  # a plain name: the default results folder is runs/<name>
+    models: dict[str, ModelSpec]  # model name -> spec (at least one)
+    seed: int = bound(0, min=0, max=SEED_MAX)  # one seed for init, data order and calibration sampling
     data_dir: str | None = None  # local data folder (else $PTQ_BENCH_DATA)
     output_dir: str | None = None  # results folder (default runs/<name>)
     cache_dir: str = ".ptq_cache"  # trained models, tokenizers, token streams, calibration windows
-    device: str = "auto"  # auto | cpu | cuda
+    device: str = bound("auto", choices=DEVICES)
     tokenizer: TokenizerSpec = field(default_factory=TokenizerSpec)
     arch: ArchConfig = field(default_factory=ArchConfig)
     train: TrainSpec = field(default_factory=TrainSpec)
     calibration: CalibrationSpec = field(default_factory=CalibrationSpec)
     quantize: list[QuantSpec] = field(default_factory=list)
     eval: EvalSpec = field(default_factory=EvalSpec)
-    description: str = ""  # free text shown in reports
-    layout: str | None = None  # paper layout of the report: bitnet_table3 | bitnet_b158 (None = generic only)
+    description: str = bound("", max_len=10_000)  # free text shown in reports
+    layout: str | None = bound(None, choices=LAYOUT_NAMES)  # paper layout of the report (None = generic only)
 
     @property
     def out_dir(self) -> Path:
         return Path(self.output_dir or f"runs/{self.name}")
 
     def digest(self) -> str:
-        """A hash of the normalized recipe (key order and formatting do not matter)."""
-        blob = json.dumps(to_dict(self), sort_keys=True, default=str)
+        """A hash of what changes results (key order, formatting and NOT_IN_DIGEST fields do not matter)."""
+        blob = json.dumps({k: v for k, v in to_dict(self).items() if k not in NOT_IN_DIGEST}, sort_keys=True,
+                          default=str)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
@@ -173,134 +171,64 @@ def _fmt_bits(b: float) -> str:
 
 
 # ----------------------------------------------------------------------------------------------
-# typed loading
+# loading
 
 
-def _type_name(tp: Any) -> str:
-    return getattr(tp, "__name__", str(tp).replace("typing.", ""))
-
-
-def _coerce(value: Any, tp: Any, where: str) -> Any:
-    """Check `value` against the annotation `tp`; return it converted (dataclasses built)."""
-    origin = typing.get_origin(tp)
-    if tp is Any:
-        return value
-    if origin in (typing.Union, types.UnionType):
-        args = typing.get_args(tp)
-        if value is None and type(None) in args:
-            return None
-        errors = []
-        for arg in args:
-            if arg is type(None):
-                continue
-            try:
-                return _coerce(value, arg, where)
-            except RecipeError as exc:
-                errors.append(str(exc))
-        raise RecipeError(errors[0] if len(errors) == 1 else f"{where}: expected {_type_name(tp)}, got {value!r}")
-    if dataclasses.is_dataclass(tp):
-        if not isinstance(value, dict):
-            raise RecipeError(f"{where}: expected a mapping, got {value!r}")
-        return from_dict(tp, value, where)
-    if origin is list:
-        if not isinstance(value, list):
-            raise RecipeError(f"{where}: expected a list, got {value!r}")
-        (item_tp,) = typing.get_args(tp)
-        return [_coerce(v, item_tp, f"{where}[{i}]") for i, v in enumerate(value)]
-    if origin is dict:
-        if not isinstance(value, dict):
-            raise RecipeError(f"{where}: expected a mapping, got {value!r}")
-        _, val_tp = typing.get_args(tp)
-        return {str(k): _coerce(v, val_tp, f"{where}.{k}") for k, v in value.items()}
-    if tp is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise RecipeError(f"{where}: expected a number, got {value!r}")
-        return float(value)
-    if tp is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise RecipeError(f"{where}: expected an integer, got {value!r}")
-        return value
-    if tp is bool:
-        if not isinstance(value, bool):
-            raise RecipeError(f"{where}: expected true/false, got {value!r}")
-        return value
-    if tp is str:
-        if not isinstance(value, str):
-            raise RecipeError(f"{where}: expected a string, got {value!r}")
-        return value
-    raise RecipeError(f"{where}: unsupported type {tp}")  # pragma: no cover - schema bug
-
-
-def from_dict(cls: type, data: dict[str, Any], where: str = "") -> Any:
-    """Build dataclass `cls` from a mapping; unknown keys and wrong types name the key path."""
-    hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}
-    prefix = f"{where}." if where else ""
-    for key in data:
-        if key not in names:
-            raise RecipeError(f"{prefix}{key}: unknown key (known: {', '.join(sorted(names))})")
-    kwargs = {k: _coerce(v, hints[k], f"{prefix}{k}") for k, v in data.items()}
+def _read_yaml(path: Path) -> Any:
+    """The parsed recipe file; unreadable, oversized, non-UTF-8 or malformed YAML is a RecipeError."""
+    where = short(str(path), 120)[1:-1]
     try:
-        return cls(**kwargs)
-    except TypeError as exc:  # a required key is missing
-        missing = [f.name for f in dataclasses.fields(cls) if f.name not in data and _required(f)]
-        raise RecipeError(f"{prefix}{missing[0] if missing else ''}: {exc}") from None
-    except ValueError as exc:
-        raise RecipeError(f"{where or 'recipe'}: {exc}") from None
-
-
-def _required(f: dataclasses.Field) -> bool:
-    return f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
-
-
-def to_dict(obj: Any) -> Any:
-    if dataclasses.is_dataclass(obj):
-        return {f.name: to_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
-    if isinstance(obj, dict):
-        return {k: to_dict(v) for k, v in obj.items()}
-    if isinstance(obj, list):
-        return [to_dict(v) for v in obj]
-    return obj
+        if not path.is_file():
+            raise RecipeError(f"recipe file not found: {where}")
+        if path.stat().st_size > MAX_FILE_BYTES:
+            raise RecipeError(f"{where}: larger than {MAX_FILE_BYTES} bytes; a recipe is a small text file")
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise RecipeError(f"{where}: not UTF-8 text (byte {exc.start})") from None
+    except OSError as exc:
+        raise RecipeError(f"{where}: cannot read ({exc.strerror or type(exc).__name__})") from None
+    try:
+        return load_yaml(text)
+    except ConfigError as exc:
+        raise RecipeError(f"{where}: {exc}") from None
 
 
 def _parse_quant(raw: Any, i: int) -> QuantSpec:
     where = f"quantize[{i}]"
     if not isinstance(raw, dict):
-        raise RecipeError(f"{where}: expected a mapping with a 'method' key, got {raw!r}")
+        raise RecipeError(f"{where}: expected a mapping with a 'method' key, got {short(raw)}")
     raw = dict(raw)
     method = raw.pop("method", None)
     if not isinstance(method, str):
         raise RecipeError(f"{where}.method: required, a method name (see `ptq-bench ls`)")
+    if method not in CATALOG:
+        raise RecipeError(f"{where}.method: unknown method {short(method)} (known: {', '.join(sorted(CATALOG))})")
     models = raw.pop("models", None)
     if models is not None:
-        models = _coerce(models, list[str], f"{where}.models")
+        models = coerce(models, list[str], f"{where}.models")
     return QuantSpec(method=method, models=models, params=raw)
 
 
 def load_recipe(path: str | Path) -> Recipe:
-    """Read and validate a recipe file (structure and values; see `check_recipe` for the rest)."""
+    """Read and validate a recipe file (structure, values and cross-field checks; no filesystem writes)."""
     path = Path(path)
-    if not path.is_file():
-        raise RecipeError(f"recipe file not found: {path}")
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        line = f" (line {mark.line + 1})" if mark else ""
-        raise RecipeError(f"{path}: not valid YAML{line}") from None
+    raw = _read_yaml(path)
     if not isinstance(raw, dict):
-        raise RecipeError(f"{path}: a recipe is a YAML mapping")
+        raise RecipeError(f"{short(str(path), 120)[1:-1]}: a recipe is a YAML mapping")
     raw = dict(raw)
-    quant_raw = raw.pop("quantize", []) or []
+    quant_raw = raw.pop("quantize", None) or []
     if not isinstance(quant_raw, list):
         raise RecipeError("quantize: expected a list of entries")
-    if "models" not in raw or not raw["models"]:
+    if not raw.get("models"):
         raise RecipeError("models: required, a mapping of model name -> spec")
     recipe = from_dict(Recipe, raw)
-    quant = [_parse_quant(q, i) for i, q in enumerate(quant_raw)]
-    recipe = dataclasses.replace(recipe, quantize=quant)
+    recipe = dataclasses.replace(recipe, quantize=[_parse_quant(q, i) for i, q in enumerate(quant_raw)])
     check_recipe(recipe)
     return recipe
+
+
+# ----------------------------------------------------------------------------------------------
+# cells
 
 
 def _sweep_params(params: dict[str, Any], where: str) -> list[dict[str, Any]]:
@@ -310,8 +238,8 @@ def _sweep_params(params: dict[str, Any], where: str) -> list[dict[str, Any]]:
     if wl and al and len(w) != len(a):
         raise RecipeError(f"{where}: w_bits and a_bits lists must have the same length to be zipped")
     n = len(w) if wl else len(a) if al else 1
-    if n == 0:
-        raise RecipeError(f"{where}: empty bits list")
+    if not 1 <= n <= MAX_SETTINGS:
+        raise RecipeError(f"{where}: a bits list must have 1 to {MAX_SETTINGS} items, got {n}")
     out = []
     for i in range(n):
         p = dict(params)
@@ -323,22 +251,28 @@ def _sweep_params(params: dict[str, Any], where: str) -> list[dict[str, Any]]:
     return out
 
 
+def _targets(recipe: Recipe, q: QuantSpec, where: str) -> list[str]:
+    """The models a quantize entry applies to; each must exist and be of a kind PTQ may touch."""
+    if q.models is None:
+        return [n for n in recipe.models if KINDS[model_kind(recipe, n)].ptq_default]
+    for name in q.models:
+        if name not in recipe.models:
+            raise RecipeError(f"{where}.models: unknown model {short(name)} (known: {', '.join(recipe.models)})")
+        kind = KINDS[model_kind(recipe, name)]
+        if not kind.ptq_allowed:
+            raise RecipeError(f"{where}.models: '{name}' is a {kind.display} model ({kind.name}); post-training "
+                              "quantization of a natively low-bit model is refused")
+    return list(q.models)
+
+
 def expand_cells(recipe: Recipe) -> list[Cell]:
     """Baseline cells (one per model) then every quantize entry x model x bits setting."""
-    from ptq_bench.quant import get_method
-
     cells = [Cell(name, "none") for name in recipe.models]
     for i, q in enumerate(recipe.quantize):
         where = f"quantize[{i}]"
-        method = get_method(q.method) if q.method in _method_names() else None
-        if method is None:
-            raise RecipeError(f"{where}.method: unknown method '{q.method}' (known: {', '.join(_method_names())})")
-        targets = q.models if q.models is not None else [n for n, m in recipe.models.items() if m.kind == "fp16"]
-        for name in targets:
-            if name not in recipe.models:
-                raise RecipeError(f"{where}.models: unknown model '{name}' (known: {', '.join(recipe.models)})")
+        targets = _targets(recipe, q, where)
         for params in _sweep_params(q.params, where):
-            cfg = method.make_config(params, where)
+            cfg = make_config(q.method, params, where)
             cells.extend(Cell(name, q.method, cfg) for name in targets)
     seen: set[tuple] = set()
     unique = []
@@ -350,39 +284,108 @@ def expand_cells(recipe: Recipe) -> list[Cell]:
     return unique
 
 
-def _method_names() -> list[str]:
-    from ptq_bench.quant import METHODS, load_all
+# ----------------------------------------------------------------------------------------------
+# cross-field checks
 
-    load_all()
-    return sorted(METHODS)
+
+@dataclass(frozen=True)
+class SourceFacts:
+    kind: str  # a key of kinds.KINDS
+    max_seq_len: int | None  # context length, when the checkpoint's config states it
+
+
+def source_facts(source: str) -> SourceFacts | None:
+    """What validation needs about a `source:` checkpoint without loading it (None: not known offline).
+
+    Hook for ptq_bench/sources.py (which reads checkpoint configs in full); here only a local folder's
+    ptq_bench.json or config.json is read, as plain JSON.
+    """
+    folder = Path(source).expanduser()
+    try:
+        meta = _small_json(folder / "ptq_bench.json")
+        cfg = _small_json(folder / "config.json") or {}
+    except (OSError, ValueError, RecursionError):
+        raise RecipeError(f"source {short(source)}: unreadable ptq_bench.json / config.json") from None
+    if meta is None and not cfg:
+        return None
+    if meta is not None:
+        return SourceFacts(str(meta.get("kind")), (meta.get("arch") or {}).get("max_seq_len"))
+    text = cfg.get("text_config") if isinstance(cfg.get("text_config"), dict) else cfg
+    ctx = next((text[k] for k in ("max_position_embeddings", "n_positions", "max_sequence_length")
+                if isinstance(text.get(k), int)), None)
+    quant = cfg.get("quantization_config") or {}
+    kind = "bitnet_hf" if isinstance(quant, dict) and quant.get("quant_method") == "bitnet" else "fp16"
+    return SourceFacts(kind, ctx)
+
+
+def _small_json(path: Path) -> Any:
+    if not path.is_file():
+        return None
+    if path.stat().st_size > MAX_FILE_BYTES:
+        raise ValueError(f"{path} is too large")
+    value = json.loads(path.read_text(encoding="utf-8"))
+    return value if isinstance(value, dict) else {}
+
+
+def model_kind(recipe: Recipe, name: str) -> str:
+    """The kind of model `name`: its `kind` when trained here; for a `source:` what its files say
+    (a hub id that is not available offline counts as fp16 here; loading it checks again)."""
+    spec = recipe.models[name]
+    if spec.source is None:
+        return spec.kind
+    facts = source_facts(spec.source)
+    if facts is None:
+        return "fp16"
+    if facts.kind not in KINDS:
+        raise RecipeError(f"models.{name}.source: unknown model kind {short(facts.kind)} in its ptq_bench.json")
+    return facts.kind
+
+
+def _context(recipe: Recipe, name: str) -> tuple[int | None, str]:
+    """(context length of model `name`, where that number comes from)."""
+    spec = recipe.models[name]
+    if spec.source is None:
+        return model_arch(recipe, name).max_seq_len, f"models.{name} arch.max_seq_len"
+    facts = source_facts(spec.source)
+    return (facts.max_seq_len if facts else None), f"models.{name}.source config"
+
+
+def _check_lengths(recipe: Recipe) -> None:
+    """Training, calibration and evaluation windows fit each model's context."""
+    calibrated = {n for q in recipe.quantize if CATALOG[q.method].needs_calibration
+                  for n in _targets(recipe, q, "quantize")}
+    for name, spec in recipe.models.items():
+        ctx, origin = _context(recipe, name)
+        if ctx is None:
+            continue
+        lengths = [("eval.perplexity.seq_len", recipe.eval.perplexity.seq_len)]
+        lengths += [("train.seq_len", recipe.train.seq_len)] if spec.source is None else []
+        lengths += [("calibration.seq_len", recipe.calibration.seq_len)] if name in calibrated else []
+        for key, value in lengths:
+            if value > ctx:
+                raise RecipeError(f"{key}: {value} is longer than the context of model '{name}' ({ctx}, {origin})")
 
 
 def check_recipe(recipe: Recipe) -> None:
-    """Cross-field checks: arch overrides, task names, methods and their configs, seq lengths."""
-    from ptq_bench.eval.harness import TASKS
-
+    """Cross-field checks: names used as paths, sources, arch overrides, lengths, quantize entries."""
+    check_component(recipe.name, "name")
     for name, spec in recipe.models.items():
-        _ = model_arch(recipe, name)
-        if spec.source is None and max(recipe.train.seq_len, recipe.eval.perplexity.seq_len) > model_arch(
-            recipe, name
-        ).max_seq_len:
-            raise RecipeError(f"models.{name}.arch.max_seq_len: shorter than train/eval seq_len")
-    for i, task in enumerate(recipe.eval.tasks):
-        if task not in TASKS:
-            raise RecipeError(f"eval.tasks[{i}]: unknown task '{task}' (known: {', '.join(sorted(TASKS))})")
-    from ptq_bench.report.paper import LAYOUTS
-
-    if recipe.layout is not None and recipe.layout not in LAYOUTS:
-        raise RecipeError(f"layout: unknown layout '{recipe.layout}' (known: {', '.join(LAYOUTS)})")
-    if recipe.device not in ("auto", "cpu", "cuda"):
-        raise RecipeError(f"device: expected auto, cpu or cuda, got '{recipe.device}'")
+        check_component(name, "models: a model name")
+        if spec.source is not None:
+            check_source(spec.source, f"models.{name}.source")
+        model_arch(recipe, name)
     expand_cells(recipe)
+    _check_lengths(recipe)
 
 
 def model_arch(recipe: Recipe, name: str) -> ArchConfig:
-    spec = recipe.models[name]
-    base = to_dict(recipe.arch)
-    for key in spec.arch:
-        if key not in base:
-            raise RecipeError(f"models.{name}.arch.{key}: unknown key (known: {', '.join(sorted(base))})")
-    return from_dict(ArchConfig, {**base, **spec.arch}, f"models.{name}.arch")
+    """The recipe's arch with model `name`'s overrides applied (through the typed loader)."""
+    return from_dict(ArchConfig, {**to_dict(recipe.arch), **recipe.models[name].arch}, f"models.{name}.arch")
+
+
+def required_data_files(recipe: Recipe) -> list[str]:
+    """Data files (relative to the data folder) the recipe reads: training text, perplexity sets, tasks."""
+    files = list(TRAIN_FILES) + [PPL_FILES[s] for s in recipe.eval.perplexity.sets]
+    for task in recipe.eval.tasks:
+        files.extend(TASKS[task].data_files.values())
+    return list(dict.fromkeys(files))

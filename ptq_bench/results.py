@@ -1,19 +1,32 @@
-"""The append-only result store of a run folder, plus its manifest.
+"""The append-only result store of a run folder, its manifest and its lock.
 
-<run>/results.jsonl   one JSON object per finished cell, appended and fsync'd as soon as the cell ends,
-                      so a killed run loses at most the cell in flight;
+<run>/results.jsonl   one `Row` per finished cell (JSON object, one line), appended and fsync'd as soon
+                      as the cell ends, so a killed run loses at most the cell in flight;
 <run>/manifest.json   provenance: recipe (text and hash), seeds, package versions, git hash, data file
-                      hashes, hardware, and one entry per invocation (start, end, wall time).
+                      hashes, task versions, hardware, and one entry per invocation (start, end, wall time);
+<run>/.lock           held (flock) by the one `run` writing the folder; `.lock.owner` says who holds it.
 Tables and plots are derived from these files only.
+
+Every row carries the hash of the recipe that wrote it, so a folder never mixes two recipes, even
+without its manifest. `run` reads strictly (a damaged line is a one-line error naming file and line);
+`report` reads leniently (damaged lines are skipped with a warning, every intact row is rendered).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import platform
+import socket
 import subprocess
+import sys
 import time
+import types
+import typing
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,33 +34,178 @@ from ptq_bench.errors import PtqBenchError
 
 RESULTS = "results.jsonl"
 MANIFEST = "manifest.json"
+LOCK = ".lock"
+LOCK_OWNER = ".lock.owner"  # JSON {pid, host, started} of the run holding LOCK
+SCHEMA_VERSION = 1  # of Row; bump when a field changes meaning, and teach Row.from_dict the old form
 
 
-def append_row(run_dir: Path, row: dict[str, Any]) -> None:
+@dataclass(frozen=True)
+class Row:
+    """One finished cell, as stored. Schema 0 = rows written before schema versions (no hashes/versions)."""
+
+    cell_id: str  # hash of (model, model_key, method, config, method_version, eval_version)
+    recipe: str  # recipe name
+    recipe_hash: str | None  # Recipe.digest() of the run that wrote it (None only in schema 0)
+    model: str
+    model_kind: str
+    model_key: str  # cache key of the base model
+    method: str  # "none" for the unquantized model
+    method_version: int | None  # registry version of the method (None: "none", or schema 0)
+    eval_version: int | None  # eval.evaluator.EVAL_VERSION (None only in schema 0)
+    label: str
+    w_bits: float
+    a_bits: float
+    config: dict  # the method's config, every field
+    metrics: dict  # protocol-named metric -> value (NaN and inf are values, stored as JSON NaN/Infinity)
+    quant: dict  # what the quantization step reported ({} for "none")
+    eval_seconds: float
+    protocol: dict
+    diverged: bool
+    untrained_metrics: dict | None
+    finished: str
+    n_params: int | None = None  # of the base model
+    weight_bytes: int | None = None  # of the base model (16-bit tensors, BitNet weights packed)
+    schema: int = SCHEMA_VERSION
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True, allow_nan=True)
+
+    @property
+    def slot(self) -> tuple:
+        """The cell without its versions: rows of one slot are the same cell computed by different versions."""
+        return self.model, self.model_key, self.method, json.dumps(self.config, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> Row:
+        return cls.from_dict(json.loads(text))
+
+    @classmethod
+    def from_dict(cls, data: Any) -> Row:
+        """A Row from a parsed line; ValueError says what is wrong with it."""
+        if not isinstance(data, dict):
+            raise ValueError(f"not a JSON object (a {type(data).__name__})")
+        schema = data.get("schema", 0)
+        if not _is(schema, int) or schema < 0:
+            raise ValueError("'schema' is not a non-negative integer")
+        if schema > SCHEMA_VERSION:
+            raise ValueError(f"row schema {schema} is newer than this ptq-bench reads ({SCHEMA_VERSION}); upgrade")
+        if schema == 0:
+            data = {"recipe_hash": None, "method_version": None, "eval_version": None, **data, "schema": 0}
+        hints = typing.get_type_hints(cls)
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - set(fields))
+        if unknown:
+            raise ValueError(f"unknown key '{unknown[0][:40]}'")
+        for name, f in fields.items():
+            if name not in data and f.default is dataclasses.MISSING:
+                raise ValueError(f"missing key '{name}'")
+            if name in data and not _is(data[name], hints[name]):
+                raise ValueError(f"'{name}' is not {hints[name]}")
+        return cls(**data)
+
+
+def _is(value: Any, tp: Any) -> bool:
+    """isinstance for the simple annotations of Row (X | None, int, float, str, bool, dict)."""
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        return any(_is(value, a) for a in typing.get_args(tp))
+    if tp is type(None):
+        return value is None
+    if tp in (int, float) and isinstance(value, bool):
+        return False
+    if tp is float:
+        return isinstance(value, (int, float))
+    return isinstance(value, typing.get_origin(tp) or tp)
+
+
+# ----------------------------------------------------------------------------------------------
+# rows
+
+
+def append_row(run_dir: Path, row: Row) -> None:
     """Append one finished cell; the line is on disk when this returns."""
-    line = json.dumps(row, sort_keys=True, allow_nan=True) + "\n"
-    with open(run_dir / RESULTS, "a", encoding="utf-8") as fh:
-        fh.write(line)
+    with open(Path(run_dir) / RESULTS, "a", encoding="utf-8") as fh:
+        fh.write(row.to_json() + "\n")
         fh.flush()
         os.fsync(fh.fileno())
 
 
-def read_rows(run_dir: Path) -> list[dict[str, Any]]:
-    """Every complete row (a torn last line from a killed process is skipped)."""
+def scan_rows(run_dir: Path) -> Iterator[tuple[int, Row | None, str | None]]:
+    """(line number, row, None) for each intact line, (line number, None, problem) for each damaged one."""
     path = Path(run_dir) / RESULTS
     if not path.is_file():
-        return []
-    rows = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:
+        return
+    lines = path.read_bytes().split(b"\n")
+    for i, raw in enumerate(lines, 1):
+        if not raw.strip():
             continue
+        if i == len(lines):  # text after the last newline: a write cut short
+            yield i, None, "torn last line (no newline: a write cut short)"
+            continue
+        try:
+            yield i, Row.from_json(raw.decode("utf-8")), None
+        except (ValueError, UnicodeDecodeError) as exc:
+            yield i, None, str(exc)[:200]
+
+
+def load_rows(run_dir: Path, strict: bool = False) -> list[Row]:
+    """Every intact row in file order. strict: a damaged line is a PtqBenchError naming file and line;
+    lenient: it is skipped with a warning on stderr."""
+    rows = []
+    for i, row, problem in scan_rows(run_dir):
+        if row is not None:
+            rows.append(row)
+            continue
+        msg = f"{Path(run_dir) / RESULTS}:{i}: damaged row ({problem})"
+        if strict:
+            raise PtqBenchError(msg + "; repair or remove that line")
+        warn(msg + "; skipped")
     return rows
 
 
-def done_cells(run_dir: Path) -> set[str]:
-    return {row["cell_id"] for row in read_rows(run_dir)}
+def current(rows: list[Row]) -> list[Row]:
+    """Rows not superseded: of several rows of one cell (other method/eval versions) the last one stays."""
+    last = {row.slot: i for i, row in enumerate(rows)}
+    return [row for i, row in enumerate(rows) if last[row.slot] == i]
+
+
+def read_rows(run_dir: Path, strict: bool = False) -> list[dict[str, Any]]:
+    """The current rows as dicts (the form report/ reads); damaged lines as in `load_rows`."""
+    return [row.to_dict() for row in current(load_rows(run_dir, strict))]
+
+
+def repair_tail(run_dir: Path) -> Path | None:
+    """Cut a torn last line off results.jsonl, keeping it in results.jsonl.torn-<time>; return that file."""
+    path = Path(run_dir) / RESULTS
+    if not path.is_file():
+        return None
+    data = path.read_bytes()
+    if not data or data.endswith(b"\n"):
+        return None
+    cut = data.rfind(b"\n") + 1
+    aside = path.with_name(f"{RESULTS}.torn-{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}")
+    with open(aside, "wb") as fh:  # kept first: a kill between the two steps loses nothing
+        fh.write(data[cut:])
+        os.fsync(fh.fileno())
+    with open(path, "r+b") as fh:
+        fh.truncate(cut)
+        os.fsync(fh.fileno())
+    return aside
+
+
+_warned: set[str] = set()
+
+
+def warn(msg: str) -> None:
+    if msg not in _warned:
+        _warned.add(msg)
+        print(f"ptq-bench: warning: {msg}", file=sys.stderr, flush=True)
+
+
+# ----------------------------------------------------------------------------------------------
+# manifest
 
 
 def package_versions() -> dict[str, str]:
@@ -85,11 +243,35 @@ def hardware() -> dict[str, Any]:
     return info
 
 
-def load_manifest(run_dir: Path) -> dict[str, Any] | None:
+def _manifest_problem(manifest: Any) -> str | None:
+    if not isinstance(manifest, dict):
+        return f"not a JSON object (a {type(manifest).__name__})"
+    if not isinstance(manifest.get("recipe_hash"), str):
+        return "no 'recipe_hash' string"
+    inv = manifest.get("invocations")
+    if not isinstance(inv, list) or not all(isinstance(i, dict) for i in inv):
+        return "'invocations' is not a list of objects"
+    return None
+
+
+def load_manifest(run_dir: Path, strict: bool = False) -> dict[str, Any] | None:
+    """The manifest, or None when there is none. A damaged one: strict, a PtqBenchError naming the
+    file (and line); lenient, a warning and None."""
     path = Path(run_dir) / MANIFEST
     if not path.is_file():
         return None
-    return json.loads(path.read_text(encoding="utf-8"))
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+        problem = _manifest_problem(manifest)
+    except (ValueError, UnicodeDecodeError) as exc:  # JSONDecodeError says "line L column C"
+        problem = f"not valid JSON: {str(exc)[:120]}"
+    if problem is None:
+        return manifest
+    if strict:
+        raise PtqBenchError(f"{path}: damaged manifest ({problem}); repair it or move it aside "
+                            "(the rows carry their recipe hash, so a new manifest is safe)")
+    warn(f"{path}: damaged manifest ({problem}); ignored")
+    return None
 
 
 def write_manifest(run_dir: Path, manifest: dict[str, Any]) -> None:
@@ -98,23 +280,57 @@ def write_manifest(run_dir: Path, manifest: dict[str, Any]) -> None:
     os.replace(tmp, Path(run_dir) / MANIFEST)
 
 
-def open_run(run_dir: Path, recipe_hash: str, base: dict[str, Any]) -> dict[str, Any]:
-    """Create or reopen a run folder; a folder holding another recipe's results is an error."""
+def _refuse_foreign(run_dir: Path, recipe_hash: str, manifest: dict[str, Any] | None) -> None:
+    """A PtqBenchError when the manifest or any row belongs to another recipe (or a damaged line)."""
+    advice = "set a different output_dir or remove the folder"
+    if manifest is not None and manifest["recipe_hash"] != recipe_hash:
+        raise PtqBenchError(f"{run_dir} holds results of another recipe (hash {manifest['recipe_hash']}, "
+                            f"this recipe {recipe_hash}); {advice}")
+    for i, row, problem in scan_rows(run_dir):
+        where = f"{Path(run_dir) / RESULTS}:{i}"
+        if problem is not None and not problem.startswith("torn last line"):
+            raise PtqBenchError(f"{where}: damaged row ({problem}); repair or remove that line")
+        if row is not None and row.recipe_hash is None:
+            raise PtqBenchError(f"{where}: a row of an older ptq-bench (schema 0, no recipe hash); {advice}")
+        if row is not None and row.recipe_hash != recipe_hash:
+            raise PtqBenchError(f"{where}: a row of another recipe (hash {row.recipe_hash}, this recipe "
+                                f"{recipe_hash}); {advice}")
+
+
+def _refuse_changed_data(run_dir: Path, manifest: dict[str, Any], base: dict[str, Any]) -> None:
+    """Data files are not in the recipe hash: one that changed since the folder's first run is an error."""
+    old, new = manifest.get("data_sha256") or {}, base.get("data_sha256") or {}
+    for rel in sorted(set(old) & set(new)):
+        if old[rel] != new[rel]:
+            raise PtqBenchError(f"data file {rel} changed since {run_dir} was first run (sha256 {old[rel][:12]}... "
+                                f"now {new[rel][:12]}...); set a different output_dir")
+
+
+def open_run(run_dir: Path, recipe_hash: str, base: dict[str, Any]) -> tuple[dict[str, Any], list[Row]]:
+    """Reopen (or create) a run folder for `recipe_hash`, under `run_lock`: (manifest, stored rows).
+
+    Refused, with the folder untouched, when it holds another recipe's manifest or rows or a damaged
+    line; a torn tail is then cut (and kept aside) before anything is appended."""
     run_dir.mkdir(parents=True, exist_ok=True)
-    manifest = load_manifest(run_dir)
-    if manifest is not None and manifest.get("recipe_hash") != recipe_hash:
-        raise PtqBenchError(
-            f"{run_dir} holds results of another recipe (hash {manifest.get('recipe_hash')}); "
-            "set a different output_dir or remove the folder"
-        )
+    manifest = load_manifest(run_dir, strict=True)
+    _refuse_foreign(run_dir, recipe_hash, manifest)
+    if manifest is not None:
+        _refuse_changed_data(run_dir, manifest, base)
+    aside = repair_tail(run_dir)
+    if aside is not None:
+        from ptq_bench.console import log
+
+        log(f"{run_dir / RESULTS}: cut a torn last line (a killed write), kept in {aside.name}; "
+            "that cell is recomputed")
     if manifest is None:
         manifest = {**base, "recipe_hash": recipe_hash, "invocations": []}
+    manifest.update({k: base[k] for k in ("recipe_name", "recipe", "recipe_text") if k in base})  # the latest
     manifest["invocations"].append(
         {"started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "git": git_hash(), "versions": package_versions(),
-         "hardware": hardware()}
+         "hardware": hardware(), "pid": os.getpid()}
     )
     write_manifest(run_dir, manifest)
-    return manifest
+    return manifest, load_rows(run_dir, strict=True)
 
 
 def close_run(run_dir: Path, manifest: dict[str, Any], wall_s: float, cells_run: int) -> None:
@@ -122,3 +338,40 @@ def close_run(run_dir: Path, manifest: dict[str, Any], wall_s: float, cells_run:
         {"finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "wall_s": round(wall_s, 1), "cells_run": cells_run}
     )
     write_manifest(run_dir, manifest)
+
+
+# ----------------------------------------------------------------------------------------------
+# lock
+
+
+def lock_holder(run_dir: Path) -> str:
+    try:
+        owner = json.loads((Path(run_dir) / LOCK_OWNER).read_text(encoding="utf-8"))
+        return f"pid {owner['pid']} on host {owner['host']}, started {owner['started']}"
+    except (OSError, ValueError, KeyError, TypeError):
+        return "holder unknown"
+
+
+@contextmanager
+def run_lock(run_dir: Path) -> Iterator[None]:
+    """Hold the run folder's exclusive lock; a second holder is a PtqBenchError naming the first.
+
+    An flock: the kernel drops it when the holder dies, even by kill -9 (a stale .lock.owner is harmless)."""
+    from filelock import FileLock, Timeout
+
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(str(run_dir / LOCK), timeout=0)
+    try:
+        lock.acquire()
+    except Timeout:
+        raise PtqBenchError(f"{run_dir} is in use by another ptq-bench run ({lock_holder(run_dir)}); "
+                            "wait for it to finish or set a different output_dir") from None
+    owner = run_dir / LOCK_OWNER
+    try:
+        owner.write_text(json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
+                                     "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}), encoding="utf-8")
+        yield
+    finally:
+        owner.unlink(missing_ok=True)
+        lock.release()

@@ -51,9 +51,9 @@ def test_arch_config_checks():
         ArchConfig(hidden_size=66, num_heads=4)
     with pytest.raises(ValueError, match="multiple of 4"):
         ArchConfig(intermediate_size=690)
-    with pytest.raises(ValueError, match="positive integer"):
+    with pytest.raises(ValueError, match="num_layers: must be >= 1"):
         ArchConfig(num_layers=0)
-    with pytest.raises(ValueError, match="unknown arch key 'hidden'"):
+    with pytest.raises(ValueError, match="arch.hidden: unknown key"):
         ArchConfig.from_dict({"hidden": 64})
 
 

@@ -1,9 +1,14 @@
-"""Recipe errors: one line naming the key or file, exit code 2, nothing written."""
+"""Recipe errors: one line naming the key or file, exit code 2, nothing written — for every bad input
+issue 9 found accepted or crashing (table BAD / BAD_TEXT / BAD_FOLDERS below)."""
 
 from __future__ import annotations
 
+import json
+import math
+import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -15,15 +20,40 @@ from ptq_bench.recipe import expand_cells, load_recipe
 
 ROOT = Path(__file__).resolve().parents[1]
 SMOKE = ROOT / "recipes" / "smoke.yaml"
+DATA = Path(os.environ["PTQ_BENCH_DATA"]).resolve()
+
+
+def smoke(tmp_path: Path) -> dict:
+    raw = yaml.safe_load(SMOKE.read_text())
+    raw["output_dir"] = str(tmp_path / "out")
+    raw["cache_dir"] = str(tmp_path / "cache")
+    return raw
 
 
 def write(tmp_path: Path, mutate) -> Path:
-    raw = yaml.safe_load(SMOKE.read_text())
-    raw["output_dir"] = str(tmp_path / "out")
+    raw = smoke(tmp_path)
     mutate(raw)
     path = tmp_path / "r.yaml"
     path.write_text(yaml.safe_dump(raw))
     return path
+
+
+def files_under(root: Path) -> set[Path]:
+    return {p for p in root.rglob("*")}
+
+
+def assert_refused(path: Path, capsys, needle: str, commands=("validate", "run")) -> str:
+    """Each command exits 2 in under 2 s with one line (< 300 chars) containing `needle`; nothing written."""
+    before = files_under(path.parent)
+    for cmd in commands:
+        t0 = time.perf_counter()
+        assert main([cmd, str(path)]) == 2
+        assert time.perf_counter() - t0 < 2
+        err = capsys.readouterr().err.strip()
+        assert err.count("\n") == 0 and len(err) < 300, err[:400]
+        assert needle in err, err
+    assert files_under(path.parent) == before
+    return err
 
 
 def test_shipped_recipes_validate():
@@ -40,30 +70,243 @@ def test_expand_cells_zips_bit_lists(tmp_path):
     assert labels == ["absmax W8A8", "absmax W4A4", "absmax W1A8"]
 
 
+def _set(*keys_and_value):
+    """A mutation that sets r[k1][k2]...[kn] = value (list indices allowed)."""
+    *keys, value = keys_and_value
+
+    def mutate(r):
+        node = r
+        for k in keys[:-1]:
+            node = node[k]
+        node[keys[-1]] = value
+
+    return mutate
+
+
+def _quant(entry: dict):
+    return lambda r: r["quantize"].__setitem__(0, entry)
+
+
 BAD = {
-    "unknown top-level key": (lambda r: r.update(epochs=3), "epochs: unknown key"),
-    "unknown nested key": (lambda r: r["train"].update(lr=1), "train.lr: unknown key"),
-    "wrong type": (lambda r: r["eval"].update(limit="ten"), "eval.limit"),
+    # structure and names (kept from before)
+    "unknown top-level key": (_set("epochs", 3), "epochs: unknown key"),
+    "unknown nested key": (_set("train", "lr", 1), "train.lr: unknown key"),
+    "wrong type": (_set("eval", "limit", "ten"), "eval.limit: expected an integer"),
     "unknown method": (lambda r: r["quantize"].append({"method": "awq"}), "unknown method 'awq'"),
-    "unknown task": (lambda r: r["eval"].update(tasks=["mmlu"]), "unknown task 'mmlu'"),
-    "bits out of range": (lambda r: r["quantize"].__setitem__(0, {"method": "absmax", "w_bits": 9}), "w_bits"),
-    "unknown method key": (lambda r: r["quantize"][0].update(alpha=0.5), "unknown key 'alpha'"),
-    "missing data folder": (lambda r: r.update(data_dir="/nonexistent/data"), "/nonexistent/data"),
-    "unknown model kind": (lambda r: r["models"]["fp16"].update(kind="fp8"), "kind must be one of"),
-    "unknown model in quantize": (lambda r: r["quantize"][0].update(models=["gpt5"]), "unknown model 'gpt5'"),
+    "unknown task": (_set("eval", "tasks", ["mmlu"]), "eval.tasks[0]: expected one of"),
+    "bits out of range": (_quant({"method": "absmax", "w_bits": 9}), "quantize[0].w_bits: expected one of"),
+    "unknown method key": (_set("quantize", 0, "alpha", 0.5), "quantize[0].alpha: unknown key"),
+    "missing data folder": (_set("data_dir", "/nonexistent/data"), "/nonexistent/data"),
+    "unknown model kind": (_set("models", "fp16", "kind", "fp8"), "models.fp16.kind: expected one of"),
+    "unknown model in quantize": (_set("quantize", 0, "models", ["gpt5"]), "unknown model 'gpt5'"),
+    # counts <= 0 (issue 9: accepted)
+    "train.seq_len 0": (_set("train", "seq_len", 0), "train.seq_len: must be >= 1"),
+    "train.batch_size 0": (_set("train", "batch_size", 0), "train.batch_size: must be >= 1"),
+    "train.log_every 0": (_set("train", "log_every", 0), "train.log_every: must be >= 1"),
+    "train.warmup_steps -1": (_set("train", "warmup_steps", -1), "train.warmup_steps: must be >= 0"),
+    "calibration.n_samples 0": (_set("calibration", "n_samples", 0), "calibration.n_samples: must be >= 1"),
+    "calibration.seq_len 0": (_set("calibration", "seq_len", 0), "calibration.seq_len: must be >= 1"),
+    "ppl seq_len 0": (_set("eval", "perplexity", "seq_len", 0), "eval.perplexity.seq_len: must be >= 2"),
+    "ppl max_windows 0": (_set("eval", "perplexity", "max_windows", 0), "eval.perplexity.max_windows: must be >= 1"),
+    "eval.batch_size 0": (_set("eval", "batch_size", 0), "eval.batch_size: must be >= 1"),
+    "num_fewshot -1": (_set("eval", "num_fewshot", -1), "eval.num_fewshot: must be >= 0"),
+    "train_chars -1": (_set("tokenizer", "train_chars", -1), "tokenizer.train_chars: must be >= 0"),
+    # seeds
+    "seed -1": (_set("seed", -1), "seed: must be >= 0"),
+    "seed 2**70": (_set("seed", 2**70), "seed: integer out of range"),
+    "seed 2**32": (_set("seed", 2**32), "seed: must be <= 4294967295"),
+    "seed true": (_set("seed", True), "seed: expected an integer"),
+    # rates: NaN, inf, negative
+    "lr nan": (_set("models", "fp16", "lr", math.nan), "models.fp16.lr: expected a finite number"),
+    "lr inf": (_set("models", "fp16", "lr", math.inf), "models.fp16.lr: expected a finite number"),
+    "lr -inf": (_set("models", "fp16", "lr", -math.inf), "models.fp16.lr: expected a finite number"),
+    "lr negative": (_set("models", "fp16", "lr", -1e-3), "models.fp16.lr: must be > 0"),
+    "lr_stage2 nan": (_set("models", "bitnet_b158", "lr_stage2", math.nan), "lr_stage2: expected a finite"),
+    "lr_stage2 negative": (_set("models", "bitnet_b158", "lr_stage2", -1.0), "lr_stage2: must be > 0"),
+    "weight_decay negative": (_set("models", "fp16", "weight_decay", -0.1), "weight_decay: must be >= 0"),
+    "weight_decay inf": (_set("models", "fp16", "weight_decay", math.inf), "weight_decay: expected a finite"),
+    "grad_clip nan": (_set("train", "grad_clip", math.nan), "train.grad_clip: expected a finite number"),
+    "grad_clip negative": (_set("train", "grad_clip", -1.0), "train.grad_clip: must be >= 0"),
+    "rope_theta inf": (_set("arch", "rope_theta", math.inf), "arch.rope_theta: expected a finite number"),
+    "rope_theta negative": (_set("arch", "rope_theta", -1.0), "arch.rope_theta: must be > 0"),
+    "rope_theta in model arch": (_set("models", "fp16", "arch", {"rope_theta": math.nan}), "models.fp16.arch.rope_theta"),
+    "huge number": (_set("train", "grad_clip", 2**70), "train.grad_clip: number out of range"),
+    "lr as YAML 1.1 text": (_set("models", "fp16", "lr", "1e-3"), "expected a number, got '1e-3' (YAML reads"),
+    # lengths beyond the model's context (smoke: arch.max_seq_len 256)
+    "calibration.seq_len beyond context": (
+        lambda r: (r["quantize"].append({"method": "gptq", "w_bits": 4}), r["calibration"].update(seq_len=100000)),
+        "calibration.seq_len: 100000 is longer than the context of model 'fp16' (256"),
+    "ppl seq_len beyond context": (_set("eval", "perplexity", "seq_len", 100000), "eval.perplexity.seq_len: 100000"),
+    "per-model context": (_set("models", "bitnet_b1", "arch", {"max_seq_len": 32}), "of model 'bitnet_b1' (32"),
+    # method settings that were passed through untyped
+    "gptq sym 'false'": (_quant({"method": "gptq", "sym": "false"}), "quantize[0].sym: expected true/false"),
+    "absmax w_bits true": (_quant({"method": "absmax", "w_bits": True}), "quantize[0].w_bits: expected a number"),
+    "gptq act_order 'yes'": (_quant({"method": "gptq", "act_order": "yes"}), "quantize[0].act_order: expected true"),
+    "gptq group_size 1.5": (_quant({"method": "gptq", "group_size": 1.5}), "quantize[0].group_size: expected an int"),
+    "smoothquant alpha true": (_quant({"method": "smoothquant", "alpha": True}), "quantize[0].alpha: expected a num"),
+    "quip seed -1": (_quant({"method": "quip", "seed": -1}), "quantize[0].seed: must be >= 0"),
+    "gptq damp nan": (_quant({"method": "gptq", "damp": math.nan}), "quantize[0].damp: expected a finite"),
+    "bits list in list": (_quant({"method": "absmax", "w_bits": [[8]]}), "quantize[0].w_bits: expected a number"),
+    "too many settings": (_quant({"method": "absmax", "w_bits": [8] * 65}), "a bits list must have 1 to 64"),
+    # PTQ of natively low-bit models is refused
+    "PTQ of bitnet_b158": (_set("quantize", 0, "models", ["bitnet_b158"]),
+                           "quantize[0].models: 'bitnet_b158' is a BitNet b1.58 model"),
+    "PTQ of bitnet_b1": (_set("quantize", 0, "models", ["fp16", "bitnet_b1"]), "'bitnet_b1' is a BitNet b1 model"),
+    # sources and names
+    "source /nonexistent": (_set("models", "fp16", "source", "/nonexistent"), "models.fp16.source: no such folder"),
+    "source empty": (_set("models", "fp16", "source", ""), "models.fp16.source: empty"),
+    "source not a hub id": (_set("models", "fp16", "source", "a b"), "neither a local folder nor a hub id"),
+    "source not a checkpoint": (_set("models", "fp16", "source", "/proc"), "is not a checkpoint folder"),
+    "source .": (_set("models", "fp16", "source", "."), "is not a checkpoint folder"),
+    "source ./missing": (_set("models", "fp16", "source", "./missing/model"), "models.fp16.source: no such folder"),
+    "name empty": (_set("name", ""), "name: must be a plain name"),
+    "name ..": (_set("name", ".."), "name: must be a plain name"),
+    "name ../../x": (_set("name", "../../x"), "name: must be a plain name"),
+    "name absolute": (_set("name", "/tmp/x"), "name: must be a plain name"),
+    "name with slash": (_set("name", "a/b"), "name: must be a plain name"),
+    "name with NUL": (_set("name", "a\x00b"), "name: a string must not contain a NUL"),
+    "name 1 MB": (_set("name", "x" * 1_000_000), "larger than 262144 bytes"),
+    "name 100 KB": (_set("name", "x" * 100_000), "name: longer than 100 characters"),
+    "name 101 chars": (_set("name", "x" * 101), "name: longer than 100 characters"),
+    "model name ../x": (lambda r: r["models"].update({"../x": {"kind": "fp16"}}), "a model name: must be a plain"),
+    "model name not a string": (lambda r: r["models"].update({1: {"kind": "fp16"}}), "models: keys must be strings"),
+    "long model name": (lambda r: r["models"].update({"m" * 5000: {"kind": "fp8"}}), "models.'mmmm"),
+    "data_dir with NUL": (_set("data_dir", "/tmp/\x00x"), "data_dir: a string must not contain a NUL"),
+    "device": (_set("device", "tpu"), "device: expected one of auto, cpu, cuda"),
+    "layout": (_set("layout", "table9"), "layout: expected one of"),
+    "duplicate task": (_set("eval", "tasks", ["piqa", "piqa"]), "eval.tasks: duplicate items"),
 }
 
 
 @pytest.mark.parametrize("case", sorted(BAD))
 def test_bad_recipe_is_one_line_exit_2_nothing_written(tmp_path, capsys, case):
     mutate, needle = BAD[case]
+    err = assert_refused(write(tmp_path, mutate), capsys, needle)
+    assert "x" * 61 not in err  # an error line never echoes an unbounded value
+
+
+def _bomb(levels: int = 9) -> str:
+    lines = ["a0: &a0 [x, x, x, x, x, x, x, x, x, x]"]
+    for i in range(1, levels):
+        lines.append(f"a{i}: &a{i} [" + ", ".join([f"*a{i - 1}"] * 10) + "]")
+    return "\n".join(lines)
+
+
+def _text(tmp_path: Path, text: str | bytes) -> Path:
+    path = tmp_path / "r.yaml"
+    path.write_bytes(text if isinstance(text, bytes) else text.encode())
+    return path
+
+
+SMOKE_TEXT = SMOKE.read_text()
+BAD_TEXT = {
+    "duplicate key": (SMOKE_TEXT + "seed: 1\n", "line 36: duplicate key 'seed'"),
+    "duplicate nested key": (SMOKE_TEXT.replace("  seq_len: 64\n", "  seq_len: 64\n  seq_len: 32\n", 1),
+                             "duplicate key 'seq_len'"),
+    "not UTF-8": (b"\xff\xfe name: x\n", "not UTF-8 text (byte 0)"),
+    "deep nesting": ("description: " + "[" * 50_000 + "]" * 50_000 + "\n", "nested deeper than 64 levels"),
+    "deep mapping": ("x: " + "{a: " * 5000 + "1" + "}" * 5000 + "\n", "nested deeper than 64 levels"),
+    "alias bomb": (_bomb() + "\n" + SMOKE_TEXT.replace("name: smoke", "name: smoke\ndescription: *a8"),
+                   "more than 100000 values once YAML aliases are expanded"),
+    "recursive alias": ("a: &a [*a]\n" + SMOKE_TEXT, "recursive YAML alias"),
+    "huge integer literal": (SMOKE_TEXT.replace("seed: 0", "seed: " + "9" * 5000), "integer literal of 5000"),
+    "not a mapping": ("- just\n- a list\n", "a recipe is a YAML mapping"),
+    "bad YAML": ("name: [unclosed\n", "not valid YAML"),
+    "empty file": ("", "a recipe is a YAML mapping"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_TEXT))
+def test_bad_recipe_text(tmp_path, capsys, case):
+    text, needle = BAD_TEXT[case]
+    assert_refused(_text(tmp_path, text), capsys, needle)
+
+
+@pytest.mark.parametrize("where", ["description: *a8", "eval: {limit: *a8}", "arch: {num_layers: *a8}",
+                                   "quantize: [{method: absmax, w_bits: *a8}]", "models: {fp16: {arch: *a8}}"])
+def test_alias_bombs_fail_fast(tmp_path, capsys, where):
+    """The five places issue 9's alias bombs hung in (one printed a 312 MB error line)."""
+    assert_refused(_text(tmp_path, _bomb() + "\nname: x\n" + where + "\n"), capsys, "YAML aliases")
+
+
+def test_small_aliases_still_work(tmp_path):
+    text = SMOKE_TEXT.replace("  fp16: {kind: fp16}", "  fp16: &m {kind: fp16}\n  fp16b: *m")
+    assert [c.model for c in expand_cells(load_recipe(_text(tmp_path, text)))].count("fp16b") == 5
+
+
+def _plant_file(tmp_path: Path) -> Path:
+    (tmp_path / "afile").write_text("x")
+    return tmp_path / "afile"
+
+
+BAD_FOLDERS = {  # run only: validate does not look at output folders
+    "output_dir is a file": (lambda t: {"output_dir": str(_plant_file(t))}, "output_dir: ", "is a file"),
+    "output_dir under a file": (lambda t: {"output_dir": str(_plant_file(t) / "sub")}, "output_dir: ", "under a file"),
+    "output_dir /": (lambda t: {"output_dir": "/"}, "output_dir: ", "root folder"),
+    "output_dir /proc": (lambda t: {"output_dir": "/proc/ptq"}, "output_dir: ", "under /proc"),
+    "output_dir data folder": (lambda t: {"output_dir": str(DATA)}, "output_dir: ", "data folder"),
+    "output_dir in data folder": (lambda t: {"output_dir": str(DATA / "runs" / "x")}, "output_dir: ", "data folder"),
+    "cache_dir is a file": (lambda t: {"cache_dir": str(_plant_file(t))}, "cache_dir: ", "is a file"),
+    "cache_dir under a file": (lambda t: {"cache_dir": str(_plant_file(t) / "c")}, "cache_dir: ", "under a file"),
+    "cache_dir data folder": (lambda t: {"cache_dir": str(DATA)}, "cache_dir: ", "data folder"),
+    "cache_dir /": (lambda t: {"cache_dir": "/"}, "cache_dir: ", "root folder"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_FOLDERS))
+def test_run_refuses_bad_folders_before_writing(tmp_path, capsys, case):
+    make, needle, detail = BAD_FOLDERS[case]
+    path = write(tmp_path, lambda r: r.update(make(tmp_path)))
+    assert main(["validate", str(path)]) == 0
+    capsys.readouterr()
+    err = assert_refused(path, capsys, needle, commands=("run",))
+    assert detail in err
+
+
+def test_run_refuses_unwritable_folder(tmp_path, capsys):
+    if os.geteuid() == 0:
+        pytest.skip("root can write anywhere")
+    ro = tmp_path / "ro"
+    ro.mkdir(mode=0o555)
+    path = write(tmp_path, lambda r: r.update(output_dir=str(ro / "out")))
+    assert_refused(path, capsys, "not writable", commands=("run",))
+
+
+def test_cli_output_dir_override_is_checked(tmp_path, capsys):
+    path = write(tmp_path, lambda r: None)
+    assert main(["run", str(path), "--output-dir", str(_plant_file(tmp_path))]) == 2
+    assert "output_dir: " in capsys.readouterr().err and not (tmp_path / "out").exists()
+
+
+def _source(tmp_path: Path, cfg: dict) -> Path:
+    folder = tmp_path / "ckpt"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps(cfg))
+    return folder
+
+
+def test_source_bitnet_checkpoint_is_not_quantized(tmp_path, capsys):
+    src = _source(tmp_path, {"max_position_embeddings": 128, "quantization_config": {"quant_method": "bitnet"}})
+
+    def mutate(r):
+        r["models"] = {"hf": {"source": str(src)}, "fp16": {"kind": "fp16"}}
+        r["quantize"] = [{"method": "absmax", "w_bits": 4}]
+
     path = write(tmp_path, mutate)
-    for cmd in ("validate", "run"):
-        assert main([cmd, str(path)]) == 2
-        err = capsys.readouterr().err.strip()
-        assert err.count("\n") == 0, err
-        assert needle in err, err
-    assert not (tmp_path / "out").exists()
+    assert [c.model for c in expand_cells(load_recipe(path)) if c.method != "none"] == ["fp16"]  # not a default target
+    path = write(tmp_path, lambda r: (mutate(r), r["quantize"][0].update(models=["hf"])))
+    assert_refused(path, capsys, "quantize[0].models: 'hf' is a BitNet (HF) model (bitnet_hf)")
+
+
+def test_source_context_is_checked(tmp_path, capsys):
+    src = _source(tmp_path, {"max_position_embeddings": 32})
+    path = write(tmp_path, lambda r: r.update(models={"hf": {"source": str(src)}}, quantize=[]))
+    assert_refused(path, capsys, "eval.perplexity.seq_len: 64 is longer than the context of model 'hf' (32")
+
+
+def test_hub_id_source_is_allowed(tmp_path):
+    path = write(tmp_path, lambda r: r.update(models={"hf": {"source": "org/name"}}, quantize=[]))
+    assert load_recipe(path).models["hf"].source == "org/name"
 
 
 def test_missing_recipe_file(tmp_path, capsys):
@@ -82,3 +325,72 @@ def test_help_is_instant():
     code = "import sys, ptq_bench.cli as c; c.build_parser(); print(sorted(m for m in sys.modules if m in ('torch','transformers','lm_eval')))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_validate_imports_no_torch_or_pandas():
+    code = ("import sys; from ptq_bench.cli import main; rc = main(['validate', sys.argv[1]]); "
+            "print(rc, sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'pandas', 'numpy', 'lm_eval')))")
+    out = subprocess.run([sys.executable, "-c", code, str(ROOT / "recipes" / "quickstart.yaml")],
+                         capture_output=True, text=True, check=True).stdout
+    assert out.strip().endswith("0 []"), out
+
+
+# ----------------------------------------------------------------------------- one place for each name list
+
+
+def test_catalog_matches_registry():
+    """quant/configs.py CATALOG (read by validate) and the registry (read by run) name the same methods,
+    with the same config classes and calibration needs."""
+    from ptq_bench.quant import METHODS, load_all
+    from ptq_bench.quant.configs import CATALOG
+
+    load_all()
+    assert sorted(METHODS) == sorted(CATALOG)
+    for name, m in METHODS.items():
+        assert (m.config_cls, m.needs_calibration) == (CATALOG[name].config, CATALOG[name].needs_calibration), name
+
+
+def test_registry_make_config_goes_through_the_loader():
+    from ptq_bench.quant import get_method
+
+    for method, params, needle in [("gptq", {"sym": "false"}, "q.sym: expected true/false"),
+                                   ("absmax", {"w_bits": True}, "q.w_bits: expected a number"),
+                                   ("gptq", {"act_order": "yes"}, "q.act_order"),
+                                   ("gptq", {"group_size": 1.5}, "q.group_size"),
+                                   ("smoothquant", {"alpha": True}, "q.alpha")]:
+        with pytest.raises(RecipeError, match=needle):
+            get_method(method).make_config(params, "q")
+
+
+def test_layout_names_match_paper():
+    from ptq_bench.report.layouts import LAYOUT_NAMES
+    from ptq_bench.report.paper import LAYOUTS
+
+    assert tuple(LAYOUTS) == LAYOUT_NAMES
+
+
+def test_kinds_table_is_what_build_and_train_use():
+    from ptq_bench.kinds import BITNET_MODES, KINDS, TRAINED_KINDS
+    from ptq_bench.models.arch import ArchConfig
+    from ptq_bench.models.bitlinear import BitLinear
+    from ptq_bench.models.build import MODEL_KINDS, build_model
+    from ptq_bench.models.train import SCHEDULES, make_schedule
+
+    assert MODEL_KINDS == TRAINED_KINDS == ("fp16", "bitnet_b158", "bitnet_b1")
+    arch = ArchConfig(hidden_size=16, intermediate_size=32, num_layers=1, num_heads=2, max_seq_len=8)
+    for kind in TRAINED_KINDS:
+        modes = {m.mode for m in build_model(kind, arch, 300, seed=0).modules() if isinstance(m, BitLinear)}
+        assert modes == ({BITNET_MODES[kind]} if kind in BITNET_MODES else set()), kind
+        assert make_schedule(kind) == make_schedule(kind, None) and KINDS[kind].schedule in SCHEDULES
+    assert [k for k, v in KINDS.items() if v.ptq_allowed] == ["fp16"]
+
+
+def test_ls_lists_the_tables(capsys):
+    from ptq_bench.kinds import KINDS
+    from ptq_bench.quant.configs import CATALOG
+
+    assert main(["ls"]) == 0
+    out = capsys.readouterr().out
+    for name in [*KINDS, *CATALOG, *(k.display for k in KINDS.values())]:
+        assert name in out, name
+    assert "bitnet_b158  BitNet b1.58  W1.58A8   trained, no PTQ" in out

@@ -1,19 +1,37 @@
-"""Paper-layout tables, LaTeX, and the memory count, from synthetic result rows."""
+"""Paper-layout tables, formatting of non-finite values, plots and damaged inputs, from synthetic rows."""
 
 from __future__ import annotations
 
+import csv
+import io
+import json
 import math
+from pathlib import Path
+
+import pytest
 
 from ptq_bench.models.build import ArchConfig, build_model, weight_bytes
-from ptq_bench.report.paper import PAPER_TABLE3, b158_table, table3, to_latex
+from ptq_bench.report import plots as plots_mod
+from ptq_bench.report import render
+from ptq_bench.report.fmt import csv_cell, md_cell, tex_cell, to_latex
+from ptq_bench.report.layouts import LAYOUTS
+from ptq_bench.report.paper import PAPER_TABLE3, b158_table, table3
+from ptq_bench.report.run import RunData
+from ptq_bench.report.tables import generic_table
+
+NAN, INF = float("nan"), float("inf")
 
 
-def row(model, kind, method, w, a, ppl, accs, n_params=1_000_000, wbytes=2_000_000):
+def row(model, kind, method, w, a, ppl, accs, n_params=1_000_000, wbytes=2_000_000, **extra):
     metrics = {"ppl_gptq/wikitext2/seq128": ppl}
     for task, metric, v in accs:
         metrics[f"lm_eval/{task}/0shot/{metric}"] = v
     return {"model": model, "model_kind": kind, "method": method, "w_bits": w, "a_bits": a, "metrics": metrics,
-            "protocol": {"num_fewshot": 0}, "n_params": n_params, "weight_bytes": wbytes}
+            "protocol": {"num_fewshot": 0}, "n_params": n_params, "weight_bytes": wbytes, **extra}
+
+
+def run_of(rows, curves=None):
+    return RunData(Path("."), rows, curves=curves or {})
 
 
 T3 = [("wsc273", "acc", 0.6), ("winogrande", "acc", 0.5), ("hellaswag", "acc_norm", 0.4), ("storycloze", "acc", 0.7)]
@@ -22,11 +40,12 @@ T3 = [("wsc273", "acc", 0.6), ("winogrande", "acc", 0.5), ("hellaswag", "acc_nor
 def test_table3_layout_rows_columns_and_paper_numbers():
     rows = [row("b1", "bitnet_b1", "none", 1, 8, 20.0, T3), row("fp16", "fp16", "gptq", 4, 16, 16.0, T3),
             row("fp16", "fp16", "none", 16, 16, 15.0, T3), row("fp16", "fp16", "absmax", 1, 8, 1e9, T3)]
-    df = table3(rows)
+    df = table3(run_of(rows), LAYOUTS["bitnet_table3"])
     assert list(df.columns[:10]) == ["WBits", "Method", "ABits", "PTQ", "PPL", "WG", "WGe", "HS", "SC", "Avg"]
     assert list(df["Method"]) == ["FP16", "GPTQ", "Absmax", "BitNet b1"]  # bits descending, PTQ before native
     fp = df[df["Method"] == "FP16"].iloc[0]
     assert math.isclose(fp["Avg"], 55.0) and fp["paper PPL"] == PAPER_TABLE3[("16", "FP16", "16")][0]
+    assert fp["WG"] == pytest.approx(60.0) and fp["SC"] == pytest.approx(70.0)  # each column is its own task
     tex = to_latex(df, "t")
     assert r"\begin{tabular}" in tex and "BitNet b1" in tex
 
@@ -36,8 +55,134 @@ def test_b158_table_sorted_by_size_with_memory():
     rows = [row("l", "fp16", "none", 16, 16, 10.0, accs, n_params=3e6, wbytes=6e6),
             row("s", "bitnet_b158", "none", 1.58, 8, 12.0, accs, n_params=1e6, wbytes=0.5e6),
             row("s2", "fp16", "gptq", 4, 16, 11.0, accs)]
-    df = b158_table(rows)
+    df = b158_table(run_of(rows), LAYOUTS["bitnet_b158"])
     assert list(df["Model"]) == ["BitNet b1.58", "LLaMA"] and list(df["Mem (MB)"]) == [0.5, 6.0]
+    assert list(df.columns[4:12]) == ["ARCe", "ARCc", "HS", "BQ", "OQ", "PQ", "WGe", "Avg"]
+    assert df["ARCe"].iloc[0] == 50.0 and df["ARCc"].iloc[0] is None  # not measured stays None
+    assert df["Avg"].iloc[0] is None  # an average over fewer tasks than the paper's would mislead
+
+
+@pytest.mark.parametrize(("value", "md", "tex", "csv_"), [
+    (None, "–", "--", ""), (NAN, "NaN", "NaN", "nan"), (INF, "+inf", r"$+\infty$", "inf"),
+    (-INF, "-inf", r"$-\infty$", "-inf"), (611.0196, "611.02", "611.02", "611.0196"), (3.5e23, "3.5e+23", "3.5e+23", "3.5e+23"),
+    ("b1_lr1e-3", "b1_lr1e-3", r"b1\_lr1e-3", "b1_lr1e-3"),
+])
+def test_cells_keep_not_measured_nan_and_signed_inf_apart(value, md, tex, csv_):
+    assert (md_cell(value), tex_cell(value), csv_cell(value)) == (md, tex, csv_)
+
+
+def _run_dir(tmp_path: Path, rows: list, layout: str | None = None, manifest: object = None) -> Path:
+    d = tmp_path / "run"
+    d.mkdir()
+    (d / "results.jsonl").write_text("".join(json.dumps(r, allow_nan=True) + "\n" for r in rows), encoding="utf-8")
+    manifest = manifest if manifest is not None else {"recipe": {"layout": layout}, "recipe_hash": "h", "invocations": []}
+    (d / "manifest.json").write_text(json.dumps(manifest) if not isinstance(manifest, str) else manifest, encoding="utf-8")
+    return d
+
+
+def _md_cells(text: str) -> list[dict[str, str]]:
+    """The first markdown table of `text` as {header: cell} per row."""
+    lines = [ln for ln in text.splitlines() if ln.startswith("|")]
+    head = [c.strip() for c in lines[0].strip("|").split("|")]
+    return [dict(zip(head, [c.strip() for c in ln.strip("|").split("|")])) for ln in lines[2:] if not ln.startswith("|--")]
+
+
+def _nonfinite_rows():
+    acc = [("winogrande", "acc", 0.5), ("hellaswag", "acc_norm", 0.4)]
+    return [row("fp16", "fp16", "none", 16, 16, 15.0, acc),
+            row("fp16", "fp16", "absmax", 8, 8, NAN, acc),
+            row("fp16", "fp16", "absmax", 4, 4, INF, [("winogrande", "acc", -INF), ("hellaswag", "acc_norm", 0.4)]),
+            row("fp16", "fp16", "absmax", 2, 2, 99.0, [("hellaswag", "acc_norm", 0.3)])]  # winogrande not measured
+
+
+def test_table_md_csv_tex_render_nan_inf_and_missing_distinctly(tmp_path):
+    d = _run_dir(tmp_path, _nonfinite_rows(), layout="bitnet_table3")
+    render(d)
+    by_w = {r["W"]: r for r in _md_cells((d / "table.md").read_text(encoding="utf-8"))}
+    ppl, wge = "ppl_gptq/wikitext2/seq128", "winogrande/0shot/acc"
+    assert [by_w[w][ppl] for w in ("8", "4", "2")] == ["NaN", "+inf", "99.00"]
+    assert by_w["4"][wge] == "-inf" and by_w["2"][wge] == "–" and by_w["16"][wge] == "50.00"
+    assert [by_w[w]["avg_acc"] for w in ("16", "4", "2")] == ["45.00", "-inf", "–"]
+    with open(d / "table.csv", encoding="utf-8") as fh:
+        by_w_csv = {r["W"]: r for r in csv.DictReader(fh)}
+    assert [by_w_csv[w][ppl] for w in ("8", "4")] == ["nan", "inf"]
+    assert by_w_csv["4"][wge] == "-inf" and by_w_csv["2"][wge] == ""
+    paper = {r["WBits"]: r for r in _md_cells((d / "paper_table.md").read_text(encoding="utf-8"))}
+    assert paper["4"]["PPL"] == "+inf" and paper["4"]["WGe"] == "-inf" and paper["8"]["PPL"] == "NaN"
+    assert paper["2"]["WGe"] == "–" and paper["2"]["Avg"] == "–"  # not measured, and so no average
+    tex = (d / "paper_table.tex").read_text(encoding="utf-8")
+    assert r"$+\infty$" in tex and r"$-\infty$" in tex and "NaN" in tex
+
+
+def test_plots_mark_nonfinite_points_at_the_axis_edge(tmp_path, monkeypatch):
+    figs = {}
+
+    def keep(fig, path):
+        figs[path.name] = fig
+        return path
+
+    monkeypatch.setattr(plots_mod, "_save", keep)
+    rows = _nonfinite_rows()
+    curves = {"fp16": {"model": "fp16", "kind": "fp16", "diverged": True, "schedule": {"lr": 0.1},
+                       "curve": [{"tokens": 1, "loss": 9.0, "step": 1}, {"tokens": 2, "loss": NAN, "step": 2}]}}
+    run = run_of(rows, curves)
+    df = generic_table(run)
+    plots_mod.plot_ppl_vs_bits(run, df, tmp_path)
+    plots_mod.plot_loss_curves(run, df, tmp_path)
+    plots_mod.plot_lr_stability(run, df, tmp_path)
+    texts = {name: [t.get_text() for ax in fig.axes for t in ax.texts] for name, fig in figs.items()}
+    assert sorted(texts["ppl_vs_bits.png"]) == ["y +inf", "y NaN"]
+    assert texts["loss_curves.png"] == ["y NaN"] and texts["lr_stability.png"] == ["y NaN"]
+    ax = figs["ppl_vs_bits.png"].axes[0]
+    top = ax.get_ylim()[1]
+    edge = [ln for ln in ax.lines if ln.get_marker() in ("^", "X")]
+    assert len(edge) == 2 and all(ln.get_ydata()[0] == top for ln in edge)
+
+
+def test_damaged_and_partial_rows_still_render(tmp_path):
+    rows = _nonfinite_rows()
+    rows[1].pop("metrics")
+    rows[2].pop("protocol")
+    rows[3]["quant"] = {"effective_bits": 2.07, "seconds": 0.5}
+    d = _run_dir(tmp_path, rows, manifest="{not json")
+    with open(d / "results.jsonl", "a", encoding="utf-8") as fh:
+        fh.write("[1, 2]\n")  # valid JSON, not an object
+    written = render(d)
+    assert {p.name for p in written} >= {"table.md", "table.csv"}
+    md = (d / "table.md").read_text(encoding="utf-8")
+    cells = _md_cells(md)
+    assert len(cells) == 4 and {c["W"] for c in cells} == {"16", "8", "4", "2"}
+    assert {c["W"]: c["ppl_gptq/wikitext2/seq128"] for c in cells}["8"] == "–"  # metrics missing: not measured
+    assert "1 line(s) of results.jsonl are not JSON objects" in md and "manifest.json unreadable" in md
+    with open(d / "table.csv", encoding="utf-8") as fh:
+        got = list(csv.DictReader(io.StringIO(fh.read())))
+    assert {r["W"]: r["eff_bits"] for r in got} == {"16": "", "8": "", "4": "", "2": "2.07"}
+
+
+def test_version_fields_show_when_present(tmp_path):
+    rows = _nonfinite_rows()
+    rows[0]["method_version"] = 1
+    rows[1].update(method_version=2, eval_version="e3")
+    d = _run_dir(tmp_path, rows, layout="bitnet_table3")
+    render(d)
+    generic = {c["W"]: c for c in _md_cells((d / "table.md").read_text(encoding="utf-8"))}
+    assert (generic["16"]["method v"], generic["8"]["method v"], generic["8"]["eval v"]) == ("1", "2", "e3")
+    assert generic["4"]["method v"] == "–"
+    paper = {c["WBits"]: c for c in _md_cells((d / "paper_table.md").read_text(encoding="utf-8"))}
+    assert paper["8"]["method v"] == "2" and paper["8"]["eval v"] == "e3"
+    (tmp_path / "plain").mkdir()
+    d2 = _run_dir(tmp_path / "plain", _nonfinite_rows())
+    render(d2)
+    assert "method v" not in (d2 / "table.md").read_text(encoding="utf-8")
+
+
+def test_task_notes_name_the_shown_tasks_only(tmp_path):
+    d = _run_dir(tmp_path, [row("fp16", "fp16", "none", 16, 16, 15.0, T3)], layout="bitnet_b158")
+    render(d)
+    generic = (d / "table.md").read_text(encoding="utf-8")
+    assert "`SC` (storycloze): StoryCloze 2016" in generic and "`WG` (wsc273): partial scoring" in generic
+    paper = (d / "paper_table.md").read_text(encoding="utf-8")
+    assert "`WGe` (winogrande)" in paper and "(storycloze)" not in paper  # b1.58 layout shows no StoryCloze
 
 
 def test_weight_bytes_counts_bitnet_weights_packed():

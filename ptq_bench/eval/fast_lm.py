@@ -9,7 +9,10 @@ prefix token and max_length are HFLM's):
    request string, in a `RequestEncoder` that outlives the model (one per TaskSuite);
 2. ("shared" mode) groups one document's requests (task, doc_id), runs their longest common token
    prefix once (stage 1, KV cache), then every distinct suffix against that cache (stage 2) — for
-   Winogrande/WSC273 (partial scoring) the shared part is the sentence before the blank;
+   Winogrande/WSC273 (partial scoring) the shared part is the sentence before the blank. The stage-2
+   cache is the model's own `DynamicCache`, filled through its layers' `update` with each row's prefix
+   left-padded, so sliding-window layers (Mistral, Gemma 2/3, Phi-3) see exactly HFLM's window; a model
+   whose cache has other layer kinds takes the plain path (mode "plain", recorded in the row's protocol);
 3. computes the LM head (`logits_to_keep`) and log-softmax only at scored positions, deduplicates
    identical rows, and batches by tokens (`max_tokens`), longest first.
 
@@ -125,15 +128,37 @@ def _forward_kwarg(model: torch.nn.Module, *names: str) -> str | None:
     return next((n for n in names if n in params), None)
 
 
+# modules that round (quantized layers) although they come from torch / transformers
+_ROUNDING_MODULES = ("torch.ao.", "transformers.integrations.", "transformers.quantizers.")
+
+
 def stock_float_model(model: torch.nn.Module) -> bool:
-    """True when every module is a torch / transformers class and none has forward hooks (no fake
-    quantization or custom layers): then splitting a sequence at a cached prefix changes floats only."""
+    """True when every module is a torch / transformers float class and none has forward hooks (no fake
+    quantization, no quantized layers such as transformers' BitNet `AutoBitLinear`, no custom layers):
+    then splitting a sequence at a cached prefix changes floats only."""
+    if getattr(getattr(model, "config", None), "quantization_config", None) is not None:
+        return False
     for m in model.modules():
         if m._forward_hooks or m._forward_pre_hooks:
             return False
-        if not type(m).__module__.startswith(("torch.", "transformers.")):
+        where = type(m).__module__
+        if not where.startswith(("torch.", "transformers.")) or where.startswith(_ROUNDING_MODULES):
             return False
     return True
+
+
+def shareable_cache(model: torch.nn.Module) -> bool:
+    """True when the model's own cache (`DynamicCache(config=model.config)`) is made of layers whose
+    bookkeeping `FastLM._prefix_cache` knows: full (`DynamicLayer`) and sliding-window
+    (`DynamicSlidingWindowLayer`). Anything else (chunked attention, KV sharing, no config) -> plain path."""
+    from transformers import DynamicCache
+    from transformers.cache_utils import DynamicLayer, DynamicSlidingWindowLayer
+
+    try:
+        layers = DynamicCache(config=getattr(model, "config", None)).layers  # no config: [] -> False
+    except (AttributeError, KeyError, TypeError, ValueError):
+        return False
+    return bool(layers) and all(type(layer) in (DynamicLayer, DynamicSlidingWindowLayer) for layer in layers)
 
 
 class FastLM(HFLM):
@@ -155,8 +180,8 @@ class FastLM(HFLM):
         self._keep_arg = _forward_kwarg(model, "logits_to_keep", "num_logits_to_keep")
         if mode == "auto":
             mode = "shared" if stock_float_model(model) else "hflm"
-        if mode == "shared" and self._cache_arg is None:
-            mode = "plain"  # the model's forward takes no KV cache
+        if mode == "shared" and (self._cache_arg is None or not shareable_cache(model)):
+            mode = "plain"  # the model's forward takes no KV cache, or one FastLM cannot fill exactly
         self.mode = mode  # the path every request of this model takes
         self.n_forward = 0  # forward passes of the last call, for benchmarks
 
@@ -259,15 +284,16 @@ class FastLM(HFLM):
 
     @torch.inference_mode()
     def _score_window(self, groups: list[_Group], results: list) -> int:
-        """Stage 1: the prefixes (sorted, right-padded: causal, so padding never reaches a real position).
-        Stage 2: all rows of the window, longest first, each on a copy of its document's prefix cache
-        with the padded prefix slots masked out and positions continuing after its own prefix."""
+        """Stage 1: the prefixes (sorted, right-padded: causal, so padding never reaches a real position),
+        every position's keys/values kept (sliding layers too). Stage 2: all rows of the window, longest
+        first, on a fresh cache holding each row's own prefix (see `_prefix_cache`), positions continuing
+        after its own prefix."""
         kv, where = [], []  # per stage-1 batch: [(keys, values) per layer]; per group: (batch, index)
         for batch in self._batches(groups, lambda g: len(g.prefix)):
-            kwargs = {"use_cache": True, **({self._keep_arg: 1} if self._keep_arg else {})}  # no logits needed
-            out = self.model(_right_pad([g.prefix for g in batch]).to(self.device), **kwargs)
+            cache = self._new_cache(keep_all=True)
+            kwargs = {"use_cache": True, self._cache_arg: cache, **({self._keep_arg: 1} if self._keep_arg else {})}
+            self.model(_right_pad([g.prefix for g in batch]).to(self.device), **kwargs)  # no logits needed
             self.n_forward += 1
-            cache = getattr(out, "cache", None) or out.past_key_values
             kv.append([(layer.keys, layer.values) for layer in cache.layers])  # (docs, kv_heads, P, head_dim)
             where.extend((len(kv) - 1, i) for i in range(len(batch)))
         rows = sorted(((gi, r) for gi, g in enumerate(groups) for r in range(len(g.rows))),
@@ -275,16 +301,36 @@ class FastLM(HFLM):
         done = 0
         for batch in self._batches(rows, lambda x: len(groups[x[0]].rows[x[1]])):
             plen = torch.tensor([len(groups[gi].prefix) for gi, _ in batch])
-            self._load_prefix(cache, kv, [where[gi] for gi, _ in batch], int(plen.max()))
+            cache = self._prefix_cache(kv, [where[gi] for gi, _ in batch], plen)
             seqs = [groups[gi].rows[r] for gi, r in batch]
             slot = {row: j for j, row in enumerate(batch)}
             picks = [_Pick(p.req, slot[gi, r], p.cont) for gi, r in batch for p in groups[gi].picks if p.row == r]
             done += self._score_rows(seqs, picks, results, prefix_len=plen, cache=cache)
         return done
 
-    @staticmethod
-    def _load_prefix(cache: Any, kv: list, owners: list[tuple[int, int]], p_max: int) -> None:
-        """Fill `cache` with the prefix keys/values of `owners` ((stage-1 batch, index) per row), width p_max."""
+    def _new_cache(self, keep_all: bool = False) -> Any:
+        """The cache the model builds itself (sliding-window layers where the config has them); keep_all:
+        sliding layers keep every position, not the last window - 1 (stage 1: re-aligned in stage 2)."""
+        from transformers import DynamicCache
+
+        cache = DynamicCache(config=self.model.config)
+        if keep_all:
+            for layer in cache.layers:
+                if layer.is_sliding:
+                    layer.activate_past_recording()
+        return cache
+
+    def _prefix_cache(self, kv: list, owners: list[tuple[int, int]], plen: torch.Tensor) -> Any:
+        """A fresh cache holding, per row, the stage-1 keys/values of its owner ((stage-1 batch, index)),
+        right-aligned at width p_max = max(plen): slot p_max - plen[j] + t holds prefix position t.
+
+        Left padding keeps the distance between two real tokens the same in cache slots as in positions
+        (the suffix follows at slots p_max, p_max + 1, ...), so a sliding window, which transformers counts
+        in slots, is counted in tokens. The tensors go in through `layer.update`, so every layer's own
+        bookkeeping (a sliding layer's cumulative_length and its trimming to the last window - 1 slots)
+        is what a forward over p_max tokens would leave."""
+        p_max = int(plen.max())
+        cache = self._new_cache()
         for li, layer in enumerate(cache.layers):
             k0, v0 = kv[owners[0][0]][li]
             keys = k0.new_zeros((len(owners), k0.shape[1], p_max, k0.shape[3]))
@@ -293,10 +339,14 @@ class FastLM(HFLM):
                 sel = [j for j, o in enumerate(owners) if o[0] == b]
                 src = torch.tensor([owners[j][1] for j in sel], device=k0.device)
                 k, v = kv[b][li]
-                w = min(p_max, k.shape[2])
-                keys[sel, :, :w] = k[src, :, :w]
-                values[sel, :, :w] = v[src, :, :w]
-            layer.keys, layer.values = keys, values
+                # source position of slot s in row j: s - (p_max - plen[j]); negative -> padding
+                pos = torch.arange(p_max)[None, :] - (p_max - plen[sel])[:, None]  # (rows, p_max)
+                real = (pos >= 0).to(k0.device)[:, None, :, None]
+                idx = pos.clamp(min=0).to(k0.device)[:, None, :, None]
+                keys[sel] = torch.where(real, k[src].gather(2, idx.expand(-1, k.shape[1], -1, k.shape[3])), 0)
+                values[sel] = torch.where(real, v[src].gather(2, idx.expand(-1, v.shape[1], -1, v.shape[3])), 0)
+            layer.update(keys, values)
+        return cache
 
     @torch.inference_mode()
     def _score_rows(self, seqs: list[list[int]], picks: list[_Pick], results: list,
@@ -309,7 +359,7 @@ class FastLM(HFLM):
         if cache is not None:
             p_max = int(prefix_len.max())
             mask = torch.ones(len(seqs), p_max + width, dtype=torch.long)
-            mask[:, :p_max] = (torch.arange(p_max)[None, :] < prefix_len[:, None]).long()
+            mask[:, :p_max] = (torch.arange(p_max)[None, :] >= p_max - prefix_len[:, None]).long()  # left-padded
             pos = prefix_len[:, None] + torch.arange(width)[None, :]
             kwargs.update({"attention_mask": mask.to(self.device), "position_ids": pos.to(self.device),
                            "use_cache": True, self._cache_arg: cache})

@@ -40,7 +40,7 @@ class TaskSpec:
     data_files: dict[str, str]  # lm-eval split name -> file relative to the data folder
     metrics: tuple[str, ...]  # metrics lm-eval defines for the task, reported in this order
     label: str  # short column label for tables (BitNet papers' abbreviations)
-    notes: str = ""
+    notes: str = ""  # how our protocol differs from the paper's; a footnote under every table showing the task
     splits: tuple[str, ...] = field(init=False)
 
     def __post_init__(self) -> None:

@@ -18,20 +18,21 @@ from __future__ import annotations
 
 import copy
 import json
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
 import torch.nn as nn
 
+from ptq_bench.kinds import BITNET_MODES, TRAINED_KINDS
+from ptq_bench.models.arch import ArchConfig
 from ptq_bench.models.bitlinear import BitLinear, pack_ternary
 
 if TYPE_CHECKING:
     from transformers import LlamaConfig, LlamaForCausalLM
 
-MODEL_KINDS = ("fp16", "bitnet_b158", "bitnet_b1")
-BITNET_MODES = {"bitnet_b158": "b158", "bitnet_b1": "b1"}
+MODEL_KINDS = TRAINED_KINDS  # kinds built here (ptq_bench/kinds.py is the table)
 # Linears inside each decoder layer that become BitLinear in a BitNet model.
 BITLINEAR_TARGETS = (
     "self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
@@ -42,45 +43,6 @@ BLOCK_NORMS = ("input_layernorm", "post_attention_layernorm")
 META_FILE = "ptq_bench.json"
 WEIGHTS_FILE = "model.safetensors"
 FORMAT_VERSION = 1
-
-
-@dataclass(frozen=True)
-class ArchConfig:
-    """LLaMA-alike architecture shared by the FP16 and BitNet models of a matched pair."""
-
-    hidden_size: int = 256  # model width d; a multiple of num_heads and of 4 (2-bit packing)
-    intermediate_size: int = 688  # SwiGLU inner width; a multiple of 4 (2-bit packing)
-    num_layers: int = 4  # decoder blocks
-    num_heads: int = 4  # attention heads (no grouped-query attention); head_dim = hidden / heads, even
-    max_seq_len: int = 512  # longest context the model is built for (max_position_embeddings)
-    rope_theta: float = 10000.0  # rotary embedding base
-    rms_norm_eps: float = 1e-5  # eps of every RMSNorm, block-level and inside BitLinear
-
-    def __post_init__(self) -> None:
-        for name in ("hidden_size", "intermediate_size", "num_layers", "num_heads", "max_seq_len"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-                raise ValueError(f"arch.{name} must be a positive integer, got {value!r}")
-        if self.hidden_size % self.num_heads:
-            raise ValueError(f"arch.hidden_size ({self.hidden_size}) must be a multiple of arch.num_heads ({self.num_heads})")
-        if (self.hidden_size // self.num_heads) % 2:
-            raise ValueError(f"arch.hidden_size / arch.num_heads = {self.hidden_size // self.num_heads} must be even (rotary embeddings)")
-        for name in ("hidden_size", "intermediate_size"):
-            if getattr(self, name) % 4:
-                raise ValueError(f"arch.{name} ({getattr(self, name)}) must be a multiple of 4 (BitNet packs 4 weights per byte)")
-        if not self.rope_theta > 0:
-            raise ValueError(f"arch.rope_theta must be > 0, got {self.rope_theta!r}")
-        if not 0 < self.rms_norm_eps < 1:
-            raise ValueError(f"arch.rms_norm_eps must be in (0, 1), got {self.rms_norm_eps!r}")
-
-    @classmethod
-    def from_dict(cls, d: dict) -> ArchConfig:
-        """Build from a mapping; an unknown key is an error that names it."""
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"unknown arch key {unknown[0]!r} (known: {', '.join(sorted(known))})")
-        return cls(**d)
 
 
 def llama_config(arch: ArchConfig, vocab_size: int) -> LlamaConfig:
@@ -216,39 +178,29 @@ def save_model(model: LlamaForCausalLM, kind: str, out_dir: Path) -> None:
 
 
 def load_model(path: str | Path, device: str = "cpu") -> tuple[LlamaForCausalLM, str]:
-    """(model, kind) from a `save_model` folder, any other HF checkpoint folder, or a hub id.
+    """(model, kind) from any `source:` form (`ptq_bench.sources`): a `save_model` folder, an HF checkpoint
+    folder, a GGUF file, a packaged model's short name, or a hub id.
 
-    kind is one of MODEL_KINDS for toolkit folders; for other checkpoints "fp16" (plain) or
-    "bitnet_hf" (a transformers BitNet checkpoint, evaluation only).
+    kind is one of MODEL_KINDS for toolkit folders; for other checkpoints "fp16" (plain, GGUF
+    dequantized) or "bitnet_hf" (a transformers BitNet checkpoint, evaluation only).
     """
-    p = Path(path)
-    if (p / META_FILE).is_file():
-        from safetensors.torch import load_file
+    from ptq_bench.sources import inspect_source, load_source
 
-        meta = json.loads((p / META_FILE).read_text())
-        if meta.get("format_version") != FORMAT_VERSION:
-            raise ValueError(f"{p / META_FILE}: format_version {meta.get('format_version')!r} is not {FORMAT_VERSION}")
-        kind = meta["kind"]
-        model = build_model(kind, ArchConfig.from_dict(meta["arch"]), meta["vocab_size"], seed=0)
-        cast_model(model, getattr(torch, meta["dtype"]))
-        model.load_state_dict(load_file(str(p / WEIGHTS_FILE)), strict=True)
-        return model.to(device).eval(), kind
-    return _load_hf(str(path), device)
+    model, _, kind = load_source(inspect_source(str(path)), device, tokenizer=False)
+    return model, kind
 
 
-def _load_hf(name: str, device: str) -> tuple[LlamaForCausalLM, str]:
-    from transformers import AutoConfig, AutoModelForCausalLM
+def load_toolkit(path: Path, device: str = "cpu") -> LlamaForCausalLM:
+    """The model of a `save_model` folder, exactly as saved (latent weights, dtype)."""
+    from safetensors.torch import load_file
 
-    qcfg = getattr(AutoConfig.from_pretrained(name), "quantization_config", None)
-    if qcfg is None:
-        kind = "fp16"
-    else:
-        method = qcfg.get("quant_method") if isinstance(qcfg, dict) else getattr(qcfg, "quant_method", None)
-        if str(getattr(method, "value", method)) != "bitnet":
-            raise ValueError(f"{name}: quantization_config quant_method {method!r} is not supported (plain or bitnet only)")
-        kind = "bitnet_hf"
-    model = AutoModelForCausalLM.from_pretrained(name)
-    return model.to(device).eval(), kind
+    meta = json.loads((path / META_FILE).read_text())
+    if meta.get("format_version") != FORMAT_VERSION:
+        raise ValueError(f"{path / META_FILE}: format_version {meta.get('format_version')!r} is not {FORMAT_VERSION}")
+    model = build_model(meta["kind"], ArchConfig.from_dict(meta["arch"]), meta["vocab_size"], seed=0)
+    cast_model(model, getattr(torch, meta["dtype"]))
+    model.load_state_dict(load_file(str(path / WEIGHTS_FILE)), strict=True)
+    return model.to(device).eval()
 
 
 def export_hf(model: LlamaForCausalLM, kind: str, out_dir: Path) -> None:

@@ -8,28 +8,12 @@ No calibration: the family's linears are walked directly (`apply.quantize_model`
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 import torch.nn as nn
 
 from ptq_bench.quant.apply import quantize_model, rtn_solver
-from ptq_bench.quant.primitives import check_a_bits, check_w_bits, check_weight_granularity
+from ptq_bench.quant.configs import AbsmaxConfig
 from ptq_bench.quant.registry import QuantReport, register
-
-
-@dataclass(frozen=True)
-class AbsmaxConfig:
-    w_bits: float = 8  # weight bits: 1 (sign), 1.58 (ternary), 2..8, 16 = unquantized
-    w_granularity: str = "channel"  # one scale per "tensor", per output "channel", or per "group"
-    group_size: int = 128  # input columns per scale when w_granularity == "group"
-    a_bits: int = 16  # activation bits, dynamic absmax; 16 = not quantized
-    a_granularity: str = "token"  # one activation scale per "token" or per "tensor"
-
-    def __post_init__(self) -> None:
-        check_w_bits(self.w_bits)
-        check_weight_granularity(self.w_granularity, self.group_size)
-        check_a_bits(self.a_bits, self.a_granularity)
 
 
 @register("absmax", AbsmaxConfig)

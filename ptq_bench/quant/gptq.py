@@ -23,46 +23,17 @@ linears group by group in the family's order (`families.Family.groups`: q/k/v, o
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 import torch.nn as nn
 from torch import Tensor
 
 from ptq_bench.quant.apply import Solver, hessian_stat, quantize_model
 from ptq_bench.quant.calibrate import Hessian
+from ptq_bench.quant.configs import GPTQConfig
 from ptq_bench.quant.ldlq import error_feedback, inverse_hessian_factor
 from ptq_bench.quant.linears import weight_matrix
-from ptq_bench.quant.primitives import TERNARY, Grid, check_a_bits, minmax_params, quantize_scalar
+from ptq_bench.quant.primitives import Grid, minmax_params, quantize_scalar
 from ptq_bench.quant.registry import QuantReport, register
-
-GPTQ_W_BITS = (TERNARY, 2, 3, 4, 8)
-
-
-@dataclass(frozen=True)
-class GPTQConfig:
-    w_bits: float = 4  # 2, 3, 4, 8, or 1.58 = ternary absmean grid
-    group_size: int = 128  # columns per quantizer fit; -1 = one per row
-    damp: float = 0.01  # fraction of mean(diag H) added to the diagonal
-    block_size: int = 128  # columns per lazy-update block
-    act_order: bool = False  # process columns by descending diag(H)
-    sym: bool = True  # symmetric min-max grid (zero implicit); False = asymmetric, zeros stored
-    static_groups: bool = False  # fit every group's quantizer on the original weights first
-    true_sequential: bool = False  # inside a block: the family's groups in order (q/k/v, o, gate/up, down)
-    a_bits: int = 16  # dynamic per-token activation bits; 16 = not quantized
-
-    def __post_init__(self) -> None:
-        if self.w_bits not in GPTQ_W_BITS:
-            raise ValueError(f"w_bits must be one of 1.58, 2, 3, 4, 8, got {self.w_bits}")
-        if self.group_size != -1 and self.group_size < 1:
-            raise ValueError(f"group_size must be -1 (per row) or >= 1, got {self.group_size}")
-        if not 0 <= self.damp < 1:
-            raise ValueError(f"damp must be in [0, 1), got {self.damp}")
-        if self.block_size < 1:
-            raise ValueError(f"block_size must be >= 1, got {self.block_size}")
-        check_a_bits(self.a_bits)
-        if self.w_bits == TERNARY and not self.sym:
-            raise ValueError("sym must be True for w_bits 1.58 (the ternary grid is symmetric)")
 
 
 @torch.no_grad()

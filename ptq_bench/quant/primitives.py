@@ -27,31 +27,9 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-TERNARY = 1.58  # w_bits value naming the ternary (b1.58) grid
+from ptq_bench.quant.configs import TERNARY, WEIGHT_GRANULARITIES
+
 SCALE_BITS = 16  # scales (and float zeros) are stored as fp16
-WEIGHT_GRANULARITIES = ("tensor", "channel", "group")
-ACT_GRANULARITIES = ("token", "tensor")
-W_BITS = (1, TERNARY, 2, 3, 4, 5, 6, 7, 8, 16)  # weight bits the absmax family of grids offers; 16 = none
-A_BITS = (2, 3, 4, 5, 6, 7, 8, 16)  # activation bits of `fake_quant_act`; 16 = not quantized
-
-
-def check_w_bits(w_bits: float, allowed: tuple = W_BITS) -> None:
-    if w_bits not in allowed:
-        raise ValueError(f"w_bits must be one of {', '.join(str(b) for b in allowed)}, got {w_bits}")
-
-
-def check_a_bits(a_bits: int, a_granularity: str = "token") -> None:
-    if a_bits not in A_BITS:
-        raise ValueError(f"a_bits must be one of 2..8 or 16 (16 = not quantized), got {a_bits}")
-    if a_granularity not in ACT_GRANULARITIES:
-        raise ValueError(f"a_granularity must be one of {ACT_GRANULARITIES}, got {a_granularity!r}")
-
-
-def check_weight_granularity(granularity: str, group_size: int) -> None:
-    if granularity not in WEIGHT_GRANULARITIES:
-        raise ValueError(f"w_granularity must be one of {WEIGHT_GRANULARITIES}, got {granularity!r}")
-    if group_size < 1:
-        raise ValueError(f"group_size must be >= 1, got {group_size}")
 
 
 @dataclass

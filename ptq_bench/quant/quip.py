@@ -38,35 +38,11 @@ from torch import Tensor
 
 from ptq_bench.quant.apply import Solver, hessian_stat, quantize_model
 from ptq_bench.quant.calibrate import Hessian
+from ptq_bench.quant.configs import QuIPConfig
 from ptq_bench.quant.ldlq import error_feedback, inverse_hessian_factor
 from ptq_bench.quant.linears import weight_matrix
-from ptq_bench.quant.primitives import SCALE_BITS, Grid, check_a_bits, quantize_scalar
+from ptq_bench.quant.primitives import SCALE_BITS, Grid, quantize_scalar
 from ptq_bench.quant.registry import QuantReport, register
-
-TRANSFORMS = ("hadamard", "orthogonal")
-
-
-@dataclass(frozen=True)
-class QuIPConfig:
-    w_bits: int = 2  # 2, 3 or 4 bits on a uniform grid
-    transform: str = "hadamard"  # incoherence rotation: "hadamard" (randomized, Kronecker) | "orthogonal" (butterfly)
-    rescale: bool = True  # diagonal W/H rescaling before the rotation (reference `pre_rescale`)
-    damp: float = 0.01  # fraction of mean(diag H) added to the diagonal
-    seed: int = 0  # seed of the random rotations
-    block_size: int = 128  # columns per lazy-update block of the LDLQ loop
-    a_bits: int = 16  # dynamic per-token activation bits; 16 = not quantized
-
-    def __post_init__(self) -> None:
-        if self.w_bits not in (2, 3, 4):
-            raise ValueError(f"w_bits must be one of 2, 3, 4, got {self.w_bits}")
-        if self.transform not in TRANSFORMS:
-            raise ValueError(f"transform must be one of {TRANSFORMS}, got {self.transform!r}")
-        if not 0 <= self.damp < 1:
-            raise ValueError(f"damp must be in [0, 1), got {self.damp}")
-        if self.block_size < 1:
-            raise ValueError(f"block_size must be >= 1, got {self.block_size}")
-        check_a_bits(self.a_bits)
-
 
 # ----------------------------------------------------------------------------- structured rotations
 

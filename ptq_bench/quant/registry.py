@@ -17,7 +17,6 @@ method does not need calibration. Every config must have `w_bits` and `a_bits` f
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -41,31 +40,30 @@ class Method:
     config_cls: type
     apply: Callable[..., QuantReport]
     needs_calibration: bool
+    version: int = 1  # part of every cell id and row: bumped whenever the method's numbers change
 
     def make_config(self, params: dict[str, Any], where: str = "") -> Any:
-        """Build the frozen config from recipe params; an unknown key or a bad value is a RecipeError."""
-        fields = {f.name: f for f in dataclasses.fields(self.config_cls)}
-        for key in params:
-            if key not in fields:
-                raise RecipeError(
-                    f"{where}: unknown key '{key}' for method '{self.name}' (known: {', '.join(sorted(fields))})"
-                )
-        try:
-            return self.config_cls(**params)
-        except (TypeError, ValueError) as exc:
-            raise RecipeError(f"{where}: {exc}") from None
+        """Build the frozen config through the typed loader: unknown key, wrong type, out of bounds = RecipeError."""
+        from ptq_bench.config import from_dict
+
+        return from_dict(self.config_cls, params, where)
 
 
 METHODS: dict[str, Method] = {}
 
 
-def register(name: str, config_cls: type, needs_calibration: bool = False) -> Callable:
-    """Class decorator-style registration: `@register("gptq", GPTQConfig, needs_calibration=True)`."""
+def register(name: str, config_cls: type, needs_calibration: bool = False, version: int = 1) -> Callable:
+    """Class decorator-style registration: `@register("gptq", GPTQConfig, needs_calibration=True)`.
+
+    `version`: bump it (`version=2`, ...) in the same commit as any change that can change the
+    method's numbers (solver, grid, rounding, defaults). It is part of every cell id and stored in
+    each row, so a re-run recomputes the cells the old version made instead of keeping stale rows.
+    """
 
     def wrap(fn: Callable[..., QuantReport]) -> Callable[..., QuantReport]:
         if name in METHODS:
             raise ValueError(f"method '{name}' registered twice")
-        METHODS[name] = Method(name, config_cls, fn, needs_calibration)
+        METHODS[name] = Method(name, config_cls, fn, needs_calibration, version)
         return fn
 
     return wrap

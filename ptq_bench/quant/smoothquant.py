@@ -21,7 +21,6 @@ silent skip.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -31,26 +30,9 @@ from ptq_bench.errors import QuantError
 from ptq_bench.families import Smooth
 from ptq_bench.quant.apply import quantize_model, rtn_solver
 from ptq_bench.quant.calibrate import ChannelAbsMax, model_family, stat_inputs
+from ptq_bench.quant.configs import SmoothQuantConfig
 from ptq_bench.quant.linears import weight_matrix
-from ptq_bench.quant.primitives import W_BITS, check_a_bits, check_w_bits, check_weight_granularity
 from ptq_bench.quant.registry import QuantReport, register
-
-
-@dataclass(frozen=True)
-class SmoothQuantConfig:
-    alpha: float = 0.5  # migration strength: 0 = all difficulty stays on activations, 1 = all on weights
-    w_bits: float = 8  # weight bits after smoothing (absmax): 1, 1.58, 2..8, 16 = unquantized
-    a_bits: int = 8  # activation bits (dynamic absmax); 16 = not quantized
-    w_granularity: str = "channel"  # "tensor" | "channel" | "group"
-    a_granularity: str = "token"  # "token" | "tensor"
-    group_size: int = 128  # input columns per weight scale when w_granularity == "group"
-
-    def __post_init__(self) -> None:
-        if not 0.0 <= self.alpha <= 1.0:
-            raise ValueError(f"alpha must be in [0, 1], got {self.alpha}")
-        check_w_bits(self.w_bits, W_BITS)
-        check_weight_granularity(self.w_granularity, self.group_size)
-        check_a_bits(self.a_bits, self.a_granularity)
 
 
 def smoothing_scales(act_amax: torch.Tensor, weights: list[torch.Tensor], alpha: float) -> torch.Tensor:

@@ -1,12 +1,62 @@
-"""Plots derived from a run's result store."""
+"""Plots derived from a run's result store. Each takes (run, the layout's table, out folder) -> paths written.
+
+A value that was not measured (None) is not drawn. A measured value that is NaN or ±inf is never
+dropped silently: it is drawn at the edge of the axis (top for NaN and +inf, bottom/left for -inf) with
+a marker and a text label saying what it was.
+"""
 
 from __future__ import annotations
 
 import math
+from collections import defaultdict
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import pandas as pd
+from ptq_bench.report.fmt import md_cell, nonfinite_name
+from ptq_bench.report.run import RunData, ppl
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+_EDGE_MARKER = {"nan": "X", "inf": "^", "-inf": "v"}
+
+
+def _finite(v: float) -> bool:
+    return math.isfinite(v)
+
+
+class Marks:
+    """Draws finite points as lines; keeps non-finite ones for the axis edges once the limits are known."""
+
+    def __init__(self) -> None:
+        self.pending: list[tuple[float, float, Any]] = []
+
+    def line(self, ax: Any, xs: list[Any], ys: list[Any], **kw: Any) -> Any:
+        pts = [(float(x), float(y)) for x, y in zip(xs, ys) if x is not None and y is not None]
+        fin = [(x, y) for x, y in pts if _finite(x) and _finite(y)]
+        art = ax.plot([p[0] for p in fin], [p[1] for p in fin], **kw)[0]
+        self.pending += [(x, y, art.get_color()) for x, y in pts if not (_finite(x) and _finite(y))]
+        return art
+
+    def draw(self, ax: Any) -> int:
+        """Put each non-finite point on the axis edge, labelled; returns how many were drawn."""
+        (x0, x1), (y0, y1) = ax.get_xlim(), ax.get_ylim()
+        ax.set_xlim(x0, x1)
+        ax.set_ylim(y0, y1)  # fixed: the edge markers must not move the limits
+        for x, y, color in self.pending:
+            px, py = _edge(x, x0, x1), _edge(y, y0, y1)
+            label = " ".join(f"{axis} {md_cell(v)}" for axis, v in (("x", x), ("y", y)) if not _finite(v))
+            marker = _EDGE_MARKER[nonfinite_name(y if not _finite(y) else x)]
+            ax.plot([px], [py], marker=marker, markersize=10, color=color, linestyle="none", clip_on=False, zorder=6)
+            ax.annotate(label, (px, py), textcoords="offset points", xytext=(6, -10 if py == y1 else 4),
+                        fontsize=7, color=color, annotation_clip=False)
+        return len(self.pending)
+
+
+def _edge(v: float, lo: float, hi: float) -> float:
+    if _finite(v):
+        return v
+    return lo if v < 0 else hi  # NaN and +inf at the top / right
 
 
 def _bits_axis(ax: Any) -> None:
@@ -15,6 +65,17 @@ def _bits_axis(ax: Any) -> None:
     ax.set_xticks([1, 1.58, 2, 3, 4, 8, 16])
     ax.set_xticklabels(["1", "1.58", "2", "3", "4", "8", "16"])
     ax.set_xlabel("weight bits")
+
+
+def _figure(size: tuple[float, float], ncols: int = 1) -> tuple[Any, list[Any]]:
+    """A figure and its row of `ncols` axes (sharing y)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, ncols, figsize=size, sharey=True, squeeze=False)
+    return fig, list(axes[0])
 
 
 def _save(fig: Any, path: Path) -> Path:
@@ -26,142 +87,142 @@ def _save(fig: Any, path: Path) -> Path:
     return path
 
 
-def plot_ppl_vs_bits(df: pd.DataFrame, out: Path, ppl_col: str | None = None) -> Path | None:
-    """Perplexity (log scale) against weight bits: one line per (model, method, activation bits); natives as stars."""
-    import matplotlib
+def _w(rec: dict[str, Any]) -> float | None:
+    return float(rec["W"]) if rec.get("W") is not None else None
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
+def _bits_lines(ax: Any, marks: Marks, recs: list[dict[str, Any]], col: str, with_base: bool) -> None:
+    """One line per (model, method, activation bits) against weight bits; natives as stars."""
+    base: dict[Any, dict[str, Any]] = {}
+    groups: dict[tuple, list[dict[str, Any]]] = defaultdict(list)
+    for r in recs:
+        if r["method"] == "none":
+            base.setdefault(r["model"], r)
+        else:
+            groups[(r["model"], r["method"], r["A"])].append(r)
+    for (model, method, a_bits), g in groups.items():
+        g = g + [base[model]] if with_base and model in base else g  # start each PTQ line from its model
+        g = sorted(g, key=lambda r: _w(r) or 0.0)
+        marks.line(ax, [_w(r) for r in g], [r[col] for r in g], marker="o", label=f"{model} + {method} A{a_bits}")
+    for r in (r for r in recs if r["method"] == "none"):
+        marks.line(ax, [_w(r)], [r[col]], marker="*", markersize=14, linestyle="none", zorder=5,
+                   label=f"{r['model']} (native {r['W']}-bit)")
+
+
+def plot_ppl_vs_bits(run: RunData, df: pd.DataFrame, out: Path, ppl_col: str | None = None) -> list[Path]:
+    """Perplexity (log scale) against weight bits: one line per (model, method, activation bits)."""
     cols = [c for c in df.columns if c.startswith("ppl_")]
     if df.empty or not cols:
-        return None
+        return []
     col = ppl_col or next((c for c in cols if "/wikitext2/" in c), cols[0])
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    base = df[df["method"] == "none"]
-    for (model, method, a_bits), g in df[df["method"] != "none"].groupby(["model", "method", "A"]):
-        g = g.assign(_w=g["W"].astype(float)).sort_values("_w")
-        if model in set(base["model"]):  # start each PTQ line from its unquantized model
-            b = base[base["model"] == model].iloc[0]
-            g = pd.concat([g, b.to_frame().T.assign(_w=float(b["W"]))]).sort_values("_w")
-        ax.plot(g["_w"], g[col].astype(float).clip(upper=1e12), marker="o", label=f"{model} + {method} A{a_bits}")
-    for _, b in base.iterrows():
-        ax.scatter([float(b["W"])], [min(float(b[col]), 1e12)], marker="*", s=160, zorder=5,
-                   label=f"{b['model']} (native {b['W']}-bit)")
+    fig, (ax,) = _figure((7, 4.5))
+    marks = Marks()
+    _bits_lines(ax, marks, df.to_dict("records"), col, with_base=True)
     _bits_axis(ax)
     ax.set_yscale("log")
     ax.set_ylabel(col)
     ax.set_title("Perplexity against weight bits")
     ax.grid(True, which="both", alpha=0.3)
+    marks.draw(ax)
     ax.legend(fontsize=7, loc="best")
-    return _save(fig, out / "ppl_vs_bits.png")
+    return [_save(fig, out / "ppl_vs_bits.png")]
 
 
-def plot_acc_vs_bits(df: pd.DataFrame, out: Path) -> Path | None:
+def plot_acc_vs_bits(run: RunData, df: pd.DataFrame, out: Path) -> list[Path]:
     """Average zero-shot accuracy against weight bits, one line per (model, method, activation bits)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    if df.empty or "avg_acc" not in df or df["avg_acc"].isna().all():
-        return None
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for (model, method, a_bits), g in df[df["method"] != "none"].groupby(["model", "method", "A"]):
-        g = g.assign(_w=g["W"].astype(float)).sort_values("_w")
-        ax.plot(g["_w"], g["avg_acc"].astype(float), marker="o", label=f"{model} + {method} A{a_bits}")
-    for _, b in df[df["method"] == "none"].iterrows():
-        ax.scatter([float(b["W"])], [float(b["avg_acc"])], marker="*", s=160, zorder=5, label=f"{b['model']} (native)")
+    if df.empty or "avg_acc" not in df or all(v is None for v in df["avg_acc"]):
+        return []
+    fig, (ax,) = _figure((7, 4.5))
+    marks = Marks()
+    _bits_lines(ax, marks, df.to_dict("records"), "avg_acc", with_base=False)
     _bits_axis(ax)
     ax.set_ylabel("average zero-shot accuracy (%)")
     ax.grid(True, alpha=0.3)
+    marks.draw(ax)
     ax.legend(fontsize=7, loc="best")
-    return _save(fig, out / "acc_vs_bits.png")
+    return [_save(fig, out / "acc_vs_bits.png")]
 
 
-def plot_loss_curves(run_dir: Path, out: Path) -> Path | None:
+def plot_loss_curves(run: RunData, df: pd.DataFrame, out: Path) -> list[Path]:
     """Training loss against tokens for every trained model of the run (curves/<model>.json)."""
-    import json
-
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    files = sorted((Path(run_dir) / "curves").glob("*.json"))
-    if not files:
-        return None
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for f in files:
-        c = json.loads(f.read_text(encoding="utf-8"))
-        pts = c["curve"]
-        label = f"{c['model']} ({c['kind']})" + (" — diverged" if c.get("diverged") else "")
-        ax.plot([p["tokens"] for p in pts], [p["loss"] for p in pts], label=label)
+    if not run.curves:
+        return []
+    fig, (ax,) = _figure((7, 4.5))
+    marks = Marks()
+    for c in run.curves.values():
+        pts = c.get("curve") or []
+        label = f"{c.get('model')} ({c.get('kind')})" + (" — diverged" if c.get("diverged") else "")
+        marks.line(ax, [p.get("tokens") for p in pts], [p.get("loss") for p in pts], label=label)
     ax.set_xlabel("training tokens")
     ax.set_ylabel("training loss")
     ax.grid(True, alpha=0.3)
+    marks.draw(ax)
     ax.legend(fontsize=8)
-    return _save(fig, out / "loss_curves.png")
+    return [_save(fig, out / "loss_curves.png")]
 
 
-def plot_scaling(rows: list[dict], out: Path) -> list[Path]:
+def _mb(r: dict[str, Any]) -> float | None:
+    return r["weight_bytes"] / 1e6 if r.get("weight_bytes") is not None else None
+
+
+_SCALING = (  # file, x of a row, y of a row, x label, y label, log x
+    ("ppl_vs_size.png", lambda r: r["n_params"] / 1e6, ppl, "parameters (M)", "WikiText-2 PPL (GPTQ protocol)", True),
+    ("memory_vs_ppl.png", ppl, _mb, "WikiText-2 PPL (GPTQ protocol)", "stored weights (MB; BitNet packed)", False),
+)
+
+
+def plot_scaling(run: RunData, df: pd.DataFrame, out: Path) -> list[Path]:
     """Perplexity against parameter count, and stored weight memory against perplexity, per model kind."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from ptq_bench.report.paper import _ppl
-
-    base = [r for r in rows if r["method"] == "none" and r.get("n_params")]
+    base = [r for r in run.rows if r.get("method") == "none" and r.get("n_params")]
     if not base:
         return []
     paths = []
-    for name, x_of, y_of, xlabel, ylabel, logx in (
-        ("ppl_vs_size.png", lambda r: r["n_params"] / 1e6, _ppl, "parameters (M)", "WikiText-2 PPL (GPTQ protocol)", True),
-        ("memory_vs_ppl.png", _ppl, lambda r: r["weight_bytes"] / 1e6, "WikiText-2 PPL (GPTQ protocol)",
-         "stored weights (MB; BitNet packed)", False),
-    ):
-        fig, ax = plt.subplots(figsize=(6, 4))
-        for kind in sorted({r["model_kind"] for r in base}):
-            pts = sorted((x_of(r), y_of(r)) for r in base if r["model_kind"] == kind)
-            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=kind)
+    for name, x_of, y_of, xlabel, ylabel, logx in _SCALING:
+        fig, (ax,) = _figure((6, 4))
+        marks = Marks()
+        for kind in sorted({str(r.get("model_kind")) for r in base}):
+            pts = sorted(((x_of(r), y_of(r)) for r in base if str(r.get("model_kind")) == kind),
+                         key=lambda p: (p[0] is None, p[0] if p[0] is not None and _finite(p[0]) else math.inf))
+            marks.line(ax, [p[0] for p in pts], [p[1] for p in pts], marker="o", label=kind)
         if logx:
             ax.set_xscale("log")
         ax.set_xlabel(xlabel)
         ax.set_ylabel(ylabel)
         ax.grid(True, alpha=0.3)
+        marks.draw(ax)
         ax.legend()
-        fig.tight_layout()
-        fig.savefig(out / name, dpi=120)
-        plt.close(fig)
-        paths.append(out / name)
+        paths.append(_save(fig, out / name))
     return paths
 
 
-def plot_lr_stability(run_dir: Path, out: Path) -> Path | None:
-    """Loss curves per model kind at each peak LR; a diverged run ends in an x at its divergence step."""
-    import json
+def _peak_lr(curve: dict[str, Any]) -> float | None:
+    return (curve.get("schedule") or {}).get("lr")
 
-    import matplotlib
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    curves = [json.loads(f.read_text(encoding="utf-8")) for f in sorted((Path(run_dir) / "curves").glob("*.json"))]
-    kinds = sorted({c["kind"] for c in curves})
+def plot_lr_stability(run: RunData, df: pd.DataFrame, out: Path) -> list[Path]:
+    """Loss curves per model kind at each peak LR; a diverged run ends in an x at its last finite loss."""
+    curves = list(run.curves.values())
     if not curves:
-        return None
-    fig, axes = plt.subplots(1, len(kinds), figsize=(5 * len(kinds), 4), sharey=True, squeeze=False)
-    for ax, kind in zip(axes[0], kinds):
-        for c in sorted((c for c in curves if c["kind"] == kind), key=lambda c: c["schedule"]["lr"]):
-            pts = [p for p in c["curve"] if math.isfinite(p["loss"])]
-            line = ax.plot([p["tokens"] for p in pts], [p["loss"] for p in pts], label=f"peak LR {c['schedule']['lr']:g}")
-            if c.get("diverged") and pts:
-                ax.plot([pts[-1]["tokens"]], [pts[-1]["loss"]], marker="x", markersize=12, color=line[0].get_color())
-        ax.set_title(f"{kind}" + " (x = diverged)")
+        return []
+    kinds = sorted({str(c.get("kind")) for c in curves})
+    fig, axes = _figure((5 * len(kinds), 4), ncols=len(kinds))
+    drawn = []
+    for ax, kind in zip(axes, kinds):
+        marks = Marks()
+        for c in sorted((c for c in curves if str(c.get("kind")) == kind), key=lambda c: _peak_lr(c) or 0.0):
+            pts = c.get("curve") or []
+            lr = _peak_lr(c)
+            line = marks.line(ax, [p.get("tokens") for p in pts], [p.get("loss") for p in pts],
+                              label=f"peak LR {lr:g}" if lr is not None else "peak LR ?")
+            fin = [p for p in pts if p.get("loss") is not None and _finite(p["loss"])]
+            if c.get("diverged") and fin:
+                ax.plot([fin[-1]["tokens"]], [fin[-1]["loss"]], marker="x", markersize=12, color=line.get_color())
+        ax.set_title(f"{kind} (x = diverged)")
         ax.set_xlabel("training tokens")
         ax.grid(True, alpha=0.3)
+        drawn.append((ax, marks))
+    for ax, marks in drawn:  # after every axis has its data: the y axis is shared
+        marks.draw(ax)
         ax.legend(fontsize=8)
-    axes[0][0].set_ylabel("training loss")
-    return _save(fig, out / "lr_stability.png")
+    axes[0].set_ylabel("training loss")
+    return [_save(fig, out / "lr_stability.png")]

@@ -1,104 +1,98 @@
-"""Tables derived from a run's result store: one row per model x method x bits.
+"""The generic table of a run (one row per model x method x bits) and the notes under every table.
 
 Columns: every perplexity protocol, then each task's headline accuracy (acc_norm where lm-eval
-defines it, else acc), then their average. Written as markdown and CSV.
+defines it, else acc), then their average, the quantizer's report and the row's versions.
 """
 
 from __future__ import annotations
 
-import math
-from pathlib import Path
-from typing import Any
+from collections import Counter
+from typing import TYPE_CHECKING, Any
 
-import pandas as pd
+from ptq_bench.report.fmt import bits, frame, md_cell
+from ptq_bench.report.run import RunData, mean, metrics, percent, ppl_key, versions
 
-from ptq_bench.results import load_manifest, read_rows
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from ptq_bench.report.layouts import Layout
+
+_ACC = ("/acc", "/acc_norm")
 
 
-def headline_metrics(metrics: dict[str, float]) -> dict[str, float]:
+def headline_metrics(ms: dict[str, Any]) -> dict[str, Any]:
     """{column: value}: perplexities by protocol, and one accuracy per task (acc_norm preferred)."""
-    cols: dict[str, float] = {}
-    for key, value in metrics.items():
-        if key.startswith("ppl_"):
-            cols[key] = value
-    tasks: dict[str, dict[str, float]] = {}
-    for key, value in metrics.items():
+    cols = {k: v for k, v in ms.items() if k.startswith("ppl_")}
+    tasks: dict[str, dict[str, Any]] = {}
+    for key, value in ms.items():
         parts = key.split("/")
         if parts[0] == "lm_eval" and len(parts) == 4:
             tasks.setdefault(f"{parts[1]}/{parts[2]}", {})[parts[3]] = value
-    for task, ms in tasks.items():
-        if "acc_norm" in ms:
-            cols[f"{task}/acc_norm"] = ms["acc_norm"]
-        elif "acc" in ms:
-            cols[f"{task}/acc"] = ms["acc"]
-        else:  # lm-eval wikitext: word perplexity as the headline
-            for name in ("word_perplexity", "bits_per_byte"):
-                if name in ms:
-                    cols[f"{task}/{name}"] = ms[name]
+    for task, m in tasks.items():
+        name = next((n for n in ("acc_norm", "acc", "word_perplexity", "bits_per_byte") if n in m), None)
+        if name:  # lm-eval wikitext has no accuracy: word perplexity is its headline
+            cols[f"{task}/{name}"] = m[name]
     return cols
 
 
-def build_table(rows: list[dict[str, Any]]) -> pd.DataFrame:
+def _sort_key(row: dict[str, Any]) -> tuple:
+    w = row.get("w_bits")
+    return (str(row.get("model")), -float(w) if w is not None else 0.0, str(row.get("method")))
+
+
+def generic_table(run: RunData, layout: Layout | None = None) -> pd.DataFrame:
+    rows = sorted(run.rows, key=_sort_key)
+    heads = [headline_metrics(metrics(r)) for r in rows]
+    metric_cols = list(dict.fromkeys(k for h in heads for k in h))
     records = []
-    for row in rows:
-        cols = headline_metrics(row["metrics"])
-        accs = [v * 100 for k, v in cols.items() if k.endswith(("/acc", "/acc_norm"))]
-        rec = {"model": row["model"], "method": row["method"],
-               "W": _bits(row["w_bits"]), "A": _bits(row["a_bits"])}
-        for k, v in cols.items():
-            rec[k] = v * 100 if k.endswith(("/acc", "/acc_norm")) else v
-        rec["avg_acc"] = sum(accs) / len(accs) if accs else math.nan
-        if row.get("quant"):
-            rec["eff_bits"] = row["quant"].get("effective_bits")
-            rec["quant_s"] = row["quant"].get("seconds")
+    for row, head in zip(rows, heads):
+        rec: dict[str, Any] = {"model": row.get("model"), "method": row.get("method"),
+                               "W": bits(row.get("w_bits")), "A": bits(row.get("a_bits"))}
+        for k in metric_cols:
+            rec[k] = percent(head.get(k)) if k.endswith(_ACC) else head.get(k)
+        rec["avg_acc"] = mean([rec[k] for k in metric_cols if k.endswith(_ACC)])  # "–" if a task is unmeasured
+        quant = row.get("quant")
+        if isinstance(quant, dict) and quant:
+            rec["eff_bits"], rec["quant_s"] = quant.get("effective_bits"), quant.get("seconds")
         rec["diverged"] = "yes" if row.get("diverged", False) else ""
-        records.append(rec)
-    df = pd.DataFrame.from_records(records)
-    if df.empty:
-        return df
-    df["_w"] = df["W"].astype(float)
-    df = df.sort_values(["model", "_w", "method"], ascending=[True, False, True], kind="stable").drop(columns="_w")
-    return df.reset_index(drop=True)
+        records.append({**rec, **versions(row, rows)})
+    return frame(records)
 
 
-def _bits(b: float) -> str:
-    return str(int(b)) if float(b).is_integer() else str(b)
-
-
-def _fmt(v: Any) -> str:
-    if v is None:
-        return "–"
-    if isinstance(v, float):
-        if math.isnan(v):
-            return "–"
-        if math.isinf(v):
-            return "inf"
-        return f"{v:.3g}" if abs(v) >= 1e4 else f"{v:.2f}"
-    return str(v)
-
-
-def to_markdown(df: pd.DataFrame) -> str:
-    cols = list(df.columns)
-    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    for _, r in df.iterrows():
-        lines.append("| " + " | ".join(_fmt(r[c]) for c in cols) + " |")
-    return "\n".join(lines)
+def shown_tasks(run: RunData, layout: Layout) -> list[str]:
+    """The tasks a layout's table shows: its columns, or every task some row measured."""
+    if layout.columns:
+        return list(dict.fromkeys(task for task, _ in layout.columns))
+    keys = (k.split("/") for r in run.rows for k in metrics(r))
+    return list(dict.fromkeys(p[1] for p in keys if p[0] == "lm_eval" and len(p) == 4))
 
 
 def protocol_notes(rows: list[dict[str, Any]]) -> list[str]:
-    if not rows:
+    p = next((r["protocol"] for r in rows if isinstance(r.get("protocol"), dict)), None)
+    if p is None:
         return []
-    p = rows[0]["protocol"]
-    ppl = p["ppl"]
+    ppl = p.get("ppl") or {}
     win = "all windows" if ppl.get("max_windows") is None else f"first {ppl['max_windows']} windows"
-    return [
+    lines = [] if ppl.get("seq_len") is None else [
         f"- `ppl_gptq/<set>/seq{ppl['seq_len']}…`: GPTQ-protocol perplexity (test text joined, non-overlapping "
         f"{ppl['seq_len']}-token windows, {win}).",
-        f"- `<task>/<n>shot/acc|acc_norm`: lm-eval task definitions and metrics, {p['num_fewshot']}-shot, "
-        f"limit {p['limit'] or 'none'} documents per task, backend `{p['backend']}`; accuracies in %.",
+    ]
+    return [
+        *lines,
+        f"- `<task>/<n>shot/acc|acc_norm`: lm-eval task definitions and metrics, {p.get('num_fewshot')}-shot, "
+        f"limit {p.get('limit') or 'none'} documents per task, backend `{p.get('backend')}`; accuracies in %.",
         "- `W`/`A`: weight/activation bits (FP16 = 16/16; BitNet b1.58 = 1.58/8 and b1 = 1/8 natively).",
         "- `eff_bits`: stored bits per quantized weight, scales and zeros included; `quant_s`: quantization seconds.",
+        "- `–`: not measured; `NaN`, `+inf`, `-inf`: what the measurement returned.",
     ]
+
+
+def task_notes(tasks: list[str]) -> list[str]:
+    """One line per shown task whose protocol differs from the paper's in a way a reader must know."""
+    from ptq_bench.eval.harness import TASKS
+
+    specs = [(t, TASKS[t]) for t in tasks if t in TASKS and TASKS[t].notes]
+    return [f"- `{s.label}` ({t}): {s.notes}." for t, s in specs]
 
 
 def untrained_notes(rows: list[dict[str, Any]]) -> list[str]:
@@ -106,31 +100,35 @@ def untrained_notes(rows: list[dict[str, Any]]) -> list[str]:
     out = []
     for row in rows:
         init = row.get("untrained_metrics")
-        if row["method"] == "none" and init:
-            vals = ", ".join(f"`{k}` {_fmt(v)}" for k, v in init.items())
-            out.append(f"- `{row['model']}` before training (same init seed): {vals}.")
+        if row.get("method") == "none" and isinstance(init, dict) and init:
+            vals = ", ".join(f"`{k}` {md_cell(v)}" for k, v in init.items())
+            out.append(f"- `{row.get('model')}` before training (same init seed): {vals}.")
     return out
 
 
-def write_tables(run_dir: Path) -> pd.DataFrame:
-    rows = read_rows(run_dir)
-    df = build_table(rows)
-    df.to_csv(run_dir / "table.csv", index=False)
-    md = ["# Results: " + (rows[0]["recipe"] if rows else run_dir.name), "", to_markdown(df) if not df.empty else "(no rows)",
-          "", *protocol_notes(rows), *untrained_notes(rows)]
-    manifest = load_manifest(run_dir)
-    if manifest:
-        md.append(provenance(manifest))
-    md.append("")
-    (run_dir / "table.md").write_text("\n".join(md), encoding="utf-8")
-    return df
-
-
-def provenance(manifest: dict) -> str:
-    inv = manifest.get("invocations", [{}])
+def provenance(manifest: dict[str, Any]) -> str:
+    inv = manifest.get("invocations") or [{}]
     hw = inv[-1].get("hardware", {})
     device = hw.get("gpu") or f"CPU, {hw.get('cpu_count')} cores"
     wall = sum(i.get("wall_s", 0) for i in inv)
     return (f"- Ran on {device} ({hw.get('platform', '?')}); wall time {wall / 60:.1f} min over {len(inv)} "
             f"invocation(s); recipe hash {manifest.get('recipe_hash')}, git {inv[-1].get('git')}.")
 
+
+def ppl_note(rows: list[dict[str, Any]]) -> list[str]:
+    """A `PPL` column whose rows were measured under different protocols says so."""
+    keys = Counter(k for k in map(ppl_key, rows) if k)
+    if len(keys) < 2:
+        return []
+    mixed = ", ".join(f"`{k}` ({n} rows)" for k, n in keys.items())
+    return [f"- `PPL` is each row's first stored `ppl_gptq/wikitext2/…`; the run's rows mix protocols: {mixed}."]
+
+
+def notes(run: RunData, layout: Layout, df: pd.DataFrame) -> list[str]:
+    """Every table's footnotes: protocol, task protocol notes, untrained references, provenance, damage."""
+    lines = [*protocol_notes(run.rows), *task_notes(shown_tasks(run, layout)), *untrained_notes(run.rows)]
+    if "PPL" in df.columns:
+        lines += ppl_note(run.rows)
+    if run.manifest and run.manifest.get("invocations"):
+        lines.append(provenance(run.manifest))
+    return lines + run.damage

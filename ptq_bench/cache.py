@@ -1,0 +1,112 @@
+"""Cached artefacts (tokenizers, token arrays, trained models), each with a checksum written last.
+
+A file artefact `x.npy` has a sidecar `x.npy.sha256`; a folder artefact holds `checksums.json`
+({relative path: sha256} of every other file in it). The checksum is written after the artefact is
+complete, so an artefact without a matching checksum is incomplete or damaged (a truncated file,
+garbled bytes, an edited tokenizer.json): `ensure` detects that on load and rebuilds it, saying so.
+Artefacts the toolkit cannot rebuild (a user's `source:` checkpoint) are checked by `first_difference`
+against digests recorded earlier.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+from ptq_bench.data import file_sha256
+
+CHECKSUMS = "checksums.json"
+SIDECAR = ".sha256"
+MISSING = "missing"
+
+
+def sidecar(path: Path) -> Path:
+    return path.with_name(path.name + SIDECAR)
+
+
+def folder_digests(folder: Path) -> dict[str, str]:
+    """{relative posix path: sha256} of every file under `folder` but its checksums.json."""
+    return {p.relative_to(folder).as_posix(): file_sha256(p)
+            for p in sorted(folder.rglob("*")) if p.is_file() and p.name != CHECKSUMS}
+
+
+def first_difference(want: dict[str, str], have: dict[str, str]) -> str | None:
+    """The first file (sorted) missing, unlisted or with another sha256; None when they agree."""
+    for rel in sorted(set(want) | set(have)):
+        if rel not in have:
+            return f"{rel} is missing"
+        if rel not in want:
+            return f"{rel} is not in its checksum list"
+        if want[rel] != have[rel]:
+            return f"{rel} does not match its checksum"
+    return None
+
+
+def problem(path: Path) -> str | None:
+    """Why `path` is not a complete artefact: MISSING, or a short reason; None when it is complete."""
+    if path.is_dir():
+        listed = path / CHECKSUMS
+        if not listed.is_file():
+            return f"has no {CHECKSUMS} (written last: the artefact is incomplete)"
+        try:
+            want = json.loads(listed.read_text(encoding="utf-8"))
+        except (ValueError, UnicodeDecodeError):
+            want = None
+        if not isinstance(want, dict):
+            return f"has a damaged {CHECKSUMS}"
+        return first_difference(want, folder_digests(path))
+    if path.is_file():
+        side = sidecar(path)
+        if not side.is_file():
+            return f"has no {side.name} (written last: the artefact is incomplete)"
+        if side.read_text(encoding="utf-8").strip() != file_sha256(path):
+            return f"does not match {side.name}"
+        return None
+    return MISSING
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir():
+        shutil.rmtree(path)
+    else:
+        path.unlink(missing_ok=True)
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(".tmp-" + path.name)
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def ensure(path: Path, build: Callable[[Path], None], what: str) -> Path:
+    """`path`, verified; built first when missing, rebuilt (with a log line) when damaged.
+
+    `build(tmp)` writes the artefact (a file or a folder) at `tmp`, a sibling of `path` whose name ends
+    like it (`.npy` stays `.npy`); its checksum is written after it, then it is renamed into place. A
+    per-artefact lock makes concurrent runs sharing a cache build it once.
+    """
+    from filelock import FileLock
+
+    from ptq_bench.console import log
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(path) + ".lock"):
+        why = problem(path)
+        if why is None:
+            return path
+        if why != MISSING:
+            log(f"cache: {what} {path} {why}; rebuilding it")
+        tmp = path.with_name(".tmp-" + path.name)
+        _remove(tmp)
+        build(tmp)
+        if tmp.is_dir():
+            _write_atomic(tmp / CHECKSUMS, json.dumps(folder_digests(tmp), indent=1, sort_keys=True))
+        _remove(sidecar(path))
+        _remove(path)
+        os.replace(tmp, path)
+        if path.is_file():
+            _write_atomic(sidecar(path), file_sha256(path) + "\n")
+    return path

@@ -1,0 +1,198 @@
+"""Distance of a quantized model to its unquantized base, on the GPTQ-protocol perplexity windows.
+
+Same windows and predicted tokens as `eval/perplexity.py` (a set's token stream cut into non-overlapping
+`seqlen` windows, tail dropped, optionally the first K; in each window positions 0..seqlen-2 predict
+1..seqlen-1). Over those n_windows * (seqlen - 1) tokens, with P the base model's next-token
+distribution and Q the quantized model's:
+
+    kld/<set>/seq<L>[/first<K>win]/mean   mean over tokens of KL(P || Q) = sum_v P(v) (log P(v) - log Q(v)), nats
+    kld/<set>/seq<L>[/first<K>win]/p99    its 99th percentile over tokens (numpy's linear interpolation)
+    top1_agree/<set>/seq<L>[/first<K>win] % of tokens where argmax Q = argmax P (ties: lowest index)
+    dppl/<set>/seq<L>[/first<K>win]       ppl_gptq(quantized) - ppl_gptq(base), same windows
+
+The tail `<set>/seq<L>[/first<K>win]` is the perplexity protocol's (`ppl_gptq/<tail>`), so every
+distance sits beside the perplexity it belongs to. `compare` also returns the quantized model's own
+`ppl_gptq/<tail>` (identical to `gptq_perplexity` on the same windows and batch size), so a cell that
+gets its distances needs no second perplexity pass on that set.
+
+The base model's log-probabilities are computed once per recipe and set (`build_reference`), not once
+per cell. Size: one window holds (seqlen - 1) x vocab log-probs; SmolLM2-135M at seq 512 is
+511 x 49,152 x 4 B = 100 MB per window in float32, 6.4 GB for 2 sets x 32 windows: too much to keep in
+RAM on a 24 GB machine shared with other work, so with `path` they go to a memory-mapped float32 .npy
+on disk (sha256 checked when reopened; reading it back costs ~1 s/GB). float16 would halve the disk
+(rounding: up to 2.4e-4 nats on log-probs in [-1, -0.5), 7.8e-3 below -16); measured on SmolLM2-135M,
+4 windows, Absmax W8A16 per channel (benchmarks/smollm2_probe.py): mean KL 0.0033037 from float32,
++3.2e-6 nats (+0.1%) from float16. Small for the mean, but it would make a model's KL to itself
+nonzero and blur the smallest distances, and disk is not what binds here, so the reference stays
+float32. KL is accumulated in float64 from float32 log-softmaxes, so a model compared with itself gives exactly 0.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from ptq_bench.eval.perplexity import protocol_name, windows
+
+FORMAT_VERSION = 1
+
+
+def metric_names(set_name: str, seqlen: int, max_windows: int | None) -> dict[str, str]:
+    """{"mean", "p99", "top1_agree", "dppl", "ppl"} -> the metric names of one set and protocol."""
+    ppl = protocol_name(set_name, seqlen, max_windows)
+    tail = ppl.removeprefix("ppl_gptq/")
+    return {"mean": f"kld/{tail}/mean", "p99": f"kld/{tail}/p99", "top1_agree": f"top1_agree/{tail}",
+            "dppl": f"dppl/{tail}", "ppl": ppl}
+
+
+@dataclass
+class BaseReference:
+    """The base model's next-token log-probabilities on one set's windows, computed once."""
+
+    set_name: str
+    seqlen: int
+    max_windows: int | None
+    windows: torch.Tensor  # (n, seqlen) int64 token ids
+    logprobs: np.ndarray  # (n, seqlen - 1, vocab) float32 log-softmax (memory-mapped when on disk)
+    top1: np.ndarray  # (n, seqlen - 1) int64 argmax of the base logits
+    nll: float  # base mean NLL per predicted token (ppl_gptq's)
+
+    @property
+    def ppl(self) -> float:
+        return math.exp(self.nll)
+
+    @property
+    def names(self) -> dict[str, str]:
+        return metric_names(self.set_name, self.seqlen, self.max_windows)
+
+
+def _batches(wins: torch.Tensor, batch_size: int, desc: str, progress: bool) -> range:
+    return tqdm(range(0, len(wins), batch_size), desc=desc, unit="batch", disable=not progress)
+
+
+def _logits(model: torch.nn.Module, batch: torch.Tensor) -> torch.Tensor:
+    """(B, seqlen - 1, vocab) float32 on the CPU: position t predicts t + 1."""
+    device = next(model.parameters()).device
+    return model(batch.to(device)).logits[:, :-1, :].float().cpu()
+
+
+def _nll_sum(logits: torch.Tensor, batch: torch.Tensor) -> tuple[float, int]:
+    """Summed token NLL of a batch, computed exactly as `gptq_perplexity` does."""
+    nll = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), batch[:, 1:].reshape(-1), reduction="none")
+    return nll.double().sum().item(), nll.numel()
+
+
+def _windows_sha(wins: torch.Tensor) -> str:
+    return hashlib.sha256(wins.numpy().astype("<i8").tobytes()).hexdigest()
+
+
+def _file_sha(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 24), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+@torch.inference_mode()
+def build_reference(
+    model: torch.nn.Module, token_ids: torch.Tensor, set_name: str, seqlen: int, max_windows: int | None = None,
+    path: Path | None = None, key: str = "", batch_size: int = 4, progress: bool = False,
+) -> BaseReference:
+    """The base model's reference on a set: reopened from `path` when a checked one is there (same
+    `key` — the base model's cache key — same windows, intact file), else one forward per batch.
+
+    Without `path` the log-probs stay in memory (tests, small vocabularies).
+    """
+    wins = windows(token_ids, seqlen, max_windows)
+    if path is not None:
+        ref = open_reference(Path(path), wins, set_name, seqlen, max_windows, key)
+        if ref is not None:
+            return ref
+    n, vocab = len(wins), None
+    logprobs, top1 = None, np.empty((n, seqlen - 1), dtype=np.int64)
+    tmp = None if path is None else Path(path).with_suffix(".tmp.npy")
+    total, count = 0.0, 0
+    for start in _batches(wins, batch_size, f"base log-probs {set_name}", progress):
+        batch = wins[start:start + batch_size]
+        logits = _logits(model, batch)
+        if logprobs is None:
+            vocab = logits.shape[-1]
+            shape = (n, seqlen - 1, vocab)
+            if tmp is None:
+                logprobs = np.empty(shape, dtype=np.float32)
+            else:
+                tmp.parent.mkdir(parents=True, exist_ok=True)
+                logprobs = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=shape)
+        logprobs[start:start + len(batch)] = torch.log_softmax(logits, dim=-1).numpy()
+        top1[start:start + len(batch)] = logits.argmax(-1).numpy()
+        s, c = _nll_sum(logits, batch)
+        total, count = total + s, count + c
+    ref = BaseReference(set_name, seqlen, max_windows, wins, logprobs, top1, total / count)
+    if tmp is not None:
+        _write(ref, Path(path), tmp, key)
+    return ref
+
+
+def _write(ref: BaseReference, path: Path, tmp: Path, key: str) -> None:
+    """Flush the log-probs, then name them and write the metadata last (its presence = complete)."""
+    ref.logprobs.flush()
+    path.with_suffix(".json").unlink(missing_ok=True)  # a stale reference's metadata goes first
+    tmp.replace(path)
+    np.save(path.with_suffix(".top1.npy"), ref.top1)
+    meta = {"format_version": FORMAT_VERSION, "key": key, "set": ref.set_name, "seqlen": ref.seqlen,
+            "max_windows": ref.max_windows, "windows_sha256": _windows_sha(ref.windows), "nll": ref.nll,
+            "shape": list(ref.logprobs.shape), "sha256": _file_sha(path)}
+    path.with_suffix(".json").write_text(json.dumps(meta, indent=2) + "\n")
+    ref.logprobs = np.load(path, mmap_mode="r")
+
+
+def open_reference(path: Path, wins: torch.Tensor, set_name: str, seqlen: int, max_windows: int | None,
+                   key: str = "") -> BaseReference | None:
+    """A stored reference when it matches (key, set, windows) and its log-prob file's sha256; else None."""
+    meta_file = path.with_suffix(".json")
+    if not (meta_file.is_file() and path.is_file()):
+        return None
+    meta = json.loads(meta_file.read_text())
+    want = {"format_version": FORMAT_VERSION, "key": key, "set": set_name, "seqlen": seqlen,
+            "max_windows": max_windows, "windows_sha256": _windows_sha(wins)}
+    if any(meta.get(k) != v for k, v in want.items()) or _file_sha(path) != meta.get("sha256"):
+        return None
+    return BaseReference(set_name, seqlen, max_windows, wins, np.load(path, mmap_mode="r"),
+                         np.load(path.with_suffix(".top1.npy")), float(meta["nll"]))
+
+
+def token_kl(base_logprobs: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+    """(T,) float64 KL(P || Q) per token from base log-probs (T, V) and quantized logits (T, V)."""
+    lq = torch.log_softmax(logits.float(), dim=-1).double()  # float32 softmax, as the base's
+    lp = base_logprobs.double()
+    return (lp.exp() * (lp - lq)).sum(-1)
+
+
+@torch.inference_mode()
+def compare(ref: BaseReference, model: torch.nn.Module, batch_size: int = 4, progress: bool = False) -> dict[str, float]:
+    """The distance metrics of `model` against the base reference (names: `metric_names`), plus the
+    model's own GPTQ-protocol perplexity on the same windows."""
+    kls, agree, total, count = [], 0, 0.0, 0
+    for start in _batches(ref.windows, batch_size, f"kld {ref.set_name}", progress):
+        batch = ref.windows[start:start + batch_size]
+        logits = _logits(model, batch)  # (B, seqlen - 1, vocab)
+        s, c = _nll_sum(logits, batch)
+        total, count = total + s, count + c
+        for b in range(len(batch)):  # one window at a time bounds the float64 temporaries (T x V)
+            lp = torch.from_numpy(np.array(ref.logprobs[start + b]))  # a copy: the memmap is read-only
+            kls.append(token_kl(lp, logits[b]).numpy())
+            agree += int((logits[b].argmax(-1).numpy() == ref.top1[start + b]).sum())
+    kl = np.concatenate(kls)
+    ppl = math.exp(total / count)
+    names = ref.names
+    return {names["mean"]: float(kl.mean()), names["p99"]: float(np.percentile(kl, 99)),
+            names["top1_agree"]: 100.0 * agree / kl.size, names["dppl"]: ppl - ref.ppl, names["ppl"]: ppl}

@@ -1,0 +1,47 @@
+"""The one table of model kinds: every place that needs a kind's facts reads them from here.
+
+A kind is what a model *is*: how its linears are built (`mode`), its native (weight, activation) bits,
+its name in tables, the training schedule it gets by default, and whether post-training quantization
+may touch it. Leaf module: no torch. Adding a kind is one entry here (plus its schedule in
+models/train.py if it is trained here, and its BitLinear mode in models/bitlinear.py if new).
+
+Decision (issue 9/12 session): PTQ of a model whose linears are already low-bit is refused; such a
+model is evaluated as it is.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ptq_bench.config import short
+
+
+@dataclass(frozen=True)
+class Kind:
+    name: str
+    display: str  # name in tables and plots
+    native_bits: tuple[float, float]  # nominal (weight bits, activation bits) of the unquantized model
+    mode: str | None  # BitLinear mode of its linears ("b158" | "b1"); None = nn.Linear (or not built here)
+    schedule: str | None  # default training schedule (models/train.py SCHEDULES); None = loaded, never trained
+    ptq_default: bool  # a default target of quantize entries that list no `models:`
+    ptq_allowed: bool  # may a quantize entry target it at all
+
+
+KINDS: dict[str, Kind] = {k.name: k for k in (
+    Kind("fp16", "FP16", (16, 16), None, "llama_cosine", ptq_default=True, ptq_allowed=True),
+    Kind("bitnet_b158", "BitNet b1.58", (1.58, 8), "b158", "b158_two_stage", ptq_default=False, ptq_allowed=False),
+    Kind("bitnet_b1", "BitNet b1", (1, 8), "b1", "b1_linear", ptq_default=False, ptq_allowed=False),
+    # a transformers BitNet checkpoint loaded through `source:` (AutoBitLinear, evaluation only)
+    Kind("bitnet_hf", "BitNet (HF)", (1.58, 8), None, None, ptq_default=False, ptq_allowed=False),
+)}
+
+TRAINED_KINDS = tuple(name for name, k in KINDS.items() if k.schedule is not None)  # buildable here
+BITNET_MODES = {name: k.mode for name, k in KINDS.items() if k.mode is not None}  # kind -> BitLinear mode
+NATIVE_BITS = {name: k.native_bits for name, k in KINDS.items()}
+DISPLAY_NAMES = {name: k.display for name, k in KINDS.items()}
+
+
+def get_kind(name: str) -> Kind:
+    if name not in KINDS:
+        raise ValueError(f"unknown model kind {short(name)} (known: {', '.join(KINDS)})")
+    return KINDS[name]

@@ -1,0 +1,99 @@
+"""Checks on the names and folders a recipe points at, made before anything is written (no torch).
+
+`check_paths` is what `run` checks beyond `validate`: the output and cache folders must be creatable
+and writable, and must not be `/`, a system folder, a file, under a file, or the data folder (or in it).
+It only looks: it creates nothing.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+from ptq_bench.config import short
+from ptq_bench.errors import RecipeError
+
+SAFE_COMPONENT = re.compile(r"[A-Za-z0-9_.+-]{1,100}")  # a name used as one folder or file name
+SYSTEM_DIRS = ("/proc", "/sys", "/dev")
+HUB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,95}(/[A-Za-z0-9][A-Za-z0-9_.-]{0,95})?")
+CHECKPOINT_FILES = ("config.json", "ptq_bench.json")
+
+
+def check_component(name: str, where: str) -> None:
+    """`name` is used as a single file or folder name: ASCII letters, digits, `_ . + -`, 1..100 long,
+    not `.` or `..` (so `../../x`, `/abs`, `a/b`, NUL and the empty name are refused)."""
+    if not SAFE_COMPONENT.fullmatch(name) or name in (".", ".."):
+        raise RecipeError(f"{where}: must be a plain name (1-100 characters of A-Z a-z 0-9 _ . + -, "
+                          f"not . or ..), got {short(name)}")
+
+
+def looks_like_path(source: str) -> bool:
+    """A `source:` that names a local folder rather than a hub id (`org/name`)."""
+    return (os.path.isabs(source) or source.startswith((".", "~")) or source.count(os.sep) > 1
+            or (os.altsep is not None and os.altsep in source))
+
+
+def check_source(source: str, where: str) -> None:
+    """A local checkpoint folder (with config.json or ptq_bench.json), or a hub id `name` / `org/name`."""
+    if not source.strip():
+        raise RecipeError(f"{where}: empty (a checkpoint folder or a hub id)")
+    folder = Path(source).expanduser()
+    if looks_like_path(source) or folder.is_dir():
+        if not folder.is_dir():
+            raise RecipeError(f"{where}: no such folder {short(source)}")
+        if not any((folder / f).is_file() for f in CHECKPOINT_FILES):
+            raise RecipeError(f"{where}: {short(source)} is not a checkpoint folder (no {' or '.join(CHECKPOINT_FILES)})")
+    elif not HUB_ID.fullmatch(source):
+        raise RecipeError(f"{where}: neither a local folder nor a hub id (org/name), got {short(source)}")
+
+
+def _inside(path: Path, root: Path) -> bool:
+    return path == root or root in path.parents
+
+
+def check_folder(raw: str, where: str, data_dir: Path | None) -> None:
+    """`raw` can be used as a folder to write into (now or after creating it); nothing is created."""
+    try:
+        _check_folder(Path(raw).expanduser().resolve(), where, data_dir)
+    except (OSError, RuntimeError) as exc:  # a link loop, a folder we may not look into
+        raise RecipeError(f"{where}: cannot use {short(raw)} ({type(exc).__name__})") from None
+
+
+def _check_folder(path: Path, where: str, data_dir: Path | None) -> None:
+    if path == Path(path.anchor):
+        raise RecipeError(f"{where}: refusing to write into the root folder {path}")
+    for system in SYSTEM_DIRS:
+        if _inside(path, Path(system)):
+            raise RecipeError(f"{where}: refusing to write under {system} ({short(str(path))})")
+    if data_dir is not None and _inside(path, data_dir.resolve()):
+        raise RecipeError(f"{where}: {short(str(path))} is the data folder or inside it")
+    probe = path
+    while not probe.exists():
+        if probe.is_symlink():
+            raise RecipeError(f"{where}: {short(str(probe))} is a dangling link")
+        probe = probe.parent
+    if not probe.is_dir():
+        what = "is a file" if probe == path else f"is under a file ({short(str(probe))})"
+        raise RecipeError(f"{where}: {short(str(path))} {what}")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise RecipeError(f"{where}: {short(str(probe))} is not writable")
+
+
+def check_data(recipe: Any) -> Path:
+    """The recipe's data folder, after checking that every file it reads exists (nothing is hashed)."""
+    from ptq_bench.data import data_file, resolve_data_dir
+    from ptq_bench.recipe import required_data_files
+
+    data_dir = resolve_data_dir(recipe.data_dir)
+    for rel in required_data_files(recipe):
+        data_file(data_dir, rel)
+    return data_dir
+
+
+def check_paths(recipe: Any, data_dir: Path | None) -> None:
+    """The output and cache folders of `recipe` are usable (see `check_folder`); called by `run`
+    after `validate`'s checks and before anything is written."""
+    check_folder(str(recipe.out_dir), "output_dir", data_dir)
+    check_folder(recipe.cache_dir, "cache_dir", data_dir)

@@ -1,0 +1,104 @@
+"""Method settings as typed, bounded configs, and the light catalog of method names.
+
+Pure dataclasses (no torch) so that `recipe.py` and `ptq-bench validate` can check every setting
+without importing the methods. Each method module re-exports its config from here; its solver is
+registered with the same config class (a test checks that the registry and CATALOG agree).
+Bounds are field metadata (`ptq_bench.config.bound`), checked by the one typed loader both when a
+recipe is read and when a config is constructed directly.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from ptq_bench.config import bound, check_fields, from_dict
+
+TERNARY = 1.58  # w_bits value naming the ternary (b1.58) grid
+WEIGHT_GRANULARITIES = ("tensor", "channel", "group")
+ACT_GRANULARITIES = ("token", "tensor")
+W_BITS = (1, TERNARY, 2, 3, 4, 5, 6, 7, 8, 16)  # absmax / smoothquant weight grids; 16 = unquantized
+A_BITS = (2, 3, 4, 5, 6, 7, 8, 16)  # dynamic activation bits; 16 = not quantized
+GPTQ_W_BITS = (TERNARY, 2, 3, 4, 8)
+QUIP_W_BITS = (2, 3, 4)
+TRANSFORMS = ("hadamard", "orthogonal")
+SEED_MAX = 2**32 - 1
+
+
+@dataclass(frozen=True)
+class AbsmaxConfig:
+    w_bits: float = bound(8, choices=W_BITS)  # weight bits: 1 (sign), 1.58 (ternary), 2..8, 16 = unquantized
+    w_granularity: str = bound("channel", choices=WEIGHT_GRANULARITIES)  # one scale per tensor / channel / group
+    group_size: int = bound(128, min=1)  # input columns per scale when w_granularity == "group"
+    a_bits: int = bound(16, choices=A_BITS)  # activation bits, dynamic absmax; 16 = not quantized
+    a_granularity: str = bound("token", choices=ACT_GRANULARITIES)  # one activation scale per token / tensor
+
+    def __post_init__(self) -> None:
+        check_fields(self)
+
+
+@dataclass(frozen=True)
+class SmoothQuantConfig:
+    alpha: float = bound(0.5, min=0.0, max=1.0)  # migration strength: 0 = all on activations, 1 = all on weights
+    w_bits: float = bound(8, choices=W_BITS)  # weight bits after smoothing (absmax): 1, 1.58, 2..8, 16
+    a_bits: int = bound(8, choices=A_BITS)  # activation bits (dynamic absmax); 16 = not quantized
+    w_granularity: str = bound("channel", choices=WEIGHT_GRANULARITIES)
+    a_granularity: str = bound("token", choices=ACT_GRANULARITIES)
+    group_size: int = bound(128, min=1)  # input columns per weight scale when w_granularity == "group"
+
+    def __post_init__(self) -> None:
+        check_fields(self)
+
+
+@dataclass(frozen=True)
+class GPTQConfig:
+    w_bits: float = bound(4, choices=GPTQ_W_BITS)  # 2, 3, 4, 8, or 1.58 = ternary absmean grid
+    group_size: int = bound(128, min=-1)  # columns per quantizer fit; -1 = one per row
+    damp: float = bound(0.01, min=0.0, lt=1.0)  # fraction of mean(diag H) added to the diagonal
+    block_size: int = bound(128, min=1)  # columns per lazy-update block
+    act_order: bool = False  # process columns by descending diag(H)
+    sym: bool = True  # symmetric min-max grid (zero implicit); False = asymmetric, zeros stored
+    static_groups: bool = False  # fit every group's quantizer on the original weights first
+    true_sequential: bool = False  # inside a block: q/k/v, then o, then gate/up, then down
+    a_bits: int = bound(16, choices=A_BITS)  # dynamic per-token activation bits; 16 = not quantized
+
+    def __post_init__(self) -> None:
+        check_fields(self)
+        if self.group_size == 0:
+            raise ValueError("group_size must be -1 (per row) or >= 1, got 0")
+        if self.w_bits == TERNARY and not self.sym:
+            raise ValueError("sym must be True for w_bits 1.58 (the ternary grid is symmetric)")
+
+
+@dataclass(frozen=True)
+class QuIPConfig:
+    w_bits: int = bound(2, choices=QUIP_W_BITS)  # 2, 3 or 4 bits on a uniform grid
+    transform: str = bound("hadamard", choices=TRANSFORMS)  # incoherence rotation: randomized Hadamard | butterfly
+    rescale: bool = True  # diagonal W/H rescaling before the rotation (reference `pre_rescale`)
+    damp: float = bound(0.01, min=0.0, lt=1.0)  # fraction of mean(diag H) added to the diagonal
+    seed: int = bound(0, min=0, max=SEED_MAX)  # seed of the random rotations
+    block_size: int = bound(128, min=1)  # columns per lazy-update block of the LDLQ loop
+    a_bits: int = bound(16, choices=A_BITS)  # dynamic per-token activation bits; 16 = not quantized
+
+    def __post_init__(self) -> None:
+        check_fields(self)
+
+
+@dataclass(frozen=True)
+class MethodEntry:
+    config: type  # the method's frozen config dataclass
+    needs_calibration: bool  # the solver reads calibration windows
+
+
+# method name -> entry; the registry (quant/registry.py) registers each solver with the same config
+CATALOG: dict[str, MethodEntry] = {
+    "absmax": MethodEntry(AbsmaxConfig, needs_calibration=False),
+    "smoothquant": MethodEntry(SmoothQuantConfig, needs_calibration=True),
+    "gptq": MethodEntry(GPTQConfig, needs_calibration=True),
+    "quip": MethodEntry(QuIPConfig, needs_calibration=True),
+}
+
+
+def make_config(method: str, params: dict[str, Any], where: str = "") -> Any:
+    """The frozen config of `method` from recipe params (unknown key, wrong type, out of bounds: ConfigError)."""
+    return from_dict(CATALOG[method].config, params, where)

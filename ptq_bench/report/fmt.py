@@ -1,0 +1,112 @@
+"""The one place where report values become text: markdown, LaTeX and CSV cells, bit widths.
+
+A table cell is `None` when the value was not measured (a task not run, a field the row lacks) and a
+float when it was — including NaN and ±inf, which a measurement can produce (a diverged model, an
+overflowing perplexity). The two never look alike:
+
+    value         markdown   LaTeX        CSV
+    not measured  –          --           (empty)
+    NaN           NaN        NaN          nan
+    +inf          +inf       $+\\infty$    inf
+    -inf          -inf       $-\\infty$    -inf
+
+Tables are built with `frame(records)`, an object-dtype DataFrame, so pandas does not turn `None`
+into NaN.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+MISSING_MD = "–"
+MISSING_TEX = "--"
+_NONFINITE_MD = {"nan": "NaN", "inf": "+inf", "-inf": "-inf"}
+_NONFINITE_TEX = {"nan": "NaN", "inf": r"$+\infty$", "-inf": r"$-\infty$"}
+_TEX_SPECIAL = {"\\": r"\textbackslash{}", "_": r"\_", "%": r"\%", "&": r"\&", "#": r"\#", "$": r"\$",
+                "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}"}
+
+
+def bits(b: Any) -> str | None:
+    """16 -> '16', 1.58 -> '1.58'; None (not recorded) stays None."""
+    if b is None:
+        return None
+    return str(int(b)) if float(b).is_integer() else str(b)
+
+
+def nonfinite_name(v: Any) -> str | None:
+    """'nan' / 'inf' / '-inf' for a non-finite float, else None."""
+    if isinstance(v, float) and not math.isfinite(v):
+        return "nan" if math.isnan(v) else ("inf" if v > 0 else "-inf")
+    return None
+
+
+def md_cell(v: Any) -> str:
+    if v is None:
+        return MISSING_MD
+    special = nonfinite_name(v)
+    if special:
+        return _NONFINITE_MD[special]
+    if isinstance(v, float):
+        return f"{v:.3g}" if 0 < abs(v) < 1 or abs(v) >= 1e4 else f"{v:.2f}"
+    return str(v).replace("|", r"\|")
+
+
+def tex_escape(s: str) -> str:
+    return "".join(_TEX_SPECIAL.get(ch, ch) for ch in s)
+
+
+def tex_cell(v: Any) -> str:
+    if v is None:
+        return MISSING_TEX
+    special = nonfinite_name(v)
+    return _NONFINITE_TEX[special] if special else tex_escape(md_cell(v).replace(r"\|", "|"))
+
+
+def csv_cell(v: Any) -> str:
+    if v is None:
+        return ""
+    special = nonfinite_name(v)
+    if special:
+        return special
+    return repr(float(v)) if isinstance(v, float) else str(v)
+
+
+def frame(records: list[dict[str, Any]]) -> pd.DataFrame:
+    """Object-dtype DataFrame; a key absent from a record is None (not measured), never NaN."""
+    import pandas as pd
+
+    cols: dict[str, None] = {}
+    for rec in records:
+        cols.update(dict.fromkeys(rec))
+    return pd.DataFrame([{c: rec.get(c) for c in cols} for rec in records], columns=list(cols), dtype=object)
+
+
+def to_markdown(df: pd.DataFrame) -> str:
+    cols = list(df.columns)
+    out = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    out += ["| " + " | ".join(md_cell(v) for v in rec) + " |" for rec in df.itertuples(index=False)]
+    return "\n".join(out)
+
+
+def to_latex(df: pd.DataFrame, caption: str) -> str:
+    cols = list(df.columns)
+    lines = [r"\begin{table}[t]", r"\centering", r"\begin{tabular}{" + "l" * len(cols) + "}", r"\toprule",
+             " & ".join(tex_escape(c) for c in cols) + r" \\", r"\midrule"]
+    lines += [" & ".join(tex_cell(v) for v in rec) + r" \\" for rec in df.itertuples(index=False)]
+    lines += [r"\bottomrule", r"\end{tabular}", rf"\caption{{{tex_escape(caption)}}}", r"\end{table}"]
+    return "\n".join(lines)
+
+
+def to_csv(df: pd.DataFrame) -> str:
+    import csv
+    import io
+
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(df.columns)
+    writer.writerows([csv_cell(v) for v in rec] for rec in df.itertuples(index=False))
+    return buf.getvalue()

@@ -1,0 +1,66 @@
+"""Write a run's tables and plots: the generic layout always, plus the recipe's `layout:` if it names one.
+
+Every layout goes through the same steps, read from its `Layout` entry: build its table, write the
+table in each of its formats, draw its plots.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from ptq_bench.report.fmt import to_csv, to_latex, to_markdown
+from ptq_bench.report.layouts import GENERIC, LAYOUTS, Layout, load
+from ptq_bench.report.run import RunData
+from ptq_bench.report.tables import notes
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+
+def chosen_layouts(run: RunData) -> list[Layout]:
+    """The generic layout, then the one the run's recipe names (once; an unknown name is a note)."""
+    name = run.recipe.get("layout")
+    if name is not None and name not in LAYOUTS:
+        run.damage.append(f"- manifest names layout {str(name)[:40]!r}, which this version does not know: skipped.")
+    extra = LAYOUTS.get(name) if isinstance(name, str) else None
+    return list(dict.fromkeys([GENERIC, *([extra] if extra else [])]))
+
+
+def _title(run: RunData, layout: Layout) -> str:
+    return layout.title.replace("{recipe}", run.recipe_name)
+
+
+def _markdown(run: RunData, layout: Layout, df: pd.DataFrame) -> str:
+    parts = [f"# {_title(run, layout)}", "", to_markdown(df) if len(df.columns) else "(no rows)"]
+    if layout.reference:
+        parts += ["", f"## {layout.reference_title}", "", to_markdown(load(layout.reference)())]
+    return "\n".join([*parts, "", *notes(run, layout, df)]) + "\n"
+
+
+WRITERS: dict[str, Callable[[RunData, Layout, pd.DataFrame], str]] = {
+    "md": _markdown,
+    "csv": lambda run, layout, df: to_csv(df),
+    "tex": lambda run, layout, df: to_latex(df, _title(run, layout)),
+}
+
+
+def write_layout(run: RunData, layout: Layout) -> list[Path]:
+    """<stem>.<format> for each of the layout's formats, then its plots; returns the paths written."""
+    df = layout.table_fn()(run, layout)
+    written = []
+    for fmt in layout.formats:
+        path = run.run_dir / f"{layout.stem}.{fmt}"
+        path.write_text(WRITERS[fmt](run, layout, df), encoding="utf-8")
+        written.append(path)
+    for plot in layout.plot_fns():
+        written += plot(run, df, run.run_dir)
+    return written
+
+
+def render_run(run: RunData) -> list[Path]:
+    written = []
+    for layout in chosen_layouts(run):
+        written += write_layout(run, layout)
+    return written

