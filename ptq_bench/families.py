@@ -21,6 +21,7 @@ This module imports nothing heavy (no torch), so `validate` can check a checkpoi
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -140,12 +141,18 @@ def get_family(model_type: str) -> Family:
     return FAMILIES[model_type]
 
 
+def _get(config: Any, key: str) -> Any:
+    """A config value from a transformers config object or a config.json mapping."""
+    return config.get(key) if isinstance(config, Mapping) else getattr(config, key, None)
+
+
 def family_of_config(config: Any) -> Family:
-    """The family of a transformers config object, checking the config values its layout assumes."""
-    model_type = getattr(config, "model_type", None)
+    """The family of a transformers config (object or config.json mapping), checking the config values
+    its layout assumes; an unsupported one is a one-line RecipeError."""
+    model_type = _get(config, "model_type")
     family = get_family(str(model_type))
     for key, expected in family.requires:
-        value = getattr(config, key, None)
+        value = _get(config, key)
         if value != expected:
             raise RecipeError(
                 f"model family '{model_type}' with {key}={value!r} is not supported (its layout assumes {expected!r})"
@@ -153,5 +160,16 @@ def family_of_config(config: Any) -> Family:
     return family
 
 
+def low_bit_reason(config: Any) -> str | None:
+    """Why a checkpoint is already low-bit (its family, or the quant_method of its quantization_config),
+    or None. PTQ of such a checkpoint is refused (see quant.linears)."""
+    qcfg = _get(config, "quantization_config")
+    if qcfg is not None:
+        method = _get(qcfg, "quant_method")
+        return f"quant_method '{getattr(method, 'value', method)}'"  # transformers keeps an enum
+    model_type = _get(config, "model_type")
+    return f"family '{model_type}'" if get_family(str(model_type)).low_bit else None
+
+
 __all__ = ["FAMILIES", "Family", "LOW_BIT_CLASSES", "NORM_KINDS", "SUPPORTED_MODEL_TYPES", "Smooth",
-           "family_of_config", "get_family"]
+           "family_of_config", "get_family", "low_bit_reason"]

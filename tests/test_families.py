@@ -107,3 +107,31 @@ def test_extra_linear_in_a_block_is_an_error(calib):
     decoder_layers(model)[1].mlp.extra = torch.nn.Linear(4, 4)
     with pytest.raises(QuantError, match="does not name: mlp.extra"):
         quantize(model, "absmax", calib, w_bits=4)
+
+
+def test_ptq_of_exported_bitnet_checkpoint_is_refused(tmp_path, calib):
+    """ptq-bench's b1.58 export: model_type llama, transformers' BitLinear layers, quant_method bitnet."""
+    from transformers import AutoModelForCausalLM
+
+    from ptq_bench.models.build import ArchConfig, build_model, export_hf
+
+    arch = ArchConfig(hidden_size=64, intermediate_size=128, num_layers=2, num_heads=4, max_seq_len=64)
+    export_hf(build_model("bitnet_b158", arch, 512, seed=0), "bitnet_b158", tmp_path)
+    model = AutoModelForCausalLM.from_pretrained(tmp_path).eval()
+    assert model.config.model_type == "llama"
+    for method in sorted(METHOD_PARAMS):
+        with pytest.raises(QuantError, match="PTQ refused.*quant_method 'bitnet'"):
+            quantize(model, method, calib, **METHOD_PARAMS[method])
+
+
+def test_config_json_mapping_without_torch():
+    """What `validate` can ask from a checkpoint's config.json alone (families.py imports no torch)."""
+    from ptq_bench.families import family_of_config, low_bit_reason
+
+    assert family_of_config({"model_type": "gpt2", "add_cross_attention": False}).conv1d
+    assert low_bit_reason({"model_type": "qwen2"}) is None
+    assert low_bit_reason({"model_type": "bitnet"}) == "family 'bitnet'"
+    assert low_bit_reason({"model_type": "llama", "quantization_config": {"quant_method": "bitnet"}}) == \
+        "quant_method 'bitnet'"
+    with pytest.raises(RecipeError, match="do_layer_norm_before=False"):
+        family_of_config({"model_type": "opt", "do_layer_norm_before": False})

@@ -78,7 +78,7 @@ def quantize_model(
     """
     t0 = time.perf_counter()
     family = model_family(model)
-    refuse_low_bit(model, family, str(model.config.model_type))
+    refuse_low_bit(model)
     grids: dict[str, tuple[nn.Module, Grid | None]] = {}
     losses: list[float] = []
 

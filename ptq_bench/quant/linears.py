@@ -19,7 +19,7 @@ import torch.nn as nn
 from torch import Tensor
 
 from ptq_bench.errors import QuantError
-from ptq_bench.families import LOW_BIT_CLASSES, Family
+from ptq_bench.families import LOW_BIT_CLASSES, low_bit_reason
 from ptq_bench.quant.primitives import Grid, fake_quant_act
 
 GRID_ATTR = "ptq_grid"  # attribute on a quantized linear holding its primitives.Grid
@@ -75,14 +75,11 @@ def _class_name(module: nn.Module) -> str:
     return f"{type(module).__module__}.{type(module).__qualname__}"
 
 
-def refuse_low_bit(model: nn.Module, family: Family, model_type: str) -> None:
+def refuse_low_bit(model: nn.Module) -> None:
     """Raise QuantError when the model's linears are already low-bit (see the module docstring)."""
-    qcfg = getattr(getattr(model, "config", None), "quantization_config", None)
-    if family.low_bit or qcfg is not None:
-        method = qcfg.get("quant_method") if isinstance(qcfg, dict) else getattr(qcfg, "quant_method", None)
-        method = getattr(method, "value", method)  # transformers keeps an enum
-        what = f"quant_method '{method}'" if qcfg is not None else f"family '{model_type}'"
-        raise QuantError(f"PTQ refused: the checkpoint is already low-bit ({what}); its layers re-quantize "
+    reason = low_bit_reason(model.config)
+    if reason is not None:
+        raise QuantError(f"PTQ refused: the checkpoint is already low-bit ({reason}); its layers re-quantize "
                          "weights and activations on every call")
     low = sorted({type(m).__name__ for m in model.modules() if _class_name(m) in LOW_BIT_CLASSES})
     if low:
