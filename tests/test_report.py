@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import math
 from pathlib import Path
 
@@ -188,3 +189,15 @@ def test_weight_bytes_counts_bitnet_weights_packed():
     inner_norms = sum(p.numel() for n, p in bn.named_parameters() if ".rms_norm." in n)  # BitLinear's own RMSNorm
     packed = linear // 4 + 2 * 7 * 2  # 2 bits per weight + one 16-bit scale per BitLinear
     assert weight_bytes(bn) == weight_bytes(fp) - linear * 2 + packed + inner_norms * 2
+
+
+def test_eval_and_task_versions_from_the_manifest(tmp_path):
+    manifest = {"recipe": {"layout": "bitnet_b158"}, "recipe_hash": "h", "invocations": [],
+                "eval": {"eval_version": 2, "by_tokenizer": {"tok": {"eval_version": 2, "tasks": {
+                    "lm_eval_version": "0.4.13", "task_versions": {"storycloze": 1.0, "winogrande": 1.0}}}}}}
+    d = _run_dir(tmp_path, [row("fp16", "fp16", "none", 16, 16, 15.0, T3)], manifest=json.dumps(manifest))
+    render(d)
+    note = "- Evaluation protocol v2; lm-eval 0.4.13; task versions: "
+    assert note + "winogrande 1.0, storycloze 1.0." in (d / "table.md").read_text(encoding="utf-8")
+    assert note + "winogrande 1.0." in (d / "paper_table.md").read_text(encoding="utf-8")  # b1.58 shows no SC
+
