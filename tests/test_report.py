@@ -201,3 +201,13 @@ def test_eval_and_task_versions_from_the_manifest(tmp_path):
     assert note + "winogrande 1.0, storycloze 1.0." in (d / "table.md").read_text(encoding="utf-8")
     assert note + "winogrande 1.0." in (d / "paper_table.md").read_text(encoding="utf-8")  # b1.58 shows no SC
 
+
+
+def test_ppl_column_mixing_protocols_says_so(tmp_path):
+    short = row("b1", "bitnet_b1", "none", 1, 8, None, T3)
+    short["metrics"]["ppl_gptq/wikitext2/seq128/first64win"] = 30.0
+    d = _run_dir(tmp_path, [row("fp16", "fp16", "none", 16, 16, 15.0, T3), short], layout="bitnet_table3")
+    render(d)
+    paper = (d / "paper_table.md").read_text(encoding="utf-8")
+    assert "mix protocols: `ppl_gptq/wikitext2/seq128` (1 rows), `ppl_gptq/wikitext2/seq128/first64win` (1 rows)" in paper
+    assert "mix protocols" not in (d / "table.md").read_text(encoding="utf-8")  # there each protocol is a column
