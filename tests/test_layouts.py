@@ -5,7 +5,6 @@ from __future__ import annotations
 import ast
 import csv
 import hashlib
-import json
 import shutil
 import subprocess
 import sys
@@ -13,6 +12,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from report_rows import row, run_dir
 
 from ptq_bench.eval.harness import PAPER_TASKS, TASKS
 from ptq_bench.report import render
@@ -55,32 +55,17 @@ def test_no_branch_on_a_layout_name_anywhere():
     assert offenders == []
 
 
-def _rows() -> list[dict]:
-    metrics = {f"lm_eval/{t}/0shot/{m}": 0.25 + 0.01 * i for i, t in enumerate(PAPER_TASKS) for m in ("acc", "acc_norm")}
-    proto = {"num_fewshot": 0, "limit": 10, "backend": "fast", "ppl": {"seq_len": 128, "max_windows": None}}
-    out = []
-    for model, kind, method, w, a, ppl in [("fp16", "fp16", "none", 16, 16, 20.0), ("b158", "bitnet_b158", "none", 1.58, 8, 25.0),
-                                           ("b1", "bitnet_b1", "none", 1, 8, 30.0), ("fp16", "fp16", "gptq", 4, 16, 22.0),
-                                           ("fp16", "fp16", "absmax", 1, 8, float("inf"))]:
-        out.append({"model": model, "model_kind": kind, "method": method, "w_bits": w, "a_bits": a, "protocol": proto,
-                    "metrics": {"ppl_gptq/wikitext2/seq128": ppl, **metrics}, "n_params": 1e6 * (2 if kind == "fp16" else 1),
-                    "weight_bytes": 4e6 if kind == "fp16" else 5e5, "recipe": "synthetic",
-                    "quant": {"effective_bits": w + 0.07, "seconds": 0.1} if method != "none" else {}})
-    return out
-
-
 def _synthetic_run(tmp_path: Path, layout: str) -> Path:
-    d = tmp_path / layout
-    (d / "curves").mkdir(parents=True)
-    rows = _rows()
-    (d / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
-    (d / "manifest.json").write_text(json.dumps({"recipe": {"layout": layout}, "recipe_hash": "h",
-                                                 "invocations": [{"hardware": {"cpu_count": 2}, "wall_s": 60}]}))
-    for r in (r for r in rows if r["method"] == "none"):
-        curve = [{"step": s, "tokens": 512 * s, "loss": 9.0 - s} for s in range(1, 5)]
-        (d / "curves" / f"{r['model']}.json").write_text(json.dumps(
-            {"model": r["model"], "kind": r["model_kind"], "diverged": False, "schedule": {"lr": 1e-3}, "curve": curve}))
-    return d
+    accs = [(t, m, 0.25 + 0.01 * i) for i, t in enumerate(PAPER_TASKS) for m in ("acc", "acc_norm")]
+    rows = [row("fp16", "fp16", "none", 16, 16, 20.0, accs, n_params=2_000_000, wbytes=4_000_000),
+            row("b158", "bitnet_b158", "none", 1.58, 8, 25.0, accs, wbytes=500_000),
+            row("b1", "bitnet_b1", "none", 1, 8, 30.0, accs, wbytes=400_000),
+            row("fp16", "fp16", "gptq", 4, 16, 22.0, accs, quant={"effective_bits": 4.07, "seconds": 0.1}),
+            row("fp16", "fp16", "absmax", 1, 8, float("inf"), accs, quant={"effective_bits": 1.07, "seconds": 0.1})]
+    curves = [{"model": r["model"], "kind": r["model_kind"], "diverged": False, "schedule": {"lr": 1e-3},
+               "curve": [{"step": s, "tokens": 512 * s, "loss": 9.0 - s} for s in range(1, 5)]}
+              for r in rows if r["method"] == "none"]
+    return run_dir(tmp_path, rows, layout, curves=curves)
 
 
 def _md_header(path: Path) -> list[str]:

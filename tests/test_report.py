@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import csv
-import io
 import json
 import math
 from pathlib import Path
 
 import pytest
+from report_rows import row, run_dir
 
 from ptq_bench.models.build import ArchConfig, build_model, weight_bytes
 from ptq_bench.report import plots as plots_mod
@@ -20,14 +20,6 @@ from ptq_bench.report.run import RunData
 from ptq_bench.report.tables import generic_table
 
 NAN, INF = float("nan"), float("inf")
-
-
-def row(model, kind, method, w, a, ppl, accs, n_params=1_000_000, wbytes=2_000_000, **extra):
-    metrics = {"ppl_gptq/wikitext2/seq128": ppl}
-    for task, metric, v in accs:
-        metrics[f"lm_eval/{task}/0shot/{metric}"] = v
-    return {"model": model, "model_kind": kind, "method": method, "w_bits": w, "a_bits": a, "metrics": metrics,
-            "protocol": {"num_fewshot": 0}, "n_params": n_params, "weight_bytes": wbytes, **extra}
 
 
 def run_of(rows, curves=None):
@@ -52,8 +44,8 @@ def test_table3_layout_rows_columns_and_paper_numbers():
 
 def test_b158_table_sorted_by_size_with_memory():
     accs = [("arc_easy", "acc_norm", 0.5), ("winogrande", "acc", 0.5)]
-    rows = [row("l", "fp16", "none", 16, 16, 10.0, accs, n_params=3e6, wbytes=6e6),
-            row("s", "bitnet_b158", "none", 1.58, 8, 12.0, accs, n_params=1e6, wbytes=0.5e6),
+    rows = [row("l", "fp16", "none", 16, 16, 10.0, accs, n_params=3_000_000, wbytes=6_000_000),
+            row("s", "bitnet_b158", "none", 1.58, 8, 12.0, accs, n_params=1_000_000, wbytes=500_000),
             row("s2", "fp16", "gptq", 4, 16, 11.0, accs)]
     df = b158_table(run_of(rows), LAYOUTS["bitnet_b158"])
     assert list(df["Model"]) == ["BitNet b1.58", "LLaMA"] and list(df["Mem (MB)"]) == [0.5, 6.0]
@@ -71,13 +63,8 @@ def test_cells_keep_not_measured_nan_and_signed_inf_apart(value, md, tex, csv_):
     assert (md_cell(value), tex_cell(value), csv_cell(value)) == (md, tex, csv_)
 
 
-def _run_dir(tmp_path: Path, rows: list, layout: str | None = None, manifest: object = None) -> Path:
-    d = tmp_path / "run"
-    d.mkdir()
-    (d / "results.jsonl").write_text("".join(json.dumps(r, allow_nan=True) + "\n" for r in rows), encoding="utf-8")
-    manifest = manifest if manifest is not None else {"recipe": {"layout": layout}, "recipe_hash": "h", "invocations": []}
-    (d / "manifest.json").write_text(json.dumps(manifest) if not isinstance(manifest, str) else manifest, encoding="utf-8")
-    return d
+def _run_dir(tmp_path: Path, rows: list, layout: str | None = None, manifest: str | None = None) -> Path:
+    return run_dir(tmp_path, rows, layout, manifest)
 
 
 def _md_cells(text: str) -> list[dict[str, str]]:
@@ -139,41 +126,51 @@ def test_plots_mark_nonfinite_points_at_the_axis_edge(tmp_path, monkeypatch):
     assert len(edge) == 2 and all(ln.get_ydata()[0] == top for ln in edge)
 
 
-def test_damaged_and_partial_rows_still_render(tmp_path):
+def test_rows_lacking_values_still_render():
     rows = _nonfinite_rows()
     rows[1].pop("metrics")
     rows[2].pop("protocol")
     rows[3]["quant"] = {"effective_bits": 2.07, "seconds": 0.5}
-    d = _run_dir(tmp_path, rows, manifest="{not json")
-    with open(d / "results.jsonl", "a", encoding="utf-8") as fh:
-        fh.write("[1, 2]\n")  # valid JSON, not an object
+    cells = {r["W"]: r for r in generic_table(run_of(rows)).to_dict("records")}
+    assert len(cells) == 4 and cells["8"]["ppl_gptq/wikitext2/seq128"] is None  # no metrics: not measured
+    assert cells["4"]["ppl_gptq/wikitext2/seq128"] == INF  # no protocol: still its values
+    assert [cells[w]["eff_bits"] for w in ("16", "8", "4", "2")] == [None, None, None, 2.07]
+    t3 = table3(run_of(rows), LAYOUTS["bitnet_table3"]).to_dict("records")
+    assert {r["WBits"]: r["WGe"] for r in t3}["4"] == -INF  # accuracy found without the protocol's n-shot
+
+
+def test_damaged_lines_and_manifest_are_named_and_intact_rows_render(tmp_path):
+    rows = _nonfinite_rows()
+    broken = dict(rows[1])
+    broken.pop("metrics")
+    d = _run_dir(tmp_path, [rows[0], [1, 2], broken, rows[2], rows[3]], manifest="{not json")
     written = render(d)
-    assert {p.name for p in written} >= {"table.md", "table.csv"}
+    assert {p.name for p in written} == {"table.md", "table.csv", "ppl_vs_bits.png", "acc_vs_bits.png"}
     md = (d / "table.md").read_text(encoding="utf-8")
-    cells = _md_cells(md)
-    assert len(cells) == 4 and {c["W"] for c in cells} == {"16", "8", "4", "2"}
-    assert {c["W"]: c["ppl_gptq/wikitext2/seq128"] for c in cells}["8"] == "–"  # metrics missing: not measured
-    assert "1 line(s) of results.jsonl are not JSON objects" in md and "manifest.json unreadable" in md
-    with open(d / "table.csv", encoding="utf-8") as fh:
-        got = list(csv.DictReader(io.StringIO(fh.read())))
-    assert {r["W"]: r["eff_bits"] for r in got} == {"16": "", "8": "", "4": "", "2": "2.07"}
+    assert {c["W"] for c in _md_cells(md)} == {"16", "4", "2"}
+    assert "results.jsonl line 2 damaged (not a JSON object" in md
+    assert "results.jsonl line 3 damaged (missing key 'metrics')" in md
+    assert "manifest.json damaged" in md
 
 
 def test_version_fields_show_when_present(tmp_path):
     rows = _nonfinite_rows()
     rows[0]["method_version"] = 1
-    rows[1].update(method_version=2, eval_version="e3")
+    rows[1].update(method_version=2, eval_version=3)
     d = _run_dir(tmp_path, rows, layout="bitnet_table3")
     render(d)
     generic = {c["W"]: c for c in _md_cells((d / "table.md").read_text(encoding="utf-8"))}
-    assert (generic["16"]["method v"], generic["8"]["method v"], generic["8"]["eval v"]) == ("1", "2", "e3")
+    assert (generic["16"]["method v"], generic["8"]["method v"], generic["8"]["eval v"]) == ("1", "2", "3")
     assert generic["4"]["method v"] == "–"
     paper = {c["WBits"]: c for c in _md_cells((d / "paper_table.md").read_text(encoding="utf-8"))}
-    assert paper["8"]["method v"] == "2" and paper["8"]["eval v"] == "e3"
+    assert paper["8"]["method v"] == "2" and paper["8"]["eval v"] == "3"
     (tmp_path / "plain").mkdir()
     d2 = _run_dir(tmp_path / "plain", _nonfinite_rows())
     render(d2)
     assert "method v" not in (d2 / "table.md").read_text(encoding="utf-8")
+    plain = _nonfinite_rows()
+    plain[0].update(method_version=None, eval_version=None)  # the store's dicts carry the keys, valued None
+    assert "method v" not in generic_table(run_of(plain)).columns
 
 
 def test_task_notes_name_the_shown_tasks_only(tmp_path):
@@ -192,3 +189,25 @@ def test_weight_bytes_counts_bitnet_weights_packed():
     inner_norms = sum(p.numel() for n, p in bn.named_parameters() if ".rms_norm." in n)  # BitLinear's own RMSNorm
     packed = linear // 4 + 2 * 7 * 2  # 2 bits per weight + one 16-bit scale per BitLinear
     assert weight_bytes(bn) == weight_bytes(fp) - linear * 2 + packed + inner_norms * 2
+
+
+def test_eval_and_task_versions_from_the_manifest(tmp_path):
+    manifest = {"recipe": {"layout": "bitnet_b158"}, "recipe_hash": "h", "invocations": [],
+                "eval": {"eval_version": 2, "by_tokenizer": {"tok": {"eval_version": 2, "tasks": {
+                    "lm_eval_version": "0.4.13", "task_versions": {"storycloze": 1.0, "winogrande": 1.0}}}}}}
+    d = _run_dir(tmp_path, [row("fp16", "fp16", "none", 16, 16, 15.0, T3)], manifest=json.dumps(manifest))
+    render(d)
+    note = "- Evaluation protocol v2; lm-eval 0.4.13; task versions: "
+    assert note + "winogrande 1.0, storycloze 1.0." in (d / "table.md").read_text(encoding="utf-8")
+    assert note + "winogrande 1.0." in (d / "paper_table.md").read_text(encoding="utf-8")  # b1.58 shows no SC
+
+
+
+def test_ppl_column_mixing_protocols_says_so(tmp_path):
+    short = row("b1", "bitnet_b1", "none", 1, 8, None, T3)
+    short["metrics"]["ppl_gptq/wikitext2/seq128/first64win"] = 30.0
+    d = _run_dir(tmp_path, [row("fp16", "fp16", "none", 16, 16, 15.0, T3), short], layout="bitnet_table3")
+    render(d)
+    paper = (d / "paper_table.md").read_text(encoding="utf-8")
+    assert "mix protocols: `ppl_gptq/wikitext2/seq128` (1 rows), `ppl_gptq/wikitext2/seq128/first64win` (1 rows)" in paper
+    assert "mix protocols" not in (d / "table.md").read_text(encoding="utf-8")  # there each protocol is a column

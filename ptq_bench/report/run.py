@@ -1,8 +1,8 @@
 """What a report reads from a run folder, read leniently, and the accessors report/ uses on a row.
 
-A report renders every intact row: a row that is not a JSON object is skipped and counted, a damaged
-manifest or curve file is named in a note, and a row that lacks an optional field (metrics, quant,
-protocol, ...) still renders, its missing values shown as not measured.
+A report renders every intact row: each damaged line of results.jsonl (skipped by the store's lenient
+read) and a damaged manifest or curve file are named in the notes under the tables; a value a row does
+not carry (a task it did not run, an empty quant report, ...) is shown as not measured.
 """
 
 from __future__ import annotations
@@ -12,10 +12,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ptq_bench.errors import PtqBenchError
-
 # row fields that say which version of a method / of the evaluation produced the row -> column label
 VERSION_FIELDS = {"method_version": "method v", "eval_version": "eval v"}
+_SHOWN = 5  # damaged lines named one by one in a table's notes
 
 
 @dataclass
@@ -38,22 +37,16 @@ class RunData:
 
 
 def load_run(run_dir: Path) -> RunData:
-    from ptq_bench.results import load_manifest, read_rows
+    from ptq_bench.results import MANIFEST, load_manifest, read_rows, scan_rows
 
-    run = RunData(Path(run_dir), [])
-    raw = read_rows(run.run_dir)
-    run.rows = [r for r in raw if isinstance(r, dict)]
-    if len(run.rows) < len(raw):
-        run.damage.append(f"- {len(raw) - len(run.rows)} line(s) of results.jsonl are not JSON objects: skipped.")
-    try:
-        manifest = load_manifest(run.run_dir)
-    except (PtqBenchError, ValueError, OSError) as exc:
-        manifest = None
-        run.damage.append(f"- manifest.json unreadable ({type(exc).__name__}): no layout or provenance.")
-    if manifest is not None and not isinstance(manifest, dict):
-        manifest = None
-        run.damage.append("- manifest.json is not a JSON object: no layout or provenance.")
-    run.manifest = manifest
+    run = RunData(Path(run_dir), read_rows(run_dir))  # lenient: damaged lines skipped, superseded rows dropped
+    damaged = [(i, problem) for i, row, problem in scan_rows(run.run_dir) if row is None]
+    run.damage += [f"- results.jsonl line {i} damaged ({problem}): skipped." for i, problem in damaged[:_SHOWN]]
+    if len(damaged) > _SHOWN:
+        run.damage.append(f"- … and {len(damaged) - _SHOWN} more damaged line(s) of results.jsonl: skipped.")
+    run.manifest = load_manifest(run.run_dir)  # lenient: None when damaged
+    if run.manifest is None and (run.run_dir / MANIFEST).is_file():
+        run.damage.append(f"- {MANIFEST} damaged: rendered without its layout and provenance.")
     for f in sorted((run.run_dir / "curves").glob("*.json")):
         try:
             curve = json.loads(f.read_text(encoding="utf-8"))
@@ -106,5 +99,6 @@ def mean(values: list[float | None]) -> float | None:
 
 
 def versions(row: dict[str, Any], rows: list[dict[str, Any]]) -> dict[str, Any]:
-    """The version columns, present only when some row of the run carries a version field."""
-    return {label: row.get(key) for key, label in VERSION_FIELDS.items() if any(key in r for r in rows)}
+    """The version columns, present only when some row of the run carries a version (old rows carry none)."""
+    return {label: row.get(key) for key, label in VERSION_FIELDS.items()
+            if any(r.get(key) is not None for r in rows)}

@@ -115,6 +115,20 @@ def provenance(manifest: dict[str, Any]) -> str:
             f"invocation(s); recipe hash {manifest.get('recipe_hash')}, git {inv[-1].get('git')}.")
 
 
+def eval_note(manifest: dict[str, Any], tasks: list[str]) -> list[str]:
+    """The evaluation protocol version, lm-eval's version and the shown tasks' versions, from the manifest."""
+    ev = manifest.get("eval")
+    if not isinstance(ev, dict):
+        return []
+    suites = [p["tasks"] for p in (ev.get("by_tokenizer") or {}).values()
+              if isinstance(p, dict) and isinstance(p.get("tasks"), dict)]
+    versions = {t: v for suite in suites for t, v in (suite.get("task_versions") or {}).items()}
+    lm_eval = next((suite.get("lm_eval_version") for suite in suites), None)
+    shown = ", ".join(f"{t} {versions[t]}" for t in tasks if t in versions)
+    return [f"- Evaluation protocol v{ev.get('eval_version')}" + (f"; lm-eval {lm_eval}" if lm_eval else "")
+            + (f"; task versions: {shown}" if shown else "") + "."]
+
+
 def ppl_note(rows: list[dict[str, Any]]) -> list[str]:
     """A `PPL` column whose rows were measured under different protocols says so."""
     keys = Counter(k for k in map(ppl_key, rows) if k)
@@ -129,6 +143,8 @@ def notes(run: RunData, layout: Layout, df: pd.DataFrame) -> list[str]:
     lines = [*protocol_notes(run.rows), *task_notes(shown_tasks(run, layout)), *untrained_notes(run.rows)]
     if "PPL" in df.columns:
         lines += ppl_note(run.rows)
+    if run.manifest:
+        lines += eval_note(run.manifest, shown_tasks(run, layout))
     if run.manifest and run.manifest.get("invocations"):
         lines.append(provenance(run.manifest))
     return lines + run.damage
