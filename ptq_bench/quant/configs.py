@@ -88,14 +88,15 @@ class QuIPConfig:
 class MethodEntry:
     config: type  # the method's frozen config dataclass
     needs_calibration: bool  # the solver reads calibration windows
+    display: str  # name in tables and plots
 
 
 # method name -> entry; the registry (quant/registry.py) registers each solver with the same config
 CATALOG: dict[str, MethodEntry] = {
-    "absmax": MethodEntry(AbsmaxConfig, needs_calibration=False),
-    "smoothquant": MethodEntry(SmoothQuantConfig, needs_calibration=True),
-    "gptq": MethodEntry(GPTQConfig, needs_calibration=True),
-    "quip": MethodEntry(QuIPConfig, needs_calibration=True),
+    "absmax": MethodEntry(AbsmaxConfig, needs_calibration=False, display="Absmax"),
+    "smoothquant": MethodEntry(SmoothQuantConfig, needs_calibration=True, display="SmoothQuant"),
+    "gptq": MethodEntry(GPTQConfig, needs_calibration=True, display="GPTQ"),
+    "quip": MethodEntry(QuIPConfig, needs_calibration=True, display="QuIP"),
 }
 
 

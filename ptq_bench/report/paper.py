@@ -10,8 +10,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from ptq_bench.kinds import DISPLAY_NAMES
+from ptq_bench.quant.configs import CATALOG
 from ptq_bench.report.fmt import bits, frame
-from ptq_bench.report.layouts import LAYOUTS  # also recipe.py's import, until it reads layouts.LAYOUT_NAMES
+from ptq_bench.report.layouts import LAYOUTS
 from ptq_bench.report.run import RunData, mean, ppl, task_metric, versions
 
 if TYPE_CHECKING:
@@ -42,8 +44,7 @@ PAPER_B158: dict[tuple[str, str], tuple[float, ...]] = {
     ("LLaMA", "3B"): (7.89, 10.04, 62.1, 25.6, 43.3, 61.8, 24.6, 72.1, 58.2, 49.7),
     ("BitNet b1.58", "3B"): (2.22, 9.91, 61.4, 28.3, 42.9, 61.5, 26.6, 71.5, 59.3, 50.2),
 }
-METHOD_NAMES = {"absmax": "Absmax", "smoothquant": "SmoothQuant", "gptq": "GPTQ", "quip": "QuIP"}
-KIND_NAMES = {"fp16": "FP16", "bitnet_b158": "BitNet b1.58", "bitnet_b1": "BitNet b1"}
+METHOD_NAMES = {name: entry.display for name, entry in CATALOG.items()}  # display names, from the method catalog
 
 
 def labels(layout: Layout) -> list[str]:
@@ -61,7 +62,7 @@ def _accuracies(row: dict[str, Any], layout: Layout) -> dict[str, Any]:
 
 def _table3_method(row: dict[str, Any]) -> str:
     if row.get("method") == "none":
-        return KIND_NAMES.get(row.get("model_kind"), str(row.get("model")))
+        return DISPLAY_NAMES.get(row.get("model_kind"), str(row.get("model")))
     return METHOD_NAMES.get(row.get("method"), str(row.get("method")))
 
 
@@ -91,7 +92,7 @@ def b158_table(run: RunData, layout: Layout) -> pd.DataFrame:
         kind = row.get("model_kind")
         size = row.get("n_params")
         wbytes = row.get("weight_bytes")
-        rec: dict[str, Any] = {"Model": "LLaMA" if kind == "fp16" else KIND_NAMES.get(kind, str(row.get("model"))),
+        rec: dict[str, Any] = {"Model": "LLaMA" if kind == "fp16" else DISPLAY_NAMES.get(kind, str(row.get("model"))),
                                "Size": f"{size / 1e6:.1f}M" if size else row.get("model"),
                                "Mem (MB)": wbytes / 1e6 if wbytes is not None else None, "PPL": ppl(row),
                                **_accuracies(row, layout), **versions(row, rows)}
@@ -107,7 +108,7 @@ def stability_table(run: RunData, layout: Layout) -> pd.DataFrame:
     for row in rows:
         c = run.curves[row["model"]]
         last = c["curve"][-1] if c.get("curve") else {}
-        rec = {"Model": KIND_NAMES.get(row.get("model_kind"), str(row.get("model_kind"))),
+        rec = {"Model": DISPLAY_NAMES.get(row.get("model_kind"), str(row.get("model_kind"))),
                "peak LR": (c.get("schedule") or {}).get("lr"), "final loss": last.get("loss"),
                "diverged": f"yes (step {last.get('step')})" if c.get("diverged") else "no",
                "PPL": ppl(row), **versions(row, rows)}
