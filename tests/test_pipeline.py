@@ -1,46 +1,35 @@
-"""End to end on the smoke recipe: run, resume, kill -9, report."""
+"""End to end on the smoke recipe: run, resume, kill -9 at each stage, report."""
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-import yaml
+from smoke_ref import ROOT, Ref, cli, reference, workspace
 
-from ptq_bench.results import read_rows
-
-ROOT = Path(__file__).resolve().parents[1]
-SMOKE = ROOT / "recipes" / "smoke.yaml"
+from ptq_bench.results import load_rows, read_rows
 
 
-def cli(*args: str, **kw) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "ptq_bench.cli", *args], capture_output=True, text=True,
-                          cwd=kw.pop("cwd", ROOT), **kw)
+@pytest.fixture(scope="session")
+def ref(tmp_path_factory) -> Ref:
+    return reference(tmp_path_factory.getbasetemp())
 
 
-@pytest.fixture(scope="module")
-def smoke_run(tmp_path_factory) -> tuple[Path, Path, float]:
-    work = tmp_path_factory.mktemp("smoke")
-    raw = yaml.safe_load(SMOKE.read_text())
-    raw["output_dir"] = str(work / "out")
-    raw["cache_dir"] = str(work / "cache")
-    recipe = work / "smoke.yaml"
-    recipe.write_text(yaml.safe_dump(raw))
-    t0 = time.perf_counter()
-    proc = cli("run", str(recipe))
-    wall = time.perf_counter() - t0
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return recipe, work / "out", wall
+@pytest.fixture
+def smoke_run(ref) -> tuple[Path, Path]:
+    return ref.recipe, ref.out
 
 
 def test_smoke_pipeline_runs_and_reports(smoke_run):
-    recipe, out, _ = smoke_run
+    recipe, out = smoke_run
     rows = read_rows(out)
     labels = {(r["model"], r["label"]) for r in rows}
     assert {("fp16", "none"), ("bitnet_b158", "none"), ("bitnet_b1", "none")} <= labels
@@ -56,10 +45,15 @@ def test_smoke_pipeline_runs_and_reports(smoke_run):
         assert key in manifest
     assert manifest["invocations"][-1]["versions"]["torch"]
     assert (out / "curves" / "bitnet_b158.json").is_file()
+    assert {r["recipe_hash"] for r in rows} == {manifest["recipe_hash"]}
+    assert {r["eval_version"] for r in rows} == {manifest["eval"]["eval_version"]}
+    assert {r["method_version"] for r in rows if r["method"] == "absmax"} == {1}
+    (prov,) = manifest["eval"]["by_tokenizer"].values()
+    assert set(prov["tasks"]["task_versions"]) == {"hellaswag", "arc_easy", "piqa", "winogrande"}
 
 
 def test_rerun_skips_finished_cells(smoke_run):
-    recipe, out, _ = smoke_run
+    recipe, out = smoke_run
     before = len(read_rows(out))
     proc = cli("run", str(recipe))
     assert proc.returncode == 0, proc.stderr[-2000:]
@@ -67,32 +61,53 @@ def test_rerun_skips_finished_cells(smoke_run):
     assert len(read_rows(out)) == before
 
 
-def test_kill_9_loses_at_most_the_cell_in_flight(smoke_run, tmp_path):
-    recipe, first_out, _ = smoke_run
-    raw = yaml.safe_load(recipe.read_text())
-    raw["output_dir"] = str(tmp_path / "out")  # same cache: models are already trained
-    killed = tmp_path / "r.yaml"
-    killed.write_text(yaml.safe_dump(raw))
-    proc = subprocess.Popen([sys.executable, "-m", "ptq_bench.cli", "run", str(killed)], cwd=ROOT,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 120
-    while time.time() < deadline and len(read_rows(tmp_path / "out")) < 2:
-        time.sleep(0.2)
+def _tmp_model_folder(cache: Path) -> bool:
+    return any(p.is_dir() for p in (cache / "models").glob(".tmp-*"))
+
+
+# (stage, when to kill: predicate over (log text, results folder, cache folder), extra delay in s)
+KILL_POINTS: list[tuple[str, Callable[[str, Path, Path], bool], float]] = [
+    ("tokenizer training", lambda log, out, cache: "BPE tokenizer" in log, 1.0),
+    ("model training", lambda log, out, cache: "training 'bitnet_b1'" in log, 1.0),
+    ("model saving", lambda log, out, cache: _tmp_model_folder(cache), 0.0),
+    ("between cells", lambda log, out, cache: len(load_rows(out)) >= 2, 0.0),
+    ("during a cell", lambda log, out, cache: len(load_rows(out)) >= 4, 0.3),
+]
+
+
+def _kill_when(recipe: Path, out: Path, cache: Path, stage: str, when: Callable, delay: float, log: Path) -> None:
+    """Start a run and kill -9 it once `when` holds (the run must not have finished by then)."""
+    with open(log, "w") as fh:
+        proc = subprocess.Popen([sys.executable, "-m", "ptq_bench.cli", "run", str(recipe)], cwd=ROOT,
+                                stdout=fh, stderr=subprocess.STDOUT)
+    deadline = time.time() + 600
+    while not when(log.read_text(errors="replace"), out, cache):
+        assert proc.poll() is None, f"the run ended before '{stage}': {log.read_text()[-1500:]}"
+        assert time.time() < deadline, f"'{stage}' not reached in 600 s"
+        time.sleep(0.005)
+    time.sleep(delay)
+    assert proc.poll() is None, f"the run ended during '{stage}'"
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
-    kept = read_rows(tmp_path / "out")
-    assert len(kept) >= 2
-    total = len(read_rows(first_out))
-    assert len(kept) < total, "the run finished before it could be killed"
-    resumed = cli("run", str(killed))
-    assert resumed.returncode == 0, resumed.stderr[-2000:]
-    assert f"{len(kept)} already done" in resumed.stdout
-    rows = read_rows(tmp_path / "out")
-    assert len(rows) == total and len({r["cell_id"] for r in rows}) == total
+
+
+@pytest.mark.slow
+def test_kill_9_at_each_stage_resumes_with_identical_rows(ref, tmp_path):
+    """A fresh cache and folder; kill -9 during tokenizer training, model training, model saving,
+    between cells and during a cell; then a run to the end gives the reference rows, once each."""
+    recipe, out, cache = workspace(ref, tmp_path)
+    shutil.rmtree(cache)
+    for i, (stage, when, delay) in enumerate(KILL_POINTS):
+        _kill_when(recipe, out, cache, stage, when, delay, tmp_path / f"kill{i}.log")
+    final = cli("run", str(recipe))
+    assert final.returncode == 0, final.stderr[-2000:]
+    rows = load_rows(out, strict=True)
+    assert len(rows) == len(ref.rows) and len({r.cell_id for r in rows}) == len(rows)
+    assert {(r.model, r.label): r.metrics for r in rows} == ref.metrics()
 
 
 def test_report_command_and_missing_folder(smoke_run, tmp_path):
-    _, out, _ = smoke_run
+    _, out = smoke_run
     (out / "table.md").unlink()
     proc = cli("report", str(out))
     assert proc.returncode == 0 and (out / "table.md").is_file()
@@ -100,12 +115,8 @@ def test_report_command_and_missing_folder(smoke_run, tmp_path):
     assert bad.returncode == 2 and "no results found" in bad.stderr
 
 
-def test_other_recipe_in_same_folder_is_refused(smoke_run, tmp_path):
-    recipe, out, _ = smoke_run
-    raw = yaml.safe_load(recipe.read_text())
-    raw["seed"] = 1
-    other = tmp_path / "other.yaml"
-    other.write_text(yaml.safe_dump(raw))
+def test_other_recipe_in_same_folder_is_refused(ref, tmp_path):
+    other, out, _ = workspace(ref, tmp_path, copy_out=True, seed=1)
     before = (out / "results.jsonl").read_bytes()
     proc = cli("run", str(other))
     assert proc.returncode == 2 and "another recipe" in proc.stderr
