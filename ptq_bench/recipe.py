@@ -109,7 +109,7 @@ class QuantSpec:
 
 # Recipe fields that change no result (names, where files go, free text, report layout, device choice):
 # left out of Recipe.digest, so editing them keeps a run folder valid.
-NOT_IN_DIGEST = ("name", "output_dir", "cache_dir", "description", "device", "layout")
+NOT_IN_DIGEST = ("name", "output_dir", "cache_dir", "data_dir", "description", "device", "layout")
 
 
 @dataclass(frozen=True)

@@ -146,10 +146,13 @@ def _checked_family(model_type: Any, key: str, where: Path | str) -> str:
 
 
 def _kind_of(config: dict, key: str, where: Path | str) -> str:
-    """fp16 for a plain config, bitnet_hf for quant_method bitnet; other quantized formats are refused."""
+    """fp16 for a plain config; bitnet_hf for quant_method bitnet or a BitNet family (transformers'
+    BitNetForCausalLM quantizes on every call); other quantized formats are refused."""
+    from ptq_bench.families import get_family
+
     qcfg = config.get("quantization_config")
     if qcfg is None:
-        return "fp16"
+        return "bitnet_hf" if get_family(str(config.get("model_type"))).low_bit else "fp16"
     method = qcfg.get("quant_method") if isinstance(qcfg, dict) else None
     if method != "bitnet":
         raise RecipeError(f"{key}: {where} has quantization_config quant_method {method!r}; only plain and "

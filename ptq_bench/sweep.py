@@ -35,7 +35,7 @@ from ptq_bench.data import (
 from ptq_bench.errors import PtqBenchError
 from ptq_bench.eval.evaluator import EVAL_VERSION, Evaluator
 from ptq_bench.kinds import NATIVE_BITS  # nominal (weight, activation) bits of unquantized models
-from ptq_bench.recipe import Cell, Recipe, expand_cells, model_arch, to_dict
+from ptq_bench.recipe import Cell, Recipe, expand_cells, model_arch, source_info, to_dict
 from ptq_bench.results import Row, append_row, close_run, open_run, run_lock, write_manifest
 from ptq_bench.tokens import cached_array, calibration_windows, encode_stream
 
@@ -89,8 +89,8 @@ def get_tokenizer(ctx: Context) -> tuple[Any, str]:
 
 def model_key(ctx: Context, name: str, tok_key: str) -> str:
     spec = ctx.recipe.models[name]
-    if spec.source is not None:
-        return _hash({"source": spec.source})
+    if spec.source is not None:  # the checkpoint's content, not only its path
+        return _hash(source_info(ctx.recipe, name).cache_key())
     from ptq_bench.models.train import make_schedule
 
     r = ctx.recipe
@@ -108,6 +108,20 @@ def from_source(name: str, source: str, load: Any, *args: Any) -> Any:
         raise PtqBenchError(f"models.{name}.source: cannot load {source} ({type(exc).__name__}: {msg})") from None
 
 
+def get_source_model(ctx: Context, name: str) -> tuple[Any, Any, str, dict]:
+    """(model on the device, its tokenizer, kind, info) of a `source:` model; kind and native bits come
+    from what the checkpoint is (sources.py), a GGUF is converted once into the cache."""
+    from ptq_bench.sources import load_source
+
+    spec, info = ctx.recipe.models[name], source_info(ctx.recipe, name)
+    log(f"loading model '{name}' from {spec.source}" + (f" ({info.note})" if info.note else ""))
+    model, tok, kind = from_source(name, spec.source, lambda _s: load_source(info, ctx.device,
+                                                                                cache_dir=ctx.cache / "sources"))
+    if tok is None:
+        raise PtqBenchError(f"models.{name}.source: {spec.source} holds no tokenizer (tokenizer.json or GGUF vocab)")
+    return model, tok, kind, {"source": spec.source, "content_hash": info.content_hash, "note": info.note}
+
+
 def get_model(
     ctx: Context, name: str, tok_key: str, tokenizer: Any, stream: Any, untrained_ppl: Any = None
 ) -> tuple[Any, str, dict]:
@@ -119,10 +133,6 @@ def get_model(
     from ptq_bench.models.build import load_model
 
     spec = ctx.recipe.models[name]
-    if spec.source is not None:
-        log(f"loading model '{name}' from {spec.source}")
-        model, kind = from_source(name, spec.source, load_model, ctx.device)
-        return model, kind, {"source": spec.source}
     path = ctx.cache / "models" / f"{spec.kind}-{model_key(ctx, name, tok_key)}"
     ensure(path, lambda tmp: _train_into(tmp, ctx, name, tokenizer, stream, untrained_ppl), f"model '{name}'")
     model, kind = load_model(path / "model", device=ctx.device)
@@ -260,7 +270,8 @@ def prepare(recipe: Recipe, recipe_text: str) -> Sweep:
     check_sources(recipe, manifest)
     write_manifest(out, manifest)
     torch.manual_seed(recipe.seed)
-    tokenizer, tok_key = get_tokenizer(ctx)
+    trains = any(spec.source is None for spec in recipe.models.values())  # all from `source:`: no BPE to train
+    tokenizer, tok_key = get_tokenizer(ctx) if trains else (None, "")
     keys = {name: model_key(ctx, name, tok_key) for name in recipe.models}
     done = {row.cell_id for row in rows}
     todo = [c for c in cells if cell_id(c, keys[c.model]) not in done]
@@ -290,14 +301,14 @@ def run_model(sw: Sweep, name: str) -> None:
     mine = [c for c in sw.todo if c.model == name]
     if not mine:
         return
-    spec = sw.ctx.recipe.models[name]
-    m_tok, m_tok_key = sw.tokenizer, sw.tok_key
-    if spec.source is not None:
-        from ptq_bench.tokenizer import load_tokenizer
-
-        m_tok, m_tok_key = from_source(name, spec.source, load_tokenizer), sw.keys[name]
-    evaluate = evaluator(sw, m_tok, m_tok_key)
-    model, kind, info = get_model(sw.ctx, name, sw.tok_key, sw.tokenizer, sw.stream, evaluate.perplexity)
+    if sw.ctx.recipe.models[name].source is not None:
+        model, m_tok, kind, info = get_source_model(sw.ctx, name)
+        m_tok_key = sw.keys[name]
+        evaluate = evaluator(sw, m_tok, m_tok_key)
+    else:
+        m_tok, m_tok_key = sw.tokenizer, sw.tok_key
+        evaluate = evaluator(sw, m_tok, m_tok_key)
+        model, kind, info = get_model(sw.ctx, name, sw.tok_key, sw.tokenizer, sw.stream, evaluate.perplexity)
     _save_curve(sw.out, name, kind, info)
     size = {"n_params": sum(p.numel() for p in model.parameters()), "weight_bytes": weight_bytes(model)}
     for cell in mine:
@@ -306,6 +317,7 @@ def run_model(sw: Sweep, name: str) -> None:
         t_eval = time.perf_counter()
         metrics = evaluate(target)
         row = make_row(sw, cell, kind, info, size, metrics, quant, time.perf_counter() - t_eval)
+        row.protocol["path"] = evaluate.suite.last_path if evaluate.suite is not None else None  # FastLM path taken
         append_row(sw.out, row)
         sw.ran += 1
         sw.bar.update(1)

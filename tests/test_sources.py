@@ -113,8 +113,10 @@ def tiny_gguf(tmp_path_factory):
 @pytest.mark.parametrize("model_type", sorted(FAMILY_CONFIGS))
 def test_hf_checkpoint_of_every_family(model_type, tmp_path):
     info = inspect_source(str(save_tiny(model_type, tmp_path / model_type)))
-    assert (info.form, info.model_type, info.kind, info.native_bits) == ("hf_dir", model_type, "fp16", (16, 16))
-    assert info.context_length == 256 and not info.low_bit and not info.has_tokenizer
+    # transformers' BitNetForCausalLM ternarizes weights and 8-bit activations on every call: W1.58A8
+    kind, bits = ("bitnet_hf", (1.58, 8)) if model_type == "bitnet" else ("fp16", (16, 16))
+    assert (info.form, info.model_type, info.kind, info.native_bits) == ("hf_dir", model_type, kind, bits)
+    assert info.context_length == 256 and info.low_bit == (model_type == "bitnet") and not info.has_tokenizer
     assert len(info.content_hash) == 64
 
 

@@ -1,0 +1,97 @@
+"""`source:` models end to end: tiny checkpoints of other families through `ptq-bench run`.
+
+A recipe whose models all come from `source:` trains no tokenizer; the fast backend runs on a
+sliding-window family; each PTQ row differs from its baseline; the row's kind and native bits come
+from what the checkpoint is; a BitNet checkpoint is refused as a PTQ target at `validate`; the model
+key follows the checkpoint's content.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+from tiny_families import save_tiny
+
+from ptq_bench.cli import main
+from ptq_bench.results import load_rows
+
+
+@pytest.fixture(scope="module")
+def tokenizer_dir(tmp_path_factory, data_dir) -> Path:
+    from ptq_bench.data import train_documents
+    from ptq_bench.tokenizer import save_tokenizer, train_tokenizer
+
+    out = tmp_path_factory.mktemp("tok")
+    save_tokenizer(train_tokenizer(train_documents(data_dir), 384, 300_000), out)
+    return out
+
+
+def checkpoint(tmp_path: Path, model_type: str, tokenizer_dir: Path, seed: int = 0) -> Path:
+    import shutil
+
+    from transformers import AutoTokenizer
+
+    vocab = len(AutoTokenizer.from_pretrained(str(tokenizer_dir)))
+    folder = save_tiny(model_type, tmp_path / f"{model_type}-{seed}", vocab_size=vocab, seed=seed)
+    for f in tokenizer_dir.iterdir():
+        shutil.copy(f, folder / f.name)
+    return folder
+
+
+def recipe(tmp_path: Path, models: dict, quantize: list) -> Path:
+    r = {"name": "src", "output_dir": str(tmp_path / "out"), "cache_dir": str(tmp_path / "cache"), "models": models,
+         "calibration": {"n_samples": 4, "seq_len": 32}, "quantize": quantize,
+         "eval": {"perplexity": {"sets": ["wikitext2"], "seq_len": 32, "max_windows": 4},
+                  "tasks": ["hellaswag"], "limit": 4, "batch_size": 8}}
+    path = tmp_path / "r.yaml"
+    path.write_text(yaml.safe_dump(r))
+    return path
+
+
+@pytest.mark.parametrize("model_type", ["mistral", "gpt2"])
+def test_source_models_run_end_to_end(tmp_path, tokenizer_dir, model_type):
+    src = checkpoint(tmp_path, model_type, tokenizer_dir)
+    path = recipe(tmp_path, {"m": {"source": str(src)}},
+                  [{"method": "absmax", "w_bits": 2}, {"method": "gptq", "w_bits": 3, "group_size": 32}])
+    assert main(["run", str(path)]) == 0
+    rows = {r.label: r for r in load_rows(tmp_path / "out", strict=True)}
+    assert set(rows) == {"none", "absmax W2A16", "gptq W3A16"}
+    assert not (tmp_path / "cache" / "tokenizers").exists()  # every model from source: no BPE trained
+    base = rows["none"]
+    assert (base.model_kind, base.w_bits, base.a_bits) == ("fp16", 16, 16)
+    assert base.protocol["path"].startswith("fast:")
+    for label in ("absmax W2A16", "gptq W3A16"):
+        assert rows[label].quant["n_linears"] == (8 if model_type == "gpt2" else 14)
+        assert rows[label].metrics != base.metrics  # the PTQ row is not its baseline
+
+
+def test_bitnet_checkpoint_is_not_a_ptq_target(tmp_path, tokenizer_dir, capsys):
+    src = checkpoint(tmp_path, "bitnet", tokenizer_dir)
+    cfg = json.loads((src / "config.json").read_text())
+    assert cfg["model_type"] == "bitnet"
+    path = recipe(tmp_path, {"b": {"source": str(src)}}, [{"method": "absmax", "w_bits": 4, "models": ["b"]}])
+    capsys.readouterr()  # the fixture's save progress
+    assert main(["validate", str(path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "quantize[0].models" in err and "'b'" in err, err
+    assert not (tmp_path / "out").exists()
+
+
+def test_model_key_follows_checkpoint_content(tmp_path, tokenizer_dir):
+    from ptq_bench.recipe import load_recipe
+    from ptq_bench.sweep import Context, model_key
+
+    src = checkpoint(tmp_path, "llama", tokenizer_dir)
+    path = recipe(tmp_path, {"m": {"source": str(src)}}, [])
+
+    def key() -> str:
+        r = load_recipe(path)
+        return model_key(Context(r, Path("."), Path(r.cache_dir), "cpu", {}), "m", "")
+
+    before = key()
+    replacement = checkpoint(tmp_path, "llama", tokenizer_dir, seed=1)
+    (src / "model.safetensors").write_bytes((replacement / "model.safetensors").read_bytes())
+    assert key() != before  # same path, other weights: another model
