@@ -263,11 +263,9 @@ def _file_digest(path: Path) -> str:
     st = path.stat()
     cache_key = (str(path.resolve()), st.st_size, st.st_mtime_ns)
     if cache_key not in _FILE_DIGESTS:
-        h = hashlib.sha256()
-        with open(path, "rb") as fh:
-            for chunk in iter(lambda: fh.read(1 << 22), b""):
-                h.update(chunk)
-        _FILE_DIGESTS[cache_key] = h.hexdigest()
+        from ptq_bench.data import file_sha256
+
+        _FILE_DIGESTS[cache_key] = file_sha256(path)
     return _FILE_DIGESTS[cache_key]
 
 

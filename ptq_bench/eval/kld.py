@@ -40,6 +40,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from ptq_bench.data import file_sha256
 from ptq_bench.eval.perplexity import protocol_name, windows
 
 FORMAT_VERSION = 1
@@ -94,14 +95,6 @@ def _windows_sha(wins: torch.Tensor) -> str:
     return hashlib.sha256(wins.numpy().astype("<i8").tobytes()).hexdigest()
 
 
-def _file_sha(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 24), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 @torch.inference_mode()
 def build_reference(
     model: torch.nn.Module, token_ids: torch.Tensor, set_name: str, seqlen: int, max_windows: int | None = None,
@@ -150,7 +143,7 @@ def _write(ref: BaseReference, path: Path, tmp: Path, key: str) -> None:
     np.save(path.with_suffix(".top1.npy"), ref.top1)
     meta = {"format_version": FORMAT_VERSION, "key": key, "set": ref.set_name, "seqlen": ref.seqlen,
             "max_windows": ref.max_windows, "windows_sha256": _windows_sha(ref.windows), "nll": ref.nll,
-            "shape": list(ref.logprobs.shape), "sha256": _file_sha(path)}
+            "shape": list(ref.logprobs.shape), "sha256": file_sha256(path)}
     path.with_suffix(".json").write_text(json.dumps(meta, indent=2) + "\n")
     ref.logprobs = np.load(path, mmap_mode="r")
 
@@ -164,7 +157,7 @@ def open_reference(path: Path, wins: torch.Tensor, set_name: str, seqlen: int, m
     meta = json.loads(meta_file.read_text())
     want = {"format_version": FORMAT_VERSION, "key": key, "set": set_name, "seqlen": seqlen,
             "max_windows": max_windows, "windows_sha256": _windows_sha(wins)}
-    if any(meta.get(k) != v for k, v in want.items()) or _file_sha(path) != meta.get("sha256"):
+    if any(meta.get(k) != v for k, v in want.items()) or file_sha256(path) != meta.get("sha256"):
         return None
     return BaseReference(set_name, seqlen, max_windows, wins, np.load(path, mmap_mode="r"),
                          np.load(path.with_suffix(".top1.npy")), float(meta["nll"]))
