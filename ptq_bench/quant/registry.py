@@ -1,18 +1,20 @@
-"""Method name -> (config dataclass, apply function).
+"""Method name -> (config dataclass, apply function, version).
 
-A new method is one module in this package with a frozen config dataclass and one decorated function:
+A new method is two edits: its frozen config in `quant/configs.py` (light: validate reads it without
+torch) with a `CATALOG` entry, and one module in this package with a solver and one decorated function:
 
-    @dataclass(frozen=True)
-    class MyConfig:
-        w_bits: float = 4      # weight bits (1.58 = ternary)
-        a_bits: int = 16       # activation bits (16 = not quantized)
+    def my_solver(cfg: MyConfig) -> Solver:         # (linear, statistic) -> (w_hat (out, in), grid, loss)
+        ...
 
     @register("mine", MyConfig, needs_calibration=True)
-    def quantize_mine(model, cfg: MyConfig, calib: torch.Tensor | None) -> QuantReport: ...
+    def quantize_mine(model, cfg: MyConfig, calib: torch.Tensor | None) -> QuantReport:
+        return quantize_model(model, my_solver(cfg), cfg.a_bits, calib=calib, make_stat=hessian_stat)
 
-The apply function changes `model` in place (it always gets a fresh copy of the base model) and
-returns a QuantReport. `calib` is a (n_samples, seqlen) LongTensor of token ids, or None when the
-method does not need calibration. Every config must have `w_bits` and `a_bits` fields.
+`quant/apply.py:quantize_model` walks the family's linears (families.py), runs the block-by-block
+calibration, stores each solution, attaches activation quantization and builds the QuantReport. The
+apply function changes `model` in place (it always gets a fresh copy of the base model). `calib` is a
+(n_samples, seqlen) LongTensor of token ids, or None when the method does not need calibration. Every
+config has `w_bits` and `a_bits` fields. `version` is bumped whenever the method's numbers change.
 """
 
 from __future__ import annotations
