@@ -85,3 +85,24 @@ def test_two_seeds_give_two_rows_and_a_spread(tmp_path, tokenizer_dir):  # noqa:
     assert f"{ppl}_std" in csv[0].split(",")
     per_seed = (tmp_path / "out" / "table.csv").read_text().splitlines()
     assert "calib_seed" in per_seed[0] and sum(",gptq," in ln for ln in per_seed) == 2
+
+
+def test_plots_draw_seed_spread_as_min_max_bars(tmp_path, monkeypatch):
+    import matplotlib.axes
+    from report_rows import row, run_dir
+
+    from ptq_bench.report import render
+
+    rows = [row("m", "fp16", "none", 16, 16, 20.0, [])]
+    for seed, ppl in ((0, 30.0), (1, 34.0), (2, 32.0)):
+        r = row("m", "fp16", "gptq", 4, 16, ppl, [], quant={"effective_bits": 4.25, "seconds": 0.1})
+        r["metrics"]["kld/wikitext2/seq128/mean"] = ppl / 100
+        rows.append({**r, "calib_seed": seed})
+    bars = []
+    real = matplotlib.axes.Axes.errorbar
+    monkeypatch.setattr(matplotlib.axes.Axes, "errorbar",
+                        lambda self, x, y, yerr=None, **kw: bars.append((x, y, yerr)) or real(self, x, y, yerr=yerr, **kw))
+    render(run_dir(tmp_path, rows))
+    assert ([4.0], [32.0], [[2.0], [2.0]]) in bars  # ppl_vs_bits: mean 32, min 30, max 34
+    assert any(x == [4.25] and y[0] == pytest.approx(0.32) for x, y, _ in bars)  # kld_vs_bits at eff. bits
+    assert "| 3 |" in (tmp_path / "run" / "table_seeds.md").read_text()
