@@ -75,6 +75,12 @@ class ModelSpec:
 class CalibrationSpec:
     n_samples: int = bound(128, min=1, max=1 << 20)  # random windows of C4 training text (reference: 128)
     seq_len: int = bound(2048, min=1, max=1 << 22)  # tokens per window (reference: 2048)
+    # seeds of the calibration windows; every calibrated cell runs once per seed (None = [recipe.seed])
+    seeds: list[int] | None = bound(None, min=0, max=SEED_MAX, unique=True)
+
+    def __post_init__(self) -> None:
+        if self.seeds is not None and not 1 <= len(self.seeds) <= MAX_SETTINGS:
+            raise ValueError(f"seeds must list 1 to {MAX_SETTINGS} seeds")
 
 
 @dataclass(frozen=True)
@@ -92,6 +98,7 @@ class EvalSpec:
     num_fewshot: int = bound(0, min=0, max=1000)  # zero-shot by default, as in the papers
     batch_size: int = bound(16, min=1, max=1 << 16)  # requests per forward batch
     backend: str = bound("fast", choices=BACKENDS)  # fast | hflm (stock lm-eval HFLM)
+    kld: bool = True  # KL divergence / top-1 agreement of every quantized cell to its base (eval/kld.py)
 
 
 @dataclass(frozen=True)
@@ -148,6 +155,7 @@ class Cell:
     model: str
     method: str  # "none" for the unquantized model
     config: Any = None  # the method's frozen config (None for "none")
+    calib_seed: int | None = None  # calibration seed when not the recipe's seed (None: recipe.seed or uncalibrated)
 
     @property
     def w_bits(self) -> float:
@@ -266,19 +274,33 @@ def _targets(recipe: Recipe, q: QuantSpec, where: str) -> list[str]:
     return list(q.models)
 
 
+def calib_seeds(recipe: Recipe, method: str) -> list[int | None]:
+    """A cell's calibration seeds as Cell.calib_seed: None stands for recipe.seed (the cell id it always had)."""
+    if not CATALOG[method].needs_calibration:
+        return [None]
+    return [None if s == recipe.seed else s for s in recipe.calibration.seeds or [recipe.seed]]
+
+
+def calib_seed(recipe: Recipe, cell: Cell) -> int | None:
+    """The seed of a calibrated cell's windows (the recipe's unless the cell names one); None: uncalibrated."""
+    if cell.method == "none" or not CATALOG[cell.method].needs_calibration:
+        return None
+    return recipe.seed if cell.calib_seed is None else cell.calib_seed
+
+
 def expand_cells(recipe: Recipe) -> list[Cell]:
-    """Baseline cells (one per model) then every quantize entry x model x bits setting."""
+    """Baseline cells (one per model) then every quantize entry x model x bits setting x calibration seed."""
     cells = [Cell(name, "none") for name in recipe.models]
     for i, q in enumerate(recipe.quantize):
         where = f"quantize[{i}]"
         targets = _targets(recipe, q, where)
         for params in _sweep_params(q.params, where):
             cfg = make_config(q.method, params, where)
-            cells.extend(Cell(name, q.method, cfg) for name in targets)
+            cells.extend(Cell(name, q.method, cfg, s) for name in targets for s in calib_seeds(recipe, q.method))
     seen: set[tuple] = set()
     unique = []
     for c in cells:  # the same setting listed twice runs once
-        key = (c.model, c.method, json.dumps(c.config_dict(), sort_keys=True))
+        key = (c.model, c.method, json.dumps(c.config_dict(), sort_keys=True), c.calib_seed)
         if key not in seen:
             seen.add(key)
             unique.append(c)

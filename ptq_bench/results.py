@@ -36,14 +36,16 @@ RESULTS = "results.jsonl"
 MANIFEST = "manifest.json"
 LOCK = ".lock"
 LOCK_OWNER = ".lock.owner"  # JSON {pid, host, started} of the run holding LOCK
-SCHEMA_VERSION = 1  # of Row; bump when a field changes meaning, and teach Row.from_dict the old form
+SCHEMA_VERSION = 2  # of Row; bump when a field changes meaning, and teach Row.from_dict the old form
+# 2: calib_seed and threads added (schema 1 rows read with both None; a schema-1 reader refuses schema 2 rows
+#    with "newer than this ptq-bench reads" instead of "unknown key")
 
 
 @dataclass(frozen=True)
 class Row:
     """One finished cell, as stored. Schema 0 = rows written before schema versions (no hashes/versions)."""
 
-    cell_id: str  # hash of (model, model_key, method, config, method_version, eval_version)
+    cell_id: str  # hash of (model, model_key, method, config, method_version, eval_version[, calib_seed])
     recipe: str  # recipe name
     recipe_hash: str | None  # Recipe.digest() of the run that wrote it (None only in schema 0)
     model: str
@@ -65,6 +67,8 @@ class Row:
     finished: str
     n_params: int | None = None  # of the base model
     weight_bytes: int | None = None  # of the base model (16-bit tensors, BitNet weights packed)
+    calib_seed: int | None = None  # seed of the calibration windows (None: uncalibrated method, or schema < 2)
+    threads: int | None = None  # torch.get_num_threads() while the cell ran (None only in schema < 2)
     schema: int = SCHEMA_VERSION
 
     def to_dict(self) -> dict[str, Any]:
@@ -76,7 +80,7 @@ class Row:
     @property
     def slot(self) -> tuple:
         """The cell without its versions: rows of one slot are the same cell computed by different versions."""
-        return self.model, self.model_key, self.method, json.dumps(self.config, sort_keys=True)
+        return self.model, self.model_key, self.method, json.dumps(self.config, sort_keys=True), self.calib_seed
 
     @classmethod
     def from_json(cls, text: str) -> Row:

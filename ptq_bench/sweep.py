@@ -35,7 +35,7 @@ from ptq_bench.data import (
 from ptq_bench.errors import PtqBenchError
 from ptq_bench.eval.evaluator import EVAL_VERSION, Evaluator
 from ptq_bench.kinds import NATIVE_BITS  # nominal (weight, activation) bits of unquantized models
-from ptq_bench.recipe import Cell, Recipe, expand_cells, model_arch, source_info, to_dict
+from ptq_bench.recipe import Cell, Recipe, calib_seed, expand_cells, model_arch, source_info, to_dict
 from ptq_bench.results import Row, append_row, close_run, open_run, run_lock, write_manifest
 from ptq_bench.tokens import cached_array, calibration_windows, encode_stream
 
@@ -172,8 +172,9 @@ def _train_into(tmp: Path, ctx: Context, name: str, tokenizer: Any, stream: Any,
 
 def cell_id(cell: Cell, m_key: str) -> str:
     """The stored identity of a cell: what it computes and the versions of the code computing it."""
+    seed = {} if cell.calib_seed is None else {"calib_seed": cell.calib_seed}  # None: the id cells always had
     return _hash({"model": cell.model, "model_key": m_key, "method": cell.method, "config": cell.config_dict(),
-                  "method_version": method_version(cell.method), "eval_version": EVAL_VERSION})
+                  "method_version": method_version(cell.method), "eval_version": EVAL_VERSION, **seed})
 
 
 def method_version(method: str) -> int | None:
@@ -224,7 +225,7 @@ class Sweep:
     tokenizer: Any
     tok_key: str
     evaluators: dict[str, Evaluator] = field(default_factory=dict)  # tokenizer key -> Evaluator
-    calib: dict[str, Any] = field(default_factory=dict)  # tokenizer key -> (n_samples, seq_len) LongTensor
+    calib: dict[tuple, Any] = field(default_factory=dict)  # (tokenizer key, seed) -> (n_samples, seq_len) LongTensor
     ran: int = 0
     bar: Any = None
 
@@ -311,11 +312,12 @@ def run_model(sw: Sweep, name: str) -> None:
         model, kind, info = get_model(sw.ctx, name, sw.tok_key, sw.tokenizer, sw.stream, evaluate.perplexity)
     _save_curve(sw.out, name, kind, info)
     size = {"n_params": sum(p.numel() for p in model.parameters()), "weight_bytes": weight_bytes(model)}
+    evaluate.set_base(model, sw.keys[name])  # KLD references: built on the first quantized cell, once per set
     for cell in mine:
         sw.bar.set_description(f"{name} {cell.label}")
         target, quant = quantize(sw, cell, model, m_tok, m_tok_key)
         t_eval = time.perf_counter()
-        metrics = evaluate(target)
+        metrics = evaluate(target, quantized=cell.method != "none")
         row = make_row(sw, cell, kind, info, size, metrics, quant, time.perf_counter() - t_eval)
         row.protocol["path"] = evaluate.suite.last_path if evaluate.suite is not None else None  # FastLM path taken
         append_row(sw.out, row)
@@ -333,26 +335,29 @@ def quantize(sw: Sweep, cell: Cell, model: Any, tokenizer: Any, tok_key: str) ->
         return model, {}
     method = get_method(cell.method)
     target = copy.deepcopy(model)
-    calib = calibration(sw, tokenizer, tok_key).to(sw.ctx.device) if method.needs_calibration else None
+    seed = calib_seed(sw.ctx.recipe, cell)
+    calib = calibration(sw, tokenizer, tok_key, seed).to(sw.ctx.device) if seed is not None else None
     report = method.apply(target, cell.config, calib)
     return target, {"effective_bits": report.effective_bits, "seconds": round(report.seconds, 3),
                     "n_linears": report.n_linears, "details": report.details}
 
 
-def calibration(sw: Sweep, tokenizer: Any, tok_key: str) -> Any:
-    """(n_samples, seq_len) LongTensor of calibration windows for one tokenizer, built once."""
+def calibration(sw: Sweep, tokenizer: Any, tok_key: str, seed: int) -> Any:
+    """(n_samples, seq_len) LongTensor of calibration windows for one tokenizer and seed, built once."""
     import torch
 
-    if tok_key not in sw.calib:
-        c, r = sw.ctx.recipe.calibration, sw.ctx.recipe
+    if (tok_key, seed) not in sw.calib:
+        c = sw.ctx.recipe.calibration
         stream = cached_array(sw.ctx.cache / "tokens" / tok_key / "calib_c4.npy",
                               lambda: encode_stream(tokenizer, calibration_documents(sw.ctx.data_dir)))
-        sw.calib[tok_key] = torch.from_numpy(calibration_windows(stream, c.n_samples, c.seq_len, r.seed))
-    return sw.calib[tok_key]
+        sw.calib[(tok_key, seed)] = torch.from_numpy(calibration_windows(stream, c.n_samples, c.seq_len, seed))
+    return sw.calib[(tok_key, seed)]
 
 
 def make_row(sw: Sweep, cell: Cell, kind: str, info: dict, size: dict[str, int], metrics: dict[str, float],
              quant: dict[str, Any], eval_s: float) -> Row:
+    import torch
+
     r = sw.ctx.recipe
     w_bits, a_bits = (cell.w_bits, cell.a_bits) if cell.method != "none" else NATIVE_BITS.get(kind, (16, 16))
     return Row(
@@ -364,7 +369,8 @@ def make_row(sw: Sweep, cell: Cell, kind: str, info: dict, size: dict[str, int],
                   "backend": r.eval.backend},
         diverged=bool(info.get("diverged", False)),
         untrained_metrics=info.get("untrained_metrics") if cell.method == "none" else None,
-        finished=time.strftime("%Y-%m-%dT%H:%M:%S%z"), **size,
+        finished=time.strftime("%Y-%m-%dT%H:%M:%S%z"), calib_seed=calib_seed(r, cell),
+        threads=torch.get_num_threads(), **size,
     )
 
 

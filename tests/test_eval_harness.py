@@ -101,6 +101,8 @@ def test_every_task_loads_with_lm_evals_own_config(runs):
 def test_metric_keys_are_named_by_protocol(runs):
     metrics = runs["fast"][1]
     expected = {metric_key(name, 0, m) for name in TASKS for m in TASKS[name].metrics}
+    expected |= {metric_key(name, 0, f"{m}_stderr") for name in TASKS for m in TASKS[name].metrics
+                 if m in ("acc", "acc_norm")}  # lm-eval's closed-form stderr of a mean (none for perplexities)
     assert set(metrics) == expected
     assert "lm_eval/hellaswag/0shot/acc_norm" in metrics and "lm_eval/boolq/0shot/acc_norm" not in metrics
     assert "lm_eval/wikitext/0shot/word_perplexity" in metrics

@@ -62,6 +62,8 @@ def _synthetic_run(tmp_path: Path, layout: str) -> Path:
             row("b1", "bitnet_b1", "none", 1, 8, 30.0, accs, wbytes=400_000),
             row("fp16", "fp16", "gptq", 4, 16, 22.0, accs, quant={"effective_bits": 4.07, "seconds": 0.1}),
             row("fp16", "fp16", "absmax", 1, 8, float("inf"), accs, quant={"effective_bits": 1.07, "seconds": 0.1})]
+    for r, kl in zip(rows[3:], (0.05, float("inf"))):  # quantized rows carry their distance to the base
+        r["metrics"].update({"kld/wikitext2/seq128/mean": kl, "top1_agree/wikitext2/seq128": 90.0})
     curves = [{"model": r["model"], "kind": r["model_kind"], "diverged": False, "schedule": {"lr": 1e-3},
                "curve": [{"step": s, "tokens": 512 * s, "loss": 9.0 - s} for s in range(1, 5)]}
               for r in rows if r["method"] == "none"]

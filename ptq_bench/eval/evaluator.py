@@ -1,5 +1,10 @@
 """Every metric of a cell: GPTQ-protocol perplexity on each set, then the lm-eval tasks.
 
+A quantized cell (with `eval.kld`, the default) gets its perplexity from `kld.compare` against the
+base model's reference on the same windows, which adds its KL divergence, p99, top-1 agreement and
+ΔPPL (eval/kld.py). The references are built once per base model and set (`set_base`, then lazily on
+the first quantized cell) and cached on disk under <cache>/kld/<model key>/, checksummed.
+
 EVAL_VERSION is part of every cell id and row: bump it whenever a change here, in perplexity.py,
 harness.py or fast_lm.py can change a stored number (windowing, scoring, task configs, request
 building), so a re-run recomputes every row instead of keeping rows made by the old protocol.
@@ -7,6 +12,7 @@ building), so a re-run recomputes every row instead of keeping rows made by the 
 
 from __future__ import annotations
 
+import weakref
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +33,9 @@ class Evaluator:
         from ptq_bench.tokens import cached_array
 
         self.spec = spec
+        self.cache = cache
+        self.base: tuple[Any, str] | None = None  # (base model, its cache key) of the cells being evaluated
+        self.refs: dict[str, Any] = {}  # set name -> kld.BaseReference of `base`
         self.ppl_ids: dict[str, np.ndarray] = {}
         for name in spec.perplexity.sets:
             self.ppl_ids[name] = cached_array(
@@ -50,16 +59,54 @@ class Evaluator:
         metrics: dict[str, float] = {}
         with torch.no_grad():
             for name, ids in self.ppl_ids.items():
-                out = gptq_perplexity(model, torch.from_numpy(ids.astype(np.int64)), p.seq_len, p.max_windows,
+                out = gptq_perplexity(model, _long(ids), p.seq_len, p.max_windows,
                                       batch_size=self.spec.batch_size)
                 metrics[protocol_name(name, p.seq_len, p.max_windows)] = out["ppl"]
         return metrics
 
-    def __call__(self, model: Any) -> dict[str, float]:
+    def set_base(self, model: Any, key: str) -> None:
+        """The unquantized model later cells are compared with (`key`: its cache key, naming the references)."""
+        self.base, self.refs = (weakref.ref(model), key), {}  # weak: the model goes when its cells are done
+
+    def references(self) -> dict[str, Any]:
+        """set name -> the base model's reference on that set: built (or reopened from the cache) once."""
+        from ptq_bench.eval.kld import build_reference
+
+        if self.base is None:
+            raise RuntimeError("Evaluator.set_base must be called before evaluating a quantized model")
+        model, key = self.base[0](), self.base[1]
+        p = self.spec.perplexity
+        for name, ids in self.ppl_ids.items():
+            if name not in self.refs:
+                tail = f"{name}-seq{p.seq_len}" + ("" if p.max_windows is None else f"-first{p.max_windows}win")
+                self.refs[name] = build_reference(
+                    model, _long(ids), name, p.seq_len, p.max_windows, path=self.cache / "kld" / key / f"{tail}.npy",
+                    key=key, batch_size=self.spec.batch_size)
+        return self.refs
+
+    def distances(self, model: Any) -> dict[str, float]:
+        """Per set: the quantized model's perplexity (as `perplexity` computes it) and its distance to the base."""
+        from ptq_bench.eval.kld import compare
+
+        metrics: dict[str, float] = {}
+        for ref in self.references().values():
+            out = compare(ref, model, batch_size=self.spec.batch_size)
+            ppl = ref.names["ppl"]
+            metrics.update({ppl: out.pop(ppl), **out})
+        return metrics
+
+    def __call__(self, model: Any, quantized: bool = False) -> dict[str, float]:
         import torch
 
-        metrics = self.perplexity(model)
+        metrics = self.distances(model) if quantized and self.spec.kld else self.perplexity(model)
         if self.suite is not None:
             with torch.no_grad():
                 metrics.update(self.suite.evaluate(model))
         return metrics
+
+
+def _long(ids: np.ndarray) -> Any:
+    """A stored int32 token stream as the 1-D LongTensor the perplexity windows are cut from."""
+    import torch
+
+    return torch.from_numpy(ids.astype(np.int64))

@@ -72,6 +72,12 @@ TASKS: dict[str, TaskSpec] = {
 PAPER_TASKS = tuple(k for k in TASKS if k != "wikitext")
 
 
+# lm-eval's stderr: bootstrap_iters=0 gives none ("N/A"); with > 0 a mean metric (acc, acc_norm) gets the
+# closed form sample_stddev / sqrt(n) (lm_eval.api.metrics.mean_stderr, no resampling), and only metrics on
+# lm-eval's bootstrappable list (perplexity, bleu, ...) are resampled this many times.
+STDERR_ITERS = 1000
+
+
 def metric_key(task: str, num_fewshot: int, metric: str) -> str:
     return f"lm_eval/{task}/{num_fewshot}shot/{metric}"
 
@@ -219,7 +225,7 @@ class TaskSuite:
         lm = self.make_lm(model, progress=progress)
         task_dict = {"tasks": {TASKS[n].lm_eval_task: t for n, t in self._tasks.items()}, "groups": {}}
         start = time.perf_counter()
-        out = evaluate(lm, task_dict, limit=self.limit, bootstrap_iters=0, log_samples=False)
+        out = evaluate(lm, task_dict, limit=self.limit, bootstrap_iters=STDERR_ITERS, log_samples=False)
         self.last_seconds = time.perf_counter() - start
         self.last_path = self.backend if self.backend == "hflm" else f"fast:{lm.mode}"
         self.last_responses = {n: [inst.resps[0] for inst in t.instances] for n, t in self._tasks.items()}
@@ -228,4 +234,7 @@ class TaskSuite:
             row = out["results"][TASKS[name].lm_eval_task]
             for metric in TASKS[name].metrics:
                 metrics[metric_key(name, self.num_fewshot, metric)] = float(row[f"{metric},none"])
+                stderr = row.get(f"{metric}_stderr,none")  # "N/A" when lm-eval has none (a single document)
+                if isinstance(stderr, (int, float)):
+                    metrics[metric_key(name, self.num_fewshot, f"{metric}_stderr")] = float(stderr)
         return metrics

@@ -10,6 +10,9 @@ overflowing perplexity). The two never look alike:
     +inf          +inf       $+\\infty$    inf
     -inf          -inf       $-\\infty$    -inf
 
+A `Spread` cell (one setting over several calibration seeds) is "mean ± std" in markdown and LaTeX;
+CSV gives it two numeric columns, `<column>` (mean) and `<column>_std`.
+
 Tables are built with `frame(records)`, an object-dtype DataFrame, so pandas does not turn `None`
 into NaN.
 """
@@ -17,6 +20,7 @@ into NaN.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -28,6 +32,27 @@ _NONFINITE_MD = {"nan": "NaN", "inf": "+inf", "-inf": "-inf"}
 _NONFINITE_TEX = {"nan": "NaN", "inf": r"$+\infty$", "-inf": r"$-\infty$"}
 _TEX_SPECIAL = {"\\": r"\textbackslash{}", "_": r"\_", "%": r"\%", "&": r"\&", "#": r"\#", "$": r"\$",
                 "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}"}
+
+
+@dataclass(frozen=True)
+class Spread:
+    """A value over n > 1 seeds: mean, sample std (n - 1), min, max (NaN / inf propagate into mean and std)."""
+
+    mean: float
+    std: float
+    lo: float
+    hi: float
+    n: int
+
+    @classmethod
+    def of(cls, values: list[float]) -> Spread:
+        import statistics
+
+        xs = [float(v) for v in values]
+        finite = all(math.isfinite(x) for x in xs)
+        mean = statistics.fmean(xs) if finite else sum(xs) / len(xs)
+        std = statistics.stdev(xs) if finite else math.nan
+        return cls(mean, std, min(xs), max(xs), len(xs))
 
 
 def bits(b: Any) -> str | None:
@@ -45,6 +70,8 @@ def nonfinite_name(v: Any) -> str | None:
 
 
 def md_cell(v: Any) -> str:
+    if isinstance(v, Spread):
+        return f"{md_cell(v.mean)} ± {md_cell(v.std)}"
     if v is None:
         return MISSING_MD
     special = nonfinite_name(v)
@@ -60,6 +87,8 @@ def tex_escape(s: str) -> str:
 
 
 def tex_cell(v: Any) -> str:
+    if isinstance(v, Spread):
+        return f"{tex_cell(v.mean)} $\\pm$ {tex_cell(v.std)}"
     if v is None:
         return MISSING_TEX
     special = nonfinite_name(v)
@@ -105,8 +134,16 @@ def to_csv(df: pd.DataFrame) -> str:
     import csv
     import io
 
+    spread = {c for c in df.columns if any(isinstance(v, Spread) for v in df[c])}
+    head = [name for c in df.columns for name in ([c, f"{c}_std"] if c in spread else [c])]
+
+    def cells(c: str, v: Any) -> list[str]:
+        if c not in spread:
+            return [csv_cell(v)]
+        return [csv_cell(v.mean), csv_cell(v.std)] if isinstance(v, Spread) else [csv_cell(v), ""]
+
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(df.columns)
-    writer.writerows([csv_cell(v) for v in rec] for rec in df.itertuples(index=False))
+    writer.writerow(head)
+    writer.writerows([x for c, v in zip(df.columns, rec) for x in cells(c, v)] for rec in df.itertuples(index=False))
     return buf.getvalue()

@@ -48,8 +48,14 @@ def load(dotted: str) -> Any:
 
 GENERIC = Layout(
     "generic", "Results: {recipe}", "ptq_bench.report.tables:generic_table",
-    plots=(f"{_PLOTS}:plot_ppl_vs_bits", f"{_PLOTS}:plot_acc_vs_bits", f"{_PLOTS}:plot_loss_curves"),
+    plots=(f"{_PLOTS}:plot_ppl_vs_bits", f"{_PLOTS}:plot_acc_vs_bits", f"{_PLOTS}:plot_kld_vs_bits",
+           f"{_PLOTS}:plot_loss_curves"),
     stem="table", formats=("md", "csv"),
+)
+# written beside the generic table when some setting ran with several calibration seeds (report/spread.py)
+SPREAD = Layout(
+    "spread", "Results over calibration seeds (mean ± sample std over n seeds): {recipe}",
+    "ptq_bench.report.spread:spread_table", stem="table_seeds", formats=("md", "csv"),
 )
 
 LAYOUTS: dict[str, Layout] = {

@@ -2,7 +2,8 @@
 
 A value that was not measured (None) is not drawn. A measured value that is NaN or ±inf is never
 dropped silently: it is drawn at the edge of the axis (top for NaN and +inf, bottom/left for -inf) with
-a marker and a text label saying what it was.
+a marker and a text label saying what it was. Several rows at one x on one line (the same setting over
+calibration seeds) are drawn at their mean with a min–max error bar.
 """
 
 from __future__ import annotations
@@ -36,6 +37,21 @@ class Marks:
         fin = [(x, y) for x, y in pts if _finite(x) and _finite(y)]
         art = ax.plot([p[0] for p in fin], [p[1] for p in fin], **kw)[0]
         self.pending += [(x, y, art.get_color()) for x, y in pts if not (_finite(x) and _finite(y))]
+        return art
+
+    def spread_line(self, ax: Any, xs: list[Any], ys: list[Any], **kw: Any) -> Any:
+        """`line` through the mean of the finite ys at each x, with min–max error bars where an x has several."""
+        by_x: dict[Any, list[float]] = defaultdict(list)
+        for x, y in zip(xs, ys):
+            if x is not None and y is not None:
+                by_x[float(x)].append(float(y))
+        pts = sorted(by_x.items(), key=lambda p: p[0] if _finite(p[0]) else math.inf)
+        mean = [sum(v) / len(v) for _, v in pts]  # a non-finite seed makes the mean non-finite: marked
+        art = self.line(ax, [x for x, _ in pts], mean, **kw)
+        bars = [(x, m, min(v), max(v)) for (x, v), m in zip(pts, mean) if len(v) > 1 and _finite(m) and _finite(x)]
+        if bars:
+            ax.errorbar([b[0] for b in bars], [b[1] for b in bars], yerr=[[b[1] - b[2] for b in bars],
+                        [b[3] - b[1] for b in bars]], fmt="none", ecolor=art.get_color(), capsize=3)
         return art
 
     def draw(self, ax: Any) -> int:
@@ -102,8 +118,7 @@ def _bits_lines(ax: Any, marks: Marks, recs: list[dict[str, Any]], col: str, wit
             groups[(r["model"], r["method"], r["A"])].append(r)
     for (model, method, a_bits), g in groups.items():
         g = g + [base[model]] if with_base and model in base else g  # start each PTQ line from its model
-        g = sorted(g, key=lambda r: _w(r) or 0.0)
-        marks.line(ax, [_w(r) for r in g], [r[col] for r in g], marker="o", label=f"{model} + {method} A{a_bits}")
+        marks.spread_line(ax, [_w(r) for r in g], [r[col] for r in g], marker="o", label=f"{model} + {method} A{a_bits}")
     for r in (r for r in recs if r["method"] == "none"):
         marks.line(ax, [_w(r)], [r[col]], marker="*", markersize=14, linestyle="none", zorder=5,
                    label=f"{r['model']} (native {r['W']}-bit)")
@@ -141,6 +156,32 @@ def plot_acc_vs_bits(run: RunData, df: pd.DataFrame, out: Path) -> list[Path]:
     marks.draw(ax)
     ax.legend(fontsize=7, loc="best")
     return [_save(fig, out / "acc_vs_bits.png")]
+
+
+def plot_kld_vs_bits(run: RunData, df: pd.DataFrame, out: Path) -> list[Path]:
+    """Mean KL divergence to the base model (log scale) against effective bits, one line per (model,
+    method, activation bits); seeds of one setting at their mean with a min–max bar."""
+    cols = [c for c in df.columns if c.startswith("kld/") and c.endswith("/mean")]
+    if df.empty or not cols or "eff_bits" not in df:
+        return []
+    col = next((c for c in cols if "/wikitext2/" in c), cols[0])
+    groups: dict[tuple, list[dict[str, Any]]] = defaultdict(list)
+    for r in df.to_dict("records"):
+        if r["method"] != "none" and r.get(col) is not None:
+            groups[(r["model"], r["method"], r["A"])].append(r)
+    fig, (ax,) = _figure((7, 4.5))
+    marks = Marks()
+    for (model, method, a_bits), g in groups.items():
+        marks.spread_line(ax, [r.get("eff_bits") for r in g], [r[col] for r in g], marker="o",
+                          label=f"{model} + {method} A{a_bits}")
+    ax.set_yscale("log")
+    ax.set_xlabel("effective bits per weight (scales and zeros included)")
+    ax.set_ylabel(col + " (nats)")
+    ax.set_title("KL divergence to the unquantized model against effective bits")
+    ax.grid(True, which="both", alpha=0.3)
+    marks.draw(ax)
+    ax.legend(fontsize=7, loc="best")
+    return [_save(fig, out / "kld_vs_bits.png")]
 
 
 def plot_loss_curves(run: RunData, df: pd.DataFrame, out: Path) -> list[Path]:

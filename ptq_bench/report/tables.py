@@ -1,7 +1,9 @@
 """The generic table of a run (one row per model x method x bits) and the notes under every table.
 
-Columns: every perplexity protocol, then each task's headline accuracy (acc_norm where lm-eval
-defines it, else acc), then their average, the quantizer's report and the row's versions.
+Columns: every perplexity protocol, the KL divergence to the base model (mean) and top-1 agreement of
+quantized rows, then each task's headline accuracy (acc_norm where lm-eval defines it, else acc), then
+their average, the quantizer's report, the calibration seed and the row's versions. One row per stored
+row: rows that differ only by calibration seed are aggregated in report/spread.py.
 """
 
 from __future__ import annotations
@@ -23,6 +25,8 @@ _ACC = ("/acc", "/acc_norm")
 def headline_metrics(ms: dict[str, Any]) -> dict[str, Any]:
     """{column: value}: perplexities by protocol, and one accuracy per task (acc_norm preferred)."""
     cols = {k: v for k, v in ms.items() if k.startswith("ppl_")}
+    cols.update({k: v for k, v in ms.items() if k.startswith("kld/") and k.endswith("/mean")})
+    cols.update({k: v for k, v in ms.items() if k.startswith("top1_agree/")})
     tasks: dict[str, dict[str, Any]] = {}
     for key, value in ms.items():
         parts = key.split("/")
@@ -41,7 +45,13 @@ def _sort_key(row: dict[str, Any]) -> tuple:
 
 
 def generic_table(run: RunData, layout: Layout | None = None) -> pd.DataFrame:
+    return frame(generic_records(run)[1])
+
+
+def generic_records(run: RunData) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """(rows in table order, one table record per row)."""
     rows = sorted(run.rows, key=_sort_key)
+    seeds = any(r.get("calib_seed") is not None for r in rows)
     heads = [headline_metrics(metrics(r)) for r in rows]
     metric_cols = list(dict.fromkeys(k for h in heads for k in h))
     records = []
@@ -54,9 +64,11 @@ def generic_table(run: RunData, layout: Layout | None = None) -> pd.DataFrame:
         quant = row.get("quant")
         if isinstance(quant, dict) and quant:
             rec["eff_bits"], rec["quant_s"] = quant.get("effective_bits"), quant.get("seconds")
+        if seeds:
+            rec["calib_seed"] = row.get("calib_seed")
         rec["diverged"] = "yes" if row.get("diverged", False) else ""
         records.append({**rec, **versions(row, rows)})
-    return frame(records)
+    return rows, records
 
 
 def shown_tasks(run: RunData, layout: Layout) -> list[str]:
@@ -83,6 +95,8 @@ def protocol_notes(rows: list[dict[str, Any]]) -> list[str]:
         f"limit {p.get('limit') or 'none'} documents per task, backend `{p.get('backend')}`; accuracies in %.",
         "- `W`/`A`: weight/activation bits (FP16 = 16/16; BitNet b1.58 = 1.58/8 and b1 = 1/8 natively).",
         "- `eff_bits`: stored bits per quantized weight, scales and zeros included; `quant_s`: quantization seconds.",
+        "- `kld/<set>/…/mean`: mean per-token KL(base ‖ quantized) in nats on the perplexity windows; "
+        "`top1_agree/…`: % of tokens whose argmax matches the base model's (quantized rows only).",
         "- `–`: not measured; `NaN`, `+inf`, `-inf`: what the measurement returned.",
     ]
 

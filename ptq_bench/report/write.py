@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ptq_bench.report.fmt import to_csv, to_latex, to_markdown
-from ptq_bench.report.layouts import GENERIC, LAYOUTS, Layout, load
+from ptq_bench.report.layouts import GENERIC, LAYOUTS, SPREAD, Layout, load
 from ptq_bench.report.run import RunData
 from ptq_bench.report.tables import notes
 
@@ -20,12 +20,16 @@ if TYPE_CHECKING:
 
 
 def chosen_layouts(run: RunData) -> list[Layout]:
-    """The generic layout, then the one the run's recipe names (once; an unknown name is a note)."""
+    """The generic layout (and its seed spread when there is one), then the one the run's recipe names
+    (once; an unknown name is a note)."""
+    from ptq_bench.report.spread import has_spread
+
     name = run.recipe.get("layout")
     if name is not None and name not in LAYOUTS:
         run.damage.append(f"- manifest names layout {str(name)[:40]!r}, which this version does not know: skipped.")
     extra = LAYOUTS.get(name) if isinstance(name, str) else None
-    return list(dict.fromkeys([GENERIC, *([extra] if extra else [])]))
+    spread = [SPREAD] if has_spread(run) else []
+    return list(dict.fromkeys([GENERIC, *spread, *([extra] if extra else [])]))
 
 
 def _title(run: RunData, layout: Layout) -> str:

@@ -1,0 +1,61 @@
+"""The spread over calibration seeds: rows that differ only by `calib_seed` become one row of the
+`table_seeds` view (mean ± sample std over the seeds, and n); every per-seed row stays in table.md / .csv.
+
+Rows are the same setting when model, model key, method and full config match (the row's `slot` without
+its seed), so two configs that share W/A (per channel and g128) are never pooled.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import TYPE_CHECKING, Any
+
+from ptq_bench.report.fmt import Spread, frame
+from ptq_bench.report.run import RunData
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from ptq_bench.report.layouts import Layout
+
+# table columns that are one setting's identity or bookkeeping, not a measured value to pool
+_KEPT = ("model", "method", "W", "A", "diverged", "method v", "eval v")
+
+
+def setting(row: dict[str, Any]) -> tuple:
+    """A row's setting without its calibration seed."""
+    return (row.get("model"), row.get("model_key"), row.get("method"), json.dumps(row.get("config"), sort_keys=True))
+
+
+def has_spread(run: RunData) -> bool:
+    """Some setting was run with more than one calibration seed."""
+    seeds: dict[tuple, set] = {}
+    for r in run.rows:
+        seeds.setdefault(setting(r), set()).add(r.get("calib_seed"))
+    return any(len(s) > 1 for s in seeds.values())
+
+
+def _pool(values: list[Any]) -> Any:
+    """One cell from the seeds' values: a Spread of numbers, the value when all agree, else None."""
+    nums = [v for v in values if isinstance(v, (int, float)) and not isinstance(v, bool)]
+    if len(values) > 1 and len(nums) == len(values):
+        return Spread.of(nums)
+    return values[0] if len(set(map(str, values))) == 1 else None
+
+
+def spread_table(run: RunData, layout: Layout | None = None) -> pd.DataFrame:
+    """One row per setting: measured columns as mean ± std over its calibration seeds, `n` the seed count."""
+    from ptq_bench.report.tables import generic_records
+
+    rows, records = generic_records(run)
+    groups: dict[tuple, list[dict[str, Any]]] = {}
+    for row, rec in zip(rows, records):
+        groups.setdefault(setting(row), []).append(rec)
+    out = []
+    for recs in groups.values():
+        cols = [c for c in recs[0] if c != "calib_seed"]
+        agg = {c: (recs[0][c] if c in _KEPT else _pool([r.get(c) for r in recs])) for c in cols}
+        agg["n"] = len(recs)
+        agg["calib_seeds"] = " ".join(str(r.get("calib_seed")) for r in recs) if len(recs) > 1 else None
+        out.append(agg)
+    return frame(out)
