@@ -16,6 +16,7 @@ from quant_fixtures import calib_tokens
 from tiny_families import tiny_model
 
 from ptq_bench.quant import get_method
+from ptq_bench.quant.apply import FloatBlocks
 from ptq_bench.quant.calibrate import (
     DevicePlacement,
     DiskPlacement,
@@ -24,7 +25,7 @@ from ptq_bench.quant.calibrate import (
     run_layer,
     use_placement,
 )
-from ptq_bench.quant.linears import is_linear
+from ptq_bench.quant.linears import GRID_ATTR, is_linear
 
 
 def materialized(model: torch.nn.Module) -> list[int]:
@@ -108,3 +109,22 @@ def test_capture_releases_each_block_after_it_runs(tmp_path):
     assert materialized(model) == []
     place.fetch(0, layers[0])
     assert run_layer(layers[0], inputs.hidden, inputs.calls[0])[0].shape == inputs.hidden[0].shape
+
+
+@pytest.mark.parametrize(("family", "method", "cfg"), [
+    ("llama", "gptq", {}),
+    ("gemma", "smoothquant", {"w_bits": 8, "a_bits": 8}),  # Gemma's 1 + gain norm is refolded in fp32
+])
+def test_float_blocks_restore_the_base_bit_for_bit(family, method, cfg, tmp_path):
+    base = tiny_model(family).to(torch.bfloat16)
+    model = copy.deepcopy(base)
+    backup = FloatBlocks(model, tmp_path)
+    m = get_method(method)
+    m.apply(model, m.config_cls(**cfg), calib_tokens(4, 32))
+    ids = calib_tokens(2, 16)
+    assert not torch.equal(model(ids).logits, base(ids).logits)  # quantized in place
+    backup.restore(model)
+    want, got = base.state_dict(), model.state_dict()
+    assert all(torch.equal(got[k], want[k]) and got[k].dtype == want[k].dtype for k in want)
+    assert not any(hasattr(x, GRID_ATTR) or x._forward_pre_hooks for x in model.modules())
+    assert torch.equal(model(ids).logits, base(ids).logits)
