@@ -128,3 +128,21 @@ def test_float_blocks_restore_the_base_bit_for_bit(family, method, cfg, tmp_path
     assert all(torch.equal(got[k], want[k]) and got[k].dtype == want[k].dtype for k in want)
     assert not any(hasattr(x, GRID_ATTR) or x._forward_pre_hooks for x in model.modules())
     assert torch.equal(model(ids).logits, base(ids).logits)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device: pytest tests/test_calib_memory.py -k cuda")
+def test_device_placement_moves_one_block_to_cuda_and_back():
+    base = tiny_model("llama")
+    ref, home = copy.deepcopy(base).to("cuda"), copy.deepcopy(base)
+    devices: list[tuple[int, list[str]]] = []
+    for idx, layer in enumerate(decoder_layers(home)):
+        layer.mlp.down_proj.register_forward_pre_hook(lambda mod, args, i=idx: devices.append(
+            (i, [next(b.parameters()).device.type for b in decoder_layers(home)])))
+    gptq(ref)
+    with use_placement(DevicePlacement("cuda")):
+        gptq(home)
+    n = len(decoder_layers(home))
+    assert devices and all(types == ["cuda" if j == i else "cpu" for j in range(n)] for i, types in devices)
+    assert {p.device.type for p in home.parameters()} | {b.device.type for b in home.buffers()} == {"cpu"}
+    want = ref.state_dict()
+    assert all(torch.equal(v, want[k].cpu()) for k, v in home.state_dict().items())
