@@ -9,6 +9,11 @@ The runner captures, in one real forward pass, the call every block gets (attent
 embeddings, position ids, ... : Gemma 2/3, Mistral and Qwen2 give sliding-window layers another mask
 than global layers, Gemma 3 gives them other rotary embeddings), and replays block i with block i's own
 call. Only block 0's hidden states are stored; each next block's inputs are the previous block's outputs.
+
+Bounded memory: a `Placement` (passed, or set around a method's `apply` with `use_placement`) keeps only
+the block being captured or calibrated on the device: `DevicePlacement(device)` leaves the model on the
+CPU, `DiskPlacement(folder)` keeps the other blocks' parameters in per-block safetensors files. Without
+one the model stays where it is. Results are bit-identical either way (tests/test_calib_memory.py).
 """
 
 from __future__ import annotations
