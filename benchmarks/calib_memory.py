@@ -57,8 +57,12 @@ class Peak:
         self.thread.start()
 
     def _sample(self) -> None:
+        last = time.monotonic()
         while not self.stop.wait(0.005):
             self.sampled = max(self.sampled, status_kb("VmRSS"))
+            if time.monotonic() - last > 30:  # progress on stderr: a run cut short still shows its peak so far
+                last = time.monotonic()
+                print(f"  peak so far {status_kb('VmHWM') / 1e6 * 1.024:.3f} GB", file=sys.stderr, flush=True)
 
     def done(self) -> dict[str, float]:
         self.stop.set()
@@ -139,7 +143,7 @@ def main() -> None:
     for path in PATHS:  # one fresh process per path, one after another
         cmd = [sys.executable, __file__, "--path", path, "--dtype", args.dtype, "--layers", str(args.layers),
                "--windows", str(args.windows), "--seqlen", str(args.seqlen)]
-        done = subprocess.run(cmd, capture_output=True, text=True, env=os.environ.copy(), check=True)
+        done = subprocess.run(cmd, stdout=subprocess.PIPE, text=True, env=os.environ.copy(), check=True)
         rows.append(json.loads(done.stdout.strip().splitlines()[-1]))
         print(json.dumps(rows[-1]), flush=True)
     print(f"\n{'path':<8} {'params':>8} {'model GB':>9} {'RSS built':>10} {'peak GB':>8} {'ratio':>6}  phases")
