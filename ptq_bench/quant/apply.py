@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -33,7 +34,14 @@ from ptq_bench.quant.calibrate import (
     run_blockwise,
     stat_inputs,
 )
-from ptq_bench.quant.linears import attach_act_quant, refuse_low_bit, set_weight, weight_matrix
+from ptq_bench.quant.linears import (
+    GRID_ATTR,
+    ActQuant,
+    attach_act_quant,
+    refuse_low_bit,
+    set_weight,
+    weight_matrix,
+)
 from ptq_bench.quant.primitives import Grid, effective_bits, fake_quant_weight
 from ptq_bench.quant.registry import QuantReport
 
@@ -86,7 +94,7 @@ def quantize_model(
         if before_group is not None:
             before_group(idx, layer, group, stats)
         for name, linear in group.items():
-            w_hat, grid, loss = solve(linear, stats.get(name))
+            w_hat, grid, loss = solve(linear, stats.pop(name, None))  # popped: a solved statistic is freed
             if w_hat is not None:
                 set_weight(linear, w_hat, grid)
             attach_act_quant(linear, a_bits, a_granularity)
@@ -109,3 +117,37 @@ def quantize_model(
         n_linears=len(grids),
         details={**extra, **(details or {})},
     )
+
+
+class FloatBlocks:
+    """The decoder blocks' float state (parameters and persistent buffers) saved to one safetensors file per
+    block under `folder`, so a method can quantize the model itself, without a second copy in memory, and
+    `restore` can give the float model back bit for bit (dtypes included) for the next cell.
+
+    Saving streams one block at a time; restoring reads one block at a time (memory-mapped, then copied
+    into ordinary memory so the model never depends on the files) and removes what quantization attached
+    to the linears (grids, activation fake-quant hooks).
+    """
+
+    def __init__(self, model: nn.Module, folder: str | Path) -> None:
+        from safetensors.torch import save_file
+
+        self.folder = Path(folder)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        for idx, layer in enumerate(decoder_layers(model)):
+            state = {k: v.detach().contiguous() for k, v in layer.state_dict().items()}
+            save_file(state, str(self.folder / f"block_{idx}.safetensors"))
+
+    @torch.no_grad()
+    def restore(self, model: nn.Module) -> None:
+        from safetensors.torch import load_file
+
+        for idx, layer in enumerate(decoder_layers(model)):
+            state = load_file(str(self.folder / f"block_{idx}.safetensors"))
+            layer.load_state_dict({k: v.clone() for k, v in state.items()}, assign=True)
+            del state
+            for m in layer.modules():
+                if hasattr(m, GRID_ATTR):
+                    delattr(m, GRID_ATTR)
+                for key in [k for k, h in m._forward_pre_hooks.items() if isinstance(h, ActQuant)]:
+                    del m._forward_pre_hooks[key]

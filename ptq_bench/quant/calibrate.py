@@ -9,13 +9,21 @@ The runner captures, in one real forward pass, the call every block gets (attent
 embeddings, position ids, ... : Gemma 2/3, Mistral and Qwen2 give sliding-window layers another mask
 than global layers, Gemma 3 gives them other rotary embeddings), and replays block i with block i's own
 call. Only block 0's hidden states are stored; each next block's inputs are the previous block's outputs.
+
+Bounded memory: a `Placement` (passed, or set around a method's `apply` with `use_placement`) keeps only
+the block being captured or calibrated on the device: `DevicePlacement(device)` leaves the model on the
+CPU, `DiskPlacement(folder)` keeps the other blocks' parameters in per-block safetensors files. Without
+one the model stays where it is. Results are bit-identical either way (tests/test_calib_memory.py).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -109,6 +117,126 @@ class ChannelAbsMax:
         self.amax = torch.maximum(self.amax, x.reshape(-1, x.shape[-1]).abs().amax(dim=0).float())
 
 
+# ----------------------------------------------------------------------------- placement
+
+
+class Placement:
+    """Where the decoder blocks live while the runner works. This base keeps everything where it is
+    (the whole model on its one device, the pre-offload behaviour); subclasses keep only the block being
+    calibrated on the device. `fetch` readies block idx on the device, `release` sends it home, `start`
+    releases every block before the run and `finish` leaves the model usable (on the CPU) after it."""
+
+    device: torch.device | None = None  # None: the model's own device
+
+    def device_for(self, model: nn.Module) -> torch.device:
+        return self.device if self.device is not None else _device_of(model)
+
+    def fetch(self, idx: int, layer: nn.Module) -> None:
+        return None
+
+    def release(self, idx: int, layer: nn.Module) -> None:
+        return None
+
+    def start(self, layers: nn.ModuleList) -> None:
+        for idx, layer in enumerate(layers):
+            self.release(idx, layer)
+
+    def finish(self, layers: nn.ModuleList) -> None:
+        return None
+
+    def move_rest(self, model: nn.Module, to_device: bool) -> None:
+        """Everything outside the blocks (embeddings, final norm, rotary tables) to the device or home."""
+        return None
+
+
+class DevicePlacement(Placement):
+    """Blocks (and the rest of the model) live on `home` (the CPU); block i is on `device` only while it
+    is captured or calibrated. Peak device memory: the largest block, the non-block modules during the
+    one capture pass, and the calibration activations."""
+
+    def __init__(self, device: torch.device | str, home: torch.device | str = "cpu") -> None:
+        self.device, self.home = torch.device(device), torch.device(home)
+
+    def fetch(self, idx: int, layer: nn.Module) -> None:
+        layer.to(self.device)
+
+    def release(self, idx: int, layer: nn.Module) -> None:
+        layer.to(self.home)
+
+    def move_rest(self, model: nn.Module, to_device: bool) -> None:
+        where = self.device if to_device else self.home
+        blocks = model_family(model).blocks
+        for name, module in model.named_modules():
+            if name == blocks or name.startswith(blocks + "."):
+                continue
+            for p in module._parameters.values():
+                if p is not None:
+                    p.data = p.data.to(where)  # a tied weight is moved once, its twin then is a no-op
+            for key, b in module._buffers.items():
+                if b is not None:
+                    module._buffers[key] = b.to(where)
+
+
+class DiskPlacement(DevicePlacement):
+    """Blocks' parameters live in one safetensors file per block under `folder`; a released block's
+    parameters are `meta` tensors (no memory), a fetched block's are read back onto `device`. Buffers
+    stay in the module. `finish` reads every block back onto the CPU.
+
+    Missing for models larger than host memory: loading a checkpoint straight into this state (blocks
+    never all materialized; today the model is loaded first and `start` writes its blocks out) and
+    evaluating offloaded."""
+
+    def __init__(self, folder: str | Path, device: torch.device | str = "cpu") -> None:
+        super().__init__(device)
+        self.folder = Path(folder)
+
+    def _file(self, idx: int) -> Path:
+        return self.folder / f"block_{idx}.safetensors"
+
+    def release(self, idx: int, layer: nn.Module) -> None:
+        from safetensors.torch import save_file
+
+        params = dict(layer.named_parameters())
+        if any(p.is_meta for p in params.values()):
+            return  # already on disk
+        self.folder.mkdir(parents=True, exist_ok=True)
+        save_file({n: p.detach().contiguous() for n, p in params.items()}, str(self._file(idx)))
+        for n, p in params.items():
+            _set_param(layer, n, torch.empty_like(p, device="meta"))
+
+    def fetch(self, idx: int, layer: nn.Module, device: torch.device | None = None) -> None:
+        from safetensors.torch import load_file
+
+        if not any(p.is_meta for p in layer.parameters()):
+            return  # already materialized
+        for n, t in load_file(str(self._file(idx)), device=str(device or self.device)).items():
+            _set_param(layer, n, t)
+
+    def finish(self, layers: nn.ModuleList) -> None:
+        for idx, layer in enumerate(layers):
+            self.fetch(idx, layer, torch.device("cpu"))
+
+
+def _set_param(layer: nn.Module, name: str, value: torch.Tensor) -> None:
+    """Replace parameter `name` (dotted, inside `layer`) by `value` (a parameter's data cannot change device type)."""
+    owner, _, leaf = name.rpartition(".")
+    module = layer.get_submodule(owner) if owner else layer
+    module._parameters[leaf] = nn.Parameter(value, requires_grad=False)
+
+
+_PLACEMENT: ContextVar[Placement | None] = ContextVar("ptq_bench_placement", default=None)
+
+
+@contextmanager
+def use_placement(placement: Placement) -> Iterator[Placement]:
+    """Every `run_blockwise` inside the `with` (so every calibrated method's `apply`) uses `placement`."""
+    token = _PLACEMENT.set(placement)
+    try:
+        yield placement
+    finally:
+        _PLACEMENT.reset(token)
+
+
 # ----------------------------------------------------------------------------- the runner
 
 
@@ -133,13 +261,17 @@ class BlockInputs:
 
 
 @torch.no_grad()
-def capture_inputs(model: nn.Module, calib: torch.Tensor, batch_size: int = 8) -> BlockInputs:
+def capture_inputs(model: nn.Module, calib: torch.Tensor, batch_size: int = 8,
+                   placement: Placement | None = None) -> BlockInputs:
     """Run the model on `calib` (n, seqlen) token ids once, recording each block's call arguments.
 
     Pre-hooks on every block record its keyword (and extra positional) arguments as the model's own
     forward builds them; block 0's also records the hidden states. The last block's hook stops the pass.
+    With a `placement`, each block is fetched to the device just before it runs and released just after,
+    and the rest of the model (embeddings, rotary tables, ...) sits on the device for the pass only.
     """
     layers = decoder_layers(model)
+    place = placement or Placement()
     got = BlockInputs([], [[] for _ in layers])
 
     def recorder(idx: int) -> Callable:
@@ -151,19 +283,23 @@ def capture_inputs(model: nn.Module, calib: torch.Tensor, batch_size: int = 8) -
             got.calls[idx].append(Call(tuple(args[1:]), kwargs))
             if idx == len(layers) - 1:
                 raise _Caught
+            place.fetch(idx, module)
         return record
 
     handles = [layer.register_forward_pre_hook(recorder(i), with_kwargs=True) for i, layer in enumerate(layers)]
+    handles += [layer.register_forward_hook(lambda m, a, o, i=i: place.release(i, m)) for i, layer in enumerate(layers)]
+    place.move_rest(model, to_device=True)
     try:
         for batch in calib.split(batch_size):
             try:
-                model(batch.to(_device_of(model)), use_cache=False)
+                model(batch.to(place.device_for(model)), use_cache=False)
             except _Caught:
                 continue
             raise QuantError(f"{type(model).__name__}: the forward pass never reached its last decoder block")
     finally:
         for h in handles:
             h.remove()
+        place.move_rest(model, to_device=False)
     return got
 
 
@@ -210,6 +346,7 @@ def run_blockwise(
     true_sequential: bool = False,
     sequential: bool = True,
     batch_size: int = 8,
+    placement: Placement | None = None,
 ) -> int:
     """Feed calibration data through the decoder block by block; returns the number of blocks.
 
@@ -218,18 +355,30 @@ def run_blockwise(
     (None = no statistic), run the block, hand the group to `on_group`. Then the next block's inputs are
     this block's outputs: re-computed with the quantized weights if `sequential` (the GPTQ reference), or
     the float outputs of the first pass otherwise (SmoothQuant collects on the float model).
+    `placement` (else the one set by `use_placement`, else none: the model stays where it is) keeps only
+    the block being calibrated on the device; the activations are one (batch, seqlen, hidden) tensor per
+    batch in the model's dtype, replaced block by block.
     """
     family = model_family(model)
-    inputs = capture_inputs(model, calib, batch_size)
     layers = decoder_layers(model)
-    plan = family.groups if true_sequential else (family.linears,)
-    for idx, layer in enumerate(layers):
-        linears, calls = block_linears(layer, family), inputs.calls[idx]
-        float_out = None
-        for names in plan:
-            group = {n: linears[n] for n in names}
-            stats, outs = _collect(layer, inputs.hidden, calls, group, make_stat)
-            float_out = outs if float_out is None else float_out
-            on_group(idx, layer, group, stats)
-        inputs.hidden = run_layer(layer, inputs.hidden, calls) if sequential else float_out
+    place = placement or _PLACEMENT.get() or Placement()
+    place.start(layers)
+    try:
+        inputs = capture_inputs(model, calib, batch_size, place)
+        plan = family.groups if true_sequential else (family.linears,)
+        for idx, layer in enumerate(layers):
+            place.fetch(idx, layer)
+            linears, calls = block_linears(layer, family), inputs.calls[idx]
+            float_out = None
+            for names in plan:
+                group = {n: linears[n] for n in names}
+                stats, outs = _collect(layer, inputs.hidden, calls, group, make_stat)
+                float_out = outs if float_out is None else float_out
+                on_group(idx, layer, group, stats)
+                del stats, outs  # the group's statistics (fp32 Hessians) before the next group's
+            inputs.hidden = run_layer(layer, inputs.hidden, calls) if sequential else float_out
+            del float_out
+            place.release(idx, layer)
+    finally:
+        place.finish(layers)
     return len(layers)

@@ -1,0 +1,163 @@
+"""Peak resident memory of GPTQ on a ~1.1B-parameter Llama, against the model's own bytes.
+
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/calib_memory.py                 # every path, one after another
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/calib_memory.py --path inplace  # one path, one JSON line
+
+The model is TinyLlama's shape (hidden 2048, MLP 5632, 22 blocks, 32 heads, 4 KV heads, vocab 32000,
+untied head: 1.10B parameters), randomly initialised from its config (nothing downloaded), in fp32 by
+default (4.40 GB of weights). Calibration: 2 random windows x 64 tokens; GPTQ W4 g128 through the
+registered method (`get_method("gptq").apply`, i.e. `quant.apply.quantize_model` and the block runner).
+
+Each path runs in its own fresh subprocess, never two at once. After the model is built, the allocator is
+trimmed and the kernel's peak-RSS mark is reset (`/proc/self/clear_refs` <- 5); each phase's peak is then
+the kernel's VmHWM at its end (a 5 ms VmRSS sampler thread is reported beside it as a check). Paths:
+
+- main:    what `sweep.quantize` does on main: `copy.deepcopy(model)`, then GPTQ on the copy;
+- inplace: `FloatBlocks` saves the blocks' float state to disk (one safetensors file per block), GPTQ
+           runs on the model itself with `DevicePlacement("cpu")`, then `restore` gives the float model back;
+- disk:    GPTQ on the model itself with `DiskPlacement`: blocks other than the calibrated one are on disk.
+
+The ratio is peak RSS (the whole process: interpreter, torch, model, calibration state) / model bytes.
+
+Measured 2026-11-29 on the 2-core CPU box (fp32, 4.40 GB of weights; RSS after the build 4.88 GB):
+main 10.18 GB (2.31x), inplace 5.71 GB (1.30x; backup 4.88, restore 5.34), disk 4.88 GB (1.11x: the
+peak is the fully loaded model before its blocks go to disk; ~1.5 GB RSS while GPTQ runs).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import ctypes
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+PATHS = ("inplace", "main", "disk")  # the bounded path first
+
+
+def status_kb(key: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(key + ":"):
+            return int(line.split()[1])
+    raise KeyError(key)
+
+
+class Peak:
+    """The peak RSS of one phase: the kernel's VmHWM after a reset, and a sampler thread's maximum."""
+
+    def __init__(self) -> None:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+        Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM to the current RSS
+        self.sampled, self.stop = status_kb("VmRSS"), threading.Event()
+        self.thread = threading.Thread(target=self._sample, daemon=True)
+        self.thread.start()
+
+    def _sample(self) -> None:
+        last = time.monotonic()
+        while not self.stop.wait(0.005):
+            self.sampled = max(self.sampled, status_kb("VmRSS"))
+            if time.monotonic() - last > 30:  # progress on stderr: a run cut short still shows its peak so far
+                last = time.monotonic()
+                print(f"  peak so far {status_kb('VmHWM') / 1e6 * 1.024:.3f} GB", file=sys.stderr, flush=True)
+
+    def done(self) -> dict[str, float]:
+        self.stop.set()
+        self.thread.join()
+        return {"hwm_gb": status_kb("VmHWM") / 1e6 * 1.024, "sampled_gb": self.sampled / 1e6 * 1.024}
+
+
+def build(dtype: str, layers: int):
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    cfg = LlamaConfig(hidden_size=2048, intermediate_size=5632, num_hidden_layers=layers, num_attention_heads=32,
+                      num_key_value_heads=4, vocab_size=32000, max_position_embeddings=2048,
+                      tie_word_embeddings=False)
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(cfg).to(getattr(torch, dtype)).eval()
+    return model
+
+
+def model_bytes(model) -> int:
+    seen = {t.data_ptr(): t.numel() * t.element_size() for t in [*model.parameters(), *model.buffers()]}
+    return sum(seen.values())
+
+
+def run_path(path: str, dtype: str, layers: int, windows: int, seqlen: int) -> dict:
+    import torch
+
+    from ptq_bench.quant import get_method
+    from ptq_bench.quant.apply import FloatBlocks
+    from ptq_bench.quant.calibrate import DevicePlacement, DiskPlacement, use_placement
+
+    t0 = time.perf_counter()
+    model = build(dtype, layers)
+    out: dict = {"path": path, "dtype": dtype, "n_params": sum(p.numel() for p in model.parameters()),
+                 "model_gb": model_bytes(model) / 1e9, "build_s": round(time.perf_counter() - t0, 1)}
+    calib = torch.randint(0, model.config.vocab_size, (windows, seqlen), generator=torch.Generator().manual_seed(0))
+    method = get_method("gptq")
+    cfg = method.config_cls(w_bits=4, group_size=128)
+    phases: dict[str, dict] = {}
+    with tempfile.TemporaryDirectory(prefix="calib_memory_") as tmp:
+        out["rss_after_build_gb"] = Peak().done()["hwm_gb"]
+        t0 = time.perf_counter()
+        peak = Peak()
+        if path == "main":
+            target = copy.deepcopy(model)
+            method.apply(target, cfg, calib)
+        elif path == "inplace":
+            backup = FloatBlocks(model, Path(tmp) / "float")
+            phases["backup"] = peak.done()
+            peak = Peak()
+            with use_placement(DevicePlacement("cpu")):
+                method.apply(model, cfg, calib)
+        else:
+            with use_placement(DiskPlacement(Path(tmp) / "blocks")):
+                method.apply(model, cfg, calib)
+        phases["gptq"] = {**peak.done(), "seconds": round(time.perf_counter() - t0, 1)}
+        if path == "inplace":
+            peak = Peak()
+            backup.restore(model)
+            phases["restore"] = peak.done()
+    out["phases"] = phases
+    out["ratio"] = max(p["hwm_gb"] for p in phases.values()) / out["model_gb"]
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--path", choices=(*PATHS, "all"), default="all")
+    ap.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
+    ap.add_argument("--layers", type=int, default=22)
+    ap.add_argument("--windows", type=int, default=2)
+    ap.add_argument("--seqlen", type=int, default=64)
+    args = ap.parse_args()
+    if args.path != "all":
+        print(json.dumps(run_path(args.path, args.dtype, args.layers, args.windows, args.seqlen)), flush=True)
+        return
+    rows = []
+    for path in PATHS:  # one fresh process per path, one after another
+        cmd = [sys.executable, __file__, "--path", path, "--dtype", args.dtype, "--layers", str(args.layers),
+               "--windows", str(args.windows), "--seqlen", str(args.seqlen)]
+        done = subprocess.run(cmd, stdout=subprocess.PIPE, text=True, env=os.environ.copy(), check=True)
+        rows.append(json.loads(done.stdout.strip().splitlines()[-1]))
+        print(json.dumps(rows[-1]), flush=True)
+    print(f"\n{'path':<8} {'params':>8} {'model GB':>9} {'RSS built':>10} {'peak GB':>8} {'ratio':>6}  phases")
+    for r in rows:
+        ph = " ".join(f"{k}={v['hwm_gb']:.2f}GB" + (f"/{v['seconds']}s" if "seconds" in v else "")
+                      for k, v in r["phases"].items())
+        peak = max(v["hwm_gb"] for v in r["phases"].values())
+        print(f"{r['path']:<8} {r['n_params'] / 1e9:>7.2f}B {r['model_gb']:>9.2f} {r['rss_after_build_gb']:>10.2f} "
+              f"{peak:>8.2f} {r['ratio']:>6.2f}  {ph}")
+
+
+if __name__ == "__main__":
+    main()
