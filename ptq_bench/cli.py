@@ -29,10 +29,12 @@ def _run(args: argparse.Namespace) -> int:
 
         recipe = dataclasses.replace(recipe, output_dir=args.output_dir)
     check_paths(recipe, check_data(recipe))  # everything validate checks, plus the folders: before any write
+    from ptq_bench.executors import session
     from ptq_bench.report import render
     from ptq_bench.sweep import run
 
-    out = run(recipe, Path(args.recipe).read_text(encoding="utf-8"))
+    with session(recipe.executor):  # Ray: connected before anything is written
+        out = run(recipe, Path(args.recipe).read_text(encoding="utf-8"))
     for path in render(out):
         print(f"wrote {path}")
     return 0

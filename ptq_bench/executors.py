@@ -33,6 +33,8 @@ import signal
 import socket
 import tempfile
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -128,7 +130,8 @@ def prepare_model(job: Job, name: str) -> tuple[str, dict]:
 
 def run_cell(job: Job, cell: Cell, model_ready: Any) -> dict[str, Any]:
     """Cell task (`model_ready`: its model task's result, so Ray starts it after that task): quantize and
-    evaluate one cell through `sweep.run_model`; {"row": Row as a dict, "eval": {tok_key: provenance}}."""
+    evaluate one cell through `sweep.run_model`; {"row": Row as a dict, "eval": {tok_key: provenance},
+    "worker": host, device and torch threads (CPU float results depend on the thread count)}."""
     sw = worker_sweep(job)
     rows: list[Row] = []
     sw.todo, sw.sink = [cell], rows.append
@@ -139,7 +142,10 @@ def run_cell(job: Job, cell: Cell, model_ready: Any) -> dict[str, Any]:
     if len(rows) != 1:
         raise PtqBenchError(f"{cell.model} {cell.label}: run_model gave {len(rows)} rows, expected 1")
     _maybe_crash()
-    return {"row": rows[0].to_dict(), "eval": {k: ev.provenance() for k, ev in sw.evaluators.items()}}
+    import torch
+
+    worker = f"{socket.gethostname()} {sw.ctx.device} torch_threads={torch.get_num_threads()}"  # results depend on it
+    return {"row": rows[0].to_dict(), "eval": {k: ev.provenance() for k, ev in sw.evaluators.items()}, "worker": worker}
 
 
 def _maybe_crash() -> None:
@@ -169,6 +175,8 @@ def run_ray(sw: Sweep) -> None:
     job = make_job(sw)
     job.marker.parent.mkdir(parents=True, exist_ok=True)
     job.marker.write_text(socket.gethostname(), encoding="utf-8")
+    sw.manifest["invocations"][-1]["executor"] = {"kind": "ray", "address": ex.address, "cpus_per_cell": ex.cpus_per_cell,
+                                                  "gpus_per_cell": ex.gpus_per_cell, "workers": []}
     try:
         log(f"ray: {len(sw.todo)} cells on {_describe(ray.cluster_resources())}, {ex.cpus_per_cell:g} CPU / "
             f"{ex.gpus_per_cell:g} GPU per task, cache {job.cache}")
@@ -179,16 +187,31 @@ def run_ray(sw: Sweep) -> None:
             ray.shutdown()
 
 
+@contextmanager
+def session(ex: ExecutorSpec) -> Iterator[None]:
+    """Around `sweep.run` in the CLI: on Ray, connect first, so a wrong address is refused before anything
+    is written; shut down what this started. Nothing for the local executor."""
+    started = connect(ex.address) if ex.kind == "ray" else False
+    try:
+        yield
+    finally:
+        if started:
+            import ray
+
+            ray.shutdown()
+
+
 def connect(address: str | None) -> bool:
-    """Join the Ray cluster at `address` (None: $RAY_ADDRESS, else a new local instance); an instance this
-    process already started (tests, notebooks) is used as it is. True when this call started Ray."""
+    """Join the Ray cluster at `address` (None: as `ray.init()` finds one: $RAY_ADDRESS, a cluster started on
+    this machine by `ray start`, else a new local instance); a Ray this process already initialized
+    (tests, notebooks) is used as it is. True when this call initialized Ray."""
     import ray
 
     if ray.is_initialized():
         return False
     try:
         ray.init(address=address, log_to_driver=True)
-    except (ConnectionError, ValueError, RuntimeError) as exc:
+    except (ConnectionError, ValueError, RuntimeError, ray.exceptions.RayError) as exc:
         raise PtqBenchError(f"executor.address: cannot connect to Ray at {address or '$RAY_ADDRESS'} "
                             f"({type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''})") from None
     return True
@@ -259,6 +282,9 @@ def store(sw: Sweep, cell: Cell, out: Any) -> None:
         sw.evaluators.update(reported)  # type: ignore[arg-type]
         _record_eval(sw)
         write_manifest(sw.out, sw.manifest)
+    workers = sw.manifest["invocations"][-1]["executor"]["workers"]
+    if out.get("worker") not in workers:
+        workers.append(out.get("worker"))
     append_row(sw.out, row)
     sw.ran += 1
     sw.bar.update(1)

@@ -113,7 +113,7 @@ class ExecutorSpec:
     """Where cells run; changes no result. `ptq-bench run --executor/--address` override kind/address."""
 
     kind: str = bound("local", choices=EXECUTORS)  # local: one process; ray: Ray tasks (docs/cluster.md)
-    address: str | None = bound(None, max_len=500)  # Ray cluster (None: $RAY_ADDRESS or a new local instance)
+    address: str | None = bound(None, max_len=500)  # Ray cluster (None: $RAY_ADDRESS, one `ray start`ed here, or new)
     cpus_per_cell: float = bound(1.0, gt=0.0, max=1024)  # CPUs of each Ray task (model preparation and cells)
     gpus_per_cell: float = bound(0.0, min=0.0, max=64)  # GPUs of each Ray task (a fraction shares a GPU)
     max_retries: int = bound(2, min=0, max=100)  # re-runs of a task whose worker died (a raised error is final)
@@ -354,7 +354,7 @@ def check_recipe(recipe: Recipe) -> None:
 
 
 def check_executor(recipe: Recipe) -> None:
-    """On Ray a task sees only the GPUs it asked for: `device: cuda` needs executor.gpus_per_cell > 0."""
+    """On Ray a task may use only the GPU share reserved for it: `device: cuda` needs executor.gpus_per_cell > 0."""
     ex = recipe.executor
     if ex.kind == "ray" and recipe.device == "cuda" and ex.gpus_per_cell == 0:
         raise RecipeError("executor.gpus_per_cell: device cuda on Ray needs a GPU share per task (> 0), got 0")

@@ -91,6 +91,8 @@ def test_ray_run_writes_the_local_rows_through_the_driver(ref, crash_dir, tmp_pa
     manifest, local = (json.loads((d / "manifest.json").read_text()) for d in (out, ref.out))
     assert manifest["recipe_hash"] == local["recipe_hash"]
     assert manifest["invocations"][-1]["cells_run"] == len(ref.rows) and "failed" not in manifest["invocations"][-1]
+    executor = manifest["invocations"][-1]["executor"]
+    assert executor["kind"] == "ray" and executor["workers"] and all("torch_threads=" in w for w in executor["workers"])
 
     def tasks(m: dict) -> dict:  # `path` is the last cell's FastLM path: order-dependent
         return {k: {**v, "tasks": {**v["tasks"], "path": None}} for k, v in m["eval"]["by_tokenizer"].items()}
