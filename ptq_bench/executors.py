@@ -34,7 +34,7 @@ import socket
 import tempfile
 import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -247,7 +247,8 @@ def drive(sw: Sweep, job: Job, ex: ExecutorSpec) -> None:
             collect(sw, what, item, ref)
     finally:
         for ref in pending:  # interrupted: stop what is still queued or running
-            ray.cancel(ref, force=True)
+            with suppress(Exception):  # never mask the interruption itself
+                ray.cancel(ref, force=True)
 
 
 def collect(sw: Sweep, what: str, item: Any, ref: Any) -> None:

@@ -178,3 +178,13 @@ def test_validate_does_not_import_ray(tmp_path):
                          env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=120)
     assert out.returncode == 0, out.stderr
     assert "RAY False" in out.stdout
+
+
+def test_a_worker_without_the_drivers_cache_refuses(tmp_path):
+    from ptq_bench.errors import PtqBenchError
+    from ptq_bench.recipe import load_recipe
+
+    job = executors.Job(load_recipe(_recipe(tmp_path)), str(tmp_path), str(tmp_path / "elsewhere"), str(tmp_path),
+                        {}, {}, "", "t0")
+    with pytest.raises(PtqBenchError, match="not the driver's cache folder"):
+        executors.worker_sweep(job)
