@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import Any
 
 
 def _validate(args: argparse.Namespace) -> int:
@@ -22,19 +23,39 @@ def _run(args: argparse.Namespace) -> int:
     from ptq_bench.paths import check_data, check_paths
     from ptq_bench.recipe import load_recipe
 
-    recipe = load_recipe(args.recipe)
+    recipe = _with_executor(load_recipe(args.recipe), args)
     if args.output_dir:
         import dataclasses
 
         recipe = dataclasses.replace(recipe, output_dir=args.output_dir)
     check_paths(recipe, check_data(recipe))  # everything validate checks, plus the folders: before any write
+    from ptq_bench.executors import session
     from ptq_bench.report import render
     from ptq_bench.sweep import run
 
-    out = run(recipe, Path(args.recipe).read_text(encoding="utf-8"))
+    with session(recipe.executor):  # Ray: connected before anything is written
+        out = run(recipe, Path(args.recipe).read_text(encoding="utf-8"))
     for path in render(out):
         print(f"wrote {path}")
     return 0
+
+
+def _with_executor(recipe: Any, args: argparse.Namespace) -> Any:
+    """The recipe with `--executor` / `--address` over its `executor:` section, through the typed loader."""
+    import dataclasses
+
+    from ptq_bench.config import from_dict, to_dict
+    from ptq_bench.errors import RecipeError
+    from ptq_bench.recipe import ExecutorSpec, check_executor
+
+    flags = {"kind": args.executor, "address": args.address}
+    ex = from_dict(ExecutorSpec, {**to_dict(recipe.executor), **{k: v for k, v in flags.items() if v is not None}},
+                   "executor")
+    if args.address is not None and ex.kind != "ray":
+        raise RecipeError("--address: a Ray cluster address needs --executor ray (or executor.kind: ray)")
+    recipe = dataclasses.replace(recipe, executor=ex)
+    check_executor(recipe)
+    return recipe
 
 
 def _report(args: argparse.Namespace) -> int:
@@ -81,6 +102,9 @@ def build_parser() -> argparse.ArgumentParser:
     r = sub.add_parser("run", help="train or load models, quantize, evaluate and report a recipe")
     r.add_argument("recipe", help="recipe YAML file")
     r.add_argument("--output-dir", help="results folder (overrides the recipe's output_dir)")
+    r.add_argument("--executor", help="where cells run (overrides executor.kind): local (this process) or ray "
+                                      "(Ray tasks, docs/cluster.md)")
+    r.add_argument("--address", help="Ray cluster address, e.g. HEAD_IP:6379 (overrides executor.address)")
     r.set_defaults(fn=_run)
     v = sub.add_parser("validate", help="check a recipe without running it")
     v.add_argument("recipe")

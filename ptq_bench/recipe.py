@@ -35,6 +35,7 @@ __all__ = ["Cell", "Recipe", "expand_cells", "load_recipe", "model_arch", "to_di
 MAX_FILE_BYTES = 1 << 18  # a recipe is a small text file (pure-Python YAML parses ~1 MB/s)
 MAX_SETTINGS = 64  # cells one w_bits / a_bits list may expand to
 DEVICES = ("auto", "cpu", "cuda")
+EXECUTORS = ("local", "ray")  # where cells run: this process, or Ray tasks (ptq_bench/executors.py)
 
 
 @dataclass(frozen=True)
@@ -114,9 +115,20 @@ class QuantSpec:
     params: dict[str, Any] = field(default_factory=dict)
 
 
-# Recipe fields that change no result (names, where files go, free text, report layout, device choice):
-# left out of Recipe.digest, so editing them keeps a run folder valid.
-NOT_IN_DIGEST = ("name", "output_dir", "cache_dir", "data_dir", "description", "device", "layout")
+@dataclass(frozen=True)
+class ExecutorSpec:
+    """Where cells run; changes no result. `ptq-bench run --executor/--address` override kind/address."""
+
+    kind: str = bound("local", choices=EXECUTORS)  # local: one process; ray: Ray tasks (docs/cluster.md)
+    address: str | None = bound(None, max_len=500)  # Ray cluster (None: $RAY_ADDRESS, one `ray start`ed here, or new)
+    cpus_per_cell: float = bound(1.0, gt=0.0, max=1024)  # CPUs of each Ray task (model preparation and cells)
+    gpus_per_cell: float = bound(0.0, min=0.0, max=64)  # GPUs of each Ray task (a fraction shares a GPU)
+    max_retries: int = bound(2, min=0, max=100)  # re-runs of a task whose worker died (a raised error is final)
+
+
+# Recipe fields that change no result (names, where files go, free text, report layout, device choice,
+# executor): left out of Recipe.digest, so editing them keeps a run folder valid.
+NOT_IN_DIGEST = ("name", "output_dir", "cache_dir", "data_dir", "description", "device", "layout", "executor")
 
 
 @dataclass(frozen=True)
@@ -136,6 +148,7 @@ class Recipe:
     eval: EvalSpec = field(default_factory=EvalSpec)
     description: str = bound("", max_len=10_000)  # free text shown in reports
     layout: str | None = bound(None, choices=LAYOUT_NAMES)  # paper layout of the report (None = generic only)
+    executor: ExecutorSpec = field(default_factory=ExecutorSpec)
 
     @property
     def out_dir(self) -> Path:
@@ -359,6 +372,14 @@ def check_recipe(recipe: Recipe) -> None:
         model_arch(recipe, name)
     expand_cells(recipe)
     _check_lengths(recipe)
+    check_executor(recipe)
+
+
+def check_executor(recipe: Recipe) -> None:
+    """On Ray a task may use only the GPU share reserved for it: `device: cuda` needs executor.gpus_per_cell > 0."""
+    ex = recipe.executor
+    if ex.kind == "ray" and recipe.device == "cuda" and ex.gpus_per_cell == 0:
+        raise RecipeError("executor.gpus_per_cell: device cuda on Ray needs a GPU share per task (> 0), got 0")
 
 
 def model_arch(recipe: Recipe, name: str) -> ArchConfig:

@@ -228,6 +228,8 @@ class Sweep:
     calib: dict[tuple, Any] = field(default_factory=dict)  # (tokenizer key, seed) -> (n_samples, seq_len) LongTensor
     ran: int = 0
     bar: Any = None
+    sink: Any = None  # where run_model puts a finished Row (None: append to the store; a Ray worker returns it)
+    failed: list[str] = field(default_factory=list)  # cells whose Ray task failed: "<model> <label>: <error>"
 
     def stream(self) -> np.ndarray:
         """The training token stream of the recipe's tokenizer (int32)."""
@@ -246,13 +248,19 @@ def run(recipe: Recipe, recipe_text: str) -> Path:
         # no bar when stderr is not a terminal (disable=None): the log lines of each cell say it all
         sw.bar = tqdm(total=len(sw.todo), desc="cells", unit="cell", dynamic_ncols=True, disable=None)
         try:
-            for name in recipe.models:
-                run_model(sw, name)
+            if recipe.executor.kind == "ray":  # Ray tasks compute; this process alone writes the folder
+                from ptq_bench.executors import run_ray
+                run_ray(sw)
+            else:
+                for name in recipe.models:
+                    run_model(sw, name)
         finally:
             sw.bar.close()
         _record_eval(sw)
         close_run(sw.out, sw.manifest, time.perf_counter() - t0, sw.ran)
     log(f"done in {time.perf_counter() - t0:.0f}s")
+    if sw.failed:  # their rows are missing: the run is incomplete (the manifest's invocation lists them)
+        raise PtqBenchError(f"{len(sw.failed)} cell(s) failed, first: {sw.failed[0]}; re-run to retry them")
     return sw.out
 
 
@@ -263,7 +271,8 @@ def prepare(recipe: Recipe, recipe_text: str) -> Sweep:
     data_dir = resolve_data_dir(recipe.data_dir)
     cells = expand_cells(recipe)
     hashes = data_hashes(data_dir, recipe)
-    ctx = Context(recipe, data_dir, Path(recipe.cache_dir), pick_device(recipe.device), hashes)
+    device = pick_device(recipe.device) if recipe.executor.kind == "local" else recipe.device  # Ray: each task picks
+    ctx = Context(recipe, data_dir, Path(recipe.cache_dir), device, hashes)
     out = recipe.out_dir
     base = {"recipe_name": recipe.name, "recipe": to_dict(recipe), "recipe_text": recipe_text, "seed": recipe.seed,
             "data_dir": str(data_dir), "data_sha256": hashes}
@@ -302,14 +311,7 @@ def run_model(sw: Sweep, name: str) -> None:
     mine = [c for c in sw.todo if c.model == name]
     if not mine:
         return
-    if sw.ctx.recipe.models[name].source is not None:
-        model, m_tok, kind, info = get_source_model(sw.ctx, name)
-        m_tok_key = sw.keys[name]
-        evaluate = evaluator(sw, m_tok, m_tok_key)
-    else:
-        m_tok, m_tok_key = sw.tokenizer, sw.tok_key
-        evaluate = evaluator(sw, m_tok, m_tok_key)
-        model, kind, info = get_model(sw.ctx, name, sw.tok_key, sw.tokenizer, sw.stream, evaluate.perplexity)
+    model, m_tok, m_tok_key, evaluate, kind, info = base_model(sw, name)
     _save_curve(sw.out, name, kind, info)
     size = {"n_params": sum(p.numel() for p in model.parameters()), "weight_bytes": weight_bytes(model)}
     evaluate.set_base(model, sw.keys[name])  # KLD references: built on the first quantized cell, once per set
@@ -320,11 +322,24 @@ def run_model(sw: Sweep, name: str) -> None:
         metrics = evaluate(target, quantized=cell.method != "none")
         row = make_row(sw, cell, kind, info, size, metrics, quant, time.perf_counter() - t_eval)
         row.protocol["path"] = evaluate.suite.last_path if evaluate.suite is not None else None  # FastLM path taken
-        append_row(sw.out, row)
+        append_row(sw.out, row) if sw.sink is None else sw.sink(row)
         sw.ran += 1
         sw.bar.update(1)
         _print_cell(row)
         del target
+
+
+def base_model(sw: Sweep, name: str) -> tuple[Any, Any, str, Evaluator, str, dict]:
+    """(model on the device, its tokenizer, tokenizer key, evaluator, kind, info): loaded, or trained once."""
+    if sw.ctx.recipe.models[name].source is not None:
+        model, m_tok, kind, info = get_source_model(sw.ctx, name)
+        m_tok_key = sw.keys[name]
+        evaluate = evaluator(sw, m_tok, m_tok_key)
+    else:
+        m_tok, m_tok_key = sw.tokenizer, sw.tok_key
+        evaluate = evaluator(sw, m_tok, m_tok_key)
+        model, kind, info = get_model(sw.ctx, name, sw.tok_key, sw.tokenizer, sw.stream, evaluate.perplexity)
+    return model, m_tok, m_tok_key, evaluate, kind, info
 
 
 def quantize(sw: Sweep, cell: Cell, model: Any, tokenizer: Any, tok_key: str) -> tuple[Any, dict[str, Any]]:

@@ -1,0 +1,310 @@
+"""The Ray executor: model preparation and cells run as Ray tasks; this process alone writes the run folder.
+
+`ptq-bench run recipe.yaml --executor ray [--address ADDR]`, or the recipe's `executor:` section. The
+driver (the `ptq-bench run` process) does what a local run does around the cells, in `sweep.run`:
+`prepare` (data hashes, run-folder lock, manifest, tokenizer, which cells are left) and `close_run`. It
+is the only writer of the store (results.jsonl, manifest.json, curves/). Ray tasks compute:
+
+- a *model task* per model with cells left trains it into the shared cache (or loads a `source:`,
+  converting a GGUF once) and returns (kind, training info);
+- a *cell task* per cell takes its model task's result as an argument, so Ray starts it once that
+  model is ready. It runs `sweep.run_model` for that one cell on a worker-side `Sweep` whose `sink`
+  keeps the Row instead of appending it and whose `out` is a private scratch folder (a task is never
+  told the run folder), and returns the Row as a dict, with the evaluator's provenance.
+
+The driver checks each returned row (a complete `Row` of the cell it asked for) and appends it as it
+arrives, so resume, the lock and the manifest behave as locally. A task whose worker dies (kill, OOM,
+lost node) is re-run by Ray up to `executor.max_retries` times; a task that raises, or runs out of
+retries, is logged and listed in the manifest's invocation (`failed`), its row is absent, and the run
+exits non-zero once the other cells are done. Nothing a task computed reaches the store except
+through the driver, whole.
+
+The cache folder must be one folder every worker sees at the same path (on a cluster: a shared
+filesystem with working file locks); a worker that does not see the driver's marker in it refuses.
+Ray is imported only here, inside functions.
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import shutil
+import signal
+import socket
+import tempfile
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ptq_bench.console import log
+from ptq_bench.errors import PtqBenchError
+from ptq_bench.recipe import Cell, ExecutorSpec, Recipe
+from ptq_bench.results import Row, append_row, write_manifest
+from ptq_bench.sweep import (
+    Context,
+    Sweep,
+    _record_eval,
+    _save_curve,
+    base_model,
+    cell_id,
+    get_tokenizer,
+    pick_device,
+    run_model,
+)
+
+CRASH_ENV = "PTQ_BENCH_RAY_CRASH_ONCE"  # fault injection for tests: a folder (see _maybe_crash)
+
+
+@dataclass(frozen=True)
+class Job:
+    """What a task needs to rebuild the driver's context on a worker. Picklable; holds no run folder."""
+
+    recipe: Recipe
+    data_dir: str  # absolute
+    cache: str  # absolute: the shared cache folder
+    cwd: str  # the driver's working folder: relative `source:` paths resolve from it when it exists
+    data_hashes: dict[str, str]
+    keys: dict[str, str]  # model name -> model cache key
+    tok_key: str  # the recipe's tokenizer key ("" when every model is a `source:`)
+    token: str  # this invocation: names the driver's marker in the cache and the worker-side state
+
+    @property
+    def marker(self) -> Path:
+        return Path(self.cache) / f".ray-driver-{self.token}"
+
+
+@dataclass(frozen=True)
+class Reported:
+    """An Evaluator's provenance as a worker reported it (the driver builds no Evaluator of its own)."""
+
+    prov: dict[str, Any]
+
+    def provenance(self) -> dict[str, Any]:
+        return self.prov
+
+
+# ----------------------------------------------------------------------------------------------
+# worker side
+
+_WORKER: dict[str, Sweep] = {}  # per worker process: job token -> Sweep (tokenizer, evaluators, calibration)
+
+
+def worker_sweep(job: Job) -> Sweep:
+    """This worker's Sweep for `job`, built on its first task: the tokenizer from the shared cache, a
+    scratch `out` (evaluator and curve side files land there, never in the run folder), no bar."""
+    if job.token in _WORKER:
+        return _WORKER[job.token]
+    import logging
+
+    import torch
+    from tqdm.auto import tqdm
+
+    logging.getLogger("lm_eval").setLevel(logging.ERROR)  # as sweep.run does: expected HFLM notices
+    if not job.marker.is_file():
+        raise PtqBenchError(f"cache_dir {job.cache} on {socket.gethostname()} is not the driver's cache folder "
+                            "(its marker is missing): on a cluster it must be a shared folder at the same path")
+    if os.path.isdir(job.cwd):
+        os.chdir(job.cwd)
+    ctx = Context(job.recipe, Path(job.data_dir), Path(job.cache), pick_device(job.recipe.device), job.data_hashes)
+    tokenizer = None
+    if job.tok_key:
+        tokenizer, key = get_tokenizer(ctx)
+        if key != job.tok_key:
+            raise PtqBenchError(f"worker tokenizer key {key} is not the driver's {job.tok_key} (another data folder?)")
+    torch.manual_seed(job.recipe.seed)  # as sweep.prepare does
+    scratch = Path(tempfile.mkdtemp(prefix="ptq-bench-worker-"))
+    atexit.register(shutil.rmtree, scratch, True)
+    sw = Sweep(ctx, scratch, {}, job.keys, [], tokenizer, job.tok_key, bar=tqdm(disable=True))
+    _WORKER[job.token] = sw
+    return sw
+
+
+def prepare_model(job: Job, name: str) -> tuple[str, dict]:
+    """Model task: model `name` trained into (or found in) the shared cache; (kind, training info)."""
+    _, _, _, _, kind, info = base_model(worker_sweep(job), name)
+    return kind, info
+
+
+def run_cell(job: Job, cell: Cell, model_ready: Any) -> dict[str, Any]:
+    """Cell task (`model_ready`: its model task's result, so Ray starts it after that task): quantize and
+    evaluate one cell through `sweep.run_model`; {"row": Row as a dict, "eval": {tok_key: provenance},
+    "worker": host, device and torch threads (CPU float results depend on the thread count)}."""
+    sw = worker_sweep(job)
+    rows: list[Row] = []
+    sw.todo, sw.sink = [cell], rows.append
+    try:
+        run_model(sw, cell.model)
+    finally:
+        sw.todo, sw.sink = [], None
+    if len(rows) != 1:
+        raise PtqBenchError(f"{cell.model} {cell.label}: run_model gave {len(rows)} rows, expected 1")
+    _maybe_crash()
+    import torch
+
+    worker = f"{socket.gethostname()} {sw.ctx.device} torch_threads={torch.get_num_threads()}"  # results depend on it
+    return {"row": rows[0].to_dict(), "eval": {k: ev.provenance() for k, ev in sw.evaluators.items()}, "worker": worker}
+
+
+def _maybe_crash() -> None:
+    """Fault injection (tests): when $PTQ_BENCH_RAY_CRASH_ONCE names a folder holding a file `crash`, the
+    first cell task to claim it (an atomic rename to `crashed`) kills its own worker with SIGKILL after
+    computing its row and before returning it, as an OOM kill or a lost node would."""
+    folder = os.environ.get(CRASH_ENV)
+    if not folder:
+        return
+    try:
+        os.rename(os.path.join(folder, "crash"), os.path.join(folder, "crashed"))
+    except OSError:
+        return
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+# ----------------------------------------------------------------------------------------------
+# driver side
+
+
+def run_ray(sw: Sweep) -> None:
+    """Run `sw.todo` as Ray tasks; append each returned row (this process is the store's only writer)."""
+    import ray
+
+    ex = sw.ctx.recipe.executor
+    started = connect(ex.address)
+    job = make_job(sw)
+    job.marker.parent.mkdir(parents=True, exist_ok=True)
+    job.marker.write_text(socket.gethostname(), encoding="utf-8")
+    sw.manifest["invocations"][-1]["executor"] = {"kind": "ray", "address": ex.address, "cpus_per_cell": ex.cpus_per_cell,
+                                                  "gpus_per_cell": ex.gpus_per_cell, "workers": []}
+    try:
+        log(f"ray: {len(sw.todo)} cells on {_describe(ray.cluster_resources())}, {ex.cpus_per_cell:g} CPU / "
+            f"{ex.gpus_per_cell:g} GPU per task, cache {job.cache}")
+        drive(sw, job, ex)
+    finally:
+        job.marker.unlink(missing_ok=True)
+        if started:
+            ray.shutdown()
+
+
+@contextmanager
+def session(ex: ExecutorSpec) -> Iterator[None]:
+    """Around `sweep.run` in the CLI: on Ray, connect first, so a wrong address is refused before anything
+    is written; shut down what this started. Nothing for the local executor."""
+    started = connect(ex.address) if ex.kind == "ray" else False
+    try:
+        yield
+    finally:
+        if started:
+            import ray
+
+            ray.shutdown()
+
+
+def connect(address: str | None) -> bool:
+    """Join the Ray cluster at `address` (None: as `ray.init()` finds one: $RAY_ADDRESS, a cluster started on
+    this machine by `ray start`, else a new local instance); a Ray this process already initialized
+    (tests, notebooks) is used as it is. True when this call initialized Ray."""
+    import ray
+
+    if ray.is_initialized():
+        return False
+    try:
+        ray.init(address=address, log_to_driver=True)
+    except (ConnectionError, ValueError, RuntimeError, ray.exceptions.RayError) as exc:
+        raise PtqBenchError(f"executor.address: cannot connect to Ray at {address or '$RAY_ADDRESS'} "
+                            f"({type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''})") from None
+    return True
+
+
+def make_job(sw: Sweep) -> Job:
+    ctx = sw.ctx
+    return Job(ctx.recipe, str(ctx.data_dir.resolve()), str(ctx.cache.resolve()), os.getcwd(), dict(ctx.data_hashes),
+               dict(sw.keys), sw.tok_key, uuid.uuid4().hex[:12])
+
+
+def _remote(fn: Any, ex: ExecutorSpec) -> Any:
+    import ray
+
+    return ray.remote(fn).options(num_cpus=ex.cpus_per_cell, num_gpus=ex.gpus_per_cell, max_retries=ex.max_retries)
+
+
+def drive(sw: Sweep, job: Job, ex: ExecutorSpec) -> None:
+    """Submit one model task per model with cells left and its cell tasks; collect results as they end."""
+    import ray
+
+    model_task, cell_task = _remote(prepare_model, ex), _remote(run_cell, ex)
+    pending: dict[Any, tuple[str, Any]] = {}  # ObjectRef -> ("model", name) | ("cell", Cell)
+    for name in dict.fromkeys(c.model for c in sw.todo):
+        ready = model_task.remote(job, name)
+        pending[ready] = ("model", name)
+        for cell in (c for c in sw.todo if c.model == name):
+            pending[cell_task.remote(job, cell, ready)] = ("cell", cell)
+    try:
+        while pending:
+            (ref,), _ = ray.wait(list(pending), num_returns=1)
+            what, item = pending.pop(ref)
+            collect(sw, what, item, ref)
+    finally:
+        for ref in pending:  # interrupted: stop what is still queued or running
+            with suppress(Exception):  # never mask the interruption itself
+                ray.cancel(ref, force=True)
+
+
+def collect(sw: Sweep, what: str, item: Any, ref: Any) -> None:
+    """One finished task: a model's curve, a cell's row appended, or a failure recorded."""
+    import ray
+
+    try:
+        out = ray.get(ref)
+    except ray.exceptions.RayError as exc:
+        if what == "model":
+            log(f"ray: model '{item}' failed: {_reason(exc)} (its cells fail with it)")
+        else:
+            fail(sw, item, _reason(exc))
+        return
+    if what == "model":
+        kind, info = out
+        _save_curve(sw.out, item, kind, info)
+        return
+    store(sw, item, out)
+
+
+def store(sw: Sweep, cell: Cell, out: Any) -> None:
+    """Append a cell task's row after checking it is a complete Row of that cell; else a failure."""
+    try:
+        row = Row.from_dict(out["row"])
+    except (TypeError, KeyError, ValueError) as exc:
+        return fail(sw, cell, f"the task returned no valid row ({exc})")
+    if row.cell_id != cell_id(cell, sw.keys[cell.model]):
+        return fail(sw, cell, f"the task returned the row of another cell ({row.model} {row.label})")
+    reported = {k: Reported(v) for k, v in out["eval"].items()}  # the latest, as a local run keeps the last
+    if any(sw.evaluators.get(k) != v for k, v in reported.items()):
+        sw.evaluators.update(reported)  # type: ignore[arg-type]
+        _record_eval(sw)
+        write_manifest(sw.out, sw.manifest)
+    workers = sw.manifest["invocations"][-1]["executor"]["workers"]
+    if out.get("worker") not in workers:
+        workers.append(out.get("worker"))
+    append_row(sw.out, row)
+    sw.ran += 1
+    sw.bar.update(1)
+
+
+def fail(sw: Sweep, cell: Cell, reason: str) -> None:
+    text = f"{cell.model} {cell.label}: {reason}"
+    log(f"ray: FAILED {text}")
+    sw.failed.append(text)
+    sw.manifest["invocations"][-1]["failed"] = list(sw.failed)
+
+
+def _reason(exc: Exception) -> str:
+    """One line: the task's own exception when it raised one, else what Ray says (a dead worker, ...)."""
+    cause = getattr(exc, "cause", None)
+    err = cause if isinstance(cause, BaseException) else exc
+    text = str(err).strip().splitlines()
+    return f"{type(err).__name__}: {text[0][:300] if text else ''}"
+
+
+def _describe(res: dict[str, float]) -> str:
+    return f"{res.get('CPU', 0):g} CPUs, {res.get('GPU', 0):g} GPUs"

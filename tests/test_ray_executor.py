@@ -1,0 +1,190 @@
+"""The Ray executor (ptq_bench/executors.py) on a local Ray instance with 2 CPUs.
+
+The smoke recipe run with `--executor ray` writes the rows of the shared local reference run (same cell
+ids, identical metrics and every other field but timings), each line appended by the driver; a worker
+killed after computing its row is retried and the rows stay complete, without duplicates; a task out of
+retries is a recorded failure (exit 2, no row) that a re-run completes. The executor section changes no
+recipe hash, is checked like every other section, and `validate` does not import Ray.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from smoke_ref import ROOT, Ref, reference, write_recipe
+
+import ptq_bench.executors as executors
+from ptq_bench.cli import main
+from ptq_bench.results import RESULTS, load_rows
+
+pytestmark = pytest.mark.slow
+TIMING = {"finished", "eval_seconds"}  # row fields that differ between any two runs
+
+
+@pytest.fixture(scope="module")
+def ref(tmp_path_factory) -> Ref:
+    return reference(tmp_path_factory.getbasetemp())
+
+
+@pytest.fixture(scope="module")
+def crash_dir(tmp_path_factory, ref) -> Path:
+    """A local Ray instance (2 CPUs) for this module; its workers see $PTQ_BENCH_RAY_CRASH_ONCE = the folder
+    returned, and use the thread count of the local reference run (identical float results)."""
+    import ray
+    import torch
+
+    folder = tmp_path_factory.mktemp("crash")
+    env = {executors.CRASH_ENV: str(folder), "OMP_NUM_THREADS": str(torch.get_num_threads()),
+           "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    ray.init(num_cpus=2, include_dashboard=False, object_store_memory=100 << 20, runtime_env={"env_vars": env})
+    yield folder
+    ray.shutdown()
+
+
+def workspace(ref: Ref, tmp: Path, models: bool, **changes) -> tuple[Path, Path]:
+    """(recipe, output folder): the smoke recipe on a copy of the reference cache; without `models`, the
+    trained models are left out, so the Ray workers train them again."""
+    cache, out = tmp / "cache", tmp / "out"
+    skip = ["*.lock"] + ([] if models else ["models"])
+    shutil.copytree(ref.cache, cache, ignore=shutil.ignore_patterns(*skip))
+    raw = {**ref.raw, "output_dir": str(out), "cache_dir": str(cache), **changes}
+    return write_recipe(tmp / "recipe.yaml", raw), out
+
+
+def comparable(row: dict) -> dict:
+    quant = {k: v for k, v in row["quant"].items() if k != "seconds"}
+    return {**{k: v for k, v in row.items() if k not in TIMING}, "quant": quant}
+
+
+def assert_same_rows(out: Path, ref: Ref) -> None:
+    rows = [r.to_dict() for r in load_rows(out, strict=True)]
+    ids = [r["cell_id"] for r in rows]
+    assert len(ids) == len(set(ids)), "a cell was stored twice"
+    want = {r["cell_id"]: comparable(r) for r in ref.rows}
+    assert {i: comparable(r) for i, r in zip(ids, rows)} == want
+
+
+def test_ray_run_writes_the_local_rows_through_the_driver(ref, crash_dir, tmp_path, monkeypatch):
+    recipe, out = workspace(ref, tmp_path, models=False)
+    appended: list[str] = []
+    real = executors.append_row
+
+    def record(run_dir, row):  # the driver's appends (worker processes do not see this patch)
+        appended.append(row.to_json())
+        real(run_dir, row)
+
+    monkeypatch.setattr(executors, "append_row", record)
+    assert main(["run", str(recipe), "--executor", "ray"]) == 0
+    assert_same_rows(out, ref)
+    lines = (out / RESULTS).read_text(encoding="utf-8").splitlines()
+    assert lines == appended  # every line of the store was written by the driver, whole
+    assert len([p for p in (tmp_path / "cache" / "models").iterdir() if p.is_dir()]) == 3  # trained by workers
+    for name in ("fp16", "bitnet_b158", "bitnet_b1"):  # identical training: identical loss curves
+        assert (out / "curves" / f"{name}.json").read_text() == (ref.out / "curves" / f"{name}.json").read_text()
+    manifest, local = (json.loads((d / "manifest.json").read_text()) for d in (out, ref.out))
+    assert manifest["recipe_hash"] == local["recipe_hash"]
+    assert manifest["invocations"][-1]["cells_run"] == len(ref.rows) and "failed" not in manifest["invocations"][-1]
+    executor = manifest["invocations"][-1]["executor"]
+    assert executor["kind"] == "ray" and executor["workers"] and all("torch_threads=" in w for w in executor["workers"])
+
+    def tasks(m: dict) -> dict:  # `path` is the last cell's FastLM path: order-dependent
+        return {k: {**v, "tasks": {**v["tasks"], "path": None}} for k, v in m["eval"]["by_tokenizer"].items()}
+
+    assert tasks(manifest) == tasks(local)
+    assert (out / "table.md").is_file()
+
+
+def test_ray_retries_a_killed_worker(ref, crash_dir, tmp_path):
+    recipe, out = workspace(ref, tmp_path, models=True)
+    (crash_dir / "crash").touch()
+    try:
+        assert main(["run", str(recipe), "--executor", "ray"]) == 0
+        assert (crash_dir / "crashed").is_file()  # a worker did kill itself, after computing its row
+    finally:
+        for name in ("crash", "crashed"):
+            (crash_dir / name).unlink(missing_ok=True)
+    assert_same_rows(out, ref)
+
+
+def test_ray_failure_is_recorded_then_resumed(ref, crash_dir, tmp_path, capsys):
+    recipe, out = workspace(ref, tmp_path, models=True, executor={"kind": "ray", "max_retries": 0})
+    (crash_dir / "crash").touch()
+    try:
+        assert main(["run", str(recipe)]) == 2
+    finally:
+        for name in ("crash", "crashed"):
+            (crash_dir / name).unlink(missing_ok=True)
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith("ptq-bench: error: 1 cell(s) failed") and "re-run" in err, err
+    assert len(load_rows(out, strict=True)) == len(ref.rows) - 1  # no row for the lost cell, nothing partial
+    (failed,) = json.loads((out / "manifest.json").read_text())["invocations"][-1]["failed"]
+    assert "Error" in failed, failed
+    assert main(["run", str(recipe)]) == 0  # resume: only the missing cell runs
+    assert_same_rows(out, ref)
+    runs = json.loads((out / "manifest.json").read_text())["invocations"]
+    assert [i["cells_run"] for i in runs] == [len(ref.rows) - 1, 1]
+
+
+# ----------------------------------------------------------------------------------------------
+# the recipe section and the command line (no Ray instance)
+
+
+def _recipe(tmp_path: Path, **changes) -> Path:
+    raw = yaml.safe_load((ROOT / "recipes" / "smoke.yaml").read_text(encoding="utf-8"))
+    raw.update(output_dir=str(tmp_path / "out"), cache_dir=str(tmp_path / "cache"), **changes)
+    return write_recipe(tmp_path / f"r{len(list(tmp_path.glob('r*.yaml')))}.yaml", raw)
+
+
+def test_executor_section_is_typed_and_not_in_the_hash(tmp_path, capsys):
+    from ptq_bench.recipe import load_recipe
+
+    plain = load_recipe(_recipe(tmp_path))
+    ray_r = load_recipe(_recipe(tmp_path, executor={"kind": "ray", "address": "10.0.0.1:6379", "cpus_per_cell": 0.5,
+                                                    "gpus_per_cell": 1, "max_retries": 5}))
+    assert plain.executor.kind == "local" and ray_r.executor.gpus_per_cell == 1.0
+    assert plain.digest() == ray_r.digest()  # where cells run changes no result
+    bad = [({"kind": "spark"}, "executor.kind"), ({"cpus_per_cell": 0}, "executor.cpus_per_cell"),
+           ({"gpus_per_cell": -1}, "executor.gpus_per_cell"), ({"max_retries": 1.5}, "executor.max_retries"),
+           ({"workers": 3}, "executor.workers")]
+    for section, key in bad:
+        assert main(["validate", str(_recipe(tmp_path, executor=section))]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.count("\n") == 0 and key in err, err
+    assert main(["validate", str(_recipe(tmp_path, device="cuda", executor={"kind": "ray"}))]) == 2
+    assert "executor.gpus_per_cell" in capsys.readouterr().err
+
+
+def test_run_flags_are_checked_before_anything_is_written(tmp_path, capsys):
+    path = _recipe(tmp_path)
+    for argv, key in ([["--executor", "spark"], "executor.kind"], [["--address", "h:6379"], "--address"]):
+        assert main(["run", str(path), *argv]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.count("\n") == 0 and key in err, err
+    assert not (tmp_path / "out").exists() and not (tmp_path / "cache").exists()
+
+
+def test_validate_does_not_import_ray(tmp_path):
+    probe = ("import sys; from ptq_bench.cli import main; rc = main(['validate', sys.argv[1]]); "
+             "print('RAY', 'ray' in sys.modules); sys.exit(rc)")
+    path = _recipe(tmp_path, executor={"kind": "ray"})
+    out = subprocess.run([sys.executable, "-c", probe, str(path)], capture_output=True, text=True,
+                         env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "RAY False" in out.stdout
+
+
+def test_a_worker_without_the_drivers_cache_refuses(tmp_path):
+    from ptq_bench.errors import PtqBenchError
+    from ptq_bench.recipe import load_recipe
+
+    job = executors.Job(load_recipe(_recipe(tmp_path)), str(tmp_path), str(tmp_path / "elsewhere"), str(tmp_path),
+                        {}, {}, "", "t0")
+    with pytest.raises(PtqBenchError, match="not the driver's cache folder"):
+        executors.worker_sweep(job)
