@@ -41,19 +41,10 @@ from typing import Any
 
 from ptq_bench.console import log
 from ptq_bench.errors import PtqBenchError
+from ptq_bench.prepare import Context, get_tokenizer, pick_device
 from ptq_bench.recipe import Cell, ExecutorSpec, Recipe
 from ptq_bench.results import Row, append_row, write_manifest
-from ptq_bench.sweep import (
-    Context,
-    Sweep,
-    _record_eval,
-    _save_curve,
-    base_model,
-    cell_id,
-    get_tokenizer,
-    pick_device,
-    run_model,
-)
+from ptq_bench.sweep import Sweep, _record_eval, _save_curve, base_model, cell_id, run_model
 
 CRASH_ENV = "PTQ_BENCH_RAY_CRASH_ONCE"  # fault injection for tests: a folder (see _maybe_crash)
 

@@ -12,9 +12,10 @@ from smoke_ref import cli, reference, workspace
 
 from ptq_bench.cache import ensure, problem
 from ptq_bench.data import resolve_data_dir, train_documents
+from ptq_bench.prepare import Context, get_model, get_tokenizer
 from ptq_bench.recipe import load_recipe
 from ptq_bench.results import read_rows
-from ptq_bench.sweep import Context, data_hashes, get_model, get_tokenizer
+from ptq_bench.sweep import data_hashes
 from ptq_bench.tokens import cached_array, encode_stream
 
 

@@ -81,8 +81,8 @@ def test_bitnet_checkpoint_is_not_a_ptq_target(tmp_path, tokenizer_dir, capsys):
 
 
 def test_model_key_follows_checkpoint_content(tmp_path, tokenizer_dir):
+    from ptq_bench.prepare import Context, model_key
     from ptq_bench.recipe import load_recipe
-    from ptq_bench.sweep import Context, model_key
 
     src = checkpoint(tmp_path, "llama", tokenizer_dir)
     path = recipe(tmp_path, {"m": {"source": str(src)}}, [])

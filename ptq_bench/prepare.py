@@ -1,0 +1,146 @@
+"""Tokenizer and models of a run: train each once into the cache (checksummed) or load a `source:`.
+
+`Context` is what every step shares; `model_key` names a model by what it is (config, schedule,
+tokenizer and seed when trained here; its checkpoint's content when loaded), so a cache entry is reused
+exactly when the same model would be built.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ptq_bench.cache import ensure
+from ptq_bench.console import log
+from ptq_bench.data import TRAIN_FILES, train_documents
+from ptq_bench.errors import PtqBenchError
+from ptq_bench.recipe import Recipe, model_arch, source_info, to_dict
+
+
+def _hash(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def pick_device(name: str) -> str:
+    import torch
+
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and not torch.cuda.is_available():
+        raise PtqBenchError("device: cuda requested but no CUDA device is available")
+    return name
+
+
+@dataclass
+class Context:
+    """What a run shares across cells."""
+
+    recipe: Recipe
+    data_dir: Path
+    cache: Path
+    device: str
+    data_hashes: dict[str, str]
+
+
+# ----------------------------------------------------------------------------------------------
+# tokenizer and models
+
+
+def tokenizer_key(ctx: Context) -> str:
+    return _hash({"spec": to_dict(ctx.recipe.tokenizer), "data": [ctx.data_hashes[f] for f in TRAIN_FILES]})
+
+
+def get_tokenizer(ctx: Context) -> tuple[Any, str]:
+    """The recipe's BPE tokenizer, trained once and cached (rebuilt when its checksum fails)."""
+    from ptq_bench.tokenizer import load_tokenizer, save_tokenizer, train_tokenizer
+
+    def build(tmp: Path) -> None:
+        log(f"training a {ctx.recipe.tokenizer.vocab_size}-token BPE tokenizer on the training corpus")
+        save_tokenizer(train_tokenizer(train_documents(ctx.data_dir), ctx.recipe.tokenizer.vocab_size,
+                                       ctx.recipe.tokenizer.train_chars), tmp)
+
+    key = tokenizer_key(ctx)
+    path = ensure(ctx.cache / "tokenizers" / key, build, "tokenizer")
+    return load_tokenizer(path), key
+
+
+def model_key(ctx: Context, name: str, tok_key: str) -> str:
+    spec = ctx.recipe.models[name]
+    if spec.source is not None:  # the checkpoint's content, not only its path
+        return _hash(source_info(ctx.recipe, name).cache_key())
+    from ptq_bench.models.train import make_schedule
+
+    r = ctx.recipe
+    schedule = make_schedule(spec.kind, spec.lr, spec.lr_stage2, spec.weight_decay)  # resolved: defaults count
+    return _hash({"kind": spec.kind, "arch": to_dict(model_arch(r, name)), "train": to_dict(r.train),
+                  "schedule": to_dict(schedule), "tok": tok_key, "seed": r.seed})
+
+
+def from_source(name: str, source: str, load: Any, *args: Any) -> Any:
+    """load(source, *args); a failure (truncated or damaged file) is one line naming the source."""
+    try:
+        return load(source, *args)
+    except Exception as exc:  # a user's checkpoint cannot be rebuilt: say which one failed and how
+        msg = str(exc).splitlines()[0][:200] if str(exc) else ""
+        raise PtqBenchError(f"models.{name}.source: cannot load {source} ({type(exc).__name__}: {msg})") from None
+
+
+def get_source_model(ctx: Context, name: str) -> tuple[Any, Any, str, dict]:
+    """(model on the device, its tokenizer, kind, info) of a `source:` model; kind and native bits come
+    from what the checkpoint is (sources.py), a GGUF is converted once into the cache."""
+    from ptq_bench.sources import load_source
+
+    spec, info = ctx.recipe.models[name], source_info(ctx.recipe, name)
+    log(f"loading model '{name}' from {spec.source}" + (f" ({info.note})" if info.note else ""))
+    model, tok, kind = from_source(name, spec.source, lambda _s: load_source(info, ctx.device,
+                                                                                cache_dir=ctx.cache / "sources"))
+    if tok is None:
+        raise PtqBenchError(f"models.{name}.source: {spec.source} holds no tokenizer (tokenizer.json or GGUF vocab)")
+    return model, tok, kind, {"source": spec.source, "content_hash": info.content_hash, "note": info.note}
+
+
+def get_model(
+    ctx: Context, name: str, tok_key: str, tokenizer: Any, stream: Any, untrained_ppl: Any = None
+) -> tuple[Any, str, dict]:
+    """(model on the device, kind, training info): load it from the cache or train it once.
+
+    `untrained_ppl(model)`, when given, scores the freshly initialized model (the reference point
+    that shows training worked); its result is kept in the training info.
+    """
+    from ptq_bench.models.build import load_model
+
+    spec = ctx.recipe.models[name]
+    path = ctx.cache / "models" / f"{spec.kind}-{model_key(ctx, name, tok_key)}"
+    ensure(path, lambda tmp: _train_into(tmp, ctx, name, tokenizer, stream, untrained_ppl), f"model '{name}'")
+    model, kind = load_model(path / "model", device=ctx.device)
+    return model, kind, json.loads((path / "train_info.json").read_text(encoding="utf-8"))
+
+
+def _train_into(tmp: Path, ctx: Context, name: str, tokenizer: Any, stream: Any, untrained_ppl: Any) -> None:
+    """Train model `name` and write its cache folder at `tmp`: model/ (toolkit form), hf/, train_info.json."""
+    from ptq_bench.models.build import build_model, export_hf, save_model
+    from ptq_bench.models.train import make_schedule, train
+
+    r, spec = ctx.recipe, ctx.recipe.models[name]
+    model = build_model(spec.kind, model_arch(r, name), len(tokenizer), seed=r.seed).to(ctx.device)
+    untrained = untrained_ppl(model) if untrained_ppl is not None else None
+    schedule = make_schedule(spec.kind, spec.lr, spec.lr_stage2, spec.weight_decay)
+    log(f"training '{name}' ({spec.kind}, {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M params, "
+        f"{r.train.tokens:,} tokens, peak LR {schedule.lr:g})")
+    res = train(model, stream(), schedule, total_tokens=r.train.tokens, seq_len=r.train.seq_len,
+                batch_size=r.train.batch_size, warmup_steps=r.train.warmup_steps, seed=r.seed,
+                grad_clip=r.train.grad_clip, log_every=r.train.log_every, desc=f"train {name}")
+    if res.diverged:
+        log(f"'{name}' DIVERGED at step {res.diverged_at} (non-finite loss); recorded as a result")
+    else:
+        log(f"'{name}' trained in {res.seconds:.0f}s, final loss {res.curve[-1]['loss']:.3f}")
+    save_model(model, spec.kind, tmp / "model")
+    tokenizer.save_pretrained(str(tmp / "model"))
+    export_hf(model, spec.kind, tmp / "hf")
+    tokenizer.save_pretrained(str(tmp / "hf"))
+    info = {"untrained_metrics": untrained, "schedule": to_dict(schedule), "steps": res.steps, "tokens": res.tokens,
+            "seconds": res.seconds, "diverged": res.diverged, "diverged_at": res.diverged_at, "curve": res.curve}
+    (tmp / "train_info.json").write_text(json.dumps(info, default=str), encoding="utf-8")
