@@ -69,14 +69,20 @@ def nonfinite_name(v: Any) -> str | None:
     return None
 
 
+def _special_cell(v: Any, missing: str, nonfinite: dict[str, str]) -> str | None:
+    """The cell text of "not measured" or a non-finite float in one format, else None."""
+    if v is None:
+        return missing
+    special = nonfinite_name(v)
+    return nonfinite[special] if special else None
+
+
 def md_cell(v: Any) -> str:
     if isinstance(v, Spread):
         return f"{md_cell(v.mean)} ± {md_cell(v.std)}"
-    if v is None:
-        return MISSING_MD
-    special = nonfinite_name(v)
-    if special:
-        return _NONFINITE_MD[special]
+    special = _special_cell(v, MISSING_MD, _NONFINITE_MD)
+    if special is not None:
+        return special
     if isinstance(v, float):
         return f"{v:.3g}" if 0 < abs(v) < 1 or abs(v) >= 1e4 else f"{v:.2f}"
     return str(v).replace("|", r"\|")
@@ -89,10 +95,8 @@ def tex_escape(s: str) -> str:
 def tex_cell(v: Any) -> str:
     if isinstance(v, Spread):
         return f"{tex_cell(v.mean)} $\\pm$ {tex_cell(v.std)}"
-    if v is None:
-        return MISSING_TEX
-    special = nonfinite_name(v)
-    return _NONFINITE_TEX[special] if special else tex_escape(md_cell(v).replace(r"\|", "|"))
+    special = _special_cell(v, MISSING_TEX, _NONFINITE_TEX)
+    return special if special is not None else tex_escape(md_cell(v).replace(r"\|", "|"))
 
 
 def csv_cell(v: Any) -> str:

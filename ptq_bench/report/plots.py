@@ -124,6 +124,14 @@ def _bits_lines(ax: Any, marks: Marks, recs: list[dict[str, Any]], col: str, wit
                    label=f"{r['model']} (native {r['W']}-bit)")
 
 
+def _finish(fig: Any, ax: Any, marks: Marks, path: Path, log_grid: bool = False, legend_size: int = 7) -> list[Path]:
+    """Grid, the non-finite marks, the legend, then save: the common ending of a one-axis plot."""
+    ax.grid(True, which="both" if log_grid else "major", alpha=0.3)
+    marks.draw(ax)
+    ax.legend(fontsize=legend_size, loc="best")
+    return [_save(fig, path)]
+
+
 def plot_ppl_vs_bits(run: RunData, df: pd.DataFrame, out: Path, ppl_col: str | None = None) -> list[Path]:
     """Perplexity (log scale) against weight bits: one line per (model, method, activation bits)."""
     cols = [c for c in df.columns if c.startswith("ppl_")]
@@ -137,10 +145,7 @@ def plot_ppl_vs_bits(run: RunData, df: pd.DataFrame, out: Path, ppl_col: str | N
     ax.set_yscale("log")
     ax.set_ylabel(col)
     ax.set_title("Perplexity against weight bits")
-    ax.grid(True, which="both", alpha=0.3)
-    marks.draw(ax)
-    ax.legend(fontsize=7, loc="best")
-    return [_save(fig, out / "ppl_vs_bits.png")]
+    return _finish(fig, ax, marks, out / "ppl_vs_bits.png", log_grid=True)
 
 
 def plot_acc_vs_bits(run: RunData, df: pd.DataFrame, out: Path) -> list[Path]:
@@ -152,10 +157,7 @@ def plot_acc_vs_bits(run: RunData, df: pd.DataFrame, out: Path) -> list[Path]:
     _bits_lines(ax, marks, df.to_dict("records"), "avg_acc", with_base=False)
     _bits_axis(ax)
     ax.set_ylabel("average zero-shot accuracy (%)")
-    ax.grid(True, alpha=0.3)
-    marks.draw(ax)
-    ax.legend(fontsize=7, loc="best")
-    return [_save(fig, out / "acc_vs_bits.png")]
+    return _finish(fig, ax, marks, out / "acc_vs_bits.png")
 
 
 def plot_kld_vs_bits(run: RunData, df: pd.DataFrame, out: Path) -> list[Path]:
@@ -178,10 +180,7 @@ def plot_kld_vs_bits(run: RunData, df: pd.DataFrame, out: Path) -> list[Path]:
     ax.set_xlabel("effective bits per weight (scales and zeros included)")
     ax.set_ylabel(col + " (nats)")
     ax.set_title("KL divergence to the unquantized model against effective bits")
-    ax.grid(True, which="both", alpha=0.3)
-    marks.draw(ax)
-    ax.legend(fontsize=7, loc="best")
-    return [_save(fig, out / "kld_vs_bits.png")]
+    return _finish(fig, ax, marks, out / "kld_vs_bits.png", log_grid=True)
 
 
 def plot_loss_curves(run: RunData, df: pd.DataFrame, out: Path) -> list[Path]:
@@ -196,10 +195,7 @@ def plot_loss_curves(run: RunData, df: pd.DataFrame, out: Path) -> list[Path]:
         marks.line(ax, [p.get("tokens") for p in pts], [p.get("loss") for p in pts], label=label)
     ax.set_xlabel("training tokens")
     ax.set_ylabel("training loss")
-    ax.grid(True, alpha=0.3)
-    marks.draw(ax)
-    ax.legend(fontsize=8)
-    return [_save(fig, out / "loss_curves.png")]
+    return _finish(fig, ax, marks, out / "loss_curves.png", legend_size=8)
 
 
 def _mb(r: dict[str, Any]) -> float | None:
