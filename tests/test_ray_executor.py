@@ -38,10 +38,11 @@ def crash_dir(tmp_path_factory, ref) -> Path:
     """A local Ray instance (2 CPUs) for this module; its workers see $PTQ_BENCH_RAY_CRASH_ONCE = the folder
     returned, and use the thread count of the local reference run (identical float results)."""
     import ray
-    import torch
 
     folder = tmp_path_factory.mktemp("crash")
-    env = {executors.CRASH_ENV: str(folder), "OMP_NUM_THREADS": str(torch.get_num_threads()),
+    threads = {r["threads"] for r in ref.rows}  # what the local reference run used (other tests may
+    assert len(threads) == 1, threads          # have changed this process's torch thread count)
+    env = {executors.CRASH_ENV: str(folder), "OMP_NUM_THREADS": str(threads.pop()),
            "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
     ray.init(num_cpus=2, include_dashboard=False, object_store_memory=100 << 20, runtime_env={"env_vars": env})
     yield folder
