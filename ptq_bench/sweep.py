@@ -284,6 +284,8 @@ def _save_curve(out: Path, name: str, kind: str, info: dict) -> None:
 def _print_cell(row: Row) -> None:
     parts = []
     for k, v in row.metrics.items():
-        short = k.split("/")[1] + "/" + k.split("/")[-1] if k.startswith("lm_eval") else k.split("/")[1]
+        bits_of = k.split("/")  # e.g. kld/wikitext2/seq128/first64win/mean -> kld/wikitext2/mean
+        head, name, leaf = bits_of[0], bits_of[1] if len(bits_of) > 1 else "", bits_of[-1]
+        short = {"lm_eval": f"{name}/{leaf}", "ppl_gptq": name, "kld": f"kld/{name}/{leaf}"}.get(head, f"{head}/{name}")
         parts.append(f"{short}={v:.4g}" if isinstance(v, float) and math.isfinite(v) else f"{short}={v}")
     log(f"{row.model:<12} {row.label:<20} " + " ".join(parts))
