@@ -113,6 +113,14 @@ class QuantSpec:
     method: str
     models: list[str] | None = None  # models it applies to (None = every default PTQ target, kinds.py)
     params: dict[str, Any] = field(default_factory=dict)
+    # calibration seeds of this entry's cells (None = calibration.seeds); only for calibrated methods
+    seeds: list[int] | None = bound(None, min=0, max=SEED_MAX, unique=True)
+    # lm-eval tasks of this entry's cells, a subset of eval.tasks (None = all of them; [] = perplexity/KLD only)
+    tasks: list[str] | None = bound(None, choices=tuple(TASKS), unique=True)
+
+    def __post_init__(self) -> None:
+        if self.seeds is not None and not 1 <= len(self.seeds) <= MAX_SETTINGS:
+            raise ValueError(f"seeds must list 1 to {MAX_SETTINGS} seeds")
 
 
 @dataclass(frozen=True)
@@ -169,6 +177,7 @@ class Cell:
     method: str  # "none" for the unquantized model
     config: Any = None  # the method's frozen config (None for "none")
     calib_seed: int | None = None  # calibration seed when not the recipe's seed (None: recipe.seed or uncalibrated)
+    tasks: tuple[str, ...] | None = None  # lm-eval tasks of this cell (None: every task of eval.tasks)
 
     @property
     def w_bits(self) -> float:
@@ -287,11 +296,24 @@ def _targets(recipe: Recipe, q: QuantSpec, where: str) -> list[str]:
     return list(q.models)
 
 
-def calib_seeds(recipe: Recipe, method: str) -> list[int | None]:
-    """A cell's calibration seeds as Cell.calib_seed: None stands for recipe.seed (the cell id it always had)."""
-    if not CATALOG[method].needs_calibration:
+def calib_seeds(recipe: Recipe, q: QuantSpec, where: str) -> list[int | None]:
+    """An entry's calibration seeds as Cell.calib_seed: None stands for recipe.seed (the cell id it always had)."""
+    if not CATALOG[q.method].needs_calibration:
+        if q.seeds is not None:
+            raise RecipeError(f"{where}.seeds: {q.method} reads no calibration data; remove seeds")
         return [None]
-    return [None if s == recipe.seed else s for s in recipe.calibration.seeds or [recipe.seed]]
+    seeds = q.seeds if q.seeds is not None else recipe.calibration.seeds or [recipe.seed]
+    return [None if s == recipe.seed else s for s in seeds]
+
+
+def cell_tasks(recipe: Recipe, q: QuantSpec, where: str) -> tuple[str, ...] | None:
+    """An entry's lm-eval tasks (None: all of eval.tasks); a task outside eval.tasks is an error."""
+    if q.tasks is None:
+        return None
+    extra = [t for t in q.tasks if t not in recipe.eval.tasks]
+    if extra:
+        raise RecipeError(f"{where}.tasks: {', '.join(extra)} not in eval.tasks ({', '.join(recipe.eval.tasks)})")
+    return tuple(t for t in recipe.eval.tasks if t in q.tasks)  # in eval.tasks' order
 
 
 def calib_seed(recipe: Recipe, cell: Cell) -> int | None:
@@ -303,13 +325,13 @@ def calib_seed(recipe: Recipe, cell: Cell) -> int | None:
 
 def expand_cells(recipe: Recipe) -> list[Cell]:
     """Baseline cells (one per model) then every quantize entry x model x bits setting x calibration seed."""
-    cells = [Cell(name, "none") for name in recipe.models]
+    cells = [Cell(name, "none") for name in recipe.models]  # the first listing of a setting names its tasks
     for i, q in enumerate(recipe.quantize):
         where = f"quantize[{i}]"
-        targets = _targets(recipe, q, where)
+        targets, seeds, tasks = _targets(recipe, q, where), calib_seeds(recipe, q, where), cell_tasks(recipe, q, where)
         for params in _sweep_params(q.params, where):
             cfg = make_config(q.method, params, where)
-            cells.extend(Cell(name, q.method, cfg, s) for name in targets for s in calib_seeds(recipe, q.method))
+            cells.extend(Cell(name, q.method, cfg, s, tasks) for name in targets for s in seeds)
     seen: set[tuple] = set()
     unique = []
     for c in cells:  # the same setting listed twice runs once

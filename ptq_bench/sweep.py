@@ -202,7 +202,7 @@ def run_model(sw: Sweep, name: str) -> None:
         sw.bar.set_description(f"{name} {cell.label}")
         target, quant = quantize(sw, cell, model, m_tok, m_tok_key)
         t_eval = time.perf_counter()
-        metrics = evaluate(target, quantized=cell.method != "none")
+        metrics = evaluate(target, quantized=cell.method != "none", tasks=cell.tasks)
         row = make_row(sw, cell, kind, info, size, metrics, quant, time.perf_counter() - t_eval)
         row.protocol["path"] = evaluate.suite.last_path if evaluate.suite is not None else None  # FastLM path taken
         append_row(sw.out, row) if sw.sink is None else sw.sink(row)

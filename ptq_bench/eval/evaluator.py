@@ -95,13 +95,14 @@ class Evaluator:
             metrics.update({ppl: out.pop(ppl), **out})
         return metrics
 
-    def __call__(self, model: Any, quantized: bool = False) -> dict[str, float]:
+    def __call__(self, model: Any, quantized: bool = False, tasks: tuple[str, ...] | None = None) -> dict[str, float]:
+        """Perplexity (and KLD for a quantized model), then the lm-eval tasks (`tasks`: a subset; None = all)."""
         import torch
 
         metrics = self.distances(model) if quantized and self.spec.kld else self.perplexity(model)
-        if self.suite is not None:
+        if self.suite is not None and tasks != ():
             with torch.no_grad():
-                metrics.update(self.suite.evaluate(model))
+                metrics.update(self.suite.evaluate(model, only=tasks))
         return metrics
 
 

@@ -218,19 +218,21 @@ class TaskSuite:
         return FastLM(model, self.tokenizer, batch_size=self.batch_size, encoder=self.encoder, progress=progress,
                       mode=self.fast_mode)
 
-    def evaluate(self, model: torch.nn.Module, progress: bool = True) -> dict[str, float]:
-        """Run `model` on every task; lm-eval's own filters, process_results and aggregation."""
+    def evaluate(self, model: torch.nn.Module, progress: bool = True,
+                 only: tuple[str, ...] | None = None) -> dict[str, float]:
+        """Run `model` on every task (or those in `only`); lm-eval's own filters, process_results and aggregation."""
         from lm_eval.evaluator import evaluate
 
+        names = [n for n in self.names if only is None or n in only]
         lm = self.make_lm(model, progress=progress)
-        task_dict = {"tasks": {TASKS[n].lm_eval_task: t for n, t in self._tasks.items()}, "groups": {}}
+        task_dict = {"tasks": {TASKS[n].lm_eval_task: self._tasks[n] for n in names}, "groups": {}}
         start = time.perf_counter()
         out = evaluate(lm, task_dict, limit=self.limit, bootstrap_iters=STDERR_ITERS, log_samples=False)
         self.last_seconds = time.perf_counter() - start
         self.last_path = self.backend if self.backend == "hflm" else f"fast:{lm.mode}"
-        self.last_responses = {n: [inst.resps[0] for inst in t.instances] for n, t in self._tasks.items()}
+        self.last_responses = {n: [inst.resps[0] for inst in self._tasks[n].instances] for n in names}
         metrics = {}
-        for name in self.names:
+        for name in names:
             row = out["results"][TASKS[name].lm_eval_task]
             for metric in TASKS[name].metrics:
                 metrics[metric_key(name, self.num_fewshot, metric)] = float(row[f"{metric},none"])

@@ -103,3 +103,29 @@ CATALOG: dict[str, MethodEntry] = {
 def make_config(method: str, params: dict[str, Any], where: str = "") -> Any:
     """The frozen config of `method` from recipe params (unknown key, wrong type, out of bounds: ConfigError)."""
     return from_dict(CATALOG[method].config, params, where)
+
+
+# config keys that W/A columns already show, or that never change a row's meaning when at their default
+_SHOWN_ELSEWHERE = ("w_bits", "a_bits", "w_granularity", "group_size", "a_granularity")
+
+
+def setting_label(method: str, config: dict[str, Any]) -> str:
+    """A short name of a setting beyond its W/A bits, for tables: weight granularity ("channel", "g128",
+    "tensor"), then every other key that differs from the method's default ("alpha=0.8", "act_order")."""
+    if method not in CATALOG or not config:
+        return ""
+    defaults = CATALOG[method].config()
+    parts = []
+    gran = config.get("w_granularity", "group" if method == "gptq" else None)
+    group = config.get("group_size")
+    if gran == "group" and group is not None:
+        parts.append("channel" if group == -1 else f"g{group}")
+    elif gran is not None:
+        parts.append(gran)
+    if config.get("a_granularity", "token") != "token" and config.get("a_bits", 16) != 16:
+        parts.append(f"A per {config['a_granularity']}")
+    for key, value in config.items():
+        if key in _SHOWN_ELSEWHERE or getattr(defaults, key, value) == value:
+            continue
+        parts.append(key if value is True else f"no {key}" if value is False else f"{key}={value}")
+    return " ".join(parts)

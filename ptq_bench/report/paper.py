@@ -11,10 +11,11 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from ptq_bench.kinds import DISPLAY_NAMES
-from ptq_bench.quant.configs import CATALOG
+from ptq_bench.quant.configs import CATALOG, setting_label
 from ptq_bench.report.fmt import bits, frame
 from ptq_bench.report.layouts import LAYOUTS
 from ptq_bench.report.run import RunData, mean, ppl, task_metric, versions
+from ptq_bench.report.spread import pool, setting
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -67,13 +68,23 @@ def _table3_method(row: dict[str, Any]) -> str:
 
 
 def table3(run: RunData, layout: Layout, with_paper: bool = True) -> pd.DataFrame:
-    """Rows: FP16, each PTQ cell of an fp16 model, each natively trained BitNet; columns as Table 3."""
+    """Rows: FP16, each PTQ setting of an fp16 model, each natively trained BitNet; columns as Table 3.
+    A setting run over several calibration seeds is one row: mean ± std over them, `seeds` their count."""
     rows = [r for r in run.rows if r.get("model_kind") == "fp16" or r.get("method") == "none"]
-    records = []
+    groups: dict[tuple, list[dict[str, Any]]] = {}
     for row in rows:
+        groups.setdefault(setting(row), []).append(row)
+    several = any(len(g) > 1 for g in groups.values())
+    records = []
+    for group in groups.values():
+        row = group[0]
+        measured = [{"PPL": ppl(r), **_accuracies(r, layout)} for r in group]
         rec: dict[str, Any] = {"WBits": bits(row.get("w_bits")), "Method": _table3_method(row),
-                               "ABits": bits(row.get("a_bits")), "PTQ": "no" if row.get("method") == "none" else "yes",
-                               "PPL": ppl(row), **_accuracies(row, layout), **versions(row, rows)}
+                               "ABits": bits(row.get("a_bits")),
+                               "Setting": setting_label(str(row.get("method")), row.get("config") or {}),
+                               "PTQ": "no" if row.get("method") == "none" else "yes",
+                               **{c: pool([m[c] for m in measured]) for c in measured[0]},
+                               **({"seeds": len(group)} if several else {}), **versions(row, rows)}
         if with_paper:
             paper = PAPER_TABLE3.get((rec["WBits"], rec["Method"], rec["ABits"]))
             for i, col in enumerate(["PPL", *labels(layout), "Avg"]):

@@ -19,7 +19,7 @@ if TYPE_CHECKING:
     from ptq_bench.report.layouts import Layout
 
 # table columns that are one setting's identity or bookkeeping, not a measured value to pool
-_KEPT = ("model", "method", "W", "A", "diverged", "method v", "eval v")
+_KEPT = ("model", "method", "W", "A", "setting", "diverged", "method v", "eval v")
 
 
 def setting(row: dict[str, Any]) -> tuple:
@@ -35,7 +35,7 @@ def has_spread(run: RunData) -> bool:
     return any(len(s) > 1 for s in seeds.values())
 
 
-def _pool(values: list[Any]) -> Any:
+def pool(values: list[Any]) -> Any:
     """One cell from the seeds' values: a Spread of numbers, the value when all agree, else None."""
     nums = [v for v in values if isinstance(v, (int, float)) and not isinstance(v, bool)]
     if len(values) > 1 and len(nums) == len(values):
@@ -54,7 +54,7 @@ def spread_table(run: RunData, layout: Layout | None = None) -> pd.DataFrame:
     out = []
     for recs in groups.values():
         cols = [c for c in recs[0] if c != "calib_seed"]
-        agg = {c: (recs[0][c] if c in _KEPT else _pool([r.get(c) for r in recs])) for c in cols}
+        agg = {c: (recs[0][c] if c in _KEPT else pool([r.get(c) for r in recs])) for c in cols}
         agg["n"] = len(recs)
         agg["calib_seeds"] = " ".join(str(r.get("calib_seed")) for r in recs) if len(recs) > 1 else None
         out.append(agg)

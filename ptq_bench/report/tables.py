@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections import Counter
 from typing import TYPE_CHECKING, Any
 
+from ptq_bench.quant.configs import setting_label
 from ptq_bench.report.fmt import bits, frame, md_cell
 from ptq_bench.report.run import RunData, mean, metrics, percent, ppl_key, versions
 
@@ -57,7 +58,8 @@ def generic_records(run: RunData) -> tuple[list[dict[str, Any]], list[dict[str, 
     records = []
     for row, head in zip(rows, heads):
         rec: dict[str, Any] = {"model": row.get("model"), "method": row.get("method"),
-                               "W": bits(row.get("w_bits")), "A": bits(row.get("a_bits"))}
+                               "W": bits(row.get("w_bits")), "A": bits(row.get("a_bits")),
+                               "setting": setting_label(str(row.get("method")), row.get("config") or {})}
         for k in metric_cols:
             rec[k] = percent(head.get(k)) if k.endswith(_ACC) else head.get(k)
         rec["avg_acc"] = mean([rec[k] for k in metric_cols if k.endswith(_ACC)])  # "–" if a task is unmeasured
