@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ptq_bench.config import ConfigError, bound, coerce, from_dict, load_yaml, short, to_dict
+from ptq_bench.config import ConfigError, bound, from_dict, load_yaml, short, to_dict
 from ptq_bench.data import PPL_FILES, TRAIN_FILES
 from ptq_bench.errors import RecipeError
 from ptq_bench.eval.harness import BACKENDS, TASKS
@@ -224,6 +224,9 @@ def _read_yaml(path: Path) -> Any:
         raise RecipeError(f"{where}: {exc}") from None
 
 
+_ENTRY_KEYS = ("models", "seeds", "tasks")  # QuantSpec keys of a quantize entry beside `method`
+
+
 def _parse_quant(raw: Any, i: int) -> QuantSpec:
     where = f"quantize[{i}]"
     if not isinstance(raw, dict):
@@ -234,10 +237,8 @@ def _parse_quant(raw: Any, i: int) -> QuantSpec:
         raise RecipeError(f"{where}.method: required, a method name (see `ptq-bench ls`)")
     if method not in CATALOG:
         raise RecipeError(f"{where}.method: unknown method {short(method)} (known: {', '.join(sorted(CATALOG))})")
-    models = raw.pop("models", None)
-    if models is not None:
-        models = coerce(models, list[str], f"{where}.models")
-    return QuantSpec(method=method, models=models, params=raw)
+    entry = {key: raw.pop(key) for key in _ENTRY_KEYS if key in raw}  # the rest are the method's own keys
+    return dataclasses.replace(from_dict(QuantSpec, {"method": method, **entry}, where), params=raw)
 
 
 def load_recipe(path: str | Path) -> Recipe:

@@ -130,3 +130,30 @@ def test_ls_prints_methods_tasks_perplexity_sets_and_layouts(capsys):
     layout_line = next(ln for ln in out.splitlines() if ln.startswith("layouts"))
     assert all(s in ppl_line for s in PPL_FILES)
     assert layout_line.split(":", 1)[1].strip().split(", ") == list(LAYOUT_NAMES)
+
+
+def test_table3_pools_calibration_seeds_and_names_each_setting(tmp_path):
+    from ptq_bench.report.fmt import Spread
+    from ptq_bench.report.paper import table3
+    from ptq_bench.report.run import load_run
+
+    accs = [("wsc273", "acc", 0.5)]
+    gptq = [row("fp", "fp16", "gptq", 4, 16, p, accs, calib_seed=s, config={"w_bits": 4, "group_size": 128})
+            for s, p in [(0, 20.0), (1, 22.0), (2, 24.0)]]
+    rows = [row("fp", "fp16", "none", 16, 16, 15.0, accs), *gptq,
+            row("fp", "fp16", "absmax", 4, 16, 30.0, accs, config={"w_bits": 4, "w_granularity": "channel"}),
+            row("fp", "fp16", "absmax", 4, 16, 25.0, accs,
+                config={"w_bits": 4, "w_granularity": "group", "group_size": 128})]
+    for i, r in enumerate(rows):
+        r["cell_id"] = f"c{i}"
+    df = table3(load_run(run_dir(tmp_path, rows, layout="bitnet_table3")), LAYOUTS["bitnet_table3"])
+    assert len(df) == 4  # three GPTQ seeds are one row; per-channel and g128 Absmax stay two
+    g = df[df["Method"] == "GPTQ"].iloc[0]
+    assert isinstance(g["PPL"], Spread) and (g["PPL"].mean, g["PPL"].std, g["seeds"]) == (22.0, 2.0, 3)
+    assert g["paper PPL"] == 16.05 and g["Setting"] == "g128"
+    assert sorted(df[df["Method"] == "Absmax"]["Setting"]) == ["channel", "g128"]
+    no_tasks = row("fp", "fp16", "gptq", 3, 16, 40.0, [], calib_seed=1, config={"w_bits": 3, "group_size": 128})
+    one = row("fp", "fp16", "gptq", 3, 16, 42.0, accs, calib_seed=0, config={"w_bits": 3, "group_size": 128})
+    no_tasks["cell_id"], one["cell_id"] = "n1", "n0"
+    df = table3(load_run(run_dir(tmp_path / "b", [one, no_tasks], layout="bitnet_table3")), LAYOUTS["bitnet_table3"])
+    assert df.iloc[0]["WG"] == 50.0 and df.iloc[0]["PPL"].n == 2  # accuracy from the one seed that ran tasks

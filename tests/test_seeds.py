@@ -21,7 +21,7 @@ from ptq_bench.results import Row, load_rows
 def _recipe(tmp_path: Path, src: Path, seeds: list[int] | None) -> Path:
     r = {"name": "seeds", "output_dir": str(tmp_path / "out"), "cache_dir": str(tmp_path / "cache"),
          "models": {"m": {"source": str(src)}}, "calibration": {"n_samples": 2, "seq_len": 32, "seeds": seeds},
-         "quantize": [{"method": "absmax", "w_bits": 4}, {"method": "gptq", "w_bits": 3, "group_size": 32}],
+         "quantize": [{"method": "absmax", "w_bits": 4, "tasks": []}, {"method": "gptq", "w_bits": 3, "group_size": 32}],
          "eval": {"perplexity": {"sets": ["wikitext2"], "seq_len": 32, "max_windows": 3}, "tasks": ["piqa"],
                   "limit": 6, "batch_size": 4, "kld": False}}
     path = tmp_path / "r.yaml"
@@ -51,6 +51,29 @@ def test_seeds_expand_calibrated_cells_only_and_keep_default_ids(tmp_path):
         load_recipe(path)
 
 
+def test_an_entry_names_its_own_seeds_and_tasks(tmp_path):
+    path = _recipe(tmp_path, tmp_path / "none", [0])
+    r = yaml.safe_load(path.read_text())
+    r["models"] = {"m": {"kind": "fp16"}}
+    r["eval"]["tasks"] = ["piqa", "arc_easy"]
+    r["quantize"] = [{"method": "absmax", "w_bits": 4, "tasks": []},
+                     {"method": "gptq", "w_bits": 3, "seeds": [0, 5], "tasks": ["arc_easy"]},
+                     {"method": "gptq", "w_bits": 2}]
+    path.write_text(yaml.safe_dump(r))
+    cells = expand_cells(load_recipe(path))
+    assert [(c.method, c.w_bits, c.calib_seed, c.tasks) for c in cells] == [
+        ("none", 16, None, None), ("absmax", 4, None, ()), ("gptq", 3, None, ("arc_easy",)),
+        ("gptq", 3, 5, ("arc_easy",)), ("gptq", 2, None, None)]  # the entry's seeds; calibration.seeds elsewhere
+    for entry, message in [({"method": "absmax", "w_bits": 4, "seeds": [1]}, "reads no calibration data"),
+                           ({"method": "gptq", "w_bits": 3, "tasks": ["boolq"]}, "not in eval.tasks"),
+                           ({"method": "gptq", "w_bits": 3, "seeds": [1, 1]}, "duplicate"),
+                           ({"method": "gptq", "w_bits": 3, "seeds": "1"}, "seeds")]:
+        r["quantize"] = [entry]
+        path.write_text(yaml.safe_dump(r))
+        with pytest.raises(RecipeError, match=message):
+            load_recipe(path)
+
+
 def test_schema1_rows_read_without_seed():
     from report_rows import row
 
@@ -71,8 +94,11 @@ def test_two_seeds_give_two_rows_and_a_spread(tmp_path, tokenizer_dir):  # noqa:
     assert gptq[0].metrics[ppl] != gptq[1].metrics[ppl]  # different windows, different weights
     assert [r.calib_seed for r in rows if r.method != "gptq"] == [None, None]  # uncalibrated: one row each
     assert all(r.threads == torch.get_num_threads() for r in rows)
+    assert not any(k.startswith("lm_eval/") for k in next(r for r in rows if r.method == "absmax").metrics)
     # lm-eval's stderr of a mean metric: sample std / sqrt(n) of the 0/1 scores
     for r in rows:
+        if r.method == "absmax":  # its entry's `tasks: []`: perplexity only
+            continue
         acc = r.metrics["lm_eval/piqa/0shot/acc"]
         n = 6
         assert r.metrics["lm_eval/piqa/0shot/acc_stderr"] == pytest.approx(math.sqrt(acc * (1 - acc) * n / (n - 1) / n))

@@ -67,9 +67,16 @@ def _table3_method(row: dict[str, Any]) -> str:
     return METHOD_NAMES.get(row.get("method"), str(row.get("method")))
 
 
+def _pool_measured(values: list[Any]) -> Any:
+    """The seeds' values of one column, over the seeds that measured it (an entry may run tasks on one seed)."""
+    have = [v for v in values if v is not None]
+    return pool(have) if have else None
+
+
 def table3(run: RunData, layout: Layout, with_paper: bool = True) -> pd.DataFrame:
     """Rows: FP16, each PTQ setting of an fp16 model, each natively trained BitNet; columns as Table 3.
-    A setting run over several calibration seeds is one row: mean ± std over them, `seeds` their count."""
+    A setting run over several calibration seeds is one row: mean ± std over the seeds that measured each
+    column (a recipe may run the tasks on one seed only), `seeds` the number of seeds."""
     rows = [r for r in run.rows if r.get("model_kind") == "fp16" or r.get("method") == "none"]
     groups: dict[tuple, list[dict[str, Any]]] = {}
     for row in rows:
@@ -83,7 +90,7 @@ def table3(run: RunData, layout: Layout, with_paper: bool = True) -> pd.DataFram
                                "ABits": bits(row.get("a_bits")),
                                "Setting": setting_label(str(row.get("method")), row.get("config") or {}),
                                "PTQ": "no" if row.get("method") == "none" else "yes",
-                               **{c: pool([m[c] for m in measured]) for c in measured[0]},
+                               **{c: _pool_measured([m[c] for m in measured]) for c in measured[0]},
                                **({"seeds": len(group)} if several else {}), **versions(row, rows)}
         if with_paper:
             paper = PAPER_TABLE3.get((rec["WBits"], rec["Method"], rec["ABits"]))
