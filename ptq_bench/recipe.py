@@ -19,21 +19,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ptq_bench.cells import MAX_SETTINGS, Cell, calib_seed, expand_cells, targets
 from ptq_bench.config import ConfigError, bound, from_dict, load_yaml, short, to_dict
 from ptq_bench.data import PPL_FILES, TRAIN_FILES
 from ptq_bench.errors import RecipeError
 from ptq_bench.eval.harness import BACKENDS, TASKS
-from ptq_bench.kinds import KINDS, TRAINED_KINDS
+from ptq_bench.kinds import TRAINED_KINDS
 from ptq_bench.models.arch import ArchConfig
 from ptq_bench.paths import check_component
-from ptq_bench.quant.configs import CATALOG, SEED_MAX, make_config
+from ptq_bench.quant.configs import CATALOG, SEED_MAX
 from ptq_bench.report.layouts import LAYOUT_NAMES
 from ptq_bench.sources import SourceInfo, inspect_source
 
-__all__ = ["Cell", "Recipe", "expand_cells", "load_recipe", "model_arch", "to_dict"]
+__all__ = ["Cell", "Recipe", "calib_seed", "expand_cells", "load_recipe", "model_arch", "to_dict"]
 
 MAX_FILE_BYTES = 1 << 18  # a recipe is a small text file (pure-Python YAML parses ~1 MB/s)
-MAX_SETTINGS = 64  # cells one w_bits / a_bits list may expand to
 DEVICES = ("auto", "cpu", "cuda")
 EXECUTORS = ("local", "ray")  # where cells run: this process, or Ray tasks (ptq_bench/executors.py)
 
@@ -169,38 +169,6 @@ class Recipe:
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-@dataclass(frozen=True)
-class Cell:
-    """One (model, method + settings) point of the sweep."""
-
-    model: str
-    method: str  # "none" for the unquantized model
-    config: Any = None  # the method's frozen config (None for "none")
-    calib_seed: int | None = None  # calibration seed when not the recipe's seed (None: recipe.seed or uncalibrated)
-    tasks: tuple[str, ...] | None = None  # lm-eval tasks of this cell (None: every task of eval.tasks)
-
-    @property
-    def w_bits(self) -> float:
-        return getattr(self.config, "w_bits", 16) if self.config is not None else 16
-
-    @property
-    def a_bits(self) -> float:
-        return getattr(self.config, "a_bits", 16) if self.config is not None else 16
-
-    @property
-    def label(self) -> str:
-        if self.config is None:
-            return "none"
-        return f"{self.method} W{_fmt_bits(self.w_bits)}A{_fmt_bits(self.a_bits)}"
-
-    def config_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self.config) if self.config is not None else {}
-
-
-def _fmt_bits(b: float) -> str:
-    return str(int(b)) if float(b).is_integer() else str(b)
-
-
 # ----------------------------------------------------------------------------------------------
 # loading
 
@@ -260,90 +228,6 @@ def load_recipe(path: str | Path) -> Recipe:
 
 
 # ----------------------------------------------------------------------------------------------
-# cells
-
-
-def _sweep_params(params: dict[str, Any], where: str) -> list[dict[str, Any]]:
-    """Expand list-valued w_bits / a_bits into one params dict per cell (see QuantSpec)."""
-    w, a = params.get("w_bits"), params.get("a_bits")
-    wl, al = isinstance(w, list), isinstance(a, list)
-    if wl and al and len(w) != len(a):
-        raise RecipeError(f"{where}: w_bits and a_bits lists must have the same length to be zipped")
-    n = len(w) if wl else len(a) if al else 1
-    if not 1 <= n <= MAX_SETTINGS:
-        raise RecipeError(f"{where}: a bits list must have 1 to {MAX_SETTINGS} items, got {n}")
-    out = []
-    for i in range(n):
-        p = dict(params)
-        if wl:
-            p["w_bits"] = w[i]
-        if al:
-            p["a_bits"] = a[i]
-        out.append(p)
-    return out
-
-
-def _targets(recipe: Recipe, q: QuantSpec, where: str) -> list[str]:
-    """The models a quantize entry applies to; each must exist and be of a kind PTQ may touch."""
-    if q.models is None:
-        return [n for n in recipe.models if KINDS[model_kind(recipe, n)].ptq_default]
-    for name in q.models:
-        if name not in recipe.models:
-            raise RecipeError(f"{where}.models: unknown model {short(name)} (known: {', '.join(recipe.models)})")
-        kind = KINDS[model_kind(recipe, name)]
-        if not kind.ptq_allowed:
-            raise RecipeError(f"{where}.models: '{name}' is a {kind.display} model ({kind.name}); post-training "
-                              "quantization of a natively low-bit model is refused")
-    return list(q.models)
-
-
-def calib_seeds(recipe: Recipe, q: QuantSpec, where: str) -> list[int | None]:
-    """An entry's calibration seeds as Cell.calib_seed: None stands for recipe.seed (the cell id it always had)."""
-    if not CATALOG[q.method].needs_calibration:
-        if q.seeds is not None:
-            raise RecipeError(f"{where}.seeds: {q.method} reads no calibration data; remove seeds")
-        return [None]
-    seeds = q.seeds if q.seeds is not None else recipe.calibration.seeds or [recipe.seed]
-    return [None if s == recipe.seed else s for s in seeds]
-
-
-def cell_tasks(recipe: Recipe, q: QuantSpec, where: str) -> tuple[str, ...] | None:
-    """An entry's lm-eval tasks (None: all of eval.tasks); a task outside eval.tasks is an error."""
-    if q.tasks is None:
-        return None
-    extra = [t for t in q.tasks if t not in recipe.eval.tasks]
-    if extra:
-        raise RecipeError(f"{where}.tasks: {', '.join(extra)} not in eval.tasks ({', '.join(recipe.eval.tasks)})")
-    return tuple(t for t in recipe.eval.tasks if t in q.tasks)  # in eval.tasks' order
-
-
-def calib_seed(recipe: Recipe, cell: Cell) -> int | None:
-    """The seed of a calibrated cell's windows (the recipe's unless the cell names one); None: uncalibrated."""
-    if cell.method == "none" or not CATALOG[cell.method].needs_calibration:
-        return None
-    return recipe.seed if cell.calib_seed is None else cell.calib_seed
-
-
-def expand_cells(recipe: Recipe) -> list[Cell]:
-    """Baseline cells (one per model) then every quantize entry x model x bits setting x calibration seed."""
-    cells = [Cell(name, "none") for name in recipe.models]  # the first listing of a setting names its tasks
-    for i, q in enumerate(recipe.quantize):
-        where = f"quantize[{i}]"
-        targets, seeds, tasks = _targets(recipe, q, where), calib_seeds(recipe, q, where), cell_tasks(recipe, q, where)
-        for params in _sweep_params(q.params, where):
-            cfg = make_config(q.method, params, where)
-            cells.extend(Cell(name, q.method, cfg, s, tasks) for name in targets for s in seeds)
-    seen: set[tuple] = set()
-    unique = []
-    for c in cells:  # the same setting listed twice runs once
-        key = (c.model, c.method, json.dumps(c.config_dict(), sort_keys=True), c.calib_seed)
-        if key not in seen:
-            seen.add(key)
-            unique.append(c)
-    return unique
-
-
-# ----------------------------------------------------------------------------------------------
 # cross-field checks
 
 
@@ -372,7 +256,7 @@ def _context(recipe: Recipe, name: str) -> tuple[int | None, str]:
 def _check_lengths(recipe: Recipe) -> None:
     """Training, calibration and evaluation windows fit each model's context."""
     calibrated = {n for q in recipe.quantize if CATALOG[q.method].needs_calibration
-                  for n in _targets(recipe, q, "quantize")}
+                  for n in targets(recipe, q, "quantize")}
     for name, spec in recipe.models.items():
         ctx, origin = _context(recipe, name)
         if ctx is None:
