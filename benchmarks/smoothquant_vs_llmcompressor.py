@@ -64,6 +64,7 @@ import contextlib
 import copy
 import os
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -186,7 +187,8 @@ def recording_modifier_class() -> type:
 
 
 @contextlib.contextmanager
-def _quiet(verbose: bool):
+def _quiet(verbose: bool) -> Iterator[None]:
+    """llm-compressor's loguru output and stderr silenced unless `verbose`."""
     if verbose:
         yield
         return
