@@ -3,7 +3,7 @@
     PTQ_BENCH_DATA=/work/shared/data OMP_NUM_THREADS=1 .venv/bin/python benchmarks/smoothquant_vs_llmcompressor.py \
         [--nsamples 8] [--seqlen 512] [--seed 0] [--alpha 0.5] [--ppl-windows 4] [--tolerance 1e-5] \
         [--noise-seeds 2] [--gptq | --only-gptq] [--gptq-bits 4] [--gptq-group-size 64] [--gptq-ppl-windows 16] \
-        [--gptq-tolerance 0.01] [--cache-dir .ptq_cache/sources]
+        [--gptq-tolerance 0.05] [--cache-dir .ptq_cache/sources]
 
 Model: SmolLM2-135M (`source: smollm2-135m`, the plain checkpoint folder under .ptq_cache/sources), fp32,
 CPU. Calibration: the same `--nsamples` x `--seqlen` C4-train windows for both sides (`encode_stream` of
@@ -46,8 +46,10 @@ max|W| alone makes every scale 2^-0.5 = 0.71 times the paper's at alpha 0.5, the
 the activation side). W8A8 WikiText-2 ppl (4 x 512): FP 30.96; ours 31.43; its paper-statistics smoothing
 + our W8A8 31.63 (31.36..31.40 with 1e-6 weight noise: per-token int8 activations make this model's ppl
 chaotic at the ~1% level), + its W8A8 31.16; its default statistics 31.96 (our W8A8) / 31.91 (its W8A8).
-GPTQ W4 g64 act-order static groups (16 x 512): ours 58.45, llm-compressor 57.07 (ratio 1.024, outside
-the 1% tolerance: exit 1); see the README for what was ruled out.
+GPTQ W4 g64 act-order static groups (16 x 512): ours 58.45, llm-compressor 57.07 (ratio 1.024); but the
+same run of ours on the FP weights x (1 + 1e-6 N(0,1)) gives 58.29, 55.94, 56.59 (seeds 0-2) and
+llm-compressor's 57.22 (seed 0): GPTQ's error feedback makes W4 perplexity chaotic at ~4.5% here, so the
+two agree within noise, and the default --gptq-tolerance is 5% (block 0's weights are bit-identical).
 Options: --ppl-windows, --noise-seeds (the 1e-6 weight-noise rows), --gptq-ppl-windows, --only-gptq.
 
 Install (llm-compressor pins an older transformers, hence --no-deps; torch and transformers untouched):
@@ -90,7 +92,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--gptq-group-size", type=int, default=64)
     p.add_argument("--gptq-ppl-windows", type=int, default=16, help="WikiText-2 windows for the GPTQ ppl")
     p.add_argument("--only-gptq", action="store_true", help="skip the SmoothQuant part (implies --gptq)")
-    p.add_argument("--gptq-tolerance", type=float, default=0.01, help="allowed |ppl ours/llmc - 1|")
+    p.add_argument("--gptq-tolerance", type=float, default=0.05,
+                   help="allowed |ppl ours/llmc - 1| (W4 GPTQ on this model spreads ~4.5%% under 1e-6 weight noise)")
     p.add_argument("--data-dir", default=None, help="data folder (default: $PTQ_BENCH_DATA)")
     p.add_argument("--threads", type=int, default=int(os.environ.get("OMP_NUM_THREADS", "1")))
     p.add_argument("--verbose", action="store_true", help="show llm-compressor's own logging")
