@@ -107,18 +107,28 @@ def _w(rec: dict[str, Any]) -> float | None:
     return float(rec["W"]) if rec.get("W") is not None else None
 
 
+def _line_key(rec: dict[str, Any]) -> tuple:
+    """One line per (model, method, activation bits, setting): per-channel and g128 are two lines."""
+    return (rec["model"], rec["method"], rec["A"], rec.get("setting") or "")
+
+
+def _line_label(key: tuple) -> str:
+    model, method, a_bits, setting = key
+    return f"{model} + {method} A{a_bits}" + (f" {setting}" if setting else "")
+
+
 def _bits_lines(ax: Any, marks: Marks, recs: list[dict[str, Any]], col: str, with_base: bool) -> None:
-    """One line per (model, method, activation bits) against weight bits; natives as stars."""
+    """One line per (model, method, activation bits, setting) against weight bits; natives as stars."""
     base: dict[Any, dict[str, Any]] = {}
     groups: dict[tuple, list[dict[str, Any]]] = defaultdict(list)
     for r in recs:
         if r["method"] == "none":
             base.setdefault(r["model"], r)
         else:
-            groups[(r["model"], r["method"], r["A"])].append(r)
-    for (model, method, a_bits), g in groups.items():
-        g = g + [base[model]] if with_base and model in base else g  # start each PTQ line from its model
-        marks.spread_line(ax, [_w(r) for r in g], [r[col] for r in g], marker="o", label=f"{model} + {method} A{a_bits}")
+            groups[_line_key(r)].append(r)
+    for key, g in groups.items():
+        g = g + [base[key[0]]] if with_base and key[0] in base else g  # start each PTQ line from its model
+        marks.spread_line(ax, [_w(r) for r in g], [r[col] for r in g], marker="o", label=_line_label(key))
     for r in (r for r in recs if r["method"] == "none"):
         marks.line(ax, [_w(r)], [r[col]], marker="*", markersize=14, linestyle="none", zorder=5,
                    label=f"{r['model']} (native {r['W']}-bit)")
@@ -170,12 +180,11 @@ def plot_kld_vs_bits(run: RunData, df: pd.DataFrame, out: Path) -> list[Path]:
     groups: dict[tuple, list[dict[str, Any]]] = defaultdict(list)
     for r in df.to_dict("records"):
         if r["method"] != "none" and r.get(col) is not None:
-            groups[(r["model"], r["method"], r["A"])].append(r)
+            groups[_line_key(r)].append(r)
     fig, (ax,) = _figure((7, 4.5))
     marks = Marks()
-    for (model, method, a_bits), g in groups.items():
-        marks.spread_line(ax, [r.get("eff_bits") for r in g], [r[col] for r in g], marker="o",
-                          label=f"{model} + {method} A{a_bits}")
+    for key, g in groups.items():
+        marks.spread_line(ax, [r.get("eff_bits") for r in g], [r[col] for r in g], marker="o", label=_line_label(key))
     ax.set_yscale("log")
     ax.set_xlabel("effective bits per weight (scales and zeros included)")
     ax.set_ylabel(col + " (nats)")
