@@ -33,7 +33,8 @@ def test_table3_layout_rows_columns_and_paper_numbers():
     rows = [row("b1", "bitnet_b1", "none", 1, 8, 20.0, T3), row("fp16", "fp16", "gptq", 4, 16, 16.0, T3),
             row("fp16", "fp16", "none", 16, 16, 15.0, T3), row("fp16", "fp16", "absmax", 1, 8, 1e9, T3)]
     df = table3(run_of(rows), LAYOUTS["bitnet_table3"])
-    assert list(df.columns[:10]) == ["WBits", "Method", "ABits", "PTQ", "PPL", "WG", "WGe", "HS", "SC", "Avg"]
+    assert list(df.columns[:11]) == ["WBits", "Method", "ABits", "Setting", "PTQ", "PPL", "WG", "WGe", "HS", "SC",
+                                     "Avg"]
     assert list(df["Method"]) == ["FP16", "GPTQ", "Absmax", "BitNet b1"]  # bits descending, PTQ before native
     fp = df[df["Method"] == "FP16"].iloc[0]
     assert math.isclose(fp["Avg"], 55.0) and fp["paper PPL"] == PAPER_TABLE3[("16", "FP16", "16")][0]
