@@ -2,10 +2,22 @@
 
     python benchmarks/eval_speed.py --model DIR --limit 40        # a HF checkpoint dir with its tokenizer
     python benchmarks/eval_speed.py --tiny --limit 40             # a small random Llama + BPE, runs anywhere
+    python benchmarks/eval_speed.py --model DIR --absmax 8 8      # the same model as Absmax W8A8 (per token)
+    python benchmarks/eval_speed.py --model DIR --bitnet b158     # its linears as BitNet BitLinears
 
 Times `TaskSuite.evaluate` (lm-eval's evaluate: requests, filters, metrics) after a warm-up call,
 best of --repeats, HFLM and FastLM alternating. Prints per task group and overall: requests/s of
 each backend, the ratio, the largest |Δ loglik| per request, and whether every metric matches.
+
+`work` is the ratio of the model work each backend asked for (2 x block parameters per token through
+the blocks + 2 x hidden x vocab per position through the LM head, counted from the real forward
+shapes, padding included, attention scores left out): the speedup FastLM would have at equal
+efficiency, i.e. the ceiling of skipping work. `--envelope` also runs HFLM at batch size 1 and prints
+its own largest |Δ loglik| against HFLM at --batch-size: for a model that rounds activations, the
+spread HFLM's numbers have from the batch size alone (see eval/fast_lm.py, "Numerics"); `Δacc` columns
+are the largest accuracy difference in points. `--dtype float64` runs the model in double precision,
+where summation order no longer moves a rounding step: there a token-local model must agree with
+HFLM as a float model does.
 """
 
 from __future__ import annotations
@@ -76,6 +88,46 @@ def load(args: argparse.Namespace):
     return model.eval(), tok
 
 
+def make_absmax(model, w_bits: int, a_bits: int) -> None:
+    """Absmax PTQ in place: per-channel weights, dynamic per-token activations (ptq_bench's method)."""
+    from ptq_bench.quant.registry import get_method
+
+    method = get_method("absmax")
+    method.apply(model, method.make_config({"w_bits": w_bits, "a_bits": a_bits}), None)
+
+
+def make_bitnet(model, mode: str) -> None:
+    """Every block linear of a Llama-shaped model swapped for ptq_bench's BitLinear (latent weights copied):
+    a BitNet model of the checkpoint's shape, for timing (its accuracy is not the point)."""
+    from ptq_bench.models.bitlinear import BitLinear
+    from ptq_bench.models.build import BITLINEAR_TARGETS
+
+    for layer in model.model.layers:
+        for name in BITLINEAR_TARGETS:
+            layer.set_submodule(name, BitLinear.from_linear(layer.get_submodule(name), mode, model.config.rms_norm_eps))
+
+
+class WorkCounter:
+    """Forward pre-hooks on the decoder stack and the LM head that add up the model work of each call.
+    It does not touch values, so it declares itself token-local (FastLM's path choice is unchanged)."""
+
+    token_local = True
+
+    def __init__(self, model) -> None:
+        head = model.get_output_embeddings()
+        body = sum(p.numel() for p in model.model.layers.parameters())
+        self.per_token, self.per_position = 2 * body, 2 * head.weight.numel()
+        self.flops = 0
+        self.handles = [model.get_input_embeddings().register_forward_pre_hook(self), head.register_forward_pre_hook(self)]
+        self.head = head
+
+    def __call__(self, module, args) -> None:
+        if module is self.head:  # hidden states (..., hidden) at the positions given to the head
+            self.flops += args[0].numel() // args[0].shape[-1] * self.per_position
+        else:  # token ids (rows, width): every position goes through the blocks
+            self.flops += args[0].numel() * self.per_token
+
+
 def max_delta(a: dict, b: dict) -> tuple[float, int]:
     """Largest |Δ loglik| over all requests, and how many is_greedy flags differ."""
     worst, flips = 0.0, 0
@@ -95,27 +147,49 @@ def bench(task: str, limit: int, model, tok, args: argparse.Namespace) -> dict:
 
     suites = {b: TaskSuite([task], args.data, tok, limit=limit, backend=b, batch_size=args.batch_size,
                            fast_mode=args.fast_mode) for b in ("hflm", "fast")}
-    metrics, best = {}, {b: float("inf") for b in suites}
+    metrics, best, work = {}, {b: float("inf") for b in suites}, {}
+    counter = WorkCounter(model)
     for _ in range(args.repeats + 1):  # the first round warms up
         for b, suite in suites.items():
+            counter.flops = 0
             metrics[b] = suite.evaluate(model, progress=False)
-            best[b] = min(best[b], suite.last_seconds)
+            best[b], work[b] = min(best[b], suite.last_seconds), counter.flops
+    for h in counter.handles:
+        h.remove()
     worst, flips = max_delta(suites["hflm"].last_responses, suites["fast"].last_responses)
-    return {"task": task, "path": suites["fast"].last_path, "requests": suites["fast"].n_requests, "hflm_s": best["hflm"], "fast_s": best["fast"],
-            "max_abs_dloglik": worst, "greedy_flips": flips, "metrics_equal": metrics["hflm"] == metrics["fast"]}
+    out = {"task": task, "path": suites["fast"].last_path, "requests": suites["fast"].n_requests,
+           "hflm_s": best["hflm"], "fast_s": best["fast"], "hflm_work": work["hflm"], "fast_work": work["fast"],
+           "max_abs_dloglik": worst, "greedy_flips": flips, "metrics_equal": metrics["hflm"] == metrics["fast"]}
+    out["dacc"] = max_dmetric(metrics["hflm"], metrics["fast"])
+    if args.envelope:  # HFLM against itself at batch size 1
+        one = TaskSuite([task], args.data, tok, limit=limit, backend="hflm", batch_size=1)
+        one_metrics = one.evaluate(model, progress=False)
+        out["envelope"] = max_delta(suites["hflm"].last_responses, one.last_responses)[0]
+        out["envelope_dacc"] = max_dmetric(metrics["hflm"], one_metrics)
+    return out
+
+
+def max_dmetric(a: dict, b: dict) -> float:
+    """Largest difference of an accuracy between two evaluations, in points (stderrs and perplexities left out)."""
+    return max((100 * abs(a[k] - b[k]) for k in a if k.rsplit("/", 1)[-1] in ("acc", "acc_norm")), default=0.0)
 
 
 def runs_path(model, args: argparse.Namespace) -> str:
-    from ptq_bench.eval.fast_lm import stock_float_model
+    from ptq_bench.eval.fast_lm import token_local_model
 
     if args.fast_mode != "auto":
         return args.fast_mode
-    return "auto -> " + ("shared" if stock_float_model(model) else "hflm")
+    return "auto -> " + ("shared" if token_local_model(model) else "hflm")
 
 
-def row(label: str, n: int, hflm_s: float, fast_s: float, delta: float, flips: int, equal: bool) -> str:
-    return (f"{label:<15}{n:>9}{n / hflm_s:>12.1f}{n / fast_s:>12.1f}{hflm_s / fast_s:>7.2f}{delta:>11.2e}"
-            f"{flips:>8}{str(equal):>8}")
+def row(label: str, runs: list[dict]) -> str:
+    n, hflm_s, fast_s = (sum(r[k] for r in runs) for k in ("requests", "hflm_s", "fast_s"))
+    work = sum(r["hflm_work"] for r in runs) / sum(r["fast_work"] for r in runs)
+    env = (f"{max(r['envelope'] for r in runs):>11.2e}{max(r['envelope_dacc'] for r in runs):>9.1f}"
+           if "envelope" in runs[0] else "")
+    return (f"{label:<15}{n:>9}{n / hflm_s:>12.1f}{n / fast_s:>12.1f}{hflm_s / fast_s:>7.2f}{work:>7.2f}"
+            f"{max(r['max_abs_dloglik'] for r in runs):>11.2e}{sum(r['greedy_flips'] for r in runs):>8}"
+            f"{str(all(r['metrics_equal'] for r in runs)):>8}{max(r['dacc'] for r in runs):>7.1f}{env}")
 
 
 def main() -> None:
@@ -131,6 +205,12 @@ def main() -> None:
     p.add_argument("--data", type=Path, default=Path(os.environ.get("PTQ_BENCH_DATA", "../shared/data")))
     p.add_argument("--tasks", default="paper", help="comma list, or 'paper' for the nine paper tasks")
     p.add_argument("--wikitext-limit", type=int, default=4, help="pages of lm-eval wikitext (0 = skip)")
+    p.add_argument("--absmax", nargs=2, type=int, metavar=("W", "A"), help="quantize first: Absmax W/A bits "
+                   "(per-channel weights, per-token activations)")
+    p.add_argument("--bitnet", choices=["b158", "b1"], help="swap the block linears for BitNet BitLinears first")
+    p.add_argument("--envelope", action="store_true", help="also HFLM at batch size 1 against HFLM at --batch-size")
+    p.add_argument("--dtype", default="float32", choices=["float32", "float64"],
+                   help="float64: summation order no longer moves a rounding step, so paths must agree")
     args = p.parse_args()
     if not (args.tiny or args.model):
         p.error("give --model DIR or --tiny")
@@ -145,24 +225,25 @@ def main() -> None:
     from ptq_bench.eval.harness import PAPER_TASKS
 
     model, tok = load(args)
-    name = f"tiny random {args.kind}" if args.tiny else args.model
+    if args.bitnet:
+        make_bitnet(model, args.bitnet)
+    if args.absmax:
+        make_absmax(model, *args.absmax)
+    model.to(getattr(torch, args.dtype))
+    name = args.dtype + " " + (f"tiny random {args.kind}" if args.tiny else args.model) + (
+        f" as BitNet {args.bitnet}" if args.bitnet else "") + (" Absmax W{}A{}".format(*args.absmax) if args.absmax else "")
     print(f"model: {name}, {sum(x.numel() for x in model.parameters()):,} "
           f"params, vocab {len(tok)}, torch threads {torch.get_num_threads()}, limit {args.limit} docs/task, "
           f"batch {args.batch_size}, best of {args.repeats} after a warm-up, FastLM path {runs_path(model, args)}")
     tasks = list(PAPER_TASKS) if args.tasks == "paper" else args.tasks.split(",")
     runs = [bench(t, args.limit, model, tok, args) for t in tasks]
-    print(f"{'task':<15}{'requests':>9}{'HFLM req/s':>12}{'fast req/s':>12}{'ratio':>7}{'max|Δll|':>11}"
-          f"{'greedy≠':>8}{'acc ==':>8}")
+    print(f"{'task':<15}{'requests':>9}{'HFLM req/s':>12}{'fast req/s':>12}{'ratio':>7}{'work':>7}{'max|Δll|':>11}"
+          f"{'greedy≠':>8}{'acc ==':>8}{'Δacc':>7}" + (f"{'bs1 |Δll|':>11}{'bs1 Δacc':>9}" if args.envelope else ""))
     for r in runs:
-        print(row(r["task"], r["requests"], r["hflm_s"], r["fast_s"], r["max_abs_dloglik"], r["greedy_flips"],
-                  r["metrics_equal"]))
-    print(row("ALL above", sum(r["requests"] for r in runs), sum(r["hflm_s"] for r in runs),
-              sum(r["fast_s"] for r in runs), max(r["max_abs_dloglik"] for r in runs),
-              sum(r["greedy_flips"] for r in runs), all(r["metrics_equal"] for r in runs)))
+        print(row(r["task"], [r]))
+    print(row("ALL above", runs))
     if args.wikitext_limit:
-        r = bench("wikitext", args.wikitext_limit, model, tok, args)
-        print(row("wikitext", r["requests"], r["hflm_s"], r["fast_s"], r["max_abs_dloglik"], r["greedy_flips"],
-                  r["metrics_equal"]))
+        print(row("wikitext", [bench("wikitext", args.wikitext_limit, model, tok, args)]))
 
 
 if __name__ == "__main__":

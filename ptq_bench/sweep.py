@@ -204,7 +204,8 @@ def run_model(sw: Sweep, name: str) -> None:
         t_eval = time.perf_counter()
         metrics = evaluate(target, quantized=cell.method != "none", tasks=cell.tasks)
         row = make_row(sw, cell, kind, info, size, metrics, quant, time.perf_counter() - t_eval)
-        row.protocol["path"] = evaluate.suite.last_path if evaluate.suite is not None else None  # FastLM path taken
+        ran_tasks = evaluate.suite is not None and cell.tasks != ()
+        row.protocol["path"] = evaluate.suite.last_path if ran_tasks else None  # FastLM path taken, if any
         append_row(sw.out, row) if sw.sink is None else sw.sink(row)
         sw.ran += 1
         sw.bar.update(1)

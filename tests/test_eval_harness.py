@@ -152,3 +152,50 @@ def test_bos_adding_tokenizer_and_auto_mode_for_hooked_models():
         assert compare(ref.last_responses, new.last_responses) == (0.0, 0)
     finally:
         handle.remove()
+
+
+def _absmax(model, **params):
+    """A copy of `model` under ptq_bench's Absmax (per-channel weights, dynamic activations)."""
+    import copy
+
+    from ptq_bench.quant.registry import get_method
+
+    out, method = copy.deepcopy(model), get_method("absmax")
+    method.apply(out, method.make_config(params), None)
+    return out
+
+
+def test_auto_path_follows_token_locality(tok, model):
+    """Per-token rounding (Absmax A8 per token, BitNet) shares prefixes; per-tensor activation scales mix
+    a row with its batch mates: only HFLM's batching, and forcing a regrouping path is refused."""
+    from ptq_bench.eval.fast_lm import FastLM
+    from ptq_bench.models.build import ArchConfig, build_model
+
+    per_token = _absmax(model, w_bits=8, a_bits=8)
+    per_tensor = _absmax(model, w_bits=8, a_bits=8, a_granularity="tensor")
+    bitnet = build_model("bitnet_b158", ArchConfig(hidden_size=64, intermediate_size=128, num_layers=2, num_heads=4, max_seq_len=256), len(tok), seed=0)
+    assert [FastLM(m, tok).mode for m in (model, per_token, bitnet, per_tensor)] == ["shared"] * 3 + ["hflm"]
+    for mode in ("shared", "plain"):
+        with pytest.raises(ValueError, match="per-tensor"):
+            FastLM(per_tensor, tok, mode=mode)
+
+
+@pytest.mark.parametrize("kind", ["absmax_w4a4", "bitnet_b158"])
+def test_token_local_sharing_is_exact_in_float64(tok, model, kind):
+    """Token-local rounding models take the shared path; in float64 (summation order no longer moves a
+    rounding step) it equals HFLM as for a float model: the same computation, not an approximation."""
+    from ptq_bench.models.build import ArchConfig, build_model
+
+    if kind == "bitnet_b158":
+        quant = build_model(kind, ArchConfig(hidden_size=64, intermediate_size=128, num_layers=2, num_heads=4,
+                                             max_seq_len=256), len(tok), seed=0)
+    else:
+        quant = _absmax(model, w_bits=4, a_bits=4)
+    quant.double()
+    names = ["hellaswag", "arc_easy", "winogrande"]
+    ref = TaskSuite(names, DATA, tok, limit=LIMIT, backend="hflm", batch_size=8)
+    fast = TaskSuite(names, DATA, tok, limit=LIMIT, backend="fast", batch_size=8)
+    assert fast.evaluate(quant, progress=False) == ref.evaluate(quant, progress=False)
+    assert fast.last_path == "fast:shared"
+    worst, flips = compare(ref.last_responses, fast.last_responses)
+    assert worst <= 1e-9 and flips == 0

@@ -97,8 +97,10 @@ def test_two_seeds_give_two_rows_and_a_spread(tmp_path, tokenizer_dir):  # noqa:
     assert not any(k.startswith("lm_eval/") for k in next(r for r in rows if r.method == "absmax").metrics)
     # lm-eval's stderr of a mean metric: sample std / sqrt(n) of the 0/1 scores
     for r in rows:
-        if r.method == "absmax":  # its entry's `tasks: []`: perplexity only
+        if r.method == "absmax":  # its entry's `tasks: []`: perplexity only, and no eval path claimed
+            assert r.protocol["path"] is None
             continue
+        assert r.protocol["path"] == "fast:shared"
         acc = r.metrics["lm_eval/piqa/0shot/acc"]
         n = 6
         assert r.metrics["lm_eval/piqa/0shot/acc_stderr"] == pytest.approx(math.sqrt(acc * (1 - acc) * n / (n - 1) / n))

@@ -18,7 +18,9 @@ from typing import Any
 
 import numpy as np
 
-EVAL_VERSION = 1
+# 2: FastLM's auto path shares prefixes for token-local rounding models too (per-token activation
+#    quantization, BitNet): their zero-shot numbers move within HFLM's own batch-size spread (fast_lm.py)
+EVAL_VERSION = 2
 
 
 class Evaluator:

@@ -21,16 +21,29 @@ distinct row, and rolling windows go through the plain path: one right-padded ro
 input, HFLM's truncation rule. The model is a black box called as ``model(input_ids, ...).logits``.
 
 Numerics. For a float model (only torch / transformers modules, no hooks) a cached prefix is exact
-math but not exact floats: |Δ loglik| vs HFLM ~1e-5. Models that round activations (BitNet's per-token
-absmax, PTQ activation fake-quant) turn such 1e-7 differences into whole quantization steps now and
-then: HFLM itself moves by up to ~1e-2 on a random BitNet model when only its attention kernel or
-batch size changes; per-tensor dynamic activation quantization even depends on the batch a row
-shares. So the path ("mode") is chosen per model:
+math but not exact floats: |Δ loglik| vs HFLM ~1e-5. Models that round activations turn such 1e-7
+differences into whole quantization steps now and then — and so does HFLM itself: on SmolLM2-135M
+with Absmax W8A8 (per-token activations), HFLM at batch size 1 against HFLM at batch size 32 moves
+single requests by up to ~1.5 nats (`benchmarks/eval_speed.py --envelope`), because the CPU kernels'
+summation order follows the batch's shape. No batching reproduces "HFLM's number" for such a model;
+only HFLM's own batching at the same batch size does, bit for bit.
 
-* "shared" (auto for float models): prefix cache + plain path as above;
-* "hflm" (auto for any other model): HFLM's own batching (`HFLM._loglikelihood_tokens`, same
+What FastLM calls exact for a rounding model ("token-local"): every rounding decision of the model is
+taken from one token's own vector (per-token activation scales, BitNet's per-token absmax and
+RMSNorm), so a token's value is a function of it and the earlier tokens only, as in a float model,
+and computing a shared prefix once is the same computation. The floats may differ as they differ
+between HFLM's batch sizes; the benchmark prints both spreads side by side, and the accuracies.
+Modules and hooks declare it (`token_local = True`: `quant.linears.ActQuant` per token,
+`models.bitlinear.BitLinear` / `RMSNorm`); per-tensor activation scales mix a row with its batch mates
+(`token_local` False), so no regrouping is allowed there. The path ("mode") is chosen per model:
+
+* "shared" (auto for float and token-local models): prefix cache + plain path as above;
+* "hflm" (auto for any other model: per-tensor activation scales, transformers' quantized layers, a
+  hook or module that declares nothing): HFLM's own batching (`HFLM._loglikelihood_tokens`, same
   batch_size) on the cached tokens — HFLM's numbers bit for bit, the gain is only tokenizing once;
-* "plain" (opt-in): no prefix cache; exact per row up to rare rounding-boundary flips.
+* "plain" (opt-in): no prefix cache; one row per distinct input, batched by tokens.
+
+"shared" and "plain" are refused for a model that declares `token_local = False` anywhere.
 """
 
 from __future__ import annotations
@@ -132,19 +145,36 @@ def _forward_kwarg(model: torch.nn.Module, *names: str) -> str | None:
 _ROUNDING_MODULES = ("torch.ao.", "transformers.integrations.", "transformers.quantizers.")
 
 
-def stock_float_model(model: torch.nn.Module) -> bool:
-    """True when every module is a torch / transformers float class and none has forward hooks (no fake
-    quantization, no quantized layers such as transformers' BitNet `AutoBitLinear`, no custom layers):
-    then splitting a sequence at a cached prefix changes floats only."""
+def _token_local(obj: Any) -> bool | None:
+    """An object's own `token_local` claim (True: it rounds every token from that token's vector alone,
+    e.g. per-token activation fake quantization, BitNet's BitLinear); None when it makes none."""
+    value = getattr(obj, "token_local", None)
+    return value if isinstance(value, bool) else None
+
+
+def token_local_model(model: torch.nn.Module) -> bool:
+    """True when everything that is not a stock float module declares itself token-local (`token_local`
+    True on the module class or the hook): then each token's value depends only on its own and earlier
+    positions' tokens, as in a float model, and a cached prefix is the same computation — up to float
+    summation order, which HFLM itself changes with its batch size (module docstring, "Numerics")."""
     if getattr(getattr(model, "config", None), "quantization_config", None) is not None:
         return False
     for m in model.modules():
-        if m._forward_hooks or m._forward_pre_hooks:
+        hooks = [*m._forward_hooks.values(), *m._forward_pre_hooks.values()]
+        if any(_token_local(h) is not True for h in hooks):
             return False
         where = type(m).__module__
-        if not where.startswith(("torch.", "transformers.")) or where.startswith(_ROUNDING_MODULES):
+        stock = where.startswith(("torch.", "transformers.")) and not where.startswith(_ROUNDING_MODULES)
+        if not stock and _token_local(type(m)) is not True:
             return False
     return True
+
+
+def mixes_tokens(model: torch.nn.Module) -> bool:
+    """True when a module or hook declares `token_local = False` (e.g. per-tensor activation scales: one
+    token's rounding depends on its batch mates): no path but HFLM's own batching may score it."""
+    return any(_token_local(h) is False for m in model.modules()
+               for h in (type(m), *m._forward_hooks.values(), *m._forward_pre_hooks.values()))
 
 
 def shareable_cache(model: torch.nn.Module) -> bool:
@@ -179,7 +209,10 @@ class FastLM(HFLM):
         self._cache_arg = _forward_kwarg(model, "cache", "past_key_values")
         self._keep_arg = _forward_kwarg(model, "logits_to_keep", "num_logits_to_keep")
         if mode == "auto":
-            mode = "shared" if stock_float_model(model) else "hflm"
+            mode = "shared" if token_local_model(model) else "hflm"  # float models are token-local too
+        elif mode in ("shared", "plain") and mixes_tokens(model):
+            raise ValueError(f"FastLM mode '{mode}' regroups rows, but this model rounds across tokens "
+                             "(per-tensor activation scales): only mode 'hflm' reproduces HFLM's batches")
         if mode == "shared" and (self._cache_arg is None or not shareable_cache(model)):
             mode = "plain"  # the model's forward takes no KV cache, or one FastLM cannot fill exactly
         self.mode = mode  # the path every request of this model takes

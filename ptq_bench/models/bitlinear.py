@@ -118,6 +118,8 @@ def unpack_ternary(packed: Tensor, dtype: torch.dtype = torch.float32) -> Tensor
 class RMSNorm(nn.Module):
     """Same math, parameter name and op order as transformers' `LlamaRMSNorm` (bit-identical output)."""
 
+    token_local = True  # each token normalized from its own vector (eval/fast_lm.py: prefix sharing allowed)
+
     def __init__(self, dim: int, eps: float = 1e-5) -> None:
         super().__init__()
         self.weight = nn.Parameter(torch.ones(dim))
@@ -135,6 +137,8 @@ class BitLinear(nn.Linear):
 
     `mode`: "b158" (ternary) or "b1" (binary). `.weight` holds the latent high-precision weight.
     """
+
+    token_local = True  # per-token activation scales, weights fixed: rounding never mixes tokens (fast_lm.py)
 
     def __init__(
         self,

@@ -55,6 +55,12 @@ class ActQuant:
     def __init__(self, bits: int, granularity: str) -> None:
         self.bits, self.granularity = bits, granularity
 
+    @property
+    def token_local(self) -> bool:
+        """Per-token scales round each token from its own vector only (no batch mate, no later position
+        enters): eval/fast_lm.py may then compute a shared prefix once. Per-tensor scales mix the batch."""
+        return self.granularity == "token"
+
     def __call__(self, module: nn.Module, args: tuple) -> tuple:
         return (fake_quant_act(args[0], self.bits, self.granularity), *args[1:])
 
