@@ -9,11 +9,15 @@ lock, manifest, tokenizer), `run_model` per model, and per cell `quantize`, eval
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import logging
 import math
+import shutil
+import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -198,19 +202,28 @@ def run_model(sw: Sweep, name: str) -> None:
     _save_curve(sw.out, name, kind, info)
     size = {"n_params": sum(p.numel() for p in model.parameters()), "weight_bytes": weight_bytes(model)}
     evaluate.set_base(model, sw.keys[name])  # KLD references: built on the first quantized cell, once per set
-    for cell in mine:
-        sw.bar.set_description(f"{name} {cell.label}")
-        target, quant = quantize(sw, cell, model, m_tok, m_tok_key)
-        t_eval = time.perf_counter()
-        metrics = evaluate(target, quantized=cell.method != "none", tasks=cell.tasks)
-        row = make_row(sw, cell, kind, info, size, metrics, quant, time.perf_counter() - t_eval)
-        ran_tasks = evaluate.suite is not None and cell.tasks != ()
-        row.protocol["path"] = evaluate.suite.last_path if ran_tasks else None  # FastLM path taken, if any
-        append_row(sw.out, row) if sw.sink is None else sw.sink(row)
-        sw.ran += 1
-        sw.bar.update(1)
-        _print_cell(row)
-        del target
+    with float_backup(sw, model, evaluate, mine) as backup:
+        for cell in mine:
+            run_cell(sw, cell, model, m_tok, m_tok_key, evaluate, kind, info, size, backup)
+
+
+def run_cell(sw: Sweep, cell: Cell, model: Any, m_tok: Any, m_tok_key: str, evaluate: Evaluator, kind: str,
+             info: dict, size: dict[str, int], backup: Any) -> None:
+    """Quantize (a copy, or `model` itself when `backup` can restore it), evaluate, append one row."""
+    sw.bar.set_description(f"{cell.model} {cell.label}")
+    target, quant = quantize(sw, cell, model, m_tok, m_tok_key, in_place=backup is not None)
+    t_eval = time.perf_counter()
+    metrics = evaluate(target, quantized=cell.method != "none", tasks=cell.tasks)
+    row = make_row(sw, cell, kind, info, size, metrics, quant, time.perf_counter() - t_eval)
+    ran_tasks = evaluate.suite is not None and cell.tasks != ()
+    row.protocol["path"] = evaluate.suite.last_path if ran_tasks else None  # FastLM path taken, if any
+    append_row(sw.out, row) if sw.sink is None else sw.sink(row)
+    sw.ran += 1
+    sw.bar.update(1)
+    _print_cell(row)
+    del target
+    if backup is not None and cell.method != "none":
+        backup.restore(model)  # the float model back, bit for bit, for the next cell
 
 
 def base_model(sw: Sweep, name: str) -> tuple[Any, Any, str, Evaluator, str, dict]:
@@ -226,14 +239,35 @@ def base_model(sw: Sweep, name: str) -> tuple[Any, Any, str, Evaluator, str, dic
     return model, m_tok, m_tok_key, evaluate, kind, info
 
 
-def quantize(sw: Sweep, cell: Cell, model: Any, tokenizer: Any, tok_key: str) -> tuple[Any, dict[str, Any]]:
-    """(model to evaluate, quantization report): the base model itself for "none", else a quantized copy."""
+@contextlib.contextmanager
+def float_backup(sw: Sweep, model: Any, evaluate: Evaluator, cells: list[Cell]) -> Iterator[Any]:
+    """With `in_place`: the model's float blocks saved (FloatBlocks, a private folder under the cache,
+    removed afterwards) and the KLD references built first, from the float model; else None."""
+    if not sw.ctx.recipe.in_place or all(c.method == "none" for c in cells):
+        yield None
+        return
+    from ptq_bench.quant.apply import FloatBlocks
+
+    if sw.ctx.recipe.eval.kld:
+        evaluate.references()
+    (sw.ctx.cache / "in_place").mkdir(parents=True, exist_ok=True)
+    folder = Path(tempfile.mkdtemp(prefix="float-", dir=sw.ctx.cache / "in_place"))
+    try:
+        yield FloatBlocks(model, folder)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def quantize(sw: Sweep, cell: Cell, model: Any, tokenizer: Any, tok_key: str,
+             in_place: bool = False) -> tuple[Any, dict[str, Any]]:
+    """(model to evaluate, quantization report): the base model itself for "none", else a quantized copy
+    (`in_place`: the base model itself, which the caller restores)."""
     from ptq_bench.quant import get_method
 
     if cell.method == "none":
         return model, {}
     method = get_method(cell.method)
-    target = copy.deepcopy(model)
+    target = model if in_place else copy.deepcopy(model)
     seed = calib_seed(sw.ctx.recipe, cell)
     calib = calibration(sw, tokenizer, tok_key, seed).to(sw.ctx.device) if seed is not None else None
     report = method.apply(target, cell.config, calib)

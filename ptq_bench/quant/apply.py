@@ -137,6 +137,7 @@ class FloatBlocks:
         for idx, layer in enumerate(decoder_layers(model)):
             state = {k: v.detach().contiguous() for k, v in layer.state_dict().items()}
             save_file(state, str(self.folder / f"block_{idx}.safetensors"))
+        self.signature = model_signature(model)
 
     @torch.no_grad()
     def restore(self, model: nn.Module) -> None:
@@ -151,3 +152,24 @@ class FloatBlocks:
                     delattr(m, GRID_ATTR)
                 for key in [k for k, h in m._forward_pre_hooks.items() if isinstance(h, ActQuant)]:
                     del m._forward_pre_hooks[key]
+        if model_signature(model) != self.signature:
+            raise QuantError("in-place quantization changed the model beyond what FloatBlocks restores (module "
+                             "classes, hooks or tensors outside the decoder blocks); use a copy (in_place: false)")
+
+
+def model_signature(model: nn.Module) -> str:
+    """A digest of what `FloatBlocks.restore` does not restore: every module's name, class and hooks, and
+    the bytes of every tensor outside the decoder blocks (embeddings, final norm, LM head)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for name, m in model.named_modules():
+        hooks = [type(x).__qualname__ for x in (*m._forward_pre_hooks.values(), *m._forward_hooks.values())]
+        h.update(f"{name}:{type(m).__module__}.{type(m).__qualname__}:{hooks};".encode())
+    layers = decoder_layers(model)
+    prefix = next(n for n, m in model.named_modules() if m is layers) + "."
+    for name, t in model.state_dict().items():
+        if not name.startswith(prefix):
+            h.update(name.encode())
+            h.update(t.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
