@@ -62,6 +62,8 @@ from lm_eval.models.huggingface import HFLM
 from lm_eval.utils import get_rolling_token_windows, make_disjoint_window
 from tqdm import tqdm
 
+from ptq_bench.eval.model_traits import mixes_tokens, shareable_cache, token_local_model
+
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
 
@@ -139,56 +141,6 @@ def _right_pad(seqs: list[list[int]], pad: int = 0) -> torch.Tensor:
 def _forward_kwarg(model: torch.nn.Module, *names: str) -> str | None:
     params = inspect.signature(model.forward).parameters
     return next((n for n in names if n in params), None)
-
-
-# modules that round (quantized layers) although they come from torch / transformers
-_ROUNDING_MODULES = ("torch.ao.", "transformers.integrations.", "transformers.quantizers.")
-
-
-def _token_local(obj: Any) -> bool | None:
-    """An object's own `token_local` claim (True: it rounds every token from that token's vector alone,
-    e.g. per-token activation fake quantization, BitNet's BitLinear); None when it makes none."""
-    value = getattr(obj, "token_local", None)
-    return value if isinstance(value, bool) else None
-
-
-def token_local_model(model: torch.nn.Module) -> bool:
-    """True when everything that is not a stock float module declares itself token-local (`token_local`
-    True on the module class or the hook): then each token's value depends only on its own and earlier
-    positions' tokens, as in a float model, and a cached prefix is the same computation — up to float
-    summation order, which HFLM itself changes with its batch size (module docstring, "Numerics")."""
-    if getattr(getattr(model, "config", None), "quantization_config", None) is not None:
-        return False
-    for m in model.modules():
-        hooks = [*m._forward_hooks.values(), *m._forward_pre_hooks.values()]
-        if any(_token_local(h) is not True for h in hooks):
-            return False
-        where = type(m).__module__
-        stock = where.startswith(("torch.", "transformers.")) and not where.startswith(_ROUNDING_MODULES)
-        if not stock and _token_local(type(m)) is not True:
-            return False
-    return True
-
-
-def mixes_tokens(model: torch.nn.Module) -> bool:
-    """True when a module or hook declares `token_local = False` (e.g. per-tensor activation scales: one
-    token's rounding depends on its batch mates): no path but HFLM's own batching may score it."""
-    return any(_token_local(h) is False for m in model.modules()
-               for h in (type(m), *m._forward_hooks.values(), *m._forward_pre_hooks.values()))
-
-
-def shareable_cache(model: torch.nn.Module) -> bool:
-    """True when the model's own cache (`DynamicCache(config=model.config)`) is made of layers whose
-    bookkeeping `FastLM._prefix_cache` knows: full (`DynamicLayer`) and sliding-window
-    (`DynamicSlidingWindowLayer`). Anything else (chunked attention, KV sharing, no config) -> plain path."""
-    from transformers import DynamicCache
-    from transformers.cache_utils import DynamicLayer, DynamicSlidingWindowLayer
-
-    try:
-        layers = DynamicCache(config=getattr(model, "config", None)).layers  # no config: [] -> False
-    except (AttributeError, KeyError, TypeError, ValueError):
-        return False
-    return bool(layers) and all(type(layer) in (DynamicLayer, DynamicSlidingWindowLayer) for layer in layers)
 
 
 class FastLM(HFLM):

@@ -1,0 +1,59 @@
+"""What FastLM must know about a model before it regroups its rows (eval/fast_lm.py, "Numerics"):
+whether every token is computed from its own and earlier tokens only (`token_local_model`), whether
+something declares that it mixes tokens (`mixes_tokens`), and whether its KV cache is one FastLM can
+fill exactly (`shareable_cache`)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+# modules that round (quantized layers) although they come from torch / transformers
+_ROUNDING_MODULES = ("torch.ao.", "transformers.integrations.", "transformers.quantizers.")
+
+
+def _token_local(obj: Any) -> bool | None:
+    """An object's own `token_local` claim (True: it rounds every token from that token's vector alone,
+    e.g. per-token activation fake quantization, BitNet's BitLinear); None when it makes none."""
+    value = getattr(obj, "token_local", None)
+    return value if isinstance(value, bool) else None
+
+
+def token_local_model(model: torch.nn.Module) -> bool:
+    """True when everything that is not a stock float module declares itself token-local (`token_local`
+    True on the module class or the hook): then each token's value depends only on its own and earlier
+    positions' tokens, as in a float model, and a cached prefix is the same computation — up to float
+    summation order, which HFLM itself changes with its batch size (module docstring, "Numerics")."""
+    if getattr(getattr(model, "config", None), "quantization_config", None) is not None:
+        return False
+    for m in model.modules():
+        hooks = [*m._forward_hooks.values(), *m._forward_pre_hooks.values()]
+        if any(_token_local(h) is not True for h in hooks):
+            return False
+        where = type(m).__module__
+        stock = where.startswith(("torch.", "transformers.")) and not where.startswith(_ROUNDING_MODULES)
+        if not stock and _token_local(type(m)) is not True:
+            return False
+    return True
+
+
+def mixes_tokens(model: torch.nn.Module) -> bool:
+    """True when a module or hook declares `token_local = False` (e.g. per-tensor activation scales: one
+    token's rounding depends on its batch mates): no path but HFLM's own batching may score it."""
+    return any(_token_local(h) is False for m in model.modules()
+               for h in (type(m), *m._forward_hooks.values(), *m._forward_pre_hooks.values()))
+
+
+def shareable_cache(model: torch.nn.Module) -> bool:
+    """True when the model's own cache (`DynamicCache(config=model.config)`) is made of layers whose
+    bookkeeping `FastLM._prefix_cache` knows: full (`DynamicLayer`) and sliding-window
+    (`DynamicSlidingWindowLayer`). Anything else (chunked attention, KV sharing, no config) -> plain path."""
+    from transformers import DynamicCache
+    from transformers.cache_utils import DynamicLayer, DynamicSlidingWindowLayer
+
+    try:
+        layers = DynamicCache(config=getattr(model, "config", None)).layers  # no config: [] -> False
+    except (AttributeError, KeyError, TypeError, ValueError):
+        return False
+    return bool(layers) and all(type(layer) in (DynamicLayer, DynamicSlidingWindowLayer) for layer in layers)
