@@ -201,8 +201,10 @@ def run_model(sw: Sweep, name: str) -> None:
     model, m_tok, m_tok_key, evaluate, kind, info = base_model(sw, name)
     _save_curve(sw.out, name, kind, info)
     size = {"n_params": sum(p.numel() for p in model.parameters()), "weight_bytes": weight_bytes(model)}
-    evaluate.set_base(model, sw.keys[name])  # KLD references: built on the first quantized cell, once per set
-    with float_backup(sw, model, evaluate, mine) as backup:
+    evaluate.set_base(model, sw.keys[name])
+    if sw.ctx.recipe.eval.kld and any(c.method != "none" for c in mine):
+        evaluate.references()  # once per set, before any cell; the base row's perplexity is read from them
+    with float_backup(sw, model, mine) as backup:
         for cell in mine:
             run_cell(sw, cell, model, m_tok, m_tok_key, evaluate, kind, info, size, backup)
 
@@ -240,16 +242,14 @@ def base_model(sw: Sweep, name: str) -> tuple[Any, Any, str, Evaluator, str, dic
 
 
 @contextlib.contextmanager
-def float_backup(sw: Sweep, model: Any, evaluate: Evaluator, cells: list[Cell]) -> Iterator[Any]:
+def float_backup(sw: Sweep, model: Any, cells: list[Cell]) -> Iterator[Any]:
     """With `in_place`: the model's float blocks saved (FloatBlocks, a private folder under the cache,
-    removed afterwards) and the KLD references built first, from the float model; else None."""
+    removed afterwards; the KLD references are built before, from the float model); else None."""
     if not sw.ctx.recipe.in_place or all(c.method == "none" for c in cells):
         yield None
         return
     from ptq_bench.quant.apply import FloatBlocks
 
-    if sw.ctx.recipe.eval.kld:
-        evaluate.references()
     (sw.ctx.cache / "in_place").mkdir(parents=True, exist_ok=True)
     folder = Path(tempfile.mkdtemp(prefix="float-", dir=sw.ctx.cache / "in_place"))
     try:

@@ -74,10 +74,29 @@ def test_quantized_rows_carry_kld_against_the_base(tmp_path, tokenizer_dir, monk
     assert again["absmax W2A16"].metrics == rows["absmax W2A16"].metrics
 
 def test_kld_off_keeps_plain_perplexity(tmp_path, tokenizer_dir, monkeypatch):  # noqa: F811
+    """Without KLD every row gets a perplexity pass; with it the base row reads its perplexity from the
+    references (no second pass over the windows), and the numbers are the same to the last bit."""
+    import ptq_bench.eval.evaluator as ev
+
     calls = _count_builds(monkeypatch)
+    passes = []
+    real = ev.Evaluator.perplexity
+    monkeypatch.setattr(ev.Evaluator, "perplexity", lambda self, model: passes.append(1) or real(self, model))
     src = checkpoint(tmp_path, "gpt2", tokenizer_dir)
-    assert main(["run", str(_recipe(tmp_path, src, kld=False))]) == 0
-    assert calls == []
-    for row in load_rows(tmp_path / "out", strict=True):
+    rows = {}
+    for kld in (False, True):
+        path = _recipe(tmp_path, src, kld=kld)
+        r = yaml.safe_load(path.read_text())
+        r["output_dir"] = str(tmp_path / f"out-{kld}")
+        path.write_text(yaml.safe_dump(r))
+        passes.clear()
+        assert main(["run", str(path)]) == 0
+        rows[kld] = {x.label: x for x in load_rows(tmp_path / f"out-{kld}", strict=True)}
+        assert len(passes) == (0 if kld else 3), kld  # kld: the base row reuses its references
+    assert sorted(calls) == sorted(SETS)  # only the kld run built references
+    for row in rows[False].values():
         assert all(k.startswith("ppl_gptq/") for k in row.metrics), row.metrics
-    assert not (tmp_path / "out" / "kld_vs_bits.png").exists()
+    assert not (tmp_path / "out-False" / "kld_vs_bits.png").exists()
+    for label, row in rows[False].items():
+        for name, value in row.metrics.items():
+            assert rows[True][label].metrics[name] == value, (label, name)

@@ -66,6 +66,13 @@ class Evaluator:
                 metrics[protocol_name(name, p.seq_len, p.max_windows)] = out["ppl"]
         return metrics
 
+    def base_perplexity(self, model: Any) -> dict[str, float]:
+        """`perplexity`, read from the KLD references when `model` is their base and they are built (the
+        same windows, batches and arithmetic: `kld.build_reference` keeps the base NLL), else a pass."""
+        if self.base is not None and self.base[0]() is model and set(self.refs) == set(self.ppl_ids):
+            return {ref.names["ppl"]: ref.ppl for ref in self.refs.values()}
+        return self.perplexity(model)
+
     def set_base(self, model: Any, key: str) -> None:
         """The unquantized model later cells are compared with (`key`: its cache key, naming the references)."""
         self.base, self.refs = (weakref.ref(model), key), {}  # weak: the model goes when its cells are done
@@ -101,7 +108,7 @@ class Evaluator:
         """Perplexity (and KLD for a quantized model), then the lm-eval tasks (`tasks`: a subset; None = all)."""
         import torch
 
-        metrics = self.distances(model) if quantized and self.spec.kld else self.perplexity(model)
+        metrics = self.distances(model) if quantized and self.spec.kld else self.base_perplexity(model)
         if self.suite is not None and tasks != ():
             with torch.no_grad():
                 metrics.update(self.suite.evaluate(model, only=tasks))
