@@ -99,12 +99,9 @@ def make_absmax(model, w_bits: int, a_bits: int) -> None:
 def make_bitnet(model, mode: str) -> None:
     """Every block linear of a Llama-shaped model swapped for ptq_bench's BitLinear (latent weights copied):
     a BitNet model of the checkpoint's shape, for timing (its accuracy is not the point)."""
-    from ptq_bench.models.bitlinear import BitLinear
-    from ptq_bench.models.build import BITLINEAR_TARGETS
+    from ptq_bench.models.build import swap_bitlinears
 
-    for layer in model.model.layers:
-        for name in BITLINEAR_TARGETS:
-            layer.set_submodule(name, BitLinear.from_linear(layer.get_submodule(name), mode, model.config.rms_norm_eps))
+    swap_bitlinears(model, mode, model.config.rms_norm_eps)
 
 
 class WorkCounter:
@@ -174,14 +171,6 @@ def max_dmetric(a: dict, b: dict) -> float:
     return max((100 * abs(a[k] - b[k]) for k in a if k.rsplit("/", 1)[-1] in ("acc", "acc_norm")), default=0.0)
 
 
-def runs_path(model, args: argparse.Namespace) -> str:
-    from ptq_bench.eval.fast_lm import token_local_model
-
-    if args.fast_mode != "auto":
-        return args.fast_mode
-    return "auto -> " + ("shared" if token_local_model(model) else "hflm")
-
-
 def row(label: str, runs: list[dict]) -> str:
     n, hflm_s, fast_s = (sum(r[k] for r in runs) for k in ("requests", "hflm_s", "fast_s"))
     work = sum(r["hflm_work"] for r in runs) / sum(r["fast_work"] for r in runs)
@@ -234,9 +223,10 @@ def main() -> None:
         f" as BitNet {args.bitnet}" if args.bitnet else "") + (" Absmax W{}A{}".format(*args.absmax) if args.absmax else "")
     print(f"model: {name}, {sum(x.numel() for x in model.parameters()):,} "
           f"params, vocab {len(tok)}, torch threads {torch.get_num_threads()}, limit {args.limit} docs/task, "
-          f"batch {args.batch_size}, best of {args.repeats} after a warm-up, FastLM path {runs_path(model, args)}")
+          f"batch {args.batch_size}, best of {args.repeats} after a warm-up, FastLM mode {args.fast_mode}")
     tasks = list(PAPER_TASKS) if args.tasks == "paper" else args.tasks.split(",")
     runs = [bench(t, args.limit, model, tok, args) for t in tasks]
+    print("FastLM path taken:", ", ".join(sorted({r["path"] for r in runs})))  # as TaskSuite recorded it
     print(f"{'task':<15}{'requests':>9}{'HFLM req/s':>12}{'fast req/s':>12}{'ratio':>7}{'work':>7}{'max|Δll|':>11}"
           f"{'greedy≠':>8}{'acc ==':>8}{'Δacc':>7}" + (f"{'bs1 |Δll|':>11}{'bs1 Δacc':>9}" if args.envelope else ""))
     for r in runs:

@@ -115,8 +115,8 @@ def worker_sweep(job: Job) -> Sweep:
 
 def prepare_model(job: Job, name: str) -> tuple[str, dict]:
     """Model task: model `name` trained into (or found in) the shared cache; (kind, training info)."""
-    _, _, _, _, kind, info = base_model(worker_sweep(job), name)
-    return kind, info
+    base = base_model(worker_sweep(job), name)
+    return base.kind, base.info
 
 
 def run_cell(job: Job, cell: Cell, model_ready: Any) -> dict[str, Any]:

@@ -20,7 +20,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -198,25 +198,25 @@ def run_model(sw: Sweep, name: str) -> None:
     mine = [c for c in sw.todo if c.model == name]
     if not mine:
         return
-    model, m_tok, m_tok_key, evaluate, kind, info = base_model(sw, name)
-    _save_curve(sw.out, name, kind, info)
-    size = {"n_params": sum(p.numel() for p in model.parameters()), "weight_bytes": weight_bytes(model)}
-    evaluate.set_base(model, sw.keys[name])
+    base = base_model(sw, name)
+    _save_curve(sw.out, name, base.kind, base.info)
+    size = {"n_params": sum(p.numel() for p in base.model.parameters()), "weight_bytes": weight_bytes(base.model)}
+    base.evaluate.set_base(base.model, sw.keys[name])
     if sw.ctx.recipe.eval.kld and any(c.method != "none" for c in mine):
-        evaluate.references()  # once per set, before any cell; the base row's perplexity is read from them
-    with float_backup(sw, model, mine) as backup:
+        base.evaluate.references()  # once per set, before any cell; the base row's perplexity is read from them
+    with float_backup(sw, base.model, mine) as backup:
         for cell in mine:
-            run_cell(sw, cell, model, m_tok, m_tok_key, evaluate, kind, info, size, backup)
+            run_cell(sw, cell, base, size, backup)
 
 
-def run_cell(sw: Sweep, cell: Cell, model: Any, m_tok: Any, m_tok_key: str, evaluate: Evaluator, kind: str,
-             info: dict, size: dict[str, int], backup: Any) -> None:
-    """Quantize (a copy, or `model` itself when `backup` can restore it), evaluate, append one row."""
+def run_cell(sw: Sweep, cell: Cell, base: Base, size: dict[str, int], backup: Any) -> None:
+    """Quantize (a copy, or the base model itself when `backup` can restore it), evaluate, append one row."""
+    model, evaluate = base.model, base.evaluate
     sw.bar.set_description(f"{cell.model} {cell.label}")
-    target, quant = quantize(sw, cell, model, m_tok, m_tok_key, in_place=backup is not None)
+    target, quant = quantize(sw, cell, model, base.tokenizer, base.tok_key, in_place=backup is not None)
     t_eval = time.perf_counter()
     metrics = evaluate(target, quantized=cell.method != "none", tasks=cell.tasks)
-    row = make_row(sw, cell, kind, info, size, metrics, quant, time.perf_counter() - t_eval)
+    row = make_row(sw, cell, base.kind, base.info, size, metrics, quant, time.perf_counter() - t_eval)
     ran_tasks = evaluate.suite is not None and cell.tasks != ()
     row.protocol["path"] = evaluate.suite.last_path if ran_tasks else None  # FastLM path taken, if any
     append_row(sw.out, row) if sw.sink is None else sw.sink(row)
@@ -228,8 +228,19 @@ def run_cell(sw: Sweep, cell: Cell, model: Any, m_tok: Any, m_tok_key: str, eval
         backup.restore(model)  # the float model back, bit for bit, for the next cell
 
 
-def base_model(sw: Sweep, name: str) -> tuple[Any, Any, str, Evaluator, str, dict]:
-    """(model on the device, its tokenizer, tokenizer key, evaluator, kind, info): loaded, or trained once."""
+class Base(NamedTuple):
+    """A model's unquantized form and what its cells share."""
+
+    model: Any  # on the device
+    tokenizer: Any
+    tok_key: str
+    evaluate: Evaluator
+    kind: str
+    info: dict  # training info (curve, divergence, untrained metrics) or the source's description
+
+
+def base_model(sw: Sweep, name: str) -> Base:
+    """The model `name`, loaded or trained once, with its tokenizer and evaluator."""
     if sw.ctx.recipe.models[name].source is not None:
         model, m_tok, kind, info = get_source_model(sw.ctx, name)
         m_tok_key = sw.keys[name]
@@ -238,7 +249,7 @@ def base_model(sw: Sweep, name: str) -> tuple[Any, Any, str, Evaluator, str, dic
         m_tok, m_tok_key = sw.tokenizer, sw.tok_key
         evaluate = evaluator(sw, m_tok, m_tok_key)
         model, kind, info = get_model(sw.ctx, name, sw.tok_key, sw.tokenizer, sw.stream, evaluate.perplexity)
-    return model, m_tok, m_tok_key, evaluate, kind, info
+    return Base(model, m_tok, m_tok_key, evaluate, kind, info)
 
 
 @contextlib.contextmanager

@@ -5,6 +5,7 @@ fill exactly (`shareable_cache`)."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -20,6 +21,18 @@ def _token_local(obj: Any) -> bool | None:
     return value if isinstance(value, bool) else None
 
 
+def _claims(model: torch.nn.Module) -> Iterator[bool | None]:
+    """The `token_local` claim of every hook and every module class; a stock torch / transformers float
+    module that makes none counts as token-local (True)."""
+    for m in model.modules():
+        for hook in (*m._forward_hooks.values(), *m._forward_pre_hooks.values()):
+            yield _token_local(hook)
+        where = type(m).__module__
+        stock = where.startswith(("torch.", "transformers.")) and not where.startswith(_ROUNDING_MODULES)
+        claim = _token_local(type(m))
+        yield True if claim is None and stock else claim
+
+
 def token_local_model(model: torch.nn.Module) -> bool:
     """True when everything that is not a stock float module declares itself token-local (`token_local`
     True on the module class or the hook): then each token's value depends only on its own and earlier
@@ -27,22 +40,13 @@ def token_local_model(model: torch.nn.Module) -> bool:
     summation order, which HFLM itself changes with its batch size (module docstring, "Numerics")."""
     if getattr(getattr(model, "config", None), "quantization_config", None) is not None:
         return False
-    for m in model.modules():
-        hooks = [*m._forward_hooks.values(), *m._forward_pre_hooks.values()]
-        if any(_token_local(h) is not True for h in hooks):
-            return False
-        where = type(m).__module__
-        stock = where.startswith(("torch.", "transformers.")) and not where.startswith(_ROUNDING_MODULES)
-        if not stock and _token_local(type(m)) is not True:
-            return False
-    return True
+    return all(claim is True for claim in _claims(model))
 
 
 def mixes_tokens(model: torch.nn.Module) -> bool:
     """True when a module or hook declares `token_local = False` (e.g. per-tensor activation scales: one
     token's rounding depends on its batch mates): no path but HFLM's own batching may score it."""
-    return any(_token_local(h) is False for m in model.modules()
-               for h in (type(m), *m._forward_hooks.values(), *m._forward_pre_hooks.values()))
+    return any(claim is False for claim in _claims(model))
 
 
 def shareable_cache(model: torch.nn.Module) -> bool:

@@ -110,13 +110,18 @@ def build_model(kind: str, arch: ArchConfig, vocab_size: int, seed: int) -> Llam
         torch.manual_seed(seed)
         model = LlamaForCausalLM(llama_config(arch, vocab_size))
     if kind in BITNET_MODES:
-        mode = BITNET_MODES[kind]
+        swap_bitlinears(model, BITNET_MODES[kind], arch.rms_norm_eps)
         for layer in model.model.layers:
-            for name in BITLINEAR_TARGETS:
-                layer.set_submodule(name, BitLinear.from_linear(layer.get_submodule(name), mode, arch.rms_norm_eps))
             for name in BLOCK_NORMS:
                 _fix_gain_to_ones(layer.get_submodule(name))
     return model.eval()
+
+
+def swap_bitlinears(model: LlamaForCausalLM, mode: str, rms_norm_eps: float) -> None:
+    """Every block linear (BITLINEAR_TARGETS) replaced by a BitLinear of `mode` that copies its latent weight."""
+    for layer in model.model.layers:
+        for name in BITLINEAR_TARGETS:
+            layer.set_submodule(name, BitLinear.from_linear(layer.get_submodule(name), mode, rms_norm_eps))
 
 
 def cast_model(model: LlamaForCausalLM, dtype: torch.dtype) -> LlamaForCausalLM:
