@@ -5,9 +5,10 @@
     python benchmarks/eval_speed.py --model DIR --absmax 8 8      # the same model as Absmax W8A8 (per token)
     python benchmarks/eval_speed.py --model DIR --bitnet b158     # its linears as BitNet BitLinears
 
-Times `TaskSuite.evaluate` (lm-eval's evaluate: requests, filters, metrics) after a warm-up call,
-best of --repeats, HFLM and FastLM alternating. Prints per task group and overall: requests/s of
-each backend, the ratio, the largest |Δ loglik| per request, and whether every metric matches.
+Times `TaskSuite.evaluate` (lm-eval's evaluate: requests, filters, metrics) over all the tasks at once
+(lm-eval hands a backend every task's requests in one call, as a recipe's evaluation does), after a
+warm-up call, best of --repeats, HFLM and FastLM alternating. Prints requests/s of each backend and
+their ratio, and per task the largest |Δ loglik| per request and whether every metric matches.
 
 `work` is the ratio of the model work each backend asked for (2 x block parameters per token through
 the blocks + 2 x hidden x vocab per position through the LM head, counted from the real forward
@@ -138,11 +139,13 @@ def max_delta(a: dict, b: dict) -> tuple[float, int]:
     return worst, flips
 
 
-def bench(task: str, limit: int, model, tok, args: argparse.Namespace) -> dict:
-    """Best-of-repeats evaluate() time of each backend on one task (built once per backend)."""
+def bench(tasks: list[str], limit: int, model, tok, args: argparse.Namespace) -> dict:
+    """Best-of-repeats evaluate() time of each backend on one TaskSuite of `tasks` (built once per backend):
+    lm-eval's evaluate sends every task's requests to the backend in one call, as for the paper tasks in
+    a recipe. Agreement is reported per task from the same run."""
     from ptq_bench.eval.harness import TaskSuite
 
-    suites = {b: TaskSuite([task], args.data, tok, limit=limit, backend=b, batch_size=args.batch_size,
+    suites = {b: TaskSuite(tasks, args.data, tok, limit=limit, backend=b, batch_size=args.batch_size,
                            fast_mode=args.fast_mode) for b in ("hflm", "fast")}
     metrics, best, work = {}, {b: float("inf") for b in suites}, {}
     counter = WorkCounter(model)
@@ -153,17 +156,28 @@ def bench(task: str, limit: int, model, tok, args: argparse.Namespace) -> dict:
             best[b], work[b] = min(best[b], suite.last_seconds), counter.flops
     for h in counter.handles:
         h.remove()
-    worst, flips = max_delta(suites["hflm"].last_responses, suites["fast"].last_responses)
-    out = {"task": task, "path": suites["fast"].last_path, "requests": suites["fast"].n_requests,
-           "hflm_s": best["hflm"], "fast_s": best["fast"], "hflm_work": work["hflm"], "fast_work": work["fast"],
-           "max_abs_dloglik": worst, "greedy_flips": flips, "metrics_equal": metrics["hflm"] == metrics["fast"]}
-    out["dacc"] = max_dmetric(metrics["hflm"], metrics["fast"])
+    one = None
     if args.envelope:  # HFLM against itself at batch size 1
-        one = TaskSuite([task], args.data, tok, limit=limit, backend="hflm", batch_size=1)
+        one = TaskSuite(tasks, args.data, tok, limit=limit, backend="hflm", batch_size=1)
         one_metrics = one.evaluate(model, progress=False)
-        out["envelope"] = max_delta(suites["hflm"].last_responses, one.last_responses)[0]
-        out["envelope_dacc"] = max_dmetric(metrics["hflm"], one_metrics)
-    return out
+    per_task = []
+    for t in tasks:
+        fast, hflm = suites["fast"].last_responses[t], suites["hflm"].last_responses[t]
+        worst, flips = max_delta({t: hflm}, {t: fast})
+        r = {"task": t, "requests": len(fast), "max_abs_dloglik": worst, "greedy_flips": flips,
+             "metrics_equal": _only(metrics["hflm"], t) == _only(metrics["fast"], t),
+             "dacc": max_dmetric(_only(metrics["hflm"], t), _only(metrics["fast"], t))}
+        if one is not None:
+            r["envelope"] = max_delta({t: hflm}, {t: one.last_responses[t]})[0]
+            r["envelope_dacc"] = max_dmetric(_only(metrics["hflm"], t), _only(one_metrics, t))
+        per_task.append(r)
+    return {"path": suites["fast"].last_path, "requests": suites["fast"].n_requests, "hflm_s": best["hflm"],
+            "fast_s": best["fast"], "work": work["hflm"] / work["fast"], "tasks": per_task}
+
+
+def _only(metrics: dict, task: str) -> dict:
+    """The metrics of one task (keys are harness.metric_key's lm_eval/<task>/...)."""
+    return {k: v for k, v in metrics.items() if k.split("/")[1] == task}
 
 
 def max_dmetric(a: dict, b: dict) -> float:
@@ -171,14 +185,23 @@ def max_dmetric(a: dict, b: dict) -> float:
     return max((100 * abs(a[k] - b[k]) for k in a if k.rsplit("/", 1)[-1] in ("acc", "acc_norm")), default=0.0)
 
 
+HEAD = (f"{'task':<15}{'requests':>9}{'max|Δll|':>11}{'greedy≠':>8}{'acc ==':>8}{'Δacc':>7}")
+
+
 def row(label: str, runs: list[dict]) -> str:
-    n, hflm_s, fast_s = (sum(r[k] for r in runs) for k in ("requests", "hflm_s", "fast_s"))
-    work = sum(r["hflm_work"] for r in runs) / sum(r["fast_work"] for r in runs)
+    """Agreement of FastLM with HFLM (and, with --envelope, of HFLM bs1 with HFLM) over `runs` (per-task dicts)."""
     env = (f"{max(r['envelope'] for r in runs):>11.2e}{max(r['envelope_dacc'] for r in runs):>9.1f}"
            if "envelope" in runs[0] else "")
-    return (f"{label:<15}{n:>9}{n / hflm_s:>12.1f}{n / fast_s:>12.1f}{hflm_s / fast_s:>7.2f}{work:>7.2f}"
-            f"{max(r['max_abs_dloglik'] for r in runs):>11.2e}{sum(r['greedy_flips'] for r in runs):>8}"
-            f"{str(all(r['metrics_equal'] for r in runs)):>8}{max(r['dacc'] for r in runs):>7.1f}{env}")
+    return (f"{label:<15}{sum(r['requests'] for r in runs):>9}{max(r['max_abs_dloglik'] for r in runs):>11.2e}"
+            f"{sum(r['greedy_flips'] for r in runs):>8}{str(all(r['metrics_equal'] for r in runs)):>8}"
+            f"{max(r['dacc'] for r in runs):>7.1f}{env}")
+
+
+def speed(label: str, res: dict) -> str:
+    n = res["requests"]
+    return (f"{label}: {n} requests in one evaluate() call, HFLM {n / res['hflm_s']:.1f} req/s ({res['hflm_s']:.1f} s), "
+            f"FastLM {n / res['fast_s']:.1f} req/s ({res['fast_s']:.1f} s), ratio {res['hflm_s'] / res['fast_s']:.2f}, "
+            f"work {res['work']:.2f}")
 
 
 def main() -> None:
@@ -225,16 +248,17 @@ def main() -> None:
           f"params, vocab {len(tok)}, torch threads {torch.get_num_threads()}, limit {args.limit} docs/task, "
           f"batch {args.batch_size}, best of {args.repeats} after a warm-up, FastLM mode {args.fast_mode}")
     tasks = list(PAPER_TASKS) if args.tasks == "paper" else args.tasks.split(",")
-    runs = [bench(t, args.limit, model, tok, args) for t in tasks]
-    print("FastLM path taken:", ", ".join(sorted({r["path"] for r in runs})))  # as TaskSuite recorded it
-    print(f"{'task':<15}{'requests':>9}{'HFLM req/s':>12}{'fast req/s':>12}{'ratio':>7}{'work':>7}{'max|Δll|':>11}"
-          f"{'greedy≠':>8}{'acc ==':>8}{'Δacc':>7}" + (f"{'bs1 |Δll|':>11}{'bs1 Δacc':>9}" if args.envelope else ""))
-    for r in runs:
+    res = bench(tasks, args.limit, model, tok, args)
+    print("FastLM path taken:", res["path"])  # as TaskSuite recorded it
+    print(HEAD + (f"{'bs1 |Δll|':>11}{'bs1 Δacc':>9}" if args.envelope else ""))
+    for r in res["tasks"]:
         print(row(r["task"], [r]))
-    print(row("ALL above", runs))
+    print(row("ALL above", res["tasks"]))
+    print(speed("tasks", res))
     if args.wikitext_limit:
-        print(row("wikitext", [bench("wikitext", args.wikitext_limit, model, tok, args)]))
-
+        wiki = bench(["wikitext"], args.wikitext_limit, model, tok, args)
+        print(row("wikitext", wiki["tasks"]))
+        print(speed("wikitext", wiki))
 
 if __name__ == "__main__":
     main()

@@ -64,6 +64,7 @@ from lm_eval.models.huggingface import HFLM
 from lm_eval.utils import get_rolling_token_windows, make_disjoint_window
 from tqdm import tqdm
 
+from ptq_bench.eval.batching import cut_sorted
 from ptq_bench.eval.model_traits import mixes_tokens, shareable_cache, token_local_model
 
 if TYPE_CHECKING:
@@ -149,6 +150,7 @@ class FastLM(HFLM):
     """HFLM with pre-tokenized, prefix-shared, head-trimmed scoring; see the module docstring."""
 
     WINDOW = 4  # documents per window = WINDOW * batch_size: their prefix caches are held at once
+    OVERHEAD = 32  # the fixed cost of one forward, in token positions (batch cutting: `_batches`)
 
     def __init__(self, model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, batch_size: int = 16, encoder: RequestEncoder | None = None,
                  progress: bool = True, mode: str = "auto", max_tokens: int | None = None) -> None:
@@ -259,15 +261,12 @@ class FastLM(HFLM):
         return results
 
     def _batches(self, items: list, length: Callable[[Any], int]) -> list[list]:
-        """Split items (sorted longest first): at most max_tokens tokens (rows x longest) and at most
-        4 x batch_size rows per forward. Short rows (continuations after a cached prefix) go many per
-        forward; moderate forwards keep the activations in cache (on CPU faster per token than large ones)."""
-        out, start = [], 0
-        while start < len(items):
-            n = min(4 * self.batch_size, max(1, self.max_tokens // max(1, length(items[start]))))
-            out.append(items[start:start + n])
-            start += n
-        return out
+        """Split items (sorted longest first) into forwards of at most max_tokens tokens (rows x longest)
+        and 4 x batch_size rows, cut where the padded work plus OVERHEAD per forward is least
+        (`batching.cut_sorted`). Short rows (continuations after a cached prefix) go many per forward;
+        moderate forwards keep the activations in cache (on CPU faster per token than large ones)."""
+        starts = cut_sorted([length(x) for x in items], self.max_tokens, 4 * self.batch_size, self.OVERHEAD)
+        return [items[a:b] for a, b in zip(starts, [*starts[1:], len(items)])]
 
     @torch.inference_mode()
     def _score_window(self, groups: list[_Group], results: list) -> int:

@@ -1,0 +1,29 @@
+"""Cutting rows (sorted longest first) into right-padded forwards with the least padded work.
+
+A forward of rows r_i .. r_{j-1} costs (j - i) x len(r_i) token positions (every row is padded to the
+first, longest one) plus a fixed cost per forward (`overhead`, in token positions: the per-call work
+that does not grow with the tokens). `cut_sorted` picks the cut points that minimise the total by dynamic
+programming over the sorted lengths, under the limits of one forward (`max_tokens` positions, `max_rows`
+rows). Which rows share a forward never changes what a row computes beyond float summation order, so
+this is a pure cost choice (eval/fast_lm.py, "Numerics")."""
+
+from __future__ import annotations
+
+
+def cut_sorted(lengths: list[int], max_tokens: int, max_rows: int, overhead: int) -> list[int]:
+    """Start index of every forward, for `lengths` sorted longest first. A row longer than max_tokens
+    goes alone; otherwise a forward holds at most max_rows rows and rows x longest <= max_tokens."""
+    if any(a < b for a, b in zip(lengths, lengths[1:])):
+        raise ValueError("cut_sorted needs lengths sorted longest first")
+    n = len(lengths)
+    best = [0] * (n + 1)  # best[i]: least cost of rows i..n-1
+    nxt = [n] * (n + 1)
+    for i in range(n - 1, -1, -1):
+        longest = max(1, lengths[i])
+        rows = max(1, min(max_rows, max_tokens // longest, n - i))
+        best[i], nxt[i] = min((k * longest + overhead + best[i + k], i + k) for k in range(1, rows + 1))
+    starts, i = [], 0
+    while i < n:
+        starts.append(i)
+        i = nxt[i]
+    return starts
