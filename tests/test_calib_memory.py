@@ -130,7 +130,8 @@ def test_float_blocks_restore_the_base_bit_for_bit(family, method, cfg, tmp_path
     assert torch.equal(model(ids).logits, base(ids).logits)
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device: pytest tests/test_calib_memory.py -k cuda")
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device: pytest -m gpu")
 def test_device_placement_moves_one_block_to_cuda_and_back():
     base = tiny_model("llama")
     ref, home = copy.deepcopy(base).to("cuda"), copy.deepcopy(base)

@@ -20,7 +20,9 @@ import numpy as np
 
 # 2: FastLM's auto path shares prefixes for token-local rounding models too (per-token activation
 #    quantization, BitNet): their zero-shot numbers move within HFLM's own batch-size spread (fast_lm.py)
-EVAL_VERSION = 2
+# 3: FastLM cuts its forwards by least padded work (eval/batching.py): other batch mates, so float
+#    summation order (and, for token-local rounding models, a rounding step now and then) changes
+EVAL_VERSION = 3
 
 
 class Evaluator:

@@ -14,7 +14,8 @@ prefix token and max_length are HFLM's):
    left-padded, so sliding-window layers (Mistral, Gemma 2/3, Phi-3) see exactly HFLM's window; a model
    whose cache has other layer kinds takes the exact plain path (mode "plain": `TaskSuite.last_path`);
 3. computes the LM head (`logits_to_keep`) and log-softmax only at scored positions, deduplicates
-   identical rows, and batches by tokens (`max_tokens`), longest first.
+   identical rows, and batches rows longest first, cut where padding costs more than another forward
+   (`batching.cut_sorted`; at most `max_tokens` tokens per forward).
 
 Requests HFLM would left-truncate (context + continuation > max_length + 1), documents with one
 distinct row, and rolling windows go through the plain path: one right-padded row per distinct
