@@ -263,5 +263,6 @@ def main() -> None:
         print(row("wikitext", wiki["tasks"]))
         print(speed("wikitext", wiki))
 
+
 if __name__ == "__main__":
     main()

@@ -125,7 +125,8 @@ def untrained_notes(rows: list[dict[str, Any]]) -> list[str]:
 def provenance(manifest: dict[str, Any]) -> str:
     inv = manifest.get("invocations") or [{}]
     hw = inv[-1].get("hardware", {})
-    device = hw.get("gpu") or f"CPU, {hw.get('cpu_count')} cores"
+    kernels = f", {hw['cpu_capability']} kernels" if hw.get("cpu_capability") else ""
+    device = hw.get("gpu") or f"CPU, {hw.get('cpu_count')} cores{kernels}"
     wall = sum(i.get("wall_s", 0) for i in inv)
     return (f"- Ran on {device} ({hw.get('platform', '?')}); wall time {wall / 60:.1f} min over {len(inv)} "
             f"invocation(s); recipe hash {manifest.get('recipe_hash')}, git {inv[-1].get('git')}.")
