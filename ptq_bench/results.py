@@ -242,7 +242,7 @@ def hardware() -> dict[str, Any]:
 
     # the CPU kernels torch dispatches to (e.g. AVX2 / AVX512) change float summation, and training on a
     # host with other kernels gives other models (quickstart FP16 WikiText-2: 563.85 on one host, 568.69 on
-    # another, same commit and packages)
+    # another, with the same FP16 training code and packages; NOTES.md)
     info: dict[str, Any] = {"platform": platform.platform(), "cpu_count": os.cpu_count(),
                             "torch_threads": torch.get_num_threads(),
                             "cpu_capability": torch.backends.cpu.get_cpu_capability()}
