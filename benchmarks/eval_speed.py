@@ -164,12 +164,12 @@ def bench(tasks: list[str], limit: int, model, tok, args: argparse.Namespace) ->
     for t in tasks:
         fast, hflm = suites["fast"].last_responses[t], suites["hflm"].last_responses[t]
         worst, flips = max_delta({t: hflm}, {t: fast})
+        mh, mf = _only(metrics["hflm"], t), _only(metrics["fast"], t)
         r = {"task": t, "requests": len(fast), "max_abs_dloglik": worst, "greedy_flips": flips,
-             "metrics_equal": _only(metrics["hflm"], t) == _only(metrics["fast"], t),
-             "dacc": max_dmetric(_only(metrics["hflm"], t), _only(metrics["fast"], t))}
+             "metrics_equal": mh == mf, "dacc": max_dmetric(mh, mf)}
         if one is not None:
             r["envelope"] = max_delta({t: hflm}, {t: one.last_responses[t]})[0]
-            r["envelope_dacc"] = max_dmetric(_only(metrics["hflm"], t), _only(one_metrics, t))
+            r["envelope_dacc"] = max_dmetric(mh, _only(one_metrics, t))
         per_task.append(r)
     return {"path": suites["fast"].last_path, "requests": suites["fast"].n_requests, "hflm_s": best["hflm"],
             "fast_s": best["fast"], "work": work["hflm"] / work["fast"], "tasks": per_task,
@@ -186,7 +186,7 @@ def max_dmetric(a: dict, b: dict) -> float:
     return max((100 * abs(a[k] - b[k]) for k in a if k.rsplit("/", 1)[-1] in ("acc", "acc_norm")), default=0.0)
 
 
-HEAD = (f"{'task':<15}{'requests':>9}{'max|Δll|':>11}{'greedy≠':>8}{'acc ==':>8}{'Δacc':>7}")
+HEAD = f"{'task':<15}{'requests':>9}{'max|Δll|':>11}{'greedy≠':>8}{'acc ==':>8}{'Δacc':>7}"
 
 
 def row(label: str, runs: list[dict]) -> str:
@@ -199,12 +199,12 @@ def row(label: str, runs: list[dict]) -> str:
 
 
 def speed(label: str, res: dict) -> str:
-    n = res["requests"]
-    return (f"{label}: {n} requests in one evaluate() call, HFLM {n / res['hflm_s']:.1f} req/s ({res['hflm_s']:.1f} s), "
-            f"FastLM {n / res['fast_s']:.1f} req/s ({res['fast_s']:.1f} s), ratio {res['hflm_s'] / res['fast_s']:.2f}, "
-            f"work {res['work']:.2f}" + ("" if res["hflm_bs1_s"] is None else
-                                          f"; HFLM batch 1 (one run) {n / res['hflm_bs1_s']:.1f} req/s, FastLM / it "
-                                          f"{res['hflm_bs1_s'] / res['fast_s']:.2f}"))
+    n, hflm_s, fast_s, bs1_s = res["requests"], res["hflm_s"], res["fast_s"], res["hflm_bs1_s"]
+    line = (f"{label}: {n} requests in one evaluate() call, HFLM {n / hflm_s:.1f} req/s ({hflm_s:.1f} s), "
+            f"FastLM {n / fast_s:.1f} req/s ({fast_s:.1f} s), ratio {hflm_s / fast_s:.2f}, work {res['work']:.2f}")
+    if bs1_s is not None:
+        line += f"; HFLM batch 1 (one run) {n / bs1_s:.1f} req/s, FastLM / it {bs1_s / fast_s:.2f}"
+    return line
 
 
 def main() -> None:

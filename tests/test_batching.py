@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import functools
+import itertools
 
 import pytest
 from hypothesis import given, settings
@@ -17,17 +17,16 @@ def _cost(lengths: list[int], starts: list[int], overhead: int) -> int:
 
 
 def _brute_force(lengths: list[int], max_tokens: int, max_rows: int, overhead: int) -> int:
-    """The least cost over every cutting that respects the limits (exhaustive, for short lists)."""
-
-    @functools.cache
-    def best(i: int) -> int:
-        if i == len(lengths):
-            return 0
-        longest = max(1, lengths[i])
-        rows = max(1, min(max_rows, max_tokens // longest))
-        return min(k * longest + overhead + best(i + k) for k in range(1, min(rows, len(lengths) - i) + 1))
-
-    return best(0)
+    """The least cost over every cutting that respects the limits: all 2^(n-1) sets of cut points."""
+    n, best = len(lengths), None
+    for k in range(n):
+        for cuts in itertools.combinations(range(1, n), k):
+            starts = [0, *cuts]
+            spans = list(zip(starts, [*cuts, n]))
+            if all(b - a == 1 or (b - a <= max_rows and (b - a) * max(1, lengths[a]) <= max_tokens) for a, b in spans):
+                cost = _cost(lengths, starts, overhead)
+                best = cost if best is None else min(best, cost)
+    return best
 
 
 lengths_st = st.lists(st.integers(1, 60), min_size=1, max_size=12).map(lambda xs: sorted(xs, reverse=True))
