@@ -19,9 +19,15 @@ the kernel's VmHWM at its end (a 5 ms VmRSS sampler thread is reported beside it
 
 The ratio is peak RSS (the whole process: interpreter, torch, model, calibration state) / model bytes.
 
-Measured 2026-11-29 on the 2-core CPU box (fp32, 4.40 GB of weights; RSS after the build 4.88 GB):
-main 10.18 GB (2.31x), inplace 5.71 GB (1.30x; backup 4.88, restore 5.34), disk 4.88 GB (1.11x: the
-peak is the fully loaded model before its blocks go to disk; ~1.5 GB RSS while GPTQ runs).
+Measured on the 2-core CPU box (fp32, 4.40 GB of weights):
+- 2026-11-29 (RSS after the build 4.88 GB): main 10.18 GB (2.31x), inplace 5.71 GB (1.30x; backup 4.88,
+  restore 5.34), disk 4.88 GB (1.11x: the peak is the fully loaded model before its blocks go to disk;
+  ~1.5 GB RSS while GPTQ runs).
+- 2026-12-03, after the inverse-Hessian factor moved into the Hessian's own storage (`ldlq.
+  inverse_hessian_factor`; GPTQ consumes the runner's popped statistic): RSS after the build 4.80 GB;
+  inplace 5.26 GB (1.20x; backup 5.06, restore 5.23; GPTQ 319 s), disk 4.80 GB (1.09x, again the built
+  model; GPTQ 371 s). Before that change the same inplace run peaked at 5.765 GB (1.31x): the down
+  projection's solve held five 5632 x 5632 fp32 matrices (statistic, clone, L, L^-1 L^-T, U).
 """
 
 from __future__ import annotations

@@ -10,6 +10,7 @@ from quant_fixtures import calib_tokens, linear_errors, quantized_copy, tiny_lla
 
 from ptq_bench.quant.calibrate import Hessian, capture_inputs, decoder_layers, quantizable_linears, run_layer
 from ptq_bench.quant.gptq import GPTQConfig, gptq_solve
+from ptq_bench.quant.ldlq import inverse_hessian_factor
 from ptq_bench.quant.primitives import minmax_params, on_grid, quantize_scalar
 
 
@@ -64,6 +65,22 @@ def test_lazy_blocks_do_not_change_the_result():
     b, _, _ = gptq_solve(W, H, 3, group_size=16, block_size=16)
     c, _, _ = gptq_solve(W, H, 3, group_size=16, block_size=128)
     assert torch.allclose(a, b, atol=1e-5) and torch.allclose(a, c, atol=1e-5)
+
+
+def test_in_place_factor_is_the_out_of_place_chain_bit_for_bit():
+    """The factor is computed in H's storage; it must equal chol -> cholesky_inverse -> chol, which reads
+    only H's lower triangle, even when H's two triangles differ in the last bit (a gemm's Hessian may)."""
+    W, H = correlated_problem()
+    H = H + torch.triu(torch.full_like(H, 1e-6), 1)  # upper triangle off by a little: must be ignored
+    Hd = H.clone()
+    Hd.diagonal().add_(0.01 * torch.mean(torch.diag(H)))
+    want = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(Hd)), upper=True)
+    assert torch.equal(inverse_hessian_factor(H.clone(), 0.01), want)
+    kept = H.clone()
+    a, _, _ = gptq_solve(W, H, 3, group_size=16)
+    assert torch.equal(H, kept)  # not consumed unless asked
+    b, _, _ = gptq_solve(W, H, 3, group_size=16, consume_h=True)
+    assert torch.equal(a, b) and not torch.equal(H, kept)
 
 
 def test_identity_hessian_is_rtn_and_dead_columns_zeroed():

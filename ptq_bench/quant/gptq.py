@@ -47,15 +47,18 @@ def gptq_solve(
     act_order: bool = False,
     sym: bool = True,
     static_groups: bool = False,
+    consume_h: bool = False,
 ) -> tuple[Tensor, Grid, float]:
     """Quantize one weight (rows, cols) against its Hessian (cols, cols).
 
     Returns (dequantized weight in weight's dtype, its Grid, the reference's summed loss
-    sum_i (w_i - q_i)^2 / U_ii^2). H is not modified.
+    sum_i (w_i - q_i)^2 / U_ii^2). H is not modified, unless `consume_h`: then a float32 H is used as the
+    solver's scratch space (the block runner hands over a statistic it has popped), which saves one
+    (cols, cols) copy.
     """
     W = weight.float().clone()
     rows, cols = W.shape
-    H = H.float().clone()
+    H = H.float() if consume_h else H.float().clone()
     gs = cols if group_size == -1 else group_size
 
     fit = minmax_params(W, bits, sym) if group_size == -1 else None  # per-row, before dead columns
@@ -108,7 +111,7 @@ def gptq_solver(cfg: GPTQConfig) -> Solver:
 
     def solve(linear: nn.Module, stat: Hessian) -> tuple[Tensor, Grid, float]:
         return gptq_solve(weight_matrix(linear), stat.H, cfg.w_bits, cfg.group_size, cfg.damp, cfg.block_size,
-                          cfg.act_order, cfg.sym, cfg.static_groups)
+                          cfg.act_order, cfg.sym, cfg.static_groups, consume_h=True)
 
     return solve
 

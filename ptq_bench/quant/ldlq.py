@@ -10,11 +10,30 @@ from torch import Tensor
 
 
 def inverse_hessian_factor(H: Tensor, damp: float) -> Tensor:
-    """Upper Cholesky factor U of (H + damp * mean(diag H) I)^-1; H is modified (damped) in place."""
+    """Upper Cholesky factor U of (H + damp * mean(diag H) I)^-1, computed in H's own storage.
+
+    H (contiguous) is overwritten, and U is returned as a column-major view of it: LAPACK works on that
+    layout in place, so no n x n temporary is made (for an MLP's down projection these are 0.1-0.5 GB
+    each). Only H's lower triangle is read, as torch.linalg.cholesky(H) reads it (it is mirrored onto the
+    upper one first), so U is bit for bit that of the out-of-place chain chol -> cholesky_inverse -> chol.
+    """
     idx = torch.arange(H.shape[0], device=H.device)
     H[idx, idx] += damp * torch.mean(torch.diag(H))
-    L = torch.linalg.cholesky(H)
-    return torch.linalg.cholesky(torch.cholesky_inverse(L), upper=True)
+    _mirror_lower(H)
+    A = H.T  # column-major
+    torch.linalg.cholesky(A, out=A)
+    torch.cholesky_inverse(A, out=A)
+    torch.linalg.cholesky(A, upper=True, out=A)
+    return A
+
+
+def _mirror_lower(H: Tensor, step: int = 512) -> None:
+    """H's upper triangle := its lower one, in place, a band of rows at a time."""
+    for i in range(0, H.shape[0], step):
+        j = i + step
+        diag = H[i:j, i:j]
+        diag.copy_(diag.tril() + diag.tril(-1).T)
+        H[i:j, j:] = H[j:, i:j].T
 
 
 @torch.no_grad()
