@@ -67,15 +67,23 @@ def test_lazy_blocks_do_not_change_the_result():
     assert torch.allclose(a, b, atol=1e-5) and torch.allclose(a, c, atol=1e-5)
 
 
-def test_in_place_factor_is_the_out_of_place_chain_bit_for_bit():
+def _out_of_place_factor(H, damp):
+    """The factor as it was computed before it moved into H's storage (and as the reference computes it)."""
+    H = H.clone()
+    idx = torch.arange(H.shape[0])
+    H[idx, idx] += damp * torch.mean(torch.diag(H))
+    return torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(H)), upper=True)
+
+
+@pytest.mark.parametrize(("cols", "damp"), [(48, 0.01), (80, 0.1), (200, 0.01)])
+def test_in_place_factor_is_the_out_of_place_chain_bit_for_bit(cols, damp):
     """The factor is computed in H's storage; it must equal chol -> cholesky_inverse -> chol, which reads
-    only H's lower triangle, even when H's two triangles differ in the last bit (a gemm's Hessian may)."""
-    W, H = correlated_problem()
+    only H's lower triangle, even when H's two triangles differ in the last bit (a gemm's Hessian may).
+    At (80, 0.1) a strided and a contiguous diagonal give different damping terms: that case checks the mean
+    is summed as the reference sums it (a difference moved the quickstart's GPTQ rows once)."""
+    W, H = correlated_problem(cols=cols)
     H = H + torch.triu(torch.full_like(H, 1e-6), 1)  # upper triangle off by a little: must be ignored
-    Hd = H.clone()
-    Hd.diagonal().add_(0.01 * torch.mean(torch.diag(H)))
-    want = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(Hd)), upper=True)
-    assert torch.equal(inverse_hessian_factor(H.clone(), 0.01), want)
+    assert torch.equal(inverse_hessian_factor(H.clone(), damp), _out_of_place_factor(H, damp))
     kept = H.clone()
     a, _, _ = gptq_solve(W, H, 3, group_size=16)
     assert torch.equal(H, kept)  # not consumed unless asked

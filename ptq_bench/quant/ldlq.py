@@ -17,7 +17,7 @@ def inverse_hessian_factor(H: Tensor, damp: float) -> Tensor:
     each). Only H's lower triangle is read, as torch.linalg.cholesky(H) reads it (it is mirrored onto the
     upper one first), so U is bit for bit that of the out-of-place chain chol -> cholesky_inverse -> chol.
     """
-    H.diagonal().add_(damp * torch.mean(torch.diagonal(H)))
+    H.diagonal().add_(damp * torch.mean(torch.diag(H)))  # diag: a contiguous copy, summed as the reference sums it
     _mirror_lower(H)
     A = H.T  # column-major
     torch.linalg.cholesky(A, out=A)
