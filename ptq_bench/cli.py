@@ -58,6 +58,32 @@ def _with_executor(recipe: Any, args: argparse.Namespace) -> Any:
     return recipe
 
 
+def _estimate(args: argparse.Namespace) -> int:
+    from ptq_bench.console import log
+    from ptq_bench.estimate import estimate
+    from ptq_bench.prepare import pick_device
+    from ptq_bench.recipe import load_recipe
+
+    recipe = load_recipe(args.recipe)
+    device = pick_device(args.device or recipe.device)
+    for line in estimate(recipe, device, steps=args.steps, warmup=args.warmup, hours=args.hours, progress=log):
+        print(line)
+    return 0
+
+
+def _at_least(low: float, kind: type = int) -> Any:
+    """An argparse type: a number of `kind` >= low (argparse prints the one-line error and exits 2)."""
+    def parse(text: str) -> Any:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a{'n integer' if kind is int else ' number'}: {text!r}") from None
+        if not value >= low:
+            raise argparse.ArgumentTypeError(f"must be at least {low}, got {text}")
+        return value
+    return parse
+
+
 def _report(args: argparse.Namespace) -> int:
     from ptq_bench.report import render
 
@@ -109,6 +135,15 @@ def build_parser() -> argparse.ArgumentParser:
     v = sub.add_parser("validate", help="check a recipe without running it")
     v.add_argument("recipe")
     v.set_defaults(fn=_validate)
+    e = sub.add_parser("estimate", help="time a few training steps of each model here and project the "
+                                        "recipe's training and perplexity time (writes nothing)")
+    e.add_argument("recipe")
+    e.add_argument("--steps", type=_at_least(1), default=5, help="timed optimizer steps per model (default 5)")
+    e.add_argument("--warmup", type=_at_least(0), default=2, help="untimed steps first (default 2)")
+    e.add_argument("--hours", type=_at_least(1e-3, float), help="also print the train.tokens that fit this many "
+                                                              "hours of training")
+    e.add_argument("--device", choices=["auto", "cpu", "cuda"], help="overrides the recipe's device")
+    e.set_defaults(fn=_estimate)
     rep = sub.add_parser("report", help="re-render tables and plots from a results folder")
     rep.add_argument("run_dir")
     rep.set_defaults(fn=_report)

@@ -1,7 +1,7 @@
 """The GPU path, run (`pytest -m gpu` on a machine with CUDA; skipped elsewhere): the smoke recipe on CUDA
 writes the same rows (model, method, seed) as on the CPU. The metrics' differences are printed
 (benchmarks/gpu_vs_cpu.py), not bounded: no GPU has been lent to this project, so bf16-on-CUDA has no
-measured tolerance yet; read them. The
+measured tolerance yet; read them. `ptq-bench estimate` times the GPU recipe. The
 block-placement test is `tests/test_calib_memory.py::test_device_placement_moves_one_block_to_cuda_and_back`."""
 
 from __future__ import annotations
@@ -21,3 +21,15 @@ def test_smoke_recipe_on_cuda_writes_the_cpu_rows(tmp_path):
                            "--out", str(tmp_path)], capture_output=True, text=True, cwd=ROOT)
     print(proc.stdout[-5000:])
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+
+
+def test_estimate_times_the_gpu_recipe_on_cuda(capsys):
+    """`ptq-bench estimate` on the single-GPU recipe: bf16 training steps of its three ~125M models and a
+    seqlen-2048 perplexity batch, timed on CUDA (the figures the recipe's size is to be stated from)."""
+    from ptq_bench.cli import main
+
+    assert main(["estimate", str(ROOT / "recipes" / "bitnet_table3_gpu.yaml"), "--hours", "1"]) == 0
+    out = capsys.readouterr().out
+    with capsys.disabled():
+        print(out)
+    assert out.count("s/step") == 3 and "peak" in out and "train.tokens that fit 1 h" in out

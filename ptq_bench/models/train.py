@@ -106,6 +106,28 @@ def batch_windows(tokens: np.ndarray, idx: np.ndarray, seq_len: int) -> np.ndarr
     return np.stack([tokens[i * seq_len : i * seq_len + seq_len + 1] for i in idx]).astype(np.int64)
 
 
+def train_steps(total_tokens: int, seq_len: int, batch_size: int) -> int:
+    """Optimizer steps of a training run (whole batches only)."""
+    return total_tokens // (seq_len * batch_size)
+
+
+def forward_loss(model: torch.nn.Module, batch: torch.Tensor) -> torch.Tensor:
+    """Next-token cross-entropy of `batch` (rows of seq_len + 1 ids), under bf16 autocast on CUDA."""
+    device = batch.device
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+        logits = model(batch[:, :-1]).logits
+    return torch.nn.functional.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), batch[:, 1:].reshape(-1))
+
+
+def update(model: torch.nn.Module, opt: torch.optim.Optimizer, loss: torch.Tensor, grad_clip: float) -> None:
+    """One optimizer step on `loss` (gradient norm clipped to `grad_clip` when > 0)."""
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    if grad_clip > 0:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    opt.step()
+
+
 def train(
     model: torch.nn.Module,
     tokens: np.ndarray,
@@ -122,9 +144,8 @@ def train(
 ) -> TrainResult:
     """Train `model` on windows of `tokens` (a 1-D id array) in the seed's fixed order."""
     device = next(model.parameters()).device
-    use_bf16 = device.type == "cuda"
     n_windows = (len(tokens) - 1) // seq_len
-    steps = total_tokens // (seq_len * batch_size)
+    steps = train_steps(total_tokens, seq_len, batch_size)
     order = batch_order(n_windows, steps, batch_size, seed)
     opt = make_optimizer(model, schedule)
     torch.manual_seed(seed)
@@ -137,19 +158,13 @@ def train(
         opt.param_groups[0]["lr"] = opt.param_groups[1]["lr"] = lr
         opt.param_groups[0]["weight_decay"] = wd
         batch = torch.from_numpy(batch_windows(tokens, order[step], seq_len)).to(device)  # (batch, seq_len + 1)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
-            logits = model(batch[:, :-1]).logits
-        loss = torch.nn.functional.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), batch[:, 1:].reshape(-1))
+        loss = forward_loss(model, batch)
         value = loss.item()
         if not math.isfinite(value):
             result.diverged, result.diverged_at = True, step
             result.curve.append({"step": step, "tokens": step * seq_len * batch_size, "loss": value, "lr": lr})
             break
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        if grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
-        opt.step()
+        update(model, opt, loss, grad_clip)
         if step % log_every == 0 or step == steps - 1:
             result.curve.append({"step": step, "tokens": (step + 1) * seq_len * batch_size, "loss": value, "lr": lr})
             bar.set_postfix(loss=f"{value:.3f}", lr=f"{lr:.2e}")

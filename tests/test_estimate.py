@@ -1,0 +1,104 @@
+"""`ptq-bench estimate`: it times the real training step of every trained model, projects the recipe's
+step count, writes nothing, and refuses bad arguments with exit 2."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from ptq_bench.cli import main
+from ptq_bench.estimate import Measured, report
+from ptq_bench.recipe import load_recipe
+
+ROOT = Path(__file__).resolve().parents[1]
+SMOKE = ROOT / "recipes" / "smoke.yaml"
+
+
+def _recipe(tmp_path: Path, **changes) -> Path:
+    raw = yaml.safe_load(SMOKE.read_text())
+    raw.update(output_dir=str(tmp_path / "out"), cache_dir=str(tmp_path / "cache"), **changes)
+    path = tmp_path / "r.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+def test_estimate_times_the_training_step_and_writes_nothing(tmp_path, capsys, monkeypatch):
+    import ptq_bench.models.train as train_mod
+
+    calls = []
+    real = train_mod.update
+    monkeypatch.setattr(train_mod, "update", lambda *a, **k: (calls.append(1), real(*a, **k)))
+    path = _recipe(tmp_path)
+    before = set(tmp_path.rglob("*"))
+    assert main(["estimate", str(path), "--steps", "2", "--warmup", "1", "--hours", "1", "--device", "cpu"]) == 0
+    out = capsys.readouterr().out
+    assert len(calls) == 3 * (2 + 1)  # three trained models, warm-up + timed optimizer steps each
+    steps = 40960 // (64 * 16)
+    for name in ("fp16", "bitnet_b158", "bitnet_b1"):
+        line = next(x for x in out.splitlines() if x.strip().startswith(name + " "))
+        assert f"x {steps} steps" in line and "s/step" in line
+    assert "train.tokens that fit 1 h of training:" in out
+    assert "8 windows x 2 sets" in out  # the smoke recipe's max_windows and sets
+    assert set(tmp_path.rglob("*")) == before  # no cache, no run folder
+
+
+def test_loaded_models_get_a_perplexity_forward_only(tmp_path, capsys):
+    from tiny_families import save_tiny
+
+    folder = save_tiny("llama", tmp_path / "ck", vocab_size=300)
+    path = _recipe(tmp_path, models={"mine": {"kind": "fp16"}, "theirs": {"source": str(folder)}})
+    before = set(tmp_path.rglob("*"))
+    assert main(["estimate", str(path), "--steps", "1", "--warmup", "0"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert "loaded, not trained" in next(x for x in lines if x.strip().startswith("theirs "))
+    assert "x 40 steps" in next(x for x in lines if x.strip().startswith("mine "))
+    assert any(x.startswith("training, all 1 trained models") for x in lines)
+    assert set(tmp_path.rglob("*")) == before
+
+
+def _measured(name: str, step_s: float) -> Measured:
+    return Measured(name, "fp16", 1_000_000, step_s, steps=100, ppl_batch_s=0.5, peak_bytes=None)
+
+
+def test_projection_and_fit_arithmetic(tmp_path):
+    recipe = load_recipe(_recipe(tmp_path))  # train batch 16 x 64 = 1024 tokens per step
+    lines = report(recipe, [_measured("a", 1.0), _measured("b", 2.5)], "cpu", hours=1.0)
+    assert "x 100 steps = 1 min 40 s" in lines[1] and "x 100 steps = 4 min 10 s" in lines[2]
+    assert "training, all 2 trained models one after another: 5 min 50 s" in lines
+    # 3600 s / (3.5 s per 1024-token step across both models) = 1028 whole steps (1028.6)
+    assert "train.tokens that fit 1 h of training: 1,052,672" in lines
+    # perplexity: 8 windows in one batch of 8 (slowest model 0.5 s), two sets; 7 cells (3 base + 4 Absmax)
+    ppl = next(x for x in lines if x.startswith("perplexity:"))
+    assert "per batch of 8 x 64" in ppl and "= 1.0 s per cell, 7.0 s for 7 cells" in ppl
+
+
+@pytest.mark.parametrize("argv, needle", [
+    (["--steps", "0"], "--steps: must be at least 1, got 0"),
+    (["--steps", "two"], "--steps: not an integer: 'two'"),
+    (["--warmup", "-1"], "--warmup: must be at least 0, got -1"),
+    (["--hours", "0"], "--hours: must be at least 0.001, got 0"),
+    (["--hours", "nan"], "--hours: must be at least 0.001, got nan"),
+    (["--device", "tpu"], "--device: invalid choice: 'tpu'"),
+])
+def test_bad_arguments_exit_2(tmp_path, capsys, argv, needle):
+    path = _recipe(tmp_path)
+    with pytest.raises(SystemExit) as exc:
+        main(["estimate", str(path), *argv])
+    assert exc.value.code == 2
+    assert needle in capsys.readouterr().err
+
+
+def test_bad_recipe_exit_2_one_line(tmp_path, capsys):
+    path = _recipe(tmp_path, trian={"tokens": 1})
+    assert main(["estimate", str(path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "trian" in err
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="a CUDA device is present")
+def test_cuda_without_a_gpu_exit_2(tmp_path, capsys):
+    assert main(["estimate", str(_recipe(tmp_path)), "--device", "cuda"]) == 2
+    assert "no CUDA device is available" in capsys.readouterr().err
