@@ -138,8 +138,9 @@ def build_parser() -> argparse.ArgumentParser:
     e = sub.add_parser("estimate", help="time a few training steps of each model here and project the "
                                         "recipe's training and perplexity time (writes nothing)")
     e.add_argument("recipe")
-    e.add_argument("--steps", type=_at_least(1), default=5, help="timed optimizer steps per model (default 5)")
-    e.add_argument("--warmup", type=_at_least(0), default=2, help="untimed steps first (default 2)")
+    e.add_argument("--steps", type=_at_least(1), default=10, help="timed optimizer steps per model (default 10; "
+                                                                 "the median is projected)")
+    e.add_argument("--warmup", type=_at_least(0), default=3, help="untimed steps first (default 3)")
     e.add_argument("--hours", type=_at_least(1e-3, float), help="also print the train.tokens that fit this many "
                                                               "hours of training")
     e.add_argument("--device", choices=["auto", "cpu", "cuda"], help="overrides the recipe's device")

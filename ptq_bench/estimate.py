@@ -4,8 +4,8 @@ throughput, before anything is run or written.
 Every model the recipe trains is built at its shape (the recipe's `arch` with the model's overrides,
 `tokenizer.vocab_size` ids) on the chosen device and runs `warmup` + `steps` optimizer steps of the real
 training step (`models.train.forward_loss` + `update`: AdamW, gradient clipping, bf16 autocast on CUDA)
-on random token ids of the recipe's batch shape; the recipe's step count times the mean timed step is
-the projection. For every model, trained or loaded (`source:`), one perplexity forward batch
+on random token ids of the recipe's batch shape; the recipe's step count times the median timed step is
+the projection (median step: a shared CPU stalls single steps). For every model, trained or loaded (`source:`), one perplexity forward batch
 (`eval.batch_size` windows of `eval.perplexity.seq_len`) is timed the same way. Quantization solves and
 zero-shot tasks are not projected (their cost depends on calibration data and task text).
 
@@ -14,6 +14,7 @@ Nothing is written: no cache entry, no run folder.
 
 from __future__ import annotations
 
+import statistics
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -28,7 +29,7 @@ class Measured:
     name: str
     kind: str
     params: int
-    step_s: float  # mean seconds per timed optimizer step
+    step_s: float  # median seconds of the timed optimizer steps
     steps: int  # the recipe's optimizer steps for this model
     ppl_batch_s: float  # seconds per perplexity forward batch
     peak_bytes: int | None  # CUDA peak allocated memory over the probe (None on CPU)
@@ -46,15 +47,18 @@ def _sync(device: str) -> None:
 
 
 def _timed(fn: Any, device: str, warmup: int, repeats: int) -> float:
-    """Mean seconds of `fn()` over `repeats` calls after `warmup` untimed ones."""
+    """Median seconds of `fn()` over `repeats` calls after `warmup` untimed ones (the median: a shared CPU
+    stalls single steps now and then)."""
     for _ in range(warmup):
         fn()
-    _sync(device)
-    t0 = time.perf_counter()
+    times = []
     for _ in range(repeats):
+        _sync(device)
+        t0 = time.perf_counter()
         fn()
-    _sync(device)
-    return (time.perf_counter() - t0) / repeats
+        _sync(device)
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
 
 
 def _model(recipe: Recipe, name: str, device: str) -> tuple[Any, int]:
@@ -72,7 +76,7 @@ def _model(recipe: Recipe, name: str, device: str) -> tuple[Any, int]:
 
 
 def _train_step_s(recipe: Recipe, name: str, model: Any, vocab: int, device: str, steps: int, warmup: int) -> float:
-    """Mean seconds of the real training step (AdamW, clipping, bf16 autocast on CUDA) on random ids."""
+    """Median seconds of the real training step (AdamW, clipping, bf16 autocast on CUDA) on random ids."""
     import torch
 
     from ptq_bench.models.train import forward_loss, make_optimizer, make_schedule, update
@@ -95,7 +99,7 @@ def _train_step_s(recipe: Recipe, name: str, model: Any, vocab: int, device: str
 
 
 def _ppl_batch_s(recipe: Recipe, model: Any, vocab: int, device: str, repeats: int) -> float:
-    """Mean seconds of one perplexity forward batch (eval.batch_size windows of eval.perplexity.seq_len)."""
+    """Median seconds of one perplexity forward batch (eval.batch_size windows of eval.perplexity.seq_len)."""
     import torch
 
     p = recipe.eval.perplexity
@@ -171,7 +175,7 @@ def report(recipe: Recipe, found: list[Measured], device: str, hours: float | No
     return lines
 
 
-def estimate(recipe: Recipe, device: str, steps: int = 5, warmup: int = 2, hours: float | None = None,
+def estimate(recipe: Recipe, device: str, steps: int = 10, warmup: int = 3, hours: float | None = None,
              progress: Any = print) -> list[str]:
     """Measure every trained model of the recipe and return the report's lines."""
     found = []
