@@ -108,6 +108,11 @@ def task_config(name: str, data_dir: Path) -> dict:
         "dataset_kwargs": {"data_files": files},
     }
     cfg.update({key: (split if split in files else None) for split, key in split_keys.items()})
+    if set(files) == {"test"}:
+        # Few-shot examples then come from the test split itself, and lm-eval drops a document from its own
+        # examples only when fewshot_split == test_split: without naming it, a document (answer included)
+        # could be its own example. (A validation-only task passes lm-eval's check as None == None.)
+        cfg["fewshot_split"] = "test"
     return cfg
 
 
