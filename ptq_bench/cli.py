@@ -78,8 +78,8 @@ def _at_least(low: float, kind: type = int) -> Any:
             value = kind(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"not a{'n integer' if kind is int else ' number'}: {text!r}") from None
-        if not value >= low:
-            raise argparse.ArgumentTypeError(f"must be at least {low}, got {text}")
+        if not value >= low or value == float("inf"):
+            raise argparse.ArgumentTypeError(f"must be a finite number of at least {low}, got {text}")
         return value
     return parse
 

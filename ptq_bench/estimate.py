@@ -5,9 +5,10 @@ Every model the recipe trains is built at its shape (the recipe's `arch` with th
 `tokenizer.vocab_size` ids) on the chosen device and runs `warmup` + `steps` optimizer steps of the real
 training step (`models.train.forward_loss` + `update`: AdamW, gradient clipping, bf16 autocast on CUDA)
 on random token ids of the recipe's batch shape; the recipe's step count times the median timed step is
-the projection (median step: a shared CPU stalls single steps). For every model, trained or loaded (`source:`), one perplexity forward batch
-(`eval.batch_size` windows of `eval.perplexity.seq_len`) is timed the same way. Quantization solves and
-zero-shot tasks are not projected (their cost depends on calibration data and task text).
+the projection (the median: a shared CPU stalls single steps). For every model, trained or loaded
+(`source:`), one perplexity forward batch (`eval.batch_size` windows of `eval.perplexity.seq_len`) is
+timed the same way. Quantization solves and zero-shot tasks are not projected (their cost depends on
+calibration data and task text).
 
 Nothing is written: no cache entry, no run folder.
 """
@@ -24,7 +25,7 @@ from ptq_bench.recipe import Recipe, expand_cells, model_arch
 
 @dataclass
 class Measured:
-    """One trained model's measured throughput and the recipe's projection from it."""
+    """One model's measured throughput and the recipe's projection from it (steps 0: loaded, not trained)."""
 
     name: str
     kind: str
@@ -155,7 +156,9 @@ def report(recipe: Recipe, found: list[Measured], device: str, hours: float | No
     if trained:
         total = sum(m.train_s for m in trained)
         lines.append(f"training, all {len(trained)} trained models one after another: {_hms(total)}")
-    if hours is not None and trained:
+    if hours is not None and not trained:
+        lines.append("train.tokens: no model of this recipe is trained here")
+    elif hours is not None:
         per_token = sum(m.step_s for m in trained) / tok_per_step
         fit = int(hours * 3600 / per_token) // tok_per_step * tok_per_step
         lines.append(f"train.tokens that fit {hours:g} h of training: {fit:,}")
@@ -177,7 +180,7 @@ def report(recipe: Recipe, found: list[Measured], device: str, hours: float | No
 
 def estimate(recipe: Recipe, device: str, steps: int = 10, warmup: int = 3, hours: float | None = None,
              progress: Any = print) -> list[str]:
-    """Measure every trained model of the recipe and return the report's lines."""
+    """Measure every model of the recipe (training steps only for those trained here); the report's lines."""
     found = []
     for name, spec in recipe.models.items():
         what = f"{warmup} + {steps} training steps" if spec.source is None else "perplexity forwards (loaded model)"

@@ -76,11 +76,12 @@ def test_projection_and_fit_arithmetic(tmp_path):
 
 
 @pytest.mark.parametrize("argv, needle", [
-    (["--steps", "0"], "--steps: must be at least 1, got 0"),
+    (["--steps", "0"], "--steps: must be a finite number of at least 1, got 0"),
     (["--steps", "two"], "--steps: not an integer: 'two'"),
-    (["--warmup", "-1"], "--warmup: must be at least 0, got -1"),
-    (["--hours", "0"], "--hours: must be at least 0.001, got 0"),
-    (["--hours", "nan"], "--hours: must be at least 0.001, got nan"),
+    (["--warmup", "-1"], "--warmup: must be a finite number of at least 0, got -1"),
+    (["--hours", "0"], "--hours: must be a finite number of at least 0.001, got 0"),
+    (["--hours", "nan"], "--hours: must be a finite number of at least 0.001, got nan"),
+    (["--hours", "inf"], "--hours: must be a finite number of at least 0.001, got inf"),
     (["--device", "tpu"], "--device: invalid choice: 'tpu'"),
 ])
 def test_bad_arguments_exit_2(tmp_path, capsys, argv, needle):
@@ -102,3 +103,11 @@ def test_bad_recipe_exit_2_one_line(tmp_path, capsys):
 def test_cuda_without_a_gpu_exit_2(tmp_path, capsys):
     assert main(["estimate", str(_recipe(tmp_path)), "--device", "cuda"]) == 2
     assert "no CUDA device is available" in capsys.readouterr().err
+
+
+def test_hours_with_only_loaded_models_says_so(tmp_path):
+    recipe = load_recipe(_recipe(tmp_path))
+    loaded = Measured("theirs", "source", 1_000_000, 0.0, steps=0, ppl_batch_s=0.5, peak_bytes=None)
+    lines = report(recipe, [loaded], "cpu", hours=2.0)
+    assert "train.tokens: no model of this recipe is trained here" in lines
+    assert not any(x.startswith("training, all") for x in lines)
