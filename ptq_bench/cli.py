@@ -61,12 +61,15 @@ def _with_executor(recipe: Any, args: argparse.Namespace) -> Any:
 def _estimate(args: argparse.Namespace) -> int:
     from ptq_bench.console import log
     from ptq_bench.estimate import estimate
+    from ptq_bench.paths import check_data
     from ptq_bench.prepare import pick_device
     from ptq_bench.recipe import load_recipe
 
     recipe = load_recipe(args.recipe)
+    data_dir = check_data(recipe) if recipe.eval.tasks else None  # zero-shot: tokenizer and task files
     device = pick_device(args.device or recipe.device)
-    for line in estimate(recipe, device, steps=args.steps, warmup=args.warmup, hours=args.hours, progress=log):
+    for line in estimate(recipe, device, steps=args.steps, warmup=args.warmup, hours=args.hours, progress=log,
+                         data_dir=data_dir):
         print(line)
     return 0
 

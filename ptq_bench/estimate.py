@@ -7,8 +7,15 @@ training step (`models.train.forward_loss` + `update`: AdamW, gradient clipping,
 on random token ids of the recipe's batch shape; the recipe's step count times the median timed step is
 the projection (the median: a shared CPU stalls single steps). For every model, trained or loaded
 (`source:`), one perplexity forward batch (`eval.batch_size` windows of `eval.perplexity.seq_len`) is
-timed the same way. Quantization solves and zero-shot tasks are not projected (their cost depends on
-calibration data and task text).
+timed the same way.
+
+Zero-shot tasks (when the recipe has any): every model is evaluated on the first `SAMPLE_DOCS` and
+3 x `SAMPLE_DOCS` documents of each task (after a warm-up call) with the recipe's backend and batch size;
+the line through the two gives its fixed cost per evaluate call and its seconds per unit of request work (`eval.work`: prefix-tree positions for FastLM, HFLM's own positions for HFLM,
+weighted by the model's block and head sizes). Each task's work at the recipe's `limit` is counted from
+its tokenized requests (the recipe's tokenizer, trained in memory, or the source's own), so a cell's
+projection follows the tasks it runs. Quantized cells are projected at their base model's rate
+(activation-quantized ones run slower). Calibration and quantization solves are not projected.
 
 Nothing is written: no cache entry, no run folder.
 """
@@ -17,10 +24,13 @@ from __future__ import annotations
 
 import statistics
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
+from ptq_bench.errors import PtqBenchError
 from ptq_bench.recipe import Recipe, expand_cells, model_arch
+
+SAMPLE_DOCS = 4  # documents per task evaluated to time a model's zero-shot rate
 
 
 @dataclass
@@ -34,6 +44,8 @@ class Measured:
     steps: int  # the recipe's optimizer steps for this model
     ppl_batch_s: float  # seconds per perplexity forward batch
     peak_bytes: int | None  # CUDA peak allocated memory over the probe (None on CPU)
+    zero_shot_s: dict[str, float] = field(default_factory=dict)  # task -> projected seconds at the recipe's limit
+    zero_shot_call_s: float = 0.0  # the fixed cost of one evaluate call (one per cell)
 
     @property
     def train_s(self) -> float:
@@ -62,18 +74,84 @@ def _timed(fn: Any, device: str, warmup: int, repeats: int) -> float:
     return statistics.median(times)
 
 
-def _model(recipe: Recipe, name: str, device: str) -> tuple[Any, int]:
-    """(model on `device`, its vocabulary size): built at its shape when trained here, else loaded."""
+def _model(recipe: Recipe, name: str, device: str) -> tuple[Any, int, Any]:
+    """(model on `device`, its vocabulary size, its own tokenizer or None): built at its shape when trained
+    here (the recipe's tokenizer is shared, see `ZeroShot.tokenizer`), else loaded with its tokenizer."""
     spec = recipe.models[name]
     if spec.source is not None:
-        from ptq_bench.models.build import load_model
+        from ptq_bench.recipe import source_info
+        from ptq_bench.sources import load_source
 
-        model = load_model(spec.source, device=device)[0]
-        return model, model.config.vocab_size
+        model, tok, _kind = load_source(source_info(recipe, name), device)
+        if tok is None:  # as `run` refuses it (prepare.get_source_model)
+            raise PtqBenchError(f"models.{name}.source: {spec.source} holds no tokenizer (tokenizer.json or GGUF vocab)")
+        return model, model.config.vocab_size, tok
     from ptq_bench.models.build import build_model
 
     vocab = recipe.tokenizer.vocab_size
-    return build_model(spec.kind, model_arch(recipe, name), vocab, seed=recipe.seed).to(device), vocab
+    return build_model(spec.kind, model_arch(recipe, name), vocab, seed=recipe.seed).to(device), vocab, None
+
+
+class ZeroShot:
+    """The zero-shot projection's counting and timing (see the module docstring)."""
+
+    def __init__(self, recipe: Recipe, data_dir: Any) -> None:
+        self.recipe, self.data_dir = recipe, data_dir
+        self._recipe_tok: Any = None
+        self._work: dict[int, dict[str, tuple[int, int]]] = {}  # id(tokenizer) -> task -> positions
+
+    def tokenizer(self, own: Any) -> Any:
+        """The model's own tokenizer, or the recipe's BPE trained in memory (once) as `run` trains it."""
+        if own is not None:
+            return own
+        if self._recipe_tok is None:
+            from ptq_bench.data import train_documents
+            from ptq_bench.tokenizer import train_tokenizer
+
+            t = self.recipe.tokenizer
+            self._recipe_tok = train_tokenizer(train_documents(self.data_dir), t.vocab_size, t.train_chars)
+        return self._recipe_tok
+
+    def _suite(self, tok: Any, limit: int | None) -> Any:
+        from ptq_bench.eval.harness import TaskSuite
+
+        e = self.recipe.eval
+        return TaskSuite(e.tasks, self.data_dir, tok, limit=limit, num_fewshot=e.num_fewshot, backend=e.backend,
+                         batch_size=e.batch_size)
+
+    def _positions(self, suite: Any) -> dict[str, tuple[int, int]]:
+        """Per task, (block positions, head positions) of its requests under the recipe's backend."""
+        from ptq_bench.eval.fast_lm import RequestEncoder
+        from ptq_bench.eval.work import exact_work, hflm_positions
+
+        count = exact_work if self.recipe.eval.backend == "fast" else hflm_positions
+        encoder = suite.encoder or RequestEncoder(suite.tokenizer)
+        out = {}
+        for name, task in suite._tasks.items():
+            pairs = encoder.pairs([inst.args for inst in task.instances])
+            out[name] = count(((name, inst.doc_id), c, x) for inst, (c, x) in zip(task.instances, pairs))
+        return out
+
+    def seconds(self, model: Any, own_tok: Any) -> tuple[float, dict[str, float]]:
+        """(seconds of one evaluate call's fixed cost, per task the model's projected seconds of work at the
+        recipe's limit): a line through two timed samples (SAMPLE_DOCS and 3 x SAMPLE_DOCS documents per
+        task, after a warm-up call), so lm-eval's per-call cost is not scaled up with the work."""
+        from ptq_bench.eval.work import model_sizes, weighted
+
+        tok = self.tokenizer(own_tok)
+        if id(tok) not in self._work:
+            self._work[id(tok)] = self._positions(self._suite(tok, self.recipe.eval.limit))
+        sizes, points = model_sizes(model), []
+        for i, docs in enumerate((SAMPLE_DOCS, SAMPLE_DOCS, 3 * SAMPLE_DOCS)):  # the first call warms up
+            limit = docs if self.recipe.eval.limit is None else min(docs, self.recipe.eval.limit)
+            suite = self._suite(tok, limit)
+            suite.evaluate(model, progress=False)
+            if i:
+                points.append((sum(weighted(p, sizes) for p in self._positions(suite).values()), suite.last_seconds))
+        (w1, t1), (w2, t2) = points
+        rate = (t2 - t1) / (w2 - w1) if w2 > w1 and t2 > t1 else t2 / max(1, w2)  # noise: no fixed part
+        fixed = max(0.0, t2 - rate * w2)
+        return fixed, {t: weighted(p, sizes) * rate for t, p in self._work[id(tok)].items()}
 
 
 def _train_step_s(recipe: Recipe, name: str, model: Any, vocab: int, device: str, steps: int, warmup: int) -> float:
@@ -114,8 +192,10 @@ def _ppl_batch_s(recipe: Recipe, model: Any, vocab: int, device: str, repeats: i
     return _timed(forward, device, 1, repeats)
 
 
-def measure(recipe: Recipe, name: str, device: str, steps: int, warmup: int) -> Measured:
-    """Time model `name`'s training step (models trained here only) and a perplexity forward on `device`."""
+def measure(recipe: Recipe, name: str, device: str, steps: int, warmup: int,
+            zero_shot: ZeroShot | None = None) -> Measured:
+    """Time model `name`'s training step (models trained here only), a perplexity forward and, with
+    `zero_shot`, its zero-shot rate, on `device`."""
     import torch
 
     from ptq_bench.models.train import train_steps
@@ -123,14 +203,15 @@ def measure(recipe: Recipe, name: str, device: str, steps: int, warmup: int) -> 
     spec, t = recipe.models[name], recipe.train
     if device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
-    model, vocab = _model(recipe, name, device)
+    model, vocab, tok = _model(recipe, name, device)
     trained = spec.source is None
     step_s = _train_step_s(recipe, name, model, vocab, device, steps, warmup) if trained else 0.0
     ppl_s = _ppl_batch_s(recipe, model, vocab, device, max(1, steps // 2))
     peak = torch.cuda.max_memory_allocated() if device.startswith("cuda") else None
+    call_s, tasks = zero_shot.seconds(model, tok) if zero_shot is not None else (0.0, {})
     kind = spec.kind if trained else "source"
     return Measured(name, kind, sum(x.numel() for x in model.parameters()), step_s,
-                    train_steps(t.tokens, t.seq_len, t.batch_size) if trained else 0, ppl_s, peak)
+                    train_steps(t.tokens, t.seq_len, t.batch_size) if trained else 0, ppl_s, peak, tasks, call_s)
 
 
 def _hms(seconds: float) -> str:
@@ -174,16 +255,39 @@ def report(recipe: Recipe, found: list[Measured], device: str, hours: float | No
         else:
             lines.append(f"perplexity: {_hms(per_batch)} per batch of {rows} x {p.seq_len} (slowest model); "
                          "whole sets: the window count depends on the trained tokenizer")
-    lines.append("not projected: tokenizer training, calibration and quantization solves, zero-shot tasks")
+    lines.extend(_zero_shot_lines(recipe, found))
+    lines.append("not projected: tokenizer training, calibration and quantization solves")
+    return lines
+
+
+def _zero_shot_lines(recipe: Recipe, found: list[Measured]) -> list[str]:
+    """Per model, one pass over every task; the sum over cells (each running its own tasks)."""
+    e = recipe.eval
+    if not e.tasks or not any(m.zero_shot_s for m in found):
+        return []
+    by_model = {m.name: m for m in found}
+    cells = expand_cells(recipe)
+    total = 0.0
+    for c in cells:
+        m, tasks = by_model[c.model], e.tasks if c.tasks is None else c.tasks
+        total += (m.zero_shot_call_s + sum(m.zero_shot_s[t] for t in tasks)) if tasks else 0.0
+    limit = "all" if e.limit is None else e.limit
+    lines = [f"zero-shot ({e.backend}, {len(e.tasks)} tasks, {limit} documents each; timed on {SAMPLE_DOCS} and "
+             f"{3 * SAMPLE_DOCS} per task): {_hms(total)} for {len(cells)} cells at their base model's rate "
+             "(activation-quantized cells run slower)"]
+    lines.extend(f"  {m.name:<14} every task once: {_hms(m.zero_shot_call_s + sum(m.zero_shot_s.values()))}"
+                 for m in found)
     return lines
 
 
 def estimate(recipe: Recipe, device: str, steps: int = 10, warmup: int = 3, hours: float | None = None,
-             progress: Any = print) -> list[str]:
-    """Measure every model of the recipe (training steps only for those trained here); the report's lines."""
+             progress: Any = print, data_dir: Any = None) -> list[str]:
+    """Measure every model of the recipe (training steps only for those trained here; zero-shot when the
+    recipe has tasks and `data_dir` is given); the report's lines."""
+    zero_shot = ZeroShot(recipe, data_dir) if recipe.eval.tasks and data_dir is not None else None
     found = []
     for name, spec in recipe.models.items():
         what = f"{warmup} + {steps} training steps" if spec.source is None else "perplexity forwards (loaded model)"
-        progress(f"timing '{name}': {what} ...")
-        found.append(measure(recipe, name, device, steps, warmup))
+        progress(f"timing '{name}': {what}" + (", zero-shot sample" if zero_shot else "") + " ...")
+        found.append(measure(recipe, name, device, steps, warmup, zero_shot))
     return report(recipe, found, device, hours)

@@ -42,13 +42,29 @@ def test_estimate_times_the_training_step_and_writes_nothing(tmp_path, capsys, m
         assert f"x {steps} steps" in line and "s/step" in line
     assert "train.tokens that fit 1 h of training:" in out
     assert "8 windows x 2 sets" in out  # the smoke recipe's max_windows and sets
+    assert "zero-shot (fast, 4 tasks, 8 documents each; timed on 4 and 12 per task)" in out
+    assert out.count("every task once:") == 3
     assert set(tmp_path.rglob("*")) == before  # no cache, no run folder
 
 
-def test_loaded_models_get_a_perplexity_forward_only(tmp_path, capsys):
+def _checkpoint(tmp_path: Path, data_dir: Path, tokenizer: bool = True) -> Path:
+    """A tiny Llama checkpoint folder, with a small BPE tokenizer of its vocabulary when asked."""
+    import itertools
+
     from tiny_families import save_tiny
 
-    folder = save_tiny("llama", tmp_path / "ck", vocab_size=300)
+    from ptq_bench.data import train_documents
+    from ptq_bench.tokenizer import train_tokenizer
+
+    tok = train_tokenizer(list(itertools.islice(train_documents(data_dir), 300)), 320)
+    folder = save_tiny("llama", tmp_path / "ck", vocab_size=len(tok))
+    if tokenizer:
+        tok.save_pretrained(str(folder))
+    return folder
+
+
+def test_loaded_models_get_a_perplexity_forward_only(tmp_path, capsys, data_dir):
+    folder = _checkpoint(tmp_path, data_dir)
     path = _recipe(tmp_path, models={"mine": {"kind": "fp16"}, "theirs": {"source": str(folder)}})
     before = set(tmp_path.rglob("*"))
     assert main(["estimate", str(path), "--steps", "1", "--warmup", "0"]) == 0
@@ -56,7 +72,15 @@ def test_loaded_models_get_a_perplexity_forward_only(tmp_path, capsys):
     assert "loaded, not trained" in next(x for x in lines if x.strip().startswith("theirs "))
     assert "x 40 steps" in next(x for x in lines if x.strip().startswith("mine "))
     assert any(x.startswith("training, all 1 trained models") for x in lines)
+    assert sum("every task once:" in x for x in lines) == 2  # zero-shot with the source's own tokenizer too
     assert set(tmp_path.rglob("*")) == before
+
+
+def test_a_source_without_tokenizer_is_refused_as_run_refuses_it(tmp_path, capsys, data_dir):
+    folder = _checkpoint(tmp_path, data_dir, tokenizer=False)
+    path = _recipe(tmp_path, models={"theirs": {"source": str(folder)}})
+    assert main(["estimate", str(path), "--steps", "1", "--warmup", "0"]) == 2
+    assert "holds no tokenizer" in capsys.readouterr().err
 
 
 def _measured(name: str, step_s: float) -> Measured:
@@ -111,3 +135,15 @@ def test_hours_with_only_loaded_models_says_so(tmp_path):
     lines = report(recipe, [loaded], "cpu", hours=2.0)
     assert "train.tokens: no model of this recipe is trained here" in lines
     assert not any(x.startswith("training, all") for x in lines)
+
+
+def test_zero_shot_projection_follows_each_cells_tasks(tmp_path):
+    raw_q = [{"method": "absmax", "w_bits": [8, 4, 2, 1], "a_bits": 16, "tasks": ["hellaswag"]}]
+    recipe = load_recipe(_recipe(tmp_path, quantize=raw_q))
+    per_task = {"hellaswag": 1.0, "arc_easy": 2.0, "piqa": 3.0, "winogrande": 4.0}
+    found = [Measured(n, "fp16", 1, 1.0, 10, 0.5, None, dict(per_task), zero_shot_call_s=0.5)
+             for n in ("fp16", "bitnet_b158", "bitnet_b1")]
+    line = next(x for x in report(recipe, found, "cpu", None) if x.startswith("zero-shot"))
+    # three base cells run all four tasks (10 s each), four Absmax cells of fp16 only hellaswag (1 s each),
+    # each cell one evaluate call (0.5 s)
+    assert ": 37.5 s for 7 cells" in line
