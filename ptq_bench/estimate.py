@@ -98,7 +98,7 @@ class ZeroShot:
     def __init__(self, recipe: Recipe, data_dir: Any) -> None:
         self.recipe, self.data_dir = recipe, data_dir
         self._recipe_tok: Any = None
-        self._work: dict[int, dict[str, tuple[int, int]]] = {}  # id(tokenizer) -> task -> positions
+        self._work: list[tuple[Any, dict[str, tuple[int, int]]]] = []  # (tokenizer, task -> positions)
 
     def tokenizer(self, own: Any) -> Any:
         """The model's own tokenizer, or the recipe's BPE trained in memory (once) as `run` trains it."""
@@ -139,8 +139,10 @@ class ZeroShot:
         from ptq_bench.eval.work import model_sizes, weighted
 
         tok = self.tokenizer(own_tok)
-        if id(tok) not in self._work:
-            self._work[id(tok)] = self._positions(self._suite(tok, self.recipe.eval.limit))
+        work = next((w for t, w in self._work if t is tok), None)
+        if work is None:  # the tokenizer is kept with its counts: an id() could be reused after it is freed
+            work = self._positions(self._suite(tok, self.recipe.eval.limit))
+            self._work.append((tok, work))
         sizes, points = model_sizes(model), []
         for i, docs in enumerate((SAMPLE_DOCS, SAMPLE_DOCS, 3 * SAMPLE_DOCS)):  # the first call warms up
             limit = docs if self.recipe.eval.limit is None else min(docs, self.recipe.eval.limit)
@@ -151,7 +153,7 @@ class ZeroShot:
         (w1, t1), (w2, t2) = points
         rate = (t2 - t1) / (w2 - w1) if w2 > w1 and t2 > t1 else t2 / max(1, w2)  # noise: no fixed part
         fixed = max(0.0, t2 - rate * w2)
-        return fixed, {t: weighted(p, sizes) * rate for t, p in self._work[id(tok)].items()}
+        return fixed, {t: weighted(p, sizes) * rate for t, p in work.items()}
 
 
 def _train_step_s(recipe: Recipe, name: str, model: Any, vocab: int, device: str, steps: int, warmup: int) -> float:
