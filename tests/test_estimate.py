@@ -1,5 +1,6 @@
-"""`ptq-bench estimate`: it times the real training step of every trained model, projects the recipe's
-step count, writes nothing, and refuses bad arguments with exit 2."""
+"""`ptq-bench estimate`: it times the real training step of every trained model, a perplexity batch and a
+zero-shot sample of every model, projects the recipe (each cell over its own tasks), writes nothing, and
+refuses bad arguments, bad recipes and a source without a tokenizer with exit 2."""
 
 from __future__ import annotations
 

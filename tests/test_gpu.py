@@ -24,8 +24,9 @@ def test_smoke_recipe_on_cuda_writes_the_cpu_rows(tmp_path):
 
 
 def test_estimate_times_the_gpu_recipe_on_cuda(capsys):
-    """`ptq-bench estimate` on the single-GPU recipe: bf16 training steps of its three ~125M models and a
-    seqlen-2048 perplexity batch, timed on CUDA (the figures the recipe's size is to be stated from)."""
+    """`ptq-bench estimate` on the single-GPU recipe: bf16 training steps of its three ~125M models, a
+    seqlen-2048 perplexity batch and a zero-shot sample, timed on CUDA (the figures the recipe's size is
+    to be stated from)."""
     from ptq_bench.cli import main
 
     assert main(["estimate", str(ROOT / "recipes" / "bitnet_table3_gpu.yaml"), "--hours", "1"]) == 0
@@ -33,3 +34,4 @@ def test_estimate_times_the_gpu_recipe_on_cuda(capsys):
     with capsys.disabled():
         print(out)
     assert out.count("s/step") == 3 and "peak" in out and "train.tokens that fit 1 h" in out
+    assert out.count("every task once:") == 3
