@@ -132,10 +132,7 @@ def ceiling(suite, model) -> tuple[float, float]:
     (one prefix tree per document, one tree over every document)."""
     from ptq_bench.eval.work import exact_work, hflm_positions, model_sizes, weighted
 
-    requests = []
-    for name, task in suite._tasks.items():
-        pairs = suite.encoder.pairs([inst.args for inst in task.instances])
-        requests.extend(((name, inst.doc_id), ctx, cont) for inst, (ctx, cont) in zip(task.instances, pairs))
+    requests = [r for task in suite.tokenized().values() for r in task]
     sizes = model_sizes(model)
     hflm = weighted(hflm_positions(requests), sizes)
     return hflm / weighted(exact_work(requests), sizes), hflm / weighted(exact_work(requests, one_tree=True), sizes)

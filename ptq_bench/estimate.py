@@ -27,7 +27,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from ptq_bench.errors import PtqBenchError
+from ptq_bench.prepare import model_schedule, require_tokenizer, train_recipe_tokenizer
 from ptq_bench.recipe import Recipe, expand_cells, model_arch
 
 SAMPLE_DOCS = 4  # documents per task evaluated to time a model's zero-shot rate
@@ -83,9 +83,7 @@ def _model(recipe: Recipe, name: str, device: str) -> tuple[Any, int, Any]:
         from ptq_bench.sources import load_source
 
         model, tok, _kind = load_source(source_info(recipe, name), device)
-        if tok is None:  # as `run` refuses it (prepare.get_source_model)
-            raise PtqBenchError(f"models.{name}.source: {spec.source} holds no tokenizer (tokenizer.json or GGUF vocab)")
-        return model, model.config.vocab_size, tok
+        return model, model.config.vocab_size, require_tokenizer(recipe, name, tok)  # as `run` refuses it
     from ptq_bench.models.build import build_model
 
     vocab = recipe.tokenizer.vocab_size
@@ -105,32 +103,20 @@ class ZeroShot:
         if own is not None:
             return own
         if self._recipe_tok is None:
-            from ptq_bench.data import train_documents
-            from ptq_bench.tokenizer import train_tokenizer
-
-            t = self.recipe.tokenizer
-            self._recipe_tok = train_tokenizer(train_documents(self.data_dir), t.vocab_size, t.train_chars)
+            self._recipe_tok = train_recipe_tokenizer(self.recipe, self.data_dir)
         return self._recipe_tok
 
     def _suite(self, tok: Any, limit: int | None) -> Any:
         from ptq_bench.eval.harness import TaskSuite
 
-        e = self.recipe.eval
-        return TaskSuite(e.tasks, self.data_dir, tok, limit=limit, num_fewshot=e.num_fewshot, backend=e.backend,
-                         batch_size=e.batch_size)
+        return TaskSuite.of(self.recipe.eval, self.data_dir, tok, limit=limit)
 
     def _positions(self, suite: Any) -> dict[str, tuple[int, int]]:
         """Per task, (block positions, head positions) of its requests under the recipe's backend."""
-        from ptq_bench.eval.fast_lm import RequestEncoder
         from ptq_bench.eval.work import exact_work, hflm_positions
 
         count = exact_work if self.recipe.eval.backend == "fast" else hflm_positions
-        encoder = suite.encoder or RequestEncoder(suite.tokenizer)
-        out = {}
-        for name, task in suite._tasks.items():
-            pairs = encoder.pairs([inst.args for inst in task.instances])
-            out[name] = count(((name, inst.doc_id), c, x) for inst, (c, x) in zip(task.instances, pairs))
-        return out
+        return {name: count(requests) for name, requests in suite.tokenized().items()}
 
     def seconds(self, model: Any, own_tok: Any) -> tuple[float, dict[str, float]]:
         """(seconds of one evaluate call's fixed cost, per task the model's projected seconds of work at the
@@ -143,13 +129,12 @@ class ZeroShot:
         if work is None:  # the tokenizer is kept with its counts: an id() could be reused after it is freed
             work = self._positions(self._suite(tok, self.recipe.eval.limit))
             self._work.append((tok, work))
-        sizes, points = model_sizes(model), []
-        for i, docs in enumerate((SAMPLE_DOCS, SAMPLE_DOCS, 3 * SAMPLE_DOCS)):  # the first call warms up
-            limit = docs if self.recipe.eval.limit is None else min(docs, self.recipe.eval.limit)
-            suite = self._suite(tok, limit)
-            suite.evaluate(model, progress=False)
-            if i:
-                points.append((sum(weighted(p, sizes) for p in self._positions(suite).values()), suite.last_seconds))
+        sizes, points, limit = model_sizes(model), [], self.recipe.eval.limit
+        for docs in (SAMPLE_DOCS, 3 * SAMPLE_DOCS):
+            suite = self._suite(tok, docs if limit is None else min(docs, limit))
+            for _ in range(1 if points else 2):  # the first call of all warms up
+                suite.evaluate(model, progress=False)
+            points.append((sum(weighted(p, sizes) for p in self._positions(suite).values()), suite.last_seconds))
         (w1, t1), (w2, t2) = points
         rate = (t2 - t1) / (w2 - w1) if w2 > w1 and t2 > t1 else t2 / max(1, w2)  # noise: no fixed part
         fixed = max(0.0, t2 - rate * w2)
@@ -160,10 +145,10 @@ def _train_step_s(recipe: Recipe, name: str, model: Any, vocab: int, device: str
     """Median seconds of the real training step (AdamW, clipping, bf16 autocast on CUDA) on random ids."""
     import torch
 
-    from ptq_bench.models.train import forward_loss, make_optimizer, make_schedule, update
+    from ptq_bench.models.train import forward_loss, make_optimizer, update
 
-    spec, t = recipe.models[name], recipe.train
-    opt = make_optimizer(model, make_schedule(spec.kind, spec.lr, spec.lr_stage2, spec.weight_decay))
+    t = recipe.train
+    opt = make_optimizer(model, model_schedule(recipe, name))
     batch = torch.randint(0, vocab, (t.batch_size, t.seq_len + 1), generator=torch.Generator().manual_seed(0))
     batch = batch.to(device)
 
@@ -179,13 +164,17 @@ def _train_step_s(recipe: Recipe, name: str, model: Any, vocab: int, device: str
         model.eval()
 
 
+def _ppl_rows(recipe: Recipe) -> int:
+    """Windows per perplexity forward batch (eval.batch_size, fewer when max_windows is smaller)."""
+    return min(recipe.eval.batch_size, recipe.eval.perplexity.max_windows or recipe.eval.batch_size)
+
+
 def _ppl_batch_s(recipe: Recipe, model: Any, vocab: int, device: str, repeats: int) -> float:
     """Median seconds of one perplexity forward batch (eval.batch_size windows of eval.perplexity.seq_len)."""
     import torch
 
-    p = recipe.eval.perplexity
-    rows = min(recipe.eval.batch_size, p.max_windows or recipe.eval.batch_size)
-    windows = torch.randint(0, vocab, (rows, p.seq_len), generator=torch.Generator().manual_seed(1)).to(device)
+    windows = torch.randint(0, vocab, (_ppl_rows(recipe), recipe.eval.perplexity.seq_len),
+                            generator=torch.Generator().manual_seed(1)).to(device)
 
     def forward() -> None:
         with torch.no_grad():
@@ -247,8 +236,7 @@ def report(recipe: Recipe, found: list[Measured], device: str, hours: float | No
         lines.append(f"train.tokens that fit {hours:g} h of training: {fit:,}")
     p, cells = recipe.eval.perplexity, len(expand_cells(recipe))
     if p.sets and found:
-        per_batch = max(m.ppl_batch_s for m in found)
-        rows = min(recipe.eval.batch_size, p.max_windows or recipe.eval.batch_size)
+        per_batch, rows = max(m.ppl_batch_s for m in found), _ppl_rows(recipe)
         if p.max_windows:
             per_cell = per_batch * -(-p.max_windows // rows) * len(p.sets)
             lines.append(f"perplexity: {_hms(per_batch)} per batch of {rows} x {p.seq_len} (slowest model); "

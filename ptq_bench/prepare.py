@@ -53,28 +53,40 @@ def tokenizer_key(ctx: Context) -> str:
     return _hash({"spec": to_dict(ctx.recipe.tokenizer), "data": [ctx.data_hashes[f] for f in TRAIN_FILES]})
 
 
+def train_recipe_tokenizer(recipe: Recipe, data_dir: Path) -> Any:
+    """The recipe's BPE tokenizer fitted on the training corpus (in memory)."""
+    from ptq_bench.tokenizer import train_tokenizer
+
+    return train_tokenizer(train_documents(data_dir), recipe.tokenizer.vocab_size, recipe.tokenizer.train_chars)
+
+
 def get_tokenizer(ctx: Context) -> tuple[Any, str]:
     """The recipe's BPE tokenizer, trained once and cached (rebuilt when its checksum fails)."""
-    from ptq_bench.tokenizer import load_tokenizer, save_tokenizer, train_tokenizer
+    from ptq_bench.tokenizer import load_tokenizer, save_tokenizer
 
     def build(tmp: Path) -> None:
         log(f"training a {ctx.recipe.tokenizer.vocab_size}-token BPE tokenizer on the training corpus")
-        save_tokenizer(train_tokenizer(train_documents(ctx.data_dir), ctx.recipe.tokenizer.vocab_size,
-                                       ctx.recipe.tokenizer.train_chars), tmp)
+        save_tokenizer(train_recipe_tokenizer(ctx.recipe, ctx.data_dir), tmp)
 
     key = tokenizer_key(ctx)
     path = ensure(ctx.cache / "tokenizers" / key, build, "tokenizer")
     return load_tokenizer(path), key
 
 
+def model_schedule(recipe: Recipe, name: str) -> Any:
+    """The resolved LR schedule of trained model `name` (`models.train.Schedule`; the kind's defaults filled in)."""
+    from ptq_bench.models.train import make_schedule
+
+    spec = recipe.models[name]
+    return make_schedule(spec.kind, spec.lr, spec.lr_stage2, spec.weight_decay)
+
+
 def model_key(ctx: Context, name: str, tok_key: str) -> str:
     spec = ctx.recipe.models[name]
     if spec.source is not None:  # the checkpoint's content, not only its path
         return _hash(source_info(ctx.recipe, name).cache_key())
-    from ptq_bench.models.train import make_schedule
-
     r = ctx.recipe
-    schedule = make_schedule(spec.kind, spec.lr, spec.lr_stage2, spec.weight_decay)  # resolved: defaults count
+    schedule = model_schedule(r, name)  # resolved: defaults count
     return _hash({"kind": spec.kind, "arch": to_dict(model_arch(r, name)), "train": to_dict(r.train),
                   "schedule": to_dict(schedule), "tok": tok_key, "seed": r.seed})
 
@@ -97,9 +109,16 @@ def get_source_model(ctx: Context, name: str) -> tuple[Any, Any, str, dict]:
     log(f"loading model '{name}' from {spec.source}" + (f" ({info.note})" if info.note else ""))
     model, tok, kind = from_source(name, spec.source, lambda _s: load_source(info, ctx.device,
                                                                                 cache_dir=ctx.cache / "sources"))
+    return model, require_tokenizer(ctx.recipe, name, tok), kind, {"source": spec.source,
+                                                                   "content_hash": info.content_hash, "note": info.note}
+
+
+def require_tokenizer(recipe: Recipe, name: str, tok: Any) -> Any:
+    """A `source:` model's tokenizer; a checkpoint without one is refused (its requests cannot be encoded)."""
     if tok is None:
-        raise PtqBenchError(f"models.{name}.source: {spec.source} holds no tokenizer (tokenizer.json or GGUF vocab)")
-    return model, tok, kind, {"source": spec.source, "content_hash": info.content_hash, "note": info.note}
+        raise PtqBenchError(f"models.{name}.source: {recipe.models[name].source} holds no tokenizer "
+                            "(tokenizer.json or GGUF vocab)")
+    return tok
 
 
 def get_model(
@@ -122,12 +141,12 @@ def get_model(
 def _train_into(tmp: Path, ctx: Context, name: str, tokenizer: Any, stream: Any, untrained_ppl: Any) -> None:
     """Train model `name` and write its cache folder at `tmp`: model/ (toolkit form), hf/, train_info.json."""
     from ptq_bench.models.build import build_model, export_hf, save_model
-    from ptq_bench.models.train import make_schedule, train
+    from ptq_bench.models.train import train
 
     r, spec = ctx.recipe, ctx.recipe.models[name]
     model = build_model(spec.kind, model_arch(r, name), len(tokenizer), seed=r.seed).to(ctx.device)
     untrained = untrained_ppl(model) if untrained_ppl is not None else None
-    schedule = make_schedule(spec.kind, spec.lr, spec.lr_stage2, spec.weight_decay)
+    schedule = model_schedule(r, name)
     log(f"training '{name}' ({spec.kind}, {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M params, "
         f"{r.train.tokens:,} tokens, peak LR {schedule.lr:g})")
     res = train(model, stream(), schedule, total_tokens=r.train.tokens, seq_len=r.train.seq_len,

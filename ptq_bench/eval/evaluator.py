@@ -46,8 +46,7 @@ class Evaluator:
                 cache / "tokens" / tok_key / f"ppl_{name}.npy",
                 lambda n=name: np.asarray(tokenizer(perplexity_text(n, data_dir), add_special_tokens=False)
                                           ["input_ids"], np.int32))
-        self.suite = (TaskSuite(spec.tasks, data_dir, tokenizer, limit=spec.limit, num_fewshot=spec.num_fewshot,
-                                backend=spec.backend, batch_size=spec.batch_size) if spec.tasks else None)
+        self.suite = TaskSuite.of(spec, data_dir, tokenizer) if spec.tasks else None
 
     def provenance(self) -> dict[str, Any]:
         """What the manifest keeps about this evaluation: its version and the tasks' own versions."""

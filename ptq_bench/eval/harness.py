@@ -195,9 +195,28 @@ class TaskSuite:
             tasks[name] = task
         return tasks
 
+    @classmethod
+    def of(cls, spec: Any, data_dir: Path, tokenizer: PreTrainedTokenizerBase, **overrides: Any) -> TaskSuite:
+        """The suite of a recipe's `eval` section (`recipe.EvalSpec`); `overrides` replace its keys (limit=...)."""
+        keys = {"limit": spec.limit, "num_fewshot": spec.num_fewshot, "backend": spec.backend,
+                "batch_size": spec.batch_size, **overrides}
+        return cls(spec.tasks, data_dir, tokenizer, **keys)
+
     @property
     def n_requests(self) -> int:
         return sum(len(t.instances) for t in self._tasks.values())
+
+    def tokenized(self) -> dict[str, list[tuple[tuple[str, Any], list[int], list[int]]]]:
+        """Per task, its requests as ((task, doc_id), context tokens, continuation tokens), tokenized as HFLM
+        tokenizes them (the request shape `eval.work` counts)."""
+        from ptq_bench.eval.fast_lm import RequestEncoder
+
+        encoder = self.encoder or RequestEncoder(self.tokenizer)
+        out = {}
+        for name, task in self._tasks.items():
+            pairs = encoder.pairs([inst.args for inst in task.instances])
+            out[name] = [((name, inst.doc_id), ctx, cont) for inst, (ctx, cont) in zip(task.instances, pairs)]
+        return out
 
     def provenance(self) -> dict:
         import lm_eval
