@@ -4,6 +4,7 @@
     python benchmarks/eval_speed.py --tiny --limit 40             # a small random Llama + BPE, runs anywhere
     python benchmarks/eval_speed.py --model DIR --absmax 8 8      # the same model as Absmax W8A8 (per token)
     python benchmarks/eval_speed.py --model DIR --bitnet b158     # its linears as BitNet BitLinears
+    python benchmarks/eval_speed.py --model DIR --ceiling-only --limit 0   # exact ceiling, whole tasks
 
 Times `TaskSuite.evaluate` (lm-eval's evaluate: requests, filters, metrics) over all the tasks at once
 (lm-eval hands a backend every task's requests in one call, as a recipe's evaluation does), after a
@@ -138,6 +139,22 @@ def ceiling(suite, model) -> tuple[float, float]:
     return hflm / weighted(exact_work(requests), sizes), hflm / weighted(exact_work(requests, one_tree=True), sizes)
 
 
+def ceiling_table(tasks: list[str], limit: int | None, model, tok, args: argparse.Namespace) -> None:
+    """Per task and over all of them, the exact ceiling at `limit` documents per task (None: every
+    document), counted from the tokenized requests without running the model (`--ceiling-only`)."""
+    from ptq_bench.eval.harness import TaskSuite
+    from ptq_bench.eval.work import exact_work, hflm_positions, model_sizes, weighted
+
+    suite = TaskSuite(tasks, args.data, tok, limit=limit)
+    sizes = model_sizes(model)
+    per_task = suite.tokenized()
+    print(f"{'task':<16}{'requests':>9}{'HFLM positions':>16}{'tree positions':>16}{'exact ceiling':>15}")
+    for name, requests in [*per_task.items(), ("ALL", [r for reqs in per_task.values() for r in reqs])]:
+        hflm, tree = hflm_positions(requests), exact_work(requests)
+        print(f"{name:<16}{len(requests):>9}{hflm[0]:>16,}{tree[0]:>16,}"
+              f"{weighted(hflm, sizes) / weighted(tree, sizes):>15.2f}")
+
+
 def max_delta(a: dict, b: dict) -> tuple[float, int]:
     """Largest |Δ loglik| over all requests, and how many is_greedy flags differ."""
     worst, flips = 0.0, 0
@@ -240,6 +257,8 @@ def main() -> None:
     p.add_argument("--envelope", action="store_true", help="also HFLM at batch size 1 against HFLM at --batch-size")
     p.add_argument("--dtype", default="float32", choices=["float32", "float64"],
                    help="float64: summation order no longer moves a rounding step, so paths must agree")
+    p.add_argument("--ceiling-only", action="store_true", help="print the exact ceiling per task at --limit "
+                   "(0 = every document) from the tokenized requests, without timing anything")
     args = p.parse_args()
     if not (args.tiny or args.model):
         p.error("give --model DIR or --tiny")
@@ -265,6 +284,9 @@ def main() -> None:
           f"params, vocab {len(tok)}, torch threads {torch.get_num_threads()}, limit {args.limit} docs/task, "
           f"batch {args.batch_size}, best of {args.repeats} after a warm-up, FastLM mode {args.fast_mode}")
     tasks = list(PAPER_TASKS) if args.tasks == "paper" else args.tasks.split(",")
+    if args.ceiling_only:
+        ceiling_table(tasks, args.limit or None, model, tok, args)
+        return
     res = bench(tasks, args.limit, model, tok, args)
     print("FastLM path taken:", res["path"])  # as TaskSuite recorded it
     print(HEAD + (f"{'bs1 |Δll|':>11}{'bs1 Δacc':>9}" if args.envelope else ""))

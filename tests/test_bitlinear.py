@@ -134,6 +134,47 @@ def test_ste_gradients_are_straight_through(mode):
     assert layer.rms_norm.weight.grad is not None and layer.rms_norm.weight.grad.abs().sum() > 0
 
 
+def _float_kernel(layer, x, monkeypatch):
+    """The integer path with the float matmul (the int8 kernel switched off)."""
+    with monkeypatch.context() as m:
+        m.setattr(BitLinear, "_int8_kernel_exact", lambda self, x: False)
+        return layer(x)
+
+
+@pytest.mark.parametrize("mode", ["b158", "b1"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("shape", [(2, 5, 96), (7, 96), (1, 1, 96)])
+def test_int8_kernel_equals_float_matmul(mode, dtype, shape, monkeypatch):
+    """The int8 kernel is the float matmul's output exactly (integer sums below 2^24), bias included;
+    activations spread over several orders of magnitude so many tokens use the full int8 range."""
+    layer = BitLinear(96, 40, bias=True, mode=mode).to(dtype)
+    with torch.no_grad():
+        layer.weight.copy_(_randn(40, 96, seed=2))
+        layer.bias.copy_(_randn(40, seed=3))
+        layer.rms_norm.weight.uniform_(0.5, 1.5)
+    x = (_randn(*shape, seed=4) * torch.logspace(-3, 3, shape[-1])).to(dtype)
+    with torch.no_grad():
+        assert layer._int8_kernel_exact(x)
+        y = layer(x)
+        ref = _float_kernel(layer, x, monkeypatch)
+    assert y.dtype == dtype and y.shape == (*shape[:-1], 40)
+    assert torch.equal(y, ref)
+
+
+def test_int8_weight_cache_follows_the_weight(monkeypatch):
+    """An in-place change of the latent weight (an optimizer step, a load) is seen by the next forward."""
+    layer = BitLinear(32, 16, mode="b158")
+    x = _randn(3, 32, seed=5)
+    with torch.no_grad():
+        before = layer(x)
+        layer.weight.mul_(-1.0)
+        after = layer(x)
+        assert torch.equal(after, _float_kernel(layer, x, monkeypatch))
+        assert not torch.equal(after, before)
+        layer.weight.data = _randn(16, 32, seed=6)  # a new tensor, not an in-place change
+        assert torch.equal(layer(x), _float_kernel(layer, x, monkeypatch))
+
+
 def test_bad_mode():
     with pytest.raises(ValueError, match="mode"):
         BitLinear(8, 8, mode="b2")

@@ -1,0 +1,102 @@
+"""BitNet inference on CPU: BitLinear's int8 kernel against the float matmul it replaces, same model, one run.
+
+    python benchmarks/bitlinear_kernel.py --model DIR --mode b158     # a HF checkpoint's shape as BitNet
+    python benchmarks/bitlinear_kernel.py --tiny --mode b1            # quickstart's BitNet b1 architecture
+
+In no-grad mode `BitLinear` multiplies int8 activations by ternary / binary weights. Every partial sum is
+an integer below 2^24, so fp32 holds it exactly and the int8 x int8 -> int32 matmul (`torch._int_mm`) is
+the float matmul's result exactly (see `ptq_bench/models/bitlinear.py`). This script times whole-model
+forwards with each kernel, alternating, best of --repeats, in two shapes: the zero-shot shape (LM head at
+the last position only, as FastLM's stage 1) and the perplexity shape (logits at every position), and
+checks that the logits are equal. The model is a random-latent BitNet of the checkpoint's shape (its
+accuracy is not the point: the kernels see the same integers either way).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from ptq_bench.models.bitlinear import BitLinear  # noqa: E402
+
+
+def load(args: argparse.Namespace) -> torch.nn.Module:
+    from ptq_bench.models.build import ArchConfig, build_model, swap_bitlinears
+
+    if args.tiny:  # recipes/quickstart.yaml's architecture and vocabulary size
+        return build_model(f"bitnet_{args.mode}", ArchConfig(max_seq_len=256), 4096, seed=0).eval()
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(args.model, dtype=torch.float32).eval()
+    swap_bitlinears(model, args.mode, model.config.rms_norm_eps)
+    return model
+
+
+def use_int8(on: bool) -> None:
+    """BitLinear's int8 kernel where exact (on), or the float matmul everywhere (off)."""
+    BitLinear._int8_kernel_exact = _EXACT if on else (lambda self, x: False)
+
+
+_EXACT = BitLinear._int8_kernel_exact
+
+
+def best_time(fn: Callable[[], torch.Tensor], repeats: int) -> tuple[float, torch.Tensor]:
+    fn()  # warm-up (and the int8 weight cache)
+    times, out = [], None
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        out = fn()
+        times.append(time.perf_counter() - t0)
+    return min(times), out
+
+
+def compare(label: str, model: torch.nn.Module, ids: torch.Tensor, keep: int, repeats: int) -> None:
+    def forward() -> torch.Tensor:
+        with torch.inference_mode():
+            return model(ids, logits_to_keep=keep).logits
+
+    results = {}
+    for _ in range(2):  # alternate: float, int8, float, int8; best of each
+        for name in ("float", "int8"):
+            use_int8(name == "int8")
+            t, out = best_time(forward, repeats)
+            old = results.get(name)
+            results[name] = (min(t, old[0]) if old else t, out)
+    use_int8(True)
+    tokens = ids.numel()
+    (tf, lf), (ti, li) = results["float"], results["int8"]
+    equal = torch.equal(lf, li)
+    print(f"{label:<26} float {tokens / tf:8.0f} tok/s   int8 {tokens / ti:8.0f} tok/s   ratio {tf / ti:5.2f}   "
+          f"logits equal: {equal} (max |Δ| {float((lf - li).abs().max()):.1e})")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", help="HF checkpoint directory (its shape, as BitNet)")
+    p.add_argument("--tiny", action="store_true", help="quickstart's BitNet architecture instead of --model")
+    p.add_argument("--mode", default="b158", choices=["b158", "b1"])
+    p.add_argument("--batch", type=int, default=4, help="rows per forward (4 x 128 = FastLM's 512 tokens on CPU)")
+    p.add_argument("--seq", type=int, default=128)
+    p.add_argument("--repeats", type=int, default=5)
+    args = p.parse_args()
+    if not args.tiny and not args.model:
+        p.error("give --model DIR or --tiny")
+    model = load(args)
+    n = sum(isinstance(m, BitLinear) for m in model.modules())
+    print(f"{args.model or 'quickstart arch'} as BitNet {args.mode}: {n} BitLinears, "
+          f"{sum(p.numel() for p in model.parameters()) / 1e6:.1f}M parameters, torch {torch.__version__}, "
+          f"{torch.get_num_threads()} threads, {torch.backends.cpu.get_cpu_capability()}")
+    ids = torch.randint(0, model.config.vocab_size, (args.batch, args.seq), generator=torch.Generator().manual_seed(0))
+    compare(f"zero-shot ({args.batch}x{args.seq}, head 1)", model, ids, 1, args.repeats)
+    compare(f"perplexity ({args.batch}x{args.seq}, all)", model, ids, 0, args.repeats)
+
+
+if __name__ == "__main__":
+    main()
