@@ -39,12 +39,12 @@ def load(args: argparse.Namespace) -> torch.nn.Module:
     return model
 
 
+_EXACT = BitLinear._int8_kernel_exact  # the class's own test: int8 kernel where it is exact
+
+
 def use_int8(on: bool) -> None:
     """BitLinear's int8 kernel where exact (on), or the float matmul everywhere (off)."""
     BitLinear._int8_kernel_exact = _EXACT if on else (lambda self, x: False)
-
-
-_EXACT = BitLinear._int8_kernel_exact
 
 
 def best_time(fn: Callable[[], torch.Tensor], repeats: int) -> tuple[float, torch.Tensor]:

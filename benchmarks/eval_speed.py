@@ -131,28 +131,32 @@ def ceiling(suite, model) -> tuple[float, float]:
     """The work ratio that an exact backend which only skips work can reach at best against a well-batched
     HFLM, counted from the requests alone (`ptq_bench.eval.work`: no model run, no padding on either side):
     (one prefix tree per document, one tree over every document)."""
-    from ptq_bench.eval.work import exact_work, hflm_positions, model_sizes, weighted
+    from ptq_bench.eval.work import model_sizes
 
     requests = [r for task in suite.tokenized().values() for r in task]
     sizes = model_sizes(model)
-    hflm = weighted(hflm_positions(requests), sizes)
-    return hflm / weighted(exact_work(requests), sizes), hflm / weighted(exact_work(requests, one_tree=True), sizes)
+    return work_ratio(requests, sizes), work_ratio(requests, sizes, one_tree=True)
+
+
+def work_ratio(requests: list, sizes: tuple[int, int], one_tree: bool = False) -> float:
+    """HFLM's multiply-adds over the prefix tree's (`ptq_bench.eval.work`) for these requests."""
+    from ptq_bench.eval.work import exact_work, hflm_positions, weighted
+
+    return weighted(hflm_positions(requests), sizes) / weighted(exact_work(requests, one_tree), sizes)
 
 
 def ceiling_table(tasks: list[str], limit: int | None, model, tok, args: argparse.Namespace) -> None:
     """Per task and over all of them, the exact ceiling at `limit` documents per task (None: every
     document), counted from the tokenized requests without running the model (`--ceiling-only`)."""
     from ptq_bench.eval.harness import TaskSuite
-    from ptq_bench.eval.work import exact_work, hflm_positions, model_sizes, weighted
+    from ptq_bench.eval.work import exact_work, hflm_positions, model_sizes
 
-    suite = TaskSuite(tasks, args.data, tok, limit=limit)
+    per_task = TaskSuite(tasks, args.data, tok, limit=limit).tokenized()
     sizes = model_sizes(model)
-    per_task = suite.tokenized()
     print(f"{'task':<16}{'requests':>9}{'HFLM positions':>16}{'tree positions':>16}{'exact ceiling':>15}")
     for name, requests in [*per_task.items(), ("ALL", [r for reqs in per_task.values() for r in reqs])]:
-        hflm, tree = hflm_positions(requests), exact_work(requests)
-        print(f"{name:<16}{len(requests):>9}{hflm[0]:>16,}{tree[0]:>16,}"
-              f"{weighted(hflm, sizes) / weighted(tree, sizes):>15.2f}")
+        print(f"{name:<16}{len(requests):>9}{hflm_positions(requests)[0]:>16,}{exact_work(requests)[0]:>16,}"
+              f"{work_ratio(requests, sizes):>15.2f}")
 
 
 def max_delta(a: dict, b: dict) -> tuple[float, int]:

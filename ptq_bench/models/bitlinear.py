@@ -32,8 +32,8 @@ fp32 every partial sum is an integer of magnitude <= 128 * in_features: below 2^
 131072) fp32 holds each one exactly, in any summation order, and the float matmul is the exact integer
 dot product. On CPU, for fp32 / fp64 inputs, the product is therefore taken by an int8 x int8 -> int32
 matmul (`torch._int_mm`, ~4-5x the fp32 GEMM's speed on AVX512-VNNI) on a cached int8 copy of W_q^T:
-bit for bit the same output (`tests/test_bitlinear.py`, `benchmarks/bitlinear_kernel.py`). Elsewhere
-(CUDA, bf16 / fp16, wider layers) the float matmul runs as before.
+the same output values (`torch.equal` in `tests/test_bitlinear.py` and `benchmarks/bitlinear_kernel.py`).
+Elsewhere (CUDA, bf16 / fp16, in_features >= 131072) the float matmul runs as before.
 """
 
 from __future__ import annotations
@@ -211,7 +211,7 @@ class BitLinear(nn.Linear):
         return y
 
     def _int8_kernel_exact(self, x: Tensor) -> bool:
-        """True where the int8 matmul gives the float matmul's output bit for bit (module docstring)."""
+        """True where the int8 matmul gives the float matmul's output values exactly (module docstring)."""
         return x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64) and self.in_features < 2 ** 17
 
     def _int8_weight(self) -> tuple[Tensor, Tensor]:
