@@ -228,3 +228,25 @@ def test_fewshot_fast_equals_hflm(tok, model):
     assert worst <= 1e-4 and flips == 0
     assert out["fast"][0] == out["hflm"][0]
     assert "lm_eval/arc_easy/2shot/acc" in out["fast"][0]
+
+
+def test_templates_compiled_once_render_as_lm_eval(tok, monkeypatch):
+    """`compile_templates_once` replaces lm-eval's per-call Jinja compile by a cache of compiled templates:
+    every task's text, choices and target must be what lm-eval's own `apply_template` renders, doc by doc."""
+    from lm_eval import utils
+
+    suite = TaskSuite(list(PAPER_TASKS), DATA, tok, limit=LIMIT, backend="hflm")
+    assert getattr(utils.apply_template, "compiles_once", False)
+    views = []
+    for name in PAPER_TASKS:
+        task = suite._tasks[name]
+        for inst in task.instances[:: max(1, len(task.instances) // 6)]:
+            views.append((name, inst.doc_id, task.doc_to_text(inst.doc), task.doc_to_choice(inst.doc),
+                          task.doc_to_target(inst.doc)))
+    with monkeypatch.context() as m:
+        m.setattr(utils, "apply_template", lambda template, doc: utils.env.from_string(template).render(**doc))
+        for name, doc_id, *rendered in views:
+            task = suite._tasks[name]
+            doc = next(i.doc for i in task.instances if i.doc_id == doc_id)
+            assert rendered == [task.doc_to_text(doc), task.doc_to_choice(doc), task.doc_to_target(doc)], (name, doc_id)
+    assert len({v[0] for v in views}) == len(PAPER_TASKS)
