@@ -137,6 +137,17 @@ class _Group:
     picks: list[_Pick]
 
 
+def _stack_kv(batches: list[list[tuple[torch.Tensor, torch.Tensor]]]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Per layer, the keys/values of every stage-1 batch in one tensor (documents in batch order),
+    right-padded with zeros to the widest batch: one gather per layer then serves any stage-2 batch."""
+    width = max(layers[0][0].shape[2] for layers in batches)
+
+    def stack(tensors: list[torch.Tensor]) -> torch.Tensor:
+        return torch.cat([F.pad(t, (0, 0, 0, width - t.shape[2])) for t in tensors])
+
+    return [(stack([b[li][0] for b in batches]), stack([b[li][1] for b in batches])) for li in range(len(batches[0]))]
+
+
 def _right_pad(seqs: list[list[int]], pad: int = 0) -> torch.Tensor:
     width = max(len(s) for s in seqs)
     return torch.tensor([s + [pad] * (width - len(s)) for s in seqs], dtype=torch.long)
@@ -275,20 +286,20 @@ class FastLM(HFLM):
         every position's keys/values kept (sliding layers too). Stage 2: all rows of the window, longest
         first, on a fresh cache holding each row's own prefix (see `_prefix_cache`), positions continuing
         after its own prefix."""
-        kv, where = [], []  # per stage-1 batch: [(keys, values) per layer]; per group: (batch, index)
-        for batch in self._batches(groups, lambda g: len(g.prefix)):
+        kv = []  # per stage-1 batch: [(keys, values) per layer], each (docs, kv_heads, P, head_dim)
+        for batch in self._batches(groups, lambda g: len(g.prefix)):  # groups in order: group i = document i
             cache = self._new_cache(keep_all=True)
             kwargs = {"use_cache": True, self._cache_arg: cache, **({self._keep_arg: 1} if self._keep_arg else {})}
             self.model(_right_pad([g.prefix for g in batch]).to(self.device), **kwargs)  # no logits needed
             self.n_forward += 1
-            kv.append([(layer.keys, layer.values) for layer in cache.layers])  # (docs, kv_heads, P, head_dim)
-            where.extend((len(kv) - 1, i) for i in range(len(batch)))
+            kv.append([(layer.keys, layer.values) for layer in cache.layers])
+        kv = _stack_kv(kv)
         rows = sorted(((gi, r) for gi, g in enumerate(groups) for r in range(len(g.rows))),
                       key=lambda x: -len(groups[x[0]].rows[x[1]]))
         done = 0
         for batch in self._batches(rows, lambda x: len(groups[x[0]].rows[x[1]])):
             plen = torch.tensor([len(groups[gi].prefix) for gi, _ in batch])
-            cache = self._prefix_cache(kv, [where[gi] for gi, _ in batch], plen)
+            cache = self._prefix_cache(kv, [gi for gi, _ in batch], plen)
             seqs = [groups[gi].rows[r] for gi, r in batch]
             slot = {row: j for j, row in enumerate(batch)}
             picks = [_Pick(p.req, slot[gi, r], p.cont) for gi, r in batch for p in groups[gi].picks if p.row == r]
@@ -307,9 +318,9 @@ class FastLM(HFLM):
                     layer.activate_past_recording()
         return cache
 
-    def _prefix_cache(self, kv: list, owners: list[tuple[int, int]], plen: torch.Tensor) -> Any:
-        """A fresh cache holding, per row, the stage-1 keys/values of its owner ((stage-1 batch, index)),
-        right-aligned at width p_max = max(plen): slot p_max - plen[j] + t holds prefix position t.
+    def _prefix_cache(self, kv: list, owners: list[int], plen: torch.Tensor) -> Any:
+        """A fresh cache holding, per row, the stage-1 keys/values of its owner (a document of the window:
+        `_stack_kv`), right-aligned at width p_max = max(plen): slot p_max - plen[j] + t holds prefix position t.
 
         Left padding keeps the distance between two real tokens the same in cache slots as in positions
         (the suffix follows at slots p_max, p_max + 1, ...), so a sliding window, which transformers counts
@@ -317,21 +328,16 @@ class FastLM(HFLM):
         bookkeeping (a sliding layer's cumulative_length and its trimming to the last window - 1 slots)
         is what a forward over p_max tokens would leave."""
         p_max = int(plen.max())
+        dev = kv[0][0].device
+        # source position of slot s in row j: s - (p_max - plen[j]); negative -> padding (zeros)
+        pos = torch.arange(p_max)[None, :] - (p_max - plen)[:, None]  # (rows, p_max)
+        real = (pos >= 0).to(dev)[:, None, :, None]
+        idx = pos.clamp(min=0).to(dev)[:, None, :, None]
+        src = torch.tensor(owners, device=dev)
         cache = self._new_cache()
-        for li, layer in enumerate(cache.layers):
-            k0, v0 = kv[owners[0][0]][li]
-            keys = k0.new_zeros((len(owners), k0.shape[1], p_max, k0.shape[3]))
-            values = v0.new_zeros((len(owners), v0.shape[1], p_max, v0.shape[3]))
-            for b in {o[0] for o in owners}:
-                sel = [j for j, o in enumerate(owners) if o[0] == b]
-                src = torch.tensor([owners[j][1] for j in sel], device=k0.device)
-                k, v = kv[b][li]
-                # source position of slot s in row j: s - (p_max - plen[j]); negative -> padding
-                pos = torch.arange(p_max)[None, :] - (p_max - plen[sel])[:, None]  # (rows, p_max)
-                real = (pos >= 0).to(k0.device)[:, None, :, None]
-                idx = pos.clamp(min=0).to(k0.device)[:, None, :, None]
-                keys[sel] = torch.where(real, k[src].gather(2, idx.expand(-1, k.shape[1], -1, k.shape[3])), 0)
-                values[sel] = torch.where(real, v[src].gather(2, idx.expand(-1, v.shape[1], -1, v.shape[3])), 0)
+        for layer, (k, v) in zip(cache.layers, kv):
+            keys = torch.where(real, k[src].gather(2, idx.expand(-1, k.shape[1], -1, k.shape[3])), 0)
+            values = torch.where(real, v[src].gather(2, idx.expand(-1, v.shape[1], -1, v.shape[3])), 0)
             layer.update(keys, values)
         return cache
 
