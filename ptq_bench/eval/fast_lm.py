@@ -137,15 +137,21 @@ class _Group:
     picks: list[_Pick]
 
 
-def _stack_kv(batches: list[list[tuple[torch.Tensor, torch.Tensor]]]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+def _stack_kv(batches: list[list[Any]]) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """Per layer, the keys/values of every stage-1 batch in one tensor (documents in batch order),
-    right-padded with zeros to the widest batch: one gather per layer then serves any stage-2 batch."""
+    right-padded with zeros to the widest batch: one gather per layer then serves any stage-2 batch.
+    Each layer's batch tensors are dropped from `batches` once stacked (one layer's copy at a time)."""
     width = max(layers[0][0].shape[2] for layers in batches)
 
     def stack(tensors: list[torch.Tensor]) -> torch.Tensor:
         return torch.cat([F.pad(t, (0, 0, 0, width - t.shape[2])) for t in tensors])
 
-    return [(stack([b[li][0] for b in batches]), stack([b[li][1] for b in batches])) for li in range(len(batches[0]))]
+    stacked = []
+    for li in range(len(batches[0])):
+        stacked.append((stack([b[li][0] for b in batches]), stack([b[li][1] for b in batches])))
+        for b in batches:
+            b[li] = None
+    return stacked
 
 
 def _right_pad(seqs: list[list[int]], pad: int = 0) -> torch.Tensor:
