@@ -217,15 +217,14 @@ class BitLinear(nn.Linear):
     def _int8_weight(self) -> tuple[Tensor, Tensor]:
         """(W_q^T as int8 (in, out), s_w) of the current latent weight, cached until the weight changes."""
         w = self.weight
-        if w.is_inference():  # no version counter: a change could not be seen, so no cache
-            w_q, s_w = self.quantized_weight()
-            return w_q.to(torch.int8).T.contiguous(), s_w
-        key = (w.data_ptr(), w._version, w.dtype, self.mode)
+        # an inference tensor has no version counter: a change could not be seen, so it is not cached
+        key = None if w.is_inference() else (w.data_ptr(), w._version, w.dtype, self.mode)
         cached = getattr(self, "_int8_cache", None)
-        if cached is None or cached[0] != key:
+        if key is None or cached is None or cached[0] != key:
             w_q, s_w = self.quantized_weight()
             cached = (key, w_q.to(torch.int8).T.contiguous(), s_w)
-            self._int8_cache = cached
+            if key is not None:
+                self._int8_cache = cached
         return cached[1], cached[2]
 
     def extra_repr(self) -> str:
