@@ -8,10 +8,11 @@ import pytest
 import torch
 from quant_fixtures import calib_tokens, linear_errors, quantized_copy, tiny_llama
 
-from ptq_bench.quant.calibrate import Hessian, capture_inputs, decoder_layers, quantizable_linears, run_layer
+from ptq_bench.quant.calibrate import capture_inputs, decoder_layers, quantizable_linears, run_layer
 from ptq_bench.quant.gptq import GPTQConfig, gptq_solve
 from ptq_bench.quant.ldlq import inverse_hessian_factor
 from ptq_bench.quant.primitives import minmax_params, on_grid, quantize_scalar
+from ptq_bench.quant.statistics import Hessian
 
 
 @pytest.fixture(scope="module")

@@ -26,13 +26,11 @@ from torch import Tensor
 from ptq_bench.errors import QuantError
 from ptq_bench.quant.calibrate import (
     GroupCallback,
-    Hessian,
     StatFactory,
     block_linears,
     decoder_layers,
     model_family,
     run_blockwise,
-    stat_inputs,
 )
 from ptq_bench.quant.linears import (
     GRID_ATTR,
@@ -44,6 +42,7 @@ from ptq_bench.quant.linears import (
 )
 from ptq_bench.quant.primitives import Grid, effective_bits, fake_quant_weight
 from ptq_bench.quant.registry import QuantReport
+from ptq_bench.quant.statistics import Hessian, stat_inputs, take_stat
 
 # (linear, its statistic or None) -> (w_hat (out, in) or None = leave the weight, grid or None, loss or None)
 Solver = Callable[[nn.Module, Any], tuple[Tensor | None, Grid | None, float | None]]
@@ -94,7 +93,7 @@ def quantize_model(
         if before_group is not None:
             before_group(idx, layer, group, stats)
         for name, linear in group.items():
-            w_hat, grid, loss = solve(linear, stats.pop(name, None))  # popped: a solved statistic is freed
+            w_hat, grid, loss = solve(linear, take_stat(stats, name))  # popped: a solved statistic is freed
             if w_hat is not None:
                 set_weight(linear, w_hat, grid)
             attach_act_quant(linear, a_bits, a_granularity)

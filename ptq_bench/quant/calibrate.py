@@ -10,6 +10,8 @@ embeddings, position ids, ... : Gemma 2/3, Mistral and Qwen2 give sliding-window
 than global layers, Gemma 3 gives them other rotary embeddings), and replays block i with block i's own
 call. Only block 0's hidden states are stored; each next block's inputs are the previous block's outputs.
 
+A linear's inputs feed its statistic (`quant.statistics`); linears that read one tensor (q/k/v, gate/up) share one.
+
 Bounded memory: a `Placement` (passed, or set around a method's `apply` with `use_placement`) keeps only
 the block being captured or calibrated on the device: `DevicePlacement(device)` leaves the model on the
 CPU, `DiskPlacement(folder)` keeps the other blocks' parameters in per-block safetensors files. Without
@@ -18,7 +20,6 @@ one the model stays where it is. Results are bit-identical either way (tests/tes
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -31,7 +32,8 @@ import torch.nn as nn
 
 from ptq_bench.errors import QuantError
 from ptq_bench.families import Family, family_of_config
-from ptq_bench.quant.linears import is_conv1d, is_linear, weight_matrix
+from ptq_bench.quant.linears import is_conv1d, is_linear
+from ptq_bench.quant.statistics import SharedInputs
 
 
 def model_family(model: nn.Module) -> Family:
@@ -84,37 +86,6 @@ def quantizable_linears(model: nn.Module) -> dict[str, nn.Module]:
 
 def _device_of(model: nn.Module) -> torch.device:
     return next(model.parameters()).device
-
-
-# ----------------------------------------------------------------------------- statistics
-
-
-class Hessian:
-    """H = (2/n) sum_x x x^T over every input vector x (float32), as GPTQ's `add_batch`.
-
-    n counts token vectors (the reference counts sequences; the scale cancels in every solver here).
-    """
-
-    def __init__(self, cols: int, device: torch.device | str = "cpu") -> None:
-        self.H = torch.zeros(cols, cols, device=device)
-        self.n = 0
-
-    def add(self, x: torch.Tensor) -> None:
-        x = x.reshape(-1, x.shape[-1]).float()  # (tokens, cols)
-        self.H *= self.n / (self.n + x.shape[0])
-        self.n += x.shape[0]
-        x = x * math.sqrt(2 / self.n)
-        self.H += x.T @ x
-
-
-class ChannelAbsMax:
-    """Per input channel max|x| over every calibration vector (SmoothQuant's act_scales)."""
-
-    def __init__(self, cols: int, device: torch.device | str = "cpu") -> None:
-        self.amax = torch.zeros(cols, device=device)
-
-    def add(self, x: torch.Tensor) -> None:
-        self.amax = torch.maximum(self.amax, x.reshape(-1, x.shape[-1]).abs().amax(dim=0).float())
 
 
 # ----------------------------------------------------------------------------- placement
@@ -319,22 +290,19 @@ GroupCallback = Callable[[int, nn.Module, dict[str, nn.Module], dict[str, Any]],
 
 
 def _collect(layer: nn.Module, hidden: list[torch.Tensor], calls: list[Call], linears: dict[str, nn.Module],
-             make_stat: StatFactory) -> tuple[dict[str, Any], list[torch.Tensor]]:
-    """Run the block once with statistic hooks on `linears`; (statistics by name, block outputs)."""
+             make_stat: StatFactory, share: bool = True) -> tuple[dict[str, Any], list[torch.Tensor]]:
+    """Run the block once with statistic hooks on `linears`; (statistics by name, block outputs).
+    With `share`, linears that read one input tensor get one statistic object (`SharedInputs`)."""
     stats = {n: make_stat(n, m) for n, m in linears.items()}
     stats = {n: s for n, s in stats.items() if s is not None}
-    hooks = [linears[n].register_forward_hook(lambda m, a, o, s=s: s.add(a[0])) for n, s in stats.items()]
+    shared = SharedInputs(stats, share)
+    hooks = [linears[n].register_forward_hook(shared.hook(n)) for n in stats]
     try:
         outs = run_layer(layer, hidden, calls)
     finally:
         for h in hooks:
             h.remove()
     return stats, outs
-
-
-def stat_inputs(linear: nn.Module) -> int:
-    """Input features of a linear or Conv1D (the size of its statistics)."""
-    return weight_matrix(linear).shape[1]
 
 
 @torch.no_grad()
@@ -347,6 +315,7 @@ def run_blockwise(
     sequential: bool = True,
     batch_size: int = 8,
     placement: Placement | None = None,
+    share_stats: bool = True,
 ) -> int:
     """Feed calibration data through the decoder block by block; returns the number of blocks.
 
@@ -357,7 +326,8 @@ def run_blockwise(
     the float outputs of the first pass otherwise (SmoothQuant collects on the float model).
     `placement` (else the one set by `use_placement`, else none: the model stays where it is) keeps only
     the block being calibrated on the device; the activations are one (batch, seqlen, hidden) tensor per
-    batch in the model's dtype, replaced block by block.
+    batch in the model's dtype, replaced block by block. Linears that read one input share one statistic
+    (`SharedInputs`); `share_stats` False gives each its own, as the reference accumulates (same values).
     """
     family = model_family(model)
     layers = decoder_layers(model)
@@ -372,7 +342,7 @@ def run_blockwise(
             float_out = None
             for names in plan:
                 group = {n: linears[n] for n in names}
-                stats, outs = _collect(layer, inputs.hidden, calls, group, make_stat)
+                stats, outs = _collect(layer, inputs.hidden, calls, group, make_stat, share_stats)
                 float_out = outs if float_out is None else float_out
                 on_group(idx, layer, group, stats)
                 del stats, outs  # the group's statistics (fp32 Hessians) before the next group's

@@ -37,12 +37,12 @@ import torch.nn as nn
 from torch import Tensor
 
 from ptq_bench.quant.apply import Solver, hessian_stat, quantize_model
-from ptq_bench.quant.calibrate import Hessian
 from ptq_bench.quant.configs import QuIPConfig
 from ptq_bench.quant.ldlq import error_feedback, inverse_hessian_factor
 from ptq_bench.quant.linears import weight_matrix
 from ptq_bench.quant.primitives import SCALE_BITS, Grid, quantize_scalar
 from ptq_bench.quant.registry import QuantReport, register
+from ptq_bench.quant.statistics import Hessian
 
 # ----------------------------------------------------------------------------- structured rotations
 

@@ -29,10 +29,11 @@ import torch.nn as nn
 from ptq_bench.errors import QuantError
 from ptq_bench.families import Smooth
 from ptq_bench.quant.apply import quantize_model, rtn_solver
-from ptq_bench.quant.calibrate import ChannelAbsMax, model_family, stat_inputs
+from ptq_bench.quant.calibrate import model_family
 from ptq_bench.quant.configs import SmoothQuantConfig
 from ptq_bench.quant.linears import weight_matrix
 from ptq_bench.quant.registry import QuantReport, register
+from ptq_bench.quant.statistics import ChannelAbsMax, stat_inputs
 
 
 def smoothing_scales(act_amax: torch.Tensor, weights: list[torch.Tensor], alpha: float) -> torch.Tensor:
