@@ -13,7 +13,8 @@ import copy
 import pytest
 import torch
 from quant_fixtures import calib_tokens
-from tiny_families import tiny_model
+from tiny_families import tiny_config, tiny_model
+from transformers import AutoModelForCausalLM
 
 from ptq_bench.quant import get_method
 from ptq_bench.quant.apply import FloatBlocks
@@ -109,6 +110,27 @@ def test_capture_releases_each_block_after_it_runs(tmp_path):
     assert materialized(model) == []
     place.fetch(0, layers[0])
     assert run_layer(layers[0], inputs.hidden, inputs.calls[0])[0].shape == inputs.hidden[0].shape
+
+
+@pytest.mark.parametrize("family", ["llama", "gpt2", "opt"])
+def test_capture_computes_block_0_only_and_restores_the_blocks(family):
+    """Blocks 1 .. n-2 only pass their input on during the capture; afterwards every block is itself
+    again, an instance-level forward (a wrapper's) included. `run_blockwise`'s replay of the captured calls
+    is checked against the model's own forward for every family in tests/test_families.py."""
+    config = tiny_config(family)
+    config.num_hidden_layers = 4  # blocks 1 and 2 pass on
+    model = AutoModelForCausalLM.from_config(config).eval()
+    layers = decoder_layers(model)
+    wrapped = layers[2].forward
+    layers[2].forward = lambda *a, **k: wrapped(*a, **k)
+    mine = layers[2].forward
+    seen = probe(model)
+    inputs = capture_inputs(model, calib_tokens(2, 16))
+    assert {i for i, _ in seen} == {0}
+    assert [len(c) for c in inputs.calls] == [1, 1, 1, 1]
+    assert layers[2].forward is mine and all("forward" not in layers[i].__dict__ for i in (0, 1, 3))
+    out = run_layer(layers[1], inputs.hidden, inputs.calls[1])[0]
+    assert out.shape == inputs.hidden[0].shape
 
 
 @pytest.mark.parametrize(("family", "method", "cfg"), [

@@ -238,8 +238,11 @@ def capture_inputs(model: nn.Module, calib: torch.Tensor, batch_size: int = 8,
 
     Pre-hooks on every block record its keyword (and extra positional) arguments as the model's own
     forward builds them; block 0's also records the hidden states. The last block's hook stops the pass.
-    With a `placement`, each block is fetched to the device just before it runs and released just after,
-    and the rest of the model (embeddings, rotary tables, ...) sits on the device for the pass only.
+    Only block 0 computes: blocks 1 .. n-2 hand their input on unchanged during the pass (`_passing_on`),
+    since a block's call (masks, position embeddings, ...) is built by the model before its loop and none
+    of their outputs is kept. With a `placement`, block 0 is fetched to the device just before it runs and
+    released just after (the others stay home), and the rest of the model (embeddings, rotary tables, ...)
+    sits on the device for the pass only.
     """
     layers = decoder_layers(model)
     place = placement or Placement()
@@ -251,27 +254,57 @@ def capture_inputs(model: nn.Module, calib: torch.Tensor, batch_size: int = 8,
             hidden = args[0] if args else kwargs.pop("hidden_states")
             if idx == 0:
                 got.hidden.append(hidden.detach())
+                place.fetch(idx, module)
             got.calls[idx].append(Call(tuple(args[1:]), kwargs))
             if idx == len(layers) - 1:
                 raise _Caught
-            place.fetch(idx, module)
         return record
 
     handles = [layer.register_forward_pre_hook(recorder(i), with_kwargs=True) for i, layer in enumerate(layers)]
-    handles += [layer.register_forward_hook(lambda m, a, o, i=i: place.release(i, m)) for i, layer in enumerate(layers)]
+    handles.append(layers[0].register_forward_hook(lambda m, a, o: place.release(0, m)))
     place.move_rest(model, to_device=True)
     try:
-        for batch in calib.split(batch_size):
-            try:
-                model(batch.to(place.device_for(model)), use_cache=False)
-            except _Caught:
-                continue
-            raise QuantError(f"{type(model).__name__}: the forward pass never reached its last decoder block")
+        with _passing_on(layers):
+            for batch in calib.split(batch_size):
+                try:
+                    model(batch.to(place.device_for(model)), use_cache=False)
+                except _Caught:
+                    continue
+                raise QuantError(f"{type(model).__name__}: the forward pass never reached its last decoder block")
     finally:
         for h in handles:
             h.remove()
         place.move_rest(model, to_device=False)
     return got
+
+
+@contextmanager
+def _passing_on(layers: nn.ModuleList) -> Iterator[None]:
+    """Blocks 1 .. n-2 return their input hidden states, in the form block 0's output takes (a tensor, or
+    a tuple whose first item is the hidden states), instead of computing."""
+    tail: list[tuple | None] = [None]  # block 0's output after its hidden states (None: a bare tensor)
+
+    def learn(module: nn.Module, args: tuple, out: Any) -> None:
+        tail[0] = None if isinstance(out, torch.Tensor) else tuple(out[1:])
+
+    def pass_on(*args: Any, **kwargs: Any) -> Any:
+        hidden = args[0] if args else kwargs["hidden_states"]
+        return hidden if tail[0] is None else (hidden, *tail[0])
+
+    stubs = list(layers)[1:-1]
+    own = [layer.__dict__.get("forward") for layer in stubs]  # an instance-level forward (a wrapper's) is kept
+    handle = layers[0].register_forward_hook(learn)
+    for layer in stubs:
+        layer.forward = pass_on
+    try:
+        yield
+    finally:
+        handle.remove()
+        for layer, forward in zip(stubs, own, strict=True):
+            if forward is None:
+                del layer.forward
+            else:
+                layer.forward = forward
 
 
 @torch.no_grad()

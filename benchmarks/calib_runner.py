@@ -1,0 +1,125 @@
+"""The block runner's calibration pass as it is against as it was, in one run: capture and statistics.
+
+    .venv/bin/python benchmarks/calib_runner.py                     # SmolLM2-135M's shape, 16 x 512 tokens
+    .venv/bin/python benchmarks/calib_runner.py --windows 128 --seqlen 2048 --layers 4   # GPTQ's reference size
+
+The model is SmolLM2-135M's Llama shape (hidden 576, MLP 1536, 30 blocks, 9 heads, 3 KV heads, vocab 49152),
+randomly initialised from its config (nothing downloaded), fp32, after one warm-up forward. Two changes:
+
+- capture (`calibrate.capture_inputs`): only block 0 computes, blocks 1 .. n-2 pass their input on
+  (`calibrate._passing_on`); "as it was" lets every block compute (the context replaced by a no-op);
+- statistics: q/k/v share one Hessian, gate/up another (`quant.statistics.SharedInputs`); "as it was"
+  gives every linear its own (`share_stats=False`, the reference's accounting).
+
+It times the capture alone both ways, then the whole pass (`run_blockwise` with GPTQ's Hessian on every
+linear and no solve) both ways, alternating, `--repeats` times each, and prints the medians, their
+ratios, and whether the captured calls replay to the same block outputs and every Hessian of the last
+repeat is equal (`torch.equal`, same token count) both ways.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import functools
+import statistics
+import time
+from collections.abc import Callable
+
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM
+
+import ptq_bench.quant.calibrate as calibrate
+from ptq_bench.quant.apply import hessian_stat
+from ptq_bench.quant.statistics import take_stat
+
+SMOLLM2 = {"hidden_size": 576, "intermediate_size": 1536, "num_hidden_layers": 30, "num_attention_heads": 9,
+           "num_key_value_heads": 3, "vocab_size": 49152, "max_position_embeddings": 8192, "tie_word_embeddings": True}
+PASSING_ON = calibrate._passing_on
+
+
+def build(layers: int) -> LlamaForCausalLM:
+    torch.manual_seed(0)
+    return LlamaForCausalLM(LlamaConfig(**{**SMOLLM2, "num_hidden_layers": layers})).float().eval()
+
+
+def as_it_was(now: bool) -> None:
+    """Every block computes during the capture unless `now`."""
+    calibrate._passing_on = PASSING_ON if now else (lambda layers: contextlib.nullcontext())
+
+
+def timed(fn: Callable) -> tuple[float, object]:
+    t0 = time.perf_counter()
+    out = fn()
+    return time.perf_counter() - t0, out
+
+
+def runner_pass(model: LlamaForCausalLM, calib: torch.Tensor, now: bool) -> tuple[list[dict], int]:
+    """Every block's statistics (taken as a solver takes them), and block 0's statistic multiply-adds per
+    token (sum of cols^2 over its distinct statistics)."""
+    taken: list[dict] = []
+    cost: list[int] = []
+
+    def on_group(idx, layer, group, stats) -> None:
+        if idx == 0:
+            cost.append(sum(s.H.shape[0] ** 2 for s in {id(s): s for s in stats.values()}.values()))
+        taken.append({name: take_stat(stats, name) for name in group})
+
+    as_it_was(now)
+    calibrate.run_blockwise(model, calib, hessian_stat, on_group, share_stats=now)
+    return taken, cost[0]
+
+
+def replays(model: LlamaForCausalLM, calib: torch.Tensor, now: bool) -> list[torch.Tensor]:
+    """Block n-2's outputs when the captured calls are replayed block by block (the runner's propagation)."""
+    as_it_was(now)
+    inputs = calibrate.capture_inputs(model, calib)
+    hidden = inputs.hidden
+    for layer, calls in list(zip(calibrate.decoder_layers(model), inputs.calls, strict=True))[:-1]:
+        hidden = calibrate.run_layer(layer, hidden, calls)
+    return hidden
+
+
+def equal(a: list[dict], b: list[dict]) -> bool:
+    return all(x.keys() == y.keys() and all(torch.equal(x[n].H, y[n].H) and x[n].n == y[n].n for n in x)
+               for x, y in zip(a, b, strict=True))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--windows", type=int, default=16)
+    ap.add_argument("--seqlen", type=int, default=512)
+    ap.add_argument("--layers", type=int, default=30, help="decoder blocks (SmolLM2: 30)")
+    ap.add_argument("--repeats", type=int, default=2)
+    args = ap.parse_args()
+
+    model = build(args.layers)
+    calib = torch.randint(0, SMOLLM2["vocab_size"], (args.windows, args.seqlen), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        model(calib[:1, :64])  # warm-up
+    print(f"SmolLM2-135M shape, {args.layers} blocks, calibration {args.windows} x {args.seqlen} tokens, "
+          f"{torch.get_num_threads()} threads")
+    capture: dict[bool, list[float]] = {True: [], False: []}
+    whole: dict[bool, list[float]] = {True: [], False: []}
+    last: dict[bool, tuple[list[dict], int]] = {}
+    for _ in range(args.repeats):
+        for now in (False, True):
+            as_it_was(now)
+            capture[now].append(timed(functools.partial(calibrate.capture_inputs, model, calib))[0])
+            seconds, last[now] = timed(functools.partial(runner_pass, model, calib, now))
+            whole[now].append(seconds)
+            print(f"  {'now' if now else 'as it was':<10} capture {capture[now][-1]:7.2f} s   whole pass {seconds:7.2f} s")
+    same_replay = all(torch.equal(a, b) for a, b in zip(replays(model, calib, False), replays(model, calib, True), strict=True))
+    as_it_was(True)
+    med = {k: {now: statistics.median(v[now]) for now in v} for k, v in (("capture", capture), ("whole", whole))}
+    print(f"statistic multiply-adds per token and block: {last[False][1]:,} one per linear, {last[True][1]:,} shared "
+          f"({last[False][1] / last[True][1]:.2f}x)")
+    for k in med:
+        print(f"median {k:<8}: as it was {med[k][False]:7.2f} s, now {med[k][True]:7.2f} s, "
+              f"ratio {med[k][False] / med[k][True]:.2f}x")
+    print(f"captured calls replay to the same block outputs: {same_replay}; "
+          f"Hessians equal: {equal(last[True][0], last[False][0])}")
+
+
+if __name__ == "__main__":
+    main()
