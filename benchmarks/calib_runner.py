@@ -15,6 +15,11 @@ It times the capture alone both ways, then the whole pass (`run_blockwise` with 
 linear and no solve) both ways, alternating, `--repeats` times each, and prints the medians, their
 ratios, and whether the captured calls replay to the same block outputs and every Hessian of the last
 repeat is equal (`torch.equal`, same token count) both ways.
+
+`--gptq CHECKPOINT` instead times GPTQ W4 g128 end to end (`get_method("gptq").apply` on a fresh copy,
+solves included) both ways on a checkpoint folder (SmolLM2-135M: `.ptq_cache/sources/gguf-...` after
+`make smollm2` and one run of its recipe), with random-token calibration of the same size, and checks
+that the quantized models are equal.
 """
 
 from __future__ import annotations
@@ -80,6 +85,37 @@ def replays(model: LlamaForCausalLM, calib: torch.Tensor, now: bool) -> list[tor
     return hidden
 
 
+def gptq(folder: str, calib: torch.Tensor, repeats: int) -> None:
+    """GPTQ W4 g128 end to end, as it was and now, alternating; the quantized states compared."""
+    import copy
+
+    from transformers import AutoModelForCausalLM
+
+    import ptq_bench.quant.apply as apply
+    from ptq_bench.quant import get_method
+
+    base = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
+    with torch.no_grad():
+        base(calib[:1, :64])  # warm-up
+    method, runner = get_method("gptq"), apply.run_blockwise
+    seconds: dict[bool, list[float]] = {True: [], False: []}
+    states: dict[bool, dict] = {}
+    for _ in range(repeats):
+        for now in (False, True):
+            as_it_was(now)
+            apply.run_blockwise = functools.partial(runner, share_stats=now)
+            model = copy.deepcopy(base)
+            s, _ = timed(functools.partial(method.apply, model, method.config_cls(w_bits=4, group_size=128), calib))
+            seconds[now].append(s)
+            states[now] = model.state_dict()
+            print(f"  {'now' if now else 'as it was':<10} GPTQ W4 g128 {s:7.1f} s")
+    apply.run_blockwise = runner
+    as_it_was(True)
+    old, new = statistics.median(seconds[False]), statistics.median(seconds[True])
+    print(f"median GPTQ: as it was {old:.1f} s, now {new:.1f} s, ratio {old / new:.2f}x; quantized models equal: "
+          f"{all(torch.equal(states[True][k], v) for k, v in states[False].items())}")
+
+
 def equal(a: list[dict], b: list[dict]) -> bool:
     return all(x.keys() == y.keys() and all(torch.equal(x[n].H, y[n].H) and x[n].n == y[n].n for n in x)
                for x, y in zip(a, b, strict=True))
@@ -91,10 +127,14 @@ def main() -> None:
     ap.add_argument("--seqlen", type=int, default=512)
     ap.add_argument("--layers", type=int, default=30, help="decoder blocks (SmolLM2: 30)")
     ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--gptq", metavar="CHECKPOINT", help="time GPTQ W4 g128 end to end on this checkpoint folder instead")
     args = ap.parse_args()
 
-    model = build(args.layers)
     calib = torch.randint(0, SMOLLM2["vocab_size"], (args.windows, args.seqlen), generator=torch.Generator().manual_seed(1))
+    if args.gptq:
+        print(f"{args.gptq}, calibration {args.windows} x {args.seqlen} random tokens, {torch.get_num_threads()} threads")
+        return gptq(args.gptq, calib, args.repeats)
+    model = build(args.layers)
     with torch.no_grad():
         model(calib[:1, :64])  # warm-up
     print(f"SmolLM2-135M shape, {args.layers} blocks, calibration {args.windows} x {args.seqlen} tokens, "

@@ -27,9 +27,10 @@ def sidecar(path: Path) -> Path:
     return path.with_name(path.name + SIDECAR)
 
 
-def folder_digests(folder: Path) -> dict[str, str]:
-    """{relative posix path: sha256} of every file under `folder` but its checksums.json."""
-    return {p.relative_to(folder).as_posix(): file_sha256(p)
+def folder_digests(folder: Path, digest: Callable[[Path], str] = file_sha256) -> dict[str, str]:
+    """{relative posix path: sha256} of every file under `folder` but its checksums.json (`digest`: how a
+    file is hashed; `data.file_digest` reuses what this process has already read)."""
+    return {p.relative_to(folder).as_posix(): digest(p)
             for p in sorted(folder.rglob("*")) if p.is_file() and p.name != CHECKSUMS}
 
 

@@ -32,6 +32,7 @@ from struct import error as struct_error
 from typing import Any
 
 from ptq_bench.config import short
+from ptq_bench.data import file_digest
 from ptq_bench.errors import RecipeError
 from ptq_bench.kinds import NATIVE_BITS
 
@@ -251,22 +252,9 @@ def _inspect_hub(source: str, key: str) -> SourceInfo:
 # ----------------------------------------------------------------------------------------------
 # content hash
 
-_FILE_DIGESTS: dict[tuple[str, int, int], str] = {}  # (resolved path, size, mtime_ns) -> sha256 of the bytes
-
-
 def checkpoint_files(folder: Path) -> list[Path]:
     """The folder's config, weight and tokenizer files (top level, by suffix), sorted by name."""
     return sorted((f for f in folder.iterdir() if f.is_file() and f.suffix in HASHED_SUFFIXES), key=lambda f: f.name)
-
-
-def _file_digest(path: Path) -> str:
-    st = path.stat()
-    cache_key = (str(path.resolve()), st.st_size, st.st_mtime_ns)
-    if cache_key not in _FILE_DIGESTS:
-        from ptq_bench.data import file_sha256
-
-        _FILE_DIGESTS[cache_key] = file_sha256(path)
-    return _FILE_DIGESTS[cache_key]
 
 
 def content_hash(files: list[Path]) -> str:
@@ -274,7 +262,7 @@ def content_hash(files: list[Path]) -> str:
     by any edit of a hashed file. Each file is read once per process while its size and mtime stay."""
     h = hashlib.sha256()
     for f in sorted(files, key=lambda f: f.name):
-        h.update(f"{f.name}\0{_file_digest(f)}\n".encode())
+        h.update(f"{f.name}\0{file_digest(f)}\n".encode())
     return h.hexdigest()
 
 

@@ -31,6 +31,7 @@ from ptq_bench.data import (
     TRAIN_FILES,
     calibration_documents,
     data_file,
+    file_digest,
     file_sha256,
     resolve_data_dir,
     train_documents,
@@ -84,7 +85,7 @@ def check_sources(recipe: Recipe, manifest: dict[str, Any]) -> None:
     for name, spec in recipe.models.items():
         if spec.source is None or not Path(spec.source).is_dir():
             continue
-        have = folder_digests(Path(spec.source))
+        have = folder_digests(Path(spec.source), file_digest)
         if name not in known:
             known[name] = have
             continue

@@ -12,12 +12,13 @@ import sys
 import time
 from importlib.metadata import PackageNotFoundError, distribution
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
 from tiny_families import FAMILY_CONFIGS, save_tiny, tiny_model
 
-from ptq_bench.errors import RecipeError
+from ptq_bench.errors import PtqBenchError, RecipeError
 from ptq_bench.families import SUPPORTED_MODEL_TYPES
 from ptq_bench.models.build import META_FILE, ArchConfig, build_model, export_hf, load_model, save_model
 from ptq_bench.sources import TOOLKIT_META, content_hash, inspect_source, load_source
@@ -306,6 +307,33 @@ def test_content_hash_follows_the_content_not_the_path(tmp_path):
     assert inspect_source(str(a)).content_hash != h
     save_tiny("llama", tmp_path / "c", seed=1)
     assert inspect_source(str(tmp_path / "c")).content_hash != h
+
+
+def test_a_source_checkpoint_is_read_once_per_process(tmp_path, monkeypatch):
+    """Its model key (`content_hash`) and the run folder's record of it (`check_sources`' folder digests)
+    share one read of each file; a rewritten file is read again."""
+    import ptq_bench.data as data
+    from ptq_bench.cache import folder_digests
+    from ptq_bench.sweep import check_sources
+
+    folder = save_tiny("llama", tmp_path / "a")
+    reads: list[str] = []
+    sha256 = data.file_sha256
+    monkeypatch.setattr(data, "file_sha256", lambda p: reads.append(Path(p).name) or sha256(p))
+    recipe = SimpleNamespace(models={"m": SimpleNamespace(source=str(folder))})
+    manifest: dict = {}
+    inspect_source(str(folder))
+    check_sources(recipe, manifest)
+    check_sources(recipe, manifest)
+    assert sorted(reads) == sorted(p.name for p in folder.iterdir())  # each file once
+    assert manifest["sources"]["m"] == folder_digests(folder)  # the same digests as a fresh read
+    weights = folder / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-1] + b"\x00")
+    st = weights.stat()  # a new mtime even where the clock is coarser than the test
+    os.utime(weights, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000_000))
+    with pytest.raises(PtqBenchError, match="model.safetensors changed since"):
+        check_sources(recipe, manifest)
+    assert reads.count("model.safetensors") == 2
 
 
 def test_toolkit_meta_name_matches_build():

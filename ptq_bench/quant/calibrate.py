@@ -5,7 +5,7 @@ the decoder blocks are, the block's linears (in sequential groups) and its norm 
 whose linears differ from what the registry names is an error, so a count of quantized linears is always
 the registry's count. Embeddings, the final norm and the LM head stay untouched.
 
-The runner captures, in one real forward pass, the call every block gets (attention mask, position
+The runner captures, in one forward pass (only block 0 computes), the call every block gets (attention mask, position
 embeddings, position ids, ... : Gemma 2/3, Mistral and Qwen2 give sliding-window layers another mask
 than global layers, Gemma 3 gives them other rotary embeddings), and replays block i with block i's own
 call. Only block 0's hidden states are stored; each next block's inputs are the previous block's outputs.
