@@ -254,10 +254,11 @@ def capture_inputs(model: nn.Module, calib: torch.Tensor, batch_size: int = 8,
             hidden = args[0] if args else kwargs.pop("hidden_states")
             if idx == 0:
                 got.hidden.append(hidden.detach())
-                place.fetch(idx, module)
             got.calls[idx].append(Call(tuple(args[1:]), kwargs))
             if idx == len(layers) - 1:
                 raise _Caught
+            if idx == 0:
+                place.fetch(idx, module)
         return record
 
     handles = [layer.register_forward_pre_hook(recorder(i), with_kwargs=True) for i, layer in enumerate(layers)]
