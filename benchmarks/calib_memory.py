@@ -102,7 +102,7 @@ def run_path(path: str, dtype: str, layers: int, windows: int, seqlen: int) -> d
 
     from ptq_bench.quant import get_method
     from ptq_bench.quant.apply import FloatBlocks
-    from ptq_bench.quant.calibrate import DevicePlacement, DiskPlacement, use_placement
+    from ptq_bench.quant.placement import DevicePlacement, DiskPlacement, use_placement
 
     t0 = time.perf_counter()
     model = build(dtype, layers)

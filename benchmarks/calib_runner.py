@@ -4,12 +4,16 @@
     .venv/bin/python benchmarks/calib_runner.py --windows 128 --seqlen 2048 --layers 4   # GPTQ's reference size
 
 The model is SmolLM2-135M's Llama shape (hidden 576, MLP 1536, 30 blocks, 9 heads, 3 KV heads, vocab 49152),
-randomly initialised from its config (nothing downloaded), fp32, after one warm-up forward. Two changes:
+randomly initialised from its config (nothing downloaded), fp32, after one warm-up forward. "now" is
+`run_blockwise(lean=True)` (the default), "as it was" `lean=False`, which does the reference's work:
 
 - capture (`calibrate.capture_inputs`): only block 0 computes, blocks 1 .. n-2 pass their input on
-  (`calibrate._passing_on`); "as it was" lets every block compute (the context replaced by a no-op);
-- statistics: q/k/v share one Hessian, gate/up another (`quant.statistics.SharedInputs`); "as it was"
-  gives every linear its own (`share_stats=False`, the reference's accounting).
+  (`calibrate._passing_on`); as it was, every block computed;
+- statistics: q/k/v share one Hessian, gate/up another (`quant.statistics.SharedInputs`); as it was, every
+  linear had its own;
+- a block run only for its statistics (GPTQ propagates the quantized block's outputs, computed after)
+  stops at its last hooked linear's input (`calibrate._collect`): the down projection is not computed
+  there; as it was, the whole block ran.
 
 It times the capture alone both ways, then the whole pass (`run_blockwise` with GPTQ's Hessian on every
 linear and no solve) both ways, alternating, `--repeats` times each, and prints the medians, their
@@ -25,7 +29,6 @@ that the quantized models are equal.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import functools
 import statistics
 import time
@@ -40,17 +43,11 @@ from ptq_bench.quant.statistics import take_stat
 
 SMOLLM2 = {"hidden_size": 576, "intermediate_size": 1536, "num_hidden_layers": 30, "num_attention_heads": 9,
            "num_key_value_heads": 3, "vocab_size": 49152, "max_position_embeddings": 8192, "tie_word_embeddings": True}
-PASSING_ON = calibrate._passing_on
 
 
 def build(layers: int) -> LlamaForCausalLM:
     torch.manual_seed(0)
     return LlamaForCausalLM(LlamaConfig(**{**SMOLLM2, "num_hidden_layers": layers})).float().eval()
-
-
-def as_it_was(now: bool) -> None:
-    """Every block computes during the capture unless `now`."""
-    calibrate._passing_on = PASSING_ON if now else (lambda layers: contextlib.nullcontext())
 
 
 def timed(fn: Callable) -> tuple[float, object]:
@@ -70,15 +67,13 @@ def runner_pass(model: LlamaForCausalLM, calib: torch.Tensor, now: bool) -> tupl
             cost.append(sum(s.H.shape[0] ** 2 for s in {id(s): s for s in stats.values()}.values()))
         taken.append({name: take_stat(stats, name) for name in group})
 
-    as_it_was(now)
-    calibrate.run_blockwise(model, calib, hessian_stat, on_group, share_stats=now)
+    calibrate.run_blockwise(model, calib, hessian_stat, on_group, lean=now)
     return taken, cost[0]
 
 
 def replays(model: LlamaForCausalLM, calib: torch.Tensor, now: bool) -> list[torch.Tensor]:
     """Block n-2's outputs when the captured calls are replayed block by block (the runner's propagation)."""
-    as_it_was(now)
-    inputs = calibrate.capture_inputs(model, calib)
+    inputs = calibrate.capture_inputs(model, calib, lean=now)
     hidden = inputs.hidden
     for layer, calls in list(zip(calibrate.decoder_layers(model), inputs.calls, strict=True))[:-1]:
         hidden = calibrate.run_layer(layer, hidden, calls)
@@ -102,15 +97,13 @@ def gptq(folder: str, calib: torch.Tensor, repeats: int) -> None:
     states: dict[bool, dict] = {}
     for _ in range(repeats):
         for now in (False, True):
-            as_it_was(now)
-            apply.run_blockwise = functools.partial(runner, share_stats=now)
+            apply.run_blockwise = functools.partial(runner, lean=now)  # what every method's apply calls
             model = copy.deepcopy(base)
             s, _ = timed(functools.partial(method.apply, model, method.config_cls(w_bits=4, group_size=128), calib))
             seconds[now].append(s)
             states[now] = model.state_dict()
             print(f"  {'now' if now else 'as it was':<10} GPTQ W4 g128 {s:7.1f} s")
     apply.run_blockwise = runner
-    as_it_was(True)
     old, new = statistics.median(seconds[False]), statistics.median(seconds[True])
     print(f"median GPTQ: as it was {old:.1f} s, now {new:.1f} s, ratio {old / new:.2f}x; quantized models equal: "
           f"{all(torch.equal(states[True][k], v) for k, v in states[False].items())}")
@@ -144,13 +137,11 @@ def main() -> None:
     last: dict[bool, tuple[list[dict], int]] = {}
     for _ in range(args.repeats):
         for now in (False, True):
-            as_it_was(now)
-            capture[now].append(timed(functools.partial(calibrate.capture_inputs, model, calib))[0])
+            capture[now].append(timed(functools.partial(calibrate.capture_inputs, model, calib, lean=now))[0])
             seconds, last[now] = timed(functools.partial(runner_pass, model, calib, now))
             whole[now].append(seconds)
             print(f"  {'now' if now else 'as it was':<10} capture {capture[now][-1]:7.2f} s   whole pass {seconds:7.2f} s")
     same_replay = all(torch.equal(a, b) for a, b in zip(replays(model, calib, False), replays(model, calib, True), strict=True))
-    as_it_was(True)
     med = {k: {now: statistics.median(v[now]) for now in v} for k, v in (("capture", capture), ("whole", whole))}
     print(f"statistic multiply-adds per token and block: {last[False][1]:,} one per linear, {last[True][1]:,} shared "
           f"({last[False][1] / last[True][1]:.2f}x)")

@@ -18,15 +18,9 @@ from transformers import AutoModelForCausalLM
 
 from ptq_bench.quant import get_method
 from ptq_bench.quant.apply import FloatBlocks
-from ptq_bench.quant.calibrate import (
-    DevicePlacement,
-    DiskPlacement,
-    capture_inputs,
-    decoder_layers,
-    run_layer,
-    use_placement,
-)
+from ptq_bench.quant.calibrate import capture_inputs, decoder_layers, run_layer
 from ptq_bench.quant.linears import GRID_ATTR, is_linear
+from ptq_bench.quant.placement import DevicePlacement, DiskPlacement, use_placement
 
 
 def materialized(model: torch.nn.Module) -> list[int]:

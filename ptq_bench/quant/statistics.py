@@ -71,7 +71,8 @@ class SharedInputs:
         return next(same, name) if self.share else name
 
     def hook(self, name: str) -> Callable:
-        def on_input(module: nn.Module, args: tuple, output: Any) -> None:
+        """A forward pre-hook for linear `name` (its input is all a statistic needs)."""
+        def on_input(module: nn.Module, args: tuple) -> None:
             x = args[0]
             if name not in self.leader:
                 self.leader[name] = self._choose(name, x)

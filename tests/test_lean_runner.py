@@ -1,6 +1,8 @@
-"""Linears that read one input tensor share one calibration statistic (`quant.statistics.SharedInputs`):
-the same values as one statistic per linear, accumulated once, and never a wrong sum when the sharing
-pattern is not what the first batch showed."""
+"""The block runner's `lean` mode skips work whose result is not used, and changes no value: linears
+that read one input tensor share one calibration statistic (`quant.statistics.SharedInputs`), never a
+wrong sum when the sharing pattern is not what the first batch showed; a block run only for statistics
+stops at its last hooked linear; a linear no input reached is an error. (The capture's pass-through is
+tested in test_calib_memory.py.)"""
 
 from __future__ import annotations
 
@@ -26,7 +28,7 @@ def statistics(model: nn.Module, share: bool, make_stat=hessian_stat, true_seque
     """Every block's statistics by linear name, as the runner hands them to `on_group` (nothing quantized)."""
     seen: list[dict] = []
     run_blockwise(model, calib_tokens(4, 24), make_stat, lambda idx, layer, group, stats: seen.append(dict(stats)),
-                  true_sequential=true_sequential, share_stats=share)
+                  true_sequential=true_sequential, lean=share)
     return seen
 
 
@@ -64,12 +66,12 @@ def test_llama_shares_qkv_and_gate_up():
                                          ("gptq", {"w_bits": 4, "group_size": 16, "act_order": True, "true_sequential": True}),
                                          ("quip", {"w_bits": 2}), ("smoothquant", {"w_bits": 8, "a_bits": 8})])
 @pytest.mark.parametrize("family", ["llama", "opt", "phi3"])
-def test_methods_give_the_same_model_with_and_without_sharing(family, method, cfg, monkeypatch):
+def test_methods_give_the_same_model_lean_or_not(family, method, cfg, monkeypatch):
     """GPTQ consumes its Hessian in place: a shared one must reach every reader intact (`take_stat`)."""
     m = get_method(method)
     models = []
     for share in (True, False):
-        monkeypatch.setattr(apply, "run_blockwise", functools.partial(run_blockwise, share_stats=share))
+        monkeypatch.setattr(apply, "run_blockwise", functools.partial(run_blockwise, lean=share))
         model = tiny_model(family)
         m.apply(model, m.config_cls(**cfg), calib_tokens(4, 32))
         models.append(model.state_dict())
@@ -112,3 +114,31 @@ def test_an_input_changed_between_reads_is_not_shared():
 def test_statistics_of_other_types_are_not_shared():
     stats = collect(TwoReaders(), lambda name, linear: Hessian(8) if name == "a" else ChannelAbsMax(8))
     assert isinstance(stats["a"], Hessian) and isinstance(stats["b"], ChannelAbsMax)
+
+
+def test_a_statistics_pass_stops_before_the_last_linear_runs():
+    """GPTQ propagates the quantized block's outputs, so the float pass that feeds the statistics need not
+    compute the down projection: with `lean` it runs once per batch (the propagation), else twice."""
+    runs = {}
+    for lean in (True, False):
+        model = tiny_model("llama")
+        calls = []
+        for layer in model.model.layers:
+            layer.mlp.down_proj.register_forward_hook(lambda m, a, o, calls=calls: calls.append(1))
+        run_blockwise(model, calib_tokens(4, 24), hessian_stat, lambda *a: None, batch_size=2, lean=lean)
+        runs[lean] = len(calls)
+    # 2 blocks x 2 batches: the capture runs block 0 (the last block never runs there), then per block the
+    # statistics pass (lean: stopped before down_proj) and the propagation
+    assert runs == {True: 2 + 4, False: 2 + 4 + 4}
+
+
+def test_a_linear_no_input_reached_is_an_error():
+    class Skips(TwoReaders):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.a(x)
+
+    block = Skips()
+    for outputs in (True, False):
+        with pytest.raises(QuantError, match="no calibration input reached b"):
+            _collect(block, [torch.randn(2, 5, 8)], [Call((), {})], {"a": block.a, "b": block.b}, hessian_stat,
+                     outputs=outputs)

@@ -1,0 +1,144 @@
+"""Where the decoder blocks live while the calibration runner (`calibrate.run_blockwise`) works.
+
+`DevicePlacement(device)` leaves the model on the CPU and brings one block at a time to the device;
+`DiskPlacement(folder)` also keeps the other blocks' parameters in per-block safetensors files. The
+base `Placement` keeps everything where it is. `use_placement` sets one around a method's `apply`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+
+from ptq_bench.families import family_of_config
+
+
+def _device_of(model: nn.Module) -> torch.device:
+    return next(model.parameters()).device
+
+
+class Placement:
+    """Where the decoder blocks live while the runner works. This base keeps everything where it is
+    (the whole model on its one device, the pre-offload behaviour); subclasses keep only the block being
+    calibrated on the device. `fetch` readies block idx on the device, `release` sends it home, `start`
+    releases every block before the run and `finish` leaves the model usable (on the CPU) after it."""
+
+    device: torch.device | None = None  # None: the model's own device
+
+    def device_for(self, model: nn.Module) -> torch.device:
+        return self.device if self.device is not None else _device_of(model)
+
+    def fetch(self, idx: int, layer: nn.Module) -> None:
+        return None
+
+    def release(self, idx: int, layer: nn.Module) -> None:
+        return None
+
+    def start(self, layers: nn.ModuleList) -> None:
+        for idx, layer in enumerate(layers):
+            self.release(idx, layer)
+
+    def finish(self, layers: nn.ModuleList) -> None:
+        return None
+
+    def move_rest(self, model: nn.Module, to_device: bool) -> None:
+        """Everything outside the blocks (embeddings, final norm, rotary tables) to the device or home."""
+        return None
+
+
+class DevicePlacement(Placement):
+    """Blocks (and the rest of the model) live on `home` (the CPU); block i is on `device` only while it
+    is captured or calibrated. Peak device memory: the largest block, the non-block modules during the
+    one capture pass, and the calibration activations."""
+
+    def __init__(self, device: torch.device | str, home: torch.device | str = "cpu") -> None:
+        self.device, self.home = torch.device(device), torch.device(home)
+
+    def fetch(self, idx: int, layer: nn.Module) -> None:
+        layer.to(self.device)
+
+    def release(self, idx: int, layer: nn.Module) -> None:
+        layer.to(self.home)
+
+    def move_rest(self, model: nn.Module, to_device: bool) -> None:
+        where = self.device if to_device else self.home
+        blocks = family_of_config(model.config).blocks
+        for name, module in model.named_modules():
+            if name == blocks or name.startswith(blocks + "."):
+                continue
+            for p in module._parameters.values():
+                if p is not None:
+                    p.data = p.data.to(where)  # a tied weight is moved once, its twin then is a no-op
+            for key, b in module._buffers.items():
+                if b is not None:
+                    module._buffers[key] = b.to(where)
+
+
+class DiskPlacement(DevicePlacement):
+    """Blocks' parameters live in one safetensors file per block under `folder`; a released block's
+    parameters are `meta` tensors (no memory), a fetched block's are read back onto `device`. Buffers
+    stay in the module. `finish` reads every block back onto the CPU.
+
+    Missing for models larger than host memory: loading a checkpoint straight into this state (blocks
+    never all materialized; today the model is loaded first and `start` writes its blocks out) and
+    evaluating offloaded."""
+
+    def __init__(self, folder: str | Path, device: torch.device | str = "cpu") -> None:
+        super().__init__(device)
+        self.folder = Path(folder)
+
+    def _file(self, idx: int) -> Path:
+        return self.folder / f"block_{idx}.safetensors"
+
+    def release(self, idx: int, layer: nn.Module) -> None:
+        from safetensors.torch import save_file
+
+        params = dict(layer.named_parameters())
+        if any(p.is_meta for p in params.values()):
+            return  # already on disk
+        self.folder.mkdir(parents=True, exist_ok=True)
+        save_file({n: p.detach().contiguous() for n, p in params.items()}, str(self._file(idx)))
+        for n, p in params.items():
+            _set_param(layer, n, torch.empty_like(p, device="meta"))
+
+    def fetch(self, idx: int, layer: nn.Module, device: torch.device | None = None) -> None:
+        from safetensors.torch import load_file
+
+        if not any(p.is_meta for p in layer.parameters()):
+            return  # already materialized
+        for n, t in load_file(str(self._file(idx)), device=str(device or self.device)).items():
+            _set_param(layer, n, t)
+
+    def finish(self, layers: nn.ModuleList) -> None:
+        for idx, layer in enumerate(layers):
+            self.fetch(idx, layer, torch.device("cpu"))
+
+
+def _set_param(layer: nn.Module, name: str, value: torch.Tensor) -> None:
+    """Replace parameter `name` (dotted, inside `layer`) by `value` (a parameter's data cannot change device type)."""
+    owner, _, leaf = name.rpartition(".")
+    module = layer.get_submodule(owner) if owner else layer
+    module._parameters[leaf] = nn.Parameter(value, requires_grad=False)
+
+
+_PLACEMENT: ContextVar[Placement | None] = ContextVar("ptq_bench_placement", default=None)
+
+
+def current_placement() -> Placement | None:
+    """The placement set by the innermost `use_placement`, if any."""
+    return _PLACEMENT.get()
+
+
+@contextmanager
+def use_placement(placement: Placement) -> Iterator[Placement]:
+    """Every `run_blockwise` inside the `with` (so every calibrated method's `apply`) uses `placement`."""
+    token = _PLACEMENT.set(placement)
+    try:
+        yield placement
+    finally:
+        _PLACEMENT.reset(token)
