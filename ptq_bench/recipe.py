@@ -237,7 +237,7 @@ def load_recipe(path: str | Path) -> Recipe:
 
 def source_info(recipe: Recipe, name: str) -> SourceInfo:
     """What model `name`'s `source:` is (ptq_bench/sources.py reads it without loading; re-read on every
-    call, ~0.06 s for a packaged GGUF's header, its file digests read once per process: `data.file_digest`)."""
+    call, its file digests once per process: `data.file_digest`)."""
     return inspect_source(recipe.models[name].source, f"models.{name}.source")
 
 

@@ -93,7 +93,7 @@ def quantize_model(
         if before_group is not None:
             before_group(idx, layer, group, stats)
         for name, linear in group.items():
-            w_hat, grid, loss = solve(linear, take_stat(stats, name))  # popped: a solved statistic is freed
+            w_hat, grid, loss = solve(linear, take_stat(stats, name))  # popped (a shared one copied): freed once solved
             if w_hat is not None:
                 set_weight(linear, w_hat, grid)
             attach_act_quant(linear, a_bits, a_granularity)
