@@ -13,8 +13,7 @@ import copy
 import pytest
 import torch
 from quant_fixtures import calib_tokens
-from tiny_families import tiny_config, tiny_model
-from transformers import AutoModelForCausalLM
+from tiny_families import tiny_model
 
 from ptq_bench.quant import get_method
 from ptq_bench.quant.apply import FloatBlocks
@@ -94,9 +93,7 @@ def test_smoothquant_offloaded_is_bit_identical(tmp_path):
 
 @pytest.mark.parametrize("blocks", [1, 2, 4])
 def test_capture_releases_each_block_after_it_runs(blocks, tmp_path):
-    config = tiny_config("llama")
-    config.num_hidden_layers = blocks
-    model = AutoModelForCausalLM.from_config(config).eval()
+    model = tiny_model("llama", layers=blocks)
     place = DiskPlacement(tmp_path)
     layers = decoder_layers(model)
     place.start(layers)
@@ -115,9 +112,7 @@ def test_capture_computes_block_0_only_and_restores_the_blocks(family):
     """Blocks 1 .. n-2 only pass their input on during the capture; afterwards every block is itself
     again, an instance-level forward (a wrapper's) included. `run_blockwise`'s replay of the captured calls
     is checked against the model's own forward for every family in tests/test_families.py."""
-    config = tiny_config(family)
-    config.num_hidden_layers = 4  # blocks 1 and 2 pass on
-    model = AutoModelForCausalLM.from_config(config).eval()
+    model = tiny_model(family, layers=4)  # blocks 1 and 2 pass on
     layers = decoder_layers(model)
     wrapped = layers[2].forward
     layers[2].forward = lambda *a, **k: wrapped(*a, **k)

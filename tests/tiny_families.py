@@ -45,13 +45,16 @@ def tiny_config(model_type: str, vocab_size: int = 512) -> Any:
     return getattr(transformers, cls_name)(vocab_size=vocab_size, **special, **kwargs)
 
 
-def tiny_model(model_type: str, vocab_size: int = 512, seed: int = 0) -> torch.nn.Module:
-    """A randomly initialised fp32 CausalLM of the family, in eval mode."""
+def tiny_model(model_type: str, vocab_size: int = 512, seed: int = 0, layers: int | None = None) -> torch.nn.Module:
+    """A randomly initialised fp32 CausalLM of the family, in eval mode (`layers`: decoder blocks, else 2)."""
     from transformers import AutoModelForCausalLM
 
+    config = tiny_config(model_type, vocab_size)
+    if layers is not None:
+        config.num_hidden_layers = layers
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        model = AutoModelForCausalLM.from_config(tiny_config(model_type, vocab_size))
+        model = AutoModelForCausalLM.from_config(config)
     return model.float().eval()
 
 
