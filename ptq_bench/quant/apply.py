@@ -27,10 +27,10 @@ from ptq_bench.errors import QuantError
 from ptq_bench.quant.calibrate import (
     GroupCallback,
     StatFactory,
-    block_linears,
     decoder_layers,
     model_family,
     run_blockwise,
+    walk_blocks,
 )
 from ptq_bench.quant.linears import (
     GRID_ATTR,
@@ -101,8 +101,7 @@ def quantize_model(
             losses.extend([] if loss is None else [loss])
 
     if make_stat is None:
-        for idx, layer in enumerate(decoder_layers(model)):
-            on_group(idx, layer, block_linears(layer, family), {})
+        walk_blocks(model, on_group)
     else:
         if calib is None:
             raise QuantError("this method needs calibration data, none was given")

@@ -290,3 +290,19 @@ def run_blockwise(
     finally:
         place.finish(layers)
     return len(layers)
+
+
+def walk_blocks(model: nn.Module, on_group: GroupCallback, placement: Placement | None = None) -> int:
+    """Hand every block's linears to `on_group` as one group, without calibration (round-to-nearest
+    methods), one block fetched at a time (`placement` as in `run_blockwise`); returns the number of blocks."""
+    family, layers = model_family(model), decoder_layers(model)
+    place = placement or current_placement() or Placement()
+    place.start(layers)
+    try:
+        for idx, layer in enumerate(layers):
+            place.fetch(idx, layer)
+            on_group(idx, layer, block_linears(layer, family), {})
+            place.release(idx, layer)
+    finally:
+        place.finish(layers)
+    return len(layers)

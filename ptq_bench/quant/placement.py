@@ -1,8 +1,10 @@
 """Where the decoder blocks live while the calibration runner (`calibrate.run_blockwise`) works.
 
 `DevicePlacement(device)` leaves the model on the CPU and brings one block at a time to the device;
-`DiskPlacement(folder)` also keeps the other blocks' parameters in per-block safetensors files. The
-base `Placement` keeps everything where it is. `use_placement` sets one around a method's `apply`.
+`DiskPlacement(folder)` also keeps the other blocks' parameters in per-block safetensors files (and, with
+a lazily opened checkpoint as its `source`, never needs the whole model in memory). The base `Placement`
+keeps everything where it is. `use_placement` sets one around a method's `apply`; `streamed` evaluates a
+model whose blocks live elsewhere, one block at a time.
 """
 
 from __future__ import annotations
@@ -11,10 +13,12 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn as nn
 
+from ptq_bench.errors import QuantError
 from ptq_bench.families import family_of_config
 
 
@@ -82,15 +86,17 @@ class DevicePlacement(Placement):
 class DiskPlacement(DevicePlacement):
     """Blocks' parameters live in one safetensors file per block under `folder`; a released block's
     parameters are `meta` tensors (no memory), a fetched block's are read back onto `device`. Buffers
-    stay in the module. `finish` reads every block back onto the CPU.
+    stay in the module.
 
-    Missing for models larger than host memory: loading a checkpoint straight into this state (blocks
-    never all materialized; today the model is loaded first and `start` writes its blocks out) and
-    evaluating offloaded."""
+    With `source` (a `models.lazy.CheckpointBlocks`, from `open_lazily`), a block not yet written is read
+    from the checkpoint instead: the model is never materialized whole, so it may be larger than host
+    memory. `finish` reads every block back onto the CPU, unless `keep` (then the blocks stay on disk and
+    `streamed` evaluates the model one block at a time)."""
 
-    def __init__(self, folder: str | Path, device: torch.device | str = "cpu") -> None:
+    def __init__(self, folder: str | Path, device: torch.device | str = "cpu", source: Any = None,
+                 keep: bool = False) -> None:
         super().__init__(device)
-        self.folder = Path(folder)
+        self.folder, self.source, self.keep = Path(folder), source, keep
 
     def _file(self, idx: int) -> Path:
         return self.folder / f"block_{idx}.safetensors"
@@ -103,20 +109,59 @@ class DiskPlacement(DevicePlacement):
             return  # already on disk
         self.folder.mkdir(parents=True, exist_ok=True)
         save_file({n: p.detach().contiguous() for n, p in params.items()}, str(self._file(idx)))
-        for n, p in params.items():
-            _set_param(layer, n, torch.empty_like(p, device="meta"))
+        _to_meta(layer)
+
+    def evict(self, idx: int, layer: nn.Module) -> None:
+        """Drop an unchanged fetched block: its file (or the source checkpoint) still holds it."""
+        if self._file(idx).is_file() or self.source is not None:
+            _to_meta(layer)
+        else:
+            self.release(idx, layer)
 
     def fetch(self, idx: int, layer: nn.Module, device: torch.device | None = None) -> None:
         from safetensors.torch import load_file
 
         if not any(p.is_meta for p in layer.parameters()):
             return  # already materialized
-        for n, t in load_file(str(self._file(idx)), device=str(device or self.device)).items():
+        where = device or self.device
+        if self._file(idx).is_file():
+            tensors = load_file(str(self._file(idx)), device=str(where))
+        elif self.source is not None:
+            tensors = self.source.block(idx, where)
+        else:
+            raise QuantError(f"block {idx} was never written to {self.folder} and there is no source checkpoint")
+        for n, t in tensors.items():
             _set_param(layer, n, t)
 
     def finish(self, layers: nn.ModuleList) -> None:
+        if self.keep:
+            return
         for idx, layer in enumerate(layers):
             self.fetch(idx, layer, torch.device("cpu"))
+
+
+@contextmanager
+def streamed(model: nn.Module, placement: Placement) -> Iterator[nn.Module]:
+    """The model with each decoder block fetched just before its forward and evicted (`evict`, else
+    `release`) just after: a model whose blocks are on disk evaluates holding one block at a time."""
+    blocks = model.get_submodule(family_of_config(model.config).blocks)
+    drop = getattr(placement, "evict", placement.release)
+    handles = []
+    for idx, layer in enumerate(blocks):
+        handles.append(layer.register_forward_pre_hook(lambda m, a, i=idx: placement.fetch(i, m)))
+        handles.append(layer.register_forward_hook(lambda m, a, o, i=idx: drop(i, m)))
+    placement.move_rest(model, to_device=True)
+    try:
+        yield model
+    finally:
+        for h in handles:
+            h.remove()
+        placement.move_rest(model, to_device=False)
+
+
+def _to_meta(layer: nn.Module) -> None:
+    for n, p in list(layer.named_parameters()):
+        _set_param(layer, n, torch.empty_like(p, device="meta"))
 
 
 def _set_param(layer: nn.Module, name: str, value: torch.Tensor) -> None:

@@ -1,0 +1,131 @@
+"""Models larger than host memory: a checkpoint opened lazily (`models.lazy.open_lazily`), calibrated with
+its blocks read from the checkpoint and written to disk (`DiskPlacement(source=..., keep=True)`), and
+evaluated one block at a time (`placement.streamed`).
+
+The reference is transformers' own `from_pretrained` of the same folder, quantized in memory: logits and
+perplexities must be identical, and no more than one block may be materialized at any linear call.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from quant_fixtures import calib_tokens
+from test_calib_memory import materialized, probe
+from tiny_families import FAMILY_CONFIGS, tiny_model
+
+from ptq_bench.errors import QuantError
+from ptq_bench.eval.perplexity import gptq_perplexity
+from ptq_bench.models.lazy import open_lazily
+from ptq_bench.quant import get_method
+from ptq_bench.quant.placement import DiskPlacement, streamed, use_placement
+
+IDS = torch.randint(0, 512, (2, 24), generator=torch.Generator().manual_seed(5))
+
+
+def saved(family: str, folder: Path, **save) -> Path:
+    tiny_model(family).save_pretrained(folder, **save)
+    return folder
+
+
+def reference(folder: Path) -> torch.nn.Module:
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(folder).eval()
+
+
+def folder_digest(folder: Path) -> str:
+    return hashlib.sha256(b"".join(f.read_bytes() for f in sorted(folder.iterdir()) if f.is_file())).hexdigest()
+
+
+@pytest.mark.parametrize("family", sorted(FAMILY_CONFIGS))
+def test_lazy_model_streams_the_same_logits_as_from_pretrained(family, tmp_path):
+    ckpt = saved(family, tmp_path / "ckpt")
+    model, blocks = open_lazily(ckpt)
+    assert materialized(model) == []  # nothing of the blocks was read
+    place = DiskPlacement(tmp_path / "blocks", source=blocks)
+    seen = probe(model)
+    with torch.no_grad(), streamed(model, place):
+        got = model(IDS).logits
+    assert torch.equal(got, reference(ckpt)(IDS).logits)
+    assert all(live == [i] for i, live in seen), seen[:3]
+    assert materialized(model) == [] and not (tmp_path / "blocks").exists()  # evicted, nothing written
+
+
+def test_sharded_bf16_checkpoint_keeps_its_dtype(tmp_path):
+    ckpt = tmp_path / "ckpt"
+    tiny_model("llama").to(torch.bfloat16).save_pretrained(ckpt, max_shard_size="40KB")
+    assert (ckpt / "model.safetensors.index.json").is_file()
+    model, blocks = open_lazily(ckpt)
+    with torch.no_grad(), streamed(model, DiskPlacement(tmp_path / "blocks", source=blocks)):
+        got = model(IDS).logits
+    ref = reference(ckpt)
+    assert got.dtype == torch.bfloat16 and torch.equal(got, ref(IDS).logits)
+
+
+@pytest.mark.parametrize(("family", "method", "cfg"), [
+    ("llama", "gptq", {"w_bits": 4, "group_size": 16}),
+    ("gpt2", "gptq", {"w_bits": 4, "group_size": 16, "act_order": True, "true_sequential": True}),
+    ("opt", "smoothquant", {"w_bits": 8, "a_bits": 8}),
+    ("phi3", "absmax", {"w_bits": 4, "a_bits": 8}),
+    ("qwen2", "quip", {"w_bits": 2}),
+])
+def test_offloaded_quantization_equals_in_memory(family, method, cfg, tmp_path):
+    ckpt = saved(family, tmp_path / "ckpt")
+    before = folder_digest(ckpt)
+    m = get_method(method)
+    calib = calib_tokens(4, 32) if m.needs_calibration else None
+    ref = reference(ckpt)
+    m.apply(ref, m.config_cls(**cfg), calib)
+
+    model, blocks = open_lazily(ckpt)
+    place = DiskPlacement(tmp_path / "blocks", source=blocks, keep=True)
+    seen = probe(model)
+    with use_placement(place):
+        report = m.apply(model, m.config_cls(**cfg), calib)
+    assert report.n_linears > 0 and materialized(model) == []  # kept on disk, every block written
+    assert len(list((tmp_path / "blocks").iterdir())) == len(materialized(ref))
+    with torch.no_grad(), streamed(model, place):
+        assert torch.equal(model(IDS).logits, ref(IDS).logits)
+        ppl = gptq_perplexity(model, IDS.flatten(), seqlen=12, progress=False)
+    assert ppl == gptq_perplexity(ref, IDS.flatten(), seqlen=12, progress=False)
+    assert all(live == [i] for i, live in seen), seen[:3]
+    assert folder_digest(ckpt) == before  # the source checkpoint is only read
+
+
+def test_no_safetensors_is_an_error(tmp_path):
+    ckpt = saved("llama", tmp_path / "ckpt")
+    (ckpt / "model.safetensors").unlink()
+    with pytest.raises(QuantError, match="safetensors"):
+        open_lazily(ckpt)
+
+
+def test_missing_tensor_is_named(tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    ckpt = saved("llama", tmp_path / "ckpt")
+    state = load_file(ckpt / "model.safetensors")
+    del state["model.layers.1.mlp.up_proj.weight"]
+    save_file(state, ckpt / "model.safetensors", metadata={"format": "pt"})
+    with pytest.raises(QuantError, match=r"lacks 1 .*model\.layers\.1\.mlp\.up_proj\.weight"):
+        open_lazily(ckpt)
+
+
+def test_unwritten_block_without_source_is_an_error(tmp_path):
+    ckpt = saved("llama", tmp_path / "ckpt")
+    model, _ = open_lazily(ckpt)
+    with pytest.raises(QuantError, match="never written"), torch.no_grad(), \
+            streamed(model, DiskPlacement(tmp_path / "blocks")):
+        model(IDS)
+
+
+def test_config_dtype_is_read(tmp_path):
+    ckpt = saved("llama", tmp_path / "ckpt")
+    cfg = json.loads((ckpt / "config.json").read_text())
+    assert cfg.get("dtype") == "float32"
+    model, _ = open_lazily(ckpt)
+    assert all(p.dtype == torch.float32 for p in model.parameters())
