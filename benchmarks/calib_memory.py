@@ -16,6 +16,11 @@ the kernel's VmHWM at its end (a 5 ms VmRSS sampler thread is reported beside it
 - inplace: `FloatBlocks` saves the blocks' float state to disk (one safetensors file per block), GPTQ
            runs on the model itself with `DevicePlacement("cpu")`, then `restore` gives the float model back;
 - disk:    GPTQ on the model itself with `DiskPlacement`: blocks other than the calibrated one are on disk.
+- lazy:    the model as a larger-than-memory user has it: the built model is saved as a safetensors
+           checkpoint by a separate process first; this one opens it with `models.lazy.open_lazily`
+           (block parameters never read), runs GPTQ with `DiskPlacement(source=..., keep=True)` (block i
+           read from the checkpoint, its quantized form written to disk), then scores the quantized model
+           with the GPTQ-protocol perplexity on the same random windows, `streamed` one block at a time.
 
 The ratio is peak RSS (the whole process: interpreter, torch, model, calibration state) / model bytes.
 
@@ -46,7 +51,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-PATHS = ("inplace", "main", "disk")  # the bounded path first
+PATHS = ("inplace", "main", "disk", "lazy")  # the bounded path first
 
 
 def status_kb(key: str) -> int:
@@ -97,8 +102,52 @@ def model_bytes(model) -> int:
     return sum(seen.values())
 
 
+def save_checkpoint(folder: Path, dtype: str, layers: int) -> None:
+    """Build the model and save it as a safetensors checkpoint (run in its own process)."""
+    build(dtype, layers).save_pretrained(folder)
+
+
+def run_lazy(dtype: str, layers: int, windows: int, seqlen: int, tmp: Path) -> dict:
+    import torch
+
+    from ptq_bench.eval.perplexity import gptq_perplexity
+    from ptq_bench.models.lazy import open_lazily
+    from ptq_bench.quant import get_method
+    from ptq_bench.quant.placement import DiskPlacement, streamed, use_placement
+
+    ckpt = tmp / "checkpoint"
+    t0 = time.perf_counter()
+    subprocess.run([sys.executable, __file__, "--save", str(ckpt), "--dtype", dtype, "--layers", str(layers)],
+                   check=True, env=os.environ.copy())
+    out: dict = {"path": "lazy", "dtype": dtype, "save_s": round(time.perf_counter() - t0, 1)}
+    peak = Peak()
+    model, blocks = open_lazily(ckpt)
+    out |= {"n_params": sum(p.numel() for p in model.parameters()),
+            "model_gb": sum(p.numel() * p.element_size() for p in model.parameters()) / 1e9,
+            "rss_after_build_gb": peak.done()["hwm_gb"]}
+    calib = torch.randint(0, model.config.vocab_size, (windows, seqlen), generator=torch.Generator().manual_seed(0))
+    method = get_method("gptq")
+    place = DiskPlacement(tmp / "blocks", source=blocks, keep=True)
+    phases: dict[str, dict] = {}
+    t0, peak = time.perf_counter(), Peak()
+    with use_placement(place):
+        method.apply(model, method.config_cls(w_bits=4, group_size=128), calib)
+    phases["gptq"] = {**peak.done(), "seconds": round(time.perf_counter() - t0, 1)}
+    t0, peak = time.perf_counter(), Peak()
+    with torch.no_grad(), streamed(model, place):
+        out["ppl"] = gptq_perplexity(model, calib.flatten(), seqlen, progress=False)["ppl"]
+    phases["ppl"] = {**peak.done(), "seconds": round(time.perf_counter() - t0, 1)}
+    out["phases"] = phases
+    out["ratio"] = max(p["hwm_gb"] for p in phases.values()) / out["model_gb"]
+    return out
+
+
 def run_path(path: str, dtype: str, layers: int, windows: int, seqlen: int) -> dict:
     import torch
+
+    if path == "lazy":
+        with tempfile.TemporaryDirectory(prefix="calib_memory_") as tmp:
+            return run_lazy(dtype, layers, windows, seqlen, Path(tmp))
 
     from ptq_bench.quant import get_method
     from ptq_bench.quant.apply import FloatBlocks
@@ -145,7 +194,11 @@ def main() -> None:
     ap.add_argument("--layers", type=int, default=22)
     ap.add_argument("--windows", type=int, default=2)
     ap.add_argument("--seqlen", type=int, default=64)
+    ap.add_argument("--save", type=Path, help="only build the model and save it as a checkpoint here (lazy path)")
     args = ap.parse_args()
+    if args.save is not None:
+        save_checkpoint(args.save, args.dtype, args.layers)
+        return
     if args.path != "all":
         print(json.dumps(run_path(args.path, args.dtype, args.layers, args.windows, args.seqlen)), flush=True)
         return

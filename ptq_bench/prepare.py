@@ -100,17 +100,24 @@ def from_source(name: str, source: str, load: Any, *args: Any) -> Any:
         raise PtqBenchError(f"models.{name}.source: cannot load {source} ({type(exc).__name__}: {msg})") from None
 
 
-def get_source_model(ctx: Context, name: str) -> tuple[Any, Any, str, dict]:
-    """(model on the device, its tokenizer, kind, info) of a `source:` model; kind and native bits come
-    from what the checkpoint is (sources.py), a GGUF is converted once into the cache."""
-    from ptq_bench.sources import load_source
+def get_source_model(ctx: Context, name: str) -> tuple[Any, Any, str, dict, Any]:
+    """(model, its tokenizer, kind, info, blocks) of a `source:` model; kind and native bits come from what
+    the checkpoint is (sources.py), a GGUF is converted once into the cache. With the recipe's `offload`
+    the model's decoder blocks stay on disk (`blocks`: their `CheckpointBlocks` reader, else None) and
+    the rest is on the CPU; otherwise the whole model is on the device."""
+    from ptq_bench.sources import load_source, open_source
 
     spec, info = ctx.recipe.models[name], source_info(ctx.recipe, name)
-    log(f"loading model '{name}' from {spec.source}" + (f" ({info.note})" if info.note else ""))
-    model, tok, kind = from_source(name, spec.source, lambda _s: load_source(info, ctx.device,
-                                                                                cache_dir=ctx.cache / "sources"))
-    return model, require_tokenizer(ctx.recipe, name, tok), kind, {"source": spec.source,
-                                                                   "content_hash": info.content_hash, "note": info.note}
+    how = "opening (blocks stay on disk)" if ctx.recipe.offload else "loading"
+    log(f"{how} model '{name}' from {spec.source}" + (f" ({info.note})" if info.note else ""))
+    cache = ctx.cache / "sources"
+    if ctx.recipe.offload:
+        model, blocks, tok, kind = from_source(name, spec.source, lambda _s: open_source(info, cache_dir=cache))
+    else:
+        model, tok, kind = from_source(name, spec.source, lambda _s: load_source(info, ctx.device, cache_dir=cache))
+        blocks = None
+    about = {"source": spec.source, "content_hash": info.content_hash, "note": info.note}
+    return model, require_tokenizer(ctx.recipe, name, tok), kind, about, blocks
 
 
 def require_tokenizer(recipe: Recipe, name: str, tok: Any) -> Any:

@@ -137,7 +137,7 @@ class ExecutorSpec:
 # Recipe fields that change no result (names, where files go, free text, report layout, device choice,
 # executor): left out of Recipe.digest, so editing them keeps a run folder valid.
 NOT_IN_DIGEST = ("name", "output_dir", "cache_dir", "data_dir", "description", "device", "layout", "executor",
-                 "in_place")
+                 "in_place", "offload")
 
 
 @dataclass(frozen=True)
@@ -161,6 +161,11 @@ class Recipe:
     # quantize the base model itself, its float blocks saved under the cache and restored after each cell,
     # instead of a copy: about 1x the model's memory instead of 2x, the same numbers
     in_place: bool = False
+    # keep `source:` models' decoder blocks on disk (models larger than host memory): opened from their
+    # safetensors checkpoint without reading the blocks, quantized one block at a time in place (each cell's
+    # blocks written under the cache) and evaluated streaming one block at a time; the same numbers, slower.
+    # Models trained here stay in memory.
+    offload: bool = False
 
     @property
     def out_dir(self) -> Path:
@@ -285,6 +290,30 @@ def check_recipe(recipe: Recipe) -> None:
     expand_cells(recipe)
     _check_lengths(recipe)
     check_executor(recipe)
+    check_offload(recipe)
+
+
+OFFLOADABLE = ("hf_dir", "hub", "gguf", "packaged")  # source forms with (or converted to) a safetensors folder
+
+
+def check_offload(recipe: Recipe) -> None:
+    """`offload: true` needs at least one `source:` model, each a checkpoint folder on this machine."""
+    if not recipe.offload:
+        return
+    sources = [n for n, spec in recipe.models.items() if spec.source is not None]
+    if not sources:
+        raise RecipeError("offload: true keeps source checkpoints on disk, but no model has a `source:`")
+    for name in sources:
+        info = source_info(recipe, name)
+        if info.form not in OFFLOADABLE:
+            raise RecipeError(f"models.{name}.source: offload needs a transformers checkpoint folder, "
+                              f"{info.source} is a {info.form}")
+        if info.kind != "fp16":
+            raise RecipeError(f"models.{name}.source: offload loads full-precision checkpoints only, "
+                              f"{info.source} is {info.kind}")
+        if info.form == "hub" and info.path is None:
+            raise RecipeError(f"models.{name}.source: offload reads the checkpoint from disk; "
+                              f"{info.source} is not in the local hub cache (download it first)")
 
 
 def check_executor(recipe: Recipe) -> None:

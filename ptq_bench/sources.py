@@ -294,6 +294,20 @@ def load_source(info: SourceInfo, device: str = "cpu", *, tokenizer: bool = True
     return model.to(device).eval(), tok, kind
 
 
+def open_source(info: SourceInfo, *, cache_dir: Path | None = None) -> tuple[Any, Any, Any, str]:
+    """`load_source` for a model kept on disk (recipe `offload: true`): (model whose decoder blocks are
+    `meta`, the `models.lazy.CheckpointBlocks` that reads them, tokenizer or None, kind). The model is on
+    the CPU; a GGUF is converted into the cache first, as for `load_source`."""
+    from ptq_bench.models.lazy import open_lazily
+
+    if info.form in ("gguf", "packaged") and cache_dir is not None:
+        info = _converted(info, Path(cache_dir))
+    if info.form not in ("hf_dir", "hub") or info.path is None:
+        raise RecipeError(f"source '{info.source}': offload needs a checkpoint folder on disk ({info.form})")
+    model, blocks = open_lazily(info.path)
+    return model, blocks, _load_tokenizer(info) if info.has_tokenizer else None, info.kind
+
+
 def _converted(info: SourceInfo, cache_dir: Path) -> SourceInfo:
     """The GGUF source as a plain checkpoint folder under cache_dir (written once, atomically)."""
     import shutil

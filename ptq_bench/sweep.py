@@ -203,9 +203,10 @@ def run_model(sw: Sweep, name: str) -> None:
     _save_curve(sw.out, name, base.kind, base.info)
     size = {"n_params": sum(p.numel() for p in base.model.parameters()), "weight_bytes": weight_bytes(base.model)}
     base.evaluate.set_base(base.model, sw.keys[name])
-    if sw.ctx.recipe.eval.kld and any(c.method != "none" for c in mine):
-        base.evaluate.references()  # once per set, before any cell; the base row's perplexity is read from them
-    with float_backup(sw, base.model, mine) as backup:
+    with float_backup(sw, base, mine) as backup:
+        if sw.ctx.recipe.eval.kld and any(c.method != "none" for c in mine):
+            with backup.evaluating(base.model) if backup else contextlib.nullcontext():
+                base.evaluate.references()  # once per set, before any cell; the base row's ppl is read from them
         for cell in mine:
             run_cell(sw, cell, base, size, backup)
 
@@ -214,9 +215,11 @@ def run_cell(sw: Sweep, cell: Cell, base: Base, size: dict[str, int], backup: An
     """Quantize (a copy, or the base model itself when `backup` can restore it), evaluate, append one row."""
     model, evaluate = base.model, base.evaluate
     sw.bar.set_description(f"{cell.model} {cell.label}")
-    target, quant = quantize(sw, cell, model, base.tokenizer, base.tok_key, in_place=backup is not None)
+    with backup.quantizing() if backup else contextlib.nullcontext():
+        target, quant = quantize(sw, cell, model, base.tokenizer, base.tok_key, in_place=backup is not None)
     t_eval = time.perf_counter()
-    metrics = evaluate(target, quantized=cell.method != "none", tasks=cell.tasks)
+    with backup.evaluating(target) if backup else contextlib.nullcontext():
+        metrics = evaluate(target, quantized=cell.method != "none", tasks=cell.tasks)
     row = make_row(sw, cell, base.kind, base.info, size, metrics, quant, time.perf_counter() - t_eval)
     ran_tasks = evaluate.suite is not None and cell.tasks != ()
     row.protocol["path"] = evaluate.suite.last_path if ran_tasks else None  # FastLM path taken, if any
@@ -232,40 +235,44 @@ def run_cell(sw: Sweep, cell: Cell, base: Base, size: dict[str, int], backup: An
 class Base(NamedTuple):
     """A model's unquantized form and what its cells share."""
 
-    model: Any  # on the device
+    model: Any  # on the device (with `offload`: decoder blocks on disk, the rest on the CPU)
     tokenizer: Any
     tok_key: str
     evaluate: Evaluator
     kind: str
     info: dict  # training info (curve, divergence, untrained metrics) or the source's description
+    blocks: Any = None  # with `offload`: the source checkpoint's block reader (models.lazy.CheckpointBlocks)
 
 
 def base_model(sw: Sweep, name: str) -> Base:
     """The model `name`, loaded or trained once, with its tokenizer and evaluator."""
     if sw.ctx.recipe.models[name].source is not None:
-        model, m_tok, kind, info = get_source_model(sw.ctx, name)
+        model, m_tok, kind, info, blocks = get_source_model(sw.ctx, name)
         m_tok_key = sw.keys[name]
         evaluate = evaluator(sw, m_tok, m_tok_key)
     else:
         m_tok, m_tok_key = sw.tokenizer, sw.tok_key
         evaluate = evaluator(sw, m_tok, m_tok_key)
         model, kind, info = get_model(sw.ctx, name, sw.tok_key, sw.tokenizer, sw.stream, evaluate.perplexity)
-    return Base(model, m_tok, m_tok_key, evaluate, kind, info)
+        blocks = None
+    return Base(model, m_tok, m_tok_key, evaluate, kind, info, blocks)
 
 
 @contextlib.contextmanager
-def float_backup(sw: Sweep, model: Any, cells: list[Cell]) -> Iterator[Any]:
+def float_backup(sw: Sweep, base: Base, cells: list[Cell]) -> Iterator[Any]:
     """With `in_place`: the model's float blocks saved (FloatBlocks, a private folder under the cache,
-    removed afterwards; the KLD references are built before, from the float model); else None."""
-    if not sw.ctx.recipe.in_place or all(c.method == "none" for c in cells):
+    removed afterwards); with `offload` (blocks on disk): OffloadedBlocks, whose cells write their blocks
+    under such a folder and are evaluated streaming; else None."""
+    if base.blocks is None and (not sw.ctx.recipe.in_place or all(c.method == "none" for c in cells)):
         yield None
         return
-    from ptq_bench.quant.apply import FloatBlocks
+    from ptq_bench.quant.apply import FloatBlocks, OffloadedBlocks
 
     (sw.ctx.cache / "in_place").mkdir(parents=True, exist_ok=True)
     folder = Path(tempfile.mkdtemp(prefix="float-", dir=sw.ctx.cache / "in_place"))
     try:
-        yield FloatBlocks(model, folder)
+        yield (FloatBlocks(base.model, folder) if base.blocks is None
+               else OffloadedBlocks(base.model, folder, base.blocks, sw.ctx.device))
     finally:
         shutil.rmtree(folder, ignore_errors=True)
 

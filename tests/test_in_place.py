@@ -1,5 +1,7 @@
-"""`in_place: true` quantizes the base model itself (float blocks saved and restored after each cell) and
-must write the same rows as the default copy per cell; what FloatBlocks cannot restore is an error."""
+"""`in_place: true` quantizes the base model itself (float blocks saved and restored after each cell), and
+`offload: true` keeps a source model's blocks on disk (read from the checkpoint, quantized one block at a
+time, evaluated streaming); both must write the same rows as the default copy per cell. What FloatBlocks
+cannot restore is an error, and so is `offload` where there is no checkpoint to read blocks from."""
 
 from __future__ import annotations
 
@@ -20,28 +22,40 @@ QUANTIZE = [{"method": "smoothquant", "w_bits": 8, "a_bits": 8}, {"method": "gpt
             {"method": "absmax", "w_bits": 4, "a_bits": 8}]
 
 
-def _recipe(tmp_path: Path, src: Path, in_place: bool) -> Path:
-    r = {"name": "inplace", "output_dir": str(tmp_path / f"out-{in_place}"), "cache_dir": str(tmp_path / "cache"),
+def _recipe(tmp_path: Path, src: Path, mode: str) -> Path:
+    r = {"name": "inplace", "output_dir": str(tmp_path / f"out-{mode}"), "cache_dir": str(tmp_path / "cache"),
          "models": {"m": {"source": str(src)}}, "calibration": {"n_samples": 2, "seq_len": 32},
-         "quantize": QUANTIZE, "in_place": in_place,
+         "quantize": QUANTIZE, "in_place": mode == "in_place", "offload": mode == "offload",
          "eval": {"perplexity": {"sets": ["wikitext2"], "seq_len": 32, "max_windows": 3}, "tasks": ["piqa"],
                   "limit": 4, "batch_size": 4}}
-    path = tmp_path / f"r-{in_place}.yaml"
+    path = tmp_path / f"r-{mode}.yaml"
     path.write_text(yaml.safe_dump(r))
     return path
 
 
-def test_in_place_writes_the_same_rows_as_copies(tmp_path, tokenizer_dir):  # noqa: F811
+@pytest.mark.parametrize("mode", ["in_place", "offload"])
+def test_in_place_writes_the_same_rows_as_copies(tmp_path, tokenizer_dir, mode):  # noqa: F811
     src = checkpoint(tmp_path, "llama", tokenizer_dir)
     rows = {}
-    for in_place in (False, True):
-        assert main(["run", str(_recipe(tmp_path, src, in_place))]) == 0
-        rows[in_place] = {(r.method, r.label): r for r in load_rows(tmp_path / f"out-{in_place}", strict=True)}
-    assert len(rows[True]) == 4 and rows[True].keys() == rows[False].keys()
-    for key, copy_row in rows[False].items():
-        assert rows[True][key].metrics == copy_row.metrics, key  # KLD columns included
-        assert rows[True][key].cell_id == copy_row.cell_id  # in_place changes no result: not in the digest
-    assert not any((tmp_path / "cache" / "in_place").iterdir())  # the float blocks are removed afterwards
+    for m in ("copy", mode):
+        assert main(["run", str(_recipe(tmp_path, src, m))]) == 0
+        rows[m] = {(r.method, r.label): r for r in load_rows(tmp_path / f"out-{m}", strict=True)}
+    assert len(rows[mode]) == 4 and rows[mode].keys() == rows["copy"].keys()
+    for key, copy_row in rows["copy"].items():
+        assert rows[mode][key].metrics == copy_row.metrics, key  # KLD columns included
+        assert rows[mode][key].cell_id == copy_row.cell_id  # neither changes a result: not in the digest
+        assert rows[mode][key].quant.get("n_linears") == copy_row.quant.get("n_linears"), key
+    assert not any((tmp_path / "cache" / "in_place").iterdir())  # the float / cell blocks are removed afterwards
+
+
+def test_offload_needs_a_source_checkpoint(tmp_path, capsys):
+    r = {"name": "off", "output_dir": str(tmp_path / "out"), "models": {"m": {"kind": "fp16"}}, "offload": True,
+         "eval": {"perplexity": {"seq_len": 128}}}
+    path = tmp_path / "r.yaml"
+    path.write_text(yaml.safe_dump(r))
+    assert main(["validate", str(path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "offload" in err and "source" in err, err
 
 
 def test_restore_refuses_what_it_cannot_restore():

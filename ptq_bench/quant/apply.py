@@ -14,6 +14,7 @@ QuantReport. A model in which no linear was quantized is an error, never a row.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -137,14 +138,24 @@ class FloatBlocks:
             save_file(state, str(self.folder / f"block_{idx}.safetensors"))
         self.signature = model_signature(model)
 
-    @torch.no_grad()
-    def restore(self, model: nn.Module) -> None:
+    def quantizing(self) -> Any:
+        """The context a cell's quantization runs in (here: none)."""
+        return contextlib.nullcontext()
+
+    def evaluating(self, model: nn.Module) -> Any:
+        """The context a cell's evaluation runs in (here: none)."""
+        return contextlib.nullcontext()
+
+    def _reset(self, idx: int, layer: nn.Module) -> None:
         from safetensors.torch import load_file
 
+        state = load_file(str(self.folder / f"block_{idx}.safetensors"))
+        layer.load_state_dict({k: v.clone() for k, v in state.items()}, assign=True)
+
+    @torch.no_grad()
+    def restore(self, model: nn.Module) -> None:
         for idx, layer in enumerate(decoder_layers(model)):
-            state = load_file(str(self.folder / f"block_{idx}.safetensors"))
-            layer.load_state_dict({k: v.clone() for k, v in state.items()}, assign=True)
-            del state
+            self._reset(idx, layer)
             for m in layer.modules():
                 if hasattr(m, GRID_ATTR):
                     delattr(m, GRID_ATTR)
@@ -153,6 +164,50 @@ class FloatBlocks:
         if model_signature(model) != self.signature:
             raise QuantError("in-place quantization changed the model beyond what FloatBlocks restores (module "
                              "classes, hooks or tensors outside the decoder blocks); use a copy (in_place: false)")
+
+
+class OffloadedBlocks(FloatBlocks):
+    """`FloatBlocks` for a model opened with `models.lazy.open_lazily` (recipe `offload: true`): the float
+    blocks are the source checkpoint's, nothing is saved. `quantizing()` sets a `DiskPlacement` that reads
+    each block from the checkpoint and writes its quantized form under a fresh folder of `folder`;
+    `evaluating(model)` streams the blocks of the latest quantization (or the checkpoint's); `restore`
+    drops the quantized blocks (back to `meta`) and their folder."""
+
+    def __init__(self, model: nn.Module, folder: str | Path, source: Any, device: Any = "cpu") -> None:
+        self.folder, self.source, self.device = Path(folder), source, device
+        self.signature = model_signature(model)
+        self.placement = self._fresh()
+
+    def _fresh(self) -> Any:
+        import tempfile
+
+        from ptq_bench.quant.placement import DiskPlacement
+
+        self.folder.mkdir(parents=True, exist_ok=True)
+        cell = Path(tempfile.mkdtemp(prefix="blocks-", dir=self.folder))
+        return DiskPlacement(cell, self.device, source=self.source, keep=True)
+
+    def quantizing(self) -> Any:
+        from ptq_bench.quant.placement import use_placement
+
+        return use_placement(self.placement)
+
+    def evaluating(self, model: nn.Module) -> Any:
+        from ptq_bench.quant.placement import streamed
+
+        return streamed(model, self.placement)
+
+    def _reset(self, idx: int, layer: nn.Module) -> None:
+        from ptq_bench.quant.placement import to_meta
+
+        to_meta(layer)
+
+    def restore(self, model: nn.Module) -> None:
+        import shutil
+
+        super().restore(model)
+        shutil.rmtree(self.placement.folder, ignore_errors=True)
+        self.placement = self._fresh()
 
 
 def model_signature(model: nn.Module) -> str:

@@ -109,12 +109,12 @@ class DiskPlacement(DevicePlacement):
             return  # already on disk
         self.folder.mkdir(parents=True, exist_ok=True)
         save_file({n: p.detach().contiguous() for n, p in params.items()}, str(self._file(idx)))
-        _to_meta(layer)
+        to_meta(layer)
 
     def evict(self, idx: int, layer: nn.Module) -> None:
         """Drop an unchanged fetched block: its file (or the source checkpoint) still holds it."""
         if self._file(idx).is_file() or self.source is not None:
-            _to_meta(layer)
+            to_meta(layer)
         else:
             self.release(idx, layer)
 
@@ -159,7 +159,7 @@ def streamed(model: nn.Module, placement: Placement) -> Iterator[nn.Module]:
         placement.move_rest(model, to_device=False)
 
 
-def _to_meta(layer: nn.Module) -> None:
+def to_meta(layer: nn.Module) -> None:
     for n, p in list(layer.named_parameters()):
         _set_param(layer, n, torch.empty_like(p, device="meta"))
 
