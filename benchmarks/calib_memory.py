@@ -33,6 +33,10 @@ Measured on the 2-core CPU box (fp32, 4.40 GB of weights):
   inplace 5.26 GB (1.20x; backup 5.06, restore 5.23; GPTQ 319 s), disk 4.80 GB (1.09x, again the built
   model; GPTQ 371 s). Before that change the same inplace run peaked at 5.765 GB (1.31x): the down
   projection's solve held five 5632 x 5632 fp32 matrices (statistic, clone, L, L^-1 L^-T, U).
+- 2026-12-03, `--path lazy` (checkpoint saved in 67.6 s by the child process): RSS after `open_lazily`
+  0.40 GB; GPTQ peak 1.20 GB (0.27x; 382.6 s), streamed perplexity of the quantized model on the two
+  calibration windows 0.97 GB (0.22x; 8.3 s). The model is never whole in memory: what remains is one
+  block, the embeddings and head (0.26 GB each), the largest Hessian and its factor, and the process.
 """
 
 from __future__ import annotations

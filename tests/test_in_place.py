@@ -45,6 +45,7 @@ def test_in_place_writes_the_same_rows_as_copies(tmp_path, tokenizer_dir, mode):
         assert rows[mode][key].metrics == copy_row.metrics, key  # KLD columns included
         assert rows[mode][key].cell_id == copy_row.cell_id  # neither changes a result: not in the digest
         assert rows[mode][key].quant.get("n_linears") == copy_row.quant.get("n_linears"), key
+        assert rows[mode][key].protocol == copy_row.protocol, key  # the same FastLM path
     assert not any((tmp_path / "cache" / "in_place").iterdir())  # the float / cell blocks are removed afterwards
 
 

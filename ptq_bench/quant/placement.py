@@ -148,8 +148,8 @@ def streamed(model: nn.Module, placement: Placement) -> Iterator[nn.Module]:
     drop = getattr(placement, "evict", placement.release)
     handles = []
     for idx, layer in enumerate(blocks):
-        handles.append(layer.register_forward_pre_hook(lambda m, a, i=idx: placement.fetch(i, m)))
-        handles.append(layer.register_forward_hook(lambda m, a, o, i=idx: drop(i, m)))
+        handles.append(layer.register_forward_pre_hook(_BlockHook(lambda m, i=idx: placement.fetch(i, m))))
+        handles.append(layer.register_forward_hook(_BlockHook(lambda m, i=idx: drop(i, m))))
     placement.move_rest(model, to_device=True)
     try:
         yield model
@@ -157,6 +157,19 @@ def streamed(model: nn.Module, placement: Placement) -> Iterator[nn.Module]:
         for h in handles:
             h.remove()
         placement.move_rest(model, to_device=False)
+
+
+class _BlockHook:
+    """A `streamed` hook: moves a block's parameters, changes no value. It declares itself token-local
+    (`eval.model_traits`), so FastLM takes the same path as for the model in memory."""
+
+    token_local = True
+
+    def __init__(self, act: Any) -> None:
+        self.act = act
+
+    def __call__(self, module: nn.Module, *args: Any) -> None:
+        self.act(module)
 
 
 def to_meta(layer: nn.Module) -> None:
