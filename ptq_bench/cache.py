@@ -111,3 +111,30 @@ def ensure(path: Path, build: Callable[[Path], None], what: str) -> Path:
         if path.is_file():
             _write_atomic(sidecar(path), file_sha256(path) + "\n")
     return path
+
+
+def scratch_folder(parent: Path, prefix: str) -> Path:
+    """A new private folder `<parent>/<prefix><host>-<pid>-<random>` for one run's bulky temporary files
+    (float blocks, offloaded cells' blocks: up to the model's size each). Folders that an earlier run on
+    this host left behind (killed before its clean-up) are removed first: their process is gone. Folders
+    of other hosts (a cache shared over a cluster) are left alone."""
+    import socket
+    import tempfile
+
+    parent.mkdir(parents=True, exist_ok=True)
+    host = socket.gethostname().replace("-", "_")
+    for old in parent.glob(f"{prefix}{host}-*"):
+        pid = old.name[len(prefix) + len(host) + 1:].split("-")[0]
+        if pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(old, ignore_errors=True)
+    return Path(tempfile.mkdtemp(prefix=f"{prefix}{host}-{os.getpid()}-", dir=parent))
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's process
+    return True

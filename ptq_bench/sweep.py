@@ -15,7 +15,6 @@ import json
 import logging
 import math
 import shutil
-import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -24,7 +23,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from ptq_bench.cache import first_difference, folder_digests
+from ptq_bench.cache import first_difference, folder_digests, scratch_folder
 from ptq_bench.console import log
 from ptq_bench.data import (
     PPL_FILES,
@@ -268,8 +267,7 @@ def float_backup(sw: Sweep, base: Base, cells: list[Cell]) -> Iterator[Any]:
         return
     from ptq_bench.quant.apply import FloatBlocks, OffloadedBlocks
 
-    (sw.ctx.cache / "in_place").mkdir(parents=True, exist_ok=True)
-    folder = Path(tempfile.mkdtemp(prefix="float-", dir=sw.ctx.cache / "in_place"))
+    folder = scratch_folder(sw.ctx.cache / "in_place", "float-")  # a killed run's folder goes on the next run
     try:
         yield (FloatBlocks(base.model, folder) if base.blocks is None
                else OffloadedBlocks(base.model, folder, base.blocks, sw.ctx.device))

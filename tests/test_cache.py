@@ -134,3 +134,23 @@ def test_damaged_source_checkpoint_is_one_line(ref, tmp_path):
     broken = cli("run", str(recipe))
     assert broken.returncode == 2 and "\n" not in broken.stderr.strip(), broken.stderr[-2000:]  # no traceback
     assert f"models.ext.source: cannot load {src}" in broken.stderr
+
+
+def test_scratch_folder_removes_what_a_dead_run_of_this_host_left(tmp_path):
+    import os
+    import socket
+    import subprocess
+
+    from ptq_bench.cache import scratch_folder
+
+    host = socket.gethostname().replace("-", "_")
+    dead = subprocess.Popen(["true"])
+    dead.wait()  # its pid is no longer alive (pids are not reused this fast)
+    left = tmp_path / f"float-{host}-{dead.pid}-abc"
+    mine = tmp_path / f"float-{host}-{os.getpid()}-def"
+    other = tmp_path / f"float-otherhost-{dead.pid}-ghi"
+    for d in (left, mine, other):
+        (d / "blocks").mkdir(parents=True)
+    new = scratch_folder(tmp_path, "float-")
+    assert new.is_dir() and new.name.startswith(f"float-{host}-{os.getpid()}-")
+    assert not left.exists() and mine.exists() and other.exists()
