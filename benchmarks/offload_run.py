@@ -1,0 +1,107 @@
+"""`ptq-bench run` on a ~1.1B-parameter checkpoint with `offload: true` against `in_place: true`: peak
+resident memory of the whole run (loading, KLD references, GPTQ, evaluation, report) against the model's
+bytes, wall time, and whether the two runs wrote the same rows.
+
+    PTQ_BENCH_DATA=/work/shared/data OMP_NUM_THREADS=2 .venv/bin/python benchmarks/offload_run.py [--workdir DIR]
+
+The checkpoint is TinyLlama's shape, randomly initialised (`calib_memory.build`, fp32, 4.40 GB), saved with
+transformers' `save_pretrained` next to a small BPE tokenizer trained on the data folder's corpus (its 384
+ids are a subset of the model's 32000). The recipe: one GPTQ W4 g128 cell (2 x 64 calibration tokens) and
+the base row, WikiText-2 GPTQ-protocol perplexity and KLD on the first 2 windows of 128 tokens, no zero-shot
+tasks (a random model is at chance; what is measured here is memory). Each run is its own process; its
+peak RSS is the kernel's `ru_maxrss` for that child (`os.wait4`). The checkpoint is built by another child
+first: a child's `ru_maxrss` counts the parent's pages it was forked with, so this parent stays small.
+With `--workdir`, a checkpoint already there is reused; the runs' cache and outputs are always fresh.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+MODES = ("offload", "in_place")
+
+
+def make_checkpoint(folder: Path, data_dir: Path) -> None:
+    """The random 1.1B Llama and a small tokenizer in `folder`."""
+    from calib_memory import build
+
+    from ptq_bench.data import train_documents
+    from ptq_bench.tokenizer import save_tokenizer, train_tokenizer
+
+    build("float32", 22).save_pretrained(folder)
+    save_tokenizer(train_tokenizer(train_documents(data_dir), 384, 300_000), folder)
+
+
+def recipe(work: Path, ckpt: Path, mode: str) -> Path:
+    r = {"name": f"offload_{mode}", "output_dir": str(work / f"out-{mode}"), "cache_dir": str(work / "cache"),
+         "models": {"big": {"source": str(ckpt)}}, "calibration": {"n_samples": 2, "seq_len": 64},
+         "quantize": [{"method": "gptq", "w_bits": 4, "group_size": 128}], mode: True,
+         "eval": {"perplexity": {"sets": ["wikitext2"], "seq_len": 128, "max_windows": 2}, "tasks": [],
+                  "batch_size": 2}}
+    path = work / f"{mode}.yaml"
+    path.write_text(yaml.safe_dump(r))
+    return path
+
+
+def run(path: Path) -> tuple[float, float, int]:
+    """(wall seconds, peak RSS in GB, exit status) of `ptq-bench run path` in its own process."""
+    t0 = time.perf_counter()
+    proc = subprocess.Popen([sys.executable, "-m", "ptq_bench.cli", "run", str(path)], env=os.environ.copy())
+    _, status, usage = os.wait4(proc.pid, 0)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    return time.perf_counter() - t0, usage.ru_maxrss * 1024 / 1e9, proc.returncode
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--workdir", type=Path, help="keep the checkpoint and runs here (default: a temporary folder)")
+    ap.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES))
+    ap.add_argument("--make-checkpoint", type=Path, help=argparse.SUPPRESS)  # the child that builds it
+    args = ap.parse_args()
+    data_dir = Path(os.environ.get("PTQ_BENCH_DATA", ROOT.parent / "shared" / "data"))
+    if args.make_checkpoint is not None:
+        make_checkpoint(args.make_checkpoint, data_dir)
+        return
+    with tempfile.TemporaryDirectory(prefix="offload_run_") as tmp:
+        work = args.workdir or Path(tmp)
+        ckpt = work / "checkpoint"
+        t0 = time.perf_counter()
+        if not (ckpt / "config.json").is_file():
+            subprocess.run([sys.executable, __file__, "--make-checkpoint", str(ckpt)], check=True)
+        size = (ckpt / "model.safetensors").stat().st_size  # the weights plus a small header
+        print(f"checkpoint: {size / 1e9:.2f} GB, ready in {time.perf_counter() - t0:.0f} s", flush=True)
+        for old in [work / "cache", *(work / f"out-{m}" for m in MODES)]:
+            shutil.rmtree(old, ignore_errors=True)
+        results = {mode: run(recipe(work, ckpt, mode)) for mode in args.modes}
+        rows = {mode: _rows(work / f"out-{mode}") for mode in args.modes}
+    print(f"\n{'mode':<10} {'wall s':>7} {'peak GB':>8} {'x model':>8} {'exit':>5}")
+    for mode, (wall, peak, rc) in results.items():
+        print(f"{mode:<10} {wall:>7.0f} {peak:>8.2f} {peak / (size / 1e9):>8.2f} {rc:>5}")
+    if len(rows) == 2:
+        a, b = rows.values()
+        print(f"rows equal (metrics, cell ids): {a == b} ({len(a)} rows)")
+        for label, metrics in a.items():
+            print(f"  {label}: {metrics}")
+
+
+def _rows(out: Path) -> dict[str, tuple]:
+    from ptq_bench.results import load_rows
+
+    return {r.label: (r.cell_id, r.metrics) for r in load_rows(out, strict=True)} if out.exists() else {}
+
+
+if __name__ == "__main__":
+    main()
