@@ -308,12 +308,12 @@ def check_offload(recipe: Recipe) -> None:
         if info.form not in OFFLOADABLE:
             raise RecipeError(f"models.{name}.source: offload needs a transformers checkpoint folder, "
                               f"{info.source} is a {info.form}")
-        if info.kind != "fp16":
-            raise RecipeError(f"models.{name}.source: offload loads full-precision checkpoints only, "
-                              f"{info.source} is {info.kind}")
         if info.form == "hub" and info.path is None:
             raise RecipeError(f"models.{name}.source: offload reads the checkpoint from disk; "
                               f"{info.source} is not in the local hub cache (download it first)")
+        if info.kind != "fp16":
+            raise RecipeError(f"models.{name}.source: offload loads full-precision checkpoints only, "
+                              f"{info.source} is {info.kind}")
 
 
 def check_executor(recipe: Recipe) -> None:

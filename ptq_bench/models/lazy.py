@@ -151,18 +151,22 @@ def _fill_outside_blocks(model: nn.Module, blocks: CheckpointBlocks) -> None:
     """Every parameter outside the blocks and every persistent buffer, read (tied names share one Parameter)."""
     prefix = blocks.blocks + "."
     tied = _tied_names(model)
-    params = [n for n, _ in model.named_parameters(remove_duplicate=False) if not n.startswith(prefix)]
-    buffers = [n for n in model.state_dict() if n not in dict(model.named_parameters(remove_duplicate=False))]
-    wanted = [n for n in params if n in blocks.files] + [n for n in buffers if n in blocks.files]
+    params = {n for n, _ in model.named_parameters(remove_duplicate=False)}
+    wanted = [n for n in blocks.files if n not in params or not n.startswith(prefix)]  # buffers anywhere
     for name, t in blocks.read(wanted).items():
-        owner, _, leaf = name.rpartition(".")
-        module = model.get_submodule(owner)
-        if leaf in module._parameters:
+        if name in params:
             p = nn.Parameter(t, requires_grad=False)
             for n in [name, *tied.get(name, [])]:
-                o, _, lf = n.rpartition(".")
-                model.get_submodule(o)._parameters[lf] = p
+                module, leaf = _owner(model, n)
+                module._parameters[leaf] = p
         else:
+            module, leaf = _owner(model, name)
             module._buffers[leaf] = t
     if left := [n for n, p in model.named_parameters() if p.is_meta and not n.startswith(prefix)]:
         raise QuantError(f"offloaded loading left {left[0]} unread")
+
+
+def _owner(model: nn.Module, name: str) -> tuple[nn.Module, str]:
+    """(the module holding tensor `name`, its attribute name)."""
+    owner, _, leaf = name.rpartition(".")
+    return model.get_submodule(owner), leaf

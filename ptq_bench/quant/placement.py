@@ -43,6 +43,10 @@ class Placement:
     def release(self, idx: int, layer: nn.Module) -> None:
         return None
 
+    def evict(self, idx: int, layer: nn.Module) -> None:
+        """Send home a block fetched only to be read (`streamed`): here the same as `release`."""
+        self.release(idx, layer)
+
     def start(self, layers: nn.ModuleList) -> None:
         for idx, layer in enumerate(layers):
             self.release(idx, layer)
@@ -142,14 +146,13 @@ class DiskPlacement(DevicePlacement):
 
 @contextmanager
 def streamed(model: nn.Module, placement: Placement) -> Iterator[nn.Module]:
-    """The model with each decoder block fetched just before its forward and evicted (`evict`, else
-    `release`) just after: a model whose blocks are on disk evaluates holding one block at a time."""
+    """The model with each decoder block fetched just before its forward and evicted just after: a model
+    whose blocks are on disk evaluates holding one block at a time."""
     blocks = model.get_submodule(family_of_config(model.config).blocks)
-    drop = getattr(placement, "evict", placement.release)
     handles = []
     for idx, layer in enumerate(blocks):
         handles.append(layer.register_forward_pre_hook(_BlockHook(lambda m, i=idx: placement.fetch(i, m))))
-        handles.append(layer.register_forward_hook(_BlockHook(lambda m, i=idx: drop(i, m))))
+        handles.append(layer.register_forward_hook(_BlockHook(lambda m, i=idx: placement.evict(i, m))))
     placement.move_rest(model, to_device=True)
     try:
         yield model
@@ -173,6 +176,7 @@ class _BlockHook:
 
 
 def to_meta(layer: nn.Module) -> None:
+    """Every parameter of `layer` replaced by a `meta` tensor of its shape and dtype (its memory freed)."""
     for n, p in list(layer.named_parameters()):
         _set_param(layer, n, torch.empty_like(p, device="meta"))
 
