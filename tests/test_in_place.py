@@ -78,3 +78,28 @@ def test_restore_refuses_what_it_cannot_restore():
             model.model.norm.weight.add_(1.0)  # outside the blocks: not restorable
         with pytest.raises(QuantError, match="beyond what FloatBlocks restores"):
             backup.restore(model)
+
+
+@pytest.mark.parametrize(("family", "method", "cfg"), [
+    ("llama", "gptq", {"w_bits": 4, "group_size": 16}), ("gpt2", "smoothquant", {"w_bits": 8, "a_bits": 8}),
+    ("opt", "absmax", {"w_bits": 4}), ("llama", "quip", {"w_bits": 2}),
+])
+def test_quantization_never_writes_into_the_loaded_storage(tmp_path, family, method, cfg):
+    """`from_pretrained` leaves weights as views of the memory-mapped checkpoint; a write there makes
+    private copies of the mapped pages that outlive the tensor, so in-place quantization must give each
+    weight, norm and bias new memory instead (quant.linears.replace_weight)."""
+    from quant_fixtures import calib_tokens
+    from tiny_families import tiny_model
+    from transformers import AutoModelForCausalLM
+
+    from ptq_bench.quant import get_method
+
+    tiny_model(family).save_pretrained(tmp_path / "ckpt")
+    model = AutoModelForCausalLM.from_pretrained(tmp_path / "ckpt").eval()
+    old = {n: (p.data, p.detach().clone()) for n, p in model.named_parameters()}  # the loaded storage, its values
+    m = get_method(method)
+    m.apply(model, m.config_cls(**cfg), calib_tokens(4, 32) if m.needs_calibration else None)
+    changed = [n for n, p in model.named_parameters() if not torch.equal(p, old[n][1])]
+    assert changed, "nothing was quantized"
+    written = [n for n, (storage, values) in old.items() if not torch.equal(storage, values)]
+    assert not written, f"written in place: {written[:3]}"

@@ -43,9 +43,18 @@ def weight_matrix(module: nn.Module) -> Tensor:
 
 
 @torch.no_grad()
+def replace_weight(linear: nn.Module, w: Tensor) -> None:
+    """Give the linear the (out, in) weight `w` (dtype preserved) in new memory. The old storage is never
+    written: it may be a view of a memory-mapped checkpoint (`from_pretrained`), where writes make private
+    copies of the mapped pages that live as long as the mapping does."""
+    w = w.to(linear.weight.dtype)
+    linear.weight.data = (w.T if is_conv1d(linear) else w).contiguous()
+
+
+@torch.no_grad()
 def set_weight(linear: nn.Module, w_hat: Tensor, grid: Grid | None) -> None:
     """Replace a linear's weight by w_hat (out, in), dtype preserved, and record the grid it lies on."""
-    weight_matrix(linear).copy_(w_hat.to(linear.weight.dtype))
+    replace_weight(linear, w_hat)
     setattr(linear, GRID_ATTR, grid)
 
 
@@ -94,4 +103,4 @@ def refuse_low_bit(model: nn.Module) -> None:
 
 
 __all__ = ["ActQuant", "GRID_ATTR", "attach_act_quant", "is_conv1d", "is_linear", "refuse_low_bit",
-           "set_weight", "weight_matrix"]
+           "replace_weight", "set_weight", "weight_matrix"]

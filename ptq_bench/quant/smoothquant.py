@@ -31,7 +31,7 @@ from ptq_bench.families import Smooth
 from ptq_bench.quant.apply import quantize_model, rtn_solver
 from ptq_bench.quant.calibrate import model_family
 from ptq_bench.quant.configs import SmoothQuantConfig
-from ptq_bench.quant.linears import weight_matrix
+from ptq_bench.quant.linears import replace_weight, weight_matrix
 from ptq_bench.quant.registry import QuantReport, register
 from ptq_bench.quant.statistics import ChannelAbsMax, stat_inputs
 
@@ -49,10 +49,10 @@ def fold_into_norm(norm: nn.Module, s: torch.Tensor, kind: str = "gain") -> None
     if kind == "one_plus_gain":  # (1 + w') = (1 + w) / s; kept in fp32: Gemma norms compute in fp32
         norm.weight.data = ((1 + w.float()) / s - 1).to(torch.promote_types(w.dtype, torch.float32))
         return
-    w.div_(s.to(w.dtype))  # "gain" and "layernorm": y = w * n(x) (+ b), both terms / s
+    norm.weight.data = w / s.to(w.dtype)  # "gain" and "layernorm": y = w * n(x) (+ b), both terms / s
     bias = getattr(norm, "bias", None)
-    if bias is not None:
-        bias.div_(s.to(bias.dtype))
+    if bias is not None:  # new tensors, never written in place (`linears.replace_weight` says why)
+        bias.data = bias / s.to(bias.dtype)
 
 
 @torch.no_grad()
@@ -67,7 +67,7 @@ def smooth(norm: nn.Module, linears: list[nn.Module], act_amax: torch.Tensor, al
     fold_into_norm(norm, s, kind)
     for m in linears:
         w = weight_matrix(m)  # (out, in) view: a Conv1D's rows are scaled through it
-        w.mul_(s.to(w.dtype).view(1, -1))
+        replace_weight(m, w * s.to(w.dtype).view(1, -1))
     return s
 
 
