@@ -17,11 +17,13 @@ With `--workdir`, a checkpoint already there is reused; the runs' cache and outp
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -56,13 +58,32 @@ def recipe(work: Path, ckpt: Path, mode: str) -> Path:
     return path
 
 
-def run(path: Path) -> tuple[float, float, int]:
-    """(wall seconds, peak RSS in GB, exit status) of `ptq-bench run path` in its own process."""
+def run(path: Path) -> tuple[float, float, float, int]:
+    """(wall seconds, peak RSS in GB, peak anonymous RSS in GB, exit status) of `ptq-bench run path` in its
+    own process. RSS counts clean pages of a mapped checkpoint, which the kernel can drop and re-read;
+    anonymous memory (sampled from /proc every 0.2 s; nan where there is no /proc) cannot be dropped."""
     t0 = time.perf_counter()
     proc = subprocess.Popen([sys.executable, "-m", "ptq_bench.cli", "run", str(path)], env=os.environ.copy())
+    anon = [float("nan")]
+    sampler = threading.Thread(target=_sample_anon, args=(proc.pid, anon), daemon=True)
+    sampler.start()
     _, status, usage = os.wait4(proc.pid, 0)
     proc.returncode = os.waitstatus_to_exitcode(status)
-    return time.perf_counter() - t0, usage.ru_maxrss * 1024 / 1e9, proc.returncode
+    sampler.join()
+    return time.perf_counter() - t0, usage.ru_maxrss * 1024 / 1e9, anon[0], proc.returncode
+
+
+def _sample_anon(pid: int, peak: list[float]) -> None:
+    """Keep the largest RssAnon of process `pid` (GB) in peak[0] until the process is gone."""
+    status = Path(f"/proc/{pid}/status")
+    while True:
+        try:
+            fields = dict(line.split(":", 1) for line in status.read_text().splitlines() if ":" in line)
+            kb = int(fields["RssAnon"].split()[0])
+        except (OSError, KeyError, ValueError):
+            return  # exited (or a zombie without the field), or no /proc
+        peak[0] = max(kb * 1024 / 1e9, 0.0 if math.isnan(peak[0]) else peak[0])
+        time.sleep(0.2)
 
 
 def main() -> None:
@@ -87,9 +108,10 @@ def main() -> None:
             shutil.rmtree(old, ignore_errors=True)
         results = {mode: run(recipe(work, ckpt, mode)) for mode in args.modes}
         rows = {mode: _rows(work / f"out-{mode}") for mode in args.modes}
-    print(f"\n{'mode':<10} {'wall s':>7} {'peak GB':>8} {'x model':>8} {'exit':>5}")
-    for mode, (wall, peak, rc) in results.items():
-        print(f"{mode:<10} {wall:>7.0f} {peak:>8.2f} {peak / (size / 1e9):>8.2f} {rc:>5}")
+    print(f"\n{'mode':<10} {'wall s':>7} {'peak GB':>8} {'x model':>8} {'anon GB':>8} {'x model':>8} {'exit':>5}")
+    for mode, (wall, peak, anon, rc) in results.items():
+        gb = size / 1e9
+        print(f"{mode:<10} {wall:>7.0f} {peak:>8.2f} {peak / gb:>8.2f} {anon:>8.2f} {anon / gb:>8.2f} {rc:>5}")
     if len(rows) == 2:
         a, b = rows.values()
         print(f"rows equal (metrics, cell ids): {a == b} ({len(a)} rows)")

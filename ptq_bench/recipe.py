@@ -159,7 +159,8 @@ class Recipe:
     layout: str | None = bound(None, choices=LAYOUT_NAMES)  # paper layout of the report (None = generic only)
     executor: ExecutorSpec = field(default_factory=ExecutorSpec)
     # quantize the base model itself, its float blocks saved under the cache and restored after each cell,
-    # instead of a copy: about 1x the model's memory instead of 2x, the same numbers
+    # instead of a copy: about 1x the model's memory instead of 2x, the same numbers (for a checkpoint that
+    # from_pretrained maps, 1x in anonymous memory; the mapping's clean pages still count in RSS)
     in_place: bool = False
     # keep `source:` models' decoder blocks on disk (models larger than host memory): opened from their
     # safetensors checkpoint without reading the blocks, quantized one block at a time in place (each cell's
