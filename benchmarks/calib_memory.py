@@ -58,8 +58,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 PATHS = ("inplace", "main", "disk", "lazy")  # the bounded path first
 
 
-def status_kb(key: str) -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
+def status_kb(key: str, pid: int | str = "self") -> int:
+    """A field of /proc/<pid>/status in kB (KeyError if it has none, OSError once the process is gone)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith(key + ":"):
             return int(line.split()[1])
     raise KeyError(key)

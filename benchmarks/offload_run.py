@@ -17,7 +17,6 @@ With `--workdir`, a checkpoint already there is reused; the runs' cache and outp
 from __future__ import annotations
 
 import argparse
-import math
 import os
 import shutil
 import subprocess
@@ -64,25 +63,25 @@ def run(path: Path) -> tuple[float, float, float, int]:
     anonymous memory (sampled from /proc every 0.2 s; nan where there is no /proc) cannot be dropped."""
     t0 = time.perf_counter()
     proc = subprocess.Popen([sys.executable, "-m", "ptq_bench.cli", "run", str(path)], env=os.environ.copy())
-    anon = [float("nan")]
-    sampler = threading.Thread(target=_sample_anon, args=(proc.pid, anon), daemon=True)
+    anon_kb: list[int] = []
+    sampler = threading.Thread(target=_sample_anon, args=(proc.pid, anon_kb), daemon=True)
     sampler.start()
     _, status, usage = os.wait4(proc.pid, 0)
-    proc.returncode = os.waitstatus_to_exitcode(status)
+    proc.returncode = os.waitstatus_to_exitcode(status)  # reaped here: Popen must not think it still runs
     sampler.join()
-    return time.perf_counter() - t0, usage.ru_maxrss * 1024 / 1e9, anon[0], proc.returncode
+    anon = max(anon_kb, default=float("nan")) * 1024 / 1e9
+    return time.perf_counter() - t0, usage.ru_maxrss * 1024 / 1e9, anon, proc.returncode
 
 
-def _sample_anon(pid: int, peak: list[float]) -> None:
-    """Keep the largest RssAnon of process `pid` (GB) in peak[0] until the process is gone."""
-    status = Path(f"/proc/{pid}/status")
+def _sample_anon(pid: int, samples: list[int]) -> None:
+    """Append process `pid`'s RssAnon (kB) to `samples` every 0.2 s until it is gone (or has no /proc)."""
+    from calib_memory import status_kb
+
     while True:
         try:
-            fields = dict(line.split(":", 1) for line in status.read_text().splitlines() if ":" in line)
-            kb = int(fields["RssAnon"].split()[0])
-        except (OSError, KeyError, ValueError):
-            return  # exited (or a zombie without the field), or no /proc
-        peak[0] = max(kb * 1024 / 1e9, 0.0 if math.isnan(peak[0]) else peak[0])
+            samples.append(status_kb("RssAnon", pid))
+        except (OSError, KeyError):  # exited (a zombie has no RssAnon), or no /proc
+            return
         time.sleep(0.2)
 
 
@@ -109,8 +108,8 @@ def main() -> None:
         results = {mode: run(recipe(work, ckpt, mode)) for mode in args.modes}
         rows = {mode: _rows(work / f"out-{mode}") for mode in args.modes}
     print(f"\n{'mode':<10} {'wall s':>7} {'peak GB':>8} {'x model':>8} {'anon GB':>8} {'x model':>8} {'exit':>5}")
+    gb = size / 1e9
     for mode, (wall, peak, anon, rc) in results.items():
-        gb = size / 1e9
         print(f"{mode:<10} {wall:>7.0f} {peak:>8.2f} {peak / gb:>8.2f} {anon:>8.2f} {anon / gb:>8.2f} {rc:>5}")
     if len(rows) == 2:
         a, b = rows.values()
