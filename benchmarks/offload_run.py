@@ -67,10 +67,11 @@ def run(path: Path) -> tuple[float, float, float, int]:
     sampler = threading.Thread(target=_sample_anon, args=(proc.pid, anon_kb), daemon=True)
     sampler.start()
     _, status, usage = os.wait4(proc.pid, 0)
+    wall = time.perf_counter() - t0  # before the join: the sampler may still be in its 0.2 s sleep
     proc.returncode = os.waitstatus_to_exitcode(status)  # reaped here: Popen must not think it still runs
     sampler.join()
     anon = max(anon_kb, default=float("nan")) * 1024 / 1e9
-    return time.perf_counter() - t0, usage.ru_maxrss * 1024 / 1e9, anon, proc.returncode
+    return wall, usage.ru_maxrss * 1024 / 1e9, anon, proc.returncode
 
 
 def _sample_anon(pid: int, samples: list[int]) -> None:
