@@ -69,16 +69,30 @@ class Family:
         return tuple(name for group in self.groups for name in group)
 
 
+QKV = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj")
+
+
 def _llama_like(blocks: str = "model.layers", mlp_norm: str = "post_attention_layernorm", kind: str = "gain",
-                low_bit: bool = False) -> Family:
-    """The Llama block: q/k/v, o, gate/up, down; RMSNorm before attention and before the MLP."""
-    qkv = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj")
-    gate_up = ("mlp.gate_proj", "mlp.up_proj")
+                mlp_in: tuple[str, ...] = ("mlp.gate_proj", "mlp.up_proj"), mlp_out: str = "mlp.down_proj",
+                low_bit: bool = False, requires: tuple[tuple[str, Any], ...] = ()) -> Family:
+    """The Llama block: q/k/v, o, the MLP's input linears (gate/up), its output (down); a norm before
+    attention and another before the MLP."""
     return Family(
         blocks=blocks,
-        groups=(qkv, ("self_attn.o_proj",), gate_up, ("mlp.down_proj",)),
-        smooth=(Smooth("input_layernorm", qkv, kind), Smooth(mlp_norm, gate_up, kind)),
+        groups=(QKV, ("self_attn.o_proj",), mlp_in, (mlp_out,)),
+        smooth=(Smooth("input_layernorm", QKV, kind), Smooth(mlp_norm, mlp_in, kind)),
         low_bit=low_bit,
+        requires=requires,
+    )
+
+
+def _parallel(blocks: str, norm: str, qkv: tuple[str, ...], out: str, mlp_in: tuple[str, ...], mlp_out: str) -> Family:
+    """A parallel block (GPT-J, Phi-1/2, Cohere): one LayerNorm feeds attention and the MLP at once,
+    x + attn(ln(x)) + mlp(ln(x)), so its output reaches q/k/v and the MLP's input linear alike."""
+    return Family(
+        blocks=blocks,
+        groups=(qkv, (out,), mlp_in, (mlp_out,)),
+        smooth=(Smooth(norm, (*qkv, *mlp_in), "layernorm"),),
     )
 
 
@@ -87,6 +101,19 @@ FAMILIES: dict[str, Family] = {
     "mistral": _llama_like(),
     "qwen2": _llama_like(),
     "qwen3": _llama_like(),
+    "smollm3": _llama_like(),  # some layers skip RoPE (no_rope_layers): names and norms as Llama's
+    "granite": _llama_like(),  # Granite 3: Llama's block with residual / attention / embedding multipliers
+    "helium": _llama_like(),
+    "arcee": _llama_like(mlp_in=("mlp.up_proj",)),  # AFM: ReLU² MLP, no gate
+    # LayerNorms with bias; StableLM-2-12B's parallel form (use_parallel_residual) has no MLP norm
+    "stablelm": _llama_like(kind="layernorm", requires=(("use_parallel_residual", False),)),
+    "starcoder2": _llama_like(kind="layernorm", mlp_in=("mlp.c_fc",), mlp_out="mlp.c_proj"),
+    "phi": _parallel("model.layers", "input_layernorm", QKV, "self_attn.dense", ("mlp.fc1",), "mlp.fc2"),
+    "gptj": _parallel("transformer.h", "ln_1", ("attn.q_proj", "attn.k_proj", "attn.v_proj"), "attn.out_proj",
+                      ("mlp.fc_in",), "mlp.fc_out"),
+    # CohereLayerNorm: y = w * (x - mean) / std, no bias
+    "cohere": _parallel("model.layers", "input_layernorm", QKV, "self_attn.o_proj",
+                        ("mlp.gate_proj", "mlp.up_proj"), "mlp.down_proj"),
     "gemma": _llama_like(kind="one_plus_gain"),
     "gemma2": _llama_like(mlp_norm="pre_feedforward_layernorm", kind="one_plus_gain"),
     "gemma3_text": _llama_like(mlp_norm="pre_feedforward_layernorm", kind="one_plus_gain"),

@@ -33,6 +33,16 @@ FAMILY_CONFIGS: dict[str, tuple[str, dict[str, Any]]] = {
     "gpt_neox": ("GPTNeoXConfig", {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
                                    "num_attention_heads": 4, "max_position_embeddings": 256}),
     "gpt2": ("GPT2Config", {"n_embd": 64, "n_layer": 2, "n_head": 4, "n_positions": 256}),
+    "smollm3": ("SmolLM3Config", {**COMMON, "no_rope_layer_interval": 2}),  # block 1 without RoPE
+    "granite": ("GraniteConfig", {**COMMON, "residual_multiplier": 0.5, "attention_multiplier": 0.25,
+                                  "embedding_multiplier": 4.0, "logits_scaling": 2.0}),
+    "helium": ("HeliumConfig", {**COMMON, "head_dim": 16}),
+    "arcee": ("ArceeConfig", COMMON),
+    "stablelm": ("StableLmConfig", COMMON),
+    "starcoder2": ("Starcoder2Config", {**COMMON, "sliding_window": 16}),
+    "phi": ("PhiConfig", COMMON),
+    "gptj": ("GPTJConfig", {"n_embd": 64, "n_layer": 2, "n_head": 4, "rotary_dim": 8, "n_positions": 256}),
+    "cohere": ("CohereConfig", COMMON),
     "bitnet": ("BitNetConfig", COMMON),
 }
 
