@@ -5,7 +5,8 @@
 Per family: block replay (max |runner's block output - real forward's|, bound 1e-5), smoothing alone
 (SmoothQuant alpha 0.5 W16A16, max |delta logit|, bound 1e-4), linears in the blocks (counted module by
 module) vs the registry's prediction. Per family x method: the method runs, quantizes exactly the
-predicted number of linears, and every stored weight lies on its grid; BitNet must be refused.
+predicted number of linears, and every stored weight lies on its grid; BitNet must be refused, and so
+must SmoothQuant on a family with no norm feeding a linear (OLMo 2/3).
 Tiny random checkpoints (tests/tiny_families.py), 4 calibration windows of 32 tokens, CPU.
 """
 
@@ -34,15 +35,15 @@ from ptq_bench.errors import PtqBenchError, QuantError  # noqa: E402
 from ptq_bench.families import FAMILIES  # noqa: E402
 
 
-def method_cell(model, method: str, calib, low_bit: bool) -> str:
-    """'PASS n=14' / 'FAIL ...' / 'refused' for one family x method."""
+def method_cell(model, method: str, calib, refusal: str) -> str:
+    """'PASS n=14' / 'FAIL ...' / 'refused' for one family x method (`refusal`: the error it must raise)."""
     try:
         q, rep = quantize(model, method, calib, **METHOD_PARAMS[method])
     except QuantError as exc:
-        return "refused" if low_bit and "PTQ refused" in str(exc) else f"FAIL {exc}"
+        return "refused" if refusal and refusal in str(exc) else f"FAIL {exc}"
     except PtqBenchError as exc:
         return f"FAIL {exc}"
-    if low_bit:
+    if refusal:
         return "FAIL not refused"
     expected = predicted_linears(model)
     gridded, on = n_on_grid(q)
@@ -55,14 +56,19 @@ def family_row(model_type: str, calib, tokens) -> list[str]:
     low_bit = FAMILIES[model_type].low_bit
     replay = replay_delta(model, calib)
     cells = [f"{'PASS' if replay <= 1e-5 else 'FAIL'} {replay:.1e}"]
-    if low_bit:
+    smoothed = bool(FAMILIES[model_type].smooth)
+    if low_bit or not smoothed:
         cells.append("-")
     else:
         delta, _ = smoothing_only_delta(model, calib, tokens)
         cells.append(f"{'PASS' if delta <= 1e-4 else 'FAIL'} {delta:.1e}")
     counted, predicted = count_block_linears(model), predicted_linears(model)
     cells.append(f"{'PASS' if counted == predicted else 'FAIL'} {counted}/{predicted}")
-    return cells + [method_cell(model, m, calib, low_bit) for m in sorted(METHOD_PARAMS)]
+
+    def refusal(method: str) -> str:  # a post-norm family (no smoothing pair) refuses SmoothQuant
+        return "PTQ refused" if low_bit else "" if smoothed or method != "smoothquant" else "no smoothing pairs"
+
+    return cells + [method_cell(model, m, calib, refusal(m)) for m in sorted(METHOD_PARAMS)]
 
 
 def main() -> int:

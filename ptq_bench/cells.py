@@ -73,19 +73,44 @@ def _sweep_params(params: dict[str, Any], where: str) -> list[dict[str, Any]]:
 
 
 def targets(recipe: Recipe, q: QuantSpec, where: str) -> list[str]:
-    """The models a quantize entry applies to; each must exist and be of a kind PTQ may touch."""
+    """The models a quantize entry applies to; each must exist, be of a kind PTQ may touch, and have a
+    block layout the method can work on (`ptq_refusal`)."""
     from ptq_bench.recipe import model_kind  # (recipe imports this module)
 
     if q.models is None:
-        return [n for n in recipe.models if KINDS[model_kind(recipe, n)].ptq_default]
-    for name in q.models:
+        names = [n for n in recipe.models if KINDS[model_kind(recipe, n)].ptq_default]
+    else:
+        names = list(q.models)
+    for name in names:
         if name not in recipe.models:
             raise RecipeError(f"{where}.models: unknown model {short(name)} (known: {', '.join(recipe.models)})")
         kind = KINDS[model_kind(recipe, name)]
         if not kind.ptq_allowed:
             raise RecipeError(f"{where}.models: '{name}' is a {kind.display} model ({kind.name}); post-training "
                               "quantization of a natively low-bit model is refused")
-    return list(q.models)
+        problem = ptq_refusal(recipe, name, q.method)
+        if problem:
+            raise RecipeError(f"{where}: {q.method} cannot quantize model '{name}': {problem}")
+    return names
+
+
+def ptq_refusal(recipe: Recipe, name: str, method: str) -> str:
+    """Why `method` cannot quantize model `name` ('' if it can), known from its config alone: a layout its
+    family entry does not describe, or a smoothing method on a family with no norm -> linears pair.
+    Checked at validate, so a run never writes a base row and then stops at its first PTQ cell."""
+    from ptq_bench.families import get_family
+    from ptq_bench.recipe import source_info
+    from ptq_bench.sources import TOOLKIT_MODEL_TYPE
+
+    info = source_info(recipe, name) if recipe.models[name].source is not None else None
+    if info is not None and info.layout_problem:
+        return info.layout_problem
+    model_type = TOOLKIT_MODEL_TYPE if info is None else info.model_type
+    if model_type is None:  # a hub id not in the local cache: checked when it is loaded
+        return ""
+    if CATALOG[method].needs_smoothing and not get_family(model_type).smooth:
+        return f"model family '{model_type}' has no norm that feeds a linear, so there is nothing to smooth"
+    return ""
 
 
 def calib_seeds(recipe: Recipe, q: QuantSpec, where: str) -> list[int | None]:

@@ -119,6 +119,13 @@ def _ls(args: argparse.Namespace) -> int:
         ptq = "PTQ target" if kind.ptq_default else "PTQ allowed" if kind.ptq_allowed else "no PTQ"
         bits = "W{}A{}".format(*kind.native_bits)
         print(f"  {kind.name:<12} {kind.display:<13} {bits:<9} {how}, {ptq}")
+    from ptq_bench.families import FAMILIES
+
+    print("model families (config.model_type of a 'source:' checkpoint):")
+    for name, fam in sorted(FAMILIES.items()):
+        norms = "/".join(sorted({pair.kind for pair in fam.smooth})) or "no norm feeds a linear: no SmoothQuant"
+        notes = ["low-bit: no PTQ" if fam.low_bit else norms, *(f"needs {k}={v!r}" for k, v in fam.requires)]
+        print(f"  {name:<12} {len(fam.linears)} linears per block, {', '.join(notes)}")
     return 0
 
 
@@ -151,7 +158,7 @@ def build_parser() -> argparse.ArgumentParser:
     rep = sub.add_parser("report", help="re-render tables and plots from a results folder")
     rep.add_argument("run_dir")
     rep.set_defaults(fn=_report)
-    ls = sub.add_parser("ls", help="list methods, tasks, perplexity sets and model kinds")
+    ls = sub.add_parser("ls", help="list methods, tasks, perplexity sets, model kinds and families")
     ls.set_defaults(fn=_ls)
     return p
 

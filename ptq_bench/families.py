@@ -22,7 +22,7 @@ This module imports nothing heavy (no torch), so `validate` can check a checkpoi
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from ptq_bench.errors import RecipeError
@@ -57,7 +57,7 @@ class Family:
 
     blocks: str  # dotted path of the ModuleList of decoder blocks, from the CausalLM
     groups: tuple[tuple[str, ...], ...]  # the block's linears, in GPTQ true-sequential groups
-    smooth: tuple[Smooth, ...]  # norm -> linears pairs SmoothQuant folds scales into
+    smooth: tuple[Smooth, ...]  # norm -> linears pairs SmoothQuant folds scales into (none: it is refused)
     fused: tuple[str, ...] = ()  # linears computing several projections at once (e.g. q, k, v)
     conv1d: bool = False  # linears are transformers `Conv1D`: weight stored transposed, (in, out)
     low_bit: bool = False  # the family's linears are already low-bit: PTQ is refused
@@ -114,6 +114,10 @@ FAMILIES: dict[str, Family] = {
     # CohereLayerNorm: y = w * (x - mean) / std, no bias
     "cohere": _parallel("model.layers", "input_layernorm", QKV, "self_attn.o_proj",
                         ("mlp.gate_proj", "mlp.up_proj"), "mlp.down_proj"),
+    # OLMo 2/3 normalize the attention and MLP *outputs* (and q/k after their projections): no norm feeds
+    # a linear, so there is nowhere to fold smoothing scales and SmoothQuant is refused (`validate` says so)
+    "olmo2": replace(_llama_like(), smooth=()),
+    "olmo3": replace(_llama_like(), smooth=()),
     "gemma": _llama_like(kind="one_plus_gain"),
     "gemma2": _llama_like(mlp_norm="pre_feedforward_layernorm", kind="one_plus_gain"),
     "gemma3_text": _llama_like(mlp_norm="pre_feedforward_layernorm", kind="one_plus_gain"),

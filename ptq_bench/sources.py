@@ -81,6 +81,7 @@ class SourceInfo:
     content_hash: str | None  # sha256 over the names and bytes of config, weight and tokenizer files
     has_tokenizer: bool  # tokenizer files in the folder, or tokenizer metadata in the GGUF
     note: str = ""  # provenance worth printing beside results (GGUF quantization, offline hub id)
+    layout_problem: str = ""  # why PTQ cannot walk its blocks: a config value its family entry does not describe
 
     @property
     def low_bit(self) -> bool:
@@ -162,10 +163,21 @@ def _kind_of(config: dict, key: str, where: Path | str) -> str:
 
 
 def _info(source: str, form: str, path: Path | None, model_type: str | None, kind: str | None,
-          context: Any, files: list[Path], has_tokenizer: bool, note: str = "") -> SourceInfo:
+          context: Any, files: list[Path], has_tokenizer: bool, note: str = "", layout_problem: str = "") -> SourceInfo:
     return SourceInfo(source, form, None if path is None else str(path), model_type, kind,
                       NATIVE_BITS.get(kind) if kind else None, context if isinstance(context, int) else None,
-                      content_hash(files) if files else None, has_tokenizer, note)
+                      content_hash(files) if files else None, has_tokenizer, note, layout_problem)
+
+
+def _layout_problem(config: dict) -> str:
+    """'' when the family entry describes this config's block layout, else why not (one line)."""
+    from ptq_bench.families import family_of_config
+
+    try:
+        family_of_config(config)
+    except RecipeError as e:
+        return str(e)
+    return ""
 
 
 def _inspect_hf(source: str, p: Path, key: str, form: str) -> SourceInfo:
@@ -174,7 +186,8 @@ def _inspect_hf(source: str, p: Path, key: str, form: str) -> SourceInfo:
     kind = _kind_of(config, key, p / "config.json")
     context = config.get("max_position_embeddings", config.get("n_positions"))
     tok = any((p / f).is_file() for f in TOKENIZER_FILES)
-    return _info(source, form, p, model_type, kind, context, checkpoint_files(p), tok)
+    return _info(source, form, p, model_type, kind, context, checkpoint_files(p), tok,
+                 layout_problem=_layout_problem(config))
 
 
 def _inspect_toolkit(source: str, p: Path, key: str) -> SourceInfo:

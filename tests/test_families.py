@@ -31,6 +31,8 @@ from ptq_bench.quant.calibrate import decoder_layers
 
 PTQ_FAMILIES = [t for t in FAMILY_TYPES if not FAMILIES[t].low_bit]
 LOW_BIT = [t for t in FAMILY_TYPES if FAMILIES[t].low_bit]
+SMOOTHED = [t for t in PTQ_FAMILIES if FAMILIES[t].smooth]
+UNSMOOTHED = [t for t in PTQ_FAMILIES if not FAMILIES[t].smooth]  # post-norm blocks (OLMo 2/3)
 
 
 @pytest.fixture(scope="module")
@@ -53,6 +55,10 @@ def test_every_registered_family_is_tested():
 @pytest.mark.parametrize("model_type", PTQ_FAMILIES)
 def test_method_on_family(models, calib, model_type, method):
     model = models(model_type)
+    if method == "smoothquant" and model_type in UNSMOOTHED:
+        with pytest.raises(QuantError, match="names no smoothing pairs"):
+            quantize(model, method, calib, **METHOD_PARAMS[method])
+        return
     q, rep = quantize(model, method, calib, **METHOD_PARAMS[method])
     expected = predicted_linears(model)
     assert expected == count_block_linears(model)  # the registry names every linear of the blocks
@@ -63,7 +69,16 @@ def test_method_on_family(models, calib, model_type, method):
     assert torch.isfinite(logits(q, calib[:1])).all()
 
 
-@pytest.mark.parametrize("model_type", PTQ_FAMILIES)
+def test_unsmoothed_families_have_no_norm_feeding_a_linear(models):
+    """What makes SmoothQuant's refusal right: no norm module's output reaches a block linear unchanged."""
+    assert UNSMOOTHED
+    for model_type in UNSMOOTHED:
+        layer = decoder_layers(models(model_type))[0]
+        norms = [n for n, m in layer.named_modules() if "norm" in type(m).__name__.lower()]
+        assert norms and all(n.startswith(("post_", "self_attn.q_norm", "self_attn.k_norm")) for n in norms), norms
+
+
+@pytest.mark.parametrize("model_type", SMOOTHED)
 def test_smoothing_alone_keeps_logits(models, calib, model_type):
     model = models(model_type)
     delta, smoothed = smoothing_only_delta(model, calib, calib_tokens(2, 32, seed=7))

@@ -417,3 +417,9 @@ def test_ls_lists_the_tables(capsys):
     for name in [*KINDS, *CATALOG, *(k.display for k in KINDS.values())]:
         assert name in out, name
     assert "bitnet_b158  BitNet b1.58  W1.58A8   trained, no PTQ" in out
+    from ptq_bench.families import SUPPORTED_MODEL_TYPES
+
+    families = out.split("model families")[1]
+    assert all(f"\n  {t} " in families for t in SUPPORTED_MODEL_TYPES)
+    assert "olmo2        7 linears per block, no norm feeds a linear: no SmoothQuant" in families
+    assert "stablelm     7 linears per block, layernorm, needs use_parallel_residual=False" in families

@@ -80,6 +80,33 @@ def test_bitnet_checkpoint_is_not_a_ptq_target(tmp_path, tokenizer_dir, capsys):
     assert not (tmp_path / "out").exists()
 
 
+def _edit_config(folder: Path, **values) -> None:
+    cfg = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**cfg, **values}))
+
+
+@pytest.mark.parametrize("model_type, edit, method, message", [
+    ("stablelm", {"use_parallel_residual": True}, "gptq", "'stablelm' with use_parallel_residual=True is not supported"),
+    ("opt", {"do_layer_norm_before": False}, "absmax", "'opt' with do_layer_norm_before=False is not supported"),
+    ("olmo2", {}, "smoothquant", "'olmo2' has no norm that feeds a linear"),
+])
+def test_ptq_the_family_cannot_do_is_refused_at_validate(tmp_path, tokenizer_dir, capsys, model_type, edit, method,
+                                                         message):
+    """Known from config.json alone, so refused before anything is written (not after the base row);
+    the model itself may still be evaluated, and the family's other methods are allowed."""
+    src = checkpoint(tmp_path, model_type, tokenizer_dir)
+    _edit_config(src, **edit)
+    capsys.readouterr()
+    path = recipe(tmp_path, {"m": {"source": str(src)}}, [{"method": method, "w_bits": 4}])
+    assert main(["validate", str(path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and f"quantize[0]: {method} cannot quantize model 'm'" in err and message in err, err
+    assert main(["run", str(path)]) == 2 and not (tmp_path / "out").exists()
+    assert main(["validate", str(recipe(tmp_path, {"m": {"source": str(src)}}, []))]) == 0
+    if not edit:
+        assert main(["validate", str(recipe(tmp_path, {"m": {"source": str(src)}}, [{"method": "gptq"}]))]) == 0
+
+
 def test_model_key_follows_checkpoint_content(tmp_path, tokenizer_dir):
     from ptq_bench.prepare import Context, model_key
     from ptq_bench.recipe import load_recipe

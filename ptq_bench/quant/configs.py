@@ -89,12 +89,14 @@ class MethodEntry:
     config: type  # the method's frozen config dataclass
     needs_calibration: bool  # the solver reads calibration windows
     display: str  # name in tables and plots
+    needs_smoothing: bool = False  # folds scales into the norms that feed linears (families.Family.smooth)
 
 
 # method name -> entry; the registry (quant/registry.py) registers each solver with the same config
 CATALOG: dict[str, MethodEntry] = {
     "absmax": MethodEntry(AbsmaxConfig, needs_calibration=False, display="Absmax"),
-    "smoothquant": MethodEntry(SmoothQuantConfig, needs_calibration=True, display="SmoothQuant"),
+    "smoothquant": MethodEntry(SmoothQuantConfig, needs_calibration=True, display="SmoothQuant",
+                                 needs_smoothing=True),
     "gptq": MethodEntry(GPTQConfig, needs_calibration=True, display="GPTQ"),
     "quip": MethodEntry(QuIPConfig, needs_calibration=True, display="QuIP"),
 }
