@@ -209,6 +209,25 @@ def test_gguf_header_reader_agrees_with_gguf_reader(tiny_gguf):
             assert ours[k] == pytest.approx(v) if isinstance(v, float) else ours[k] == v, k
 
 
+def test_gguf_header_is_read_once_while_the_file_stays(tiny_gguf, tmp_path, monkeypatch):
+    """`validate` inspects a source once per quantize entry; the header is read again only when the file
+    changes (a copy with another mtime counts as changed)."""
+    import os
+    import shutil
+
+    from ptq_bench import gguf_header
+
+    reads = []
+    real = gguf_header.read_gguf_metadata
+    monkeypatch.setattr(gguf_header, "read_gguf_metadata", lambda f: reads.append(f) or real(f))
+    file = shutil.copy(tiny_gguf[2], tmp_path / "m.gguf")
+    infos = [inspect_source(str(file)) for _ in range(3)]
+    assert len(reads) == 1 and infos[0] == infos[2]
+    st = os.stat(file)
+    os.utime(file, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000))
+    assert inspect_source(str(file)) == infos[0] and len(reads) == 2
+
+
 @needs_smollm2
 def test_packaged_smollm2_metadata_only():
     info = inspect_source("smollm2-135m")
