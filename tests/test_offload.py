@@ -73,6 +73,8 @@ def test_sharded_bf16_checkpoint_keeps_its_dtype(tmp_path):
     ("opt", "smoothquant", {"w_bits": 8, "a_bits": 8}),
     ("phi3", "absmax", {"w_bits": 4, "a_bits": 8}),
     ("qwen2", "quip", {"w_bits": 2}),
+    ("gptj", "smoothquant", {"w_bits": 8, "a_bits": 8}),  # a parallel block under transformer.h
+    ("olmo2", "gptq", {"w_bits": 3, "group_size": 16, "true_sequential": True}),
 ])
 def test_offloaded_quantization_equals_in_memory(family, method, cfg, tmp_path):
     ckpt = saved(family, tmp_path / "ckpt")
