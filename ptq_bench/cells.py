@@ -90,7 +90,8 @@ def targets(recipe: Recipe, q: QuantSpec, where: str) -> list[str]:
                               "quantization of a natively low-bit model is refused")
         problem = ptq_refusal(recipe, name, q.method)
         if problem:
-            raise RecipeError(f"{where}: {q.method} cannot quantize model '{name}': {problem}")
+            hint = f" (list the models it applies to in {where}.models)" if q.models is None else ""
+            raise RecipeError(f"{where}: {q.method} cannot quantize model '{name}': {problem}{hint}")
     return names
 
 

@@ -101,10 +101,17 @@ def test_ptq_the_family_cannot_do_is_refused_at_validate(tmp_path, tokenizer_dir
     assert main(["validate", str(path)]) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and f"quantize[0]: {method} cannot quantize model 'm'" in err and message in err, err
+    assert err.endswith("(list the models it applies to in quantize[0].models)"), err
     assert main(["run", str(path)]) == 2 and not (tmp_path / "out").exists()
     assert main(["validate", str(recipe(tmp_path, {"m": {"source": str(src)}}, []))]) == 0
     if not edit:
         assert main(["validate", str(recipe(tmp_path, {"m": {"source": str(src)}}, [{"method": "gptq"}]))]) == 0
+    capsys.readouterr()
+    path = recipe(tmp_path, {"m": {"source": str(src)}, "n": {"source": str(src)}},
+                  [{"method": method, "w_bits": 4, "models": ["n"]}])
+    assert main(["validate", str(path)]) == 2  # named explicitly: refused all the same, without the hint
+    err = capsys.readouterr().err.strip()
+    assert "cannot quantize model 'n': " in err and message in err and "list the models" not in err, err
 
 
 def test_model_key_follows_checkpoint_content(tmp_path, tokenizer_dir):
