@@ -201,26 +201,13 @@ def _inspect_toolkit(source: str, p: Path, key: str) -> SourceInfo:
     return _info(source, "ptq_bench_dir", p, model_type, kind, context, checkpoint_files(p), tok)
 
 
-_GGUF_META: dict[tuple[str, int, int], dict[str, Any]] = {}  # (resolved path, size, mtime_ns) -> header
-
-
-def _gguf_metadata(file: Path, key: str) -> dict[str, Any]:
-    """The GGUF header, read once per process while the file's size and mtime stay: `validate` inspects a
-    source for every quantize entry that targets it (0.05 s per read of SmolLM2's header)."""
-    from ptq_bench.gguf_header import read_gguf_metadata
+def _inspect_gguf(source: str, file: Path, form: str, key: str, about: str = "") -> SourceInfo:
+    from ptq_bench.gguf_header import cached_metadata
 
     try:
-        st = file.stat()
-        memo = (str(file.resolve()), st.st_size, st.st_mtime_ns)
-        if memo not in _GGUF_META:
-            _GGUF_META[memo] = read_gguf_metadata(file)
+        meta = cached_metadata(file)
     except (OSError, ValueError, struct_error) as e:
         raise RecipeError(f"{key}: cannot read GGUF metadata of {file}: {e}") from None
-    return _GGUF_META[memo]
-
-
-def _inspect_gguf(source: str, file: Path, form: str, key: str, about: str = "") -> SourceInfo:
-    meta = _gguf_metadata(file, key)
     arch = meta.get("general.architecture")
     if not isinstance(arch, str):
         raise RecipeError(f"{key}: {file} has no general.architecture")
