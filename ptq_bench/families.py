@@ -88,7 +88,7 @@ def _llama_like(blocks: str = "model.layers", mlp_norm: str = "post_attention_la
 
 def _parallel(blocks: str, norm: str, qkv: tuple[str, ...], out: str, mlp_in: tuple[str, ...], mlp_out: str) -> Family:
     """A parallel block (GPT-J, Phi-1/2, Cohere): one LayerNorm feeds attention and the MLP at once,
-    x + attn(ln(x)) + mlp(ln(x)), so its output reaches q/k/v and the MLP's input linear alike."""
+    x + attn(ln(x)) + mlp(ln(x)), so its output reaches q/k/v and the MLP's input linears alike."""
     return Family(
         blocks=blocks,
         groups=(qkv, (out,), mlp_in, (mlp_out,)),

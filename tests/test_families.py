@@ -70,7 +70,8 @@ def test_method_on_family(models, calib, model_type, method):
 
 
 def test_unsmoothed_families_have_no_norm_feeding_a_linear(models):
-    """What makes SmoothQuant's refusal right: no norm module's output reaches a block linear unchanged."""
+    """What makes SmoothQuant's refusal right, by module name: their only norms are the output norms
+    (post_*) and the q/k norms after the projections, so none sits before a linear."""
     assert UNSMOOTHED
     for model_type in UNSMOOTHED:
         layer = decoder_layers(models(model_type))[0]

@@ -211,7 +211,7 @@ def test_gguf_header_reader_agrees_with_gguf_reader(tiny_gguf):
 
 def test_gguf_header_is_read_once_while_the_file_stays(tiny_gguf, tmp_path, monkeypatch):
     """`validate` inspects a source once per quantize entry; the header is read again only when the file
-    changes (a copy with another mtime counts as changed)."""
+    changes (a new mtime counts as a change)."""
     import os
     import shutil
 
