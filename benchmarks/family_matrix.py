@@ -33,6 +33,7 @@ from family_checks import (  # noqa: E402  (tests/ on the path first)
 
 from ptq_bench.errors import PtqBenchError, QuantError  # noqa: E402
 from ptq_bench.families import FAMILIES  # noqa: E402
+from ptq_bench.quant.configs import CATALOG  # noqa: E402
 
 
 def method_cell(model, method: str, calib, refusal: str) -> str:
@@ -53,22 +54,24 @@ def method_cell(model, method: str, calib, refusal: str) -> str:
 
 def family_row(model_type: str, calib, tokens) -> list[str]:
     model = lively_model(model_type)
-    low_bit = FAMILIES[model_type].low_bit
+    family = FAMILIES[model_type]
     replay = replay_delta(model, calib)
     cells = [f"{'PASS' if replay <= 1e-5 else 'FAIL'} {replay:.1e}"]
-    smoothed = bool(FAMILIES[model_type].smooth)
-    if low_bit or not smoothed:
+    if family.low_bit or not family.smooth:
         cells.append("-")
     else:
         delta, _ = smoothing_only_delta(model, calib, tokens)
         cells.append(f"{'PASS' if delta <= 1e-4 else 'FAIL'} {delta:.1e}")
     counted, predicted = count_block_linears(model), predicted_linears(model)
     cells.append(f"{'PASS' if counted == predicted else 'FAIL'} {counted}/{predicted}")
+    return cells + [method_cell(model, m, calib, expected_refusal(model_type, m)) for m in sorted(METHOD_PARAMS)]
 
-    def refusal(method: str) -> str:  # a post-norm family (no smoothing pair) refuses SmoothQuant
-        return "PTQ refused" if low_bit else "" if smoothed or method != "smoothquant" else "no smoothing pairs"
 
-    return cells + [method_cell(model, m, calib, refusal(m)) for m in sorted(METHOD_PARAMS)]
+def expected_refusal(model_type: str, method: str) -> str:
+    """What the error of a family x method that must be refused says ('' when it must run)."""
+    if FAMILIES[model_type].low_bit:
+        return "PTQ refused"
+    return "no smoothing pairs" if CATALOG[method].needs_smoothing and not FAMILIES[model_type].smooth else ""
 
 
 def main() -> int:

@@ -99,7 +99,7 @@ def ptq_refusal(recipe: Recipe, name: str, method: str) -> str:
     """Why `method` cannot quantize model `name` ('' if it can), known from its config alone: a layout its
     family entry does not describe, or a smoothing method on a family with no norm -> linears pair.
     Checked at validate, so a run never writes a base row and then stops at its first PTQ cell."""
-    from ptq_bench.families import get_family
+    from ptq_bench.families import smoothing_refusal
     from ptq_bench.recipe import source_info
     from ptq_bench.sources import TOOLKIT_MODEL_TYPE
 
@@ -109,9 +109,7 @@ def ptq_refusal(recipe: Recipe, name: str, method: str) -> str:
     model_type = TOOLKIT_MODEL_TYPE if info is None else info.model_type
     if model_type is None:  # a hub id not in the local cache: checked when it is loaded
         return ""
-    if CATALOG[method].needs_smoothing and not get_family(model_type).smooth:
-        return f"model family '{model_type}' has no norm that feeds a linear, so there is nothing to smooth"
-    return ""
+    return smoothing_refusal(model_type) if CATALOG[method].needs_smoothing else ""
 
 
 def calib_seeds(recipe: Recipe, q: QuantSpec, where: str) -> list[int | None]:

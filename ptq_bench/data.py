@@ -84,15 +84,20 @@ def file_sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-_DIGESTS: dict[tuple[str, int, int], str] = {}  # (resolved path, size, mtime_ns) -> sha256 of the bytes
+_DIGESTS: dict[tuple[str, int, int], str] = {}  # file_state -> sha256 of the bytes
+
+
+def file_state(path: Path) -> tuple[str, int, int]:
+    """(resolved path, size, mtime_ns): a file is taken as unchanged while these stay (the memos' key)."""
+    st = path.stat()
+    return str(path.resolve()), st.st_size, st.st_mtime_ns
 
 
 def file_digest(path: Path) -> str:
     """`file_sha256`, read once per process while the file's size and mtime stay: a `source:` checkpoint
     is hashed for its model key (`sources.content_hash`) and again for the run folder's record of it
     (`sweep.check_sources`), and its weights may be gigabytes."""
-    st = path.stat()
-    key = (str(path.resolve()), st.st_size, st.st_mtime_ns)
+    key = file_state(path)
     if key not in _DIGESTS:
         _DIGESTS[key] = file_sha256(path)
     return _DIGESTS[key]

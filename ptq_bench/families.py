@@ -191,6 +191,15 @@ def family_of_config(config: Any) -> Family:
     return family
 
 
+def smoothing_refusal(model_type: str) -> str:
+    """Why a smoothing method cannot run on the family ('' when it has norm -> linears pairs); the one
+    message of `validate` (cells.ptq_refusal) and of SmoothQuant itself."""
+    if get_family(model_type).smooth:
+        return ""
+    return (f"model family '{model_type}' has no norm that feeds a linear (it names no smoothing pairs), "
+            "so there is nothing to smooth")
+
+
 def low_bit_reason(config: Any) -> str | None:
     """Why a checkpoint is already low-bit (its family, or the quant_method of its quantization_config),
     or None. PTQ of such a checkpoint is refused (see quant.linears)."""
@@ -203,4 +212,4 @@ def low_bit_reason(config: Any) -> str | None:
 
 
 __all__ = ["FAMILIES", "Family", "LOW_BIT_CLASSES", "NORM_KINDS", "SUPPORTED_MODEL_TYPES", "Smooth",
-           "family_of_config", "get_family", "low_bit_reason"]
+           "family_of_config", "get_family", "low_bit_reason", "smoothing_refusal"]

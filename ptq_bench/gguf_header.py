@@ -27,14 +27,15 @@ _STRING, _ARRAY = 8, 9
 SHORT_ARRAY = 64  # arrays up to this length are returned as lists, longer ones as GGUFArray
 
 
-_MEMO: dict[tuple[str, int, int], dict[str, Any]] = {}  # (resolved path, size, mtime_ns) -> header
+_MEMO: dict[tuple[str, int, int], dict[str, Any]] = {}  # data.file_state -> header
 
 
 def cached_metadata(path: Path) -> dict[str, Any]:
     """`read_gguf_metadata`, once per process while the file's size and mtime stay: `validate` inspects a
     source for every quantize entry that targets it (0.05 s per read of SmolLM2's header)."""
-    st = path.stat()
-    key = (str(path.resolve()), st.st_size, st.st_mtime_ns)
+    from ptq_bench.data import file_state
+
+    key = file_state(path)
     if key not in _MEMO:
         _MEMO[key] = read_gguf_metadata(path)
     return _MEMO[key]

@@ -27,7 +27,7 @@ import torch
 import torch.nn as nn
 
 from ptq_bench.errors import QuantError
-from ptq_bench.families import Smooth
+from ptq_bench.families import Smooth, smoothing_refusal
 from ptq_bench.quant.apply import quantize_model, rtn_solver
 from ptq_bench.quant.calibrate import model_family
 from ptq_bench.quant.configs import SmoothQuantConfig
@@ -103,7 +103,7 @@ def quantize_smoothquant(model: nn.Module, cfg: SmoothQuantConfig, calib: torch.
         return ChannelAbsMax(stat_inputs(linear), linear.weight.device) if name in probes else None
 
     if not pairs:
-        raise QuantError(f"model family '{model.config.model_type}' names no smoothing pairs")
+        raise QuantError(smoothing_refusal(model.config.model_type))
     return quantize_model(model, rtn_solver(cfg.w_bits, cfg.w_granularity, cfg.group_size), cfg.a_bits,
                           cfg.a_granularity, calib=calib, make_stat=make_stat, before_group=smooth_block,
                           sequential=False, details=details)
