@@ -1,15 +1,17 @@
 """One recipe on two devices: wall times and every metric's difference, row by row (issue: the GPU path, run).
 
     python benchmarks/gpu_vs_cpu.py recipes/smoke.yaml                      # runs it on cpu and on cuda
+    python benchmarks/gpu_vs_cpu.py recipes/smoke.yaml --dtypes auto bfloat16   # cpu as is, cuda in bf16
     python benchmarks/gpu_vs_cpu.py recipes/smollm2_ptq.yaml --against results/smollm2_ptq   # cuda vs committed cpu rows
     python benchmarks/gpu_vs_cpu.py recipes/smoke.yaml --devices cpu cpu    # the script checking itself: all 0
 
-Each run is the shipped recipe with only `device`, `output_dir` and `cache_dir` changed (fresh folders
+Each run is the shipped recipe with only `device`, `dtype`, `output_dir` and `cache_dir` changed (fresh folders
 under --out, so preparation — training or loading — is timed too), started as `ptq-bench run` in a
 subprocess. On CUDA, training runs under bf16 autocast (models/train.py); PTQ and evaluation run in
 the model's dtype. Prints each run's wall time, then per row (model, method label, calibration seed):
-both eval times and the largest relative difference of its perplexities, KLD and accuracies, and a
-summary line per metric kind. Exit 1 when the two runs do not hold the same rows.
+both runs' quantization + evaluation seconds, the largest relative difference of its perplexities and
+the largest absolute difference of its mean KLD (nats) and accuracies (fractions), and a summary line.
+Exit 1 when the two runs do not hold the same rows.
 """
 
 from __future__ import annotations
@@ -25,15 +27,21 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-KINDS = {"ppl": ("ppl", "perplexity"), "kld": ("kld",), "acc": ("/acc",)}  # metric kind -> name fragments
+# metric kind -> (name test, difference, column): perplexities relative, KLD (nats) and accuracies (fractions)
+# absolute, since a near-zero KLD or dPPL has no meaningful relative difference (dPPL is left out)
+KINDS = {
+    "ppl": (lambda m: m.startswith("ppl_"), lambda a, b: abs(a - b) / max(abs(a), abs(b), 1e-12), "max rel Δ ppl"),
+    "kld": (lambda m: m.startswith("kld/") and m.endswith("/mean"), lambda a, b: abs(a - b), "max |Δ| kld"),
+    "acc": (lambda m: "/acc" in m and not m.endswith("_stderr"), lambda a, b: abs(a - b), "max |Δ| acc"),
+}
 
 
-def run_on(recipe: Path, device: str, out: Path) -> tuple[Path, float]:
-    """The recipe on `device` into out/<device>-<n>: (results folder, wall seconds)."""
+def run_on(recipe: Path, device: str, dtype: str, out: Path) -> tuple[Path, float]:
+    """The recipe on `device` in `dtype` into out/<device>-<dtype>-<n>: (results folder, wall seconds)."""
     raw = yaml.safe_load(recipe.read_text(encoding="utf-8"))
-    n = sum(1 for _ in out.glob(f"{device}-*")) if out.is_dir() else 0
-    work = out / f"{device}-{n}"
-    raw.update(device=device, output_dir=str(work / "results"), cache_dir=str(work / "cache"))
+    n = sum(1 for _ in out.glob(f"{device}-{dtype}-*")) if out.is_dir() else 0
+    work = out / f"{device}-{dtype}-{n}"
+    raw.update(device=device, dtype=dtype, output_dir=str(work / "results"), cache_dir=str(work / "cache"))
     work.mkdir(parents=True)
     path = work / recipe.name
     path.write_text(yaml.safe_dump(raw, sort_keys=False), encoding="utf-8")
@@ -52,21 +60,20 @@ def keyed(folder: Path) -> dict[tuple, dict[str, Any]]:
 
 
 def kind_of(metric: str) -> str | None:
-    if metric.endswith("_stderr"):
-        return None
-    return next((k for k, frags in KINDS.items() if any(f in metric for f in frags)), None)
+    return next((k for k, (test, _, _) in KINDS.items() if test(metric)), None)
 
 
-def rel(a: float, b: float) -> float:
-    return abs(a - b) / max(abs(a), abs(b), 1e-12)
+def seconds(row: dict[str, Any]) -> str:
+    """'quantization + evaluation' seconds of a row."""
+    return f"{(row.get('quant') or {}).get('seconds', 0):.1f}+{row.get('eval_seconds', 0):.1f}"
 
 
 def compare(a: dict[tuple, dict], b: dict[tuple, dict], names: tuple[str, str]) -> int:
     if set(a) != set(b):
         print(f"rows differ: only on {names[0]}: {sorted(set(a) - set(b))}; only on {names[1]}: {sorted(set(b) - set(a))}")
         return 1
-    print(f"{'model':<14}{'label':<34}{'seed':>5}{'eval s ' + names[0]:>14}{'eval s ' + names[1]:>14}"
-          + "".join(f"{'max rel Δ ' + k:>16}" for k in KINDS))
+    print(f"{'model':<14}{'label':<34}{'seed':>5}{'q+eval s ' + names[0]:>24}{'q+eval s ' + names[1]:>24}"
+          + "".join(f"{col:>16}" for _, _, col in KINDS.values()))
     worst: dict[str, float] = dict.fromkeys(KINDS, 0.0)
     for key in sorted(a, key=str):
         ra, rb = a[key], b[key]
@@ -74,12 +81,12 @@ def compare(a: dict[tuple, dict], b: dict[tuple, dict], names: tuple[str, str]) 
         for m, va in ra["metrics"].items():
             k = kind_of(m)
             if k and m in rb["metrics"]:
-                per[k] = max(per[k], rel(va, rb["metrics"][m]))
+                per[k] = max(per[k], KINDS[k][1](va, rb["metrics"][m]))
         for k in KINDS:
             worst[k] = max(worst[k], per[k])
-        print(f"{key[0]:<14}{key[1]:<34}{str(key[2]):>5}{ra.get('eval_seconds', 0):>14.1f}{rb.get('eval_seconds', 0):>14.1f}"
+        print(f"{key[0]:<14}{key[1]:<34}{str(key[2]):>5}{seconds(ra):>24}{seconds(rb):>24}"
               + "".join(f"{per[k]:>16.2e}" for k in KINDS))
-    print("largest relative difference: " + ", ".join(f"{k} {v:.2e}" for k, v in worst.items()))
+    print("largest difference: " + ", ".join(f"{KINDS[k][2].removeprefix('max ')} {v:.2e}" for k, v in worst.items()))
     return 0
 
 
@@ -87,17 +94,19 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("recipe", type=Path)
     p.add_argument("--devices", nargs=2, default=["cpu", "cuda"], metavar=("FIRST", "SECOND"))
+    p.add_argument("--dtypes", nargs=2, default=["auto", "auto"], metavar=("FIRST", "SECOND"),
+                   help="the recipe's dtype on each device (auto: each model's own)")
     p.add_argument("--against", type=Path, help="a results folder of the recipe (its rows stand for the first device)")
     p.add_argument("--out", type=Path, default=Path("runs/gpu_vs_cpu"))
     args = p.parse_args()
     out = args.out / args.recipe.stem
-    first, second = args.devices
+    first, second = (f"{d}/{t}" for d, t in zip(args.devices, args.dtypes))
     if args.against:
         a, wall_a = keyed(args.against), None
     else:
-        folder, wall_a = run_on(args.recipe, first, out)
+        folder, wall_a = run_on(args.recipe, args.devices[0], args.dtypes[0], out)
         a = keyed(folder)
-    folder, wall_b = run_on(args.recipe, second, out)
+    folder, wall_b = run_on(args.recipe, args.devices[1], args.dtypes[1], out)
     b = keyed(folder)
     print(f"wall: {first} " + (f"{wall_a:.1f} s" if wall_a is not None else f"(rows of {args.against})")
           + f", {second} {wall_b:.1f} s")

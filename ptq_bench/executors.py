@@ -267,7 +267,7 @@ def store(sw: Sweep, cell: Cell, out: Any) -> None:
         row = Row.from_dict(out["row"])
     except (TypeError, KeyError, ValueError) as exc:
         return fail(sw, cell, f"the task returned no valid row ({exc})")
-    if row.cell_id != cell_id(cell, sw.keys[cell.model]):
+    if row.cell_id != cell_id(cell, sw.keys[cell.model], sw.ctx.recipe.dtype):
         return fail(sw, cell, f"the task returned the row of another cell ({row.model} {row.label})")
     reported = {k: Reported(v) for k, v in out["eval"].items()}  # the latest, as a local run keeps the last
     if any(sw.evaluators.get(k) != v for k, v in reported.items()):

@@ -15,7 +15,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-from dataclasses import dataclass, field
+from dataclasses import MISSING, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +35,7 @@ __all__ = ["Cell", "Recipe", "calib_seed", "expand_cells", "load_recipe", "model
 
 MAX_FILE_BYTES = 1 << 18  # a recipe is a small text file (pure-Python YAML parses ~1 MB/s)
 DEVICES = ("auto", "cpu", "cuda")
+DTYPES = ("auto", "float32", "bfloat16", "float16")  # auto: each model's own (see Recipe.dtype)
 EXECUTORS = ("local", "ray")  # where cells run: this process, or Ray tasks (ptq_bench/executors.py)
 
 
@@ -138,6 +139,9 @@ class ExecutorSpec:
 # executor): left out of Recipe.digest, so editing them keeps a run folder valid.
 NOT_IN_DIGEST = ("name", "output_dir", "cache_dir", "data_dir", "description", "device", "layout", "executor",
                  "in_place", "offload")
+# Fields added after run folders existed: in Recipe.digest only when set away from their default, so a folder
+# written before the field was added keeps its hash (and its rows).
+DIGEST_UNLESS_DEFAULT = {"dtype": "auto"}
 
 
 @dataclass(frozen=True)
@@ -149,6 +153,10 @@ class Recipe:
     output_dir: str | None = None  # results folder (default runs/<name>)
     cache_dir: str = ".ptq_cache"  # trained models, tokenizers, token streams, calibration windows
     device: str = bound("auto", choices=DEVICES)
+    # the dtype models are quantized and evaluated in: auto keeps each model's own (trained here: float32,
+    # trained under bf16 autocast on CUDA; a checkpoint: its stored dtype; a GGUF: dequantized float32);
+    # float32 / bfloat16 / float16 cast every model after loading (rotary frequencies stay float32)
+    dtype: str = bound("auto", choices=DTYPES)
     tokenizer: TokenizerSpec = field(default_factory=TokenizerSpec)
     arch: ArchConfig = field(default_factory=ArchConfig)
     train: TrainSpec = field(default_factory=TrainSpec)
@@ -174,8 +182,9 @@ class Recipe:
 
     def digest(self) -> str:
         """A hash of what changes results (key order, formatting and NOT_IN_DIGEST fields do not matter)."""
-        blob = json.dumps({k: v for k, v in to_dict(self).items() if k not in NOT_IN_DIGEST}, sort_keys=True,
-                          default=str)
+        fields = {k: v for k, v in to_dict(self).items()
+                  if k not in NOT_IN_DIGEST and DIGEST_UNLESS_DEFAULT.get(k, MISSING) != v}
+        blob = json.dumps(fields, sort_keys=True, default=str)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
@@ -292,6 +301,14 @@ def check_recipe(recipe: Recipe) -> None:
     _check_lengths(recipe)
     check_executor(recipe)
     check_offload(recipe)
+    check_dtype(recipe)
+
+
+def check_dtype(recipe: Recipe) -> None:
+    """A cast needs the whole model in memory: `offload` streams blocks in the checkpoint's own dtype."""
+    if recipe.dtype != "auto" and recipe.offload:
+        raise RecipeError(f"dtype: {recipe.dtype} casts models in memory, but offload: true streams each block "
+                          "in its checkpoint's dtype; use dtype: auto (or save the checkpoint in that dtype)")
 
 
 OFFLOADABLE = ("hf_dir", "hub", "gguf", "packaged")  # source forms with (or converted to) a safetensors folder

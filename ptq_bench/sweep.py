@@ -55,11 +55,12 @@ from ptq_bench.tokens import cached_array, calibration_windows, encode_stream
 # keys and provenance
 
 
-def cell_id(cell: Cell, m_key: str) -> str:
-    """The stored identity of a cell: what it computes and the versions of the code computing it."""
+def cell_id(cell: Cell, m_key: str, dtype: str = "auto") -> str:
+    """The stored identity of a cell: what it computes (in which `dtype`) and the versions of the code."""
     seed = {} if cell.calib_seed is None else {"calib_seed": cell.calib_seed}  # None: the id cells always had
+    cast = {} if dtype == "auto" else {"dtype": dtype}  # auto: the id cells had before the recipe's dtype
     return _hash({"model": cell.model, "model_key": m_key, "method": cell.method, "config": cell.config_dict(),
-                  "method_version": method_version(cell.method), "eval_version": EVAL_VERSION, **seed})
+                  "method_version": method_version(cell.method), "eval_version": EVAL_VERSION, **seed, **cast})
 
 
 def method_version(method: str) -> int | None:
@@ -169,7 +170,7 @@ def prepare(recipe: Recipe, recipe_text: str) -> Sweep:
     tokenizer, tok_key = get_tokenizer(ctx) if trains else (None, "")
     keys = {name: model_key(ctx, name, tok_key) for name in recipe.models}
     done = {row.cell_id for row in rows}
-    todo = [c for c in cells if cell_id(c, keys[c.model]) not in done]
+    todo = [c for c in cells if cell_id(c, keys[c.model], recipe.dtype) not in done]
     log(f"{len(cells)} cells, {len(cells) - len(todo)} already done, {len(todo)} to run -> {out}")
     return Sweep(ctx, out, manifest, keys, todo, tokenizer, tok_key)
 
@@ -219,7 +220,7 @@ def run_cell(sw: Sweep, cell: Cell, base: Base, size: dict[str, int], backup: An
     t_eval = time.perf_counter()
     with backup.evaluating(target) if backup else contextlib.nullcontext():
         metrics = evaluate(target, quantized=cell.method != "none", tasks=cell.tasks)
-    row = make_row(sw, cell, base.kind, base.info, size, metrics, quant, time.perf_counter() - t_eval)
+    row = make_row(sw, cell, base, size, metrics, quant, time.perf_counter() - t_eval)
     ran_tasks = evaluate.suite is not None and cell.tasks != ()
     row.protocol["path"] = evaluate.suite.last_path if ran_tasks else None  # FastLM path taken, if any
     append_row(sw.out, row) if sw.sink is None else sw.sink(row)
@@ -254,6 +255,12 @@ def base_model(sw: Sweep, name: str) -> Base:
         evaluate = evaluator(sw, m_tok, m_tok_key)
         model, kind, info = get_model(sw.ctx, name, sw.tok_key, sw.tokenizer, sw.stream, evaluate.perplexity)
         blocks = None
+    if sw.ctx.recipe.dtype != "auto":  # the recipe's dtype (check_dtype: never with offloaded blocks)
+        import torch
+
+        from ptq_bench.models.build import cast_model
+
+        cast_model(model, getattr(torch, sw.ctx.recipe.dtype))
     return Base(model, m_tok, m_tok_key, evaluate, kind, info, blocks)
 
 
@@ -304,19 +311,22 @@ def calibration(sw: Sweep, tokenizer: Any, tok_key: str, seed: int) -> Any:
     return sw.calib[(tok_key, seed)]
 
 
-def make_row(sw: Sweep, cell: Cell, kind: str, info: dict, size: dict[str, int], metrics: dict[str, float],
+def make_row(sw: Sweep, cell: Cell, base: Base, size: dict[str, int], metrics: dict[str, float],
              quant: dict[str, Any], eval_s: float) -> Row:
     import torch
 
+    from ptq_bench.models.build import dtype_name
+
+    kind, info = base.kind, base.info
     r = sw.ctx.recipe
     w_bits, a_bits = (cell.w_bits, cell.a_bits) if cell.method != "none" else NATIVE_BITS.get(kind, (16, 16))
     return Row(
-        cell_id=cell_id(cell, sw.keys[cell.model]), recipe=r.name, recipe_hash=r.digest(), model=cell.model,
+        cell_id=cell_id(cell, sw.keys[cell.model], r.dtype), recipe=r.name, recipe_hash=r.digest(), model=cell.model,
         model_kind=kind, model_key=sw.keys[cell.model], method=cell.method, method_version=method_version(cell.method),
         eval_version=EVAL_VERSION, label=cell.label, w_bits=w_bits, a_bits=a_bits, config=cell.config_dict(),
         metrics=metrics, quant=quant, eval_seconds=round(eval_s, 2),
         protocol={"ppl": to_dict(r.eval.perplexity), "limit": r.eval.limit, "num_fewshot": r.eval.num_fewshot,
-                  "backend": r.eval.backend},
+                  "backend": r.eval.backend, "device": sw.ctx.device, "dtype": dtype_name(base.model)},
         diverged=bool(info.get("diverged", False)),
         untrained_metrics=info.get("untrained_metrics") if cell.method == "none" else None,
         finished=time.strftime("%Y-%m-%dT%H:%M:%S%z"), calib_seed=calib_seed(r, cell),

@@ -196,6 +196,7 @@ BAD = {
     "long model name": (lambda r: r["models"].update({"m" * 5000: {"kind": "fp8"}}), "models.'mmmm"),
     "data_dir with NUL": (_set("data_dir", "/tmp/\x00x"), "data_dir: a string must not contain a NUL"),
     "device": (_set("device", "tpu"), "device: expected one of auto, cpu, cuda"),
+    "dtype": (_set("dtype", "fp8"), "dtype: expected one of auto, float32, bfloat16, float16"),
     "layout": (_set("layout", "table9"), "layout: expected one of"),
     "duplicate task": (_set("eval", "tasks", ["piqa", "piqa"]), "eval.tasks: duplicate items"),
 }

@@ -124,6 +124,11 @@ def swap_bitlinears(model: LlamaForCausalLM, mode: str, rms_norm_eps: float) -> 
             layer.set_submodule(name, BitLinear.from_linear(layer.get_submodule(name), mode, rms_norm_eps))
 
 
+def dtype_name(model: nn.Module) -> str:
+    """The model's parameter dtype as a name ("float32", "bfloat16", ...)."""
+    return str(next(model.parameters()).dtype).removeprefix("torch.")
+
+
 def cast_model(model: LlamaForCausalLM, dtype: torch.dtype) -> LlamaForCausalLM:
     """`model.to(dtype)` that keeps the rotary frequency buffers in fp32, as `from_pretrained` does.
 
@@ -170,7 +175,7 @@ def save_model(model: LlamaForCausalLM, kind: str, out_dir: Path) -> None:
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     arch = arch_from_llama_config(model.config)
-    dtype = str(next(model.parameters()).dtype).removeprefix("torch.")
+    dtype = dtype_name(model)
     _save_safetensors(model.state_dict(), out_dir / WEIGHTS_FILE)
     if kind == "fp16":
         cfg = copy.deepcopy(model.config)

@@ -1,0 +1,22 @@
+#!/bin/bash
+# Device call 1 (benchmarks/gpu/README.md): install the carried wheels and data under /root/keep (kept while the machine stays warm),
+# then the prepared GPU tests (pytest -m gpu). Output: $OUT/call1.log
+K=/root/keep; mkdir -p $K
+exec > >(tee $OUT/call1.log) 2>&1
+date; nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
+cp -r .gpudata/data $K/
+t0=$(date +%s)
+python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target $K/site .whl/*.whl || exit 3
+echo "install $(( $(date +%s) - t0 )) s"
+export PYTHONPATH=$K/site:$PWD PTQ_BENCH_DATA=$K/data PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TQDM_DISABLE=1
+python3 - <<'PY'
+import torch, transformers, lm_eval, datasets, gguf, pyarrow, huggingface_hub
+print("torch", torch.__version__, "cuda", torch.version.cuda, torch.cuda.is_available(), torch.cuda.get_device_name(0))
+print("transformers", transformers.__version__, transformers.__file__)
+print("pyarrow", pyarrow.__version__, "datasets", datasets.__version__, "hub", huggingface_hub.__version__)
+import ptq_bench.cli, ptq_bench.eval.harness  # noqa
+print("imports ok")
+PY
+t0=$(date +%s)
+timeout 420 python3 -m pytest -m gpu -p no:cacheprovider -q -s -rs tests/test_gpu.py tests/test_calib_memory.py
+echo "pytest exit $? in $(( $(date +%s) - t0 )) s"

@@ -1,0 +1,72 @@
+"""The recipe's `dtype`: models quantized and evaluated in float32 / bfloat16 / float16 after loading.
+
+`auto` (the default) keeps every id and hash that existed before the key: the committed quickstart run's
+recipe hash still matches its recipe, and cell ids are unchanged; a cast changes both, is recorded in each
+row's protocol (with the device), and is refused with `offload` (blocks stream in the checkpoint's dtype).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+from test_recipe import assert_refused
+from test_source_pipeline import checkpoint, recipe, tokenizer_dir  # noqa: F401  (a fixture)
+
+from ptq_bench.cli import main
+from ptq_bench.recipe import expand_cells, load_recipe
+from ptq_bench.results import load_rows
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_auto_keeps_the_committed_recipe_hash():
+    committed = json.loads((ROOT / "results" / "quickstart" / "manifest.json").read_text())["recipe_hash"]
+    assert load_recipe(ROOT / "recipes" / "quickstart.yaml").digest() == committed
+
+
+def test_a_cast_changes_the_recipe_hash_and_the_cell_ids(tmp_path):
+    from ptq_bench.sweep import cell_id
+
+    raw = yaml.safe_load((ROOT / "recipes" / "smoke.yaml").read_text())
+    digests, ids = {}, {}
+    for dtype in (None, "auto", "bfloat16", "float16"):
+        path = tmp_path / f"{dtype}.yaml"
+        path.write_text(yaml.safe_dump(raw if dtype is None else {**raw, "dtype": dtype}))
+        r = load_recipe(path)
+        digests[dtype] = r.digest()
+        ids[dtype] = [cell_id(c, "k", r.dtype) for c in expand_cells(r)]
+    assert digests[None] == digests["auto"] and ids[None] == ids["auto"]
+    assert len({digests[None], digests["bfloat16"], digests["float16"]}) == 3
+    assert not set(ids["auto"]) & set(ids["bfloat16"]) and not set(ids["bfloat16"]) & set(ids["float16"])
+
+
+def test_bfloat16_rows_are_cast_and_say_so(tmp_path, tokenizer_dir):  # noqa: F811
+    src = checkpoint(tmp_path, "llama", tokenizer_dir)
+    rows = {}
+    for dtype in ("auto", "bfloat16"):
+        (tmp_path / dtype).mkdir()
+        path = recipe(tmp_path / dtype, {"m": {"source": str(src)}}, [{"method": "gptq", "w_bits": 4, "group_size": 32}])
+        path.write_text(yaml.safe_dump({**yaml.safe_load(path.read_text()), "dtype": dtype}))
+        assert main(["run", str(path)]) == 0
+        rows[dtype] = {r.label: r for r in load_rows(tmp_path / dtype / "out", strict=True)}
+    for label in ("none", "gptq W4A16"):
+        fp32, bf16 = rows["auto"][label], rows["bfloat16"][label]
+        assert (fp32.protocol["dtype"], bf16.protocol["dtype"]) == ("float32", "bfloat16")
+        assert fp32.protocol["device"] == bf16.protocol["device"] == "cpu"
+        ppl = "ppl_gptq/wikitext2/seq32/first4win"
+        assert bf16.metrics[ppl] != fp32.metrics[ppl]  # the cast happened ...
+        assert bf16.metrics[ppl] == pytest.approx(fp32.metrics[ppl], rel=0.02)  # ... and changes little
+    bf16_recipe = tmp_path / "bfloat16" / "r.yaml"
+    bf16_recipe.write_text(bf16_recipe.read_text().replace("dtype: bfloat16", "dtype: auto"))
+    assert main(["run", str(bf16_recipe)]) != 0  # the bf16 folder is not resumed as float32
+
+
+def test_a_cast_with_offload_is_refused(tmp_path, capsys, tokenizer_dir):  # noqa: F811
+    src = checkpoint(tmp_path, "llama", tokenizer_dir)
+    path = recipe(tmp_path, {"m": {"source": str(src)}}, [{"method": "absmax", "w_bits": 4}])
+    path.write_text(yaml.safe_dump({**yaml.safe_load(path.read_text()), "dtype": "bfloat16", "offload": True}))
+    capsys.readouterr()  # the checkpoint's own progress output
+    assert_refused(path, capsys, "dtype: bfloat16 casts models in memory, but offload: true streams")
