@@ -99,16 +99,31 @@ def ptq_refusal(recipe: Recipe, name: str, method: str) -> str:
     """Why `method` cannot quantize model `name` ('' if it can), known from its config alone: a layout its
     family entry does not describe, or a smoothing method on a family with no norm -> linears pair.
     Checked at validate, so a run never writes a base row and then stops at its first PTQ cell."""
-    from ptq_bench.families import smoothing_refusal
     from ptq_bench.recipe import source_info
     from ptq_bench.sources import TOOLKIT_MODEL_TYPE
 
     info = source_info(recipe, name) if recipe.models[name].source is not None else None
-    if info is not None and info.layout_problem:
-        return info.layout_problem
-    model_type = TOOLKIT_MODEL_TYPE if info is None else info.model_type
-    if model_type is None:  # a hub id not in the local cache: checked when it is loaded
-        return ""
+    if info is None:
+        return _refusal(TOOLKIT_MODEL_TYPE, "", method)
+    return _refusal(info.model_type, info.layout_problem, method)  # model_type None: a hub id not cached
+
+
+def refuse_loaded(name: str, config: Any, cells: list[Cell]) -> None:
+    """`ptq_refusal` from a loaded model's config, for what `validate` could not read (a hub id that was
+    not in the local cache): raised before the model's first cell, so no base row precedes the refusal."""
+    from ptq_bench.families import layout_problem
+
+    for cell in cells:
+        why = "" if cell.method == "none" else _refusal(config.model_type, layout_problem(config), cell.method)
+        if why:
+            raise RecipeError(f"models.{name}: {cell.method} cannot quantize it: {why}")
+
+
+def _refusal(model_type: str | None, layout_problem: str, method: str) -> str:
+    from ptq_bench.families import smoothing_refusal
+
+    if layout_problem or model_type is None:
+        return layout_problem
     return smoothing_refusal(model_type) if CATALOG[method].needs_smoothing else ""
 
 

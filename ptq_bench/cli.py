@@ -123,7 +123,7 @@ def _ls(args: argparse.Namespace) -> int:
 
     print("model families (config.model_type of a 'source:' checkpoint):")
     for name, fam in sorted(FAMILIES.items()):
-        norms = "/".join(sorted({pair.kind for pair in fam.smooth})) or "no norm feeds a linear: no SmoothQuant"
+        norms = "/".join(sorted({pair.kind for pair in fam.smooth})) or f"{fam.unsmoothable}: no SmoothQuant"
         notes = ["low-bit: no PTQ" if fam.low_bit else norms, *(f"needs {k}={v!r}" for k, v in fam.requires)]
         print(f"  {name:<12} {len(fam.linears)} linears per block, {', '.join(notes)}")
     return 0

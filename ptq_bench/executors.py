@@ -39,6 +39,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ptq_bench.cells import refuse_loaded
 from ptq_bench.console import log
 from ptq_bench.errors import PtqBenchError
 from ptq_bench.prepare import Context, get_tokenizer, pick_device
@@ -113,9 +114,11 @@ def worker_sweep(job: Job) -> Sweep:
     return sw
 
 
-def prepare_model(job: Job, name: str) -> tuple[str, dict]:
-    """Model task: model `name` trained into (or found in) the shared cache; (kind, training info)."""
+def prepare_model(job: Job, name: str, cells: list[Cell]) -> tuple[str, dict]:
+    """Model task: model `name` trained into (or found in) the shared cache; (kind, training info). A PTQ
+    cell the loaded model cannot take (`cells.refuse_loaded`) fails it, and with it every cell of the model."""
     base = base_model(worker_sweep(job), name)
+    refuse_loaded(name, base.model.config, cells)
     return base.kind, base.info
 
 
@@ -227,9 +230,10 @@ def drive(sw: Sweep, job: Job, ex: ExecutorSpec) -> None:
     model_task, cell_task = _remote(prepare_model, ex), _remote(run_cell, ex)
     pending: dict[Any, tuple[str, Any]] = {}  # ObjectRef -> ("model", name) | ("cell", Cell)
     for name in dict.fromkeys(c.model for c in sw.todo):
-        ready = model_task.remote(job, name)
+        mine = [c for c in sw.todo if c.model == name]
+        ready = model_task.remote(job, name, mine)
         pending[ready] = ("model", name)
-        for cell in (c for c in sw.todo if c.model == name):
+        for cell in mine:
             pending[cell_task.remote(job, cell, ready)] = ("cell", cell)
     try:
         while pending:

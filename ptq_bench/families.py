@@ -62,6 +62,7 @@ class Family:
     conv1d: bool = False  # linears are transformers `Conv1D`: weight stored transposed, (in, out)
     low_bit: bool = False  # the family's linears are already low-bit: PTQ is refused
     requires: tuple[tuple[str, Any], ...] = ()  # config values this layout assumes (else unsupported)
+    unsmoothable: str = "no norm feeds a linear"  # why `smooth` is empty, when it is (SmoothQuant's refusal)
 
     @property
     def linears(self) -> tuple[str, ...]:
@@ -118,6 +119,8 @@ FAMILIES: dict[str, Family] = {
     # a linear, so there is nowhere to fold smoothing scales and SmoothQuant is refused (`validate` says so)
     "olmo2": replace(_llama_like(), smooth=()),
     "olmo3": replace(_llama_like(), smooth=()),
+    # OLMo 1: Llama's block, but its LayerNorms are parameter-free (OlmoLayerNorm): nothing to fold into
+    "olmo": replace(_llama_like(), smooth=(), unsmoothable="its LayerNorms have no weight or bias"),
     "gemma": _llama_like(kind="one_plus_gain"),
     "gemma2": _llama_like(mlp_norm="pre_feedforward_layernorm", kind="one_plus_gain"),
     "gemma3_text": _llama_like(mlp_norm="pre_feedforward_layernorm", kind="one_plus_gain"),
@@ -191,13 +194,23 @@ def family_of_config(config: Any) -> Family:
     return family
 
 
+def layout_problem(config: Any) -> str:
+    """'' when a family entry describes this config's block layout, else why not (one line)."""
+    try:
+        family_of_config(config)
+    except RecipeError as e:
+        return str(e)
+    return ""
+
+
 def smoothing_refusal(model_type: str) -> str:
     """Why a smoothing method cannot run on the family ('' when it has norm -> linears pairs); the one
     message of `validate` (cells.ptq_refusal) and of SmoothQuant itself."""
-    if get_family(model_type).smooth:
+    family = get_family(model_type)
+    if family.smooth:
         return ""
-    return (f"model family '{model_type}' has no norm that feeds a linear (it names no smoothing pairs), "
-            "so there is nothing to smooth")
+    return (f"model family '{model_type}': {family.unsmoothable} (it names no smoothing pairs), so SmoothQuant "
+            "has nowhere to fold its scales")
 
 
 def low_bit_reason(config: Any) -> str | None:
@@ -212,4 +225,4 @@ def low_bit_reason(config: Any) -> str | None:
 
 
 __all__ = ["FAMILIES", "Family", "LOW_BIT_CLASSES", "NORM_KINDS", "SUPPORTED_MODEL_TYPES", "Smooth",
-           "family_of_config", "get_family", "low_bit_reason", "smoothing_refusal"]
+           "family_of_config", "get_family", "layout_problem", "low_bit_reason", "smoothing_refusal"]

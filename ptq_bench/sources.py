@@ -169,25 +169,16 @@ def _info(source: str, form: str, path: Path | None, model_type: str | None, kin
                       content_hash(files) if files else None, has_tokenizer, note, layout_problem)
 
 
-def _layout_problem(config: dict) -> str:
-    """'' when the family entry describes this config's block layout, else why not (one line)."""
-    from ptq_bench.families import family_of_config
-
-    try:
-        family_of_config(config)
-    except RecipeError as e:
-        return str(e)
-    return ""
-
-
 def _inspect_hf(source: str, p: Path, key: str, form: str) -> SourceInfo:
+    from ptq_bench.families import layout_problem
+
     config = _read_json(p / "config.json", key)
     model_type = _checked_family(config.get("model_type"), key, p / "config.json")
     kind = _kind_of(config, key, p / "config.json")
     context = config.get("max_position_embeddings", config.get("n_positions"))
     tok = any((p / f).is_file() for f in TOKENIZER_FILES)
     return _info(source, form, p, model_type, kind, context, checkpoint_files(p), tok,
-                 layout_problem=_layout_problem(config))
+                 layout_problem=layout_problem(config))
 
 
 def _inspect_toolkit(source: str, p: Path, key: str) -> SourceInfo:

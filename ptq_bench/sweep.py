@@ -24,6 +24,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from ptq_bench.cache import first_difference, folder_digests, scratch_folder
+from ptq_bench.cells import refuse_loaded
 from ptq_bench.console import log
 from ptq_bench.data import (
     PPL_FILES,
@@ -200,6 +201,7 @@ def run_model(sw: Sweep, name: str) -> None:
     if not mine:
         return
     base = base_model(sw, name)
+    refuse_loaded(name, base.model.config, mine)  # what validate could not read (an uncached hub id)
     _save_curve(sw.out, name, base.kind, base.info)
     size = {"n_params": sum(p.numel() for p in base.model.parameters()), "weight_bytes": weight_bytes(base.model)}
     base.evaluate.set_base(base.model, sw.keys[name])

@@ -32,7 +32,7 @@ from ptq_bench.quant.calibrate import decoder_layers
 PTQ_FAMILIES = [t for t in FAMILY_TYPES if not FAMILIES[t].low_bit]
 LOW_BIT = [t for t in FAMILY_TYPES if FAMILIES[t].low_bit]
 SMOOTHED = [t for t in PTQ_FAMILIES if FAMILIES[t].smooth]
-UNSMOOTHED = [t for t in PTQ_FAMILIES if not FAMILIES[t].smooth]  # post-norm blocks (OLMo 2/3)
+UNSMOOTHED = [t for t in PTQ_FAMILIES if not FAMILIES[t].smooth]  # OLMo 1 (norms without parameters), 2, 3
 
 
 @pytest.fixture(scope="module")
@@ -69,14 +69,31 @@ def test_method_on_family(models, calib, model_type, method):
     assert torch.isfinite(logits(q, calib[:1])).all()
 
 
-def test_unsmoothed_families_have_no_norm_feeding_a_linear(models):
-    """What makes SmoothQuant's refusal right, by module name: their only norms are the output norms
-    (post_*) and the q/k norms after the projections, so none sits before a linear."""
+def norms_feeding_linears(model: torch.nn.Module, ids: torch.Tensor) -> list[str]:
+    """The norms of the first block whose output, in a real forward, is the input some linear reads."""
+    layer = decoder_layers(model)[0]
+    outs, ins, hooks = {}, [], []
+    for name, m in layer.named_modules():
+        if "norm" in type(m).__name__.lower():
+            hooks.append(m.register_forward_hook(lambda _m, _a, y, name=name: outs.setdefault(name, y)))
+        elif isinstance(m, torch.nn.Linear):
+            hooks.append(m.register_forward_pre_hook(lambda _m, a: ins.append(a[0])))
+    with torch.no_grad():
+        model(ids)
+    for h in hooks:
+        h.remove()
+    return [n for n, y in outs.items() if any(x.shape == y.shape and torch.equal(x, y) for x in ins)]
+
+
+def test_unsmoothed_families_have_no_norm_with_parameters_feeding_a_linear(models, calib):
+    """What makes SmoothQuant's refusal right, by what runs: every norm output that some linear reads
+    comes from a norm without parameters (OLMo 1), and OLMo 2/3 have no such norm at all."""
     assert UNSMOOTHED
     for model_type in UNSMOOTHED:
         layer = decoder_layers(models(model_type))[0]
-        norms = [n for n, m in layer.named_modules() if "norm" in type(m).__name__.lower()]
-        assert norms and all(n.startswith(("post_", "self_attn.q_norm", "self_attn.k_norm")) for n in norms), norms
+        feeding = norms_feeding_linears(models(model_type), calib[:1])
+        assert all(not list(layer.get_submodule(n).parameters()) for n in feeding), (model_type, feeding)
+        assert bool(feeding) == (model_type == "olmo"), (model_type, feeding)
 
 
 @pytest.mark.parametrize("model_type", SMOOTHED)

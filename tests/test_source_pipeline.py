@@ -88,7 +88,7 @@ def _edit_config(folder: Path, **values) -> None:
 @pytest.mark.parametrize("model_type, edit, method, message", [
     ("stablelm", {"use_parallel_residual": True}, "gptq", "'stablelm' with use_parallel_residual=True is not supported"),
     ("opt", {"do_layer_norm_before": False}, "absmax", "'opt' with do_layer_norm_before=False is not supported"),
-    ("olmo2", {}, "smoothquant", "'olmo2' has no norm that feeds a linear"),
+    ("olmo2", {}, "smoothquant", "'olmo2': no norm feeds a linear"),
 ])
 def test_ptq_the_family_cannot_do_is_refused_at_validate(tmp_path, tokenizer_dir, capsys, model_type, edit, method,
                                                          message):
@@ -129,3 +129,36 @@ def test_model_key_follows_checkpoint_content(tmp_path, tokenizer_dir):
     replacement = checkpoint(tmp_path, "llama", tokenizer_dir, seed=1)
     (src / "model.safetensors").write_bytes((replacement / "model.safetensors").read_bytes())
     assert key() != before  # same path, other weights: another model
+
+
+@pytest.mark.parametrize("edit, method, refused", [
+    ({"use_parallel_residual": True}, "gptq", "'stablelm' with use_parallel_residual=True is not supported"),
+    ({}, "gptq", None),
+])
+def test_an_uncached_hub_id_is_refused_when_loaded_before_its_base_row(tmp_path, tokenizer_dir, monkeypatch, capsys,
+                                                                        edit, method, refused):
+    """`validate` cannot read a hub id that is not in the local cache; the run checks the loaded model's
+    config before its first cell. The hub load is stood in for by a local checkpoint (no network here)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    import ptq_bench.sources as sources
+
+    src = checkpoint(tmp_path, "stablelm", tokenizer_dir)
+    _edit_config(src, **edit)
+
+    def hub_load(info, device="cpu", **_kw):
+        assert info.form == "hub" and info.model_type is None  # validate could not read it
+        return AutoModelForCausalLM.from_pretrained(src).eval(), AutoTokenizer.from_pretrained(str(src)), "fp16"
+
+    monkeypatch.setattr(sources, "load_source", hub_load)
+    path = recipe(tmp_path, {"m": {"source": "org/not-cached"}}, [{"method": method, "w_bits": 4, "group_size": 32}])
+    assert main(["validate", str(path)]) == 0
+    capsys.readouterr()
+    assert main(["run", str(path)]) == (2 if refused else 0)
+    rows = load_rows(tmp_path / "out", strict=True) if (tmp_path / "out" / "results.jsonl").exists() else []
+    if refused:
+        err = capsys.readouterr().err.strip().splitlines()[-1]
+        assert err.startswith("ptq-bench: error: models.m: gptq cannot quantize it: ") and refused in err, err
+        assert rows == []  # no base row before the refusal
+    else:
+        assert [r.label for r in rows] == ["none", "gptq W4A16"]

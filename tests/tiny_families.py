@@ -43,6 +43,7 @@ FAMILY_CONFIGS: dict[str, tuple[str, dict[str, Any]]] = {
     "phi": ("PhiConfig", COMMON),
     "gptj": ("GPTJConfig", {"n_embd": 64, "n_layer": 2, "n_head": 4, "rotary_dim": 8, "n_positions": 256}),
     "cohere": ("CohereConfig", COMMON),
+    "olmo": ("OlmoConfig", {**COMMON, "clip_qkv": 8.0}),  # OLMo-1B-0724 clips q/k/v at 8
     "olmo2": ("Olmo2Config", COMMON),
     "olmo3": ("Olmo3Config", {**COMMON, "sliding_window": 16, "layer_types": ["sliding_attention", "full_attention"]}),
     "bitnet": ("BitNetConfig", COMMON),
