@@ -17,6 +17,7 @@ Exit 1 when the two runs do not hold the same rows.
 from __future__ import annotations
 
 import argparse
+import json
 import subprocess
 import sys
 import time
@@ -56,7 +57,9 @@ def run_on(recipe: Path, device: str, dtype: str, out: Path) -> tuple[Path, floa
 def keyed(folder: Path) -> dict[tuple, dict[str, Any]]:
     from ptq_bench.results import read_rows
 
-    return {(r["model"], r["label"], r.get("calib_seed")): r for r in read_rows(folder)}
+    # the label alone does not name a cell: absmax W4A16 per channel and in groups of 128 share it
+    return {(r["model"], r["label"], r.get("calib_seed"), json.dumps(r["config"], sort_keys=True)): r
+            for r in read_rows(folder)}
 
 
 def kind_of(metric: str) -> str | None:
@@ -69,6 +72,8 @@ def seconds(row: dict[str, Any]) -> str:
 
 
 def compare(a: dict[tuple, dict], b: dict[tuple, dict], names: tuple[str, str]) -> int:
+    from ptq_bench.quant.configs import setting_label
+
     if set(a) != set(b):
         print(f"rows differ: only on {names[0]}: {sorted(set(a) - set(b))}; only on {names[1]}: {sorted(set(b) - set(a))}")
         return 1
@@ -84,7 +89,8 @@ def compare(a: dict[tuple, dict], b: dict[tuple, dict], names: tuple[str, str]) 
                 per[k] = max(per[k], KINDS[k][1](va, rb["metrics"][m]))
         for k in KINDS:
             worst[k] = max(worst[k], per[k])
-        print(f"{key[0]:<14}{key[1]:<34}{str(key[2]):>5}{seconds(ra):>24}{seconds(rb):>24}"
+        label = f"{key[1]} {setting_label(ra['method'], ra.get('config') or {})}".strip()
+        print(f"{key[0]:<14}{label:<34}{str(key[2]):>5}{seconds(ra):>24}{seconds(rb):>24}"
               + "".join(f"{per[k]:>16.2e}" for k in KINDS))
     print("largest difference: " + ", ".join(f"{KINDS[k][2].removeprefix('max ')} {v:.2e}" for k, v in worst.items()))
     return 0

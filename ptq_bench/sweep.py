@@ -204,7 +204,7 @@ def run_model(sw: Sweep, name: str) -> None:
     refuse_loaded(name, base.model.config, mine)  # what validate could not read (an uncached hub id)
     _save_curve(sw.out, name, base.kind, base.info)
     size = {"n_params": sum(p.numel() for p in base.model.parameters()), "weight_bytes": weight_bytes(base.model)}
-    base.evaluate.set_base(base.model, sw.keys[name])
+    base.evaluate.set_base(base.model, sw.keys[name], sw.ctx.device)
     with float_backup(sw, base, mine) as backup:
         if sw.ctx.recipe.eval.kld and any(c.method != "none" for c in mine):
             with backup.evaluating(base.model) if backup else contextlib.nullcontext():

@@ -126,21 +126,28 @@ def test_capture_computes_block_0_only_and_restores_the_blocks(family):
     assert out.shape == inputs.hidden[0].shape
 
 
+CUDA = pytest.param("cuda", marks=[pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(),
+                                                                       reason="needs a CUDA device: pytest -m gpu")])
+
+
+@pytest.mark.parametrize("device", ["cpu", CUDA])
 @pytest.mark.parametrize(("family", "method", "cfg"), [
     ("llama", "gptq", {}),
     ("gemma", "smoothquant", {"w_bits": 8, "a_bits": 8}),  # Gemma's 1 + gain norm is refolded in fp32
 ])
-def test_float_blocks_restore_the_base_bit_for_bit(family, method, cfg, tmp_path):
-    base = tiny_model(family).to(torch.bfloat16)
+def test_float_blocks_restore_the_base_bit_for_bit(family, method, cfg, device, tmp_path):
+    """`in_place`: quantize the model itself, then restore its float blocks, on the device they live on."""
+    base = tiny_model(family).to(torch.bfloat16).to(device)
     model = copy.deepcopy(base)
     backup = FloatBlocks(model, tmp_path)
     m = get_method(method)
-    m.apply(model, m.config_cls(**cfg), calib_tokens(4, 32))
-    ids = calib_tokens(2, 16)
+    m.apply(model, m.config_cls(**cfg), calib_tokens(4, 32).to(device))
+    ids = calib_tokens(2, 16).to(device)
     assert not torch.equal(model(ids).logits, base(ids).logits)  # quantized in place
     backup.restore(model)
     want, got = base.state_dict(), model.state_dict()
-    assert all(torch.equal(got[k], want[k]) and got[k].dtype == want[k].dtype for k in want)
+    assert all(torch.equal(got[k], want[k]) and (got[k].dtype, got[k].device) == (want[k].dtype, want[k].device)
+               for k in want)
     assert not any(hasattr(x, GRID_ATTR) or x._forward_pre_hooks for x in model.modules())
     assert torch.equal(model(ids).logits, base(ids).logits)
 

@@ -49,7 +49,8 @@ def test_bfloat16_rows_are_cast_and_say_so(tmp_path, tokenizer_dir):  # noqa: F8
     for dtype in ("auto", "bfloat16"):
         (tmp_path / dtype).mkdir()
         path = recipe(tmp_path / dtype, {"m": {"source": str(src)}}, [{"method": "gptq", "w_bits": 4, "group_size": 32}])
-        path.write_text(yaml.safe_dump({**yaml.safe_load(path.read_text()), "dtype": dtype}))
+        shared = str(tmp_path / "cache")  # one cache: the bf16 run must not read the float32 run's KLD base
+        path.write_text(yaml.safe_dump({**yaml.safe_load(path.read_text()), "dtype": dtype, "cache_dir": shared}))
         assert main(["run", str(path)]) == 0
         rows[dtype] = {r.label: r for r in load_rows(tmp_path / dtype / "out", strict=True)}
     for label in ("none", "gptq W4A16"):
@@ -57,7 +58,7 @@ def test_bfloat16_rows_are_cast_and_say_so(tmp_path, tokenizer_dir):  # noqa: F8
         assert (fp32.protocol["dtype"], bf16.protocol["dtype"]) == ("float32", "bfloat16")
         assert fp32.protocol["device"] == bf16.protocol["device"] == "cpu"
         ppl = "ppl_gptq/wikitext2/seq32/first4win"
-        assert bf16.metrics[ppl] != fp32.metrics[ppl]  # the cast happened ...
+        assert bf16.metrics[ppl] != fp32.metrics[ppl]  # the cast happened (the base row's ppl is read from the KLD base) ...
         assert bf16.metrics[ppl] == pytest.approx(fp32.metrics[ppl], rel=0.02)  # ... and changes little
     bf16_recipe = tmp_path / "bfloat16" / "r.yaml"
     bf16_recipe.write_text(bf16_recipe.read_text().replace("dtype: bfloat16", "dtype: auto"))

@@ -11,7 +11,8 @@ echo "install $(( $(date +%s) - t0 )) s"
 export PYTHONPATH=$K/site:$PWD PTQ_BENCH_DATA=$K/data PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TQDM_DISABLE=1
 python3 - <<'PY'
 import torch, transformers, lm_eval, datasets, gguf, pyarrow, huggingface_hub
-print("torch", torch.__version__, "cuda", torch.version.cuda, torch.cuda.is_available(), torch.cuda.get_device_name(0))
+print("torch", torch.__version__, "cuda", torch.version.cuda, torch.cuda.is_available(),
+      torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no CUDA device")
 print("transformers", transformers.__version__, transformers.__file__)
 print("pyarrow", pyarrow.__version__, "datasets", datasets.__version__, "hub", huggingface_hub.__version__)
 import ptq_bench.cli, ptq_bench.eval.harness  # noqa

@@ -74,8 +74,14 @@ class Evaluator:
             return {ref.names["ppl"]: ref.ppl for ref in self.refs.values()}
         return self.perplexity(model)
 
-    def set_base(self, model: Any, key: str) -> None:
-        """The unquantized model later cells are compared with (`key`: its cache key, naming the references)."""
+    def set_base(self, model: Any, key: str, device: str = "cpu") -> None:
+        """The unquantized model later cells are compared with. `key` (its cache key) names the references,
+        with the model's dtype and the device when they are not float32 on the CPU (the references stored
+        before the recipe's dtype existed), so a bf16 or CUDA run never reads another run's base."""
+        from ptq_bench.models.build import dtype_name
+
+        where = (dtype_name(model), device.split(":")[0])
+        key = key if where == ("float32", "cpu") else f"{key}-{'-'.join(where)}"
         self.base, self.refs = (weakref.ref(model), key), {}  # weak: the model goes when its cells are done
 
     def references(self) -> dict[str, Any]:

@@ -149,7 +149,8 @@ class FloatBlocks:
     def _reset(self, idx: int, layer: nn.Module) -> None:
         from safetensors.torch import load_file
 
-        state = load_file(str(self.folder / f"block_{idx}.safetensors"))
+        device = next(layer.parameters()).device  # assign=True keeps the loaded tensors' device: load there
+        state = load_file(str(self.folder / f"block_{idx}.safetensors"), device=str(device))
         layer.load_state_dict({k: v.clone() for k, v in state.items()}, assign=True)
 
     @torch.no_grad()
