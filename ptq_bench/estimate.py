@@ -15,13 +15,21 @@ the line through the two gives its fixed cost per evaluate call and its seconds 
 weighted by the model's block and head sizes). Each task's work at the recipe's `limit` is counted from
 its tokenized requests (the recipe's tokenizer, trained in memory, or the source's own), so a cell's
 projection follows the tasks it runs. Quantized cells are projected at their base model's rate
-(activation-quantized ones run slower). Calibration and quantization solves are not projected.
+(activation-quantized ones run slower).
+
+Quantization: every PTQ setting of a model (its calibration seeds aside) runs on copies of the model cut
+to its first 2 and first 4 decoder blocks (1 and 2 for shallower models), with random calibration ids of
+the recipe's shape; the line through the two timings gives the per-block part, projected to the model's
+block count. (A model cut to one block skips passing that block's output on, so the first block is not
+a block's cost.) The first setting of a model runs once untimed first (kernel warm-up).
 
 Nothing is written: no cache entry, no run folder.
 """
 
 from __future__ import annotations
 
+import copy
+import json
 import statistics
 import time
 from dataclasses import dataclass, field
@@ -46,6 +54,7 @@ class Measured:
     peak_bytes: int | None  # CUDA peak allocated memory over the probe (None on CPU)
     zero_shot_s: dict[str, float] = field(default_factory=dict)  # task -> projected seconds at the recipe's limit
     zero_shot_call_s: float = 0.0  # the fixed cost of one evaluate call (one per cell)
+    quant_s: dict[str, tuple[float, int]] = field(default_factory=dict)  # setting -> (s per cell, cells)
 
     @property
     def train_s(self) -> float:
@@ -183,6 +192,63 @@ def _ppl_batch_s(recipe: Recipe, model: Any, vocab: int, device: str, repeats: i
     return _timed(forward, device, 1, repeats)
 
 
+def _quant_settings(recipe: Recipe, name: str) -> dict[str, list[Any]]:
+    """Model `name`'s PTQ cells grouped by setting (method and config; seeds are cells of one setting)."""
+    from ptq_bench.quant.configs import setting_label
+
+    groups: dict[str, list[Any]] = {}
+    for c in expand_cells(recipe):
+        if c.model == name and c.method != "none":
+            key = f"{c.label} {setting_label(c.method, c.config_dict())}".strip()
+            groups.setdefault(key + "\0" + json.dumps(c.config_dict(), sort_keys=True), []).append(c)
+    return {k.split("\0")[0]: v for k, v in groups.items()}
+
+
+def _apply_s(method: Any, model: Any, config: Any, calib: Any, device: str) -> float:
+    """Seconds of `method` quantizing a copy of `model` (the copy is not timed)."""
+    target = copy.deepcopy(model)
+    _sync(device)
+    t0 = time.perf_counter()
+    method.apply(target, config, calib)
+    _sync(device)
+    return time.perf_counter() - t0
+
+
+def _probe_blocks(n_blocks: int) -> tuple[int, ...]:
+    """Block counts a method is timed on: 2 and 4 (a model cut to one block skips passing the block's
+    output on, so one block alone under-states a block's cost), fewer for shallower models."""
+    return (2, 4) if n_blocks >= 4 else tuple(range(1, min(n_blocks, 2) + 1))
+
+
+def _quant_cell_s(recipe: Recipe, name: str, model: Any, vocab: int, device: str) -> dict[str, tuple[float, int]]:
+    """Per PTQ setting of model `name`: (projected seconds of one cell, its cells). The method runs on the
+    model cut to its first few blocks (`_probe_blocks`), with random calibration ids; the line through the
+    two timings gives the per-block part, projected to the model's block count."""
+    import torch
+
+    from ptq_bench.quant import get_method
+    from ptq_bench.quant.calibrate import decoder_layers, first_blocks
+
+    settings = _quant_settings(recipe, name)
+    if not settings:
+        return {}
+    n_blocks = len(decoder_layers(model))
+    ks = _probe_blocks(n_blocks)
+    shorts = [first_blocks(model, k) for k in ks]
+    c = recipe.calibration
+    ids = torch.randint(0, vocab, (c.n_samples, c.seq_len), generator=torch.Generator().manual_seed(2)).to(device)
+    out: dict[str, tuple[float, int]] = {}
+    for i, (label, cells) in enumerate(settings.items()):
+        method = get_method(cells[0].method)
+        calib = ids if method.needs_calibration else None
+        if i == 0:  # the model's first setting warms up (kernels, allocator) untimed
+            _apply_s(method, shorts[0], cells[0].config, calib, device)
+        t = [_apply_s(method, short, cells[0].config, calib, device) for short in shorts]
+        per_block = (t[-1] - t[0]) / (ks[-1] - ks[0]) if len(t) == 2 and t[-1] > t[0] else t[-1] / ks[-1]
+        out[label] = (t[-1] + (n_blocks - ks[-1]) * per_block, len(cells))
+    return out
+
+
 def measure(recipe: Recipe, name: str, device: str, steps: int, warmup: int,
             zero_shot: ZeroShot | None = None) -> Measured:
     """Time model `name`'s training step (models trained here only), a perplexity forward and, with
@@ -200,9 +266,11 @@ def measure(recipe: Recipe, name: str, device: str, steps: int, warmup: int,
     ppl_s = _ppl_batch_s(recipe, model, vocab, device, max(1, steps // 2))
     peak = torch.cuda.max_memory_allocated() if device.startswith("cuda") else None
     call_s, tasks = zero_shot.seconds(model, tok) if zero_shot is not None else (0.0, {})
+    quant = _quant_cell_s(recipe, name, model, vocab, device)
     kind = spec.kind if trained else "source"
     return Measured(name, kind, sum(x.numel() for x in model.parameters()), step_s,
-                    train_steps(t.tokens, t.seq_len, t.batch_size) if trained else 0, ppl_s, peak, tasks, call_s)
+                    train_steps(t.tokens, t.seq_len, t.batch_size) if trained else 0, ppl_s, peak, tasks, call_s,
+                    quant)
 
 
 def _hms(seconds: float) -> str:
@@ -246,7 +314,22 @@ def report(recipe: Recipe, found: list[Measured], device: str, hours: float | No
             lines.append(f"perplexity: {_hms(per_batch)} per batch of {rows} x {p.seq_len} (slowest model); "
                          "whole sets: the window count depends on the trained tokenizer")
     lines.extend(_zero_shot_lines(recipe, found))
-    lines.append("not projected: tokenizer training, calibration and quantization solves")
+    lines.extend(_quant_lines(recipe, found))
+    lines.append("not projected: tokenizer training, tokenizing the calibration text")
+    return lines
+
+
+def _quant_lines(recipe: Recipe, found: list[Measured]) -> list[str]:
+    """The quantization projection: the total, then per model and setting its seconds per cell."""
+    rows = [(m.name, label, s, n) for m in found for label, (s, n) in m.quant_s.items()]
+    if not rows:
+        return []
+    c = recipe.calibration
+    total, cells = sum(s * n for _, _, s, n in rows), sum(n for *_, n in rows)
+    lines = [f"quantization (each setting timed on its first 2 and 4 blocks, projected to all; {c.n_samples} x "
+             f"{c.seq_len} calibration tokens): {_hms(total)} for {cells} PTQ cells"]
+    lines.extend(f"  {name:<14} {label:<36} {_hms(s):>12} per cell" + (f" x {n} cells" if n > 1 else "")
+                 for name, label, s, n in rows)
     return lines
 
 
@@ -278,6 +361,7 @@ def estimate(recipe: Recipe, device: str, steps: int = 10, warmup: int = 3, hour
     found = []
     for name, spec in recipe.models.items():
         what = f"{warmup} + {steps} training steps" if spec.source is None else "perplexity forwards (loaded model)"
-        progress(f"timing '{name}': {what}" + (", zero-shot sample" if zero_shot else "") + " ...")
+        quant = ", a few blocks per PTQ setting" if _quant_settings(recipe, name) else ""
+        progress(f"timing '{name}': {what}" + (", zero-shot sample" if zero_shot else "") + quant + " ...")
         found.append(measure(recipe, name, device, steps, warmup, zero_shot))
     return report(recipe, found, device, hours)

@@ -45,7 +45,29 @@ def test_estimate_times_the_training_step_and_writes_nothing(tmp_path, capsys, m
     assert "8 windows x 2 sets" in out  # the smoke recipe's max_windows and sets
     assert "zero-shot (fast, 4 tasks, 8 documents each; timed on 4 and 12 per task)" in out
     assert out.count("every task once:") == 3
+    assert "calibration tokens): " in out and "for 4 PTQ cells" in out  # smoke: absmax W8/4/2/1 on fp16
+    assert sum(" per cell" in x and x.strip().startswith("fp16 ") for x in out.splitlines()) == 4
     assert set(tmp_path.rglob("*")) == before  # no cache, no run folder
+
+
+def test_quantization_is_projected_from_one_and_two_blocks(tmp_path, monkeypatch):
+    """A cell = fixed part + per-block part x blocks, from timings on the model cut to 2 and 4 blocks;
+    calibration seeds are cells of one setting; the model itself keeps its blocks."""
+    from tiny_families import tiny_model
+
+    import ptq_bench.estimate as est
+    from ptq_bench.quant.calibrate import decoder_layers
+
+    r = load_recipe(_recipe(tmp_path, quantize=[{"method": "absmax", "w_bits": [8, 4]},
+                                                {"method": "gptq", "w_bits": 4, "seeds": [0, 1, 2]}]))
+    seen = []
+    monkeypatch.setattr(est, "_apply_s", lambda m, model, *a: seen.append(len(decoder_layers(model)))
+                        or 3.0 + 2.0 * len(decoder_layers(model)))
+    model = tiny_model("llama", layers=6)
+    out = est._quant_cell_s(r, "fp16", model, 512, "cpu")
+    assert len(decoder_layers(model)) == 6 and set(seen) == {2, 4}
+    assert out == {"absmax W8A16 channel": (15.0, 1), "absmax W4A16 channel": (15.0, 1),
+                   "gptq W4A16 g128": (15.0, 3)}  # exact for a line: 3 + 2 x 6; three seeds, one setting
 
 
 def _checkpoint(tmp_path: Path, data_dir: Path, tokenizer: bool = True) -> Path:

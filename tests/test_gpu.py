@@ -25,8 +25,8 @@ def test_smoke_recipe_on_cuda_writes_the_cpu_rows(tmp_path):
 
 def test_estimate_times_the_gpu_recipe_on_cuda(capsys):
     """`ptq-bench estimate` on the single-GPU recipe: bf16 training steps of its three ~125M models, a
-    seqlen-2048 perplexity batch and a zero-shot sample, timed on CUDA (the figures the recipe's size is
-    to be stated from)."""
+    seqlen-2048 perplexity batch, a zero-shot sample and each PTQ setting on a few blocks, timed on CUDA
+    (the figures the recipe's size is to be stated from)."""
     from ptq_bench.cli import main
 
     assert main(["estimate", str(ROOT / "recipes" / "bitnet_table3_gpu.yaml"), "--hours", "1"]) == 0
@@ -35,3 +35,4 @@ def test_estimate_times_the_gpu_recipe_on_cuda(capsys):
         print(out)
     assert out.count("s/step") == 3 and "peak" in out and "train.tokens that fit 1 h" in out
     assert out.count("every task once:") == 3
+    assert "for 9 PTQ cells" in out  # absmax x3, smoothquant x3, gptq x2, quip: timed on 2 and 4 blocks

@@ -20,6 +20,7 @@ bit-identical either way (tests/test_calib_memory.py).
 from __future__ import annotations
 
 import contextlib
+import copy
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -53,6 +54,19 @@ def decoder_layers(model: nn.Module) -> nn.ModuleList:
     if not isinstance(layers, nn.ModuleList):
         raise QuantError(f"{type(model).__name__}: expected decoder blocks at {path} (family registry)")
     return layers
+
+
+def first_blocks(model: nn.Module, k: int) -> nn.Module:
+    """A deep copy of `model` with only its first `k` decoder blocks (to time a method on one block); the
+    other blocks are never copied."""
+    parent_path, _, leaf = model_family(model).blocks.rpartition(".")
+    parent = model.get_submodule(parent_path) if parent_path else model
+    layers = decoder_layers(model)
+    setattr(parent, leaf, nn.ModuleList(list(layers)[:k]))
+    try:
+        return copy.deepcopy(model)
+    finally:
+        setattr(parent, leaf, layers)
 
 
 def block_linears(layer: nn.Module, family: Family) -> dict[str, nn.Module]:
