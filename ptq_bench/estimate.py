@@ -193,15 +193,15 @@ def _ppl_batch_s(recipe: Recipe, model: Any, vocab: int, device: str, repeats: i
 
 
 def _quant_settings(recipe: Recipe, name: str) -> dict[str, list[Any]]:
-    """Model `name`'s PTQ cells grouped by setting (method and config; seeds are cells of one setting)."""
+    """Model `name`'s PTQ cells by setting (method and config: calibration seeds are cells of one setting),
+    keyed by the setting's label."""
     from ptq_bench.quant.configs import setting_label
 
     groups: dict[str, list[Any]] = {}
     for c in expand_cells(recipe):
         if c.model == name and c.method != "none":
-            key = f"{c.label} {setting_label(c.method, c.config_dict())}".strip()
-            groups.setdefault(key + "\0" + json.dumps(c.config_dict(), sort_keys=True), []).append(c)
-    return {k.split("\0")[0]: v for k, v in groups.items()}
+            groups.setdefault(json.dumps([c.method, c.config_dict()], sort_keys=True), []).append(c)
+    return {f"{v[0].label} {setting_label(v[0].method, v[0].config_dict())}".strip(): v for v in groups.values()}
 
 
 def _apply_s(method: Any, model: Any, config: Any, calib: Any, device: str) -> float:
@@ -326,8 +326,8 @@ def _quant_lines(recipe: Recipe, found: list[Measured]) -> list[str]:
         return []
     c = recipe.calibration
     total, cells = sum(s * n for _, _, s, n in rows), sum(n for *_, n in rows)
-    lines = [f"quantization (each setting timed on its first 2 and 4 blocks, projected to all; {c.n_samples} x "
-             f"{c.seq_len} calibration tokens): {_hms(total)} for {cells} PTQ cells"]
+    lines = [f"quantization (each setting timed on 2 and 4 blocks, fewer in shallower models, projected to all; "
+             f"{c.n_samples} x {c.seq_len} calibration tokens): {_hms(total)} for {cells} PTQ cells"]
     lines.extend(f"  {name:<14} {label:<36} {_hms(s):>12} per cell" + (f" x {n} cells" if n > 1 else "")
                  for name, label, s, n in rows)
     return lines

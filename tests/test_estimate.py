@@ -50,7 +50,7 @@ def test_estimate_times_the_training_step_and_writes_nothing(tmp_path, capsys, m
     assert set(tmp_path.rglob("*")) == before  # no cache, no run folder
 
 
-def test_quantization_is_projected_from_one_and_two_blocks(tmp_path, monkeypatch):
+def test_quantization_is_projected_from_two_and_four_blocks(tmp_path, monkeypatch):
     """A cell = fixed part + per-block part x blocks, from timings on the model cut to 2 and 4 blocks;
     calibration seeds are cells of one setting; the model itself keeps its blocks."""
     from tiny_families import tiny_model

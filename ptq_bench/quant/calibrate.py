@@ -57,8 +57,8 @@ def decoder_layers(model: nn.Module) -> nn.ModuleList:
 
 
 def first_blocks(model: nn.Module, k: int) -> nn.Module:
-    """A deep copy of `model` with only its first `k` decoder blocks (to time a method on one block); the
-    other blocks are never copied."""
+    """A deep copy of `model` with only its first `k` decoder blocks (`ptq-bench estimate` times methods on
+    a few blocks); the other blocks are never copied."""
     parent_path, _, leaf = model_family(model).blocks.rpartition(".")
     parent = model.get_submodule(parent_path) if parent_path else model
     layers = decoder_layers(model)
