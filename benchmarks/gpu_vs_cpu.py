@@ -72,7 +72,7 @@ def seconds(row: dict[str, Any]) -> str:
 
 
 def compare(a: dict[tuple, dict], b: dict[tuple, dict], names: tuple[str, str]) -> int:
-    from ptq_bench.quant.configs import setting_label
+    from ptq_bench.quant.configs import setting_name
 
     if set(a) != set(b):
         print(f"rows differ: only on {names[0]}: {sorted(set(a) - set(b))}; only on {names[1]}: {sorted(set(b) - set(a))}")
@@ -89,7 +89,7 @@ def compare(a: dict[tuple, dict], b: dict[tuple, dict], names: tuple[str, str]) 
                 per[k] = max(per[k], KINDS[k][1](va, rb["metrics"][m]))
         for k in KINDS:
             worst[k] = max(worst[k], per[k])
-        label = f"{key[1]} {setting_label(ra['method'], ra.get('config') or {})}".strip()
+        label = setting_name(key[1], ra["method"], ra.get("config") or {})
         print(f"{key[0]:<14}{label:<34}{str(key[2]):>5}{seconds(ra):>24}{seconds(rb):>24}"
               + "".join(f"{per[k]:>16.2e}" for k in KINDS))
     print("largest difference: " + ", ".join(f"{KINDS[k][2].removeprefix('max ')} {v:.2e}" for k, v in worst.items()))

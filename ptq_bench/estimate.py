@@ -68,19 +68,28 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
+def _once(fn: Any, device: str) -> float:
+    """Seconds of one `fn()` call, the device synchronized on both sides."""
+    _sync(device)
+    t0 = time.perf_counter()
+    fn()
+    _sync(device)
+    return time.perf_counter() - t0
+
+
 def _timed(fn: Any, device: str, warmup: int, repeats: int) -> float:
     """Median seconds of `fn()` over `repeats` calls after `warmup` untimed ones (the median: a shared CPU
     stalls single steps now and then)."""
     for _ in range(warmup):
         fn()
-    times = []
-    for _ in range(repeats):
-        _sync(device)
-        t0 = time.perf_counter()
-        fn()
-        _sync(device)
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+    return statistics.median(_once(fn, device) for _ in range(repeats))
+
+
+def _random_ids(vocab: int, shape: tuple[int, ...], seed: int, device: str) -> Any:
+    """Token ids drawn from a seeded CPU generator (the same on every device), placed on `device`."""
+    import torch
+
+    return torch.randint(0, vocab, shape, generator=torch.Generator().manual_seed(seed)).to(device)
 
 
 def _model(recipe: Recipe, name: str, device: str) -> tuple[Any, int, Any]:
@@ -152,14 +161,11 @@ class ZeroShot:
 
 def _train_step_s(recipe: Recipe, name: str, model: Any, vocab: int, device: str, steps: int, warmup: int) -> float:
     """Median seconds of the real training step (AdamW, clipping, bf16 autocast on CUDA) on random ids."""
-    import torch
-
     from ptq_bench.models.train import forward_loss, make_optimizer, update
 
     t = recipe.train
     opt = make_optimizer(model, model_schedule(recipe, name))
-    batch = torch.randint(0, vocab, (t.batch_size, t.seq_len + 1), generator=torch.Generator().manual_seed(0))
-    batch = batch.to(device)
+    batch = _random_ids(vocab, (t.batch_size, t.seq_len + 1), 0, device)
 
     def step() -> None:
         loss = forward_loss(model, batch)
@@ -182,8 +188,7 @@ def _ppl_batch_s(recipe: Recipe, model: Any, vocab: int, device: str, repeats: i
     """Median seconds of one perplexity forward batch (eval.batch_size windows of eval.perplexity.seq_len)."""
     import torch
 
-    windows = torch.randint(0, vocab, (_ppl_rows(recipe), recipe.eval.perplexity.seq_len),
-                            generator=torch.Generator().manual_seed(1)).to(device)
+    windows = _random_ids(vocab, (_ppl_rows(recipe), recipe.eval.perplexity.seq_len), 1, device)
 
     def forward() -> None:
         with torch.no_grad():
@@ -195,23 +200,19 @@ def _ppl_batch_s(recipe: Recipe, model: Any, vocab: int, device: str, repeats: i
 def _quant_settings(recipe: Recipe, name: str) -> dict[str, list[Any]]:
     """Model `name`'s PTQ cells by setting (method and config: calibration seeds are cells of one setting),
     keyed by the setting's label."""
-    from ptq_bench.quant.configs import setting_label
+    from ptq_bench.quant.configs import setting_name
 
     groups: dict[str, list[Any]] = {}
     for c in expand_cells(recipe):
         if c.model == name and c.method != "none":
             groups.setdefault(json.dumps([c.method, c.config_dict()], sort_keys=True), []).append(c)
-    return {f"{v[0].label} {setting_label(v[0].method, v[0].config_dict())}".strip(): v for v in groups.values()}
+    return {setting_name(v[0].label, v[0].method, v[0].config_dict()): v for v in groups.values()}
 
 
 def _apply_s(method: Any, model: Any, config: Any, calib: Any, device: str) -> float:
     """Seconds of `method` quantizing a copy of `model` (the copy is not timed)."""
     target = copy.deepcopy(model)
-    _sync(device)
-    t0 = time.perf_counter()
-    method.apply(target, config, calib)
-    _sync(device)
-    return time.perf_counter() - t0
+    return _once(lambda: method.apply(target, config, calib), device)
 
 
 def _probe_blocks(n_blocks: int) -> tuple[int, ...]:
@@ -224,7 +225,6 @@ def _quant_cell_s(recipe: Recipe, name: str, model: Any, vocab: int, device: str
     """Per PTQ setting of model `name`: (projected seconds of one cell, its cells). The method runs on the
     model cut to its first few blocks (`_probe_blocks`), with random calibration ids; the line through the
     two timings gives the per-block part, projected to the model's block count."""
-    import torch
 
     from ptq_bench.quant import get_method
     from ptq_bench.quant.calibrate import decoder_layers, first_blocks
@@ -236,7 +236,7 @@ def _quant_cell_s(recipe: Recipe, name: str, model: Any, vocab: int, device: str
     ks = _probe_blocks(n_blocks)
     shorts = [first_blocks(model, k) for k in ks]
     c = recipe.calibration
-    ids = torch.randint(0, vocab, (c.n_samples, c.seq_len), generator=torch.Generator().manual_seed(2)).to(device)
+    ids = _random_ids(vocab, (c.n_samples, c.seq_len), 2, device)
     out: dict[str, tuple[float, int]] = {}
     for i, (label, cells) in enumerate(settings.items()):
         method = get_method(cells[0].method)

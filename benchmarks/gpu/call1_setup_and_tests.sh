@@ -1,14 +1,14 @@
 #!/bin/bash
 # Device call 1 (benchmarks/gpu/README.md): install the carried wheels and data under /root/keep (kept while the machine stays warm),
 # then the prepared GPU tests (pytest -m gpu). Output: $OUT/call1.log
-K=/root/keep; mkdir -p $K
+source benchmarks/gpu/env.sh
 exec > >(tee $OUT/call1.log) 2>&1
 date; nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
 cp -r .gpudata/data $K/
 t0=$(date +%s)
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target $K/site .whl/*.whl || exit 3
+install .whl/*.whl || exit 3
 echo "install $(( $(date +%s) - t0 )) s"
-export PYTHONPATH=$K/site:$PWD PTQ_BENCH_DATA=$K/data PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TQDM_DISABLE=1
+use_keep
 python3 - <<'PY'
 import torch, transformers, lm_eval, datasets, gguf, pyarrow, huggingface_hub
 print("torch", torch.__version__, "cuda", torch.version.cuda, torch.cuda.is_available(),

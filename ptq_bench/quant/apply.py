@@ -151,7 +151,9 @@ class FloatBlocks:
 
         device = next(layer.parameters()).device  # assign=True keeps the loaded tensors' device: load there
         state = load_file(str(self.folder / f"block_{idx}.safetensors"), device=str(device))
-        layer.load_state_dict({k: v.clone() for k, v in state.items()}, assign=True)
+        if device.type == "cpu":  # CPU tensors still read the file's mapping; a device copy is already its own
+            state = {k: v.clone() for k, v in state.items()}
+        layer.load_state_dict(state, assign=True)
 
     @torch.no_grad()
     def restore(self, model: nn.Module) -> None:

@@ -131,3 +131,8 @@ def setting_label(method: str, config: dict[str, Any]) -> str:
             continue
         parts.append(key if value is True else f"no {key}" if value is False else f"{key}={value}")
     return " ".join(parts)
+
+
+def setting_name(label: str, method: str, config: dict[str, Any]) -> str:
+    """A cell's label with its setting ("absmax W4A16 g128"): labels alone repeat across settings."""
+    return f"{label} {setting_label(method, config)}".strip()
