@@ -15,7 +15,8 @@ def _validate(args: argparse.Namespace) -> int:
     recipe = load_recipe(args.recipe)
     data_dir = check_data(recipe)  # every data file the recipe needs exists
     cells = expand_cells(recipe)
-    print(f"{args.recipe}: OK ({len(recipe.models)} models, {len(cells)} cells, data {data_dir})")
+    n_models, n_cells = len(recipe.models), len(cells)
+    print(f"{args.recipe}: OK ({n_models} model{'s' * (n_models != 1)}, {n_cells} cell{'s' * (n_cells != 1)}, data {data_dir})")
     return 0
 
 
