@@ -113,8 +113,9 @@ def refuse_loaded(name: str, config: Any, cells: list[Cell]) -> None:
     not in the local cache): raised before the model's first cell, so no base row precedes the refusal."""
     from ptq_bench.families import layout_problem
 
+    problem = layout_problem(config)
     for cell in cells:
-        why = "" if cell.method == "none" else _refusal(config.model_type, layout_problem(config), cell.method)
+        why = "" if cell.method == "none" else _refusal(config.model_type, problem, cell.method)
         if why:
             raise RecipeError(f"models.{name}: {cell.method} cannot quantize it: {why}")
 

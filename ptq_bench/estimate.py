@@ -225,7 +225,6 @@ def _quant_cell_s(recipe: Recipe, name: str, model: Any, vocab: int, device: str
     """Per PTQ setting of model `name`: (projected seconds of one cell, its cells). The method runs on the
     model cut to its first few blocks (`_probe_blocks`), with random calibration ids; the line through the
     two timings gives the per-block part, projected to the model's block count."""
-
     from ptq_bench.quant import get_method
     from ptq_bench.quant.calibrate import decoder_layers, first_blocks
 

@@ -56,8 +56,8 @@ from ptq_bench.tokens import cached_array, calibration_windows, encode_stream
 # keys and provenance
 
 
-def cell_id(cell: Cell, m_key: str, dtype: str = "auto") -> str:
-    """The stored identity of a cell: what it computes (in which `dtype`) and the versions of the code."""
+def cell_id(cell: Cell, m_key: str, dtype: str) -> str:
+    """The stored identity of a cell: what it computes (in the recipe's `dtype`) and the versions of the code."""
     seed = {} if cell.calib_seed is None else {"calib_seed": cell.calib_seed}  # None: the id cells always had
     cast = {} if dtype == "auto" else {"dtype": dtype}  # auto: the id cells had before the recipe's dtype
     return _hash({"model": cell.model, "model_key": m_key, "method": cell.method, "config": cell.config_dict(),

@@ -43,8 +43,8 @@ def test_seeds_expand_calibrated_cells_only_and_keep_default_ids(tmp_path):
     r["calibration"]["seeds"] = None
     path.write_text(yaml.safe_dump(r))
     default = expand_cells(load_recipe(path))
-    assert [cell_id(c, "k") for c in default] == [cell_id(c, "k") for c in cells[:3]]  # ids unchanged
-    assert len({cell_id(c, "k") for c in cells}) == 5
+    assert [cell_id(c, "k", "auto") for c in default] == [cell_id(c, "k", "auto") for c in cells[:3]]  # ids unchanged
+    assert len({cell_id(c, "k", "auto") for c in cells}) == 5
     r["calibration"]["seeds"] = [1, 1]
     path.write_text(yaml.safe_dump(r))
     with pytest.raises(RecipeError, match="calibration.seeds"):

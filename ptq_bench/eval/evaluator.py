@@ -74,7 +74,7 @@ class Evaluator:
             return {ref.names["ppl"]: ref.ppl for ref in self.refs.values()}
         return self.perplexity(model)
 
-    def set_base(self, model: Any, key: str, device: str = "cpu") -> None:
+    def set_base(self, model: Any, key: str, device: str) -> None:
         """The unquantized model later cells are compared with. `key` (its cache key) names the references,
         with the model's dtype and the device when they are not float32 on the CPU (the references stored
         before the recipe's dtype existed), so a bf16 or CUDA run never reads another run's base."""
