@@ -212,3 +212,25 @@ def test_ppl_column_mixing_protocols_says_so(tmp_path):
     paper = (d / "paper_table.md").read_text(encoding="utf-8")
     assert "mix protocols: `ppl_gptq/wikitext2/seq128` (1 rows), `ppl_gptq/wikitext2/seq128/first64win` (1 rows)" in paper
     assert "mix protocols" not in (d / "table.md").read_text(encoding="utf-8")  # there each protocol is a column
+
+
+def _on(r: dict, device: str, dtype: str) -> dict:
+    r["protocol"] = {**r["protocol"], "device": device, "dtype": dtype}
+    return r
+
+
+def test_tables_name_the_device_and_dtype_and_say_when_rows_mix_them(tmp_path):
+    """A bf16 CUDA run's tables say so; a folder mixing devices lists each; old rows without the fields get no guess."""
+    fp, b1 = (lambda: row("fp16", "fp16", "none", 16, 16, 15.0, T3)), (lambda: row("b1", "bitnet_b1", "none", 1, 8, 20.0, T3))
+    one = _run_dir(tmp_path / "one", [_on(fp(), "cuda", "bfloat16"), _on(b1(), "cuda", "bfloat16")], layout="bitnet_table3")
+    render(one)
+    for name in ("table.md", "paper_table.md"):
+        assert "- Computed on `cuda` in `bfloat16` (each row's `protocol`)." in (one / name).read_text(encoding="utf-8")
+    mixed = _run_dir(tmp_path / "mixed", [_on(fp(), "cpu", "float32"), _on(b1(), "cuda", "bfloat16"),
+                                          row("old", "fp16", "none", 16, 16, 15.0, T3)])
+    render(mixed)
+    assert ("- Rows were computed on different devices or dtypes: `cpu` in `float32` (1 rows), `cuda` in `bfloat16` "
+            "(1 rows), unrecorded (1 rows).") in (mixed / "table.md").read_text(encoding="utf-8")
+    old = _run_dir(tmp_path / "old", [fp()])
+    render(old)
+    assert "Computed on" not in (old / "table.md").read_text(encoding="utf-8")

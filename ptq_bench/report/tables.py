@@ -155,9 +155,27 @@ def ppl_note(rows: list[dict[str, Any]]) -> list[str]:
     return [f"- `PPL` is each row's first stored `ppl_gptq/wikitext2/…`; the run's rows mix protocols: {mixed}."]
 
 
+def device_note(rows: list[dict[str, Any]]) -> list[str]:
+    """Where and in what dtype the rows were computed (`protocol.device` / `.dtype`); a run mixing them says so.
+
+    Rows written before the protocol named them (schema < 2) count as "unrecorded"; a run of only those
+    gets no line rather than a guess."""
+    def where(row: dict[str, Any]) -> str:
+        p = row.get("protocol") if isinstance(row.get("protocol"), dict) else {}
+        return f"`{p['device']}` in `{p['dtype']}`" if p.get("device") and p.get("dtype") else "unrecorded"
+
+    seen = Counter(map(where, rows))
+    if not seen or set(seen) == {"unrecorded"}:
+        return []
+    if len(seen) == 1:
+        return [f"- Computed on {next(iter(seen))} (each row's `protocol`)."]
+    return ["- Rows were computed on different devices or dtypes: "
+            + ", ".join(f"{w} ({n} rows)" for w, n in seen.items()) + "."]
+
+
 def notes(run: RunData, layout: Layout, df: pd.DataFrame) -> list[str]:
     """Every table's footnotes: protocol, task protocol notes, untrained references, provenance, damage."""
-    lines = [*protocol_notes(run.rows), *task_notes(shown_tasks(run, layout)), *untrained_notes(run.rows)]
+    lines = [*protocol_notes(run.rows), *device_note(run.rows), *task_notes(shown_tasks(run, layout)), *untrained_notes(run.rows)]
     if "PPL" in df.columns:
         lines += ppl_note(run.rows)
     if run.manifest:
