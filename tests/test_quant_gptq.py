@@ -37,13 +37,14 @@ def obs_gptq(W, H, bits, damp=0.01):
     H += damp * H.diag().mean() * torch.eye(H.shape[0])
     Hinv = torch.linalg.inv(H.double())
     scale, zero, maxq = minmax_params(W, bits)
-    Q = torch.zeros_like(W)
+    Q, loss = torch.zeros_like(W), 0.0
     for i in range(W.shape[1]):
         Q[:, i] = quantize_scalar(W[:, i], scale, zero, maxq)
         err = (W[:, i] - Q[:, i]).double() / Hinv[i, i]
+        loss += float(((W[:, i] - Q[:, i]).double() ** 2).sum() / Hinv[i, i])  # OBS: (w - q)^2 / [H^-1]_ii
         W[:, i + 1:] -= (err[:, None] * Hinv[i, i + 1:][None, :]).float()
         Hinv = Hinv - Hinv[:, i:i + 1] @ Hinv[i:i + 1, :] / Hinv[i, i]
-    return Q
+    return Q, loss
 
 
 def layer_loss(W, Q, H):
@@ -54,10 +55,11 @@ def layer_loss(W, Q, H):
 @pytest.mark.parametrize("bits", [2, 3, 4])
 def test_solver_matches_obs_form(bits):
     W, H = correlated_problem()
-    Q, grid, _ = gptq_solve(W, H, bits, group_size=-1, block_size=16)
-    ref = obs_gptq(W, H, bits)
+    Q, grid, loss = gptq_solve(W, H, bits, group_size=-1, block_size=16)
+    ref, ref_loss = obs_gptq(W, H, bits)
     assert on_grid(Q, grid)
     assert (Q - ref).abs().max() < 1e-4 * W.abs().max()
+    assert loss == pytest.approx(ref_loss, rel=1e-4)  # the loss the rows report (quant.details.loss_sum)
 
 
 def test_lazy_blocks_do_not_change_the_result():
@@ -184,3 +186,43 @@ def test_true_sequential_and_activation_bits(model, calib):
 def test_bad_config(kw, field):
     with pytest.raises(ValueError, match=field):
         GPTQConfig(**kw)
+
+
+@pytest.mark.parametrize(("family", "true_sequential", "stacked_runs"), [
+    ("llama", False, 4), ("llama", True, 4),  # per block: q/k/v, o, gate/up, down
+    ("cohere", False, 3),  # parallel block: q/k/v/gate/up read one input
+    ("gpt2", False, 4),  # Conv1D, fused c_attn: nothing shares, every linear stands alone
+])
+def test_linears_sharing_a_hessian_are_solved_stacked_bit_for_bit(family, true_sequential, stacked_runs):
+    """GPTQ solves the linears that read one input as one matrix (apply.solve_stacked); every weight, scale
+    and zero equals its own, one-linear-at-a-time solve exactly, and the stacked walk really ran."""
+    from tiny_families import tiny_model
+
+    from ptq_bench.quant.apply import hessian_stat, quantize_model
+    from ptq_bench.quant.gptq import gptq_solver
+    from ptq_bench.quant.linears import GRID_ATTR
+
+    base, calls = tiny_model(family), {True: 0, False: 0}
+    cfg = GPTQConfig(w_bits=3, group_size=32, true_sequential=true_sequential)
+
+    def counted(stack: bool):
+        solve = gptq_solver(cfg)
+
+        def run(linear, stat):
+            calls[stack] += 1
+            return solve(linear, stat)
+        return run
+
+    out = {}
+    for stack in (True, False):
+        out[stack] = copy.deepcopy(base)
+        quantize_model(out[stack], counted(stack), cfg.a_bits, calib=calib_tokens(8, 32), make_stat=hessian_stat,
+                       true_sequential=true_sequential, stack_shared=stack)
+    n_blocks = len(decoder_layers(base))
+    assert calls[True] == stacked_runs * n_blocks and calls[False] == len(quantizable_linears(base))
+    one, alone = quantizable_linears(out[True]), quantizable_linears(out[False])
+    for name in alone:
+        assert torch.equal(one[name].weight, alone[name].weight), name
+        g1, g2 = getattr(one[name], GRID_ATTR), getattr(alone[name], GRID_ATTR)
+        assert torch.equal(g1.scale, g2.scale) and torch.equal(g1.zero, g2.zero), name
+        assert one[name].weight.untyped_storage().nbytes() == one[name].weight.numel() * 4, name  # own storage

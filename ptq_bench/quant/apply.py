@@ -66,6 +66,39 @@ def hessian_stat(name: str, linear: nn.Module) -> Hessian:
     return Hessian(stat_inputs(linear), linear.weight.device)
 
 
+def sharing(names: list[str], stats: dict[str, Any]) -> list[list[str]]:
+    """`names` in runs that share one statistic object (q/k/v read one input, as do gate/up), in order of
+    first appearance; a linear with no statistic of its own stands alone."""
+    runs: dict[int, list[str]] = {}
+    for i, name in enumerate(names):
+        stat = stats.get(name)
+        runs.setdefault(id(stat) if stat is not None else -1 - i, []).append(name)
+    return list(runs.values())
+
+
+class _Stacked(nn.Module):
+    """What a solver reads of a linear (`weight_matrix`), for several linears' rows stacked."""
+
+    def __init__(self, weight: Tensor) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(weight, requires_grad=False)
+
+
+def solve_stacked(solve: Solver, linears: list[nn.Module], stat: Any) -> list[tuple]:
+    """Linears that read one input, solved as one matrix with their rows stacked: one column walk, one
+    factorisation and no Hessian copy, where a GPU's per-column kernel launches bound the loop. GPTQ treats
+    rows independently given H, so each linear's weight and grid are bit for bit its own solve's
+    (tests/test_quant_gptq.py); the stacked loss is reported once, on the first linear."""
+    mats = [weight_matrix(linear) for linear in linears]
+    sizes = [m.shape[0] for m in mats]
+    w_hat, grid, loss = solve(_Stacked(torch.cat(mats)), stat)
+    if w_hat is None:
+        return [(None, None, None)] * len(linears)
+    grids = grid.split_rows(sizes) if grid is not None else [None] * len(sizes)
+    parts = [w.clone() for w in w_hat.split(sizes)]  # own storage each: safetensors refuses shared memory
+    return [(w, g, loss if i == 0 else None) for i, (w, g) in enumerate(zip(parts, grids))]
+
+
 @torch.no_grad()
 def quantize_model(
     model: nn.Module,
@@ -78,11 +111,14 @@ def quantize_model(
     true_sequential: bool = False,
     sequential: bool = True,
     details: dict[str, Any] | None = None,
+    stack_shared: bool = False,
 ) -> QuantReport:
     """Quantize every linear of every decoder block with `solve`; see the module docstring.
 
     `make_stat` None: no calibration (blocks are walked directly). `before_group(idx, block, linears,
     stats)` runs before a group's linears are solved (SmoothQuant folds its scales there).
+    `stack_shared`: linears sharing one statistic are solved as one matrix (`solve_stacked`), for a solver
+    whose rows are independent given the statistic and that reads only the weight.
     """
     t0 = time.perf_counter()
     family = model_family(model)
@@ -93,13 +129,18 @@ def quantize_model(
     def on_group(idx: int, layer: nn.Module, group: dict[str, nn.Module], stats: dict[str, Any]) -> None:
         if before_group is not None:
             before_group(idx, layer, group, stats)
-        for name, linear in group.items():
-            w_hat, grid, loss = solve(linear, take_stat(stats, name))  # popped (a shared one copied): freed once solved
-            if w_hat is not None:
-                set_weight(linear, w_hat, grid)
-            attach_act_quant(linear, a_bits, a_granularity)
-            grids[f"{family.blocks}.{idx}.{name}"] = (linear, grid)
-            losses.extend([] if loss is None else [loss])
+        for names in (sharing(list(group), stats) if stack_shared else [[n] for n in group]):
+            if len(names) > 1:
+                solved = solve_stacked(solve, [group[n] for n in names], [stats.pop(n) for n in names][0])
+            else:  # popped (a shared one copied): freed once solved
+                solved = [solve(group[names[0]], take_stat(stats, names[0]))]
+            for name, (w_hat, grid, loss) in zip(names, solved):
+                linear = group[name]
+                if w_hat is not None:
+                    set_weight(linear, w_hat, grid)
+                attach_act_quant(linear, a_bits, a_granularity)
+                grids[f"{family.blocks}.{idx}.{name}"] = (linear, grid)
+                losses.extend([] if loss is None else [loss])
 
     if make_stat is None:
         walk_blocks(model, on_group)

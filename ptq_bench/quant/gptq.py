@@ -120,7 +120,7 @@ def gptq_solver(cfg: GPTQConfig) -> Solver:
 def quantize_gptq(model: nn.Module, cfg: GPTQConfig, calib: Tensor) -> QuantReport:
     """GPTQ every linear of every decoder block, block by block on the quantized model's activations."""
     return quantize_model(model, gptq_solver(cfg), cfg.a_bits, calib=calib, make_stat=hessian_stat,
-                          true_sequential=cfg.true_sequential)
+                          true_sequential=cfg.true_sequential, stack_shared=True)
 
 
 __all__ = ["GPTQConfig", "error_feedback", "gptq_solve", "gptq_solver", "inverse_hessian_factor", "quantize_gptq"]

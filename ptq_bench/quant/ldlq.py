@@ -53,13 +53,13 @@ def error_feedback(
         W1 = W[:, i1:i2]  # (rows, block) view: in-block updates land in W, so group fits see them
         Q1, Err1, U1 = torch.zeros_like(W1), torch.zeros_like(W1), U[i1:i2, i1:i2]
         for i in range(i2 - i1):
-            w, d = W1[:, i], U1[i, i]
-            q = quant_col(i1 + i, w, W)
-            Q1[:, i] = q
-            loss += ((w - q) ** 2).sum() / d**2
-            err = (w - q) / d
+            # each column costs a handful of small kernels, which bounds the loop on a GPU: nothing here that
+            # can be done once per block (the loss is err^2 = (w - q)^2 / d^2, summed after the block)
+            w = W1[:, i]
+            Q1[:, i] = quant_col(i1 + i, w, W)
+            err = torch.div(w - Q1[:, i], U1[i, i], out=Err1[:, i])
             W1[:, i:] -= err.unsqueeze(1) @ U1[i, i:].unsqueeze(0)
-            Err1[:, i] = err
         Q[:, i1:i2] = Q1
+        loss += (Err1 * Err1).sum()
         W[:, i2:] -= Err1 @ U[i1:i2, i2:]  # lazy update of everything right of the block
     return Q, float(loss)

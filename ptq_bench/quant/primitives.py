@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from torch import Tensor
@@ -55,6 +55,13 @@ class Grid:
         """Total stored bits: codes + 16-bit scales + zero points + side information."""
         return (self.bits * n_weights + SCALE_BITS * self.scale.numel() + self.zero_bits * self.zero.numel()
                 + self.extra_bits)
+
+    def split_rows(self, sizes: list[int]) -> list[Grid]:
+        """The grids of consecutive row blocks of `sizes` rows (linears solved as one stacked matrix)."""
+        if self.transform is not None or self.extra_bits or self.scale.shape[0] != sum(sizes):
+            raise ValueError("only a grid with per-row scales and no per-matrix transform splits by rows")
+        return [replace(self, scale=s.clone(), zero=z.clone())
+                for s, z in zip(self.scale.split(sizes), self.zero.split(sizes))]
 
 
 # ----------------------------------------------------------------------------- grouping

@@ -1,0 +1,158 @@
+"""GPTQ's column walk on one decoder block's linears: the reference's loop against ptq-bench's.
+
+    python benchmarks/gptq_loop.py                      # SmolLM2-135M's block shapes, on the CPU
+    python benchmarks/gptq_loop.py --device cuda        # the same on a GPU, where the loop is launch-bound
+    python benchmarks/gptq_loop.py --hidden 2048 --intermediate 5632 --heads 32 --kv-heads 4 --layers 22
+
+GPTQ quantizes a matrix column by column, and every column costs a few small kernels. On a GPU these
+launches, not the arithmetic, bound a small model's quantization (an H200 spent 34-51 s per GPTQ cell on
+SmolLM2-135M, 2026-12-04: results/smollm2_ptq_cuda_bf16). Two ways of walking one block's 7 linears
+(q, k, v, o, gate, up, down) against random Hessians of the right sizes:
+
+- `reference`: one linear at a time, with the loop of the reference implementation (IST-DASLab `gptq.py`,
+  as GPTQModel keeps it): the loss is summed column by column. This was ptq-bench's loop until 2026-12-04.
+- `ptq-bench`: the library as it is. Linears that read one input (q/k/v, gate/up) are solved as one stacked
+  matrix (`quant.apply.solve_stacked`), and the loss is summed once per block of columns
+  (`quant.ldlq.error_feedback`).
+
+The script prints, for each way, the columns walked, the kernels dispatched (aten operations that are not views,
+counted by a TorchDispatchMode over one block), and the seconds per block (the best of --repeats). It also
+projects both to --layers blocks and checks that both ways give the same weights bit for bit.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from torch import Tensor
+from torch.utils._python_dispatch import TorchDispatchMode
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from ptq_bench.quant import gptq as gptq_mod  # noqa: E402
+from ptq_bench.quant import ldlq  # noqa: E402
+
+
+def reference_error_feedback(W: Tensor, U: Tensor, quant_col: Callable, block_size: int = 128) -> tuple[Tensor, float]:
+    """The reference's column loop (IST-DASLab gptq.py `fasterquant`): the loss summed column by column."""
+    cols = W.shape[1]
+    Q = torch.zeros_like(W)
+    loss = torch.zeros((), device=W.device)
+    for i1 in range(0, cols, block_size):
+        i2 = min(i1 + block_size, cols)
+        W1 = W[:, i1:i2]
+        Q1, Err1, U1 = torch.zeros_like(W1), torch.zeros_like(W1), U[i1:i2, i1:i2]
+        for i in range(i2 - i1):
+            w, d = W1[:, i], U1[i, i]
+            q = quant_col(i1 + i, w, W)
+            Q1[:, i] = q
+            loss += ((w - q) ** 2).sum() / d**2
+            err = (w - q) / d
+            W1[:, i:] -= err.unsqueeze(1) @ U1[i, i:].unsqueeze(0)
+            Err1[:, i] = err
+        Q[:, i1:i2] = Q1
+        W[:, i2:] -= Err1 @ U[i1:i2, i2:]
+    return Q, float(loss)
+
+
+class KernelCount(TorchDispatchMode):
+    """Counts dispatched aten operations that are not views (each launches a kernel on a GPU)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.n = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001, ANN204
+        self.n += not func.is_view
+        return func(*args, **(kwargs or {}))
+
+
+def block_problem(a: argparse.Namespace, device: str) -> dict[str, tuple[list[Tensor], Tensor]]:
+    """Input name -> (the weights that read it, its Hessian), at the block's shapes."""
+    g = torch.Generator().manual_seed(0)
+    kv = a.hidden // a.heads * a.kv_heads
+
+    def hessian(n: int) -> Tensor:
+        x = torch.randn(4 * n, n, generator=g) * torch.rand(n, generator=g)
+        return (2 * x.T @ x / x.shape[0]).to(device)
+
+    def weights(*shapes: tuple[int, int]) -> list[Tensor]:
+        return [(torch.randn(*s, generator=g) * 0.02).to(device) for s in shapes]
+
+    h = a.hidden
+    return {"attn_in": (weights((h, h), (kv, h), (kv, h)), hessian(h)), "attn_out": (weights((h, h)), hessian(h)),
+            "mlp_in": (weights((a.intermediate, h), (a.intermediate, h)), hessian(h)),
+            "mlp_out": (weights((h, a.intermediate)), hessian(a.intermediate))}
+
+
+def reference_way(problem: dict, bits: int, group: int) -> list[Tensor]:
+    """One linear at a time, each with its own copy of the Hessian, the reference's loop."""
+    ldlq_loop, gptq_mod.error_feedback = gptq_mod.error_feedback, reference_error_feedback
+    try:
+        return [gptq_mod.gptq_solve(w, H, bits, group)[0] for ws, H in problem.values() for w in ws]
+    finally:
+        gptq_mod.error_feedback = ldlq_loop
+
+
+def library_way(problem: dict, bits: int, group: int) -> list[Tensor]:
+    """The library: linears sharing a Hessian stacked (as quant.apply.solve_stacked does), its loop."""
+    out = []
+    for ws, H in problem.values():
+        q = gptq_mod.gptq_solve(torch.cat(ws), H, bits, group)[0]
+        out += list(q.split([w.shape[0] for w in ws]))
+    return out
+
+
+def measure(way: Callable, problem: dict, a: argparse.Namespace, device: str) -> tuple[list[Tensor], int, float]:
+    """(weights, kernels per block, best seconds per block)."""
+    with KernelCount() as k:
+        out = way(problem, a.bits, a.group_size)
+    best = float("inf")
+    for _ in range(a.repeats):
+        if device == "cuda":
+            torch.cuda.synchronize()
+        t = time.perf_counter()
+        way(problem, a.bits, a.group_size)
+        if device == "cuda":
+            torch.cuda.synchronize()
+        best = min(best, time.perf_counter() - t)
+    return out, k.n, best
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--hidden", type=int, default=576)
+    p.add_argument("--intermediate", type=int, default=1536)
+    p.add_argument("--heads", type=int, default=9)
+    p.add_argument("--kv-heads", type=int, default=3)
+    p.add_argument("--layers", type=int, default=30)
+    p.add_argument("--bits", type=int, default=4)
+    p.add_argument("--group-size", type=int, default=128)
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--device", default="cpu")
+    a = p.parse_args()
+    assert ldlq.error_feedback is gptq_mod.error_feedback
+    problem = block_problem(a, a.device)
+    print(f"device {a.device}, torch {torch.__version__}, {torch.get_num_threads()} threads; block: hidden {a.hidden}, "
+          f"intermediate {a.intermediate}, {a.heads} heads / {a.kv_heads} kv; W{a.bits} g{a.group_size}; x {a.layers} blocks")
+    ways = {"reference": reference_way, "ptq-bench": library_way}
+    cols = {"reference": sum(w.shape[1] for ws, _ in problem.values() for w in ws),
+            "ptq-bench": sum(H.shape[0] for _, H in problem.values())}
+    res = {name: measure(way, problem, a, a.device) for name, way in ways.items()}
+    print(f"{'':<11}{'columns/block':>14}{'kernels/block':>15}{'s/block':>10}{'s/model':>10}")
+    for name, (_, kernels, s) in res.items():
+        print(f"{name:<11}{cols[name]:>14,}{kernels:>15,}{s:>10.3f}{s * a.layers:>10.1f}")
+    (ref, kr, sr), (lib, kl, sl) = res["reference"], res["ptq-bench"]
+    same = all(torch.equal(x, y) for x, y in zip(ref, lib))
+    print(f"reference / ptq-bench: columns {cols['reference'] / cols['ptq-bench']:.2f}x, kernels {kr / kl:.2f}x, "
+          f"time {sr / sl:.2f}x; weights bit for bit equal: {'yes' if same else 'NO'}")
+    sys.exit(0 if same else 1)
+
+
+if __name__ == "__main__":
+    main()
