@@ -11,9 +11,9 @@ SmolLM2-135M, 2026-12-04: results/smollm2_ptq_cuda_bf16). Two ways of walking on
 
 - `reference`: one linear at a time, with the loop of the reference implementation (IST-DASLab `gptq.py`,
   as GPTQModel keeps it): the loss is summed column by column. This was ptq-bench's loop until 2026-12-04.
-- `ptq-bench`: the library as it is. Linears that read one input (q/k/v, gate/up) are solved as one stacked
-  matrix (`quant.apply.solve_stacked`), and the loss is summed once per block of columns
-  (`quant.ldlq.error_feedback`).
+- `ptq-bench`: the library as it is. Linears that read one input are solved as one stacked matrix where the
+  stack is no larger than the block's largest linear (`quant.apply.sharing`: q/k/v, not gate/up), and the
+  loss is summed once per block of columns (`quant.ldlq.error_feedback`).
 
 The script prints, for each way, the columns walked, the kernels dispatched (aten operations that are not views,
 counted by a TorchDispatchMode over one block), and the seconds per block (the best of --repeats). It also
@@ -36,6 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from ptq_bench.quant import gptq as gptq_mod  # noqa: E402
 from ptq_bench.quant import ldlq  # noqa: E402
+from ptq_bench.quant.apply import Stacked, sharing  # noqa: E402
 
 
 def reference_error_feedback(W: Tensor, U: Tensor, quant_col: Callable, block_size: int = 128) -> tuple[Tensor, float]:
@@ -72,39 +73,47 @@ class KernelCount(TorchDispatchMode):
         return func(*args, **(kwargs or {}))
 
 
-def block_problem(a: argparse.Namespace, device: str) -> dict[str, tuple[list[Tensor], Tensor]]:
-    """Input name -> (the weights that read it, its Hessian), at the block's shapes."""
+def block_problem(a: argparse.Namespace, device: str) -> tuple[dict[str, Stacked], dict[str, Tensor]]:
+    """The block's linears (name -> a module holding its weight) and their statistics (name -> Hessian; the
+    linears that read one input share one object), at the block's shapes."""
     g = torch.Generator().manual_seed(0)
-    kv = a.hidden // a.heads * a.kv_heads
+    h, kv, inter = a.hidden, a.hidden // a.heads * a.kv_heads, a.intermediate
 
     def hessian(n: int) -> Tensor:
         x = torch.randn(4 * n, n, generator=g) * torch.rand(n, generator=g)
         return (2 * x.T @ x / x.shape[0]).to(device)
 
-    def weights(*shapes: tuple[int, int]) -> list[Tensor]:
-        return [(torch.randn(*s, generator=g) * 0.02).to(device) for s in shapes]
+    shapes = {"q": (h, h), "k": (kv, h), "v": (kv, h), "o": (h, h), "gate": (inter, h), "up": (inter, h),
+              "down": (h, inter)}
+    linears = {n: Stacked((torch.randn(*shape, generator=g) * 0.02).to(device)) for n, shape in shapes.items()}
+    attn_in, attn_out, mlp_in, mlp_out = hessian(h), hessian(h), hessian(h), hessian(inter)
+    stats = {"q": attn_in, "k": attn_in, "v": attn_in, "o": attn_out, "gate": mlp_in, "up": mlp_in, "down": mlp_out}
+    return linears, stats
 
-    h = a.hidden
-    return {"attn_in": (weights((h, h), (kv, h), (kv, h)), hessian(h)), "attn_out": (weights((h, h)), hessian(h)),
-            "mlp_in": (weights((a.intermediate, h), (a.intermediate, h)), hessian(h)),
-            "mlp_out": (weights((h, a.intermediate)), hessian(a.intermediate))}
 
-
-def reference_way(problem: dict, bits: int, group: int) -> list[Tensor]:
+def reference_way(problem: tuple, bits: int, group: int) -> list[Tensor]:
     """One linear at a time, each with its own copy of the Hessian, the reference's loop."""
+    linears, stats = problem
     ldlq_loop, gptq_mod.error_feedback = gptq_mod.error_feedback, reference_error_feedback
     try:
-        return [gptq_mod.gptq_solve(w, H, bits, group)[0] for ws, H in problem.values() for w in ws]
+        return [gptq_mod.gptq_solve(m.weight, stats[n], bits, group)[0] for n, m in linears.items()]
     finally:
         gptq_mod.error_feedback = ldlq_loop
 
 
-def library_way(problem: dict, bits: int, group: int) -> list[Tensor]:
-    """The library: linears sharing a Hessian stacked (as quant.apply.solve_stacked does), its loop."""
+def runs(problem: tuple) -> list[list[str]]:
+    """The library's own choice of which linears to solve stacked (`quant.apply.sharing`)."""
+    linears, stats = problem
+    return sharing(linears, stats, max(m.weight.numel() for m in linears.values()))
+
+
+def library_way(problem: tuple, bits: int, group: int) -> list[Tensor]:
+    """The library: linears sharing a Hessian stacked where `sharing` says so, its loop."""
+    linears, stats = problem
     out = []
-    for ws, H in problem.values():
-        q = gptq_mod.gptq_solve(torch.cat(ws), H, bits, group)[0]
-        out += list(q.split([w.shape[0] for w in ws]))
+    for names in runs(problem):
+        q = gptq_mod.gptq_solve(torch.cat([linears[n].weight for n in names]), stats[names[0]], bits, group)[0]
+        out += list(q.split([linears[n].weight.shape[0] for n in names]))
     return out
 
 
@@ -141,8 +150,10 @@ def main() -> None:
     print(f"device {a.device}, torch {torch.__version__}, {torch.get_num_threads()} threads; block: hidden {a.hidden}, "
           f"intermediate {a.intermediate}, {a.heads} heads / {a.kv_heads} kv; W{a.bits} g{a.group_size}; x {a.layers} blocks")
     ways = {"reference": reference_way, "ptq-bench": library_way}
-    cols = {"reference": sum(w.shape[1] for ws, _ in problem.values() for w in ws),
-            "ptq-bench": sum(H.shape[0] for _, H in problem.values())}
+    linears = problem[0]
+    cols = {"reference": sum(m.weight.shape[1] for m in linears.values()),
+            "ptq-bench": sum(linears[names[0]].weight.shape[1] for names in runs(problem))}
+    print("solved together:", ", ".join("/".join(names) for names in runs(problem)))
     res = {name: measure(way, problem, a, a.device) for name, way in ways.items()}
     print(f"{'':<11}{'columns/block':>14}{'kernels/block':>15}{'s/block':>10}{'s/model':>10}")
     for name, (_, kernels, s) in res.items():

@@ -28,6 +28,7 @@ from ptq_bench.errors import QuantError
 from ptq_bench.quant.calibrate import (
     GroupCallback,
     StatFactory,
+    block_linears,
     decoder_layers,
     model_family,
     run_blockwise,
@@ -66,18 +67,31 @@ def hessian_stat(name: str, linear: nn.Module) -> Hessian:
     return Hessian(stat_inputs(linear), linear.weight.device)
 
 
-def sharing(names: list[str], stats: dict[str, Any]) -> list[list[str]]:
-    """`names` in runs that share one statistic object (q/k/v read one input, as do gate/up), in order of
-    first appearance; a linear with no statistic of its own stands alone."""
+def sharing(group: dict[str, nn.Module], stats: dict[str, Any], largest: int) -> list[list[str]]:
+    """The group's linears in runs to solve together: those that share one statistic object (q/k/v read one
+    input, as do gate/up), in order of first appearance, cut into parts whose stacked weight is no larger
+    than `largest` (the block's largest single weight, in elements), so stacking never raises a solve's peak
+    memory: q/k/v stack, gate and up (each as large as down) do not. A linear with no statistic stands alone."""
     runs: dict[int, list[str]] = {}
-    for i, name in enumerate(names):
+    for i, name in enumerate(group):
         stat = stats.get(name)
         runs.setdefault(id(stat) if stat is not None else -1 - i, []).append(name)
-    return list(runs.values())
+    parts: list[list[str]] = []
+    for run in runs.values():  # each run cut, in order, into parts no larger than `largest`
+        size = largest + 1
+        for name in run:
+            n = weight_matrix(group[name]).numel()
+            if size + n > largest:
+                parts.append([])
+                size = 0
+            parts[-1].append(name)
+            size += n
+    return parts
 
 
-class _Stacked(nn.Module):
-    """What a solver reads of a linear (`weight_matrix`), for several linears' rows stacked."""
+class Stacked(nn.Module):
+    """What a solver reads of a linear (`weight_matrix`), for several linears' rows stacked. Its weight is a
+    scratch copy made for the solve: a solver may overwrite it instead of copying it again."""
 
     def __init__(self, weight: Tensor) -> None:
         super().__init__()
@@ -85,13 +99,15 @@ class _Stacked(nn.Module):
 
 
 def solve_stacked(solve: Solver, linears: list[nn.Module], stat: Any) -> list[tuple]:
-    """Linears that read one input, solved as one matrix with their rows stacked: one column walk, one
-    factorisation and no Hessian copy, where a GPU's per-column kernel launches bound the loop. GPTQ treats
-    rows independently given H, so each linear's weight and grid are bit for bit its own solve's
-    (tests/test_quant_gptq.py); the stacked loss is reported once, on the first linear."""
+    """Linears that read one input (`sharing` picks them), solved as one matrix with their rows stacked: one
+    column walk, one factorisation and no Hessian copy, where a GPU's per-column kernel launches bound the
+    loop. GPTQ treats rows independently given H, so each linear's weight and grid are bit for bit its own
+    solve's (tests/test_quant_gptq.py); the stacked loss is reported once, on the first linear."""
     mats = [weight_matrix(linear) for linear in linears]
     sizes = [m.shape[0] for m in mats]
-    w_hat, grid, loss = solve(_Stacked(torch.cat(mats)), stat)
+    stacked = Stacked(torch.cat(mats))
+    w_hat, grid, loss = solve(stacked, stat)
+    del stacked, mats  # the scratch weight goes before the parts are copied out
     if w_hat is None:
         return [(None, None, None)] * len(linears)
     grids = grid.split_rows(sizes) if grid is not None else [None] * len(sizes)
@@ -129,11 +145,13 @@ def quantize_model(
     def on_group(idx: int, layer: nn.Module, group: dict[str, nn.Module], stats: dict[str, Any]) -> None:
         if before_group is not None:
             before_group(idx, layer, group, stats)
-        for names in (sharing(list(group), stats) if stack_shared else [[n] for n in group]):
+        largest = max(weight_matrix(m).numel() for m in block_linears(layer, family).values())
+        for names in (sharing(group, stats, largest) if stack_shared else [[n] for n in group]):
+            stat = take_stat(stats, *names)  # popped (a shared one copied): freed once solved
             if len(names) > 1:
-                solved = solve_stacked(solve, [group[n] for n in names], [stats.pop(n) for n in names][0])
-            else:  # popped (a shared one copied): freed once solved
-                solved = [solve(group[names[0]], take_stat(stats, names[0]))]
+                solved = solve_stacked(solve, [group[n] for n in names], stat)
+            else:
+                solved = [solve(group[names[0]], stat)]
             for name, (w_hat, grid, loss) in zip(names, solved):
                 linear = group[name]
                 if w_hat is not None:

@@ -27,7 +27,7 @@ import torch
 import torch.nn as nn
 from torch import Tensor
 
-from ptq_bench.quant.apply import Solver, hessian_stat, quantize_model
+from ptq_bench.quant.apply import Solver, Stacked, hessian_stat, quantize_model
 from ptq_bench.quant.configs import GPTQConfig
 from ptq_bench.quant.ldlq import error_feedback, inverse_hessian_factor
 from ptq_bench.quant.linears import weight_matrix
@@ -48,15 +48,16 @@ def gptq_solve(
     sym: bool = True,
     static_groups: bool = False,
     consume_h: bool = False,
+    consume_w: bool = False,
 ) -> tuple[Tensor, Grid, float]:
     """Quantize one weight (rows, cols) against its Hessian (cols, cols).
 
     Returns (dequantized weight in weight's dtype, its Grid, the reference's summed loss
     sum_i (w_i - q_i)^2 / U_ii^2). H is not modified, unless `consume_h`: then a float32 H is used as the
     solver's scratch space (the block runner hands over a statistic it has popped), which saves one
-    (cols, cols) copy.
+    (cols, cols) copy; likewise `consume_w` for a float32 weight that is a scratch copy (`apply.Stacked`).
     """
-    W = weight.float().clone()
+    W = weight.float() if consume_w else weight.to(torch.float32, copy=True)
     rows, cols = W.shape
     H = H.float() if consume_h else H.float().clone()
     gs = cols if group_size == -1 else group_size
@@ -111,7 +112,7 @@ def gptq_solver(cfg: GPTQConfig) -> Solver:
 
     def solve(linear: nn.Module, stat: Hessian) -> tuple[Tensor, Grid, float]:
         return gptq_solve(weight_matrix(linear), stat.H, cfg.w_bits, cfg.group_size, cfg.damp, cfg.block_size,
-                          cfg.act_order, cfg.sym, cfg.static_groups, consume_h=True)
+                          cfg.act_order, cfg.sym, cfg.static_groups, consume_h=True, consume_w=isinstance(linear, Stacked))
 
     return solve
 

@@ -91,10 +91,11 @@ def _version(x: torch.Tensor) -> int:
     return -1 if x.is_inference() else x._version  # inference tensors keep no version counter
 
 
-def take_stat(stats: dict[str, Any], name: str) -> Any:
-    """Pop `name`'s statistic (None if it has none): a solver may consume it (GPTQ factors its Hessian in
-    place), so one still shared with a linear not yet solved is handed over as a copy."""
-    stat = stats.pop(name, None)
+def take_stat(stats: dict[str, Any], *names: str) -> Any:
+    """Pop the statistic of `names` (linears solved together share it; None if they have none): a solver may
+    consume it (GPTQ factors its Hessian in place), so one still shared with a linear not yet solved is
+    handed over as a copy."""
+    stat = [stats.pop(name, None) for name in names][0]
     if stat is not None and any(s is stat for s in stats.values()):
         stat = copy.deepcopy(stat)
     return stat
