@@ -5,6 +5,7 @@
     python benchmarks/eval_speed.py --model DIR --absmax 8 8      # the same model as Absmax W8A8 (per token)
     python benchmarks/eval_speed.py --model DIR --bitnet b158     # its linears as BitNet BitLinears
     python benchmarks/eval_speed.py --model DIR --ceiling-only --limit 0   # exact ceiling, whole tasks
+    python benchmarks/eval_speed.py --model DIR --device cuda      # both backends on a GPU
 
 Times `TaskSuite.evaluate` (lm-eval's evaluate: requests, filters, metrics) over all the tasks at once
 (lm-eval hands a backend every task's requests in one call, as a recipe's evaluation does), after a
@@ -172,10 +173,11 @@ def max_delta(a: dict, b: dict) -> tuple[float, int]:
     return worst, flips
 
 
-def bench(tasks: list[str], limit: int, model, tok, args: argparse.Namespace) -> dict:
+def bench(tasks: list[str], limit: int, model, tok, args: argparse.Namespace, pairs: bool = True) -> dict:
     """Best-of-repeats evaluate() time of each backend on one TaskSuite of `tasks` (built once per backend):
     lm-eval's evaluate sends every task's requests to the backend in one call, as for the paper tasks in
-    a recipe. Agreement is reported per task from the same run."""
+    a recipe. Agreement is reported per task from the same run. `pairs`: the requests are (context,
+    continuation) pairs, whose exact ceiling is counted (wikitext's rolling requests have none)."""
     from ptq_bench.eval.harness import TaskSuite
 
     suites = {b: TaskSuite(tasks, args.data, tok, limit=limit, backend=b, batch_size=args.batch_size,
@@ -205,7 +207,7 @@ def bench(tasks: list[str], limit: int, model, tok, args: argparse.Namespace) ->
             r["envelope_dacc"] = max_dmetric(mh, _only(one_metrics, t))
         per_task.append(r)
     return {"path": suites["fast"].last_path, "requests": suites["fast"].n_requests, "hflm_s": best["hflm"],
-            "ceiling": ceiling(suites["fast"], model),
+            "ceiling": ceiling(suites["fast"], model) if pairs else None,
             "fast_s": best["fast"], "work": work["hflm"] / work["fast"], "tasks": per_task,
             "hflm_bs1_s": one.last_seconds if one is not None else None}
 
@@ -235,8 +237,9 @@ def row(label: str, runs: list[dict]) -> str:
 def speed(label: str, res: dict) -> str:
     n, hflm_s, fast_s, bs1_s = res["requests"], res["hflm_s"], res["fast_s"], res["hflm_bs1_s"]
     line = (f"{label}: {n} requests in one evaluate() call, HFLM {n / hflm_s:.1f} req/s ({hflm_s:.1f} s), "
-            f"FastLM {n / fast_s:.1f} req/s ({fast_s:.1f} s), ratio {hflm_s / fast_s:.2f}, work {res['work']:.2f}, "
-            "exact ceiling {:.2f} (one tree over all documents: {:.2f})".format(*res["ceiling"]))
+            f"FastLM {n / fast_s:.1f} req/s ({fast_s:.1f} s), ratio {hflm_s / fast_s:.2f}, work {res['work']:.2f}")
+    if res["ceiling"] is not None:
+        line += ", exact ceiling {:.2f} (one tree over all documents: {:.2f})".format(*res["ceiling"])
     if bs1_s is not None:
         line += f"; HFLM batch 1 (one run) {n / bs1_s:.1f} req/s, FastLM / it {bs1_s / fast_s:.2f}"
     return line
@@ -259,6 +262,7 @@ def main() -> None:
                    "(per-channel weights, per-token activations)")
     p.add_argument("--bitnet", choices=["b158", "b1"], help="swap the block linears for BitNet BitLinears first")
     p.add_argument("--envelope", action="store_true", help="also HFLM at batch size 1 against HFLM at --batch-size")
+    p.add_argument("--device", default="cpu", help="where the model runs (HFLM follows a passed model's device)")
     p.add_argument("--dtype", default="float32", choices=["float32", "float64"],
                    help="float64: summation order no longer moves a rounding step, so paths must agree")
     p.add_argument("--ceiling-only", action="store_true", help="print the exact ceiling per task at --limit "
@@ -281,8 +285,8 @@ def main() -> None:
         make_bitnet(model, args.bitnet)
     if args.absmax:
         make_absmax(model, *args.absmax)
-    model.to(getattr(torch, args.dtype))
-    name = args.dtype + " " + (f"tiny random {args.kind}" if args.tiny else args.model) + (
+    model.to(getattr(torch, args.dtype)).to(args.device)
+    name = f"{args.device} " + args.dtype + " " + (f"tiny random {args.kind}" if args.tiny else args.model) + (
         f" as BitNet {args.bitnet}" if args.bitnet else "") + (" Absmax W{}A{}".format(*args.absmax) if args.absmax else "")
     print(f"model: {name}, {sum(x.numel() for x in model.parameters()):,} "
           f"params, vocab {len(tok)}, torch threads {torch.get_num_threads()}, limit {args.limit} docs/task, "
@@ -299,7 +303,7 @@ def main() -> None:
     print(row("ALL above", res["tasks"]))
     print(speed("tasks", res))
     if args.wikitext_limit:
-        wiki = bench(["wikitext"], args.wikitext_limit, model, tok, args)
+        wiki = bench(["wikitext"], args.wikitext_limit, model, tok, args, pairs=False)
         print(row("wikitext", wiki["tasks"]))
         print(speed("wikitext", wiki))
 

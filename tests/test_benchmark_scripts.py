@@ -1,0 +1,31 @@
+"""The benchmark scripts still run end to end at their smallest size (their figures are read by people, so a
+script that crashes after printing half of them would go unnoticed)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+from smoke_ref import ROOT
+
+
+def _run(script: str, *args: str) -> str:
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / script), *args], capture_output=True, text=True,
+                          cwd=ROOT, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc.stdout
+
+
+def test_eval_speed_runs_tasks_and_wikitext(data_dir):
+    """Tasks with their exact ceiling, then wikitext's rolling requests (which have none: this used to crash)."""
+    out = _run("eval_speed.py", "--tiny", "--limit", "2", "--repeats", "0", "--tasks", "piqa", "--wikitext-limit", "1",
+               "--data", str(data_dir))
+    assert "tasks: 4 requests" in out and "exact ceiling" in out.split("tasks: ")[1].splitlines()[0]
+    assert "wikitext: 1 requests" in out
+
+
+def test_gptq_loop_counts_fewer_kernels_and_equal_weights():
+    out = _run("gptq_loop.py", "--hidden", "64", "--intermediate", "128", "--heads", "4", "--kv-heads", "2",
+               "--layers", "2", "--group-size", "32", "--repeats", "1")
+    last = out.strip().splitlines()[-1]
+    assert "weights bit for bit equal: yes" in last and "columns 1.33x" in last, out
