@@ -37,6 +37,13 @@ Measured on the 2-core CPU box (fp32, 4.40 GB of weights):
   0.40 GB; GPTQ peak 1.20 GB (0.27x; 382.6 s), streamed perplexity of the quantized model on the two
   calibration windows 0.97 GB (0.22x; 8.3 s). The model is never whole in memory: what remains is one
   block, the embeddings and head (0.26 GB each), the largest Hessian and its factor, and the process.
+- 2026-12-04, `--path inplace`. The same code as 12-03 (a7d9f92) now peaked at 5.55 GB (1.26x; GPTQ 224 s).
+  The peak crept up block by block: the heap's free holes stayed resident. Three variants of GPTQ's stacked
+  solves gave 1.25x, 1.28x and 1.28x (GPTQ 205-222 s); runs differ by that much.
+  - With `calibrate.release_freed_memory` (glibc `malloc_trim` after each group), GPTQ peaked at 5.30 GB
+    (1.205x; GPTQ 225 s) and restore at 5.31 GB. A trial with trimming in place gave 5.31 GB (206 s).
+  - `MALLOC_MMAP_THRESHOLD_=1048576` instead gave 5.19 GB (1.19x), at 372 s, with another job running
+    beside it.
 """
 
 from __future__ import annotations

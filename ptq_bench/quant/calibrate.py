@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import ctypes
+import functools
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -298,12 +300,31 @@ def run_blockwise(
                 float_out = outs if float_out is None else float_out
                 on_group(idx, layer, group, stats)
                 del stats, outs  # the group's statistics (fp32 Hessians) before the next group's
+                release_freed_memory()
             inputs.hidden = run_layer(layer, inputs.hidden, calls) if sequential else float_out
             del float_out
             place.release(idx, layer)
     finally:
         place.finish(layers)
     return len(layers)
+
+
+@functools.cache
+def _malloc_trim() -> Callable[[int], int] | None:
+    try:
+        return ctypes.CDLL("libc.so.6").malloc_trim
+    except (OSError, AttributeError):  # not glibc
+        return None
+
+
+def release_freed_memory() -> None:
+    """Give the C heap's free pages back to the OS (glibc `malloc_trim`; a no-op elsewhere). The solves free
+    large tensors between groups, and the holes they leave otherwise stay resident and grow block by block:
+    on a 1.1B Llama's GPTQ, peak RSS 1.28x the model's bytes without it, 1.21x with it, in the same time
+    (benchmarks/calib_memory.py, 2026-12-04)."""
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)
 
 
 def walk_blocks(model: nn.Module, on_group: GroupCallback, placement: Placement | None = None) -> int:
