@@ -1,6 +1,7 @@
 #!/bin/bash
 # Device call 1 (benchmarks/gpu/README.md): install the carried wheels and data under /root/keep (kept while the machine stays warm),
-# then the prepared GPU tests (pytest -m gpu). Output: $OUT/call1.log
+# time GPTQ's column loop on CUDA (benchmarks/gptq_loop.py), then, with the argument `tests`, the prepared GPU tests
+# (pytest -m gpu; 210 s on 2026-12-04, all passed). Usage: call1_setup_and_tests.sh [tests]. Output: $OUT/call1.log
 source benchmarks/gpu/env.sh
 exec > >(tee $OUT/call1.log) 2>&1
 date; nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
@@ -18,6 +19,8 @@ print("pyarrow", pyarrow.__version__, "datasets", datasets.__version__, "hub", h
 import ptq_bench.cli, ptq_bench.eval.harness  # noqa
 print("imports ok")
 PY
+timeout 120 python3 benchmarks/gptq_loop.py --device cuda
+[ "${1:-}" = tests ] || exit 0
 t0=$(date +%s)
 timeout 420 python3 -m pytest -m gpu -p no:cacheprovider -q -s -rs tests/test_gpu.py tests/test_calib_memory.py
 echo "pytest exit $? in $(( $(date +%s) - t0 )) s"
