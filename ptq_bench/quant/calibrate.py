@@ -320,7 +320,7 @@ def _malloc_trim() -> Callable[[int], int] | None:
 def release_freed_memory() -> None:
     """Give the C heap's free pages back to the OS (glibc `malloc_trim`; a no-op elsewhere). The solves free
     large tensors between groups, and the holes they leave otherwise stay resident and grow block by block:
-    on a 1.1B Llama's GPTQ, peak RSS 1.28x the model's bytes without it, 1.21x with it, in the same time
+    on a 1.1B Llama's GPTQ, peak RSS 1.25-1.28x the model's bytes without it, 1.21x with it, in the same time
     (benchmarks/calib_memory.py, 2026-12-04)."""
     trim = _malloc_trim()
     if trim is not None:

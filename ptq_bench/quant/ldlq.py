@@ -53,8 +53,8 @@ def error_feedback(
         W1 = W[:, i1:i2]  # (rows, block) view: in-block updates land in W, so group fits see them
         Q1, Err1, U1 = torch.zeros_like(W1), torch.zeros_like(W1), U[i1:i2, i1:i2]
         for i in range(i2 - i1):
-            # each column costs a handful of small kernels, which bounds the loop on a GPU: nothing here that
-            # can be done once per block (the loss is err^2 = (w - q)^2 / d^2, summed after the block)
+            # per-column work is kept to the few kernels that must run per column (their launches bound the loop
+            # on a GPU): the loss, err^2 = (w - q)^2 / d^2, is summed once per block below
             w = W1[:, i]
             Q1[:, i] = quant_col(i1 + i, w, W)
             err = torch.div(w - Q1[:, i], U1[i, i], out=Err1[:, i])
