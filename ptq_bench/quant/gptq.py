@@ -19,6 +19,10 @@ group_size, block_size divides the other.
 Blocks are quantized in order, each on the outputs of
 the already-quantized blocks ("sequential"); `true_sequential` additionally quantizes the block's
 linears group by group in the family's order (`families.Family.groups`: q/k/v, o, gate/up, down).
+Linears that read one input share its Hessian and are solved as one row-stacked matrix where the stack is
+no larger than the block's largest linear (`apply.sharing`: q/k/v); rows are independent given H, so the
+weights are bit for bit those of one-at-a-time solves, with fewer kernel launches
+(benchmarks/gptq_loop.py).
 """
 
 from __future__ import annotations
