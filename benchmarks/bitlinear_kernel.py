@@ -2,6 +2,7 @@
 
     python benchmarks/bitlinear_kernel.py --model DIR --mode b158     # a HF checkpoint's shape as BitNet
     python benchmarks/bitlinear_kernel.py --tiny --mode b1            # quickstart's BitNet b1 architecture
+    python benchmarks/bitlinear_kernel.py --model DIR --float-path    # bf16: cached W_q against re-quantizing
 
 In no-grad mode `BitLinear` multiplies int8 activations by ternary / binary weights. Every partial sum is
 an integer below 2^24, so fp32 holds it exactly and the int8 x int8 -> int32 matmul (`torch._int_mm`) is
@@ -10,6 +11,12 @@ forwards with each kernel, alternating, best of --repeats, in two shapes: the ze
 the last position only, as FastLM's stage 1) and the perplexity shape (logits at every position), and
 checks that the logits are equal. The model is a random-latent BitNet of the checkpoint's shape (its
 accuracy is not the point: the kernels see the same integers either way).
+
+`--float-path` runs the model in bf16 instead, where the float matmul runs (as on CUDA), and compares two
+ways of getting W_q: the cached int8 copy cast to bf16 (`BitLinear` now), against re-quantizing the latent
+weight every forward (BitLinear before 2026-12-04, kept here as `requantizing`). It prints tokens/s and the
+kernels one forward dispatches (non-view aten operations, `kernel_count.KernelCount`: on a GPU each is a launch a
+small model waits on), and checks the logits are equal.
 """
 
 from __future__ import annotations
@@ -24,7 +31,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from ptq_bench.models.bitlinear import BitLinear  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from kernel_count import KernelCount  # noqa: E402
+
+from ptq_bench.models.bitlinear import BitLinear, activation_quant_int  # noqa: E402
 
 
 def load(args: argparse.Namespace) -> torch.nn.Module:
@@ -77,6 +88,38 @@ def compare(label: str, model: torch.nn.Module, ids: torch.Tensor, keep: int, re
           f"logits equal: {equal} (max |Δ| {float((lf - li).abs().max()):.1e})")
 
 
+def requantizing(self: BitLinear, x: torch.Tensor) -> torch.Tensor:
+    """BitLinear's float path before 2026-12-04: W_q re-quantized from the latent weight every forward."""
+    x_q, s_x = activation_quant_int(x)
+    w_q, s_w = self.quantized_weight()
+    y = torch.nn.functional.linear(x_q, w_q.to(x.dtype)) / (s_w.to(x.dtype).reshape(1) * s_x)
+    return y if self.bias is None else y + self.bias
+
+
+_CACHED = BitLinear._forward_int
+
+
+def compare_float_path(label: str, model: torch.nn.Module, ids: torch.Tensor, keep: int, repeats: int) -> None:
+    def forward() -> torch.Tensor:
+        with torch.inference_mode():
+            return model(ids, logits_to_keep=keep).logits
+
+    results = {}
+    for _ in range(2):  # alternate, best of each
+        for name, impl in (("requantizing", requantizing), ("cached", _CACHED)):
+            BitLinear._forward_int = impl
+            t, out = best_time(forward, repeats)
+            with KernelCount() as k:
+                forward()
+            old = results.get(name)
+            results[name] = (min(t, old[0]) if old else t, out, k.n)
+    BitLinear._forward_int = _CACHED
+    tokens = ids.numel()
+    (tr, lr, kr), (tc, lc, kc) = results["requantizing"], results["cached"]
+    print(f"{label:<26} re-quantizing {tokens / tr:7.0f} tok/s, {kr:5} kernels   cached {tokens / tc:7.0f} tok/s, "
+          f"{kc:5} kernels   time {tr / tc:4.2f}x, kernels {kr / kc:4.2f}x   logits equal: {torch.equal(lr, lc)}")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", help="HF checkpoint directory (its shape, as BitNet)")
@@ -85,6 +128,7 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=4, help="rows per forward (4 x 128 = FastLM's 512 tokens on CPU)")
     p.add_argument("--seq", type=int, default=128)
     p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--float-path", action="store_true", help="bf16: cached W_q against re-quantizing every forward")
     args = p.parse_args()
     if not args.tiny and not args.model:
         p.error("give --model DIR or --tiny")
@@ -94,8 +138,11 @@ def main() -> None:
           f"{sum(p.numel() for p in model.parameters()) / 1e6:.1f}M parameters, torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads, {torch.backends.cpu.get_cpu_capability()}")
     ids = torch.randint(0, model.config.vocab_size, (args.batch, args.seq), generator=torch.Generator().manual_seed(0))
-    compare(f"zero-shot ({args.batch}x{args.seq}, head 1)", model, ids, 1, args.repeats)
-    compare(f"perplexity ({args.batch}x{args.seq}, all)", model, ids, 0, args.repeats)
+    run = compare
+    if args.float_path:
+        model, run = model.to(torch.bfloat16), compare_float_path
+    run(f"zero-shot ({args.batch}x{args.seq}, head 1)", model, ids, 1, args.repeats)
+    run(f"perplexity ({args.batch}x{args.seq}, all)", model, ids, 0, args.repeats)
 
 
 if __name__ == "__main__":

@@ -30,9 +30,11 @@ from pathlib import Path
 
 import torch
 from torch import Tensor
-from torch.utils._python_dispatch import TorchDispatchMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from kernel_count import KernelCount  # noqa: E402
 
 from ptq_bench.quant import gptq as gptq_mod  # noqa: E402
 from ptq_bench.quant import ldlq  # noqa: E402
@@ -59,18 +61,6 @@ def reference_error_feedback(W: Tensor, U: Tensor, quant_col: Callable, block_si
         Q[:, i1:i2] = Q1
         W[:, i2:] -= Err1 @ U[i1:i2, i2:]
     return Q, float(loss)
-
-
-class KernelCount(TorchDispatchMode):
-    """Counts dispatched aten operations that are not views (each launches a kernel on a GPU)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.n = 0
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001, ANN204
-        self.n += not func.is_view
-        return func(*args, **(kwargs or {}))
 
 
 def block_problem(a: argparse.Namespace, device: str) -> tuple[dict[str, Stacked], dict[str, Tensor]]:

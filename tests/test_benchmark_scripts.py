@@ -29,3 +29,10 @@ def test_gptq_loop_counts_fewer_kernels_and_equal_weights():
                "--layers", "2", "--group-size", "32", "--repeats", "1")
     last = out.strip().splitlines()[-1]
     assert "weights bit for bit equal: yes" in last and "columns 1.33x" in last, out
+
+
+def test_bitlinear_float_path_caches_the_weight_with_equal_logits():
+    out = _run("bitlinear_kernel.py", "--tiny", "--float-path", "--repeats", "1", "--batch", "2", "--seq", "16")
+    lines = [ln for ln in out.splitlines() if "re-quantizing" in ln]
+    assert len(lines) == 2 and all("logits equal: True" in ln for ln in lines), out
+    assert all(float(ln.split("kernels ")[-1].split("x")[0]) > 1.2 for ln in lines), out

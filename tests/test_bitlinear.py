@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from ptq_bench.models.bitlinear import (
     BitLinear,
     activation_quant,
+    activation_quant_int,
     pack_ternary,
     unpack_ternary,
     weight_quant_binary,
@@ -161,18 +162,44 @@ def test_int8_kernel_equals_float_matmul(mode, dtype, shape, monkeypatch):
     assert torch.equal(y, ref)
 
 
-def test_int8_weight_cache_follows_the_weight(monkeypatch):
-    """An in-place change of the latent weight (an optimizer step, a load) is seen by the next forward."""
-    layer = BitLinear(32, 16, mode="b158")
-    x = _randn(3, 32, seed=5)
+def _uncached(layer, x):
+    """The inference form computed from the latent weight afresh: no cache, the float matmul."""
+    x_q, s_x = activation_quant_int(layer.rms_norm(x))
+    w_q, s_w = layer.quantized_weight()
+    y = F.linear(x_q, w_q.to(x.dtype)) / (s_w.to(x.dtype).reshape(1) * s_x)
+    return y if layer.bias is None else y + layer.bias
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])  # the int8 kernel; the float path
+def test_weight_cache_follows_the_weight(dtype):
+    """An in-place change of the latent weight (an optimizer step, a load), a new tensor or a cast is seen
+    by the next forward, on either path; each forward equals the uncached computation exactly."""
+    layer = BitLinear(32, 16, mode="b158").to(dtype)
+    x = _randn(3, 32, seed=5).to(dtype)
     with torch.no_grad():
         before = layer(x)
+        assert torch.equal(before, _uncached(layer, x))
         layer.weight.mul_(-1.0)
         after = layer(x)
-        assert torch.equal(after, _float_kernel(layer, x, monkeypatch))
+        assert torch.equal(after, _uncached(layer, x))
         assert not torch.equal(after, before)
-        layer.weight.data = _randn(16, 32, seed=6)  # a new tensor, not an in-place change
-        assert torch.equal(layer(x), _float_kernel(layer, x, monkeypatch))
+        layer.weight.data = _randn(16, 32, seed=6).to(dtype)  # a new tensor, not an in-place change
+        assert torch.equal(layer(x), _uncached(layer, x))
+        layer.to(torch.float16)
+        assert torch.equal(layer(x.half()), _uncached(layer, x.half()))
+
+
+@pytest.mark.parametrize("mode", ["b158", "b1"])
+def test_float_path_reuses_the_quantized_weight(mode):
+    """On the float path (bf16 here; CUDA alike) the weight is quantized once, not every forward."""
+    layer = BitLinear(32, 16, mode=mode).to(torch.bfloat16)
+    x = _randn(2, 32, seed=7).to(torch.bfloat16)
+    calls = []
+    real = layer.quantized_weight
+    layer.quantized_weight = lambda: calls.append(1) or real()
+    with torch.no_grad():
+        ys = [layer(x) for _ in range(3)]
+    assert len(calls) == 1 and all(torch.equal(y, ys[0]) for y in ys)
 
 
 def test_bad_mode():

@@ -33,7 +33,9 @@ fp32 every partial sum is an integer of magnitude <= 128 * in_features: below 2^
 dot product. On CPU, for fp32 / fp64 inputs, the product is therefore taken by an int8 x int8 -> int32
 matmul (`torch._int_mm`, ~4-5x the fp32 GEMM's speed on AVX512-VNNI) on a cached int8 copy of W_q^T:
 the same output values (`torch.equal` in `tests/test_bitlinear.py` and `benchmarks/bitlinear_kernel.py`).
-Elsewhere (CUDA, bf16 / fp16, in_features >= 131072) the float matmul runs as before.
+Elsewhere (CUDA, bf16 / fp16, in_features >= 131072) the float matmul runs on that cached copy cast to
+x's dtype: W_q's values exactly, without re-quantizing the latent weight (about 9 small kernels per linear,
+which on a GPU are launches a small model's forward waits on) every forward.
 """
 
 from __future__ import annotations
@@ -198,13 +200,12 @@ class BitLinear(nn.Linear):
     def _forward_int(self, x: Tensor) -> Tensor:
         """Inference form, op for op as transformers' BitLinear: (x_q @ W_q^T) / (s_w * s_x)."""
         x_q, s_x = activation_quant_int(x)  # in x's dtype, as transformers does
+        w_t, s_w = self._int8_weight()
         if self._int8_kernel_exact(x):
-            w_t, s_w = self._int8_weight()
             flat = torch._int_mm(x_q.reshape(-1, x.shape[-1]).to(torch.int8), w_t)  # exact int32 sums
             y = flat.to(x.dtype).reshape(*x.shape[:-1], w_t.shape[1])
-        else:
-            w_q, s_w = self.quantized_weight()
-            y = F.linear(x_q, w_q.to(x.dtype))
+        else:  # W_q's values exactly (they are -1, 0, 1), without re-quantizing the weight every forward
+            y = F.linear(x_q, w_t.T.to(x.dtype))
         y = y / (s_w.to(x.dtype).reshape(1) * s_x)
         if self.bias is not None:
             y = y + self.bias
