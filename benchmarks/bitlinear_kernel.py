@@ -3,6 +3,7 @@
     python benchmarks/bitlinear_kernel.py --model DIR --mode b158     # a HF checkpoint's shape as BitNet
     python benchmarks/bitlinear_kernel.py --tiny --mode b1            # quickstart's BitNet b1 architecture
     python benchmarks/bitlinear_kernel.py --model DIR --float-path    # bf16: cached W_q against re-quantizing
+    python benchmarks/bitlinear_kernel.py --tiny --float-path --device cuda   # the same on a GPU
 
 In no-grad mode `BitLinear` multiplies int8 activations by ternary / binary weights. Every partial sum is
 an integer below 2^24, so fp32 holds it exactly and the int8 x int8 -> int32 matmul (`torch._int_mm`) is
@@ -64,6 +65,8 @@ def best_time(fn: Callable[[], torch.Tensor], repeats: int) -> tuple[float, torc
     for _ in range(repeats):
         t0 = time.perf_counter()
         out = fn()
+        if out.is_cuda:
+            torch.cuda.synchronize()
         times.append(time.perf_counter() - t0)
     return min(times), out
 
@@ -129,6 +132,7 @@ def main() -> None:
     p.add_argument("--seq", type=int, default=128)
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--float-path", action="store_true", help="bf16: cached W_q against re-quantizing every forward")
+    p.add_argument("--device", default="cpu", help="with --float-path: where the model runs (cuda: the GPU's float path)")
     args = p.parse_args()
     if not args.tiny and not args.model:
         p.error("give --model DIR or --tiny")
@@ -138,9 +142,11 @@ def main() -> None:
           f"{sum(p.numel() for p in model.parameters()) / 1e6:.1f}M parameters, torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads, {torch.backends.cpu.get_cpu_capability()}")
     ids = torch.randint(0, model.config.vocab_size, (args.batch, args.seq), generator=torch.Generator().manual_seed(0))
+    if args.device != "cpu" and not args.float_path:
+        p.error("--device is for --float-path (the int8 kernel is CPU-only)")
     run = compare
     if args.float_path:
-        model, run = model.to(torch.bfloat16), compare_float_path
+        model, run, ids = model.to(torch.bfloat16).to(args.device), compare_float_path, ids.to(args.device)
     run(f"zero-shot ({args.batch}x{args.seq}, head 1)", model, ids, 1, args.repeats)
     run(f"perplexity ({args.batch}x{args.seq}, all)", model, ids, 0, args.repeats)
 

@@ -1,6 +1,6 @@
 #!/bin/bash
 # Device call 1 (benchmarks/gpu/README.md): install the carried wheels and data under /root/keep (kept while the machine stays warm),
-# time GPTQ's column loop on CUDA (benchmarks/gptq_loop.py), then, with the argument `tests`, the prepared GPU tests
+# time GPTQ's column loop and BitLinear's float path on CUDA (gptq_loop.py, bitlinear_kernel.py --float-path), then, with the argument `tests`, the prepared GPU tests
 # (pytest -m gpu; 210 s on 2026-12-04, all passed). Usage: call1_setup_and_tests.sh [tests]. Output: $OUT/call1.log
 source benchmarks/gpu/env.sh
 exec > >(tee $OUT/call1.log) 2>&1
@@ -20,6 +20,7 @@ import ptq_bench.cli, ptq_bench.eval.harness  # noqa
 print("imports ok")
 PY
 timeout 120 python3 benchmarks/gptq_loop.py --device cuda
+timeout 60 python3 benchmarks/bitlinear_kernel.py --tiny --float-path --device cuda --mode b158
 [ "${1:-}" = tests ] || exit 0
 t0=$(date +%s)
 timeout 420 python3 -m pytest -m gpu -p no:cacheprovider -q -s -rs tests/test_gpu.py tests/test_calib_memory.py
