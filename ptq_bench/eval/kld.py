@@ -44,6 +44,7 @@ from ptq_bench.data import file_sha256
 from ptq_bench.eval.perplexity import protocol_name, windows
 
 FORMAT_VERSION = 1
+KL_TOKENS = 256  # tokens per KL step: each token's KL is its own row, so any step gives the same values
 
 
 def metric_names(set_name: str, seqlen: int, max_windows: int | None) -> dict[str, str]:
@@ -80,14 +81,17 @@ def _batches(wins: torch.Tensor, batch_size: int, desc: str, progress: bool) -> 
 
 
 def _logits(model: torch.nn.Module, batch: torch.Tensor) -> torch.Tensor:
-    """(B, seqlen - 1, vocab) float32 on the CPU: position t predicts t + 1."""
+    """(B, seqlen - 1, vocab) float32 on the model's device: position t predicts t + 1. The distances are
+    computed there too, as `gptq_perplexity` computes its NLL; on a GPU this spares a CPU pass over
+    B x T x vocab float64 values (not yet timed there)."""
     device = next(model.parameters()).device
-    return model(batch.to(device)).logits[:, :-1, :].float().cpu()
+    return model(batch.to(device)).logits[:, :-1, :].float()
 
 
 def _nll_sum(logits: torch.Tensor, batch: torch.Tensor) -> tuple[float, int]:
-    """Summed token NLL of a batch, computed exactly as `gptq_perplexity` does."""
-    nll = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), batch[:, 1:].reshape(-1), reduction="none")
+    """Summed token NLL of a batch, computed exactly as `gptq_perplexity` does (on the logits' device)."""
+    target = batch[:, 1:].reshape(-1).to(logits.device)
+    nll = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), target, reduction="none")
     return nll.double().sum().item(), nll.numel()
 
 
@@ -125,8 +129,8 @@ def build_reference(
             else:
                 tmp.parent.mkdir(parents=True, exist_ok=True)
                 logprobs = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=shape)
-        logprobs[start:start + len(batch)] = torch.log_softmax(logits, dim=-1).numpy()
-        top1[start:start + len(batch)] = logits.argmax(-1).numpy()
+        logprobs[start:start + len(batch)] = torch.log_softmax(logits, dim=-1).cpu().numpy()
+        top1[start:start + len(batch)] = logits.argmax(-1).cpu().numpy()
         s, c = _nll_sum(logits, batch)
         total, count = total + s, count + c
     ref = BaseReference(set_name, seqlen, max_windows, wins, logprobs, top1, total / count)
@@ -180,10 +184,11 @@ def compare(ref: BaseReference, model: torch.nn.Module, batch_size: int = 4, pro
         logits = _logits(model, batch)  # (B, seqlen - 1, vocab)
         s, c = _nll_sum(logits, batch)
         total, count = total + s, count + c
-        for b in range(len(batch)):  # one window at a time bounds the float64 temporaries (T x V)
-            lp = torch.from_numpy(np.array(ref.logprobs[start + b]))  # a copy: the memmap is read-only
-            kls.append(token_kl(lp, logits[b]).numpy())
-            agree += int((logits[b].argmax(-1).numpy() == ref.top1[start + b]).sum())
+        for b in range(len(batch)):  # a window, KL_TOKENS at a time: bounded float64 temporaries (KL_TOKENS x V)
+            lp = torch.from_numpy(np.array(ref.logprobs[start + b])).to(logits.device)  # a copy: read-only memmap
+            kls += [token_kl(lp[t:t + KL_TOKENS], logits[b, t:t + KL_TOKENS]).cpu().numpy()
+                    for t in range(0, len(lp), KL_TOKENS)]
+            agree += int((logits[b].argmax(-1).cpu().numpy() == ref.top1[start + b]).sum())
     kl = np.concatenate(kls)
     ppl = math.exp(total / count)
     names = ref.names
