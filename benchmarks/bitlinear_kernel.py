@@ -71,21 +71,31 @@ def best_time(fn: Callable[[], torch.Tensor], repeats: int) -> tuple[float, torc
     return min(times), out
 
 
-def compare(label: str, model: torch.nn.Module, ids: torch.Tensor, keep: int, repeats: int) -> None:
+def alternate(model: torch.nn.Module, ids: torch.Tensor, keep: int, repeats: int,
+              variants: dict[str, Callable[[], None]]) -> dict[str, tuple[float, torch.Tensor, int]]:
+    """Each variant (a switch that sets it up) timed in turn, twice round, best of each:
+    name -> (seconds per forward, logits, kernels one forward dispatches)."""
     def forward() -> torch.Tensor:
         with torch.inference_mode():
             return model(ids, logits_to_keep=keep).logits
 
-    results = {}
-    for _ in range(2):  # alternate: float, int8, float, int8; best of each
-        for name in ("float", "int8"):
-            use_int8(name == "int8")
+    results: dict[str, tuple[float, torch.Tensor, int]] = {}
+    for _ in range(2):
+        for name, switch in variants.items():
+            switch()
             t, out = best_time(forward, repeats)
+            with KernelCount() as k:
+                forward()
             old = results.get(name)
-            results[name] = (min(t, old[0]) if old else t, out)
+            results[name] = (min(t, old[0]) if old else t, out, k.n)
+    return results
+
+
+def compare(label: str, model: torch.nn.Module, ids: torch.Tensor, keep: int, repeats: int) -> None:
+    res = alternate(model, ids, keep, repeats, {"float": lambda: use_int8(False), "int8": lambda: use_int8(True)})
     use_int8(True)
     tokens = ids.numel()
-    (tf, lf), (ti, li) = results["float"], results["int8"]
+    (tf, lf, _), (ti, li, _) = res["float"], res["int8"]
     equal = torch.equal(lf, li)
     print(f"{label:<26} float {tokens / tf:8.0f} tok/s   int8 {tokens / ti:8.0f} tok/s   ratio {tf / ti:5.2f}   "
           f"logits equal: {equal} (max |Δ| {float((lf - li).abs().max()):.1e})")
@@ -102,23 +112,17 @@ def requantizing(self: BitLinear, x: torch.Tensor) -> torch.Tensor:
 _CACHED = BitLinear._forward_int
 
 
-def compare_float_path(label: str, model: torch.nn.Module, ids: torch.Tensor, keep: int, repeats: int) -> None:
-    def forward() -> torch.Tensor:
-        with torch.inference_mode():
-            return model(ids, logits_to_keep=keep).logits
+def _use_forward(impl: Callable) -> Callable[[], None]:
+    def switch() -> None:
+        BitLinear._forward_int = impl
+    return switch
 
-    results = {}
-    for _ in range(2):  # alternate, best of each
-        for name, impl in (("requantizing", requantizing), ("cached", _CACHED)):
-            BitLinear._forward_int = impl
-            t, out = best_time(forward, repeats)
-            with KernelCount() as k:
-                forward()
-            old = results.get(name)
-            results[name] = (min(t, old[0]) if old else t, out, k.n)
+
+def compare_float_path(label: str, model: torch.nn.Module, ids: torch.Tensor, keep: int, repeats: int) -> None:
+    res = alternate(model, ids, keep, repeats, {"requantizing": _use_forward(requantizing), "cached": _use_forward(_CACHED)})
     BitLinear._forward_int = _CACHED
     tokens = ids.numel()
-    (tr, lr, kr), (tc, lc, kc) = results["requantizing"], results["cached"]
+    (tr, lr, kr), (tc, lc, kc) = res["requantizing"], res["cached"]
     print(f"{label:<26} re-quantizing {tokens / tr:7.0f} tok/s, {kr:5} kernels   cached {tokens / tc:7.0f} tok/s, "
           f"{kc:5} kernels   time {tr / tc:4.2f}x, kernels {kr / kc:4.2f}x   logits equal: {torch.equal(lr, lc)}")
 
