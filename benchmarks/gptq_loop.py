@@ -38,7 +38,8 @@ from kernel_count import KernelCount  # noqa: E402
 
 from ptq_bench.quant import gptq as gptq_mod  # noqa: E402
 from ptq_bench.quant import ldlq  # noqa: E402
-from ptq_bench.quant.apply import Stacked, sharing  # noqa: E402
+from ptq_bench.quant.apply import Stacked, sharing, solve_stacked  # noqa: E402
+from ptq_bench.quant.linears import weight_matrix  # noqa: E402
 
 
 def reference_error_feedback(W: Tensor, U: Tensor, quant_col: Callable, block_size: int = 128) -> tuple[Tensor, float]:
@@ -98,12 +99,17 @@ def runs(problem: tuple) -> list[list[str]]:
 
 
 def library_way(problem: tuple, bits: int, group: int) -> list[Tensor]:
-    """The library: linears sharing a Hessian stacked where `sharing` says so, its loop."""
+    """The library: the runs `sharing` picks, stacked by `quant.apply.solve_stacked`, and its loop."""
     linears, stats = problem
+
+    def solve(linear: torch.nn.Module, H: Tensor) -> tuple:  # gptq_solver's call, the Hessian kept for repeats
+        return gptq_mod.gptq_solve(weight_matrix(linear), H, bits, group, consume_w=isinstance(linear, Stacked))
+
     out = []
     for names in runs(problem):
-        q = gptq_mod.gptq_solve(torch.cat([linears[n].weight for n in names]), stats[names[0]], bits, group)[0]
-        out += list(q.split([linears[n].weight.shape[0] for n in names]))
+        solved = (solve_stacked(solve, [linears[n] for n in names], stats[names[0]]) if len(names) > 1
+                  else [solve(linears[names[0]], stats[names[0]])])
+        out += [w_hat for w_hat, _, _ in solved]
     return out
 
 

@@ -78,14 +78,15 @@ def sharing(group: dict[str, nn.Module], stats: dict[str, Any], largest: int) ->
         runs.setdefault(id(stat) if stat is not None else -1 - i, []).append(name)
     parts: list[list[str]] = []
     for run in runs.values():  # each run cut, in order, into parts no larger than `largest`
-        size = largest + 1
+        part, size = [], 0
         for name in run:
             n = weight_matrix(group[name]).numel()
-            if size + n > largest:
-                parts.append([])
-                size = 0
-            parts[-1].append(name)
+            if part and size + n > largest:
+                parts.append(part)
+                part, size = [], 0
+            part.append(name)
             size += n
+        parts.append(part)
     return parts
 
 
@@ -107,7 +108,7 @@ def solve_stacked(solve: Solver, linears: list[nn.Module], stat: Any) -> list[tu
     sizes = [m.shape[0] for m in mats]
     stacked = Stacked(torch.cat(mats))
     w_hat, grid, loss = solve(stacked, stat)
-    del stacked, mats  # the scratch weight goes before the parts are copied out
+    del stacked  # the scratch weight goes before the parts are copied out
     if w_hat is None:
         return [(None, None, None)] * len(linears)
     grids = grid.split_rows(sizes) if grid is not None else [None] * len(sizes)
@@ -145,8 +146,10 @@ def quantize_model(
     def on_group(idx: int, layer: nn.Module, group: dict[str, nn.Module], stats: dict[str, Any]) -> None:
         if before_group is not None:
             before_group(idx, layer, group, stats)
-        largest = max(weight_matrix(m).numel() for m in block_linears(layer, family).values())
-        for names in (sharing(group, stats, largest) if stack_shared else [[n] for n in group]):
+        runs = [[n] for n in group]
+        if stack_shared:
+            runs = sharing(group, stats, max(weight_matrix(m).numel() for m in block_linears(layer, family).values()))
+        for names in runs:
             stat = take_stat(stats, *names)  # popped (a shared one copied): freed once solved
             if len(names) > 1:
                 solved = solve_stacked(solve, [group[n] for n in names], stat)
