@@ -25,6 +25,7 @@ import torch.nn as nn
 from torch import Tensor
 
 from ptq_bench.errors import QuantError
+from ptq_bench.families import Family
 from ptq_bench.quant.calibrate import (
     GroupCallback,
     StatFactory,
@@ -90,6 +91,15 @@ def sharing(group: dict[str, nn.Module], stats: dict[str, Any], largest: int) ->
     return parts
 
 
+def solve_runs(layer: nn.Module, family: Family, group: dict[str, nn.Module], stats: dict[str, Any],
+               stack: bool) -> list[list[str]]:
+    """The group's linears as runs solved together: `sharing`'s, bounded by the block's largest linear, when
+    the method stacks; else one linear at a time."""
+    if not stack:
+        return [[n] for n in group]
+    return sharing(group, stats, max(weight_matrix(m).numel() for m in block_linears(layer, family).values()))
+
+
 class Stacked(nn.Module):
     """What a solver reads of a linear (`weight_matrix`), for several linears' rows stacked. Its weight is a
     scratch copy made for the solve: a solver may overwrite it instead of copying it again."""
@@ -146,10 +156,7 @@ def quantize_model(
     def on_group(idx: int, layer: nn.Module, group: dict[str, nn.Module], stats: dict[str, Any]) -> None:
         if before_group is not None:
             before_group(idx, layer, group, stats)
-        runs = [[n] for n in group]
-        if stack_shared:
-            runs = sharing(group, stats, max(weight_matrix(m).numel() for m in block_linears(layer, family).values()))
-        for names in runs:
+        for names in solve_runs(layer, family, group, stats, stack_shared):
             stat = take_stat(stats, *names)  # popped (a shared one copied): freed once solved
             if len(names) > 1:
                 solved = solve_stacked(solve, [group[n] for n in names], stat)
