@@ -6,6 +6,7 @@
     python benchmarks/eval_speed.py --model DIR --bitnet b158     # its linears as BitNet BitLinears
     python benchmarks/eval_speed.py --model DIR --ceiling-only --limit 0   # exact ceiling, whole tasks
     python benchmarks/eval_speed.py --model DIR --device cuda      # both backends on a GPU
+    python benchmarks/eval_speed.py --model smollm2-135m           # a recipe's source (GGUF converted into --cache)
 
 Times `TaskSuite.evaluate` (lm-eval's evaluate: requests, filters, metrics) over all the tasks at once
 (lm-eval hands a backend every task's requests in one call, as a recipe's evaluation does), after a
@@ -79,6 +80,11 @@ def load(args: argparse.Namespace):
         return build_model(args.kind, ArchConfig(max_seq_len=256), len(tok), seed=0), tok
     from transformers import AutoTokenizer
 
+    if not Path(args.model).is_dir():  # a recipe's source (smollm2-135m, a .gguf): as a checkpoint folder in --cache
+        from ptq_bench.sources import inspect_source, load_source
+
+        model, tok, _kind = load_source(inspect_source(args.model), cache_dir=args.cache)
+        return model.eval(), tok
     tok = AutoTokenizer.from_pretrained(args.model)
     try:  # ptq_bench checkpoints (BitLinear models included)
         from ptq_bench.models.build import load_model
@@ -117,7 +123,7 @@ class WorkCounter:
         head = model.get_output_embeddings()
         body = sum(p.numel() for p in model.model.layers.parameters())
         self.per_token, self.per_position = 2 * body, 2 * head.weight.numel()
-        self.flops = 0
+        self.flops = self.forwards = self.positions = 0
         self.handles = [model.get_input_embeddings().register_forward_pre_hook(self), head.register_forward_pre_hook(self)]
         self.head = head
 
@@ -126,6 +132,8 @@ class WorkCounter:
             self.flops += args[0].numel() // args[0].shape[-1] * self.per_position
         else:  # token ids (rows, width): every position goes through the blocks
             self.flops += args[0].numel() * self.per_token
+            self.forwards += 1
+            self.positions += args[0].numel()
 
 
 def ceiling(suite, model) -> tuple[float, float]:
@@ -144,6 +152,34 @@ def work_ratio(requests: list, sizes: tuple[int, int], one_tree: bool = False) -
     from ptq_bench.eval.work import exact_work, hflm_positions, weighted
 
     return weighted(hflm_positions(requests), sizes) / weighted(exact_work(requests, one_tree), sizes)
+
+
+def forwards_table(tasks: list[str], limit: int, model, tok, args: argparse.Namespace) -> None:
+    """Forwards and block positions of HFLM and of FastLM at each forward cost, with a GPU's max_tokens
+    (batch x max_length), counted on a one-layer stand-in of `model` (its vocabulary and context length:
+    which rows share a forward depends on neither depth nor width), on whatever device this runs
+    (`--forwards-only`: what the GPU batching changes, without a GPU)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from ptq_bench.eval.batching import BATCHING
+    from ptq_bench.eval.harness import TaskSuite
+
+    cfg = LlamaConfig(vocab_size=model.config.vocab_size, hidden_size=64, intermediate_size=128, num_hidden_layers=1,
+                      num_attention_heads=2, num_key_value_heads=2, tie_word_embeddings=False,
+                      max_position_embeddings=model.config.max_position_embeddings)
+    stand_in = LlamaForCausalLM(cfg).eval()
+    counter = WorkCounter(stand_in)
+    suite = TaskSuite(tasks, args.data, tok, limit=limit, backend="hflm", batch_size=args.batch_size)
+    runs = [(f"HFLM, batch {args.batch_size}", suite)]
+    for overhead in sorted({*(args.overhead or []), BATCHING["cpu"].overhead, BATCHING["gpu"].overhead}):
+        fast = TaskSuite(tasks, args.data, tok, limit=limit, backend="fast", batch_size=args.batch_size,
+                         fast_mode=args.fast_mode)
+        runs.append((f"FastLM, a forward = {overhead} positions", with_overhead(fast, overhead, gpu_tokens=True)))
+    print(f"{'batching (max_tokens: batch x max_length)':<44}{'forwards':>9}{'positions':>11}")
+    for label, s in runs:
+        counter.forwards = counter.positions = 0
+        s.evaluate(stand_in, progress=False)
+        print(f"{label:<44}{counter.forwards:>9}{counter.positions:>11,}")
 
 
 def ceiling_table(tasks: list[str], limit: int | None, model, tok, args: argparse.Namespace) -> None:
@@ -182,13 +218,16 @@ def bench(tasks: list[str], limit: int, model, tok, args: argparse.Namespace, pa
 
     suites = {b: TaskSuite(tasks, args.data, tok, limit=limit, backend=b, batch_size=args.batch_size,
                            fast_mode=args.fast_mode) for b in ("hflm", "fast")}
-    metrics, best, work = {}, {b: float("inf") for b in suites}, {}
+    for overhead in args.overhead or []:  # FastLM again at another forward cost
+        suites[f"fast@{overhead}"] = with_overhead(TaskSuite(tasks, args.data, tok, limit=limit, backend="fast",
+                                                             batch_size=args.batch_size, fast_mode=args.fast_mode), overhead)
+    metrics, best, work, forwards = {}, {b: float("inf") for b in suites}, {}, {}
     counter = WorkCounter(model)
     for _ in range(args.repeats + 1):  # the first round warms up
         for b, suite in suites.items():
-            counter.flops = 0
+            counter.flops = counter.forwards = 0
             metrics[b] = suite.evaluate(model, progress=False)
-            best[b], work[b] = min(best[b], suite.last_seconds), counter.flops
+            best[b], work[b], forwards[b] = min(best[b], suite.last_seconds), counter.flops, counter.forwards
     for h in counter.handles:
         h.remove()
     one = None
@@ -209,7 +248,27 @@ def bench(tasks: list[str], limit: int, model, tok, args: argparse.Namespace, pa
     return {"path": suites["fast"].last_path, "requests": suites["fast"].n_requests, "hflm_s": best["hflm"],
             "ceiling": ceiling(suites["fast"], model) if pairs else None,
             "fast_s": best["fast"], "work": work["hflm"] / work["fast"], "tasks": per_task,
-            "hflm_bs1_s": one.last_seconds if one is not None else None}
+            "hflm_bs1_s": one.last_seconds if one is not None else None, "forwards": forwards,
+            "sweep": [{"overhead": int(b.split("@")[1]), "s": best[b], "forwards": forwards[b],
+                       "work": work["hflm"] / work[b],
+                       "max_abs_dloglik": max_delta(suites["hflm"].last_responses, suites[b].last_responses)[0]}
+                      for b in suites if "@" in b]}
+
+
+def with_overhead(suite, overhead: int, gpu_tokens: bool = False):
+    """`suite` whose FastLM weighs each forward as `overhead` positions instead of its device's figure
+    (gpu_tokens: and holds up to batch x max_length positions per forward, as on a GPU)."""
+    make = suite.make_lm
+
+    def make_lm(model, progress: bool = True):
+        lm = make(model, progress=progress)
+        lm.overhead = overhead
+        if gpu_tokens:
+            lm.max_tokens = lm.batch_size * lm.max_length
+        return lm
+
+    suite.make_lm = make_lm
+    return suite
 
 
 def _only(metrics: dict, task: str) -> dict:
@@ -236,18 +295,26 @@ def row(label: str, runs: list[dict]) -> str:
 
 def speed(label: str, res: dict) -> str:
     n, hflm_s, fast_s, bs1_s = res["requests"], res["hflm_s"], res["fast_s"], res["hflm_bs1_s"]
-    line = (f"{label}: {n} requests in one evaluate() call, HFLM {n / hflm_s:.1f} req/s ({hflm_s:.1f} s), "
-            f"FastLM {n / fast_s:.1f} req/s ({fast_s:.1f} s), ratio {hflm_s / fast_s:.2f}, work {res['work']:.2f}")
+    fw = res["forwards"]
+    line = (f"{label}: {n} requests in one evaluate() call, HFLM {n / hflm_s:.1f} req/s ({hflm_s:.1f} s, "
+            f"{fw['hflm']} forwards), FastLM {n / fast_s:.1f} req/s ({fast_s:.1f} s, {fw['fast']} forwards), "
+            f"ratio {hflm_s / fast_s:.2f}, work {res['work']:.2f}")
     if res["ceiling"] is not None:
         line += ", exact ceiling {:.2f} (one tree over all documents: {:.2f})".format(*res["ceiling"])
     if bs1_s is not None:
         line += f"; HFLM batch 1 (one run) {n / bs1_s:.1f} req/s, FastLM / it {bs1_s / fast_s:.2f}"
+    for r in res["sweep"]:
+        line += (f"\n  FastLM at overhead {r['overhead']}: {n / r['s']:.1f} req/s ({r['s']:.1f} s, {r['forwards']} "
+                 f"forwards), ratio {hflm_s / r['s']:.2f}, work {r['work']:.2f}, max|Δll| {r['max_abs_dloglik']:.2e}")
     return line
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", help="HF checkpoint directory (model + tokenizer)")
+    p.add_argument("--model", help="HF checkpoint directory (model + tokenizer), or a recipe's source "
+                   "(e.g. smollm2-135m), converted once into --cache")
+    p.add_argument("--cache", type=Path, default=Path(".ptq_cache/sources"),
+                   help="where a GGUF source's checkpoint folder is kept (a recipe's <cache_dir>/sources)")
     p.add_argument("--tiny", action="store_true", help="a small random Llama + BPE tokenizer instead of --model")
     p.add_argument("--kind", default="llama", help="with --tiny: 'llama' (stock transformers), or a ptq_bench model "
                    "kind (fp16, bitnet_b158, bitnet_b1) built with quickstart's architecture")
@@ -263,8 +330,12 @@ def main() -> None:
     p.add_argument("--bitnet", choices=["b158", "b1"], help="swap the block linears for BitNet BitLinears first")
     p.add_argument("--envelope", action="store_true", help="also HFLM at batch size 1 against HFLM at --batch-size")
     p.add_argument("--device", default="cpu", help="where the model runs (HFLM follows a passed model's device)")
+    p.add_argument("--overhead", type=int, nargs="+", help="also time FastLM weighing each forward as N positions "
+                   "(batching.BATCHING's figure for the device is the default run)")
     p.add_argument("--dtype", default="float32", choices=["float32", "float64"],
                    help="float64: summation order no longer moves a rounding step, so paths must agree")
+    p.add_argument("--forwards-only", action="store_true", help="count forwards and positions of HFLM and of "
+                   "FastLM with a GPU's batching at each --overhead, on a one-layer stand-in (no timing)")
     p.add_argument("--ceiling-only", action="store_true", help="print the exact ceiling per task at --limit "
                    "(0 = every document) from the tokenized requests, without timing anything")
     args = p.parse_args()
@@ -291,9 +362,17 @@ def main() -> None:
     print(f"model: {name}, {sum(x.numel() for x in model.parameters()):,} "
           f"params, vocab {len(tok)}, torch threads {torch.get_num_threads()}, limit {args.limit} docs/task, "
           f"batch {args.batch_size}, best of {args.repeats} after a warm-up, FastLM mode {args.fast_mode}")
+    from ptq_bench.eval.batching import batching_for
+
+    cut = batching_for(torch.device(args.device).type)
+    print(f"FastLM batching on {args.device}: max_tokens {cut.max_tokens or 'batch x max_length'}, a forward weighed "
+          f"as {cut.overhead} positions ({cut.basis})")
     tasks = list(PAPER_TASKS) if args.tasks == "paper" else args.tasks.split(",")
     if args.ceiling_only:
         ceiling_table(tasks, args.limit or None, model, tok, args)
+        return
+    if args.forwards_only:
+        forwards_table(tasks, args.limit, model, tok, args)
         return
     res = bench(tasks, args.limit, model, tok, args)
     print("FastLM path taken:", res["path"])  # as TaskSuite recorded it

@@ -37,13 +37,18 @@ KINDS = {
 }
 
 
-def run_on(recipe: Path, device: str, dtype: str, out: Path) -> tuple[Path, float]:
-    """The recipe on `device` in `dtype` into out/<device>-<dtype>-<n>: (results folder, wall seconds)."""
+def run_on(recipe: Path, device: str, dtype: str, out: Path, sources: Path | None = None) -> tuple[Path, float]:
+    """The recipe on `device` in `dtype` into out/<device>-<dtype>-<n>: (results folder, wall seconds).
+    `sources`: a folder of checkpoint folders converted from GGUF sources (a cache's `sources/`), linked
+    in as the run's own, so loading skips the conversion (its time is then not in the wall time)."""
     raw = yaml.safe_load(recipe.read_text(encoding="utf-8"))
     n = sum(1 for _ in out.glob(f"{device}-{dtype}-*")) if out.is_dir() else 0
     work = out / f"{device}-{dtype}-{n}"
     raw.update(device=device, dtype=dtype, output_dir=str(work / "results"), cache_dir=str(work / "cache"))
     work.mkdir(parents=True)
+    if sources is not None:
+        (work / "cache").mkdir()
+        (work / "cache" / "sources").symlink_to(sources.resolve(), target_is_directory=True)
     path = work / recipe.name
     path.write_text(yaml.safe_dump(raw, sort_keys=False), encoding="utf-8")
     start = time.perf_counter()
@@ -104,15 +109,17 @@ def main() -> None:
                    help="the recipe's dtype on each device (auto: each model's own)")
     p.add_argument("--against", type=Path, help="a results folder of the recipe (its rows stand for the first device)")
     p.add_argument("--out", type=Path, default=Path("runs/gpu_vs_cpu"))
+    p.add_argument("--sources", type=Path, help="GGUF sources already converted (a cache's sources/ folder, as "
+                   "eval_speed.py --cache leaves it): linked into each run's cache")
     args = p.parse_args()
     out = args.out / args.recipe.stem
     first, second = (f"{d}/{t}" for d, t in zip(args.devices, args.dtypes))
     if args.against:
         a, wall_a = keyed(args.against), None
     else:
-        folder, wall_a = run_on(args.recipe, args.devices[0], args.dtypes[0], out)
+        folder, wall_a = run_on(args.recipe, args.devices[0], args.dtypes[0], out, args.sources)
         a = keyed(folder)
-    folder, wall_b = run_on(args.recipe, args.devices[1], args.dtypes[1], out)
+    folder, wall_b = run_on(args.recipe, args.devices[1], args.dtypes[1], out, args.sources)
     b = keyed(folder)
     print(f"wall: {first} " + (f"{wall_a:.1f} s" if wall_a is not None else f"(rows of {args.against})")
           + f", {second} {wall_b:.1f} s")

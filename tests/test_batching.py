@@ -53,3 +53,12 @@ def test_cut_sorted_separates_lengths_when_padding_costs_more_than_a_forward() -
 def test_cut_sorted_refuses_unsorted_lengths() -> None:
     with pytest.raises(ValueError, match="sorted longest first"):
         cut_sorted([3, 5], 100, 4, 0)
+
+
+def test_batching_is_chosen_by_device_type():
+    """The CPU keeps its measured figures; any other device gets the GPU's (fewer, fuller forwards)."""
+    from ptq_bench.eval.batching import BATCHING, batching_for
+
+    assert batching_for("cpu") is BATCHING["cpu"] and BATCHING["cpu"].max_tokens == 512
+    assert batching_for("cuda") is batching_for("mps") is BATCHING["gpu"]
+    assert BATCHING["gpu"].max_tokens is None and BATCHING["gpu"].overhead > BATCHING["cpu"].overhead

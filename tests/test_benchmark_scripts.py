@@ -19,8 +19,9 @@ def _run(script: str, *args: str) -> str:
 def test_eval_speed_runs_tasks_and_wikitext(data_dir):
     """Tasks with their exact ceiling, then wikitext's rolling requests (which have none: this used to crash)."""
     out = _run("eval_speed.py", "--tiny", "--limit", "2", "--repeats", "0", "--tasks", "piqa", "--wikitext-limit", "1",
-               "--data", str(data_dir))
+               "--data", str(data_dir), "--overhead", "8")
     assert "tasks: 4 requests" in out and "exact ceiling" in out.split("tasks: ")[1].splitlines()[0]
+    assert "FastLM at overhead 8:" in out.split("tasks: ")[1].splitlines()[1]
     assert "wikitext: 1 requests" in out
 
 

@@ -117,6 +117,34 @@ def test_fast_equals_hflm_on_every_task(runs):
     assert new[1] == ref[1]  # every accuracy and perplexity identical
 
 
+def test_gpu_batching_gives_the_same_numbers_in_fewer_forwards(runs, tok, model, monkeypatch):
+    """The GPU's batching (batching.BATCHING["gpu"]: HFLM's largest batch, a forward weighed as thousands of
+    positions) only regroups rows: on this CPU it must still give HFLM's numbers, in fewer forwards."""
+    from ptq_bench.eval import batching
+
+    class Forwards:
+        token_local = True  # counts calls, touches no value (FastLM keeps its shared path)
+        n = 0
+
+        def __call__(self, _module, _args) -> None:
+            self.n += 1
+
+    counts, suite = {}, runs["fast"][0]
+    for device in ("cpu", "gpu"):
+        monkeypatch.setitem(batching.BATCHING, "cpu", batching.BATCHING[device])
+        forwards = Forwards()
+        handle = model.get_input_embeddings().register_forward_pre_hook(forwards)
+        try:
+            assert suite.evaluate(model, progress=False) == runs["hflm"][1]
+        finally:
+            handle.remove()
+        assert suite.last_path == "fast:shared"
+        worst, flips = compare(runs["hflm"][2], suite.last_responses)
+        assert worst <= 1e-4 and flips == 0
+        counts[device] = forwards.n
+    assert counts["gpu"] < counts["cpu"] / 2, counts
+
+
 def test_suite_is_reused_across_models(runs, tok, model):
     suite = runs["fast"][0]
     assert suite.evaluate(make_model(len(tok), seed=1), progress=False) != runs["fast"][1]

@@ -9,6 +9,8 @@ this is a pure cost choice (eval/fast_lm.py, "Numerics")."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 
 def cut_sorted(lengths: list[int], max_tokens: int, max_rows: int, overhead: int) -> list[int]:
     """Start index of every forward, for `lengths` sorted longest first. A row longer than max_tokens
@@ -27,3 +29,30 @@ def cut_sorted(lengths: list[int], max_tokens: int, max_rows: int, overhead: int
         starts.append(i)
         i = nxt[i]
     return starts
+
+
+@dataclass(frozen=True)
+class Batching:
+    """How FastLM cuts its forwards on one device type (`FastLM._batches`, `cut_sorted`).
+
+    max_tokens: positions per forward (None: HFLM's largest batch, batch_size x max_length);
+    overhead: the fixed cost of one forward in token positions, against which padding is weighed."""
+
+    max_tokens: int | None
+    overhead: int
+    basis: str  # where the figures come from
+
+
+BATCHING = {
+    # moderate forwards keep the activations in cache; both figures measured best on this project's
+    # 2-core EPYC (max_tokens for quickstart-sized models; overhead best of 8 / 32 / 64 / 128 on SmolLM2)
+    "cpu": Batching(512, 32, "measured: benchmarks/README.md, eval_speed.py"),
+    # an eager forward of a ~30-layer model launches ~1,000 kernels (~10 ms), about the float32 work of
+    # 2,000 positions of a 135M model on an H200: far fewer, fuller forwards than on a CPU
+    "gpu": Batching(None, 2048, "estimated, not yet measured: eval_speed.py --overhead on a GPU"),
+}
+
+
+def batching_for(device_type: str) -> Batching:
+    """The batching of a device type ("cpu", "cuda", ...): the CPU's measured figures, the GPU's for any other."""
+    return BATCHING["cpu" if device_type == "cpu" else "gpu"]

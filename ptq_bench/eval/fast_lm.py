@@ -65,7 +65,7 @@ from lm_eval.models.huggingface import HFLM
 from lm_eval.utils import get_rolling_token_windows, make_disjoint_window
 from tqdm import tqdm
 
-from ptq_bench.eval.batching import cut_sorted
+from ptq_bench.eval.batching import batching_for, cut_sorted
 from ptq_bench.eval.model_traits import mixes_tokens, shareable_cache, token_local_model
 
 if TYPE_CHECKING:
@@ -168,18 +168,18 @@ class FastLM(HFLM):
     """HFLM with pre-tokenized, prefix-shared, head-trimmed scoring; see the module docstring."""
 
     WINDOW = 4  # documents per window = WINDOW * batch_size: their prefix caches are held at once
-    OVERHEAD = 32  # the fixed cost of one forward, in token positions (batch cutting: `_batches`)
 
     def __init__(self, model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, batch_size: int = 16, encoder: RequestEncoder | None = None,
-                 progress: bool = True, mode: str = "auto", max_tokens: int | None = None) -> None:
+                 progress: bool = True, mode: str = "auto", max_tokens: int | None = None,
+                 overhead: int | None = None) -> None:
         if mode not in MODES:
             raise ValueError(f"unknown FastLM mode '{mode}' (known: {', '.join(MODES)})")
         super().__init__(pretrained=model, tokenizer=tokenizer, batch_size=batch_size)
         self.encoder = encoder or RequestEncoder(tokenizer)
         self.progress = progress
-        # tokens per forward: on CPU moderate forwards keep activations in cache (512 measured best for
-        # quickstart-sized models on a 2-core EPYC); elsewhere HFLM's largest batch
-        self.max_tokens = max_tokens or (512 if self.device.type == "cpu" else batch_size * self.max_length)
+        cut = batching_for(self.device.type)
+        self.max_tokens = max_tokens or cut.max_tokens or batch_size * self.max_length
+        self.overhead = cut.overhead if overhead is None else overhead
         self._cache_arg = _forward_kwarg(model, "cache", "past_key_values")
         self._keep_arg = _forward_kwarg(model, "logits_to_keep", "num_logits_to_keep")
         if mode == "auto":
@@ -280,10 +280,10 @@ class FastLM(HFLM):
 
     def _batches(self, items: list, length: Callable[[Any], int]) -> list[list]:
         """Split items (sorted longest first) into forwards of at most max_tokens tokens (rows x longest)
-        and 4 x batch_size rows, cut where the padded work plus OVERHEAD per forward is least
+        and 4 x batch_size rows, cut where the padded work plus `overhead` per forward is least
         (`batching.cut_sorted`). Short rows (continuations after a cached prefix) go many per forward;
         moderate forwards keep the activations in cache (on CPU faster per token than large ones)."""
-        starts = cut_sorted([length(x) for x in items], self.max_tokens, 4 * self.batch_size, self.OVERHEAD)
+        starts = cut_sorted([length(x) for x in items], self.max_tokens, 4 * self.batch_size, self.overhead)
         return [items[a:b] for a, b in zip(starts, [*starts[1:], len(items)])]
 
     @torch.inference_mode()
@@ -391,8 +391,8 @@ class FastLM(HFLM):
         sel = logits[torch.tensor(rows, device=dev), torch.tensor(cols, device=dev)]  # (tokens, vocab)
         logp = F.log_softmax(sel, dim=-1, dtype=self.softmax_dtype)
         tgt = torch.tensor(targets, device=dev)
-        lp = logp.gather(1, tgt[:, None])[:, 0]
-        hit = logp.argmax(dim=-1) == tgt
+        lp = logp.gather(1, tgt[:, None])[:, 0].cpu()  # one copy off the device, not a sync per request
+        hit = (logp.argmax(dim=-1) == tgt).cpu()
         for p, seg, ok in zip(picks, torch.split(lp, sizes), torch.split(hit, sizes)):
             results[p.req] = (float(seg.sum()), bool(ok.all()))
         return len(picks)
