@@ -80,14 +80,14 @@ def gptq_solve(
     U = inverse_hessian_factor(H, damp)
     fits: list[tuple[Tensor, Tensor, int]] = []  # (scale, zero, maxq) per group, in processing order
 
-    def quant_col(col: int, w: Tensor, W: Tensor) -> Tensor:
+    def quant_col(col: int, w: Tensor, W: Tensor, out: Tensor | None = None) -> Tensor:
         nonlocal fit
         if static is not None:
             fit = static[(int(perm[col]) if perm is not None else col) // gs]
         elif group_size != -1 and col % gs == 0:
             fit = minmax_params(W[:, col:col + gs], bits, sym)
             fits.append(fit)
-        return quantize_scalar(w, *fit)
+        return quantize_scalar(w, *fit, out=out)
 
     Q, losses = error_feedback(W, U, quant_col, block_size)
 

@@ -37,13 +37,13 @@ def _mirror_lower(H: Tensor, step: int = 512) -> None:
 
 @torch.no_grad()
 def error_feedback(
-    W: Tensor, U: Tensor, quant_col: Callable[[int, Tensor, Tensor], Tensor], block_size: int = 128
+    W: Tensor, U: Tensor, quant_col: Callable[[int, Tensor, Tensor, Tensor], Tensor], block_size: int = 128
 ) -> tuple[Tensor, float]:
     """GPTQ's column loop with lazy block updates (== LDLQ in GPTQ's column order), in place on W.
 
     W: (rows, cols) float32, modified; U: upper Cholesky factor of H^-1 (cols, cols);
-    quant_col(col, w, W) rounds column `col` (its current value w, (rows,)) onto the grid (W is the
-    whole current matrix, for fitting groups). Returns (Q, sum_i (w_i - q_i)^2 / U_ii^2).
+    quant_col(col, w, W, out) rounds column `col` (its current value w, (rows,)) onto the grid into `out`
+    (W is the whole current matrix, for fitting groups). Returns (Q, sum_i (w_i - q_i)^2 / U_ii^2).
     """
     cols = W.shape[1]
     Q = torch.zeros_like(W)
@@ -55,9 +55,9 @@ def error_feedback(
         for i in range(i2 - i1):
             # per-column work is kept to the few kernels that must run per column (their launches bound the loop
             # on a GPU): the loss, err^2 = (w - q)^2 / d^2, is summed once per block below
-            w = W1[:, i]
-            Q1[:, i] = quant_col(i1 + i, w, W)
-            err = torch.div(w - Q1[:, i], U1[i, i], out=Err1[:, i])
+            w, q = W1[:, i], Q1[:, i]
+            quant_col(i1 + i, w, W, q)
+            err = torch.div(w - q, U1[i, i], out=Err1[:, i])
             W1[:, i:] -= err.unsqueeze(1) @ U1[i, i:].unsqueeze(0)
         Q[:, i1:i2] = Q1
         loss += (Err1 * Err1).sum()

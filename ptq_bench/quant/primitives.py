@@ -162,10 +162,13 @@ def minmax_params(w: Tensor, bits: float, sym: bool = True) -> tuple[Tensor, Ten
 # ----------------------------------------------------------------------------- quantize / check
 
 
-def quantize_scalar(w: Tensor, scale: Tensor, zero: Tensor, maxq: int) -> Tensor:
-    """Round-to-nearest onto scale * (q - zero), q in [0, maxq]; all arguments broadcast."""
-    q = torch.clamp(torch.round(w / scale + zero), 0, maxq)
-    return scale * (q - zero)
+def quantize_scalar(w: Tensor, scale: Tensor, zero: Tensor, maxq: int, out: Tensor | None = None) -> Tensor:
+    """Round-to-nearest onto scale * (q - zero), q in [0, maxq]; all arguments broadcast; written into `out`
+    when given. Five kernels, each value that of clamp(round(w / scale + zero), 0, maxq) and scale * (q - zero)
+    bit for bit: addcdiv adds 1 * w / scale to zero (no rounding step fused), the rest works in place.
+    GPTQ's and QuIP's column loops call it once per column, where kernel launches bound a GPU's time."""
+    q = torch.addcdiv(zero, w, scale).round_().clamp_(0, maxq)
+    return torch.mul(scale, q.sub_(zero), out=out)
 
 
 def quantize(w: Tensor, grid: Grid) -> Tensor:

@@ -214,7 +214,7 @@ def quip_solve(
     scale, zero = 2 * s / maxq, torch.tensor(maxq / 2, device=dev)
     W = W.clamp(-s, s)
     Uinv = inverse_hessian_factor(H, damp)
-    Q, loss = error_feedback(W, Uinv, lambda col, w, _W: quantize_scalar(w, scale, zero, maxq), block_size)
+    Q, loss = error_feedback(W, Uinv, lambda col, w, _W, out: quantize_scalar(w, scale, zero, maxq, out), block_size)
 
     W_hat = unrotate_both(Q, U, V) / c
     grid = Grid(scale.view(1, 1), zero.view(1, 1), maxq, n, float(bits), transform=GridBasis(U, V, c),
