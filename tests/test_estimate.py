@@ -43,7 +43,7 @@ def test_estimate_times_the_training_step_and_writes_nothing(tmp_path, capsys, m
         assert f"x {steps} steps" in line and "s/step" in line
     assert "train.tokens that fit 1 h of training:" in out
     assert "8 windows x 2 sets" in out  # the smoke recipe's max_windows and sets
-    assert "zero-shot (fast, 4 tasks, 8 documents each; timed on 4 and 12 per task)" in out
+    assert "zero-shot (fast, 4 tasks, 8 documents each; timed on 4 and 12 per task, best of 2)" in out
     assert out.count("every task once:") == 3
     assert "calibration tokens): " in out and "for 4 PTQ cells" in out  # smoke: absmax W8/4/2/1 on fp16
     assert sum(" per cell" in x and x.strip().startswith("fp16 ") for x in out.splitlines()) == 4
@@ -170,3 +170,31 @@ def test_zero_shot_projection_follows_each_cells_tasks(tmp_path):
     # three base cells run all four tasks (10 s each), four Absmax cells of fp16 only hellaswag (1 s each),
     # each cell one evaluate call (0.5 s)
     assert ": 37.5 s for 7 cells" in line
+
+
+def test_zero_shot_rate_ignores_first_and_slow_calls(monkeypatch):
+    """Each sample is timed as the best of its calls after its own warm-up: the 12-document sample's first
+    call (new shapes) and one slow call must not set the slope (a single call each made it 9x too steep)."""
+    from types import SimpleNamespace
+
+    from ptq_bench import estimate
+    from ptq_bench.eval import work
+
+    class Sample:  # 100 units of work at 4 documents, 300 at 12; each call's seconds in order
+        def __init__(self, docs: int) -> None:
+            self.work = 25 * docs
+            self.times = iter([10.0, 1.0, 1.0] if docs == 4 else [10.0, 5.0, 2.0])
+
+        def evaluate(self, _model, progress: bool = True) -> dict:
+            self.last_seconds = next(self.times)
+            return {}
+
+    recipe = SimpleNamespace(eval=SimpleNamespace(limit=None, backend="fast"))
+    zs = estimate.ZeroShot(recipe, None)
+    monkeypatch.setattr(zs, "_suite", lambda _tok, limit: Sample(limit or 40))
+    monkeypatch.setattr(zs, "_positions", lambda suite: {"piqa": (suite.work, 0)})
+    monkeypatch.setattr(work, "model_sizes", lambda _model: (1, 1))
+    monkeypatch.setattr(work, "weighted", lambda p, _sizes: p[0])
+    fixed, per_task = zs.seconds(None, own_tok=object())
+    # the line through (100 units, 1.0 s) and (300, 2.0 s): 0.005 s per unit, 0.5 s per call
+    assert per_task == {"piqa": pytest.approx(1000 * 0.005)} and fixed == pytest.approx(0.5)
