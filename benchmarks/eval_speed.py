@@ -155,10 +155,11 @@ def work_ratio(requests: list, sizes: tuple[int, int], one_tree: bool = False) -
 
 
 def forwards_table(tasks: list[str], limit: int, model, tok, args: argparse.Namespace) -> None:
-    """Forwards and block positions of HFLM and of FastLM at each forward cost, with a GPU's max_tokens
-    (batch x max_length), counted on a one-layer stand-in of `model` (its vocabulary and context length:
-    which rows share a forward depends on neither depth nor width), on whatever device this runs
-    (`--forwards-only`: what the GPU batching changes, without a GPU)."""
+    """Forwards and block positions of HFLM and of FastLM at each forward cost (--overhead and the table's
+    figures) and rows multiple (--rows and the table's), with a GPU's max_tokens (batch x max_length),
+    counted on a one-layer stand-in of `model` (its vocabulary and context length: which rows share a
+    forward depends on neither depth nor width), on whatever device this runs (`--forwards-only`: what
+    the GPU batching changes, without a GPU)."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
     from ptq_bench.eval.batching import BATCHING
@@ -171,15 +172,18 @@ def forwards_table(tasks: list[str], limit: int, model, tok, args: argparse.Name
     counter = WorkCounter(stand_in)
     suite = TaskSuite(tasks, args.data, tok, limit=limit, backend="hflm", batch_size=args.batch_size)
     runs = [(f"HFLM, batch {args.batch_size}", suite)]
-    for overhead in sorted({*(args.overhead or []), BATCHING["cpu"].overhead, BATCHING["gpu"].overhead}):
-        fast = TaskSuite(tasks, args.data, tok, limit=limit, backend="fast", batch_size=args.batch_size,
-                         fast_mode=args.fast_mode)
-        runs.append((f"FastLM, a forward = {overhead} positions", with_overhead(fast, overhead, gpu_tokens=True)))
-    print(f"{'batching (max_tokens: batch x max_length)':<44}{'forwards':>9}{'positions':>11}")
+    overheads = sorted({*(args.overhead or []), *(b.overhead for b in BATCHING.values())})
+    for rows in sorted({*(args.rows or []), *(b.rows for b in BATCHING.values())}):
+        for overhead in overheads:
+            fast = TaskSuite(tasks, args.data, tok, limit=limit, backend="fast", batch_size=args.batch_size,
+                             fast_mode=args.fast_mode)
+            runs.append((f"FastLM, forward = {overhead} positions, rows {rows}x",
+                         with_batching(fast, overhead, rows, gpu_tokens=True)))
+    print(f"{'batching (max_tokens: batch x max_length)':<48}{'forwards':>9}{'positions':>11}")
     for label, s in runs:
         counter.forwards = counter.positions = 0
         s.evaluate(stand_in, progress=False)
-        print(f"{label:<44}{counter.forwards:>9}{counter.positions:>11,}")
+        print(f"{label:<48}{counter.forwards:>9}{counter.positions:>11,}")
 
 
 def ceiling_table(tasks: list[str], limit: int | None, model, tok, args: argparse.Namespace) -> None:
@@ -218,9 +222,10 @@ def bench(tasks: list[str], limit: int, model, tok, args: argparse.Namespace, pa
 
     suites = {b: TaskSuite(tasks, args.data, tok, limit=limit, backend=b, batch_size=args.batch_size,
                            fast_mode=args.fast_mode) for b in ("hflm", "fast")}
-    for overhead in args.overhead or []:  # FastLM again at another forward cost
-        suites[f"fast@{overhead}"] = with_overhead(TaskSuite(tasks, args.data, tok, limit=limit, backend="fast",
-                                                             batch_size=args.batch_size, fast_mode=args.fast_mode), overhead)
+    variants = [("overhead", n) for n in args.overhead or []] + [("rows", n) for n in args.rows or []]
+    for knob, n in variants:  # FastLM again with one batching figure changed
+        suites[f"fast@{knob}={n}"] = with_batching(TaskSuite(tasks, args.data, tok, limit=limit, backend="fast",
+                                                             batch_size=args.batch_size, fast_mode=args.fast_mode), **{knob: n})
     metrics, best, work, forwards = {}, {b: float("inf") for b in suites}, {}, {}
     counter = WorkCounter(model)
     for _ in range(args.repeats + 1):  # the first round warms up
@@ -249,20 +254,22 @@ def bench(tasks: list[str], limit: int, model, tok, args: argparse.Namespace, pa
             "ceiling": ceiling(suites["fast"], model) if pairs else None,
             "fast_s": best["fast"], "work": work["hflm"] / work["fast"], "tasks": per_task,
             "hflm_bs1_s": one.last_seconds if one is not None else None, "forwards": forwards,
-            "sweep": [{"overhead": int(b.split("@")[1]), "s": best[b], "forwards": forwards[b],
+            "sweep": [{"variant": b.split("@")[1], "s": best[b], "forwards": forwards[b],
                        "work": work["hflm"] / work[b],
                        "max_abs_dloglik": max_delta(suites["hflm"].last_responses, suites[b].last_responses)[0]}
                       for b in suites if "@" in b]}
 
 
-def with_overhead(suite, overhead: int, gpu_tokens: bool = False):
-    """`suite` whose FastLM weighs each forward as `overhead` positions instead of its device's figure
-    (gpu_tokens: and holds up to batch x max_length positions per forward, as on a GPU)."""
+def with_batching(suite, overhead: int | None = None, rows: int | None = None, gpu_tokens: bool = False):
+    """`suite` whose FastLM weighs each forward as `overhead` positions and holds `rows` x batch rows per
+    forward and documents per window, where given, instead of its device's figures (`batching.BATCHING`);
+    gpu_tokens: up to batch x max_length positions per forward, as on a GPU."""
     make = suite.make_lm
 
     def make_lm(model, progress: bool = True):
         lm = make(model, progress=progress)
-        lm.overhead = overhead
+        lm.overhead = lm.overhead if overhead is None else overhead
+        lm.rows = lm.rows if rows is None else rows
         if gpu_tokens:
             lm.max_tokens = lm.batch_size * lm.max_length
         return lm
@@ -304,7 +311,7 @@ def speed(label: str, res: dict) -> str:
     if bs1_s is not None:
         line += f"; HFLM batch 1 (one run) {n / bs1_s:.1f} req/s, FastLM / it {bs1_s / fast_s:.2f}"
     for r in res["sweep"]:
-        line += (f"\n  FastLM at overhead {r['overhead']}: {n / r['s']:.1f} req/s ({r['s']:.1f} s, {r['forwards']} "
+        line += (f"\n  FastLM at {r['variant']}: {n / r['s']:.1f} req/s ({r['s']:.1f} s, {r['forwards']} "
                  f"forwards), ratio {hflm_s / r['s']:.2f}, work {r['work']:.2f}, max|Δll| {r['max_abs_dloglik']:.2e}")
     return line
 
@@ -332,10 +339,12 @@ def main() -> None:
     p.add_argument("--device", default="cpu", help="where the model runs (HFLM follows a passed model's device)")
     p.add_argument("--overhead", type=int, nargs="+", help="also time FastLM weighing each forward as N positions "
                    "(batching.BATCHING's figure for the device is the default run)")
+    p.add_argument("--rows", type=int, nargs="+", help="also time FastLM with N x batch rows per forward and "
+                   "documents per window (batching.BATCHING's figure for the device is the default run)")
     p.add_argument("--dtype", default="float32", choices=["float32", "float64"],
                    help="float64: summation order no longer moves a rounding step, so paths must agree")
     p.add_argument("--forwards-only", action="store_true", help="count forwards and positions of HFLM and of "
-                   "FastLM with a GPU's batching at each --overhead, on a one-layer stand-in (no timing)")
+                   "FastLM with a GPU's batching at each --overhead and --rows, on a one-layer stand-in (no timing)")
     p.add_argument("--ceiling-only", action="store_true", help="print the exact ceiling per task at --limit "
                    "(0 = every document) from the tokenized requests, without timing anything")
     args = p.parse_args()

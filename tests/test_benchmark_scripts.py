@@ -19,9 +19,10 @@ def _run(script: str, *args: str) -> str:
 def test_eval_speed_runs_tasks_and_wikitext(data_dir):
     """Tasks with their exact ceiling, then wikitext's rolling requests (which have none: this used to crash)."""
     out = _run("eval_speed.py", "--tiny", "--limit", "2", "--repeats", "0", "--tasks", "piqa", "--wikitext-limit", "1",
-               "--data", str(data_dir), "--overhead", "8")
+               "--data", str(data_dir), "--overhead", "8", "--rows", "2")
     assert "tasks: 4 requests" in out and "exact ceiling" in out.split("tasks: ")[1].splitlines()[0]
-    assert "FastLM at overhead 8:" in out.split("tasks: ")[1].splitlines()[1]
+    sweep = out.split("tasks: ")[1].splitlines()[1:3]
+    assert sweep[0].startswith("  FastLM at overhead=8:") and sweep[1].startswith("  FastLM at rows=2:"), out
     assert "wikitext: 1 requests" in out
 
 

@@ -36,20 +36,24 @@ class Batching:
     """How FastLM cuts its forwards on one device type (`FastLM._batches`, `cut_sorted`).
 
     max_tokens: positions per forward (None: HFLM's largest batch, batch_size x max_length);
-    overhead: the fixed cost of one forward in token positions, against which padding is weighed."""
+    overhead: the fixed cost of one forward in token positions, against which padding is weighed;
+    rows: rows per forward, and documents per window (whose prefix keys/values are held at once), in
+    units of the batch size."""
 
     max_tokens: int | None
     overhead: int
+    rows: int
     basis: str  # where the figures come from
 
 
 BATCHING = {
     # moderate forwards keep the activations in cache; both figures measured best on this project's
     # 2-core EPYC (max_tokens for quickstart-sized models; overhead best of 8 / 32 / 64 / 128 on SmolLM2)
-    "cpu": Batching(512, 32, "measured: benchmarks/README.md, eval_speed.py"),
+    "cpu": Batching(512, 32, 4, "measured: benchmarks/README.md, eval_speed.py"),
     # an eager forward of a ~30-layer model launches ~1,000 kernels (~10 ms), about the float32 work of
-    # 2,000 positions of a 135M model on an H200: far fewer, fuller forwards than on a CPU
-    "gpu": Batching(None, 2048, "estimated, not yet measured: eval_speed.py --overhead on a GPU"),
+    # 2,000 positions of a 135M model on an H200: far fewer, fuller forwards than on a CPU. Rows as on the
+    # CPU: a window's keys/values grow with it (Llama-3-8B in bf16, 128 documents of 300 tokens: ~5 GB)
+    "gpu": Batching(None, 2048, 4, "estimated, not yet measured: eval_speed.py --overhead / --rows on a GPU"),
 }
 
 

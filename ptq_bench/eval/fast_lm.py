@@ -167,8 +167,6 @@ def _forward_kwarg(model: torch.nn.Module, *names: str) -> str | None:
 class FastLM(HFLM):
     """HFLM with pre-tokenized, prefix-shared, head-trimmed scoring; see the module docstring."""
 
-    WINDOW = 4  # documents per window = WINDOW * batch_size: their prefix caches are held at once
-
     def __init__(self, model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, batch_size: int = 16, encoder: RequestEncoder | None = None,
                  progress: bool = True, mode: str = "auto", max_tokens: int | None = None,
                  overhead: int | None = None) -> None:
@@ -180,6 +178,7 @@ class FastLM(HFLM):
         cut = batching_for(self.device.type)
         self.max_tokens = max_tokens or cut.max_tokens or batch_size * self.max_length
         self.overhead = cut.overhead if overhead is None else overhead
+        self.rows = cut.rows  # rows per forward and documents per window, in batch_size units
         self._cache_arg = _forward_kwarg(model, "cache", "past_key_values")
         self._keep_arg = _forward_kwarg(model, "logits_to_keep", "num_logits_to_keep")
         if mode == "auto":
@@ -270,9 +269,9 @@ class FastLM(HFLM):
         for batch in self._batches(order, lambda r: len(row_list[r])):
             batch_picks = [_Pick(p.req, j, p.cont) for j, r in enumerate(batch) for p in by_row[r]]
             bar.update(self._score_rows([row_list[r] for r in batch], batch_picks, results))
-        # shared groups: longest prefix first, in windows of WINDOW * batch_size documents
+        # shared groups: longest prefix first, in windows of rows * batch_size documents (their caches held at once)
         shared.sort(key=lambda g: -len(g.prefix))
-        step = self.WINDOW * self.batch_size
+        step = self.rows * self.batch_size
         for start in range(0, len(shared), step):
             bar.update(self._score_window(shared[start:start + step], results))
         bar.close()
@@ -280,10 +279,10 @@ class FastLM(HFLM):
 
     def _batches(self, items: list, length: Callable[[Any], int]) -> list[list]:
         """Split items (sorted longest first) into forwards of at most max_tokens tokens (rows x longest)
-        and 4 x batch_size rows, cut where the padded work plus `overhead` per forward is least
+        and rows x batch_size rows, cut where the padded work plus `overhead` per forward is least
         (`batching.cut_sorted`). Short rows (continuations after a cached prefix) go many per forward;
         moderate forwards keep the activations in cache (on CPU faster per token than large ones)."""
-        starts = cut_sorted([length(x) for x in items], self.max_tokens, 4 * self.batch_size, self.overhead)
+        starts = cut_sorted([length(x) for x in items], self.max_tokens, self.rows * self.batch_size, self.overhead)
         return [items[a:b] for a, b in zip(starts, [*starts[1:], len(items)])]
 
     @torch.inference_mode()
