@@ -13,5 +13,5 @@ install $W || exit 3
 use_keep
 t0=$(date +%s)
 timeout ${1:-240} python3 benchmarks/eval_speed.py --model smollm2-135m --cache /tmp/src --limit 40 --device cuda \
-  --repeats 1 --overhead 32 512 8192 32768 --rows 8 16
+  --repeats 1 --wikitext-limit 0 --overhead 32 512 8192 32768 --rows 8 16
 echo "eval_speed: exit $? in $(( $(date +%s) - t0 )) s"
