@@ -1,12 +1,14 @@
-"""Peak resident memory of GPTQ on a ~1.1B-parameter Llama, against the model's own bytes.
+"""Peak resident memory of GPTQ (or QuIP) on a ~1.1B-parameter Llama, against the model's own bytes.
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/calib_memory.py                 # every path, one after another
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/calib_memory.py --path inplace  # one path, one JSON line
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/calib_memory.py --path inplace --method quip   # QuIP W2
 
 The model is TinyLlama's shape (hidden 2048, MLP 5632, 22 blocks, 32 heads, 4 KV heads, vocab 32000,
 untied head: 1.10B parameters), randomly initialised from its config (nothing downloaded), in fp32 by
-default (4.40 GB of weights). Calibration: 2 random windows x 64 tokens; GPTQ W4 g128 through the
-registered method (`get_method("gptq").apply`, i.e. `quant.apply.quantize_model` and the block runner).
+default (4.40 GB of weights). Calibration: 2 random windows x 64 tokens; GPTQ W4 g128 (`--method quip`:
+QuIP W2, Hadamard) through the registered method (`get_method(...).apply`, i.e. `quant.apply.quantize_model`
+and the block runner). The paths below say "GPTQ" for the method run.
 
 Each path runs in its own fresh subprocess, never two at once. After the model is built, the allocator is
 trimmed and the kernel's peak-RSS mark is reset (`/proc/self/clear_refs` <- 5); each phase's peak is then
@@ -44,6 +46,12 @@ Measured on the 2-core CPU box (fp32, 4.40 GB of weights):
     (1.205x; GPTQ 225 s) and restore at 5.31 GB. A trial with trimming in place gave 5.31 GB (206 s).
   - `MALLOC_MMAP_THRESHOLD_=1048576` instead gave 5.19 GB (1.19x), at 372 s, with another job running
     beside it.
+- 2026-12-04, `--path inplace --method quip` (QuIP W2, Hadamard), the two runs side by side, one thread each:
+  - before (4bdfbb9): 9.36 GB (2.13x; QuIP 666 s), restore 8.58 GB. The peak grew ~0.2 GB per block: every
+    quantized linear keeps its rotations in its grid, and each held its own copy of the 2048 x 2048 Hadamard
+    factor (16.8 MB, nine per block); each solve also held ~5 copies of its (n, n) Hessian at once.
+  - after (Hadamard factors shared per size, the Hessian consumed, rescaled, rotated and symmetrized in its
+    own storage, same floats): **5.58 GB (1.27x; QuIP 614 s)**, restore 5.45 GB; flat after block ~6.
 """
 
 from __future__ import annotations
@@ -63,6 +71,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 PATHS = ("inplace", "main", "disk", "lazy")  # the bounded path first
+# the calibrated methods it can run (--method), each with the settings it is measured at
+SETTINGS = {"gptq": {"w_bits": 4, "group_size": 128}, "quip": {"w_bits": 2}}
 
 
 def status_kb(key: str, pid: int | str = "self") -> int:
@@ -119,7 +129,7 @@ def save_checkpoint(folder: Path, dtype: str, layers: int) -> None:
     build(dtype, layers).save_pretrained(folder)
 
 
-def run_lazy(dtype: str, layers: int, windows: int, seqlen: int, tmp: Path) -> dict:
+def run_lazy(dtype: str, layers: int, windows: int, seqlen: int, tmp: Path, name: str = "gptq") -> dict:
     import torch
 
     from ptq_bench.eval.perplexity import gptq_perplexity
@@ -131,20 +141,20 @@ def run_lazy(dtype: str, layers: int, windows: int, seqlen: int, tmp: Path) -> d
     t0 = time.perf_counter()
     subprocess.run([sys.executable, __file__, "--save", str(ckpt), "--dtype", dtype, "--layers", str(layers)],
                    check=True, env=os.environ.copy())
-    out: dict = {"path": "lazy", "dtype": dtype, "save_s": round(time.perf_counter() - t0, 1)}
+    out: dict = {"path": "lazy", "method": name, "dtype": dtype, "save_s": round(time.perf_counter() - t0, 1)}
     peak = Peak()
     model, blocks = open_lazily(ckpt)
     out |= {"n_params": sum(p.numel() for p in model.parameters()),
             "model_gb": sum(p.numel() * p.element_size() for p in model.parameters()) / 1e9,
             "rss_after_build_gb": peak.done()["hwm_gb"]}
     calib = torch.randint(0, model.config.vocab_size, (windows, seqlen), generator=torch.Generator().manual_seed(0))
-    method = get_method("gptq")
+    method = get_method(name)
     place = DiskPlacement(tmp / "blocks", source=blocks, keep=True)
     phases: dict[str, dict] = {}
     t0, peak = time.perf_counter(), Peak()
     with use_placement(place):
-        method.apply(model, method.config_cls(w_bits=4, group_size=128), calib)
-    phases["gptq"] = {**peak.done(), "seconds": round(time.perf_counter() - t0, 1)}
+        method.apply(model, method.config_cls(**SETTINGS[name]), calib)
+    phases[name] = {**peak.done(), "seconds": round(time.perf_counter() - t0, 1)}
     t0, peak = time.perf_counter(), Peak()
     with torch.no_grad(), streamed(model, place):
         out["ppl"] = gptq_perplexity(model, calib.flatten(), seqlen, progress=False)["ppl"]
@@ -154,12 +164,12 @@ def run_lazy(dtype: str, layers: int, windows: int, seqlen: int, tmp: Path) -> d
     return out
 
 
-def run_path(path: str, dtype: str, layers: int, windows: int, seqlen: int) -> dict:
+def run_path(path: str, dtype: str, layers: int, windows: int, seqlen: int, name: str = "gptq") -> dict:
     import torch
 
     if path == "lazy":
         with tempfile.TemporaryDirectory(prefix="calib_memory_") as tmp:
-            return run_lazy(dtype, layers, windows, seqlen, Path(tmp))
+            return run_lazy(dtype, layers, windows, seqlen, Path(tmp), name)
 
     from ptq_bench.quant import get_method
     from ptq_bench.quant.apply import FloatBlocks
@@ -167,11 +177,11 @@ def run_path(path: str, dtype: str, layers: int, windows: int, seqlen: int) -> d
 
     t0 = time.perf_counter()
     model = build(dtype, layers)
-    out: dict = {"path": path, "dtype": dtype, "n_params": sum(p.numel() for p in model.parameters()),
+    out: dict = {"path": path, "method": name, "dtype": dtype, "n_params": sum(p.numel() for p in model.parameters()),
                  "model_gb": model_bytes(model) / 1e9, "build_s": round(time.perf_counter() - t0, 1)}
     calib = torch.randint(0, model.config.vocab_size, (windows, seqlen), generator=torch.Generator().manual_seed(0))
-    method = get_method("gptq")
-    cfg = method.config_cls(w_bits=4, group_size=128)
+    method = get_method(name)
+    cfg = method.config_cls(**SETTINGS[name])
     phases: dict[str, dict] = {}
     with tempfile.TemporaryDirectory(prefix="calib_memory_") as tmp:
         out["rss_after_build_gb"] = Peak().done()["hwm_gb"]
@@ -189,7 +199,7 @@ def run_path(path: str, dtype: str, layers: int, windows: int, seqlen: int) -> d
         else:
             with use_placement(DiskPlacement(Path(tmp) / "blocks")):
                 method.apply(model, cfg, calib)
-        phases["gptq"] = {**peak.done(), "seconds": round(time.perf_counter() - t0, 1)}
+        phases[name] = {**peak.done(), "seconds": round(time.perf_counter() - t0, 1)}
         if path == "inplace":
             peak = Peak()
             backup.restore(model)
@@ -206,18 +216,21 @@ def main() -> None:
     ap.add_argument("--layers", type=int, default=22)
     ap.add_argument("--windows", type=int, default=2)
     ap.add_argument("--seqlen", type=int, default=64)
+    ap.add_argument("--method", choices=tuple(SETTINGS), default="gptq",
+                    help="the calibrated method: " + ", ".join(f"{k} {v}" for k, v in SETTINGS.items()))
     ap.add_argument("--save", type=Path, help="only build the model and save it as a checkpoint here (lazy path)")
     args = ap.parse_args()
     if args.save is not None:
         save_checkpoint(args.save, args.dtype, args.layers)
         return
     if args.path != "all":
-        print(json.dumps(run_path(args.path, args.dtype, args.layers, args.windows, args.seqlen)), flush=True)
+        print(json.dumps(run_path(args.path, args.dtype, args.layers, args.windows, args.seqlen, args.method)),
+              flush=True)
         return
     rows = []
     for path in PATHS:  # one fresh process per path, one after another
         cmd = [sys.executable, __file__, "--path", path, "--dtype", args.dtype, "--layers", str(args.layers),
-               "--windows", str(args.windows), "--seqlen", str(args.seqlen)]
+               "--windows", str(args.windows), "--seqlen", str(args.seqlen), "--method", args.method]
         done = subprocess.run(cmd, stdout=subprocess.PIPE, text=True, env=os.environ.copy(), check=True)
         rows.append(json.loads(done.stdout.strip().splitlines()[-1]))
         print(json.dumps(rows[-1]), flush=True)

@@ -7,8 +7,9 @@ import torch
 from quant_fixtures import add_weight_outliers, calib_tokens, linear_errors, quantized_copy, tiny_llama
 
 from ptq_bench.quant.calibrate import quantizable_linears
+from ptq_bench.quant.linears import GRID_ATTR
 from ptq_bench.quant.primitives import on_grid
-from ptq_bench.quant.quip import QuIPConfig, make_rotation, quip_solve
+from ptq_bench.quant.quip import QuIPConfig, make_rotation, quip_solve, symmetrize_
 
 
 @pytest.fixture(scope="module")
@@ -89,3 +90,42 @@ def test_seed_changes_rotation_but_not_quality(calib):
 def test_bad_config(kw, field):
     with pytest.raises(ValueError, match=field):
         QuIPConfig(**kw)
+
+
+@pytest.mark.parametrize("kind", ["hadamard", "orthogonal"])
+@pytest.mark.parametrize("n", [12, 64, 100])
+def test_in_place_hessian_steps_are_the_out_of_place_forms_bit_for_bit(kind, n):
+    """quip_solve rotates and symmetrizes H in its own storage: each step must give the out-of-place form's
+    floats, on an H whose two triangles differ (a gemm's may); symmetrize_ in bands of 7 (not dividing n)."""
+    R = make_rotation(kind, n, torch.Generator().manual_seed(n))
+    X = torch.randn(2 * n, n, generator=torch.Generator().manual_seed(1))
+    H = X.T @ X + torch.triu(torch.full((n, n), 1e-3), 1)
+    for A in (X, torch.randn(n, 7).T, H, H.T):  # row-major and strided inputs
+        assert torch.equal(R.rows(A.clone(), in_place=True), R.rows(A))
+    G = H.clone()
+    R.rows(R.rows(G, in_place=True).T, in_place=True)
+    assert torch.equal(G, R.rows(R.rows(H).T).T)
+    S = symmetrize_(H.clone(), band=7)
+    assert torch.equal(S, (H + H.T) / 2) and S.is_contiguous()
+
+
+def test_solve_consumes_h_only_when_asked():
+    g = torch.Generator().manual_seed(0)
+    W, X = torch.randn(24, 40, generator=g), torch.randn(80, 40, generator=g)
+    H = X.T @ X / 80
+    kept = H.clone()
+    a = quip_solve(W, H, 2, gen=torch.Generator().manual_seed(1))
+    assert torch.equal(H, kept)
+    b = quip_solve(W, H, 2, gen=torch.Generator().manual_seed(1), consume_h=True)
+    assert torch.equal(a[0], b[0]) and a[2] == b[2] and not torch.equal(H, kept)
+
+
+def test_quantized_linears_share_one_hadamard_factor_per_size(calib):
+    """Every QuIP linear keeps its rotations in its grid: the Hadamard factors of one size must be one tensor
+    (unshared, a 2048-wide model kept nine 16.8 MB copies per block)."""
+    model, _ = quantized_copy(tiny_llama(), "quip", calib, w_bits=2)
+    grids = [getattr(linear, GRID_ATTR) for linear in quantizable_linears(model).values()]
+    factors = [blocks for grid in grids for R in (grid.transform.U, grid.transform.V)
+               for p, blocks in R.stages if p > 1 and blocks.shape[0] == 1 and p & (p - 1) == 0]
+    sizes = {f.shape[-1] for f in factors}
+    assert len(factors) > len(sizes) and len({f.untyped_storage().data_ptr() for f in factors}) == len(sizes)

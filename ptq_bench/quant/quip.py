@@ -29,6 +29,7 @@ Not reproduced: QuIP's greedy refinement passes (`npasses`) after LDLQ, and the 
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass, field
 
@@ -53,8 +54,11 @@ def random_orthogonal(p: int, gen: torch.Generator, count: int = 1) -> Tensor:
     return (q * torch.sign(torch.diagonal(r, dim1=-2, dim2=-1)).unsqueeze(-2)).float()
 
 
+@functools.lru_cache(maxsize=8)
 def hadamard(n: int) -> Tensor:
-    """Normalized Sylvester Hadamard matrix, n a power of two."""
+    """Normalized Sylvester Hadamard matrix, n a power of two. One tensor per n, shared by every rotation
+    (read only): each QuIP linear keeps its rotations in its grid, and at hidden size 2048 an unshared
+    Hadamard factor was 16.8 MB per rotation, nine of them per Llama block."""
     h = torch.ones(1, 1)
     while h.shape[0] < n:
         h = torch.cat([torch.cat([h, h], 1), torch.cat([h, -h], 1)], 0)
@@ -93,24 +97,32 @@ class Rotation:
         self.factors = [p for p, _ in self.stages]
         assert math.prod(self.factors) == self.n
 
-    def _stage(self, X: Tensor, i: int, transpose: bool) -> Tensor:
+    def _stage(self, X: Tensor, i: int, transpose: bool, in_place: bool = False) -> Tensor:
         p, blocks = self.stages[i]
         pre, post = math.prod(self.factors[:i]), math.prod(self.factors[i + 1:])
         r = X.shape[0]
         x = X.reshape(r, pre, p, post).permute(0, 1, 3, 2).reshape(r, pre * post, p)  # (rows, slices, p)
         b = blocks.to(X.device).expand(pre * post, p, p)
         y = torch.einsum("jba,rjb->rja" if transpose else "jab,rjb->rja", b, x)
-        return y.reshape(r, pre, post, p).permute(0, 1, 3, 2).reshape(r, self.n)
+        del x  # before the result is laid out: an (n, n) X then has one temporary less
+        y = y.reshape(r, pre, post, p).permute(0, 1, 3, 2)  # (rows, pre, p, post)
+        if in_place:  # laid out by the copy itself, with no (rows, n) temporary
+            X.unflatten(1, (pre, p, post)).copy_(y)
+            return X
+        return y.reshape(r, self.n)
 
-    def rows(self, X: Tensor) -> Tensor:
-        """X R^T: R applied to every row of X (rows, n)."""
+    def rows(self, X: Tensor, in_place: bool = False) -> Tensor:
+        """X R^T: R applied to every row of X (rows, n). in_place: written into X's own storage (X is
+        overwritten; the same floats, since every stage computes the same products from the same layout)."""
         if self.signs is not None:
-            X = X * self.signs.to(X.device)
+            X = X.mul_(self.signs.to(X.device)) if in_place else X * self.signs.to(X.device)
         if self.perm_in is not None:
-            X = X[:, self.perm_in]
+            X = X.copy_(X[:, self.perm_in]) if in_place else X[:, self.perm_in]
         for i in range(len(self.stages)):
-            X = self._stage(X, i, transpose=False)
-        return X[:, self.perm_out] if self.perm_out is not None else X
+            X = self._stage(X, i, transpose=False, in_place=in_place)
+        if self.perm_out is not None:
+            X = X.copy_(X[:, self.perm_out]) if in_place else X[:, self.perm_out]
+        return X
 
     def rows_inv(self, X: Tensor) -> Tensor:
         """X R: R^T = R^-1 applied to every row of X (rows, n)."""
@@ -161,6 +173,19 @@ def unrotate_both(W: Tensor, U: Rotation, V: Rotation) -> Tensor:
     return U.rows_inv(V.rows_inv(W).T).T
 
 
+def symmetrize_(H: Tensor, band: int = 256) -> Tensor:
+    """H <- (H + H^T) / 2 in place, band by band: both entries of a mirrored pair get (a + b) / 2, the value
+    the out-of-place form gives each of them (a float sum does not depend on its order)."""
+    for i in range(0, H.shape[0], band):
+        j = i + band
+        diag = H[i:j, i:j]
+        diag.copy_((diag + diag.T).div_(2))
+        upper = (H[i:j, j:] + H[j:, i:j].T).div_(2)
+        H[i:j, j:] = upper
+        H[j:, i:j] = upper.T
+    return H
+
+
 @dataclass
 class GridBasis:
     """Maps a stored QuIP weight back to the basis where it lies on the grid: U (W diag(c)) V^T."""
@@ -186,25 +211,32 @@ def quip_solve(
     damp: float = 0.01,
     gen: torch.Generator | None = None,
     block_size: int = 128,
+    consume_h: bool = False,
 ) -> tuple[Tensor, Grid, float]:
     """Quantize one weight (m, n) with incoherence processing + LDLQ.
 
-    Returns (stored weight W_hat in weight's dtype, its Grid in the rotated basis, LDLQ loss).
+    Returns (stored weight W_hat in weight's dtype, its Grid in the rotated basis, LDLQ loss). H is not
+    modified, unless `consume_h`: then a float32 H is the solver's scratch space (the block runner hands
+    over a statistic it has popped). The (n, n) steps work in place where the values allow it (the same
+    floats as the out-of-place forms), so the solve holds few copies of H at once.
     """
     gen = gen if gen is not None else torch.Generator().manual_seed(0)
-    W, H = weight.float().clone(), H.float().clone()
+    W = weight.float().clone()
+    H = H.float() if consume_h else H.float().clone()
     m, n = W.shape
     dev = W.device
     c = torch.ones(n, device=dev)
     if rescale:
-        H = H / H.abs().max()
+        lo, hi = torch.aminmax(H)
+        H.div_(torch.maximum(-lo, hi))  # H / max|H|, without an |H| copy
         c = (torch.diag(H).clamp(min=1e-8) / (W * W).sum(0).clamp(min=1e-8)).pow(0.25).clamp(min=1e-8)
-        W, H = W * c, H / c[None, :] / c[:, None]
+        W.mul_(c)
+        H.div_(c[None, :]).div_(c[:, None])
     U, V = make_rotation(transform, m, gen), make_rotation(transform, n, gen)
-    H = H * (n / (torch.trace(H) + 1e-8)) + 1e-2 * torch.eye(n, device=dev)
+    H.mul_(n / (torch.trace(H) + 1e-8)).diagonal().add_(1e-2)  # H n / tr(H) + 1e-2 I
     W = rotate_both(W, U, V)
-    H = V.rows(V.rows(H).T).T  # V H V^T (symmetric)
-    H = (H + H.T) / 2
+    V.rows(V.rows(H, in_place=True).T, in_place=True)  # H <- V H V^T, in its own storage
+    H = symmetrize_(H)
     dead = torch.diag(H) == 0
     H[dead, dead] = 1
     W[:, dead] = 0
@@ -212,11 +244,12 @@ def quip_solve(
     maxq = 2**bits - 1
     s = 2.4 * W.square().mean().sqrt() + 1e-16  # qfn 'b': grid spans +-2.4 RMS(W)
     scale, zero = 2 * s / maxq, torch.tensor(maxq / 2, device=dev)
-    W = W.clamp(-s, s)
+    W = W.clamp_(-s, s)
     Uinv = inverse_hessian_factor(H, damp)
     Q, loss = error_feedback(W, Uinv, lambda col, w, _W, out: quantize_scalar(w, scale, zero, maxq, out), block_size)
+    del H, Uinv, W  # the factor (n, n) and the rounded-from weight are done with before Q is rotated back
 
-    W_hat = unrotate_both(Q, U, V) / c
+    W_hat = unrotate_both(Q, U, V).div_(c)
     grid = Grid(scale.view(1, 1), zero.view(1, 1), maxq, n, float(bits), transform=GridBasis(U, V, c),
                 extra_bits=SCALE_BITS * n if rescale else 0.0)
     return W_hat.to(weight.dtype), grid, loss
@@ -228,7 +261,7 @@ def quip_solver(cfg: QuIPConfig) -> Solver:
 
     def solve(linear: nn.Module, stat: Hessian) -> tuple[Tensor, Grid, float]:
         return quip_solve(weight_matrix(linear), stat.H, cfg.w_bits, cfg.transform, cfg.rescale, cfg.damp, gen,
-                          cfg.block_size)
+                          cfg.block_size, consume_h=True)  # the runner's popped statistic (`take_stat`)
 
     return solve
 
