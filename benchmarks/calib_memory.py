@@ -52,6 +52,8 @@ Measured on the 2-core CPU box (fp32, 4.40 GB of weights):
     factor (16.8 MB, nine per block); each solve also held ~5 copies of its (n, n) Hessian at once.
   - after (Hadamard factors shared per size, the Hessian consumed, rescaled, rotated and symmetrized in its
     own storage, same floats): **5.58 GB (1.27x; QuIP 614 s)**, restore 5.45 GB; flat after block ~6.
+  - `--path lazy --method quip` after: QuIP peak 1.71 GB (0.39x; 513 s), streamed perplexity 1.02 GB (0.23x).
+    GPTQ's lazy peak is 1.20 GB: QuIP's (n, n) and W-sized temporaries are a larger share of a bounded run.
 """
 
 from __future__ import annotations
