@@ -109,6 +109,14 @@ class Peak:
         return {"hwm_gb": status_kb("VmHWM") / 1e6 * 1.024, "sampled_gb": self.sampled / 1e6 * 1.024}
 
 
+def method_and_config(name: str) -> tuple:
+    """The registered method `name` and its config at the measured settings (SETTINGS)."""
+    from ptq_bench.quant import get_method
+
+    method = get_method(name)
+    return method, method.config_cls(**SETTINGS[name])
+
+
 def build(dtype: str, layers: int):
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
@@ -136,7 +144,6 @@ def run_lazy(dtype: str, layers: int, windows: int, seqlen: int, tmp: Path, name
 
     from ptq_bench.eval.perplexity import gptq_perplexity
     from ptq_bench.models.lazy import open_lazily
-    from ptq_bench.quant import get_method
     from ptq_bench.quant.placement import DiskPlacement, streamed, use_placement
 
     ckpt = tmp / "checkpoint"
@@ -150,12 +157,12 @@ def run_lazy(dtype: str, layers: int, windows: int, seqlen: int, tmp: Path, name
             "model_gb": sum(p.numel() * p.element_size() for p in model.parameters()) / 1e9,
             "rss_after_build_gb": peak.done()["hwm_gb"]}
     calib = torch.randint(0, model.config.vocab_size, (windows, seqlen), generator=torch.Generator().manual_seed(0))
-    method = get_method(name)
+    method, cfg = method_and_config(name)
     place = DiskPlacement(tmp / "blocks", source=blocks, keep=True)
     phases: dict[str, dict] = {}
     t0, peak = time.perf_counter(), Peak()
     with use_placement(place):
-        method.apply(model, method.config_cls(**SETTINGS[name]), calib)
+        method.apply(model, cfg, calib)
     phases[name] = {**peak.done(), "seconds": round(time.perf_counter() - t0, 1)}
     t0, peak = time.perf_counter(), Peak()
     with torch.no_grad(), streamed(model, place):
@@ -173,7 +180,6 @@ def run_path(path: str, dtype: str, layers: int, windows: int, seqlen: int, name
         with tempfile.TemporaryDirectory(prefix="calib_memory_") as tmp:
             return run_lazy(dtype, layers, windows, seqlen, Path(tmp), name)
 
-    from ptq_bench.quant import get_method
     from ptq_bench.quant.apply import FloatBlocks
     from ptq_bench.quant.placement import DevicePlacement, DiskPlacement, use_placement
 
@@ -182,8 +188,7 @@ def run_path(path: str, dtype: str, layers: int, windows: int, seqlen: int, name
     out: dict = {"path": path, "method": name, "dtype": dtype, "n_params": sum(p.numel() for p in model.parameters()),
                  "model_gb": model_bytes(model) / 1e9, "build_s": round(time.perf_counter() - t0, 1)}
     calib = torch.randint(0, model.config.vocab_size, (windows, seqlen), generator=torch.Generator().manual_seed(0))
-    method = get_method(name)
-    cfg = method.config_cls(**SETTINGS[name])
+    method, cfg = method_and_config(name)
     phases: dict[str, dict] = {}
     with tempfile.TemporaryDirectory(prefix="calib_memory_") as tmp:
         out["rss_after_build_gb"] = Peak().done()["hwm_gb"]

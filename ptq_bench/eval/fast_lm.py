@@ -168,16 +168,15 @@ class FastLM(HFLM):
     """HFLM with pre-tokenized, prefix-shared, head-trimmed scoring; see the module docstring."""
 
     def __init__(self, model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, batch_size: int = 16, encoder: RequestEncoder | None = None,
-                 progress: bool = True, mode: str = "auto", max_tokens: int | None = None,
-                 overhead: int | None = None) -> None:
+                 progress: bool = True, mode: str = "auto") -> None:
         if mode not in MODES:
             raise ValueError(f"unknown FastLM mode '{mode}' (known: {', '.join(MODES)})")
         super().__init__(pretrained=model, tokenizer=tokenizer, batch_size=batch_size)
         self.encoder = encoder or RequestEncoder(tokenizer)
         self.progress = progress
         cut = batching_for(self.device.type)
-        self.max_tokens = max_tokens or cut.max_tokens or batch_size * self.max_length
-        self.overhead = cut.overhead if overhead is None else overhead
+        self.max_tokens = cut.max_tokens or batch_size * self.max_length
+        self.overhead = cut.overhead
         self.rows = cut.rows  # rows per forward and documents per window, in batch_size units
         self._cache_arg = _forward_kwarg(model, "cache", "past_key_values")
         self._keep_arg = _forward_kwarg(model, "logits_to_keep", "num_logits_to_keep")

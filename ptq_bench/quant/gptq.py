@@ -63,7 +63,7 @@ def gptq_solve(
     """
     W = weight.float() if consume_w else weight.to(torch.float32, copy=True)
     rows, cols = W.shape
-    H = H.float() if consume_h else H.float().clone()
+    H = H.to(torch.float32, copy=not consume_h)
     gs = cols if group_size == -1 else group_size
 
     fit = minmax_params(W, bits, sym) if group_size == -1 else None  # per-row, before dead columns

@@ -221,8 +221,8 @@ def quip_solve(
     floats as the out-of-place forms), so the solve holds few copies of H at once.
     """
     gen = gen if gen is not None else torch.Generator().manual_seed(0)
-    W = weight.float().clone()
-    H = H.float() if consume_h else H.float().clone()
+    W = weight.to(torch.float32, copy=True)
+    H = H.to(torch.float32, copy=not consume_h)
     m, n = W.shape
     dev = W.device
     c = torch.ones(n, device=dev)
@@ -244,7 +244,7 @@ def quip_solve(
     maxq = 2**bits - 1
     s = 2.4 * W.square().mean().sqrt() + 1e-16  # qfn 'b': grid spans +-2.4 RMS(W)
     scale, zero = 2 * s / maxq, torch.tensor(maxq / 2, device=dev)
-    W = W.clamp_(-s, s)
+    W.clamp_(-s, s)
     Uinv = inverse_hessian_factor(H, damp)
     Q, loss = error_feedback(W, Uinv, lambda col, w, _W, out: quantize_scalar(w, scale, zero, maxq, out), block_size)
     del H, Uinv, W  # the factor (n, n) and the rounded-from weight are done with before Q is rotated back
