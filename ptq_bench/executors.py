@@ -10,7 +10,8 @@ is the only writer of the store (results.jsonl, manifest.json, curves/). Ray tas
 - a *cell task* per cell takes its model task's result as an argument, so Ray starts it once that
   model is ready. It runs `sweep.run_model` for that one cell on a worker-side `Sweep` whose `sink`
   keeps the Row instead of appending it and whose `out` is a private scratch folder (a task is never
-  told the run folder), and returns the Row as a dict, with the evaluator's provenance.
+  told the run folder; the scratch lies in the shared cache under the run's token, and the driver
+  removes it when the run ends), and returns the Row as a dict, with the evaluator's provenance.
 
 The driver checks each returned row (a complete `Row` of the cell it asked for) and appends it as it
 arrives, so resume, the lock and the manifest behave as locally. A task whose worker dies (kill, OOM,
@@ -26,7 +27,6 @@ Ray is imported only here, inside functions.
 
 from __future__ import annotations
 
-import atexit
 import os
 import shutil
 import signal
@@ -66,6 +66,12 @@ class Job:
     @property
     def marker(self) -> Path:
         return Path(self.cache) / f".ray-driver-{self.token}"
+
+    @property
+    def scratch(self) -> Path:
+        """Where workers keep their scratch `out` folders: in the shared cache, so the driver removes every
+        worker's when the run ends (a Ray worker is killed at shutdown, so its own exit hooks never run)."""
+        return Path(self.cache) / f".ray-scratch-{self.token}"
 
 
 @dataclass(frozen=True)
@@ -107,8 +113,8 @@ def worker_sweep(job: Job) -> Sweep:
         if key != job.tok_key:
             raise PtqBenchError(f"worker tokenizer key {key} is not the driver's {job.tok_key} (another data folder?)")
     torch.manual_seed(job.recipe.seed)  # as sweep.prepare does
-    scratch = Path(tempfile.mkdtemp(prefix="ptq-bench-worker-"))
-    atexit.register(shutil.rmtree, scratch, True)
+    job.scratch.mkdir(exist_ok=True)
+    scratch = Path(tempfile.mkdtemp(prefix=f"{socket.gethostname()}-", dir=job.scratch))
     sw = Sweep(ctx, scratch, {}, job.keys, [], tokenizer, job.tok_key, bar=tqdm(disable=True))
     _WORKER[job.token] = sw
     return sw
@@ -177,6 +183,7 @@ def run_ray(sw: Sweep) -> None:
         drive(sw, job, ex)
     finally:
         job.marker.unlink(missing_ok=True)
+        shutil.rmtree(job.scratch, ignore_errors=True)
         if started:
             ray.shutdown()
 

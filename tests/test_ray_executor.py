@@ -14,6 +14,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -72,8 +73,14 @@ def assert_same_rows(out: Path, ref: Ref) -> None:
     assert {i: comparable(r) for i, r in zip(ids, rows)} == want
 
 
+def scratch_dirs() -> set[Path]:
+    """Folders in this machine's temp folder that hold a manifest: what a worker's scratch `out` looks like."""
+    return {p for p in Path(tempfile.gettempdir()).iterdir() if (p / "manifest.json").is_file()}
+
+
 def test_ray_run_writes_the_local_rows_through_the_driver(ref, crash_dir, tmp_path, monkeypatch):
     recipe, out = workspace(ref, tmp_path, models=False)
+    before = scratch_dirs()
     appended: list[str] = []
     real = executors.append_row
 
@@ -100,6 +107,10 @@ def test_ray_run_writes_the_local_rows_through_the_driver(ref, crash_dir, tmp_pa
 
     assert tasks(manifest) == tasks(local)
     assert (out / "table.md").is_file()
+    # the workers' scratch folders were in the shared cache and the driver removed them (Ray kills its
+    # workers at shutdown, so their exit hooks never run: scratch in the temp folder stayed there)
+    assert scratch_dirs() == before
+    assert not list((tmp_path / "cache").glob(".ray-*")), list((tmp_path / "cache").glob(".ray-*"))
 
 
 def test_ray_retries_a_killed_worker(ref, crash_dir, tmp_path):
