@@ -7,6 +7,7 @@
     python benchmarks/eval_speed.py --model DIR --ceiling-only --limit 0   # exact ceiling, whole tasks
     python benchmarks/eval_speed.py --model DIR --device cuda      # both backends on a GPU
     python benchmarks/eval_speed.py --model smollm2-135m           # a recipe's source (GGUF converted into --cache)
+    python benchmarks/eval_speed.py --model smollm2-135m --stand-in   # its tokenizer and vocabulary, one tiny layer
 
 Times `TaskSuite.evaluate` (lm-eval's evaluate: requests, filters, metrics) over all the tasks at once
 (lm-eval hands a backend every task's requests in one call, as a recipe's evaluation does), after a
@@ -35,6 +36,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from eval_speed_report import HEAD, max_delta, max_dmetric, only, row, speed  # noqa: E402
 
 
 def tiny_tokenizer(data_dir: Path, n_docs: int = 1000, vocab: int = 4096, add_bos: bool = False):
@@ -160,15 +162,10 @@ def forwards_table(tasks: list[str], limit: int, model, tok, args: argparse.Name
     counted on a one-layer stand-in of `model` (its vocabulary and context length: which rows share a
     forward depends on neither depth nor width), on whatever device this runs (`--forwards-only`: what
     the GPU batching changes, without a GPU)."""
-    from transformers import LlamaConfig, LlamaForCausalLM
-
     from ptq_bench.eval.batching import BATCHING
     from ptq_bench.eval.harness import TaskSuite
 
-    cfg = LlamaConfig(vocab_size=model.config.vocab_size, hidden_size=64, intermediate_size=128, num_hidden_layers=1,
-                      num_attention_heads=2, num_key_value_heads=2, tie_word_embeddings=False,
-                      max_position_embeddings=model.config.max_position_embeddings)
-    stand_in = LlamaForCausalLM(cfg).eval()
+    stand_in = one_layer(model)
     counter = WorkCounter(stand_in)
     suite = TaskSuite(tasks, args.data, tok, limit=limit, backend="hflm", batch_size=args.batch_size)
     runs = [(f"HFLM, batch {args.batch_size}", suite)]
@@ -186,6 +183,18 @@ def forwards_table(tasks: list[str], limit: int, model, tok, args: argparse.Name
         print(f"{label:<48}{counter.forwards:>9}{counter.positions:>11,}")
 
 
+def one_layer(model):
+    """A random one-layer, 64-wide Llama with `model`'s vocabulary and context length (`--stand-in`)."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=model.config.vocab_size, hidden_size=64, intermediate_size=128, num_hidden_layers=1,
+                      num_attention_heads=2, num_key_value_heads=2, tie_word_embeddings=False,
+                      max_position_embeddings=model.config.max_position_embeddings)
+    return LlamaForCausalLM(cfg).eval()
+
+
 def ceiling_table(tasks: list[str], limit: int | None, model, tok, args: argparse.Namespace) -> None:
     """Per task and over all of them, the exact ceiling at `limit` documents per task (None: every
     document), counted from the tokenized requests without running the model (`--ceiling-only`)."""
@@ -198,19 +207,6 @@ def ceiling_table(tasks: list[str], limit: int | None, model, tok, args: argpars
     for name, requests in [*per_task.items(), ("ALL", [r for reqs in per_task.values() for r in reqs])]:
         print(f"{name:<16}{len(requests):>9}{hflm_positions(requests)[0]:>16,}{exact_work(requests)[0]:>16,}"
               f"{work_ratio(requests, sizes):>15.2f}")
-
-
-def max_delta(a: dict, b: dict) -> tuple[float, int]:
-    """Largest |Δ loglik| over all requests, and how many is_greedy flags differ."""
-    worst, flips = 0.0, 0
-    for name in a:
-        for x, y in zip(a[name], b[name]):
-            if isinstance(x, tuple):
-                worst = max(worst, abs(x[0] - y[0]))
-                flips += x[1] != y[1]
-            else:
-                worst = max(worst, abs(x - y))
-    return worst, flips
 
 
 def bench(tasks: list[str], limit: int, model, tok, args: argparse.Namespace, pairs: bool = True) -> dict:
@@ -243,12 +239,12 @@ def bench(tasks: list[str], limit: int, model, tok, args: argparse.Namespace, pa
     for t in tasks:
         fast, hflm = suites["fast"].last_responses[t], suites["hflm"].last_responses[t]
         worst, flips = max_delta({t: hflm}, {t: fast})
-        mh, mf = _only(metrics["hflm"], t), _only(metrics["fast"], t)
+        mh, mf = only(metrics["hflm"], t), only(metrics["fast"], t)
         r = {"task": t, "requests": len(fast), "max_abs_dloglik": worst, "greedy_flips": flips,
              "metrics_equal": mh == mf, "dacc": max_dmetric(mh, mf)}
         if one is not None:
             r["envelope"] = max_delta({t: hflm}, {t: one.last_responses[t]})[0]
-            r["envelope_dacc"] = max_dmetric(mh, _only(one_metrics, t))
+            r["envelope_dacc"] = max_dmetric(mh, only(one_metrics, t))
         per_task.append(r)
     return {"path": suites["fast"].last_path, "requests": suites["fast"].n_requests, "hflm_s": best["hflm"],
             "ceiling": ceiling(suites["fast"], model) if pairs else None,
@@ -276,44 +272,6 @@ def with_batching(suite, overhead: int | None = None, rows: int | None = None, g
 
     suite.make_lm = make_lm
     return suite
-
-
-def _only(metrics: dict, task: str) -> dict:
-    """The metrics of one task (keys are harness.metric_key's lm_eval/<task>/...)."""
-    return {k: v for k, v in metrics.items() if k.split("/")[1] == task}
-
-
-def max_dmetric(a: dict, b: dict) -> float:
-    """Largest difference of an accuracy between two evaluations, in points (stderrs and perplexities left out)."""
-    return max((100 * abs(a[k] - b[k]) for k in a if k.rsplit("/", 1)[-1] in ("acc", "acc_norm")), default=0.0)
-
-
-HEAD = f"{'task':<15}{'requests':>9}{'max|Δll|':>11}{'greedy≠':>8}{'acc ==':>8}{'Δacc':>7}"
-
-
-def row(label: str, runs: list[dict]) -> str:
-    """Agreement of FastLM with HFLM (and, with --envelope, of HFLM bs1 with HFLM) over `runs` (per-task dicts)."""
-    env = (f"{max(r['envelope'] for r in runs):>11.2e}{max(r['envelope_dacc'] for r in runs):>9.1f}"
-           if "envelope" in runs[0] else "")
-    return (f"{label:<15}{sum(r['requests'] for r in runs):>9}{max(r['max_abs_dloglik'] for r in runs):>11.2e}"
-            f"{sum(r['greedy_flips'] for r in runs):>8}{str(all(r['metrics_equal'] for r in runs)):>8}"
-            f"{max(r['dacc'] for r in runs):>7.1f}{env}")
-
-
-def speed(label: str, res: dict) -> str:
-    n, hflm_s, fast_s, bs1_s = res["requests"], res["hflm_s"], res["fast_s"], res["hflm_bs1_s"]
-    fw = res["forwards"]
-    line = (f"{label}: {n} requests in one evaluate() call, HFLM {n / hflm_s:.1f} req/s ({hflm_s:.1f} s, "
-            f"{fw['hflm']} forwards), FastLM {n / fast_s:.1f} req/s ({fast_s:.1f} s, {fw['fast']} forwards), "
-            f"ratio {hflm_s / fast_s:.2f}, work {res['work']:.2f}")
-    if res["ceiling"] is not None:
-        line += ", exact ceiling {:.2f} (one tree over all documents: {:.2f})".format(*res["ceiling"])
-    if bs1_s is not None:
-        line += f"; HFLM batch 1 (one run) {n / bs1_s:.1f} req/s, FastLM / it {bs1_s / fast_s:.2f}"
-    for r in res["sweep"]:
-        line += (f"\n  FastLM at {r['variant']}: {n / r['s']:.1f} req/s ({r['s']:.1f} s, {r['forwards']} "
-                 f"forwards), ratio {hflm_s / r['s']:.2f}, work {r['work']:.2f}, max|Δll| {r['max_abs_dloglik']:.2e}")
-    return line
 
 
 def main() -> None:
@@ -345,6 +303,8 @@ def main() -> None:
                    help="float64: summation order no longer moves a rounding step, so paths must agree")
     p.add_argument("--forwards-only", action="store_true", help="count forwards and positions of HFLM and of "
                    "FastLM with a GPU's batching at each --overhead and --rows, on a one-layer stand-in (no timing)")
+    p.add_argument("--stand-in", action="store_true", help="time a one-layer, 64-wide random Llama with the "
+                   "model's vocabulary and tokenizer instead of the model: what each backend costs besides the blocks")
     p.add_argument("--ceiling-only", action="store_true", help="print the exact ceiling per task at --limit "
                    "(0 = every document) from the tokenized requests, without timing anything")
     args = p.parse_args()
@@ -361,12 +321,14 @@ def main() -> None:
     from ptq_bench.eval.harness import PAPER_TASKS
 
     model, tok = load(args)
+    model = one_layer(model) if args.stand_in else model
     if args.bitnet:
         make_bitnet(model, args.bitnet)
     if args.absmax:
         make_absmax(model, *args.absmax)
     model.to(getattr(torch, args.dtype)).to(args.device)
     name = f"{args.device} " + args.dtype + " " + (f"tiny random {args.kind}" if args.tiny else args.model) + (
+        " (one-layer stand-in)" if args.stand_in else "") + (
         f" as BitNet {args.bitnet}" if args.bitnet else "") + (" Absmax W{}A{}".format(*args.absmax) if args.absmax else "")
     print(f"model: {name}, {sum(x.numel() for x in model.parameters()):,} "
           f"params, vocab {len(tok)}, torch threads {torch.get_num_threads()}, limit {args.limit} docs/task, "

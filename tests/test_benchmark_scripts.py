@@ -26,6 +26,16 @@ def test_eval_speed_runs_tasks_and_wikitext(data_dir):
     assert "wikitext: 1 requests" in out
 
 
+def test_eval_speed_stand_in_keeps_the_vocabulary(data_dir):
+    """--stand-in times a one-layer, 64-wide Llama with the model's vocabulary in the model's place."""
+    out = _run("eval_speed.py", "--tiny", "--stand-in", "--limit", "2", "--repeats", "0", "--tasks", "piqa",
+               "--wikitext-limit", "0", "--data", str(data_dir))
+    head = out.split("model: ")[1].splitlines()[0]
+    assert "(one-layer stand-in)" in head and "vocab 4096" in head, head
+    assert int(head.split(" params")[0].rsplit(" ", 1)[-1].replace(",", "")) < 2 * 4096 * 64 + 10**5, head
+    assert "tasks: 4 requests" in out
+
+
 def test_gptq_loop_counts_fewer_kernels_and_equal_weights():
     out = _run("gptq_loop.py", "--hidden", "64", "--intermediate", "128", "--heads", "4", "--kv-heads", "2",
                "--layers", "2", "--group-size", "32", "--repeats", "1")
