@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import collections
 import os
+import shutil
 import signal
 import sys
 import tempfile
@@ -45,7 +46,7 @@ def campaign(n: int, n_run: int, seed: int) -> dict:
     ptq_bench.sweep.run = tripwire
     c: dict = collections.defaultdict(int, codes=collections.Counter(), run_codes=collections.Counter(), examples=[])
     seen: set[bytes] = set()
-    folder = Path(tempfile.mkdtemp(prefix="recipe_fuzz_"))
+    folder, back = Path(tempfile.mkdtemp(prefix="recipe_fuzz_")), os.getcwd()
     os.chdir(folder)
     signal.signal(signal.SIGALRM, _alarm)
 
@@ -86,7 +87,11 @@ def campaign(n: int, n_run: int, seed: int) -> dict:
             c["run_codes"][ran.code] += 1
             c["run_wrote"] += {str(p) for p in folder.rglob("*")} != before
 
-    case()
+    try:
+        case()
+    finally:  # the cases' recipes and whatever a run wrote go with the folder
+        os.chdir(back)
+        shutil.rmtree(folder, ignore_errors=True)
     c["distinct"] = len(seen)
     return c
 
