@@ -113,7 +113,6 @@ def worker_sweep(job: Job) -> Sweep:
         if key != job.tok_key:
             raise PtqBenchError(f"worker tokenizer key {key} is not the driver's {job.tok_key} (another data folder?)")
     torch.manual_seed(job.recipe.seed)  # as sweep.prepare does
-    job.scratch.mkdir(exist_ok=True)
     scratch = Path(tempfile.mkdtemp(prefix=f"{socket.gethostname()}-", dir=job.scratch))
     sw = Sweep(ctx, scratch, {}, job.keys, [], tokenizer, job.tok_key, bar=tqdm(disable=True))
     _WORKER[job.token] = sw
@@ -174,6 +173,7 @@ def run_ray(sw: Sweep) -> None:
     started = connect(ex.address)
     job = make_job(sw)
     job.marker.parent.mkdir(parents=True, exist_ok=True)
+    job.scratch.mkdir()  # the workers' scratch: made and removed here, by the run that owns it
     job.marker.write_text(socket.gethostname(), encoding="utf-8")
     sw.manifest["invocations"][-1]["executor"] = {"kind": "ray", "address": ex.address, "cpus_per_cell": ex.cpus_per_cell,
                                                   "gpus_per_cell": ex.gpus_per_cell, "workers": []}

@@ -61,7 +61,7 @@ def gptq_solve(
     solver's scratch space (the block runner hands over a statistic it has popped), which saves one
     (cols, cols) copy; likewise `consume_w` for a float32 weight that is a scratch copy (`apply.Stacked`).
     """
-    W = weight.float() if consume_w else weight.to(torch.float32, copy=True)
+    W = weight.to(torch.float32, copy=not consume_w)
     rows, cols = W.shape
     H = H.to(torch.float32, copy=not consume_h)
     gs = cols if group_size == -1 else group_size
