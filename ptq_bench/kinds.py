@@ -15,6 +15,15 @@ from dataclasses import dataclass
 
 from ptq_bench.config import short
 
+# Defaults sized for the small CPU models of the shipped recipes; the papers' large-model values are
+# in ../shared/reference/paper_tables.md (BitNet b1: 2.4e-3 at 125M; b1.58: 1.5e-3 -> 1e-3; LLaMA 2.5e-4).
+# Keyed by schedule name; a kind's default schedule is `KINDS[kind].schedule`; models/train.py runs them.
+SCHEDULES = {
+    "llama_cosine": dict(lr=2.5e-3, weight_decay=0.1, betas=(0.9, 0.95), kind="cosine"),
+    "b158_two_stage": dict(lr=4e-3, lr_stage2=4e-3 * 2 / 3, weight_decay=0.1, wd_stage2=0.0, betas=(0.9, 0.95), kind="two_stage"),
+    "b1_linear": dict(lr=4e-3, weight_decay=0.01, betas=(0.9, 0.98), kind="linear"),
+}
+
 
 @dataclass(frozen=True)
 class Kind:
@@ -22,7 +31,7 @@ class Kind:
     display: str  # name in tables and plots
     native_bits: tuple[float, float]  # nominal (weight bits, activation bits) of the unquantized model
     mode: str | None  # BitLinear mode of its linears ("b158" | "b1"); None = nn.Linear (or not built here)
-    schedule: str | None  # default training schedule (models/train.py SCHEDULES); None = loaded, never trained
+    schedule: str | None  # default training schedule (SCHEDULES above); None = loaded, never trained
     ptq_default: bool  # a default target of quantize entries that list no `models:`
     ptq_allowed: bool  # may a quantize entry target it at all
 
@@ -45,3 +54,8 @@ def get_kind(name: str) -> Kind:
     if name not in KINDS:
         raise ValueError(f"unknown model kind {short(name)} (known: {', '.join(KINDS)})")
     return KINDS[name]
+
+
+def schedule_keys(kind: str) -> set[str]:
+    """The hyperparameters of `kind`'s default schedule (lr_stage2 only where there is a second stage)."""
+    return set(SCHEDULES[get_kind(kind).schedule])

@@ -24,7 +24,7 @@ from ptq_bench.config import ConfigError, bound, from_dict, load_yaml, short, to
 from ptq_bench.data import PPL_FILES, TRAIN_FILES
 from ptq_bench.errors import RecipeError
 from ptq_bench.eval.harness import BACKENDS, TASKS
-from ptq_bench.kinds import TRAINED_KINDS
+from ptq_bench.kinds import TRAINED_KINDS, schedule_keys
 from ptq_bench.models.arch import ArchConfig
 from ptq_bench.paths import check_component
 from ptq_bench.quant.configs import CATALOG, SEED_MAX
@@ -65,12 +65,22 @@ class TrainSpec:
 class ModelSpec:
     """One model of the recipe: trained here (kind + schedule) or loaded from `source`."""
 
-    kind: str = bound("fp16", choices=TRAINED_KINDS)  # ptq_bench/kinds.py; ignored when `source` is set
+    kind: str = bound("fp16", choices=TRAINED_KINDS)  # ptq_bench/kinds.py; a `source:` model's comes from its files
     source: str | None = None  # an HF checkpoint dir or hub id to load instead of training
     lr: float | None = bound(None, gt=0.0)  # peak LR (None = the kind's default, see models/train.py)
     lr_stage2: float | None = bound(None, gt=0.0)  # b1.58 second-stage peak LR (None = default)
     weight_decay: float | None = bound(None, min=0.0)  # None = the kind's default
     arch: dict[str, Any] = field(default_factory=dict)  # overrides of the recipe's arch for this model
+
+    def __post_init__(self) -> None:
+        if self.source is not None:  # a key that only training reads would be silently ignored
+            training = [k for k in ("lr", "lr_stage2", "weight_decay") if getattr(self, k) is not None]
+            training += ["arch"] * bool(self.arch) + ["kind"] * (self.kind != "fp16")
+            if training:
+                raise ValueError(f"{training[0]}: a `source:` model is loaded, not trained here "
+                                 "(its kind and architecture come from its files); remove the key")
+        elif self.lr_stage2 is not None and "lr_stage2" not in schedule_keys(self.kind):
+            raise ValueError(f"lr_stage2: kind {self.kind} trains with a one-stage schedule; use lr")
 
 
 @dataclass(frozen=True)

@@ -182,6 +182,13 @@ BAD = {
     "source not a checkpoint": (_set("models", "fp16", "source", "/proc"), "holds no config.json"),
     "source .": (_set("models", "fp16", "source", "."), "holds no config.json"),
     "source ./missing": (_set("models", "fp16", "source", "./missing/model"), "models.fp16.source: './missing/model' does not exist"),
+    # keys that only training reads, on a model that is loaded (or a schedule without them): silently ignored before
+    "source with lr": (lambda r: r["models"]["fp16"].update(source="org/name", lr=1e-3), "models.fp16: lr: a `source:`"),
+    "source with weight_decay": (lambda r: r["models"]["fp16"].update(source="org/name", weight_decay=0.0), "weight_decay: a `source:`"),
+    "source with arch": (lambda r: r["models"]["fp16"].update(source="org/name", arch={"num_layers": 1}), "arch: a `source:`"),
+    "source with kind": (lambda r: r["models"]["bitnet_b1"].update(source="org/name"), "models.bitnet_b1: kind: a `source:`"),
+    "lr_stage2 one-stage": (_set("models", "fp16", "lr_stage2", 1e-3), "lr_stage2: kind fp16 trains with a one-stage"),
+    "lr_stage2 b1": (_set("models", "bitnet_b1", "lr_stage2", 1e-3), "lr_stage2: kind bitnet_b1 trains with a one-stage"),
     "name empty": (_set("name", ""), "name: must be a plain name"),
     "name ..": (_set("name", ".."), "name: must be a plain name"),
     "name ../../x": (_set("name", "../../x"), "name: must be a plain name"),

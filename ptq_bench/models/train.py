@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ptq_bench.kinds import get_kind
+from ptq_bench.kinds import SCHEDULES, get_kind
 
 
 @dataclass(frozen=True)
@@ -30,16 +30,6 @@ class Schedule:
     kind: str  # "cosine" | "two_stage" | "linear"
     lr_stage2: float = 0.0  # b1.58 second-stage peak
     wd_stage2: float = 0.0  # b1.58 second-stage weight decay
-
-
-# Defaults sized for the small CPU models of the shipped recipes; the papers' large-model values are
-# in ../shared/reference/paper_tables.md (BitNet b1: 2.4e-3 at 125M; b1.58: 1.5e-3 -> 1e-3; LLaMA 2.5e-4).
-# Keyed by schedule name; a kind's default schedule is `ptq_bench.kinds.KINDS[kind].schedule`.
-SCHEDULES = {
-    "llama_cosine": dict(lr=2.5e-3, weight_decay=0.1, betas=(0.9, 0.95), kind="cosine"),
-    "b158_two_stage": dict(lr=4e-3, lr_stage2=4e-3 * 2 / 3, weight_decay=0.1, wd_stage2=0.0, betas=(0.9, 0.95), kind="two_stage"),
-    "b1_linear": dict(lr=4e-3, weight_decay=0.01, betas=(0.9, 0.98), kind="linear"),
-}
 
 
 def make_schedule(kind: str, lr: float | None = None, lr_stage2: float | None = None, wd: float | None = None) -> Schedule:
