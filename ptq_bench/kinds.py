@@ -3,7 +3,7 @@
 A kind is what a model *is*: how its linears are built (`mode`), its native (weight, activation) bits,
 its name in tables, the training schedule it gets by default, and whether post-training quantization
 may touch it. Leaf module: no torch. Adding a kind is one entry here (plus its schedule in
-models/train.py if it is trained here, and its BitLinear mode in models/bitlinear.py if new).
+SCHEDULES below if it is trained here, and its BitLinear mode in models/bitlinear.py if new).
 
 Decision (issue 9/12 session): PTQ of a model whose linears are already low-bit is refused; such a
 model is evaluated as it is.
