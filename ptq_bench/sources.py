@@ -291,7 +291,7 @@ def load_source(info: SourceInfo, device: str = "cpu", *, tokenizer: bool = True
 
         model, kind = load_toolkit(Path(info.path), device), info.kind
     elif info.form in ("gguf", "packaged"):
-        model, kind = _load_gguf(Path(info.path)), info.kind
+        model, kind = _load_gguf(Path(info.path), info), info.kind
     else:
         model, kind = _load_pretrained(info)
     tok = _load_tokenizer(info) if tokenizer and info.has_tokenizer else None
@@ -318,7 +318,7 @@ def _converted(info: SourceInfo, cache_dir: Path) -> SourceInfo:
 
     out = cache_dir / f"gguf-{info.content_hash[:16]}"
     if not (out / "config.json").is_file():
-        model, tok = _load_gguf(Path(info.path)), _load_tokenizer(info)
+        model, tok = _load_gguf(Path(info.path), info), _load_tokenizer(info)
         tmp = out.with_name(out.name + ".tmp")
         shutil.rmtree(tmp, ignore_errors=True)
         model.save_pretrained(tmp)
@@ -349,18 +349,41 @@ def _load_pretrained(info: SourceInfo) -> tuple[Any, str]:
         _checked_family(config.get("model_type"), "source", name)
         kind = _kind_of(config, "source", name)
     try:
-        model = AutoModelForCausalLM.from_pretrained(name)
+        model, loading = AutoModelForCausalLM.from_pretrained(name, output_loading_info=True)
     except OSError as e:
-        raise _hub_error(info, e) from None
+        raise _hub_error(info, e) if info.form == "hub" else _load_error(info, e) from None
+    except RuntimeError as e:  # transformers 5 raises on tensors of another shape than config.json says
+        raise _load_error(info, e) from None
+    _refuse_incomplete(info, loading)
     return model, kind
 
 
-def _load_gguf(file: Path) -> Any:
+def _load_error(info: SourceInfo, e: Exception) -> RecipeError:
+    first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    if "ignore_mismatched_sizes" in first:
+        first = "tensors of another shape than its config.json says (transformers' load report above names them)"
+    return RecipeError(f"source '{info.source}': cannot load the checkpoint: {first}")
+
+
+def _refuse_incomplete(info: SourceInfo, loading: dict[str, Any]) -> None:
+    """transformers fills tensors a checkpoint lacks (or has in another shape) with random values and
+    only logs it: rows of such a model would name a checkpoint they were not computed from."""
+    for what, keys in (("lacks", loading.get("missing_keys")), ("has another shape for", loading.get("mismatched_keys"))):
+        if keys:
+            names = sorted(str(k[0] if isinstance(k, tuple) else k) for k in keys)
+            raise RecipeError(f"source '{info.source}': the checkpoint {what} {len(names)} of the model's tensors "
+                              f"(first: {names[0]}), which transformers would fill with random values")
+
+
+def _load_gguf(file: Path, info: SourceInfo) -> Any:
     """Dequantized GGUF -> a plain model of the same class built from its config and state dict."""
     import torch
     from transformers import AutoModelForCausalLM
 
-    gguf_model = AutoModelForCausalLM.from_pretrained(str(file.parent), gguf_file=file.name).eval()
+    gguf_model, loading = AutoModelForCausalLM.from_pretrained(str(file.parent), gguf_file=file.name,
+                                                               output_loading_info=True)
+    _refuse_incomplete(info, loading)
+    gguf_model.eval()
     config = copy.deepcopy(gguf_model.config)
     del config.quantization_config  # the GGUF loader's marker; the rebuilt model is plain float
     with torch.random.fork_rng(devices=[]):  # random init, overwritten below: leave the caller's RNG alone

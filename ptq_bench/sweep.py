@@ -48,7 +48,7 @@ from ptq_bench.prepare import (
     model_key,
     pick_device,
 )
-from ptq_bench.recipe import Cell, Recipe, calib_seed, expand_cells, to_dict
+from ptq_bench.recipe import Cell, Recipe, calib_seed, expand_cells, source_info, to_dict
 from ptq_bench.results import Row, append_row, close_run, open_run, run_lock, write_manifest
 from ptq_bench.tokens import cached_array, calibration_windows, encode_stream
 
@@ -79,21 +79,25 @@ def data_hashes(data_dir: Path, recipe: Recipe) -> dict[str, str]:
     return {f: file_sha256(data_file(data_dir, f)) for f in dict.fromkeys(files)}
 
 
-def check_sources(recipe: Recipe, manifest: dict[str, Any]) -> None:
-    """Record each `source:` folder's file digests on first use; later, a changed file is an error
-    (the stored rows came from the old one, and a user's checkpoint cannot be rebuilt)."""
+def check_sources(recipe: Recipe, manifest: dict[str, Any], rows: list[Row]) -> None:
+    """Record each `source:` checkpoint's file digests (its resolved folder or file: a `~` path, a cached
+    hub snapshot, a GGUF). A model with stored rows whose checkpoint changed since is an error: those rows
+    came from the old files, and a user's checkpoint cannot be rebuilt. A model without rows (a first run
+    refused or stopped before its base row) records the files as they are now."""
     known = manifest.setdefault("sources", {})
+    stored = {row.model for row in rows}
     for name, spec in recipe.models.items():
-        if spec.source is None or not Path(spec.source).is_dir():
+        path = None if spec.source is None else source_info(recipe, name).path
+        if path is None:  # trained here, or a hub id not downloaded yet
             continue
-        have = folder_digests(Path(spec.source), file_digest)
-        if name not in known:
-            known[name] = have
-            continue
-        diff = first_difference(known[name], have)
+        path = Path(path)
+        have = folder_digests(path, file_digest) if path.is_dir() else {path.name: file_digest(path)}
+        diff = first_difference(known[name], have) if name in known and name in stored else None
         if diff is not None:
-            raise PtqBenchError(f"models.{name}.source: {Path(spec.source) / diff.split(' ')[0]} changed since this "
-                                f"run folder's first invocation ({diff}); restore it or set a different output_dir")
+            where = path / diff.split(" ")[0] if path.is_dir() else path
+            raise PtqBenchError(f"models.{name}.source: {where} changed since this run folder's rows of "
+                                f"'{name}' were computed ({diff}); restore it or set a different output_dir")
+        known[name] = have
 
 
 # ----------------------------------------------------------------------------------------------
@@ -164,7 +168,7 @@ def prepare(recipe: Recipe, recipe_text: str) -> Sweep:
     base = {"recipe_name": recipe.name, "recipe": to_dict(recipe), "recipe_text": recipe_text, "seed": recipe.seed,
             "data_dir": str(data_dir), "data_sha256": hashes}
     manifest, rows = open_run(out, recipe.digest(), base)
-    check_sources(recipe, manifest)
+    check_sources(recipe, manifest, rows)
     write_manifest(out, manifest)
     torch.manual_seed(recipe.seed)
     trains = any(spec.source is None for spec in recipe.models.values())  # all from `source:`: no BPE to train

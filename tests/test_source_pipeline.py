@@ -162,3 +162,45 @@ def test_an_uncached_hub_id_is_refused_when_loaded_before_its_base_row(tmp_path,
         assert rows == []  # no base row before the refusal
     else:
         assert [r.label for r in rows] == ["none", "gptq W4A16"]
+
+
+def _replace_weights(src: Path, other: Path) -> None:
+    import os
+
+    weights = src / "model.safetensors"
+    weights.write_bytes((other / "model.safetensors").read_bytes())
+    st = weights.stat()  # a new mtime even where the clock is coarser than the test
+    os.utime(weights, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000_000))
+
+
+def test_a_replaced_checkpoint_behind_a_home_path_is_refused(tmp_path, tokenizer_dir, monkeypatch, capsys):
+    """The run folder's record of a source is taken from the resolved checkpoint (`~`, a hub snapshot, a
+    GGUF), not only from a folder path written as such: rows of two checkpoints never share a label."""
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    src = checkpoint(tmp_path / "home", "llama", tokenizer_dir)
+    path = recipe(tmp_path, {"m": {"source": f"~/{src.name}"}}, [{"method": "absmax", "w_bits": 4}])
+    assert main(["run", str(path)]) == 0
+    assert json.loads((tmp_path / "out" / "manifest.json").read_text())["sources"]["m"]
+    _replace_weights(src, checkpoint(tmp_path, "llama", tokenizer_dir, seed=1))
+    capsys.readouterr()
+    assert main(["run", str(path)]) == 2
+    assert "model.safetensors changed since this run folder's rows of 'm'" in capsys.readouterr().err
+    assert len(load_rows(tmp_path / "out", strict=True)) == 2
+
+
+def test_a_refused_first_run_does_not_block_the_mended_checkpoint(tmp_path, tokenizer_dir, capsys):
+    """A checkpoint that lacks a tensor is refused before its base row (transformers would fill it with
+    random values); once mended, the same run folder runs it: it holds no row of the damaged files."""
+    import safetensors.torch as st
+
+    src = checkpoint(tmp_path, "llama", tokenizer_dir)
+    good = (src / "model.safetensors").read_bytes()
+    sd = st.load_file(src / "model.safetensors")
+    st.save_file({k: v for k, v in sd.items() if k != "lm_head.weight"}, src / "model.safetensors", metadata={"format": "pt"})
+    path = recipe(tmp_path, {"m": {"source": str(src)}}, [{"method": "absmax", "w_bits": 4}])
+    assert main(["run", str(path)]) == 2
+    assert "lacks 1 of the model's tensors (first: lm_head.weight)" in capsys.readouterr().err
+    assert not (tmp_path / "out" / "results.jsonl").exists() or not load_rows(tmp_path / "out", strict=True)
+    (src / "model.safetensors").write_bytes(good)
+    assert main(["run", str(path)]) == 0
+    assert [r.label for r in load_rows(tmp_path / "out", strict=True)] == ["none", "absmax W4A16"]

@@ -57,7 +57,8 @@ def _tiny_tokenizer():
     return train_tokenizer([TEXT.lower(), TEXT, TEXT.upper()] * 20, vocab_size=300)
 
 
-def write_tiny_gguf(model, tok, path: Path, arch: str = "llama") -> Path:
+def write_tiny_gguf(model, tok, path: Path, arch: str = "llama", drop: str = "") -> Path:
+    """A GGUF file of `model` (`drop`: a GGUF tensor name left out, as a damaged file would)."""
     import gguf
 
     cfg, sd = model.config, {k: v.numpy() for k, v in model.state_dict().items()}
@@ -90,7 +91,8 @@ def write_tiny_gguf(model, tok, path: Path, arch: str = "llama") -> Path:
             t = sd[f"model.layers.{i}.{hf}.weight"]
             t = _permute(t, cfg.num_attention_heads) if gg == "attn_q" else t
             t = _permute(t, cfg.num_key_value_heads) if gg == "attn_k" else t
-            w.add_tensor(f"blk.{i}.{gg}.weight", t)
+            if f"blk.{i}.{gg}.weight" != drop:
+                w.add_tensor(f"blk.{i}.{gg}.weight", t)
     w.write_header_to_file()
     w.write_kv_data_to_file()
     w.write_tensors_to_file()
@@ -175,13 +177,56 @@ def test_gguf_loads_as_a_plain_model_with_identical_logits(tiny_gguf, tmp_path):
     loaded.save_pretrained(tmp_path / "plain")  # refused on the GGUF-loaded model itself
 
 
+def test_incomplete_checkpoints_are_refused_not_filled_with_random_weights(tmp_path):
+    """transformers loads a checkpoint that lacks a tensor (or holds one in another shape) by filling it
+    with random values and logging a report; a row of that model would name a checkpoint it was not
+    computed from. Local files that cannot be read are not blamed on the hub."""
+    import safetensors.torch as st
+
+    from ptq_bench.sources import load_source
+
+    cases = {"lm_head.weight": "lacks 1 of the model's tensors (first: lm_head.weight)",
+             "model.layers.1.self_attn.q_proj.weight": "lacks 1 of the model's tensors (first: model.layers.1.self_attn.q_proj"}
+    for name, needle in cases.items():
+        folder = save_tiny("llama", tmp_path / name)  # untied: lm_head is its own tensor
+        sd = st.load_file(folder / "model.safetensors")
+        st.save_file({k: v for k, v in sd.items() if k != name}, folder / "model.safetensors", metadata={"format": "pt"})
+        with pytest.raises(RecipeError, match="which transformers would fill with random values") as e:
+            load_source(inspect_source(str(folder)), tokenizer=False)
+        assert needle in str(e.value) and "\n" not in str(e.value)
+    folder = save_tiny("llama", tmp_path / "shape")
+    sd = st.load_file(folder / "model.safetensors")
+    sd["model.layers.0.mlp.up_proj.weight"] = sd["model.layers.0.mlp.up_proj.weight"][:-1]
+    st.save_file(sd, folder / "model.safetensors", metadata={"format": "pt"})
+    with pytest.raises(RecipeError, match="cannot load the checkpoint: tensors of another shape than its config"):
+        load_source(inspect_source(str(folder)), tokenizer=False)
+    folder = save_tiny("llama", tmp_path / "sharded")
+    (folder / "model.safetensors.index.json").write_text(json.dumps(
+        {"metadata": {}, "weight_map": {"lm_head.weight": "model-00002-of-00002.safetensors"}}))
+    (folder / "model.safetensors").rename(folder / "model-00001-of-00002.safetensors")
+    with pytest.raises(RecipeError, match="cannot load the checkpoint: ") as e:
+        load_source(inspect_source(str(folder)), tokenizer=False)
+    assert "hub" not in str(e.value)
+
+
+def test_a_gguf_that_lacks_a_tensor_is_refused(tiny_gguf, tmp_path):
+    from ptq_bench.sources import load_source
+
+    model, tok, _ = tiny_gguf
+    (tmp_path / "g").mkdir()
+    file = write_tiny_gguf(model, tok, tmp_path / "g" / "tiny.gguf", drop="blk.1.attn_q.weight")
+    with pytest.raises(RecipeError, match=r"lacks 1 of the model's tensors \(first: model.layers.1.self_attn.q_proj"):
+        load_source(inspect_source(str(file)), cache_dir=tmp_path / "cache")
+    assert not list((tmp_path / "cache").glob("gguf-*")) if (tmp_path / "cache").exists() else True
+
+
 def test_gguf_conversion_is_cached_by_content(tiny_gguf, tmp_path, monkeypatch):
     import ptq_bench.sources as sources
 
     model, tok, file = tiny_gguf
     calls = []
     real = sources._load_gguf
-    monkeypatch.setattr(sources, "_load_gguf", lambda f: calls.append(f) or real(f))
+    monkeypatch.setattr(sources, "_load_gguf", lambda f, info: calls.append(f) or real(f, info))
     info = inspect_source(str(file))
     first, _, _ = load_source(info, cache_dir=tmp_path)
     second, second_tok, kind = load_source(info, cache_dir=tmp_path)
@@ -341,18 +386,22 @@ def test_a_source_checkpoint_is_read_once_per_process(tmp_path, monkeypatch):
     monkeypatch.setattr(data, "file_sha256", lambda p: reads.append(Path(p).name) or sha256(p))
     recipe = SimpleNamespace(models={"m": SimpleNamespace(source=str(folder))})
     manifest: dict = {}
+    rows = [SimpleNamespace(model="m")]  # the folder holds rows of model m
     inspect_source(str(folder))
-    check_sources(recipe, manifest)
-    check_sources(recipe, manifest)
+    check_sources(recipe, manifest, rows)
+    check_sources(recipe, manifest, rows)
     assert sorted(reads) == sorted(p.name for p in folder.iterdir())  # each file once
     assert manifest["sources"]["m"] == folder_digests(folder)  # the same digests as a fresh read
     weights = folder / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[:-1] + b"\x00")
     st = weights.stat()  # a new mtime even where the clock is coarser than the test
     os.utime(weights, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000_000))
-    with pytest.raises(PtqBenchError, match="model.safetensors changed since"):
-        check_sources(recipe, manifest)
+    with pytest.raises(PtqBenchError, match="model.safetensors changed since this run folder's rows of 'm'"):
+        check_sources(recipe, manifest, rows)
     assert reads.count("model.safetensors") == 2
+    check_sources(recipe, manifest, [SimpleNamespace(model="other")])  # no row of m: its files are recorded anew
+    assert manifest["sources"]["m"] == folder_digests(folder)
+    check_sources(recipe, manifest, rows)
 
 
 def test_toolkit_meta_name_matches_build():
