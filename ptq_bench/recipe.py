@@ -29,7 +29,7 @@ from ptq_bench.models.arch import ArchConfig
 from ptq_bench.paths import check_component
 from ptq_bench.quant.configs import CATALOG, SEED_MAX
 from ptq_bench.report.layouts import LAYOUT_NAMES
-from ptq_bench.sources import SourceInfo, inspect_source
+from ptq_bench.sources import SAFETENSORS_FILE, SAFETENSORS_INDEX, SourceInfo, inspect_source
 
 __all__ = ["Cell", "Recipe", "calib_seed", "expand_cells", "load_recipe", "model_arch", "to_dict"]
 
@@ -304,8 +304,8 @@ def check_recipe(recipe: Recipe) -> None:
     check_component(recipe.name, "name")
     for name, spec in recipe.models.items():
         check_component(name, "models: a model name")
-        if spec.source is not None:
-            source_info(recipe, name)
+        if spec.source is not None and not source_info(recipe, name).has_tokenizer:  # its requests cannot be encoded
+            raise RecipeError(f"models.{name}.source: {short(spec.source)} holds no tokenizer (tokenizer.json or GGUF vocab)")
         model_arch(recipe, name)
     expand_cells(recipe)
     _check_lengths(recipe)
@@ -342,6 +342,9 @@ def check_offload(recipe: Recipe) -> None:
         if info.kind != "fp16":
             raise RecipeError(f"models.{name}.source: offload loads full-precision checkpoints only, "
                               f"{info.source} is {info.kind}")
+        if info.form in ("hf_dir", "hub") and not any((Path(info.path) / f).is_file() for f in (SAFETENSORS_FILE, SAFETENSORS_INDEX)):
+            raise RecipeError(f"models.{name}.source: offload reads safetensors checkpoints only; {info.path} has no "
+                              f"{SAFETENSORS_FILE} or {SAFETENSORS_INDEX} (load it in memory, or save it with safetensors)")
 
 
 def check_executor(recipe: Recipe) -> None:

@@ -40,6 +40,8 @@ TOOLKIT_META = "ptq_bench.json"  # = models/build.py META_FILE (build imports to
 TOOLKIT_MODEL_TYPE = "llama"  # toolkit models are LlamaForCausalLM (fp16) or Llama with BitLinears
 # files of a checkpoint folder that the content hash covers (config, weights, tokenizer)
 HASHED_SUFFIXES = (".json", ".safetensors", ".bin", ".pt", ".pth", ".model", ".txt", ".tiktoken", ".gguf")
+# what offloaded loading reads (models/lazy.py): one safetensors file, or the sharded index
+SAFETENSORS_FILE, SAFETENSORS_INDEX = "model.safetensors", "model.safetensors.index.json"
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
 # GGUF general.architecture -> transformers model_type (transformers' load_gguf_checkpoint renames)
 GGUF_MODEL_TYPES = {"gemma3": "gemma3_text", "qwen2moe": "qwen2_moe", "qwen3moe": "qwen3_moe",

@@ -131,3 +131,20 @@ def test_config_dtype_is_read(tmp_path):
     assert cfg.get("dtype") == "float32"
     model, _ = open_lazily(ckpt)
     assert all(p.dtype == torch.float32 for p in model.parameters())
+
+
+def test_without_a_config_dtype_the_stored_dtype_is_used_as_from_pretrained_does(tmp_path):
+    """A config.json naming no dtype: transformers loads the checkpoint in its tensors' dtype; streaming it
+    in float32 instead made offloaded rows differ from in-memory ones (fp16 GPTQ W4: 751.92 vs 750.00)."""
+    ckpt = saved("llama", tmp_path / "ckpt")
+    ref = reference(ckpt).half()
+    ref.save_pretrained(ckpt)
+    cfg = json.loads((ckpt / "config.json").read_text())
+    cfg.pop("dtype", None), cfg.pop("torch_dtype", None)
+    (ckpt / "config.json").write_text(json.dumps(cfg))
+    ref = reference(ckpt)
+    assert next(ref.parameters()).dtype == torch.float16  # what transformers does
+    model, blocks = open_lazily(ckpt)
+    assert {p.dtype for p in model.parameters() if p.device.type != "meta"} == {torch.float16}
+    with torch.no_grad(), streamed(model, DiskPlacement(tmp_path / "blocks", source=blocks)):
+        assert torch.equal(model(IDS).logits, ref(IDS).logits)

@@ -316,6 +316,21 @@ def _source(tmp_path: Path, cfg: dict) -> Path:
     return folder
 
 
+def test_source_without_tokenizer_is_refused_before_anything_is_written(tmp_path, capsys):
+    """Its requests cannot be encoded; `run` used to find out after writing the run folder's manifest."""
+    src = _source(tmp_path, {"max_position_embeddings": 128})
+    path = write(tmp_path, lambda r: r["models"].update(fp16={"source": str(src)}))
+    assert "holds no tokenizer (tokenizer.json or GGUF vocab)" in assert_refused(path, capsys, "models.fp16.source: ")
+
+
+def test_offload_of_a_checkpoint_without_safetensors_is_refused_before_anything_is_written(tmp_path, capsys):
+    src = _source(tmp_path, {"max_position_embeddings": 128})
+    for name in ("tokenizer.json", "pytorch_model.bin"):
+        (src / name).write_text("{}")
+    path = write(tmp_path, lambda r: r.update(models={"m": {"source": str(src)}}, offload=True, quantize=[]))
+    assert "offload reads safetensors checkpoints only" in assert_refused(path, capsys, "models.m.source: ")
+
+
 def test_source_bitnet_checkpoint_is_not_quantized(tmp_path, capsys):
     src = _source(tmp_path, {"max_position_embeddings": 128, "quantization_config": {"quant_method": "bitnet"}})
 

@@ -28,6 +28,7 @@ import torch.nn as nn
 
 from ptq_bench.errors import QuantError
 from ptq_bench.families import family_of_config
+from ptq_bench.sources import SAFETENSORS_FILE, SAFETENSORS_INDEX
 
 
 @contextmanager
@@ -51,12 +52,12 @@ def _weight_map(folder: Path) -> dict[str, Path]:
     """Checkpoint tensor name -> its safetensors file (a single file, or the sharded index)."""
     from safetensors import safe_open
 
-    index = folder / "model.safetensors.index.json"
+    index = folder / SAFETENSORS_INDEX
     if index.is_file():
         return {k: folder / f for k, f in json.loads(index.read_text())["weight_map"].items()}
-    single = folder / "model.safetensors"
+    single = folder / SAFETENSORS_FILE
     if not single.is_file():
-        raise QuantError(f"{folder}: no model.safetensors or model.safetensors.index.json; offloaded loading "
+        raise QuantError(f"{folder}: no {SAFETENSORS_FILE} or {SAFETENSORS_INDEX}; offloaded loading "
                          "reads safetensors checkpoints only")
     with safe_open(str(single), "pt") as f:
         return dict.fromkeys(f.keys(), single)
@@ -109,14 +110,30 @@ def open_lazily(folder: str | Path) -> tuple[Any, CheckpointBlocks]:
 
     folder = Path(folder)
     config = AutoConfig.from_pretrained(folder)
-    dtype = getattr(config, "dtype", None) or torch.float32
+    weight_map = _weight_map(folder)
+    dtype = getattr(config, "dtype", None) or _stored_dtype(weight_map)
     dtype = getattr(torch, dtype) if isinstance(dtype, str) else dtype
     with _parameters_on_meta(), torch.random.fork_rng(devices=[]):
         model = AutoModelForCausalLM.from_config(config, dtype=dtype).eval()
-    files = _model_names(model, _weight_map(folder))
+    files = _model_names(model, weight_map)
     blocks = CheckpointBlocks(folder, files, family_of_config(config).blocks, dtype)
     _fill_outside_blocks(model, blocks)
     return model, blocks
+
+
+SAFETENSORS_DTYPES = {"F16": torch.float16, "BF16": torch.bfloat16, "F32": torch.float32, "F64": torch.float64}
+
+
+def _stored_dtype(weight_map: dict[str, Path]) -> torch.dtype:
+    """The dtype `from_pretrained` gives a checkpoint whose config names none: its first float tensor's."""
+    from safetensors import safe_open
+
+    for key, file in sorted(weight_map.items(), key=lambda kv: (str(kv[1]), kv[0])):
+        with safe_open(str(file), "pt") as f:
+            stored = SAFETENSORS_DTYPES.get(f.get_slice(key).get_dtype())
+        if stored is not None:
+            return stored
+    return torch.float32
 
 
 def _model_names(model: nn.Module, weight_map: dict[str, Path]) -> dict[str, tuple[Path, str]]:
