@@ -309,24 +309,26 @@ def test_cli_output_dir_override_is_checked(tmp_path, capsys):
     assert "output_dir: " in capsys.readouterr().err and not (tmp_path / "out").exists()
 
 
-def _source(tmp_path: Path, cfg: dict) -> Path:
+def _source(tmp_path: Path, cfg: dict, tokenizer: bool = True) -> Path:
+    """A checkpoint folder as `validate` sees it: config.json (and a tokenizer file), no weights read."""
     folder = tmp_path / "ckpt"
     folder.mkdir()
     (folder / "config.json").write_text(json.dumps({"model_type": "llama", **cfg}))
+    if tokenizer:
+        (folder / "tokenizer.json").write_text("{}")
     return folder
 
 
 def test_source_without_tokenizer_is_refused_before_anything_is_written(tmp_path, capsys):
     """Its requests cannot be encoded; `run` used to find out after writing the run folder's manifest."""
-    src = _source(tmp_path, {"max_position_embeddings": 128})
+    src = _source(tmp_path, {"max_position_embeddings": 128}, tokenizer=False)
     path = write(tmp_path, lambda r: r["models"].update(fp16={"source": str(src)}))
     assert "holds no tokenizer (tokenizer.json or GGUF vocab)" in assert_refused(path, capsys, "models.fp16.source: ")
 
 
 def test_offload_of_a_checkpoint_without_safetensors_is_refused_before_anything_is_written(tmp_path, capsys):
     src = _source(tmp_path, {"max_position_embeddings": 128})
-    for name in ("tokenizer.json", "pytorch_model.bin"):
-        (src / name).write_text("{}")
+    (src / "pytorch_model.bin").write_text("{}")
     path = write(tmp_path, lambda r: r.update(models={"m": {"source": str(src)}}, offload=True, quantize=[]))
     assert "offload reads safetensors checkpoints only" in assert_refused(path, capsys, "models.m.source: ")
 
