@@ -27,6 +27,7 @@ from ptq_bench.cache import first_difference, folder_digests, scratch_folder
 from ptq_bench.cells import refuse_loaded
 from ptq_bench.console import log
 from ptq_bench.data import (
+    CALIBRATION_FILE,
     PPL_FILES,
     TRAIN_FILES,
     calibration_documents,
@@ -125,7 +126,8 @@ class Sweep:
     def stream(self) -> np.ndarray:
         """The training token stream of the recipe's tokenizer (int32)."""
         return cached_array(self.ctx.cache / "tokens" / self.tok_key / "train.npy",
-                            lambda: encode_stream(self.tokenizer, train_documents(self.ctx.data_dir)))
+                            lambda: encode_stream(self.tokenizer, train_documents(self.ctx.data_dir)),
+                            [data_file(self.ctx.data_dir, f) for f in TRAIN_FILES])
 
 
 def run(recipe: Recipe, recipe_text: str) -> Path:
@@ -312,7 +314,8 @@ def calibration(sw: Sweep, tokenizer: Any, tok_key: str, seed: int) -> Any:
     if (tok_key, seed) not in sw.calib:
         c = sw.ctx.recipe.calibration
         stream = cached_array(sw.ctx.cache / "tokens" / tok_key / "calib_c4.npy",
-                              lambda: encode_stream(tokenizer, calibration_documents(sw.ctx.data_dir)))
+                              lambda: encode_stream(tokenizer, calibration_documents(sw.ctx.data_dir)),
+                              [data_file(sw.ctx.data_dir, CALIBRATION_FILE)])
         sw.calib[(tok_key, seed)] = torch.from_numpy(calibration_windows(stream, c.n_samples, c.seq_len, seed))
     return sw.calib[(tok_key, seed)]
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -20,10 +20,18 @@ def encode_stream(tokenizer: Any, docs: list[str]) -> np.ndarray:
     return np.asarray(out, dtype=np.int32)
 
 
-def cached_array(path: Path, build: Callable[[], np.ndarray]) -> np.ndarray:
-    """The array cached at `path` (a checksummed .npy), built by `build()` when missing or damaged."""
-    from ptq_bench.cache import ensure
+def cached_array(path: Path, build: Callable[[], np.ndarray], data: Sequence[Path]) -> np.ndarray:
+    """The array cached at `path` (a checksummed .npy), built by `build()` when missing or damaged.
 
+    `data`: the data files `build` reads. Their digest is part of the file name, so an edited data file
+    is tokenized again instead of a stale array being read under the new file's name in the manifest."""
+    import hashlib
+
+    from ptq_bench.cache import ensure
+    from ptq_bench.data import file_digest
+
+    tag = hashlib.sha256("".join(file_digest(f) for f in data).encode()).hexdigest()[:16]
+    path = path.with_name(f"{path.stem}-{tag}{path.suffix}")
     ensure(path, lambda tmp: np.save(tmp, build()), "token array")
     return np.load(path, allow_pickle=False)
 

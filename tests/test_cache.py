@@ -11,7 +11,7 @@ import pytest
 from smoke_ref import cli, reference, workspace
 
 from ptq_bench.cache import ensure, problem
-from ptq_bench.data import resolve_data_dir, train_documents
+from ptq_bench.data import PPL_FILES, TRAIN_FILES, data_file, resolve_data_dir, train_documents
 from ptq_bench.prepare import Context, get_model, get_tokenizer
 from ptq_bench.recipe import load_recipe
 from ptq_bench.results import read_rows
@@ -74,7 +74,8 @@ def test_damaged_model_is_rebuilt_identically(ref, tmp_path, capsys, damage):
     tok, tok_key = get_tokenizer(ctx)
     ev = Evaluator(dataclasses.replace(ctx.recipe.eval, tasks=[]), ctx.data_dir, cache, tok, tok_key)
     stream = lambda: cached_array(cache / "tokens" / tok_key / "train.npy",  # noqa: E731
-                                  lambda: encode_stream(tok, train_documents(ctx.data_dir)))
+                                  lambda: encode_stream(tok, train_documents(ctx.data_dir)),
+                                  [data_file(ctx.data_dir, f) for f in TRAIN_FILES])
     model, kind, info = get_model(ctx, "fp16", tok_key, tok, stream, ev.perplexity)
     assert f"cache: model 'fp16' {folder} model/model.safetensors does not match its checksum; rebuilding it" \
         in capsys.readouterr().out
@@ -89,14 +90,14 @@ def test_truncated_token_array_is_rebuilt_identically(ref, tmp_path, capsys):
     from ptq_bench.eval.evaluator import Evaluator
 
     recipe, _, cache = workspace(ref, tmp_path)
-    (path,) = cache.glob("tokens/*/ppl_c4.npy")
+    (path,) = cache.glob("tokens/*/ppl_c4-*.npy")
     _truncate(path)
     ctx = _context(recipe)
     tok, tok_key = get_tokenizer(ctx)
     spec = dataclasses.replace(ctx.recipe.eval, tasks=[],
                                perplexity=dataclasses.replace(ctx.recipe.eval.perplexity, sets=["c4"]))
     ev = Evaluator(spec, ctx.data_dir, cache, tok, tok_key)
-    assert f"cache: token array {path} does not match ppl_c4.npy.sha256; rebuilding it" in capsys.readouterr().out
+    assert f"cache: token array {path} does not match {path.name}.sha256; rebuilding it" in capsys.readouterr().out
     assert np.array_equal(ev.ppl_ids["c4"], np.load(ref.cache / path.relative_to(cache)))
 
 
@@ -154,3 +155,26 @@ def test_scratch_folder_removes_what_a_dead_run_of_this_host_left(tmp_path):
     new = scratch_folder(tmp_path, "float-")
     assert new.is_dir() and new.name.startswith(f"float-{host}-{os.getpid()}-")
     assert not left.exists() and mine.exists() and other.exists()
+
+
+def test_an_edited_perplexity_file_is_tokenized_again(ref, tmp_path):
+    """Token arrays are named by the digest of the data they come from: the manifest names the data file's
+    sha256, so the numbers must come from that file, not from a cached array of its earlier text."""
+    from ptq_bench.eval.evaluator import Evaluator
+
+    recipe, _, cache = workspace(ref, tmp_path)
+    ctx = _context(recipe)
+    tok, tok_key = get_tokenizer(ctx)
+    data = tmp_path / "data"
+    (data / "wikitext2").mkdir(parents=True)
+    lines = data_file(ctx.data_dir, PPL_FILES["wikitext2"]).read_text().splitlines(keepends=True)
+    spec = dataclasses.replace(ctx.recipe.eval, tasks=[],
+                               perplexity=dataclasses.replace(ctx.recipe.eval.perplexity, sets=["wikitext2"]))
+
+    def ids(kept: list[str]) -> np.ndarray:
+        (data / PPL_FILES["wikitext2"]).write_text("".join(kept))
+        return Evaluator(spec, data, cache, tok, tok_key).ppl_ids["wikitext2"]
+
+    whole, half = ids(lines), ids(lines[len(lines) // 2:])
+    fresh = Evaluator(spec, data, tmp_path / "fresh-cache", tok, tok_key).ppl_ids["wikitext2"]
+    assert len(half) < len(whole) and np.array_equal(half, fresh)

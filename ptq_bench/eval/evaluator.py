@@ -32,7 +32,7 @@ class Evaluator:
     """
 
     def __init__(self, spec: Any, data_dir: Path, cache: Path, tokenizer: Any, tok_key: str):
-        from ptq_bench.data import perplexity_text
+        from ptq_bench.data import PPL_FILES, data_file, perplexity_text
         from ptq_bench.eval.harness import TaskSuite
         from ptq_bench.tokens import cached_array
 
@@ -45,7 +45,8 @@ class Evaluator:
             self.ppl_ids[name] = cached_array(
                 cache / "tokens" / tok_key / f"ppl_{name}.npy",
                 lambda n=name: np.asarray(tokenizer(perplexity_text(n, data_dir), add_special_tokens=False)
-                                          ["input_ids"], np.int32))
+                                          ["input_ids"], np.int32),
+                [data_file(data_dir, PPL_FILES[name])])
         self.suite = TaskSuite.of(spec, data_dir, tokenizer) if spec.tasks else None
 
     def provenance(self) -> dict[str, Any]:
