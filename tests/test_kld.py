@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import copy
+import json
 import math
+import threading
+import time
 
 import numpy as np
 import pytest
@@ -117,3 +120,62 @@ def test_a_damaged_reference_file_is_recomputed(base, token_ids, tmp_path):
         fh.write(bytes([byte[0] ^ 0xFF]))
     again = build_reference(counted, token_ids, "c4", SEQ, path=path, batch_size=BATCH)
     assert counted.calls == 6 and np.array_equal(np.asarray(again.logprobs), expected)
+
+
+def _zero_top1(path):
+    np.save(path.with_suffix(".top1.npy"), np.zeros_like(np.load(path.with_suffix(".top1.npy"))))
+
+
+def _shift_nll(path):
+    meta = json.loads(path.with_suffix(".json").read_text())
+    path.with_suffix(".json").write_text(json.dumps({**meta, "nll": meta["nll"] + 0.5}))
+
+
+DAMAGE = {
+    "top1 zeroed": _zero_top1,  # same shape: every top-1 agreement read 0.0
+    "nll edited": _shift_nll,  # the base row's perplexity is read from it
+    "top1 truncated": lambda p: p.with_suffix(".top1.npy").write_bytes(p.with_suffix(".top1.npy").read_bytes()[:100]),
+    "metadata not JSON": lambda p: p.with_suffix(".json").write_text("{not json"),
+    "metadata not UTF-8": lambda p: p.with_suffix(".json").write_bytes(b"\xff\xfe"),
+    "metadata a list": lambda p: p.with_suffix(".json").write_text("[]"),
+    "top1 missing": lambda p: p.with_suffix(".top1.npy").unlink(),
+}
+
+
+@pytest.mark.parametrize("damage", sorted(DAMAGE))
+def test_every_file_of_a_reference_is_checked(base, token_ids, tmp_path, damage):
+    """Not only the log-probs: the top-1 file and the metadata (the base NLL) too; damage of any kind is
+    a rebuild, with the same values, never a traceback or a silently wrong number."""
+    counted = Counting(base)
+    path = tmp_path / "c4.npy"
+    ref = build_reference(counted, token_ids, "c4", SEQ, path=path, batch_size=BATCH)
+    top1, nll = ref.top1.copy(), ref.nll
+    del ref
+    DAMAGE[damage](path)
+    again = build_reference(counted, token_ids, "c4", SEQ, path=path, batch_size=BATCH)
+    assert counted.calls == 6 and np.array_equal(again.top1, top1) and again.nll == nll
+    build_reference(counted, token_ids, "c4", SEQ, path=path, batch_size=BATCH)
+    assert counted.calls == 6  # the rebuilt one is intact
+
+
+class Slow(Counting):
+    def forward(self, ids):
+        time.sleep(0.2)
+        return super().forward(ids)
+
+
+def test_concurrent_builders_of_one_reference_build_it_once(base, token_ids, tmp_path):
+    """Runs sharing a cache: two writers of one memory-mapped temp file had crashed a run with SIGBUS."""
+    counted = Slow(base)
+    path, out = tmp_path / "kld" / "c4.npy", []
+
+    def build():
+        out.append(build_reference(counted, token_ids, "c4", SEQ, path=path, batch_size=BATCH))
+
+    threads = [threading.Thread(target=build) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert counted.calls == 3 and len(out) == 2 and out[0].nll == out[1].nll
+    assert np.array_equal(np.asarray(out[0].logprobs), np.asarray(out[1].logprobs))

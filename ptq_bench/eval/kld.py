@@ -43,7 +43,7 @@ from tqdm import tqdm
 from ptq_bench.data import file_sha256
 from ptq_bench.eval.perplexity import protocol_name, windows
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: the top-1 file's sha256 and the metadata's own are checked
 KL_TOKENS = 256  # tokens per KL step: each token's KL is its own row, so any step gives the same values
 
 
@@ -110,10 +110,19 @@ def build_reference(
     Without `path` the log-probs stay in memory (tests, small vocabularies).
     """
     wins = windows(token_ids, seqlen, max_windows)
-    if path is not None:
+    if path is None:
+        return _compute(model, wins, set_name, seqlen, max_windows, None, key, batch_size, progress)
+    from filelock import FileLock
+
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(path) + ".lock"):  # runs sharing a cache build it once (two writers of one memmap: SIGBUS)
         ref = open_reference(Path(path), wins, set_name, seqlen, max_windows, key)
-        if ref is not None:
-            return ref
+        return ref or _compute(model, wins, set_name, seqlen, max_windows, Path(path), key, batch_size, progress)
+
+
+def _compute(model: torch.nn.Module, wins: torch.Tensor, set_name: str, seqlen: int, max_windows: int | None,
+             path: Path | None, key: str, batch_size: int, progress: bool) -> BaseReference:
+    """One forward per batch of windows: log-probs (memory-mapped at `path`'s temp file), top-1 and NLL."""
     n, vocab = len(wins), None
     logprobs, top1 = None, np.empty((n, seqlen - 1), dtype=np.int64)
     tmp = None if path is None else Path(path).with_suffix(".tmp.npy")
@@ -127,7 +136,6 @@ def build_reference(
             if tmp is None:
                 logprobs = np.empty(shape, dtype=np.float32)
             else:
-                tmp.parent.mkdir(parents=True, exist_ok=True)
                 logprobs = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=shape)
         logprobs[start:start + len(batch)] = torch.log_softmax(logits, dim=-1).cpu().numpy()
         top1[start:start + len(batch)] = logits.argmax(-1).cpu().numpy()
@@ -147,24 +155,37 @@ def _write(ref: BaseReference, path: Path, tmp: Path, key: str) -> None:
     np.save(path.with_suffix(".top1.npy"), ref.top1)
     meta = {"format_version": FORMAT_VERSION, "key": key, "set": ref.set_name, "seqlen": ref.seqlen,
             "max_windows": ref.max_windows, "windows_sha256": _windows_sha(ref.windows), "nll": ref.nll,
-            "shape": list(ref.logprobs.shape), "sha256": file_sha256(path)}
-    path.with_suffix(".json").write_text(json.dumps(meta, indent=2) + "\n")
+            "shape": list(ref.logprobs.shape), "sha256": file_sha256(path),
+            "top1_sha256": file_sha256(path.with_suffix(".top1.npy"))}
+    path.with_suffix(".json").write_text(json.dumps({**meta, "meta_sha256": _meta_sha(meta)}, indent=2) + "\n")
     ref.logprobs = np.load(path, mmap_mode="r")
 
 
 def open_reference(path: Path, wins: torch.Tensor, set_name: str, seqlen: int, max_windows: int | None,
                    key: str = "") -> BaseReference | None:
-    """A stored reference when it matches (key, set, windows) and its log-prob file's sha256; else None."""
-    meta_file = path.with_suffix(".json")
-    if not (meta_file.is_file() and path.is_file()):
+    """A stored reference when it matches (key, set, windows) and its files and metadata are intact (their
+    sha256s, and the metadata's own); else None, and the caller rebuilds it."""
+    meta_file, top1_file = path.with_suffix(".json"), path.with_suffix(".top1.npy")
+    if not (meta_file.is_file() and path.is_file() and top1_file.is_file()):
         return None
-    meta = json.loads(meta_file.read_text())
+    try:
+        meta = json.loads(meta_file.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError):
+        return None
     want = {"format_version": FORMAT_VERSION, "key": key, "set": set_name, "seqlen": seqlen,
             "max_windows": max_windows, "windows_sha256": _windows_sha(wins)}
-    if any(meta.get(k) != v for k, v in want.items()) or file_sha256(path) != meta.get("sha256"):
+    if not isinstance(meta, dict) or any(meta.get(k) != v for k, v in want.items()):
+        return None
+    fields = {k: v for k, v in meta.items() if k != "meta_sha256"}
+    if meta.get("meta_sha256") != _meta_sha(fields) or file_sha256(path) != meta.get("sha256") \
+            or file_sha256(top1_file) != meta.get("top1_sha256"):
         return None
     return BaseReference(set_name, seqlen, max_windows, wins, np.load(path, mmap_mode="r"),
-                         np.load(path.with_suffix(".top1.npy")), float(meta["nll"]))
+                         np.load(top1_file), float(meta["nll"]))
+
+
+def _meta_sha(meta: dict) -> str:
+    return hashlib.sha256(json.dumps(meta, sort_keys=True).encode()).hexdigest()
 
 
 def token_kl(base_logprobs: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
