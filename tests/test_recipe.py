@@ -171,6 +171,7 @@ BAD = {
     "gptq damp nan": (_quant({"method": "gptq", "damp": math.nan}), "quantize[0].damp: expected a finite"),
     "bits list in list": (_quant({"method": "absmax", "w_bits": [[8]]}), "quantize[0].w_bits: expected a number"),
     "too many settings": (_quant({"method": "absmax", "w_bits": [8] * 65}), "a bits list must have 1 to 64"),
+    "absmax W16A16": (_quant({"method": "absmax", "w_bits": [8, 16], "a_bits": 16}), "w_bits 16 with a_bits 16 quantizes nothing"),
     # PTQ of natively low-bit models is refused
     "PTQ of bitnet_b158": (_set("quantize", 0, "models", ["bitnet_b158"]),
                            "quantize[0].models: 'bitnet_b158' is a BitNet b1.58 model"),
