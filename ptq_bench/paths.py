@@ -74,4 +74,4 @@ def check_paths(recipe: Any, data_dir: Path | None) -> None:
     """The output and cache folders of `recipe` are usable (see `check_folder`); called by `run`
     after `validate`'s checks and before anything is written."""
     check_folder(str(recipe.out_dir), "output_dir", data_dir)
-    check_folder(recipe.cache_dir, "cache_dir", data_dir)
+    check_folder(str(recipe.cache_path), "cache_dir", data_dir)

@@ -188,7 +188,12 @@ class Recipe:
 
     @property
     def out_dir(self) -> Path:
-        return Path(self.output_dir or f"runs/{self.name}")
+        """The results folder (`~` expanded, as the checks before writing expand it)."""
+        return Path(self.output_dir or f"runs/{self.name}").expanduser()
+
+    @property
+    def cache_path(self) -> Path:
+        return Path(self.cache_dir).expanduser()
 
     def digest(self) -> str:
         """A hash of what changes results (key order, formatting and NOT_IN_DIGEST fields do not matter)."""

@@ -165,7 +165,7 @@ def prepare(recipe: Recipe, recipe_text: str) -> Sweep:
     cells = expand_cells(recipe)
     hashes = data_hashes(data_dir, recipe)
     device = pick_device(recipe.device) if recipe.executor.kind == "local" else recipe.device  # Ray: each task picks
-    ctx = Context(recipe, data_dir, Path(recipe.cache_dir), device, hashes)
+    ctx = Context(recipe, data_dir, recipe.cache_path, device, hashes)
     out = recipe.out_dir
     base = {"recipe_name": recipe.name, "recipe": to_dict(recipe), "recipe_text": recipe_text, "seed": recipe.seed,
             "data_dir": str(data_dir), "data_sha256": hashes}

@@ -295,6 +295,18 @@ def test_run_refuses_bad_folders_before_writing(tmp_path, capsys, case):
     assert detail in err
 
 
+@pytest.mark.parametrize("key", ["output_dir", "cache_dir"])
+def test_home_in_folders_is_expanded_where_files_are_written(tmp_path, capsys, monkeypatch, key):
+    """`~` was expanded by the checks before writing but not by the writing: results went to ./~/..., and
+    a `~` path into the data folder passed the data-folder guard."""
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    path = write(tmp_path, lambda r: r.update({key: "~/x"}))
+    r = load_recipe(path)
+    assert (r.out_dir if key == "output_dir" else r.cache_path) == tmp_path / "home" / "x"
+    monkeypatch.setenv("HOME", str(DATA))
+    assert "data folder" in assert_refused(path, capsys, f"{key}: ", commands=("run",))
+
+
 def test_run_refuses_unwritable_folder(tmp_path, capsys):
     if os.geteuid() == 0:
         pytest.skip("root can write anywhere")
