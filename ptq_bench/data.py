@@ -52,6 +52,32 @@ def read_jsonl(path: Path) -> Iterator[dict]:
                 yield json.loads(line)
 
 
+TEXT_FILES = frozenset((*TRAIN_FILES, CALIBRATION_FILE, *PPL_FILES.values()))  # rows read for their "text"
+
+
+def check_jsonl(data_dir: Path, rel: str) -> None:
+    """A data file is JSON lines, each an object (a `text` string in TEXT_FILES), and not empty: checked
+    before a run writes anything, so a damaged file is one line naming it rather than a traceback later."""
+    path, rows, lineno = data_file(data_dir, rel), 0, 0
+    want = ' with a "text" string' if rel in TEXT_FILES else ""
+    opener = gzip.open if path.suffix == ".gz" else open
+    try:
+        with opener(path, "rt", encoding="utf-8") as fh:
+            for lineno, line in enumerate(fh, 1):
+                if line.strip():
+                    row, rows = json.loads(line), rows + 1
+                    if not isinstance(row, dict) or (want and not isinstance(row.get("text"), str)):
+                        raise DataError(f"{path}:{lineno}: expected a JSON object{want}")
+    except UnicodeDecodeError:  # raised on a read-ahead chunk: no reliable line number
+        raise DataError(f"{path}: not UTF-8 text") from None
+    except ValueError:
+        raise DataError(f"{path}:{lineno}: not JSON lines") from None
+    except (OSError, EOFError) as exc:
+        raise DataError(f"{path}: unreadable ({type(exc).__name__}: {exc})") from None
+    if rows == 0:
+        raise DataError(f"{path}: holds no rows")
+
+
 def train_documents(data_dir: Path) -> list[str]:
     """The training corpus, in a fixed order: every model of a matched pair sees exactly this."""
     docs: list[str] = []

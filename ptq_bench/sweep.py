@@ -28,7 +28,6 @@ from ptq_bench.cells import refuse_loaded
 from ptq_bench.console import log
 from ptq_bench.data import (
     CALIBRATION_FILE,
-    PPL_FILES,
     TRAIN_FILES,
     calibration_documents,
     data_file,
@@ -49,7 +48,7 @@ from ptq_bench.prepare import (
     model_key,
     pick_device,
 )
-from ptq_bench.recipe import Cell, Recipe, calib_seed, expand_cells, source_info, to_dict
+from ptq_bench.recipe import Cell, Recipe, calib_seed, expand_cells, required_data_files, source_info, to_dict
 from ptq_bench.results import Row, append_row, close_run, open_run, run_lock, write_manifest
 from ptq_bench.tokens import cached_array, calibration_windows, encode_stream
 
@@ -72,12 +71,8 @@ def method_version(method: str) -> int | None:
 
 
 def data_hashes(data_dir: Path, recipe: Recipe) -> dict[str, str]:
-    files = list(TRAIN_FILES) + [PPL_FILES[s] for s in recipe.eval.perplexity.sets]
-    from ptq_bench.eval.harness import TASKS
-
-    for task in recipe.eval.tasks:
-        files.extend(TASKS[task].data_files.values())
-    return {f: file_sha256(data_file(data_dir, f)) for f in dict.fromkeys(files)}
+    """sha256 of every data file the recipe reads (`paths.check_data` checked them before the run began)."""
+    return {f: file_sha256(data_file(data_dir, f)) for f in required_data_files(recipe)}
 
 
 def check_sources(recipe: Recipe, manifest: dict[str, Any], rows: list[Row]) -> None:

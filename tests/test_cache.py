@@ -11,6 +11,7 @@ import pytest
 from smoke_ref import cli, reference, workspace
 
 from ptq_bench.cache import ensure, problem
+from ptq_bench.errors import DataError
 from ptq_bench.data import PPL_FILES, TRAIN_FILES, data_file, resolve_data_dir, train_documents
 from ptq_bench.prepare import Context, get_model, get_tokenizer
 from ptq_bench.recipe import load_recipe
@@ -178,3 +179,7 @@ def test_an_edited_perplexity_file_is_tokenized_again(ref, tmp_path):
     whole, half = ids(lines), ids(lines[len(lines) // 2:])
     fresh = Evaluator(spec, data, tmp_path / "fresh-cache", tok, tok_key).ppl_ids["wikitext2"]
     assert len(half) < len(whole) and np.array_equal(half, fresh)
+
+    (data / PPL_FILES["wikitext2"]).write_text('{"text": "a few words"}\n')
+    with pytest.raises(DataError, match=r"wikitext2/test.jsonl holds \d+ tokens, not one window of seq_len 64"):
+        Evaluator(spec, data, cache, tok, tok_key)  # a traceback from the window cutter before

@@ -3,6 +3,7 @@ issue 9 found accepted or crashing (table BAD / BAD_TEXT / BAD_FOLDERS below).""
 
 from __future__ import annotations
 
+import gzip
 import json
 import math
 import os
@@ -305,6 +306,43 @@ def test_home_in_folders_is_expanded_where_files_are_written(tmp_path, capsys, m
     assert (r.out_dir if key == "output_dir" else r.cache_path) == tmp_path / "home" / "x"
     monkeypatch.setenv("HOME", str(DATA))
     assert "data folder" in assert_refused(path, capsys, f"{key}: ", commands=("run",))
+
+
+def _damaged_data(tmp_path: Path, rel: str, damage) -> Path:
+    """A data folder of links to the real files, but `rel` a damaged copy (`damage` gets its text's bytes
+    and returns the file's bytes: compressed ones for a .gz)."""
+    folder = tmp_path / "data"
+    for f in DATA.rglob("*"):
+        if f.is_file():
+            (folder / f.relative_to(DATA)).parent.mkdir(parents=True, exist_ok=True)
+            (folder / f.relative_to(DATA)).symlink_to(f)
+    target = folder / rel
+    target.unlink()
+    opener = gzip.open if rel.endswith(".gz") else open
+    with opener(DATA / rel, "rb") as fh:
+        target.write_bytes(damage(fh.read()))
+    return folder
+
+
+BAD_DATA = {  # (file, damage, message): a traceback in `run` before, after its manifest was written
+    "broken JSON line": ("wikitext2/test.jsonl", lambda b: b.replace(b"}\n", b"\n", 1), "wikitext2/test.jsonl:1: not JSON lines"),
+    "row without text": ("wikitext2/test.jsonl", lambda b: b'{"txt": "a"}\n' + b, 'test.jsonl:1: expected a JSON object with a "text" string'),
+    "not UTF-8": ("wikitext2/test.jsonl", lambda b: b'{"text": "a"}\n\xff\xfe\n', "wikitext2/test.jsonl: not UTF-8 text"),
+    "task line broken": ("piqa/validation.jsonl", lambda b: b + b"{oops\n", "piqa/validation.jsonl:1839: not JSON lines"),
+    "empty task file": ("piqa/validation.jsonl", lambda b: b"", "piqa/validation.jsonl: holds no rows"),
+    "task row not an object": ("piqa/validation.jsonl", lambda b: b"[1, 2]\n", "validation.jsonl:1: expected a JSON object"),
+    "gzip cut short": ("train_corpus/c4_en_train_shard00000_head.jsonl.gz", lambda b: gzip.compress(b)[:5000],
+                       "c4_en_train_shard00000_head.jsonl.gz: unreadable (EOFError"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_DATA))
+def test_run_refuses_damaged_data_before_writing(tmp_path, capsys, case):
+    rel, damage, needle = BAD_DATA[case]
+    data = _damaged_data(tmp_path, rel, damage)
+    path = write(tmp_path, lambda r: (r.update(data_dir=str(data), output_dir=str(tmp_path / "out")),
+                                      r["eval"].update(tasks=["piqa"])))
+    assert needle in assert_refused(path, capsys, "ptq-bench: error: ")  # validate and run
 
 
 def test_run_refuses_unwritable_folder(tmp_path, capsys):

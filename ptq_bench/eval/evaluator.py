@@ -33,6 +33,7 @@ class Evaluator:
 
     def __init__(self, spec: Any, data_dir: Path, cache: Path, tokenizer: Any, tok_key: str):
         from ptq_bench.data import PPL_FILES, data_file, perplexity_text
+        from ptq_bench.errors import DataError
         from ptq_bench.eval.harness import TaskSuite
         from ptq_bench.tokens import cached_array
 
@@ -47,6 +48,9 @@ class Evaluator:
                 lambda n=name: np.asarray(tokenizer(perplexity_text(n, data_dir), add_special_tokens=False)
                                           ["input_ids"], np.int32),
                 [data_file(data_dir, PPL_FILES[name])])
+            if len(self.ppl_ids[name]) < spec.perplexity.seq_len:  # a short or mostly empty file
+                raise DataError(f"eval.perplexity: {data_file(data_dir, PPL_FILES[name])} holds "
+                                f"{len(self.ppl_ids[name])} tokens, not one window of seq_len {spec.perplexity.seq_len}")
         self.suite = TaskSuite.of(spec, data_dir, tokenizer) if spec.tasks else None
 
     def provenance(self) -> dict[str, Any]:
