@@ -63,7 +63,7 @@ def problem(path: Path) -> str | None:
         side = sidecar(path)
         if not side.is_file():
             return f"has no {side.name} (written last: the artefact is incomplete)"
-        if side.read_text(encoding="utf-8").strip() != file_sha256(path):
+        if side.read_bytes().strip() != file_sha256(path).encode():  # any bytes, UTF-8 or not
             return f"does not match {side.name}"
         return None
     return MISSING

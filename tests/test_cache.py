@@ -59,6 +59,9 @@ def test_ensure_writes_the_checksum_last_and_detects_damage(tmp_path):
     ensure(path, lambda tmp: np.save(tmp, np.arange(5)), "array")
     _garble(path)
     assert problem(path) == "does not match a.npy.sha256"
+    ensure(path, lambda tmp: np.save(tmp, np.arange(5)), "array")
+    path.with_name("a.npy.sha256").write_bytes(b"\xff\xfe")  # not UTF-8: a rebuild, not a traceback
+    assert problem(path) == "does not match a.npy.sha256"
 
 
 @pytest.mark.parametrize("damage", [_truncate, _garble], ids=["truncated", "garbled_same_size"])
