@@ -250,7 +250,8 @@ def load_recipe(path: str | Path) -> Recipe:
     if not isinstance(raw, dict):
         raise RecipeError(f"{short(str(path), 120)[1:-1]}: a recipe is a YAML mapping")
     raw = dict(raw)
-    quant_raw = raw.pop("quantize", None) or []
+    quant_raw = raw.pop("quantize", None)
+    quant_raw = [] if quant_raw is None else quant_raw  # `quantize:` left empty; {} or false is not a list
     if not isinstance(quant_raw, list):
         raise RecipeError("quantize: expected a list of entries")
     if not raw.get("models"):
