@@ -4,7 +4,6 @@ calibration seed (`expand_cells`), each with the lm-eval tasks it runs."""
 from __future__ import annotations
 
 import dataclasses
-import json
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -166,8 +165,8 @@ def expand_cells(recipe: Recipe) -> list[Cell]:
             cells.extend(Cell(name, q.method, cfg, s, tasks) for name in names for s in seeds)
     seen: set[tuple] = set()
     unique = []
-    for c in cells:  # the same setting listed twice runs once
-        key = (c.model, c.method, json.dumps(c.config_dict(), sort_keys=True), c.calib_seed)
+    for c in cells:  # the same setting listed twice runs once (configs compare by value: w_bits 8 == 8.0)
+        key = (c.model, c.method, c.config, c.calib_seed)
         if key not in seen:
             seen.add(key)
             unique.append(c)

@@ -11,8 +11,8 @@ import pytest
 from smoke_ref import cli, reference, workspace
 
 from ptq_bench.cache import ensure, problem
-from ptq_bench.errors import DataError
 from ptq_bench.data import PPL_FILES, TRAIN_FILES, data_file, resolve_data_dir, train_documents
+from ptq_bench.errors import DataError
 from ptq_bench.prepare import Context, get_model, get_tokenizer
 from ptq_bench.recipe import load_recipe
 from ptq_bench.results import read_rows

@@ -265,6 +265,16 @@ def test_alias_bombs_fail_fast(tmp_path, capsys, where):
     assert_refused(_text(tmp_path, _bomb() + "\nname: x\n" + where + "\n"), capsys, "YAML aliases")
 
 
+def test_a_setting_written_out_and_its_defaults_are_one_cell(tmp_path):
+    """`{method: absmax}` and `{method: absmax, w_bits: 8, a_bits: 16}` are the same setting (8 read as 8.0):
+    it ran twice and the table showed two identical rows."""
+    def mutate(r):
+        r["quantize"] = [{"method": "absmax"}, {"method": "absmax", "w_bits": 8, "a_bits": 16},
+                         {"method": "gptq"}, {"method": "gptq", "w_bits": 4.0, "group_size": 128}]
+    cells = [c for c in expand_cells(load_recipe(write(tmp_path, mutate))) if c.method != "none"]
+    assert [(c.model, c.method) for c in cells] == [("fp16", "absmax"), ("fp16", "gptq")]
+
+
 def test_small_aliases_still_work(tmp_path):
     text = SMOKE_TEXT.replace("  fp16: {kind: fp16}", "  fp16: &m {kind: fp16}\n  fp16b: *m")
     assert [c.model for c in expand_cells(load_recipe(_text(tmp_path, text)))].count("fp16b") == 5
