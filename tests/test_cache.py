@@ -186,3 +186,7 @@ def test_an_edited_perplexity_file_is_tokenized_again(ref, tmp_path):
     (data / PPL_FILES["wikitext2"]).write_text('{"text": "a few words"}\n')
     with pytest.raises(DataError, match=r"wikitext2/test.jsonl holds \d+ tokens, not one window of seq_len 64"):
         Evaluator(spec, data, cache, tok, tok_key)  # a traceback from the window cutter before
+    (data / PPL_FILES["wikitext2"]).write_text("".join(lines))
+    many = dataclasses.replace(spec, perplexity=dataclasses.replace(spec.perplexity, max_windows=10**6))
+    with pytest.raises(DataError, match=r"max_windows: 1000000 is more than the \d+ windows of 64 tokens in wikitext2"):
+        Evaluator(many, data, cache, tok, tok_key)  # its rows were named first1000000win

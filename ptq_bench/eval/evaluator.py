@@ -33,7 +33,6 @@ class Evaluator:
 
     def __init__(self, spec: Any, data_dir: Path, cache: Path, tokenizer: Any, tok_key: str):
         from ptq_bench.data import PPL_FILES, data_file, perplexity_text
-        from ptq_bench.errors import DataError
         from ptq_bench.eval.harness import TaskSuite
         from ptq_bench.tokens import cached_array
 
@@ -48,9 +47,7 @@ class Evaluator:
                 lambda n=name: np.asarray(tokenizer(perplexity_text(n, data_dir), add_special_tokens=False)
                                           ["input_ids"], np.int32),
                 [data_file(data_dir, PPL_FILES[name])])
-            if len(self.ppl_ids[name]) < spec.perplexity.seq_len:  # a short or mostly empty file
-                raise DataError(f"eval.perplexity: {data_file(data_dir, PPL_FILES[name])} holds "
-                                f"{len(self.ppl_ids[name])} tokens, not one window of seq_len {spec.perplexity.seq_len}")
+            _check_windows(spec.perplexity, name, len(self.ppl_ids[name]), data_file(data_dir, PPL_FILES[name]))
         self.suite = TaskSuite.of(spec, data_dir, tokenizer) if spec.tasks else None
 
     def provenance(self) -> dict[str, Any]:
@@ -125,6 +122,19 @@ class Evaluator:
             with torch.no_grad():
                 metrics.update(self.suite.evaluate(model, only=tasks))
         return metrics
+
+
+def _check_windows(p: Any, name: str, n_tokens: int, file: Path) -> None:
+    """The set holds at least one window, and as many as `max_windows` names (`first<K>win` would
+    otherwise name a subset that is the whole set)."""
+    from ptq_bench.errors import DataError
+
+    n = n_tokens // p.seq_len
+    if n == 0:  # a short or mostly empty file
+        raise DataError(f"eval.perplexity: {file} holds {n_tokens} tokens, not one window of seq_len {p.seq_len}")
+    if p.max_windows is not None and p.max_windows > n:
+        raise DataError(f"eval.perplexity.max_windows: {p.max_windows} is more than the {n} windows of {p.seq_len} "
+                        f"tokens in {name}; leave it unset for the whole set")
 
 
 def _long(ids: np.ndarray) -> Any:
