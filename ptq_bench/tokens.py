@@ -11,8 +11,13 @@ import numpy as np
 
 def encode_stream(tokenizer: Any, docs: list[str]) -> np.ndarray:
     """Documents joined with EOS into one id stream (int32)."""
-    ids = tokenizer(docs, add_special_tokens=False)["input_ids"]
     eos = tokenizer.eos_token_id
+    if eos is None:
+        from ptq_bench.errors import DataError
+
+        raise DataError(f"the tokenizer ({type(tokenizer).__name__}) has no EOS token, which separates the documents "
+                        "of the training and calibration streams; give the checkpoint's tokenizer an eos_token")
+    ids = tokenizer(docs, add_special_tokens=False)["input_ids"]
     out = []
     for d in ids:
         out.extend(d)

@@ -190,3 +190,11 @@ def test_an_edited_perplexity_file_is_tokenized_again(ref, tmp_path):
     many = dataclasses.replace(spec, perplexity=dataclasses.replace(spec.perplexity, max_windows=10**6))
     with pytest.raises(DataError, match=r"max_windows: 1000000 is more than the \d+ windows of 64 tokens in wikitext2"):
         Evaluator(many, data, cache, tok, tok_key)  # its rows were named first1000000win
+
+
+def test_a_tokenizer_without_eos_is_one_line():
+    """A `source:` tokenizer without an EOS token: a TypeError traceback at the first calibrated cell before."""
+    from types import SimpleNamespace
+
+    with pytest.raises(DataError, match="has no EOS token"):
+        encode_stream(SimpleNamespace(eos_token_id=None), ["a", "b"])
