@@ -10,13 +10,17 @@ from typing import Any
 
 def _validate(args: argparse.Namespace) -> int:
     from ptq_bench.paths import check_data
-    from ptq_bench.recipe import expand_cells, load_recipe
+    from ptq_bench.recipe import expand_cells, load_recipe, source_info
 
     recipe = load_recipe(args.recipe)
     data_dir = check_data(recipe)  # every data file the recipe needs exists
     cells = expand_cells(recipe)
     n_models, n_cells = len(recipe.models), len(cells)
     print(f"{args.recipe}: OK ({n_models} model{'s' * (n_models != 1)}, {n_cells} cell{'s' * (n_cells != 1)}, data {data_dir})")
+    for name, spec in recipe.models.items():  # what validate could not check (a hub id not downloaded yet)
+        note = source_info(recipe, name).note if spec.source is not None else ""
+        if note.startswith("hub id"):
+            print(f"  models.{name}.source: {note}")
     return 0
 
 

@@ -259,7 +259,20 @@ def load_recipe(path: str | Path) -> Recipe:
     recipe = from_dict(Recipe, raw)
     recipe = dataclasses.replace(recipe, quantize=[_parse_quant(q, i) for i, q in enumerate(quant_raw)])
     check_recipe(recipe)
+    _refuse_paths_read_as_hub_ids(recipe, path.resolve().parent)
     return recipe
+
+
+def _refuse_paths_read_as_hub_ids(recipe: Recipe, recipe_dir: Path) -> None:
+    """A relative `source:` path is read from the current folder; from another folder, `ckpt/model` would be
+    taken for a hub id and downloaded (another model, or none) although the recipe's folder holds it."""
+    for name, spec in recipe.models.items():
+        if spec.source is None or Path(spec.source).expanduser().exists() or not (recipe_dir / spec.source).exists():
+            continue
+        if source_info(recipe, name).form == "hub":
+            raise RecipeError(f"models.{name}.source: {short(spec.source)} is not in the current folder ({Path.cwd()}) "
+                              f"but is beside the recipe; relative paths are read from the current folder: run from "
+                              "there or give an absolute path")
 
 
 # ----------------------------------------------------------------------------------------------

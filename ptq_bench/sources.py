@@ -109,6 +109,8 @@ def inspect_source(source: str, key: str = "source") -> SourceInfo:
     if p.is_dir():
         return _inspect_dir(source, p, key)
     if HUB_ID.match(source) and not source.startswith(".") and not source.endswith(".gguf"):
+        if Path(source.split("/")[0]).is_dir():  # a path into a local folder, not a hub id to download
+            raise RecipeError(f"{key}: {short(source)} does not exist (its folder {short(source.split('/')[0])} does)")
         return _inspect_hub(source, key)
     raise RecipeError(f"{key}: {short(source)} does not exist; a source is a checkpoint folder, a .gguf file, a packaged "
                       f"model ({', '.join(PACKAGED)}) or a hub id org/name")

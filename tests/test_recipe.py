@@ -397,6 +397,25 @@ def test_offload_of_a_checkpoint_without_safetensors_is_refused_before_anything_
     assert "offload reads safetensors checkpoints only" in assert_refused(path, capsys, "models.m.source: ")
 
 
+def test_relative_source_paths_are_not_taken_for_hub_ids(tmp_path, capsys, monkeypatch):
+    """`ckpt/model` matches a hub id's form: read from another folder it was taken for one (downloaded at run
+    time: another model, or none) without a word from validate."""
+    (tmp_path / "ck").mkdir()
+    _source(tmp_path / "ck", {"max_position_embeddings": 128})  # tmp/ck/ckpt, beside the recipe
+    path = write(tmp_path, lambda r: r["models"].update(fp16={"source": "ck/ckpt"}))
+    monkeypatch.chdir(tmp_path)
+    assert main(["validate", str(path)]) == 0  # read from here: the folder
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    assert "is not in the current folder" in assert_refused(path, capsys, "models.fp16.source: 'ck/ckpt'")
+    monkeypatch.chdir(tmp_path)
+    missing = write(tmp_path, lambda r: r["models"].update(fp16={"source": "ck/other"}))
+    assert "does not exist (its folder 'ck' does)" in assert_refused(missing, capsys, "models.fp16.source: ")
+    hub = write(tmp_path, lambda r: r["models"].update(fp16={"source": "nobody-here/not-a-model"}))
+    assert main(["validate", str(hub)]) == 0
+    assert "models.fp16.source: hub id 'nobody-here/not-a-model' is not in the local hub cache" in capsys.readouterr().out
+
+
 def test_source_bitnet_checkpoint_is_not_quantized(tmp_path, capsys):
     src = _source(tmp_path, {"max_position_embeddings": 128, "quantization_config": {"quant_method": "bitnet"}})
 
