@@ -24,7 +24,7 @@ import sys
 import time
 import types
 import typing
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -314,11 +314,13 @@ def _refuse_changed_data(run_dir: Path, manifest: dict[str, Any], base: dict[str
                                 f"now {new[rel][:12]}...); set a different output_dir")
 
 
-def open_run(run_dir: Path, recipe_hash: str, base: dict[str, Any]) -> tuple[dict[str, Any], list[Row]]:
+def open_run(run_dir: Path, recipe_hash: str, base: dict[str, Any],
+             check: Callable[[dict[str, Any], list[Row]], None] | None = None) -> tuple[dict[str, Any], list[Row]]:
     """Reopen (or create) a run folder for `recipe_hash`, under `run_lock`: (manifest, stored rows).
 
     Refused, with the folder untouched, when it holds another recipe's manifest or rows or a damaged
-    line; a torn tail is then cut (and kept aside) before anything is appended."""
+    line, or when `check(manifest, rows)` raises (it may add to the manifest); a torn tail is then cut
+    (and kept aside) before anything is appended, and the manifest written with this invocation."""
     run_dir.mkdir(parents=True, exist_ok=True)
     manifest = load_manifest(run_dir, strict=True)
     _refuse_foreign(run_dir, recipe_hash, manifest)
@@ -330,15 +332,18 @@ def open_run(run_dir: Path, recipe_hash: str, base: dict[str, Any]) -> tuple[dic
 
         log(f"{run_dir / RESULTS}: cut a torn last line (a killed write), kept in {aside.name}; "
             "that cell is recomputed")
+    rows = load_rows(run_dir, strict=True)
     if manifest is None:
         manifest = {**base, "recipe_hash": recipe_hash, "invocations": []}
+    if check is not None:
+        check(manifest, rows)
     manifest.update({k: base[k] for k in ("recipe_name", "recipe", "recipe_text") if k in base})  # the latest
     manifest["invocations"].append(
         {"started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "git": git_hash(), "versions": package_versions(),
          "hardware": hardware(), "pid": os.getpid()}
     )
     write_manifest(run_dir, manifest)
-    return manifest, load_rows(run_dir, strict=True)
+    return manifest, rows
 
 
 def close_run(run_dir: Path, manifest: dict[str, Any], wall_s: float, cells_run: int) -> None:

@@ -164,9 +164,7 @@ def prepare(recipe: Recipe, recipe_text: str) -> Sweep:
     out = recipe.out_dir
     base = {"recipe_name": recipe.name, "recipe": to_dict(recipe), "recipe_text": recipe_text, "seed": recipe.seed,
             "data_dir": str(data_dir), "data_sha256": hashes}
-    manifest, rows = open_run(out, recipe.digest(), base)
-    check_sources(recipe, manifest, rows)
-    write_manifest(out, manifest)
+    manifest, rows = open_run(out, recipe.digest(), base, check=lambda m, r: check_sources(recipe, m, r))
     torch.manual_seed(recipe.seed)
     trains = any(spec.source is None for spec in recipe.models.values())  # all from `source:`: no BPE to train
     tokenizer, tok_key = get_tokenizer(ctx) if trains else (None, "")

@@ -204,3 +204,15 @@ def test_a_refused_first_run_does_not_block_the_mended_checkpoint(tmp_path, toke
     (src / "model.safetensors").write_bytes(good)
     assert main(["run", str(path)]) == 0
     assert [r.label for r in load_rows(tmp_path / "out", strict=True)] == ["none", "absmax W4A16"]
+
+
+def test_a_refused_run_leaves_the_manifest_as_it_was(tmp_path, tokenizer_dir, capsys):
+    """The replaced-checkpoint refusal used to come after the manifest was rewritten with a new invocation."""
+    src = checkpoint(tmp_path, "llama", tokenizer_dir)
+    path = recipe(tmp_path, {"m": {"source": str(src)}}, [])
+    assert main(["run", str(path)]) == 0
+    manifest = (tmp_path / "out" / "manifest.json").read_bytes()
+    _replace_weights(src, checkpoint(tmp_path, "llama", tokenizer_dir, seed=1))
+    assert main(["run", str(path)]) == 2
+    assert "changed since this run folder's rows" in capsys.readouterr().err
+    assert (tmp_path / "out" / "manifest.json").read_bytes() == manifest
