@@ -34,6 +34,7 @@ from ptq_bench.errors import PtqBenchError
 
 RESULTS = "results.jsonl"
 MANIFEST = "manifest.json"
+CURVES = "curves"  # one training-curve JSON per trained model
 LOCK = ".lock"
 LOCK_OWNER = ".lock.owner"  # JSON {pid, host, started} of the run holding LOCK
 SCHEMA_VERSION = 2  # of Row; bump when a field changes meaning, and teach Row.from_dict the old form
@@ -108,7 +109,17 @@ class Row:
                 raise ValueError(f"missing key '{name}'")
             if name in data and not _is(data[name], hints[name]):
                 raise ValueError(f"'{name}' is not {hints[name]}")
+        for name, keys in NUMBERS_IN.items():  # what tables turn into numbers
+            values = data.get(name) or {}
+            for key in (values if keys is None else [k for k in keys if k in values]):
+                if not _is(values[key], float):
+                    raise ValueError(f"'{name}' value {key[:60]!r} is not a number")
         return cls(**data)
+
+
+# numbers inside a row's mappings (None: every value), checked when the row is read
+NUMBERS_IN: dict[str, tuple[str, ...] | None] = {
+    "metrics": None, "untrained_metrics": None, "quant": ("effective_bits", "seconds", "n_linears")}
 
 
 def _is(value: Any, tp: Any) -> bool:
@@ -251,6 +262,19 @@ def hardware() -> dict[str, Any]:
     return info
 
 
+def _str_map(value: Any) -> bool:
+    return isinstance(value, dict) and all(isinstance(v, str) for v in value.values())
+
+
+# fields a run reads back from its manifest, when present: (what they must be, the test)
+MANIFEST_FIELDS: dict[str, tuple[str, Callable[[Any], bool]]] = {
+    "data_sha256": ("an object of sha256 strings", _str_map),
+    "sources": ("an object of file-digest objects", lambda v: isinstance(v, dict) and all(map(_str_map, v.values()))),
+    "eval": ("an object", lambda v: isinstance(v, dict)),
+    "recipe": ("an object", lambda v: isinstance(v, dict)),
+}
+
+
 def _manifest_problem(manifest: Any) -> str | None:
     if not isinstance(manifest, dict):
         return f"not a JSON object (a {type(manifest).__name__})"
@@ -259,6 +283,9 @@ def _manifest_problem(manifest: Any) -> str | None:
     inv = manifest.get("invocations")
     if not isinstance(inv, list) or not all(isinstance(i, dict) for i in inv):
         return "'invocations' is not a list of objects"
+    for key, (what, ok) in MANIFEST_FIELDS.items():
+        if key in manifest and not ok(manifest[key]):
+            return f"'{key}' is not {what}"
     return None
 
 
@@ -322,6 +349,10 @@ def open_run(run_dir: Path, recipe_hash: str, base: dict[str, Any],
     line, or when `check(manifest, rows)` raises (it may add to the manifest); a torn tail is then cut
     (and kept aside) before anything is appended, and the manifest written with this invocation."""
     run_dir.mkdir(parents=True, exist_ok=True)
+    for name, kind in ((MANIFEST, "file"), (RESULTS, "file"), (CURVES, "folder")):
+        entry = run_dir / name
+        if entry.exists() and entry.is_dir() != (kind == "folder"):
+            raise PtqBenchError(f"{entry}: not a {kind}; move it aside")
     manifest = load_manifest(run_dir, strict=True)
     _refuse_foreign(run_dir, recipe_hash, manifest)
     if manifest is not None:

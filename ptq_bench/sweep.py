@@ -49,7 +49,7 @@ from ptq_bench.prepare import (
     pick_device,
 )
 from ptq_bench.recipe import Cell, Recipe, calib_seed, expand_cells, required_data_files, source_info, to_dict
-from ptq_bench.results import Row, append_row, close_run, open_run, run_lock, write_manifest
+from ptq_bench.results import CURVES, Row, append_row, close_run, open_run, run_lock, write_manifest
 from ptq_bench.tokens import cached_array, calibration_windows, encode_stream
 
 # ----------------------------------------------------------------------------------------------
@@ -339,10 +339,10 @@ def make_row(sw: Sweep, cell: Cell, base: Base, size: dict[str, int], metrics: d
 def _save_curve(out: Path, name: str, kind: str, info: dict) -> None:
     if "curve" not in info:
         return
-    (out / "curves").mkdir(exist_ok=True)
+    (out / CURVES).mkdir(exist_ok=True)
     payload = {"model": name, "kind": kind, "diverged": info.get("diverged", False),
                "schedule": info.get("schedule"), "curve": info["curve"]}
-    (out / "curves" / f"{name}.json").write_text(json.dumps(payload), encoding="utf-8")
+    (out / CURVES / f"{name}.json").write_text(json.dumps(payload), encoding="utf-8")
 
 
 def _print_cell(row: Row) -> None:

@@ -154,6 +154,27 @@ def test_damaged_lines_and_manifest_are_named_and_intact_rows_render(tmp_path):
     assert "manifest.json damaged" in md
 
 
+def test_altered_values_are_named_not_tracebacks(tmp_path):
+    """Intact-looking lines whose values are not what tables read (a metric that is a string, a layout that
+    is a list, a curve that is not points) are skipped and named, as damaged lines are."""
+    rows = _nonfinite_rows()
+    text, bits = dict(rows[1]), dict(rows[2])
+    text["metrics"] = {**text["metrics"], next(iter(text["metrics"])): "abc"}
+    bits["quant"] = {**bits["quant"], "effective_bits": "x"}
+    manifest = {"recipe": {"layout": ["x"]}, "recipe_hash": "h", "invocations": []}
+    d = _run_dir(tmp_path, [rows[0], text, bits, rows[3]], manifest=json.dumps(manifest))
+    (d / "curves").mkdir(exist_ok=True)
+    for name, curve in {"a": {"model": "a", "curve": "abc"}, "b": {"model": "a", "curve": [1, 2]},
+                        "c": {"model": ["x"]}}.items():
+        (d / "curves" / f"{name}.json").write_text(json.dumps(curve))
+    render(d)
+    md = (d / "table.md").read_text(encoding="utf-8")
+    assert "results.jsonl line 2 damaged ('metrics' value" in md and "is not a number" in md
+    assert "results.jsonl line 3 damaged ('quant' value 'effective_bits' is not a number)" in md
+    assert "manifest names layout \"['x']\"" in md
+    assert md.count("- curves/") == 3
+
+
 def test_version_fields_show_when_present(tmp_path):
     rows = _nonfinite_rows()
     rows[0]["method_version"] = 1

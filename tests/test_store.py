@@ -118,6 +118,9 @@ def test_rows_of_another_recipe_are_refused_without_a_manifest(ref, tmp_path):
     ("manifest_list", "manifest.json: damaged manifest (not a JSON object"),
     ("row_list", "results.jsonl:4: damaged row (not a JSON object"),
     ("row_garbage", "results.jsonl:4: damaged row ("),
+    ("manifest_eval_str", "damaged manifest ('eval' is not an object)"),  # an AttributeError before
+    ("manifest_data_sha_str", "damaged manifest ('data_sha256' is not an object of sha256 strings)"),  # check off
+    ("manifest_data_sha_int", "damaged manifest ('data_sha256' is not an object of sha256 strings)"),  # TypeError
 ])
 def test_damage_is_one_line_in_run_and_report_renders_intact_rows(ref, tmp_path, damage, expect):
     recipe, out, _ = workspace(ref, tmp_path, copy_out=True)
@@ -127,6 +130,11 @@ def test_damage_is_one_line_in_run_and_report_renders_intact_rows(ref, tmp_path,
         manifest.write_text(manifest.read_text()[:200])
     elif damage == "manifest_list":
         manifest.write_text("[1, 2]")
+    elif damage.startswith("manifest_"):
+        m = json.loads(manifest.read_text())
+        m.update({"manifest_eval_str": {"eval": "x"}, "manifest_data_sha_str": {"data_sha256": "abc"},
+                  "manifest_data_sha_int": {"data_sha256": dict.fromkeys(m["data_sha256"], 5)}}[damage])
+        manifest.write_text(json.dumps(m))
     else:
         lines.insert(3, "[1, 2]\n" if damage == "row_list" else '{"cell_id": "x", "metr\n')
         results.write_text("".join(lines))
@@ -165,3 +173,17 @@ def test_recipe_hash_ignores_what_changes_no_result(ref, tmp_path):
     proc = cli("run", str(recipe))
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "7 already done, 0 to run" in proc.stdout
+
+
+@pytest.mark.parametrize("entry, make", [("results.jsonl", "dir"), ("manifest.json", "dir"), ("curves", "file")])
+def test_a_run_folder_entry_of_the_wrong_type_is_one_line(tmp_path, entry, make):
+    """A folder where a file belongs (or the reverse): tracebacks before, one after the base cell was computed."""
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / entry).mkdir() if make == "dir" else (out / entry).write_text("x")
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text((ROOT / "recipes" / "smoke.yaml").read_text()
+                      .replace("output_dir: runs/smoke", f"output_dir: {out}\ncache_dir: {tmp_path / 'cache'}"))
+    proc = cli("run", str(recipe))
+    assert proc.returncode == 2 and f"{out / entry}: not a {'folder' if make == 'file' else 'file'}; move it aside" \
+        in _one_line(proc.stderr), proc.stderr[-2000:]

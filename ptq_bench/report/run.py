@@ -37,7 +37,7 @@ class RunData:
 
 
 def load_run(run_dir: Path) -> RunData:
-    from ptq_bench.results import MANIFEST, load_manifest, read_rows, scan_rows
+    from ptq_bench.results import CURVES, MANIFEST, load_manifest, read_rows, scan_rows
 
     run = RunData(Path(run_dir), read_rows(run_dir))  # lenient: damaged lines skipped, superseded rows dropped
     damaged = [(i, problem) for i, row, problem in scan_rows(run.run_dir) if row is None]
@@ -47,13 +47,27 @@ def load_run(run_dir: Path) -> RunData:
     run.manifest = load_manifest(run.run_dir)  # lenient: None when damaged
     if run.manifest is None and (run.run_dir / MANIFEST).is_file():
         run.damage.append(f"- {MANIFEST} damaged: rendered without its layout and provenance.")
-    for f in sorted((run.run_dir / "curves").glob("*.json")):
+    for f in sorted((run.run_dir / CURVES).glob("*.json")):
         try:
-            curve = json.loads(f.read_text(encoding="utf-8"))
+            curve = _checked_curve(json.loads(f.read_text(encoding="utf-8")))
             run.curves[curve.get("model", f.stem)] = curve
-        except (ValueError, OSError, AttributeError) as exc:
-            run.damage.append(f"- curves/{f.name} unreadable ({type(exc).__name__}): skipped.")
+        except (ValueError, OSError) as exc:
+            run.damage.append(f"- curves/{f.name} unreadable ({type(exc).__name__}: {str(exc)[:80]}): skipped.")
     return run
+
+
+def _checked_curve(curve: Any) -> dict[str, Any]:
+    """A curves/<model>.json as `sweep._save_curve` writes it; ValueError says what is not."""
+    if not isinstance(curve, dict):
+        raise ValueError("not a JSON object")
+    if not isinstance(curve.get("model", ""), str) or not isinstance(curve.get("schedule") or {}, dict):
+        raise ValueError("'model' is not a string or 'schedule' not an object")
+    points = curve.get("curve", [])
+    if not isinstance(points, list) or not all(
+            isinstance(p, dict) and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in p.values())
+            for p in points):
+        raise ValueError("'curve' is not a list of points with numbers")
+    return curve
 
 
 def metrics(row: dict[str, Any]) -> dict[str, Any]:

@@ -25,7 +25,7 @@ def chosen_layouts(run: RunData) -> list[Layout]:
     from ptq_bench.report.spread import has_spread
 
     name = run.recipe.get("layout")
-    if name is not None and name not in LAYOUTS:
+    if name is not None and (not isinstance(name, str) or name not in LAYOUTS):
         run.damage.append(f"- manifest names layout {str(name)[:40]!r}, which this version does not know: skipped.")
     extra = LAYOUTS.get(name) if isinstance(name, str) else None
     spread = [SPREAD] if has_spread(run) else []
