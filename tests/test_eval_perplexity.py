@@ -83,3 +83,22 @@ def test_subset_and_batch_size():
     sub = gptq_perplexity(model, ids, seqlen, max_windows=2, progress=False)
     assert sub["n_windows"] == 2 and sub["n_tokens"] == 6
     assert sub["nll"] == pytest.approx(hand_nll(model.table.detach(), ids[:8].tolist(), seqlen)[0], rel=1e-6)
+
+
+class _BosTokenizer:
+    """Characters as ids, with a BOS (id 1) in front when special tokens are added, as Llama's tokenizer does."""
+
+    def __call__(self, text: str, add_special_tokens: bool = True) -> dict:
+        return {"input_ids": [1] * add_special_tokens + [2 + ord(c) % 200 for c in text]}
+
+
+def test_the_stream_is_tokenized_with_the_tokenizers_special_tokens(tmp_path, data_dir):
+    """GPTQ's datautils calls tokenizer(text): a BOS-adding tokenizer starts the stream with BOS, and every
+    window moves by one token. The stream was tokenized without special tokens before (EVAL_VERSION 4)."""
+    from ptq_bench.data import perplexity_text
+    from ptq_bench.eval.evaluator import Evaluator
+
+    perplexity = SimpleNamespace(sets=["wikitext2"], seq_len=64, max_windows=None)
+    ev = Evaluator(SimpleNamespace(perplexity=perplexity, tasks=[]), data_dir, tmp_path, _BosTokenizer(), "bos")
+    ids = ev.ppl_ids["wikitext2"]
+    assert ids[0] == 1 and list(ids) == _BosTokenizer()(perplexity_text("wikitext2", data_dir))["input_ids"]

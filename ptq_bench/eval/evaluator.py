@@ -22,7 +22,10 @@ import numpy as np
 #    quantization, BitNet): their zero-shot numbers move within HFLM's own batch-size spread (fast_lm.py)
 # 3: FastLM cuts its forwards by least padded work (eval/batching.py): other batch mates, so float
 #    summation order (and, for token-local rounding models, a rounding step now and then) changes
-EVAL_VERSION = 3
+# 4: perplexity text is tokenized as GPTQ's datautils tokenizes it, with the tokenizer's own special
+#    tokens (a BOS-adding tokenizer, Llama's or Gemma's, starts the stream with BOS: every window moves by
+#    one token); tokenizers that add none (the toolkit's BPE, SmolLM2's) give the same ids as before
+EVAL_VERSION = 4
 
 
 class Evaluator:
@@ -44,8 +47,7 @@ class Evaluator:
         for name in spec.perplexity.sets:
             self.ppl_ids[name] = cached_array(
                 cache / "tokens" / tok_key / f"ppl_{name}.npy",
-                lambda n=name: np.asarray(tokenizer(perplexity_text(n, data_dir), add_special_tokens=False)
-                                          ["input_ids"], np.int32),
+                lambda n=name: np.asarray(tokenizer(perplexity_text(n, data_dir))["input_ids"], np.int32),
                 [data_file(data_dir, PPL_FILES[name])])
             _check_windows(spec.perplexity, name, len(self.ppl_ids[name]), data_file(data_dir, PPL_FILES[name]))
         self.suite = TaskSuite.of(spec, data_dir, tokenizer) if spec.tasks else None

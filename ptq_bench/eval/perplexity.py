@@ -1,7 +1,9 @@
 """GPTQ-protocol perplexity (IST-DASLab/gptq `llama.py` `llama_eval`, also used by SmoothQuant and QuIP).
 
 The evaluation text is one token stream (`ptq_bench.data.perplexity_text`: WikiText-2 test rows joined
-by "\\n\\n", C4 documents by " "), cut into floor(N / seqlen) non-overlapping windows; the tail is
+by "\\n\\n", C4 documents by " ", tokenized in one call with the tokenizer's own special tokens, as
+`tokenizer(text)` in GPTQ's datautils: a BOS-adding tokenizer puts one BOS at the start of the stream),
+cut into floor(N / seqlen) non-overlapping windows; the tail is
 dropped. Each window is scored on its own (no context carried over): the reference takes
 CrossEntropyLoss over the seqlen - 1 shifted positions of a window (its first token is never
 predicted), multiplies that mean by seqlen, sums over windows and divides by n_windows * seqlen.
