@@ -83,7 +83,8 @@ def load(args: argparse.Namespace):
     from transformers import AutoTokenizer
 
     if not Path(args.model).is_dir():  # a recipe's source (smollm2-135m, a .gguf): as a checkpoint folder in --cache
-        from ptq_bench.sources import inspect_source, load_source
+        from ptq_bench.source_load import load_source
+        from ptq_bench.sources import inspect_source
 
         model, tok, _kind = load_source(inspect_source(args.model), cache_dir=args.cache)
         return model.eval(), tok

@@ -9,7 +9,7 @@ What is compared, on one Hugging Face checkpoint folder (LlamaForCausalLM + toke
 SmolLM2-135M folder converted from its GGUF, `.ptq_cache/sources/gguf-*`):
 
     ptq-bench: `ptq_bench.eval.harness.TaskSuite(tasks, data_dir, tokenizer, limit, backend)` on the model
-               loaded in fp32 by `ptq_bench.sources.load_source` (in-process; backend "fast" = FastLM,
+               loaded in fp32 by `ptq_bench.source_load.load_source` (in-process; backend "fast" = FastLM,
                "hflm" = HFLM wrapped around the in-memory model); with --recipe-run instead: the stored
                metrics of that run's unquantized cell (results.jsonl, method "none"), tasks and limit
                taken from that row (its protocol and its `lm_eval/<task>/...` keys), batch size from the
@@ -148,7 +148,8 @@ def ptq_bench_side(model_dir: Path, tasks: list[str], limit: int, data_dir: Path
     import torch
 
     from ptq_bench.eval.harness import TaskSuite
-    from ptq_bench.sources import inspect_source, load_source
+    from ptq_bench.source_load import load_source
+    from ptq_bench.sources import inspect_source
 
     start = time.perf_counter()
     model, tok, _ = load_source(inspect_source(str(model_dir)), "cpu")

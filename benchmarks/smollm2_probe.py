@@ -96,7 +96,8 @@ def main() -> None:
 
     from ptq_bench.data import perplexity_text, resolve_data_dir
     from ptq_bench.eval.perplexity import gptq_perplexity
-    from ptq_bench.sources import inspect_source, load_source
+    from ptq_bench.source_load import load_source
+    from ptq_bench.sources import inspect_source
 
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
     info, s = timed(lambda: inspect_source("smollm2-135m"))

@@ -352,7 +352,8 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from ptq_bench.data import calibration_documents, perplexity_text, resolve_data_dir
-    from ptq_bench.sources import inspect_source, load_source
+    from ptq_bench.source_load import load_source
+    from ptq_bench.sources import inspect_source
     from ptq_bench.tokens import calibration_windows, encode_stream
 
     torch.set_num_threads(args.threads)

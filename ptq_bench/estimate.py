@@ -101,7 +101,7 @@ def _model(recipe: Recipe, name: str, device: str) -> tuple[Any, int, Any]:
     spec = recipe.models[name]
     if spec.source is not None:
         from ptq_bench.recipe import source_info
-        from ptq_bench.sources import load_source
+        from ptq_bench.source_load import load_source
 
         model, tok, _kind = load_source(source_info(recipe, name), device)
         return model, model.config.vocab_size, tok  # validate refused a source without a tokenizer

@@ -105,7 +105,7 @@ def get_source_model(ctx: Context, name: str) -> tuple[Any, Any, str, dict, Any]
     the checkpoint is (sources.py), a GGUF is converted once into the cache. With the recipe's `offload`
     the model's decoder blocks stay on disk (`blocks`: their `CheckpointBlocks` reader, else None) and
     the rest is on the CPU; otherwise the whole model is on the device."""
-    from ptq_bench.sources import load_source, open_source
+    from ptq_bench.source_load import load_source, open_source
 
     spec, info = ctx.recipe.models[name], source_info(ctx.recipe, name)
     how = "opening (blocks stay on disk)" if ctx.recipe.offload else "loading"

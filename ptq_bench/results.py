@@ -17,9 +17,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import platform
 import socket
-import subprocess
 import sys
 import time
 import types
@@ -31,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from ptq_bench.errors import PtqBenchError
+from ptq_bench.provenance import git_hash, hardware, package_versions
 
 RESULTS = "results.jsonl"
 MANIFEST = "manifest.json"
@@ -221,45 +220,6 @@ def warn(msg: str) -> None:
 
 # ----------------------------------------------------------------------------------------------
 # manifest
-
-
-def package_versions() -> dict[str, str]:
-    from importlib import metadata
-
-    out = {"python": platform.python_version()}
-    for name in ("ptq-bench", "torch", "transformers", "lm-eval", "tokenizers", "safetensors", "numpy"):
-        try:
-            out[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            out[name] = "not installed"
-    return out
-
-
-def git_hash() -> str:
-    here = Path(__file__).resolve().parent
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=5, check=True
-        ).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here,
-                               capture_output=True, text=True, timeout=5).stdout.strip()
-        return out + ("-dirty" if dirty else "")
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-
-
-def hardware() -> dict[str, Any]:
-    import torch
-
-    # the CPU kernels torch dispatches to (e.g. AVX2 / AVX512) change float summation, and training on a
-    # host with other kernels gives other models (quickstart FP16 WikiText-2: 563.85 on one host, 568.69 on
-    # another, with the same FP16 training code and packages; NOTES.md)
-    info: dict[str, Any] = {"platform": platform.platform(), "cpu_count": os.cpu_count(),
-                            "torch_threads": torch.get_num_threads(),
-                            "cpu_capability": torch.backends.cpu.get_cpu_capability()}
-    if torch.cuda.is_available():
-        info["gpu"] = torch.cuda.get_device_name(0)
-    return info
 
 
 def _str_map(value: Any) -> bool:

@@ -7,7 +7,7 @@
 - a short name of an installed packaged model (`PACKAGED`, e.g. `smollm2-135m`), found through the
   package's installed-file list without importing it;
 - a hub id `org/name`: read from the local hub cache when it is there, otherwise validate cannot read
-  it offline (its `SourceInfo` says so) and `load_source` downloads it or fails with one line.
+  it offline (its `SourceInfo` says so) and `source_load.load_source` downloads it or fails with one line.
 
 and describes it: model family (`config.model_type`; GGUF: `general.architecture` renamed as
 transformers' GGUF loader renames it), kind and native bits, context length, and a content hash of its
@@ -22,7 +22,6 @@ note names the GGUF quantization type, because its float weights lie on that gri
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import json
 import re
@@ -139,7 +138,7 @@ def _read_json(path: Path, key: str) -> dict:
     return data
 
 
-def _checked_family(model_type: Any, key: str, where: Path | str) -> str:
+def checked_family(model_type: Any, key: str, where: Path | str) -> str:
     from ptq_bench.families import get_family
 
     if not isinstance(model_type, str) or not model_type:
@@ -151,7 +150,7 @@ def _checked_family(model_type: Any, key: str, where: Path | str) -> str:
     return model_type
 
 
-def _kind_of(config: dict, key: str, where: Path | str) -> str:
+def kind_of(config: dict, key: str, where: Path | str) -> str:
     """fp16 for a plain config; bitnet_hf for quant_method bitnet or a BitNet family (transformers'
     BitNetForCausalLM quantizes on every call); other quantized formats are refused."""
     from ptq_bench.families import get_family
@@ -177,8 +176,8 @@ def _inspect_hf(source: str, p: Path, key: str, form: str) -> SourceInfo:
     from ptq_bench.families import layout_problem
 
     config = _read_json(p / "config.json", key)
-    model_type = _checked_family(config.get("model_type"), key, p / "config.json")
-    kind = _kind_of(config, key, p / "config.json")
+    model_type = checked_family(config.get("model_type"), key, p / "config.json")
+    kind = kind_of(config, key, p / "config.json")
     context = config.get("max_position_embeddings", config.get("n_positions"))
     tok = any((p / f).is_file() for f in TOKENIZER_FILES)
     return _info(source, form, p, model_type, kind, context, checkpoint_files(p), tok,
@@ -190,7 +189,7 @@ def _inspect_toolkit(source: str, p: Path, key: str) -> SourceInfo:
     kind = meta.get("kind")
     if kind not in NATIVE_BITS or kind == "bitnet_hf":
         raise RecipeError(f"{key}: {p / TOOLKIT_META} names unknown kind {kind!r}")
-    model_type = _checked_family(TOOLKIT_MODEL_TYPE, key, p)
+    model_type = checked_family(TOOLKIT_MODEL_TYPE, key, p)
     context = (meta.get("arch") or {}).get("max_seq_len")
     tok = any((p / f).is_file() for f in TOKENIZER_FILES)
     return _info(source, "ptq_bench_dir", p, model_type, kind, context, checkpoint_files(p), tok)
@@ -208,7 +207,7 @@ def _inspect_gguf(source: str, file: Path, form: str, key: str, about: str = "")
         raise RecipeError(f"{key}: {file} has no general.architecture")
     name = str(meta.get("general.name", ""))
     model_type = "mistral" if arch == "llama" and "mistral" in name.lower() else GGUF_MODEL_TYPES.get(arch, arch)
-    model_type = _checked_family(model_type, key, file)
+    model_type = checked_family(model_type, key, file)
     note = about or f"{file.name}: float weights dequantized from GGUF {_gguf_file_type(meta)}"
     return _info(source, form, file, model_type, "fp16", meta.get(f"{arch}.context_length"), [file],
                  "tokenizer.ggml.tokens" in meta, note)
@@ -272,139 +271,3 @@ def content_hash(files: list[Path]) -> str:
     for f in sorted(files, key=lambda f: f.name):
         h.update(f"{f.name}\0{file_digest(f)}\n".encode())
     return h.hexdigest()
-
-
-# ----------------------------------------------------------------------------------------------
-# loading (torch and transformers imported here only)
-
-
-def load_source(info: SourceInfo, device: str = "cpu", *, tokenizer: bool = True,
-                cache_dir: Path | None = None) -> tuple[Any, Any, str]:
-    """(model in eval mode on `device`, its tokenizer or None, kind) for an inspected source.
-
-    A GGUF model comes back as a plain transformers model rebuilt from the dequantized one (which
-    transformers refuses to `save_pretrained`), with identical logits; its tokenizer is read from the
-    GGUF. With `cache_dir`, that conversion is done once and kept as a plain checkpoint folder keyed by
-    the GGUF's content hash (SmolLM2-135M here: ~40-90 s from the GGUF, ~1 s from the folder).
-    The tokenizer is None when `tokenizer=False` or the source holds no tokenizer.
-    """
-    if info.form in ("gguf", "packaged") and cache_dir is not None:
-        info = _converted(info, Path(cache_dir))
-    if info.form == "ptq_bench_dir":
-        from ptq_bench.models.build import load_toolkit
-
-        model, kind = load_toolkit(Path(info.path), device), info.kind
-    elif info.form in ("gguf", "packaged"):
-        model, kind = _load_gguf(Path(info.path), info), info.kind
-    else:
-        model, kind = _load_pretrained(info)
-    tok = _load_tokenizer(info) if tokenizer and info.has_tokenizer else None
-    return model.to(device).eval(), tok, kind
-
-
-def open_source(info: SourceInfo, *, cache_dir: Path | None = None) -> tuple[Any, Any, Any, str]:
-    """`load_source` for a model kept on disk (recipe `offload: true`): (model whose decoder blocks are
-    `meta`, the `models.lazy.CheckpointBlocks` that reads them, tokenizer or None, kind). The model is on
-    the CPU; a GGUF is converted into the cache first, as for `load_source`."""
-    from ptq_bench.models.lazy import open_lazily
-
-    if info.form in ("gguf", "packaged") and cache_dir is not None:
-        info = _converted(info, Path(cache_dir))
-    if info.form not in ("hf_dir", "hub") or info.path is None:
-        raise RecipeError(f"source '{info.source}': offload needs a checkpoint folder on disk ({info.form})")
-    model, blocks = open_lazily(info.path)
-    return model, blocks, _load_tokenizer(info) if info.has_tokenizer else None, info.kind
-
-
-def _converted(info: SourceInfo, cache_dir: Path) -> SourceInfo:
-    """The GGUF source as a plain checkpoint folder under cache_dir (written once, atomically)."""
-    import shutil
-
-    out = cache_dir / f"gguf-{info.content_hash[:16]}"
-    if not (out / "config.json").is_file():
-        model, tok = _load_gguf(Path(info.path), info), _load_tokenizer(info)
-        tmp = out.with_name(out.name + ".tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
-        model.save_pretrained(tmp)
-        tok.save_pretrained(str(tmp))
-        (tmp / "source.json").write_text(json.dumps({"source": info.source, "gguf": info.path,
-                                                     "content_hash": info.content_hash, "note": info.note}, indent=2))
-        shutil.rmtree(out, ignore_errors=True)
-        tmp.replace(out)
-    return SourceInfo(info.source, "hf_dir", str(out), info.model_type, info.kind, info.native_bits,
-                      info.context_length, info.content_hash, True, info.note)
-
-
-def _hub_error(info: SourceInfo, e: Exception) -> RecipeError:
-    first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-    return RecipeError(f"source '{info.source}': cannot load from the hub (offline or not cached?): {first}")
-
-
-def _load_pretrained(info: SourceInfo) -> tuple[Any, str]:
-    """An HF folder, a cached hub snapshot, or a hub id downloaded now (family and kind checked first)."""
-    from transformers import AutoConfig, AutoModelForCausalLM
-
-    name, kind = info.path or info.source, info.kind
-    if info.path is None:  # uncached hub id: validate could not read it, check it now
-        try:
-            config = AutoConfig.from_pretrained(name).to_dict()
-        except (OSError, ValueError) as e:
-            raise _hub_error(info, e) from None
-        _checked_family(config.get("model_type"), "source", name)
-        kind = _kind_of(config, "source", name)
-    try:
-        model, loading = AutoModelForCausalLM.from_pretrained(name, output_loading_info=True)
-    except OSError as e:
-        raise _hub_error(info, e) if info.form == "hub" else _load_error(info, e) from None
-    except RuntimeError as e:  # transformers 5 raises on tensors of another shape than config.json says
-        raise _load_error(info, e) from None
-    _refuse_incomplete(info, loading)
-    return model, kind
-
-
-def _load_error(info: SourceInfo, e: Exception) -> RecipeError:
-    first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-    if "ignore_mismatched_sizes" in first:
-        first = "tensors of another shape than its config.json says (transformers' load report above names them)"
-    return RecipeError(f"source '{info.source}': cannot load the checkpoint: {first}")
-
-
-def _refuse_incomplete(info: SourceInfo, loading: dict[str, Any]) -> None:
-    """transformers fills tensors a checkpoint lacks (or has in another shape) with random values and
-    only logs it: rows of such a model would name a checkpoint they were not computed from."""
-    for what, keys in (("lacks", loading.get("missing_keys")), ("has another shape for", loading.get("mismatched_keys"))):
-        if keys:
-            names = sorted(str(k[0] if isinstance(k, tuple) else k) for k in keys)
-            raise RecipeError(f"source '{info.source}': the checkpoint {what} {len(names)} of the model's tensors "
-                              f"(first: {names[0]}), which transformers would fill with random values")
-
-
-def _load_gguf(file: Path, info: SourceInfo) -> Any:
-    """Dequantized GGUF -> a plain model of the same class built from its config and state dict."""
-    import torch
-    from transformers import AutoModelForCausalLM
-
-    gguf_model, loading = AutoModelForCausalLM.from_pretrained(str(file.parent), gguf_file=file.name,
-                                                               output_loading_info=True)
-    _refuse_incomplete(info, loading)
-    gguf_model.eval()
-    config = copy.deepcopy(gguf_model.config)
-    del config.quantization_config  # the GGUF loader's marker; the rebuilt model is plain float
-    with torch.random.fork_rng(devices=[]):  # random init, overwritten below: leave the caller's RNG alone
-        model = AutoModelForCausalLM.from_config(config, dtype=next(gguf_model.parameters()).dtype).eval()
-    model.load_state_dict(gguf_model.state_dict(), strict=True)
-    probe = torch.arange(min(16, config.vocab_size)).unsqueeze(0)  # (1, 16)
-    with torch.inference_mode():
-        same = torch.equal(model(probe).logits, gguf_model(probe).logits)
-    if not same:
-        raise RuntimeError(f"{file}: the rebuilt plain model's logits differ from the GGUF-loaded model's")
-    return model
-
-
-def _load_tokenizer(info: SourceInfo) -> Any:
-    from transformers import AutoTokenizer
-
-    if info.form in ("gguf", "packaged"):
-        file = Path(info.path)
-        return AutoTokenizer.from_pretrained(str(file.parent), gguf_file=file.name)
-    return AutoTokenizer.from_pretrained(info.path or info.source)

@@ -141,7 +141,7 @@ def test_an_uncached_hub_id_is_refused_when_loaded_before_its_base_row(tmp_path,
     config before its first cell. The hub load is stood in for by a local checkpoint (no network here)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    import ptq_bench.sources as sources
+    import ptq_bench.source_load as sources
 
     src = checkpoint(tmp_path, "stablelm", tokenizer_dir)
     _edit_config(src, **edit)

@@ -21,7 +21,8 @@ from tiny_families import FAMILY_CONFIGS, save_tiny, tiny_model
 from ptq_bench.errors import PtqBenchError, RecipeError
 from ptq_bench.families import SUPPORTED_MODEL_TYPES
 from ptq_bench.models.build import META_FILE, ArchConfig, build_model, export_hf, load_model, save_model
-from ptq_bench.sources import TOOLKIT_META, content_hash, inspect_source, load_source
+from ptq_bench.source_load import load_source
+from ptq_bench.sources import TOOLKIT_META, content_hash, inspect_source
 
 ROOT = Path(__file__).resolve().parents[1]
 TEXT = "The quick brown fox jumps over the lazy dog. A tiny model reads tiny text, again and again! 12345"
@@ -183,8 +184,6 @@ def test_incomplete_checkpoints_are_refused_not_filled_with_random_weights(tmp_p
     computed from. Local files that cannot be read are not blamed on the hub."""
     import safetensors.torch as st
 
-    from ptq_bench.sources import load_source
-
     cases = {"lm_head.weight": "lacks 1 of the model's tensors (first: lm_head.weight)",
              "model.layers.1.self_attn.q_proj.weight": "lacks 1 of the model's tensors (first: model.layers.1.self_attn.q_proj"}
     for name, needle in cases.items():
@@ -210,8 +209,6 @@ def test_incomplete_checkpoints_are_refused_not_filled_with_random_weights(tmp_p
 
 
 def test_a_gguf_that_lacks_a_tensor_is_refused(tiny_gguf, tmp_path):
-    from ptq_bench.sources import load_source
-
     model, tok, _ = tiny_gguf
     (tmp_path / "g").mkdir()
     file = write_tiny_gguf(model, tok, tmp_path / "g" / "tiny.gguf", drop="blk.1.attn_q.weight")
@@ -221,7 +218,7 @@ def test_a_gguf_that_lacks_a_tensor_is_refused(tiny_gguf, tmp_path):
 
 
 def test_gguf_conversion_is_cached_by_content(tiny_gguf, tmp_path, monkeypatch):
-    import ptq_bench.sources as sources
+    import ptq_bench.source_load as sources
 
     model, tok, file = tiny_gguf
     calls = []

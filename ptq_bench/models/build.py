@@ -194,7 +194,8 @@ def load_model(path: str | Path, device: str = "cpu") -> tuple[LlamaForCausalLM,
     kind is one of MODEL_KINDS for toolkit folders; for other checkpoints "fp16" (plain, GGUF
     dequantized) or "bitnet_hf" (a transformers BitNet checkpoint, evaluation only).
     """
-    from ptq_bench.sources import inspect_source, load_source
+    from ptq_bench.source_load import load_source
+    from ptq_bench.sources import inspect_source
 
     model, _, kind = load_source(inspect_source(str(path)), device, tokenizer=False)
     return model, kind

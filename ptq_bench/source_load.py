@@ -1,0 +1,146 @@
+"""Loading a `source:` model that `sources.inspect_source` described (torch and transformers imported here
+only): a checkpoint folder, a cached hub snapshot or a hub id downloaded now, a GGUF file (converted once
+into the cache), or a toolkit folder. A checkpoint that transformers would complete with random tensors is
+refused."""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+from typing import Any
+
+from ptq_bench.errors import RecipeError
+from ptq_bench.sources import SourceInfo, checked_family, kind_of
+
+
+def load_source(info: SourceInfo, device: str = "cpu", *, tokenizer: bool = True,
+                cache_dir: Path | None = None) -> tuple[Any, Any, str]:
+    """(model in eval mode on `device`, its tokenizer or None, kind) for an inspected source.
+
+    A GGUF model comes back as a plain transformers model rebuilt from the dequantized one (which
+    transformers refuses to `save_pretrained`), with identical logits; its tokenizer is read from the
+    GGUF. With `cache_dir`, that conversion is done once and kept as a plain checkpoint folder keyed by
+    the GGUF's content hash (SmolLM2-135M here: ~40-90 s from the GGUF, ~1 s from the folder).
+    The tokenizer is None when `tokenizer=False` or the source holds no tokenizer.
+    """
+    if info.form in ("gguf", "packaged") and cache_dir is not None:
+        info = _converted(info, Path(cache_dir))
+    if info.form == "ptq_bench_dir":
+        from ptq_bench.models.build import load_toolkit
+
+        model, kind = load_toolkit(Path(info.path), device), info.kind
+    elif info.form in ("gguf", "packaged"):
+        model, kind = _load_gguf(Path(info.path), info), info.kind
+    else:
+        model, kind = _load_pretrained(info)
+    tok = _load_tokenizer(info) if tokenizer and info.has_tokenizer else None
+    return model.to(device).eval(), tok, kind
+
+
+def open_source(info: SourceInfo, *, cache_dir: Path | None = None) -> tuple[Any, Any, Any, str]:
+    """`load_source` for a model kept on disk (recipe `offload: true`): (model whose decoder blocks are
+    `meta`, the `models.lazy.CheckpointBlocks` that reads them, tokenizer or None, kind). The model is on
+    the CPU; a GGUF is converted into the cache first, as for `load_source`."""
+    from ptq_bench.models.lazy import open_lazily
+
+    if info.form in ("gguf", "packaged") and cache_dir is not None:
+        info = _converted(info, Path(cache_dir))
+    if info.form not in ("hf_dir", "hub") or info.path is None:
+        raise RecipeError(f"source '{info.source}': offload needs a checkpoint folder on disk ({info.form})")
+    model, blocks = open_lazily(info.path)
+    return model, blocks, _load_tokenizer(info) if info.has_tokenizer else None, info.kind
+
+
+def _converted(info: SourceInfo, cache_dir: Path) -> SourceInfo:
+    """The GGUF source as a plain checkpoint folder under cache_dir (written once, atomically)."""
+    import shutil
+
+    out = cache_dir / f"gguf-{info.content_hash[:16]}"
+    if not (out / "config.json").is_file():
+        model, tok = _load_gguf(Path(info.path), info), _load_tokenizer(info)
+        tmp = out.with_name(out.name + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        model.save_pretrained(tmp)
+        tok.save_pretrained(str(tmp))
+        (tmp / "source.json").write_text(json.dumps({"source": info.source, "gguf": info.path,
+                                                     "content_hash": info.content_hash, "note": info.note}, indent=2))
+        shutil.rmtree(out, ignore_errors=True)
+        tmp.replace(out)
+    return SourceInfo(info.source, "hf_dir", str(out), info.model_type, info.kind, info.native_bits,
+                      info.context_length, info.content_hash, True, info.note)
+
+
+def _hub_error(info: SourceInfo, e: Exception) -> RecipeError:
+    first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    return RecipeError(f"source '{info.source}': cannot load from the hub (offline or not cached?): {first}")
+
+
+def _load_pretrained(info: SourceInfo) -> tuple[Any, str]:
+    """An HF folder, a cached hub snapshot, or a hub id downloaded now (family and kind checked first)."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    name, kind = info.path or info.source, info.kind
+    if info.path is None:  # uncached hub id: validate could not read it, check it now
+        try:
+            config = AutoConfig.from_pretrained(name).to_dict()
+        except (OSError, ValueError) as e:
+            raise _hub_error(info, e) from None
+        checked_family(config.get("model_type"), "source", name)
+        kind = kind_of(config, "source", name)
+    try:
+        model, loading = AutoModelForCausalLM.from_pretrained(name, output_loading_info=True)
+    except OSError as e:
+        raise _hub_error(info, e) if info.form == "hub" else _load_error(info, e) from None
+    except RuntimeError as e:  # transformers 5 raises on tensors of another shape than config.json says
+        raise _load_error(info, e) from None
+    _refuse_incomplete(info, loading)
+    return model, kind
+
+
+def _load_error(info: SourceInfo, e: Exception) -> RecipeError:
+    first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    if "ignore_mismatched_sizes" in first:
+        first = "tensors of another shape than its config.json says (transformers' load report above names them)"
+    return RecipeError(f"source '{info.source}': cannot load the checkpoint: {first}")
+
+
+def _refuse_incomplete(info: SourceInfo, loading: dict[str, Any]) -> None:
+    """transformers fills tensors a checkpoint lacks (or has in another shape) with random values and
+    only logs it: rows of such a model would name a checkpoint they were not computed from."""
+    for what, keys in (("lacks", loading.get("missing_keys")), ("has another shape for", loading.get("mismatched_keys"))):
+        if keys:
+            names = sorted(str(k[0] if isinstance(k, tuple) else k) for k in keys)
+            raise RecipeError(f"source '{info.source}': the checkpoint {what} {len(names)} of the model's tensors "
+                              f"(first: {names[0]}), which transformers would fill with random values")
+
+
+def _load_gguf(file: Path, info: SourceInfo) -> Any:
+    """Dequantized GGUF -> a plain model of the same class built from its config and state dict."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    gguf_model, loading = AutoModelForCausalLM.from_pretrained(str(file.parent), gguf_file=file.name,
+                                                               output_loading_info=True)
+    _refuse_incomplete(info, loading)
+    gguf_model.eval()
+    config = copy.deepcopy(gguf_model.config)
+    del config.quantization_config  # the GGUF loader's marker; the rebuilt model is plain float
+    with torch.random.fork_rng(devices=[]):  # random init, overwritten below: leave the caller's RNG alone
+        model = AutoModelForCausalLM.from_config(config, dtype=next(gguf_model.parameters()).dtype).eval()
+    model.load_state_dict(gguf_model.state_dict(), strict=True)
+    probe = torch.arange(min(16, config.vocab_size)).unsqueeze(0)  # (1, 16)
+    with torch.inference_mode():
+        same = torch.equal(model(probe).logits, gguf_model(probe).logits)
+    if not same:
+        raise RuntimeError(f"{file}: the rebuilt plain model's logits differ from the GGUF-loaded model's")
+    return model
+
+
+def _load_tokenizer(info: SourceInfo) -> Any:
+    from transformers import AutoTokenizer
+
+    if info.form in ("gguf", "packaged"):
+        file = Path(info.path)
+        return AutoTokenizer.from_pretrained(str(file.parent), gguf_file=file.name)
+    return AutoTokenizer.from_pretrained(info.path or info.source)
