@@ -71,11 +71,6 @@ def _converted(info: SourceInfo, cache_dir: Path) -> SourceInfo:
                       info.context_length, info.content_hash, True, info.note)
 
 
-def _hub_error(info: SourceInfo, e: Exception) -> RecipeError:
-    first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-    return RecipeError(f"source '{info.source}': cannot load from the hub (offline or not cached?): {first}")
-
-
 def _load_pretrained(info: SourceInfo) -> tuple[Any, str]:
     """An HF folder, a cached hub snapshot, or a hub id downloaded now (family and kind checked first)."""
     from transformers import AutoConfig, AutoModelForCausalLM
@@ -85,24 +80,24 @@ def _load_pretrained(info: SourceInfo) -> tuple[Any, str]:
         try:
             config = AutoConfig.from_pretrained(name).to_dict()
         except (OSError, ValueError) as e:
-            raise _hub_error(info, e) from None
+            raise _load_error(info, e) from None
         checked_family(config.get("model_type"), "source", name)
         kind = kind_of(config, "source", name)
     try:
         model, loading = AutoModelForCausalLM.from_pretrained(name, output_loading_info=True)
-    except OSError as e:
-        raise _hub_error(info, e) if info.form == "hub" else _load_error(info, e) from None
-    except RuntimeError as e:  # transformers 5 raises on tensors of another shape than config.json says
+    except (OSError, RuntimeError) as e:  # RuntimeError: transformers 5 on tensors of another shape than config.json
         raise _load_error(info, e) from None
     _refuse_incomplete(info, loading)
     return model, kind
 
 
 def _load_error(info: SourceInfo, e: Exception) -> RecipeError:
+    """One line: a hub id that could not be fetched, or a local checkpoint that could not be read."""
     first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
     if "ignore_mismatched_sizes" in first:
         first = "tensors of another shape than its config.json says (transformers' load report above names them)"
-    return RecipeError(f"source '{info.source}': cannot load the checkpoint: {first}")
+    what = "cannot load from the hub (offline or not cached?)" if info.form == "hub" else "cannot load the checkpoint"
+    return RecipeError(f"source '{info.source}': {what}: {first}")
 
 
 def _refuse_incomplete(info: SourceInfo, loading: dict[str, Any]) -> None:
