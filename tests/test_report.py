@@ -204,6 +204,17 @@ def test_task_notes_name_the_shown_tasks_only(tmp_path):
     assert "`WGe` (winogrande)" in paper and "(storycloze)" not in paper  # b1.58 layout shows no StoryCloze
 
 
+def test_weight_bytes_counts_a_tied_head_once():
+    """SmolLM2 ties its LM head to the embedding: its rows stored 325.7 MB, the head counted twice."""
+    from tiny_families import tiny_model
+
+    model = tiny_model("llama", vocab_size=512)
+    model.config.tie_word_embeddings = True
+    model.tie_weights()
+    assert model.lm_head.weight is model.model.embed_tokens.weight
+    assert weight_bytes(model) == 2 * sum(p.numel() for p in model.parameters())  # parameters() dedupes too
+
+
 def test_weight_bytes_counts_bitnet_weights_packed():
     arch = ArchConfig(hidden_size=64, intermediate_size=128, num_layers=2, num_heads=2, max_seq_len=64)
     fp, bn = build_model("fp16", arch, 256, 0), build_model("bitnet_b158", arch, 256, 0)

@@ -267,10 +267,11 @@ def max_logit_diff(model_a: nn.Module, model_b: nn.Module, input_ids: torch.Tens
 def weight_bytes(model: nn.Module) -> int:
     """Bytes of the stored weights as the papers count model memory: every high-precision tensor at
     16 bits (FP16/bf16), BitLinear weights packed at 2 bits (4 per byte, transformers' layout) plus
-    one 16-bit scale each."""
+    one 16-bit scale each. Tied tensors (an LM head sharing the embedding) count once."""
     total = 0
     bit_weights = {id(m.weight) for m in model.modules() if isinstance(m, BitLinear)}
-    for p in model.state_dict(keep_vars=True).values():
+    tensors = {id(p): p for p in model.state_dict(keep_vars=True).values()}  # a tied tensor is stored once
+    for p in tensors.values():
         if id(p) in bit_weights:
             total += -(-p.shape[0] // 4) * p.shape[1] + 2
         elif p.is_floating_point():
