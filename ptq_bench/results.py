@@ -305,8 +305,8 @@ def open_run(run_dir: Path, recipe_hash: str, base: dict[str, Any],
              check: Callable[[dict[str, Any], list[Row]], None] | None = None) -> tuple[dict[str, Any], list[Row]]:
     """Reopen (or create) a run folder for `recipe_hash`, under `run_lock`: (manifest, stored rows).
 
-    Refused, with the folder untouched, when it holds another recipe's manifest or rows or a damaged
-    line, or when `check(manifest, rows)` raises (it may add to the manifest); a torn tail is then cut
+    Refused, with the folder untouched, when it holds another recipe's rows (or its manifest beside rows)
+    or a damaged line, or when `check(manifest, rows)` raises (it may add to the manifest); a torn tail is then cut
     (and kept aside) before anything is appended, and the manifest written with this invocation."""
     run_dir.mkdir(parents=True, exist_ok=True)
     for name, kind in ((MANIFEST, "file"), (RESULTS, "file"), (CURVES, "folder")):
@@ -314,6 +314,8 @@ def open_run(run_dir: Path, recipe_hash: str, base: dict[str, Any],
         if entry.exists() and entry.is_dir() != (kind == "folder"):
             raise PtqBenchError(f"{entry}: not a {kind}; move it aside")
     manifest = load_manifest(run_dir, strict=True)
+    if manifest is not None and manifest["recipe_hash"] != recipe_hash and not any(True for _ in scan_rows(run_dir)):
+        manifest = None  # another recipe's run that was refused or stopped before its first row: nothing to keep
     _refuse_foreign(run_dir, recipe_hash, manifest)
     if manifest is not None:
         _refuse_changed_data(run_dir, manifest, base)

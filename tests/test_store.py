@@ -187,3 +187,16 @@ def test_a_run_folder_entry_of_the_wrong_type_is_one_line(tmp_path, entry, make)
     proc = cli("run", str(recipe))
     assert proc.returncode == 2 and f"{out / entry}: not a {'folder' if make == 'file' else 'file'}; move it aside" \
         in _one_line(proc.stderr), proc.stderr[-2000:]
+
+
+def test_a_manifest_without_rows_does_not_block_another_recipe(tmp_path):
+    """A run refused after its manifest was written (e.g. max_windows beyond the set, found only once the set
+    is tokenized) left a folder that refused the corrected recipe, though it held no results."""
+    from ptq_bench.results import open_run
+
+    run = tmp_path / "out"
+    open_run(run, "aaaa", {"recipe_name": "r"})
+    manifest, rows = open_run(run, "bbbb", {"recipe_name": "r"})
+    assert manifest["recipe_hash"] == "bbbb" and len(manifest["invocations"]) == 1 and rows == []
+    (run / RESULTS).write_text("")  # an empty results file holds no rows either
+    assert open_run(run, "cccc", {"recipe_name": "r"})[0]["recipe_hash"] == "cccc"
