@@ -369,6 +369,8 @@ def check_offload(recipe: Recipe) -> None:
 def check_executor(recipe: Recipe) -> None:
     """On Ray a task may use only the GPU share reserved for it: `device: cuda` needs executor.gpus_per_cell > 0."""
     ex = recipe.executor
+    if ex.kind == "local" and ex.address is not None:  # as `--address` without `--executor ray` is refused
+        raise RecipeError(f"executor.address: {short(ex.address)} is for kind ray; the local executor would ignore it")
     if ex.kind == "ray" and recipe.device == "cuda" and ex.gpus_per_cell == 0:
         raise RecipeError("executor.gpus_per_cell: device cuda on Ray needs a GPU share per task (> 0), got 0")
 

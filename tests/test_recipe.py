@@ -207,6 +207,7 @@ BAD = {
     "model name not a string": (lambda r: r["models"].update({1: {"kind": "fp16"}}), "models: keys must be strings"),
     "long model name": (lambda r: r["models"].update({"m" * 5000: {"kind": "fp8"}}), "models.'mmmm"),
     "data_dir with NUL": (_set("data_dir", "/tmp/\x00x"), "data_dir: a string must not contain a NUL"),
+    "executor address on local": (_set("executor", {"kind": "local", "address": "1.2.3.4:6379"}), "executor.address: '1.2.3.4:6379' is for kind ray"),
     "device": (_set("device", "tpu"), "device: expected one of auto, cpu, cuda"),
     "dtype": (_set("dtype", "fp8"), "dtype: expected one of auto, float32, bfloat16, float16"),
     "layout": (_set("layout", "table9"), "layout: expected one of"),
