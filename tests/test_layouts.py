@@ -84,7 +84,7 @@ def test_every_layout_renders_from_synthetic_rows(tmp_path, name):
     for lay in dict.fromkeys([GENERIC, layout]):
         assert {d / f"{lay.stem}.{fmt}" for fmt in lay.formats} <= set(written)
         md = d / f"{lay.stem}.md"
-        assert md.read_text(encoding="utf-8").startswith(f"# {lay.title.replace('{recipe}', 'synthetic')}\n")
+        assert md.read_text(encoding="utf-8").startswith(f"# {lay.title.replace('{recipe}', 'synthetic').replace('{shots}', 'zero-shot')}\n")
         with open(d / f"{lay.stem}.csv", encoding="utf-8") as fh:
             assert next(csv.reader(fh)) == _md_header(md)
         assert [TASKS[t].label for t, _ in lay.columns] == [c for c in _md_header(md) if c in

@@ -266,3 +266,23 @@ def test_tables_name_the_device_and_dtype_and_say_when_rows_mix_them(tmp_path):
     old = _run_dir(tmp_path / "old", [fp()])
     render(old)
     assert "Computed on" not in (old / "table.md").read_text(encoding="utf-8")
+
+
+def test_a_few_shot_run_is_not_titled_zero_shot(tmp_path, monkeypatch):
+    """The paper layouts' titles and the accuracy plot said "zero-shot" over 2-shot numbers."""
+    def two_shot(r):
+        r["metrics"] = {k.replace("/0shot/", "/2shot/"): v for k, v in r["metrics"].items()}
+        r["protocol"] = {**r["protocol"], "num_fewshot": 2}
+        return r
+
+    figs = {}
+    monkeypatch.setattr(plots_mod, "_save", lambda fig, path: figs.setdefault(path.name, fig) and path)
+    for shots, rows, title in (("0", _nonfinite_rows(), "(zero-shot)"),
+                               ("2", [two_shot(r) for r in _nonfinite_rows()], "(2-shot; the paper's columns: zero-shot)")):
+        d = _run_dir(tmp_path / shots, rows, layout="bitnet_table3")
+        figs.clear()
+        render(d)
+        assert (d / "paper_table.md").read_text(encoding="utf-8").splitlines()[0].endswith(title)
+        assert title in (d / "paper_table.tex").read_text(encoding="utf-8")
+        want = "zero-shot" if shots == "0" else "2-shot"
+        assert figs["acc_vs_bits.png"].axes[0].get_ylabel() == f"average {want} accuracy (%)"

@@ -23,7 +23,7 @@ _PLOTS = "ptq_bench.report.plots"
 @dataclass(frozen=True)
 class Layout:
     name: str
-    title: str  # markdown heading / LaTeX caption; "{recipe}" is replaced by the recipe's name
+    title: str  # markdown heading / LaTeX caption; "{recipe}": the recipe's name, "{shots}": zero-shot / 2-shot
     table: str  # dotted name of the table function
     columns: tuple[tuple[str, str], ...] = ()  # (task, metric) per accuracy column, labelled by TaskSpec.label;
     # () = every task the rows measured (the generic table)
@@ -61,11 +61,11 @@ SPREAD = Layout(
 LAYOUTS: dict[str, Layout] = {
     "generic": GENERIC,  # written for every run; `layout: generic` adds nothing
     "bitnet_table3": Layout(
-        "bitnet_table3", "BitNet Table 3: BitNet vs post-training quantization (zero-shot)", f"{_PAPER}:table3",
+        "bitnet_table3", "BitNet Table 3: BitNet vs post-training quantization ({shots})", f"{_PAPER}:table3",
         columns=(("wsc273", "acc"), ("winogrande", "acc"), ("hellaswag", "acc_norm"), ("storycloze", "acc")),
     ),
     "bitnet_b158": Layout(
-        "bitnet_b158", "BitNet b1.58 Tables 1/2: matched LLaMA vs BitNet b1.58", f"{_PAPER}:b158_table",
+        "bitnet_b158", "BitNet b1.58 Tables 1/2: matched LLaMA vs BitNet b1.58 ({shots})", f"{_PAPER}:b158_table",
         columns=(("arc_easy", "acc_norm"), ("arc_challenge", "acc_norm"), ("hellaswag", "acc_norm"),
                  ("boolq", "acc"), ("openbookqa", "acc_norm"), ("piqa", "acc_norm"), ("winogrande", "acc")),
         plots=(f"{_PLOTS}:plot_scaling",),

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ptq_bench.report.fmt import md_cell, nonfinite_name
-from ptq_bench.report.run import RunData, ppl
+from ptq_bench.report.run import RunData, ppl, shots
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -159,14 +159,14 @@ def plot_ppl_vs_bits(run: RunData, df: pd.DataFrame, out: Path, ppl_col: str | N
 
 
 def plot_acc_vs_bits(run: RunData, df: pd.DataFrame, out: Path) -> list[Path]:
-    """Average zero-shot accuracy against weight bits, one line per (model, method, activation bits)."""
+    """Average accuracy (zero-shot, or the run's shots) against weight bits, one line per (model, method, activation bits)."""
     if df.empty or "avg_acc" not in df or all(v is None for v in df["avg_acc"]):
         return []
     fig, (ax,) = _figure((7, 4.5))
     marks = Marks()
     _bits_lines(ax, marks, df.to_dict("records"), "avg_acc", with_base=False)
     _bits_axis(ax)
-    ax.set_ylabel("average zero-shot accuracy (%)")
+    ax.set_ylabel(f"average {shots(run.rows)} accuracy (%)")
     return _finish(fig, ax, marks, out / "acc_vs_bits.png")
 
 

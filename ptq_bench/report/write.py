@@ -33,7 +33,13 @@ def chosen_layouts(run: RunData) -> list[Layout]:
 
 
 def _title(run: RunData, layout: Layout) -> str:
-    return layout.title.replace("{recipe}", run.recipe_name)
+    from ptq_bench.report.run import shots
+
+    title = layout.title.replace("{recipe}", run.recipe_name)
+    if "{shots}" in title:  # a paper layout: its own columns are zero-shot
+        label = shots(run.rows)
+        title = title.replace("{shots}", label if label == "zero-shot" else f"{label}; the paper's columns: zero-shot")
+    return title
 
 
 def _markdown(run: RunData, layout: Layout, df: pd.DataFrame) -> str:
