@@ -194,6 +194,8 @@ def session(ex: ExecutorSpec) -> Iterator[None]:
     is written; shut down what this started. Nothing for the local executor."""
     started = connect(ex.address) if ex.kind == "ray" else False
     try:
+        if ex.kind == "ray":
+            refuse_infeasible(ex)
         yield
     finally:
         if started:
@@ -216,6 +218,19 @@ def connect(address: str | None) -> bool:
         raise PtqBenchError(f"executor.address: cannot connect to Ray at {address or '$RAY_ADDRESS'} "
                             f"({type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''})") from None
     return True
+
+
+def refuse_infeasible(ex: ExecutorSpec) -> None:
+    """A task no node of the cluster can hold would wait forever (Ray only logs that it cannot place it):
+    refused before anything is written. An autoscaling cluster must have such a node up first."""
+    import ray
+
+    nodes = [n.get("Resources", {}) for n in ray.nodes() if n.get("Alive")]
+    if not any(r.get("CPU", 0) >= ex.cpus_per_cell and r.get("GPU", 0) >= ex.gpus_per_cell for r in nodes):
+        most = max(nodes, key=lambda r: (r.get("GPU", 0), r.get("CPU", 0)), default={})
+        raise PtqBenchError(f"executor.cpus_per_cell/gpus_per_cell: no node of the Ray cluster has {ex.cpus_per_cell:g} "
+                            f"CPU and {ex.gpus_per_cell:g} GPU for a task (the largest: {most.get('CPU', 0):g} CPU, "
+                            f"{most.get('GPU', 0):g} GPU); lower them")
 
 
 def make_job(sw: Sweep) -> Job:

@@ -200,3 +200,12 @@ def test_a_worker_without_the_drivers_cache_refuses(tmp_path):
                         {}, {}, "", "t0")
     with pytest.raises(PtqBenchError, match="not the driver's cache folder"):
         executors.worker_sweep(job)
+
+
+def test_a_task_no_node_can_hold_is_refused_before_anything_is_written(crash_dir, tmp_path, capsys):
+    """64 CPUs per cell on a 2-CPU instance: the run waited forever (Ray only logs that it cannot place it)."""
+    path = _recipe(tmp_path, executor={"kind": "ray", "cpus_per_cell": 64})
+    assert main(["run", str(path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "no node of the Ray cluster has 64 CPU and 0 GPU for a task (the largest: 2 CPU, 0 GPU)" in err, err
+    assert not (tmp_path / "out").exists() and not (tmp_path / "cache").exists()
