@@ -286,3 +286,16 @@ def test_a_few_shot_run_is_not_titled_zero_shot(tmp_path, monkeypatch):
         assert title in (d / "paper_table.tex").read_text(encoding="utf-8")
         want = "zero-shot" if shots == "0" else "2-shot"
         assert figs["acc_vs_bits.png"].axes[0].get_ylabel() == f"average {want} accuracy (%)"
+
+
+def test_paper_tables_tell_models_apart_and_name_loaded_ones():
+    """Table 3 showed two models' FP16 rows as identical-looking lines; the b1.58 table called every fp16
+    model LLaMA, a `source:` GPT-2 included."""
+    rows = [row("fp16", "fp16", "none", 16, 16, 15.0, T3), row("wide", "fp16", "none", 16, 16, 14.0, T3),
+            row("b1", "bitnet_b1", "none", 1, 8, 20.0, T3)]
+    df = table3(run_of(rows), LAYOUTS["bitnet_table3"])
+    assert list(df["Model"]) == ["fp16", "wide", "b1"] and df.columns[0] == "Model"
+    assert "Model" not in table3(run_of(rows[::2]), LAYOUTS["bitnet_table3"]).columns  # one model per kind
+    run = RunData(Path("."), rows[:2], manifest={"recipe": {"models": {"fp16": {"kind": "fp16"},
+                                                                      "wide": {"source": "gpt2-folder"}}}})
+    assert sorted(b158_table(run, LAYOUTS["bitnet_b158"])["Model"]) == ["LLaMA", "wide"]

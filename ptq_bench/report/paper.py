@@ -82,11 +82,13 @@ def table3(run: RunData, layout: Layout, with_paper: bool = True) -> pd.DataFram
     for row in rows:
         groups.setdefault(setting(row), []).append(row)
     several = any(len(g) > 1 for g in groups.values())
+    named = len({r.get("model") for r in rows}) > len({r.get("model_kind") for r in rows})  # two models of a kind
     records = []
     for group in groups.values():
         row = group[0]
         measured = [{"PPL": ppl(r), **_accuracies(r, layout)} for r in group]
-        rec: dict[str, Any] = {"WBits": bits(row.get("w_bits")), "Method": _table3_method(row),
+        rec: dict[str, Any] = {**({"Model": row.get("model")} if named else {}),
+                               "WBits": bits(row.get("w_bits")), "Method": _table3_method(row),
                                "ABits": bits(row.get("a_bits")),
                                "Setting": setting_label(str(row.get("method")), row.get("config") or {}),
                                "PTQ": "no" if row.get("method") == "none" else "yes",
@@ -102,6 +104,13 @@ def table3(run: RunData, layout: Layout, with_paper: bool = True) -> pd.DataFram
     return frame([rec for *_, rec in records])
 
 
+def _loaded(run: RunData, model: Any) -> bool:
+    """Did the run's recipe load `model` from a `source:` (rather than train it)?"""
+    models = run.recipe.get("models")
+    spec = models.get(model) if isinstance(models, dict) else None
+    return isinstance(spec, dict) and spec.get("source") is not None
+
+
 def b158_table(run: RunData, layout: Layout) -> pd.DataFrame:
     """Rows: each unquantized model (LLaMA = fp16, BitNet b1.58), by size; memory = stored weight bytes."""
     rows = [r for r in run.rows if r.get("method") == "none"]
@@ -110,7 +119,10 @@ def b158_table(run: RunData, layout: Layout) -> pd.DataFrame:
         kind = row.get("model_kind")
         size = row.get("n_params")
         wbytes = row.get("weight_bytes")
-        rec: dict[str, Any] = {"Model": "LLaMA" if kind == "fp16" else DISPLAY_NAMES.get(kind, str(row.get("model"))),
+        name = DISPLAY_NAMES.get(kind, str(row.get("model")))
+        if kind == "fp16":  # trained here: the paper's LLaMA; a `source:` model may be any family: its own name
+            name = str(row.get("model")) if _loaded(run, row.get("model")) else "LLaMA"
+        rec: dict[str, Any] = {"Model": name,
                                "Size": f"{size / 1e6:.1f}M" if size else row.get("model"),
                                "Mem (MB)": wbytes / 1e6 if wbytes is not None else None, "PPL": ppl(row),
                                **_accuracies(row, layout), **versions(row, rows)}
