@@ -277,7 +277,9 @@ def measure(recipe: Recipe, name: str, device: str, steps: int, warmup: int,
     call_s, tasks = zero_shot.seconds(model, tok) if zero_shot is not None else (0.0, {})
     quant = _quant_cell_s(recipe, name, model, vocab, device)
     kind = spec.kind if trained else "source"
-    return Measured(name, kind, sum(x.numel() for x in model.parameters()), step_s,
+    from ptq_bench.models.build import parameter_count
+
+    return Measured(name, kind, parameter_count(model), step_s,
                     train_steps(t.tokens, t.seq_len, t.batch_size) if trained else 0, ppl_s, peak, tasks, call_s,
                     quant)
 

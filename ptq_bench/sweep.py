@@ -194,7 +194,7 @@ def _record_eval(sw: Sweep) -> None:
 
 def run_model(sw: Sweep, name: str) -> None:
     """Every remaining cell of model `name`: load or train it once, then quantize, evaluate, append."""
-    from ptq_bench.models.build import weight_bytes
+    from ptq_bench.models.build import parameter_count, weight_bytes
 
     mine = [c for c in sw.todo if c.model == name]
     if not mine:
@@ -202,7 +202,7 @@ def run_model(sw: Sweep, name: str) -> None:
     base = base_model(sw, name)
     refuse_loaded(name, base.model.config, mine)  # what validate could not read (an uncached hub id)
     _save_curve(sw.out, name, base.kind, base.info)
-    size = {"n_params": sum(p.numel() for p in base.model.parameters()), "weight_bytes": weight_bytes(base.model)}
+    size = {"n_params": parameter_count(base.model), "weight_bytes": weight_bytes(base.model)}
     base.evaluate.set_base(base.model, sw.keys[name], sw.ctx.device)
     with float_backup(sw, base, mine) as backup:
         if sw.ctx.recipe.eval.kld and any(c.method != "none" for c in mine):

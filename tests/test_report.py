@@ -299,3 +299,19 @@ def test_paper_tables_tell_models_apart_and_name_loaded_ones():
     run = RunData(Path("."), rows[:2], manifest={"recipe": {"models": {"fp16": {"kind": "fp16"},
                                                                       "wide": {"source": "gpt2-folder"}}}})
     assert sorted(b158_table(run, LAYOUTS["bitnet_b158"])["Model"]) == ["LLaMA", "wide"]
+
+
+def test_a_transformers_bitnet_checkpoint_is_sized_as_the_model_it_was_exported_from(tmp_path):
+    """transformers keeps a BitNet checkpoint's ternary weights packed in uint8 buffers: its rows counted
+    66,976 parameters and 133,980 bytes for a model of 167,072 and 159,068 (b1.58 layout: Size, Mem)."""
+    from ptq_bench.models.build import export_hf, parameter_count
+    from ptq_bench.source_load import load_source
+    from ptq_bench.sources import inspect_source
+
+    arch = ArchConfig(hidden_size=64, intermediate_size=128, num_layers=2, num_heads=2, max_seq_len=64)
+    bn = build_model("bitnet_b158", arch, 256, 0)
+    export_hf(bn, "bitnet_b158", tmp_path / "hf")
+    hf, _, kind = load_source(inspect_source(str(tmp_path / "hf")), tokenizer=False)
+    assert kind == "bitnet_hf" and weight_bytes(hf) == weight_bytes(bn)
+    block_norms = 2 * 2 * 64  # the export's input / post-attention norms (ones): BitLinear normalizes inside
+    assert parameter_count(hf) == parameter_count(bn) + block_norms

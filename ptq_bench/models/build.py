@@ -264,6 +264,21 @@ def max_logit_diff(model_a: nn.Module, model_b: nn.Module, input_ids: torch.Tens
     return (out[0] - out[1]).abs().max().item()
 
 
+PACKED_PER_BYTE = 4  # ternary weights per uint8 in transformers' packed BitNet layout (integrations/bitnet.py)
+
+
+def _packed(model: nn.Module) -> dict[int, torch.Tensor]:
+    """Packed ternary weights (uint8 buffers of transformers' BitNet linears), by tensor identity."""
+    return {id(m.weight): m.weight for m in model.modules()
+            if isinstance(getattr(m, "weight", None), torch.Tensor) and m.weight.dtype == torch.uint8}
+
+
+def parameter_count(model: nn.Module) -> int:
+    """Parameters as the papers count them: a tied tensor once (as `parameters()`), and the weights of a
+    transformers BitNet checkpoint, which it keeps packed in uint8 buffers rather than parameters."""
+    return sum(p.numel() for p in model.parameters()) + sum(w.numel() * PACKED_PER_BYTE for w in _packed(model).values())
+
+
 def weight_bytes(model: nn.Module) -> int:
     """Bytes of the stored weights as the papers count model memory: every high-precision tensor at
     16 bits (FP16/bf16), BitLinear weights packed at 2 bits (4 per byte, transformers' layout) plus
@@ -271,9 +286,12 @@ def weight_bytes(model: nn.Module) -> int:
     total = 0
     bit_weights = {id(m.weight) for m in model.modules() if isinstance(m, BitLinear)}
     tensors = {id(p): p for p in model.state_dict(keep_vars=True).values()}  # a tied tensor is stored once
+    packed = _packed(model)
     for p in tensors.values():
         if id(p) in bit_weights:
             total += -(-p.shape[0] // 4) * p.shape[1] + 2
+        elif id(p) in packed:  # already 2 bits per weight (its scale is a float tensor of its own)
+            total += p.numel()
         elif p.is_floating_point():
             total += p.numel() * 2
     return total
