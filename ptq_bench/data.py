@@ -12,6 +12,7 @@ import json
 import os
 from collections.abc import Iterator
 from pathlib import Path
+from typing import IO
 
 from ptq_bench.errors import DataError
 
@@ -44,9 +45,12 @@ def data_file(data_dir: Path, rel: str) -> Path:
     return path
 
 
+def _open_text(path: Path) -> IO[str]:
+    return (gzip.open if path.suffix == ".gz" else open)(path, "rt", encoding="utf-8")
+
+
 def read_jsonl(path: Path) -> Iterator[dict]:
-    opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rt", encoding="utf-8") as fh:
+    with _open_text(path) as fh:
         for line in fh:
             if line.strip():
                 yield json.loads(line)
@@ -60,9 +64,8 @@ def check_jsonl(data_dir: Path, rel: str) -> None:
     before a run writes anything, so a damaged file is one line naming it rather than a traceback later."""
     path, rows, lineno = data_file(data_dir, rel), 0, 0
     want = ' with a "text" string' if rel in TEXT_FILES else ""
-    opener = gzip.open if path.suffix == ".gz" else open
     try:
-        with opener(path, "rt", encoding="utf-8") as fh:
+        with _open_text(path) as fh:
             for lineno, line in enumerate(fh, 1):
                 if line.strip():
                     row, rows = json.loads(line), rows + 1

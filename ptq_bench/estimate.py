@@ -356,8 +356,9 @@ def _zero_shot_lines(recipe: Recipe, found: list[Measured]) -> list[str]:
         m, tasks = by_model[c.model], e.tasks if c.tasks is None else c.tasks
         total += (m.zero_shot_call_s + sum(m.zero_shot_s[t] for t in tasks)) if tasks else 0.0
     limit = "all" if e.limit is None else e.limit
-    shots = "zero-shot" if e.num_fewshot == 0 else f"{e.num_fewshot}-shot"
-    lines = [f"{shots} ({e.backend}, {len(e.tasks)} tasks, {limit} documents each; timed on {SAMPLE_DOCS} and "
+    from ptq_bench.report.run import shot_name
+
+    lines = [f"{shot_name(e.num_fewshot)} ({e.backend}, {len(e.tasks)} tasks, {limit} documents each; timed on {SAMPLE_DOCS} and "
              f"{3 * SAMPLE_DOCS} per task, best of {SAMPLE_REPEATS}): {_hms(total)} for {len(cells)} cells at their base model's rate "
              "(activation-quantized cells run slower)"]
     lines.extend(f"  {m.name:<14} every task once: {_hms(m.zero_shot_call_s + sum(m.zero_shot_s.values()))}"

@@ -101,13 +101,12 @@ def _load_error(info: SourceInfo, e: Exception) -> RecipeError:
 
 
 def _refuse_incomplete(info: SourceInfo, loading: dict[str, Any]) -> None:
-    """transformers fills tensors a checkpoint lacks (or has in another shape) with random values and
-    only logs it: rows of such a model would name a checkpoint they were not computed from."""
-    for what, keys in (("lacks", loading.get("missing_keys")), ("has another shape for", loading.get("mismatched_keys"))):
-        if keys:
-            names = sorted(str(k[0] if isinstance(k, tuple) else k) for k in keys)
-            raise RecipeError(f"source '{info.source}': the checkpoint {what} {len(names)} of the model's tensors "
-                              f"(first: {names[0]}), which transformers would fill with random values")
+    """transformers fills tensors a checkpoint lacks with random values and only logs it: rows of such a
+    model would name a checkpoint they were not computed from. (A tensor of another shape it refuses
+    itself, unless `ignore_mismatched_sizes`, which is never passed.)"""
+    if missing := sorted(map(str, loading.get("missing_keys") or ())):
+        raise RecipeError(f"source '{info.source}': the checkpoint lacks {len(missing)} of the model's tensors "
+                          f"(first: {missing[0]}), which transformers would fill with random values")
 
 
 def _load_gguf(file: Path, info: SourceInfo) -> Any:

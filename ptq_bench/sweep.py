@@ -32,7 +32,6 @@ from ptq_bench.data import (
     calibration_documents,
     data_file,
     file_digest,
-    file_sha256,
     resolve_data_dir,
     train_documents,
 )
@@ -72,7 +71,8 @@ def method_version(method: str) -> int | None:
 
 def data_hashes(data_dir: Path, recipe: Recipe) -> dict[str, str]:
     """sha256 of every data file the recipe reads (`paths.check_data` checked them before the run began)."""
-    return {f: file_sha256(data_file(data_dir, f)) for f in required_data_files(recipe)}
+    # file_digest: each file is read once; the token arrays are named by the same digests (`tokens.cached_array`)
+    return {f: file_digest(data_file(data_dir, f)) for f in required_data_files(recipe)}
 
 
 def check_sources(recipe: Recipe, manifest: dict[str, Any], rows: list[Row]) -> None:

@@ -45,11 +45,12 @@ class Evaluator:
         self.refs: dict[str, Any] = {}  # set name -> kld.BaseReference of `base`
         self.ppl_ids: dict[str, np.ndarray] = {}
         for name in spec.perplexity.sets:
+            file = data_file(data_dir, PPL_FILES[name])
             self.ppl_ids[name] = cached_array(
                 cache / "tokens" / tok_key / f"ppl_{name}.npy",
                 lambda n=name: np.asarray(tokenizer(perplexity_text(n, data_dir))["input_ids"], np.int32),
-                [data_file(data_dir, PPL_FILES[name])])
-            _check_windows(spec.perplexity, name, len(self.ppl_ids[name]), data_file(data_dir, PPL_FILES[name]))
+                [file])
+            _check_windows(spec.perplexity, name, len(self.ppl_ids[name]), file)
         self.suite = TaskSuite.of(spec, data_dir, tokenizer) if spec.tasks else None
 
     def provenance(self) -> dict[str, Any]:

@@ -79,11 +79,15 @@ def num_fewshot(row: dict[str, Any]) -> int | None:
     return (row.get("protocol") or {}).get("num_fewshot")
 
 
+def shot_name(n: int) -> str:
+    return "zero-shot" if n == 0 else f"{n}-shot"
+
+
 def shots(rows: list[dict[str, Any]]) -> str:
     """How the rows' accuracies were measured, for titles and axes: "zero-shot", "2-shot", or the mix. The
     papers' columns are zero-shot, so a few-shot run must not borrow that word."""
     counts = sorted({n for n in map(num_fewshot, rows) if n is not None}) or [0]
-    names = ["zero-shot" if n == 0 else f"{n}-shot" for n in counts]
+    names = [shot_name(n) for n in counts]
     return names[0] if len(names) == 1 else "mixed: " + ", ".join(names)
 
 

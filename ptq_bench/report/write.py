@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 
 from ptq_bench.report.fmt import to_csv, to_latex, to_markdown
 from ptq_bench.report.layouts import GENERIC, LAYOUTS, SPREAD, Layout, load
-from ptq_bench.report.run import RunData
+from ptq_bench.report.run import RunData, shots
 from ptq_bench.report.tables import notes
 
 if TYPE_CHECKING:
@@ -33,8 +33,6 @@ def chosen_layouts(run: RunData) -> list[Layout]:
 
 
 def _title(run: RunData, layout: Layout) -> str:
-    from ptq_bench.report.run import shots
-
     title = layout.title.replace("{recipe}", run.recipe_name)
     if "{shots}" in title:  # a paper layout: its own columns are zero-shot
         label = shots(run.rows)
