@@ -212,12 +212,37 @@ def connect(address: str | None) -> bool:
 
     if ray.is_initialized():
         return False
+    refuse_unreachable(address or os.environ.get("RAY_ADDRESS"))
     try:
         ray.init(address=address, log_to_driver=True)
     except (ConnectionError, ValueError, RuntimeError, ray.exceptions.RayError) as exc:
         raise PtqBenchError(f"executor.address: cannot connect to Ray at {address or '$RAY_ADDRESS'} "
                             f"({type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''})") from None
     return True
+
+
+CONNECT_TIMEOUT_S = 10.0  # a Ray head that does not accept a TCP connection in this long is taken as absent
+
+
+def endpoint(address: str) -> tuple[str, int] | None:
+    """(host, port) that Ray would dial for `address` ("HOST:PORT" or "ray://HOST:PORT"); None for the
+    addresses Ray resolves itself ("auto", "local") and for any it would refuse on its own."""
+    host, sep, port = address.split("://", 1)[-1].rstrip("/").rpartition(":")
+    return (host.strip("[]"), int(port)) if sep and host and port.isdigit() else None
+
+
+def refuse_unreachable(address: str | None) -> None:
+    """`ray.init` retries an address where nothing listens for minutes before it gives up: one TCP
+    connection, with a timeout, first."""
+    where = endpoint(address) if address else None
+    if where is None:
+        return
+    try:
+        socket.create_connection(where, timeout=CONNECT_TIMEOUT_S).close()
+    except OSError as exc:
+        raise PtqBenchError(f"executor.address: nothing answers at {where[0]}:{where[1]} "
+                            f"({type(exc).__name__}: {exc.strerror or exc}); start the head with `ray start --head` "
+                            "or give its address") from None
 
 
 def refuse_infeasible(ex: ExecutorSpec) -> None:

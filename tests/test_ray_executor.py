@@ -209,3 +209,27 @@ def test_a_task_no_node_can_hold_is_refused_before_anything_is_written(crash_dir
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert "no node of the Ray cluster has 64 CPU and 0 GPU for a task (the largest: 2 CPU, 0 GPU)" in err, err
     assert not (tmp_path / "out").exists() and not (tmp_path / "cache").exists()
+
+
+def test_endpoint_reads_the_addresses_ray_dials():
+    assert executors.endpoint("10.0.0.1:6379") == ("10.0.0.1", 6379)
+    assert executors.endpoint("ray://head.example:10001") == ("head.example", 10001)
+    assert executors.endpoint("[::1]:6379") == ("::1", 6379)
+    assert executors.endpoint("auto") is None and executors.endpoint("local") is None
+    assert executors.endpoint("head:port") is None  # left to Ray, which refuses it at once
+
+
+def test_an_address_where_nothing_listens_is_refused_at_once(tmp_path):
+    """`ray.init` retried such an address for minutes; now one TCP connection with a timeout decides."""
+    import socket
+
+    with socket.socket() as s:  # a port that was free a moment ago: nothing listens there
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    path = _recipe(tmp_path)
+    out = subprocess.run([sys.executable, "-m", "ptq_bench.cli", "run", str(path), "--executor", "ray",
+                          "--address", f"127.0.0.1:{port}"], capture_output=True, text=True, timeout=90,
+                         env={**os.environ, "PYTHONPATH": str(ROOT)})
+    err = out.stderr.strip().splitlines()
+    assert out.returncode == 2 and f"executor.address: nothing answers at 127.0.0.1:{port}" in err[-1], out.stderr
+    assert not (tmp_path / "out").exists() and not (tmp_path / "cache").exists()
