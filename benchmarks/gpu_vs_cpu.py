@@ -84,21 +84,35 @@ def compare(a: dict[tuple, dict], b: dict[tuple, dict], names: tuple[str, str]) 
         return 1
     print(f"{'model':<14}{'label':<34}{'seed':>5}{'q+eval s ' + names[0]:>24}{'q+eval s ' + names[1]:>24}"
           + "".join(f"{col:>16}" for _, _, col in KINDS.values()))
-    worst: dict[str, float] = dict.fromkeys(KINDS, 0.0)
+    worst: dict[str, float | None] = dict.fromkeys(KINDS)
     for key in sorted(a, key=str):
         ra, rb = a[key], b[key]
-        per: dict[str, float] = dict.fromkeys(KINDS, 0.0)
-        for m, va in ra["metrics"].items():
-            k = kind_of(m)
-            if k and m in rb["metrics"]:
-                per[k] = max(per[k], KINDS[k][1](va, rb["metrics"][m]))
-        for k in KINDS:
-            worst[k] = max(worst[k], per[k])
+        per = differences(ra["metrics"], rb["metrics"])
+        worst = {k: _max(worst[k], per[k]) for k in KINDS}
         label = setting_name(key[1], ra["method"], ra.get("config") or {})
         print(f"{key[0]:<14}{label:<34}{str(key[2]):>5}{seconds(ra):>24}{seconds(rb):>24}"
-              + "".join(f"{per[k]:>16.2e}" for k in KINDS))
-    print("largest difference: " + ", ".join(f"{KINDS[k][2].removeprefix('max ')} {v:.2e}" for k, v in worst.items()))
+              + "".join(f"{_fmt(per[k]):>16}" for k in KINDS))
+    print("largest difference: " + ", ".join(f"{KINDS[k][2].removeprefix('max ')} {_fmt(v)}" for k, v in worst.items()))
     return 0
+
+
+def differences(ma: dict[str, float], mb: dict[str, float]) -> dict[str, float | None]:
+    """The largest difference per kind of metric over the metrics both rows have; None (printed "–") for a
+    kind neither measured, which is not a difference of 0."""
+    per: dict[str, float | None] = dict.fromkeys(KINDS)
+    for m, va in ma.items():
+        k = kind_of(m)
+        if k and m in mb:
+            per[k] = _max(per[k], KINDS[k][1](va, mb[m]))
+    return per
+
+
+def _max(a: float | None, b: float | None) -> float | None:
+    return b if a is None else a if b is None else max(a, b)
+
+
+def _fmt(v: float | None) -> str:
+    return "–" if v is None else f"{v:.2e}"
 
 
 def main() -> None:

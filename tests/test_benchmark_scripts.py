@@ -48,3 +48,21 @@ def test_bitlinear_float_path_caches_the_weight_with_equal_logits():
     lines = [ln for ln in out.splitlines() if "re-quantizing" in ln]
     assert len(lines) == 2 and all("logits equal: True" in ln for ln in lines), out
     assert all(float(ln.split("kernels ")[-1].split("x")[0]) > 1.2 for ln in lines), out
+
+
+def test_gpu_vs_cpu_prints_a_dash_where_neither_row_measured(capsys):
+    """The committed CPU and CUDA SmolLM2 rows: GPTQ W3 ran no zero-shot task on either device, and the base
+    has no KLD; that is "–", not a difference of 0 (which the CUDA results' README once printed)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("gpu_vs_cpu", ROOT / "benchmarks" / "gpu_vs_cpu.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    cuda = mod.keyed(ROOT / "results" / "smollm2_ptq_cuda_bf16")
+    cpu = {k: v for k, v in mod.keyed(ROOT / "results" / "smollm2_ptq").items() if k in cuda}
+    assert mod.compare(cpu, cuda, ("cpu", "cuda")) == 0
+    rows = capsys.readouterr().out.splitlines()[1:-1]
+    w3 = [ln.split()[-3:] for ln in rows if "W3" in ln]
+    assert len(w3) == 3 and all(c[-1] == "–" and c[0] != "–" for c in w3), w3
+    (base,) = [ln.split()[-3:] for ln in rows if " none " in f" {ln} " or "FP16" in ln or "W16A16" in ln]
+    assert base[1] == "–" and base[2] != "–", base
