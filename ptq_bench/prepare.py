@@ -140,7 +140,7 @@ def get_model(
 def _train_into(tmp: Path, ctx: Context, name: str, tokenizer: Any, stream: Any, untrained_ppl: Any) -> None:
     """Train model `name` and write its cache folder at `tmp`: model/ (toolkit form), hf/, train_info.json."""
     from ptq_bench.models.build import build_model, export_hf, save_model
-    from ptq_bench.models.train import train
+    from ptq_bench.models.train import train, trained_on
 
     r, spec = ctx.recipe, ctx.recipe.models[name]
     model = build_model(spec.kind, model_arch(r, name), len(tokenizer), seed=r.seed).to(ctx.device)
@@ -160,5 +160,6 @@ def _train_into(tmp: Path, ctx: Context, name: str, tokenizer: Any, stream: Any,
     export_hf(model, spec.kind, tmp / "hf")
     tokenizer.save_pretrained(str(tmp / "hf"))
     info = {"untrained_metrics": untrained, "schedule": to_dict(schedule), "steps": res.steps, "tokens": res.tokens,
-            "seconds": res.seconds, "diverged": res.diverged, "diverged_at": res.diverged_at, "curve": res.curve}
+            "seconds": res.seconds, "diverged": res.diverged, "diverged_at": res.diverged_at, "curve": res.curve,
+            "trained_on": trained_on(next(model.parameters()).device.type)}
     (tmp / "train_info.json").write_text(json.dumps(info, default=str), encoding="utf-8")

@@ -341,7 +341,7 @@ def _save_curve(out: Path, name: str, kind: str, info: dict) -> None:
         return
     (out / CURVES).mkdir(exist_ok=True)
     payload = {"model": name, "kind": kind, "diverged": info.get("diverged", False),
-               "schedule": info.get("schedule"), "curve": info["curve"]}
+               "schedule": info.get("schedule"), "trained_on": info.get("trained_on"), "curve": info["curve"]}
     (out / CURVES / f"{name}.json").write_text(json.dumps(payload), encoding="utf-8")
 
 

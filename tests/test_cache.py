@@ -88,6 +88,7 @@ def test_damaged_model_is_rebuilt_identically(ref, tmp_path, capsys, damage):
     assert all(torch.equal(v, want[k]) for k, v in model.state_dict().items())
     ref_info = json.loads((ref.cache / "models" / folder.name / "train_info.json").read_text())
     assert info["untrained_metrics"] == ref_info["untrained_metrics"] and problem(folder) is None
+    assert info["trained_on"] == {"device": "cpu", "autocast": None}  # a CUDA-trained one says bfloat16
 
 
 def test_truncated_token_array_is_rebuilt_identically(ref, tmp_path, capsys):

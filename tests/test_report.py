@@ -127,6 +127,26 @@ def test_plots_mark_nonfinite_points_at_the_axis_edge(tmp_path, monkeypatch):
     assert len(edge) == 2 and all(ln.get_ydata()[0] == top for ln in edge)
 
 
+def test_loss_curve_legend_names_training_under_autocast(tmp_path, monkeypatch):
+    """A model trained on CUDA (bf16 autocast) is another model than one trained in float32 on the CPU."""
+    figs = {}
+
+    def keep(fig, path):
+        figs[path.name] = fig
+        return path
+
+    monkeypatch.setattr(plots_mod, "_save", keep)
+    pts = [{"tokens": 1, "loss": 9.0, "step": 1}, {"tokens": 2, "loss": 8.0, "step": 2}]
+    curves = {"fp16": {"model": "fp16", "kind": "fp16", "trained_on": {"device": "cuda", "autocast": "bfloat16"},
+                       "curve": pts},
+              "b158": {"model": "b158", "kind": "bitnet158", "trained_on": {"device": "cpu", "autocast": None},
+                       "curve": pts}}
+    run = run_of(_nonfinite_rows(), curves)
+    plots_mod.plot_loss_curves(run, generic_table(run), tmp_path)
+    legend = [t.get_text() for t in figs["loss_curves.png"].axes[0].get_legend().get_texts()]
+    assert sorted(legend) == ["b158 (bitnet158)", "fp16 (fp16, bfloat16 autocast)"]
+
+
 def test_rows_lacking_values_still_render():
     rows = _nonfinite_rows()
     rows[1].pop("metrics")
@@ -165,14 +185,14 @@ def test_altered_values_are_named_not_tracebacks(tmp_path):
     d = _run_dir(tmp_path, [rows[0], text, bits, rows[3]], manifest=json.dumps(manifest))
     (d / "curves").mkdir(exist_ok=True)
     for name, curve in {"a": {"model": "a", "curve": "abc"}, "b": {"model": "a", "curve": [1, 2]},
-                        "c": {"model": ["x"]}}.items():
+                        "c": {"model": ["x"]}, "d": {"model": "d", "trained_on": "cuda"}}.items():
         (d / "curves" / f"{name}.json").write_text(json.dumps(curve))
     render(d)
     md = (d / "table.md").read_text(encoding="utf-8")
     assert "results.jsonl line 2 damaged ('metrics' value" in md and "is not a number" in md
     assert "results.jsonl line 3 damaged ('quant' value 'effective_bits' is not a number)" in md
     assert "manifest names layout \"['x']\"" in md
-    assert md.count("- curves/") == 3
+    assert md.count("- curves/") == 4
 
 
 def test_version_fields_show_when_present(tmp_path):

@@ -101,10 +101,21 @@ def train_steps(total_tokens: int, seq_len: int, batch_size: int) -> int:
     return total_tokens // (seq_len * batch_size)
 
 
+def autocast_dtype(device_type: str) -> torch.dtype | None:
+    """The dtype training computes in under autocast on this kind of device (bf16 on CUDA; none elsewhere):
+    part of what a trained model is, so its training info records it (`trained_on`)."""
+    return torch.bfloat16 if device_type == "cuda" else None
+
+
+def trained_on(device_type: str) -> dict[str, str | None]:
+    amp = autocast_dtype(device_type)
+    return {"device": device_type, "autocast": str(amp).removeprefix("torch.") if amp else None}
+
+
 def forward_loss(model: torch.nn.Module, batch: torch.Tensor) -> torch.Tensor:
-    """Next-token cross-entropy of `batch` (rows of seq_len + 1 ids), under bf16 autocast on CUDA."""
-    device = batch.device
-    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+    """Next-token cross-entropy of `batch` (rows of seq_len + 1 ids), under autocast where `autocast_dtype` says."""
+    amp = autocast_dtype(batch.device.type)
+    with torch.autocast(batch.device.type, dtype=amp or torch.bfloat16, enabled=amp is not None):
         logits = model(batch[:, :-1]).logits
     return torch.nn.functional.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), batch[:, 1:].reshape(-1))
 

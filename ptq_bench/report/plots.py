@@ -200,7 +200,9 @@ def plot_loss_curves(run: RunData, df: pd.DataFrame, out: Path) -> list[Path]:
     marks = Marks()
     for c in run.curves.values():
         pts = c.get("curve") or []
-        label = f"{c.get('model')} ({c.get('kind')})" + (" — diverged" if c.get("diverged") else "")
+        amp = (c.get("trained_on") or {}).get("autocast")  # e.g. bfloat16 for a model trained on CUDA
+        label = f"{c.get('model')} ({c.get('kind')}{f', {amp} autocast' if amp else ''})" + (
+            " — diverged" if c.get("diverged") else "")
         marks.line(ax, [p.get("tokens") for p in pts], [p.get("loss") for p in pts], label=label)
     ax.set_xlabel("training tokens")
     ax.set_ylabel("training loss")

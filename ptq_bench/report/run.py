@@ -60,8 +60,9 @@ def _checked_curve(curve: Any) -> dict[str, Any]:
     """A curves/<model>.json as `sweep._save_curve` writes it; ValueError says what is not."""
     if not isinstance(curve, dict):
         raise ValueError("not a JSON object")
-    if not isinstance(curve.get("model", ""), str) or not isinstance(curve.get("schedule") or {}, dict):
-        raise ValueError("'model' is not a string or 'schedule' not an object")
+    if not isinstance(curve.get("model", ""), str) or not all(
+            isinstance(curve.get(k) or {}, dict) for k in ("schedule", "trained_on")):
+        raise ValueError("'model' is not a string or 'schedule' / 'trained_on' not an object")
     points = curve.get("curve", [])
     if not isinstance(points, list) or not all(
             isinstance(p, dict) and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in p.values())
