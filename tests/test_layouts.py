@@ -95,6 +95,29 @@ def test_every_layout_renders_from_synthetic_rows(tmp_path, name):
         assert not list(d.glob("paper_table.*"))
 
 
+@pytest.mark.parametrize("name", [n for n in LAYOUT_NAMES if n != GENERIC.name])
+def test_paper_layouts_name_what_each_short_column_measures(tmp_path, name):
+    """`PPL`, `ARCe`, ... are the papers' headers; the md's first note and the LaTeX caption map each to the
+    stored metric key (set, window length, shots, acc or acc_norm) its numbers are."""
+    layout = LAYOUTS[name]
+    d = _synthetic_run(tmp_path, name)
+    render(d)
+    note = next(ln for ln in (d / f"{layout.stem}.md").read_text(encoding="utf-8").splitlines()
+                if ln.startswith("- Columns: "))
+    want = ["`PPL` = `ppl_gptq/wikitext2/seq128`", *(f"`{TASKS[t].label}` = `{t}/0shot/{m}`" for t, m in layout.columns)]
+    assert note == f"- Columns: {'; '.join(want)}.", note
+    caption = (d / f"{layout.stem}.tex").read_text(encoding="utf-8")
+    assert "Columns: PPL = ppl\\_gptq/wikitext2/seq128" in caption, caption
+
+
+def test_a_run_without_tasks_has_no_task_protocol_line(tmp_path):
+    """It read "limit none documents per task" in a run of perplexity only (lr_stability's tables)."""
+    d = run_dir(tmp_path, [row("fp16", "fp16", "none", 16, 16, 20.0, [])])
+    render(d)
+    md = (d / "table.md").read_text(encoding="utf-8")
+    assert "`ppl_gptq/<set>/seq128…`" in md and "shot/acc" not in md and "limit none" not in md
+
+
 def _digest(folder: Path) -> dict[str, str]:
     return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
             for p in sorted(folder.rglob("*")) if p.is_file()}

@@ -13,7 +13,8 @@ from typing import TYPE_CHECKING, Any
 
 from ptq_bench.quant.configs import setting_label
 from ptq_bench.report.fmt import bits, frame, md_cell
-from ptq_bench.report.run import RunData, mean, metrics, percent, ppl_key, versions
+from ptq_bench.report.paper import labels
+from ptq_bench.report.run import RunData, mean, metrics, num_fewshot, percent, ppl_key, versions
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -91,10 +92,12 @@ def protocol_notes(rows: list[dict[str, Any]]) -> list[str]:
         f"- `ppl_gptq/<set>/seq{ppl['seq_len']}…`: GPTQ-protocol perplexity (test text joined, non-overlapping "
         f"{ppl['seq_len']}-token windows, {win}).",
     ]
+    docs = "every document" if p.get("limit") is None else f"limit {p['limit']} documents per task"
+    if any(k.startswith("lm_eval/") for r in rows for k in metrics(r)):  # a run of perplexity only has no such line
+        lines.append(f"- `<task>/<n>shot/acc|acc_norm`: lm-eval task definitions and metrics, {p.get('num_fewshot')}-shot, "
+                     f"{docs}, backend `{p.get('backend')}`; accuracies in %.")
     return [
         *lines,
-        f"- `<task>/<n>shot/acc|acc_norm`: lm-eval task definitions and metrics, {p.get('num_fewshot')}-shot, "
-        f"limit {p.get('limit') or 'none'} documents per task, backend `{p.get('backend')}`; accuracies in %.",
         "- `W`/`A`: weight/activation bits (FP16 = 16/16; BitNet b1.58 = 1.58/8 and b1 = 1/8 natively).",
         "- `eff_bits`: stored bits per quantized weight, scales and zeros included; `quant_s`: quantization seconds.",
         "- `kld/<set>/…/mean`: mean per-token KL(base ‖ quantized) in nats on the perplexity windows; "
@@ -146,6 +149,17 @@ def eval_note(manifest: dict[str, Any], tasks: list[str]) -> list[str]:
             + (f"; task versions: {shown}" if shown else "") + "."]
 
 
+def column_keys(run: RunData, layout: Layout, df: pd.DataFrame) -> str:
+    """What a paper layout's short column headers measure, as stored metric keys ("" for the generic table,
+    whose headers are the keys): `PPL` = `ppl_gptq/wikitext2/seq128`; `ARCe` = `arc_easy/0shot/acc_norm`; ..."""
+    ppls = {k for k in map(ppl_key, run.rows) if k}
+    shots = {num_fewshot(r) for r in run.rows if any(k.startswith("lm_eval/") for k in metrics(r))}
+    n = f"{shots.pop()}shot" if len(shots) == 1 else "<n>shot"
+    named = {"PPL": f"`{ppls.pop()}`" if len(ppls) == 1 else "mixed (below)" if ppls else None,
+             **{label: f"`{task}/{n}/{metric}`" for label, (task, metric) in zip(labels(layout), layout.columns)}}
+    return "; ".join(f"`{col}` = {key}" for col, key in named.items() if key and col in df.columns)
+
+
 def ppl_note(rows: list[dict[str, Any]]) -> list[str]:
     """A `PPL` column whose rows were measured under different protocols says so."""
     keys = Counter(k for k in map(ppl_key, rows) if k)
@@ -175,7 +189,9 @@ def device_note(rows: list[dict[str, Any]]) -> list[str]:
 
 def notes(run: RunData, layout: Layout, df: pd.DataFrame) -> list[str]:
     """Every table's footnotes: protocol, task protocol notes, untrained references, provenance, damage."""
-    lines = [*protocol_notes(run.rows), *device_note(run.rows), *task_notes(shown_tasks(run, layout)), *untrained_notes(run.rows)]
+    keys = column_keys(run, layout, df)
+    lines = [*([f"- Columns: {keys}."] if keys else []), *protocol_notes(run.rows), *device_note(run.rows),
+             *task_notes(shown_tasks(run, layout)), *untrained_notes(run.rows)]
     if "PPL" in df.columns:
         lines += ppl_note(run.rows)
     if run.manifest:

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 from ptq_bench.report.fmt import to_csv, to_latex, to_markdown
 from ptq_bench.report.layouts import GENERIC, LAYOUTS, SPREAD, Layout, load
 from ptq_bench.report.run import RunData, shots
-from ptq_bench.report.tables import notes
+from ptq_bench.report.tables import column_keys, notes
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -47,10 +47,16 @@ def _markdown(run: RunData, layout: Layout, df: pd.DataFrame) -> str:
     return "\n".join([*parts, "", *notes(run, layout, df)]) + "\n"
 
 
+def _caption(run: RunData, layout: Layout, df: pd.DataFrame) -> str:
+    """The LaTeX caption: the title, and what a paper layout's short headers measure (the md's first note)."""
+    keys = column_keys(run, layout, df).replace("`", "")
+    return _title(run, layout) + (f". Columns: {keys}." if keys else "")
+
+
 WRITERS: dict[str, Callable[[RunData, Layout, pd.DataFrame], str]] = {
     "md": _markdown,
     "csv": lambda run, layout, df: to_csv(df),
-    "tex": lambda run, layout, df: to_latex(df, _title(run, layout)),
+    "tex": lambda run, layout, df: to_latex(df, _caption(run, layout, df)),
 }
 
 
