@@ -113,21 +113,36 @@ def ensure(path: Path, build: Callable[[Path], None], what: str) -> Path:
     return path
 
 
+def host_tag() -> str:
+    """This host's name as it appears in the names of per-process folders (no "-": it separates the pid)."""
+    import socket
+
+    return socket.gethostname().replace("-", "_")
+
+
+def remove_stale(parent: Path, prefix: str) -> None:
+    """Remove `<parent>/<prefix><host>-<pid>-…` entries that a process of this host left behind when it was
+    killed before its clean-up (its pid is gone). Entries of other hosts (a cache shared over a cluster) are
+    left alone: their processes cannot be seen from here."""
+    host = host_tag()
+    for old in parent.glob(f"{prefix}{host}-*"):
+        pid = old.name[len(prefix) + len(host) + 1:].split("-")[0]
+        if not pid.isdigit() or _alive(int(pid)):
+            continue
+        if old.is_dir():
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            old.unlink(missing_ok=True)
+
+
 def scratch_folder(parent: Path, prefix: str) -> Path:
     """A new private folder `<parent>/<prefix><host>-<pid>-<random>` for one run's bulky temporary files
-    (float blocks, offloaded cells' blocks: up to the model's size each). Folders that an earlier run on
-    this host left behind (killed before its clean-up) are removed first: their process is gone. Folders
-    of other hosts (a cache shared over a cluster) are left alone."""
-    import socket
+    (float blocks, offloaded cells' blocks: up to the model's size each), after `remove_stale`."""
     import tempfile
 
     parent.mkdir(parents=True, exist_ok=True)
-    host = socket.gethostname().replace("-", "_")
-    for old in parent.glob(f"{prefix}{host}-*"):
-        pid = old.name[len(prefix) + len(host) + 1:].split("-")[0]
-        if pid.isdigit() and not _alive(int(pid)):
-            shutil.rmtree(old, ignore_errors=True)
-    return Path(tempfile.mkdtemp(prefix=f"{prefix}{host}-{os.getpid()}-", dir=parent))
+    remove_stale(parent, prefix)
+    return Path(tempfile.mkdtemp(prefix=f"{prefix}{host_tag()}-{os.getpid()}-", dir=parent))
 
 
 def _alive(pid: int) -> bool:

@@ -39,6 +39,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ptq_bench.cache import host_tag, remove_stale
 from ptq_bench.cells import refuse_loaded
 from ptq_bench.console import log
 from ptq_bench.errors import PtqBenchError
@@ -47,6 +48,7 @@ from ptq_bench.recipe import Cell, ExecutorSpec, Recipe
 from ptq_bench.results import Row, append_row, write_manifest
 from ptq_bench.sweep import Sweep, _record_eval, _save_curve, base_model, cell_id, run_model
 
+RAY_DRIVER, RAY_SCRATCH = ".ray-driver-", ".ray-scratch-"  # + the run's token, in the shared cache
 CRASH_ENV = "PTQ_BENCH_RAY_CRASH_ONCE"  # fault injection for tests: a folder (see _maybe_crash)
 
 
@@ -61,17 +63,17 @@ class Job:
     data_hashes: dict[str, str]
     keys: dict[str, str]  # model name -> model cache key
     tok_key: str  # the recipe's tokenizer key ("" when every model is a `source:`)
-    token: str  # this invocation: names the driver's marker in the cache and the worker-side state
+    token: str  # this invocation (<host>-<pid>-<random>): names the driver's marker, scratch and worker-side state
 
     @property
     def marker(self) -> Path:
-        return Path(self.cache) / f".ray-driver-{self.token}"
+        return Path(self.cache) / f"{RAY_DRIVER}{self.token}"
 
     @property
     def scratch(self) -> Path:
         """Where workers keep their scratch `out` folders: in the shared cache, so the driver removes every
         worker's when the run ends (a Ray worker is killed at shutdown, so its own exit hooks never run)."""
-        return Path(self.cache) / f".ray-scratch-{self.token}"
+        return Path(self.cache) / f"{RAY_SCRATCH}{self.token}"
 
 
 @dataclass(frozen=True)
@@ -173,6 +175,8 @@ def run_ray(sw: Sweep) -> None:
     started = connect(ex.address)
     job = make_job(sw)
     job.marker.parent.mkdir(parents=True, exist_ok=True)
+    for prefix in (RAY_SCRATCH, RAY_DRIVER):  # what a driver of this host left when it was killed
+        remove_stale(job.marker.parent, prefix)
     job.scratch.mkdir()  # the workers' scratch: made and removed here, by the run that owns it
     job.marker.write_text(socket.gethostname(), encoding="utf-8")
     sw.manifest["invocations"][-1]["executor"] = {"kind": "ray", "address": ex.address, "cpus_per_cell": ex.cpus_per_cell,
@@ -261,7 +265,7 @@ def refuse_infeasible(ex: ExecutorSpec) -> None:
 def make_job(sw: Sweep) -> Job:
     ctx = sw.ctx
     return Job(ctx.recipe, str(ctx.data_dir.resolve()), str(ctx.cache.resolve()), os.getcwd(), dict(ctx.data_hashes),
-               dict(sw.keys), sw.tok_key, uuid.uuid4().hex[:12])
+               dict(sw.keys), sw.tok_key, f"{host_tag()}-{os.getpid()}-{uuid.uuid4().hex[:8]}")
 
 
 def _remote(fn: Any, ex: ExecutorSpec) -> Any:

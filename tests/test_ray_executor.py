@@ -114,7 +114,18 @@ def test_ray_run_writes_the_local_rows_through_the_driver(ref, crash_dir, tmp_pa
 
 
 def test_ray_retries_a_killed_worker(ref, crash_dir, tmp_path):
+    """...and a driver that was killed (SIGKILL: no clean-up) left its scratch and marker in the cache: the
+    next run on this host removes them; another host's are left alone (their driver may be running)."""
+    from ptq_bench.cache import host_tag
+
     recipe, out = workspace(ref, tmp_path, models=True)
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead = f"{host_tag()}-{gone.stdout.strip()}-0badc0de"
+    stale = [tmp_path / "cache" / f"{executors.RAY_SCRATCH}{dead}", tmp_path / "cache" / f"{executors.RAY_DRIVER}{dead}"]
+    other = tmp_path / "cache" / f"{executors.RAY_SCRATCH}elsewhere-1-0badc0de"
+    for folder in (stale[0], other):
+        (folder / "w").mkdir(parents=True)
+    stale[1].write_text("host")
     (crash_dir / "crash").touch()
     try:
         assert main(["run", str(recipe), "--executor", "ray"]) == 0
@@ -123,6 +134,7 @@ def test_ray_retries_a_killed_worker(ref, crash_dir, tmp_path):
         for name in ("crash", "crashed"):
             (crash_dir / name).unlink(missing_ok=True)
     assert_same_rows(out, ref)
+    assert not any(p.exists() for p in stale) and other.is_dir()
 
 
 def test_ray_failure_is_recorded_then_resumed(ref, crash_dir, tmp_path, capsys):
