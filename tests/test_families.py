@@ -47,8 +47,8 @@ def calib():
 
 
 def test_every_registered_family_is_tested():
-    assert set(FAMILY_TYPES) == set(SUPPORTED_MODEL_TYPES)
-    assert set(METHOD_PARAMS) == set(METHODS)
+    assert set(FAMILY_TYPES) == set(SUPPORTED_MODEL_TYPES), "a family needs its tiny config in tests/tiny_families.py"
+    assert set(METHOD_PARAMS) == set(METHODS), "a method needs its matrix setting in tests/family_checks.py:METHOD_PARAMS"
 
 
 @pytest.mark.parametrize("method", sorted(METHOD_PARAMS))

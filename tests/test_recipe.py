@@ -471,8 +471,8 @@ def test_validate_imports_no_torch_or_pandas():
 
 
 def test_catalog_matches_registry():
-    """quant/configs.py CATALOG (read by validate) and the registry (read by run) name the same methods,
-    with the same config classes and calibration needs."""
+    """quant/configs.py CATALOG (read by validate) and the registry (read by run) name the same methods; the
+    registry's config class and calibration need are CATALOG's (a method cannot register without an entry)."""
     from ptq_bench.quant import METHODS, load_all
     from ptq_bench.quant.configs import CATALOG
 
@@ -480,6 +480,10 @@ def test_catalog_matches_registry():
     assert sorted(METHODS) == sorted(CATALOG)
     for name, m in METHODS.items():
         assert (m.config_cls, m.needs_calibration) == (CATALOG[name].config, CATALOG[name].needs_calibration), name
+    from ptq_bench.quant.registry import register
+
+    with pytest.raises(ValueError, match="no CATALOG entry: add its config"):
+        register("not_in_catalog")
 
 
 def test_registry_make_config_goes_through_the_loader():

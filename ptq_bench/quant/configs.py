@@ -2,7 +2,8 @@
 
 Pure dataclasses (no torch) so that `recipe.py` and `ptq-bench validate` can check every setting
 without importing the methods. Each method module re-exports its config from here; its solver is
-registered with the same config class (a test checks that the registry and CATALOG agree).
+registered under the same name (`@register(name)`), and the registry reads the config class and the
+calibration need from `CATALOG` (one place for each).
 Bounds are field metadata (`ptq_bench.config.bound`), checked by the one typed loader both when a
 recipe is read and when a config is constructed directly.
 """
@@ -95,7 +96,7 @@ class MethodEntry:
     needs_smoothing: bool = False  # folds scales into the norms that feed linears (families.Family.smooth)
 
 
-# method name -> entry; the registry (quant/registry.py) registers each solver with the same config
+# method name -> entry; the registry (quant/registry.py) reads config and calibration need from here
 CATALOG: dict[str, MethodEntry] = {
     "absmax": MethodEntry(AbsmaxConfig, needs_calibration=False, display="Absmax"),
     "smoothquant": MethodEntry(SmoothQuantConfig, needs_calibration=True, display="SmoothQuant",
@@ -121,7 +122,8 @@ def setting_label(method: str, config: dict[str, Any]) -> str:
         return ""
     defaults = CATALOG[method].config()
     parts = []
-    gran = config.get("w_granularity", "group" if method == "gptq" else None)
+    grouped = hasattr(defaults, "group_size") and not hasattr(defaults, "w_granularity")  # GPTQ: always groups
+    gran = config.get("w_granularity", "group" if grouped else None)
     group = config.get("group_size")
     if gran == "group" and group is not None:
         parts.append("channel" if group == -1 else f"g{group}")

@@ -266,7 +266,7 @@ def quip_solver(cfg: QuIPConfig) -> Solver:
     return solve
 
 
-@register("quip", QuIPConfig, needs_calibration=True)
+@register("quip")
 def quantize_quip(model: nn.Module, cfg: QuIPConfig, calib: Tensor) -> QuantReport:
     """QuIP every linear of every decoder block, block by block on the quantized model's activations."""
     return quantize_model(model, quip_solver(cfg), cfg.a_bits, calib=calib, make_stat=hessian_stat,

@@ -1,12 +1,14 @@
-"""Method name -> (config dataclass, apply function, version).
+"""Method name -> (apply function, version); its config dataclass and calibration need are its `CATALOG` entry's.
 
-A new method is two edits: its frozen config in `quant/configs.py` (light: validate reads it without
-torch) with a `CATALOG` entry, and one module in this package with a solver and one decorated function:
+A new method is three edits (README "Adding a method"): its frozen config in `quant/configs.py` (light:
+validate reads it without torch; `__post_init__` calls `check_fields`) with a `CATALOG` entry, its matrix
+setting in `tests/family_checks.py:METHOD_PARAMS`, and one module in this package with a solver and one
+decorated function:
 
     def my_solver(cfg: MyConfig) -> Solver:         # (linear, statistic) -> (w_hat (out, in), grid, loss)
         ...
 
-    @register("mine", MyConfig, needs_calibration=True)
+    @register("mine")                                 # its config class and calibration need: CATALOG["mine"]
     def quantize_mine(model, cfg: MyConfig, calib: torch.Tensor | None) -> QuantReport:
         return quantize_model(model, my_solver(cfg), cfg.a_bits, calib=calib, make_stat=hessian_stat)
 
@@ -24,6 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ptq_bench.errors import RecipeError
+from ptq_bench.quant.configs import CATALOG
 
 
 @dataclass
@@ -38,11 +41,19 @@ class QuantReport:
 
 @dataclass(frozen=True)
 class Method:
+    """A registered solver; its config class and calibration need are its `CATALOG` entry's (one place)."""
+
     name: str
-    config_cls: type
     apply: Callable[..., QuantReport]
-    needs_calibration: bool
     version: int = 1  # part of every cell id and row: bumped whenever the method's numbers change
+
+    @property
+    def config_cls(self) -> type:
+        return CATALOG[self.name].config
+
+    @property
+    def needs_calibration(self) -> bool:
+        return CATALOG[self.name].needs_calibration
 
     def make_config(self, params: dict[str, Any], where: str = "") -> Any:
         """Build the frozen config through the typed loader: unknown key, wrong type, out of bounds = RecipeError."""
@@ -54,18 +65,23 @@ class Method:
 METHODS: dict[str, Method] = {}
 
 
-def register(name: str, config_cls: type, needs_calibration: bool = False, version: int = 1) -> Callable:
-    """Class decorator-style registration: `@register("gptq", GPTQConfig, needs_calibration=True)`.
+def register(name: str, version: int = 1) -> Callable:
+    """Function decorator: `@register("gptq")` makes the decorated function method `name`'s apply function.
+    The method's config class and calibration need are read from its `CATALOG` entry (quant/configs.py),
+    which must exist.
 
     `version`: bump it (`version=2`, ...) in the same commit as any change that can change the
     method's numbers (solver, grid, rounding, defaults). It is part of every cell id and stored in
     each row, so a re-run recomputes the cells the old version made instead of keeping stale rows.
     """
+    if name not in CATALOG:
+        raise ValueError(f"method '{name}' has no CATALOG entry: add its config and calibration need to "
+                         "CATALOG in ptq_bench/quant/configs.py")
 
     def wrap(fn: Callable[..., QuantReport]) -> Callable[..., QuantReport]:
         if name in METHODS:
             raise ValueError(f"method '{name}' registered twice")
-        METHODS[name] = Method(name, config_cls, fn, needs_calibration, version)
+        METHODS[name] = Method(name, fn, version)
         return fn
 
     return wrap

@@ -86,7 +86,7 @@ def _resolve(layer: nn.Module, pair: Smooth, group: dict[str, nn.Module]) -> tup
     return norm, fcs
 
 
-@register("smoothquant", SmoothQuantConfig, needs_calibration=True)
+@register("smoothquant")
 def quantize_smoothquant(model: nn.Module, cfg: SmoothQuantConfig, calib: torch.Tensor) -> QuantReport:
     """Smooth every norm -> linears pair of the family, then absmax W/A fake quantization of every linear."""
     pairs = model_family(model).smooth
