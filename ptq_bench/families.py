@@ -75,13 +75,14 @@ QKV = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj")
 
 def _llama_like(blocks: str = "model.layers", mlp_norm: str = "post_attention_layernorm", kind: str = "gain",
                 mlp_in: tuple[str, ...] = ("mlp.gate_proj", "mlp.up_proj"), mlp_out: str = "mlp.down_proj",
-                low_bit: bool = False, requires: tuple[tuple[str, Any], ...] = ()) -> Family:
+                low_bit: bool = False, requires: tuple[tuple[str, Any], ...] = (),
+                attn_norm: str = "input_layernorm") -> Family:
     """The Llama block: q/k/v, o, the MLP's input linears (gate/up), its output (down); a norm before
     attention and another before the MLP."""
     return Family(
         blocks=blocks,
         groups=(QKV, ("self_attn.o_proj",), mlp_in, (mlp_out,)),
-        smooth=(Smooth("input_layernorm", QKV, kind), Smooth(mlp_norm, mlp_in, kind)),
+        smooth=(Smooth(attn_norm, QKV, kind), Smooth(mlp_norm, mlp_in, kind)),
         low_bit=low_bit,
         requires=requires,
     )
@@ -106,6 +107,9 @@ FAMILIES: dict[str, Family] = {
     "granite": _llama_like(),  # Granite 3: Llama's block with residual / attention / embedding multipliers
     "helium": _llama_like(),
     "arcee": _llama_like(mlp_in=("mlp.up_proj",)),  # AFM: ReLU² MLP, no gate
+    "ernie4_5": _llama_like(),
+    # Apertus: xIELU MLP without a gate; its norms are named attention_ / feedforward_layernorm
+    "apertus": _llama_like(attn_norm="attention_layernorm", mlp_norm="feedforward_layernorm", mlp_in=("mlp.up_proj",)),
     # LayerNorms with bias; StableLM-2-12B's parallel form (use_parallel_residual) has no MLP norm
     "stablelm": _llama_like(kind="layernorm", requires=(("use_parallel_residual", False),)),
     "starcoder2": _llama_like(kind="layernorm", mlp_in=("mlp.c_fc",), mlp_out="mlp.c_proj"),
@@ -170,7 +174,8 @@ def get_family(model_type: str) -> Family:
     """The registered family of a `config.model_type`; an unknown one is a one-line RecipeError."""
     if model_type not in FAMILIES:
         raise RecipeError(
-            f"model family '{model_type}' is not supported (supported: {', '.join(SUPPORTED_MODEL_TYPES)})"
+            f"model family '{model_type}' is not supported (supported: {', '.join(SUPPORTED_MODEL_TYPES)}; "
+            "a new one is an entry in ptq_bench/families.py)"
         )
     return FAMILIES[model_type]
 

@@ -66,7 +66,10 @@ def lively_model(model_type: str, seed: int = 0) -> nn.Module:
                 w = weight_matrix(m)
                 w.copy_(torch.randn(w.shape, generator=g) / w.shape[1] ** 0.5)
         for pair in family.smooth:
-            norm = layer.get_submodule(pair.norm)
+            try:
+                norm = layer.get_submodule(pair.norm)
+            except AttributeError:  # an entry naming a norm the block lacks: the library's own error says so
+                continue
             norm.weight.add_(0.1 * torch.randn(norm.weight.shape, generator=g))
             if getattr(norm, "bias", None) is not None:
                 norm.bias.add_(0.1 * torch.randn(norm.bias.shape, generator=g))

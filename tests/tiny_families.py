@@ -38,6 +38,8 @@ FAMILY_CONFIGS: dict[str, tuple[str, dict[str, Any]]] = {
                                   "embedding_multiplier": 4.0, "logits_scaling": 2.0}),
     "helium": ("HeliumConfig", {**COMMON, "head_dim": 16}),
     "arcee": ("ArceeConfig", COMMON),
+    "ernie4_5": ("Ernie4_5Config", COMMON),
+    "apertus": ("ApertusConfig", COMMON),
     "stablelm": ("StableLmConfig", COMMON),
     "starcoder2": ("Starcoder2Config", {**COMMON, "sliding_window": 16}),
     "phi": ("PhiConfig", COMMON),
