@@ -335,3 +335,12 @@ def test_a_transformers_bitnet_checkpoint_is_sized_as_the_model_it_was_exported_
     assert kind == "bitnet_hf" and weight_bytes(hf) == weight_bytes(bn)
     block_norms = 2 * 2 * 64  # the export's input / post-attention norms (ones): BitLinear normalizes inside
     assert parameter_count(hf) == parameter_count(bn) + block_norms
+
+
+def test_a_task_without_accuracy_shows_its_own_metric():
+    """A task scored by exact_match (say) had no column at all: the headline list knew acc-like names only."""
+    from ptq_bench.report.tables import headline_metrics
+
+    cols = headline_metrics({"lm_eval/gsm/0shot/exact_match": 0.25, "lm_eval/gsm/0shot/exact_match_stderr": 0.1,
+                             "lm_eval/piqa/0shot/acc": 0.6, "lm_eval/piqa/0shot/acc_norm": 0.7})
+    assert cols == {"gsm/0shot/exact_match": 0.25, "piqa/0shot/acc_norm": 0.7}

@@ -42,6 +42,7 @@ class TaskSpec:
     metrics: tuple[str, ...]  # metrics lm-eval defines for the task, reported in this order
     label: str  # short column label for tables (BitNet papers' abbreviations)
     notes: str = ""  # how our protocol differs from the paper's; a footnote under every table showing the task
+    paper: bool = True  # one of the BitNet papers' zero-shot tasks (PAPER_TASKS: few-shot tests, eval_speed)
     splits: tuple[str, ...] = field(init=False)
 
     def __post_init__(self) -> None:
@@ -88,9 +89,9 @@ TASKS: dict[str, TaskSpec] = {
                        "partial scoring"),
     "wikitext": TaskSpec("wikitext", "wikitext/wikitext.yaml", {"test": "wikitext2/test_document_level.jsonl"},
                          ("word_perplexity", "byte_perplexity", "bits_per_byte"), "WT2",
-                         "document-level rolling loglikelihood; not the GPTQ-protocol perplexity"),
+                         "document-level rolling loglikelihood; not the GPTQ-protocol perplexity", paper=False),
 }
-PAPER_TASKS = tuple(k for k in TASKS if k != "wikitext")
+PAPER_TASKS = tuple(k for k, spec in TASKS.items() if spec.paper)
 
 
 # lm-eval's stderr: bootstrap_iters=0 gives none ("N/A"); with > 0 a mean metric (acc, acc_norm) gets the

@@ -25,7 +25,8 @@ _ACC = ("/acc", "/acc_norm")
 
 
 def headline_metrics(ms: dict[str, Any]) -> dict[str, Any]:
-    """{column: value}: perplexities by protocol, and one accuracy per task (acc_norm preferred)."""
+    """{column: value}: perplexities by protocol, and one metric per task: acc_norm, else acc, else wikitext's
+    word perplexity / bits per byte, else the task's first metric (a task scored by exact_match, say)."""
     cols = {k: v for k, v in ms.items() if k.startswith("ppl_")}
     cols.update({k: v for k, v in ms.items() if k.startswith("kld/") and k.endswith("/mean")})
     cols.update({k: v for k, v in ms.items() if k.startswith("top1_agree/")})
@@ -35,7 +36,8 @@ def headline_metrics(ms: dict[str, Any]) -> dict[str, Any]:
         if parts[0] == "lm_eval" and len(parts) == 4:
             tasks.setdefault(f"{parts[1]}/{parts[2]}", {})[parts[3]] = value
     for task, m in tasks.items():
-        name = next((n for n in ("acc_norm", "acc", "word_perplexity", "bits_per_byte") if n in m), None)
+        preferred = (n for n in ("acc_norm", "acc", "word_perplexity", "bits_per_byte") if n in m)
+        name = next(preferred, next((n for n in m if not n.endswith("_stderr")), None))
         if name:  # lm-eval wikitext has no accuracy: word perplexity is its headline
             cols[f"{task}/{name}"] = m[name]
     return cols
