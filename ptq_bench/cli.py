@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -180,6 +181,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("ptq-bench: interrupted (finished cells are kept; re-run to resume)", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `ptq-bench ls | head`: the reader left; stop as a SIGPIPE'd tool does, quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # the exit's flush must not raise again
+        return 128 + 13
 
 
 if __name__ == "__main__":

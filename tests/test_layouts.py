@@ -155,6 +155,13 @@ def test_ls_prints_methods_tasks_perplexity_sets_and_layouts(capsys):
     assert layout_line.split(":", 1)[1].strip().split(", ") == list(LAYOUT_NAMES)
 
 
+def test_ls_into_a_pipe_that_closes_early_is_quiet():
+    """`ptq-bench ls | head -1` ended in a BrokenPipeError traceback."""
+    out = subprocess.run(f"{sys.executable} -m ptq_bench.cli ls | head -1", shell=True, capture_output=True,
+                         text=True, cwd=ROOT, timeout=120)
+    assert out.stdout.count("\n") == 1 and out.stderr == "", out.stderr
+
+
 def test_table3_pools_calibration_seeds_and_names_each_setting(tmp_path):
     from ptq_bench.report.fmt import Spread
     from ptq_bench.report.paper import table3
