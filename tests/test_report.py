@@ -344,3 +344,48 @@ def test_a_task_without_accuracy_shows_its_own_metric():
     cols = headline_metrics({"lm_eval/gsm/0shot/exact_match": 0.25, "lm_eval/gsm/0shot/exact_match_stderr": 0.1,
                              "lm_eval/piqa/0shot/acc": 0.6, "lm_eval/piqa/0shot/acc_norm": 0.7})
     assert cols == {"gsm/0shot/exact_match": 0.25, "piqa/0shot/acc_norm": 0.7}
+
+
+def _drawn(monkeypatch, plot, run, df, tmp_path) -> dict:
+    """{file name: figure} of what `plot` drew (not saved)."""
+    figs = {}
+
+    def keep(fig, path):
+        figs[path.name] = fig
+        return path
+
+    monkeypatch.setattr(plots_mod, "_save", keep)
+    plot(run, df, tmp_path)
+    return figs
+
+
+def test_bits_plots_draw_only_what_was_measured(tmp_path, monkeypatch):
+    """A PTQ line ran to the unquantized model at 16 bits (drawing W16A4, and every bit width between, as
+    measured), and a series whose rows ran no task had a legend entry with nothing drawn."""
+    se = [("hellaswag", "acc_norm", 0.5), ("hellaswag", "acc_norm_stderr", 0.05), ("piqa", "acc", 0.6),
+          ("piqa", "acc_stderr", 0.05)]
+    rows = [row("fp16", "fp16", "none", 16, 16, 15.0, se), row("fp16", "fp16", "absmax", 4, 4, 40.0, se),
+            row("fp16", "fp16", "absmax", 8, 4, 30.0, se), row("fp16", "fp16", "gptq", 4, 16, 18.0, [])]
+    run = run_of(rows)
+    df = generic_table(run)
+    ax = _drawn(monkeypatch, plots_mod.plot_ppl_vs_bits, run, df, tmp_path)["ppl_vs_bits.png"].axes[0]
+    a4 = next(ln for ln in ax.lines if ln.get_label() == "fp16 + absmax A4")
+    assert sorted(a4.get_xdata()) == [4.0, 8.0]  # not 16
+    ax = _drawn(monkeypatch, plots_mod.plot_acc_vs_bits, run, df, tmp_path)["acc_vs_bits.png"].axes[0]
+    legend = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert "fp16 + gptq A16" not in legend and "fp16 + absmax A4" in legend, legend
+    assert "mean of 2 tasks' acc_norm" in ax.get_title() and "10 documents each" in ax.get_title()
+    assert "≈ 3.5" in ax.get_title(), ax.get_title()  # 100 * sqrt(0.05² + 0.05²) / 2
+
+
+def test_scaling_plots_join_a_kinds_models_by_size_and_name_the_perplexity(tmp_path, monkeypatch):
+    """memory_vs_ppl joined its points in order of perplexity: a 3-model line zig-zagged through sizes."""
+    rows = [row(f"m{n}", "fp16", "none", 16, 16, p, [], n_params=n, wbytes=2 * n)
+            for n, p in [(1_000_000, 500.0), (4_000_000, 700.0), (2_000_000, 600.0)]]
+    run = run_of(rows)
+    figs = _drawn(monkeypatch, plots_mod.plot_scaling, run, generic_table(run), tmp_path)
+    ax = figs["memory_vs_ppl.png"].axes[0]
+    (line,) = [ln for ln in ax.lines if ln.get_label() == "fp16"]
+    assert list(line.get_ydata()) == [2.0, 4.0, 8.0]  # MB in order of size, not of perplexity
+    assert ax.get_xlabel() == "ppl_gptq/wikitext2/seq128"
+    assert sorted(t.get_text() for t in ax.texts) == ["1.0M", "2.0M", "4.0M"]

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ptq_bench.report.fmt import md_cell, nonfinite_name
-from ptq_bench.report.run import RunData, ppl, shots
+from ptq_bench.report.run import RunData, ppl, ppl_key, shots
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -117,19 +117,17 @@ def _line_label(key: tuple) -> str:
     return f"{model} + {method} A{a_bits}" + (f" {setting}" if setting else "")
 
 
-def _bits_lines(ax: Any, marks: Marks, recs: list[dict[str, Any]], col: str, with_base: bool) -> None:
-    """One line per (model, method, activation bits, setting) against weight bits; natives as stars."""
-    base: dict[Any, dict[str, Any]] = {}
+def _bits_lines(ax: Any, marks: Marks, recs: list[dict[str, Any]], col: str) -> None:
+    """One line per (model, method, activation bits, setting) through its measured weight bits only (a
+    line to the unquantized model at 16 bits would draw W16A4 and the bits in between as measured); each
+    unquantized / native model as a star. A series with no measured value gets no legend entry."""
     groups: dict[tuple, list[dict[str, Any]]] = defaultdict(list)
     for r in recs:
-        if r["method"] == "none":
-            base.setdefault(r["model"], r)
-        else:
+        if r["method"] != "none" and r.get(col) is not None:
             groups[_line_key(r)].append(r)
     for key, g in groups.items():
-        g = g + [base[key[0]]] if with_base and key[0] in base else g  # start each PTQ line from its model
         marks.spread_line(ax, [_w(r) for r in g], [r[col] for r in g], marker="o", label=_line_label(key))
-    for r in (r for r in recs if r["method"] == "none"):
+    for r in (r for r in recs if r["method"] == "none" and r.get(col) is not None):
         marks.line(ax, [_w(r)], [r[col]], marker="*", markersize=14, linestyle="none", zorder=5,
                    label=f"{r['model']} (native {r['W']}-bit)")
 
@@ -150,7 +148,7 @@ def plot_ppl_vs_bits(run: RunData, df: pd.DataFrame, out: Path, ppl_col: str | N
     col = ppl_col or next((c for c in cols if "/wikitext2/" in c), cols[0])
     fig, (ax,) = _figure((7, 4.5))
     marks = Marks()
-    _bits_lines(ax, marks, df.to_dict("records"), col, with_base=True)
+    _bits_lines(ax, marks, df.to_dict("records"), col)
     _bits_axis(ax)
     ax.set_yscale("log")
     ax.set_ylabel(col)
@@ -164,10 +162,31 @@ def plot_acc_vs_bits(run: RunData, df: pd.DataFrame, out: Path) -> list[Path]:
         return []
     fig, (ax,) = _figure((7, 4.5))
     marks = Marks()
-    _bits_lines(ax, marks, df.to_dict("records"), "avg_acc", with_base=False)
+    _bits_lines(ax, marks, df.to_dict("records"), "avg_acc")
     _bits_axis(ax)
+    tasks = [c for c in df.columns if c.endswith(("/acc", "/acc_norm"))]
+    limit = next((r["protocol"].get("limit") for r in run.rows if isinstance(r.get("protocol"), dict)), None)
     ax.set_ylabel(f"average {shots(run.rows)} accuracy (%)")
+    ax.set_title(f"mean of {len(tasks)} tasks' acc_norm (acc where lm-eval has no acc_norm), "
+                 f"{f'{limit} documents each' if limit else 'every document'}; a point's standard error "
+                 f"≈ {_avg_stderr(run.rows):.1f}", fontsize=8)
     return _finish(fig, ax, marks, out / "acc_vs_bits.png")
+
+
+def _avg_stderr(rows: list[dict[str, Any]]) -> float:
+    """The median over rows of the standard error of a row's task average, in points: sqrt(sum se_i^2) / n
+    over the acc/acc_norm stderrs lm-eval reported (what a difference between two points must exceed)."""
+    import statistics
+
+    per_row = []
+    for r in rows:
+        m = r.get("metrics") if isinstance(r.get("metrics"), dict) else {}
+        ses = [v for k, v in m.items() if k.startswith("lm_eval/") and k.endswith(("/acc_norm_stderr", "/acc_stderr"))
+               and not (k.endswith("/acc_stderr") and k.replace("/acc_stderr", "/acc_norm_stderr") in m)
+               and isinstance(v, (int, float)) and _finite(v)]
+        if ses:
+            per_row.append(100 * math.sqrt(sum(v * v for v in ses)) / len(ses))
+    return statistics.median(per_row) if per_row else math.nan
 
 
 def plot_kld_vs_bits(run: RunData, df: pd.DataFrame, out: Path) -> list[Path]:
@@ -204,24 +223,40 @@ def plot_loss_curves(run: RunData, df: pd.DataFrame, out: Path) -> list[Path]:
         label = f"{c.get('model')} ({c.get('kind')}{f', {amp} autocast' if amp else ''})" + (
             " — diverged" if c.get("diverged") else "")
         marks.line(ax, [p.get("tokens") for p in pts], [p.get("loss") for p in pts], label=label)
-    ax.set_xlabel("training tokens")
-    ax.set_ylabel("training loss")
+    _tokens_axis(ax)
+    ax.set_ylabel("training loss (cross-entropy, nats per token)")
     return _finish(fig, ax, marks, out / "loss_curves.png", legend_size=8)
+
+
+def _tokens_axis(ax: Any) -> None:
+    """Training tokens in thousands or millions (raw counts ran into each other on narrow panels)."""
+    from matplotlib.ticker import FuncFormatter, MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(nbins=5))
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v / 1e6:g}M" if v >= 1e6 else f"{v / 1e3:g}K"))
+    ax.set_xlabel("training tokens")
 
 
 def _mb(r: dict[str, Any]) -> float | None:
     return r["weight_bytes"] / 1e6 if r.get("weight_bytes") is not None else None
 
 
+_PPL = "{ppl}"  # stands for the rows' perplexity key in the labels below
 _SCALING = (  # file, x of a row, y of a row, x label, y label, log x
-    ("ppl_vs_size.png", lambda r: r["n_params"] / 1e6, ppl, "parameters (M)", "WikiText-2 PPL (GPTQ protocol)", True),
-    ("memory_vs_ppl.png", ppl, _mb, "WikiText-2 PPL (GPTQ protocol)", "stored weights (MB; BitNet packed)", False),
+    ("ppl_vs_size.png", lambda r: r["n_params"] / 1e6, ppl, "parameters (M)", _PPL, True),
+    ("memory_vs_ppl.png", ppl, _mb, _PPL, "stored weights (MB; BitNet packed)", False),
 )
 
 
+def _ppl_name(rows: list[dict[str, Any]]) -> str:
+    keys = sorted({k for k in map(ppl_key, rows) if k})
+    return keys[0] if len(keys) == 1 else "WikiText-2 PPL, GPTQ protocol (rows mix: " + ", ".join(keys) + ")"
+
+
 def plot_scaling(run: RunData, df: pd.DataFrame, out: Path) -> list[Path]:
-    """Perplexity against parameter count, and stored weight memory against perplexity, per model kind."""
-    base = [r for r in run.rows if r.get("method") == "none" and r.get("n_params")]
+    """Perplexity against parameter count, and stored weight memory against perplexity, per model kind.
+    Each kind's points are joined in order of size (the order a scaling line means) and labelled with it."""
+    base = sorted((r for r in run.rows if r.get("method") == "none" and r.get("n_params")), key=lambda r: r["n_params"])
     if not base:
         return []
     paths = []
@@ -229,13 +264,16 @@ def plot_scaling(run: RunData, df: pd.DataFrame, out: Path) -> list[Path]:
         fig, (ax,) = _figure((6, 4))
         marks = Marks()
         for kind in sorted({str(r.get("model_kind")) for r in base}):
-            pts = sorted(((x_of(r), y_of(r)) for r in base if str(r.get("model_kind")) == kind),
-                         key=lambda p: (p[0] is None, p[0] if p[0] is not None and _finite(p[0]) else math.inf))
-            marks.line(ax, [p[0] for p in pts], [p[1] for p in pts], marker="o", label=kind)
+            rows = [r for r in base if str(r.get("model_kind")) == kind]
+            art = marks.line(ax, [x_of(r) for r in rows], [y_of(r) for r in rows], marker="o", label=kind)
+            for r in rows:
+                if None not in (x_of(r), y_of(r)) and _finite(x_of(r)) and _finite(y_of(r)):
+                    ax.annotate(f"{r['n_params'] / 1e6:.1f}M", (x_of(r), y_of(r)), textcoords="offset points",
+                                xytext=(4, 4), fontsize=7, color=art.get_color())
         if logx:
             ax.set_xscale("log")
-        ax.set_xlabel(xlabel)
-        ax.set_ylabel(ylabel)
+        ax.set_xlabel(xlabel.replace(_PPL, _ppl_name(base)))
+        ax.set_ylabel(ylabel.replace(_PPL, _ppl_name(base)))
         ax.grid(True, alpha=0.3)
         marks.draw(ax)
         ax.legend()
@@ -265,12 +303,13 @@ def plot_lr_stability(run: RunData, df: pd.DataFrame, out: Path) -> list[Path]:
             fin = [p for p in pts if p.get("loss") is not None and _finite(p["loss"])]
             if c.get("diverged") and fin:
                 ax.plot([fin[-1]["tokens"]], [fin[-1]["loss"]], marker="x", markersize=12, color=line.get_color())
-        ax.set_title(f"{kind} (x = diverged)")
-        ax.set_xlabel("training tokens")
+        diverged = any(c.get("diverged") for c in curves if str(c.get("kind")) == kind)
+        ax.set_title(f"{kind}" + (" (x = diverged)" if diverged else " (none diverged)"))
+        _tokens_axis(ax)
         ax.grid(True, alpha=0.3)
         drawn.append((ax, marks))
     for ax, marks in drawn:  # after every axis has its data: the y axis is shared
         marks.draw(ax)
         ax.legend(fontsize=8)
-    axes[0].set_ylabel("training loss")
+    axes[0].set_ylabel("training loss (cross-entropy, nats per token)")
     return [_save(fig, out / "lr_stability.png")]
