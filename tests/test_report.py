@@ -102,7 +102,8 @@ def test_table_md_csv_tex_render_nan_inf_and_missing_distinctly(tmp_path):
     assert r"$+\infty$" in tex and r"$-\infty$" in tex and "NaN" in tex
 
 
-def test_plots_mark_nonfinite_points_at_the_axis_edge(tmp_path, monkeypatch):
+def _drawn(monkeypatch, run, df, tmp_path, *plots) -> dict:
+    """{file name: figure} of what `plots` drew (not saved)."""
     figs = {}
 
     def keep(fig, path):
@@ -110,14 +111,18 @@ def test_plots_mark_nonfinite_points_at_the_axis_edge(tmp_path, monkeypatch):
         return path
 
     monkeypatch.setattr(plots_mod, "_save", keep)
+    for plot in plots:
+        plot(run, df, tmp_path)
+    return figs
+
+
+def test_plots_mark_nonfinite_points_at_the_axis_edge(tmp_path, monkeypatch):
     rows = _nonfinite_rows()
     curves = {"fp16": {"model": "fp16", "kind": "fp16", "diverged": True, "schedule": {"lr": 0.1},
                        "curve": [{"tokens": 1, "loss": 9.0, "step": 1}, {"tokens": 2, "loss": NAN, "step": 2}]}}
     run = run_of(rows, curves)
-    df = generic_table(run)
-    plots_mod.plot_ppl_vs_bits(run, df, tmp_path)
-    plots_mod.plot_loss_curves(run, df, tmp_path)
-    plots_mod.plot_lr_stability(run, df, tmp_path)
+    figs = _drawn(monkeypatch, run, generic_table(run), tmp_path, plots_mod.plot_ppl_vs_bits,
+                  plots_mod.plot_loss_curves, plots_mod.plot_lr_stability)
     texts = {name: [t.get_text() for ax in fig.axes for t in ax.texts] for name, fig in figs.items()}
     assert sorted(texts["ppl_vs_bits.png"]) == ["y +inf", "y NaN"]
     assert texts["loss_curves.png"] == ["y NaN"] and texts["lr_stability.png"] == ["y NaN"]
@@ -129,20 +134,13 @@ def test_plots_mark_nonfinite_points_at_the_axis_edge(tmp_path, monkeypatch):
 
 def test_loss_curve_legend_names_training_under_autocast(tmp_path, monkeypatch):
     """A model trained on CUDA (bf16 autocast) is another model than one trained in float32 on the CPU."""
-    figs = {}
-
-    def keep(fig, path):
-        figs[path.name] = fig
-        return path
-
-    monkeypatch.setattr(plots_mod, "_save", keep)
     pts = [{"tokens": 1, "loss": 9.0, "step": 1}, {"tokens": 2, "loss": 8.0, "step": 2}]
     curves = {"fp16": {"model": "fp16", "kind": "fp16", "trained_on": {"device": "cuda", "autocast": "bfloat16"},
                        "curve": pts},
               "b158": {"model": "b158", "kind": "bitnet158", "trained_on": {"device": "cpu", "autocast": None},
                        "curve": pts}}
     run = run_of(_nonfinite_rows(), curves)
-    plots_mod.plot_loss_curves(run, generic_table(run), tmp_path)
+    figs = _drawn(monkeypatch, run, generic_table(run), tmp_path, plots_mod.plot_loss_curves)
     legend = [t.get_text() for t in figs["loss_curves.png"].axes[0].get_legend().get_texts()]
     assert sorted(legend) == ["b158 (bitnet158)", "fp16 (fp16, bfloat16 autocast)"]
 
@@ -346,19 +344,6 @@ def test_a_task_without_accuracy_shows_its_own_metric():
     assert cols == {"gsm/0shot/exact_match": 0.25, "piqa/0shot/acc_norm": 0.7}
 
 
-def _drawn(monkeypatch, plot, run, df, tmp_path) -> dict:
-    """{file name: figure} of what `plot` drew (not saved)."""
-    figs = {}
-
-    def keep(fig, path):
-        figs[path.name] = fig
-        return path
-
-    monkeypatch.setattr(plots_mod, "_save", keep)
-    plot(run, df, tmp_path)
-    return figs
-
-
 def test_bits_plots_draw_only_what_was_measured(tmp_path, monkeypatch):
     """A PTQ line ran to the unquantized model at 16 bits (drawing W16A4, and every bit width between, as
     measured), and a series whose rows ran no task had a legend entry with nothing drawn."""
@@ -368,10 +353,10 @@ def test_bits_plots_draw_only_what_was_measured(tmp_path, monkeypatch):
             row("fp16", "fp16", "absmax", 8, 4, 30.0, se), row("fp16", "fp16", "gptq", 4, 16, 18.0, [])]
     run = run_of(rows)
     df = generic_table(run)
-    ax = _drawn(monkeypatch, plots_mod.plot_ppl_vs_bits, run, df, tmp_path)["ppl_vs_bits.png"].axes[0]
+    ax = _drawn(monkeypatch, run, df, tmp_path, plots_mod.plot_ppl_vs_bits)["ppl_vs_bits.png"].axes[0]
     a4 = next(ln for ln in ax.lines if ln.get_label() == "fp16 + absmax A4")
     assert sorted(a4.get_xdata()) == [4.0, 8.0]  # not 16
-    ax = _drawn(monkeypatch, plots_mod.plot_acc_vs_bits, run, df, tmp_path)["acc_vs_bits.png"].axes[0]
+    ax = _drawn(monkeypatch, run, df, tmp_path, plots_mod.plot_acc_vs_bits)["acc_vs_bits.png"].axes[0]
     legend = [t.get_text() for t in ax.get_legend().get_texts()]
     assert "fp16 + gptq A16" not in legend and "fp16 + absmax A4" in legend, legend
     assert "mean of 2 tasks' acc_norm" in ax.get_title() and "10 documents each" in ax.get_title()
@@ -383,7 +368,7 @@ def test_scaling_plots_join_a_kinds_models_by_size_and_name_the_perplexity(tmp_p
     rows = [row(f"m{n}", "fp16", "none", 16, 16, p, [], n_params=n, wbytes=2 * n)
             for n, p in [(1_000_000, 500.0), (4_000_000, 700.0), (2_000_000, 600.0)]]
     run = run_of(rows)
-    figs = _drawn(monkeypatch, plots_mod.plot_scaling, run, generic_table(run), tmp_path)
+    figs = _drawn(monkeypatch, run, generic_table(run), tmp_path, plots_mod.plot_scaling)
     ax = figs["memory_vs_ppl.png"].axes[0]
     (line,) = [ln for ln in ax.lines if ln.get_label() == "fp16"]
     assert list(line.get_ydata()) == [2.0, 4.0, 8.0]  # MB in order of size, not of perplexity

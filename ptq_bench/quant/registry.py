@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ptq_bench.errors import RecipeError
-from ptq_bench.quant.configs import CATALOG
+from ptq_bench.quant.configs import CATALOG, make_config
 
 
 @dataclass
@@ -57,9 +57,7 @@ class Method:
 
     def make_config(self, params: dict[str, Any], where: str = "") -> Any:
         """Build the frozen config through the typed loader: unknown key, wrong type, out of bounds = RecipeError."""
-        from ptq_bench.config import from_dict
-
-        return from_dict(self.config_cls, params, where)
+        return make_config(self.name, params, where)
 
 
 METHODS: dict[str, Method] = {}

@@ -14,7 +14,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ptq_bench.report.fmt import md_cell, nonfinite_name
-from ptq_bench.report.run import RunData, ppl, ppl_key, shots
+from ptq_bench.report.run import RunData, first_protocol, metrics, ppl, ppl_keys, shots
+from ptq_bench.report.tables import ACC_SUFFIXES, headline_metrics
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -164,8 +165,8 @@ def plot_acc_vs_bits(run: RunData, df: pd.DataFrame, out: Path) -> list[Path]:
     marks = Marks()
     _bits_lines(ax, marks, df.to_dict("records"), "avg_acc")
     _bits_axis(ax)
-    tasks = [c for c in df.columns if c.endswith(("/acc", "/acc_norm"))]
-    limit = next((r["protocol"].get("limit") for r in run.rows if isinstance(r.get("protocol"), dict)), None)
+    tasks = [c for c in df.columns if c.endswith(ACC_SUFFIXES)]
+    limit = (first_protocol(run.rows) or {}).get("limit")
     ax.set_ylabel(f"average {shots(run.rows)} accuracy (%)")
     ax.set_title(f"mean of {len(tasks)} tasks' acc_norm (acc where lm-eval has no acc_norm), "
                  f"{f'{limit} documents each' if limit else 'every document'}; a point's standard error "
@@ -175,15 +176,15 @@ def plot_acc_vs_bits(run: RunData, df: pd.DataFrame, out: Path) -> list[Path]:
 
 def _avg_stderr(rows: list[dict[str, Any]]) -> float:
     """The median over rows of the standard error of a row's task average, in points: sqrt(sum se_i^2) / n
-    over the acc/acc_norm stderrs lm-eval reported (what a difference between two points must exceed)."""
+    over the stderrs lm-eval reported for the accuracies the tables show (`headline_metrics`: acc_norm, else
+    acc) — what a difference between two points must exceed."""
     import statistics
 
     per_row = []
     for r in rows:
-        m = r.get("metrics") if isinstance(r.get("metrics"), dict) else {}
-        ses = [v for k, v in m.items() if k.startswith("lm_eval/") and k.endswith(("/acc_norm_stderr", "/acc_stderr"))
-               and not (k.endswith("/acc_stderr") and k.replace("/acc_stderr", "/acc_norm_stderr") in m)
-               and isinstance(v, (int, float)) and _finite(v)]
+        m = metrics(r)
+        shown = [k for k in headline_metrics(m) if k.endswith(ACC_SUFFIXES)]
+        ses = [v for v in (m.get(f"lm_eval/{k}_stderr") for k in shown) if isinstance(v, (int, float)) and _finite(v)]
         if ses:
             per_row.append(100 * math.sqrt(sum(v * v for v in ses)) / len(ses))
     return statistics.median(per_row) if per_row else math.nan
@@ -249,7 +250,7 @@ _SCALING = (  # file, x of a row, y of a row, x label, y label, log x
 
 
 def _ppl_name(rows: list[dict[str, Any]]) -> str:
-    keys = sorted({k for k in map(ppl_key, rows) if k})
+    keys = ppl_keys(rows)
     return keys[0] if len(keys) == 1 else "WikiText-2 PPL, GPTQ protocol (rows mix: " + ", ".join(keys) + ")"
 
 
@@ -259,21 +260,21 @@ def plot_scaling(run: RunData, df: pd.DataFrame, out: Path) -> list[Path]:
     base = sorted((r for r in run.rows if r.get("method") == "none" and r.get("n_params")), key=lambda r: r["n_params"])
     if not base:
         return []
-    paths = []
+    paths, ppl_name = [], _ppl_name(base)
     for name, x_of, y_of, xlabel, ylabel, logx in _SCALING:
         fig, (ax,) = _figure((6, 4))
         marks = Marks()
         for kind in sorted({str(r.get("model_kind")) for r in base}):
-            rows = [r for r in base if str(r.get("model_kind")) == kind]
-            art = marks.line(ax, [x_of(r) for r in rows], [y_of(r) for r in rows], marker="o", label=kind)
-            for r in rows:
-                if None not in (x_of(r), y_of(r)) and _finite(x_of(r)) and _finite(y_of(r)):
-                    ax.annotate(f"{r['n_params'] / 1e6:.1f}M", (x_of(r), y_of(r)), textcoords="offset points",
-                                xytext=(4, 4), fontsize=7, color=art.get_color())
+            pts = [(x_of(r), y_of(r), r["n_params"]) for r in base if str(r.get("model_kind")) == kind]
+            art = marks.line(ax, [x for x, _, _ in pts], [y for _, y, _ in pts], marker="o", label=kind)
+            for x, y, n in pts:
+                if x is not None and y is not None and _finite(x) and _finite(y):
+                    ax.annotate(f"{n / 1e6:.1f}M", (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7,
+                                color=art.get_color())
         if logx:
             ax.set_xscale("log")
-        ax.set_xlabel(xlabel.replace(_PPL, _ppl_name(base)))
-        ax.set_ylabel(ylabel.replace(_PPL, _ppl_name(base)))
+        ax.set_xlabel(xlabel.replace(_PPL, ppl_name))
+        ax.set_ylabel(ylabel.replace(_PPL, ppl_name))
         ax.grid(True, alpha=0.3)
         marks.draw(ax)
         ax.legend()

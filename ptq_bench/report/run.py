@@ -112,6 +112,21 @@ def ppl_key(row: dict[str, Any], text: str = "wikitext2") -> str | None:
     return next((k for k in metrics(row) if k.startswith(f"ppl_gptq/{text}/")), None)
 
 
+def ppl_keys(rows: list[dict[str, Any]]) -> list[str]:
+    """The distinct WikiText-2 perplexity keys of `rows` (one unless the run mixes protocols), sorted."""
+    return sorted({k for k in map(ppl_key, rows) if k})
+
+
+def ran_tasks(row: dict[str, Any]) -> bool:
+    """Did the row measure any lm-eval task?"""
+    return any(k.startswith("lm_eval/") for k in metrics(row))
+
+
+def first_protocol(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The first row's `protocol` (limit, shots, backend, perplexity settings); None for rows without one."""
+    return next((r["protocol"] for r in rows if isinstance(r.get("protocol"), dict)), None)
+
+
 def ppl(row: dict[str, Any], text: str = "wikitext2") -> float | None:
     """The row's GPTQ-protocol perplexity on `text`; None if not measured."""
     key = ppl_key(row, text)

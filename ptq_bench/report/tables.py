@@ -14,14 +14,25 @@ from typing import TYPE_CHECKING, Any
 from ptq_bench.quant.configs import setting_label
 from ptq_bench.report.fmt import bits, frame, md_cell
 from ptq_bench.report.paper import labels
-from ptq_bench.report.run import RunData, mean, metrics, num_fewshot, percent, ppl_key, versions
+from ptq_bench.report.run import (
+    RunData,
+    first_protocol,
+    mean,
+    metrics,
+    num_fewshot,
+    percent,
+    ppl_key,
+    ppl_keys,
+    ran_tasks,
+    versions,
+)
 
 if TYPE_CHECKING:
     import pandas as pd
 
     from ptq_bench.report.layouts import Layout
 
-_ACC = ("/acc", "/acc_norm")
+ACC_SUFFIXES = ("/acc", "/acc_norm")  # the accuracy columns (in %, averaged in avg_acc)
 
 
 def headline_metrics(ms: dict[str, Any]) -> dict[str, Any]:
@@ -64,8 +75,8 @@ def generic_records(run: RunData) -> tuple[list[dict[str, Any]], list[dict[str, 
                                "W": bits(row.get("w_bits")), "A": bits(row.get("a_bits")),
                                "setting": setting_label(str(row.get("method")), row.get("config") or {})}
         for k in metric_cols:
-            rec[k] = percent(head.get(k)) if k.endswith(_ACC) else head.get(k)
-        rec["avg_acc"] = mean([rec[k] for k in metric_cols if k.endswith(_ACC)])  # "–" if a task is unmeasured
+            rec[k] = percent(head.get(k)) if k.endswith(ACC_SUFFIXES) else head.get(k)
+        rec["avg_acc"] = mean([rec[k] for k in metric_cols if k.endswith(ACC_SUFFIXES)])  # "–" if a task is unmeasured
         quant = row.get("quant")
         if isinstance(quant, dict) and quant:
             rec["eff_bits"], rec["quant_s"] = quant.get("effective_bits"), quant.get("seconds")
@@ -85,7 +96,7 @@ def shown_tasks(run: RunData, layout: Layout) -> list[str]:
 
 
 def protocol_notes(rows: list[dict[str, Any]]) -> list[str]:
-    p = next((r["protocol"] for r in rows if isinstance(r.get("protocol"), dict)), None)
+    p = first_protocol(rows)
     if p is None:
         return []
     ppl = p.get("ppl") or {}
@@ -95,7 +106,7 @@ def protocol_notes(rows: list[dict[str, Any]]) -> list[str]:
         f"{ppl['seq_len']}-token windows, {win}).",
     ]
     docs = "every document" if p.get("limit") is None else f"limit {p['limit']} documents per task"
-    if any(k.startswith("lm_eval/") for r in rows for k in metrics(r)):  # a run of perplexity only has no such line
+    if any(map(ran_tasks, rows)):  # a run of perplexity only has no such line
         lines.append(f"- `<task>/<n>shot/acc|acc_norm`: lm-eval task definitions and metrics, {p.get('num_fewshot')}-shot, "
                      f"{docs}, backend `{p.get('backend')}`; accuracies in %.")
     return [
@@ -154,10 +165,10 @@ def eval_note(manifest: dict[str, Any], tasks: list[str]) -> list[str]:
 def column_keys(run: RunData, layout: Layout, df: pd.DataFrame) -> str:
     """What a paper layout's short column headers measure, as stored metric keys ("" for the generic table,
     whose headers are the keys): `PPL` = `ppl_gptq/wikitext2/seq128`; `ARCe` = `arc_easy/0shot/acc_norm`; ..."""
-    ppls = {k for k in map(ppl_key, run.rows) if k}
-    shots = {num_fewshot(r) for r in run.rows if any(k.startswith("lm_eval/") for k in metrics(r))}
+    ppls = ppl_keys(run.rows)
+    shots = {num_fewshot(r) for r in run.rows if ran_tasks(r)}
     n = f"{shots.pop()}shot" if len(shots) == 1 else "<n>shot"
-    named = {"PPL": f"`{ppls.pop()}`" if len(ppls) == 1 else "mixed (below)" if ppls else None,
+    named = {"PPL": f"`{ppls[0]}`" if len(ppls) == 1 else "mixed (below)" if ppls else None,
              **{label: f"`{task}/{n}/{metric}`" for label, (task, metric) in zip(labels(layout), layout.columns)}}
     return "; ".join(f"`{col}` = {key}" for col, key in named.items() if key and col in df.columns)
 
