@@ -286,6 +286,23 @@ def test_tables_name_the_device_and_dtype_and_say_when_rows_mix_them(tmp_path):
     assert "Computed on" not in (old / "table.md").read_text(encoding="utf-8")
 
 
+def test_figure_titles_say_where_rows_ran_unless_float32_on_the_cpu(tmp_path, monkeypatch):
+    """The CUDA bf16 results' figures did not say cuda/bf16 (only their README did)."""
+    fp = row("fp16", "fp16", "none", 16, 16, 15.0, T3, n_params=1_000_000, wbytes=2_000_000)
+    q = row("fp16", "fp16", "absmax", 4, 16, 25.0, T3)
+    plots = (plots_mod.plot_ppl_vs_bits, plots_mod.plot_acc_vs_bits, plots_mod.plot_scaling)
+
+    def titles(*rows):
+        run = run_of(list(rows))
+        return {n: f.axes[0].get_title() for n, f in _drawn(monkeypatch, run, generic_table(run), tmp_path, *plots).items()}
+
+    on_gpu = titles(_on(dict(fp), "cuda", "bfloat16"), _on(dict(q), "cuda", "bfloat16"))
+    assert len(on_gpu) == 4 and all(t.endswith("computed on cuda in bfloat16") for t in on_gpu.values()), on_gpu
+    mixed = titles(_on(dict(fp), "cpu", "float32"), _on(dict(q), "cuda", "bfloat16"))
+    assert mixed["ppl_vs_bits.png"].endswith("\ncomputed on cpu in float32; cuda in bfloat16")
+    assert not any("cpu" in t or "cuda" in t for t in titles(_on(dict(fp), "cpu", "float32"), q).values())
+
+
 def test_a_few_shot_run_is_not_titled_zero_shot(tmp_path, monkeypatch):
     """The paper layouts' titles and the accuracy plot said "zero-shot" over 2-shot numbers."""
     def two_shot(r):

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ptq_bench.report.fmt import md_cell, nonfinite_name
-from ptq_bench.report.run import RunData, first_protocol, metrics, ppl, ppl_keys, shots
+from ptq_bench.report.run import RunData, first_protocol, metrics, ppl, ppl_keys, ran_on, shots
 from ptq_bench.report.tables import ACC_SUFFIXES, headline_metrics
 
 if TYPE_CHECKING:
@@ -133,6 +133,12 @@ def _bits_lines(ax: Any, marks: Marks, recs: list[dict[str, Any]], col: str) -> 
                    label=f"{r['model']} (native {r['W']}-bit)")
 
 
+def _title(ax: Any, text: str, rows: list[dict[str, Any]], **kw: Any) -> None:
+    """The axis title, with a line saying where the rows ran unless float32 on the CPU (`ran_on`)."""
+    where = ran_on(rows)
+    ax.set_title("\n".join(t for t in (text, where) if t), **kw)
+
+
 def _finish(fig: Any, ax: Any, marks: Marks, path: Path, log_grid: bool = False, legend_size: int = 7) -> list[Path]:
     """Grid, the non-finite marks, the legend, then save: the common ending of a one-axis plot."""
     ax.grid(True, which="both" if log_grid else "major", alpha=0.3)
@@ -153,7 +159,7 @@ def plot_ppl_vs_bits(run: RunData, df: pd.DataFrame, out: Path, ppl_col: str | N
     _bits_axis(ax)
     ax.set_yscale("log")
     ax.set_ylabel(col)
-    ax.set_title("Perplexity against weight bits")
+    _title(ax, "Perplexity against weight bits", run.rows)
     return _finish(fig, ax, marks, out / "ppl_vs_bits.png", log_grid=True)
 
 
@@ -168,9 +174,9 @@ def plot_acc_vs_bits(run: RunData, df: pd.DataFrame, out: Path) -> list[Path]:
     tasks = [c for c in df.columns if c.endswith(ACC_SUFFIXES)]
     limit = (first_protocol(run.rows) or {}).get("limit")
     ax.set_ylabel(f"average {shots(run.rows)} accuracy (%)")
-    ax.set_title(f"mean of {len(tasks)} tasks' acc_norm (acc where lm-eval has no acc_norm), "
-                 f"{f'{limit} documents each' if limit else 'every document'}; a point's standard error "
-                 f"≈ {_avg_stderr(run.rows):.1f}", fontsize=8)
+    _title(ax, f"mean of {len(tasks)} tasks' acc_norm (acc where lm-eval has no acc_norm),\n"
+           f"{f'{limit} documents each' if limit else 'every document'}; a point's standard error "
+           f"≈ {_avg_stderr(run.rows):.1f}", run.rows, fontsize=8)
     return _finish(fig, ax, marks, out / "acc_vs_bits.png")
 
 
@@ -208,7 +214,7 @@ def plot_kld_vs_bits(run: RunData, df: pd.DataFrame, out: Path) -> list[Path]:
     ax.set_yscale("log")
     ax.set_xlabel("effective bits per weight (scales and zeros included)")
     ax.set_ylabel(col + " (nats)")
-    ax.set_title("KL divergence to the unquantized model against effective bits")
+    _title(ax, "KL divergence to the unquantized model against effective bits", run.rows)
     return _finish(fig, ax, marks, out / "kld_vs_bits.png", log_grid=True)
 
 
@@ -275,6 +281,7 @@ def plot_scaling(run: RunData, df: pd.DataFrame, out: Path) -> list[Path]:
             ax.set_xscale("log")
         ax.set_xlabel(xlabel.replace(_PPL, ppl_name))
         ax.set_ylabel(ylabel.replace(_PPL, ppl_name))
+        _title(ax, "", base)
         ax.grid(True, alpha=0.3)
         marks.draw(ax)
         ax.legend()

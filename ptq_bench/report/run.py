@@ -127,6 +127,20 @@ def first_protocol(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
     return next((r["protocol"] for r in rows if isinstance(r.get("protocol"), dict)), None)
 
 
+def computed_on(row: dict[str, Any]) -> tuple[str, str] | None:
+    """(device, dtype) from the row's `protocol`; None for rows written before the protocol named them."""
+    p = row.get("protocol") if isinstance(row.get("protocol"), dict) else {}
+    return (str(p["device"]), str(p["dtype"])) if p.get("device") and p.get("dtype") else None
+
+
+def ran_on(rows: list[dict[str, Any]]) -> str:
+    """Where the rows were computed, for a figure's title: "" when every row that records it ran in
+    float32 on the CPU (the default), else each pair, e.g. "computed on cpu in float32; cuda in bfloat16" —
+    a figure that leaves its README behind still says it."""
+    seen = {w for w in map(computed_on, rows) if w}
+    return "" if seen <= {("cpu", "float32")} else "computed on " + "; ".join(" in ".join(w) for w in sorted(seen))
+
+
 def ppl(row: dict[str, Any], text: str = "wikitext2") -> float | None:
     """The row's GPTQ-protocol perplexity on `text`; None if not measured."""
     key = ppl_key(row, text)

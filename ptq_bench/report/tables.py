@@ -16,6 +16,7 @@ from ptq_bench.report.fmt import bits, frame, md_cell
 from ptq_bench.report.paper import labels
 from ptq_bench.report.run import (
     RunData,
+    computed_on,
     first_protocol,
     mean,
     metrics,
@@ -188,8 +189,8 @@ def device_note(rows: list[dict[str, Any]]) -> list[str]:
     Rows written before the protocol named them (schema < 2) count as "unrecorded"; a run of only those
     gets no line rather than a guess."""
     def where(row: dict[str, Any]) -> str:
-        p = row.get("protocol") if isinstance(row.get("protocol"), dict) else {}
-        return f"`{p['device']}` in `{p['dtype']}`" if p.get("device") and p.get("dtype") else "unrecorded"
+        on = computed_on(row)
+        return f"`{on[0]}` in `{on[1]}`" if on else "unrecorded"
 
     seen = Counter(map(where, rows))
     if not seen or set(seen) == {"unrecorded"}:
