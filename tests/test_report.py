@@ -303,6 +303,17 @@ def test_figure_titles_say_where_rows_ran_unless_float32_on_the_cpu(tmp_path, mo
     assert not any("cpu" in t or "cuda" in t for t in titles(_on(dict(fp), "cpu", "float32"), q).values())
 
 
+def test_series_of_equal_value_stay_visible(tmp_path, monkeypatch):
+    """Two settings with the same perplexities drew one line over the other: only the last was visible."""
+    rows = [row("fp16", "fp16", m, w, 16, 20.0 + w, T3) for m in ("absmax", "gptq") for w in (2, 4)]
+    run = run_of(rows)
+    ax = _drawn(monkeypatch, run, generic_table(run), tmp_path, plots_mod.plot_ppl_vs_bits)["ppl_vs_bits.png"].axes[0]
+    a, g = (next(ln for ln in ax.lines if ln.get_label().startswith(f"fp16 + {m}")) for m in ("absmax", "gptq"))
+    assert list(a.get_ydata()) == list(g.get_ydata())
+    assert a.get_marker() != g.get_marker() and a.get_linestyle() != g.get_linestyle()
+    assert a.get_markerfacecolor() == g.get_markerfacecolor() == "none"  # hollow: a coinciding outline shows
+
+
 def test_a_few_shot_run_is_not_titled_zero_shot(tmp_path, monkeypatch):
     """The paper layouts' titles and the accuracy plot said "zero-shot" over 2-shot numbers."""
     def two_shot(r):

@@ -118,6 +118,17 @@ def _line_label(key: tuple) -> str:
     return f"{model} + {method} A{a_bits}" + (f" {setting}" if setting else "")
 
 
+_SERIES_MARKERS = ("o", "s", "D", "P", "h", "p", "<", ">")  # not the edge markers (X ^ v) nor the base's star
+_SERIES_DASHES = ("-", "--", "-.", ":")
+
+
+def _series_style(i: int) -> dict[str, Any]:
+    """Series i's marker and dash, hollow markers: series of equal value (two settings that leave a model
+    alike) no longer hide one another — each outline and dash stays visible where they coincide."""
+    return {"marker": _SERIES_MARKERS[i % len(_SERIES_MARKERS)], "linestyle": _SERIES_DASHES[i % len(_SERIES_DASHES)],
+            "markerfacecolor": "none", "markeredgewidth": 1.5}
+
+
 def _bits_lines(ax: Any, marks: Marks, recs: list[dict[str, Any]], col: str) -> None:
     """One line per (model, method, activation bits, setting) through its measured weight bits only (a
     line to the unquantized model at 16 bits would draw W16A4 and the bits in between as measured); each
@@ -126,8 +137,8 @@ def _bits_lines(ax: Any, marks: Marks, recs: list[dict[str, Any]], col: str) -> 
     for r in recs:
         if r["method"] != "none" and r.get(col) is not None:
             groups[_line_key(r)].append(r)
-    for key, g in groups.items():
-        marks.spread_line(ax, [_w(r) for r in g], [r[col] for r in g], marker="o", label=_line_label(key))
+    for i, (key, g) in enumerate(groups.items()):
+        marks.spread_line(ax, [_w(r) for r in g], [r[col] for r in g], label=_line_label(key), **_series_style(i))
     for r in (r for r in recs if r["method"] == "none" and r.get(col) is not None):
         marks.line(ax, [_w(r)], [r[col]], marker="*", markersize=14, linestyle="none", zorder=5,
                    label=f"{r['model']} (native {r['W']}-bit)")
@@ -209,8 +220,9 @@ def plot_kld_vs_bits(run: RunData, df: pd.DataFrame, out: Path) -> list[Path]:
             groups[_line_key(r)].append(r)
     fig, (ax,) = _figure((7, 4.5))
     marks = Marks()
-    for key, g in groups.items():
-        marks.spread_line(ax, [r.get("eff_bits") for r in g], [r[col] for r in g], marker="o", label=_line_label(key))
+    for i, (key, g) in enumerate(groups.items()):
+        marks.spread_line(ax, [r.get("eff_bits") for r in g], [r[col] for r in g], label=_line_label(key),
+                          **_series_style(i))
     ax.set_yscale("log")
     ax.set_xlabel("effective bits per weight (scales and zeros included)")
     ax.set_ylabel(col + " (nats)")
