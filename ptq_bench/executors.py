@@ -235,18 +235,43 @@ def endpoint(address: str) -> tuple[str, int] | None:
     return (host.strip("[]"), int(port)) if sep and host and port.isdigit() else None
 
 
+# What a gRPC server (Ray's GCS, and the Ray Client server behind ray://) answers first: HTTP/2's
+# connection preface and an empty SETTINGS frame from us, a SETTINGS frame (type 4) from it.
+_H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + bytes([0, 0, 0, 4, 0, 0, 0, 0, 0])
+
+
 def refuse_unreachable(address: str | None) -> None:
-    """`ray.init` retries an address where nothing listens for minutes before it gives up: one TCP
-    connection, with a timeout, first."""
+    """`ray.init` retries an address for minutes (without end, where something other than Ray answers:
+    the dashboard's port 8265, a web server) before it gives up. One TCP connection, with a timeout, first;
+    then the opening of an HTTP/2 exchange, which Ray's gRPC servers answer with a SETTINGS frame."""
     where = endpoint(address) if address else None
     if where is None:
         return
     try:
-        socket.create_connection(where, timeout=CONNECT_TIMEOUT_S).close()
+        with socket.create_connection(where, timeout=CONNECT_TIMEOUT_S) as conn:
+            conn.sendall(_H2_PREFACE)
+            reply = _read_upto(conn, 9)
+            if reply and reply[3:4] != b"\x04":  # enough of the rest to say what answered
+                reply += _read_upto(conn, 31)
     except OSError as exc:
         raise PtqBenchError(f"executor.address: nothing answers at {where[0]}:{where[1]} "
                             f"({type(exc).__name__}: {exc.strerror or exc}); start the head with `ray start --head` "
                             "or give its address") from None
+    if len(reply) < 9 or reply[3] != 4:
+        said = f"it replied {reply[:40]!r}" if reply else f"it sent nothing in {CONNECT_TIMEOUT_S:g} s"
+        raise PtqBenchError(f"executor.address: {where[0]}:{where[1]} answers, but not as Ray's head ({said}); "
+                            "give the port `ray start --head` printed (6379 unless set), not the dashboard's (8265)")
+
+
+def _read_upto(conn: socket.socket, n: int) -> bytes:
+    """Up to `n` bytes, fewer if the peer closes or stays silent past the socket's timeout."""
+    got = b""
+    try:
+        while len(got) < n and (chunk := conn.recv(n - len(got))):
+            got += chunk
+    except (TimeoutError, ConnectionResetError):
+        pass
+    return got
 
 
 def refuse_infeasible(ex: ExecutorSpec) -> None:

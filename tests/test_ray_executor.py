@@ -245,3 +245,59 @@ def test_an_address_where_nothing_listens_is_refused_at_once(tmp_path):
     err = out.stderr.strip().splitlines()
     assert out.returncode == 2 and f"executor.address: nothing answers at 127.0.0.1:{port}" in err[-1], out.stderr
     assert not (tmp_path / "out").exists() and not (tmp_path / "cache").exists()
+
+
+class _Listener:
+    """A TCP server on a free local port that answers every connection with `reply` (None: stays silent)."""
+
+    def __init__(self, reply: bytes | None) -> None:
+        import socket
+        import threading
+
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.port, self.reply, self.held = self.sock.getsockname()[1], reply, []
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            self.held.append(conn)
+            if self.reply is not None:
+                conn.recv(64)
+                conn.sendall(self.reply)
+
+    def __enter__(self) -> _Listener:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for c in self.held:
+            c.close()
+        self.sock.close()
+
+
+def test_an_address_where_something_else_answers_is_refused_at_once(tmp_path):
+    """A web server (the dashboard's port 8265 given for the head's): `ray.init` retried it without end
+    (still retrying after 120 s here); the HTTP/2 opening Ray's gRPC servers answer tells them apart."""
+    with _Listener(b"HTTP/1.1 400 Bad Request\r\n\r\n") as web:
+        path = _recipe(tmp_path)
+        out = subprocess.run([sys.executable, "-m", "ptq_bench.cli", "run", str(path), "--executor", "ray",
+                              "--address", f"127.0.0.1:{web.port}"], capture_output=True, text=True, timeout=90,
+                             env={**os.environ, "PYTHONPATH": str(ROOT)})
+    err = out.stderr.strip().splitlines()
+    assert out.returncode == 2 and f"127.0.0.1:{web.port} answers, but not as Ray's head (it replied b'HTTP/1.1 400" \
+        in err[-1], out.stderr
+    assert not (tmp_path / "out").exists() and not (tmp_path / "cache").exists()
+
+
+def test_a_silent_listener_is_refused_and_a_ray_head_is_not(crash_dir, monkeypatch):
+    import ray
+
+    from ptq_bench.errors import PtqBenchError
+
+    monkeypatch.setattr(executors, "CONNECT_TIMEOUT_S", 0.5)
+    with _Listener(None) as silent, pytest.raises(PtqBenchError, match="it sent nothing in 0.5 s"):
+        executors.refuse_unreachable(f"127.0.0.1:{silent.port}")
+    executors.refuse_unreachable(ray.get_runtime_context().gcs_address)  # this module's local Ray head
