@@ -249,6 +249,8 @@ def refuse_unreachable(address: str | None) -> None:
         return
     try:
         with socket.create_connection(where, timeout=CONNECT_TIMEOUT_S) as conn:
+            if _ray_tls():  # the head speaks TLS first: the TCP connection is all this checks
+                return
             conn.sendall(_H2_PREFACE)
             reply = _read_upto(conn, 9)
             if reply and reply[3:4] != b"\x04":  # enough of the rest to say what answered
@@ -261,6 +263,11 @@ def refuse_unreachable(address: str | None) -> None:
         said = f"it replied {reply[:40]!r}" if reply else f"it sent nothing in {CONNECT_TIMEOUT_S:g} s"
         raise PtqBenchError(f"executor.address: {where[0]}:{where[1]} answers, but not as Ray's head ({said}); "
                             "give the port `ray start --head` printed (6379 unless set), not the dashboard's (8265)")
+
+
+def _ray_tls() -> bool:
+    """Whether Ray is set to speak TLS (`RAY_USE_TLS`, read as Ray reads it)."""
+    return os.environ.get("RAY_USE_TLS", "0").lower() in ("1", "true")
 
 
 def _read_upto(conn: socket.socket, n: int) -> bytes:

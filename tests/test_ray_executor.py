@@ -301,3 +301,6 @@ def test_a_silent_listener_is_refused_and_a_ray_head_is_not(crash_dir, monkeypat
     with _Listener(None) as silent, pytest.raises(PtqBenchError, match="it sent nothing in 0.5 s"):
         executors.refuse_unreachable(f"127.0.0.1:{silent.port}")
     executors.refuse_unreachable(ray.get_runtime_context().gcs_address)  # this module's local Ray head
+    monkeypatch.setenv("RAY_USE_TLS", "1")  # a TLS head would not answer the plain HTTP/2 opening
+    with _Listener(None) as silent:
+        executors.refuse_unreachable(f"127.0.0.1:{silent.port}")
