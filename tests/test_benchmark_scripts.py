@@ -3,6 +3,7 @@ script that crashes after printing half of them would go unnoticed)."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -66,3 +67,14 @@ def test_gpu_vs_cpu_prints_a_dash_where_neither_row_measured(capsys):
     assert len(w3) == 3 and all(c[-1] == "–" and c[0] != "–" for c in w3), w3
     (base,) = [ln.split()[-3:] for ln in rows if " none " in f" {ln} " or "FP16" in ln or "W16A16" in ln]
     assert base[1] == "–" and base[2] != "–", base
+
+
+def test_quip_vs_reference_without_a_checkout_says_what_to_clone(monkeypatch, tmp_path):
+    """The reference's code is not in this repository: without a checkout, one line saying where to get it."""
+    monkeypatch.delenv("QUIP_REFERENCE", raising=False)
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "quip_vs_reference.py")], capture_output=True,
+                          text=True, cwd=ROOT, timeout=120, env={k: v for k, v in os.environ.items() if k != "QUIP_REFERENCE"})
+    assert proc.returncode == 2 and "git clone https://github.com/Cornell-RelaxML/QuIP" in proc.stderr, proc.stderr
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "quip_vs_reference.py"), "--reference",
+                           str(tmp_path)], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert proc.returncode == 2 and str(tmp_path) in proc.stderr, proc.stderr

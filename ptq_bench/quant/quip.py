@@ -24,7 +24,24 @@ Transforms (`transform`), both structured so nothing n x n is formed for the wei
   random output permutation, with n = p1 p2 split from n's prime factors alternately. A prime n is one
   dense random orthogonal matrix.
 
-Not reproduced: QuIP's greedy refinement passes (`npasses`) after LDLQ, and the packed storage.
+Not reproduced: QuIP's greedy refinement passes (`npasses`, 0 by default in the reference's LLM scripts)
+after LDLQ, and the packed storage.
+
+Checked against the reference's own code (`benchmarks/quip_vs_reference.py`, which imports an unmodified
+checkout of Cornell-RelaxML/QuIP and gives it this module's rotations): the grid codes equal the
+reference's `ldl_gptqequiv` path's (0 of 147,456 differ at the benchmark's default size), except after an
+exact rounding tie, which this module breaks half to even (`torch.round`) and the reference half up
+(floor(x + 1/2)); error feedback carries such a flip along the rest of its row (124 of 2,359,296 codes, in
+4 rows, at 128 x 256 over 3 seeds). Where the reference differs:
+- its LLM scripts round with `--quant ldlq` (`vector_balance.round_ldl`): LDLQ in the opposite column
+  order (last to first, on cholesky(H)). Both are LDLQ, with the same expected loss (the paper's OPTQ /
+  LDLQ equivalence); the order moves a quarter of the codes and not the proxy loss on average;
+- it stores the result (and, for an fp16 model, the rescaled and rotated weight before rounding) in the
+  layer's dtype; here everything up to W_hat stays float32;
+- its butterfly blocks are drawn from SO(p) (`special_ortho_group`, a random angle for p = 2); here from
+  O(p) (QR of a Gaussian), so about half the blocks have determinant -1. Either is a random orthogonal
+  matrix of the same butterfly structure (same factor split, same permutations: the reference's
+  `mul_ortho_butterfly` reproduces `Rotation.dense()` from these blocks exactly).
 """
 
 from __future__ import annotations
