@@ -297,6 +297,7 @@ def report(recipe: Recipe, found: list[Measured], device: str, hours: float | No
     t = recipe.train
     tok_per_step = t.seq_len * t.batch_size
     trained = [m for m in found if m.steps]
+    bpe = any(spec.source is None for spec in recipe.models.values())  # as `sweep.run`: no BPE when all are sources
     lines = [f"device {device}" + (f"; train batch {t.batch_size} x {t.seq_len} tokens, {t.tokens:,} tokens per "
                                    "trained model" if trained else "")]
     for m in found:
@@ -323,10 +324,11 @@ def report(recipe: Recipe, found: list[Measured], device: str, hours: float | No
                          f"{_hms(per_cell * cells)} for {cells} cells")
         else:
             lines.append(f"perplexity: {_hms(per_batch)} per batch of {rows} x {p.seq_len} (slowest model); "
-                         "whole sets: the window count depends on the trained tokenizer")
+                         "whole sets: the window count " + ("depends on the trained tokenizer" if bpe else
+                                                            "needs the sets tokenized, which this does not do"))
     lines.extend(_zero_shot_lines(recipe, found))
     lines.extend(_quant_lines(recipe, found))
-    lines.append("not projected: tokenizer training, tokenizing the calibration text")
+    lines.append("not projected: " + ("tokenizer training, " if bpe else "") + "tokenizing the calibration text")
     return lines
 
 

@@ -160,6 +160,16 @@ def test_hours_with_only_loaded_models_says_so(tmp_path):
     assert not any(x.startswith("training, all") for x in lines)
 
 
+def test_a_recipe_of_sources_trains_no_tokenizer_and_does_not_say_it_does(tmp_path, data_dir):
+    """`run` trains no BPE when every model is a `source:`; estimate listed its training as not projected."""
+    folder = _checkpoint(tmp_path, data_dir)
+    loaded = Measured("theirs", "source", 1_000_000, 0.0, steps=0, ppl_batch_s=0.5, peak_bytes=None)
+    sources = report(load_recipe(_recipe(tmp_path, models={"theirs": {"source": str(folder)}})), [loaded], "cpu", None)
+    assert sources[-1] == "not projected: tokenizing the calibration text", sources
+    mixed = _recipe(tmp_path, models={"mine": {"kind": "fp16"}, "theirs": {"source": str(folder)}})
+    assert report(load_recipe(mixed), [loaded], "cpu", None)[-1].startswith("not projected: tokenizer training, ")
+
+
 def test_zero_shot_projection_follows_each_cells_tasks(tmp_path):
     raw_q = [{"method": "absmax", "w_bits": [8, 4, 2, 1], "a_bits": 16, "tasks": ["hellaswag"]}]
     recipe = load_recipe(_recipe(tmp_path, quantize=raw_q))
