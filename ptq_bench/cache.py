@@ -10,10 +10,11 @@ against digests recorded earlier.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from ptq_bench.data import file_sha256
@@ -76,10 +77,23 @@ def _remove(path: Path) -> None:
         path.unlink(missing_ok=True)
 
 
-def _write_atomic(path: Path, text: str) -> None:
+def write_atomic(path: Path, text: str) -> None:
+    """`text` into `path` through a sibling temp file and a rename: a reader (or a run killed mid-write)
+    sees the old file or the new one, never a part."""
     tmp = path.with_name(".tmp-" + path.name)
-    tmp.write_text(text, encoding="utf-8")
+    with removed_on_failure(tmp):
+        tmp.write_text(text, encoding="utf-8")
     os.replace(tmp, path)
+
+
+@contextlib.contextmanager
+def removed_on_failure(tmp: Path) -> Iterator[None]:
+    """Remove the half-written temp file `tmp` when the block does not finish (an error, a Ctrl-C)."""
+    try:
+        yield
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def ensure(path: Path, build: Callable[[Path], None], what: str) -> Path:
@@ -104,12 +118,12 @@ def ensure(path: Path, build: Callable[[Path], None], what: str) -> Path:
         _remove(tmp)
         build(tmp)
         if tmp.is_dir():
-            _write_atomic(tmp / CHECKSUMS, json.dumps(folder_digests(tmp), indent=1, sort_keys=True))
+            write_atomic(tmp / CHECKSUMS, json.dumps(folder_digests(tmp), indent=1, sort_keys=True))
         _remove(sidecar(path))
         _remove(path)
         os.replace(tmp, path)
         if path.is_file():
-            _write_atomic(sidecar(path), file_sha256(path) + "\n")
+            write_atomic(sidecar(path), file_sha256(path) + "\n")
     return path
 
 

@@ -402,3 +402,32 @@ def test_scaling_plots_join_a_kinds_models_by_size_and_name_the_perplexity(tmp_p
     assert list(line.get_ydata()) == [2.0, 4.0, 8.0]  # MB in order of size, not of perplexity
     assert ax.get_xlabel() == "ppl_gptq/wikitext2/seq128"
     assert sorted(t.get_text() for t in ax.texts) == ["1.0M", "2.0M", "4.0M"]
+
+
+def test_an_interrupted_report_leaves_every_file_whole(tmp_path, monkeypatch):
+    """Tables and figures were written in place: a report killed mid-write left 0-byte PNGs and CSVs."""
+    from matplotlib.figure import Figure
+
+    rows = [row("fp16", "fp16", "none", 16, 16, 15.0, T3), row("fp16", "fp16", "absmax", 4, 16, 25.0, T3)]
+    folder = _run_dir(tmp_path / "r", rows, layout="bitnet_table3")
+    render(folder)
+    outputs = lambda: {p.name: p.read_bytes() for p in folder.iterdir() if p.suffix in (".md", ".csv", ".tex", ".png")}  # noqa: E731
+    before = outputs()
+    assert {".md", ".csv", ".tex", ".png"} <= {Path(n).suffix for n in before}
+    real_write = Path.write_text
+
+    def torn_write(self, text, *args, **kwargs):
+        real_write(self, text[: len(text) // 2], *args, **kwargs)
+        raise KeyboardInterrupt
+
+    def torn_save(self, fname, *args, **kwargs):
+        Path(fname).write_bytes(b"")
+        raise KeyboardInterrupt
+
+    for cls, name, torn in ((Path, "write_text", torn_write), (Figure, "savefig", torn_save)):
+        with monkeypatch.context() as m:
+            m.setattr(cls, name, torn)
+            with pytest.raises(KeyboardInterrupt):
+                render(folder)
+        after = outputs()
+        assert after == before, (name, [n for n in before if after.get(n) != before[n]])

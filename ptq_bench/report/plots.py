@@ -9,10 +9,12 @@ calibration seeds) are drawn at their mean with a min–max error bar.
 from __future__ import annotations
 
 import math
+import os
 from collections import defaultdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ptq_bench.cache import removed_on_failure
 from ptq_bench.report.fmt import md_cell, nonfinite_name
 from ptq_bench.report.run import RunData, first_protocol, metrics, ppl, ppl_keys, ran_on, shots
 from ptq_bench.report.tables import ACC_SUFFIXES, headline_metrics
@@ -96,11 +98,16 @@ def _figure(size: tuple[float, float], ncols: int = 1) -> tuple[Any, list[Any]]:
 
 
 def _save(fig: Any, path: Path) -> Path:
+    """Drawn into a sibling temp file (same suffix: matplotlib reads the format from it), then renamed: a
+    killed report leaves the old figure or the new one, never an empty file."""
     import matplotlib.pyplot as plt
 
+    tmp = path.with_name(".tmp-" + path.name)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    with removed_on_failure(tmp):
+        fig.savefig(tmp, dpi=120)
     plt.close(fig)
+    os.replace(tmp, path)
     return path
 
 

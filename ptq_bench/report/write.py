@@ -10,6 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from ptq_bench.cache import write_atomic
 from ptq_bench.report.fmt import to_csv, to_latex, to_markdown
 from ptq_bench.report.layouts import GENERIC, LAYOUTS, SPREAD, Layout, load
 from ptq_bench.report.run import RunData, shots
@@ -66,7 +67,7 @@ def write_layout(run: RunData, layout: Layout) -> list[Path]:
     written = []
     for fmt in layout.formats:
         path = run.run_dir / f"{layout.stem}.{fmt}"
-        path.write_text(WRITERS[fmt](run, layout, df), encoding="utf-8")
+        write_atomic(path, WRITERS[fmt](run, layout, df))  # a killed report leaves whole files
         written.append(path)
     for plot in layout.plot_fns():
         written += plot(run, df, run.run_dir)
