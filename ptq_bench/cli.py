@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -169,21 +171,36 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+_STOPPED_BY = [signal.SIGINT]  # the signal that raised the KeyboardInterrupt being handled
+
+
+def _stop(signum: int, _frame: Any) -> None:
+    """SIGTERM (what `timeout`, Slurm and docker send) stops a run as Ctrl-C does: recorded, then a message."""
+    _STOPPED_BY[0] = signal.Signals(signum)
+    raise KeyboardInterrupt
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from ptq_bench.errors import PtqBenchError
 
+    _STOPPED_BY[0] = signal.SIGINT
+    main_thread = threading.current_thread() is threading.main_thread()
+    before = signal.signal(signal.SIGTERM, _stop) if main_thread else None
     try:
         return args.fn(args)
     except PtqBenchError as exc:
         print(f"ptq-bench: error: {exc}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("ptq-bench: interrupted (finished cells are kept; re-run to resume)", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as exc:  # a run says what it stored; elsewhere nothing half-written is left
+        print(f"ptq-bench: {exc or 'interrupted'}", file=sys.stderr)
+        return 128 + _STOPPED_BY[0]
     except BrokenPipeError:  # `ptq-bench ls | head`: the reader left; stop as a SIGPIPE'd tool does, quietly
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # the exit's flush must not raise again
         return 128 + 13
+    finally:
+        if main_thread:
+            signal.signal(signal.SIGTERM, before)
 
 
 if __name__ == "__main__":

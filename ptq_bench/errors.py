@@ -16,3 +16,8 @@ class DataError(PtqBenchError):
 class QuantError(PtqBenchError):
     """A quantization step that cannot do what its row would claim (nothing quantized, an unresolvable
     smoothing pair, a model whose linears are already low-bit)."""
+
+
+class Interrupted(KeyboardInterrupt):
+    """A Ctrl-C (or SIGTERM, which the CLI turns into one) after a run had recorded it: the message says
+    what is stored and how to go on."""

@@ -23,7 +23,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from ptq_bench.cache import first_difference, folder_digests, scratch_folder
+from ptq_bench.cache import first_difference, folder_digests, scratch_folder, write_atomic
 from ptq_bench.cells import refuse_loaded
 from ptq_bench.console import log
 from ptq_bench.data import (
@@ -35,7 +35,7 @@ from ptq_bench.data import (
     resolve_data_dir,
     train_documents,
 )
-from ptq_bench.errors import PtqBenchError
+from ptq_bench.errors import Interrupted, PtqBenchError
 from ptq_bench.eval.evaluator import EVAL_VERSION, Evaluator
 from ptq_bench.kinds import NATIVE_BITS  # nominal (weight, activation) bits of unquantized models
 from ptq_bench.prepare import (
@@ -142,6 +142,13 @@ def run(recipe: Recipe, recipe_text: str) -> Path:
             else:
                 for name in recipe.models:
                     run_model(sw, name)
+        except KeyboardInterrupt:
+            sw.bar.close()  # before the message: a bar redrawn after it hid it
+            _record_eval(sw)
+            close_run(sw.out, sw.manifest, time.perf_counter() - t0, sw.ran, interrupted=True)
+            stored = len(expand_cells(recipe)) - len(sw.todo) + sw.ran
+            raise Interrupted(f"interrupted: {stored} of {len(expand_cells(recipe))} cells are stored in {sw.out} "
+                              f"({sw.ran} by this run); run the same command again to resume") from None
         finally:
             sw.bar.close()
         _record_eval(sw)
@@ -342,7 +349,7 @@ def _save_curve(out: Path, name: str, kind: str, info: dict) -> None:
     (out / CURVES).mkdir(exist_ok=True)
     payload = {"model": name, "kind": kind, "diverged": info.get("diverged", False),
                "schedule": info.get("schedule"), "trained_on": info.get("trained_on"), "curve": info["curve"]}
-    (out / CURVES / f"{name}.json").write_text(json.dumps(payload), encoding="utf-8")
+    write_atomic(out / CURVES / f"{name}.json", json.dumps(payload))
 
 
 def _print_cell(row: Row) -> None:

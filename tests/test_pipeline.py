@@ -121,3 +121,37 @@ def test_other_recipe_in_same_folder_is_refused(ref, tmp_path):
     proc = cli("run", str(other))
     assert proc.returncode == 2 and "another recipe" in proc.stderr
     assert (out / "results.jsonl").read_bytes() == before
+
+
+def _stop_after_rows(recipe: Path, out: Path, rows: int, sig: signal.Signals, log: Path) -> tuple[int, str]:
+    """Start a run, send `sig` once the folder holds `rows` rows; (exit status, last stderr line)."""
+    with open(log, "w") as fh:
+        proc = subprocess.Popen([sys.executable, "-m", "ptq_bench.cli", "run", str(recipe)], cwd=ROOT,
+                                stdout=subprocess.DEVNULL, stderr=fh)
+    deadline = time.time() + 300
+    while len(load_rows(out)) < rows:
+        assert proc.poll() is None and time.time() < deadline, log.read_text()[-1500:]
+        time.sleep(0.01)
+    proc.send_signal(sig)
+    proc.wait(timeout=120)
+    return proc.returncode, log.read_text().strip().splitlines()[-1]
+
+
+@pytest.mark.slow
+def test_sigterm_and_ctrl_c_stop_a_run_with_its_record_and_a_resume_line(ref, tmp_path):
+    """SIGTERM (timeout, Slurm, docker) ended a run with no message and an open invocation; Ctrl-C's line
+    did not say what was stored and a progress bar could be redrawn after it."""
+    recipe, out, _cache = workspace(ref, tmp_path)
+    total, before = len(ref.rows), 0
+    for i, (sig, status) in enumerate(((signal.SIGTERM, 143), (signal.SIGINT, 130))):
+        code, last = _stop_after_rows(recipe, out, before + 2, sig, tmp_path / f"stop{i}.log")
+        stored = len(load_rows(out))
+        assert code == status and last == (f"ptq-bench: interrupted: {stored} of {total} cells are stored in {out} "
+                                           f"({stored - before} by this run); run the same command again to resume"), last
+        inv = json.loads((out / "manifest.json").read_text())["invocations"][-1]
+        assert inv["interrupted"] is True and inv["cells_run"] == stored - before and "wall_s" in inv
+        before = stored
+    final = cli("run", str(recipe))
+    assert final.returncode == 0, final.stderr[-2000:]
+    assert {(r.model, r.label): r.metrics for r in load_rows(out, strict=True)} == ref.metrics()
+    assert "(2 interrupted)" in (out / "table.md").read_text(encoding="utf-8")

@@ -146,7 +146,16 @@ def provenance(manifest: dict[str, Any]) -> str:
     device = hw.get("gpu") or f"CPU, {hw.get('cpu_count')} cores{kernels}"
     wall = sum(i.get("wall_s", 0) for i in inv)
     return (f"- Ran on {device} ({hw.get('platform', '?')}); wall time {wall / 60:.1f} min over {len(inv)} "
-            f"invocation(s); recipe hash {manifest.get('recipe_hash')}, git {inv[-1].get('git')}.")
+            f"invocation(s){_ends(inv)}; recipe hash {manifest.get('recipe_hash')}, git {inv[-1].get('git')}.")
+
+
+def _ends(inv: list[dict[str, Any]]) -> str:
+    """How many invocations a signal stopped, and how many left no end (killed outright, or still running:
+    their time is not in the wall time)."""
+    stopped, open_ = sum(bool(i.get("interrupted")) for i in inv), sum("wall_s" not in i for i in inv)
+    parts = [*([f"{stopped} interrupted"] if stopped else []),
+             *([f"{open_} with no recorded end (killed, or still running)"] if open_ else [])]
+    return f" ({'; '.join(parts)})" if parts else ""
 
 
 def eval_note(manifest: dict[str, Any], tasks: list[str]) -> list[str]:
