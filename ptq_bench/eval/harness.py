@@ -252,8 +252,7 @@ class TaskSuite:
             "num_fewshot": self.num_fewshot,
             "limit": self.limit,
             "backend": self.backend,
-            "path": self.last_path,  # "hflm", or "fast:<FastLM mode>" of the last evaluate
-        }
+        }  # not the FastLM path: it is a cell's (each row's `protocol.path`), and the last cell's misnamed the run
 
     def make_lm(self, model: torch.nn.Module, progress: bool = True) -> LM:
         if self.backend == "hflm":
