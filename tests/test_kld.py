@@ -107,7 +107,7 @@ def test_base_reference_is_computed_once(base, perturbed, token_ids, tmp_path):
     assert counted.calls == 6  # another base model: recomputed
 
 
-def test_a_damaged_reference_file_is_recomputed(base, token_ids, tmp_path):
+def test_a_damaged_reference_file_is_recomputed(base, token_ids, tmp_path, capsys):
     counted = Counting(base)
     path = tmp_path / "c4.npy"
     ref = build_reference(counted, token_ids, "c4", SEQ, path=path, batch_size=BATCH)
@@ -118,8 +118,23 @@ def test_a_damaged_reference_file_is_recomputed(base, token_ids, tmp_path):
         byte = fh.read(1)
         fh.seek(-5, 2)
         fh.write(bytes([byte[0] ^ 0xFF]))
+    capsys.readouterr()
     again = build_reference(counted, token_ids, "c4", SEQ, path=path, batch_size=BATCH)
     assert counted.calls == 6 and np.array_equal(np.asarray(again.logprobs), expected)
+    assert f"cache: KLD reference {path} does not match its metadata" in capsys.readouterr().out  # was silent
+
+
+def test_a_killed_builds_temp_file_is_removed_unless_its_build_runs(base, token_ids, tmp_path):
+    """A reference whose build was killed kept its log-prob temp file until that same reference was built
+    again (never, once the recipe changed its windows): 48 MB here, gigabytes at a real vocabulary."""
+    from filelock import FileLock
+
+    stale, running = tmp_path / "c4-seq64-first50win.tmp.npy", tmp_path / "c4-seq64-first9win.tmp.npy"
+    stale.write_bytes(b"half")
+    running.write_bytes(b"half")
+    with FileLock(str(tmp_path / "c4-seq64-first9win.npy") + ".lock"):  # another process building that one
+        build_reference(base, token_ids, "c4", SEQ, path=tmp_path / "c4-seq64.npy", batch_size=BATCH)
+    assert not stale.exists() and running.exists()
 
 
 def _zero_top1(path):

@@ -114,10 +114,34 @@ def build_reference(
         return _compute(model, wins, set_name, seqlen, max_windows, None, key, batch_size, progress)
     from filelock import FileLock
 
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    from ptq_bench.console import log
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(str(path) + ".lock"):  # runs sharing a cache build it once (two writers of one memmap: SIGBUS)
-        ref = open_reference(Path(path), wins, set_name, seqlen, max_windows, key)
-        return ref or _compute(model, wins, set_name, seqlen, max_windows, Path(path), key, batch_size, progress)
+        _remove_stale_temps(path)
+        ref = open_reference(path, wins, set_name, seqlen, max_windows, key)
+        if ref is None and path.with_suffix(".json").is_file():
+            log(f"cache: KLD reference {path} does not match its metadata (damaged, or its windows changed); "
+                "rebuilding it")
+        return ref or _compute(model, wins, set_name, seqlen, max_windows, path, key, batch_size, progress)
+
+
+def _remove_stale_temps(path: Path) -> None:
+    """The log-prob temp files of references beside `path` whose build was killed (a reference the run
+    never builds again kept one: gigabytes at a real model's vocabulary); a temp file whose reference's
+    lock is held is being written, and stays."""
+    from filelock import FileLock, Timeout
+
+    for tmp in path.parent.glob("*.tmp.npy"):
+        final = tmp.with_name(tmp.name[: -len(".tmp.npy")] + ".npy")
+        if final == path:
+            continue  # this build's own: overwritten below
+        try:
+            with FileLock(str(final) + ".lock", timeout=0):
+                tmp.unlink(missing_ok=True)
+        except Timeout:
+            pass
 
 
 def _compute(model: torch.nn.Module, wins: torch.Tensor, set_name: str, seqlen: int, max_windows: int | None,
