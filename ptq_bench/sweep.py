@@ -47,6 +47,7 @@ from ptq_bench.prepare import (
     model_key,
     pick_device,
 )
+from ptq_bench.quant.configs import setting_label
 from ptq_bench.recipe import Cell, Recipe, calib_seed, expand_cells, required_data_files, source_info, to_dict
 from ptq_bench.results import CURVES, Row, append_row, close_run, open_run, run_lock, write_manifest
 from ptq_bench.tokens import cached_array, calibration_windows, encode_stream
@@ -222,7 +223,8 @@ def run_model(sw: Sweep, name: str) -> None:
 def run_cell(sw: Sweep, cell: Cell, base: Base, size: dict[str, int], backup: Any) -> None:
     """Quantize (a copy, or the base model itself when `backup` can restore it), evaluate, append one row."""
     model, evaluate = base.model, base.evaluate
-    sw.bar.set_description(f"{cell.model} {cell.label}")
+    seed = calib_seed(sw.ctx.recipe, cell)
+    sw.bar.set_description(f"{cell.model} {cell_name(cell.method, cell.label, cell.config_dict(), seed)}")
     with backup.quantizing() if backup else contextlib.nullcontext():
         target, quant = quantize(sw, cell, model, base.tokenizer, base.tok_key, in_place=backup is not None)
     t_eval = time.perf_counter()
@@ -359,4 +361,11 @@ def _print_cell(row: Row) -> None:
         head, name, leaf = bits_of[0], bits_of[1] if len(bits_of) > 1 else "", bits_of[-1]
         short = {"lm_eval": f"{name}/{leaf}", "ppl_gptq": name, "kld": f"kld/{name}/{leaf}"}.get(head, f"{head}/{name}")
         parts.append(f"{short}={v:.4g}" if isinstance(v, float) and math.isfinite(v) else f"{short}={v}")
-    log(f"{row.model:<12} {row.label:<20} " + " ".join(parts))
+    log(f"{row.model:<12} {cell_name(row.method, row.label, row.config, row.calib_seed):<28} " + " ".join(parts))
+
+
+def cell_name(method: str, label: str, config: dict[str, Any], calib_seed: int | None) -> str:
+    """A cell as the log and the progress bar name it: its label, its setting, its calibration seed (two
+    seeds or two group sizes of one label printed identical lines)."""
+    seed = f"seed {calib_seed}" if calib_seed is not None else ""
+    return " ".join(x for x in (label, setting_label(method, config), seed) if x)

@@ -84,9 +84,11 @@ def test_schema1_rows_read_without_seed():
     assert old.calib_seed is None and old.threads is None
 
 
-def test_two_seeds_give_two_rows_and_a_spread(tmp_path, tokenizer_dir):  # noqa: F811
+def test_two_seeds_give_two_rows_and_a_spread(tmp_path, tokenizer_dir, capsys):  # noqa: F811
     src = checkpoint(tmp_path, "llama", tokenizer_dir)
     assert main(["run", str(_recipe(tmp_path, src, [0, 1]))]) == 0
+    logged = [ln for ln in capsys.readouterr().out.splitlines() if "gptq W3A16" in ln]  # the two cells' lines
+    assert sorted(ln.split("gptq W3A16 ")[1].split()[:3] for ln in logged) == [["g32", "seed", "0"], ["g32", "seed", "1"]]
     rows = load_rows(tmp_path / "out", strict=True)
     gptq = sorted((r for r in rows if r.method == "gptq"), key=lambda r: r.calib_seed)
     assert [r.calib_seed for r in gptq] == [0, 1] and gptq[0].cell_id != gptq[1].cell_id
