@@ -361,6 +361,21 @@ def lock_holder(run_dir: Path) -> str:
         return "holder unknown"
 
 
+def live_holder(run_dir: Path) -> str | None:
+    """The holder named by `.lock.owner` when it is a ptq-bench process still alive on this host: a run
+    whose `.lock` was deleted under it (a second run would take a new lock file and write beside it).
+    A stale owner file (its run was killed) names a dead pid, or one reused by another program."""
+    try:
+        owner = json.loads((Path(run_dir) / LOCK_OWNER).read_text(encoding="utf-8"))
+        pid, host = int(owner["pid"]), owner["host"]
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    if host != socket.gethostname() or pid == os.getpid() or b"ptq" not in cmdline.replace(b"-", b"_"):
+        return None
+    return lock_holder(run_dir)
+
+
 @contextmanager
 def run_lock(run_dir: Path) -> Iterator[None]:
     """Hold the run folder's exclusive lock; a second holder is a PtqBenchError naming the first.
@@ -376,6 +391,11 @@ def run_lock(run_dir: Path) -> Iterator[None]:
     except Timeout:
         raise PtqBenchError(f"{run_dir} is in use by another ptq-bench run ({lock_holder(run_dir)}); "
                             "wait for it to finish or set a different output_dir") from None
+    live = live_holder(run_dir)
+    if live is not None:
+        lock.release()
+        raise PtqBenchError(f"{run_dir} is in use by another ptq-bench run ({live}), whose {LOCK} was deleted: "
+                            f"ptq-bench never removes it; wait for that run or set a different output_dir")
     owner = run_dir / LOCK_OWNER
     try:
         owner.write_text(json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
