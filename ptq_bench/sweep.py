@@ -38,6 +38,7 @@ from ptq_bench.data import (
 from ptq_bench.errors import Interrupted, PtqBenchError
 from ptq_bench.eval.evaluator import EVAL_VERSION, Evaluator
 from ptq_bench.kinds import NATIVE_BITS  # nominal (weight, activation) bits of unquantized models
+from ptq_bench.lock import run_lock
 from ptq_bench.prepare import (
     Context,
     _hash,
@@ -49,7 +50,7 @@ from ptq_bench.prepare import (
 )
 from ptq_bench.quant.configs import setting_label
 from ptq_bench.recipe import Cell, Recipe, calib_seed, expand_cells, required_data_files, source_info, to_dict
-from ptq_bench.results import CURVES, Row, append_row, close_run, open_run, run_lock, write_manifest
+from ptq_bench.results import CURVES, Row, append_row, close_run, open_run, write_manifest
 from ptq_bench.tokens import cached_array, calibration_windows, encode_stream
 
 # ----------------------------------------------------------------------------------------------

@@ -13,8 +13,9 @@ from pathlib import Path
 import pytest
 from smoke_ref import ROOT, cli, reference, workspace
 
+from ptq_bench.lock import run_lock
 from ptq_bench.recipe import load_recipe
-from ptq_bench.results import RESULTS, SCHEMA_VERSION, Row, current, load_rows, read_rows, run_lock
+from ptq_bench.results import RESULTS, SCHEMA_VERSION, Row, current, load_rows, read_rows
 
 
 @pytest.fixture(scope="session")
