@@ -153,6 +153,7 @@ def run(recipe: Recipe, recipe_text: str) -> Path:
                               f"({sw.ran} by this run); run the same command again to resume") from None
         finally:
             sw.bar.close()
+        mend_curves(sw)
         _record_eval(sw)
         close_run(sw.out, sw.manifest, time.perf_counter() - t0, sw.ran)
     log(f"done in {time.perf_counter() - t0:.0f}s")
@@ -344,6 +345,25 @@ def make_row(sw: Sweep, cell: Cell, base: Base, size: dict[str, int], metrics: d
         finished=time.strftime("%Y-%m-%dT%H:%M:%S%z"), calib_seed=calib_seed(r, cell),
         threads=torch.get_num_threads(), **size,
     )
+
+
+def mend_curves(sw: Sweep) -> None:
+    """A trained model's curves/<model>.json that is missing or unreadable (damaged by hand: runs write it
+    whole) is written again from the model's intact cache folder; the tables would skip it otherwise."""
+    from ptq_bench.cache import problem
+    from ptq_bench.report.run import read_curve
+
+    for name, spec in sw.ctx.recipe.models.items():
+        path, cached = sw.out / CURVES / f"{name}.json", sw.ctx.cache / "models" / f"{spec.kind}-{sw.keys[name]}"
+        try:
+            read_curve(path)
+            continue
+        except (ValueError, OSError):
+            pass
+        if spec.source is None and problem(cached) is None:
+            was = "unreadable" if path.exists() else "missing"
+            _save_curve(sw.out, name, spec.kind, json.loads((cached / "train_info.json").read_text(encoding="utf-8")))
+            log(f"{path} was {was}; written again from the model cache")
 
 
 def _save_curve(out: Path, name: str, kind: str, info: dict) -> None:

@@ -155,3 +155,20 @@ def test_sigterm_and_ctrl_c_stop_a_run_with_its_record_and_a_resume_line(ref, tm
     assert final.returncode == 0, final.stderr[-2000:]
     assert {(r.model, r.label): r.metrics for r in load_rows(out, strict=True)} == ref.metrics()
     assert "(2 interrupted)" in (out / "table.md").read_text(encoding="utf-8")
+
+
+def test_a_damaged_or_missing_curve_file_is_written_again_from_the_model_cache(ref, tmp_path):
+    """A hand-truncated curves/<model>.json was skipped by every later table (with a note) although the
+    model cache holds the curve; a finished folder's next run now writes it again."""
+    recipe, out, _cache = workspace(ref, tmp_path, copy_out=True)
+    names = sorted(p.name for p in (ref.out / "curves").glob("*.json"))
+    assert len(names) >= 2
+    torn, gone = out / "curves" / names[0], out / "curves" / names[1]
+    torn.write_text(torn.read_text()[:40])
+    gone.unlink()
+    proc = cli("run", str(recipe))
+    assert proc.returncode == 0 and "0 to run" in proc.stdout, proc.stderr[-2000:]
+    assert f"{torn} was unreadable; written again" in proc.stdout and f"{gone} was missing; written again" in proc.stdout
+    for name in names:
+        assert json.loads((out / "curves" / name).read_text()) == json.loads((ref.out / "curves" / name).read_text())
+    assert "unreadable" not in (out / "table.md").read_text(encoding="utf-8")

@@ -49,14 +49,19 @@ def load_run(run_dir: Path) -> RunData:
         run.damage.append(f"- {MANIFEST} damaged: rendered without its layout and provenance.")
     for f in sorted((run.run_dir / CURVES).glob("*.json")):
         try:
-            curve = _checked_curve(json.loads(f.read_text(encoding="utf-8")))
+            curve = read_curve(f)
             run.curves[curve.get("model", f.stem)] = curve
         except (ValueError, OSError) as exc:
             run.damage.append(f"- curves/{f.name} unreadable ({type(exc).__name__}: {str(exc)[:80]}): skipped.")
     return run
 
 
-def _checked_curve(curve: Any) -> dict[str, Any]:
+def read_curve(path: Path) -> dict[str, Any]:
+    """A curves/<model>.json, checked (`checked_curve`); ValueError or OSError when it cannot be read."""
+    return checked_curve(json.loads(path.read_text(encoding="utf-8")))
+
+
+def checked_curve(curve: Any) -> dict[str, Any]:
     """A curves/<model>.json as `sweep._save_curve` writes it; ValueError says what is not."""
     if not isinstance(curve, dict):
         raise ValueError("not a JSON object")
