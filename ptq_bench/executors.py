@@ -42,11 +42,12 @@ from typing import Any
 from ptq_bench.cache import host_tag, remove_stale
 from ptq_bench.cells import refuse_loaded
 from ptq_bench.console import log
+from ptq_bench.curves import save_curve
 from ptq_bench.errors import PtqBenchError
 from ptq_bench.prepare import Context, get_tokenizer, pick_device
 from ptq_bench.recipe import Cell, ExecutorSpec, Recipe
 from ptq_bench.results import Row, append_row, write_manifest
-from ptq_bench.sweep import Sweep, _record_eval, _save_curve, base_model, cell_id, run_model
+from ptq_bench.sweep import Sweep, _record_eval, base_model, cell_id, run_model
 
 RAY_DRIVER, RAY_SCRATCH = ".ray-driver-", ".ray-scratch-"  # + the run's token, in the shared cache
 CRASH_ENV = "PTQ_BENCH_RAY_CRASH_ONCE"  # fault injection for tests: a folder (see _maybe_crash)
@@ -343,7 +344,7 @@ def collect(sw: Sweep, what: str, item: Any, ref: Any) -> None:
         return
     if what == "model":
         kind, info = out
-        _save_curve(sw.out, item, kind, info)
+        save_curve(sw.out, item, kind, info)
         return
     store(sw, item, out)
 

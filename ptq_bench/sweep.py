@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import json
 import logging
 import math
 import shutil
@@ -23,9 +22,10 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from ptq_bench.cache import first_difference, folder_digests, scratch_folder, write_atomic
+from ptq_bench.cache import first_difference, folder_digests, scratch_folder
 from ptq_bench.cells import refuse_loaded
 from ptq_bench.console import log
+from ptq_bench.curves import mend_curves, save_curve
 from ptq_bench.data import (
     CALIBRATION_FILE,
     TRAIN_FILES,
@@ -50,7 +50,7 @@ from ptq_bench.prepare import (
 )
 from ptq_bench.quant.configs import setting_label
 from ptq_bench.recipe import Cell, Recipe, calib_seed, expand_cells, required_data_files, source_info, to_dict
-from ptq_bench.results import CURVES, Row, append_row, close_run, open_run, write_manifest
+from ptq_bench.results import Row, append_row, close_run, open_run, write_manifest
 from ptq_bench.tokens import cached_array, calibration_windows, encode_stream
 
 # ----------------------------------------------------------------------------------------------
@@ -134,7 +134,7 @@ def run(recipe: Recipe, recipe_text: str) -> Path:
     t0 = time.perf_counter()
     logging.getLogger("lm_eval").setLevel(logging.ERROR)  # its HFLM-with-a-model notices are expected here
     with run_lock(recipe.out_dir):
-        sw = prepare(recipe, recipe_text)
+        sw = prepare(recipe, recipe_text, t0)
         # no bar when stderr is not a terminal (disable=None): the log lines of each cell say it all
         sw.bar = tqdm(total=len(sw.todo), desc="cells", unit="cell", dynamic_ncols=True, disable=None)
         try:
@@ -147,13 +147,11 @@ def run(recipe: Recipe, recipe_text: str) -> Path:
         except KeyboardInterrupt:
             sw.bar.close()  # before the message: a bar redrawn after it hid it
             _record_eval(sw)
-            close_run(sw.out, sw.manifest, time.perf_counter() - t0, sw.ran, interrupted=True)
-            stored = len(expand_cells(recipe)) - len(sw.todo) + sw.ran
-            raise Interrupted(f"interrupted: {stored} of {len(expand_cells(recipe))} cells are stored in {sw.out} "
-                              f"({sw.ran} by this run); run the same command again to resume") from None
+            raise stopped(sw.out, sw.manifest, t0, sw.ran, len(expand_cells(recipe)) - len(sw.todo) + sw.ran,
+                          len(expand_cells(recipe))) from None
         finally:
             sw.bar.close()
-        mend_curves(sw)
+        mend_curves(sw.out, recipe, sw.ctx.cache, sw.keys)
         _record_eval(sw)
         close_run(sw.out, sw.manifest, time.perf_counter() - t0, sw.ran)
     log(f"done in {time.perf_counter() - t0:.0f}s")
@@ -162,7 +160,15 @@ def run(recipe: Recipe, recipe_text: str) -> Path:
     return sw.out
 
 
-def prepare(recipe: Recipe, recipe_text: str) -> Sweep:
+def stopped(out: Path, manifest: dict[str, Any], t0: float, ran: int, stored: int, total: int) -> Interrupted:
+    """Close the invocation a signal stopped (its end, wall time, cells, `interrupted`); the error that says
+    what is stored and how to go on."""
+    close_run(out, manifest, time.perf_counter() - t0, ran, interrupted=True)
+    return Interrupted(f"interrupted: {stored} of {total} cells are stored in {out} ({ran} by this run); "
+                       "run the same command again to resume")
+
+
+def prepare(recipe: Recipe, recipe_text: str, t0: float) -> Sweep:
     """Data, cells, the opened run folder (manifest; stored rows checked), the tokenizer, what is left."""
     import torch
 
@@ -177,7 +183,10 @@ def prepare(recipe: Recipe, recipe_text: str) -> Sweep:
     manifest, rows = open_run(out, recipe.digest(), base, check=lambda m, r: check_sources(recipe, m, r))
     torch.manual_seed(recipe.seed)
     trains = any(spec.source is None for spec in recipe.models.values())  # all from `source:`: no BPE to train
-    tokenizer, tok_key = get_tokenizer(ctx) if trains else (None, "")
+    try:
+        tokenizer, tok_key = get_tokenizer(ctx) if trains else (None, "")
+    except KeyboardInterrupt:  # the invocation is open: close it as the cells' loop does
+        raise stopped(out, manifest, t0, 0, len({r.cell_id for r in rows}), len(cells)) from None
     keys = {name: model_key(ctx, name, tok_key) for name in recipe.models}
     done = {row.cell_id for row in rows}
     todo = [c for c in cells if cell_id(c, keys[c.model], recipe.dtype) not in done]
@@ -211,7 +220,7 @@ def run_model(sw: Sweep, name: str) -> None:
         return
     base = base_model(sw, name)
     refuse_loaded(name, base.model.config, mine)  # what validate could not read (an uncached hub id)
-    _save_curve(sw.out, name, base.kind, base.info)
+    save_curve(sw.out, name, base.kind, base.info)
     size = {"n_params": parameter_count(base.model), "weight_bytes": weight_bytes(base.model)}
     base.evaluate.set_base(base.model, sw.keys[name], sw.ctx.device)
     with float_backup(sw, base, mine) as backup:
@@ -345,34 +354,6 @@ def make_row(sw: Sweep, cell: Cell, base: Base, size: dict[str, int], metrics: d
         finished=time.strftime("%Y-%m-%dT%H:%M:%S%z"), calib_seed=calib_seed(r, cell),
         threads=torch.get_num_threads(), **size,
     )
-
-
-def mend_curves(sw: Sweep) -> None:
-    """A trained model's curves/<model>.json that is missing or unreadable (damaged by hand: runs write it
-    whole) is written again from the model's intact cache folder; the tables would skip it otherwise."""
-    from ptq_bench.cache import problem
-    from ptq_bench.report.run import read_curve
-
-    for name, spec in sw.ctx.recipe.models.items():
-        path, cached = sw.out / CURVES / f"{name}.json", sw.ctx.cache / "models" / f"{spec.kind}-{sw.keys[name]}"
-        try:
-            read_curve(path)
-            continue
-        except (ValueError, OSError):
-            pass
-        if spec.source is None and problem(cached) is None:
-            was = "unreadable" if path.exists() else "missing"
-            _save_curve(sw.out, name, spec.kind, json.loads((cached / "train_info.json").read_text(encoding="utf-8")))
-            log(f"{path} was {was}; written again from the model cache")
-
-
-def _save_curve(out: Path, name: str, kind: str, info: dict) -> None:
-    if "curve" not in info:
-        return
-    (out / CURVES).mkdir(exist_ok=True)
-    payload = {"model": name, "kind": kind, "diverged": info.get("diverged", False),
-               "schedule": info.get("schedule"), "trained_on": info.get("trained_on"), "curve": info["curve"]}
-    write_atomic(out / CURVES / f"{name}.json", json.dumps(payload))
 
 
 def _print_cell(row: Row) -> None:

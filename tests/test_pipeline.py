@@ -123,18 +123,18 @@ def test_other_recipe_in_same_folder_is_refused(ref, tmp_path):
     assert (out / "results.jsonl").read_bytes() == before
 
 
-def _stop_after_rows(recipe: Path, out: Path, rows: int, sig: signal.Signals, log: Path) -> tuple[int, str]:
-    """Start a run, send `sig` once the folder holds `rows` rows; (exit status, last stderr line)."""
+def _stop_when(recipe: Path, when: Callable[[str], bool], sig: signal.Signals, log: Path) -> tuple[int, str]:
+    """Start a run, send `sig` once `when(its output so far)` holds; (exit status, last output line)."""
     with open(log, "w") as fh:
         proc = subprocess.Popen([sys.executable, "-m", "ptq_bench.cli", "run", str(recipe)], cwd=ROOT,
-                                stdout=subprocess.DEVNULL, stderr=fh)
+                                stdout=fh, stderr=subprocess.STDOUT)
     deadline = time.time() + 300
-    while len(load_rows(out)) < rows:
+    while not when(log.read_text(errors="replace")):
         assert proc.poll() is None and time.time() < deadline, log.read_text()[-1500:]
         time.sleep(0.01)
     proc.send_signal(sig)
     proc.wait(timeout=120)
-    return proc.returncode, log.read_text().strip().splitlines()[-1]
+    return proc.returncode, log.read_text(errors="replace").strip().splitlines()[-1]
 
 
 @pytest.mark.slow
@@ -144,7 +144,7 @@ def test_sigterm_and_ctrl_c_stop_a_run_with_its_record_and_a_resume_line(ref, tm
     recipe, out, _cache = workspace(ref, tmp_path)
     total, before = len(ref.rows), 0
     for i, (sig, status) in enumerate(((signal.SIGTERM, 143), (signal.SIGINT, 130))):
-        code, last = _stop_after_rows(recipe, out, before + 2, sig, tmp_path / f"stop{i}.log")
+        code, last = _stop_when(recipe, lambda _, n=before + 2: len(load_rows(out)) >= n, sig, tmp_path / f"stop{i}.log")
         stored = len(load_rows(out))
         assert code == status and last == (f"ptq-bench: interrupted: {stored} of {total} cells are stored in {out} "
                                            f"({stored - before} by this run); run the same command again to resume"), last
@@ -172,3 +172,15 @@ def test_a_damaged_or_missing_curve_file_is_written_again_from_the_model_cache(r
     for name in names:
         assert json.loads((out / "curves" / name).read_text()) == json.loads((ref.out / "curves" / name).read_text())
     assert "unreadable" not in (out / "table.md").read_text(encoding="utf-8")
+
+
+@pytest.mark.slow
+def test_ctrl_c_during_tokenizer_training_closes_the_invocation(ref, tmp_path):
+    """Before the cells' loop (the tokenizer trains first) a Ctrl-C left the invocation with no end."""
+    recipe, out, cache = workspace(ref, tmp_path)
+    shutil.rmtree(cache)
+    code, last = _stop_when(recipe, lambda log: "BPE tokenizer" in log, signal.SIGINT, tmp_path / "stop.log")
+    assert code == 130 and last == (f"ptq-bench: interrupted: 0 of {len(ref.rows)} cells are stored in {out} "
+                                    "(0 by this run); run the same command again to resume"), last
+    inv = json.loads((out / "manifest.json").read_text())["invocations"][-1]
+    assert inv["interrupted"] is True and inv["cells_run"] == 0
