@@ -108,6 +108,10 @@ FAMILIES: dict[str, Family] = {
     "helium": _llama_like(),
     "arcee": _llama_like(mlp_in=("mlp.up_proj",)),  # AFM: ReLU² MLP, no gate
     "ernie4_5": _llama_like(),
+    "ministral": _llama_like(),
+    "seed_oss": _llama_like(),
+    "internlm3": _llama_like(),  # transformers runs InternLM3 with LlamaForCausalLM
+    "hunyuan_v1_dense": _llama_like(),  # its q/k RMSNorms (query_/key_layernorm) act after the projections
     # Apertus: xIELU MLP without a gate; its norms are named attention_ / feedforward_layernorm
     "apertus": _llama_like(attn_norm="attention_layernorm", mlp_norm="feedforward_layernorm", mlp_in=("mlp.up_proj",)),
     # LayerNorms with bias; StableLM-2-12B's parallel form (use_parallel_residual) has no MLP norm

@@ -17,6 +17,7 @@ import torch
 COMMON = {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4,
           "num_key_value_heads": 2, "max_position_embeddings": 256}
 
+SLIDING_FULL = ["sliding_attention", "full_attention"]
 # model_type -> (transformers config class name, config kwargs)
 FAMILY_CONFIGS: dict[str, tuple[str, dict[str, Any]]] = {
     "llama": ("LlamaConfig", COMMON),
@@ -49,6 +50,10 @@ FAMILY_CONFIGS: dict[str, tuple[str, dict[str, Any]]] = {
     "olmo2": ("Olmo2Config", COMMON),
     "olmo3": ("Olmo3Config", {**COMMON, "sliding_window": 16, "layer_types": ["sliding_attention", "full_attention"]}),
     "bitnet": ("BitNetConfig", COMMON),
+    "ministral": ("MinistralConfig", {**COMMON, "head_dim": 16, "sliding_window": 16, "layer_types": SLIDING_FULL}),
+    "seed_oss": ("SeedOssConfig", {**COMMON, "head_dim": 16}),
+    "internlm3": ("InternLM3Config", {**COMMON, "head_dim": 16}),
+    "hunyuan_v1_dense": ("HunYuanDenseV1Config", {**COMMON, "head_dim": 16}),
 }
 
 
