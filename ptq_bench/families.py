@@ -98,6 +98,9 @@ def _parallel(blocks: str, norm: str, qkv: tuple[str, ...], out: str, mlp_in: tu
     )
 
 
+# GLM / GLM-4: Llama's norms, but the MLP's gate and up projections are one linear (gate_up_proj)
+GLM = replace(_llama_like(mlp_in=("mlp.gate_up_proj",)), fused=("mlp.gate_up_proj",))
+
 FAMILIES: dict[str, Family] = {
     "llama": _llama_like(),
     "mistral": _llama_like(),
@@ -112,6 +115,9 @@ FAMILIES: dict[str, Family] = {
     "seed_oss": _llama_like(),
     "internlm3": _llama_like(),  # transformers runs InternLM3 with LlamaForCausalLM
     "hunyuan_v1_dense": _llama_like(),  # its q/k RMSNorms (query_/key_layernorm) act after the projections
+    "glm": GLM,
+    # GLM-4 adds post_self_attn_ / post_mlp_layernorm on the attention and MLP *outputs* (before the residual)
+    "glm4": GLM,
     # Apertus: xIELU MLP without a gate; its norms are named attention_ / feedforward_layernorm
     "apertus": _llama_like(attn_norm="attention_layernorm", mlp_norm="feedforward_layernorm", mlp_in=("mlp.up_proj",)),
     # LayerNorms with bias; StableLM-2-12B's parallel form (use_parallel_residual) has no MLP norm

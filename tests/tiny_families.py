@@ -50,6 +50,8 @@ FAMILY_CONFIGS: dict[str, tuple[str, dict[str, Any]]] = {
     "olmo2": ("Olmo2Config", COMMON),
     "olmo3": ("Olmo3Config", {**COMMON, "sliding_window": 16, "layer_types": ["sliding_attention", "full_attention"]}),
     "bitnet": ("BitNetConfig", COMMON),
+    "glm4": ("Glm4Config", {**COMMON, "head_dim": 16}),
+    "glm": ("GlmConfig", {**COMMON, "head_dim": 16}),
     "ministral": ("MinistralConfig", {**COMMON, "head_dim": 16, "sliding_window": 16, "layer_types": SLIDING_FULL}),
     "seed_oss": ("SeedOssConfig", {**COMMON, "head_dim": 16}),
     "internlm3": ("InternLM3Config", {**COMMON, "head_dim": 16}),
