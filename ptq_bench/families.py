@@ -129,6 +129,8 @@ FAMILIES: dict[str, Family] = {
     # CohereLayerNorm: y = w * (x - mean) / std, no bias
     "cohere": _parallel("model.layers", "input_layernorm", QKV, "self_attn.o_proj",
                         ("mlp.gate_proj", "mlp.up_proj"), "mlp.down_proj"),
+    "cohere2": _parallel("model.layers", "input_layernorm", QKV, "self_attn.o_proj",
+                         ("mlp.gate_proj", "mlp.up_proj"), "mlp.down_proj"),  # Cohere's block, sliding layers
     # OLMo 2/3 normalize the attention and MLP *outputs* (and q/k after their projections): no norm feeds
     # a linear, so there is nowhere to fold smoothing scales and SmoothQuant is refused (`validate` says so)
     "olmo2": replace(_llama_like(), smooth=()),
