@@ -135,6 +135,7 @@ FAMILIES: dict[str, Family] = {
     # a linear, so there is nowhere to fold smoothing scales and SmoothQuant is refused (`validate` says so)
     "olmo2": replace(_llama_like(), smooth=()),
     "olmo3": replace(_llama_like(), smooth=()),
+    "exaone4": replace(_llama_like(), smooth=()),  # EXAONE 4: OLMo 2's post-norms (and q/k norms)
     # OLMo 1: Llama's block, but its LayerNorms are parameter-free (OlmoLayerNorm): nothing to fold into
     "olmo": replace(_llama_like(), smooth=(), unsmoothable="its LayerNorms have no weight or bias"),
     "gemma": _llama_like(kind="one_plus_gain"),

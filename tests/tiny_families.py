@@ -53,6 +53,7 @@ FAMILY_CONFIGS: dict[str, tuple[str, dict[str, Any]]] = {
     "glm4": ("Glm4Config", {**COMMON, "head_dim": 16}),
     "glm": ("GlmConfig", {**COMMON, "head_dim": 16}),
     "cohere2": ("Cohere2Config", {**COMMON, "sliding_window": 16, "layer_types": SLIDING_FULL}),
+    "exaone4": ("Exaone4Config", {**COMMON, "sliding_window": 16, "layer_types": SLIDING_FULL}),
     "ministral": ("MinistralConfig", {**COMMON, "head_dim": 16, "sliding_window": 16, "layer_types": SLIDING_FULL}),
     "seed_oss": ("SeedOssConfig", {**COMMON, "head_dim": 16}),
     "internlm3": ("InternLM3Config", {**COMMON, "head_dim": 16}),
