@@ -139,6 +139,7 @@ FAMILIES: dict[str, Family] = {
     # OLMo 1: Llama's block, but its LayerNorms are parameter-free (OlmoLayerNorm): nothing to fold into
     "olmo": replace(_llama_like(), smooth=(), unsmoothable="its LayerNorms have no weight or bias"),
     "gemma": _llama_like(kind="one_plus_gain"),
+    "vaultgemma": _llama_like(mlp_norm="pre_feedforward_layernorm", kind="one_plus_gain"),  # no post-norms
     "gemma2": _llama_like(mlp_norm="pre_feedforward_layernorm", kind="one_plus_gain"),
     "gemma3_text": _llama_like(mlp_norm="pre_feedforward_layernorm", kind="one_plus_gain"),
     # Gemma3ForConditionalGeneration: the text decoder sits under the multimodal wrapper

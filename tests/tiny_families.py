@@ -58,6 +58,8 @@ FAMILY_CONFIGS: dict[str, tuple[str, dict[str, Any]]] = {
     "seed_oss": ("SeedOssConfig", {**COMMON, "head_dim": 16}),
     "internlm3": ("InternLM3Config", {**COMMON, "head_dim": 16}),
     "hunyuan_v1_dense": ("HunYuanDenseV1Config", {**COMMON, "head_dim": 16}),
+    "vaultgemma": ("VaultGemmaConfig", {**COMMON, "head_dim": 16, "query_pre_attn_scalar": 16, "sliding_window": 16,
+                                        "layer_types": SLIDING_FULL}),
 }
 
 
