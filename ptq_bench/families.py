@@ -98,6 +98,19 @@ def _parallel(blocks: str, norm: str, qkv: tuple[str, ...], out: str, mlp_in: tu
     )
 
 
+def _pre_ln(blocks: str, norms: tuple[str, str], qkv: tuple[str, ...], out: str, mlp_in: str, mlp_out: str,
+            requires: tuple[tuple[str, Any], ...] = ()) -> Family:
+    """A sequential pre-LayerNorm block (GPT-2's, under other names): norms[0] feeds q/k/v (one fused linear
+    when `qkv` names one), norms[1] the MLP's one input linear."""
+    return Family(
+        blocks=blocks,
+        groups=(qkv, (out,), (mlp_in,), (mlp_out,)),
+        smooth=(Smooth(norms[0], qkv, "layernorm"), Smooth(norms[1], (mlp_in,), "layernorm")),
+        fused=qkv if len(qkv) == 1 else (),
+        requires=requires,
+    )
+
+
 # GLM / GLM-4: Llama's norms, but the MLP's gate and up projections are one linear (gate_up_proj)
 GLM = replace(_llama_like(mlp_in=("mlp.gate_up_proj",)), fused=("mlp.gate_up_proj",))
 
@@ -177,6 +190,11 @@ FAMILIES: dict[str, Family] = {
         conv1d=True,
         requires=(("add_cross_attention", False),),  # cross-attention blocks have more linears and norms
     ),
+    # StarCoder 1 / SantaCoder: GPT-2's block with nn.Linear (not Conv1D); c_attn is q plus multi-query k/v
+    "gpt_bigcode": _pre_ln("transformer.h", ("ln_1", "ln_2"), ("attn.c_attn",), "attn.c_proj", "mlp.c_fc", "mlp.c_proj",
+                           requires=(("add_cross_attention", False),)),
+    "gpt_neo": _pre_ln("transformer.h", ("ln_1", "ln_2"), tuple(f"attn.attention.{p}_proj" for p in "qkv"),
+                       "attn.attention.out_proj", "mlp.c_fc", "mlp.c_proj"),  # global and local attention layers
     # transformers' BitNet (b1.58 checkpoints, `quant_method: bitnet`): linears re-ternarize on every call
     "bitnet": _llama_like(low_bit=True),
 }

@@ -60,6 +60,10 @@ FAMILY_CONFIGS: dict[str, tuple[str, dict[str, Any]]] = {
     "hunyuan_v1_dense": ("HunYuanDenseV1Config", {**COMMON, "head_dim": 16}),
     "vaultgemma": ("VaultGemmaConfig", {**COMMON, "head_dim": 16, "query_pre_attn_scalar": 16, "sliding_window": 16,
                                         "layer_types": SLIDING_FULL}),
+    "gpt_bigcode": ("GPTBigCodeConfig", {"n_embd": 64, "n_inner": 128, "n_layer": 2, "n_head": 4, "n_positions": 256}),
+    "gpt_neo": ("GPTNeoConfig", {"hidden_size": 64, "intermediate_size": 128, "num_layers": 2, "num_heads": 4,
+                                 "attention_types": [[["global", "local"], 1]], "window_size": 16,
+                                 "max_position_embeddings": 256}),
 }
 
 
