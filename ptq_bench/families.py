@@ -195,6 +195,11 @@ FAMILIES: dict[str, Family] = {
                            requires=(("add_cross_attention", False),)),
     "gpt_neo": _pre_ln("transformer.h", ("ln_1", "ln_2"), tuple(f"attn.attention.{p}_proj" for p in "qkv"),
                        "attn.attention.out_proj", "mlp.c_fc", "mlp.c_proj"),  # global and local attention layers
+    # BLOOM: with apply_residual_connection_post_layernorm the norms' outputs are also the residuals, so
+    # scaling them would change more than the linears they feed
+    "bloom": _pre_ln("transformer.h", ("input_layernorm", "post_attention_layernorm"),
+                     ("self_attention.query_key_value",), "self_attention.dense", "mlp.dense_h_to_4h",
+                     "mlp.dense_4h_to_h", requires=(("apply_residual_connection_post_layernorm", False),)),
     # transformers' BitNet (b1.58 checkpoints, `quant_method: bitnet`): linears re-ternarize on every call
     "bitnet": _llama_like(low_bit=True),
 }

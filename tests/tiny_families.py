@@ -64,6 +64,7 @@ FAMILY_CONFIGS: dict[str, tuple[str, dict[str, Any]]] = {
     "gpt_neo": ("GPTNeoConfig", {"hidden_size": 64, "intermediate_size": 128, "num_layers": 2, "num_heads": 4,
                                  "attention_types": [[["global", "local"], 1]], "window_size": 16,
                                  "max_position_embeddings": 256}),
+    "bloom": ("BloomConfig", {"hidden_size": 64, "n_layer": 2, "n_head": 4}),
 }
 
 
