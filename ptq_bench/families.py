@@ -200,6 +200,9 @@ FAMILIES: dict[str, Family] = {
     "bloom": _pre_ln("transformer.h", ("input_layernorm", "post_attention_layernorm"),
                      ("self_attention.query_key_value",), "self_attention.dense", "mlp.dense_h_to_4h",
                      "mlp.dense_4h_to_h", requires=(("apply_residual_connection_post_layernorm", False),)),
+    # MPT: LayerNorms whose bias is set to None
+    "mpt": _pre_ln("transformer.blocks", ("norm_1", "norm_2"), ("attn.Wqkv",), "attn.out_proj", "ffn.up_proj",
+                   "ffn.down_proj"),
     # transformers' BitNet (b1.58 checkpoints, `quant_method: bitnet`): linears re-ternarize on every call
     "bitnet": _llama_like(low_bit=True),
 }

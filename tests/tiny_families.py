@@ -65,6 +65,7 @@ FAMILY_CONFIGS: dict[str, tuple[str, dict[str, Any]]] = {
                                  "attention_types": [[["global", "local"], 1]], "window_size": 16,
                                  "max_position_embeddings": 256}),
     "bloom": ("BloomConfig", {"hidden_size": 64, "n_layer": 2, "n_head": 4}),
+    "mpt": ("MptConfig", {"d_model": 64, "expansion_ratio": 2, "n_layers": 2, "n_heads": 4, "max_seq_len": 256}),
 }
 
 
