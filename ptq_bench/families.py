@@ -203,6 +203,9 @@ FAMILIES: dict[str, Family] = {
     # MPT: LayerNorms whose bias is set to None
     "mpt": _pre_ln("transformer.blocks", ("norm_1", "norm_2"), ("attn.Wqkv",), "attn.out_proj", "ffn.up_proj",
                    "ffn.down_proj"),
+    # Persimmon: its q/k LayerNorms (qk_layernorm) act after the fused projection
+    "persimmon": _pre_ln("model.layers", ("input_layernorm", "post_attention_layernorm"),
+                         ("self_attn.query_key_value",), "self_attn.dense", "mlp.dense_h_to_4h", "mlp.dense_4h_to_h"),
     # transformers' BitNet (b1.58 checkpoints, `quant_method: bitnet`): linears re-ternarize on every call
     "bitnet": _llama_like(low_bit=True),
 }

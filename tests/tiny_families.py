@@ -66,6 +66,8 @@ FAMILY_CONFIGS: dict[str, tuple[str, dict[str, Any]]] = {
                                  "max_position_embeddings": 256}),
     "bloom": ("BloomConfig", {"hidden_size": 64, "n_layer": 2, "n_head": 4}),
     "mpt": ("MptConfig", {"d_model": 64, "expansion_ratio": 2, "n_layers": 2, "n_heads": 4, "max_seq_len": 256}),
+    "persimmon": ("PersimmonConfig", {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
+                                      "num_attention_heads": 4, "max_position_embeddings": 256}),
 }
 
 
