@@ -206,6 +206,9 @@ FAMILIES: dict[str, Family] = {
     # Persimmon: its q/k LayerNorms (qk_layernorm) act after the fused projection
     "persimmon": _pre_ln("model.layers", ("input_layernorm", "post_attention_layernorm"),
                          ("self_attn.query_key_value",), "self_attn.dense", "mlp.dense_h_to_4h", "mlp.dense_4h_to_h"),
+    # CodeGen: GPT-J's parallel block with q/k/v fused in one linear
+    "codegen": replace(_parallel("transformer.h", "ln_1", ("attn.qkv_proj",), "attn.out_proj", ("mlp.fc_in",),
+                                 "mlp.fc_out"), fused=("attn.qkv_proj",)),
     # transformers' BitNet (b1.58 checkpoints, `quant_method: bitnet`): linears re-ternarize on every call
     "bitnet": _llama_like(low_bit=True),
 }

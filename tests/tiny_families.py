@@ -64,6 +64,8 @@ FAMILY_CONFIGS: dict[str, tuple[str, dict[str, Any]]] = {
     "gpt_neo": ("GPTNeoConfig", {"hidden_size": 64, "intermediate_size": 128, "num_layers": 2, "num_heads": 4,
                                  "attention_types": [[["global", "local"], 1]], "window_size": 16,
                                  "max_position_embeddings": 256}),
+    "codegen": ("CodeGenConfig", {"n_embd": 64, "n_inner": 128, "n_layer": 2, "n_head": 4, "rotary_dim": 8,
+                                  "n_positions": 256, "n_ctx": 256}),
     "bloom": ("BloomConfig", {"hidden_size": 64, "n_layer": 2, "n_head": 4}),
     "mpt": ("MptConfig", {"d_model": 64, "expansion_ratio": 2, "n_layers": 2, "n_heads": 4, "max_seq_len": 256}),
     "persimmon": ("PersimmonConfig", {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
