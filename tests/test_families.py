@@ -128,7 +128,9 @@ def test_unregistered_family_is_a_one_line_error(calib):
 
 @pytest.mark.parametrize("model_type, key, value", [("opt", "do_layer_norm_before", False),
                                                     ("gpt2", "add_cross_attention", True),
-                                                    ("stablelm", "use_parallel_residual", True)])
+                                                    ("stablelm", "use_parallel_residual", True),
+                                                    ("gpt_bigcode", "add_cross_attention", True),
+                                                    ("bloom", "apply_residual_connection_post_layernorm", True)])
 def test_layout_the_registry_does_not_describe_is_refused(calib, model_type, key, value):
     model = lively_model(model_type)
     setattr(model.config, key, value)
