@@ -153,6 +153,8 @@ FAMILIES: dict[str, Family] = {
     "olmo": replace(_llama_like(), smooth=(), unsmoothable="its LayerNorms have no weight or bias"),
     "gemma": _llama_like(kind="one_plus_gain"),
     "vaultgemma": _llama_like(mlp_norm="pre_feedforward_layernorm", kind="one_plus_gain"),  # no post-norms
+    # Nemotron: LayerNorm1P, y = LN(x) (1 + w) + b; a ReLU² MLP without a gate
+    "nemotron": _llama_like(mlp_in=("mlp.up_proj",), kind="one_plus_gain"),
     "gemma2": _llama_like(mlp_norm="pre_feedforward_layernorm", kind="one_plus_gain"),
     "gemma3_text": _llama_like(mlp_norm="pre_feedforward_layernorm", kind="one_plus_gain"),
     # Gemma3ForConditionalGeneration: the text decoder sits under the multimodal wrapper

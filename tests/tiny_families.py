@@ -41,6 +41,7 @@ FAMILY_CONFIGS: dict[str, tuple[str, dict[str, Any]]] = {
     "arcee": ("ArceeConfig", COMMON),
     "ernie4_5": ("Ernie4_5Config", COMMON),
     "apertus": ("ApertusConfig", COMMON),
+    "nemotron": ("NemotronConfig", COMMON),
     "stablelm": ("StableLmConfig", COMMON),
     "starcoder2": ("Starcoder2Config", {**COMMON, "sliding_window": 16}),
     "phi": ("PhiConfig", COMMON),

@@ -48,9 +48,9 @@ def fold_into_norm(norm: nn.Module, s: torch.Tensor, kind: str = "gain") -> None
     w = norm.weight
     if kind == "one_plus_gain":  # (1 + w') = (1 + w) / s; kept in fp32: Gemma norms compute in fp32
         norm.weight.data = ((1 + w.float()) / s - 1).to(torch.promote_types(w.dtype, torch.float32))
-        return
-    norm.weight.data = w / s.to(w.dtype)  # "gain" and "layernorm": y = w * n(x) (+ b), both terms / s
-    bias = getattr(norm, "bias", None)
+    else:
+        norm.weight.data = w / s.to(w.dtype)  # "gain" and "layernorm": y = w * n(x) (+ b), both terms / s
+    bias = getattr(norm, "bias", None)  # a LayerNorm's, (1 + w) ones too (Nemotron's LayerNorm1P)
     if bias is not None:  # new tensors, never written in place (`linears.replace_weight` says why)
         bias.data = bias / s.to(bias.dtype)
 
