@@ -172,13 +172,16 @@ def _info(source: str, form: str, path: Path | None, model_type: str | None, kin
                       content_hash(files) if files else None, has_tokenizer, note, layout_problem)
 
 
+CONTEXT_KEYS = ("max_position_embeddings", "n_positions", "max_seq_len")  # config.json's context length (MPT: the last)
+
+
 def _inspect_hf(source: str, p: Path, key: str, form: str) -> SourceInfo:
     from ptq_bench.families import layout_problem
 
     config = _read_json(p / "config.json", key)
     model_type = checked_family(config.get("model_type"), key, p / "config.json")
     kind = kind_of(config, key, p / "config.json")
-    context = config.get("max_position_embeddings", config.get("n_positions"))
+    context = next((config[k] for k in CONTEXT_KEYS if k in config), None)  # BLOOM (ALiBi) names none
     tok = any((p / f).is_file() for f in TOKENIZER_FILES)
     return _info(source, form, p, model_type, kind, context, checkpoint_files(p), tok,
                  layout_problem=layout_problem(config))
