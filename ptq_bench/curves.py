@@ -24,16 +24,19 @@ def save_curve(out: Path, name: str, kind: str, info: dict) -> None:
 def mend_curves(out: Path, recipe: Any, cache: Path, keys: dict[str, str]) -> None:
     """A trained model's curves/<model>.json that is missing or unreadable (damaged by hand: runs write it
     whole) is written again from the model's intact cache folder; the tables would skip it otherwise."""
+    from ptq_bench.prepare import model_folder
     from ptq_bench.report.run import read_curve
 
     for name, spec in recipe.models.items():
-        path, cached = out / CURVES / f"{name}.json", cache / "models" / f"{spec.kind}-{keys[name]}"
+        if spec.source is not None:
+            continue  # loaded, not trained: no curve
+        path, cached = out / CURVES / f"{name}.json", model_folder(cache, spec.kind, keys[name])
         try:
             read_curve(path)
             continue
         except (ValueError, OSError):
             pass
-        if spec.source is None and problem(cached) is None:
+        if problem(cached) is None:
             was = "unreadable" if path.exists() else "missing"
             save_curve(out, name, spec.kind, json.loads((cached / "train_info.json").read_text(encoding="utf-8")))
             log(f"{path} was {was}; written again from the model cache")

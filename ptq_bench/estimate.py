@@ -297,7 +297,7 @@ def report(recipe: Recipe, found: list[Measured], device: str, hours: float | No
     t = recipe.train
     tok_per_step = t.seq_len * t.batch_size
     trained = [m for m in found if m.steps]
-    bpe = any(spec.source is None for spec in recipe.models.values())  # as `sweep.run`: no BPE when all are sources
+    bpe = recipe.trains_tokenizer
     lines = [f"device {device}" + (f"; train batch {t.batch_size} x {t.seq_len} tokens, {t.tokens:,} tokens per "
                                    "trained model" if trained else "")]
     for m in found:

@@ -89,12 +89,14 @@ def _llama_like(blocks: str = "model.layers", mlp_norm: str = "post_attention_la
 
 
 def _parallel(blocks: str, norm: str, qkv: tuple[str, ...], out: str, mlp_in: tuple[str, ...], mlp_out: str) -> Family:
-    """A parallel block (GPT-J, Phi-1/2, Cohere): one LayerNorm feeds attention and the MLP at once,
-    x + attn(ln(x)) + mlp(ln(x)), so its output reaches q/k/v and the MLP's input linears alike."""
+    """A parallel block (GPT-J, Phi-1/2, Cohere, CodeGen): one LayerNorm feeds attention and the MLP at once,
+    x + attn(ln(x)) + mlp(ln(x)), so its output reaches q/k/v (one fused linear when `qkv` names one) and
+    the MLP's input linears alike."""
     return Family(
         blocks=blocks,
         groups=(qkv, (out,), mlp_in, (mlp_out,)),
         smooth=(Smooth(norm, (*qkv, *mlp_in), "layernorm"),),
+        fused=qkv if len(qkv) == 1 else (),
     )
 
 
@@ -113,6 +115,18 @@ def _pre_ln(blocks: str, norms: tuple[str, str], qkv: tuple[str, ...], out: str,
 
 # GLM / GLM-4: Llama's norms, but the MLP's gate and up projections are one linear (gate_up_proj)
 GLM = replace(_llama_like(mlp_in=("mlp.gate_up_proj",)), fused=("mlp.gate_up_proj",))
+# CohereLayerNorm: y = w * (x - mean) / std, no bias
+COHERE = _parallel("model.layers", "input_layernorm", QKV, "self_attn.o_proj", ("mlp.gate_proj", "mlp.up_proj"),
+                   "mlp.down_proj")
+# OLMo 2/3, EXAONE 4 normalize the attention and MLP *outputs* (and q/k after their projections): no norm
+# feeds a linear, so there is nowhere to fold smoothing scales and SmoothQuant is refused (`validate` says so)
+POST_NORMS = replace(_llama_like(), smooth=())
+# Gemma 2/3, VaultGemma: (1 + w) RMSNorms, the MLP's input norm named pre_feedforward_layernorm
+GEMMA2 = _llama_like(mlp_norm="pre_feedforward_layernorm", kind="one_plus_gain")
+# GPT-2's pre-LayerNorm block; c_attn fuses q, k, v (GPTBigCode: q plus multi-query k/v); cross-attention
+# blocks have more linears and norms
+GPT2_BLOCK = _pre_ln("transformer.h", ("ln_1", "ln_2"), ("attn.c_attn",), "attn.c_proj", "mlp.c_fc", "mlp.c_proj",
+                     requires=(("add_cross_attention", False),))
 
 FAMILIES: dict[str, Family] = {
     "llama": _llama_like(),
@@ -139,27 +153,21 @@ FAMILIES: dict[str, Family] = {
     "phi": _parallel("model.layers", "input_layernorm", QKV, "self_attn.dense", ("mlp.fc1",), "mlp.fc2"),
     "gptj": _parallel("transformer.h", "ln_1", ("attn.q_proj", "attn.k_proj", "attn.v_proj"), "attn.out_proj",
                       ("mlp.fc_in",), "mlp.fc_out"),
-    # CohereLayerNorm: y = w * (x - mean) / std, no bias
-    "cohere": _parallel("model.layers", "input_layernorm", QKV, "self_attn.o_proj",
-                        ("mlp.gate_proj", "mlp.up_proj"), "mlp.down_proj"),
-    "cohere2": _parallel("model.layers", "input_layernorm", QKV, "self_attn.o_proj",
-                         ("mlp.gate_proj", "mlp.up_proj"), "mlp.down_proj"),  # Cohere's block, sliding layers
-    # OLMo 2/3 normalize the attention and MLP *outputs* (and q/k after their projections): no norm feeds
-    # a linear, so there is nowhere to fold smoothing scales and SmoothQuant is refused (`validate` says so)
-    "olmo2": replace(_llama_like(), smooth=()),
-    "olmo3": replace(_llama_like(), smooth=()),
-    "exaone4": replace(_llama_like(), smooth=()),  # EXAONE 4: OLMo 2's post-norms (and q/k norms)
+    "cohere": COHERE,
+    "cohere2": COHERE,  # Cohere's block, sliding layers
+    "olmo2": POST_NORMS,
+    "olmo3": POST_NORMS,
+    "exaone4": POST_NORMS,  # EXAONE 4: OLMo 2's post-norms (and q/k norms)
     # OLMo 1: Llama's block, but its LayerNorms are parameter-free (OlmoLayerNorm): nothing to fold into
     "olmo": replace(_llama_like(), smooth=(), unsmoothable="its LayerNorms have no weight or bias"),
     "gemma": _llama_like(kind="one_plus_gain"),
-    "vaultgemma": _llama_like(mlp_norm="pre_feedforward_layernorm", kind="one_plus_gain"),  # no post-norms
+    "vaultgemma": GEMMA2,  # without Gemma 2's post-norms
     # Nemotron: LayerNorm1P, y = LN(x) (1 + w) + b; a ReLU² MLP without a gate
     "nemotron": _llama_like(mlp_in=("mlp.up_proj",), kind="one_plus_gain"),
-    "gemma2": _llama_like(mlp_norm="pre_feedforward_layernorm", kind="one_plus_gain"),
-    "gemma3_text": _llama_like(mlp_norm="pre_feedforward_layernorm", kind="one_plus_gain"),
+    "gemma2": GEMMA2,
+    "gemma3_text": GEMMA2,
     # Gemma3ForConditionalGeneration: the text decoder sits under the multimodal wrapper
-    "gemma3": _llama_like(blocks="model.language_model.layers", mlp_norm="pre_feedforward_layernorm",
-                          kind="one_plus_gain"),
+    "gemma3": replace(GEMMA2, blocks="model.language_model.layers"),
     "phi3": Family(
         blocks="model.layers",
         groups=(("self_attn.qkv_proj",), ("self_attn.o_proj",), ("mlp.gate_up_proj",), ("mlp.down_proj",)),
@@ -184,17 +192,8 @@ FAMILIES: dict[str, Family] = {
                 Smooth("post_attention_layernorm", ("mlp.dense_h_to_4h",), "layernorm")),
         fused=("attention.query_key_value",),
     ),
-    "gpt2": Family(
-        blocks="transformer.h",
-        groups=(("attn.c_attn",), ("attn.c_proj",), ("mlp.c_fc",), ("mlp.c_proj",)),
-        smooth=(Smooth("ln_1", ("attn.c_attn",), "layernorm"), Smooth("ln_2", ("mlp.c_fc",), "layernorm")),
-        fused=("attn.c_attn",),
-        conv1d=True,
-        requires=(("add_cross_attention", False),),  # cross-attention blocks have more linears and norms
-    ),
-    # StarCoder 1 / SantaCoder: GPT-2's block with nn.Linear (not Conv1D); c_attn is q plus multi-query k/v
-    "gpt_bigcode": _pre_ln("transformer.h", ("ln_1", "ln_2"), ("attn.c_attn",), "attn.c_proj", "mlp.c_fc", "mlp.c_proj",
-                           requires=(("add_cross_attention", False),)),
+    "gpt2": replace(GPT2_BLOCK, conv1d=True),
+    "gpt_bigcode": GPT2_BLOCK,  # StarCoder 1 / SantaCoder: GPT-2's block with nn.Linear (not Conv1D)
     "gpt_neo": _pre_ln("transformer.h", ("ln_1", "ln_2"), tuple(f"attn.attention.{p}_proj" for p in "qkv"),
                        "attn.attention.out_proj", "mlp.c_fc", "mlp.c_proj"),  # global and local attention layers
     # BLOOM: with apply_residual_connection_post_layernorm the norms' outputs are also the residuals, so
@@ -209,8 +208,7 @@ FAMILIES: dict[str, Family] = {
     "persimmon": _pre_ln("model.layers", ("input_layernorm", "post_attention_layernorm"),
                          ("self_attn.query_key_value",), "self_attn.dense", "mlp.dense_h_to_4h", "mlp.dense_4h_to_h"),
     # CodeGen: GPT-J's parallel block with q/k/v fused in one linear
-    "codegen": replace(_parallel("transformer.h", "ln_1", ("attn.qkv_proj",), "attn.out_proj", ("mlp.fc_in",),
-                                 "mlp.fc_out"), fused=("attn.qkv_proj",)),
+    "codegen": _parallel("transformer.h", "ln_1", ("attn.qkv_proj",), "attn.out_proj", ("mlp.fc_in",), "mlp.fc_out"),
     # transformers' BitNet (b1.58 checkpoints, `quant_method: bitnet`): linears re-ternarize on every call
     "bitnet": _llama_like(low_bit=True),
 }

@@ -19,11 +19,20 @@ LOCK = ".lock"
 LOCK_OWNER = ".lock.owner"  # JSON {pid, host, started} of the run holding LOCK
 
 
-def lock_holder(run_dir: Path) -> str:
+def _owner(run_dir: Path) -> dict | None:
+    """`.lock.owner` read, None when missing or damaged."""
     try:
         owner = json.loads((Path(run_dir) / LOCK_OWNER).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return owner if isinstance(owner, dict) else None
+
+
+def lock_holder(run_dir: Path, owner: dict | None = None) -> str:
+    owner = _owner(run_dir) if owner is None else owner
+    try:
         return f"pid {owner['pid']} on host {owner['host']}, started {owner['started']}"
-    except (OSError, ValueError, KeyError, TypeError):
+    except (KeyError, TypeError):
         return "holder unknown"
 
 
@@ -31,15 +40,15 @@ def live_holder(run_dir: Path) -> str | None:
     """The holder named by `.lock.owner` when it is a ptq-bench process still alive on this host: a run
     whose `.lock` was deleted under it (a second run would take a new lock file and write beside it).
     A stale owner file (its run was killed) names a dead pid, or one reused by another program."""
+    owner = _owner(run_dir)
     try:
-        owner = json.loads((Path(run_dir) / LOCK_OWNER).read_text(encoding="utf-8"))
         pid, host = int(owner["pid"]), owner["host"]
         cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
     except (OSError, ValueError, KeyError, TypeError):
         return None
     if host != socket.gethostname() or pid == os.getpid() or b"ptq" not in cmdline.replace(b"-", b"_"):
         return None
-    return lock_holder(run_dir)
+    return lock_holder(run_dir, owner)
 
 
 @contextmanager

@@ -120,6 +120,11 @@ def get_source_model(ctx: Context, name: str) -> tuple[Any, Any, str, dict, Any]
     return model, tok, kind, about, blocks  # recipe.check_recipe refused a source without a tokenizer
 
 
+def model_folder(cache: Path, kind: str, key: str) -> Path:
+    """A trained model's cache folder: model/ (toolkit form), hf/, train_info.json."""
+    return cache / "models" / f"{kind}-{key}"
+
+
 def get_model(
     ctx: Context, name: str, tok_key: str, tokenizer: Any, stream: Any, untrained_ppl: Any = None
 ) -> tuple[Any, str, dict]:
@@ -131,7 +136,7 @@ def get_model(
     from ptq_bench.models.build import load_model
 
     spec = ctx.recipe.models[name]
-    path = ctx.cache / "models" / f"{spec.kind}-{model_key(ctx, name, tok_key)}"
+    path = model_folder(ctx.cache, spec.kind, model_key(ctx, name, tok_key))
     ensure(path, lambda tmp: _train_into(tmp, ctx, name, tokenizer, stream, untrained_ppl), f"model '{name}'")
     model, kind = load_model(path / "model", device=ctx.device)
     return model, kind, json.loads((path / "train_info.json").read_text(encoding="utf-8"))

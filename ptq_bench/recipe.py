@@ -195,6 +195,11 @@ class Recipe:
     def cache_path(self) -> Path:
         return Path(self.cache_dir).expanduser()
 
+    @property
+    def trains_tokenizer(self) -> bool:
+        """Whether a run trains the recipe's BPE: not when every model is a `source:` with its own."""
+        return any(spec.source is None for spec in self.models.values())
+
     def digest(self) -> str:
         """A hash of what changes results (key order, formatting and NOT_IN_DIGEST fields do not matter)."""
         fields = {k: v for k, v in to_dict(self).items()

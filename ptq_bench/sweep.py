@@ -115,7 +115,8 @@ class Sweep:
     tok_key: str
     evaluators: dict[str, Evaluator] = field(default_factory=dict)  # tokenizer key -> Evaluator
     calib: dict[tuple, Any] = field(default_factory=dict)  # (tokenizer key, seed) -> (n_samples, seq_len) LongTensor
-    ran: int = 0
+    ran: int = 0  # cells this invocation stored
+    already: int = 0  # cells of the recipe stored before it
     bar: Any = None
     sink: Any = None  # where run_model puts a finished Row (None: append to the store; a Ray worker returns it)
     failed: list[str] = field(default_factory=list)  # cells whose Ray task failed: "<model> <label>: <error>"
@@ -147,8 +148,7 @@ def run(recipe: Recipe, recipe_text: str) -> Path:
         except KeyboardInterrupt:
             sw.bar.close()  # before the message: a bar redrawn after it hid it
             _record_eval(sw)
-            raise stopped(sw.out, sw.manifest, t0, sw.ran, len(expand_cells(recipe)) - len(sw.todo) + sw.ran,
-                          len(expand_cells(recipe))) from None
+            raise stopped(sw.out, sw.manifest, t0, sw.ran, sw.already + sw.ran, sw.already + len(sw.todo)) from None
         finally:
             sw.bar.close()
         mend_curves(sw.out, recipe, sw.ctx.cache, sw.keys)
@@ -182,16 +182,16 @@ def prepare(recipe: Recipe, recipe_text: str, t0: float) -> Sweep:
             "data_dir": str(data_dir), "data_sha256": hashes}
     manifest, rows = open_run(out, recipe.digest(), base, check=lambda m, r: check_sources(recipe, m, r))
     torch.manual_seed(recipe.seed)
-    trains = any(spec.source is None for spec in recipe.models.values())  # all from `source:`: no BPE to train
-    try:
-        tokenizer, tok_key = get_tokenizer(ctx) if trains else (None, "")
-    except KeyboardInterrupt:  # the invocation is open: close it as the cells' loop does
-        raise stopped(out, manifest, t0, 0, len({r.cell_id for r in rows}), len(cells)) from None
-    keys = {name: model_key(ctx, name, tok_key) for name in recipe.models}
     done = {row.cell_id for row in rows}
+    try:
+        tokenizer, tok_key = get_tokenizer(ctx) if recipe.trains_tokenizer else (None, "")
+    except KeyboardInterrupt:  # the invocation is open: close it as the cells' loop does
+        raise stopped(out, manifest, t0, 0, len(done), len(cells)) from None
+    keys = {name: model_key(ctx, name, tok_key) for name in recipe.models}
     todo = [c for c in cells if cell_id(c, keys[c.model], recipe.dtype) not in done]
-    log(f"{len(cells)} cells, {len(cells) - len(todo)} already done, {len(todo)} to run -> {out}")
-    return Sweep(ctx, out, manifest, keys, todo, tokenizer, tok_key)
+    already = len(cells) - len(todo)
+    log(f"{len(cells)} cells, {already} already done, {len(todo)} to run -> {out}")
+    return Sweep(ctx, out, manifest, keys, todo, tokenizer, tok_key, already=already)
 
 
 def evaluator(sw: Sweep, tokenizer: Any, tok_key: str) -> Evaluator:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import signal
 import subprocess
@@ -75,20 +74,22 @@ KILL_POINTS: list[tuple[str, Callable[[str, Path, Path], bool], float]] = [
 ]
 
 
-def _kill_when(recipe: Path, out: Path, cache: Path, stage: str, when: Callable, delay: float, log: Path) -> None:
-    """Start a run and kill -9 it once `when` holds (the run must not have finished by then)."""
+def _stop_when(recipe: Path, when: Callable[[str], bool], sig: signal.Signals, log: Path,
+               delay: float = 0.0) -> tuple[int, str]:
+    """Start a run, send `sig` `delay` s after `when(its output so far)` holds (the run must not have
+    finished by then); (exit status, last output line)."""
     with open(log, "w") as fh:
         proc = subprocess.Popen([sys.executable, "-m", "ptq_bench.cli", "run", str(recipe)], cwd=ROOT,
                                 stdout=fh, stderr=subprocess.STDOUT)
     deadline = time.time() + 600
-    while not when(log.read_text(errors="replace"), out, cache):
-        assert proc.poll() is None, f"the run ended before '{stage}': {log.read_text()[-1500:]}"
-        assert time.time() < deadline, f"'{stage}' not reached in 600 s"
+    while not when(log.read_text(errors="replace")):
+        assert proc.poll() is None and time.time() < deadline, f"{log.name}: {log.read_text()[-1500:]}"
         time.sleep(0.005)
     time.sleep(delay)
-    assert proc.poll() is None, f"the run ended during '{stage}'"
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
+    assert proc.poll() is None, f"{log.name}: the run ended before the signal: {log.read_text()[-1500:]}"
+    proc.send_signal(sig)
+    proc.wait(timeout=120)
+    return proc.returncode, log.read_text(errors="replace").strip().splitlines()[-1]
 
 
 @pytest.mark.slow
@@ -98,7 +99,8 @@ def test_kill_9_at_each_stage_resumes_with_identical_rows(ref, tmp_path):
     recipe, out, cache = workspace(ref, tmp_path)
     shutil.rmtree(cache)
     for i, (stage, when, delay) in enumerate(KILL_POINTS):
-        _kill_when(recipe, out, cache, stage, when, delay, tmp_path / f"kill{i}.log")
+        log = tmp_path / f"kill{i}-{stage.replace(' ', '-')}.log"  # named by stage in the failure messages
+        _stop_when(recipe, lambda text, w=when: w(text, out, cache), signal.SIGKILL, log, delay)
     final = cli("run", str(recipe))
     assert final.returncode == 0, final.stderr[-2000:]
     rows = load_rows(out, strict=True)
@@ -121,20 +123,6 @@ def test_other_recipe_in_same_folder_is_refused(ref, tmp_path):
     proc = cli("run", str(other))
     assert proc.returncode == 2 and "another recipe" in proc.stderr
     assert (out / "results.jsonl").read_bytes() == before
-
-
-def _stop_when(recipe: Path, when: Callable[[str], bool], sig: signal.Signals, log: Path) -> tuple[int, str]:
-    """Start a run, send `sig` once `when(its output so far)` holds; (exit status, last output line)."""
-    with open(log, "w") as fh:
-        proc = subprocess.Popen([sys.executable, "-m", "ptq_bench.cli", "run", str(recipe)], cwd=ROOT,
-                                stdout=fh, stderr=subprocess.STDOUT)
-    deadline = time.time() + 300
-    while not when(log.read_text(errors="replace")):
-        assert proc.poll() is None and time.time() < deadline, log.read_text()[-1500:]
-        time.sleep(0.01)
-    proc.send_signal(sig)
-    proc.wait(timeout=120)
-    return proc.returncode, log.read_text(errors="replace").strip().splitlines()[-1]
 
 
 @pytest.mark.slow

@@ -82,38 +82,34 @@ def test_torn_tail_is_cut_kept_aside_and_recomputed(ref, tmp_path):
     assert _table_rows(out) == 7
 
 
-def test_second_run_of_a_folder_exits_2_naming_the_holder(ref, tmp_path):
+def _second_run_beside_a_first(ref, tmp_path, before_second=lambda out: None) -> tuple[int, str, Path]:
+    """Start a run of the smoke recipe, wait for its lock, `before_second(out)`, then run it again beside
+    it: (the first's pid, the second's one stderr line and exit status checked after both end, folder)."""
     recipe, out, _ = workspace(ref, tmp_path)
     first = subprocess.Popen([sys.executable, "-m", "ptq_bench.cli", "run", str(recipe)], cwd=ROOT,
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 120
     while time.time() < deadline and not (out / ".lock.owner").is_file():
         time.sleep(0.1)
+    before_second(out)
     second = cli("run", str(recipe))
     assert first.wait(timeout=600) == 0
     assert second.returncode == 2, second.stdout[-2000:]
-    line = _one_line(second.stderr)
-    assert "in use by another ptq-bench run" in line and f"pid {first.pid}" in line
     ids = [r.cell_id for r in load_rows(out, strict=True)]
     assert len(ids) == 7 and len(set(ids)) == 7
+    return first.pid, _one_line(second.stderr), out
+
+
+def test_second_run_of_a_folder_exits_2_naming_the_holder(ref, tmp_path):
+    pid, line, _ = _second_run_beside_a_first(ref, tmp_path)
+    assert "in use by another ptq-bench run" in line and f"pid {pid}" in line
 
 
 def test_a_deleted_lock_does_not_let_a_second_run_in(ref, tmp_path):
     """With `.lock` deleted under a running run, a second one took a new lock file and both wrote every
     cell (18 rows for 9); the first run's `.lock.owner` names a live ptq-bench process, and that refuses."""
-    recipe, out, _ = workspace(ref, tmp_path)
-    first = subprocess.Popen([sys.executable, "-m", "ptq_bench.cli", "run", str(recipe)], cwd=ROOT,
-                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 120
-    while time.time() < deadline and not (out / ".lock.owner").is_file():
-        time.sleep(0.1)
-    (out / ".lock").unlink()
-    second = cli("run", str(recipe))
-    assert first.wait(timeout=600) == 0
-    line = _one_line(second.stderr)
-    assert second.returncode == 2 and f"pid {first.pid}" in line and ".lock was deleted" in line, line
-    ids = [r.cell_id for r in load_rows(out, strict=True)]
-    assert len(ids) == 7 and len(set(ids)) == 7
+    pid, line, _ = _second_run_beside_a_first(ref, tmp_path, lambda out: (out / ".lock").unlink())
+    assert f"pid {pid}" in line and ".lock was deleted" in line, line
 
 
 def test_lock_held_in_process_refuses_cli(tmp_path):
