@@ -22,6 +22,7 @@ from family_checks import (  # noqa: E402  (tests/ on the path first)
     FAMILY_TYPES,
     METHOD_PARAMS,
     calib_tokens,
+    case_family,
     count_block_linears,
     lively_model,
     n_on_grid,
@@ -32,7 +33,6 @@ from family_checks import (  # noqa: E402  (tests/ on the path first)
 )
 
 from ptq_bench.errors import PtqBenchError, QuantError  # noqa: E402
-from ptq_bench.families import FAMILIES  # noqa: E402
 from ptq_bench.quant.configs import CATALOG  # noqa: E402
 
 
@@ -54,7 +54,7 @@ def method_cell(model, method: str, calib, refusal: str) -> str:
 
 def family_row(model_type: str, calib, tokens) -> list[str]:
     model = lively_model(model_type)
-    family = FAMILIES[model_type]
+    family = case_family(model_type)
     replay = replay_delta(model, calib)
     cells = [f"{'PASS' if replay <= 1e-5 else 'FAIL'} {replay:.1e}"]
     if family.low_bit or not family.smooth:
@@ -69,9 +69,9 @@ def family_row(model_type: str, calib, tokens) -> list[str]:
 
 def expected_refusal(model_type: str, method: str) -> str:
     """What the error of a family x method that must be refused says ('' when it must run)."""
-    if FAMILIES[model_type].low_bit:
+    if case_family(model_type).low_bit:
         return "PTQ refused"
-    return "no smoothing pairs" if CATALOG[method].needs_smoothing and not FAMILIES[model_type].smooth else ""
+    return "no smoothing pairs" if CATALOG[method].needs_smoothing and not case_family(model_type).smooth else ""
 
 
 def main() -> int:
@@ -84,7 +84,8 @@ def main() -> int:
     for r in [header, ["-" * w for w in widths], *rows]:
         print(" | ".join(str(c).ljust(w) for c, w in zip(r, widths)))
     failed = sum("FAIL" in c for r in rows for c in r)
-    print(f"\n{len(rows)} families x {len(METHOD_PARAMS)} methods, {failed} FAIL, {time.perf_counter() - t0:.1f} s; "
+    n_types = len({case.split(":")[0] for case in FAMILY_TYPES})
+    print(f"\n{len(rows)} layouts of {n_types} families x {len(METHOD_PARAMS)} methods, {failed} FAIL, {time.perf_counter() - t0:.1f} s; "
           f"methods: {', '.join(f'{m} {p}' for m, p in sorted(METHOD_PARAMS.items()))}")
     return 1 if failed else 0
 

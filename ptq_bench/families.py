@@ -61,13 +61,26 @@ class Family:
     fused: tuple[str, ...] = ()  # linears computing several projections at once (e.g. q, k, v)
     conv1d: bool = False  # linears are transformers `Conv1D`: weight stored transposed, (in, out)
     low_bit: bool = False  # the family's linears are already low-bit: PTQ is refused
-    requires: tuple[tuple[str, Any], ...] = ()  # config values this layout assumes (else unsupported)
+    requires: tuple[tuple[str, Any], ...] = ()  # config values this layout assumes (else unsupported; OneOf: any)
     unsmoothable: str = "no norm feeds a linear"  # why `smooth` is empty, when it is (SmoothQuant's refusal)
 
     @property
     def linears(self) -> tuple[str, ...]:
         """Every quantized linear of a block, in sequential order."""
         return tuple(name for group in self.groups for name in group)
+
+
+@dataclass(frozen=True)
+class OneOf:
+    """A `requires` value met by any of several config values."""
+
+    values: tuple[Any, ...]
+
+    def __contains__(self, value: Any) -> bool:
+        return value in self.values
+
+    def __repr__(self) -> str:
+        return " or ".join(map(repr, self.values))
 
 
 QKV = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj")
@@ -102,8 +115,9 @@ def _parallel(blocks: str, norm: str, qkv: tuple[str, ...], out: str, mlp_in: tu
 
 def _pre_ln(blocks: str, norms: tuple[str, str], qkv: tuple[str, ...], out: str, mlp_in: str, mlp_out: str,
             requires: tuple[tuple[str, Any], ...] = ()) -> Family:
-    """A sequential pre-LayerNorm block (GPT-2's, under other names): norms[0] feeds q/k/v (one fused linear
-    when `qkv` names one), norms[1] the MLP's one input linear."""
+    """Two norms, each feeding its own linears: norms[0] q/k/v (one fused linear when `qkv` names one),
+    norms[1] the MLP's one input linear. GPT-2's sequential pre-LayerNorm block under other names, and
+    Falcon-40B's parallel one (both norms read the block input: the pairs are the same)."""
     return Family(
         blocks=blocks,
         groups=(qkv, (out,), (mlp_in,), (mlp_out,)),
@@ -128,7 +142,35 @@ GEMMA2 = _llama_like(mlp_norm="pre_feedforward_layernorm", kind="one_plus_gain")
 GPT2_BLOCK = _pre_ln("transformer.h", ("ln_1", "ln_2"), ("attn.c_attn",), "attn.c_proj", "mlp.c_fc", "mlp.c_proj",
                      requires=(("add_cross_attention", False),))
 
-FAMILIES: dict[str, Family] = {
+
+def _falcon(norms: tuple[str, ...], **requires: Any) -> Family:
+    """A Falcon block: one norm feeding attention and the MLP at once (parallel), or two norms each
+    feeding its own (`_pre_ln`'s pairs, parallel or sequential), under the config values that build it."""
+    linears = (("self_attention.query_key_value",), "self_attention.dense", "mlp.dense_h_to_4h", "mlp.dense_4h_to_h")
+    if len(norms) == 1:
+        family = _parallel("transformer.h", norms[0], linears[0], linears[1], (linears[2],), linears[3])
+    else:
+        family = _pre_ln("transformer.h", (norms[0], norms[1]), *linears)
+    return replace(family, requires=tuple(requires.items()))
+
+
+# Falcon: which norms a block has and what they feed is decided by three config values
+# (FalconDecoderLayer); no other combination runs in transformers either
+FALCON = (
+    # Falcon-7B: one LayerNorm, parallel block
+    _falcon(("input_layernorm",), parallel_attn=True, new_decoder_architecture=False,
+            num_ln_in_parallel_attn=OneOf((None, 1))),
+    # Falcon2-11B: the new architecture with one norm
+    _falcon(("input_layernorm",), parallel_attn=True, new_decoder_architecture=True, num_ln_in_parallel_attn=1),
+    # Falcon-40B / 180B: ln_attn feeds q/k/v and ln_mlp the MLP, both read the block input (None means 2 here)
+    _falcon(("ln_attn", "ln_mlp"), parallel_attn=True, new_decoder_architecture=True,
+            num_ln_in_parallel_attn=OneOf((None, 2))),
+    # Falcon-RW: sequential, input_layernorm before attention and post_attention_layernorm before the MLP
+    _falcon(("input_layernorm", "post_attention_layernorm"), parallel_attn=False, new_decoder_architecture=False),
+)
+
+# model_type -> its Family, or several told apart by their `requires` (the first that the config meets)
+FAMILIES: dict[str, Family | tuple[Family, ...]] = {
     "llama": _llama_like(),
     "mistral": _llama_like(),
     "qwen2": _llama_like(),
@@ -208,6 +250,7 @@ FAMILIES: dict[str, Family] = {
     "persimmon": _pre_ln("model.layers", ("input_layernorm", "post_attention_layernorm"),
                          ("self_attn.query_key_value",), "self_attn.dense", "mlp.dense_h_to_4h", "mlp.dense_4h_to_h"),
     # CodeGen: GPT-J's parallel block with q/k/v fused in one linear
+    "falcon": FALCON,
     "codegen": _parallel("transformer.h", "ln_1", ("attn.qkv_proj",), "attn.out_proj", ("mlp.fc_in",), "mlp.fc_out"),
     # transformers' BitNet (b1.58 checkpoints, `quant_method: bitnet`): linears re-ternarize on every call
     "bitnet": _llama_like(low_bit=True),
@@ -216,14 +259,17 @@ FAMILIES: dict[str, Family] = {
 SUPPORTED_MODEL_TYPES: tuple[str, ...] = tuple(sorted(FAMILIES))
 
 
-def get_family(model_type: str) -> Family:
-    """The registered family of a `config.model_type`; an unknown one is a one-line RecipeError."""
+def layouts(model_type: str) -> tuple[Family, ...]:
+    """The registered layouts of a `config.model_type` (one, or several that config values tell apart);
+    an unknown one is a one-line RecipeError. What this module reads from a model_type alone (low-bit,
+    smoothable) is the same in all of them (tests/test_families.py checks it)."""
     if model_type not in FAMILIES:
         raise RecipeError(
             f"model family '{model_type}' is not supported (supported: {', '.join(SUPPORTED_MODEL_TYPES)}; "
             "a new one is an entry in ptq_bench/families.py)"
         )
-    return FAMILIES[model_type]
+    entry = FAMILIES[model_type]
+    return entry if isinstance(entry, tuple) else (entry,)
 
 
 def _get(config: Any, key: str) -> Any:
@@ -231,18 +277,36 @@ def _get(config: Any, key: str) -> Any:
     return config.get(key) if isinstance(config, Mapping) else getattr(config, key, None)
 
 
-def family_of_config(config: Any) -> Family:
-    """The family of a transformers config (object or config.json mapping), checking the config values
-    its layout assumes; an unsupported one is a one-line RecipeError."""
-    model_type = _get(config, "model_type")
-    family = get_family(str(model_type))
+def config_keys(model_type: str) -> tuple[str, ...]:
+    """The config values that decide whether (and which of) the model type's layouts fit a config."""
+    return tuple(dict.fromkeys(key for family in layouts(model_type) for key, _ in family.requires))
+
+
+def _unmet(family: Family, config: Any) -> list[tuple[str, Any, Any]]:
+    """(key, value, expected) of each config value a layout assumes and this config lacks (empty: it fits)."""
+    unmet = []
     for key, expected in family.requires:
         value = _get(config, key)
-        if value != expected:
-            raise RecipeError(
-                f"model family '{model_type}' with {key}={value!r} is not supported (its layout assumes {expected!r})"
-            )
-    return family
+        if not (value in expected if isinstance(expected, OneOf) else value == expected):
+            unmet.append((key, value, expected))
+    return unmet
+
+
+def family_of_config(config: Any) -> Family:
+    """The family of a transformers config (object or config.json mapping): the first registered layout
+    whose config values it has; none is a one-line RecipeError."""
+    model_type = _get(config, "model_type")
+    options = layouts(str(model_type))
+    for family in options:
+        if not _unmet(family, config):
+            return family
+    if len(options) == 1:
+        key, value, expected = _unmet(options[0], config)[0]
+        why = f"with {key}={value!r} is not supported (its layout assumes {expected!r})"
+    else:
+        values = ", ".join(f"{k}={_get(config, k)!r}" for k in config_keys(str(model_type)))
+        why = f"with {values} is not supported (none of its {len(options)} registered layouts has these values)"
+    raise RecipeError(f"model family '{model_type}' {why}")
 
 
 def layout_problem(config: Any) -> str:
@@ -257,7 +321,7 @@ def layout_problem(config: Any) -> str:
 def smoothing_refusal(model_type: str) -> str:
     """Why a smoothing method cannot run on the family ('' when it has norm -> linears pairs); the one
     message of `validate` (cells.ptq_refusal) and of SmoothQuant itself."""
-    family = get_family(model_type)
+    family = layouts(model_type)[0]
     if family.smooth:
         return ""
     return (f"model family '{model_type}': {family.unsmoothable} (it names no smoothing pairs), so SmoothQuant "
@@ -272,8 +336,8 @@ def low_bit_reason(config: Any) -> str | None:
         method = _get(qcfg, "quant_method")
         return f"quant_method '{getattr(method, 'value', method)}'"  # transformers keeps an enum
     model_type = _get(config, "model_type")
-    return f"family '{model_type}'" if get_family(str(model_type)).low_bit else None
+    return f"family '{model_type}'" if layouts(str(model_type))[0].low_bit else None
 
 
-__all__ = ["FAMILIES", "Family", "LOW_BIT_CLASSES", "NORM_KINDS", "SUPPORTED_MODEL_TYPES", "Smooth",
-           "family_of_config", "get_family", "layout_problem", "low_bit_reason", "smoothing_refusal"]
+__all__ = ["FAMILIES", "Family", "LOW_BIT_CLASSES", "NORM_KINDS", "OneOf", "SUPPORTED_MODEL_TYPES", "Smooth",
+           "config_keys", "family_of_config", "layout_problem", "layouts", "low_bit_reason", "smoothing_refusal"]

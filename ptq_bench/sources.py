@@ -139,12 +139,12 @@ def _read_json(path: Path, key: str) -> dict:
 
 
 def checked_family(model_type: Any, key: str, where: Path | str) -> str:
-    from ptq_bench.families import get_family
+    from ptq_bench.families import layouts
 
     if not isinstance(model_type, str) or not model_type:
         raise RecipeError(f"{key}: {where} names no model_type")
     try:
-        get_family(model_type)
+        layouts(model_type)
     except RecipeError as e:
         raise RecipeError(f"{key}: {e}") from None
     return model_type
@@ -153,11 +153,11 @@ def checked_family(model_type: Any, key: str, where: Path | str) -> str:
 def kind_of(config: dict, key: str, where: Path | str) -> str:
     """fp16 for a plain config; bitnet_hf for quant_method bitnet or a BitNet family (transformers'
     BitNetForCausalLM quantizes on every call); other quantized formats are refused."""
-    from ptq_bench.families import get_family
+    from ptq_bench.families import low_bit_reason
 
     qcfg = config.get("quantization_config")
     if qcfg is None:
-        return "bitnet_hf" if get_family(str(config.get("model_type"))).low_bit else "fp16"
+        return "bitnet_hf" if low_bit_reason(config) else "fp16"
     method = qcfg.get("quant_method") if isinstance(qcfg, dict) else None
     if method != "bitnet":
         raise RecipeError(f"{key}: {where} has quantization_config quant_method {method!r}; only plain and "
@@ -175,11 +175,32 @@ def _info(source: str, form: str, path: Path | None, model_type: str | None, kin
 CONTEXT_KEYS = ("max_position_embeddings", "n_positions", "max_seq_len")  # config.json's context length (MPT: the last)
 
 
+def _with_defaults(config: dict, model_type: str) -> dict:
+    """config.json plus the transformers config class's defaults for the values this module reads and the
+    file omits: transformers 4 writes only the values that differ from their defaults, so a missing
+    `add_cross_attention` means False, not "unknown". transformers is imported only when one is missing."""
+    from ptq_bench.families import config_keys
+
+    missing = [k for k in config_keys(model_type) if k not in config]
+    if not any(k in config for k in CONTEXT_KEYS):
+        missing += CONTEXT_KEYS
+    if not missing:
+        return config
+    try:
+        from transformers import CONFIG_MAPPING
+
+        defaults = CONFIG_MAPPING[model_type]().to_dict()
+    except (ImportError, KeyError, TypeError, ValueError):  # a family transformers does not know by this name
+        return config
+    return {**{k: defaults[k] for k in missing if k in defaults}, **config}
+
+
 def _inspect_hf(source: str, p: Path, key: str, form: str) -> SourceInfo:
     from ptq_bench.families import layout_problem
 
     config = _read_json(p / "config.json", key)
     model_type = checked_family(config.get("model_type"), key, p / "config.json")
+    config = _with_defaults(config, model_type)
     kind = kind_of(config, key, p / "config.json")
     context = next((config[k] for k in CONTEXT_KEYS if k in config), None)  # BLOOM (ALiBi) names none
     tok = any((p / f).is_file() for f in TOKENIZER_FILES)

@@ -13,9 +13,9 @@ from typing import Any
 
 import torch
 import torch.nn as nn
-from tiny_families import FAMILY_CONFIGS, tiny_model
+from tiny_families import FAMILY_CONFIGS, tiny_config, tiny_model
 
-from ptq_bench.families import get_family
+from ptq_bench.families import Family, family_of_config
 from ptq_bench.quant import METHODS, load_all
 from ptq_bench.quant.calibrate import decoder_layers, model_family, quantizable_linears, run_blockwise
 from ptq_bench.quant.linears import GRID_ATTR, is_linear, weight_matrix
@@ -30,6 +30,7 @@ GEMMA3_TEXT = {"vocab_size": VOCAB, "hidden_size": 64, "intermediate_size": 128,
                "bos_token_id": None, "eos_token_id": None, "pad_token_id": None}
 GEMMA3_VISION = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1, "num_attention_heads": 2,
                  "image_size": 28, "patch_size": 14}
+# every test case: a model_type, or "<model_type>:<layout>" for a further layout of one (tiny_families.py)
 FAMILY_TYPES = (*FAMILY_CONFIGS, "gemma3")
 # one setting per method for the matrix; a_bits 16 so that logits can be compared with weights alone
 METHOD_PARAMS: dict[str, dict[str, Any]] = {
@@ -43,22 +44,35 @@ def calib_tokens(n: int = 4, seqlen: int = 32, seed: int = 1) -> torch.Tensor:
     return torch.randint(0, VOCAB, (n, seqlen), generator=torch.Generator().manual_seed(seed))
 
 
-def _build(model_type: str) -> nn.Module:
-    if model_type != "gemma3":
-        return tiny_model(model_type, VOCAB)
-    from transformers import AutoModelForCausalLM, Gemma3Config
+def case_config(case: str) -> Any:
+    """The transformers config of a test case (see FAMILY_TYPES)."""
+    if case != "gemma3":
+        return tiny_config(case, VOCAB)
+    from transformers import Gemma3Config
 
-    cfg = Gemma3Config(text_config=GEMMA3_TEXT, vision_config=GEMMA3_VISION, mm_tokens_per_image=4)
+    return Gemma3Config(text_config=GEMMA3_TEXT, vision_config=GEMMA3_VISION, mm_tokens_per_image=4)
+
+
+def case_family(case: str) -> Family:
+    """The registered layout the registry picks for a test case's config."""
+    return family_of_config(case_config(case))
+
+
+def _build(case: str) -> nn.Module:
+    if case != "gemma3":
+        return tiny_model(case, VOCAB)
+    from transformers import AutoModelForCausalLM
+
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
-        return AutoModelForCausalLM.from_config(cfg).float().eval()
+        return AutoModelForCausalLM.from_config(case_config(case)).float().eval()
 
 
 @torch.no_grad()
 def lively_model(model_type: str, seed: int = 0) -> nn.Module:
     """A tiny model of the family whose blocks matter (see the module docstring)."""
     model = _build(model_type)
-    family = get_family(model_type)
+    family = family_of_config(model.config)
     g = torch.Generator().manual_seed(seed)
     for layer in model.get_submodule(family.blocks):
         for m in layer.modules():

@@ -14,6 +14,8 @@ from family_checks import (
     FAMILY_TYPES,
     METHOD_PARAMS,
     calib_tokens,
+    case_config,
+    case_family,
     count_block_linears,
     lively_model,
     logits,
@@ -25,14 +27,14 @@ from family_checks import (
 )
 
 from ptq_bench.errors import QuantError, RecipeError
-from ptq_bench.families import FAMILIES, SUPPORTED_MODEL_TYPES, get_family
+from ptq_bench.families import SUPPORTED_MODEL_TYPES, layouts
 from ptq_bench.quant import METHODS
 from ptq_bench.quant.calibrate import decoder_layers
 
-PTQ_FAMILIES = [t for t in FAMILY_TYPES if not FAMILIES[t].low_bit]
-LOW_BIT = [t for t in FAMILY_TYPES if FAMILIES[t].low_bit]
-SMOOTHED = [t for t in PTQ_FAMILIES if FAMILIES[t].smooth]
-UNSMOOTHED = [t for t in PTQ_FAMILIES if not FAMILIES[t].smooth]  # OLMo 1 (norms without parameters), 2, 3
+PTQ_FAMILIES = [t for t in FAMILY_TYPES if not case_family(t).low_bit]
+LOW_BIT = [t for t in FAMILY_TYPES if case_family(t).low_bit]
+SMOOTHED = [t for t in PTQ_FAMILIES if case_family(t).smooth]
+UNSMOOTHED = [t for t in PTQ_FAMILIES if not case_family(t).smooth]  # OLMo 1 (norms without parameters), 2, 3
 
 
 @pytest.fixture(scope="module")
@@ -47,7 +49,11 @@ def calib():
 
 
 def test_every_registered_family_is_tested():
-    assert set(FAMILY_TYPES) == set(SUPPORTED_MODEL_TYPES), "a family needs its tiny config in tests/tiny_families.py"
+    cases = {case_config(t).model_type for t in FAMILY_TYPES}
+    assert cases == set(SUPPORTED_MODEL_TYPES), "a family needs its tiny config in tests/tiny_families.py"
+    picked = {id(case_family(t)) for t in FAMILY_TYPES}
+    untested = [(t, f.requires) for t in SUPPORTED_MODEL_TYPES for f in layouts(t) if id(f) not in picked]
+    assert not untested, "a further layout needs its tiny config (\"<model_type>:<layout>\") in tests/tiny_families.py"
     assert set(METHOD_PARAMS) == set(METHODS), "a method needs its matrix setting in tests/family_checks.py:METHOD_PARAMS"
 
 
@@ -100,7 +106,7 @@ def test_unsmoothed_families_have_no_norm_with_parameters_feeding_a_linear(model
 def test_smoothing_alone_keeps_logits(models, calib, model_type):
     model = models(model_type)
     delta, smoothed = smoothing_only_delta(model, calib, calib_tokens(2, 32, seed=7))
-    assert smoothed == 2 * len(FAMILIES[model_type].smooth)  # 2 blocks
+    assert smoothed == 2 * len(case_family(model_type).smooth)  # 2 blocks
     assert delta <= 1e-4, delta
 
 
@@ -118,12 +124,26 @@ def test_ptq_of_low_bit_family_is_refused(models, calib, model_type, method):
 
 def test_unregistered_family_is_a_one_line_error(calib):
     with pytest.raises(RecipeError) as err:
-        get_family("falcon")
-    assert "'falcon'" in str(err.value) and "llama" in str(err.value) and "\n" not in str(err.value)
+        layouts("mixtral")
+    assert "'mixtral'" in str(err.value) and "llama" in str(err.value) and "\n" not in str(err.value)
     model = lively_model("llama")
-    model.config.model_type = "falcon"
-    with pytest.raises(RecipeError, match="'falcon' is not supported"):
+    model.config.model_type = "mixtral"
+    with pytest.raises(RecipeError, match="'mixtral' is not supported"):
         quantize(model, "gptq", calib, w_bits=4)
+
+
+def test_layouts_of_one_model_type_agree_on_what_its_name_decides():
+    """`validate` reads low-bit and smoothability from a model_type alone (cells.ptq_refusal, sources)."""
+    for model_type in SUPPORTED_MODEL_TYPES:
+        assert len({(f.low_bit, bool(f.smooth), f.unsmoothable) for f in layouts(model_type)}) == 1, model_type
+
+
+def test_a_layout_no_entry_of_a_several_layout_family_describes_is_refused(calib):
+    model = lively_model("falcon:40b")
+    model.config.parallel_attn = False  # transformers' FalconDecoderLayer would look for ln_attn in vain
+    with pytest.raises(RecipeError, match="parallel_attn=False, new_decoder_architecture=True, "
+                                          "num_ln_in_parallel_attn=2 is not supported \\(none of its 4"):
+        quantize(model, "absmax", calib, w_bits=4)
 
 
 @pytest.mark.parametrize("model_type, key, value", [("opt", "do_layer_norm_before", False),

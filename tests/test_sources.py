@@ -119,7 +119,7 @@ def test_hf_checkpoint_of_every_family(model_type, tmp_path):
     info = inspect_source(str(save_tiny(model_type, tmp_path / model_type)))
     # transformers' BitNetForCausalLM ternarizes weights and 8-bit activations on every call: W1.58A8
     kind, bits = ("bitnet_hf", (1.58, 8)) if model_type == "bitnet" else ("fp16", (16, 16))
-    assert (info.form, info.model_type, info.kind, info.native_bits) == ("hf_dir", model_type, kind, bits)
+    assert (info.form, info.model_type, info.kind, info.native_bits) == ("hf_dir", model_type.split(":")[0], kind, bits)
     context = None if model_type == "bloom" else 256  # ALiBi: BLOOM's config names no position limit
     assert info.context_length == context and info.low_bit == (model_type == "bitnet") and not info.has_tokenizer
     assert len(info.content_hash) == 64
@@ -295,6 +295,29 @@ def test_packaged_smollm2_loads():
     model, tok, kind = load_source(inspect_source("smollm2-135m"))
     print(f"SmolLM2-135M from GGUF: {time.perf_counter() - start:.1f} s")
     assert kind == "fp16" and model.config.num_hidden_layers == 30 and len(tok) == 49152
+
+
+def _drop_from_config(folder: Path, *keys: str) -> None:
+    cfg = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({k: v for k, v in cfg.items() if k not in keys}))
+
+
+@pytest.mark.parametrize("model_type, dropped, context, refused", [
+    ("gpt2", ("add_cross_attention", "n_positions"), 1024, ("add_cross_attention", True)),
+    ("falcon", ("parallel_attn", "new_decoder_architecture", "num_ln_in_parallel_attn", "max_position_embeddings"),
+     2048, ("num_ln_in_parallel_attn", 2)),  # 2 norms need the new architecture, which the default is not
+    ("opt", ("do_layer_norm_before",), 256, ("do_layer_norm_before", False)),
+])
+def test_a_config_json_that_omits_default_values_means_the_defaults(tmp_path, model_type, dropped, context, refused):
+    """transformers 4 wrote only the values that differ from their defaults (GPT-2's hub config.json has no
+    add_cross_attention): a missing value is the config class's default, as when transformers loads it."""
+    folder = save_tiny(model_type, tmp_path / "m")
+    cfg = {k: v for k, v in json.loads((folder / "config.json").read_text()).items() if k not in dropped}
+    (folder / "config.json").write_text(json.dumps(cfg))
+    info = inspect_source(str(folder))
+    assert (info.layout_problem, info.context_length) == ("", context)
+    (folder / "config.json").write_text(json.dumps({**cfg, refused[0]: refused[1]}))
+    assert f"{refused[0]}={refused[1]!r}" in inspect_source(str(folder)).layout_problem  # a value given still counts
 
 
 # ----------------------------------------------------------------------------------------------

@@ -1,5 +1,6 @@
 """Tiny randomly initialised checkpoints of every model family, built from transformers' own config
-classes (no download). One entry per `config.model_type`; adding a family to the registry means adding
+classes (no download). One entry per `config.model_type`, and one per further layout where config values
+choose among several (Falcon's, keyed "falcon:<layout>"); adding a family to the registry means adding
 one line here.
 
 Sizes are the smallest that keep each family's structure: 2 decoder blocks (Gemma 2/3 alternate a
@@ -18,6 +19,8 @@ COMMON = {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "
           "num_key_value_heads": 2, "max_position_embeddings": 256}
 
 SLIDING_FULL = ["sliding_attention", "full_attention"]
+FALCON = {"hidden_size": 64, "ffn_hidden_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4,
+          "max_position_embeddings": 256}
 # model_type -> (transformers config class name, config kwargs)
 FAMILY_CONFIGS: dict[str, tuple[str, dict[str, Any]]] = {
     "llama": ("LlamaConfig", COMMON),
@@ -71,6 +74,12 @@ FAMILY_CONFIGS: dict[str, tuple[str, dict[str, Any]]] = {
     "mpt": ("MptConfig", {"d_model": 64, "expansion_ratio": 2, "n_layers": 2, "n_heads": 4, "max_seq_len": 256}),
     "persimmon": ("PersimmonConfig", {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
                                       "num_attention_heads": 4, "max_position_embeddings": 256}),
+    "falcon": ("FalconConfig", FALCON),  # Falcon-7B: one LayerNorm, parallel block, multi-query
+    "falcon:11b": ("FalconConfig", {**FALCON, "new_decoder_architecture": True, "num_kv_heads": 2,
+                                    "num_ln_in_parallel_attn": 1}),
+    "falcon:40b": ("FalconConfig", {**FALCON, "new_decoder_architecture": True, "num_kv_heads": 2}),
+    "falcon:rw": ("FalconConfig", {**FALCON, "parallel_attn": False, "multi_query": False, "alibi": True,
+                                   "bias": True}),
 }
 
 
