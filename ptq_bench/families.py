@@ -142,6 +142,21 @@ GEMMA2 = _llama_like(mlp_norm="pre_feedforward_layernorm", kind="one_plus_gain")
 GPT2_BLOCK = _pre_ln("transformer.h", ("ln_1", "ln_2"), ("attn.c_attn",), "attn.c_proj", "mlp.c_fc", "mlp.c_proj",
                      requires=(("add_cross_attention", False),))
 
+# OPT's pre-LayerNorm block (BioGPT, XGLM the same under other paths); OPT-350m normalizes after: its norms
+# feed no linear
+OPT = _pre_ln("model.decoder.layers", ("self_attn_layer_norm", "final_layer_norm"), QKV, "self_attn.out_proj", "fc1",
+              "fc2", requires=(("do_layer_norm_before", True),))
+# GPT-NeoX: post_attention_layernorm feeds the MLP in the parallel and the sequential form alike
+NEOX = _pre_ln("gpt_neox.layers", ("input_layernorm", "post_attention_layernorm"), ("attention.query_key_value",),
+               "attention.dense", "mlp.dense_h_to_4h", "mlp.dense_4h_to_h")
+# Apertus / Apertus 1.5: xIELU MLP without a gate; its norms are named attention_ / feedforward_layernorm
+APERTUS = _llama_like(attn_norm="attention_layernorm", mlp_norm="feedforward_layernorm", mlp_in=("mlp.up_proj",))
+
+# Gemma 4: Gemma 2's norm names but w * x RMSNorms (not 1 + w). Blocks alike only without KV-shared layers (no
+# k/v_proj), k = v full layers (no v_proj), MoE blocks or per-layer inputs (two more linears fed by no norm)
+GEMMA4 = _llama_like(mlp_norm="pre_feedforward_layernorm", requires=(
+    ("attention_k_eq_v", False), ("num_kv_shared_layers", 0), ("enable_moe_block", False),
+    ("hidden_size_per_layer_input", OneOf((0, None)))))
 
 def _falcon(norms: tuple[str, ...], **requires: Any) -> Family:
     """A Falcon block: one norm feeding attention and the MLP at once (parallel), or two norms each
@@ -184,11 +199,25 @@ FAMILIES: dict[str, Family | tuple[Family, ...]] = {
     "seed_oss": _llama_like(),
     "internlm3": _llama_like(),  # transformers runs InternLM3 with LlamaForCausalLM
     "hunyuan_v1_dense": _llama_like(),  # its q/k RMSNorms (query_/key_layernorm) act after the projections
+    "ministral3": _llama_like(),
+    "exaone": _llama_like(),  # EXAONE 3 / 3.5: transformers renames its GPT-2-style weights to Llama's names
+    "iquestcoder": _llama_like(),  # run with LlamaForCausalLM
+    "cwm": _llama_like(),  # sliding and full layers
+    "granite_swa": _llama_like(),  # Granite's multipliers, sliding and full layers, attention sinks
+    "diffllama": _llama_like(),  # differential attention; its groupnorm has no weight and acts after q/k/v
+    "hyperclovax": _llama_like(),  # its post_norm1/2 (use_post_norm) normalize the attention / MLP outputs
+    "jais2": _llama_like(kind="layernorm", mlp_in=("mlp.up_proj",)),  # LayerNorms with bias, ReLU² MLP
+    # Doge: dt_proj reads v_proj's output (the dynamic mask); its CDMoE MLP (is_moe) has expert tables
+    "doge": replace(_llama_like(requires=(("is_moe", False),)), groups=(QKV, ("self_attn.dt_proj",), ("self_attn.o_proj",),
+                                                                     ("mlp.gate_proj", "mlp.up_proj"), ("mlp.down_proj",))),
+    # NanoChat: ReLU² MLP; its RMSNorms have no weight (as OLMo 1's LayerNorms): nothing to fold into
+    "nanochat": replace(_llama_like(mlp_in=("mlp.fc1",), mlp_out="mlp.fc2"), smooth=(),
+                        unsmoothable="its RMSNorms have no weight"),
     "glm": GLM,
     # GLM-4 adds post_self_attn_ / post_mlp_layernorm on the attention and MLP *outputs* (before the residual)
     "glm4": GLM,
-    # Apertus: xIELU MLP without a gate; its norms are named attention_ / feedforward_layernorm
-    "apertus": _llama_like(attn_norm="attention_layernorm", mlp_norm="feedforward_layernorm", mlp_in=("mlp.up_proj",)),
+    "apertus": APERTUS,
+    "apertus1p5_text": APERTUS,  # with q/k norms after the projections
     # LayerNorms with bias; StableLM-2-12B's parallel form (use_parallel_residual) has no MLP norm
     "stablelm": _llama_like(kind="layernorm", requires=(("use_parallel_residual", False),)),
     "starcoder2": _llama_like(kind="layernorm", mlp_in=("mlp.c_fc",), mlp_out="mlp.c_proj"),
@@ -210,6 +239,7 @@ FAMILIES: dict[str, Family | tuple[Family, ...]] = {
     "gemma3_text": GEMMA2,
     # Gemma3ForConditionalGeneration: the text decoder sits under the multimodal wrapper
     "gemma3": replace(GEMMA2, blocks="model.language_model.layers"),
+    "gemma4_text": GEMMA4,
     "phi3": Family(
         blocks="model.layers",
         groups=(("self_attn.qkv_proj",), ("self_attn.o_proj",), ("mlp.gate_up_proj",), ("mlp.down_proj",)),
@@ -217,25 +247,19 @@ FAMILIES: dict[str, Family | tuple[Family, ...]] = {
                 Smooth("post_attention_layernorm", ("mlp.gate_up_proj",), "gain")),
         fused=("self_attn.qkv_proj", "mlp.gate_up_proj"),
     ),
-    "opt": Family(
-        blocks="model.decoder.layers",
-        groups=(("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"), ("self_attn.out_proj",),
-                ("fc1",), ("fc2",)),
-        smooth=(Smooth("self_attn_layer_norm", ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"),
-                       "layernorm"),
-                Smooth("final_layer_norm", ("fc1",), "layernorm")),
-        requires=(("do_layer_norm_before", True),),  # OPT-350m normalizes after: its norms feed no linear
-    ),
-    "gpt_neox": Family(
-        blocks="gpt_neox.layers",
-        groups=(("attention.query_key_value",), ("attention.dense",), ("mlp.dense_h_to_4h",),
-                ("mlp.dense_4h_to_h",)),
-        smooth=(Smooth("input_layernorm", ("attention.query_key_value",), "layernorm"),
-                Smooth("post_attention_layernorm", ("mlp.dense_h_to_4h",), "layernorm")),
-        fused=("attention.query_key_value",),
-    ),
+    "opt": OPT,
+    "xglm": replace(OPT, blocks="model.layers", requires=(("add_cross_attention", False),)),  # pre-LN always
+    "biogpt": replace(OPT, blocks="biogpt.layers", requires=()),
+    "gpt_neox": NEOX,
+    "gpt_neox_japanese": replace(NEOX, blocks="gpt_neox_japanese.layers"),  # sequential; the last block's
+    # attention bias is a bare parameter (dense_bias), not a linear's
     "gpt2": replace(GPT2_BLOCK, conv1d=True),
     "gpt_bigcode": GPT2_BLOCK,  # StarCoder 1 / SantaCoder: GPT-2's block with nn.Linear (not Conv1D)
+    # GPT-1: post-LayerNorm, ln_1's output is both the MLP's input and the residual (and ln_2's the next block's)
+    "openai-gpt": replace(GPT2_BLOCK, conv1d=True, smooth=(), requires=(),
+                          unsmoothable="its LayerNorms' outputs are also the residual stream (post-LN)"),
+    "ctrl": _pre_ln("transformer.h", ("layernorm1", "layernorm2"), tuple(f"multi_head_attention.W{p}" for p in "qkv"),
+                    "multi_head_attention.dense", "ffn.0", "ffn.2"),  # StarCoder 1 / SantaCoder: GPT-2's block with nn.Linear (not Conv1D)
     "gpt_neo": _pre_ln("transformer.h", ("ln_1", "ln_2"), tuple(f"attn.attention.{p}_proj" for p in "qkv"),
                        "attn.attention.out_proj", "mlp.c_fc", "mlp.c_proj"),  # global and local attention layers
     # BLOOM: with apply_residual_connection_post_layernorm the norms' outputs are also the residuals, so

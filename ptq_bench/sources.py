@@ -43,7 +43,7 @@ HASHED_SUFFIXES = (".json", ".safetensors", ".bin", ".pt", ".pth", ".model", ".t
 SAFETENSORS_FILE, SAFETENSORS_INDEX = "model.safetensors", "model.safetensors.index.json"
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
 # GGUF general.architecture -> transformers model_type (transformers' load_gguf_checkpoint renames)
-GGUF_MODEL_TYPES = {"gemma3": "gemma3_text", "qwen2moe": "qwen2_moe", "qwen3moe": "qwen3_moe",
+GGUF_MODEL_TYPES = {"gemma3": "gemma3_text", "gemma4": "gemma4_text", "qwen2moe": "qwen2_moe", "qwen3moe": "qwen3_moe",
                     "gpt-oss": "gpt_oss", "minimax-m2": "minimax_m2"}
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 

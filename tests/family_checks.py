@@ -132,7 +132,7 @@ def replay_delta(model: nn.Module, calib: torch.Tensor, batch_size: int = 2) -> 
     """
     layers = decoder_layers(model)
     seen: list[list[torch.Tensor]] = [[] for _ in layers]
-    hooks = [layer.register_forward_hook(lambda m, a, o, i=i: seen[i].append(o[0] if isinstance(o, tuple) else o))
+    hooks = [layer.register_forward_hook(lambda m, a, o, i=i: seen[i].append(o[0] if isinstance(o, (tuple, list)) else o))
              for i, layer in enumerate(layers)]
     try:
         for batch in calib.split(batch_size):

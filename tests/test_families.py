@@ -8,6 +8,8 @@ keeps the logits; the block-by-block runner replays the real forward; BitNet che
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 import torch
 from family_checks import (
@@ -30,11 +32,14 @@ from ptq_bench.errors import QuantError, RecipeError
 from ptq_bench.families import SUPPORTED_MODEL_TYPES, layouts
 from ptq_bench.quant import METHODS
 from ptq_bench.quant.calibrate import decoder_layers
+from ptq_bench.quant.linears import is_linear
 
 PTQ_FAMILIES = [t for t in FAMILY_TYPES if not case_family(t).low_bit]
 LOW_BIT = [t for t in FAMILY_TYPES if case_family(t).low_bit]
 SMOOTHED = [t for t in PTQ_FAMILIES if case_family(t).smooth]
 UNSMOOTHED = [t for t in PTQ_FAMILIES if not case_family(t).smooth]  # OLMo 1 (norms without parameters), 2, 3
+PARAMETER_FREE_NORMS = {"olmo", "nanochat"}  # their norms feed linears but have nothing to fold into
+POST_LN = {"openai-gpt"}  # a norm's output is the block's output: scaling it changes the residual
 
 
 @pytest.fixture(scope="module")
@@ -75,31 +80,37 @@ def test_method_on_family(models, calib, model_type, method):
     assert torch.isfinite(logits(q, calib[:1])).all()
 
 
-def norms_feeding_linears(model: torch.nn.Module, ids: torch.Tensor) -> list[str]:
-    """The norms of the first block whose output, in a real forward, is the input some linear reads."""
+def norm_outputs_read(model: torch.nn.Module, ids: torch.Tensor) -> tuple[list[str], dict[str, torch.Tensor], Any]:
+    """(the norms of the first block whose output, in a real forward, is the input some linear reads;
+    every norm's output; the block's output)."""
     layer = decoder_layers(model)[0]
-    outs, ins, hooks = {}, [], []
+    outs, ins, block_out = {}, [], []
+    hooks = [layer.register_forward_hook(lambda _m, _a, y: block_out.append(y[0] if isinstance(y, (tuple, list)) else y))]
     for name, m in layer.named_modules():
         if "norm" in type(m).__name__.lower():
             hooks.append(m.register_forward_hook(lambda _m, _a, y, name=name: outs.setdefault(name, y)))
-        elif isinstance(m, torch.nn.Linear):
+        elif is_linear(m):
             hooks.append(m.register_forward_pre_hook(lambda _m, a: ins.append(a[0])))
     with torch.no_grad():
         model(ids)
     for h in hooks:
         h.remove()
-    return [n for n, y in outs.items() if any(x.shape == y.shape and torch.equal(x, y) for x in ins)]
+    return [n for n, y in outs.items() if any(x.shape == y.shape and torch.equal(x, y) for x in ins)], outs, block_out[0]
 
 
 def test_unsmoothed_families_have_no_norm_with_parameters_feeding_a_linear(models, calib):
     """What makes SmoothQuant's refusal right, by what runs: every norm output that some linear reads
-    comes from a norm without parameters (OLMo 1), and OLMo 2/3 have no such norm at all."""
+    comes from a norm without parameters (OLMo 1, NanoChat), and OLMo 2/3 have no such norm at all; in a
+    post-LN block (GPT-1) the block's output is a norm's output, so the norms' outputs are the residual."""
     assert UNSMOOTHED
     for model_type in UNSMOOTHED:
         layer = decoder_layers(models(model_type))[0]
-        feeding = norms_feeding_linears(models(model_type), calib[:1])
+        feeding, outs, block_out = norm_outputs_read(models(model_type), calib[:1])
+        if model_type in POST_LN:
+            assert feeding and any(torch.equal(y, block_out) for y in outs.values()), (model_type, feeding)
+            continue
         assert all(not list(layer.get_submodule(n).parameters()) for n in feeding), (model_type, feeding)
-        assert bool(feeding) == (model_type == "olmo"), (model_type, feeding)
+        assert bool(feeding) == (model_type in PARAMETER_FREE_NORMS), (model_type, feeding)
 
 
 @pytest.mark.parametrize("model_type", SMOOTHED)

@@ -31,6 +31,8 @@ FAMILY_CONFIGS: dict[str, tuple[str, dict[str, Any]]] = {
     "gemma2": ("Gemma2Config", {**COMMON, "head_dim": 16, "sliding_window": 16}),
     "gemma3_text": ("Gemma3TextConfig", {**COMMON, "head_dim": 16, "sliding_window": 16,
                                          "layer_types": ["sliding_attention", "full_attention"]}),
+    "gemma4_text": ("Gemma4TextConfig", {**COMMON, "head_dim": 16, "global_head_dim": 32, "sliding_window": 16,
+                                         "layer_types": SLIDING_FULL, "hidden_size_per_layer_input": 0}),
     "phi3": ("Phi3Config", {**COMMON, "sliding_window": 16}),
     "opt": ("OPTConfig", {"hidden_size": 64, "ffn_dim": 128, "num_hidden_layers": 2, "num_attention_heads": 4,
                           "max_position_embeddings": 256, "word_embed_proj_dim": 64}),
@@ -74,6 +76,30 @@ FAMILY_CONFIGS: dict[str, tuple[str, dict[str, Any]]] = {
     "mpt": ("MptConfig", {"d_model": 64, "expansion_ratio": 2, "n_layers": 2, "n_heads": 4, "max_seq_len": 256}),
     "persimmon": ("PersimmonConfig", {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
                                       "num_attention_heads": 4, "max_position_embeddings": 256}),
+    "ministral3": ("Ministral3Config", {**COMMON, "head_dim": 16, "sliding_window": 16}),
+    "exaone": ("ExaoneConfig", COMMON),
+    "iquestcoder": ("IQuestCoderConfig", {**COMMON, "head_dim": 16}),
+    "cwm": ("CwmConfig", {**COMMON, "head_dim": 16, "sliding_window": 16, "layer_types": SLIDING_FULL,
+                          "bos_token_id": 1}),  # an int, its config class insists
+    "granite_swa": ("GraniteSWAConfig", {**COMMON, "sliding_window": 16, "layer_types": SLIDING_FULL,
+                                         "residual_multiplier": 0.5, "embedding_multiplier": 4.0}),
+    "diffllama": ("DiffLlamaConfig", COMMON),
+    "hyperclovax": ("HyperCLOVAXConfig", {**COMMON, "residual_multiplier": 0.5}),  # with its post-norms
+    "jais2": ("Jais2Config", COMMON),
+    "apertus1p5_text": ("Apertus1p5TextConfig", COMMON),
+    # Doge's dynamic mask keeps the top keep_window_size keys (2048) of longer sequences only; below that it is
+    # causal (beyond it transformers' top-k reads later keys: a prefix's logits change with what follows)
+    "doge": ("DogeConfig", COMMON),
+    "nanochat": ("NanoChatConfig", COMMON),
+    "xglm": ("XGLMConfig", {"d_model": 64, "ffn_dim": 128, "num_layers": 2, "attention_heads": 4,
+                            "max_position_embeddings": 256}),
+    "biogpt": ("BioGptConfig", {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
+                                "num_attention_heads": 4, "max_position_embeddings": 256}),
+    "gpt_neox_japanese": ("GPTNeoXJapaneseConfig", {"hidden_size": 64, "intermediate_multiple_size": 2,
+                                                    "num_hidden_layers": 2, "num_attention_heads": 4,
+                                                    "max_position_embeddings": 256}),
+    "ctrl": ("CTRLConfig", {"n_embd": 64, "dff": 128, "n_layer": 2, "n_head": 4, "n_positions": 256}),
+    "openai-gpt": ("OpenAIGPTConfig", {"n_embd": 64, "n_layer": 2, "n_head": 4, "n_positions": 256}),
     "falcon": ("FalconConfig", FALCON),  # Falcon-7B: one LayerNorm, parallel block, multi-query
     "falcon:11b": ("FalconConfig", {**FALCON, "new_decoder_architecture": True, "num_kv_heads": 2,
                                     "num_ln_in_parallel_attn": 1}),
@@ -88,7 +114,7 @@ def tiny_config(model_type: str, vocab_size: int = 512) -> Any:
 
     cls_name, kwargs = FAMILY_CONFIGS[model_type]
     special = {"bos_token_id": None, "eos_token_id": None, "pad_token_id": None}  # the tokenizer owns them
-    return getattr(transformers, cls_name)(vocab_size=vocab_size, **special, **kwargs)
+    return getattr(transformers, cls_name)(vocab_size=vocab_size, **{**special, **kwargs})
 
 
 def tiny_model(model_type: str, vocab_size: int = 512, seed: int = 0, layers: int | None = None) -> torch.nn.Module:

@@ -174,7 +174,7 @@ def capture_inputs(model: nn.Module, calib: torch.Tensor, batch_size: int = 8,
 @contextmanager
 def _passing_on(layers: nn.ModuleList) -> Iterator[None]:
     """Blocks 1 .. n-2 return their input hidden states, in the form block 0's output takes (a tensor, or
-    a tuple whose first item is the hidden states), instead of computing."""
+    a tuple or list whose first item is the hidden states), instead of computing."""
     tail: list[tuple | None] = [None]  # block 0's output after its hidden states (None: a bare tensor)
 
     def learn(module: nn.Module, args: tuple, out: Any) -> None:
@@ -206,7 +206,7 @@ def run_layer(layer: nn.Module, hidden: list[torch.Tensor], calls: list[Call]) -
     outs = []
     for h, call in zip(hidden, calls, strict=True):
         out = layer(h, *call.args, **call.kwargs)
-        outs.append(out[0] if isinstance(out, tuple) else out)
+        outs.append(out[0] if isinstance(out, (tuple, list)) else out)  # GPT-1's blocks return a list
     return outs
 
 
