@@ -1,6 +1,7 @@
 """Model families as data: where a decoder's blocks are, which linears a block has, which norm feeds them.
 
-One `Family` per transformers `config.model_type`. Everything that walks a model (the calibration
+One `Family` per transformers `config.model_type`, or several where config values decide the block
+(Falcon's four), each with the values it `requires`. Everything that walks a model (the calibration
 runner in `quant.calibrate`, every PTQ method, the tests) reads this table and nothing else, so adding a
 family is one entry here plus one tiny test config (tests/tiny_families.py). A model whose family is not
 registered is an error naming it, never a silent fallback to the Llama layout.
@@ -152,11 +153,6 @@ NEOX = _pre_ln("gpt_neox.layers", ("input_layernorm", "post_attention_layernorm"
 # Apertus / Apertus 1.5: xIELU MLP without a gate; its norms are named attention_ / feedforward_layernorm
 APERTUS = _llama_like(attn_norm="attention_layernorm", mlp_norm="feedforward_layernorm", mlp_in=("mlp.up_proj",))
 
-# Gemma 4: Gemma 2's norm names but w * x RMSNorms (not 1 + w). Blocks alike only without KV-shared layers (no
-# k/v_proj), k = v full layers (no v_proj), MoE blocks or per-layer inputs (two more linears fed by no norm)
-GEMMA4 = _llama_like(mlp_norm="pre_feedforward_layernorm", requires=(
-    ("attention_k_eq_v", False), ("num_kv_shared_layers", 0), ("enable_moe_block", False),
-    ("hidden_size_per_layer_input", OneOf((0, None)))))
 
 def _falcon(norms: tuple[str, ...], **requires: Any) -> Family:
     """A Falcon block: one norm feeding attention and the MLP at once (parallel), or two norms each
@@ -207,9 +203,6 @@ FAMILIES: dict[str, Family | tuple[Family, ...]] = {
     "diffllama": _llama_like(),  # differential attention; its groupnorm has no weight and acts after q/k/v
     "hyperclovax": _llama_like(),  # its post_norm1/2 (use_post_norm) normalize the attention / MLP outputs
     "jais2": _llama_like(kind="layernorm", mlp_in=("mlp.up_proj",)),  # LayerNorms with bias, ReLU² MLP
-    # Doge: dt_proj reads v_proj's output (the dynamic mask); its CDMoE MLP (is_moe) has expert tables
-    "doge": replace(_llama_like(requires=(("is_moe", False),)), groups=(QKV, ("self_attn.dt_proj",), ("self_attn.o_proj",),
-                                                                     ("mlp.gate_proj", "mlp.up_proj"), ("mlp.down_proj",))),
     # NanoChat: ReLU² MLP; its RMSNorms have no weight (as OLMo 1's LayerNorms): nothing to fold into
     "nanochat": replace(_llama_like(mlp_in=("mlp.fc1",), mlp_out="mlp.fc2"), smooth=(),
                         unsmoothable="its RMSNorms have no weight"),
@@ -239,7 +232,6 @@ FAMILIES: dict[str, Family | tuple[Family, ...]] = {
     "gemma3_text": GEMMA2,
     # Gemma3ForConditionalGeneration: the text decoder sits under the multimodal wrapper
     "gemma3": replace(GEMMA2, blocks="model.language_model.layers"),
-    "gemma4_text": GEMMA4,
     "phi3": Family(
         blocks="model.layers",
         groups=(("self_attn.qkv_proj",), ("self_attn.o_proj",), ("mlp.gate_up_proj",), ("mlp.down_proj",)),
@@ -259,7 +251,7 @@ FAMILIES: dict[str, Family | tuple[Family, ...]] = {
     "openai-gpt": replace(GPT2_BLOCK, conv1d=True, smooth=(), requires=(),
                           unsmoothable="its LayerNorms' outputs are also the residual stream (post-LN)"),
     "ctrl": _pre_ln("transformer.h", ("layernorm1", "layernorm2"), tuple(f"multi_head_attention.W{p}" for p in "qkv"),
-                    "multi_head_attention.dense", "ffn.0", "ffn.2"),  # StarCoder 1 / SantaCoder: GPT-2's block with nn.Linear (not Conv1D)
+                    "multi_head_attention.dense", "ffn.0", "ffn.2"),  # CTRL: pre-LN, its MLP an nn.Sequential
     "gpt_neo": _pre_ln("transformer.h", ("ln_1", "ln_2"), tuple(f"attn.attention.{p}_proj" for p in "qkv"),
                        "attn.attention.out_proj", "mlp.c_fc", "mlp.c_proj"),  # global and local attention layers
     # BLOOM: with apply_residual_connection_post_layernorm the norms' outputs are also the residuals, so
@@ -273,8 +265,8 @@ FAMILIES: dict[str, Family | tuple[Family, ...]] = {
     # Persimmon: its q/k LayerNorms (qk_layernorm) act after the fused projection
     "persimmon": _pre_ln("model.layers", ("input_layernorm", "post_attention_layernorm"),
                          ("self_attn.query_key_value",), "self_attn.dense", "mlp.dense_h_to_4h", "mlp.dense_4h_to_h"),
-    # CodeGen: GPT-J's parallel block with q/k/v fused in one linear
     "falcon": FALCON,
+    # CodeGen: GPT-J's parallel block with q/k/v fused in one linear
     "codegen": _parallel("transformer.h", "ln_1", ("attn.qkv_proj",), "attn.out_proj", ("mlp.fc_in",), "mlp.fc_out"),
     # transformers' BitNet (b1.58 checkpoints, `quant_method: bitnet`): linears re-ternarize on every call
     "bitnet": _llama_like(low_bit=True),

@@ -51,7 +51,7 @@ def test_lazy_model_streams_the_same_logits_as_from_pretrained(family, tmp_path)
     seen = probe(model)
     with torch.no_grad(), streamed(model, place):
         got = model(IDS).logits
-        want = reference(ckpt)(IDS).logits  # in the same mode: Doge's kernels differ by 2e-7 with autograd on
+        want = reference(ckpt)(IDS).logits  # in the same autograd mode: a kernel may differ between the two
     assert torch.equal(got, want)
     assert all(live == [i] for i, live in seen), seen[:3]
     assert materialized(model) == [] and not (tmp_path / "blocks").exists()  # evicted, nothing written

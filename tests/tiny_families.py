@@ -31,8 +31,6 @@ FAMILY_CONFIGS: dict[str, tuple[str, dict[str, Any]]] = {
     "gemma2": ("Gemma2Config", {**COMMON, "head_dim": 16, "sliding_window": 16}),
     "gemma3_text": ("Gemma3TextConfig", {**COMMON, "head_dim": 16, "sliding_window": 16,
                                          "layer_types": ["sliding_attention", "full_attention"]}),
-    "gemma4_text": ("Gemma4TextConfig", {**COMMON, "head_dim": 16, "global_head_dim": 32, "sliding_window": 16,
-                                         "layer_types": SLIDING_FULL, "hidden_size_per_layer_input": 0}),
     "phi3": ("Phi3Config", {**COMMON, "sliding_window": 16}),
     "opt": ("OPTConfig", {"hidden_size": 64, "ffn_dim": 128, "num_hidden_layers": 2, "num_attention_heads": 4,
                           "max_position_embeddings": 256, "word_embed_proj_dim": 64}),
@@ -87,9 +85,6 @@ FAMILY_CONFIGS: dict[str, tuple[str, dict[str, Any]]] = {
     "hyperclovax": ("HyperCLOVAXConfig", {**COMMON, "residual_multiplier": 0.5}),  # with its post-norms
     "jais2": ("Jais2Config", COMMON),
     "apertus1p5_text": ("Apertus1p5TextConfig", COMMON),
-    # Doge's dynamic mask keeps the top keep_window_size keys (2048) of longer sequences only; below that it is
-    # causal (beyond it transformers' top-k reads later keys: a prefix's logits change with what follows)
-    "doge": ("DogeConfig", COMMON),
     "nanochat": ("NanoChatConfig", COMMON),
     "xglm": ("XGLMConfig", {"d_model": 64, "ffn_dim": 128, "num_layers": 2, "attention_heads": 4,
                             "max_position_embeddings": 256}),
