@@ -7,9 +7,11 @@ import torch
 import torch.nn.functional as F
 
 from ptq_bench.models.bitlinear import (
+    GRAIN,
     BitLinear,
     activation_quant,
     activation_quant_int,
+    mean_in_fixed_order,
     pack_ternary,
     unpack_ternary,
     weight_quant_binary,
@@ -248,3 +250,44 @@ def test_pack_layout_equals_transformers(shape):
     assert torch.equal(pack_ternary(q), theirs)
     with torch._dynamo.config.patch(disable=True):  # their unpack is torch.compile'd; eager is the same math
         assert torch.equal(unpack_ternary(theirs), unpack_weights(theirs, dtype=torch.float32))
+
+
+@pytest.fixture
+def threads():
+    """Set torch's thread count inside a test; the count before it is restored after."""
+    before = torch.get_num_threads()
+    yield torch.set_num_threads
+    torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize("n", [1000, GRAIN, GRAIN + 1, 98_304, 1_000_003])
+def test_weight_scale_mean_does_not_depend_on_the_thread_count(threads, n):
+    """The whole-tensor mean behind s_w is the same on 1, 2 and 3 threads, and equal to torch's own mean
+    on 2 threads, the count every committed BitNet row was computed with."""
+    w = torch.randn(n, generator=torch.Generator().manual_seed(n)) * 0.02
+    got = []
+    for count in (1, 2, 3):
+        threads(count)
+        got.append(mean_in_fixed_order(w.abs()))
+    threads(2)
+    assert all(torch.equal(g, w.abs().mean()) for g in got)
+
+
+@pytest.mark.parametrize("kind", ["bitnet_b158", "bitnet_b1"])
+def test_bitnet_training_does_not_depend_on_the_thread_count(threads, kind):
+    """A few training steps on 1 and on 2 threads give the same weights, bit for bit (a Ray worker runs
+    1 thread, this machine's local run 2). With torch's mean, b1.58 parted after a few steps."""
+    from ptq_bench.models.build import ArchConfig, build_model
+    from ptq_bench.models.train import forward_loss, make_optimizer, make_schedule, update
+
+    arch = ArchConfig(hidden_size=192, intermediate_size=512, num_layers=1, num_heads=4, max_seq_len=64)
+    states = []
+    for count in (1, 2):
+        threads(count)
+        model = build_model(kind, arch, 512, seed=0)
+        opt = make_optimizer(model, make_schedule(kind))
+        g = torch.Generator().manual_seed(1)
+        for _ in range(12):
+            update(model, opt, forward_loss(model, torch.randint(0, 512, (8, 33), generator=g)), 1.0)
+        states.append(model.state_dict())
+    assert all(torch.equal(states[0][k], states[1][k]) for k in states[0])
