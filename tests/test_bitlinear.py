@@ -6,12 +6,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from ptq_bench.fixed_order import GRAIN, mean_in_fixed_order
 from ptq_bench.models.bitlinear import (
-    GRAIN,
     BitLinear,
     activation_quant,
     activation_quant_int,
-    mean_in_fixed_order,
     pack_ternary,
     unpack_ternary,
     weight_quant_binary,
@@ -260,11 +259,13 @@ def threads():
     torch.set_num_threads(before)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("n", [1000, GRAIN, GRAIN + 1, 98_304, 1_000_003])
-def test_weight_scale_mean_does_not_depend_on_the_thread_count(threads, n):
-    """The whole-tensor mean behind s_w is the same on 1, 2 and 3 threads, and equal to torch's own mean
-    on 2 threads, the count every committed BitNet row was computed with."""
-    w = torch.randn(n, generator=torch.Generator().manual_seed(n)) * 0.02
+def test_weight_scale_mean_does_not_depend_on_the_thread_count(threads, n, dtype):
+    """The whole-tensor mean behind s_w (and the per-tensor absmean grid's, QuIP's RMS) is the same on
+    1, 2 and 3 threads, and equal to torch's own mean on 2 threads, the count every committed row was
+    computed with."""
+    w = torch.randn(n, generator=torch.Generator().manual_seed(n), dtype=dtype) * 0.02
     got = []
     for count in (1, 2, 3):
         threads(count)

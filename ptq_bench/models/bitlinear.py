@@ -45,37 +45,13 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
+from ptq_bench.fixed_order import mean_in_fixed_order
+
 MODES = ("b158", "b1")
 VALUES_PER_BYTE = 4  # 2 bits per ternary value
 
 
 # ----------------------------------------------------------------------------- pure quantizers
-
-GRAIN = 32768  # torch's intra-op grain size (at::internal::GRAIN_SIZE): smaller reductions run on one thread
-
-
-def mean_in_fixed_order(t: Tensor) -> Tensor:
-    """t.mean() over every element, summed in the same order whatever torch's thread count.
-
-    torch splits a whole-tensor reduction of more than GRAIN elements between its threads, so the last
-    bit of mean|W| depends on the thread count. That bit decides the rounding of every weight that sits
-    on a grid boundary, and a flipped weight sends training down another path: the quickstart's b1.58
-    model ended at loss 5.663 trained on 2 threads and 5.477 on 1 (a Ray worker's count). On CPU the sum
-    is taken as torch takes it on 2 threads (this project's machine, where every committed BitNet row was
-    computed): two halves, each summed on one thread, added. Elsewhere (CUDA) torch's own mean, whose
-    order does not depend on a CPU thread count."""
-    if t.device.type != "cpu":
-        return t.mean()
-    flat = t.reshape(-1)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        halves = [part.sum() for part in flat.tensor_split(1 if flat.numel() <= GRAIN else 2)]
-    finally:
-        torch.set_num_threads(threads)
-    return sum(halves[1:], halves[0]) / flat.numel()
-
-
 
 def weight_quant_ternary(w: Tensor) -> tuple[Tensor, Tensor]:
     """b1.58 absmean: s = 1 / mean|w| (mean clamped >= 1e-5), q = round(w * s).clamp(-1, 1).

@@ -27,6 +27,7 @@ from dataclasses import dataclass, replace
 import torch
 from torch import Tensor
 
+from ptq_bench.fixed_order import mean_in_fixed_order
 from ptq_bench.quant.configs import TERNARY, WEIGHT_GRANULARITIES
 
 SCALE_BITS = 16  # scales (and float zeros) are stored as fp16
@@ -93,7 +94,7 @@ def _reduce(w: Tensor, granularity: str, group_size: int, kind: str) -> Tensor:
     """Per-group max|w| ('max') or mean|w| ('mean'); (rows, n_groups), or (1, 1) for 'tensor'."""
     a = w.float().abs()
     if granularity == "tensor":
-        r = a.amax() if kind == "max" else a.mean()
+        r = a.amax() if kind == "max" else mean_in_fixed_order(a)
         return r.view(1, 1)
     g, mask = _grouped(a, group_size_for(w, granularity, group_size))
     if kind == "max":

@@ -54,6 +54,7 @@ import torch
 import torch.nn as nn
 from torch import Tensor
 
+from ptq_bench.fixed_order import mean_in_fixed_order
 from ptq_bench.quant.apply import Solver, hessian_stat, quantize_model
 from ptq_bench.quant.configs import QuIPConfig
 from ptq_bench.quant.ldlq import error_feedback, inverse_hessian_factor
@@ -259,7 +260,7 @@ def quip_solve(
     W[:, dead] = 0
 
     maxq = 2**bits - 1
-    s = 2.4 * W.square().mean().sqrt() + 1e-16  # qfn 'b': grid spans +-2.4 RMS(W)
+    s = 2.4 * mean_in_fixed_order(W.square()).sqrt() + 1e-16  # qfn 'b': grid spans +-2.4 RMS(W)
     scale, zero = 2 * s / maxq, torch.tensor(maxq / 2, device=dev)
     W.clamp_(-s, s)
     Uinv = inverse_hessian_factor(H, damp)

@@ -1,0 +1,34 @@
+"""Reductions whose result does not depend on torch's CPU thread count (see `mean_in_fixed_order`)."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+GRAIN = 32768  # torch's intra-op grain size (at::internal::GRAIN_SIZE): smaller reductions run on one thread
+
+
+def mean_in_fixed_order(t: Tensor) -> Tensor:
+    """t.mean() over every element, summed in the same order whatever torch's thread count.
+
+    torch splits a whole-tensor reduction of more than GRAIN elements between its threads, so the last
+    bit of such a mean depends on the thread count. Where the mean is a grid's scale (BitNet's mean|W|, a
+    per-tensor absmean grid, QuIP's RMS) that bit decides the rounding of every weight on a grid boundary,
+    and in training a flipped weight sends the run down another path: the quickstart's b1.58 model ended
+    at loss 5.663 trained on 2 threads and 5.477 on 1 (a Ray worker's count). On CPU the sum is taken as
+    torch takes it on 2 threads (this project's machine, where every committed row was computed): two
+    halves, each summed on one thread, added. Elsewhere (CUDA) torch's own mean, whose order does not
+    depend on a CPU thread count."""
+    if t.device.type != "cpu":
+        return t.mean()
+    flat = t.reshape(-1)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        halves = [part.sum() for part in flat.tensor_split(1 if flat.numel() <= GRAIN else 2)]
+    finally:
+        torch.set_num_threads(threads)
+    return sum(halves[1:], halves[0]) / flat.numel()
+
+
+__all__ = ["GRAIN", "mean_in_fixed_order"]
