@@ -8,6 +8,13 @@ from torch import Tensor
 GRAIN = 32768  # torch's intra-op grain size (at::internal::GRAIN_SIZE): smaller reductions run on one thread
 
 
+def in_memory_order(t: Tensor) -> Tensor:
+    """t's elements as one vector in the order they lie in memory (dims by descending stride), the order in
+    which torch reduces a dense tensor whatever its view: a transposed weight is read as stored."""
+    order = sorted(range(t.dim()), key=lambda d: t.stride(d), reverse=True)
+    return t.permute(order).reshape(-1)
+
+
 def mean_in_fixed_order(t: Tensor) -> Tensor:
     """t.mean() over every element, summed in the same order whatever torch's thread count.
 
@@ -18,10 +25,11 @@ def mean_in_fixed_order(t: Tensor) -> Tensor:
     at loss 5.663 trained on 2 threads and 5.477 on 1 (a Ray worker's count). On CPU the sum is taken as
     torch takes it on 2 threads (this project's machine, where every committed row was computed): two
     halves, each summed on one thread, added. Elsewhere (CUDA) torch's own mean, whose order does not
-    depend on a CPU thread count."""
+    depend on a CPU thread count. Elements are taken in memory order, as torch iterates a (transposed,
+    permuted) tensor."""
     if t.device.type != "cpu":
         return t.mean()
-    flat = t.reshape(-1)
+    flat = in_memory_order(t)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
