@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import torch
 from torch import Tensor
 
@@ -39,4 +42,19 @@ def mean_in_fixed_order(t: Tensor) -> Tensor:
     return sum(halves[1:], halves[0]) / flat.numel()
 
 
-__all__ = ["GRAIN", "mean_in_fixed_order"]
+@contextmanager
+def lapack_threads(count: int = 2) -> Iterator[None]:
+    """Run the enclosed CPU factorizations (Cholesky, its inverse) on `count` threads, whatever torch's
+    own count. LAPACK splits their sums by thread, so GPTQ's and QuIP's inverse-Hessian factor, and with it
+    their rows, moved with the thread count (a Ray task runs `cpus_per_cell` threads, a local run all
+    cores): up to 0.07% in the quickstart's perplexities. 2, the count of this project's machine, where every
+    committed row was computed."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+__all__ = ["GRAIN", "lapack_threads", "mean_in_fixed_order"]

@@ -6,7 +6,6 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from ptq_bench.fixed_order import GRAIN, mean_in_fixed_order
 from ptq_bench.models.bitlinear import (
     BitLinear,
     activation_quant,
@@ -250,46 +249,3 @@ def test_pack_layout_equals_transformers(shape):
     with torch._dynamo.config.patch(disable=True):  # their unpack is torch.compile'd; eager is the same math
         assert torch.equal(unpack_ternary(theirs), unpack_weights(theirs, dtype=torch.float32))
 
-
-@pytest.fixture
-def threads():
-    """Set torch's thread count inside a test; the count before it is restored after."""
-    before = torch.get_num_threads()
-    yield torch.set_num_threads
-    torch.set_num_threads(before)
-
-
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-@pytest.mark.parametrize("n", [1000, GRAIN, GRAIN + 1, 98_304, 1_000_003])
-def test_weight_scale_mean_does_not_depend_on_the_thread_count(threads, n, dtype):
-    """The whole-tensor mean behind s_w (and the per-tensor absmean grid's, QuIP's RMS) is the same on
-    1, 2 and 3 threads, and equal to torch's own mean on 2 threads, the count every committed row was
-    computed with."""
-    w = torch.randn(n, generator=torch.Generator().manual_seed(n), dtype=dtype) * 0.02
-    for view in (w, w[: n - n % 100].view(100, -1).T):  # a transposed weight is summed as stored, as torch does
-        got = []
-        for count in (1, 2, 3):
-            threads(count)
-            got.append(mean_in_fixed_order(view.abs()))
-        threads(2)
-        assert all(torch.equal(g, view.abs().mean()) for g in got)
-
-
-@pytest.mark.parametrize("kind", ["bitnet_b158", "bitnet_b1"])
-def test_bitnet_training_does_not_depend_on_the_thread_count(threads, kind):
-    """A few training steps on 1 and on 2 threads give the same weights, bit for bit (a Ray worker runs
-    1 thread, this machine's local run 2). With torch's mean, b1.58 parted after a few steps."""
-    from ptq_bench.models.build import ArchConfig, build_model
-    from ptq_bench.models.train import forward_loss, make_optimizer, make_schedule, update
-
-    arch = ArchConfig(hidden_size=192, intermediate_size=512, num_layers=1, num_heads=4, max_seq_len=64)
-    states = []
-    for count in (1, 2):
-        threads(count)
-        model = build_model(kind, arch, 512, seed=0)
-        opt = make_optimizer(model, make_schedule(kind))
-        g = torch.Generator().manual_seed(1)
-        for _ in range(12):
-            update(model, opt, forward_loss(model, torch.randint(0, 512, (8, 33), generator=g)), 1.0)
-        states.append(model.state_dict())
-    assert all(torch.equal(states[0][k], states[1][k]) for k in states[0])

@@ -8,6 +8,8 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
+from ptq_bench.fixed_order import lapack_threads
+
 
 def inverse_hessian_factor(H: Tensor, damp: float) -> Tensor:
     """Upper Cholesky factor U of (H + damp * mean(diag H) I)^-1, computed in H's own storage.
@@ -20,9 +22,10 @@ def inverse_hessian_factor(H: Tensor, damp: float) -> Tensor:
     H.diagonal().add_(damp * torch.mean(torch.diag(H)))  # diag: a contiguous copy, summed as the reference sums it
     _mirror_lower(H)
     A = H.T  # column-major
-    torch.linalg.cholesky(A, out=A)
-    torch.cholesky_inverse(A, out=A)
-    torch.linalg.cholesky(A, upper=True, out=A)
+    with lapack_threads():  # the factor, and every row computed from it, is the same at any thread count
+        torch.linalg.cholesky(A, out=A)
+        torch.cholesky_inverse(A, out=A)
+        torch.linalg.cholesky(A, upper=True, out=A)
     return A
 
 
