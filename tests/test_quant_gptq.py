@@ -8,6 +8,7 @@ import pytest
 import torch
 from quant_fixtures import calib_tokens, linear_errors, quantized_copy, tiny_llama
 
+from ptq_bench.fixed_order import lapack_threads
 from ptq_bench.quant.calibrate import capture_inputs, decoder_layers, quantizable_linears, run_layer
 from ptq_bench.quant.gptq import GPTQConfig, gptq_solve
 from ptq_bench.quant.ldlq import inverse_hessian_factor
@@ -71,11 +72,13 @@ def test_lazy_blocks_do_not_change_the_result():
 
 
 def _out_of_place_factor(H, damp):
-    """The factor as it was computed before it moved into H's storage (and as the reference computes it)."""
+    """The factor as it was computed before it moved into H's storage (and as the reference computes it), on
+    the LAPACK thread count the factor is defined on (other tests leave torch on 1 thread)."""
     H = H.clone()
     idx = torch.arange(H.shape[0])
     H[idx, idx] += damp * torch.mean(torch.diag(H))
-    return torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(H)), upper=True)
+    with lapack_threads():
+        return torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(H)), upper=True)
 
 
 @pytest.mark.parametrize(("cols", "damp"), [(48, 0.01), (80, 0.1), (200, 0.01)])
