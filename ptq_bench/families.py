@@ -313,11 +313,11 @@ def family_of_config(config: Any) -> Family:
     whose config values it has; none is a one-line RecipeError."""
     model_type = _get(config, "model_type")
     options = layouts(str(model_type))
-    for family in options:
-        if not _unmet(family, config):
-            return family
+    unmet = [_unmet(family, config) for family in options]
+    if [] in unmet:
+        return options[unmet.index([])]
     if len(options) == 1:
-        key, value, expected = _unmet(options[0], config)[0]
+        key, value, expected = unmet[0][0]
         why = f"with {key}={value!r} is not supported (its layout assumes {expected!r})"
     else:
         values = ", ".join(f"{k}={_get(config, k)!r}" for k in config_keys(str(model_type)))

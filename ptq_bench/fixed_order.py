@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 
 import torch
 from torch import Tensor
@@ -33,22 +33,14 @@ def mean_in_fixed_order(t: Tensor) -> Tensor:
     if t.device.type != "cpu":
         return t.mean()
     flat = in_memory_order(t)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with torch_threads(1):
         halves = [part.sum() for part in flat.tensor_split(1 if flat.numel() <= GRAIN else 2)]
-    finally:
-        torch.set_num_threads(threads)
     return sum(halves[1:], halves[0]) / flat.numel()
 
 
 @contextmanager
-def lapack_threads(count: int = 2) -> Iterator[None]:
-    """Run the enclosed CPU factorizations (Cholesky, its inverse) on `count` threads, whatever torch's
-    own count. LAPACK splits their sums by thread, so GPTQ's and QuIP's inverse-Hessian factor, and with it
-    their rows, moved with the thread count (a Ray task runs `cpus_per_cell` threads, a local run all
-    cores): up to 0.07% in the quickstart's perplexities. 2, the count of this project's machine, where every
-    committed row was computed."""
+def torch_threads(count: int) -> Iterator[None]:
+    """Run the enclosed CPU work on `count` torch threads, whatever the process's count, then restore it."""
     before = torch.get_num_threads()
     torch.set_num_threads(count)
     try:
@@ -57,4 +49,13 @@ def lapack_threads(count: int = 2) -> Iterator[None]:
         torch.set_num_threads(before)
 
 
-__all__ = ["GRAIN", "lapack_threads", "mean_in_fixed_order"]
+def lapack_threads() -> AbstractContextManager[None]:
+    """The thread count CPU factorizations (Cholesky, its inverse) run on, whatever torch's own count.
+    LAPACK splits their sums by thread, so GPTQ's and QuIP's inverse-Hessian factor, and with it their rows,
+    moved with the thread count (a Ray task runs `cpus_per_cell` threads, a local run all cores): up to
+    0.07% in the quickstart's perplexities. 2, the count of this project's machine, where every committed
+    row was computed."""
+    return torch_threads(2)
+
+
+__all__ = ["GRAIN", "lapack_threads", "mean_in_fixed_order", "torch_threads"]
