@@ -127,14 +127,16 @@ def _ls(args: argparse.Namespace) -> int:
         ptq = "PTQ target" if kind.ptq_default else "PTQ allowed" if kind.ptq_allowed else "no PTQ"
         bits = "W{}A{}".format(*kind.native_bits)
         print(f"  {kind.name:<12} {kind.display:<13} {bits:<9} {how}, {ptq}")
-    from ptq_bench.families import SUPPORTED_MODEL_TYPES, layouts
+    from ptq_bench.families import EXPERT, SUPPORTED_MODEL_TYPES, layouts
 
     print("model families (config.model_type of a 'source:' checkpoint):")
     for name in SUPPORTED_MODEL_TYPES:
         for fam in layouts(name):
             norms = "/".join(sorted({pair.kind for pair in fam.smooth})) or f"{fam.unsmoothable}: no SmoothQuant"
             notes = ["low-bit: no PTQ" if fam.low_bit else norms, *(f"needs {k}={v!r}" for k, v in fam.requires)]
-            print(f"  {name:<12} {len(fam.linears)} linears per block, {', '.join(notes)}")
+            per_expert = sum(EXPERT in n.split(".") for n in fam.linears)
+            count = f"{len(fam.linears) - per_expert} linears per block" + (f" + {per_expert} per expert" * bool(per_expert))
+            print(f"  {name:<12} {count}, {', '.join(notes)}")
     return 0
 
 

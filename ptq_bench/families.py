@@ -64,11 +64,29 @@ class Family:
     low_bit: bool = False  # the family's linears are already low-bit: PTQ is refused
     requires: tuple[tuple[str, Any], ...] = ()  # config values this layout assumes (else unsupported; OneOf: any)
     unsmoothable: str = "no norm feeds a linear"  # why `smooth` is empty, when it is (SmoothQuant's refusal)
+    experts: str = ""  # mixture of experts: where the block's fused experts are (models.experts unfuses them)
+    floats: tuple[str, ...] = ()  # modules that stay in float (routers, shared-expert gates); may be smoothed
 
     @property
     def linears(self) -> tuple[str, ...]:
-        """Every quantized linear of a block, in sequential order."""
+        """Every quantized linear of a block, in sequential order (an EXPERT name stands for every expert's)."""
         return tuple(name for group in self.groups for name in group)
+
+
+EXPERT = "*"  # in a linear's name: the expert index (`mlp.experts.*.down_proj`: one linear per expert)
+
+
+def is_named(name: str, registry_name: str) -> bool:
+    """Whether a block's module name is a registry name (an EXPERT part matching any expert's index)."""
+    a, b = name.split("."), registry_name.split(".")
+    return len(a) == len(b) and all(p == q or (q == EXPERT and p.isdigit()) for p, q in zip(a, b))
+
+
+def expert_names(name: str, n_experts: int) -> tuple[str, ...]:
+    """The names a registry name stands for in a block with `n_experts` experts (itself, if it has no EXPERT)."""
+    if EXPERT not in name.split("."):
+        return (name,)
+    return tuple(".".join(str(e) if part == EXPERT else part for part in name.split(".")) for e in range(n_experts))
 
 
 @dataclass(frozen=True)
@@ -152,6 +170,24 @@ NEOX = _pre_ln("gpt_neox.layers", ("input_layernorm", "post_attention_layernorm"
                "attention.dense", "mlp.dense_h_to_4h", "mlp.dense_4h_to_h")
 # Apertus / Apertus 1.5: xIELU MLP without a gate; its norms are named attention_ / feedforward_layernorm
 APERTUS = _llama_like(attn_norm="attention_layernorm", mlp_norm="feedforward_layernorm", mlp_in=("mlp.up_proj",))
+
+
+def _moe(shared: bool = False, requires: tuple[tuple[str, Any], ...] = ()) -> Family:
+    """Llama's block with a sparse mixture of experts for its MLP: transformers 5's router `mlp.gate` and fused
+    `mlp.experts` (a gate_up / down linear pair per expert once `models.experts` unfuses them); `shared`:
+    Qwen2-MoE's always-on expert and its sigmoid gate. Routers stay float (as in GPTQModel, llm-compressor) and
+    are smoothed with every expert, as SmoothQuant's own Mixtral code does: the MLP norm feeds them all."""
+    sh = ("mlp.shared_expert.",) if shared else ()
+    mlp_in = (*(p + n for p in sh for n in ("gate_proj", "up_proj")), f"mlp.experts.{EXPERT}.gate_up_proj")
+    mlp_out = (*(p + "down_proj" for p in sh), f"mlp.experts.{EXPERT}.down_proj")
+    floats = ("mlp.gate", *(("mlp.shared_expert_gate",) if shared else ()))
+    return Family("model.layers", (QKV, ("self_attn.o_proj",), mlp_in, mlp_out),
+                  (Smooth("input_layernorm", QKV, "gain"), Smooth("post_attention_layernorm", (*floats, *mlp_in), "gain")),
+                  fused=(mlp_in[-1],), requires=requires, experts="mlp.experts", floats=floats)
+
+
+# Qwen2/3-MoE: every block sparse only with decoder_sparse_step 1 and no mlp_only_layers (the released ones)
+QWEN_MOE = (("decoder_sparse_step", 1), ("mlp_only_layers", OneOf(([], None))))
 
 
 def _falcon(norms: tuple[str, ...], **requires: Any) -> Family:
@@ -268,6 +304,11 @@ FAMILIES: dict[str, Family | tuple[Family, ...]] = {
     "falcon": FALCON,
     # CodeGen: GPT-J's parallel block with q/k/v fused in one linear
     "codegen": _parallel("transformer.h", "ln_1", ("attn.qkv_proj",), "attn.out_proj", ("mlp.fc_in",), "mlp.fc_out"),
+    # mixtures of experts: transformers' fused experts become one linear pair per expert (models.experts)
+    "mixtral": _moe(),
+    "olmoe": _moe(),  # with q/k norms after the projections
+    "qwen3_moe": _moe(requires=QWEN_MOE),
+    "qwen2_moe": _moe(shared=True, requires=QWEN_MOE),
     # transformers' BitNet (b1.58 checkpoints, `quant_method: bitnet`): linears re-ternarize on every call
     "bitnet": _llama_like(low_bit=True),
 }
@@ -355,5 +396,5 @@ def low_bit_reason(config: Any) -> str | None:
     return f"family '{model_type}'" if layouts(str(model_type))[0].low_bit else None
 
 
-__all__ = ["FAMILIES", "Family", "LOW_BIT_CLASSES", "NORM_KINDS", "OneOf", "SUPPORTED_MODEL_TYPES", "Smooth",
-           "config_keys", "family_of_config", "layout_problem", "layouts", "low_bit_reason", "smoothing_refusal"]
+__all__ = ["EXPERT", "FAMILIES", "Family", "LOW_BIT_CLASSES", "NORM_KINDS", "OneOf", "SUPPORTED_MODEL_TYPES", "Smooth",
+           "config_keys", "expert_names", "family_of_config", "is_named", "layout_problem", "layouts", "low_bit_reason", "smoothing_refusal"]

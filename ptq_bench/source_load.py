@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from ptq_bench.errors import RecipeError
+from ptq_bench.models.experts import unfuse_experts
 from ptq_bench.sources import SourceInfo, checked_family, kind_of
 
 
@@ -35,6 +36,7 @@ def load_source(info: SourceInfo, device: str = "cpu", *, tokenizer: bool = True
     else:
         model, kind = _load_pretrained(info)
     tok = _load_tokenizer(info) if tokenizer and info.has_tokenizer else None
+    unfuse_experts(model)  # a mixture of experts: one linear pair per expert, for every cell alike
     return model.to(device).eval(), tok, kind
 
 

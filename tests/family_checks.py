@@ -16,8 +16,15 @@ import torch.nn as nn
 from tiny_families import FAMILY_CONFIGS, tiny_config, tiny_model
 
 from ptq_bench.families import Family, family_of_config
+from ptq_bench.models.experts import unfuse_experts
 from ptq_bench.quant import METHODS, load_all
-from ptq_bench.quant.calibrate import decoder_layers, model_family, quantizable_linears, run_blockwise
+from ptq_bench.quant.calibrate import (
+    block_names,
+    decoder_layers,
+    model_family,
+    quantizable_linears,
+    run_blockwise,
+)
 from ptq_bench.quant.linears import GRID_ATTR, is_linear, weight_matrix
 from ptq_bench.quant.primitives import on_grid
 
@@ -72,11 +79,13 @@ def _build(case: str) -> nn.Module:
 def lively_model(model_type: str, seed: int = 0) -> nn.Module:
     """A tiny model of the family whose blocks matter (see the module docstring)."""
     model = _build(model_type)
+    unfuse_experts(model)
     family = family_of_config(model.config)
     g = torch.Generator().manual_seed(seed)
     for layer in model.get_submodule(family.blocks):
-        for m in layer.modules():
-            if is_linear(m):
+        floats = [layer.get_submodule(name) for name in family.floats]  # routers: decisive, not near ties
+        for m in [*layer.modules()]:
+            if is_linear(m) or any(m is f for f in floats):
                 w = weight_matrix(m)
                 w.copy_(torch.randn(w.shape, generator=g) / w.shape[1] ** 0.5)
         for pair in family.smooth:
@@ -91,12 +100,16 @@ def lively_model(model_type: str, seed: int = 0) -> nn.Module:
 
 
 def count_block_linears(model: nn.Module) -> int:
-    """Every nn.Linear / Conv1D inside the decoder blocks, counted without the registry's names."""
-    return sum(is_linear(m) for layer in decoder_layers(model) for m in layer.modules())
+    """Every nn.Linear / Conv1D inside the decoder blocks but those the family keeps in float (Qwen2-MoE's
+    shared-expert gate), counted without the registry's linear names."""
+    floats = model_family(model).floats
+    return sum(is_linear(m) and not any(name.startswith(f) for f in floats)
+               for layer in decoder_layers(model) for name, m in layer.named_modules())
 
 
 def predicted_linears(model: nn.Module) -> int:
-    return len(decoder_layers(model)) * len(model_family(model).linears)
+    family = model_family(model)
+    return sum(len(block_names(layer, family, family.linears)) for layer in decoder_layers(model))
 
 
 @torch.no_grad()

@@ -19,6 +19,7 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from ptq_bench.eval.harness import TaskSuite  # noqa: E402
+from ptq_bench.models.experts import unfuse_experts  # noqa: E402
 
 pytestmark = pytest.mark.skipif(not (DATA / "hellaswag").is_dir(), reason=f"no data folder at {DATA}")
 TASKS = ["hellaswag", "winogrande", "arc_easy"]
@@ -39,9 +40,12 @@ def suites(tok):
 
 
 def build(name: str, vocab: int) -> torch.nn.Module:
-    """A family's tiny model; `<family>_wide`: the same with a sliding window longer than every prompt."""
+    """A family's tiny model, as the pipeline loads it (experts unfused); `<family>_wide`: the same with a
+    sliding window longer than every prompt."""
     if not name.endswith("_wide"):
-        return tiny_model(name, vocab_size=vocab)
+        model = tiny_model(name, vocab_size=vocab)
+        unfuse_experts(model)
+        return model
     from transformers import AutoModelForCausalLM
 
     cfg = tiny_config(name.removesuffix("_wide"), vocab)

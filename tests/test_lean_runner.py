@@ -16,6 +16,7 @@ from tiny_families import FAMILY_CONFIGS, tiny_model
 
 import ptq_bench.quant.apply as apply
 from ptq_bench.errors import QuantError
+from ptq_bench.models.experts import unfuse_experts
 from ptq_bench.quant import get_method
 from ptq_bench.quant.apply import hessian_stat
 from ptq_bench.quant.calibrate import Call, _collect, run_blockwise
@@ -44,6 +45,7 @@ def groups(stats: dict) -> list[list[str]]:
 @pytest.mark.parametrize("true_sequential", [False, True])
 def test_shared_statistics_equal_one_per_linear(family, true_sequential):
     model = tiny_model(family)
+    unfuse_experts(model)  # as loading does
     shared, separate = statistics(model, True, true_sequential=true_sequential), \
         statistics(model, False, true_sequential=true_sequential)
     assert [sorted(g) for g in shared] == [sorted(g) for g in separate]

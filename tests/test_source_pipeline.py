@@ -51,7 +51,12 @@ def recipe(tmp_path: Path, models: dict, quantize: list) -> Path:
     return path
 
 
-@pytest.mark.parametrize("model_type", ["mistral", "gpt2", "falcon:rw"])  # falcon:rw: ALiBi, a bias, 4 linears
+# block linears of the 2-block tiny checkpoints: falcon:rw has ALiBi, a bias and 4 linears per block; the
+# mixtures of experts 4 experts of 2 linears each (Qwen2-MoE: and a shared expert of 3)
+LINEARS = {"mistral": 14, "gpt2": 8, "falcon:rw": 8, "mixtral": 24, "qwen2_moe": 30}
+
+
+@pytest.mark.parametrize("model_type", list(LINEARS))
 def test_source_models_run_end_to_end(tmp_path, tokenizer_dir, model_type):
     src = checkpoint(tmp_path, model_type, tokenizer_dir)
     path = recipe(tmp_path, {"m": {"source": str(src)}},
@@ -64,7 +69,7 @@ def test_source_models_run_end_to_end(tmp_path, tokenizer_dir, model_type):
     assert (base.model_kind, base.w_bits, base.a_bits) == ("fp16", 16, 16)
     assert base.protocol["path"].startswith("fast:")
     for label in ("absmax W2A16", "gptq W3A16"):
-        assert rows[label].quant["n_linears"] == (14 if model_type == "mistral" else 8)
+        assert rows[label].quant["n_linears"] == LINEARS[model_type]
         assert rows[label].metrics != base.metrics  # the PTQ row is not its baseline
 
 

@@ -101,6 +101,13 @@ FAMILY_CONFIGS: dict[str, tuple[str, dict[str, Any]]] = {
     "falcon:40b": ("FalconConfig", {**FALCON, "new_decoder_architecture": True, "num_kv_heads": 2}),
     "falcon:rw": ("FalconConfig", {**FALCON, "parallel_attn": False, "multi_query": False, "alibi": True,
                                    "bias": True}),
+    # mixtures of experts: 4 experts, 2 per token (models/experts.py unfuses them)
+    "mixtral": ("MixtralConfig", {**COMMON, "num_local_experts": 4, "num_experts_per_tok": 2}),
+    "olmoe": ("OlmoeConfig", {**COMMON, "num_experts": 4, "num_experts_per_tok": 2}),
+    "qwen3_moe": ("Qwen3MoeConfig", {**COMMON, "head_dim": 16, "num_experts": 4, "num_experts_per_tok": 2,
+                                     "moe_intermediate_size": 32}),
+    "qwen2_moe": ("Qwen2MoeConfig", {**COMMON, "num_experts": 4, "num_experts_per_tok": 2, "moe_intermediate_size": 32,
+                                     "shared_expert_intermediate_size": 64}),
 }
 
 

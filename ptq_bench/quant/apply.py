@@ -26,6 +26,7 @@ from torch import Tensor
 
 from ptq_bench.errors import QuantError
 from ptq_bench.families import Family
+from ptq_bench.models.experts import unfuse_experts
 from ptq_bench.quant.calibrate import (
     GroupCallback,
     StatFactory,
@@ -150,6 +151,7 @@ def quantize_model(
     t0 = time.perf_counter()
     family = model_family(model)
     refuse_low_bit(model)
+    unfuse_experts(model)  # a mixture of experts: one linear pair per expert (no-op when done at loading)
     grids: dict[str, tuple[nn.Module, Grid | None]] = {}
     losses: list[float] = []
 

@@ -32,7 +32,8 @@ import torch
 import torch.nn as nn
 
 from ptq_bench.errors import QuantError
-from ptq_bench.families import Family, family_of_config
+from ptq_bench.families import Family, expert_names, family_of_config
+from ptq_bench.models.experts import LinearExperts
 from ptq_bench.quant.linears import is_conv1d, is_linear
 from ptq_bench.quant.placement import Placement, current_placement
 from ptq_bench.quant.statistics import SharedInputs
@@ -71,10 +72,27 @@ def first_blocks(model: nn.Module, k: int) -> nn.Module:
         setattr(parent, leaf, layers)
 
 
+def block_names(layer: nn.Module, family: Family, names: tuple[str, ...]) -> tuple[str, ...]:
+    """Registry names as the block's own: an expert's name (`families.EXPERT`) once per expert of the block,
+    whose experts must be unfused (`models.experts.unfuse_experts`, which `quantize_model` runs)."""
+    if not family.experts:
+        return names
+    experts = layer.get_submodule(family.experts)
+    if not isinstance(experts, LinearExperts):
+        raise QuantError(f"{type(layer).__name__}.{family.experts}: fused experts ({type(experts).__name__}); "
+                         "unfuse them first (models.experts.unfuse_experts)")
+    return tuple(full for name in names for full in expert_names(name, len(experts)))
+
+
+def _kept_float(name: str, family: Family) -> bool:
+    return any(name == f or name.startswith(f + ".") for f in family.floats)
+
+
 def block_linears(layer: nn.Module, family: Family) -> dict[str, nn.Module]:
-    """The block's linears the family names, in sequential order; any mismatch with the block is an error."""
+    """The block's linears the family names, in sequential order; any mismatch with the block is an error
+    (modules the family keeps in float, e.g. routers, are not the block's linears)."""
     out: dict[str, nn.Module] = {}
-    for name in family.linears:
+    for name in block_names(layer, family, family.linears):
         try:
             module = layer.get_submodule(name)
         except AttributeError:
@@ -83,7 +101,7 @@ def block_linears(layer: nn.Module, family: Family) -> dict[str, nn.Module]:
             want = "Conv1D" if family.conv1d else "nn.Linear"
             raise QuantError(f"{type(layer).__name__}.{name}: expected {want}, found {type(module).__name__}")
         out[name] = module
-    extra = sorted(n for n, m in layer.named_modules() if is_linear(m) and n not in out)
+    extra = sorted(n for n, m in layer.named_modules() if is_linear(m) and n not in out and not _kept_float(n, family))
     if extra:
         raise QuantError(f"{type(layer).__name__}: linears the family registry does not name: {', '.join(extra)}")
     return out
@@ -294,7 +312,7 @@ def run_blockwise(
             linears, calls = block_linears(layer, family), inputs.calls[idx]
             float_out = None
             for names in plan:
-                group = {n: linears[n] for n in names}
+                group = {n: linears[n] for n in block_names(layer, family, names)}
                 wanted = not lean or (not sequential and float_out is None)  # the float outputs, once
                 stats, outs = _collect(layer, inputs.hidden, calls, group, make_stat, lean, outputs=wanted)
                 float_out = outs if float_out is None else float_out

@@ -14,6 +14,10 @@ per token (or tensor), on every linear of every block (o_proj and down_proj are 
 smoothed; fused projections such as Phi-3's qkv_proj are one target like any other). Activation
 maxima are collected on the float model, as the reference does.
 
+A mixture of experts' MLP norm feeds its router (kept in float), any shared expert and every expert: all are
+smoothed with one s, as the reference's Mixtral code does; a_j is the router's input maximum, i.e. the
+maximum over the experts' inputs (`norm_amax`).
+
 Not reproduced: the reference's optional output quantization of q/k/v (`quantize_bmm_input`).
 A pair that cannot be resolved (norm or target missing, widths that disagree) is an error, never a
 silent skip.
@@ -27,9 +31,9 @@ import torch
 import torch.nn as nn
 
 from ptq_bench.errors import QuantError
-from ptq_bench.families import Smooth, smoothing_refusal
+from ptq_bench.families import Family, Smooth, is_named, smoothing_refusal
 from ptq_bench.quant.apply import quantize_model, rtn_solver
-from ptq_bench.quant.calibrate import model_family
+from ptq_bench.quant.calibrate import block_names, model_family
 from ptq_bench.quant.configs import SmoothQuantConfig
 from ptq_bench.quant.linears import replace_weight, weight_matrix
 from ptq_bench.quant.registry import QuantReport, register
@@ -71,13 +75,15 @@ def smooth(norm: nn.Module, linears: list[nn.Module], act_amax: torch.Tensor, al
     return s
 
 
-def _resolve(layer: nn.Module, pair: Smooth, group: dict[str, nn.Module]) -> tuple[nn.Module, list[nn.Module]]:
-    """The norm module and target linears of a smoothing pair; anything missing is an error."""
+def _resolve(layer: nn.Module, family: Family, pair: Smooth,
+             group: dict[str, nn.Module]) -> tuple[nn.Module, list[nn.Module]]:
+    """The norm module and every module it feeds (the group's linears, and modules the family keeps in float,
+    e.g. a router); anything missing is an error."""
     try:
         norm = layer.get_submodule(pair.norm)
     except AttributeError:
         norm = None
-    fcs = [group.get(t) for t in pair.targets]
+    fcs = [_float(layer, n) if n in family.floats else group.get(n) for n in block_names(layer, family, pair.targets)]
     weight = getattr(norm, "weight", None)
     if weight is None or any(m is None for m in fcs):
         raise QuantError(f"{type(layer).__name__}: cannot resolve smoothing pair {pair.norm} -> {', '.join(pair.targets)}")
@@ -86,21 +92,38 @@ def _resolve(layer: nn.Module, pair: Smooth, group: dict[str, nn.Module]) -> tup
     return norm, fcs
 
 
+def _float(layer: nn.Module, name: str) -> nn.Module | None:
+    try:
+        return layer.get_submodule(name)
+    except AttributeError:
+        return None
+
+
+def norm_amax(layer: nn.Module, family: Family, pair: Smooth, stats: dict[str, Any]) -> torch.Tensor:
+    """max|x| per channel of the norm's output: over the inputs of every quantized linear it feeds. Linears
+    reading the whole output share one statistic; experts each read their tokens, and every token reaches
+    one expert at least, so their maximum is the whole output's, exactly (the router's input)."""
+    probes = {id(stats[n]): stats[n] for n in block_names(layer, family, pair.targets) if n not in family.floats}
+    return torch.stack([stat.amax for stat in probes.values()]).amax(dim=0)
+
+
 @register("smoothquant")
 def quantize_smoothquant(model: nn.Module, cfg: SmoothQuantConfig, calib: torch.Tensor) -> QuantReport:
     """Smooth every norm -> linears pair of the family, then absmax W/A fake quantization of every linear."""
-    pairs = model_family(model).smooth
-    probes = {pair.targets[0] for pair in pairs}  # a pair's targets share the norm's output
+    family = model_family(model)
+    pairs = family.smooth
+    probes = [t for pair in pairs for t in pair.targets if t not in family.floats]  # linears fed by a norm
     details: dict[str, Any] = {"smoothed_norms": 0}
 
     def smooth_block(idx: int, layer: nn.Module, group: dict[str, nn.Module], stats: dict[str, Any]) -> None:
         for pair in pairs:
-            norm, fcs = _resolve(layer, pair, group)
-            smooth(norm, fcs, stats[pair.targets[0]].amax, cfg.alpha, pair.kind)
+            norm, fcs = _resolve(layer, family, pair, group)
+            smooth(norm, fcs, norm_amax(layer, family, pair, stats), cfg.alpha, pair.kind)
             details["smoothed_norms"] += 1
 
     def make_stat(name: str, linear: nn.Module) -> ChannelAbsMax | None:
-        return ChannelAbsMax(stat_inputs(linear), linear.weight.device) if name in probes else None
+        fed = any(is_named(name, probe) for probe in probes)
+        return ChannelAbsMax(stat_inputs(linear), linear.weight.device) if fed else None
 
     if not pairs:
         raise QuantError(smoothing_refusal(model.config.model_type))

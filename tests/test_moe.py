@@ -1,0 +1,162 @@
+"""Mixtures of experts (models/experts.py): the unfused experts compute transformers' own model, every
+expert's statistics come from exactly the tokens the model routes to it (checked against transformers'
+fused block and router, not our hooks), an expert no calibration token reaches is an error, and offload
+of such a model is refused at `validate`.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+import torch.nn as nn
+from family_checks import calib_tokens, lively_model, quantize
+from test_source_pipeline import checkpoint, recipe, tokenizer_dir  # noqa: F401  (a fixture)
+from tiny_families import tiny_model
+
+from ptq_bench.cli import main
+from ptq_bench.errors import QuantError
+from ptq_bench.models.experts import LinearExperts, unfuse_experts
+from ptq_bench.quant.apply import hessian_stat
+from ptq_bench.quant.calibrate import run_blockwise
+
+MOE = ["mixtral", "olmoe", "qwen3_moe", "qwen2_moe"]
+
+
+@torch.no_grad()
+def fused_model(model_type: str, implementation: str = "eager") -> nn.Module:
+    """transformers' own tiny model of the family, block weights redrawn at scale 1/sqrt(in) so that routing
+    is decisive and every expert matters."""
+    model = tiny_model(model_type)
+    model.set_experts_implementation(implementation)
+    g = torch.Generator().manual_seed(3)
+    for p in model.model.layers.parameters():
+        if p.dim() >= 2:
+            p.copy_(torch.randn(p.shape, generator=g) / p.shape[-1] ** 0.5)
+    return model
+
+
+@torch.no_grad()
+def logits(model: nn.Module, tokens: torch.Tensor) -> torch.Tensor:
+    return model(tokens, use_cache=False).logits
+
+
+@pytest.mark.parametrize("model_type", MOE)
+def test_unfused_experts_compute_transformers_model(model_type):
+    ref = fused_model(model_type)
+    ours = copy.deepcopy(ref)
+    assert unfuse_experts(ours) == 2 and unfuse_experts(ours) == 0  # both blocks, once
+    assert all(isinstance(layer.mlp.experts, LinearExperts) for layer in ours.model.layers)
+    tokens = calib_tokens(2, 32, seed=5)
+    assert torch.equal(logits(ref, tokens), logits(ours, tokens))  # transformers' eager loop, bit for bit
+    default = fused_model(model_type, "grouped_mm")  # transformers' default experts implementation
+    assert torch.allclose(logits(default, tokens), logits(ours, tokens), atol=1e-5, rtol=0)
+
+
+def moe_input(model: nn.Module, tokens: torch.Tensor, block: int) -> torch.Tensor:
+    """The MoE block's input (its norm's output) in `block`, (tokens, hidden)."""
+    seen = []
+    hook = model.model.layers[block].mlp.register_forward_pre_hook(lambda _m, a: seen.append(a[0]))
+    logits(model, tokens)
+    hook.remove()
+    return seen[0].reshape(-1, seen[0].shape[-1])
+
+
+def routed_inputs(model: nn.Module, tokens: torch.Tensor, block: int) -> dict[str, torch.Tensor]:
+    """Every expert's gate_up and down inputs in `block`, from transformers' fused block: its router's top-k
+    choice on the block's MoE input, its gate_up weights and activation."""
+    moe, x = model.model.layers[block].mlp, moe_input(model, tokens, block)
+    _, _, chosen = moe.gate(x)
+    out = {}
+    for e in range(moe.experts.gate_up_proj.shape[0]):
+        xe = x[(chosen == e).any(dim=-1)]
+        gate, up = (xe @ moe.experts.gate_up_proj[e].T).chunk(2, dim=-1)
+        out[f"mlp.experts.{e}.gate_up_proj"], out[f"mlp.experts.{e}.down_proj"] = xe, moe.experts.act_fn(gate) * up
+    return out
+
+
+@pytest.mark.parametrize("model_type", ["mixtral", "qwen2_moe"])
+def test_each_experts_hessian_is_its_routed_tokens(model_type):
+    ref = fused_model(model_type)
+    tokens = calib_tokens(4, 32)
+    want = {**{(0, n): x for n, x in routed_inputs(ref, tokens, 0).items()},
+            **{(1, n): x for n, x in routed_inputs(ref, tokens, 1).items()}}
+    ours, got = copy.deepcopy(ref), {}
+    unfuse_experts(ours)
+
+    def keep(idx: int, layer: nn.Module, group: dict, stats: dict) -> None:
+        got.update({(idx, n): copy.deepcopy(stats[n]) for n in group if "experts." in n})
+
+    run_blockwise(ours, tokens, hessian_stat, keep, true_sequential=True)
+    assert set(got) == set(want)
+    for key, x in want.items():
+        assert got[key].n == x.shape[0] > 0, key
+        h = 2 / x.shape[0] * x.double().T @ x.double()
+        assert torch.allclose(got[key].H.double(), h, rtol=1e-5, atol=1e-6), key
+
+
+class AvoidExpert(nn.Module):
+    """A router that never picks expert `e` (its choice goes to expert 0 instead)."""
+
+    def __init__(self, router: nn.Module, e: int) -> None:
+        super().__init__()
+        self.router, self.e = router, e
+
+    def forward(self, x: torch.Tensor) -> tuple:
+        logits_, weights, chosen = self.router(x)
+        return logits_, weights, torch.where(chosen == self.e, 0, chosen)
+
+
+@pytest.mark.parametrize("method", ["gptq", "quip"])
+def test_an_expert_no_calibration_token_reaches_is_an_error(method):
+    model = lively_model("mixtral")
+    model.model.layers[1].mlp.gate = AvoidExpert(model.model.layers[1].mlp.gate, 3)
+    with pytest.raises(QuantError, match=r"no calibration input reached mlp\.experts\.3\.gate_up_proj"):
+        quantize(model, method, calib_tokens(4, 32), w_bits=4)
+
+
+def test_offload_of_a_mixture_of_experts_is_refused_at_validate(tmp_path, tokenizer_dir, capsys):  # noqa: F811
+    src = checkpoint(tmp_path, "mixtral", tokenizer_dir)
+    path = recipe(tmp_path, {"m": {"source": str(src)}}, [{"method": "gptq", "w_bits": 4}])
+    path.write_text(path.read_text() + "offload: true\n")
+    capsys.readouterr()
+    assert main(["validate", str(path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "offload does not stream mixture-of-experts blocks" in err, err
+    assert main(["run", str(path)]) == 2 and not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("model_type", ["mixtral", "qwen2_moe"])
+def test_smoothquant_scales_are_the_references(model_type):
+    """SmoothQuant's Mixtral code: s from max|x| at the router's input (the whole norm output) and max|W| over
+    the router and every expert's gate and up (and Qwen2-MoE's shared expert and its gate), per block."""
+    ref, tokens = fused_model(model_type), calib_tokens(4, 32)
+    q, rep = quantize(ref, "smoothquant", tokens, alpha=0.5, w_bits=16, a_bits=16)
+    assert rep.details["smoothed_norms"] == 4
+    for i, layer in enumerate(ref.model.layers):
+        moe = layer.mlp
+        x = moe_input(ref, tokens, i)
+        a = x.abs().amax(dim=0)
+        shared = [moe.shared_expert_gate.weight, moe.shared_expert.gate_proj.weight,
+                  moe.shared_expert.up_proj.weight] if model_type == "qwen2_moe" else []
+        w = torch.cat([moe.gate.weight, *shared, *moe.experts.gate_up_proj]).abs().amax(dim=0).clamp(min=1e-5)
+        s = (a.pow(0.5) / w.pow(0.5)).clamp(min=1e-5)
+        got = layer.post_attention_layernorm.weight / q.model.layers[i].post_attention_layernorm.weight
+        assert torch.allclose(got, s, rtol=1e-5), (i, (got / s - 1).abs().max())
+
+
+def test_in_place_quantization_of_a_mixture_of_experts_gives_the_copys_rows(tmp_path, tokenizer_dir):  # noqa: F811
+    """`in_place: true` saves and restores the unfused blocks between cells (FloatBlocks): same rows."""
+    from ptq_bench.results import load_rows
+
+    src = checkpoint(tmp_path, "mixtral", tokenizer_dir)
+    rows = {}
+    for in_place in (False, True):
+        (tmp_path / str(in_place)).mkdir()
+        path = recipe(tmp_path / str(in_place), {"m": {"source": str(src)}},
+                      [{"method": "gptq", "w_bits": 3, "group_size": 32}, {"method": "smoothquant", "w_bits": 8}])
+        path.write_text(path.read_text() + f"in_place: {str(in_place).lower()}\n")
+        assert main(["run", str(path)]) == 0
+        rows[in_place] = {r.label: (r.metrics, r.quant.get("n_linears")) for r in load_rows(path.parent / "out", strict=True)}
+    assert rows[True] == rows[False] and len(rows[True]) == 3
