@@ -82,13 +82,6 @@ def is_named(name: str, registry_name: str) -> bool:
     return len(a) == len(b) and all(p == q or (q == EXPERT and p.isdigit()) for p, q in zip(a, b))
 
 
-def expert_names(name: str, n_experts: int) -> tuple[str, ...]:
-    """The names a registry name stands for in a block with `n_experts` experts (itself, if it has no EXPERT)."""
-    if EXPERT not in name.split("."):
-        return (name,)
-    return tuple(".".join(str(e) if part == EXPERT else part for part in name.split(".")) for e in range(n_experts))
-
-
 @dataclass(frozen=True)
 class OneOf:
     """A `requires` value met by any of several config values."""
@@ -172,17 +165,18 @@ NEOX = _pre_ln("gpt_neox.layers", ("input_layernorm", "post_attention_layernorm"
 APERTUS = _llama_like(attn_norm="attention_layernorm", mlp_norm="feedforward_layernorm", mlp_in=("mlp.up_proj",))
 
 
-def _moe(shared: bool = False, requires: tuple[tuple[str, Any], ...] = ()) -> Family:
-    """Llama's block with a sparse mixture of experts for its MLP: transformers 5's router `mlp.gate` and fused
+def _moe(shared: bool = False, requires: tuple[tuple[str, Any], ...] = (), router: str = "mlp.gate",
+         kind: str = "gain") -> Family:
+    """Llama's block with a sparse mixture of experts for its MLP: transformers 5's `router` and fused
     `mlp.experts` (a gate_up / down linear pair per expert once `models.experts` unfuses them); `shared`:
     Qwen2-MoE's always-on expert and its sigmoid gate. Routers stay float (as in GPTQModel, llm-compressor) and
     are smoothed with every expert, as SmoothQuant's own Mixtral code does: the MLP norm feeds them all."""
     sh = ("mlp.shared_expert.",) if shared else ()
     mlp_in = (*(p + n for p in sh for n in ("gate_proj", "up_proj")), f"mlp.experts.{EXPERT}.gate_up_proj")
     mlp_out = (*(p + "down_proj" for p in sh), f"mlp.experts.{EXPERT}.down_proj")
-    floats = ("mlp.gate", *(("mlp.shared_expert_gate",) if shared else ()))
+    floats = (router, *(("mlp.shared_expert_gate",) if shared else ()))
     return Family("model.layers", (QKV, ("self_attn.o_proj",), mlp_in, mlp_out),
-                  (Smooth("input_layernorm", QKV, "gain"), Smooth("post_attention_layernorm", (*floats, *mlp_in), "gain")),
+                  (Smooth("input_layernorm", QKV, kind), Smooth("post_attention_layernorm", (*floats, *mlp_in), kind)),
                   fused=(mlp_in[-1],), requires=requires, experts="mlp.experts", floats=floats)
 
 
@@ -309,6 +303,8 @@ FAMILIES: dict[str, Family | tuple[Family, ...]] = {
     "olmoe": _moe(),  # with q/k norms after the projections
     "qwen3_moe": _moe(requires=QWEN_MOE),
     "qwen2_moe": _moe(shared=True, requires=QWEN_MOE),
+    "phimoe": _moe(router="mlp.router", kind="layernorm"),  # Phi-3.5-MoE: LayerNorms with bias, sparsemixer
+    "flex_olmo": replace(_moe(), smooth=()),  # OLMo 2's post-norms: no norm feeds a linear
     # transformers' BitNet (b1.58 checkpoints, `quant_method: bitnet`): linears re-ternarize on every call
     "bitnet": _llama_like(low_bit=True),
 }
@@ -397,4 +393,4 @@ def low_bit_reason(config: Any) -> str | None:
 
 
 __all__ = ["EXPERT", "FAMILIES", "Family", "LOW_BIT_CLASSES", "NORM_KINDS", "OneOf", "SUPPORTED_MODEL_TYPES", "Smooth",
-           "config_keys", "expert_names", "family_of_config", "is_named", "layout_problem", "layouts", "low_bit_reason", "smoothing_refusal"]
+           "config_keys", "family_of_config", "is_named", "layout_problem", "layouts", "low_bit_reason", "smoothing_refusal"]

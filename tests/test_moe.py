@@ -13,15 +13,16 @@ import torch
 import torch.nn as nn
 from family_checks import calib_tokens, lively_model, quantize
 from test_source_pipeline import checkpoint, recipe, tokenizer_dir  # noqa: F401  (a fixture)
-from tiny_families import tiny_model
+from tiny_families import FAMILY_CONFIGS, tiny_config, tiny_model
 
 from ptq_bench.cli import main
 from ptq_bench.errors import QuantError
+from ptq_bench.families import family_of_config
 from ptq_bench.models.experts import LinearExperts, unfuse_experts
 from ptq_bench.quant.apply import hessian_stat
 from ptq_bench.quant.calibrate import run_blockwise
 
-MOE = ["mixtral", "olmoe", "qwen3_moe", "qwen2_moe"]
+MOE = [t for t in FAMILY_CONFIGS if family_of_config(tiny_config(t)).experts]
 
 
 @torch.no_grad()

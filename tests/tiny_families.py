@@ -108,6 +108,8 @@ FAMILY_CONFIGS: dict[str, tuple[str, dict[str, Any]]] = {
                                      "moe_intermediate_size": 32}),
     "qwen2_moe": ("Qwen2MoeConfig", {**COMMON, "num_experts": 4, "num_experts_per_tok": 2, "moe_intermediate_size": 32,
                                      "shared_expert_intermediate_size": 64}),
+    "phimoe": ("PhimoeConfig", {**COMMON, "num_local_experts": 4, "num_experts_per_tok": 2}),
+    "flex_olmo": ("FlexOlmoConfig", {**COMMON, "num_experts": 4, "num_experts_per_tok": 2}),
 }
 
 

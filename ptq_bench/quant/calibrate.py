@@ -32,7 +32,7 @@ import torch
 import torch.nn as nn
 
 from ptq_bench.errors import QuantError
-from ptq_bench.families import Family, expert_names, family_of_config
+from ptq_bench.families import EXPERT, Family, family_of_config
 from ptq_bench.models.experts import LinearExperts
 from ptq_bench.quant.linears import is_conv1d, is_linear
 from ptq_bench.quant.placement import Placement, current_placement
@@ -81,7 +81,9 @@ def block_names(layer: nn.Module, family: Family, names: tuple[str, ...]) -> tup
     if not isinstance(experts, LinearExperts):
         raise QuantError(f"{type(layer).__name__}.{family.experts}: fused experts ({type(experts).__name__}); "
                          "unfuse them first (models.experts.unfuse_experts)")
-    return tuple(full for name in names for full in expert_names(name, len(experts)))
+    parts = [name.split(".") for name in names]
+    return tuple(".".join(str(e) if p == EXPERT else p for p in split) for split in parts
+                 for e in range(len(experts) if EXPERT in split else 1))
 
 
 def _kept_float(name: str, family: Family) -> bool:
