@@ -26,10 +26,10 @@ MOE = [t for t in FAMILY_CONFIGS if family_of_config(tiny_config(t)).experts]
 
 
 @torch.no_grad()
-def fused_model(model_type: str, implementation: str = "eager") -> nn.Module:
+def fused_model(model_type: str, implementation: str = "eager", layers: int = 2) -> nn.Module:
     """transformers' own tiny model of the family, block weights redrawn at scale 1/sqrt(in) so that routing
     is decisive and every expert matters."""
-    model = tiny_model(model_type)
+    model = tiny_model(model_type, layers=layers)
     model.set_experts_implementation(implementation)
     g = torch.Generator().manual_seed(3)
     for p in model.model.layers.parameters():
@@ -95,6 +95,16 @@ def test_each_experts_hessian_is_its_routed_tokens(model_type):
         assert got[key].n == x.shape[0] > 0, key
         h = 2 / x.shape[0] * x.double().T @ x.double()
         assert torch.allclose(got[key].H.double(), h, rtol=1e-5, atol=1e-6), key
+
+
+@pytest.mark.parametrize("method", ["gptq", "quip"])
+def test_the_row_says_how_few_tokens_an_expert_saw(method):
+    """`fewest_expert_tokens`: the least any expert's Hessian saw, as transformers' router counts them (one block)."""
+    ref, tokens = fused_model("mixtral", layers=1), calib_tokens(4, 32)
+    routed = routed_inputs(ref, tokens, 0)
+    _, rep = quantize(ref, method, tokens, w_bits=4)
+    assert rep.details["fewest_expert_tokens"] == min(x.shape[0] for x in routed.values()) > 0
+    assert "fewest_expert_tokens" not in quantize(ref, "smoothquant", tokens, w_bits=8)[1].details  # no Hessians
 
 
 class AvoidExpert(nn.Module):

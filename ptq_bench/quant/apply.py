@@ -154,10 +154,13 @@ def quantize_model(
     unfuse_experts(model)  # a mixture of experts: one linear pair per expert (no-op when done at loading)
     grids: dict[str, tuple[nn.Module, Grid | None]] = {}
     losses: list[float] = []
+    expert_tokens: list[int] = []  # calibration tokens each expert's Hessian saw (mixtures of experts)
 
     def on_group(idx: int, layer: nn.Module, group: dict[str, nn.Module], stats: dict[str, Any]) -> None:
         if before_group is not None:
             before_group(idx, layer, group, stats)
+        expert_tokens.extend(stats[n].n for n in group if family.experts and n.startswith(f"{family.experts}.")
+                             and isinstance(stats.get(n), Hessian))
         for names in solve_runs(layer, family, group, stats, stack_shared):
             stat = take_stat(stats, *names)  # popped (a shared one copied): freed once solved
             if len(names) > 1:
@@ -180,12 +183,20 @@ def quantize_model(
         run_blockwise(model, calib, make_stat, on_group, true_sequential, sequential)
     if not grids:
         raise QuantError(f"{type(model).__name__}: no linear was quantized")
+    return _report(grids, time.perf_counter() - t0, losses, expert_tokens, details or {})
+
+
+def _report(grids: dict[str, tuple[nn.Module, Grid | None]], seconds: float, losses: list[float],
+            expert_tokens: list[int], details: dict[str, Any]) -> QuantReport:
+    """The QuantReport of `quantize_model`: bits over every quantized weight, the solvers' summed loss, and
+    for a mixture of experts the fewest calibration tokens any expert's Hessian saw."""
     extra = {"loss_sum": sum(losses)} if losses else {}
+    extra |= {"fewest_expert_tokens": min(expert_tokens)} if expert_tokens else {}
     return QuantReport(
         effective_bits=effective_bits([g for _, g in grids.values()], [m.weight.numel() for m, _ in grids.values()]),
-        seconds=time.perf_counter() - t0,
+        seconds=seconds,
         n_linears=len(grids),
-        details={**extra, **(details or {})},
+        details={**extra, **details},
     )
 
 
