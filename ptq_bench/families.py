@@ -66,6 +66,7 @@ class Family:
     unsmoothable: str = "no norm feeds a linear"  # why `smooth` is empty, when it is (SmoothQuant's refusal)
     experts: str = ""  # mixture of experts: where the block's fused experts are (models.experts unfuses them)
     floats: tuple[str, ...] = ()  # modules that stay in float (routers, shared-expert gates); may be smoothed
+    dense: Family | None = None  # the layout of a block without experts (a mixture of experts' dense blocks)
 
     @property
     def linears(self) -> tuple[str, ...]:
@@ -74,12 +75,6 @@ class Family:
 
 
 EXPERT = "*"  # in a linear's name: the expert index (`mlp.experts.*.down_proj`: one linear per expert)
-
-
-def is_named(name: str, registry_name: str) -> bool:
-    """Whether a block's module name is a registry name (an EXPERT part matching any expert's index)."""
-    a, b = name.split("."), registry_name.split(".")
-    return len(a) == len(b) and all(p == q or (q == EXPERT and p.isdigit()) for p, q in zip(a, b))
 
 
 @dataclass(frozen=True)
@@ -165,23 +160,27 @@ NEOX = _pre_ln("gpt_neox.layers", ("input_layernorm", "post_attention_layernorm"
 APERTUS = _llama_like(attn_norm="attention_layernorm", mlp_norm="feedforward_layernorm", mlp_in=("mlp.up_proj",))
 
 
-def _moe(shared: bool = False, requires: tuple[tuple[str, Any], ...] = (), router: str = "mlp.gate",
-         kind: str = "gain") -> Family:
+def _moe(router: str = "mlp.gate", kind: str = "gain", shared: str = "", shared_gate: str = "",
+         shared_last: bool = False) -> Family:
     """Llama's block with a sparse mixture of experts for its MLP: transformers 5's `router` and fused
-    `mlp.experts` (a gate_up / down linear pair per expert once `models.experts` unfuses them); `shared`:
-    Qwen2-MoE's always-on expert and its sigmoid gate. Routers stay float (as in GPTQModel, llm-compressor) and
-    are smoothed with every expert, as SmoothQuant's own Mixtral code does: the MLP norm feeds them all."""
-    sh = ("mlp.shared_expert.",) if shared else ()
-    mlp_in = (*(p + n for p in sh for n in ("gate_proj", "up_proj")), f"mlp.experts.{EXPERT}.gate_up_proj")
-    mlp_out = (*(p + "down_proj" for p in sh), f"mlp.experts.{EXPERT}.down_proj")
-    floats = (router, *(("mlp.shared_expert_gate",) if shared else ()))
+    `mlp.experts` (a gate_up / down linear pair per expert once `models.experts` unfuses them), and a `shared`
+    always-on expert (its path's prefix; run before the experts, or after with `shared_last`) with an optional
+    sigmoid `shared_gate`. Routers stay float (as in GPTQModel, llm-compressor) and are smoothed with every
+    expert, as SmoothQuant's own Mixtral code does. Blocks without experts (dense first layers, Qwen's
+    mlp_only_layers) have Llama's layout (`dense`)."""
+    sh = (shared,) if shared else ()
+    expert_in, expert_out = f"mlp.experts.{EXPERT}.gate_up_proj", f"mlp.experts.{EXPERT}.down_proj"
+    mlp_in = tuple(p + n for p in sh for n in ("gate_proj", "up_proj"))
+    mlp_in, mlp_out = ((expert_in, *mlp_in), (expert_out, *(p + "down_proj" for p in sh))) if shared_last else \
+        ((*mlp_in, expert_in), (*(p + "down_proj" for p in sh), expert_out))
+    floats = (router, *((shared_gate,) if shared_gate else ()))
     return Family("model.layers", (QKV, ("self_attn.o_proj",), mlp_in, mlp_out),
                   (Smooth("input_layernorm", QKV, kind), Smooth("post_attention_layernorm", (*floats, *mlp_in), kind)),
-                  fused=(mlp_in[-1],), requires=requires, experts="mlp.experts", floats=floats)
+                  fused=(expert_in,), experts="mlp.experts", floats=floats, dense=_llama_like(kind=kind))
 
 
-# Qwen2/3-MoE: every block sparse only with decoder_sparse_step 1 and no mlp_only_layers (the released ones)
-QWEN_MOE = (("decoder_sparse_step", 1), ("mlp_only_layers", OneOf(([], None))))
+# GLM-4.5/4.6 MoE, dots.llm1: a shared expert after the routed ones (and dense first blocks)
+SHARED_AFTER = _moe(shared="mlp.shared_experts.", shared_last=True)
 
 
 def _falcon(norms: tuple[str, ...], **requires: Any) -> Family:
@@ -301,8 +300,10 @@ FAMILIES: dict[str, Family | tuple[Family, ...]] = {
     # mixtures of experts: transformers' fused experts become one linear pair per expert (models.experts)
     "mixtral": _moe(),
     "olmoe": _moe(),  # with q/k norms after the projections
-    "qwen3_moe": _moe(requires=QWEN_MOE),
-    "qwen2_moe": _moe(shared=True, requires=QWEN_MOE),
+    "qwen3_moe": _moe(),
+    "qwen2_moe": _moe(shared="mlp.shared_expert.", shared_gate="mlp.shared_expert_gate"),
+    "glm4_moe": SHARED_AFTER,  # its router is fp32, with grouped top-k; q/k norms after the projections
+    "dots1": SHARED_AFTER,
     "phimoe": _moe(router="mlp.router", kind="layernorm"),  # Phi-3.5-MoE: LayerNorms with bias, sparsemixer
     "flex_olmo": replace(_moe(), smooth=()),  # OLMo 2's post-norms: no norm feeds a linear
     # transformers' BitNet (b1.58 checkpoints, `quant_method: bitnet`): linears re-ternarize on every call
@@ -393,4 +394,4 @@ def low_bit_reason(config: Any) -> str | None:
 
 
 __all__ = ["EXPERT", "FAMILIES", "Family", "LOW_BIT_CLASSES", "NORM_KINDS", "OneOf", "SUPPORTED_MODEL_TYPES", "Smooth",
-           "config_keys", "family_of_config", "is_named", "layout_problem", "layouts", "low_bit_reason", "smoothing_refusal"]
+           "config_keys", "family_of_config", "layout_problem", "layouts", "low_bit_reason", "smoothing_refusal"]

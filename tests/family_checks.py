@@ -19,6 +19,7 @@ from ptq_bench.families import Family, family_of_config
 from ptq_bench.models.experts import unfuse_experts
 from ptq_bench.quant import METHODS, load_all
 from ptq_bench.quant.calibrate import (
+    block_family,
     block_names,
     decoder_layers,
     model_family,
@@ -83,7 +84,7 @@ def lively_model(model_type: str, seed: int = 0) -> nn.Module:
     family = family_of_config(model.config)
     g = torch.Generator().manual_seed(seed)
     for layer in model.get_submodule(family.blocks):
-        floats = [layer.get_submodule(name) for name in family.floats]  # routers: decisive, not near ties
+        floats = [layer.get_submodule(name) for name in block_family(layer, family).floats]  # decisive routers
         for m in [*layer.modules()]:
             if is_linear(m) or any(m is f for f in floats):
                 w = weight_matrix(m)
@@ -103,13 +104,14 @@ def count_block_linears(model: nn.Module) -> int:
     """Every nn.Linear / Conv1D inside the decoder blocks but those the family keeps in float (Qwen2-MoE's
     shared-expert gate), counted without the registry's linear names."""
     floats = model_family(model).floats
-    return sum(is_linear(m) and not any(name.startswith(f) for f in floats)
+    return sum(is_linear(m) and not any(name == f or name.startswith(f"{f}.") for f in floats)
                for layer in decoder_layers(model) for name, m in layer.named_modules())
 
 
 def predicted_linears(model: nn.Module) -> int:
     family = model_family(model)
-    return sum(len(block_names(layer, family, family.linears)) for layer in decoder_layers(model))
+    return sum(len(block_names(layer, own, own.linears))
+               for layer in decoder_layers(model) for own in [block_family(layer, family)])
 
 
 @torch.no_grad()

@@ -8,7 +8,6 @@ keeps the logits; the block-by-block runner replays the real forward; BitNet che
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 import pytest
@@ -162,13 +161,11 @@ def test_a_layout_no_entry_of_a_several_layout_family_describes_is_refused(calib
                                                     ("gpt2", "add_cross_attention", True),
                                                     ("stablelm", "use_parallel_residual", True),
                                                     ("gpt_bigcode", "add_cross_attention", True),
-                                                    ("bloom", "apply_residual_connection_post_layernorm", True),
-                                                    ("qwen3_moe", "decoder_sparse_step", 2),  # dense MLPs between
-                                                    ("qwen2_moe", "mlp_only_layers", [1])])
+                                                    ("bloom", "apply_residual_connection_post_layernorm", True)])
 def test_layout_the_registry_does_not_describe_is_refused(calib, model_type, key, value):
     model = lively_model(model_type)
     setattr(model.config, key, value)
-    with pytest.raises(RecipeError, match=re.escape(f"{key}={value!r} is not supported")):
+    with pytest.raises(RecipeError, match=f"{key}={value!r} is not supported"):
         quantize(model, "absmax", calib, w_bits=4)
 
 

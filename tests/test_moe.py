@@ -47,8 +47,9 @@ def logits(model: nn.Module, tokens: torch.Tensor) -> torch.Tensor:
 def test_unfused_experts_compute_transformers_model(model_type):
     ref = fused_model(model_type)
     ours = copy.deepcopy(ref)
-    assert unfuse_experts(ours) == 2 and unfuse_experts(ours) == 0  # both blocks, once
-    assert all(isinstance(layer.mlp.experts, LinearExperts) for layer in ours.model.layers)
+    moe_blocks = [i for i, layer in enumerate(ref.model.layers) if hasattr(layer.mlp, "experts")]
+    assert unfuse_experts(ours) == len(moe_blocks) > 0 and unfuse_experts(ours) == 0  # each such block, once
+    assert all(isinstance(ours.model.layers[i].mlp.experts, LinearExperts) for i in moe_blocks)
     tokens = calib_tokens(2, 32, seed=5)
     assert torch.equal(logits(ref, tokens), logits(ours, tokens))  # transformers' eager loop, bit for bit
     default = fused_model(model_type, "grouped_mm")  # transformers' default experts implementation
@@ -77,17 +78,17 @@ def routed_inputs(model: nn.Module, tokens: torch.Tensor, block: int) -> dict[st
     return out
 
 
-@pytest.mark.parametrize("model_type", ["mixtral", "qwen2_moe"])
+@pytest.mark.parametrize("model_type", ["mixtral", "qwen2_moe", "glm4_moe"])  # glm4_moe: block 0 dense
 def test_each_experts_hessian_is_its_routed_tokens(model_type):
     ref = fused_model(model_type)
     tokens = calib_tokens(4, 32)
-    want = {**{(0, n): x for n, x in routed_inputs(ref, tokens, 0).items()},
-            **{(1, n): x for n, x in routed_inputs(ref, tokens, 1).items()}}
+    blocks = [i for i, layer in enumerate(ref.model.layers) if hasattr(layer.mlp, "experts")]
+    want = {(i, n): x for i in blocks for n, x in routed_inputs(ref, tokens, i).items()}
     ours, got = copy.deepcopy(ref), {}
     unfuse_experts(ours)
 
     def keep(idx: int, layer: nn.Module, group: dict, stats: dict) -> None:
-        got.update({(idx, n): copy.deepcopy(stats[n]) for n in group if "experts." in n})
+        got.update({(idx, n): copy.deepcopy(stats[n]) for n in group if n.startswith("mlp.experts.")})
 
     run_blockwise(ours, tokens, hessian_stat, keep, true_sequential=True)
     assert set(got) == set(want)
@@ -138,7 +139,18 @@ def test_offload_of_a_mixture_of_experts_is_refused_at_validate(tmp_path, tokeni
     assert main(["run", str(path)]) == 2 and not (tmp_path / "out").exists()
 
 
-@pytest.mark.parametrize("model_type", ["mixtral", "qwen2_moe"])
+def mlp_norm_readers(moe: nn.Module) -> list[torch.Tensor]:
+    """The weights that read the MLP norm's output: a dense block's gate and up; else the router, every
+    expert's gate and up, and a shared expert's gate and up (and Qwen2-MoE's shared-expert gate)."""
+    if not hasattr(moe, "experts"):
+        return [moe.gate_proj.weight, moe.up_proj.weight]
+    shared = getattr(moe, "shared_expert", None) or getattr(moe, "shared_experts", None)
+    gate = [moe.shared_expert_gate.weight] if hasattr(moe, "shared_expert_gate") else []
+    return [moe.gate.weight, *gate, *([shared.gate_proj.weight, shared.up_proj.weight] if shared else []),
+            *moe.experts.gate_up_proj]
+
+
+@pytest.mark.parametrize("model_type", ["mixtral", "qwen2_moe", "glm4_moe"])
 def test_smoothquant_scales_are_the_references(model_type):
     """SmoothQuant's Mixtral code: s from max|x| at the router's input (the whole norm output) and max|W| over
     the router and every expert's gate and up (and Qwen2-MoE's shared expert and its gate), per block."""
@@ -149,9 +161,7 @@ def test_smoothquant_scales_are_the_references(model_type):
         moe = layer.mlp
         x = moe_input(ref, tokens, i)
         a = x.abs().amax(dim=0)
-        shared = [moe.shared_expert_gate.weight, moe.shared_expert.gate_proj.weight,
-                  moe.shared_expert.up_proj.weight] if model_type == "qwen2_moe" else []
-        w = torch.cat([moe.gate.weight, *shared, *moe.experts.gate_up_proj]).abs().amax(dim=0).clamp(min=1e-5)
+        w = torch.cat(mlp_norm_readers(moe)).abs().amax(dim=0).clamp(min=1e-5)
         s = (a.pow(0.5) / w.pow(0.5)).clamp(min=1e-5)
         got = layer.post_attention_layernorm.weight / q.model.layers[i].post_attention_layernorm.weight
         assert torch.allclose(got, s, rtol=1e-5), (i, (got / s - 1).abs().max())

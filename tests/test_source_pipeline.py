@@ -52,8 +52,9 @@ def recipe(tmp_path: Path, models: dict, quantize: list) -> Path:
 
 
 # block linears of the 2-block tiny checkpoints: falcon:rw has ALiBi, a bias and 4 linears per block; the
-# mixtures of experts 4 experts of 2 linears each (Qwen2-MoE: and a shared expert of 3)
-LINEARS = {"mistral": 14, "gpt2": 8, "falcon:rw": 8, "mixtral": 24, "qwen2_moe": 30}
+# mixtures of experts 4 experts of 2 linears each (Qwen2-MoE: and a shared expert of 3; GLM-4-MoE: the
+# same, its first block dense)
+LINEARS = {"mistral": 14, "gpt2": 8, "falcon:rw": 8, "mixtral": 24, "qwen2_moe": 30, "glm4_moe": 22}
 
 
 @pytest.mark.parametrize("model_type", list(LINEARS))

@@ -105,11 +105,17 @@ FAMILY_CONFIGS: dict[str, tuple[str, dict[str, Any]]] = {
     "mixtral": ("MixtralConfig", {**COMMON, "num_local_experts": 4, "num_experts_per_tok": 2}),
     "olmoe": ("OlmoeConfig", {**COMMON, "num_experts": 4, "num_experts_per_tok": 2}),
     "qwen3_moe": ("Qwen3MoeConfig", {**COMMON, "head_dim": 16, "num_experts": 4, "num_experts_per_tok": 2,
-                                     "moe_intermediate_size": 32}),
+                                     "moe_intermediate_size": 32, "mlp_only_layers": [0]}),  # block 0 dense
     "qwen2_moe": ("Qwen2MoeConfig", {**COMMON, "num_experts": 4, "num_experts_per_tok": 2, "moe_intermediate_size": 32,
                                      "shared_expert_intermediate_size": 64}),
     "phimoe": ("PhimoeConfig", {**COMMON, "num_local_experts": 4, "num_experts_per_tok": 2}),
     "flex_olmo": ("FlexOlmoConfig", {**COMMON, "num_experts": 4, "num_experts_per_tok": 2}),
+    # a dense first block, then routed experts with a shared one after them
+    "glm4_moe": ("Glm4MoeConfig", {**COMMON, "head_dim": 16, "n_routed_experts": 4, "num_experts_per_tok": 2,
+                                   "moe_intermediate_size": 32, "n_shared_experts": 1, "first_k_dense_replace": 1,
+                                   "use_qk_norm": True}),
+    "dots1": ("Dots1Config", {**COMMON, "head_dim": 16, "n_routed_experts": 4, "num_experts_per_tok": 2,
+                              "moe_intermediate_size": 32, "n_shared_experts": 1, "first_k_dense_replace": 1}),
 }
 
 

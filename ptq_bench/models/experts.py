@@ -95,6 +95,8 @@ def unfuse_experts(model: Any) -> int:
     for layer in model.get_submodule(family.blocks):
         parent = layer.get_submodule(parent_path) if parent_path else layer
         fused = getattr(parent, leaf, None)
+        if fused is None and family.dense is not None:  # a dense block of a mixture of experts
+            continue
         if fused is None:
             raise QuantError(f"{type(layer).__name__}: no experts at '{family.experts}' (family registry)")
         if not isinstance(fused, LinearExperts):

@@ -72,15 +72,31 @@ def first_blocks(model: nn.Module, k: int) -> nn.Module:
         setattr(parent, leaf, layers)
 
 
+def block_family(layer: nn.Module, family: Family) -> Family:
+    """The layout of one block: a mixture of experts' blocks without experts (dense first layers, Qwen's
+    mlp_only_layers) have the family's `dense` one."""
+    if family.dense is None or _submodule(layer, family.experts) is not None:
+        return family
+    return family.dense
+
+
+def _submodule(layer: nn.Module, path: str) -> nn.Module | None:
+    try:
+        return layer.get_submodule(path)
+    except AttributeError:
+        return None
+
+
 def block_names(layer: nn.Module, family: Family, names: tuple[str, ...]) -> tuple[str, ...]:
     """Registry names as the block's own: an expert's name (`families.EXPERT`) once per expert of the block,
     whose experts must be unfused (`models.experts.unfuse_experts`, which `quantize_model` runs)."""
     if not family.experts:
         return names
-    experts = layer.get_submodule(family.experts)
+    experts = _submodule(layer, family.experts)
     if not isinstance(experts, LinearExperts):
-        raise QuantError(f"{type(layer).__name__}.{family.experts}: fused experts ({type(experts).__name__}); "
-                         "unfuse them first (models.experts.unfuse_experts)")
+        found = type(experts).__name__ if experts is not None else "nothing"
+        raise QuantError(f"{type(layer).__name__}.{family.experts}: {found}, not unfused experts "
+                         "(models.experts.unfuse_experts)")
     parts = [name.split(".") for name in names]
     return tuple(".".join(str(e) if p == EXPERT else p for p in split) for split in parts
                  for e in range(len(experts) if EXPERT in split else 1))
@@ -93,6 +109,7 @@ def _kept_float(name: str, family: Family) -> bool:
 def block_linears(layer: nn.Module, family: Family) -> dict[str, nn.Module]:
     """The block's linears the family names, in sequential order; any mismatch with the block is an error
     (modules the family keeps in float, e.g. routers, are not the block's linears)."""
+    family = block_family(layer, family)
     out: dict[str, nn.Module] = {}
     for name in block_names(layer, family, family.linears):
         try:
@@ -308,13 +325,13 @@ def run_blockwise(
     place.start(layers)
     try:
         inputs = capture_inputs(model, calib, batch_size, place, lean)
-        plan = family.groups if true_sequential else (family.linears,)
         for idx, layer in enumerate(layers):
             place.fetch(idx, layer)
-            linears, calls = block_linears(layer, family), inputs.calls[idx]
+            linears, calls, own = block_linears(layer, family), inputs.calls[idx], block_family(layer, family)
+            plan = own.groups if true_sequential else (own.linears,)
             float_out = None
             for names in plan:
-                group = {n: linears[n] for n in block_names(layer, family, names)}
+                group = {n: linears[n] for n in block_names(layer, own, names)}
                 wanted = not lean or (not sequential and float_out is None)  # the float outputs, once
                 stats, outs = _collect(layer, inputs.hidden, calls, group, make_stat, lean, outputs=wanted)
                 float_out = outs if float_out is None else float_out

@@ -31,9 +31,9 @@ import torch
 import torch.nn as nn
 
 from ptq_bench.errors import QuantError
-from ptq_bench.families import Family, Smooth, is_named, smoothing_refusal
+from ptq_bench.families import EXPERT, Family, Smooth, smoothing_refusal
 from ptq_bench.quant.apply import quantize_model, rtn_solver
-from ptq_bench.quant.calibrate import block_names, model_family
+from ptq_bench.quant.calibrate import block_family, block_names, model_family
 from ptq_bench.quant.configs import SmoothQuantConfig
 from ptq_bench.quant.linears import replace_weight, weight_matrix
 from ptq_bench.quant.registry import QuantReport, register
@@ -99,6 +99,12 @@ def _float(layer: nn.Module, name: str) -> nn.Module | None:
         return None
 
 
+def is_named(name: str, registry_name: str) -> bool:
+    """Whether a block's module name is a registry name (an EXPERT part matching any expert's index)."""
+    a, b = name.split("."), registry_name.split(".")
+    return len(a) == len(b) and all(p == q or (q == EXPERT and p.isdigit()) for p, q in zip(a, b))
+
+
 def norm_amax(layer: nn.Module, family: Family, pair: Smooth, stats: dict[str, Any]) -> torch.Tensor:
     """max|x| per channel of the norm's output: over the inputs of every quantized linear it feeds. Linears
     reading the whole output share one statistic; experts each read their tokens, and every token reaches
@@ -112,13 +118,15 @@ def quantize_smoothquant(model: nn.Module, cfg: SmoothQuantConfig, calib: torch.
     """Smooth every norm -> linears pair of the family, then absmax W/A fake quantization of every linear."""
     family = model_family(model)
     pairs = family.smooth
-    probes = [t for pair in pairs for t in pair.targets if t not in family.floats]  # linears fed by a norm
+    layouts = (family, *((family.dense,) if family.dense else ()))  # a mixture of experts' dense blocks too
+    probes = [t for f in layouts for pair in f.smooth for t in pair.targets if t not in f.floats]  # fed by norms
     details: dict[str, Any] = {"smoothed_norms": 0}
 
     def smooth_block(idx: int, layer: nn.Module, group: dict[str, nn.Module], stats: dict[str, Any]) -> None:
-        for pair in pairs:
-            norm, fcs = _resolve(layer, family, pair, group)
-            smooth(norm, fcs, norm_amax(layer, family, pair, stats), cfg.alpha, pair.kind)
+        own = block_family(layer, family)
+        for pair in own.smooth:
+            norm, fcs = _resolve(layer, own, pair, group)
+            smooth(norm, fcs, norm_amax(layer, own, pair, stats), cfg.alpha, pair.kind)
             details["smoothed_norms"] += 1
 
     def make_stat(name: str, linear: nn.Module) -> ChannelAbsMax | None:
