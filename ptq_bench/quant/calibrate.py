@@ -75,12 +75,12 @@ def first_blocks(model: nn.Module, k: int) -> nn.Module:
 def block_family(layer: nn.Module, family: Family) -> Family:
     """The layout of one block: a mixture of experts' blocks without experts (dense first layers, Qwen's
     mlp_only_layers) have the family's `dense` one."""
-    if family.dense is None or _submodule(layer, family.experts) is not None:
+    if family.dense is None or submodule_or_none(layer, family.experts) is not None:
         return family
     return family.dense
 
 
-def _submodule(layer: nn.Module, path: str) -> nn.Module | None:
+def submodule_or_none(layer: nn.Module, path: str) -> nn.Module | None:
     try:
         return layer.get_submodule(path)
     except AttributeError:
@@ -92,7 +92,7 @@ def block_names(layer: nn.Module, family: Family, names: tuple[str, ...]) -> tup
     whose experts must be unfused (`models.experts.unfuse_experts`, which `quantize_model` runs)."""
     if not family.experts:
         return names
-    experts = _submodule(layer, family.experts)
+    experts = submodule_or_none(layer, family.experts)
     if not isinstance(experts, LinearExperts):
         found = type(experts).__name__ if experts is not None else "nothing"
         raise QuantError(f"{type(layer).__name__}.{family.experts}: {found}, not unfused experts "
@@ -287,7 +287,7 @@ def _collect(layer: nn.Module, hidden: list[torch.Tensor], calls: list[Call], li
     finally:
         for h in hooks:
             h.remove()
-    if unfed := [n for n in stats if n not in shared.leader]:
+    if unfed := [n for n in stats if n not in shared.leader and getattr(stats[n], "required", True)]:
         raise QuantError(f"{type(layer).__name__}: no calibration input reached {', '.join(unfed)}; "
                          "an empty statistic would quantize blind")
     return stats, outs

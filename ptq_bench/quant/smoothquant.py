@@ -33,7 +33,7 @@ import torch.nn as nn
 from ptq_bench.errors import QuantError
 from ptq_bench.families import EXPERT, Family, Smooth, smoothing_refusal
 from ptq_bench.quant.apply import quantize_model, rtn_solver
-from ptq_bench.quant.calibrate import block_family, block_names, model_family
+from ptq_bench.quant.calibrate import block_family, block_names, model_family, submodule_or_none
 from ptq_bench.quant.configs import SmoothQuantConfig
 from ptq_bench.quant.linears import replace_weight, weight_matrix
 from ptq_bench.quant.registry import QuantReport, register
@@ -83,20 +83,13 @@ def _resolve(layer: nn.Module, family: Family, pair: Smooth,
         norm = layer.get_submodule(pair.norm)
     except AttributeError:
         norm = None
-    fcs = [_float(layer, n) if n in family.floats else group.get(n) for n in block_names(layer, family, pair.targets)]
+    fcs = [submodule_or_none(layer, n) if n in family.floats else group.get(n) for n in block_names(layer, family, pair.targets)]
     weight = getattr(norm, "weight", None)
     if weight is None or any(m is None for m in fcs):
         raise QuantError(f"{type(layer).__name__}: cannot resolve smoothing pair {pair.norm} -> {', '.join(pair.targets)}")
     if any(weight.shape != (stat_inputs(m),) for m in fcs):
         raise QuantError(f"{type(layer).__name__}.{pair.norm}: width {tuple(weight.shape)} does not match its targets")
     return norm, fcs
-
-
-def _float(layer: nn.Module, name: str) -> nn.Module | None:
-    try:
-        return layer.get_submodule(name)
-    except AttributeError:
-        return None
 
 
 def is_named(name: str, registry_name: str) -> bool:
@@ -131,7 +124,8 @@ def quantize_smoothquant(model: nn.Module, cfg: SmoothQuantConfig, calib: torch.
 
     def make_stat(name: str, linear: nn.Module) -> ChannelAbsMax | None:
         fed = any(is_named(name, probe) for probe in probes)
-        return ChannelAbsMax(stat_inputs(linear), linear.weight.device) if fed else None
+        expert = bool(family.experts) and name.startswith(f"{family.experts}.")  # no token reaching it is fine
+        return ChannelAbsMax(stat_inputs(linear), linear.weight.device, required=not expert) if fed else None
 
     if not pairs:
         raise QuantError(smoothing_refusal(model.config.model_type))

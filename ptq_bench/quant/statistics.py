@@ -39,10 +39,12 @@ class Hessian:
 
 
 class ChannelAbsMax:
-    """Per input channel max|x| over every calibration vector (SmoothQuant's act_scales)."""
+    """Per input channel max|x| over every calibration vector (SmoothQuant's act_scales). `required` False:
+    an input that never comes is no error (an expert no token reached; its norm's maximum is the others')."""
 
-    def __init__(self, cols: int, device: torch.device | str = "cpu") -> None:
+    def __init__(self, cols: int, device: torch.device | str = "cpu", required: bool = True) -> None:
         self.amax = torch.zeros(cols, device=device)
+        self.required = required
 
     def add(self, x: torch.Tensor) -> None:
         self.amax = torch.maximum(self.amax, x.reshape(-1, x.shape[-1]).abs().amax(dim=0).float())
