@@ -304,6 +304,8 @@ FAMILIES: dict[str, Family | tuple[Family, ...]] = {
     "qwen2_moe": _moe(shared="mlp.shared_expert.", shared_gate="mlp.shared_expert_gate"),
     "glm4_moe": SHARED_AFTER,  # its router is fp32, with grouped top-k; q/k norms after the projections
     "dots1": SHARED_AFTER,
+    # Hunyuan-A13B: a shared MLP before the routed experts; the router's linear is the fp32 mlp.gate.wg
+    "hunyuan_v1_moe": _moe(router="mlp.gate.wg", shared="mlp.shared_mlp."),
     "phimoe": _moe(router="mlp.router", kind="layernorm"),  # Phi-3.5-MoE: LayerNorms with bias, sparsemixer
     "flex_olmo": replace(_moe(), smooth=()),  # OLMo 2's post-norms: no norm feeds a linear
     # transformers' BitNet (b1.58 checkpoints, `quant_method: bitnet`): linears re-ternarize on every call

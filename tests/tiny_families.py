@@ -116,6 +116,7 @@ FAMILY_CONFIGS: dict[str, tuple[str, dict[str, Any]]] = {
                                    "use_qk_norm": True}),
     "dots1": ("Dots1Config", {**COMMON, "head_dim": 16, "n_routed_experts": 4, "num_experts_per_tok": 2,
                               "moe_intermediate_size": 32, "n_shared_experts": 1, "first_k_dense_replace": 1}),
+    "hunyuan_v1_moe": ("HunYuanMoEV1Config", {**COMMON, "head_dim": 16, "num_experts": 4, "moe_topk": 2}),
 }
 
 
