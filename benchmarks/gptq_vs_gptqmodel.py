@@ -179,12 +179,11 @@ def hessian_check(model_dir: str, calib, theirs: dict) -> tuple[int, float]:
     the same float inputs (without --true-sequential), so this checks which tokens reached each linear, a
     mixture of experts' routing included."""
     from ptq_bench.quant.apply import hessian_stat
-    from ptq_bench.quant.calibrate import model_family, run_blockwise
+    from ptq_bench.quant.calibrate import first_blocks, model_family, run_blockwise
 
-    model = load_fp(model_dir)
+    model = first_blocks(_fp(model_dir), 1)  # block 0 alone (a copy)
     prefix, got = f"{model_family(model).blocks}.0.", {}
-    run_blockwise(model, calib, hessian_stat, lambda i, _l, _g, stats: got.update(stats) if i == 0 else None,
-                  sequential=False)
+    run_blockwise(model, calib, hessian_stat, lambda _i, _l, _g, stats: got.update(stats), sequential=False)
     worst, n = 0.0, 0
     for name, h in theirs["hessians"].items():
         if name.startswith(prefix):

@@ -248,4 +248,3 @@ def test_pack_layout_equals_transformers(shape):
     assert torch.equal(pack_ternary(q), theirs)
     with torch._dynamo.config.patch(disable=True):  # their unpack is torch.compile'd; eager is the same math
         assert torch.equal(unpack_ternary(theirs), unpack_weights(theirs, dtype=torch.float32))
-

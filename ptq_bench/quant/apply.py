@@ -32,6 +32,7 @@ from ptq_bench.quant.calibrate import (
     StatFactory,
     block_linears,
     decoder_layers,
+    is_expert,
     model_family,
     run_blockwise,
     walk_blocks,
@@ -159,8 +160,7 @@ def quantize_model(
     def on_group(idx: int, layer: nn.Module, group: dict[str, nn.Module], stats: dict[str, Any]) -> None:
         if before_group is not None:
             before_group(idx, layer, group, stats)
-        expert_tokens.extend(stats[n].n for n in group if family.experts and n.startswith(f"{family.experts}.")
-                             and isinstance(stats.get(n), Hessian))
+        expert_tokens.extend(stats[n].n for n in group if is_expert(family, n) and isinstance(stats.get(n), Hessian))
         for names in solve_runs(layer, family, group, stats, stack_shared):
             stat = take_stat(stats, *names)  # popped (a shared one copied): freed once solved
             if len(names) > 1:

@@ -102,6 +102,11 @@ def block_names(layer: nn.Module, family: Family, names: tuple[str, ...]) -> tup
                  for e in range(len(experts) if EXPERT in split else 1))
 
 
+def is_expert(family: Family, name: str) -> bool:
+    """Whether a block's linear `name` is one of its experts' (under the family's `experts` path)."""
+    return bool(family.experts) and name.startswith(f"{family.experts}.")
+
+
 def _kept_float(name: str, family: Family) -> bool:
     return any(name == f or name.startswith(f + ".") for f in family.floats)
 

@@ -33,7 +33,7 @@ import torch.nn as nn
 from ptq_bench.errors import QuantError
 from ptq_bench.families import EXPERT, Family, Smooth, smoothing_refusal
 from ptq_bench.quant.apply import quantize_model, rtn_solver
-from ptq_bench.quant.calibrate import block_family, block_names, model_family, submodule_or_none
+from ptq_bench.quant.calibrate import block_family, block_names, is_expert, model_family, submodule_or_none
 from ptq_bench.quant.configs import SmoothQuantConfig
 from ptq_bench.quant.linears import replace_weight, weight_matrix
 from ptq_bench.quant.registry import QuantReport, register
@@ -75,15 +75,15 @@ def smooth(norm: nn.Module, linears: list[nn.Module], act_amax: torch.Tensor, al
     return s
 
 
-def _resolve(layer: nn.Module, family: Family, pair: Smooth,
+def _resolve(layer: nn.Module, family: Family, pair: Smooth, names: tuple[str, ...],
              group: dict[str, nn.Module]) -> tuple[nn.Module, list[nn.Module]]:
-    """The norm module and every module it feeds (the group's linears, and modules the family keeps in float,
-    e.g. a router); anything missing is an error."""
+    """The norm module and every module it feeds (`names`, the pair's targets in this block: the group's
+    linears, and modules the family keeps in float, e.g. a router); anything missing is an error."""
     try:
         norm = layer.get_submodule(pair.norm)
     except AttributeError:
         norm = None
-    fcs = [submodule_or_none(layer, n) if n in family.floats else group.get(n) for n in block_names(layer, family, pair.targets)]
+    fcs = [submodule_or_none(layer, n) if n in family.floats else group.get(n) for n in names]
     weight = getattr(norm, "weight", None)
     if weight is None or any(m is None for m in fcs):
         raise QuantError(f"{type(layer).__name__}: cannot resolve smoothing pair {pair.norm} -> {', '.join(pair.targets)}")
@@ -98,11 +98,11 @@ def is_named(name: str, registry_name: str) -> bool:
     return len(a) == len(b) and all(p == q or (q == EXPERT and p.isdigit()) for p, q in zip(a, b))
 
 
-def norm_amax(layer: nn.Module, family: Family, pair: Smooth, stats: dict[str, Any]) -> torch.Tensor:
+def norm_amax(names: tuple[str, ...], family: Family, stats: dict[str, Any]) -> torch.Tensor:
     """max|x| per channel of the norm's output: over the inputs of every quantized linear it feeds. Linears
     reading the whole output share one statistic; experts each read their tokens, and every token reaches
     one expert at least, so their maximum is the whole output's, exactly (the router's input)."""
-    probes = {id(stats[n]): stats[n] for n in block_names(layer, family, pair.targets) if n not in family.floats}
+    probes = {id(stats[n]): stats[n] for n in names if n not in family.floats}
     return torch.stack([stat.amax for stat in probes.values()]).amax(dim=0)
 
 
@@ -118,14 +118,15 @@ def quantize_smoothquant(model: nn.Module, cfg: SmoothQuantConfig, calib: torch.
     def smooth_block(idx: int, layer: nn.Module, group: dict[str, nn.Module], stats: dict[str, Any]) -> None:
         own = block_family(layer, family)
         for pair in own.smooth:
-            norm, fcs = _resolve(layer, own, pair, group)
-            smooth(norm, fcs, norm_amax(layer, own, pair, stats), cfg.alpha, pair.kind)
+            names = block_names(layer, own, pair.targets)
+            norm, fcs = _resolve(layer, own, pair, names, group)
+            smooth(norm, fcs, norm_amax(names, own, stats), cfg.alpha, pair.kind)
             details["smoothed_norms"] += 1
 
     def make_stat(name: str, linear: nn.Module) -> ChannelAbsMax | None:
         fed = any(is_named(name, probe) for probe in probes)
-        expert = bool(family.experts) and name.startswith(f"{family.experts}.")  # no token reaching it is fine
-        return ChannelAbsMax(stat_inputs(linear), linear.weight.device, required=not expert) if fed else None
+        required = not is_expert(family, name)  # an expert no token reaches is fine: the others' maximum
+        return ChannelAbsMax(stat_inputs(linear), linear.weight.device, required=required) if fed else None
 
     if not pairs:
         raise QuantError(smoothing_refusal(model.config.model_type))
