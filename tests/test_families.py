@@ -31,7 +31,7 @@ from family_checks import (
 from ptq_bench.errors import QuantError, RecipeError
 from ptq_bench.families import SUPPORTED_MODEL_TYPES, layouts
 from ptq_bench.quant import METHODS
-from ptq_bench.quant.calibrate import decoder_layers
+from ptq_bench.quant.calibrate import block_family, decoder_layers
 from ptq_bench.quant.linears import is_linear
 
 PTQ_FAMILIES = [t for t in FAMILY_TYPES if not case_family(t).low_bit]
@@ -95,7 +95,10 @@ def norm_outputs_read(model: torch.nn.Module, ids: torch.Tensor) -> tuple[list[s
         model(ids)
     for h in hooks:
         h.remove()
-    return [n for n, y in outs.items() if any(x.shape == y.shape and torch.equal(x, y) for x in ins)], outs, block_out[0]
+    flat = [x.reshape(-1, x.shape[-1]) for x in ins]  # a MoE block reads its input as (tokens, hidden)
+    read = [n for n, y in outs.items() if any(x.shape == y.reshape(-1, y.shape[-1]).shape
+                                              and torch.equal(x, y.reshape(-1, y.shape[-1])) for x in flat)]
+    return read, outs, block_out[0]
 
 
 def test_unsmoothed_families_have_no_norm_with_parameters_feeding_a_linear(models, calib):
@@ -111,6 +114,17 @@ def test_unsmoothed_families_have_no_norm_with_parameters_feeding_a_linear(model
             continue
         assert all(not list(layer.get_submodule(n).parameters()) for n in feeding), (model_type, feeding)
         assert bool(feeding) == (model_type in PARAMETER_FREE_NORMS), (model_type, feeding)
+
+
+@pytest.mark.parametrize("model_type", SMOOTHED)
+def test_every_norm_with_parameters_feeding_a_linear_is_smoothed(models, calib, model_type):
+    """The other half of the smoothing pairs' truth (smoothing alone keeping the logits is the first): no norm
+    whose output some linear reads, by what runs, is left out of them (a MoE's dense block 0 included)."""
+    model = models(model_type)
+    feeding, _, _ = norm_outputs_read(model, calib[:1])
+    layer = decoder_layers(model)[0]
+    smoothed = {pair.norm for pair in block_family(layer, case_family(model_type)).smooth}
+    assert {n for n in feeding if list(layer.get_submodule(n).parameters())} <= smoothed, (feeding, smoothed)
 
 
 @pytest.mark.parametrize("model_type", SMOOTHED)

@@ -20,7 +20,7 @@ from ptq_bench.errors import QuantError
 from ptq_bench.families import family_of_config
 from ptq_bench.models.experts import LinearExperts, unfuse_experts
 from ptq_bench.quant.apply import hessian_stat
-from ptq_bench.quant.calibrate import run_blockwise
+from ptq_bench.quant.calibrate import run_blockwise, submodule_or_none
 
 MOE = [t for t in FAMILY_CONFIGS if family_of_config(tiny_config(t)).experts]
 
@@ -47,19 +47,24 @@ def logits(model: nn.Module, tokens: torch.Tensor) -> torch.Tensor:
 def test_unfused_experts_compute_transformers_model(model_type):
     ref = fused_model(model_type)
     ours = copy.deepcopy(ref)
-    moe_blocks = [i for i, layer in enumerate(ref.model.layers) if hasattr(layer.mlp, "experts")]
+    path = family_of_config(ref.config).experts  # mlp.experts, or Granite's block_sparse_moe.experts
+    moe_blocks = [i for i, layer in enumerate(ref.model.layers) if submodule_or_none(layer, path) is not None]
     assert unfuse_experts(ours) == len(moe_blocks) > 0 and unfuse_experts(ours) == 0  # each such block, once
-    assert all(isinstance(ours.model.layers[i].mlp.experts, LinearExperts) for i in moe_blocks)
+    assert all(isinstance(ours.model.layers[i].get_submodule(path), LinearExperts) for i in moe_blocks)
     tokens = calib_tokens(2, 32, seed=5)
     assert torch.equal(logits(ref, tokens), logits(ours, tokens))  # transformers' eager loop, bit for bit
     default = fused_model(model_type, "grouped_mm")  # transformers' default experts implementation
     assert torch.allclose(logits(default, tokens), logits(ours, tokens), atol=1e-5, rtol=0)
 
 
+MOE_BLOCK = {"granitemoeshared": "block_sparse_moe"}  # where transformers keeps the MoE block (else mlp)
+
+
 def moe_input(model: nn.Module, tokens: torch.Tensor, block: int) -> torch.Tensor:
     """The MoE block's input (its norm's output) in `block`, (tokens, hidden)."""
     seen = []
-    hook = model.model.layers[block].mlp.register_forward_pre_hook(lambda _m, a: seen.append(a[0]))
+    moe = model.model.layers[block].get_submodule(MOE_BLOCK.get(model.config.model_type, "mlp"))
+    hook = moe.register_forward_pre_hook(lambda _m, a: seen.append(a[0]))
     logits(model, tokens)
     hook.remove()
     return seen[0].reshape(-1, seen[0].shape[-1])
@@ -68,27 +73,29 @@ def moe_input(model: nn.Module, tokens: torch.Tensor, block: int) -> torch.Tenso
 def routed_inputs(model: nn.Module, tokens: torch.Tensor, block: int) -> dict[str, torch.Tensor]:
     """Every expert's gate_up and down inputs in `block`, from transformers' fused block: its router's top-k
     choice on the block's MoE input, its gate_up weights and activation."""
-    moe, x = model.model.layers[block].mlp, moe_input(model, tokens, block)
-    _, _, chosen = moe.gate(x)
+    path = MOE_BLOCK.get(model.config.model_type, "mlp")
+    moe, x = model.model.layers[block].get_submodule(path), moe_input(model, tokens, block)
+    _, _, chosen = (moe.router if hasattr(moe, "router") else moe.gate)(x)
     out = {}
     for e in range(moe.experts.gate_up_proj.shape[0]):
         xe = x[(chosen == e).any(dim=-1)]
         gate, up = (xe @ moe.experts.gate_up_proj[e].T).chunk(2, dim=-1)
-        out[f"mlp.experts.{e}.gate_up_proj"], out[f"mlp.experts.{e}.down_proj"] = xe, moe.experts.act_fn(gate) * up
+        out[f"{path}.experts.{e}.gate_up_proj"], out[f"{path}.experts.{e}.down_proj"] = xe, moe.experts.act_fn(gate) * up
     return out
 
 
-@pytest.mark.parametrize("model_type", ["mixtral", "qwen2_moe", "glm4_moe"])  # glm4_moe: block 0 dense
+@pytest.mark.parametrize("model_type", ["mixtral", "qwen2_moe", "glm4_moe", "granitemoeshared"])  # glm4_moe: block 0 dense
 def test_each_experts_hessian_is_its_routed_tokens(model_type):
     ref = fused_model(model_type)
     tokens = calib_tokens(4, 32)
-    blocks = [i for i, layer in enumerate(ref.model.layers) if hasattr(layer.mlp, "experts")]
+    path = MOE_BLOCK.get(model_type, "mlp")
+    blocks = [i for i, layer in enumerate(ref.model.layers) if hasattr(layer.get_submodule(path), "experts")]
     want = {(i, n): x for i in blocks for n, x in routed_inputs(ref, tokens, i).items()}
     ours, got = copy.deepcopy(ref), {}
     unfuse_experts(ours)
 
     def keep(idx: int, layer: nn.Module, group: dict, stats: dict) -> None:
-        got.update({(idx, n): copy.deepcopy(stats[n]) for n in group if n.startswith("mlp.experts.")})
+        got.update({(idx, n): copy.deepcopy(stats[n]) for n in group if n.startswith(f"{path}.experts.")})
 
     run_blockwise(ours, tokens, hessian_stat, keep, true_sequential=True)
     assert set(got) == set(want)
@@ -150,27 +157,62 @@ def mlp_norm_readers(moe: nn.Module) -> list[torch.Tensor]:
         return [moe.gate_proj.weight, moe.up_proj.weight]
     shared = getattr(moe, "shared_expert", None) or getattr(moe, "shared_experts", None)
     gate = [moe.shared_expert_gate.weight] if hasattr(moe, "shared_expert_gate") else []
-    return [moe.gate.weight, *gate, *([shared.gate_proj.weight, shared.up_proj.weight] if shared else []),
+    router = moe.router.gate if hasattr(moe, "router") else moe.gate  # AFMoE's router holds an nn.Linear
+    return [router.weight, *gate, *([shared.gate_proj.weight, shared.up_proj.weight] if shared else []),
             *moe.experts.gate_up_proj]
 
 
-@pytest.mark.parametrize("model_type", ["mixtral", "qwen2_moe", "glm4_moe", "mixtral:avoid"])
+def granite_readers(layer: nn.Module) -> list[torch.Tensor]:
+    """Granite MoE Shared: the router, every expert's gate_up and the shared MLP's fused input_linear."""
+    moe = layer.block_sparse_moe
+    return [moe.router.weight, layer.shared_mlp.input_linear.weight, *moe.experts.gate_up_proj]
+
+
+def parallel_readers(layer: nn.Module) -> list[torch.Tensor]:
+    """Cohere 2 MoE's one norm: q, k, v, and everything the MLP norm feeds in a sequential block."""
+    attn = layer.self_attn
+    return [attn.q_proj.weight, attn.k_proj.weight, attn.v_proj.weight, *mlp_norm_readers(layer.mlp)]
+
+
+# case -> (the norm whose smoothing is checked, the weights reading its output), written from transformers'
+# modeling files, not from the registry
+REFERENCE_CASES = {
+    "mixtral": ("post_attention_layernorm", lambda layer: mlp_norm_readers(layer.mlp)),
+    "qwen2_moe": ("post_attention_layernorm", lambda layer: mlp_norm_readers(layer.mlp)),
+    "glm4_moe": ("post_attention_layernorm", lambda layer: mlp_norm_readers(layer.mlp)),
+    "afmoe": ("pre_mlp_layernorm", lambda layer: mlp_norm_readers(layer.mlp)),  # post_attention_: attention's output
+    "granitemoeshared": ("post_attention_layernorm", granite_readers),
+    "cohere2_moe:shared": ("input_layernorm", parallel_readers),
+}
+
+
+def norm_output(model: nn.Module, tokens: torch.Tensor, norm: nn.Module) -> torch.Tensor:
+    """A norm's output in a forward, (tokens, hidden)."""
+    seen = []
+    hook = norm.register_forward_hook(lambda _m, _a, y: seen.append(y))
+    logits(model, tokens)
+    hook.remove()
+    return seen[0].reshape(-1, seen[0].shape[-1])
+
+
+@pytest.mark.parametrize("model_type", [*REFERENCE_CASES, "mixtral:avoid"])
 def test_smoothquant_scales_are_the_references(model_type):
     """SmoothQuant's Mixtral code: s from max|x| at the router's input (the whole norm output) and max|W| over
-    the router and every expert's gate and up (and Qwen2-MoE's shared expert and its gate), per block.
-    ":avoid": an expert that no token reaches is no error here (its weights still count in max|W|)."""
-    ref, tokens = fused_model(model_type.removesuffix(":avoid")), calib_tokens(4, 32)
+    the router and every expert's gate and up (and a shared expert's, and Qwen2-MoE's shared-expert gate),
+    per block. ":avoid": an expert that no token reaches is no error here (its weights still count in max|W|)."""
+    case = model_type.removesuffix(":avoid")
+    ref, tokens = fused_model(case), calib_tokens(4, 32)
     if model_type.endswith(":avoid"):
         ref.model.layers[1].mlp.gate = AvoidExpert(ref.model.layers[1].mlp.gate, 3)
     q, rep = quantize(ref, "smoothquant", tokens, alpha=0.5, w_bits=16, a_bits=16)
-    assert rep.details["smoothed_norms"] == 4
+    norm_name, readers = REFERENCE_CASES[case]
+    assert rep.details["smoothed_norms"] == (2 if norm_name == "input_layernorm" else 4)
     for i, layer in enumerate(ref.model.layers):
-        moe = layer.mlp
-        x = moe_input(ref, tokens, i)
-        a = x.abs().amax(dim=0)
-        w = torch.cat(mlp_norm_readers(moe)).abs().amax(dim=0).clamp(min=1e-5)
+        norm = layer.get_submodule(norm_name)
+        a = norm_output(ref, tokens, norm).abs().amax(dim=0)
+        w = torch.cat(readers(layer)).abs().amax(dim=0).clamp(min=1e-5)
         s = (a.pow(0.5) / w.pow(0.5)).clamp(min=1e-5)
-        got = layer.post_attention_layernorm.weight / q.model.layers[i].post_attention_layernorm.weight
+        got = norm.weight / q.model.layers[i].get_submodule(norm_name).weight
         assert torch.allclose(got, s, rtol=1e-5), (i, (got / s - 1).abs().max())
 
 

@@ -19,6 +19,11 @@ COMMON = {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "
           "num_key_value_heads": 2, "max_position_embeddings": 256}
 
 SLIDING_FULL = ["sliding_attention", "full_attention"]
+DENSE_SPARSE = ["dense", "sparse"]  # a dense first block, then experts
+MOE = {"num_experts": 4, "num_experts_per_tok": 2, "moe_intermediate_size": 32}
+ROUTED = {"n_routed_experts": 4, "num_experts_per_tok": 2, "moe_intermediate_size": 32, "n_group": 1, "topk_group": 1}
+GRANITE_MOE = {"num_local_experts": 4, "num_experts_per_tok": 2, "residual_multiplier": 0.5, "attention_multiplier": 0.25,
+               "embedding_multiplier": 4.0, "logits_scaling": 2.0}
 FALCON = {"hidden_size": 64, "ffn_hidden_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4,
           "max_position_embeddings": 256}
 # model_type -> (transformers config class name, config kwargs)
@@ -117,6 +122,37 @@ FAMILY_CONFIGS: dict[str, tuple[str, dict[str, Any]]] = {
     "dots1": ("Dots1Config", {**COMMON, "head_dim": 16, "n_routed_experts": 4, "num_experts_per_tok": 2,
                               "moe_intermediate_size": 32, "n_shared_experts": 1, "first_k_dense_replace": 1}),
     "hunyuan_v1_moe": ("HunYuanMoEV1Config", {**COMMON, "head_dim": 16, "num_experts": 4, "moe_topk": 2}),
+    "mellum": ("MellumConfig", {**COMMON, **MOE, "head_dim": 16, "sliding_window": 16, "layer_types": SLIDING_FULL,
+                                "mlp_layer_types": DENSE_SPARSE}),
+    "minimax_m2": ("MiniMaxM2Config", {**COMMON, "head_dim": 16, "num_local_experts": 4, "num_experts_per_tok": 2}),
+    "mimo_v2_flash": ("MiMoV2FlashConfig", {**COMMON, **ROUTED, "head_dim": 16, "v_head_dim": 8, "sliding_window": 16,
+                                              "layer_types": SLIDING_FULL, "mlp_layer_types": DENSE_SPARSE}),
+    "exaone_moe": ("ExaoneMoeConfig", {**COMMON, **MOE, "head_dim": 16, "num_shared_experts": 1, "sliding_window": 16,
+                                       "layer_types": SLIDING_FULL, "mlp_layer_types": DENSE_SPARSE}),
+    "solar_open": ("SolarOpenConfig", {**COMMON, **ROUTED, "head_dim": 16, "n_shared_experts": 1}),
+    "hy_v3": ("HYV3Config", {**COMMON, **MOE, "head_dim": 16, "num_shared_experts": 1, "mlp_layer_types": DENSE_SPARSE}),
+    "kolibri1": ("Kolibri1Config", {**COMMON, **MOE, "head_dim": 16, "shared_expert_intermediate_size": 32,
+                                    "sliding_window": 16, "layer_types": SLIDING_FULL}),
+    "laguna": ("LagunaConfig", {**COMMON, **MOE, "head_dim": 16, "shared_expert_intermediate_size": 32,
+                                "sliding_window": 16, "layer_types": SLIDING_FULL, "mlp_layer_types": DENSE_SPARSE}),
+    "minicpm5_moe": ("MiniCPM5MoeConfig", {**COMMON, **ROUTED, "head_dim": 16, "n_shared_experts": 1,
+                                           "mlp_layer_types": DENSE_SPARSE}),
+    "afmoe": ("AfmoeConfig", {**COMMON, **MOE, "head_dim": 16, "num_dense_layers": 1, "num_shared_experts": 1,
+                              "sliding_window": 16, "layer_types": SLIDING_FULL}),
+    "ernie4_5_moe": ("Ernie4_5_MoeConfig", {**COMMON, "moe_num_experts": 4, "moe_k": 2, "moe_intermediate_size": 32,
+                                            "moe_num_shared_experts": 1, "moe_layer_start_index": 1}),
+    "ernie4_5_moe:unshared": ("Ernie4_5_MoeConfig", {**COMMON, "moe_num_experts": 4, "moe_k": 2,
+                                                     "moe_intermediate_size": 32, "moe_num_shared_experts": 0}),
+    "cohere2_moe": ("Cohere2MoeConfig", {**COMMON, **MOE, "head_dim": 16, "sliding_window": 16,
+                                         "layer_types": SLIDING_FULL, "mlp_layer_types": DENSE_SPARSE,
+                                         "prefix_dense_intermediate_size": 128}),
+    "cohere2_moe:shared": ("Cohere2MoeConfig", {**COMMON, **MOE, "head_dim": 16, "sliding_window": 16,
+                                                "layer_types": SLIDING_FULL, "num_shared_experts": 1}),
+    "granitemoe": ("GraniteMoeConfig", {**COMMON, **GRANITE_MOE}),
+    "granitemoeshared": ("GraniteMoeSharedConfig", {**COMMON, **GRANITE_MOE, "shared_intermediate_size": 32}),
+    "granitemoeshared:unshared": ("GraniteMoeSharedConfig", {**COMMON, **GRANITE_MOE}),
+    "granitemoe_swa": ("GraniteMoeSWAConfig", {**COMMON, **GRANITE_MOE, "shared_intermediate_size": 32,
+                                               "sliding_window": 16, "layer_types": SLIDING_FULL}),
 }
 
 
@@ -138,7 +174,25 @@ def tiny_model(model_type: str, vocab_size: int = 512, seed: int = 0, layers: in
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = AutoModelForCausalLM.from_config(config)
+        if model_type in ZERO_ROUTERS:
+            _draw_routers(model)
     return model.float().eval()
+
+
+# transformers initializes these families' routers to zeros: every token of a fresh model would pick the same
+# experts (the tie's), leaving the others without calibration input
+ZERO_ROUTERS = {"afmoe"}
+
+
+@torch.no_grad()
+def _draw_routers(model: torch.nn.Module) -> None:
+    from ptq_bench.families import family_of_config
+    from ptq_bench.quant.calibrate import submodule_or_none
+
+    family = family_of_config(model.config)
+    for layer in model.get_submodule(family.blocks):
+        for router in filter(None, (submodule_or_none(layer, name) for name in family.floats)):
+            torch.nn.init.normal_(router.weight, std=model.config.initializer_range)
 
 
 def save_tiny(model_type: str, out_dir: Path, vocab_size: int = 512, seed: int = 0) -> Path:

@@ -110,6 +110,9 @@ def open_lazily(folder: str | Path) -> tuple[Any, CheckpointBlocks]:
 
     folder = Path(folder)
     config = AutoConfig.from_pretrained(folder)
+    if family_of_config(config).experts:  # `validate` refuses `offload: true` for these first
+        raise QuantError(f"model family '{config.model_type}': a mixture of experts is not opened lazily (its "
+                         "experts are unfused on loading, models/experts.py); load it in memory")
     weight_map = _weight_map(folder)
     dtype = getattr(config, "dtype", None) or _stored_dtype(weight_map)
     dtype = getattr(torch, dtype) if isinstance(dtype, str) else dtype

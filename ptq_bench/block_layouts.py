@@ -1,0 +1,201 @@
+"""Block layouts as data: the records a model family is written in (`Family`, `Smooth`, `OneOf`) and the
+builders of the block shapes many families share (Llama's, the parallel block, the pre-LayerNorm block, a
+mixture of experts). `ptq_bench.families` maps each transformers `model_type` to one of these.
+
+Norm semantics for smoothing (y = norm(x) feeds the target linears, s the smoothing scales, y' = y / s):
+- "gain":          y = w * rms(x)          -> w' = w / s
+- "one_plus_gain": y = (1 + w) * rms(x)    -> w' = (1 + w) / s - 1      (Gemma, Gemma 2, Gemma 3)
+- "layernorm":     y = w * ln(x) + b       -> w' = w / s, b' = b / s    (OPT, GPT-NeoX, GPT-2)
+
+This module imports nothing heavy (no torch), so `validate` can check a checkpoint's family cheaply.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Any
+
+NORM_KINDS = ("gain", "one_plus_gain", "layernorm")
+
+
+@dataclass(frozen=True)
+class Smooth:
+    """A norm inside a block and the linears that read its output (all of them, or smoothing is wrong)."""
+
+    norm: str  # module path inside a block, e.g. "input_layernorm"
+    targets: tuple[str, ...]  # linears fed by the norm's output, e.g. ("self_attn.q_proj", ...)
+    kind: str  # one of NORM_KINDS
+
+    def __post_init__(self) -> None:
+        if self.kind not in NORM_KINDS:
+            raise ValueError(f"Smooth.kind must be one of {NORM_KINDS}, got {self.kind!r}")
+
+
+@dataclass(frozen=True)
+class Family:
+    """How one transformers architecture lays out its decoder."""
+
+    blocks: str  # dotted path of the ModuleList of decoder blocks, from the CausalLM
+    groups: tuple[tuple[str, ...], ...]  # the block's linears, in GPTQ true-sequential groups
+    smooth: tuple[Smooth, ...]  # norm -> linears pairs SmoothQuant folds scales into (none: it is refused)
+    fused: tuple[str, ...] = ()  # linears computing several projections at once (e.g. q, k, v)
+    conv1d: bool = False  # linears are transformers `Conv1D`: weight stored transposed, (in, out)
+    low_bit: bool = False  # the family's linears are already low-bit: PTQ is refused
+    requires: tuple[tuple[str, Any], ...] = ()  # config values this layout assumes (else unsupported; OneOf: any)
+    unsmoothable: str = "no norm feeds a linear"  # why `smooth` is empty, when it is (SmoothQuant's refusal)
+    experts: str = ""  # mixture of experts: where the block's fused experts are (models.experts unfuses them)
+    floats: tuple[str, ...] = ()  # modules that stay in float (routers, shared-expert gates); may be smoothed
+    dense: Family | None = None  # the layout of a block without experts (a mixture of experts' dense blocks)
+
+    @property
+    def linears(self) -> tuple[str, ...]:
+        """Every quantized linear of a block, in sequential order (an EXPERT name stands for every expert's)."""
+        return tuple(name for group in self.groups for name in group)
+
+
+EXPERT = "*"  # in a linear's name: the expert index (`mlp.experts.*.down_proj`: one linear per expert)
+
+
+@dataclass(frozen=True)
+class OneOf:
+    """A `requires` value met by any of several config values."""
+
+    values: tuple[Any, ...]
+
+    def __contains__(self, value: Any) -> bool:
+        return value in self.values
+
+    def __repr__(self) -> str:
+        return " or ".join(map(repr, self.values))
+
+
+QKV = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj")
+MLP_NAMES = ("gate_proj", "up_proj", "down_proj")  # an MLP's linears: its inputs, then its output
+MLP_IN = ("mlp.gate_proj", "mlp.up_proj")
+
+
+def llama_like(blocks: str = "model.layers", mlp_norm: str = "post_attention_layernorm", kind: str = "gain",
+                mlp_in: tuple[str, ...] = MLP_IN, mlp_out: str = "mlp.down_proj",
+                low_bit: bool = False, requires: tuple[tuple[str, Any], ...] = (),
+                attn_norm: str = "input_layernorm", qkv: tuple[str, ...] = QKV) -> Family:
+    """The Llama block: q/k/v (`qkv`: the attention's input linears), o, the MLP's input linears (gate/up),
+    its output (down); a norm before attention and another before the MLP."""
+    return Family(
+        blocks=blocks,
+        groups=(qkv, ("self_attn.o_proj",), mlp_in, (mlp_out,)),
+        smooth=(Smooth(attn_norm, qkv, kind), Smooth(mlp_norm, mlp_in, kind)),
+        low_bit=low_bit,
+        requires=requires,
+    )
+
+
+def parallel(blocks: str, norm: str, qkv: tuple[str, ...], out: str, mlp_in: tuple[str, ...], mlp_out: str) -> Family:
+    """A parallel block (GPT-J, Phi-1/2, Cohere, CodeGen): one LayerNorm feeds attention and the MLP at once,
+    x + attn(ln(x)) + mlp(ln(x)), so its output reaches q/k/v (one fused linear when `qkv` names one) and
+    the MLP's input linears alike."""
+    return Family(
+        blocks=blocks,
+        groups=(qkv, (out,), mlp_in, (mlp_out,)),
+        smooth=(Smooth(norm, (*qkv, *mlp_in), "layernorm"),),
+        fused=qkv if len(qkv) == 1 else (),
+    )
+
+
+def pre_ln(blocks: str, norms: tuple[str, str], qkv: tuple[str, ...], out: str, mlp_in: str, mlp_out: str,
+            requires: tuple[tuple[str, Any], ...] = ()) -> Family:
+    """Two norms, each feeding its own linears: norms[0] q/k/v (one fused linear when `qkv` names one),
+    norms[1] the MLP's one input linear. GPT-2's sequential pre-LayerNorm block under other names, and
+    Falcon-40B's parallel one (both norms read the block input: the pairs are the same)."""
+    return Family(
+        blocks=blocks,
+        groups=(qkv, (out,), (mlp_in,), (mlp_out,)),
+        smooth=(Smooth(norms[0], qkv, "layernorm"), Smooth(norms[1], (mlp_in,), "layernorm")),
+        fused=qkv if len(qkv) == 1 else (),
+        requires=requires,
+    )
+
+
+# GLM / GLM-4: Llama's norms, but the MLP's gate and up projections are one linear (gate_up_proj)
+GLM = replace(llama_like(mlp_in=("mlp.gate_up_proj",)), fused=("mlp.gate_up_proj",))
+# CohereLayerNorm: y = w * (x - mean) / std, no bias
+COHERE = parallel("model.layers", "input_layernorm", QKV, "self_attn.o_proj", ("mlp.gate_proj", "mlp.up_proj"),
+                   "mlp.down_proj")
+# OLMo 2/3, EXAONE 4 normalize the attention and MLP *outputs* (and q/k after their projections): no norm
+# feeds a linear, so there is nowhere to fold smoothing scales and SmoothQuant is refused (`validate` says so)
+POST_NORMS = replace(llama_like(), smooth=())
+# Gemma 2/3, VaultGemma: (1 + w) RMSNorms, the MLP's input norm named pre_feedforward_layernorm
+GEMMA2 = llama_like(mlp_norm="pre_feedforward_layernorm", kind="one_plus_gain")
+# GPT-2's pre-LayerNorm block; c_attn fuses q, k, v (GPTBigCode: q plus multi-query k/v); cross-attention
+# blocks have more linears and norms
+GPT2_BLOCK = pre_ln("transformer.h", ("ln_1", "ln_2"), ("attn.c_attn",), "attn.c_proj", "mlp.c_fc", "mlp.c_proj",
+                     requires=(("add_cross_attention", False),))
+
+# OPT's pre-LayerNorm block (BioGPT, XGLM the same under other paths); OPT-350m normalizes after: its norms
+# feed no linear
+OPT = pre_ln("model.decoder.layers", ("self_attn_layer_norm", "final_layer_norm"), QKV, "self_attn.out_proj", "fc1",
+              "fc2", requires=(("do_layer_norm_before", True),))
+# GPT-NeoX: post_attention_layernorm feeds the MLP in the parallel and the sequential form alike
+NEOX = pre_ln("gpt_neox.layers", ("input_layernorm", "post_attention_layernorm"), ("attention.query_key_value",),
+               "attention.dense", "mlp.dense_h_to_4h", "mlp.dense_4h_to_h")
+# Apertus / Apertus 1.5: xIELU MLP without a gate; its norms are named attention_ / feedforward_layernorm
+APERTUS = llama_like(attn_norm="attention_layernorm", mlp_norm="feedforward_layernorm", mlp_in=("mlp.up_proj",))
+
+
+def moe_block(router: str = "mlp.gate", kind: str = "gain", *, moe: str = "mlp", shared: str = "",
+              shared_names: tuple[str, ...] = MLP_NAMES, shared_gate: str = "", shared_last: bool = False,
+              qkv: tuple[str, ...] = QKV, mlp_norm: str = "post_attention_layernorm", one_norm: bool = False,
+              requires: tuple[tuple[str, Any], ...] = ()) -> Family:
+    """Llama's block with a sparse mixture of experts for its MLP: transformers 5's `router` and fused
+    `<moe>.experts` (a gate_up / down linear pair per expert once `models.experts` unfuses them), and a
+    `shared` always-on expert (its path's prefix, its linears `shared_names`: inputs, then output; run before
+    the experts, or after with `shared_last`) with an optional sigmoid `shared_gate`. Routers stay float (as
+    in GPTQModel, llm-compressor) and are smoothed with every expert, as SmoothQuant's own Mixtral code does.
+    `qkv` are the attention's input linears (with a gate, some families), `mlp_norm` the norm feeding the
+    MLP; `one_norm`: a parallel block, input_layernorm feeding attention and the MLP at once (Cohere 2 MoE).
+    Blocks without experts (dense first layers, Qwen's mlp_only_layers) have Llama's MLP (`dense`)."""
+    experts = f"{moe}.experts"
+    expert_in, expert_out = f"{experts}.{EXPERT}.gate_up_proj", f"{experts}.{EXPERT}.down_proj"
+    sh_in, sh_out = (tuple(shared + n for n in shared_names[:-1]), (shared + shared_names[-1],)) if shared else ((), ())
+    mlp_in, mlp_out = ((expert_in, *sh_in), (expert_out, *sh_out)) if shared_last else \
+        ((*sh_in, expert_in), (*sh_out, expert_out))
+    floats = (router, *((shared_gate,) if shared_gate else ()))
+    if one_norm:
+        smooth = (Smooth("input_layernorm", (*qkv, *floats, *mlp_in), kind),)
+        dense = parallel("model.layers", "input_layernorm", qkv, "self_attn.o_proj", MLP_IN, "mlp.down_proj")
+    else:
+        smooth = (Smooth("input_layernorm", qkv, kind), Smooth(mlp_norm, (*floats, *mlp_in), kind))
+        dense = llama_like(kind=kind, mlp_norm=mlp_norm, qkv=qkv)
+    return Family("model.layers", (qkv, ("self_attn.o_proj",), mlp_in, mlp_out), smooth, fused=(expert_in,),
+                  requires=requires, experts=experts, floats=floats, dense=dense)
+
+
+# GLM-4.5/4.6 MoE, dots.llm1: a shared expert after the routed ones (and dense first blocks)
+SHARED_EXPERTS = "mlp.shared_experts."
+SHARED_AFTER = moe_block(shared=SHARED_EXPERTS, shared_last=True)
+
+
+def falcon(norms: tuple[str, ...], **requires: Any) -> Family:
+    """A Falcon block: one norm feeding attention and the MLP at once (parallel), or two norms each
+    feeding its own (`pre_ln`'s pairs, parallel or sequential), under the config values that build it."""
+    linears = (("self_attention.query_key_value",), "self_attention.dense", "mlp.dense_h_to_4h", "mlp.dense_4h_to_h")
+    if len(norms) == 1:
+        family = parallel("transformer.h", norms[0], linears[0], linears[1], (linears[2],), linears[3])
+    else:
+        family = pre_ln("transformer.h", (norms[0], norms[1]), *linears)
+    return replace(family, requires=tuple(requires.items()))
+
+
+# Falcon: which norms a block has and what they feed is decided by three config values
+# (FalconDecoderLayer); no other combination runs in transformers either
+FALCON = (
+    # Falcon-7B: one LayerNorm, parallel block
+    falcon(("input_layernorm",), parallel_attn=True, new_decoder_architecture=False,
+            num_ln_in_parallel_attn=OneOf((None, 1))),
+    # Falcon2-11B: the new architecture with one norm
+    falcon(("input_layernorm",), parallel_attn=True, new_decoder_architecture=True, num_ln_in_parallel_attn=1),
+    # Falcon-40B / 180B: ln_attn feeds q/k/v and ln_mlp the MLP, both read the block input (None means 2 here)
+    falcon(("ln_attn", "ln_mlp"), parallel_attn=True, new_decoder_architecture=True,
+            num_ln_in_parallel_attn=OneOf((None, 2))),
+    # Falcon-RW: sequential, input_layernorm before attention and post_attention_layernorm before the MLP
+    falcon(("input_layernorm", "post_attention_layernorm"), parallel_attn=False, new_decoder_architecture=False),
+)
