@@ -130,13 +130,14 @@ def _ls(args: argparse.Namespace) -> int:
     from ptq_bench.families import EXPERT, SUPPORTED_MODEL_TYPES, layouts
 
     print("model families (config.model_type of a 'source:' checkpoint):")
+    width = max(map(len, SUPPORTED_MODEL_TYPES))
     for name in SUPPORTED_MODEL_TYPES:
         for fam in layouts(name):
             norms = "/".join(sorted({pair.kind for pair in fam.smooth})) or f"{fam.unsmoothable}: no SmoothQuant"
             notes = ["low-bit: no PTQ" if fam.low_bit else norms, *(f"needs {k}={v!r}" for k, v in fam.requires)]
             per_expert = sum(EXPERT in n.split(".") for n in fam.linears)
             count = f"{len(fam.linears) - per_expert} linears per block" + (f" + {per_expert} per expert" * bool(per_expert))
-            print(f"  {name:<12} {count}, {', '.join(notes)}")
+            print(f"  {name:<{width}} {count}, {', '.join(notes)}")
     return 0
 
 

@@ -7,6 +7,7 @@ import gzip
 import json
 import math
 import os
+import re
 import subprocess
 import sys
 import time
@@ -534,5 +535,7 @@ def test_ls_lists_the_tables(capsys):
 
     families = out.split("model families")[1]
     assert all(f"\n  {t} " in families for t in SUPPORTED_MODEL_TYPES)
-    assert "olmo2        7 linears per block, no norm feeds a linear: no SmoothQuant" in families
-    assert "stablelm     7 linears per block, layernorm, needs use_parallel_residual=False" in families
+    assert re.search(r"\n  olmo2 +7 linears per block, no norm feeds a linear: no SmoothQuant\n", families)
+    assert re.search(r"\n  stablelm +7 linears per block, layernorm, needs use_parallel_residual=False\n", families)
+    starts = {line.index(" linears per block") - len(line.split()[1]) for line in families.splitlines()[1:] if line}
+    assert len(starts) == 1, starts  # one column, however long a family's name
