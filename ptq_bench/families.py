@@ -160,6 +160,9 @@ FAMILIES: dict[str, Family | tuple[Family, ...]] = {
     "hunyuan_v1_moe": moe_block(router="mlp.gate.wg", shared="mlp.shared_mlp."),
     "phimoe": moe_block(router="mlp.router", kind="layernorm"),  # Phi-3.5-MoE: LayerNorms with bias, sparsemixer
     "flex_olmo": replace(moe_block(), smooth=()),  # OLMo 2's post-norms: no norm feeds a linear
+    # GPT-OSS: experts stored transposed, gate / up interleaved, with biases, a clamped SwiGLU (its own _apply_gate);
+    # a biased router; attention sinks, sliding and full layers
+    "gpt_oss": moe_block("mlp.router"),
     "mellum": moe_block(),  # with q/k norms after the projections
     "minimax_m2": moe_block(),
     "mimo_v2_flash": moe_block(),  # attention sinks in its sliding layers

@@ -76,15 +76,16 @@ def routed_inputs(model: nn.Module, tokens: torch.Tensor, block: int) -> dict[st
     path = MOE_BLOCK.get(model.config.model_type, "mlp")
     moe, x = model.model.layers[block].get_submodule(path), moe_input(model, tokens, block)
     _, _, chosen = (moe.router if hasattr(moe, "router") else moe.gate)(x)
-    out = {}
-    for e in range(moe.experts.gate_up_proj.shape[0]):
+    out, experts = {}, moe.experts
+    for e in range(experts.gate_up_proj.shape[0]):
         xe = x[(chosen == e).any(dim=-1)]
-        gate, up = (xe @ moe.experts.gate_up_proj[e].T).chunk(2, dim=-1)
-        out[f"{path}.experts.{e}.gate_up_proj"], out[f"{path}.experts.{e}.down_proj"] = xe, moe.experts.act_fn(gate) * up
+        w = experts.gate_up_proj[e] if experts.is_transposed else experts.gate_up_proj[e].T  # (in, out)
+        h = xe @ w + (experts.gate_up_proj_bias[e] if experts.has_bias else 0)
+        out[f"{path}.experts.{e}.gate_up_proj"], out[f"{path}.experts.{e}.down_proj"] = xe, experts._apply_gate(h)
     return out
 
 
-@pytest.mark.parametrize("model_type", ["mixtral", "qwen2_moe", "glm4_moe", "granitemoeshared"])  # glm4_moe: block 0 dense
+@pytest.mark.parametrize("model_type", ["mixtral", "qwen2_moe", "glm4_moe", "granitemoeshared", "gpt_oss"])  # glm4_moe: block 0 dense
 def test_each_experts_hessian_is_its_routed_tokens(model_type):
     ref = fused_model(model_type)
     tokens = calib_tokens(4, 32)
@@ -157,9 +158,10 @@ def mlp_norm_readers(moe: nn.Module) -> list[torch.Tensor]:
         return [moe.gate_proj.weight, moe.up_proj.weight]
     shared = getattr(moe, "shared_expert", None) or getattr(moe, "shared_experts", None)
     gate = [moe.shared_expert_gate.weight] if hasattr(moe, "shared_expert_gate") else []
-    router = moe.router.gate if hasattr(moe, "router") else moe.gate  # AFMoE's router holds an nn.Linear
-    return [router.weight, *gate, *([shared.gate_proj.weight, shared.up_proj.weight] if shared else []),
-            *moe.experts.gate_up_proj]
+    router = getattr(moe, "router", None) or moe.gate
+    router = getattr(router, "gate", router)  # AFMoE's router holds an nn.Linear
+    experts = moe.experts.gate_up_proj.transpose(1, 2) if moe.experts.is_transposed else moe.experts.gate_up_proj
+    return [router.weight, *gate, *([shared.gate_proj.weight, shared.up_proj.weight] if shared else []), *experts]
 
 
 def granite_readers(layer: nn.Module) -> list[torch.Tensor]:
@@ -180,6 +182,7 @@ REFERENCE_CASES = {
     "mixtral": ("post_attention_layernorm", lambda layer: mlp_norm_readers(layer.mlp)),
     "qwen2_moe": ("post_attention_layernorm", lambda layer: mlp_norm_readers(layer.mlp)),
     "glm4_moe": ("post_attention_layernorm", lambda layer: mlp_norm_readers(layer.mlp)),
+    "gpt_oss": ("post_attention_layernorm", lambda layer: mlp_norm_readers(layer.mlp)),  # experts stored (in, out)
     "afmoe": ("pre_mlp_layernorm", lambda layer: mlp_norm_readers(layer.mlp)),  # post_attention_: attention's output
     "granitemoeshared": ("post_attention_layernorm", granite_readers),
     "cohere2_moe:shared": ("input_layernorm", parallel_readers),
@@ -230,3 +233,15 @@ def test_in_place_quantization_of_a_mixture_of_experts_gives_the_copys_rows(tmp_
         assert main(["run", str(path)]) == 0
         rows[in_place] = {r.label: (r.metrics, r.quant.get("n_linears")) for r in load_rows(path.parent / "out", strict=True)}
     assert rows[True] == rows[False] and len(rows[True]) == 3
+
+
+def test_experts_of_an_unknown_layout_are_refused_by_name():
+    """Ergo's experts have no gate (and a norm after each expert): no ExpertMLP computes them, so they are refused."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    config = AutoConfig.for_model("ergo", hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                                  num_attention_heads=4, num_key_value_heads=2, vocab_size=64, head_dim=16,
+                                  n_routed_experts=4, num_experts=4, num_experts_per_tok=2, moe_intermediate_size=32)
+    experts = [m for m in AutoModelForCausalLM.from_config(config).modules() if type(m).__name__ == "ErgoExperts"][0]
+    with pytest.raises(QuantError, match=r"ErgoExperts: experts stored as has_gate=False; only gated"):
+        LinearExperts.from_fused(experts)

@@ -148,6 +148,8 @@ FAMILY_CONFIGS: dict[str, tuple[str, dict[str, Any]]] = {
                                          "prefix_dense_intermediate_size": 128}),
     "cohere2_moe:shared": ("Cohere2MoeConfig", {**COMMON, **MOE, "head_dim": 16, "sliding_window": 16,
                                                 "layer_types": SLIDING_FULL, "num_shared_experts": 1}),
+    "gpt_oss": ("GptOssConfig", {**COMMON, "head_dim": 16, "num_local_experts": 4, "num_experts_per_tok": 2,
+                                 "sliding_window": 16, "layer_types": SLIDING_FULL}),
     "granitemoe": ("GraniteMoeConfig", {**COMMON, **GRANITE_MOE}),
     "granitemoeshared": ("GraniteMoeSharedConfig", {**COMMON, **GRANITE_MOE, "shared_intermediate_size": 32}),
     "granitemoeshared:unshared": ("GraniteMoeSharedConfig", {**COMMON, **GRANITE_MOE}),

@@ -6,13 +6,14 @@ transformers 5 stores a block's experts fused, as 3-D parameters (`gate_up_proj`
 loop). A grid per expert, a Hessian per expert from the tokens routed to it, and per-token activation
 quantization of each expert's input all need the experts as separate linears. `unfuse_experts` replaces
 each block's fused experts (at the family's `experts` path) by `LinearExperts`: expert e's `gate_up_proj`
-and `down_proj` are `nn.Linear`s holding slices e of the fused parameters, and its forward is transformers'
-eager loop with those linears: the same operations, so the float model's outputs are bit for bit the eager
-implementation's (tests/test_moe.py compares with transformers' own model, eager and default).
+and `down_proj` are `nn.Linear`s holding slices e of the fused parameters (transposed where the class stores
+them (in, out), with its biases where it has them), the gate between them is the class's own `_apply_gate`,
+and the forward is transformers' eager loop with those linears: the same operations, so the float model's
+outputs are the eager implementation's bit for bit, GPT-OSS's (x @ W + b there, F.linear here) included
+(tests/test_moe.py compares with transformers' own model, eager and default).
 
-Only the layout of Mixtral / OLMoE / Qwen-MoE experts is known here (gate and up concatenated, weights
-(out, in), no biases, no per-expert norm); an experts class declaring another (GPT-OSS's transposed,
-interleaved, biased one) is refused by name. The routers stay float modules (`Family.floats`).
+Gated experts without a per-expert norm are known here; an experts class declaring another layout (Ergo's
+ungated experts with a norm after each) is refused by name. The routers stay float modules (`Family.floats`).
 """
 
 from __future__ import annotations
@@ -25,31 +26,55 @@ import torch.nn as nn
 from ptq_bench.errors import QuantError
 from ptq_bench.families import family_of_config
 
-# what `transformers.integrations.moe.use_experts_implementation` records on an experts class, as this
-# module's loop computes it
-EAGER_LAYOUT = {"is_transposed": False, "is_concatenated": True, "has_bias": False, "has_gate": True,
-                "has_post_expert_norm": False}
+# what `transformers.integrations.moe.use_experts_implementation` records on an experts class: this module
+# unfuses any gated layout without a per-expert norm (weights (out, in) or transposed, with or without biases,
+# gate and up concatenated or interleaved: the class's own `_apply_gate` splits them)
+KNOWN_LAYOUT = {"has_gate": True, "has_post_expert_norm": False}
+LAYOUT_KEYS = ("is_transposed", "is_concatenated", "has_bias", *KNOWN_LAYOUT)
 
 
-def _linear(weight: torch.Tensor) -> nn.Linear:
-    """An nn.Linear holding `weight` (out, in) in its own memory (safetensors refuses shared storage)."""
-    linear = nn.Linear(weight.shape[1], weight.shape[0], bias=False, device="meta")
-    linear.weight = nn.Parameter(weight.detach().clone(), requires_grad=False)
+def _linear(weight: torch.Tensor, bias: torch.Tensor | None = None, transposed: bool = False) -> nn.Linear:
+    """An nn.Linear holding `weight` ((out, in), or (in, out) when `transposed`) and `bias` in its own memory
+    (safetensors refuses shared storage)."""
+    weight = weight.T if transposed else weight
+    linear = nn.Linear(weight.shape[1], weight.shape[0], bias=bias is not None, device="meta")
+    linear.weight = nn.Parameter(weight.detach().clone(memory_format=torch.contiguous_format), requires_grad=False)
+    if bias is not None:
+        linear.bias = nn.Parameter(bias.detach().clone(), requires_grad=False)
     return linear
 
 
+class ExpertGate(nn.Module):
+    """The fused experts class's own `_apply_gate` (gate_up output -> the down projection's input: its
+    activation, the split of concatenated or interleaved gate / up, GPT-OSS's clamped SwiGLU), called on a
+    module that keeps the attributes it reads (act_fn, alpha, limit, ...) and none of the fused weights."""
+
+    token_local = True  # element by element (eval/model_traits)
+
+    def __init__(self, fused: nn.Module) -> None:
+        super().__init__()
+        self.apply_gate = type(fused)._apply_gate
+        for key, value in vars(fused).items():
+            if not key.startswith("_") and key != "training" and not isinstance(value, torch.Tensor):
+                setattr(self, key, value)
+        for name, child in fused.named_children():
+            self.add_module(name, child)
+
+    def forward(self, gate_up: torch.Tensor) -> torch.Tensor:
+        return self.apply_gate(self, gate_up)
+
+
 class ExpertMLP(nn.Module):
-    """One expert: act(gate) * up from one fused gate_up linear, then down."""
+    """One expert: one fused gate_up linear, the experts class's gate (`glu`), then down."""
 
     token_local = True  # row by row, as any float MLP (eval/model_traits)
 
-    def __init__(self, gate_up: torch.Tensor, down: torch.Tensor, act_fn: nn.Module) -> None:
+    def __init__(self, gate_up: nn.Linear, down: nn.Linear, gate: ExpertGate) -> None:
         super().__init__()
-        self.gate_up_proj, self.down_proj, self.act_fn = _linear(gate_up), _linear(down), act_fn
+        self.gate_up_proj, self.down_proj, self.glu = gate_up, down, gate  # not `gate`: routers are called so
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        gate, up = self.gate_up_proj(x).chunk(2, dim=-1)
-        return self.down_proj(self.act_fn(gate) * up)
+        return self.down_proj(self.glu(self.gate_up_proj(x)))
 
 
 class LinearExperts(nn.ModuleList):
@@ -60,13 +85,17 @@ class LinearExperts(nn.ModuleList):
 
     @classmethod
     def from_fused(cls, fused: nn.Module) -> LinearExperts:
-        layout = {key: getattr(fused, key, None) for key in EAGER_LAYOUT}
-        if layout != EAGER_LAYOUT or fused.gate_up_proj.dim() != 3:
-            odd = ", ".join(f"{k}={v!r}" for k, v in layout.items() if v != EAGER_LAYOUT[k])
-            raise QuantError(f"{type(fused).__name__}: experts stored as {odd or 'other tensors'}; only "
-                             "concatenated gate/up (out, in) experts without bias are known (models/experts.py)")
-        gate_up, down = fused.gate_up_proj.data, fused.down_proj.data
-        return cls(ExpertMLP(gate_up[e], down[e], fused.act_fn) for e in range(gate_up.shape[0]))
+        layout = {key: getattr(fused, key, None) for key in LAYOUT_KEYS}
+        if any(layout[k] != v for k, v in KNOWN_LAYOUT.items()) or getattr(fused, "gate_up_proj", None) is None \
+                or fused.gate_up_proj.dim() != 3:
+            odd = ", ".join(f"{k}={layout[k]!r}" for k, v in KNOWN_LAYOUT.items() if layout[k] != v)
+            raise QuantError(f"{type(fused).__name__}: experts stored as {odd or 'other tensors'}; only gated "
+                             "experts without a per-expert norm are known (models/experts.py)")
+        t, gate = bool(layout["is_transposed"]), ExpertGate(fused)
+        biases = (fused.gate_up_proj_bias, fused.down_proj_bias) if layout["has_bias"] else (None, None)
+        return cls(ExpertMLP(_linear(fused.gate_up_proj[e], _at(biases[0], e), t),
+                             _linear(fused.down_proj[e], _at(biases[1], e), t), gate)
+                   for e in range(fused.gate_up_proj.shape[0]))
 
     def forward(self, hidden_states: torch.Tensor, top_k_index: torch.Tensor,
                 top_k_weights: torch.Tensor) -> torch.Tensor:
@@ -82,6 +111,10 @@ class LinearExperts(nn.ModuleList):
             y = self[e](hidden_states[token_idx]) * top_k_weights[token_idx, top_k_pos, None]
             out.index_add_(0, token_idx, y.to(out.dtype))
         return out
+
+
+def _at(bias: torch.Tensor | None, e: int) -> torch.Tensor | None:
+    return None if bias is None else bias[e]
 
 
 def unfuse_experts(model: Any) -> int:
@@ -105,4 +138,4 @@ def unfuse_experts(model: Any) -> int:
     return changed
 
 
-__all__ = ["EAGER_LAYOUT", "ExpertMLP", "LinearExperts", "unfuse_experts"]
+__all__ = ["KNOWN_LAYOUT", "ExpertGate", "ExpertMLP", "LinearExperts", "unfuse_experts"]
