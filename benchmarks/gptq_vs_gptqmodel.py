@@ -168,14 +168,13 @@ def our_name(name: str) -> tuple[str, int | None]:
 
 def weight_of(mods: dict, name: str):
     """The (out, in) weight that GPTQModel's linear `name` is in our model: the linear itself, or for an
-    expert's gate or up projection the half of our expert's gate_up_proj that computes it (its first or second
-    half; GPT-OSS's interleaved rows: the even or the odd ones)."""
+    expert's gate or up projection the half of our expert's gate_up_proj that computes it. Halves also where
+    the class interleaves gate and up (GPT-OSS): GPTQModel's defuser splits the fused rows in two and
+    concatenates the halves' outputs back before the class's `_apply_gate`, so its "gate_proj" is the first
+    half of the rows, not the gate (our solver reproduces its weights only so)."""
     ours, half = (name, None) if name in mods else our_name(name)
     w = mods[ours].weight.data
-    if half is None:
-        return w
-    concatenated = getattr(mods[ours.rpartition(".")[0]].glu, "is_concatenated", True)
-    return w.chunk(2, dim=0)[half] if concatenated else w[half::2]
+    return w if half is None else w.chunk(2, dim=0)[half]
 
 
 def hessian_check(model_dir: str, calib, theirs: dict) -> tuple[int, float]:
