@@ -174,6 +174,26 @@ SHARED_EXPERTS = "mlp.shared_experts."
 SHARED_AFTER = moe_block(shared=SHARED_EXPERTS, shared_last=True)
 
 
+def mla(family: Family, q_lora: bool = True, requires: tuple[tuple[str, Any], ...] = ()) -> Family:
+    """`family` with multi-head latent attention (DeepSeek-V2/V3, MiniCPM3): the attention norm feeds q's
+    down-projection q_a_proj (q_proj itself where q_lora_rank is None) and kv_a_proj_with_mqa; q_a_layernorm
+    feeds q_b_proj, and kv_a_layernorm (on kv_a's first kv_lora_rank outputs, the rotary part bypasses it)
+    feeds kv_b_proj. Groups in run order: the two down-projections, the two up-projections, then o."""
+    first = (f"self_attn.{'q_a_proj' if q_lora else 'q_proj'}", "self_attn.kv_a_proj_with_mqa")
+    second = (*(("self_attn.q_b_proj",) if q_lora else ()), "self_attn.kv_b_proj")
+    attn, *rest = family.smooth
+    ups = (*((Smooth("self_attn.q_a_layernorm", ("self_attn.q_b_proj",), attn.kind),) if q_lora else ()),
+           Smooth("self_attn.kv_a_layernorm", ("self_attn.kv_b_proj",), attn.kind))
+    return replace(family, groups=(first, second, *family.groups[1:]), requires=requires,
+                   smooth=(Smooth(attn.norm, first, attn.kind), *ups, *rest),
+                   dense=family.dense and mla(family.dense, q_lora))
+
+
+def mla_layouts(family: Family) -> tuple[Family, Family]:
+    """Both MLA layouts of a family: q without a low-rank pair where q_lora_rank is None, else with one."""
+    return mla(family, q_lora=False, requires=(("q_lora_rank", None),)), mla(family)
+
+
 def falcon(norms: tuple[str, ...], **requires: Any) -> Family:
     """A Falcon block: one norm feeding attention and the MLP at once (parallel), or two norms each
     feeding its own (`pre_ln`'s pairs, parallel or sequential), under the config values that build it."""

@@ -41,6 +41,7 @@ from ptq_bench.block_layouts import (
     OneOf,
     Smooth,
     llama_like,
+    mla_layouts,
     moe_block,
     parallel,
     pre_ln,
@@ -185,6 +186,13 @@ FAMILIES: dict[str, Family | tuple[Family, ...]] = {
     "granitemoe": GRANITE_MOE,
     "granitemoeshared": GRANITE_MOE_SHARED,
     "granitemoe_swa": GRANITE_MOE_SHARED,  # sliding and full layers, attention sinks
+    # multi-head latent attention (block_layouts.mla): DeepSeek-V2/V3 (and Kimi K2, model_type deepseek_v3) with
+    # a shared expert after the routed ones and dense first blocks, GLM-4-MoE-Lite, and the dense MiniCPM3, Youtu
+    "deepseek_v3": mla_layouts(SHARED_AFTER),
+    "deepseek_v2": mla_layouts(SHARED_AFTER),
+    "glm4_moe_lite": mla_layouts(SHARED_AFTER),
+    "minicpm3": mla_layouts(llama_like()),  # with a residual scale
+    "youtu": mla_layouts(llama_like()),
     # transformers' BitNet (b1.58 checkpoints, `quant_method: bitnet`): linears re-ternarize on every call
     "bitnet": llama_like(low_bit=True),
 }

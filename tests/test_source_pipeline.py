@@ -54,9 +54,10 @@ def recipe(tmp_path: Path, models: dict, quantize: list) -> Path:
 # block linears of the 2-block tiny checkpoints: falcon:rw has ALiBi, a bias and 4 linears per block; the
 # mixtures of experts 4 experts of 2 linears each (Qwen2-MoE: and a shared expert of 3; GLM-4-MoE: the
 # same, its first block dense; Granite MoE Shared: 2 shared linears under shared_mlp, the experts under
-# block_sparse_moe; Cohere 2 MoE: a dense parallel block 0, then experts)
+# block_sparse_moe; Cohere 2 MoE: a dense parallel block 0, then experts; DeepSeek-V3: latent attention's 5
+# linears, a dense block 0, then experts and a shared one)
 LINEARS = {"mistral": 14, "gpt2": 8, "falcon:rw": 8, "mixtral": 24, "qwen2_moe": 30, "glm4_moe": 22,
-           "granitemoeshared": 28, "cohere2_moe": 19}
+           "granitemoeshared": 28, "cohere2_moe": 19, "deepseek_v3": 24}
 
 
 @pytest.mark.parametrize("model_type", list(LINEARS))

@@ -22,6 +22,8 @@ SLIDING_FULL = ["sliding_attention", "full_attention"]
 DENSE_SPARSE = ["dense", "sparse"]  # a dense first block, then experts
 MOE = {"num_experts": 4, "num_experts_per_tok": 2, "moe_intermediate_size": 32}
 ROUTED = {"n_routed_experts": 4, "num_experts_per_tok": 2, "moe_intermediate_size": 32, "n_group": 1, "topk_group": 1}
+MLA = {"q_lora_rank": 32, "kv_lora_rank": 32, "qk_rope_head_dim": 8, "qk_nope_head_dim": 16, "v_head_dim": 16,
+       "head_dim": 8, "num_key_value_heads": 4}  # head_dim: the rotary part's; kv_b_proj makes every head's k and v
 GRANITE_MOE = {"num_local_experts": 4, "num_experts_per_tok": 2, "residual_multiplier": 0.5, "attention_multiplier": 0.25,
                "embedding_multiplier": 4.0, "logits_scaling": 2.0}
 FALCON = {"hidden_size": 64, "ffn_hidden_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4,
@@ -150,6 +152,20 @@ FAMILY_CONFIGS: dict[str, tuple[str, dict[str, Any]]] = {
                                                 "layer_types": SLIDING_FULL, "num_shared_experts": 1}),
     "gpt_oss": ("GptOssConfig", {**COMMON, "head_dim": 16, "num_local_experts": 4, "num_experts_per_tok": 2,
                                  "sliding_window": 16, "layer_types": SLIDING_FULL}),
+    # multi-head latent attention: low-rank q (or q_proj, where q_lora_rank is None) and kv
+    "deepseek_v3": ("DeepseekV3Config", {**COMMON, **ROUTED, **MLA, "n_shared_experts": 1, "first_k_dense_replace": 1}),
+    "deepseek_v3:no_q_lora": ("DeepseekV3Config", {**COMMON, **ROUTED, **MLA, "q_lora_rank": None,
+                                                   "n_shared_experts": 1, "first_k_dense_replace": 1}),
+    "deepseek_v2": ("DeepseekV2Config", {**COMMON, **ROUTED, **MLA, "n_shared_experts": 1, "first_k_dense_replace": 1}),
+    "deepseek_v2:no_q_lora": ("DeepseekV2Config", {**COMMON, **ROUTED, **MLA, "q_lora_rank": None, "n_shared_experts": 1}),
+    "glm4_moe_lite": ("Glm4MoeLiteConfig", {**COMMON, **ROUTED, **MLA, "n_shared_experts": 1,
+                                            "mlp_layer_types": DENSE_SPARSE}),
+    "glm4_moe_lite:no_q_lora": ("Glm4MoeLiteConfig", {**COMMON, **ROUTED, **MLA, "q_lora_rank": None,
+                                                      "n_shared_experts": 1}),
+    "minicpm3": ("MiniCPM3Config", {**COMMON, **MLA}),
+    "minicpm3:no_q_lora": ("MiniCPM3Config", {**COMMON, **MLA, "q_lora_rank": None}),
+    "youtu": ("YoutuConfig", {**COMMON, **MLA}),
+    "youtu:no_q_lora": ("YoutuConfig", {**COMMON, **MLA, "q_lora_rank": None}),
     "granitemoe": ("GraniteMoeConfig", {**COMMON, **GRANITE_MOE}),
     "granitemoeshared": ("GraniteMoeSharedConfig", {**COMMON, **GRANITE_MOE, "shared_intermediate_size": 32}),
     "granitemoeshared:unshared": ("GraniteMoeSharedConfig", {**COMMON, **GRANITE_MOE}),
