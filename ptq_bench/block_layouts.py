@@ -169,8 +169,8 @@ def moe_block(router: str = "mlp.gate", kind: str = "gain", *, moe: str = "mlp",
                   requires=requires, experts=experts, floats=floats, dense=dense)
 
 
+SHARED_EXPERTS = "mlp.shared_experts."  # the usual path of a shared expert (Llama's MLP names)
 # GLM-4.5/4.6 MoE, dots.llm1: a shared expert after the routed ones (and dense first blocks)
-SHARED_EXPERTS = "mlp.shared_experts."
 SHARED_AFTER = moe_block(shared=SHARED_EXPERTS, shared_last=True)
 
 
@@ -178,7 +178,9 @@ def mla(family: Family, q_lora: bool = True, requires: tuple[tuple[str, Any], ..
     """`family` with multi-head latent attention (DeepSeek-V2/V3, MiniCPM3): the attention norm feeds q's
     down-projection q_a_proj (q_proj itself where q_lora_rank is None) and kv_a_proj_with_mqa; q_a_layernorm
     feeds q_b_proj, and kv_a_layernorm (on kv_a's first kv_lora_rank outputs, the rotary part bypasses it)
-    feeds kv_b_proj. Groups in run order: the two down-projections, the two up-projections, then o."""
+    feeds kv_b_proj. Groups in run order: the two down-projections, the two up-projections, then o. (`family`'s
+    first group and first smoothing pair are its attention's input linears and norm, as the builders above
+    make them.)"""
     first = (f"self_attn.{'q_a_proj' if q_lora else 'q_proj'}", "self_attn.kv_a_proj_with_mqa")
     second = (*(("self_attn.q_b_proj",) if q_lora else ()), "self_attn.kv_b_proj")
     attn, *rest = family.smooth
