@@ -152,7 +152,8 @@ def moe_block(router: str = "mlp.gate", kind: str = "gain", *, moe: str = "mlp",
     in GPTQModel, llm-compressor) and are smoothed with every expert, as SmoothQuant's own Mixtral code does.
     `qkv` are the attention's input linears (with a gate, some families), `mlp_norm` the norm feeding the
     MLP; `one_norm`: a parallel block, input_layernorm feeding attention and the MLP at once (Cohere 2 MoE).
-    Blocks without experts (dense first layers, Qwen's mlp_only_layers) have Llama's MLP (`dense`)."""
+    Blocks without experts (dense first layers, Qwen's mlp_only_layers) have Llama's MLP under `moe`
+    (`dense`)."""
     experts = f"{moe}.experts"
     expert_in, expert_out = f"{experts}.{EXPERT}.gate_up_proj", f"{experts}.{EXPERT}.down_proj"
     sh_in, sh_out = (tuple(shared + n for n in shared_names[:-1]), (shared + shared_names[-1],)) if shared else ((), ())
@@ -164,7 +165,8 @@ def moe_block(router: str = "mlp.gate", kind: str = "gain", *, moe: str = "mlp",
         dense = parallel("model.layers", "input_layernorm", qkv, "self_attn.o_proj", MLP_IN, "mlp.down_proj")
     else:
         smooth = (Smooth("input_layernorm", qkv, kind), Smooth(mlp_norm, (*floats, *mlp_in), kind))
-        dense = llama_like(kind=kind, mlp_norm=mlp_norm, qkv=qkv)
+        dense = llama_like(kind=kind, mlp_norm=mlp_norm, qkv=qkv, mlp_in=(f"{moe}.gate_proj", f"{moe}.up_proj"),
+                           mlp_out=f"{moe}.down_proj")
     return Family("model.layers", (qkv, ("self_attn.o_proj",), mlp_in, mlp_out), smooth, fused=(expert_in,),
                   requires=requires, experts=experts, floats=floats, dense=dense)
 

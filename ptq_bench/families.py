@@ -186,6 +186,11 @@ FAMILIES: dict[str, Family | tuple[Family, ...]] = {
     "granitemoe": GRANITE_MOE,
     "granitemoeshared": GRANITE_MOE_SHARED,
     "granitemoe_swa": GRANITE_MOE_SHARED,  # sliding and full layers, attention sinks
+    # Llama 4: feed_forward holds the router (an nn.Linear, kept float), the experts (stored (in, out); their
+    # input is the token times its router score: models.experts.ScoredInputMoE) and a shared expert run last;
+    # dense blocks (moe_layers) a Llama MLP under feed_forward; NoPE layers, chunked attention, q/k L2 norms
+    "llama4_text": moe_block("feed_forward.router", moe="feed_forward", shared="feed_forward.shared_expert.",
+                             shared_last=True),
     # multi-head latent attention (block_layouts.mla): DeepSeek-V2/V3 (and Kimi K2, model_type deepseek_v3) with
     # a shared expert after the routed ones and dense first blocks, GLM-4-MoE-Lite, and the dense MiniCPM3, Youtu
     "deepseek_v3": mla_layouts(SHARED_AFTER),

@@ -149,11 +149,11 @@ def test_ptq_of_low_bit_family_is_refused(models, calib, model_type, method):
 
 def test_unregistered_family_is_a_one_line_error(calib):
     with pytest.raises(RecipeError) as err:
-        layouts("llama4_text")
-    assert "'llama4_text'" in str(err.value) and "llama" in str(err.value) and "\n" not in str(err.value)
+        layouts("jetmoe")
+    assert "'jetmoe'" in str(err.value) and "llama" in str(err.value) and "\n" not in str(err.value)
     model = lively_model("llama")
-    model.config.model_type = "llama4_text"
-    with pytest.raises(RecipeError, match="'llama4_text' is not supported"):
+    model.config.model_type = "jetmoe"
+    with pytest.raises(RecipeError, match="'jetmoe' is not supported"):
         quantize(model, "gptq", calib, w_bits=4)
 
 

@@ -25,6 +25,9 @@ pytestmark = pytest.mark.skipif(not (DATA / "hellaswag").is_dir(), reason=f"no d
 TASKS = ["hellaswag", "winogrande", "arc_easy"]
 LIMIT = 4
 NO_CACHE = {"openai-gpt"}  # families whose forward takes no KV cache: the plain path
+# families whose tiny model reads positions from its cache's length (Llama 4's attention temperature with a
+# floor_scale of 8): the plain path; `_wide`, floor_scale past max_length (as Llama 4's 8192): the shared one
+CACHE_LENGTH = {"llama4_text"}
 WIDE = 1024  # a sliding window longer than every prompt (max_length is 256)
 
 
@@ -49,7 +52,7 @@ def build(name: str, vocab: int) -> torch.nn.Module:
     from transformers import AutoModelForCausalLM
 
     cfg = tiny_config(name.removesuffix("_wide"), vocab)
-    cfg.sliding_window = WIDE
+    cfg.sliding_window, cfg.floor_scale = WIDE, WIDE
     torch.manual_seed(0)
     return AutoModelForCausalLM.from_config(cfg).float().eval()
 
@@ -61,12 +64,12 @@ def both(suites: dict, model: torch.nn.Module) -> tuple[dict, dict, float, int]:
     return a, b, worst, flips
 
 
-@pytest.mark.parametrize("name", [*FAMILY_CONFIGS, "mistral_wide", "gemma3_text_wide"])
+@pytest.mark.parametrize("name", [*FAMILY_CONFIGS, "mistral_wide", "gemma3_text_wide", "llama4_text_wide"])
 def test_fastlm_matches_hflm(suites, tok, name):
     model = build(name, len(tok))
     a, b, worst, flips = both(suites, model)
     # a float model takes the prefix-cache path; GPT-1's forward takes no KV cache
-    assert suites["fast"].last_path == ("fast:plain" if name in NO_CACHE else "fast:shared")
+    assert suites["fast"].last_path == ("fast:plain" if name in NO_CACHE | CACHE_LENGTH else "fast:shared")
     assert worst <= 1e-4 and flips == 0, (worst, flips)
     assert a == b  # every accuracy identical
     # not a vacuous model: the scores differ between requests

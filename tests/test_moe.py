@@ -23,6 +23,7 @@ from ptq_bench.quant.apply import hessian_stat
 from ptq_bench.quant.calibrate import run_blockwise, submodule_or_none
 
 MOE = [t for t in FAMILY_CONFIGS if family_of_config(tiny_config(t)).experts]
+ONE_IMPLEMENTATION = {"llama4_text"}  # no experts implementations to choose from (set_experts_implementation)
 
 
 @torch.no_grad()
@@ -30,7 +31,8 @@ def fused_model(model_type: str, implementation: str = "eager", layers: int = 2)
     """transformers' own tiny model of the family, block weights redrawn at scale 1/sqrt(in) so that routing
     is decisive and every expert matters."""
     model = tiny_model(model_type, layers=layers)
-    model.set_experts_implementation(implementation)
+    if model_type not in ONE_IMPLEMENTATION:
+        model.set_experts_implementation(implementation)
     g = torch.Generator().manual_seed(3)
     for p in model.model.layers.parameters():
         if p.dim() >= 2:
@@ -52,12 +54,15 @@ def test_unfused_experts_compute_transformers_model(model_type):
     assert unfuse_experts(ours) == len(moe_blocks) > 0 and unfuse_experts(ours) == 0  # each such block, once
     assert all(isinstance(ours.model.layers[i].get_submodule(path), LinearExperts) for i in moe_blocks)
     tokens = calib_tokens(2, 32, seed=5)
+    if model_type in ONE_IMPLEMENTATION:  # Llama 4: its experts' batched matmuls over every token
+        assert torch.allclose(logits(ref, tokens), logits(ours, tokens), atol=1e-5, rtol=0)
+        return
     assert torch.equal(logits(ref, tokens), logits(ours, tokens))  # transformers' eager loop, bit for bit
     default = fused_model(model_type, "grouped_mm")  # transformers' default experts implementation
     assert torch.allclose(logits(default, tokens), logits(ours, tokens), atol=1e-5, rtol=0)
 
 
-MOE_BLOCK = {"granitemoeshared": "block_sparse_moe"}  # where transformers keeps the MoE block (else mlp)
+MOE_BLOCK = {"granitemoeshared": "block_sparse_moe", "llama4_text": "feed_forward"}  # where the MoE block is (else mlp)
 
 
 def moe_input(model: nn.Module, tokens: torch.Tensor, block: int) -> torch.Tensor:
@@ -75,17 +80,26 @@ def routed_inputs(model: nn.Module, tokens: torch.Tensor, block: int) -> dict[st
     choice on the block's MoE input, its gate_up weights and activation."""
     path = MOE_BLOCK.get(model.config.model_type, "mlp")
     moe, x = model.model.layers[block].get_submodule(path), moe_input(model, tokens, block)
-    _, _, chosen = (moe.router if hasattr(moe, "router") else moe.gate)(x)
+    if model.config.model_type == "llama4_text":  # Llama 4: an expert's input is the token times its score
+        scores, _ = moe.router(x)
+        routed = [x[scores[:, e] > 0] * scores[scores[:, e] > 0, e, None] for e in range(scores.shape[1])]
+        flags = {"is_transposed": True, "has_bias": False}
+    else:
+        _, _, chosen = (moe.router if hasattr(moe, "router") else moe.gate)(x)
+        routed = [x[(chosen == e).any(dim=-1)] for e in range(moe.experts.gate_up_proj.shape[0])]
+        flags = {"is_transposed": moe.experts.is_transposed, "has_bias": moe.experts.has_bias}
     out, experts = {}, moe.experts
-    for e in range(experts.gate_up_proj.shape[0]):
-        xe = x[(chosen == e).any(dim=-1)]
-        w = experts.gate_up_proj[e] if experts.is_transposed else experts.gate_up_proj[e].T  # (in, out)
-        h = xe @ w + (experts.gate_up_proj_bias[e] if experts.has_bias else 0)
-        out[f"{path}.experts.{e}.gate_up_proj"], out[f"{path}.experts.{e}.down_proj"] = xe, experts._apply_gate(h)
+    for e, xe in enumerate(routed):
+        w = experts.gate_up_proj[e] if flags["is_transposed"] else experts.gate_up_proj[e].T  # (in, out)
+        h = xe @ w + (experts.gate_up_proj_bias[e] if flags["has_bias"] else 0)
+        gate, up = h.chunk(2, dim=-1)
+        down_in = experts._apply_gate(h) if hasattr(experts, "_apply_gate") else up * experts.act_fn(gate)
+        out[f"{path}.experts.{e}.gate_up_proj"], out[f"{path}.experts.{e}.down_proj"] = xe, down_in
     return out
 
 
-@pytest.mark.parametrize("model_type", ["mixtral", "qwen2_moe", "glm4_moe", "granitemoeshared", "gpt_oss"])  # glm4_moe: block 0 dense
+@pytest.mark.parametrize("model_type", ["mixtral", "qwen2_moe", "glm4_moe", "granitemoeshared", "gpt_oss", "llama4_text"])
+# glm4_moe, llama4_text: block 0 dense
 def test_each_experts_hessian_is_its_routed_tokens(model_type):
     ref = fused_model(model_type)
     tokens = calib_tokens(4, 32)
@@ -160,7 +174,8 @@ def mlp_norm_readers(moe: nn.Module) -> list[torch.Tensor]:
     gate = [moe.shared_expert_gate.weight] if hasattr(moe, "shared_expert_gate") else []
     router = getattr(moe, "router", None) or moe.gate
     router = getattr(router, "gate", router)  # AFMoE's router holds an nn.Linear
-    experts = moe.experts.gate_up_proj.transpose(1, 2) if moe.experts.is_transposed else moe.experts.gate_up_proj
+    transposed = getattr(moe.experts, "is_transposed", True)  # Llama 4's experts are stored (in, out), unflagged
+    experts = moe.experts.gate_up_proj.transpose(1, 2) if transposed else moe.experts.gate_up_proj
     return [router.weight, *gate, *([shared.gate_proj.weight, shared.up_proj.weight] if shared else []), *experts]
 
 
@@ -183,6 +198,7 @@ REFERENCE_CASES = {
     "qwen2_moe": ("post_attention_layernorm", lambda layer: mlp_norm_readers(layer.mlp)),
     "glm4_moe": ("post_attention_layernorm", lambda layer: mlp_norm_readers(layer.mlp)),
     "gpt_oss": ("post_attention_layernorm", lambda layer: mlp_norm_readers(layer.mlp)),  # experts stored (in, out)
+    "llama4_text": ("post_attention_layernorm", lambda layer: mlp_norm_readers(layer.feed_forward)),
     "afmoe": ("pre_mlp_layernorm", lambda layer: mlp_norm_readers(layer.mlp)),  # post_attention_: attention's output
     "granitemoeshared": ("post_attention_layernorm", granite_readers),
     "cohere2_moe:shared": ("input_layernorm", parallel_readers),

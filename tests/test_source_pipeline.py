@@ -55,9 +55,10 @@ def recipe(tmp_path: Path, models: dict, quantize: list) -> Path:
 # mixtures of experts 4 experts of 2 linears each (Qwen2-MoE: and a shared expert of 3; GLM-4-MoE: the
 # same, its first block dense; Granite MoE Shared: 2 shared linears under shared_mlp, the experts under
 # block_sparse_moe; Cohere 2 MoE: a dense parallel block 0, then experts; DeepSeek-V3: latent attention's 5
-# linears, a dense block 0, then experts and a shared one)
+# linears, a dense block 0, then experts and a shared one; Llama 4: a dense block 0, then the same under
+# feed_forward)
 LINEARS = {"mistral": 14, "gpt2": 8, "falcon:rw": 8, "mixtral": 24, "qwen2_moe": 30, "glm4_moe": 22,
-           "granitemoeshared": 28, "cohere2_moe": 19, "deepseek_v3": 24}
+           "granitemoeshared": 28, "cohere2_moe": 19, "deepseek_v3": 24, "llama4_text": 22}
 
 
 @pytest.mark.parametrize("model_type", list(LINEARS))

@@ -66,7 +66,7 @@ from lm_eval.utils import get_rolling_token_windows, make_disjoint_window
 from tqdm import tqdm
 
 from ptq_bench.eval.batching import batching_for, cut_sorted
-from ptq_bench.eval.model_traits import mixes_tokens, shareable_cache, token_local_model
+from ptq_bench.eval.model_traits import mixes_tokens, positions_from_cache, shareable_cache, token_local_model
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -185,8 +185,9 @@ class FastLM(HFLM):
         elif mode in ("shared", "plain") and mixes_tokens(model):
             raise ValueError(f"FastLM mode '{mode}' regroups rows, but this model rounds across tokens "
                              "(per-tensor activation scales): only mode 'hflm' reproduces HFLM's batches")
-        if mode == "shared" and (self._cache_arg is None or not shareable_cache(model)):
-            mode = "plain"  # the model's forward takes no KV cache, or one FastLM cannot fill exactly
+        if mode == "shared" and (self._cache_arg is None or not shareable_cache(model)
+                                 or positions_from_cache(model, self.max_length)):
+            mode = "plain"  # no KV cache, one FastLM cannot fill exactly, or positions read from its length
         self.mode = mode  # the path every request of this model takes
         self.n_forward = 0  # forward passes of the last call, for benchmarks
 

@@ -1,7 +1,7 @@
 """What FastLM must know about a model before it regroups its rows (eval/fast_lm.py, "Numerics"):
 whether every token is computed from its own and earlier tokens only (`token_local_model`), whether
 something declares that it mixes tokens (`mixes_tokens`), and whether its KV cache is one FastLM can
-fill exactly (`shareable_cache`)."""
+fill exactly (`shareable_cache`, `positions_from_cache`)."""
 
 from __future__ import annotations
 
@@ -61,3 +61,13 @@ def shareable_cache(model: torch.nn.Module) -> bool:
     except (AttributeError, KeyError, TypeError, ValueError):
         return False
     return bool(layers) and all(type(layer) in (DynamicLayer, DynamicSlidingWindowLayer) for layer in layers)
+
+
+def positions_from_cache(model: torch.nn.Module, max_length: int) -> bool:
+    """True when a layer takes a token's position from its cache's length rather than from position_ids,
+    at positions below `max_length`: Llama 4's NoPE layers scale q by log1p(floor((p + 1) / floor_scale)), p
+    counted from the cache's length, so FastLM's prefix caches (padded to the longest prefix of a window)
+    would move it. Below floor_scale - 1 the scale is exactly 1 and nothing depends on the cache."""
+    config = getattr(model, "config", None)
+    return bool(getattr(config, "attn_temperature_tuning", False)) and \
+        getattr(config, "floor_scale", max_length + 1) <= max_length

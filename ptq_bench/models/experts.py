@@ -44,6 +44,12 @@ def _linear(weight: torch.Tensor, bias: torch.Tensor | None = None, transposed: 
     return linear
 
 
+def concatenated_gate(module: nn.Module, gate_up: torch.Tensor) -> torch.Tensor:
+    """transformers' default gate (`integrations.moe`): act(gate) * up, gate and up concatenated."""
+    gate, up = gate_up.chunk(2, dim=-1)
+    return module.act_fn(gate) * up
+
+
 class ExpertGate(nn.Module):
     """The fused experts class's own `_apply_gate` (gate_up output -> the down projection's input: its
     activation, the split of concatenated or interleaved gate / up, GPT-OSS's clamped SwiGLU), called on a
@@ -53,7 +59,7 @@ class ExpertGate(nn.Module):
 
     def __init__(self, fused: nn.Module) -> None:
         super().__init__()
-        self.apply_gate = type(fused)._apply_gate
+        self.apply_gate = getattr(type(fused), "_apply_gate", concatenated_gate)
         for key, value in vars(fused).items():
             if not key.startswith("_") and key != "training" and not isinstance(value, torch.Tensor):
                 setattr(self, key, value)
@@ -91,10 +97,16 @@ class LinearExperts(nn.ModuleList):
             odd = ", ".join(f"{k}={layout[k]!r}" for k, v in KNOWN_LAYOUT.items() if layout[k] != v)
             raise QuantError(f"{type(fused).__name__}: experts stored as {odd or 'other tensors'}; only gated "
                              "experts without a per-expert norm are known (models/experts.py)")
-        t, gate = bool(layout["is_transposed"]), ExpertGate(fused)
         biases = (fused.gate_up_proj_bias, fused.down_proj_bias) if layout["has_bias"] else (None, None)
-        return cls(ExpertMLP(_linear(fused.gate_up_proj[e], _at(biases[0], e), t),
-                             _linear(fused.down_proj[e], _at(biases[1], e), t), gate)
+        return cls.from_weights(fused, bool(layout["is_transposed"]), biases)
+
+    @classmethod
+    def from_weights(cls, fused: nn.Module, transposed: bool,
+                     biases: tuple[torch.Tensor | None, torch.Tensor | None] = (None, None)) -> LinearExperts:
+        """One ExpertMLP per slice of the fused `gate_up_proj` / `down_proj` (and biases)."""
+        gate = ExpertGate(fused)
+        return cls(ExpertMLP(_linear(fused.gate_up_proj[e], _at(biases[0], e), transposed),
+                             _linear(fused.down_proj[e], _at(biases[1], e), transposed), gate)
                    for e in range(fused.gate_up_proj.shape[0]))
 
     def forward(self, hidden_states: torch.Tensor, top_k_index: torch.Tensor,
@@ -111,6 +123,37 @@ class LinearExperts(nn.ModuleList):
             y = self[e](hidden_states[token_idx]) * top_k_weights[token_idx, top_k_pos, None]
             out.index_add_(0, token_idx, y.to(out.dtype))
         return out
+
+
+class ScoredInputMoE(nn.Module):
+    """Llama 4's MoE block (`Llama4TextMoe`) with its experts unfused. Its router gives each token a sigmoid
+    score for its top-k experts and 0 for the others, and an expert's *input* is the token times its score;
+    transformers runs every expert on every token (an unchosen one on a row of zeros, whose output is 0: no
+    biases, act(0) * 0 = 0). Here each expert runs on the tokens it scores above 0 only, so its Hessian and
+    `fewest_expert_tokens` count the tokens routed to it; the outputs are summed into the shared expert's, as
+    transformers does (within float rounding of its batched kernels, tests/test_moe.py)."""
+
+    token_local = True  # each token's output reads its own routing and its own row only (eval/model_traits)
+
+    def __init__(self, moe: nn.Module) -> None:
+        super().__init__()
+        self.hidden_dim, self.router, self.shared_expert = moe.hidden_dim, moe.router, moe.shared_expert
+        self.experts = LinearExperts.from_weights(moe.experts, transposed=True)  # stored (in, out)
+
+    def forward(self, hidden_states: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        x = hidden_states.reshape(-1, self.hidden_dim)
+        scores, router_logits = self.router(x)  # (tokens, experts)
+        routed = torch.zeros_like(x)
+        for e, expert in enumerate(self.experts):
+            rows = (scores[:, e] > 0).nonzero()[:, 0]
+            if len(rows):
+                routed.index_add_(0, rows, expert(x[rows] * scores[rows, e, None]).to(x.dtype))
+        return self.shared_expert(x).add_(routed), router_logits
+
+
+# MoE block classes whose experts are replaced together with the block's forward (by class name: nothing
+# imported), and the module that does it
+SCORED_INPUT_BLOCKS = {"Llama4TextMoe": ScoredInputMoE}
 
 
 def _at(bias: torch.Tensor | None, e: int) -> torch.Tensor | None:
@@ -132,10 +175,16 @@ def unfuse_experts(model: Any) -> int:
             continue
         if fused is None:
             raise QuantError(f"{type(layer).__name__}: no experts at '{family.experts}' (family registry)")
-        if not isinstance(fused, LinearExperts):
+        if isinstance(fused, LinearExperts):
+            continue
+        if type(parent).__name__ in SCORED_INPUT_BLOCKS:  # Llama 4: the block itself is replaced
+            owner_path, _, name = parent_path.rpartition(".")
+            owner = layer.get_submodule(owner_path) if owner_path else layer
+            setattr(owner, name, SCORED_INPUT_BLOCKS[type(parent).__name__](parent))
+        else:
             setattr(parent, leaf, LinearExperts.from_fused(fused))
-            changed += 1
+        changed += 1
     return changed
 
 
-__all__ = ["KNOWN_LAYOUT", "ExpertGate", "ExpertMLP", "LinearExperts", "unfuse_experts"]
+__all__ = ["KNOWN_LAYOUT", "ExpertGate", "ExpertMLP", "LinearExperts", "ScoredInputMoE", "unfuse_experts"]
