@@ -88,13 +88,17 @@ def norm_outputs_read(model: torch.nn.Module, ids: torch.Tensor) -> tuple[list[s
     hooks = [layer.register_forward_hook(lambda _m, _a, y: block_out.append(y[0] if isinstance(y, (tuple, list)) else y))]
     for name, m in layer.named_modules():
         if "norm" in type(m).__name__.lower():
-            hooks.append(m.register_forward_hook(lambda _m, _a, y, name=name: outs.setdefault(name, y)))
+            # a hook returning a value replaces the output: setdefault's would hand a norm called twice (Llama 4's
+            # one qk_norm for q and k) its first output again
+            hooks.append(m.register_forward_hook(lambda _m, _a, y, name=name: [outs.setdefault(name, y)] and None))
         elif is_linear(m):
             hooks.append(m.register_forward_pre_hook(lambda _m, a: ins.append(a[0])))
-    with torch.no_grad():
-        model(ids)
-    for h in hooks:
-        h.remove()
+    try:  # the model is shared by the module's tests: no hook may stay on it
+        with torch.no_grad():
+            model(ids)
+    finally:
+        for h in hooks:
+            h.remove()
     flat = [x.reshape(-1, x.shape[-1]) for x in ins]  # a MoE block reads its input as (tokens, hidden)
     read = [n for n, y in outs.items() if any(x.shape == y.reshape(-1, y.shape[-1]).shape
                                               and torch.equal(x, y.reshape(-1, y.shape[-1])) for x in flat)]

@@ -168,8 +168,8 @@ FAMILY_CONFIGS: dict[str, tuple[str, dict[str, Any]]] = {
     "youtu:no_q_lora": ("YoutuConfig", {**COMMON, **MLA, "q_lora_rank": None}),
     "llama4_text": ("Llama4TextConfig", {**COMMON, "head_dim": 16, "intermediate_size": 32, "intermediate_size_mlp": 128,
                                          "num_local_experts": 4, "num_experts_per_tok": 2, "moe_layers": [1],
-                                         "no_rope_layers": [1, 0], "attention_chunk_size": 8192,
-                                         "floor_scale": 8}),  # block 1 NoPE, its attention temperature moving
+                                         "no_rope_layers": [1, 0], "attention_chunk_size": 16,
+                                         "floor_scale": 8}),  # block 0 chunked, block 1 NoPE with its temperature
     "granitemoe": ("GraniteMoeConfig", {**COMMON, **GRANITE_MOE}),
     "granitemoeshared": ("GraniteMoeSharedConfig", {**COMMON, **GRANITE_MOE, "shared_intermediate_size": 32}),
     "granitemoeshared:unshared": ("GraniteMoeSharedConfig", {**COMMON, **GRANITE_MOE}),
