@@ -176,6 +176,12 @@ SHARED_EXPERTS = "mlp.shared_experts."  # the usual path of a shared expert (Lla
 SHARED_AFTER = moe_block(shared=SHARED_EXPERTS, shared_last=True)
 
 
+def optional_shared(count_key: str, shared: str = SHARED_EXPERTS, **moe: Any) -> tuple[Family, Family]:
+    """Both layouts of a mixture of experts whose shared expert exists unless config `count_key` is 0
+    (ERNIE-4.5-MoE, Cohere 2 MoE, Granite MoE Shared): without it, then with it (`moe_block`'s arguments)."""
+    return moe_block(**moe, requires=((count_key, 0),)), moe_block(shared=shared, **moe)
+
+
 def mla(family: Family, q_lora: bool = True, requires: tuple[tuple[str, Any], ...] = ()) -> Family:
     """`family` with multi-head latent attention (DeepSeek-V2/V3, MiniCPM3): the attention norm feeds q's
     down-projection q_a_proj (q_proj itself where q_lora_rank is None) and kv_a_proj_with_mqa; q_a_layernorm

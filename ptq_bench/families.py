@@ -43,6 +43,7 @@ from ptq_bench.block_layouts import (
     llama_like,
     mla_layouts,
     moe_block,
+    optional_shared,
     parallel,
     pre_ln,
 )
@@ -57,10 +58,9 @@ LOW_BIT_CLASSES = (
 )
 
 
-GRANITE_MOE = moe_block("block_sparse_moe.router", moe="block_sparse_moe")
-GRANITE_MOE_SHARED = (replace(GRANITE_MOE, requires=(("shared_intermediate_size", 0),)),
-                      moe_block("block_sparse_moe.router", moe="block_sparse_moe", shared="shared_mlp.",
-                                shared_names=("input_linear", "output_linear"), shared_last=True))
+GRANITE = {"router": "block_sparse_moe.router", "moe": "block_sparse_moe"}  # where Granite 3 MoE keeps its experts
+GRANITE_MOE_SHARED = optional_shared("shared_intermediate_size", shared="shared_mlp.",
+                                     shared_names=("input_linear", "output_linear"), shared_last=True, **GRANITE)
 
 # model_type -> its Family, or several told apart by their `requires` (the first that the config meets)
 FAMILIES: dict[str, Family | tuple[Family, ...]] = {
@@ -177,13 +177,12 @@ FAMILIES: dict[str, Family | tuple[Family, ...]] = {
     "afmoe": moe_block("mlp.router.gate", shared=SHARED_EXPERTS, qkv=(*QKV, "self_attn.gate_proj"),
                        mlp_norm="pre_mlp_layernorm"),
     # ERNIE 4.5 MoE: shared experts unless moe_num_shared_experts is 0
-    "ernie4_5_moe": (moe_block(requires=(("moe_num_shared_experts", 0),)), moe_block(shared=SHARED_EXPERTS)),
+    "ernie4_5_moe": optional_shared("moe_num_shared_experts"),
     # Cohere 2 MoE: Cohere's parallel block (one norm feeds attention, router and experts)
-    "cohere2_moe": (moe_block(one_norm=True, requires=(("num_shared_experts", 0),)),
-                    moe_block(one_norm=True, shared=SHARED_EXPERTS, shared_last=True)),
+    "cohere2_moe": optional_shared("num_shared_experts", one_norm=True, shared_last=True),
     # Granite 3 MoE: experts under block_sparse_moe; Granite MoE Shared adds shared_mlp (one fused gate/up
     # linear) unless shared_intermediate_size is 0
-    "granitemoe": GRANITE_MOE,
+    "granitemoe": moe_block(**GRANITE),
     "granitemoeshared": GRANITE_MOE_SHARED,
     "granitemoe_swa": GRANITE_MOE_SHARED,  # sliding and full layers, attention sinks
     # Llama 4: feed_forward holds the router (an nn.Linear, kept float), the experts (stored (in, out); their

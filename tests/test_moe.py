@@ -7,6 +7,7 @@ of such a model is refused at `validate`.
 from __future__ import annotations
 
 import copy
+from typing import Any
 
 import pytest
 import torch
@@ -62,13 +63,15 @@ def test_unfused_experts_compute_transformers_model(model_type):
     assert torch.allclose(logits(default, tokens), logits(ours, tokens), atol=1e-5, rtol=0)
 
 
-MOE_BLOCK = {"granitemoeshared": "block_sparse_moe", "llama4_text": "feed_forward"}  # where the MoE block is (else mlp)
+def moe_path(config: Any) -> str:
+    """Where transformers keeps the family's MoE block (mlp; Granite's block_sparse_moe, Llama 4's feed_forward)."""
+    return family_of_config(config).experts.removesuffix(".experts")
 
 
 def moe_input(model: nn.Module, tokens: torch.Tensor, block: int) -> torch.Tensor:
     """The MoE block's input (its norm's output) in `block`, (tokens, hidden)."""
     seen = []
-    moe = model.model.layers[block].get_submodule(MOE_BLOCK.get(model.config.model_type, "mlp"))
+    moe = model.model.layers[block].get_submodule(moe_path(model.config))
     hook = moe.register_forward_pre_hook(lambda _m, a: seen.append(a[0]))
     logits(model, tokens)
     hook.remove()
@@ -78,7 +81,7 @@ def moe_input(model: nn.Module, tokens: torch.Tensor, block: int) -> torch.Tenso
 def routed_inputs(model: nn.Module, tokens: torch.Tensor, block: int) -> dict[str, torch.Tensor]:
     """Every expert's gate_up and down inputs in `block`, from transformers' fused block: its router's top-k
     choice on the block's MoE input, its gate_up weights and activation."""
-    path = MOE_BLOCK.get(model.config.model_type, "mlp")
+    path = moe_path(model.config)
     moe, x = model.model.layers[block].get_submodule(path), moe_input(model, tokens, block)
     if model.config.model_type == "llama4_text":  # Llama 4: an expert's input is the token times its score
         scores, _ = moe.router(x)
@@ -103,7 +106,7 @@ def routed_inputs(model: nn.Module, tokens: torch.Tensor, block: int) -> dict[st
 def test_each_experts_hessian_is_its_routed_tokens(model_type):
     ref = fused_model(model_type)
     tokens = calib_tokens(4, 32)
-    path = MOE_BLOCK.get(model_type, "mlp")
+    path = moe_path(ref.config)
     blocks = [i for i, layer in enumerate(ref.model.layers) if hasattr(layer.get_submodule(path), "experts")]
     want = {(i, n): x for i in blocks for n, x in routed_inputs(ref, tokens, i).items()}
     ours, got = copy.deepcopy(ref), {}

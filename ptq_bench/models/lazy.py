@@ -110,7 +110,8 @@ def open_lazily(folder: str | Path) -> tuple[Any, CheckpointBlocks]:
 
     folder = Path(folder)
     config = AutoConfig.from_pretrained(folder)
-    if family_of_config(config).experts:  # `validate` refuses `offload: true` for these first
+    family = family_of_config(config)
+    if family.experts:  # `validate` refuses `offload: true` for these first
         raise QuantError(f"model family '{config.model_type}': a mixture of experts is not opened lazily (its "
                          "experts are unfused on loading, models/experts.py); load it in memory")
     weight_map = _weight_map(folder)
@@ -119,7 +120,7 @@ def open_lazily(folder: str | Path) -> tuple[Any, CheckpointBlocks]:
     with _parameters_on_meta(), torch.random.fork_rng(devices=[]):
         model = AutoModelForCausalLM.from_config(config, dtype=dtype).eval()
     files = _model_names(model, weight_map)
-    blocks = CheckpointBlocks(folder, files, family_of_config(config).blocks, dtype)
+    blocks = CheckpointBlocks(folder, files, family.blocks, dtype)
     _fill_outside_blocks(model, blocks)
     return model, blocks
 
