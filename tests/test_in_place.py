@@ -33,9 +33,9 @@ def _recipe(tmp_path: Path, src: Path, mode: str) -> Path:
     return path
 
 
-@pytest.mark.parametrize("mode", ["in_place", "offload"])
-def test_in_place_writes_the_same_rows_as_copies(tmp_path, tokenizer_dir, mode):  # noqa: F811
-    src = checkpoint(tmp_path, "llama", tokenizer_dir)
+@pytest.mark.parametrize(("mode", "family"), [("in_place", "llama"), ("offload", "llama"), ("offload", "mixtral")])
+def test_in_place_writes_the_same_rows_as_copies(tmp_path, tokenizer_dir, mode, family):  # noqa: F811
+    src = checkpoint(tmp_path, family, tokenizer_dir)
     rows = {}
     for m in ("copy", mode):
         assert main(["run", str(_recipe(tmp_path, src, m))]) == 0

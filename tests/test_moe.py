@@ -1,7 +1,7 @@
 """Mixtures of experts (models/experts.py): the unfused experts compute transformers' own model, every
 expert's statistics come from exactly the tokens the model routes to it (checked against transformers'
-fused block and router, not our hooks), an expert no calibration token reaches is an error, and offload
-of such a model is refused at `validate`.
+fused block and router, not our hooks), and an expert no calibration token reaches is an error. (Offloaded
+mixtures of experts: tests/test_offload.py and tests/test_in_place.py.)
 """
 
 from __future__ import annotations
@@ -155,17 +155,6 @@ def test_an_expert_no_calibration_token_reaches_is_an_error(method):
     model.model.layers[1].mlp.gate = AvoidExpert(model.model.layers[1].mlp.gate, 3)
     with pytest.raises(QuantError, match=r"no calibration input reached mlp\.experts\.3\.gate_up_proj"):
         quantize(model, method, calib_tokens(4, 32), w_bits=4)
-
-
-def test_offload_of_a_mixture_of_experts_is_refused_at_validate(tmp_path, tokenizer_dir, capsys):  # noqa: F811
-    src = checkpoint(tmp_path, "mixtral", tokenizer_dir)
-    path = recipe(tmp_path, {"m": {"source": str(src)}}, [{"method": "gptq", "w_bits": 4}])
-    path.write_text(path.read_text() + "offload: true\n")
-    capsys.readouterr()
-    assert main(["validate", str(path)]) == 2
-    err = capsys.readouterr().err.strip()
-    assert err.count("\n") == 0 and "offload does not stream mixture-of-experts blocks" in err, err
-    assert main(["run", str(path)]) == 2 and not (tmp_path / "out").exists()
 
 
 def mlp_norm_readers(moe: nn.Module) -> list[torch.Tensor]:

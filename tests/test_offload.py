@@ -21,6 +21,7 @@ from tiny_families import FAMILY_CONFIGS, tiny_config, tiny_model
 from ptq_bench.errors import QuantError
 from ptq_bench.eval.perplexity import gptq_perplexity
 from ptq_bench.families import family_of_config
+from ptq_bench.models.experts import unfuse_experts
 from ptq_bench.models.lazy import open_lazily
 from ptq_bench.quant import get_method
 from ptq_bench.quant.placement import DiskPlacement, streamed, use_placement
@@ -33,40 +34,61 @@ def saved(family: str, folder: Path, **save) -> Path:
     return folder
 
 
-def reference(folder: Path) -> torch.nn.Module:
-    from transformers import AutoModelForCausalLM
-
-    return AutoModelForCausalLM.from_pretrained(folder).eval()
-
-
 def folder_digest(folder: Path) -> str:
     return hashlib.sha256(b"".join(f.read_bytes() for f in sorted(folder.iterdir()) if f.is_file())).hexdigest()
 
 
-# mixtures of experts: saved per expert, which transformers converts on loading
+# mixtures of experts: most are saved one tensor per expert, which transformers' converters merge on loading
 FUSED_EXPERTS = tuple(t for t in sorted(FAMILY_CONFIGS) if family_of_config(tiny_config(t)).experts)
 
 
-@pytest.mark.parametrize("family", sorted(set(FAMILY_CONFIGS) - set(FUSED_EXPERTS)))
+def reference(folder: Path) -> torch.nn.Module:
+    """transformers' `from_pretrained` of the folder, its experts unfused as `load_source` does (the eager
+    loop, whose logits the lazy model's must equal bit for bit)."""
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(folder).eval()
+    unfuse_experts(model)
+    return model
+
+
+@pytest.mark.parametrize("family", sorted(FAMILY_CONFIGS))
 def test_lazy_model_streams_the_same_logits_as_from_pretrained(family, tmp_path):
     ckpt = saved(family, tmp_path / "ckpt")
     model, blocks = open_lazily(ckpt)
     assert materialized(model) == []  # nothing of the blocks was read
+    ref = reference(ckpt)
+    assert list(model.state_dict()) == list(ref.state_dict())  # nor held as anything else (e.g. a buffer)
     place = DiskPlacement(tmp_path / "blocks", source=blocks)
     seen = probe(model)
     with torch.no_grad(), streamed(model, place):
         got = model(IDS).logits
-        want = reference(ckpt)(IDS).logits  # in the same autograd mode: a kernel may differ between the two
+        want = ref(IDS).logits  # in the same autograd mode: a kernel may differ between the two
     assert torch.equal(got, want)
     assert all(live == [i] for i, live in seen), seen[:3]
     assert materialized(model) == [] and not (tmp_path / "blocks").exists()  # evicted, nothing written
 
 
-@pytest.mark.parametrize("family", FUSED_EXPERTS)
-def test_mixture_of_experts_is_not_opened_lazily(family, tmp_path):
-    """(`validate` refuses `offload: true` for these families before this is reached: tests/test_moe.py.)"""
-    with pytest.raises(QuantError, match="a mixture of experts is not opened lazily"):
-        open_lazily(saved(family, tmp_path / "ckpt"))
+def test_experts_stored_one_tensor_each_are_merged_by_transformers_converters(tmp_path):
+    """Mixtral's checkpoint holds `block_sparse_moe.experts.{e}.w1/w2/w3` (transformers reverts its fused
+    experts on saving), here 12 experts (so 10 and 11 sort before 2 as plain strings), sharded so that one
+    block's experts span files. Block 1 read lazily holds, for each expert, exactly the slices of
+    from_pretrained's fused tensors."""
+    from transformers import AutoModelForCausalLM
+
+    config = tiny_config("mixtral")
+    config.num_local_experts = 12
+    with torch.random.fork_rng(devices=[]):
+        AutoModelForCausalLM.from_config(config).save_pretrained(tmp_path / "ckpt", max_shard_size="40KB")
+    index = json.loads((tmp_path / "ckpt" / "model.safetensors.index.json").read_text())["weight_map"]
+    assert len({f for k, f in index.items() if k.startswith("model.layers.1.block_sparse_moe.experts.")}) > 1
+    model, blocks = open_lazily(tmp_path / "ckpt")
+    got = blocks.block(1)
+    fused = AutoModelForCausalLM.from_pretrained(tmp_path / "ckpt").model.layers[1].mlp.experts
+    for e in range(12):
+        assert torch.equal(got[f"mlp.experts.{e}.gate_up_proj.weight"], fused.gate_up_proj[e]), e
+        assert torch.equal(got[f"mlp.experts.{e}.down_proj.weight"], fused.down_proj[e]), e
+    assert set(got) == set(dict(model.model.layers[1].named_parameters()))
 
 
 def test_sharded_bf16_checkpoint_keeps_its_dtype(tmp_path):
@@ -88,6 +110,11 @@ def test_sharded_bf16_checkpoint_keeps_its_dtype(tmp_path):
     ("qwen2", "quip", {"w_bits": 2}),
     ("gptj", "smoothquant", {"w_bits": 8, "a_bits": 8}),  # a parallel block under transformer.h
     ("olmo2", "gptq", {"w_bits": 3, "group_size": 16, "true_sequential": True}),
+    ("mixtral", "gptq", {"w_bits": 4, "group_size": 16, "true_sequential": True}),  # experts merged on reading
+    ("qwen2_moe", "smoothquant", {"w_bits": 8, "a_bits": 8}),  # router, experts and shared expert scaled
+    ("gpt_oss", "absmax", {"w_bits": 4, "a_bits": 8}),  # fused (in, out) experts with biases, as stored
+    ("deepseek_v3", "quip", {"w_bits": 2}),  # latent attention, a dense block 0
+    ("llama4_text", "gptq", {"w_bits": 3, "group_size": 16}),  # ScoredInputMoE
 ])
 def test_offloaded_quantization_equals_in_memory(family, method, cfg, tmp_path):
     ckpt = saved(family, tmp_path / "ckpt")

@@ -33,15 +33,37 @@ KNOWN_LAYOUT = {"has_gate": True, "has_post_expert_norm": False}
 LAYOUT_KEYS = ("is_transposed", "is_concatenated", "has_bias", *KNOWN_LAYOUT)
 
 
-def _linear(weight: torch.Tensor, bias: torch.Tensor | None = None, transposed: bool = False) -> nn.Linear:
-    """An nn.Linear holding `weight` ((out, in), or (in, out) when `transposed`) and `bias` in its own memory
-    (safetensors refuses shared storage)."""
-    weight = weight.T if transposed else weight
+def _slice(fused: torch.Tensor, e: int, transposed: bool = False) -> torch.Tensor:
+    """Expert e's slice of a fused weight ((E, out, in), or (E, in, out) when `transposed`) or bias (E, out),
+    as an nn.Linear holds it, in its own memory (safetensors refuses shared storage)."""
+    t = fused[e].T if transposed and fused.dim() == 3 else fused[e]
+    return t.detach().clone(memory_format=torch.contiguous_format)
+
+
+def _linear(weight: torch.Tensor, bias: torch.Tensor | None = None) -> nn.Linear:
+    """An nn.Linear holding `weight` (out, in) and `bias`."""
     linear = nn.Linear(weight.shape[1], weight.shape[0], bias=bias is not None, device="meta")
-    linear.weight = nn.Parameter(weight.detach().clone(memory_format=torch.contiguous_format), requires_grad=False)
+    linear.weight = nn.Parameter(weight, requires_grad=False)
     if bias is not None:
-        linear.bias = nn.Parameter(bias.detach().clone(), requires_grad=False)
+        linear.bias = nn.Parameter(bias, requires_grad=False)
     return linear
+
+
+# a fused experts tensor -> the name of its per-expert slice in an `ExpertMLP`
+FUSED_TO_LINEAR = {"gate_up_proj": "gate_up_proj.weight", "gate_up_proj_bias": "gate_up_proj.bias",
+                   "down_proj": "down_proj.weight", "down_proj_bias": "down_proj.bias"}
+
+
+def split_fused(tensors: dict[str, torch.Tensor], experts: dict[str, bool]) -> dict[str, torch.Tensor]:
+    """`tensors` with the fused experts' tensors at each path of `experts` (path -> stored transposed) replaced
+    by `LinearExperts`' names and slices: `{path}.gate_up_proj` (E, ...) -> `{path}.{e}.gate_up_proj.weight`
+    for each e, and so on (how a checkpoint read block by block fills unfused experts, models/lazy.py)."""
+    out = dict(tensors)
+    for path, transposed in experts.items():
+        for fused, linear in FUSED_TO_LINEAR.items():
+            if (t := out.pop(f"{path}.{fused}", None)) is not None:
+                out.update((f"{path}.{e}.{linear}", _slice(t, e, transposed)) for e in range(t.shape[0]))
+    return out
 
 
 def concatenated_gate(module: nn.Module, gate_up: torch.Tensor) -> torch.Tensor:
@@ -88,6 +110,7 @@ class LinearExperts(nn.ModuleList):
     (hidden_states (tokens, H), top_k_index (tokens, k), top_k_weights (tokens, k)) -> (tokens, H)."""
 
     token_local = True  # each token's output reads its own routing and its own row only (eval/model_traits)
+    transposed = False  # whether the fused weights it was made from are stored (in, out) (`split_fused`)
 
     @classmethod
     def from_fused(cls, fused: nn.Module) -> LinearExperts:
@@ -105,9 +128,11 @@ class LinearExperts(nn.ModuleList):
                      biases: tuple[torch.Tensor | None, torch.Tensor | None] = (None, None)) -> LinearExperts:
         """One ExpertMLP per slice of the fused `gate_up_proj` / `down_proj` (and biases)."""
         gate = ExpertGate(fused)
-        return cls(ExpertMLP(_linear(fused.gate_up_proj[e], _at(biases[0], e), transposed),
-                             _linear(fused.down_proj[e], _at(biases[1], e), transposed), gate)
-                   for e in range(fused.gate_up_proj.shape[0]))
+        experts = cls(ExpertMLP(_linear(_slice(fused.gate_up_proj, e, transposed), _at(biases[0], e)),
+                                _linear(_slice(fused.down_proj, e, transposed), _at(biases[1], e)), gate)
+                      for e in range(fused.gate_up_proj.shape[0]))
+        experts.transposed = transposed
+        return experts
 
     def forward(self, hidden_states: torch.Tensor, top_k_index: torch.Tensor,
                 top_k_weights: torch.Tensor) -> torch.Tensor:
@@ -157,7 +182,7 @@ SCORED_INPUT_BLOCKS = {"Llama4TextMoe": ScoredInputMoE}
 
 
 def _at(bias: torch.Tensor | None, e: int) -> torch.Tensor | None:
-    return None if bias is None else bias[e]
+    return None if bias is None else _slice(bias, e)
 
 
 def unfuse_experts(model: Any) -> int:
@@ -187,4 +212,5 @@ def unfuse_experts(model: Any) -> int:
     return changed
 
 
-__all__ = ["KNOWN_LAYOUT", "ExpertGate", "ExpertMLP", "LinearExperts", "ScoredInputMoE", "unfuse_experts"]
+__all__ = ["KNOWN_LAYOUT", "ExpertGate", "ExpertMLP", "LinearExperts", "ScoredInputMoE", "split_fused",
+           "unfuse_experts"]

@@ -7,19 +7,27 @@ stay `meta`; the returned `CheckpointBlocks` reads block i's on demand (memory-m
 `quant.placement.DiskPlacement(folder, source=blocks)` fetches blocks from it, so calibration and a
 streamed evaluation (`quant.placement.streamed`) hold one block at a time.
 
-Tensor names: the checkpoint's names go through transformers' own renamings for the model
-(`conversion_mapping.get_model_conversion_mapping`, e.g. GPT-NeoX's `embed_out.` -> `lm_head.`); a model
-that needs another conversion (merged or split tensors), a checkpoint without safetensors, or one whose
-names still differ from the model's is an error naming the difference. The dtype is the one
-`from_pretrained` gives (the config's `dtype`; float32 when absent). Tests compare with `from_pretrained`.
+Tensor names: the checkpoint's names go through transformers' own loading transforms for the model
+(`conversion_mapping.get_model_conversion_mapping`, matched by `core_model_loading.rename_source_key` as
+`from_pretrained` matches them): renamings (e.g. GPT-NeoX's `embed_out.` -> `lm_head.`) and converters,
+which build one model tensor from several checkpoint tensors (a mixture of experts stored one tensor per
+expert, merged into transformers' fused 3-D experts). A converted tensor is built when its block is read,
+by a copy of transformers' converter. A checkpoint without safetensors, or one whose names still differ
+from the model's, is an error naming the difference. The dtype is the one `from_pretrained` gives (the
+config's `dtype`; float32 when absent).
+
+Mixtures of experts: the model's fused experts are unfused (`models.experts.unfuse_experts`, on `meta`),
+and a block's fused expert tensors, once read and converted, are split into the per-expert linears'
+(`experts.split_fused`): one block's experts are in memory at a time. Tests compare with `from_pretrained`.
 """
 
 from __future__ import annotations
 
+import copy
 import json
-import re
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +36,7 @@ import torch.nn as nn
 
 from ptq_bench.errors import QuantError
 from ptq_bench.families import family_of_config
+from ptq_bench.models.experts import LinearExperts, split_fused, unfuse_experts
 from ptq_bench.sources import SAFETENSORS_FILE, SAFETENSORS_INDEX
 
 
@@ -63,45 +72,83 @@ def _weight_map(folder: Path) -> dict[str, Path]:
         return dict.fromkeys(f.keys(), single)
 
 
-def _renamings(model: nn.Module) -> list[tuple[str, str]]:
-    """transformers' (checkpoint pattern, model name) renamings for this model; other conversions are errors."""
-    from transformers.conversion_mapping import WeightRenaming, get_model_conversion_mapping
+def _transforms(model: nn.Module) -> tuple[list[Any], list[Any]]:
+    """transformers' (renamings, converters) for loading this model's checkpoints, as `from_pretrained` uses."""
+    from transformers.conversion_mapping import get_model_conversion_mapping
+    from transformers.core_model_loading import WeightConverter, WeightRenaming
 
-    out = []
-    for t in get_model_conversion_mapping(model):
-        if not isinstance(t, WeightRenaming):
-            raise QuantError(f"{type(model).__name__}: its checkpoint needs a {type(t).__name__} conversion on "
-                             "loading, which offloaded loading does not do; load it in memory")
-        targets = t.target_patterns * len(t.source_patterns) if len(t.target_patterns) == 1 else t.target_patterns
-        out += list(zip(t.source_patterns, targets, strict=True))  # several sources may share one target
-    return out
+    transforms = get_model_conversion_mapping(model)
+    return ([t for t in transforms if isinstance(t, WeightRenaming)],
+            [t for t in transforms if isinstance(t, WeightConverter)])
+
+
+@dataclass
+class Converted:
+    """A model tensor transformers builds from several checkpoint tensors (e.g. a block's experts, one tensor
+    each in the checkpoint): its converter (copied for each read) and its sources in loading order."""
+
+    converter: Any
+    sources: list[tuple[str, str, Path]] = field(default_factory=list)  # (checkpoint key, pattern, file)
+    targets: list[str] = field(default_factory=list)  # every model tensor the converter gives
 
 
 class CheckpointBlocks:
-    """Reads tensors of a safetensors checkpoint by the model's names, converted to the model's dtype."""
+    """Reads tensors of a safetensors checkpoint by the model's names, converted to the model's dtype.
 
-    def __init__(self, folder: Path, files: dict[str, tuple[Path, str]], blocks: str, dtype: torch.dtype) -> None:
-        self.folder, self.files, self.blocks, self.dtype = folder, files, blocks, dtype  # files: name -> (file, key)
+    `files`: model name -> (file, checkpoint key) for tensors stored as they are; `converted`: the first
+    target name -> `Converted` for tensors transformers builds; `experts[i]`: block i's unfused experts
+    (path inside the block -> stored transposed), whose fused tensors `block(i)` splits per expert."""
+
+    def __init__(self, folder: Path, files: dict[str, tuple[Path, str]], blocks: str, dtype: torch.dtype,
+                 converted: dict[str, Converted] | None = None, config: Any = None) -> None:
+        self.folder, self.files, self.blocks, self.dtype = folder, files, blocks, dtype
+        self.converted, self.config = converted or {}, config
+        self.experts: list[dict[str, bool]] = []  # set by open_lazily once the model's experts are unfused
+
+    def names(self) -> list[str]:
+        """Every model tensor (fused experts as transformers names them) this checkpoint gives."""
+        return [*self.files, *(t for c in self.converted.values() for t in c.targets)]
 
     def read(self, names: list[str], device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
-        from safetensors import safe_open
+        wanted = set(names)
+        direct = {n: self.files[n] for n in names if n in self.files}
+        out = _read_tensors(direct, device)
+        for first, conv in self.converted.items():
+            if wanted & set(conv.targets):
+                out.update(self._convert(first, conv, device))
+        return {n: t.to(self.dtype) if t.is_floating_point() else t for n, t in out.items() if n in wanted}
 
-        out: dict[str, torch.Tensor] = {}
-        by_file: dict[Path, list[str]] = {}
-        for n in names:
-            by_file.setdefault(self.files[n][0], []).append(n)
-        for file, group in by_file.items():
-            with safe_open(str(file), "pt", device=str(device)) as f:
-                for n in group:
-                    t = f.get_tensor(self.files[n][1])
-                    out[n] = t.to(self.dtype) if t.is_floating_point() else t
-        return out
+    def _convert(self, first: str, conv: Converted, device: torch.device | str) -> dict[str, torch.Tensor]:
+        """transformers' conversion of `conv`'s source tensors (a copy of its converter, as loading makes)."""
+        converter = copy.deepcopy(conv.converter)
+        read = _read_tensors({key: (file, key) for key, _, file in conv.sources}, device)
+        for key, pattern, _ in conv.sources:
+            converter.add_tensor(first, key, pattern, read.pop(key))
+        made = converter.convert(first, config=self.config)
+        return {n: t[0] if isinstance(t, list) else t for n, t in made.items()}
 
     def block(self, idx: int, device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
-        """Block idx's tensors, named inside the block (`self_attn.q_proj.weight`)."""
+        """Block idx's tensors, named inside the block (`self_attn.q_proj.weight`; an expert's linears as
+        `LinearExperts` names them)."""
         prefix = f"{self.blocks}.{idx}."
-        got = self.read([n for n in self.files if n.startswith(prefix)], device)
-        return {n[len(prefix):]: t for n, t in got.items()}
+        got = self.read([n for n in self.names() if n.startswith(prefix)], device)
+        tensors = {n[len(prefix):]: t for n, t in got.items()}
+        return split_fused(tensors, self.experts[idx]) if idx < len(self.experts) else tensors
+
+
+def _read_tensors(where: dict[str, tuple[Path, str]], device: torch.device | str) -> dict[str, torch.Tensor]:
+    """name -> tensor for each name's (safetensors file, key), one open per file."""
+    from safetensors import safe_open
+
+    out: dict[str, torch.Tensor] = {}
+    by_file: dict[Path, list[str]] = {}
+    for n, (file, _) in where.items():
+        by_file.setdefault(file, []).append(n)
+    for file, group in by_file.items():
+        with safe_open(str(file), "pt", device=str(device)) as f:
+            for n in group:
+                out[n] = f.get_tensor(where[n][1])
+    return out
 
 
 def open_lazily(folder: str | Path) -> tuple[Any, CheckpointBlocks]:
@@ -111,17 +158,17 @@ def open_lazily(folder: str | Path) -> tuple[Any, CheckpointBlocks]:
     folder = Path(folder)
     config = AutoConfig.from_pretrained(folder)
     family = family_of_config(config)
-    if family.experts:  # `validate` refuses `offload: true` for these first
-        raise QuantError(f"model family '{config.model_type}': a mixture of experts is not opened lazily (its "
-                         "experts are unfused on loading, models/experts.py); load it in memory")
     weight_map = _weight_map(folder)
     dtype = getattr(config, "dtype", None) or _stored_dtype(weight_map)
     dtype = getattr(torch, dtype) if isinstance(dtype, str) else dtype
     with _parameters_on_meta(), torch.random.fork_rng(devices=[]):
         model = AutoModelForCausalLM.from_config(config, dtype=dtype).eval()
-    files = _model_names(model, weight_map)
-    blocks = CheckpointBlocks(folder, files, family.blocks, dtype)
-    _fill_outside_blocks(model, blocks)
+    files, converted = _model_names(model, weight_map)
+    blocks = CheckpointBlocks(folder, files, family.blocks, dtype, converted, config=config)
+    _fill_outside_blocks(model, blocks)  # before unfusing: fused experts are the blocks' parameters still
+    unfuse_experts(model)  # on `meta`: CheckpointBlocks splits each block's fused experts as it reads them
+    blocks.experts = [{n: m.transposed for n, m in layer.named_modules() if isinstance(m, LinearExperts)}
+                      for layer in model.get_submodule(family.blocks)]
     return model, blocks
 
 
@@ -140,24 +187,37 @@ def _stored_dtype(weight_map: dict[str, Path]) -> torch.dtype:
     return torch.float32
 
 
-def _model_names(model: nn.Module, weight_map: dict[str, Path]) -> dict[str, tuple[Path, str]]:
-    """Model tensor name -> (file, checkpoint name); the names must cover the model's tensors, tied ones aside."""
-    renames = _renamings(model)
-    files = {}
-    for key, file in weight_map.items():
-        name = key
-        for pattern, target in renames:
-            name = re.sub(pattern, target, name)
-        files[name] = (file, key)
+def _model_names(model: nn.Module, weight_map: dict[str, Path]) -> tuple[dict[str, tuple[Path, str]],
+                                                                            dict[str, Converted]]:
+    """(model name -> (file, checkpoint name) for tensors stored as they are, converted tensors), matched as
+    `from_pretrained` matches them; the names must cover the model's tensors, tied ones aside."""
+    from transformers.core_model_loading import dot_natural_key, rename_source_key
+
+    renamings, converters = _transforms(model)
+    by_pattern = {p: c for c in converters for p in c.source_patterns}
+    meta = model.state_dict()
+    files: dict[str, tuple[Path, str]] = {}
+    converted: dict[str, Converted] = {}
+    for key in sorted(weight_map, key=dot_natural_key):  # the order loading stacks experts in
+        name, pattern = rename_source_key(key, renamings, converters, model.base_model_prefix, meta)
+        if name not in meta and key in meta:
+            name, pattern = key, None
+        if pattern is None:
+            files[name] = (weight_map[key], key)
+            continue
+        conv = converted.setdefault(name, Converted(by_pattern[pattern]))
+        conv.sources.append((key, pattern, weight_map[key]))
+        conv.targets = [name.replace(conv.converter.target_patterns[0], t) for t in conv.converter.target_patterns]
+    given = {*files, *(t for c in converted.values() for t in c.targets)}
     tied = _tied_names(model)
-    wanted = {n for n in model.state_dict() if n not in tied or not any(t in files for t in tied[n])}
-    if missing := sorted(wanted - set(files)):
+    wanted = {n for n in meta if n not in tied or not any(t in given for t in tied[n])}
+    if missing := sorted(wanted - given):
         raise QuantError(f"checkpoint lacks {len(missing)} of the model's tensors (first: {missing[0]}); "
                          "load it in memory")
-    if extra := sorted(set(files) - set(model.state_dict())):
+    if extra := sorted(given - set(meta)):
         raise QuantError(f"checkpoint has {len(extra)} tensors the model does not (first: {extra[0]}); "
                          "load it in memory")
-    return files
+    return files, converted
 
 
 def _tied_names(model: nn.Module) -> dict[str, list[str]]:
@@ -173,7 +233,7 @@ def _fill_outside_blocks(model: nn.Module, blocks: CheckpointBlocks) -> None:
     prefix = blocks.blocks + "."
     tied = _tied_names(model)
     params = {n for n, _ in model.named_parameters(remove_duplicate=False)}
-    wanted = [n for n in blocks.files if n not in params or not n.startswith(prefix)]  # buffers anywhere
+    wanted = [n for n in blocks.names() if n not in params or not n.startswith(prefix)]  # buffers anywhere
     for name, t in blocks.read(wanted).items():
         if name in params:
             p = nn.Parameter(t, requires_grad=False)
