@@ -46,11 +46,20 @@ class Family:
     experts: str = ""  # mixture of experts: where the block's fused experts are (models.experts unfuses them)
     floats: tuple[str, ...] = ()  # modules that stay in float (routers, shared-expert gates); may be smoothed
     dense: Family | None = None  # the layout of a block without experts (a mixture of experts' dense blocks)
+    # a hybrid's other blocks: (module path, layout) -- a block holding that module (e.g. `linear_attn`) has
+    # that layout instead (and the layout's own `dense` where it has no experts); the first match wins
+    variants: tuple[tuple[str, Family], ...] = ()
 
     @property
     def linears(self) -> tuple[str, ...]:
         """Every quantized linear of a block, in sequential order (an EXPERT name stands for every expert's)."""
         return tuple(name for group in self.groups for name in group)
+
+    @property
+    def all_layouts(self) -> tuple[Family, ...]:
+        """This layout, its variants, and each one's dense layout: every layout a block of the model may have."""
+        mains = (self, *(variant for _, variant in self.variants))
+        return tuple(f for main in mains for f in (main, *((main.dense,) if main.dense else ())))
 
 
 EXPERT = "*"  # in a linear's name: the expert index (`mlp.experts.*.down_proj`: one linear per expert)
@@ -202,6 +211,39 @@ def mla(family: Family, q_lora: bool = True, requires: tuple[tuple[str, Any], ..
 def mla_layouts(family: Family) -> tuple[Family, Family]:
     """Both MLA layouts of a family: q without a low-rank pair where q_lora_rank is None, else with one."""
     return mla(family, q_lora=False, requires=(("q_lora_rank", None),)), mla(family)
+
+
+def mixer(family: Family, inputs: tuple[str, ...], out: str, floats: tuple[str, ...] = ()) -> Family:
+    """`family`'s block with another token mixer in attention's place (a hybrid's linear-attention or
+    convolution blocks): its input linears `inputs` and `floats` (kept in float) read the attention norm's
+    output, and `out` is its output linear. (`family`'s first two groups and first smoothing pair are its
+    attention's, as the builders above make them.)"""
+    attn, *rest = family.smooth
+    return replace(family, groups=(inputs, (out,), *family.groups[2:]), floats=(*family.floats, *floats),
+                   smooth=(Smooth(attn.norm, (*inputs, *floats), attn.kind), *rest),
+                   dense=family.dense and mixer(family.dense, inputs, out, floats))
+
+
+def gated_deltanet(family: Family, inputs: tuple[str, ...], floats: tuple[str, ...]) -> Family:
+    """A Gated DeltaNet hybrid (Qwen3-Next, Qwen3.5): blocks with a `linear_attn` have it in attention's
+    place. Its projections `inputs` (q/k/v and the output gate z) are quantized; `floats`, the per-head
+    decay and update-rate projections (b, a), stay in float, as in GPTQModel's definitions. Its gated
+    RMSNorm, which feeds out_proj, has one weight per head dimension shared by every head, so it cannot take
+    out_proj's per-channel smoothing scales (as v -> o in attention). The causal depthwise conv1d between the
+    projections is not a linear and stays in float."""
+    def named(names: tuple[str, ...]) -> tuple[str, ...]:
+        return tuple(f"linear_attn.{n}" for n in names)
+
+    return replace(family, variants=(("linear_attn", mixer(family, named(inputs), "linear_attn.out_proj",
+                                                           named(floats))),))
+
+
+# LFM2: operator_norm feeds attention (its output linear out_proj) or, in "conv" blocks, a gated short
+# convolution (in_proj -> B, C, x; a causal depthwise conv1d; out_proj); ffn_norm feeds the w1 / w3 / w2 MLP
+_LFM2 = llama_like(attn_norm="operator_norm", mlp_norm="ffn_norm", mlp_in=("feed_forward.w1", "feed_forward.w3"),
+                   mlp_out="feed_forward.w2")
+LFM2 = replace(_LFM2, groups=(QKV, ("self_attn.out_proj",), *_LFM2.groups[2:]),
+               variants=(("conv", mixer(_LFM2, ("conv.in_proj",), "conv.out_proj")),))
 
 
 def falcon(norms: tuple[str, ...], **requires: Any) -> Family:

@@ -30,6 +30,7 @@ from ptq_bench.block_layouts import (
     GEMMA2,
     GLM,
     GPT2_BLOCK,
+    LFM2,
     NEOX,
     NORM_KINDS,
     OPT,
@@ -40,6 +41,7 @@ from ptq_bench.block_layouts import (
     Family,
     OneOf,
     Smooth,
+    gated_deltanet,
     llama_like,
     mla_layouts,
     moe_block,
@@ -63,6 +65,11 @@ GRANITE_MOE_SHARED = optional_shared("shared_intermediate_size", shared="shared_
                                      shared_names=("input_linear", "output_linear"), shared_last=True, **GRANITE)
 
 # model_type -> its Family, or several told apart by their `requires` (the first that the config meets)
+# Qwen3.5 / Qwen3-Next's blocks: (1 + w) RMSNorms; a shared expert (with a sigmoid gate) before the routed ones
+QWEN_1PW = llama_like(kind="one_plus_gain")
+QWEN_MOE_1PW = moe_block(kind="one_plus_gain", shared="mlp.shared_expert.", shared_gate="mlp.shared_expert_gate")
+QWEN3_5_GDN, QWEN3_5_GDN_FLOATS = ("in_proj_qkv", "in_proj_z"), ("in_proj_b", "in_proj_a")
+
 FAMILIES: dict[str, Family | tuple[Family, ...]] = {
     "llama": llama_like(),
     "mistral": llama_like(),
@@ -197,6 +204,15 @@ FAMILIES: dict[str, Family | tuple[Family, ...]] = {
     "glm4_moe_lite": mla_layouts(SHARED_AFTER),
     "minicpm3": mla_layouts(llama_like()),  # with a residual scale
     "youtu": mla_layouts(llama_like()),
+    # hybrids (`Family.variants`: a block with another token mixer has its own layout). Qwen3.5 and Qwen3-Next:
+    # Gated DeltaNet blocks between gated-attention blocks (q_proj also makes the output gate), (1 + w) norms
+    "qwen3_5_text": gated_deltanet(QWEN_1PW, QWEN3_5_GDN, QWEN3_5_GDN_FLOATS),
+    "qwen3_5_moe_text": gated_deltanet(QWEN_MOE_1PW, QWEN3_5_GDN, QWEN3_5_GDN_FLOATS),
+    # the hub's Qwen3.5 checkpoints are multimodal; AutoModelForCausalLM builds their text decoder (the above)
+    "qwen3_5": gated_deltanet(QWEN_1PW, QWEN3_5_GDN, QWEN3_5_GDN_FLOATS),
+    "qwen3_5_moe": gated_deltanet(QWEN_MOE_1PW, QWEN3_5_GDN, QWEN3_5_GDN_FLOATS),
+    "qwen3_next": gated_deltanet(QWEN_MOE_1PW, ("in_proj_qkvz",), ("in_proj_ba",)),
+    "lfm2": LFM2,  # LFM2: gated short-convolution blocks between attention blocks
     # transformers' BitNet (b1.58 checkpoints, `quant_method: bitnet`): linears re-ternarize on every call
     "bitnet": llama_like(low_bit=True),
 }

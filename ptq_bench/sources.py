@@ -195,10 +195,17 @@ def _with_defaults(config: dict, model_type: str) -> dict:
     return {**{k: defaults[k] for k in missing if k in defaults}, **config}
 
 
+def _text_decoder(config: dict) -> dict:
+    """A composite (multimodal) checkpoint's config.json as AutoModelForCausalLM reads it: its text decoder's
+    values (`text_config`: context length, layer types) under the top level's model_type and quantization."""
+    text = config.get("text_config")
+    return {**text, **{k: v for k, v in config.items() if k != "text_config"}} if isinstance(text, dict) else config
+
+
 def _inspect_hf(source: str, p: Path, key: str, form: str) -> SourceInfo:
     from ptq_bench.families import layout_problem
 
-    config = _read_json(p / "config.json", key)
+    config = _text_decoder(_read_json(p / "config.json", key))
     model_type = checked_family(config.get("model_type"), key, p / "config.json")
     config = _with_defaults(config, model_type)
     kind = kind_of(config, key, p / "config.json")

@@ -38,8 +38,16 @@ GEMMA3_TEXT = {"vocab_size": VOCAB, "hidden_size": 64, "intermediate_size": 128,
                "bos_token_id": None, "eos_token_id": None, "pad_token_id": None}
 GEMMA3_VISION = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1, "num_attention_heads": 2,
                  "image_size": 28, "patch_size": 14}
+QWEN3_5_VISION = {"depth": 1, "hidden_size": 32, "intermediate_size": 64, "num_heads": 2, "out_hidden_size": 64}
+# multimodal model types (the hub's checkpoints of them) whose text decoder AutoModelForCausalLM builds:
+# case -> (config class, text config, vision config, further config values)
+COMPOSITE: dict[str, tuple[str, Any, dict[str, Any], dict[str, Any]]] = {
+    "gemma3": ("Gemma3Config", GEMMA3_TEXT, GEMMA3_VISION, {"mm_tokens_per_image": 4}),
+    "qwen3_5": ("Qwen3_5Config", "qwen3_5_text", QWEN3_5_VISION, {}),  # text: a tiny_families case
+    "qwen3_5_moe": ("Qwen3_5MoeConfig", "qwen3_5_moe_text", QWEN3_5_VISION, {}),
+}
 # every test case: a model_type, or "<model_type>:<layout>" for a further layout of one (tiny_families.py)
-FAMILY_TYPES = (*FAMILY_CONFIGS, "gemma3")
+FAMILY_TYPES = (*FAMILY_CONFIGS, *COMPOSITE)
 # one setting per method for the matrix; a_bits 16 so that logits can be compared with weights alone
 METHOD_PARAMS: dict[str, dict[str, Any]] = {
     "absmax": {"w_bits": 4}, "gptq": {"w_bits": 4, "true_sequential": True, "group_size": 16},
@@ -54,11 +62,13 @@ def calib_tokens(n: int = 4, seqlen: int = 32, seed: int = 1) -> torch.Tensor:
 
 def case_config(case: str) -> Any:
     """The transformers config of a test case (see FAMILY_TYPES)."""
-    if case != "gemma3":
+    if case not in COMPOSITE:
         return tiny_config(case, VOCAB)
-    from transformers import Gemma3Config
+    import transformers
 
-    return Gemma3Config(text_config=GEMMA3_TEXT, vision_config=GEMMA3_VISION, mm_tokens_per_image=4)
+    cls, text, vision, more = COMPOSITE[case]
+    text = tiny_config(text, VOCAB).to_dict() if isinstance(text, str) else text
+    return getattr(transformers, cls)(text_config=text, vision_config=vision, **more)
 
 
 def case_family(case: str) -> Family:
@@ -67,7 +77,7 @@ def case_family(case: str) -> Family:
 
 
 def _build(case: str) -> nn.Module:
-    if case != "gemma3":
+    if case not in COMPOSITE:
         return tiny_model(case, VOCAB)
     from transformers import AutoModelForCausalLM
 
@@ -101,11 +111,12 @@ def lively_model(model_type: str, seed: int = 0) -> nn.Module:
 
 
 def count_block_linears(model: nn.Module) -> int:
-    """Every nn.Linear / Conv1D inside the decoder blocks but those the family keeps in float (Qwen2-MoE's
-    shared-expert gate), counted without the registry's linear names."""
-    floats = model_family(model).floats
+    """Every nn.Linear / Conv1D inside the decoder blocks but those the block's layout keeps in float (Qwen2-MoE's
+    shared-expert gate, a Gated DeltaNet's b / a projections), counted without the registry's linear names."""
+    family = model_family(model)
     return sum(is_linear(m) and not any(name == f or name.startswith(f"{f}.") for f in floats)
-               for layer in decoder_layers(model) for name, m in layer.named_modules())
+               for layer in decoder_layers(model) for floats in [block_family(layer, family).floats]
+               for name, m in layer.named_modules())
 
 
 def predicted_linears(model: nn.Module) -> int:

@@ -19,6 +19,7 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from ptq_bench.eval.harness import TaskSuite  # noqa: E402
+from ptq_bench.families import family_of_config  # noqa: E402
 from ptq_bench.models.experts import unfuse_experts  # noqa: E402
 
 pytestmark = pytest.mark.skipif(not (DATA / "hellaswag").is_dir(), reason=f"no data folder at {DATA}")
@@ -28,6 +29,9 @@ NO_CACHE = {"openai-gpt"}  # families whose forward takes no KV cache: the plain
 # families whose tiny model reads positions from its cache's length (Llama 4's attention temperature with a
 # floor_scale of 8): the plain path; `_wide`, floor_scale past max_length (as Llama 4's 8192): the shared one
 CACHE_LENGTH = {"llama4_text"}
+# hybrids (a linear-attention or convolution mixer in some blocks): their caches hold recurrent / convolution
+# states, which FastLM's prefix cache does not fork (model_traits.shareable_cache): the plain path
+HYBRID = {t for t in FAMILY_CONFIGS if family_of_config(tiny_config(t)).variants}
 WIDE = 1024  # a sliding window longer than every prompt (max_length is 256)
 
 
@@ -69,7 +73,7 @@ def test_fastlm_matches_hflm(suites, tok, name):
     model = build(name, len(tok))
     a, b, worst, flips = both(suites, model)
     # a float model takes the prefix-cache path; GPT-1's forward takes no KV cache
-    assert suites["fast"].last_path == ("fast:plain" if name in NO_CACHE | CACHE_LENGTH else "fast:shared")
+    assert suites["fast"].last_path == ("fast:plain" if name in NO_CACHE | CACHE_LENGTH | HYBRID else "fast:shared")
     assert worst <= 1e-4 and flips == 0, (worst, flips)
     assert a == b  # every accuracy identical
     # not a vacuous model: the scores differ between requests

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 import torch
 import torch.nn as nn
-from family_checks import calib_tokens, lively_model, quantize
+from family_checks import calib_tokens, case_family, lively_model, quantize
 from test_source_pipeline import checkpoint, recipe, tokenizer_dir  # noqa: F401  (a fixture)
 from tiny_families import FAMILY_CONFIGS, tiny_config, tiny_model
 
@@ -101,8 +101,9 @@ def routed_inputs(model: nn.Module, tokens: torch.Tensor, block: int) -> dict[st
     return out
 
 
-@pytest.mark.parametrize("model_type", ["mixtral", "qwen2_moe", "glm4_moe", "granitemoeshared", "gpt_oss", "llama4_text"])
-# glm4_moe, llama4_text: block 0 dense
+@pytest.mark.parametrize("model_type", ["mixtral", "qwen2_moe", "glm4_moe", "granitemoeshared", "gpt_oss", "llama4_text",
+                                        "qwen3_next"])
+# glm4_moe, llama4_text: block 0 dense; qwen3_next: block 0 a Gated DeltaNet
 def test_each_experts_hessian_is_its_routed_tokens(model_type):
     ref = fused_model(model_type)
     tokens = calib_tokens(4, 32)
@@ -194,6 +195,7 @@ REFERENCE_CASES = {
     "afmoe": ("pre_mlp_layernorm", lambda layer: mlp_norm_readers(layer.mlp)),  # post_attention_: attention's output
     "granitemoeshared": ("post_attention_layernorm", granite_readers),
     "cohere2_moe:shared": ("input_layernorm", parallel_readers),
+    "qwen3_next": ("post_attention_layernorm", lambda layer: mlp_norm_readers(layer.mlp)),  # (1 + w) norms
 }
 
 
@@ -223,7 +225,8 @@ def test_smoothquant_scales_are_the_references(model_type):
         a = norm_output(ref, tokens, norm).abs().amax(dim=0)
         w = torch.cat(readers(layer)).abs().amax(dim=0).clamp(min=1e-5)
         s = (a.pow(0.5) / w.pow(0.5)).clamp(min=1e-5)
-        got = norm.weight / q.model.layers[i].get_submodule(norm_name).weight
+        gain = int(case_family(case).smooth[0].kind == "one_plus_gain")  # y = (1 + w) * rms(x)
+        got = (gain + norm.weight) / (gain + q.model.layers[i].get_submodule(norm_name).weight)
         assert torch.allclose(got, s, rtol=1e-5), (i, (got / s - 1).abs().max())
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -144,6 +145,25 @@ def test_no_safetensors_is_an_error(tmp_path):
     (ckpt / "model.safetensors").unlink()
     with pytest.raises(QuantError, match="safetensors"):
         open_lazily(ckpt)
+
+
+@pytest.mark.parametrize(("extra", "ignored"), [("mtp.fc.weight", True), ("model.layers.0.extra.weight", False)])
+def test_tensors_from_pretrained_ignores_are_ignored_and_others_are_named(tmp_path, extra, ignored):
+    """Qwen3-Next checkpoints carry multi-token-prediction tensors (`mtp.*`) that from_pretrained drops by its
+    `_keys_to_ignore_on_load_unexpected`; so does the lazy model. A tensor the model does not have and
+    transformers does not ignore is an error naming it."""
+    from safetensors.torch import load_file, save_file
+
+    ckpt = saved("qwen3_next", tmp_path / "ckpt")
+    state = load_file(ckpt / "model.safetensors")
+    save_file({**state, extra: torch.ones(4, 4)}, ckpt / "model.safetensors", metadata={"format": "pt"})
+    if not ignored:
+        with pytest.raises(QuantError, match=rf"has 1 tensors the model does not \(first: {re.escape(extra)}\)"):
+            open_lazily(ckpt)
+        return
+    model, blocks = open_lazily(ckpt)
+    with torch.no_grad(), streamed(model, DiskPlacement(tmp_path / "blocks", source=blocks)):
+        assert torch.equal(model(IDS).logits, reference(ckpt)(IDS).logits)
 
 
 def test_missing_tensor_is_named(tmp_path):

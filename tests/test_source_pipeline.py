@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from tiny_families import save_tiny
+from tiny_families import save_tiny, tiny_config
 
 from ptq_bench.cli import main
 from ptq_bench.results import load_rows
@@ -56,9 +56,11 @@ def recipe(tmp_path: Path, models: dict, quantize: list) -> Path:
 # same, its first block dense; Granite MoE Shared: 2 shared linears under shared_mlp, the experts under
 # block_sparse_moe; Cohere 2 MoE: a dense parallel block 0, then experts; DeepSeek-V3: latent attention's 5
 # linears, a dense block 0, then experts and a shared one; Llama 4: a dense block 0, then the same under
-# feed_forward)
+# feed_forward; hybrids, block 0 of the other mixer: Qwen3-Next's Gated DeltaNet with 2 quantized linears (its
+# b/a projection stays float), then attention, each with Qwen2-MoE's MLP; LFM2's short convolution, 2 linears)
 LINEARS = {"mistral": 14, "gpt2": 8, "falcon:rw": 8, "mixtral": 24, "qwen2_moe": 30, "glm4_moe": 22,
-           "granitemoeshared": 28, "cohere2_moe": 19, "deepseek_v3": 24, "llama4_text": 22}
+           "granitemoeshared": 28, "cohere2_moe": 19, "deepseek_v3": 24, "llama4_text": 22, "qwen3_next": 28,
+           "lfm2": 12}
 
 
 @pytest.mark.parametrize("model_type", list(LINEARS))
@@ -226,3 +228,36 @@ def test_a_refused_run_leaves_the_manifest_as_it_was(tmp_path, tokenizer_dir, ca
     assert main(["run", str(path)]) == 2
     assert "changed since this run folder's rows" in capsys.readouterr().err
     assert (tmp_path / "out" / "manifest.json").read_bytes() == manifest
+
+
+def test_a_multimodal_qwen3_5_checkpoint_runs_its_text_decoder_in_memory_and_offloaded(tmp_path, tokenizer_dir):
+    """The hub's Qwen3.5 checkpoints are Qwen3_5ForConditionalGeneration (model_type qwen3_5, the decoder's
+    values under text_config, a vision tower beside it). AutoModelForCausalLM builds the text decoder, and
+    `validate` reads its context length from text_config; offloaded, the vision tower's tensors are dropped
+    as from_pretrained drops them. Both modes write the same rows, 13 linears (a Gated DeltaNet block of 3 and
+    an attention block of 4, each with a 3-linear MLP)."""
+    import shutil
+
+    import torch
+    from transformers import AutoTokenizer, Qwen3_5Config, Qwen3_5ForConditionalGeneration
+
+    from ptq_bench.sources import inspect_source
+
+    text = tiny_config("qwen3_5_text", vocab_size=len(AutoTokenizer.from_pretrained(str(tokenizer_dir)))).to_dict()
+    vision = {"depth": 1, "hidden_size": 32, "intermediate_size": 64, "num_heads": 2, "out_hidden_size": 64}
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        model = Qwen3_5ForConditionalGeneration(Qwen3_5Config(text_config=text, vision_config=vision))
+    src = tmp_path / "qwen3_5"
+    model.save_pretrained(src)
+    for f in tokenizer_dir.iterdir():
+        shutil.copy(f, src / f.name)
+    assert inspect_source(str(src)).context_length == text["max_position_embeddings"] == 256
+    rows = {}
+    for offload in (False, True):
+        (tmp_path / str(offload)).mkdir()
+        path = recipe(tmp_path / str(offload), {"m": {"source": str(src)}}, [{"method": "gptq", "w_bits": 3, "group_size": 32}])
+        path.write_text(path.read_text() + f"offload: {str(offload).lower()}\n")
+        assert main(["run", str(path)]) == 0
+        rows[offload] = {r.label: (r.metrics, r.quant.get("n_linears")) for r in load_rows(tmp_path / str(offload) / "out", strict=True)}
+    assert rows[True] == rows[False] and rows[False]["gptq W3A16"][1] == 13

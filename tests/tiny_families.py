@@ -28,6 +28,10 @@ GRANITE_MOE = {"num_local_experts": 4, "num_experts_per_tok": 2, "residual_multi
                "embedding_multiplier": 4.0, "logits_scaling": 2.0}
 FALCON = {"hidden_size": 64, "ffn_hidden_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4,
           "max_position_embeddings": 256}
+# hybrids: block 0 of the other token mixer, block 1 attention (Gated DeltaNet: 2 key heads, 4 value heads)
+GDN = {"layer_types": ["linear_attention", "full_attention"], "linear_num_key_heads": 2, "linear_num_value_heads": 4,
+       "linear_key_head_dim": 8, "linear_value_head_dim": 8, "linear_conv_kernel_dim": 4, "head_dim": 16}
+QWEN_MOE = {**MOE, "shared_expert_intermediate_size": 32}
 # model_type -> (transformers config class name, config kwargs)
 FAMILY_CONFIGS: dict[str, tuple[str, dict[str, Any]]] = {
     "llama": ("LlamaConfig", COMMON),
@@ -108,6 +112,10 @@ FAMILY_CONFIGS: dict[str, tuple[str, dict[str, Any]]] = {
     "falcon:40b": ("FalconConfig", {**FALCON, "new_decoder_architecture": True, "num_kv_heads": 2}),
     "falcon:rw": ("FalconConfig", {**FALCON, "parallel_attn": False, "multi_query": False, "alibi": True,
                                    "bias": True}),
+    "qwen3_5_text": ("Qwen3_5TextConfig", {**COMMON, **GDN}),
+    "qwen3_5_moe_text": ("Qwen3_5MoeTextConfig", {**COMMON, **GDN, **QWEN_MOE}),
+    "qwen3_next": ("Qwen3NextConfig", {**COMMON, **GDN, **QWEN_MOE}),
+    "lfm2": ("Lfm2Config", {**COMMON, "layer_types": ["conv", "full_attention"]}),
     # mixtures of experts: 4 experts, 2 per token (models/experts.py unfuses them)
     "mixtral": ("MixtralConfig", {**COMMON, "num_local_experts": 4, "num_experts_per_tok": 2}),
     "olmoe": ("OlmoeConfig", {**COMMON, "num_experts": 4, "num_experts_per_tok": 2}),

@@ -208,6 +208,9 @@ def _model_names(model: nn.Module, weight_map: dict[str, Path]) -> tuple[dict[st
         conv = converted.setdefault(name, Converted(by_pattern[pattern]))
         conv.sources.append((key, pattern, weight_map[key]))
         conv.targets = [name.replace(conv.converter.target_patterns[0], t) for t in conv.converter.target_patterns]
+    ignored = _ignored_on_loading(model, {*files, *(t for c in converted.values() for t in c.targets)} - set(meta))
+    files = {n: f for n, f in files.items() if n not in ignored}
+    converted = {n: c for n, c in converted.items() if not set(c.targets) <= ignored}
     given = {*files, *(t for c in converted.values() for t in c.targets)}
     tied = _tied_names(model)
     wanted = {n for n in meta if n not in tied or not any(t in given for t in tied[n])}
@@ -218,6 +221,17 @@ def _model_names(model: nn.Module, weight_map: dict[str, Path]) -> tuple[dict[st
         raise QuantError(f"checkpoint has {len(extra)} tensors the model does not (first: {extra[0]}); "
                          "load it in memory")
     return files, converted
+
+
+def _ignored_on_loading(model: nn.Module, unexpected: set[str]) -> set[str]:
+    """The checkpoint tensors the model does not have that `from_pretrained` drops without a word (its
+    `_keys_to_ignore_on_load_unexpected`: Qwen3-Next's multi-token-prediction `mtp.*`, a multimodal
+    checkpoint's vision tower for its text decoder), by transformers' own rule."""
+    from types import SimpleNamespace
+
+    info = SimpleNamespace(missing_keys=set(), unexpected_keys=set(unexpected))
+    model._adjust_missing_and_unexpected_keys(info)
+    return unexpected - info.unexpected_keys
 
 
 def _tied_names(model: nn.Module) -> dict[str, list[str]]:

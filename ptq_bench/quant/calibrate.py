@@ -73,8 +73,10 @@ def first_blocks(model: nn.Module, k: int) -> nn.Module:
 
 
 def block_family(layer: nn.Module, family: Family) -> Family:
-    """The layout of one block: a mixture of experts' blocks without experts (dense first layers, Qwen's
-    mlp_only_layers) have the family's `dense` one."""
+    """The layout of one block: a hybrid's blocks holding a variant's module (a linear-attention or
+    convolution mixer) have that variant's; a mixture of experts' blocks without experts (dense first
+    layers, Qwen's mlp_only_layers) have the `dense` one."""
+    family = next((v for path, v in family.variants if submodule_or_none(layer, path) is not None), family)
     if family.dense is None or submodule_or_none(layer, family.experts) is not None:
         return family
     return family.dense

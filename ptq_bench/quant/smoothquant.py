@@ -111,8 +111,7 @@ def quantize_smoothquant(model: nn.Module, cfg: SmoothQuantConfig, calib: torch.
     """Smooth every norm -> linears pair of the family, then absmax W/A fake quantization of every linear."""
     family = model_family(model)
     pairs = family.smooth
-    layouts = (family, *((family.dense,) if family.dense else ()))  # a mixture of experts' dense blocks too
-    probes = [t for f in layouts for pair in f.smooth for t in pair.targets if t not in f.floats]  # fed by norms
+    probes = [t for f in family.all_layouts for pair in f.smooth for t in pair.targets if t not in f.floats]
     details: dict[str, Any] = {"smoothed_norms": 0}
 
     def smooth_block(idx: int, layer: nn.Module, group: dict[str, nn.Module], stats: dict[str, Any]) -> None:
