@@ -213,15 +213,17 @@ def mla_layouts(family: Family) -> tuple[Family, Family]:
     return mla(family, q_lora=False, requires=(("q_lora_rank", None),)), mla(family)
 
 
-def mixer(family: Family, inputs: tuple[str, ...], out: str, floats: tuple[str, ...] = ()) -> Family:
-    """`family`'s block with another token mixer in attention's place (a hybrid's linear-attention or
+def mixer(family: Family, inputs: tuple[str, ...], out: str, floats: tuple[str, ...] = (),
+          inner: tuple[Smooth, ...] = ()) -> Family:
+    """`family`'s block with another token mixer in attention's place (a hybrid's linear-attention, Mamba or
     convolution blocks): its input linears `inputs` and `floats` (kept in float) read the attention norm's
-    output, and `out` is its output linear. (`family`'s first two groups and first smoothing pair are its
-    attention's, as the builders above make them.)"""
+    output, and `out` is its output linear; `inner`: norms inside the mixer that feed `out` (Mamba's gated
+    RMSNorm). (`family`'s first two groups and first smoothing pair are its attention's, as the builders
+    above make them.)"""
     attn, *rest = family.smooth
     return replace(family, groups=(inputs, (out,), *family.groups[2:]), floats=(*family.floats, *floats),
-                   smooth=(Smooth(attn.norm, (*inputs, *floats), attn.kind), *rest),
-                   dense=family.dense and mixer(family.dense, inputs, out, floats))
+                   smooth=(Smooth(attn.norm, (*inputs, *floats), attn.kind), *inner, *rest),
+                   dense=family.dense and mixer(family.dense, inputs, out, floats, inner))
 
 
 def gated_deltanet(family: Family, inputs: tuple[str, ...], floats: tuple[str, ...]) -> Family:
@@ -244,6 +246,16 @@ _LFM2 = llama_like(attn_norm="operator_norm", mlp_norm="ffn_norm", mlp_in=("feed
                    mlp_out="feed_forward.w2")
 LFM2 = replace(_LFM2, groups=(QKV, ("self_attn.out_proj",), *_LFM2.groups[2:]),
                variants=(("conv", mixer(_LFM2, ("conv.in_proj",), "conv.out_proj")),))
+
+
+def mamba2(family: Family, path: str = "mamba") -> Family:
+    """A Mamba-2 hybrid (Granite 4.0-H, Nemotron-H): blocks with a Mamba-2 mixer at `path` have it in
+    attention's place. Its in_proj (z, x, B, C and dt at once) reads the attention norm's output; its gated
+    RMSNorm (y * silu(z), normalized per group, times a weight per channel) feeds out_proj and takes its
+    smoothing scales. The causal depthwise conv1d and the state-space scan are not linears and stay in float
+    (as in GPTQModel's definitions: in_proj and out_proj are quantized)."""
+    return replace(family, variants=((path, mixer(family, (f"{path}.in_proj",), f"{path}.out_proj",
+                                                  inner=(Smooth(f"{path}.norm", (f"{path}.out_proj",), "gain"),))),))
 
 
 def falcon(norms: tuple[str, ...], **requires: Any) -> Family:

@@ -43,6 +43,7 @@ from ptq_bench.block_layouts import (
     Smooth,
     gated_deltanet,
     llama_like,
+    mamba2,
     mla_layouts,
     moe_block,
     optional_shared,
@@ -63,6 +64,10 @@ LOW_BIT_CLASSES = (
 GRANITE = {"router": "block_sparse_moe.router", "moe": "block_sparse_moe"}  # where Granite 3 MoE keeps its experts
 GRANITE_MOE_SHARED = optional_shared("shared_intermediate_size", shared="shared_mlp.",
                                      shared_names=("input_linear", "output_linear"), shared_last=True, **GRANITE)
+# Granite 4.0-H: Mamba-2 blocks between attention blocks, each with Granite MoE Shared's MLP; without experts
+# (num_local_experts 0, Granite-4.0-H-Micro) the shared MLP alone
+GRANITE_HYBRID = mamba2(replace(GRANITE_MOE_SHARED[1], dense=llama_like(
+    mlp_in=("shared_mlp.input_linear",), mlp_out="shared_mlp.output_linear")))
 
 # model_type -> its Family, or several told apart by their `requires` (the first that the config meets)
 # Qwen3.5 / Qwen3-Next's blocks: (1 + w) RMSNorms; a shared expert (with a sigmoid gate) before the routed ones
@@ -213,6 +218,7 @@ FAMILIES: dict[str, Family | tuple[Family, ...]] = {
     "qwen3_5_moe": gated_deltanet(QWEN_MOE_1PW, QWEN3_5_GDN, QWEN3_5_GDN_FLOATS),
     "qwen3_next": gated_deltanet(QWEN_MOE_1PW, ("in_proj_qkvz",), ("in_proj_ba",)),
     "lfm2": LFM2,  # LFM2: gated short-convolution blocks between attention blocks
+    "granitemoehybrid": GRANITE_HYBRID,
     # transformers' BitNet (b1.58 checkpoints, `quant_method: bitnet`): linears re-ternarize on every call
     "bitnet": llama_like(low_bit=True),
 }

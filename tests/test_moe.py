@@ -23,7 +23,9 @@ from ptq_bench.models.experts import LinearExperts, unfuse_experts
 from ptq_bench.quant.apply import hessian_stat
 from ptq_bench.quant.calibrate import run_blockwise, submodule_or_none
 
-MOE = [t for t in FAMILY_CONFIGS if family_of_config(tiny_config(t)).experts]
+# cases whose blocks hold experts (not Granite 4.0-H with num_local_experts 0: its dense layout alone)
+MOE = [t for t in FAMILY_CONFIGS if family_of_config(tiny_config(t)).experts
+       and getattr(tiny_config(t), "num_local_experts", None) != 0]
 ONE_IMPLEMENTATION = {"llama4_text"}  # no experts implementations to choose from (set_experts_implementation)
 
 

@@ -57,10 +57,11 @@ def recipe(tmp_path: Path, models: dict, quantize: list) -> Path:
 # block_sparse_moe; Cohere 2 MoE: a dense parallel block 0, then experts; DeepSeek-V3: latent attention's 5
 # linears, a dense block 0, then experts and a shared one; Llama 4: a dense block 0, then the same under
 # feed_forward; hybrids, block 0 of the other mixer: Qwen3-Next's Gated DeltaNet with 2 quantized linears (its
-# b/a projection stays float), then attention, each with Qwen2-MoE's MLP; LFM2's short convolution, 2 linears)
+# b/a projection stays float), then attention, each with Qwen2-MoE's MLP; LFM2's short convolution, 2 linears;
+# Granite 4.0-H's Mamba-2, 2 linears, then attention, each with Granite MoE Shared's MLP)
 LINEARS = {"mistral": 14, "gpt2": 8, "falcon:rw": 8, "mixtral": 24, "qwen2_moe": 30, "glm4_moe": 22,
            "granitemoeshared": 28, "cohere2_moe": 19, "deepseek_v3": 24, "llama4_text": 22, "qwen3_next": 28,
-           "lfm2": 12}
+           "lfm2": 12, "granitemoehybrid": 26}
 
 
 @pytest.mark.parametrize("model_type", list(LINEARS))

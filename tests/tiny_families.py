@@ -32,6 +32,9 @@ FALCON = {"hidden_size": 64, "ffn_hidden_size": 128, "num_hidden_layers": 2, "nu
 GDN = {"layer_types": ["linear_attention", "full_attention"], "linear_num_key_heads": 2, "linear_num_value_heads": 4,
        "linear_key_head_dim": 8, "linear_value_head_dim": 8, "linear_conv_kernel_dim": 4, "head_dim": 16}
 QWEN_MOE = {**MOE, "shared_expert_intermediate_size": 32}
+# Mamba-2 (Granite 4.0-H): 8 heads of 16 over 2 x hidden, one group
+MAMBA2 = {"layer_types": ["linear_attention", "full_attention"], "mamba_n_heads": 8, "mamba_d_head": 16,
+          "mamba_n_groups": 1, "mamba_d_state": 16, "mamba_d_conv": 4, "mamba_expand": 2, "mamba_chunk_size": 16}
 # model_type -> (transformers config class name, config kwargs)
 FAMILY_CONFIGS: dict[str, tuple[str, dict[str, Any]]] = {
     "llama": ("LlamaConfig", COMMON),
@@ -116,6 +119,9 @@ FAMILY_CONFIGS: dict[str, tuple[str, dict[str, Any]]] = {
     "qwen3_5_moe_text": ("Qwen3_5MoeTextConfig", {**COMMON, **GDN, **QWEN_MOE}),
     "qwen3_next": ("Qwen3NextConfig", {**COMMON, **GDN, **QWEN_MOE}),
     "lfm2": ("Lfm2Config", {**COMMON, "layer_types": ["conv", "full_attention"]}),
+    "granitemoehybrid": ("GraniteMoeHybridConfig", {**COMMON, **GRANITE_MOE, **MAMBA2, "shared_intermediate_size": 32}),
+    "granitemoehybrid:dense": ("GraniteMoeHybridConfig", {**COMMON, **GRANITE_MOE, **MAMBA2, "num_local_experts": 0,
+                                                          "shared_intermediate_size": 32}),
     # mixtures of experts: 4 experts, 2 per token (models/experts.py unfuses them)
     "mixtral": ("MixtralConfig", {**COMMON, "num_local_experts": 4, "num_experts_per_tok": 2}),
     "olmoe": ("OlmoeConfig", {**COMMON, "num_experts": 4, "num_experts_per_tok": 2}),

@@ -194,7 +194,10 @@ def unfuse_experts(model: Any) -> int:
     changed = 0
     parent_path, _, leaf = family.experts.rpartition(".")
     for layer in model.get_submodule(family.blocks):
-        parent = layer.get_submodule(parent_path) if parent_path else layer
+        try:
+            parent = layer.get_submodule(parent_path) if parent_path else layer
+        except AttributeError:  # no MoE module here (Granite 4.0-H's `block_sparse_moe = None` without experts)
+            parent = None
         fused = getattr(parent, leaf, None)
         if fused is None and family.dense is not None:  # a dense block of a mixture of experts
             continue
