@@ -258,6 +258,25 @@ def mamba2(family: Family, path: str = "mamba") -> Family:
                                                   inner=(Smooth(f"{path}.norm", (f"{path}.out_proj",), "gain"),))),))
 
 
+def nemotron_h() -> Family:
+    """Nemotron-H: a block is one RMSNorm (`norm`) feeding one mixer (`mixer`), and the mixer decides the
+    layout: a relu^2 MLP (up, down: the main layout), Mamba-2 (in_proj; its per-channel gated norm feeds
+    out_proj), attention, or a mixture of ungated relu^2 experts (`mixer.experts.*.up_proj`) with a shared MLP
+    run after them and a float router. Latent MoE projections (`moe_latent_size`) are not described: refused."""
+    def block(inputs: tuple[str, ...], outputs: tuple[str, ...], *inner: Smooth, **more: Any) -> Family:
+        floats = more.get("floats", ())
+        return Family("model.layers", (inputs, outputs), (Smooth("norm", (*floats, *inputs), "gain"), *inner), **more)
+
+    experts, shared = "mixer.experts", "mixer.shared_experts"
+    attention = tuple(f"mixer.{n}" for n in ("q_proj", "k_proj", "v_proj"))
+    mamba = block(("mixer.in_proj",), ("mixer.out_proj",), Smooth("mixer.norm", ("mixer.out_proj",), "gain"))
+    moe = block((f"{experts}.{EXPERT}.up_proj", f"{shared}.up_proj"), (f"{experts}.{EXPERT}.down_proj", f"{shared}.down_proj"),
+                experts=experts, floats=("mixer.gate",))  # in run order: the routed experts, then the shared MLP
+    mlp = block(("mixer.up_proj",), ("mixer.down_proj",), requires=(("moe_latent_size", None),))
+    return replace(mlp, variants=(("mixer.conv1d", mamba), ("mixer.q_proj", block(attention, ("mixer.o_proj",))),
+                                  (experts, moe)))
+
+
 def falcon(norms: tuple[str, ...], **requires: Any) -> Family:
     """A Falcon block: one norm feeding attention and the MLP at once (parallel), or two norms each
     feeding its own (`pre_ln`'s pairs, parallel or sequential), under the config values that build it."""

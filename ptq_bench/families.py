@@ -46,6 +46,7 @@ from ptq_bench.block_layouts import (
     mamba2,
     mla_layouts,
     moe_block,
+    nemotron_h,
     optional_shared,
     parallel,
     pre_ln,
@@ -219,6 +220,7 @@ FAMILIES: dict[str, Family | tuple[Family, ...]] = {
     "qwen3_next": gated_deltanet(QWEN_MOE_1PW, ("in_proj_qkvz",), ("in_proj_ba",)),
     "lfm2": LFM2,  # LFM2: gated short-convolution blocks between attention blocks
     "granitemoehybrid": GRANITE_HYBRID,
+    "nemotron_h": nemotron_h(),  # Nemotron-H / Nemotron Nano 2 / Nemotron 3 Nano: one norm and one mixer per block
     # transformers' BitNet (b1.58 checkpoints, `quant_method: bitnet`): linears re-ternarize on every call
     "bitnet": llama_like(low_bit=True),
 }

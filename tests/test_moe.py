@@ -249,12 +249,12 @@ def test_in_place_quantization_of_a_mixture_of_experts_gives_the_copys_rows(tmp_
 
 
 def test_experts_of_an_unknown_layout_are_refused_by_name():
-    """Ergo's experts have no gate (and a norm after each expert): no ExpertMLP computes them, so they are refused."""
+    """Ergo's experts have a norm after each expert: no ExpertMLP computes them, so they are refused."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
     config = AutoConfig.for_model("ergo", hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                                   num_attention_heads=4, num_key_value_heads=2, vocab_size=64, head_dim=16,
                                   n_routed_experts=4, num_experts=4, num_experts_per_tok=2, moe_intermediate_size=32)
     experts = [m for m in AutoModelForCausalLM.from_config(config).modules() if type(m).__name__ == "ErgoExperts"][0]
-    with pytest.raises(QuantError, match=r"ErgoExperts: experts stored as has_gate=False; only gated"):
+    with pytest.raises(QuantError, match=r"ErgoExperts: experts with post_expert_norm\.weight; only experts"):
         LinearExperts.from_fused(experts)

@@ -58,10 +58,11 @@ def recipe(tmp_path: Path, models: dict, quantize: list) -> Path:
 # linears, a dense block 0, then experts and a shared one; Llama 4: a dense block 0, then the same under
 # feed_forward; hybrids, block 0 of the other mixer: Qwen3-Next's Gated DeltaNet with 2 quantized linears (its
 # b/a projection stays float), then attention, each with Qwen2-MoE's MLP; LFM2's short convolution, 2 linears;
-# Granite 4.0-H's Mamba-2, 2 linears, then attention, each with Granite MoE Shared's MLP)
+# Granite 4.0-H's Mamba-2, 2 linears, then attention, each with Granite MoE Shared's MLP; Nemotron-H: a Mamba-2
+# block of 2, an attention block of 4, a relu^2 MLP block of 2, a MoE block of 4 ungated experts and a shared MLP)
 LINEARS = {"mistral": 14, "gpt2": 8, "falcon:rw": 8, "mixtral": 24, "qwen2_moe": 30, "glm4_moe": 22,
            "granitemoeshared": 28, "cohere2_moe": 19, "deepseek_v3": 24, "llama4_text": 22, "qwen3_next": 28,
-           "lfm2": 12, "granitemoehybrid": 26}
+           "lfm2": 12, "granitemoehybrid": 26, "nemotron_h": 18}
 
 
 @pytest.mark.parametrize("model_type", list(LINEARS))

@@ -119,6 +119,12 @@ FAMILY_CONFIGS: dict[str, tuple[str, dict[str, Any]]] = {
     "qwen3_5_moe_text": ("Qwen3_5MoeTextConfig", {**COMMON, **GDN, **QWEN_MOE}),
     "qwen3_next": ("Qwen3NextConfig", {**COMMON, **GDN, **QWEN_MOE}),
     "lfm2": ("Lfm2Config", {**COMMON, "layer_types": ["conv", "full_attention"]}),
+    # Nemotron-H: a Mamba-2, an attention, an MLP and a MoE block (ungated experts, a shared MLP)
+    "nemotron_h": ("NemotronHConfig", {**COMMON, "layers_block_type": ["mamba", "attention", "mlp", "moe"], "head_dim": 16,
+                                       "mamba_num_heads": 8, "mamba_head_dim": 16, "n_groups": 1, "ssm_state_size": 16,
+                                       "conv_kernel": 4, "expand": 2, "chunk_size": 16, "n_routed_experts": 4,
+                                       "num_experts_per_tok": 2, "moe_intermediate_size": 32, "n_group": 1, "topk_group": 1,
+                                       "moe_shared_expert_intermediate_size": 32}),
     "granitemoehybrid": ("GraniteMoeHybridConfig", {**COMMON, **GRANITE_MOE, **MAMBA2, "shared_intermediate_size": 32}),
     "granitemoehybrid:dense": ("GraniteMoeHybridConfig", {**COMMON, **GRANITE_MOE, **MAMBA2, "num_local_experts": 0,
                                                           "shared_intermediate_size": 32}),

@@ -27,10 +27,13 @@ from ptq_bench.errors import QuantError
 from ptq_bench.families import family_of_config
 
 # what `transformers.integrations.moe.use_experts_implementation` records on an experts class: this module
-# unfuses any gated layout without a per-expert norm (weights (out, in) or transposed, with or without biases,
-# gate and up concatenated or interleaved: the class's own `_apply_gate` splits them)
-KNOWN_LAYOUT = {"has_gate": True, "has_post_expert_norm": False}
-LAYOUT_KEYS = ("is_transposed", "is_concatenated", "has_bias", *KNOWN_LAYOUT)
+# unfuses any layout without a per-expert norm (weights (out, in) or transposed, with or without biases; gated,
+# gate and up concatenated or interleaved: the class's own `_apply_gate` splits them; or ungated)
+KNOWN_LAYOUT = {"has_post_expert_norm": False}
+LAYOUT_KEYS = ("is_transposed", "is_concatenated", "has_bias", "has_gate", *KNOWN_LAYOUT)
+# an experts class's fused input weight, by its `has_gate`: gate and up at once, or up alone (Nemotron-H's
+# relu^2 experts); an expert's input linear keeps that name
+IN_PROJ = {True: "gate_up_proj", False: "up_proj"}
 
 
 def _slice(fused: torch.Tensor, e: int, transposed: bool = False) -> torch.Tensor:
@@ -50,8 +53,8 @@ def _linear(weight: torch.Tensor, bias: torch.Tensor | None = None) -> nn.Linear
 
 
 # a fused experts tensor -> the name of its per-expert slice in an `ExpertMLP`
-FUSED_TO_LINEAR = {"gate_up_proj": "gate_up_proj.weight", "gate_up_proj_bias": "gate_up_proj.bias",
-                   "down_proj": "down_proj.weight", "down_proj_bias": "down_proj.bias"}
+FUSED_TO_LINEAR = {f"{name}{part}": f"{name}.{kind}" for name in (*IN_PROJ.values(), "down_proj")
+                   for part, kind in (("", "weight"), ("_bias", "bias"))}
 
 
 def split_fused(tensors: dict[str, torch.Tensor], experts: dict[str, bool]) -> dict[str, torch.Tensor]:
@@ -72,6 +75,11 @@ def concatenated_gate(module: nn.Module, gate_up: torch.Tensor) -> torch.Tensor:
     return module.act_fn(gate) * up
 
 
+def activation_only(module: nn.Module, up: torch.Tensor) -> torch.Tensor:
+    """An ungated expert's activation (Nemotron-H: relu^2 of up_proj's output)."""
+    return module.act_fn(up)
+
+
 class ExpertGate(nn.Module):
     """The fused experts class's own `_apply_gate` (gate_up output -> the down projection's input: its
     activation, the split of concatenated or interleaved gate / up, GPT-OSS's clamped SwiGLU), called on a
@@ -79,9 +87,9 @@ class ExpertGate(nn.Module):
 
     token_local = True  # element by element (eval/model_traits)
 
-    def __init__(self, fused: nn.Module) -> None:
+    def __init__(self, fused: nn.Module, gated: bool = True) -> None:
         super().__init__()
-        self.apply_gate = getattr(type(fused), "_apply_gate", concatenated_gate)
+        self.apply_gate = getattr(type(fused), "_apply_gate", concatenated_gate) if gated else activation_only
         for key, value in vars(fused).items():
             if not key.startswith("_") and key != "training" and not isinstance(value, torch.Tensor):
                 setattr(self, key, value)
@@ -93,16 +101,19 @@ class ExpertGate(nn.Module):
 
 
 class ExpertMLP(nn.Module):
-    """One expert: one fused gate_up linear, the experts class's gate (`glu`), then down."""
+    """One expert: its input linear (gate and up fused, `gate_up_proj`, or `up_proj` alone: `IN_PROJ`), the
+    experts class's gate or activation (`glu`), then down."""
 
     token_local = True  # row by row, as any float MLP (eval/model_traits)
 
-    def __init__(self, gate_up: nn.Linear, down: nn.Linear, gate: ExpertGate) -> None:
+    def __init__(self, first: nn.Linear, down: nn.Linear, gate: ExpertGate, first_name: str = "gate_up_proj") -> None:
         super().__init__()
-        self.gate_up_proj, self.down_proj, self.glu = gate_up, down, gate  # not `gate`: routers are called so
+        self.first = first_name
+        self.add_module(first_name, first)
+        self.down_proj, self.glu = down, gate  # not `gate`: routers are called so
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.down_proj(self.glu(self.gate_up_proj(x)))
+        return self.down_proj(self.glu(getattr(self, self.first)(x)))
 
 
 class LinearExperts(nn.ModuleList):
@@ -115,22 +126,26 @@ class LinearExperts(nn.ModuleList):
     @classmethod
     def from_fused(cls, fused: nn.Module) -> LinearExperts:
         layout = {key: getattr(fused, key, None) for key in LAYOUT_KEYS}
-        if any(layout[k] != v for k, v in KNOWN_LAYOUT.items()) or getattr(fused, "gate_up_proj", None) is None \
-                or fused.gate_up_proj.dim() != 3:
-            odd = ", ".join(f"{k}={layout[k]!r}" for k, v in KNOWN_LAYOUT.items() if layout[k] != v)
-            raise QuantError(f"{type(fused).__name__}: experts stored as {odd or 'other tensors'}; only gated "
-                             "experts without a per-expert norm are known (models/experts.py)")
-        biases = (fused.gate_up_proj_bias, fused.down_proj_bias) if layout["has_bias"] else (None, None)
-        return cls.from_weights(fused, bool(layout["is_transposed"]), biases)
+        first = IN_PROJ.get(layout["has_gate"], "")
+        weight = getattr(fused, first, None)
+        known = {first, "down_proj", *((f"{first}_bias", "down_proj_bias") if layout["has_bias"] else ())}
+        odd = [f"{k}={layout[k]!r}" for k, v in KNOWN_LAYOUT.items() if layout[k] != v]
+        odd += [n for n, _ in fused.named_parameters() if n not in known]  # e.g. Ergo's post_expert_norm.weight
+        if odd or weight is None or weight.dim() != 3:
+            raise QuantError(f"{type(fused).__name__}: experts with {', '.join(odd) or 'other tensors'}; only "
+                             "experts without a per-expert norm or other parameters are known (models/experts.py)")
+        biases = (getattr(fused, f"{first}_bias"), fused.down_proj_bias) if layout["has_bias"] else (None, None)
+        return cls.from_weights(fused, bool(layout["is_transposed"]), biases, first)
 
     @classmethod
     def from_weights(cls, fused: nn.Module, transposed: bool,
-                     biases: tuple[torch.Tensor | None, torch.Tensor | None] = (None, None)) -> LinearExperts:
-        """One ExpertMLP per slice of the fused `gate_up_proj` / `down_proj` (and biases)."""
-        gate = ExpertGate(fused)
-        experts = cls(ExpertMLP(_linear(_slice(fused.gate_up_proj, e, transposed), _at(biases[0], e)),
-                                _linear(_slice(fused.down_proj, e, transposed), _at(biases[1], e)), gate)
-                      for e in range(fused.gate_up_proj.shape[0]))
+                     biases: tuple[torch.Tensor | None, torch.Tensor | None] = (None, None),
+                     first: str = "gate_up_proj") -> LinearExperts:
+        """One ExpertMLP per slice of the fused input weight `first` / `down_proj` (and biases)."""
+        gate, weight = ExpertGate(fused, gated=first == IN_PROJ[True]), getattr(fused, first)
+        experts = cls(ExpertMLP(_linear(_slice(weight, e, transposed), _at(biases[0], e)),
+                                _linear(_slice(fused.down_proj, e, transposed), _at(biases[1], e)), gate, first)
+                      for e in range(weight.shape[0]))
         experts.transposed = transposed
         return experts
 
@@ -187,32 +202,44 @@ def _at(bias: torch.Tensor | None, e: int) -> torch.Tensor | None:
 
 def unfuse_experts(model: Any) -> int:
     """Replace every block's fused experts by `LinearExperts` (once: unfused ones are left); returns how many
-    blocks changed. A no-op for families without experts."""
+    blocks changed. A no-op for families without experts. The experts' paths are those of the family's layouts
+    (a hybrid's MoE blocks may be a variant's); a block without any is an error unless a layout has none."""
     family = family_of_config(model.config)
-    if not family.experts:
+    paths = sorted({f.experts for f in family.all_layouts if f.experts})
+    if not paths:
         return 0
+    expert_free = any(not f.experts for f in family.all_layouts)  # dense blocks, a hybrid's other blocks
     changed = 0
-    parent_path, _, leaf = family.experts.rpartition(".")
     for layer in model.get_submodule(family.blocks):
-        try:
-            parent = layer.get_submodule(parent_path) if parent_path else layer
-        except AttributeError:  # no MoE module here (Granite 4.0-H's `block_sparse_moe = None` without experts)
-            parent = None
-        fused = getattr(parent, leaf, None)
-        if fused is None and family.dense is not None:  # a dense block of a mixture of experts
-            continue
-        if fused is None:
-            raise QuantError(f"{type(layer).__name__}: no experts at '{family.experts}' (family registry)")
-        if isinstance(fused, LinearExperts):
-            continue
-        if type(parent).__name__ in SCORED_INPUT_BLOCKS:  # Llama 4: the block itself is replaced
-            owner_path, _, name = parent_path.rpartition(".")
-            owner = layer.get_submodule(owner_path) if owner_path else layer
-            setattr(owner, name, SCORED_INPUT_BLOCKS[type(parent).__name__](parent))
-        else:
-            setattr(parent, leaf, LinearExperts.from_fused(fused))
-        changed += 1
+        found = [(path, fused) for path in paths if (fused := _module_at(layer, path)) is not None]
+        if not found and not expert_free:
+            raise QuantError(f"{type(layer).__name__}: no experts at '{paths[0]}' (family registry)")
+        for path, fused in found:
+            changed += _unfuse_at(layer, path, fused)
     return changed
+
+
+def _module_at(layer: nn.Module, path: str) -> nn.Module | None:
+    """The module at `path` inside `layer`, or None (Granite 4.0-H's `block_sparse_moe = None` without experts)."""
+    try:
+        return layer.get_submodule(path)
+    except AttributeError:
+        return None
+
+
+def _unfuse_at(layer: nn.Module, path: str, fused: nn.Module) -> int:
+    """Replace the fused experts at `path` (Llama 4: the MoE block holding them); 0 if already unfused."""
+    if isinstance(fused, LinearExperts):
+        return 0
+    parent_path, _, leaf = path.rpartition(".")
+    parent = layer.get_submodule(parent_path) if parent_path else layer
+    if type(parent).__name__ in SCORED_INPUT_BLOCKS:  # Llama 4: the block itself is replaced
+        owner_path, _, name = parent_path.rpartition(".")
+        owner = layer.get_submodule(owner_path) if owner_path else layer
+        setattr(owner, name, SCORED_INPUT_BLOCKS[type(parent).__name__](parent))
+    else:
+        setattr(parent, leaf, LinearExperts.from_fused(fused))
+    return 1
 
 
 __all__ = ["KNOWN_LAYOUT", "ExpertGate", "ExpertMLP", "LinearExperts", "ScoredInputMoE", "split_fused",

@@ -106,7 +106,7 @@ def block_names(layer: nn.Module, family: Family, names: tuple[str, ...]) -> tup
 
 def is_expert(family: Family, name: str) -> bool:
     """Whether a block's linear `name` is one of its experts' (under the family's `experts` path)."""
-    return bool(family.experts) and name.startswith(f"{family.experts}.")
+    return any(f.experts and name.startswith(f"{f.experts}.") for f in family.all_layouts)  # a hybrid's MoE blocks too
 
 
 def _kept_float(name: str, family: Family) -> bool:
