@@ -78,3 +78,17 @@ def test_quip_vs_reference_without_a_checkout_says_what_to_clone(monkeypatch, tm
     proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "quip_vs_reference.py"), "--reference",
                            str(tmp_path)], capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert proc.returncode == 2 and str(tmp_path) in proc.stderr, proc.stderr
+
+
+def test_random_checkpoint_writes_a_loadable_checkpoint_with_its_tokenizer(data_dir, tmp_path):
+    """random_checkpoint.py: the checkpoint the GPTQModel comparisons ran on, loadable as a source."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    out = tmp_path / "qwen3_next"
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "random_checkpoint.py"), "qwen3_next", str(out)],
+                          capture_output=True, text=True, cwd=ROOT, timeout=300,
+                          env={**os.environ, "PTQ_BENCH_DATA": str(data_dir)})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    model = AutoModelForCausalLM.from_pretrained(out)
+    assert model.config.model_type == "qwen3_next" and model.config.layer_types[0] == "linear_attention"
+    assert len(AutoTokenizer.from_pretrained(str(out))) == model.config.vocab_size == 384

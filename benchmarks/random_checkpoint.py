@@ -1,0 +1,102 @@
+"""Random mixture-of-experts checkpoints for `gptq_vs_gptqmodel.py` (no download): a transformers config class,
+a fixed seed, `save_pretrained`, and a 384-token byte-level BPE trained on the data folder's corpus (the one
+`offload_run.py` gives its checkpoint).
+
+    PTQ_BENCH_DATA=/work/shared/data .venv/bin/python benchmarks/random_checkpoint.py KIND OUT_DIR
+
+KIND (`SHAPES`): mixtral, gpt_oss, deepseek_v3, llama4_text, qwen3_next, each hidden 256 and 4 blocks, 8
+experts; the figures in benchmarks/README.md ("Mixtures of experts") came from these checkpoints. Such a model
+is near chance (its perplexity is about its vocabulary): the comparisons check the mechanics, not quality.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+VOCAB = 384
+SPECIAL = {"bos_token_id": None, "eos_token_id": None, "pad_token_id": None}
+# kind -> (config class, its values); `redraw`: block weights drawn at 1/sqrt(in) (decisive routing), `norms`:
+# (1 + w) norm weights drawn in +-norms (they start at 0)
+SHAPES: dict[str, tuple[str, dict[str, Any]]] = {
+    "mixtral": ("MixtralConfig", {"hidden_size": 256, "intermediate_size": 512, "num_hidden_layers": 4,
+                                  "num_attention_heads": 8, "num_key_value_heads": 4, "num_local_experts": 8,
+                                  "num_experts_per_tok": 2, "max_position_embeddings": 512, "redraw": True}),
+    # experts stored (in, out), gate and up interleaved, with biases; sliding and full attention alternating
+    "gpt_oss": ("GptOssConfig", {"hidden_size": 256, "intermediate_size": 256, "num_hidden_layers": 4,
+                                 "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 64,
+                                 "num_local_experts": 8, "num_experts_per_tok": 2, "sliding_window": 64,
+                                 "layer_types": ["sliding_attention", "full_attention"] * 2,
+                                 "max_position_embeddings": 4096, "tie_word_embeddings": False}),
+    # multi-head latent attention, block 0 dense, 8 routed experts + 1 shared
+    "deepseek_v3": ("DeepseekV3Config", {"hidden_size": 256, "intermediate_size": 512, "moe_intermediate_size": 128,
+                                         "num_hidden_layers": 4, "num_attention_heads": 4, "num_key_value_heads": 4,
+                                         "n_routed_experts": 8, "num_experts_per_tok": 2, "n_shared_experts": 1,
+                                         "n_group": 1, "topk_group": 1, "first_k_dense_replace": 1, "q_lora_rank": 64,
+                                         "kv_lora_rank": 64, "qk_rope_head_dim": 16, "qk_nope_head_dim": 32,
+                                         "v_head_dim": 32, "head_dim": 16, "max_position_embeddings": 4096,
+                                         "tie_word_embeddings": False}),
+    # every block MoE: 8 experts, 1 per token as released, a shared expert
+    "llama4_text": ("Llama4TextConfig", {"hidden_size": 256, "intermediate_size": 256, "intermediate_size_mlp": 512,
+                                         "num_hidden_layers": 4, "num_attention_heads": 4, "num_key_value_heads": 2,
+                                         "head_dim": 64, "num_local_experts": 8, "num_experts_per_tok": 1,
+                                         "max_position_embeddings": 4096, "tie_word_embeddings": False}),
+    # Gated DeltaNet blocks 0 and 2, gated attention 1 and 3; 8 experts, top 2, a gated shared expert
+    "qwen3_next": ("Qwen3NextConfig", {"hidden_size": 256, "intermediate_size": 512, "num_hidden_layers": 4,
+                                       "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 64,
+                                       "layer_types": ["linear_attention", "full_attention"] * 2,
+                                       "linear_num_key_heads": 2, "linear_num_value_heads": 4,
+                                       "linear_key_head_dim": 64, "linear_value_head_dim": 64,
+                                       "linear_conv_kernel_dim": 4, "num_experts": 8, "num_experts_per_tok": 2,
+                                       "moe_intermediate_size": 128, "shared_expert_intermediate_size": 128,
+                                       "decoder_sparse_step": 1, "mlp_only_layers": [],
+                                       "max_position_embeddings": 4096, "tie_word_embeddings": False,
+                                       "norms": 0.3}),
+}
+
+
+def build(kind: str) -> Any:
+    """The random fp32 model of `kind` (seed 0)."""
+    import torch
+    import transformers
+
+    cls, values = SHAPES[kind]
+    values = dict(values)
+    redraw, norms = values.pop("redraw", False), values.pop("norms", 0.0)
+    torch.manual_seed(0)
+    model = transformers.AutoModelForCausalLM.from_config(
+        getattr(transformers, cls)(vocab_size=VOCAB, **SPECIAL, **values)).float().eval()
+    with torch.no_grad():
+        if redraw:
+            g = torch.Generator().manual_seed(1)
+            for p in model.model.layers.parameters():
+                if p.dim() >= 2:
+                    p.copy_(torch.randn(p.shape, generator=g) / p.shape[-1] ** 0.5)
+        for name, p in model.named_parameters():
+            if norms and name.endswith("layernorm.weight"):
+                p.uniform_(-norms, norms)
+    return model
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("kind", choices=SHAPES)
+    ap.add_argument("out", type=Path)
+    args = ap.parse_args()
+    from ptq_bench.data import train_documents
+    from ptq_bench.tokenizer import save_tokenizer, train_tokenizer
+
+    data_dir = Path(os.environ.get("PTQ_BENCH_DATA", ROOT.parent / "shared" / "data"))
+    build(args.kind).save_pretrained(args.out)
+    save_tokenizer(train_tokenizer(train_documents(data_dir), VOCAB, 300_000), args.out)
+    print(f"{args.kind}: {args.out}")
+
+
+if __name__ == "__main__":
+    main()
