@@ -4,8 +4,8 @@ a fixed seed, `save_pretrained`, and a 384-token byte-level BPE trained on the d
 
     PTQ_BENCH_DATA=/work/shared/data .venv/bin/python benchmarks/random_checkpoint.py KIND OUT_DIR
 
-KIND (`SHAPES`): mixtral, gpt_oss, deepseek_v3, llama4_text, qwen3_next, each hidden 256 and 4 blocks, 8
-experts; the figures in benchmarks/README.md ("Mixtures of experts") came from these checkpoints. Such a model
+KIND (`SHAPES`): mixtral, gpt_oss, deepseek_v3, llama4_text, qwen3_next (hidden 256, 4 blocks, 8 experts),
+lfm2, nemotron_h (dense hybrids, hidden 256, 4 blocks); the figures in benchmarks/README.md ("Mixtures of experts") came from these checkpoints. Such a model
 is near chance (its perplexity is about its vocabulary): the comparisons check the mechanics, not quality.
 """
 
@@ -58,6 +58,18 @@ SHAPES: dict[str, tuple[str, dict[str, Any]]] = {
                                        "decoder_sparse_step": 1, "mlp_only_layers": [],
                                        "max_position_embeddings": 4096, "tie_word_embeddings": False,
                                        "norms": 0.3}),
+    # dense hybrids: LFM2's short-convolution blocks 0 and 2, attention 1 and 3; Nemotron-H's Mamba-2, attention
+    # and relu^2 MLP blocks (one norm and one mixer each)
+    "lfm2": ("Lfm2Config", {"hidden_size": 256, "intermediate_size": 512, "num_hidden_layers": 4,
+                            "num_attention_heads": 4, "num_key_value_heads": 2,
+                            "layer_types": ["conv", "full_attention"] * 2, "max_position_embeddings": 4096,
+                            "tie_word_embeddings": False}),
+    "nemotron_h": ("NemotronHConfig", {"hidden_size": 256, "intermediate_size": 512, "num_attention_heads": 4,
+                                       "num_key_value_heads": 2, "head_dim": 64,
+                                       "layers_block_type": ["mamba", "mlp", "attention", "mlp"],
+                                       "mamba_num_heads": 8, "mamba_head_dim": 64, "n_groups": 1,
+                                       "ssm_state_size": 32, "conv_kernel": 4, "expand": 2, "chunk_size": 64,
+                                       "max_position_embeddings": 4096, "tie_word_embeddings": False}),
 }
 
 
