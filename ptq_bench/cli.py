@@ -127,7 +127,7 @@ def _ls(args: argparse.Namespace) -> int:
         ptq = "PTQ target" if kind.ptq_default else "PTQ allowed" if kind.ptq_allowed else "no PTQ"
         bits = "W{}A{}".format(*kind.native_bits)
         print(f"  {kind.name:<12} {kind.display:<13} {bits:<9} {how}, {ptq}")
-    from ptq_bench.families import EXPERT, SUPPORTED_MODEL_TYPES, layouts
+    from ptq_bench.families import SUPPORTED_MODEL_TYPES, layouts
 
     print("model families (config.model_type of a 'source:' checkpoint):")
     width = max(map(len, SUPPORTED_MODEL_TYPES))
@@ -135,10 +135,18 @@ def _ls(args: argparse.Namespace) -> int:
         for fam in layouts(name):
             norms = "/".join(sorted({pair.kind for pair in fam.smooth})) or f"{fam.unsmoothable}: no SmoothQuant"
             notes = ["low-bit: no PTQ" if fam.low_bit else norms, *(f"needs {k}={v!r}" for k, v in fam.requires)]
-            per_expert = sum(EXPERT in n.split(".") for n in fam.linears)
-            count = f"{len(fam.linears) - per_expert} linears per block" + (f" + {per_expert} per expert" * bool(per_expert))
-            print(f"  {name:<{width}} {count}, {', '.join(notes)}")
+            counts = [_linears_of(fam, "linears per block"), *(_linears_of(v, f"in {path} blocks")
+                                                                for path, v in fam.variants)]
+            print(f"  {name:<{width}} {'; '.join(counts)}, {', '.join(notes)}")
     return 0
+
+
+def _linears_of(fam: Any, where: str) -> str:
+    """`fam`'s quantized linears per block, as `ls` prints them ("7 linears per block + 2 per expert")."""
+    from ptq_bench.families import EXPERT
+
+    per_expert = sum(EXPERT in n.split(".") for n in fam.linears)
+    return f"{len(fam.linears) - per_expert} {where}" + (f" + {per_expert} per expert" * bool(per_expert))
 
 
 def build_parser() -> argparse.ArgumentParser:

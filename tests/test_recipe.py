@@ -537,5 +537,7 @@ def test_ls_lists_the_tables(capsys):
     assert all(f"\n  {t} " in families for t in SUPPORTED_MODEL_TYPES)
     assert re.search(r"\n  olmo2 +7 linears per block, no norm feeds a linear: no SmoothQuant\n", families)
     assert re.search(r"\n  stablelm +7 linears per block, layernorm, needs use_parallel_residual=False\n", families)
+    # a hybrid names each block kind's count
+    assert re.search(r"\n  lfm2 +7 linears per block; 5 in conv blocks, gain\n", families)
     starts = {line.index(" linears per block") - len(line.split()[1]) for line in families.splitlines()[1:] if line}
     assert len(starts) == 1, starts  # one column, however long a family's name
