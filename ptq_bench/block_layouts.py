@@ -277,6 +277,18 @@ def nemotron_h() -> Family:
                                   (experts, moe)))
 
 
+def falcon_h1(gated_norm: bool) -> Family:
+    """Falcon-H1, a parallel hybrid: every block runs Mamba-2 and attention side by side on input_layernorm's
+    output (their outputs summed, each times a scalar), then a Llama MLP after pre_ff_layernorm. Where
+    `mamba_rms_norm`, the mixer's gated RMSNorm (a weight per channel) feeds out_proj. Groups in run order's
+    sense: the norm's readers, then the two output linears (each reads its own input linear's product)."""
+    inputs, mlp_in = ("mamba.in_proj", *QKV), ("feed_forward.up_proj", "feed_forward.gate_proj")  # up runs first
+    inner = (Smooth("mamba.norm", ("mamba.out_proj",), "gain"),) if gated_norm else ()
+    return Family("model.layers", (inputs, ("mamba.out_proj", "self_attn.o_proj"), mlp_in, ("feed_forward.down_proj",)),
+                  (Smooth("input_layernorm", inputs, "gain"), *inner, Smooth("pre_ff_layernorm", mlp_in, "gain")),
+                  requires=(("mamba_rms_norm", gated_norm),))
+
+
 def falcon(norms: tuple[str, ...], **requires: Any) -> Family:
     """A Falcon block: one norm feeding attention and the MLP at once (parallel), or two norms each
     feeding its own (`pre_ln`'s pairs, parallel or sequential), under the config values that build it."""

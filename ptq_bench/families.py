@@ -41,6 +41,7 @@ from ptq_bench.block_layouts import (
     Family,
     OneOf,
     Smooth,
+    falcon_h1,
     gated_deltanet,
     llama_like,
     mamba2,
@@ -220,6 +221,10 @@ FAMILIES: dict[str, Family | tuple[Family, ...]] = {
     "qwen3_next": gated_deltanet(QWEN_MOE_1PW, ("in_proj_qkvz",), ("in_proj_ba",)),
     "lfm2": LFM2,  # LFM2: gated short-convolution blocks between attention blocks
     "granitemoehybrid": GRANITE_HYBRID,
+    # Bamba: Granite 4.0-H's Mamba-2 blocks and attention blocks, each with a Llama MLP after pre_ff_layernorm
+    "bamba": mamba2(llama_like(mlp_norm="pre_ff_layernorm", mlp_in=("feed_forward.gate_proj", "feed_forward.up_proj"),
+                               mlp_out="feed_forward.down_proj")),
+    "falcon_h1": (falcon_h1(True), falcon_h1(False)),  # Mamba-2 and attention in every block, side by side
     "nemotron_h": nemotron_h(),  # Nemotron-H / Nemotron Nano 2 / Nemotron 3 Nano: one norm and one mixer per block
     # transformers' BitNet (b1.58 checkpoints, `quant_method: bitnet`): linears re-ternarize on every call
     "bitnet": llama_like(low_bit=True),

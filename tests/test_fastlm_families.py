@@ -31,7 +31,8 @@ NO_CACHE = {"openai-gpt"}  # families whose forward takes no KV cache: the plain
 CACHE_LENGTH = {"llama4_text"}
 # hybrids (a linear-attention or convolution mixer in some blocks): their caches hold recurrent / convolution
 # states, which FastLM's prefix cache does not fork (model_traits.shareable_cache): the plain path
-HYBRID = {t for t in FAMILY_CONFIGS if family_of_config(tiny_config(t)).variants}
+HYBRID = {t for t in FAMILY_CONFIGS if family_of_config(tiny_config(t)).variants} | {"falcon_h1", "falcon_h1:no_norm"}
+# (Falcon-H1: Mamba-2 beside attention in every block, so one layout, and a Mamba cache)
 WIDE = 1024  # a sliding window longer than every prompt (max_length is 256)
 
 

@@ -32,6 +32,10 @@ FALCON = {"hidden_size": 64, "ffn_hidden_size": 128, "num_hidden_layers": 2, "nu
 GDN = {"layer_types": ["linear_attention", "full_attention"], "linear_num_key_heads": 2, "linear_num_value_heads": 4,
        "linear_key_head_dim": 8, "linear_value_head_dim": 8, "linear_conv_kernel_dim": 4, "head_dim": 16}
 QWEN_MOE = {**MOE, "shared_expert_intermediate_size": 32}
+# Falcon-H1: Mamba-2 beside attention in every block, with its multipliers away from 1
+FALCON_H1 = {"head_dim": 16, "mamba_d_ssm": 128, "mamba_n_heads": 8, "mamba_d_head": 16, "mamba_n_groups": 1,
+             "mamba_d_state": 16, "mamba_d_conv": 4, "mamba_expand": 2, "mamba_chunk_size": 16, "mamba_rms_norm": True,
+             "attention_in_multiplier": 0.5, "ssm_in_multiplier": 2.0, "ssm_out_multiplier": 0.75}
 # Mamba-2 (Granite 4.0-H): 8 heads of 16 over 2 x hidden, one group
 MAMBA2 = {"layer_types": ["linear_attention", "full_attention"], "mamba_n_heads": 8, "mamba_d_head": 16,
           "mamba_n_groups": 1, "mamba_d_state": 16, "mamba_d_conv": 4, "mamba_expand": 2, "mamba_chunk_size": 16}
@@ -119,6 +123,10 @@ FAMILY_CONFIGS: dict[str, tuple[str, dict[str, Any]]] = {
     "qwen3_5_moe_text": ("Qwen3_5MoeTextConfig", {**COMMON, **GDN, **QWEN_MOE}),
     "qwen3_next": ("Qwen3NextConfig", {**COMMON, **GDN, **QWEN_MOE}),
     "lfm2": ("Lfm2Config", {**COMMON, "layer_types": ["conv", "full_attention"]}),
+    "bamba": ("BambaConfig", {**COMMON, **{k: v for k, v in MAMBA2.items() if k != "layer_types"},
+                              "attn_layer_indices": [1]}),  # block 0 Mamba-2, block 1 attention
+    "falcon_h1": ("FalconH1Config", {**COMMON, **FALCON_H1}),
+    "falcon_h1:no_norm": ("FalconH1Config", {**COMMON, **FALCON_H1, "mamba_rms_norm": False}),
     # Nemotron-H: a Mamba-2, an attention, an MLP and a MoE block (ungated experts, a shared MLP)
     "nemotron_h": ("NemotronHConfig", {**COMMON, "layers_block_type": ["mamba", "attention", "mlp", "moe"], "head_dim": 16,
                                        "mamba_num_heads": 8, "mamba_head_dim": 16, "n_groups": 1, "ssm_state_size": 16,
