@@ -242,10 +242,24 @@ def gated_deltanet(family: Family, inputs: tuple[str, ...], floats: tuple[str, .
 
 # LFM2: operator_norm feeds attention (its output linear out_proj) or, in "conv" blocks, a gated short
 # convolution (in_proj -> B, C, x; a causal depthwise conv1d; out_proj); ffn_norm feeds the w1 / w3 / w2 MLP
-_LFM2 = llama_like(attn_norm="operator_norm", mlp_norm="ffn_norm", mlp_in=("feed_forward.w1", "feed_forward.w3"),
-                   mlp_out="feed_forward.w2")
-LFM2 = replace(_LFM2, groups=(QKV, ("self_attn.out_proj",), *_LFM2.groups[2:]),
-               variants=(("conv", mixer(_LFM2, ("conv.in_proj",), "conv.out_proj")),))
+_LLAMA_NAMES = llama_like(attn_norm="operator_norm", mlp_norm="ffn_norm", mlp_in=("feed_forward.w1", "feed_forward.w3"),
+                          mlp_out="feed_forward.w2")
+_LFM2 = replace(_LLAMA_NAMES, groups=(QKV, ("self_attn.out_proj",), *_LLAMA_NAMES.groups[2:]))  # attention blocks
+
+
+def lfm2(attention: Family) -> Family:
+    """An LFM2 layout from its attention blocks' (`conv` blocks have the gated short convolution instead)."""
+    return replace(attention, variants=(("conv", mixer(attention, ("conv.in_proj",), "conv.out_proj")),))
+
+
+LFM2 = lfm2(_LFM2)
+# LFM2-MoE: the first `num_dense_layers` blocks LFM2's, then a router (kept float) and fused experts under
+# feed_forward, without a shared expert
+_LFM2_EXPERTS = "feed_forward.experts"
+LFM2_MOE = lfm2(replace(
+    _LFM2, groups=(*_LFM2.groups[:2], (f"{_LFM2_EXPERTS}.{EXPERT}.gate_up_proj",), (f"{_LFM2_EXPERTS}.{EXPERT}.down_proj",)),
+    smooth=(_LFM2.smooth[0], Smooth("ffn_norm", ("feed_forward.gate", f"{_LFM2_EXPERTS}.{EXPERT}.gate_up_proj"), "gain")),
+    experts=_LFM2_EXPERTS, floats=("feed_forward.gate",), dense=_LFM2))
 
 
 def mamba2(family: Family, path: str = "mamba") -> Family:

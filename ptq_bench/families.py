@@ -31,6 +31,7 @@ from ptq_bench.block_layouts import (
     GLM,
     GPT2_BLOCK,
     LFM2,
+    LFM2_MOE,
     NEOX,
     NORM_KINDS,
     OPT,
@@ -220,6 +221,7 @@ FAMILIES: dict[str, Family | tuple[Family, ...]] = {
     "qwen3_5_moe": gated_deltanet(QWEN_MOE_1PW, QWEN3_5_GDN, QWEN3_5_GDN_FLOATS),
     "qwen3_next": gated_deltanet(QWEN_MOE_1PW, ("in_proj_qkvz",), ("in_proj_ba",)),
     "lfm2": LFM2,  # LFM2: gated short-convolution blocks between attention blocks
+    "lfm2_moe": LFM2_MOE,
     "granitemoehybrid": GRANITE_HYBRID,
     # Bamba: Granite 4.0-H's Mamba-2 blocks and attention blocks, each with a Llama MLP after pre_ff_layernorm
     "bamba": mamba2(llama_like(mlp_norm="pre_ff_layernorm", mlp_in=("feed_forward.gate_proj", "feed_forward.up_proj"),

@@ -123,6 +123,9 @@ FAMILY_CONFIGS: dict[str, tuple[str, dict[str, Any]]] = {
     "qwen3_5_moe_text": ("Qwen3_5MoeTextConfig", {**COMMON, **GDN, **QWEN_MOE}),
     "qwen3_next": ("Qwen3NextConfig", {**COMMON, **GDN, **QWEN_MOE}),
     "lfm2": ("Lfm2Config", {**COMMON, "layer_types": ["conv", "full_attention"]}),
+    # LFM2-MoE: block 0 dense (conv), then experts in an attention and a conv block
+    "lfm2_moe": ("Lfm2MoeConfig", {**COMMON, **MOE, "num_hidden_layers": 3, "num_dense_layers": 1,
+                                   "layer_types": ["conv", "full_attention", "conv"]}),
     "bamba": ("BambaConfig", {**COMMON, **{k: v for k, v in MAMBA2.items() if k != "layer_types"},
                               "attn_layer_indices": [1]}),  # block 0 Mamba-2, block 1 attention
     "falcon_h1": ("FalconH1Config", {**COMMON, **FALCON_H1}),
