@@ -77,6 +77,8 @@ GRANITE_HYBRID = mamba2(replace(GRANITE_MOE_SHARED[1], dense=llama_like(
 QWEN_1PW = llama_like(kind="one_plus_gain")
 QWEN_MOE_1PW = moe_block(kind="one_plus_gain", shared="mlp.shared_expert.", shared_gate="mlp.shared_expert_gate")
 QWEN3_5_GDN, QWEN3_5_GDN_FLOATS = ("in_proj_qkv", "in_proj_z"), ("in_proj_b", "in_proj_a")
+QWEN3_5 = gated_deltanet(QWEN_1PW, QWEN3_5_GDN, QWEN3_5_GDN_FLOATS)
+QWEN3_5_MOE = gated_deltanet(QWEN_MOE_1PW, QWEN3_5_GDN, QWEN3_5_GDN_FLOATS)
 
 FAMILIES: dict[str, Family | tuple[Family, ...]] = {
     "llama": llama_like(),
@@ -214,11 +216,11 @@ FAMILIES: dict[str, Family | tuple[Family, ...]] = {
     "youtu": mla_layouts(llama_like()),
     # hybrids (`Family.variants`: a block with another token mixer has its own layout). Qwen3.5 and Qwen3-Next:
     # Gated DeltaNet blocks between gated-attention blocks (q_proj also makes the output gate), (1 + w) norms
-    "qwen3_5_text": gated_deltanet(QWEN_1PW, QWEN3_5_GDN, QWEN3_5_GDN_FLOATS),
-    "qwen3_5_moe_text": gated_deltanet(QWEN_MOE_1PW, QWEN3_5_GDN, QWEN3_5_GDN_FLOATS),
+    "qwen3_5_text": QWEN3_5,
+    "qwen3_5_moe_text": QWEN3_5_MOE,
     # the hub's Qwen3.5 checkpoints are multimodal; AutoModelForCausalLM builds their text decoder (the above)
-    "qwen3_5": gated_deltanet(QWEN_1PW, QWEN3_5_GDN, QWEN3_5_GDN_FLOATS),
-    "qwen3_5_moe": gated_deltanet(QWEN_MOE_1PW, QWEN3_5_GDN, QWEN3_5_GDN_FLOATS),
+    "qwen3_5": QWEN3_5,
+    "qwen3_5_moe": QWEN3_5_MOE,
     "qwen3_next": gated_deltanet(QWEN_MOE_1PW, ("in_proj_qkvz",), ("in_proj_ba",)),
     "lfm2": LFM2,  # LFM2: gated short-convolution blocks between attention blocks
     "lfm2_moe": LFM2_MOE,

@@ -211,7 +211,7 @@ def unfuse_experts(model: Any) -> int:
     expert_free = any(not f.experts for f in family.all_layouts)  # dense blocks, a hybrid's other blocks
     changed = 0
     for layer in model.get_submodule(family.blocks):
-        found = [(path, fused) for path in paths if (fused := _module_at(layer, path)) is not None]
+        found = [(path, fused) for path in paths if (fused := submodule_or_none(layer, path)) is not None]
         if not found and not expert_free:
             raise QuantError(f"{type(layer).__name__}: no experts at '{paths[0]}' (family registry)")
         for path, fused in found:
@@ -219,8 +219,9 @@ def unfuse_experts(model: Any) -> int:
     return changed
 
 
-def _module_at(layer: nn.Module, path: str) -> nn.Module | None:
-    """The module at `path` inside `layer`, or None (Granite 4.0-H's `block_sparse_moe = None` without experts)."""
+def submodule_or_none(layer: nn.Module, path: str) -> nn.Module | None:
+    """The module at `path` inside `layer`, or None (also where a module on the path is None: Granite 4.0-H's
+    `block_sparse_moe` without experts)."""
     try:
         return layer.get_submodule(path)
     except AttributeError:
@@ -243,4 +244,4 @@ def _unfuse_at(layer: nn.Module, path: str, fused: nn.Module) -> int:
 
 
 __all__ = ["KNOWN_LAYOUT", "ExpertGate", "ExpertMLP", "LinearExperts", "ScoredInputMoE", "split_fused",
-           "unfuse_experts"]
+           "submodule_or_none", "unfuse_experts"]

@@ -85,11 +85,18 @@ def _transforms(model: nn.Module) -> tuple[list[Any], list[Any]]:
 @dataclass
 class Converted:
     """A model tensor transformers builds from several checkpoint tensors (e.g. a block's experts, one tensor
-    each in the checkpoint): its converter (copied for each read) and its sources in loading order."""
+    each in the checkpoint): its converter (copied for each read), the model name of its first target, and its
+    sources in loading order."""
 
     converter: Any
+    first: str
     sources: list[tuple[str, str, Path]] = field(default_factory=list)  # (checkpoint key, pattern, file)
-    targets: list[str] = field(default_factory=list)  # every model tensor the converter gives
+
+    @property
+    def targets(self) -> list[str]:
+        """Every model tensor the converter gives (one, or several for a one-to-many conversion)."""
+        patterns = self.converter.target_patterns
+        return [self.first.replace(patterns[0], t) for t in patterns]
 
 
 class CheckpointBlocks:
@@ -113,18 +120,18 @@ class CheckpointBlocks:
         wanted = set(names)
         direct = {n: self.files[n] for n in names if n in self.files}
         out = _read_tensors(direct, device)
-        for first, conv in self.converted.items():
+        for conv in self.converted.values():
             if wanted & set(conv.targets):
-                out.update(self._convert(first, conv, device))
+                out.update(self._convert(conv, device))
         return {n: t.to(self.dtype) if t.is_floating_point() else t for n, t in out.items() if n in wanted}
 
-    def _convert(self, first: str, conv: Converted, device: torch.device | str) -> dict[str, torch.Tensor]:
+    def _convert(self, conv: Converted, device: torch.device | str) -> dict[str, torch.Tensor]:
         """transformers' conversion of `conv`'s source tensors (a copy of its converter, as loading makes)."""
         converter = copy.deepcopy(conv.converter)
         read = _read_tensors({key: (file, key) for key, _, file in conv.sources}, device)
         for key, pattern, _ in conv.sources:
-            converter.add_tensor(first, key, pattern, read.pop(key))
-        made = converter.convert(first, config=self.config)
+            converter.add_tensor(conv.first, key, pattern, read.pop(key))
+        made = converter.convert(conv.first, config=self.config)
         return {n: t[0] if isinstance(t, list) else t for n, t in made.items()}
 
     def block(self, idx: int, device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
@@ -205,9 +212,7 @@ def _model_names(model: nn.Module, weight_map: dict[str, Path]) -> tuple[dict[st
         if pattern is None:
             files[name] = (weight_map[key], key)
             continue
-        conv = converted.setdefault(name, Converted(by_pattern[pattern]))
-        conv.sources.append((key, pattern, weight_map[key]))
-        conv.targets = [name.replace(conv.converter.target_patterns[0], t) for t in conv.converter.target_patterns]
+        converted.setdefault(name, Converted(by_pattern[pattern], name)).sources.append((key, pattern, weight_map[key]))
     ignored = _ignored_on_loading(model, {*files, *(t for c in converted.values() for t in c.targets)} - set(meta))
     files = {n: f for n, f in files.items() if n not in ignored}
     converted = {n: c for n, c in converted.items() if not set(c.targets) <= ignored}

@@ -33,7 +33,7 @@ import torch.nn as nn
 
 from ptq_bench.errors import QuantError
 from ptq_bench.families import EXPERT, Family, family_of_config
-from ptq_bench.models.experts import LinearExperts
+from ptq_bench.models.experts import LinearExperts, submodule_or_none
 from ptq_bench.quant.linears import is_conv1d, is_linear
 from ptq_bench.quant.placement import Placement, current_placement
 from ptq_bench.quant.statistics import SharedInputs
@@ -80,13 +80,6 @@ def block_family(layer: nn.Module, family: Family) -> Family:
     if family.dense is None or submodule_or_none(layer, family.experts) is not None:
         return family
     return family.dense
-
-
-def submodule_or_none(layer: nn.Module, path: str) -> nn.Module | None:
-    try:
-        return layer.get_submodule(path)
-    except AttributeError:
-        return None
 
 
 def block_names(layer: nn.Module, family: Family, names: tuple[str, ...]) -> tuple[str, ...]:
