@@ -5,7 +5,7 @@ a fixed seed, `save_pretrained`, and a 384-token byte-level BPE trained on the d
     PTQ_BENCH_DATA=/work/shared/data .venv/bin/python benchmarks/random_checkpoint.py KIND OUT_DIR
 
 KIND (`SHAPES`): mixtral, gpt_oss, deepseek_v3, llama4_text, qwen3_next (hidden 256, 4 blocks, 8 experts),
-lfm2, nemotron_h (dense hybrids, hidden 256, 4 blocks); the figures in benchmarks/README.md ("Mixtures of experts") came from these checkpoints. Such a model
+lfm2, nemotron_h, jamba (dense hybrids, hidden 256, 4 blocks); the figures in benchmarks/README.md ("Mixtures of experts") came from these checkpoints. Such a model
 is near chance (its perplexity is about its vocabulary): the comparisons check the mechanics, not quality.
 """
 
@@ -70,6 +70,11 @@ SHAPES: dict[str, tuple[str, dict[str, Any]]] = {
                                        "mamba_num_heads": 8, "mamba_head_dim": 64, "n_groups": 1,
                                        "ssm_state_size": 32, "conv_kernel": 4, "expand": 2, "chunk_size": 64,
                                        "max_position_embeddings": 4096, "tie_word_embeddings": False}),
+    # Jamba without experts (Jamba-Reasoning-3B's kind): Mamba-1 blocks 0 and 2, attention 1 and 3
+    "jamba": ("JambaConfig", {"hidden_size": 256, "intermediate_size": 512, "num_hidden_layers": 4,
+                              "num_attention_heads": 4, "num_key_value_heads": 2, "attn_layer_period": 2,
+                              "attn_layer_offset": 1, "num_experts": 1, "mamba_d_state": 16,
+                              "max_position_embeddings": 4096, "tie_word_embeddings": False}),
 }
 
 

@@ -214,16 +214,17 @@ def mla_layouts(family: Family) -> tuple[Family, Family]:
 
 
 def mixer(family: Family, inputs: tuple[str, ...], out: str, floats: tuple[str, ...] = (),
-          inner: tuple[Smooth, ...] = ()) -> Family:
+          inner: tuple[Smooth, ...] = (), inside: tuple[str, ...] = ()) -> Family:
     """`family`'s block with another token mixer in attention's place (a hybrid's linear-attention, Mamba or
     convolution blocks): its input linears `inputs` and `floats` (kept in float) read the attention norm's
     output, and `out` is its output linear; `inner`: norms inside the mixer that feed `out` (Mamba's gated
-    RMSNorm). (`family`'s first two groups and first smoothing pair are its attention's, as the builders
-    above make them.)"""
+    RMSNorm); `inside`: linears within the mixer that stay in float and read no smoothed norm (Mamba-1's
+    x_proj and dt_proj). (`family`'s first two groups and first smoothing pair are its attention's, as the
+    builders above make them.)"""
     attn, *rest = family.smooth
-    return replace(family, groups=(inputs, (out,), *family.groups[2:]), floats=(*family.floats, *floats),
+    return replace(family, groups=(inputs, (out,), *family.groups[2:]), floats=(*family.floats, *floats, *inside),
                    smooth=(Smooth(attn.norm, (*inputs, *floats), attn.kind), *inner, *rest),
-                   dense=family.dense and mixer(family.dense, inputs, out, floats, inner))
+                   dense=family.dense and mixer(family.dense, inputs, out, floats, inner, inside))
 
 
 def gated_deltanet(family: Family, inputs: tuple[str, ...], floats: tuple[str, ...]) -> Family:
@@ -270,6 +271,17 @@ def mamba2(family: Family, path: str = "mamba") -> Family:
     (as in GPTQModel's definitions: in_proj and out_proj are quantized)."""
     return replace(family, variants=((path, mixer(family, (f"{path}.in_proj",), f"{path}.out_proj",
                                                   inner=(Smooth(f"{path}.norm", (f"{path}.out_proj",), "gain"),))),))
+
+
+def jamba(family: Family) -> Family:
+    """Jamba: Mamba-1 blocks (`mamba`) between attention blocks, `family` (attention with a mixture of experts
+    or, in its dense blocks, a Llama MLP after pre_ff_layernorm). The Mamba mixer's in_proj (x and the gate z)
+    reads the attention norm's output and out_proj the gated scan's; between them x_proj (dt, B, C from the
+    convolved x) and dt_proj stay in float, as in GPTQModel's definition. dt_proj's forward is never called:
+    transformers multiplies its weight into the normalized dt directly, so dt_layernorm (like b_ / c_layernorm,
+    which feed the scan) feeds no quantized linear and is not smoothed; no norm feeds x_proj or out_proj."""
+    mamba = mixer(family, ("mamba.in_proj",), "mamba.out_proj", inside=("mamba.x_proj", "mamba.dt_proj"))
+    return replace(family, variants=(("mamba", mamba),))
 
 
 def nemotron_h() -> Family:

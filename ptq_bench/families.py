@@ -44,6 +44,7 @@ from ptq_bench.block_layouts import (
     Smooth,
     falcon_h1,
     gated_deltanet,
+    jamba,
     llama_like,
     mamba2,
     mla_layouts,
@@ -229,6 +230,8 @@ FAMILIES: dict[str, Family | tuple[Family, ...]] = {
     "bamba": mamba2(llama_like(mlp_norm="pre_ff_layernorm", mlp_in=("feed_forward.gate_proj", "feed_forward.up_proj"),
                                mlp_out="feed_forward.down_proj")),
     "falcon_h1": (falcon_h1(True), falcon_h1(False)),  # Mamba-2 and attention in every block, side by side
+    # Jamba: Mamba-1 blocks between attention blocks, experts every other block (a Llama MLP in the others)
+    "jamba": jamba(moe_block(router="feed_forward.router", moe="feed_forward", mlp_norm="pre_ff_layernorm")),
     "nemotron_h": nemotron_h(),  # Nemotron-H / Nemotron Nano 2 / Nemotron 3 Nano: one norm and one mixer per block
     # transformers' BitNet (b1.58 checkpoints, `quant_method: bitnet`): linears re-ternarize on every call
     "bitnet": llama_like(low_bit=True),

@@ -23,9 +23,10 @@ from ptq_bench.models.experts import LinearExperts, unfuse_experts
 from ptq_bench.quant.apply import hessian_stat
 from ptq_bench.quant.calibrate import run_blockwise, submodule_or_none
 
-# cases whose blocks hold experts (not Granite 4.0-H with num_local_experts 0: its dense layout alone)
-MOE = [t for t in FAMILY_CONFIGS if family_of_config(tiny_config(t)).experts
-       and getattr(tiny_config(t), "num_local_experts", None) != 0]
+# cases whose blocks hold experts (not those whose config asks for none: Granite 4.0-H with num_local_experts 0,
+# Jamba with num_experts 1, have their dense layout alone)
+DENSE_CASES = {"granitemoehybrid:dense", "jamba:dense"}
+MOE = [t for t in FAMILY_CONFIGS if family_of_config(tiny_config(t)).experts and t not in DENSE_CASES]
 ONE_IMPLEMENTATION = {"llama4_text"}  # no experts implementations to choose from (set_experts_implementation)
 
 
@@ -104,8 +105,8 @@ def routed_inputs(model: nn.Module, tokens: torch.Tensor, block: int) -> dict[st
 
 
 @pytest.mark.parametrize("model_type", ["mixtral", "qwen2_moe", "glm4_moe", "granitemoeshared", "gpt_oss", "llama4_text",
-                                        "qwen3_next"])
-# glm4_moe, llama4_text: block 0 dense; qwen3_next: block 0 a Gated DeltaNet
+                                        "qwen3_next", "jamba"])
+# glm4_moe, llama4_text: block 0 dense; qwen3_next: block 0 a Gated DeltaNet; jamba: block 0 a dense Mamba block
 def test_each_experts_hessian_is_its_routed_tokens(model_type):
     ref = fused_model(model_type)
     tokens = calib_tokens(4, 32)
@@ -198,6 +199,7 @@ REFERENCE_CASES = {
     "granitemoeshared": ("post_attention_layernorm", granite_readers),
     "cohere2_moe:shared": ("input_layernorm", parallel_readers),
     "qwen3_next": ("post_attention_layernorm", lambda layer: mlp_norm_readers(layer.mlp)),  # (1 + w) norms
+    "jamba": ("pre_ff_layernorm", lambda layer: mlp_norm_readers(layer.feed_forward)),  # block 0 Mamba, dense
 }
 
 

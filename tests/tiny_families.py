@@ -39,6 +39,9 @@ FALCON_H1 = {"head_dim": 16, "mamba_d_ssm": 128, "mamba_n_heads": 8, "mamba_d_he
 # Mamba-2 (Granite 4.0-H): 8 heads of 16 over 2 x hidden, one group
 MAMBA2 = {"layer_types": ["linear_attention", "full_attention"], "mamba_n_heads": 8, "mamba_d_head": 16,
           "mamba_n_groups": 1, "mamba_d_state": 16, "mamba_d_conv": 4, "mamba_expand": 2, "mamba_chunk_size": 16}
+# Jamba: Mamba-1 blocks with one attention block in every 4 (at 1), experts in every other block (at 1, 3)
+JAMBA = {"attn_layer_period": 4, "attn_layer_offset": 1, "expert_layer_period": 2, "expert_layer_offset": 1,
+         "mamba_d_state": 16, "mamba_d_conv": 4, "mamba_expand": 2}
 # model_type -> (transformers config class name, config kwargs)
 FAMILY_CONFIGS: dict[str, tuple[str, dict[str, Any]]] = {
     "llama": ("LlamaConfig", COMMON),
@@ -136,6 +139,9 @@ FAMILY_CONFIGS: dict[str, tuple[str, dict[str, Any]]] = {
                                        "conv_kernel": 4, "expand": 2, "chunk_size": 16, "n_routed_experts": 4,
                                        "num_experts_per_tok": 2, "moe_intermediate_size": 32, "n_group": 1, "topk_group": 1,
                                        "moe_shared_expert_intermediate_size": 32}),
+    # a dense Mamba block, an attention block with experts, a dense Mamba block, a Mamba block with experts
+    "jamba": ("JambaConfig", {**COMMON, **JAMBA, "num_experts": 4, "num_experts_per_tok": 2, "num_hidden_layers": 4}),
+    "jamba:dense": ("JambaConfig", {**COMMON, **JAMBA, "num_experts": 1}),  # Jamba-Reasoning-3B's kind: no experts
     "granitemoehybrid": ("GraniteMoeHybridConfig", {**COMMON, **GRANITE_MOE, **MAMBA2, "shared_intermediate_size": 32}),
     "granitemoehybrid:dense": ("GraniteMoeHybridConfig", {**COMMON, **GRANITE_MOE, **MAMBA2, "num_local_experts": 0,
                                                           "shared_intermediate_size": 32}),
