@@ -214,17 +214,43 @@ def mla_layouts(family: Family) -> tuple[Family, Family]:
 
 
 def mixer(family: Family, inputs: tuple[str, ...], out: str, floats: tuple[str, ...] = (),
-          inner: tuple[Smooth, ...] = (), inside: tuple[str, ...] = ()) -> Family:
+          inner: tuple[Smooth, ...] = (), inside: tuple[str, ...] = (), middle: tuple[str, ...] = ()) -> Family:
     """`family`'s block with another token mixer in attention's place (a hybrid's linear-attention, Mamba or
     convolution blocks): its input linears `inputs` and `floats` (kept in float) read the attention norm's
     output, and `out` is its output linear; `inner`: norms inside the mixer that feed `out` (Mamba's gated
     RMSNorm); `inside`: linears within the mixer that stay in float and read no smoothed norm (Mamba-1's
-    x_proj and dt_proj). (`family`'s first two groups and first smoothing pair are its attention's, as the
-    builders above make them.)"""
+    x_proj and dt_proj); `middle`: a group of quantized linears run between the inputs and `out` that read
+    another linear's output (a low-rank pair's second half). (`family`'s first two groups and first smoothing
+    pair are its attention's, as the builders above make them.)"""
     attn, *rest = family.smooth
-    return replace(family, groups=(inputs, (out,), *family.groups[2:]), floats=(*family.floats, *floats, *inside),
+    groups = (inputs, *((middle,) if middle else ()), (out,), *family.groups[2:])
+    return replace(family, groups=groups, floats=(*family.floats, *floats, *inside),
                    smooth=(Smooth(attn.norm, (*inputs, *floats), attn.kind), *inner, *rest),
-                   dense=family.dense and mixer(family.dense, inputs, out, floats, inner, inside))
+                   dense=family.dense and mixer(family.dense, inputs, out, floats, inner, inside, middle))
+
+
+def delta_attention(family: Family, inputs: tuple[str, ...], floats: tuple[str, ...], inside: tuple[str, ...] = (),
+                    middle: tuple[str, ...] = ()) -> Family:
+    """Kimi Delta Attention blocks (Kimi-Linear, Ling / Ring 2.5's `bailing_hybrid`) in `family`'s attention
+    blocks' place. Both block kinds keep their mixer under `self_attn`; only KDA has a `conv1d`. Its q / k / v
+    and output-gate projections (`inputs`, with `middle`, the gate's low-rank second half) are quantized; the
+    forget-gate (decay) and beta projections stay in float, as GPTQModel keeps Gated DeltaNet's b / a
+    (`floats` read the attention norm; `inside`, a low-rank second half, read another float). The gated
+    RMSNorm before o_proj has one weight per head dimension, shared by every head: not smoothed."""
+    def named(names: tuple[str, ...]) -> tuple[str, ...]:
+        return tuple(f"self_attn.{n}" for n in names)
+
+    return mixer(family, named(inputs), "self_attn.o_proj", named(floats), inside=named(inside), middle=named(middle))
+
+
+def gated_mla(family: Family, gate: str = "self_attn.g_proj") -> Family:
+    """An MLA `family` whose attention has a head-wise sigmoid output gate `gate`: it reads the attention
+    norm's output but runs after kv_b_proj, so it closes the first group (whose last linear the lean runner
+    stops at)."""
+    first, *groups = family.groups
+    attn, *rest = family.smooth
+    return replace(family, groups=((*first, gate), *groups), smooth=(replace(attn, targets=(*attn.targets, gate)), *rest),
+                   dense=family.dense and gated_mla(family.dense, gate))
 
 
 def gated_deltanet(family: Family, inputs: tuple[str, ...], floats: tuple[str, ...]) -> Family:

@@ -42,11 +42,14 @@ from ptq_bench.block_layouts import (
     Family,
     OneOf,
     Smooth,
+    delta_attention,
     falcon_h1,
     gated_deltanet,
+    gated_mla,
     jamba,
     llama_like,
     mamba2,
+    mixer,
     mla_layouts,
     moe_block,
     nemotron_h,
@@ -80,6 +83,33 @@ QWEN_MOE_1PW = moe_block(kind="one_plus_gain", shared="mlp.shared_expert.", shar
 QWEN3_5_GDN, QWEN3_5_GDN_FLOATS = ("in_proj_qkv", "in_proj_z"), ("in_proj_b", "in_proj_a")
 QWEN3_5 = gated_deltanet(QWEN_1PW, QWEN3_5_GDN, QWEN3_5_GDN_FLOATS)
 QWEN3_5_MOE = gated_deltanet(QWEN_MOE_1PW, QWEN3_5_GDN, QWEN3_5_GDN_FLOATS)
+
+# Kimi-Linear and Ling / Ring 2.5: Kimi Delta Attention blocks between MLA blocks (both under self_attn; KDA's
+# has a conv1d), dense first blocks, then DeepSeek-V3's experts with a shared one after them. Kimi's forget gate
+# and output gate are low-rank pairs (f_a -> f_b, g_a -> g_b); Bailing's MLA has a head-wise output gate g_proj
+KIMI_KDA = delta_attention(SHARED_AFTER, ("q_proj", "k_proj", "v_proj", "g_a_proj"), ("forget_gate.f_a_proj", "b_proj"),
+                           inside=("forget_gate.f_b_proj",), middle=("g_b_proj",))
+BAILING_KDA = delta_attention(SHARED_AFTER, ("q_proj", "k_proj", "v_proj", "g_proj"), ("forget_gate.f_proj", "b_proj"))
+KIMI_LINEAR = tuple(replace(f, variants=(("self_attn.conv1d", KIMI_KDA),)) for f in mla_layouts(SHARED_AFTER))
+BAILING_HYBRID = tuple(replace(gated_mla(f), variants=(("self_attn.conv1d", BAILING_KDA),))
+                       for f in mla_layouts(SHARED_AFTER))
+
+# OLMo-Hybrid: Gated DeltaNet blocks (pre-norm; their output linear is o_proj, the output gate g_proj) between
+# OLMo 3's post-norm attention blocks, whose linears read the raw residual stream. Only the DeltaNet blocks could
+# take smoothing scales; a row that says SmoothQuant must have smoothed every block, so it is refused
+OLMO_HYBRID_GDN = mixer(llama_like(), tuple(f"linear_attn.{n}" for n in ("q_proj", "k_proj", "v_proj", "g_proj")),
+                        "linear_attn.o_proj", ("linear_attn.a_proj", "linear_attn.b_proj"))
+OLMO_HYBRID = replace(POST_NORMS, variants=(("linear_attn", replace(OLMO_HYBRID_GDN, smooth=())),),
+                      unsmoothable="its attention blocks normalize only their outputs (OLMo 3's post-norms)")
+
+# MiniMax-Text-01: every block a mixture of experts (no shared expert); lightning-attention blocks (a fused,
+# per-head interleaved qkv_proj, a late sigmoid output_gate on the block's normed input, out_proj) between
+# attention blocks. Its residual is the norm's output (`residual = input_layernorm(x)`), so scales folded into
+# a norm would change the residual stream: SmoothQuant is refused
+_MINIMAX = replace(moe_block(), dense=None, smooth=(), unsmoothable="its norms' outputs are also the residual stream")
+MINIMAX = replace(_MINIMAX, variants=(("self_attn.qkv_proj", replace(
+    _MINIMAX, groups=(("self_attn.qkv_proj", "self_attn.output_gate"), ("self_attn.out_proj",), *_MINIMAX.groups[2:]),
+    fused=(*_MINIMAX.fused, "self_attn.qkv_proj"))),))
 
 FAMILIES: dict[str, Family | tuple[Family, ...]] = {
     "llama": llama_like(),
@@ -223,6 +253,10 @@ FAMILIES: dict[str, Family | tuple[Family, ...]] = {
     "qwen3_5": QWEN3_5,
     "qwen3_5_moe": QWEN3_5_MOE,
     "qwen3_next": gated_deltanet(QWEN_MOE_1PW, ("in_proj_qkvz",), ("in_proj_ba",)),
+    "kimi_linear": KIMI_LINEAR,
+    "bailing_hybrid": BAILING_HYBRID,
+    "olmo_hybrid": OLMO_HYBRID,
+    "minimax": MINIMAX,
     "lfm2": LFM2,  # LFM2: gated short-convolution blocks between attention blocks
     "lfm2_moe": LFM2_MOE,
     "granitemoehybrid": GRANITE_HYBRID,

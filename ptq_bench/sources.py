@@ -172,7 +172,8 @@ def _info(source: str, form: str, path: Path | None, model_type: str | None, kin
                       content_hash(files) if files else None, has_tokenizer, note, layout_problem)
 
 
-CONTEXT_KEYS = ("max_position_embeddings", "n_positions", "max_seq_len")  # config.json's context length (MPT: the last)
+CONTEXT_KEYS = ("max_position_embeddings", "n_positions", "max_seq_len", "model_max_length")  # config.json's context length
+# (MPT: max_seq_len; Kimi-Linear, Bailing hybrid: model_max_length)
 
 
 def _with_defaults(config: dict, model_type: str) -> dict:

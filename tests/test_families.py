@@ -8,6 +8,7 @@ keeps the logits; the block-by-block runner replays the real forward; BitNet che
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 import pytest
@@ -40,6 +41,7 @@ SMOOTHED = [t for t in PTQ_FAMILIES if case_family(t).smooth]
 UNSMOOTHED = [t for t in PTQ_FAMILIES if not case_family(t).smooth]  # OLMo 1 (norms without parameters), 2, 3
 PARAMETER_FREE_NORMS = {"olmo", "nanochat"}  # their norms feed linears but have nothing to fold into
 POST_LN = {"openai-gpt"}  # a norm's output is the block's output: scaling it changes the residual
+RESIDUAL_NORMS = {"minimax"}  # `residual = norm(x)`: a norm's output feeds linears and is the residual stream
 
 
 @pytest.fixture(scope="module")
@@ -105,16 +107,49 @@ def norm_outputs_read(model: torch.nn.Module, ids: torch.Tensor) -> tuple[list[s
     return read, outs, block_out[0]
 
 
+@torch.no_grad()
+def fold_delta(model: torch.nn.Module, norm: str, ids: torch.Tensor) -> float:
+    """max |Δ logits| after folding random per-channel scales into block 0's norm `norm` (w * s) and out of
+    every linear that reads its output (W / s): zero, up to rounding, where the norm feeds nothing else."""
+    model = copy.deepcopy(model)
+    layer, seen = decoder_layers(model)[0], {}
+    hooks = [m.register_forward_pre_hook(lambda _m, a, name=name: [seen.setdefault(name, a[0])] and None)
+             for name, m in layer.named_modules() if is_linear(m)]
+    hooks.append(layer.get_submodule(norm).register_forward_hook(lambda _m, _a, y: [seen.setdefault(norm, y)] and None))
+    try:
+        before = logits(model, ids)
+    finally:
+        for h in hooks:
+            h.remove()
+    flat = {n: x.reshape(-1, x.shape[-1]) for n, x in seen.items()}  # a MoE block reads (tokens, hidden)
+    y = flat.pop(norm)
+    readers = [n for n, x in flat.items() if x.shape == y.shape and torch.equal(x, y)]
+    s = torch.rand(y.shape[-1], generator=torch.Generator().manual_seed(0)) + 0.5
+    layer.get_submodule(norm).weight.mul_(s)
+    for name in readers:
+        layer.get_submodule(name).weight.div_(s)
+    return float((logits(model, ids) - before).abs().max()) if readers else 0.0
+
+
+def test_the_fold_check_keeps_a_pre_norm_blocks_logits(models, calib):
+    """fold_delta's control: Llama's input_layernorm feeds only q, k, v, so the fold keeps its logits."""
+    assert fold_delta(models("llama"), "input_layernorm", calib[:1]) < 1e-4
+
+
 def test_unsmoothed_families_have_no_norm_with_parameters_feeding_a_linear(models, calib):
     """What makes SmoothQuant's refusal right, by what runs: every norm output that some linear reads
     comes from a norm without parameters (OLMo 1, NanoChat), and OLMo 2/3 have no such norm at all; in a
-    post-LN block (GPT-1) the block's output is a norm's output, so the norms' outputs are the residual."""
+    post-LN block (GPT-1) the block's output is a norm's output, so the norms' outputs are the residual;
+    where the residual is a norm's output (MiniMax), a fold into that norm and its readers moves the logits."""
     assert UNSMOOTHED
     for model_type in UNSMOOTHED:
         layer = decoder_layers(models(model_type))[0]
         feeding, outs, block_out = norm_outputs_read(models(model_type), calib[:1])
         if model_type in POST_LN:
             assert feeding and any(torch.equal(y, block_out) for y in outs.values()), (model_type, feeding)
+            continue
+        if model_type in RESIDUAL_NORMS:
+            assert feeding and all(fold_delta(models(model_type), n, calib[:1]) > 1e-2 for n in feeding), model_type
             continue
         assert all(not list(layer.get_submodule(n).parameters()) for n in feeding), (model_type, feeding)
         assert bool(feeding) == (model_type in PARAMETER_FREE_NORMS), (model_type, feeding)

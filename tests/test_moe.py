@@ -105,8 +105,9 @@ def routed_inputs(model: nn.Module, tokens: torch.Tensor, block: int) -> dict[st
 
 
 @pytest.mark.parametrize("model_type", ["mixtral", "qwen2_moe", "glm4_moe", "granitemoeshared", "gpt_oss", "llama4_text",
-                                        "qwen3_next", "jamba"])
-# glm4_moe, llama4_text: block 0 dense; qwen3_next: block 0 a Gated DeltaNet; jamba: block 0 a dense Mamba block
+                                        "qwen3_next", "jamba", "kimi_linear", "bailing_hybrid"])
+# glm4_moe, llama4_text: block 0 dense; qwen3_next: block 0 a Gated DeltaNet; jamba: block 0 a dense Mamba block;
+# kimi_linear, bailing_hybrid: block 0 a dense KDA block, block 1 latent attention with experts (Bailing: clamped)
 def test_each_experts_hessian_is_its_routed_tokens(model_type):
     ref = fused_model(model_type)
     tokens = calib_tokens(4, 32)

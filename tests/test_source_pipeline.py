@@ -61,10 +61,13 @@ def recipe(tmp_path: Path, models: dict, quantize: list) -> Path:
 # Granite 4.0-H's Mamba-2, 2 linears, then attention, each with Granite MoE Shared's MLP; Nemotron-H: a Mamba-2
 # block of 2, an attention block of 4, a relu^2 MLP block of 2, a MoE block of 4 ungated experts and a shared MLP;
 # Falcon-H1: Mamba-2's 2 and attention's 4 side by side, and a 3-linear MLP, in each block; Jamba: Mamba-1's 2
-# (x_proj, dt_proj stay float) and a dense MLP, attention and experts, Mamba-1 and a dense MLP, Mamba-1 and experts)
+# (x_proj, dt_proj stay float) and a dense MLP, attention and experts, Mamba-1 and a dense MLP, Mamba-1 and experts;
+# Kimi-Linear: Kimi Delta Attention's 6 (its forget gate and beta stay float) and a dense MLP, latent attention's 5
+# with experts and a shared one, KDA with experts)
 LINEARS = {"mistral": 14, "gpt2": 8, "falcon:rw": 8, "mixtral": 24, "qwen2_moe": 30, "glm4_moe": 22,
            "granitemoeshared": 28, "cohere2_moe": 19, "deepseek_v3": 24, "llama4_text": 22, "qwen3_next": 28,
-           "lfm2": 12, "granitemoehybrid": 26, "nemotron_h": 18, "falcon_h1": 18, "jamba": 32}
+           "lfm2": 12, "granitemoehybrid": 26, "nemotron_h": 18, "falcon_h1": 18, "jamba": 32,
+           "kimi_linear": 42}
 
 
 @pytest.mark.parametrize("model_type", list(LINEARS))

@@ -42,6 +42,18 @@ MAMBA2 = {"layer_types": ["linear_attention", "full_attention"], "mamba_n_heads"
 # Jamba: Mamba-1 blocks with one attention block in every 4 (at 1), experts in every other block (at 1, 3)
 JAMBA = {"attn_layer_period": 4, "attn_layer_offset": 1, "expert_layer_period": 2, "expert_layer_offset": 1,
          "mamba_d_state": 16, "mamba_d_conv": 4, "mamba_expand": 2}
+# Kimi Delta Attention hybrids: KDA blocks 0 and 2, MLA block 1; block 0 dense, then experts and a shared one
+KDA = {"num_hidden_layers": 3, "num_key_value_heads": 4, "layer_types": ["linear_attention", "full_attention",
+                                                                         "linear_attention"],
+       "mlp_layer_types": ["dense", "sparse", "sparse"], "moe_intermediate_size": 32, "n_group": 1, "topk_group": 1}
+KIMI = {**KDA, **{k: MLA[k] for k in ("q_lora_rank", "kv_lora_rank", "qk_rope_head_dim", "qk_nope_head_dim", "v_head_dim")},
+        "num_local_experts": 4, "num_experts_per_tok": 2, "n_shared_experts": 1, "linear_head_dim": 16,
+        "linear_num_heads": 4, "linear_conv_kernel_dim": 4}
+BAILING = {**KDA, **{k: MLA[k] for k in ("q_lora_rank", "kv_lora_rank", "qk_rope_head_dim", "qk_nope_head_dim",
+                                         "v_head_dim")},
+           "head_dim": 16, "num_experts": 4, "num_experts_per_token": 2, "num_expert_group": 1, "num_shared_experts": 1,
+           "short_conv_kernel_size": 4, "num_nextn_predict_layers": 0,
+           "expert_swiglu_limit_list": [0, 7.0, 7.0], "share_expert_swiglu_limit_list": [0, 7.0, 7.0]}
 # model_type -> (transformers config class name, config kwargs)
 FAMILY_CONFIGS: dict[str, tuple[str, dict[str, Any]]] = {
     "llama": ("LlamaConfig", COMMON),
@@ -142,6 +154,20 @@ FAMILY_CONFIGS: dict[str, tuple[str, dict[str, Any]]] = {
     # a dense Mamba block, an attention block with experts, a dense Mamba block, a Mamba block with experts
     "jamba": ("JambaConfig", {**COMMON, **JAMBA, "num_experts": 4, "num_experts_per_tok": 2, "num_hidden_layers": 4}),
     "jamba:dense": ("JambaConfig", {**COMMON, **JAMBA, "num_experts": 1}),  # Jamba-Reasoning-3B's kind: no experts
+    "kimi_linear": ("KimiLinearConfig", {**COMMON, **KIMI}),
+    "kimi_linear:no_q_lora": ("KimiLinearConfig", {**COMMON, **KIMI, "q_lora_rank": None}),
+    "bailing_hybrid": ("BailingHybridConfig", {**COMMON, **BAILING}),
+    "bailing_hybrid:no_q_lora": ("BailingHybridConfig", {**COMMON, **BAILING, "q_lora_rank": None}),
+    # OLMo-Hybrid: block 0 OLMo 3's post-norm attention, block 1 a Gated DeltaNet
+    "olmo_hybrid": ("OlmoHybridConfig", {**COMMON, "layer_types": ["full_attention", "linear_attention"],
+                                         "linear_num_key_heads": 2, "linear_num_value_heads": 4, "linear_key_head_dim": 8,
+                                         "linear_value_head_dim": 16, "linear_conv_kernel_dim": 4}),
+    # MiniMax-Text-01: block 0 lightning attention (blocks of 8 tokens), block 1 attention; its residual weights
+    # away from 1 so that a residual mistake shows
+    "minimax": ("MiniMaxConfig", {**COMMON, "head_dim": 16, "num_local_experts": 4, "num_experts_per_tok": 2,
+                                  "layer_types": ["linear_attention", "full_attention"], "block_size": 8,
+                                  "full_attn_alpha_factor": 2.0, "linear_attn_alpha_factor": 2.0,
+                                  "mlp_alpha_factor": 2.0}),
     "granitemoehybrid": ("GraniteMoeHybridConfig", {**COMMON, **GRANITE_MOE, **MAMBA2, "shared_intermediate_size": 32}),
     "granitemoehybrid:dense": ("GraniteMoeHybridConfig", {**COMMON, **GRANITE_MOE, **MAMBA2, "num_local_experts": 0,
                                                           "shared_intermediate_size": 32}),
