@@ -71,3 +71,28 @@ def test_a_cast_with_offload_is_refused(tmp_path, capsys, tokenizer_dir):  # noq
     path.write_text(yaml.safe_dump({**yaml.safe_load(path.read_text()), "dtype": "bfloat16", "offload": True}))
     capsys.readouterr()  # the checkpoint's own progress output
     assert_refused(path, capsys, "dtype: bfloat16 casts models in memory, but offload: true streams")
+
+
+# families whose model classes keep some tensors in float32 under bf16 (`_keep_in_fp32_modules_strict`): the
+# routers and routing biases of DeepSeek-V3's kind, Kimi-Linear's and Bailing's KDA dt_bias / A_log; Llama: none
+KEEPS_FP32 = ["deepseek_v3", "kimi_linear", "bailing_hybrid", "nemotron_h", "llama"]
+
+
+@pytest.mark.parametrize("family", KEEPS_FP32)
+def test_a_cast_keeps_in_float32_what_from_pretrained_keeps(family, tmp_path):
+    """`cast_model(model, bfloat16)` gives the tensors, dtypes and values, of transformers' own
+    `from_pretrained(dtype=torch.bfloat16)` of the same float32 checkpoint."""
+    import torch
+    from tiny_families import tiny_model
+    from transformers import AutoModelForCausalLM
+
+    from ptq_bench.models.build import cast_model
+
+    model = tiny_model(family)
+    model.save_pretrained(tmp_path / "ckpt")
+    want = AutoModelForCausalLM.from_pretrained(tmp_path / "ckpt", dtype=torch.bfloat16).state_dict()
+    got = cast_model(model, torch.bfloat16).state_dict()
+    assert list(got) == list(want)
+    assert {n: t.dtype for n, t in got.items()} == {n: t.dtype for n, t in want.items()}
+    assert all(torch.equal(got[n], want[n]) for n in want)
+    assert (family == "llama") == all(t.dtype != torch.float32 for t in want.values() if t.is_floating_point())

@@ -103,6 +103,26 @@ def test_sharded_bf16_checkpoint_keeps_its_dtype(tmp_path):
     assert got.dtype == torch.bfloat16 and torch.equal(got, ref(IDS).logits)
 
 
+@pytest.mark.parametrize("family", ["deepseek_v3", "kimi_linear"])
+def test_a_bf16_checkpoint_keeps_in_float32_what_from_pretrained_keeps(family, tmp_path):
+    """A bf16 checkpoint's routers and routing biases (Kimi-Linear's dt_bias too) are float32 in
+    from_pretrained (`_keep_in_fp32_modules_strict`); read lazily, every tensor has from_pretrained's dtype and
+    value, and the streamed logits are its own."""
+    ckpt = tmp_path / "ckpt"
+    tiny_model(family).to(torch.bfloat16).save_pretrained(ckpt)
+    ref = reference(ckpt)
+    want = ref.state_dict()
+    model, blocks = open_lazily(ckpt)
+    got = {**{n: t for n, t in model.state_dict().items() if not t.is_meta}, **{
+        f"{blocks.blocks}.{i}.{n}": t for i in range(len(blocks.experts)) for n, t in blocks.block(i).items()}}
+    assert set(got) == set(want)
+    assert {n: t.dtype for n, t in got.items()} == {n: t.dtype for n, t in want.items()}
+    assert any(t.dtype == torch.float32 for t in want.values())
+    assert all(torch.equal(got[n], want[n]) for n in want)
+    with torch.no_grad(), streamed(model, DiskPlacement(tmp_path / "blocks", source=blocks)):
+        assert torch.equal(model(IDS).logits, ref(IDS).logits)
+
+
 @pytest.mark.parametrize(("family", "method", "cfg"), [
     ("llama", "gptq", {"w_bits": 4, "group_size": 16}),
     ("gpt2", "gptq", {"w_bits": 4, "group_size": 16, "act_order": True, "true_sequential": True}),

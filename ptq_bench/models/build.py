@@ -130,18 +130,38 @@ def dtype_name(model: nn.Module) -> str:
 
 
 def cast_model(model: LlamaForCausalLM, dtype: torch.dtype) -> LlamaForCausalLM:
-    """`model.to(dtype)` that keeps the rotary frequency buffers in fp32, as `from_pretrained` does.
+    """`model.to(dtype)` that keeps the rotary frequency buffers in fp32, as `from_pretrained` does, and the
+    parameters its model class keeps in float32 (`kept_in_float32`).
 
     A plain `.to(torch.bfloat16)` also rounds `rotary_emb.inv_freq`, which shifts every RoPE angle
     and (measured) moves logits of a tiny model by ~1e-2 against the same weights loaded by
     transformers. Returns the same model, cast in place.
     """
     rope = {n: b.detach().float() for n, b in model.named_buffers() if n.endswith("inv_freq")}
+    kept = kept_in_float32(model, dtype)
+    kept_params = {n: p.detach().float() for n, p in model.named_parameters() if n in kept}
+    rope.update({n: b.detach().float() for n, b in model.named_buffers() if n in kept})
     model.to(dtype)
     for name, buf in rope.items():
         module_name, _, leaf = name.rpartition(".")
         model.get_submodule(module_name)._buffers[leaf] = buf  # .to(dtype) cast a copy; restore the fp32 one
+    for name, param in model.named_parameters():
+        if name in kept_params:
+            param.data = kept_params[name]
     return model
+
+
+def kept_in_float32(model: nn.Module, dtype: torch.dtype) -> set[str]:
+    """The parameters and buffers `from_pretrained(dtype=dtype)` keeps in float32: those its model class lists in
+    `_keep_in_fp32_modules(_strict)` (Kimi-Linear's router weight and dt_bias, DeepSeek-V3's routing bias),
+    matched by transformers' own dtype plan and pattern."""
+    plan = model._get_dtype_plan(dtype) if hasattr(model, "_get_dtype_plan") else {}
+    if not plan:
+        return set()
+    from transformers.core_model_loading import build_glob_alternation
+
+    pattern = build_glob_alternation(list(plan))[0]
+    return {n for n, _ in (*model.named_parameters(), *model.named_buffers()) if pattern.search(n)}
 
 
 def _detect_kind(model: nn.Module) -> str:

@@ -36,6 +36,7 @@ import torch.nn as nn
 
 from ptq_bench.errors import QuantError
 from ptq_bench.families import family_of_config
+from ptq_bench.models.build import kept_in_float32
 from ptq_bench.models.experts import LinearExperts, split_fused, unfuse_experts
 from ptq_bench.sources import SAFETENSORS_FILE, SAFETENSORS_INDEX
 
@@ -107,9 +108,11 @@ class CheckpointBlocks:
     (path inside the block -> stored transposed), whose fused tensors `block(i)` splits per expert."""
 
     def __init__(self, folder: Path, files: dict[str, tuple[Path, str]], blocks: str, dtype: torch.dtype,
-                 converted: dict[str, Converted] | None = None, config: Any = None) -> None:
+                 converted: dict[str, Converted] | None = None, config: Any = None,
+                 kept: frozenset[str] = frozenset()) -> None:
         self.folder, self.files, self.blocks, self.dtype = folder, files, blocks, dtype
         self.converted, self.config = converted or {}, config
+        self.kept = kept  # names from_pretrained keeps in float32 whatever the dtype (`build.kept_in_float32`)
         self.experts: list[dict[str, bool]] = []  # set by open_lazily once the model's experts are unfused
 
     def names(self) -> list[str]:
@@ -123,7 +126,8 @@ class CheckpointBlocks:
         for conv in self.converted.values():
             if wanted & set(conv.targets):
                 out.update(self._convert(conv, device))
-        return {n: t.to(self.dtype) if t.is_floating_point() else t for n, t in out.items() if n in wanted}
+        return {n: t.to(torch.float32 if n in self.kept else self.dtype) if t.is_floating_point() else t
+                for n, t in out.items() if n in wanted}
 
     def _convert(self, conv: Converted, device: torch.device | str) -> dict[str, torch.Tensor]:
         """transformers' conversion of `conv`'s source tensors (a copy of its converter, as loading makes)."""
@@ -171,7 +175,8 @@ def open_lazily(folder: str | Path) -> tuple[Any, CheckpointBlocks]:
     with _parameters_on_meta(), torch.random.fork_rng(devices=[]):
         model = AutoModelForCausalLM.from_config(config, dtype=dtype).eval()
     files, converted = _model_names(model, weight_map)
-    blocks = CheckpointBlocks(folder, files, family.blocks, dtype, converted, config=config)
+    blocks = CheckpointBlocks(folder, files, family.blocks, dtype, converted, config=config,
+                              kept=frozenset(kept_in_float32(model, dtype)))
     _fill_outside_blocks(model, blocks)  # before unfusing: fused experts are the blocks' parameters still
     unfuse_experts(model)  # on `meta`: CheckpointBlocks splits each block's fused experts as it reads them
     blocks.experts = [{n: m.transposed for n, m in layer.named_modules() if isinstance(m, LinearExperts)}
