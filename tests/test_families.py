@@ -33,7 +33,7 @@ from ptq_bench.errors import QuantError, RecipeError
 from ptq_bench.families import SUPPORTED_MODEL_TYPES, layouts
 from ptq_bench.quant import METHODS
 from ptq_bench.quant.calibrate import block_family, decoder_layers
-from ptq_bench.quant.linears import is_linear
+from ptq_bench.quant.linears import GRID_ATTR, is_linear
 
 PTQ_FAMILIES = [t for t in FAMILY_TYPES if not case_family(t).low_bit]
 LOW_BIT = [t for t in FAMILY_TYPES if case_family(t).low_bit]
@@ -79,7 +79,19 @@ def test_method_on_family(models, calib, model_type, method):
     gridded, on = n_on_grid(q)
     assert gridded == expected, f"{gridded} of {expected} linears carry a grid"
     assert on == expected, f"{expected - on} linears off their grid"
+    assert rep.details.get("kept_float", {}) == weights_left_float(q)  # the row names what stayed float
     assert torch.isfinite(logits(q, calib[:1])).all()
+
+
+def weights_left_float(model: torch.nn.Module) -> dict[str, int]:
+    """Block modules holding a matrix weight (linears, routers) that carry no grid, by name -> blocks."""
+    out: dict[str, int] = {}
+    for layer in decoder_layers(model):
+        for name, m in layer.named_modules():
+            w = m._parameters.get("weight")
+            if w is not None and w.dim() == 2 and not hasattr(m, GRID_ATTR):
+                out[name] = out.get(name, 0) + 1
+    return out
 
 
 def norm_outputs_read(model: torch.nn.Module, ids: torch.Tensor) -> tuple[list[str], dict[str, torch.Tensor], Any]:

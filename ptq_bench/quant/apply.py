@@ -32,6 +32,7 @@ from ptq_bench.quant.calibrate import (
     StatFactory,
     block_linears,
     decoder_layers,
+    float_modules,
     is_expert,
     model_family,
     run_blockwise,
@@ -183,7 +184,9 @@ def quantize_model(
         run_blockwise(model, calib, make_stat, on_group, true_sequential, sequential)
     if not grids:
         raise QuantError(f"{type(model).__name__}: no linear was quantized")
-    return _report(grids, time.perf_counter() - t0, losses, expert_tokens, details or {})
+    floats = float_modules(model)
+    return _report(grids, time.perf_counter() - t0, losses, expert_tokens,
+                   {**(details or {}), **({"kept_float": floats} if floats else {})})
 
 
 def _report(grids: dict[str, tuple[nn.Module, Grid | None]], seconds: float, losses: list[float],

@@ -126,6 +126,18 @@ def block_linears(layer: nn.Module, family: Family) -> dict[str, nn.Module]:
     return out
 
 
+def float_modules(model: nn.Module) -> dict[str, int]:
+    """The block modules the family keeps in float (routers, Gated DeltaNet's b / a, Mamba-1's x_proj and
+    dt_proj, ...), by their name inside a block -> how many blocks hold one: no method quantizes their
+    weights or their inputs, and a row says so (`quantize_model`'s report)."""
+    family, out = model_family(model), {}
+    for layer in decoder_layers(model):
+        for name in block_family(layer, family).floats:
+            if submodule_or_none(layer, name) is not None:
+                out[name] = out.get(name, 0) + 1
+    return out
+
+
 def quantizable_linears(model: nn.Module) -> dict[str, nn.Module]:
     """Every block linear by full name, `<family.blocks>.<block index>.<linear>` (`transformer.h.0.attn.c_attn`)."""
     family = model_family(model)
