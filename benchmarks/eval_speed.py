@@ -284,7 +284,7 @@ def main() -> None:
     p.add_argument("--tiny", action="store_true", help="a small random Llama + BPE tokenizer instead of --model")
     p.add_argument("--kind", default="llama", help="with --tiny: 'llama' (stock transformers), or a ptq_bench model "
                    "kind (fp16, bitnet_b158, bitnet_b1) built with quickstart's architecture")
-    p.add_argument("--fast-mode", default="auto", choices=["auto", "shared", "plain", "hflm"])
+    p.add_argument("--fast-mode", default="auto", choices=["auto", "shared", "aligned", "plain", "hflm"])
     p.add_argument("--limit", type=int, default=40, help="documents per task")
     p.add_argument("--batch-size", type=int, default=32, help="as recipes/quickstart.yaml")
     p.add_argument("--repeats", type=int, default=2)

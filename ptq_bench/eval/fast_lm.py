@@ -11,8 +11,13 @@ prefix token and max_length are HFLM's):
    prefix once (stage 1, KV cache), then every distinct suffix against that cache (stage 2) — for
    Winogrande/WSC273 (partial scoring) the shared part is the sentence before the blank. The stage-2
    cache is the model's own `DynamicCache`, filled through its layers' `update` with each row's prefix
-   left-padded, so sliding-window layers (Mistral, Gemma 2/3, Phi-3) see exactly HFLM's window; a model
-   whose cache has other layer kinds takes the exact plain path (mode "plain": `TaskSuite.last_path`);
+   left-padded, so sliding-window layers (Mistral, Gemma 2/3, Phi-3) see exactly HFLM's window. A hybrid's
+   cache holds recurrent or convolution states (Mamba, Gated DeltaNet, short convolutions), the state after a
+   row's last token, which padding may not precede: such a model takes the "aligned" path, where documents
+   whose prefixes have one length share stage 1 (unpadded) and each stage-2 row gets its document's cache
+   forked (`reorder_cache`, as beam search forks it). A model whose cache has other layer kinds, or whose
+   transformers code does not continue from a cache as one forward would (`model_traits.NOT_ALIGNED`),
+   takes the exact plain path (mode "plain": `TaskSuite.last_path`);
 3. computes the LM head (`logits_to_keep`) and log-softmax only at scored positions, deduplicates
    identical rows, and batches rows longest first, cut where padding costs more than another forward
    (`batching.cut_sorted`; at most `max_tokens` tokens per forward).
@@ -40,7 +45,8 @@ Modules and hooks declare it (`token_local = True`: `quant.linears.ActQuant` per
 `models.bitlinear.BitLinear` / `RMSNorm`); per-tensor activation scales mix a row with its batch mates
 (`token_local` False), so no regrouping is allowed there. The path ("mode") is chosen per model:
 
-* "shared" (auto for float and token-local models): prefix cache + plain path as above;
+* "shared" (auto for float and token-local models): prefix cache + plain path as above ("aligned" for a
+  hybrid's cache);
 * "hflm" (auto for any other model: per-tensor activation scales, transformers' quantized layers, a
   hook or module that declares nothing): HFLM's own batching (`HFLM._loglikelihood_tokens`, same
   batch_size) on the cached tokens — HFLM's numbers bit for bit, the gain is only tokenizing once;
@@ -51,72 +57,33 @@ Modules and hooks declare it (`token_local = True`: `quant.linears.ActQuant` per
 
 from __future__ import annotations
 
+import copy
 import inspect
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass
-from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
-from lm_eval.api.model import TemplateLM
 from lm_eval.models.huggingface import HFLM
 from lm_eval.utils import get_rolling_token_windows, make_disjoint_window
 from tqdm import tqdm
 
 from ptq_bench.eval.batching import batching_for, cut_sorted
-from ptq_bench.eval.model_traits import mixes_tokens, positions_from_cache, shareable_cache, token_local_model
+from ptq_bench.eval.encoder import RequestEncoder
+from ptq_bench.eval.model_traits import (
+    aligned_cache,
+    mixes_tokens,
+    positions_from_cache,
+    shareable_cache,
+    token_local_model,
+)
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
 
-MODES = ("auto", "shared", "plain", "hflm")
-
-
-class RequestEncoder:
-    """HFLM's tokenization of requests, without a model; results cached by request string.
-
-    The methods are lm-eval's own functions (`HFLM.tok_encode`, `TemplateLM._encode_pair`,
-    `TemplateLM.loglikelihood` for the empty-context rule), bound to this object.
-    """
-
-    backend = "causal"
-    tok_encode = HFLM.tok_encode
-    _encode_pair = TemplateLM._encode_pair
-    prefix_token_id = HFLM.prefix_token_id
-
-    def __init__(self, tokenizer: PreTrainedTokenizerBase, add_bos_token: bool | None = None, prefix_token_id: int | None = None) -> None:
-        self.tokenizer = tokenizer
-        self.add_bos_token = add_bos_token  # HFLM defaults
-        self.custom_prefix_token_id = prefix_token_id
-        self._pairs: dict[tuple[str, str], tuple[list[int], list[int]]] = {}
-        self._strings: dict[str, list[int]] = {}
-
-    def _loglikelihood_tokens(self, requests: list, **_kwargs) -> list:
-        return requests  # TemplateLM.loglikelihood hands us its encoded requests
-
-    def pairs(self, args: list[tuple[str, str]]) -> list[tuple[list[int], list[int]]]:
-        """(context_enc, continuation_enc) per (context, continuation), exactly as HFLM encodes them."""
-        missing = [a for a in dict.fromkeys(args) if a not in self._pairs]
-        if missing:
-            encoded = TemplateLM.loglikelihood(self, [SimpleNamespace(args=a) for a in missing], disable_tqdm=True)
-            for a, ctx, cont in encoded:
-                self._pairs[a] = (ctx, cont)
-        return [self._pairs[a] for a in args]
-
-    def string(self, text: str) -> list[int]:
-        """Tokens of a loglikelihood_rolling string (HFLM: self.tok_encode(string))."""
-        if text not in self._strings:
-            self._strings[text] = self.tok_encode(text)
-        return self._strings[text]
-
-    def encode_instances(self, instances: list) -> None:
-        """Pre-tokenize lm-eval Instances (done once per TaskSuite)."""
-        self.pairs([i.args for i in instances if i.request_type == "loglikelihood"])
-        for i in instances:
-            if i.request_type == "loglikelihood_rolling":
-                self.string(i.args[0])
+MODES = ("auto", "shared", "aligned", "plain", "hflm")
 
 
 @dataclass
@@ -182,11 +149,13 @@ class FastLM(HFLM):
         self._keep_arg = _forward_kwarg(model, "logits_to_keep", "num_logits_to_keep")
         if mode == "auto":
             mode = "shared" if token_local_model(model) else "hflm"  # float models are token-local too
-        elif mode in ("shared", "plain") and mixes_tokens(model):
+        elif mode in ("shared", "aligned", "plain") and mixes_tokens(model):
             raise ValueError(f"FastLM mode '{mode}' regroups rows, but this model rounds across tokens "
                              "(per-tensor activation scales): only mode 'hflm' reproduces HFLM's batches")
-        if mode == "shared" and (self._cache_arg is None or not shareable_cache(model)
-                                 or positions_from_cache(model, self.max_length)):
+        if mode == "shared" and self._cache_arg is not None and not shareable_cache(model) and aligned_cache(model):
+            mode = "aligned"  # recurrent / convolution states: prefixes of one length per forward, caches forked
+        if mode in ("shared", "aligned") and (self._cache_arg is None or positions_from_cache(model, self.max_length)
+                                              or not (shareable_cache(model) or aligned_cache(model))):
             mode = "plain"  # no KV cache, one FastLM cannot fill exactly, or positions read from its length
         self.mode = mode  # the path every request of this model takes
         self.n_forward = 0  # forward passes of the last call, for benchmarks
@@ -209,7 +178,7 @@ class FastLM(HFLM):
                 docs[key].append(i)
         shared = []
         for idx in docs.values():
-            group = self._share(idx, pairs) if self.mode == "shared" else None
+            group = self._share(idx, pairs) if self.mode in ("shared", "aligned") else None
             if group is None:
                 plain.extend((i, pairs[i][0] + pairs[i][1][:-1], pairs[i][1]) for i in idx)
             else:
@@ -271,6 +240,9 @@ class FastLM(HFLM):
             bar.update(self._score_rows([row_list[r] for r in batch], batch_picks, results))
         # shared groups: longest prefix first, in windows of rows * batch_size documents (their caches held at once)
         shared.sort(key=lambda g: -len(g.prefix))
+        if self.mode == "aligned":
+            bar.update(self._score_aligned(shared, results))
+            shared = []
         step = self.rows * self.batch_size
         for start in range(0, len(shared), step):
             bar.update(self._score_window(shared[start:start + step], results))
@@ -309,6 +281,37 @@ class FastLM(HFLM):
             slot = {row: j for j, row in enumerate(batch)}
             picks = [_Pick(p.req, slot[gi, r], p.cont) for gi, r in batch for p in groups[gi].picks if p.row == r]
             done += self._score_rows(seqs, picks, results, prefix_len=plen, cache=cache)
+        return done
+
+    @torch.inference_mode()
+    def _score_aligned(self, groups: list[_Group], results: list) -> int:
+        """The shared path for recurrent or convolution states (`model_traits.aligned_cache`), which padding
+        may not precede: documents (longest prefix first) are cut into stage-1 batches as rows are; a batch's
+        prefixes are cut to its shortest, the rest moving to the front of their rows (stage 1 unpadded)."""
+        done = 0
+        for batch in self._batches(groups, lambda g: len(g.prefix)):
+            n = min(len(g.prefix) for g in batch)
+            done += self._fork_rows([_Group(g.prefix[:n], [g.prefix[n:] + r for r in g.rows], g.picks)
+                                     for g in batch], n, results)
+        return done
+
+    def _fork_rows(self, chunk: list[_Group], n: int, results: list) -> int:
+        """Stage 1 over `chunk`'s n-token prefixes; then its rows, longest first, each stage-2 batch on the
+        stage-1 cache forked row by row (`reorder_cache`, as beam search forks it), positions from n on."""
+        cache = self._new_cache()
+        kwargs = {"use_cache": True, self._cache_arg: cache, **({self._keep_arg: 1} if self._keep_arg else {})}
+        self.model(torch.tensor([g.prefix for g in chunk]).to(self.device), **kwargs)
+        self.n_forward += 1
+        rows = sorted(((gi, r) for gi, g in enumerate(chunk) for r in range(len(g.rows))),
+                      key=lambda x: -len(chunk[x[0]].rows[x[1]]))
+        done = 0
+        for batch in self._batches(rows, lambda x: len(chunk[x[0]].rows[x[1]])):
+            fork = copy.deepcopy(cache)
+            fork.reorder_cache(torch.tensor([gi for gi, _ in batch], device=self.device))
+            slot = {row: j for j, row in enumerate(batch)}
+            picks = [_Pick(p.req, slot[gi, r], p.cont) for gi, r in batch for p in chunk[gi].picks if p.row == r]
+            done += self._score_rows([chunk[gi].rows[r] for gi, r in batch], picks, results,
+                                     prefix_len=torch.full((len(batch),), n), cache=fork)
         return done
 
     def _new_cache(self, keep_all: bool = False) -> Any:

@@ -185,14 +185,16 @@ class TaskSuite:
         self.data_dir = Path(data_dir)
         self.tokenizer = tokenizer
         self.limit, self.num_fewshot, self.backend, self.batch_size = limit, num_fewshot, backend, batch_size
-        self.fast_mode = fast_mode  # FastLM path: "auto" (float model: shared, else hflm), "shared", "plain", "hflm"
-        if fast_mode not in ("auto", "shared", "plain", "hflm"):
-            raise ValueError(f"unknown fast_mode '{fast_mode}' (known: auto, shared, plain, hflm)")
+        self.fast_mode = fast_mode  # FastLM path: "auto" (float model: shared, else hflm), or one of fast_lm.MODES
+        from ptq_bench.eval.fast_lm import MODES
+
+        if fast_mode not in MODES:
+            raise ValueError(f"unknown fast_mode '{fast_mode}' (known: {', '.join(MODES)})")
         compile_templates_once()
         self._tasks = self._load_tasks()  # our name -> lm-eval Task, requests built
         self.encoder = None
         if backend == "fast":
-            from ptq_bench.eval.fast_lm import RequestEncoder
+            from ptq_bench.eval.encoder import RequestEncoder
 
             self.encoder = RequestEncoder(tokenizer)
             self.encoder.encode_instances([i for t in self._tasks.values() for i in t.instances])
@@ -232,7 +234,7 @@ class TaskSuite:
     def tokenized(self) -> dict[str, list[tuple[tuple[str, Any], list[int], list[int]]]]:
         """Per task, its requests as ((task, doc_id), context tokens, continuation tokens), tokenized as HFLM
         tokenizes them (the request shape `eval.work` counts)."""
-        from ptq_bench.eval.fast_lm import RequestEncoder
+        from ptq_bench.eval.encoder import RequestEncoder
 
         encoder = self.encoder or RequestEncoder(self.tokenizer)
         out = {}

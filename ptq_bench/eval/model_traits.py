@@ -63,6 +63,43 @@ def shareable_cache(model: torch.nn.Module) -> bool:
     return bool(layers) and all(type(layer) in (DynamicLayer, DynamicSlidingWindowLayer) for layer in layers)
 
 
+# model types whose cache is of aligned kinds but whose transformers code does not continue from it as one
+# forward would (tests/test_fastlm_families.py shows each): FastLM's plain path is theirs
+NOT_ALIGNED = {
+    "jamba": "its Mamba-1 layers continue from a cached state ~1e-3 away from one forward over the whole row",
+    "minimax": "it takes only its own cache class (MiniMaxCache)",
+}
+
+
+def aligned_cache(model: torch.nn.Module) -> bool:
+    """True when the model's own cache holds recurrent or convolution states (a hybrid's Mamba, Gated
+    DeltaNet, short-convolution layers: `LinearAttentionCacheLayerMixin`) beside layers `FastLM` knows: one
+    state per row, taken at the end of its prefix, so prefixes may share a forward only when they have the same
+    length (no padding before a real token) and a row's cache is its document's, forked (`reorder_cache`)."""
+    from transformers import DynamicCache
+    from transformers.cache_utils import (
+        DummyLayer,
+        DynamicLayer,
+        DynamicSlidingWindowLayer,
+        LinearAttentionAndFullAttentionLayer,
+        LinearAttentionAndSlidingWindowAttentionLayer,
+        LinearAttentionCacheLayerMixin,
+        LinearAttentionLayer,
+    )
+
+    known = (DynamicLayer, DynamicSlidingWindowLayer, LinearAttentionLayer, LinearAttentionAndFullAttentionLayer,
+             LinearAttentionAndSlidingWindowAttentionLayer, DummyLayer)  # Dummy: a block without a cache (an MLP)
+    config = getattr(model, "config", None)
+    if getattr(config, "model_type", None) in NOT_ALIGNED:
+        return False
+    try:
+        layers = DynamicCache(config=config).layers
+    except (AttributeError, KeyError, TypeError, ValueError):
+        return False
+    return all(type(layer) in known for layer in layers) and \
+        any(isinstance(layer, LinearAttentionCacheLayerMixin) for layer in layers)
+
+
 def positions_from_cache(model: torch.nn.Module, max_length: int) -> bool:
     """True when a layer takes a token's position from its cache's length rather than from position_ids,
     at positions below `max_length`: Llama 4's NoPE layers scale q by log1p(floor((p + 1) / floor_scale)), p
