@@ -169,3 +169,15 @@ def test_the_aligned_path_batches_prefixes_of_different_lengths(suites, tok, mon
     fast = TaskSuite(TASKS, DATA, tok, limit=LIMIT, backend="fast", batch_size=8, fast_mode="aligned")
     assert fast.evaluate(llama, progress=False) == suites["hflm"].evaluate(llama, progress=False)
     assert fast.last_path == "fast:aligned" and compare(suites["hflm"].last_responses, fast.last_responses)[0] <= 1e-4
+
+
+def test_a_model_that_takes_only_its_own_cache_takes_the_plain_path(suites, tok):
+    """A MiniMax without lightning-attention layers (transformers' own 1-layer default is one) has a cache
+    config of attention layers only, yet refuses a DynamicCache: the plain path, HFLM's scores (it crashed)."""
+    from transformers import AutoModelForCausalLM
+
+    cfg = tiny_config("minimax", len(tok))
+    cfg.layer_types = ["full_attention"] * cfg.num_hidden_layers
+    torch.manual_seed(0)
+    a, b, worst, flips = both(suites, AutoModelForCausalLM.from_config(cfg).float().eval())
+    assert suites["fast"].last_path == "fast:plain" and worst <= 1e-4 and flips == 0 and a == b

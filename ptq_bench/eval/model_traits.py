@@ -56,6 +56,8 @@ def shareable_cache(model: torch.nn.Module) -> bool:
     from transformers import DynamicCache
     from transformers.cache_utils import DynamicLayer, DynamicSlidingWindowLayer
 
+    if getattr(getattr(model, "config", None), "model_type", None) in OWN_CACHE:
+        return False  # e.g. a MiniMax without lightning layers: attention layers only, yet no DynamicCache
     try:
         layers = DynamicCache(config=getattr(model, "config", None)).layers  # no config: [] -> False
     except (AttributeError, KeyError, TypeError, ValueError):
@@ -63,11 +65,13 @@ def shareable_cache(model: torch.nn.Module) -> bool:
     return bool(layers) and all(type(layer) in (DynamicLayer, DynamicSlidingWindowLayer) for layer in layers)
 
 
+# model types whose transformers code refuses `DynamicCache` (whatever layers their config gives it)
+OWN_CACHE = {"minimax": "it takes only its own cache class (MiniMaxCache)"}
 # model types whose cache is of aligned kinds but whose transformers code does not continue from it as one
-# forward would (tests/test_fastlm_families.py shows each): FastLM's plain path is theirs
+# forward would, or takes no DynamicCache (tests/test_fastlm_families.py shows each): the plain path is theirs
 NOT_ALIGNED = {
     "jamba": "its Mamba-1 layers continue from a cached state ~1e-3 away from one forward over the whole row",
-    "minimax": "it takes only its own cache class (MiniMaxCache)",
+    **OWN_CACHE,
 }
 
 
