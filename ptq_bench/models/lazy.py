@@ -225,8 +225,8 @@ def _model_names(model: nn.Module, weight_map: dict[str, Path]) -> tuple[dict[st
     tied = _tied_names(model)
     wanted = {n for n in meta if n not in tied or not any(t in given for t in tied[n])}
     if missing := sorted(wanted - given):
-        raise QuantError(f"checkpoint lacks {len(missing)} of the model's tensors (first: {missing[0]}); "
-                         "load it in memory")
+        raise QuantError(f"checkpoint lacks {len(missing)} of the model's tensors (first: {missing[0]}), which "
+                         "transformers would fill with random values: re-save the checkpoint")
     if extra := sorted(given - set(meta)):
         raise QuantError(f"checkpoint has {len(extra)} tensors the model does not (first: {extra[0]}); "
                          "load it in memory")
