@@ -12,12 +12,9 @@ prefix token and max_length are HFLM's):
    Winogrande/WSC273 (partial scoring) the shared part is the sentence before the blank. The stage-2
    cache is the model's own `DynamicCache`, filled through its layers' `update` with each row's prefix
    left-padded, so sliding-window layers (Mistral, Gemma 2/3, Phi-3) see exactly HFLM's window. A hybrid's
-   cache holds recurrent or convolution states (Mamba, Gated DeltaNet, short convolutions), the state after a
-   row's last token, which padding may not precede: such a model takes the "aligned" path, where documents
-   whose prefixes have one length share stage 1 (unpadded) and each stage-2 row gets its document's cache
-   forked (`reorder_cache`, as beam search forks it). A model whose cache has other layer kinds, or whose
-   transformers code does not continue from a cache as one forward would (`model_traits.NOT_ALIGNED`),
-   takes the exact plain path (mode "plain": `TaskSuite.last_path`);
+   recurrent or convolution states (Mamba, Gated DeltaNet) may not follow padding: it takes the "aligned"
+   path (each stage-1 batch's prefixes cut to its shortest, run unpadded, the cache forked per row). Other
+   cache kinds, and `model_traits.NOT_ALIGNED`, take the exact plain path (`TaskSuite.last_path`);
 3. computes the LM head (`logits_to_keep`) and log-softmax only at scored positions, deduplicates
    identical rows, and batches rows longest first, cut where padding costs more than another forward
    (`batching.cut_sorted`; at most `max_tokens` tokens per forward).
@@ -45,8 +42,7 @@ Modules and hooks declare it (`token_local = True`: `quant.linears.ActQuant` per
 `models.bitlinear.BitLinear` / `RMSNorm`); per-tensor activation scales mix a row with its batch mates
 (`token_local` False), so no regrouping is allowed there. The path ("mode") is chosen per model:
 
-* "shared" (auto for float and token-local models): prefix cache + plain path as above ("aligned" for a
-  hybrid's cache);
+* "shared" (auto for float and token-local models): prefix cache + plain path ("aligned" for hybrids);
 * "hflm" (auto for any other model: per-tensor activation scales, transformers' quantized layers, a
   hook or module that declares nothing): HFLM's own batching (`HFLM._loglikelihood_tokens`, same
   batch_size) on the cached tokens — HFLM's numbers bit for bit, the gain is only tokenizing once;
@@ -119,6 +115,12 @@ def _stack_kv(batches: list[list[Any]]) -> list[tuple[torch.Tensor, torch.Tensor
         for b in batches:
             b[li] = None
     return stacked
+
+
+def _batch_picks(groups: list[_Group], batch: list[tuple[int, int]]) -> list[_Pick]:
+    """The picks of a stage-2 batch of (group, row) pairs, each on its row's place in the batch."""
+    slot = {row: j for j, row in enumerate(batch)}
+    return [_Pick(p.req, slot[gi, r], p.cont) for gi, r in batch for p in groups[gi].picks if p.row == r]
 
 
 def _right_pad(seqs: list[list[int]], pad: int = 0) -> torch.Tensor:
@@ -278,8 +280,7 @@ class FastLM(HFLM):
             plen = torch.tensor([len(groups[gi].prefix) for gi, _ in batch])
             cache = self._prefix_cache(kv, [gi for gi, _ in batch], plen)
             seqs = [groups[gi].rows[r] for gi, r in batch]
-            slot = {row: j for j, row in enumerate(batch)}
-            picks = [_Pick(p.req, slot[gi, r], p.cont) for gi, r in batch for p in groups[gi].picks if p.row == r]
+            picks = _batch_picks(groups, batch)
             done += self._score_rows(seqs, picks, results, prefix_len=plen, cache=cache)
         return done
 
@@ -308,8 +309,7 @@ class FastLM(HFLM):
         for batch in self._batches(rows, lambda x: len(chunk[x[0]].rows[x[1]])):
             fork = copy.deepcopy(cache)
             fork.reorder_cache(torch.tensor([gi for gi, _ in batch], device=self.device))
-            slot = {row: j for j, row in enumerate(batch)}
-            picks = [_Pick(p.req, slot[gi, r], p.cont) for gi, r in batch for p in chunk[gi].picks if p.row == r]
+            picks = _batch_picks(chunk, batch)
             done += self._score_rows([chunk[gi].rows[r] for gi, r in batch], picks, results,
                                      prefix_len=torch.full((len(batch),), n), cache=fork)
         return done

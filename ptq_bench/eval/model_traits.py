@@ -49,22 +49,6 @@ def mixes_tokens(model: torch.nn.Module) -> bool:
     return any(claim is False for claim in _claims(model))
 
 
-def shareable_cache(model: torch.nn.Module) -> bool:
-    """True when the model's own cache (`DynamicCache(config=model.config)`) is made of layers whose
-    bookkeeping `FastLM._prefix_cache` knows: full (`DynamicLayer`) and sliding-window
-    (`DynamicSlidingWindowLayer`). Anything else (chunked attention, KV sharing, no config) -> plain path."""
-    from transformers import DynamicCache
-    from transformers.cache_utils import DynamicLayer, DynamicSlidingWindowLayer
-
-    if getattr(getattr(model, "config", None), "model_type", None) in OWN_CACHE:
-        return False  # e.g. a MiniMax without lightning layers: attention layers only, yet no DynamicCache
-    try:
-        layers = DynamicCache(config=getattr(model, "config", None)).layers  # no config: [] -> False
-    except (AttributeError, KeyError, TypeError, ValueError):
-        return False
-    return bool(layers) and all(type(layer) in (DynamicLayer, DynamicSlidingWindowLayer) for layer in layers)
-
-
 # model types whose transformers code refuses `DynamicCache` (whatever layers their config gives it)
 OWN_CACHE = {"minimax": "it takes only its own cache class (MiniMaxCache)"}
 # model types whose cache is of aligned kinds but whose transformers code does not continue from it as one
@@ -75,12 +59,35 @@ NOT_ALIGNED = {
 }
 
 
+def _cache_layers(model: torch.nn.Module) -> list:
+    """The layers of the cache the model builds itself (`DynamicCache(config=model.config)`); [] where there
+    is none FastLM may build (no config, a config transformers cannot build one from, `OWN_CACHE`)."""
+    from transformers import DynamicCache
+
+    config = getattr(model, "config", None)
+    if getattr(config, "model_type", None) in OWN_CACHE:
+        return []  # e.g. a MiniMax without lightning layers: attention layers only, yet no DynamicCache
+    try:
+        return DynamicCache(config=config).layers  # no config: []
+    except (AttributeError, KeyError, TypeError, ValueError):
+        return []
+
+
+def shareable_cache(model: torch.nn.Module) -> bool:
+    """True when the model's own cache is made of layers whose bookkeeping `FastLM._prefix_cache` knows:
+    full (`DynamicLayer`) and sliding-window (`DynamicSlidingWindowLayer`). Anything else (chunked attention,
+    KV sharing, recurrent states, no config) -> another path."""
+    from transformers.cache_utils import DynamicLayer, DynamicSlidingWindowLayer
+
+    layers = _cache_layers(model)
+    return bool(layers) and all(type(layer) in (DynamicLayer, DynamicSlidingWindowLayer) for layer in layers)
+
+
 def aligned_cache(model: torch.nn.Module) -> bool:
     """True when the model's own cache holds recurrent or convolution states (a hybrid's Mamba, Gated
     DeltaNet, short-convolution layers: `LinearAttentionCacheLayerMixin`) beside layers `FastLM` knows: one
     state per row, taken at the end of its prefix, so prefixes may share a forward only when they have the same
     length (no padding before a real token) and a row's cache is its document's, forked (`reorder_cache`)."""
-    from transformers import DynamicCache
     from transformers.cache_utils import (
         DummyLayer,
         DynamicLayer,
@@ -93,13 +100,9 @@ def aligned_cache(model: torch.nn.Module) -> bool:
 
     known = (DynamicLayer, DynamicSlidingWindowLayer, LinearAttentionLayer, LinearAttentionAndFullAttentionLayer,
              LinearAttentionAndSlidingWindowAttentionLayer, DummyLayer)  # Dummy: a block without a cache (an MLP)
-    config = getattr(model, "config", None)
-    if getattr(config, "model_type", None) in NOT_ALIGNED:
+    if getattr(getattr(model, "config", None), "model_type", None) in NOT_ALIGNED:
         return False
-    try:
-        layers = DynamicCache(config=config).layers
-    except (AttributeError, KeyError, TypeError, ValueError):
-        return False
+    layers = _cache_layers(model)
     return all(type(layer) in known for layer in layers) and \
         any(isinstance(layer, LinearAttentionCacheLayerMixin) for layer in layers)
 
