@@ -224,15 +224,19 @@ def run_model(sw: Sweep, name: str) -> None:
     size = {"n_params": parameter_count(base.model), "weight_bytes": weight_bytes(base.model)}
     base.evaluate.set_base(base.model, sw.keys[name], sw.ctx.device)
     with float_backup(sw, base, mine) as backup:
+        ref_s = 0.0  # charged to the base row, whose perplexity the references hold (0.0 s: it had none)
         if sw.ctx.recipe.eval.kld and any(c.method != "none" for c in mine):
+            t_ref = time.perf_counter()
             with backup.evaluating(base.model) if backup else contextlib.nullcontext():
                 base.evaluate.references()  # once per set, before any cell; the base row's ppl is read from them
+            ref_s = time.perf_counter() - t_ref
         for cell in mine:
-            run_cell(sw, cell, base, size, backup)
+            run_cell(sw, cell, base, size, backup, ref_s if cell.method == "none" else 0.0)
 
 
-def run_cell(sw: Sweep, cell: Cell, base: Base, size: dict[str, int], backup: Any) -> None:
-    """Quantize (a copy, or the base model itself when `backup` can restore it), evaluate, append one row."""
+def run_cell(sw: Sweep, cell: Cell, base: Base, size: dict[str, int], backup: Any, before_s: float = 0.0) -> None:
+    """Quantize (a copy, or the base model itself when `backup` can restore it), evaluate, append one row.
+    `before_s`: evaluation of this cell done before it (the base row's perplexity, in the KLD references)."""
     model, evaluate = base.model, base.evaluate
     seed = calib_seed(sw.ctx.recipe, cell)
     sw.bar.set_description(f"{cell.model} {cell_name(cell.method, cell.label, cell.config_dict(), seed)}")
@@ -241,7 +245,7 @@ def run_cell(sw: Sweep, cell: Cell, base: Base, size: dict[str, int], backup: An
     t_eval = time.perf_counter()
     with backup.evaluating(target) if backup else contextlib.nullcontext():
         metrics = evaluate(target, quantized=cell.method != "none", tasks=cell.tasks)
-    row = make_row(sw, cell, base, size, metrics, quant, time.perf_counter() - t_eval)
+    row = make_row(sw, cell, base, size, metrics, quant, time.perf_counter() - t_eval + before_s)
     ran_tasks = evaluate.suite is not None and cell.tasks != ()
     row.protocol["path"] = evaluate.suite.last_path if ran_tasks else None  # FastLM path taken, if any
     append_row(sw.out, row) if sw.sink is None else sw.sink(row)

@@ -24,13 +24,16 @@ def _recipe(tmp_path: Path, src: Path, kld: bool = True) -> Path:
     return path
 
 
-def _count_builds(monkeypatch) -> list[str]:
+def _count_builds(monkeypatch, pause: float = 0.0) -> list[str]:
+    import time
+
     import ptq_bench.eval.kld as kld
 
     calls, real = [], kld.build_reference
 
     def counting(model, ids, set_name, *args, **kw):
         calls.append(set_name)
+        time.sleep(pause)  # a reference that takes visible time (whose row is charged with it)
         return real(model, ids, set_name, *args, **kw)
 
     monkeypatch.setattr(kld, "build_reference", counting)
@@ -78,7 +81,7 @@ def test_kld_off_keeps_plain_perplexity(tmp_path, tokenizer_dir, monkeypatch):  
     references (no second pass over the windows), and the numbers are the same to the last bit."""
     import ptq_bench.eval.evaluator as ev
 
-    calls = _count_builds(monkeypatch)
+    calls = _count_builds(monkeypatch, pause=0.5)
     passes = []
     real = ev.Evaluator.perplexity
     monkeypatch.setattr(ev.Evaluator, "perplexity", lambda self, model: passes.append(1) or real(self, model))
@@ -100,3 +103,5 @@ def test_kld_off_keeps_plain_perplexity(tmp_path, tokenizer_dir, monkeypatch):  
     for label, row in rows[False].items():
         for name, value in row.metrics.items():
             assert rows[True][label].metrics[name] == value, (label, name)
+    # the base row's perplexity was computed in the references, before any cell: its time is the row's
+    assert rows[True]["none"].eval_seconds >= 0.5 * len(SETS), rows[True]["none"].eval_seconds
