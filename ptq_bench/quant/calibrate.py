@@ -273,13 +273,13 @@ def _stop(module: nn.Module, args: tuple) -> None:
 
 
 def _collect(layer: nn.Module, hidden: list[torch.Tensor], calls: list[Call], linears: dict[str, nn.Module],
-             make_stat: StatFactory, lean: bool = True,
-             outputs: bool = True) -> tuple[dict[str, Any], list[torch.Tensor] | None]:
+             make_stat: StatFactory, lean: bool = True, outputs: bool = True,
+             idx: int | None = None) -> tuple[dict[str, Any], list[torch.Tensor] | None]:
     """Run the block on every batch with statistic hooks on `linears`; (statistics by name, block outputs
     or None). With `lean`, linears that read one input tensor get one statistic object (`SharedInputs`),
     and when the outputs are not wanted each batch stops at the input of the group's last linear with a
     statistic (the family lists a block's linears in the order they run). A linear whose statistic got
-    no input is an error either way."""
+    no input is an error either way; `idx` (the block's index) names where."""
     stats = {n: make_stat(n, m) for n, m in linears.items()}
     stats = {n: s for n, s in stats.items() if s is not None}
     stop = lean and not outputs
@@ -300,8 +300,11 @@ def _collect(layer: nn.Module, hidden: list[torch.Tensor], calls: list[Call], li
         for h in hooks:
             h.remove()
     if unfed := [n for n in stats if n not in shared.leader and getattr(stats[n], "required", True)]:
-        raise QuantError(f"{type(layer).__name__}: no calibration input reached {', '.join(unfed)}; "
-                         "an empty statistic would quantize blind")
+        where = type(layer).__name__ if idx is None else f"block {idx} ({type(layer).__name__})"
+        hint = "; more calibration tokens (calibration.n_samples) reach more experts" if any(
+            "expert" in n for n in unfed) else ""
+        raise QuantError(f"{where}: no calibration input reached {', '.join(unfed)}; "
+                         f"an empty statistic would quantize blind{hint}")
     return stats, outs
 
 
@@ -345,7 +348,7 @@ def run_blockwise(
             for names in plan:
                 group = {n: linears[n] for n in block_names(layer, own, names)}
                 wanted = not lean or (not sequential and float_out is None)  # the float outputs, once
-                stats, outs = _collect(layer, inputs.hidden, calls, group, make_stat, lean, outputs=wanted)
+                stats, outs = _collect(layer, inputs.hidden, calls, group, make_stat, lean, wanted, idx)
                 float_out = outs if float_out is None else float_out
                 on_group(idx, layer, group, stats)
                 del stats, outs  # the group's statistics (fp32 Hessians) before the next group's
