@@ -30,15 +30,20 @@ Nothing is written: no cache entry, no run folder.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
+import logging
 import statistics
+import tempfile
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
+from ptq_bench.estimate_model import Probe, cast, open_model
 from ptq_bench.prepare import model_schedule, train_recipe_tokenizer
-from ptq_bench.recipe import Recipe, expand_cells, model_arch
+from ptq_bench.recipe import Recipe, expand_cells
 
 SAMPLE_DOCS = 4  # documents per task evaluated to time a model's zero-shot rate
 SAMPLE_REPEATS = 2  # timed calls per sample, after its warm-up call (the best counts)
@@ -95,22 +100,6 @@ def _random_ids(vocab: int, shape: tuple[int, ...], seed: int, device: str) -> A
     return torch.randint(0, vocab, shape, generator=torch.Generator().manual_seed(seed)).to(device)
 
 
-def _model(recipe: Recipe, name: str, device: str) -> tuple[Any, int, Any]:
-    """(model on `device`, its vocabulary size, its own tokenizer or None): built at its shape when trained
-    here (the recipe's tokenizer is shared, see `ZeroShot.tokenizer`), else loaded with its tokenizer."""
-    spec = recipe.models[name]
-    if spec.source is not None:
-        from ptq_bench.recipe import source_info
-        from ptq_bench.source_load import load_source
-
-        model, tok, _kind = load_source(source_info(recipe, name), device)
-        return model, model.config.vocab_size, tok  # validate refused a source without a tokenizer
-    from ptq_bench.models.build import build_model
-
-    vocab = recipe.tokenizer.vocab_size
-    return build_model(spec.kind, model_arch(recipe, name), vocab, seed=recipe.seed).to(device), vocab, None
-
-
 class ZeroShot:
     """The zero-shot projection's counting and timing (see the module docstring)."""
 
@@ -139,12 +128,12 @@ class ZeroShot:
         count = exact_work if self.recipe.eval.backend == "fast" else hflm_positions
         return {name: count(requests) for name, requests in suite.tokenized().items()}
 
-    def seconds(self, model: Any, own_tok: Any) -> tuple[float, dict[str, float]]:
+    def seconds(self, model: Any, own_tok: Any, evaluating: Any = contextlib.nullcontext) -> tuple[float, dict[str, float]]:
         """(seconds of one evaluate call's fixed cost, per task the model's projected seconds of work at the
         recipe's limit): a line through two timed samples (SAMPLE_DOCS and 3 x SAMPLE_DOCS documents per
         task, each the best of SAMPLE_REPEATS calls after its own warm-up call: a first call's new shapes
         or one slow call would otherwise set the slope), so lm-eval's per-call cost is not scaled up with
-        the work."""
+        the work. `evaluating()`: the context a forward runs in (an offloaded model's blocks streamed)."""
         from ptq_bench.eval.work import model_sizes, weighted
 
         tok = self.tokenizer(own_tok)
@@ -155,8 +144,9 @@ class ZeroShot:
         sizes, points, limit = model_sizes(model), [], self.recipe.eval.limit
         for docs in (SAMPLE_DOCS, 3 * SAMPLE_DOCS):
             suite = self._suite(tok, docs if limit is None else min(docs, limit))
-            suite.evaluate(model, progress=False)  # warm-up: this sample's shapes
-            best = min(_evaluate_s(suite, model) for _ in range(SAMPLE_REPEATS))
+            with evaluating():
+                suite.evaluate(model, progress=False)  # warm-up: this sample's shapes
+                best = min(_evaluate_s(suite, model) for _ in range(SAMPLE_REPEATS))
             points.append((sum(weighted(p, sizes) for p in self._positions(suite).values()), best))
         (w1, t1), (w2, t2) = points
         rate = (t2 - t1) / (w2 - w1) if w2 > w1 and t2 > t1 else t2 / max(1, w2)  # noise: no fixed part
@@ -194,17 +184,18 @@ def _ppl_rows(recipe: Recipe) -> int:
     return min(recipe.eval.batch_size, recipe.eval.perplexity.max_windows or recipe.eval.batch_size)
 
 
-def _ppl_batch_s(recipe: Recipe, model: Any, vocab: int, device: str, repeats: int) -> float:
+def _ppl_batch_s(recipe: Recipe, probe: Probe, repeats: int) -> float:
     """Median seconds of one perplexity forward batch (eval.batch_size windows of eval.perplexity.seq_len)."""
     import torch
 
-    windows = _random_ids(vocab, (_ppl_rows(recipe), recipe.eval.perplexity.seq_len), 1, device)
+    windows = _random_ids(probe.vocab, (_ppl_rows(recipe), recipe.eval.perplexity.seq_len), 1, probe.device)
 
     def forward() -> None:
         with torch.no_grad():
-            model(windows).logits.float()
+            probe.model(windows).logits.float()
 
-    return _timed(forward, device, 1, repeats)
+    with probe.evaluating():
+        return _timed(forward, probe.device, 1, repeats)
 
 
 def _quant_settings(recipe: Recipe, name: str) -> dict[str, list[Any]]:
@@ -219,10 +210,12 @@ def _quant_settings(recipe: Recipe, name: str) -> dict[str, list[Any]]:
     return {setting_name(v[0].label, v[0].method, v[0].config_dict()): v for v in groups.values()}
 
 
-def _apply_s(method: Any, model: Any, config: Any, calib: Any, device: str) -> float:
-    """Seconds of `method` quantizing a copy of `model` (the copy is not timed)."""
+def _apply_s(method: Any, model: Any, config: Any, calib: Any, device: str, where: Any = contextlib.nullcontext) -> float:
+    """Seconds of `method` quantizing a copy of `model` (the copy is not timed) in the context `where()`
+    (an offloaded model's blocks read from its checkpoint and written to scratch, as `run` does)."""
     target = copy.deepcopy(model)
-    return _once(lambda: method.apply(target, config, calib), device)
+    with where():
+        return _once(lambda: method.apply(target, config, calib), device)
 
 
 def _probe_blocks(n_blocks: int) -> tuple[int, ...]:
@@ -231,7 +224,8 @@ def _probe_blocks(n_blocks: int) -> tuple[int, ...]:
     return (2, 4) if n_blocks >= 4 else tuple(range(1, min(n_blocks, 2) + 1))
 
 
-def _quant_cell_s(recipe: Recipe, name: str, model: Any, vocab: int, device: str) -> dict[str, tuple[float, int]]:
+def _quant_cell_s(recipe: Recipe, name: str, model: Any, vocab: int, device: str,
+                  where: Any = contextlib.nullcontext) -> dict[str, tuple[float, int]]:
     """Per PTQ setting of model `name`: (projected seconds of one cell, its cells). The method runs on the
     model cut to its first few blocks (`_probe_blocks`), with random calibration ids; the line through the
     two timings gives the per-block part, projected to the model's block count."""
@@ -251,35 +245,39 @@ def _quant_cell_s(recipe: Recipe, name: str, model: Any, vocab: int, device: str
         method = get_method(cells[0].method)
         calib = ids if method.needs_calibration else None
         if i == 0:  # the model's first setting warms up (kernels, allocator) untimed
-            _apply_s(method, shorts[0], cells[0].config, calib, device)
-        t = [_apply_s(method, short, cells[0].config, calib, device) for short in shorts]
+            _apply_s(method, shorts[0], cells[0].config, calib, device, where)
+        t = [_apply_s(method, short, cells[0].config, calib, device, where) for short in shorts]
         per_block = (t[-1] - t[0]) / (ks[-1] - ks[0]) if len(t) == 2 and t[-1] > t[0] else t[-1] / ks[-1]
         out[label] = (t[-1] + (n_blocks - ks[-1]) * per_block, len(cells))
     return out
 
 
 def measure(recipe: Recipe, name: str, device: str, steps: int, warmup: int,
-            zero_shot: ZeroShot | None = None) -> Measured:
-    """Time model `name`'s training step (models trained here only), a perplexity forward and, with
-    `zero_shot`, its zero-shot rate, on `device`."""
+            zero_shot: ZeroShot | None = None, scratch: Path | None = None) -> Measured:
+    """Time model `name`'s training step (models trained here only, in float32 as `run` trains), then, held
+    as `run` holds it (the recipe's dtype; with offload, blocks read from disk), a perplexity forward, its
+    zero-shot rate (with `zero_shot`) and its PTQ settings, on `device`. `scratch`: an existing folder for
+    offloaded blocks and GGUF conversions (None: a temporary one)."""
     import torch
 
+    from ptq_bench.models.build import parameter_count
     from ptq_bench.models.train import train_steps
 
     spec, t = recipe.models[name], recipe.train
     if device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
-    model, vocab, tok = _model(recipe, name, device)
-    trained = spec.source is None
-    step_s = _train_step_s(recipe, name, model, vocab, device, steps, warmup) if trained else 0.0
-    ppl_s = _ppl_batch_s(recipe, model, vocab, device, max(1, steps // 2))
-    peak = torch.cuda.max_memory_allocated() if device.startswith("cuda") else None
-    call_s, tasks = zero_shot.seconds(model, tok) if zero_shot is not None else (0.0, {})
-    quant = _quant_cell_s(recipe, name, model, vocab, device)
-    kind = spec.kind if trained else "source"
-    from ptq_bench.models.build import parameter_count
-
-    return Measured(name, kind, parameter_count(model), step_s,
+    with contextlib.ExitStack() as stack:
+        folder = scratch or Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="ptq-bench-estimate-")))
+        probe = open_model(recipe, name, device, folder)
+        trained = spec.source is None
+        step_s = _train_step_s(recipe, name, probe.model, probe.vocab, device, steps, warmup) if trained else 0.0
+        cast(recipe, probe)
+        ppl_s = _ppl_batch_s(recipe, probe, max(1, steps // 2))
+        peak = torch.cuda.max_memory_allocated() if device.startswith("cuda") else None
+        call_s, tasks = (zero_shot.seconds(probe.model, probe.tokenizer, probe.evaluating) if zero_shot is not None
+                         else (0.0, {}))
+        quant = _quant_cell_s(recipe, name, probe.model, probe.vocab, device, probe.quantizing)
+    return Measured(name, spec.kind if trained else "source", parameter_count(probe.model), step_s,
                     train_steps(t.tokens, t.seq_len, t.batch_size) if trained else 0, ppl_s, peak, tasks, call_s,
                     quant)
 
@@ -372,6 +370,7 @@ def estimate(recipe: Recipe, device: str, steps: int = 10, warmup: int = 3, hour
              progress: Any = print, data_dir: Any = None) -> list[str]:
     """Measure every model of the recipe (training steps only for those trained here; zero-shot when the
     recipe has tasks and `data_dir` is given); the report's lines."""
+    logging.getLogger("lm_eval").setLevel(logging.ERROR)  # its HFLM-with-a-model notices, as `run` silences them
     zero_shot = ZeroShot(recipe, data_dir) if recipe.eval.tasks and data_dir is not None else None
     found = []
     for name, spec in recipe.models.items():

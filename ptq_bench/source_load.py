@@ -54,11 +54,16 @@ def open_source(info: SourceInfo, *, cache_dir: Path | None = None) -> tuple[Any
     return model, blocks, _load_tokenizer(info) if info.has_tokenizer else None, info.kind
 
 
+def converted_folder(info: SourceInfo, cache_dir: Path) -> Path:
+    """Where a GGUF source's plain checkpoint folder lives under cache_dir (`_converted` writes it)."""
+    return cache_dir / f"gguf-{info.content_hash[:16]}"
+
+
 def _converted(info: SourceInfo, cache_dir: Path) -> SourceInfo:
     """The GGUF source as a plain checkpoint folder under cache_dir (written once, atomically)."""
     import shutil
 
-    out = cache_dir / f"gguf-{info.content_hash[:16]}"
+    out = converted_folder(info, cache_dir)
     if not (out / "config.json").is_file():
         model, tok = _load_gguf(Path(info.path), info), _load_tokenizer(info)
         tmp = out.with_name(out.name + ".tmp")

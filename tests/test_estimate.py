@@ -208,3 +208,44 @@ def test_zero_shot_rate_ignores_first_and_slow_calls(monkeypatch):
     fixed, per_task = zs.seconds(None, own_tok=object())
     # the line through (100 units, 1.0 s) and (300, 2.0 s): 0.005 s per unit, 0.5 s per call
     assert per_task == {"piqa": pytest.approx(1000 * 0.005)} and fixed == pytest.approx(0.5)
+
+
+def test_an_offloaded_source_is_timed_from_disk_block_by_block(tmp_path, capsys, data_dir, monkeypatch):
+    """With `offload: true` a run never holds the whole model; estimate loaded it whole (6.06 GB for a
+    model whose offloaded run peaked at 1.56 GB). It now opens it as `run` does: every block read from the
+    checkpoint while evaluated or quantized, the probes' quantized blocks in a scratch folder it removes."""
+    import tempfile
+
+    import ptq_bench.source_load as source_load
+    from ptq_bench.models.lazy import CheckpointBlocks
+
+    monkeypatch.setattr(source_load, "load_source", lambda *a, **k: pytest.fail("the whole model was loaded"))
+    reads, real = [], CheckpointBlocks.block
+    monkeypatch.setattr(CheckpointBlocks, "block", lambda self, i, *a: reads.append(i) or real(self, i, *a))
+    folder = _checkpoint(tmp_path, data_dir)
+    path = _recipe(tmp_path, models={"theirs": {"source": str(folder)}}, offload=True,
+                   quantize=[{"method": "gptq", "w_bits": 4, "group_size": 32}])
+    before, scratch = set(tmp_path.rglob("*")), set(Path(tempfile.gettempdir()).glob("ptq-bench-estimate-*"))
+    assert main(["estimate", str(path), "--steps", "1", "--warmup", "0"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert "loaded, not trained" in next(x for x in lines if x.strip().startswith("theirs "))
+    assert any("every task once:" in x for x in lines)
+    assert any(x.strip().startswith("theirs ") and "gptq W4A16 g32" in x and "per cell" in x for x in lines), lines
+    assert set(reads) == {0, 1}  # both blocks of the tiny Llama, from its checkpoint
+    assert set(tmp_path.rglob("*")) == before  # no cache, no run folder
+    assert set(Path(tempfile.gettempdir()).glob("ptq-bench-estimate-*")) == scratch
+
+
+def test_the_recipes_dtype_is_what_is_timed_after_a_float32_training_step(tmp_path, monkeypatch):
+    """`run` trains in float32 and casts the model to the recipe's dtype; estimate timed float32 throughout."""
+    import ptq_bench.estimate as est
+
+    seen: dict[str, torch.dtype] = {}
+    train, ppl = est._train_step_s, est._ppl_batch_s
+    monkeypatch.setattr(est, "_train_step_s", lambda r, n, model, *a: seen.setdefault("train", model.dtype)
+                        and train(r, n, model, *a))
+    monkeypatch.setattr(est, "_ppl_batch_s", lambda r, probe, *a: seen.setdefault("ppl", probe.model.dtype)
+                        and ppl(r, probe, *a))
+    path = _recipe(tmp_path, models={"fp16": {"kind": "fp16"}}, dtype="bfloat16", quantize=[])
+    assert main(["estimate", str(path), "--steps", "1", "--warmup", "0"]) == 0
+    assert seen == {"train": torch.float32, "ppl": torch.bfloat16}

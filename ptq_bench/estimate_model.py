@@ -1,0 +1,89 @@
+"""The model `ptq-bench estimate` times, held as `run` holds it: in memory on the device, cast to the
+recipe's `dtype`, or, with `offload: true`, opened with its decoder blocks on disk and read one block at a
+time while it is evaluated or quantized (`quant.placement`). Offloaded blocks that a probe quantizes are
+written under a scratch folder that `estimate` removes; a GGUF source is read from the cache's converted
+folder when `run` made one, else converted into that scratch folder. Nothing goes into the cache."""
+
+from __future__ import annotations
+
+import contextlib
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ptq_bench.recipe import Recipe, model_arch, source_info
+
+
+@dataclass
+class Probe:
+    """A model under timing and how its blocks are reached (`blocks` None: in memory)."""
+
+    model: Any
+    vocab: int
+    tokenizer: Any  # its own tokenizer, or None for a model trained here (the recipe's is shared)
+    device: str
+    scratch: Path
+    blocks: Any = None  # with offload: the checkpoint's `models.lazy.CheckpointBlocks`
+
+    def _placement(self) -> Any:
+        """A fresh disk placement: blocks read from the checkpoint, written (when quantized) to a new folder."""
+        from ptq_bench.quant.placement import DiskPlacement
+
+        folder = Path(tempfile.mkdtemp(prefix="blocks-", dir=self.scratch))
+        return DiskPlacement(folder, self.device, source=self.blocks, keep=True)
+
+    def evaluating(self, model: Any = None) -> Any:
+        """Around a forward of `model` (default: the probe's): its blocks streamed when offloaded."""
+        from ptq_bench.quant.placement import streamed
+
+        if self.blocks is None:
+            return contextlib.nullcontext()
+        return streamed(self.model if model is None else model, self._placement())
+
+    def quantizing(self) -> Any:
+        """Around a method's `apply` (a fresh placement each time: no probe reads another's blocks)."""
+        from ptq_bench.quant.placement import use_placement
+
+        return contextlib.nullcontext() if self.blocks is None else use_placement(self._placement())
+
+
+def open_model(recipe: Recipe, name: str, device: str, scratch: Path) -> Probe:
+    """Model `name` as `run` would hold it (before any training: `cast` after the training step is timed):
+    built at its shape when trained here, else loaded (offload: opened) with its tokenizer."""
+    spec = recipe.models[name]
+    if spec.source is None:
+        from ptq_bench.models.build import build_model
+
+        vocab = recipe.tokenizer.vocab_size
+        model = build_model(spec.kind, model_arch(recipe, name), vocab, seed=recipe.seed).to(device)
+        return Probe(model, vocab, None, device, scratch)
+    info = source_info(recipe, name)
+    if recipe.offload:
+        from ptq_bench.source_load import open_source
+
+        model, blocks, tok, _kind = open_source(info, cache_dir=_conversions(recipe, info, scratch))
+        return Probe(model, model.config.vocab_size, tok, device, scratch, blocks)
+    from ptq_bench.source_load import load_source
+
+    model, tok, _kind = load_source(info, device)
+    return Probe(model, model.config.vocab_size, tok, device, scratch)  # validate refused a source without one
+
+
+def cast(recipe: Recipe, probe: Probe) -> None:
+    """The recipe's `dtype`, as `sweep.base_model` casts every model after loading or training it (never
+    an offloaded one: `recipe.check_dtype`)."""
+    if recipe.dtype != "auto":
+        import torch
+
+        from ptq_bench.models.build import cast_model
+
+        cast_model(probe.model, getattr(torch, recipe.dtype))
+
+
+def _conversions(recipe: Recipe, info: Any, scratch: Path) -> Path:
+    """Where a GGUF source's converted folder is read from: the cache's, when a run made it, else scratch."""
+    from ptq_bench.source_load import converted_folder
+
+    cache = recipe.cache_path / "sources"
+    return cache if (converted_folder(info, cache) / "config.json").is_file() else scratch
