@@ -181,8 +181,9 @@ def hessian_check(model_dir: str, calib, theirs: dict) -> tuple[int, float]:
     """(linears, worst |H_ours - H_theirs| / |H_theirs|) over block 0, trace-normalised: both sides feed it
     the same float inputs (without --true-sequential), so this checks which tokens reached each linear, a
     mixture of experts' routing included."""
+    from ptq_bench.estimate_model import first_blocks
     from ptq_bench.quant.apply import hessian_stat
-    from ptq_bench.quant.calibrate import first_blocks, model_family, run_blockwise
+    from ptq_bench.quant.calibrate import model_family, run_blockwise
 
     model = first_blocks(_fp(model_dir), 1)  # block 0 alone (a copy)
     prefix, got = f"{model_family(model).blocks}.0.", {}

@@ -19,6 +19,8 @@ tasks (a random model is at chance; what is measured here is memory). Each run i
 peak RSS is the kernel's `ru_maxrss` for that child (`os.wait4`). The checkpoint is built by another child
 first: a child's `ru_maxrss` counts the parent's pages it was forked with, so this parent stays small.
 With `--workdir`, a checkpoint already there is reused; the runs' cache and outputs are always fresh.
+`--command estimate` measures `ptq-bench estimate --steps 1 --warmup 0` of the same recipes instead (it
+times a perplexity batch and each PTQ setting on 2 and 4 blocks, held as `run` holds the model).
 """
 
 from __future__ import annotations
@@ -76,12 +78,13 @@ def recipe(work: Path, source: str, mode: str, preset: dict) -> Path:
     return path
 
 
-def run(path: Path) -> tuple[float, float, float, int]:
-    """(wall seconds, peak RSS in GB, peak anonymous RSS in GB, exit status) of `ptq-bench run path` in its
-    own process. RSS counts clean pages of a mapped checkpoint, which the kernel can drop and re-read;
+def run(path: Path, command: str = "run") -> tuple[float, float, float, int]:
+    """(wall seconds, peak RSS in GB, peak anonymous RSS in GB, exit status) of `ptq-bench run path` (or
+    `estimate`) in its own process. RSS counts clean pages of a mapped checkpoint, which the kernel can drop and re-read;
     anonymous memory (sampled from /proc every 0.2 s; nan where there is no /proc) cannot be dropped."""
     t0 = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, "-m", "ptq_bench.cli", "run", str(path)], env=os.environ.copy())
+    extra = ["--steps", "1", "--warmup", "0"] if command == "estimate" else []
+    proc = subprocess.Popen([sys.executable, "-m", "ptq_bench.cli", command, str(path), *extra], env=os.environ.copy())
     anon_kb: list[int] = []
     sampler = threading.Thread(target=_sample_anon, args=(proc.pid, anon_kb), daemon=True)
     sampler.start()
@@ -110,6 +113,7 @@ def main() -> None:
     ap.add_argument("--workdir", type=Path, help="keep the checkpoint and runs here (default: a temporary folder)")
     ap.add_argument("--preset", choices=PRESETS, default="random-1.1b")
     ap.add_argument("--modes", nargs="+", choices=MODES, help="default: the preset's")
+    ap.add_argument("--command", choices=("run", "estimate"), default="run")
     ap.add_argument("--make-checkpoint", type=Path, help=argparse.SUPPRESS)  # the child that builds it
     args = ap.parse_args()
     data_dir = Path(os.environ.get("PTQ_BENCH_DATA", ROOT.parent / "shared" / "data"))
@@ -125,8 +129,8 @@ def main() -> None:
             source, size = checkpoint(work / f"checkpoint-{args.preset}", args.preset)
         for old in [*(work / f"cache-{m}" for m in MODES), *(work / f"out-{m}" for m in MODES)]:
             shutil.rmtree(old, ignore_errors=True)
-        results = {mode: run(recipe(work, source, mode, preset)) for mode in modes}
-        rows = {mode: _rows(work / f"out-{mode}") for mode in modes}
+        results = {mode: run(recipe(work, source, mode, preset), args.command) for mode in modes}
+        rows = {mode: _rows(work / f"out-{mode}") for mode in modes} if args.command == "run" else {}
     report(results, rows, size)
 
 

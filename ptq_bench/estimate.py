@@ -41,7 +41,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ptq_bench.estimate_model import Probe, cast, open_model
+from ptq_bench.estimate_model import Probe, cast, first_blocks, open_model, outside_blocks
 from ptq_bench.prepare import model_schedule, train_recipe_tokenizer
 from ptq_bench.recipe import Recipe, expand_cells
 
@@ -213,7 +213,7 @@ def _quant_settings(recipe: Recipe, name: str) -> dict[str, list[Any]]:
 def _apply_s(method: Any, model: Any, config: Any, calib: Any, device: str, where: Any = contextlib.nullcontext) -> float:
     """Seconds of `method` quantizing a copy of `model` (the copy is not timed) in the context `where()`
     (an offloaded model's blocks read from its checkpoint and written to scratch, as `run` does)."""
-    target = copy.deepcopy(model)
+    target = copy.deepcopy(model, outside_blocks(model))  # the blocks only: methods change nothing else
     with where():
         return _once(lambda: method.apply(target, config, calib), device)
 
@@ -230,7 +230,7 @@ def _quant_cell_s(recipe: Recipe, name: str, model: Any, vocab: int, device: str
     model cut to its first few blocks (`_probe_blocks`), with random calibration ids; the line through the
     two timings gives the per-block part, projected to the model's block count."""
     from ptq_bench.quant import get_method
-    from ptq_bench.quant.calibrate import decoder_layers, first_blocks
+    from ptq_bench.quant.calibrate import decoder_layers
 
     settings = _quant_settings(recipe, name)
     if not settings:

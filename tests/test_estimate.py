@@ -249,3 +249,20 @@ def test_the_recipes_dtype_is_what_is_timed_after_a_float32_training_step(tmp_pa
     path = _recipe(tmp_path, models={"fp16": {"kind": "fp16"}}, dtype="bfloat16", quantize=[])
     assert main(["estimate", str(path), "--steps", "1", "--warmup", "0"]) == 0
     assert seen == {"train": torch.float32, "ppl": torch.bfloat16}
+
+
+def test_a_probe_copies_its_blocks_and_shares_the_rest():
+    """The models cut for the PTQ probes copy only their blocks (methods change nothing else): a deep copy
+    of a 1.1B Llama's embeddings and LM head per probe had put an offloaded estimate at 0.80x the model's
+    bytes where its run peaks at ~0.45x."""
+    from tiny_families import tiny_model
+
+    from ptq_bench.estimate_model import first_blocks
+
+    model = tiny_model("llama", layers=4)
+    short = first_blocks(model, 2)
+    assert len(short.model.layers) == 2 and len(model.model.layers) == 4
+    assert short.model.embed_tokens.weight is model.model.embed_tokens.weight
+    assert short.lm_head.weight is model.lm_head.weight and short.model.norm.weight is model.model.norm.weight
+    assert short.model.layers[0].self_attn.q_proj.weight is not model.model.layers[0].self_attn.q_proj.weight
+    torch.testing.assert_close(short.model.layers[0].mlp.up_proj.weight, model.model.layers[0].mlp.up_proj.weight)

@@ -20,7 +20,6 @@ bit-identical either way (tests/test_calib_memory.py).
 from __future__ import annotations
 
 import contextlib
-import copy
 import ctypes
 import functools
 from collections.abc import Callable, Iterator
@@ -57,19 +56,6 @@ def decoder_layers(model: nn.Module) -> nn.ModuleList:
     if not isinstance(layers, nn.ModuleList):
         raise QuantError(f"{type(model).__name__}: expected decoder blocks at {path} (family registry)")
     return layers
-
-
-def first_blocks(model: nn.Module, k: int) -> nn.Module:
-    """A deep copy of `model` with only its first `k` decoder blocks (`ptq-bench estimate` times methods on
-    a few blocks); the other blocks are never copied."""
-    parent_path, _, leaf = model_family(model).blocks.rpartition(".")
-    parent = model.get_submodule(parent_path) if parent_path else model
-    layers = decoder_layers(model)
-    setattr(parent, leaf, nn.ModuleList(list(layers)[:k]))
-    try:
-        return copy.deepcopy(model)
-    finally:
-        setattr(parent, leaf, layers)
 
 
 def block_family(layer: nn.Module, family: Family) -> Family:
