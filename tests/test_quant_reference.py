@@ -88,14 +88,20 @@ def test_gptq_solve_reproduces_gptqmodel(golden, name):
     """Same weight, same Hessian, same settings: every weight on the same grid point as GPTQModel 7.7's
     (CPU fp32). Measured: bit-identical on the host that made the fixture; on an AVX512 host the floats
     differ by <= 8.2e-8 (a group's scale, fitted on error-compensated weights, moves by an ulp with the
-    summation order), still 100% on the same grid point. Allowed: 0.1% of the weights on another point
-    (a float-level rounding tie), within one grid step."""
+    summation order), still 100% on the same grid point. On an AVX512-FP16 host (2026-12-06) one weight of
+    w3g32_b32 (row 18, column 64) took the neighbouring point, and error feedback carried the difference
+    through the rest of its row: 26 weights (0.32%), one row of 64, Hessian-weighted error 0.99968x
+    GPTQModel's. Allowed, therefore: at most 3 of 64 rows with any weight on another point, each within one
+    grid step, and the error within 0.1%. Planted bugs move every row or most: damp x1.1 leaves 0-78% of
+    the rows identical, damp x3 0-5%."""
     theirs = torch.from_numpy(golden[f"Q_{name}"])
     q = ours(golden, name)
     step = float((theirs.max() - theirs.min()) / (2 ** int(golden[f"case_{name}"][0]) - 1))  # coarse bound
-    same = float(((q - theirs).abs() <= 1e-4 * step).float().mean())  # same grid point, up to float noise
-    assert same >= 0.999, f"{name}: {100 * same:.2f}% on GPTQModel's grid points"
+    same = (q - theirs).abs() <= 1e-4 * step  # same grid point, up to float noise
+    rows = float(same.all(dim=1).float().mean())
+    assert rows >= 61 / 64, f"{name}: {100 * rows:.1f}% of the rows on GPTQModel's grid points"
     assert float((q - theirs).abs().max()) <= step
+    assert abs(hessian_error(golden, q) / hessian_error(golden, theirs) - 1) <= 1e-3
 
 
 def test_gptq_groups_inside_a_block_use_the_current_weights(golden):
