@@ -32,9 +32,11 @@ from ptq_bench.provenance import git_hash, hardware, package_versions
 RESULTS = "results.jsonl"
 MANIFEST = "manifest.json"
 CURVES = "curves"  # one training-curve JSON per trained model
-SCHEMA_VERSION = 2  # of Row; bump when a field changes meaning, and teach Row.from_dict the old form
+SCHEMA_VERSION = 3  # of Row; bump when a field changes meaning, and teach Row.from_dict the old form
 # 2: calib_seed and threads added (schema 1 rows read with both None; a schema-1 reader refuses schema 2 rows
 #    with "newer than this ptq-bench reads" instead of "unknown key")
+# 3: sha256 of the row's other fields, written with it (`append_row`): a stored row whose content no longer
+#    matches it (edited or damaged after it was written) is a damaged row (`scan_rows`); schema < 3: None
 
 
 @dataclass(frozen=True)
@@ -65,6 +67,7 @@ class Row:
     weight_bytes: int | None = None  # of the base model (16-bit tensors, BitNet weights packed)
     calib_seed: int | None = None  # seed of the calibration windows (None: uncalibrated method, or schema < 2)
     threads: int | None = None  # torch.get_num_threads() while the cell ran (None only in schema < 2)
+    sha256: str | None = None  # of every other field (`digest`), set when stored; None in schema < 3
     schema: int = SCHEMA_VERSION
 
     def to_dict(self) -> dict[str, Any]:
@@ -72,6 +75,24 @@ class Row:
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), sort_keys=True, allow_nan=True)
+
+    def digest(self) -> str:
+        """sha256 of the row's JSON without its own `sha256` field."""
+        import hashlib
+
+        data = {k: v for k, v in self.to_dict().items() if k != "sha256"}
+        return hashlib.sha256(json.dumps(data, sort_keys=True, allow_nan=True).encode()).hexdigest()
+
+    def sealed(self) -> Row:
+        """The row as it is stored: with its `sha256`."""
+        return dataclasses.replace(self, sha256=self.digest())
+
+    def problem(self) -> str | None:
+        """What is wrong with a stored row that parsed: a schema-3 row whose sha256 is not its content's."""
+        if self.schema >= 3 and self.sha256 != self.digest():
+            return ("its sha256 does not match its content (edited or damaged after it was written)" if self.sha256
+                    else "no sha256 (a schema-3 row is stored with one)")
+        return None
 
     @property
     def slot(self) -> tuple:
@@ -137,7 +158,7 @@ def _is(value: Any, tp: Any) -> bool:
 def append_row(run_dir: Path, row: Row) -> None:
     """Append one finished cell; the line is on disk when this returns."""
     with open(Path(run_dir) / RESULTS, "a", encoding="utf-8") as fh:
-        fh.write(row.to_json() + "\n")
+        fh.write(row.sealed().to_json() + "\n")
         fh.flush()
         os.fsync(fh.fileno())
 
@@ -155,9 +176,12 @@ def scan_rows(run_dir: Path) -> Iterator[tuple[int, Row | None, str | None]]:
             yield i, None, "torn last line (no newline: a write cut short)"
             continue
         try:
-            yield i, Row.from_json(raw.decode("utf-8")), None
+            row = Row.from_json(raw.decode("utf-8"))
         except (ValueError, UnicodeDecodeError) as exc:
             yield i, None, str(exc)[:200]
+            continue
+        problem = row.problem()
+        yield (i, None, problem) if problem else (i, row, None)
 
 
 def load_rows(run_dir: Path, strict: bool = False) -> list[Row]:

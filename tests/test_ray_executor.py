@@ -26,7 +26,7 @@ from ptq_bench.cli import main
 from ptq_bench.results import RESULTS, load_rows
 
 pytestmark = pytest.mark.slow
-TIMING = {"finished", "eval_seconds"}  # row fields that differ between any two runs
+TIMING = {"finished", "eval_seconds", "sha256"}  # row fields that differ between any two runs (the digest covers both)
 
 
 @pytest.fixture(scope="module")
@@ -85,7 +85,7 @@ def test_ray_run_writes_the_local_rows_through_the_driver(ref, crash_dir, tmp_pa
     real = executors.append_row
 
     def record(run_dir, row):  # the driver's appends (worker processes do not see this patch)
-        appended.append(row.to_json())
+        appended.append(row.sealed().to_json())  # as append_row stores it
         real(run_dir, row)
 
     monkeypatch.setattr(executors, "append_row", record)

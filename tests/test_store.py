@@ -163,6 +163,34 @@ def test_damage_is_one_line_in_run_and_report_renders_intact_rows(ref, tmp_path,
     assert "warning" in rep.stderr and _table_rows(out) == 7
 
 
+def test_an_edited_row_is_a_damaged_row(ref, tmp_path):
+    """A stored row carries the sha256 of its content: a hand-edited number (or a changed byte that still
+    parses) no longer passes for the computed one. It was trusted before schema 3."""
+    recipe, out, _ = workspace(ref, tmp_path, copy_out=True)
+    results = out / RESULTS
+    lines = results.read_text().splitlines(keepends=True)
+    row = json.loads(lines[3])
+    key = sorted(row["metrics"])[0]
+    row["metrics"][key] *= 0.5
+    lines[3] = json.dumps(row, sort_keys=True) + "\n"
+    results.write_text("".join(lines))
+    before = results.read_bytes()
+    proc = cli("run", str(recipe))
+    expect = "results.jsonl:4: damaged row (its sha256 does not match its content (edited or damaged after it"
+    assert proc.returncode == 2 and expect in _one_line(proc.stderr), proc.stderr[-2000:]
+    assert results.read_bytes() == before
+    rep = cli("report", str(out))
+    assert rep.returncode == 0 and "warning" in rep.stderr and _table_rows(out) == 6, rep.stderr[-2000:]
+
+
+def test_rows_are_stored_sealed_and_older_schemas_need_no_seal(ref):
+    row = Row.from_dict(ref.rows[0])
+    assert row.schema == 3 and row.sha256 == row.digest() and row.problem() is None
+    assert Row.from_dict({**ref.rows[0], "sha256": None}).problem() == "no sha256 (a schema-3 row is stored with one)"
+    old = Row.from_dict({**ref.rows[0], "sha256": None, "schema": 2})
+    assert old.problem() is None  # the committed results folders' rows (schema 2) keep reading
+
+
 def test_method_version_bump_recomputes_its_rows(ref, tmp_path):
     recipe, out, _ = workspace(ref, tmp_path, copy_out=True)
     bump = ("import dataclasses, sys\nfrom ptq_bench.quant import METHODS, load_all\nload_all()\n"
