@@ -205,7 +205,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"ptq-bench: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as exc:  # a run says what it stored; elsewhere nothing half-written is left
-        print(f"ptq-bench: {exc or 'interrupted'}", file=sys.stderr)
+        print(f"ptq-bench: {str(exc) or 'interrupted'}", file=sys.stderr)  # a bare Ctrl-C has no text
         return 128 + _STOPPED_BY[0]
     except BrokenPipeError:  # `ptq-bench ls | head`: the reader left; stop as a SIGPIPE'd tool does, quietly
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # the exit's flush must not raise again

@@ -266,3 +266,15 @@ def test_a_probe_copies_its_blocks_and_shares_the_rest():
     assert short.lm_head.weight is model.lm_head.weight and short.model.norm.weight is model.model.norm.weight
     assert short.model.layers[0].self_attn.q_proj.weight is not model.model.layers[0].self_attn.q_proj.weight
     torch.testing.assert_close(short.model.layers[0].mlp.up_proj.weight, model.model.layers[0].mlp.up_proj.weight)
+
+
+def test_an_interrupted_estimate_says_so(tmp_path, capsys, monkeypatch):
+    """A bare Ctrl-C (no message) printed `ptq-bench: ` and nothing else: the exception object is truthy."""
+    import ptq_bench.estimate as est
+
+    def stop(*_a, **_k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(est, "estimate", stop)
+    assert main(["estimate", str(_recipe(tmp_path))]) == 130
+    assert capsys.readouterr().err.strip() == "ptq-bench: interrupted"
