@@ -77,10 +77,11 @@ class Row:
         return json.dumps(self.to_dict(), sort_keys=True, allow_nan=True)
 
     def digest(self) -> str:
-        """sha256 of the row's JSON without its own `sha256` field."""
+        """sha256 of the row's JSON without its own `sha256` field, every number written as a float (a tool
+        that rewrites 8.0 as 8, as jq does, changes no value and no digest)."""
         import hashlib
 
-        data = {k: v for k, v in self.to_dict().items() if k != "sha256"}
+        data = _floats({k: v for k, v in self.to_dict().items() if k != "sha256"})
         return hashlib.sha256(json.dumps(data, sort_keys=True, allow_nan=True).encode()).hexdigest()
 
     def sealed(self) -> Row:
@@ -88,8 +89,11 @@ class Row:
         return dataclasses.replace(self, sha256=self.digest())
 
     def problem(self) -> str | None:
-        """What is wrong with a stored row that parsed: a schema-3 row whose sha256 is not its content's."""
-        if self.schema >= 3 and self.sha256 != self.digest():
+        """What is wrong with a stored row that parsed: a schema-3 row whose sha256 is not its content's, an
+        older row that carries one (its schema was lowered: older versions wrote none)."""
+        if self.schema < 3:
+            return None if self.sha256 is None else f"a sha256 in a schema-{self.schema} row (only schema 3 has one)"
+        if self.sha256 != self.digest():
             return ("its sha256 does not match its content (edited or damaged after it was written)" if self.sha256
                     else "no sha256 (a schema-3 row is stored with one)")
         return None
@@ -101,7 +105,7 @@ class Row:
 
     @classmethod
     def from_json(cls, text: str) -> Row:
-        return cls.from_dict(json.loads(text))
+        return cls.from_dict(json.loads(text, object_pairs_hook=_unique_keys))
 
     @classmethod
     def from_dict(cls, data: Any) -> Row:
@@ -131,6 +135,24 @@ class Row:
                 if not _is(values[key], float):
                     raise ValueError(f"'{name}' value {key[:60]!r} is not a number")
         return cls(**data)
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """A JSON object whose keys are unique (json keeps the last of two, so an edit could hide behind one)."""
+    data = dict(pairs)
+    if len(data) != len(pairs):
+        dup = next(k for i, (k, _) in enumerate(pairs) if k in dict(pairs[:i]))
+        raise ValueError(f"duplicate key '{dup[:40]}'")
+    return data
+
+
+def _floats(value: Any) -> Any:
+    """`value` with every int (not bool) as a float, inside mappings and lists: the digest's number form."""
+    if isinstance(value, dict):
+        return {k: _floats(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_floats(v) for v in value]
+    return float(value) if isinstance(value, int) and not isinstance(value, bool) else value
 
 
 # numbers inside a row's mappings (None: every value), checked when the row is read
@@ -169,6 +191,7 @@ def scan_rows(run_dir: Path) -> Iterator[tuple[int, Row | None, str | None]]:
     if not path.is_file():
         return
     lines = path.read_bytes().split(b"\n")
+    sealed = False  # a schema-3 row seen: older versions refuse such a folder, so no older row follows one
     for i, raw in enumerate(lines, 1):
         if not raw.strip():
             continue
@@ -180,7 +203,9 @@ def scan_rows(run_dir: Path) -> Iterator[tuple[int, Row | None, str | None]]:
         except (ValueError, UnicodeDecodeError) as exc:
             yield i, None, str(exc)[:200]
             continue
-        problem = row.problem()
+        problem = row.problem() or (f"a schema-{row.schema} row after schema-3 rows (older versions do not "
+                                    "append to such a folder)" if sealed and row.schema < 3 else None)
+        sealed = sealed or row.schema >= 3
         yield (i, None, problem) if problem else (i, row, None)
 
 

@@ -191,6 +191,33 @@ def test_rows_are_stored_sealed_and_older_schemas_need_no_seal(ref):
     assert old.problem() is None  # the committed results folders' rows (schema 2) keep reading
 
 
+def _problems(folder: Path, lines: list[str]) -> list[str | None]:
+    from ptq_bench.results import scan_rows
+
+    folder.mkdir(exist_ok=True)
+    (folder / RESULTS).write_text("".join(x + "\n" for x in lines))
+    return [problem for _, _, problem in scan_rows(folder)]
+
+
+def test_what_the_seal_lets_through_and_what_it_does_not(ref, tmp_path):
+    """Reformatting passes (key order, spacing, 8.0 written as 8 as jq writes it); a lowered schema, a
+    duplicate key hiding an edit, or an older row after sealed ones do not (found by an outside audit)."""
+    raw = [json.loads(x) for x in (ref.out / RESULTS).read_text().splitlines()]
+    first = raw[0]
+    second = next(r for r in raw if isinstance(r["w_bits"], float) and r["w_bits"].is_integer())  # 8.0
+    as_jq = json.dumps({**second, "w_bits": int(second["w_bits"])}, indent=None, separators=(",", ":"))
+    reordered = json.dumps(dict(reversed(list(first.items()))), indent=1).replace("\n", " ")
+    assert _problems(tmp_path / "ok", [reordered, as_jq]) == [None, None]
+    edited = {**second, "metrics": {k: v * 0.5 for k, v in second["metrics"].items()}}
+    lowered = json.dumps({**edited, "schema": 2})
+    assert "a sha256 in a schema-2 row" in _problems(tmp_path / "low", [lowered])[0]
+    unsealed = json.dumps({k: v for k, v in edited.items() if k != "sha256"} | {"schema": 2})
+    assert _problems(tmp_path / "after", [json.dumps(first), unsealed])[1].startswith("a schema-2 row after schema-3")
+    assert _problems(tmp_path / "before", [unsealed, json.dumps(first)]) == [None, None]  # an old folder resumed
+    twice = json.dumps(second)[:-1] + ', "w_bits": ' + json.dumps(second["w_bits"]) + "}"
+    assert _problems(tmp_path / "dup", [twice])[0] == "duplicate key 'w_bits'"
+
+
 def test_method_version_bump_recomputes_its_rows(ref, tmp_path):
     recipe, out, _ = workspace(ref, tmp_path, copy_out=True)
     bump = ("import dataclasses, sys\nfrom ptq_bench.quant import METHODS, load_all\nload_all()\n"
