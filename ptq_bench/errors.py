@@ -18,6 +18,10 @@ class QuantError(PtqBenchError):
     smoothing pair, a model whose linears are already low-bit)."""
 
 
+class UnreachedLinear(QuantError):
+    """A linear no calibration token reached (an expert the router never picked): its statistic is empty."""
+
+
 class Interrupted(KeyboardInterrupt):
     """A Ctrl-C (or SIGTERM, which the CLI turns into one) after a run had recorded it: the message says
     what is stored and how to go on."""

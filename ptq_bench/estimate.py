@@ -34,6 +34,7 @@ import contextlib
 import copy
 import json
 import logging
+import math
 import statistics
 import tempfile
 import time
@@ -41,6 +42,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ptq_bench.errors import UnreachedLinear
 from ptq_bench.estimate_model import Probe, cast, first_blocks, open_model, outside_blocks
 from ptq_bench.prepare import model_schedule, train_recipe_tokenizer
 from ptq_bench.recipe import Recipe, expand_cells
@@ -228,7 +230,8 @@ def _quant_cell_s(recipe: Recipe, name: str, model: Any, vocab: int, device: str
                   where: Any = contextlib.nullcontext) -> dict[str, tuple[float, int]]:
     """Per PTQ setting of model `name`: (projected seconds of one cell, its cells). The method runs on the
     model cut to its first few blocks (`_probe_blocks`), with random calibration ids; the line through the
-    two timings gives the per-block part, projected to the model's block count."""
+    two timings gives the per-block part, projected to the model's block count. NaN seconds: random ids
+    left an expert without tokens (the run's text routes otherwise, so that is no refusal of the run)."""
     from ptq_bench.quant import get_method
     from ptq_bench.quant.calibrate import decoder_layers
 
@@ -244,9 +247,13 @@ def _quant_cell_s(recipe: Recipe, name: str, model: Any, vocab: int, device: str
     for i, (label, cells) in enumerate(settings.items()):
         method = get_method(cells[0].method)
         calib = ids if method.needs_calibration else None
-        if i == 0:  # the model's first setting warms up (kernels, allocator) untimed
-            _apply_s(method, shorts[0], cells[0].config, calib, device, where)
-        t = [_apply_s(method, short, cells[0].config, calib, device, where) for short in shorts]
+        try:
+            if i == 0:  # the model's first setting warms up (kernels, allocator) untimed
+                _apply_s(method, shorts[0], cells[0].config, calib, device, where)
+            t = [_apply_s(method, short, cells[0].config, calib, device, where) for short in shorts]
+        except UnreachedLinear:
+            out[label] = (math.nan, len(cells))
+            continue
         per_block = (t[-1] - t[0]) / (ks[-1] - ks[0]) if len(t) == 2 and t[-1] > t[0] else t[-1] / ks[-1]
         out[label] = (t[-1] + (n_blocks - ks[-1]) * per_block, len(cells))
     return out
@@ -336,12 +343,18 @@ def _quant_lines(recipe: Recipe, found: list[Measured]) -> list[str]:
     if not rows:
         return []
     c = recipe.calibration
-    total, cells = sum(s * n for _, _, s, n in rows), sum(n for *_, n in rows)
+    timed = [(s, n) for _, _, s, n in rows if not math.isnan(s)]
+    total, cells, left = sum(s * n for s, n in timed), sum(n for _, n in timed), sum(n for *_, n in rows)
     lines = [f"quantization (each setting timed on 2 and 4 blocks, fewer in shallower models, projected to all; "
-             f"{c.n_samples} x {c.seq_len} calibration tokens): {_hms(total)} for {cells} PTQ cells"]
-    lines.extend(f"  {name:<14} {label:<36} {_hms(s):>12} per cell" + (f" x {n} cells" if n > 1 else "")
-                 for name, label, s, n in rows)
+             f"{c.n_samples} x {c.seq_len} calibration tokens): {_hms(total)} for {cells} PTQ cells"
+             + (f" ({left - cells} not projected)" if left > cells else "")]
+    lines.extend(f"  {name:<14} {label:<36} " + (UNREACHED if math.isnan(s) else f"{_hms(s):>12} per cell")
+                 + (f" x {n} cells" if n > 1 else "") for name, label, s, n in rows)
     return lines
+
+
+UNREACHED = ("not projected: random calibration ids reached no token of an expert; the run's text is routed "
+             "otherwise, and may or may not reach every expert (more calibration.n_samples reach more)")
 
 
 def _zero_shot_lines(recipe: Recipe, found: list[Measured]) -> list[str]:

@@ -58,7 +58,7 @@ class Row:
     config: dict  # the method's config, every field
     metrics: dict  # protocol-named metric -> value (NaN and inf are values, stored as JSON NaN/Infinity)
     quant: dict  # what the quantization step reported ({} for "none")
-    eval_seconds: float
+    eval_seconds: float  # this run's wall time evaluating the cell (a KLD reference read from the cache costs ~0)
     protocol: dict
     diverged: bool
     untrained_metrics: dict | None

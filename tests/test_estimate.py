@@ -278,3 +278,32 @@ def test_an_interrupted_estimate_says_so(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(est, "estimate", stop)
     assert main(["estimate", str(_recipe(tmp_path))]) == 130
     assert capsys.readouterr().err.strip() == "ptq-bench: interrupted"
+
+
+def test_a_probe_whose_random_ids_miss_an_expert_is_not_a_refusal(tmp_path, monkeypatch):
+    """The probes calibrate on random ids, the run on real text, which the router sends elsewhere: a probe
+    that left an expert without tokens exited 2 where the run of the same recipe succeeded (found by an
+    outside audit). That setting is now listed as not projected, the others as before."""
+    import math
+
+    from tiny_families import tiny_model
+
+    import ptq_bench.estimate as est
+    from ptq_bench.errors import UnreachedLinear
+    from ptq_bench.quant.calibrate import decoder_layers
+
+    r = load_recipe(_recipe(tmp_path, quantize=[{"method": "absmax", "w_bits": 8},
+                                                {"method": "gptq", "w_bits": 4, "seeds": [0, 1]}]))
+
+    def apply_s(method, model, *a):
+        if method.name == "gptq":
+            raise UnreachedLinear("block 1 (MixtralDecoderLayer): no calibration input reached mlp.experts.3.w1")
+        return 3.0 + 2.0 * len(decoder_layers(model))
+
+    monkeypatch.setattr(est, "_apply_s", apply_s)
+    out = est._quant_cell_s(r, "fp16", tiny_model("llama", layers=6), 512, "cpu")
+    assert out["absmax W8A16 channel"] == (15.0, 1) and math.isnan(out["gptq W4A16 g128"][0])
+    found = [Measured("fp16", "fp16", 1, 1.0, 10, 0.5, None, quant_s=out)]
+    lines = est._quant_lines(r, found)
+    assert lines[0].endswith(": 15.0 s for 1 PTQ cells (2 not projected)"), lines[0]
+    assert est.UNREACHED in lines[2] and lines[2].endswith("x 2 cells"), lines[2]

@@ -30,7 +30,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from ptq_bench.errors import QuantError
+from ptq_bench.errors import QuantError, UnreachedLinear
 from ptq_bench.families import EXPERT, Family, family_of_config
 from ptq_bench.models.experts import LinearExperts, submodule_or_none
 from ptq_bench.quant.linears import is_conv1d, is_linear
@@ -289,7 +289,7 @@ def _collect(layer: nn.Module, hidden: list[torch.Tensor], calls: list[Call], li
         where = type(layer).__name__ if idx is None else f"block {idx} ({type(layer).__name__})"
         hint = "; more calibration tokens (calibration.n_samples) reach more experts" if any(
             "expert" in n for n in unfed) else ""
-        raise QuantError(f"{where}: no calibration input reached {', '.join(unfed)}; "
+        raise UnreachedLinear(f"{where}: no calibration input reached {', '.join(unfed)}; "
                          f"an empty statistic would quantize blind{hint}")
     return stats, outs
 
