@@ -33,7 +33,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import json
-import logging
 import math
 import statistics
 import tempfile
@@ -42,6 +41,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ptq_bench.console import quiet_lm_eval
 from ptq_bench.errors import UnreachedLinear
 from ptq_bench.estimate_model import Probe, cast, first_blocks, open_model, outside_blocks
 from ptq_bench.prepare import model_schedule, train_recipe_tokenizer
@@ -49,6 +49,8 @@ from ptq_bench.recipe import Recipe, expand_cells
 
 SAMPLE_DOCS = 4  # documents per task evaluated to time a model's zero-shot rate
 SAMPLE_REPEATS = 2  # timed calls per sample, after its warm-up call (the best counts)
+UNREACHED = ("not projected: random calibration ids reached no token of an expert; the run's text is routed "
+             "otherwise, and may or may not reach every expert (more calibration.n_samples reach more)")
 
 
 @dataclass
@@ -260,11 +262,11 @@ def _quant_cell_s(recipe: Recipe, name: str, model: Any, vocab: int, device: str
 
 
 def measure(recipe: Recipe, name: str, device: str, steps: int, warmup: int,
-            zero_shot: ZeroShot | None = None, scratch: Path | None = None) -> Measured:
+            zero_shot: ZeroShot | None = None) -> Measured:
     """Time model `name`'s training step (models trained here only, in float32 as `run` trains), then, held
     as `run` holds it (the recipe's dtype; with offload, blocks read from disk), a perplexity forward, its
-    zero-shot rate (with `zero_shot`) and its PTQ settings, on `device`. `scratch`: an existing folder for
-    offloaded blocks and GGUF conversions (None: a temporary one)."""
+    zero-shot rate (with `zero_shot`) and its PTQ settings, on `device` (offloaded blocks and a GGUF's
+    conversion in a temporary folder)."""
     import torch
 
     from ptq_bench.models.build import parameter_count
@@ -273,9 +275,8 @@ def measure(recipe: Recipe, name: str, device: str, steps: int, warmup: int,
     spec, t = recipe.models[name], recipe.train
     if device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
-    with contextlib.ExitStack() as stack:
-        folder = scratch or Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="ptq-bench-estimate-")))
-        probe = open_model(recipe, name, device, folder)
+    with tempfile.TemporaryDirectory(prefix="ptq-bench-estimate-") as folder:
+        probe = open_model(recipe, name, device, Path(folder))
         trained = spec.source is None
         step_s = _train_step_s(recipe, name, probe.model, probe.vocab, device, steps, warmup) if trained else 0.0
         cast(recipe, probe)
@@ -353,9 +354,6 @@ def _quant_lines(recipe: Recipe, found: list[Measured]) -> list[str]:
     return lines
 
 
-UNREACHED = ("not projected: random calibration ids reached no token of an expert; the run's text is routed "
-             "otherwise, and may or may not reach every expert (more calibration.n_samples reach more)")
-
 
 def _zero_shot_lines(recipe: Recipe, found: list[Measured]) -> list[str]:
     """Per model, one pass over every task; the sum over cells (each running its own tasks)."""
@@ -383,7 +381,7 @@ def estimate(recipe: Recipe, device: str, steps: int = 10, warmup: int = 3, hour
              progress: Any = print, data_dir: Any = None) -> list[str]:
     """Measure every model of the recipe (training steps only for those trained here; zero-shot when the
     recipe has tasks and `data_dir` is given); the report's lines."""
-    logging.getLogger("lm_eval").setLevel(logging.ERROR)  # its HFLM-with-a-model notices, as `run` silences them
+    quiet_lm_eval()  # as `run` does
     zero_shot = ZeroShot(recipe, data_dir) if recipe.eval.tasks and data_dir is not None else None
     found = []
     for name, spec in recipe.models.items():

@@ -7,7 +7,7 @@ folder when `run` made one, else converted into that scratch folder. Nothing goe
 from __future__ import annotations
 
 import contextlib
-import tempfile
+import copy
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,18 +28,15 @@ class Probe:
 
     def _placement(self) -> Any:
         """A fresh disk placement: blocks read from the checkpoint, written (when quantized) to a new folder."""
-        from ptq_bench.quant.placement import DiskPlacement
+        from ptq_bench.quant.placement import scratch_placement
 
-        folder = Path(tempfile.mkdtemp(prefix="blocks-", dir=self.scratch))
-        return DiskPlacement(folder, self.device, source=self.blocks, keep=True)
+        return scratch_placement(self.scratch, self.device, self.blocks)
 
-    def evaluating(self, model: Any = None) -> Any:
-        """Around a forward of `model` (default: the probe's): its blocks streamed when offloaded."""
+    def evaluating(self) -> Any:
+        """Around a forward of the probe's model: its blocks streamed when offloaded."""
         from ptq_bench.quant.placement import streamed
 
-        if self.blocks is None:
-            return contextlib.nullcontext()
-        return streamed(self.model if model is None else model, self._placement())
+        return contextlib.nullcontext() if self.blocks is None else streamed(self.model, self._placement())
 
     def quantizing(self) -> Any:
         """Around a method's `apply` (a fresh placement each time: no probe reads another's blocks)."""
@@ -83,18 +80,16 @@ def cast(recipe: Recipe, probe: Probe) -> None:
 
 def _conversions(recipe: Recipe, info: Any, scratch: Path) -> Path:
     """Where a GGUF source's converted folder is read from: the cache's, when a run made it, else scratch."""
-    from ptq_bench.source_load import converted_folder
+    from ptq_bench.source_load import has_conversion
 
     cache = recipe.cache_path / "sources"
-    return cache if (converted_folder(info, cache) / "config.json").is_file() else scratch
+    return cache if has_conversion(info, cache) else scratch
 
 
 def first_blocks(model: Any, k: int) -> Any:
     """A copy of `model` with only its first `k` decoder blocks (`ptq-bench estimate` times methods on
     a few blocks); the other blocks are never copied, and the tensors outside the blocks (embeddings,
     final norm, LM head), which no method changes, are shared (`outside_blocks`)."""
-    import copy
-
     import torch.nn as nn
 
     from ptq_bench.quant.calibrate import decoder_layers, model_family

@@ -41,7 +41,7 @@ from typing import Any
 
 from ptq_bench.cache import host_tag, remove_stale
 from ptq_bench.cells import refuse_loaded
-from ptq_bench.console import log
+from ptq_bench.console import log, quiet_lm_eval
 from ptq_bench.curves import save_curve
 from ptq_bench.errors import PtqBenchError
 from ptq_bench.prepare import Context, get_tokenizer, pick_device
@@ -98,12 +98,10 @@ def worker_sweep(job: Job) -> Sweep:
     scratch `out` (evaluator and curve side files land there, never in the run folder), no bar."""
     if job.token in _WORKER:
         return _WORKER[job.token]
-    import logging
-
     import torch
     from tqdm.auto import tqdm
 
-    logging.getLogger("lm_eval").setLevel(logging.ERROR)  # as sweep.run does: expected HFLM notices
+    quiet_lm_eval()  # as sweep.run does
     if not job.marker.is_file():
         raise PtqBenchError(f"cache_dir {job.cache} on {socket.gethostname()} is not the driver's cache folder "
                             "(its marker is missing): on a cluster it must be a shared folder at the same path")

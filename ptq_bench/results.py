@@ -37,6 +37,7 @@ SCHEMA_VERSION = 3  # of Row; bump when a field changes meaning, and teach Row.f
 #    with "newer than this ptq-bench reads" instead of "unknown key")
 # 3: sha256 of the row's other fields, written with it (`append_row`): a stored row whose content no longer
 #    matches it (edited or damaged after it was written) is a damaged row (`scan_rows`); schema < 3: None
+SEALED_SINCE = 3  # the first schema whose rows carry their sha256
 
 
 @dataclass(frozen=True)
@@ -91,7 +92,7 @@ class Row:
     def problem(self) -> str | None:
         """What is wrong with a stored row that parsed: a schema-3 row whose sha256 is not its content's, an
         older row that carries one (its schema was lowered: older versions wrote none)."""
-        if self.schema < 3:
+        if self.schema < SEALED_SINCE:
             return None if self.sha256 is None else f"a sha256 in a schema-{self.schema} row (only schema 3 has one)"
         if self.sha256 != self.digest():
             return ("its sha256 does not match its content (edited or damaged after it was written)" if self.sha256
@@ -139,11 +140,12 @@ class Row:
 
 def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     """A JSON object whose keys are unique (json keeps the last of two, so an edit could hide behind one)."""
-    data = dict(pairs)
-    if len(data) != len(pairs):
-        dup = next(k for i, (k, _) in enumerate(pairs) if k in dict(pairs[:i]))
-        raise ValueError(f"duplicate key '{dup[:40]}'")
-    return data
+    seen: set[str] = set()
+    for key, _ in pairs:
+        if key in seen:
+            raise ValueError(f"duplicate key '{key[:40]}'")
+        seen.add(key)
+    return dict(pairs)
 
 
 def _floats(value: Any) -> Any:
@@ -204,8 +206,8 @@ def scan_rows(run_dir: Path) -> Iterator[tuple[int, Row | None, str | None]]:
             yield i, None, str(exc)[:200]
             continue
         problem = row.problem() or (f"a schema-{row.schema} row after schema-3 rows (older versions do not "
-                                    "append to such a folder)" if sealed and row.schema < 3 else None)
-        sealed = sealed or row.schema >= 3
+                                    "append to such a folder)" if sealed and row.schema < SEALED_SINCE else None)
+        sealed = sealed or row.schema >= SEALED_SINCE
         yield (i, None, problem) if problem else (i, row, None)
 
 

@@ -59,12 +59,17 @@ def converted_folder(info: SourceInfo, cache_dir: Path) -> Path:
     return cache_dir / f"gguf-{info.content_hash[:16]}"
 
 
+def has_conversion(info: SourceInfo, cache_dir: Path) -> bool:
+    """Whether `_converted` has written the GGUF source's folder under cache_dir (renamed into place whole)."""
+    return (converted_folder(info, cache_dir) / "config.json").is_file()
+
+
 def _converted(info: SourceInfo, cache_dir: Path) -> SourceInfo:
     """The GGUF source as a plain checkpoint folder under cache_dir (written once, atomically)."""
     import shutil
 
     out = converted_folder(info, cache_dir)
-    if not (out / "config.json").is_file():
+    if not has_conversion(info, cache_dir):
         model, tok = _load_gguf(Path(info.path), info), _load_tokenizer(info)
         tmp = out.with_name(out.name + ".tmp")
         shutil.rmtree(tmp, ignore_errors=True)

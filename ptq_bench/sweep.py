@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import logging
 import math
 import shutil
 import time
@@ -24,7 +23,7 @@ import numpy as np
 
 from ptq_bench.cache import first_difference, folder_digests, scratch_folder
 from ptq_bench.cells import refuse_loaded
-from ptq_bench.console import log
+from ptq_bench.console import log, quiet_lm_eval
 from ptq_bench.curves import mend_curves, save_curve
 from ptq_bench.data import (
     CALIBRATION_FILE,
@@ -133,7 +132,7 @@ def run(recipe: Recipe, recipe_text: str) -> Path:
     from tqdm.auto import tqdm
 
     t0 = time.perf_counter()
-    logging.getLogger("lm_eval").setLevel(logging.ERROR)  # its HFLM-with-a-model notices are expected here
+    quiet_lm_eval()
     with run_lock(recipe.out_dir):
         sw = prepare(recipe, recipe_text, t0)
         # no bar when stderr is not a terminal (disable=None): the log lines of each cell say it all

@@ -267,13 +267,9 @@ class OffloadedBlocks(FloatBlocks):
         self.placement = self._fresh()
 
     def _fresh(self) -> Any:
-        import tempfile
+        from ptq_bench.quant.placement import scratch_placement
 
-        from ptq_bench.quant.placement import DiskPlacement
-
-        self.folder.mkdir(parents=True, exist_ok=True)
-        cell = Path(tempfile.mkdtemp(prefix="blocks-", dir=self.folder))
-        return DiskPlacement(cell, self.device, source=self.source, keep=True)
+        return scratch_placement(self.folder, self.device, self.source)
 
     def quantizing(self) -> Any:
         from ptq_bench.quant.placement import use_placement

@@ -290,7 +290,7 @@ def _collect(layer: nn.Module, hidden: list[torch.Tensor], calls: list[Call], li
         hint = "; more calibration tokens (calibration.n_samples) reach more experts" if any(
             "expert" in n for n in unfed) else ""
         raise UnreachedLinear(f"{where}: no calibration input reached {', '.join(unfed)}; "
-                         f"an empty statistic would quantize blind{hint}")
+                              f"an empty statistic would quantize blind{hint}")
     return stats, outs
 
 

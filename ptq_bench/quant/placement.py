@@ -196,6 +196,15 @@ def current_placement() -> Placement | None:
     return _PLACEMENT.get()
 
 
+def scratch_placement(parent: Path, device: torch.device | str, source: Any) -> DiskPlacement:
+    """A `DiskPlacement` in a fresh folder under `parent` for a lazily opened checkpoint (`source`): blocks not
+    written there are read from the checkpoint, written ones stay on disk (`streamed` evaluates them)."""
+    import tempfile
+
+    parent.mkdir(parents=True, exist_ok=True)
+    return DiskPlacement(Path(tempfile.mkdtemp(prefix="blocks-", dir=parent)), device, source=source, keep=True)
+
+
 @contextmanager
 def use_placement(placement: Placement) -> Iterator[Placement]:
     """Every `run_blockwise` inside the `with` (so every calibrated method's `apply`) uses `placement`."""
