@@ -177,24 +177,57 @@ def weight_of(mods: dict, name: str):
     return w if half is None else w.chunk(2, dim=0)[half]
 
 
-def hessian_check(model_dir: str, calib, theirs: dict) -> tuple[int, float]:
-    """(linears, worst |H_ours - H_theirs| / |H_theirs|) over block 0, trace-normalised: both sides feed it
-    the same float inputs (without --true-sequential), so this checks which tokens reached each linear, a
-    mixture of experts' routing included."""
+def _relative(a, b) -> float:
+    """|a - b| / |b|, both trace-normalised."""
+    a, b = a / a.trace(), b / b.trace()
+    return float((a - b).norm() / b.norm())
+
+
+def forward_hessians(model, calib, prefix: str) -> dict:
+    """The Hessians (sum of x^T x) of the linears under `prefix` from plain forwards of the whole model:
+    transformers' own forward, the reference both calibration pipelines replay."""
+    import torch
+
+    got: dict = {}
+
+    def add(name):
+        def hook(_m, args):
+            x = args[0].reshape(-1, args[0].shape[-1]).double()
+            got[name] = got.get(name, 0) + x.T @ x
+        return hook
+
+    handles = [m.register_forward_pre_hook(add(n.removeprefix(prefix))) for n, m in model.named_modules()
+               if isinstance(m, torch.nn.Linear) and n.startswith(prefix)]
+    with torch.no_grad():
+        for batch in calib.split(8):
+            model(batch, use_cache=False)
+    for h in handles:
+        h.remove()
+    return {n: h.float() for n, h in got.items()}
+
+
+def hessian_check(model_dir: str, calib, theirs: dict) -> tuple[int, float, float, float]:
+    """(linears, worst |H_ours - H_theirs| / |H_theirs|, then each side's worst against transformers' plain
+    forward) over block 0, trace-normalised: both sides feed it the same float inputs (without
+    --true-sequential), so this checks which tokens reached each linear, a mixture of experts' routing
+    included, and the arguments each side replays the block with (masks, rotary, per-layer inputs)."""
     from ptq_bench.estimate_model import first_blocks
     from ptq_bench.quant.apply import hessian_stat
     from ptq_bench.quant.calibrate import model_family, run_blockwise
 
-    model = first_blocks(_fp(model_dir), 1)  # block 0 alone (a copy)
+    fp = _fp(model_dir)
+    model = first_blocks(fp, 1)  # block 0 alone (a copy)
     prefix, got = f"{model_family(model).blocks}.0.", {}
     run_blockwise(model, calib, hessian_stat, lambda _i, _l, _g, stats: got.update(stats), sequential=False)
-    worst, n = 0.0, 0
+    truth = forward_hessians(fp, calib, prefix)
+    worst, ours, them, n = 0.0, 0.0, 0.0, 0
     for name, h in theirs["hessians"].items():
         if name.startswith(prefix):
-            mine = got[our_name(name)[0].removeprefix(prefix)].H
-            a, b = mine / mine.trace(), h / h.trace()
-            worst, n = max(worst, float((a - b).norm() / b.norm())), n + 1
-    return n, worst
+            key = our_name(name)[0].removeprefix(prefix)
+            mine, real = got[key].H, truth[key]
+            worst, n = max(worst, _relative(mine, h)), n + 1
+            ours, them = max(ours, _relative(mine, real)), max(them, _relative(h, real))
+    return n, worst, ours, them
 
 
 def quantize_ours(model_dir: str, bits: int, args: argparse.Namespace, calib):
@@ -412,9 +445,10 @@ def main(argv: list[str] | None = None) -> int:
         agree = weight_agreement(ours, theirs["solved"], fp)
         solver_same = solver_check(fp, theirs, bits, args)
         if bits == args.bits[0] and not args.true_sequential:
-            n, worst = hessian_check(model_dir, calib, theirs)
+            n, worst, ours_fwd, theirs_fwd = hessian_check(model_dir, calib, theirs)
             print(f"block 0 Hessians of {n} linears, ours against GPTQModel's (trace-normalised): worst relative "
-                  f"difference {worst:.2e}", flush=True)
+                  f"difference {worst:.2e}; against transformers' plain forward: ours {ours_fwd:.2e}, GPTQModel's "
+                  f"{theirs_fwd:.2e}", flush=True)
         ppl_ckpt = float("nan")
         if theirs["packed"]:
             pk = weight_agreement(theirs_fp, theirs["packed"], fp)

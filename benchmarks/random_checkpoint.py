@@ -5,7 +5,8 @@ a fixed seed, `save_pretrained`, and a 384-token byte-level BPE trained on the d
     PTQ_BENCH_DATA=/work/shared/data .venv/bin/python benchmarks/random_checkpoint.py KIND OUT_DIR
 
 KIND (`SHAPES`): mixtral, gpt_oss, deepseek_v3, llama4_text, qwen3_next (hidden 256, 4 blocks, 8 experts),
-lfm2, nemotron_h, jamba (dense hybrids, hidden 256, 4 blocks); the figures in benchmarks/README.md ("Mixtures of experts") came from these checkpoints. Such a model
+lfm2, nemotron_h, jamba (dense hybrids, hidden 256, 4 blocks), gemma4_text (E2B's kind: per-layer inputs,
+KV sharing); the figures in benchmarks/README.md ("Mixtures of experts") came from these checkpoints. Such a model
 is near chance (its perplexity is about its vocabulary): the comparisons check the mechanics, not quality.
 """
 
@@ -75,6 +76,15 @@ SHAPES: dict[str, tuple[str, dict[str, Any]]] = {
                               "num_attention_heads": 4, "num_key_value_heads": 2, "attn_layer_period": 2,
                               "attn_layer_offset": 1, "num_experts": 1, "mamba_d_state": 16,
                               "max_position_embeddings": 4096, "tie_word_embeddings": False}),
+    # Gemma 4 E2B's kind: per-layer inputs, blocks 2 and 3 reusing blocks 0's and 1's keys and values (q_proj
+    # alone, a double-wide MLP), sliding and full attention alternating
+    "gemma4_text": ("Gemma4TextConfig", {"hidden_size": 256, "intermediate_size": 512, "num_hidden_layers": 4,
+                                         "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 64,
+                                         "layer_types": ["sliding_attention", "full_attention"] * 2,
+                                         "sliding_window": 64, "hidden_size_per_layer_input": 64,
+                                         "vocab_size_per_layer_input": VOCAB, "num_kv_shared_layers": 2,
+                                         "use_double_wide_mlp": True, "max_position_embeddings": 4096,
+                                         "tie_word_embeddings": False, "redraw": True}),
 }
 
 

@@ -78,6 +78,17 @@ class OneOf:
         return " or ".join(map(repr, self.values))
 
 
+@dataclass(frozen=True)
+class NoneOf(OneOf):
+    """A `requires` value met by any config value but these (a size that switches a part on unless 0 / None)."""
+
+    def __contains__(self, value: Any) -> bool:
+        return value not in self.values
+
+    def __repr__(self) -> str:
+        return "anything but " + " or ".join(map(repr, self.values))
+
+
 QKV = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj")
 MLP_NAMES = ("gate_proj", "up_proj", "down_proj")  # an MLP's linears: its inputs, then its output
 MLP_IN = ("mlp.gate_proj", "mlp.up_proj")
@@ -213,36 +224,6 @@ def mla_layouts(family: Family) -> tuple[Family, Family]:
     return mla(family, q_lora=False, requires=(("q_lora_rank", None),)), mla(family)
 
 
-def mixer(family: Family, inputs: tuple[str, ...], out: str, floats: tuple[str, ...] = (),
-          inner: tuple[Smooth, ...] = (), inside: tuple[str, ...] = (), middle: tuple[str, ...] = ()) -> Family:
-    """`family`'s block with another token mixer in attention's place (a hybrid's linear-attention, Mamba or
-    convolution blocks): its input linears `inputs` and `floats` (kept in float) read the attention norm's
-    output, and `out` is its output linear; `inner`: norms inside the mixer that feed `out` (Mamba's gated
-    RMSNorm); `inside`: linears within the mixer that stay in float and read no smoothed norm (Mamba-1's
-    x_proj and dt_proj); `middle`: a group of quantized linears run between the inputs and `out` that read
-    another linear's output (a low-rank pair's second half). (`family`'s first two groups and first smoothing
-    pair are its attention's, as the builders above make them.)"""
-    attn, *rest = family.smooth
-    groups = (inputs, *((middle,) if middle else ()), (out,), *family.groups[2:])
-    return replace(family, groups=groups, floats=(*family.floats, *floats, *inside),
-                   smooth=(Smooth(attn.norm, (*inputs, *floats), attn.kind), *inner, *rest),
-                   dense=family.dense and mixer(family.dense, inputs, out, floats, inner, inside, middle))
-
-
-def delta_attention(family: Family, inputs: tuple[str, ...], floats: tuple[str, ...], inside: tuple[str, ...] = (),
-                    middle: tuple[str, ...] = ()) -> Family:
-    """Kimi Delta Attention blocks (Kimi-Linear, Ling / Ring 2.5's `bailing_hybrid`) in `family`'s attention
-    blocks' place. Both block kinds keep their mixer under `self_attn`; only KDA has a `conv1d`. Its q / k / v
-    and output-gate projections (`inputs`, with `middle`, the gate's low-rank second half) are quantized; the
-    forget-gate (decay) and beta projections stay in float, as GPTQModel keeps Gated DeltaNet's b / a
-    (`floats` read the attention norm; `inside`, a low-rank second half, read another float). The gated
-    RMSNorm before o_proj has one weight per head dimension, shared by every head: not smoothed."""
-    def named(names: tuple[str, ...]) -> tuple[str, ...]:
-        return tuple(f"self_attn.{n}" for n in names)
-
-    return mixer(family, named(inputs), "self_attn.o_proj", named(floats), inside=named(inside), middle=named(middle))
-
-
 def gated_mla(family: Family, gate: str = "self_attn.g_proj") -> Family:
     """An MLA `family` whose attention has a head-wise sigmoid output gate `gate`: it reads the attention
     norm's output but runs after kv_b_proj, so it closes the first group (whose last linear the lean runner
@@ -251,94 +232,6 @@ def gated_mla(family: Family, gate: str = "self_attn.g_proj") -> Family:
     attn, *rest = family.smooth
     return replace(family, groups=((*first, gate), *groups), smooth=(replace(attn, targets=(*attn.targets, gate)), *rest),
                    dense=family.dense and gated_mla(family.dense, gate))
-
-
-def gated_deltanet(family: Family, inputs: tuple[str, ...], floats: tuple[str, ...]) -> Family:
-    """A Gated DeltaNet hybrid (Qwen3-Next, Qwen3.5): blocks with a `linear_attn` have it in attention's
-    place. Its projections `inputs` (q/k/v and the output gate z) are quantized; `floats`, the per-head
-    decay and update-rate projections (b, a), stay in float, as in GPTQModel's definitions. Its gated
-    RMSNorm, which feeds out_proj, has one weight per head dimension shared by every head, so it cannot take
-    out_proj's per-channel smoothing scales (as v -> o in attention). The causal depthwise conv1d between the
-    projections is not a linear and stays in float."""
-    def named(names: tuple[str, ...]) -> tuple[str, ...]:
-        return tuple(f"linear_attn.{n}" for n in names)
-
-    return replace(family, variants=(("linear_attn", mixer(family, named(inputs), "linear_attn.out_proj",
-                                                           named(floats))),))
-
-
-# LFM2: operator_norm feeds attention (its output linear out_proj) or, in "conv" blocks, a gated short
-# convolution (in_proj -> B, C, x; a causal depthwise conv1d; out_proj); ffn_norm feeds the w1 / w3 / w2 MLP
-_LLAMA_NAMES = llama_like(attn_norm="operator_norm", mlp_norm="ffn_norm", mlp_in=("feed_forward.w1", "feed_forward.w3"),
-                          mlp_out="feed_forward.w2")
-_LFM2 = replace(_LLAMA_NAMES, groups=(QKV, ("self_attn.out_proj",), *_LLAMA_NAMES.groups[2:]))  # attention blocks
-
-
-def lfm2(attention: Family) -> Family:
-    """An LFM2 layout from its attention blocks' (`conv` blocks have the gated short convolution instead)."""
-    return replace(attention, variants=(("conv", mixer(attention, ("conv.in_proj",), "conv.out_proj")),))
-
-
-LFM2 = lfm2(_LFM2)
-# LFM2-MoE: the first `num_dense_layers` blocks LFM2's, then a router (kept float) and fused experts under
-# feed_forward, without a shared expert
-_LFM2_EXPERTS = "feed_forward.experts"
-LFM2_MOE = lfm2(replace(
-    _LFM2, groups=(*_LFM2.groups[:2], (f"{_LFM2_EXPERTS}.{EXPERT}.gate_up_proj",), (f"{_LFM2_EXPERTS}.{EXPERT}.down_proj",)),
-    smooth=(_LFM2.smooth[0], Smooth("ffn_norm", ("feed_forward.gate", f"{_LFM2_EXPERTS}.{EXPERT}.gate_up_proj"), "gain")),
-    experts=_LFM2_EXPERTS, floats=("feed_forward.gate",), dense=_LFM2))
-
-
-def mamba2(family: Family, path: str = "mamba") -> Family:
-    """A Mamba-2 hybrid (Granite 4.0-H, Nemotron-H): blocks with a Mamba-2 mixer at `path` have it in
-    attention's place. Its in_proj (z, x, B, C and dt at once) reads the attention norm's output; its gated
-    RMSNorm (y * silu(z), normalized per group, times a weight per channel) feeds out_proj and takes its
-    smoothing scales. The causal depthwise conv1d and the state-space scan are not linears and stay in float
-    (as in GPTQModel's definitions: in_proj and out_proj are quantized)."""
-    return replace(family, variants=((path, mixer(family, (f"{path}.in_proj",), f"{path}.out_proj",
-                                                  inner=(Smooth(f"{path}.norm", (f"{path}.out_proj",), "gain"),))),))
-
-
-def jamba(family: Family) -> Family:
-    """Jamba: Mamba-1 blocks (`mamba`) between attention blocks, `family` (attention with a mixture of experts
-    or, in its dense blocks, a Llama MLP after pre_ff_layernorm). The Mamba mixer's in_proj (x and the gate z)
-    reads the attention norm's output and out_proj the gated scan's; between them x_proj (dt, B, C from the
-    convolved x) and dt_proj stay in float, as in GPTQModel's definition. dt_proj's forward is never called:
-    transformers multiplies its weight into the normalized dt directly, so dt_layernorm (like b_ / c_layernorm,
-    which feed the scan) feeds no quantized linear and is not smoothed; no norm feeds x_proj or out_proj."""
-    mamba = mixer(family, ("mamba.in_proj",), "mamba.out_proj", inside=("mamba.x_proj", "mamba.dt_proj"))
-    return replace(family, variants=(("mamba", mamba),))
-
-
-def nemotron_h() -> Family:
-    """Nemotron-H: a block is one RMSNorm (`norm`) feeding one mixer (`mixer`), and the mixer decides the
-    layout: a relu^2 MLP (up, down: the main layout), Mamba-2 (in_proj; its per-channel gated norm feeds
-    out_proj), attention, or a mixture of ungated relu^2 experts (`mixer.experts.*.up_proj`) with a shared MLP
-    run after them and a float router. Latent MoE projections (`moe_latent_size`) are not described: refused."""
-    def block(inputs: tuple[str, ...], outputs: tuple[str, ...], *inner: Smooth, **more: Any) -> Family:
-        floats = more.get("floats", ())
-        return Family("model.layers", (inputs, outputs), (Smooth("norm", (*floats, *inputs), "gain"), *inner), **more)
-
-    experts, shared = "mixer.experts", "mixer.shared_experts"
-    attention = tuple(f"mixer.{n}" for n in ("q_proj", "k_proj", "v_proj"))
-    mamba = block(("mixer.in_proj",), ("mixer.out_proj",), Smooth("mixer.norm", ("mixer.out_proj",), "gain"))
-    moe = block((f"{experts}.{EXPERT}.up_proj", f"{shared}.up_proj"), (f"{experts}.{EXPERT}.down_proj", f"{shared}.down_proj"),
-                experts=experts, floats=("mixer.gate",))  # in run order: the routed experts, then the shared MLP
-    mlp = block(("mixer.up_proj",), ("mixer.down_proj",), requires=(("moe_latent_size", None),))
-    return replace(mlp, variants=(("mixer.conv1d", mamba), ("mixer.q_proj", block(attention, ("mixer.o_proj",))),
-                                  (experts, moe)))
-
-
-def falcon_h1(gated_norm: bool) -> Family:
-    """Falcon-H1, a parallel hybrid: every block runs Mamba-2 and attention side by side on input_layernorm's
-    output (their outputs summed, each times a scalar), then a Llama MLP after pre_ff_layernorm. Where
-    `mamba_rms_norm`, the mixer's gated RMSNorm (a weight per channel) feeds out_proj. Groups in run order's
-    sense: the norm's readers, then the two output linears (each reads its own input linear's product)."""
-    inputs, mlp_in = ("mamba.in_proj", *QKV), ("feed_forward.up_proj", "feed_forward.gate_proj")  # up runs first
-    inner = (Smooth("mamba.norm", ("mamba.out_proj",), "gain"),) if gated_norm else ()
-    return Family("model.layers", (inputs, ("mamba.out_proj", "self_attn.o_proj"), mlp_in, ("feed_forward.down_proj",)),
-                  (Smooth("input_layernorm", inputs, "gain"), *inner, Smooth("pre_ff_layernorm", mlp_in, "gain")),
-                  requires=(("mamba_rms_norm", gated_norm),))
 
 
 def falcon(norms: tuple[str, ...], **requires: Any) -> Family:
@@ -366,3 +259,37 @@ FALCON = (
     # Falcon-RW: sequential, input_layernorm before attention and post_attention_layernorm before the MLP
     falcon(("input_layernorm", "post_attention_layernorm"), parallel_attn=False, new_decoder_architecture=False),
 )
+
+
+def gemma4(per_layer: bool, moe: bool) -> Family:
+    """Gemma 4 (`gemma4_text`; the multimodal `gemma4` holds the same blocks): Gemma 2's four norms per block, but
+    RMSNorms y = w * x ("gain", not Gemma's 1 + w). Its attention is one of three, told apart block by block
+    (`variants`): q/k/v; q/k where `attention_k_eq_v` makes a full-attention layer's values its keys (no
+    v_proj); q alone in the last `num_kv_shared_layers` blocks, which reuse an earlier block's keys and values.
+    With `enable_moe_block` (26B-A4B) a mixture of experts runs after the MLP, beside it: its router (a
+    weightless norm of its own, then `router.proj`, kept float) reads the residual stream, the experts
+    pre_feedforward_layernorm_2's output. With `hidden_size_per_layer_input` (E2B, E4B) each block ends with a
+    per-layer-input gate, which reads the residual stream (no norm: nothing to smooth), and its projection,
+    which reads the gate times the layer's own input: both quantized, as in GPTQModel's definition."""
+    mlp_in, expert_in = ("mlp.gate_proj", "mlp.up_proj"), f"experts.{EXPERT}.gate_up_proj"
+    after: tuple[tuple[str, ...], ...] = (mlp_in, ("mlp.down_proj",))
+    smooth = (Smooth("pre_feedforward_layernorm", mlp_in, "gain"),)
+    if moe:
+        after += ((expert_in,), (f"experts.{EXPERT}.down_proj",))
+        smooth += (Smooth("pre_feedforward_layernorm_2", (expert_in,), "gain"),)
+    if per_layer:
+        after += (("per_layer_input_gate",), ("per_layer_projection",))
+    moe_parts: dict[str, Any] = {"experts": "experts", "floats": ("router.proj",), "fused": (expert_in,)} if moe else {}
+
+    def attention(qkv: tuple[str, ...]) -> Family:
+        return Family("model.layers", (qkv, ("self_attn.o_proj",), *after), (Smooth("input_layernorm", qkv, "gain"), *smooth),
+                      **moe_parts)
+
+    requires = (("hidden_size_per_layer_input", (NoneOf if per_layer else OneOf)((0, None))),
+                ("enable_moe_block", True if moe else OneOf((False, None))))
+    return replace(attention(QKV[:1]), requires=requires,
+                   variants=(("self_attn.v_proj", attention(QKV)), ("self_attn.k_proj", attention(QKV[:2]))))
+
+
+# every Gemma 4 layout: E2B / E4B (per-layer inputs), 31B (dense), 26B-A4B (experts), and the fourth combination
+GEMMA4 = tuple(gemma4(per_layer, moe) for per_layer in (False, True) for moe in (False, True))

@@ -12,7 +12,8 @@ Names were read from transformers' modeling files (v5): e.g. Gemma 2/3 feed the 
 `post_attention_layernorm` feeds the MLP whether or not `use_parallel_residual` is set (the parallel
 form reads the block input, the sequential form the attention residual: the norm feeds the same linear).
 
-The records and the shared block shapes are in `ptq_bench.block_layouts`.
+The records and the shared block shapes are in `ptq_bench.block_layouts`, the hybrids' in
+`ptq_bench.hybrid_layouts`.
 
 This module imports nothing heavy (no torch), so `validate` can check a checkpoint's family cheaply.
 """
@@ -28,10 +29,9 @@ from ptq_bench.block_layouts import (
     EXPERT,
     FALCON,
     GEMMA2,
+    GEMMA4,
     GLM,
     GPT2_BLOCK,
-    LFM2,
-    LFM2_MOE,
     NEOX,
     NORM_KINDS,
     OPT,
@@ -42,22 +42,26 @@ from ptq_bench.block_layouts import (
     Family,
     OneOf,
     Smooth,
-    delta_attention,
-    falcon_h1,
-    gated_deltanet,
     gated_mla,
-    jamba,
     llama_like,
-    mamba2,
-    mixer,
     mla_layouts,
     moe_block,
-    nemotron_h,
     optional_shared,
     parallel,
     pre_ln,
 )
 from ptq_bench.errors import RecipeError
+from ptq_bench.hybrid_layouts import (
+    LFM2,
+    LFM2_MOE,
+    delta_attention,
+    falcon_h1,
+    gated_deltanet,
+    jamba,
+    mamba2,
+    mixer,
+    nemotron_h,
+)
 
 # Module classes whose weights are already low-bit (their forward re-quantizes whatever is stored):
 # PTQ on them is refused (see quant.linears.refuse_low_bit). Qualified names, so nothing is imported.
@@ -162,6 +166,8 @@ FAMILIES: dict[str, Family | tuple[Family, ...]] = {
     "gemma3_text": GEMMA2,
     # Gemma3ForConditionalGeneration: the text decoder sits under the multimodal wrapper
     "gemma3": replace(GEMMA2, blocks="model.language_model.layers"),
+    "gemma4_text": GEMMA4,  # block_layouts.gemma4: per-block attention kinds, optional experts and per-layer inputs
+    "gemma4": tuple(replace(f, blocks="model.language_model.layers") for f in GEMMA4),  # the multimodal wrapper
     "phi3": Family(
         blocks="model.layers",
         groups=(("self_attn.qkv_proj",), ("self_attn.o_proj",), ("mlp.gate_up_proj",), ("mlp.down_proj",)),
@@ -288,8 +294,12 @@ def layouts(model_type: str) -> tuple[Family, ...]:
 
 
 def _get(config: Any, key: str) -> Any:
-    """A config value from a transformers config object or a config.json mapping."""
-    return config.get(key) if isinstance(config, Mapping) else getattr(config, key, None)
+    """A config value from a transformers config object or a config.json mapping; a multimodal wrapper's
+    text decoder values from its `text_config` when the top level lacks them (Gemma 4's layout values)."""
+    value = config.get(key) if isinstance(config, Mapping) else getattr(config, key, None)
+    if value is None and key != "text_config" and (text := _get(config, "text_config")) is not None:
+        return _get(text, key)
+    return value
 
 
 def config_keys(model_type: str) -> tuple[str, ...]:

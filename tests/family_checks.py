@@ -38,12 +38,18 @@ GEMMA3_TEXT = {"vocab_size": VOCAB, "hidden_size": 64, "intermediate_size": 128,
                "bos_token_id": None, "eos_token_id": None, "pad_token_id": None}
 GEMMA3_VISION = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1, "num_attention_heads": 2,
                  "image_size": 28, "patch_size": 14}
+GEMMA4_VISION = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1, "num_attention_heads": 2,
+                 "num_key_value_heads": 2, "head_dim": 16}
 QWEN3_5_VISION = {"depth": 1, "hidden_size": 32, "intermediate_size": 64, "num_heads": 2, "out_hidden_size": 64}
 # multimodal model types (the hub's checkpoints of them) whose text decoder AutoModelForCausalLM builds:
 # case -> (config class, text config, vision config, further config values)
 COMPOSITE: dict[str, tuple[str, Any, dict[str, Any], dict[str, Any]]] = {
     "gemma3": ("Gemma3Config", GEMMA3_TEXT, GEMMA3_VISION, {"mm_tokens_per_image": 4}),
     "qwen3_5": ("Qwen3_5Config", "qwen3_5_text", QWEN3_5_VISION, {}),  # text: a tiny_families case
+    # Gemma 4's layout values sit in its text_config; its forward masks multimodal ids with the pad id
+    **{f"gemma4{case.removeprefix('gemma4_text')}": ("Gemma4Config", (case, {"pad_token_id": 0}), GEMMA4_VISION,
+                                                      {"audio_config": None})
+       for case in ("gemma4_text", "gemma4_text:k_eq_v", "gemma4_text:moe", "gemma4_text:moe_per_layer")},
     "qwen3_5_moe": ("Qwen3_5MoeConfig", "qwen3_5_moe_text", QWEN3_5_VISION, {}),
 }
 # every test case: a model_type, or "<model_type>:<layout>" for a further layout of one (tiny_families.py)
@@ -67,6 +73,8 @@ def case_config(case: str) -> Any:
     import transformers
 
     cls, text, vision, more = COMPOSITE[case]
+    if isinstance(text, tuple):  # a tiny_families case with some values of its own
+        text = {**tiny_config(text[0], VOCAB).to_dict(), **text[1]}
     text = tiny_config(text, VOCAB).to_dict() if isinstance(text, str) else text
     return getattr(transformers, cls)(text_config=text, vision_config=vision, **more)
 

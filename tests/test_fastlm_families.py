@@ -34,7 +34,12 @@ CACHE_LENGTH = {"llama4_text"}
 # states, which cannot be re-aligned behind padding (model_traits.shareable_cache): the aligned path (prefixes of
 # one length per forward, caches forked), but the plain one where transformers' own continuation from a cache is
 # not one forward's (model_traits.NOT_ALIGNED)
-HYBRID = {t for t in FAMILY_CONFIGS if family_of_config(tiny_config(t)).variants} | {"falcon_h1", "falcon_h1:no_norm"}
+# Gemma 4's variants are attention kinds (q/k/v, q/k, q alone), not other mixers: not hybrids. With KV sharing (its
+# last blocks reuse an earlier block's keys and values) the cache has layers FastLM's prefix caches do not know
+ATTENTION_VARIANTS = {t for t in FAMILY_CONFIGS if t.split(":")[0] == "gemma4_text"}
+KV_SHARED = {"gemma4_text"}
+HYBRID = {t for t in FAMILY_CONFIGS if family_of_config(tiny_config(t)).variants} - ATTENTION_VARIANTS | \
+    {"falcon_h1", "falcon_h1:no_norm"}
 # (Falcon-H1: Mamba-2 beside attention in every block, so one layout, and a Mamba cache)
 PLAIN_HYBRID = {t for t in HYBRID if t.split(":")[0] in NOT_ALIGNED}
 WIDE = 1024  # a sliding window longer than every prompt (max_length is 256)
@@ -78,7 +83,7 @@ def test_fastlm_matches_hflm(suites, tok, name):
     model = build(name, len(tok))
     a, b, worst, flips = both(suites, model)
     # a float model takes the prefix-cache path; GPT-1's forward takes no KV cache
-    plain = NO_CACHE | CACHE_LENGTH | PLAIN_HYBRID
+    plain = NO_CACHE | CACHE_LENGTH | PLAIN_HYBRID | KV_SHARED
     want = "fast:plain" if name in plain else "fast:aligned" if name in HYBRID else "fast:shared"
     assert suites["fast"].last_path == want
     assert worst <= 1e-4 and flips == 0, (worst, flips)
@@ -115,13 +120,13 @@ def test_transformers_bitnet_online_takes_hflm_batching(suites, tok):
 
 
 def test_models_whose_cache_fastlm_cannot_fill_take_the_plain_path(suites, tok, monkeypatch):
-    """Every registered family's cache but a hybrid's (recurrent / convolution states) is one FastLM fills
-    exactly; anything else (here: a hybrid, a model without a config, or a cache judged unknown) takes the
+    """Every registered family's cache but a hybrid's (recurrent / convolution states) and a KV-sharing one's
+    (Gemma 4's last blocks read an earlier block's keys and values) is one FastLM fills exactly; anything else (here: a hybrid, a model without a config, or a cache judged unknown) takes the
     exact plain path, and the row's protocol says so."""
     import ptq_bench.eval.fast_lm as fast_lm
 
     shareable = {name: fast_lm.shareable_cache(tiny_model(name, vocab_size=64)) for name in FAMILY_CONFIGS}
-    assert {name for name, yes in shareable.items() if not yes} == HYBRID
+    assert {name for name, yes in shareable.items() if not yes} == HYBRID | KV_SHARED
     assert not fast_lm.shareable_cache(torch.nn.Linear(2, 2))
     monkeypatch.setattr(fast_lm, "shareable_cache", lambda model: False)
     a, b, worst, flips = both(suites, build("gemma3_text", len(tok)))

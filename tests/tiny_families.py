@@ -54,6 +54,8 @@ BAILING = {**KDA, **{k: MLA[k] for k in ("q_lora_rank", "kv_lora_rank", "qk_rope
            "head_dim": 16, "num_experts": 4, "num_experts_per_token": 2, "num_expert_group": 1, "num_shared_experts": 1,
            "short_conv_kernel_size": 4, "num_nextn_predict_layers": 0,
            "expert_swiglu_limit_list": [0, 7.0, 7.0], "share_expert_swiglu_limit_list": [0, 7.0, 7.0]}
+VOCAB_SIZE = "<vocab_size>"  # a config value that must equal the checkpoint's vocabulary size
+GEMMA4 = {**COMMON, "head_dim": 16, "sliding_window": 16, "layer_types": SLIDING_FULL, "hidden_size_per_layer_input": 0}
 # model_type -> (transformers config class name, config kwargs)
 FAMILY_CONFIGS: dict[str, tuple[str, dict[str, Any]]] = {
     "llama": ("LlamaConfig", COMMON),
@@ -64,6 +66,17 @@ FAMILY_CONFIGS: dict[str, tuple[str, dict[str, Any]]] = {
     "gemma2": ("Gemma2Config", {**COMMON, "head_dim": 16, "sliding_window": 16}),
     "gemma3_text": ("Gemma3TextConfig", {**COMMON, "head_dim": 16, "sliding_window": 16,
                                          "layer_types": ["sliding_attention", "full_attention"]}),
+    # Gemma 4: E2B-like (per-layer inputs; block 2 reuses block 0's keys and values, with a double-wide MLP),
+    # 31B-like (full layers' values are their keys) and 26B-A4B-like (experts beside the MLP)
+    "gemma4_text": ("Gemma4TextConfig", {**GEMMA4, "num_hidden_layers": 3, "layer_types": [*SLIDING_FULL, "full_attention"],
+                                         "hidden_size_per_layer_input": 16, "vocab_size_per_layer_input": VOCAB_SIZE,
+                                         "num_kv_shared_layers": 1, "use_double_wide_mlp": True}),
+    "gemma4_text:k_eq_v": ("Gemma4TextConfig", {**GEMMA4, "attention_k_eq_v": True}),
+    "gemma4_text:moe": ("Gemma4TextConfig", {**GEMMA4, "attention_k_eq_v": True, "enable_moe_block": True, "num_experts": 4,
+                                             "top_k_experts": 2, "moe_intermediate_size": 32}),
+    "gemma4_text:moe_per_layer": ("Gemma4TextConfig", {**GEMMA4, "enable_moe_block": True, "num_experts": 4, "top_k_experts": 2,
+                                                       "moe_intermediate_size": 32, "hidden_size_per_layer_input": 16,
+                                                       "vocab_size_per_layer_input": VOCAB_SIZE}),
     "phi3": ("Phi3Config", {**COMMON, "sliding_window": 16}),
     "opt": ("OPTConfig", {"hidden_size": 64, "ffn_dim": 128, "num_hidden_layers": 2, "num_attention_heads": 4,
                           "max_position_embeddings": 256, "word_embed_proj_dim": 64}),
@@ -245,6 +258,7 @@ def tiny_config(model_type: str, vocab_size: int = 512) -> Any:
     import transformers
 
     cls_name, kwargs = FAMILY_CONFIGS[model_type]
+    kwargs = {k: vocab_size if v == VOCAB_SIZE else v for k, v in kwargs.items()}
     special = {"bos_token_id": None, "eos_token_id": None, "pad_token_id": None}  # the tokenizer owns them
     return getattr(transformers, cls_name)(vocab_size=vocab_size, **{**special, **kwargs})
 

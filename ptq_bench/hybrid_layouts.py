@@ -1,0 +1,131 @@
+"""Hybrids' block layouts: builders for decoders whose blocks mix attention with another token mixer (linear
+attention, Mamba, short convolutions) and the layouts built from them. The records and the shared block
+shapes they start from are in `ptq_bench.block_layouts`; `ptq_bench.families` maps model types to them.
+
+This module imports nothing heavy (no torch), so `validate` can check a checkpoint's family cheaply.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Any
+
+from ptq_bench.block_layouts import EXPERT, QKV, Family, Smooth, llama_like
+
+
+def mixer(family: Family, inputs: tuple[str, ...], out: str, floats: tuple[str, ...] = (),
+          inner: tuple[Smooth, ...] = (), inside: tuple[str, ...] = (), middle: tuple[str, ...] = ()) -> Family:
+    """`family`'s block with another token mixer in attention's place (a hybrid's linear-attention, Mamba or
+    convolution blocks): its input linears `inputs` and `floats` (kept in float) read the attention norm's
+    output, and `out` is its output linear; `inner`: norms inside the mixer that feed `out` (Mamba's gated
+    RMSNorm); `inside`: linears within the mixer that stay in float and read no smoothed norm (Mamba-1's
+    x_proj and dt_proj); `middle`: a group of quantized linears run between the inputs and `out` that read
+    another linear's output (a low-rank pair's second half). (`family`'s first two groups and first smoothing
+    pair are its attention's, as the builders above make them.)"""
+    attn, *rest = family.smooth
+    groups = (inputs, *((middle,) if middle else ()), (out,), *family.groups[2:])
+    return replace(family, groups=groups, floats=(*family.floats, *floats, *inside),
+                   smooth=(Smooth(attn.norm, (*inputs, *floats), attn.kind), *inner, *rest),
+                   dense=family.dense and mixer(family.dense, inputs, out, floats, inner, inside, middle))
+
+
+def delta_attention(family: Family, inputs: tuple[str, ...], floats: tuple[str, ...], inside: tuple[str, ...] = (),
+                    middle: tuple[str, ...] = ()) -> Family:
+    """Kimi Delta Attention blocks (Kimi-Linear, Ling / Ring 2.5's `bailing_hybrid`) in `family`'s attention
+    blocks' place. Both block kinds keep their mixer under `self_attn`; only KDA has a `conv1d`. Its q / k / v
+    and output-gate projections (`inputs`, with `middle`, the gate's low-rank second half) are quantized; the
+    forget-gate (decay) and beta projections stay in float, as GPTQModel keeps Gated DeltaNet's b / a
+    (`floats` read the attention norm; `inside`, a low-rank second half, read another float). The gated
+    RMSNorm before o_proj has one weight per head dimension, shared by every head: not smoothed."""
+    def named(names: tuple[str, ...]) -> tuple[str, ...]:
+        return tuple(f"self_attn.{n}" for n in names)
+
+    return mixer(family, named(inputs), "self_attn.o_proj", named(floats), inside=named(inside), middle=named(middle))
+
+
+def gated_deltanet(family: Family, inputs: tuple[str, ...], floats: tuple[str, ...]) -> Family:
+    """A Gated DeltaNet hybrid (Qwen3-Next, Qwen3.5): blocks with a `linear_attn` have it in attention's
+    place. Its projections `inputs` (q/k/v and the output gate z) are quantized; `floats`, the per-head
+    decay and update-rate projections (b, a), stay in float, as in GPTQModel's definitions. Its gated
+    RMSNorm, which feeds out_proj, has one weight per head dimension shared by every head, so it cannot take
+    out_proj's per-channel smoothing scales (as v -> o in attention). The causal depthwise conv1d between the
+    projections is not a linear and stays in float."""
+    def named(names: tuple[str, ...]) -> tuple[str, ...]:
+        return tuple(f"linear_attn.{n}" for n in names)
+
+    return replace(family, variants=(("linear_attn", mixer(family, named(inputs), "linear_attn.out_proj",
+                                                           named(floats))),))
+
+
+# LFM2: operator_norm feeds attention (its output linear out_proj) or, in "conv" blocks, a gated short
+# convolution (in_proj -> B, C, x; a causal depthwise conv1d; out_proj); ffn_norm feeds the w1 / w3 / w2 MLP
+_LLAMA_NAMES = llama_like(attn_norm="operator_norm", mlp_norm="ffn_norm", mlp_in=("feed_forward.w1", "feed_forward.w3"),
+                          mlp_out="feed_forward.w2")
+_LFM2 = replace(_LLAMA_NAMES, groups=(QKV, ("self_attn.out_proj",), *_LLAMA_NAMES.groups[2:]))  # attention blocks
+
+
+def lfm2(attention: Family) -> Family:
+    """An LFM2 layout from its attention blocks' (`conv` blocks have the gated short convolution instead)."""
+    return replace(attention, variants=(("conv", mixer(attention, ("conv.in_proj",), "conv.out_proj")),))
+
+
+LFM2 = lfm2(_LFM2)
+# LFM2-MoE: the first `num_dense_layers` blocks LFM2's, then a router (kept float) and fused experts under
+# feed_forward, without a shared expert
+_LFM2_EXPERTS = "feed_forward.experts"
+LFM2_MOE = lfm2(replace(
+    _LFM2, groups=(*_LFM2.groups[:2], (f"{_LFM2_EXPERTS}.{EXPERT}.gate_up_proj",), (f"{_LFM2_EXPERTS}.{EXPERT}.down_proj",)),
+    smooth=(_LFM2.smooth[0], Smooth("ffn_norm", ("feed_forward.gate", f"{_LFM2_EXPERTS}.{EXPERT}.gate_up_proj"), "gain")),
+    experts=_LFM2_EXPERTS, floats=("feed_forward.gate",), dense=_LFM2))
+
+
+def mamba2(family: Family, path: str = "mamba") -> Family:
+    """A Mamba-2 hybrid (Granite 4.0-H, Nemotron-H): blocks with a Mamba-2 mixer at `path` have it in
+    attention's place. Its in_proj (z, x, B, C and dt at once) reads the attention norm's output; its gated
+    RMSNorm (y * silu(z), normalized per group, times a weight per channel) feeds out_proj and takes its
+    smoothing scales. The causal depthwise conv1d and the state-space scan are not linears and stay in float
+    (as in GPTQModel's definitions: in_proj and out_proj are quantized)."""
+    return replace(family, variants=((path, mixer(family, (f"{path}.in_proj",), f"{path}.out_proj",
+                                                  inner=(Smooth(f"{path}.norm", (f"{path}.out_proj",), "gain"),))),))
+
+
+def jamba(family: Family) -> Family:
+    """Jamba: Mamba-1 blocks (`mamba`) between attention blocks, `family` (attention with a mixture of experts
+    or, in its dense blocks, a Llama MLP after pre_ff_layernorm). The Mamba mixer's in_proj (x and the gate z)
+    reads the attention norm's output and out_proj the gated scan's; between them x_proj (dt, B, C from the
+    convolved x) and dt_proj stay in float, as in GPTQModel's definition. dt_proj's forward is never called:
+    transformers multiplies its weight into the normalized dt directly, so dt_layernorm (like b_ / c_layernorm,
+    which feed the scan) feeds no quantized linear and is not smoothed; no norm feeds x_proj or out_proj."""
+    mamba = mixer(family, ("mamba.in_proj",), "mamba.out_proj", inside=("mamba.x_proj", "mamba.dt_proj"))
+    return replace(family, variants=(("mamba", mamba),))
+
+
+def nemotron_h() -> Family:
+    """Nemotron-H: a block is one RMSNorm (`norm`) feeding one mixer (`mixer`), and the mixer decides the
+    layout: a relu^2 MLP (up, down: the main layout), Mamba-2 (in_proj; its per-channel gated norm feeds
+    out_proj), attention, or a mixture of ungated relu^2 experts (`mixer.experts.*.up_proj`) with a shared MLP
+    run after them and a float router. Latent MoE projections (`moe_latent_size`) are not described: refused."""
+    def block(inputs: tuple[str, ...], outputs: tuple[str, ...], *inner: Smooth, **more: Any) -> Family:
+        floats = more.get("floats", ())
+        return Family("model.layers", (inputs, outputs), (Smooth("norm", (*floats, *inputs), "gain"), *inner), **more)
+
+    experts, shared = "mixer.experts", "mixer.shared_experts"
+    attention = tuple(f"mixer.{n}" for n in ("q_proj", "k_proj", "v_proj"))
+    mamba = block(("mixer.in_proj",), ("mixer.out_proj",), Smooth("mixer.norm", ("mixer.out_proj",), "gain"))
+    moe = block((f"{experts}.{EXPERT}.up_proj", f"{shared}.up_proj"), (f"{experts}.{EXPERT}.down_proj", f"{shared}.down_proj"),
+                experts=experts, floats=("mixer.gate",))  # in run order: the routed experts, then the shared MLP
+    mlp = block(("mixer.up_proj",), ("mixer.down_proj",), requires=(("moe_latent_size", None),))
+    return replace(mlp, variants=(("mixer.conv1d", mamba), ("mixer.q_proj", block(attention, ("mixer.o_proj",))),
+                                  (experts, moe)))
+
+
+def falcon_h1(gated_norm: bool) -> Family:
+    """Falcon-H1, a parallel hybrid: every block runs Mamba-2 and attention side by side on input_layernorm's
+    output (their outputs summed, each times a scalar), then a Llama MLP after pre_ff_layernorm. Where
+    `mamba_rms_norm`, the mixer's gated RMSNorm (a weight per channel) feeds out_proj. Groups in run order's
+    sense: the norm's readers, then the two output linears (each reads its own input linear's product)."""
+    inputs, mlp_in = ("mamba.in_proj", *QKV), ("feed_forward.up_proj", "feed_forward.gate_proj")  # up runs first
+    inner = (Smooth("mamba.norm", ("mamba.out_proj",), "gain"),) if gated_norm else ()
+    return Family("model.layers", (inputs, ("mamba.out_proj", "self_attn.o_proj"), mlp_in, ("feed_forward.down_proj",)),
+                  (Smooth("input_layernorm", inputs, "gain"), *inner, Smooth("pre_ff_layernorm", mlp_in, "gain")),
+                  requires=(("mamba_rms_norm", gated_norm),))
