@@ -54,6 +54,9 @@ from ptq_bench.errors import RecipeError
 from ptq_bench.hybrid_layouts import (
     LFM2,
     LFM2_MOE,
+    MAMBA1_BACKBONE,
+    MAMBA2_BACKBONE,
+    XLSTM,
     delta_attention,
     falcon_h1,
     gated_deltanet,
@@ -61,6 +64,7 @@ from ptq_bench.hybrid_layouts import (
     mamba2,
     mixer,
     nemotron_h,
+    recurrent_gemma,
 )
 
 # Module classes whose weights are already low-bit (their forward re-quantizes whatever is stored):
@@ -272,6 +276,12 @@ FAMILIES: dict[str, Family | tuple[Family, ...]] = {
     "falcon_h1": (falcon_h1(True), falcon_h1(False)),  # Mamba-2 and attention in every block, side by side
     # Jamba: Mamba-1 blocks between attention blocks, experts every other block (a Llama MLP in the others)
     "jamba": jamba(moe_block(router="feed_forward.router", moe="feed_forward", mlp_norm="pre_ff_layernorm")),
+    # pure state-space decoders (hybrid_layouts): one norm and one Mamba mixer per block, recurrent caches
+    "mamba": MAMBA1_BACKBONE,
+    "falcon_mamba": MAMBA1_BACKBONE,  # Mamba-1 with parameter-free RMSNorms on dt, B and C
+    "mamba2": MAMBA2_BACKBONE,
+    "xlstm": XLSTM,  # with use_bias its norms add a bias: not described
+    "recurrent_gemma": recurrent_gemma(),  # Griffin: RG-LRU blocks between local-attention blocks
     "nemotron_h": nemotron_h(),  # Nemotron-H / Nemotron Nano 2 / Nemotron 3 Nano: one norm and one mixer per block
     # transformers' BitNet (b1.58 checkpoints, `quant_method: bitnet`): linears re-ternarize on every call
     "bitnet": llama_like(low_bit=True),

@@ -1,6 +1,7 @@
 """Hybrids' block layouts: builders for decoders whose blocks mix attention with another token mixer (linear
-attention, Mamba, short convolutions) and the layouts built from them. The records and the shared block
-shapes they start from are in `ptq_bench.block_layouts`; `ptq_bench.families` maps model types to them.
+attention, Mamba, short convolutions, RG-LRU) and the layouts built from them, and the pure recurrent decoders'
+(Mamba, Mamba-2, xLSTM). The records and the shared block shapes they start from are in
+`ptq_bench.block_layouts`; `ptq_bench.families` maps model types to them.
 
 This module imports nothing heavy (no torch), so `validate` can check a checkpoint's family cheaply.
 """
@@ -129,3 +130,43 @@ def falcon_h1(gated_norm: bool) -> Family:
     return Family("model.layers", (inputs, ("mamba.out_proj", "self_attn.o_proj"), mlp_in, ("feed_forward.down_proj",)),
                   (Smooth("input_layernorm", inputs, "gain"), *inner, Smooth("pre_ff_layernorm", mlp_in, "gain")),
                   requires=(("mamba_rms_norm", gated_norm),))
+
+
+# Pure state-space decoders: every block under backbone.layers is one RMSNorm (`norm`) feeding one mixer's in_proj.
+# Mamba-1 (Mamba, Falcon-Mamba): in_proj (x and the gate z), the causal conv1d, x_proj (dt, B, C from the
+# convolved x), the scan, out_proj; quantized in that order, as GPTQModel's falcon_mamba definition (Jamba's keeps
+# x_proj float). dt_proj's forward is never called (transformers multiplies its weight into dt itself): float.
+# Falcon-Mamba's dt_ / b_ / c_layernorm have no parameters and feed the scan and that product: nothing to smooth
+MAMBA1_BACKBONE = Family("backbone.layers", (("mixer.in_proj",), ("mixer.x_proj",), ("mixer.out_proj",)),
+                         (Smooth("norm", ("mixer.in_proj",), "gain"),), floats=("mixer.dt_proj",))
+# Mamba-2 (Mamba-Codestral): in_proj (z, x, B, C, dt at once) and out_proj, fed by the gated RMSNorm (a weight per
+# channel, normalized per group), as in the hybrids' `mamba2`
+MAMBA2_BACKBONE = replace(MAMBA1_BACKBONE, groups=(("mixer.in_proj",), ("mixer.out_proj",)), floats=(),
+                          smooth=(*MAMBA1_BACKBONE.smooth, Smooth("mixer.norm", ("mixer.out_proj",), "gain")))
+
+
+def recurrent_gemma() -> Family:
+    """RecurrentGemma (Griffin): (1 + w) RMSNorms; temporal_pre_norm feeds the temporal block, local attention
+    (q/k/v, o_proj) or, in recurrent blocks, linear_y (the GeLU branch) and linear_x (convolution, then the RG-LRU),
+    multiplied before linear_out; channel_pre_norm feeds the MLP. The RG-LRU's input and recurrence gates are bare
+    per-head matrices (baddbmm, no nn.Linear) read from the convolution's output: they stay float."""
+    t = "temporal_block."
+    attention = llama_like(attn_norm="temporal_pre_norm", mlp_norm="channel_pre_norm", kind="one_plus_gain",
+                           qkv=tuple(t + n for n in ("q_proj", "k_proj", "v_proj")),
+                           mlp_in=("mlp_block.gate_proj", "mlp_block.up_proj"), mlp_out="mlp_block.down_proj")
+    attention = replace(attention, groups=(attention.groups[0], (f"{t}o_proj",), *attention.groups[2:]))
+    return replace(attention, variants=((f"{t}linear_x", mixer(attention, (f"{t}linear_y", f"{t}linear_x"),
+                                                               f"{t}linear_out", inside=(f"{t}rg_lru",))),))
+
+
+# xLSTM (xLSTM-7B), weight_mode "single": norm_mlstm feeds the mLSTM's q, k, v, output gate and its per-head input
+# and forget gates (kept float, as Gated DeltaNet's b / a); its multi-head LayerNorm's output is times the sigmoid
+# output gate before out_proj (not smoothed); norm_ffn feeds a gated SiLU MLP. ("fused" weight mode: transformers
+# 5.25 cannot initialize it; not described.) A row longer than max_inference_chunksize (16384) runs chunk by chunk
+# through all blocks, so the runner would see only its first chunk
+_MLSTM = tuple(f"mlstm_layer.{n}" for n in ("q", "k", "v", "ogate_preact"))
+_MLSTM_GATES = ("mlstm_layer.igate_preact", "mlstm_layer.fgate_preact")
+_FFN = ("ffn.proj_up_gate", "ffn.proj_up")
+XLSTM = Family("backbone.blocks", (_MLSTM, ("mlstm_layer.out_proj",), _FFN, ("ffn.proj_down",)),
+               (Smooth("norm_mlstm", (*_MLSTM, *_MLSTM_GATES), "gain"), Smooth("norm_ffn", _FFN, "gain")),
+               floats=_MLSTM_GATES, requires=(("weight_mode", "single"), ("use_bias", False)))

@@ -104,7 +104,7 @@ def lively_model(model_type: str, seed: int = 0) -> nn.Module:
     for layer in model.get_submodule(family.blocks):
         floats = [layer.get_submodule(name) for name in block_family(layer, family).floats]  # decisive routers
         for m in [*layer.modules()]:
-            if is_linear(m) or any(m is f for f in floats):
+            if is_linear(m) or any(m is f for f in floats if hasattr(f, "weight")):  # not RG-LRU's bare gates
                 w = weight_matrix(m)
                 w.copy_(torch.randn(w.shape, generator=g) / w.shape[1] ** 0.5)
         for pair in family.smooth:

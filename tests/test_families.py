@@ -84,12 +84,14 @@ def test_method_on_family(models, calib, model_type, method):
 
 
 def weights_left_float(model: torch.nn.Module) -> dict[str, int]:
-    """Block modules holding a matrix weight (linears, routers) that carry no grid, by name -> blocks."""
+    """Block modules holding a matrix weight (linears, routers; RecurrentGemma's RG-LRU holds its gates' per-head
+    matrices as bare parameters) that carry no grid, by name -> blocks."""
     out: dict[str, int] = {}
     for layer in decoder_layers(model):
         for name, m in layer.named_modules():
             w = m._parameters.get("weight")
-            if w is not None and w.dim() == 2 and not hasattr(m, GRID_ATTR):
+            gates = any(n.endswith("_gate_weight") for n in m._parameters)
+            if (w is not None and w.dim() == 2 or gates) and not hasattr(m, GRID_ATTR):
                 out[name] = out.get(name, 0) + 1
     return out
 

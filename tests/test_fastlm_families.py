@@ -38,8 +38,11 @@ CACHE_LENGTH = {"llama4_text"}
 # last blocks reuse an earlier block's keys and values) the cache has layers FastLM's prefix caches do not know
 ATTENTION_VARIANTS = {t for t in FAMILY_CONFIGS if t.split(":")[0] == "gemma4_text"}
 KV_SHARED = {"gemma4_text"}
+# pure recurrent decoders: one layout (a Mamba or mLSTM mixer in every block, no variants), recurrent caches all the
+# same (xLSTM's of its own class)
+STATE_SPACE = {"mamba", "falcon_mamba", "mamba2", "xlstm"}
 HYBRID = {t for t in FAMILY_CONFIGS if family_of_config(tiny_config(t)).variants} - ATTENTION_VARIANTS | \
-    {"falcon_h1", "falcon_h1:no_norm"}
+    {"falcon_h1", "falcon_h1:no_norm"} | STATE_SPACE
 # (Falcon-H1: Mamba-2 beside attention in every block, so one layout, and a Mamba cache)
 PLAIN_HYBRID = {t for t in HYBRID if t.split(":")[0] in NOT_ALIGNED}
 WIDE = 1024  # a sliding window longer than every prompt (max_length is 256)
@@ -148,12 +151,16 @@ def continuation_gap(name: str) -> float:
 
 def test_why_some_hybrids_take_the_plain_path():
     """NOT_ALIGNED's reasons, as transformers has them now (a fix there fails this test: drop the entry):
-    Jamba's continuation from a cached Mamba-1 state is not one forward's, MiniMax refuses a DynamicCache;
-    a Gated DeltaNet's continuation (Qwen3-Next) is one forward's, to float rounding."""
-    assert set(NOT_ALIGNED) == {"jamba", "minimax"}
-    assert continuation_gap("jamba") > 1e-4 and continuation_gap("qwen3_next") < 1e-6
+    Jamba's, Mamba's, Falcon-Mamba's and RecurrentGemma's continuations from a cache are not one forward's, MiniMax
+    and xLSTM refuse a DynamicCache; a Gated DeltaNet's or Mamba-2's continuation (Qwen3-Next, Mamba-2) is one
+    forward's, to float rounding."""
+    assert set(NOT_ALIGNED) == {"jamba", "mamba", "falcon_mamba", "recurrent_gemma", "minimax", "xlstm"}
+    assert all(continuation_gap(t) > 1e-4 for t in ("jamba", "mamba", "falcon_mamba", "recurrent_gemma"))
+    assert continuation_gap("qwen3_next") < 1e-6 and continuation_gap("mamba2") < 1e-6
     with pytest.raises(ValueError, match="MiniMax uses cache of its own"):
         continuation_gap("minimax")
+    with pytest.raises(AttributeError, match="rnn_state"):  # xLSTM reads its own cache's states
+        continuation_gap("xlstm")
 
 
 def test_the_aligned_path_batches_prefixes_of_different_lengths(suites, tok, monkeypatch):

@@ -120,7 +120,8 @@ def test_hf_checkpoint_of_every_family(model_type, tmp_path):
     # transformers' BitNetForCausalLM ternarizes weights and 8-bit activations on every call: W1.58A8
     kind, bits = ("bitnet_hf", (1.58, 8)) if model_type == "bitnet" else ("fp16", (16, 16))
     assert (info.form, info.model_type, info.kind, info.native_bits) == ("hf_dir", model_type.split(":")[0], kind, bits)
-    context = None if model_type == "bloom" else 256  # ALiBi: BLOOM's config names no position limit
+    # ALiBi (BLOOM), recurrent decoders (a state, no positions; RecurrentGemma: local attention) name no limit
+    context = None if model_type in {"bloom", "mamba", "falcon_mamba", "mamba2", "xlstm", "recurrent_gemma"} else 256
     assert info.context_length == context and info.low_bit == (model_type == "bitnet") and not info.has_tokenizer
     assert len(info.content_hash) == 64
 

@@ -42,6 +42,7 @@ MAMBA2 = {"layer_types": ["linear_attention", "full_attention"], "mamba_n_heads"
 # Jamba: Mamba-1 blocks with one attention block in every 4 (at 1), experts in every other block (at 1, 3)
 JAMBA = {"attn_layer_period": 4, "attn_layer_offset": 1, "expert_layer_period": 2, "expert_layer_offset": 1,
          "mamba_d_state": 16, "mamba_d_conv": 4, "mamba_expand": 2}
+SSM = {"hidden_size": 64, "num_hidden_layers": 2, "state_size": 16, "expand": 2, "conv_kernel": 4}
 # Kimi Delta Attention hybrids: KDA blocks 0 and 2, MLA block 1; block 0 dense, then experts and a shared one
 KDA = {"num_hidden_layers": 3, "num_key_value_heads": 4, "layer_types": ["linear_attention", "full_attention",
                                                                          "linear_attention"],
@@ -164,6 +165,19 @@ FAMILY_CONFIGS: dict[str, tuple[str, dict[str, Any]]] = {
                                        "conv_kernel": 4, "expand": 2, "chunk_size": 16, "n_routed_experts": 4,
                                        "num_experts_per_tok": 2, "moe_intermediate_size": 32, "n_group": 1, "topk_group": 1,
                                        "moe_shared_expert_intermediate_size": 32}),
+    # pure recurrent decoders, 2 blocks: Mamba, Falcon-Mamba; Mamba-2 with 8 heads of 16 over 2 x hidden in 2 groups
+    # (the gated norm normalizes per group), chunks of 16 tokens
+    "mamba": ("MambaConfig", SSM),
+    "falcon_mamba": ("FalconMambaConfig", SSM),
+    "mamba2": ("Mamba2Config", {**SSM, "num_heads": 8, "head_dim": 16, "n_groups": 2, "chunk_size": 16}),
+    # xLSTM: q/k narrower than v (transformers' cache sizes q/k from a multiple of 64: 64 here, as the layer's)
+    "xlstm": ("xLSTMConfig", {"hidden_size": 64, "num_hidden_layers": 2, "num_heads": 4, "qk_dim_factor": 1.0,
+                              "v_dim_factor": 2.0, "chunk_size": 16}),
+    # RecurrentGemma: block 0 recurrent (RG-LRU), block 1 local attention (multi-query) with a 16-token window
+    "recurrent_gemma": ("RecurrentGemmaConfig", {"hidden_size": 64, "intermediate_size": 256, "num_hidden_layers": 2,
+                                                 "num_attention_heads": 4, "num_key_value_heads": 1, "head_dim": 16,
+                                                 "attention_window_size": 16, "conv1d_width": 4,
+                                                 "block_types": ["recurrent", "attention"]}),
     # a dense Mamba block, an attention block with experts, a dense Mamba block, a Mamba block with experts
     "jamba": ("JambaConfig", {**COMMON, **JAMBA, "num_experts": 4, "num_experts_per_tok": 2, "num_hidden_layers": 4}),
     "jamba:dense": ("JambaConfig", {**COMMON, **JAMBA, "num_experts": 1}),  # Jamba-Reasoning-3B's kind: no experts

@@ -50,11 +50,17 @@ def mixes_tokens(model: torch.nn.Module) -> bool:
 
 
 # model types whose transformers code refuses `DynamicCache` (whatever layers their config gives it)
-OWN_CACHE = {"minimax": "it takes only its own cache class (MiniMaxCache)"}
+OWN_CACHE = {"minimax": "it takes only its own cache class (MiniMaxCache)",
+             "xlstm": "it takes only its own cache class (xLSTMCache)"}
 # model types whose cache is of aligned kinds but whose transformers code does not continue from it as one
 # forward would, or takes no DynamicCache (tests/test_fastlm_families.py shows each): the plain path is theirs
 NOT_ALIGNED = {
     "jamba": "its Mamba-1 layers continue from a cached state ~1e-3 away from one forward over the whole row",
+    # transformers' Mamba-1 scan over several tokens starts from a zero state, whatever the cache holds
+    "mamba": "its Mamba-1 scan over several tokens ignores the cached state (a continuation ~3e-2 off)",
+    "falcon_mamba": "its Mamba-1 scan over several tokens ignores the cached state (a continuation ~0.6 off)",
+    # its recurrent and convolution states live on its modules, not in the cache FastLM would fork
+    "recurrent_gemma": "a multi-token continuation restarts its convolution from zeros (~7e-2 off)",
     **OWN_CACHE,
 }
 
