@@ -234,6 +234,36 @@ def gated_mla(family: Family, gate: str = "self_attn.g_proj") -> Family:
                    dense=family.dense and gated_mla(family.dense, gate))
 
 
+# MiniMax-M3's text decoder: (1 + w) RMSNorms; dense first blocks (one fused gate_up_proj, a clamped SwiGLU), then
+# experts with a shared MLP run first; its "minimax_m3_sparse" layers add an indexer whose q / k projections read
+# the attention norm and pick the key blocks each query attends (quantized, as in GPTQModel's definition)
+def _minimax_m3(qkv: tuple[str, ...]) -> Family:
+    moe = moe_block(kind="one_plus_gain", shared=SHARED_EXPERTS, shared_names=("gate_up_proj", "down_proj"), qkv=qkv)
+    return replace(moe, dense=llama_like(kind="one_plus_gain", qkv=qkv, mlp_in=("mlp.gate_up_proj",)))
+
+
+MINIMAX_M3 = replace(_minimax_m3(QKV), variants=(
+    ("self_attn.indexer", _minimax_m3((*QKV, "self_attn.indexer.q_proj", "self_attn.indexer.k_proj"))),))
+
+
+def axk2(family: Family, gated: tuple[str, ...]) -> Family:
+    """A.X-K2: DeepSeek-V3's latent attention (q_a -> q_gate_proj, which also makes a sigmoid output gate; kv_a ->
+    kv_b), a DSA indexer picking each query's top-k keys, and norms followed by a low-rank sigmoid gate on their
+    own output (`gated`: input_layernorm, and post_attention_layernorm in expert blocks). The gates' fc1 / fc2 and
+    the indexer stay in float, as GPTQModel's definition keeps them (transformers keeps weights_proj fp32).
+    q_gate_proj reads q_a_layernorm's output concatenated with its input (q_a_proj's raw output): scales folded
+    into the norm would reach half of its input columns, so SmoothQuant is refused."""
+    floats = (*(f"{norm}.mlp.{fc}" for norm in gated for fc in ("fc1", "fc2")),
+              *(f"self_attn.indexer.{n}" for n in ("wq_b", "wk", "weights_proj")))
+    groups = (("self_attn.q_a_proj", "self_attn.kv_a_proj_with_mqa"), ("self_attn.q_gate_proj", "self_attn.kv_b_proj"))
+    return replace(family, groups=(*groups, *family.groups[1:]), smooth=(), floats=(*family.floats, *floats),
+                   unsmoothable="q_a_layernorm's output reaches q_gate_proj concatenated with q_a_proj's raw output")
+
+
+AXK2 = replace(axk2(SHARED_AFTER, ("input_layernorm", "post_attention_layernorm")),
+               dense=axk2(llama_like(), ("input_layernorm",)))
+
+
 def falcon(norms: tuple[str, ...], **requires: Any) -> Family:
     """A Falcon block: one norm feeding attention and the MLP at once (parallel), or two norms each
     feeding its own (`pre_ln`'s pairs, parallel or sequential), under the config values that build it."""

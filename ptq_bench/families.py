@@ -25,6 +25,7 @@ from typing import Any
 
 from ptq_bench.block_layouts import (
     APERTUS,
+    AXK2,
     COHERE,
     EXPERT,
     FALCON,
@@ -32,6 +33,7 @@ from ptq_bench.block_layouts import (
     GEMMA4,
     GLM,
     GPT2_BLOCK,
+    MINIMAX_M3,
     NEOX,
     NORM_KINDS,
     OPT,
@@ -229,6 +231,10 @@ FAMILIES: dict[str, Family | tuple[Family, ...]] = {
     "solar_open": SHARED_AFTER,
     "hy_v3": SHARED_AFTER,
     "kolibri1": SHARED_AFTER,  # with GLM-4's norms on the attention and MLP outputs
+    # Beam: Gemma 2's four norms (post_attention_layernorm normalizes the attention *output*), a sigmoid gate on
+    # the attention (gate_proj, run after q/k/v), NoPE full layers, dense first blocks
+    "beam": moe_block(qkv=(*QKV, "self_attn.gate_proj"), mlp_norm="pre_feedforward_layernorm"),
+    "axk2": AXK2,  # A.X-K2 (block_layouts.axk2): latent attention with an output gate and an indexer, gated norms
     "laguna": moe_block(shared=SHARED_EXPERTS, qkv=(*QKV, "self_attn.g_proj")),  # a softplus gate on the attention
     "minicpm5_moe": moe_block(shared=SHARED_EXPERTS, shared_last=True, qkv=(*QKV[1:], "self_attn.q_gate_proj")),  # k, v, then q (with a gate)
     # AFMoE (Trinity): a sigmoid gate on the attention; post_attention_layernorm normalizes its *output*
@@ -267,6 +273,7 @@ FAMILIES: dict[str, Family | tuple[Family, ...]] = {
     "bailing_hybrid": BAILING_HYBRID,
     "olmo_hybrid": OLMO_HYBRID,
     "minimax": MINIMAX,
+    "minimax_m3_vl_text": MINIMAX_M3,
     "lfm2": LFM2,  # LFM2: gated short-convolution blocks between attention blocks
     "lfm2_moe": LFM2_MOE,
     "granitemoehybrid": GRANITE_HYBRID,

@@ -36,8 +36,11 @@ CACHE_LENGTH = {"llama4_text"}
 # not one forward's (model_traits.NOT_ALIGNED)
 # Gemma 4's variants are attention kinds (q/k/v, q/k, q alone), not other mixers: not hybrids. With KV sharing (its
 # last blocks reuse an earlier block's keys and values) the cache has layers FastLM's prefix caches do not know
-ATTENTION_VARIANTS = {t for t in FAMILY_CONFIGS if t.split(":")[0] == "gemma4_text"}
 KV_SHARED = {"gemma4_text"}
+# indexers' keys: MiniMax-M3's variant is its attention with a block-sparse indexer, A.X-K2 has a DSA indexer in every
+# block; their cache layers also hold the indexer's keys, which FastLM's prefix caches do not know: the plain path
+INDEXER_CACHE = {"minimax_m3_vl_text", "axk2"}
+ATTENTION_VARIANTS = {t for t in FAMILY_CONFIGS if t.split(":")[0] in ("gemma4_text", "minimax_m3_vl_text")}
 # pure recurrent decoders: one layout (a Mamba or mLSTM mixer in every block, no variants), recurrent caches all the
 # same (xLSTM's of its own class)
 STATE_SPACE = {"mamba", "falcon_mamba", "mamba2", "xlstm"}
@@ -86,7 +89,7 @@ def test_fastlm_matches_hflm(suites, tok, name):
     model = build(name, len(tok))
     a, b, worst, flips = both(suites, model)
     # a float model takes the prefix-cache path; GPT-1's forward takes no KV cache
-    plain = NO_CACHE | CACHE_LENGTH | PLAIN_HYBRID | KV_SHARED
+    plain = NO_CACHE | CACHE_LENGTH | PLAIN_HYBRID | KV_SHARED | INDEXER_CACHE
     want = "fast:plain" if name in plain else "fast:aligned" if name in HYBRID else "fast:shared"
     assert suites["fast"].last_path == want
     assert worst <= 1e-4 and flips == 0, (worst, flips)
@@ -124,12 +127,13 @@ def test_transformers_bitnet_online_takes_hflm_batching(suites, tok):
 
 def test_models_whose_cache_fastlm_cannot_fill_take_the_plain_path(suites, tok, monkeypatch):
     """Every registered family's cache but a hybrid's (recurrent / convolution states) and a KV-sharing one's
-    (Gemma 4's last blocks read an earlier block's keys and values) is one FastLM fills exactly; anything else (here: a hybrid, a model without a config, or a cache judged unknown) takes the
+    (Gemma 4's last blocks read an earlier block's keys and values), or one holding an indexer's keys (MiniMax-M3, A.X-K2)
+    is one FastLM fills exactly; anything else (here: a hybrid, a model without a config, or a cache judged unknown) takes the
     exact plain path, and the row's protocol says so."""
     import ptq_bench.eval.fast_lm as fast_lm
 
     shareable = {name: fast_lm.shareable_cache(tiny_model(name, vocab_size=64)) for name in FAMILY_CONFIGS}
-    assert {name for name, yes in shareable.items() if not yes} == HYBRID | KV_SHARED
+    assert {name for name, yes in shareable.items() if not yes} == HYBRID | KV_SHARED | INDEXER_CACHE
     assert not fast_lm.shareable_cache(torch.nn.Linear(2, 2))
     monkeypatch.setattr(fast_lm, "shareable_cache", lambda model: False)
     a, b, worst, flips = both(suites, build("gemma3_text", len(tok)))

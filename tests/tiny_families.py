@@ -227,6 +227,20 @@ FAMILY_CONFIGS: dict[str, tuple[str, dict[str, Any]]] = {
                                     "sliding_window": 16, "layer_types": SLIDING_FULL}),
     "laguna": ("LagunaConfig", {**COMMON, **MOE, "head_dim": 16, "shared_expert_intermediate_size": 32,
                                 "sliding_window": 16, "layer_types": SLIDING_FULL, "mlp_layer_types": DENSE_SPARSE}),
+    "beam": ("BeamConfig", {**COMMON, **ROUTED, "num_experts": 4, "head_dim": 16, "sliding_window": 16,
+                            "layer_types": SLIDING_FULL, "mlp_layer_types": DENSE_SPARSE}),
+    # MiniMax-M3: block 0 dense with full attention, block 1 experts and a shared MLP with the block-sparse indexer
+    # (blocks of 4 keys, 2 chosen per query, so that it chooses within the test prompts)
+    "minimax_m3_vl_text": ("MiniMaxM3VLTextConfig", {**COMMON, "head_dim": 16, "rotary_dim": 8, "intermediate_size": 32,
+                                                     "dense_intermediate_size": 128, "shared_intermediate_size": 32,
+                                                     "num_local_experts": 4, "num_experts_per_tok": 2, "index_n_heads": 2,
+                                                     "index_head_dim": 16, "index_block_size": 4, "index_topk_blocks": 2,
+                                                     "layer_types": ["full_attention", "minimax_m3_sparse"],
+                                                     "mlp_layer_types": DENSE_SPARSE}),
+    # A.X-K2: block 0 dense, block 1 experts and a shared one; the indexer keeps 4 keys per query, with 16 heads
+    # (the config's default; with 2, most relu'd index scores are exactly 0: topk breaks ties by the row's length)
+    "axk2": ("AXK2Config", {**COMMON, **ROUTED, **MLA, "n_shared_experts": 1, "mlp_layer_types": DENSE_SPARSE, "index_topk": 4,
+                            "index_n_heads": 16, "index_head_dim": 16, "gated_norm_rank": 4}),
     "minicpm5_moe": ("MiniCPM5MoeConfig", {**COMMON, **ROUTED, "head_dim": 16, "n_shared_experts": 1,
                                            "mlp_layer_types": DENSE_SPARSE}),
     "afmoe": ("AfmoeConfig", {**COMMON, **MOE, "head_dim": 16, "num_dense_layers": 1, "num_shared_experts": 1,
