@@ -264,6 +264,26 @@ AXK2 = replace(axk2(SHARED_AFTER, ("input_layernorm", "post_attention_layernorm"
                dense=axk2(llama_like(), ("input_layernorm",)))
 
 
+def dsa_indexer(family: Family, path: str = "self_attn.indexer") -> Family:
+    """A gated MLA `family` (q_lora; `gated_mla`: its first group ends with the gate) whose blocks hold a DSA
+    indexer (dots3.note): its wk reads the attention norm's output, wq_b q_a_layernorm's (the query latent), and
+    both run after kv_b_proj, before the gate; they are quantized, and weights_proj (per-head score weights,
+    accumulated in float32) stays float, as in GPTQModel's DeepSeek-V3.2 definition."""
+    (*first, gate), second, *groups = family.groups
+    attn, q_a, *rest = family.smooth
+    wk, wq_b, weights = f"{path}.wk", f"{path}.wq_b", f"{path}.weights_proj"
+    return replace(family, groups=((*first, wk, gate), (*second, wq_b), *groups), floats=(*family.floats, weights),
+                   smooth=(replace(attn, targets=(*attn.targets, wk, weights)), replace(q_a, targets=(*q_a.targets, wq_b)),
+                           *rest), dense=family.dense and dsa_indexer(family.dense, path))
+
+
+# dots3.note: gated MLA (q_lora always; q/kv latents rescaled by a constant, a norm on the rotary key) with a
+# DSA indexer in its indexed-attention blocks (none in sliding ones), dense first blocks (mlp_layer_types), then
+# DeepSeek-V3's experts with a shared one after them
+_DOTS3 = gated_mla(mla(SHARED_AFTER))
+DOTS3_NOTE = replace(_DOTS3, variants=(("self_attn.indexer", dsa_indexer(_DOTS3)),))
+
+
 def falcon(norms: tuple[str, ...], **requires: Any) -> Family:
     """A Falcon block: one norm feeding attention and the MLP at once (parallel), or two norms each
     feeding its own (`pre_ln`'s pairs, parallel or sequential), under the config values that build it."""

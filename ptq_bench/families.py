@@ -27,6 +27,7 @@ from ptq_bench.block_layouts import (
     APERTUS,
     AXK2,
     COHERE,
+    DOTS3_NOTE,
     EXPERT,
     FALCON,
     GEMMA2,
@@ -56,8 +57,13 @@ from ptq_bench.errors import RecipeError
 from ptq_bench.hybrid_layouts import (
     LFM2,
     LFM2_MOE,
+    LFM3,
     MAMBA1_BACKBONE,
     MAMBA2_BACKBONE,
+    QWEN3_5,
+    QWEN3_5_MOE,
+    QWEN4_EXP,
+    QWEN_MOE_1PW,
     XLSTM,
     delta_attention,
     falcon_h1,
@@ -87,13 +93,6 @@ GRANITE_HYBRID = mamba2(replace(GRANITE_MOE_SHARED[1], dense=llama_like(
     mlp_in=("shared_mlp.input_linear",), mlp_out="shared_mlp.output_linear")))
 
 # model_type -> its Family, or several told apart by their `requires` (the first that the config meets)
-# Qwen3.5 / Qwen3-Next's blocks: (1 + w) RMSNorms; a shared expert (with a sigmoid gate) before the routed ones
-QWEN_1PW = llama_like(kind="one_plus_gain")
-QWEN_MOE_1PW = moe_block(kind="one_plus_gain", shared="mlp.shared_expert.", shared_gate="mlp.shared_expert_gate")
-QWEN3_5_GDN, QWEN3_5_GDN_FLOATS = ("in_proj_qkv", "in_proj_z"), ("in_proj_b", "in_proj_a")
-QWEN3_5 = gated_deltanet(QWEN_1PW, QWEN3_5_GDN, QWEN3_5_GDN_FLOATS)
-QWEN3_5_MOE = gated_deltanet(QWEN_MOE_1PW, QWEN3_5_GDN, QWEN3_5_GDN_FLOATS)
-
 # Kimi-Linear and Ling / Ring 2.5: Kimi Delta Attention blocks between MLA blocks (both under self_attn; KDA's
 # has a conv1d), dense first blocks, then DeepSeek-V3's experts with a shared one after them. Kimi's forget gate
 # and output gate are low-rank pairs (f_a -> f_b, g_a -> g_b); Bailing's MLA has a head-wise output gate g_proj
@@ -159,6 +158,7 @@ FAMILIES: dict[str, Family | tuple[Family, ...]] = {
                       ("mlp.fc_in",), "mlp.fc_out"),
     "cohere": COHERE,
     "cohere2": COHERE,  # Cohere's block, sliding layers
+    "cohere_compass_text": COHERE,  # North: Cohere 2's block, per-layer RoPE or NoPE
     "olmo2": POST_NORMS,
     "olmo3": POST_NORMS,
     "exaone4": POST_NORMS,  # EXAONE 4: OLMo 2's post-norms (and q/k norms)
@@ -235,6 +235,13 @@ FAMILIES: dict[str, Family | tuple[Family, ...]] = {
     # the attention (gate_proj, run after q/k/v), NoPE full layers, dense first blocks
     "beam": moe_block(qkv=(*QKV, "self_attn.gate_proj"), mlp_norm="pre_feedforward_layernorm"),
     "axk2": AXK2,  # A.X-K2 (block_layouts.axk2): latent attention with an output gate and an indexer, gated norms
+    # Sarvam-30B and Param2 (MoE): transformers runs both with Glm4MoeForCausalLM, so GLM-4.5's block (experts
+    # from first_k_dense_replace on, a shared expert after them, always built); q/k norms after the projections
+    "sarvam_moe": SHARED_AFTER,
+    "param2moe": SHARED_AFTER,
+    # Flint: Qwen3-MoE's block (mlp_only_layers dense) with an ungated shared expert run after the routed ones, an fp32
+    # sigmoid router; attention sinks, NoPE full layers
+    "flint": moe_block(shared="mlp.shared_expert.", shared_last=True),
     "laguna": moe_block(shared=SHARED_EXPERTS, qkv=(*QKV, "self_attn.g_proj")),  # a softplus gate on the attention
     "minicpm5_moe": moe_block(shared=SHARED_EXPERTS, shared_last=True, qkv=(*QKV[1:], "self_attn.q_gate_proj")),  # k, v, then q (with a gate)
     # AFMoE (Trinity): a sigmoid gate on the attention; post_attention_layernorm normalizes its *output*
@@ -259,6 +266,9 @@ FAMILIES: dict[str, Family | tuple[Family, ...]] = {
     "deepseek_v3": mla_layouts(SHARED_AFTER),
     "deepseek_v2": mla_layouts(SHARED_AFTER),
     "glm4_moe_lite": mla_layouts(SHARED_AFTER),
+    "sarvam_mla": mla_layouts(SHARED_AFTER),  # Sarvam-105B: run with DeepseekV3ForCausalLM (q_lora_rank None by default)
+    "dots3_note_text": DOTS3_NOTE,
+    "dots3_note": DOTS3_NOTE,  # the multimodal checkpoints: AutoModelForCausalLM builds their text decoder (the above)
     "minicpm3": mla_layouts(llama_like()),  # with a residual scale
     "youtu": mla_layouts(llama_like()),
     # hybrids (`Family.variants`: a block with another token mixer has its own layout). Qwen3.5 and Qwen3-Next:
@@ -268,6 +278,8 @@ FAMILIES: dict[str, Family | tuple[Family, ...]] = {
     # the hub's Qwen3.5 checkpoints are multimodal; AutoModelForCausalLM builds their text decoder (the above)
     "qwen3_5": QWEN3_5,
     "qwen3_5_moe": QWEN3_5_MOE,
+    "qwen4_exp_text": QWEN4_EXP,
+    "qwen4_exp": QWEN4_EXP,  # the multimodal checkpoints: AutoModelForCausalLM builds their text decoder (the above)
     "qwen3_next": gated_deltanet(QWEN_MOE_1PW, ("in_proj_qkvz",), ("in_proj_ba",)),
     "kimi_linear": KIMI_LINEAR,
     "bailing_hybrid": BAILING_HYBRID,
@@ -276,6 +288,7 @@ FAMILIES: dict[str, Family | tuple[Family, ...]] = {
     "minimax_m3_vl_text": MINIMAX_M3,
     "lfm2": LFM2,  # LFM2: gated short-convolution blocks between attention blocks
     "lfm2_moe": LFM2_MOE,
+    "lfm3": LFM3,  # LFM2's blocks, Qwen 3's attention (o_proj) with an optional head gate, sliding and full layers
     "granitemoehybrid": GRANITE_HYBRID,
     # Bamba: Granite 4.0-H's Mamba-2 blocks and attention blocks, each with a Llama MLP after pre_ff_layernorm
     "bamba": mamba2(llama_like(mlp_norm="pre_ff_layernorm", mlp_in=("feed_forward.gate_proj", "feed_forward.up_proj"),

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Any
 
-from ptq_bench.block_layouts import EXPERT, QKV, Family, Smooth, llama_like
+from ptq_bench.block_layouts import EXPERT, QKV, Family, Smooth, llama_like, moe_block
 
 
 def mixer(family: Family, inputs: tuple[str, ...], out: str, floats: tuple[str, ...] = (),
@@ -71,6 +71,13 @@ def lfm2(attention: Family) -> Family:
 
 
 LFM2 = lfm2(_LFM2)
+# LFM3: LFM2's blocks, its attention blocks (sliding or full) with Qwen 3's names and, with `use_attention_gate`, a
+# per-head sigmoid gate g_proj reading operator_norm's output; it runs after the attention, so it closes the first
+# group. Its post_operator_ / post_ffn_norm (use_sandwich_norm) normalize the mixer's and the MLP's outputs
+LFM3 = tuple(lfm2(replace(_LLAMA_NAMES, groups=(qkv, *_LLAMA_NAMES.groups[1:]),
+                          smooth=(Smooth("operator_norm", qkv, "gain"), _LLAMA_NAMES.smooth[1]),
+                          requires=(("use_attention_gate", gate),)))
+             for gate, qkv in ((True, (*QKV, "self_attn.g_proj")), (False, QKV)))
 # LFM2-MoE: the first `num_dense_layers` blocks LFM2's, then a router (kept float) and fused experts under
 # feed_forward, without a shared expert
 _LFM2_EXPERTS = "feed_forward.experts"
@@ -170,3 +177,29 @@ _FFN = ("ffn.proj_up_gate", "ffn.proj_up")
 XLSTM = Family("backbone.blocks", (_MLSTM, ("mlstm_layer.out_proj",), _FFN, ("ffn.proj_down",)),
                (Smooth("norm_mlstm", (*_MLSTM, *_MLSTM_GATES), "gain"), Smooth("norm_ffn", _FFN, "gain")),
                floats=_MLSTM_GATES, requires=(("weight_mode", "single"), ("use_bias", False)))
+
+
+# Qwen3.5 / Qwen3-Next's blocks: (1 + w) RMSNorms; a shared expert (with a sigmoid gate) before the routed ones
+QWEN_1PW = llama_like(kind="one_plus_gain")
+QWEN_MOE_1PW = moe_block(kind="one_plus_gain", shared="mlp.shared_expert.", shared_gate="mlp.shared_expert_gate")
+QWEN3_5_GDN, QWEN3_5_GDN_FLOATS = ("in_proj_qkv", "in_proj_z"), ("in_proj_b", "in_proj_a")
+QWEN3_5 = gated_deltanet(QWEN_1PW, QWEN3_5_GDN, QWEN3_5_GDN_FLOATS)
+QWEN3_5_MOE = gated_deltanet(QWEN_MOE_1PW, QWEN3_5_GDN, QWEN3_5_GDN_FLOATS)
+
+# Qwen4-Exp: Qwen3.5-MoE's blocks on hc_count residual streams. Each sublayer reads a gated mean of the streams'
+# hc_norm (one weight per stream and channel), not a norm's output: no norm -> linears pair, SmoothQuant refused.
+# Kept float, as in GPTQModel's definition: the hyper-connections' mixing and injection linears, the QSA indexer's
+# index_qk_proj (it selects the tokens attention sees), and in PLE blocks the n-gram table and its key / value projections
+_HYPER = tuple(f"{s}_hyper_connection.{n}" for s in ("attn", "mlp")
+               for n in ("input_mix_weight_down", "input_mix_weight_up", "block_inject_weight"))
+_QWEN4_GDN = QWEN3_5_MOE.variants[0][1]  # its Gated DeltaNet blocks
+
+
+def _qwen4(family: Family, *floats: str) -> Family:
+    return replace(family, smooth=(), dense=None, floats=(*family.floats, *_HYPER, *floats),
+                   unsmoothable="its sublayers read a gated mix of the hyper-connection streams, not a norm's output")
+
+
+QWEN4_EXP = replace(_qwen4(QWEN_MOE_1PW, "self_attn.indexer.index_qk_proj"), variants=(
+    ("ple", _qwen4(_QWEN4_GDN, "ple.ple_embedding.ngram_embedding", "ple.key_proj", "ple.value_proj")),
+    ("linear_attn", _qwen4(_QWEN4_GDN))))

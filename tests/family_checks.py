@@ -51,6 +51,9 @@ COMPOSITE: dict[str, tuple[str, Any, dict[str, Any], dict[str, Any]]] = {
                                                       {"audio_config": None})
        for case in ("gemma4_text", "gemma4_text:k_eq_v", "gemma4_text:moe", "gemma4_text:moe_per_layer")},
     "qwen3_5_moe": ("Qwen3_5MoeConfig", "qwen3_5_moe_text", QWEN3_5_VISION, {}),
+    "qwen4_exp": ("Qwen4ExpConfig", "qwen4_exp_text", QWEN3_5_VISION, {}),
+    # dots3.note: AutoModelForCausalLM builds its text decoder alone; the towers' adapters must output its width
+    "dots3_note": ("Dots3NoteConfig", "dots3_note_text", {"adapter_out_dim": 64}, {"audio_config": {"adapter_out_dim": 64}}),
 }
 # every test case: a model_type, or "<model_type>:<layout>" for a further layout of one (tiny_families.py)
 FAMILY_TYPES = (*FAMILY_CONFIGS, *COMPOSITE)

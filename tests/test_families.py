@@ -42,6 +42,9 @@ UNSMOOTHED = [t for t in PTQ_FAMILIES if not case_family(t).smooth]  # OLMo 1 (n
 PARAMETER_FREE_NORMS = {"olmo", "nanochat"}  # their norms feed linears but have nothing to fold into
 POST_LN = {"openai-gpt"}  # a norm's output is the block's output: scaling it changes the residual
 RESIDUAL_NORMS = {"minimax"}  # `residual = norm(x)`: a norm's output feeds linears and is the residual stream
+# hyper-connections (Qwen4-Exp): the norm over the residual streams feeds the streams' float mixing gates, and
+# attention / MLP read a gated mix of its output, not the output itself
+HYPER_STREAMS = {"qwen4_exp_text", "qwen4_exp"}
 
 
 @pytest.fixture(scope="module")
@@ -122,22 +125,30 @@ def norm_outputs_read(model: torch.nn.Module, ids: torch.Tensor) -> tuple[list[s
 
 
 @torch.no_grad()
-def fold_delta(model: torch.nn.Module, norm: str, ids: torch.Tensor) -> float:
-    """max |Δ logits| after folding random per-channel scales into block 0's norm `norm` (w * s) and out of
-    every linear that reads its output (W / s): zero, up to rounding, where the norm feeds nothing else."""
-    model = copy.deepcopy(model)
+def norm_readers(model: torch.nn.Module, norm: str, ids: torch.Tensor) -> list[str]:
+    """The linears of block 0 whose input, in a real forward, is its norm `norm`'s output."""
     layer, seen = decoder_layers(model)[0], {}
     hooks = [m.register_forward_pre_hook(lambda _m, a, name=name: [seen.setdefault(name, a[0])] and None)
              for name, m in layer.named_modules() if is_linear(m)]
     hooks.append(layer.get_submodule(norm).register_forward_hook(lambda _m, _a, y: [seen.setdefault(norm, y)] and None))
     try:
-        before = logits(model, ids)
+        logits(model, ids)
     finally:
         for h in hooks:
             h.remove()
     flat = {n: x.reshape(-1, x.shape[-1]) for n, x in seen.items()}  # a MoE block reads (tokens, hidden)
     y = flat.pop(norm)
-    readers = [n for n, x in flat.items() if x.shape == y.shape and torch.equal(x, y)]
+    return [n for n, x in flat.items() if x.shape == y.shape and torch.equal(x, y)]
+
+
+@torch.no_grad()
+def fold_delta(model: torch.nn.Module, norm: str, ids: torch.Tensor) -> float:
+    """max |Δ logits| after folding random per-channel scales into block 0's norm `norm` (w * s) and out of
+    every linear that reads its output (W / s): zero, up to rounding, where the norm feeds nothing else."""
+    model = copy.deepcopy(model)
+    layer, readers = decoder_layers(model)[0], norm_readers(model, norm, ids)
+    before = logits(model, ids)
+    y = layer.get_submodule(norm).weight
     s = torch.rand(y.shape[-1], generator=torch.Generator().manual_seed(0)) + 0.5
     layer.get_submodule(norm).weight.mul_(s)
     for name in readers:
@@ -154,7 +165,8 @@ def test_unsmoothed_families_have_no_norm_with_parameters_feeding_a_linear(model
     """What makes SmoothQuant's refusal right, by what runs: every norm output that some linear reads
     comes from a norm without parameters (OLMo 1, NanoChat), and OLMo 2/3 have no such norm at all; in a
     post-LN block (GPT-1) the block's output is a norm's output, so the norms' outputs are the residual;
-    where the residual is a norm's output (MiniMax), a fold into that norm and its readers moves the logits."""
+    where the residual is a norm's output (MiniMax), a fold into that norm and its readers moves the logits;
+    with hyper-connections (Qwen4-Exp) the streams' norm feeds only their float mixing gates."""
     assert UNSMOOTHED
     for model_type in UNSMOOTHED:
         layer = decoder_layers(models(model_type))[0]
@@ -164,6 +176,10 @@ def test_unsmoothed_families_have_no_norm_with_parameters_feeding_a_linear(model
             continue
         if model_type in RESIDUAL_NORMS:
             assert feeding and all(fold_delta(models(model_type), n, calib[:1]) > 1e-2 for n in feeding), model_type
+            continue
+        if model_type in HYPER_STREAMS:  # hc_norm's readers: only the float mixing gates, no quantized linear
+            floats = set(case_family(model_type).floats)
+            assert feeding and all(set(norm_readers(models(model_type), n, calib[:1])) <= floats for n in feeding)
             continue
         assert all(not list(layer.get_submodule(n).parameters()) for n in feeding), (model_type, feeding)
         assert bool(feeding) == (model_type in PARAMETER_FREE_NORMS), (model_type, feeding)

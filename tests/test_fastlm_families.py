@@ -38,9 +38,11 @@ CACHE_LENGTH = {"llama4_text"}
 # last blocks reuse an earlier block's keys and values) the cache has layers FastLM's prefix caches do not know
 KV_SHARED = {"gemma4_text"}
 # indexers' keys: MiniMax-M3's variant is its attention with a block-sparse indexer, A.X-K2 has a DSA indexer in every
-# block; their cache layers also hold the indexer's keys, which FastLM's prefix caches do not know: the plain path
-INDEXER_CACHE = {"minimax_m3_vl_text", "axk2"}
-ATTENTION_VARIANTS = {t for t in FAMILY_CONFIGS if t.split(":")[0] in ("gemma4_text", "minimax_m3_vl_text")}
+# block, dots3.note's variants are attention with or without a DSA indexer, Qwen4-Exp has a QSA indexer; their cache
+# layers also hold the indexer's keys (DynamicIndexedLayer for the token indexers), which FastLM's prefix caches do
+# not know: the plain path
+INDEXER_CACHE = {"minimax_m3_vl_text", "axk2", "dots3_note_text", "qwen4_exp_text"}
+ATTENTION_VARIANTS = {t for t in FAMILY_CONFIGS if t.split(":")[0] in ("gemma4_text", "minimax_m3_vl_text", "dots3_note_text")}
 # pure recurrent decoders: one layout (a Mamba or mLSTM mixer in every block, no variants), recurrent caches all the
 # same (xLSTM's of its own class)
 STATE_SPACE = {"mamba", "falcon_mamba", "mamba2", "xlstm"}
@@ -126,8 +128,8 @@ def test_transformers_bitnet_online_takes_hflm_batching(suites, tok):
 
 
 def test_models_whose_cache_fastlm_cannot_fill_take_the_plain_path(suites, tok, monkeypatch):
-    """Every registered family's cache but a hybrid's (recurrent / convolution states) and a KV-sharing one's
-    (Gemma 4's last blocks read an earlier block's keys and values), or one holding an indexer's keys (MiniMax-M3, A.X-K2)
+    """Every registered family's cache but a hybrid's (recurrent / convolution states), a KV-sharing one's
+    (Gemma 4's last blocks read an earlier block's keys and values) and one holding an indexer's keys
     is one FastLM fills exactly; anything else (here: a hybrid, a model without a config, or a cache judged unknown) takes the
     exact plain path, and the row's protocol says so."""
     import ptq_bench.eval.fast_lm as fast_lm

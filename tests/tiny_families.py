@@ -104,6 +104,11 @@ FAMILY_CONFIGS: dict[str, tuple[str, dict[str, Any]]] = {
     "glm4": ("Glm4Config", {**COMMON, "head_dim": 16}),
     "glm": ("GlmConfig", {**COMMON, "head_dim": 16}),
     "cohere2": ("Cohere2Config", {**COMMON, "sliding_window": 16, "layer_types": SLIDING_FULL}),
+    # North: RoPE in its sliding layers, none (NoPE) in its full ones
+    "cohere_compass_text": ("CohereCompassTextConfig", {**COMMON, "sliding_window": 16, "layer_types": SLIDING_FULL,
+                                                        "rope_parameters": {"sliding_attention": {
+                                                            "rope_type": "default", "rope_theta": 10000.0},
+                                                            "full_attention": None}}),
     "exaone4": ("Exaone4Config", {**COMMON, "sliding_window": 16, "layer_types": SLIDING_FULL}),
     "ministral": ("MinistralConfig", {**COMMON, "head_dim": 16, "sliding_window": 16, "layer_types": SLIDING_FULL}),
     "seed_oss": ("SeedOssConfig", {**COMMON, "head_dim": 16}),
@@ -150,11 +155,24 @@ FAMILY_CONFIGS: dict[str, tuple[str, dict[str, Any]]] = {
                                    "bias": True}),
     "qwen3_5_text": ("Qwen3_5TextConfig", {**COMMON, **GDN}),
     "qwen3_5_moe_text": ("Qwen3_5MoeTextConfig", {**COMMON, **GDN, **QWEN_MOE}),
+    # Qwen4-Exp: 2 hyper-connection streams; a Gated DeltaNet block with per-layer n-gram embeddings (PLE), an
+    # attention block with its QSA token indexer (a budget of 8 tokens, in blocks of 4: below the prompts' lengths),
+    # a Gated DeltaNet block without PLE; experts in every block. PLE needs an eos id (it pads n-gram contexts with it)
+    "qwen4_exp_text": ("Qwen4ExpTextConfig", {**COMMON, **GDN, **QWEN_MOE, "num_hidden_layers": 3, "layer_types": [
+        "linear_attention", "indexed_attention", "linear_attention"], "hc_count": 2, "hc_lowrank": 16, "ple_layer_ids": [1],
+        "ple_embed_dim": 32, "ngram_size": 3, "heads_per_ngram": 2, "ngram_vocab_size_base": 64, "split_ngram_parts": 1,
+        "eos_token_id": 1, "indexer_n_heads": 2, "indexer_kv_heads": 1, "indexer_head_dim": 16, "indexer_budget": 8,
+        "indexer_compress_ratio": 4}),
     "qwen3_next": ("Qwen3NextConfig", {**COMMON, **GDN, **QWEN_MOE}),
     "lfm2": ("Lfm2Config", {**COMMON, "layer_types": ["conv", "full_attention"]}),
     # LFM2-MoE: block 0 dense (conv), then experts in an attention and a conv block
     "lfm2_moe": ("Lfm2MoeConfig", {**COMMON, **MOE, "num_hidden_layers": 3, "num_dense_layers": 1,
                                    "layer_types": ["conv", "full_attention", "conv"]}),
+    # LFM3: a conv, a sliding (gated attention) and a full block; then without the attention gate
+    "lfm3": ("Lfm3Config", {**COMMON, "head_dim": 16, "num_hidden_layers": 3, "sliding_window": 16,
+                            "layer_types": ["conv", "sliding_attention", "full_attention"]}),
+    "lfm3:no_gate": ("Lfm3Config", {**COMMON, "head_dim": 16, "layer_types": ["conv", "full_attention"],
+                                    "use_attention_gate": False}),
     "bamba": ("BambaConfig", {**COMMON, **{k: v for k, v in MAMBA2.items() if k != "layer_types"},
                               "attn_layer_indices": [1]}),  # block 0 Mamba-2, block 1 attention
     "falcon_h1": ("FalconH1Config", {**COMMON, **FALCON_H1}),
@@ -211,6 +229,13 @@ FAMILY_CONFIGS: dict[str, tuple[str, dict[str, Any]]] = {
     "glm4_moe": ("Glm4MoeConfig", {**COMMON, "head_dim": 16, "n_routed_experts": 4, "num_experts_per_tok": 2,
                                    "moe_intermediate_size": 32, "n_shared_experts": 1, "first_k_dense_replace": 1,
                                    "use_qk_norm": True}),
+    # run as GLM-4.5's MoE (Glm4MoeForCausalLM): a dense first block, then experts with a shared one after them
+    "sarvam_moe": ("SarvamMoEConfig", {**COMMON, "head_dim": 16, "n_routed_experts": 4, "num_experts_per_tok": 2,
+                                       "moe_intermediate_size": 32, "n_shared_experts": 1, "first_k_dense_replace": 1}),
+    "param2moe": ("Param2MoeConfig", {**COMMON, "head_dim": 16, "n_routed_experts": 4, "num_experts_per_tok": 2,
+                                      "moe_intermediate_size": 32, "n_shared_experts": 2, "first_k_dense_replace": 1}),
+    "flint": ("FlintConfig", {**COMMON, **MOE, "head_dim": 16, "shared_expert_intermediate_size": 32, "sliding_window": 16,
+                              "layer_types": SLIDING_FULL, "mlp_only_layers": [0]}),
     "dots1": ("Dots1Config", {**COMMON, "head_dim": 16, "n_routed_experts": 4, "num_experts_per_tok": 2,
                               "moe_intermediate_size": 32, "n_shared_experts": 1, "first_k_dense_replace": 1}),
     "hunyuan_v1_moe": ("HunYuanMoEV1Config", {**COMMON, "head_dim": 16, "num_experts": 4, "moe_topk": 2}),
@@ -260,12 +285,28 @@ FAMILY_CONFIGS: dict[str, tuple[str, dict[str, Any]]] = {
     "deepseek_v3": ("DeepseekV3Config", {**COMMON, **ROUTED, **MLA, "n_shared_experts": 1, "first_k_dense_replace": 1}),
     "deepseek_v3:no_q_lora": ("DeepseekV3Config", {**COMMON, **ROUTED, **MLA, "q_lora_rank": None,
                                                    "n_shared_experts": 1, "first_k_dense_replace": 1}),
+    # Sarvam-105B, run as DeepSeek-V3 (q_lora_rank None, its default; then with a low-rank q)
+    "sarvam_mla": ("SarvamMLAConfig", {**COMMON, **ROUTED, **MLA, "q_lora_rank": None, "n_shared_experts": 1,
+                                       "first_k_dense_replace": 1}),
+    "sarvam_mla:q_lora": ("SarvamMLAConfig", {**COMMON, **ROUTED, **MLA, "n_shared_experts": 1, "first_k_dense_replace": 1}),
     "deepseek_v2": ("DeepseekV2Config", {**COMMON, **ROUTED, **MLA, "n_shared_experts": 1, "first_k_dense_replace": 1}),
     "deepseek_v2:no_q_lora": ("DeepseekV2Config", {**COMMON, **ROUTED, **MLA, "q_lora_rank": None, "n_shared_experts": 1}),
     "glm4_moe_lite": ("Glm4MoeLiteConfig", {**COMMON, **ROUTED, **MLA, "n_shared_experts": 1,
                                             "mlp_layer_types": DENSE_SPARSE}),
     "glm4_moe_lite:no_q_lora": ("Glm4MoeLiteConfig", {**COMMON, **ROUTED, **MLA, "q_lora_rank": None,
                                                       "n_shared_experts": 1}),
+    # dots3.note: MLA with a head gate, block 0 DSA-indexed (an indexer: top 16 keys, fewer than the tests' prompts,
+    # so that its selection matters) and dense, block 1 sliding with experts and a shared expert after them. 16
+    # indexer heads: with 2, many keys score exactly 0 (every head's ReLU), and top-k breaks those ties by the
+    # row's length, so a prefix's logits changed with what followed it
+    "dots3_note_text": ("Dots3NoteTextConfig", {**COMMON, **ROUTED, **MLA, "head_dim": 24, "n_shared_experts": 1,
+                                                "shared_experts_intermediate_size": 32, "index_topk": 16,
+                                                "index_head_dim": 16, "index_n_heads": 16, "sliding_window": 16,
+                                                "layer_types": ["indexed_attention", "sliding_attention"],
+                                                "mlp_layer_types": DENSE_SPARSE, "swa_num_attention_heads": 4,
+                                                "swa_num_key_value_heads": 4, "swa_q_lora_rank": 32,
+                                                "swa_kv_lora_rank": 32, "swa_head_dim": 24, "swa_qk_nope_head_dim": 16,
+                                                "swa_v_head_dim": 16}),
     "minicpm3": ("MiniCPM3Config", {**COMMON, **MLA}),
     "minicpm3:no_q_lora": ("MiniCPM3Config", {**COMMON, **MLA, "q_lora_rank": None}),
     "youtu": ("YoutuConfig", {**COMMON, **MLA}),

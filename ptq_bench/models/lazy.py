@@ -109,9 +109,10 @@ class CheckpointBlocks:
 
     def __init__(self, folder: Path, files: dict[str, tuple[Path, str]], blocks: str, dtype: torch.dtype,
                  converted: dict[str, Converted] | None = None, config: Any = None,
-                 kept: frozenset[str] = frozenset()) -> None:
+                 kept: frozenset[str] = frozenset(), model: Any = None) -> None:
         self.folder, self.files, self.blocks, self.dtype = folder, files, blocks, dtype
         self.converted, self.config = converted or {}, config
+        self.model = model  # the (meta) model: a Split conversion sizes its pieces by the target parameters' shapes
         self.kept = kept  # names from_pretrained keeps in float32 whatever the dtype (`build.kept_in_float32`)
         self.experts: list[dict[str, bool]] = []  # set by open_lazily once the model's experts are unfused
 
@@ -135,7 +136,7 @@ class CheckpointBlocks:
         read = _read_tensors({key: (file, key) for key, _, file in conv.sources}, device)
         for key, pattern, _ in conv.sources:
             converter.add_tensor(conv.first, key, pattern, read.pop(key))
-        made = converter.convert(conv.first, config=self.config)
+        made = converter.convert(conv.first, model=self.model, config=self.config)
         return {n: t[0] if isinstance(t, list) else t for n, t in made.items()}
 
     def block(self, idx: int, device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
@@ -176,7 +177,7 @@ def open_lazily(folder: str | Path) -> tuple[Any, CheckpointBlocks]:
         model = AutoModelForCausalLM.from_config(config, dtype=dtype).eval()
     files, converted = _model_names(model, weight_map)
     blocks = CheckpointBlocks(folder, files, family.blocks, dtype, converted, config=config,
-                              kept=frozenset(kept_in_float32(model, dtype)))
+                              kept=frozenset(kept_in_float32(model, dtype)), model=model)
     _fill_outside_blocks(model, blocks)  # before unfusing: fused experts are the blocks' parameters still
     unfuse_experts(model)  # on `meta`: CheckpointBlocks splits each block's fused experts as it reads them
     blocks.experts = [{n: m.transposed for n, m in layer.named_modules() if isinstance(m, LinearExperts)}
