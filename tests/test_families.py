@@ -45,6 +45,9 @@ RESIDUAL_NORMS = {"minimax"}  # `residual = norm(x)`: a norm's output feeds line
 # hyper-connections (Qwen4-Exp): the norm over the residual streams feeds the streams' float mixing gates, and
 # attention / MLP read a gated mix of its output, not the output itself
 HYPER_STREAMS = {"qwen4_exp_text", "qwen4_exp"}
+# A.X-K2: q_gate_proj reads q_a_layernorm's output joined to its input (q_a_proj's raw output): a fold into the norm
+# would reach only the first half of the linear's input columns
+CONCATENATED = {"axk2": ("self_attn.q_a_layernorm", "self_attn.q_gate_proj")}
 
 
 @pytest.fixture(scope="module")
@@ -166,7 +169,8 @@ def test_unsmoothed_families_have_no_norm_with_parameters_feeding_a_linear(model
     comes from a norm without parameters (OLMo 1, NanoChat), and OLMo 2/3 have no such norm at all; in a
     post-LN block (GPT-1) the block's output is a norm's output, so the norms' outputs are the residual;
     where the residual is a norm's output (MiniMax), a fold into that norm and its readers moves the logits;
-    with hyper-connections (Qwen4-Exp) the streams' norm feeds only their float mixing gates."""
+    with hyper-connections (Qwen4-Exp) the streams' norm feeds only their float mixing gates; in A.X-K2 a norm's
+    output reaches q_gate_proj joined to another tensor."""
     assert UNSMOOTHED
     for model_type in UNSMOOTHED:
         layer = decoder_layers(models(model_type))[0]
@@ -181,8 +185,26 @@ def test_unsmoothed_families_have_no_norm_with_parameters_feeding_a_linear(model
             floats = set(case_family(model_type).floats)
             assert feeding and all(set(norm_readers(models(model_type), n, calib[:1])) <= floats for n in feeding)
             continue
+        if model_type in CONCATENATED:
+            assert joined_input(models(model_type), *CONCATENATED[model_type], calib[:1]), model_type
+            continue
         assert all(not list(layer.get_submodule(n).parameters()) for n in feeding), (model_type, feeding)
         assert bool(feeding) == (model_type in PARAMETER_FREE_NORMS), (model_type, feeding)
+
+
+def joined_input(model: torch.nn.Module, norm: str, linear: str, ids: torch.Tensor) -> bool:
+    """Whether block 0's `linear` reads, in a real forward, its norm `norm`'s output as the first part of a wider
+    input (the norm's output joined to another tensor)."""
+    layer, seen = decoder_layers(model)[0], {}
+    hooks = [layer.get_submodule(linear).register_forward_pre_hook(lambda _m, a: [seen.setdefault("x", a[0])] and None),
+             layer.get_submodule(norm).register_forward_hook(lambda _m, _a, y: [seen.setdefault("y", y)] and None)]
+    try:
+        logits(model, ids)
+    finally:
+        for h in hooks:
+            h.remove()
+    x, y = seen["x"], seen["y"]
+    return x.shape[-1] > y.shape[-1] and torch.equal(x[..., :y.shape[-1]], y)
 
 
 @pytest.mark.parametrize("model_type", SMOOTHED)

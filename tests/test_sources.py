@@ -328,23 +328,23 @@ def test_a_config_json_that_omits_default_values_means_the_defaults(tmp_path, mo
 def test_unknown_family_is_one_line_naming_it_and_the_supported(tmp_path):
     folder = save_tiny("llama", tmp_path / "m")
     cfg = json.loads((folder / "config.json").read_text())
-    (folder / "config.json").write_text(json.dumps({**cfg, "model_type": "mamba"}))
+    (folder / "config.json").write_text(json.dumps({**cfg, "model_type": "rwkv"}))
     with pytest.raises(RecipeError) as e:
         inspect_source(str(folder), key="models.m.source")
     msg = str(e.value)
-    assert msg.startswith("models.m.source: ") and "'mamba'" in msg and "\n" not in msg
+    assert msg.startswith("models.m.source: ") and "'rwkv'" in msg and "\n" not in msg
     assert all(t in msg for t in SUPPORTED_MODEL_TYPES)
 
 
 def test_unknown_gguf_architecture(tmp_path):
     import gguf
 
-    w = gguf.GGUFWriter(str(tmp_path / "m.gguf"), "mamba")
+    w = gguf.GGUFWriter(str(tmp_path / "m.gguf"), "rwkv")
     w.write_header_to_file()
     w.write_kv_data_to_file()
     w.write_tensors_to_file()
     w.close()
-    with pytest.raises(RecipeError, match="model family 'mamba' is not supported"):
+    with pytest.raises(RecipeError, match="model family 'rwkv' is not supported"):
         inspect_source(str(tmp_path / "m.gguf"))
 
 
