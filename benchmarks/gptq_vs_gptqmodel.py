@@ -206,16 +206,16 @@ def forward_hessians(model, calib, prefix: str) -> dict:
     return {n: h.float() for n, h in got.items()}
 
 
-def hessian_check(model_dir: str, calib, theirs: dict) -> tuple[int, float, float, float]:
+def hessian_check(fp, calib, theirs: dict) -> tuple[int, float, float, float]:
     """(linears, worst |H_ours - H_theirs| / |H_theirs|, then each side's worst against transformers' plain
     forward) over block 0, trace-normalised: both sides feed it the same float inputs (without
     --true-sequential), so this checks which tokens reached each linear, a mixture of experts' routing
-    included, and the arguments each side replays the block with (masks, rotary, per-layer inputs)."""
+    included, and the arguments each side replays the block with (masks, rotary, per-layer inputs). `fp`: the
+    float model as `load_fp` loaded it (read only)."""
     from ptq_bench.estimate_model import first_blocks
     from ptq_bench.quant.apply import hessian_stat
     from ptq_bench.quant.calibrate import model_family, run_blockwise
 
-    fp = _fp(model_dir)
     model = first_blocks(fp, 1)  # block 0 alone (a copy)
     prefix, got = f"{model_family(model).blocks}.0.", {}
     run_blockwise(model, calib, hessian_stat, lambda _i, _l, _g, stats: got.update(stats), sequential=False)
@@ -445,7 +445,7 @@ def main(argv: list[str] | None = None) -> int:
         agree = weight_agreement(ours, theirs["solved"], fp)
         solver_same = solver_check(fp, theirs, bits, args)
         if bits == args.bits[0] and not args.true_sequential:
-            n, worst, ours_fwd, theirs_fwd = hessian_check(model_dir, calib, theirs)
+            n, worst, ours_fwd, theirs_fwd = hessian_check(fp, calib, theirs)
             print(f"block 0 Hessians of {n} linears, ours against GPTQModel's (trace-normalised): worst relative "
                   f"difference {worst:.2e}; against transformers' plain forward: ours {ours_fwd:.2e}, GPTQModel's "
                   f"{theirs_fwd:.2e}", flush=True)

@@ -97,12 +97,12 @@ MLP_IN = ("mlp.gate_proj", "mlp.up_proj")
 def llama_like(blocks: str = "model.layers", mlp_norm: str = "post_attention_layernorm", kind: str = "gain",
                 mlp_in: tuple[str, ...] = MLP_IN, mlp_out: str = "mlp.down_proj",
                 low_bit: bool = False, requires: tuple[tuple[str, Any], ...] = (),
-                attn_norm: str = "input_layernorm", qkv: tuple[str, ...] = QKV) -> Family:
-    """The Llama block: q/k/v (`qkv`: the attention's input linears), o, the MLP's input linears (gate/up),
-    its output (down); a norm before attention and another before the MLP."""
+                attn_norm: str = "input_layernorm", qkv: tuple[str, ...] = QKV, out: str = "self_attn.o_proj") -> Family:
+    """The Llama block: q/k/v (`qkv`: the attention's input linears), o (`out`), the MLP's input linears
+    (gate/up), its output (down); a norm before attention and another before the MLP."""
     return Family(
         blocks=blocks,
-        groups=(qkv, ("self_attn.o_proj",), mlp_in, (mlp_out,)),
+        groups=(qkv, (out,), mlp_in, (mlp_out,)),
         smooth=(Smooth(attn_norm, qkv, kind), Smooth(mlp_norm, mlp_in, kind)),
         low_bit=low_bit,
         requires=requires,

@@ -354,7 +354,6 @@ def _quant_lines(recipe: Recipe, found: list[Measured]) -> list[str]:
     return lines
 
 
-
 def _zero_shot_lines(recipe: Recipe, found: list[Measured]) -> list[str]:
     """Per model, one pass over every task; the sum over cells (each running its own tasks)."""
     e = recipe.eval

@@ -60,9 +60,13 @@ def gated_deltanet(family: Family, inputs: tuple[str, ...], floats: tuple[str, .
 
 # LFM2: operator_norm feeds attention (its output linear out_proj) or, in "conv" blocks, a gated short
 # convolution (in_proj -> B, C, x; a causal depthwise conv1d; out_proj); ffn_norm feeds the w1 / w3 / w2 MLP
-_LLAMA_NAMES = llama_like(attn_norm="operator_norm", mlp_norm="ffn_norm", mlp_in=("feed_forward.w1", "feed_forward.w3"),
-                          mlp_out="feed_forward.w2")
-_LFM2 = replace(_LLAMA_NAMES, groups=(QKV, ("self_attn.out_proj",), *_LLAMA_NAMES.groups[2:]))  # attention blocks
+def _lfm_attention(qkv: tuple[str, ...] = QKV, out: str = "self_attn.o_proj", **more: Any) -> Family:
+    """An LFM attention block: Llama's under LFM's norm and MLP names."""
+    return llama_like(attn_norm="operator_norm", mlp_norm="ffn_norm", mlp_in=("feed_forward.w1", "feed_forward.w3"),
+                      mlp_out="feed_forward.w2", qkv=qkv, out=out, **more)
+
+
+_LFM2 = _lfm_attention(out="self_attn.out_proj")  # attention blocks
 
 
 def lfm2(attention: Family) -> Family:
@@ -74,9 +78,7 @@ LFM2 = lfm2(_LFM2)
 # LFM3: LFM2's blocks, its attention blocks (sliding or full) with Qwen 3's names and, with `use_attention_gate`, a
 # per-head sigmoid gate g_proj reading operator_norm's output; it runs after the attention, so it closes the first
 # group. Its post_operator_ / post_ffn_norm (use_sandwich_norm) normalize the mixer's and the MLP's outputs
-LFM3 = tuple(lfm2(replace(_LLAMA_NAMES, groups=(qkv, *_LLAMA_NAMES.groups[1:]),
-                          smooth=(Smooth("operator_norm", qkv, "gain"), _LLAMA_NAMES.smooth[1]),
-                          requires=(("use_attention_gate", gate),)))
+LFM3 = tuple(lfm2(_lfm_attention(qkv, requires=(("use_attention_gate", gate),)))
              for gate, qkv in ((True, (*QKV, "self_attn.g_proj")), (False, QKV)))
 # LFM2-MoE: the first `num_dense_layers` blocks LFM2's, then a router (kept float) and fused experts under
 # feed_forward, without a shared expert
@@ -160,8 +162,8 @@ def recurrent_gemma() -> Family:
     t = "temporal_block."
     attention = llama_like(attn_norm="temporal_pre_norm", mlp_norm="channel_pre_norm", kind="one_plus_gain",
                            qkv=tuple(t + n for n in ("q_proj", "k_proj", "v_proj")),
-                           mlp_in=("mlp_block.gate_proj", "mlp_block.up_proj"), mlp_out="mlp_block.down_proj")
-    attention = replace(attention, groups=(attention.groups[0], (f"{t}o_proj",), *attention.groups[2:]))
+                           mlp_in=("mlp_block.gate_proj", "mlp_block.up_proj"), mlp_out="mlp_block.down_proj",
+                           out=f"{t}o_proj")
     return replace(attention, variants=((f"{t}linear_x", mixer(attention, (f"{t}linear_y", f"{t}linear_x"),
                                                                f"{t}linear_out", inside=(f"{t}rg_lru",))),))
 

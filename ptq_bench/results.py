@@ -93,10 +93,11 @@ class Row:
         """What is wrong with a stored row that parsed: a schema-3 row whose sha256 is not its content's, an
         older row that carries one (its schema was lowered: older versions wrote none)."""
         if self.schema < SEALED_SINCE:
-            return None if self.sha256 is None else f"a sha256 in a schema-{self.schema} row (only schema 3 has one)"
+            return None if self.sha256 is None else \
+                f"a sha256 in a schema-{self.schema} row (only schema {SEALED_SINCE} has one)"
         if self.sha256 != self.digest():
             return ("its sha256 does not match its content (edited or damaged after it was written)" if self.sha256
-                    else "no sha256 (a schema-3 row is stored with one)")
+                    else f"no sha256 (a schema-{SEALED_SINCE} row is stored with one)")
         return None
 
     @property
@@ -205,7 +206,7 @@ def scan_rows(run_dir: Path) -> Iterator[tuple[int, Row | None, str | None]]:
         except (ValueError, UnicodeDecodeError) as exc:
             yield i, None, str(exc)[:200]
             continue
-        problem = row.problem() or (f"a schema-{row.schema} row after schema-3 rows (older versions do not "
+        problem = row.problem() or (f"a schema-{row.schema} row after schema-{SEALED_SINCE} rows (older versions do not "
                                     "append to such a folder)" if sealed and row.schema < SEALED_SINCE else None)
         sealed = sealed or row.schema >= SEALED_SINCE
         yield (i, None, problem) if problem else (i, row, None)

@@ -127,20 +127,27 @@ def norm_outputs_read(model: torch.nn.Module, ids: torch.Tensor) -> tuple[list[s
     return read, outs, block_out[0]
 
 
-@torch.no_grad()
-def norm_readers(model: torch.nn.Module, norm: str, ids: torch.Tensor) -> list[str]:
-    """The linears of block 0 whose input, in a real forward, is its norm `norm`'s output."""
-    layer, seen = decoder_layers(model)[0], {}
-    hooks = [m.register_forward_pre_hook(lambda _m, a, name=name: [seen.setdefault(name, a[0])] and None)
-             for name, m in layer.named_modules() if is_linear(m)]
-    hooks.append(layer.get_submodule(norm).register_forward_hook(lambda _m, _a, y: [seen.setdefault(norm, y)] and None))
+def block0_io(model: torch.nn.Module, norm: str, linears: list[str] | None, ids: torch.Tensor) -> tuple[dict, Any]:
+    """(the inputs of block 0's `linears` (None: every linear) by name, its norm `norm`'s output) in a real forward."""
+    layer, seen, out = decoder_layers(model)[0], {}, []
+    names = [n for n, m in layer.named_modules() if is_linear(m)] if linears is None else linears
+    hooks = [layer.get_submodule(n).register_forward_pre_hook(lambda _m, a, n=n: [seen.setdefault(n, a[0])] and None)
+             for n in names]
+    hooks.append(layer.get_submodule(norm).register_forward_hook(lambda _m, _a, y: [out.append(y)] and None))
     try:
-        logits(model, ids)
+        with torch.no_grad():
+            logits(model, ids)
     finally:
         for h in hooks:
             h.remove()
-    flat = {n: x.reshape(-1, x.shape[-1]) for n, x in seen.items()}  # a MoE block reads (tokens, hidden)
-    y = flat.pop(norm)
+    return seen, out[0]
+
+
+def norm_readers(model: torch.nn.Module, norm: str, ids: torch.Tensor) -> list[str]:
+    """The linears of block 0 whose input, in a real forward, is its norm `norm`'s output."""
+    seen, y = block0_io(model, norm, None, ids)
+    y = y.reshape(-1, y.shape[-1])  # a MoE block reads (tokens, hidden)
+    flat = {n: x.reshape(-1, x.shape[-1]) for n, x in seen.items()}
     return [n for n, x in flat.items() if x.shape == y.shape and torch.equal(x, y)]
 
 
@@ -195,15 +202,8 @@ def test_unsmoothed_families_have_no_norm_with_parameters_feeding_a_linear(model
 def joined_input(model: torch.nn.Module, norm: str, linear: str, ids: torch.Tensor) -> bool:
     """Whether block 0's `linear` reads, in a real forward, its norm `norm`'s output as the first part of a wider
     input (the norm's output joined to another tensor)."""
-    layer, seen = decoder_layers(model)[0], {}
-    hooks = [layer.get_submodule(linear).register_forward_pre_hook(lambda _m, a: [seen.setdefault("x", a[0])] and None),
-             layer.get_submodule(norm).register_forward_hook(lambda _m, _a, y: [seen.setdefault("y", y)] and None)]
-    try:
-        logits(model, ids)
-    finally:
-        for h in hooks:
-            h.remove()
-    x, y = seen["x"], seen["y"]
+    seen, y = block0_io(model, norm, [linear], ids)
+    x = seen[linear]
     return x.shape[-1] > y.shape[-1] and torch.equal(x[..., :y.shape[-1]], y)
 
 
