@@ -49,6 +49,9 @@ class Family:
     # a hybrid's other blocks: (module path, layout) -- a block holding that module (e.g. `linear_attn`) has
     # that layout instead (and the layout's own `dense` where it has no experts); the first match wins
     variants: tuple[tuple[str, Family], ...] = ()
+    # the config value bounding the rows the model's own forward runs whole (xLSTM's max_inference_chunksize:
+    # a longer row runs chunk by chunk through all blocks, and the block runner would record its first chunk)
+    whole_rows: str = ""
 
     @property
     def linears(self) -> tuple[str, ...]:

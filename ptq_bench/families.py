@@ -333,8 +333,10 @@ def _get(config: Any, key: str) -> Any:
 
 
 def config_keys(model_type: str) -> tuple[str, ...]:
-    """The config values that decide whether (and which of) the model type's layouts fit a config."""
-    return tuple(dict.fromkeys(key for family in layouts(model_type) for key, _ in family.requires))
+    """The config values that decide whether (and which of) the model type's layouts fit a config, and the
+    one bounding its whole rows (`Family.whole_rows`)."""
+    keys = [key for family in layouts(model_type) for key in (*(k for k, _ in family.requires), family.whole_rows)]
+    return tuple(dict.fromkeys(k for k in keys if k))
 
 
 def _unmet(family: Family, config: Any) -> list[tuple[str, Any, Any]]:

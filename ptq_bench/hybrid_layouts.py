@@ -172,13 +172,14 @@ def recurrent_gemma() -> Family:
 # and forget gates (kept float, as Gated DeltaNet's b / a); its multi-head LayerNorm's output is times the sigmoid
 # output gate before out_proj (not smoothed); norm_ffn feeds a gated SiLU MLP. ("fused" weight mode: transformers
 # 5.25 cannot initialize it; not described.) A row longer than max_inference_chunksize (16384) runs chunk by chunk
-# through all blocks, so the runner would see only its first chunk
+# through all blocks (`whole_rows`: validate refuses such a calibration length)
 _MLSTM = tuple(f"mlstm_layer.{n}" for n in ("q", "k", "v", "ogate_preact"))
 _MLSTM_GATES = ("mlstm_layer.igate_preact", "mlstm_layer.fgate_preact")
 _FFN = ("ffn.proj_up_gate", "ffn.proj_up")
 XLSTM = Family("backbone.blocks", (_MLSTM, ("mlstm_layer.out_proj",), _FFN, ("ffn.proj_down",)),
                (Smooth("norm_mlstm", (*_MLSTM, *_MLSTM_GATES), "gain"), Smooth("norm_ffn", _FFN, "gain")),
-               floats=_MLSTM_GATES, requires=(("weight_mode", "single"), ("use_bias", False)))
+               floats=_MLSTM_GATES, requires=(("weight_mode", "single"), ("use_bias", False)),
+               whole_rows="max_inference_chunksize")
 
 
 # Qwen3.5 / Qwen3-Next's blocks: (1 + w) RMSNorms; a shared expert (with a sigmoid gate) before the routed ones

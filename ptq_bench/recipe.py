@@ -19,7 +19,7 @@ from dataclasses import MISSING, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ptq_bench.cells import MAX_SETTINGS, Cell, calib_seed, expand_cells, targets
+from ptq_bench.cells import MAX_SETTINGS, Cell, calib_seed, expand_cells
 from ptq_bench.config import ConfigError, bound, from_dict, load_yaml, short, to_dict
 from ptq_bench.data import PPL_FILES, TRAIN_FILES
 from ptq_bench.errors import RecipeError
@@ -299,32 +299,10 @@ def model_kind(recipe: Recipe, name: str) -> str:
     return source_info(recipe, name).kind or "fp16"
 
 
-def _context(recipe: Recipe, name: str) -> tuple[int | None, str]:
-    """(context length of model `name`, where that number comes from)."""
-    spec = recipe.models[name]
-    if spec.source is None:
-        return model_arch(recipe, name).max_seq_len, f"models.{name} arch.max_seq_len"
-    return source_info(recipe, name).context_length, f"models.{name}.source config"
-
-
-def _check_lengths(recipe: Recipe) -> None:
-    """Training, calibration and evaluation windows fit each model's context."""
-    calibrated = {n for q in recipe.quantize if CATALOG[q.method].needs_calibration
-                  for n in targets(recipe, q, "quantize")}
-    for name, spec in recipe.models.items():
-        ctx, origin = _context(recipe, name)
-        if ctx is None:
-            continue
-        lengths = [("eval.perplexity.seq_len", recipe.eval.perplexity.seq_len)]
-        lengths += [("train.seq_len", recipe.train.seq_len)] if spec.source is None else []
-        lengths += [("calibration.seq_len", recipe.calibration.seq_len)] if name in calibrated else []
-        for key, value in lengths:
-            if value > ctx:
-                raise RecipeError(f"{key}: {value} is longer than the context of model '{name}' ({ctx}, {origin})")
-
-
 def check_recipe(recipe: Recipe) -> None:
     """Cross-field checks: names used as paths, sources, arch overrides, lengths, quantize entries."""
+    from ptq_bench.lengths import check_lengths
+
     check_component(recipe.name, "name")
     for name, spec in recipe.models.items():
         check_component(name, "models: a model name")
@@ -332,7 +310,7 @@ def check_recipe(recipe: Recipe) -> None:
             raise RecipeError(f"models.{name}.source: {short(spec.source)} holds no tokenizer (tokenizer.json or GGUF vocab)")
         model_arch(recipe, name)
     expand_cells(recipe)
-    _check_lengths(recipe)
+    check_lengths(recipe)
     check_executor(recipe)
     check_offload(recipe)
     check_dtype(recipe)

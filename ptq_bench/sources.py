@@ -83,6 +83,7 @@ class SourceInfo:
     has_tokenizer: bool  # tokenizer files in the folder, or tokenizer metadata in the GGUF
     note: str = ""  # provenance worth printing beside results (GGUF quantization, offline hub id)
     layout_problem: str = ""  # why PTQ cannot walk its blocks: a config value its family entry does not describe
+    whole_rows: tuple[str, int] | None = None  # (config key, value): the longest row its forward runs unsplit
 
     @property
     def low_bit(self) -> bool:
@@ -166,10 +167,11 @@ def kind_of(config: dict, key: str, where: Path | str) -> str:
 
 
 def _info(source: str, form: str, path: Path | None, model_type: str | None, kind: str | None,
-          context: Any, files: list[Path], has_tokenizer: bool, note: str = "", layout_problem: str = "") -> SourceInfo:
+          context: Any, files: list[Path], has_tokenizer: bool, note: str = "", layout_problem: str = "",
+          whole_rows: tuple[str, int] | None = None) -> SourceInfo:
     return SourceInfo(source, form, None if path is None else str(path), model_type, kind,
                       NATIVE_BITS.get(kind) if kind else None, context if isinstance(context, int) else None,
-                      content_hash(files) if files else None, has_tokenizer, note, layout_problem)
+                      content_hash(files) if files else None, has_tokenizer, note, layout_problem, whole_rows)
 
 
 CONTEXT_KEYS = ("max_position_embeddings", "n_positions", "max_seq_len", "model_max_length")  # config.json's context length
@@ -213,7 +215,15 @@ def _inspect_hf(source: str, p: Path, key: str, form: str) -> SourceInfo:
     context = next((config[k] for k in CONTEXT_KEYS if k in config), None)  # BLOOM (ALiBi) names none
     tok = any((p / f).is_file() for f in TOKENIZER_FILES)
     return _info(source, form, p, model_type, kind, context, checkpoint_files(p), tok,
-                 layout_problem=layout_problem(config))
+                 layout_problem=layout_problem(config), whole_rows=_whole_rows(config, model_type))
+
+
+def _whole_rows(config: dict, model_type: str) -> tuple[str, int] | None:
+    """(key, value) of the config value bounding the rows the model's forward runs unsplit, if its family has one."""
+    from ptq_bench.families import layouts
+
+    key = layouts(model_type)[0].whole_rows
+    return (key, config[key]) if key and isinstance(config.get(key), int) else None
 
 
 def _inspect_toolkit(source: str, p: Path, key: str) -> SourceInfo:

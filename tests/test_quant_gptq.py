@@ -231,3 +231,20 @@ def test_linears_sharing_a_hessian_are_solved_stacked_bit_for_bit(family, true_s
         g1, g2 = getattr(one[name], GRID_ATTR), getattr(alone[name], GRID_ATTR)
         assert torch.equal(g1.scale, g2.scale) and torch.equal(g1.zero, g2.zero), name
         assert one[name].weight.untyped_storage().nbytes() == one[name].weight.numel() * 4, name  # own storage
+
+
+def test_capture_refuses_a_forward_that_splits_rows():
+    """xLSTM runs rows longer than max_inference_chunksize chunk by chunk through all blocks; block 0 would
+    be recorded with the first chunk only, so calibration would silently use a fraction of its tokens."""
+    from tiny_families import tiny_model
+
+    from ptq_bench.errors import QuantError
+
+    model = tiny_model("xlstm", vocab_size=64)
+    model.config.max_inference_chunksize = 8
+    ids = torch.randint(0, 64, (2, 16), generator=torch.Generator().manual_seed(0))
+    with pytest.raises(QuantError, match=r"block 0 received hidden states of shape \(2, 8, 64\) for a "
+                                         r"calibration batch of \(2, 16\) tokens"):
+        capture_inputs(model, ids)
+    model.config.max_inference_chunksize = 16
+    assert capture_inputs(model, ids).hidden[0].shape == (2, 16, 64)

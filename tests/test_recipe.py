@@ -437,6 +437,19 @@ def test_source_context_is_checked(tmp_path, capsys):
     assert_refused(path, capsys, "eval.perplexity.seq_len: 64 is longer than the context of model 'hf' (32")
 
 
+def test_calibration_rows_an_xlstm_splits_are_refused(tmp_path, capsys):
+    """xLSTM runs a row longer than max_inference_chunksize chunk by chunk: the runner would see the first chunk."""
+    xlstm = {"model_type": "xlstm", "weight_mode": "single", "use_bias": False}
+    src = _source(tmp_path, {**xlstm, "max_inference_chunksize": 32})
+    path = write(tmp_path, lambda r: r.update(models={"x": {"source": str(src)}},
+                                              quantize=[{"method": "gptq", "w_bits": 4}]))
+    assert_refused(path, capsys, "calibration.seq_len: 64 is longer than the rows model 'x' runs whole "
+                                 "(max_inference_chunksize 32)")
+    (src / "config.json").write_text(json.dumps(xlstm))  # transformers' default, 16384
+    assert main(["validate", str(path)]) == 0
+    assert load_recipe(path).calibration.seq_len == 64
+
+
 def test_hub_id_source_is_allowed(tmp_path):
     path = write(tmp_path, lambda r: r.update(models={"hf": {"source": "org/name"}}, quantize=[]))
     assert load_recipe(path).models["hf"].source == "org/name"

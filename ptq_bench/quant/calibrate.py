@@ -197,6 +197,7 @@ def capture_inputs(model: nn.Module, calib: torch.Tensor, batch_size: int = 8,
                 try:
                     model(batch.to(place.device_for(model)), use_cache=False)
                 except _Caught:
+                    _check_whole(model, got.hidden[-1], batch)
                     continue
                 raise QuantError(f"{type(model).__name__}: the forward pass never reached its last decoder block")
     finally:
@@ -204,6 +205,15 @@ def capture_inputs(model: nn.Module, calib: torch.Tensor, batch_size: int = 8,
             h.remove()
         place.move_rest(model, to_device=False)
     return got
+
+
+def _check_whole(model: nn.Module, hidden: torch.Tensor, batch: torch.Tensor) -> None:
+    """Block 0 saw every token of the batch: a forward that splits rows into chunks (xLSTM's longer than
+    max_inference_chunksize) reaches the last block with the first chunk, so calibrating would use it alone."""
+    if hidden.shape[:2] != batch.shape:
+        raise QuantError(f"{type(model).__name__}: block 0 received hidden states of shape {tuple(hidden.shape)} "
+                         f"for a calibration batch of {tuple(batch.shape)} tokens; the block runner calibrates "
+                         "only on whole rows")
 
 
 @contextmanager
