@@ -44,6 +44,7 @@ from ptq_bench.cells import refuse_loaded
 from ptq_bench.console import log, quiet_lm_eval
 from ptq_bench.curves import save_curve
 from ptq_bench.errors import PtqBenchError
+from ptq_bench.interrupts import held
 from ptq_bench.prepare import Context, get_tokenizer, pick_device
 from ptq_bench.recipe import Cell, ExecutorSpec, Recipe
 from ptq_bench.results import Row, append_row, write_manifest
@@ -363,8 +364,9 @@ def store(sw: Sweep, cell: Cell, out: Any) -> None:
     workers = sw.manifest["invocations"][-1]["executor"]["workers"]
     if out.get("worker") not in workers:
         workers.append(out.get("worker"))
-    append_row(sw.out, row)
-    sw.ran += 1
+    with held():  # the row and its count are one step (ptq_bench/interrupts.py)
+        append_row(sw.out, row)
+        sw.ran += 1
     sw.bar.update(1)
 
 

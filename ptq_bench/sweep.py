@@ -36,6 +36,7 @@ from ptq_bench.data import (
 )
 from ptq_bench.errors import Interrupted, PtqBenchError
 from ptq_bench.eval.evaluator import EVAL_VERSION, Evaluator
+from ptq_bench.interrupts import held
 from ptq_bench.kinds import NATIVE_BITS  # nominal (weight, activation) bits of unquantized models
 from ptq_bench.lock import run_lock
 from ptq_bench.prepare import (
@@ -247,8 +248,9 @@ def run_cell(sw: Sweep, cell: Cell, base: Base, size: dict[str, int], backup: An
     row = make_row(sw, cell, base, size, metrics, quant, time.perf_counter() - t_eval + before_s)
     ran_tasks = evaluate.suite is not None and cell.tasks != ()
     row.protocol["path"] = evaluate.suite.last_path if ran_tasks else None  # FastLM path taken, if any
-    append_row(sw.out, row) if sw.sink is None else sw.sink(row)
-    sw.ran += 1
+    with held():  # a signal between the row's write and its count would misstate what this run stored
+        append_row(sw.out, row) if sw.sink is None else sw.sink(row)
+        sw.ran += 1
     sw.bar.update(1)
     _print_cell(row)
     del target

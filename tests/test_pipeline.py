@@ -145,6 +145,28 @@ def test_sigterm_and_ctrl_c_stop_a_run_with_its_record_and_a_resume_line(ref, tm
     assert "(2 interrupted)" in (out / "table.md").read_text(encoding="utf-8")
 
 
+def test_a_signal_just_after_a_row_is_written_counts_that_row(ref, tmp_path, monkeypatch, capsys):
+    """SIGTERM between a row's write and its count (met once under load) made the last line and the
+    manifest's cells_run say one cell fewer than the run had stored."""
+    import ptq_bench.sweep as sweep
+    from ptq_bench.cli import main
+
+    recipe, out, _cache = workspace(ref, tmp_path)
+    write = sweep.append_row
+
+    def write_then_signal(run_dir, row):
+        write(run_dir, row)
+        signal.raise_signal(signal.SIGTERM)  # what `timeout` or Slurm sends, arriving right after the write
+
+    monkeypatch.setattr(sweep, "append_row", write_then_signal)
+    assert main(["run", str(recipe)]) == 143
+    assert len(load_rows(out)) == 1
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        f"ptq-bench: interrupted: 1 of {len(ref.rows)} cells are stored in {out} (1 by this run); "
+        "run the same command again to resume")
+    assert json.loads((out / "manifest.json").read_text())["invocations"][-1]["cells_run"] == 1
+
+
 def test_a_damaged_or_missing_curve_file_is_written_again_from_the_model_cache(ref, tmp_path):
     """A hand-truncated curves/<model>.json was skipped by every later table (with a note) although the
     model cache holds the curve; a finished folder's next run now writes it again."""
