@@ -26,8 +26,11 @@ smoke: setup
 lint: setup
 	$(BIN)/ruff check .
 
+# pytest-xdist: one worker per core of this 2-core machine (TEST_WORKERS=0 runs in one process); the Ray
+# tests share one worker (`xdist_group`), and tests/conftest.py gives each worker one thread and a temp folder
+TEST_WORKERS ?= 2
 test: setup
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadgroup
 
 # the independent GPTQ (GPTQModel) for benchmarks/gptq_vs_gptqmodel.py; --no-deps keeps torch 2.13.0
 oracle: setup

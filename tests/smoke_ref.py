@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from filelock import FileLock
 
 from ptq_bench.results import read_rows
 
@@ -46,18 +47,21 @@ class Ref:
 
 
 def reference(base: Path) -> Ref:
-    """The shared smoke run (built on first call); $PTQ_BENCH_SMOKE_REF keeps it across sessions."""
-    work = Path(os.environ.get("PTQ_BENCH_SMOKE_REF") or base / "smoke-ref")
+    """The shared smoke run (built on first call); $PTQ_BENCH_SMOKE_REF keeps it across sessions. Under
+    pytest-xdist every worker has a base folder of its own in the session's: the run is built once there."""
+    shared = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+    work = Path(os.environ.get("PTQ_BENCH_SMOKE_REF") or shared / "smoke-ref")
     raw = yaml.safe_load(SMOKE.read_text(encoding="utf-8"))
     raw.update(output_dir=str(work / "out"), cache_dir=str(work / "cache"))
     recipe = work / "smoke.yaml"
-    if not (work / "complete").is_file():
-        shutil.rmtree(work, ignore_errors=True)
-        work.mkdir(parents=True)
-        write_recipe(recipe, raw)
-        proc = cli("run", str(recipe))
-        assert proc.returncode == 0, proc.stderr[-3000:]
-        (work / "complete").touch()
+    with FileLock(f"{work}.lock"):
+        if not (work / "complete").is_file():
+            shutil.rmtree(work, ignore_errors=True)
+            work.mkdir(parents=True)
+            write_recipe(recipe, raw)
+            proc = cli("run", str(recipe))
+            assert proc.returncode == 0, proc.stderr[-3000:]
+            (work / "complete").touch()
     return Ref(raw, recipe, work / "out", work / "cache", read_rows(work / "out"))
 
 

@@ -25,7 +25,7 @@ import ptq_bench.executors as executors
 from ptq_bench.cli import main
 from ptq_bench.results import RESULTS, load_rows
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("ray")]  # one local Ray instance at a time
 TIMING = {"finished", "eval_seconds", "sha256"}  # row fields that differ between any two runs (the digest covers both)
 
 
