@@ -134,12 +134,16 @@ def to_latex(df: pd.DataFrame, caption: str) -> str:
     return "\n".join(lines)
 
 
-def to_csv(df: pd.DataFrame) -> str:
+def to_csv(df: pd.DataFrame, keys: dict[str, str] | None = None) -> str:
+    """The table as CSV; a Spread column is two (`PPL`, `PPL_std`); a column in `keys` has its metric key
+    after its header (`PPL [ppl_gptq/wikitext2/seq128]`, `PPL_std [...]`)."""
     import csv
     import io
 
+    keys = keys or {}
     spread = {c for c in df.columns if any(isinstance(v, Spread) for v in df[c])}
-    head = [name for c in df.columns for name in ([c, f"{c}_std"] if c in spread else [c])]
+    head = [name + (f" [{keys[c]}]" if c in keys else "")
+            for c in df.columns for name in ([c, f"{c}_std"] if c in spread else [c])]
 
     def cells(c: str, v: Any) -> list[str]:
         if c not in spread:

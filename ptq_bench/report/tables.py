@@ -172,15 +172,31 @@ def eval_note(manifest: dict[str, Any], tasks: list[str]) -> list[str]:
             + (f"; task versions: {shown}" if shown else "") + "."]
 
 
-def column_keys(run: RunData, layout: Layout, df: pd.DataFrame) -> str:
-    """What a paper layout's short column headers measure, as stored metric keys ("" for the generic table,
-    whose headers are the keys): `PPL` = `ppl_gptq/wikitext2/seq128`; `ARCe` = `arc_easy/0shot/acc_norm`; ..."""
+MIXED = "mixed (below)"  # a PPL column whose rows were measured under different protocols (ppl_note)
+
+
+def column_key_map(run: RunData, layout: Layout, df: pd.DataFrame) -> dict[str, str]:
+    """What a paper layout's short column headers measure, as stored metric keys (empty for the generic
+    table, whose headers are the keys): {"PPL": "ppl_gptq/wikitext2/seq128", "ARCe": "arc_easy/0shot/acc_norm"}."""
     ppls = ppl_keys(run.rows)
     shots = {num_fewshot(r) for r in run.rows if ran_tasks(r)}
     n = f"{shots.pop()}shot" if len(shots) == 1 else "<n>shot"
-    named = {"PPL": f"`{ppls[0]}`" if len(ppls) == 1 else "mixed (below)" if ppls else None,
-             **{label: f"`{task}/{n}/{metric}`" for label, (task, metric) in zip(labels(layout), layout.columns)}}
-    return "; ".join(f"`{col}` = {key}" for col, key in named.items() if key and col in df.columns)
+    named = {"PPL": ppls[0] if len(ppls) == 1 else MIXED if ppls else None,
+             **{label: f"{task}/{n}/{metric}" for label, (task, metric) in zip(labels(layout), layout.columns)}}
+    return {col: key for col, key in named.items() if key and col in df.columns}
+
+
+def column_keys(run: RunData, layout: Layout, df: pd.DataFrame) -> str:
+    """`column_key_map` as the md's first note: `PPL` = `ppl_gptq/wikitext2/seq128`; `ARCe` = ..."""
+    return "; ".join(f"`{col}` = {key if key == MIXED else f'`{key}`'}"
+                     for col, key in column_key_map(run, layout, df).items())
+
+
+def csv_keys(run: RunData, layout: Layout, df: pd.DataFrame) -> dict[str, str]:
+    """`column_key_map` for a .csv, which carries no notes: its headers name what each number is
+    (`PPL [ppl_gptq/wikitext2/seq128]`)."""
+    return {col: "mixed protocols, see the .md" if key == MIXED else key
+            for col, key in column_key_map(run, layout, df).items()}
 
 
 def ppl_note(rows: list[dict[str, Any]]) -> list[str]:

@@ -14,7 +14,7 @@ from ptq_bench.cache import write_atomic
 from ptq_bench.report.fmt import to_csv, to_latex, to_markdown
 from ptq_bench.report.layouts import GENERIC, LAYOUTS, SPREAD, Layout, load
 from ptq_bench.report.run import RunData, shots
-from ptq_bench.report.tables import column_keys, notes
+from ptq_bench.report.tables import column_keys, csv_keys, notes
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -56,7 +56,7 @@ def _caption(run: RunData, layout: Layout, df: pd.DataFrame) -> str:
 
 WRITERS: dict[str, Callable[[RunData, Layout, pd.DataFrame], str]] = {
     "md": _markdown,
-    "csv": lambda run, layout, df: to_csv(df),
+    "csv": lambda run, layout, df: to_csv(df, csv_keys(run, layout, df)),
     "tex": lambda run, layout, df: to_latex(df, _caption(run, layout, df)),
 }
 
