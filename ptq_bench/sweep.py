@@ -145,15 +145,16 @@ def run(recipe: Recipe, recipe_text: str) -> Path:
             else:
                 for name in recipe.models:
                     run_model(sw, name)
+            sw.bar.close()
+            mend_curves(sw.out, recipe, sw.ctx.cache, sw.keys)  # a signal until the invocation is closed is
+            _record_eval(sw)  # handled as one in the cells' loop: its end and cells_run are recorded
+            close_run(sw.out, sw.manifest, time.perf_counter() - t0, sw.ran)
         except KeyboardInterrupt:
             sw.bar.close()  # before the message: a bar redrawn after it hid it
             _record_eval(sw)
             raise stopped(sw.out, sw.manifest, t0, sw.ran, sw.already + sw.ran, sw.already + len(sw.todo)) from None
         finally:
             sw.bar.close()
-        mend_curves(sw.out, recipe, sw.ctx.cache, sw.keys)
-        _record_eval(sw)
-        close_run(sw.out, sw.manifest, time.perf_counter() - t0, sw.ran)
     log(f"done in {time.perf_counter() - t0:.0f}s")
     if sw.failed:  # their rows are missing: the run is incomplete (the manifest's invocation lists them)
         raise PtqBenchError(f"{len(sw.failed)} cell(s) failed, first: {sw.failed[0]}; re-run to retry them")
@@ -185,10 +186,10 @@ def prepare(recipe: Recipe, recipe_text: str, t0: float) -> Sweep:
     done = {row.cell_id for row in rows}
     try:
         tokenizer, tok_key = get_tokenizer(ctx) if recipe.trains_tokenizer else (None, "")
+        keys = {name: model_key(ctx, name, tok_key) for name in recipe.models}  # a source's key reads its files
+        todo = [c for c in cells if cell_id(c, keys[c.model], recipe.dtype) not in done]
     except KeyboardInterrupt:  # the invocation is open: close it as the cells' loop does
         raise stopped(out, manifest, t0, 0, len(done), len(cells)) from None
-    keys = {name: model_key(ctx, name, tok_key) for name in recipe.models}
-    todo = [c for c in cells if cell_id(c, keys[c.model], recipe.dtype) not in done]
     already = len(cells) - len(todo)
     log(f"{len(cells)} cells, {already} already done, {len(todo)} to run -> {out}")
     return Sweep(ctx, out, manifest, keys, todo, tokenizer, tok_key, already=already)

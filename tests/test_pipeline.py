@@ -194,3 +194,30 @@ def test_ctrl_c_during_tokenizer_training_closes_the_invocation(ref, tmp_path):
                                     "(0 by this run); run the same command again to resume"), last
     inv = json.loads((out / "manifest.json").read_text())["invocations"][-1]
     assert inv["interrupted"] is True and inv["cells_run"] == 0
+
+
+@pytest.mark.parametrize("step", ["mend_curves", "close_run"])
+def test_a_signal_after_the_last_cell_closes_the_invocation(ref, tmp_path, monkeypatch, capsys, step):
+    """SIGTERM after the cells' loop (curves mended, the invocation being closed) left the invocation
+    without its end or cells_run, or finished but not interrupted, and printed a bare `ptq-bench: interrupted`."""
+    import ptq_bench.sweep as sweep
+    from ptq_bench.cli import main
+
+    recipe, out, _cache = workspace(ref, tmp_path, copy_out=True)
+    lines = (out / "results.jsonl").read_text().splitlines(keepends=True)
+    (out / "results.jsonl").write_text("".join(lines[:-1]))  # one cell left to run
+    real = getattr(sweep, step)
+
+    def then_signal(*args, **kw):
+        real(*args, **kw)
+        if not kw.get("interrupted"):
+            signal.raise_signal(signal.SIGTERM)
+
+    monkeypatch.setattr(sweep, step, then_signal)
+    assert main(["run", str(recipe)]) == 143
+    total = len(ref.rows)
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        f"ptq-bench: interrupted: {total} of {total} cells are stored in {out} (1 by this run); "
+        "run the same command again to resume")
+    inv = json.loads((out / "manifest.json").read_text())["invocations"][-1]
+    assert inv["interrupted"] is True and inv["cells_run"] == 1 and "finished" in inv
