@@ -71,8 +71,18 @@ def check_data(recipe: Any) -> Path:
     return data_dir
 
 
+# the cache's folders whose entries a run rebuilds, replaces or clears (prepare, tokens, eval, sweep)
+CACHE_FOLDERS = ("models", "tokenizers", "tokens", "kld", "sources", "in_place")
+
+
 def check_paths(recipe: Any, data_dir: Path | None) -> None:
-    """The output and cache folders of `recipe` are usable (see `check_folder`); called by `run`
-    after `validate`'s checks and before anything is written."""
+    """The output and cache folders of `recipe` are usable (see `check_folder`), and the results folder is
+    not inside one of the cache's own folders (an artefact found with a foreign file is rebuilt: removed);
+    called by `run` after `validate`'s checks and before anything is written."""
     check_folder(str(recipe.out_dir), "output_dir", data_dir)
     check_folder(str(recipe.cache_path), "cache_dir", data_dir)
+    out, cache = Path(recipe.out_dir).resolve(), Path(recipe.cache_path).resolve()
+    for name in CACHE_FOLDERS:
+        if _inside(out, cache / name):
+            raise RecipeError(f"output_dir: {short(str(out))} is inside the cache folder {short(str(cache / name))}, "
+                              "whose entries ptq-bench rebuilds and removes; set an output_dir outside it")

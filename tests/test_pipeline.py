@@ -221,3 +221,10 @@ def test_a_signal_after_the_last_cell_closes_the_invocation(ref, tmp_path, monke
         "run the same command again to resume")
     inv = json.loads((out / "manifest.json").read_text())["invocations"][-1]
     assert inv["interrupted"] is True and inv["cells_run"] == 1 and "finished" in inv
+
+
+def test_the_cache_folders_kept_apart_from_output_dirs_are_every_folder_a_run_fills(ref):
+    """`paths.CACHE_FOLDERS` (an output_dir inside one is refused) names each folder the smoke run's cache holds."""
+    from ptq_bench.paths import CACHE_FOLDERS
+
+    assert {p.name for p in ref.cache.iterdir() if p.is_dir()} <= set(CACHE_FOLDERS)

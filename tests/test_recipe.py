@@ -298,6 +298,11 @@ BAD_FOLDERS = {  # run only: validate does not look at output folders
     "cache_dir under a file": (lambda t: {"cache_dir": str(_plant_file(t) / "c")}, "cache_dir: ", "under a file"),
     "cache_dir data folder": (lambda t: {"cache_dir": str(DATA)}, "cache_dir: ", "data folder"),
     "cache_dir /": (lambda t: {"cache_dir": "/"}, "cache_dir: ", "root folder"),
+    # a rebuilt artefact is removed whole: the run folder with it (a traceback, and its manifest and rows gone)
+    "output_dir in a cached model": (lambda t: {"cache_dir": str(t / "c"), "output_dir": str(t / "c" / "models" / "m" / "out")},
+                                     "output_dir: ", "inside the cache folder"),
+    "output_dir is the cache's kld": (lambda t: {"cache_dir": str(t / "c"), "output_dir": str(t / "c" / "kld")},
+                                      "output_dir: ", "inside the cache folder"),
 }
 
 
