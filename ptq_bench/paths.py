@@ -86,3 +86,7 @@ def check_paths(recipe: Any, data_dir: Path | None) -> None:
         if _inside(out, cache / name):
             raise RecipeError(f"output_dir: {short(str(out))} is inside the cache folder {short(str(cache / name))}, "
                               "whose entries ptq-bench rebuilds and removes; set an output_dir outside it")
+    from ptq_bench.results import RESULTS
+
+    if (out / RESULTS).is_file() and not os.access(out / RESULTS, os.W_OK):  # else refused after its first cell
+        raise RecipeError(f"output_dir: {RESULTS} is not writable (in {short(str(out))})")

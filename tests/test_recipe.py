@@ -374,6 +374,19 @@ def test_run_refuses_unwritable_folder(tmp_path, capsys):
     assert_refused(path, capsys, "not writable", commands=("run",))
 
 
+def test_run_refuses_a_read_only_results_file(tmp_path, capsys):
+    """A results.jsonl the user cannot write (its folder writable) was found only when the first cell's row
+    was appended: a PermissionError traceback after the work, the invocation left open."""
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "results.jsonl").write_text("")
+    (out / "results.jsonl").chmod(0o444)
+    if os.access(out / "results.jsonl", os.W_OK):
+        pytest.skip("this process can write a read-only file (root with CAP_DAC_OVERRIDE)")
+    path = write(tmp_path, lambda r: r.update(output_dir=str(out)))
+    assert "results.jsonl is not writable" in assert_refused(path, capsys, "output_dir: ", commands=("run",))
+
+
 def test_cli_output_dir_override_is_checked(tmp_path, capsys):
     path = write(tmp_path, lambda r: None)
     assert main(["run", str(path), "--output-dir", str(_plant_file(tmp_path))]) == 2
