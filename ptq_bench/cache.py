@@ -116,9 +116,13 @@ def ensure(path: Path, build: Callable[[Path], None], what: str) -> Path:
             log(f"cache: {what} {path} {why}; rebuilding it")
         tmp = path.with_name(".tmp-" + path.name)
         _remove(tmp)
-        build(tmp)
-        if tmp.is_dir():
-            write_atomic(tmp / CHECKSUMS, json.dumps(folder_digests(tmp), indent=1, sort_keys=True))
+        try:
+            build(tmp)
+            if tmp.is_dir():
+                write_atomic(tmp / CHECKSUMS, json.dumps(folder_digests(tmp), indent=1, sort_keys=True))
+        except BaseException:  # an error or a Ctrl-C: no half-built artefact left (one of another key stayed)
+            _remove(tmp)
+            raise
         _remove(sidecar(path))
         _remove(path)
         os.replace(tmp, path)

@@ -20,6 +20,24 @@ from ptq_bench.sweep import data_hashes
 from ptq_bench.tokens import cached_array, encode_stream
 
 
+@pytest.mark.parametrize("stop", [KeyboardInterrupt, OSError])
+@pytest.mark.parametrize("kind", ["folder", "file"])
+def test_a_build_stopped_midway_leaves_no_half_built_artefact(tmp_path, stop, kind):
+    """A Ctrl-C or SIGTERM while a model or tokenizer was saved left its `.tmp-` folder in the cache; only a
+    later build of the same artefact removed it (a model's: its size, kept for good once the recipe changed)."""
+    def build(tmp):
+        if kind == "folder":
+            tmp.mkdir()
+            (tmp / "weights.bin").write_bytes(b"part")
+        else:
+            tmp.write_bytes(b"part")
+        raise stop
+
+    with pytest.raises(stop):
+        ensure(tmp_path / ("m" if kind == "folder" else "a.npy"), build, "model")
+    assert sorted(p.name for p in tmp_path.iterdir() if not p.name.endswith(".lock")) == []
+
+
 @pytest.fixture(scope="session")
 def ref(tmp_path_factory):
     return reference(tmp_path_factory.getbasetemp())
