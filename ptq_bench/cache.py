@@ -77,10 +77,16 @@ def _remove(path: Path) -> None:
         path.unlink(missing_ok=True)
 
 
+def temp_sibling(path: Path) -> Path:
+    """A temp file beside `path`, ending like it, of this process alone: two writers of one file (two
+    `report`s of a folder) must not write, rename or remove each other's temp."""
+    return path.with_name(f".tmp-{os.getpid()}-{path.name}")
+
+
 def write_atomic(path: Path, text: str) -> None:
     """`text` into `path` through a sibling temp file and a rename: a reader (or a run killed mid-write)
     sees the old file or the new one, never a part."""
-    tmp = path.with_name(".tmp-" + path.name)
+    tmp = temp_sibling(path)
     with removed_on_failure(tmp):
         tmp.write_text(text, encoding="utf-8")
     os.replace(tmp, path)

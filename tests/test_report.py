@@ -431,3 +431,20 @@ def test_an_interrupted_report_leaves_every_file_whole(tmp_path, monkeypatch):
                 render(folder)
         after = outputs()
         assert after == before, (name, [n for n in before if after.get(n) != before[n]])
+
+
+def test_two_writers_of_one_table_at_once_do_not_trip_over_each_other(tmp_path):
+    """Two `report`s of one folder (or a report while the run's own render ends) shared one temp name per
+    file: one renamed the other's half-written temp into place, the other failed with FileNotFoundError."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from pathlib import Path; from ptq_bench.cache import write_atomic\n"
+            "for i in range(2000): write_atomic(Path(sys.argv[1]), 'x' * 20000 + '\\n')\n")
+    target = tmp_path / "table.md"
+    procs = [subprocess.Popen([sys.executable, "-c", code, str(target)], stderr=subprocess.PIPE, text=True)
+             for _ in range(2)]
+    errs = [p.communicate()[1] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], errs[0][-500:] + errs[1][-500:]
+    assert target.read_text() == "x" * 20000 + "\n"
+    assert [p.name for p in tmp_path.iterdir()] == ["table.md"]

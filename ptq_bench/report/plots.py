@@ -14,7 +14,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ptq_bench.cache import removed_on_failure
+from ptq_bench.cache import removed_on_failure, temp_sibling
 from ptq_bench.report.fmt import md_cell, nonfinite_name
 from ptq_bench.report.run import RunData, first_protocol, metrics, ppl, ppl_keys, ran_on, shots
 from ptq_bench.report.tables import ACC_SUFFIXES, headline_metrics
@@ -102,7 +102,7 @@ def _save(fig: Any, path: Path) -> Path:
     killed report leaves the old figure or the new one, never an empty file."""
     import matplotlib.pyplot as plt
 
-    tmp = path.with_name(".tmp-" + path.name)
+    tmp = temp_sibling(path)
     fig.tight_layout()
     with removed_on_failure(tmp):
         fig.savefig(tmp, dpi=120)
