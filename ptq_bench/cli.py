@@ -43,8 +43,14 @@ def _run(args: argparse.Namespace) -> int:
 
     with session(recipe.executor):  # Ray: connected before anything is written
         out = run(recipe, Path(args.recipe).read_text(encoding="utf-8"))
-    for path in render(out):
-        print(f"wrote {path}")
+    try:
+        for path in render(out):
+            print(f"wrote {path}")
+    except KeyboardInterrupt:  # the run is complete and recorded: only its tables are not all written
+        from ptq_bench.errors import Interrupted
+
+        raise Interrupted(f"interrupted while writing the tables; every cell is stored in {out}: "
+                          f"`ptq-bench report {out}` writes them") from None
     return 0
 
 

@@ -228,3 +228,22 @@ def test_the_cache_folders_kept_apart_from_output_dirs_are_every_folder_a_run_fi
     from ptq_bench.paths import CACHE_FOLDERS
 
     assert {p.name for p in ref.cache.iterdir() if p.is_dir()} <= set(CACHE_FOLDERS)
+
+
+def test_a_signal_while_the_tables_are_written_says_the_run_is_stored(ref, tmp_path, monkeypatch, capsys):
+    """A SIGTERM during the tables of a finished run printed a bare `ptq-bench: interrupted`."""
+    import ptq_bench.report as report
+    from ptq_bench.cli import main
+
+    recipe, out, _cache = workspace(ref, tmp_path, copy_out=True)
+
+    def stopped(run_dir):
+        signal.raise_signal(signal.SIGTERM)
+        yield run_dir
+
+    monkeypatch.setattr(report, "render", stopped)
+    assert main(["run", str(recipe)]) == 143
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        f"ptq-bench: interrupted while writing the tables; every cell is stored in {out}: "
+        f"`ptq-bench report {out}` writes them")
+    assert json.loads((out / "manifest.json").read_text())["invocations"][-1]["cells_run"] == 0
