@@ -102,6 +102,26 @@ def removed_on_failure(tmp: Path) -> Iterator[None]:
         raise
 
 
+@contextlib.contextmanager
+def shared_lock(path: Path, what: str) -> Iterator[None]:
+    """Hold `path`'s lock (`<path>.lock`), which runs sharing a cache take to build it once; while another
+    run holds it (building or checking it), say so before waiting: a silent run looked hung."""
+    from filelock import FileLock, Timeout
+
+    from ptq_bench.console import log
+
+    lock = FileLock(str(path) + ".lock")
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        log(f"cache: {what} {path} is being built or checked by another run; waiting for it")
+        lock.acquire()
+    try:
+        yield
+    finally:
+        lock.release()
+
+
 def ensure(path: Path, build: Callable[[Path], None], what: str) -> Path:
     """`path`, verified; built first when missing, rebuilt (with a log line) when damaged.
 
@@ -109,12 +129,10 @@ def ensure(path: Path, build: Callable[[Path], None], what: str) -> Path:
     like it (`.npy` stays `.npy`); its checksum is written after it, then it is renamed into place. A
     per-artefact lock makes concurrent runs sharing a cache build it once.
     """
-    from filelock import FileLock
-
     from ptq_bench.console import log
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(path) + ".lock"):
+    with shared_lock(path, what):
         why = problem(path)
         if why is None:
             return path

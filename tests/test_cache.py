@@ -20,6 +20,25 @@ from ptq_bench.sweep import data_hashes
 from ptq_bench.tokens import cached_array, encode_stream
 
 
+def test_a_run_waiting_for_another_runs_build_says_so(tmp_path, capsys):
+    """Two runs sharing a cache: the second waited, without a word, for the first to build an artefact
+    (a tokenizer, a model's whole training): it looked hung."""
+    import subprocess
+    import sys
+
+    path = tmp_path / "a.npy"
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from filelock import FileLock\n"
+                               "with FileLock(sys.argv[1]): print('held', flush=True); time.sleep(1.5)",
+                               str(path) + ".lock"], stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline() == "held\n"
+    ensure(path, lambda tmp: np.save(tmp, np.arange(3)), "token array")
+    holder.wait()
+    assert capsys.readouterr().out == f"[ptq-bench] cache: token array {path} is being built or checked by another run; waiting for it\n"
+    assert problem(path) is None
+    ensure(path, lambda tmp: None, "token array")  # free and built: no word
+    assert capsys.readouterr().out == ""
+
+
 @pytest.mark.parametrize("stop", [KeyboardInterrupt, OSError])
 @pytest.mark.parametrize("kind", ["folder", "file"])
 def test_a_build_stopped_midway_leaves_no_half_built_artefact(tmp_path, stop, kind):

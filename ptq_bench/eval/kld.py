@@ -112,13 +112,12 @@ def build_reference(
     wins = windows(token_ids, seqlen, max_windows)
     if path is None:
         return _compute(model, wins, set_name, seqlen, max_windows, None, key, batch_size, progress)
-    from filelock import FileLock
-
+    from ptq_bench.cache import shared_lock
     from ptq_bench.console import log
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(path) + ".lock"):  # runs sharing a cache build it once (two writers of one memmap: SIGBUS)
+    with shared_lock(path, "the KLD reference"):  # built once by runs sharing a cache (two writers of a memmap: SIGBUS)
         _remove_stale_temps(path)
         ref = open_reference(path, wins, set_name, seqlen, max_windows, key)
         if ref is None and path.with_suffix(".json").is_file():
