@@ -45,13 +45,18 @@ def files_under(root: Path) -> set[Path]:
     return {p for p in root.rglob("*")}
 
 
+REFUSED_WITHIN = 10  # s; the smoke recipe's first cell alone takes longer (tokenizer training and a model)
+
+
 def assert_refused(path: Path, capsys, needle: str, commands=("validate", "run")) -> str:
-    """Each command exits 2 in under 2 s with one line (< 300 chars) containing `needle`; nothing written."""
+    """Each command exits 2 at once (before any model is built or trained: under REFUSED_WITHIN s, room for a
+    first transformers import on a loaded 2-core host) with one line (< 300 chars) containing `needle`;
+    nothing written."""
     before = files_under(path.parent)
     for cmd in commands:
         t0 = time.perf_counter()
         assert main([cmd, str(path)]) == 2
-        assert time.perf_counter() - t0 < 2
+        assert time.perf_counter() - t0 < REFUSED_WITHIN
         err = capsys.readouterr().err.strip()
         assert err.count("\n") == 0 and len(err) < 300, err[:400]
         assert needle in err, err
