@@ -32,6 +32,9 @@ for _base in BASES.values():  # spell out float and bool settings so that edits 
     _base["arch"].update(rope_theta=10000.0)
     _base["quantize"].append({"method": "gptq", "w_bits": 4, "group_size": 32, "damp": 0.01, "sym": True,
                               "act_order": False})
+# a refusal comes at once, before anything is built: under this many seconds (room for a first import of
+# transformers on a loaded 2-core host; the smoke recipe's first cell alone takes longer)
+REFUSED_WITHIN = 10
 MARK = "__MUTATION__"  # a string value later replaced in the YAML text by a text-level edit
 
 SPECIAL = [0, -1, 1, 2**31, 2**32, 2**63, 2**70, -(2**70), 10**30, 0.5, 1.5, -0.0, 1e308, math.nan, math.inf,

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from recipe_mutations import REFUSED_WITHIN
 
 from ptq_bench.cli import main
 from ptq_bench.errors import RecipeError
@@ -43,9 +44,6 @@ def write(tmp_path: Path, mutate) -> Path:
 
 def files_under(root: Path) -> set[Path]:
     return {p for p in root.rglob("*")}
-
-
-REFUSED_WITHIN = 10  # s; the smoke recipe's first cell alone takes longer (tokenizer training and a model)
 
 
 def assert_refused(path: Path, capsys, needle: str, commands=("validate", "run")) -> str:
