@@ -102,6 +102,16 @@ def test_table_md_csv_tex_render_nan_inf_and_missing_distinctly(tmp_path):
     assert r"$+\infty$" in tex and r"$-\infty$" in tex and "NaN" in tex
 
 
+@pytest.fixture(autouse=True)
+def _close_figures():
+    """`_drawn` keeps the figures it returns open for the test to read; closed after each test (matplotlib
+    warned of more than 20 open figures)."""
+    yield
+    import matplotlib.pyplot as plt
+
+    plt.close("all")
+
+
 def _drawn(monkeypatch, run, df, tmp_path, *plots) -> dict:
     """{file name: figure} of what `plots` drew (not saved)."""
     figs = {}
