@@ -150,9 +150,11 @@ def run(recipe: Recipe, recipe_text: str) -> Path:
             _record_eval(sw)  # handled as one in the cells' loop: its end and cells_run are recorded
             close_run(sw.out, sw.manifest, time.perf_counter() - t0, sw.ran)
         except KeyboardInterrupt:
-            sw.bar.close()  # before the message: a bar redrawn after it hid it
-            _record_eval(sw)
-            raise stopped(sw.out, sw.manifest, t0, sw.ran, sw.already + sw.ran, sw.already + len(sw.todo)) from None
+            with held(deliver=False):  # Ctrl-C pressed twice: the second must not leave the invocation open
+                sw.bar.close()  # before the message: a bar redrawn after it hid it
+                _record_eval(sw)
+                err = stopped(sw.out, sw.manifest, t0, sw.ran, sw.already + sw.ran, sw.already + len(sw.todo))
+            raise err from None
         finally:
             sw.bar.close()
     log(f"done in {time.perf_counter() - t0:.0f}s")
@@ -189,7 +191,9 @@ def prepare(recipe: Recipe, recipe_text: str, t0: float) -> Sweep:
         keys = {name: model_key(ctx, name, tok_key) for name in recipe.models}  # a source's key reads its files
         todo = [c for c in cells if cell_id(c, keys[c.model], recipe.dtype) not in done]
     except KeyboardInterrupt:  # the invocation is open: close it as the cells' loop does
-        raise stopped(out, manifest, t0, 0, len(done), len(cells)) from None
+        with held(deliver=False):
+            err = stopped(out, manifest, t0, 0, len(done), len(cells))
+        raise err from None
     already = len(cells) - len(todo)
     log(f"{len(cells)} cells, {already} already done, {len(todo)} to run -> {out}")
     return Sweep(ctx, out, manifest, keys, todo, tokenizer, tok_key, already=already)

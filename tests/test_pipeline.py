@@ -145,26 +145,55 @@ def test_sigterm_and_ctrl_c_stop_a_run_with_its_record_and_a_resume_line(ref, tm
     assert "(2 interrupted)" in (out / "table.md").read_text(encoding="utf-8")
 
 
-def test_a_signal_just_after_a_row_is_written_counts_that_row(ref, tmp_path, monkeypatch, capsys):
-    """SIGTERM between a row's write and its count (met once under load) made the last line and the
-    manifest's cells_run say one cell fewer than the run had stored."""
+def _sigterm_after_each_write(monkeypatch) -> None:
+    """SIGTERM (what `timeout` or Slurm sends) arrives right after each row is written."""
     import ptq_bench.sweep as sweep
-    from ptq_bench.cli import main
 
-    recipe, out, _cache = workspace(ref, tmp_path)
     write = sweep.append_row
 
     def write_then_signal(run_dir, row):
         write(run_dir, row)
-        signal.raise_signal(signal.SIGTERM)  # what `timeout` or Slurm sends, arriving right after the write
+        signal.raise_signal(signal.SIGTERM)
 
     monkeypatch.setattr(sweep, "append_row", write_then_signal)
-    assert main(["run", str(recipe)]) == 143
-    assert len(load_rows(out)) == 1
-    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+
+
+def _assert_stopped_after_one_row(ref: Ref, out: Path, code: int, err: str) -> None:
+    assert code == 143 and len(load_rows(out)) == 1
+    assert err.strip().splitlines()[-1] == (
         f"ptq-bench: interrupted: 1 of {len(ref.rows)} cells are stored in {out} (1 by this run); "
         "run the same command again to resume")
-    assert json.loads((out / "manifest.json").read_text())["invocations"][-1]["cells_run"] == 1
+    last = json.loads((out / "manifest.json").read_text())["invocations"][-1]
+    assert last["interrupted"] is True and last["cells_run"] == 1
+
+
+def test_a_signal_just_after_a_row_is_written_counts_that_row(ref, tmp_path, monkeypatch, capsys):
+    """SIGTERM between a row's write and its count (met once under load) made the last line and the
+    manifest's cells_run say one cell fewer than the run had stored."""
+    from ptq_bench.cli import main
+
+    recipe, out, _cache = workspace(ref, tmp_path)
+    _sigterm_after_each_write(monkeypatch)
+    _assert_stopped_after_one_row(ref, out, main(["run", str(recipe)]), capsys.readouterr().err)
+
+
+def test_a_second_signal_while_the_stop_is_recorded_is_dropped(ref, tmp_path, monkeypatch, capsys):
+    """Ctrl-C pressed twice: the second, arriving as the first's stop was written to the manifest, left
+    the invocation open and the last line bare."""
+    import ptq_bench.sweep as sweep
+    from ptq_bench.cli import main
+
+    recipe, out, _cache = workspace(ref, tmp_path)
+    _sigterm_after_each_write(monkeypatch)
+    close = sweep.close_run
+
+    def close_after_a_second_signal(*args, **kw):
+        if kw.get("interrupted"):
+            signal.raise_signal(signal.SIGINT)
+        return close(*args, **kw)
+
+    monkeypatch.setattr(sweep, "close_run", close_after_a_second_signal)
+    _assert_stopped_after_one_row(ref, out, main(["run", str(recipe)]), capsys.readouterr().err)
 
 
 def test_a_damaged_or_missing_curve_file_is_written_again_from_the_model_cache(ref, tmp_path):
