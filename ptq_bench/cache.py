@@ -94,11 +94,11 @@ def write_atomic(path: Path, text: str) -> None:
 
 @contextlib.contextmanager
 def removed_on_failure(tmp: Path) -> Iterator[None]:
-    """Remove the half-written temp file `tmp` when the block does not finish (an error, a Ctrl-C)."""
+    """Remove the half-written temp file or folder `tmp` when the block does not finish (an error, a Ctrl-C)."""
     try:
         yield
     except BaseException:
-        tmp.unlink(missing_ok=True)
+        _remove(tmp)
         raise
 
 
@@ -140,13 +140,10 @@ def ensure(path: Path, build: Callable[[Path], None], what: str) -> Path:
             log(f"cache: {what} {path} {why}; rebuilding it")
         tmp = path.with_name(".tmp-" + path.name)
         _remove(tmp)
-        try:
+        with removed_on_failure(tmp):  # no half-built artefact left (one of another key stayed for good)
             build(tmp)
             if tmp.is_dir():
                 write_atomic(tmp / CHECKSUMS, json.dumps(folder_digests(tmp), indent=1, sort_keys=True))
-        except BaseException:  # an error or a Ctrl-C: no half-built artefact left (one of another key stayed)
-            _remove(tmp)
-            raise
         _remove(sidecar(path))
         _remove(path)
         os.replace(tmp, path)

@@ -44,10 +44,9 @@ from ptq_bench.cells import refuse_loaded
 from ptq_bench.console import log, quiet_lm_eval
 from ptq_bench.curves import save_curve
 from ptq_bench.errors import PtqBenchError
-from ptq_bench.interrupts import held
 from ptq_bench.prepare import Context, get_tokenizer, pick_device
 from ptq_bench.recipe import Cell, ExecutorSpec, Recipe
-from ptq_bench.results import Row, append_row, write_manifest
+from ptq_bench.results import Row, write_manifest
 from ptq_bench.sweep import Sweep, _record_eval, base_model, cell_id, run_model
 
 RAY_DRIVER, RAY_SCRATCH = ".ray-driver-", ".ray-scratch-"  # + the run's token, in the shared cache
@@ -364,10 +363,7 @@ def store(sw: Sweep, cell: Cell, out: Any) -> None:
     workers = sw.manifest["invocations"][-1]["executor"]["workers"]
     if out.get("worker") not in workers:
         workers.append(out.get("worker"))
-    with held():  # the row and its count are one step (ptq_bench/interrupts.py)
-        append_row(sw.out, row)
-        sw.ran += 1
-    sw.bar.update(1)
+    sw.store(row)  # this process's sw has no sink: the row is appended
 
 
 def fail(sw: Sweep, cell: Cell, reason: str) -> None:

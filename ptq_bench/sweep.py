@@ -121,6 +121,14 @@ class Sweep:
     sink: Any = None  # where run_model puts a finished Row (None: append to the store; a Ray worker returns it)
     failed: list[str] = field(default_factory=list)  # cells whose Ray task failed: "<model> <label>: <error>"
 
+    def store(self, row: Row) -> None:
+        """Append a finished row (or hand it to `sink`) and count it, as one step: a signal between the two
+        made the run's last line and its manifest's cells_run one short of what it had stored."""
+        with held():
+            append_row(self.out, row) if self.sink is None else self.sink(row)
+            self.ran += 1
+        self.bar.update(1)
+
     def stream(self) -> np.ndarray:
         """The training token stream of the recipe's tokenizer (int32)."""
         return cached_array(self.ctx.cache / "tokens" / self.tok_key / "train.npy",
@@ -150,13 +158,10 @@ def run(recipe: Recipe, recipe_text: str) -> Path:
             _record_eval(sw)  # handled as one in the cells' loop: its end and cells_run are recorded
             close_run(sw.out, sw.manifest, time.perf_counter() - t0, sw.ran)
         except KeyboardInterrupt:
-            with held(deliver=False):  # Ctrl-C pressed twice: the second must not leave the invocation open
-                sw.bar.close()  # before the message: a bar redrawn after it hid it
-                _record_eval(sw)
-                err = stopped(sw.out, sw.manifest, t0, sw.ran, sw.already + sw.ran, sw.already + len(sw.todo))
-            raise err from None
+            _record_eval(sw)
+            raise stopped(sw.out, sw.manifest, t0, sw.ran, sw.already + sw.ran, sw.already + len(sw.todo)) from None
         finally:
-            sw.bar.close()
+            sw.bar.close()  # before the interrupt's message: a bar redrawn after it hid it
     log(f"done in {time.perf_counter() - t0:.0f}s")
     if sw.failed:  # their rows are missing: the run is incomplete (the manifest's invocation lists them)
         raise PtqBenchError(f"{len(sw.failed)} cell(s) failed, first: {sw.failed[0]}; re-run to retry them")
@@ -166,7 +171,8 @@ def run(recipe: Recipe, recipe_text: str) -> Path:
 def stopped(out: Path, manifest: dict[str, Any], t0: float, ran: int, stored: int, total: int) -> Interrupted:
     """Close the invocation a signal stopped (its end, wall time, cells, `interrupted`); the error that says
     what is stored and how to go on."""
-    close_run(out, manifest, time.perf_counter() - t0, ran, interrupted=True)
+    with held(deliver=False):  # Ctrl-C pressed twice: the second must not leave the invocation open
+        close_run(out, manifest, time.perf_counter() - t0, ran, interrupted=True)
     return Interrupted(f"interrupted: {stored} of {total} cells are stored in {out} ({ran} by this run); "
                        "run the same command again to resume")
 
@@ -191,9 +197,7 @@ def prepare(recipe: Recipe, recipe_text: str, t0: float) -> Sweep:
         keys = {name: model_key(ctx, name, tok_key) for name in recipe.models}  # a source's key reads its files
         todo = [c for c in cells if cell_id(c, keys[c.model], recipe.dtype) not in done]
     except KeyboardInterrupt:  # the invocation is open: close it as the cells' loop does
-        with held(deliver=False):
-            err = stopped(out, manifest, t0, 0, len(done), len(cells))
-        raise err from None
+        raise stopped(out, manifest, t0, 0, len(done), len(cells)) from None
     already = len(cells) - len(todo)
     log(f"{len(cells)} cells, {already} already done, {len(todo)} to run -> {out}")
     return Sweep(ctx, out, manifest, keys, todo, tokenizer, tok_key, already=already)
@@ -253,10 +257,7 @@ def run_cell(sw: Sweep, cell: Cell, base: Base, size: dict[str, int], backup: An
     row = make_row(sw, cell, base, size, metrics, quant, time.perf_counter() - t_eval + before_s)
     ran_tasks = evaluate.suite is not None and cell.tasks != ()
     row.protocol["path"] = evaluate.suite.last_path if ran_tasks else None  # FastLM path taken, if any
-    with held():  # a signal between the row's write and its count would misstate what this run stored
-        append_row(sw.out, row) if sw.sink is None else sw.sink(row)
-        sw.ran += 1
-    sw.bar.update(1)
+    sw.store(row)
     _print_cell(row)
     del target
     if backup is not None and cell.method != "none":

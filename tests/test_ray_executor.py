@@ -22,6 +22,7 @@ import yaml
 from smoke_ref import ROOT, Ref, reference, write_recipe
 
 import ptq_bench.executors as executors
+import ptq_bench.sweep as sweep
 from ptq_bench.cli import main
 from ptq_bench.results import RESULTS, load_rows
 
@@ -82,13 +83,13 @@ def test_ray_run_writes_the_local_rows_through_the_driver(ref, crash_dir, tmp_pa
     recipe, out = workspace(ref, tmp_path, models=False)
     before = scratch_dirs()
     appended: list[str] = []
-    real = executors.append_row
+    real = sweep.append_row  # Sweep.store's, which the driver's executors.store calls
 
     def record(run_dir, row):  # the driver's appends (worker processes do not see this patch)
         appended.append(row.sealed().to_json())  # as append_row stores it
         real(run_dir, row)
 
-    monkeypatch.setattr(executors, "append_row", record)
+    monkeypatch.setattr(sweep, "append_row", record)
     assert main(["run", str(recipe), "--executor", "ray"]) == 0
     assert_same_rows(out, ref)
     lines = (out / RESULTS).read_text(encoding="utf-8").splitlines()
