@@ -52,6 +52,9 @@ class Family:
     # the config value bounding the rows the model's own forward runs whole (xLSTM's max_inference_chunksize:
     # a longer row runs chunk by chunk through all blocks, and the block runner would record its first chunk)
     whole_rows: str = ""
+    # leading axes of the hidden states passed between blocks before (batch, tokens): Gemma 3n's AltUp stacks its
+    # streams in front, (streams, batch, tokens, hidden) (the runner's whole-row check reads the axes after them)
+    stream_axes: int = 0
 
     @property
     def linears(self) -> tuple[str, ...]:
@@ -346,3 +349,24 @@ def gemma4(per_layer: bool, moe: bool) -> Family:
 
 # every Gemma 4 layout: E2B / E4B (per-layer inputs), 31B (dense), 26B-A4B (experts), and the fourth combination
 GEMMA4 = tuple(gemma4(per_layer, moe) for per_layer in (False, True) for moe in (False, True))
+
+
+def gemma3n(qkv: tuple[str, ...] = QKV[:1]) -> Family:
+    """Gemma 3n (`gemma3n_text`): RMSNorms y = w * x, Gemma 2's four norms, q/k/v norms after the projections; the
+    last `num_kv_shared_layers` blocks reuse an earlier block's keys and values (q alone; a block with k_proj has
+    all three, `variants`). Every block passes AltUp's streams, (streams, batch, tokens, hidden), on
+    (`stream_axes`); attention and the MLP read the active stream. Float, as in GPTQModel 7.7's definition: AltUp's
+    router (its router_norm feeds only it) and prediction / correction coefficients, and LAuReL's low-rank pair.
+    The per-layer-input gate reads the corrected active stream times a learnt scale (no norm) and is quantized with
+    its projection, as in GPTQModel. LAuReL returns its input plus its low-rank branch, and its input is
+    input_layernorm's output, so that output is also the residual stream: a fold into the norm would move it
+    (tests/test_families.py), and SmoothQuant is refused, as for MiniMax. The first layers' MLP
+    (`activation_sparsity_pattern`) keeps a per-token gaussian top-k of gate_proj's outputs: token-local, and
+    down_proj's statistics are what runs. The model's altup_projections, altup_unembed_projections and
+    per_layer_model_projection sit outside the blocks and stay float, as embeddings do."""
+    floats = (*(f"altup.{n}" for n in ("modality_router", "prediction_coefs", "correction_coefs")),
+              "laurel.linear_left", "laurel.linear_right")
+    groups = (qkv, ("self_attn.o_proj",), MLP_IN, ("mlp.down_proj",), ("per_layer_input_gate",), ("per_layer_projection",))
+    family = Family("model.layers", groups, (), floats=floats, stream_axes=1,
+                    unsmoothable="LAuReL adds input_layernorm's output to the residual stream")
+    return replace(family, variants=(("self_attn.k_proj", gemma3n(QKV)),)) if qkv == QKV[:1] else family

@@ -45,7 +45,7 @@ from ptq_bench.block_layouts import (
     Family,
     OneOf,
     Smooth,
-    gated_mla,
+    gemma3n,
     llama_like,
     mla_layouts,
     moe_block,
@@ -55,6 +55,8 @@ from ptq_bench.block_layouts import (
 )
 from ptq_bench.errors import RecipeError
 from ptq_bench.hybrid_layouts import (
+    BAILING_HYBRID,
+    KIMI_LINEAR,
     LFM2,
     LFM2_MOE,
     LFM3,
@@ -65,7 +67,6 @@ from ptq_bench.hybrid_layouts import (
     QWEN4_EXP,
     QWEN_MOE_1PW,
     XLSTM,
-    delta_attention,
     falcon_h1,
     gated_deltanet,
     jamba,
@@ -92,17 +93,6 @@ GRANITE_MOE_SHARED = optional_shared("shared_intermediate_size", shared="shared_
 GRANITE_HYBRID = mamba2(replace(GRANITE_MOE_SHARED[1], dense=llama_like(
     mlp_in=("shared_mlp.input_linear",), mlp_out="shared_mlp.output_linear")))
 
-# model_type -> its Family, or several told apart by their `requires` (the first that the config meets)
-# Kimi-Linear and Ling / Ring 2.5: Kimi Delta Attention blocks between MLA blocks (both under self_attn; KDA's
-# has a conv1d), dense first blocks, then DeepSeek-V3's experts with a shared one after them. Kimi's forget gate
-# and output gate are low-rank pairs (f_a -> f_b, g_a -> g_b); Bailing's MLA has a head-wise output gate g_proj
-KIMI_KDA = delta_attention(SHARED_AFTER, ("q_proj", "k_proj", "v_proj", "g_a_proj"), ("forget_gate.f_a_proj", "b_proj"),
-                           inside=("forget_gate.f_b_proj",), middle=("g_b_proj",))
-BAILING_KDA = delta_attention(SHARED_AFTER, ("q_proj", "k_proj", "v_proj", "g_proj"), ("forget_gate.f_proj", "b_proj"))
-KIMI_LINEAR = tuple(replace(f, variants=(("self_attn.conv1d", KIMI_KDA),)) for f in mla_layouts(SHARED_AFTER))
-BAILING_HYBRID = tuple(replace(gated_mla(f), variants=(("self_attn.conv1d", BAILING_KDA),))
-                       for f in mla_layouts(SHARED_AFTER))
-
 # OLMo-Hybrid: Gated DeltaNet blocks (pre-norm; their output linear is o_proj, the output gate g_proj) between
 # OLMo 3's post-norm attention blocks, whose linears read the raw residual stream. Only the DeltaNet blocks could
 # take smoothing scales; a row that says SmoothQuant must have smoothed every block, so it is refused
@@ -120,6 +110,7 @@ MINIMAX = replace(_MINIMAX, variants=(("self_attn.qkv_proj", replace(
     _MINIMAX, groups=(("self_attn.qkv_proj", "self_attn.output_gate"), ("self_attn.out_proj",), *_MINIMAX.groups[2:]),
     fused=(*_MINIMAX.fused, "self_attn.qkv_proj"))),))
 
+# model_type -> its Family, or several told apart by their `requires` (the first that the config meets)
 FAMILIES: dict[str, Family | tuple[Family, ...]] = {
     "llama": llama_like(),
     "mistral": llama_like(),
@@ -174,6 +165,9 @@ FAMILIES: dict[str, Family | tuple[Family, ...]] = {
     "gemma3": replace(GEMMA2, blocks="model.language_model.layers"),
     "gemma4_text": GEMMA4,  # block_layouts.gemma4: per-block attention kinds, optional experts and per-layer inputs
     "gemma4": tuple(replace(f, blocks="model.language_model.layers") for f in GEMMA4),  # the multimodal wrapper
+    # Gemma 3n (block_layouts.gemma3n): AltUp streams between blocks, LAuReL, per-layer inputs, KV sharing. The
+    # multimodal `gemma3n` is not registered: its vision tower is timm's (TimmWrapperModel), not installed here
+    "gemma3n_text": gemma3n(),
     "phi3": Family(
         blocks="model.layers",
         groups=(("self_attn.qkv_proj",), ("self_attn.o_proj",), ("mlp.gate_up_proj",), ("mlp.down_proj",)),

@@ -11,7 +11,17 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Any
 
-from ptq_bench.block_layouts import EXPERT, QKV, Family, Smooth, llama_like, moe_block
+from ptq_bench.block_layouts import (
+    EXPERT,
+    QKV,
+    SHARED_AFTER,
+    Family,
+    Smooth,
+    gated_mla,
+    llama_like,
+    mla_layouts,
+    moe_block,
+)
 
 
 def mixer(family: Family, inputs: tuple[str, ...], out: str, floats: tuple[str, ...] = (),
@@ -56,6 +66,17 @@ def gated_deltanet(family: Family, inputs: tuple[str, ...], floats: tuple[str, .
 
     return replace(family, variants=(("linear_attn", mixer(family, named(inputs), "linear_attn.out_proj",
                                                            named(floats))),))
+
+
+# Kimi-Linear and Ling / Ring 2.5: Kimi Delta Attention blocks between MLA blocks (both under self_attn; KDA's
+# has a conv1d), dense first blocks, then DeepSeek-V3's experts with a shared one after them. Kimi's forget gate
+# and output gate are low-rank pairs (f_a -> f_b, g_a -> g_b); Bailing's MLA has a head-wise output gate g_proj
+_KIMI_KDA = delta_attention(SHARED_AFTER, ("q_proj", "k_proj", "v_proj", "g_a_proj"), ("forget_gate.f_a_proj", "b_proj"),
+                            inside=("forget_gate.f_b_proj",), middle=("g_b_proj",))
+_BAILING_KDA = delta_attention(SHARED_AFTER, ("q_proj", "k_proj", "v_proj", "g_proj"), ("forget_gate.f_proj", "b_proj"))
+KIMI_LINEAR = tuple(replace(f, variants=(("self_attn.conv1d", _KIMI_KDA),)) for f in mla_layouts(SHARED_AFTER))
+BAILING_HYBRID = tuple(replace(gated_mla(f), variants=(("self_attn.conv1d", _BAILING_KDA),))
+                       for f in mla_layouts(SHARED_AFTER))
 
 
 # LFM2: operator_norm feeds attention (its output linear out_proj) or, in "conv" blocks, a gated short

@@ -42,6 +42,9 @@ UNSMOOTHED = [t for t in PTQ_FAMILIES if not case_family(t).smooth]  # OLMo 1 (n
 PARAMETER_FREE_NORMS = {"olmo", "nanochat"}  # their norms feed linears but have nothing to fold into
 POST_LN = {"openai-gpt"}  # a norm's output is the block's output: scaling it changes the residual
 RESIDUAL_NORMS = {"minimax"}  # `residual = norm(x)`: a norm's output feeds linears and is the residual stream
+# Gemma 3n: LAuReL adds input_layernorm's output (its input) back to the residual stream; the MLP norm alone could be
+# smoothed, and a row naming SmoothQuant must have smoothed every norm feeding a quantized linear
+LAUREL = {"gemma3n_text": "input_layernorm"}
 # hyper-connections (Qwen4-Exp): the norm over the residual streams feeds the streams' float mixing gates, and
 # attention / MLP read a gated mix of its output, not the output itself
 HYPER_STREAMS = {"qwen4_exp_text", "qwen4_exp"}
@@ -175,7 +178,8 @@ def test_unsmoothed_families_have_no_norm_with_parameters_feeding_a_linear(model
     """What makes SmoothQuant's refusal right, by what runs: every norm output that some linear reads
     comes from a norm without parameters (OLMo 1, NanoChat), and OLMo 2/3 have no such norm at all; in a
     post-LN block (GPT-1) the block's output is a norm's output, so the norms' outputs are the residual;
-    where the residual is a norm's output (MiniMax), a fold into that norm and its readers moves the logits;
+    where the residual is a norm's output (MiniMax; Gemma 3n's attention norm, through LAuReL), a fold into that norm
+    and its readers moves the logits;
     with hyper-connections (Qwen4-Exp) the streams' norm feeds only their float mixing gates; in A.X-K2 a norm's
     output reaches q_gate_proj joined to another tensor."""
     assert UNSMOOTHED
@@ -187,6 +191,9 @@ def test_unsmoothed_families_have_no_norm_with_parameters_feeding_a_linear(model
             continue
         if model_type in RESIDUAL_NORMS:
             assert feeding and all(fold_delta(models(model_type), n, calib[:1]) > 1e-2 for n in feeding), model_type
+            continue
+        if model_type in LAUREL:
+            assert LAUREL[model_type] in feeding and fold_delta(models(model_type), LAUREL[model_type], calib[:1]) > 1e-2
             continue
         if model_type in HYPER_STREAMS:  # hc_norm's readers: only the float mixing gates, no quantized linear
             floats = set(case_family(model_type).floats)

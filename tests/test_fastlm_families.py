@@ -35,14 +35,16 @@ CACHE_LENGTH = {"llama4_text"}
 # one length per forward, caches forked), but the plain one where transformers' own continuation from a cache is
 # not one forward's (model_traits.NOT_ALIGNED)
 # Gemma 4's variants are attention kinds (q/k/v, q/k, q alone), not other mixers: not hybrids. With KV sharing (its
-# last blocks reuse an earlier block's keys and values) the cache has layers FastLM's prefix caches do not know
-KV_SHARED = {"gemma4_text"}
+# last blocks reuse an earlier block's keys and values) the cache has layers FastLM's prefix caches do not know; so
+# has Gemma 3n's (its variants: blocks with k/v or q alone)
+KV_SHARED = {"gemma4_text", "gemma3n_text"}
 # indexers' keys: MiniMax-M3's variant is its attention with a block-sparse indexer, A.X-K2 has a DSA indexer in every
 # block, dots3.note's variants are attention with or without a DSA indexer, Qwen4-Exp has a QSA indexer; their cache
 # layers also hold the indexer's keys (DynamicIndexedLayer for the token indexers), which FastLM's prefix caches do
 # not know: the plain path
 INDEXER_CACHE = {"minimax_m3_vl_text", "axk2", "dots3_note_text", "qwen4_exp_text"}
-ATTENTION_VARIANTS = {t for t in FAMILY_CONFIGS if t.split(":")[0] in ("gemma4_text", "minimax_m3_vl_text", "dots3_note_text")}
+ATTENTION_VARIANTS = {t for t in FAMILY_CONFIGS if t.split(":")[0] in ("gemma4_text", "gemma3n_text", "minimax_m3_vl_text",
+                                                                              "dots3_note_text")}
 # pure recurrent decoders: one layout (a Mamba or mLSTM mixer in every block, no variants), recurrent caches all the
 # same (xLSTM's of its own class)
 STATE_SPACE = {"mamba", "falcon_mamba", "mamba2", "xlstm"}

@@ -136,6 +136,7 @@ def test_a_bf16_checkpoint_keeps_in_float32_what_from_pretrained_keeps(family, t
     ("gpt_oss", "absmax", {"w_bits": 4, "a_bits": 8}),  # fused (in, out) experts with biases, as stored
     ("deepseek_v3", "quip", {"w_bits": 2}),  # latent attention, a dense block 0
     ("llama4_text", "gptq", {"w_bits": 3, "group_size": 16}),  # ScoredInputMoE
+    ("gemma3n_text", "gptq", {"w_bits": 4, "group_size": 16, "true_sequential": True}),  # AltUp streams, KV sharing
 ])
 def test_offloaded_quantization_equals_in_memory(family, method, cfg, tmp_path):
     ckpt = saved(family, tmp_path / "ckpt")

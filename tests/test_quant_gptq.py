@@ -248,3 +248,25 @@ def test_capture_refuses_a_forward_that_splits_rows():
         capture_inputs(model, ids)
     model.config.max_inference_chunksize = 16
     assert capture_inputs(model, ids).hidden[0].shape == (2, 16, 64)
+
+
+def test_capture_reads_batch_and_tokens_after_the_families_stream_axes(monkeypatch):
+    """Gemma 3n's blocks pass AltUp's streams in front, (streams, batch, tokens, hidden): its entry's `stream_axes`
+    puts the whole-row check on the axes after them. Without it the check refuses every Gemma 3n batch; with it, a
+    block 0 that saw fewer tokens than the batch holds is refused all the same."""
+    from dataclasses import replace
+
+    from tiny_families import tiny_model
+
+    import ptq_bench.quant.calibrate as calibrate
+    from ptq_bench.errors import QuantError
+
+    model = tiny_model("gemma3n_text", vocab_size=64)
+    ids = torch.randint(0, 64, (2, 16), generator=torch.Generator().manual_seed(0))
+    assert capture_inputs(model, ids).hidden[0].shape == (4, 2, 16, 64)
+    with pytest.raises(QuantError, match=r"hidden states of shape \(4, 2, 8, 64\) for a calibration batch of \(2, 16\)"):
+        calibrate._check_whole(model, torch.zeros(4, 2, 8, 64), ids)
+    family = calibrate.model_family(model)
+    monkeypatch.setattr(calibrate, "model_family", lambda m: replace(family, stream_axes=0))
+    with pytest.raises(QuantError, match=r"hidden states of shape \(4, 2, 16, 64\)"):
+        capture_inputs(model, ids)

@@ -72,6 +72,13 @@ FAMILY_CONFIGS: dict[str, tuple[str, dict[str, Any]]] = {
     "gemma4_text": ("Gemma4TextConfig", {**GEMMA4, "num_hidden_layers": 3, "layer_types": [*SLIDING_FULL, "full_attention"],
                                          "hidden_size_per_layer_input": 16, "vocab_size_per_layer_input": VOCAB_SIZE,
                                          "num_kv_shared_layers": 1, "use_double_wide_mlp": True}),
+    # Gemma 3n: 4 AltUp streams, LAuReL of rank 8, per-layer inputs; block 2 reuses block 1's keys and values; block 0's MLP
+    # keeps its gaussian top 5%. altup_correct_scale off: transformers initializes that scale to zeros, and the per-layer
+    # gate would read zeros
+    "gemma3n_text": ("Gemma3nTextConfig", {**GEMMA4, "num_hidden_layers": 3, "layer_types": [*SLIDING_FULL, "full_attention"],
+                                           "hidden_size_per_layer_input": 16, "vocab_size_per_layer_input": VOCAB_SIZE,
+                                           "num_kv_shared_layers": 1, "laurel_rank": 8, "altup_correct_scale": False,
+                                           "activation_sparsity_pattern": [0.95, 0.0, 0.0]}),
     "gemma4_text:k_eq_v": ("Gemma4TextConfig", {**GEMMA4, "attention_k_eq_v": True}),
     "gemma4_text:moe": ("Gemma4TextConfig", {**GEMMA4, "attention_k_eq_v": True, "enable_moe_block": True, "num_experts": 4,
                                              "top_k_experts": 2, "moe_intermediate_size": 32}),

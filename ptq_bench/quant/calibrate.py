@@ -153,7 +153,7 @@ class Call:
 class BlockInputs:
     """Block 0's hidden states per calibration batch, and every block's own call per batch."""
 
-    hidden: list[torch.Tensor]  # (batch, seqlen, hidden) each
+    hidden: list[torch.Tensor]  # (batch, seqlen, hidden) each (after `Family.stream_axes` leading axes)
     calls: list[list[Call]] = field(default_factory=list)  # [block][batch]
 
 
@@ -209,8 +209,10 @@ def capture_inputs(model: nn.Module, calib: torch.Tensor, batch_size: int = 8,
 
 def _check_whole(model: nn.Module, hidden: torch.Tensor, batch: torch.Tensor) -> None:
     """Block 0 saw every token of the batch: a forward that splits rows into chunks (xLSTM's longer than
-    max_inference_chunksize) reaches the last block with the first chunk, so calibrating would use it alone."""
-    if hidden.shape[:2] != batch.shape:
+    max_inference_chunksize) reaches the last block with the first chunk, so calibrating would use it alone.
+    (batch, tokens) are the hidden states' first axes after the family's `stream_axes` (Gemma 3n's AltUp streams)."""
+    axes = model_family(model).stream_axes
+    if hidden.shape[axes:axes + 2] != batch.shape:
         raise QuantError(f"{type(model).__name__}: block 0 received hidden states of shape {tuple(hidden.shape)} "
                          f"for a calibration batch of {tuple(batch.shape)} tokens; the block runner calibrates "
                          "only on whole rows")
