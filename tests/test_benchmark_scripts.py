@@ -92,3 +92,12 @@ def test_random_checkpoint_writes_a_loadable_checkpoint_with_its_tokenizer(data_
     model = AutoModelForCausalLM.from_pretrained(out)
     assert model.config.model_type == "qwen3_next" and model.config.layer_types[0] == "linear_attention"
     assert len(AutoTokenizer.from_pretrained(str(out))) == model.config.vocab_size == 384
+
+
+def test_matmul_precision_prints_every_way_and_pieces_add_accuracy():
+    """Each bfloat16 piece pair added brings the emulated multiply closer to float64 (a wrong split would not)."""
+    out = _run("matmul_precision.py", "--shape", "64", "32", "48", "--repeats", "1")
+    rows = {ln.split()[0]: ln.split() for ln in out.splitlines()[2:]}
+    assert list(rows) == ["fp32", "bf16", "bf16x1", "bf16x3", "bf16x6", "split", "int8"], out
+    err = {name: float(rows[name][-1]) for name in ("bf16x1", "bf16x3", "bf16x6")}
+    assert err["bf16x1"] > 10 * err["bf16x3"] > 10 * err["bf16x6"], out
