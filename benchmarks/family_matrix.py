@@ -1,6 +1,6 @@
 """Print the model family x PTQ method matrix: each invariant of tests/test_families.py, PASS or FAIL.
 
-    PYTHONPATH=$PWD python benchmarks/family_matrix.py
+    PYTHONPATH=$PWD python benchmarks/family_matrix.py [MODEL_TYPE ...]
 
 Per family: block replay (max |runner's block output - real forward's|, bound 1e-5), smoothing alone
 (SmoothQuant alpha 0.5 W16A16, max |delta logit|, bound 1e-4), linears in the blocks (counted module by
@@ -12,6 +12,7 @@ Tiny random checkpoints (tests/tiny_families.py), 4 calibration windows of 32 to
 
 from __future__ import annotations
 
+import argparse
 import sys
 import time
 from pathlib import Path
@@ -74,17 +75,30 @@ def expected_refusal(model_type: str, method: str) -> str:
     return "no smoothing pairs" if CATALOG[method].needs_smoothing and not case_family(model_type).smooth else ""
 
 
+def cases(wanted: list[str]) -> list[str]:
+    """The tiny cases of the model types (or `type:layout` cases) asked for; every case when none are."""
+    chosen = [c for c in FAMILY_TYPES if not wanted or c in wanted or c.split(":")[0] in wanted]
+    return chosen
+
+
 def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("types", nargs="*", metavar="MODEL_TYPE", help="model types or type:layout cases (default: all)")
+    wanted = p.parse_args().types
+    unknown = [w for w in wanted if not cases([w])]
+    if unknown:
+        p.error(f"no tiny case for {', '.join(unknown)} (tests/tiny_families.py)")
+    chosen = cases(wanted)
     calib, tokens = calib_tokens(4, 32), calib_tokens(2, 32, seed=7)
     header = ["family", "replay", "smooth W16A16", "linears", *sorted(METHOD_PARAMS)]
     rows, t0 = [], time.perf_counter()
-    for model_type in FAMILY_TYPES:
+    for model_type in chosen:
         rows.append([model_type, *family_row(model_type, calib, tokens)])
     widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
     for r in [header, ["-" * w for w in widths], *rows]:
         print(" | ".join(str(c).ljust(w) for c, w in zip(r, widths)))
     failed = sum("FAIL" in c for r in rows for c in r)
-    n_types = len({case.split(":")[0] for case in FAMILY_TYPES})
+    n_types = len({case.split(":")[0] for case in chosen})
     print(f"\n{len(rows)} layouts of {n_types} families x {len(METHOD_PARAMS)} methods, {failed} FAIL, {time.perf_counter() - t0:.1f} s; "
           f"methods: {', '.join(f'{m} {p}' for m, p in sorted(METHOD_PARAMS.items()))}")
     return 1 if failed else 0
