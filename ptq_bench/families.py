@@ -165,9 +165,11 @@ FAMILIES: dict[str, Family | tuple[Family, ...]] = {
     "gemma3": replace(GEMMA2, blocks="model.language_model.layers"),
     "gemma4_text": GEMMA4,  # block_layouts.gemma4: per-block attention kinds, optional experts and per-layer inputs
     "gemma4": tuple(replace(f, blocks="model.language_model.layers") for f in GEMMA4),  # the multimodal wrapper
-    # Gemma 3n (block_layouts.gemma3n): AltUp streams between blocks, LAuReL, per-layer inputs, KV sharing. The
-    # multimodal `gemma3n` is not registered: its vision tower is timm's (TimmWrapperModel), not installed here
+    # Gemma 3n (block_layouts.gemma3n): AltUp streams between blocks, LAuReL, per-layer inputs, KV sharing
     "gemma3n_text": gemma3n(),
+    # the multimodal wrapper (the hub's checkpoints): text ids reach the blocks as in gemma3n_text; its vision tower
+    # is timm's (TimmWrapperModel), which transformers needs installed to build it
+    "gemma3n": replace(gemma3n(), blocks="model.language_model.layers"),
     "phi3": Family(
         blocks="model.layers",
         groups=(("self_attn.qkv_proj",), ("self_attn.o_proj",), ("mlp.gate_up_proj",), ("mlp.down_proj",)),

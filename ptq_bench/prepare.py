@@ -96,7 +96,9 @@ def from_source(name: str, source: str, load: Any, *args: Any) -> Any:
     try:
         return load(source, *args)
     except Exception as exc:  # a user's checkpoint cannot be rebuilt: say which one failed and how
-        msg = str(exc).splitlines()[0][:200] if str(exc) else ""
+        lines = [line for line in str(exc).splitlines() if line.strip()]  # transformers' ImportErrors begin with "\n"
+        # the loader's own refusals (PtqBenchError: a missing package, an incomplete checkpoint) are one line already
+        msg = lines[0] if lines and isinstance(exc, PtqBenchError) else lines[0][:200] if lines else ""
         raise PtqBenchError(f"models.{name}.source: cannot load {source} ({type(exc).__name__}: {msg})") from None
 
 

@@ -50,7 +50,10 @@ def open_source(info: SourceInfo, *, cache_dir: Path | None = None) -> tuple[Any
         info = _converted(info, Path(cache_dir))
     if info.form not in ("hf_dir", "hub") or info.path is None:
         raise RecipeError(f"source '{info.source}': offload needs a checkpoint folder on disk ({info.form})")
-    model, blocks = open_lazily(info.path)
+    try:
+        model, blocks = open_lazily(info.path)
+    except ImportError as e:  # a package transformers builds the model with (Gemma 3n's vision tower: timm)
+        raise _load_error(info, e) from None
     return model, blocks, _load_tokenizer(info) if info.has_tokenizer else None, info.kind
 
 
@@ -91,24 +94,29 @@ def _load_pretrained(info: SourceInfo) -> tuple[Any, str]:
     if info.path is None:  # uncached hub id: validate could not read it, check it now
         try:
             config = AutoConfig.from_pretrained(name).to_dict()
-        except (OSError, ValueError) as e:
+        except (OSError, ValueError, ImportError) as e:
             raise _load_error(info, e) from None
         checked_family(config.get("model_type"), "source", name)
         kind = kind_of(config, "source", name)
     try:
         model, loading = AutoModelForCausalLM.from_pretrained(name, output_loading_info=True)
-    except (OSError, RuntimeError) as e:  # RuntimeError: transformers 5 on tensors of another shape than config.json
-        raise _load_error(info, e) from None
+    except (OSError, RuntimeError, ImportError) as e:  # RuntimeError: transformers 5 on tensors of another shape than
+        raise _load_error(info, e) from None  # config.json; ImportError: a package the model needs, not installed
     _refuse_incomplete(info, loading)
     return model, kind
 
 
 def _load_error(info: SourceInfo, e: Exception) -> RecipeError:
-    """One line: a hub id that could not be fetched, or a local checkpoint that could not be read."""
+    """One line: a hub id that could not be fetched, a local checkpoint that could not be read, or a model that
+    transformers builds with a package not installed (Gemma 3n's vision tower, timm's TimmWrapperModel: the first
+    sentence of transformers' message names it)."""
     first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
     if "ignore_mismatched_sizes" in first:
         first = "tensors of another shape than its config.json says (transformers' load report above names them)"
-    what = "cannot load from the hub (offline or not cached?)" if info.form == "hub" else "cannot load the checkpoint"
+    if isinstance(e, ImportError):  # "X requires the timm library but it was not found in your environment. ..."
+        first = first.split(". ")[0].replace(" but it was not found in your environment", ", which is not installed")
+    hub = info.form == "hub" and not isinstance(e, ImportError)
+    what = "cannot load from the hub (offline or not cached?)" if hub else "cannot load the checkpoint"
     return RecipeError(f"source '{info.source}': {what}: {first}")
 
 

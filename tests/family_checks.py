@@ -9,7 +9,10 @@ norm's weight (and bias) perturbed, so that a wrong mask, a wrong norm fold or a
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
+from unittest import mock
 
 import torch
 import torch.nn as nn
@@ -40,16 +43,47 @@ GEMMA3_VISION = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers"
                  "image_size": 28, "patch_size": 14}
 GEMMA4_VISION = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1, "num_attention_heads": 2,
                  "num_key_value_heads": 2, "head_dim": 16}
+# Gemma 3n: a tiny audio tower (Gemma3nAudioEncoder: one conformer block); its vision tower is timm's, stood in below
+GEMMA3N_AUDIO = {"hidden_size": 32, "conf_num_attention_heads": 2, "conf_num_hidden_layers": 1, "input_feat_size": 16,
+                 "sscp_conv_channel_size": [8, 4]}
 QWEN3_5_VISION = {"depth": 1, "hidden_size": 32, "intermediate_size": 64, "num_heads": 2, "out_hidden_size": 64}
+
+
+class TowerStandIn(nn.Module):
+    """A float tower for one built from a package not installed here (Gemma 3n's vision tower is timm's
+    TimmWrapperModel): one linear of the sub-config's width; a text-only forward never calls it."""
+
+    def __init__(self, config: Any):
+        super().__init__()
+        self.proj = nn.Linear(config.hidden_size, config.hidden_size)
+
+
+@contextmanager
+def stand_ins(towers: dict[str, Callable[[Any], nn.Module]]) -> Iterator[None]:
+    """transformers' AutoModel.from_config (which composite models call for their towers) builds a sub-config
+    whose model_type `towers` names with its stand-in; everything else as usual."""
+    from transformers import AutoModel
+
+    real = AutoModel.from_config
+    build = staticmethod(lambda config, **kw: towers[config.model_type](config) if config.model_type in towers
+                         else real(config, **kw))
+    with mock.patch.object(AutoModel, "from_config", build):
+        yield
+
+
 # multimodal model types (the hub's checkpoints of them) whose text decoder AutoModelForCausalLM builds:
-# case -> (config class, text config, vision config, further config values)
-COMPOSITE: dict[str, tuple[str, Any, dict[str, Any], dict[str, Any]]] = {
+# case -> (config class, text config, vision config, further config values[, stand-ins: sub-config model_type ->
+# the float module built for it, a tower whose package is not installed here (`stand_ins`)])
+COMPOSITE: dict[str, tuple[Any, ...]] = {
     "gemma3": ("Gemma3Config", GEMMA3_TEXT, GEMMA3_VISION, {"mm_tokens_per_image": 4}),
     "qwen3_5": ("Qwen3_5Config", "qwen3_5_text", QWEN3_5_VISION, {}),  # text: a tiny_families case
     # Gemma 4's layout values sit in its text_config; its forward masks multimodal ids with the pad id
     **{f"gemma4{case.removeprefix('gemma4_text')}": ("Gemma4Config", (case, {"pad_token_id": 0}), GEMMA4_VISION,
                                                       {"audio_config": None})
        for case in ("gemma4_text", "gemma4_text:k_eq_v", "gemma4_text:moe", "gemma4_text:moe_per_layer")},
+    # Gemma 3n: gemma3n_text's blocks; text ids stay below the towers' vocab_offset, as in the hub's checkpoints
+    "gemma3n": ("Gemma3nConfig", "gemma3n_text", {"hidden_size": 32}, {"audio_config": GEMMA3N_AUDIO},
+                {"gemma3n_vision": TowerStandIn}),
     "qwen3_5_moe": ("Qwen3_5MoeConfig", "qwen3_5_moe_text", QWEN3_5_VISION, {}),
     "qwen4_exp": ("Qwen4ExpConfig", "qwen4_exp_text", QWEN3_5_VISION, {}),
     # dots3.note: AutoModelForCausalLM builds its text decoder alone; the towers' adapters must output its width
@@ -69,16 +103,16 @@ def calib_tokens(n: int = 4, seqlen: int = 32, seed: int = 1) -> torch.Tensor:
     return torch.randint(0, VOCAB, (n, seqlen), generator=torch.Generator().manual_seed(seed))
 
 
-def case_config(case: str) -> Any:
+def case_config(case: str, vocab: int = VOCAB) -> Any:
     """The transformers config of a test case (see FAMILY_TYPES)."""
     if case not in COMPOSITE:
-        return tiny_config(case, VOCAB)
+        return tiny_config(case, vocab)
     import transformers
 
-    cls, text, vision, more = COMPOSITE[case]
+    cls, text, vision, more = COMPOSITE[case][:4]
     if isinstance(text, tuple):  # a tiny_families case with some values of its own
-        text = {**tiny_config(text[0], VOCAB).to_dict(), **text[1]}
-    text = tiny_config(text, VOCAB).to_dict() if isinstance(text, str) else text
+        text = {**tiny_config(text[0], vocab).to_dict(), **text[1]}
+    text = tiny_config(text, vocab).to_dict() if isinstance(text, str) else text
     return getattr(transformers, cls)(text_config=text, vision_config=vision, **more)
 
 
@@ -87,20 +121,26 @@ def case_family(case: str) -> Family:
     return family_of_config(case_config(case))
 
 
-def _build(case: str) -> nn.Module:
+def case_stand_ins(case: str) -> dict[str, Callable[[Any], nn.Module]]:
+    """A COMPOSITE case's stand-ins (sub-config model_type -> its float module), {} for most."""
+    return dict(*COMPOSITE.get(case, ())[4:5])
+
+
+def build_case(case: str, vocab: int = VOCAB) -> nn.Module:
+    """A test case's tiny model as transformers builds it (a COMPOSITE case's towers from its stand-ins)."""
     if case not in COMPOSITE:
-        return tiny_model(case, VOCAB)
+        return tiny_model(case, vocab)
     from transformers import AutoModelForCausalLM
 
-    with torch.random.fork_rng(devices=[]):
+    with torch.random.fork_rng(devices=[]), stand_ins(case_stand_ins(case)):
         torch.manual_seed(0)
-        return AutoModelForCausalLM.from_config(case_config(case)).float().eval()
+        return AutoModelForCausalLM.from_config(case_config(case, vocab)).float().eval()
 
 
 @torch.no_grad()
 def lively_model(model_type: str, seed: int = 0) -> nn.Module:
     """A tiny model of the family whose blocks matter (see the module docstring)."""
-    model = _build(model_type)
+    model = build_case(model_type)
     unfuse_experts(model)
     family = family_of_config(model.config)
     g = torch.Generator().manual_seed(seed)

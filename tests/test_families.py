@@ -16,6 +16,7 @@ import torch
 from family_checks import (
     FAMILY_TYPES,
     METHOD_PARAMS,
+    build_case,
     calib_tokens,
     case_config,
     case_family,
@@ -44,7 +45,7 @@ POST_LN = {"openai-gpt"}  # a norm's output is the block's output: scaling it ch
 RESIDUAL_NORMS = {"minimax"}  # `residual = norm(x)`: a norm's output feeds linears and is the residual stream
 # Gemma 3n: LAuReL adds input_layernorm's output (its input) back to the residual stream; the MLP norm alone could be
 # smoothed, and a row naming SmoothQuant must have smoothed every norm feeding a quantized linear
-LAUREL = {"gemma3n_text": "input_layernorm"}
+LAUREL = {"gemma3n_text": "input_layernorm", "gemma3n": "input_layernorm"}  # gemma3n: its multimodal wrapper
 # hyper-connections (Qwen4-Exp): the norm over the residual streams feeds the streams' float mixing gates, and
 # attention / MLP read a gated mix of its output, not the output itself
 HYPER_STREAMS = {"qwen4_exp_text", "qwen4_exp"}
@@ -237,6 +238,23 @@ def test_smoothing_alone_keeps_logits(models, calib, model_type):
 @pytest.mark.parametrize("model_type", FAMILY_TYPES)
 def test_block_replay_equals_real_forward(models, calib, model_type):
     assert replay_delta(models(model_type), calib) <= 1e-5
+
+
+@pytest.mark.parametrize("method", ["absmax", "gptq"])
+def test_gemma3n_wrapper_quantizes_its_text_blocks_as_gemma3n_text(models, calib, method):
+    """The hub's gemma3n (Gemma3nForConditionalGeneration: towers beside the text model) feeds text ids to
+    gemma3n_text's blocks unchanged (text ids sit below the towers' vocab_offset): with the wrapper's text weights,
+    Gemma3nForCausalLM has its logits, and a method quantizes both models' blocks to the same weights."""
+    wrapper, text = models("gemma3n"), build_case("gemma3n_text")
+    prefix = "model.language_model."
+    text.load_state_dict({k.replace(prefix, "model."): v for k, v in wrapper.state_dict().items()
+                          if k.startswith((prefix, "lm_head."))}, strict=True)
+    assert torch.equal(logits(wrapper, calib), logits(text, calib))
+    (qw, rw), (qt, rt) = (quantize(m, method, calib, **METHOD_PARAMS[method]) for m in (wrapper, text))
+    assert rw.n_linears == rt.n_linears == count_block_linears(wrapper) > 0
+    blocks = {k: v for k, v in qt.state_dict().items() if k.startswith("model.layers.")}
+    assert all(torch.equal(qw.state_dict()[k.replace("model.", prefix, 1)], v) for k, v in blocks.items())
+    assert torch.equal(logits(qw, calib), logits(qt, calib))
 
 
 @pytest.mark.parametrize("method", sorted(METHOD_PARAMS))

@@ -268,3 +268,45 @@ def test_a_multimodal_qwen3_5_checkpoint_runs_its_text_decoder_in_memory_and_off
         assert main(["run", str(path)]) == 0
         rows[offload] = {r.label: (r.metrics, r.quant.get("n_linears")) for r in load_rows(tmp_path / str(offload) / "out", strict=True)}
     assert rows[True] == rows[False] and rows[False]["gptq W3A16"][1] == 13
+
+
+def test_a_gemma3n_checkpoint_runs_its_text_blocks_and_without_timm_is_one_line(tmp_path, tokenizer_dir, capsys,
+                                                                                 monkeypatch):
+    """The hub's Gemma 3n checkpoints are Gemma3nForConditionalGeneration (model_type gemma3n): the text blocks under
+    model.language_model, an audio tower, and a vision tower that transformers builds with timm (TimmWrapperModel).
+    With the tower buildable (family_checks' float stand-in for timm's) the run quantizes gemma3n_text's 25 block
+    linears, in memory and offloaded alike. Without timm (transformers' own check says it is missing) the run is
+    refused in one line naming it, exit 2, no row written; it was a traceback."""
+    import shutil
+
+    from family_checks import build_case, case_stand_ins, stand_ins
+    from transformers import AutoTokenizer
+    from transformers.utils import import_utils
+
+    src = tmp_path / "gemma3n"
+    with stand_ins(case_stand_ins("gemma3n")):
+        build_case("gemma3n", len(AutoTokenizer.from_pretrained(str(tokenizer_dir)))).save_pretrained(src)
+    for f in tokenizer_dir.iterdir():
+        shutil.copy(f, src / f.name)
+
+    def run(folder: Path, offload: bool) -> int:
+        folder.mkdir()
+        path = recipe(folder, {"m": {"source": str(src)}}, [{"method": "gptq", "w_bits": 4, "group_size": 16}])
+        path.write_text(path.read_text() + f"offload: {str(offload).lower()}\n")
+        return main(["run", str(path)])
+
+    with monkeypatch.context() as m:
+        m.setitem(import_utils.BACKENDS_MAPPING, "timm", (lambda: False, import_utils.TIMM_IMPORT_ERROR))
+        for offload in (False, True):
+            capsys.readouterr()
+            assert run(tmp_path / f"no_timm_{offload}", offload) == 2
+            err = capsys.readouterr().err.strip()
+            assert "\n" not in err and "cannot load the checkpoint: TimmWrapperModel requires the timm library, which is not installed)" in err, err
+            out = tmp_path / f"no_timm_{offload}" / "out"
+            assert not (out / "results.jsonl").exists() or not load_rows(out, strict=True)
+    rows = {}
+    for offload in (False, True):
+        with stand_ins(case_stand_ins("gemma3n")):
+            assert run(tmp_path / str(offload), offload) == 0
+        rows[offload] = {r.label: (r.metrics, r.quant.get("n_linears")) for r in load_rows(tmp_path / str(offload) / "out", strict=True)}
+    assert rows[True] == rows[False] and rows[False]["gptq W4A16"][1] == 25
