@@ -60,11 +60,16 @@ def open_model(recipe: Recipe, name: str, device: str, scratch: Path) -> Probe:
         from ptq_bench.source_load import open_source
 
         model, blocks, tok, _kind = open_source(info, cache_dir=_conversions(recipe, info, scratch))
-        return Probe(model, model.config.vocab_size, tok, device, scratch, blocks)
+        return Probe(model, _vocab(model), tok, device, scratch, blocks)
     from ptq_bench.source_load import load_source
 
     model, tok, _kind = load_source(info, device)
-    return Probe(model, model.config.vocab_size, tok, device, scratch)  # validate refused a source without one
+    return Probe(model, _vocab(model), tok, device, scratch)  # validate refused a source without one
+
+
+def _vocab(model: Any) -> int:
+    """The ids a probe may draw: the text decoder's vocabulary (a multimodal wrapper's config has no top-level one)."""
+    return model.config.get_text_config().vocab_size
 
 
 def cast(recipe: Recipe, probe: Probe) -> None:

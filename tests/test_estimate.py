@@ -307,3 +307,23 @@ def test_a_probe_whose_random_ids_miss_an_expert_is_not_a_refusal(tmp_path, monk
     lines = est._quant_lines(r, found)
     assert lines[0].endswith(": 15.0 s for 1 PTQ cells (2 not projected)"), lines[0]
     assert est.UNREACHED in lines[2] and lines[2].endswith("x 2 cells"), lines[2]
+
+
+@pytest.mark.parametrize("offload", [False, True])
+def test_a_multimodal_checkpoint_is_timed_on_its_text_vocabulary(tmp_path, capsys, data_dir, offload):
+    """A wrapper's config has no top-level vocab_size (Gemma 4's, Qwen3.5's...): the probe's ids come from its text
+    config. `estimate` read model.config.vocab_size, an AttributeError traceback on every multimodal source."""
+    import itertools
+
+    from family_checks import build_case
+
+    from ptq_bench.data import train_documents
+    from ptq_bench.tokenizer import train_tokenizer
+
+    tok = train_tokenizer(list(itertools.islice(train_documents(data_dir), 300)), 320)
+    folder = tmp_path / "ck"
+    build_case("gemma4", len(tok)).save_pretrained(folder)
+    tok.save_pretrained(str(folder))
+    path = _recipe(tmp_path, models={"theirs": {"source": str(folder)}}, offload=offload)
+    assert main(["estimate", str(path), "--steps", "1", "--warmup", "0"]) == 0, capsys.readouterr().err
+    assert "loaded, not trained" in capsys.readouterr().out
