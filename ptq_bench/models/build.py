@@ -28,6 +28,7 @@ import torch.nn as nn
 from ptq_bench.kinds import BITNET_MODES, TRAINED_KINDS
 from ptq_bench.models.arch import ArchConfig
 from ptq_bench.models.bitlinear import BitLinear, pack_ternary
+from ptq_bench.models.towers import tower_tensor_ids
 
 if TYPE_CHECKING:
     from transformers import LlamaConfig, LlamaForCausalLM
@@ -295,17 +296,22 @@ def _packed(model: nn.Module) -> dict[int, torch.Tensor]:
 
 def parameter_count(model: nn.Module) -> int:
     """Parameters as the papers count them: a tied tensor once (as `parameters()`), and the weights of a
-    transformers BitNet checkpoint, which it keeps packed in uint8 buffers rather than parameters."""
-    return sum(p.numel() for p in model.parameters()) + sum(w.numel() * PACKED_PER_BYTE for w in _packed(model).values())
+    transformers BitNet checkpoint, which it keeps packed in uint8 buffers rather than parameters. A multimodal
+    wrapper's are its text decoder's and LM head's (`models.towers`: its towers are neither quantized nor run)."""
+    towers = tower_tensor_ids(model)
+    return sum(p.numel() for p in model.parameters() if id(p) not in towers) + \
+        sum(w.numel() * PACKED_PER_BYTE for w in _packed(model).values() if id(w) not in towers)
 
 
 def weight_bytes(model: nn.Module) -> int:
     """Bytes of the stored weights as the papers count model memory: every high-precision tensor at
     16 bits (FP16/bf16), BitLinear weights packed at 2 bits (4 per byte, transformers' layout) plus
-    one 16-bit scale each. Tied tensors (an LM head sharing the embedding) count once."""
+    one 16-bit scale each. Tied tensors (an LM head sharing the embedding) count once; a multimodal wrapper's
+    towers not at all (`parameter_count`)."""
     total = 0
     bit_weights = {id(m.weight) for m in model.modules() if isinstance(m, BitLinear)}
-    tensors = {id(p): p for p in model.state_dict(keep_vars=True).values()}  # a tied tensor is stored once
+    towers = tower_tensor_ids(model)
+    tensors = {id(p): p for p in model.state_dict(keep_vars=True).values() if id(p) not in towers}  # tied: once
     packed = _packed(model)
     for p in tensors.values():
         if id(p) in bit_weights:

@@ -1,0 +1,35 @@
+"""Multimodal wrappers (transformers' *ForConditionalGeneration, the text decoder under model.language_model):
+what a row says of the model and how it is evaluated are its text decoder's, as for the text-only class."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from family_checks import build_case, case_config
+
+CASES = ("gemma3", "gemma4", "gemma3n")  # AutoModelForCausalLM builds these whole, towers and all
+TEXT_CLASS = {"gemma3": "Gemma3ForCausalLM", "gemma4": "Gemma4ForCausalLM", "gemma3n": "Gemma3nForCausalLM"}
+
+
+def text_only(case: str, wrapper: torch.nn.Module) -> torch.nn.Module:
+    """The text-only class of a wrapper's text config, with the wrapper's text weights."""
+    import transformers
+
+    text = getattr(transformers, TEXT_CLASS[case])(case_config(case).get_text_config()).eval()
+    text.model.load_state_dict(wrapper.model.language_model.state_dict())
+    text.lm_head.load_state_dict(wrapper.lm_head.state_dict())
+    return text
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_a_wrappers_size_is_its_text_decoders(case):
+    """n_params and weight_bytes of a row (models.build) count the text decoder and the LM head, as the same
+    weights in the text-only class: not the vision / audio towers, which no cell quantizes or runs (they were
+    counted: 1.51M parameters for the tiny Gemma 4 wrapper's 0.82M text weights, while a Qwen3.5 wrapper, whose text
+    decoder AutoModelForCausalLM builds alone, counted none)."""
+    from ptq_bench.models.build import parameter_count, weight_bytes
+
+    wrapper = build_case(case)
+    text = text_only(case, wrapper)
+    assert parameter_count(wrapper) == parameter_count(text) < sum(p.numel() for p in wrapper.parameters())
+    assert weight_bytes(wrapper) == weight_bytes(text)
