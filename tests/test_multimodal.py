@@ -33,3 +33,24 @@ def test_a_wrappers_size_is_its_text_decoders(case):
     text = text_only(case, wrapper)
     assert parameter_count(wrapper) == parameter_count(text) < sum(p.numel() for p in wrapper.parameters())
     assert weight_bytes(wrapper) == weight_bytes(text)
+
+
+def test_a_tower_of_unknown_modules_leaves_the_fast_path_to_the_text_decoder():
+    """FastLM picks its path from the modules a forward runs: a Gemma 3n wrapper whose vision tower is of classes
+    it does not know (timm's on the hub; family_checks' stand-in here) takes gemma3n_text's exact plain path (KV
+    sharing), with HFLM's scores; the tower's classes sent it to HFLM's own batching ("fast:hflm"), the slow path,
+    although a text-only forward never calls the tower."""
+    from test_eval_harness import DATA, compare, make_tokenizer
+
+    from ptq_bench.eval.harness import TaskSuite
+
+    if not (DATA / "hellaswag").is_dir():
+        pytest.skip(f"no data folder at {DATA}")
+    torch.set_num_threads(1)
+    tok = make_tokenizer(add_bos=False)
+    model = build_case("gemma3n", len(tok))
+    suites = {b: TaskSuite(["hellaswag"], DATA, tok, limit=4, backend=b, batch_size=8) for b in ("hflm", "fast")}
+    acc = {b: s.evaluate(model, progress=False) for b, s in suites.items()}
+    worst, flips = compare(suites["hflm"].last_responses, suites["fast"].last_responses)
+    assert suites["fast"].last_path == "fast:plain"
+    assert worst <= 1e-4 and flips == 0 and acc["hflm"] == acc["fast"]

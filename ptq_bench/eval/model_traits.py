@@ -23,8 +23,12 @@ def _token_local(obj: Any) -> bool | None:
 
 def _claims(model: torch.nn.Module) -> Iterator[bool | None]:
     """The `token_local` claim of every hook and every module class; a stock torch / transformers float
-    module that makes none counts as token-local (True)."""
-    for m in model.modules():
+    module that makes none counts as token-local (True). A multimodal wrapper's towers, which a text-only
+    forward never runs (timm's modules in Gemma 3n's vision tower), claim nothing (`models.towers`)."""
+    from ptq_bench.models.towers import tower_module_ids
+
+    towers = tower_module_ids(model)
+    for m in (m for m in model.modules() if id(m) not in towers):
         for hook in (*m._forward_hooks.values(), *m._forward_pre_hooks.values()):
             yield _token_local(hook)
         where = type(m).__module__
