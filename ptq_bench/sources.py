@@ -181,7 +181,8 @@ CONTEXT_KEYS = ("max_position_embeddings", "n_positions", "max_seq_len", "model_
 def _with_defaults(config: dict, model_type: str) -> dict:
     """config.json plus the transformers config class's defaults for the values this module reads and the
     file omits: transformers 4 writes only the values that differ from their defaults, so a missing
-    `add_cross_attention` means False, not "unknown". transformers is imported only when one is missing."""
+    `add_cross_attention` means False, not "unknown"; a multimodal wrapper's, its text config class's (as
+    `_text_decoder` reads them). transformers is imported only when one is missing."""
     from ptq_bench.families import config_keys
 
     missing = [k for k in config_keys(model_type) if k not in config]
@@ -192,7 +193,7 @@ def _with_defaults(config: dict, model_type: str) -> dict:
     try:
         from transformers import CONFIG_MAPPING
 
-        defaults = CONFIG_MAPPING[model_type]().to_dict()
+        defaults = _text_decoder(CONFIG_MAPPING[model_type]().to_dict())
     except (ImportError, KeyError, TypeError, ValueError):  # a family transformers does not know by this name
         return config
     return {**{k: defaults[k] for k in missing if k in defaults}, **config}

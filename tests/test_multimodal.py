@@ -54,3 +54,23 @@ def test_a_tower_of_unknown_modules_leaves_the_fast_path_to_the_text_decoder():
     worst, flips = compare(suites["hflm"].last_responses, suites["fast"].last_responses)
     assert suites["fast"].last_path == "fast:plain"
     assert worst <= 1e-4 and flips == 0 and acc["hflm"] == acc["fast"]
+
+
+@pytest.mark.parametrize("case", [*CASES, "qwen3_5"])
+def test_a_wrappers_text_values_missing_from_config_json_are_its_text_configs_defaults(tmp_path, case):
+    """The hub's Gemma 3 config.json (google/gemma-3-4b-it) writes only the text_config values that differ from
+    their defaults: no max_position_embeddings. `validate` reads the context length transformers builds the text
+    decoder with (the text config class's default, 131072 for Gemma 3); it read the wrapper config class's
+    defaults, which hold no text values, so the context was None and no window was checked against it."""
+    import json
+
+    from transformers import AutoConfig
+
+    from ptq_bench.sources import inspect_source
+
+    case_config(case).save_pretrained(tmp_path)
+    raw = json.loads((tmp_path / "config.json").read_text())
+    del raw["text_config"]["max_position_embeddings"]
+    (tmp_path / "config.json").write_text(json.dumps(raw))
+    built = AutoConfig.from_pretrained(tmp_path).get_text_config().max_position_embeddings
+    assert built > 256 and inspect_source(str(tmp_path)).context_length == built
