@@ -74,3 +74,14 @@ def test_a_wrappers_text_values_missing_from_config_json_are_its_text_configs_de
     (tmp_path / "config.json").write_text(json.dumps(raw))
     built = AutoConfig.from_pretrained(tmp_path).get_text_config().max_position_embeddings
     assert built > 256 and inspect_source(str(tmp_path)).context_length == built
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_a_wrappers_work_sizes_are_its_text_decoders(case):
+    """`eval.work.model_sizes` (estimate's zero-shot projection, benchmarks/eval_speed.py) weighs a block position
+    by the parameters a token passes through: a wrapper's are its text decoder's, as in the text-only class; its
+    towers were counted in (the tiny Gemma 4's body 1.48M for 0.80M)."""
+    from ptq_bench.eval.work import model_sizes
+
+    wrapper = build_case(case)
+    assert model_sizes(wrapper) == model_sizes(text_only(case, wrapper))

@@ -63,9 +63,13 @@ def hflm_positions(requests: Iterable[Request]) -> tuple[int, int]:
 
 
 def model_sizes(model: Any) -> tuple[int, int]:
-    """(parameters a token passes through outside the embedding and LM head, LM head parameters)."""
+    """(parameters a token passes through outside the embedding and LM head, LM head parameters); a multimodal
+    wrapper's towers are not passed through (`models.towers`)."""
+    from ptq_bench.models.towers import tower_tensor_ids
+
     embed, head = model.get_input_embeddings().weight, model.get_output_embeddings().weight
-    total = sum(p.numel() for p in model.parameters())
+    towers = tower_tensor_ids(model)
+    total = sum(p.numel() for p in model.parameters() if id(p) not in towers)
     body = total - embed.numel() - (0 if head is embed else head.numel())
     return body, head.numel()
 
