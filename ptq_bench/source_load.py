@@ -130,16 +130,21 @@ def _refuse_incomplete(info: SourceInfo, loading: dict[str, Any]) -> None:
 
 
 def _load_gguf(file: Path, info: SourceInfo) -> Any:
-    """Dequantized GGUF -> a plain model of the same class built from its config and state dict."""
-    import torch
-    from transformers import AutoModelForCausalLM
+    """Dequantized GGUF -> a plain model of the same class built from its config and state dict.
 
-    gguf_model, loading = AutoModelForCausalLM.from_pretrained(str(file.parent), gguf_file=file.name,
-                                                               output_loading_info=True)
+    transformers has two GGUF loaders: the legacy one dequantizes every tensor and marks the config with a
+    `quantization_config`; the newer one (LFM2, Qwen3.5: `integrations/gguf`) sets none, and keeps quantized
+    weights packed (uint8 blocks in GgufLinear) wherever it finds a GGUF kernel, unless asked to dequantize."""
+    import torch
+    from transformers import AutoModelForCausalLM, GgufConfig
+
+    gguf_model, loading = AutoModelForCausalLM.from_pretrained(
+        str(file.parent), gguf_file=file.name, quantization_config=GgufConfig(dequantize=True), output_loading_info=True)
     _refuse_incomplete(info, loading)
     gguf_model.eval()
     config = copy.deepcopy(gguf_model.config)
-    del config.quantization_config  # the GGUF loader's marker; the rebuilt model is plain float
+    if hasattr(config, "quantization_config"):  # the legacy loader's marker; the rebuilt model is plain float
+        del config.quantization_config
     with torch.random.fork_rng(devices=[]):  # random init, overwritten below: leave the caller's RNG alone
         model = AutoModelForCausalLM.from_config(config, dtype=next(gguf_model.parameters()).dtype).eval()
     model.load_state_dict(gguf_model.state_dict(), strict=True)

@@ -1,0 +1,59 @@
+"""GGUF files of other architectures than llama (tests/gguf_writer.py writes them as llama.cpp does):
+`inspect_source` names the family transformers loads them as, and `load_source` gives that family's
+plain model with the original logits, whichever of transformers' two GGUF loaders reads the file."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from gguf_writer import ARCHS, gguf_model, write_gguf
+from test_sources import TEXT, _tiny_tokenizer
+
+from ptq_bench.source_load import load_source
+from ptq_bench.sources import inspect_source
+
+# transformers 5.25 with gguf 0.19 cannot load a llama-architecture file named "mistral" (gguf-py has no
+# "mistral" tensor map): its limit, not ptq-bench's
+LOADED = [arch for arch in ARCHS if arch != "mistral"]
+CONTEXT = {"gpt2": 1024, "bloom": None, "mamba": None}  # GPT-2: transformers builds n_positions' default
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return _tiny_tokenizer()
+
+
+def _logits(model, tok):
+    with torch.inference_mode():
+        return model(torch.tensor([tok(TEXT).input_ids])).logits
+
+
+@pytest.mark.parametrize("arch", LOADED)
+def test_a_gguf_of_each_architecture_loads_as_its_family(arch, tok, tmp_path):
+    model = gguf_model(arch, len(tok))
+    info = inspect_source(str(write_gguf(model, tok, tmp_path / f"{arch}.gguf", arch)))
+    assert (info.form, info.model_type, info.kind, info.has_tokenizer) == ("gguf", model.config.model_type, "fp16", True)
+    assert info.context_length == CONTEXT.get(arch, 256)
+    loaded, loaded_tok, kind = load_source(info)
+    assert type(loaded) is type(model) and getattr(loaded.config, "quantization_config", None) is None
+    torch.testing.assert_close(_logits(loaded, tok), _logits(model, tok), rtol=0, atol=1e-5)
+    assert loaded_tok(TEXT).input_ids == tok(TEXT).input_ids
+
+
+def test_a_quantized_gguf_is_dequantized_where_transformers_could_keep_it_packed(tok, tmp_path, monkeypatch):
+    """transformers' newer GGUF loader (LFM2, Qwen3.5) keeps quantized weights as uint8 blocks in GgufLinear
+    wherever it finds a GGUF matmul kernel (fetched from the hub); the rebuilt plain model needs float ones."""
+    import transformers.quantizers.quantizer_gguf as quantizer
+
+    class Kernel:  # a published kernel, as on a machine that can fetch one
+        def supports(self, ggml_type):
+            return True
+
+        def __getattr__(self, name):
+            return lambda *args, **kwargs: None
+
+    monkeypatch.setattr(quantizer, "get_gguf_kernel", Kernel)
+    model = gguf_model("lfm2", len(tok))
+    loaded, _, _ = load_source(inspect_source(str(write_gguf(model, tok, tmp_path / "q.gguf", "lfm2", "Q8_0"))))
+    assert {p.dtype for p in loaded.state_dict().values()} == {torch.float32}
+    torch.testing.assert_close(_logits(loaded, tok), _logits(model, tok), rtol=0, atol=0.05)  # Q8_0's rounding
