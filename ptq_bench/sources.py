@@ -42,9 +42,11 @@ HASHED_SUFFIXES = (".json", ".safetensors", ".bin", ".pt", ".pth", ".model", ".t
 # what offloaded loading reads (models/lazy.py): one safetensors file, or the sharded index
 SAFETENSORS_FILE, SAFETENSORS_INDEX = "model.safetensors", "model.safetensors.index.json"
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
-# GGUF general.architecture -> transformers model_type (transformers' load_gguf_checkpoint renames)
+# GGUF general.architecture -> transformers model_type (transformers' load_gguf_checkpoint renames; its newer
+# loader's integrations/gguf/gguf_config_mapping.py names Qwen3.5's text decoders)
 GGUF_MODEL_TYPES = {"gemma3": "gemma3_text", "gemma4": "gemma4_text", "qwen2moe": "qwen2_moe", "qwen3moe": "qwen3_moe",
-                    "gpt-oss": "gpt_oss", "minimax-m2": "minimax_m2"}
+                    "gpt-oss": "gpt_oss", "minimax-m2": "minimax_m2", "qwen35": "qwen3_5_text",
+                    "qwen35moe": "qwen3_5_moe_text"}
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 

@@ -29,6 +29,7 @@ ARCHS = {
     "starcoder2": ("starcoder2", "starcoder2", "tiny"), "stablelm": ("stablelm", "stablelm", "tiny"),
     "falcon": ("falcon", "falcon", "tiny"), "gpt2": ("gpt2", "gpt2", "tiny"), "bloom": ("bloom", "bloom", "tiny"),
     "nemotron": ("nemotron", "nemotron", "tiny"), "mamba": ("mamba", "mamba", "tiny"), "lfm2": ("lfm2", "lfm2", "tiny"),
+    "qwen35": ("qwen3_5_text", "", "tiny"),  # transformers' newer loader: its own metadata reader (below)
 }
 GGUF_ARCH = {"mistral": "llama"}  # llama.cpp writes Mistral as llama (transformers tells it by general.name)
 GPT2_CONV1D = ("attn_qkv.weight", "ffn_down.weight", "ffn_up.weight", "attn_output.weight")
@@ -41,6 +42,12 @@ def gguf_config(arch: str, vocab_size: int) -> Any:
 
     family, mapping_key, _ = ARCHS[arch]
     cls_name, kwargs = FAMILY_CONFIGS[family]
+    if arch == "qwen35":  # one value head per key head: llama.cpp's tiling of value heads is then the identity
+        kwargs = {**kwargs, "linear_num_value_heads": kwargs["linear_num_key_heads"],  # and 3 m-RoPE sections of 2
+                  "rope_parameters": {"rope_type": "default", "rope_theta": 10000.0, "partial_rotary_factor": 0.75,
+                                      "mrope_section": [2, 2, 2], "mrope_interleaved": True}}
+        return getattr(transformers, cls_name)(vocab_size=vocab_size, bos_token_id=None, eos_token_id=None,
+                                               pad_token_id=None, **kwargs)
     carried = {v for v in GGUF_CONFIG_MAPPING[mapping_key].values() if v}
     kept = {k: v for k, v in kwargs.items() if k in carried}
     if arch == "lfm2":  # its layer kinds travel as per-layer kv head counts; its MLP width as it is
@@ -59,9 +66,28 @@ def gguf_model(arch: str, vocab_size: int, seed: int = 0) -> torch.nn.Module:
     return model.float().eval()
 
 
+def _qwen35_metadata(w: Any, cfg: Any) -> None:
+    """What transformers' `gguf_config_mapping._qwen35_config` reads (the inverse of it)."""
+    rope = cfg.rope_parameters
+    for key, value in {"context_length": cfg.max_position_embeddings, "embedding_length": cfg.hidden_size,
+                       "block_count": cfg.num_hidden_layers, "feed_forward_length": cfg.intermediate_size,
+                       "attention.head_count": cfg.num_attention_heads, "attention.head_count_kv": cfg.num_key_value_heads,
+                       "attention.key_length": cfg.head_dim, "attention.layer_norm_rms_epsilon": cfg.rms_norm_eps,
+                       "full_attention_interval": cfg.layer_types.index("full_attention") + 1,
+                       "ssm.conv_kernel": cfg.linear_conv_kernel_dim, "ssm.state_size": cfg.linear_key_head_dim,
+                       "ssm.group_count": cfg.linear_num_key_heads, "ssm.time_step_rank": cfg.linear_num_value_heads,
+                       "ssm.inner_size": cfg.linear_value_head_dim * cfg.linear_num_value_heads,
+                       "rope.freq_base": float(rope["rope_theta"]),
+                       "rope.dimension_count": int(rope["partial_rotary_factor"] * cfg.head_dim),
+                       "rope.dimension_sections": [int(rope["partial_rotary_factor"] * cfg.head_dim) // 6] * 3 + [0]}.items():
+        w.add_key_value(f"qwen35.{key}", value, _value_type(value))
+
+
 def _metadata(w: Any, arch: str, cfg: Any) -> None:
     from transformers.integrations.ggml import GGUF_CONFIG_MAPPING
 
+    if arch == "qwen35":
+        return _qwen35_metadata(w, cfg)
     g = GGUF_ARCH.get(arch, arch)
     for gguf_key, hf_key in GGUF_CONFIG_MAPPING[ARCHS[arch][1]].items():
         if not hf_key:
@@ -119,6 +145,8 @@ def gguf_tensors(model: torch.nn.Module, arch: str) -> dict[str, np.ndarray]:
             out[f"{stem}gate_exps.weight"], out[f"{stem}up_exps.weight"] = gate, up
             continue
         name = names.get_name(base) or names.get_name(base.partition(".")[2])  # BLOOM: BloomModel's names
+        if base.endswith("linear_attn.dt_bias"):  # Qwen3.5's, as llama.cpp names it
+            name, suffix = names.get_name(base.replace("dt_bias", "A_log")).replace("ssm_a", "ssm_dt"), "bias"
         assert name is not None, f"{arch}: no GGUF name for {hf}"
         name = f"{name}.{suffix}" if suffix else name
         out[name] = _transform(arch, name, t.numpy(), cfg)
@@ -130,16 +158,16 @@ def _transform(arch: str, name: str, t: np.ndarray, cfg: Any) -> np.ndarray:
     if arch == "llama" and (".attn_q." in name or ".attn_k." in name):
         n = cfg.num_attention_heads if ".attn_q." in name else cfg.num_key_value_heads
         return t.reshape(n, 2, t.shape[0] // n // 2, *t.shape[1:]).swapaxes(1, 2).reshape(t.shape)
-    if arch in ("gemma2", "gemma3", "nemotron") and "norm.weight" in name:
+    if arch in ("gemma2", "gemma3", "nemotron", "qwen35") and "norm.weight" in name and "ssm_norm" not in name:
         return t + 1
     if arch == "gpt2" and name.endswith(GPT2_CONV1D):
         return np.ascontiguousarray(t.T)
     if arch == "bloom" and "attn_qkv" in name:  # per head q, k, v -> all q, all k, all v
         n = cfg.n_head
         return np.ascontiguousarray(t.reshape(n, 3, -1, *t.shape[1:]).swapaxes(0, 1).reshape(t.shape))
-    if arch == "mamba" and "ssm_a" in name:
+    if arch in ("mamba", "qwen35") and name.endswith(".ssm_a"):
         return -np.exp(t)
-    if (arch in ("mamba", "lfm2") and "conv" in name and name.endswith("weight") and t.ndim == 3) or \
+    if (arch in ("mamba", "lfm2", "qwen35") and "conv" in name and name.endswith("weight") and t.ndim == 3) or \
             "ffn_gate_inp_shexp" in name:
         return np.ascontiguousarray(t.squeeze(1 if t.ndim == 3 else 0))
     return t

@@ -57,3 +57,25 @@ def test_a_quantized_gguf_is_dequantized_where_transformers_could_keep_it_packed
     loaded, _, _ = load_source(inspect_source(str(write_gguf(model, tok, tmp_path / "q.gguf", "lfm2", "Q8_0"))))
     assert {p.dtype for p in loaded.state_dict().values()} == {torch.float32}
     torch.testing.assert_close(_logits(loaded, tok), _logits(model, tok), rtol=0, atol=0.05)  # Q8_0's rounding
+
+
+# the architectures transformers' newer GGUF loader reads, and the model_type its config rebuild names
+NEWER_LOADER = {"lfm2": "lfm2", "qwen35": "qwen3_5_text", "qwen35moe": "qwen3_5_moe_text"}
+
+
+@pytest.mark.parametrize("arch", sorted(NEWER_LOADER))
+def test_the_newer_gguf_loaders_architectures_are_named_as_transformers_names_them(arch, tmp_path):
+    """A header is enough to name the family (validate reads no tensor); Qwen3.5's GGUF architectures are
+    spelt without the model_type's underscores."""
+    import gguf
+    from transformers.integrations.gguf import GGUF_CONFIG_ARCHS
+
+    assert set(GGUF_CONFIG_ARCHS) <= set(NEWER_LOADER), "transformers reads a new GGUF architecture: map it"
+    w = gguf.GGUFWriter(str(tmp_path / "m.gguf"), arch)
+    w.add_context_length(256)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    info = inspect_source(str(tmp_path / "m.gguf"))
+    assert (info.model_type, info.context_length) == (NEWER_LOADER[arch], 256)
