@@ -55,15 +55,18 @@ def open_model(recipe: Recipe, name: str, device: str, scratch: Path) -> Probe:
         vocab = recipe.tokenizer.vocab_size
         model = build_model(spec.kind, model_arch(recipe, name), vocab, seed=recipe.seed).to(device)
         return Probe(model, vocab, None, device, scratch)
+    from ptq_bench.prepare import from_source  # a checkpoint that cannot be loaded: one line, as at `run`
+
     info = source_info(recipe, name)
     if recipe.offload:
         from ptq_bench.source_load import open_source
 
-        model, blocks, tok, _kind = open_source(info, cache_dir=_conversions(recipe, info, scratch))
+        model, blocks, tok, _kind = from_source(
+            name, spec.source, lambda _s: open_source(info, cache_dir=_conversions(recipe, info, scratch)))
         return Probe(model, _vocab(model), tok, device, scratch, blocks)
     from ptq_bench.source_load import load_source
 
-    model, tok, _kind = load_source(info, device)
+    model, tok, _kind = from_source(name, spec.source, lambda _s: load_source(info, device))
     return Probe(model, _vocab(model), tok, device, scratch)  # validate refused a source without one
 
 

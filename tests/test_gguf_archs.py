@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import pytest
 import torch
+import yaml
 from gguf_writer import ARCHS, gguf_model, write_gguf
 from test_sources import TEXT, _tiny_tokenizer
 
+from ptq_bench.cli import main
 from ptq_bench.source_load import load_source
 from ptq_bench.sources import inspect_source
 
@@ -79,3 +81,23 @@ def test_the_newer_gguf_loaders_architectures_are_named_as_transformers_names_th
     w.close()
     info = inspect_source(str(tmp_path / "m.gguf"))
     assert (info.model_type, info.context_length) == (NEWER_LOADER[arch], 256)
+
+
+@pytest.mark.parametrize("offload", [False, True])
+def test_a_gguf_transformers_cannot_load_is_one_line_at_estimate_as_at_run(tok, tmp_path, capsys, data_dir, offload):
+    """transformers' GGUF loader reads no head_dim for Qwen3 (it builds the class default, 128), so a
+    Qwen3 of head_dim 16 is refused with a RuntimeError: `run` says so in one line, and `estimate` did
+    not (a traceback)."""
+    from tiny_families import tiny_model
+
+    (tmp_path / "g").mkdir()
+    file = write_gguf(tiny_model("qwen3", len(tok)), tok, tmp_path / "g" / "m.gguf", "qwen3")
+    recipe = {"name": "e", "output_dir": str(tmp_path / "out"), "cache_dir": str(tmp_path / "cache"),
+              "models": {"m": {"source": str(file)}}, "offload": offload, "quantize": [{"method": "absmax", "w_bits": 8}],
+              "calibration": {"n_samples": 4, "seq_len": 32}, "eval": {"perplexity": {"seq_len": 32, "max_windows": 4}}}
+    (tmp_path / "r.yaml").write_text(yaml.safe_dump(recipe))
+    for command in ("run", "estimate"):
+        capsys.readouterr()
+        assert main([command, str(tmp_path / "r.yaml")]) == 2
+        err = capsys.readouterr().err.strip().splitlines()[-1]
+        assert err.startswith(f"ptq-bench: error: models.m.source: cannot load {file} (RuntimeError: "), (command, err)
