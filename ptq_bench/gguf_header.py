@@ -25,6 +25,9 @@ class GGUFArray(NamedTuple):
 _SCALARS = {0: "B", 1: "b", 2: "H", 3: "h", 4: "I", 5: "i", 6: "f", 7: "?", 10: "Q", 11: "q", 12: "d"}  # GGUFValueType
 _STRING, _ARRAY = 8, 9
 SHORT_ARRAY = 64  # arrays up to this length are returned as lists, longer ones as GGUFArray
+# the file's tensor names, beside the keys (not a GGUF key: those are dotted identifiers): transformers derives some
+# config values from which tensors a file holds (StableLM's use_parallel_residual)
+TENSORS = "<tensor names>"
 
 
 _MEMO: dict[tuple[str, int, int], dict[str, Any]] = {}  # data.file_state -> header
@@ -42,7 +45,8 @@ def cached_metadata(path: Path) -> dict[str, Any]:
 
 
 def read_gguf_metadata(path: Path) -> dict[str, Any]:
-    """{key: value} of a GGUF file's header (v2/v3, either byte order); long arrays as GGUFArray."""
+    """{key: value} of a GGUF file's header (v2/v3, either byte order); long arrays as GGUFArray; the tensor
+    names under `TENSORS`."""
     from gguf.constants import GGUF_MAGIC
 
     with open(path, "rb") as fh, mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as mm:
@@ -52,13 +56,26 @@ def read_gguf_metadata(path: Path) -> dict[str, Any]:
         version = struct.unpack_from(e + "I", mm, 4)[0]
         if version < 2:
             raise ValueError(f"GGUF version {version} is not supported (2 or 3)")
-        n_kv = struct.unpack_from(e + "Q", mm, 16)[0]
+        n_tensors, n_kv = struct.unpack_from(e + "QQ", mm, 8)
         off, out = 24, {}
         for _ in range(n_kv):
             name, off = _gguf_string(mm, off, e)
             vtype = struct.unpack_from(e + "I", mm, off)[0]
             out[name], off = _gguf_value(mm, off + 4, vtype, e)
+        out[TENSORS] = _tensor_names(mm, off, n_tensors, e)
     return out
+
+
+def _tensor_names(mm: mmap.mmap, off: int, n: int, e: str) -> tuple[str, ...]:
+    """The names in the tensor infos after the key/values: name, uint32 n_dims, n_dims uint64, uint32 type,
+    uint64 offset each."""
+    names = []
+    for _ in range(n):
+        name, off = _gguf_string(mm, off, e)
+        n_dims = struct.unpack_from(e + "I", mm, off)[0]
+        off += 4 + 8 * n_dims + 4 + 8
+        names.append(name)
+    return tuple(names)
 
 
 def _gguf_string(mm: mmap.mmap, off: int, e: str) -> tuple[str, int]:

@@ -47,6 +47,11 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model",
 GGUF_MODEL_TYPES = {"gemma3": "gemma3_text", "gemma4": "gemma4_text", "qwen2moe": "qwen2_moe", "qwen3moe": "qwen3_moe",
                     "gpt-oss": "gpt_oss", "minimax-m2": "minimax_m2", "qwen35": "qwen3_5_text",
                     "qwen35moe": "qwen3_5_moe_text"}
+# config values transformers' GGUF loader derives from which tensors a file holds (load_gguf_checkpoint), where a
+# family's layout depends on them: StableLM's blocks are sequential exactly when they have an ffn_norm
+GGUF_TENSOR_VALUES = {
+    "stablelm": lambda names: {"use_parallel_residual": not any("ffn_norm" in n for n in names)},
+}
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
@@ -241,7 +246,8 @@ def _inspect_toolkit(source: str, p: Path, key: str) -> SourceInfo:
 
 
 def _inspect_gguf(source: str, file: Path, form: str, key: str, about: str = "") -> SourceInfo:
-    from ptq_bench.gguf_header import cached_metadata
+    from ptq_bench.families import layout_problem
+    from ptq_bench.gguf_header import TENSORS, cached_metadata
 
     try:
         meta = cached_metadata(file)
@@ -250,12 +256,14 @@ def _inspect_gguf(source: str, file: Path, form: str, key: str, about: str = "")
     arch = meta.get("general.architecture")
     if not isinstance(arch, str):
         raise RecipeError(f"{key}: {file} has no general.architecture")
-    name = str(meta.get("general.name", ""))
-    model_type = "mistral" if arch == "llama" and "mistral" in name.lower() else GGUF_MODEL_TYPES.get(arch, arch)
-    model_type = checked_family(model_type, key, file)
+    # transformers reads a llama GGUF as Mistral only when general.name is exactly "mistral"
+    mistral = arch == "llama" and meta.get("general.name") == "mistral"
+    model_type = checked_family("mistral" if mistral else GGUF_MODEL_TYPES.get(arch, arch), key, file)
+    derived = GGUF_TENSOR_VALUES.get(arch)
+    problem = layout_problem({"model_type": model_type, **derived(meta[TENSORS])}) if derived else ""
     note = about or f"{file.name}: float weights dequantized from GGUF {_gguf_file_type(meta)}"
     return _info(source, form, file, model_type, "fp16", meta.get(f"{arch}.context_length"), [file],
-                 "tokenizer.ggml.tokens" in meta, note)
+                 "tokenizer.ggml.tokens" in meta, note, layout_problem=problem)
 
 
 def _gguf_file_type(meta: dict) -> str:

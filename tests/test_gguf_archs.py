@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 import yaml
-from gguf_writer import ARCHS, gguf_model, write_gguf
+from gguf_writer import ARCHS, gguf_config, gguf_model, write_gguf
 from test_sources import TEXT, _tiny_tokenizer
 
 from ptq_bench.cli import main
@@ -101,3 +101,44 @@ def test_a_gguf_transformers_cannot_load_is_one_line_at_estimate_as_at_run(tok, 
         assert main([command, str(tmp_path / "r.yaml")]) == 2
         err = capsys.readouterr().err.strip().splitlines()[-1]
         assert err.startswith(f"ptq-bench: error: models.m.source: cannot load {file} (RuntimeError: "), (command, err)
+
+
+def test_a_parallel_residual_stablelm_gguf_is_refused_at_validate(tok, tmp_path, capsys):
+    """transformers tells a StableLM GGUF's layout by its tensors (no ffn_norm: use_parallel_residual), which
+    ptq-bench's registry does not describe; a folder of it was refused at validate, a GGUF only when `run`
+    loaded it (after other models' cells). The header reader now lists the tensor names."""
+    from transformers import AutoModelForCausalLM
+
+    config = gguf_config("stablelm", len(tok))
+    config.use_parallel_residual = True
+    with torch.random.fork_rng(devices=[]):
+        model = AutoModelForCausalLM.from_config(config).float().eval()
+    file = write_gguf(model, tok, tmp_path / "p.gguf", "stablelm")
+    from transformers.modeling_gguf_pytorch_utils import load_gguf_checkpoint
+
+    assert load_gguf_checkpoint(str(file))["config"]["use_parallel_residual"]  # as transformers reads the file
+    assert "use_parallel_residual=True is not supported" in inspect_source(str(file)).layout_problem
+    recipe = {"name": "p", "output_dir": str(tmp_path / "out"), "models": {"m": {"source": str(file)}},
+              "quantize": [{"method": "absmax", "w_bits": 8}]}
+    (tmp_path / "r.yaml").write_text(yaml.safe_dump(recipe))
+    capsys.readouterr()
+    assert main(["validate", str(tmp_path / "r.yaml")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "use_parallel_residual=True is not supported" in err, err
+
+
+def test_a_llama_gguf_is_read_as_mistral_only_where_transformers_reads_it_so(tok, tmp_path):
+    """transformers builds a llama GGUF as Mistral only when general.name is exactly "mistral"; one named
+    "Mistral 7B" is a LlamaForCausalLM, and its rows must say llama (ptq-bench said mistral)."""
+    import gguf
+
+    model = gguf_model("llama", len(tok))
+    original = ARCHS["llama"]
+    try:
+        ARCHS["llama"] = (*original[:2], "Mistral 7B Instruct")
+        file = write_gguf(model, tok, tmp_path / "m.gguf", "llama")
+    finally:
+        ARCHS["llama"] = original
+    assert gguf.GGUFReader(file).fields["general.name"].contents() == "Mistral 7B Instruct"
+    info = inspect_source(str(file))
+    assert info.model_type == "llama" == load_source(info)[0].config.model_type

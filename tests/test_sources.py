@@ -240,11 +240,12 @@ def test_gguf_conversion_is_cached_by_content(tiny_gguf, tmp_path, monkeypatch):
 def test_gguf_header_reader_agrees_with_gguf_reader(tiny_gguf):
     from gguf import GGUFReader
 
-    from ptq_bench.gguf_header import GGUFArray, read_gguf_metadata
+    from ptq_bench.gguf_header import TENSORS, GGUFArray, read_gguf_metadata
 
     file = tiny_gguf[2]
-    ours = read_gguf_metadata(file)
-    theirs = {k: f.contents() for k, f in GGUFReader(file).fields.items() if not k.startswith("GGUF.")}
+    ours, reader = read_gguf_metadata(file), GGUFReader(file)
+    assert ours.pop(TENSORS) == tuple(t.name for t in reader.tensors)
+    theirs = {k: f.contents() for k, f in reader.fields.items() if not k.startswith("GGUF.")}
     assert set(ours) == set(theirs)
     for k, v in theirs.items():
         if isinstance(ours[k], GGUFArray):
