@@ -55,19 +55,12 @@ def open_model(recipe: Recipe, name: str, device: str, scratch: Path) -> Probe:
         vocab = recipe.tokenizer.vocab_size
         model = build_model(spec.kind, model_arch(recipe, name), vocab, seed=recipe.seed).to(device)
         return Probe(model, vocab, None, device, scratch)
-    from ptq_bench.prepare import from_source  # a checkpoint that cannot be loaded: one line, as at `run`
+    from ptq_bench.prepare import open_checkpoint  # as `run` holds it; an unloadable checkpoint: one line
 
     info = source_info(recipe, name)
-    if recipe.offload:
-        from ptq_bench.source_load import open_source
-
-        model, blocks, tok, _kind = from_source(
-            name, spec.source, lambda _s: open_source(info, cache_dir=_conversions(recipe, info, scratch)))
-        return Probe(model, _vocab(model), tok, device, scratch, blocks)
-    from ptq_bench.source_load import load_source
-
-    model, tok, _kind = from_source(name, spec.source, lambda _s: load_source(info, device))
-    return Probe(model, _vocab(model), tok, device, scratch)  # validate refused a source without one
+    cache = _conversions(recipe, info, scratch) if recipe.offload else None  # in memory: a GGUF read directly
+    model, tok, _kind, blocks = open_checkpoint(recipe, name, info, device, cache)
+    return Probe(model, _vocab(model), tok, device, scratch, blocks)  # validate refused a source without a tokenizer
 
 
 def _vocab(model: Any) -> int:

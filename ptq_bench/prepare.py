@@ -91,14 +91,15 @@ def model_key(ctx: Context, name: str, tok_key: str) -> str:
                   "schedule": to_dict(schedule), "tok": tok_key, "seed": r.seed})
 
 
-def from_source(name: str, source: str, load: Any, *args: Any) -> Any:
-    """load(source, *args); a failure (truncated or damaged file) is one line naming the source."""
+def from_source(name: str, source: str, load: Any) -> Any:
+    """load(); a failure (truncated or damaged file) is one line naming the source."""
     try:
-        return load(source, *args)
+        return load()
     except Exception as exc:  # a user's checkpoint cannot be rebuilt: say which one failed and how
         lines = [line for line in str(exc).splitlines() if line.strip()]  # transformers' ImportErrors begin with "\n"
         # the loader's own refusals (PtqBenchError: a missing package, an incomplete checkpoint) are one line already
-        msg = lines[0] if lines and isinstance(exc, PtqBenchError) else lines[0][:200] if lines else ""
+        msg = lines[0] if lines else ""
+        msg = msg if isinstance(exc, PtqBenchError) else msg[:200]
         raise PtqBenchError(f"models.{name}.source: cannot load {source} ({type(exc).__name__}: {msg})") from None
 
 
@@ -107,19 +108,26 @@ def get_source_model(ctx: Context, name: str) -> tuple[Any, Any, str, dict, Any]
     the checkpoint is (sources.py), a GGUF is converted once into the cache. With the recipe's `offload`
     the model's decoder blocks stay on disk (`blocks`: their `CheckpointBlocks` reader, else None) and
     the rest is on the CPU; otherwise the whole model is on the device."""
-    from ptq_bench.source_load import load_source, open_source
-
     spec, info = ctx.recipe.models[name], source_info(ctx.recipe, name)
     how = "opening (blocks stay on disk)" if ctx.recipe.offload else "loading"
     log(f"{how} model '{name}' from {spec.source}" + (f" ({info.note})" if info.note else ""))
-    cache = ctx.cache / "sources"
-    if ctx.recipe.offload:
-        model, blocks, tok, kind = from_source(name, spec.source, lambda _s: open_source(info, cache_dir=cache))
-    else:
-        model, tok, kind = from_source(name, spec.source, lambda _s: load_source(info, ctx.device, cache_dir=cache))
-        blocks = None
+    model, tok, kind, blocks = open_checkpoint(ctx.recipe, name, info, ctx.device, ctx.cache / "sources")
     about = {"source": spec.source, "content_hash": info.content_hash, "note": info.note}
     return model, tok, kind, about, blocks  # recipe.check_recipe refused a source without a tokenizer
+
+
+def open_checkpoint(recipe: Recipe, name: str, info: Any, device: str, cache: Path | None) -> tuple[Any, Any, str, Any]:
+    """(model, tokenizer, kind, blocks) of source model `name` as the recipe holds it: with `offload` its blocks
+    on disk (`blocks`: their reader) and the rest on the CPU, else all on `device` (blocks None); a GGUF read
+    from (or converted into) `cache` where given. A checkpoint that cannot be loaded is one line (`from_source`)."""
+    from ptq_bench.source_load import load_source, open_source
+
+    source = recipe.models[name].source
+    if recipe.offload:
+        model, blocks, tok, kind = from_source(name, source, lambda: open_source(info, cache_dir=cache))
+        return model, tok, kind, blocks
+    model, tok, kind = from_source(name, source, lambda: load_source(info, device, cache_dir=cache))
+    return model, tok, kind, None
 
 
 def model_folder(cache: Path, kind: str, key: str) -> Path:

@@ -173,19 +173,23 @@ def _transform(arch: str, name: str, t: np.ndarray, cfg: Any) -> np.ndarray:
     return t
 
 
-def write_gguf(model: torch.nn.Module, tok: Any, path: Path, arch: str, qtype: str = "F32") -> Path:
+def write_gguf(model: torch.nn.Module, tok: Any, path: Path, arch: str, qtype: str = "F32", drop: str = "",
+               general_name: str = "") -> Path:
     """A GGUF file of `model` (built by `gguf_model(arch, ...)`) with `tok`'s vocabulary inside; `qtype`
-    (e.g. "Q8_0"): the ggml type of its 2-D weights whose rows split into whole blocks (the rest F32)."""
+    (e.g. "Q8_0"): the ggml type of its 2-D weights whose rows split into whole blocks (the rest F32);
+    `drop`: a GGUF tensor name left out, as a damaged file would; `general_name`: else ARCHS'."""
     import gguf
     from gguf.quants import quantize
 
     w = gguf.GGUFWriter(str(path), GGUF_ARCH.get(arch, arch))
-    w.add_name(ARCHS[arch][2])
+    w.add_name(general_name or ARCHS[arch][2])
     _metadata(w, arch, model.config)
     w.add_file_type(gguf.LlamaFileType[f"MOSTLY_{qtype}" if qtype != "F32" else "ALL_F32"])
     _tokenizer(w, tok, arch)
     q = gguf.GGMLQuantizationType[qtype]
     for name, t in gguf_tensors(model, arch).items():
+        if name == drop:
+            continue
         t = np.ascontiguousarray(t, dtype=np.float32)
         if q != gguf.GGMLQuantizationType.F32 and t.ndim == 2 and t.shape[-1] % gguf.GGML_QUANT_SIZES[q][0] == 0:
             w.add_tensor(name, quantize(t, q), raw_dtype=q)

@@ -70,17 +70,19 @@ def test_quantization_is_projected_from_two_and_four_blocks(tmp_path, monkeypatc
                    "gptq W4A16 g128": (15.0, 3)}  # exact for a line: 3 + 2 x 6; three seeds, one setting
 
 
-def _checkpoint(tmp_path: Path, data_dir: Path, tokenizer: bool = True) -> Path:
-    """A tiny Llama checkpoint folder, with a small BPE tokenizer of its vocabulary when asked."""
+def _checkpoint(tmp_path: Path, data_dir: Path, tokenizer: bool = True, case: str = "llama") -> Path:
+    """A tiny checkpoint folder of a family test case (tests/family_checks.py: a Llama, or a multimodal
+    wrapper), with a small BPE tokenizer of its vocabulary when asked."""
     import itertools
 
-    from tiny_families import save_tiny
+    from family_checks import build_case
 
     from ptq_bench.data import train_documents
     from ptq_bench.tokenizer import train_tokenizer
 
     tok = train_tokenizer(list(itertools.islice(train_documents(data_dir), 300)), 320)
-    folder = save_tiny("llama", tmp_path / "ck", vocab_size=len(tok))
+    folder = tmp_path / "ck"
+    build_case(case, len(tok)).save_pretrained(folder)
     if tokenizer:
         tok.save_pretrained(str(folder))
     return folder
@@ -313,17 +315,7 @@ def test_a_probe_whose_random_ids_miss_an_expert_is_not_a_refusal(tmp_path, monk
 def test_a_multimodal_checkpoint_is_timed_on_its_text_vocabulary(tmp_path, capsys, data_dir, offload):
     """A wrapper's config has no top-level vocab_size (Gemma 4's, Qwen3.5's...): the probe's ids come from its text
     config. `estimate` read model.config.vocab_size, an AttributeError traceback on every multimodal source."""
-    import itertools
-
-    from family_checks import build_case
-
-    from ptq_bench.data import train_documents
-    from ptq_bench.tokenizer import train_tokenizer
-
-    tok = train_tokenizer(list(itertools.islice(train_documents(data_dir), 300)), 320)
-    folder = tmp_path / "ck"
-    build_case("gemma4", len(tok)).save_pretrained(folder)
-    tok.save_pretrained(str(folder))
+    folder = _checkpoint(tmp_path, data_dir, case="gemma4")
     path = _recipe(tmp_path, models={"theirs": {"source": str(folder)}}, offload=offload)
     assert main(["estimate", str(path), "--steps", "1", "--warmup", "0"]) == 0, capsys.readouterr().err
     assert "loaded, not trained" in capsys.readouterr().out

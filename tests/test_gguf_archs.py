@@ -132,13 +132,7 @@ def test_a_llama_gguf_is_read_as_mistral_only_where_transformers_reads_it_so(tok
     "Mistral 7B" is a LlamaForCausalLM, and its rows must say llama (ptq-bench said mistral)."""
     import gguf
 
-    model = gguf_model("llama", len(tok))
-    original = ARCHS["llama"]
-    try:
-        ARCHS["llama"] = (*original[:2], "Mistral 7B Instruct")
-        file = write_gguf(model, tok, tmp_path / "m.gguf", "llama")
-    finally:
-        ARCHS["llama"] = original
+    file = write_gguf(gguf_model("llama", len(tok)), tok, tmp_path / "m.gguf", "llama", general_name="Mistral 7B Instruct")
     assert gguf.GGUFReader(file).fields["general.name"].contents() == "Mistral 7B Instruct"
     info = inspect_source(str(file))
     assert info.model_type == "llama" == load_source(info)[0].config.model_type

