@@ -102,3 +102,23 @@ def test_the_stream_is_tokenized_with_the_tokenizers_special_tokens(tmp_path, da
     ev = Evaluator(SimpleNamespace(perplexity=perplexity, tasks=[]), data_dir, tmp_path, _BosTokenizer(), "bos")
     ids = ev.ppl_ids["wikitext2"]
     assert ids[0] == 1 and list(ids) == _BosTokenizer()(perplexity_text("wikitext2", data_dir))["input_ids"]
+
+
+def test_per_tensor_activation_rows_score_each_window_on_its_own():
+    """A per-tensor activation scale spans the whole forward: windows batched together would share one scale,
+    and the row's perplexity (and KLD) would depend on eval.batch_size. The GPTQ protocol scores each window
+    alone, so a model that mixes batch mates (`model_traits.mixes_tokens`) is run one window per forward."""
+    from quant_fixtures import tiny_llama
+
+    from ptq_bench.eval.kld import build_reference, compare
+    from ptq_bench.quant.registry import get_method
+
+    model = tiny_llama()
+    base = tiny_llama()
+    method = get_method("absmax")
+    method.apply(model, method.make_config({"w_bits": 8, "a_bits": 4, "a_granularity": "tensor"}))
+    ids = torch.randint(0, 256, (6 * 32,), generator=torch.Generator().manual_seed(0))
+    one = gptq_perplexity(model, ids, 32, batch_size=1, progress=False)["ppl"]
+    assert gptq_perplexity(model, ids, 32, batch_size=4, progress=False)["ppl"] == one
+    ref = build_reference(base, ids, "wikitext2", 32, batch_size=4)
+    assert compare(ref, model, batch_size=4) == compare(ref, model, batch_size=1)

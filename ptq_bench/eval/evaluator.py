@@ -25,7 +25,9 @@ import numpy as np
 # 4: perplexity text is tokenized as GPTQ's datautils tokenizes it, with the tokenizer's own special
 #    tokens (a BOS-adding tokenizer, Llama's or Gemma's, starts the stream with BOS: every window moves by
 #    one token); tokenizers that add none (the toolkit's BPE, SmolLM2's) give the same ids as before
-EVAL_VERSION = 4
+# 5: a model with per-tensor activation scales (`model_traits.mixes_tokens`) is scored one window per forward
+#    (`perplexity.window_batch`): batched windows shared one scale, so its perplexity and KLD moved with batch_size
+EVAL_VERSION = 5
 
 
 class Evaluator:

@@ -41,7 +41,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from ptq_bench.data import file_sha256
-from ptq_bench.eval.perplexity import protocol_name, windows
+from ptq_bench.eval.perplexity import protocol_name, window_batch, windows
 
 FORMAT_VERSION = 2  # 2: the top-1 file's sha256 and the metadata's own are checked
 KL_TOKENS = 256  # tokens per KL step: each token's KL is its own row, so any step gives the same values
@@ -150,6 +150,7 @@ def _compute(model: torch.nn.Module, wins: torch.Tensor, set_name: str, seqlen: 
     logprobs, top1 = None, np.empty((n, seqlen - 1), dtype=np.int64)
     tmp = None if path is None else Path(path).with_suffix(".tmp.npy")
     total, count = 0.0, 0
+    batch_size = window_batch(model, batch_size)
     for start in _batches(wins, batch_size, f"base log-probs {set_name}", progress):
         batch = wins[start:start + batch_size]
         logits = _logits(model, batch)
@@ -223,6 +224,7 @@ def compare(ref: BaseReference, model: torch.nn.Module, batch_size: int = 4, pro
     """The distance metrics of `model` against the base reference (names: `metric_names`), plus the
     model's own GPTQ-protocol perplexity on the same windows."""
     kls, agree, total, count = [], 0, 0.0, 0
+    batch_size = window_batch(model, batch_size)  # one window per forward for per-tensor activation scales
     for start in _batches(ref.windows, batch_size, f"kld {ref.set_name}", progress):
         batch = ref.windows[start:start + batch_size]
         logits = _logits(model, batch)  # (B, seqlen - 1, vocab)

@@ -29,6 +29,15 @@ def protocol_name(set_name: str, seqlen: int, max_windows: int | None) -> str:
     return name if max_windows is None else f"{name}/first{max_windows}win"
 
 
+def window_batch(model: torch.nn.Module, batch_size: int) -> int:
+    """Windows per forward: `batch_size`, or 1 for a model whose rounding mixes batch mates (per-tensor
+    activation scales: `model_traits.mixes_tokens`). The protocol scores each window on its own; windows
+    sharing one forward would share one activation scale, and the number would depend on eval.batch_size."""
+    from ptq_bench.eval.model_traits import mixes_tokens
+
+    return 1 if mixes_tokens(model) else batch_size
+
+
 def windows(token_ids: torch.Tensor, seqlen: int, max_windows: int | None = None) -> torch.Tensor:
     """(n_windows, seqlen): floor(N / seqlen) non-overlapping windows, tail dropped, first max_windows kept."""
     if token_ids.dim() != 1:
@@ -61,6 +70,7 @@ def gptq_perplexity(
     """
     wins = windows(token_ids, seqlen, max_windows)
     device = next(model.parameters()).device
+    batch_size = window_batch(model, batch_size)
     total, count = 0.0, 0
     for start in tqdm(range(0, len(wins), batch_size), desc=f"ppl seq{seqlen}", unit="batch", disable=not progress):
         batch = wins[start:start + batch_size].to(device)  # (B, seqlen)
