@@ -270,3 +270,15 @@ def test_capture_reads_batch_and_tokens_after_the_families_stream_axes(monkeypat
     monkeypatch.setattr(calibrate, "model_family", lambda m: replace(family, stream_axes=0))
     with pytest.raises(QuantError, match=r"hidden states of shape \(4, 2, 16, 64\)"):
         capture_inputs(model, ids)
+
+
+@pytest.mark.parametrize("static_groups", [False, True])
+def test_act_order_groups_count_the_stored_group_index(static_groups):
+    """act_order with groups fitted in processing order (not static) stores which group each column is in
+    (GPTQ's g_idx): ceil(log2 n_groups) bits per column count in the stored bits. Static groups are in
+    column order, as without act_order: nothing more is stored."""
+    W, H = correlated_problem(rows=24, cols=48)
+    _, plain, _ = gptq_solve(W, H, 3, group_size=16)
+    _, ordered, _ = gptq_solve(W, H, 3, group_size=16, act_order=True, static_groups=static_groups)
+    index_bits = 0 if static_groups else 48 * 2  # 3 groups: 2 bits for each of the 48 columns
+    assert ordered.storage_bits(W.numel()) == plain.storage_bits(W.numel()) + index_bits

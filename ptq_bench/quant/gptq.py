@@ -121,7 +121,7 @@ def gptq_solver(cfg: GPTQConfig) -> Solver:
     return solve
 
 
-@register("gptq")
+@register("gptq", version=2)  # 2: act-order groups count their g_idx in effective_bits
 def quantize_gptq(model: nn.Module, cfg: GPTQConfig, calib: Tensor) -> QuantReport:
     """GPTQ every linear of every decoder block, block by block on the quantized model's activations."""
     return quantize_model(model, gptq_solver(cfg), cfg.a_bits, calib=calib, make_stat=hessian_stat,

@@ -53,9 +53,12 @@ class Grid:
     extra_bits: float = 0.0  # other side information per matrix (e.g. QuIP's fp16 column rescaling)
 
     def storage_bits(self, n_weights: int) -> float:
-        """Total stored bits: codes + 16-bit scales + zero points + side information."""
+        """Total stored bits: codes + 16-bit scales + zero points + side information + the group index of
+        every column when groups are counted in `perm`'s order (GPTQ act-order's g_idx)."""
+        n_groups = self.scale.shape[1]
+        index = self.perm.numel() * math.ceil(math.log2(n_groups)) if self.perm is not None and n_groups > 1 else 0
         return (self.bits * n_weights + SCALE_BITS * self.scale.numel() + self.zero_bits * self.zero.numel()
-                + self.extra_bits)
+                + self.extra_bits + index)
 
     def split_rows(self, sizes: list[int]) -> list[Grid]:
         """The grids of consecutive row blocks of `sizes` rows (linears solved as one stacked matrix)."""
