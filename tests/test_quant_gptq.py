@@ -282,3 +282,15 @@ def test_act_order_groups_count_the_stored_group_index(static_groups):
     _, ordered, _ = gptq_solve(W, H, 3, group_size=16, act_order=True, static_groups=static_groups)
     index_bits = 0 if static_groups else 48 * 2  # 3 groups: 2 bits for each of the 48 columns
     assert ordered.storage_bits(W.numel()) == plain.storage_bits(W.numel()) + index_bits
+
+
+def test_a_hessian_that_damping_leaves_singular_is_one_line():
+    """damp 0 is allowed (bounds min 0.0) and works on a full-rank Hessian; with fewer calibration tokens than
+    input columns H is singular and the Cholesky factor fails: a QuantError naming damp and the calibration
+    size (exit 2), not LAPACK's traceback."""
+    from ptq_bench.errors import QuantError
+    from ptq_bench.quant.registry import get_method
+
+    method = get_method("gptq")
+    with pytest.raises(QuantError, match="damp 0.0.*calibration"):
+        method.apply(tiny_llama(), method.make_config({"w_bits": 4, "damp": 0.0}), calib_tokens(1, 2))

@@ -8,6 +8,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
+from ptq_bench.errors import QuantError
 from ptq_bench.fixed_order import lapack_threads
 
 
@@ -22,10 +23,14 @@ def inverse_hessian_factor(H: Tensor, damp: float) -> Tensor:
     H.diagonal().add_(damp * torch.mean(torch.diag(H)))  # diag: a contiguous copy, summed as the reference sums it
     _mirror_lower(H)
     A = H.T  # column-major
-    with lapack_threads():  # the factor, and every row computed from it, is the same at any thread count
-        torch.linalg.cholesky(A, out=A)
-        torch.cholesky_inverse(A, out=A)
-        torch.linalg.cholesky(A, upper=True, out=A)
+    try:
+        with lapack_threads():  # the factor, and every row computed from it, is the same at any thread count
+            torch.linalg.cholesky(A, out=A)
+            torch.cholesky_inverse(A, out=A)
+            torch.linalg.cholesky(A, upper=True, out=A)
+    except torch.linalg.LinAlgError:
+        raise QuantError(f"the damped Hessian of a {H.shape[0]}-column linear is not positive definite (damp "
+                         f"{damp}): raise damp, or calibrate on more tokens (calibration.n_samples x seq_len)") from None
     return A
 
 
