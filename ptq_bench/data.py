@@ -59,18 +59,18 @@ def read_jsonl(path: Path) -> Iterator[dict]:
 TEXT_FILES = frozenset((*TRAIN_FILES, CALIBRATION_FILE, *PPL_FILES.values()))  # rows read for their "text"
 
 
-def check_jsonl(data_dir: Path, rel: str) -> None:
-    """A data file is JSON lines, each an object (a `text` string in TEXT_FILES), and not empty: checked
-    before a run writes anything, so a damaged file is one line naming it rather than a traceback later."""
+def check_jsonl(data_dir: Path, rel: str, keys: tuple[str, ...] = ()) -> None:
+    """A data file is JSON lines, each an object (a `text` string in TEXT_FILES; holding every one of `keys`,
+    the fields a task's lm-eval code reads), and not empty: checked before a run writes anything, so a damaged
+    file is one line naming it rather than a traceback later."""
     path, rows, lineno = data_file(data_dir, rel), 0, 0
-    want = ' with a "text" string' if rel in TEXT_FILES else ""
+    want = ' with a "text" string' if rel in TEXT_FILES else (f" with keys {', '.join(keys)}" if keys else "")
     try:
         with _open_text(path) as fh:
             for lineno, line in enumerate(fh, 1):
                 if line.strip():
                     row, rows = json.loads(line), rows + 1
-                    if not isinstance(row, dict) or (want and not isinstance(row.get("text"), str)):
-                        raise DataError(f"{path}:{lineno}: expected a JSON object{want}")
+                    _check_row(row, rel, keys, f"{path}:{lineno}: expected a JSON object{want}")
     except UnicodeDecodeError:  # raised on a read-ahead chunk: no reliable line number
         raise DataError(f"{path}: not UTF-8 text") from None
     except ValueError:
@@ -79,6 +79,14 @@ def check_jsonl(data_dir: Path, rel: str) -> None:
         raise DataError(f"{path}: unreadable ({type(exc).__name__}: {exc})") from None
     if rows == 0:
         raise DataError(f"{path}: holds no rows")
+
+
+def _check_row(row: object, rel: str, keys: tuple[str, ...], message: str) -> None:
+    if not isinstance(row, dict) or (rel in TEXT_FILES and not isinstance(row.get("text"), str)):
+        raise DataError(message)
+    missing = [k for k in keys if k not in row]
+    if missing:
+        raise DataError(f"{message} (no {', '.join(missing)})")
 
 
 def train_documents(data_dir: Path) -> list[str]:

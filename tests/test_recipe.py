@@ -354,9 +354,18 @@ BAD_DATA = {  # (file, damage, message): a traceback in `run` before, after its 
     "task line broken": ("piqa/validation.jsonl", lambda b: b + b"{oops\n", "piqa/validation.jsonl:1839: not JSON lines"),
     "empty task file": ("piqa/validation.jsonl", lambda b: b"", "piqa/validation.jsonl: holds no rows"),
     "task row not an object": ("piqa/validation.jsonl", lambda b: b"[1, 2]\n", "validation.jsonl:1: expected a JSON object"),
+    # valid JSON without the task's fields: lm-eval's doc_to_choice raised KeyError after training
+    "task row lacks a field": ("piqa/validation.jsonl", lambda b: b'{"goal": "a", "sol1": "b", "label": 0}\n' + b,
+                               "piqa/validation.jsonl:1: expected a JSON object with keys goal, sol1, sol2, label (no sol2)"),
     "gzip cut short": ("train_corpus/c4_en_train_shard00000_head.jsonl.gz", lambda b: gzip.compress(b)[:5000],
                        "c4_en_train_shard00000_head.jsonl.gz: unreadable (EOFError"),
 }
+
+
+def test_every_task_file_names_the_fields_lm_eval_reads():
+    from ptq_bench.eval.harness import FILE_FIELDS, TASKS
+
+    assert set(FILE_FIELDS) == {rel for spec in TASKS.values() for rel in spec.data_files.values()}
 
 
 @pytest.mark.parametrize("case", sorted(BAD_DATA))

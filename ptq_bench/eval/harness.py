@@ -92,6 +92,23 @@ TASKS: dict[str, TaskSpec] = {
                          "document-level rolling loglikelihood; not the GPTQ-protocol perplexity", paper=False),
 }
 PAPER_TASKS = tuple(k for k, spec in TASKS.items() if spec.paper)
+# The fields of a task file's rows that lm-eval's process_docs / doc_to_* read (the HF dataset's schema,
+# /work/shared/data/README.md): a row without one is a KeyError inside lm-eval, after a run's training.
+_MC_ARC = ("question", "choices", "answerKey")
+FILE_FIELDS: dict[str, tuple[str, ...]] = {
+    "hellaswag/validation.jsonl.gz": ("activity_label", "ctx_a", "ctx_b", "endings", "label"),
+    "winogrande/validation.jsonl": ("sentence", "option1", "option2", "answer"),
+    "arc_easy/test.jsonl": _MC_ARC,
+    "arc_challenge/test.jsonl": _MC_ARC,
+    "piqa/validation.jsonl": ("goal", "sol1", "sol2", "label"),
+    "boolq/validation.jsonl": ("passage", "question", "label"),
+    "openbookqa/test.jsonl": ("question_stem", "choices", "answerKey"),
+    **dict.fromkeys(("storycloze/2016_validation.jsonl", "storycloze/2016_test.jsonl"),
+                    ("input_sentence_1", "input_sentence_2", "input_sentence_3", "input_sentence_4",
+                     "sentence_quiz1", "sentence_quiz2", "answer_right_ending")),
+    "wsc273/test.jsonl": ("text", "pronoun", "pronoun_loc", "options", "label"),
+    "wikitext2/test_document_level.jsonl": ("page",),
+}
 
 
 # lm-eval's stderr: bootstrap_iters=0 gives none ("N/A"); with > 0 a mean metric (acc, acc_norm) gets the
