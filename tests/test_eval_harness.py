@@ -281,3 +281,24 @@ def test_templates_compiled_once_render_as_lm_eval(tok, monkeypatch):
             doc = next(i.doc for i in task.instances if i.doc_id == doc_id)
             assert rendered == [task.doc_to_text(doc), task.doc_to_choice(doc), task.doc_to_target(doc)], (name, doc_id)
     assert len({v[0] for v in views}) == len(PAPER_TASKS)
+
+
+@pytest.mark.parametrize("mode", ["shared", "hflm"])
+def test_a_continuation_longer_than_the_context_is_refused_as_hflm_refuses_it(tok, mode):
+    """HFLM asserts len(continuation) <= max_length; FastLM scored such a request anyway, on positions taken
+    from the wrong end of its row (HellaSwag at max length 32: -270.7 where HFLM gives no number; PIQA: an
+    IndexError traceback)."""
+    from lm_eval.api.instance import Instance
+    from lm_eval.models.huggingface import HFLM
+
+    from ptq_bench.errors import PtqBenchError
+    from ptq_bench.eval.fast_lm import FastLM
+
+    model = make_model(len(tok))
+    model.config.max_position_embeddings = 32
+    reqs = [Instance("loglikelihood", {}, ("The cat", " sat" * n), 0, ("hellaswag", 2, 1)) for n in (3, 40)]
+    with pytest.raises(AssertionError):
+        HFLM(pretrained=model, tokenizer=tok, batch_size=8).loglikelihood(reqs, disable_tqdm=True)
+    lm = FastLM(model, tok, batch_size=8, progress=False, mode=mode)
+    with pytest.raises(PtqBenchError, match=r"hellaswag document 2: a continuation of 80 tokens .* max length 32"):
+        lm.loglikelihood(reqs, disable_tqdm=True)

@@ -9,6 +9,8 @@ from typing import TYPE_CHECKING
 from lm_eval.api.model import TemplateLM
 from lm_eval.models.huggingface import HFLM
 
+from ptq_bench.errors import PtqBenchError
+
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
 
@@ -56,3 +58,13 @@ class RequestEncoder:
         for i in instances:
             if i.request_type == "loglikelihood_rolling":
                 self.string(i.args[0])
+
+
+def check_fits(requests: list, pairs: list[tuple[list[int], list[int]]], max_length: int) -> None:
+    """Refuse a request whose continuation alone exceeds the model's context, as HFLM does (an assert in
+    `HFLM._loglikelihood_tokens`): no left truncation can score it, and a number for it would be made up."""
+    for req, (_ctx, cont) in zip(requests, pairs):
+        if len(cont) > max_length:
+            raise PtqBenchError(f"{req.task_name} document {req.doc_id}: a continuation of {len(cont)} tokens "
+                                f"exceeds the model's max length {max_length} (HFLM refuses it too): evaluate "
+                                "this task with a model of a longer context")

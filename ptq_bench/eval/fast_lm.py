@@ -67,7 +67,7 @@ from lm_eval.utils import get_rolling_token_windows, make_disjoint_window
 from tqdm import tqdm
 
 from ptq_bench.eval.batching import batching_for, cut_sorted
-from ptq_bench.eval.encoder import RequestEncoder
+from ptq_bench.eval.encoder import RequestEncoder, check_fits
 from ptq_bench.eval.model_traits import (
     aligned_cache,
     mixes_tokens,
@@ -166,9 +166,9 @@ class FastLM(HFLM):
     def loglikelihood(self, requests: list, disable_tqdm: bool = False) -> list[tuple[float, bool]]:
         quiet = disable_tqdm or not self.progress
         pairs = self.encoder.pairs([r.args for r in requests])
+        check_fits(requests, pairs, self.max_length)
         if self.mode == "hflm":
-            reqs = [(r.args, ctx, cont) for r, (ctx, cont) in zip(requests, pairs)]
-            return HFLM._loglikelihood_tokens(self, reqs, disable_tqdm=quiet)
+            return HFLM._loglikelihood_tokens(self, [(r.args, *p) for r, p in zip(requests, pairs)], disable_tqdm=quiet)
         limit = self.max_length + 1
         docs: dict[tuple, list[int]] = defaultdict(list)
         plain: list[tuple[int, list[int], list[int]]] = []  # (request, input, continuation)
