@@ -90,7 +90,10 @@ def test_every_layout_renders_from_synthetic_rows(tmp_path, name):
         assert [h.split(" [")[0] for h in header] == _md_header(md)
         keyed = dict(h[:-1].split(" [", 1) for h in header if h.endswith("]"))
         note = next((ln for ln in md.read_text(encoding="utf-8").splitlines() if ln.startswith("- Columns: ")), "")
-        assert all(f"`{col}` = `{key}`" in note for col, key in keyed.items()) and bool(keyed) == (lay != GENERIC)
+        if lay == GENERIC:  # headers are the keys; a task column's adds the rows' limit (10 documents per task)
+            assert keyed and all(key == f"{col}/limit10" and col.count("/") == 2 for col, key in keyed.items())
+        else:
+            assert keyed and all(f"`{col}` = `{key}`" in note for col, key in keyed.items())
         assert [TASKS[t].label for t, _ in lay.columns] == [c for c in _md_header(md) if c in
                                                             {s.label for s in TASKS.values()}]
     pngs = [p for p in written if p.suffix == ".png"]
@@ -108,7 +111,7 @@ def test_paper_layouts_name_what_each_short_column_measures(tmp_path, name):
     render(d)
     note = next(ln for ln in (d / f"{layout.stem}.md").read_text(encoding="utf-8").splitlines()
                 if ln.startswith("- Columns: "))
-    want = ["`PPL` = `ppl_gptq/wikitext2/seq128`", *(f"`{TASKS[t].label}` = `{t}/0shot/{m}`" for t, m in layout.columns)]
+    want = ["`PPL` = `ppl_gptq/wikitext2/seq128`", *(f"`{TASKS[t].label}` = `{t}/0shot/{m}/limit10`" for t, m in layout.columns)]
     assert note == f"- Columns: {'; '.join(want)}.", note
     caption = (d / f"{layout.stem}.tex").read_text(encoding="utf-8")
     assert "Columns: PPL = ppl\\_gptq/wikitext2/seq128" in caption, caption

@@ -94,7 +94,8 @@ def test_table_md_csv_tex_render_nan_inf_and_missing_distinctly(tmp_path):
     with open(d / "table.csv", encoding="utf-8") as fh:
         by_w_csv = {r["W"]: r for r in csv.DictReader(fh)}
     assert [by_w_csv[w][ppl] for w in ("8", "4")] == ["nan", "inf"]
-    assert by_w_csv["4"][wge] == "-inf" and by_w_csv["2"][wge] == ""
+    wge_csv = f"{wge} [{wge}/limit10]"  # the csv's task headers name the rows' limit (10 documents per task)
+    assert by_w_csv["4"][wge_csv] == "-inf" and by_w_csv["2"][wge_csv] == ""
     paper = {r["WBits"]: r for r in _md_cells((d / "paper_table.md").read_text(encoding="utf-8"))}
     assert paper["4"]["PPL"] == "+inf" and paper["4"]["WGe"] == "-inf" and paper["8"]["PPL"] == "NaN"
     assert paper["2"]["WGe"] == "–" and paper["2"]["Avg"] == "–"  # not measured, and so no average
@@ -458,3 +459,15 @@ def test_two_writers_of_one_table_at_once_do_not_trip_over_each_other(tmp_path):
     assert [p.returncode for p in procs] == [0, 0], errs[0][-500:] + errs[1][-500:]
     assert target.read_text() == "x" * 20000 + "\n"
     assert [p.name for p in tmp_path.iterdir()] == ["table.md"]
+
+
+def test_csv_and_tex_headers_name_a_partial_limit(tmp_path):
+    """The .csv carries no notes, so its headers name what each number is; an accuracy over the first `limit`
+    documents of a task was headed as the whole task (`WGe [winogrande/0shot/acc]` for Winogrande at limit
+    1000 of 1267, beside the paper's full-set number), while a perplexity subset says `first64win`."""
+    d = _run_dir(tmp_path, _nonfinite_rows(), layout="bitnet_table3")  # rows at limit 10
+    render(d)
+    head = lambda name: next(csv.reader(open(d / name, encoding="utf-8")))  # noqa: E731
+    assert "WGe [winogrande/0shot/acc/limit10]" in head("paper_table.csv")
+    assert "winogrande/0shot/acc [winogrande/0shot/acc/limit10]" in head("table.csv")
+    assert "winogrande/0shot/acc/limit10" in (d / "paper_table.tex").read_text(encoding="utf-8")

@@ -181,9 +181,19 @@ def column_key_map(run: RunData, layout: Layout, df: pd.DataFrame) -> dict[str, 
     ppls = ppl_keys(run.rows)
     shots = {num_fewshot(r) for r in run.rows if ran_tasks(r)}
     n = f"{shots.pop()}shot" if len(shots) == 1 else "<n>shot"
+    lim = limit_suffix(run.rows)
     named = {"PPL": ppls[0] if len(ppls) == 1 else MIXED if ppls else None,
-             **{label: f"{task}/{n}/{metric}" for label, (task, metric) in zip(labels(layout), layout.columns)}}
+             **{label: f"{task}/{n}/{metric}{lim}" for label, (task, metric) in zip(labels(layout), layout.columns)}}
     return {col: key for col, key in named.items() if key and col in df.columns}
+
+
+def limit_suffix(rows: list[dict[str, Any]]) -> str:
+    """`/limit<L>` when the rows' accuracies are over the first L documents of each task (as `first<K>win`
+    names a perplexity subset), `/limit<mixed>` when rows differ; "" for every document."""
+    limits = {(r.get("protocol") or {}).get("limit") for r in rows if ran_tasks(r)}
+    if limits <= {None}:
+        return ""
+    return f"/limit{limits.pop()}" if len(limits) == 1 else "/limit<mixed>"
 
 
 def column_keys(run: RunData, layout: Layout, df: pd.DataFrame) -> str:
@@ -194,9 +204,14 @@ def column_keys(run: RunData, layout: Layout, df: pd.DataFrame) -> str:
 
 def csv_keys(run: RunData, layout: Layout, df: pd.DataFrame) -> dict[str, str]:
     """`column_key_map` for a .csv, which carries no notes: its headers name what each number is
-    (`PPL [ppl_gptq/wikitext2/seq128]`)."""
-    return {col: "mixed protocols, see the .md" if key == MIXED else key
-            for col, key in column_key_map(run, layout, df).items()}
+    (`PPL [ppl_gptq/wikitext2/seq128]`); the generic table's task columns get their limit
+    (`winogrande/0shot/acc [winogrande/0shot/acc/limit200]`)."""
+    from ptq_bench.eval.harness import TASKS
+
+    lim = limit_suffix(run.rows)
+    tasks = {c: c + lim for c in df.columns if lim and c.count("/") == 2 and c.split("/")[0] in TASKS}
+    return {**tasks, **{col: "mixed protocols, see the .md" if key == MIXED else key
+                        for col, key in column_key_map(run, layout, df).items()}}
 
 
 def ppl_note(rows: list[dict[str, Any]]) -> list[str]:
