@@ -98,6 +98,7 @@ def test_two_seeds_give_two_rows_and_a_spread(tmp_path, tokenizer_dir, capsys): 
     assert all(r.threads == torch.get_num_threads() for r in rows)
     assert not any(k.startswith("lm_eval/") for k in next(r for r in rows if r.method == "absmax").metrics)
     # lm-eval's stderr of a mean metric: sample std / sqrt(n) of the 0/1 scores
+    assert all(r.protocol["batch_size"] == 4 for r in rows)  # the number can depend on it (per-tensor scales)
     for r in rows:
         if r.method == "absmax":  # its entry's `tasks: []`: perplexity only, and no eval path claimed
             assert r.protocol["path"] is None
