@@ -53,7 +53,20 @@ def load_run(run_dir: Path) -> RunData:
             run.curves[curve.get("model", f.stem)] = curve
         except (ValueError, OSError) as exc:
             run.damage.append(f"- curves/{f.name} unreadable ({type(exc).__name__}: {str(exc)[:80]}): skipped.")
+    _drop_foreign_curves(run)
     return run
+
+
+def _drop_foreign_curves(run: RunData) -> None:
+    """Curves of models the manifest's recipe does not name (left by a run of another recipe that stopped
+    before its first row, whose manifest the next recipe replaced) are not this run's: skipped, and said."""
+    models = run.recipe.get("models")
+    if not isinstance(models, dict):  # no manifest (or an old one): every curve is the run's
+        return
+    for name in [n for n in run.curves if n not in models]:
+        del run.curves[name]
+        run.damage.append(f"- curves/{str(name)[:40]}.json: model not in this run's recipe (left by an earlier "
+                          "run of another recipe): skipped.")
 
 
 def read_curve(path: Path) -> dict[str, Any]:
