@@ -387,11 +387,12 @@ def open_run(run_dir: Path, recipe_hash: str, base: dict[str, Any],
     return manifest, rows
 
 
-def close_run(run_dir: Path, manifest: dict[str, Any], wall_s: float, cells_run: int, interrupted: bool = False) -> None:
-    """The invocation's end: when, its wall time, the cells it stored, and whether a signal stopped it (an
-    invocation killed outright has none of these)."""
+def close_run(run_dir: Path, manifest: dict[str, Any], wall_s: float, cells_run: int, interrupted: bool = False,
+              error: str | None = None) -> None:
+    """The invocation's end: when, its wall time, the cells it stored, and whether a signal stopped it or an
+    error ended it (`error`: its one-line message; an invocation killed outright has none of these)."""
     manifest["invocations"][-1].update(
         {"finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "wall_s": round(wall_s, 1), "cells_run": cells_run,
-         **({"interrupted": True} if interrupted else {})}
+         **({"interrupted": True} if interrupted else {}), **({"error": error} if error is not None else {})}
     )
     write_manifest(run_dir, manifest)

@@ -160,12 +160,22 @@ def run(recipe: Recipe, recipe_text: str) -> Path:
         except KeyboardInterrupt:
             _record_eval(sw)
             raise stopped(sw.out, sw.manifest, t0, sw.ran, sw.already + sw.ran, sw.already + len(sw.todo)) from None
+        except Exception as exc:  # an error ends the invocation too: recorded as such, not as a kill
+            with held(deliver=False):
+                close_run(sw.out, sw.manifest, time.perf_counter() - t0, sw.ran, error=_one_line(exc))
+            raise
         finally:
             sw.bar.close()  # before the interrupt's message: a bar redrawn after it hid it
     log(f"done in {time.perf_counter() - t0:.0f}s")
     if sw.failed:  # their rows are missing: the run is incomplete (the manifest's invocation lists them)
         raise PtqBenchError(f"{len(sw.failed)} cell(s) failed, first: {sw.failed[0]}; re-run to retry them")
     return sw.out
+
+
+def _one_line(exc: Exception) -> str:
+    """An error as the manifest records it: its message (type name first unless a PtqBenchError), one line."""
+    text = (str(exc).strip().splitlines() or [""])[0][:200]
+    return text if isinstance(exc, PtqBenchError) else f"{type(exc).__name__}: {text}"
 
 
 def stopped(out: Path, manifest: dict[str, Any], t0: float, ran: int, stored: int, total: int) -> Interrupted:

@@ -29,3 +29,36 @@ def test_curves_kept_without_a_recipe_naming_models(tmp_path):
     d = run_dir(tmp_path, [row("fp16", "fp16", "none", 16, 16, 10.0, [])],
                 curves=[{"model": "other", "kind": "fp16", "curve": PTS}])
     assert sorted(load_run(d).curves) == ["other"]
+
+
+def test_an_invocation_ended_by_an_error_says_so(tmp_path, monkeypatch):
+    """A run that stops on a one-line error (a task document longer than the model's context, found while
+    evaluating) left its invocation open, and the table called it killed or still running."""
+    import dataclasses
+
+    import pytest
+    from smoke_ref import SMOKE
+
+    from ptq_bench import sweep
+    from ptq_bench.errors import PtqBenchError
+    from ptq_bench.recipe import load_recipe
+    from ptq_bench.report.tables import provenance
+    from ptq_bench.results import load_manifest, open_run
+
+    recipe = dataclasses.replace(load_recipe(SMOKE), output_dir=str(tmp_path / "out"))
+
+    def prepare(r, text, t0):
+        manifest, _ = open_run(r.out_dir, r.digest(), {"recipe_name": r.name})
+        return sweep.Sweep(None, r.out_dir, manifest, {}, [], None, "")
+
+    def fail(sw, name):
+        raise PtqBenchError("piqa document 22: a continuation of 158 tokens exceeds the model's max length")
+
+    monkeypatch.setattr(sweep, "prepare", prepare)
+    monkeypatch.setattr(sweep, "run_model", fail)
+    with pytest.raises(PtqBenchError):
+        sweep.run(recipe, "")
+    manifest = load_manifest(tmp_path / "out", strict=True)
+    inv = manifest["invocations"][-1]
+    assert inv["error"].startswith("piqa document 22") and inv["cells_run"] == 0 and "wall_s" in inv
+    assert "1 ended in an error" in provenance(manifest) and "no recorded end" not in provenance(manifest)

@@ -150,10 +150,11 @@ def provenance(manifest: dict[str, Any]) -> str:
 
 
 def _ends(inv: list[dict[str, Any]]) -> str:
-    """How many invocations a signal stopped, and how many left no end (killed outright, or still running:
+    """How many invocations a signal stopped, how many an error ended, and how many left no end (killed outright, or still running:
     their time is not in the wall time)."""
     stopped, open_ = sum(bool(i.get("interrupted")) for i in inv), sum("wall_s" not in i for i in inv)
-    parts = [*([f"{stopped} interrupted"] if stopped else []),
+    failed = sum(bool(i.get("error")) for i in inv)
+    parts = [*([f"{stopped} interrupted"] if stopped else []), *([f"{failed} ended in an error"] if failed else []),
              *([f"{open_} with no recorded end (killed, or still running)"] if open_ else [])]
     return f" ({'; '.join(parts)})" if parts else ""
 
