@@ -278,7 +278,8 @@ def _str_map(value: Any) -> bool:
 MANIFEST_FIELDS: dict[str, tuple[str, Callable[[Any], bool]]] = {
     "data_sha256": ("an object of sha256 strings", _str_map),
     "sources": ("an object of file-digest objects", lambda v: isinstance(v, dict) and all(map(_str_map, v.values()))),
-    "eval": ("an object", lambda v: isinstance(v, dict)),
+    "eval": ("an object whose 'by_tokenizer' is an object of objects", lambda v: isinstance(v, dict) and isinstance(
+        v.get("by_tokenizer", {}), dict) and all(isinstance(p, dict) for p in v.get("by_tokenizer", {}).values())),
     "recipe": ("an object", lambda v: isinstance(v, dict)),
 }
 
@@ -289,8 +290,9 @@ def _manifest_problem(manifest: Any) -> str | None:
     if not isinstance(manifest.get("recipe_hash"), str):
         return "no 'recipe_hash' string"
     inv = manifest.get("invocations")
-    if not isinstance(inv, list) or not all(isinstance(i, dict) for i in inv):
-        return "'invocations' is not a list of objects"
+    if not isinstance(inv, list) or not all(isinstance(i, dict) and isinstance(i.get("hardware", {}), dict)
+                                            and _is(i.get("wall_s", 0.0), float) for i in inv):  # what tables read
+        return "'invocations' is not a list of objects (with an object 'hardware', a number 'wall_s')"
     for key, (what, ok) in MANIFEST_FIELDS.items():
         if key in manifest and not ok(manifest[key]):
             return f"'{key}' is not {what}"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 from report_rows import row, run_dir
 
 from ptq_bench.report import render
@@ -62,3 +63,24 @@ def test_an_invocation_ended_by_an_error_says_so(tmp_path, monkeypatch):
     inv = manifest["invocations"][-1]
     assert inv["error"].startswith("piqa document 22") and inv["cells_run"] == 0 and "wall_s" in inv
     assert "1 ended in an error" in provenance(manifest) and "no recorded end" not in provenance(manifest)
+
+
+@pytest.mark.parametrize("edit", [
+    lambda m: m["eval"].update(by_tokenizer=[1]),
+    lambda m: m["invocations"][-1].update(hardware=5),
+    lambda m: m["invocations"][-1].update(wall_s="60"),
+])
+def test_a_manifest_damaged_inside_is_a_damaged_manifest(tmp_path, edit):
+    """Hand-edited inner fields of a valid-looking manifest: `run` ended in a TypeError traceback (eval
+    versions merged at the end), `report` in an AttributeError (hardware) or TypeError (wall time)."""
+    from ptq_bench.errors import PtqBenchError
+    from ptq_bench.results import load_manifest
+
+    manifest = {"recipe": {"layout": None}, "recipe_hash": "h", "eval": {"eval_version": 5, "by_tokenizer": {}},
+                "invocations": [{"hardware": {"cpu_count": 2}, "wall_s": 60.0}]}
+    edit(manifest)
+    d = run_dir(tmp_path, [row("fp16", "fp16", "none", 16, 16, 10.0, [])], manifest=json.dumps(manifest))
+    with pytest.raises(PtqBenchError, match="damaged manifest"):
+        load_manifest(d, strict=True)
+    render(d)
+    assert "manifest.json damaged" in (d / "table.md").read_text(encoding="utf-8")
