@@ -84,3 +84,32 @@ def test_a_manifest_damaged_inside_is_a_damaged_manifest(tmp_path, edit):
         load_manifest(d, strict=True)
     render(d)
     assert "manifest.json damaged" in (d / "table.md").read_text(encoding="utf-8")
+
+
+def _manifest(layout: str | None) -> str:
+    return json.dumps({"recipe": {"layout": layout}, "recipe_hash": "h",
+                       "invocations": [{"hardware": {"cpu_count": 2}, "wall_s": 1.0}]})
+
+
+def test_a_layout_dropped_from_the_recipe_leaves_no_stale_paper_table(tmp_path):
+    """`layout:` is not in the recipe hash: a user drops it and re-runs. The old paper table and the layout's
+    figures stayed beside the new tables (and the notebook showed them as the run's)."""
+    rows = [row("fp16", "fp16", "none", 16, 16, 10.0, [("piqa", "acc_norm", 0.5)]),
+            row("b158", "bitnet_b158", "none", 1.58, 8, 12.0, [("piqa", "acc_norm", 0.5)], n_params=2_000_000)]
+    d = run_dir(tmp_path, rows, layout="bitnet_b158")
+    names = {p.name for p in render(d)}
+    assert {"paper_table.md", "ppl_vs_size.png"} <= names
+    (d / "manifest.json").write_text(_manifest(None), encoding="utf-8")
+    render(d)
+    left = {p.name for p in d.iterdir()}
+    assert "table.md" in left and not left & {"paper_table.md", "paper_table.csv", "paper_table.tex",
+                                              "ppl_vs_size.png", "memory_vs_ppl.png"}
+
+
+def test_derived_files_stay_while_the_layout_is_unknown(tmp_path):
+    rows = [row("fp16", "fp16", "none", 16, 16, 10.0, [])]
+    d = run_dir(tmp_path, rows, layout="bitnet_b158")
+    render(d)
+    (d / "manifest.json").write_text("{damaged", encoding="utf-8")
+    render(d)
+    assert (d / "paper_table.md").is_file()

@@ -77,3 +77,12 @@ LAYOUTS: dict[str, Layout] = {
     ),
 }
 LAYOUT_NAMES: tuple[str, ...] = tuple(LAYOUTS)
+# every figure a layout's plot functions may write (report/plots.py): with its tables, what a report derives
+FIGURES = ("ppl_vs_bits.png", "acc_vs_bits.png", "kld_vs_bits.png", "loss_curves.png", "ppl_vs_size.png",
+           "memory_vs_ppl.png", "lr_stability.png")
+
+
+def derived_files() -> list[str]:
+    """The file names a report may write into a run folder (tables of every layout, every figure)."""
+    tables = [f"{lay.stem}.{fmt}" for lay in (GENERIC, SPREAD, *LAYOUTS.values()) for fmt in lay.formats]
+    return list(dict.fromkeys([*tables, *FIGURES]))

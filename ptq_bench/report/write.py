@@ -78,4 +78,22 @@ def render_run(run: RunData) -> list[Path]:
     written = []
     for layout in chosen_layouts(run):
         written += write_layout(run, layout)
+    _remove_stale(run, written)
     return written
+
+
+def _remove_stale(run: RunData, written: list[Path]) -> None:
+    """Remove what an earlier report derived that this one did not: a layout the recipe no longer names (its
+    paper table, its figures), a figure with nothing left to draw. Left there, they were read as current
+    beside the new tables (the notebook shows paper_table.md and the layout figures it finds)."""
+    from ptq_bench.console import log
+    from ptq_bench.report.layouts import derived_files
+
+    layout = run.recipe.get("layout")
+    if run.manifest is None or (layout is not None and (not isinstance(layout, str) or layout not in LAYOUTS)):
+        return
+    for name in derived_files():
+        path = run.run_dir / name
+        if path not in written and path.is_file():
+            path.unlink()
+            log(f"removed {path}: an earlier report's, not derived from this run folder now")
