@@ -167,7 +167,7 @@ def _train_into(tmp: Path, ctx: Context, name: str, tokenizer: Any, stream: Any,
                 batch_size=r.train.batch_size, warmup_steps=r.train.warmup_steps, seed=r.seed,
                 grad_clip=r.train.grad_clip, log_every=r.train.log_every, desc=f"train {name}")
     if res.diverged:
-        log(f"'{name}' DIVERGED at step {res.diverged_at} (non-finite loss); recorded as a result")
+        log(f"'{name}' DIVERGED at step {res.diverged_at} (non-finite loss or weights); recorded as a result")
     else:
         log(f"'{name}' trained in {res.seconds:.0f}s, final loss {res.curve[-1]['loss']:.3f}")
     save_model(model, spec.kind, tmp / "model")

@@ -69,3 +69,12 @@ def test_ptq_of_bitnet_is_refused(name):
     with pytest.raises(QuantError, match="PTQ refused.*BitLinear"):
         method.apply(model, method.config_cls(w_bits=w_bits), calib if method.needs_calibration else None)
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # untouched
+
+
+@pytest.mark.parametrize("kind,lr", [("fp16", 1e37), ("bitnet_b158", 1e6)])
+def test_non_finite_weights_after_the_last_update_are_divergence(kind, lr):
+    """The loss of a step sees the weights before its update: a last update to NaN / inf left a model whose
+    logits are NaN recorded as converged (measured: fp16 at lr 1e37, b1.58 at 1e6, both after 2 steps)."""
+    model, res = run(kind, lr=lr, steps=2)
+    assert not all(bool(torch.isfinite(p).all()) for p in model.parameters())
+    assert res.diverged and res.diverged_at == res.steps - 1

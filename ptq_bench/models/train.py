@@ -6,7 +6,8 @@ Only the optimizer schedule differs, each from its paper:
   point the LR drops to a lower second peak (2/3 of the first, as 1.5e-3 -> 1e-3) and decays
   linearly to 0; weight decay 0.1 in stage one, 0 in stage two.
 - bitnet_b1: Adam (0.9, 0.98), a large LR with polynomial (linear) decay, weight decay 0.01.
-A NaN or inf loss stops training and is recorded as divergence: a result, not a crash.
+A NaN or inf loss stops training and is recorded as divergence: a result, not a crash; so are NaN or inf
+weights left by the last update (`diverged_at` = that last step, whose update no later loss saw).
 """
 
 from __future__ import annotations
@@ -129,6 +130,12 @@ def update(model: torch.nn.Module, opt: torch.optim.Optimizer, loss: torch.Tenso
     opt.step()
 
 
+def weights_finite(model: torch.nn.Module) -> bool:
+    """Every parameter finite: a loss only sees the weights before its step's update, so the final update (or
+    a row of the embedding / head no batch reached) can leave NaN or inf weights behind a finite loss curve."""
+    return all(bool(torch.isfinite(p).all()) for p in model.parameters())
+
+
 def train(
     model: torch.nn.Module,
     tokens: np.ndarray,
@@ -171,6 +178,8 @@ def train(
             bar.set_postfix(loss=f"{value:.3f}", lr=f"{lr:.2e}")
         result.steps = step + 1
     bar.close()
+    if not result.diverged and not weights_finite(model):  # the last update went non-finite: no loss saw it
+        result.diverged, result.diverged_at = True, result.steps - 1
     result.tokens = result.steps * seq_len * batch_size
     result.seconds = time.perf_counter() - t0
     model.eval()
