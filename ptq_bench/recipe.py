@@ -36,6 +36,7 @@ __all__ = ["Cell", "Recipe", "calib_seed", "expand_cells", "load_recipe", "model
 MAX_FILE_BYTES = 1 << 18  # a recipe is a small text file (pure-Python YAML parses ~1 MB/s)
 DEVICES = ("auto", "cpu", "cuda")
 DTYPES = ("auto", "float32", "bfloat16", "float16")  # auto: each model's own (see Recipe.dtype)
+MAX_RATE = 1e9  # largest lr / weight_decay: a divergence is a result, a float32 overflow inside torch a traceback
 EXECUTORS = ("local", "ray")  # where cells run: this process, or Ray tasks (ptq_bench/executors.py)
 
 
@@ -67,9 +68,10 @@ class ModelSpec:
 
     kind: str = bound("fp16", choices=TRAINED_KINDS)  # ptq_bench/kinds.py; a `source:` model's comes from its files
     source: str | None = None  # an HF checkpoint dir or hub id to load instead of training
-    lr: float | None = bound(None, gt=0.0)  # peak LR (None = the kind's default, see models/train.py)
-    lr_stage2: float | None = bound(None, gt=0.0)  # b1.58 second-stage peak LR (None = default)
-    weight_decay: float | None = bound(None, min=0.0)  # None = the kind's default
+    # rates <= MAX_RATE: torch's Adam step (10 x lr at step 1) and AdamW's decay (1 - lr * wd) stay finite float32
+    lr: float | None = bound(None, gt=0.0, max=MAX_RATE)  # peak LR (None = the kind's default, see models/train.py)
+    lr_stage2: float | None = bound(None, gt=0.0, max=MAX_RATE)  # b1.58 second-stage peak LR (None = default)
+    weight_decay: float | None = bound(None, min=0.0, max=MAX_RATE)  # None = the kind's default
     arch: dict[str, Any] = field(default_factory=dict)  # overrides of the recipe's arch for this model
 
     def __post_init__(self) -> None:

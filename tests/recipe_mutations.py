@@ -278,7 +278,7 @@ def _model_problems(r: dict) -> list[str]:
         spec = spec if isinstance(spec, dict) else {}
         for key, low in (("lr", 0), ("lr_stage2", 0), ("weight_decay", -1e-300)):
             v = spec.get(key)
-            if v is not None and (not _is_num(v) or v <= low):
+            if v is not None and (not _is_num(v) or v <= low or v > 1e9):  # > 1e9: float32 overflow in Adam
                 bad.append(f"models.{name}.{key}")
         if spec.get("source") is not None and _bad_source(spec["source"]):
             bad.append(f"models.{name}.source")

@@ -152,6 +152,10 @@ BAD = {
     "lr inf": (_set("models", "fp16", "lr", math.inf), "models.fp16.lr: expected a finite number"),
     "lr -inf": (_set("models", "fp16", "lr", -math.inf), "models.fp16.lr: expected a finite number"),
     "lr negative": (_set("models", "fp16", "lr", -1e-3), "models.fp16.lr: must be > 0"),
+    # run crashed inside torch's Adam step (RuntimeError: value cannot be converted to type float without overflow)
+    "lr 1e40": (_set("models", "fp16", "lr", 1e40), "models.fp16.lr: must be <= 1000000000.0"),
+    "lr_stage2 1e40": (_set("models", "bitnet_b158", "lr_stage2", 1e40), "lr_stage2: must be <= 1000000000.0"),
+    "weight_decay 1e40": (_set("models", "fp16", "weight_decay", 1e40), "weight_decay: must be <= 1000000000.0"),
     "lr_stage2 nan": (_set("models", "bitnet_b158", "lr_stage2", math.nan), "lr_stage2: expected a finite"),
     "lr_stage2 negative": (_set("models", "bitnet_b158", "lr_stage2", -1.0), "lr_stage2: must be > 0"),
     "weight_decay negative": (_set("models", "fp16", "weight_decay", -0.1), "weight_decay: must be >= 0"),
