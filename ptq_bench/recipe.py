@@ -316,6 +316,22 @@ def check_recipe(recipe: Recipe) -> None:
     check_executor(recipe)
     check_offload(recipe)
     check_dtype(recipe)
+    check_warmup(recipe)
+
+
+def check_warmup(recipe: Recipe) -> None:
+    """The warm-up ends before training does, and before a two-stage schedule's second stage (models/train.py
+    `lr_at`): past either, the LR never reaches the peak the rows name or stage two runs on stage one's warm-up."""
+    trained = [(n, s.kind) for n, s in recipe.models.items() if s.source is None]
+    t = recipe.train
+    steps, warmup = t.tokens // (t.seq_len * t.batch_size), t.warmup_steps
+    if trained and warmup >= steps:
+        raise RecipeError(f"train.warmup_steps: {warmup} is not fewer than the {steps} training steps "
+                          "(tokens // (seq_len * batch_size)): the LR would never leave its warm-up")
+    for name, kind in trained:
+        if "lr_stage2" in schedule_keys(kind) and warmup > steps // 2:
+            raise RecipeError(f"train.warmup_steps: {warmup} runs past step {steps // 2} of {steps}, where model "
+                              f"'{name}' ({kind}) starts its second stage; use at most {steps // 2}")
 
 
 def check_dtype(recipe: Recipe) -> None:

@@ -291,6 +291,13 @@ def _model_problems(r: dict) -> list[str]:
             v = _get(r, p)
             if spec.get("source") is None and _is_int(v) and _is_int(ctx) and v > ctx:
                 bad.append(f"{'.'.join(p)} > context of {name}")
+    t = r.get("train") if isinstance(r.get("train"), dict) else {}
+    sizes = [t.get(k, d) for k, d in (("tokens", 1_000_000), ("seq_len", 256), ("batch_size", 16), ("warmup_steps", 50))]
+    if all(_is_int(v) and v > 0 for v in sizes[:3]) and _is_int(sizes[3]):
+        steps = sizes[0] // (sizes[1] * sizes[2])  # the warm-up must end before training and before b1.58's stage two
+        kinds = [s.get("kind", "fp16") for s in models.values() if isinstance(s, dict) and s.get("source") is None]
+        if kinds and sizes[3] >= steps or "bitnet_b158" in kinds and sizes[3] > steps // 2:
+            bad.append("train.warmup_steps")
     clip = _get(r, ("train", "grad_clip"))
     if clip is not MISSING and (not _is_num(clip) or clip < 0):
         bad.append("grad_clip")

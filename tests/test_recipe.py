@@ -135,6 +135,9 @@ BAD = {
     "train.batch_size 0": (_set("train", "batch_size", 0), "train.batch_size: must be >= 1"),
     "train.log_every 0": (_set("train", "log_every", 0), "train.log_every: must be >= 1"),
     "train.warmup_steps -1": (_set("train", "warmup_steps", -1), "train.warmup_steps: must be >= 0"),
+    # smoke: 40 steps; b1.58 (two-stage) starts stage two at step 20
+    "warmup as long as training": (_set("train", "warmup_steps", 40), "train.warmup_steps: 40 is not fewer than the 40"),
+    "warmup past b1.58's halfway": (_set("train", "warmup_steps", 21), "runs past step 20 of 40, where model 'bitnet_b158'"),
     "calibration.n_samples 0": (_set("calibration", "n_samples", 0), "calibration.n_samples: must be >= 1"),
     "calibration.seq_len 0": (_set("calibration", "seq_len", 0), "calibration.seq_len: must be >= 1"),
     "ppl seq_len 0": (_set("eval", "perplexity", "seq_len", 0), "eval.perplexity.seq_len: must be >= 2"),
