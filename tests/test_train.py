@@ -78,3 +78,14 @@ def test_non_finite_weights_after_the_last_update_are_divergence(kind, lr):
     model, res = run(kind, lr=lr, steps=2)
     assert not all(bool(torch.isfinite(p).all()) for p in model.parameters())
     assert res.diverged and res.diverged_at == res.steps - 1
+
+
+def test_a_training_text_shorter_than_one_window_is_one_line():
+    """train.seq_len beyond the tokenized training text (a 4M-token window, 3.3M tokens at vocab 16000) ended
+    the run in ZeroDivisionError (batch_order); it is known only after tokenization, so train() says it."""
+    from ptq_bench.errors import DataError
+
+    model = build_model("fp16", ARCH, 128, seed=0)
+    with pytest.raises(DataError, match="training text has 64 tokens, fewer than train.seq_len \\+ 1 = 65"):
+        train(model, PATTERN[:64], make_schedule("fp16"), total_tokens=64, seq_len=64, batch_size=1,
+              warmup_steps=0, seed=0)

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from ptq_bench.errors import DataError
 from ptq_bench.kinds import SCHEDULES, get_kind
 
 
@@ -153,6 +154,8 @@ def train(
     """Train `model` on windows of `tokens` (a 1-D id array) in the seed's fixed order."""
     device = next(model.parameters()).device
     n_windows = (len(tokens) - 1) // seq_len
+    if n_windows < 1:  # known only once the text is tokenized: `validate` cannot see it
+        raise DataError(f"the training text has {len(tokens):,} tokens, fewer than train.seq_len + 1 = {seq_len + 1:,}")
     steps = train_steps(total_tokens, seq_len, batch_size)
     order = batch_order(n_windows, steps, batch_size, seed)
     opt = make_optimizer(model, schedule)
