@@ -194,3 +194,17 @@ def test_concurrent_builders_of_one_reference_build_it_once(base, token_ids, tmp
         t.join()
     assert counted.calls == 3 and len(out) == 2 and out[0].nll == out[1].nll
     assert np.array_equal(np.asarray(out[0].logprobs), np.asarray(out[1].logprobs))
+
+
+def test_non_finite_logits_have_no_top1_agreement(base, token_ids):
+    """A diverged (NaN-weight) model against itself, or after Absmax W4: torch's argmax of a NaN row is its first
+    NaN, so both sides "agreed" and the row said top1_agree 100 beside kld NaN (found on an fp16 model at lr 1e9)."""
+    broken = copy.deepcopy(base)
+    with torch.no_grad():
+        broken.lm_head.weight[0, 0] = math.nan
+    ref = build_reference(broken, token_ids, "wikitext2", SEQ, batch_size=BATCH)
+    for model in (broken, base):
+        m = compare(ref, model, batch_size=BATCH)
+        assert math.isnan(m[ref.names["top1_agree"]]) and math.isnan(m[ref.names["mean"]])
+    m = compare(build_reference(base, token_ids, "wikitext2", SEQ, batch_size=BATCH), broken, batch_size=BATCH)
+    assert math.isnan(m[ref.names["top1_agree"]])

@@ -7,7 +7,8 @@ distribution and Q the quantized model's:
 
     kld/<set>/seq<L>[/first<K>win]/mean   mean over tokens of KL(P || Q) = sum_v P(v) (log P(v) - log Q(v)), nats
     kld/<set>/seq<L>[/first<K>win]/p99    its 99th percentile over tokens (numpy's linear interpolation)
-    top1_agree/<set>/seq<L>[/first<K>win] % of tokens where argmax Q = argmax P (ties: lowest index)
+    top1_agree/<set>/seq<L>[/first<K>win] % of tokens where argmax Q = argmax P (ties: lowest index); NaN
+                                          where a logit of either is NaN or inf (no argmax: a diverged model)
     dppl/<set>/seq<L>[/first<K>win]       ppl_gptq(quantized) - ppl_gptq(base), same windows
 
 The tail `<set>/seq<L>[/first<K>win]` is the perplexity protocol's (`ppl_gptq/<tail>`), so every
@@ -223,7 +224,7 @@ def token_kl(base_logprobs: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
 def compare(ref: BaseReference, model: torch.nn.Module, batch_size: int = 4, progress: bool = False) -> dict[str, float]:
     """The distance metrics of `model` against the base reference (names: `metric_names`), plus the
     model's own GPTQ-protocol perplexity on the same windows."""
-    kls, agree, total, count = [], 0, 0.0, 0
+    kls, agree, total, count, undefined = [], 0, 0.0, 0, False
     batch_size = window_batch(model, batch_size)  # one window per forward for per-tensor activation scales
     for start in _batches(ref.windows, batch_size, f"kld {ref.set_name}", progress):
         batch = ref.windows[start:start + batch_size]
@@ -235,8 +236,11 @@ def compare(ref: BaseReference, model: torch.nn.Module, batch_size: int = 4, pro
             kls += [token_kl(lp[t:t + KL_TOKENS], logits[b, t:t + KL_TOKENS]).cpu().numpy()
                     for t in range(0, len(lp), KL_TOKENS)]
             agree += int((logits[b].argmax(-1).cpu().numpy() == ref.top1[start + b]).sum())
+            # NaN logits have no argmax (torch names the first NaN): two diverged models would "agree" 100%
+            undefined = undefined or not (bool(torch.isfinite(logits[b]).all()) and bool(torch.isfinite(lp).all()))
     kl = np.concatenate(kls)
     ppl = math.exp(total / count)
     names = ref.names
     return {names["mean"]: float(kl.mean()), names["p99"]: float(np.percentile(kl, 99)),
-            names["top1_agree"]: 100.0 * agree / kl.size, names["dppl"]: ppl - ref.ppl, names["ppl"]: ppl}
+            names["top1_agree"]: math.nan if undefined else 100.0 * agree / kl.size, names["dppl"]: ppl - ref.ppl,
+            names["ppl"]: ppl}
