@@ -294,3 +294,18 @@ def test_a_hessian_that_damping_leaves_singular_is_one_line():
     method = get_method("gptq")
     with pytest.raises(QuantError, match="damp 0.0.*calibration"):
         method.apply(tiny_llama(), method.make_config({"w_bits": 4, "damp": 0.0}), calib_tokens(1, 2))
+
+
+@pytest.mark.parametrize("name", ["gptq", "quip"])
+def test_non_finite_calibration_inputs_are_named_not_blamed_on_damp(name):
+    """A model that diverged in training (NaN weights, a row like any other) reached GPTQ and QuIP, whose message
+    said to raise damp or calibrate on more tokens: neither helps. The Hessian is checked for NaN / inf first."""
+    from ptq_bench.errors import QuantError
+    from ptq_bench.quant.registry import get_method
+
+    model = tiny_llama()
+    with torch.no_grad():
+        model.model.embed_tokens.weight.fill_(float("nan"))
+    method = get_method(name)
+    with pytest.raises(QuantError, match="holds NaN or inf: its calibration inputs are not finite"):
+        method.apply(model, method.make_config({"w_bits": 4 if name == "gptq" else 2}), calib_tokens(4, 16))

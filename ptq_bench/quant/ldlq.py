@@ -20,6 +20,9 @@ def inverse_hessian_factor(H: Tensor, damp: float) -> Tensor:
     each). Only H's lower triangle is read, as torch.linalg.cholesky(H) reads it (it is mirrored onto the
     upper one first), so U is bit for bit that of the out-of-place chain chol -> cholesky_inverse -> chol.
     """
+    if not bool(torch.isfinite(H).all()):  # no damp or calibration size helps: the inputs themselves are NaN / inf
+        raise QuantError(f"the Hessian of a {H.shape[0]}-column linear holds NaN or inf: its calibration inputs are "
+                         "not finite (a model that diverged in training?); quantize a model whose forward is finite")
     H.diagonal().add_(damp * torch.mean(torch.diag(H)))  # diag: a contiguous copy, summed as the reference sums it
     _mirror_lower(H)
     A = H.T  # column-major
