@@ -284,7 +284,7 @@ def _model_problems(r: dict) -> list[str]:
             bad.append(f"models.{name}.source")
         arch = {**(r.get("arch") or {}), **(spec.get("arch") or {})} if isinstance(r.get("arch", {}), dict) else {}
         theta = arch.get("rope_theta", 1.0)
-        if not _is_num(theta) or theta <= 0:
+        if not _is_num(theta) or theta < 1:  # below 1 RoPE's frequencies rise (1e-100: inf, a NaN forward)
             bad.append("rope_theta")
         ctx = arch.get("max_seq_len", 512)
         for p in (("train", "seq_len"), ("eval", "perplexity", "seq_len")):

@@ -167,6 +167,9 @@ BAD = {
     "grad_clip negative": (_set("train", "grad_clip", -1.0), "train.grad_clip: must be >= 0"),
     "rope_theta inf": (_set("arch", "rope_theta", math.inf), "arch.rope_theta: expected a finite number"),
     "rope_theta negative": (_set("arch", "rope_theta", -1.0), "arch.rope_theta: must be > 0"),
+    # float32 base 0, inv_freq inf: the first forward was NaN and the row said the model diverged at step 0
+    "rope_theta 1e-100": (_set("arch", "rope_theta", 1e-100), "arch.rope_theta (1e-100) must be >= 1"),
+    "rope_theta 0.5 in model arch": (_set("models", "fp16", "arch", {"rope_theta": 0.5}), "models.fp16.arch: arch.rope"),
     "rope_theta in model arch": (_set("models", "fp16", "arch", {"rope_theta": math.nan}), "models.fp16.arch.rope_theta"),
     "huge number": (_set("train", "grad_clip", 2**70), "train.grad_clip: number out of range"),
     "lr as YAML 1.1 text": (_set("models", "fp16", "lr", "1e-3"), "expected a number, got '1e-3' (YAML reads"),

@@ -29,6 +29,9 @@ class ArchConfig:
             raise ValueError(f"arch.hidden_size ({self.hidden_size}) must be a multiple of arch.num_heads ({self.num_heads})")
         if (self.hidden_size // self.num_heads) % 2:
             raise ValueError(f"arch.hidden_size / arch.num_heads = {self.hidden_size // self.num_heads} must be even (rotary embeddings)")
+        if self.rope_theta < 1.0:  # 1e-100: float32 base 0, inv_freq inf, a NaN forward "diverged" at step 0
+            raise ValueError(f"arch.rope_theta ({self.rope_theta:g}) must be >= 1: rotary frequencies are "
+                             "rope_theta^(-2i/head_dim), which below 1 rise with i (and overflow to inf)")
         for name in ("hidden_size", "intermediate_size"):
             if getattr(self, name) % 4:
                 raise ValueError(f"arch.{name} ({getattr(self, name)}) must be a multiple of 4 (BitNet packs 4 weights per byte)")
