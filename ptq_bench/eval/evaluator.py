@@ -26,9 +26,9 @@ import numpy as np
 #    tokens (a BOS-adding tokenizer, Llama's or Gemma's, starts the stream with BOS: every window moves by
 #    one token); tokenizers that add none (the toolkit's BPE, SmolLM2's) give the same ids as before
 # 5: a model with per-tensor activation scales (`model_traits.mixes_tokens`) is scored one window per forward
-#    (`perplexity.window_batch`): batched windows shared one scale, so its perplexity and KLD moved with batch_size
-# 6: top1_agree is NaN where either model's logits are NaN or inf (kld.compare): a diverged model had "100"
-EVAL_VERSION = 6
+#    (`perplexity.window_batch`): batched windows shared one scale, so its perplexity and KLD moved with batch_size;
+#    and top1_agree is NaN where either model's logits are NaN or inf (kld.compare): a diverged model had "100"
+EVAL_VERSION = 5
 
 
 class Evaluator:
