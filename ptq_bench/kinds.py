@@ -42,6 +42,8 @@ KINDS: dict[str, Kind] = {k.name: k for k in (
     Kind("bitnet_b1", "BitNet b1", (1, 8), "b1", "b1_linear", ptq_default=False, ptq_allowed=False),
     # a transformers BitNet checkpoint loaded through `source:` (AutoBitLinear, evaluation only)
     Kind("bitnet_hf", "BitNet (HF)", (1.58, 8), None, None, ptq_default=False, ptq_allowed=False),
+    # a BitNet b1 model exported by `export_hf`: transformers' ternary format holding only {-1, +1}
+    Kind("bitnet_hf_b1", "BitNet b1 (HF)", (1, 8), None, None, ptq_default=False, ptq_allowed=False),
 )}
 
 TRAINED_KINDS = tuple(name for name, k in KINDS.items() if k.schedule is not None)  # buildable here

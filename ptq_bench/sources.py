@@ -15,7 +15,8 @@ checkpoint files, so a model cache key follows the content, not the path.
 
 Kinds: `fp16` (float weights, a PTQ target); `bitnet_hf` (config.json `quantization_config.quant_method ==
 "bitnet"`: transformers re-ternarizes weights and quantizes activations to 8 bits on every call,
-W1.58A8; ptq-bench's own HF export of a BitNet model is one); `bitnet_b158` / `bitnet_b1` (toolkit
+W1.58A8; ptq-bench's own HF export of a BitNet model is one, and of a b1 model `bitnet_hf_b1`, W1A8: its
+ternary weights are all ±1); `bitnet_b158` / `bitnet_b1` (toolkit
 folders of trained BitNet models). A GGUF model is loaded dequantized, as `fp16` (float32 tensors); its
 note names the GGUF quantization type, because its float weights lie on that grid.
 """
@@ -33,7 +34,7 @@ from typing import Any
 from ptq_bench.config import short
 from ptq_bench.data import file_digest
 from ptq_bench.errors import RecipeError
-from ptq_bench.kinds import NATIVE_BITS
+from ptq_bench.kinds import NATIVE_BITS, TRAINED_KINDS
 
 TOOLKIT_META = "ptq_bench.json"  # = models/build.py META_FILE (build imports torch; tests check they agree)
 TOOLKIT_MODEL_TYPE = "llama"  # toolkit models are LlamaForCausalLM (fp16) or Llama with BitLinears
@@ -158,6 +159,10 @@ def checked_family(model_type: Any, key: str, where: Path | str) -> str:
     return model_type
 
 
+EXPORTED_KIND = "ptq_bench_kind"  # quantization_config key `export_hf` writes: the kind a BitNet export was trained as
+HF_KINDS = {"bitnet_b1": "bitnet_hf_b1"}  # exported kind -> the kind its HF checkpoint loads as (else bitnet_hf)
+
+
 def kind_of(config: dict, key: str, where: Path | str) -> str:
     """fp16 for a plain config; bitnet_hf for quant_method bitnet or a BitNet family (transformers'
     BitNetForCausalLM quantizes on every call); other quantized formats are refused."""
@@ -170,7 +175,7 @@ def kind_of(config: dict, key: str, where: Path | str) -> str:
     if method != "bitnet":
         raise RecipeError(f"{key}: {where} has quantization_config quant_method {method!r}; only plain and "
                           "bitnet checkpoints are supported")
-    return "bitnet_hf"
+    return HF_KINDS.get(qcfg.get(EXPORTED_KIND), "bitnet_hf")
 
 
 def _info(source: str, form: str, path: Path | None, model_type: str | None, kind: str | None,
@@ -237,7 +242,7 @@ def _whole_rows(config: dict, model_type: str) -> tuple[str, int] | None:
 def _inspect_toolkit(source: str, p: Path, key: str) -> SourceInfo:
     meta = _read_json(p / TOOLKIT_META, key)
     kind = meta.get("kind")
-    if kind not in NATIVE_BITS or kind == "bitnet_hf":
+    if kind not in TRAINED_KINDS:
         raise RecipeError(f"{key}: {p / TOOLKIT_META} names unknown kind {kind!r}")
     model_type = checked_family(TOOLKIT_MODEL_TYPE, key, p)
     context = (meta.get("arch") or {}).get("max_seq_len")

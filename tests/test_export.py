@@ -167,6 +167,7 @@ def test_export_format(tmp_path):
     assert cfg["quantization_config"] == {
         "quant_method": "bitnet", "modules_to_not_convert": ["lm_head"], "linear_class": "bitlinear",
         "quantization_mode": "offline", "use_rms_norm": True, "rms_norm_eps": ARCH.rms_norm_eps,
+        "ptq_bench_kind": "bitnet_b1",  # read back as bitnet_hf_b1 (W1A8), not the format's W1.58
     }
     from safetensors.torch import load_file
 
@@ -182,7 +183,7 @@ def test_export_format(tmp_path):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_load_model_reads_hf_exports(tmp_path, dtype):
     ids = _ids()
-    for kind, expect in (("fp16", "fp16"), ("bitnet_b158", "bitnet_hf")):
+    for kind, expect in (("fp16", "fp16"), ("bitnet_b158", "bitnet_hf"), ("bitnet_b1", "bitnet_hf_b1")):
         model = cast_model(_tiny(kind), dtype)  # measured 0.0 in bf16 too (plain .to() gives ~1e-2)
         export_hf(model, kind, tmp_path / kind)
         with torch._dynamo.config.patch(disable=True):  # eager transformers BitLinear (see above)

@@ -89,15 +89,21 @@ def test_toolkit_folder(kind, bits, tmp_path):
     assert torch.equal(loaded(ids).logits, model(ids).logits)
 
 
-def test_bitnet_export_is_bitnet_hf_at_w158_a8(tmp_path):
-    """A transformers-format BitNet checkpoint (here ptq-bench's own export) is W1.58A8, not a PTQ target."""
-    model = build_model("bitnet_b158", ArchConfig(hidden_size=32, intermediate_size=64, num_layers=1,
-                                                  num_heads=2, max_seq_len=64), vocab_size=64, seed=0)
-    export_hf(model, "bitnet_b158", tmp_path / "hf")
+@pytest.mark.parametrize(("trained", "kind", "bits"), [("bitnet_b158", "bitnet_hf", (1.58, 8)),
+                                                       ("bitnet_b1", "bitnet_hf_b1", (1, 8))])
+def test_bitnet_export_is_bitnet_hf_at_its_own_bits(tmp_path, trained, kind, bits):
+    """A transformers-format BitNet checkpoint (here ptq-bench's own export) is W1.58A8, not a PTQ target; a b1
+    model's export holds only ±1 in that ternary format and says so: W1A8 (it was W1.58A8 before)."""
+    model = build_model(trained, ArchConfig(hidden_size=32, intermediate_size=64, num_layers=1,
+                                            num_heads=2, max_seq_len=64), vocab_size=64, seed=0)
+    export_hf(model, trained, tmp_path / "hf")
     info = inspect_source(str(tmp_path / "hf"))
-    assert (info.form, info.model_type, info.kind, info.native_bits) == ("hf_dir", "llama", "bitnet_hf", (1.58, 8))
+    assert (info.form, info.model_type, info.kind, info.native_bits) == ("hf_dir", "llama", kind, bits)
     assert info.low_bit
-    assert load_model(tmp_path / "hf")[1] == "bitnet_hf"
+    loaded, loaded_kind = load_model(tmp_path / "hf")
+    assert loaded_kind == kind
+    ids = torch.randint(0, 64, (1, 8), generator=torch.Generator().manual_seed(0))
+    assert torch.allclose(loaded(ids).logits, model(ids).logits, atol=1e-4)
 
 
 def test_other_quantized_formats_are_refused(tmp_path):

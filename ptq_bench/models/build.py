@@ -243,6 +243,8 @@ def export_hf(model: LlamaForCausalLM, kind: str, out_dir: Path) -> None:
     `weight_scale` is s_w with shape (1,) in the model dtype (transformers divides by it), and
     `rms_norm.weight` is copied; b1 weights are exported as ternary values in {-1, +1}.
     """
+    from ptq_bench.sources import EXPORTED_KIND
+
     _check_model_kind(model, kind)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -270,6 +272,7 @@ def export_hf(model: LlamaForCausalLM, kind: str, out_dir: Path) -> None:
         "quantization_mode": "offline",
         "use_rms_norm": True,
         "rms_norm_eps": model.config.rms_norm_eps,
+        EXPORTED_KIND: kind,  # b1's {-1, +1} in a ternary format: `source:` reads it back as bitnet_hf_b1
     }
     cfg.save_pretrained(out_dir)
     _save_safetensors(state, out_dir / WEIGHTS_FILE)
