@@ -133,7 +133,7 @@ def test_rows_of_another_recipe_are_refused_without_a_manifest(ref, tmp_path):
     ("manifest_list", "manifest.json: damaged manifest (not a JSON object"),
     ("row_list", "results.jsonl:4: damaged row (not a JSON object"),
     ("row_garbage", "results.jsonl:4: damaged row ("),
-    ("manifest_eval_str", "damaged manifest ('eval' is not an object)"),  # an AttributeError before
+    ("manifest_eval_str", "damaged manifest ('eval' is not an object whose 'by_tokenizer'"),  # an AttributeError before
     ("manifest_data_sha_str", "damaged manifest ('data_sha256' is not an object of sha256 strings)"),  # check off
     ("manifest_data_sha_int", "damaged manifest ('data_sha256' is not an object of sha256 strings)"),  # TypeError
 ])
