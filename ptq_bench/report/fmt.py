@@ -10,6 +10,8 @@ overflowing perplexity). The two never look alike:
     +inf          +inf       $+\\infty$    inf
     -inf          -inf       $-\\infty$    -inf
 
+A `Quoted` cell (a paper's number) prints as the paper printed it.
+
 A `Spread` cell (one setting over several calibration seeds) is "mean ± std" in markdown and LaTeX;
 CSV gives it two numeric columns, `<column>` (mean) and `<column>_std`.
 
@@ -32,6 +34,18 @@ _NONFINITE_MD = {"nan": "NaN", "inf": "+inf", "-inf": "-inf"}
 _NONFINITE_TEX = {"nan": "NaN", "inf": r"$+\infty$", "-inf": r"$-\infty$"}
 _TEX_SPECIAL = {"\\": r"\textbackslash{}", "_": r"\_", "%": r"\%", "&": r"\&", "#": r"\#", "$": r"\$",
                 "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}"}
+
+
+class Quoted(float):
+    """A number copied from a paper, printed as the paper prints it ("1032", "66.7", "4.8e4", "0.80"): a float
+    cell would show "1032.00" or "66.70" (digits the paper never gave) and "0.8" for its "0.80"."""
+
+    text: str
+
+    def __new__(cls, text: str) -> Quoted:
+        obj = super().__new__(cls, text)
+        obj.text = text
+        return obj
 
 
 @dataclass(frozen=True)
@@ -83,6 +97,8 @@ def md_cell(v: Any) -> str:
     special = _special_cell(v, MISSING_MD, _NONFINITE_MD)
     if special is not None:
         return special
+    if isinstance(v, Quoted):
+        return v.text
     if isinstance(v, float):
         return f"{v:.3g}" if 0 < abs(v) < 1 or abs(v) >= 1e4 else f"{v:.2f}"
     return str(v).replace("|", r"\|")

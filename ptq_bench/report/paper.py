@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from ptq_bench.kinds import DISPLAY_NAMES
 from ptq_bench.quant.configs import CATALOG, setting_label
-from ptq_bench.report.fmt import bits, frame
+from ptq_bench.report.fmt import Quoted, bits, frame
 from ptq_bench.report.layouts import LAYOUTS
 from ptq_bench.report.run import RunData, mean, ppl, task_metric, versions
 from ptq_bench.report.spread import pool, setting
@@ -22,28 +22,40 @@ if TYPE_CHECKING:
 
     from ptq_bench.report.layouts import Layout
 
+
+def _quoted(*texts: str) -> tuple[Quoted, ...]:
+    """A paper's row, each number as the paper prints it (`fmt.Quoted`)."""
+    return tuple(map(Quoted, texts))
+
+
 # BitNet (arXiv 2310.11453) Table 3, 6.7B: (WBits, Method, ABits) -> (PPL, WG, WGe, HS, SC, Avg)
 PAPER_TABLE3: dict[tuple[str, str, str], tuple[float, ...]] = {
-    ("16", "FP16", "16"): (15.19, 66.7, 54.3, 42.9, 67.4, 57.8),
-    ("8", "Absmax", "8"): (21.43, 60.4, 52.0, 38.3, 62.7, 53.4),
-    ("8", "SmoothQuant", "8"): (15.67, 65.3, 53.1, 40.9, 67.6, 56.7),
-    ("4", "GPTQ", "16"): (16.05, 57.2, 51.2, 39.9, 63.4, 52.9),
-    ("4", "Absmax", "4"): (4.8e4, 55.8, 50.9, 25.0, 53.1, 46.2),
-    ("4", "SmoothQuant", "4"): (1.6e6, 53.7, 48.3, 24.8, 53.6, 45.1),
-    ("2", "GPTQ", "16"): (1032.0, 51.6, 50.1, 25.8, 53.4, 45.2),
-    ("2", "QuIP", "16"): (70.43, 56.1, 51.2, 30.3, 58.4, 49.0),
-    ("1", "Absmax", "8"): (3.5e23, 49.8, 50.0, 24.8, 53.6, 44.6),
-    ("1", "SmoothQuant", "8"): (3.3e21, 50.5, 49.5, 24.6, 53.1, 44.4),
-    ("1", "BitNet b1", "8"): (17.07, 66.3, 51.4, 38.9, 66.9, 55.9),
+    ("16", "FP16", "16"): _quoted("15.19", "66.7", "54.3", "42.9", "67.4", "57.8"),
+    ("8", "Absmax", "8"): _quoted("21.43", "60.4", "52.0", "38.3", "62.7", "53.4"),
+    ("8", "SmoothQuant", "8"): _quoted("15.67", "65.3", "53.1", "40.9", "67.6", "56.7"),
+    ("4", "GPTQ", "16"): _quoted("16.05", "57.2", "51.2", "39.9", "63.4", "52.9"),
+    ("4", "Absmax", "4"): _quoted("4.8e4", "55.8", "50.9", "25.0", "53.1", "46.2"),
+    ("4", "SmoothQuant", "4"): _quoted("1.6e6", "53.7", "48.3", "24.8", "53.6", "45.1"),
+    ("2", "GPTQ", "16"): _quoted("1032", "51.6", "50.1", "25.8", "53.4", "45.2"),
+    ("2", "QuIP", "16"): _quoted("70.43", "56.1", "51.2", "30.3", "58.4", "49.0"),
+    ("1", "Absmax", "8"): _quoted("3.5e23", "49.8", "50.0", "24.8", "53.6", "44.6"),
+    ("1", "SmoothQuant", "8"): _quoted("3.3e21", "50.5", "49.5", "24.6", "53.1", "44.4"),
+    ("1", "BitNet b1", "8"): _quoted("17.07", "66.3", "51.4", "38.9", "66.9", "55.9"),
 }
-# BitNet b1.58 (arXiv 2402.17764) Tables 1/2: (Model, Size) -> (Mem GB, PPL, ARCe, ARCc, HS, BQ, OQ, PQ, WGe, Avg)
+# BitNet b1.58 (arXiv 2402.17764) Tables 1/2:
+# (Model, Size) -> (Mem GB, Lat ms, PPL, ARCe, ARCc, HS, BQ, OQ, PQ, WGe, Avg)
 PAPER_B158: dict[tuple[str, str], tuple[float, ...]] = {
-    ("LLaMA", "700M"): (2.08, 12.33, 54.7, 23.0, 37.0, 60.0, 20.2, 68.9, 54.8, 45.5),
-    ("BitNet b1.58", "700M"): (0.80, 12.87, 51.8, 21.4, 35.1, 58.2, 20.0, 68.1, 55.2, 44.3),
-    ("LLaMA", "1.3B"): (3.34, 11.25, 56.9, 23.5, 38.5, 59.1, 21.6, 70.0, 53.9, 46.2),
-    ("BitNet b1.58", "1.3B"): (1.14, 11.29, 54.9, 24.2, 37.7, 56.7, 19.6, 68.8, 55.8, 45.4),
-    ("LLaMA", "3B"): (7.89, 10.04, 62.1, 25.6, 43.3, 61.8, 24.6, 72.1, 58.2, 49.7),
-    ("BitNet b1.58", "3B"): (2.22, 9.91, 61.4, 28.3, 42.9, 61.5, 26.6, 71.5, 59.3, 50.2),
+    ("LLaMA", "700M"): _quoted("2.08", "1.18", "12.33", "54.7", "23.0", "37.0", "60.0", "20.2", "68.9", "54.8", "45.5"),
+    ("BitNet b1.58", "700M"): _quoted("0.80", "0.96", "12.87", "51.8", "21.4", "35.1", "58.2", "20.0", "68.1", "55.2",
+                                      "44.3"),
+    ("LLaMA", "1.3B"): _quoted("3.34", "1.62", "11.25", "56.9", "23.5", "38.5", "59.1", "21.6", "70.0", "53.9", "46.2"),
+    ("BitNet b1.58", "1.3B"): _quoted("1.14", "0.97", "11.29", "54.9", "24.2", "37.7", "56.7", "19.6", "68.8", "55.8",
+                                      "45.4"),
+    ("LLaMA", "3B"): _quoted("7.89", "5.07", "10.04", "62.1", "25.6", "43.3", "61.8", "24.6", "72.1", "58.2", "49.7"),
+    ("BitNet b1.58", "3B"): _quoted("2.22", "1.87", "9.91", "61.4", "28.3", "42.9", "61.5", "26.6", "71.5", "59.3",
+                                    "50.2"),
+    ("BitNet b1.58", "3.9B"): _quoted("2.38", "2.11", "9.62", "64.2", "28.7", "44.2", "63.5", "24.2", "73.2", "60.5",
+                                      "51.2"),
 }
 METHOD_NAMES = {name: entry.display for name, entry in CATALOG.items()}  # display names, from the method catalog
 
@@ -148,5 +160,5 @@ def stability_table(run: RunData, layout: Layout) -> pd.DataFrame:
 
 
 def paper_b158() -> pd.DataFrame:
-    cols = ["Mem (GB)", "PPL", *labels(LAYOUTS["bitnet_b158"]), "Avg"]
+    cols = ["Mem (GB)", "Lat (ms)", "PPL", *labels(LAYOUTS["bitnet_b158"]), "Avg"]
     return frame([{"Model": m, "Size": sz, **dict(zip(cols, v))} for (m, sz), v in PAPER_B158.items()])

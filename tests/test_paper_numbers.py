@@ -1,0 +1,67 @@
+"""The papers' numbers a paper layout prints, digit for digit as the papers print them (BitNet Table 3,
+BitNet b1.58 Tables 1/2; copied from ../shared/reference/paper_tables.md), with every row and column."""
+
+from __future__ import annotations
+
+from report_rows import row, run_dir
+
+from ptq_bench.report import render
+from ptq_bench.report.fmt import to_latex, to_markdown
+from ptq_bench.report.paper import PAPER_TABLE3, paper_b158
+
+# paper_tables.md §1, WBits | Method | ABits | PTQ | PPL | WG | WGe | HS | SC | Avg (the Random row has no PPL)
+TABLE3 = """\
+16 | Transformer (FP16) | 16 | no | 15.19 | 66.7 | 54.3 | 42.9 | 67.4 | 57.8
+8 | Absmax | 8 | yes | 21.43 | 60.4 | 52.0 | 38.3 | 62.7 | 53.4
+8 | SmoothQuant | 8 | yes | 15.67 | 65.3 | 53.1 | 40.9 | 67.6 | 56.7
+4 | GPTQ | 16 | yes | 16.05 | 57.2 | 51.2 | 39.9 | 63.4 | 52.9
+4 | Absmax | 4 | yes | 4.8e4 | 55.8 | 50.9 | 25.0 | 53.1 | 46.2
+4 | SmoothQuant | 4 | yes | 1.6e6 | 53.7 | 48.3 | 24.8 | 53.6 | 45.1
+2 | GPTQ | 16 | yes | 1032 | 51.6 | 50.1 | 25.8 | 53.4 | 45.2
+2 | QuIP | 16 | yes | 70.43 | 56.1 | 51.2 | 30.3 | 58.4 | 49.0
+1 | Absmax | 8 | yes | 3.5e23 | 49.8 | 50.0 | 24.8 | 53.6 | 44.6
+1 | SmoothQuant | 8 | yes | 3.3e21 | 50.5 | 49.5 | 24.6 | 53.1 | 44.4
+1 | BitNet (trained 1-bit) | 8 | no | 17.07 | 66.3 | 51.4 | 38.9 | 66.9 | 55.9"""
+# paper_tables.md §2, Model | Size | Mem | Lat | PPL | ARCe | ARCc | HS | BQ | OQ | PQ | WGe | Avg
+B158 = """\
+LLaMA | 700M | 2.08 | 1.18 | 12.33 | 54.7 | 23.0 | 37.0 | 60.0 | 20.2 | 68.9 | 54.8 | 45.5
+BitNet b1.58 | 700M | 0.80 | 0.96 | 12.87 | 51.8 | 21.4 | 35.1 | 58.2 | 20.0 | 68.1 | 55.2 | 44.3
+LLaMA | 1.3B | 3.34 | 1.62 | 11.25 | 56.9 | 23.5 | 38.5 | 59.1 | 21.6 | 70.0 | 53.9 | 46.2
+BitNet b1.58 | 1.3B | 1.14 | 0.97 | 11.29 | 54.9 | 24.2 | 37.7 | 56.7 | 19.6 | 68.8 | 55.8 | 45.4
+LLaMA | 3B | 7.89 | 5.07 | 10.04 | 62.1 | 25.6 | 43.3 | 61.8 | 24.6 | 72.1 | 58.2 | 49.7
+BitNet b1.58 | 3B | 2.22 | 1.87 | 9.91 | 61.4 | 28.3 | 42.9 | 61.5 | 26.6 | 71.5 | 59.3 | 50.2
+BitNet b1.58 | 3.9B | 2.38 | 2.11 | 9.62 | 64.2 | 28.7 | 44.2 | 63.5 | 24.2 | 73.2 | 60.5 | 51.2"""
+NAMES = {"Transformer (FP16)": "FP16", "BitNet (trained 1-bit)": "BitNet b1"}
+
+
+def _cells(text: str) -> list[list[str]]:
+    return [[c.strip() for c in line.split("|")] for line in text.splitlines()]
+
+
+def _md_rows(md: str) -> list[list[str]]:
+    return [[c.strip() for c in ln.strip("|").split("|")] for ln in md.splitlines()[2:]]
+
+
+def test_the_b158_reference_prints_every_row_and_column_of_the_paper_as_printed():
+    """The reference left out the 3.9B row and the latency column, and printed the paper's 0.80 GB as 0.8."""
+    df = paper_b158()
+    assert list(df.columns)[:5] == ["Model", "Size", "Mem (GB)", "Lat (ms)", "PPL"]
+    assert _md_rows(to_markdown(df)) == _cells(B158)
+    assert "0.80 & 0.96 & 12.87" in to_latex(df, "c")
+
+
+def test_table3_paper_columns_print_the_papers_digits(tmp_path):
+    """`paper PPL` showed the paper's 1032 as 1032.00 and 4.8e4 as 4.8e+04, its 66.7 as 66.70: digits the
+    paper never printed."""
+    paper = {(w, NAMES.get(m, m), a): vals for w, m, a, _, *vals in _cells(TABLE3)}
+    assert set(paper) == set(PAPER_TABLE3)
+    rows = [row("fp", "fp16", "none", 16, 16, 20.0, []), row("fp", "fp16", "gptq", 2, 16, 30.0, []),
+            row("fp", "fp16", "absmax", 4, 4, 40.0, [])]
+    d = run_dir(tmp_path, rows, layout="bitnet_table3")
+    render(d)
+    lines = [ln for ln in (d / "paper_table.md").read_text(encoding="utf-8").splitlines() if ln.startswith("|")]
+    head, *body = [[c.strip() for c in ln.strip("|").split("|")] for ln in lines if not ln.startswith("|---")]
+    for cells in body:
+        rec = dict(zip(head, cells))
+        want = paper[(rec["WBits"], rec["Method"], rec["ABits"])]
+        assert [rec[c] for c in head if c.startswith("paper ")] == want, rec
