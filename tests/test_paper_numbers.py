@@ -65,3 +65,17 @@ def test_table3_paper_columns_print_the_papers_digits(tmp_path):
         rec = dict(zip(head, cells))
         want = paper[(rec["WBits"], rec["Method"], rec["ABits"])]
         assert [rec[c] for c in head if c.startswith("paper ")] == want, rec
+
+
+def test_table3_says_where_its_paper_columns_come_from_and_under_which_protocol(tmp_path):
+    """`paper PPL` sat beside `PPL` = `ppl_gptq/wikitext2/seq128` with nothing saying that the paper's is a
+    6.7B model's perplexity on its own training corpus: the md notes, the LaTeX caption and the .csv were silent."""
+    d = run_dir(tmp_path, [row("fp", "fp16", "none", 16, 16, 20.0, [])], layout="bitnet_table3")
+    render(d)
+    md = (d / "paper_table.md").read_text(encoding="utf-8")
+    tex = (d / "paper_table.tex").read_text(encoding="utf-8")
+    for text in (md, tex):
+        assert "BitNet (arXiv 2310.11453) Table 3, a 6.7B model" in text
+        assert "validation set of its own training corpus" in text
+    caption = next(ln for ln in tex.splitlines() if ln.startswith("\\caption{"))
+    assert caption.count("{") == caption.count("}") and "`" not in caption

@@ -188,6 +188,12 @@ def column_key_map(run: RunData, layout: Layout, df: pd.DataFrame) -> dict[str, 
     return {col: key for col, key in named.items() if key and col in df.columns}
 
 
+def table_notes(df: pd.DataFrame) -> list[str]:
+    """The notes a table function attached to its table (`df.attrs["notes"]`): what a column that is not a
+    stored metric shows, where the paper's numbers come from and under which protocol."""
+    return list(df.attrs.get("notes", []))
+
+
 def limit_suffix(rows: list[dict[str, Any]]) -> str:
     """`/limit<L>` when the rows' accuracies are over the first L documents of each task (as `first<K>win`
     names a perplexity subset), `/limit<mixed>` when rows differ; "" for every document."""
@@ -245,7 +251,8 @@ def device_note(rows: list[dict[str, Any]]) -> list[str]:
 def notes(run: RunData, layout: Layout, df: pd.DataFrame) -> list[str]:
     """Every table's footnotes: protocol, task protocol notes, untrained references, provenance, damage."""
     keys = column_keys(run, layout, df)
-    lines = [*([f"- Columns: {keys}."] if keys else []), *protocol_notes(run.rows), *device_note(run.rows),
+    lines = [*([f"- Columns: {keys}."] if keys else []), *table_notes(df), *protocol_notes(run.rows),
+             *device_note(run.rows),
              *task_notes(shown_tasks(run, layout)), *untrained_notes(run.rows)]
     if "PPL" in df.columns:
         lines += ppl_note(run.rows)

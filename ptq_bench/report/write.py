@@ -14,7 +14,7 @@ from ptq_bench.cache import write_atomic
 from ptq_bench.report.fmt import to_csv, to_latex, to_markdown
 from ptq_bench.report.layouts import GENERIC, LAYOUTS, SPREAD, Layout, load
 from ptq_bench.report.run import RunData, shots
-from ptq_bench.report.tables import column_keys, csv_keys, notes
+from ptq_bench.report.tables import column_keys, csv_keys, notes, table_notes
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -49,9 +49,11 @@ def _markdown(run: RunData, layout: Layout, df: pd.DataFrame) -> str:
 
 
 def _caption(run: RunData, layout: Layout, df: pd.DataFrame) -> str:
-    """The LaTeX caption: the title, and what a paper layout's short headers measure (the md's first note)."""
+    """The LaTeX caption: the title, what a paper layout's short headers measure (the md's first note) and the
+    notes its table function attached (where the paper's columns come from)."""
     keys = column_keys(run, layout, df).replace("`", "")
-    return _title(run, layout) + (f". Columns: {keys}." if keys else "")
+    extra = "".join(f" {n.removeprefix('- ').replace('`', '')}" for n in table_notes(df))
+    return _title(run, layout) + (f". Columns: {keys}." if keys else "") + extra
 
 
 WRITERS: dict[str, Callable[[RunData, Layout, pd.DataFrame], str]] = {
