@@ -79,3 +79,13 @@ def test_table3_says_where_its_paper_columns_come_from_and_under_which_protocol(
         assert "validation set of its own training corpus" in text
     caption = next(ln for ln in tex.splitlines() if ln.startswith("\\caption{"))
     assert caption.count("{") == caption.count("}") and "`" not in caption
+
+
+def test_b158_table_says_its_memory_is_stored_weight_bytes_not_the_papers_gpu_memory(tmp_path):
+    """`Mem (MB)` (bytes of the stored weights) sat above the paper's `Mem (GB)` (GPU memory at inference)
+    with no note saying they are different quantities."""
+    d = run_dir(tmp_path, [row("fp", "fp16", "none", 16, 16, 20.0, [])], layout="bitnet_b158")
+    render(d)
+    for name in ("paper_table.md", "paper_table.tex"):
+        text = (d / name).read_text(encoding="utf-8")
+        assert "Mem (MB)" in text and "bytes of the stored weights" in text and "GPU memory" in text, name

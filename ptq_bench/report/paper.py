@@ -60,6 +60,9 @@ PAPER_B158: dict[tuple[str, str], tuple[float, ...]] = {
 TABLE3_SOURCE = ("- `paper …` columns: BitNet (arXiv 2310.11453) Table 3, a 6.7B model, zero-shot, "
                  "matched by WBits, Method and ABits; its PPL is on the validation set of its own training corpus, "
                  "not the `PPL` protocol of this table: compare the shape, not the numbers.")
+B158_MEMORY = ("- `Mem (MB)`: bytes of the stored weights (every high-precision tensor at 16 bits, BitNet weights "
+               "packed 4 per byte), not measured memory; the paper's `Mem (GB)` and `Lat (ms)` "
+               "are GPU memory and latency at inference, which this table does not measure.")
 METHOD_NAMES = {name: entry.display for name, entry in CATALOG.items()}  # display names, from the method catalog
 
 
@@ -146,7 +149,9 @@ def b158_table(run: RunData, layout: Layout) -> pd.DataFrame:
                                **_accuracies(row, layout), **versions(row, rows)}
         records.append((size or 0, rec["Model"], rec))
     records.sort(key=lambda t: t[:2])
-    return frame([rec for *_, rec in records])
+    df = frame([rec for *_, rec in records])
+    df.attrs["notes"] = [B158_MEMORY]
+    return df
 
 
 def stability_table(run: RunData, layout: Layout) -> pd.DataFrame:
