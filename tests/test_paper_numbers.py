@@ -89,3 +89,21 @@ def test_b158_table_says_its_memory_is_stored_weight_bytes_not_the_papers_gpu_me
     for name in ("paper_table.md", "paper_table.tex"):
         text = (d / name).read_text(encoding="utf-8")
         assert "Mem (MB)" in text and "bytes of the stored weights" in text and "GPU memory" in text, name
+
+
+def test_table3_says_what_seeds_and_plus_minus_mean_and_which_cells_pool_fewer_seeds(tmp_path):
+    """smollm2_ptq's GPTQ W4 row said `seeds` 3 and showed accuracies from seed 0 alone, and no note said
+    what `±` or `seeds` is: a reader took the plain accuracies for means over three seeds."""
+    accs = [("wsc273", "acc", 0.5), ("winogrande", "acc", 0.5), ("hellaswag", "acc_norm", 0.3),
+            ("storycloze", "acc", 0.5)]
+    gptq = [row("fp", "fp16", "gptq", 4, 16, 20.0 + s, accs if s == 0 else [], calib_seed=s,
+                config={"w_bits": 4, "group_size": 128}) for s in (0, 1, 2)]
+    rows = [row("fp", "fp16", "none", 16, 16, 15.0, accs), *gptq]
+    for i, r in enumerate(rows):
+        r["cell_id"] = f"c{i}"
+    d = run_dir(tmp_path, rows, layout="bitnet_table3")
+    render(d)
+    md = (d / "paper_table.md").read_text(encoding="utf-8")
+    assert "- `seeds`: calibration seeds pooled into the row; a cell over several of them is mean ± sample std." in md
+    assert "GPTQ W4A16 g128: WG, WGe, HS, SC, Avg from 1 of 3 seeds" in md
+    assert "1 of 3 seeds" in (d / "paper_table.tex").read_text(encoding="utf-8")

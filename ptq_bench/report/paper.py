@@ -101,7 +101,7 @@ def table3(run: RunData, layout: Layout, with_paper: bool = True) -> pd.DataFram
         groups.setdefault(setting(row), []).append(row)
     several = any(len(g) > 1 for g in groups.values())
     named = len({r.get("model") for r in rows}) > len({r.get("model_kind") for r in rows})  # two models of a kind
-    records = []
+    records, partial = [], []
     for group in groups.values():
         row = group[0]
         measured = [{"PPL": ppl(r), **_accuracies(r, layout)} for r in group]
@@ -116,13 +116,34 @@ def table3(run: RunData, layout: Layout, with_paper: bool = True) -> pd.DataFram
             paper = PAPER_TABLE3.get((rec["WBits"], rec["Method"], rec["ABits"]))
             for i, col in enumerate(["PPL", *labels(layout), "Avg"]):
                 rec[f"paper {col}"] = paper[i] if paper else None
+        partial += _fewer_seeds(rec, measured)
         w = row.get("w_bits")
         records.append((-float(w) if w is not None else 0.0, row.get("method") == "none", rec))
     records.sort(key=lambda t: t[:2])  # bits descending, PTQ before native (stable within)
     df = frame([rec for *_, rec in records])
-    if with_paper:
-        df.attrs["notes"] = [TABLE3_SOURCE]
+    df.attrs["notes"] = [*([TABLE3_SOURCE] if with_paper else []), *(_seed_notes(partial) if several else [])]
     return df
+
+
+def _fewer_seeds(rec: dict[str, Any], measured: list[dict[str, Any]]) -> list[str]:
+    """'GPTQ W4A16 g128: WG, WGe, HS, SC, Avg from 1 of 3 seeds' when a pooled row's columns were measured on
+    fewer of its seeds than its `seeds` count says (a recipe may run the tasks on one seed only)."""
+    counts = {c: sum(m[c] is not None for m in measured) for c in measured[0]}
+    short = [c for c, n in counts.items() if 0 < n < len(measured)]
+    if not short:
+        return []
+    setting_ = f" {rec['Setting']}" if rec.get("Setting") else ""
+    by_n = {counts[c]: [x for x in short if counts[x] == counts[c]] for c in short}
+    return [f"{rec['Method']} W{rec['WBits']}A{rec['ABits']}{setting_}: {', '.join(cols)} from {n} of "
+            f"{len(measured)} seeds" for n, cols in by_n.items()]
+
+
+def _seed_notes(partial: list[str]) -> list[str]:
+    """What `seeds` and `±` mean in a table that pools calibration seeds, and which cells pool fewer seeds."""
+    lines = ["- `seeds`: calibration seeds pooled into the row; a cell over several of them is mean ± sample std."]
+    if partial:
+        lines.append(f"- Measured on fewer seeds than the row's `seeds`: {'; '.join(partial)}.")
+    return lines
 
 
 def _loaded(run: RunData, model: Any) -> bool:
