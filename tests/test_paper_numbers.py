@@ -107,3 +107,23 @@ def test_table3_says_what_seeds_and_plus_minus_mean_and_which_cells_pool_fewer_s
     assert "- `seeds`: calibration seeds pooled into the row; a cell over several of them is mean ± sample std." in md
     assert "GPTQ W4A16 g128: WG, WGe, HS, SC, Avg from 1 of 3 seeds" in md
     assert "1 of 3 seeds" in (d / "paper_table.tex").read_text(encoding="utf-8")
+
+
+def test_paper_tables_mark_a_model_that_diverged_in_training(tmp_path):
+    """A model whose training diverged (its rows carry `diverged`) showed in Table 3 and the b1.58 table as a
+    plain row: accuracies of the weights at the divergence step read as a trained model's."""
+    accs = [("wsc273", "acc", 0.5), ("arc_easy", "acc_norm", 0.25)]
+    rows = [row("fp", "fp16", "none", 16, 16, float("nan"), accs, diverged=True),
+            row("fp", "fp16", "absmax", 8, 8, float("nan"), accs, diverged=True),
+            row("b1", "bitnet_b1", "none", 1, 8, 30.0, accs), row("b158", "bitnet_b158", "none", 1.58, 8, 25.0, accs)]
+    for layout, name in (("bitnet_table3", "Method"), ("bitnet_b158", "Model")):
+        d = run_dir(tmp_path / layout, rows, layout=layout)
+        render(d)
+        ours = (d / "paper_table.md").read_text(encoding="utf-8").split("\n\n")[1]  # not the paper's own rows
+        lines = [ln for ln in ours.splitlines() if ln.startswith("|")]
+        head, _, *body = [[c.strip() for c in ln.strip("|").split("|")] for ln in lines]
+        recs = [dict(zip(head, cells)) for cells in body if len(cells) == len(head)]
+        assert "diverged" in head, layout
+        assert {r[name]: r["diverged"] for r in recs if r[name] in ("FP16", "LLaMA", "Absmax", "BitNet b1.58")} \
+            == {k: v for k, v in {"FP16": "yes", "LLaMA": "yes", "Absmax": "yes", "BitNet b1.58": ""}.items()
+                if k in {r[name] for r in recs}}

@@ -85,6 +85,12 @@ def _table3_method(row: dict[str, Any]) -> str:
     return METHOD_NAMES.get(row.get("method"), str(row.get("method")))
 
 
+def _diverged(row: dict[str, Any], rows: list[dict[str, Any]]) -> dict[str, str]:
+    """The `diverged` column (as the generic table's), present when some shown row's model diverged in training:
+    its numbers are those of the weights at the divergence step, not of a trained model."""
+    return {"diverged": "yes" if row.get("diverged") else ""} if any(r.get("diverged") for r in rows) else {}
+
+
 def _pool_measured(values: list[Any]) -> Any:
     """The seeds' values of one column, over the seeds that measured it (an entry may run tasks on one seed)."""
     have = [v for v in values if v is not None]
@@ -111,7 +117,8 @@ def table3(run: RunData, layout: Layout, with_paper: bool = True) -> pd.DataFram
                                "Setting": setting_label(str(row.get("method")), row.get("config") or {}),
                                "PTQ": "no" if row.get("method") == "none" else "yes",
                                **{c: _pool_measured([m[c] for m in measured]) for c in measured[0]},
-                               **({"seeds": len(group)} if several else {}), **versions(row, rows)}
+                               **({"seeds": len(group)} if several else {}), **_diverged(row, rows),
+                               **versions(row, rows)}
         if with_paper:
             paper = PAPER_TABLE3.get((rec["WBits"], rec["Method"], rec["ABits"]))
             for i, col in enumerate(["PPL", *labels(layout), "Avg"]):
@@ -167,7 +174,7 @@ def b158_table(run: RunData, layout: Layout) -> pd.DataFrame:
         rec: dict[str, Any] = {"Model": name,
                                "Size": f"{size / 1e6:.1f}M" if size else row.get("model"),
                                "Mem (MB)": wbytes / 1e6 if wbytes is not None else None, "PPL": ppl(row),
-                               **_accuracies(row, layout), **versions(row, rows)}
+                               **_accuracies(row, layout), **_diverged(row, rows), **versions(row, rows)}
         records.append((size or 0, rec["Model"], rec))
     records.sort(key=lambda t: t[:2])
     df = frame([rec for *_, rec in records])
