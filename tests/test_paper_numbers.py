@@ -127,3 +127,18 @@ def test_paper_tables_mark_a_model_that_diverged_in_training(tmp_path):
         assert {r[name]: r["diverged"] for r in recs if r[name] in ("FP16", "LLaMA", "Absmax", "BitNet b1.58")} \
             == {k: v for k, v in {"FP16": "yes", "LLaMA": "yes", "Absmax": "yes", "BitNet b1.58": ""}.items()
                 if k in {r[name] for r in recs}}
+
+
+def test_table3_names_a_loaded_model_rather_than_passing_it_off_as_the_papers_transformer(tmp_path):
+    """smollm2_ptq's paper table never named SmolLM2: its base row read 'FP16', the paper's FP16 Transformer
+    trained here (the b1.58 table names a `source:` model; Table 3 did not)."""
+    import json
+
+    rows = [row("sm", "fp16", "none", 16, 16, 30.0, []), row("sm", "fp16", "absmax", 8, 8, 31.0, [])]
+    manifest = {"recipe": {"layout": "bitnet_table3", "models": {"sm": {"source": "smollm2-135m"}}},
+                "recipe_hash": "h", "invocations": [{"hardware": {"cpu_count": 2}, "wall_s": 60.0}]}
+    d = run_dir(tmp_path, rows, manifest=json.dumps(manifest))
+    render(d)
+    lines = [ln for ln in (d / "paper_table.md").read_text(encoding="utf-8").splitlines() if ln.startswith("|")]
+    head, _, *body = [[c.strip() for c in ln.strip("|").split("|")] for ln in lines]
+    assert head[0] == "Model" and [cells[0] for cells in body] == ["sm", "sm"]

@@ -106,7 +106,8 @@ def table3(run: RunData, layout: Layout, with_paper: bool = True) -> pd.DataFram
     for row in rows:
         groups.setdefault(setting(row), []).append(row)
     several = any(len(g) > 1 for g in groups.values())
-    named = len({r.get("model") for r in rows}) > len({r.get("model_kind") for r in rows})  # two models of a kind
+    named = (len({r.get("model") for r in rows}) > len({r.get("model_kind") for r in rows})  # two models of a kind
+             or any(_loaded(run, r.get("model")) for r in rows))  # a `source:` model is not the paper's Transformer
     records, partial = [], []
     for group in groups.values():
         row = group[0]
