@@ -142,3 +142,15 @@ def test_table3_names_a_loaded_model_rather_than_passing_it_off_as_the_papers_tr
     lines = [ln for ln in (d / "paper_table.md").read_text(encoding="utf-8").splitlines() if ln.startswith("|")]
     head, _, *body = [[c.strip() for c in ln.strip("|").split("|")] for ln in lines]
     assert head[0] == "Model" and [cells[0] for cells in body] == ["sm", "sm"]
+
+
+def test_stability_table_says_what_final_loss_is(tmp_path):
+    """`final loss` is one training batch's cross-entropy at the last logged step (every committed curve
+    bumps up there), but nothing in the table said so: it read as a converged or held-out loss."""
+    curve = {"model": "fp", "kind": "fp16", "diverged": False, "schedule": {"lr": 1e-3},
+             "curve": [{"step": s, "tokens": 512 * s, "loss": 9.0 - s} for s in range(1, 5)]}
+    d = run_dir(tmp_path, [row("fp", "fp16", "none", 16, 16, 20.0, [])], layout="lr_stability", curves=[curve])
+    render(d)
+    for name in ("paper_table.md", "paper_table.tex"):
+        text = (d / name).read_text(encoding="utf-8")
+        assert "final loss" in text and "one batch" in text and "nats per token" in text, name

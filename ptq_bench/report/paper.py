@@ -63,6 +63,9 @@ TABLE3_SOURCE = ("- `paper …` columns: BitNet (arXiv 2310.11453) Table 3, a 6.
 B158_MEMORY = ("- `Mem (MB)`: bytes of the stored weights (every high-precision tensor at 16 bits, BitNet weights "
                "packed 4 per byte), not measured memory; the paper's `Mem (GB)` and `Lat (ms)` "
                "are GPU memory and latency at inference, which this table does not measure.")
+STABILITY_COLUMNS = ("- `peak LR`: the schedule's peak learning rate; `final loss`: training cross-entropy (nats per token) "
+                     "of the last logged step's batch, one batch (not an average, not held-out); `diverged`: the "
+                     "training loss became non-finite at that step and training stopped there.")
 METHOD_NAMES = {name: entry.display for name, entry in CATALOG.items()}  # display names, from the method catalog
 
 
@@ -196,7 +199,9 @@ def stability_table(run: RunData, layout: Layout) -> pd.DataFrame:
                "PPL": ppl(row), **versions(row, rows)}
         records.append(rec)
     records.sort(key=lambda r: (r["Model"], r["peak LR"] if r["peak LR"] is not None else 0.0))
-    return frame(records)
+    df = frame(records)
+    df.attrs["notes"] = [STABILITY_COLUMNS]
+    return df
 
 
 def paper_b158() -> pd.DataFrame:
