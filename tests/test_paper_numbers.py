@@ -154,3 +154,21 @@ def test_stability_table_says_what_final_loss_is(tmp_path):
     for name in ("paper_table.md", "paper_table.tex"):
         text = (d / name).read_text(encoding="utf-8")
         assert "final loss" in text and "one batch" in text and "nats per token" in text, name
+
+
+def test_latex_tables_are_ascii_with_balanced_braces(tmp_path):
+    """The stability title's "§3.4", the seed note's "±" and the paper note's "…" went into the LaTeX caption
+    as raw UTF-8: the .tex compiled only under a UTF-8 input encoding."""
+
+    for layout in ("bitnet_table3", "bitnet_b158", "lr_stability"):
+        accs = [("wsc273", "acc", 0.5)]
+        rows = [row("fp", "fp16", "none", 16, 16, 20.0, accs),
+                *(row("fp", "fp16", "gptq", 4, 16, 20.0 + s, accs, calib_seed=s, cell_id=f"g{s}",
+                      config={"w_bits": 4, "group_size": 128}) for s in (0, 1))]
+        curve = {"model": "fp", "kind": "fp16", "diverged": False, "schedule": {"lr": 1e-3},
+                 "curve": [{"step": 1, "tokens": 512, "loss": 9.0}]}
+        d = run_dir(tmp_path / layout, rows, layout=layout, curves=[curve])
+        render(d)
+        tex = (d / "paper_table.tex").read_text(encoding="utf-8")
+        assert tex.isascii(), (layout, sorted({c for c in tex if not c.isascii()}))
+        assert tex.count("{") - tex.count("\\{") == tex.count("}") - tex.count("\\}"), layout

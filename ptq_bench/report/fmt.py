@@ -33,7 +33,10 @@ MISSING_TEX = "--"
 _NONFINITE_MD = {"nan": "NaN", "inf": "+inf", "-inf": "-inf"}
 _NONFINITE_TEX = {"nan": "NaN", "inf": r"$+\infty$", "-inf": r"$-\infty$"}
 _TEX_SPECIAL = {"\\": r"\textbackslash{}", "_": r"\_", "%": r"\%", "&": r"\&", "#": r"\#", "$": r"\$",
-                "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}"}
+                "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}",
+                # the notes' and titles' non-ASCII, as LaTeX commands: the .tex compiles under any input encoding
+                "±": r"$\pm$", "…": r"\ldots{}", "§": r"\S{}", "–": "--", "—": "---", "‖": r"$\|$", "≤": r"$\le$",
+                "≥": r"$\ge$", "×": r"$\times$", "≈": r"$\approx$"}
 
 
 class Quoted(float):
