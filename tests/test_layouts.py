@@ -184,7 +184,7 @@ def test_table3_pools_calibration_seeds_and_names_each_setting(tmp_path):
     for i, r in enumerate(rows):
         r["cell_id"] = f"c{i}"
     df = table3(load_run(run_dir(tmp_path, rows, layout="bitnet_table3")), LAYOUTS["bitnet_table3"])
-    assert len(df) == 4  # three GPTQ seeds are one row; per-channel and g128 Absmax stay two
+    assert len(df) == 5  # the paper's Random row; three GPTQ seeds are one row; per-channel and g128 Absmax stay two
     g = df[df["Method"] == "GPTQ"].iloc[0]
     assert isinstance(g["PPL"], Spread) and (g["PPL"].mean, g["PPL"].std, g["seeds"]) == (22.0, 2.0, 3)
     assert g["paper PPL"] == 16.05 and g["Setting"] == "g128"
@@ -193,4 +193,4 @@ def test_table3_pools_calibration_seeds_and_names_each_setting(tmp_path):
     one = row("fp", "fp16", "gptq", 3, 16, 42.0, accs, calib_seed=0, config={"w_bits": 3, "group_size": 128})
     no_tasks["cell_id"], one["cell_id"] = "n1", "n0"
     df = table3(load_run(run_dir(tmp_path / "b", [one, no_tasks], layout="bitnet_table3")), LAYOUTS["bitnet_table3"])
-    assert df.iloc[0]["WG"] == 50.0 and df.iloc[0]["PPL"].n == 2  # accuracy from the one seed that ran tasks
+    assert df.iloc[1]["WG"] == 50.0 and df.iloc[1]["PPL"].n == 2  # accuracy from the one seed that ran tasks

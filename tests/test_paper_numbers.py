@@ -9,8 +9,9 @@ from ptq_bench.report import render
 from ptq_bench.report.fmt import to_latex, to_markdown
 from ptq_bench.report.paper import PAPER_TABLE3, paper_b158
 
-# paper_tables.md §1, WBits | Method | ABits | PTQ | PPL | WG | WGe | HS | SC | Avg (the Random row has no PPL)
+# paper_tables.md §1, WBits | Method | ABits | PTQ | PPL | WG | WGe | HS | SC | Avg
 TABLE3 = """\
+– | Random | – | – | – | 50.0 | 50.0 | 25.0 | 50.0 | 43.8
 16 | Transformer (FP16) | 16 | no | 15.19 | 66.7 | 54.3 | 42.9 | 67.4 | 57.8
 8 | Absmax | 8 | yes | 21.43 | 60.4 | 52.0 | 38.3 | 62.7 | 53.4
 8 | SmoothQuant | 8 | yes | 15.67 | 65.3 | 53.1 | 40.9 | 67.6 | 56.7
@@ -54,7 +55,7 @@ def test_table3_paper_columns_print_the_papers_digits(tmp_path):
     """`paper PPL` showed the paper's 1032 as 1032.00 and 4.8e4 as 4.8e+04, its 66.7 as 66.70: digits the
     paper never printed."""
     paper = {(w, NAMES.get(m, m), a): vals for w, m, a, _, *vals in _cells(TABLE3)}
-    assert set(paper) == set(PAPER_TABLE3)
+    assert set(paper) == {*PAPER_TABLE3, ("–", "Random", "–")}
     rows = [row("fp", "fp16", "none", 16, 16, 20.0, []), row("fp", "fp16", "gptq", 2, 16, 30.0, []),
             row("fp", "fp16", "absmax", 4, 4, 40.0, [])]
     d = run_dir(tmp_path, rows, layout="bitnet_table3")
@@ -141,7 +142,7 @@ def test_table3_names_a_loaded_model_rather_than_passing_it_off_as_the_papers_tr
     render(d)
     lines = [ln for ln in (d / "paper_table.md").read_text(encoding="utf-8").splitlines() if ln.startswith("|")]
     head, _, *body = [[c.strip() for c in ln.strip("|").split("|")] for ln in lines]
-    assert head[0] == "Model" and [cells[0] for cells in body] == ["sm", "sm"]
+    assert head[0] == "Model" and [cells[0] for cells in body] == ["–", "sm", "sm"]  # the paper's Random row first
 
 
 def test_stability_table_says_what_final_loss_is(tmp_path):
@@ -172,3 +173,16 @@ def test_latex_tables_are_ascii_with_balanced_braces(tmp_path):
         tex = (d / "paper_table.tex").read_text(encoding="utf-8")
         assert tex.isascii(), (layout, sorted({c for c in tex if not c.isascii()}))
         assert tex.count("{") - tex.count("\\{") == tex.count("}") - tex.count("\\}"), layout
+
+
+def test_table3_lists_the_papers_random_row_and_its_row_order(tmp_path):
+    """Table 3 left out the paper's Random (chance) row, the line its near-chance accuracies are read against,
+    and put 4-bit GPTQ after Absmax and SmoothQuant W4A4 where the paper puts it first."""
+    rows = [row("fp", "fp16", "none", 16, 16, 20.0, []), row("fp", "fp16", "absmax", 4, 4, 40.0, []),
+            row("fp", "fp16", "smoothquant", 4, 4, 30.0, []), row("fp", "fp16", "gptq", 4, 16, 21.0, [])]
+    d = run_dir(tmp_path, rows, layout="bitnet_table3")
+    render(d)
+    lines = [ln for ln in (d / "paper_table.md").read_text(encoding="utf-8").splitlines() if ln.startswith("|")]
+    body = [[c.strip() for c in ln.strip("|").split("|")] for ln in lines[2:]]
+    assert [c[1] for c in body] == ["Random", "FP16", "GPTQ", "Absmax", "SmoothQuant"]
+    assert body[0][-5:] == ["50.0", "50.0", "25.0", "50.0", "43.8"] and set(body[0][4:11]) == {"–"}

@@ -35,7 +35,8 @@ def test_table3_layout_rows_columns_and_paper_numbers():
     df = table3(run_of(rows), LAYOUTS["bitnet_table3"])
     assert list(df.columns[:11]) == ["WBits", "Method", "ABits", "Setting", "PTQ", "PPL", "WG", "WGe", "HS", "SC",
                                      "Avg"]
-    assert list(df["Method"]) == ["FP16", "GPTQ", "Absmax", "BitNet b1"]  # bits descending, PTQ before native
+    # the paper's Random row, then bits descending, PTQ before native
+    assert list(df["Method"]) == ["Random", "FP16", "GPTQ", "Absmax", "BitNet b1"]
     fp = df[df["Method"] == "FP16"].iloc[0]
     assert math.isclose(fp["Avg"], 55.0) and fp["paper PPL"] == PAPER_TABLE3[("16", "FP16", "16")][0]
     assert fp["WG"] == pytest.approx(60.0) and fp["SC"] == pytest.approx(70.0)  # each column is its own task
@@ -351,7 +352,7 @@ def test_paper_tables_tell_models_apart_and_name_loaded_ones():
     rows = [row("fp16", "fp16", "none", 16, 16, 15.0, T3), row("wide", "fp16", "none", 16, 16, 14.0, T3),
             row("b1", "bitnet_b1", "none", 1, 8, 20.0, T3)]
     df = table3(run_of(rows), LAYOUTS["bitnet_table3"])
-    assert list(df["Model"]) == ["fp16", "wide", "b1"] and df.columns[0] == "Model"
+    assert list(df["Model"]) == [None, "fp16", "wide", "b1"] and df.columns[0] == "Model"  # None: the paper's Random
     assert "Model" not in table3(run_of(rows[::2]), LAYOUTS["bitnet_table3"]).columns  # one model per kind
     run = RunData(Path("."), rows[:2], manifest={"recipe": {"models": {"fp16": {"kind": "fp16"},
                                                                       "wide": {"source": "gpt2-folder"}}}})

@@ -57,6 +57,8 @@ PAPER_B158: dict[tuple[str, str], tuple[float, ...]] = {
     ("BitNet b1.58", "3.9B"): _quoted("2.38", "2.11", "9.62", "64.2", "28.7", "44.2", "63.5", "24.2", "73.2", "60.5",
                                       "51.2"),
 }
+PAPER_RANDOM = _quoted("50.0", "50.0", "25.0", "50.0", "43.8")  # Table 3's Random row: WG, WGe, HS, SC, Avg (no PPL)
+_PAPER_ORDER = {key: i for i, key in enumerate(PAPER_TABLE3)}  # the paper's row order within a bit width
 TABLE3_SOURCE = ("- `paper …` columns: BitNet (arXiv 2310.11453) Table 3, a 6.7B model, zero-shot, "
                  "matched by WBits, Method and ABits; its PPL is on the validation set of its own training corpus, "
                  "not the `PPL` protocol of this table: compare the shape, not the numbers.")
@@ -129,11 +131,21 @@ def table3(run: RunData, layout: Layout, with_paper: bool = True) -> pd.DataFram
                 rec[f"paper {col}"] = paper[i] if paper else None
         partial += _fewer_seeds(rec, measured)
         w = row.get("w_bits")
-        records.append((-float(w) if w is not None else 0.0, row.get("method") == "none", rec))
-    records.sort(key=lambda t: t[:2])  # bits descending, PTQ before native (stable within)
-    df = frame([rec for *_, rec in records])
+        order = _PAPER_ORDER.get((rec["WBits"], rec["Method"], rec["ABits"]), len(_PAPER_ORDER))
+        records.append((-float(w) if w is not None else 0.0, row.get("method") == "none", order, rec))
+    records.sort(key=lambda t: t[:3])  # bits descending, PTQ before native, then the paper's order (stable within)
+    recs = [rec for *_, rec in records]
+    df = frame([*([_random_row(recs[0], layout)] if with_paper and recs else []), *recs])
     df.attrs["notes"] = [*([TABLE3_SOURCE] if with_paper else []), *(_seed_notes(partial) if several else [])]
     return df
+
+
+def _random_row(template: dict[str, Any], layout: Layout) -> dict[str, Any]:
+    """The paper's first row, chance accuracy ("Random"): the paper's numbers only, every column of ours `–`."""
+    rec: dict[str, Any] = {**dict.fromkeys(template), "Method": "Random", "Setting": ""}
+    for col, value in zip([*labels(layout), "Avg"], PAPER_RANDOM):
+        rec[f"paper {col}"] = value
+    return rec
 
 
 def _fewer_seeds(rec: dict[str, Any], measured: list[dict[str, Any]]) -> list[str]:
