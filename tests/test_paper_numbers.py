@@ -186,3 +186,24 @@ def test_table3_lists_the_papers_random_row_and_its_row_order(tmp_path):
     body = [[c.strip() for c in ln.strip("|").split("|")] for ln in lines[2:]]
     assert [c[1] for c in body] == ["Random", "FP16", "GPTQ", "Absmax", "SmoothQuant"]
     assert body[0][-5:] == ["50.0", "50.0", "25.0", "50.0", "43.8"] and set(body[0][4:11]) == {"–"}
+
+
+def test_a_curve_with_a_damaged_peak_lr_or_diverged_flag_is_named_not_a_traceback(tmp_path):
+    """A curves/<model>.json whose `schedule.lr` was a string ended `ptq-bench report` in a TypeError (the
+    stability table sorts by it); a `diverged` of "false" printed `yes`. Both are damaged files: skipped, named."""
+    import subprocess
+    import sys
+
+    def curve(model, lr, diverged=False):
+        return {"model": model, "kind": "fp16", "diverged": diverged, "schedule": {"lr": lr},
+                "curve": [{"step": 1, "tokens": 1, "loss": 9.0}]}
+
+    rows = [row(m, "fp16", "none", 16, 16, 20.0, []) for m in ("a", "b", "c")]
+    d = run_dir(tmp_path, rows, layout="lr_stability",
+                curves=[curve("a", "1e-3"), curve("b", 0.01), curve("c", 0.02, diverged="false")])
+    out = subprocess.run([sys.executable, "-m", "ptq_bench.cli", "report", str(d)], capture_output=True, text=True,
+                         timeout=300)
+    assert out.returncode == 0 and "Traceback" not in out.stderr, out.stderr[-500:]
+    md = (d / "paper_table.md").read_text(encoding="utf-8")
+    assert "curves/a.json unreadable" in md and "curves/c.json unreadable" in md
+    assert [ln for ln in md.splitlines() if ln.startswith("| FP16")] == ["| FP16 | 0.01 | 9.00 | no | 20.00 |"]

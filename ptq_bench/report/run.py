@@ -81,6 +81,11 @@ def checked_curve(curve: Any) -> dict[str, Any]:
     if not isinstance(curve.get("model", ""), str) or not all(
             isinstance(curve.get(k) or {}, dict) for k in ("schedule", "trained_on")):
         raise ValueError("'model' is not a string or 'schedule' / 'trained_on' not an object")
+    lr = (curve.get("schedule") or {}).get("lr")
+    if lr is not None and (not isinstance(lr, (int, float)) or isinstance(lr, bool)):
+        raise ValueError("'schedule.lr' is not a number")  # the stability table sorts and prints it
+    if not isinstance(curve.get("diverged", False), bool):
+        raise ValueError("'diverged' is not true or false")
     points = curve.get("curve", [])
     if not isinstance(points, list) or not all(
             isinstance(p, dict) and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in p.values())
