@@ -46,11 +46,12 @@ def test_table3_layout_rows_columns_and_paper_numbers():
 
 def test_b158_table_sorted_by_size_with_memory():
     accs = [("arc_easy", "acc_norm", 0.5), ("winogrande", "acc", 0.5)]
-    rows = [row("l", "fp16", "none", 16, 16, 10.0, accs, n_params=3_000_000, wbytes=6_000_000),
+    rows = [row("l", "fp16", "none", 16, 16, 10.0, accs, n_params=1_100_000_000, wbytes=6_000_000),
             row("s", "bitnet_b158", "none", 1.58, 8, 12.0, accs, n_params=1_000_000, wbytes=500_000),
             row("s2", "fp16", "gptq", 4, 16, 11.0, accs)]
     df = b158_table(run_of(rows), LAYOUTS["bitnet_b158"])
     assert list(df["Model"]) == ["BitNet b1.58", "LLaMA"] and list(df["Mem (MB)"]) == [0.5, 6.0]
+    assert list(df["Size"]) == ["1.0M", "1.1B"]  # as the papers print sizes (a 1.1B model read 1100.0M)
     assert list(df.columns[4:12]) == ["ARCe", "ARCc", "HS", "BQ", "OQ", "PQ", "WGe", "Avg"]
     assert df["ARCe"].iloc[0] == 50.0 and df["ARCc"].iloc[0] is None  # not measured stays None
     assert df["Avg"].iloc[0] is None  # an average over fewer tasks than the paper's would mislead

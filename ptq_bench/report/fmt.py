@@ -79,6 +79,11 @@ def bits(b: Any) -> str | None:
     return str(int(b)) if float(b).is_integer() else str(b)
 
 
+def param_count(n: float) -> str:
+    """A parameter count as the papers print sizes: 3.3M, 700.0M, 1.3B (a 1.1B model read 1100.0M)."""
+    return f"{n / 1e9:.1f}B" if n >= 1e9 else f"{n / 1e6:.1f}M"
+
+
 def nonfinite_name(v: Any) -> str | None:
     """'nan' / 'inf' / '-inf' for a non-finite float, else None."""
     if isinstance(v, float) and not math.isfinite(v):

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from ptq_bench.kinds import DISPLAY_NAMES
 from ptq_bench.quant.configs import CATALOG, setting_label
-from ptq_bench.report.fmt import Quoted, bits, frame
+from ptq_bench.report.fmt import Quoted, bits, frame, param_count
 from ptq_bench.report.layouts import LAYOUTS
 from ptq_bench.report.run import RunData, mean, ppl, task_metric, versions
 from ptq_bench.report.spread import pool, setting
@@ -188,7 +188,7 @@ def b158_table(run: RunData, layout: Layout) -> pd.DataFrame:
         if kind == "fp16":  # trained here: the paper's LLaMA; a `source:` model may be any family: its own name
             name = str(row.get("model")) if _loaded(run, row.get("model")) else "LLaMA"
         rec: dict[str, Any] = {"Model": name,
-                               "Size": f"{size / 1e6:.1f}M" if size else row.get("model"),
+                               "Size": param_count(size) if size else row.get("model"),
                                "Mem (MB)": wbytes / 1e6 if wbytes is not None else None, "PPL": ppl(row),
                                **_accuracies(row, layout), **_diverged(row, rows), **versions(row, rows)}
         records.append((size or 0, rec["Model"], rec))

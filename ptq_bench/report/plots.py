@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ptq_bench.cache import removed_on_failure, temp_sibling
-from ptq_bench.report.fmt import md_cell, nonfinite_name
+from ptq_bench.report.fmt import md_cell, nonfinite_name, param_count
 from ptq_bench.report.run import RunData, first_protocol, metrics, ppl, ppl_keys, ran_on, shots
 from ptq_bench.report.tables import ACC_SUFFIXES, headline_metrics
 
@@ -294,7 +294,7 @@ def plot_scaling(run: RunData, df: pd.DataFrame, out: Path) -> list[Path]:
             art = marks.line(ax, [x for x, _, _ in pts], [y for _, y, _ in pts], marker="o", label=kind)
             for x, y, n in pts:
                 if x is not None and y is not None and _finite(x) and _finite(y):
-                    ax.annotate(f"{n / 1e6:.1f}M", (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7,
+                    ax.annotate(param_count(n), (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7,
                                 color=art.get_color())
         if logx:
             ax.set_xscale("log")
