@@ -269,8 +269,8 @@ def measure(recipe: Recipe, name: str, device: str, steps: int, warmup: int,
     conversion in a temporary folder)."""
     import torch
 
+    from ptq_bench.kinds import train_steps
     from ptq_bench.models.build import parameter_count
-    from ptq_bench.models.train import train_steps
 
     spec, t = recipe.models[name], recipe.train
     if device.startswith("cuda"):

@@ -52,6 +52,16 @@ NATIVE_BITS = {name: k.native_bits for name, k in KINDS.items()}
 DISPLAY_NAMES = {name: k.display for name, k in KINDS.items()}
 
 
+def train_steps(total_tokens: int, seq_len: int, batch_size: int) -> int:
+    """Optimizer steps of a training run (whole batches only)."""
+    return total_tokens // (seq_len * batch_size)
+
+
+def trained_tokens(total_tokens: int, seq_len: int, batch_size: int) -> int:
+    """The tokens a run of `total_tokens` trains on: its whole batches' (4,100 at 16 x 64 trains 4,096)."""
+    return train_steps(total_tokens, seq_len, batch_size) * seq_len * batch_size
+
+
 def get_kind(name: str) -> Kind:
     if name not in KINDS:
         raise ValueError(f"unknown model kind {short(name)} (known: {', '.join(KINDS)})")

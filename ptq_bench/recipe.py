@@ -24,7 +24,7 @@ from ptq_bench.config import ConfigError, bound, from_dict, load_yaml, short, to
 from ptq_bench.data import PPL_FILES, TRAIN_FILES
 from ptq_bench.errors import RecipeError
 from ptq_bench.eval.harness import BACKENDS, TASKS
-from ptq_bench.kinds import TRAINED_KINDS, schedule_keys
+from ptq_bench.kinds import TRAINED_KINDS, schedule_keys, train_steps
 from ptq_bench.models.arch import ArchConfig
 from ptq_bench.paths import check_component
 from ptq_bench.quant.configs import CATALOG, SEED_MAX
@@ -324,7 +324,7 @@ def check_warmup(recipe: Recipe) -> None:
     `lr_at`): past either, the LR never reaches the peak the rows name or stage two runs on stage one's warm-up."""
     trained = [(n, s.kind) for n, s in recipe.models.items() if s.source is None]
     t = recipe.train
-    steps, warmup = t.tokens // (t.seq_len * t.batch_size), t.warmup_steps
+    steps, warmup = train_steps(t.tokens, t.seq_len, t.batch_size), t.warmup_steps
     if trained and warmup >= steps:
         raise RecipeError(f"train.warmup_steps: {warmup} is not fewer than the {steps} training steps "
                           "(tokens // (seq_len * batch_size)): the LR would never leave its warm-up")

@@ -89,3 +89,11 @@ def test_a_training_text_shorter_than_one_window_is_one_line():
     with pytest.raises(DataError, match="training text has 64 tokens, fewer than train.seq_len \\+ 1 = 65"):
         train(model, PATTERN[:64], make_schedule("fp16"), total_tokens=64, seq_len=64, batch_size=1,
               warmup_steps=0, seed=0)
+
+
+def test_the_tokens_trained_are_whole_batches():
+    """The training log names the tokens trained, not the recipe's budget (it said 4,100 for 4,096)."""
+    from ptq_bench.kinds import train_steps, trained_tokens
+
+    assert (train_steps(4100, 64, 16), trained_tokens(4100, 64, 16)) == (4, 4096)
+    assert trained_tokens(40960, 64, 16) == 40960

@@ -21,7 +21,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ptq_bench.errors import DataError
-from ptq_bench.kinds import SCHEDULES, get_kind
+from ptq_bench.kinds import SCHEDULES, get_kind, train_steps
 
 
 @dataclass(frozen=True)
@@ -96,11 +96,6 @@ def make_optimizer(model: torch.nn.Module, schedule: Schedule) -> torch.optim.Ad
 def batch_windows(tokens: np.ndarray, idx: np.ndarray, seq_len: int) -> np.ndarray:
     """(len(idx), seq_len + 1) int64: window i of `tokens` for each i in idx (inputs plus the next token)."""
     return np.stack([tokens[i * seq_len : i * seq_len + seq_len + 1] for i in idx]).astype(np.int64)
-
-
-def train_steps(total_tokens: int, seq_len: int, batch_size: int) -> int:
-    """Optimizer steps of a training run (whole batches only)."""
-    return total_tokens // (seq_len * batch_size)
 
 
 def autocast_dtype(device_type: str) -> torch.dtype | None:
