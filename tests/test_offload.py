@@ -230,3 +230,37 @@ def test_without_a_config_dtype_the_stored_dtype_is_used_as_from_pretrained_does
     assert {p.dtype for p in model.parameters() if p.device.type != "meta"} == {torch.float16}
     with torch.no_grad(), streamed(model, DiskPlacement(tmp_path / "blocks", source=blocks)):
         assert torch.equal(model(IDS).logits, ref(IDS).logits)
+
+
+def _damage(ckpt: Path, how: str) -> None:
+    """One tensor of a sharded checkpoint made wrong as real downloads and hand edits make it."""
+    from safetensors.torch import load_file, save_file
+
+    index = ckpt / "model.safetensors.index.json"
+    where = json.loads(index.read_text())
+    key = "model.layers.1.post_attention_layernorm.weight"
+    shard = ckpt / where["weight_map"][key]
+    if how == "missing shard":
+        shard.unlink()
+        return
+    if how == "wrong shard":
+        where["weight_map"][key] = next(f for f in sorted(set(where["weight_map"].values())) if f != shard.name)
+        index.write_text(json.dumps(where))
+        return
+    state = load_file(shard)
+    state[key] = state[key][:1].clone() if how == "shape" else state[key].to(torch.int8)
+    save_file(state, shard, metadata={"format": "pt"})
+
+
+@pytest.mark.parametrize(("how", "message"), [("shape", r"has shape \[1\], the model's .* \[64\]"),
+                                              ("dtype", "stored as I8"), ("wrong shard", "lacks it"),
+                                              ("missing shard", "which is missing")])
+def test_a_damaged_sharded_checkpoint_is_refused_on_opening(tmp_path, how, message):
+    """from_pretrained refuses a tensor of another shape before loading; the lazy loader opened it, and a norm
+    of shape [1] then broadcast into rows no loaded model gives (a linear's: a traceback mid-run), an int8
+    tensor or one the index misplaced failed at its block's read, a missing shard as a bare FileNotFoundError."""
+    ckpt = saved("llama", tmp_path / "ckpt", max_shard_size="50KB")
+    assert (ckpt / "model.safetensors.index.json").is_file()
+    _damage(ckpt, how)
+    with pytest.raises(QuantError, match=message):
+        open_lazily(ckpt)

@@ -231,7 +231,40 @@ def _model_names(model: nn.Module, weight_map: dict[str, Path]) -> tuple[dict[st
     if extra := sorted(given - set(meta)):
         raise QuantError(f"checkpoint has {len(extra)} tensors the model does not (first: {extra[0]}); "
                          "load it in memory")
+    _check_stored(meta, files, converted)
     return files, converted
+
+
+def _check_stored(meta: dict[str, torch.Tensor], files: dict[str, tuple[Path, str]],
+                  converted: dict[str, Converted]) -> None:
+    """Every tensor is in the file the index names, and one stored as it is has the model's shape and a float
+    dtype where the model's is float, as `from_pretrained` checks before it loads anything; a block read later
+    would otherwise fail mid-run, or broadcast (a norm of shape [1]) into rows no loaded model gives."""
+    from safetensors import safe_open
+
+    by_file: dict[Path, list[tuple[str | None, str]]] = {}
+    for name, (file, key) in files.items():
+        by_file.setdefault(file, []).append((name, key))
+    for conv in converted.values():
+        for key, _, file in conv.sources:
+            by_file.setdefault(file, []).append((None, key))
+    for file, group in by_file.items():
+        if not file.is_file():
+            raise QuantError(f"{SAFETENSORS_INDEX} names {file.name}, which is missing: re-save or re-download the checkpoint")
+        with safe_open(str(file), "pt") as f:
+            keys = set(f.keys())
+            for name, key in group:
+                if key not in keys:
+                    raise QuantError(f"{SAFETENSORS_INDEX} places {key} in {file.name}, which lacks it: re-save the checkpoint")
+                if name is None:
+                    continue
+                stored, want = f.get_slice(key), meta[name]
+                if tuple(stored.get_shape()) != tuple(want.shape):
+                    raise QuantError(f"checkpoint tensor {key} has shape {list(stored.get_shape())}, the model's "
+                                     f"{name} {list(want.shape)} (config.json): re-save the checkpoint")
+                if want.is_floating_point() and not stored.get_dtype().startswith(("F", "BF")):
+                    raise QuantError(f"checkpoint tensor {key} is stored as {stored.get_dtype()}, the model's "
+                                     f"{name} is {want.dtype}: re-save the checkpoint")
 
 
 def _ignored_on_loading(model: nn.Module, unexpected: set[str]) -> set[str]:
