@@ -264,3 +264,18 @@ def test_a_damaged_sharded_checkpoint_is_refused_on_opening(tmp_path, how, messa
     _damage(ckpt, how)
     with pytest.raises(QuantError, match=message):
         open_lazily(ckpt)
+
+
+def test_a_single_file_beside_an_index_is_read_as_from_pretrained_reads_it(tmp_path):
+    """`from_pretrained` reads model.safetensors before an index; save_pretrained re-saving a sharded folder
+    unsharded leaves the old index there. Offload read the index: the old shards' model (other rows under the
+    same model), or, the shards removed, a refusal of a folder transformers loads."""
+    ckpt = saved("llama", tmp_path / "ckpt", max_shard_size="50KB")
+    old = {f.name: f.read_bytes() for f in ckpt.glob("model-*.safetensors")}
+    tiny_model("llama", seed=1).save_pretrained(ckpt)
+    assert (ckpt / "model.safetensors.index.json").is_file() and (ckpt / "model.safetensors").is_file()
+    for name, data in old.items():  # the old shards too, as a folder holding both layouts has them
+        (ckpt / name).write_bytes(data)
+    model, blocks = open_lazily(ckpt)
+    with torch.no_grad(), streamed(model, DiskPlacement(tmp_path / "blocks", source=blocks)):
+        assert torch.equal(model(IDS).logits, reference(ckpt)(IDS).logits)

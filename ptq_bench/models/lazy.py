@@ -59,13 +59,13 @@ def _parameters_on_meta() -> Iterator[None]:
 
 
 def _weight_map(folder: Path) -> dict[str, Path]:
-    """Checkpoint tensor name -> its safetensors file (a single file, or the sharded index)."""
+    """Checkpoint tensor name -> its safetensors file: the single file where there is one, else the sharded
+    index, in `from_pretrained`'s order (a folder re-saved unsharded keeps the old index beside the file)."""
     from safetensors import safe_open
 
-    index = folder / SAFETENSORS_INDEX
-    if index.is_file():
+    index, single = folder / SAFETENSORS_INDEX, folder / SAFETENSORS_FILE
+    if not single.is_file() and index.is_file():
         return {k: folder / f for k, f in json.loads(index.read_text())["weight_map"].items()}
-    single = folder / SAFETENSORS_FILE
     if not single.is_file():
         raise QuantError(f"{folder}: no {SAFETENSORS_FILE} or {SAFETENSORS_INDEX}; offloaded loading "
                          "reads safetensors checkpoints only")
