@@ -287,15 +287,17 @@ def _tied_names(model: nn.Module) -> dict[str, list[str]]:
 
 
 def _fill_outside_blocks(model: nn.Module, blocks: CheckpointBlocks) -> None:
-    """Every parameter outside the blocks and every persistent buffer, read (tied names share one Parameter)."""
+    """Every parameter outside the blocks and every persistent buffer, read (tied names share one Parameter,
+    unless the checkpoint stores them with different values: `from_pretrained` then unties them)."""
     prefix = blocks.blocks + "."
     tied = _tied_names(model)
     params = {n for n, _ in model.named_parameters(remove_duplicate=False)}
     wanted = [n for n in blocks.names() if n not in params or not n.startswith(prefix)]  # buffers anywhere
-    for name, t in blocks.read(wanted).items():
+    got = blocks.read(wanted)
+    for name, t in got.items():
         if name in params:
             p = nn.Parameter(t, requires_grad=False)
-            for n in [name, *tied.get(name, [])]:
+            for n in [name, *(o for o in tied.get(name, []) if o not in got or torch.equal(got[o], t))]:
                 module, leaf = _owner(model, n)
                 module._parameters[leaf] = p
         else:
