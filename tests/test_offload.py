@@ -299,3 +299,18 @@ def test_tied_names_stored_with_different_values_are_untied_as_from_pretrained_u
     assert torch.equal(lazy.lm_head.weight, head)
     with torch.no_grad(), streamed(lazy, DiskPlacement(tmp_path / "blocks", source=blocks)):
         assert torch.equal(lazy(IDS).logits, reference(ckpt)(IDS).logits)
+
+
+def test_an_expert_of_another_shape_is_refused_on_opening(tmp_path):
+    """Mixtral stores one tensor per expert, which transformers' converter stacks: from_pretrained refuses an
+    expert of another shape (one line through `ptq-bench run`); offload opened the folder and raised the
+    converter's RuntimeError as a traceback when the block was first read."""
+    from safetensors.torch import load_file, save_file
+
+    ckpt = saved("mixtral", tmp_path / "ckpt")
+    state = load_file(ckpt / "model.safetensors")
+    key = "model.layers.1.block_sparse_moe.experts.2.w1.weight"
+    state[key] = state[key][:-1].clone()
+    save_file(state, ckpt / "model.safetensors", metadata={"format": "pt"})
+    with pytest.raises(QuantError, match="experts.gate_up_proj cannot be converted as transformers converts"):
+        open_lazily(ckpt)

@@ -231,17 +231,41 @@ def _model_names(model: nn.Module, weight_map: dict[str, Path]) -> tuple[dict[st
     if extra := sorted(given - set(meta)):
         raise QuantError(f"checkpoint has {len(extra)} tensors the model does not (first: {extra[0]}); "
                          "load it in memory")
-    _check_stored(meta, files, converted)
+    headers = _check_stored(meta, files, converted)
+    _check_converted(model, meta, converted, headers)
     return files, converted
 
 
+def _check_converted(model: nn.Module, meta: dict[str, torch.Tensor], converted: dict[str, Converted],
+                     headers: dict[str, tuple[list[int], str]]) -> None:
+    """transformers' conversions run on `meta` tensors of the stored shapes: experts of another shape than the
+    others (which `from_pretrained` refuses) are an error now, not a traceback when their block is read."""
+    for conv in converted.values():
+        converter = copy.deepcopy(conv.converter)
+        for key, pattern, _ in conv.sources:
+            shape, dtype = headers[key][0], SAFETENSORS_DTYPES.get(headers[key][1], torch.float32)
+            converter.add_tensor(conv.first, key, pattern, torch.empty(shape, dtype=dtype, device="meta"))
+        try:
+            made = converter.convert(conv.first, model=model, config=model.config)
+        except RuntimeError as e:
+            raise QuantError(f"checkpoint tensors of {conv.first} cannot be converted as transformers converts "
+                             f"them: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+        for name, t in made.items():
+            t = t[0] if isinstance(t, list) else t
+            if name in meta and tuple(t.shape) != tuple(meta[name].shape):
+                raise QuantError(f"checkpoint tensors of {name} give shape {list(t.shape)}, the model's is "
+                                 f"{list(meta[name].shape)} (config.json): re-save the checkpoint")
+
+
 def _check_stored(meta: dict[str, torch.Tensor], files: dict[str, tuple[Path, str]],
-                  converted: dict[str, Converted]) -> None:
+                  converted: dict[str, Converted]) -> dict[str, tuple[list[int], str]]:
     """Every tensor is in the file the index names, and one stored as it is has the model's shape and a float
     dtype where the model's is float, as `from_pretrained` checks before it loads anything; a block read later
-    would otherwise fail mid-run, or broadcast (a norm of shape [1]) into rows no loaded model gives."""
+    would otherwise fail mid-run, or broadcast (a norm of shape [1]) into rows no loaded model gives.
+    Returns checkpoint key -> (stored shape, safetensors dtype)."""
     from safetensors import safe_open
 
+    headers: dict[str, tuple[list[int], str]] = {}
     by_file: dict[Path, list[tuple[str | None, str]]] = {}
     for name, (file, key) in files.items():
         by_file.setdefault(file, []).append((name, key))
@@ -256,15 +280,18 @@ def _check_stored(meta: dict[str, torch.Tensor], files: dict[str, tuple[Path, st
             for name, key in group:
                 if key not in keys:
                     raise QuantError(f"{SAFETENSORS_INDEX} places {key} in {file.name}, which lacks it: re-save the checkpoint")
+                stored = f.get_slice(key)
+                headers[key] = (stored.get_shape(), stored.get_dtype())
                 if name is None:
                     continue
-                stored, want = f.get_slice(key), meta[name]
+                want = meta[name]
                 if tuple(stored.get_shape()) != tuple(want.shape):
                     raise QuantError(f"checkpoint tensor {key} has shape {list(stored.get_shape())}, the model's "
                                      f"{name} {list(want.shape)} (config.json): re-save the checkpoint")
                 if want.is_floating_point() and not stored.get_dtype().startswith(("F", "BF")):
                     raise QuantError(f"checkpoint tensor {key} is stored as {stored.get_dtype()}, the model's "
                                      f"{name} is {want.dtype}: re-save the checkpoint")
+    return headers
 
 
 def _ignored_on_loading(model: nn.Module, unexpected: set[str]) -> set[str]:
