@@ -32,6 +32,7 @@ import shutil
 import signal
 import socket
 import tempfile
+import threading
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
@@ -216,11 +217,16 @@ def connect(address: str | None) -> bool:
     if ray.is_initialized():
         return False
     refuse_unreachable(address or os.environ.get("RAY_ADDRESS"))
+    main_thread = threading.current_thread() is threading.main_thread()
+    before = signal.getsignal(signal.SIGTERM) if main_thread else None
     try:
         ray.init(address=address, log_to_driver=True)
     except (ConnectionError, ValueError, RuntimeError, ray.exceptions.RayError) as exc:
         raise PtqBenchError(f"executor.address: cannot connect to Ray at {address or '$RAY_ADDRESS'} "
                             f"({type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''})") from None
+    finally:  # ray.init puts sys.exit(15) on SIGTERM, which left a SIGTERMed run's invocation open, unrecorded
+        if main_thread and before is not None:
+            signal.signal(signal.SIGTERM, before)  # the CLI's: stopped as Ctrl-C stops it, recorded
     return True
 
 
