@@ -329,9 +329,9 @@ def drive(sw: Sweep, job: Job, ex: ExecutorSpec) -> None:
             what, item = pending.pop(ref)
             collect(sw, what, item, ref)
     finally:
-        for ref in pending:  # interrupted: stop what is still queued or running
-            with suppress(Exception):  # never mask the interruption itself
-                ray.cancel(ref, force=True)
+        for ref in pending:  # interrupted: stop what is still queued or running (KeyboardInterrupt in a
+            with suppress(Exception):  # running task; force=True crashed this process in Ray's core worker)
+                ray.cancel(ref, force=False)  # never mask the interruption itself
 
 
 def collect(sw: Sweep, what: str, item: Any, ref: Any) -> None:

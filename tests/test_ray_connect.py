@@ -35,3 +35,29 @@ def test_connect_keeps_the_callers_sigterm_handler(monkeypatch):
     finally:
         signal.signal(signal.SIGTERM, before)
 
+
+def test_a_stopped_drive_cancels_its_tasks_without_force(monkeypatch):
+    """A forced `ray.cancel` of tasks in flight when the driver was stopped crashed it inside Ray's core
+    worker (`task_manager.cc: Check failed: Tried to complete task that was not pending`, exit 1, after the
+    invocation was closed but before the interruption's message): 2 of 2 SIGTERMed smoke runs against a
+    `ray start` head, none of 2 without force. Without force Ray raises KeyboardInterrupt in a running task."""
+    from types import SimpleNamespace
+
+    cancelled: list[dict] = []
+
+    class Task:
+        def remote(self, *_args):
+            return object()
+
+    def stopped(*_args, **_kw):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(executors, "_remote", lambda fn, ex: Task())
+    monkeypatch.setattr(ray, "wait", stopped)
+    monkeypatch.setattr(ray, "cancel", lambda ref, **kw: cancelled.append(kw))
+    sw = SimpleNamespace(todo=[SimpleNamespace(model="a"), SimpleNamespace(model="a")])
+    try:
+        executors.drive(sw, None, None)
+    except KeyboardInterrupt:
+        pass
+    assert len(cancelled) == 3 and all(not kw.get("force", False) for kw in cancelled), cancelled
