@@ -217,6 +217,7 @@ def connect(address: str | None) -> bool:
     if ray.is_initialized():
         return False
     refuse_unreachable(address or os.environ.get("RAY_ADDRESS"))
+    token_auth_if_token()
     main_thread = threading.current_thread() is threading.main_thread()
     before = signal.getsignal(signal.SIGTERM) if main_thread else None
     try:
@@ -228,6 +229,14 @@ def connect(address: str | None) -> bool:
         if main_thread and before is not None:
             signal.signal(signal.SIGTERM, before)  # the CLI's: stopped as Ctrl-C stops it, recorded
     return True
+
+
+def token_auth_if_token() -> None:
+    """Token auth when a token is at hand and $RAY_AUTH_MODE is unset, as `ray.init` does only for a cluster it
+    finds itself: given an address, it sent none to a `ray start` head (token auth by default) and retried 20 s."""
+    from ray._private.authentication import authentication_token_setup as auth
+
+    auth.maybe_enable_token_auth_if_token_available(warn_if_disabled=False)  # a head without auth takes one too
 
 
 CONNECT_TIMEOUT_S = 10.0  # a Ray head that does not accept a TCP connection in this long is taken as absent

@@ -7,6 +7,7 @@ printed nothing. The CLI's handler, which stops a run as Ctrl-C does, must survi
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
 
@@ -61,3 +62,23 @@ def test_a_stopped_drive_cancels_its_tasks_without_force(monkeypatch):
     except KeyboardInterrupt:
         pass
     assert len(cancelled) == 3 and all(not kw.get("force", False) for kw in cancelled), cancelled
+
+
+def test_an_address_with_a_token_at_hand_connects_with_it(monkeypatch):
+    """`ray start --head` turns token authentication on; `ray.init(address=...)` does not, with $RAY_AUTH_MODE
+    unset, and `--address HEAD:6379` retried "InvalidAuthToken" for 20 s, then "cannot connect", although the
+    head's token was in ~/.ray/auth_token (the cluster how-to's step)."""
+    from ray._raylet import Config
+
+    seen: list[str | None] = []
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(ray, "init", lambda **_kw: seen.append(os.environ.get("RAY_AUTH_MODE")))
+    monkeypatch.setattr(executors, "refuse_unreachable", lambda address: None)
+    monkeypatch.delenv("RAY_AUTH_MODE", raising=False)
+    monkeypatch.setenv("RAY_AUTH_TOKEN", "0123456789abcdef" * 4)
+    try:
+        executors.connect("10.0.0.1:6379")
+    finally:
+        os.environ.pop("RAY_AUTH_MODE", None)
+        Config.initialize("")  # this process's Ray config as it was
+    assert seen == ["token"]
