@@ -144,8 +144,13 @@ def provenance(manifest: dict[str, Any]) -> str:
     hw = inv[-1].get("hardware", {})
     kernels = f", {hw['cpu_capability']} kernels" if hw.get("cpu_capability") else ""
     device = hw.get("gpu") or f"CPU, {hw.get('cpu_count')} cores{kernels}"
+    where = f"{device} ({hw.get('platform', '?')})"
+    ex = inv[-1].get("executor")
+    workers = ex.get("workers") if isinstance(ex, dict) and ex.get("kind") == "ray" else None
+    if workers:  # the cells ran on the workers, not on the driver's host (none: no cell ran on Ray)
+        where = f"Ray workers ({', '.join(map(str, workers))}); driver on {where}"
     wall = sum(i.get("wall_s", 0) for i in inv)
-    return (f"- Ran on {device} ({hw.get('platform', '?')}); wall time {wall / 60:.1f} min over {len(inv)} "
+    return (f"- Ran on {where}; wall time {wall / 60:.1f} min over {len(inv)} "
             f"invocation(s){_ends(inv)}; recipe hash {manifest.get('recipe_hash')}, git {inv[-1].get('git')}.")
 
 
