@@ -371,13 +371,13 @@ def store(sw: Sweep, cell: Cell, out: Any) -> None:
     if row.cell_id != cell_id(cell, sw.keys[cell.model], sw.ctx.recipe.dtype):
         return fail(sw, cell, f"the task returned the row of another cell ({row.model} {row.label})")
     reported = {k: Reported(v) for k, v in out["eval"].items()}  # the latest, as a local run keeps the last
-    if any(sw.evaluators.get(k) != v for k, v in reported.items()):
+    workers = sw.manifest["invocations"][-1]["executor"]["workers"]
+    workers += [out.get("worker")] * (new := out.get("worker") not in workers)  # on disk before its row
+    if changed := any(sw.evaluators.get(k) != v for k, v in reported.items()):
         sw.evaluators.update(reported)  # type: ignore[arg-type]
         _record_eval(sw)
+    if new or changed:
         write_manifest(sw.out, sw.manifest)
-    workers = sw.manifest["invocations"][-1]["executor"]["workers"]
-    if out.get("worker") not in workers:
-        workers.append(out.get("worker"))
     sw.store(row)  # this process's sw has no sink: the row is appended
 
 

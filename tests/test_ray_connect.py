@@ -82,3 +82,25 @@ def test_an_address_with_a_token_at_hand_connects_with_it(monkeypatch):
         os.environ.pop("RAY_AUTH_MODE", None)
         Config.initialize("")  # this process's Ray config as it was
     assert seen == ["token"]
+
+
+def test_a_rows_worker_is_in_the_manifest_before_the_row(monkeypatch, tmp_path):
+    """The driver wrote the manifest (on a new evaluator provenance) before adding the row's worker to
+    `executor.workers`, and not at all for a new worker: a SIGKILLed driver left rows whose workers the
+    manifest did not name (a SIGTERMed smoke run's first row: `"workers": []`)."""
+    import copy
+    from types import SimpleNamespace
+
+    on_disk: list[dict] = []
+    monkeypatch.setattr(executors.Row, "from_dict", lambda d: SimpleNamespace(cell_id="id", model="m", label="l"))
+    monkeypatch.setattr(executors, "cell_id", lambda *a: "id")
+    monkeypatch.setattr(executors, "_record_eval", lambda sw: None)
+    monkeypatch.setattr(executors, "write_manifest", lambda out, m: on_disk.append(copy.deepcopy(m)))
+    manifest = {"invocations": [{"executor": {"workers": []}}]}
+    sw = SimpleNamespace(out=tmp_path, keys={"m": "k"}, ctx=SimpleNamespace(recipe=SimpleNamespace(dtype="auto")),
+                         evaluators={}, manifest=manifest, failed=[])
+    sw.store = lambda row: sw.failed.append(on_disk[-1]["invocations"][-1]["executor"]["workers"] if on_disk else [])
+    cell = SimpleNamespace(model="m", label="l")
+    for worker in ("a cpu torch_threads=1", "b cpu torch_threads=1"):
+        executors.store(sw, cell, {"row": {}, "eval": {"tok": {"v": 1}}, "worker": worker})
+    assert sw.failed == [["a cpu torch_threads=1"], ["a cpu torch_threads=1", "b cpu torch_threads=1"]]
