@@ -20,9 +20,8 @@ retries, is logged and listed in the manifest's invocation (`failed`), its row i
 exits non-zero once the other cells are done. Nothing a task computed reaches the store except
 through the driver, whole.
 
-The cache folder must be one folder every worker sees at the same path (on a cluster: a shared
-filesystem with working file locks); a worker that does not see the driver's marker in it refuses.
-Ray is imported only here, inside functions.
+The cache folder must be one folder every worker sees at the same path (on a cluster: a shared filesystem with
+file locks); a worker not seeing the driver's marker in it refuses. Ray is imported here only, in functions.
 """
 
 from __future__ import annotations
@@ -233,10 +232,11 @@ def connect(address: str | None) -> bool:
 
 def token_auth_if_token() -> None:
     """Token auth when a token is at hand and $RAY_AUTH_MODE is unset, as `ray.init` does only for a cluster it
-    finds itself: given an address, it sent none to a `ray start` head (token auth by default) and retried 20 s."""
-    from ray._private.authentication import authentication_token_setup as auth
+    finds itself: given an address it sent none to a `ray start` head (token auth by default), retrying 20 s."""
+    with suppress(ImportError):  # Ray 2.60's private module: a Ray without it connects as it did before
+        from ray._private.authentication import authentication_token_setup as auth
 
-    auth.maybe_enable_token_auth_if_token_available(warn_if_disabled=False)  # a head without auth takes one too
+        auth.maybe_enable_token_auth_if_token_available(warn_if_disabled=False)  # a head without auth takes one
 
 
 CONNECT_TIMEOUT_S = 10.0  # a Ray head that does not accept a TCP connection in this long is taken as absent
