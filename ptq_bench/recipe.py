@@ -218,6 +218,9 @@ def _read_yaml(path: Path) -> Any:
     """The parsed recipe file; unreadable, oversized, non-UTF-8 or malformed YAML is a RecipeError."""
     where = short(str(path), 120)[1:-1]
     try:
+        if path.is_dir():  # `run runs/x`: a results folder (or `recipes/`) given where a recipe file goes
+            hint = f": `ptq-bench report {where}` re-renders that results folder" if (path / "results.jsonl").is_file() else ""
+            raise RecipeError(f"{where} is a folder, not a recipe file{hint}")
         if not path.is_file():
             raise RecipeError(f"recipe file not found: {where}")
         if path.stat().st_size > MAX_FILE_BYTES:

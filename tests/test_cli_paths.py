@@ -1,0 +1,22 @@
+"""A path of the wrong kind given to a command: one line naming what it is and what the command takes."""
+
+from __future__ import annotations
+
+import pytest
+
+from ptq_bench.cli import main
+
+
+@pytest.mark.parametrize("command", ["validate", "run", "estimate"])
+def test_folder_given_as_recipe(tmp_path, capsys, command):
+    run_dir = tmp_path / "runs" / "smoke"
+    run_dir.mkdir(parents=True)
+    (run_dir / "results.jsonl").write_text("")
+    assert main([command, str(run_dir)]) == 2
+    err = capsys.readouterr().err
+    assert "is a folder, not a recipe file" in err and f"ptq-bench report {run_dir}" in err
+    assert "not found" not in err and len(err.strip().splitlines()) == 1
+    assert main([command, str(tmp_path)]) == 2  # a plain folder (`recipes/`): no report hint
+    err = capsys.readouterr().err
+    assert "is a folder, not a recipe file" in err and "report" not in err
+    assert sorted(p.name for p in run_dir.iterdir()) == ["results.jsonl"]
