@@ -20,3 +20,19 @@ def test_folder_given_as_recipe(tmp_path, capsys, command):
     err = capsys.readouterr().err
     assert "is a folder, not a recipe file" in err and "report" not in err
     assert sorted(p.name for p in run_dir.iterdir()) == ["results.jsonl"]
+
+
+def test_report_of_a_file_or_a_folder_of_runs(tmp_path, capsys):
+    recipe = tmp_path / "smoke.yaml"
+    recipe.write_text("name: smoke\n")
+    assert main(["report", str(recipe)]) == 2  # a recipe given to report
+    err = capsys.readouterr().err
+    assert f"{recipe} is a file, not a results folder" in err and "smoke.yaml/results.jsonl" not in err
+    runs = tmp_path / "runs"
+    (runs / "a").mkdir(parents=True)
+    (runs / "a" / "results.jsonl").write_text("")
+    assert main(["report", str(runs / "a" / "results.jsonl")]) == 2  # the store file, not its folder
+    assert f"its folder is `ptq-bench report {runs / 'a'}`" in capsys.readouterr().err
+    assert main(["report", str(runs)]) == 2  # the parent of the run folders
+    assert f"results folders inside it: {runs / 'a'}" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["a", "results.jsonl", "runs", "smoke.yaml"]

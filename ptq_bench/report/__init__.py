@@ -19,5 +19,16 @@ def render(run_dir: str | Path) -> list[Path]:
 
     run_dir = Path(run_dir)
     if not (run_dir / RESULTS).is_file():
-        raise PtqBenchError(f"no results found: {run_dir / RESULTS}")
+        raise PtqBenchError(_not_a_run_dir(run_dir, RESULTS))
     return render_run(load_run(run_dir))
+
+
+def _not_a_run_dir(run_dir: Path, results: str) -> str:
+    """Why `run_dir` is not a results folder, and which path was meant where that can be told."""
+    if run_dir.is_file():
+        meant = f"; its folder is `ptq-bench report {run_dir.parent}`" if run_dir.name == results else ""
+        return f"{run_dir} is a file, not a results folder (report takes the output_dir a run wrote){meant}"
+    inner = sorted(str(d.parent) for d in run_dir.glob(f"*/{results}"))[:5] if run_dir.is_dir() else []
+    if inner:
+        return f"no results found: {run_dir / results}; results folders inside it: {', '.join(inner)}"
+    return f"no results found: {run_dir / results}"
