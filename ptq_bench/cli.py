@@ -32,7 +32,7 @@ def _run(args: argparse.Namespace) -> int:
     from ptq_bench.recipe import load_recipe
 
     recipe = _with_executor(load_recipe(args.recipe), args)
-    if args.output_dir:
+    if args.output_dir is not None:
         import dataclasses
 
         recipe = dataclasses.replace(recipe, output_dir=args.output_dir)
@@ -101,6 +101,13 @@ def _at_least(low: float, kind: type = int) -> Any:
     return parse
 
 
+def _nonempty(text: str) -> str:
+    """An argparse type: a path that is not empty (`--output-dir "$UNSET"` must not fall back to the recipe's)."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("empty; give a folder, or leave the option out for the recipe's output_dir")
+    return text
+
+
 def _report(args: argparse.Namespace) -> int:
     from ptq_bench.report import render
 
@@ -163,7 +170,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
     r = sub.add_parser("run", help="train or load models, quantize, evaluate and report a recipe")
     r.add_argument("recipe", help="recipe YAML file")
-    r.add_argument("--output-dir", help="results folder (overrides the recipe's output_dir)")
+    r.add_argument("--output-dir", type=_nonempty, help="results folder (overrides the recipe's output_dir)")
     r.add_argument("--executor", help="where cells run (overrides executor.kind): local (this process) or ray "
                                       "(Ray tasks, docs/cluster.md)")
     r.add_argument("--address", help="Ray cluster address, e.g. HEAD_IP:6379 (overrides executor.address)")

@@ -36,3 +36,14 @@ def test_report_of_a_file_or_a_folder_of_runs(tmp_path, capsys):
     assert main(["report", str(runs)]) == 2  # the parent of the run folders
     assert f"results folders inside it: {runs / 'a'}" in capsys.readouterr().err
     assert sorted(p.name for p in tmp_path.rglob("*")) == ["a", "results.jsonl", "runs", "smoke.yaml"]
+
+
+def test_empty_output_dir_is_refused(tmp_path, capsys, monkeypatch):
+    """`--output-dir "$OUT"` with OUT unset: not silently the recipe's output_dir (another run's folder)."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "r.yaml").write_text("name: r\nmodels: {m: {kind: fp16}}\n")
+    with pytest.raises(SystemExit) as exc:
+        main(["run", "r.yaml", "--output-dir", ""])
+    assert exc.value.code == 2
+    assert "argument --output-dir: empty" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["r.yaml"]
