@@ -122,3 +122,9 @@ def test_per_tensor_activation_rows_score_each_window_on_its_own():
     assert gptq_perplexity(model, ids, 32, batch_size=4, progress=False)["ppl"] == one
     ref = build_reference(base, ids, "wikitext2", 32, batch_size=4)
     assert compare(ref, model, batch_size=4) == compare(ref, model, batch_size=1)
+
+
+def test_no_progress_bar_in_a_log(capfd):
+    """stderr not a terminal: the cell's log line says it all (as the sweep's own `cells` bar)."""
+    gptq_perplexity(Bigram(11), torch.arange(200) % 11, seqlen=8, batch_size=1, progress=True)
+    assert "batch/s" not in capfd.readouterr().err

@@ -97,3 +97,11 @@ def test_the_tokens_trained_are_whole_batches():
 
     assert (train_steps(4100, 64, 16), trained_tokens(4100, 64, 16)) == (4, 4096)
     assert trained_tokens(40960, 64, 16) == 40960
+
+
+def test_no_progress_bar_flood_in_a_log(capfd):
+    """stderr not a terminal (a log, a Ray worker): not a \\r-joined bar update ten times a second."""
+    model = build_model("fp16", ARCH, 128, seed=0)
+    train(model, PATTERN, make_schedule("fp16"), total_tokens=300 * 4 * 32, seq_len=32, batch_size=4,
+          warmup_steps=1, seed=0, log_every=100)
+    assert capfd.readouterr().err.count("step/s") <= 2

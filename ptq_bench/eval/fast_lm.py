@@ -228,7 +228,7 @@ class FastLM(HFLM):
     def _run(self, n_requests: int, shared: list[_Group], plain: list, quiet: bool) -> list[tuple[float, bool]]:
         results: list = [None] * n_requests
         self.n_forward = 0
-        bar = tqdm(total=n_requests, desc=f"FastLM ({self.mode})", unit="req", disable=quiet)
+        bar = tqdm(total=n_requests, desc=f"FastLM ({self.mode})", unit="req", disable=quiet or None)  # None: tty only
         # plain rows: deduplicated, longest first (as HFLM sorts)
         rows: dict[tuple, int] = {}
         picks = [_Pick(i, rows.setdefault(tuple(s), len(rows)), cont) for i, s, cont in plain]

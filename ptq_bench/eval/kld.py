@@ -78,7 +78,8 @@ class BaseReference:
 
 
 def _batches(wins: torch.Tensor, batch_size: int, desc: str, progress: bool) -> range:
-    return tqdm(range(0, len(wins), batch_size), desc=desc, unit="batch", disable=not progress)
+    return tqdm(range(0, len(wins), batch_size), desc=desc, unit="batch",
+                disable=None if progress else True)  # None: no bar in a log (stderr not a tty)
 
 
 def _logits(model: torch.nn.Module, batch: torch.Tensor) -> torch.Tensor:

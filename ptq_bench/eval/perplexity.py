@@ -72,7 +72,8 @@ def gptq_perplexity(
     device = next(model.parameters()).device
     batch_size = window_batch(model, batch_size)
     total, count = 0.0, 0
-    for start in tqdm(range(0, len(wins), batch_size), desc=f"ppl seq{seqlen}", unit="batch", disable=not progress):
+    for start in tqdm(range(0, len(wins), batch_size), desc=f"ppl seq{seqlen}", unit="batch",
+                      disable=None if progress else True):  # None: no bar in a log (stderr not a tty)
         batch = wins[start:start + batch_size].to(device)  # (B, seqlen)
         logits = model(batch).logits[:, :-1, :].float()  # (B, seqlen - 1, vocab): position t predicts t + 1
         nll = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), batch[:, 1:].reshape(-1), reduction="none")

@@ -13,6 +13,7 @@ weights left by the last update (`diverged_at` = that last step, whose update no
 from __future__ import annotations
 
 import math
+import sys
 import time
 from dataclasses import dataclass, field
 
@@ -158,7 +159,9 @@ def train(
     model.train()
     result = TrainResult(steps=0, tokens=0, seconds=0.0)
     t0 = time.perf_counter()
-    bar = tqdm(range(steps), desc=desc, unit="step", leave=False, dynamic_ncols=True)
+    # in a log (stderr not a tty) one update per 30 s, not a \r-joined line of ten a second for the whole run
+    bar = tqdm(range(steps), desc=desc, unit="step", leave=False, dynamic_ncols=True,
+               mininterval=0.1 if sys.stderr.isatty() else 30.0)
     for step in bar:
         lr, wd = lr_at(schedule, step, steps, warmup_steps)
         opt.param_groups[0]["lr"] = opt.param_groups[1]["lr"] = lr
@@ -173,7 +176,7 @@ def train(
         update(model, opt, loss, grad_clip)
         if step % log_every == 0 or step == steps - 1:
             result.curve.append({"step": step, "tokens": (step + 1) * seq_len * batch_size, "loss": value, "lr": lr})
-            bar.set_postfix(loss=f"{value:.3f}", lr=f"{lr:.2e}")
+            bar.set_postfix(loss=f"{value:.3f}", lr=f"{lr:.2e}", refresh=False)  # shown at the next update
         result.steps = step + 1
     bar.close()
     if not result.diverged and not weights_finite(model):  # the last update went non-finite: no loss saw it
