@@ -91,3 +91,18 @@ def check_paths(recipe: Any, data_dir: Path | None) -> None:
 
     if (out / RESULTS).is_file() and not os.access(out / RESULTS, os.W_OK):  # else refused after its first cell
         raise RecipeError(f"output_dir: {RESULTS} is not writable (in {short(str(out))})")
+    _refuse_foreign_derived(out)
+
+
+def _refuse_foreign_derived(out: Path) -> None:
+    """A folder that is not a results folder (no results.jsonl, no manifest) but holds a file named as a report's
+    (table.md, a plot): the run would overwrite it, and its report remove the ones it does not write."""
+    from ptq_bench.report.layouts import derived_files
+    from ptq_bench.results import MANIFEST, RESULTS
+
+    if not out.is_dir() or (out / RESULTS).exists() or (out / MANIFEST).exists():
+        return
+    found = [name for name in derived_files() if (out / name).exists()]
+    if found:
+        raise RecipeError(f"output_dir: {short(str(out))} is not a results folder but holds {', '.join(found[:3])}, "
+                          "which a run would overwrite or remove; give a new or empty folder")

@@ -47,3 +47,28 @@ def test_empty_output_dir_is_refused(tmp_path, capsys, monkeypatch):
     assert exc.value.code == 2
     assert "argument --output-dir: empty" in capsys.readouterr().err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["r.yaml"]
+
+
+def test_a_foreign_folder_holding_a_report_name_is_refused(tmp_path, capsys):
+    """`--output-dir docs/`: the user's table.md would be overwritten and paper_table.md removed by the report."""
+    from pathlib import Path
+
+    from ptq_bench.paths import check_paths
+    from ptq_bench.recipe import load_recipe
+
+    recipe = str(Path(__file__).resolve().parents[1] / "recipes" / "smoke.yaml")
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    for name in ("notes.txt", "table.md", "paper_table.md"):
+        (mine / name).write_text(f"my {name}\n")
+    assert main(["run", recipe, "--output-dir", str(mine), "--executor", "local"]) == 2
+    err = capsys.readouterr().err
+    assert "is not a results folder but holds table.md, paper_table.md" in err and len(err.splitlines()) == 1
+    assert {p.name: p.read_text() for p in mine.iterdir()} == {n: f"my {n}\n" for n in
+                                                               ("notes.txt", "table.md", "paper_table.md")}
+    logs = tmp_path / "logs"  # `... --output-dir runs/x | tee runs/x/run.log`: the shell made run.log first
+    logs.mkdir()
+    (logs / "run.log").write_text("")
+    import dataclasses
+
+    check_paths(dataclasses.replace(load_recipe(recipe), output_dir=str(logs), cache_dir=str(tmp_path / "c")), None)
