@@ -176,11 +176,12 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--address", help="Ray cluster address, e.g. HEAD_IP:6379 (overrides executor.address)")
     r.set_defaults(fn=_run)
     v = sub.add_parser("validate", help="check a recipe without running it")
-    v.add_argument("recipe")
+    v.add_argument("recipe", help="recipe YAML file")
     v.set_defaults(fn=_validate)
-    e = sub.add_parser("estimate", help="time a few training steps of each model here and project the "
-                                        "recipe's training and perplexity time (writes nothing)")
-    e.add_argument("recipe")
+    e = sub.add_parser("estimate", help="time a few training steps and evaluations of each model here and project "
+                                        "the recipe's training, perplexity, zero-shot and quantization time "
+                                        "(writes nothing)")
+    e.add_argument("recipe", help="recipe YAML file")
     e.add_argument("--steps", type=_at_least(1), default=10, help="timed optimizer steps per model (default 10; "
                                                                  "the median is projected)")
     e.add_argument("--warmup", type=_at_least(0), default=3, help="untimed steps first (default 3)")
@@ -189,9 +190,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--device", choices=["auto", "cpu", "cuda"], help="overrides the recipe's device")
     e.set_defaults(fn=_estimate)
     rep = sub.add_parser("report", help="re-render tables and plots from a results folder")
-    rep.add_argument("run_dir")
+    rep.add_argument("run_dir", help="the results folder a run wrote (its output_dir, e.g. runs/smoke)")
     rep.set_defaults(fn=_report)
-    ls = sub.add_parser("ls", help="list methods, tasks, perplexity sets, model kinds and families")
+    ls = sub.add_parser("ls", help="list methods, tasks, perplexity sets, layouts, model kinds and families")
     ls.set_defaults(fn=_ls)
     return p
 

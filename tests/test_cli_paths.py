@@ -72,3 +72,17 @@ def test_a_foreign_folder_holding_a_report_name_is_refused(tmp_path, capsys):
     import dataclasses
 
     check_paths(dataclasses.replace(load_recipe(recipe), output_dir=str(logs), cache_dir=str(tmp_path / "c")), None)
+
+
+def test_help_says_what_each_command_does_and_takes():
+    """The README's Commands section: estimate projects zero-shot and quantization too, ls lists layouts."""
+    from ptq_bench.cli import build_parser
+
+    parser = build_parser()
+    top = " ".join(parser.format_help().split())
+    assert "training, perplexity, zero-shot and quantization time" in top
+    assert "perplexity sets, layouts, model kinds" in top
+    subs = parser._subparsers._group_actions[0].choices
+    for name in ("run", "validate", "estimate"):
+        assert "recipe YAML file" in subs[name].format_help()
+    assert "the results folder a run wrote" in " ".join(subs["report"].format_help().split())
