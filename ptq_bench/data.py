@@ -33,8 +33,10 @@ def resolve_data_dir(recipe_value: str | os.PathLike | None = None) -> Path:
     if not raw:
         raise DataError(f"no data folder: set the recipe key 'data_dir' or the environment variable {ENV_VAR}")
     path = Path(raw).expanduser().resolve()
-    if not path.is_dir():
-        raise DataError(f"data folder not found: {path}")
+    if not path.is_dir():  # say where the path came from: a stale $PTQ_BENCH_DATA is not in the recipe
+        origin = "the recipe's data_dir" if recipe_value not in (None, "") else f"${ENV_VAR}"
+        what = "is a file, not a folder" if path.exists() else "not found"
+        raise DataError(f"data folder {what}: {path} (from {origin})")
     return path
 
 

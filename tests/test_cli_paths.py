@@ -86,3 +86,15 @@ def test_help_says_what_each_command_does_and_takes():
     for name in ("run", "validate", "estimate"):
         assert "recipe YAML file" in subs[name].format_help()
     assert "the results folder a run wrote" in " ".join(subs["report"].format_help().split())
+
+
+def test_a_bad_data_folder_names_where_it_came_from(tmp_path, capsys, monkeypatch):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("name: r\nmodels: {m: {kind: fp16}}\neval: {perplexity: {seq_len: 64}}\n"
+                      "calibration: {seq_len: 64}\n")
+    monkeypatch.setenv("PTQ_BENCH_DATA", str(recipe))  # a file
+    assert main(["validate", str(recipe)]) == 2
+    assert f"data folder is a file, not a folder: {recipe} (from $PTQ_BENCH_DATA)" in capsys.readouterr().err
+    recipe.write_text(recipe.read_text() + f"data_dir: {tmp_path / 'nope'}\n")
+    assert main(["validate", str(recipe)]) == 2
+    assert f"data folder not found: {tmp_path / 'nope'} (from the recipe's data_dir)" in capsys.readouterr().err
