@@ -46,7 +46,7 @@ def test_smoke_pipeline_runs_and_reports(smoke_run):
     assert (out / "curves" / "bitnet_b158.json").is_file()
     assert {r["recipe_hash"] for r in rows} == {manifest["recipe_hash"]}
     assert {r["eval_version"] for r in rows} == {manifest["eval"]["eval_version"]}
-    assert {r["method_version"] for r in rows if r["method"] == "absmax"} == {1}
+    assert {r["method_version"] for r in rows if r["method"] == "absmax"} == {2}
     (prov,) = manifest["eval"]["by_tokenizer"].values()
     assert set(prov["tasks"]["task_versions"]) == {"hellaswag", "arc_easy", "piqa", "winogrande"}
 

@@ -221,7 +221,7 @@ def test_what_the_seal_lets_through_and_what_it_does_not(ref, tmp_path):
 def test_method_version_bump_recomputes_its_rows(ref, tmp_path):
     recipe, out, _ = workspace(ref, tmp_path, copy_out=True)
     bump = ("import dataclasses, sys\nfrom ptq_bench.quant import METHODS, load_all\nload_all()\n"
-            "METHODS['absmax'] = dataclasses.replace(METHODS['absmax'], version=2)\n"
+            "METHODS['absmax'] = dataclasses.replace(METHODS['absmax'], version=METHODS['absmax'].version + 1)\n"
             "from ptq_bench.cli import main\nsys.exit(main(sys.argv[1:]))\n")
     proc = subprocess.run([sys.executable, "-c", bump, "run", str(recipe)], cwd=ROOT, capture_output=True,
                           text=True)
@@ -231,7 +231,10 @@ def test_method_version_bump_recomputes_its_rows(ref, tmp_path):
     assert len(stored) == 11
     rows = read_rows(out)
     assert len(rows) == 7 and _table_rows(out) == 7
-    assert {r["method_version"] for r in rows if r["method"] == "absmax"} == {2}
+    from ptq_bench.quant import METHODS, load_all
+
+    load_all()
+    assert {r["method_version"] for r in rows if r["method"] == "absmax"} == {METHODS["absmax"].version + 1}
     assert {(r["model"], r["label"]): r["metrics"] for r in rows} == ref.metrics()
 
 

@@ -16,7 +16,7 @@ from ptq_bench.quant.configs import AbsmaxConfig
 from ptq_bench.quant.registry import QuantReport, register
 
 
-@register("absmax")
+@register("absmax", version=2)  # 2: ties round as the references (w / s half to even)
 def quantize_absmax(model: nn.Module, cfg: AbsmaxConfig, calib: torch.Tensor | None = None) -> QuantReport:
     """Absmax RTN of every linear in the decoder blocks; optional dynamic activation quantization."""
     solve = rtn_solver(cfg.w_bits, cfg.w_granularity, cfg.group_size)

@@ -181,6 +181,11 @@ def quantize(w: Tensor, grid: Grid) -> Tensor:
     cols = w.shape[1]
     scale = expand_groups(grid.scale, grid.group_size, cols)
     zero = expand_groups(grid.zero, grid.group_size, cols)
+    if torch.equal(grid.zero, grid.zero.round()):
+        # An integer zero point: round w / scale, then add it, as SmoothQuant's fake_quant, GPTQ's quant.py and
+        # BitNet's RoundClip do. round(w / scale + zero) moves every tie by one level where zero is odd.
+        q = torch.div(wf, scale).round_().add_(zero).clamp_(0, grid.maxq)
+        return torch.mul(scale, q.sub_(zero)).to(w.dtype)
     return quantize_scalar(wf, scale, zero, grid.maxq).to(w.dtype)
 
 

@@ -106,7 +106,7 @@ def norm_amax(names: tuple[str, ...], family: Family, stats: dict[str, Any]) -> 
     return torch.stack([stat.amax for stat in probes.values()]).amax(dim=0)
 
 
-@register("smoothquant")
+@register("smoothquant", version=2)  # 2: weight ties round as the references
 def quantize_smoothquant(model: nn.Module, cfg: SmoothQuantConfig, calib: torch.Tensor) -> QuantReport:
     """Smooth every norm -> linears pair of the family, then absmax W/A fake quantization of every linear."""
     family = model_family(model)
