@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
 import sys
+import textwrap
+from pathlib import Path
 
 import ray
 import ray._private.utils as ray_utils
@@ -64,24 +67,26 @@ def test_a_stopped_drive_cancels_its_tasks_without_force(monkeypatch):
     assert len(cancelled) == 3 and all(not kw.get("force", False) for kw in cancelled), cancelled
 
 
-def test_an_address_with_a_token_at_hand_connects_with_it(monkeypatch):
+def test_an_address_with_a_token_at_hand_connects_with_it():
     """`ray start --head` turns token authentication on; `ray.init(address=...)` does not, with $RAY_AUTH_MODE
     unset, and `--address HEAD:6379` retried "InvalidAuthToken" for 20 s, then "cannot connect", although the
-    head's token was in ~/.ray/auth_token (the cluster how-to's step)."""
-    from ray._raylet import Config
-
-    seen: list[str | None] = []
-    monkeypatch.setattr(ray, "is_initialized", lambda: False)
-    monkeypatch.setattr(ray, "init", lambda **_kw: seen.append(os.environ.get("RAY_AUTH_MODE")))
-    monkeypatch.setattr(executors, "refuse_unreachable", lambda address: None)
-    monkeypatch.delenv("RAY_AUTH_MODE", raising=False)
-    monkeypatch.setenv("RAY_AUTH_TOKEN", "0123456789abcdef" * 4)
-    try:
+    head's token was in ~/.ray/auth_token (the cluster how-to's step). In a child process: token mode, once on,
+    stays in the process's Ray state, and a later local `ray.init` (test_ray_executor's) failed to start its GCS."""
+    code = textwrap.dedent("""
+        import os, ray
+        import ptq_bench.executors as executors
+        seen = []
+        ray.is_initialized = lambda: False
+        ray.init = lambda **_kw: seen.append(os.environ.get("RAY_AUTH_MODE"))
+        executors.refuse_unreachable = lambda address: None
         executors.connect("10.0.0.1:6379")
-    finally:
-        os.environ.pop("RAY_AUTH_MODE", None)
-        Config.initialize("")  # this process's Ray config as it was
-    assert seen == ["token"]
+        print(seen)
+    """)
+    env = {k: v for k, v in os.environ.items() if k != "RAY_AUTH_MODE"} | {"RAY_AUTH_TOKEN": "0123456789abcdef" * 4}
+    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300,
+                          cwd=Path(__file__).resolve().parents[1])
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip().splitlines()[-1] == "['token']"
 
 
 def test_a_rows_worker_is_in_the_manifest_before_the_row(monkeypatch, tmp_path):
