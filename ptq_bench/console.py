@@ -7,6 +7,12 @@ def log(msg: str) -> None:
     print(f"[ptq-bench] {msg}", flush=True)
 
 
+def bar_disable(wanted: bool) -> bool | None:
+    """tqdm's `disable` for a progress bar: True when not wanted; when wanted, None: on a terminal only, so a
+    log (stderr not a tty) gets no redrawn bar."""
+    return None if wanted else True
+
+
 def quiet_lm_eval() -> None:
     """Silence lm-eval below errors: handing HFLM an already-built model logs notices that are expected here."""
     import logging

@@ -1,6 +1,12 @@
 """User-facing errors: each carries a one-line message that names the offending key or file."""
 
 
+def first_line(exc: BaseException, default: str = "") -> str:
+    """The first non-blank line of an exception's message (transformers' ImportErrors begin with a newline),
+    stripped; `default` when it has none."""
+    return next((line.strip() for line in str(exc).splitlines() if line.strip()), default)
+
+
 class PtqBenchError(Exception):
     """An error the CLI prints as one line and turns into exit code 2."""
 

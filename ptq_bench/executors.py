@@ -43,7 +43,7 @@ from ptq_bench.cache import host_tag, remove_stale
 from ptq_bench.cells import refuse_loaded
 from ptq_bench.console import log, quiet_lm_eval
 from ptq_bench.curves import save_curve
-from ptq_bench.errors import PtqBenchError
+from ptq_bench.errors import PtqBenchError, first_line
 from ptq_bench.prepare import Context, get_tokenizer, pick_device
 from ptq_bench.recipe import Cell, ExecutorSpec, Recipe
 from ptq_bench.results import Row, write_manifest
@@ -223,7 +223,7 @@ def connect(address: str | None) -> bool:
         ray.init(address=address, log_to_driver=True)
     except (ConnectionError, ValueError, RuntimeError, ray.exceptions.RayError) as exc:
         raise PtqBenchError(f"executor.address: cannot connect to Ray at {address or '$RAY_ADDRESS'} "
-                            f"({type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''})") from None
+                            f"({type(exc).__name__}: {first_line(exc)[:200]})") from None
     finally:  # ray.init puts sys.exit(15) on SIGTERM, which left a SIGTERMed run's invocation open, unrecorded
         if main_thread and before is not None:
             signal.signal(signal.SIGTERM, before)  # the CLI's: stopped as Ctrl-C stops it, recorded

@@ -16,7 +16,7 @@ from typing import Any
 from ptq_bench.cache import ensure
 from ptq_bench.console import log
 from ptq_bench.data import TRAIN_FILES, train_documents
-from ptq_bench.errors import PtqBenchError
+from ptq_bench.errors import PtqBenchError, first_line
 from ptq_bench.recipe import Recipe, model_arch, source_info, to_dict
 
 
@@ -96,10 +96,8 @@ def from_source(name: str, source: str, load: Any) -> Any:
     try:
         return load()
     except Exception as exc:  # a user's checkpoint cannot be rebuilt: say which one failed and how
-        lines = [line for line in str(exc).splitlines() if line.strip()]  # transformers' ImportErrors begin with "\n"
         # the loader's own refusals (PtqBenchError: a missing package, an incomplete checkpoint) are one line already
-        msg = lines[0] if lines else ""
-        msg = msg if isinstance(exc, PtqBenchError) else msg[:200]
+        msg = first_line(exc) if isinstance(exc, PtqBenchError) else first_line(exc)[:200]
         raise PtqBenchError(f"models.{name}.source: cannot load {source} ({type(exc).__name__}: {msg})") from None
 
 

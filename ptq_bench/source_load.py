@@ -10,7 +10,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from ptq_bench.errors import RecipeError
+from ptq_bench.errors import RecipeError, first_line
 from ptq_bench.models.experts import unfuse_experts
 from ptq_bench.sources import SourceInfo, checked_family, kind_of
 
@@ -110,7 +110,7 @@ def _load_error(info: SourceInfo, e: Exception) -> RecipeError:
     """One line: a hub id that could not be fetched, a local checkpoint that could not be read, or a model that
     transformers builds with a package not installed (Gemma 3n's vision tower, timm's TimmWrapperModel: the first
     sentence of transformers' message names it)."""
-    first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    first = first_line(e, type(e).__name__)
     if "ignore_mismatched_sizes" in first:
         first = "tensors of another shape than its config.json says (transformers' load report above names them)"
     if isinstance(e, ImportError):  # "X requires the timm library but it was not found in your environment. ..."

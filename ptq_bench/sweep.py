@@ -23,7 +23,7 @@ import numpy as np
 
 from ptq_bench.cache import first_difference, folder_digests, scratch_folder
 from ptq_bench.cells import refuse_loaded
-from ptq_bench.console import log, quiet_lm_eval
+from ptq_bench.console import bar_disable, log, quiet_lm_eval
 from ptq_bench.curves import mend_curves, save_curve
 from ptq_bench.data import (
     CALIBRATION_FILE,
@@ -34,7 +34,7 @@ from ptq_bench.data import (
     resolve_data_dir,
     train_documents,
 )
-from ptq_bench.errors import Interrupted, PtqBenchError
+from ptq_bench.errors import Interrupted, PtqBenchError, first_line
 from ptq_bench.eval.evaluator import EVAL_VERSION, Evaluator
 from ptq_bench.interrupts import held
 from ptq_bench.kinds import NATIVE_BITS  # nominal (weight, activation) bits of unquantized models
@@ -144,8 +144,8 @@ def run(recipe: Recipe, recipe_text: str) -> Path:
     quiet_lm_eval()
     with run_lock(recipe.out_dir):
         sw = prepare(recipe, recipe_text, t0)
-        # no bar when stderr is not a terminal (disable=None): the log lines of each cell say it all
-        sw.bar = tqdm(total=len(sw.todo), desc="cells", unit="cell", dynamic_ncols=True, disable=None)
+        # no bar when stderr is not a terminal: the log lines of each cell say it all
+        sw.bar = tqdm(total=len(sw.todo), desc="cells", unit="cell", dynamic_ncols=True, disable=bar_disable(True))
         try:
             if recipe.executor.kind == "ray":  # Ray tasks compute; this process alone writes the folder
                 from ptq_bench.executors import run_ray
@@ -174,7 +174,7 @@ def run(recipe: Recipe, recipe_text: str) -> Path:
 
 def _one_line(exc: Exception) -> str:
     """An error as the manifest records it: its message (type name first unless a PtqBenchError), one line."""
-    text = (str(exc).strip().splitlines() or [""])[0][:200]
+    text = first_line(exc)[:200]
     return text if isinstance(exc, PtqBenchError) else f"{type(exc).__name__}: {text}"
 
 

@@ -66,6 +66,7 @@ from lm_eval.models.huggingface import HFLM
 from lm_eval.utils import get_rolling_token_windows, make_disjoint_window
 from tqdm import tqdm
 
+from ptq_bench.console import bar_disable
 from ptq_bench.eval.batching import batching_for, cut_sorted
 from ptq_bench.eval.encoder import RequestEncoder, check_fits
 from ptq_bench.eval.model_traits import (
@@ -228,9 +229,8 @@ class FastLM(HFLM):
     def _run(self, n_requests: int, shared: list[_Group], plain: list, quiet: bool) -> list[tuple[float, bool]]:
         results: list = [None] * n_requests
         self.n_forward = 0
-        bar = tqdm(total=n_requests, desc=f"FastLM ({self.mode})", unit="req", disable=quiet or None)  # None: tty only
-        # plain rows: deduplicated, longest first (as HFLM sorts)
-        rows: dict[tuple, int] = {}
+        bar = tqdm(total=n_requests, desc=f"FastLM ({self.mode})", unit="req", disable=bar_disable(not quiet))
+        rows: dict[tuple, int] = {}  # plain rows: deduplicated, longest first (as HFLM sorts)
         picks = [_Pick(i, rows.setdefault(tuple(s), len(rows)), cont) for i, s, cont in plain]
         row_list = [list(r) for r in rows]
         by_row: dict[int, list[_Pick]] = defaultdict(list)

@@ -41,6 +41,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from ptq_bench.console import bar_disable
 from ptq_bench.data import file_sha256
 from ptq_bench.eval.perplexity import protocol_name, window_batch, windows
 
@@ -78,8 +79,7 @@ class BaseReference:
 
 
 def _batches(wins: torch.Tensor, batch_size: int, desc: str, progress: bool) -> range:
-    return tqdm(range(0, len(wins), batch_size), desc=desc, unit="batch",
-                disable=None if progress else True)  # None: no bar in a log (stderr not a tty)
+    return tqdm(range(0, len(wins), batch_size), desc=desc, unit="batch", disable=bar_disable(progress))
 
 
 def _logits(model: torch.nn.Module, batch: torch.Tensor) -> torch.Tensor:

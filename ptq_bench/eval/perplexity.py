@@ -22,6 +22,8 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from ptq_bench.console import bar_disable
+
 
 def protocol_name(set_name: str, seqlen: int, max_windows: int | None) -> str:
     """e.g. "ppl_gptq/wikitext2/seq2048", or "ppl_gptq/wikitext2/seq256/first40win" for a subset."""
@@ -73,7 +75,7 @@ def gptq_perplexity(
     batch_size = window_batch(model, batch_size)
     total, count = 0.0, 0
     for start in tqdm(range(0, len(wins), batch_size), desc=f"ppl seq{seqlen}", unit="batch",
-                      disable=None if progress else True):  # None: no bar in a log (stderr not a tty)
+                      disable=bar_disable(progress)):
         batch = wins[start:start + batch_size].to(device)  # (B, seqlen)
         logits = model(batch).logits[:, :-1, :].float()  # (B, seqlen - 1, vocab): position t predicts t + 1
         nll = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), batch[:, 1:].reshape(-1), reduction="none")

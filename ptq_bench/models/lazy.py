@@ -34,7 +34,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from ptq_bench.errors import QuantError
+from ptq_bench.errors import QuantError, first_line
 from ptq_bench.families import family_of_config
 from ptq_bench.models.build import kept_in_float32
 from ptq_bench.models.experts import LinearExperts, split_fused, unfuse_experts
@@ -249,7 +249,7 @@ def _check_converted(model: nn.Module, meta: dict[str, torch.Tensor], converted:
             made = converter.convert(conv.first, model=model, config=model.config)
         except RuntimeError as e:
             raise QuantError(f"checkpoint tensors of {conv.first} cannot be converted as transformers converts "
-                             f"them: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+                             f"them: {first_line(e, type(e).__name__)}") from None
         for name, t in made.items():
             t = t[0] if isinstance(t, list) else t
             if name in meta and tuple(t.shape) != tuple(meta[name].shape):
