@@ -80,7 +80,7 @@ def _estimate(args: argparse.Namespace) -> int:
     from ptq_bench.recipe import load_recipe
 
     recipe = load_recipe(args.recipe)
-    data_dir = check_data(recipe) if recipe.eval.tasks else None  # zero-shot: tokenizer and task files
+    data_dir = check_data(recipe)  # the texts run encodes (tokenizer, perplexity, calibration) and task files
     device = pick_device(args.device or recipe.device)
     for line in estimate(recipe, device, steps=args.steps, warmup=args.warmup, hours=args.hours, progress=log,
                          data_dir=data_dir):

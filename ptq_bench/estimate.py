@@ -1,5 +1,5 @@
-"""`ptq-bench estimate`: a recipe's training and perplexity time projected from this machine's measured
-throughput, before anything is run or written.
+"""`ptq-bench estimate`: a recipe's time projected from this machine's measured throughput, phase by phase
+and in total, before anything is run or written; its preparation (tokenizers, texts) in `estimate_prep`.
 
 Every model the recipe trains is built at its shape (the recipe's `arch` with the model's overrides,
 `tokenizer.vocab_size` ids) on the chosen device and runs `warmup` + `steps` optimizer steps of the real
@@ -12,9 +12,9 @@ timed the same way.
 Zero-shot tasks (when the recipe has any): every model is evaluated on the first `SAMPLE_DOCS` and
 3 x `SAMPLE_DOCS` documents of each task with the recipe's backend and batch size, each sample timed as
 the best of `SAMPLE_REPEATS` calls after a warm-up call of its own (the slope of two short timings
-magnifies one slow call);
-the line through the two gives its fixed cost per evaluate call and its seconds per unit of request work (`eval.work`: prefix-tree positions for FastLM, HFLM's own positions for HFLM,
-weighted by the model's block and head sizes). Each task's work at the recipe's `limit` is counted from
+magnifies one slow call); the line through the two gives its fixed cost per evaluate call and its seconds
+per unit of request work (`eval.work`: prefix-tree positions for FastLM, HFLM's own, weighted by the model's
+block and head sizes). Each task's work at the recipe's `limit` is counted from
 its tokenized requests (the recipe's tokenizer, trained in memory, or the source's own), so a cell's
 projection follows the tasks it runs. Quantized cells are projected at their base model's rate
 (activation-quantized ones run slower).
@@ -23,9 +23,7 @@ Quantization: every PTQ setting of a model (its calibration seeds aside) runs on
 to its first 2 and first 4 decoder blocks (1 and 2 for shallower models), with random calibration ids of
 the recipe's shape; the line through the two timings gives the per-block part, projected to the model's
 block count. (A model cut to one block skips passing that block's output on, so the first block is not
-a block's cost.) The first setting of a model runs once untimed first (kernel warm-up).
-
-Nothing is written: no cache entry, no run folder.
+a block's cost.) The first setting of a model runs once untimed first (kernel warm-up). Nothing is written.
 """
 
 from __future__ import annotations
@@ -44,7 +42,8 @@ from typing import Any
 from ptq_bench.console import quiet_lm_eval
 from ptq_bench.errors import UnreachedLinear
 from ptq_bench.estimate_model import Probe, cast, first_blocks, open_model, outside_blocks
-from ptq_bench.prepare import model_schedule, train_recipe_tokenizer
+from ptq_bench.estimate_prep import SHARE, Prep
+from ptq_bench.prepare import model_schedule
 from ptq_bench.recipe import Recipe, expand_cells
 
 SAMPLE_DOCS = 4  # documents per task evaluated to time a model's zero-shot rate
@@ -107,18 +106,14 @@ def _random_ids(vocab: int, shape: tuple[int, ...], seed: int, device: str) -> A
 class ZeroShot:
     """The zero-shot projection's counting and timing (see the module docstring)."""
 
-    def __init__(self, recipe: Recipe, data_dir: Any) -> None:
+    def __init__(self, recipe: Recipe, data_dir: Any, prep: Prep | None = None) -> None:
         self.recipe, self.data_dir = recipe, data_dir
-        self._recipe_tok: Any = None
+        self.prep = prep or Prep(recipe, data_dir)  # fits the recipe's BPE (once)
         self._work: list[tuple[Any, dict[str, tuple[int, int]]]] = []  # (tokenizer, task -> positions)
 
     def tokenizer(self, own: Any) -> Any:
         """The model's own tokenizer, or the recipe's BPE trained in memory (once) as `run` trains it."""
-        if own is not None:
-            return own
-        if self._recipe_tok is None:
-            self._recipe_tok = train_recipe_tokenizer(self.recipe, self.data_dir)
-        return self._recipe_tok
+        return self.prep.tokenizer(own)
 
     def _suite(self, tok: Any, limit: int | None) -> Any:
         from ptq_bench.eval.harness import TaskSuite
@@ -262,7 +257,7 @@ def _quant_cell_s(recipe: Recipe, name: str, model: Any, vocab: int, device: str
 
 
 def measure(recipe: Recipe, name: str, device: str, steps: int, warmup: int,
-            zero_shot: ZeroShot | None = None) -> Measured:
+            zero_shot: ZeroShot | None = None, prep: Prep | None = None) -> Measured:
     """Time model `name`'s training step (models trained here only, in float32 as `run` trains), then, held
     as `run` holds it (the recipe's dtype; with offload, blocks read from disk), a perplexity forward, its
     zero-shot rate (with `zero_shot`) and its PTQ settings, on `device` (offloaded blocks and a GGUF's
@@ -285,6 +280,7 @@ def measure(recipe: Recipe, name: str, device: str, steps: int, warmup: int,
         call_s, tasks = (zero_shot.seconds(probe.model, probe.tokenizer, probe.evaluating) if zero_shot is not None
                          else (0.0, {}))
         quant = _quant_cell_s(recipe, name, probe.model, probe.vocab, device, probe.quantizing)
+        prep.count(probe.tokenizer) if prep is not None else None  # the texts `run` encodes with its tokenizer
     return Measured(name, spec.kind if trained else "source", parameter_count(probe.model), step_s,
                     train_steps(t.tokens, t.seq_len, t.batch_size) if trained else 0, ppl_s, peak, tasks, call_s,
                     quant)
@@ -298,12 +294,12 @@ def _hms(seconds: float) -> str:
     return f"{h} h {rest // 60:02d} min" if h else f"{rest // 60} min {rest % 60:02d} s"
 
 
-def report(recipe: Recipe, found: list[Measured], device: str, hours: float | None) -> list[str]:
-    """The printed lines: per model, the total, and the perplexity projection."""
+def report(recipe: Recipe, found: list[Measured], device: str, hours: float | None,
+           prep: dict[str, float] | None = None) -> list[str]:
+    """The printed lines: the preparation (`estimate_prep.Prep.seconds`), per model, each phase, the total."""
     t = recipe.train
     tok_per_step = t.seq_len * t.batch_size
     trained = [m for m in found if m.steps]
-    bpe = recipe.trains_tokenizer
     lines = [f"device {device}" + (f"; train batch {t.batch_size} x {t.seq_len} tokens, {t.tokens:,} tokens per "
                                    "trained model" if trained else "")]
     for m in found:
@@ -311,8 +307,8 @@ def report(recipe: Recipe, found: list[Measured], device: str, hours: float | No
         what = (f"{m.step_s:8.3f} s/step ({tok_per_step / m.step_s:,.0f} tok/s){mem}  x {m.steps:,} steps = "
                 f"{_hms(m.train_s)}" if m.steps else f"loaded, not trained{mem}")
         lines.append(f"  {m.name:<14} {m.kind:<12} {m.params / 1e6:8.2f}M params  {what}")
+    total = sum(m.train_s for m in trained)
     if trained:
-        total = sum(m.train_s for m in trained)
         lines.append(f"training, all {len(trained)} trained models one after another: {_hms(total)}")
     if hours is not None and not trained:
         lines.append("train.tokens: no model of this recipe is trained here")
@@ -320,29 +316,41 @@ def report(recipe: Recipe, found: list[Measured], device: str, hours: float | No
         per_token = sum(m.step_s for m in trained) / tok_per_step
         fit = int(hours * 3600 / per_token) // tok_per_step * tok_per_step
         lines.append(f"train.tokens that fit {hours:g} h of training: {fit:,}")
-    p, cells = recipe.eval.perplexity, len(expand_cells(recipe))
-    if p.sets and found:
-        per_batch, rows = max(m.ppl_batch_s for m in found), _ppl_rows(recipe)
-        if p.max_windows:
-            per_cell = per_batch * -(-p.max_windows // rows) * len(p.sets)
-            lines.append(f"perplexity: {_hms(per_batch)} per batch of {rows} x {p.seq_len} (slowest model); "
-                         f"{p.max_windows} windows x {len(p.sets)} set{'s' * (len(p.sets) != 1)} = {_hms(per_cell)} per cell, "
-                         f"{_hms(per_cell * cells)} for {cells} cells")
-        else:
-            lines.append(f"perplexity: {_hms(per_batch)} per batch of {rows} x {p.seq_len} (slowest model); "
-                         "whole sets: the window count " + ("depends on the trained tokenizer" if bpe else
-                                                            "needs the sets tokenized, which this does not do"))
-    lines.extend(_zero_shot_lines(recipe, found))
-    lines.extend(_quant_lines(recipe, found))
-    lines.append("not projected: " + ("tokenizer training, " if bpe else "") + "tokenizing the calibration text")
+    for part in (_ppl_lines, _zero_shot_lines, _quant_lines):
+        more, seconds = part(recipe, found)
+        lines.extend(more)
+        total += seconds
+    if prep:
+        lines.append(f"preparation (each text timed on its first {SHARE:.0%}; none where the cache holds it): "
+                     + ", ".join(f"{what} {_hms(s)}" for what, s in prep.items()))
+    lines.append(f"total: {_hms(total + sum((prep or {}).values()))} projected"
+                 + ("" if recipe.eval.perplexity.max_windows or not recipe.eval.perplexity.sets
+                    else " (whole-set perplexity not counted)"))
+    lines.append("not projected: loading models and tasks, writing the report" + ("" if prep else
+                 " (the texts' tokenizing: no data folder)"))
     return lines
 
 
-def _quant_lines(recipe: Recipe, found: list[Measured]) -> list[str]:
-    """The quantization projection: the total, then per model and setting its seconds per cell."""
+def _ppl_lines(recipe: Recipe, found: list[Measured]) -> tuple[list[str], float]:
+    """The perplexity projection's line and seconds (0 when the sets are whole: their windows are not counted)."""
+    p, cells = recipe.eval.perplexity, len(expand_cells(recipe))
+    if not p.sets or not found:
+        return [], 0.0
+    per_batch, rows = max(m.ppl_batch_s for m in found), _ppl_rows(recipe)
+    head = f"perplexity: {_hms(per_batch)} per batch of {rows} x {p.seq_len} (slowest model); "
+    if not p.max_windows:
+        return [head + "whole sets: the window count " + ("depends on the trained tokenizer" if
+                recipe.trains_tokenizer else "needs the sets tokenized, which this does not do")], 0.0
+    per_cell = per_batch * -(-p.max_windows // rows) * len(p.sets)
+    return [head + f"{p.max_windows} windows x {len(p.sets)} set{'s' * (len(p.sets) != 1)} = {_hms(per_cell)} per "
+            f"cell, {_hms(per_cell * cells)} for {cells} cells"], per_cell * cells
+
+
+def _quant_lines(recipe: Recipe, found: list[Measured]) -> tuple[list[str], float]:
+    """The quantization projection: the total, then per model and setting its seconds per cell; its seconds."""
     rows = [(m.name, label, s, n) for m in found for label, (s, n) in m.quant_s.items()]
     if not rows:
-        return []
+        return [], 0.0
     c = recipe.calibration
     timed = [(s, n) for _, _, s, n in rows if not math.isnan(s)]
     total, cells, left = sum(s * n for s, n in timed), sum(n for _, n in timed), sum(n for *_, n in rows)
@@ -351,14 +359,14 @@ def _quant_lines(recipe: Recipe, found: list[Measured]) -> list[str]:
              + (f" ({left - cells} not projected)" if left > cells else "")]
     lines.extend(f"  {name:<14} {label:<36} " + (UNREACHED if math.isnan(s) else f"{_hms(s):>12} per cell")
                  + (f" x {n} cells" if n > 1 else "") for name, label, s, n in rows)
-    return lines
+    return lines, total
 
 
-def _zero_shot_lines(recipe: Recipe, found: list[Measured]) -> list[str]:
-    """Per model, one pass over every task; the sum over cells (each running its own tasks)."""
+def _zero_shot_lines(recipe: Recipe, found: list[Measured]) -> tuple[list[str], float]:
+    """Per model, one pass over every task; the sum over cells (each running its own tasks); its seconds."""
     e = recipe.eval
     if not e.tasks or not any(m.zero_shot_s for m in found):
-        return []
+        return [], 0.0
     by_model = {m.name: m for m in found}
     cells = expand_cells(recipe)
     total = 0.0
@@ -373,7 +381,7 @@ def _zero_shot_lines(recipe: Recipe, found: list[Measured]) -> list[str]:
              "(activation-quantized cells run slower)"]
     lines.extend(f"  {m.name:<14} every task once: {_hms(m.zero_shot_call_s + sum(m.zero_shot_s.values()))}"
                  for m in found)
-    return lines
+    return lines, total
 
 
 def estimate(recipe: Recipe, device: str, steps: int = 10, warmup: int = 3, hours: float | None = None,
@@ -381,11 +389,12 @@ def estimate(recipe: Recipe, device: str, steps: int = 10, warmup: int = 3, hour
     """Measure every model of the recipe (training steps only for those trained here; zero-shot when the
     recipe has tasks and `data_dir` is given); the report's lines."""
     quiet_lm_eval()  # as `run` does
-    zero_shot = ZeroShot(recipe, data_dir) if recipe.eval.tasks and data_dir is not None else None
+    prep = Prep(recipe, data_dir)
+    zero_shot = ZeroShot(recipe, data_dir, prep) if recipe.eval.tasks and data_dir is not None else None
     found = []
     for name, spec in recipe.models.items():
         what = f"{warmup} + {steps} training steps" if spec.source is None else "perplexity forwards (loaded model)"
         quant = ", a few blocks per PTQ setting" if _quant_settings(recipe, name) else ""
         progress(f"timing '{name}': {what}" + (", zero-shot sample" if zero_shot else "") + quant + " ...")
-        found.append(measure(recipe, name, device, steps, warmup, zero_shot))
-    return report(recipe, found, device, hours)
+        found.append(measure(recipe, name, device, steps, warmup, zero_shot, prep))
+    return report(recipe, found, device, hours, prep.seconds)

@@ -47,6 +47,12 @@ def test_estimate_times_the_training_step_and_writes_nothing(tmp_path, capsys, m
     assert out.count("every task once:") == 3
     assert "calibration tokens): " in out and "for 4 PTQ cells" in out  # smoke: absmax W8/4/2/1 on fp16
     assert sum(" per cell" in x and x.strip().startswith("fp16 ") for x in out.splitlines()) == 4
+    # the run's preparation (smoke: 11 s of tokenizing its 12.5M-character corpus, most of its run) and a total
+    prep = next(x for x in out.splitlines() if x.startswith("preparation"))
+    for what in ("tokenizer training", "tokenizing the training corpus", "tokenizing the perplexity sets"):
+        assert what in prep
+    assert "calibration" not in prep  # absmax does not calibrate
+    assert any(x.startswith("total: ") for x in out.splitlines())
     assert set(tmp_path.rglob("*")) == before  # no cache, no run folder
 
 
@@ -165,11 +171,13 @@ def test_hours_with_only_loaded_models_says_so(tmp_path):
 def test_a_recipe_of_sources_trains_no_tokenizer_and_does_not_say_it_does(tmp_path, data_dir):
     """`run` trains no BPE when every model is a `source:`; estimate listed its training as not projected."""
     folder = _checkpoint(tmp_path, data_dir)
-    loaded = Measured("theirs", "source", 1_000_000, 0.0, steps=0, ppl_batch_s=0.5, peak_bytes=None)
-    sources = report(load_recipe(_recipe(tmp_path, models={"theirs": {"source": str(folder)}})), [loaded], "cpu", None)
-    assert sources[-1] == "not projected: tokenizing the calibration text", sources
-    mixed = _recipe(tmp_path, models={"mine": {"kind": "fp16"}, "theirs": {"source": str(folder)}})
-    assert report(load_recipe(mixed), [loaded], "cpu", None)[-1].startswith("not projected: tokenizer training, ")
+    from transformers import AutoTokenizer
+
+    from ptq_bench.estimate_prep import Prep
+
+    prep = Prep(load_recipe(_recipe(tmp_path, models={"theirs": {"source": str(folder)}})), data_dir)
+    prep.count(AutoTokenizer.from_pretrained(str(folder)))
+    assert set(prep.seconds) == {"tokenizing the perplexity sets"}, prep.seconds  # smoke: absmax, no calibration
 
 
 def test_zero_shot_projection_follows_each_cells_tasks(tmp_path):
@@ -306,7 +314,7 @@ def test_a_probe_whose_random_ids_miss_an_expert_is_not_a_refusal(tmp_path, monk
     out = est._quant_cell_s(r, "fp16", tiny_model("llama", layers=6), 512, "cpu")
     assert out["absmax W8A16 channel"] == (15.0, 1) and math.isnan(out["gptq W4A16 g128"][0])
     found = [Measured("fp16", "fp16", 1, 1.0, 10, 0.5, None, quant_s=out)]
-    lines = est._quant_lines(r, found)
+    lines, _ = est._quant_lines(r, found)
     assert lines[0].endswith(": 15.0 s for 1 PTQ cells (2 not projected)"), lines[0]
     assert est.UNREACHED in lines[2] and lines[2].endswith("x 2 cells"), lines[2]
 
@@ -319,3 +327,28 @@ def test_a_multimodal_checkpoint_is_timed_on_its_text_vocabulary(tmp_path, capsy
     path = _recipe(tmp_path, models={"theirs": {"source": str(folder)}}, offload=offload)
     assert main(["estimate", str(path), "--steps", "1", "--warmup", "0"]) == 0, capsys.readouterr().err
     assert "loaded, not trained" in capsys.readouterr().out
+
+
+def test_the_total_counts_every_phase_and_the_preparation(tmp_path):
+    """`estimate` printed each phase but no total, and left out the run's preparation: on the smoke recipe
+    it projected 5.4 s where the run took 30-50 s, most of it tokenizing the training corpus."""
+    recipe = load_recipe(_recipe(tmp_path, quantize=[]))
+    found = [Measured(n, "fp16", 1, 0.5, 40, 0.25, None, {"hellaswag": 1.0, "arc_easy": 1.0, "piqa": 1.0,
+                      "winogrande": 1.0}, zero_shot_call_s=1.0) for n in ("fp16", "bitnet_b158", "bitnet_b1")]
+    prep = {"tokenizer training": 2.0, "tokenizing the training corpus": 11.0}
+    lines = report(recipe, found, "cpu", None, prep)
+    # 3 x 20 s of training, 3 cells x 2 sets x 0.25 s of perplexity, 3 x 5 s of zero-shot, 13 s of preparation
+    assert "total: 1 min 30 s projected" in lines, lines
+    assert any(x.startswith("preparation") and "tokenizing the training corpus 11.0 s" in x for x in lines)
+
+
+def test_a_text_is_timed_on_its_head_and_projected_to_all(monkeypatch):
+    """The preparation encodes the first SHARE of a text's characters, however its documents are sized."""
+    import ptq_bench.estimate_prep as prep
+
+    seen = []
+    clock = iter([0.0, 1.0])
+    monkeypatch.setattr(prep.time, "perf_counter", lambda: next(clock))
+    texts = ["a" * 10, "b" * 990]  # one long document holds most of the characters
+    assert prep.encode_s(lambda part, **_: seen.append(part), texts, share=0.1) == pytest.approx(10.0)
+    assert seen == [["a" * 10, "b" * 90]]

@@ -1,0 +1,82 @@
+"""The part of a run that `estimate` projects before any cell: fitting the recipe's BPE tokenizer (timed
+whole, as `run` fits it) and, once per tokenizer, encoding the texts `run` encodes and caches: the whole
+training corpus when a model is trained here (whatever `train.tokens`), the perplexity sets, and the
+calibration text when a method calibrates. Each text is timed on its first `SHARE` of characters and
+projected to all of them. A cache that already holds them makes the run skip this part."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from ptq_bench.prepare import train_recipe_tokenizer
+from ptq_bench.recipe import Recipe, expand_cells
+
+SHARE = 0.05  # the share of each text's characters encoded to time it
+
+
+def head(texts: list[str], share: float) -> list[str]:
+    """The first `share` of `texts`' characters, in order (the last document cut to fit; at least one)."""
+    need, part = max(1, int(share * sum(len(t) for t in texts))), []
+    for text in texts:
+        part.append(text[:need])
+        need -= len(part[-1])
+        if need <= 0:
+            break
+    return part
+
+
+def encode_s(tokenizer: Any, texts: list[str], share: float = SHARE) -> float:
+    """Projected seconds to encode all of `texts` (one id list per document, as `run` does)."""
+    part = head(texts, share)
+    t0 = time.perf_counter()
+    tokenizer(part, add_special_tokens=False)
+    took = time.perf_counter() - t0
+    return took * sum(len(t) for t in texts) / max(1, sum(len(t) for t in part))
+
+
+class Prep:
+    """The projected seconds of the run's preparation, by what it does (see the module docstring)."""
+
+    def __init__(self, recipe: Recipe, data_dir: Any) -> None:
+        self.recipe, self.data_dir = recipe, data_dir
+        self.seconds: dict[str, float] = {}
+        self._bpe: Any = None
+        self._counted: list[Any] = []  # tokenizers whose texts are counted (kept: an id() could be reused)
+
+    def _add(self, what: str, seconds: float) -> None:
+        self.seconds[what] = self.seconds.get(what, 0.0) + seconds
+
+    def tokenizer(self, own: Any) -> Any:
+        """The model's own tokenizer, or the recipe's BPE fitted in memory (once, timed) as `run` fits it."""
+        if own is not None:
+            return own
+        if self._bpe is None:
+            t0 = time.perf_counter()
+            self._bpe = train_recipe_tokenizer(self.recipe, self.data_dir)
+            self._add("tokenizer training", time.perf_counter() - t0)
+        return self._bpe
+
+    def count(self, own: Any) -> None:
+        """Project encoding the texts `run` encodes with this model's tokenizer (the first time it is met)."""
+        tok = self.tokenizer(own)
+        if self.data_dir is None or any(t is tok for t in self._counted):
+            return
+        self._counted.append(tok)
+        for what, texts in self._texts(trained=own is None):
+            self._add(what, encode_s(tok, texts))
+
+    def _texts(self, trained: bool) -> list[tuple[str, list[str]]]:
+        from ptq_bench.data import calibration_documents, perplexity_text, train_documents
+        from ptq_bench.quant import get_method
+
+        d, out = self.data_dir, []
+        if trained:
+            out.append(("tokenizing the training corpus", train_documents(d)))
+        out.extend(("tokenizing the perplexity sets", [perplexity_text(s, d)]) for s in self.recipe.eval.perplexity.sets)
+        if any(c.method != "none" and get_method(c.method).needs_calibration for c in expand_cells(self.recipe)):
+            out.append(("tokenizing the calibration text", calibration_documents(d)))
+        return out
+
+    def total(self) -> float:
+        return sum(self.seconds.values())
