@@ -190,3 +190,21 @@ def test_load_model_reads_hf_exports(tmp_path, dtype):
             loaded, got = load_model(tmp_path / kind)
             assert got == expect
             assert max_logit_diff(model, loaded, ids) <= HF_TOL
+
+
+def test_a_new_float_kind_saves_and_exports_as_fp16_does(tmp_path, monkeypatch):
+    """README: adding a model kind is one entry in kinds.py. A float kind other than `fp16` (say a second
+    LR schedule) was refused after its training by save_model ("the model is a 'fp16' model"), and
+    export_hf would have written it in the BitNet format: build.py named `fp16` instead of reading the
+    kind's BitLinear mode."""
+    import ptq_bench.models.build as build
+
+    monkeypatch.setattr(build, "MODEL_KINDS", (*build.MODEL_KINDS, "fp16_alt"))  # kinds.py: mode None
+    model = _tiny("fp16")
+    save_model(model, "fp16_alt", tmp_path / "saved")
+    assert json.loads((tmp_path / "saved" / "ptq_bench.json").read_text())["kind"] == "fp16_alt"
+    assert (tmp_path / "saved" / "config.json").is_file()  # a plain HF checkpoint too, as fp16's
+    export_hf(model, "fp16_alt", tmp_path / "hf")
+    assert "quantization_config" not in json.loads((tmp_path / "hf" / "config.json").read_text())
+    with pytest.raises(ValueError, match="linears are b158, not float"):
+        save_model(_tiny("bitnet_b158"), "fp16_alt", tmp_path / "wrong")

@@ -165,20 +165,21 @@ def kept_in_float32(model: nn.Module, dtype: torch.dtype) -> set[str]:
     return {n for n, _ in (*model.named_parameters(), *model.named_buffers()) if pattern.search(n)}
 
 
-def _detect_kind(model: nn.Module) -> str:
+def _detect_mode(model: nn.Module) -> str | None:
+    """The BitLinear mode of the model's linears; None = float (nn.Linear)."""
     modes = {m.mode for m in model.modules() if isinstance(m, BitLinear)}
-    if not modes:
-        return "fp16"
     if len(modes) > 1:
         raise ValueError(f"model mixes BitLinear modes {sorted(modes)}")
-    return {v: k for k, v in BITNET_MODES.items()}[modes.pop()]
+    return modes.pop() if modes else None
 
 
 def _check_model_kind(model: nn.Module, kind: str) -> None:
+    """The model's linears are those of `kind` (kinds.KINDS[kind].mode: a float kind has none)."""
     _check_kind(kind)
-    found = _detect_kind(model)
-    if found != kind:
-        raise ValueError(f"kind {kind!r} given, but the model is a {found!r} model")
+    found, want = _detect_mode(model), BITNET_MODES.get(kind)
+    if found != want:
+        raise ValueError(f"kind {kind!r} given, but the model's linears are {found or 'float'}, "
+                         f"not {want or 'float'}")
 
 
 def _save_safetensors(state: dict[str, torch.Tensor], path: Path) -> None:
@@ -190,7 +191,7 @@ def _save_safetensors(state: dict[str, torch.Tensor], path: Path) -> None:
 def save_model(model: LlamaForCausalLM, kind: str, out_dir: Path) -> None:
     """Toolkit form: latent weights as they are (safetensors), config.json, and ptq_bench.json.
 
-    For fp16 the folder is also a plain HF checkpoint. `load_model` restores it exactly.
+    For a float kind (fp16) the folder is also a plain HF checkpoint. `load_model` restores it exactly.
     """
     _check_model_kind(model, kind)
     out_dir = Path(out_dir)
@@ -198,7 +199,7 @@ def save_model(model: LlamaForCausalLM, kind: str, out_dir: Path) -> None:
     arch = arch_from_llama_config(model.config)
     dtype = dtype_name(model)
     _save_safetensors(model.state_dict(), out_dir / WEIGHTS_FILE)
-    if kind == "fp16":
+    if kind not in BITNET_MODES:  # a float kind: the folder is a plain HF checkpoint too
         cfg = copy.deepcopy(model.config)
         cfg.dtype = dtype
         cfg.architectures = ["LlamaForCausalLM"]
@@ -238,7 +239,7 @@ def load_toolkit(path: Path, device: str = "cpu") -> LlamaForCausalLM:
 def export_hf(model: LlamaForCausalLM, kind: str, out_dir: Path) -> None:
     """A standard HF folder (safetensors) that stock transformers loads without ptq_bench.
 
-    fp16: `save_pretrained`. BitNet: transformers' offline BitNet format, linear_class "bitlinear":
+    A float kind (fp16): `save_pretrained`. BitNet: transformers' offline BitNet format, linear_class "bitlinear":
     each BitLinear's weight is the ternary W_q packed 4 per byte (`pack_ternary`, uint8 (out/4, in)),
     `weight_scale` is s_w with shape (1,) in the model dtype (transformers divides by it), and
     `rms_norm.weight` is copied; b1 weights are exported as ternary values in {-1, +1}.
@@ -249,7 +250,7 @@ def export_hf(model: LlamaForCausalLM, kind: str, out_dir: Path) -> None:
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     dtype = next(model.parameters()).dtype
-    if kind == "fp16":
+    if kind not in BITNET_MODES:  # a float kind
         model.save_pretrained(out_dir)
         return
     state = {}
