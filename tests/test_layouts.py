@@ -194,3 +194,23 @@ def test_table3_pools_calibration_seeds_and_names_each_setting(tmp_path):
     no_tasks["cell_id"], one["cell_id"] = "n1", "n0"
     df = table3(load_run(run_dir(tmp_path / "b", [one, no_tasks], layout="bitnet_table3")), LAYOUTS["bitnet_table3"])
     assert df.iloc[1]["WG"] == 50.0 and df.iloc[1]["PPL"].n == 2  # accuracy from the one seed that ran tasks
+
+
+def test_table3_keeps_the_ptq_rows_of_every_kind_ptq_may_target(tmp_path, monkeypatch):
+    """Table 3 kept PTQ rows of `model_kind == "fp16"` only: a second PTQ-able kind added to kinds.py (a float
+    model trained on another schedule) lost its PTQ rows from the paper table without a word."""
+    import dataclasses
+
+    from ptq_bench.kinds import KINDS
+    from ptq_bench.report.paper import table3
+    from ptq_bench.report.run import load_run
+
+    monkeypatch.setitem(KINDS, "fp16_alt", dataclasses.replace(KINDS["fp16"], name="fp16_alt"))
+    accs = [(t, m, 0.5) for t, m in LAYOUTS["bitnet_table3"].columns]
+    rows = [row(model, kind, method, w, 16, ppl, accs) for model, kind in (("fp", "fp16"), ("alt", "fp16_alt"))
+            for method, w, ppl in (("none", 16, 15.0), ("absmax", 4, 30.0))]
+    for i, r in enumerate(rows):
+        r["cell_id"] = f"c{i}"
+    df = table3(load_run(run_dir(tmp_path, rows, layout="bitnet_table3")), LAYOUTS["bitnet_table3"], with_paper=False)
+    ptq = df[df["PTQ"] == "yes"]
+    assert sorted(ptq["Model"]) == ["alt", "fp"]  # both PTQ rows, each named by its model

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from ptq_bench.kinds import DISPLAY_NAMES
+from ptq_bench.kinds import DISPLAY_NAMES, KINDS
 from ptq_bench.quant.configs import CATALOG, setting_label
 from ptq_bench.report.fmt import Quoted, bits, frame, param_count
 from ptq_bench.report.layouts import LAYOUTS
@@ -103,15 +103,16 @@ def _pool_measured(values: list[Any]) -> Any:
 
 
 def table3(run: RunData, layout: Layout, with_paper: bool = True) -> pd.DataFrame:
-    """Rows: FP16, each PTQ setting of an fp16 model, each natively trained BitNet; columns as Table 3.
-    A setting run over several calibration seeds is one row: mean ± std over the seeds that measured each
-    column (a recipe may run the tasks on one seed only), `seeds` the number of seeds."""
-    rows = [r for r in run.rows if r.get("model_kind") == "fp16" or r.get("method") == "none"]
+    """Rows: FP16, each PTQ setting of a model PTQ may target (kinds.Kind.ptq_allowed), each natively trained
+    BitNet; columns as Table 3. A setting run over several calibration seeds is one row: mean ± std over the
+    seeds that measured each column (a recipe may run the tasks on one seed only), `seeds` the number of seeds."""
+    rows = [r for r in run.rows if r.get("method") == "none" or _ptq_target(r.get("model_kind"))]
     groups: dict[tuple, list[dict[str, Any]]] = {}
     for row in rows:
         groups.setdefault(setting(row), []).append(row)
     several = any(len(g) > 1 for g in groups.values())
     named = (len({r.get("model") for r in rows}) > len({r.get("model_kind") for r in rows})  # two models of a kind
+             or len({r.get("model") for r in rows if r.get("method") != "none"}) > 1  # PTQ rows of two models
              or any(_loaded(run, r.get("model")) for r in rows))  # a `source:` model is not the paper's Transformer
     records, partial = [], []
     for group in groups.values():
@@ -138,6 +139,11 @@ def table3(run: RunData, layout: Layout, with_paper: bool = True) -> pd.DataFram
     df = frame([*([_random_row(recs[0], layout)] if with_paper and recs else []), *recs])
     df.attrs["notes"] = [*([TABLE3_SOURCE] if with_paper else []), *(_seed_notes(partial) if several else [])]
     return df
+
+
+def _ptq_target(kind: Any) -> bool:
+    """May post-training quantization target a model of `kind` (its kinds.KINDS entry)?"""
+    return kind in KINDS and KINDS[kind].ptq_allowed
 
 
 def _random_row(template: dict[str, Any], layout: Layout) -> dict[str, Any]:
