@@ -302,3 +302,16 @@ def test_a_continuation_longer_than_the_context_is_refused_as_hflm_refuses_it(to
     lm = FastLM(model, tok, batch_size=8, progress=False, mode=mode)
     with pytest.raises(PtqBenchError, match=r"hellaswag document 2: a continuation of 80 tokens .* max length 32"):
         lm.loglikelihood(reqs, disable_tqdm=True)
+
+
+def test_two_tasks_may_not_share_an_lm_eval_task_name():
+    """A variant entry naming its YAML's own `task:` (what TaskSpec's comment said) shared it with the entry
+    already listed: lm-eval loaded one of the two, and both rows carried its numbers (measured: a variant
+    `arc_easy_v` of arc_challenge.yaml over ARC-Easy's file reported ARC-Challenge's accuracy)."""
+    from ptq_bench.eval import harness
+
+    harness.check_distinct(TASKS)
+    variant = harness.TaskSpec("arc_challenge", "arc/arc_challenge.yaml", {"test": "arc_easy/test.jsonl"},
+                               ("acc",), "ARCeV", paper=False)
+    with pytest.raises(ValueError, match="'arc_challenge' and 'arc_easy_v' share lm_eval_task 'arc_challenge'"):
+        harness.check_distinct({**TASKS, "arc_easy_v": variant})

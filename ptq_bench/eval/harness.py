@@ -36,7 +36,8 @@ BACKENDS = ("fast", "hflm")
 
 @dataclass(frozen=True)
 class TaskSpec:
-    lm_eval_task: str  # the task name inside lm-eval (the installed YAML's `task:`)
+    lm_eval_task: str  # the generated config's `task:` (the installed YAML's own, or a new name for a variant
+    # of a task listed already: lm-eval keeps one task per name, so two entries may not share one)
     yaml: str  # the installed YAML, relative to lm_eval/tasks/
     data_files: dict[str, str]  # lm-eval split name -> file relative to the data folder
     metrics: tuple[str, ...]  # metrics lm-eval defines for the task, reported in this order
@@ -91,6 +92,20 @@ TASKS: dict[str, TaskSpec] = {
                          ("word_perplexity", "byte_perplexity", "bits_per_byte"), "WT2",
                          "document-level rolling loglikelihood; not the GPTQ-protocol perplexity", paper=False),
 }
+
+
+def check_distinct(tasks: dict[str, TaskSpec]) -> None:
+    """Two entries with one `lm_eval_task`: lm-eval loads one ("Duplicate task name ... Skipping") and both
+    entries' rows would carry its numbers."""
+    seen: dict[str, str] = {}
+    for name, spec in tasks.items():
+        if spec.lm_eval_task in seen:
+            raise ValueError(f"tasks {seen[spec.lm_eval_task]!r} and {name!r} share lm_eval_task "
+                             f"{spec.lm_eval_task!r}: give the variant a task name of its own")
+        seen[spec.lm_eval_task] = name
+
+
+check_distinct(TASKS)
 PAPER_TASKS = tuple(k for k, spec in TASKS.items() if spec.paper)
 # The fields of a task file's rows that lm-eval's process_docs / doc_to_* read (the HF dataset's schema,
 # /work/shared/data/README.md): a row without one is a KeyError inside lm-eval, after a run's training.
