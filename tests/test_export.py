@@ -11,6 +11,7 @@ import textwrap
 import pytest
 import torch
 
+from ptq_bench.kinds import BITNET_MODES
 from ptq_bench.models.bitlinear import BitLinear, unpack_ternary
 from ptq_bench.models.build import (
     MODEL_KINDS,
@@ -156,7 +157,7 @@ def test_export_loads_in_stock_transformers(tmp_path):
         diff = (theirs - ours[kind]).abs().max().item()
         assert diff <= HF_TOL, f"{kind}: max |logit diff| {diff}"
         assert info[kind]["lm_head"] == "Linear"
-        assert info[kind]["bitlinear"] == (kind != "fp16")
+        assert info[kind]["bitlinear"] == (kind in BITNET_MODES)  # a float kind (fp16 or a new one): none
     assert info["bitnet_b158"]["weight_dtype"] == "torch.uint8"
 
 

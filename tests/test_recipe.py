@@ -566,13 +566,15 @@ def test_kinds_table_is_what_build_and_train_use():
     from ptq_bench.models.build import MODEL_KINDS, build_model
     from ptq_bench.models.train import SCHEDULES, make_schedule
 
-    assert MODEL_KINDS == TRAINED_KINDS == ("fp16", "bitnet_b158", "bitnet_b1")
+    assert MODEL_KINDS == TRAINED_KINDS == tuple(k for k, v in KINDS.items() if v.schedule is not None)
     arch = ArchConfig(hidden_size=16, intermediate_size=32, num_layers=1, num_heads=2, max_seq_len=8)
     for kind in TRAINED_KINDS:
         modes = {m.mode for m in build_model(kind, arch, 300, seed=0).modules() if isinstance(m, BitLinear)}
         assert modes == ({BITNET_MODES[kind]} if kind in BITNET_MODES else set()), kind
         assert make_schedule(kind) == make_schedule(kind, None) and KINDS[kind].schedule in SCHEDULES
-    assert [k for k, v in KINDS.items() if v.ptq_allowed] == ["fp16"]
+    # the decision as data: PTQ may target a model of float weights only (a new float kind may join fp16)
+    assert [k for k, v in KINDS.items() if v.ptq_allowed] == [k for k, v in KINDS.items() if v.native_bits[0] == 16]
+    assert all(v.ptq_allowed for v in KINDS.values() if v.ptq_default) and KINDS["fp16"].ptq_default
 
 
 def test_ls_lists_the_tables(capsys):

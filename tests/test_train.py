@@ -5,11 +5,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from family_checks import METHOD_PARAMS
 
 from ptq_bench.errors import QuantError
 from ptq_bench.models.build import ArchConfig, build_model
 from ptq_bench.models.train import batch_order, lr_at, make_schedule, train
 from ptq_bench.quant import METHODS, load_all
+from ptq_bench.quant.configs import CATALOG
 
 ARCH = ArchConfig(hidden_size=32, intermediate_size=64, num_layers=2, num_heads=2, max_seq_len=64)
 TOKENS = np.random.default_rng(0).integers(0, 128, size=20_000).astype(np.int32)
@@ -57,7 +59,7 @@ def test_divergence_is_recorded_not_raised():
     assert not np.isfinite(res.curve[-1]["loss"])
 
 
-@pytest.mark.parametrize("name", ["absmax", "gptq", "quip", "smoothquant"])
+@pytest.mark.parametrize("name", sorted(CATALOG))  # every method (it named four: a fifth went unchecked)
 def test_ptq_of_bitnet_is_refused(name):
     """BitLinear re-quantizes its latent weights on every call: a PTQ grid written there would be a lie."""
     load_all()
@@ -65,9 +67,8 @@ def test_ptq_of_bitnet_is_refused(name):
     before = {k: v.clone() for k, v in model.state_dict().items()}
     calib = torch.from_numpy(TOKENS[: 4 * 32].reshape(4, 32).astype(np.int64))
     method = METHODS[name]
-    w_bits = 4 if name != "quip" else 2
     with pytest.raises(QuantError, match="PTQ refused.*BitLinear"):
-        method.apply(model, method.config_cls(w_bits=w_bits), calib if method.needs_calibration else None)
+        method.apply(model, method.config_cls(**METHOD_PARAMS[name]), calib if method.needs_calibration else None)
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # untouched
 
 
