@@ -16,7 +16,7 @@ from report_rows import row, run_dir
 
 from ptq_bench.eval.harness import PAPER_TASKS, TASKS
 from ptq_bench.report import render
-from ptq_bench.report.layouts import GENERIC, LAYOUT_NAMES, LAYOUTS
+from ptq_bench.report.layouts import GENERIC, LAYOUT_NAMES, LAYOUTS, derived_files
 
 ROOT = Path(__file__).resolve().parents[1]
 COMMITTED = sorted(p.name for p in (ROOT / "results").iterdir() if (p / "results.jsonl").is_file())
@@ -98,6 +98,7 @@ def test_every_layout_renders_from_synthetic_rows(tmp_path, name):
                                                             {s.label for s in TASKS.values()}]
     pngs = [p for p in written if p.suffix == ".png"]
     assert len(pngs) >= len(set(GENERIC.plots) | set(layout.plots))
+    assert {p.name for p in written} <= set(derived_files())  # a new figure's name is in layouts.FIGURES
     if name == GENERIC.name:  # `layout: generic` adds nothing to the generic files
         assert not list(d.glob("paper_table.*"))
 
