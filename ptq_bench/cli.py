@@ -125,9 +125,10 @@ def _ls(args: argparse.Namespace) -> int:
     from ptq_bench.quant.configs import CATALOG
 
     print("methods:")
+    width = max(map(len, CATALOG))  # columns as wide as the longest entry: any name added to a table fits
     for name, entry in sorted(CATALOG.items()):
         fields = ", ".join(f"{f.name}={f.default!r}" for f in dataclasses.fields(entry.config))
-        print(f"  {name:<12} {'(calibrated) ' if entry.needs_calibration else ''}{fields}")
+        print(f"  {name:<{width}} {'(calibrated) ' if entry.needs_calibration else ''}{fields}")
     print("tasks:")
     for name in sorted(TASKS):
         print(f"  {name}")
@@ -135,11 +136,12 @@ def _ls(args: argparse.Namespace) -> int:
     from ptq_bench.report.layouts import LAYOUT_NAMES
     print("layouts:", ", ".join(LAYOUT_NAMES))
     print("model kinds (trained here, or detected from a 'source:' HF checkpoint dir / hub id):")
+    widths = [max(len(s) for s in col) for col in zip(*((k.name, k.display) for k in KINDS.values()))]
     for kind in KINDS.values():
         how = "trained" if kind.schedule else "source only"
         ptq = "PTQ target" if kind.ptq_default else "PTQ allowed" if kind.ptq_allowed else "no PTQ"
         bits = "W{}A{}".format(*kind.native_bits)
-        print(f"  {kind.name:<12} {kind.display:<13} {bits:<9} {how}, {ptq}")
+        print(f"  {kind.name:<{widths[0]}} {kind.display:<{widths[1]}} {bits:<9} {how}, {ptq}")
     from ptq_bench.families import SUPPORTED_MODEL_TYPES, layouts
 
     print("model families (config.model_type of a 'source:' checkpoint):")

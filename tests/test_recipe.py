@@ -585,7 +585,7 @@ def test_ls_lists_the_tables(capsys):
     out = capsys.readouterr().out
     for name in [*KINDS, *CATALOG, *(k.display for k in KINDS.values())]:
         assert name in out, name
-    assert "bitnet_b158  BitNet b1.58  W1.58A8   trained, no PTQ" in out
+    assert re.search(r"\n  bitnet_b158 +BitNet b1\.58 +W1\.58A8 +trained, no PTQ\n", out)
     from ptq_bench.families import SUPPORTED_MODEL_TYPES
 
     families = out.split("model families")[1]
@@ -596,3 +596,17 @@ def test_ls_lists_the_tables(capsys):
     assert re.search(r"\n  lfm2 +7 linears per block; 5 in conv blocks, gain\n", families)
     starts = {line.index(" linears per block") - len(line.split()[1]) for line in families.splitlines()[1:] if line}
     assert len(starts) == 1, starts  # one column, however long a family's name
+
+
+def test_ls_columns_fit_the_longest_name(capsys, monkeypatch):
+    """`ls` padded method names to 12 and kinds' display names to 13 characters: "BitNet b1 (HF)" (14) pushed its
+    row's bits out of the column, and so would any longer name added to CATALOG or KINDS."""
+    from ptq_bench.quant.configs import CATALOG
+
+    monkeypatch.setitem(CATALOG, "rtn_mse_long_name", CATALOG["absmax"])
+    assert main(["ls"]) == 0
+    out = capsys.readouterr().out
+    methods = out.split("methods:\n")[1].split("tasks:")[0].splitlines()
+    assert len({line.index("w_bits=") for line in methods if "(calibrated)" not in line}) == 1, methods
+    kinds = out.split("hub id):\n")[1].split("model families")[0].splitlines()
+    assert len({re.search(r" W[\d.]+A\d+ ", line).start() for line in kinds}) == 1, kinds
