@@ -4,10 +4,13 @@ from __future__ import annotations
 
 
 def max_delta(a: dict, b: dict) -> tuple[float, int]:
-    """Largest |Δ loglik| over all requests, and how many is_greedy flags differ."""
+    """Largest |Δ loglik| over all requests, and how many is_greedy flags differ. Both sides must hold the
+    same tasks and as many responses per task (ValueError / KeyError): a figure over a subset is refused."""
     worst, flips = 0.0, 0
+    if set(a) != set(b):
+        raise KeyError(f"the two sides' tasks differ: {sorted(set(a) ^ set(b))}")
     for name in a:
-        for x, y in zip(a[name], b[name]):
+        for x, y in zip(a[name], b[name], strict=True):
             if isinstance(x, tuple):
                 worst = max(worst, abs(x[0] - y[0]))
                 flips += x[1] != y[1]
