@@ -223,13 +223,8 @@ def bench(tasks: list[str], limit: int, model, tok, args: argparse.Namespace, pa
     for knob, n in variants:  # FastLM again with one batching figure changed
         suites[f"fast@{knob}={n}"] = with_batching(TaskSuite(tasks, args.data, tok, limit=limit, backend="fast",
                                                              batch_size=args.batch_size, fast_mode=args.fast_mode), **{knob: n})
-    metrics, best, work, forwards = {}, {b: float("inf") for b in suites}, {}, {}
     counter = WorkCounter(model)
-    for _ in range(args.repeats + 1):  # the first round warms up
-        for b, suite in suites.items():
-            counter.flops = counter.forwards = 0
-            metrics[b] = suite.evaluate(model, progress=False)
-            best[b], work[b], forwards[b] = min(best[b], suite.last_seconds), counter.flops, counter.forwards
+    metrics, best, work, forwards = best_of(suites, model, args.repeats, counter)
     for h in counter.handles:
         h.remove()
     one = None
@@ -255,6 +250,21 @@ def bench(tasks: list[str], limit: int, model, tok, args: argparse.Namespace, pa
                        "work": work["hflm"] / work[b],
                        "max_abs_dloglik": max_delta(suites["hflm"].last_responses, suites[b].last_responses)[0]}
                       for b in suites if "@" in b]}
+
+
+def best_of(suites: dict, model, repeats: int, counter: WorkCounter) -> tuple[dict, dict, dict, dict]:
+    """A warm-up round, then `repeats` rounds of every suite in turn (backends alternating): per suite its
+    metrics, best time of the timed rounds (the warm-up's left out; with repeats 0, the warm-up's),
+    work and forwards."""
+    metrics, best, work, forwards = {}, {b: float("inf") for b in suites}, {}, {}
+    for round_ in range(repeats + 1):
+        for b, suite in suites.items():
+            counter.flops = counter.forwards = 0
+            metrics[b] = suite.evaluate(model, progress=False)
+            work[b], forwards[b] = counter.flops, counter.forwards
+            if round_ > 0 or repeats == 0:
+                best[b] = min(best[b], suite.last_seconds)
+    return metrics, best, work, forwards
 
 
 def with_batching(suite, overhead: int | None = None, rows: int | None = None, gpu_tokens: bool = False):
