@@ -223,6 +223,9 @@ def bench(tasks: list[str], limit: int, model, tok, args: argparse.Namespace, pa
     for knob, n in variants:  # FastLM again with one batching figure changed
         suites[f"fast@{knob}={n}"] = with_batching(TaskSuite(tasks, args.data, tok, limit=limit, backend="fast",
                                                              batch_size=args.batch_size, fast_mode=args.fast_mode), **{knob: n})
+    for b, suite in suites.items():
+        if b != "hflm":
+            tokenize_in_call(suite)
     counter = WorkCounter(model)
     metrics, best, work, forwards = best_of(suites, model, args.repeats, counter)
     for h in counter.handles:
@@ -250,6 +253,21 @@ def bench(tasks: list[str], limit: int, model, tok, args: argparse.Namespace, pa
                        "work": work["hflm"] / work[b],
                        "max_abs_dloglik": max_delta(suites["hflm"].last_responses, suites[b].last_responses)[0]}
                       for b in suites if "@" in b]}
+
+
+def tokenize_in_call(suite) -> None:
+    """Each FastLM of `suite` gets a fresh RequestEncoder, so its requests are tokenized inside the timed
+    evaluate() call as HFLM's are (TaskSuite pre-tokenizes them for FastLM when it is built, untimed)."""
+    from ptq_bench.eval.encoder import RequestEncoder
+
+    make = suite.make_lm
+
+    def make_lm(model, progress: bool = True):
+        lm = make(model, progress=progress)
+        lm.encoder = RequestEncoder(suite.tokenizer)
+        return lm
+
+    suite.make_lm = make_lm
 
 
 def best_of(suites: dict, model, repeats: int, counter: WorkCounter) -> tuple[dict, dict, dict, dict]:

@@ -1,5 +1,5 @@
 """The benchmark scripts measure both sides alike and report agreement over all the work (eval_speed.py's
-timed rounds: fakes stand in for TaskSuite, no task is run)."""
+timed rounds and what its FastLM does inside them: fakes stand in for TaskSuite, no task is run)."""
 
 from __future__ import annotations
 
@@ -82,6 +82,13 @@ def test_eval_speed_best_of_leaves_the_warm_up_out(monkeypatch):
 def test_eval_speed_repeats_zero_times_the_one_call(monkeypatch):
     res, _ = _bench(monkeypatch, repeats=0)
     assert (res["hflm_s"], res["fast_s"]) == (1.0, 0.5)
+
+
+def test_eval_speed_fastlm_tokenizes_inside_the_timed_call(monkeypatch):
+    """HFLM tokenizes its requests inside evaluate(); FastLM must too, not read them from the encoder that
+    TaskSuite filled when it was built (outside the timing)."""
+    _, suites = _bench(monkeypatch)
+    assert suites["fast"].fresh == [True] * 3 and suites["hflm"].fresh == [True] * 3
 
 
 def test_max_delta_refuses_unequal_response_lists(monkeypatch):
