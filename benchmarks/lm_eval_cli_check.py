@@ -27,7 +27,7 @@ per task the largest |difference| of the per-request log-likelihoods (ptq-bench'
 samples, matched by (doc_id, request index); shown for information, no tolerance). Tolerance on the
 metrics: none. acc / acc_norm are a count of correct documents over n; the check passes only when both
 sides have the same n and the same count (values equal to 1e-9 after `round(value * n)`). Exit 1 on
-any difference in a metric or in n, 0 when all agree. The wall time of each side is printed too
+any difference in a metric or in n, 0 when all agree, 2 when an input is bad or a side did not run. The wall time of each side is printed too
 (ptq-bench: model load + request building + evaluation in this process; CLI: the whole subprocess).
 """
 
@@ -90,12 +90,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+def fail(message: str) -> None:
+    """Bad input or a side that did not run: its message and exit 2, never 1 (1 means the two sides differ)."""
+    print(message, file=sys.stderr)
+    raise SystemExit(2)
+
+
 def default_model_dir(cache_dir: Path) -> Path:
     """The one converted checkpoint folder (config.json + model.safetensors + tokenizer) under <cache>/sources."""
     sources = cache_dir / "sources"
     found = sorted(p.parent for p in sources.glob("*/config.json") if (p.parent / "model.safetensors").is_file())
     if len(found) != 1:
-        sys.exit(f"expected one checkpoint folder under {sources}, found {[str(f) for f in found]}: pass --model")
+        fail(f"expected one checkpoint folder under {sources}, found {[str(f) for f in found]}: pass --model")
     return found[0]
 
 
@@ -117,7 +123,7 @@ def none_row(rows: list[dict[str, Any]], model: str | None) -> dict[str, Any]:
     cands = [r for r in rows if r["method"] == "none" and (model is None or r["model"] == model)]
     if len(cands) != 1:
         names = sorted({r["model"] for r in rows if r["method"] == "none"})
-        sys.exit(f"need exactly one current 'none' row, found {len(cands)} (models with one: {names}): --row-model")
+        fail(f"need exactly one current 'none' row, found {len(cands)} (models with one: {names}): --row-model")
     return cands[0]
 
 
@@ -196,7 +202,7 @@ def cli_side(args: argparse.Namespace, model_dir: Path, tasks: list[str], limit:
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
     wall = time.perf_counter() - start
     if proc.returncode != 0:
-        sys.exit(f"lm_eval failed (exit {proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")
+        fail(f"lm_eval failed (exit {proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")
     (work / "lm_eval.log").write_text(proc.stdout + proc.stderr)
     return parse_cli_output(out_dir, tasks, num_fewshot, wall)
 
@@ -204,7 +210,7 @@ def cli_side(args: argparse.Namespace, model_dir: Path, tasks: list[str], limit:
 def parse_cli_output(out_dir: Path, tasks: list[str], num_fewshot: int, wall: float) -> Side:
     results_files = sorted(out_dir.rglob("results_*.json"))
     if len(results_files) != 1:
-        sys.exit(f"expected one results_*.json under {out_dir}, found {results_files}")
+        fail(f"expected one results_*.json under {out_dir}, found {results_files}")
     out = json.loads(results_files[0].read_text())
     metrics, n_docs, n_total, logliks = {}, {}, {}, {}
     for name in tasks:
@@ -289,7 +295,7 @@ def run_recipe(args: argparse.Namespace, data_dir: Path, work: Path) -> bool:
     args.batch_size = int((recipe.get("eval") or {}).get("batch_size", args.batch_size))
     model_dir = args.model or source_dir(recipe, row["model"], args.cache_dir)
     if model_dir is None or not (Path(model_dir) / "config.json").is_file():
-        sys.exit(f"no checkpoint folder for model '{row['model']}' ({model_dir}): pass --model DIR")
+        fail(f"no checkpoint folder for model '{row['model']}' ({model_dir}): pass --model DIR")
     bad = check_data(manifest, data_dir, tasks)
     if bad:
         print(f"WARNING: data files differ from the run's manifest: {bad}")

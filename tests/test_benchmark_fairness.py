@@ -1,5 +1,6 @@
 """The benchmark scripts measure both sides alike and report agreement over all the work (eval_speed.py's
-timed rounds and what its FastLM does inside them: fakes stand in for TaskSuite, no task is run)."""
+timed rounds and what its FastLM does inside them: fakes stand in for TaskSuite, no task is run), and their exit
+statuses mean what benchmarks/README.md says."""
 
 from __future__ import annotations
 
@@ -99,3 +100,11 @@ def test_max_delta_refuses_unequal_response_lists(monkeypatch):
         mod.max_delta({"t": [(-1.0, True), (-9.0, False)]}, {"t": [(-1.0, True)]})
     with pytest.raises(KeyError):
         mod.max_delta({"t": [(-1.0, True)], "u": [(-1.0, True)]}, {"t": [(-1.0, True)]})
+
+
+def test_lm_eval_cli_check_bad_input_exits_2_not_1(tmp_path, monkeypatch, capsys):
+    """Exit 1 means 'the two sides differ' (README); a run folder with no `none` row is bad input: exit 2."""
+    mod = _module("lm_eval_cli_check", monkeypatch)
+    with pytest.raises(SystemExit) as exc:
+        mod.main(["--recipe-run", str(tmp_path)])
+    assert exc.value.code == 2 and "'none' row" in capsys.readouterr().err
