@@ -67,6 +67,15 @@ def reference_error_feedback(W: Tensor, U: Tensor, quant_col: Callable, block_si
     return Q, float(loss)
 
 
+class Weight(torch.nn.Module):
+    """A linear as the solver reads it (`weight_matrix`), and not a scratch `Stacked`: the library copies it
+    before its column walk as it copies a model's linear, and leaves it as it was for the next repeat."""
+
+    def __init__(self, weight: Tensor) -> None:
+        super().__init__()
+        self.weight = torch.nn.Parameter(weight, requires_grad=False)
+
+
 def block_problem(a: argparse.Namespace, device: str) -> tuple[dict[str, Stacked], dict[str, Tensor]]:
     """The block's linears (name -> a module holding its weight) and their statistics (name -> Hessian; the
     linears that read one input share one object), at the block's shapes."""
@@ -79,7 +88,7 @@ def block_problem(a: argparse.Namespace, device: str) -> tuple[dict[str, Stacked
 
     shapes = {"q": (h, h), "k": (kv, h), "v": (kv, h), "o": (h, h), "gate": (inter, h), "up": (inter, h),
               "down": (h, inter)}
-    linears = {n: Stacked((torch.randn(*shape, generator=g) * 0.02).to(device)) for n, shape in shapes.items()}
+    linears = {n: Weight((torch.randn(*shape, generator=g) * 0.02).to(device)) for n, shape in shapes.items()}
     attn_in, attn_out, mlp_in, mlp_out = hessian(h), hessian(h), hessian(h), hessian(inter)
     stats = {"q": attn_in, "k": attn_in, "v": attn_in, "o": attn_out, "gate": mlp_in, "up": mlp_in, "down": mlp_out}
     return linears, stats

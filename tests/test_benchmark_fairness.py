@@ -108,3 +108,20 @@ def test_lm_eval_cli_check_bad_input_exits_2_not_1(tmp_path, monkeypatch, capsys
     with pytest.raises(SystemExit) as exc:
         mod.main(["--recipe-run", str(tmp_path)])
     assert exc.value.code == 2 and "'none' row" in capsys.readouterr().err
+
+
+def test_gptq_loop_library_way_solves_copies_like_the_reference(monkeypatch):
+    """Both ways must leave the block's weights as they were: the timed repeats after the counted call solve the
+    same weights, and the library copies a model's linear before its walk (`consume_w` is for its own stacks)."""
+    import argparse
+
+    import torch
+
+    mod = _module("gptq_loop", monkeypatch)
+    a = argparse.Namespace(hidden=64, intermediate=128, heads=4, kv_heads=2, bits=4, group_size=32)
+    problem = mod.block_problem(a, "cpu")
+    before = {n: m.weight.detach().clone() for n, m in problem[0].items()}
+    first = mod.library_way(problem, 4, 32)
+    assert all(torch.equal(before[n], m.weight) for n, m in problem[0].items())
+    assert all(torch.equal(x, y) for x, y in zip(first, mod.library_way(problem, 4, 32), strict=True))
+    assert all(torch.equal(x, y) for x, y in zip(first, mod.reference_way(problem, 4, 32), strict=True))
