@@ -125,3 +125,35 @@ def test_gptq_loop_library_way_solves_copies_like_the_reference(monkeypatch):
     assert all(torch.equal(before[n], m.weight) for n, m in problem[0].items())
     assert all(torch.equal(x, y) for x, y in zip(first, mod.library_way(problem, 4, 32), strict=True))
     assert all(torch.equal(x, y) for x, y in zip(first, mod.reference_way(problem, 4, 32), strict=True))
+
+
+def test_calib_memory_inplace_method_seconds_leave_the_backup_out(monkeypatch):
+    """`--path inplace` printed 'gptq=.../NNNs' with FloatBlocks' backup (writing every block to disk) inside the
+    method's seconds; the other paths time the method alone. The backup now has its own seconds."""
+    import time
+
+    import torch
+    from tiny_families import tiny_model
+
+    import ptq_bench.quant.apply as apply
+
+    mod = _module("calib_memory", monkeypatch)
+
+    class SlowBackup:
+        def __init__(self, model, folder) -> None:
+            time.sleep(1.0)
+
+        def restore(self, model) -> None:
+            pass
+
+    class Quick:
+        config_cls = dict
+
+        def apply(self, model, cfg, calib) -> None:
+            pass
+
+    monkeypatch.setattr(apply, "FloatBlocks", SlowBackup)
+    monkeypatch.setattr(mod, "build_llama", lambda dtype, layers: tiny_model("llama").to(getattr(torch, dtype)))
+    monkeypatch.setattr(mod, "method_and_config", lambda name: (Quick(), {}))
+    out = mod.run_path("inplace", "float32", 1, 1, 8)
+    assert out["phases"]["gptq"]["seconds"] < 0.5 and out["phases"]["backup"]["seconds"] >= 1.0, out["phases"]
