@@ -11,7 +11,8 @@ subprocess. On CUDA, training runs under bf16 autocast (models/train.py); PTQ an
 the model's dtype. Prints each run's wall time, then per row (model, method label, calibration seed):
 both runs' quantization + evaluation seconds, the largest relative difference of its perplexities and
 the largest absolute difference of its mean KLD (nats) and accuracies (fractions), and a summary line.
-Exit 1 when the two runs do not hold the same rows.
+Exit 1 when the two runs do not hold the same rows, or a row's perplexity / KLD / accuracy metrics differ in
+name between them (printed: they are left out of the columns).
 """
 
 from __future__ import annotations
@@ -85,15 +86,19 @@ def compare(a: dict[tuple, dict], b: dict[tuple, dict], names: tuple[str, str]) 
     print(f"{'model':<14}{'label':<34}{'seed':>5}{'q+eval s ' + names[0]:>24}{'q+eval s ' + names[1]:>24}"
           + "".join(f"{col:>16}" for _, _, col in KINDS.values()))
     worst: dict[str, float | None] = dict.fromkeys(KINDS)
+    one_sided: list[str] = []
     for key in sorted(a, key=str):
         ra, rb = a[key], b[key]
         per = differences(ra["metrics"], rb["metrics"])
+        one_sided += [f"{key[0]} {key[1]}: {m}" for m in sorted(set(ra["metrics"]) ^ set(rb["metrics"])) if kind_of(m)]
         worst = {k: _max(worst[k], per[k]) for k in KINDS}
         label = setting_name(key[1], ra["method"], ra.get("config") or {})
         print(f"{key[0]:<14}{label:<34}{str(key[2]):>5}{seconds(ra):>24}{seconds(rb):>24}"
               + "".join(f"{_fmt(per[k]):>16}" for k in KINDS))
     print("largest difference: " + ", ".join(f"{KINDS[k][2].removeprefix('max ')} {_fmt(v)}" for k, v in worst.items()))
-    return 0
+    if one_sided:  # not compared above: a "–" there would read as "neither run measured it"
+        print(f"metrics of one run only ({len(one_sided)}): " + "; ".join(one_sided[:10]))
+    return 1 if one_sided else 0
 
 
 def differences(ma: dict[str, float], mb: dict[str, float]) -> dict[str, float | None]:

@@ -157,3 +157,15 @@ def test_calib_memory_inplace_method_seconds_leave_the_backup_out(monkeypatch):
     monkeypatch.setattr(mod, "method_and_config", lambda name: (Quick(), {}))
     out = mod.run_path("inplace", "float32", 1, 1, 8)
     assert out["phases"]["gptq"]["seconds"] < 0.5 and out["phases"]["backup"]["seconds"] >= 1.0, out["phases"]
+
+
+def test_gpu_vs_cpu_flags_a_metric_only_one_run_has(monkeypatch, capsys):
+    """A row whose accuracy only one device measured printed "–" (read: neither measured it) and exit 0; the
+    agreement columns covered the metrics both rows have, silently. It now lists such metrics and exits 1."""
+    mod = _module("gpu_vs_cpu", monkeypatch)
+    row = {"method": "none", "config": {}, "metrics": {"ppl_gptq/wikitext2": 10.0, "lm_eval/piqa/0shot/acc": 0.6}}
+    key = ("m", "FP16", None, "{}")
+    assert mod.compare({key: row}, {key: row}, ("cpu", "cuda")) == 0
+    partial = {**row, "metrics": {"ppl_gptq/wikitext2": 10.0}}
+    assert mod.compare({key: row}, {key: partial}, ("cpu", "cuda")) == 1
+    assert "lm_eval/piqa/0shot/acc" in capsys.readouterr().out.splitlines()[-1]
