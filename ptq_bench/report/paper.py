@@ -15,7 +15,7 @@ from ptq_bench.quant.configs import CATALOG, setting_label
 from ptq_bench.report.fmt import Quoted, bits, frame, param_count
 from ptq_bench.report.layouts import LAYOUTS
 from ptq_bench.report.run import RunData, mean, ppl, task_metric, versions
-from ptq_bench.report.spread import pool, setting
+from ptq_bench.report.spread import fewer_seeds, pool_measured, setting
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -96,12 +96,6 @@ def _diverged(row: dict[str, Any], rows: list[dict[str, Any]]) -> dict[str, str]
     return {"diverged": "yes" if row.get("diverged") else ""} if any(r.get("diverged") for r in rows) else {}
 
 
-def _pool_measured(values: list[Any]) -> Any:
-    """The seeds' values of one column, over the seeds that measured it (an entry may run tasks on one seed)."""
-    have = [v for v in values if v is not None]
-    return pool(have) if have else None
-
-
 def table3(run: RunData, layout: Layout, with_paper: bool = True) -> pd.DataFrame:
     """Rows: FP16, each PTQ setting of a model PTQ may target (kinds.Kind.ptq_allowed), each natively trained
     BitNet; columns as Table 3. A setting run over several calibration seeds is one row: mean ± std over the
@@ -123,7 +117,7 @@ def table3(run: RunData, layout: Layout, with_paper: bool = True) -> pd.DataFram
                                "ABits": bits(row.get("a_bits")),
                                "Setting": setting_label(str(row.get("method")), row.get("config") or {}),
                                "PTQ": "no" if row.get("method") == "none" else "yes",
-                               **{c: _pool_measured([m[c] for m in measured]) for c in measured[0]},
+                               **{c: pool_measured([m[c] for m in measured]) for c in measured[0]},
                                **({"seeds": len(group)} if several else {}), **_diverged(row, rows),
                                **versions(row, rows)}
         if with_paper:
@@ -155,16 +149,9 @@ def _random_row(template: dict[str, Any], layout: Layout) -> dict[str, Any]:
 
 
 def _fewer_seeds(rec: dict[str, Any], measured: list[dict[str, Any]]) -> list[str]:
-    """'GPTQ W4A16 g128: WG, WGe, HS, SC, Avg from 1 of 3 seeds' when a pooled row's columns were measured on
-    fewer of its seeds than its `seeds` count says (a recipe may run the tasks on one seed only)."""
-    counts = {c: sum(m[c] is not None for m in measured) for c in measured[0]}
-    short = [c for c, n in counts.items() if 0 < n < len(measured)]
-    if not short:
-        return []
+    """'GPTQ W4A16 g128: WG, WGe, HS, SC, Avg from 1 of 3 seeds' (`spread.fewer_seeds`) for a pooled row."""
     setting_ = f" {rec['Setting']}" if rec.get("Setting") else ""
-    by_n = {counts[c]: [x for x in short if counts[x] == counts[c]] for c in short}
-    return [f"{rec['Method']} W{rec['WBits']}A{rec['ABits']}{setting_}: {', '.join(cols)} from {n} of "
-            f"{len(measured)} seeds" for n, cols in by_n.items()]
+    return fewer_seeds(f"{rec['Method']} W{rec['WBits']}A{rec['ABits']}{setting_}", measured)
 
 
 def _seed_notes(partial: list[str]) -> list[str]:

@@ -43,6 +43,21 @@ def pool(values: list[Any]) -> Any:
     return values[0] if len(set(map(str, values))) == 1 else None
 
 
+def pool_measured(values: list[Any]) -> Any:
+    """The seeds' values of one column, over the seeds that measured it (an entry may run tasks on one seed)."""
+    have = [v for v in values if v is not None]
+    return pool(have) if have else None
+
+
+def fewer_seeds(name: str, measured: list[dict[str, Any]]) -> list[str]:
+    """'<name>: <columns> from 1 of 3 seeds' for the columns of a pooled row that fewer of its seeds measured
+    than the row pools (a recipe may run the tasks on one seed only)."""
+    counts = {c: sum(m.get(c) is not None for m in measured) for c in measured[0]}
+    short = [c for c, n in counts.items() if 0 < n < len(measured)]
+    by_n = {counts[c]: [x for x in short if counts[x] == counts[c]] for c in short}
+    return [f"{name}: {', '.join(cols)} from {n} of {len(measured)} seeds" for n, cols in by_n.items()]
+
+
 def spread_table(run: RunData, layout: Layout | None = None) -> pd.DataFrame:
     """One row per setting: measured columns as mean ± std over its calibration seeds, `n` the seed count."""
     from ptq_bench.report.tables import generic_records
@@ -51,11 +66,15 @@ def spread_table(run: RunData, layout: Layout | None = None) -> pd.DataFrame:
     groups: dict[tuple, list[dict[str, Any]]] = {}
     for row, rec in zip(rows, records):
         groups.setdefault(setting(row), []).append(rec)
-    out = []
+    out, partial = [], []
     for recs in groups.values():
         cols = [c for c in recs[0] if c != "calib_seed"]
-        agg = {c: (recs[0][c] if c in _KEPT else pool([r.get(c) for r in recs])) for c in cols}
+        agg = {c: (recs[0][c] if c in _KEPT else pool_measured([r.get(c) for r in recs])) for c in cols}
         agg["n"] = len(recs)
         agg["calib_seeds"] = " ".join(str(r.get("calib_seed")) for r in recs) if len(recs) > 1 else None
         out.append(agg)
-    return frame(out)
+        name = f"{agg['model']} {agg['method']} W{agg['W']}A{agg['A']}" + (f" {agg['setting']}" if agg["setting"] else "")
+        partial += fewer_seeds(name, [{c: r.get(c) for c in cols if c not in _KEPT} for r in recs])
+    df = frame(out)
+    df.attrs["notes"] = [f"- Measured on fewer seeds than the row's `n`: {'; '.join(partial)}."] if partial else []
+    return df
