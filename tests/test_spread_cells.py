@@ -30,3 +30,25 @@ def test_a_cell_measured_on_fewer_seeds_shows_them_not_a_dash(tmp_path):
     assert cells["piqa/0shot/acc"] == "75.00" and cells["avg_acc"] == "75.00"
     assert cells["ppl_gptq/wikitext2/seq128"] == "32.00 ± 2.00" and cells["n"] == "3"
     assert "from 1 of 3 seeds" in md and "piqa/0shot/acc" in md.split("from 1 of 3 seeds")[0].splitlines()[-1]
+
+
+def _gptq_lines(md: str) -> list[list[str]]:
+    return [[c.strip() for c in ln.strip("|").split("|")] for ln in md.splitlines() if "| gptq |" in ln]
+
+
+def test_seeds_of_other_versions_or_devices_are_not_pooled(tmp_path):
+    """A run resumed after an eval-version change (or on another device) holds seed 0 of the old protocol
+    beside seeds 1 and 2 of the new: one mean ± std over the three named only seed 0's version."""
+    rows = _seed_rows(accs_on_seed0_only=False)
+    for r in rows:
+        r.update(method_version=1, eval_version=5)
+        r["protocol"] = {**r["protocol"], "device": "cpu", "dtype": "float32"}
+    rows[1]["eval_version"] = 4
+    cuda = {**rows[3], "calib_seed": 3, "protocol": {**rows[3]["protocol"], "device": "cuda", "dtype": "bfloat16"}}
+    render(run_dir(tmp_path, [*rows, cuda]))
+    md = (tmp_path / "run" / "table_seeds.md").read_text()
+    head = _line(md, "model")
+    lines = [dict(zip(head, cells)) for cells in _gptq_lines(md)]
+    assert sorted((ln["eval v"], ln["n"], ln["calib_seeds"]) for ln in lines) == [("4", "1", "–"), ("5", "1", "–"),
+                                                                                   ("5", "2", "1 2")]
+    assert next(ln for ln in lines if ln["n"] == "2")["ppl_gptq/wikitext2/seq128"] == "33.00 ± 1.41"

@@ -2,7 +2,8 @@
 `table_seeds` view (mean ± sample std over the seeds, and n); every per-seed row stays in table.md / .csv.
 
 Rows are the same setting when model, model key, method and full config match (the row's `slot` without
-its seed), so two configs that share W/A (per channel and g128) are never pooled.
+its seed), so two configs that share W/A (per channel and g128) are never pooled, and when their versions and
+protocol (device and dtype included) match, so a cell never averages two protocols.
 """
 
 from __future__ import annotations
@@ -23,8 +24,12 @@ _KEPT = ("model", "method", "W", "A", "setting", "diverged", "method v", "eval v
 
 
 def setting(row: dict[str, Any]) -> tuple:
-    """A row's setting without its calibration seed."""
-    return (row.get("model"), row.get("model_key"), row.get("method"), json.dumps(row.get("config"), sort_keys=True))
+    """A row's setting without its calibration seed, under one protocol: seeds computed by other method or
+    eval versions, or on another device / dtype (a run resumed after an upgrade, or on a GPU) are not pooled."""
+    protocol = row.get("protocol") if isinstance(row.get("protocol"), dict) else {}
+    measured = {k: v for k, v in protocol.items() if k != "path"}  # FastLM's path: None on seeds that ran no task
+    return (row.get("model"), row.get("model_key"), row.get("method"), json.dumps(row.get("config"), sort_keys=True),
+            row.get("method_version"), row.get("eval_version"), json.dumps(measured, sort_keys=True, default=str))
 
 
 def has_spread(run: RunData) -> bool:
