@@ -192,9 +192,11 @@ def plot_acc_vs_bits(run: RunData, df: pd.DataFrame, out: Path) -> list[Path]:
     tasks = [c for c in df.columns if c.endswith(ACC_SUFFIXES)]
     limit = (first_protocol(run.rows) or {}).get("limit")
     ax.set_ylabel(f"average {shots(run.rows)} accuracy (%)")
+    se = _avg_stderr(run.rows)  # NaN: the rows carry no `_stderr` (written before they were stored)
     _title(ax, f"mean of {len(tasks)} tasks' acc_norm (acc where lm-eval has no acc_norm),\n"
-           f"{f'{limit} documents each' if limit else 'every document'}; a point's standard error "
-           f"≈ {_avg_stderr(run.rows):.1f}", run.rows, fontsize=8)
+           f"{f'at most {limit} documents each' if limit else 'every document'}; "
+           + (f"a point's standard error ≈ {se:.1f}" if _finite(se) else "standard errors not recorded"),
+           run.rows, fontsize=8)
     return _finish(fig, ax, marks, out / "acc_vs_bits.png")
 
 
