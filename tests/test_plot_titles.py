@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import matplotlib.axes
+import matplotlib.text
 from report_rows import row, run_dir
 
 from ptq_bench.report import render
@@ -25,3 +26,18 @@ def test_accuracy_title_names_the_limit_as_a_cap_and_no_nan_standard_error(tmp_p
     title = next(t for t in _titles(tmp_path, monkeypatch, rows) if "tasks'" in t)
     assert "at most 10 documents each" in title and "nan" not in title
     assert "standard errors not recorded" in title
+
+
+def test_a_figure_with_seed_bars_says_what_they_span(tmp_path, monkeypatch):
+    """ppl_vs_bits and kld_vs_bits draw seeds at their mean with min–max bars, table_seeds gives mean ± std:
+    the figure did not say which its bars are."""
+    rows = [row("m", "fp16", "none", 16, 16, 20.0, [])]
+    for seed, ppl in ((0, 30.0), (1, 34.0)):
+        r = row("m", "fp16", "gptq", 4, 16, ppl, [], quant={"effective_bits": 4.25, "seconds": 0.1})
+        r["metrics"]["kld/wikitext2/seq128/mean"] = ppl / 100
+        rows.append({**r, "calib_seed": seed})
+    titles: list[str] = []
+    real = matplotlib.text.Text.set_text
+    monkeypatch.setattr(matplotlib.text.Text, "set_text", lambda self, s: titles.append(str(s)) or real(self, s))
+    render(run_dir(tmp_path, rows))
+    assert sum("error bars: min–max over calibration seeds" in t for t in titles) == 2  # ppl and kld figures

@@ -34,6 +34,7 @@ class Marks:
 
     def __init__(self) -> None:
         self.pending: list[tuple[float, float, Any]] = []
+        self.bars = False  # some x drew several seeds as a min–max bar (`_finish` says so in the title)
 
     def line(self, ax: Any, xs: list[Any], ys: list[Any], **kw: Any) -> Any:
         pts = [(float(x), float(y)) for x, y in zip(xs, ys) if x is not None and y is not None]
@@ -53,6 +54,7 @@ class Marks:
         art = self.line(ax, [x for x, _ in pts], mean, **kw)
         bars = [(x, m, min(v), max(v)) for (x, v), m in zip(pts, mean) if len(v) > 1 and _finite(m) and _finite(x)]
         if bars:
+            self.bars = True
             ax.errorbar([b[0] for b in bars], [b[1] for b in bars], yerr=[[b[1] - b[2] for b in bars],
                         [b[3] - b[1] for b in bars]], fmt="none", ecolor=art.get_color(), capsize=3)
         return art
@@ -160,6 +162,8 @@ def _title(ax: Any, text: str, rows: list[dict[str, Any]], **kw: Any) -> None:
 def _finish(fig: Any, ax: Any, marks: Marks, path: Path, log_grid: bool = False, legend_size: int = 7) -> list[Path]:
     """Grid, the non-finite marks, the legend, then save: the common ending of a one-axis plot."""
     ax.grid(True, which="both" if log_grid else "major", alpha=0.3)
+    if marks.bars:  # table_seeds gives mean ± std: the figure says its bars are not that
+        ax.title.set_text(ax.title.get_text() + "\nerror bars: min–max over calibration seeds")
     marks.draw(ax)
     ax.legend(fontsize=legend_size, loc="best")
     return [_save(fig, path)]
