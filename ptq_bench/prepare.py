@@ -153,7 +153,7 @@ def get_model(
 def _train_into(tmp: Path, ctx: Context, name: str, tokenizer: Any, stream: Any, untrained_ppl: Any) -> None:
     """Train model `name` and write its cache folder at `tmp`: model/ (toolkit form), hf/, train_info.json."""
     from ptq_bench.kinds import train_steps, trained_tokens
-    from ptq_bench.models.build import build_model, export_hf, save_model
+    from ptq_bench.models.build import build_model, save_model
     from ptq_bench.models.train import train, trained_on
 
     r, spec = ctx.recipe, ctx.recipe.models[name]
@@ -173,9 +173,23 @@ def _train_into(tmp: Path, ctx: Context, name: str, tokenizer: Any, stream: Any,
         log(f"'{name}' trained in {res.seconds:.0f}s, final loss {res.curve[-1]['loss']:.3f}")
     save_model(model, spec.kind, tmp / "model")
     tokenizer.save_pretrained(str(tmp / "model"))
-    export_hf(model, spec.kind, tmp / "hf")
-    tokenizer.save_pretrained(str(tmp / "hf"))
+    if export_checkpoint(model, spec.kind, tmp / "hf"):
+        tokenizer.save_pretrained(str(tmp / "hf"))
+    else:
+        log(f"'{name}': no hf/ export (its BitNet weights are not finite: nothing to pack as ternary)")
     info = {"untrained_metrics": untrained, "schedule": to_dict(schedule), "steps": res.steps, "tokens": res.tokens,
             "seconds": res.seconds, "diverged": res.diverged, "diverged_at": res.diverged_at, "curve": res.curve,
             "trained_on": trained_on(next(model.parameters()).device.type)}
     (tmp / "train_info.json").write_text(json.dumps(info, default=str), encoding="utf-8")
+
+
+def export_checkpoint(model: Any, kind: str, out_dir: Path) -> bool:
+    """The transformers-format copy of a trained model (`export_hf`); False, nothing written, for a BitNet
+    model whose weights training left non-finite (a divergence): no ternary weights exist to pack."""
+    from ptq_bench.models.build import export_hf
+    from ptq_bench.models.train import weights_finite
+
+    if kind != "fp16" and not weights_finite(model):
+        return False
+    export_hf(model, kind, out_dir)
+    return True

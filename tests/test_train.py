@@ -106,3 +106,18 @@ def test_no_progress_bar_flood_in_a_log(capfd):
     train(model, PATTERN, make_schedule("fp16"), total_tokens=300 * 4 * 32, seq_len=32, batch_size=4,
           warmup_steps=1, seed=0, log_every=100)
     assert capfd.readouterr().err.count("step/s") <= 2
+
+
+def test_a_diverged_bitnet_is_cached_without_an_hf_export(tmp_path):
+    """A b1.58 model whose weights went NaN has no ternary weights to pack: the run ended in
+    `ValueError: pack_ternary needs values in {-1, 0, 1}` (a traceback, no row) right after logging that the
+    divergence was "recorded as a result". Its cache folder now has no hf/, and the run goes on."""
+    from ptq_bench.prepare import export_checkpoint
+
+    model, res = run("bitnet_b158", lr=1e6, steps=2)
+    assert res.diverged
+    assert export_checkpoint(model, "bitnet_b158", tmp_path / "hf") is False
+    assert not (tmp_path / "hf").exists()
+    model, res = run("bitnet_b158", lr=1e-3, steps=2)
+    assert export_checkpoint(model, "bitnet_b158", tmp_path / "hf") is True
+    assert (tmp_path / "hf" / "config.json").is_file()
