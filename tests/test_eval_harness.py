@@ -315,3 +315,17 @@ def test_two_tasks_may_not_share_an_lm_eval_task_name():
                                ("acc",), "ARCeV", paper=False)
     with pytest.raises(ValueError, match="'arc_challenge' and 'arc_easy_v' share lm_eval_task 'arc_challenge'"):
         harness.check_distinct({**TASKS, "arc_easy_v": variant})
+
+
+def test_a_model_with_nan_log_likelihoods_has_no_accuracy(tok):
+    """lm-eval's argmax over NaN log-likelihoods picks the first choice: a diverged model (NaN logits) scored
+    "25.00" on PIQA, the share of documents whose answer is the first one. Such a task's metrics are NaN."""
+    import math
+
+    model = make_model(len(tok))
+    with torch.no_grad():
+        model.lm_head.weight.fill_(float("nan"))
+    suite = TaskSuite(["piqa", "winogrande"], DATA, tok, limit=4, backend="fast", batch_size=8)
+    metrics = suite.evaluate(model, progress=False)
+    assert metrics and all(math.isnan(v) for v in metrics.values()), metrics
+    assert not any(k.endswith("_stderr") for k in metrics)

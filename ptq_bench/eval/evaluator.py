@@ -28,7 +28,9 @@ import numpy as np
 # 5: a model with per-tensor activation scales (`model_traits.mixes_tokens`) is scored one window per forward
 #    (`perplexity.window_batch`): batched windows shared one scale, so its perplexity and KLD moved with batch_size;
 #    and top1_agree is NaN where either model's logits are NaN or inf (kld.compare): a diverged model had "100"
-EVAL_VERSION = 5
+# 6: a task's metrics are NaN where a log-likelihood of its responses is NaN (harness._finite): lm-eval's argmax
+#    picked the first choice, so a diverged model "scored" the share of documents whose answer is first (PIQA 25.00)
+EVAL_VERSION = 6
 
 
 class Evaluator:

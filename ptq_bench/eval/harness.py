@@ -16,6 +16,7 @@ Metric keys are named by protocol: ``lm_eval/{task}/{n}shot/{metric}``.
 from __future__ import annotations
 
 import functools
+import math
 import os
 import tempfile
 import time
@@ -314,9 +315,19 @@ class TaskSuite:
         metrics = {}
         for name in names:
             row = out["results"][TASKS[name].lm_eval_task]
+            undefined = not _finite(self.last_responses[name])  # lm-eval's argmax over NaN picks choice 0
             for metric in TASKS[name].metrics:
-                metrics[metric_key(name, self.num_fewshot, metric)] = float(row[f"{metric},none"])
+                value = math.nan if undefined else float(row[f"{metric},none"])
+                metrics[metric_key(name, self.num_fewshot, metric)] = value
                 stderr = row.get(f"{metric}_stderr,none")  # "N/A" when lm-eval has none (a single document)
-                if isinstance(stderr, (int, float)):
+                if isinstance(stderr, (int, float)) and not undefined:
                     metrics[metric_key(name, self.num_fewshot, f"{metric}_stderr")] = float(stderr)
         return metrics
+
+
+def _finite(responses: list[Any]) -> bool:
+    """No log-likelihood of a task's responses ((ll, is_greedy) or a rolling float) is NaN: a model with NaN
+    logits (diverged, or an overflowing quantization) has no accuracy, only lm-eval's pick of choice 0 (a -inf
+    log-likelihood still orders the choices)."""
+    lls = [r[0] if isinstance(r, (tuple, list)) else r for r in responses]
+    return not any(math.isnan(float(v)) for v in lls)
