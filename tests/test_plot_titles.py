@@ -41,3 +41,24 @@ def test_a_figure_with_seed_bars_says_what_they_span(tmp_path, monkeypatch):
     monkeypatch.setattr(matplotlib.text.Text, "set_text", lambda self, s: titles.append(str(s)) or real(self, s))
     render(run_dir(tmp_path, rows))
     assert sum("error bars: min–max over calibration seeds" in t for t in titles) == 2  # ppl and kld figures
+
+
+def test_a_nan_point_beyond_the_finite_points_is_drawn_inside_the_axes(tmp_path):
+    """A model that diverged before its second logged step has one finite point (1024 tokens) and a NaN at
+    2048: the x range was fixed from the finite point alone, so the NaN's edge marker fell outside the panel
+    (lr_stability, loss_curves: the divergence drawn nowhere)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from ptq_bench.report.plots import Marks
+
+    fig, ax = plt.subplots()
+    marks = Marks()
+    marks.line(ax, [1024, 2048], [6.27, float("nan")])
+    marks.draw(ax)
+    x0, x1 = ax.get_xlim()
+    edge = [ln for ln in ax.get_lines() if ln.get_marker() == "X"]
+    assert edge and x0 <= edge[0].get_xdata()[0] <= x1 and x0 <= 1024 <= x1
+    plt.close(fig)

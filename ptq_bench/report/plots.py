@@ -61,6 +61,7 @@ class Marks:
 
     def draw(self, ax: Any) -> int:
         """Put each non-finite point on the axis edge, labelled; returns how many were drawn."""
+        _include_finite_coordinates(ax, self.pending)
         (x0, x1), (y0, y1) = ax.get_xlim(), ax.get_ylim()
         ax.set_xlim(x0, x1)
         ax.set_ylim(y0, y1)  # fixed: the edge markers must not move the limits
@@ -72,6 +73,18 @@ class Marks:
             ax.annotate(label, (px, py), textcoords="offset points", xytext=(6, -10 if py == y1 else 4),
                         fontsize=7, color=color, annotation_clip=False)
         return len(self.pending)
+
+
+def _include_finite_coordinates(ax: Any, pending: list[tuple[float, float, Any]]) -> None:
+    """Widen the limits to the finite coordinate of each non-finite point (a NaN loss at 2048 tokens after a
+    lone finite point at 1024): its edge marker stays inside the axes rather than beyond them."""
+    data = ax.dataLim  # a point already drawn stands in for the non-finite coordinate (the view's limits
+    x0 = data.x0 if _finite(data.x0) else ax.get_xlim()[0]  # carry margins, which would be added again)
+    y0 = data.y0 if _finite(data.y0) else ax.get_ylim()[0]
+    extra = [(x if _finite(x) else x0, y if _finite(y) else y0) for x, y, _ in pending if _finite(x) or _finite(y)]
+    if extra:
+        ax.update_datalim(extra)
+        ax.autoscale_view()
 
 
 def _edge(v: float, lo: float, hi: float) -> float:
