@@ -67,7 +67,8 @@ B158_MEMORY = ("- `Mem (MB)`: bytes of the stored weights (every high-precision 
                "are GPU memory and latency at inference, which this table does not measure.")
 STABILITY_COLUMNS = ("- `peak LR`: the schedule's peak learning rate; `final loss`: training cross-entropy (nats per token) "
                      "of the last logged step's batch, one batch (not an average, not held-out); `diverged`: the "
-                     "training loss became non-finite at that step and training stopped there.")
+                     "training loss became non-finite at that step and training stopped there, or (the last step) "
+                     "its update left non-finite weights behind a finite loss.")
 METHOD_NAMES = {name: entry.display for name, entry in CATALOG.items()}  # display names, from the method catalog
 
 
