@@ -52,3 +52,20 @@ def test_seeds_of_other_versions_or_devices_are_not_pooled(tmp_path):
     assert sorted((ln["eval v"], ln["n"], ln["calib_seeds"]) for ln in lines) == [("4", "1", "–"), ("5", "1", "–"),
                                                                                    ("5", "2", "1 2")]
     assert next(ln for ln in lines if ln["n"] == "2")["ppl_gptq/wikitext2/seq128"] == "33.00 ± 1.41"
+
+
+def test_figures_do_not_average_seeds_of_other_versions(tmp_path, monkeypatch):
+    """ppl_vs_bits drew seed 0 (eval v4) and seeds 1-2 (eval v5) as one mean with one min–max bar."""
+    from ptq_bench.report import plots
+
+    rows = _seed_rows()
+    for r in rows:
+        r.update(method_version=1, eval_version=5)
+    rows[1]["eval_version"] = 4
+    drawn = []
+    real = plots.Marks.spread_line
+    monkeypatch.setattr(plots.Marks, "spread_line", lambda self, ax, xs, ys, **kw: drawn.append(
+        (kw.get("label"), list(ys))) or real(self, ax, xs, ys, **kw))
+    render(run_dir(tmp_path, rows))
+    ppl = sorted((label, ys) for label, ys in drawn if ys and 1 < max(ys) < 50)  # the perplexity series
+    assert ppl == [("m + gptq A16 group (eval v4)", [30.0]), ("m + gptq A16 group (eval v5)", [34.0, 32.0])]

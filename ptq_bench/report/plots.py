@@ -130,14 +130,21 @@ def _w(rec: dict[str, Any]) -> float | None:
     return float(rec["W"]) if rec.get("W") is not None else None
 
 
+_VERSIONS = ("method v", "eval v")  # the table's version columns (report/run.py VERSION_FIELDS)
+
+
 def _line_key(rec: dict[str, Any]) -> tuple:
-    """One line per (model, method, activation bits, setting): per-channel and g128 are two lines."""
-    return (rec["model"], rec["method"], rec["A"], rec.get("setting") or "")
+    """One line per (model, method, activation bits, setting, versions): per-channel and g128 are two lines,
+    and so are seeds computed by another method or eval version (a run resumed after an upgrade)."""
+    return (rec["model"], rec["method"], rec["A"], rec.get("setting") or "", *(rec.get(v) for v in _VERSIONS))
 
 
-def _line_label(key: tuple) -> str:
-    model, method, a_bits, setting = key
-    return f"{model} + {method} A{a_bits}" + (f" {setting}" if setting else "")
+def _line_label(key: tuple, keys: list[tuple] | None = None) -> str:
+    """The legend entry; versions named only where another line of `keys` differs from it by them alone."""
+    model, method, a_bits, setting, *vers = key
+    twins = [k for k in keys or [] if k[:4] == key[:4] and k != key]
+    named = [f"{name}{v}" for j, (name, v) in enumerate(zip(_VERSIONS, vers)) if any(t[4 + j] != v for t in twins)]
+    return f"{model} + {method} A{a_bits}" + (f" {setting}" if setting else "") + (f" ({', '.join(named)})" if named else "")
 
 
 _SERIES_MARKERS = ("o", "s", "D", "P", "h", "p", "<", ">")  # not the edge markers (X ^ v) nor the base's star
@@ -160,7 +167,8 @@ def _bits_lines(ax: Any, marks: Marks, recs: list[dict[str, Any]], col: str) -> 
         if r["method"] != "none" and r.get(col) is not None:
             groups[_line_key(r)].append(r)
     for i, (key, g) in enumerate(groups.items()):
-        marks.spread_line(ax, [_w(r) for r in g], [r[col] for r in g], label=_line_label(key), **_series_style(i))
+        marks.spread_line(ax, [_w(r) for r in g], [r[col] for r in g], label=_line_label(key, list(groups)),
+                          **_series_style(i))
     for r in (r for r in recs if r["method"] == "none" and r.get(col) is not None):
         marks.line(ax, [_w(r)], [r[col]], marker="*", markersize=14, linestyle="none", zorder=5,
                    label=f"{r['model']} (native {r['W']}-bit)")
@@ -247,7 +255,7 @@ def plot_kld_vs_bits(run: RunData, df: pd.DataFrame, out: Path) -> list[Path]:
     fig, (ax,) = _figure((7, 4.5))
     marks = Marks()
     for i, (key, g) in enumerate(groups.items()):
-        marks.spread_line(ax, [r.get("eff_bits") for r in g], [r[col] for r in g], label=_line_label(key),
+        marks.spread_line(ax, [r.get("eff_bits") for r in g], [r[col] for r in g], label=_line_label(key, list(groups)),
                           **_series_style(i))
     ax.set_yscale("log")
     ax.set_xlabel("effective bits per weight (scales and zeros included)")
