@@ -160,11 +160,11 @@ def _train_into(tmp: Path, ctx: Context, name: str, tokenizer: Any, stream: Any,
     model = build_model(spec.kind, model_arch(r, name), len(tokenizer), seed=r.seed).to(ctx.device)
     untrained = untrained_ppl(model) if untrained_ppl is not None else None
     schedule = model_schedule(r, name)
-    t = r.train
+    t, tokens = r.train, stream()  # the corpus is tokenized (once, cached) before the training line
     log(f"training '{name}' ({spec.kind}, {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M params, "
         f"{trained_tokens(t.tokens, t.seq_len, t.batch_size):,} tokens in "
         f"{train_steps(t.tokens, t.seq_len, t.batch_size):,} steps, peak LR {schedule.lr:g})")
-    res = train(model, stream(), schedule, total_tokens=r.train.tokens, seq_len=r.train.seq_len,
+    res = train(model, tokens, schedule, total_tokens=r.train.tokens, seq_len=r.train.seq_len,
                 batch_size=r.train.batch_size, warmup_steps=r.train.warmup_steps, seed=r.seed,
                 grad_clip=r.train.grad_clip, log_every=r.train.log_every, desc=f"train {name}")
     if res.diverged:

@@ -95,8 +95,10 @@ class SourceInfo:
 
     @property
     def low_bit(self) -> bool:
-        """Already-quantized linears (BitNet kinds): not a default PTQ target."""
-        return self.kind is not None and self.kind != "fp16"
+        """Already-quantized linears (a kind PTQ may not target: BitNet's), by its kinds.KINDS entry."""
+        from ptq_bench.kinds import KINDS
+
+        return self.kind is not None and not KINDS[self.kind].ptq_allowed
 
     def cache_key(self) -> dict[str, str | None]:
         """What a model cache key must hash: the content where readable, else the source string."""

@@ -129,10 +129,15 @@ class Sweep:
             self.ran += 1
         self.bar.update(1)
 
+    def _encode_train(self) -> np.ndarray:
+        docs = train_documents(self.ctx.data_dir)
+        log(f"tokenizing the training corpus ({sum(len(d) for d in docs) / 1e6:.1f}M characters; cached for later runs)")
+        return encode_stream(self.tokenizer, docs)
+
     def stream(self) -> np.ndarray:
         """The training token stream of the recipe's tokenizer (int32)."""
         return cached_array(self.ctx.cache / "tokens" / self.tok_key / "train.npy",
-                            lambda: encode_stream(self.tokenizer, train_documents(self.ctx.data_dir)),
+                            self._encode_train,
                             [data_file(self.ctx.data_dir, f) for f in TRAIN_FILES])
 
 

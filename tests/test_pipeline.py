@@ -101,6 +101,9 @@ def test_kill_9_at_each_stage_resumes_with_identical_rows(ref, tmp_path):
     for i, (stage, when, delay) in enumerate(KILL_POINTS):
         log = tmp_path / f"kill{i}-{stage.replace(' ', '-')}.log"  # named by stage in the failure messages
         _stop_when(recipe, lambda text, w=when: w(text, out, cache), signal.SIGKILL, log, delay)
+        if stage == "model training":  # the corpus is tokenized (a long wait) before, not inside, training's line
+            text = log.read_text(errors="replace")
+            assert text.index("tokenizing the training corpus") < text.index("training '"), text[-1500:]
     final = cli("run", str(recipe))
     assert final.returncode == 0, final.stderr[-2000:]
     rows = load_rows(out, strict=True)
