@@ -10,8 +10,9 @@ import gzip
 import hashlib
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
+from types import MappingProxyType
 from typing import IO
 
 from ptq_bench.errors import DataError
@@ -61,18 +62,19 @@ def read_jsonl(path: Path) -> Iterator[dict]:
 TEXT_FILES = frozenset((*TRAIN_FILES, CALIBRATION_FILE, *PPL_FILES.values()))  # rows read for their "text"
 
 
-def check_jsonl(data_dir: Path, rel: str, keys: tuple[str, ...] = ()) -> None:
-    """A data file is JSON lines, each an object (a `text` string in TEXT_FILES; holding every one of `keys`,
-    the fields a task's lm-eval code reads), and not empty: checked before a run writes anything, so a damaged
-    file is one line naming it rather than a traceback later."""
+def check_jsonl(data_dir: Path, rel: str, fields: Mapping[str, type] = MappingProxyType({})) -> None:
+    """A data file is JSON lines, each an object (a `text` string in TEXT_FILES; holding every one of `fields`,
+    those a task's lm-eval code reads, of the HF schema's type), and not empty: checked before a run writes
+    anything, so a damaged file is one line naming it rather than a traceback or a wrong number later."""
     path, rows, lineno = data_file(data_dir, rel), 0, 0
+    keys = tuple(fields)
     want = ' with a "text" string' if rel in TEXT_FILES else (f" with keys {', '.join(keys)}" if keys else "")
     try:
         with _open_text(path) as fh:
             for lineno, line in enumerate(fh, 1):
                 if line.strip():
                     row, rows = json.loads(line), rows + 1
-                    _check_row(row, rel, keys, f"{path}:{lineno}: expected a JSON object{want}")
+                    _check_row(row, rel, fields, f"{path}:{lineno}: expected a JSON object{want}")
     except UnicodeDecodeError:  # raised on a read-ahead chunk: no reliable line number
         raise DataError(f"{path}: not UTF-8 text") from None
     except ValueError:
@@ -83,12 +85,16 @@ def check_jsonl(data_dir: Path, rel: str, keys: tuple[str, ...] = ()) -> None:
         raise DataError(f"{path}: holds no rows")
 
 
-def _check_row(row: object, rel: str, keys: tuple[str, ...], message: str) -> None:
+def _check_row(row: object, rel: str, fields: Mapping[str, type], message: str) -> None:
     if not isinstance(row, dict) or (rel in TEXT_FILES and not isinstance(row.get("text"), str)):
         raise DataError(message)
-    missing = [k for k in keys if k not in row]
+    missing = [k for k in fields if k not in row]
     if missing:
         raise DataError(f"{message} (no {', '.join(missing)})")
+    # exact types: lm-eval scores a label "1" (str) against the choices' texts, so every document wrong
+    wrong = [f"{k} is {type(row[k]).__name__}, not {t.__name__}" for k, t in fields.items() if type(row[k]) is not t]
+    if wrong:
+        raise DataError(f"{message} ({'; '.join(wrong)})")
 
 
 def train_documents(data_dir: Path) -> list[str]:

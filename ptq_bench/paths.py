@@ -68,7 +68,7 @@ def check_data(recipe: Any) -> Path:
 
     data_dir = resolve_data_dir(recipe.data_dir)
     for rel in required_data_files(recipe):
-        check_jsonl(data_dir, rel, FILE_FIELDS.get(rel, ()))
+        check_jsonl(data_dir, rel, FILE_FIELDS.get(rel, {}))
     return data_dir
 
 

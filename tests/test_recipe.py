@@ -367,6 +367,13 @@ BAD_DATA = {  # (file, damage, message): a traceback in `run` before, after its 
     # valid JSON without the task's fields: lm-eval's doc_to_choice raised KeyError after training
     "task row lacks a field": ("piqa/validation.jsonl", lambda b: b'{"goal": "a", "sol1": "b", "label": 0}\n' + b,
                                "piqa/validation.jsonl:1: expected a JSON object with keys goal, sol1, sol2, label (no sol2)"),
+    # valid JSON, a field of another type than the HF schema's: a label "1" made lm-eval score every document
+    # wrong (looked up among the choices' texts), with no error; a null label was a TypeError after training
+    "task label a string": ("piqa/validation.jsonl", lambda b: b.replace(b'"label": 1}', b'"label": "1"}'),
+                            "piqa/validation.jsonl:2: expected a JSON object with keys goal, sol1, sol2, label "
+                            "(label is str, not int)"),
+    "task label null": ("piqa/validation.jsonl", lambda b: b'{"goal": "a", "sol1": "b", "sol2": "c", "label": null}\n' + b,
+                        "(label is NoneType, not int)"),
     "gzip cut short": ("train_corpus/c4_en_train_shard00000_head.jsonl.gz", lambda b: gzip.compress(b)[:5000],
                        "c4_en_train_shard00000_head.jsonl.gz: unreadable (EOFError"),
 }

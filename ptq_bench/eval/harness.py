@@ -108,22 +108,26 @@ def check_distinct(tasks: dict[str, TaskSpec]) -> None:
 
 check_distinct(TASKS)
 PAPER_TASKS = tuple(k for k, spec in TASKS.items() if spec.paper)
-# The fields of a task file's rows that lm-eval's process_docs / doc_to_* read (the HF dataset's schema,
-# /work/shared/data/README.md): a row without one is a KeyError inside lm-eval, after a run's training.
-_MC_ARC = ("question", "choices", "answerKey")
-FILE_FIELDS: dict[str, tuple[str, ...]] = {
-    "hellaswag/validation.jsonl.gz": ("activity_label", "ctx_a", "ctx_b", "endings", "label"),
-    "winogrande/validation.jsonl": ("sentence", "option1", "option2", "answer"),
+# The fields of a task file's rows that lm-eval's process_docs / doc_to_* read, with their type in the HF dataset's
+# schema (/work/shared/data/README.md): a row without one is a KeyError inside lm-eval, after a run's training,
+# and one of another type is worse: a label "1" where the schema has 1 is looked up among the choices' texts,
+# so lm-eval scores every document wrong (a warning per document, no error).
+_S = str
+_MC_ARC = {"question": _S, "choices": dict, "answerKey": _S}
+_SC = {**dict.fromkeys(("input_sentence_1", "input_sentence_2", "input_sentence_3", "input_sentence_4",
+                        "sentence_quiz1", "sentence_quiz2"), _S), "answer_right_ending": int}
+FILE_FIELDS: dict[str, dict[str, type]] = {
+    "hellaswag/validation.jsonl.gz": {"activity_label": _S, "ctx_a": _S, "ctx_b": _S, "endings": list, "label": _S},
+    "winogrande/validation.jsonl": {"sentence": _S, "option1": _S, "option2": _S, "answer": _S},
     "arc_easy/test.jsonl": _MC_ARC,
     "arc_challenge/test.jsonl": _MC_ARC,
-    "piqa/validation.jsonl": ("goal", "sol1", "sol2", "label"),
-    "boolq/validation.jsonl": ("passage", "question", "label"),
-    "openbookqa/test.jsonl": ("question_stem", "choices", "answerKey"),
-    **dict.fromkeys(("storycloze/2016_validation.jsonl", "storycloze/2016_test.jsonl"),
-                    ("input_sentence_1", "input_sentence_2", "input_sentence_3", "input_sentence_4",
-                     "sentence_quiz1", "sentence_quiz2", "answer_right_ending")),
-    "wsc273/test.jsonl": ("text", "pronoun", "pronoun_loc", "options", "label"),
-    "wikitext2/test_document_level.jsonl": ("page",),
+    "piqa/validation.jsonl": {"goal": _S, "sol1": _S, "sol2": _S, "label": int},
+    "boolq/validation.jsonl": {"passage": _S, "question": _S, "label": int},
+    "openbookqa/test.jsonl": {"question_stem": _S, "choices": dict, "answerKey": _S},
+    "storycloze/2016_validation.jsonl": _SC,
+    "storycloze/2016_test.jsonl": _SC,
+    "wsc273/test.jsonl": {"text": _S, "pronoun": _S, "pronoun_loc": int, "options": list, "label": int},
+    "wikitext2/test_document_level.jsonl": {"page": _S},
 }
 
 
