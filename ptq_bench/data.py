@@ -65,8 +65,9 @@ TEXT_FILES = frozenset((*TRAIN_FILES, CALIBRATION_FILE, *PPL_FILES.values()))  #
 def check_jsonl(data_dir: Path, rel: str, fields: Mapping[str, type] = MappingProxyType({})) -> None:
     """A data file is JSON lines, each an object (a `text` string in TEXT_FILES; holding every one of `fields`,
     those a task's lm-eval code reads, of the HF schema's type), and not empty: checked before a run writes
-    anything, so a damaged file is one line naming it rather than a traceback or a wrong number later."""
-    path, rows, lineno = data_file(data_dir, rel), 0, 0
+    anything, so a damaged file is one line naming it rather than a traceback or a wrong number later. A task
+    file (one with `fields`) may not repeat a row: lm-eval would score that document twice."""
+    path, rows, lineno, seen = data_file(data_dir, rel), 0, 0, {}
     keys = tuple(fields)
     want = ' with a "text" string' if rel in TEXT_FILES else (f" with keys {', '.join(keys)}" if keys else "")
     try:
@@ -75,6 +76,8 @@ def check_jsonl(data_dir: Path, rel: str, fields: Mapping[str, type] = MappingPr
                 if line.strip():
                     row, rows = json.loads(line), rows + 1
                     _check_row(row, rel, fields, f"{path}:{lineno}: expected a JSON object{want}")
+                    if fields and seen.setdefault(line.strip(), lineno) != lineno:
+                        raise DataError(f"{path}:{lineno}: repeats line {seen[line.strip()]} (a document counted twice)")
     except UnicodeDecodeError:  # raised on a read-ahead chunk: no reliable line number
         raise DataError(f"{path}: not UTF-8 text") from None
     except ValueError:

@@ -374,6 +374,9 @@ BAD_DATA = {  # (file, damage, message): a traceback in `run` before, after its 
                             "(label is str, not int)"),
     "task label null": ("piqa/validation.jsonl", lambda b: b'{"goal": "a", "sol1": "b", "sol2": "c", "label": null}\n' + b,
                         "(label is NoneType, not int)"),
+    # a repeated document: lm-eval counted it twice (1838 piqa rows doubled: 3676 documents, stderr / sqrt(2))
+    "task row repeated": ("piqa/validation.jsonl", lambda b: b + b.splitlines(True)[4],
+                          "piqa/validation.jsonl:1839: repeats line 5 (a document counted twice)"),
     "gzip cut short": ("train_corpus/c4_en_train_shard00000_head.jsonl.gz", lambda b: gzip.compress(b)[:5000],
                        "c4_en_train_shard00000_head.jsonl.gz: unreadable (EOFError"),
 }
