@@ -67,7 +67,7 @@ def check_jsonl(data_dir: Path, rel: str, fields: Mapping[str, type] = MappingPr
     those a task's lm-eval code reads, of the HF schema's type), and not empty: checked before a run writes
     anything, so a damaged file is one line naming it rather than a traceback or a wrong number later. A task
     file (one with `fields`) may not repeat a row: lm-eval would score that document twice."""
-    path, rows, lineno, seen = data_file(data_dir, rel), 0, 0, {}
+    path, rows, lineno, seen, blank = data_file(data_dir, rel), 0, 0, {}, True
     keys = tuple(fields)
     want = ' with a "text" string' if rel in TEXT_FILES else (f" with keys {', '.join(keys)}" if keys else "")
     try:
@@ -76,6 +76,7 @@ def check_jsonl(data_dir: Path, rel: str, fields: Mapping[str, type] = MappingPr
                 if line.strip():
                     row, rows = json.loads(line), rows + 1
                     _check_row(row, rel, fields, f"{path}:{lineno}: expected a JSON object{want}")
+                    blank = blank and rel in TEXT_FILES and not row["text"].strip()
                     if fields and seen.setdefault(line.strip(), lineno) != lineno:
                         raise DataError(f"{path}:{lineno}: repeats line {seen[line.strip()]} (a document counted twice)")
     except UnicodeDecodeError:  # raised on a read-ahead chunk: no reliable line number
@@ -86,6 +87,8 @@ def check_jsonl(data_dir: Path, rel: str, fields: Mapping[str, type] = MappingPr
         raise DataError(f"{path}: unreadable ({type(exc).__name__}: {exc})") from None
     if rows == 0:
         raise DataError(f"{path}: holds no rows")
+    if blank:  # the tokenizer trains on nothing, and training found it out after the run's manifest was written
+        raise DataError(f"{path}: holds no text (every row's text is blank)")
 
 
 def _check_row(row: object, rel: str, fields: Mapping[str, type], message: str) -> None:

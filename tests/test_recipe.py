@@ -377,6 +377,9 @@ BAD_DATA = {  # (file, damage, message): a traceback in `run` before, after its 
     # a repeated document: lm-eval counted it twice (1838 piqa rows doubled: 3676 documents, stderr / sqrt(2))
     "task row repeated": ("piqa/validation.jsonl", lambda b: b + b.splitlines(True)[4],
                           "piqa/validation.jsonl:1839: repeats line 5 (a document counted twice)"),
+    # all-whitespace training text: "the training text has 4 tokens" only after the manifest was written
+    "blank training text": ("train_corpus/gutenberg_en.jsonl.gz", lambda b: gzip.compress(b'{"text": " \\n\\t "}\n' * 9),
+                            "gutenberg_en.jsonl.gz: holds no text (every row's text is blank)"),
     "gzip cut short": ("train_corpus/c4_en_train_shard00000_head.jsonl.gz", lambda b: gzip.compress(b)[:5000],
                        "c4_en_train_shard00000_head.jsonl.gz: unreadable (EOFError"),
 }
