@@ -329,3 +329,18 @@ def test_a_model_with_nan_log_likelihoods_has_no_accuracy(tok):
     metrics = suite.evaluate(model, progress=False)
     assert metrics and all(math.isnan(v) for v in metrics.values()), metrics
     assert not any(k.endswith("_stderr") for k in metrics)
+
+
+def test_a_task_file_changed_with_its_mtime_kept_is_read_again(tmp_path, tok):
+    """datasets keys its cache of a local JSON file by path and mtime: a file rewritten with its mtime kept
+    (cp -p, rsync -t, an archive of fixed mtimes) was scored as its old content, the manifest naming the new."""
+    path = tmp_path / "piqa/validation.jsonl"
+    path.parent.mkdir()
+    rows = [json.loads(line) for line in itertools.islice(open(DATA / "piqa/validation.jsonl"), 3)]
+    goals = []
+    for mark in ("first", "second"):
+        path.write_text("".join(json.dumps({**r, "goal": f"{mark} {r['goal']}"}) + "\n" for r in rows))
+        os.utime(path, ns=(10**18, 10**18))
+        task = TaskSuite(["piqa"], tmp_path, tok, backend="hflm")._tasks["piqa"]
+        goals.append(task.instances[0].args[0])
+    assert goals[0].startswith("Question: first ") and goals[1].startswith("Question: second ")

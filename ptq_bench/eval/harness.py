@@ -164,7 +164,9 @@ def task_config(name: str, data_dir: Path) -> dict:
         "task": spec.lm_eval_task,
         "dataset_path": "json",
         "dataset_name": None,
-        "dataset_kwargs": {"data_files": files},
+        # datasets keys its cache of a local file by path and mtime only: a file changed with its mtime kept
+        # (cp -p, rsync -t, an archive of fixed mtimes) was scored as its old content. Rebuilt on every load.
+        "dataset_kwargs": {"data_files": files, "download_mode": "force_redownload"},
     }
     cfg.update({key: (split if split in files else None) for split, key in split_keys.items()})
     if set(files) == {"test"}:
