@@ -10,7 +10,7 @@ import gzip
 import hashlib
 import json
 import os
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from types import MappingProxyType
 from typing import IO
@@ -62,11 +62,13 @@ def read_jsonl(path: Path) -> Iterator[dict]:
 TEXT_FILES = frozenset((*TRAIN_FILES, CALIBRATION_FILE, *PPL_FILES.values()))  # rows read for their "text"
 
 
-def check_jsonl(data_dir: Path, rel: str, fields: Mapping[str, type] = MappingProxyType({})) -> None:
+def check_jsonl(data_dir: Path, rel: str, fields: Mapping[str, type] = MappingProxyType({}),
+                answer: Callable[[dict], bool] | None = None) -> None:
     """A data file is JSON lines, each an object (a `text` string in TEXT_FILES; holding every one of `fields`,
     those a task's lm-eval code reads, of the HF schema's type), and not empty: checked before a run writes
     anything, so a damaged file is one line naming it rather than a traceback or a wrong number later. A task
-    file (one with `fields`) may not repeat a row: lm-eval would score that document twice."""
+    file (one with `fields`) may not repeat a row: lm-eval would score that document twice; and `answer(row)`,
+    when given, says that the row's gold answer is one of its choices (lm-eval scores any other one wrong)."""
     path, rows, lineno, seen, blank = data_file(data_dir, rel), 0, 0, {}, True
     keys = tuple(fields)
     want = ' with a "text" string' if rel in TEXT_FILES else (f" with keys {', '.join(keys)}" if keys else "")
@@ -77,6 +79,8 @@ def check_jsonl(data_dir: Path, rel: str, fields: Mapping[str, type] = MappingPr
                     row, rows = json.loads(line), rows + 1
                     _check_row(row, rel, fields, f"{path}:{lineno}: expected a JSON object{want}")
                     blank = blank and rel in TEXT_FILES and not row["text"].strip()
+                    if answer is not None and not answer(row):
+                        raise DataError(f"{path}:{lineno}: its answer is none of its choices")
                     if fields and seen.setdefault(line.strip(), lineno) != lineno:
                         raise DataError(f"{path}:{lineno}: repeats line {seen[line.strip()]} (a document counted twice)")
     except UnicodeDecodeError:  # raised on a read-ahead chunk: no reliable line number

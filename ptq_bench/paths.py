@@ -63,12 +63,12 @@ def check_data(recipe: Any) -> Path:
     """The recipe's data folder, after checking that every file it reads exists and is intact JSON lines
     (`data.check_jsonl`; nothing is hashed)."""
     from ptq_bench.data import check_jsonl, resolve_data_dir
-    from ptq_bench.eval.harness import FILE_FIELDS
+    from ptq_bench.eval.harness import FILE_ANSWERS, FILE_FIELDS
     from ptq_bench.recipe import required_data_files
 
     data_dir = resolve_data_dir(recipe.data_dir)
     for rel in required_data_files(recipe):
-        check_jsonl(data_dir, rel, FILE_FIELDS.get(rel, {}))
+        check_jsonl(data_dir, rel, FILE_FIELDS.get(rel, {}), FILE_ANSWERS.get(rel))
     return data_dir
 
 

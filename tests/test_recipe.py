@@ -380,15 +380,20 @@ BAD_DATA = {  # (file, damage, message): a traceback in `run` before, after its 
     # all-whitespace training text: "the training text has 4 tokens" only after the manifest was written
     "blank training text": ("train_corpus/gutenberg_en.jsonl.gz", lambda b: gzip.compress(b'{"text": " \\n\\t "}\n' * 9),
                             "gutenberg_en.jsonl.gz: holds no text (every row's text is blank)"),
+    # a gold index past the choices: lm-eval scored the document wrong with a warning only
+    "task answer past the choices": ("piqa/validation.jsonl", lambda b: b.replace(b'"label": 1}', b'"label": 2}', 1),
+                                     "piqa/validation.jsonl:2: its answer is none of its choices"),
     "gzip cut short": ("train_corpus/c4_en_train_shard00000_head.jsonl.gz", lambda b: gzip.compress(b)[:5000],
                        "c4_en_train_shard00000_head.jsonl.gz: unreadable (EOFError"),
 }
 
 
 def test_every_task_file_names_the_fields_lm_eval_reads():
-    from ptq_bench.eval.harness import FILE_FIELDS, TASKS
+    from ptq_bench.eval.harness import FILE_ANSWERS, FILE_FIELDS, TASKS
 
     assert set(FILE_FIELDS) == {rel for spec in TASKS.values() for rel in spec.data_files.values()}
+    # every multiple-choice file says where its gold answer is (the rolling wikitext pages have none)
+    assert set(FILE_ANSWERS) == {rel for rel in FILE_FIELDS if TASKS["wikitext"].data_files["test"] != rel}
 
 
 @pytest.mark.parametrize("case", sorted(BAD_DATA))

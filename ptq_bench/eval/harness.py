@@ -20,6 +20,7 @@ import math
 import os
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -130,6 +131,29 @@ FILE_FIELDS: dict[str, dict[str, type]] = {
     "wikitext2/test_document_level.jsonl": {"page": _S},
 }
 
+
+
+def _arc_key(row: dict, key: str) -> bool:
+    """`key` is one of the row's choice labels, and every label has its text (doc_to_target `label.index(key)`)."""
+    choices = row["choices"]
+    labels, texts = choices.get("label"), choices.get("text")
+    return isinstance(labels, list) and isinstance(texts, list) and len(labels) == len(texts) and key in labels
+
+
+# Each task file's gold answer is one of its row's choices (as its lm-eval doc_to_target reads it): lm-eval scores
+# an index past the choices wrong with only a warning (piqa label 2), and a key not among them is a ValueError.
+_BINARY = ("piqa/validation.jsonl", "boolq/validation.jsonl")
+FILE_ANSWERS: dict[str, Callable[[dict], bool]] = {
+    "hellaswag/validation.jsonl.gz": lambda r: r["label"] in [str(i) for i in range(len(r["endings"]))],
+    "winogrande/validation.jsonl": lambda r: r["answer"] in ("1", "2"),
+    "arc_easy/test.jsonl": lambda r: _arc_key(r, r["answerKey"]),
+    "arc_challenge/test.jsonl": lambda r: _arc_key(r, r["answerKey"]),
+    "openbookqa/test.jsonl": lambda r: _arc_key(r, r["answerKey"].lstrip()),
+    **dict.fromkeys(_BINARY, lambda r: r["label"] in (0, 1)),
+    **dict.fromkeys(("storycloze/2016_validation.jsonl", "storycloze/2016_test.jsonl"),
+                    lambda r: r["answer_right_ending"] in (1, 2)),
+    "wsc273/test.jsonl": lambda r: r["label"] in (0, 1) and len(r["options"]) == 2,
+}
 
 # lm-eval's stderr: bootstrap_iters=0 gives none ("N/A"); with > 0 a mean metric (acc, acc_norm) gets the
 # closed form sample_stddev / sqrt(n) (lm_eval.api.metrics.mean_stderr, no resampling), and only metrics on
