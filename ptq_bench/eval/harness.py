@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ptq_bench.data import data_file
+from ptq_bench.data import data_file, file_sha256
 from ptq_bench.errors import DataError
 
 if TYPE_CHECKING:
@@ -188,9 +188,7 @@ def task_config(name: str, data_dir: Path) -> dict:
         "task": spec.lm_eval_task,
         "dataset_path": "json",
         "dataset_name": None,
-        # datasets keys its cache of a local file by path and mtime only: a file changed with its mtime kept
-        # (cp -p, rsync -t, an archive of fixed mtimes) was scored as its old content. Rebuilt on every load.
-        "dataset_kwargs": {"data_files": files, "download_mode": "force_redownload"},
+        "dataset_kwargs": {"data_files": files, "cache_dir": _datasets_cache(files)},
     }
     cfg.update({key: (split if split in files else None) for split, key in split_keys.items()})
     if set(files) == {"test"}:
@@ -199,6 +197,18 @@ def task_config(name: str, data_dir: Path) -> dict:
         # could be its own example. (A validation-only task passes lm-eval's check as None == None.)
         cfg["fewshot_split"] = "test"
     return cfg
+
+
+def _datasets_cache(files: dict[str, str]) -> str:
+    """datasets' cache folder for these files, named by their bytes: datasets keys its cache of a local file
+    by path and mtime only, so a file changed with its mtime kept (cp -p, rsync -t, an archive of fixed mtimes)
+    was scored as its old content. Read uncached (`file_digest` keys on size and mtime too); the files are small."""
+    import hashlib
+
+    import datasets.config
+
+    digest = hashlib.sha256("".join(file_sha256(Path(f)) for f in files.values()).encode()).hexdigest()[:16]
+    return str(Path(datasets.config.HF_DATASETS_CACHE) / "ptq-bench" / digest)
 
 
 def write_task_configs(names: list[str], data_dir: Path, out_dir: Path) -> list[Path]:
