@@ -7,7 +7,9 @@ the first quantized cell) and cached on disk under <cache>/kld/<model key>/, che
 
 EVAL_VERSION is part of every cell id and row: bump it whenever a change here, in perplexity.py,
 harness.py or fast_lm.py can change a stored number (windowing, scoring, task configs, request
-building), so a re-run recomputes every row instead of keeping rows made by the old protocol.
+building), so a re-run recomputes every row instead of keeping rows made by the old protocol. It also
+names what evaluation caches (perplexity token arrays, KLD references): a recomputed row must not read
+its perplexity or its base from an artefact the old protocol built.
 """
 
 from __future__ import annotations
@@ -52,7 +54,7 @@ class Evaluator:
         for name in spec.perplexity.sets:
             file = data_file(data_dir, PPL_FILES[name])
             self.ppl_ids[name] = cached_array(
-                cache / "tokens" / tok_key / f"ppl_{name}.npy",
+                cache / "tokens" / tok_key / f"ppl_{name}-eval{EVAL_VERSION}.npy",  # built by this protocol
                 lambda n=name: np.asarray(tokenizer(perplexity_text(n, data_dir))["input_ids"], np.int32),
                 [file])
             _check_windows(spec.perplexity, name, len(self.ppl_ids[name]), file)
@@ -105,6 +107,7 @@ class Evaluator:
         for name, ids in self.ppl_ids.items():
             if name not in self.refs:
                 tail = f"{name}-seq{p.seq_len}" + ("" if p.max_windows is None else f"-first{p.max_windows}win")
+                tail += f"-eval{EVAL_VERSION}"  # its NLL and log-probs are this protocol's
                 self.refs[name] = build_reference(
                     model, _long(ids), name, p.seq_len, p.max_windows, path=self.cache / "kld" / key / f"{tail}.npy",
                     key=key, batch_size=self.spec.batch_size)
