@@ -85,10 +85,13 @@ def model_key(ctx: Context, name: str, tok_key: str) -> str:
     spec = ctx.recipe.models[name]
     if spec.source is not None:  # the checkpoint's content, not only its path
         return _hash(source_info(ctx.recipe, name).cache_key())
+    from ptq_bench.models.train import TRAIN_VERSION
+
     r = ctx.recipe
     schedule = model_schedule(r, name)  # resolved: defaults count
+    version = {} if TRAIN_VERSION == 1 else {"train_version": TRAIN_VERSION}  # 1: the keys models always had
     return _hash({"kind": spec.kind, "arch": to_dict(model_arch(r, name)), "train": to_dict(r.train),
-                  "schedule": to_dict(schedule), "tok": tok_key, "seed": r.seed})
+                  "schedule": to_dict(schedule), "tok": tok_key, "seed": r.seed, **version})
 
 
 def from_source(name: str, source: str, load: Any) -> Any:

@@ -24,6 +24,13 @@ from tqdm.auto import tqdm
 from ptq_bench.errors import DataError
 from ptq_bench.kinds import SCHEDULES, get_kind, train_steps
 
+# Part of every trained model's cache key (so of its cells' ids): bump it whenever a change to training (this
+# file, the model's init in models/build.py, BitLinear, the token stream) can change a trained model or its
+# train_info, so a re-run retrains instead of reusing what the old code made (687e7d2 changed `diverged`; the
+# cached models kept the old value). 1, the code before the key had it, is left out (`prepare.model_key`), so
+# caches and run folders written before keep their keys.
+TRAIN_VERSION = 1
+
 
 @dataclass(frozen=True)
 class Schedule:
