@@ -1,6 +1,7 @@
 """A bumped EVAL_VERSION recomputes every row from artefacts of the new protocol: the perplexity token
 arrays and the KLD references it caches are named by it, so a resumed run gives the rows a run from
-scratch gives (before, the base row kept the old references' perplexity and every dppl mixed both)."""
+scratch gives (before, the base row kept the old references' perplexity and every dppl mixed both).
+References are also named by the tokens they score, so two versions of a data file keep one each."""
 
 from __future__ import annotations
 
@@ -53,3 +54,27 @@ def test_a_bumped_protocol_does_not_read_the_old_protocols_caches(tmp_path, toke
     resumed = {r.label: r.metrics for r in load_rows(tmp_path / "out", strict=True) if r.eval_version == ev.EVAL_VERSION}
     fresh = {r.label: r.metrics for r in load_rows(tmp_path / "fresh", strict=True)}
     assert resumed == fresh
+
+
+def test_an_edited_data_file_keeps_the_other_files_reference(tmp_path, tokenizer_dir, data_dir, monkeypatch):  # noqa: F811
+    """References are named by the tokens they score: a run on an edited copy of the data builds its own,
+    and a run on the original reopens the first (one name for both rebuilt it on every alternation)."""
+    import json
+    import shutil
+
+    import ptq_bench.eval.kld as kld
+
+    edited = shutil.copytree(data_dir, tmp_path / "data")
+    test = edited / "wikitext2" / "test.jsonl"
+    rows = [json.loads(line) for line in test.read_text(encoding="utf-8").splitlines()]
+    rows[0]["text"] = "Edited. " + rows[0]["text"]  # in the first window
+    test.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    built, compute = [], kld._compute
+    monkeypatch.setattr(kld, "_compute", lambda *a, **kw: built.append(a[2]) or compute(*a, **kw))
+    src = checkpoint(tmp_path, "mistral", tokenizer_dir)
+    for i, folder in enumerate((data_dir, edited, data_dir)):
+        monkeypatch.setenv("PTQ_BENCH_DATA", str(folder))
+        assert main(["run", str(_recipe(tmp_path, src, f"out{i}", "cache"))]) == 0
+    assert built == ["wikitext2", "wikitext2"]  # the third run reopened the first run's reference
+    first, third = ({r.label: r.metrics for r in load_rows(tmp_path / f"out{i}", strict=True)} for i in (0, 2))
+    assert first == third

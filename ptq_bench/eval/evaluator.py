@@ -14,6 +14,7 @@ its perplexity or its base from an artefact the old protocol built.
 
 from __future__ import annotations
 
+import hashlib
 import weakref
 from pathlib import Path
 from typing import Any
@@ -107,7 +108,9 @@ class Evaluator:
         for name, ids in self.ppl_ids.items():
             if name not in self.refs:
                 tail = f"{name}-seq{p.seq_len}" + ("" if p.max_windows is None else f"-first{p.max_windows}win")
-                tail += f"-eval{EVAL_VERSION}"  # its NLL and log-probs are this protocol's
+                # this protocol's NLL and log-probs, on these tokens: an edited data file is another reference
+                # (one name for both rebuilt it each time a run alternated between them)
+                tail += f"-eval{EVAL_VERSION}-{hashlib.sha256(ids.tobytes()).hexdigest()[:12]}"
                 self.refs[name] = build_reference(
                     model, _long(ids), name, p.seq_len, p.max_windows, path=self.cache / "kld" / key / f"{tail}.npy",
                     key=key, batch_size=self.spec.batch_size)
