@@ -25,7 +25,8 @@ on disk (sha256 checked when reopened; reading it back costs ~1 s/GB). float16 w
 4 windows, Absmax W8A16 per channel (benchmarks/smollm2_probe.py): mean KL 0.0033037 from float32,
 +3.2e-6 nats (+0.1%) from float16. Small for the mean, but it would make a model's KL to itself
 nonzero and blur the smallest distances, and disk is not what binds here, so the reference stays
-float32. KL is accumulated in float64 from float32 log-softmaxes, so a model compared with itself gives exactly 0.
+float32. KL is accumulated in float64 from float32 log-softmaxes renormalized in float64, so a model compared
+with itself gives exactly 0 and no token's KL is negative.
 """
 
 from __future__ import annotations
@@ -217,8 +218,10 @@ def _meta_sha(meta: dict) -> str:
 def token_kl(base_logprobs: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
     """(T,) float64 KL(P || Q) per token from base log-probs (T, V) and quantized logits (T, V)."""
     lq = torch.log_softmax(logits.float(), dim=-1).double()  # float32 softmax, as the base's
-    lp = base_logprobs.double()
-    return (lp.exp() * (lp - lq)).sum(-1)
+    # renormalized in float64: float32 log-probs sum to 1 only within ~1e-7, which made the KL of two equal
+    # distributions up to -5e-7 per token (a negative mean for a near-lossless cell); rounding left below 0 is 0
+    lp, lq = (x - torch.logsumexp(x, dim=-1, keepdim=True) for x in (base_logprobs.double(), lq))
+    return (lp.exp() * (lp - lq)).sum(-1).clamp(min=0.0)
 
 
 @torch.inference_mode()
