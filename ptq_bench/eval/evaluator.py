@@ -32,10 +32,10 @@ import numpy as np
 #    (`perplexity.window_batch`): batched windows shared one scale, so its perplexity and KLD moved with batch_size;
 #    and top1_agree is NaN where either model's logits are NaN or inf (kld.compare): a diverged model had "100"
 # 6: a task's metrics are NaN where a log-likelihood of its responses is NaN (harness._finite): lm-eval's argmax
-#    picked the first choice, so a diverged model "scored" the share of documents whose answer is first (PIQA 25.00)
-# 7: per-token KL renormalizes both float32 log-probs in float64 (kld.token_kl): unnormalized, a near-lossless
-#    cell's mean KLD could be negative (-1.3e-9 nats, Cohere 2 Absmax W8A8); KLD moves by ~1e-7 nats
-EVAL_VERSION = 7
+#    picked the first choice, so a diverged model "scored" the share of documents whose answer is first (PIQA 25.00);
+#    and (the same bump) per-token KL renormalizes both float32 log-probs in float64 (kld.token_kl): unnormalized,
+#    a near-lossless cell's mean KLD could be negative (-1.3e-9 nats, Cohere 2 Absmax W8A8); KLD moves by ~1e-7
+EVAL_VERSION = 6
 
 
 class Evaluator:
