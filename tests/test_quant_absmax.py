@@ -115,3 +115,12 @@ def test_rtn_ties_round_as_the_references():
     w_hat, _ = fake_quant_weight(w, 1.58, "channel")
     assert torch.equal(w_hat, torch.round(w).clamp(-1, 1)), w_hat
     assert METHODS["absmax"].version >= 2 and METHODS["smoothquant"].version >= 2  # their numbers changed
+
+
+def test_sign_grid_keeps_the_sign_of_tiny_positive_weights():
+    """b1's Sign(w) is +1 for every w > 0. Rounding w / (2 beta) + 1/2 sent a positive weight below about
+    6e-8 beta to -beta: the sum rounds to 1/2 in float32, a tie that rounds to 0."""
+    w = torch.tensor([[1.0, -1.0, 1e-9, -1e-9, 0.0, -0.0, 3e-8, 1e-30, 1e-45]])
+    w_hat, grid = fake_quant_weight(w, 1, "channel")
+    assert torch.equal(w_hat > 0, w > 0), w_hat  # Sign(0) = -1, as before
+    assert on_grid(w_hat, grid) and len(torch.unique(w_hat)) == 2

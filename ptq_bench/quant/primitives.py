@@ -181,6 +181,10 @@ def quantize(w: Tensor, grid: Grid) -> Tensor:
     cols = w.shape[1]
     scale = expand_groups(grid.scale, grid.group_size, cols)
     zero = expand_groups(grid.zero, grid.group_size, cols)
+    if grid.maxq == 1:
+        # Sign: q = [w > 0] exactly. round(w / scale + 1/2) gave -beta to every 0 < w < 2^-24 scale (the sum is 1/2 in
+        # float32, a tie rounded to even, 0).
+        return torch.mul(scale, (wf > 0).float().sub_(zero)).to(w.dtype)
     if torch.equal(grid.zero, grid.zero.round()):
         # An integer zero point: round w / scale, then add it, as SmoothQuant's fake_quant, GPTQ's quant.py and
         # BitNet's RoundClip do. round(w / scale + zero) moves every tie by one level where zero is odd.
