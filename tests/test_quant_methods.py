@@ -93,3 +93,19 @@ def test_on_grid_and_error_falls_with_bits(model, name):
         errors.append(relative_error(ref, logits(q, tokens)))
     assert errors == sorted(errors, reverse=True), f"{name}: {dict(zip(bits, errors))}"
     assert errors[-1] < 0.2
+
+
+@pytest.mark.parametrize("bad", [float("inf"), float("nan")])
+@pytest.mark.parametrize("name", NAMES)
+def test_non_finite_weight_is_refused(name, bad):
+    """One inf or NaN weight made absmax's row scale inf and every weight of the row NaN (GPTQ and SmoothQuant
+    likewise; QuIP's rotation spread it to the whole matrix, or blamed the calibration inputs), and the row was
+    reported like any other. Every method now refuses it in one line naming the linear."""
+    from ptq_bench.errors import QuantError
+
+    model = tiny_llama()
+    with torch.no_grad():
+        model.model.layers[1].mlp.down_proj.weight[3, 5] = bad
+    method = METHODS[name]
+    with pytest.raises(QuantError, match=r"model\.layers\.1\.mlp\.down_proj: 1 of its 8192 weights are NaN or inf"):
+        method.apply(model, method.config_cls(), calib_tokens(4, 16) if method.needs_calibration else None)

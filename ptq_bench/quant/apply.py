@@ -43,6 +43,7 @@ from ptq_bench.quant.linears import (
     ActQuant,
     attach_act_quant,
     refuse_low_bit,
+    refuse_non_finite,
     set_weight,
     weight_matrix,
 )
@@ -159,6 +160,8 @@ def quantize_model(
     expert_tokens: list[int] = []  # calibration tokens each expert's Hessian saw (mixtures of experts)
 
     def on_group(idx: int, layer: nn.Module, group: dict[str, nn.Module], stats: dict[str, Any]) -> None:
+        for name, linear in group.items():  # before SmoothQuant's fold or any solve writes to the group
+            refuse_non_finite(linear, f"{family.blocks}.{idx}.{name}")
         if before_group is not None:
             before_group(idx, layer, group, stats)
         expert_tokens.extend(stats[n].n for n in group if is_expert(family, n) and isinstance(stats.get(n), Hessian))

@@ -58,6 +58,16 @@ def set_weight(linear: nn.Module, w_hat: Tensor, grid: Grid | None) -> None:
     setattr(linear, GRID_ATTR, grid)
 
 
+def refuse_non_finite(linear: nn.Module, name: str) -> None:
+    """Raise QuantError when a linear's weight holds NaN or inf: no grid fits it (absmax's scale becomes inf,
+    every weight of its row or group NaN; GPTQ and QuIP spread it through their error feedback)."""
+    w = weight_matrix(linear)
+    if not bool(torch.isfinite(w).all()):
+        bad = int((~torch.isfinite(w)).sum())
+        raise QuantError(f"{name}: {bad} of its {w.numel()} weights are NaN or inf (a checkpoint that overflowed or "
+                         "diverged?); no grid fits them: quantize a model whose weights are finite")
+
+
 class ActQuant:
     """Forward pre-hook: fake-quantize the first positional input of a linear (dynamic absmax)."""
 
@@ -103,4 +113,4 @@ def refuse_low_bit(model: nn.Module) -> None:
 
 
 __all__ = ["ActQuant", "GRID_ATTR", "attach_act_quant", "is_conv1d", "is_linear", "refuse_low_bit",
-           "replace_weight", "set_weight", "weight_matrix"]
+           "refuse_non_finite", "replace_weight", "set_weight", "weight_matrix"]
