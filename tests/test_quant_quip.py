@@ -129,3 +129,12 @@ def test_quantized_linears_share_one_hadamard_factor_per_size(calib):
                for p, blocks in R.stages if p > 1 and blocks.shape[0] == 1 and p & (p - 1) == 0]
     sizes = {f.shape[-1] for f in factors}
     assert len(factors) > len(sizes) and len({f.untyped_storage().data_ptr() for f in factors}) == len(sizes)
+
+
+@pytest.mark.parametrize("transform", ["hadamard", "orthogonal"])
+def test_zero_hessian_is_dead_columns_not_non_finite_inputs(transform):
+    """A linear whose calibration inputs are all 0 has H = 0 (every column dead, as GPTQ handles it). The rescale
+    step divided H by max|H| = 0, and the NaN it made was refused as "calibration inputs are not finite"."""
+    w = torch.randn(8, 12, generator=torch.Generator().manual_seed(0))
+    q, grid, loss = quip_solve(w, torch.zeros(12, 12), 2, transform, rescale=True)
+    assert bool(torch.isfinite(q).all()) and on_grid(q, grid, tol=5e-2)

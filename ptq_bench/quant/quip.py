@@ -245,8 +245,8 @@ def quip_solve(
     dev = W.device
     c = torch.ones(n, device=dev)
     if rescale:
-        lo, hi = torch.aminmax(H)
-        H.div_(torch.maximum(-lo, hi))  # H / max|H|, without an |H| copy
+        lo, hi = torch.aminmax(H)  # H / max|H|, without an |H| copy; a zero H (inputs all 0: dead columns) stays 0
+        H.div_(torch.maximum(-lo, hi).clamp(min=torch.finfo(torch.float32).tiny))
         c = (torch.diag(H).clamp(min=1e-8) / (W * W).sum(0).clamp(min=1e-8)).pow(0.25).clamp(min=1e-8)
         W.mul_(c)
         H.div_(c[None, :]).div_(c[:, None])
