@@ -84,3 +84,14 @@ def test_unresolvable_pair_is_an_error(calib):
 def test_bad_config(kw, field):
     with pytest.raises(ValueError, match=field):
         SmoothQuantConfig(**kw)
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_non_finite_calibration_inputs_are_refused(calib, bad):
+    """GPTQ and QuIP refuse a Hessian holding NaN / inf; SmoothQuant folded s = NaN (or inf, 0) into the norms and
+    the weights of every block and reported the row (effective_bits 8.225, every q_proj weight NaN)."""
+    model = tiny_llama()
+    with torch.no_grad():
+        model.model.embed_tokens.weight[:, 7] = bad
+    with pytest.raises(QuantError, match="activation maxima of a 64-channel norm output hold NaN or inf"):
+        quantized_copy(model, "smoothquant", calib)

@@ -42,6 +42,10 @@ from ptq_bench.quant.statistics import ChannelAbsMax, stat_inputs
 
 def smoothing_scales(act_amax: torch.Tensor, weights: list[torch.Tensor], alpha: float) -> torch.Tensor:
     """s_j = a_j^alpha / w_j^(1-alpha); act_amax (in,), weights: (out_k, in) each -> s (in,) float32."""
+    if not bool(torch.isfinite(act_amax).all()):  # an inf / NaN s would be folded into the norm and the weights
+        raise QuantError(f"the activation maxima of a {act_amax.numel()}-channel norm output hold NaN or inf: its "
+                         "calibration inputs are not finite (a model that diverged in training?); quantize a model "
+                         "whose forward is finite")
     w_amax = torch.stack([w.float().abs().amax(dim=0) for w in weights]).amax(dim=0).clamp(min=1e-5)
     return (act_amax.float().pow(alpha) / w_amax.pow(1 - alpha)).clamp(min=1e-5)
 
