@@ -248,3 +248,19 @@ def test_pack_layout_equals_transformers(shape):
     assert torch.equal(pack_ternary(q), theirs)
     with torch._dynamo.config.patch(disable=True):  # their unpack is torch.compile'd; eager is the same math
         assert torch.equal(unpack_ternary(theirs), unpack_weights(theirs, dtype=torch.float32))
+
+
+@pytest.mark.parametrize("mode", ["b158", "b1"])
+def test_float16_zero_token_is_not_nan(mode):
+    """In float16, s_x = 127 / max|x|.clamp(1e-5) overflowed to inf for every token with max|x| < 127 / 65504, and a
+    token of zeros (a zero embedding, padding) came out of the integer path as a NaN row: 0 * inf."""
+    lin = BitLinear(16, 8, mode=mode, dtype=torch.float16).eval()
+    x = _randn(3, 16).half()
+    x[1] = 0
+    x[2] *= 1e-3
+    with torch.no_grad():
+        y = lin(x)
+    assert bool(torch.isfinite(y).all()), y
+    assert torch.equal(y[1], torch.zeros_like(y[1]))
+    q, s = activation_quant_int(x)
+    assert bool(torch.isfinite(s).all()) and bool(q.abs().le(128).all())

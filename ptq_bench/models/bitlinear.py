@@ -83,10 +83,11 @@ def activation_quant_int(x: Tensor, bits: int = 8) -> tuple[Tensor, Tensor]:
     """Per-token absmax: s = Qp / max|x| over the last dim (clamped >= 1e-5), q = round(x * s).
 
     Qp = 2^(bits-1) - 1, q clamped to [-2^(bits-1), Qp]. Returns (q, s): q integer-valued in x's
-    dtype, s of shape (..., 1) in x's dtype; x ≈ q / s.
+    dtype, s of shape (..., 1) in x's dtype; x ≈ q / s. s is at most the dtype's largest finite value: in
+    float16, Qp / 1e-5 overflows, and a token of zeros (max|x| < Qp / 65504) became 0 * inf = NaN.
     """
     qn, qp = -(2 ** (bits - 1)), 2 ** (bits - 1) - 1
-    scale = qp / x.abs().amax(dim=-1, keepdim=True).clamp(min=1e-5)
+    scale = (qp / x.abs().amax(dim=-1, keepdim=True).clamp(min=1e-5)).clamp(max=torch.finfo(x.dtype).max)
     return (x * scale).round().clamp(qn, qp), scale
 
 
