@@ -95,3 +95,17 @@ def test_non_finite_calibration_inputs_are_refused(calib, bad):
         model.model.embed_tokens.weight[:, 7] = bad
     with pytest.raises(QuantError, match="activation maxima of a 64-channel norm output hold NaN or inf"):
         quantized_copy(model, "smoothquant", calib)
+
+
+def test_float16_zero_weight_column_alpha_0_stays_finite(calib):
+    """alpha 0 gives s_j = 1 / max|W_:j| = 1 / 1e-5 for a weight column of zeros (a pruned input): 1e5, inf in float16.
+    The fold wrote W_:j * inf = NaN into q/k/v (24,576 NaN weights on the tiny model) and NaN logits, without an error.
+    s is now capped at what the norm's and the linears' dtypes hold."""
+    model = tiny_llama().to(torch.float16)
+    with torch.no_grad():
+        for layer in decoder_layers(model):
+            for proj in (layer.self_attn.q_proj, layer.self_attn.k_proj, layer.self_attn.v_proj):
+                proj.weight[:, 5] = 0
+    quant, _ = quantized_copy(model, "smoothquant", calib[:4, :16], alpha=0.0, w_bits=8, a_bits=16)
+    assert all(bool(torch.isfinite(p).all()) for p in quant.parameters())
+    assert bool(torch.isfinite(logits(quant, calib[:2, :16])).all())

@@ -71,7 +71,10 @@ def smooth(norm: nn.Module, linears: list[nn.Module], act_amax: torch.Tensor, al
     `kind` is the norm's semantics ("gain", "one_plus_gain", "layernorm"); linears may be nn.Linear or
     Conv1D (their (out, in) view is scaled). Returns s (in,) float32.
     """
-    s = smoothing_scales(act_amax, [weight_matrix(m) for m in linears], alpha).to(norm.weight.device)
+    mats = [weight_matrix(m) for m in linears]
+    # s capped at what every dtype holds: alpha 0 gives a zero weight column s = 1 / 1e-5, inf in float16 (W * s = NaN)
+    top = min(torch.finfo(t.dtype).max for t in (norm.weight, *mats))
+    s = smoothing_scales(act_amax, mats, alpha).clamp(max=top).to(norm.weight.device)
     fold_into_norm(norm, s, kind)
     for m in linears:
         w = weight_matrix(m)  # (out, in) view: a Conv1D's rows are scaled through it
