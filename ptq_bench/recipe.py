@@ -203,11 +203,16 @@ class Recipe:
         return any(spec.source is None for spec in self.models.values())
 
     def digest(self) -> str:
-        """A hash of what changes results (key order, formatting and NOT_IN_DIGEST fields do not matter)."""
-        fields = {k: v for k, v in to_dict(self).items()
-                  if k not in NOT_IN_DIGEST and DIGEST_UNLESS_DEFAULT.get(k, MISSING) != v}
-        blob = json.dumps(fields, sort_keys=True, default=str)
+        """A hash of the recipe as written, but for key order, formatting and NOT_IN_DIGEST fields (a run folder's
+        identity: its rows carry it; `meaning.folder_recipe` lets another wording of the same cells resume it)."""
+        blob = json.dumps(digest_fields(self), sort_keys=True, default=str)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def digest_fields(recipe: Recipe) -> dict[str, Any]:
+    """The recipe's fields that `Recipe.digest` hashes, as plain data."""
+    return {k: v for k, v in to_dict(recipe).items()
+            if k not in NOT_IN_DIGEST and DIGEST_UNLESS_DEFAULT.get(k, MISSING) != v}
 
 
 # ----------------------------------------------------------------------------------------------

@@ -351,13 +351,13 @@ def _refuse_changed_data(run_dir: Path, manifest: dict[str, Any], base: dict[str
                                 f"now {new[rel][:12]}...); set a different output_dir")
 
 
-def open_run(run_dir: Path, recipe_hash: str, base: dict[str, Any],
-             check: Callable[[dict[str, Any], list[Row]], None] | None = None) -> tuple[dict[str, Any], list[Row]]:
+def open_run(run_dir: Path, recipe_hash: str, base: dict[str, Any], check: Callable[..., None] | None = None,
+             note: dict[str, Any] | None = None) -> tuple[dict[str, Any], list[Row]]:
     """Reopen (or create) a run folder for `recipe_hash`, under `run_lock`: (manifest, stored rows).
 
     Refused, with the folder untouched, when it holds another recipe's rows (or its manifest beside rows)
     or a damaged line, or when `check(manifest, rows)` raises (it may add to the manifest); a torn tail is then cut
-    (and kept aside) before anything is appended, and the manifest written with this invocation."""
+    (and kept aside) before anything is appended, and the manifest written with this invocation (`note` added)."""
     run_dir.mkdir(parents=True, exist_ok=True)
     for name, kind in ((MANIFEST, "file"), (RESULTS, "file"), (CURVES, "folder")):
         entry = run_dir / name
@@ -383,7 +383,7 @@ def open_run(run_dir: Path, recipe_hash: str, base: dict[str, Any],
     manifest.update({k: base[k] for k in ("recipe_name", "recipe", "recipe_text") if k in base})  # the latest
     manifest["invocations"].append(
         {"started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "git": git_hash(), "versions": package_versions(),
-         "hardware": hardware(), "pid": os.getpid()}
+         "hardware": hardware(), "pid": os.getpid(), **(note or {})}
     )
     write_manifest(run_dir, manifest)
     return manifest, rows

@@ -39,6 +39,7 @@ from ptq_bench.eval.evaluator import EVAL_VERSION, Evaluator
 from ptq_bench.interrupts import held
 from ptq_bench.kinds import NATIVE_BITS  # nominal (weight, activation) bits of unquantized models
 from ptq_bench.lock import run_lock
+from ptq_bench.meaning import folder_recipe
 from ptq_bench.prepare import (
     Context,
     _hash,
@@ -184,8 +185,7 @@ def _one_line(exc: Exception) -> str:
 
 
 def stopped(out: Path, manifest: dict[str, Any], t0: float, ran: int, stored: int, total: int) -> Interrupted:
-    """Close the invocation a signal stopped (its end, wall time, cells, `interrupted`); the error that says
-    what is stored and how to go on."""
+    """Close the invocation a signal stopped (`close_run`); the error saying what is stored, how to go on."""
     with held(deliver=False):  # Ctrl-C pressed twice: the second must not leave the invocation open
         close_run(out, manifest, time.perf_counter() - t0, ran, interrupted=True)
     return Interrupted(f"interrupted: {stored} of {total} cells are stored in {out} ({ran} by this run); "
@@ -196,15 +196,15 @@ def prepare(recipe: Recipe, recipe_text: str, t0: float) -> Sweep:
     """Data, cells, the opened run folder (manifest; stored rows checked), the tokenizer, what is left."""
     import torch
 
+    recipe, note = folder_recipe(recipe)  # another wording of the folder's recipe goes on as that recipe
     data_dir = resolve_data_dir(recipe.data_dir)
     cells = expand_cells(recipe)
     hashes = data_hashes(data_dir, recipe)
     device = pick_device(recipe.device) if recipe.executor.kind == "local" else recipe.device  # Ray: each task picks
-    ctx = Context(recipe, data_dir, recipe.cache_path, device, hashes)
-    out = recipe.out_dir
+    ctx, out = Context(recipe, data_dir, recipe.cache_path, device, hashes), recipe.out_dir
     base = {"recipe_name": recipe.name, "recipe": to_dict(recipe), "recipe_text": recipe_text, "seed": recipe.seed,
             "data_dir": str(data_dir), "data_sha256": hashes}
-    manifest, rows = open_run(out, recipe.digest(), base, check=lambda m, r: check_sources(recipe, m, r))
+    manifest, rows = open_run(out, recipe.digest(), base, lambda m, r: check_sources(recipe, m, r), note)
     torch.manual_seed(recipe.seed)
     done = {row.cell_id for row in rows}
     try:

@@ -1,0 +1,140 @@
+"""A run folder takes another wording of its recipe (`meaning.folder_recipe`) and still refuses another recipe.
+
+The recipe hash is taken over the recipe as written: a written-out method default, `8.0` for `8`, quantize
+entries split or reordered gave "holds results of another recipe" though every cell was the same.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import yaml
+from smoke_ref import ROOT, SMOKE, cli, reference, workspace, write_recipe
+
+from ptq_bench.recipe import load_recipe
+from ptq_bench.results import MANIFEST, RESULTS
+
+ABSMAX = {"method": "absmax", "a_bits": 16}
+# the smoke recipe's cells (absmax W8/W4/W2/W1 A16 on every model), worded otherwise
+REWORDINGS = {
+    "a written-out method default": {"quantize": [{**ABSMAX, "w_bits": [8, 4, 2, 1], "group_size": 128,
+                                                   "w_granularity": "channel"}]},
+    "8.0 for 8": {"quantize": [{**ABSMAX, "w_bits": [8.0, 4, 2, 1.0]}]},
+    "entries split and reordered": {"quantize": [{**ABSMAX, "w_bits": [2, 1]}, {"method": "absmax", "w_bits": [4, 8]}]},
+    "every model listed": {"quantize": [{**ABSMAX, "w_bits": [8, 4, 2, 1], "models": ["fp16"]}]},
+    "every task listed": {"quantize": [{**ABSMAX, "w_bits": [8, 4, 2, 1],
+                                        "tasks": ["piqa", "hellaswag", "winogrande", "arc_easy"]}]},
+    "the recipe's seed as calibration seed": {"calibration": {"n_samples": 8, "seq_len": 64, "seeds": [0]}},
+    "a model's architecture written out": {"models": {"fp16": {"kind": "fp16", "arch": {"hidden_size": 64}},
+                                                      "bitnet_b158": {"kind": "bitnet_b158"},
+                                                      "bitnet_b1": {"kind": "bitnet_b1"}}},
+    "the kind's peak LR written out": {"models": {"fp16": {"kind": "fp16", "lr": 2.5e-3, "weight_decay": 0.1},
+                                                  "bitnet_b158": {"kind": "bitnet_b158"}, "bitnet_b1": {"kind": "bitnet_b1"}}},
+}
+# a real difference: another cell, model, protocol or training
+CHANGES = {
+    "a bits setting fewer": {"quantize": [{**ABSMAX, "w_bits": [8, 4, 2]}]},
+    "another group size": {"quantize": [{**ABSMAX, "w_bits": [8, 4, 2, 1], "group_size": 64}]},
+    "a task fewer": {"quantize": [{**ABSMAX, "w_bits": [8, 4, 2, 1], "tasks": ["piqa"]}]},
+    "another seed": {"seed": 1},
+    "another window count": {"eval": {"perplexity": {"sets": ["wikitext2", "c4"], "seq_len": 64, "max_windows": 4},
+                                      "tasks": ["hellaswag", "arc_easy", "piqa", "winogrande"], "limit": 8,
+                                      "batch_size": 16}},
+    "another dtype": {"dtype": "bfloat16"},
+    "another architecture": {"models": {"fp16": {"kind": "fp16", "arch": {"hidden_size": 32}},
+                                        "bitnet_b158": {"kind": "bitnet_b158"}, "bitnet_b1": {"kind": "bitnet_b1"}}},
+    "a peak LR written": {"models": {"fp16": {"kind": "fp16", "lr": 0.5}, "bitnet_b158": {"kind": "bitnet_b158"},
+                                     "bitnet_b1": {"kind": "bitnet_b1"}}},
+}
+
+
+def smoke(tmp_path: Path, name: str = "r.yaml", **changes) -> Path:
+    raw = {**yaml.safe_load(SMOKE.read_text()), "output_dir": str(tmp_path / "out"), **copy.deepcopy(changes)}
+    return write_recipe(tmp_path / name, raw)
+
+
+@pytest.mark.parametrize("what", REWORDINGS)
+def test_a_rewording_keeps_the_meaning(tmp_path, what):
+    from ptq_bench.meaning import meaning
+
+    base, other = load_recipe(smoke(tmp_path)), load_recipe(smoke(tmp_path, "o.yaml", **REWORDINGS[what]))
+    assert meaning(other) == meaning(base)
+
+
+@pytest.mark.parametrize("what", CHANGES)
+def test_a_real_change_changes_the_meaning(tmp_path, what):
+    from ptq_bench.meaning import meaning
+
+    base, other = load_recipe(smoke(tmp_path)), load_recipe(smoke(tmp_path, "o.yaml", **CHANGES[what]))
+    assert other.digest() != base.digest() and meaning(other) != meaning(base)
+
+
+def quickstart(tmp_path: Path, **changes) -> Path:
+    raw = {**yaml.safe_load((ROOT / "recipes" / "quickstart.yaml").read_text()), "output_dir": str(tmp_path / "qs"),
+           **changes}
+    return write_recipe(tmp_path / "qs.yaml", raw)
+
+
+def test_a_committed_folder_takes_a_rewording_of_its_recipe(tmp_path):
+    """results/quickstart (written before this change) keeps its hash and takes another wording of its recipe."""
+    from ptq_bench.meaning import folder_recipe
+
+    shutil.copytree(ROOT / "results" / "quickstart", tmp_path / "qs")
+    committed = json.loads((tmp_path / "qs" / MANIFEST).read_text())["recipe_hash"]
+    raw = yaml.safe_load((ROOT / "recipes" / "quickstart.yaml").read_text())
+    entries = list(reversed(raw["quantize"])) + [{"method": "gptq", "models": ["fp16"], "w_bits": 4.0, "damp": 0.01}]
+    reworded = load_recipe(quickstart(tmp_path, quantize=entries, description="edited"))
+    assert reworded.digest() != committed
+    as_run, note = folder_recipe(reworded)
+    assert as_run.digest() == committed and note == {"reworded_recipe_hash": reworded.digest()}
+    assert as_run.description == "edited" and as_run.out_dir == tmp_path / "qs"  # this run's names and folders
+    changed = load_recipe(quickstart(tmp_path, quantize=raw["quantize"][:-1]))
+    assert folder_recipe(changed) == (changed, {})  # open_run refuses it, as before
+
+
+def test_a_stored_recipe_that_is_not_the_folders_is_not_compared(tmp_path):
+    """A manifest whose recipe does not hash to its recipe_hash (an older ptq-bench's, or edited) decides nothing."""
+    from ptq_bench.meaning import folder_recipe, stored_recipe
+
+    shutil.copytree(ROOT / "results" / "quickstart", tmp_path / "qs")
+    manifest = json.loads((tmp_path / "qs" / MANIFEST).read_text())
+    manifest["recipe"]["seed"] = 1
+    (tmp_path / "qs" / MANIFEST).write_text(json.dumps(manifest))
+    assert stored_recipe(tmp_path / "qs") is None
+    reworded = load_recipe(quickstart(tmp_path, seed=1))
+    assert folder_recipe(reworded) == (reworded, {})
+    assert stored_recipe(ROOT / "results" / "lr_stability") is None  # its recipe predates fields added since
+
+
+@pytest.fixture(scope="module")
+def ref(tmp_path_factory):
+    return reference(tmp_path_factory.getbasetemp())
+
+
+def _run(recipe: Path) -> str:
+    proc = cli("run", str(recipe))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return proc.stdout
+
+
+def test_a_run_folder_resumes_under_another_wording(ref, tmp_path):
+    recipe, out, _ = workspace(ref, tmp_path, copy_out=True)
+    raw, rows, folder_hash = yaml.safe_load(recipe.read_text()), (out / RESULTS).read_bytes(), load_recipe(recipe).digest()
+    for i, what in enumerate(["entries split and reordered", "a written-out method default"]):
+        reworded = write_recipe(tmp_path / f"reworded{i}.yaml", {**raw, **REWORDINGS[what]})
+        assert "7 already done, 0 to run" in _run(reworded)
+        manifest = json.loads((out / MANIFEST).read_text())
+        assert manifest["recipe_hash"] == folder_hash and (out / RESULTS).read_bytes() == rows
+        assert manifest["invocations"][-1]["reworded_recipe_hash"] == load_recipe(reworded).digest()
+    assert "7 already done, 0 to run" in _run(recipe)
+    assert "reworded_recipe_hash" not in json.loads((out / MANIFEST).read_text())["invocations"][-1]
+    before = (out / MANIFEST).read_bytes()
+    changed = write_recipe(tmp_path / "changed.yaml", {**raw, **CHANGES["a bits setting fewer"]})
+    proc = cli("run", str(changed))
+    assert proc.returncode == 2 and "holds results of another recipe" in proc.stderr, proc.stderr[-2000:]
+    assert (out / MANIFEST).read_bytes() == before and (out / RESULTS).read_bytes() == rows
+    assert cli("report", str(out)).returncode == 0
