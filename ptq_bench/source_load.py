@@ -35,6 +35,7 @@ def load_source(info: SourceInfo, device: str = "cpu", *, tokenizer: bool = True
         model, kind = _load_gguf(Path(info.path), info), info.kind
     else:
         model, kind = _load_pretrained(info)
+    _refuse_non_finite(info, model)
     tok = _load_tokenizer(info) if tokenizer and info.has_tokenizer else None
     unfuse_experts(model)  # a mixture of experts: one linear pair per expert, for every cell alike
     return model.to(device).eval(), tok, kind
@@ -127,6 +128,18 @@ def _refuse_incomplete(info: SourceInfo, loading: dict[str, Any]) -> None:
     if missing := sorted(map(str, loading.get("missing_keys") or ())):
         raise RecipeError(f"source '{info.source}': the checkpoint lacks {len(missing)} of the model's tensors "
                           f"(first: {missing[0]}), which transformers would fill with random values")
+
+
+def _refuse_non_finite(info: SourceInfo, model: Any) -> None:
+    """A checkpoint holding NaN or inf weights (one that overflowed in fp16, or saved from a diverged run):
+    its base row would be NaN under a model recorded as not diverged, and no quantization grid fits it."""
+    import torch
+
+    for name, p in model.named_parameters():
+        if not bool(torch.isfinite(p).all()):
+            bad = int((~torch.isfinite(p)).sum())
+            raise RecipeError(f"source '{info.source}': {name} holds {bad} NaN or inf values of {p.numel()} (a "
+                              "checkpoint that overflowed or diverged?); only finite models are evaluated")
 
 
 def _load_gguf(file: Path, info: SourceInfo) -> Any:

@@ -165,6 +165,21 @@ def test_incomplete_checkpoints_are_refused_not_filled_with_random_weights(tmp_p
     assert "hub" not in str(e.value)
 
 
+def test_a_checkpoint_with_non_finite_weights_is_refused_at_load(tmp_path):
+    """A NaN or inf weight (an fp16 overflow, a diverged run's save) gave a NaN base row recorded as not
+    diverged; refused with one line naming the tensor."""
+    import safetensors.torch as st
+
+    for bad in (float("nan"), float("inf")):
+        folder = save_tiny("llama", tmp_path / str(bad))
+        sd = st.load_file(folder / "model.safetensors")
+        sd["model.layers.1.mlp.down_proj.weight"][0, 3] = bad
+        st.save_file(sd, folder / "model.safetensors", metadata={"format": "pt"})
+        with pytest.raises(RecipeError, match=r"model.layers.1.mlp.down_proj.weight holds 1 NaN or inf") as e:
+            load_source(inspect_source(str(folder)), tokenizer=False)
+        assert "\n" not in str(e.value)
+
+
 def test_a_gguf_that_lacks_a_tensor_is_refused(tiny_gguf, tmp_path):
     model, tok, _ = tiny_gguf
     (tmp_path / "g").mkdir()
