@@ -157,8 +157,9 @@ def run(recipe: Recipe, recipe_text: str) -> Path:
                 from ptq_bench.executors import run_ray
                 run_ray(sw)
             else:
-                for name in recipe.models:
-                    run_model(sw, name)
+                for name in recipe.models:  # a `source:` model's evaluator (its own tokenizer, requests and KLD
+                    run_model(sw, name)  # references) is keyed by its model key: it goes with the model
+                    sw.evaluators.pop(sw.keys[name], None)  # (its provenance is in the manifest already)
             sw.bar.close()
             mend_curves(sw.out, recipe, sw.ctx.cache, sw.keys)  # a signal until the invocation is closed is
             _record_eval(sw)  # handled as one in the cells' loop: its end and cells_run are recorded
@@ -295,8 +296,7 @@ def base_model(sw: Sweep, name: str) -> Base:
     """The model `name`, loaded or trained once, with its tokenizer and evaluator."""
     if sw.ctx.recipe.models[name].source is not None:
         model, m_tok, kind, info, blocks = get_source_model(sw.ctx, name)
-        m_tok_key = sw.keys[name]
-        evaluate = evaluator(sw, m_tok, m_tok_key)
+        evaluate = evaluator(sw, m_tok, m_tok_key := sw.keys[name])  # dropped by `run` after the model's cells
     else:
         m_tok, m_tok_key = sw.tokenizer, sw.tok_key
         evaluate = evaluator(sw, m_tok, m_tok_key)
