@@ -107,6 +107,18 @@ def test_base_reference_is_computed_once(base, perturbed, token_ids, tmp_path):
     assert counted.calls == 6  # another base model: recomputed
 
 
+def test_a_reference_holds_only_its_windows_tokens(base, token_ids, tmp_path):
+    """Its windows were a view of the whole token stream: a run kept each set's every token in int64 (4.7 MB
+    for 4 windows of 128 tokens of WikiText-2), for as long as the reference lived."""
+    path = tmp_path / "c4-seq64.npy"
+    refs = [build_reference(base, token_ids, "c4", SEQ, max_windows=2, path=p, batch_size=BATCH)
+            for p in (None, path, path)]  # in memory, built on disk, reopened
+    for ref in refs:
+        held = ref.windows.untyped_storage().nbytes()
+        assert held == 2 * SEQ * 8, held  # 2,696 bytes: the 337 tokens of the stream
+        assert torch.equal(ref.windows, windows(token_ids, SEQ, 2))
+
+
 def test_a_damaged_reference_file_is_recomputed(base, token_ids, tmp_path, capsys):
     counted = Counting(base)
     path = tmp_path / "c4.npy"

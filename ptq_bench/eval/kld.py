@@ -112,7 +112,7 @@ def build_reference(
 
     Without `path` the log-probs stay in memory (tests, small vocabularies).
     """
-    wins = windows(token_ids, seqlen, max_windows)
+    wins = windows(token_ids, seqlen, max_windows).clone()  # its own storage: a view held the whole stream
     if path is None:
         return _compute(model, wins, set_name, seqlen, max_windows, None, key, batch_size, progress)
     from ptq_bench.cache import shared_lock
