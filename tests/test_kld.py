@@ -228,3 +228,14 @@ def test_kl_of_equal_distributions_is_zero_not_negative():
     logits = torch.randn(256, 384, generator=torch.Generator().manual_seed(0)) * 0.1
     kl = token_kl(torch.log_softmax(logits, -1), logits + 0.5)
     assert (kl >= 0).all() and kl.max() < 1e-12
+
+
+def test_base_log_probs_are_checked_for_finiteness_once_per_reference(base, perturbed, token_ids, monkeypatch):
+    """Every cell read each window's base log-probs only to find them finite again: one check per window of a
+    reference, whatever the number of cells compared with it (the same numbers)."""
+    ref = build_reference(base, token_ids, "wikitext2", SEQ, batch_size=BATCH)
+    first = compare(ref, perturbed, batch_size=BATCH)
+    checked, isfinite = [], torch.isfinite
+    monkeypatch.setattr(torch, "isfinite", lambda x: checked.append(x.shape) or isfinite(x))
+    assert compare(ref, perturbed, batch_size=BATCH) == first
+    assert len(checked) == len(ref.windows)  # the cell's logits, one window at a time; not the base again

@@ -34,7 +34,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -69,6 +69,14 @@ class BaseReference:
     logprobs: np.ndarray  # (n, seqlen - 1, vocab) float32 log-softmax (memory-mapped when on disk)
     top1: np.ndarray  # (n, seqlen - 1) int64 argmax of the base logits
     nll: float  # base mean NLL per predicted token (ppl_gptq's)
+    # window -> every base log-prob of it is finite: checked on the first compare, not again by each cell
+    finite: dict[int, bool] = field(default_factory=dict, repr=False)
+
+    def window_finite(self, i: int, lp: torch.Tensor) -> bool:
+        """Whether window `i`'s base log-probs (`lp`, as `compare` read them) are all finite, checked once."""
+        if i not in self.finite:
+            self.finite[i] = bool(torch.isfinite(lp).all())
+        return self.finite[i]
 
     @property
     def ppl(self) -> float:
@@ -241,7 +249,7 @@ def compare(ref: BaseReference, model: torch.nn.Module, batch_size: int = 4, pro
                     for t in range(0, len(lp), KL_TOKENS)]
             agree += int((logits[b].argmax(-1).cpu().numpy() == ref.top1[start + b]).sum())
             # NaN logits have no argmax (torch names the first NaN): two diverged models would "agree" 100%
-            undefined = undefined or not (bool(torch.isfinite(logits[b]).all()) and bool(torch.isfinite(lp).all()))
+            undefined = undefined or not (bool(torch.isfinite(logits[b]).all()) and ref.window_finite(start + b, lp))
     kl = np.concatenate(kls)
     ppl = math.exp(total / count)
     names = ref.names
