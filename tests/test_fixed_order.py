@@ -4,6 +4,10 @@ QuIP's inverse-Hessian factor (ptq_bench/fixed_order.py)."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import pytest
 import torch
 
@@ -75,3 +79,15 @@ def test_gptq_and_quip_do_not_depend_on_the_thread_count(threads, method, params
         m.apply(target, m.config_cls(**params), calib)
         states.append(target.state_dict())
     assert all(torch.equal(states[0][k], states[1][k]) for k in states[0])
+
+
+@pytest.mark.parametrize("threads, policy, want", [("1", None, "PASSIVE"), ("1", "ACTIVE", "ACTIVE"),
+                                                   ("2", None, None), (None, None, None)])
+def test_a_one_thread_process_waits_passively_in_the_lapack_threads(threads, policy, want):
+    """One torch thread, 2 for the inverse-Hessian factor: OpenMP's spin-waiting stalled that 2-thread barrier on
+    a busy core (up to 0.6 s a call). ptq_bench sets passive waiting before torch loads, unless the user chose."""
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "OMP_WAIT_POLICY")}
+    env.update({k: v for k, v in (("OMP_NUM_THREADS", threads), ("OMP_WAIT_POLICY", policy)) if v is not None})
+    code = "import os, ptq_bench; print(os.environ.get('OMP_WAIT_POLICY'))"
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
+    assert out.strip() == str(want)
