@@ -111,10 +111,6 @@ class ZeroShot:
         self.prep = prep or Prep(recipe, data_dir)  # fits the recipe's BPE (once)
         self._work: list[tuple[Any, dict[str, tuple[int, int]]]] = []  # (tokenizer, task -> positions)
 
-    def tokenizer(self, own: Any) -> Any:
-        """The model's own tokenizer, or the recipe's BPE trained in memory (once) as `run` trains it."""
-        return self.prep.tokenizer(own)
-
     def _suite(self, tok: Any, limit: int | None) -> Any:
         from ptq_bench.eval.harness import TaskSuite
 
@@ -135,7 +131,7 @@ class ZeroShot:
         the work. `evaluating()`: the context a forward runs in (an offloaded model's blocks streamed)."""
         from ptq_bench.eval.work import model_sizes, weighted
 
-        tok = self.tokenizer(own_tok)
+        tok = self.prep.tokenizer(own_tok)  # the model's own, or the recipe's BPE (fitted once)
         work = next((w for t, w in self._work if t is tok), None)
         if work is None:  # the tokenizer is kept with its counts: an id() could be reused after it is freed
             work = self._positions(self._suite(tok, self.recipe.eval.limit))
@@ -280,7 +276,8 @@ def measure(recipe: Recipe, name: str, device: str, steps: int, warmup: int,
         call_s, tasks = (zero_shot.seconds(probe.model, probe.tokenizer, probe.evaluating) if zero_shot is not None
                          else (0.0, {}))
         quant = _quant_cell_s(recipe, name, probe.model, probe.vocab, device, probe.quantizing)
-        prep.count(probe.tokenizer) if prep is not None else None  # the texts `run` encodes with its tokenizer
+        if prep is not None:  # the texts `run` encodes with its tokenizer
+            prep.count(probe.tokenizer)
     return Measured(name, spec.kind if trained else "source", parameter_count(probe.model), step_s,
                     train_steps(t.tokens, t.seq_len, t.batch_size) if trained else 0, ppl_s, peak, tasks, call_s,
                     quant)

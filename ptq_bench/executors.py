@@ -17,8 +17,7 @@ The driver checks each returned row (a complete `Row` of the cell it asked for) 
 arrives, so resume, the lock and the manifest behave as locally. A task whose worker dies (kill, OOM,
 lost node) is re-run by Ray up to `executor.max_retries` times; a task that raises, or runs out of
 retries, is logged and listed in the manifest's invocation (`failed`), its row is absent, and the run
-exits non-zero once the other cells are done. Nothing a task computed reaches the store except
-through the driver, whole.
+exits non-zero once the other cells are done. Nothing a task computed reaches the store but through the driver, whole.
 
 The cache folder must be one folder every worker sees at the same path (on a cluster: a shared filesystem with
 file locks); a worker not seeing the driver's marker in it refuses. Ray is imported here only, in functions.
@@ -372,7 +371,8 @@ def store(sw: Sweep, cell: Cell, out: Any) -> None:
         return fail(sw, cell, f"the task returned the row of another cell ({row.model} {row.label})")
     reported = {k: Reported(v) for k, v in out["eval"].items()}  # the latest, as a local run keeps the last
     workers = sw.manifest["invocations"][-1]["executor"]["workers"]
-    workers += [out.get("worker")] * (new := out.get("worker") not in workers)  # on disk before its row
+    if new := out.get("worker") not in workers:  # on disk before its row
+        workers.append(out.get("worker"))
     if changed := any(sw.evaluators.get(k) != v for k, v in reported.items()):
         sw.evaluators.update(reported)  # type: ignore[arg-type]
         _record_eval(sw)

@@ -62,6 +62,11 @@ def trained_tokens(total_tokens: int, seq_len: int, batch_size: int) -> int:
     return train_steps(total_tokens, seq_len, batch_size) * seq_len * batch_size
 
 
+def ptq_allowed(name: object) -> bool:
+    """May a quantize entry target a model of kind `name` (its KINDS entry; an unknown kind may not)?"""
+    return name in KINDS and KINDS[name].ptq_allowed
+
+
 def get_kind(name: str) -> Kind:
     if name not in KINDS:
         raise ValueError(f"unknown model kind {short(name)} (known: {', '.join(KINDS)})")

@@ -27,16 +27,16 @@ from ptq_bench.cells import Cell, calib_seed, expand_cells
 from ptq_bench.config import from_dict, to_dict
 from ptq_bench.errors import PtqBenchError, RecipeError
 from ptq_bench.recipe import NOT_IN_DIGEST, Recipe, digest_fields, model_arch
-from ptq_bench.results import load_manifest
+from ptq_bench.results import as_floats, load_manifest
 
 
 def meaning(recipe: Recipe) -> str:
     """A hash of what `recipe` computes (see the module docstring): equal for two wordings of the same cells."""
     fields = digest_fields(recipe)
     fields["models"] = {name: _model(recipe, name) for name in recipe.models}
-    fields["quantize"] = sorted(json.dumps(_floats(_cell(recipe, c)), sort_keys=True) for c in expand_cells(recipe))
+    fields["quantize"] = sorted(json.dumps(as_floats(_cell(recipe, c)), sort_keys=True) for c in expand_cells(recipe))
     fields["calibration"].pop("seeds")  # in the cells' calibration seeds
-    return hashlib.sha256(json.dumps(_floats(fields), sort_keys=True, default=str).encode()).hexdigest()[:16]
+    return hashlib.sha256(json.dumps(as_floats(fields), sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 def _model(recipe: Recipe, name: str) -> dict[str, Any]:
@@ -54,15 +54,6 @@ def _cell(recipe: Recipe, cell: Cell) -> dict[str, Any]:
     tasks = recipe.eval.tasks if cell.tasks is None else list(cell.tasks)
     return {"model": cell.model, "method": cell.method, "config": cell.config_dict(),
             "calib_seed": calib_seed(recipe, cell), "tasks": tasks}
-
-
-def _floats(value: Any) -> Any:
-    """`value` with every int (not bool) as a float, inside mappings and lists (`8` and `8.0` are one number)."""
-    if isinstance(value, dict):
-        return {k: _floats(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_floats(v) for v in value]
-    return float(value) if isinstance(value, int) and not isinstance(value, bool) else value
 
 
 def folder_recipe(recipe: Recipe) -> tuple[Recipe, dict[str, str]]:

@@ -189,10 +189,11 @@ def _train_into(tmp: Path, ctx: Context, name: str, tokenizer: Any, stream: Any,
 def export_checkpoint(model: Any, kind: str, out_dir: Path) -> bool:
     """The transformers-format copy of a trained model (`export_hf`); False, nothing written, for a BitNet
     model whose weights training left non-finite (a divergence): no ternary weights exist to pack."""
+    from ptq_bench.kinds import BITNET_MODES
     from ptq_bench.models.build import export_hf
     from ptq_bench.models.train import weights_finite
 
-    if kind != "fp16" and not weights_finite(model):
+    if kind in BITNET_MODES and not weights_finite(model):
         return False
     export_hf(model, kind, out_dir)
     return True

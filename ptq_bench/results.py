@@ -82,7 +82,7 @@ class Row:
         that rewrites 8.0 as 8, as jq does, changes no value and no digest)."""
         import hashlib
 
-        data = _floats({k: v for k, v in self.to_dict().items() if k != "sha256"})
+        data = as_floats({k: v for k, v in self.to_dict().items() if k != "sha256"})
         return hashlib.sha256(json.dumps(data, sort_keys=True, allow_nan=True).encode()).hexdigest()
 
     def sealed(self) -> Row:
@@ -149,12 +149,12 @@ def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return dict(pairs)
 
 
-def _floats(value: Any) -> Any:
+def as_floats(value: Any) -> Any:
     """`value` with every int (not bool) as a float, inside mappings and lists: the digest's number form."""
     if isinstance(value, dict):
-        return {k: _floats(v) for k, v in value.items()}
+        return {k: as_floats(v) for k, v in value.items()}
     if isinstance(value, list):
-        return [_floats(v) for v in value]
+        return [as_floats(v) for v in value]
     return float(value) if isinstance(value, int) and not isinstance(value, bool) else value
 
 

@@ -96,9 +96,9 @@ class SourceInfo:
     @property
     def low_bit(self) -> bool:
         """Already-quantized linears (a kind PTQ may not target: BitNet's), by its kinds.KINDS entry."""
-        from ptq_bench.kinds import KINDS
+        from ptq_bench.kinds import ptq_allowed
 
-        return self.kind is not None and not KINDS[self.kind].ptq_allowed
+        return self.kind is not None and not ptq_allowed(self.kind)
 
     def cache_key(self) -> dict[str, str | None]:
         """What a model cache key must hash: the content where readable, else the source string."""

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from ptq_bench.kinds import DISPLAY_NAMES, KINDS
+from ptq_bench.kinds import DISPLAY_NAMES, ptq_allowed
 from ptq_bench.quant.configs import CATALOG, setting_label
 from ptq_bench.report.fmt import Quoted, bits, frame, param_count
 from ptq_bench.report.layouts import LAYOUTS
@@ -101,7 +101,7 @@ def table3(run: RunData, layout: Layout, with_paper: bool = True) -> pd.DataFram
     """Rows: FP16, each PTQ setting of a model PTQ may target (kinds.Kind.ptq_allowed), each natively trained
     BitNet; columns as Table 3. A setting run over several calibration seeds is one row: mean ± std over the
     seeds that measured each column (a recipe may run the tasks on one seed only), `seeds` the number of seeds."""
-    rows = [r for r in run.rows if r.get("method") == "none" or _ptq_target(r.get("model_kind"))]
+    rows = [r for r in run.rows if r.get("method") == "none" or ptq_allowed(r.get("model_kind"))]
     groups: dict[tuple, list[dict[str, Any]]] = {}
     for row in rows:
         groups.setdefault(setting(row), []).append(row)
@@ -134,11 +134,6 @@ def table3(run: RunData, layout: Layout, with_paper: bool = True) -> pd.DataFram
     df = frame([*([_random_row(recs[0], layout)] if with_paper and recs else []), *recs])
     df.attrs["notes"] = [*([TABLE3_SOURCE] if with_paper else []), *(_seed_notes(partial) if several else [])]
     return df
-
-
-def _ptq_target(kind: Any) -> bool:
-    """May post-training quantization target a model of `kind` (its kinds.KINDS entry)?"""
-    return kind in KINDS and KINDS[kind].ptq_allowed
 
 
 def _random_row(template: dict[str, Any], layout: Layout) -> dict[str, Any]:
