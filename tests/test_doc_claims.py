@@ -1,10 +1,13 @@
 """Claims that documentation outside README's tables makes, checked against their sources: a figure a recipe's
-comment quotes from a document is in that document."""
+comment quotes from a document is in that document, and a method setting's comment names the values its
+bound accepts (the comment is where a user reads them: `ptq-bench ls` shows only the defaults)."""
 
 from __future__ import annotations
 
 import re
 from pathlib import Path
+
+from ptq_bench.quant import configs
 
 ROOT = Path(__file__).resolve().parents[1]
 CITED = re.compile(r"\((README|NOTES)\)|\b((?:[\w-]+/)*(?:README|NOTES)\.md)")
@@ -26,3 +29,11 @@ def test_a_figure_a_recipe_comment_quotes_from_a_document_is_in_it():
                           for fig in FIGURE.findall(comment) if fig not in text]
     assert not wrong, "\n".join(wrong)
 
+
+def test_every_string_choice_of_a_method_setting_is_named_in_its_comment():
+    source = (ROOT / "ptq_bench/quant/configs.py").read_text(encoding="utf-8")
+    wrong = []
+    for field, tuple_name, comment in re.findall(r"^\s+(\w+): str = bound\([^)]*choices=(\w+)\)(.*)$", source, re.M):
+        wrong += [f"{field}: {choice!r} not in its comment {comment!r}"
+                  for choice in getattr(configs, tuple_name) if choice not in comment]
+    assert not wrong, "\n".join(wrong)

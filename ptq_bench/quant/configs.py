@@ -46,8 +46,8 @@ class SmoothQuantConfig:
     alpha: float = bound(0.5, min=0.0, max=1.0)  # migration strength: 0 = all on activations, 1 = all on weights
     w_bits: float = bound(8, choices=W_BITS)  # weight bits after smoothing (absmax): 1, 1.58, 2..8, 16
     a_bits: int = bound(8, choices=A_BITS)  # activation bits (dynamic absmax); 16 = not quantized
-    w_granularity: str = bound("channel", choices=WEIGHT_GRANULARITIES)
-    a_granularity: str = bound("token", choices=ACT_GRANULARITIES)
+    w_granularity: str = bound("channel", choices=WEIGHT_GRANULARITIES)  # one scale per tensor / channel / group
+    a_granularity: str = bound("token", choices=ACT_GRANULARITIES)  # one activation scale per token / tensor
     group_size: int = bound(128, min=1)  # input columns per weight scale when w_granularity == "group"
 
     def __post_init__(self) -> None:  # W16A16 is smoothing alone (the fold changes every weight): allowed
@@ -77,7 +77,7 @@ class GPTQConfig:
 @dataclass(frozen=True)
 class QuIPConfig:
     w_bits: int = bound(2, choices=QUIP_W_BITS)  # 2, 3 or 4 bits on a uniform grid
-    transform: str = bound("hadamard", choices=TRANSFORMS)  # incoherence rotation: randomized Hadamard | butterfly
+    transform: str = bound("hadamard", choices=TRANSFORMS)  # rotation: hadamard (randomized) | orthogonal (butterfly)
     rescale: bool = True  # diagonal W/H rescaling before the rotation (reference `pre_rescale`)
     damp: float = bound(0.01, min=0.0, lt=1.0)  # fraction of mean(diag H) added to the diagonal
     seed: int = bound(0, min=0, max=SEED_MAX)  # seed of the random rotations
