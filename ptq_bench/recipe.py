@@ -164,7 +164,7 @@ class Recipe:
     data_dir: str | None = None  # local data folder (else $PTQ_BENCH_DATA)
     output_dir: str | None = None  # results folder (default runs/<name>)
     cache_dir: str = ".ptq_cache"  # trained models, tokenizers, token streams, calibration windows
-    device: str = bound("auto", choices=DEVICES)
+    device: str = bound("auto", choices=DEVICES)  # auto: cuda when torch sees a GPU, else cpu
     # the dtype models are quantized and evaluated in: auto keeps each model's own (trained here: float32,
     # trained under bf16 autocast on CUDA; a checkpoint: its stored dtype; a GGUF: dequantized float32);
     # float32 / bfloat16 / float16 cast every model after loading (rotary frequencies stay float32)
