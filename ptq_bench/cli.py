@@ -169,6 +169,9 @@ def build_parser() -> argparse.ArgumentParser:
         prog="ptq-bench",
         description="Natively trained BitNet (1 / 1.58-bit) vs post-training-quantized FP16 models.",
     )
+    from ptq_bench import __version__
+
+    p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
     r = sub.add_parser("run", help="train or load models, quantize, evaluate and report a recipe")
     r.add_argument("recipe", help="recipe YAML file")
