@@ -23,11 +23,14 @@ def package_versions() -> dict[str, str]:
 
 
 def git_hash() -> str:
+    """This checkout's commit; "unknown" for an installed copy, even one inside another repository (a
+    venv in the user's own project), whose commit says nothing about this code."""
     here = Path(__file__).resolve().parent
     try:
-        out = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=5, check=True
-        ).stdout.strip()
+        top, out = subprocess.run(["git", "rev-parse", "--show-toplevel", "HEAD"], cwd=here, capture_output=True,
+                                  text=True, timeout=5, check=True).stdout.splitlines()
+        if Path(top).resolve() / "ptq_bench" != here:
+            return "unknown"
         dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here,
                                capture_output=True, text=True, timeout=5).stdout.strip()
         return out + ("-dirty" if dirty else "")

@@ -26,3 +26,31 @@ def test_python_dash_m_ptq_bench(tmp_path):
                          text=True, env={"PYTHONPATH": str(ROOT), "PATH": ""}, timeout=60)
     assert out.returncode == 0, out.stderr
     assert out.stdout.startswith("usage: ptq-bench")
+
+
+def _git(*args: str, cwd: Path) -> str:
+    return subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, check=True,
+                          env={"GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t",
+                               "GIT_COMMITTER_EMAIL": "t@t", "PATH": "/usr/bin:/bin"}).stdout.strip()
+
+
+def test_git_hash_of_an_install_inside_another_repository(tmp_path, monkeypatch):
+    """A wheel installed into a venv inside the user's own project: that project's commit is not ours."""
+    from ptq_bench import provenance
+
+    _git("init", "-q", cwd=tmp_path)
+    (tmp_path / "a").write_text("a")
+    _git("add", "a", cwd=tmp_path)
+    _git("commit", "-qm", "theirs", cwd=tmp_path)
+    site = tmp_path / ".venv" / "lib" / "site-packages" / "ptq_bench"
+    site.mkdir(parents=True)
+    monkeypatch.setattr(provenance, "__file__", str(site / "provenance.py"))
+    assert provenance.git_hash() == "unknown"
+
+
+def test_git_hash_of_the_checkout():
+    from ptq_bench.provenance import git_hash
+
+    if not (ROOT / ".git").exists():
+        pytest.skip("not a git checkout")
+    assert git_hash().split("-")[0] == _git("rev-parse", "HEAD", cwd=ROOT)
