@@ -54,3 +54,34 @@ def test_git_hash_of_the_checkout():
     if not (ROOT / ".git").exists():
         pytest.skip("not a git checkout")
     assert git_hash().split("-")[0] == _git("rev-parse", "HEAD", cwd=ROOT)
+
+
+def _dependencies() -> dict[str, object]:
+    """pyproject's [project] dependencies by normalized name (read without tomllib: Python 3.10 lacks it)."""
+    import re
+
+    from packaging.requirements import Requirement
+
+    text = (ROOT / "pyproject.toml").read_text(encoding="utf-8")
+    block = re.search(r"^dependencies = \[(.*?)^\]", text, re.S | re.M).group(1)
+    reqs = [Requirement(s) for s in re.findall(r'^\s*"([^"]+)"', block, re.M)]
+    return {re.sub(r"[-_.]+", "-", r.name).lower(): r for r in reqs}
+
+
+def _floor(specifier: object) -> object:
+    from packaging.version import Version
+
+    return max((Version(s.version) for s in specifier if s.operator in (">=", "==")), default=Version("0"))
+
+
+@pytest.mark.parametrize("name", ["torch", "accelerate"])
+def test_floors_meet_transformers_own(name):
+    """transformers keeps torch and accelerate in its `torch` extra, which we do not ask for: a floor of ours
+    below its own lets pip keep a version with which transformers disables torch or refuses to load."""
+    from importlib.metadata import requires
+
+    from packaging.requirements import Requirement
+
+    theirs = [Requirement(r) for r in requires("transformers") or []]
+    floor = max(_floor(r.specifier) for r in theirs if r.name == name and r.marker is not None)
+    assert _floor(_dependencies()[name].specifier) >= floor, f"{name}: transformers needs >= {floor}"
