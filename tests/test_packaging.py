@@ -85,3 +85,25 @@ def test_floors_meet_transformers_own(name):
     theirs = [Requirement(r) for r in requires("transformers") or []]
     floor = max(_floor(r.specifier) for r in theirs if r.name == name and r.marker is not None)
     assert _floor(_dependencies()[name].specifier) >= floor, f"{name}: transformers needs >= {floor}"
+
+
+def test_every_import_is_declared():
+    """Each third-party package ptq_bench imports (at the top or inside a function) is a dependency of its
+    own, not only one of another dependency's, which may drop it."""
+    import ast
+    import re
+    from importlib.metadata import packages_distributions
+
+    dists = packages_distributions()
+    roots = set()
+    for path in (ROOT / "ptq_bench").rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Import):
+                roots |= {a.name.split(".")[0] for a in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.level == 0:
+                roots.add(node.module.split(".")[0])
+    third = roots - set(sys.stdlib_module_names) - {"ptq_bench", "__future__"}
+    declared = set(_dependencies())
+    missing = {m: dists.get(m) for m in third
+               if not {re.sub(r"[-_.]+", "-", d).lower() for d in dists.get(m, [m])} & declared}
+    assert not missing, f"imported but not in pyproject's dependencies: {missing}"
