@@ -9,11 +9,15 @@ export PTQ_BENCH_DATA ?= $(abspath ../shared/data)
 
 setup: $(VENV)/.installed
 
-# torch first, pinned exactly (a looser spec would pull several GB of CUDA packages), then the rest
+# torch first, pinned exactly, then the rest (which keeps it). PyPI's Linux torch==2.13.0 is the CUDA build: it
+# pulls several GB of CUDA packages (cuda-toolkit, nvidia-cudnn-cu13, ...). The CPU build comes from pip's own
+# find-links / index when it holds torch 2.13.0+cpu (this project's machines), else from TORCH_INDEX:
+#   make setup TORCH_INDEX="--index-url https://download.pytorch.org/whl/cpu"
+TORCH_INDEX ?=
 $(VENV)/.installed: pyproject.toml
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q torch==2.13.0 $(TORCH_INDEX)
 	$(BIN)/pip install -q -e ".[dev,notebooks]"
 	touch $@
 
