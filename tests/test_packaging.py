@@ -107,3 +107,20 @@ def test_every_import_is_declared():
     missing = {m: dists.get(m) for m in third
                if not {re.sub(r"[-_.]+", "-", d).lower() for d in dists.get(m, [m])} & declared}
     assert not missing, f"imported but not in pyproject's dependencies: {missing}"
+
+
+# The lm-eval APIs ptq_bench calls that came after 0.4.0, with the first release that has them
+# (TaskManager is not in 0.4.1, lm-evaluation-harness#1574; `include_defaults` came with #1856, 2024-05).
+LM_EVAL_SINCE = {("lm_eval.tasks", "TaskManager", "include_defaults"): "0.4.3"}
+
+
+@pytest.mark.parametrize(("module", "name", "param"), list(LM_EVAL_SINCE))
+def test_lm_eval_floor_has_the_apis_used(module, name, param):
+    import importlib
+    import inspect
+
+    from packaging.version import Version
+
+    assert param in inspect.signature(getattr(importlib.import_module(module), name)).parameters
+    since = Version(LM_EVAL_SINCE[module, name, param])
+    assert _floor(_dependencies()["lm-eval"].specifier) >= since, f"{module}.{name}({param}=) needs lm-eval >= {since}"
