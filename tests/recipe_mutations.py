@@ -321,6 +321,10 @@ def _quant_problems(r: dict) -> list[str]:
         bad += [f"quantize[{i}].{k}" for k in BOOLS if k in q and not isinstance(q[k], bool)]
         if "group_size" in q and (not _is_int(q["group_size"]) or q["group_size"] == 0 or q["group_size"] < -1):
             bad.append(f"quantize[{i}].group_size")
+        elif m in ("absmax", "smoothquant") and q.get("w_granularity", "channel") != "group" and q.get("group_size", 128) != 128:
+            bad.append(f"quantize[{i}].group_size without w_granularity group")
+        elif m == "gptq" and q.get("static_groups") is True and q.get("group_size", 128) == -1:
+            bad.append(f"quantize[{i}].static_groups without groups")
         if "alpha" in q and (not _is_num(q["alpha"]) or not 0 <= q["alpha"] <= 1):
             bad.append(f"quantize[{i}].alpha")
         targets = q.get("models") or [n for n, s in models.items() if (s or {}).get("kind", "fp16") == "fp16"]

@@ -54,7 +54,8 @@ def test_absmax_on_grid_and_error_falls(model, gran):
     ref = logits(model, tokens)
     errors = []
     for bits in [1, 1.58, 3, 4, 6, 8]:
-        q, rep = quantized_copy(model, "absmax", w_bits=bits, w_granularity=gran, group_size=16)
+        groups = {"group_size": 16} if gran == "group" else {}
+        q, rep = quantized_copy(model, "absmax", w_bits=bits, w_granularity=gran, **groups)
         lin = quantizable_linears(q)
         assert rep.n_linears == len(lin) == 14
         assert all(on_grid(m.weight, m.ptq_grid) for m in lin.values())
@@ -92,7 +93,8 @@ def test_dtype_preserved():
 
 @pytest.mark.parametrize("kw, field", [
     ({"w_bits": 9}, "w_bits"), ({"w_bits": 1.5}, "w_bits"), ({"w_granularity": "row"}, "w_granularity"),
-    ({"group_size": 0}, "group_size"), ({"a_bits": 12}, "a_bits"), ({"a_granularity": "channel"}, "a_granularity"),
+    ({"group_size": 0}, "group_size"), ({"group_size": 32}, "group_size 32 needs w_granularity"),
+    ({"a_bits": 12}, "a_bits"), ({"a_granularity": "channel"}, "a_granularity"),
 ])
 def test_bad_config(kw, field):
     with pytest.raises(ValueError, match=field):

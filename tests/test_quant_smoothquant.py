@@ -79,6 +79,7 @@ def test_unresolvable_pair_is_an_error(calib):
 @pytest.mark.parametrize("kw, field", [
     ({"alpha": 1.5}, "alpha"), ({"w_bits": 9}, "w_bits"), ({"a_bits": 9}, "a_bits"),
     ({"w_granularity": "x"}, "w_granularity"), ({"a_granularity": "channel"}, "a_granularity"),
+    ({"w_granularity": "tensor", "group_size": 32}, "group_size 32 needs w_granularity"),
     ({"group_size": 0}, "group_size"),
 ])
 def test_bad_config(kw, field):

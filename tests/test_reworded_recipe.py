@@ -38,7 +38,7 @@ REWORDINGS = {
 # a real difference: another cell, model, protocol or training
 CHANGES = {
     "a bits setting fewer": {"quantize": [{**ABSMAX, "w_bits": [8, 4, 2]}]},
-    "another group size": {"quantize": [{**ABSMAX, "w_bits": [8, 4, 2, 1], "group_size": 64}]},
+    "another group size": {"quantize": [{**ABSMAX, "w_bits": [8, 4, 2, 1], "w_granularity": "group", "group_size": 64}]},
     "a task fewer": {"quantize": [{**ABSMAX, "w_bits": [8, 4, 2, 1], "tasks": ["piqa"]}]},
     "another seed": {"seed": 1},
     "another window count": {"eval": {"perplexity": {"sets": ["wikitext2", "c4"], "seq_len": 64, "max_windows": 4},

@@ -26,6 +26,15 @@ TRANSFORMS = ("hadamard", "orthogonal")
 SEED_MAX = 2**32 - 1
 
 
+def refuse_unused_group_size(cfg: Any) -> None:
+    """A group_size other than the default is read only by w_granularity "group": elsewhere it is refused, not
+    ignored (a row would name a setting its weights never had)."""
+    default = type(cfg).__dataclass_fields__["group_size"].default
+    if cfg.w_granularity != "group" and cfg.group_size != default:
+        raise ValueError(f"group_size {cfg.group_size} needs w_granularity: group (it is {cfg.w_granularity!r}, "
+                         "which has no groups)")
+
+
 @dataclass(frozen=True)
 class AbsmaxConfig:
     w_bits: float = bound(8, choices=W_BITS)  # weight bits: 1 (sign), 1.58 (ternary), 2..8, 16 = unquantized
@@ -36,6 +45,7 @@ class AbsmaxConfig:
 
     def __post_init__(self) -> None:
         check_fields(self)
+        refuse_unused_group_size(self)
         if self.w_bits == 16 and self.a_bits == 16:  # a row claiming a method ran on a model left as it was
             raise ValueError("w_bits 16 with a_bits 16 quantizes nothing (16 = unquantized): the model's base "
                              "row is that row")
@@ -52,6 +62,7 @@ class SmoothQuantConfig:
 
     def __post_init__(self) -> None:  # W16A16 is smoothing alone (the fold changes every weight): allowed
         check_fields(self)
+        refuse_unused_group_size(self)
 
 
 @dataclass(frozen=True)
