@@ -62,3 +62,27 @@ def test_a_nan_point_beyond_the_finite_points_is_drawn_inside_the_axes(tmp_path)
     edge = [ln for ln in ax.get_lines() if ln.get_marker() == "X"]
     assert edge and x0 <= edge[0].get_xdata()[0] <= x1 and x0 <= 1024 <= x1
     plt.close(fig)
+
+
+def _mixed_limits() -> list[dict]:
+    """A limit-10 base row beside a quantized row scored on every document (and by stock lm-eval)."""
+    full = row("m", "fp16", "absmax", 4, 16, 30.0, [("piqa", "acc", 0.25)])
+    full["protocol"] = {**full["protocol"], "limit": None, "backend": "hflm"}
+    return [row("m", "fp16", "none", 16, 16, 20.0, [("piqa", "acc", 0.5)]), full]
+
+
+def test_accuracy_title_of_rows_of_several_limits_names_each(tmp_path, monkeypatch):
+    """The title took the first row's limit: "at most 10 documents each" over a row of every document."""
+    title = next(t for t in _titles(tmp_path, monkeypatch, _mixed_limits()) if "tasks'" in t)
+    assert "at most 10 documents each (1 row), every document (1 row)" in title
+
+
+def test_table_notes_of_rows_of_several_limits_name_each(tmp_path):
+    """The md's task note took the first row's limit and backend ("limit 10 documents per task, backend
+    `fast`") over a row scored on every document by HFLM, while its .csv said `/limit<mixed>`."""
+    d = run_dir(tmp_path, _mixed_limits())
+    render(d)
+    md = (d / "table.md").read_text(encoding="utf-8")
+    assert "backend `fast`;" not in md
+    assert "limit 10 documents per task (1 row), every document (1 row)" in md
+    assert "backend `fast` (1 row), `hflm` (1 row)" in md

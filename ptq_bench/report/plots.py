@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from ptq_bench.cache import removed_on_failure, temp_sibling
 from ptq_bench.report.fmt import md_cell, nonfinite_name, param_count
-from ptq_bench.report.run import RunData, first_protocol, metrics, ppl, ppl_keys, ran_on, shots
+from ptq_bench.report.run import RunData, metrics, ppl, ppl_keys, ran_on, shots, task_protocol
 from ptq_bench.report.tables import ACC_SUFFIXES, headline_metrics
 
 if TYPE_CHECKING:
@@ -215,11 +215,11 @@ def plot_acc_vs_bits(run: RunData, df: pd.DataFrame, out: Path) -> list[Path]:
     _bits_lines(ax, marks, df.to_dict("records"), "avg_acc")
     _bits_axis(ax)
     tasks = [c for c in df.columns if c.endswith(ACC_SUFFIXES)]
-    limit = (first_protocol(run.rows) or {}).get("limit")
+    docs = task_protocol(run.rows, "limit", lambda n: "every document" if n is None else f"at most {n} documents each")
     ax.set_ylabel(f"average {shots(run.rows)} accuracy (%)")
     se = _avg_stderr(run.rows)  # NaN: the rows carry no `_stderr` (written before they were stored)
     _title(ax, f"mean of {len(tasks)} tasks' acc_norm (acc where lm-eval has no acc_norm),\n"
-           f"{f'at most {limit} documents each' if limit else 'every document'}; "
+           f"{docs}; "
            + (f"a point's standard error ≈ {se:.1f}" if _finite(se) else "standard errors not recorded"),
            run.rows, fontsize=8)
     return _finish(fig, ax, marks, out / "acc_vs_bits.png")

@@ -8,6 +8,8 @@ not carry (a task it did not run, an empty quant report, ...) is shown as not me
 from __future__ import annotations
 
 import json
+from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -148,6 +150,16 @@ def ran_tasks(row: dict[str, Any]) -> bool:
 def first_protocol(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
     """The first row's `protocol` (limit, shots, backend, perplexity settings); None for rows without one."""
     return next((r["protocol"] for r in rows if isinstance(r.get("protocol"), dict)), None)
+
+
+def task_protocol(rows: list[dict[str, Any]], key: str, name: Callable[[Any], str]) -> str:
+    """`protocol.<key>` of the rows that ran tasks, named by `name`: one value as itself, several each with
+    its row count ("limit 10 (3 rows), every document (1 row)"), so no row is described by another's."""
+    seen = Counter(name(r["protocol"].get(key) if isinstance(r.get("protocol"), dict) else None)
+                   for r in rows if ran_tasks(r))
+    if len(seen) <= 1:
+        return next(iter(seen), "")
+    return ", ".join(f"{v} ({n} row{'s' * (n > 1)})" for v, n in seen.items())
 
 
 def computed_on(row: dict[str, Any]) -> tuple[str, str] | None:

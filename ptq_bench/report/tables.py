@@ -25,6 +25,7 @@ from ptq_bench.report.run import (
     ppl_key,
     ppl_keys,
     ran_tasks,
+    task_protocol,
     versions,
 )
 
@@ -106,10 +107,10 @@ def protocol_notes(rows: list[dict[str, Any]]) -> list[str]:
         f"- `ppl_gptq/<set>/seq{ppl['seq_len']}…`: GPTQ-protocol perplexity (test text joined, non-overlapping "
         f"{ppl['seq_len']}-token windows, {win}).",
     ]
-    docs = "every document" if p.get("limit") is None else f"limit {p['limit']} documents per task"
     if any(map(ran_tasks, rows)):  # a run of perplexity only has no such line
+        docs = task_protocol(rows, "limit", lambda n: "every document" if n is None else f"limit {n} documents per task")
         lines.append(f"- `<task>/<n>shot/acc|acc_norm`: lm-eval task definitions and metrics, {p.get('num_fewshot')}-shot, "
-                     f"{docs}, backend `{p.get('backend')}`; accuracies in %.")
+                     f"{docs}, backend {task_protocol(rows, 'backend', lambda b: f'`{b}`')}; accuracies in %.")
     return [
         *lines,
         "- `W`/`A`: weight/activation bits (FP16 = 16/16; BitNet b1.58 = 1.58/8 and b1 = 1/8 natively).",
