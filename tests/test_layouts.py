@@ -215,3 +215,15 @@ def test_table3_keeps_the_ptq_rows_of_every_kind_ptq_may_target(tmp_path, monkey
     df = table3(load_run(run_dir(tmp_path, rows, layout="bitnet_table3")), LAYOUTS["bitnet_table3"], with_paper=False)
     ptq = df[df["PTQ"] == "yes"]
     assert sorted(ptq["Model"]) == ["alt", "fp"]  # both PTQ rows, each named by its model
+
+
+def test_b158_layout_says_the_papers_numbers_are_of_another_protocol(tmp_path):
+    """Table 3's md said its paper columns were measured otherwise ("compare the shape, not the numbers"); the
+    b1.58 md printed the paper's table under ours (PPL 12.33 beside a seq128 perplexity over a limit-10 run)
+    with nothing on how the paper measured it."""
+    d = _synthetic_run(tmp_path, "bitnet_b158")
+    render(d)
+    md = (d / "paper_table.md").read_text(encoding="utf-8")
+    note = next((ln for ln in md.splitlines() if ln.startswith("- The paper's numbers")), "")
+    assert "2402.17764" in note and "2048" in note and "compare the shape, not the numbers" in note, md
+    assert "2402.17764" in (d / "paper_table.tex").read_text(encoding="utf-8")

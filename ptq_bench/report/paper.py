@@ -62,6 +62,10 @@ _PAPER_ORDER = {key: i for i, key in enumerate(PAPER_TABLE3)}  # the paper's row
 TABLE3_SOURCE = ("- `paper …` columns: BitNet (arXiv 2310.11453) Table 3, a 6.7B model, zero-shot, "
                  "matched by WBits, Method and ABits; its PPL is on the validation set of its own training corpus, "
                  "not the `PPL` protocol of this table: compare the shape, not the numbers.")
+B158_SOURCE = ("- The paper's numbers: BitNet b1.58 (arXiv 2402.17764) Tables 1/2, models of 700M to 3.9B trained on "
+               "100B RedPajama tokens at sequence length 2048 (its public reproduction evaluates at context 2048), "
+               "zero-shot lm-evaluation-harness with no document limit reported; not the `PPL` windows nor the "
+               "document limit of this table's columns: compare the shape, not the numbers.")
 B158_MEMORY = ("- `Mem (MB)`: bytes of the stored weights (every high-precision tensor at 16 bits, BitNet weights "
                "packed 4 per byte), not measured memory; the paper's `Mem (GB)` and `Lat (ms)` "
                "are GPU memory and latency at inference, which this table does not measure.")
@@ -183,7 +187,7 @@ def b158_table(run: RunData, layout: Layout) -> pd.DataFrame:
         records.append((size or 0, rec["Model"], rec))
     records.sort(key=lambda t: t[:2])
     df = frame([rec for *_, rec in records])
-    df.attrs["notes"] = [B158_MEMORY]
+    df.attrs["notes"] = [B158_SOURCE, B158_MEMORY]
     return df
 
 
