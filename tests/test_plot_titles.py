@@ -86,3 +86,18 @@ def test_table_notes_of_rows_of_several_limits_name_each(tmp_path):
     assert "backend `fast`;" not in md
     assert "limit 10 documents per task (1 row), every document (1 row)" in md
     assert "backend `fast` (1 row), `hflm` (1 row)" in md
+
+
+def test_table_notes_name_the_zero_shot_batch_size(tmp_path):
+    """An activation-quantized model's zero-shot numbers move with the batch size (NOTES, "Protocol finding");
+    rows record `protocol.batch_size`, but no table said it (a W4A4 column at 1 vs 32 was indistinguishable)."""
+    rows = _mixed_limits()
+    rows[0]["protocol"] = {**rows[0]["protocol"], "batch_size": 32}
+    rows[1]["protocol"] = {**rows[1]["protocol"], "batch_size": 1}
+    d = run_dir(tmp_path, rows)
+    render(d)
+    md = (d / "table.md").read_text(encoding="utf-8")
+    assert "batch size 32 (1 row), batch size 1 (1 row)" in md
+    old = run_dir(tmp_path / "old", [row("m", "fp16", "none", 16, 16, 20.0, [("piqa", "acc", 0.5)])])
+    render(old)  # rows written before they recorded it: no guess
+    assert "batch size" not in (old / "table.md").read_text(encoding="utf-8")

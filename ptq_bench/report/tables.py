@@ -110,7 +110,8 @@ def protocol_notes(rows: list[dict[str, Any]]) -> list[str]:
     if any(map(ran_tasks, rows)):  # a run of perplexity only has no such line
         docs = task_protocol(rows, "limit", lambda n: "every document" if n is None else f"limit {n} documents per task")
         lines.append(f"- `<task>/<n>shot/acc|acc_norm`: lm-eval task definitions and metrics, {p.get('num_fewshot')}-shot, "
-                     f"{docs}, backend {task_protocol(rows, 'backend', lambda b: f'`{b}`')}; accuracies in %.")
+                     f"{docs}, backend {task_protocol(rows, 'backend', lambda b: f'`{b}`')}{_batch(rows)}; "
+                     "accuracies in %.")
     return [
         *lines,
         "- `W`/`A`: weight/activation bits (FP16 = 16/16; BitNet b1.58 = 1.58/8 and b1 = 1/8 natively).",
@@ -119,6 +120,13 @@ def protocol_notes(rows: list[dict[str, Any]]) -> list[str]:
         "`top1_agree/…`: % of tokens whose argmax matches the base model's (quantized rows only).",
         "- `–`: not measured; `NaN`, `+inf`, `-inf`: what the measurement returned.",
     ]
+
+
+def _batch(rows: list[dict[str, Any]]) -> str:
+    """", batch size 16": an activation-quantized model's zero-shot numbers move with it (NOTES, "Protocol
+    finding"); nothing for rows written before they recorded it."""
+    named = task_protocol(rows, "batch_size", lambda b: "batch size unrecorded" if b is None else f"batch size {b}")
+    return "" if named in ("", "batch size unrecorded") else f", {named}"
 
 
 def task_notes(tasks: list[str]) -> list[str]:
