@@ -129,10 +129,12 @@ def _ls(args: argparse.Namespace) -> int:
     for name, entry in sorted(CATALOG.items()):
         fields = ", ".join(f"{f.name}={f.default!r}" for f in dataclasses.fields(entry.config))
         print(f"  {name:<{width}} {'(calibrated) ' if entry.needs_calibration else ''}{fields}")
-    print("tasks:")
-    for name in sorted(TASKS):
-        print(f"  {name}")
-    print("perplexity sets (GPTQ protocol):", ", ".join(PPL_FILES))
+    print("tasks: label in tables, lm-eval metrics, data files, how the protocol differs from the paper's")
+    width = max(map(len, TASKS))
+    for name, t in sorted(TASKS.items()):
+        files = ", ".join(f"{split}={f}" for split, f in t.data_files.items())
+        print(f"  {name:<{width}} {t.label:<4} {'/'.join(t.metrics)}; {files}" + (f"; {t.notes}" if t.notes else ""))
+    print("perplexity sets (GPTQ protocol):", ", ".join(f"{s} ({f})" for s, f in PPL_FILES.items()))
     from ptq_bench.report.layouts import LAYOUT_NAMES
     print("layouts:", ", ".join(LAYOUT_NAMES))
     print("model kinds (trained here, or detected from a 'source:' HF checkpoint dir / hub id):")

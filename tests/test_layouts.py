@@ -227,3 +227,19 @@ def test_b158_layout_says_the_papers_numbers_are_of_another_protocol(tmp_path):
     note = next((ln for ln in md.splitlines() if ln.startswith("- The paper's numbers")), "")
     assert "2402.17764" in note and "2048" in note and "compare the shape, not the numbers" in note, md
     assert "2402.17764" in (d / "paper_table.tex").read_text(encoding="utf-8")
+
+
+def test_ls_names_each_tasks_label_metrics_files_and_protocol_notes(capsys):
+    """`ls` listed bare task names and set names: what `WGe` is, which split a task is scored on, which metric a
+    table shows, and where our protocol differs from the paper's were in the tables' footnotes only."""
+    from ptq_bench.cli import main
+    from ptq_bench.data import PPL_FILES
+
+    assert main(["ls"]) == 0
+    out = capsys.readouterr().out
+    lines = {ln.split()[0]: ln for ln in out.split("tasks:")[1].split("\n", 1)[1].split("perplexity sets")[0].splitlines()}
+    for name, spec in TASKS.items():
+        assert spec.label in lines[name].split() and all(m in lines[name] for m in spec.metrics), lines[name]
+        assert all(f in lines[name] for f in spec.data_files.values()) and spec.notes in lines[name]
+    ppl_line = next(ln for ln in out.splitlines() if ln.startswith("perplexity sets"))
+    assert all(f"{s} ({f})" in ppl_line for s, f in PPL_FILES.items()), ppl_line
