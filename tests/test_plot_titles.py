@@ -101,3 +101,15 @@ def test_table_notes_name_the_zero_shot_batch_size(tmp_path):
     old = run_dir(tmp_path / "old", [row("m", "fp16", "none", 16, 16, 20.0, [("piqa", "acc", 0.5)])])
     render(old)  # rows written before they recorded it: no guess
     assert "batch size" not in (old / "table.md").read_text(encoding="utf-8")
+
+
+def test_table_notes_name_the_recipe_seed(tmp_path):
+    """The tables named calibration seeds (`calib_seed`) but never the seed of the models' initialization and
+    data order ("before training (same init seed)": which?), though the manifest's recipe records it."""
+    import json
+
+    manifest = {"recipe": {"layout": None, "seed": 7}, "recipe_hash": "h",
+                "invocations": [{"hardware": {"cpu_count": 2}, "wall_s": 60.0}]}
+    d = run_dir(tmp_path, [row("m", "fp16", "none", 16, 16, 20.0, [("piqa", "acc", 0.5)])], manifest=json.dumps(manifest))
+    render(d)
+    assert "- Seed 7 (the recipe's `seed`)" in (d / "table.md").read_text(encoding="utf-8")

@@ -148,6 +148,15 @@ def untrained_notes(rows: list[dict[str, Any]]) -> list[str]:
     return out
 
 
+def seed_note(recipe: dict[str, Any]) -> list[str]:
+    """The recipe's seed: the rows' numbers depend on it, and rows name only a calibration seed of their own."""
+    seed = recipe.get("seed")
+    if not isinstance(seed, int) or isinstance(seed, bool):
+        return []
+    return [f"- Seed {seed} (the recipe's `seed`): initialization and data order of the models trained here, and "
+            "the calibration windows unless a row's `calib_seed` names another."]
+
+
 def provenance(manifest: dict[str, Any]) -> str:
     inv = manifest.get("invocations") or [{}]
     hw = inv[-1].get("hardware", {})
@@ -267,7 +276,7 @@ def notes(run: RunData, layout: Layout, df: pd.DataFrame) -> list[str]:
     keys = column_keys(run, layout, df)
     lines = [*([f"- Columns: {keys}."] if keys else []), *table_notes(df), *protocol_notes(run.rows),
              *device_note(run.rows),
-             *task_notes(shown_tasks(run, layout)), *untrained_notes(run.rows)]
+             *task_notes(shown_tasks(run, layout)), *seed_note(run.recipe), *untrained_notes(run.rows)]
     if "PPL" in df.columns:
         lines += ppl_note(run.rows)
     if run.manifest:
