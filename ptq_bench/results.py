@@ -15,6 +15,8 @@ without its manifest. `run` reads strictly (a damaged line is a one-line error n
 from __future__ import annotations
 
 import dataclasses
+import functools
+import hashlib
 import json
 import os
 import sys
@@ -26,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ptq_bench.console import log
 from ptq_bench.errors import PtqBenchError
 from ptq_bench.provenance import git_hash, hardware, package_versions
 
@@ -38,6 +41,7 @@ SCHEMA_VERSION = 3  # of Row; bump when a field changes meaning, and teach Row.f
 # 3: sha256 of the row's other fields, written with it (`append_row`): a stored row whose content no longer
 #    matches it (edited or damaged after it was written) is a damaged row (`scan_rows`); schema < 3: None
 SEALED_SINCE = 3  # the first schema whose rows carry their sha256
+_type_hints = functools.cache(typing.get_type_hints)  # Row's field types, resolved once (not per row read)
 
 
 @dataclass(frozen=True)
@@ -80,8 +84,6 @@ class Row:
     def digest(self) -> str:
         """sha256 of the row's JSON without its own `sha256` field, every number written as a float (a tool
         that rewrites 8.0 as 8, as jq does, changes no value and no digest)."""
-        import hashlib
-
         data = as_floats({k: v for k, v in self.to_dict().items() if k != "sha256"})
         return hashlib.sha256(json.dumps(data, sort_keys=True, allow_nan=True).encode()).hexdigest()
 
@@ -121,7 +123,7 @@ class Row:
             raise ValueError(f"row schema {schema} is newer than this ptq-bench reads ({SCHEMA_VERSION}); upgrade")
         if schema == 0:
             data = {"recipe_hash": None, "method_version": None, "eval_version": None, **data, "schema": 0}
-        hints = typing.get_type_hints(cls)
+        hints = _type_hints(cls)
         fields = {f.name: f for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - set(fields))
         if unknown:
@@ -371,8 +373,6 @@ def open_run(run_dir: Path, recipe_hash: str, base: dict[str, Any], check: Calla
         _refuse_changed_data(run_dir, manifest, base)
     aside = repair_tail(run_dir)
     if aside is not None:
-        from ptq_bench.console import log
-
         log(f"{run_dir / RESULTS}: cut a torn last line (a killed write), kept in {aside.name}; "
             "that cell is recomputed")
     rows = load_rows(run_dir, strict=True)
