@@ -214,14 +214,15 @@ def scan_rows(run_dir: Path) -> Iterator[tuple[int, Row | None, str | None]]:
         yield (i, None, problem) if problem else (i, row, None)
 
 
-def load_rows(run_dir: Path, strict: bool = False) -> list[Row]:
+def load_rows(run_dir: Path, strict: bool = False, damaged: list | None = None) -> list[Row]:
     """Every intact row in file order. strict: a damaged line is a PtqBenchError naming file and line;
-    lenient: it is skipped with a warning on stderr."""
+    lenient: it is skipped with a warning on stderr (and its (line, problem) added to `damaged`)."""
     rows = []
     for i, row, problem in scan_rows(run_dir):
         if row is not None:
             rows.append(row)
             continue
+        damaged is None or damaged.append((i, problem))
         msg = f"{Path(run_dir) / RESULTS}:{i}: damaged row ({problem})"
         if strict:
             raise PtqBenchError(msg + "; repair or remove that line")
@@ -243,9 +244,7 @@ def read_rows(run_dir: Path, strict: bool = False) -> list[dict[str, Any]]:
 def repair_tail(run_dir: Path) -> Path | None:
     """Cut a torn last line off results.jsonl, keeping it in results.jsonl.torn-<time>; return that file."""
     path = Path(run_dir) / RESULTS
-    if not path.is_file():
-        return None
-    data = path.read_bytes()
+    data = path.read_bytes() if path.is_file() else b""
     if not data or data.endswith(b"\n"):
         return None
     cut = data.rfind(b"\n") + 1
@@ -327,13 +326,14 @@ def write_manifest(run_dir: Path, manifest: dict[str, Any]) -> None:
     os.replace(tmp, Path(run_dir) / MANIFEST)
 
 
-def _refuse_foreign(run_dir: Path, recipe_hash: str, manifest: dict[str, Any] | None) -> None:
-    """A PtqBenchError when the manifest or any row belongs to another recipe (or a damaged line)."""
+def _refuse_foreign(run_dir: Path, recipe_hash: str, manifest: dict[str, Any] | None) -> list[Row]:
+    """The stored rows; a PtqBenchError when the manifest or any row is another recipe's (or a line is damaged)."""
+    scanned = list(scan_rows(run_dir))  # each row parsed and checked once per resume
     advice = "set a different output_dir or remove the folder"
     if manifest is not None and manifest["recipe_hash"] != recipe_hash:
         raise PtqBenchError(f"{run_dir} holds results of another recipe (hash {manifest['recipe_hash']}, "
                             f"this recipe {recipe_hash}); {advice}")
-    for i, row, problem in scan_rows(run_dir):
+    for i, row, problem in scanned:
         where = f"{Path(run_dir) / RESULTS}:{i}"
         if problem is not None and not problem.startswith("torn last line"):
             raise PtqBenchError(f"{where}: damaged row ({problem}); repair or remove that line")
@@ -342,6 +342,7 @@ def _refuse_foreign(run_dir: Path, recipe_hash: str, manifest: dict[str, Any] | 
         if row is not None and row.recipe_hash != recipe_hash:
             raise PtqBenchError(f"{where}: a row of another recipe (hash {row.recipe_hash}, this recipe "
                                 f"{recipe_hash}); {advice}")
+    return [row for _, row, _ in scanned if row is not None]
 
 
 def _refuse_changed_data(run_dir: Path, manifest: dict[str, Any], base: dict[str, Any]) -> None:
@@ -368,14 +369,13 @@ def open_run(run_dir: Path, recipe_hash: str, base: dict[str, Any], check: Calla
     manifest = load_manifest(run_dir, strict=True)
     if manifest is not None and manifest["recipe_hash"] != recipe_hash and not any(True for _ in scan_rows(run_dir)):
         manifest = None  # another recipe's run that was refused or stopped before its first row: nothing to keep
-    _refuse_foreign(run_dir, recipe_hash, manifest)
+    rows = _refuse_foreign(run_dir, recipe_hash, manifest)
     if manifest is not None:
         _refuse_changed_data(run_dir, manifest, base)
     aside = repair_tail(run_dir)
     if aside is not None:
         log(f"{run_dir / RESULTS}: cut a torn last line (a killed write), kept in {aside.name}; "
             "that cell is recomputed")
-    rows = load_rows(run_dir, strict=True)
     if manifest is None:
         manifest = {**base, "recipe_hash": recipe_hash, "invocations": []}
     if check is not None:
