@@ -50,13 +50,14 @@ class Marks:
             if x is not None and y is not None:
                 by_x[float(x)].append(float(y))
         pts = sorted(by_x.items(), key=lambda p: p[0] if _finite(p[0]) else math.inf)
-        mean = [sum(v) / len(v) for _, v in pts]  # a non-finite seed makes the mean non-finite: marked
+        mean = [sum(v) / len(v) for _, v in pts]  # a non-finite seed makes the mean non-finite: marked; equal
+        # values can sum to a mean an ulp outside their min–max, a negative bar matplotlib refuses: drawn as 0
         art = self.line(ax, [x for x, _ in pts], mean, **kw)
         bars = [(x, m, min(v), max(v)) for (x, v), m in zip(pts, mean) if len(v) > 1 and _finite(m) and _finite(x)]
         if bars:
             self.bars = True
-            ax.errorbar([b[0] for b in bars], [b[1] for b in bars], yerr=[[b[1] - b[2] for b in bars],
-                        [b[3] - b[1] for b in bars]], fmt="none", ecolor=art.get_color(), capsize=3)
+            ax.errorbar([b[0] for b in bars], [b[1] for b in bars], yerr=[[max(b[1] - b[2], 0.0) for b in bars],
+                        [max(b[3] - b[1], 0.0) for b in bars]], fmt="none", ecolor=art.get_color(), capsize=3)
         return art
 
     def draw(self, ax: Any) -> int:
