@@ -84,7 +84,7 @@ class Row:
     def digest(self) -> str:
         """sha256 of the row's JSON without its own `sha256` field, every number written as a float (a tool
         that rewrites 8.0 as 8, as jq does, changes no value and no digest)."""
-        data = as_floats({k: v for k, v in self.to_dict().items() if k != "sha256"})
+        data = as_floats({f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "sha256"})
         return hashlib.sha256(json.dumps(data, sort_keys=True, allow_nan=True).encode()).hexdigest()
 
     def sealed(self) -> Row:

@@ -60,3 +60,20 @@ def test_report_parses_each_stored_row_once(tmp_path, monkeypatch):
     run = load_run(_folder(tmp_path, damaged=True))
     assert [r["cell_id"] for r in run.rows] == [f"c{i}" for i in range(N)] and calls[0] == N + 1  # was 2 (N + 1)
     assert [d for d in run.damage if "line 41 damaged" in d]
+
+
+def test_checking_a_row_seal_copies_no_row(tmp_path, monkeypatch):
+    import ptq_bench.results as results
+
+    calls = [0]
+    asdict = results.dataclasses.asdict
+
+    def counted(*args, **kwargs):
+        calls[0] += 1
+        return asdict(*args, **kwargs)
+
+    folder = _folder(tmp_path)
+    monkeypatch.setattr(results.dataclasses, "asdict", counted)
+    manifest, rows = open_run(folder, "h", {})
+    assert len(rows) == N and calls[0] == 0  # was N: `digest` deep-copied each row (asdict) to hash it
+    assert [r.digest() for r in rows] == [r.sha256 for r in rows]
