@@ -1,0 +1,19 @@
+"""Edges of the weight grids that the method tests do not reach: a partial last group, one-signed rows of
+the min-max fit, the asymmetric zero point, W16's stored bits, and `on_grid` itself (the oracle of the
+method tests). Each was found by planting a bug the rest of the suite let through."""
+
+from __future__ import annotations
+
+import torch
+
+from ptq_bench.quant.primitives import (
+    sign_grid,
+    ternary_grid,
+)
+
+
+def test_a_partial_last_group_averages_its_real_columns():
+    w = torch.randn(3, 10)  # groups of 4: the last holds 2 columns, not 4 (no zero padding in the mean)
+    want = w[:, 8:].abs().mean(dim=1)
+    assert torch.allclose(ternary_grid(w, "group", 4).scale[:, 2], want)
+    assert torch.allclose(sign_grid(w, "group", 4).scale[:, 2], 2 * want)
