@@ -7,6 +7,7 @@ from __future__ import annotations
 import torch
 
 from ptq_bench.quant.primitives import (
+    minmax_params,
     sign_grid,
     ternary_grid,
 )
@@ -17,3 +18,10 @@ def test_a_partial_last_group_averages_its_real_columns():
     want = w[:, 8:].abs().mean(dim=1)
     assert torch.allclose(ternary_grid(w, "group", 4).scale[:, 2], want)
     assert torch.allclose(sign_grid(w, "group", 4).scale[:, 2], 2 * want)
+
+
+def test_symmetric_minmax_keeps_the_reference_range_of_a_non_negative_row():
+    w = torch.tensor([[0.5, 1.5, 3.0], [-1.0, 0.5, 2.0]])  # quant.py: xmin < 0 only takes -xmax
+    scale, zero, maxq = minmax_params(w, 4, sym=True)
+    assert maxq == 15 and torch.all(zero == 8)
+    assert torch.allclose(scale, torch.tensor([3.0 / 15, 4.0 / 15]))
