@@ -25,3 +25,9 @@ def test_symmetric_minmax_keeps_the_reference_range_of_a_non_negative_row():
     scale, zero, maxq = minmax_params(w, 4, sym=True)
     assert maxq == 15 and torch.all(zero == 8)
     assert torch.allclose(scale, torch.tensor([3.0 / 15, 4.0 / 15]))
+
+
+def test_asymmetric_zero_point_rounds_to_nearest():
+    w = torch.tensor([[-1.3, 2.0]])  # scale 3.3 / 15 = 0.22, -xmin / scale = 5.909...
+    scale, zero, _ = minmax_params(w, 4, sym=False)
+    assert torch.allclose(scale, torch.tensor([0.22])) and zero.item() == 6.0
