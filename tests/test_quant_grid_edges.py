@@ -5,6 +5,7 @@ method tests). Each was found by planting a bug the rest of the suite let throug
 from __future__ import annotations
 
 import torch
+from quant_fixtures import quantized_copy, tiny_llama
 
 from ptq_bench.quant.primitives import (
     minmax_params,
@@ -31,3 +32,8 @@ def test_asymmetric_zero_point_rounds_to_nearest():
     w = torch.tensor([[-1.3, 2.0]])  # scale 3.3 / 15 = 0.22, -xmin / scale = 5.909...
     scale, zero, _ = minmax_params(w, 4, sym=False)
     assert torch.allclose(scale, torch.tensor([0.22])) and zero.item() == 6.0
+
+
+def test_w16_activation_only_rows_store_16_bits_per_weight():
+    _, rep = quantized_copy(tiny_llama(), "absmax", w_bits=16, a_bits=8)
+    assert rep.n_linears == 14 and rep.effective_bits == 16.0
