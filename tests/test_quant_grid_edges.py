@@ -8,7 +8,10 @@ import torch
 from quant_fixtures import quantized_copy, tiny_llama
 
 from ptq_bench.quant.primitives import (
+    absmax_grid,
+    fake_quant_weight,
     minmax_params,
+    on_grid,
     sign_grid,
     ternary_grid,
 )
@@ -37,3 +40,12 @@ def test_asymmetric_zero_point_rounds_to_nearest():
 def test_w16_activation_only_rows_store_16_bits_per_weight():
     _, rep = quantized_copy(tiny_llama(), "absmax", w_bits=16, a_bits=8)
     assert rep.n_linears == 14 and rep.effective_bits == 16.0
+
+
+def test_on_grid_refuses_codes_out_of_range_and_off_grid_values():
+    w = torch.randn(4, 32)
+    w_hat, grid = fake_quant_weight(w, 4, "channel")
+    assert grid.storage_bits(w.numel()) == 4 * w.numel() + 16 * 4  # one fp16 scale per row
+    assert on_grid(w_hat, grid)
+    assert not on_grid(2 * w_hat.abs(), absmax_grid(w, 4))  # integer codes beyond maxq (none below 0)
+    assert not on_grid(w_hat + 0.05 * grid.scale, grid)  # 0.05 of a level off the grid
