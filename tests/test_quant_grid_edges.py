@@ -7,6 +7,7 @@ from __future__ import annotations
 import torch
 from quant_fixtures import quantized_copy, tiny_llama
 
+from ptq_bench.quant.gptq import gptq_solve
 from ptq_bench.quant.primitives import (
     absmax_grid,
     fake_quant_weight,
@@ -49,3 +50,10 @@ def test_on_grid_refuses_codes_out_of_range_and_off_grid_values():
     assert on_grid(w_hat, grid)
     assert not on_grid(2 * w_hat.abs(), absmax_grid(w, 4))  # integer codes beyond maxq (none below 0)
     assert not on_grid(w_hat + 0.05 * grid.scale, grid)  # 0.05 of a level off the grid
+
+
+def test_asymmetric_gptq_stores_and_counts_its_zero_points():
+    w, h = torch.randn(4, 16), torch.eye(16)
+    _, grid, _ = gptq_solve(w, h, 4, group_size=8, sym=False)
+    assert grid.zero_bits == 4.0  # one 4-bit zero per (row, group), beside the fp16 scale
+    assert grid.storage_bits(w.numel()) == 4 * 64 + (16 + 4) * 4 * 2
