@@ -8,7 +8,8 @@ import pytest
 import torch
 from tiny_families import tiny_model
 
-from ptq_bench.eval.kld import build_reference
+import ptq_bench.eval.kld as kld
+from ptq_bench.eval.kld import build_reference, compare
 
 
 @pytest.fixture(scope="module")
@@ -25,3 +26,11 @@ def test_a_stored_reference_of_other_windows_is_rebuilt(base, tmp_path):
     fresh = build_reference(base, b, "wikitext2", 16)
     assert torch.equal(ref.windows, b.view(3, 16)) and ref.nll == pytest.approx(fresh.nll, rel=1e-9)
     assert (ref.logprobs == fresh.logprobs).all()
+
+
+def test_every_predicted_token_is_scored_when_a_window_ends_past_a_kl_step(base, monkeypatch):
+    monkeypatch.setattr(kld, "KL_TOKENS", 4)  # seqlen 6: 5 predicted tokens = one step of 4, then 1
+    ids = torch.randint(0, 128, (2 * 6,), generator=torch.Generator().manual_seed(1))
+    ref = build_reference(base, ids, "wikitext2", 6)
+    out = compare(ref, base)
+    assert out["top1_agree/wikitext2/seq6"] == 100.0 and out["kld/wikitext2/seq6/mean"] == 0.0
