@@ -16,6 +16,7 @@ from ptq_bench.quant.primitives import (
     sign_grid,
     ternary_grid,
 )
+from ptq_bench.quant.statistics import Hessian
 
 
 def test_a_partial_last_group_averages_its_real_columns():
@@ -57,3 +58,12 @@ def test_asymmetric_gptq_stores_and_counts_its_zero_points():
     _, grid, _ = gptq_solve(w, h, 4, group_size=8, sym=False)
     assert grid.zero_bits == 4.0  # one 4-bit zero per (row, group), beside the fp16 scale
     assert grid.storage_bits(w.numel()) == 4 * 64 + (16 + 4) * 4 * 2
+
+
+def test_hessian_of_several_batches_is_the_mean_over_all_their_tokens():
+    x = torch.randn(3, 5, 8)  # three calibration batches of five tokens
+    stat = Hessian(8)
+    for batch in x:
+        stat.add(batch)
+    flat = x.reshape(-1, 8)
+    assert stat.n == 15 and torch.allclose(stat.H, 2 / 15 * flat.T @ flat, atol=1e-5)
