@@ -16,7 +16,7 @@ from ptq_bench.quant.primitives import (
     sign_grid,
     ternary_grid,
 )
-from ptq_bench.quant.statistics import Hessian
+from ptq_bench.quant.statistics import ChannelAbsMax, Hessian
 
 
 def test_a_partial_last_group_averages_its_real_columns():
@@ -67,3 +67,9 @@ def test_hessian_of_several_batches_is_the_mean_over_all_their_tokens():
         stat.add(batch)
     flat = x.reshape(-1, 8)
     assert stat.n == 15 and torch.allclose(stat.H, 2 / 15 * flat.T @ flat, atol=1e-5)
+
+
+def test_smoothquant_activation_maxima_are_of_absolute_values():
+    stat = ChannelAbsMax(3)
+    stat.add(torch.tensor([[[-5.0, 1.0, -0.5], [2.0, -3.0, 0.25]]]))
+    assert torch.equal(stat.amax, torch.tensor([5.0, 3.0, 0.5]))
