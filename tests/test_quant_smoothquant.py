@@ -76,6 +76,26 @@ def test_unresolvable_pair_is_an_error(calib):
         quantized_copy(m, "smoothquant", calib, w_bits=16, a_bits=16)
 
 
+class _WideNorm(torch.nn.Module):
+    """A norm that passes its input on but whose weight is wider than its targets' inputs."""
+
+    def __init__(self, width: int) -> None:
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.ones(width))
+
+    def forward(self, x):
+        return x
+
+
+def test_norm_width_mismatch_is_one_line(calib):
+    """A pair whose norm is not as wide as its targets' inputs: the one-line refusal, not a broadcast error."""
+    m = tiny_llama()
+    layer = decoder_layers(m)[0]
+    layer.post_attention_layernorm = _WideNorm(layer.post_attention_layernorm.weight.shape[0] + 8)
+    with pytest.raises(QuantError, match="post_attention_layernorm: width .* does not match its targets"):
+        quantized_copy(m, "smoothquant", calib, w_bits=8, a_bits=8)
+
+
 @pytest.mark.parametrize("kw, field", [
     ({"alpha": 1.5}, "alpha"), ({"w_bits": 9}, "w_bits"), ({"a_bits": 9}, "a_bits"),
     ({"w_granularity": "x"}, "w_granularity"), ({"a_granularity": "channel"}, "a_granularity"),
