@@ -84,6 +84,9 @@ def check_paths(recipe: Any, data_dir: Path | None) -> None:
     check_folder(str(recipe.cache_path), "cache_dir", data_dir)
     out, cache = Path(recipe.out_dir).resolve(), Path(recipe.cache_path).resolve()
     for name in CACHE_FOLDERS:
+        if (cache / name).exists() and not (cache / name).is_dir():  # found mid-run: a traceback after the manifest
+            raise RecipeError(f"cache_dir: {name} in {short(str(cache))} is not a folder; move it away or set "
+                              "another cache_dir")
         if _inside(out, cache / name):
             raise RecipeError(f"output_dir: {short(str(out))} is inside the cache folder {short(str(cache / name))}, "
                               "whose entries ptq-bench rebuilds and removes; set an output_dir outside it")

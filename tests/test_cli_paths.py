@@ -98,3 +98,19 @@ def test_a_bad_data_folder_names_where_it_came_from(tmp_path, capsys, monkeypatc
     recipe.write_text(recipe.read_text() + f"data_dir: {tmp_path / 'nope'}\n")
     assert main(["validate", str(recipe)]) == 2
     assert f"data folder not found: {tmp_path / 'nope'} (from the recipe's data_dir)" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("name", ["tokens", "models", "kld"])
+def test_a_cache_folder_that_is_a_file_is_refused_before_writing(tmp_path, capsys, name):
+    """`<cache>/tokens` a file (a stray `> tokens`): a NotADirectoryError traceback after the manifest was written."""
+    from pathlib import Path
+
+    cache, out, recipe = tmp_path / "cache", tmp_path / "out", tmp_path / "smoke.yaml"
+    smoke = (Path(__file__).resolve().parents[1] / "recipes" / "smoke.yaml").read_text()
+    recipe.write_text(smoke + f"cache_dir: {cache}\n")
+    cache.mkdir()
+    (cache / name).write_text("x\n")
+    assert main(["run", str(recipe), "--output-dir", str(out), "--executor", "local"]) == 2
+    err = capsys.readouterr().err
+    assert f"cache_dir: {name} in " in err and " is not a folder" in err and len(err.strip().splitlines()) == 1
+    assert not out.exists() and sorted(p.name for p in cache.iterdir()) == [name]
