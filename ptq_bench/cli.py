@@ -213,6 +213,14 @@ def _stop(signum: int, _frame: Any) -> None:
     raise KeyboardInterrupt
 
 
+def _os_error(exc: OSError) -> str:
+    """One line for a failed read or write: the reason and the path (a run records it in its invocation; the rows
+    it stored are intact and a re-run resumes)."""
+    where = "".join(f" ({p})" for p in (exc.filename, exc.filename2) if p is not None)
+    text = exc.strerror or (str(exc).splitlines() or [""])[0][:200]  # pyarrow's OSErrors have no strerror
+    return f"{text or type(exc).__name__}{where}"
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from ptq_bench.errors import PtqBenchError
@@ -231,6 +239,9 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:  # `ptq-bench ls | head`: the reader left; stop as a SIGPIPE'd tool does, quietly
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # the exit's flush must not raise again
         return 128 + 13
+    except OSError as exc:  # a full disk, a folder that went read-only: what and where, not a traceback
+        print(f"ptq-bench: error: {_os_error(exc)}", file=sys.stderr)
+        return 1
     finally:
         if main_thread:
             signal.signal(signal.SIGTERM, before)

@@ -114,3 +114,27 @@ def test_a_cache_folder_that_is_a_file_is_refused_before_writing(tmp_path, capsy
     err = capsys.readouterr().err
     assert f"cache_dir: {name} in " in err and " is not a folder" in err and len(err.strip().splitlines()) == 1
     assert not out.exists() and sorted(p.name for p in cache.iterdir()) == [name]
+
+
+def test_a_write_failure_is_one_line_naming_the_path(tmp_path, capsys, monkeypatch):
+    """A full disk while `report` writes its tables: a traceback before; the old tables stay whole."""
+    import errno
+    import os
+    import shutil
+    from pathlib import Path
+
+    run_dir = tmp_path / "quickstart"
+    shutil.copytree(Path(__file__).resolve().parents[1] / "results" / "quickstart", run_dir)
+    before = (run_dir / "table.md").read_bytes()
+    real = os.replace
+
+    def full(src, dst, *args, **kwargs):
+        if Path(dst).name == "table.md":
+            raise OSError(errno.ENOSPC, "No space left on device", str(dst))
+        return real(src, dst, *args, **kwargs)
+
+    monkeypatch.setattr(os, "replace", full)
+    assert main(["report", str(run_dir)]) == 1
+    err = capsys.readouterr().err
+    assert err == f"ptq-bench: error: No space left on device ({run_dir / 'table.md'})\n"
+    assert (run_dir / "table.md").read_bytes() == before
