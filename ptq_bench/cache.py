@@ -87,9 +87,9 @@ def write_atomic(path: Path, text: str) -> None:
     """`text` into `path` through a sibling temp file and a rename: a reader (or a run killed mid-write)
     sees the old file or the new one, never a part."""
     tmp = temp_sibling(path)
-    with removed_on_failure(tmp):
+    with removed_on_failure(tmp):  # the rename too: a failed one left the temp file for good
         tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+        os.replace(tmp, path)
 
 
 @contextlib.contextmanager

@@ -138,3 +138,27 @@ def test_a_write_failure_is_one_line_naming_the_path(tmp_path, capsys, monkeypat
     err = capsys.readouterr().err
     assert err == f"ptq-bench: error: No space left on device ({run_dir / 'table.md'})\n"
     assert (run_dir / "table.md").read_bytes() == before
+
+
+def test_a_failed_rename_leaves_no_temp_file(tmp_path, monkeypatch):
+    """`write_atomic` (tables, manifests' sidecars, curves) and the plots' `_save`: the temp file of a failed
+    rename (a full disk, a read-only folder) stayed beside the file for good."""
+    import errno
+    import os
+
+    import matplotlib.pyplot as plt
+
+    from ptq_bench.cache import write_atomic
+    from ptq_bench.report.plots import _save
+
+    (tmp_path / "a.md").write_text("old\n")
+
+    def failing(src, dst, *args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device", str(dst))
+
+    monkeypatch.setattr(os, "replace", failing)
+    with pytest.raises(OSError):
+        write_atomic(tmp_path / "a.md", "new\n")
+    with pytest.raises(OSError):
+        _save(plt.figure(), tmp_path / "a.png")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.md"] and (tmp_path / "a.md").read_text() == "old\n"

@@ -120,10 +120,12 @@ def _save(fig: Any, path: Path) -> Path:
 
     tmp = temp_sibling(path)
     fig.tight_layout()
-    with removed_on_failure(tmp):
-        fig.savefig(tmp, dpi=120)
-    plt.close(fig)
-    os.replace(tmp, path)
+    try:
+        with removed_on_failure(tmp):  # the rename too: a failed one left the temp file for good
+            fig.savefig(tmp, dpi=120)
+            os.replace(tmp, path)
+    finally:
+        plt.close(fig)
     return path
 
 
