@@ -344,3 +344,22 @@ def test_a_task_file_changed_with_its_mtime_kept_is_read_again(tmp_path, tok):
         task = TaskSuite(["piqa"], tmp_path, tok, backend="hflm")._tasks["piqa"]
         goals.append(task.instances[0].args[0])
     assert goals[0].startswith("Question: first ") and goals[1].startswith("Question: second ")
+
+
+@pytest.mark.parametrize("size", [0, 1000])
+def test_a_damaged_datasets_cache_is_rebuilt(tmp_path, monkeypatch, capsys, size):
+    """A zero-byte or cut arrow file in datasets' cache of a task: a pyarrow traceback mid-run before."""
+    import datasets.config
+
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path)
+    tok = make_tokenizer(add_bos=False)
+
+    def requests():
+        suite = TaskSuite(["piqa"], DATA, tok, limit=4, backend="fast", batch_size=8)
+        return [i.args for i in suite._tasks["piqa"].instances]
+
+    want = requests()
+    (arrow,) = tmp_path.rglob("*.arrow")
+    arrow.write_bytes(arrow.read_bytes()[:size])
+    assert requests() == want
+    assert "datasets cache" in capsys.readouterr().out and arrow.stat().st_size > size

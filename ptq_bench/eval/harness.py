@@ -211,6 +211,22 @@ def _datasets_cache(files: dict[str, str]) -> str:
     return str(Path(datasets.config.HF_DATASETS_CACHE) / "ptq-bench" / digest)
 
 
+def _clear_datasets_caches(names: list[str], data_dir: Path, exc: Exception) -> None:
+    """A task's datasets cache (arrow files datasets wrote from the data files) that cannot be read: a zero-byte or
+    cut arrow file was a pyarrow traceback mid-run. Removed, so that loading again rebuilds it from the data files
+    (which `validate` checked); a second failure is raised as it is."""
+    import shutil
+
+    from ptq_bench.console import log
+
+    for name in names:
+        folder = Path(task_config(name, data_dir)["dataset_kwargs"]["cache_dir"])
+        if folder.is_dir():
+            log(f"cache: datasets cache {folder} could not be read ({type(exc).__name__}: "
+                f"{str(exc)[:80]}); rebuilding it")
+            shutil.rmtree(folder)
+
+
 def write_task_configs(names: list[str], data_dir: Path, out_dir: Path) -> list[Path]:
     """Write the generated YAMLs (usable with `lm_eval --include_path out_dir --tasks ...` too)."""
     import yaml
@@ -282,7 +298,11 @@ class TaskSuite:
         with tempfile.TemporaryDirectory(prefix="ptq_bench_tasks_") as tmp:
             write_task_configs(self.names, self.data_dir, Path(tmp))
             manager = TaskManager(include_path=tmp, include_defaults=False)
-            loaded = manager.load([TASKS[n].lm_eval_task for n in self.names])["tasks"]
+            try:
+                loaded = manager.load([TASKS[n].lm_eval_task for n in self.names])["tasks"]
+            except (OSError, ValueError) as exc:  # pyarrow's ArrowInvalid is a ValueError
+                _clear_datasets_caches(self.names, self.data_dir, exc)
+                loaded = manager.load([TASKS[n].lm_eval_task for n in self.names])["tasks"]
         tasks = {}
         for name in self.names:
             task = loaded[TASKS[name].lm_eval_task]
