@@ -207,3 +207,16 @@ def test_a_curve_with_a_damaged_peak_lr_or_diverged_flag_is_named_not_a_tracebac
     md = (d / "paper_table.md").read_text(encoding="utf-8")
     assert "curves/a.json unreadable" in md and "curves/c.json unreadable" in md
     assert [ln for ln in md.splitlines() if ln.startswith("| FP16")] == ["| FP16 | 0.01 | 9.00 | no | 20.00 |"]
+
+
+def test_a_curve_temp_file_left_by_a_killed_write_is_not_read(tmp_path):
+    """`.tmp-<pid>-a.json` (`cache.write_atomic`'s temp, left by a kill -9 or a full disk mid-write) was read as a
+    curve: a cut one put "curves/.tmp-… unreadable" in every later table."""
+    from ptq_bench.report.run import load_run
+
+    good = {"model": "a", "kind": "fp16", "diverged": False, "schedule": {"lr": 0.01},
+            "curve": [{"step": 1, "tokens": 1, "loss": 9.0}]}
+    d = run_dir(tmp_path, [row("a", "fp16", "none", 16, 16, 20.0, [])], curves=[good])
+    (d / "curves" / ".tmp-999-a.json").write_text('{"model": "a", "ki', encoding="utf-8")
+    run = load_run(d)
+    assert run.damage == [] and list(run.curves) == ["a"]

@@ -50,6 +50,8 @@ def load_run(run_dir: Path) -> RunData:
     if run.manifest is None and (run.run_dir / MANIFEST).is_file():
         run.damage.append(f"- {MANIFEST} damaged: rendered without its layout and provenance.")
     for f in sorted((run.run_dir / CURVES).glob("*.json")):
+        if f.name.startswith("."):  # a `.tmp-<pid>-<model>.json` a killed write left: not a curve of the run
+            continue
         try:
             curve = read_curve(f)
             run.curves[curve.get("model", f.stem)] = curve
