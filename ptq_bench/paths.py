@@ -36,7 +36,8 @@ def check_folder(raw: str, where: str, data_dir: Path | None) -> None:
     try:
         _check_folder(Path(raw).expanduser().resolve(), where, data_dir)
     except (OSError, RuntimeError) as exc:  # a link loop, a folder we may not look into
-        raise RecipeError(f"{where}: cannot use {short(raw)} ({type(exc).__name__})") from None
+        why = getattr(exc, "strerror", None) or type(exc).__name__  # "File name too long", not just "OSError"
+        raise RecipeError(f"{where}: cannot use {short(raw)} ({why})") from None
 
 
 def _check_folder(path: Path, where: str, data_dir: Path | None) -> None:

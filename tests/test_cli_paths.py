@@ -162,3 +162,12 @@ def test_a_failed_rename_leaves_no_temp_file(tmp_path, monkeypatch):
     with pytest.raises(OSError):
         _save(plt.figure(), tmp_path / "a.png")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.md"] and (tmp_path / "a.md").read_text() == "old\n"
+
+
+def test_a_folder_name_too_long_says_so(tmp_path):
+    """A 260-byte folder name (130 x 'é'): "cannot use '…' (OSError)" said neither what nor why."""
+    from ptq_bench.errors import RecipeError
+    from ptq_bench.paths import check_folder
+
+    with pytest.raises(RecipeError, match=r"output_dir: cannot use .* \(File name too long\)"):
+        check_folder(str(tmp_path / ("é" * 130)), "output_dir", None)
