@@ -64,25 +64,25 @@ def converted_folder(info: SourceInfo, cache_dir: Path) -> Path:
 
 
 def has_conversion(info: SourceInfo, cache_dir: Path) -> bool:
-    """Whether `_converted` has written the GGUF source's folder under cache_dir (renamed into place whole)."""
-    return (converted_folder(info, cache_dir) / "config.json").is_file()
+    """Whether `_converted` has written the GGUF source's folder under cache_dir, complete (its checksums agree)."""
+    from ptq_bench.cache import problem
+
+    return problem(converted_folder(info, cache_dir)) is None
 
 
 def _converted(info: SourceInfo, cache_dir: Path) -> SourceInfo:
-    """The GGUF source as a plain checkpoint folder under cache_dir (written once, atomically)."""
-    import shutil
+    """The GGUF source as a plain checkpoint folder under cache_dir (`cache.ensure`: built once with a checksum
+    list written last; an altered or cut file is rebuilt from the GGUF, not loaded as the model)."""
+    from ptq_bench.cache import ensure
 
-    out = converted_folder(info, cache_dir)
-    if not has_conversion(info, cache_dir):
+    def build(tmp: Path) -> None:
         model, tok = _load_gguf(Path(info.path), info), _load_tokenizer(info)
-        tmp = out.with_name(out.name + ".tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
         model.save_pretrained(tmp)
         tok.save_pretrained(str(tmp))
         (tmp / "source.json").write_text(json.dumps({"source": info.source, "gguf": info.path,
                                                      "content_hash": info.content_hash, "note": info.note}, indent=2))
-        shutil.rmtree(out, ignore_errors=True)
-        tmp.replace(out)
+
+    out = ensure(converted_folder(info, cache_dir), build, f"converted GGUF of '{info.source}'")
     return SourceInfo(info.source, "hf_dir", str(out), info.model_type, info.kind, info.native_bits,
                       info.context_length, info.content_hash, True, info.note)
 

@@ -186,7 +186,7 @@ def test_a_gguf_that_lacks_a_tensor_is_refused(tiny_gguf, tmp_path):
     file = write_gguf(model, tok, tmp_path / "g" / "tiny.gguf", "llama", drop="blk.1.attn_q.weight")
     with pytest.raises(RecipeError, match=r"lacks 1 of the model's tensors \(first: model.layers.1.self_attn.q_proj"):
         load_source(inspect_source(str(file)), cache_dir=tmp_path / "cache")
-    assert not list((tmp_path / "cache").glob("gguf-*")) if (tmp_path / "cache").exists() else True
+    assert not [p for p in (tmp_path / "cache").glob("gguf-*") if p.is_dir()]  # its lock file stays, as every artefact's
 
 
 def test_gguf_conversion_is_cached_by_content(tiny_gguf, tmp_path, monkeypatch):
@@ -205,6 +205,23 @@ def test_gguf_conversion_is_cached_by_content(tiny_gguf, tmp_path, monkeypatch):
     with torch.inference_mode():
         assert torch.equal(second(ids).logits, model(ids).logits)
     assert second_tok(TEXT).input_ids == tok(TEXT).input_ids
+
+
+def test_an_altered_gguf_conversion_is_rebuilt_not_loaded(tiny_gguf, tmp_path, capsys):
+    """The converted folder under the cache had no checksum: a weight file altered in place (same size) loaded
+    as the model, wrong numbers under the GGUF's model key."""
+    model, tok, file = tiny_gguf
+    info = inspect_source(str(file))
+    load_source(info, cache_dir=tmp_path)
+    weights = tmp_path / f"gguf-{info.content_hash[:16]}" / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-4000:] = bytes(4000)
+    weights.write_bytes(bytes(data))
+    again, _, _ = load_source(info, cache_dir=tmp_path)
+    ids = torch.tensor([tok(TEXT).input_ids])
+    with torch.inference_mode():
+        assert torch.equal(again(ids).logits, model(ids).logits)
+    assert "does not match its checksum; rebuilding it" in capsys.readouterr().out
 
 
 def test_gguf_header_reader_agrees_with_gguf_reader(tiny_gguf):
