@@ -87,9 +87,21 @@ def write_atomic(path: Path, text: str) -> None:
     """`text` into `path` through a sibling temp file and a rename: a reader (or a run killed mid-write)
     sees the old file or the new one, never a part."""
     tmp = temp_sibling(path)
-    with removed_on_failure(tmp):  # the rename too: a failed one left the temp file for good
+    with removed_on_failure(tmp), naming(path):  # the rename too: a failed one left the temp file for good
         tmp.write_text(text, encoding="utf-8")
         os.replace(tmp, path)
+
+
+@contextlib.contextmanager
+def naming(path: Path) -> Iterator[None]:
+    """An OSError of a write through a file object (a full disk, `ulimit -f`) carries no path: give it `path`, so
+    the CLI's one line says which file failed."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.filename is not None or exc.errno is None:
+            raise
+        raise type(exc)(exc.errno, exc.strerror, str(path)) from exc
 
 
 @contextlib.contextmanager

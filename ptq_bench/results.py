@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ptq_bench.cache import naming, write_atomic
 from ptq_bench.console import log
 from ptq_bench.errors import PtqBenchError
 from ptq_bench.provenance import git_hash, hardware, package_versions
@@ -184,7 +185,7 @@ def _is(value: Any, tp: Any) -> bool:
 
 def append_row(run_dir: Path, row: Row) -> None:
     """Append one finished cell; the line is on disk when this returns."""
-    with open(Path(run_dir) / RESULTS, "a", encoding="utf-8") as fh:
+    with naming(Path(run_dir) / RESULTS), open(Path(run_dir) / RESULTS, "a", encoding="utf-8") as fh:
         fh.write(row.sealed().to_json() + "\n")
         fh.flush()
         os.fsync(fh.fileno())
@@ -321,9 +322,7 @@ def load_manifest(run_dir: Path, strict: bool = False) -> dict[str, Any] | None:
 
 
 def write_manifest(run_dir: Path, manifest: dict[str, Any]) -> None:
-    tmp = Path(run_dir) / (MANIFEST + ".tmp")
-    tmp.write_text(json.dumps(manifest, indent=2, sort_keys=True, default=str), encoding="utf-8")
-    os.replace(tmp, Path(run_dir) / MANIFEST)
+    write_atomic(Path(run_dir) / MANIFEST, json.dumps(manifest, indent=2, sort_keys=True, default=str))
 
 
 def _refuse_foreign(run_dir: Path, recipe_hash: str, manifest: dict[str, Any] | None) -> list[Row]:

@@ -171,3 +171,15 @@ def test_a_folder_name_too_long_says_so(tmp_path):
 
     with pytest.raises(RecipeError, match=r"output_dir: cannot use .* \(File name too long\)"):
         check_folder(str(tmp_path / ("é" * 130)), "output_dir", None)
+
+
+def test_a_write_cut_short_names_its_file(tmp_path):
+    """`ulimit -f` or a full disk fails a write() through a file object: an OSError with no path, so a run ended in
+    "ptq-bench: error: File too large" (no file named)."""
+    import errno
+
+    from ptq_bench.cache import naming
+
+    with pytest.raises(OSError) as got, naming(tmp_path / "table.md"):
+        raise OSError(errno.EFBIG, "File too large")
+    assert got.value.filename == str(tmp_path / "table.md") and got.value.errno == errno.EFBIG

@@ -14,7 +14,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ptq_bench.cache import removed_on_failure, temp_sibling
+from ptq_bench.cache import naming, removed_on_failure, temp_sibling
 from ptq_bench.report.fmt import md_cell, nonfinite_name, param_count
 from ptq_bench.report.run import RunData, metrics, ppl, ppl_keys, ran_on, shots, task_protocol
 from ptq_bench.report.tables import ACC_SUFFIXES, headline_metrics
@@ -121,7 +121,7 @@ def _save(fig: Any, path: Path) -> Path:
     tmp = temp_sibling(path)
     fig.tight_layout()
     try:
-        with removed_on_failure(tmp):  # the rename too: a failed one left the temp file for good
+        with removed_on_failure(tmp), naming(path):  # the rename too: a failed one left the temp file for good
             fig.savefig(tmp, dpi=120)
             os.replace(tmp, path)
     finally:
