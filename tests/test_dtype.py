@@ -96,3 +96,27 @@ def test_a_cast_keeps_in_float32_what_from_pretrained_keeps(family, tmp_path):
     assert {n: t.dtype for n, t in got.items()} == {n: t.dtype for n, t in want.items()}
     assert all(torch.equal(got[n], want[n]) for n in want)
     assert (family == "llama") == all(t.dtype != torch.float32 for t in want.values() if t.is_floating_point())
+
+
+def test_a_cast_that_overflows_a_weight_is_refused(tmp_path, capsys, tokenizer_dir):  # noqa: F811
+    """A float32 weight beyond float16's range would be cast to inf (NaN rows, then a refusal that blames the
+    checkpoint): the cast is refused, one line naming the tensor and the dtype, before any row is written."""
+    import shutil
+
+    from tiny_families import save_tiny
+    from transformers import AutoTokenizer
+
+    src = save_tiny("llama", tmp_path / "big", vocab_size=len(AutoTokenizer.from_pretrained(str(tokenizer_dir))))
+    from safetensors.torch import load_file, save_file
+    state = load_file(src / "model.safetensors")
+    state["model.layers.0.mlp.up_proj.weight"][0, 0] = 1e5  # finite in float32, inf in float16
+    save_file(state, src / "model.safetensors", metadata={"format": "pt"})
+    for f in tokenizer_dir.iterdir():
+        shutil.copy(f, src / f.name)
+    path = recipe(tmp_path, {"m": {"source": str(src)}}, [{"method": "absmax", "w_bits": 4}])
+    path.write_text(yaml.safe_dump({**yaml.safe_load(path.read_text()), "dtype": "float16"}))
+    capsys.readouterr()
+    assert main(["run", str(path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]  # after the loader's progress bar
+    assert err.startswith("ptq-bench: error: dtype: float16") and "model.layers.0.mlp.up_proj.weight" in err, err
+    assert not (tmp_path / "out" / "results.jsonl").exists()

@@ -136,8 +136,10 @@ def cast_model(model: LlamaForCausalLM, dtype: torch.dtype) -> LlamaForCausalLM:
 
     A plain `.to(torch.bfloat16)` also rounds `rotary_emb.inv_freq`, which shifts every RoPE angle
     and (measured) moves logits of a tiny model by ~1e-2 against the same weights loaded by
-    transformers. Returns the same model, cast in place.
+    transformers. Returns the same model, cast in place. A finite value the dtype cannot hold (|w| > 65504 in
+    float16) would become inf: refused, one line (`refuse_overflow`).
     """
+    infs = {n: int(torch.isinf(p).sum()) for n, p in model.named_parameters() if p.is_floating_point()}
     rope = {n: b.detach().float() for n, b in model.named_buffers() if n.endswith("inv_freq")}
     kept = kept_in_float32(model, dtype)
     kept_params = {n: p.detach().float() for n, p in model.named_parameters() if n in kept}
@@ -149,7 +151,19 @@ def cast_model(model: LlamaForCausalLM, dtype: torch.dtype) -> LlamaForCausalLM:
     for name, param in model.named_parameters():
         if name in kept_params:
             param.data = kept_params[name]
+    refuse_overflow(model, infs, dtype)
     return model
+
+
+def refuse_overflow(model: nn.Module, infs_before: dict[str, int], dtype: torch.dtype) -> None:
+    """One line naming the first parameter the cast to `dtype` turned from finite into inf."""
+    from ptq_bench.errors import PtqBenchError
+
+    for name, p in model.named_parameters():
+        if name in infs_before and (n := int(torch.isinf(p).sum()) - infs_before[name]) > 0:
+            dt = str(dtype).removeprefix("torch.")
+            raise PtqBenchError(f"dtype: {dt} overflows {n} of {name}'s {p.numel()} values to inf (beyond "
+                                f"±{torch.finfo(dtype).max:.6g}): use a wider dtype (float32) for this model")
 
 
 def kept_in_float32(model: nn.Module, dtype: torch.dtype) -> set[str]:
