@@ -128,3 +128,21 @@ def test_no_progress_bar_in_a_log(capfd):
     """stderr not a terminal: the cell's log line says it all (as the sweep's own `cells` bar)."""
     gptq_perplexity(Bigram(11), torch.arange(200) % 11, seqlen=8, batch_size=1, progress=True)
     assert "batch/s" not in capfd.readouterr().err
+
+
+def test_a_perplexity_beyond_float64_is_inf_not_a_traceback():
+    """A mean NLL above log(float64 max) ~ 709.8 (logits that overflowed, a model scaled up, a diverged one):
+    the perplexity is +inf (what the reference's torch.exp returns), and the base reference and a compared
+    model say so too, where math.exp raised OverflowError and stopped the run with a traceback."""
+    from ptq_bench.eval.kld import build_reference, compare
+
+    vocab, seqlen = 7, 5
+    ids = torch.randint(0, vocab, (23,), generator=torch.Generator().manual_seed(1))
+    model = Bigram(vocab)
+    with torch.no_grad():
+        model.table.mul_(1e4)
+    out = gptq_perplexity(model, ids, seqlen, progress=False)
+    assert out["nll"] > 710 and out["ppl"] == math.inf
+    ref = build_reference(model, ids, "wikitext2", seqlen, batch_size=2)
+    assert ref.ppl == math.inf
+    assert compare(ref, model, batch_size=2)["ppl_gptq/wikitext2/seq5"] == math.inf

@@ -44,7 +44,7 @@ from tqdm import tqdm
 
 from ptq_bench.console import bar_disable
 from ptq_bench.data import file_sha256
-from ptq_bench.eval.perplexity import protocol_name, window_batch, windows
+from ptq_bench.eval.perplexity import perplexity_of, protocol_name, window_batch, windows
 
 FORMAT_VERSION = 2  # 2: the top-1 file's sha256 and the metadata's own are checked
 KL_TOKENS = 256  # tokens per KL step: each token's KL is its own row, so any step gives the same values
@@ -80,7 +80,7 @@ class BaseReference:
 
     @property
     def ppl(self) -> float:
-        return math.exp(self.nll)
+        return perplexity_of(self.nll)
 
     @property
     def names(self) -> dict[str, str]:
@@ -251,7 +251,7 @@ def compare(ref: BaseReference, model: torch.nn.Module, batch_size: int = 4, pro
             # NaN logits have no argmax (torch names the first NaN): two diverged models would "agree" 100%
             undefined = undefined or not (bool(torch.isfinite(logits[b]).all()) and ref.window_finite(start + b, lp))
     kl = np.concatenate(kls)
-    ppl = math.exp(total / count)
+    ppl = perplexity_of(total / count)
     names = ref.names
     return {names["mean"]: float(kl.mean()), names["p99"]: float(np.percentile(kl, 99)),
             names["top1_agree"]: math.nan if undefined else 100.0 * agree / kl.size, names["dppl"]: ppl - ref.ppl,

@@ -82,4 +82,12 @@ def gptq_perplexity(
         total += nll.double().sum().item()
         count += nll.numel()
     mean = total / count
-    return {"ppl": math.exp(mean), "nll": mean, "n_windows": len(wins), "n_tokens": count}
+    return {"ppl": perplexity_of(mean), "nll": mean, "n_windows": len(wins), "n_tokens": count}
+
+
+def perplexity_of(nll: float) -> float:
+    """exp(mean NLL); +inf beyond float64 (NLL > ~709.8: logits that overflowed), where math.exp raises."""
+    try:
+        return math.exp(nll)
+    except OverflowError:
+        return math.inf
