@@ -331,6 +331,25 @@ def test_a_model_with_nan_log_likelihoods_has_no_accuracy(tok):
     assert not any(k.endswith("_stderr") for k in metrics)
 
 
+@pytest.mark.parametrize("backend", ["fast", "hflm"])
+def test_float16_log_likelihoods_that_overflow_to_minus_inf_give_no_accuracy(tok, backend):
+    """float16 log-likelihoods are summed in float16 (as stock HFLM sums them): a model whose token log-probs
+    are ~-3e4 gives -inf for every choice, and lm-eval's argmax over that tie picks the first choice, as over
+    NaN: PIQA "scored" the share of first answers. A document whose every choice is -inf makes the task NaN."""
+    import math
+
+    from ptq_bench.models.build import cast_model
+
+    model = make_model(len(tok))
+    with torch.no_grad():
+        model.lm_head.weight.mul_(3e4 / model(torch.arange(32)[None]).logits.abs().max())
+    cast_model(model, torch.float16)
+    suite = TaskSuite(["piqa"], DATA, tok, limit=4, backend=backend, batch_size=8)
+    metrics = suite.evaluate(model, progress=False)
+    assert all(r[0] == -math.inf for r in suite.last_responses["piqa"])  # the overflow this test is about
+    assert metrics and all(math.isnan(v) for v in metrics.values()), metrics
+
+
 def test_a_task_file_changed_with_its_mtime_kept_is_read_again(tmp_path, tok):
     """datasets keys its cache of a local JSON file by path and mtime: a file rewritten with its mtime kept
     (cp -p, rsync -t, an archive of fixed mtimes) was scored as its old content, the manifest naming the new."""

@@ -375,7 +375,7 @@ class TaskSuite:
         metrics = {}
         for name in names:
             row = out["results"][TASKS[name].lm_eval_task]
-            undefined = not _finite(self.last_responses[name])  # lm-eval's argmax over NaN picks choice 0
+            undefined = not _finite(self._tasks[name].instances)  # lm-eval's argmax over NaN picks choice 0
             for metric in TASKS[name].metrics:
                 value = math.nan if undefined else float(row[f"{metric},none"])
                 metrics[metric_key(name, self.num_fewshot, metric)] = value
@@ -385,9 +385,17 @@ class TaskSuite:
         return metrics
 
 
-def _finite(responses: list[Any]) -> bool:
-    """No log-likelihood of a task's responses ((ll, is_greedy) or a rolling float) is NaN: a model with NaN
-    logits (diverged, or an overflowing quantization) has no accuracy, only lm-eval's pick of choice 0 (a -inf
-    log-likelihood still orders the choices)."""
-    lls = [r[0] if isinstance(r, (tuple, list)) else r for r in responses]
-    return not any(math.isnan(float(v)) for v in lls)
+def _finite(instances: list[Any]) -> bool:
+    """No log-likelihood of a task's responses ((ll, is_greedy) or a rolling float) is NaN, and no document's
+    choices are all -inf: a model with NaN logits (diverged, or an overflowing quantization), or float16 / bf16
+    log-likelihoods summed past the dtype's range, has no accuracy, only lm-eval's pick of choice 0 (a -inf
+    log-likelihood beside a finite one still orders the choices)."""
+    best: dict[Any, float] = {}
+    for inst in instances:
+        r = inst.resps[0]
+        ll = float(r[0] if isinstance(r, (tuple, list)) else r)
+        if math.isnan(ll):
+            return False
+        if isinstance(r, (tuple, list)):
+            best[inst.doc_id] = max(best.get(inst.doc_id, -math.inf), ll)
+    return -math.inf not in best.values()
