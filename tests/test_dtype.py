@@ -120,3 +120,16 @@ def test_a_cast_that_overflows_a_weight_is_refused(tmp_path, capsys, tokenizer_d
     err = capsys.readouterr().err.strip().splitlines()[-1]  # after the loader's progress bar
     assert err.startswith("ptq-bench: error: dtype: float16") and "model.layers.0.mlp.up_proj.weight" in err, err
     assert not (tmp_path / "out" / "results.jsonl").exists()
+
+
+def test_the_untrained_note_says_float32_under_rows_of_another_dtype():
+    """A trained model's perplexity before training is scored in float32 whatever the recipe's `dtype`
+    (`prepare._train_into`, before the cast): under a table whose rows say bfloat16 its note says float32."""
+    from ptq_bench.report.tables import untrained_notes
+
+    init = {"ppl_gptq/wikitext2/seq64/first4win": 525.91}
+    rows = [{"model": m, "method": "none", "untrained_metrics": init, "protocol": {"device": "cpu", "dtype": d}}
+            for m, d in (("a", "bfloat16"), ("b", "float32"))]
+    bf16, fp32 = untrained_notes(rows)
+    assert "before training (same init seed; scored in float32, not the rows' bfloat16)" in bf16, bf16
+    assert "before training (same init seed):" in fp32  # float32 rows: the note committed tables carry

@@ -138,13 +138,16 @@ def task_notes(tasks: list[str]) -> list[str]:
 
 
 def untrained_notes(rows: list[dict[str, Any]]) -> list[str]:
-    """One line per trained model: its perplexity at initialization, the reference that training worked."""
+    """One line per trained model: its perplexity at initialization, the reference that training worked
+    (float32 whatever the recipe's dtype: said so under rows of another)."""
     out = []
     for row in rows:
         init = row.get("untrained_metrics")
         if row.get("method") == "none" and isinstance(init, dict) and init:
             vals = ", ".join(f"`{k}` {md_cell(v)}" for k, v in init.items())
-            out.append(f"- `{row.get('model')}` before training (same init seed): {vals}.")
+            dtype = (row.get("protocol") or {}).get("dtype")  # the init is scored in float32 (prepare._train_into)
+            cast = "" if dtype in (None, "float32") else f"; scored in float32, not the rows' {dtype}"
+            out.append(f"- `{row.get('model')}` before training (same init seed{cast}): {vals}.")
     return out
 
 
