@@ -238,12 +238,14 @@ def _record_eval(sw: Sweep) -> None:
 
 def run_model(sw: Sweep, name: str) -> None:
     """Every remaining cell of model `name`: load or train it once, then quantize, evaluate, append."""
-    from ptq_bench.models.build import parameter_count, weight_bytes
+    from ptq_bench.models.build import dtype_name, parameter_count, weight_bytes
 
     mine = [c for c in sw.todo if c.model == name]
     if not mine:
         return
     base = base_model(sw, name)
+    for inv in sw.manifest.get("invocations", [])[-1:]:  # what `dtype` (`auto`: each model's own) resolved to
+        inv.setdefault("models", {})[name] = {"device": sw.ctx.device, "dtype": dtype_name(base.model)}
     refuse_loaded(name, base.model.config, mine)  # what validate could not read (an uncached hub id)
     save_curve(sw.out, name, base.kind, base.info)
     size = {"n_params": parameter_count(base.model), "weight_bytes": weight_bytes(base.model)}
@@ -365,8 +367,7 @@ def make_row(sw: Sweep, cell: Cell, base: Base, size: dict[str, int], metrics: d
 
     from ptq_bench.models.build import dtype_name
 
-    kind, info = base.kind, base.info
-    r = sw.ctx.recipe
+    kind, info, r = base.kind, base.info, sw.ctx.recipe
     w_bits, a_bits = (cell.w_bits, cell.a_bits) if cell.method != "none" else NATIVE_BITS.get(kind, (16, 16))
     return Row(
         cell_id=cell_id(cell, sw.keys[cell.model], r.dtype), recipe=r.name, recipe_hash=r.digest(), model=cell.model,
@@ -394,7 +395,6 @@ def _print_cell(row: Row) -> None:
 
 
 def cell_name(method: str, label: str, config: dict[str, Any], calib_seed: int | None) -> str:
-    """A cell as the log and the progress bar name it: its label, its setting, its calibration seed (two
-    seeds or two group sizes of one label printed identical lines)."""
+    """A cell as the log and the progress bar name it: label, setting, calibration seed (never two alike)."""
     seed = f"seed {calib_seed}" if calib_seed is not None else ""
     return " ".join(x for x in (label, setting_label(method, config), seed) if x)

@@ -53,6 +53,9 @@ def test_bfloat16_rows_are_cast_and_say_so(tmp_path, tokenizer_dir):  # noqa: F8
         path.write_text(yaml.safe_dump({**yaml.safe_load(path.read_text()), "dtype": dtype, "cache_dir": shared}))
         assert main(["run", str(path)]) == 0
         rows[dtype] = {r.label: r for r in load_rows(tmp_path / dtype / "out", strict=True)}
+        manifest = json.loads((tmp_path / dtype / "out" / "manifest.json").read_text())
+        resolved = "float32" if dtype == "auto" else dtype  # the manifest's recipe says `auto`; it resolved to
+        assert manifest["invocations"][-1]["models"] == {"m": {"device": "cpu", "dtype": resolved}}
     for label in ("none", "gptq W4A16"):
         fp32, bf16 = rows["auto"][label], rows["bfloat16"][label]
         assert (fp32.protocol["dtype"], bf16.protocol["dtype"]) == ("float32", "bfloat16")
