@@ -222,8 +222,7 @@ def _clear_datasets_caches(names: list[str], data_dir: Path, exc: Exception) -> 
     for name in names:
         folder = Path(task_config(name, data_dir)["dataset_kwargs"]["cache_dir"])
         if folder.is_dir():
-            log(f"cache: datasets cache {folder} could not be read ({type(exc).__name__}: "
-                f"{str(exc)[:80]}); rebuilding it")
+            log(f"cache: datasets cache {folder} could not be read ({type(exc).__name__}: {str(exc)[:80]}); rebuilding it")
             shutil.rmtree(folder)
 
 
