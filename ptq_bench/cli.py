@@ -102,9 +102,10 @@ def _at_least(low: float, kind: type = int) -> Any:
 
 
 def _nonempty(text: str) -> str:
-    """An argparse type: a path that is not empty (`--output-dir "$UNSET"` must not fall back to the recipe's)."""
+    """An argparse type: a path or address that is not empty (`--output-dir "$UNSET"` must not fall back to the
+    recipe's, nor `--address ""` to $RAY_ADDRESS)."""
     if not text.strip():
-        raise argparse.ArgumentTypeError("empty; give a folder, or leave the option out for the recipe's output_dir")
+        raise argparse.ArgumentTypeError("empty; give a value, or leave the option out for the recipe's")
     return text
 
 
@@ -180,7 +181,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--output-dir", type=_nonempty, help="results folder (overrides the recipe's output_dir)")
     r.add_argument("--executor", help="where cells run (overrides executor.kind): local (this process) or ray "
                                       "(Ray tasks, docs/cluster.md)")
-    r.add_argument("--address", help="Ray cluster address, e.g. HEAD_IP:6379 (overrides executor.address)")
+    r.add_argument("--address", type=_nonempty, help="Ray cluster address, e.g. HEAD_IP:6379 (overrides executor.address)")
     r.set_defaults(fn=_run)
     v = sub.add_parser("validate", help="check a recipe without running it")
     v.add_argument("recipe", help="recipe YAML file")

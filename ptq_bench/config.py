@@ -63,10 +63,12 @@ def clip(text: str, limit: int = 200) -> str:
 
 def bound(default: Any = MISSING, *, factory: Any = MISSING, min: float | None = None, max: float | None = None,
           gt: float | None = None, lt: float | None = None, choices: tuple | None = None, max_len: int | None = None,
-          unique: bool = False) -> Any:
+          unique: bool = False, nonblank: bool = False) -> Any:
     """A dataclass field with bounds as metadata: min <= x <= max, gt < x < lt, x in choices, len(str) <= max_len,
-    unique list items. Bounds apply to the value (to each item of a list); None passes when the type allows it."""
-    limits = {"min": min, "max": max, "gt": gt, "lt": lt, "choices": choices, "max_len": max_len, "unique": unique or None}
+    unique list items, a string not empty or blank (a path or address: "" must not stand for the default).
+    Bounds apply to the value (to each item of a list); None passes when the type allows it."""
+    limits = {"min": min, "max": max, "gt": gt, "lt": lt, "choices": choices, "max_len": max_len, "unique": unique or None,
+              "nonblank": nonblank or None}
     meta = {k: v for k, v in limits.items() if v is not None}
     return field(default=default, default_factory=factory, metadata=meta)
 
@@ -175,6 +177,8 @@ def check_value(value: Any, meta: typing.Mapping[str, Any], where: str) -> None:
         known = ", ".join(map(str, choices))
         known = known if len(known) <= 120 else f"{len(choices)} names (see `ptq-bench ls`)"
         raise ConfigError(f"{where}: expected one of {known}, got {short(value)}")
+    if isinstance(value, str) and meta.get("nonblank") and not value.strip():
+        raise ConfigError(f"{where}: empty, got {short(value)}; leave the key out for its default")
     if isinstance(value, str) and len(value) > meta.get("max_len", MAX_STR):
         raise ConfigError(f"{where}: longer than {meta.get('max_len', MAX_STR)} characters")
     if isinstance(value, (int, float)) and not isinstance(value, bool):

@@ -141,7 +141,7 @@ class ExecutorSpec:
     """Where cells run; changes no result. `ptq-bench run --executor/--address` override kind/address."""
 
     kind: str = bound("local", choices=EXECUTORS)  # local: one process; ray: Ray tasks (docs/cluster.md)
-    address: str | None = bound(None, max_len=500)  # Ray cluster (None: $RAY_ADDRESS, one `ray start`ed here, or new)
+    address: str | None = bound(None, max_len=500, nonblank=True)  # Ray cluster (None: $RAY_ADDRESS, one `ray start`ed here, or new)
     cpus_per_cell: float = bound(1.0, gt=0.0, max=1024)  # CPUs of each Ray task (model preparation and cells)
     gpus_per_cell: float = bound(0.0, min=0.0, max=64)  # GPUs of each Ray task (a fraction shares a GPU)
     max_retries: int = bound(2, min=0, max=100)  # re-runs of a task whose worker died (a raised error is final)
@@ -161,9 +161,9 @@ class Recipe:
     name: str = bound(max_len=100)  # a plain name: the default results folder is runs/<name>
     models: dict[str, ModelSpec]  # model name -> spec (at least one)
     seed: int = bound(0, min=0, max=SEED_MAX)  # one seed for init, data order and calibration sampling
-    data_dir: str | None = None  # local data folder (else $PTQ_BENCH_DATA)
-    output_dir: str | None = None  # results folder (default runs/<name>)
-    cache_dir: str = ".ptq_cache"  # trained models, tokenizers, token streams, calibration windows
+    data_dir: str | None = bound(None, nonblank=True)  # local data folder (else $PTQ_BENCH_DATA)
+    output_dir: str | None = bound(None, nonblank=True)  # results folder (default runs/<name>)
+    cache_dir: str = bound(".ptq_cache", nonblank=True)  # trained models, tokenizers, token streams, calibration windows
     device: str = bound("auto", choices=DEVICES)  # auto: cuda when torch sees a GPU, else cpu
     # the dtype models are quantized and evaluated in: auto keeps each model's own (trained here: float32,
     # trained under bf16 autocast on CUDA; a checkpoint: its stored dtype; a GGUF: dequantized float32);

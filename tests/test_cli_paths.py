@@ -183,3 +183,30 @@ def test_a_write_cut_short_names_its_file(tmp_path):
     with pytest.raises(OSError) as got, naming(tmp_path / "table.md"):
         raise OSError(errno.EFBIG, "File too large")
     assert got.value.filename == str(tmp_path / "table.md") and got.value.errno == errno.EFBIG
+
+
+VALID = "name: r\nmodels: {m: {kind: fp16}}\neval: {perplexity: {seq_len: 64}}\ncalibration: {seq_len: 64}\n"
+
+
+@pytest.mark.parametrize("key", ["output_dir", "cache_dir", "data_dir", "executor.address"])
+@pytest.mark.parametrize("value", ['""', '" "'])
+def test_an_empty_folder_or_address_in_the_recipe_is_refused(tmp_path, capsys, monkeypatch, key, value):
+    """`cache_dir: ""` put the cache (models/, tokenizers/, tokens/, kld/) in the current folder, `output_dir: ""`
+    wrote runs/<name>, `data_dir: ""` read $PTQ_BENCH_DATA, `address: ""` was taken for $RAY_ADDRESS: exit 0."""
+    monkeypatch.chdir(tmp_path)
+    section, _, leaf = key.rpartition(".")
+    entry = f"{section}: {{kind: ray, {leaf}: {value}}}" if section else f"{key}: {value}"
+    (tmp_path / "r.yaml").write_text(VALID + entry + "\n")
+    for command in ("validate", "run"):
+        assert main([command, "r.yaml"]) == 2
+        err = capsys.readouterr().err
+        assert f"error: {key}: empty" in err and len(err.strip().splitlines()) == 1, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["r.yaml"]
+
+
+def test_an_empty_address_flag_is_refused(tmp_path, capsys):
+    (tmp_path / "r.yaml").write_text(VALID)
+    with pytest.raises(SystemExit) as exc:
+        main(["run", str(tmp_path / "r.yaml"), "--executor", "ray", "--address", ""])
+    assert exc.value.code == 2 and "argument --address: empty" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["r.yaml"]
