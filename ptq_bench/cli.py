@@ -31,7 +31,8 @@ def _run(args: argparse.Namespace) -> int:
     from ptq_bench.paths import check_data, check_paths
     from ptq_bench.recipe import load_recipe
 
-    recipe = _with_executor(load_recipe(args.recipe), args)
+    flags = {k: v for k, v in (("kind", args.executor), ("address", args.address)) if v is not None}
+    recipe = load_recipe(args.recipe, executor=flags)  # the flags replace the recipe's executor keys
     if args.output_dir is not None:
         import dataclasses
 
@@ -52,24 +53,6 @@ def _run(args: argparse.Namespace) -> int:
         raise Interrupted(f"interrupted while writing the tables; every cell is stored in {out}: "
                           f"`ptq-bench report {out}` writes them") from None
     return 0
-
-
-def _with_executor(recipe: Any, args: argparse.Namespace) -> Any:
-    """The recipe with `--executor` / `--address` over its `executor:` section, through the typed loader."""
-    import dataclasses
-
-    from ptq_bench.config import from_dict, to_dict
-    from ptq_bench.errors import RecipeError
-    from ptq_bench.recipe import ExecutorSpec, check_executor
-
-    flags = {"kind": args.executor, "address": args.address}
-    ex = from_dict(ExecutorSpec, {**to_dict(recipe.executor), **{k: v for k, v in flags.items() if v is not None}},
-                   "executor")
-    if args.address is not None and ex.kind != "ray":
-        raise RecipeError("--address: a Ray cluster address needs --executor ray (or executor.kind: ray)")
-    recipe = dataclasses.replace(recipe, executor=ex)
-    check_executor(recipe)
-    return recipe
 
 
 def _estimate(args: argparse.Namespace) -> int:

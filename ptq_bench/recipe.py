@@ -258,13 +258,15 @@ def _parse_quant(raw: Any, i: int) -> QuantSpec:
     return dataclasses.replace(from_dict(QuantSpec, {"method": method, **entry}, where), params=raw)
 
 
-def load_recipe(path: str | Path) -> Recipe:
-    """Read and validate a recipe file (structure, values and cross-field checks; no filesystem writes)."""
+def load_recipe(path: str | Path, executor: dict[str, str] | None = None) -> Recipe:
+    """Read and check a recipe file (no writes); `executor`: `run`'s --executor / --address over its section."""
     path = Path(path)
     raw = _read_yaml(path)
     if not isinstance(raw, dict):
         raise RecipeError(f"{short(str(path), 120)[1:-1]}: a recipe is a YAML mapping")
     raw = dict(raw)
+    if executor and isinstance(raw.get("executor") or {}, dict):  # a section of another type is refused below
+        raw["executor"] = {**(raw.get("executor") or {}), **executor}
     quant_raw = raw.pop("quantize", None)
     quant_raw = [] if quant_raw is None else quant_raw  # `quantize:` left empty; {} or false is not a list
     if not isinstance(quant_raw, list):
@@ -379,7 +381,7 @@ def check_executor(recipe: Recipe) -> None:
     """On Ray a task may use only the GPU share reserved for it: `device: cuda` needs executor.gpus_per_cell > 0."""
     ex = recipe.executor
     if ex.kind == "local" and ex.address is not None:  # as `--address` without `--executor ray` is refused
-        raise RecipeError(f"executor.address: {short(ex.address)} is for kind ray; the local executor would ignore it")
+        raise RecipeError(f"executor.address: {short(ex.address)} is for kind ray (or --executor ray); local ignores it")
     if ex.kind == "ray" and recipe.device == "cuda" and ex.gpus_per_cell == 0:
         raise RecipeError("executor.gpus_per_cell: device cuda on Ray needs a GPU share per task (> 0), got 0")
 

@@ -210,3 +210,15 @@ def test_an_empty_address_flag_is_refused(tmp_path, capsys):
         main(["run", str(tmp_path / "r.yaml"), "--executor", "ray", "--address", ""])
     assert exc.value.code == 2 and "argument --address: empty" in capsys.readouterr().err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["r.yaml"]
+
+
+def test_the_recipes_ray_address_with_executor_ray_flag_is_not_refused(tmp_path, capsys):
+    """`executor: {address: ...}` (kind left local) run with `--executor ray` was refused as "the local executor
+    would ignore it": the recipe's section was checked before the flag replaced its kind."""
+    (tmp_path / "r.yaml").write_text(VALID + "executor: {address: '127.0.0.1:1'}\n")
+    assert main(["run", str(tmp_path / "r.yaml"), "--executor", "ray", "--output-dir", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err  # the address was taken: connecting to it is what failed
+    assert "nothing answers at 127.0.0.1:1" in err and "ignore" not in err, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["r.yaml"]
+    assert main(["run", str(tmp_path / "r.yaml")]) == 2  # still refused where the run is local
+    assert "executor.address: '127.0.0.1:1' is for kind ray" in capsys.readouterr().err
