@@ -138,3 +138,43 @@ def test_zero_hessian_is_dead_columns_not_non_finite_inputs(transform):
     w = torch.randn(8, 12, generator=torch.Generator().manual_seed(0))
     q, grid, loss = quip_solve(w, torch.zeros(12, 12), 2, transform, rescale=True)
     assert bool(torch.isfinite(q).all()) and on_grid(q, grid, tol=5e-2)
+
+
+def _dense_quip(W, H, bits, gen, damp=0.01):
+    """QuIP as the paper and Cornell-RelaxML/QuIP write it, with dense matrices and a plain column loop:
+    rescale, H n / tr(H) + 1e-2 I, U W V^T, GPTQ's damped LDLQ on a +-2.4 RMS grid (clamped), undo."""
+    W, H = W.double(), H.double()
+    m, n = W.shape
+    H = H / H.abs().max()
+    c = (torch.diag(H).clamp(min=1e-8) / (W * W).sum(0).clamp(min=1e-8)).pow(0.25)
+    W, H = W * c, H / c[None, :] / c[:, None]
+    U, V = (make_rotation("hadamard", k, gen).dense().double() for k in (m, n))
+    H = H * n / torch.trace(H) + 1e-2 * torch.eye(n, dtype=H.dtype)
+    W, H = U @ W @ V.T, V @ H @ V.T
+    maxq = 2**bits - 1
+    s = 2.4 * W.square().mean().sqrt()
+    scale, zero = 2 * s / maxq, maxq / 2
+    W = W.clamp(-s, s)
+    Hinv = torch.cholesky_inverse(torch.linalg.cholesky(H + damp * torch.diag(H).mean() * torch.eye(n, dtype=H.dtype)))
+    R = torch.linalg.cholesky(Hinv, upper=True)
+    Q = torch.zeros_like(W)
+    for i in range(n):
+        Q[:, i] = scale * (torch.round(W[:, i] / scale + zero).clamp(0, maxq) - zero)
+        W[:, i + 1:] -= ((W[:, i] - Q[:, i]) / R[i, i])[:, None] * R[i, i + 1:][None, :]
+    return (U.T @ Q @ V / c).float()
+
+
+@pytest.mark.parametrize("bits", [2, 3])
+def test_solver_equals_a_dense_transcription_of_the_reference(bits):
+    """Every constant of the recipe (the 1e-2 I after trace scaling, the 2.4 RMS grid, the clamp, the
+    fourth-root rescale) moves the stored weight: the solver's W_hat is the dense form's, but for rare
+    rounding ties that float32 breaks otherwise."""
+    g = torch.Generator().manual_seed(0)
+    W = torch.randn(32, 64, generator=g)
+    X = torch.randn(256, 64, generator=g) * torch.linspace(0.2, 3.0, 64)
+    H = 2 * X.T @ X / 256
+    Q, _, _ = quip_solve(W, H, bits, "hadamard", gen=torch.Generator().manual_seed(1))
+    ref = _dense_quip(W, H, bits, torch.Generator().manual_seed(1))
+    close = torch.isclose(Q, ref, atol=1e-4, rtol=1e-4)
+    assert close.float().mean() > 0.99, close.float().mean()
+
