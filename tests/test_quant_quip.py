@@ -178,3 +178,11 @@ def test_solver_equals_a_dense_transcription_of_the_reference(bits):
     close = torch.isclose(Q, ref, atol=1e-4, rtol=1e-4)
     assert close.float().mean() > 0.99, close.float().mean()
 
+
+@pytest.mark.parametrize("rescale", [True, False])
+def test_stored_bits_count_the_column_rescaling(rescale):
+    """W_hat = U^T Q V diag(c)^-1 needs c: n 16-bit numbers per matrix beside the codes and the one scale,
+    so the reported effective bits of a rescaled QuIP weight include them."""
+    W, X = torch.randn(8, 32), torch.randn(64, 32)
+    _, grid, _ = quip_solve(W, X.T @ X, 2, "hadamard", rescale=rescale, gen=torch.Generator().manual_seed(0))
+    assert grid.storage_bits(W.numel()) == 2 * 256 + 16 + (16 * 32 if rescale else 0)
