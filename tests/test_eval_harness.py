@@ -382,3 +382,23 @@ def test_a_damaged_datasets_cache_is_rebuilt(tmp_path, monkeypatch, capsys, size
     arrow.write_bytes(arrow.read_bytes()[:size])
     assert requests() == want
     assert "datasets cache" in capsys.readouterr().out and arrow.stat().st_size > size
+
+
+def test_fewshot_examples_are_the_ones_lm_evals_simple_evaluate_draws(tok, tmp_path):
+    """lm-eval's `simple_evaluate` seeds every task's few-shot sampler with its `fewshot_random_seed` default:
+    another seed draws other examples, so every few-shot number would be another protocol's, silently."""
+    import inspect
+
+    from lm_eval.evaluator import simple_evaluate
+    from lm_eval.tasks import TaskManager
+
+    from ptq_bench.eval.harness import write_task_configs
+
+    seed = inspect.signature(simple_evaluate).parameters["fewshot_random_seed"].default
+    suite = TaskSuite(["arc_easy"], DATA, tok, limit=3, num_fewshot=2, backend="hflm")
+    write_task_configs(["arc_easy"], DATA, tmp_path)
+    task = TaskManager(include_path=str(tmp_path), include_defaults=False).load(["arc_easy"])["tasks"]["arc_easy"]
+    task.set_config(key="num_fewshot", value=2)
+    task.set_fewshot_seed(seed=seed)
+    task.build_all_requests(limit=3, rank=0, world_size=1)
+    assert [i.args for i in suite._tasks["arc_easy"].instances] == [i.args for i in task.instances]
