@@ -236,3 +236,17 @@ def test_a_tokenizer_without_eos_is_one_line():
 
     with pytest.raises(DataError, match="has no EOS token"):
         encode_stream(SimpleNamespace(eos_token_id=None), ["a", "b"])
+
+
+def test_a_file_added_to_a_folder_artefact_is_damage(tmp_path):
+    """A file the checksum list does not name (a stray model.safetensors beside pytorch_model.bin, which
+    transformers would load instead) makes the folder damaged: it is rebuilt, not used as it is."""
+    def build(tmp):
+        tmp.mkdir()
+        (tmp / "config.json").write_text("{}")
+
+    path = ensure(tmp_path / "model", build, "model")
+    (path / "model.safetensors").write_bytes(b"other weights")
+    assert problem(path) == "model.safetensors is not in its checksum list"
+    ensure(path, build, "model")
+    assert sorted(p.name for p in path.iterdir()) == ["checksums.json", "config.json"]
