@@ -69,3 +69,17 @@ def test_figures_do_not_average_seeds_of_other_versions(tmp_path, monkeypatch):
     render(run_dir(tmp_path, rows))
     ppl = sorted((label, ys) for label, ys in drawn if ys and 1 < max(ys) < 50)  # the perplexity series
     assert ppl == [("m + gptq A16 group (eval v4)", [30.0]), ("m + gptq A16 group (eval v5)", [34.0, 32.0])]
+
+
+def test_seeds_of_another_method_version_are_not_pooled(tmp_path):
+    """A method-version bump recomputes its rows' seeds one by one: seed 0 of the old solver beside seeds 1
+    and 2 of the new is two settings, not one mean ± std over two quantizers."""
+    rows = _seed_rows(accs_on_seed0_only=False)
+    for r in rows:
+        r.update(method_version=2, eval_version=5)
+    rows[1]["method_version"] = 1
+    render(run_dir(tmp_path, rows))
+    md = (tmp_path / "run" / "table_seeds.md").read_text()
+    head = _line(md, "model")
+    lines = [dict(zip(head, cells)) for cells in _gptq_lines(md)]
+    assert sorted((ln["method v"], ln["n"]) for ln in lines) == [("1", "1"), ("2", "2")]
