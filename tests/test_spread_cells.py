@@ -83,3 +83,16 @@ def test_seeds_of_another_method_version_are_not_pooled(tmp_path):
     head = _line(md, "model")
     lines = [dict(zip(head, cells)) for cells in _gptq_lines(md)]
     assert sorted((ln["method v"], ln["n"]) for ln in lines) == [("1", "1"), ("2", "2")]
+
+
+def test_seeds_differing_only_by_fastlm_path_are_pooled(tmp_path):
+    """`protocol.path` is None on a seed that ran no task (an entry's tasks on seed 0 only): it is not a
+    protocol difference, so the three seeds stay one setting with n = 3."""
+    rows = _seed_rows()
+    rows[1]["protocol"] = {**rows[1]["protocol"], "path": "fast:shared"}
+    for r in rows[2:]:
+        r["protocol"] = {**r["protocol"], "path": None}
+    render(run_dir(tmp_path, rows))
+    md = (tmp_path / "run" / "table_seeds.md").read_text()
+    head = _line(md, "model")
+    assert [dict(zip(head, cells))["n"] for cells in _gptq_lines(md)] == ["3"]
