@@ -96,3 +96,14 @@ def test_seeds_differing_only_by_fastlm_path_are_pooled(tmp_path):
     md = (tmp_path / "run" / "table_seeds.md").read_text()
     head = _line(md, "model")
     assert [dict(zip(head, cells))["n"] for cells in _gptq_lines(md)] == ["3"]
+
+
+def test_a_column_no_seed_measured_gets_no_fewer_seeds_note(tmp_path):
+    """Tasks measured on the base row only: the pooled rows show "–" there, and no note claims a number
+    "from 0 of 3 seeds"."""
+    rows = _seed_rows()
+    for r in rows[1:]:
+        r["metrics"] = {k: v for k, v in r["metrics"].items() if not k.startswith("lm_eval/")}
+    render(run_dir(tmp_path, rows))
+    md = (tmp_path / "run" / "table_seeds.md").read_text()
+    assert "of 3 seeds" not in md
