@@ -134,6 +134,8 @@ BAD = {
     "train.seq_len 0": (_set("train", "seq_len", 0), "train.seq_len: must be >= 1"),
     "train.batch_size 0": (_set("train", "batch_size", 0), "train.batch_size: must be >= 1"),
     "train.log_every 0": (_set("train", "log_every", 0), "train.log_every: must be >= 1"),
+    "train.tokens under one batch": (_set("train", "tokens", 1000),
+                                     "tokens must be at least seq_len*batch_size = 1024"),
     "train.warmup_steps -1": (_set("train", "warmup_steps", -1), "train.warmup_steps: must be >= 0"),
     # smoke: 40 steps; b1.58 (two-stage) starts stage two at step 20
     "warmup as long as training": (_set("train", "warmup_steps", 40), "train.warmup_steps: 40 is not fewer than the 40"),
