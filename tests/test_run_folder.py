@@ -113,3 +113,18 @@ def test_derived_files_stay_while_the_layout_is_unknown(tmp_path):
     (d / "manifest.json").write_text("{damaged", encoding="utf-8")
     render(d)
     assert (d / "paper_table.md").is_file()
+
+
+def test_a_data_file_changed_since_the_first_run_is_refused(tmp_path):
+    """Data files are not in the recipe hash: a folder whose rows came from other bytes of a data file is
+    refused (one line, manifest untouched), not resumed with rows of two data sets side by side."""
+    from ptq_bench.errors import PtqBenchError
+    from ptq_bench.results import MANIFEST, open_run
+
+    run = tmp_path / "run"
+    open_run(run, "h", {"data_sha256": {"wikitext2/test.txt": "a" * 64}})
+    before = (run / MANIFEST).read_bytes()
+    with pytest.raises(PtqBenchError, match=r"data file wikitext2/test.txt changed since .* first run"):
+        open_run(run, "h", {"data_sha256": {"wikitext2/test.txt": "b" * 64}})
+    assert (run / MANIFEST).read_bytes() == before
+    open_run(run, "h", {"data_sha256": {"wikitext2/test.txt": "a" * 64}})
