@@ -138,3 +138,14 @@ def test_a_run_folder_resumes_under_another_wording(ref, tmp_path):
     assert proc.returncode == 2 and "holds results of another recipe" in proc.stderr, proc.stderr[-2000:]
     assert (out / MANIFEST).read_bytes() == before and (out / RESULTS).read_bytes() == rows
     assert cli("report", str(out)).returncode == 0
+
+
+def test_another_calibration_seed_changes_the_meaning(tmp_path):
+    """Seeds leave the digest fields for the cells' calibration seeds: a recipe asking for seed 1 must not
+    resume a folder of seed 0 as a rewording (its rows would be seed 0's, named as the run of seed 1)."""
+    from ptq_bench.meaning import meaning
+
+    gptq = {"quantize": [{"method": "gptq", "w_bits": 4, "a_bits": 16}]}
+    runs = [load_recipe(smoke(tmp_path, f"s{s}.yaml", calibration={"n_samples": 8, "seq_len": 64, "seeds": [s]},
+                              **gptq)) for s in (0, 1)]
+    assert meaning(runs[0]) != meaning(runs[1])
