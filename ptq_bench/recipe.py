@@ -29,7 +29,7 @@ from ptq_bench.models.arch import ArchConfig
 from ptq_bench.paths import check_component
 from ptq_bench.quant.configs import CATALOG, SEED_MAX
 from ptq_bench.report.layouts import LAYOUT_NAMES
-from ptq_bench.sources import SAFETENSORS_FILE, SAFETENSORS_INDEX, SourceInfo, inspect_source
+from ptq_bench.sources import SAFETENSORS_FILE, SAFETENSORS_INDEX, SourceInfo, inspect_source, refuse_offline
 
 __all__ = ["Cell", "Recipe", "calib_seed", "expand_cells", "load_recipe", "model_arch", "to_dict"]
 
@@ -282,14 +282,17 @@ def load_recipe(path: str | Path, executor: dict[str, str] | None = None) -> Rec
 
 def _refuse_paths_read_as_hub_ids(recipe: Recipe, recipe_dir: Path) -> None:
     """A relative `source:` path is read from the current folder; from another folder, `ckpt/model` would be
-    taken for a hub id and downloaded (another model, or none) although the recipe's folder holds it."""
+    taken for a hub id and downloaded (another model, or none) although the recipe's folder holds it. A hub id
+    that nothing can download (not cached, HF_HUB_OFFLINE set) is refused too."""
     for name, spec in recipe.models.items():
-        if spec.source is None or Path(spec.source).expanduser().exists() or not (recipe_dir / spec.source).exists():
+        info = None if spec.source is None else source_info(recipe, name)
+        if info is None or info.form != "hub":
             continue
-        if source_info(recipe, name).form == "hub":
+        if not Path(spec.source).expanduser().exists() and (recipe_dir / spec.source).exists():
             raise RecipeError(f"models.{name}.source: {short(spec.source)} is not in the current folder ({Path.cwd()}) "
                               f"but is beside the recipe; relative paths are read from the current folder: run from "
                               "there or give an absolute path")
+        refuse_offline(info, f"models.{name}.source")
 
 
 # ----------------------------------------------------------------------------------------------

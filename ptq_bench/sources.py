@@ -316,6 +316,16 @@ def _inspect_hub(source: str, key: str) -> SourceInfo:
                            "(family, kind and context are unchecked); it is downloaded at run time")
 
 
+def refuse_offline(info: SourceInfo, key: str) -> None:
+    """A hub id not in the local cache can only be downloaded; under HF_HUB_OFFLINE nothing downloads it, and
+    the run would stop at its load, after its run folder was written."""
+    from huggingface_hub import constants
+
+    if info.form == "hub" and info.path is None and constants.HF_HUB_OFFLINE:
+        raise RecipeError(f"{key}: hub id {short(info.source)} is not in the local hub cache ({constants.HF_HUB_CACHE}) "
+                          f"and HF_HUB_OFFLINE is set; download it first (hf download {info.source}) or unset HF_HUB_OFFLINE")
+
+
 # ----------------------------------------------------------------------------------------------
 # content hash
 

@@ -474,6 +474,7 @@ def test_relative_source_paths_are_not_taken_for_hub_ids(tmp_path, capsys, monke
     missing = write(tmp_path, lambda r: r["models"].update(fp16={"source": "ck/other"}))
     assert "does not exist (its folder 'ck' does)" in assert_refused(missing, capsys, "models.fp16.source: ")
     hub = write(tmp_path, lambda r: r["models"].update(fp16={"source": "nobody-here/not-a-model"}))
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", False)  # offline, it is refused (test_hub_cache)
     assert main(["validate", str(hub)]) == 0
     assert "models.fp16.source: hub id 'nobody-here/not-a-model' is not in the local hub cache" in capsys.readouterr().out
 
@@ -510,7 +511,8 @@ def test_calibration_rows_an_xlstm_splits_are_refused(tmp_path, capsys):
     assert load_recipe(path).calibration.seq_len == 64
 
 
-def test_hub_id_source_is_allowed(tmp_path):
+def test_hub_id_source_is_allowed(tmp_path, monkeypatch):
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", False)  # offline, it is refused (test_hub_cache)
     path = write(tmp_path, lambda r: r.update(models={"hf": {"source": "org/name"}}, quantize=[]))
     assert load_recipe(path).models["hf"].source == "org/name"
 

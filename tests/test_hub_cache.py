@@ -1,0 +1,91 @@
+"""`source: org/name` read from a local Hugging Face hub cache laid out as huggingface_hub lays it out
+(`models--org--name/{blobs, snapshots/<commit>, refs/main}`), offline: what is refused before anything is
+written, and what a run records of the snapshot it used."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+import pytest
+from huggingface_hub import constants, snapshot_download
+from tiny_families import save_tiny
+
+from ptq_bench.sources import inspect_source
+
+
+def cache_snapshot(cache: Path, repo: str, folder: Path, commit: str) -> Path:
+    """Put `folder`'s files into `cache` as snapshot `commit` of `repo` (blobs + symlinks), refs/main -> commit."""
+    root = cache / f"models--{repo.replace('/', '--')}"
+    snap = root / "snapshots" / commit
+    (root / "blobs").mkdir(parents=True, exist_ok=True)
+    snap.mkdir(parents=True)
+    (root / "refs").mkdir(exist_ok=True)
+    for f in sorted(folder.iterdir()):
+        data = f.read_bytes()
+        blob = hashlib.sha256(data).hexdigest()
+        (root / "blobs" / blob).write_bytes(data)
+        os.symlink(f"../../blobs/{blob}", snap / f.name)
+    (root / "refs" / "main").write_text(commit)
+    return snap
+
+
+@pytest.fixture
+def hub(tmp_path, monkeypatch) -> Path:
+    """An empty hub cache, offline."""
+    cache = tmp_path / "hf-hub"
+    cache.mkdir()
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    return cache
+
+
+def tiny_repo(tmp_path: Path, seed: int = 0, drop: tuple[str, ...] = ()) -> Path:
+    folder = save_tiny("llama", tmp_path / f"llama-{seed}", seed=seed)
+    (folder / "tokenizer.json").write_text("{}")  # inspection reads only that a tokenizer is there
+    for name in drop:
+        (folder / name).unlink()
+    return folder
+
+
+def test_a_cached_snapshot_is_a_valid_cache_and_resolves_offline(hub, tmp_path):
+    snap = cache_snapshot(hub, "org/tiny", tiny_repo(tmp_path), "a" * 40)
+    assert snapshot_download("org/tiny", local_files_only=True, cache_dir=str(hub)) == str(snap)
+    info = inspect_source("org/tiny")
+    assert (info.form, info.path, info.model_type) == ("hub", str(snap), "llama")
+
+
+def test_an_uncached_hub_id_is_described_by_inspection(hub, monkeypatch):
+    info = inspect_source("org/absent")
+    assert (info.form, info.path, info.content_hash) == ("hub", None, None)
+    assert "downloaded at run time" in info.note
+
+
+def hub_recipe(tmp_path: Path, source: str, data_dir: Path, monkeypatch) -> Path:
+    import yaml
+
+    r = {"name": "hub", "output_dir": str(tmp_path / "out"), "cache_dir": str(tmp_path / "cache"),
+         "models": {"m": {"source": source}}, "quantize": [{"method": "absmax", "w_bits": 8, "a_bits": 16}],
+         "eval": {"perplexity": {"sets": ["wikitext2"], "seq_len": 32, "max_windows": 2}, "tasks": [], "limit": 2}}
+    (tmp_path / "r.yaml").write_text(yaml.safe_dump(r))
+    monkeypatch.setenv("PTQ_BENCH_DATA", str(data_dir))
+    return tmp_path / "r.yaml"
+
+
+@pytest.mark.parametrize("command", ["validate", "run"])
+def test_an_uncached_hub_id_offline_is_one_line_and_writes_nothing(hub, tmp_path, data_dir, monkeypatch, capsys,
+                                                                    command):
+    """Offline, nothing can download it: validate said OK ("downloaded at run time") and run wrote the run
+    folder's manifest.json before its load failed."""
+    from ptq_bench.cli import main
+
+    path = hub_recipe(tmp_path, "org/absent", data_dir, monkeypatch)
+    assert main([command, str(path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == (f"ptq-bench: error: models.m.source: hub id 'org/absent' is not in the local hub cache ({hub}) and "
+                   "HF_HUB_OFFLINE is set; download it first (hf download org/absent) or unset HF_HUB_OFFLINE")
+    assert not (tmp_path / "out").exists() and not (tmp_path / "cache").exists()
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)  # where it could be downloaded, validate leaves it to the run
+    if command == "validate":
+        assert main([command, str(path)]) == 0
