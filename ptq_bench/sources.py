@@ -305,25 +305,56 @@ def _inspect_packaged(name: str, pkg: Packaged, key: str) -> SourceInfo:
 
 
 def _inspect_hub(source: str, key: str) -> SourceInfo:
-    """A hub id: the cached snapshot when the local hub cache has it, else an unreadable description."""
-    from huggingface_hub import try_to_load_from_cache
-
-    cached = try_to_load_from_cache(source, "config.json")
-    if isinstance(cached, str):
-        return _inspect_dir(source, Path(cached).parent, key, form="hub")
+    """A hub id: the cached snapshot when the local hub cache has it whole, else an unreadable description."""
+    snapshot, why = hub_snapshot(source)
+    if snapshot is not None:
+        return _inspect_dir(source, snapshot, key, form="hub")
     return SourceInfo(source, "hub", None, None, None, None, None, None, True,
-                      note=f"hub id {short(source)} is not in the local hub cache: validate cannot read it offline "
+                      note=f"hub id {short(source)} is {why}: validate cannot read it offline "
                            "(family, kind and context are unchecked); it is downloaded at run time")
 
 
+WEIGHT_INDEXES = (SAFETENSORS_INDEX, "pytorch_model.bin.index.json")  # what transformers loads, safetensors first
+WEIGHT_FILES = (SAFETENSORS_FILE, "pytorch_model.bin")
+
+
+def hub_snapshot(source: str) -> tuple[Path | None, str]:
+    """(the snapshot folder refs/main names in the local hub cache, "") when it holds config.json and its weights,
+    else (None, why not). A snapshot of only config and tokenizer files (what `AutoConfig` or `AutoTokenizer`
+    cache) or one cut short is not a checkpoint: transformers would refuse the folder, never download the rest."""
+    from huggingface_hub import constants, try_to_load_from_cache
+
+    cached = try_to_load_from_cache(source, "config.json")
+    if not isinstance(cached, str):
+        return None, f"not in the local hub cache ({constants.HF_HUB_CACHE})"
+    folder = Path(cached).parent
+    lacks = _missing_weights(folder)
+    return (None, f"not whole in the local hub cache (snapshot {folder.name[:12]} lacks {lacks})") if lacks else (folder, "")
+
+
+def _missing_weights(folder: Path) -> str:
+    """What the checkpoint folder lacks of its weights ("" if nothing): a file, or a shard its index names."""
+    for index in WEIGHT_INDEXES:
+        if (folder / index).is_file():
+            try:
+                shards = sorted(set(json.loads((folder / index).read_text(encoding="utf-8"))["weight_map"].values()))
+            except (OSError, ValueError, KeyError, TypeError, AttributeError):
+                return f"a readable {index}"
+            gone = [f for f in shards if not (folder / f).is_file()]
+            return f"{len(gone)} of the {len(shards)} shards {index} names (first: {gone[0]})" if gone else ""
+    if any((folder / f).is_file() for f in WEIGHT_FILES):
+        return ""
+    return f"its weights ({', '.join(WEIGHT_FILES)} or a shard index)"
+
+
 def refuse_offline(info: SourceInfo, key: str) -> None:
-    """A hub id not in the local cache can only be downloaded; under HF_HUB_OFFLINE nothing downloads it, and
-    the run would stop at its load, after its run folder was written."""
+    """A hub id not (whole) in the local cache can only be downloaded; under HF_HUB_OFFLINE nothing downloads
+    it, and the run would stop at its load, after its run folder was written."""
     from huggingface_hub import constants
 
     if info.form == "hub" and info.path is None and constants.HF_HUB_OFFLINE:
-        raise RecipeError(f"{key}: hub id {short(info.source)} is not in the local hub cache ({constants.HF_HUB_CACHE}) "
-                          f"and HF_HUB_OFFLINE is set; download it first (hf download {info.source}) or unset HF_HUB_OFFLINE")
+        raise RecipeError(f"{key}: hub id {short(info.source)} is {hub_snapshot(info.source)[1]} and HF_HUB_OFFLINE "
+                          f"is set; download it first (hf download {info.source}) or unset HF_HUB_OFFLINE")
 
 
 # ----------------------------------------------------------------------------------------------

@@ -12,7 +12,8 @@ import pytest
 from huggingface_hub import constants, snapshot_download
 from tiny_families import save_tiny
 
-from ptq_bench.sources import inspect_source
+from ptq_bench.errors import RecipeError
+from ptq_bench.sources import inspect_source, refuse_offline
 
 
 def cache_snapshot(cache: Path, repo: str, folder: Path, commit: str) -> Path:
@@ -41,8 +42,14 @@ def hub(tmp_path, monkeypatch) -> Path:
     return cache
 
 
-def tiny_repo(tmp_path: Path, seed: int = 0, drop: tuple[str, ...] = ()) -> Path:
-    folder = save_tiny("llama", tmp_path / f"llama-{seed}", seed=seed)
+def tiny_repo(tmp_path: Path, seed: int = 0, drop: tuple[str, ...] = (), shard: str | None = None) -> Path:
+    folder = tmp_path / f"llama-{seed}"
+    if shard:
+        from tiny_families import tiny_model
+
+        tiny_model("llama", 512, seed).save_pretrained(folder, max_shard_size=shard)
+    else:
+        save_tiny("llama", folder, seed=seed)
     (folder / "tokenizer.json").write_text("{}")  # inspection reads only that a tokenizer is there
     for name in drop:
         (folder / name).unlink()
@@ -89,3 +96,27 @@ def test_an_uncached_hub_id_offline_is_one_line_and_writes_nothing(hub, tmp_path
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)  # where it could be downloaded, validate leaves it to the run
     if command == "validate":
         assert main([command, str(path)]) == 0
+
+
+@pytest.mark.parametrize("sharded", [False, True])
+def test_a_snapshot_without_all_its_weights_is_not_taken_for_the_checkpoint(hub, tmp_path, monkeypatch, sharded):
+    """What AutoConfig / AutoTokenizer cache (config and tokenizer only), or a sharded download cut short: the
+    snapshot was loaded as the checkpoint, so a run failed at the load even with a network, never downloading
+    the rest (and offline, validate said OK and run wrote its run folder first)."""
+    folder = tiny_repo(tmp_path, shard="30KB" if sharded else None)
+    shards = sorted(f.name for f in folder.glob("model-*.safetensors"))
+    assert len(shards) > 2 if sharded else shards == []
+    snap = cache_snapshot(hub, "org/part", folder, "b" * 40)
+    (snap / (shards[1] if sharded else "model.safetensors")).unlink()
+    lacks = f"1 of the {len(shards)} shards model.safetensors.index.json names" if sharded else "its weights"
+    with pytest.raises(RecipeError, match=rf"hub id 'org/part' is not whole in the local hub cache \(snapshot "
+                                          rf"bbbbbbbbbbbb lacks {lacks}.* HF_HUB_OFFLINE is set"):
+        refuse_offline(inspect_source("org/part"), "models.m.source")
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    info = inspect_source("org/part")
+    assert (info.form, info.path) == ("hub", None) and "downloaded at run time" in info.note  # left to the download
+
+
+def test_a_whole_sharded_snapshot_resolves(hub, tmp_path):
+    snap = cache_snapshot(hub, "org/shards", tiny_repo(tmp_path, shard="30KB"), "c" * 40)
+    assert inspect_source("org/shards").path == str(snap)
