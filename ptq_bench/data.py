@@ -151,7 +151,7 @@ def file_state(path: Path) -> tuple[str, int, int]:
 def file_digest(path: Path) -> str:
     """`file_sha256`, read once per process while the file's size and mtime stay: a `source:` checkpoint
     is hashed for its model key (`sources.content_hash`) and again for the run folder's record of it
-    (`sweep.check_sources`), and its weights may be gigabytes."""
+    (`source_record.check_sources`), and its weights may be gigabytes."""
     key = file_state(path)
     if key not in _DIGESTS:
         _DIGESTS[key] = file_sha256(path)

@@ -283,6 +283,7 @@ MANIFEST_FIELDS: dict[str, tuple[str, Callable[[Any], bool]]] = {
     "eval": ("an object whose 'by_tokenizer' is an object of objects", lambda v: isinstance(v, dict) and isinstance(
         v.get("by_tokenizer", {}), dict) and all(isinstance(p, dict) for p in v.get("by_tokenizer", {}).values())),
     "recipe": ("an object", lambda v: isinstance(v, dict)),
+    "source_snapshots": ("an object of commit strings", _str_map),
 }
 
 

@@ -21,7 +21,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from ptq_bench.cache import first_difference, folder_digests, scratch_folder
+from ptq_bench.cache import scratch_folder
 from ptq_bench.cells import refuse_loaded
 from ptq_bench.console import bar_disable, log, quiet_lm_eval
 from ptq_bench.curves import mend_curves, save_curve
@@ -50,8 +50,9 @@ from ptq_bench.prepare import (
     pick_device,
 )
 from ptq_bench.quant.configs import setting_label
-from ptq_bench.recipe import Cell, Recipe, calib_seed, expand_cells, required_data_files, source_info, to_dict
+from ptq_bench.recipe import Cell, Recipe, calib_seed, expand_cells, required_data_files, to_dict
 from ptq_bench.results import Row, append_row, close_run, open_run, write_manifest
+from ptq_bench.source_record import check_sources
 from ptq_bench.tokens import cached_array, calibration_windows, encode_stream
 
 # ----------------------------------------------------------------------------------------------
@@ -76,27 +77,6 @@ def data_hashes(data_dir: Path, recipe: Recipe) -> dict[str, str]:
     """sha256 of every data file the recipe reads (`paths.check_data` checked them before the run began)."""
     # file_digest: each file is read once; the token arrays are named by the same digests (`tokens.cached_array`)
     return {f: file_digest(data_file(data_dir, f)) for f in required_data_files(recipe)}
-
-
-def check_sources(recipe: Recipe, manifest: dict[str, Any], rows: list[Row]) -> None:
-    """Record each `source:` checkpoint's file digests (its resolved folder or file: a `~` path, a cached
-    hub snapshot, a GGUF). A model with stored rows whose checkpoint changed since is an error: those rows
-    came from the old files, and a user's checkpoint cannot be rebuilt. A model without rows (a first run
-    refused or stopped before its base row) records the files as they are now."""
-    known = manifest.setdefault("sources", {})
-    stored = {row.model for row in rows}
-    for name, spec in recipe.models.items():
-        path = None if spec.source is None else source_info(recipe, name).path
-        if path is None:  # trained here, or a hub id not downloaded yet
-            continue
-        path = Path(path)
-        have = folder_digests(path, file_digest) if path.is_dir() else {path.name: file_digest(path)}
-        diff = first_difference(known[name], have) if name in known and name in stored else None
-        if diff is not None:
-            where = path / diff.split(" ")[0] if path.is_dir() else path
-            raise PtqBenchError(f"models.{name}.source: {where} changed since this run folder's rows of "
-                                f"'{name}' were computed ({diff}); restore it or set a different output_dir")
-        known[name] = have
 
 
 # ----------------------------------------------------------------------------------------------

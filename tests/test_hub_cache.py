@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -120,3 +121,47 @@ def test_a_snapshot_without_all_its_weights_is_not_taken_for_the_checkpoint(hub,
 def test_a_whole_sharded_snapshot_resolves(hub, tmp_path):
     snap = cache_snapshot(hub, "org/shards", tiny_repo(tmp_path, shard="30KB"), "c" * 40)
     assert inspect_source("org/shards").path == str(snap)
+
+
+@pytest.fixture(scope="module")
+def tokenizer_dir(tmp_path_factory, data_dir) -> Path:
+    from ptq_bench.data import train_documents
+    from ptq_bench.tokenizer import save_tokenizer, train_tokenizer
+
+    out = tmp_path_factory.mktemp("tok")
+    save_tokenizer(train_tokenizer(train_documents(data_dir), 384, 300_000), out)
+    return out
+
+
+def test_a_run_records_the_snapshot_and_refuses_another_one_of_the_same_id(hub, tmp_path, tokenizer_dir, data_dir,
+                                                                           monkeypatch, capsys):
+    """The manifest named the id and the files' digests, never which revision (commit) the rows came from;
+    when refs/main moved to another snapshot, the refusal blamed an edited file of the new snapshot."""
+    import json
+
+    from transformers import AutoTokenizer
+
+    from ptq_bench.cli import main
+    from ptq_bench.results import load_rows
+
+    vocab = len(AutoTokenizer.from_pretrained(str(tokenizer_dir)))
+    for seed in (0, 1):
+        folder = save_tiny("llama", tmp_path / f"m{seed}", vocab_size=vocab, seed=seed)
+        for f in tokenizer_dir.iterdir():
+            shutil.copy(f, folder / f.name)
+    cache_snapshot(hub, "org/tiny", tmp_path / "m0", "a" * 40)
+    path = hub_recipe(tmp_path, "org/tiny", data_dir, monkeypatch)
+    assert main(["run", str(path)]) == 0
+    out = tmp_path / "out"
+    assert json.loads((out / "manifest.json").read_text())["source_snapshots"] == {"m": "a" * 40}
+    before = {f: (out / f).read_bytes() for f in ("manifest.json", "results.jsonl")}
+    cache_snapshot(hub, "org/tiny", tmp_path / "m1", "b" * 40)  # a second snapshot of the id: refs/main moves to it
+    capsys.readouterr()
+    assert main(["run", str(path)]) == 2
+    assert capsys.readouterr().err.strip() == (
+        "ptq-bench: error: models.m.source: hub id 'org/tiny' now reads snapshot bbbbbbbbbbbb from the local hub cache, "
+        "but this run folder's rows of 'm' came from snapshot aaaaaaaaaaaa; set a different output_dir")
+    assert {f: (out / f).read_bytes() for f in before} == before
+    assert [r.label for r in load_rows(out, strict=True)] == ["none", "absmax W8A16"]
+    (hub / "models--org--tiny" / "refs" / "main").write_text("a" * 40)  # back to the first snapshot: its rows resume
+    assert main(["run", str(path)]) == 0
