@@ -33,6 +33,8 @@ def _run(args: argparse.Namespace) -> int:
 
     flags = {k: v for k, v in (("kind", args.executor), ("address", args.address)) if v is not None}
     recipe = load_recipe(args.recipe, executor=flags)  # the flags replace the recipe's executor keys
+    if _download_hub_sources(recipe):  # then checked as validate checks a cached one, before anything is written
+        recipe = load_recipe(args.recipe, executor=flags)
     if args.output_dir is not None:
         import dataclasses
 
@@ -53,6 +55,20 @@ def _run(args: argparse.Namespace) -> int:
         raise Interrupted(f"interrupted while writing the tables; every cell is stored in {out}: "
                           f"`ptq-bench report {out}` writes them") from None
     return 0
+
+
+def _download_hub_sources(recipe: Any) -> bool:
+    """Download each hub id not (whole) in the local hub cache into it; whether there was one. Read from the
+    cache, its model key, checks and run folder record follow the snapshot's files and commit; loaded as it
+    was downloaded, its key was the id alone (rows and cached references shared by every revision)."""
+    from ptq_bench.recipe import source_info
+    from ptq_bench.sources import download_hub
+
+    infos = {n: source_info(recipe, n) for n, spec in recipe.models.items() if spec.source is not None}
+    todo = [(n, i.source) for n, i in infos.items() if i.form == "hub" and i.path is None]
+    for name, source in todo:
+        download_hub(source, f"models.{name}.source")
+    return bool(todo)
 
 
 def _estimate(args: argparse.Namespace) -> int:

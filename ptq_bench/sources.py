@@ -347,6 +347,23 @@ def _missing_weights(folder: Path) -> str:
     return f"its weights ({', '.join(WEIGHT_FILES)} or a shard index)"
 
 
+HUB_FILES = ["*.json", "*.safetensors", "*.model", "*.txt", "*.tiktoken"]  # config, weights, tokenizer: no code
+
+
+def download_hub(source: str, key: str) -> None:
+    """Fetch hub id `source`'s config, safetensors weights and tokenizer into the local hub cache; one line if it
+    cannot (no network, no such repository, gated). A repository of .bin weights only stays unwhole: loading
+    it downloads them."""
+    from huggingface_hub import snapshot_download
+
+    from ptq_bench.errors import first_line
+
+    try:
+        snapshot_download(source, allow_patterns=HUB_FILES)
+    except Exception as e:  # huggingface_hub's and requests' errors share no base class
+        raise RecipeError(f"{key}: cannot download hub id {short(source)}: {first_line(e, type(e).__name__)[:200]}") from None
+
+
 def refuse_offline(info: SourceInfo, key: str) -> None:
     """A hub id not (whole) in the local cache can only be downloaded; under HF_HUB_OFFLINE nothing downloads
     it, and the run would stop at its load, after its run folder was written."""

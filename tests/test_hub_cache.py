@@ -165,3 +165,41 @@ def test_a_run_records_the_snapshot_and_refuses_another_one_of_the_same_id(hub, 
     assert [r.label for r in load_rows(out, strict=True)] == ["none", "absmax W8A16"]
     (hub / "models--org--tiny" / "refs" / "main").write_text("a" * 40)  # back to the first snapshot: its rows resume
     assert main(["run", str(path)]) == 0
+
+
+def test_a_hub_id_downloaded_at_run_time_is_keyed_and_recorded_by_its_snapshot(hub, tmp_path, tokenizer_dir, data_dir,
+                                                                                monkeypatch, capsys):
+    """Loaded as transformers downloaded it, an uncached hub id was keyed by the id alone: its rows (and cached
+    KLD references) stood for any revision, the manifest recorded no files or commit, and the next run, reading
+    the now cached snapshot under its content key, computed every cell again beside the old rows. The download
+    is a stand-in here (no network): it writes the snapshot into the hub cache as huggingface_hub does."""
+    import json
+
+    import huggingface_hub
+    from transformers import AutoTokenizer
+
+    from ptq_bench.cli import main
+    from ptq_bench.results import load_rows
+
+    folder = save_tiny("llama", tmp_path / "m", vocab_size=len(AutoTokenizer.from_pretrained(str(tokenizer_dir))))
+    for f in tokenizer_dir.iterdir():
+        shutil.copy(f, folder / f.name)
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    path = hub_recipe(tmp_path, "org/later", data_dir, monkeypatch)
+
+    def unreachable(repo_id, **_kw):
+        raise ConnectionError("[Errno -2] Name or service not known")
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", unreachable)
+    capsys.readouterr()
+    assert main(["run", str(path)]) == 2
+    assert capsys.readouterr().err.strip() == ("ptq-bench: error: models.m.source: cannot download hub id 'org/later': "
+                                               "[Errno -2] Name or service not known")
+    assert not (tmp_path / "out").exists()
+    monkeypatch.setattr(huggingface_hub, "snapshot_download",
+                        lambda repo_id, **_kw: str(cache_snapshot(hub, repo_id, folder, "d" * 40)))
+    assert main(["run", str(path)]) == 0
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    assert manifest["source_snapshots"] == {"m": "d" * 40} and "model.safetensors" in manifest["sources"]["m"]
+    assert main(["run", str(path)]) == 0  # now read from the cache: nothing to compute again
+    assert [r.label for r in load_rows(tmp_path / "out", strict=True)] == ["none", "absmax W8A16"]

@@ -171,6 +171,7 @@ def test_an_uncached_hub_id_is_refused_when_loaded_before_its_base_row(tmp_path,
 
     monkeypatch.setattr(sources, "load_source", hub_load)
     monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", False)  # the stand-in is the download
+    monkeypatch.setattr("huggingface_hub.snapshot_download", lambda repo_id, **_kw: None)  # as of .bin-only weights
     path = recipe(tmp_path, {"m": {"source": "org/not-cached"}}, [{"method": method, "w_bits": 4, "group_size": 32}])
     assert main(["validate", str(path)]) == 0
     capsys.readouterr()
