@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import copy
 import json
+import pickle
 from pathlib import Path
 from typing import Any
 
@@ -101,6 +102,9 @@ def _load_pretrained(info: SourceInfo) -> tuple[Any, str]:
         kind = kind_of(config, "source", name)
     try:
         model, loading = AutoModelForCausalLM.from_pretrained(name, output_loading_info=True)
+    except pickle.UnpicklingError:  # torch.load(weights_only=True); its message ends advising weights_only=False
+        raise RecipeError(f"source '{info.source}': its .bin weights hold pickled objects other than tensors, which "
+                          "are never unpickled (weights_only=True); use a safetensors checkpoint") from None
     except (OSError, RuntimeError, ImportError) as e:  # RuntimeError: transformers 5 on tensors of another shape than
         raise _load_error(info, e) from None  # config.json; ImportError: a package the model needs, not installed
     _refuse_incomplete(info, loading)

@@ -203,3 +203,25 @@ def test_a_hub_id_downloaded_at_run_time_is_keyed_and_recorded_by_its_snapshot(h
     assert manifest["source_snapshots"] == {"m": "d" * 40} and "model.safetensors" in manifest["sources"]["m"]
     assert main(["run", str(path)]) == 0  # now read from the cache: nothing to compute again
     assert [r.label for r in load_rows(tmp_path / "out", strict=True)] == ["none", "absmax W8A16"]
+
+
+def test_a_bin_checkpoint_with_pickled_code_is_refused_without_running_it(tmp_path):
+    """transformers reads .bin weights with torch.load(weights_only=True), which refuses the pickle; its message,
+    cut to one line, ended advising `weights_only` set to False."""
+    import pickle
+
+    from ptq_bench.source_load import load_source
+
+    folder = tiny_repo(tmp_path, drop=("model.safetensors",))
+    marker = tmp_path / "ran"
+
+    class Planted:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    (folder / "pytorch_model.bin").write_bytes(pickle.dumps({"model.embed_tokens.weight": Planted()}))
+    with pytest.raises(RecipeError) as e:
+        load_source(inspect_source(str(folder)), tokenizer=False)
+    assert str(e.value) == (f"source '{folder}': its .bin weights hold pickled objects other than tensors, which are "
+                            "never unpickled (weights_only=True); use a safetensors checkpoint")
+    assert not marker.exists()
