@@ -120,8 +120,7 @@ class QuantSpec:
     """One quantize entry. `params` holds the method's own config keys (w_bits, a_bits, ...).
 
     List values of w_bits / a_bits sweep: a list of w_bits with a scalar a_bits gives one cell per
-    w_bits; two lists of equal length are zipped (w_bits: [8, 4, 1], a_bits: [8, 4, 8] = W8A8, W4A4, W1A8).
-    """
+    w_bits; two lists of equal length are zipped (w_bits: [8, 4, 1], a_bits: [8, 4, 8] = W8A8, W4A4, W1A8)."""
 
     method: str
     models: list[str] | None = None  # models it applies to (None = every default PTQ target, kinds.py)
@@ -281,9 +280,8 @@ def load_recipe(path: str | Path, executor: dict[str, str] | None = None) -> Rec
 
 
 def _refuse_paths_read_as_hub_ids(recipe: Recipe, recipe_dir: Path) -> None:
-    """A relative `source:` path is read from the current folder; from another folder, `ckpt/model` would be
-    taken for a hub id and downloaded (another model, or none) although the recipe's folder holds it. A hub id
-    that nothing can download (not cached, HF_HUB_OFFLINE set) is refused too."""
+    """A relative `source:` path is read from the current folder (elsewhere `ckpt/model` beside the recipe would be
+    taken for a hub id); a hub id nothing can download (not cached, HF_HUB_OFFLINE set) is refused too."""
     for name, spec in recipe.models.items():
         info = None if spec.source is None else source_info(recipe, name)
         if info is None or info.form != "hub":
