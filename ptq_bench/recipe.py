@@ -164,9 +164,8 @@ class Recipe:
     output_dir: str | None = bound(None, nonblank=True)  # results folder (default runs/<name>)
     cache_dir: str = bound(".ptq_cache", nonblank=True)  # trained models, tokenizers, token streams, calibration windows
     device: str = bound("auto", choices=DEVICES)  # auto: cuda when torch sees a GPU, else cpu
-    # the dtype models are quantized and evaluated in: auto keeps each model's own (trained here: float32,
-    # trained under bf16 autocast on CUDA; a checkpoint: its stored dtype; a GGUF: dequantized float32);
-    # float32 / bfloat16 / float16 cast every model after loading (rotary frequencies stay float32)
+    # the dtype models are quantized and evaluated in: auto keeps each model's own (trained here: float32, bf16
+    # autocast on CUDA; checkpoint: its stored dtype; GGUF: float32); others cast after loading (RoPE stays float32)
     dtype: str = bound("auto", choices=DTYPES)
     tokenizer: TokenizerSpec = field(default_factory=TokenizerSpec)
     arch: ArchConfig = field(default_factory=ArchConfig)
@@ -259,13 +258,14 @@ def _parse_quant(raw: Any, i: int) -> QuantSpec:
 
 def load_recipe(path: str | Path, executor: dict[str, str] | None = None) -> Recipe:
     """Read and check a recipe file (no writes); `executor`: `run`'s --executor / --address over its section."""
-    path = Path(path)
-    raw = _read_yaml(path)
+    path, raw = Path(path), _read_yaml(Path(path))
     if not isinstance(raw, dict):
         raise RecipeError(f"{short(str(path), 120)[1:-1]}: a recipe is a YAML mapping")
     raw = dict(raw)
     if executor and isinstance(raw.get("executor") or {}, dict):  # a section of another type is refused below
         raw["executor"] = {**(raw.get("executor") or {}), **executor}
+        if "address" in executor and raw["executor"].get("kind", "local") != "ray":
+            raise RecipeError("--address: a Ray cluster address needs --executor ray (or executor.kind: ray)")
     quant_raw = raw.pop("quantize", None)
     quant_raw = [] if quant_raw is None else quant_raw  # `quantize:` left empty; {} or false is not a list
     if not isinstance(quant_raw, list):
