@@ -1,0 +1,31 @@
+"""Damaged or odd `source:` checkpoints are one line naming the file and what is wrong, before any row: a
+config.json size that is not a positive integer (at validate), a safetensors header naming an integer dtype
+for a float tensor, a tokenizer with more tokens than the embedding or with neither eos nor bos."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import struct
+from pathlib import Path
+
+import pytest
+from tiny_families import save_tiny
+
+from ptq_bench.errors import RecipeError
+from ptq_bench.source_load import load_source
+from ptq_bench.sources import inspect_source
+
+
+def _edit_config(folder: Path, **values) -> None:
+    config = json.loads((folder / "config.json").read_text())
+    config.update(values)
+    (folder / "config.json").write_text(json.dumps(config))
+
+
+@pytest.mark.parametrize(("key", "value"), [("num_hidden_layers", 0), ("hidden_size", "64"), ("vocab_size", -1)])
+def test_config_sizes_that_are_not_positive_integers_are_refused_at_validate(tmp_path, key, value):
+    folder = save_tiny("mistral", tmp_path / "m")
+    _edit_config(folder, **{key: value})
+    with pytest.raises(RecipeError, match=f"config.json: {key} is {value!r}, not a positive integer"):
+        inspect_source(str(folder))
