@@ -108,6 +108,7 @@ def _load_pretrained(info: SourceInfo) -> tuple[Any, str]:
     except (OSError, RuntimeError, ImportError) as e:  # RuntimeError: transformers 5 on tensors of another shape than
         raise _load_error(info, e) from None  # config.json; ImportError: a package the model needs, not installed
     _refuse_incomplete(info, loading)
+    _refuse_integer_stored(info, model)
     return model, kind
 
 
@@ -144,6 +145,21 @@ def _refuse_non_finite(info: SourceInfo, model: Any) -> None:
             bad = int((~torch.isfinite(p)).sum())
             raise RecipeError(f"source '{info.source}': {name} holds {bad} NaN or inf values of {p.numel()} (a "
                               "checkpoint that overflowed or diverged?); only finite models are evaluated")
+
+
+def _refuse_integer_stored(info: SourceInfo, model: Any) -> None:
+    """A float parameter stored as integers (a safetensors header naming I32 for F32 bytes): from_pretrained casts the
+    integers to float and the rows are computed from garbage (offload refuses it in `lazy._check_stored`)."""
+    from safetensors import safe_open
+
+    params = {n: p for n, p in model.state_dict().items() if p.is_floating_point()}
+    for file in sorted(Path(info.path).glob("*.safetensors")) if info.path else ():
+        with safe_open(str(file), "pt") as f:
+            for key in f.keys():
+                stored = f.get_slice(key).get_dtype()
+                if key in params and not stored.startswith(("F", "BF")):
+                    raise RecipeError(f"source '{info.source}': {file.name}: tensor {key} is stored as {stored}, the "
+                                      f"model's is {params[key].dtype}: a damaged header? re-save the checkpoint")
 
 
 def _load_gguf(file: Path, info: SourceInfo) -> Any:

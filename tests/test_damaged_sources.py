@@ -5,7 +5,6 @@ for a float tensor, a tokenizer with more tokens than the embedding or with neit
 from __future__ import annotations
 
 import json
-import shutil
 import struct
 from pathlib import Path
 
@@ -29,3 +28,22 @@ def test_config_sizes_that_are_not_positive_integers_are_refused_at_validate(tmp
     _edit_config(folder, **{key: value})
     with pytest.raises(RecipeError, match=f"config.json: {key} is {value!r}, not a positive integer"):
         inspect_source(str(folder))
+
+
+def _retype(file: Path, tensor: str, dtype: str) -> None:
+    """Edit a safetensors header in place: `tensor` declared as `dtype` (same width), its bytes untouched."""
+    data = file.read_bytes()
+    n = struct.unpack("<Q", data[:8])[0]
+    header = json.loads(data[8:8 + n])
+    header[tensor]["dtype"] = dtype
+    raw = json.dumps(header).encode()
+    raw += b" " * (-len(raw) % 8)
+    file.write_bytes(struct.pack("<Q", len(raw)) + raw + data[8 + n:])
+
+
+def test_a_float_tensor_declared_integer_in_the_header_is_refused(tmp_path):
+    folder = save_tiny("mistral", tmp_path / "m")
+    _retype(folder / "model.safetensors", "model.layers.0.self_attn.q_proj.weight", "I32")
+    with pytest.raises(RecipeError, match="model.safetensors: tensor model.layers.0.self_attn.q_proj.weight is stored "
+                                          "as I32"):
+        load_source(inspect_source(str(folder)), tokenizer=False)
