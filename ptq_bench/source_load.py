@@ -38,6 +38,7 @@ def load_source(info: SourceInfo, device: str = "cpu", *, tokenizer: bool = True
         model, kind = _load_pretrained(info)
     _refuse_non_finite(info, model)
     tok = _load_tokenizer(info) if tokenizer and info.has_tokenizer else None
+    _refuse_tokenizer(info, model, tok)
     unfuse_experts(model)  # a mixture of experts: one linear pair per expert, for every cell alike
     return model.to(device).eval(), tok, kind
 
@@ -160,6 +161,21 @@ def _refuse_integer_stored(info: SourceInfo, model: Any) -> None:
                 if key in params and not stored.startswith(("F", "BF")):
                     raise RecipeError(f"source '{info.source}': {file.name}: tensor {key} is stored as {stored}, the "
                                       f"model's is {params[key].dtype}: a damaged header? re-save the checkpoint")
+
+
+def _refuse_tokenizer(info: SourceInfo, model: Any, tok: Any) -> None:
+    """A tokenizer the model cannot use: ids past its embedding (an IndexError mid-evaluation), or neither an eos
+    nor a bos token (lm-eval's prefix token for loglikelihood requests; a TypeError mid-run)."""
+    if tok is None:
+        return
+    rows = model.get_input_embeddings().num_embeddings  # added tokens past it (a GGUF's pad) are never fed
+    used = max([tok.vocab_size] + [i + 1 for i in (tok.eos_token_id, tok.bos_token_id) if i is not None])
+    if used > rows:
+        raise RecipeError(f"source '{info.source}': its tokenizer has {used} tokens, the model's embedding "
+                          f"{rows} rows (config.json vocab_size or tokenizer files from another model?)")
+    if tok.eos_token_id is None and tok.bos_token_id is None:
+        raise RecipeError(f"source '{info.source}': its tokenizer names neither an eos nor a bos token "
+                          "(tokenizer_config.json), one of which lm-eval puts before every request")
 
 
 def _load_gguf(file: Path, info: SourceInfo) -> Any:

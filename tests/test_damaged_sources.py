@@ -5,6 +5,7 @@ for a float tensor, a tokenizer with more tokens than the embedding or with neit
 from __future__ import annotations
 
 import json
+import shutil
 import struct
 from pathlib import Path
 
@@ -47,3 +48,36 @@ def test_a_float_tensor_declared_integer_in_the_header_is_refused(tmp_path):
     with pytest.raises(RecipeError, match="model.safetensors: tensor model.layers.0.self_attn.q_proj.weight is stored "
                                           "as I32"):
         load_source(inspect_source(str(folder)), tokenizer=False)
+
+
+@pytest.fixture(scope="module")
+def tokenizer_dir(tmp_path_factory, data_dir) -> Path:
+    from ptq_bench.data import train_documents
+    from ptq_bench.tokenizer import save_tokenizer, train_tokenizer
+
+    out = tmp_path_factory.mktemp("tok")
+    save_tokenizer(train_tokenizer(train_documents(data_dir), 384, 300_000), out)
+    return out
+
+
+def _with_tokenizer(tmp_path: Path, tokenizer_dir: Path, vocab_size: int) -> Path:
+    folder = save_tiny("mistral", tmp_path / "m", vocab_size=vocab_size)
+    for f in tokenizer_dir.iterdir():
+        shutil.copy(f, folder / f.name)
+    return folder
+
+
+def test_a_tokenizer_larger_than_the_embedding_is_refused(tmp_path, tokenizer_dir):
+    folder = _with_tokenizer(tmp_path, tokenizer_dir, 300)  # the tokenizer has 384 tokens
+    with pytest.raises(RecipeError, match="its tokenizer has 384 tokens, the model's embedding 300 rows"):
+        load_source(inspect_source(str(folder)))
+
+
+def test_a_tokenizer_with_neither_eos_nor_bos_is_refused(tmp_path, tokenizer_dir):
+    folder = _with_tokenizer(tmp_path, tokenizer_dir, 384)
+    config = json.loads((folder / "tokenizer_config.json").read_text())
+    for key in ("eos_token", "bos_token"):
+        config.pop(key, None)
+    (folder / "tokenizer_config.json").write_text(json.dumps(config))
+    with pytest.raises(RecipeError, match="its tokenizer names neither an eos nor a bos token"):
+        load_source(inspect_source(str(folder)))
