@@ -150,17 +150,30 @@ def _refuse_non_finite(info: SourceInfo, model: Any) -> None:
 
 def _refuse_integer_stored(info: SourceInfo, model: Any) -> None:
     """A float parameter stored as integers (a safetensors header naming I32 for F32 bytes): from_pretrained casts the
-    integers to float and the rows are computed from garbage (offload refuses it in `lazy._check_stored`)."""
+    integers to float and the rows are computed from garbage (offload refuses it in `lazy._check_stored`). And a
+    tensor in two shards: from_pretrained took the one its index does not name, offload the other."""
     from safetensors import safe_open
 
-    params = {n: p for n, p in model.state_dict().items() if p.is_floating_point()}
-    for file in sorted(Path(info.path).glob("*.safetensors")) if info.path else ():
+    params, seen = {n: p for n, p in model.state_dict().items() if p.is_floating_point()}, {}
+    for file in _stored_files(Path(info.path)) if info.path else ():
         with safe_open(str(file), "pt") as f:
             for key in f.keys():
                 stored = f.get_slice(key).get_dtype()
                 if key in params and not stored.startswith(("F", "BF")):
                     raise RecipeError(f"source '{info.source}': {file.name}: tensor {key} is stored as {stored}, the "
                                       f"model's is {params[key].dtype}: a damaged header? re-save the checkpoint")
+                if key in seen:
+                    raise RecipeError(f"source '{info.source}': tensor {key} is stored in both {seen[key].name} and "
+                                      f"{file.name}; which one is the model's is not clear: re-save the checkpoint")
+                seen[key] = file
+
+
+def _stored_files(folder: Path) -> list[Path]:
+    """The safetensors files from_pretrained reads: model.safetensors where there is one, else the index's shards."""
+    single, index = folder / "model.safetensors", folder / "model.safetensors.index.json"
+    if single.is_file() or not index.is_file():
+        return [single] if single.is_file() else []
+    return sorted({folder / f for f in json.loads(index.read_text())["weight_map"].values()})
 
 
 def _refuse_tokenizer(info: SourceInfo, model: Any, tok: Any) -> None:

@@ -81,3 +81,19 @@ def test_a_tokenizer_with_neither_eos_nor_bos_is_refused(tmp_path, tokenizer_dir
     (folder / "tokenizer_config.json").write_text(json.dumps(config))
     with pytest.raises(RecipeError, match="its tokenizer names neither an eos nor a bos token"):
         load_source(inspect_source(str(folder)))
+
+
+def test_a_tensor_stored_in_two_shards_is_refused(tmp_path):
+    from safetensors.torch import load_file, save_file
+    from transformers import AutoModelForCausalLM
+
+    folder = tmp_path / "sharded"
+    AutoModelForCausalLM.from_pretrained(str(save_tiny("mistral", tmp_path / "m"))).save_pretrained(
+        folder, max_shard_size="200KB")
+    first, second = sorted(folder.glob("model-*.safetensors"))[:2]
+    one, two = load_file(first), load_file(second)
+    key = next(iter(one))
+    two[key] = one[key] * 0 + 7  # a stale copy: from_pretrained read this one, not the one the index names
+    save_file(two, second, metadata={"format": "pt"})
+    with pytest.raises(RecipeError, match=f"tensor {key} is stored in both {first.name} and {second.name}"):
+        load_source(inspect_source(str(folder)), tokenizer=False)
