@@ -43,8 +43,9 @@ def resolve_data_dir(recipe_value: str | os.PathLike | None = None) -> Path:
 
 def data_file(data_dir: Path, rel: str) -> Path:
     path = data_dir / rel
-    if not path.is_file():
-        raise DataError(f"data file not found: {path}")
+    if not path.is_file():  # a FIFO, or a link to nothing (a loop), was "not found"
+        what = "is not a regular file" if path.exists() else "is a link to nothing" if path.is_symlink() else "not found"
+        raise DataError(f"data file {what}: {path}")
     return path
 
 

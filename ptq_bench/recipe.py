@@ -225,7 +225,7 @@ def _read_yaml(path: Path) -> Any:
             hint = f": `ptq-bench report {where}` re-renders that results folder" if (path / "results.jsonl").is_file() else ""
             raise RecipeError(f"{where} is a folder, not a recipe file{hint}")
         if not path.is_file():
-            raise RecipeError(f"recipe file not found: {where}")
+            raise RecipeError(f"not a regular file: {where}" if path.exists() else f"recipe file not found: {where}")
         if path.stat().st_size > MAX_FILE_BYTES:
             raise RecipeError(f"{where}: larger than {MAX_FILE_BYTES} bytes; a recipe is a small text file")
         text = path.read_bytes().decode("utf-8")
