@@ -58,23 +58,40 @@ def read_gguf_metadata(path: Path) -> dict[str, Any]:
             raise ValueError(f"GGUF version {version} is not supported (2 or 3)")
         n_tensors, n_kv = struct.unpack_from(e + "QQ", mm, 8)
         off, out = 24, {}
-        for _ in range(n_kv):
-            name, off = _gguf_string(mm, off, e)
-            vtype = struct.unpack_from(e + "I", mm, off)[0]
-            out[name], off = _gguf_value(mm, off + 4, vtype, e)
-        out[TENSORS] = _tensor_names(mm, off, n_tensors, e)
+        try:
+            for _ in range(n_kv):
+                name, off = _gguf_string(mm, off, e)
+                vtype = struct.unpack_from(e + "I", mm, off)[0]
+                out[name], off = _gguf_value(mm, off + 4, vtype, e)
+            out[TENSORS] = _tensor_names(mm, off, n_tensors, e, int(out.get("general.alignment", 32)))
+        except struct.error:
+            raise ValueError(f"cut short inside its header ({len(mm)} bytes)") from None
     return out
 
 
-def _tensor_names(mm: mmap.mmap, off: int, n: int, e: str) -> tuple[str, ...]:
+def _tensor_names(mm: mmap.mmap, off: int, n: int, e: str, alignment: int) -> tuple[str, ...]:
     """The names in the tensor infos after the key/values: name, uint32 n_dims, n_dims uint64, uint32 type,
-    uint64 offset each."""
-    names = []
+    uint64 offset each. A file cut short (its last tensors' bytes missing) is a ValueError naming the first
+    tensor past its end: transformers' loader found it as a reshape error after the run folder was written."""
+    from gguf.constants import GGML_QUANT_SIZES
+
+    names, ends = [], []
     for _ in range(n):
         name, off = _gguf_string(mm, off, e)
         n_dims = struct.unpack_from(e + "I", mm, off)[0]
+        dims = struct.unpack_from(e + "Q" * n_dims, mm, off + 4)
+        ggml_type, start = struct.unpack_from(e + "IQ", mm, off + 4 + 8 * n_dims)
         off += 4 + 8 * n_dims + 4 + 8
+        block, size = GGML_QUANT_SIZES.get(ggml_type, (1, 0))  # an unknown type: left to the loader
+        elements = 1
+        for d in dims:
+            elements *= d
         names.append(name)
+        ends.append(start + elements // block * size)
+    data = off + (-off % alignment)
+    for name, end in zip(names, ends):
+        if data + end > len(mm):
+            raise ValueError(f"cut short: tensor {name} ends at byte {data + end}, the file has {len(mm)}")
     return tuple(names)
 
 

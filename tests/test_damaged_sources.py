@@ -97,3 +97,16 @@ def test_a_tensor_stored_in_two_shards_is_refused(tmp_path):
     save_file(two, second, metadata={"format": "pt"})
     with pytest.raises(RecipeError, match=f"tensor {key} is stored in both {first.name} and {second.name}"):
         load_source(inspect_source(str(folder)), tokenizer=False)
+
+
+@pytest.mark.parametrize(("keep", "says"), [(0.5, "cut short: tensor "), (2000, "cut short inside its header")])
+def test_a_gguf_cut_short_is_refused_at_validate(tmp_path, tokenizer_dir, keep, says):
+    from gguf_writer import gguf_model, write_gguf
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(tokenizer_dir))
+    file = write_gguf(gguf_model("llama", len(tok)), tok, tmp_path / "m.gguf", "llama")
+    data = file.read_bytes()
+    file.write_bytes(data[:int(len(data) * keep) if keep < 1 else keep])
+    with pytest.raises(RecipeError, match=f"cannot read GGUF metadata of {file}: {says}"):
+        inspect_source(str(file))
