@@ -222,24 +222,17 @@ def _text_decoder(config: dict) -> dict:
 
 def _inspect_hf(source: str, p: Path, key: str, form: str) -> SourceInfo:
     from ptq_bench.families import layout_problem
+    from ptq_bench.source_checks import check_checkpoint
 
     config = _text_decoder(_read_json(p / "config.json", key))
     model_type = checked_family(config.get("model_type"), key, p / "config.json")
     config = _with_defaults(config, model_type)
-    _check_sizes(config, key, p / "config.json")
+    check_checkpoint(config, p, key)
     kind = kind_of(config, key, p / "config.json")
     context = next((config[k] for k in CONTEXT_KEYS if k in config), None)  # BLOOM (ALiBi) names none
     tok = any((p / f).is_file() for f in TOKENIZER_FILES)
     return _info(source, form, p, model_type, kind, context, checkpoint_files(p), tok,
                  layout_problem=layout_problem(config), whole_rows=_whole_rows(config, model_type))
-
-
-def _check_sizes(config: dict, key: str, where: Path) -> None:
-    """Sizes transformers needs as positive ints ("64" was a traceback after the manifest, 0 layers a row)."""
-    for k in ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size", "vocab_size", "n_layer"):
-        v = config.get(k)  # Gemma 3n: a list, per layer
-        if v is not None and not all(type(x) is int and x > 0 for x in (v if isinstance(v, list) else [v])):
-            raise RecipeError(f"{key}: {where}: {k} is {config[k]!r}, not a positive integer")
 
 
 def _whole_rows(config: dict, model_type: str) -> tuple[str, int] | None:

@@ -31,20 +31,9 @@ def test_config_sizes_that_are_not_positive_integers_are_refused_at_validate(tmp
         inspect_source(str(folder))
 
 
-def _retype(file: Path, tensor: str, dtype: str) -> None:
-    """Edit a safetensors header in place: `tensor` declared as `dtype` (same width), its bytes untouched."""
-    data = file.read_bytes()
-    n = struct.unpack("<Q", data[:8])[0]
-    header = json.loads(data[8:8 + n])
-    header[tensor]["dtype"] = dtype
-    raw = json.dumps(header).encode()
-    raw += b" " * (-len(raw) % 8)
-    file.write_bytes(struct.pack("<Q", len(raw)) + raw + data[8 + n:])
-
-
 def test_a_float_tensor_declared_integer_in_the_header_is_refused(tmp_path):
     folder = save_tiny("mistral", tmp_path / "m")
-    _retype(folder / "model.safetensors", "model.layers.0.self_attn.q_proj.weight", "I32")
+    _lie(folder / "model.safetensors", "model.layers.0.self_attn.q_proj.weight", dtype="I32")
     with pytest.raises(RecipeError, match="model.safetensors: tensor model.layers.0.self_attn.q_proj.weight is stored "
                                           "as I32"):
         load_source(inspect_source(str(folder)), tokenizer=False)
@@ -110,3 +99,41 @@ def test_a_gguf_cut_short_is_refused_at_validate(tmp_path, tokenizer_dir, keep, 
     file.write_bytes(data[:int(len(data) * keep) if keep < 1 else keep])
     with pytest.raises(RecipeError, match=f"cannot read GGUF metadata of {file}: {says}"):
         inspect_source(str(file))
+
+
+def _cut(file: Path, size: int) -> None:
+    file.write_bytes(file.read_bytes()[:size])
+
+
+def _lie(file: Path, tensor: str, **fields) -> None:
+    data = file.read_bytes()
+    n = struct.unpack("<Q", data[:8])[0]
+    header = json.loads(data[8:8 + n])
+    header[tensor].update(fields)
+    raw = json.dumps(header).encode()
+    raw += b" " * (-len(raw) % 8)
+    file.write_bytes(struct.pack("<Q", len(raw)) + raw + data[8 + n:])
+
+
+@pytest.mark.parametrize(("damage", "says"), [
+    (lambda f: _cut(f, 300_000), "model.safetensors: cut short: tensor "),
+    (lambda f: _cut(f, 0), "model.safetensors: cut short inside its header"),
+    (lambda f: _lie(f, "model.norm.weight", data_offsets=[0, 10**6]), "tensor model.norm.weight's header says F32"),
+])
+def test_a_damaged_safetensors_file_is_refused_at_validate(tmp_path, damage, says):
+    folder = save_tiny("mistral", tmp_path / "m")
+    damage(folder / "model.safetensors")
+    with pytest.raises(RecipeError, match=says):
+        inspect_source(str(folder))
+
+
+def test_an_index_naming_a_missing_shard_is_refused_at_validate(tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    folder = tmp_path / "sharded"
+    AutoModelForCausalLM.from_pretrained(str(save_tiny("mistral", tmp_path / "m"))).save_pretrained(
+        folder, max_shard_size="200KB")
+    last = sorted(folder.glob("model-*.safetensors"))[-1]
+    last.unlink()
+    with pytest.raises(RecipeError, match=f"names 1 shard\\(s\\) not in the folder \\({last.name}\\)"):
+        inspect_source(str(folder))

@@ -1,0 +1,67 @@
+"""Checks of a checkpoint folder's files that `validate` can make without torch: config.json sizes that
+transformers needs as positive integers, and safetensors headers that fit their file (a file cut short, or
+a tensor whose offsets disagree with its shape and dtype, was an error of the safetensors loader after the
+run folder was written)."""
+
+from __future__ import annotations
+
+import json
+import struct
+from pathlib import Path
+
+from ptq_bench.errors import RecipeError
+
+SIZE_KEYS = ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size", "vocab_size", "n_layer")
+DTYPE_BYTES = {"F64": 8, "I64": 8, "U64": 8, "F32": 4, "I32": 4, "U32": 4, "F16": 2, "BF16": 2, "I16": 2, "U16": 2,
+               "I8": 1, "U8": 1, "BOOL": 1, "F8_E4M3": 1, "F8_E5M2": 1}
+
+
+def check_checkpoint(config: dict, folder: Path, key: str) -> None:
+    """RecipeError (one line naming the file) for a config.json size or a safetensors file that is damaged."""
+    check_sizes(config, key, folder / "config.json")
+    index = folder / "model.safetensors.index.json"
+    if index.is_file() and not (folder / "model.safetensors").is_file():
+        try:
+            shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        except (ValueError, KeyError, TypeError, AttributeError):
+            raise RecipeError(f"{key}: {index}: not JSON with a weight_map") from None
+        if missing := [s for s in shards if not (folder / s).is_file()]:
+            raise RecipeError(f"{key}: {index} names {len(missing)} shard(s) not in the folder ({missing[0]})")
+    for file in sorted(folder.glob("*.safetensors")):
+        problem = safetensors_problem(file)
+        if problem:
+            raise RecipeError(f"{key}: {file}: {problem}")
+
+
+def check_sizes(config: dict, key: str, where: Path) -> None:
+    """Sizes transformers needs as positive ints ("64" was a traceback after the manifest, 0 layers a row)."""
+    for k in SIZE_KEYS:
+        v = config.get(k)  # Gemma 3n: a list, per layer
+        if v is not None and not all(type(x) is int and x > 0 for x in (v if isinstance(v, list) else [v])):
+            raise RecipeError(f"{key}: {where}: {k} is {config[k]!r}, not a positive integer")
+
+
+def safetensors_problem(file: Path) -> str:
+    """What is wrong with a safetensors file's header against its size ("" when nothing)."""
+    size = file.stat().st_size
+    with open(file, "rb") as fh:
+        head = fh.read(8)
+        n = struct.unpack("<Q", head)[0] if len(head) == 8 else -1
+        if n < 0 or 8 + n > size:
+            return f"cut short inside its header ({size} bytes)"
+        try:
+            header = json.loads(fh.read(n))
+        except ValueError:
+            return "its header is not JSON"
+    for name, t in header.items() if isinstance(header, dict) else ():
+        if name == "__metadata__" or not isinstance(t, dict):
+            continue
+        start, end = t.get("data_offsets", (0, 0))
+        count = 1
+        for d in t.get("shape", ()):
+            count *= d
+        if t.get("dtype") in DTYPE_BYTES and end - start != count * DTYPE_BYTES[t["dtype"]]:
+            return f"tensor {name}'s header says {t['dtype']} {t.get('shape')} in {end - start} bytes"
+        if 8 + n + end > size:
+            return f"cut short: tensor {name} ends at byte {8 + n + end}, the file has {size}"
+    return ""
