@@ -224,4 +224,15 @@ def _load_tokenizer(info: SourceInfo) -> Any:
     if info.form in ("gguf", "packaged"):
         file = Path(info.path)
         return AutoTokenizer.from_pretrained(str(file.parent), gguf_file=file.name)
+    _refuse_unreadable_json(info)
     return AutoTokenizer.from_pretrained(info.path or info.source)
+
+
+def _refuse_unreadable_json(info: SourceInfo) -> None:
+    """A tokenizer file that is not JSON: transformers' JSONDecodeError named neither the file nor the tokenizer."""
+    names = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.json")
+    for file in (Path(info.path) / n for n in names if info.path and (Path(info.path) / n).is_file()):
+        try:
+            json.loads(file.read_bytes())
+        except ValueError as e:
+            raise RecipeError(f"source '{info.source}': its tokenizer file {file} is not JSON ({e})") from None

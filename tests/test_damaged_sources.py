@@ -137,3 +137,10 @@ def test_an_index_naming_a_missing_shard_is_refused_at_validate(tmp_path):
     last.unlink()
     with pytest.raises(RecipeError, match=f"names 1 shard\\(s\\) not in the folder \\({last.name}\\)"):
         inspect_source(str(folder))
+
+
+def test_a_tokenizer_file_that_is_not_json_is_named(tmp_path, tokenizer_dir):
+    folder = _with_tokenizer(tmp_path, tokenizer_dir, 384)
+    (folder / "tokenizer.json").write_text("{not json")
+    with pytest.raises(RecipeError, match="its tokenizer file .*tokenizer.json is not JSON"):
+        load_source(inspect_source(str(folder)))
