@@ -151,8 +151,7 @@ def _maybe_crash() -> None:
     """Fault injection (tests): when $PTQ_BENCH_RAY_CRASH_ONCE names a folder holding a file `crash`, the
     first cell task to claim it (an atomic rename to `crashed`) kills its own worker with SIGKILL after
     computing its row and before returning it, as an OOM kill or a lost node would."""
-    folder = os.environ.get(CRASH_ENV)
-    if not folder:
+    if not (folder := os.environ.get(CRASH_ENV)):
         return
     try:
         os.rename(os.path.join(folder, "crash"), os.path.join(folder, "crashed"))
@@ -348,16 +347,17 @@ def collect(sw: Sweep, what: str, item: Any, ref: Any) -> None:
 
     try:
         out = ray.get(ref)
+    except ray.exceptions.LocalRayletDiedError as exc:  # `ray stop`: one line, not one failure per cell left
+        raise PtqBenchError(f"ray: the cluster went away ({_reason(exc)}); {sw.ran} cell(s) stored by this run; "
+                            "start it again and re-run the same command to resume") from None
     except ray.exceptions.RayError as exc:
         if what == "model":
             log(f"ray: model '{item}' failed: {_reason(exc)} (its cells fail with it)")
         else:
             fail(sw, item, _reason(exc))
         return
-    if what == "model":
-        kind, info = out
-        save_curve(sw.out, item, kind, info)
-        return
+    if what == "model":  # (kind, training info)
+        return save_curve(sw.out, item, *out)
     store(sw, item, out)
 
 

@@ -109,3 +109,22 @@ def test_a_rows_worker_is_in_the_manifest_before_the_row(monkeypatch, tmp_path):
     for worker in ("a cpu torch_threads=1", "b cpu torch_threads=1"):
         executors.store(sw, cell, {"row": {}, "eval": {"tok": {"v": 1}}, "worker": worker})
     assert sw.failed == [["a cpu torch_threads=1"], ["a cpu torch_threads=1", "b cpu torch_threads=1"]]
+
+
+def test_a_cluster_gone_mid_run_is_one_error_not_a_failure_per_cell(monkeypatch):
+    """`ray stop` while a driver ran: every task left raised LocalRayletDiedError, each logged as a FAILED cell
+    and listed in the manifest (24 lines for 24 cells), then "24 cell(s) failed". Now the first ends the run."""
+    from types import SimpleNamespace
+
+    import pytest
+
+    from ptq_bench.errors import PtqBenchError
+
+    def gone(_ref):
+        raise ray.exceptions.LocalRayletDiedError()
+
+    monkeypatch.setattr(ray, "get", gone)
+    sw = SimpleNamespace(failed=[], ran=3, manifest={"invocations": [{}]})
+    with pytest.raises(PtqBenchError, match="the cluster went away .*3 cell.* re-run the same command"):
+        executors.collect(sw, "cell", SimpleNamespace(model="m", label="absmax W4A16"), object())
+    assert sw.failed == [] and sw.manifest == {"invocations": [{}]}
