@@ -209,6 +209,7 @@ def connect(address: str | None) -> bool:
     """Join the Ray cluster at `address` (None: as `ray.init()` finds one: $RAY_ADDRESS, a cluster started on
     this machine by `ray start`, else a new local instance); a Ray this process already initialized
     (tests, notebooks) is used as it is. True when this call initialized Ray."""
+    os.environ.setdefault("RAY_DEDUP_LOGS", "0")  # Ray's dedup dropped most cells' lines (read at its import)
     import ray
 
     if ray.is_initialized():
@@ -326,8 +327,7 @@ def drive(sw: Sweep, job: Job, ex: ExecutorSpec) -> None:
     pending: dict[Any, tuple[str, Any]] = {}  # ObjectRef -> ("model", name) | ("cell", Cell)
     for name in dict.fromkeys(c.model for c in sw.todo):
         mine = [c for c in sw.todo if c.model == name]
-        ready = model_task.remote(job, name, mine)
-        pending[ready] = ("model", name)
+        pending[ready := model_task.remote(job, name, mine)] = ("model", name)
         for cell in mine:
             pending[cell_task.remote(job, cell, ready)] = ("cell", cell)
     try:

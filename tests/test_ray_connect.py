@@ -128,3 +128,21 @@ def test_a_cluster_gone_mid_run_is_one_error_not_a_failure_per_cell(monkeypatch)
     with pytest.raises(PtqBenchError, match="the cluster went away .*3 cell.* re-run the same command"):
         executors.collect(sw, "cell", SimpleNamespace(model="m", label="absmax W4A16"), object())
     assert sw.failed == [] and sw.manifest == {"invocations": [{}]}
+
+
+def test_connect_turns_off_rays_log_dedup_before_importing_ray(tmp_path):
+    """Ray's log deduplication (on by default) folds lines alike but for their numbers: a 42-cell sweep's
+    driver showed 6 of the workers' 42 per-cell lines, the rest buffered and lost when it ended. Ray reads
+    RAY_DEDUP_LOGS once, at its import, so connect sets it (unless the caller did) before importing Ray."""
+    code = textwrap.dedent("""
+        import contextlib, sys
+        import ptq_bench.executors as ex
+        assert 'ray' not in sys.modules
+        with contextlib.suppress(Exception):
+            ex.connect('127.0.0.1:1')  # nothing listens there: refused before ray.init
+        from ray._private import ray_constants
+        print('DEDUP', ray_constants.RAY_DEDUP_LOGS)
+    """)
+    env = {k: v for k, v in os.environ.items() if k != "RAY_DEDUP_LOGS"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert "DEDUP False" in out.stdout, out.stdout + out.stderr
