@@ -176,7 +176,8 @@ def test_damaged_source_checkpoint_is_one_line(ref, tmp_path):
     shutil.rmtree(out)
     broken = cli("run", str(recipe))
     assert broken.returncode == 2 and "\n" not in broken.stderr.strip(), broken.stderr[-2000:]  # no traceback
-    assert f"models.ext.source: cannot load {src}" in broken.stderr
+    assert f"models.ext.source: {src / 'model.safetensors'}: cut short" in broken.stderr  # found by validate
+    assert not out.exists()  # before anything is written
 
 
 def test_scratch_folder_removes_what_a_dead_run_of_this_host_left(tmp_path):
