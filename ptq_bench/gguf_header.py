@@ -9,6 +9,7 @@ string key (uint64 length + UTF-8 bytes), a uint32 value type (gguf.GGUFValueTyp
 
 from __future__ import annotations
 
+import math
 import mmap
 import struct
 from pathlib import Path
@@ -83,11 +84,8 @@ def _tensor_names(mm: mmap.mmap, off: int, n: int, e: str, alignment: int) -> tu
         ggml_type, start = struct.unpack_from(e + "IQ", mm, off + 4 + 8 * n_dims)
         off += 4 + 8 * n_dims + 4 + 8
         block, size = GGML_QUANT_SIZES.get(ggml_type, (1, 0))  # an unknown type: left to the loader
-        elements = 1
-        for d in dims:
-            elements *= d
         names.append(name)
-        ends.append(start + elements // block * size)
+        ends.append(start + math.prod(dims) // block * size)
     data = off + (-off % alignment)
     for name, end in zip(names, ends):
         if data + end > len(mm):

@@ -223,7 +223,7 @@ def load_rows(run_dir: Path, strict: bool = False, damaged: list | None = None) 
         if row is not None:
             rows.append(row)
             continue
-        damaged is None or damaged.append((i, problem))
+        (damaged if damaged is not None else []).append((i, problem))
         msg = f"{Path(run_dir) / RESULTS}:{i}: damaged row ({problem})"
         if strict:
             raise PtqBenchError(msg + "; repair or remove that line")
@@ -237,9 +237,9 @@ def current(rows: list[Row]) -> list[Row]:
     return [row for i, row in enumerate(rows) if last[row.slot] == i]
 
 
-def read_rows(run_dir: Path, strict: bool = False) -> list[dict[str, Any]]:
+def read_rows(run_dir: Path, strict: bool = False, damaged: list | None = None) -> list[dict[str, Any]]:
     """The current rows as dicts (the form report/ reads); damaged lines as in `load_rows`."""
-    return [row.to_dict() for row in current(load_rows(run_dir, strict))]
+    return [row.to_dict() for row in current(load_rows(run_dir, strict, damaged))]
 
 
 def repair_tail(run_dir: Path) -> Path | None:

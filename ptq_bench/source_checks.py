@@ -6,6 +6,7 @@ run folder was written)."""
 from __future__ import annotations
 
 import json
+import math
 import struct
 from pathlib import Path
 
@@ -22,7 +23,7 @@ def check_checkpoint(config: dict, folder: Path, key: str) -> None:
     index = folder / "model.safetensors.index.json"
     if index.is_file() and not (folder / "model.safetensors").is_file():
         try:
-            shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+            shards = index_shards(index)
         except (ValueError, KeyError, TypeError, AttributeError):
             raise RecipeError(f"{key}: {index}: not JSON with a weight_map") from None
         if missing := [s for s in shards if not (folder / s).is_file()]:
@@ -31,6 +32,11 @@ def check_checkpoint(config: dict, folder: Path, key: str) -> None:
         problem = safetensors_problem(file)
         if problem:
             raise RecipeError(f"{key}: {file}: {problem}")
+
+
+def index_shards(index: Path) -> list[str]:
+    """The shard file names a `*.index.json` names, sorted, once each (its JSON's errors raised as they are)."""
+    return sorted(set(json.loads(index.read_text(encoding="utf-8"))["weight_map"].values()))
 
 
 def check_sizes(config: dict, key: str, where: Path) -> None:
@@ -57,9 +63,7 @@ def safetensors_problem(file: Path) -> str:
         if name == "__metadata__" or not isinstance(t, dict):
             continue
         start, end = t.get("data_offsets", (0, 0))
-        count = 1
-        for d in t.get("shape", ()):
-            count *= d
+        count = math.prod(t.get("shape", ()))
         if t.get("dtype") in DTYPE_BYTES and end - start != count * DTYPE_BYTES[t["dtype"]]:
             return f"tensor {name}'s header says {t['dtype']} {t.get('shape')} in {end - start} bytes"
         if 8 + n + end > size:

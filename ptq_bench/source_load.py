@@ -173,7 +173,9 @@ def _stored_files(folder: Path) -> list[Path]:
     single, index = folder / "model.safetensors", folder / "model.safetensors.index.json"
     if single.is_file() or not index.is_file():
         return [single] if single.is_file() else []
-    return sorted({folder / f for f in json.loads(index.read_text())["weight_map"].values()})
+    from ptq_bench.source_checks import index_shards
+
+    return [folder / f for f in index_shards(index)]
 
 
 def _refuse_tokenizer(info: SourceInfo, model: Any, tok: Any) -> None:

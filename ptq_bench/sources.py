@@ -336,10 +336,12 @@ def hub_snapshot(source: str) -> tuple[Path | None, str]:
 
 def _missing_weights(folder: Path) -> str:
     """What the checkpoint folder lacks of its weights ("" if nothing): a file, or a shard its index names."""
+    from ptq_bench.source_checks import index_shards
+
     for index in WEIGHT_INDEXES:
         if (folder / index).is_file():
             try:
-                shards = sorted(set(json.loads((folder / index).read_text(encoding="utf-8"))["weight_map"].values()))
+                shards = index_shards(folder / index)
             except (OSError, ValueError, KeyError, TypeError, AttributeError):
                 return f"a readable {index}"
             gone = [f for f in shards if not (folder / f).is_file()]

@@ -39,10 +39,10 @@ class RunData:
 
 
 def load_run(run_dir: Path) -> RunData:
-    from ptq_bench.results import CURVES, MANIFEST, current, load_manifest, load_rows
+    from ptq_bench.results import CURVES, MANIFEST, load_manifest, read_rows
 
     damaged: list[tuple[int, str]] = []  # lenient: damaged lines skipped (and named), superseded rows dropped
-    run = RunData(Path(run_dir), [row.to_dict() for row in current(load_rows(run_dir, damaged=damaged))])
+    run = RunData(Path(run_dir), read_rows(run_dir, damaged=damaged))
     run.damage += [f"- results.jsonl line {i} damaged ({problem}): skipped." for i, problem in damaged[:_SHOWN]]
     if len(damaged) > _SHOWN:
         run.damage.append(f"- … and {len(damaged) - _SHOWN} more damaged line(s) of results.jsonl: skipped.")
