@@ -135,7 +135,7 @@ def test_sigterm_and_ctrl_c_stop_a_run_with_its_record_and_a_resume_line(ref, tm
     recipe, out, _cache = workspace(ref, tmp_path)
     total, before = len(ref.rows), 0
     for i, (sig, status) in enumerate(((signal.SIGTERM, 143), (signal.SIGINT, 130))):
-        code, last = _stop_when(recipe, lambda _, n=before + 2: len(load_rows(out)) >= n, sig, tmp_path / f"stop{i}.log")
+        code, last = _stop_when(recipe, lambda _, n=before + 1: len(load_rows(out)) >= n, sig, tmp_path / f"stop{i}.log")
         stored = len(load_rows(out))
         assert code == status and last == (f"ptq-bench: interrupted: {stored} of {total} cells are stored in {out} "
                                            f"({stored - before} by this run); run the same command again to resume"), last
