@@ -20,9 +20,9 @@ def _validate(args: argparse.Namespace) -> int:
     cells = expand_cells(recipe)
     n_models, n_cells = len(recipe.models), len(cells)
     print(f"{args.recipe}: OK ({n_models} model{'s' * (n_models != 1)}, {n_cells} cell{'s' * (n_cells != 1)}, data {data_dir})")
-    for name, spec in recipe.models.items():  # what validate could not check (a hub id not downloaded yet)
-        note = source_info(recipe, name).note if spec.source is not None else ""
-        if note.startswith("hub id"):
+    for name, spec in recipe.models.items():  # what a source is beyond its kind: what validate could not check
+        note = source_info(recipe, name).note if spec.source is not None else ""  # (an uncached hub id), code
+        if note:  # it will not run, a GGUF's own quantization
             print(f"  models.{name}.source: {note}")
     return 0
 

@@ -69,3 +69,15 @@ def safetensors_problem(file: Path) -> str:
         if 8 + n + end > size:
             return f"cut short: tensor {name} ends at byte {8 + n + end}, the file has {size}"
     return ""
+
+
+def custom_code_note(config: dict, model_type: str) -> str:
+    """What a config.json naming its own modeling code (`auto_map`) under a model_type transformers knows gets:
+    that code is never run (no trust_remote_code), transformers' own class is loaded, and this note says so
+    beside the model at validate, in the run's log and in its curves/ record (a repository's code may differ)."""
+    auto = config.get("auto_map")
+    if not isinstance(auto, dict) or not auto:
+        return ""
+    named = auto.get("AutoModelForCausalLM") or next(iter(auto.values()))
+    return (f"config.json's auto_map names the repository's own code ({named}), which is never run: "
+            f"its rows measure transformers' '{model_type}' class")

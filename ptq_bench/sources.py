@@ -222,7 +222,7 @@ def _text_decoder(config: dict) -> dict:
 
 def _inspect_hf(source: str, p: Path, key: str, form: str) -> SourceInfo:
     from ptq_bench.families import layout_problem
-    from ptq_bench.source_checks import check_checkpoint
+    from ptq_bench.source_checks import check_checkpoint, custom_code_note
 
     config = _text_decoder(_read_json(p / "config.json", key))
     model_type = checked_family(config.get("model_type"), key, p / "config.json")
@@ -231,7 +231,7 @@ def _inspect_hf(source: str, p: Path, key: str, form: str) -> SourceInfo:
     kind = kind_of(config, key, p / "config.json")
     context = next((config[k] for k in CONTEXT_KEYS if k in config), None)  # BLOOM (ALiBi) names none
     tok = any((p / f).is_file() for f in TOKENIZER_FILES)
-    return _info(source, form, p, model_type, kind, context, checkpoint_files(p), tok,
+    return _info(source, form, p, model_type, kind, context, checkpoint_files(p), tok, custom_code_note(config, model_type),
                  layout_problem=layout_problem(config), whole_rows=_whole_rows(config, model_type))
 
 

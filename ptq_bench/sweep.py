@@ -224,8 +224,9 @@ def run_model(sw: Sweep, name: str) -> None:
     if not mine:
         return
     base = base_model(sw, name)
-    for inv in sw.manifest.get("invocations", [])[-1:]:  # what `dtype` (`auto`: each model's own) resolved to
-        inv.setdefault("models", {})[name] = {"device": sw.ctx.device, "dtype": dtype_name(base.model)}
+    for inv in sw.manifest.get("invocations", [])[-1:]:  # what `dtype` (`auto`: each model's own) resolved to,
+        note = {"note": base.info["note"]} if base.info.get("note") else {}  # and what its source is (sources.py)
+        inv.setdefault("models", {})[name] = {"device": sw.ctx.device, "dtype": dtype_name(base.model), **note}
     refuse_loaded(name, base.model.config, mine)  # what validate could not read (an uncached hub id)
     save_curve(sw.out, name, base.kind, base.info)
     size = {"n_params": parameter_count(base.model), "weight_bytes": weight_bytes(base.model)}

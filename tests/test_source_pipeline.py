@@ -312,3 +312,20 @@ def test_a_gemma3n_checkpoint_runs_its_text_blocks_and_without_timm_is_one_line(
             assert run(tmp_path / str(offload), offload) == 0
         rows[offload] = {r.label: (r.metrics, r.quant.get("n_linears")) for r in load_rows(tmp_path / str(offload) / "out", strict=True)}
     assert rows[True] == rows[False] and rows[False]["gptq W4A16"][1] == 25
+
+
+def test_a_config_naming_its_own_code_runs_transformers_class_and_says_so(tmp_path, tokenizer_dir, capsys):
+    """config.json's `auto_map` under a model_type transformers knows: the repository's code is never run
+    (it would exit here), transformers' class is measured, and validate, the log and curves/ say so."""
+    src = checkpoint(tmp_path, "mistral", tokenizer_dir)
+    _edit_config(src, auto_map={"AutoModelForCausalLM": "modeling_x.XForCausalLM"})
+    (src / "modeling_x.py").write_text("raise SystemExit('the repository code ran')\n")
+    path = recipe(tmp_path, {"m": {"source": str(src)}}, [])
+    capsys.readouterr()
+    assert main(["validate", str(path)]) == 0
+    said = "auto_map names the repository's own code (modeling_x.XForCausalLM), which is never run"
+    assert said in capsys.readouterr().out
+    assert main(["run", str(path)]) == 0
+    assert said in capsys.readouterr().out  # the log's "loading model 'm' from ..." line
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    assert said in manifest["invocations"][-1]["models"]["m"]["note"]
