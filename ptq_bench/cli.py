@@ -40,7 +40,7 @@ def _run(args: argparse.Namespace) -> int:
 
         recipe = dataclasses.replace(recipe, output_dir=args.output_dir)
     check_paths(recipe, check_data(recipe))  # everything validate checks, plus the folders: before any write
-    from ptq_bench.executors import session
+    from ptq_bench.ray_cluster import session
     from ptq_bench.report import render
     from ptq_bench.sweep import run
 

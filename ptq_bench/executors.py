@@ -1,23 +1,25 @@
-"""The Ray executor: model preparation and cells run as Ray tasks; this process alone writes the run folder.
+"""The Ray executor: model preparation and cells run on Ray; this process alone writes the run folder.
 
-`ptq-bench run recipe.yaml --executor ray [--address ADDR]`, or the recipe's `executor:` section. The
-driver (the `ptq-bench run` process) does what a local run does around the cells, in `sweep.run`:
-`prepare` (data hashes, run-folder lock, manifest, tokenizer, which cells are left) and `close_run`. It
-is the only writer of the store (results.jsonl, manifest.json, curves/). Ray tasks compute:
+`ptq-bench run recipe.yaml --executor ray [--address ADDR]`, or the recipe's `executor:` section (joining
+the cluster: ray_cluster.py). The driver (the `ptq-bench run` process) does what a local run does around the
+cells, in `sweep.run`: `prepare` (data hashes, run-folder lock, manifest, tokenizer, which cells are left) and
+`close_run`. It is the only writer of the store (results.jsonl, manifest.json, curves/). On Ray:
 
 - a *model task* per model with cells left trains it into the shared cache (or loads a `source:`,
   converting a GGUF once) and returns (kind, training info);
-- a *cell task* per cell takes its model task's result as an argument, so Ray starts it once that
-  model is ready. It runs `sweep.run_model` for that one cell on a worker-side `Sweep` whose `sink`
-  keeps the Row instead of appending it and whose `out` is a private scratch folder (a task is never
-  told the run folder; the scratch lies in the shared cache under the run's token, and the driver
-  removes it when the run ends), and returns the Row as a dict, with the evaluator's provenance.
+- once it is done, *cell actors* for that model (as many as the cluster runs cells at once, up to its
+  cells), each a worker process that loads the model once and runs the cells the driver hands it, one at a
+  time, through `sweep.run_opened` on a worker-side `Sweep` whose `sink` keeps the Row instead of appending it
+  and whose `out` is a private scratch folder (an actor is never told the run folder; the scratch lies in the
+  shared cache under the run's token, and the driver removes it when the run ends). Each call returns the Row
+  as a dict, with the evaluator's provenance; an actor with no cell left to take is ended (its memory freed).
 
 The driver checks each returned row (a complete `Row` of the cell it asked for) and appends it as it
-arrives, so resume, the lock and the manifest behave as locally. A task whose worker dies (kill, OOM,
-lost node) is re-run by Ray up to `executor.max_retries` times; a task that raises, or runs out of
-retries, is logged and listed in the manifest's invocation (`failed`), its row is absent, and the run
-exits non-zero once the other cells are done. Nothing a task computed reaches the store but through the driver, whole.
+arrives, so resume, the lock and the manifest behave as locally. A task or actor whose worker dies (kill,
+OOM, lost node) is restarted and its call re-run by Ray up to `executor.max_retries` times; a call that raises,
+or runs out of retries, is logged and listed in the manifest's invocation (`failed`), its row is absent, the
+next cell goes to a fresh actor, and the run exits non-zero once the other cells are done. Nothing a worker
+computed reaches the store but through the driver, whole.
 
 The cache folder must be one folder every worker sees at the same path (on a cluster: a shared filesystem with
 file locks); a worker not seeing the driver's marker in it refuses. Ray is imported here only, in functions.
@@ -30,10 +32,8 @@ import shutil
 import signal
 import socket
 import tempfile
-import threading
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager, suppress
+from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -42,11 +42,12 @@ from ptq_bench.cache import host_tag, remove_stale
 from ptq_bench.cells import refuse_loaded
 from ptq_bench.console import log, quiet_lm_eval
 from ptq_bench.curves import save_curve
-from ptq_bench.errors import PtqBenchError, first_line
+from ptq_bench.errors import PtqBenchError
 from ptq_bench.prepare import Context, get_tokenizer, pick_device
+from ptq_bench.ray_cluster import cell_slots, connect, describe
 from ptq_bench.recipe import Cell, ExecutorSpec, Recipe
 from ptq_bench.results import Row, write_manifest
-from ptq_bench.sweep import Sweep, _record_eval, base_model, cell_id, run_model
+from ptq_bench.sweep import Opened, Sweep, _record_eval, base_model, cell_id, open_model, run_opened
 
 RAY_DRIVER, RAY_SCRATCH = ".ray-driver-", ".ray-scratch-"  # + the run's token, in the shared cache
 CRASH_ENV = "PTQ_BENCH_RAY_CRASH_ONCE"  # fault injection for tests: a folder (see _maybe_crash)
@@ -127,24 +128,47 @@ def prepare_model(job: Job, name: str, cells: list[Cell]) -> tuple[str, dict]:
     return base.kind, base.info
 
 
-def run_cell(job: Job, cell: Cell, model_ready: Any) -> dict[str, Any]:
-    """Cell task (`model_ready`: its model task's result, so Ray starts it after that task): quantize and
-    evaluate one cell through `sweep.run_model`; {"row": Row as a dict, "eval": {tok_key: provenance},
-    "worker": host, device and torch threads (CPU float results depend on the thread count)}."""
+_OPEN: dict[tuple[str, str], Opened] = {}  # in a cell actor's process: (job token, model) -> that model, loaded
+
+
+class CellActor:
+    """A Ray actor: one worker process that runs cells of one model, one call at a time, and keeps the model
+    loaded between them (each cell quantizes a copy; with `in_place` or `offload` the model itself, restored
+    after it). The driver ends it when its model has no cell left to hand out."""
+
+    def run(self, job: Job, cell: Cell) -> dict[str, Any]:
+        return run_cell(job, cell)
+
+
+def run_cell(job: Job, cell: Cell) -> dict[str, Any]:
+    """Quantize and evaluate one cell (`sweep.run_opened`) on the model this process keeps open; {"row": Row as
+    a dict, "eval": {tok_key: provenance}, "worker": host, device and torch threads (CPU float results depend on
+    the thread count)}. A cell that raises drops the model (it may be left half quantized): the next loads it."""
     sw = worker_sweep(job)
     rows: list[Row] = []
     sw.todo, sw.sink = [cell], rows.append
     try:
-        run_model(sw, cell.model)
+        run_opened(sw, opened_model(sw, job.token, cell), [cell])
+    except BaseException:
+        _OPEN.clear()
+        raise
     finally:
         sw.todo, sw.sink = [], None
     if len(rows) != 1:
-        raise PtqBenchError(f"{cell.model} {cell.label}: run_model gave {len(rows)} rows, expected 1")
+        raise PtqBenchError(f"{cell.model} {cell.label}: run_opened gave {len(rows)} rows, expected 1")
     _maybe_crash()
     import torch
 
     worker = f"{socket.gethostname()} {sw.ctx.device} torch_threads={torch.get_num_threads()}"  # results depend on it
     return {"row": rows[0].to_dict(), "eval": {k: ev.provenance() for k, ev in sw.evaluators.items()}, "worker": worker}
+
+
+def opened_model(sw: Sweep, token: str, cell: Cell) -> Opened:
+    """Cell's model as this process keeps it open (one model at a time), opened (`sweep.open_model`) when new."""
+    if (token, cell.model) not in _OPEN:
+        _OPEN.clear()  # the one before goes first
+        _OPEN[(token, cell.model)] = open_model(sw, cell.model, [cell])
+    return _OPEN[(token, cell.model)]
 
 
 def _maybe_crash() -> None:
@@ -179,7 +203,7 @@ def run_ray(sw: Sweep) -> None:
     sw.manifest["invocations"][-1]["executor"] = {"kind": "ray", "address": ex.address, "cpus_per_cell": ex.cpus_per_cell,
                                                   "gpus_per_cell": ex.gpus_per_cell, "workers": []}
     try:
-        log(f"ray: {len(sw.todo)} cells on {_describe(ray.cluster_resources())}, {ex.cpus_per_cell:g} CPU / "
+        log(f"ray: {len(sw.todo)} cells on {describe(ray.cluster_resources())}, {ex.cpus_per_cell:g} CPU / "
             f"{ex.gpus_per_cell:g} GPU per task, cache {job.cache}")
         drive(sw, job, ex)
     finally:
@@ -189,160 +213,99 @@ def run_ray(sw: Sweep) -> None:
             ray.shutdown()
 
 
-@contextmanager
-def session(ex: ExecutorSpec) -> Iterator[None]:
-    """Around `sweep.run` in the CLI: on Ray, connect first, so a wrong address is refused before anything
-    is written; shut down what this started. Nothing for the local executor."""
-    started = connect(ex.address) if ex.kind == "ray" else False
-    try:
-        if ex.kind == "ray":
-            refuse_infeasible(ex)
-        yield
-    finally:
-        if started:
-            import ray
-
-            ray.shutdown()
-
-
-def connect(address: str | None) -> bool:
-    """Join the Ray cluster at `address` (None: as `ray.init()` finds one: $RAY_ADDRESS, a cluster started on
-    this machine by `ray start`, else a new local instance); a Ray this process already initialized
-    (tests, notebooks) is used as it is. True when this call initialized Ray."""
-    os.environ.setdefault("RAY_DEDUP_LOGS", "0")  # Ray's dedup dropped most cells' lines (read at its import)
-    import ray
-
-    if ray.is_initialized():
-        return False
-    refuse_unreachable(address or os.environ.get("RAY_ADDRESS"))
-    token_auth_if_token()
-    main_thread = threading.current_thread() is threading.main_thread()
-    before = signal.getsignal(signal.SIGTERM) if main_thread else None
-    try:
-        ray.init(address=address, log_to_driver=True)
-    except (ConnectionError, ValueError, RuntimeError, ray.exceptions.RayError) as exc:
-        raise PtqBenchError(f"executor.address: cannot connect to Ray at {address or '$RAY_ADDRESS'} "
-                            f"({type(exc).__name__}: {first_line(exc)[:200]})") from None
-    finally:  # ray.init puts sys.exit(15) on SIGTERM, which left a SIGTERMed run's invocation open, unrecorded
-        if main_thread and before is not None:
-            signal.signal(signal.SIGTERM, before)  # the CLI's: stopped as Ctrl-C stops it, recorded
-    return True
-
-
-def token_auth_if_token() -> None:
-    """Token auth when a token is at hand and $RAY_AUTH_MODE is unset, as `ray.init` does only for a cluster it
-    finds itself: given an address it sent none to a `ray start` head (token auth by default), retrying 20 s."""
-    with suppress(ImportError):  # Ray 2.60's private module: a Ray without it connects as it did before
-        from ray._private.authentication import authentication_token_setup as auth
-
-        auth.maybe_enable_token_auth_if_token_available(warn_if_disabled=False)  # a head without auth takes one
-
-
-CONNECT_TIMEOUT_S = 10.0  # a Ray head that does not accept a TCP connection in this long is taken as absent
-
-
-def endpoint(address: str) -> tuple[str, int] | None:
-    """(host, port) that Ray would dial for `address` ("HOST:PORT" or "ray://HOST:PORT"); None for the
-    addresses Ray resolves itself ("auto", "local") and for any it would refuse on its own."""
-    host, sep, port = address.split("://", 1)[-1].rstrip("/").rpartition(":")
-    return (host.strip("[]"), int(port)) if sep and host and port.isdigit() else None
-
-
-# What a gRPC server (Ray's GCS, and the Ray Client server behind ray://) answers first: HTTP/2's
-# connection preface and an empty SETTINGS frame from us, a SETTINGS frame (type 4) from it.
-_H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + bytes([0, 0, 0, 4, 0, 0, 0, 0, 0])
-
-
-def refuse_unreachable(address: str | None) -> None:
-    """`ray.init` retries an address for minutes (without end, where something other than Ray answers:
-    the dashboard's port 8265, a web server) before it gives up. One TCP connection, with a timeout, first;
-    then the opening of an HTTP/2 exchange, which Ray's gRPC servers answer with a SETTINGS frame."""
-    where = endpoint(address) if address else None
-    if where is None:
-        return
-    try:
-        with socket.create_connection(where, timeout=CONNECT_TIMEOUT_S) as conn:
-            if _ray_tls():  # the head speaks TLS first: the TCP connection is all this checks
-                return
-            conn.sendall(_H2_PREFACE)
-            reply = _read_upto(conn, 9)
-            if reply and reply[3:4] != b"\x04":  # enough of the rest to say what answered
-                reply += _read_upto(conn, 31)
-    except OSError as exc:
-        raise PtqBenchError(f"executor.address: nothing answers at {where[0]}:{where[1]} "
-                            f"({type(exc).__name__}: {exc.strerror or exc}); start the head with `ray start --head` "
-                            "or give its address") from None
-    if len(reply) < 9 or reply[3] != 4:
-        said = f"it replied {reply[:40]!r}" if reply else f"it sent nothing in {CONNECT_TIMEOUT_S:g} s"
-        raise PtqBenchError(f"executor.address: {where[0]}:{where[1]} answers, but not as Ray's head ({said}); "
-                            "give the port `ray start --head` printed (6379 unless set), not the dashboard's (8265)")
-
-
-def _ray_tls() -> bool:
-    """Whether Ray is set to speak TLS (`RAY_USE_TLS`, read as Ray reads it)."""
-    return os.environ.get("RAY_USE_TLS", "0").lower() in ("1", "true")
-
-
-def _read_upto(conn: socket.socket, n: int) -> bytes:
-    """Up to `n` bytes, fewer if the peer closes or stays silent past the socket's timeout."""
-    got = b""
-    try:
-        while len(got) < n and (chunk := conn.recv(n - len(got))):
-            got += chunk
-    except (TimeoutError, ConnectionResetError):
-        pass
-    return got
-
-
-def refuse_infeasible(ex: ExecutorSpec) -> None:
-    """A task no node of the cluster can hold would wait forever (Ray only logs that it cannot place it):
-    refused before anything is written. An autoscaling cluster must have such a node up first."""
-    import ray
-
-    nodes = [n.get("Resources", {}) for n in ray.nodes() if n.get("Alive")]
-    if not any(r.get("CPU", 0) >= ex.cpus_per_cell and r.get("GPU", 0) >= ex.gpus_per_cell for r in nodes):
-        most = max(nodes, key=lambda r: (r.get("GPU", 0), r.get("CPU", 0)), default={})
-        raise PtqBenchError(f"executor.cpus_per_cell/gpus_per_cell: no node of the Ray cluster has {ex.cpus_per_cell:g} "
-                            f"CPU and {ex.gpus_per_cell:g} GPU for a task (the largest: {most.get('CPU', 0):g} CPU, "
-                            f"{most.get('GPU', 0):g} GPU); lower them")
-
-
 def make_job(sw: Sweep) -> Job:
     ctx = sw.ctx
     return Job(ctx.recipe, str(ctx.data_dir.resolve()), str(ctx.cache.resolve()), os.getcwd(), dict(ctx.data_hashes),
                dict(sw.keys), sw.tok_key, f"{host_tag()}-{os.getpid()}-{uuid.uuid4().hex[:8]}")
 
 
-def _remote(fn: Any, ex: ExecutorSpec) -> Any:
-    import ray
-
-    return ray.remote(fn).options(num_cpus=ex.cpus_per_cell, num_gpus=ex.gpus_per_cell, max_retries=ex.max_retries)
-
-
 def drive(sw: Sweep, job: Job, ex: ExecutorSpec) -> None:
-    """Submit one model task per model with cells left and its cell tasks; collect results as they end."""
+    """One model task per model with cells left; once a model is ready, cell actors for it (as many as the
+    cluster holds at once, up to its cells), each handed the model's next cell as it finishes one."""
     import ray
 
-    model_task, cell_task = _remote(prepare_model, ex), _remote(run_cell, ex)
-    pending: dict[Any, tuple[str, Any]] = {}  # ObjectRef -> ("model", name) | ("cell", Cell)
-    for name in dict.fromkeys(c.model for c in sw.todo):
-        mine = [c for c in sw.todo if c.model == name]
-        pending[ready := model_task.remote(job, name, mine)] = ("model", name)
-        for cell in mine:
-            pending[cell_task.remote(job, cell, ready)] = ("cell", cell)
+    d = Dispatch(sw, job, ex)
     try:
-        while pending:
-            (ref,), _ = ray.wait(list(pending), num_returns=1)
-            what, item = pending.pop(ref)
-            collect(sw, what, item, ref)
+        while d.pending:
+            (ref,), _ = ray.wait(list(d.pending), num_returns=1)
+            what, item, actor = d.pending.pop(ref)
+            failed = collect(sw, what, item, ref)
+            if what == "model":
+                d.model_ready(item, failed)
+            else:
+                d.cell_done(item, actor, failed)
     finally:
-        for ref in pending:  # interrupted: stop what is still queued or running (KeyboardInterrupt in a
-            with suppress(Exception):  # running task; force=True crashed this process in Ray's core worker)
-                ray.cancel(ref, force=False)  # never mask the interruption itself
+        d.stop()
 
 
-def collect(sw: Sweep, what: str, item: Any, ref: Any) -> None:
-    """One finished task: a model's curve, a cell's row appended, or a failure recorded."""
+class Dispatch:
+    """The driver's Ray work: what is in flight, the cells not yet handed out, the live cell actors."""
+
+    def __init__(self, sw: Sweep, job: Job, ex: ExecutorSpec) -> None:
+        import ray
+
+        self.sw, self.job, self.ex = sw, job, ex
+        opts = {"num_cpus": ex.cpus_per_cell, "num_gpus": ex.gpus_per_cell}
+        self.model_task = ray.remote(prepare_model).options(**opts, max_retries=ex.max_retries)
+        self.actor = ray.remote(CellActor).options(**opts, max_restarts=ex.max_retries, max_task_retries=ex.max_retries)
+        self.pending: dict[Any, tuple[str, Any, Any]] = {}  # ObjectRef -> ("model", name, None) | ("cell", Cell, actor)
+        self.left: dict[str, list[Cell]] = {}  # model -> its cells not yet handed to an actor
+        self.actors: list[Any] = []
+        for name in dict.fromkeys(c.model for c in sw.todo):
+            self.left[name] = [c for c in sw.todo if c.model == name]
+            self.pending[self.model_task.remote(job, name, self.left[name])] = ("model", name, None)
+
+    def model_ready(self, name: str, failed: str | None) -> None:
+        if failed:  # its cells fail with it
+            for cell in self.left.pop(name):
+                fail(self.sw, cell, f"its model failed ({failed})")
+            return
+        for _ in range(min(cell_slots(self.ex), len(self.left[name]))):
+            self.hand(self.start(), name)
+
+    def cell_done(self, cell: Cell, actor: Any, failed: str | None) -> None:
+        if failed:  # a dead actor takes no more calls; a raised cell dropped its model anyway: a fresh actor
+            self.end(actor)
+            if not self.left[cell.model]:
+                return
+            actor = self.start()
+        self.hand(actor, cell.model)
+
+    def start(self) -> Any:
+        self.actors.append(actor := self.actor.remote())
+        return actor
+
+    def hand(self, actor: Any, name: str) -> None:
+        """`actor` gets model `name`'s next cell, or ends when none is left."""
+        if self.left[name]:
+            cell = self.left[name].pop(0)
+            self.pending[actor.run.remote(self.job, cell)] = ("cell", cell, actor)
+        else:
+            self.end(actor)
+
+    def end(self, actor: Any) -> None:
+        import ray
+
+        self.actors.remove(actor)
+        with suppress(Exception):
+            ray.kill(actor, no_restart=True)
+
+    def stop(self) -> None:
+        """Interrupted (or done): model tasks still queued or running are cancelled (KeyboardInterrupt in a running
+        one; force=True crashed this process in Ray's core worker), and every cell actor left is killed."""
+        import ray
+
+        for ref, (what, _, _) in self.pending.items():
+            if what == "model":
+                with suppress(Exception):  # never mask the interruption itself
+                    ray.cancel(ref, force=False)
+        for actor in list(self.actors):
+            self.end(actor)
+
+
+def collect(sw: Sweep, what: str, item: Any, ref: Any) -> str | None:
+    """One finished task or call: a model's curve saved, or a cell's row appended; else why it failed (a
+    cell's failure recorded)."""
     import ray
 
     try:
@@ -355,10 +318,12 @@ def collect(sw: Sweep, what: str, item: Any, ref: Any) -> None:
             log(f"ray: model '{item}' failed: {_reason(exc)} (its cells fail with it)")
         else:
             fail(sw, item, _reason(exc))
-        return
+        return _reason(exc)
     if what == "model":  # (kind, training info)
-        return save_curve(sw.out, item, *out)
-    store(sw, item, out)
+        save_curve(sw.out, item, *out)
+    else:
+        store(sw, item, out)
+    return None
 
 
 def store(sw: Sweep, cell: Cell, out: Any) -> None:
@@ -394,7 +359,3 @@ def _reason(exc: Exception) -> str:
     err = cause if isinstance(cause, BaseException) else exc
     text = str(err).strip().splitlines()
     return f"{type(err).__name__}: {text[0][:300] if text else ''}"
-
-
-def _describe(res: dict[str, float]) -> str:
-    return f"{res.get('CPU', 0):g} CPUs, {res.get('GPU', 0):g} GPUs"

@@ -218,11 +218,22 @@ def _record_eval(sw: Sweep) -> None:
 
 def run_model(sw: Sweep, name: str) -> None:
     """Every remaining cell of model `name`: load or train it once, then quantize, evaluate, append."""
+    mine = [c for c in sw.todo if c.model == name]
+    if mine:
+        run_opened(sw, open_model(sw, name, mine), mine)
+
+
+class Opened(NamedTuple):
+    """A model loaded (or trained) for its cells, its base set for KLD, and its size (for the rows)."""
+
+    base: Base
+    size: dict[str, int]
+
+
+def open_model(sw: Sweep, name: str, mine: list[Cell]) -> Opened:
+    """Model `name` loaded or trained, checked against its cells `mine`, its curve saved, its base set."""
     from ptq_bench.models.build import dtype_name, parameter_count, weight_bytes
 
-    mine = [c for c in sw.todo if c.model == name]
-    if not mine:
-        return
     base = base_model(sw, name)
     for inv in sw.manifest.get("invocations", [])[-1:]:  # what `dtype` (`auto`: each model's own) resolved to,
         note = {"note": base.info["note"]} if base.info.get("note") else {}  # and what its source is (sources.py)
@@ -231,6 +242,13 @@ def run_model(sw: Sweep, name: str) -> None:
     save_curve(sw.out, name, base.kind, base.info)
     size = {"n_params": parameter_count(base.model), "weight_bytes": weight_bytes(base.model)}
     base.evaluate.set_base(base.model, sw.keys[name], sw.ctx.device)
+    return Opened(base, size)
+
+
+def run_opened(sw: Sweep, opened: Opened, mine: list[Cell]) -> None:
+    """Cells `mine` of an opened model: its KLD references first (built once: an Evaluator keeps them while
+    its base stays set), then each cell; with `in_place` or `offload` the float model is restored after each."""
+    base, size = opened
     with float_backup(sw, base, mine) as backup:
         ref_s = 0.0  # charged to the base row, whose perplexity the references hold (0.0 s: it had none)
         if sw.ctx.recipe.eval.kld and any(c.method != "none" for c in mine):

@@ -1,4 +1,4 @@
-"""`executors.connect` around `ray.init` (faked here: no Ray instance is started).
+"""`ray_cluster.connect` around `ray.init` (faked here: no Ray instance is started).
 
 `ray.init` puts its own SIGTERM handler in place (`sys.exit(15)`): a SIGTERMed Ray run (timeout, Slurm,
 docker) then exited 15 without closing its invocation (no `finished`, `interrupted` or `cells_run`) and
@@ -13,11 +13,13 @@ import subprocess
 import sys
 import textwrap
 from pathlib import Path
+from types import SimpleNamespace
 
 import ray
 import ray._private.utils as ray_utils
 
 import ptq_bench.executors as executors
+import ptq_bench.ray_cluster as ray_cluster
 
 
 def _fake_init(**_kw) -> None:
@@ -34,37 +36,71 @@ def test_connect_keeps_the_callers_sigterm_handler(monkeypatch):
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
     before = signal.signal(signal.SIGTERM, ours)
     try:
-        assert executors.connect(None) is True
+        assert ray_cluster.connect(None) is True
         assert signal.getsignal(signal.SIGTERM) is ours
     finally:
         signal.signal(signal.SIGTERM, before)
 
 
-def test_a_stopped_drive_cancels_its_tasks_without_force(monkeypatch):
+class _FakeRemote:
+    """What `ray.remote(fn_or_class).options(...)` gives, faked: `.remote()` makes a ref (a task) or an actor."""
+
+    def __init__(self, made: list) -> None:
+        self.made = made
+
+    def options(self, **_kw):
+        return self
+
+    def remote(self, *_args):
+        self.made.append(thing := _Made())
+        thing.run = self
+        return thing
+
+
+class _Made:
+    """A ref or an actor handle (hashable, as Ray's are)."""
+
+    run: _FakeRemote
+
+
+def _stopped_drive(monkeypatch, ready_first: bool) -> tuple[list, list, list]:
+    """drive() over two cells of one model, stopped by Ctrl-C in `ray.wait`: at once, or once the model is ready
+    (its two cells then handed to two actors). (made refs and actors, cancel calls' kwargs, kill calls)."""
+    made, cancelled, killed = [], [], []
+    waits = iter([True] if ready_first else [])
+
+    def wait(refs, **_kw):
+        if next(waits, False):
+            return [refs[0]], []
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(ray, "remote", lambda _what: _FakeRemote(made))
+    monkeypatch.setattr(ray, "wait", wait)
+    monkeypatch.setattr(ray, "cancel", lambda ref, **kw: cancelled.append(kw))
+    monkeypatch.setattr(ray, "kill", lambda actor, **kw: killed.append((actor, kw)))
+    monkeypatch.setattr(executors, "collect", lambda *_a: None)
+    monkeypatch.setattr(executors, "cell_slots", lambda ex: 2)
+    ex = SimpleNamespace(cpus_per_cell=1, gpus_per_cell=0, max_retries=0)
+    sw = SimpleNamespace(todo=[SimpleNamespace(model="a"), SimpleNamespace(model="a")])
+    try:
+        executors.drive(sw, None, ex)
+    except KeyboardInterrupt:
+        pass
+    return made, cancelled, killed
+
+
+def test_a_stopped_drive_cancels_its_tasks_without_force_and_kills_its_actors(monkeypatch):
     """A forced `ray.cancel` of tasks in flight when the driver was stopped crashed it inside Ray's core
     worker (`task_manager.cc: Check failed: Tried to complete task that was not pending`, exit 1, after the
     invocation was closed but before the interruption's message): 2 of 2 SIGTERMed smoke runs against a
-    `ray start` head, none of 2 without force. Without force Ray raises KeyboardInterrupt in a running task."""
-    from types import SimpleNamespace
-
-    cancelled: list[dict] = []
-
-    class Task:
-        def remote(self, *_args):
-            return object()
-
-    def stopped(*_args, **_kw):
-        raise KeyboardInterrupt
-
-    monkeypatch.setattr(executors, "_remote", lambda fn, ex: Task())
-    monkeypatch.setattr(ray, "wait", stopped)
-    monkeypatch.setattr(ray, "cancel", lambda ref, **kw: cancelled.append(kw))
-    sw = SimpleNamespace(todo=[SimpleNamespace(model="a"), SimpleNamespace(model="a")])
-    try:
-        executors.drive(sw, None, None)
-    except KeyboardInterrupt:
-        pass
-    assert len(cancelled) == 3 and all(not kw.get("force", False) for kw in cancelled), cancelled
+    `ray start` head, none of 2 without force. Without force Ray raises KeyboardInterrupt in a running task.
+    Cell actors (each keeping its model loaded) are killed, without restart, so their memory goes."""
+    made, cancelled, killed = _stopped_drive(monkeypatch, ready_first=False)
+    assert len(made) == 1 and cancelled == [{"force": False}] and not killed  # the model task; no actor yet
+    made, cancelled, killed = _stopped_drive(monkeypatch, ready_first=True)
+    actors = made[1::2]  # model task, then per actor: the actor, its call
+    assert len(made) == 5 and not cancelled and [a for a, _ in killed] == actors
+    assert all(kw == {"no_restart": True} for _, kw in killed)
 
 
 def test_an_address_with_a_token_at_hand_connects_with_it():
@@ -74,12 +110,12 @@ def test_an_address_with_a_token_at_hand_connects_with_it():
     stays in the process's Ray state, and a later local `ray.init` (test_ray_executor's) failed to start its GCS."""
     code = textwrap.dedent("""
         import os, ray
-        import ptq_bench.executors as executors
+        import ptq_bench.ray_cluster as ray_cluster
         seen = []
         ray.is_initialized = lambda: False
         ray.init = lambda **_kw: seen.append(os.environ.get("RAY_AUTH_MODE"))
-        executors.refuse_unreachable = lambda address: None
-        executors.connect("10.0.0.1:6379")
+        ray_cluster.refuse_unreachable = lambda address: None
+        ray_cluster.connect("10.0.0.1:6379")
         print(seen)
     """)
     env = {k: v for k, v in os.environ.items() if k != "RAY_AUTH_MODE"} | {"RAY_AUTH_TOKEN": "0123456789abcdef" * 4}
@@ -136,7 +172,7 @@ def test_connect_turns_off_rays_log_dedup_before_importing_ray(tmp_path):
     RAY_DEDUP_LOGS once, at its import, so connect sets it (unless the caller did) before importing Ray."""
     code = textwrap.dedent("""
         import contextlib, sys
-        import ptq_bench.executors as ex
+        import ptq_bench.ray_cluster as ex
         assert 'ray' not in sys.modules
         with contextlib.suppress(Exception):
             ex.connect('127.0.0.1:1')  # nothing listens there: refused before ray.init
