@@ -16,3 +16,24 @@ def _ppl_note(max_windows: int | None) -> str:
 def test_the_perplexity_note_says_how_many_windows_were_scored():
     assert "all windows" in _ppl_note(None) and "first" not in _ppl_note(None)
     assert "first 8 windows" in _ppl_note(8) and "all windows" not in _ppl_note(8)
+
+
+def test_rows_of_different_eval_versions_are_said_to_be_so(tmp_path):
+    """A folder an older ptq-bench wrote, whose rerun stopped before every cell was recomputed, holds rows of
+    two protocol versions side by side: the notes say which, not only the manifest's latest version."""
+    from report_rows import run_dir
+
+    from ptq_bench.report import render
+
+    t3 = [("hellaswag", "acc_norm", 0.3)]
+    rows = [row("fp16", "fp16", "none", 16, 16, 15.0, t3, eval_version=6),
+            row("fp16", "fp16", "absmax", 8, 16, 15.1, t3, eval_version=6, method_version=2),
+            row("fp16", "fp16", "absmax", 4, 16, 16.0, t3, eval_version=3, method_version=1)]
+    d = run_dir(tmp_path, rows, layout="bitnet_table3")
+    render(d)
+    said = "- Rows were evaluated under different protocol versions (`eval v`): v3 (1 rows), v6 (2 rows);"
+    for name in ("table.md", "paper_table.md"):
+        assert said in (d / name).read_text(encoding="utf-8")
+    one = run_dir(tmp_path / "one", rows[:2], layout="bitnet_table3")
+    render(one)
+    assert "different protocol versions" not in (one / "table.md").read_text(encoding="utf-8")

@@ -199,6 +199,17 @@ def eval_note(manifest: dict[str, Any], tasks: list[str]) -> list[str]:
             + (f"; task versions: {shown}" if shown else "") + "."]
 
 
+def eval_mix_note(rows: list[dict[str, Any]]) -> list[str]:
+    """Rows of different evaluation protocol versions (an older folder that a newer ptq-bench's run did not finish
+    recomputing) say so: the manifest's protocol line names only the latest version."""
+    seen = Counter("unrecorded" if v is None else f"v{v}" for v in (r.get("eval_version") for r in rows))
+    if len(seen) < 2:
+        return []
+    return ["- Rows were evaluated under different protocol versions (`eval v`): "
+            + ", ".join(f"{v} ({n} rows)" for v, n in sorted(seen.items())) + "; numbers of different versions "
+            "are not comparable (rerun the recipe to recompute the older ones)."]
+
+
 MIXED = "mixed (below)"  # a PPL column whose rows were measured under different protocols (ppl_note)
 
 
@@ -282,6 +293,7 @@ def notes(run: RunData, layout: Layout, df: pd.DataFrame) -> list[str]:
              *task_notes(shown_tasks(run, layout)), *seed_note(run.recipe), *untrained_notes(run.rows)]
     if "PPL" in df.columns:
         lines += ppl_note(run.rows)
+    lines += eval_mix_note(run.rows)
     if run.manifest:
         lines += eval_note(run.manifest, shown_tasks(run, layout))
     if run.manifest and run.manifest.get("invocations"):
