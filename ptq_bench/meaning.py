@@ -12,7 +12,8 @@ defaults filled in, calibration seed, tasks), every number as a float. Anything 
 the run goes on as that stored recipe (so its hash, the one the folder's rows carry, stays the folder's;
 the manifest's `recipe` keeps hashing to it, for the next comparison) with this recipe's NOT_IN_DIGEST fields
 (names, folders, layout, executor); the invocation records the hash of this wording. Otherwise the recipe
-is returned as is and `results.open_run` refuses a folder of another recipe, as before.
+is returned as is and `results.open_run` refuses a folder of another recipe, as before. A folder of this same
+recipe that an older ptq-bench wrote under the hash of its own recipe schema (`refuse_older`) is refused as that.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from ptq_bench.cells import Cell, calib_seed, expand_cells
 from ptq_bench.config import from_dict, to_dict
 from ptq_bench.errors import PtqBenchError, RecipeError
 from ptq_bench.recipe import NOT_IN_DIGEST, Recipe, digest_fields, model_arch
-from ptq_bench.results import as_floats, load_manifest
+from ptq_bench.results import as_floats, load_manifest, scan_rows
 
 
 def meaning(recipe: Recipe) -> str:
@@ -61,6 +62,8 @@ def folder_recipe(recipe: Recipe) -> tuple[Recipe, dict[str, str]]:
     hash of `recipe`'s wording} when that is another wording of the folder's recipe, else {}); see the module
     docstring. Called under the folder's `run_lock`."""
     stored = stored_recipe(recipe.out_dir)
+    if stored is None:
+        refuse_older(recipe)
     if stored is None or stored.digest() == recipe.digest():
         return recipe, {}
     try:
@@ -84,3 +87,44 @@ def stored_recipe(run_dir: Path) -> Recipe | None:
     except (PtqBenchError, ValueError, TypeError):
         return None
     return recipe if recipe.digest() == manifest["recipe_hash"] else None
+
+
+# the fields each earlier ptq-bench left out of its recipe hash (the full recipe before 2441256; `dtype` at
+# "auto" too since dbc4285): a manifest's stored recipe hashed by one of them to its `recipe_hash` was written
+# by that version, not edited since
+_EARLIER = ("name", "output_dir", "cache_dir", "description", "device", "layout")
+EARLIER_NOT_IN_DIGEST = ((), _EARLIER, (*_EARLIER, "data_dir"), (*_EARLIER, "data_dir", "executor"),
+                         (*_EARLIER, "data_dir", "executor", "in_place"), NOT_IN_DIGEST)
+
+
+def _hashed_then(stored: dict[str, Any], recipe_hash: str) -> bool:
+    """Whether an earlier ptq-bench's recipe hash of the stored recipe (as its manifest keeps it) is `recipe_hash`."""
+    for left_out in EARLIER_NOT_IN_DIGEST:
+        fields = {k: v for k, v in stored.items() if k not in left_out and not (k == "dtype" and v == "auto"
+                                                                                 and left_out == NOT_IN_DIGEST)}
+        if hashlib.sha256(json.dumps(fields, sort_keys=True, default=str).encode()).hexdigest()[:16] == recipe_hash:
+            return True
+    return False
+
+
+def refuse_older(recipe: Recipe) -> None:
+    """A folder of this same recipe that an older ptq-bench wrote, under the hash it computed then (recipe fields
+    added since count in this version's hash, each at its default), is refused as what it is, not as "another
+    recipe's" with advice to remove it: its rows cannot be resumed, `report` still renders them."""
+    try:
+        manifest = load_manifest(recipe.out_dir, strict=True)
+        stored = (manifest or {}).get("recipe")
+        if manifest is None or manifest["recipe_hash"] == recipe.digest() or not isinstance(stored, dict) \
+                or not _hashed_then(stored, manifest["recipe_hash"]):  # none, this recipe's, or edited since
+            return
+        then = from_dict(Recipe, stored)  # the fields added since at their defaults
+        same = then.digest() == recipe.digest() or meaning(then) == meaning(recipe)
+    except (PtqBenchError, RecipeError, ValueError, TypeError, KeyError):
+        return
+    if not same or not any(row is not None for _, row, _ in scan_rows(recipe.out_dir)):
+        return
+    first = (manifest.get("invocations") or [{}])[0]
+    raise PtqBenchError(f"{recipe.out_dir} holds this recipe's results from an older ptq-bench (git "
+                        f"{str(first.get('git'))[:12]}), under the recipe hash it computed then ({manifest['recipe_hash']}; "
+                        f"this version's is {recipe.digest()}): it cannot be resumed; set a different output_dir "
+                        f"(`ptq-bench report {recipe.out_dir}` still renders the folder)")

@@ -149,3 +149,27 @@ def test_another_calibration_seed_changes_the_meaning(tmp_path):
     runs = [load_recipe(smoke(tmp_path, f"s{s}.yaml", calibration={"n_samples": 8, "seq_len": 64, "seeds": [s]},
                               **gptq)) for s in (0, 1)]
     assert meaning(runs[0]) != meaning(runs[1])
+
+
+def _committed(tmp_path: Path, name: str, **changes) -> Path:
+    """A copy of results/<name> and its recipe (from the manifest's text) writing into that copy."""
+    shutil.copytree(ROOT / "results" / name, tmp_path / name)
+    raw = yaml.safe_load(json.loads((tmp_path / name / MANIFEST).read_text())["recipe_text"])
+    return write_recipe(tmp_path / f"{name}.yaml", {**raw, "output_dir": str(tmp_path / name), **changes})
+
+
+def test_a_folder_of_this_recipe_from_an_older_ptq_bench_is_not_called_another_recipes(tmp_path):
+    """results/lr_stability (6c6f693, schema-0 rows) was written by its own recipe, under the hash of a recipe
+    schema without the fields added since: `run` called it "results of another recipe" and advised removing
+    it. It is refused as an older ptq-bench's folder, untouched; a recipe that does differ is still another's."""
+    from ptq_bench.meaning import folder_recipe
+
+    recipe = _committed(tmp_path, "lr_stability")
+    before = {p.name: p.read_bytes() for p in (tmp_path / "lr_stability").iterdir() if p.is_file()}
+    proc = cli("run", str(recipe))
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr[-2000:]
+    assert "holds this recipe's results from an older ptq-bench (git 6c6f693ad812)" in proc.stderr
+    assert "another recipe" not in proc.stderr and "ptq-bench report" in proc.stderr
+    assert {p.name: p.read_bytes() for p in (tmp_path / "lr_stability").iterdir() if p.is_file() and p.name in before} == before
+    other = load_recipe(_committed(tmp_path / "o", "lr_stability", seed=1))
+    assert folder_recipe(other) == (other, {})  # left to open_run's "another recipe"
