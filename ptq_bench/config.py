@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import hashlib
+import json
 import math
 import types
 import typing
@@ -311,3 +313,9 @@ def load_yaml(text: str) -> Any:
         raise ConfigError(f"{line}not valid YAML ({problem})") from None
     except RecursionError:
         raise ConfigError(f"nested deeper than {MAX_DEPTH} levels") from None
+
+
+def fields_hash(fields: dict[str, Any]) -> str:
+    """A recipe hash (`Recipe.digest`), the rule of every ptq-bench version so far (`meaning._hashed_then`): sha256 of
+    the fields' sorted JSON, 16 hex digits."""
+    return hashlib.sha256(json.dumps(fields, sort_keys=True, default=str).encode()).hexdigest()[:16]

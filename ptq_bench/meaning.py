@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from ptq_bench.cells import Cell, calib_seed, expand_cells
-from ptq_bench.config import from_dict, to_dict
+from ptq_bench.config import fields_hash, from_dict, to_dict
 from ptq_bench.errors import PtqBenchError, RecipeError
 from ptq_bench.recipe import NOT_IN_DIGEST, Recipe, digest_fields, model_arch
 from ptq_bench.results import as_floats, load_manifest, scan_rows
@@ -102,7 +102,7 @@ def _hashed_then(stored: dict[str, Any], recipe_hash: str) -> bool:
     for left_out in EARLIER_NOT_IN_DIGEST:
         fields = {k: v for k, v in stored.items() if k not in left_out and not (k == "dtype" and v == "auto"
                                                                                  and left_out == NOT_IN_DIGEST)}
-        if hashlib.sha256(json.dumps(fields, sort_keys=True, default=str).encode()).hexdigest()[:16] == recipe_hash:
+        if fields_hash(fields) == recipe_hash:
             return True
     return False
 

@@ -13,14 +13,12 @@ modules), so `ptq-bench validate` stays fast.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 from dataclasses import MISSING, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ptq_bench.cells import MAX_SETTINGS, Cell, calib_seed, expand_cells
-from ptq_bench.config import ConfigError, bound, from_dict, load_yaml, short, to_dict
+from ptq_bench.config import ConfigError, bound, fields_hash, from_dict, load_yaml, short, to_dict
 from ptq_bench.data import PPL_FILES, TRAIN_FILES
 from ptq_bench.errors import RecipeError
 from ptq_bench.eval.harness import BACKENDS, TASKS
@@ -203,8 +201,7 @@ class Recipe:
     def digest(self) -> str:
         """A hash of the recipe as written, but for key order, formatting and NOT_IN_DIGEST fields (a run folder's
         identity: its rows carry it; `meaning.folder_recipe` lets another wording of the same cells resume it)."""
-        blob = json.dumps(digest_fields(self), sort_keys=True, default=str)
-        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+        return fields_hash(digest_fields(self))
 
 
 def digest_fields(recipe: Recipe) -> dict[str, Any]:
