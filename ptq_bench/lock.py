@@ -58,7 +58,10 @@ def run_lock(run_dir: Path) -> Iterator[None]:
     An flock: the kernel drops it when the holder dies, even by kill -9 (a stale .lock.owner is harmless)."""
     from filelock import FileLock, Timeout
 
+    from ptq_bench.paths import refuse_links
+
     run_dir = Path(run_dir)
+    refuse_links(run_dir)  # before the lock and its owner file are written
     run_dir.mkdir(parents=True, exist_ok=True)
     lock = FileLock(str(run_dir / LOCK), timeout=0)
     try:

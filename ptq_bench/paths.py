@@ -93,6 +93,7 @@ def check_paths(recipe: Any, data_dir: Path | None) -> None:
                               "whose entries ptq-bench rebuilds and removes; set an output_dir outside it")
     from ptq_bench.results import RESULTS
 
+    refuse_links(out)
     if (out / RESULTS).is_file() and not os.access(out / RESULTS, os.W_OK):  # else refused after its first cell
         raise RecipeError(f"output_dir: {RESULTS} is not writable (in {short(str(out))})")
     _refuse_foreign_derived(out)
@@ -110,3 +111,17 @@ def _refuse_foreign_derived(out: Path) -> None:
     if found:
         raise RecipeError(f"output_dir: {short(str(out))} is not a results folder but holds {', '.join(found[:3])}, "
                           "which a run would overwrite or remove; give a new or empty folder")
+
+
+def refuse_links(run_dir: Path) -> None:
+    """A run folder's own files that a run appends to, truncates or writes into (results.jsonl, the lock and its
+    owner file, curves/) must not be symbolic links: a folder copied from elsewhere could point them at any file,
+    which the run would then write (a torn-line repair truncates it). One line naming the link; nothing written."""
+    from ptq_bench.lock import LOCK, LOCK_OWNER
+    from ptq_bench.results import CURVES, RESULTS
+
+    for name in (RESULTS, LOCK, LOCK_OWNER, CURVES):
+        link = Path(run_dir) / name
+        if link.is_symlink():
+            raise RecipeError(f"output_dir: {name} in {short(str(run_dir))} is a symbolic link, which a run would "
+                              "write through; replace it with a plain file or folder, or give another output_dir")
