@@ -26,6 +26,7 @@ class GGUFArray(NamedTuple):
 _SCALARS = {0: "B", 1: "b", 2: "H", 3: "h", 4: "I", 5: "i", 6: "f", 7: "?", 10: "Q", 11: "q", 12: "d"}  # GGUFValueType
 _STRING, _ARRAY = 8, 9
 SHORT_ARRAY = 64  # arrays up to this length are returned as lists, longer ones as GGUFArray
+MAX_NESTING = 8  # arrays of arrays deeper than this are refused (each level is 12 bytes of the file, one Python call)
 # the file's tensor names, beside the keys (not a GGUF key: those are dotted identifiers): transformers derives some
 # config values from which tensors a file holds (StableLM's use_parallel_residual)
 TENSORS = "<tensor names>"
@@ -80,7 +81,7 @@ def _tensor_names(mm: mmap.mmap, off: int, n: int, e: str, alignment: int) -> tu
     for _ in range(n):
         name, off = _gguf_string(mm, off, e)
         n_dims = struct.unpack_from(e + "I", mm, off)[0]
-        dims = struct.unpack_from(e + "Q" * n_dims, mm, off + 4)
+        dims = struct.unpack_from(f"{e}{n_dims}Q", mm, off + 4)  # a count, not n_dims letters: n_dims is the file's
         ggml_type, start = struct.unpack_from(e + "IQ", mm, off + 4 + 8 * n_dims)
         off += 4 + 8 * n_dims + 4 + 8
         block, size = GGML_QUANT_SIZES.get(ggml_type, (1, 0))  # an unknown type: left to the loader
@@ -98,7 +99,7 @@ def _gguf_string(mm: mmap.mmap, off: int, e: str) -> tuple[str, int]:
     return mm[off + 8: off + 8 + n].decode("utf-8", errors="replace"), off + 8 + n
 
 
-def _gguf_value(mm: mmap.mmap, off: int, vtype: int, e: str) -> tuple[Any, int]:
+def _gguf_value(mm: mmap.mmap, off: int, vtype: int, e: str, depth: int = 0) -> tuple[Any, int]:
     if vtype in _SCALARS:
         fmt = e + _SCALARS[vtype]
         return struct.unpack_from(fmt, mm, off)[0], off + struct.calcsize(fmt)
@@ -106,13 +107,15 @@ def _gguf_value(mm: mmap.mmap, off: int, vtype: int, e: str) -> tuple[Any, int]:
         return _gguf_string(mm, off, e)
     if vtype != _ARRAY:
         raise ValueError(f"unknown GGUF value type {vtype} at byte {off}")
+    if depth >= MAX_NESTING:
+        raise ValueError(f"arrays nested more than {MAX_NESTING} deep at byte {off}")
     itype, n = struct.unpack_from(e + "IQ", mm, off)
     off += 12
     if itype in _SCALARS and n > SHORT_ARRAY:  # fixed-size elements: jump over them
         return GGUFArray(itype, n), off + n * struct.calcsize(e + _SCALARS[itype])
     items = []
     for _ in range(n):
-        item, off = _gguf_value(mm, off, itype, e)
+        item, off = _gguf_value(mm, off, itype, e, depth + 1)
         if n <= SHORT_ARRAY:
             items.append(item)
     return (items if n <= SHORT_ARRAY else GGUFArray(itype, n)), off

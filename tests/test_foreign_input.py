@@ -43,3 +43,46 @@ def test_the_run_lock_refuses_a_linked_owner_file(tmp_path):
     with pytest.raises(PtqBenchError, match="is a symbolic link"), run_lock(tmp_path / "run"):
         pass
     assert (tmp_path / "notes.txt").read_text() == "mine\n"
+
+
+def _gguf(tmp_path: Path, body: bytes, n_tensors: int, n_kv: int) -> Path:
+    import struct
+
+    file = tmp_path / "m.gguf"
+    file.write_bytes(struct.pack("<IIQQ", 0x46554747, 3, n_tensors, n_kv) + body + b"\0" * 64)
+    return file
+
+
+def test_a_gguf_tensor_with_billions_of_dimensions_costs_no_memory(tmp_path):
+    """A 101-byte GGUF whose tensor info says 4 billion dimensions: the header reader built a 4 GB struct format
+    ("Q" per dimension) before finding the file too short: a MemoryError traceback at `validate` (or gigabytes;
+    2.3 GB peak for the 2**26 dimensions here)."""
+    import struct
+    import tracemalloc
+
+    from ptq_bench.errors import RecipeError
+    from ptq_bench.sources import inspect_source
+
+    file = _gguf(tmp_path, struct.pack("<Q", 1) + b"a" + struct.pack("<I", 2**26), n_tensors=1, n_kv=0)
+    (tmp_path / "warm").mkdir()
+    with pytest.raises(RecipeError):  # the modules it imports, before measuring
+        inspect_source(str(_gguf(tmp_path / "warm", b"", n_tensors=0, n_kv=0)))
+    tracemalloc.start()
+    with pytest.raises(RecipeError, match=f"cannot read GGUF metadata of {file}: cut short inside its header"):
+        inspect_source(str(file))
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert peak < 16 * 2**20, peak  # the format alone was 64 MB
+
+
+def test_a_gguf_of_deeply_nested_arrays_is_one_line(tmp_path):
+    """5,000 arrays each holding the next (60 kB): a RecursionError traceback at `validate`."""
+    import struct
+
+    from ptq_bench.errors import RecipeError
+    from ptq_bench.sources import inspect_source
+
+    value = struct.pack("<I", 9) + struct.pack("<IQ", 9, 1) * 5000 + struct.pack("<IQ", 4, 0)
+    file = _gguf(tmp_path, struct.pack("<Q", 1) + b"k" + value, n_tensors=0, n_kv=1)
+    with pytest.raises(RecipeError, match="arrays nested more than 8 deep"):
+        inspect_source(str(file))
