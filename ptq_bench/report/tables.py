@@ -12,7 +12,7 @@ from collections import Counter
 from typing import TYPE_CHECKING, Any
 
 from ptq_bench.quant.configs import setting_label
-from ptq_bench.report.fmt import bits, frame, md_cell
+from ptq_bench.report.fmt import bits, frame, md_cell, md_line
 from ptq_bench.report.paper import labels
 from ptq_bench.report.run import (
     RunData,
@@ -298,4 +298,4 @@ def notes(run: RunData, layout: Layout, df: pd.DataFrame) -> list[str]:
         lines += eval_note(run.manifest, shown_tasks(run, layout))
     if run.manifest and run.manifest.get("invocations"):
         lines.append(provenance(run.manifest))
-    return lines + run.damage
+    return [md_line(line) for line in lines + run.damage]  # a row's or manifest's text: no line break, no HTML

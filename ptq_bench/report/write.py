@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ptq_bench.cache import write_atomic
-from ptq_bench.report.fmt import to_csv, to_latex, to_markdown
+from ptq_bench.report.fmt import md_line, to_csv, to_latex, to_markdown
 from ptq_bench.report.layouts import GENERIC, LAYOUTS, SPREAD, Layout, load
 from ptq_bench.report.run import RunData, shots
 from ptq_bench.report.tables import column_keys, csv_keys, notes, table_notes
@@ -42,7 +42,7 @@ def _title(run: RunData, layout: Layout) -> str:
 
 
 def _markdown(run: RunData, layout: Layout, df: pd.DataFrame) -> str:
-    parts = [f"# {_title(run, layout)}", "", to_markdown(df) if len(df.columns) else "(no rows)"]
+    parts = [md_line(f"# {_title(run, layout)}"), "", to_markdown(df) if len(df.columns) else "(no rows)"]
     if layout.reference:
         parts += ["", f"## {layout.reference_title}", "", to_markdown(load(layout.reference)())]
     return "\n".join([*parts, "", *notes(run, layout, df)]) + "\n"
