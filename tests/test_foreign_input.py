@@ -141,3 +141,14 @@ def test_a_note_holding_html_outside_its_code_spans_is_escaped():
 
     assert md_line("- `x` <img src=y>` before\ntraining") == "- `x` &lt;img src=y&gt;` before training"
     assert md_line("- `<task>/acc` & more <b>") == "- `<task>/acc` &amp; more &lt;b&gt;"
+
+
+def test_a_name_that_is_broken_mathtext_is_drawn_as_text(tmp_path, capsys):
+    r"""matplotlib parses $...$ in a label as mathtext: a row's model named a$\frac{$b ended `report` in a
+    ParseSyntaxException traceback (exit 1) after its tables, before its plots."""
+    run_dir = _copied_run_with_names(tmp_path, {0: r"a$\frac{$b"})
+    for png in run_dir.glob("*.png"):
+        png.unlink()
+    assert main(["report", str(run_dir)]) == 0
+    assert "Traceback" not in capsys.readouterr().err
+    assert (run_dir / "ppl_vs_bits.png").is_file() and (run_dir / "loss_curves.png").is_file()

@@ -117,7 +117,10 @@ def _save(fig: Any, path: Path) -> Path:
     """Drawn into a sibling temp file (same suffix: matplotlib reads the format from it), then renamed: a
     killed report leaves the old figure or the new one, never an empty file."""
     import matplotlib.pyplot as plt
+    from matplotlib.text import Text
 
+    for text in fig.findobj(Text):  # a run folder's names are text: "a$\\frac{$b" is no mathtext (it was a traceback)
+        text.set_parse_math(False)
     tmp = temp_sibling(path)
     fig.tight_layout()
     try:
