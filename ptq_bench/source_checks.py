@@ -57,13 +57,17 @@ def safetensors_problem(file: Path) -> str:
             return f"cut short inside its header ({size} bytes)"
         try:
             header = json.loads(fh.read(n))
-        except ValueError:
+        except (ValueError, RecursionError):  # RecursionError: arrays nested thousands deep
             return "its header is not JSON"
-    for name, t in header.items() if isinstance(header, dict) else ():
-        if name == "__metadata__" or not isinstance(t, dict):
+    if not isinstance(header, dict):
+        return "its header is not a JSON object"
+    for name, t in header.items():
+        if name == "__metadata__":
             continue
-        start, end = t.get("data_offsets", (0, 0))
-        count = math.prod(t.get("shape", ()))
+        if not _well_formed(t):  # a header of other types was a TypeError traceback at validate
+            return f"tensor {name[:80]}'s header entry is not a dtype, a shape and two offsets"
+        start, end = t["data_offsets"]
+        count = math.prod(t["shape"])
         if t.get("dtype") in DTYPE_BYTES and end - start != count * DTYPE_BYTES[t["dtype"]]:
             return f"tensor {name}'s header says {t['dtype']} {t.get('shape')} in {end - start} bytes"
         if 8 + n + end > size:
@@ -71,10 +75,19 @@ def safetensors_problem(file: Path) -> str:
     return ""
 
 
+def _well_formed(entry: object) -> bool:
+    """A safetensors header entry: {"dtype": str, "shape": [int >= 0, ...], "data_offsets": [start, end]}."""
+    if not isinstance(entry, dict) or not isinstance(entry.get("dtype"), str):
+        return False
+    shape, offsets = entry.get("shape"), entry.get("data_offsets")
+    return (isinstance(shape, list) and all(type(n) is int and n >= 0 for n in shape) and isinstance(offsets, list)
+            and len(offsets) == 2 and all(type(n) is int for n in offsets) and 0 <= offsets[0] <= offsets[1])
+
+
 def custom_code_note(config: dict, model_type: str) -> str:
     """What a config.json naming its own modeling code (`auto_map`) under a model_type transformers knows gets:
     that code is never run (no trust_remote_code), transformers' own class is loaded, and this note says so
-    beside the model at validate, in the run's log and in its curves/ record (a repository's code may differ)."""
+    beside the model at validate, in the run's log and in the manifest's invocation (a repository's code may differ)."""
     auto = config.get("auto_map")
     if not isinstance(auto, dict) or not auto:
         return ""

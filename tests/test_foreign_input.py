@@ -152,3 +152,41 @@ def test_a_name_that_is_broken_mathtext_is_drawn_as_text(tmp_path, capsys):
     assert main(["report", str(run_dir)]) == 0
     assert "Traceback" not in capsys.readouterr().err
     assert (run_dir / "ppl_vs_bits.png").is_file() and (run_dir / "loss_curves.png").is_file()
+
+
+def _with_header(folder: Path, edit) -> Path:
+    """`folder`'s model.safetensors with its JSON header replaced by edit(header) (raw bytes when bytes)."""
+    import json
+    import struct
+
+    file = folder / "model.safetensors"
+    data = file.read_bytes()
+    n = struct.unpack("<Q", data[:8])[0]
+    new = edit(json.loads(data[8:8 + n]))
+    raw = new if isinstance(new, bytes) else json.dumps(new).encode()
+    file.write_bytes(struct.pack("<Q", len(raw)) + raw + data[8 + n:])
+    return file
+
+
+def _entry(**fields):
+    return lambda h: {**h, "model.norm.weight": {**h["model.norm.weight"], **fields}}
+
+
+@pytest.mark.parametrize(("edit", "says"), [
+    (_entry(shape="abc"), "tensor model.norm.weight's header entry is not a dtype, a shape and two offsets"),
+    (_entry(data_offsets=["a", 1]), "tensor model.norm.weight's header entry is not"),
+    (_entry(data_offsets=5), "tensor model.norm.weight's header entry is not"),
+    (lambda h: [1, 2], "its header is not a JSON object"),
+    (lambda h: b"[" * 100_000 + b"]" * 100_000, "its header is not JSON"),
+])
+def test_a_safetensors_header_of_other_types_is_one_line(tmp_path, edit, says):
+    """A header whose shape is a string or whose offsets are not two integers was a TypeError traceback at
+    `validate`; one nested 100,000 deep a RecursionError; a header that is a list passed validate."""
+    from tiny_families import save_tiny
+
+    from ptq_bench.errors import RecipeError
+    from ptq_bench.sources import inspect_source
+
+    file = _with_header(save_tiny("llama", tmp_path / "m"), edit)
+    with pytest.raises(RecipeError, match=f"{file}: {says}"):
+        inspect_source(str(tmp_path / "m"))
