@@ -71,7 +71,9 @@ def problem(path: Path) -> str | None:
 
 
 def _remove(path: Path) -> None:
-    if path.is_dir():
+    if path.is_symlink():  # a cache entry that is a link is replaced, never followed: its target is not the cache's
+        path.unlink()
+    elif path.is_dir():
         shutil.rmtree(path)
     else:
         path.unlink(missing_ok=True)

@@ -190,3 +190,25 @@ def test_a_safetensors_header_of_other_types_is_one_line(tmp_path, edit, says):
     file = _with_header(save_tiny("llama", tmp_path / "m"), edit)
     with pytest.raises(RecipeError, match=f"{file}: {says}"):
         inspect_source(str(tmp_path / "m"))
+
+
+def test_a_damaged_cache_entry_that_links_to_a_folder_is_replaced_not_followed(tmp_path):
+    """A cache copied from a colleague, or a model folder linked in by hand: when the linked artefact was incomplete
+    the rebuild ended in "Cannot call rmtree on a symbolic link" (no path named; the freshly built artefact, a
+    trained model, left in a .tmp- folder for good). Now the link is replaced; what it points at is not touched."""
+    from ptq_bench.cache import ensure, problem
+
+    (tmp_path / "theirs").mkdir()
+    (tmp_path / "theirs" / "notes.txt").write_text("mine\n")
+    entry = tmp_path / "cache" / "models" / "fp16-abc"
+    entry.parent.mkdir(parents=True)
+    entry.symlink_to(tmp_path / "theirs")
+
+    def build(tmp: Path) -> None:
+        tmp.mkdir()
+        (tmp / "model.safetensors").write_bytes(b"new")
+
+    assert ensure(entry, build, "model") == entry
+    assert not entry.is_symlink() and problem(entry) is None and (entry / "model.safetensors").read_bytes() == b"new"
+    assert (tmp_path / "theirs" / "notes.txt").read_text() == "mine\n"
+    assert sorted(p.name for p in entry.parent.iterdir()) == ["fp16-abc", "fp16-abc.lock"]
