@@ -18,6 +18,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from ptq_bench.data import file_sha256
+from ptq_bench.json_text import loads
 
 CHECKSUMS = "checksums.json"
 SIDECAR = ".sha256"
@@ -54,7 +55,7 @@ def problem(path: Path) -> str | None:
         if not listed.is_file():
             return f"has no {CHECKSUMS} (written last: the artefact is incomplete)"
         try:
-            want = json.loads(listed.read_text(encoding="utf-8"))
+            want = loads(listed.read_text(encoding="utf-8"))
         except (ValueError, UnicodeDecodeError):
             want = None
         if not isinstance(want, dict):

@@ -16,6 +16,7 @@ from types import MappingProxyType
 from typing import IO
 
 from ptq_bench.errors import DataError
+from ptq_bench.json_text import loads
 
 ENV_VAR = "PTQ_BENCH_DATA"
 
@@ -77,7 +78,7 @@ def check_jsonl(data_dir: Path, rel: str, fields: Mapping[str, type] = MappingPr
         with _open_text(path) as fh:
             for lineno, line in enumerate(fh, 1):
                 if line.strip():
-                    row, rows = json.loads(line), rows + 1
+                    row, rows = loads(line), rows + 1
                     _check_row(row, rel, fields, f"{path}:{lineno}: expected a JSON object{want}")
                     blank = blank and rel in TEXT_FILES and not row["text"].strip()
                     if answer is not None and not answer(row):

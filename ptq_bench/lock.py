@@ -14,6 +14,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from ptq_bench.errors import PtqBenchError
+from ptq_bench.json_text import loads
 
 LOCK = ".lock"
 LOCK_OWNER = ".lock.owner"  # JSON {pid, host, started} of the run holding LOCK
@@ -22,7 +23,7 @@ LOCK_OWNER = ".lock.owner"  # JSON {pid, host, started} of the run holding LOCK
 def _owner(run_dir: Path) -> dict | None:
     """`.lock.owner` read, None when missing or damaged."""
     try:
-        owner = json.loads((Path(run_dir) / LOCK_OWNER).read_text(encoding="utf-8"))
+        owner = loads((Path(run_dir) / LOCK_OWNER).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
     return owner if isinstance(owner, dict) else None

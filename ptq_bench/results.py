@@ -31,6 +31,7 @@ from typing import Any
 from ptq_bench.cache import naming, write_atomic
 from ptq_bench.console import log
 from ptq_bench.errors import PtqBenchError
+from ptq_bench.json_text import loads
 from ptq_bench.provenance import git_hash, hardware, package_versions
 
 RESULTS = "results.jsonl"
@@ -110,7 +111,7 @@ class Row:
 
     @classmethod
     def from_json(cls, text: str) -> Row:
-        return cls.from_dict(json.loads(text, object_pairs_hook=_unique_keys))
+        return cls.from_dict(loads(text, object_pairs_hook=_unique_keys))
 
     @classmethod
     def from_dict(cls, data: Any) -> Row:
@@ -309,7 +310,7 @@ def load_manifest(run_dir: Path, strict: bool = False) -> dict[str, Any] | None:
     if not path.is_file():
         return None
     try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
+        manifest = loads(path.read_text(encoding="utf-8"))
         problem = _manifest_problem(manifest)
     except (ValueError, UnicodeDecodeError) as exc:  # JSONDecodeError says "line L column C"
         problem = f"not valid JSON: {str(exc)[:120]}"
@@ -395,6 +396,5 @@ def close_run(run_dir: Path, manifest: dict[str, Any], wall_s: float, cells_run:
     error ended it (`error`: its one-line message; an invocation killed outright has none of these)."""
     manifest["invocations"][-1].update(
         {"finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "wall_s": round(wall_s, 1), "cells_run": cells_run,
-         **({"interrupted": True} if interrupted else {}), **({"error": error} if error is not None else {})}
-    )
+         **({"interrupted": True} if interrupted else {}), **({"error": error} if error is not None else {})})
     write_manifest(run_dir, manifest)

@@ -212,3 +212,47 @@ def test_a_damaged_cache_entry_that_links_to_a_folder_is_replaced_not_followed(t
     assert not entry.is_symlink() and problem(entry) is None and (entry / "model.safetensors").read_bytes() == b"new"
     assert (tmp_path / "theirs" / "notes.txt").read_text() == "mine\n"
     assert sorted(p.name for p in entry.parent.iterdir()) == ["fp16-abc", "fp16-abc.lock"]
+
+
+DEEP = "[" * 100_000 + "]" * 100_000  # 200 kB of nesting: json's RecursionError
+
+
+@pytest.mark.parametrize(("where", "says"), [
+    ("results.jsonl", "results.jsonl:18: damaged row (arrays or objects nested too deeply); skipped"),
+    ("manifest.json", "manifest.json: damaged manifest (not valid JSON: arrays or objects nested too deeply)"),
+    ("curves/bitnet_b1.json", None)])
+def test_json_nested_too_deeply_is_a_damaged_file_not_a_traceback(tmp_path, capsys, where, says):
+    """A results.jsonl line, manifest or curve nested 100,000 deep ended `report` (and `run`) in a RecursionError
+    traceback; now it is damaged like any other unreadable JSON: reported, skipped, every intact row rendered."""
+    run_dir = _copied_run_with_names(tmp_path, {})
+    file = run_dir / where
+    file.write_text(file.read_text() + DEEP + "\n" if where == "results.jsonl" else DEEP)
+    assert main(["report", str(run_dir)]) == 0
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and (says is None or says in err)
+    assert says is not None or "curves/bitnet_b1.json unreadable (ValueError: arrays or objects nested too deeply)" \
+        in (run_dir / "table.md").read_text()
+
+
+def test_a_lock_owner_nested_too_deeply_is_a_stale_owner(tmp_path):
+    """`run` reads .lock.owner when it takes the lock: a deeply nested one was a RecursionError traceback."""
+    from ptq_bench.lock import run_lock
+
+    (tmp_path / ".lock.owner").write_text(DEEP)
+    with run_lock(tmp_path):
+        assert (tmp_path / ".lock.owner").read_text().startswith('{"pid"')
+
+
+def test_a_cache_checksum_list_or_data_file_nested_too_deeply_is_damaged(tmp_path):
+    """The cache's checksums.json is damaged (the artefact is rebuilt), a data file's line is "not JSON lines"."""
+    from ptq_bench.cache import problem
+    from ptq_bench.data import check_jsonl
+    from ptq_bench.errors import DataError
+
+    (tmp_path / "artefact").mkdir()
+    (tmp_path / "artefact" / "checksums.json").write_text(DEEP)
+    assert problem(tmp_path / "artefact") == "has a damaged checksums.json"
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "c4_validation.jsonl").write_text('{"text": "a"}\n' + DEEP + "\n")
+    with pytest.raises(DataError, match="c4_validation.jsonl:2: not JSON lines"):
+        check_jsonl(tmp_path / "data", "c4_validation.jsonl")

@@ -45,6 +45,7 @@ from tqdm import tqdm
 from ptq_bench.console import bar_disable
 from ptq_bench.data import file_sha256
 from ptq_bench.eval.perplexity import perplexity_of, protocol_name, window_batch, windows
+from ptq_bench.json_text import loads
 
 FORMAT_VERSION = 2  # 2: the top-1 file's sha256 and the metadata's own are checked
 KL_TOKENS = 256  # tokens per KL step: each token's KL is its own row, so any step gives the same values
@@ -204,7 +205,7 @@ def open_reference(path: Path, wins: torch.Tensor, set_name: str, seqlen: int, m
     if not (meta_file.is_file() and path.is_file() and top1_file.is_file()):
         return None
     try:
-        meta = json.loads(meta_file.read_text(encoding="utf-8"))
+        meta = loads(meta_file.read_text(encoding="utf-8"))
     except (ValueError, UnicodeDecodeError):
         return None
     want = {"format_version": FORMAT_VERSION, "key": key, "set": set_name, "seqlen": seqlen,

@@ -7,12 +7,13 @@ not carry (a task it did not run, an empty quant report, ...) is shown as not me
 
 from __future__ import annotations
 
-import json
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from ptq_bench.json_text import loads
 
 # row fields that say which version of a method / of the evaluation produced the row -> column label
 VERSION_FIELDS = {"method_version": "method v", "eval_version": "eval v"}
@@ -75,7 +76,7 @@ def _drop_foreign_curves(run: RunData) -> None:
 
 def read_curve(path: Path) -> dict[str, Any]:
     """A curves/<model>.json, checked (`checked_curve`); ValueError or OSError when it cannot be read."""
-    return checked_curve(json.loads(path.read_text(encoding="utf-8")))
+    return checked_curve(loads(path.read_text(encoding="utf-8")))
 
 
 def checked_curve(curve: Any) -> dict[str, Any]:
