@@ -11,6 +11,7 @@ import struct
 from pathlib import Path
 
 from ptq_bench.errors import RecipeError
+from ptq_bench.json_text import loads
 
 SIZE_KEYS = ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size", "vocab_size", "n_layer")
 DTYPE_BYTES = {"F64": 8, "I64": 8, "U64": 8, "F32": 4, "I32": 4, "U32": 4, "F16": 2, "BF16": 2, "I16": 2, "U16": 2,
@@ -36,7 +37,7 @@ def check_checkpoint(config: dict, folder: Path, key: str) -> None:
 
 def index_shards(index: Path) -> list[str]:
     """The shard file names a `*.index.json` names, sorted, once each (its JSON's errors raised as they are)."""
-    return sorted(set(json.loads(index.read_text(encoding="utf-8"))["weight_map"].values()))
+    return sorted(set(loads(index.read_text(encoding="utf-8"))["weight_map"].values()))
 
 
 def check_sizes(config: dict, key: str, where: Path) -> None:

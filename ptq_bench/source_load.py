@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from ptq_bench.errors import RecipeError, first_line
+from ptq_bench.json_text import loads
 from ptq_bench.models.experts import unfuse_experts
 from ptq_bench.sources import SourceInfo, checked_family, kind_of
 
@@ -235,6 +236,6 @@ def _refuse_unreadable_json(info: SourceInfo) -> None:
     names = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.json")
     for file in (Path(info.path) / n for n in names if info.path and (Path(info.path) / n).is_file()):
         try:
-            json.loads(file.read_bytes())
+            loads(file.read_bytes())
         except ValueError as e:
             raise RecipeError(f"source '{info.source}': its tokenizer file {file} is not JSON ({e})") from None

@@ -24,7 +24,6 @@ note names the GGUF quantization type, because its float weights lie on that gri
 from __future__ import annotations
 
 import hashlib
-import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +33,7 @@ from typing import Any
 from ptq_bench.config import short
 from ptq_bench.data import file_digest
 from ptq_bench.errors import RecipeError
+from ptq_bench.json_text import loads
 from ptq_bench.kinds import NATIVE_BITS, TRAINED_KINDS
 
 TOOLKIT_META = "ptq_bench.json"  # = models/build.py META_FILE (build imports torch; tests check they agree)
@@ -141,7 +141,7 @@ def _inspect_dir(source: str, p: Path, key: str, form: str | None = None) -> Sou
 
 def _read_json(path: Path, key: str) -> dict:
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as e:
         raise RecipeError(f"{key}: cannot read {path}: {e}") from None
     if not isinstance(data, dict):

@@ -256,3 +256,25 @@ def test_a_cache_checksum_list_or_data_file_nested_too_deeply_is_damaged(tmp_pat
     (tmp_path / "data" / "c4_validation.jsonl").write_text('{"text": "a"}\n' + DEEP + "\n")
     with pytest.raises(DataError, match="c4_validation.jsonl:2: not JSON lines"):
         check_jsonl(tmp_path / "data", "c4_validation.jsonl")
+
+
+@pytest.mark.parametrize("name", ["config.json", "tokenizer.json"])
+def test_a_source_json_nested_too_deeply_is_one_line(tmp_path, name):
+    """A checkpoint's config.json nested 100,000 deep was a RecursionError traceback at `validate`; a tokenizer
+    file one when the model was loaded."""
+    from tiny_families import save_tiny
+
+    from ptq_bench.errors import RecipeError
+    from ptq_bench.source_load import _refuse_unreadable_json
+    from ptq_bench.sources import inspect_source
+
+    folder = save_tiny("llama", tmp_path / "m")
+    if name == "config.json":
+        (folder / name).write_text(DEEP)
+        with pytest.raises(RecipeError, match=f"cannot read {folder / name}: arrays or objects nested too deeply"):
+            inspect_source(str(folder))
+        return
+    info = inspect_source(str(folder))
+    (folder / name).write_text(DEEP)
+    with pytest.raises(RecipeError, match=f"its tokenizer file {folder / name} is not JSON"):
+        _refuse_unreadable_json(info)
