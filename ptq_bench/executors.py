@@ -3,22 +3,26 @@
 `ptq-bench run recipe.yaml --executor ray [--address ADDR]`, or the recipe's `executor:` section (joining
 the cluster: ray_cluster.py). The driver (the `ptq-bench run` process) does what a local run does around the
 cells, in `sweep.run`: `prepare` (data hashes, run-folder lock, manifest, tokenizer, which cells are left) and
-`close_run`. It is the only writer of the store (results.jsonl, manifest.json, curves/). On Ray:
+`close_run`. It is the only writer of the store (results.jsonl, manifest.json, curves/). On Ray, a pool of
+*actors*, one per cell slot of the cluster (its CPUs and GPUs over a cell's share, up to the work there is),
+each a worker process holding its share for the whole run, takes one call at a time from the driver:
 
-- a *model task* per model with cells left trains it into the shared cache (or loads a `source:`,
-  converting a GGUF once) and returns (kind, training info);
-- once it is done, *cell actors* for that model (as many as the cluster runs cells at once, up to its
-  cells), each a worker process that loads the model once and runs the cells the driver hands it, one at a
-  time, through `sweep.run_opened` on a worker-side `Sweep` whose `sink` keeps the Row instead of appending it
-  and whose `out` is a private scratch folder (an actor is never told the run folder; the scratch lies in the
-  shared cache under the run's token, and the driver removes it when the run ends). Each call returns the Row
-  as a dict, with the evaluator's provenance; an actor with no cell left to take is ended (its memory freed).
+- *prepare* a model with cells left: train it into the shared cache (or load a `source:`, converting a GGUF
+  once); it returns (kind, training info), and the actor keeps the model open;
+- *run* a cell of a prepared model, through `sweep.run_opened` on a worker-side `Sweep` whose `sink` keeps the
+  Row instead of appending it and whose `out` is a private scratch folder (an actor is never told the run
+  folder; the scratch lies in the shared cache under the run's token, and the driver removes it when the run
+  ends); it returns the Row as a dict, with the evaluator's provenance.
+
+An actor keeps one model loaded (the last it opened) and is handed that model's cells first, then a model to
+prepare (models train side by side), then another ready model's cells: a model is loaded once per actor that
+runs it, not once per cell.
 
 The driver checks each returned row (a complete `Row` of the cell it asked for) and appends it as it
-arrives, so resume, the lock and the manifest behave as locally. A task or actor whose worker dies (kill,
+arrives, so resume, the lock and the manifest behave as locally. An actor whose worker dies (kill,
 OOM, lost node) is restarted and its call re-run by Ray up to `executor.max_retries` times; a call that raises,
 or runs out of retries, is logged and listed in the manifest's invocation (`failed`), its row is absent, the
-next cell goes to a fresh actor, and the run exits non-zero once the other cells are done. Nothing a worker
+failed call's actor is replaced by a fresh one, and the run exits non-zero once the other cells are done. Nothing a worker
 computed reaches the store but through the driver, whole.
 
 The cache folder must be one folder every worker sees at the same path (on a cluster: a shared filesystem with
@@ -39,7 +43,6 @@ from pathlib import Path
 from typing import Any
 
 from ptq_bench.cache import host_tag, remove_stale
-from ptq_bench.cells import refuse_loaded
 from ptq_bench.console import log, quiet_lm_eval
 from ptq_bench.curves import save_curve
 from ptq_bench.errors import PtqBenchError
@@ -47,7 +50,7 @@ from ptq_bench.prepare import Context, get_tokenizer, pick_device
 from ptq_bench.ray_cluster import cell_slots, connect, describe
 from ptq_bench.recipe import Cell, ExecutorSpec, Recipe
 from ptq_bench.results import Row, write_manifest
-from ptq_bench.sweep import Opened, Sweep, _record_eval, base_model, cell_id, open_model, run_opened
+from ptq_bench.sweep import Opened, Sweep, _record_eval, cell_id, open_model, run_opened
 
 RAY_DRIVER, RAY_SCRATCH = ".ray-driver-", ".ray-scratch-"  # + the run's token, in the shared cache
 CRASH_ENV = "PTQ_BENCH_RAY_CRASH_ONCE"  # fault injection for tests: a folder (see _maybe_crash)
@@ -120,24 +123,32 @@ def worker_sweep(job: Job) -> Sweep:
     return sw
 
 
-def prepare_model(job: Job, name: str, cells: list[Cell]) -> tuple[str, dict]:
-    """Model task: model `name` trained into (or found in) the shared cache; (kind, training info). A PTQ
-    cell the loaded model cannot take (`cells.refuse_loaded`) fails it, and with it every cell of the model."""
-    base = base_model(worker_sweep(job), name)
-    refuse_loaded(name, base.model.config, cells)
-    return base.kind, base.info
-
-
-_OPEN: dict[tuple[str, str], Opened] = {}  # in a cell actor's process: (job token, model) -> that model, loaded
+_OPEN: dict[tuple[str, str], Opened] = {}  # in an actor's process: (job token, model) -> the one model it keeps
 
 
 class CellActor:
-    """A Ray actor: one worker process that runs cells of one model, one call at a time, and keeps the model
-    loaded between them (each cell quantizes a copy; with `in_place` or `offload` the model itself, restored
-    after it). The driver ends it when its model has no cell left to hand out."""
+    """A Ray actor: one worker process of the run's pool (one per cell slot). It prepares models and runs cells,
+    one call at a time, and keeps the last model it opened loaded: the model it trained or loaded, or the one its
+    last cell ran on (each cell quantizes a copy; with `in_place` or `offload` the model itself, restored after
+    it). The driver hands it that model's cells first and kills the pool when the run ends."""
+
+    def prepare(self, job: Job, name: str, cells: list[Cell]) -> tuple[str, dict]:
+        return prepare_model(job, name, cells)
 
     def run(self, job: Job, cell: Cell) -> dict[str, Any]:
         return run_cell(job, cell)
+
+
+def prepare_model(job: Job, name: str, cells: list[Cell]) -> tuple[str, dict]:
+    """Model `name` trained into (or found in) the shared cache and kept open; (kind, training info). A PTQ cell
+    the loaded model cannot take (`cells.refuse_loaded`) fails it, and with it every cell of the model."""
+    _OPEN.clear()  # the model before goes first
+    try:
+        opened = _OPEN[(job.token, name)] = open_model(worker_sweep(job), name, cells)
+    except BaseException:
+        _OPEN.clear()
+        raise
+    return opened.base.kind, opened.base.info
 
 
 def run_cell(job: Job, cell: Cell) -> dict[str, Any]:
@@ -220,8 +231,8 @@ def make_job(sw: Sweep) -> Job:
 
 
 def drive(sw: Sweep, job: Job, ex: ExecutorSpec) -> None:
-    """One model task per model with cells left; once a model is ready, cell actors for it (as many as the
-    cluster holds at once, up to its cells), each handed the model's next cell as it finishes one."""
+    """A pool of actors, one per cell slot of the cluster (up to the work there is): each prepares a model or
+    runs a cell at a time, handed its own model's cells first; results are collected as they end."""
     import ray
 
     d = Dispatch(sw, job, ex)
@@ -229,77 +240,79 @@ def drive(sw: Sweep, job: Job, ex: ExecutorSpec) -> None:
         while d.pending:
             (ref,), _ = ray.wait(list(d.pending), num_returns=1)
             what, item, actor = d.pending.pop(ref)
-            failed = collect(sw, what, item, ref)
-            if what == "model":
-                d.model_ready(item, failed)
-            else:
-                d.cell_done(item, actor, failed)
+            d.done(what, item, actor, collect(sw, what, item, ref))
     finally:
         d.stop()
 
 
 class Dispatch:
-    """The driver's Ray work: what is in flight, the cells not yet handed out, the live cell actors."""
+    """The driver's Ray work: the actor pool and the model each holds open, the calls in flight, the models to
+    prepare, and each model's cells not yet handed out (given once the model is ready)."""
 
     def __init__(self, sw: Sweep, job: Job, ex: ExecutorSpec) -> None:
         import ray
 
-        self.sw, self.job, self.ex = sw, job, ex
-        opts = {"num_cpus": ex.cpus_per_cell, "num_gpus": ex.gpus_per_cell}
-        self.model_task = ray.remote(prepare_model).options(**opts, max_retries=ex.max_retries)
-        self.actor = ray.remote(CellActor).options(**opts, max_restarts=ex.max_retries, max_task_retries=ex.max_retries)
-        self.pending: dict[Any, tuple[str, Any, Any]] = {}  # ObjectRef -> ("model", name, None) | ("cell", Cell, actor)
-        self.left: dict[str, list[Cell]] = {}  # model -> its cells not yet handed to an actor
-        self.actors: list[Any] = []
-        for name in dict.fromkeys(c.model for c in sw.todo):
-            self.left[name] = [c for c in sw.todo if c.model == name]
-            self.pending[self.model_task.remote(job, name, self.left[name])] = ("model", name, None)
+        self.sw, self.job = sw, job
+        self.actor = ray.remote(CellActor).options(num_cpus=ex.cpus_per_cell, num_gpus=ex.gpus_per_cell,
+                                                   max_restarts=ex.max_retries, max_task_retries=ex.max_retries)
+        self.left = {name: [c for c in sw.todo if c.model == name] for name in dict.fromkeys(c.model for c in sw.todo)}
+        self.preps, self.ready = list(self.left), set()  # models to prepare; models prepared
+        self.pending: dict[Any, tuple[str, Any, Any]] = {}  # ObjectRef -> ("model", name, actor) | ("cell", Cell, actor)
+        self.holds: dict[Any, str | None] = {self.actor.remote(): None
+                                             for _ in range(min(cell_slots(ex), len(self.preps) + len(sw.todo)))}
+        self.feed()
 
-    def model_ready(self, name: str, failed: str | None) -> None:
-        if failed:  # its cells fail with it
-            for cell in self.left.pop(name):
-                fail(self.sw, cell, f"its model failed ({failed})")
-            return
-        for _ in range(min(cell_slots(self.ex), len(self.left[name]))):
-            self.hand(self.start(), name)
+    def feed(self) -> None:
+        """Every idle actor gets its next piece of work, if there is one."""
+        busy = {actor for _, _, actor in self.pending.values()}
+        for actor in [a for a in self.holds if a not in busy]:
+            if work := self.next_for(actor):
+                self.give(actor, *work)
 
-    def cell_done(self, cell: Cell, actor: Any, failed: str | None) -> None:
-        if failed:  # a dead actor takes no more calls; a raised cell dropped its model anyway: a fresh actor
-            self.end(actor)
-            if not self.left[cell.model]:
-                return
-            actor = self.start()
-        self.hand(actor, cell.model)
+    def next_for(self, actor: Any) -> tuple[str, Any] | None:
+        """The next cell of the model `actor` holds, else a model to prepare (models train side by side), else
+        the next cell of another ready model."""
+        own = self.holds[actor]
+        if own in self.ready and self.left[own]:
+            return "cell", self.left[own].pop(0)
+        if self.preps:
+            return "model", self.preps.pop(0)
+        other = next((name for name in sorted(self.ready) if self.left[name]), None)
+        return None if other is None else ("cell", self.left[other].pop(0))
 
-    def start(self) -> Any:
-        self.actors.append(actor := self.actor.remote())
-        return actor
-
-    def hand(self, actor: Any, name: str) -> None:
-        """`actor` gets model `name`'s next cell, or ends when none is left."""
-        if self.left[name]:
-            cell = self.left[name].pop(0)
-            self.pending[actor.run.remote(self.job, cell)] = ("cell", cell, actor)
+    def give(self, actor: Any, what: str, item: Any) -> None:
+        if what == "model":
+            ref = actor.prepare.remote(self.job, item, self.left[item])
         else:
+            ref = actor.run.remote(self.job, item)
+        self.holds[actor] = item if what == "model" else item.model
+        self.pending[ref] = (what, item, actor)
+
+    def done(self, what: str, item: Any, actor: Any, failed: str | None) -> None:
+        """A call ended: a model ready (or failed, and its cells with it); a failed call's actor replaced (a dead
+        one takes no more calls; a raised one dropped its model anyway); then idle actors get work."""
+        if what == "model" and failed:
+            for cell in self.left[item]:
+                fail(self.sw, cell, f"its model failed ({failed})")
+            self.left[item] = []
+        elif what == "model":
+            self.ready.add(item)
+        if failed:
             self.end(actor)
+            self.holds[self.actor.remote()] = None
+        self.feed()
 
     def end(self, actor: Any) -> None:
         import ray
 
-        self.actors.remove(actor)
+        del self.holds[actor]
         with suppress(Exception):
             ray.kill(actor, no_restart=True)
 
     def stop(self) -> None:
-        """Interrupted (or done): model tasks still queued or running are cancelled (KeyboardInterrupt in a running
-        one; force=True crashed this process in Ray's core worker), and every cell actor left is killed."""
-        import ray
-
-        for ref, (what, _, _) in self.pending.items():
-            if what == "model":
-                with suppress(Exception):  # never mask the interruption itself
-                    ray.cancel(ref, force=False)
-        for actor in list(self.actors):
+        """Done or interrupted: every actor is killed (its memory freed; a running call stops, and the driver
+        stores nothing of it: the cache's own writes are whole or absent)."""
+        for actor in list(self.holds):
             self.end(actor)
 
 

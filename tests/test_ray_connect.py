@@ -15,6 +15,7 @@ import textwrap
 from pathlib import Path
 from types import SimpleNamespace
 
+import pytest
 import ray
 import ray._private.utils as ray_utils
 
@@ -43,7 +44,8 @@ def test_connect_keeps_the_callers_sigterm_handler(monkeypatch):
 
 
 class _FakeRemote:
-    """What `ray.remote(fn_or_class).options(...)` gives, faked: `.remote()` makes a ref (a task) or an actor."""
+    """What `ray.remote(CellActor).options(...)` gives, faked: `.remote()` makes an actor, whose methods' `.remote()`
+    make refs (all recorded in `made`)."""
 
     def __init__(self, made: list) -> None:
         self.made = made
@@ -53,20 +55,21 @@ class _FakeRemote:
 
     def remote(self, *_args):
         self.made.append(thing := _Made())
-        thing.run = self
+        thing.run = thing.prepare = self
         return thing
 
 
 class _Made:
-    """A ref or an actor handle (hashable, as Ray's are)."""
+    """An actor handle or a ref (hashable, as Ray's are)."""
 
     run: _FakeRemote
+    prepare: _FakeRemote
 
 
-def _stopped_drive(monkeypatch, ready_first: bool) -> tuple[list, list, list]:
-    """drive() over two cells of one model, stopped by Ctrl-C in `ray.wait`: at once, or once the model is ready
-    (its two cells then handed to two actors). (made refs and actors, cancel calls' kwargs, kill calls)."""
-    made, cancelled, killed = [], [], []
+def _stopped_drive(monkeypatch, ready_first: bool) -> tuple[list, list]:
+    """drive() over two cells of one model on a pool of 2 actors, stopped by Ctrl-C in `ray.wait`: while the model
+    is prepared, or once it is ready (its cells then run on both actors). (actors and refs made, kill calls)."""
+    made, killed = [], []
     waits = iter([True] if ready_first else [])
 
     def wait(refs, **_kw):
@@ -76,30 +79,27 @@ def _stopped_drive(monkeypatch, ready_first: bool) -> tuple[list, list, list]:
 
     monkeypatch.setattr(ray, "remote", lambda _what: _FakeRemote(made))
     monkeypatch.setattr(ray, "wait", wait)
-    monkeypatch.setattr(ray, "cancel", lambda ref, **kw: cancelled.append(kw))
+    monkeypatch.setattr(ray, "cancel", lambda ref, **kw: pytest.fail("a cancel: force=True crashed the driver"))
     monkeypatch.setattr(ray, "kill", lambda actor, **kw: killed.append((actor, kw)))
     monkeypatch.setattr(executors, "collect", lambda *_a: None)
     monkeypatch.setattr(executors, "cell_slots", lambda ex: 2)
     ex = SimpleNamespace(cpus_per_cell=1, gpus_per_cell=0, max_retries=0)
     sw = SimpleNamespace(todo=[SimpleNamespace(model="a"), SimpleNamespace(model="a")])
-    try:
+    with pytest.raises(KeyboardInterrupt):
         executors.drive(sw, None, ex)
-    except KeyboardInterrupt:
-        pass
-    return made, cancelled, killed
+    return made, killed
 
 
-def test_a_stopped_drive_cancels_its_tasks_without_force_and_kills_its_actors(monkeypatch):
+def test_a_stopped_drive_kills_its_actors_and_forces_no_cancel(monkeypatch):
     """A forced `ray.cancel` of tasks in flight when the driver was stopped crashed it inside Ray's core
     worker (`task_manager.cc: Check failed: Tried to complete task that was not pending`, exit 1, after the
     invocation was closed but before the interruption's message): 2 of 2 SIGTERMed smoke runs against a
-    `ray start` head, none of 2 without force. Without force Ray raises KeyboardInterrupt in a running task.
-    Cell actors (each keeping its model loaded) are killed, without restart, so their memory goes."""
-    made, cancelled, killed = _stopped_drive(monkeypatch, ready_first=False)
-    assert len(made) == 1 and cancelled == [{"force": False}] and not killed  # the model task; no actor yet
-    made, cancelled, killed = _stopped_drive(monkeypatch, ready_first=True)
-    actors = made[1::2]  # model task, then per actor: the actor, its call
-    assert len(made) == 5 and not cancelled and [a for a, _ in killed] == actors
+    `ray start` head, none of 2 without force. The actors (each keeping a model loaded) are killed instead,
+    without restart, so their work stops and their memory goes; the driver stores nothing of it."""
+    made, killed = _stopped_drive(monkeypatch, ready_first=False)
+    assert len(made) == 3 and [a for a, _ in killed] == made[:2]  # 2 actors, the model's preparation on one
+    made, killed = _stopped_drive(monkeypatch, ready_first=True)
+    assert len(made) == 5 and [a for a, _ in killed] == made[:2]  # and then a cell on each
     assert all(kw == {"no_restart": True} for _, kw in killed)
 
 

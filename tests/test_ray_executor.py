@@ -155,8 +155,8 @@ def test_ray_failure_is_recorded_then_resumed(ref, crash_dir, tmp_path, capsys):
     assert [i["cells_run"] for i in runs] == [len(ref.rows) - 1, 1]
 
 
-def test_a_cell_actor_opens_its_model_once_and_again_after_a_failed_cell(ref, tmp_path, monkeypatch):
-    """A cell actor's body, in this process: its model is loaded for its first cell only (each Ray cell task
+def test_an_actor_opens_its_model_once_and_again_after_a_failed_cell(ref, tmp_path, monkeypatch):
+    """An actor's calls, in this process: the model it prepared stays open for its cells (each Ray cell task
     loaded it again: SmolLM2's 6 cells took 26 s on Ray against 16 s locally), its rows are the local run's, and a
     cell that raises drops the model (it may be half quantized), so the next cell loads it again."""
     from ptq_bench.lock import run_lock
@@ -173,6 +173,7 @@ def test_a_cell_actor_opens_its_model_once_and_again_after_a_failed_cell(ref, tm
     monkeypatch.setattr(executors, "open_model", lambda sw_, name, mine: opened.append(name) or real_open(sw_, name, mine))
     cells = [c for c in sw.todo if c.model == "fp16"][:3]
     try:
+        assert executors.prepare_model(job, "fp16", cells)[0] == "fp16"  # (kind, info); the model stays open
         outs = [executors.run_cell(job, cell) for cell in cells[:2]]
         assert opened == ["fp16"]
         monkeypatch.setattr(executors, "run_opened", lambda *_a: 1 / 0)
