@@ -402,3 +402,23 @@ def test_fewshot_examples_are_the_ones_lm_evals_simple_evaluate_draws(tok, tmp_p
     task.set_fewshot_seed(seed=seed)
     task.build_all_requests(limit=3, rank=0, world_size=1)
     assert [i.args for i in suite._tasks["arc_easy"].instances] == [i.args for i in task.instances]
+
+
+def test_hflm_positions_count_the_forwards_hflm_runs(tok, model):
+    """`work.hflm_positions` (eval_speed's work ratio and ceiling table, `estimate`'s hflm projection) against
+    HFLM's own forwards: its logits cache runs one forward per distinct input (context + continuation[:-1]),
+    whatever the continuation's length. Multi-token requests were counted once each: 16 positions where HFLM
+    ran 8 on these requests, so HFLM's work (and FastLM's ratio over it) was overstated."""
+    from lm_eval.models.huggingface import HFLM
+
+    from ptq_bench.eval.work import hflm_positions
+
+    lm = HFLM(pretrained=model, tokenizer=tok, batch_size=1)
+    positions: list[int] = []
+    call = lm._model_call
+    lm._model_call = lambda inps, **kw: positions.append(inps.shape[1]) or call(inps, **kw)
+    requests = [("a", [1, 2], [3, 4]), ("a", [1, 2], [3, 5]), ("b", [1, 2, 3], [4]), ("b", [1, 2, 3], [6]),
+                ("c", [5], [6, 7]), ("c", [5, 6], [7, 8]), ("d", [5, 6], [8])]
+    lm._loglikelihood_tokens([((str(i), ""), ctx, cont) for i, (_, ctx, cont) in enumerate(requests)],
+                             disable_tqdm=True)
+    assert hflm_positions(requests) == (sum(positions), sum(positions))

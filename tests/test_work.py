@@ -16,7 +16,7 @@ def test_hand_counted_work():
     assert exact_work(REQUESTS) == (2 + 2, 1 + 2)
     assert exact_work(REQUESTS, one_tree=True) == (3, 3)  # (1,) (1, 2) (1, 5) shared across documents
     assert hflm_positions(REQUESTS) == (2 + 2, 2 + 2)  # A's one-token requests share HFLM's forward
-    assert hflm_positions([("A", [1, 2], [3, 4]), ("A", [1, 2], [3, 5])]) == (6, 6)  # multi-token: one each
+    assert hflm_positions([("A", [1, 2], [3, 4]), ("A", [1, 2], [3, 5])]) == (3, 3)  # one input: one forward
     assert weighted((4, 3), (10, 100)) == 340
 
 

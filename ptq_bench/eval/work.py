@@ -6,9 +6,9 @@ and its scored positions are the last len(continuation) input positions. Two bac
 * `exact_work`: what any exact backend that only skips work must still compute: the blocks once per
   node of a prefix tree of each document's inputs, the LM head once per distinct scored position
   (FastLM's shared path approaches it);
-* `hflm_positions`: lm-eval's HFLM, one forward per request (blocks and LM head at every input
-  position), except that requests with the same input and a one-token continuation share one (its
-  logits cache).
+* `hflm_positions`: lm-eval's HFLM, one forward per distinct input (blocks and LM head at every input
+  position): its logits cache groups requests by context + continuation[:-1], whatever the continuation's
+  length, and runs one forward per group.
 
 `weighted` turns (block positions, head positions) into multiply-adds with the model's own sizes.
 `benchmarks/eval_speed.py` (its exact ceiling) and `ptq_bench.estimate` (zero-shot projection) count with it.
@@ -50,15 +50,15 @@ def exact_work(requests: Iterable[Request], one_tree: bool = False) -> tuple[int
 
 
 def hflm_positions(requests: Iterable[Request]) -> tuple[int, int]:
-    """(block positions, head positions) of HFLM over the same requests (every input position, both)."""
-    shared: set[tuple[int, ...]] = set()
+    """(block positions, head positions) of HFLM over the same requests (every input position, both), one
+    forward per distinct input across every document, as lm-eval's `Collator` groups them."""
+    seen: set[tuple[int, ...]] = set()
     total = 0
     for _doc, ctx, cont in requests:
         seq = tuple(ctx + cont[:-1])
-        if len(cont) > 1 or seq not in shared:
+        if seq not in seen:
             total += len(seq)
-        if len(cont) == 1:
-            shared.add(seq)
+            seen.add(seq)
     return total, total
 
 
