@@ -52,6 +52,16 @@ def test_windows_drop_the_tail_and_keep_the_first_k():
         windows(ids.view(2, 5), 4)
 
 
+def test_a_stream_of_whole_windows_keeps_its_last_window_and_one_token_windows_are_refused():
+    """floor(N / seqlen) windows: a stream that is a multiple of seqlen loses no window (its last one was
+    the tail of an off-by-one count, and every ppl / KLD number would be over one window fewer); a window of one
+    token predicts nothing (the mean NLL would be 0 / 0)."""
+    assert windows(torch.arange(8), 4).tolist() == [[0, 1, 2, 3], [4, 5, 6, 7]]
+    assert windows(torch.arange(4), 4).tolist() == [[0, 1, 2, 3]]
+    with pytest.raises(ValueError, match="seqlen must be >= 2"):
+        windows(torch.arange(8), 1)
+
+
 def test_matches_hand_computed_value_and_the_reference_formula():
     vocab, seqlen = 7, 5
     ids = torch.randint(0, vocab, (23,), generator=torch.Generator().manual_seed(1))
