@@ -107,3 +107,12 @@ def test_a_column_no_seed_measured_gets_no_fewer_seeds_note(tmp_path):
     render(run_dir(tmp_path, rows))
     md = (tmp_path / "run" / "table_seeds.md").read_text()
     assert "of 3 seeds" not in md
+
+
+def test_a_run_of_one_calibration_seed_has_no_seed_table(tmp_path):
+    """table_seeds exists only when some setting ran on more than one seed: a run of one seed per setting (a
+    calibrated row with its seed, the base row with none) gets no copy of table.md with every `n` 1."""
+    rows = [row("m", "fp16", "none", 16, 16, 20.0, []), {**row("m", "fp16", "gptq", 4, 16, 30.0, []), "calib_seed": 0}]
+    render(run_dir(tmp_path, rows))
+    assert (tmp_path / "run" / "table.md").is_file()
+    assert not list((tmp_path / "run").glob("table_seeds*"))
