@@ -59,7 +59,9 @@ def test_b158_table_sorted_by_size_with_memory():
 
 @pytest.mark.parametrize(("value", "md", "tex", "csv_"), [
     (None, "–", "--", ""), (NAN, "NaN", "NaN", "nan"), (INF, "+inf", r"$+\infty$", "inf"),
-    (-INF, "-inf", r"$-\infty$", "-inf"), (611.0196, "611.02", "611.02", "611.0196"), (3.5e23, "3.5e+23", "3.5e+23", "3.5e+23"),
+    (-INF, "-inf", r"$-\infty$", "-inf"), (611.0196, "611.02", "611.02", "611.0196"),
+    (0.0033037, "0.0033", "0.0033", "0.0033037"),  # a mean KLD: 3 digits, not "0.00"
+    (3.5e23, "3.5e+23", "3.5e+23", "3.5e+23"),
     ("b1_lr1e-3", "b1_lr1e-3", r"b1\_lr1e-3", "b1_lr1e-3"),
 ])
 def test_cells_keep_not_measured_nan_and_signed_inf_apart(value, md, tex, csv_):
