@@ -116,3 +116,15 @@ def test_a_run_of_one_calibration_seed_has_no_seed_table(tmp_path):
     render(run_dir(tmp_path, rows))
     assert (tmp_path / "run" / "table.md").is_file()
     assert not list((tmp_path / "run").glob("table_seeds*"))
+
+
+def test_the_seed_csv_gives_the_sample_std_of_each_pooled_column(tmp_path):
+    """table_seeds.csv's `<column>_std` is the sample std over the seeds (30, 34, 32: 2.0), the number the md
+    prints after ±; not their range (4.0) nor the population std (1.63)."""
+    import csv
+
+    render(run_dir(tmp_path, _seed_rows()))
+    with open(tmp_path / "run" / "table_seeds.csv", encoding="utf-8") as fh:
+        rec = next(r for r in csv.DictReader(fh) if r["method"] == "gptq")
+    ppl = next(c for c in rec if c.startswith("ppl_gptq/") and not c.endswith("_std"))
+    assert float(rec[ppl]) == 32.0 and float(rec[f"{ppl}_std"]) == 2.0
