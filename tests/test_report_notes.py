@@ -37,3 +37,18 @@ def test_rows_of_different_eval_versions_are_said_to_be_so(tmp_path):
     one = run_dir(tmp_path / "one", rows[:2], layout="bitnet_table3")
     render(one)
     assert "different protocol versions" not in (one / "table.md").read_text(encoding="utf-8")
+
+
+def test_titles_limits_and_wall_time_name_every_row_and_invocation():
+    """A run mixing shot counts is not titled by its first; rows with a document limit beside rows without one
+    are `/limit<mixed>`, not every document; the wall time sums every invocation, not the last."""
+    from ptq_bench.report.run import shots
+    from ptq_bench.report.tables import limit_suffix, provenance
+
+    r0, r5 = (row("m", "fp16", "none", 16, 16, 20.0, [("piqa", "acc", 0.5)]) for _ in range(2))
+    r5["protocol"] = {**r5["protocol"], "num_fewshot": 5, "limit": 200}
+    r0["protocol"] = {**r0["protocol"], "num_fewshot": 0, "limit": None}
+    assert shots([r0, r5]) == "mixed: zero-shot, 5-shot" and shots([r5]) == "5-shot"
+    assert limit_suffix([r0, r5]) == "/limit<mixed>" and limit_suffix([r5]) == "/limit200" and limit_suffix([r0]) == ""
+    inv = [{"wall_s": 60.0, "hardware": {}}, {"wall_s": 120.0, "hardware": {}}]
+    assert "wall time 3.0 min over 2 invocation(s)" in provenance({"invocations": inv, "recipe_hash": "h"})
