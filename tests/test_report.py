@@ -475,3 +475,13 @@ def test_csv_and_tex_headers_name_a_partial_limit(tmp_path):
     assert "WGe [winogrande/0shot/acc/limit10]" in head("paper_table.csv")
     assert "winogrande/0shot/acc [winogrande/0shot/acc/limit10]" in head("table.csv")
     assert "winogrande/0shot/acc/limit10" in (d / "paper_table.tex").read_text(encoding="utf-8")
+
+
+def test_the_generic_table_shows_the_mean_kld_not_its_percentile():
+    """`kld/<tail>/mean` and `top1_agree/<tail>` are table columns; the 99th percentile and ΔPPL stay in the rows."""
+    from ptq_bench.report.tables import headline_metrics
+
+    ms = {"ppl_gptq/wikitext2/seq64": 30.0, "kld/wikitext2/seq64/mean": 0.01, "kld/wikitext2/seq64/p99": 0.2,
+          "top1_agree/wikitext2/seq64": 90.0, "dppl/wikitext2/seq64": 1.5}
+    assert list(headline_metrics(ms)) == ["ppl_gptq/wikitext2/seq64", "kld/wikitext2/seq64/mean",
+                                          "top1_agree/wikitext2/seq64"]
