@@ -180,6 +180,8 @@ BAD = {
         lambda r: (r["quantize"].append({"method": "gptq", "w_bits": 4}), r["calibration"].update(seq_len=100000)),
         "calibration.seq_len: 100000 is longer than the context of model 'fp16' (256"),
     "ppl seq_len beyond context": (_set("eval", "perplexity", "seq_len", 100000), "eval.perplexity.seq_len: 100000"),
+    "train.seq_len beyond context": (lambda r: r["train"].update(seq_len=257, tokens=10**7),
+                                     "train.seq_len: 257 is longer than the context of model"),
     "per-model context": (_set("models", "bitnet_b1", "arch", {"max_seq_len": 32}), "of model 'bitnet_b1' (32"),
     # method settings that were passed through untyped
     "gptq sym 'false'": (_quant({"method": "gptq", "sym": "false"}), "quantize[0].sym: expected true/false"),
