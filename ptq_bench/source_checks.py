@@ -5,6 +5,7 @@ run folder was written)."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 import struct
@@ -14,6 +15,9 @@ from ptq_bench.errors import RecipeError
 from ptq_bench.json_text import loads
 
 SIZE_KEYS = ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size", "vocab_size", "n_layer")
+# sub-config model_type -> the package transformers builds that tower with (Gemma 3n's vision tower is timm's
+# TimmWrapperModel): without it loading fails, so validate names it
+TOWER_PACKAGES = {"gemma3n_vision": "timm"}
 DTYPE_BYTES = {"F64": 8, "I64": 8, "U64": 8, "F32": 4, "I32": 4, "U32": 4, "F16": 2, "BF16": 2, "I16": 2, "U16": 2,
                "I8": 1, "U8": 1, "BOOL": 1, "F8_E4M3": 1, "F8_E5M2": 1}
 
@@ -21,6 +25,7 @@ DTYPE_BYTES = {"F64": 8, "I64": 8, "U64": 8, "F32": 4, "I32": 4, "U32": 4, "F16"
 def check_checkpoint(config: dict, folder: Path, key: str) -> None:
     """RecipeError (one line naming the file) for a config.json size or a safetensors file that is damaged."""
     check_sizes(config, key, folder / "config.json")
+    check_packages(config, key, folder / "config.json")
     index = folder / "model.safetensors.index.json"
     if index.is_file() and not (folder / "model.safetensors").is_file():
         try:
@@ -33,6 +38,16 @@ def check_checkpoint(config: dict, folder: Path, key: str) -> None:
         problem = safetensors_problem(file)
         if problem:
             raise RecipeError(f"{key}: {file}: {problem}")
+
+
+def check_packages(config: dict, key: str, where: Path) -> None:
+    """RecipeError naming a package a tower of the checkpoint needs to be built (TOWER_PACKAGES) and that is
+    not installed (found without importing it)."""
+    for name, sub in config.items():
+        package = TOWER_PACKAGES.get(sub.get("model_type")) if isinstance(sub, dict) else None
+        if package and importlib.util.find_spec(package) is None:
+            raise RecipeError(f"{key}: {where}: its {name} ({sub['model_type']}) is built with the {package} library, "
+                              f"which is not installed (pip install {package})")
 
 
 def index_shards(index: Path) -> list[str]:

@@ -278,7 +278,8 @@ def test_a_gemma3n_checkpoint_runs_its_text_blocks_and_without_timm_is_one_line(
     model.language_model, an audio tower, and a vision tower that transformers builds with timm (TimmWrapperModel).
     With the tower buildable (family_checks' float stand-in for timm's) the run quantizes gemma3n_text's 25 block
     linears, in memory and offloaded alike. Without timm (transformers' own check says it is missing) the run is
-    refused in one line naming it, exit 2, no row written; it was a traceback."""
+    refused in one line naming it, exit 2, no row written; it was a traceback. `validate` refuses it too, from
+    config.json (it passed, and only `run` stopped)."""
     import shutil
 
     from family_checks import build_case, case_stand_ins, stand_ins
@@ -297,6 +298,18 @@ def test_a_gemma3n_checkpoint_runs_its_text_blocks_and_without_timm_is_one_line(
         path.write_text(path.read_text() + f"offload: {str(offload).lower()}\n")
         return main(["run", str(path)])
 
+    import importlib.util
+
+    timm = {"installed": False}  # what validate's check finds (timm is not installed here; the stand-in tower needs none)
+    find = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: (object() if timm["installed"] else None) if name == "timm" else find(name, *a))
+    (tmp_path / "v").mkdir()
+    capsys.readouterr()
+    assert main(["validate", str(recipe(tmp_path / "v", {"m": {"source": str(src)}}, []))]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "vision_config (gemma3n_vision) is built with the timm library, which is not installed" in err
+    timm["installed"] = True  # past validate's check, transformers' own still finds it missing when loading
     with monkeypatch.context() as m:
         m.setitem(import_utils.BACKENDS_MAPPING, "timm", (lambda: False, import_utils.TIMM_IMPORT_ERROR))
         for offload in (False, True):
