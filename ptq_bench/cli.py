@@ -179,7 +179,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("recipe", help="recipe YAML file")
     r.add_argument("--output-dir", type=_nonempty, help="results folder (overrides the recipe's output_dir)")
     r.add_argument("--executor", help="where cells run (overrides executor.kind): local (this process) or ray "
-                                      "(Ray tasks, docs/cluster.md)")
+                                      "(Ray actors, docs/cluster.md)")
     r.add_argument("--address", type=_nonempty, help="Ray cluster address, e.g. HEAD_IP:6379 (overrides executor.address)")
     r.set_defaults(fn=_run)
     v = sub.add_parser("validate", help="check a recipe without running it")

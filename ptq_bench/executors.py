@@ -200,7 +200,7 @@ def _maybe_crash() -> None:
 
 
 def run_ray(sw: Sweep) -> None:
-    """Run `sw.todo` as Ray tasks; append each returned row (this process is the store's only writer)."""
+    """Run `sw.todo` on Ray actors; append each returned row (this process is the store's only writer)."""
     import ray
 
     ex = sw.ctx.recipe.executor

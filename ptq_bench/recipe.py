@@ -35,7 +35,7 @@ MAX_FILE_BYTES = 1 << 18  # a recipe is a small text file (pure-Python YAML pars
 DEVICES = ("auto", "cpu", "cuda")
 DTYPES = ("auto", "float32", "bfloat16", "float16")  # auto: each model's own (see Recipe.dtype)
 MAX_RATE = 1e9  # largest lr / weight_decay: a divergence is a result, a float32 overflow inside torch a traceback
-EXECUTORS = ("local", "ray")  # where cells run: this process, or Ray tasks (ptq_bench/executors.py)
+EXECUTORS = ("local", "ray")  # where cells run: this process, or Ray actors (ptq_bench/executors.py)
 
 
 @dataclass(frozen=True)
@@ -137,11 +137,11 @@ class QuantSpec:
 class ExecutorSpec:
     """Where cells run; changes no result. `ptq-bench run --executor/--address` override kind/address."""
 
-    kind: str = bound("local", choices=EXECUTORS)  # local: one process; ray: Ray tasks (docs/cluster.md)
+    kind: str = bound("local", choices=EXECUTORS)  # local: one process; ray: Ray actors (docs/cluster.md)
     address: str | None = bound(None, max_len=500, nonblank=True)  # Ray cluster (None: $RAY_ADDRESS, one `ray start`ed here, or new)
-    cpus_per_cell: float = bound(1.0, gt=0.0, max=1024)  # CPUs of each Ray task (model preparation and cells)
-    gpus_per_cell: float = bound(0.0, min=0.0, max=64)  # GPUs of each Ray task (a fraction shares a GPU)
-    max_retries: int = bound(2, min=0, max=100)  # re-runs of a task whose worker died (a raised error is final)
+    cpus_per_cell: float = bound(1.0, gt=0.0, max=1024)  # CPUs of each Ray actor (model preparation and cells)
+    gpus_per_cell: float = bound(0.0, min=0.0, max=64)  # GPUs of each Ray actor (a fraction shares a GPU)
+    max_retries: int = bound(2, min=0, max=100)  # restarts of an actor whose worker died (a raised error is final)
 
 
 # Recipe fields that change no result (names, where files go, free text, report layout, device choice,

@@ -100,7 +100,7 @@ class Sweep:
     already: int = 0  # cells of the recipe stored before it
     bar: Any = None
     sink: Any = None  # where run_model puts a finished Row (None: append to the store; a Ray worker returns it)
-    failed: list[str] = field(default_factory=list)  # cells whose Ray task failed: "<model> <label>: <error>"
+    failed: list[str] = field(default_factory=list)  # cells whose Ray call failed: "<model> <label>: <error>"
 
     def store(self, row: Row) -> None:
         """Append a finished row (or hand it to `sink`) and count it, as one step: a signal between the two
@@ -133,7 +133,7 @@ def run(recipe: Recipe, recipe_text: str) -> Path:
         # no bar when stderr is not a terminal: the log lines of each cell say it all
         sw.bar = tqdm(total=len(sw.todo), desc="cells", unit="cell", dynamic_ncols=True, disable=bar_disable(True))
         try:
-            if recipe.executor.kind == "ray":  # Ray tasks compute; this process alone writes the folder
+            if recipe.executor.kind == "ray":  # Ray actors compute; this process alone writes the folder
                 from ptq_bench.executors import run_ray
                 run_ray(sw)
             else:
