@@ -142,11 +142,11 @@ class CellActor:
 def prepare_model(job: Job, name: str, cells: list[Cell]) -> tuple[str, dict]:
     """Model `name` trained into (or found in) the shared cache and kept open; (kind, training info). A PTQ cell
     the loaded model cannot take (`cells.refuse_loaded`) fails it, and with it every cell of the model."""
-    _OPEN.clear()  # the model before goes first
+    drop_open()  # the model before goes first
     try:
         opened = _OPEN[(job.token, name)] = open_model(worker_sweep(job), name, cells)
     except BaseException:
-        _OPEN.clear()
+        drop_open()
         raise
     return opened.base.kind, opened.base.info
 
@@ -161,7 +161,7 @@ def run_cell(job: Job, cell: Cell) -> dict[str, Any]:
     try:
         run_opened(sw, opened_model(sw, job.token, cell), [cell])
     except BaseException:
-        _OPEN.clear()
+        drop_open()
         raise
     finally:
         sw.todo, sw.sink = [], None
@@ -177,9 +177,19 @@ def run_cell(job: Job, cell: Cell) -> dict[str, Any]:
 def opened_model(sw: Sweep, token: str, cell: Cell) -> Opened:
     """Cell's model as this process keeps it open (one model at a time), opened (`sweep.open_model`) when new."""
     if (token, cell.model) not in _OPEN:
-        _OPEN.clear()  # the one before goes first
+        drop_open()  # the one before goes first
         _OPEN[(token, cell.model)] = open_model(sw, cell.model, [cell])
     return _OPEN[(token, cell.model)]
+
+
+def drop_open() -> None:
+    """Close the model this process keeps open, and a `source:` model's own evaluator with it (its tokenizer,
+    lm-eval requests and KLD references), as a local run drops it after the model's cells: an actor kept the
+    evaluator of every source model it had opened (RSS +39 MB per tiny model, the more the larger its tasks)."""
+    for token, name in list(_OPEN):
+        if (sw := _WORKER.get(token)) is not None:
+            sw.evaluators.pop(sw.keys[name], None)  # a trained model's is the tokenizer's: kept for the next model
+    _OPEN.clear()
 
 
 def _maybe_crash() -> None:

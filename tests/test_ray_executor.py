@@ -189,6 +189,48 @@ def test_an_actor_opens_its_model_once_and_again_after_a_failed_cell(ref, tmp_pa
     assert [comparable(o["row"]) for o in outs] == [want[o["row"]["cell_id"]] for o in outs]
 
 
+def test_an_actor_keeps_the_evaluator_of_the_source_model_it_holds_only(tmp_path, data_dir):
+    """A `source:` model has an Evaluator of its own (its tokenizer, lm-eval requests and KLD references), which a
+    local run drops after the model's cells; an actor kept the evaluator of every source model it had opened (its
+    RSS grew 39 MB per tiny model, with 4 HellaSwag documents)."""
+    from tiny_families import save_tiny
+    from transformers import AutoTokenizer
+
+    from ptq_bench.data import train_documents
+    from ptq_bench.lock import run_lock
+    from ptq_bench.recipe import load_recipe
+    from ptq_bench.tokenizer import save_tokenizer, train_tokenizer
+
+    save_tokenizer(train_tokenizer(train_documents(data_dir), 384, 300_000), tok := tmp_path / "tok")
+    models = {}
+    for seed in (0, 1):
+        src = save_tiny("mistral", tmp_path / f"m{seed}", vocab_size=len(AutoTokenizer.from_pretrained(str(tok))), seed=seed)
+        for f in tok.iterdir():
+            shutil.copy(f, src / f.name)
+        models[f"m{seed}"] = {"source": str(src)}
+    raw = {"name": "src", "output_dir": str(tmp_path / "out"), "cache_dir": str(tmp_path / "cache"), "models": models,
+           "quantize": [], "eval": {"perplexity": {"sets": ["wikitext2"], "seq_len": 32, "max_windows": 2},
+                                    "tasks": ["hellaswag"], "limit": 2, "batch_size": 8}}
+    recipe = load_recipe(write_recipe(tmp_path / "r.yaml", raw))
+    with run_lock(recipe.out_dir):
+        sw = sweep.prepare(recipe, "", 0.0)
+    job = executors.make_job(sw)
+    job.scratch.mkdir(parents=True)
+    job.marker.write_text("host")
+    cell = {c.model: c for c in sw.todo}
+    try:
+        held = []
+        for name in ("m0", "m1"):
+            executors.prepare_model(job, name, [cell[name]])
+            held.append(set(executors._WORKER[job.token].evaluators))
+        executors.run_cell(job, cell["m0"])  # m1 closed, m0 opened again
+        held.append(set(executors._WORKER[job.token].evaluators))
+    finally:
+        executors._OPEN.clear()
+        executors._WORKER.clear()
+    assert held == [{sw.keys["m0"]}, {sw.keys["m1"]}, {sw.keys["m0"]}]
+
+
 # ----------------------------------------------------------------------------------------------
 # the recipe section and the command line (no Ray instance)
 
