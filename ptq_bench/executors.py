@@ -47,7 +47,7 @@ from ptq_bench.console import log, quiet_lm_eval
 from ptq_bench.curves import save_curve
 from ptq_bench.errors import PtqBenchError
 from ptq_bench.prepare import Context, get_tokenizer, pick_device
-from ptq_bench.ray_cluster import cell_slots, connect, describe
+from ptq_bench.ray_cluster import cell_slots, connect, describe, head_gone
 from ptq_bench.recipe import Cell, ExecutorSpec, Recipe
 from ptq_bench.results import Row, write_manifest
 from ptq_bench.sweep import Opened, Sweep, _record_eval, cell_id, open_model, run_opened
@@ -333,10 +333,10 @@ def collect(sw: Sweep, what: str, item: Any, ref: Any) -> str | None:
 
     try:
         out = ray.get(ref)
-    except ray.exceptions.LocalRayletDiedError as exc:  # `ray stop`: one line, not one failure per cell left
-        raise PtqBenchError(f"ray: the cluster went away ({_reason(exc)}); {sw.ran} cell(s) stored by this run; "
-                            "start it again and re-run the same command to resume") from None
     except ray.exceptions.RayError as exc:
+        if isinstance(exc, ray.exceptions.LocalRayletDiedError) or head_gone():  # `ray stop`: one line, not
+            raise PtqBenchError(f"ray: the cluster went away ({_reason(exc)}); {sw.ran} cell(s) stored by this "
+                                "run; start it again and re-run the same command to resume") from None
         if what == "model":
             log(f"ray: model '{item}' failed: {_reason(exc)} (its cells fail with it)")
         else:

@@ -134,6 +134,29 @@ def refuse_infeasible(ex: ExecutorSpec) -> None:
                             f"{most.get('GPU', 0):g} GPU); lower them")
 
 
+HEAD_CHECK_S = 5.0  # a head that accepts no TCP connection in this long, after a call failed, is taken as gone
+
+
+def head_gone() -> bool:
+    """Whether the cluster's head (its GCS) no longer accepts a connection. An actor's call on a cluster that
+    was stopped (`ray stop --force`, the head lost) fails as ActorUnavailableError or ActorDiedError, not as
+    LocalRayletDiedError: it was logged as a failed cell, and 60 s later Ray's core worker ended the driver
+    itself (exit 1, no message, its invocation left open)."""
+    import ray
+
+    try:
+        where = endpoint(ray.get_runtime_context().gcs_address or "")
+    except Exception:  # noqa: BLE001 - a connection that does not tell its head's address: not known gone
+        return False
+    if where is None:
+        return False
+    try:
+        socket.create_connection(where, timeout=HEAD_CHECK_S).close()
+    except OSError:
+        return True
+    return False
+
+
 def describe(res: dict[str, float]) -> str:
     return f"{res.get('CPU', 0):g} CPUs, {res.get('GPU', 0):g} GPUs"
 

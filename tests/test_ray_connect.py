@@ -166,6 +166,31 @@ def test_a_cluster_gone_mid_run_is_one_error_not_a_failure_per_cell(monkeypatch)
     assert sw.failed == [] and sw.manifest == {"invocations": [{}]}
 
 
+def test_an_actor_call_on_a_stopped_cluster_is_one_error_too(monkeypatch):
+    """The pool's calls on a cluster stopped mid-run (the head's raylet and GCS killed, as `ray stop --force` or a
+    lost head) raised ActorUnavailableError, not LocalRayletDiedError: logged as a FAILED cell, then Ray's core
+    worker ended the driver 60 s later (exit 1, no message, the invocation left open). Now a head that accepts
+    no connection ends the run in one line; while it answers, the call is a failed cell as before."""
+    import socket
+    from types import SimpleNamespace
+
+    from ptq_bench.errors import PtqBenchError
+
+    def unavailable(_ref):
+        raise ray.exceptions.ActorUnavailableError("RpcError: failed to connect to all addresses", None)
+
+    monkeypatch.setattr(ray, "get", unavailable)
+    cell = SimpleNamespace(model="m", label="absmax W4A16")
+    with socket.create_server(("127.0.0.1", 0)) as head:  # a head that answers
+        gcs = SimpleNamespace(gcs_address=f"127.0.0.1:{head.getsockname()[1]}")
+        monkeypatch.setattr(ray, "get_runtime_context", lambda: gcs)
+        sw = SimpleNamespace(failed=[], ran=3, manifest={"invocations": [{}]})
+        assert "ActorUnavailableError" in executors.collect(sw, "cell", cell, object())
+        assert len(sw.failed) == 1
+    with pytest.raises(PtqBenchError, match="the cluster went away .*ActorUnavailableError.*3 cell"):  # now closed
+        executors.collect(SimpleNamespace(failed=[], ran=3, manifest={"invocations": [{}]}), "cell", cell, object())
+
+
 def test_connect_turns_off_rays_log_dedup_before_importing_ray(tmp_path):
     """Ray's log deduplication (on by default) folds lines alike but for their numbers: a 42-cell sweep's
     driver showed 6 of the workers' 42 per-cell lines, the rest buffered and lost when it ended. Ray reads
