@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import sys
+
 
 def log(msg: str) -> None:
-    print(f"[ptq-bench] {msg}", flush=True)
+    """One line on stdout, written with its newline in one call: a Ctrl-C between print's two writes left the
+    line open, and the interruption's message was glued to it."""
+    sys.stdout.write(f"[ptq-bench] {msg}\n")
+    sys.stdout.flush()
 
 
 def bar_disable(wanted: bool) -> bool | None:

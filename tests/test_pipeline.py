@@ -74,13 +74,19 @@ KILL_POINTS: list[tuple[str, Callable[[str, Path, Path], bool], float]] = [
 ]
 
 
+def _default_sigint() -> None:
+    """The run's SIGINT as a terminal gives it: a suite started in the background (`make test &` from a script)
+    ignores SIGINT, and Python keeps an ignored SIGINT ignored (no KeyboardInterrupt: the run went on to its end)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _stop_when(recipe: Path, when: Callable[[str], bool], sig: signal.Signals, log: Path,
                delay: float = 0.0) -> tuple[int, str]:
     """Start a run, send `sig` `delay` s after `when(its output so far)` holds (the run must not have
     finished by then); (exit status, last output line)."""
     with open(log, "w") as fh:
         proc = subprocess.Popen([sys.executable, "-m", "ptq_bench.cli", "run", str(recipe)], cwd=ROOT,
-                                stdout=fh, stderr=subprocess.STDOUT)
+                                stdout=fh, stderr=subprocess.STDOUT, preexec_fn=_default_sigint)
     deadline = time.time() + 600
     while not when(log.read_text(errors="replace")):
         assert proc.poll() is None and time.time() < deadline, f"{log.name}: {log.read_text()[-1500:]}"
