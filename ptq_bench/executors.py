@@ -46,7 +46,7 @@ from ptq_bench.cache import host_tag, remove_stale
 from ptq_bench.console import log, quiet_lm_eval
 from ptq_bench.curves import save_curve
 from ptq_bench.errors import PtqBenchError
-from ptq_bench.prepare import Context, get_tokenizer, pick_device
+from ptq_bench.prepare import Context, get_tokenizer, model_record, pick_device
 from ptq_bench.ray_cluster import cell_slots, connect, describe, head_gone
 from ptq_bench.recipe import Cell, ExecutorSpec, Recipe
 from ptq_bench.results import Row, write_manifest
@@ -139,16 +139,17 @@ class CellActor:
         return run_cell(job, cell)
 
 
-def prepare_model(job: Job, name: str, cells: list[Cell]) -> tuple[str, dict]:
-    """Model `name` trained into (or found in) the shared cache and kept open; (kind, training info). A PTQ cell
-    the loaded model cannot take (`cells.refuse_loaded`) fails it, and with it every cell of the model."""
+def prepare_model(job: Job, name: str, cells: list[Cell]) -> tuple[str, dict, dict]:
+    """Model `name` trained into (or found in) the shared cache and kept open; (kind, training info, the manifest's
+    record of it). A PTQ cell the loaded model cannot take (`cells.refuse_loaded`) fails it, and with it every
+    cell of the model."""
     drop_open()  # the model before goes first
     try:
-        opened = _OPEN[(job.token, name)] = open_model(worker_sweep(job), name, cells)
+        opened = _OPEN[(job.token, name)] = open_model(sw := worker_sweep(job), name, cells)
     except BaseException:
         drop_open()
         raise
-    return opened.base.kind, opened.base.info
+    return opened.base.kind, opened.base.info, model_record(sw.ctx.device, opened.base.model, opened.base.info)
 
 
 def run_cell(job: Job, cell: Cell) -> dict[str, Any]:
@@ -342,8 +343,10 @@ def collect(sw: Sweep, what: str, item: Any, ref: Any) -> str | None:
         else:
             fail(sw, item, _reason(exc))
         return _reason(exc)
-    if what == "model":  # (kind, training info)
-        save_curve(sw.out, item, *out)
+    if what == "model":  # (kind, training info, record)
+        save_curve(sw.out, item, *out[:2])
+        sw.manifest["invocations"][-1].setdefault("models", {})[item] = out[2]
+        write_manifest(sw.out, sw.manifest)
     else:
         store(sw, item, out)
     return None

@@ -197,3 +197,11 @@ def export_checkpoint(model: Any, kind: str, out_dir: Path) -> bool:
         return False
     export_hf(model, kind, out_dir)
     return True
+
+
+def model_record(device: str, model: Any, info: dict) -> dict[str, str]:
+    """The manifest's record of a model in an invocation: the device and dtype it ran in (`dtype: auto`: its
+    own), and what its source is (sources.py's note), when it has one."""
+    from ptq_bench.models.build import dtype_name
+
+    return {"device": device, "dtype": dtype_name(model), **({"note": info["note"]} if info.get("note") else {})}

@@ -47,6 +47,7 @@ from ptq_bench.prepare import (
     get_source_model,
     get_tokenizer,
     model_key,
+    model_record,
     pick_device,
 )
 from ptq_bench.quant.configs import setting_label
@@ -232,12 +233,11 @@ class Opened(NamedTuple):
 
 def open_model(sw: Sweep, name: str, mine: list[Cell]) -> Opened:
     """Model `name` loaded or trained, checked against its cells `mine`, its curve saved, its base set."""
-    from ptq_bench.models.build import dtype_name, parameter_count, weight_bytes
+    from ptq_bench.models.build import parameter_count, weight_bytes
 
     base = base_model(sw, name)
-    for inv in sw.manifest.get("invocations", [])[-1:]:  # what `dtype` (`auto`: each model's own) resolved to,
-        note = {"note": base.info["note"]} if base.info.get("note") else {}  # and what its source is (sources.py)
-        inv.setdefault("models", {})[name] = {"device": sw.ctx.device, "dtype": dtype_name(base.model), **note}
+    for inv in sw.manifest.get("invocations", [])[-1:]:  # a Ray actor's has none: its preparation returns it
+        inv.setdefault("models", {})[name] = model_record(sw.ctx.device, base.model, base.info)
     refuse_loaded(name, base.model.config, mine)  # what validate could not read (an uncached hub id)
     save_curve(sw.out, name, base.kind, base.info)
     size = {"n_params": parameter_count(base.model), "weight_bytes": weight_bytes(base.model)}

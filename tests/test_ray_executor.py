@@ -103,6 +103,8 @@ def test_ray_run_writes_the_local_rows_through_the_driver(ref, crash_dir, tmp_pa
     assert manifest["invocations"][-1]["cells_run"] == len(ref.rows) and "failed" not in manifest["invocations"][-1]
     executor = manifest["invocations"][-1]["executor"]
     assert executor["kind"] == "ray" and executor["workers"] and all("torch_threads=" in w for w in executor["workers"])
+    # each model's device and dtype, recorded by the driver from its preparation (the actor's copy had them alone)
+    assert manifest["invocations"][-1]["models"] == local["invocations"][-1]["models"]
 
     assert manifest["eval"]["by_tokenizer"] == local["eval"]["by_tokenizer"]
     assert (out / "table.md").is_file()
