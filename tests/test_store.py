@@ -48,6 +48,12 @@ def test_row_round_trip_and_schema_checks(ref):
         Row.from_dict({k: v for k, v in row.to_dict().items() if k != "metrics"})
     with pytest.raises(ValueError, match="'w_bits' is not"):
         Row.from_dict({**row.to_dict(), "w_bits": "4"})
+    # JSON true/false are no numbers, though Python's bool is an int: a hand edit writing one read as 1 or 0
+    flag = {"metrics": {**row.metrics, next(iter(row.metrics)): False}}
+    for edit, what in (({"w_bits": True}, "'w_bits' is not"), ({"schema": True}, "'schema' is not"),
+                       (flag, "'metrics' value .* is not a number")):
+        with pytest.raises(ValueError, match=what):
+            Row.from_dict({**row.to_dict(), **edit})
 
 
 def test_rows_written_before_schema_versions_still_read():
