@@ -350,6 +350,23 @@ def test_float16_log_likelihoods_that_overflow_to_minus_inf_give_no_accuracy(tok
     assert metrics and all(math.isnan(v) for v in metrics.values()), metrics
 
 
+
+def test_a_minus_inf_choice_beside_a_finite_one_keeps_the_accuracy():
+    """Only a document whose every choice is -inf (or any NaN) leaves lm-eval's argmax a pick of choice 0: one
+    -inf choice beside finite ones still orders them, and the task keeps its accuracy, not NaN."""
+    import math
+    from types import SimpleNamespace
+
+    from ptq_bench.eval.harness import _finite
+
+    def choices(doc: int, *lls: float) -> list[SimpleNamespace]:
+        return [SimpleNamespace(doc_id=doc, resps=[(ll, False)]) for ll in lls]
+
+    ordered = choices(0, -1.0, -math.inf) + choices(1, -math.inf, -2.0, -3.0)
+    assert _finite(ordered)
+    assert not _finite(ordered + choices(2, -math.inf, -math.inf))
+    assert not _finite(choices(0, -1.0, math.nan))
+
 def test_a_task_file_changed_with_its_mtime_kept_is_read_again(tmp_path, tok):
     """datasets keys its cache of a local JSON file by path and mtime: a file rewritten with its mtime kept
     (cp -p, rsync -t, an archive of fixed mtimes) was scored as its old content, the manifest naming the new."""
