@@ -508,6 +508,12 @@ def test_calibration_rows_an_xlstm_splits_are_refused(tmp_path, capsys):
                                               quantize=[{"method": "gptq", "w_bits": 4}]))
     assert_refused(path, capsys, "calibration.seq_len: 64 is longer than the rows model 'x' runs whole "
                                  "(max_inference_chunksize 32)")
+    for chunk, says in ((63, "(max_inference_chunksize 63)"), (64, None)):  # a row of 64 runs whole in chunks of 64,
+        (src / "config.json").write_text(json.dumps({**xlstm, "max_inference_chunksize": chunk}))  # not of 63
+        if says:
+            assert_refused(path, capsys, says)
+        else:
+            assert main(["validate", str(path)]) == 0
     (src / "config.json").write_text(json.dumps(xlstm))  # transformers' default, 16384
     assert main(["validate", str(path)]) == 0
     assert load_recipe(path).calibration.seq_len == 64
