@@ -156,3 +156,19 @@ def test_a_perplexity_beyond_float64_is_inf_not_a_traceback():
     ref = build_reference(model, ids, "wikitext2", seqlen, batch_size=2)
     assert ref.ppl == math.inf
     assert compare(ref, model, batch_size=2)["ppl_gptq/wikitext2/seq5"] == math.inf
+
+
+@pytest.mark.parametrize("tokens, refused", [(3 * 64, False), (3 * 64 + 63, False), (2 * 64 + 63, True)])
+def test_max_windows_may_name_every_window_of_the_set(tmp_path, tokens, refused):
+    """`max_windows` equal to the set's window count scores the whole set (named first<n>win): it is allowed;
+    one more than the windows there are is refused before anything is scored."""
+    from ptq_bench.errors import DataError
+    from ptq_bench.eval.evaluator import _check_windows
+
+    p = SimpleNamespace(seq_len=64, max_windows=3)
+    if not refused:
+        _check_windows(p, "wikitext2", tokens, tmp_path / "test.jsonl")
+        assert len(windows(torch.arange(tokens), 64, p.max_windows)) == 3
+        return
+    with pytest.raises(DataError, match="max_windows: 3 is more than the 2 windows of 64 tokens in wikitext2"):
+        _check_windows(p, "wikitext2", tokens, tmp_path / "test.jsonl")
