@@ -222,6 +222,21 @@ def test_a_damaged_or_missing_curve_file_is_written_again_from_the_model_cache(r
     assert "unreadable" not in (out / "table.md").read_text(encoding="utf-8")
 
 
+def test_a_curve_is_not_written_again_from_a_damaged_model_cache(ref, tmp_path):
+    """mend_curves reads a model's train_info.json only from a cache folder that passes its checksums: an
+    edited one (its losses halved here) would put a curve no run measured into curves/<model>.json."""
+    recipe, out, cache = workspace(ref, tmp_path, copy_out=True)
+    for info in (cache / "models").glob("*/train_info.json"):
+        data = json.loads(info.read_text())
+        data["curve"] = [{**point, "loss": point["loss"] / 2} for point in data["curve"]]
+        info.write_text(json.dumps(data))
+    name = sorted(p.name for p in (ref.out / "curves").glob("*.json"))[0]
+    (out / "curves" / name).unlink()
+    proc = cli("run", str(recipe))
+    assert proc.returncode == 0 and "0 to run" in proc.stdout, proc.stderr[-2000:]
+    assert not (out / "curves" / name).exists() and "written again" not in proc.stdout, proc.stdout[-2000:]
+
+
 @pytest.mark.slow
 def test_ctrl_c_during_tokenizer_training_closes_the_invocation(ref, tmp_path):
     """Before the cells' loop (the tokenizer trains first) a Ctrl-C left the invocation with no end."""
