@@ -63,6 +63,8 @@ def test_bfloat16_rows_are_cast_and_say_so(tmp_path, tokenizer_dir):  # noqa: F8
         ppl = "ppl_gptq/wikitext2/seq32/first4win"
         assert bf16.metrics[ppl] != fp32.metrics[ppl]  # the cast happened (the base row's ppl is read from the KLD base) ...
         assert bf16.metrics[ppl] == pytest.approx(fp32.metrics[ppl], rel=0.02)  # ... and changes little
+    assert main(["run", str(path)]) == 0  # the bf16 folder resumed: its rows are found under their bf16 cell ids
+    assert len(load_rows(tmp_path / "bfloat16" / "out", strict=True)) == 2  # (under the float32 ids, stored again)
     bf16_recipe = tmp_path / "bfloat16" / "r.yaml"
     bf16_recipe.write_text(bf16_recipe.read_text().replace("dtype: bfloat16", "dtype: auto"))
     assert main(["run", str(bf16_recipe)]) == 2  # the bf16 folder is not resumed as float32 (another recipe hash)
