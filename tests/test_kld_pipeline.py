@@ -105,3 +105,6 @@ def test_kld_off_keeps_plain_perplexity(tmp_path, tokenizer_dir, monkeypatch):  
             assert rows[True][label].metrics[name] == value, (label, name)
     # the base row's perplexity was computed in the references, before any cell: its time is the row's
     assert rows[True]["none"].eval_seconds >= 0.5 * len(SETS), rows[True]["none"].eval_seconds
+    # ... and no other row's: a quantized row's time is its own evaluation, not the references' as well
+    quantized = [row.eval_seconds for label, row in rows[True].items() if label != "none"]
+    assert sum(quantized) < 0.5 * len(SETS), quantized
