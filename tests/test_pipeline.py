@@ -300,3 +300,30 @@ def test_a_signal_while_the_tables_are_written_says_the_run_is_stored(ref, tmp_p
         f"ptq-bench: interrupted while writing the tables; every cell is stored in {out}: "
         f"`ptq-bench report {out}` writes them")
     assert json.loads((out / "manifest.json").read_text())["invocations"][-1]["cells_run"] == 0
+
+
+def test_a_base_row_carries_its_kinds_native_bits_and_its_models_divergence(ref):
+    """make_row: an unquantized row's bits are its kind's native bits (BitNet b1.58 is W1.58A8, not 16/16: the
+    tables' bits columns and the plots' x axes read them), a diverged model's rows say so (the tables mark them),
+    and only the base row carries the model's untrained metrics."""
+    from types import SimpleNamespace
+
+    import torch
+
+    import ptq_bench.sweep as sweep
+    from ptq_bench.recipe import expand_cells, load_recipe
+
+    recipe = load_recipe(ref.recipe)
+    sw = SimpleNamespace(ctx=SimpleNamespace(recipe=recipe, device="cpu"), keys=dict.fromkeys(recipe.models, "k"))
+    stored = {(r["model"], r["label"]): r for r in ref.rows}
+    made = {}
+    for cell in expand_cells(recipe):
+        for diverged in (False, True):
+            info = {"diverged": diverged, "untrained_metrics": {"ppl_gptq/wikitext2/seq64/first8win": 500.0}}
+            base = SimpleNamespace(kind=recipe.models[cell.model].kind, info=info, model=torch.nn.Linear(2, 2))
+            row = sweep.make_row(sw, cell, base, {}, {}, {}, 0.0)
+            want = stored[cell.model, cell.label]
+            assert (row.w_bits, row.a_bits, row.diverged) == (want["w_bits"], want["a_bits"], diverged), cell
+            assert (row.untrained_metrics is not None) == (cell.method == "none"), cell  # the base row's only
+            made[cell.model, cell.method] = (row.w_bits, row.a_bits)
+    assert made["bitnet_b158", "none"] == (1.58, 8) and made["fp16", "none"] == (16, 16)
