@@ -16,6 +16,7 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import yaml
@@ -231,6 +232,44 @@ def test_an_actor_keeps_the_evaluator_of_the_source_model_it_holds_only(tmp_path
         executors._OPEN.clear()
         executors._WORKER.clear()
     assert held == [{sw.keys["m0"]}, {sw.keys["m1"]}, {sw.keys["m0"]}]
+
+
+def test_the_driver_stores_only_a_complete_row_of_the_cell_it_asked_for(ref, tmp_path):
+    """A call's returned row is checked before it is appended: the row of another cell (a worker's mix-up) or
+    an incomplete one is a recorded failure, with nothing stored, and the cell's own row is stored (no Ray)."""
+    from ptq_bench.lock import run_lock
+    from ptq_bench.recipe import load_recipe
+
+    recipe = load_recipe(workspace(ref, tmp_path, models=True)[0])
+    with run_lock(recipe.out_dir):
+        sw = sweep.prepare(recipe, "", 0.0)
+    sw.manifest["invocations"][-1]["executor"] = {"workers": []}
+    sw.bar = SimpleNamespace(update=lambda _n: None)
+    rows = {r["cell_id"]: r for r in ref.rows}
+    a, b = sw.todo[:2]
+    mine, other = (rows[sweep.cell_id(c, sw.keys[c.model], recipe.dtype)] for c in (a, b))
+    executors.store(sw, a, {"row": other, "eval": {}, "worker": "w"})
+    executors.store(sw, a, {"row": {k: v for k, v in mine.items() if k != "metrics"}, "eval": {}, "worker": "w"})
+    assert not (recipe.out_dir / RESULTS).exists() and sw.ran == 0
+    assert "the row of another cell" in sw.failed[0] and "no valid row (missing key 'metrics')" in sw.failed[1]
+    executors.store(sw, a, {"row": mine, "eval": {}, "worker": "w"})
+    assert [r.cell_id for r in load_rows(recipe.out_dir, strict=True)] == [mine["cell_id"]] and sw.ran == 1
+
+
+def test_a_model_that_failed_fails_each_of_its_cells_and_its_actor_is_replaced():
+    """Dispatch.done: a model whose preparation failed takes each of its cells with it, each recorded as failed
+    (the run exits 2 naming them, a re-run retries them; none silently missing), and the failed call's actor is
+    replaced by a fresh one, so the pool keeps its size (no Ray: a stand-in actor class)."""
+    d = object.__new__(executors.Dispatch)
+    cells = [SimpleNamespace(model="m", label=f"c{i}") for i in range(2)]
+    d.sw = SimpleNamespace(failed=[], manifest={"invocations": [{}]})
+    d.actor, d.left, d.preps, d.ready, d.pending = SimpleNamespace(remote=object), {"m": cells}, [], set(), {}
+    old = object()
+    d.holds = {old: "m"}
+    d.done("model", "m", old, "RuntimeError: boom")
+    assert d.sw.failed == [f"m c{i}: its model failed (RuntimeError: boom)" for i in range(2)]
+    assert d.sw.manifest["invocations"][-1]["failed"] == d.sw.failed and d.left["m"] == []
+    assert old not in d.holds and len(d.holds) == 1
 
 
 # ----------------------------------------------------------------------------------------------
