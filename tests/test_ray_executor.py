@@ -40,7 +40,8 @@ def ref(tmp_path_factory) -> Ref:
 @pytest.fixture(scope="module")
 def crash_dir(tmp_path_factory, ref) -> Path:
     """A local Ray instance (2 CPUs) for this module; its workers see $PTQ_BENCH_RAY_CRASH_ONCE = the folder
-    returned, and use the thread count of the local reference run (identical float results)."""
+    returned, and use the thread count of the local reference run (identical float results). Always a new
+    instance (`address="local"`): with a cluster already up on the machine, `ray.init(num_cpus=2)` tried to join it."""
     import ray
 
     folder = tmp_path_factory.mktemp("crash")
@@ -48,7 +49,7 @@ def crash_dir(tmp_path_factory, ref) -> Path:
     assert len(threads) == 1, threads          # have changed this process's torch thread count)
     env = {executors.CRASH_ENV: str(folder), "OMP_NUM_THREADS": str(threads.pop()),
            "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
-    ray.init(num_cpus=2, include_dashboard=False, object_store_memory=100 << 20, runtime_env={"env_vars": env})
+    ray.init(address="local", num_cpus=2, include_dashboard=False, object_store_memory=100 << 20, runtime_env={"env_vars": env})
     yield folder
     ray.shutdown()
 
