@@ -143,12 +143,7 @@ def prepare_model(job: Job, name: str, cells: list[Cell]) -> tuple[str, dict, di
     """Model `name` trained into (or found in) the shared cache and kept open; (kind, training info, the manifest's
     record of it). A PTQ cell the loaded model cannot take (`cells.refuse_loaded`) fails it, and with it every
     cell of the model."""
-    drop_open()  # the model before goes first
-    try:
-        opened = _OPEN[(job.token, name)] = open_model(sw := worker_sweep(job), name, cells)
-    except BaseException:
-        drop_open()
-        raise
+    opened = opened_model(sw := worker_sweep(job), job.token, name, cells)
     return opened.base.kind, opened.base.info, model_record(sw.ctx.device, opened.base.model, opened.base.info)
 
 
@@ -160,7 +155,7 @@ def run_cell(job: Job, cell: Cell) -> dict[str, Any]:
     rows: list[Row] = []
     sw.todo, sw.sink = [cell], rows.append
     try:
-        run_opened(sw, opened_model(sw, job.token, cell), [cell])
+        run_opened(sw, opened_model(sw, job.token, cell.model, [cell]), [cell])
     except BaseException:
         drop_open()
         raise
@@ -175,12 +170,13 @@ def run_cell(job: Job, cell: Cell) -> dict[str, Any]:
     return {"row": rows[0].to_dict(), "eval": {k: ev.provenance() for k, ev in sw.evaluators.items()}, "worker": worker}
 
 
-def opened_model(sw: Sweep, token: str, cell: Cell) -> Opened:
-    """Cell's model as this process keeps it open (one model at a time), opened (`sweep.open_model`) when new."""
-    if (token, cell.model) not in _OPEN:
-        drop_open()  # the one before goes first
-        _OPEN[(token, cell.model)] = open_model(sw, cell.model, [cell])
-    return _OPEN[(token, cell.model)]
+def opened_model(sw: Sweep, token: str, name: str, cells: list[Cell]) -> Opened:
+    """Model `name` as this process keeps it open (one model at a time), opened when new (`sweep.open_model`,
+    checked against `cells`); the one before is closed first, so a failed opening leaves none open."""
+    if (token, name) not in _OPEN:
+        drop_open()
+        _OPEN[(token, name)] = open_model(sw, name, cells)
+    return _OPEN[(token, name)]
 
 
 def drop_open() -> None:

@@ -19,15 +19,15 @@ recipe that an older ptq-bench wrote under the hash of its own recipe schema (`r
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
+from dataclasses import MISSING
 from pathlib import Path
 from typing import Any
 
 from ptq_bench.cells import Cell, calib_seed, expand_cells
 from ptq_bench.config import fields_hash, from_dict, to_dict
 from ptq_bench.errors import PtqBenchError, RecipeError
-from ptq_bench.recipe import NOT_IN_DIGEST, Recipe, digest_fields, model_arch
+from ptq_bench.recipe import DIGEST_UNLESS_DEFAULT, NOT_IN_DIGEST, Recipe, digest_fields, model_arch
 from ptq_bench.results import as_floats, load_manifest, scan_rows
 
 
@@ -37,7 +37,7 @@ def meaning(recipe: Recipe) -> str:
     fields["models"] = {name: _model(recipe, name) for name in recipe.models}
     fields["quantize"] = sorted(json.dumps(as_floats(_cell(recipe, c)), sort_keys=True) for c in expand_cells(recipe))
     fields["calibration"].pop("seeds")  # in the cells' calibration seeds
-    return hashlib.sha256(json.dumps(as_floats(fields), sort_keys=True, default=str).encode()).hexdigest()[:16]
+    return fields_hash(as_floats(fields))
 
 
 def _model(recipe: Recipe, name: str) -> dict[str, Any]:
@@ -89,22 +89,20 @@ def stored_recipe(run_dir: Path) -> Recipe | None:
     return recipe if recipe.digest() == manifest["recipe_hash"] else None
 
 
-# the fields each earlier ptq-bench left out of its recipe hash (the full recipe before 2441256; `dtype` at
-# "auto" too since dbc4285): a manifest's stored recipe hashed by one of them to its `recipe_hash` was written
-# by that version, not edited since
+# the hash rules of earlier ptq-bench versions, as (fields left out, fields left out at their default): the
+# full recipe before 2441256, then each NOT_IN_DIGEST list, then this version's (`dtype` at "auto" left out too
+# since dbc4285). A manifest's stored recipe hashed by one of them to its `recipe_hash` was written by that
+# version, not edited since
 _EARLIER = ("name", "output_dir", "cache_dir", "description", "device", "layout")
 EARLIER_NOT_IN_DIGEST = ((), _EARLIER, (*_EARLIER, "data_dir"), (*_EARLIER, "data_dir", "executor"),
-                         (*_EARLIER, "data_dir", "executor", "in_place"), NOT_IN_DIGEST)
+                         (*_EARLIER, "data_dir", "executor", "in_place"))
+HASH_RULES = (*((left_out, {}) for left_out in EARLIER_NOT_IN_DIGEST), (NOT_IN_DIGEST, DIGEST_UNLESS_DEFAULT))
 
 
 def _hashed_then(stored: dict[str, Any], recipe_hash: str) -> bool:
     """Whether an earlier ptq-bench's recipe hash of the stored recipe (as its manifest keeps it) is `recipe_hash`."""
-    for left_out in EARLIER_NOT_IN_DIGEST:
-        fields = {k: v for k, v in stored.items() if k not in left_out and not (k == "dtype" and v == "auto"
-                                                                                 and left_out == NOT_IN_DIGEST)}
-        if fields_hash(fields) == recipe_hash:
-            return True
-    return False
+    return any(fields_hash({k: v for k, v in stored.items() if k not in left_out and unless.get(k, MISSING) != v})
+               == recipe_hash for left_out, unless in HASH_RULES)
 
 
 def refuse_older(recipe: Recipe) -> None:

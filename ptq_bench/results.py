@@ -219,12 +219,12 @@ def scan_rows(run_dir: Path) -> Iterator[tuple[int, Row | None, str | None]]:
 def load_rows(run_dir: Path, strict: bool = False, damaged: list | None = None) -> list[Row]:
     """Every intact row in file order. strict: a damaged line is a PtqBenchError naming file and line;
     lenient: it is skipped with a warning on stderr (and its (line, problem) added to `damaged`)."""
-    rows = []
+    rows, damaged = [], [] if damaged is None else damaged
     for i, row, problem in scan_rows(run_dir):
         if row is not None:
             rows.append(row)
             continue
-        (damaged if damaged is not None else []).append((i, problem))
+        damaged.append((i, problem))
         msg = f"{Path(run_dir) / RESULTS}:{i}: damaged row ({problem})"
         if strict:
             raise PtqBenchError(msg + "; repair or remove that line")
