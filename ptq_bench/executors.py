@@ -4,8 +4,9 @@
 the cluster: ray_cluster.py). The driver (the `ptq-bench run` process) does what a local run does around the
 cells, in `sweep.run`: `prepare` (data hashes, run-folder lock, manifest, tokenizer, which cells are left) and
 `close_run`. It is the only writer of the store (results.jsonl, manifest.json, curves/). On Ray, a pool of
-*actors*, one per cell slot of the cluster (its CPUs and GPUs over a cell's share, up to the work there is),
-each a worker process holding its share for the whole run, takes one call at a time from the driver:
+*actors*, one per cell slot of the cluster (its CPUs and GPUs over a cell's share, up to the work there is;
+`ray_pool` keeps it so as nodes join or go), each a worker process holding its share until it is retired,
+takes one call at a time from the driver:
 
 - *prepare* a model with cells left: train it into the shared cache (or load a `source:`, converting a GGUF
   once); it returns (kind, training info), and the actor keeps the model open;
@@ -19,11 +20,11 @@ prepare (models train side by side), then another ready model's cells: a model i
 runs it, not once per cell.
 
 The driver checks each returned row (a complete `Row` of the cell it asked for) and appends it as it
-arrives, so resume, the lock and the manifest behave as locally. An actor whose worker dies (kill,
-OOM, lost node) is restarted and its call re-run by Ray up to `executor.max_retries` times; a call that raises,
-or runs out of retries, is logged and listed in the manifest's invocation (`failed`), its row is absent, the
-failed call's actor is replaced by a fresh one, and the run exits non-zero once the other cells are done. Nothing a worker
-computed reaches the store but through the driver, whole.
+arrives, so resume, the lock and the manifest behave as locally. The pool follows the cluster (`ray_pool`):
+a call lost with its worker (kill, OOM, lost node) is handed out again, to a fresh actor, up to
+`executor.max_retries` times; a call that raises, or runs out of retries, is logged and listed in the
+manifest's invocation (`failed`), its row is absent, its actor is replaced, and the run exits non-zero once the
+other cells are done. Nothing a worker computed reaches the store but through the driver, whole.
 
 The cache folder must be one folder every worker sees at the same path (on a cluster: a shared filesystem with
 file locks); a worker not seeing the driver's marker in it refuses. Ray is imported here only, in functions.
@@ -37,7 +38,6 @@ import signal
 import socket
 import tempfile
 import uuid
-from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -47,7 +47,8 @@ from ptq_bench.console import log, quiet_lm_eval
 from ptq_bench.curves import save_curve
 from ptq_bench.errors import PtqBenchError
 from ptq_bench.prepare import Context, get_tokenizer, model_record, pick_device
-from ptq_bench.ray_cluster import cell_slots, connect, describe, head_gone
+from ptq_bench.ray_cluster import connect, describe, head_gone
+from ptq_bench.ray_pool import CHECK_S, Dispatch, cluster_gone, fail
 from ptq_bench.recipe import Cell, ExecutorSpec, Recipe
 from ptq_bench.results import Row, write_manifest
 from ptq_bench.sweep import Opened, Sweep, _record_eval, cell_id, open_model, run_opened
@@ -238,107 +239,34 @@ def make_job(sw: Sweep) -> Job:
 
 
 def drive(sw: Sweep, job: Job, ex: ExecutorSpec) -> None:
-    """A pool of actors, one per cell slot of the cluster (up to the work there is): each prepares a model or
+    """A pool of actors that follows the cluster's cell slots (`ray_pool.Dispatch`): each prepares a model or
     runs a cell at a time, handed its own model's cells first; results are collected as they end."""
     import ray
 
-    d = Dispatch(sw, job, ex)
+    d = Dispatch(sw, job, ex, CellActor)
     try:
         while d.pending:
-            (ref,), _ = ray.wait(list(d.pending), num_returns=1)
-            what, item, actor = d.pending.pop(ref)
-            d.done(what, item, actor, collect(sw, what, item, ref))
+            ready, _ = ray.wait(list(d.pending), num_returns=1, timeout=CHECK_S)
+            if not ready:  # nothing ended: a node may have joined or gone
+                d.resize()
+                continue
+            what, item, actor = d.pending.pop(ready[0])
+            d.done(what, item, actor, *(collect(sw, what, item, ready[0]) or (None, False)))
     finally:
         d.stop()
 
 
-class Dispatch:
-    """The driver's Ray work: the actor pool and the model each holds open, the calls in flight, the models to
-    prepare, and each model's cells not yet handed out (given once the model is ready)."""
-
-    def __init__(self, sw: Sweep, job: Job, ex: ExecutorSpec) -> None:
-        import ray
-
-        self.sw, self.job = sw, job
-        self.actor = ray.remote(CellActor).options(num_cpus=ex.cpus_per_cell, num_gpus=ex.gpus_per_cell,
-                                                   max_restarts=ex.max_retries, max_task_retries=ex.max_retries)
-        self.left = {name: [c for c in sw.todo if c.model == name] for name in dict.fromkeys(c.model for c in sw.todo)}
-        self.preps, self.ready = list(self.left), set()  # models to prepare; models prepared
-        self.pending: dict[Any, tuple[str, Any, Any]] = {}  # ObjectRef -> ("model", name, actor) | ("cell", Cell, actor)
-        self.holds: dict[Any, str | None] = {self.actor.remote(): None
-                                             for _ in range(min(cell_slots(ex), len(self.preps) + len(sw.todo)))}
-        self.feed()
-
-    def feed(self) -> None:
-        """Every idle actor gets its next piece of work, if there is one."""
-        busy = {actor for _, _, actor in self.pending.values()}
-        for actor in [a for a in self.holds if a not in busy]:
-            if work := self.next_for(actor):
-                self.give(actor, *work)
-
-    def next_for(self, actor: Any) -> tuple[str, Any] | None:
-        """The next cell of the model `actor` holds, else a model to prepare (models train side by side), else
-        the next cell of another ready model."""
-        own = self.holds[actor]
-        if own in self.ready and self.left[own]:
-            return "cell", self.left[own].pop(0)
-        if self.preps:
-            return "model", self.preps.pop(0)
-        other = next((name for name in sorted(self.ready) if self.left[name]), None)
-        return None if other is None else ("cell", self.left[other].pop(0))
-
-    def give(self, actor: Any, what: str, item: Any) -> None:
-        if what == "model":
-            ref = actor.prepare.remote(self.job, item, self.left[item])
-        else:
-            ref = actor.run.remote(self.job, item)
-        self.holds[actor] = item if what == "model" else item.model
-        self.pending[ref] = (what, item, actor)
-
-    def done(self, what: str, item: Any, actor: Any, failed: str | None) -> None:
-        """A call ended: a model ready (or failed, and its cells with it); a failed call's actor replaced (a dead
-        one takes no more calls; a raised one dropped its model anyway); then idle actors get work."""
-        if what == "model" and failed:
-            for cell in self.left[item]:
-                fail(self.sw, cell, f"its model failed ({failed})")
-            self.left[item] = []
-        elif what == "model":
-            self.ready.add(item)
-        if failed:
-            self.end(actor)
-            self.holds[self.actor.remote()] = None
-        self.feed()
-
-    def end(self, actor: Any) -> None:
-        import ray
-
-        del self.holds[actor]
-        with suppress(Exception):
-            ray.kill(actor, no_restart=True)
-
-    def stop(self) -> None:
-        """Done or interrupted: every actor is killed (its memory freed; a running call stops, and the driver
-        stores nothing of it: the cache's own writes are whole or absent)."""
-        for actor in list(self.holds):
-            self.end(actor)
-
-
-def collect(sw: Sweep, what: str, item: Any, ref: Any) -> str | None:
-    """One finished task or call: a model's curve saved, or a cell's row appended; else why it failed (a
-    cell's failure recorded)."""
+def collect(sw: Sweep, what: str, item: Any, ref: Any) -> tuple[str, bool] | None:
+    """One finished call: a model's curve saved, or a cell's row appended (a row that is not the cell's is a
+    recorded failure); else why it failed, and whether it was lost with its worker rather than raised by it."""
     import ray
 
     try:
         out = ray.get(ref)
     except ray.exceptions.RayError as exc:
         if isinstance(exc, ray.exceptions.LocalRayletDiedError) or head_gone():  # `ray stop`: one line, not
-            raise PtqBenchError(f"ray: the cluster went away ({_reason(exc)}); {sw.ran} cell(s) stored by this "
-                                "run; start it again and re-run the same command to resume") from None
-        if what == "model":
-            log(f"ray: model '{item}' failed: {_reason(exc)} (its cells fail with it)")
-        else:
-            fail(sw, item, _reason(exc))
-        return _reason(exc)
+            raise cluster_gone(sw, _reason(exc)) from None
+        return _reason(exc), not isinstance(exc, ray.exceptions.RayTaskError)
     if what == "model":  # (kind, training info, record)
         save_curve(sw.out, item, *out[:2])
         sw.manifest["invocations"][-1].setdefault("models", {})[item] = out[2]
@@ -366,13 +294,6 @@ def store(sw: Sweep, cell: Cell, out: Any) -> None:
     if new or changed:
         write_manifest(sw.out, sw.manifest)
     sw.store(row)  # this process's sw has no sink: the row is appended
-
-
-def fail(sw: Sweep, cell: Cell, reason: str) -> None:
-    text = f"{cell.model} {cell.label}: {reason}"
-    log(f"ray: FAILED {text}")
-    sw.failed.append(text)
-    sw.manifest["invocations"][-1]["failed"] = list(sw.failed)
 
 
 def _reason(exc: Exception) -> str:

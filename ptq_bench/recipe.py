@@ -141,7 +141,7 @@ class ExecutorSpec:
     address: str | None = bound(None, max_len=500, nonblank=True)  # Ray cluster (None: $RAY_ADDRESS, one `ray start`ed here, or new)
     cpus_per_cell: float = bound(1.0, gt=0.0, max=1024)  # CPUs of each Ray actor (model preparation and cells)
     gpus_per_cell: float = bound(0.0, min=0.0, max=64)  # GPUs of each Ray actor (a fraction shares a GPU)
-    max_retries: int = bound(2, min=0, max=100)  # restarts of an actor whose worker died (a raised error is final)
+    max_retries: int = bound(2, min=0, max=100)  # re-runs of a call lost with its worker (a raised error is final)
 
 
 # Recipe fields that change no result (names, where files go, free text, report layout, device choice,

@@ -21,6 +21,7 @@ import ray._private.utils as ray_utils
 
 import ptq_bench.executors as executors
 import ptq_bench.ray_cluster as ray_cluster
+import ptq_bench.ray_pool as ray_pool
 
 
 def _fake_init(**_kw) -> None:
@@ -82,7 +83,7 @@ def _stopped_drive(monkeypatch, ready_first: bool) -> tuple[list, list]:
     monkeypatch.setattr(ray, "cancel", lambda ref, **kw: pytest.fail("a cancel: force=True crashed the driver"))
     monkeypatch.setattr(ray, "kill", lambda actor, **kw: killed.append((actor, kw)))
     monkeypatch.setattr(executors, "collect", lambda *_a: None)
-    monkeypatch.setattr(executors, "cell_slots", lambda ex: 2)
+    monkeypatch.setattr(ray_pool, "cell_slots", lambda ex: 2)
     ex = SimpleNamespace(cpus_per_cell=1, gpus_per_cell=0, max_retries=0)
     sw = SimpleNamespace(todo=[SimpleNamespace(model="a"), SimpleNamespace(model="a")])
     with pytest.raises(KeyboardInterrupt):
@@ -170,7 +171,7 @@ def test_an_actor_call_on_a_stopped_cluster_is_one_error_too(monkeypatch):
     """The pool's calls on a cluster stopped mid-run (the head's raylet and GCS killed, as `ray stop --force` or a
     lost head) raised ActorUnavailableError, not LocalRayletDiedError: logged as a FAILED cell, then Ray's core
     worker ended the driver 60 s later (exit 1, no message, the invocation left open). Now a head that accepts
-    no connection ends the run in one line; while it answers, the call is a failed cell as before."""
+    no connection ends the run in one line; while it answers, the call is a lost one, which the pool hands out again (or fails, out of retries)."""
     import socket
     from types import SimpleNamespace
 
@@ -185,8 +186,8 @@ def test_an_actor_call_on_a_stopped_cluster_is_one_error_too(monkeypatch):
         gcs = SimpleNamespace(gcs_address=f"127.0.0.1:{head.getsockname()[1]}")
         monkeypatch.setattr(ray, "get_runtime_context", lambda: gcs)
         sw = SimpleNamespace(failed=[], ran=3, manifest={"invocations": [{}]})
-        assert "ActorUnavailableError" in executors.collect(sw, "cell", cell, object())
-        assert len(sw.failed) == 1
+        reason, lost = executors.collect(sw, "cell", cell, object())
+        assert "ActorUnavailableError" in reason and lost and sw.failed == []  # the pool hands it out again, or fails it
     with pytest.raises(PtqBenchError, match="the cluster went away .*ActorUnavailableError.*3 cell"):  # now closed
         executors.collect(SimpleNamespace(failed=[], ran=3, manifest={"invocations": [{}]}), "cell", cell, object())
 

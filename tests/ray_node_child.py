@@ -1,0 +1,46 @@
+"""Child process of test_ray_executor's lost-node test: a two-node local Ray cluster (ray.cluster_utils: a head
+and a worker node, 1 CPU each, in this process's machine); the worker node is removed (its raylet killed, as a
+lost machine) right after a cell was handed to an actor placed there, once. Runs `ptq-bench run RECIPE
+--executor ray` and exits with its status. Arguments: RECIPE THREADS (the torch threads of the workers)."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import ray
+import ray._private.state as ray_state
+from ray.cluster_utils import Cluster
+
+import ptq_bench.ray_pool as ray_pool
+from ptq_bench.cli import main
+
+
+def run(recipe: str, threads: str) -> int:
+    env = {"OMP_NUM_THREADS": threads, "PYTHONPATH": os.environ.get("PYTHONPATH", "")}
+    args = {"num_cpus": 1, "object_store_memory": 100 << 20}
+    cluster = Cluster(initialize_head=True, head_node_args={**args, "include_dashboard": False})
+    node = cluster.add_node(**args)
+    ray.init(address=cluster.address, runtime_env={"env_vars": env})
+    real = ray_pool.Dispatch.give
+    lost: list[str] = []
+
+    def give(self, actor, what, item):
+        real(self, actor, what, item)
+        where = (ray_state.actors(actor._actor_id.hex()) or {}).get("Address", {}).get("NodeID")
+        if what == "cell" and not lost and where == node.node_id:
+            lost.append(item.label)
+            print(f"CHILD: removing the worker node while it runs {item.model} {item.label}", flush=True)
+            cluster.remove_node(node, allow_graceful=False)
+
+    ray_pool.Dispatch.give = give
+    try:
+        return main(["run", recipe, "--executor", "ray"])
+    finally:
+        print(f"CHILD: lost {lost}", flush=True)
+        ray.shutdown()
+        cluster.shutdown()
+
+
+if __name__ == "__main__":
+    sys.exit(run(*sys.argv[1:]))

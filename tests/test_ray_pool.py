@@ -1,0 +1,162 @@
+"""The driver's actor pool (ptq_bench/ray_pool.py) without a Ray instance: stand-in actors, a cluster whose
+cell slots the test sets. A lost call is handed out again up to `max_retries` times and then fails, a raised
+one fails at once, a failed model takes its cells with it; the pool grows when nodes join (while there is
+work), retires idle actors when nodes go or the work runs out, and never retires a busy one."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+import ray
+
+import ptq_bench.ray_pool as ray_pool
+
+
+class _Actor:
+    """A stand-in actor: its `prepare.remote` / `run.remote` return a fresh ref."""
+
+    def __init__(self) -> None:
+        self.prepare = self.run = self
+
+    def remote(self, *_args) -> object:
+        return object()
+
+
+class _Class:
+    def options(self, **kw):
+        assert kw["max_restarts"] == 0 and kw["max_task_retries"] == 0  # retries are the pool's, counted once
+        return self
+
+    def remote(self) -> _Actor:
+        return _Actor()
+
+
+@pytest.fixture
+def cluster(monkeypatch):
+    """The stand-in cluster: `slots` is its cell-slot count; `killed` the actors ended."""
+    state = SimpleNamespace(slots=2, killed=[], gone=False)
+    monkeypatch.setattr(ray, "remote", lambda _cls: _Class())
+    monkeypatch.setattr(ray, "kill", lambda actor, **kw: state.killed.append(actor))
+    monkeypatch.setattr(ray_pool, "cell_slots", lambda _ex: _slots(state))
+    monkeypatch.setattr(ray_pool, "head_gone", lambda: state.gone)
+    return state
+
+
+def _slots(state: SimpleNamespace) -> int:
+    assert not state.gone, "asked a stopped cluster its size: Ray blocks for 60 s, then ends the driver"
+    return state.slots
+
+
+def _dispatch(models: dict[str, int], retries: int = 2) -> ray_pool.Dispatch:
+    todo = [SimpleNamespace(model=m, label=f"c{i}") for m, n in models.items() for i in range(n)]
+    sw = SimpleNamespace(todo=todo, failed=[], manifest={"invocations": [{}]}, ran=0)
+    ex = SimpleNamespace(cpus_per_cell=1, gpus_per_cell=0, max_retries=retries)
+    return ray_pool.Dispatch(sw, None, ex, object)
+
+
+def _end(d: ray_pool.Dispatch, what: str, failed: str | None = None, lost: bool = False):
+    """The first call in flight of kind `what` ends (as the driver's loop ends it); its item."""
+    ref = next(r for r, (w, _, _) in d.pending.items() if w == what)
+    what, item, actor = d.pending.pop(ref)
+    d.done(what, item, actor, failed, lost)
+    return item
+
+
+def test_a_lost_call_is_handed_out_again_up_to_max_retries_then_fails(cluster):
+    d = _dispatch({"m": 1}, retries=2)
+    _end(d, "model")
+    for attempt in range(3):
+        cell = _end(d, "cell", "ActorDiedError: killed", lost=True)
+        assert cell.label == "c0"
+        assert d.sw.failed == ([] if attempt < 2 else ["m c0: ActorDiedError: killed"])
+    assert not d.pending and d.sw.manifest["invocations"][-1]["failed"] == d.sw.failed
+    assert len(cluster.killed) == 3 + 1  # each lost call's actor, then the idle one (no work left)
+
+
+def test_a_raised_call_fails_at_once_and_a_failed_model_takes_its_cells(cluster):
+    d = _dispatch({"a": 1, "b": 2})
+    _end(d, "model")
+    _end(d, "cell", "RayTaskError(ValueError): bad", lost=False)
+    assert d.sw.failed == ["a c0: RayTaskError(ValueError): bad"]
+    _end(d, "model", "ActorDiedError: gone", lost=True)  # b's preparation, lost: handed out again
+    assert [w for w, _, _ in d.pending.values()] == ["model"]
+    _end(d, "model", "RayTaskError(OSError): no disk", lost=False)
+    assert d.sw.failed[1:] == ["b c0: its model failed (RayTaskError(OSError): no disk)",
+                               "b c1: its model failed (RayTaskError(OSError): no disk)"]
+    assert not d.pending and not d.holds  # nothing left to do: every actor retired
+
+
+def test_the_pool_grows_with_the_cluster_while_there_is_work(cluster, capsys):
+    cluster.slots = 1
+    d = _dispatch({"m": 6})
+    assert len(d.holds) == 1
+    _end(d, "model")
+    cluster.slots = 4  # two nodes joined
+    d.resize()
+    assert len(d.holds) == 4 and len(d.pending) == 4  # each on a cell of the ready model
+    assert "the cluster has 4 cell slot(s) now (was 1)" in capsys.readouterr().out
+    cluster.slots = 40
+    d.resize()
+    assert len(d.holds) == 6  # no more actors than work in flight and waiting
+
+
+def test_idle_actors_are_retired_when_nodes_go_and_busy_ones_are_kept(cluster):
+    cluster.slots = 3
+    d = _dispatch({"a": 1, "b": 1, "c": 1})
+    assert len(d.holds) == 3 and len(d.pending) == 3  # three preparations
+    cluster.slots = 1  # a node lost (its actors' calls fail later, as lost)
+    d.resize()
+    assert len(d.holds) == 3 and not cluster.killed  # all busy: none retired
+    _end(d, "model")  # a ready: its actor takes a's cell (work first)...
+    _end(d, "model")  # ...and b's takes b's
+    assert len(d.holds) == len(d.pending) == 3 and not cluster.killed
+    _end(d, "cell")  # idle now, with only c's cell waiting (c not ready): beyond the one slot, retired
+    assert len(d.holds) == len(d.pending) == 2 and len(cluster.killed) == 1
+    _end(d, "cell")
+    assert len(d.holds) == len(d.pending) == 1 and len(cluster.killed) == 2
+    _end(d, "model")  # c ready: its actor takes c's cell
+    assert len(d.holds) == len(d.pending) == 1
+    _end(d, "cell")  # nothing waits: the last idle actor goes
+    assert not d.holds and not d.pending and len(cluster.killed) == 3
+
+
+def test_a_fresh_actor_joins_for_a_lost_call_while_the_cluster_has_the_slot(cluster):
+    """A lost call's actor goes and a fresh one takes the call again; with the cluster a slot short (the lost
+    node's), the idle actor that holds the other slot goes first, so the fresh one can be placed."""
+    d = _dispatch({"m": 3})
+    _end(d, "model")
+    assert len(d.holds) == len(d.pending) == 2  # two cells in flight, one waiting
+    ref, (_, cell, actor) = next(iter(d.pending.items()))
+    cluster.slots = 1
+    d.pending.pop(ref)
+    d.done("cell", cell, actor, "ActorDiedError: node lost", True)
+    assert actor in cluster.killed and len(d.holds) == len(d.pending) == 1  # the other: no slot for a fresh one
+    _end(d, "cell")  # the other ends: its actor takes a cell again (work first), no retirement needed
+    assert len(d.holds) == len(d.pending) == 1 and {c.label for _, c, _ in d.pending.values()} <= {"c0", "c1", "c2"}
+    _end(d, "cell")
+    _end(d, "cell")
+    assert not d.pending and not d.holds and not d.sw.failed
+
+
+def test_actors_waiting_for_a_model_are_kept_while_the_cluster_has_slots_to_spare(cluster):
+    cluster.slots = 6
+    d = _dispatch({"a": 3})
+    assert len(d.holds) == 4 and len(d.pending) == 1  # the preparation, and an actor for each cell to come
+    d.resize()
+    assert len(d.holds) == 4 and not cluster.killed
+    _end(d, "model")
+    assert len(d.pending) == 3 and len(cluster.killed) == 1  # the cells run; the preparing one has none left
+
+
+def test_a_cluster_gone_ends_the_run_in_one_line_before_its_size_is_asked(cluster):
+    """The head's GCS and raylet killed mid-run (SIGKILL, 2026-12-06): `ray.cluster_resources()` blocked for 60 s,
+    then Ray's core worker ended the driver (exit 1, no message, the invocation left open)."""
+    from ptq_bench.errors import PtqBenchError
+
+    d = _dispatch({"m": 2})
+    d.sw.ran = 3
+    _end(d, "model")
+    cluster.gone = True
+    with pytest.raises(PtqBenchError, match=r"the cluster went away \(its head no longer answers\); 3 cell"):
+        d.resize()
