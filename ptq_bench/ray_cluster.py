@@ -144,6 +144,8 @@ def head_gone() -> bool:
     itself (exit 1, no message, its invocation left open)."""
     import ray
 
+    if not ray.is_initialized():  # get_runtime_context() would start a local instance
+        return False
     try:
         where = endpoint(ray.get_runtime_context().gcs_address or "")
     except Exception:  # noqa: BLE001 - a connection that does not tell its head's address: not known gone

@@ -84,6 +84,7 @@ def _stopped_drive(monkeypatch, ready_first: bool) -> tuple[list, list]:
     monkeypatch.setattr(ray, "kill", lambda actor, **kw: killed.append((actor, kw)))
     monkeypatch.setattr(executors, "collect", lambda *_a: None)
     monkeypatch.setattr(ray_pool, "cell_slots", lambda ex: 2)
+    monkeypatch.setattr(ray_pool, "head_gone", lambda: False)
     ex = SimpleNamespace(cpus_per_cell=1, gpus_per_cell=0, max_retries=0)
     sw = SimpleNamespace(todo=[SimpleNamespace(model="a"), SimpleNamespace(model="a")])
     with pytest.raises(KeyboardInterrupt):
@@ -208,3 +209,11 @@ def test_connect_turns_off_rays_log_dedup_before_importing_ray(tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "RAY_DEDUP_LOGS"}
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
     assert "DEDUP False" in out.stdout, out.stdout + out.stderr
+
+
+def test_asking_whether_the_head_is_gone_starts_no_ray(tmp_path):
+    """`ray.get_runtime_context()` starts a local Ray instance when none is up: a pytest worker's stand-in drive
+    started one, and the Ray tests' own `ray.init` then failed ("called ray.init twice"). In a child process."""
+    code = "import ray; from ptq_bench.ray_cluster import head_gone; print(head_gone(), ray.is_initialized())"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.stdout.split() == ["False", "False"], done.stdout + done.stderr[-2000:]
