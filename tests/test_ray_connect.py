@@ -186,6 +186,7 @@ def test_an_actor_call_on_a_stopped_cluster_is_one_error_too(monkeypatch):
     with socket.create_server(("127.0.0.1", 0)) as head:  # a head that answers
         gcs = SimpleNamespace(gcs_address=f"127.0.0.1:{head.getsockname()[1]}")
         monkeypatch.setattr(ray, "get_runtime_context", lambda: gcs)
+        monkeypatch.setattr(ray, "is_initialized", lambda: True)  # a driver's Ray is up (this worker's may not be)
         sw = SimpleNamespace(failed=[], ran=3, manifest={"invocations": [{}]})
         reason, lost = executors.collect(sw, "cell", cell, object())
         assert "ActorUnavailableError" in reason and lost and sw.failed == []  # the pool hands it out again, or fails it
