@@ -1,6 +1,6 @@
 """Child process of test_ray_executor's lost-node test: a two-node local Ray cluster (ray.cluster_utils: a head
 and a worker node, 1 CPU each, in this process's machine); the worker node is removed (its raylet killed, as a
-lost machine) right after a cell was handed to an actor placed there, once. Runs `ptq-bench run RECIPE
+lost machine) as a cell is handed to an actor placed there, once. Runs `ptq-bench run RECIPE
 --executor ray` and exits with its status. Arguments: RECIPE THREADS (the torch threads of the workers)."""
 
 from __future__ import annotations
@@ -26,12 +26,12 @@ def run(recipe: str, threads: str) -> int:
     lost: list[str] = []
 
     def give(self, actor, what, item):
-        real(self, actor, what, item)
         where = (ray_state.actors(actor._actor_id.hex()) or {}).get("Address", {}).get("NodeID")
-        if what == "cell" and not lost and where == node.node_id:
-            lost.append(item.label)
-            print(f"CHILD: removing the worker node while it runs {item.model} {item.label}", flush=True)
+        if what == "cell" and not lost and where == node.node_id:  # lost before the call can end (a cell of a tiny
+            lost.append(item.label)                                # model could, while the node goes)
+            print(f"CHILD: removing the worker node as its actor is handed {item.model} {item.label}", flush=True)
             cluster.remove_node(node, allow_graceful=False)
+        real(self, actor, what, item)
 
     ray_pool.Dispatch.give = give
     try:

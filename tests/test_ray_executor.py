@@ -172,7 +172,7 @@ def test_a_cell_lost_with_its_node_is_handed_out_again(ref, tmp_path):
                           capture_output=True, text=True, env=env, timeout=300)
     said = done.stdout + done.stderr
     assert done.returncode == 0, said[-3000:]
-    assert "CHILD: removing the worker node" in said and "handed out again (1 of 2)" in said, said[-3000:]
+    assert "CHILD: removing the worker node as" in said and "handed out again (1 of 2)" in said, said[-3000:]
     assert "FAILED" not in said
     assert_same_rows(out, ref)
 
