@@ -1,11 +1,12 @@
 """Child process of test_ray_executor's lost-node test: a two-node local Ray cluster (ray.cluster_utils: a head
-and a worker node, 1 CPU each, in this process's machine); the worker node is removed (its raylet killed, as a
-lost machine) as a cell is handed to an actor placed there, once. Runs `ptq-bench run RECIPE
+and a worker node, 1 CPU each, in this process's machine); the worker node is removed (its raylet and the
+actor's worker process killed, as a lost machine) as a cell is handed to an actor placed there, once. Runs `ptq-bench run RECIPE
 --executor ray` and exits with its status. Arguments: RECIPE THREADS (the torch threads of the workers)."""
 
 from __future__ import annotations
 
 import os
+import signal
 import sys
 
 import ray
@@ -26,12 +27,13 @@ def run(recipe: str, threads: str) -> int:
     lost: list[str] = []
 
     def give(self, actor, what, item):
-        where = (ray_state.actors(actor._actor_id.hex()) or {}).get("Address", {}).get("NodeID")
-        if what == "cell" and not lost and where == node.node_id:  # lost before the call can end (a cell of a tiny
-            lost.append(item.label)                                # model could, while the node goes)
+        state = ray_state.actors(actor._actor_id.hex()) or {}
+        if what == "cell" and not lost and state.get("Address", {}).get("NodeID") == node.node_id:
+            lost.append(item.label)
             print(f"CHILD: removing the worker node as its actor is handed {item.model} {item.label}", flush=True)
             cluster.remove_node(node, allow_graceful=False)
-        real(self, actor, what, item)
+            os.kill(state["Pid"], signal.SIGKILL)  # the machine's processes go with it (an orphaned worker
+        real(self, actor, what, item)               # answered its calls for a while: a tiny cell could end)
 
     ray_pool.Dispatch.give = give
     try:
