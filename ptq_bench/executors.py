@@ -133,7 +133,7 @@ class CellActor:
     last cell ran on (each cell quantizes a copy; with `in_place` or `offload` the model itself, restored after
     it). The driver hands it that model's cells first and kills the pool when the run ends."""
 
-    def prepare(self, job: Job, name: str, cells: list[Cell]) -> tuple[str, dict]:
+    def prepare(self, job: Job, name: str, cells: list[Cell]) -> tuple[str, dict, dict]:
         return prepare_model(job, name, cells)
 
     def run(self, job: Job, cell: Cell) -> dict[str, Any]:
@@ -251,21 +251,22 @@ def drive(sw: Sweep, job: Job, ex: ExecutorSpec) -> None:
                 d.resize()
                 continue
             what, item, actor = d.pending.pop(ready[0])
-            d.done(what, item, actor, *(collect(sw, what, item, ready[0]) or (None, False)))
+            d.done(what, item, actor, *collect(sw, what, item, ready[0]))
     finally:
         d.stop()
 
 
-def collect(sw: Sweep, what: str, item: Any, ref: Any) -> tuple[str, bool] | None:
+def collect(sw: Sweep, what: str, item: Any, ref: Any) -> tuple[str | None, bool]:
     """One finished call: a model's curve saved, or a cell's row appended (a row that is not the cell's is a
-    recorded failure); else why it failed, and whether it was lost with its worker rather than raised by it."""
+    recorded failure): (None, False); else (why it failed, whether it was lost with its worker rather than
+    raised by it)."""
     import ray
 
     try:
         out = ray.get(ref)
     except ray.exceptions.RayError as exc:
-        if isinstance(exc, ray.exceptions.LocalRayletDiedError) or head_gone():  # `ray stop`: one line, not
-            raise cluster_gone(sw, _reason(exc)) from None
+        if isinstance(exc, ray.exceptions.LocalRayletDiedError) or head_gone():  # `ray stop`: one line, not a
+            raise cluster_gone(sw, _reason(exc)) from None  # failure per cell left
         return _reason(exc), not isinstance(exc, ray.exceptions.RayTaskError)
     if what == "model":  # (kind, training info, record)
         save_curve(sw.out, item, *out[:2])
@@ -273,7 +274,7 @@ def collect(sw: Sweep, what: str, item: Any, ref: Any) -> tuple[str, bool] | Non
         write_manifest(sw.out, sw.manifest)
     else:
         store(sw, item, out)
-    return None
+    return None, False
 
 
 def store(sw: Sweep, cell: Cell, out: Any) -> None:

@@ -134,14 +134,15 @@ def refuse_infeasible(ex: ExecutorSpec) -> None:
                             f"{most.get('GPU', 0):g} GPU); lower them")
 
 
-HEAD_CHECK_S = 5.0  # a head that accepts no TCP connection in this long, after a call failed, is taken as gone
+HEAD_CHECK_S = 5.0  # a head that accepts no TCP connection in this long is taken as gone
 
 
 def head_gone() -> bool:
     """Whether the cluster's head (its GCS) no longer accepts a connection. An actor's call on a cluster that
     was stopped (`ray stop --force`, the head lost) fails as ActorUnavailableError or ActorDiedError, not as
     LocalRayletDiedError: it was logged as a failed cell, and 60 s later Ray's core worker ended the driver
-    itself (exit 1, no message, its invocation left open)."""
+    itself (exit 1, no message, its invocation left open). Asked after a call failed, and before the pool asks the
+    cluster its size (which blocks on a stopped head the same way)."""
     import ray
 
     if not ray.is_initialized():  # get_runtime_context() would start a local instance

@@ -89,7 +89,7 @@ class Dispatch:
         self.holds[actor] = item if what == "model" else item.model
         self.pending[ref] = (what, item, actor)
 
-    def done(self, what: str, item: Any, actor: Any, failed: str | None, lost: bool = False) -> None:
+    def done(self, what: str, item: Any, actor: Any, failed: str | None, lost: bool) -> None:
         """A call ended: a model ready; a lost one handed out again while it has retries left; else a failure (a
         model's takes its cells with it). A failed call's actor goes (a dead one takes no more calls; a raised one
         dropped its model anyway) and the pool is sized again; then idle actors get work."""
@@ -98,14 +98,14 @@ class Dispatch:
             self.tries[key] += 1
             log(f"ray: {_name(what, item)} lost ({failed}); handed out again ({self.tries[key]} of "
                 f"{self.ex.max_retries})")
-            self.preps.insert(0, item) if what == "model" else self.left[item.model].insert(0, item)
+            (self.preps if what == "model" else self.left[item.model]).insert(0, item)
+        elif failed and what == "model":
+            log(f"ray: model '{item}' failed: {failed} (its cells fail with it)")
+            for cell in self.left[item]:
+                fail(self.sw, cell, f"its model failed ({failed})")
+            self.left[item] = []
         elif failed:
-            if what == "model":
-                log(f"ray: model '{item}' failed: {failed} (its cells fail with it)")
-            for cell in (self.left[item] if what == "model" else [item]):
-                fail(self.sw, cell, f"its model failed ({failed})" if what == "model" else failed)
-            if what == "model":
-                self.left[item] = []
+            fail(self.sw, item, failed)
         elif what == "model":
             self.ready.add(item)
         if failed:

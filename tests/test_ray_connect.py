@@ -21,7 +21,6 @@ import ray._private.utils as ray_utils
 
 import ptq_bench.executors as executors
 import ptq_bench.ray_cluster as ray_cluster
-import ptq_bench.ray_pool as ray_pool
 
 
 def _fake_init(**_kw) -> None:
@@ -42,67 +41,6 @@ def test_connect_keeps_the_callers_sigterm_handler(monkeypatch):
         assert signal.getsignal(signal.SIGTERM) is ours
     finally:
         signal.signal(signal.SIGTERM, before)
-
-
-class _FakeRemote:
-    """What `ray.remote(CellActor).options(...)` gives, faked: `.remote()` makes an actor, whose methods' `.remote()`
-    make refs (all recorded in `made`)."""
-
-    def __init__(self, made: list) -> None:
-        self.made = made
-
-    def options(self, **_kw):
-        return self
-
-    def remote(self, *_args):
-        self.made.append(thing := _Made())
-        thing.run = thing.prepare = self
-        return thing
-
-
-class _Made:
-    """An actor handle or a ref (hashable, as Ray's are)."""
-
-    run: _FakeRemote
-    prepare: _FakeRemote
-
-
-def _stopped_drive(monkeypatch, ready_first: bool) -> tuple[list, list]:
-    """drive() over two cells of one model on a pool of 2 actors, stopped by Ctrl-C in `ray.wait`: while the model
-    is prepared, or once it is ready (its cells then run on both actors). (actors and refs made, kill calls)."""
-    made, killed = [], []
-    waits = iter([True] if ready_first else [])
-
-    def wait(refs, **_kw):
-        if next(waits, False):
-            return [refs[0]], []
-        raise KeyboardInterrupt
-
-    monkeypatch.setattr(ray, "remote", lambda _what: _FakeRemote(made))
-    monkeypatch.setattr(ray, "wait", wait)
-    monkeypatch.setattr(ray, "cancel", lambda ref, **kw: pytest.fail("a cancel: force=True crashed the driver"))
-    monkeypatch.setattr(ray, "kill", lambda actor, **kw: killed.append((actor, kw)))
-    monkeypatch.setattr(executors, "collect", lambda *_a: None)
-    monkeypatch.setattr(ray_pool, "cell_slots", lambda ex: 2)
-    monkeypatch.setattr(ray_pool, "head_gone", lambda: False)
-    ex = SimpleNamespace(cpus_per_cell=1, gpus_per_cell=0, max_retries=0)
-    sw = SimpleNamespace(todo=[SimpleNamespace(model="a"), SimpleNamespace(model="a")])
-    with pytest.raises(KeyboardInterrupt):
-        executors.drive(sw, None, ex)
-    return made, killed
-
-
-def test_a_stopped_drive_kills_its_actors_and_forces_no_cancel(monkeypatch):
-    """A forced `ray.cancel` of tasks in flight when the driver was stopped crashed it inside Ray's core
-    worker (`task_manager.cc: Check failed: Tried to complete task that was not pending`, exit 1, after the
-    invocation was closed but before the interruption's message): 2 of 2 SIGTERMed smoke runs against a
-    `ray start` head, none of 2 without force. The actors (each keeping a model loaded) are killed instead,
-    without restart, so their work stops and their memory goes; the driver stores nothing of it."""
-    made, killed = _stopped_drive(monkeypatch, ready_first=False)
-    assert len(made) == 3 and [a for a, _ in killed] == made[:2]  # 2 actors, the model's preparation on one
-    made, killed = _stopped_drive(monkeypatch, ready_first=True)
-    assert len(made) == 5 and [a for a, _ in killed] == made[:2]  # and then a cell on each
-    assert all(kw == {"no_restart": True} for _, kw in killed)
 
 
 def test_an_address_with_a_token_at_hand_connects_with_it():
@@ -132,7 +70,6 @@ def test_a_rows_worker_is_in_the_manifest_before_the_row(monkeypatch, tmp_path):
     `executor.workers`, and not at all for a new worker: a SIGKILLed driver left rows whose workers the
     manifest did not name (a SIGTERMed smoke run's first row: `"workers": []`)."""
     import copy
-    from types import SimpleNamespace
 
     on_disk: list[dict] = []
     monkeypatch.setattr(executors.Row, "from_dict", lambda d: SimpleNamespace(cell_id="id", model="m", label="l"))
@@ -152,7 +89,6 @@ def test_a_rows_worker_is_in_the_manifest_before_the_row(monkeypatch, tmp_path):
 def test_a_cluster_gone_mid_run_is_one_error_not_a_failure_per_cell(monkeypatch):
     """`ray stop` while a driver ran: every task left raised LocalRayletDiedError, each logged as a FAILED cell
     and listed in the manifest (24 lines for 24 cells), then "24 cell(s) failed". Now the first ends the run."""
-    from types import SimpleNamespace
 
     import pytest
 
@@ -174,7 +110,6 @@ def test_an_actor_call_on_a_stopped_cluster_is_one_error_too(monkeypatch):
     worker ended the driver 60 s later (exit 1, no message, the invocation left open). Now a head that accepts
     no connection ends the run in one line; while it answers, the call is a lost one, which the pool hands out again (or fails, out of retries)."""
     import socket
-    from types import SimpleNamespace
 
     from ptq_bench.errors import PtqBenchError
 

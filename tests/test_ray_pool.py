@@ -10,34 +10,45 @@ from types import SimpleNamespace
 import pytest
 import ray
 
+import ptq_bench.executors as executors
 import ptq_bench.ray_pool as ray_pool
 
 
 class _Actor:
-    """A stand-in actor: its `prepare.remote` / `run.remote` return a fresh ref."""
+    """A stand-in actor (hashable, as Ray's handles are): its `prepare.remote` / `run.remote` make a ref."""
 
-    def __init__(self) -> None:
+    def __init__(self, made: list) -> None:
         self.prepare = self.run = self
+        self.made = made
 
     def remote(self, *_args) -> object:
-        return object()
+        self.made.append(ref := object())
+        return ref
 
 
 class _Class:
+    """What `ray.remote(CellActor).options(...)` gives: `.remote()` makes an actor (actors and refs recorded in
+    `made`, in the order they are made)."""
+
+    def __init__(self, made: list) -> None:
+        self.made = made
+
     def options(self, **kw):
         assert kw["max_restarts"] == 0 and kw["max_task_retries"] == 0  # retries are the pool's, counted once
         return self
 
     def remote(self) -> _Actor:
-        return _Actor()
+        self.made.append(actor := _Actor(self.made))
+        return actor
 
 
 @pytest.fixture
 def cluster(monkeypatch):
-    """The stand-in cluster: `slots` is its cell-slot count; `killed` the actors ended."""
-    state = SimpleNamespace(slots=2, killed=[], gone=False)
-    monkeypatch.setattr(ray, "remote", lambda _cls: _Class())
-    monkeypatch.setattr(ray, "kill", lambda actor, **kw: state.killed.append(actor))
+    """The stand-in cluster: `slots` is its cell-slot count; `made` the actors and refs made; `killed` the actors
+    ended, and `kill_kw` how `ray.kill` was called."""
+    state = SimpleNamespace(slots=2, killed=[], kill_kw=[], made=[], gone=False)
+    monkeypatch.setattr(ray, "remote", lambda _cls: _Class(state.made))
+    monkeypatch.setattr(ray, "kill", lambda actor, **kw: state.killed.append(actor) or state.kill_kw.append(kw))
     monkeypatch.setattr(ray_pool, "cell_slots", lambda _ex: _slots(state))
     monkeypatch.setattr(ray_pool, "head_gone", lambda: state.gone)
     return state
@@ -160,3 +171,39 @@ def test_a_cluster_gone_ends_the_run_in_one_line_before_its_size_is_asked(cluste
     cluster.gone = True
     with pytest.raises(PtqBenchError, match=r"the cluster went away \(its head no longer answers\); 3 cell"):
         d.resize()
+
+
+def _stopped_drive(monkeypatch, cluster, ready_first: bool) -> None:
+    """drive() over two cells of one model on a pool of 2 actors, stopped by Ctrl-C in `ray.wait`: while the model
+    is prepared, or once it is ready (its cells then run on both actors). Fills cluster.made and .killed."""
+    cluster.made.clear()
+    cluster.killed.clear()
+    waits = iter([True] if ready_first else [])
+
+    def wait(refs, **_kw):
+        if next(waits, False):
+            return [refs[0]], []
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(ray, "wait", wait)
+    monkeypatch.setattr(ray, "cancel", lambda ref, **kw: pytest.fail("a cancel: force=True crashed the driver"))
+    monkeypatch.setattr(executors, "collect", lambda *_a: (None, False))
+    ex = SimpleNamespace(cpus_per_cell=1, gpus_per_cell=0, max_retries=0)
+    sw = SimpleNamespace(todo=[SimpleNamespace(model="a"), SimpleNamespace(model="a")])
+    with pytest.raises(KeyboardInterrupt):
+        executors.drive(sw, None, ex)
+
+
+def test_a_stopped_drive_kills_its_actors_and_forces_no_cancel(monkeypatch, cluster):
+    """A forced `ray.cancel` of tasks in flight when the driver was stopped crashed it inside Ray's core
+    worker (`task_manager.cc: Check failed: Tried to complete task that was not pending`, exit 1, after the
+    invocation was closed but before the interruption's message): 2 of 2 SIGTERMed smoke runs against a
+    `ray start` head, none of 2 without force. The actors (each keeping a model loaded) are killed instead,
+    without restart, so their work stops and their memory goes; the driver stores nothing of it."""
+    _stopped_drive(monkeypatch, cluster, ready_first=False)
+    made, killed = list(cluster.made), list(cluster.killed)
+    assert len(made) == 3 and killed == made[:2]  # 2 actors, the model's preparation on one
+    _stopped_drive(monkeypatch, cluster, ready_first=True)
+    made, killed = list(cluster.made), list(cluster.killed)
+    assert len(made) == 5 and killed == made[:2]  # and then a cell on each
+    assert all(kw == {"no_restart": True} for kw in cluster.kill_kw)
