@@ -21,7 +21,7 @@ runs it, not once per cell.
 
 The driver checks each returned row (a complete `Row` of the cell it asked for) and appends it as it
 arrives, so resume, the lock and the manifest behave as locally. The pool follows the cluster (`ray_pool`):
-a call lost with its worker (kill, OOM, lost node) is handed out again, to a fresh actor, up to
+a call lost with its worker (kill, OOM, lost node) is handed out again, to another actor, up to
 `executor.max_retries` times; a call that raises, or runs out of retries, is logged and listed in the
 manifest's invocation (`failed`), its row is absent, its actor is replaced, and the run exits non-zero once the
 other cells are done. Nothing a worker computed reaches the store but through the driver, whole.

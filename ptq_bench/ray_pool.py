@@ -5,7 +5,7 @@ model's cells not yet handed out (given once the model is ready). The pool follo
 goes on (`resize`, after every call and every `CHECK_S` seconds): an actor more for each cell slot a node that
 joins brings (an autoscaler's), while there is work for it; idle actors retired beyond the slots the cluster
 has now (a lost node's), and once nothing is left to hand out. A call lost with its worker (killed, out of
-memory, a lost node) is handed out again, to a fresh actor, up to `executor.max_retries` times; a call that
+memory, a lost node) is handed out again, to another actor, up to `executor.max_retries` times; a call that
 raised is final. Ray neither restarts actors nor re-runs their calls itself: one count of retries, here.
 Ray is imported here only, in functions.
 """

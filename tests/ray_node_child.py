@@ -1,7 +1,8 @@
-"""Child process of test_ray_executor's lost-node test: a two-node local Ray cluster (ray.cluster_utils: a head
-and a worker node, 1 CPU each, in this process's machine); the worker node is removed (its raylet and the
-actor's worker process killed, as a lost machine) as a cell is handed to an actor placed there, once. Runs `ptq-bench run RECIPE
---executor ray` and exits with its status. Arguments: RECIPE THREADS (the torch threads of the workers)."""
+"""Child process of test_ray_executor's lost-node test: a local Ray cluster of three nodes (ray.cluster_utils, in
+this process's machine): a head without CPUs (the driver's) and two worker nodes of 1 CPU each, so every actor
+runs on a worker node. The node of the actor handed the run's first cell is removed (its raylet and the actor's
+worker process killed, as a lost machine). Runs `ptq-bench run RECIPE --executor ray` and exits with its status.
+Arguments: RECIPE THREADS (the torch threads of the workers)."""
 
 from __future__ import annotations
 
@@ -20,15 +21,16 @@ from ptq_bench.cli import main
 def run(recipe: str, threads: str) -> int:
     env = {"OMP_NUM_THREADS": threads, "PYTHONPATH": os.environ.get("PYTHONPATH", "")}
     args = {"num_cpus": 1, "object_store_memory": 100 << 20}
-    cluster = Cluster(initialize_head=True, head_node_args={**args, "include_dashboard": False})
-    node = cluster.add_node(**args)
+    cluster = Cluster(initialize_head=True, head_node_args={**args, "num_cpus": 0, "include_dashboard": False})
+    nodes = {n.node_id: n for n in (cluster.add_node(**args), cluster.add_node(**args))}
     ray.init(address=cluster.address, runtime_env={"env_vars": env})
     real = ray_pool.Dispatch.give
     lost: list[str] = []
 
     def give(self, actor, what, item):
         state = ray_state.actors(actor._actor_id.hex()) or {}
-        if what == "cell" and not lost and state.get("Address", {}).get("NodeID") == node.node_id:
+        node = nodes.get(state.get("Address", {}).get("NodeID"))  # None while the actor is still being placed
+        if what == "cell" and not lost and node is not None:
             lost.append(item.label)
             print(f"CHILD: removing the worker node as its actor is handed {item.model} {item.label}", flush=True)
             cluster.remove_node(node, allow_graceful=False)

@@ -161,10 +161,11 @@ def test_ray_failure_is_recorded_then_resumed(ref, crash_dir, tmp_path, capsys):
 
 
 def test_a_cell_lost_with_its_node_is_handed_out_again(ref, tmp_path):
-    """A node lost mid-run (a two-node cluster in a child process, the worker node's raylet killed while an
-    actor there runs a cell): Ray gave up on the call (ActorUnavailableError once its own retries were spent, and
-    the restarted actor had no CPU to land on), so the cell was a recorded failure. The pool now hands a lost call
-    out again to a fresh actor, and the run stores every row of a local run."""
+    """A node lost mid-run (a cluster of a head and two worker nodes in a child process, the node of the actor
+    handed the first cell removed): Ray gave up on the call (ActorUnavailableError once its own retries were spent,
+    and the restarted actor had no CPU to land on), so the cell was a recorded failure. The pool now hands a lost
+    call out again to another actor, and the run stores every row of a local run. (With the head's CPU as a cell
+    slot, the head's actor could take every cell while the worker node's actor was still starting: nothing lost.)"""
     recipe, out = workspace(ref, tmp_path, models=True)
     threads = {r["threads"] for r in ref.rows}
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
