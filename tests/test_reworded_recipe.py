@@ -96,6 +96,9 @@ def test_a_committed_folder_takes_a_rewording_of_its_recipe(tmp_path):
     assert folder_recipe(changed) == (changed, {})  # open_run refuses it, as before
 
 
+OLD_LR_STABILITY = ROOT / "tests" / "fixtures" / "lr_stability_6c6f693"  # results/lr_stability until 2026-12-07
+
+
 def test_a_stored_recipe_that_is_not_the_folders_is_not_compared(tmp_path):
     """A manifest whose recipe does not hash to its recipe_hash (an older ptq-bench's, or edited) decides nothing."""
     from ptq_bench.meaning import folder_recipe, stored_recipe
@@ -107,7 +110,7 @@ def test_a_stored_recipe_that_is_not_the_folders_is_not_compared(tmp_path):
     assert stored_recipe(tmp_path / "qs") is None
     reworded = load_recipe(quickstart(tmp_path, seed=1))
     assert folder_recipe(reworded) == (reworded, {})
-    assert stored_recipe(ROOT / "results" / "lr_stability") is None  # its recipe predates fields added since
+    assert stored_recipe(OLD_LR_STABILITY) is None  # its recipe predates fields added since
 
 
 @pytest.fixture(scope="module")
@@ -152,14 +155,15 @@ def test_another_calibration_seed_changes_the_meaning(tmp_path):
 
 
 def _committed(tmp_path: Path, name: str, **changes) -> Path:
-    """A copy of results/<name> and its recipe (from the manifest's text) writing into that copy."""
-    shutil.copytree(ROOT / "results" / name, tmp_path / name)
+    """A copy of the old results/lr_stability (its rows and manifest) as `name`, and its recipe (from the manifest's
+    text) writing into that copy."""
+    shutil.copytree(OLD_LR_STABILITY, tmp_path / name)
     raw = yaml.safe_load(json.loads((tmp_path / name / MANIFEST).read_text())["recipe_text"])
     return write_recipe(tmp_path / f"{name}.yaml", {**raw, "output_dir": str(tmp_path / name), **changes})
 
 
 def test_a_folder_of_this_recipe_from_an_older_ptq_bench_is_not_called_another_recipes(tmp_path):
-    """results/lr_stability (6c6f693, schema-0 rows) was written by its own recipe, under the hash of a recipe
+    """results/lr_stability as committed until 2026-12-07 (6c6f693, schema-0 rows) was written by its own recipe, under the hash of a recipe
     schema without the fields added since: `run` called it "results of another recipe" and advised removing
     it. It is refused as an older ptq-bench's folder, untouched; a recipe that does differ is still another's."""
     from ptq_bench.meaning import folder_recipe
