@@ -107,6 +107,22 @@ def test_base_reference_is_computed_once(base, perturbed, token_ids, tmp_path):
     assert counted.calls == 6  # another base model: recomputed
 
 
+def test_a_reference_larger_than_the_free_disk_is_refused_before_it_is_written(base, token_ids, tmp_path, monkeypatch):
+    """The log-probs are a sparse memory-mapped file: a disk that filled up while they were written ended the
+    process with SIGBUS, without a word. Refused in one line first, and nothing is left in the cache."""
+    import shutil
+
+    import ptq_bench.eval.kld as kld
+    from ptq_bench.errors import PtqBenchError
+
+    real = shutil.disk_usage
+    monkeypatch.setattr(kld.shutil, "disk_usage", lambda p: real(p)._replace(free=1000))
+    path = tmp_path / "ref" / "wikitext2-seq64.npy"
+    with pytest.raises(PtqBenchError, match=r"KLD reference of wikitext2 needs .* GB is free: set eval.perplexity.max_windows"):
+        build_reference(base, token_ids, "wikitext2", SEQ, path=path, key="base-abc", batch_size=BATCH)
+    assert not [p for p in path.parent.iterdir() if p.suffix == ".npy"]
+
+
 def test_a_reference_holds_only_its_windows_tokens(base, token_ids, tmp_path):
     """Its windows were a view of the whole token stream: a run kept each set's every token in int64 (4.7 MB
     for 4 windows of 128 tokens of WikiText-2), for as long as the reference lived."""

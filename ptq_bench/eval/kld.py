@@ -34,6 +34,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -172,6 +173,7 @@ def _compute(model: torch.nn.Module, wins: torch.Tensor, set_name: str, seqlen: 
             if tmp is None:
                 logprobs = np.empty(shape, dtype=np.float32)
             else:
+                _check_room(tmp, math.prod(shape) * 4, set_name)
                 logprobs = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=shape)
         logprobs[start:start + len(batch)] = torch.log_softmax(logits, dim=-1).cpu().numpy()
         top1[start:start + len(batch)] = logits.argmax(-1).cpu().numpy()
@@ -181,6 +183,19 @@ def _compute(model: torch.nn.Module, wins: torch.Tensor, set_name: str, seqlen: 
     if tmp is not None:
         _write(ref, Path(path), tmp, key)
     return ref
+
+
+def _check_room(tmp: Path, need: int, set_name: str) -> None:
+    """The memory-mapped log-probs are a sparse file filled as the forwards go: a disk that fills up
+    half-way kills the process with SIGBUS (no message, the invocation left open). Refused first."""
+    from ptq_bench.config import short
+    from ptq_bench.errors import PtqBenchError
+
+    free = shutil.disk_usage(tmp.parent).free
+    if need > free:
+        raise PtqBenchError(f"the KLD reference of {set_name} needs {need / 1e9:.3g} GB in {short(str(tmp.parent))} "
+                            f"and {free / 1e9:.3g} GB is free: set eval.perplexity.max_windows, eval.kld: false, "
+                            "or a cache_dir with room")
 
 
 def _write(ref: BaseReference, path: Path, tmp: Path, key: str) -> None:
