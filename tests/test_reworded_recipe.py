@@ -18,6 +18,8 @@ from smoke_ref import ROOT, SMOKE, cli, reference, workspace, write_recipe
 from ptq_bench.recipe import load_recipe
 from ptq_bench.results import MANIFEST, RESULTS
 
+OLD_LR_STABILITY = ROOT / "tests" / "fixtures" / "lr_stability_6c6f693"  # results/lr_stability until 2026-12-07
+
 ABSMAX = {"method": "absmax", "a_bits": 16}
 # the smoke recipe's cells (absmax W8/W4/W2/W1 A16 on every model), worded otherwise
 REWORDINGS = {
@@ -96,9 +98,6 @@ def test_a_committed_folder_takes_a_rewording_of_its_recipe(tmp_path):
     assert folder_recipe(changed) == (changed, {})  # open_run refuses it, as before
 
 
-OLD_LR_STABILITY = ROOT / "tests" / "fixtures" / "lr_stability_6c6f693"  # results/lr_stability until 2026-12-07
-
-
 def test_a_stored_recipe_that_is_not_the_folders_is_not_compared(tmp_path):
     """A manifest whose recipe does not hash to its recipe_hash (an older ptq-bench's, or edited) decides nothing."""
     from ptq_bench.meaning import folder_recipe, stored_recipe
@@ -154,12 +153,13 @@ def test_another_calibration_seed_changes_the_meaning(tmp_path):
     assert meaning(runs[0]) != meaning(runs[1])
 
 
-def _committed(tmp_path: Path, name: str, **changes) -> Path:
-    """A copy of the old results/lr_stability (its rows and manifest) as `name`, and its recipe (from the manifest's
-    text) writing into that copy."""
-    shutil.copytree(OLD_LR_STABILITY, tmp_path / name)
-    raw = yaml.safe_load(json.loads((tmp_path / name / MANIFEST).read_text())["recipe_text"])
-    return write_recipe(tmp_path / f"{name}.yaml", {**raw, "output_dir": str(tmp_path / name), **changes})
+def _old_lr_stability(tmp_path: Path, **changes) -> Path:
+    """A copy of the old results/lr_stability (its rows and manifest) in tmp_path/lr_stability, and its recipe
+    (from the manifest's text) writing into that copy."""
+    out = tmp_path / "lr_stability"
+    shutil.copytree(OLD_LR_STABILITY, out)
+    raw = yaml.safe_load(json.loads((out / MANIFEST).read_text())["recipe_text"])
+    return write_recipe(tmp_path / "lr_stability.yaml", {**raw, "output_dir": str(out), **changes})
 
 
 def test_a_folder_of_this_recipe_from_an_older_ptq_bench_is_not_called_another_recipes(tmp_path):
@@ -168,12 +168,12 @@ def test_a_folder_of_this_recipe_from_an_older_ptq_bench_is_not_called_another_r
     it. It is refused as an older ptq-bench's folder, untouched; a recipe that does differ is still another's."""
     from ptq_bench.meaning import folder_recipe
 
-    recipe = _committed(tmp_path, "lr_stability")
+    recipe = _old_lr_stability(tmp_path)
     before = {p.name: p.read_bytes() for p in (tmp_path / "lr_stability").iterdir() if p.is_file()}
     proc = cli("run", str(recipe))
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr[-2000:]
     assert "holds this recipe's results from an older ptq-bench (git 6c6f693ad812)" in proc.stderr
     assert "another recipe" not in proc.stderr and "ptq-bench report" in proc.stderr
     assert {p.name: p.read_bytes() for p in (tmp_path / "lr_stability").iterdir() if p.is_file() and p.name in before} == before
-    other = load_recipe(_committed(tmp_path / "o", "lr_stability", seed=1))
+    other = load_recipe(_old_lr_stability(tmp_path / "o", seed=1))
     assert folder_recipe(other) == (other, {})  # left to open_run's "another recipe"

@@ -43,8 +43,10 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from ptq_bench.config import short
 from ptq_bench.console import bar_disable
 from ptq_bench.data import file_sha256
+from ptq_bench.errors import PtqBenchError
 from ptq_bench.eval.perplexity import perplexity_of, protocol_name, window_batch, windows
 from ptq_bench.json_text import loads
 
@@ -188,9 +190,6 @@ def _compute(model: torch.nn.Module, wins: torch.Tensor, set_name: str, seqlen: 
 def _check_room(tmp: Path, need: int, set_name: str) -> None:
     """The memory-mapped log-probs are a sparse file filled as the forwards go: a disk that fills up
     half-way kills the process with SIGBUS (no message, the invocation left open). Refused first."""
-    from ptq_bench.config import short
-    from ptq_bench.errors import PtqBenchError
-
     free = shutil.disk_usage(tmp.parent).free
     if need > free:
         raise PtqBenchError(f"the KLD reference of {set_name} needs {need / 1e9:.3g} GB in {short(str(tmp.parent))} "
