@@ -135,6 +135,29 @@ def test_a_reference_holds_only_its_windows_tokens(base, token_ids, tmp_path):
         assert torch.equal(ref.windows, windows(token_ids, SEQ, 2))
 
 
+def test_a_damaged_reference_and_a_killed_builds_temp_file_leave_before_the_room_is_counted(
+        base, token_ids, tmp_path, monkeypatch):
+    """Rebuilding over a damaged reference counted its file (and its own killed build's temp file) as used
+    disk, so a disk with room for one reference refused to replace it: both go before the room is counted."""
+    import shutil
+
+    import ptq_bench.eval.kld as kld
+
+    path = tmp_path / "c4.npy"
+    build_reference(base, token_ids, "c4", SEQ, path=path, batch_size=BATCH)
+    _shift_nll(path)  # damaged: its metadata's own checksum no longer holds
+    path.with_suffix(".tmp.npy").write_bytes(b"half")  # this reference's own build, killed
+    seen, real = [], shutil.disk_usage
+
+    def usage(folder):
+        seen.append(sorted(p.name for p in tmp_path.iterdir() if p.suffix in (".npy", ".json")))
+        return real(folder)
+
+    monkeypatch.setattr(kld.shutil, "disk_usage", usage)
+    build_reference(base, token_ids, "c4", SEQ, path=path, batch_size=BATCH)
+    assert seen == [[]]
+
+
 def test_a_damaged_reference_file_is_recomputed(base, token_ids, tmp_path, capsys):
     counted = Counting(base)
     path = tmp_path / "c4.npy"

@@ -138,6 +138,9 @@ def build_reference(
         if ref is None and path.with_suffix(".json").is_file():
             log(f"cache: KLD reference {path} does not match its metadata (damaged, or its windows changed); "
                 "rebuilding it")
+        if ref is None:  # a damaged one's gigabytes go before the disk's room is counted for the new one
+            for stale in (path.with_suffix(".json"), path, path.with_suffix(".top1.npy"), path.with_suffix(".tmp.npy")):
+                stale.unlink(missing_ok=True)
         return ref or _compute(model, wins, set_name, seqlen, max_windows, path, key, batch_size, progress)
 
 
@@ -150,7 +153,7 @@ def _remove_stale_temps(path: Path) -> None:
     for tmp in path.parent.glob("*.tmp.npy"):
         final = tmp.with_name(tmp.name[: -len(".tmp.npy")] + ".npy")
         if final == path:
-            continue  # this build's own: overwritten below
+            continue  # this build's own: `build_reference` removes it before rebuilding
         try:
             with FileLock(str(final) + ".lock", timeout=0):
                 tmp.unlink(missing_ok=True)
