@@ -23,3 +23,11 @@ def quiet_lm_eval() -> None:
     import logging
 
     logging.getLogger("lm_eval").setLevel(logging.ERROR)
+
+
+def hms(seconds: float) -> str:
+    s = int(round(seconds))
+    if s < 60:
+        return f"{seconds:.1f} s"
+    h, rest = divmod(s, 3600)
+    return f"{h} h {rest // 60:02d} min" if h else f"{rest // 60} min {rest % 60:02d} s"

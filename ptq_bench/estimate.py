@@ -7,7 +7,8 @@ training step (`models.train.forward_loss` + `update`: AdamW, gradient clipping,
 on random token ids of the recipe's batch shape; the recipe's step count times the median timed step is
 the projection (the median: a shared CPU stalls single steps). For every model, trained or loaded
 (`source:`), one perplexity forward batch (`eval.batch_size` windows of `eval.perplexity.seq_len`) is
-timed the same way.
+timed the same way, and projected over the windows the run evaluates; the KLD references' disk is set
+against the cache's free space (`estimate_sets`).
 
 Zero-shot tasks (when the recipe has any): every model is evaluated on the first `SAMPLE_DOCS` and
 3 x `SAMPLE_DOCS` documents of each task with the recipe's backend and batch size, each sample timed as
@@ -39,10 +40,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ptq_bench.console import quiet_lm_eval
+from ptq_bench.console import hms, quiet_lm_eval
 from ptq_bench.errors import UnreachedLinear
 from ptq_bench.estimate_model import Probe, cast, first_blocks, open_model, outside_blocks
 from ptq_bench.estimate_prep import SHARE, Prep
+from ptq_bench.estimate_sets import kld_bytes, kld_lines, ppl_lines, ppl_rows, set_windows
 from ptq_bench.prepare import model_schedule
 from ptq_bench.recipe import Recipe, expand_cells
 
@@ -66,6 +68,8 @@ class Measured:
     zero_shot_s: dict[str, float] = field(default_factory=dict)  # task -> projected seconds at the recipe's limit
     zero_shot_call_s: float = 0.0  # the fixed cost of one evaluate call (one per cell)
     quant_s: dict[str, tuple[float, int]] = field(default_factory=dict)  # setting -> (s per cell, cells)
+    windows: dict[str, float] = field(default_factory=dict)  # perplexity set -> windows evaluated (NaN: unknown)
+    kld_bytes: float | None = None  # its KLD references' disk (estimate_sets.kld_bytes)
 
     @property
     def train_s(self) -> float:
@@ -174,16 +178,11 @@ def _train_step_s(recipe: Recipe, name: str, model: Any, vocab: int, device: str
         model.eval()
 
 
-def _ppl_rows(recipe: Recipe) -> int:
-    """Windows per perplexity forward batch (eval.batch_size, fewer when max_windows is smaller)."""
-    return min(recipe.eval.batch_size, recipe.eval.perplexity.max_windows or recipe.eval.batch_size)
-
-
 def _ppl_batch_s(recipe: Recipe, probe: Probe, repeats: int) -> float:
     """Median seconds of one perplexity forward batch (eval.batch_size windows of eval.perplexity.seq_len)."""
     import torch
 
-    windows = _random_ids(probe.vocab, (_ppl_rows(recipe), recipe.eval.perplexity.seq_len), 1, probe.device)
+    windows = _random_ids(probe.vocab, (ppl_rows(recipe), recipe.eval.perplexity.seq_len), 1, probe.device)
 
     def forward() -> None:
         with torch.no_grad():
@@ -278,17 +277,10 @@ def measure(recipe: Recipe, name: str, device: str, steps: int, warmup: int,
         quant = _quant_cell_s(recipe, name, probe.model, probe.vocab, device, probe.quantizing)
         if prep is not None:  # the texts `run` encodes with its tokenizer
             prep.count(probe.tokenizer)
+        wins = set_windows(recipe, prep.projected_ids(probe.tokenizer) if prep else {})
     return Measured(name, spec.kind if trained else "source", parameter_count(probe.model), step_s,
                     train_steps(t.tokens, t.seq_len, t.batch_size) if trained else 0, ppl_s, peak, tasks, call_s,
-                    quant)
-
-
-def _hms(seconds: float) -> str:
-    s = int(round(seconds))
-    if s < 60:
-        return f"{seconds:.1f} s"
-    h, rest = divmod(s, 3600)
-    return f"{h} h {rest // 60:02d} min" if h else f"{rest // 60} min {rest % 60:02d} s"
+                    quant, wins, kld_bytes(recipe, name, probe.vocab, wins))
 
 
 def report(recipe: Recipe, found: list[Measured], device: str, hours: float | None,
@@ -302,45 +294,32 @@ def report(recipe: Recipe, found: list[Measured], device: str, hours: float | No
     for m in found:
         mem = f", peak {m.peak_bytes / 2**30:.2f} GiB" if m.peak_bytes is not None else ""
         what = (f"{m.step_s:8.3f} s/step ({tok_per_step / m.step_s:,.0f} tok/s){mem}  x {m.steps:,} steps = "
-                f"{_hms(m.train_s)}" if m.steps else f"loaded, not trained{mem}")
+                f"{hms(m.train_s)}" if m.steps else f"loaded, not trained{mem}")
         lines.append(f"  {m.name:<14} {m.kind:<12} {m.params / 1e6:8.2f}M params  {what}")
     total = sum(m.train_s for m in trained)
     if trained:
-        lines.append(f"training, all {len(trained)} trained models one after another: {_hms(total)}")
+        lines.append(f"training, all {len(trained)} trained models one after another: {hms(total)}")
     if hours is not None and not trained:
         lines.append("train.tokens: no model of this recipe is trained here")
     elif hours is not None:
         per_token = sum(m.step_s for m in trained) / tok_per_step
         fit = int(hours * 3600 / per_token) // tok_per_step * tok_per_step
         lines.append(f"train.tokens that fit {hours:g} h of training: {fit:,}")
-    for part in (_ppl_lines, _zero_shot_lines, _quant_lines):
+    for part in (ppl_lines, _zero_shot_lines, _quant_lines):
         more, seconds = part(recipe, found)
         lines.extend(more)
         total += seconds
+    lines.extend(kld_lines(recipe, found))
     if prep:
-        lines.append(f"preparation (each text timed on its first {SHARE:.0%}; none where the cache holds it): "
-                     + ", ".join(f"{what} {_hms(s)}" for what, s in prep.items()))
-    lines.append(f"total: {_hms(total + sum((prep or {}).values()))} projected"
-                 + ("" if recipe.eval.perplexity.max_windows or not recipe.eval.perplexity.sets
-                    else " (whole-set perplexity not counted)"))
+        lines.append(f"preparation (each text timed on its first {SHARE:.0%}, the perplexity sets whole; none where the "
+                     "cache holds it): "
+                     + ", ".join(f"{what} {hms(s)}" for what, s in prep.items()))
+    lines.append(f"total: {hms(total + sum((prep or {}).values()))} projected"
+                 + (" (whole-set perplexity not counted)" if any(math.isnan(n) for m in found
+                                                                 for n in m.windows.values()) else ""))
     lines.append("not projected: loading models and tasks, writing the report" + ("" if prep else
                  " (the texts' tokenizing: no data folder)"))
     return lines
-
-
-def _ppl_lines(recipe: Recipe, found: list[Measured]) -> tuple[list[str], float]:
-    """The perplexity projection's line and seconds (0 when the sets are whole: their windows are not counted)."""
-    p, cells = recipe.eval.perplexity, len(expand_cells(recipe))
-    if not p.sets or not found:
-        return [], 0.0
-    per_batch, rows = max(m.ppl_batch_s for m in found), _ppl_rows(recipe)
-    head = f"perplexity: {_hms(per_batch)} per batch of {rows} x {p.seq_len} (slowest model); "
-    if not p.max_windows:
-        return [head + "whole sets: the window count " + ("depends on the trained tokenizer" if
-                recipe.trains_tokenizer else "needs the sets tokenized, which this does not do")], 0.0
-    per_cell = per_batch * -(-p.max_windows // rows) * len(p.sets)
-    return [head + f"{p.max_windows} windows x {len(p.sets)} set{'s' * (len(p.sets) != 1)} = {_hms(per_cell)} per "
-            f"cell, {_hms(per_cell * cells)} for {cells} cells"], per_cell * cells
 
 
 def _quant_lines(recipe: Recipe, found: list[Measured]) -> tuple[list[str], float]:
@@ -352,9 +331,9 @@ def _quant_lines(recipe: Recipe, found: list[Measured]) -> tuple[list[str], floa
     timed = [(s, n) for _, _, s, n in rows if not math.isnan(s)]
     total, cells, left = sum(s * n for s, n in timed), sum(n for _, n in timed), sum(n for *_, n in rows)
     lines = [f"quantization (each setting timed on 2 and 4 blocks, fewer in shallower models, projected to all; "
-             f"{c.n_samples} x {c.seq_len} calibration tokens): {_hms(total)} for {cells} PTQ cells"
+             f"{c.n_samples} x {c.seq_len} calibration tokens): {hms(total)} for {cells} PTQ cells"
              + (f" ({left - cells} not projected)" if left > cells else "")]
-    lines.extend(f"  {name:<14} {label:<36} " + (UNREACHED if math.isnan(s) else f"{_hms(s):>12} per cell")
+    lines.extend(f"  {name:<14} {label:<36} " + (UNREACHED if math.isnan(s) else f"{hms(s):>12} per cell")
                  + (f" x {n} cells" if n > 1 else "") for name, label, s, n in rows)
     return lines, total
 
@@ -374,9 +353,9 @@ def _zero_shot_lines(recipe: Recipe, found: list[Measured]) -> tuple[list[str], 
     from ptq_bench.report.run import shot_name
 
     lines = [f"{shot_name(e.num_fewshot)} ({e.backend}, {len(e.tasks)} tasks, {limit} documents each; timed on {SAMPLE_DOCS} and "
-             f"{3 * SAMPLE_DOCS} per task, best of {SAMPLE_REPEATS}): {_hms(total)} for {len(cells)} cells at their base model's rate "
+             f"{3 * SAMPLE_DOCS} per task, best of {SAMPLE_REPEATS}): {hms(total)} for {len(cells)} cells at their base model's rate "
              "(activation-quantized cells run slower)"]
-    lines.extend(f"  {m.name:<14} every task once: {_hms(m.zero_shot_call_s + sum(m.zero_shot_s.values()))}"
+    lines.extend(f"  {m.name:<14} every task once: {hms(m.zero_shot_call_s + sum(m.zero_shot_s.values()))}"
                  for m in found)
     return lines, total
 

@@ -2,7 +2,9 @@
 whole, as `run` fits it) and, once per tokenizer, encoding the texts `run` encodes and caches: the whole
 training corpus when a model is trained here (whatever `train.tokens`), the perplexity sets, and the
 calibration text when a method calibrates. Each text is timed on its first `SHARE` of characters and
-projected to all of them. A cache that already holds them makes the run skip this part."""
+projected to all of them, but the perplexity sets (a few MB) are encoded whole, as `run` encodes them:
+their id counts give the windows a run evaluates (`estimate_sets`). A cache that already holds them makes
+the run skip this part."""
 
 from __future__ import annotations
 
@@ -26,13 +28,15 @@ def head(texts: list[str], share: float) -> list[str]:
     return part
 
 
-def encode_s(tokenizer: Any, texts: list[str], share: float = SHARE) -> float:
-    """Projected seconds to encode all of `texts` (one id list per document, as `run` does)."""
+def encode_s(tokenizer: Any, texts: list[str], share: float = SHARE, special: bool = False) -> tuple[float, float]:
+    """(projected seconds to encode all of `texts` (one id list per document, as `run` does), projected ids;
+    `special`: with the tokenizer's special tokens, as `run` encodes a perplexity set)."""
     part = head(texts, share)
     t0 = time.perf_counter()
-    tokenizer(part, add_special_tokens=False)
+    ids = tokenizer(part, add_special_tokens=special)["input_ids"]
     took = time.perf_counter() - t0
-    return took * sum(len(t) for t in texts) / max(1, sum(len(t) for t in part))
+    scale = sum(len(t) for t in texts) / max(1, sum(len(t) for t in part))
+    return took * scale, sum(len(i) for i in ids) * scale
 
 
 class Prep:
@@ -42,7 +46,7 @@ class Prep:
         self.recipe, self.data_dir = recipe, data_dir
         self.seconds: dict[str, float] = {}
         self._bpe: Any = None
-        self._counted: list[Any] = []  # tokenizers whose texts are counted (kept: an id() could be reused)
+        self._counted: list[tuple[Any, dict[str, float]]] = []  # (tokenizer, perplexity set -> projected ids)
 
     def _add(self, what: str, seconds: float) -> None:
         self.seconds[what] = self.seconds.get(what, 0.0) + seconds
@@ -60,22 +64,31 @@ class Prep:
     def count(self, own: Any) -> None:
         """Project encoding the texts `run` encodes with this model's tokenizer (the first time it is met)."""
         tok = self.tokenizer(own)
-        if self.data_dir is None or any(t is tok for t in self._counted):
+        if self.data_dir is None or any(t is tok for t, _ in self._counted):
             return
-        self._counted.append(tok)
-        for what, texts in self._texts(trained=own is None):
-            self._add(what, encode_s(tok, texts))
+        ids: dict[str, float] = {}
+        self._counted.append((tok, ids))  # the tokenizer is kept: an id() could be reused after it is freed
+        for what, name, texts in self._texts(trained=own is None):
+            whole = name in self.recipe.eval.perplexity.sets  # small, and their window counts matter
+            seconds, ids[name] = encode_s(tok, texts, 1.0 if whole else SHARE, special=whole)
+            self._add(what, seconds)
 
-    def _texts(self, trained: bool) -> list[tuple[str, list[str]]]:
+    def projected_ids(self, own: Any) -> dict[str, float]:
+        """Text -> its projected id count under this model's tokenizer: each perplexity set by its name,
+        "train", "calibration" (those `run` encodes; empty before `count` or without a data folder)."""
+        tok = self.tokenizer(own)
+        return next((ids for t, ids in self._counted if t is tok), {})
+
+    def _texts(self, trained: bool) -> list[tuple[str, str, list[str]]]:
         from ptq_bench.data import calibration_documents, perplexity_text, train_documents
         from ptq_bench.quant import get_method
 
         d, out = self.data_dir, []
         if trained:
-            out.append(("tokenizing the training corpus", train_documents(d)))
-        out.extend(("tokenizing the perplexity sets", [perplexity_text(s, d)]) for s in self.recipe.eval.perplexity.sets)
+            out.append(("tokenizing the training corpus", "train", train_documents(d)))
+        out.extend(("tokenizing the perplexity sets", s, [perplexity_text(s, d)]) for s in self.recipe.eval.perplexity.sets)
         if any(c.method != "none" and get_method(c.method).needs_calibration for c in expand_cells(self.recipe)):
-            out.append(("tokenizing the calibration text", calibration_documents(d)))
+            out.append(("tokenizing the calibration text", "calibration", calibration_documents(d)))
         return out
 
     def total(self) -> float:

@@ -42,7 +42,8 @@ def test_estimate_times_the_training_step_and_writes_nothing(tmp_path, capsys, m
         line = next(x for x in out.splitlines() if x.strip().startswith(name + " "))
         assert f"x {steps} steps" in line and "s/step" in line
     assert "train.tokens that fit 1 h of training:" in out
-    assert "8 windows x 2 sets" in out  # the smoke recipe's max_windows and sets
+    assert "8 windows per set, 2 sets" in out  # the smoke recipe's max_windows and sets
+    assert "KLD references (float32 base log-probs" in out and ": 0.00206 GB;" in out  # 2 x 8 x 63 x 512 x 4 B
     assert "zero-shot (fast, 4 tasks, 8 documents each; timed on 4 and 12 per task, best of 2)" in out
     assert out.count("every task once:") == 3
     assert "calibration tokens): " in out and "for 4 PTQ cells" in out  # smoke: absmax W8/4/2/1 on fp16
@@ -115,7 +116,8 @@ def test_a_source_without_tokenizer_is_refused_as_run_refuses_it(tmp_path, capsy
 
 
 def _measured(name: str, step_s: float) -> Measured:
-    return Measured(name, "fp16", 1_000_000, step_s, steps=100, ppl_batch_s=0.5, peak_bytes=None)
+    return Measured(name, "fp16", 1_000_000, step_s, steps=100, ppl_batch_s=0.5, peak_bytes=None,
+                    windows={"wikitext2": 8, "c4": 8})
 
 
 def test_projection_and_fit_arithmetic(tmp_path):
@@ -127,7 +129,7 @@ def test_projection_and_fit_arithmetic(tmp_path):
     assert "train.tokens that fit 1 h of training: 1,052,672" in lines
     # perplexity: 8 windows in one batch of 8 (slowest model 0.5 s), two sets; 7 cells (3 base + 4 Absmax)
     ppl = next(x for x in lines if x.startswith("perplexity:"))
-    assert "per batch of 8 x 64" in ppl and "= 1.0 s per cell, 7.0 s for 7 cells" in ppl
+    assert "per batch of 8 x 64" in ppl and "8 windows per set, 2 sets: 1.0 s per cell, 7.0 s for 7 cells" in ppl
 
 
 @pytest.mark.parametrize("argv, needle", [
@@ -334,7 +336,8 @@ def test_the_total_counts_every_phase_and_the_preparation(tmp_path):
     it projected 5.4 s where the run took 30-50 s, most of it tokenizing the training corpus."""
     recipe = load_recipe(_recipe(tmp_path, quantize=[]))
     found = [Measured(n, "fp16", 1, 0.5, 40, 0.25, None, {"hellaswag": 1.0, "arc_easy": 1.0, "piqa": 1.0,
-                      "winogrande": 1.0}, zero_shot_call_s=1.0) for n in ("fp16", "bitnet_b158", "bitnet_b1")]
+                      "winogrande": 1.0}, zero_shot_call_s=1.0, windows={"wikitext2": 8, "c4": 8})
+             for n in ("fp16", "bitnet_b158", "bitnet_b1")]
     prep = {"tokenizer training": 2.0, "tokenizing the training corpus": 11.0}
     lines = report(recipe, found, "cpu", None, prep)
     # 3 x 20 s of training, 3 cells x 2 sets x 0.25 s of perplexity, 3 x 5 s of zero-shot, 13 s of preparation
@@ -350,5 +353,52 @@ def test_a_text_is_timed_on_its_head_and_projected_to_all(monkeypatch):
     clock = iter([0.0, 1.0])
     monkeypatch.setattr(prep.time, "perf_counter", lambda: next(clock))
     texts = ["a" * 10, "b" * 990]  # one long document holds most of the characters
-    assert prep.encode_s(lambda part, **_: seen.append(part), texts, share=0.1) == pytest.approx(10.0)
+    def tokenizer(part, **_):
+        seen.append(part)
+        return {"input_ids": [list(t[::2]) for t in part]}  # an id per two characters
+
+    assert prep.encode_s(tokenizer, texts, share=0.1) == pytest.approx((10.0, 500.0))
     assert seen == [["a" * 10, "b" * 90]]
+
+
+def test_whole_sets_are_projected_from_the_windows_the_run_evaluates(tmp_path, capsys, data_dir):
+    """Whole perplexity sets were "not counted" (neither their time nor, since the KLD references, their disk):
+    their windows are now counted from the sets' ids under the recipe's tokenizer, as the run's evaluator
+    encodes them (special tokens included), and a reference's bytes follow from them."""
+    from ptq_bench.eval.evaluator import Evaluator
+    from ptq_bench.prepare import train_recipe_tokenizer
+
+    path = _recipe(tmp_path, eval={**yaml.safe_load(SMOKE.read_text())["eval"], "perplexity": {
+        "sets": ["wikitext2", "c4"], "seq_len": 64}})
+    assert main(["estimate", str(path), "--steps", "1", "--warmup", "0", "--device", "cpu"]) == 0
+    out = capsys.readouterr().out
+    recipe = load_recipe(path)
+    tok = train_recipe_tokenizer(recipe, data_dir)
+    ids = Evaluator(recipe.eval, data_dir, tmp_path / "c", tok, "t").ppl_ids
+    wins = {s: len(v) // 64 for s, v in ids.items()}
+    assert f"{' / '.join(str(n) for n in sorted(wins.values()))} windows per set, 2 sets: " in out
+    size = sum(wins.values()) * 63 * recipe.tokenizer.vocab_size * 4
+    assert f"KLD references (float32 base log-probs, written to {recipe.cache_path / 'kld'} unless a run left " \
+           f"them there): {size / 1e9:.3g} GB;" in out
+    assert "not counted" not in out
+
+
+def test_references_larger_than_the_free_disk_are_flagged(tmp_path, monkeypatch):
+    """Only models with PTQ cells have references; their sum is set against the cache disk's free bytes."""
+    import ptq_bench.estimate_sets as sets
+
+    recipe = load_recipe(_recipe(tmp_path))  # smoke: PTQ cells on fp16 only
+    wins = {"wikitext2": 8.0, "c4": 8.0}
+    assert [sets.kld_bytes(recipe, n, 512, wins) for n in ("fp16", "bitnet_b1")] == [2 * 8 * 63 * 512 * 4, None]
+    assert sets.kld_bytes(load_recipe(_recipe(tmp_path, eval=_no_kld())), "fp16", 512, wins) is None
+    found = [_measured("fp16", 1.0)]
+    found[0].kld_bytes = 3e9
+    monkeypatch.setattr(sets, "free_bytes", lambda folder: 2e9)
+    line = next(x for x in report(recipe, found, "cpu", None) if x.startswith("KLD references"))
+    assert ": 3 GB; 2 GB free there — more than is free: the run stops" in line
+    monkeypatch.setattr(sets, "free_bytes", lambda folder: 4e9)
+    assert "more than is free" not in next(x for x in report(recipe, found, "cpu", None) if x.startswith("KLD"))
+
+
+def _no_kld() -> dict:
+    return {**yaml.safe_load(SMOKE.read_text())["eval"], "kld": False}

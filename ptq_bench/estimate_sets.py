@@ -1,0 +1,85 @@
+"""What the perplexity sets cost a run, for `estimate`: each cell's perplexity pass (the model's timed
+forward batch times its batches of windows) and the disk of the KLD references (`eval/kld.py`: one
+float32 file of base log-probs per model with PTQ cells and per set, windows x (seq_len - 1) x vocabulary
+x 4 bytes, built once under `cache_dir/kld` and reopened by later runs; `run` refuses to start one the
+disk has no room for). A set's windows are counted from its ids under the model's tokenizer
+(`estimate_prep.Prep.projected_ids`); without a data folder a whole set's are unknown (NaN)."""
+
+from __future__ import annotations
+
+import math
+import shutil
+from pathlib import Path
+from typing import Any
+
+from ptq_bench.console import hms
+from ptq_bench.recipe import Recipe, expand_cells
+
+
+def ppl_rows(recipe: Recipe) -> int:
+    """Windows per perplexity forward batch (eval.batch_size, fewer when max_windows is smaller)."""
+    return min(recipe.eval.batch_size, recipe.eval.perplexity.max_windows or recipe.eval.batch_size)
+
+
+def set_windows(recipe: Recipe, ids: dict[str, float]) -> dict[str, float]:
+    """Perplexity set -> the windows a run evaluates: floor(ids / seq_len), at most max_windows; NaN for a
+    whole set whose ids were not counted."""
+    p = recipe.eval.perplexity
+    out = {}
+    for s in p.sets:
+        n = ids[s] // p.seq_len if s in ids else p.max_windows or math.nan
+        out[s] = min(n, p.max_windows or n)
+    return out
+
+
+def kld_bytes(recipe: Recipe, name: str, vocab: int, windows: dict[str, float]) -> float | None:
+    """Bytes of model `name`'s KLD references (None: it has none; NaN: a set's windows unknown)."""
+    p = recipe.eval.perplexity
+    if not (recipe.eval.kld and p.sets and any(c.model == name and c.method != "none" for c in expand_cells(recipe))):
+        return None
+    return sum(windows[s] * (p.seq_len - 1) * vocab * 4 for s in p.sets)
+
+
+def ppl_lines(recipe: Recipe, found: list[Any]) -> tuple[list[str], float]:
+    """The perplexity projection's line and seconds: per cell, the slowest model's batches of windows
+    (`found`: estimate.Measured, with `windows` and `ppl_batch_s`); none when a whole set's windows are unknown."""
+    p, cells, rows = recipe.eval.perplexity, expand_cells(recipe), ppl_rows(recipe)
+    if not p.sets or not found:
+        return [], 0.0
+    head = f"perplexity: {hms(max(m.ppl_batch_s for m in found))} per batch of {rows} x {p.seq_len} (slowest model); "
+    if any(math.isnan(n) for m in found for n in m.windows.values()):
+        return [head + "whole sets: their window count needs the data folder"], 0.0
+    per_cell = max(m.ppl_batch_s * sum(-(-int(n) // rows) for n in m.windows.values()) for m in found)
+    counts = sorted({f"{int(n)}" for m in found for n in m.windows.values()}, key=int)
+    return [head + f"{' / '.join(counts)} windows per set, {len(p.sets)} set{'s' * (len(p.sets) != 1)}: "
+            f"{hms(per_cell)} per cell, {hms(per_cell * len(cells))} for {len(cells)} cells"], per_cell * len(cells)
+
+
+def free_bytes(folder: Path) -> int:
+    """Free bytes on the disk that holds `folder` (or would: its nearest existing parent)."""
+    folder = folder.absolute()
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    return shutil.disk_usage(folder).free
+
+
+def kld_lines(recipe: Recipe, found: list[Any]) -> list[str]:
+    """The KLD references' line: their size (per model when several) against the room in the cache folder."""
+    sizes = {m.name: m.kld_bytes for m in found if m.kld_bytes is not None}
+    if not sizes:
+        return []
+    total, room, where = sum(sizes.values()), free_bytes(recipe.cache_path / "kld"), recipe.cache_path / "kld"
+    per = f" ({', '.join(f'{k} {_gb(v)}' for k, v in sizes.items())})" if len(sizes) > 1 else ""
+    line = (f"KLD references (float32 base log-probs, written to {where} unless a run left them there): "
+            f"{_gb(total)}{per}; {_gb(room)} free there")
+    if math.isnan(total):
+        return [line + " (whole sets: their window count needs the data folder)"]
+    if total > room:
+        line += (" — more than is free: the run stops before building one that does not fit (set "
+                 "eval.perplexity.max_windows, eval.kld: false, or a cache_dir with room)")
+    return [line]
+
+
+def _gb(n: float) -> str:
+    return "? GB" if math.isnan(n) else f"{n / 1e9:.3g} GB"
+
