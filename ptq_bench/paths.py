@@ -113,6 +113,13 @@ def _refuse_foreign_derived(out: Path) -> None:
                           "which a run would overwrite or remove; give a new or empty folder")
 
 
+def folder_path(text: str) -> Path:
+    """A recipe's folder, `~` expanded; with a `..` in it, resolved as the OS resolves it (through links): made
+    as given, `w/../x` also made an empty `w`."""
+    path = Path(text).expanduser()
+    return Path(os.path.realpath(path)) if ".." in path.parts else path
+
+
 def refuse_links(run_dir: Path) -> None:
     """A run folder's own files that a run appends to, truncates or writes into (results.jsonl, the lock and its
     owner file, curves/) must not be symbolic links: a folder copied from elsewhere could point them at any file,

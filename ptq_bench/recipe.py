@@ -24,7 +24,7 @@ from ptq_bench.errors import RecipeError
 from ptq_bench.eval.harness import BACKENDS, TASKS
 from ptq_bench.kinds import TRAINED_KINDS, schedule_keys, train_steps
 from ptq_bench.models.arch import ArchConfig
-from ptq_bench.paths import check_component
+from ptq_bench.paths import check_component, folder_path
 from ptq_bench.quant.configs import CATALOG, SEED_MAX
 from ptq_bench.report.layouts import LAYOUT_NAMES
 from ptq_bench.sources import SAFETENSORS_FILE, SAFETENSORS_INDEX, SourceInfo, inspect_source, refuse_offline
@@ -187,11 +187,11 @@ class Recipe:
     @property
     def out_dir(self) -> Path:
         """The results folder (`~` expanded, as the checks before writing expand it)."""
-        return Path(self.output_dir or f"runs/{self.name}").expanduser()
+        return folder_path(self.output_dir or f"runs/{self.name}")
 
     @property
     def cache_path(self) -> Path:
-        return Path(self.cache_dir).expanduser()
+        return folder_path(self.cache_dir)
 
     @property
     def trains_tokenizer(self) -> bool:

@@ -41,7 +41,7 @@ def test_report_of_a_file_or_a_folder_of_runs(tmp_path, capsys):
 def test_empty_output_dir_is_refused(tmp_path, capsys, monkeypatch):
     """`--output-dir "$OUT"` with OUT unset: not silently the recipe's output_dir (another run's folder)."""
     monkeypatch.chdir(tmp_path)
-    (tmp_path / "r.yaml").write_text("name: r\nmodels: {m: {kind: fp16}}\n")
+    (tmp_path / "r.yaml").write_text("name: r\nmodels: {m: {kind: fp16}}\neval: {perplexity: {seq_len: 64}}\n")
     with pytest.raises(SystemExit) as exc:
         main(["run", "r.yaml", "--output-dir", ""])
     assert exc.value.code == 2
@@ -222,3 +222,21 @@ def test_the_recipes_ray_address_with_executor_ray_flag_is_not_refused(tmp_path,
     assert sorted(p.name for p in tmp_path.iterdir()) == ["r.yaml"]
     assert main(["run", str(tmp_path / "r.yaml")]) == 2  # still refused where the run is local
     assert "executor.address: '127.0.0.1:1' is for kind ray" in capsys.readouterr().err
+
+
+def test_a_folder_through_dotdot_makes_no_stray_folder(tmp_path, monkeypatch):
+    """`--output-dir w/../x` made an empty `w` beside `x` (mkdir makes each parent of the path as written), and
+    `cache_dir: c/../d` a `c`; a `..` after a link still goes where the OS takes it (the link's parent)."""
+    from ptq_bench.lock import run_lock
+    from ptq_bench.recipe import load_recipe
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "r.yaml").write_text("name: r\noutput_dir: w/../x\ncache_dir: c/../d\nmodels: {m: {kind: fp16}}\neval: {perplexity: {seq_len: 64}}\n")
+    recipe = load_recipe(tmp_path / "r.yaml")
+    with run_lock(recipe.out_dir):
+        recipe.cache_path.mkdir(parents=True)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["d", "r.yaml", "x"]
+    (tmp_path / "real" / "sub").mkdir(parents=True)
+    (tmp_path / "ln").symlink_to(tmp_path / "real" / "sub")
+    (tmp_path / "r.yaml").write_text("name: r\noutput_dir: ln/../y\nmodels: {m: {kind: fp16}}\neval: {perplexity: {seq_len: 64}}\n")
+    assert load_recipe(tmp_path / "r.yaml").out_dir == (tmp_path / "real" / "y").resolve()
