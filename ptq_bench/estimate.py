@@ -44,7 +44,7 @@ from ptq_bench.console import hms, quiet_lm_eval
 from ptq_bench.errors import UnreachedLinear
 from ptq_bench.estimate_model import Probe, cast, first_blocks, open_model, outside_blocks
 from ptq_bench.estimate_prep import SHARE, Prep
-from ptq_bench.estimate_sets import kld_bytes, kld_lines, ppl_lines, ppl_rows, set_windows
+from ptq_bench.estimate_sets import kl_window, kld_bytes, kld_part, ppl_lines, ppl_rows, set_windows
 from ptq_bench.prepare import model_schedule
 from ptq_bench.recipe import Recipe, expand_cells
 
@@ -70,6 +70,7 @@ class Measured:
     quant_s: dict[str, tuple[float, int]] = field(default_factory=dict)  # setting -> (s per cell, cells)
     windows: dict[str, float] = field(default_factory=dict)  # perplexity set -> windows evaluated (NaN: unknown)
     kld_bytes: float | None = None  # its KLD references' disk (estimate_sets.kld_bytes)
+    kl_window_s: float = 0.0  # seconds of one window's KL work in a PTQ cell (estimate_sets.kl_window)
 
     @property
     def train_s(self) -> float:
@@ -278,9 +279,11 @@ def measure(recipe: Recipe, name: str, device: str, steps: int, warmup: int,
         if prep is not None:  # the texts `run` encodes with its tokenizer
             prep.count(probe.tokenizer)
         wins = set_windows(recipe, prep.projected_ids(probe.tokenizer) if prep else {})
+        refs = kld_bytes(recipe, name, probe.vocab, wins)
+        kl_s = 0.0 if refs is None else _timed(kl_window(probe.vocab, recipe.eval.perplexity.seq_len, device), device, 1, 2)
     return Measured(name, spec.kind if trained else "source", parameter_count(probe.model), step_s,
                     train_steps(t.tokens, t.seq_len, t.batch_size) if trained else 0, ppl_s, peak, tasks, call_s,
-                    quant, wins, kld_bytes(recipe, name, probe.vocab, wins))
+                    quant, wins, refs, kl_s)
 
 
 def report(recipe: Recipe, found: list[Measured], device: str, hours: float | None,
@@ -305,11 +308,10 @@ def report(recipe: Recipe, found: list[Measured], device: str, hours: float | No
         per_token = sum(m.step_s for m in trained) / tok_per_step
         fit = int(hours * 3600 / per_token) // tok_per_step * tok_per_step
         lines.append(f"train.tokens that fit {hours:g} h of training: {fit:,}")
-    for part in (ppl_lines, _zero_shot_lines, _quant_lines):
+    for part in (ppl_lines, kld_part, _zero_shot_lines, _quant_lines):
         more, seconds = part(recipe, found)
         lines.extend(more)
         total += seconds
-    lines.extend(kld_lines(recipe, found))
     if prep:
         lines.append(f"preparation (each text timed on its first {SHARE:.0%}, the perplexity sets whole; none where the "
                      "cache holds it): "

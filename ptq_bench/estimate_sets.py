@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -63,11 +64,39 @@ def free_bytes(folder: Path) -> int:
     return shutil.disk_usage(folder).free
 
 
-def kld_lines(recipe: Recipe, found: list[Any]) -> list[str]:
-    """The KLD references' line: their size (per model when several) against the room in the cache folder."""
+def kl_window(vocab: int, seq_len: int, device: str) -> Callable[[], Any]:
+    """One window of `kld.compare`'s work besides the forward (`kld.window_kl`: the base log-probs read, the
+    float64 KL per token, top-1 agreement), on random values of the window's shape, as a call to time."""
+    import numpy as np
+    import torch
+
+    from ptq_bench.eval.kld import window_kl
+
+    g = torch.Generator().manual_seed(3)
+    base = torch.log_softmax(torch.randn(seq_len - 1, vocab, generator=g), -1).numpy()
+    logits, top1 = torch.randn(seq_len - 1, vocab, generator=g).to(device), np.zeros(seq_len - 1, np.int64)
+    return lambda: window_kl(base, logits, top1)
+
+
+def kld_part(recipe: Recipe, found: list[Any]) -> tuple[list[str], float]:
+    """The KLD lines and seconds: each quantized cell's distance work (its model's timed window, `kl_window_s`,
+    times its windows), and the references' size (per model when several) against the room in the cache folder."""
     sizes = {m.name: m.kld_bytes for m in found if m.kld_bytes is not None}
     if not sizes:
-        return []
+        return [], 0.0
+    by_model = {m.name: m for m in found}
+    cells = [c for c in expand_cells(recipe) if c.method != "none" and c.model in sizes]
+    per_cell = {n: m.kl_window_s * sum(m.windows.values()) for n, m in by_model.items() if n in sizes}
+    seconds = sum(per_cell[c.model] for c in cells)
+    lines = [] if math.isnan(seconds) else [
+        f"KLD (float64 KL over the vocabulary, {hms(max(m.kl_window_s for m in by_model.values()))} per window, "
+        f"slowest model): {hms(max(per_cell.values()))} per PTQ cell besides its forwards, {hms(seconds)} for "
+        f"{len(cells)} PTQ cells"]
+    return lines + _room_lines(recipe, sizes), 0.0 if math.isnan(seconds) else seconds
+
+
+def _room_lines(recipe: Recipe, sizes: dict[str, float]) -> list[str]:
+    """The references' size against the room in the cache folder."""
     total, room, where = sum(sizes.values()), free_bytes(recipe.cache_path / "kld"), recipe.cache_path / "kld"
     per = f" ({', '.join(f'{k} {_gb(v)}' for k, v in sizes.items())})" if len(sizes) > 1 else ""
     line = (f"KLD references (float32 base log-probs, written to {where} unless a run left them there): "

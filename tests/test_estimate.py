@@ -12,6 +12,7 @@ import yaml
 
 from ptq_bench.cli import main
 from ptq_bench.estimate import Measured, report
+from ptq_bench.estimate_sets import kld_part
 from ptq_bench.recipe import load_recipe
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -44,6 +45,7 @@ def test_estimate_times_the_training_step_and_writes_nothing(tmp_path, capsys, m
     assert "train.tokens that fit 1 h of training:" in out
     assert "8 windows per set, 2 sets" in out  # the smoke recipe's max_windows and sets
     assert "KLD references (float32 base log-probs" in out and ": 0.00206 GB;" in out  # 2 x 8 x 63 x 512 x 4 B
+    assert "per PTQ cell besides its forwards" in out and "for 4 PTQ cells" in out
     assert "zero-shot (fast, 4 tasks, 8 documents each; timed on 4 and 12 per task, best of 2)" in out
     assert out.count("every task once:") == 3
     assert "calibration tokens): " in out and "for 4 PTQ cells" in out  # smoke: absmax W8/4/2/1 on fp16
@@ -402,3 +404,15 @@ def test_references_larger_than_the_free_disk_are_flagged(tmp_path, monkeypatch)
 
 def _no_kld() -> dict:
     return {**yaml.safe_load(SMOKE.read_text())["eval"], "kld": False}
+
+
+def test_each_ptq_cells_kl_work_is_projected(tmp_path):
+    """A PTQ cell's KLD work besides its forwards (float64 KL over the vocabulary at every token) was not
+    projected: 16-21 s of a SmolLM2 cell's ~45 s of evaluation (24 windows of 511 x 49,152 log-probs)."""
+    recipe = load_recipe(_recipe(tmp_path))  # smoke: 4 PTQ cells, all on fp16, 2 sets of 8 windows
+    found = [_measured("fp16", 1.0), _measured("bitnet_b1", 1.0)]
+    found[0].kld_bytes, found[0].kl_window_s = 1e6, 0.5
+    lines, seconds = kld_part(recipe, found)
+    assert seconds == 4 * 16 * 0.5  # cells x windows x seconds per window
+    assert "0.5 s per window" in lines[0] and "8.0 s per PTQ cell besides its forwards, 32.0 s for 4 PTQ cells" in lines[0]
+    assert "total: 3 min 59 s projected" in report(recipe, found, "cpu", None)  # + 2 x 100 s training, 7 x 1 s ppl

@@ -250,6 +250,15 @@ def token_kl(base_logprobs: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
     return (lp.exp() * (lp - lq)).sum(-1).clamp(min=0.0)
 
 
+def window_kl(base_logprobs: np.ndarray, logits: torch.Tensor, top1: np.ndarray) -> tuple[np.ndarray, int, torch.Tensor]:
+    """One window's per-token KL (float64; KL_TOKENS tokens at a time: bounded float64 temporaries, KL_TOKENS x V),
+    its tokens whose argmax matches the base's `top1`, and its base log-probs as read (a copy: the reference
+    is a read-only memmap). `logits`: (seqlen - 1, V) of the quantized model."""
+    lp = torch.from_numpy(np.array(base_logprobs)).to(logits.device)
+    kl = [token_kl(lp[t:t + KL_TOKENS], logits[t:t + KL_TOKENS]).cpu().numpy() for t in range(0, len(lp), KL_TOKENS)]
+    return np.concatenate(kl), int((logits.argmax(-1).cpu().numpy() == top1).sum()), lp
+
+
 @torch.inference_mode()
 def compare(ref: BaseReference, model: torch.nn.Module, batch_size: int = 4, progress: bool = False) -> dict[str, float]:
     """The distance metrics of `model` against the base reference (names: `metric_names`), plus the
@@ -261,11 +270,10 @@ def compare(ref: BaseReference, model: torch.nn.Module, batch_size: int = 4, pro
         logits = _logits(model, batch)  # (B, seqlen - 1, vocab)
         s, c = _nll_sum(logits, batch)
         total, count = total + s, count + c
-        for b in range(len(batch)):  # a window, KL_TOKENS at a time: bounded float64 temporaries (KL_TOKENS x V)
-            lp = torch.from_numpy(np.array(ref.logprobs[start + b])).to(logits.device)  # a copy: read-only memmap
-            kls += [token_kl(lp[t:t + KL_TOKENS], logits[b, t:t + KL_TOKENS]).cpu().numpy()
-                    for t in range(0, len(lp), KL_TOKENS)]
-            agree += int((logits[b].argmax(-1).cpu().numpy() == ref.top1[start + b]).sum())
+        for b in range(len(batch)):
+            kl, matches, lp = window_kl(ref.logprobs[start + b], logits[b], ref.top1[start + b])
+            kls.append(kl)
+            agree += matches
             # NaN logits have no argmax (torch names the first NaN): two diverged models would "agree" 100%
             undefined = undefined or not (bool(torch.isfinite(logits[b]).all()) and ref.window_finite(start + b, lp))
     kl = np.concatenate(kls)
