@@ -46,7 +46,7 @@ class Prep:
         self.recipe, self.data_dir = recipe, data_dir
         self.seconds: dict[str, float] = {}
         self._bpe: Any = None
-        self._counted: list[tuple[Any, dict[str, float]]] = []  # (tokenizer, perplexity set -> projected ids)
+        self._counted: list[tuple[Any, dict[str, float]]] = []  # (tokenizer, text -> projected ids)
 
     def _add(self, what: str, seconds: float) -> None:
         self.seconds[what] = self.seconds.get(what, 0.0) + seconds

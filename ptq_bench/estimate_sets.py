@@ -1,5 +1,6 @@
 """What the perplexity sets cost a run, for `estimate`: each cell's perplexity pass (the model's timed
-forward batch times its batches of windows) and the disk of the KLD references (`eval/kld.py`: one
+forward batch times its batches of windows), each PTQ cell's KLD work besides its forwards (one window's
+`kld.window_kl` timed on random values, times its windows) and the disk of the KLD references (`eval/kld.py`: one
 float32 file of base log-probs per model with PTQ cells and per set, windows x (seq_len - 1) x vocabulary
 x 4 bytes, built once under `cache_dir/kld` and reopened by later runs; `run` refuses to start one the
 disk has no room for). A set's windows are counted from its ids under the model's tokenizer
@@ -15,6 +16,8 @@ from typing import Any
 
 from ptq_bench.console import hms
 from ptq_bench.recipe import Recipe, expand_cells
+
+UNKNOWN = "whole sets: their window count needs the data folder"
 
 
 def ppl_rows(recipe: Recipe) -> int:
@@ -49,7 +52,7 @@ def ppl_lines(recipe: Recipe, found: list[Any]) -> tuple[list[str], float]:
         return [], 0.0
     head = f"perplexity: {hms(max(m.ppl_batch_s for m in found))} per batch of {rows} x {p.seq_len} (slowest model); "
     if any(math.isnan(n) for m in found for n in m.windows.values()):
-        return [head + "whole sets: their window count needs the data folder"], 0.0
+        return [head + UNKNOWN], 0.0
     per_cell = max(m.ppl_batch_s * sum(-(-int(n) // rows) for n in m.windows.values()) for m in found)
     counts = sorted({f"{int(n)}" for m in found for n in m.windows.values()}, key=int)
     return [head + f"{' / '.join(counts)} windows per set, {len(p.sets)} set{'s' * (len(p.sets) != 1)}: "
@@ -79,36 +82,36 @@ def kl_window(vocab: int, seq_len: int, device: str) -> Callable[[], Any]:
 
 
 def kld_part(recipe: Recipe, found: list[Any]) -> tuple[list[str], float]:
-    """The KLD lines and seconds: each quantized cell's distance work (its model's timed window, `kl_window_s`,
-    times its windows), and the references' size (per model when several) against the room in the cache folder."""
-    sizes = {m.name: m.kld_bytes for m in found if m.kld_bytes is not None}
-    if not sizes:
+    """The KLD lines and seconds: each PTQ cell's distance work (its model's timed window, `kl_window_s`, times
+    its windows), and the references' size (per model when several) against the room in the cache folder."""
+    refs = [m for m in found if m.kld_bytes is not None]
+    if not refs:
         return [], 0.0
-    by_model = {m.name: m for m in found}
-    cells = [c for c in expand_cells(recipe) if c.method != "none" and c.model in sizes]
-    per_cell = {n: m.kl_window_s * sum(m.windows.values()) for n, m in by_model.items() if n in sizes}
+    per_cell = {m.name: m.kl_window_s * sum(m.windows.values()) for m in refs}
+    cells = [c for c in expand_cells(recipe) if c.method != "none" and c.model in per_cell]
     seconds = sum(per_cell[c.model] for c in cells)
-    lines = [] if math.isnan(seconds) else [
-        f"KLD (float64 KL over the vocabulary, {hms(max(m.kl_window_s for m in by_model.values()))} per window, "
-        f"slowest model): {hms(max(per_cell.values()))} per PTQ cell besides its forwards, {hms(seconds)} for "
-        f"{len(cells)} PTQ cells"]
-    return lines + _room_lines(recipe, sizes), 0.0 if math.isnan(seconds) else seconds
+    room = _room_line(recipe, {m.name: m.kld_bytes for m in refs})
+    if math.isnan(seconds):
+        return [room], 0.0
+    return [f"KLD (float64 KL over the vocabulary, {hms(max(m.kl_window_s for m in refs))} per window, slowest "
+            f"model): {hms(max(per_cell.values()))} per PTQ cell besides its forwards, {hms(seconds)} for "
+            f"{len(cells)} PTQ cells", room], seconds
 
 
-def _room_lines(recipe: Recipe, sizes: dict[str, float]) -> list[str]:
-    """The references' size against the room in the cache folder."""
-    total, room, where = sum(sizes.values()), free_bytes(recipe.cache_path / "kld"), recipe.cache_path / "kld"
+def _room_line(recipe: Recipe, sizes: dict[str, float]) -> str:
+    """The references' size (model -> bytes) against the room in the cache folder."""
+    total, where = sum(sizes.values()), recipe.cache_path / "kld"
+    room = free_bytes(where)
     per = f" ({', '.join(f'{k} {_gb(v)}' for k, v in sizes.items())})" if len(sizes) > 1 else ""
     line = (f"KLD references (float32 base log-probs, written to {where} unless a run left them there): "
             f"{_gb(total)}{per}; {_gb(room)} free there")
     if math.isnan(total):
-        return [line + " (whole sets: their window count needs the data folder)"]
+        return f"{line} ({UNKNOWN})"
     if total > room:
         line += (" — more than is free: the run stops before building one that does not fit (set "
                  "eval.perplexity.max_windows, eval.kld: false, or a cache_dir with room)")
-    return [line]
+    return line
 
 
 def _gb(n: float) -> str:
     return "? GB" if math.isnan(n) else f"{n / 1e9:.3g} GB"
-
