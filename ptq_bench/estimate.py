@@ -42,6 +42,7 @@ from typing import Any
 
 from ptq_bench.console import hms, quiet_lm_eval
 from ptq_bench.errors import UnreachedLinear
+from ptq_bench.estimate_act import OFFLOADED, ActKey, Rates, act_hooks, act_name, act_settings, cell_rates
 from ptq_bench.estimate_model import Probe, cast, first_blocks, open_model, outside_blocks
 from ptq_bench.estimate_prep import SHARE, Prep
 from ptq_bench.estimate_sets import kl_window, kld_bytes, kld_part, ppl_lines, ppl_rows, set_windows
@@ -71,6 +72,7 @@ class Measured:
     windows: dict[str, float] = field(default_factory=dict)  # perplexity set -> windows evaluated (NaN: unknown)
     kld_bytes: float | None = None  # its KLD references' disk (estimate_sets.kld_bytes)
     kl_window_s: float = 0.0  # seconds of one window's KL work in a PTQ cell (estimate_sets.kl_window)
+    act: dict[ActKey, Rates] = field(default_factory=dict)  # its activation settings' rates (estimate_act)
 
     @property
     def train_s(self) -> float:
@@ -179,18 +181,32 @@ def _train_step_s(recipe: Recipe, name: str, model: Any, vocab: int, device: str
         model.eval()
 
 
-def _ppl_batch_s(recipe: Recipe, probe: Probe, repeats: int) -> float:
-    """Median seconds of one perplexity forward batch (eval.batch_size windows of eval.perplexity.seq_len)."""
+def _ppl_batch_s(recipe: Recipe, probe: Probe, repeats: int, rows: int | None = None, warmup: int = 1) -> float:
+    """Median seconds of one perplexity forward batch (`rows` windows, default `ppl_rows`, of
+    eval.perplexity.seq_len)."""
     import torch
 
-    windows = _random_ids(probe.vocab, (ppl_rows(recipe), recipe.eval.perplexity.seq_len), 1, probe.device)
+    windows = _random_ids(probe.vocab, (rows or ppl_rows(recipe), recipe.eval.perplexity.seq_len), 1, probe.device)
 
     def forward() -> None:
         with torch.no_grad():
             probe.model(windows).logits.float()
 
     with probe.evaluating():
-        return _timed(forward, probe.device, 1, repeats)
+        return _timed(forward, probe.device, warmup, repeats)
+
+
+def _act_rates(recipe: Recipe, probe: Probe, key: ActKey, zero_shot: ZeroShot | None) -> Rates:
+    """The probe's rates with activation setting `key` (estimate_act): one perplexity batch as the run batches
+    its windows for such a model (one per forward for per-tensor scales), timed once after a warm-up call,
+    and the zero-shot sample."""
+    from ptq_bench.eval.perplexity import window_batch
+
+    with act_hooks(probe.model, key):
+        rows = window_batch(probe.model, ppl_rows(recipe))
+        ppl_s = _ppl_batch_s(recipe, probe, 1, rows)
+        call_s, tasks = zero_shot.seconds(probe.model, probe.tokenizer) if zero_shot is not None else (0.0, {})
+    return Rates(ppl_s, rows, call_s, tasks)
 
 
 def _quant_settings(recipe: Recipe, name: str) -> dict[str, list[Any]]:
@@ -275,6 +291,8 @@ def measure(recipe: Recipe, name: str, device: str, steps: int, warmup: int,
         peak = torch.cuda.max_memory_allocated() if device.startswith("cuda") else None
         call_s, tasks = (zero_shot.seconds(probe.model, probe.tokenizer, probe.evaluating) if zero_shot is not None
                          else (0.0, {}))
+        act = {} if probe.blocks is not None else {k: _act_rates(recipe, probe, k, zero_shot)
+                                                   for k in act_settings(recipe, name)}
         quant = _quant_cell_s(recipe, name, probe.model, probe.vocab, device, probe.quantizing)
         if prep is not None:  # the texts `run` encodes with its tokenizer
             prep.count(probe.tokenizer)
@@ -283,7 +301,7 @@ def measure(recipe: Recipe, name: str, device: str, steps: int, warmup: int,
         kl_s = 0.0 if refs is None else _timed(kl_window(probe.vocab, recipe.eval.perplexity.seq_len, device), device, 1, 2)
     return Measured(name, spec.kind if trained else "source", parameter_count(probe.model), step_s,
                     train_steps(t.tokens, t.seq_len, t.batch_size) if trained else 0, ppl_s, peak, tasks, call_s,
-                    quant, wins, refs, kl_s)
+                    quant, wins, refs, kl_s, act)
 
 
 def report(recipe: Recipe, found: list[Measured], device: str, hours: float | None,
@@ -341,7 +359,8 @@ def _quant_lines(recipe: Recipe, found: list[Measured]) -> tuple[list[str], floa
 
 
 def _zero_shot_lines(recipe: Recipe, found: list[Measured]) -> tuple[list[str], float]:
-    """Per model, one pass over every task; the sum over cells (each running its own tasks); its seconds."""
+    """Per model (and activation setting), one pass over every task; the sum over cells (each running its own
+    tasks at its rates, `estimate_act.cell_rates`); its seconds."""
     e = recipe.eval
     if not e.tasks or not any(m.zero_shot_s for m in found):
         return [], 0.0
@@ -349,16 +368,18 @@ def _zero_shot_lines(recipe: Recipe, found: list[Measured]) -> tuple[list[str], 
     cells = expand_cells(recipe)
     total = 0.0
     for c in cells:
-        m, tasks = by_model[c.model], e.tasks if c.tasks is None else c.tasks
-        total += (m.zero_shot_call_s + sum(m.zero_shot_s[t] for t in tasks)) if tasks else 0.0
+        r, tasks = cell_rates(by_model[c.model], c, 1), e.tasks if c.tasks is None else c.tasks
+        total += (r.zero_shot_call_s + sum(r.zero_shot_s[t] for t in tasks)) if tasks else 0.0
     limit = "all" if e.limit is None else e.limit
     from ptq_bench.report.run import shot_name
 
     lines = [f"{shot_name(e.num_fewshot)} ({e.backend}, {len(e.tasks)} tasks, {limit} documents each; timed on {SAMPLE_DOCS} and "
-             f"{3 * SAMPLE_DOCS} per task, best of {SAMPLE_REPEATS}): {hms(total)} for {len(cells)} cells at their base model's rate "
-             "(activation-quantized cells run slower)"]
-    lines.extend(f"  {m.name:<14} every task once: {hms(m.zero_shot_call_s + sum(m.zero_shot_s.values()))}"
-                 for m in found)
+             f"{3 * SAMPLE_DOCS} per task, best of {SAMPLE_REPEATS}): {hms(total)} for {len(cells)} cells"]
+    for m in found:
+        rates = {"": Rates(0.0, 1, m.zero_shot_call_s, m.zero_shot_s)} | {f" {act_name(k)}": r for k, r in m.act.items()}
+        lines.append(f"  {m.name:<14} every task once: " + ", ".join(
+            f"{hms(r.zero_shot_call_s + sum(r.zero_shot_s.values()))}{k}" for k, r in rates.items())
+            + (OFFLOADED if act_settings(recipe, m.name) and not m.act else ""))
     return lines, total
 
 

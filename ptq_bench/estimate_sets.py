@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from ptq_bench.console import hms
+from ptq_bench.estimate_act import cell_rates
 from ptq_bench.recipe import Recipe, expand_cells
 
 UNKNOWN = "whole sets: their window count needs the data folder"
@@ -45,18 +46,23 @@ def kld_bytes(recipe: Recipe, name: str, vocab: int, windows: dict[str, float]) 
 
 
 def ppl_lines(recipe: Recipe, found: list[Any]) -> tuple[list[str], float]:
-    """The perplexity projection's line and seconds: per cell, the slowest model's batches of windows
-    (`found`: estimate.Measured, with `windows` and `ppl_batch_s`); none when a whole set's windows are unknown."""
+    """The perplexity projection's line and seconds: per cell, its model's batches of windows at the cell's
+    rates (`found`: estimate.Measured; `estimate_act.cell_rates`); none when a whole set's windows are unknown."""
     p, cells, rows = recipe.eval.perplexity, expand_cells(recipe), ppl_rows(recipe)
     if not p.sets or not found:
         return [], 0.0
     head = f"perplexity: {hms(max(m.ppl_batch_s for m in found))} per batch of {rows} x {p.seq_len} (slowest model); "
     if any(math.isnan(n) for m in found for n in m.windows.values()):
         return [head + UNKNOWN], 0.0
-    per_cell = max(m.ppl_batch_s * sum(-(-int(n) // rows) for n in m.windows.values()) for m in found)
+    by_model = {m.name: m for m in found}
+    per_cell = []
+    for c in cells:
+        m = by_model[c.model]
+        r = cell_rates(m, c, rows)
+        per_cell.append(r.ppl_batch_s * sum(-(-int(n) // r.rows) for n in m.windows.values()))
     counts = sorted({f"{int(n)}" for m in found for n in m.windows.values()}, key=int)
     return [head + f"{' / '.join(counts)} windows per set, {len(p.sets)} set{'s' * (len(p.sets) != 1)}: "
-            f"{hms(per_cell)} per cell, {hms(per_cell * len(cells))} for {len(cells)} cells"], per_cell * len(cells)
+            f"{hms(max(per_cell))} per cell (slowest), {hms(sum(per_cell))} for {len(cells)} cells"], sum(per_cell)
 
 
 def free_bytes(folder: Path) -> int:

@@ -4,6 +4,7 @@ refuses bad arguments, bad recipes and a source without a tokenizer with exit 2.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -117,21 +118,26 @@ def test_a_source_without_tokenizer_is_refused_as_run_refuses_it(tmp_path, capsy
     assert "holds no tokenizer" in capsys.readouterr().err
 
 
-def _measured(name: str, step_s: float) -> Measured:
-    return Measured(name, "fp16", 1_000_000, step_s, steps=100, ppl_batch_s=0.5, peak_bytes=None,
+def _measured(name: str, step_s: float, steps: int = 100) -> Measured:
+    return Measured(name, "fp16", 1_000_000, step_s, steps=steps, ppl_batch_s=0.5, peak_bytes=None,
                     windows={"wikitext2": 8, "c4": 8})
+
+
+def _smoke_found(fp16_s: float = 1.0, b158_s: float = 0.0, b1_s: float = 1.0) -> list[Measured]:
+    """The smoke recipe's three models; a model at 0 s per step is taken as loaded (no training steps)."""
+    return [_measured(n, s, 100 if s else 0) for n, s in (("fp16", fp16_s), ("bitnet_b158", b158_s), ("bitnet_b1", b1_s))]
 
 
 def test_projection_and_fit_arithmetic(tmp_path):
     recipe = load_recipe(_recipe(tmp_path))  # train batch 16 x 64 = 1024 tokens per step
-    lines = report(recipe, [_measured("a", 1.0), _measured("b", 2.5)], "cpu", hours=1.0)
+    lines = report(recipe, _smoke_found(1.0, 2.5, 0.0), "cpu", hours=1.0)
     assert "x 100 steps = 1 min 40 s" in lines[1] and "x 100 steps = 4 min 10 s" in lines[2]
     assert "training, all 2 trained models one after another: 5 min 50 s" in lines
     # 3600 s / (3.5 s per 1024-token step across both models) = 1028 whole steps (1028.6)
     assert "train.tokens that fit 1 h of training: 1,052,672" in lines
     # perplexity: 8 windows in one batch of 8 (slowest model 0.5 s), two sets; 7 cells (3 base + 4 Absmax)
     ppl = next(x for x in lines if x.startswith("perplexity:"))
-    assert "per batch of 8 x 64" in ppl and "8 windows per set, 2 sets: 1.0 s per cell, 7.0 s for 7 cells" in ppl
+    assert "per batch of 8 x 64" in ppl and "8 windows per set, 2 sets: 1.0 s per cell (slowest), 7.0 s for 7 cells" in ppl
 
 
 @pytest.mark.parametrize("argv, needle", [
@@ -166,8 +172,7 @@ def test_cuda_without_a_gpu_exit_2(tmp_path, capsys):
 
 def test_hours_with_only_loaded_models_says_so(tmp_path):
     recipe = load_recipe(_recipe(tmp_path))
-    loaded = Measured("theirs", "source", 1_000_000, 0.0, steps=0, ppl_batch_s=0.5, peak_bytes=None)
-    lines = report(recipe, [loaded], "cpu", hours=2.0)
+    lines = report(recipe, _smoke_found(0.0, 0.0, 0.0), "cpu", hours=2.0)  # every model loaded
     assert "train.tokens: no model of this recipe is trained here" in lines
     assert not any(x.startswith("training, all") for x in lines)
 
@@ -393,7 +398,7 @@ def test_references_larger_than_the_free_disk_are_flagged(tmp_path, monkeypatch)
     wins = {"wikitext2": 8.0, "c4": 8.0}
     assert [sets.kld_bytes(recipe, n, 512, wins) for n in ("fp16", "bitnet_b1")] == [2 * 8 * 63 * 512 * 4, None]
     assert sets.kld_bytes(load_recipe(_recipe(tmp_path, eval=_no_kld())), "fp16", 512, wins) is None
-    found = [_measured("fp16", 1.0)]
+    found = _smoke_found()
     found[0].kld_bytes = 3e9
     monkeypatch.setattr(sets, "free_bytes", lambda folder: 2e9)
     line = next(x for x in report(recipe, found, "cpu", None) if x.startswith("KLD references"))
@@ -410,9 +415,65 @@ def test_each_ptq_cells_kl_work_is_projected(tmp_path):
     """A PTQ cell's KLD work besides its forwards (float64 KL over the vocabulary at every token) was not
     projected: 16-21 s of a SmolLM2 cell's ~45 s of evaluation (24 windows of 511 x 49,152 log-probs)."""
     recipe = load_recipe(_recipe(tmp_path))  # smoke: 4 PTQ cells, all on fp16, 2 sets of 8 windows
-    found = [_measured("fp16", 1.0), _measured("bitnet_b1", 1.0)]
+    found = _smoke_found()
     found[0].kld_bytes, found[0].kl_window_s = 1e6, 0.5
     lines, seconds = kld_part(recipe, found)
     assert seconds == 4 * 16 * 0.5  # cells x windows x seconds per window
     assert "0.5 s per window" in lines[0] and "8.0 s per PTQ cell besides its forwards, 32.0 s for 4 PTQ cells" in lines[0]
     assert "total: 3 min 59 s projected" in report(recipe, found, "cpu", None)  # + 2 x 100 s training, 7 x 1 s ppl
+
+
+@pytest.mark.parametrize("granularity", ["token", "tensor"])
+def test_activation_hooks_are_the_methods_own_and_leave_nothing_behind(granularity):
+    """The probe's activation quantizers sit where Absmax puts them, with the same setting, the weights as
+    they were; afterwards the model is as before (no hook left)."""
+    import copy
+
+    from quant_fixtures import tiny_llama
+
+    from ptq_bench.estimate_act import act_hooks
+    from ptq_bench.quant.linears import ActQuant
+    from ptq_bench.quant.registry import get_method
+
+    def hooks(model):
+        return sorted((n, repr(h)) for n, m in model.named_modules() for h in m._forward_pre_hooks.values()
+                      if isinstance(h, ActQuant))
+
+    model = tiny_llama()
+    before = copy.deepcopy(model.state_dict())
+    quantized, method = copy.deepcopy(model), get_method("absmax")
+    method.apply(quantized, method.make_config({"w_bits": 8, "a_bits": 4, "a_granularity": granularity}))
+    with act_hooks(model, (4, granularity)):
+        assert hooks(model) == hooks(quantized) and len(hooks(model)) == 7 * len(model.model.layers)
+        assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+    assert hooks(model) == []
+
+
+def test_activation_quantized_cells_are_projected_at_their_own_rates(tmp_path):
+    """Activation-quantized cells were projected at their base model's rate: SmolLM2's W8A8 / W4A4 cells took
+    56-67 s of evaluation where its weight-only cells took 29-38 s. Each setting's timed rates are used, and a
+    per-tensor setting's perplexity runs one window per forward."""
+    from ptq_bench.estimate_act import Rates
+
+    quantize = [{"method": "absmax", "w_bits": 8, "a_bits": [16, 8]},
+                {"method": "absmax", "w_bits": 8, "a_bits": 8, "a_granularity": "tensor"}]
+    recipe = load_recipe(_recipe(tmp_path, quantize=quantize))
+    found = _smoke_found()
+    for m in found:
+        m.zero_shot_s, m.zero_shot_call_s = {t: 1.0 for t in recipe.eval.tasks}, 0.0
+    found[0].act = {(8, "token"): Rates(1.5, 8, 1.0, {t: 2.0 for t in recipe.eval.tasks}),
+                    (8, "tensor"): Rates(0.25, 1, 0.0, {t: 5.0 for t in recipe.eval.tasks})}
+    lines = report(recipe, found, "cpu", None)
+    # perplexity: 3 base cells + W8A16 at 2 x 0.5 s, W8A8 per token 2 x 1.5 s, per tensor 16 windows x 0.25 s
+    assert any(x.startswith("perplexity:") and "4.0 s per cell (slowest), 11.0 s for 6 cells" in x for x in lines)
+    # zero-shot, 4 tasks: 4 cells at 4 s, per token 1 + 8 s, per tensor 20 s
+    assert any(x.startswith("zero-shot") and "45.0 s for 6 cells" in x for x in lines)
+    assert "  fp16           every task once: 4.0 s, 9.0 s A8, 20.0 s A8 per tensor" in lines
+
+
+def test_estimate_times_each_activation_setting(tmp_path, capsys):
+    path = _recipe(tmp_path, models={"fp16": {"kind": "fp16"}},
+                   quantize=[{"method": "absmax", "w_bits": 8, "a_bits": [8, 4]}])
+    assert main(["estimate", str(path), "--steps", "1", "--warmup", "0", "--device", "cpu"]) == 0
+    line = next(x for x in capsys.readouterr().out.splitlines() if x.strip().startswith("fp16 ") and "every task" in x)
+    assert re.fullmatch(r"  fp16 +every task once: [0-9.]+ s, [0-9.]+ s A8, [0-9.]+ s A4", line), line

@@ -40,8 +40,8 @@ from ptq_bench.quant.calibrate import (
 )
 from ptq_bench.quant.linears import (
     GRID_ATTR,
-    ActQuant,
     attach_act_quant,
+    detach_act_quant,
     refuse_low_bit,
     refuse_non_finite,
     set_weight,
@@ -250,8 +250,7 @@ class FloatBlocks:
             for m in layer.modules():
                 if hasattr(m, GRID_ATTR):
                     delattr(m, GRID_ATTR)
-                for key in [k for k, h in m._forward_pre_hooks.items() if isinstance(h, ActQuant)]:
-                    del m._forward_pre_hooks[key]
+            detach_act_quant(layer)
         if model_signature(model) != self.signature:
             raise QuantError("in-place quantization changed the model beyond what FloatBlocks restores (module "
                              "classes, hooks or tensors outside the decoder blocks); use a copy (in_place: false)")

@@ -96,6 +96,13 @@ def attach_act_quant(linear: nn.Module, bits: int, granularity: str) -> None:
     linear.register_forward_pre_hook(ActQuant(bits, granularity))
 
 
+def detach_act_quant(module: nn.Module) -> None:
+    """Remove every activation quantizer `attach_act_quant` installed in `module` and its children."""
+    for m in module.modules():
+        for key in [k for k, h in m._forward_pre_hooks.items() if isinstance(h, ActQuant)]:
+            del m._forward_pre_hooks[key]
+
+
 def _class_name(module: nn.Module) -> str:
     return f"{type(module).__module__}.{type(module).__qualname__}"
 
@@ -112,5 +119,5 @@ def refuse_low_bit(model: nn.Module) -> None:
                          "a PTQ grid written into them is not what their forward uses")
 
 
-__all__ = ["ActQuant", "GRID_ATTR", "attach_act_quant", "is_conv1d", "is_linear", "refuse_low_bit",
+__all__ = ["ActQuant", "GRID_ATTR", "attach_act_quant", "detach_act_quant", "is_conv1d", "is_linear", "refuse_low_bit",
            "refuse_non_finite", "replace_weight", "set_weight", "weight_matrix"]
