@@ -17,8 +17,8 @@ magnifies one slow call); the line through the two gives its fixed cost per eval
 per unit of request work (`eval.work`: prefix-tree positions for FastLM, HFLM's own, weighted by the model's
 block and head sizes). Each task's work at the recipe's `limit` is counted from
 its tokenized requests (the recipe's tokenizer, trained in memory, or the source's own), so a cell's
-projection follows the tasks it runs. Quantized cells are projected at their base model's rate
-(activation-quantized ones run slower).
+projection follows the tasks it runs. Weight-only cells are projected at their base model's rate,
+activation-quantized ones at their activation setting's (`estimate_act`).
 
 Quantization: every PTQ setting of a model (its calibration seeds aside) runs on copies of the model cut
 to its first 2 and first 4 decoder blocks (1 and 2 for shallower models), with random calibration ids of
