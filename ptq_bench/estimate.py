@@ -181,7 +181,7 @@ def _train_step_s(recipe: Recipe, name: str, model: Any, vocab: int, device: str
         model.eval()
 
 
-def _ppl_batch_s(recipe: Recipe, probe: Probe, repeats: int, rows: int | None = None, warmup: int = 1) -> float:
+def _ppl_batch_s(recipe: Recipe, probe: Probe, repeats: int, rows: int | None = None) -> float:
     """Median seconds of one perplexity forward batch (`rows` windows, default `ppl_rows`, of
     eval.perplexity.seq_len)."""
     import torch
@@ -193,7 +193,7 @@ def _ppl_batch_s(recipe: Recipe, probe: Probe, repeats: int, rows: int | None = 
             probe.model(windows).logits.float()
 
     with probe.evaluating():
-        return _timed(forward, probe.device, warmup, repeats)
+        return _timed(forward, probe.device, 1, repeats)
 
 
 def _act_rates(recipe: Recipe, probe: Probe, key: ActKey, zero_shot: ZeroShot | None) -> Rates:
