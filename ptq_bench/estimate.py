@@ -42,10 +42,10 @@ from typing import Any
 
 from ptq_bench.console import hms, quiet_lm_eval
 from ptq_bench.errors import UnreachedLinear
-from ptq_bench.estimate_act import OFFLOADED, ActKey, Rates, act_hooks, act_name, act_settings, cell_rates
+from ptq_bench.estimate_act import ActKey, Rates, act_hooks, act_name, act_settings, cell_rates, untimed_lines
 from ptq_bench.estimate_model import Probe, cast, first_blocks, open_model, outside_blocks
 from ptq_bench.estimate_prep import SHARE, Prep
-from ptq_bench.estimate_sets import kl_window, kld_bytes, kld_part, ppl_lines, ppl_rows, set_windows
+from ptq_bench.estimate_sets import kl_window, kld_part, ppl_lines, ppl_rows, set_sizes, windows_unknown
 from ptq_bench.prepare import model_schedule
 from ptq_bench.recipe import Recipe, expand_cells
 
@@ -283,8 +283,8 @@ def measure(recipe: Recipe, name: str, device: str, steps: int, warmup: int,
     if device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
     with tempfile.TemporaryDirectory(prefix="ptq-bench-estimate-") as folder:
-        probe = open_model(recipe, name, device, Path(folder))
         trained = spec.source is None
+        probe = open_model(recipe, name, device, Path(folder), prep.trained_vocab() if prep and trained else None)
         step_s = _train_step_s(recipe, name, probe.model, probe.vocab, device, steps, warmup) if trained else 0.0
         cast(recipe, probe)
         ppl_s = _ppl_batch_s(recipe, probe, max(1, steps // 2))
@@ -296,8 +296,7 @@ def measure(recipe: Recipe, name: str, device: str, steps: int, warmup: int,
         quant = _quant_cell_s(recipe, name, probe.model, probe.vocab, device, probe.quantizing)
         if prep is not None:  # the texts `run` encodes with its tokenizer
             prep.count(probe.tokenizer)
-        wins = set_windows(recipe, prep.projected_ids(probe.tokenizer) if prep else {})
-        refs = kld_bytes(recipe, name, probe.vocab, wins)
+        wins, refs = set_sizes(recipe, name, probe.vocab, prep.projected_ids(probe.tokenizer) if prep else {})
         kl_s = 0.0 if refs is None else _timed(kl_window(probe.vocab, recipe.eval.perplexity.seq_len, device), device, 1, 2)
     return Measured(name, spec.kind if trained else "source", parameter_count(probe.model), step_s,
                     train_steps(t.tokens, t.seq_len, t.batch_size) if trained else 0, ppl_s, peak, tasks, call_s,
@@ -330,15 +329,15 @@ def report(recipe: Recipe, found: list[Measured], device: str, hours: float | No
         more, seconds = part(recipe, found)
         lines.extend(more)
         total += seconds
+    lines.extend(untimed_lines(recipe, found))
     if prep:
         lines.append(f"preparation (each text timed on its first {SHARE:.0%}, the perplexity sets whole; none where the "
                      "cache holds it): "
                      + ", ".join(f"{what} {hms(s)}" for what, s in prep.items()))
     lines.append(f"total: {hms(total + sum((prep or {}).values()))} projected"
-                 + (" (whole-set perplexity not counted)" if any(math.isnan(n) for m in found
-                                                                 for n in m.windows.values()) else ""))
-    lines.append("not projected: loading models and tasks, writing the report" + ("" if prep else
-                 " (the texts' tokenizing: no data folder)"))
+                 + (" (whole-set perplexity and KLD work not counted)" if windows_unknown(recipe, found) else ""))
+    lines.append("not projected: loading models and tasks, " + ("writing the KLD references, " if any(
+        m.kld_bytes for m in found) else "") + "writing the report" + ("" if prep else " (the texts' tokenizing: no data folder)"))
     return lines
 
 
@@ -378,8 +377,7 @@ def _zero_shot_lines(recipe: Recipe, found: list[Measured]) -> tuple[list[str], 
     for m in found:
         rates = {"": Rates(0.0, 1, m.zero_shot_call_s, m.zero_shot_s)} | {f" {act_name(k)}": r for k, r in m.act.items()}
         lines.append(f"  {m.name:<14} every task once: " + ", ".join(
-            f"{hms(r.zero_shot_call_s + sum(r.zero_shot_s.values()))}{k}" for k, r in rates.items())
-            + (OFFLOADED if act_settings(recipe, m.name) and not m.act else ""))
+            f"{hms(r.zero_shot_call_s + sum(r.zero_shot_s.values()))}{k}" for k, r in rates.items()))
     return lines, total
 
 

@@ -16,7 +16,6 @@ from typing import Any
 from ptq_bench.recipe import Recipe, expand_cells
 
 ActKey = tuple[int, str]  # (a_bits, a_granularity)
-OFFLOADED = " (offloaded: its activation-quantized cells projected at this rate, though they run slower)"
 
 
 @dataclass
@@ -62,6 +61,13 @@ def cell_rates(m: Any, cell: Any, rows: int) -> Rates:
     if key in m.act:
         return m.act[key]
     return Rates(m.ppl_batch_s, rows, m.zero_shot_call_s, m.zero_shot_s)
+
+
+def untimed_lines(recipe: Recipe, found: list[Any]) -> list[str]:
+    """A line per offloaded model whose activation-quantized cells were projected at its base rate."""
+    return [f"{m.name}: offloaded, so its activation-quantized cells are projected at its base rate; they run "
+            "slower (per-tensor scales: one perplexity window per forward and HFLM's batching)"
+            for m in found if act_settings(recipe, m.name) and not m.act]
 
 
 def act_name(key: ActKey) -> str:

@@ -45,14 +45,15 @@ class Probe:
         return contextlib.nullcontext() if self.blocks is None else use_placement(self._placement())
 
 
-def open_model(recipe: Recipe, name: str, device: str, scratch: Path) -> Probe:
+def open_model(recipe: Recipe, name: str, device: str, scratch: Path, vocab: int | None = None) -> Probe:
     """Model `name` as `run` would hold it (before any training: `cast` after the training step is timed):
-    built at its shape when trained here, else loaded (offload: opened) with its tokenizer."""
+    built at its shape when trained here (`vocab`: the fitted tokenizer's size, which may stop short of
+    tokenizer.vocab_size, as `run` builds it; default the recipe's), else loaded (offload: opened) with its tokenizer."""
     spec = recipe.models[name]
     if spec.source is None:
         from ptq_bench.models.build import build_model
 
-        vocab = recipe.tokenizer.vocab_size
+        vocab = vocab or recipe.tokenizer.vocab_size
         model = build_model(spec.kind, model_arch(recipe, name), vocab, seed=recipe.seed).to(device)
         return Probe(model, vocab, None, device, scratch)
     from ptq_bench.prepare import open_checkpoint  # as `run` holds it; an unloadable checkpoint: one line

@@ -61,6 +61,11 @@ class Prep:
             self._add("tokenizer training", time.perf_counter() - t0)
         return self._bpe
 
+    def trained_vocab(self) -> int | None:
+        """The vocabulary of a model trained here: the fitted BPE's size, as `run` builds the model (None
+        without a data folder to fit it on)."""
+        return None if self.data_dir is None else len(self.tokenizer(None))
+
     def count(self, own: Any) -> None:
         """Project encoding the texts `run` encodes with this model's tokenizer (the first time it is met)."""
         tok = self.tokenizer(own)

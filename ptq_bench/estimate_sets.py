@@ -37,6 +37,17 @@ def set_windows(recipe: Recipe, ids: dict[str, float]) -> dict[str, float]:
     return out
 
 
+def set_sizes(recipe: Recipe, name: str, vocab: int, ids: dict[str, float]) -> tuple[dict[str, float], float | None]:
+    """Model `name`'s windows per set (`set_windows`) and its KLD references' bytes (`kld_bytes`)."""
+    windows = set_windows(recipe, ids)
+    return windows, kld_bytes(recipe, name, vocab, windows)
+
+
+def windows_unknown(recipe: Recipe, found: list[Any]) -> bool:
+    """Whether a model's window count of a perplexity set is unknown (a whole set without the data folder)."""
+    return any(math.isnan(m.windows.get(s, math.nan)) for m in found for s in recipe.eval.perplexity.sets)
+
+
 def kld_bytes(recipe: Recipe, name: str, vocab: int, windows: dict[str, float]) -> float | None:
     """Bytes of model `name`'s KLD references (None: it has none; NaN: a set's windows unknown)."""
     p = recipe.eval.perplexity
@@ -52,7 +63,7 @@ def ppl_lines(recipe: Recipe, found: list[Any]) -> tuple[list[str], float]:
     if not p.sets or not found:
         return [], 0.0
     head = f"perplexity: {hms(max(m.ppl_batch_s for m in found))} per batch of {rows} x {p.seq_len} (slowest model); "
-    if any(math.isnan(n) for m in found for n in m.windows.values()):
+    if windows_unknown(recipe, found):
         return [head + UNKNOWN], 0.0
     by_model = {m.name: m for m in found}
     per_cell = []
@@ -60,9 +71,9 @@ def ppl_lines(recipe: Recipe, found: list[Any]) -> tuple[list[str], float]:
         m = by_model[c.model]
         r = cell_rates(m, c, rows)
         per_cell.append(r.ppl_batch_s * sum(-(-int(n) // r.rows) for n in m.windows.values()))
-    counts = sorted({f"{int(n)}" for m in found for n in m.windows.values()}, key=int)
-    return [head + f"{' / '.join(counts)} windows per set, {len(p.sets)} set{'s' * (len(p.sets) != 1)}: "
-            f"{hms(max(per_cell))} per cell (slowest), {hms(sum(per_cell))} for {len(cells)} cells"], sum(per_cell)
+    counts = ", ".join(f"{s} " + " / ".join(dict.fromkeys(str(int(m.windows[s])) for m in found)) for s in p.sets)
+    return [head + f"windows {counts}: {hms(max(per_cell))} per cell (slowest), "
+            f"{hms(sum(per_cell))} for {len(cells)} cells"], sum(per_cell)
 
 
 def free_bytes(folder: Path) -> int:

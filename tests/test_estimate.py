@@ -44,7 +44,7 @@ def test_estimate_times_the_training_step_and_writes_nothing(tmp_path, capsys, m
         line = next(x for x in out.splitlines() if x.strip().startswith(name + " "))
         assert f"x {steps} steps" in line and "s/step" in line
     assert "train.tokens that fit 1 h of training:" in out
-    assert "8 windows per set, 2 sets" in out  # the smoke recipe's max_windows and sets
+    assert "windows wikitext2 8, c4 8:" in out  # the smoke recipe's max_windows and sets
     assert "KLD references (float32 base log-probs" in out and ": 0.00206 GB;" in out  # 2 x 8 x 63 x 512 x 4 B
     assert "per PTQ cell besides its forwards" in out and "for 4 PTQ cells" in out
     assert "zero-shot (fast, 4 tasks, 8 documents each; timed on 4 and 12 per task, best of 2)" in out
@@ -137,7 +137,7 @@ def test_projection_and_fit_arithmetic(tmp_path):
     assert "train.tokens that fit 1 h of training: 1,052,672" in lines
     # perplexity: 8 windows in one batch of 8 (slowest model 0.5 s), two sets; 7 cells (3 base + 4 Absmax)
     ppl = next(x for x in lines if x.startswith("perplexity:"))
-    assert "per batch of 8 x 64" in ppl and "8 windows per set, 2 sets: 1.0 s per cell (slowest), 7.0 s for 7 cells" in ppl
+    assert "per batch of 8 x 64" in ppl and "windows wikitext2 8, c4 8: 1.0 s per cell (slowest), 7.0 s for 7 cells" in ppl
 
 
 @pytest.mark.parametrize("argv, needle", [
@@ -383,7 +383,7 @@ def test_whole_sets_are_projected_from_the_windows_the_run_evaluates(tmp_path, c
     tok = train_recipe_tokenizer(recipe, data_dir)
     ids = Evaluator(recipe.eval, data_dir, tmp_path / "c", tok, "t").ppl_ids
     wins = {s: len(v) // 64 for s, v in ids.items()}
-    assert f"{' / '.join(str(n) for n in sorted(wins.values()))} windows per set, 2 sets: " in out
+    assert f"windows wikitext2 {wins['wikitext2']}, c4 {wins['c4']}: " in out
     size = sum(wins.values()) * 63 * recipe.tokenizer.vocab_size * 4
     assert f"KLD references (float32 base log-probs, written to {recipe.cache_path / 'kld'} unless a run left " \
            f"them there): {size / 1e9:.3g} GB;" in out
@@ -477,3 +477,28 @@ def test_estimate_times_each_activation_setting(tmp_path, capsys):
     assert main(["estimate", str(path), "--steps", "1", "--warmup", "0", "--device", "cpu"]) == 0
     line = next(x for x in capsys.readouterr().out.splitlines() if x.strip().startswith("fp16 ") and "every task" in x)
     assert re.fullmatch(r"  fp16 +every task once: [0-9.]+ s, [0-9.]+ s A8, [0-9.]+ s A4", line), line
+
+
+def test_a_trained_model_is_sized_by_the_fitted_tokenizer(tmp_path, capsys, data_dir):
+    """A BPE fitted on too little text stops short of tokenizer.vocab_size, and `run` builds the model on the
+    fitted size: estimate sized it (parameters, KLD references, KL work) on the requested one, 3.7x too large."""
+    from ptq_bench.prepare import train_recipe_tokenizer
+
+    path = _recipe(tmp_path, tokenizer={"vocab_size": 16384, "train_chars": 30000}, models={"fp16": {"kind": "fp16"}},
+                   quantize=[{"method": "absmax", "w_bits": 8}], eval={**yaml.safe_load(SMOKE.read_text())["eval"],
+                                                                         "tasks": []})
+    assert main(["estimate", str(path), "--steps", "1", "--warmup", "0", "--device", "cpu"]) == 0
+    out = capsys.readouterr().out
+    vocab = len(train_recipe_tokenizer(load_recipe(path), data_dir))
+    assert vocab < 16384
+    assert f": {2 * 8 * 63 * vocab * 4 / 1e9:.3g} GB;" in next(x for x in out.splitlines() if x.startswith("KLD references"))
+
+
+def test_an_offloaded_models_untimed_activation_cells_are_named_without_tasks(tmp_path):
+    """The note that an offloaded model's activation-quantized cells are projected at its base rate sat on the
+    per-model zero-shot line, which a recipe without tasks does not print."""
+    recipe = load_recipe(_recipe(tmp_path, quantize=[{"method": "absmax", "w_bits": 8, "a_bits": 8}],
+                                 eval={**yaml.safe_load(SMOKE.read_text())["eval"], "tasks": []}))
+    lines = report(recipe, _smoke_found(), "cpu", None)  # fp16's `act` empty: not timed
+    assert any(x.startswith("fp16: offloaded, so its activation-quantized cells are projected at its base rate")
+               for x in lines), lines
