@@ -9,13 +9,13 @@ disk has no room for). A set's windows are counted from its ids under the model'
 from __future__ import annotations
 
 import math
-import shutil
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 from ptq_bench.console import hms
 from ptq_bench.estimate_act import cell_rates
+from ptq_bench.eval.kld import ROOM_ADVICE, reference_bytes, window_kl
+from ptq_bench.paths import free_bytes
 from ptq_bench.recipe import Recipe, expand_cells
 
 UNKNOWN = "whole sets: their window count needs the data folder"
@@ -53,7 +53,7 @@ def kld_bytes(recipe: Recipe, name: str, vocab: int, windows: dict[str, float]) 
     p = recipe.eval.perplexity
     if not (recipe.eval.kld and p.sets and any(c.model == name and c.method != "none" for c in expand_cells(recipe))):
         return None
-    return sum(windows[s] * (p.seq_len - 1) * vocab * 4 for s in p.sets)
+    return sum(reference_bytes(windows[s], p.seq_len, vocab) for s in p.sets)
 
 
 def ppl_lines(recipe: Recipe, found: list[Any]) -> tuple[list[str], float]:
@@ -76,21 +76,11 @@ def ppl_lines(recipe: Recipe, found: list[Any]) -> tuple[list[str], float]:
             f"{hms(sum(per_cell))} for {len(cells)} cells"], sum(per_cell)
 
 
-def free_bytes(folder: Path) -> int:
-    """Free bytes on the disk that holds `folder` (or would: its nearest existing parent)."""
-    folder = folder.absolute()
-    while not folder.exists() and folder != folder.parent:
-        folder = folder.parent
-    return shutil.disk_usage(folder).free
-
-
 def kl_window(vocab: int, seq_len: int, device: str) -> Callable[[], Any]:
     """One window of `kld.compare`'s work besides the forward (`kld.window_kl`: the base log-probs read, the
     float64 KL per token, top-1 agreement), on random values of the window's shape, as a call to time."""
     import numpy as np
     import torch
-
-    from ptq_bench.eval.kld import window_kl
 
     g = torch.Generator().manual_seed(3)
     base = torch.log_softmax(torch.randn(seq_len - 1, vocab, generator=g), -1).numpy()
@@ -125,8 +115,7 @@ def _room_line(recipe: Recipe, sizes: dict[str, float]) -> str:
     if math.isnan(total):
         return f"{line} ({UNKNOWN})"
     if total > room:
-        line += (" — more than is free: the run stops before building one that does not fit (set "
-                 "eval.perplexity.max_windows, eval.kld: false, or a cache_dir with room)")
+        line += f" — more than is free: the run stops before building one that does not fit ({ROOM_ADVICE})"
     return line
 
 

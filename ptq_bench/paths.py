@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -111,6 +112,14 @@ def _refuse_foreign_derived(out: Path) -> None:
     if found:
         raise RecipeError(f"output_dir: {short(str(out))} is not a results folder but holds {', '.join(found[:3])}, "
                           "which a run would overwrite or remove; give a new or empty folder")
+
+
+def free_bytes(folder: Path) -> int:
+    """Free bytes on the disk that holds `folder` (or would: its nearest existing parent)."""
+    folder = Path(folder).absolute()
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    return shutil.disk_usage(folder).free
 
 
 def folder_path(text: str) -> Path:

@@ -112,11 +112,11 @@ def test_a_reference_larger_than_the_free_disk_is_refused_before_it_is_written(b
     process with SIGBUS, without a word. Refused in one line first, and nothing is left in the cache."""
     import shutil
 
-    import ptq_bench.eval.kld as kld
+    import ptq_bench.paths as paths
     from ptq_bench.errors import PtqBenchError
 
     real = shutil.disk_usage
-    monkeypatch.setattr(kld.shutil, "disk_usage", lambda p: real(p)._replace(free=1000))
+    monkeypatch.setattr(paths.shutil, "disk_usage", lambda p: real(p)._replace(free=1000))
     path = tmp_path / "ref" / "wikitext2-seq64.npy"
     with pytest.raises(PtqBenchError, match=r"KLD reference of wikitext2 needs .* GB is free: set eval.perplexity.max_windows"):
         build_reference(base, token_ids, "wikitext2", SEQ, path=path, key="base-abc", batch_size=BATCH)
@@ -141,7 +141,7 @@ def test_a_damaged_reference_and_a_killed_builds_temp_file_leave_before_the_room
     disk, so a disk with room for one reference refused to replace it: both go before the room is counted."""
     import shutil
 
-    import ptq_bench.eval.kld as kld
+    import ptq_bench.paths as paths
 
     path = tmp_path / "c4.npy"
     build_reference(base, token_ids, "c4", SEQ, path=path, batch_size=BATCH)
@@ -153,7 +153,7 @@ def test_a_damaged_reference_and_a_killed_builds_temp_file_leave_before_the_room
         seen.append(sorted(p.name for p in tmp_path.iterdir() if p.suffix in (".npy", ".json")))
         return real(folder)
 
-    monkeypatch.setattr(kld.shutil, "disk_usage", usage)
+    monkeypatch.setattr(paths.shutil, "disk_usage", usage)
     build_reference(base, token_ids, "c4", SEQ, path=path, batch_size=BATCH)
     assert seen == [[]]
 

@@ -34,7 +34,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -49,9 +48,11 @@ from ptq_bench.data import file_sha256
 from ptq_bench.errors import PtqBenchError
 from ptq_bench.eval.perplexity import perplexity_of, protocol_name, window_batch, windows
 from ptq_bench.json_text import loads
+from ptq_bench.paths import free_bytes
 
 FORMAT_VERSION = 2  # 2: the top-1 file's sha256 and the metadata's own are checked
 KL_TOKENS = 256  # tokens per KL step: each token's KL is its own row, so any step gives the same values
+ROOM_ADVICE = "set eval.perplexity.max_windows, eval.kld: false, or a cache_dir with room"  # a disk too small
 
 
 def metric_names(set_name: str, seqlen: int, max_windows: int | None) -> dict[str, str]:
@@ -178,7 +179,7 @@ def _compute(model: torch.nn.Module, wins: torch.Tensor, set_name: str, seqlen: 
             if tmp is None:
                 logprobs = np.empty(shape, dtype=np.float32)
             else:
-                _check_room(tmp, math.prod(shape) * 4, set_name)
+                _check_room(tmp, reference_bytes(n, seqlen, vocab), set_name)
                 logprobs = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=shape)
         logprobs[start:start + len(batch)] = torch.log_softmax(logits, dim=-1).cpu().numpy()
         top1[start:start + len(batch)] = logits.argmax(-1).cpu().numpy()
@@ -190,21 +191,24 @@ def _compute(model: torch.nn.Module, wins: torch.Tensor, set_name: str, seqlen: 
     return ref
 
 
-def _check_room(tmp: Path, need: int, set_name: str) -> None:
+def reference_bytes(n_windows: float, seqlen: int, vocab: int) -> float:
+    """Bytes of a reference's float32 log-probs: n_windows x (seqlen - 1) x vocab x 4 (the .npy header aside)."""
+    return n_windows * (seqlen - 1) * vocab * 4
+
+
+def _check_room(tmp: Path, need: float, set_name: str) -> None:
     """The memory-mapped log-probs are a sparse file filled as the forwards go: a disk that fills up
     half-way kills the process with SIGBUS (no message, the invocation left open). Refused first."""
-    free = shutil.disk_usage(tmp.parent).free
+    free = free_bytes(tmp.parent)
     if need > free:
         raise PtqBenchError(f"the KLD reference of {set_name} needs {need / 1e9:.3g} GB in {short(str(tmp.parent))} "
-                            f"and {free / 1e9:.3g} GB is free: set eval.perplexity.max_windows, eval.kld: false, "
-                            "or a cache_dir with room")
+                            f"and {free / 1e9:.3g} GB is free: {ROOM_ADVICE}")
 
 
 def _write(ref: BaseReference, path: Path, tmp: Path, key: str) -> None:
     """Flush the log-probs, then name them and write the metadata last (its presence = complete)."""
     ref.logprobs.flush()
-    path.with_suffix(".json").unlink(missing_ok=True)  # a stale reference's metadata goes first
-    tmp.replace(path)
+    tmp.replace(path)  # a stale reference's files went before the build (`build_reference`)
     np.save(path.with_suffix(".top1.npy"), ref.top1)
     meta = {"format_version": FORMAT_VERSION, "key": key, "set": ref.set_name, "seqlen": ref.seqlen,
             "max_windows": ref.max_windows, "windows_sha256": _windows_sha(ref.windows), "nll": ref.nll,
