@@ -10,15 +10,8 @@ the projection (the median: a shared CPU stalls single steps). For every model, 
 timed the same way, and projected over the windows the run evaluates; the KLD references' disk is set
 against the cache's free space (`estimate_sets`).
 
-Zero-shot tasks (when the recipe has any): every model is evaluated on the first `SAMPLE_DOCS` and
-3 x `SAMPLE_DOCS` documents of each task with the recipe's backend and batch size, each sample timed as
-the best of `SAMPLE_REPEATS` calls after a warm-up call of its own (the slope of two short timings
-magnifies one slow call); the line through the two gives its fixed cost per evaluate call and its seconds
-per unit of request work (`eval.work`: prefix-tree positions for FastLM, HFLM's own, weighted by the model's
-block and head sizes). Each task's work at the recipe's `limit` is counted from
-its tokenized requests (the recipe's tokenizer, trained in memory, or the source's own), so a cell's
-projection follows the tasks it runs. Weight-only cells are projected at their base model's rate,
-activation-quantized ones at their activation setting's (`estimate_act`).
+Zero-shot tasks (when the recipe has any): each model's rate timed on a sample of every task
+(`estimate_zero_shot`); activation-quantized cells at their activation setting's (`estimate_act`).
 
 Quantization: every PTQ setting of a model (its calibration seeds aside) runs on copies of the model cut
 to its first 2 and first 4 decoder blocks (1 and 2 for shallower models), with random calibration ids of
@@ -46,11 +39,10 @@ from ptq_bench.estimate_act import ActKey, Rates, act_hooks, act_name, act_setti
 from ptq_bench.estimate_model import Probe, cast, first_blocks, open_model, outside_blocks
 from ptq_bench.estimate_prep import SHARE, Prep
 from ptq_bench.estimate_sets import kl_window, kld_part, ppl_lines, ppl_rows, set_sizes, windows_unknown
+from ptq_bench.estimate_zero_shot import SAMPLE_DOCS, SAMPLE_REPEATS, ZeroShot
 from ptq_bench.prepare import model_schedule
 from ptq_bench.recipe import Recipe, expand_cells
 
-SAMPLE_DOCS = 4  # documents per task evaluated to time a model's zero-shot rate
-SAMPLE_REPEATS = 2  # timed calls per sample, after its warm-up call (the best counts)
 UNREACHED = ("not projected: random calibration ids reached no token of an expert; the run's text is routed "
              "otherwise, and may or may not reach every expert (more calibration.n_samples reach more)")
 
@@ -108,57 +100,6 @@ def _random_ids(vocab: int, shape: tuple[int, ...], seed: int, device: str) -> A
     import torch
 
     return torch.randint(0, vocab, shape, generator=torch.Generator().manual_seed(seed)).to(device)
-
-
-class ZeroShot:
-    """The zero-shot projection's counting and timing (see the module docstring)."""
-
-    def __init__(self, recipe: Recipe, data_dir: Any, prep: Prep | None = None) -> None:
-        self.recipe, self.data_dir = recipe, data_dir
-        self.prep = prep or Prep(recipe, data_dir)  # fits the recipe's BPE (once)
-        self._work: list[tuple[Any, dict[str, tuple[int, int]]]] = []  # (tokenizer, task -> positions)
-
-    def _suite(self, tok: Any, limit: int | None) -> Any:
-        from ptq_bench.eval.harness import TaskSuite
-
-        return TaskSuite.of(self.recipe.eval, self.data_dir, tok, limit=limit)
-
-    def _positions(self, suite: Any) -> dict[str, tuple[int, int]]:
-        """Per task, (block positions, head positions) of its requests under the recipe's backend."""
-        from ptq_bench.eval.work import exact_work, hflm_positions
-
-        count = exact_work if self.recipe.eval.backend == "fast" else hflm_positions
-        return {name: count(requests) for name, requests in suite.tokenized().items()}
-
-    def seconds(self, model: Any, own_tok: Any, evaluating: Any = contextlib.nullcontext) -> tuple[float, dict[str, float]]:
-        """(seconds of one evaluate call's fixed cost, per task the model's projected seconds of work at the
-        recipe's limit): a line through two timed samples (SAMPLE_DOCS and 3 x SAMPLE_DOCS documents per
-        task, each the best of SAMPLE_REPEATS calls after its own warm-up call: a first call's new shapes
-        or one slow call would otherwise set the slope), so lm-eval's per-call cost is not scaled up with
-        the work. `evaluating()`: the context a forward runs in (an offloaded model's blocks streamed)."""
-        from ptq_bench.eval.work import model_sizes, weighted
-
-        tok = self.prep.tokenizer(own_tok)  # the model's own, or the recipe's BPE (fitted once)
-        work = next((w for t, w in self._work if t is tok), None)
-        if work is None:  # the tokenizer is kept with its counts: an id() could be reused after it is freed
-            work = self._positions(self._suite(tok, self.recipe.eval.limit))
-            self._work.append((tok, work))
-        sizes, points, limit = model_sizes(model), [], self.recipe.eval.limit
-        for docs in (SAMPLE_DOCS, 3 * SAMPLE_DOCS):
-            suite = self._suite(tok, docs if limit is None else min(docs, limit))
-            with evaluating():
-                suite.evaluate(model, progress=False)  # warm-up: this sample's shapes
-                best = min(_evaluate_s(suite, model) for _ in range(SAMPLE_REPEATS))
-            points.append((sum(weighted(p, sizes) for p in self._positions(suite).values()), best))
-        (w1, t1), (w2, t2) = points
-        rate = (t2 - t1) / (w2 - w1) if w2 > w1 and t2 > t1 else t2 / max(1, w2)  # noise: no fixed part
-        fixed = max(0.0, t2 - rate * w2)
-        return fixed, {t: weighted(p, sizes) * rate for t, p in work.items()}
-
-
-def _evaluate_s(suite: Any, model: Any) -> float:
-    suite.evaluate(model, progress=False)
-    return suite.last_seconds
 
 
 def _train_step_s(recipe: Recipe, name: str, model: Any, vocab: int, device: str, steps: int, warmup: int) -> float:

@@ -206,7 +206,7 @@ def test_zero_shot_rate_ignores_first_and_slow_calls(monkeypatch):
     call (new shapes) and one slow call must not set the slope (a single call each made it 9x too steep)."""
     from types import SimpleNamespace
 
-    from ptq_bench import estimate
+    from ptq_bench import estimate_zero_shot
     from ptq_bench.eval import work
 
     class Sample:  # 100 units of work at 4 documents, 300 at 12; each call's seconds in order
@@ -219,7 +219,7 @@ def test_zero_shot_rate_ignores_first_and_slow_calls(monkeypatch):
             return {}
 
     recipe = SimpleNamespace(eval=SimpleNamespace(limit=None, backend="fast"))
-    zs = estimate.ZeroShot(recipe, None)
+    zs = estimate_zero_shot.ZeroShot(recipe, None)
     monkeypatch.setattr(zs, "_suite", lambda _tok, limit: Sample(limit or 40))
     monkeypatch.setattr(zs, "_positions", lambda suite: {"piqa": (suite.work, 0)})
     monkeypatch.setattr(work, "model_sizes", lambda _model: (1, 1))

@@ -1,0 +1,71 @@
+"""`ptq-bench estimate`'s zero-shot part (when the recipe has tasks): every model is evaluated on the first
+`SAMPLE_DOCS` and 3 x `SAMPLE_DOCS` documents of each task with the recipe's backend and batch size, each sample timed as
+the best of `SAMPLE_REPEATS` calls after a warm-up call of its own (the slope of two short timings
+magnifies one slow call); the line through the two gives its fixed cost per evaluate call and its seconds
+per unit of request work (`eval.work`: prefix-tree positions for FastLM, HFLM's own, weighted by the model's
+block and head sizes). Each task's work at the recipe's `limit` is counted from its tokenized requests (the recipe's tokenizer, trained in memory, or the source's own), so a cell's
+projection follows the tasks it runs. Weight-only cells are projected at their base model's rate,
+activation-quantized ones at their activation setting's (`estimate_act`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any
+
+from ptq_bench.estimate_prep import Prep
+from ptq_bench.recipe import Recipe
+
+SAMPLE_DOCS = 4  # documents per task evaluated to time a model's zero-shot rate
+SAMPLE_REPEATS = 2  # timed calls per sample, after its warm-up call (the best counts)
+
+
+class ZeroShot:
+    """The zero-shot projection's counting and timing (see the module docstring)."""
+
+    def __init__(self, recipe: Recipe, data_dir: Any, prep: Prep | None = None) -> None:
+        self.recipe, self.data_dir = recipe, data_dir
+        self.prep = prep or Prep(recipe, data_dir)  # fits the recipe's BPE (once)
+        self._work: list[tuple[Any, dict[str, tuple[int, int]]]] = []  # (tokenizer, task -> positions)
+
+    def _suite(self, tok: Any, limit: int | None) -> Any:
+        from ptq_bench.eval.harness import TaskSuite
+
+        return TaskSuite.of(self.recipe.eval, self.data_dir, tok, limit=limit)
+
+    def _positions(self, suite: Any) -> dict[str, tuple[int, int]]:
+        """Per task, (block positions, head positions) of its requests under the recipe's backend."""
+        from ptq_bench.eval.work import exact_work, hflm_positions
+
+        count = exact_work if self.recipe.eval.backend == "fast" else hflm_positions
+        return {name: count(requests) for name, requests in suite.tokenized().items()}
+
+    def seconds(self, model: Any, own_tok: Any, evaluating: Any = contextlib.nullcontext) -> tuple[float, dict[str, float]]:
+        """(seconds of one evaluate call's fixed cost, per task the model's projected seconds of work at the
+        recipe's limit): a line through two timed samples (SAMPLE_DOCS and 3 x SAMPLE_DOCS documents per
+        task, each the best of SAMPLE_REPEATS calls after its own warm-up call: a first call's new shapes
+        or one slow call would otherwise set the slope), so lm-eval's per-call cost is not scaled up with
+        the work. `evaluating()`: the context a forward runs in (an offloaded model's blocks streamed)."""
+        from ptq_bench.eval.work import model_sizes, weighted
+
+        tok = self.prep.tokenizer(own_tok)  # the model's own, or the recipe's BPE (fitted once)
+        work = next((w for t, w in self._work if t is tok), None)
+        if work is None:  # the tokenizer is kept with its counts: an id() could be reused after it is freed
+            work = self._positions(self._suite(tok, self.recipe.eval.limit))
+            self._work.append((tok, work))
+        sizes, points, limit = model_sizes(model), [], self.recipe.eval.limit
+        for docs in (SAMPLE_DOCS, 3 * SAMPLE_DOCS):
+            suite = self._suite(tok, docs if limit is None else min(docs, limit))
+            with evaluating():
+                suite.evaluate(model, progress=False)  # warm-up: this sample's shapes
+                best = min(_evaluate_s(suite, model) for _ in range(SAMPLE_REPEATS))
+            points.append((sum(weighted(p, sizes) for p in self._positions(suite).values()), best))
+        (w1, t1), (w2, t2) = points
+        rate = (t2 - t1) / (w2 - w1) if w2 > w1 and t2 > t1 else t2 / max(1, w2)  # noise: no fixed part
+        fixed = max(0.0, t2 - rate * w2)
+        return fixed, {t: weighted(p, sizes) * rate for t, p in work.items()}
+
+
+def _evaluate_s(suite: Any, model: Any) -> float:
+    suite.evaluate(model, progress=False)
+    return suite.last_seconds
