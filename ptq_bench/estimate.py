@@ -5,10 +5,11 @@ Every model the recipe trains is built at its shape (the recipe's `arch` with th
 `tokenizer.vocab_size` ids) on the chosen device and runs `warmup` + `steps` optimizer steps of the real
 training step (`models.train.forward_loss` + `update`: AdamW, gradient clipping, bf16 autocast on CUDA)
 on random token ids of the recipe's batch shape; the recipe's step count times the median timed step is
-the projection (the median: a shared CPU stalls single steps). For every model, trained or loaded
-(`source:`), one perplexity forward batch (`eval.batch_size` windows of `eval.perplexity.seq_len`) is
-timed the same way, and projected over the windows the run evaluates; the KLD references' disk is set
-against the cache's free space (`estimate_sets`).
+the projection (the median: a shared CPU stalls single steps). A loaded model (`source:`) is timed
+loading as a first run loads it, once per model. For every model, trained or loaded, one perplexity
+forward batch (`eval.batch_size` windows of `eval.perplexity.seq_len`) is timed the same way, and
+projected over the windows the run evaluates; the KLD references' disk is set against the cache's free
+space (`estimate_sets`).
 
 Zero-shot tasks (when the recipe has any): each model's rate timed on a sample of every task
 (`estimate_zero_shot`); activation-quantized cells at their activation setting's (`estimate_act`).
@@ -65,6 +66,7 @@ class Measured:
     kld_bytes: float | None = None  # its KLD references' disk (estimate_sets.kld_bytes)
     kl_window_s: float = 0.0  # seconds of one window's KL work in a PTQ cell (estimate_sets.kl_window)
     act: dict[ActKey, Rates] = field(default_factory=dict)  # its activation settings' rates (estimate_act)
+    load_s: float = 0.0  # seconds to load it as a first run does (0.0: a model trained here)
 
     @property
     def train_s(self) -> float:
@@ -225,7 +227,9 @@ def measure(recipe: Recipe, name: str, device: str, steps: int, warmup: int,
         torch.cuda.reset_peak_memory_stats()
     with tempfile.TemporaryDirectory(prefix="ptq-bench-estimate-") as folder:
         trained = spec.source is None
+        t0 = time.perf_counter()
         probe = open_model(recipe, name, device, Path(folder), prep.trained_vocab() if prep and trained else None)
+        load_s = 0.0 if trained else time.perf_counter() - t0
         step_s = _train_step_s(recipe, name, probe.model, probe.vocab, device, steps, warmup) if trained else 0.0
         cast(recipe, probe)
         ppl_s = _ppl_batch_s(recipe, probe, max(1, steps // 2))
@@ -241,7 +245,7 @@ def measure(recipe: Recipe, name: str, device: str, steps: int, warmup: int,
         kl_s = 0.0 if refs is None else _timed(kl_window(probe.vocab, recipe.eval.perplexity.seq_len, device), device, 1, 2)
     return Measured(name, spec.kind if trained else "source", parameter_count(probe.model), step_s,
                     train_steps(t.tokens, t.seq_len, t.batch_size) if trained else 0, ppl_s, peak, tasks, call_s,
-                    quant, wins, refs, kl_s, act)
+                    quant, wins, refs, kl_s, act, load_s)
 
 
 def report(recipe: Recipe, found: list[Measured], device: str, hours: float | None,
@@ -255,29 +259,30 @@ def report(recipe: Recipe, found: list[Measured], device: str, hours: float | No
     for m in found:
         mem = f", peak {m.peak_bytes / 2**30:.2f} GiB" if m.peak_bytes is not None else ""
         what = (f"{m.step_s:8.3f} s/step ({tok_per_step / m.step_s:,.0f} tok/s){mem}  x {m.steps:,} steps = "
-                f"{hms(m.train_s)}" if m.steps else f"loaded, not trained{mem}")
+                f"{hms(m.train_s)}" if m.steps else f"loaded in {hms(m.load_s)}, not trained{mem}")
         lines.append(f"  {m.name:<14} {m.kind:<12} {m.params / 1e6:8.2f}M params  {what}")
-    total = sum(m.train_s for m in trained)
+    training = sum(m.train_s for m in trained)
     if trained:
-        lines.append(f"training, all {len(trained)} trained models one after another: {hms(total)}")
+        lines.append(f"training, all {len(trained)} trained models one after another: {hms(training)}")
     if hours is not None and not trained:
         lines.append("train.tokens: no model of this recipe is trained here")
     elif hours is not None:
         per_token = sum(m.step_s for m in trained) / tok_per_step
         fit = int(hours * 3600 / per_token) // tok_per_step * tok_per_step
         lines.append(f"train.tokens that fit {hours:g} h of training: {fit:,}")
+    total = training + sum(m.load_s for m in found)  # each source model loaded once
     for part in (ppl_lines, kld_part, _zero_shot_lines, _quant_lines):
         more, seconds = part(recipe, found)
         lines.extend(more)
         total += seconds
     lines.extend(untimed_lines(recipe, found))
     if prep:
-        lines.append(f"preparation (each text timed on its first {SHARE:.0%}, the perplexity sets whole; none where the "
-                     "cache holds it): "
+        lines.append(f"preparation (each text timed on its first {SHARE:.0%}, the perplexity sets whole; no tokenizing "
+                     "where the cache holds it): "
                      + ", ".join(f"{what} {hms(s)}" for what, s in prep.items()))
     lines.append(f"total: {hms(total + sum((prep or {}).values()))} projected"
                  + (" (whole-set perplexity and KLD work not counted)" if windows_unknown(recipe, found) else ""))
-    lines.append("not projected: loading models and tasks, " + ("writing the KLD references, " if any(
+    lines.append("not projected: " + ("writing the KLD references, " if any(
         m.kld_bytes for m in found) else "") + "writing the report" + ("" if prep else " (the texts' tokenizing: no data folder)"))
     return lines
 

@@ -48,7 +48,7 @@ class Prep:
         self._bpe: Any = None
         self._counted: list[tuple[Any, dict[str, float]]] = []  # (tokenizer, text -> projected ids)
 
-    def _add(self, what: str, seconds: float) -> None:
+    def add(self, what: str, seconds: float) -> None:
         self.seconds[what] = self.seconds.get(what, 0.0) + seconds
 
     def tokenizer(self, own: Any) -> Any:
@@ -58,7 +58,7 @@ class Prep:
         if self._bpe is None:
             t0 = time.perf_counter()
             self._bpe = train_recipe_tokenizer(self.recipe, self.data_dir)
-            self._add("tokenizer training", time.perf_counter() - t0)
+            self.add("tokenizer training", time.perf_counter() - t0)
         return self._bpe
 
     def trained_vocab(self) -> int | None:
@@ -76,7 +76,7 @@ class Prep:
         for what, name, texts in self._texts(trained=own is None):
             whole = name in self.recipe.eval.perplexity.sets  # small, and their window counts matter
             seconds, ids[name] = encode_s(tok, texts, 1.0 if whole else SHARE, special=whole)
-            self._add(what, seconds)
+            self.add(what, seconds)
 
     def projected_ids(self, own: Any) -> dict[str, float]:
         """Text -> its projected id count under this model's tokenizer: each perplexity set by its name,

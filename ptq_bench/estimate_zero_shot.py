@@ -3,7 +3,8 @@
 the best of `SAMPLE_REPEATS` calls after a warm-up call of its own (the slope of two short timings
 magnifies one slow call); the line through the two gives its fixed cost per evaluate call and its seconds
 per unit of request work (`eval.work`: prefix-tree positions for FastLM, HFLM's own, weighted by the model's
-block and head sizes). Each task's work at the recipe's `limit` is counted from its tokenized requests (the recipe's tokenizer, trained in memory, or the source's own), so a cell's
+block and head sizes). Each task's work at the recipe's `limit` is counted from its tokenized requests (the
+tasks built at that limit once per tokenizer, as `run` builds them: timed, a part of the preparation) (the recipe's tokenizer, trained in memory, or the source's own), so a cell's
 projection follows the tasks it runs. Weight-only cells are projected at their base model's rate,
 activation-quantized ones at their activation setting's (`estimate_act`).
 """
@@ -11,6 +12,7 @@ activation-quantized ones at their activation setting's (`estimate_act`).
 from __future__ import annotations
 
 import contextlib
+import time
 from typing import Any
 
 from ptq_bench.estimate_prep import Prep
@@ -51,7 +53,9 @@ class ZeroShot:
         tok = self.prep.tokenizer(own_tok)  # the model's own, or the recipe's BPE (fitted once)
         work = next((w for t, w in self._work if t is tok), None)
         if work is None:  # the tokenizer is kept with its counts: an id() could be reused after it is freed
+            t0 = time.perf_counter()  # `run` builds the tasks and tokenizes their requests once per tokenizer
             work = self._positions(self._suite(tok, self.recipe.eval.limit))
+            self.prep.add("building the tasks", time.perf_counter() - t0)
             self._work.append((tok, work))
         sizes, points, limit = model_sizes(model), [], self.recipe.eval.limit
         for docs in (SAMPLE_DOCS, 3 * SAMPLE_DOCS):
