@@ -518,3 +518,24 @@ def test_an_offloaded_models_untimed_activation_cells_are_named_without_tasks(tm
     assert any(x.startswith("fp16: offloaded, so its activation-quantized cells are projected at its base rate")
                for x in lines), lines
 
+
+def test_a_perplexity_sets_ids_are_counted_with_the_special_tokens_the_evaluator_adds(tmp_path, data_dir):
+    """The evaluator encodes a perplexity set as one text with the tokenizer's special tokens (a BOS-adding
+    tokenizer puts one BOS at the start of the stream); the window count follows that id count, so the
+    projection must count the same ids (encoded without them, it is one short)."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    from ptq_bench.data import perplexity_text
+    from ptq_bench.estimate_prep import Prep
+
+    core = Tokenizer(models.WordLevel({"[UNK]": 0, "<s>": 1}, unk_token="[UNK]"))
+    core.pre_tokenizer = pre_tokenizers.Whitespace()
+    core.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 1)])
+    tok = PreTrainedTokenizerFast(tokenizer_object=core, bos_token="<s>", unk_token="[UNK]")
+    recipe = load_recipe(_recipe(tmp_path))
+    prep = Prep(recipe, data_dir)
+    prep.count(tok)
+    ids = prep.projected_ids(tok)
+    for name in recipe.eval.perplexity.sets:
+        assert ids[name] == len(tok(perplexity_text(name, data_dir))["input_ids"]), name
