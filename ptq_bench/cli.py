@@ -87,7 +87,7 @@ def _estimate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _at_least(low: float, kind: type = int) -> Any:
+def at_least(low: float, kind: type = int) -> Any:
     """An argparse type: a number of `kind` >= low (argparse prints the one-line error and exits 2)."""
     def parse(text: str) -> Any:
         try:
@@ -189,11 +189,11 @@ def build_parser() -> argparse.ArgumentParser:
                                         "the recipe's training, perplexity, zero-shot and quantization time "
                                         "(writes nothing)")
     e.add_argument("recipe", help="recipe YAML file")
-    e.add_argument("--steps", type=_at_least(1), default=10, help="timed optimizer steps per model (default 10; "
-                                                                 "the median is projected)")
-    e.add_argument("--warmup", type=_at_least(0), default=3, help="untimed steps first (default 3)")
-    e.add_argument("--hours", type=_at_least(1e-3, float), help="also print the train.tokens that fit this many "
-                                                              "hours of training")
+    e.add_argument("--steps", type=at_least(1), default=10, help="timed optimizer steps per model (default 10; "
+                                                                "the median is projected)")
+    e.add_argument("--warmup", type=at_least(0), default=3, help="untimed steps first (default 3)")
+    e.add_argument("--hours", type=at_least(1e-3, float), help="also print the train.tokens that fit this many "
+                                                             "hours of training")
     e.add_argument("--device", choices=["auto", "cpu", "cuda"], help="overrides the recipe's device")
     e.set_defaults(fn=_estimate)
     rep = sub.add_parser("report", help="re-render tables and plots from a results folder")
