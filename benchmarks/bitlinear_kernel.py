@@ -34,6 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from bench_args import checkpoint, device, exit_with, positive  # noqa: E402
 from kernel_count import KernelCount  # noqa: E402
 
 from ptq_bench.models.bitlinear import BitLinear, activation_quant_int  # noqa: E402
@@ -129,25 +130,25 @@ def compare_float_path(label: str, model: torch.nn.Module, ids: torch.Tensor, ke
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", help="HF checkpoint directory (its shape, as BitNet)")
+    p.add_argument("--model", type=checkpoint, help="HF checkpoint directory (its shape, as BitNet)")
     p.add_argument("--tiny", action="store_true", help="quickstart's BitNet architecture instead of --model")
     p.add_argument("--mode", default="b158", choices=["b158", "b1"])
-    p.add_argument("--batch", type=int, default=4, help="rows per forward (4 x 128 = FastLM's 512 tokens on CPU)")
-    p.add_argument("--seq", type=int, default=128)
-    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--batch", type=positive, default=4, help="rows per forward (4 x 128 = FastLM's 512 tokens on CPU)")
+    p.add_argument("--seq", type=positive, default=128)
+    p.add_argument("--repeats", type=positive, default=5)
     p.add_argument("--float-path", action="store_true", help="bf16: cached W_q against re-quantizing every forward")
-    p.add_argument("--device", default="cpu", help="with --float-path: where the model runs (cuda: the GPU's float path)")
+    p.add_argument("--device", type=device, default="cpu", help="with --float-path: where the model runs (cuda: the GPU's float path)")
     args = p.parse_args()
     if not args.tiny and not args.model:
         p.error("give --model DIR or --tiny")
+    if args.device != "cpu" and not args.float_path:
+        p.error("--device is for --float-path (the int8 kernel is CPU-only)")
     model = load(args)
     n = sum(isinstance(m, BitLinear) for m in model.modules())
     print(f"{args.model or 'quickstart arch'} as BitNet {args.mode}: {n} BitLinears, "
           f"{sum(p.numel() for p in model.parameters()) / 1e6:.1f}M parameters, torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads, {torch.backends.cpu.get_cpu_capability()}")
     ids = torch.randint(0, model.config.vocab_size, (args.batch, args.seq), generator=torch.Generator().manual_seed(0))
-    if args.device != "cpu" and not args.float_path:
-        p.error("--device is for --float-path (the int8 kernel is CPU-only)")
     run = compare
     if args.float_path:
         model, run, ids = model.to(torch.bfloat16).to(args.device), compare_float_path, ids.to(args.device)
@@ -156,4 +157,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    exit_with(main)

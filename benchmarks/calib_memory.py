@@ -74,6 +74,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench_args import exit_with, new_or_folder, positive  # noqa: E402
+
 PATHS = ("inplace", "main", "disk", "lazy")  # the bounded path first
 # the calibrated methods it can run (--method), each with the settings it is measured at
 SETTINGS = {"gptq": {"w_bits": 4, "group_size": 128}, "quip": {"w_bits": 2}}
@@ -235,12 +237,12 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--path", choices=(*PATHS, "all"), default="all")
     ap.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
-    ap.add_argument("--layers", type=int, default=22)
-    ap.add_argument("--windows", type=int, default=2)
-    ap.add_argument("--seqlen", type=int, default=64)
+    ap.add_argument("--layers", type=positive, default=22)
+    ap.add_argument("--windows", type=positive, default=2)
+    ap.add_argument("--seqlen", type=positive, default=64)
     ap.add_argument("--method", choices=tuple(SETTINGS), default="gptq",
                     help="the calibrated method: " + ", ".join(f"{k} {v}" for k, v in SETTINGS.items()))
-    ap.add_argument("--save", type=Path, help="only build the model and save it as a checkpoint here (lazy path)")
+    ap.add_argument("--save", type=new_or_folder, help="only build the model and save it as a checkpoint here (lazy path)")
     args = ap.parse_args()
     if args.save is not None:
         save_checkpoint(args.save, args.dtype, args.layers)
@@ -266,4 +268,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    exit_with(main)

@@ -35,6 +35,7 @@ import time
 from collections.abc import Callable
 
 import torch
+from bench_args import checkpoint, exit_with, positive
 from transformers import LlamaConfig, LlamaForCausalLM
 
 import ptq_bench.quant.calibrate as calibrate
@@ -116,11 +117,11 @@ def equal(a: list[dict], b: list[dict]) -> bool:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--windows", type=int, default=16)
-    ap.add_argument("--seqlen", type=int, default=512)
-    ap.add_argument("--layers", type=int, default=30, help="decoder blocks (SmolLM2: 30)")
-    ap.add_argument("--repeats", type=int, default=2)
-    ap.add_argument("--gptq", metavar="CHECKPOINT", help="time GPTQ W4 g128 end to end on this checkpoint folder instead")
+    ap.add_argument("--windows", type=positive, default=16)
+    ap.add_argument("--seqlen", type=positive, default=512)
+    ap.add_argument("--layers", type=positive, default=30, help="decoder blocks (SmolLM2: 30)")
+    ap.add_argument("--repeats", type=positive, default=2)
+    ap.add_argument("--gptq", type=checkpoint, metavar="CHECKPOINT", help="time GPTQ W4 g128 end to end on this checkpoint folder instead")
     args = ap.parse_args()
 
     calib = torch.randint(0, SMOLLM2["vocab_size"], (args.windows, args.seqlen), generator=torch.Generator().manual_seed(1))
@@ -153,4 +154,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    exit_with(main)

@@ -36,6 +36,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from bench_args import device, exit_with, folder, method_config, new_or_folder, non_negative, positive, source  # noqa: E402
 from eval_speed_report import HEAD, max_delta, max_dmetric, only, row, speed  # noqa: E402
 
 
@@ -45,7 +46,9 @@ def tiny_tokenizer(data_dir: Path, n_docs: int = 1000, vocab: int = 4096, add_bo
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
     from transformers import PreTrainedTokenizerFast
 
-    with gzip.open(data_dir / "train_corpus/c4_en_train_shard00000_head.jsonl.gz", "rt", encoding="utf-8") as fh:
+    from ptq_bench.data import CALIBRATION_FILE, data_file  # the C4 training shard's head
+
+    with gzip.open(data_file(data_dir, CALIBRATION_FILE), "rt", encoding="utf-8") as fh:
         docs = [json.loads(line)["text"] for line in itertools.islice(fh, n_docs)]
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
@@ -303,30 +306,48 @@ def with_batching(suite, overhead: int | None = None, rows: int | None = None, g
     return suite
 
 
-def main() -> None:
+def task_list(text: str) -> list[str]:
+    """An argparse type: 'paper', or a comma list of the toolkit's tasks with (context, continuation) requests
+    (`harness.TASKS`; wikitext's rolling requests have --wikitext-limit)."""
+    from ptq_bench.eval.harness import PAPER_TASKS, TASKS
+
+    names = list(PAPER_TASKS) if text == "paper" else text.split(",")
+    unknown = [t for t in names if t not in TASKS or not TASKS[t].paper]
+    if unknown:
+        raise argparse.ArgumentTypeError(f"unknown task {', '.join(map(repr, unknown))} (known: paper, "
+                                         f"{', '.join(PAPER_TASKS)}; wikitext: --wikitext-limit)")
+    return names
+
+
+def parse_args() -> argparse.Namespace:
+    """The options, each checked here: a bad one is one line and exit 2 before anything loads."""
+    from ptq_bench.kinds import TRAINED_KINDS
+
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", help="HF checkpoint directory (model + tokenizer), or a recipe's source "
+    p.add_argument("--model", type=source, help="HF checkpoint directory (model + tokenizer), or a recipe's source "
                    "(e.g. smollm2-135m), converted once into --cache")
-    p.add_argument("--cache", type=Path, default=Path(".ptq_cache/sources"),
+    p.add_argument("--cache", type=new_or_folder, default=Path(".ptq_cache/sources"),
                    help="where a GGUF source's checkpoint folder is kept (a recipe's <cache_dir>/sources)")
     p.add_argument("--tiny", action="store_true", help="a small random Llama + BPE tokenizer instead of --model")
-    p.add_argument("--kind", default="llama", help="with --tiny: 'llama' (stock transformers), or a ptq_bench model "
-                   "kind (fp16, bitnet_b158, bitnet_b1) built with quickstart's architecture")
+    p.add_argument("--kind", default="llama", choices=("llama", *TRAINED_KINDS), help="with --tiny: 'llama' (stock "
+                   "transformers), or a ptq_bench model kind built with quickstart's architecture")
     p.add_argument("--fast-mode", default="auto", choices=["auto", "shared", "aligned", "plain", "hflm"])
-    p.add_argument("--limit", type=int, default=40, help="documents per task")
-    p.add_argument("--batch-size", type=int, default=32, help="as recipes/quickstart.yaml")
-    p.add_argument("--repeats", type=int, default=2)
-    p.add_argument("--data", type=Path, default=Path(os.environ.get("PTQ_BENCH_DATA", "../shared/data")))
-    p.add_argument("--tasks", default="paper", help="comma list, or 'paper' for the nine paper tasks")
-    p.add_argument("--wikitext-limit", type=int, default=4, help="pages of lm-eval wikitext (0 = skip)")
+    p.add_argument("--limit", type=non_negative, default=40, help="documents per task")
+    p.add_argument("--batch-size", type=positive, default=32, help="as recipes/quickstart.yaml")
+    p.add_argument("--repeats", type=non_negative, default=2, help="timed rounds after the warm-up "
+                   "(0: the warm-up round alone is timed, first-call costs included)")
+    p.add_argument("--data", type=folder, default=os.environ.get("PTQ_BENCH_DATA", "../shared/data"),
+                   help="data folder (default: $PTQ_BENCH_DATA, else ../shared/data)")
+    p.add_argument("--tasks", type=task_list, default="paper", help="comma list, or 'paper' for the nine paper tasks")
+    p.add_argument("--wikitext-limit", type=non_negative, default=4, help="pages of lm-eval wikitext (0 = skip)")
     p.add_argument("--absmax", nargs=2, type=int, metavar=("W", "A"), help="quantize first: Absmax W/A bits "
                    "(per-channel weights, per-token activations)")
     p.add_argument("--bitnet", choices=["b158", "b1"], help="swap the block linears for BitNet BitLinears first")
     p.add_argument("--envelope", action="store_true", help="also HFLM at batch size 1 against HFLM at --batch-size")
-    p.add_argument("--device", default="cpu", help="where the model runs (HFLM follows a passed model's device)")
-    p.add_argument("--overhead", type=int, nargs="+", help="also time FastLM weighing each forward as N positions "
+    p.add_argument("--device", type=device, default="cpu", help="where the model runs (HFLM follows a passed model's device)")
+    p.add_argument("--overhead", type=non_negative, nargs="+", help="also time FastLM weighing each forward as N positions "
                    "(batching.BATCHING's figure for the device is the default run)")
-    p.add_argument("--rows", type=int, nargs="+", help="also time FastLM with N x batch rows per forward and "
+    p.add_argument("--rows", type=positive, nargs="+", help="also time FastLM with N x batch rows per forward and "
                    "documents per window (batching.BATCHING's figure for the device is the default run)")
     p.add_argument("--dtype", default="float32", choices=["float32", "float64"],
                    help="float64: summation order no longer moves a rounding step, so paths must agree")
@@ -339,7 +360,14 @@ def main() -> None:
     args = p.parse_args()
     if not (args.tiny or args.model):
         p.error("give --model DIR or --tiny")
+    if args.absmax:
+        method_config(p, "absmax", "--absmax", w_bits=args.absmax[0], a_bits=args.absmax[1])
     args.data = args.data.resolve()
+    return args
+
+
+def main() -> None:
+    args = parse_args()
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     import logging
 
@@ -347,8 +375,6 @@ def main() -> None:
 
     logging.getLogger("lm_eval").setLevel(logging.ERROR)
     torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
-    from ptq_bench.eval.harness import PAPER_TASKS
-
     model, tok = load(args)
     model = one_layer(model) if args.stand_in else model
     if args.bitnet:
@@ -359,15 +385,17 @@ def main() -> None:
     name = f"{args.device} " + args.dtype + " " + (f"tiny random {args.kind}" if args.tiny else args.model) + (
         " (one-layer stand-in)" if args.stand_in else "") + (
         f" as BitNet {args.bitnet}" if args.bitnet else "") + (" Absmax W{}A{}".format(*args.absmax) if args.absmax else "")
+    timing = (f"best of {args.repeats} after a warm-up" if args.repeats else
+              "the warm-up round alone timed (--repeats 0: first-call costs in every time and ratio)")
     print(f"model: {name}, {sum(x.numel() for x in model.parameters()):,} "
           f"params, vocab {len(tok)}, torch threads {torch.get_num_threads()}, limit {args.limit} docs/task, "
-          f"batch {args.batch_size}, best of {args.repeats} after a warm-up, FastLM mode {args.fast_mode}")
+          f"batch {args.batch_size}, {timing}, FastLM mode {args.fast_mode}")
     from ptq_bench.eval.batching import batching_for
 
     cut = batching_for(torch.device(args.device).type)
     print(f"FastLM batching on {args.device}: max_tokens {cut.max_tokens or 'batch x max_length'}, a forward weighed "
           f"as {cut.overhead} positions ({cut.basis})")
-    tasks = list(PAPER_TASKS) if args.tasks == "paper" else args.tasks.split(",")
+    tasks = args.tasks
     if args.ceiling_only:
         ceiling_table(tasks, args.limit or None, model, tok, args)
         return
@@ -388,4 +416,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    exit_with(main)

@@ -19,6 +19,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
+from bench_args import exit_with  # noqa: E402
 from family_checks import (  # noqa: E402  (tests/ on the path first)
     FAMILY_TYPES,
     METHOD_PARAMS,
@@ -105,4 +106,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_with(main)

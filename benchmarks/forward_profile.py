@@ -25,6 +25,8 @@ from torch.profiler import ProfilerActivity, profile
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench_args import checkpoint, exit_with, positive  # noqa: E402
+
 from ptq_bench.quant.calibrate import decoder_layers  # noqa: E402
 
 MATMULS = ("aten::mm", "aten::bmm", "aten::addmm")
@@ -59,9 +61,9 @@ def matmul_share(model: torch.nn.Module, ids: torch.Tensor, keep: int) -> float:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", required=True, help="a Hugging Face checkpoint folder (float)")
-    ap.add_argument("--shape", type=int, nargs=2, action="append", metavar=("ROWS", "TOKENS"))
-    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--model", required=True, type=checkpoint, help="a Hugging Face checkpoint folder (float)")
+    ap.add_argument("--shape", type=positive, nargs=2, action="append", metavar=("ROWS", "TOKENS"))
+    ap.add_argument("--repeats", type=positive, default=3)
     ap.add_argument("--compile", action="store_true", help="also time torch.compile(dynamic=True)")
     ap.add_argument("--all-positions", action="store_true", help="the LM head at every position (as HFLM)")
     args = ap.parse_args()
@@ -93,4 +95,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    exit_with(main)

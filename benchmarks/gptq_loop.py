@@ -37,6 +37,7 @@ from torch import Tensor
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from bench_args import device, exit_with, method_config, positive  # noqa: E402
 from kernel_count import KernelCount  # noqa: E402
 
 from ptq_bench.quant import gptq as gptq_mod  # noqa: E402
@@ -141,18 +142,22 @@ def measure(way: Callable, problem: dict, a: argparse.Namespace, device: str) ->
     return out, k.n, best
 
 
-def main() -> None:
+def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--hidden", type=int, default=576)
-    p.add_argument("--intermediate", type=int, default=1536)
-    p.add_argument("--heads", type=int, default=9)
-    p.add_argument("--kv-heads", type=int, default=3)
-    p.add_argument("--layers", type=int, default=30)
+    p.add_argument("--hidden", type=positive, default=576)
+    p.add_argument("--intermediate", type=positive, default=1536)
+    p.add_argument("--heads", type=positive, default=9)
+    p.add_argument("--kv-heads", type=positive, default=3)
+    p.add_argument("--layers", type=positive, default=30)
     p.add_argument("--bits", type=int, default=4)
     p.add_argument("--group-size", type=int, default=128)
-    p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--repeats", type=positive, default=3)
+    p.add_argument("--device", type=device, default="cpu")
     a = p.parse_args()
+    if a.hidden % a.heads or a.heads % a.kv_heads:
+        p.error(f"--heads must divide --hidden, and --kv-heads --heads (got --hidden {a.hidden}, --heads {a.heads}, "
+                f"--kv-heads {a.kv_heads})")
+    method_config(p, "gptq", "--bits/--group-size", w_bits=a.bits, group_size=a.group_size)
     assert ldlq.error_feedback is gptq_mod.error_feedback
     problem = block_problem(a, a.device)
     print(f"device {a.device}, torch {torch.__version__}, {torch.get_num_threads()} threads; block: hidden {a.hidden}, "
@@ -170,8 +175,8 @@ def main() -> None:
     same = all(torch.equal(x, y) for x, y in zip(ref, lib))
     print(f"reference / ptq-bench: columns {cols['reference'] / cols['ptq-bench']:.2f}x, kernels {kr / kl:.2f}x, "
           f"time {sr / sl:.2f}x; weights bit for bit equal: {'yes' if same else 'NO'}")
-    sys.exit(0 if same else 1)
+    return 0 if same else 1
 
 
 if __name__ == "__main__":
-    main()
+    exit_with(main)

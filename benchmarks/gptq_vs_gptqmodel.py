@@ -62,6 +62,17 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench_args import (  # noqa: E402
+    at_least,
+    checkpoint,
+    comparison_texts,
+    exit_with,
+    folder,
+    method_config,
+    non_negative,
+    positive,
+)
+
 INSTALL_HINT = (
     "GPTQModel is not installed: pip install --no-deps gptqmodel pypcre logbar device-smi tokenicer defuser "
     "(--no-deps: its declared requirements would replace torch; see benchmarks/README.md)"
@@ -70,22 +81,25 @@ INSTALL_HINT = (
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--model", required=True, help="HF checkpoint folder (LlamaForCausalLM + tokenizer)")
+    p.add_argument("--model", required=True, type=checkpoint, help="HF checkpoint folder (LlamaForCausalLM + tokenizer)")
     p.add_argument("--bits", type=int, nargs="+", default=[4, 3])
     p.add_argument("--group-size", type=int, default=128)
     p.add_argument("--damp", type=float, default=0.01)
-    p.add_argument("--nsamples", type=int, default=32, help="calibration windows")
-    p.add_argument("--seqlen", type=int, default=128, help="calibration and evaluation window length")
-    p.add_argument("--max-windows", type=int, default=128, help="WikiText-2 windows to score (0 = all)")
+    p.add_argument("--nsamples", type=positive, default=32, help="calibration windows")
+    p.add_argument("--seqlen", type=at_least(2), default=128, help="calibration and evaluation window length")
+    p.add_argument("--max-windows", type=non_negative, default=128, help="WikiText-2 windows to score (0 = all)")
     p.add_argument("--true-sequential", action="store_true", help="q/k/v, o, gate/up, down order, both sides")
-    p.add_argument("--seed", type=int, default=0, help="calibration window sampling seed")
-    p.add_argument("--data-dir", default=None, help="data folder (default: $PTQ_BENCH_DATA)")
-    p.add_argument("--tolerance", type=float, default=0.02, help="allowed |ppl ours/theirs - 1|")
-    p.add_argument("--repeats", type=int, default=1, help="time each side this many times, keep the best")
-    p.add_argument("--threads", type=int, default=int(os.environ.get("OMP_NUM_THREADS", "2")))
+    p.add_argument("--seed", type=non_negative, default=0, help="calibration window sampling seed")
+    p.add_argument("--data-dir", type=folder, default=None, help="data folder (default: $PTQ_BENCH_DATA)")
+    p.add_argument("--tolerance", type=at_least(0, float), default=0.02, help="allowed |ppl ours/theirs - 1|")
+    p.add_argument("--repeats", type=positive, default=1, help="time each side this many times, keep the best")
+    p.add_argument("--threads", type=positive, default=os.environ.get("OMP_NUM_THREADS", "2"))
     p.add_argument("--pack", action="store_true", help="also pack GPTQModel's result; score its checkpoint and CPU kernel")
     p.add_argument("--verbose", action="store_true", help="show GPTQModel's own logging")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    for bits in args.bits:
+        method_config(p, "gptq", "--bits/--group-size/--damp", w_bits=bits, group_size=args.group_size, damp=args.damp)
+    return args
 
 
 # --------------------------------------------------------------------------------------------- eval
@@ -390,6 +404,7 @@ def weight_agreement(ours, theirs_weights: dict, fp) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    docs, text = comparison_texts(args.data_dir)  # a missing data folder or file: before GPTQModel is imported
     os.environ.setdefault("GPTQMODEL_CPU_WORKERS", str(max(2, args.threads)))  # its loader pool needs 2
     try:
         import gptqmodel  # noqa: F401
@@ -401,19 +416,15 @@ def main(argv: list[str] | None = None) -> int:
     import torch
     from transformers import AutoTokenizer
 
-    from ptq_bench.data import calibration_documents, perplexity_text, resolve_data_dir
     from ptq_bench.errors import QuantError
     from ptq_bench.sweep import calibration_windows, encode_stream
 
     torch.set_num_threads(args.threads)
     model_dir = str(Path(args.model).resolve())
-    data_dir = resolve_data_dir(args.data_dir)
     tok = AutoTokenizer.from_pretrained(model_dir)
 
-    calib = torch.from_numpy(calibration_windows(encode_stream(tok, calibration_documents(data_dir)),
-                                                 args.nsamples, args.seqlen, args.seed))
-    test_ids = torch.from_numpy(np.asarray(tok(perplexity_text("wikitext2", data_dir), add_special_tokens=False)
-                                           ["input_ids"], dtype=np.int64))
+    calib = torch.from_numpy(calibration_windows(encode_stream(tok, docs), args.nsamples, args.seqlen, args.seed))
+    test_ids = torch.from_numpy(np.asarray(tok(text, add_special_tokens=False)["input_ids"], dtype=np.int64))
     max_windows = args.max_windows or None
     n_windows = min(test_ids.numel() // args.seqlen, max_windows or 1 << 62)
     print(f"model {model_dir}\ncalibration: {args.nsamples} x {args.seqlen} C4-train windows (seed {args.seed}); "
@@ -486,4 +497,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_with(main)

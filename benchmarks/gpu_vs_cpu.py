@@ -12,7 +12,8 @@ the model's dtype. Prints each run's wall time, then per row (model, method labe
 both runs' quantization + evaluation seconds, the largest relative difference of its perplexities and
 the largest absolute difference of its mean KLD (nats) and accuracies (fractions), and a summary line.
 Exit 1 when the two runs do not hold the same rows, or a row's perplexity / KLD / accuracy metrics differ in
-name between them (printed: they are left out of the columns).
+name between them (printed: they are left out of the columns); 2 when an input is bad (checked before either
+run: the recipe as `ptq-bench validate` checks it, a device this machine lacks) or a run failed.
 """
 
 from __future__ import annotations
@@ -28,6 +29,11 @@ from typing import Any
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # its sibling modules, also when imported by path
+
+from bench_args import checked, device, exit_with, file, folder, new_or_folder  # noqa: E402
+
+from ptq_bench.recipe import DEVICES, DTYPES  # noqa: E402
 
 # metric kind -> (name test, difference, column): perplexities relative, KLD (nats) and accuracies (fractions)
 # absolute, since a near-zero KLD or dPPL has no meaningful relative difference (dPPL is left out)
@@ -55,8 +61,9 @@ def run_on(recipe: Path, device: str, dtype: str, out: Path, sources: Path | Non
     start = time.perf_counter()
     proc = subprocess.run([sys.executable, "-m", "ptq_bench.cli", "run", str(path)])
     wall = time.perf_counter() - start
-    if proc.returncode != 0:
-        sys.exit(f"ptq-bench run on {device} failed (exit {proc.returncode}); see its output above")
+    if proc.returncode != 0:  # a side that did not run: exit 2, as bad input (1 would read as "differ")
+        print(f"ptq-bench run on {device} failed (exit {proc.returncode}); see its output above", file=sys.stderr)
+        sys.exit(2)
     return work / "results", wall
 
 
@@ -120,30 +127,43 @@ def _fmt(v: float | None) -> str:
     return "–" if v is None else f"{v:.2e}"
 
 
-def main() -> None:
+def recipe_device(text: str) -> str:
+    """A recipe's `device:` (auto, cpu, cuda) that this machine has."""
+    if text not in DEVICES:
+        raise argparse.ArgumentTypeError(f"unknown device {text!r} (a recipe's device: {', '.join(DEVICES)})")
+    return text if text == "auto" else device(text)
+
+
+def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("recipe", type=Path)
+    p.add_argument("recipe", type=file)
     p.add_argument("--devices", nargs=2, default=["cpu", "cuda"], metavar=("FIRST", "SECOND"))
-    p.add_argument("--dtypes", nargs=2, default=["auto", "auto"], metavar=("FIRST", "SECOND"),
+    p.add_argument("--dtypes", nargs=2, default=["auto", "auto"], choices=DTYPES, metavar=("FIRST", "SECOND"),
                    help="the recipe's dtype on each device (auto: each model's own)")
-    p.add_argument("--against", type=Path, help="a results folder of the recipe (its rows stand for the first device)")
-    p.add_argument("--out", type=Path, default=Path("runs/gpu_vs_cpu"))
-    p.add_argument("--sources", type=Path, help="GGUF sources already converted (a cache's sources/ folder, as "
+    p.add_argument("--against", type=folder, help="a results folder of the recipe (its rows stand for the first device)")
+    p.add_argument("--out", type=new_or_folder, default=Path("runs/gpu_vs_cpu"))
+    p.add_argument("--sources", type=folder, help="GGUF sources already converted (a cache's sources/ folder, as "
                    "eval_speed.py --cache leaves it): linked into each run's cache")
     args = p.parse_args()
+    for dev in args.devices[bool(args.against):]:  # the defaults too: cuda on a machine without CUDA
+        checked(p, recipe_device, dev, "--devices")
+    from ptq_bench.paths import check_data
+    from ptq_bench.recipe import load_recipe
+
+    check_data(load_recipe(args.recipe))  # `ptq-bench validate`'s checks, before either run
     out = args.out / args.recipe.stem
     first, second = (f"{d}/{t}" for d, t in zip(args.devices, args.dtypes))
     if args.against:
         a, wall_a = keyed(args.against), None
     else:
-        folder, wall_a = run_on(args.recipe, args.devices[0], args.dtypes[0], out, args.sources)
-        a = keyed(folder)
-    folder, wall_b = run_on(args.recipe, args.devices[1], args.dtypes[1], out, args.sources)
-    b = keyed(folder)
+        results, wall_a = run_on(args.recipe, args.devices[0], args.dtypes[0], out, args.sources)
+        a = keyed(results)
+    results, wall_b = run_on(args.recipe, args.devices[1], args.dtypes[1], out, args.sources)
+    b = keyed(results)
     print(f"wall: {first} " + (f"{wall_a:.1f} s" if wall_a is not None else f"(rows of {args.against})")
           + f", {second} {wall_b:.1f} s")
-    sys.exit(compare(a, b, (first, second)))
+    return compare(a, b, (first, second))
 
 
 if __name__ == "__main__":
-    main()
+    exit_with(main)

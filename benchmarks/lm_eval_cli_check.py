@@ -48,6 +48,8 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from bench_args import checkpoint, exit_with, file, folder, new_or_folder, positive  # noqa: E402
+
 from ptq_bench.eval.harness import TASKS, metric_key, write_task_configs  # noqa: E402
 
 DEFAULT_TASKS = ["winogrande", "wsc273", "hellaswag", "storycloze", "arc_easy", "piqa"]
@@ -73,20 +75,20 @@ class Side:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--model", type=Path, help="HF checkpoint folder (default: the converted SmolLM2 under "
+    p.add_argument("--model", type=checkpoint, help="HF checkpoint folder (default: the converted SmolLM2 under "
                                               ".ptq_cache/sources, or the --recipe-run model's source)")
-    p.add_argument("--recipe-run", type=Path, help="a ptq-bench run folder: compare its stored 'none' row")
+    p.add_argument("--recipe-run", type=folder, help="a ptq-bench run folder: compare its stored 'none' row")
     p.add_argument("--row-model", help="with --recipe-run: the recipe model whose 'none' row to check")
     p.add_argument("--tasks", nargs="+", default=DEFAULT_TASKS, choices=sorted(TASKS), metavar="TASK")
-    p.add_argument("--limit", type=int, default=20, help="documents per task (lm-eval --limit)")
+    p.add_argument("--limit", type=positive, default=20, help="documents per task (lm-eval --limit)")
     p.add_argument("--backend", choices=("fast", "hflm", "both"), default="fast")
-    p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--threads", type=int, default=1, help="torch threads on both sides (OMP_NUM_THREADS too)")
-    p.add_argument("--data-dir", type=Path, default=None, help="default: $PTQ_BENCH_DATA")
-    p.add_argument("--cache-dir", type=Path, default=None,
+    p.add_argument("--batch-size", type=positive, default=16)
+    p.add_argument("--threads", type=positive, default=1, help="torch threads on both sides (OMP_NUM_THREADS too)")
+    p.add_argument("--data-dir", type=folder, default=None, help="default: $PTQ_BENCH_DATA")
+    p.add_argument("--cache-dir", type=folder, default=None,
                    help="ptq-bench cache folder holding sources/ (default: the run recipe's cache_dir, else .ptq_cache)")
-    p.add_argument("--lm-eval", default=str(Path(sys.executable).parent / "lm_eval"), help="the lm_eval script")
-    p.add_argument("--keep", type=Path, help="keep the CLI's YAMLs and output in this folder")
+    p.add_argument("--lm-eval", type=file, default=str(Path(sys.executable).parent / "lm_eval"), help="the lm_eval script")
+    p.add_argument("--keep", type=new_or_folder, help="keep the CLI's YAMLs and output in this folder")
     return p.parse_args(argv)
 
 
@@ -184,7 +186,7 @@ def stored_side(run_dir: Path, row: dict[str, Any], tasks: list[str], n_total: d
 
 def cli_command(args: argparse.Namespace, model_dir: Path, tasks: list[str], limit: int | None,
                 num_fewshot: int, yaml_dir: Path, out_dir: Path) -> list[str]:
-    cmd = [args.lm_eval, "run", "--model", "hf", "--model_args", f"pretrained={model_dir},dtype=float32",
+    cmd = [str(args.lm_eval), "run", "--model", "hf", "--model_args", f"pretrained={model_dir},dtype=float32",
            "--tasks", ",".join(TASKS[t].lm_eval_task for t in tasks), "--include_path", str(yaml_dir),
            "--num_fewshot", str(num_fewshot), "--batch_size", str(args.batch_size), "--device", "cpu",
            "--output_path", str(out_dir), "--log_samples"]
@@ -341,4 +343,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_with(main)

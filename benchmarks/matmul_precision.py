@@ -27,6 +27,7 @@ import time
 from collections.abc import Callable
 
 import torch
+from bench_args import exit_with, positive
 
 PAIRS = {"bf16x1": [(0, 0)], "bf16x3": [(0, 0), (0, 1), (1, 0)],
          "bf16x6": [(0, 0), (0, 1), (1, 0), (1, 1), (0, 2), (2, 0)]}
@@ -55,8 +56,8 @@ def fp32_precision(mode: str) -> None:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--shape", type=int, nargs=3, default=[4096, 576, 1536], metavar=("ROWS", "IN", "OUT"))
-    p.add_argument("--repeats", type=int, default=10)
+    p.add_argument("--shape", type=positive, nargs=3, default=[4096, 576, 1536], metavar=("ROWS", "IN", "OUT"))
+    p.add_argument("--repeats", type=positive, default=10)
     args = p.parse_args()
     rows, k, n = args.shape
     torch.manual_seed(0)
@@ -89,4 +90,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    exit_with(main)

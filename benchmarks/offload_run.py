@@ -41,6 +41,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
+from bench_args import checked, exit_with, folder, new_or_folder  # noqa: E402
+from bench_args import source as known_source  # noqa: E402  (main has a local `source`)
+
 MODES = ("copy", "offload", "in_place")  # copy: neither key (the default path: a copy of the model per cell)
 GPTQ_W4 = {"method": "gptq", "w_bits": 4, "group_size": 128}
 RANDOM = {"source": None, "calibration": {"n_samples": 2, "seq_len": 64}, "quantize": [GPTQ_W4],
@@ -62,9 +65,10 @@ def make_checkpoint(folder: Path, data_dir: Path, build: str) -> None:
     from ptq_bench.data import train_documents
     from ptq_bench.tokenizer import save_tokenizer, train_tokenizer
 
+    docs = train_documents(data_dir)  # a missing corpus file: before anything is written
     model = build_llama("float32", 22) if build == "llama" else build_moe("float32", 12)
     model.save_pretrained(folder)
-    save_tokenizer(train_tokenizer(train_documents(data_dir), 384, 300_000), folder)
+    save_tokenizer(train_tokenizer(docs, 384, 300_000), folder)
 
 
 def recipe(work: Path, source: str, mode: str, preset: dict) -> Path:
@@ -110,17 +114,20 @@ def _sample_anon(pid: int, samples: list[int]) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--workdir", type=Path, help="keep the checkpoint and runs here (default: a temporary folder)")
+    ap.add_argument("--workdir", type=new_or_folder, help="keep the checkpoint and runs here (default: a temporary folder)")
     ap.add_argument("--preset", choices=PRESETS, default="random-1.1b")
     ap.add_argument("--modes", nargs="+", choices=MODES, help="default: the preset's")
     ap.add_argument("--command", choices=("run", "estimate"), default="run")
     ap.add_argument("--make-checkpoint", type=Path, help=argparse.SUPPRESS)  # the child that builds it
     args = ap.parse_args()
-    data_dir = Path(os.environ.get("PTQ_BENCH_DATA", ROOT.parent / "shared" / "data"))
+    data_dir = checked(ap, folder, os.environ.get("PTQ_BENCH_DATA", str(ROOT.parent / "shared" / "data")),
+                       "$PTQ_BENCH_DATA")
     if args.make_checkpoint is not None:
         make_checkpoint(args.make_checkpoint, data_dir, PRESETS[args.preset]["build"])
         return
     preset = PRESETS[args.preset]
+    if preset["source"] is not None:  # smollm2: its package installed (`make smollm2`), before any run
+        checked(ap, known_source, preset["source"], f"--preset {args.preset}")
     modes = args.modes or preset["modes"]
     with tempfile.TemporaryDirectory(prefix="offload_run_") as tmp:
         work = args.workdir or Path(tmp)
@@ -165,4 +172,4 @@ def _rows(out: Path) -> dict[str, tuple]:
 
 
 if __name__ == "__main__":
-    main()
+    exit_with(main)

@@ -51,6 +51,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
+from bench_args import at_least, exit_with, non_negative, positive  # noqa: E402
 from torch import Tensor  # noqa: E402
 
 from ptq_bench.quant import quip  # noqa: E402
@@ -69,11 +70,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="Cornell-RelaxML/QuIP checkout at 0beddb6 (default: $QUIP_REFERENCE)")
     p.add_argument("--m", type=int, default=64, help="weight rows (out features)")
     p.add_argument("--n", type=int, default=96, help="weight columns (in features)")
-    p.add_argument("--tokens", type=int, default=None, help="calibration rows of X (default max(256, 2n))")
-    p.add_argument("--seeds", type=int, nargs="+", default=[0], help="problem and rotation seeds")
-    p.add_argument("--tie", type=float, default=1e-4,
+    p.add_argument("--tokens", type=positive, default=None, help="calibration rows of X (default max(256, 2n))")
+    p.add_argument("--seeds", type=non_negative, nargs="+", default=[0], help="problem and rotation seeds")
+    p.add_argument("--tie", type=at_least(0, float), default=1e-4,
                    help="a row may differ from ldl_gptqequiv only from a code ours rounded within this of k + 1/2")
-    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--threads", type=positive, default=1)
     args = p.parse_args(argv)
     if args.m < 2 or args.n < 16:
         p.error("--m must be at least 2 and --n at least 16 (the dead-column cases zero two input columns)")
@@ -395,4 +396,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_with(main)

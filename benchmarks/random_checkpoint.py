@@ -21,6 +21,8 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench_args import checked, exit_with, folder, new_or_folder  # noqa: E402
+
 VOCAB = 384
 SPECIAL = {"bos_token_id": None, "eos_token_id": None, "pad_token_id": None}
 # kind -> (config class, its values); `redraw`: block weights drawn at 1/sqrt(in) (decisive routing), `norms`:
@@ -114,16 +116,18 @@ def build(kind: str) -> Any:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("kind", choices=SHAPES)
-    ap.add_argument("out", type=Path)
+    ap.add_argument("out", type=new_or_folder)
     args = ap.parse_args()
     from ptq_bench.data import train_documents
     from ptq_bench.tokenizer import save_tokenizer, train_tokenizer
 
-    data_dir = Path(os.environ.get("PTQ_BENCH_DATA", ROOT.parent / "shared" / "data"))
+    data_dir = checked(ap, folder, os.environ.get("PTQ_BENCH_DATA", str(ROOT.parent / "shared" / "data")),
+                       "$PTQ_BENCH_DATA")
+    docs = train_documents(data_dir)  # a missing corpus file: before anything is written
     build(args.kind).save_pretrained(args.out)
-    save_tokenizer(train_tokenizer(train_documents(data_dir), VOCAB, 300_000), args.out)
+    save_tokenizer(train_tokenizer(docs, VOCAB, 300_000), args.out)
     print(f"{args.kind}: {args.out}")
 
 
 if __name__ == "__main__":
-    main()
+    exit_with(main)

@@ -24,6 +24,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 os.environ.setdefault("PTQ_BENCH_DATA", str((ROOT.parent / "shared" / "data").resolve()))
 
+from bench_args import checked, exit_with, folder, non_negative, positive  # noqa: E402
+
 
 class Hang(Exception):
     pass
@@ -98,10 +100,11 @@ def campaign(n: int, n_run: int, seed: int) -> dict:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("-n", type=int, default=400, help="mutated recipes through validate")
-    p.add_argument("--run", type=int, default=60, help="of those refused, how many also go through run")
-    p.add_argument("--seed", type=int, default=0, help="0 = Hypothesis' fixed derandomized sequence, else random")
+    p.add_argument("-n", type=positive, default=400, help="mutated recipes through validate")
+    p.add_argument("--run", type=non_negative, default=60, help="of those refused, how many also go through run")
+    p.add_argument("--seed", type=non_negative, default=0, help="0 = Hypothesis' fixed derandomized sequence, else random")
     args = p.parse_args()
+    checked(p, folder, os.environ["PTQ_BENCH_DATA"], "$PTQ_BENCH_DATA")  # every case would be refused for it
     c = campaign(args.n, args.run, args.seed)
     codes = ", ".join(f"exit {k}: {v}" for k, v in sorted(c["codes"].items(), key=str))
     print(f"validate: {c['cases']} cases tried ({c['distinct']} distinct recipes); {codes}")
@@ -116,4 +119,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    exit_with(main)

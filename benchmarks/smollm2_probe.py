@@ -26,6 +26,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench_args import at_least, exit_with, positive  # noqa: E402
+
 
 def timed(fn):
     start = time.perf_counter()
@@ -85,9 +87,9 @@ def kld_cells(model, ids, args) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--windows", type=int, default=4)
-    ap.add_argument("--seqlen", type=int, default=512)
-    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--windows", type=positive, default=4)
+    ap.add_argument("--seqlen", type=at_least(2), default=512)
+    ap.add_argument("--repeats", type=positive, default=3)
     ap.add_argument("--no-kld", action="store_true")
     ap.add_argument("--no-timing", action="store_true", help="skip the converted-folder load and forward timings")
     args = ap.parse_args()
@@ -99,6 +101,7 @@ def main() -> None:
     from ptq_bench.source_load import load_source
     from ptq_bench.sources import inspect_source
 
+    text = perplexity_text("wikitext2", resolve_data_dir())  # a missing data folder or file: before the load
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
     info, s = timed(lambda: inspect_source("smollm2-135m"))
     print(f"inspect_source('smollm2-135m'): {s:.2f} s (content hash included) -> {info.model_type}, kind {info.kind}, "
@@ -113,7 +116,6 @@ def main() -> None:
             (_, _, _), s = timed(lambda: load_source(inspect_source(d)))
             print(f"load from the converted plain folder (what load_source(cache_dir=...) reuses): {s:.1f} s")
 
-    text = perplexity_text("wikitext2", resolve_data_dir())
     ids = torch.tensor(tok(text, add_special_tokens=False)["input_ids"], dtype=torch.long)
     wins = ids[: 4 * args.seqlen].view(4, args.seqlen)
     for batch in () if args.no_timing else (1, 4):
@@ -133,4 +135,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    exit_with(main)

@@ -72,32 +72,47 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench_args import (  # noqa: E402
+    at_least,
+    comparison_texts,
+    exit_with,
+    folder,
+    method_config,
+    new_or_folder,
+    non_negative,
+    positive,
+    source,
+)
+
 INSTALL_HINT = ("llm-compressor is not installed: .venv/bin/pip install --no-deps llmcompressor==0.14.0.1 "
                 "compressed-tensors==0.19.0 loguru==0.7.3 (see benchmarks/README.md)")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--source", default="smollm2-135m", help="ptq_bench source name")
-    p.add_argument("--cache-dir", default=".ptq_cache/sources", help="converted-source cache (load_source)")
-    p.add_argument("--nsamples", type=int, default=8, help="calibration windows")
-    p.add_argument("--seqlen", type=int, default=512, help="calibration and evaluation window length")
-    p.add_argument("--seed", type=int, default=0, help="calibration window sampling seed")
+    p.add_argument("--source", type=source, default="smollm2-135m", help="ptq_bench source name")
+    p.add_argument("--cache-dir", type=new_or_folder, default=".ptq_cache/sources", help="converted-source cache (load_source)")
+    p.add_argument("--nsamples", type=positive, default=8, help="calibration windows")
+    p.add_argument("--seqlen", type=at_least(2), default=512, help="calibration and evaluation window length")
+    p.add_argument("--seed", type=non_negative, default=0, help="calibration window sampling seed")
     p.add_argument("--alpha", type=float, default=0.5, help="SmoothQuant migration strength")
-    p.add_argument("--ppl-windows", type=int, default=4, help="WikiText-2 windows scored (0 = no perplexity)")
-    p.add_argument("--tolerance", type=float, default=1e-5, help="max relative difference of the scales")
-    p.add_argument("--noise-seeds", type=int, default=2, help="W8A8 ppl noise-floor runs (1e-6 weight noise)")
+    p.add_argument("--ppl-windows", type=non_negative, default=4, help="WikiText-2 windows scored (0 = no perplexity)")
+    p.add_argument("--tolerance", type=at_least(0, float), default=1e-5, help="max relative difference of the scales")
+    p.add_argument("--noise-seeds", type=non_negative, default=2, help="W8A8 ppl noise-floor runs (1e-6 weight noise)")
     p.add_argument("--gptq", action="store_true", help="also compare GPTQ against llm-compressor's GPTQModifier")
     p.add_argument("--gptq-bits", type=int, default=4)
     p.add_argument("--gptq-group-size", type=int, default=64)
-    p.add_argument("--gptq-ppl-windows", type=int, default=16, help="WikiText-2 windows for the GPTQ ppl")
+    p.add_argument("--gptq-ppl-windows", type=non_negative, default=16, help="WikiText-2 windows for the GPTQ ppl")
     p.add_argument("--only-gptq", action="store_true", help="skip the SmoothQuant part (implies --gptq)")
-    p.add_argument("--gptq-tolerance", type=float, default=0.05,
+    p.add_argument("--gptq-tolerance", type=at_least(0, float), default=0.05,
                    help="allowed |ppl ours/llmc - 1| (W4 GPTQ on this model spreads ~4.5%% under 1e-6 weight noise)")
-    p.add_argument("--data-dir", default=None, help="data folder (default: $PTQ_BENCH_DATA)")
-    p.add_argument("--threads", type=int, default=int(os.environ.get("OMP_NUM_THREADS", "1")))
+    p.add_argument("--data-dir", type=folder, default=None, help="data folder (default: $PTQ_BENCH_DATA)")
+    p.add_argument("--threads", type=positive, default=os.environ.get("OMP_NUM_THREADS", "1"))
     p.add_argument("--verbose", action="store_true", help="show llm-compressor's own logging")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    method_config(p, "smoothquant", "--alpha", alpha=args.alpha)
+    method_config(p, "gptq", "--gptq-bits/--gptq-group-size", w_bits=args.gptq_bits, group_size=args.gptq_group_size)
+    return args
 
 
 # --------------------------------------------------------------------------------------------- ours
@@ -343,6 +358,7 @@ def gptq_section(fp: Any, calib: Any, test_ids: Any, args: argparse.Namespace) -
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    docs, text = comparison_texts(args.data_dir)  # a missing data folder or file: before anything is loaded
     try:
         import llmcompressor  # noqa: F401
     except ImportError:
@@ -351,7 +367,6 @@ def main(argv: list[str] | None = None) -> int:
     import numpy as np
     import torch
 
-    from ptq_bench.data import calibration_documents, perplexity_text, resolve_data_dir
     from ptq_bench.source_load import load_source
     from ptq_bench.sources import inspect_source
     from ptq_bench.tokens import calibration_windows, encode_stream
@@ -359,11 +374,8 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     fp, tok, _ = load_source(inspect_source(args.source), "cpu", cache_dir=Path(args.cache_dir))
     fp = fp.float().eval()
-    data_dir = resolve_data_dir(args.data_dir)
-    calib = torch.from_numpy(calibration_windows(encode_stream(tok, calibration_documents(data_dir)),
-                                                 args.nsamples, args.seqlen, args.seed))
-    test_ids = torch.from_numpy(np.asarray(tok(perplexity_text("wikitext2", data_dir), add_special_tokens=False)
-                                           ["input_ids"], dtype=np.int64))
+    calib = torch.from_numpy(calibration_windows(encode_stream(tok, docs), args.nsamples, args.seqlen, args.seed))
+    test_ids = torch.from_numpy(np.asarray(tok(text, add_special_tokens=False)["input_ids"], dtype=np.int64))
     print(f"{args.source}: {sum(p.numel() for p in fp.parameters()) / 1e6:.1f}M params, fp32, CPU, "
           f"{args.threads} thread(s); calibration {args.nsamples} x {args.seqlen} C4-train windows (seed {args.seed})",
           flush=True)
@@ -374,4 +386,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_with(main)

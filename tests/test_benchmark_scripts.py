@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 
+import pytest
 from smoke_ref import ROOT
 
 
@@ -101,3 +102,72 @@ def test_matmul_precision_prints_every_way_and_pieces_add_accuracy():
     assert list(rows) == ["fp32", "bf16", "bf16x1", "bf16x3", "bf16x6", "split", "int8"], out
     err = {name: float(rows[name][-1]) for name in ("bf16x1", "bf16x3", "bf16x6")}
     assert err["bf16x1"] > 10 * err["bf16x3"] > 10 * err["bf16x6"], out
+
+
+# Bad input: a script exits 2 with one line naming the problem, before any work (nothing on stdout), never a
+# traceback and never 1, which several scripts use for "the two sides disagree" (benchmarks/README.md).
+# `{tmp}` is the test's tmp_path: CKPT a folder with a config.json, REF a QuIP checkout of empty modules.
+REFUSAL_S = 120  # a refusal takes seconds (interpreter and imports); the limit only keeps a regression finite
+BAD_INPUT = [  # (script, arguments, environment, what the error line must name)
+    ("gptq_vs_gptqmodel.py", ["--model", "/nonexistent/dir"], {}, "folder not found: /nonexistent/dir"),
+    ("gptq_vs_gptqmodel.py", ["--model", "{tmp}/CKPT", "--data-dir", "/nonexistent"], {}, "--data-dir: folder not found"),
+    ("smoothquant_vs_llmcompressor.py", ["--source", "/nonexistent"], {}, "'/nonexistent' does not exist"),
+    ("smoothquant_vs_llmcompressor.py", ["--data-dir", "/nonexistent"], {}, "--data-dir: folder not found"),
+    ("gpu_vs_cpu.py", ["/nonexistent.yaml", "--devices", "cpu", "cpu", "--out", "{tmp}/out"], {},
+     "file not found: /nonexistent.yaml"),
+    ("gpu_vs_cpu.py", ["recipes/smoke.yaml", "--devices", "cdua", "cpu", "--out", "{tmp}/out"], {},
+     "unknown device 'cdua'"),
+    ("eval_speed.py", ["--model", "/nonexistent/dir"], {}, "'/nonexistent/dir' does not exist"),
+    ("eval_speed.py", ["--tiny", "--tasks", "piqaa"], {}, "unknown task 'piqaa'"),
+    ("eval_speed.py", ["--tiny", "--limit", "-3"], {}, "--limit: must be a finite number of at least 0, got -3"),
+    ("eval_speed.py", ["--tiny", "--data", "/nonexistent"], {}, "--data: folder not found: /nonexistent"),
+    ("forward_profile.py", ["--model", "/nonexistent"], {}, "--model: folder not found: /nonexistent"),
+    ("bitlinear_kernel.py", ["--model", "/nonexistent"], {}, "--model: folder not found: /nonexistent"),
+    ("calib_runner.py", ["--gptq", "/nonexistent"], {}, "--gptq: folder not found: /nonexistent"),
+    ("smollm2_probe.py", ["--windows", "0"], {}, "--windows: must be a finite number of at least 1, got 0"),
+    ("matmul_precision.py", ["--shape", "0", "32", "48"], {}, "--shape: must be a finite number of at least 1, got 0"),
+    ("gptq_loop.py", ["--heads", "0"], {}, "--heads: must be a finite number of at least 1, got 0"),
+    ("gptq_loop.py", ["--hidden", "64", "--intermediate", "64", "--heads", "5", "--repeats", "1"], {},
+     "--heads must divide --hidden"),
+    ("recipe_fuzz.py", ["-n", "-1"], {}, "-n: must be a finite number of at least 1, got -1"),
+    ("lm_eval_cli_check.py", ["--model", "/nonexistent/dir"], {}, "--model: folder not found: /nonexistent/dir"),
+    ("lm_eval_cli_check.py", ["--recipe-run", "/nonexistent/run"], {}, "--recipe-run: folder not found: /nonexistent/run"),
+    ("offload_run.py", ["--preset", "smollm2", "--modes", "copy"], {"PTQ_BENCH_DATA": "/nonexistent"},
+     "$PTQ_BENCH_DATA: folder not found: /nonexistent"),
+    ("random_checkpoint.py", ["mixtral", "{tmp}/out"], {"PTQ_BENCH_DATA": "/nonexistent"},
+     "$PTQ_BENCH_DATA: folder not found: /nonexistent"),
+    ("quip_vs_reference.py", ["--reference", "{tmp}/REF", "--threads", "0"], {},
+     "--threads: must be a finite number of at least 1, got 0"),
+]
+
+
+@pytest.mark.parametrize(("script", "args", "env", "names"), BAD_INPUT,
+                         ids=[f"{s.removesuffix('.py')}:{' '.join(a)}" for s, a, _, _ in BAD_INPUT])
+def test_bad_input_is_one_line_and_exit_2(script, args, env, names, tmp_path):
+    (tmp_path / "CKPT").mkdir()
+    (tmp_path / "CKPT" / "config.json").write_text("{}")
+    (tmp_path / "REF").mkdir()
+    for name in ("quant", "method", "vector_balance", "bal"):
+        (tmp_path / "REF" / f"{name}.py").write_text("")
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / script), *(a.format(tmp=tmp_path) for a in args)],
+                          capture_output=True, text=True, cwd=ROOT, timeout=REFUSAL_S, env={**os.environ, **env})
+    last = (proc.stderr.strip().splitlines() or [""])[-1]
+    assert proc.returncode == 2 and names in last and "Traceback" not in proc.stderr, (proc.returncode, proc.stderr[-2000:])
+    assert proc.stdout == "" and not (tmp_path / "out").exists(), proc.stdout[-2000:]  # no work began, nothing written
+
+
+def _has_cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+@pytest.mark.skipif(_has_cuda(), reason="checks the refusal of cuda on a machine without CUDA")
+def test_gpu_vs_cpu_refuses_cuda_without_cuda_before_either_run(tmp_path):
+    """It used to run the whole recipe on the CPU first, then fail on cuda with exit 1 ("the runs differ")."""
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gpu_vs_cpu.py"), "recipes/smoke.yaml", "--devices",
+                           "cuda", "cpu", "--out", str(tmp_path / "runs")], capture_output=True, text=True, cwd=ROOT,
+                          timeout=REFUSAL_S)
+    last = (proc.stderr.strip().splitlines() or [""])[-1]
+    assert proc.returncode == 2 and "no cuda device is available" in last, proc.stderr[-2000:]
+    assert proc.stdout == "" and not (tmp_path / "runs").exists()
