@@ -23,6 +23,9 @@ spread HFLM's numbers have from the batch size alone (see eval/fast_lm.py, "Nume
 are the largest accuracy difference in points. `--dtype float64` runs the model in double precision,
 where summation order no longer moves a rounding step: there a token-local model must agree with
 HFLM as a float model does.
+
+Exit status: 0, or 1 when an exact model (float, or any model in float64) has a request beyond 1e-4 in
+|Δ loglik| or an accuracy that differs (`eval_speed_report.verdict`); 2 for bad input.
 """
 
 from __future__ import annotations
@@ -37,7 +40,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench_args import device, exit_with, folder, method_config, new_or_folder, non_negative, positive, source  # noqa: E402
-from eval_speed_report import HEAD, max_delta, max_dmetric, only, row, speed  # noqa: E402
+from eval_speed_report import HEAD, max_delta, max_dmetric, only, row, speed, verdict  # noqa: E402
 
 
 def tiny_tokenizer(data_dir: Path, n_docs: int = 1000, vocab: int = 4096, add_bos: bool = False):
@@ -366,7 +369,7 @@ def parse_args() -> argparse.Namespace:
     return args
 
 
-def main() -> None:
+def main() -> int:
     args = parse_args()
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     import logging
@@ -398,10 +401,10 @@ def main() -> None:
     tasks = args.tasks
     if args.ceiling_only:
         ceiling_table(tasks, args.limit or None, model, tok, args)
-        return
+        return 0
     if args.forwards_only:
         forwards_table(tasks, args.limit, model, tok, args)
-        return
+        return 0
     res = bench(tasks, args.limit, model, tok, args)
     print("FastLM path taken:", res["path"])  # as TaskSuite recorded it
     print(HEAD + (f"{'bs1 |Δll|':>11}{'bs1 Δacc':>9}" if args.envelope else ""))
@@ -409,10 +412,15 @@ def main() -> None:
         print(row(r["task"], [r]))
     print(row("ALL above", res["tasks"]))
     print(speed("tasks", res))
+    runs = res["tasks"]
     if args.wikitext_limit:
         wiki = bench(["wikitext"], args.wikitext_limit, model, tok, args, pairs=False)
         print(row("wikitext", wiki["tasks"]))
         print(speed("wikitext", wiki))
+        runs = runs + wiki["tasks"]
+    line, status = verdict(runs, exact=not (args.absmax or args.bitnet) or args.dtype == "float64")
+    print(line)
+    return status
 
 
 if __name__ == "__main__":

@@ -55,3 +55,19 @@ def speed(label: str, res: dict) -> str:
         line += (f"\n  FastLM at {r['variant']}: {n / r['s']:.1f} req/s ({r['s']:.1f} s, {r['forwards']} "
                  f"forwards), ratio {hflm_s / r['s']:.2f}, work {r['work']:.2f}, max|Δll| {r['max_abs_dloglik']:.2e}")
     return line
+
+
+EXACT_DLL = 1e-4  # the largest |Δ loglik| per request an exact model may have (issue 13's bar for float models)
+
+
+def verdict(runs: list[dict], exact: bool) -> tuple[str, int]:
+    """(the agreement line, the exit status) over `runs` (per-task dicts): an exact model (float weights and
+    activations, or any model in float64) must give every request within EXACT_DLL and every accuracy equal
+    (exit 1 otherwise); a model that rounds activations in float32 is not held to it (its numbers move with
+    the batch as HFLM's own do: --envelope, --dtype float64)."""
+    if not exact:
+        return ("agreement: not checked (activations rounded in float32: see --envelope, or --dtype float64)", 0)
+    worst, dacc = max(r["max_abs_dloglik"] for r in runs), max(r["dacc"] for r in runs)
+    ok = worst <= EXACT_DLL and dacc == 0
+    return (f"agreement: {'yes' if ok else 'NO'} (largest |Δ loglik| {worst:.2e}, bound {EXACT_DLL:g}; largest "
+            f"accuracy difference {dacc:.1f} points, bound 0)", 0 if ok else 1)

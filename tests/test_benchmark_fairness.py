@@ -169,3 +169,16 @@ def test_gpu_vs_cpu_flags_a_metric_only_one_run_has(monkeypatch, capsys):
     partial = {**row, "metrics": {"ppl_gptq/wikitext2": 10.0}}
     assert mod.compare({key: row}, {key: partial}, ("cpu", "cuda")) == 1
     assert "lm_eval/piqa/0shot/acc" in capsys.readouterr().out.splitlines()[-1]
+
+
+def test_eval_speed_exits_1_when_an_exact_model_disagrees(monkeypatch):
+    """eval_speed printed its agreement and exited 0 whatever it said: a float model beyond 1e-4 in a
+    request's log-likelihood, or with an accuracy moved, is a disagreement (exit 1); a model rounding
+    activations in float32 is not held to it."""
+    mod = _module("eval_speed_report", monkeypatch)
+    good = [{"max_abs_dloglik": 6.1e-5, "dacc": 0.0}, {"max_abs_dloglik": 1e-6, "dacc": 0.0}]
+    assert mod.verdict(good, exact=True)[1] == 0
+    assert mod.verdict(good + [{"max_abs_dloglik": 2e-4, "dacc": 0.0}], exact=True)[1] == 1
+    line, status = mod.verdict(good + [{"max_abs_dloglik": 1e-5, "dacc": 2.5}], exact=True)
+    assert status == 1 and line.startswith("agreement: NO")
+    assert mod.verdict([{"max_abs_dloglik": 3.9, "dacc": 7.5}], exact=False)[1] == 0
