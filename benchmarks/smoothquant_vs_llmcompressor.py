@@ -37,7 +37,10 @@ checks that llm-compressor saw exactly those rows.
    model's activations, no true_sequential) against `GPTQModifier` (sym int, group strategy, actorder
    "static" = its default, dampening_frac 0.01, block_size 128) run by `oneshot(..., pipeline="sequential")`
    (block by block on its quantized outputs, as ours). --gptq-group-size must divide 576 (64 or 192).
-   Check: |ppl_ours / ppl_llmc - 1| <= --gptq-tolerance.
+   Check: |ppl_ours / ppl_llmc - 1| <= --gptq-tolerance. Also printed (benchmarks/llmc_gptq_agreement.py):
+   per block the share of bit-identical quantized weights and the two weight errors sum (Q - W)^2; our
+   `gptq_solve` on each weight and Hessian llm-compressor's `quantize_weight` gets (one shared Hessian);
+   both sides on the --noise-seeds perturbed FP weights; ours with float propagation (`sequential=False`).
 
 Measured (SmolLM2-135M, 8 x 512 calibration windows, seed 0; figures in benchmarks/README.md): with the
 paper's statistics the 60 norms' scales agree to max rel. diff 2.3e-6 (float rounding). llm-compressor's
@@ -71,6 +74,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import llmc_gptq_agreement as agreement  # noqa: E402  (benchmarks/, the script's folder, is on the path)
 
 from bench_args import (  # noqa: E402
     at_least,
@@ -158,14 +162,22 @@ def ours_absmax_w8a8(model: Any) -> Any:
     return model
 
 
-def ours_gptq(fp: Any, calib: Any, bits: int, group_size: int) -> Any:
+def ours_gptq(fp: Any, calib: Any, bits: int, group_size: int, sequential: bool = True) -> Any:
+    """Our registered `gptq` on a copy of `fp`. `sequential=False`: the same solver, but every block calibrated
+    on the FP model's activations (`quantize_model(..., sequential=False)`) instead of the quantized blocks'."""
+    from ptq_bench.quant.apply import hessian_stat, quantize_model
+    from ptq_bench.quant.gptq import gptq_solver
     from ptq_bench.quant.registry import get_method
 
     model = copy.deepcopy(fp)
     method = get_method("gptq")
-    method.apply(model, method.make_config({"w_bits": bits, "group_size": group_size, "damp": 0.01,
-                                            "block_size": 128, "act_order": True, "static_groups": True,
-                                            "sym": True, "true_sequential": False}), calib)
+    cfg = method.make_config({"w_bits": bits, "group_size": group_size, "damp": 0.01, "block_size": 128,
+                              "act_order": True, "static_groups": True, "sym": True, "true_sequential": False})
+    if sequential:
+        method.apply(model, cfg, calib)
+    else:
+        quantize_model(model, gptq_solver(cfg), cfg.a_bits, calib=calib, make_stat=hessian_stat, sequential=False,
+                       stack_shared=True)
     return model
 
 
@@ -339,20 +351,32 @@ def scale_section(fp: Any, calib: Any, test_ids: Any, args: argparse.Namespace) 
 
 
 def gptq_section(fp: Any, calib: Any, test_ids: Any, args: argparse.Namespace) -> bool:
-    """Part 2: GPTQ W<bits> g<group> act-order + static groups, ours vs llm-compressor, by perplexity."""
+    """Part 2: GPTQ W<bits> g<group> act-order + static groups, ours vs llm-compressor, by perplexity; then the
+    agreement of their weights (`llmc_gptq_agreement`), the noise rows, and ours with float propagation."""
     bits, group, windows = args.gptq_bits, args.gptq_group_size, args.gptq_ppl_windows
-    p_ours = ppl(ours_gptq(fp, calib, bits, group), test_ids, args.seqlen, windows)
-    p_llmc = ppl(llmc_gptq(fp, calib, bits, group, args.verbose), test_ids, args.seqlen, windows)
-    noise = [ppl(ours_gptq(perturbed(fp, seed), calib, bits, group), test_ids, args.seqlen, windows)
-             for seed in range(args.noise_seeds)]
+
+    def score(model: Any) -> float:
+        return ppl(model, test_ids, args.seqlen, windows)
+
+    ours = ours_gptq(fp, calib, bits, group)
+    with agreement.solver_agreement(bits, group) as solved:
+        theirs = llmc_gptq(fp, calib, bits, group, args.verbose)
+    p_ours, p_llmc = score(ours), score(theirs)
     ratio = p_ours / p_llmc
     ok = abs(ratio - 1) <= args.gptq_tolerance
     print(f"GPTQ W{bits} g{group} act-order static groups, WikiText-2 ppl ({windows} x {args.seqlen} windows): "
           f"ours {p_ours:.4f}, llm-compressor {p_llmc:.4f}, ratio {ratio:.4f}  "
           f"{'OK' if ok else 'DISAGREE'} (tolerance {100 * args.gptq_tolerance:g}%)", flush=True)
-    for seed, value in enumerate(noise):
-        print(f"  ours on the FP weights x (1 + 1e-6 N(0,1)), seed {seed}: {value:.4f} "
-              f"(ratio to ours {value / p_ours:.4f})", flush=True)
+    agreement.print_weight_agreement(fp, ours, theirs)
+    agreement.print_solver_agreement(theirs, solved)
+    del ours, theirs
+    runs = {"ours": lambda m: score(ours_gptq(m, calib, bits, group)),
+            "llm-compressor": lambda m: score(llmc_gptq(m, calib, bits, group, args.verbose))}
+    agreement.print_noise_rows((perturbed(fp, seed) for seed in range(args.noise_seeds)), runs,
+                     {"ours": p_ours, "llm-compressor": p_llmc})
+    p_float = score(ours_gptq(fp, calib, bits, group, sequential=False))
+    print(f"  ours with float propagation (every block calibrated on the FP model's activations): {p_float:.4f} "
+          f"(ratio to ours {p_float / p_ours:.4f})", flush=True)
     return ok
 
 
