@@ -30,7 +30,8 @@ def block_linears(model: Any) -> dict[int, dict[str, Any]]:
 
 
 def weight_agreement(fp: Any, ours: Any, theirs: Any) -> dict[int, dict[str, tuple[int, int, float, float]]]:
-    """{block: {linear: (weights equal, weights, sum (Q_ours - W)^2, sum (Q_llmc - W)^2)}}, W the FP weight."""
+    """{block: {linear: (weights equal, weights, sum (Q_ours - W)^2, sum (Q_llmc - W)^2)}}, W the FP
+    weight."""
     import torch
 
     blocks_fp, blocks_ours, blocks_theirs = block_linears(fp), block_linears(ours), block_linears(theirs)
@@ -41,7 +42,8 @@ def weight_agreement(fp: Any, ours: Any, theirs: Any) -> dict[int, dict[str, tup
         for b, linears in blocks_fp.items():
             out[b] = {}
             for name, m in linears.items():
-                w, q_o, q_l = m.weight.float(), blocks_ours[b][name].weight.float(), blocks_theirs[b][name].weight.float()
+                w = m.weight.float()
+                q_o, q_l = blocks_ours[b][name].weight.float(), blocks_theirs[b][name].weight.float()
                 out[b][name] = (int((q_o == q_l).sum()), w.numel(), float((q_o - w).pow(2).sum()),
                                 float((q_l - w).pow(2).sum()))
     return out
@@ -56,8 +58,8 @@ def _totals(rows: dict[str, tuple[int, int, float, float]]) -> tuple[float, floa
 def print_weight_agreement(fp: Any, ours: Any, theirs: Any, detail: tuple[int, ...] = (0, 1)) -> None:
     """Blocks `detail` linear by linear, the others as min..max over blocks."""
     stats = weight_agreement(fp, ours, theirs)
-    print("quantized weights, ours vs llm-compressor: share bit-identical; weight error sum (Q - W)^2 over the "
-          "block's linears, ours / llm-compressor - 1")
+    print("quantized weights, ours vs llm-compressor: share bit-identical; weight error sum (Q - W)^2 over "
+          "the block's linears, ours / llm-compressor - 1")
     for b in detail:
         share, err = _totals(stats[b])
         per = ", ".join(f"{name.rsplit('.', 1)[-1]} {100 * r[0] / r[1]:.2f}%" for name, r in stats[b].items())
@@ -65,8 +67,8 @@ def print_weight_agreement(fp: Any, ours: Any, theirs: Any, detail: tuple[int, .
     rest = sorted(set(stats) - set(detail))
     if rest:
         shares, errs = zip(*(_totals(stats[b]) for b in rest), strict=True)
-        print(f"  blocks {rest[0]}-{rest[-1]}: {100 * min(shares):.2f}%..{100 * max(shares):.2f}% equal per block, "
-              f"error {100 * min(errs):+.3f}%..{100 * max(errs):+.3f}%", flush=True)
+        print(f"  blocks {rest[0]}-{rest[-1]}: {100 * min(shares):.2f}%..{100 * max(shares):.2f}% equal "
+              f"per block, error {100 * min(errs):+.3f}%..{100 * max(errs):+.3f}%", flush=True)
 
 
 @contextlib.contextmanager
@@ -90,7 +92,7 @@ def solver_agreement(bits: int, group_size: int) -> Iterator[dict[Any, tuple[int
         w, h = weights.clone(), hessians.clone()  # its quantize_weight works in place on both
         out = quantize(weights, hessians, *args, **kwargs)
         if len(batch) != len(w):
-            raise RuntimeError(f"llm-compressor quantized {len(w)} weights for a batch of {len(batch)} linears")
+            raise RuntimeError(f"llm-compressor quantized {len(w)} weights for {len(batch)} linears")
         for i, module in enumerate(batch):
             q, _, _ = gptq_solve(w[i], h[i], bits, group_size, kwargs.get("percdamp", 0.01),
                                  kwargs.get("blocksize", 128), act_order=True, sym=True, static_groups=True)
@@ -105,7 +107,8 @@ def solver_agreement(bits: int, group_size: int) -> Iterator[dict[Any, tuple[int
 
 
 def print_solver_agreement(theirs: Any, found: dict[Any, tuple[int, int]]) -> None:
-    """One line: overall, block 0, and the least agreeing linear of `theirs` (the model llm-compressor quantized)."""
+    """One line: overall, block 0, and the least agreeing linear of `theirs` (the model llm-compressor
+    quantized)."""
     names = {m: name for name, m in theirs.named_modules()}
     rows = {names[m]: r for m, r in found.items()}
     if not rows:
@@ -116,15 +119,16 @@ def print_solver_agreement(theirs: Any, found: dict[Any, tuple[int, int]]) -> No
     def share(rs: list[tuple[int, int]]) -> str:
         return f"{100 * sum(r[0] for r in rs) / sum(r[1] for r in rs):.3f}%"
 
-    print(f"one shared Hessian (each weight and Hessian llm-compressor's quantize_weight got, also solved by our "
-          f"gptq_solve), {len(rows)} linears: {share(list(rows.values()))} of weights equal, block 0 {share(block0)}, "
-          f"least {share([rows[worst]])} ({worst})", flush=True)
+    print(f"one shared Hessian (each weight and Hessian llm-compressor's quantize_weight got, also solved by "
+          f"our gptq_solve), {len(rows)} linears: {share(list(rows.values()))} of weights equal, "
+          f"block 0 {share(block0)}, least {share([rows[worst]])} ({worst})", flush=True)
 
 
 def print_noise_rows(noisy_models: Iterable[Any], runs: dict[str, Callable[[Any], float]],
                      unperturbed: dict[str, float]) -> None:
-    """For each FP model x (1 + 1e-6 N(0,1)) (seeds 0, 1, ...): a row per side, the perplexity `runs[side]` gives
-    (ratio to the side's unperturbed run); then each side's range with its unperturbed run, and both together."""
+    """For each FP model x (1 + 1e-6 N(0,1)) (seeds 0, 1, ...): a row per side, the perplexity `runs[side]`
+    gives (ratio to the side's unperturbed run); then each side's range with its unperturbed run, and all runs
+    together."""
     values = {side: [p] for side, p in unperturbed.items()}
     for seed, noisy in enumerate(noisy_models):
         for side, run in runs.items():
@@ -132,7 +136,7 @@ def print_noise_rows(noisy_models: Iterable[Any], runs: dict[str, Callable[[Any]
             print(f"  {side} on the FP weights x (1 + 1e-6 N(0,1)), seed {seed}: {values[side][-1]:.4f} "
                   f"(ratio to {side} unperturbed {values[side][-1] / unperturbed[side]:.4f})", flush=True)
     if all(len(v) > 1 for v in values.values()):
-        spans = [(side, v) for side, v in values.items()] + [("all runs", [x for v in values.values() for x in v])]
-        print("  range with the unperturbed run (max / min - 1): "
-              + ", ".join(f"{side} {min(v):.2f}..{max(v):.2f} ({100 * (max(v) / min(v) - 1):.1f}%)" for side, v in spans),
-              flush=True)
+        spans = [*values.items(), ("all runs", [x for v in values.values() for x in v])]
+        ranges = (f"{side} {min(v):.2f}..{max(v):.2f} ({100 * (max(v) / min(v) - 1):.1f}%)"
+                  for side, v in spans)
+        print("  range with the unperturbed run (max / min - 1): " + ", ".join(ranges), flush=True)
