@@ -17,16 +17,14 @@ from typing import Any
 
 
 def block_linears(model: Any) -> dict[int, dict[str, Any]]:
-    """{block index: {linear name in the block (self_attn.q_proj, ...): module}} of the decoder blocks."""
+    """{block index: {linear name in the block (self_attn.q_proj, ...): module}} of the decoder blocks (where
+    the family registry puts them: `quant.calibrate.decoder_layers`)."""
     import torch.nn as nn
 
-    out: dict[int, dict[str, Any]] = {}
-    for name, module in model.named_modules():
-        parts = name.split(".")
-        if isinstance(module, nn.Linear) and "layers" in parts[:-2]:
-            i = parts.index("layers")
-            out.setdefault(int(parts[i + 1]), {})[".".join(parts[i + 2:])] = module
-    return out
+    from ptq_bench.quant.calibrate import decoder_layers
+
+    return {i: {name: m for name, m in layer.named_modules() if isinstance(m, nn.Linear)}
+            for i, layer in enumerate(decoder_layers(model))}
 
 
 def weight_agreement(fp: Any, ours: Any, theirs: Any) -> dict[int, dict[str, tuple[int, int, float, float]]]:

@@ -36,7 +36,16 @@ from typing import Any
 
 from ptq_bench.console import hms, quiet_lm_eval
 from ptq_bench.errors import UnreachedLinear
-from ptq_bench.estimate_act import ActKey, Rates, act_hooks, act_name, act_settings, cell_rates, untimed_lines
+from ptq_bench.estimate_act import (
+    ActKey,
+    Rates,
+    act_hooks,
+    act_name,
+    act_settings,
+    base_rates,
+    cell_rates,
+    untimed_lines,
+)
 from ptq_bench.estimate_model import Probe, cast, first_blocks, open_model, outside_blocks
 from ptq_bench.estimate_prep import SHARE, Prep
 from ptq_bench.estimate_sets import kl_window, kld_part, ppl_lines, ppl_rows, set_sizes, windows_unknown
@@ -321,7 +330,7 @@ def _zero_shot_lines(recipe: Recipe, found: list[Measured]) -> tuple[list[str], 
     lines = [f"{shot_name(e.num_fewshot)} ({e.backend}, {len(e.tasks)} tasks, {limit} documents each; timed on {SAMPLE_DOCS} and "
              f"{3 * SAMPLE_DOCS} per task, best of {SAMPLE_REPEATS}): {hms(total)} for {len(cells)} cells"]
     for m in found:
-        rates = {"": Rates(0.0, 1, m.zero_shot_call_s, m.zero_shot_s)} | {f" {act_name(k)}": r for k, r in m.act.items()}
+        rates = {"": base_rates(m, 1)} | {f" {act_name(k)}": r for k, r in m.act.items()}
         lines.append(f"  {m.name:<14} every task once: " + ", ".join(
             f"{hms(r.zero_shot_call_s + sum(r.zero_shot_s.values()))}{k}" for k, r in rates.items()))
     return lines, total

@@ -58,8 +58,12 @@ def cell_rates(m: Any, cell: Any, rows: int) -> Rates:
     """The rates a cell is projected at (`m`: its model's `estimate.Measured`): its activation setting's when
     timed, else the model's base rates (`rows` windows per perplexity forward)."""
     key = act_key(cell)
-    if key in m.act:
-        return m.act[key]
+    return m.act[key] if key in m.act else base_rates(m, rows)
+
+
+def base_rates(m: Any, rows: int) -> Rates:
+    """Model `m`'s (`estimate.Measured`) rates without quantized activations (`rows` windows per perplexity
+    forward)."""
     return Rates(m.ppl_batch_s, rows, m.zero_shot_call_s, m.zero_shot_s)
 
 
