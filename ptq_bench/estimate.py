@@ -291,6 +291,9 @@ def report(recipe: Recipe, found: list[Measured], device: str, hours: float | No
                      + ", ".join(f"{what} {hms(s)}" for what, s in prep.items()))
     lines.append(f"total: {hms(total + sum((prep or {}).values()))} projected"
                  + (" (whole-set perplexity and KLD work not counted)" if windows_unknown(recipe, found) else ""))
+    if recipe.executor.kind != "local":
+        lines.append(f"executor {recipe.executor.kind}: projected as a local run on this machine (models and cells one "
+                     "after another); its workers run them side by side")
     lines.append("not projected: " + ("writing the KLD references, " if any(
         m.kld_bytes for m in found) else "") + "writing the report" + ("" if prep else " (the texts' tokenizing: no data folder)"))
     return lines

@@ -367,6 +367,16 @@ def test_loading_a_source_model_is_projected_once(tmp_path):
     assert "total: 17.5 s projected" in lines, lines
 
 
+def test_a_ray_recipe_is_said_to_be_projected_as_a_local_run(tmp_path):
+    """A recipe with `executor: {kind: ray}` was projected as a local run with nothing said: its total read as
+    the Ray run's wall time, which spreads models and cells over the workers."""
+    found = [Measured("fp16", "source", 1, 0.0, 0, 0.25, None, windows={"wikitext2": 8, "c4": 8}, load_s=17.0)]
+    for kind, said in (("ray", True), ("local", False)):
+        recipe = load_recipe(_recipe(tmp_path, quantize=[], models={"fp16": {"kind": "fp16"}}, executor={"kind": kind}))
+        lines = report(recipe, found, "cpu", None)
+        assert any(x.startswith("executor ray: projected as a local run") for x in lines) is said, lines
+
+
 def test_a_text_is_timed_on_its_head_and_projected_to_all(monkeypatch):
     """The preparation encodes the first SHARE of a text's characters, however its documents are sized."""
     import ptq_bench.estimate_prep as prep
