@@ -2,7 +2,7 @@
 
     PTQ_BENCH_DATA=/work/shared/data python benchmarks/gptq_vs_gptqmodel.py --model DIR [--bits 4 3]
         [--group-size 128] [--nsamples 32] [--seqlen 128] [--max-windows 128] [--true-sequential] [--pack]
-        [--repeats 3]
+        [--repeats 3] [--envelope]
 
 DIR is a standard Hugging Face checkpoint folder (LlamaForCausalLM safetensors + tokenizer), e.g. a
 pipeline export `.ptq_cache/models/fp16-<hash>/hf`. On the same checkpoint and the same calibration
@@ -43,6 +43,9 @@ Hessians (100% up to a rare float-level rounding tie when group_size is 128 or -
 Timing: wall time of our `apply(...)` and of GPTQModel's `model.quantize(...)` (calibration forward
 passes included on both sides; its packing only with --pack), best of --repeats, the sides alternating
 (the machine may be shared).
+With --envelope, ours is rerun three times under rounding-level changes (gptq_envelope.py: the Hessians summed
+as GPTQModel sums them, or in float64; the FP weights x (1 + 1e-6 N(0,1))) and one line per bit width prints their
+perplexities, their range with the shipped run, and whether GPTQModel's perplexity falls inside it.
 Exit status: 0 when every |ours/theirs - 1| <= tolerance, 1 otherwise, 2 when GPTQModel is missing.
 """
 
@@ -72,6 +75,7 @@ from bench_args import (  # noqa: E402
     non_negative,
     positive,
 )
+from gptq_envelope import envelope, envelope_line  # noqa: E402
 
 INSTALL_HINT = (
     "GPTQModel is not installed: pip install --no-deps gptqmodel pypcre logbar device-smi tokenicer defuser "
@@ -96,6 +100,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--threads", type=positive, default=os.environ.get("OMP_NUM_THREADS", "2"))
     p.add_argument("--pack", action="store_true", help="also pack GPTQModel's result; score its checkpoint and CPU kernel")
     p.add_argument("--verbose", action="store_true", help="show GPTQModel's own logging")
+    p.add_argument("--envelope", action="store_true",
+                   help="also rerun ours under three rounding-level changes (gptq_envelope.py) and print the range")
     args = p.parse_args(argv)
     for bits in args.bits:
         method_config(p, "gptq", "--bits/--group-size/--damp", w_bits=bits, group_size=args.group_size, damp=args.damp)
@@ -265,13 +271,14 @@ def hessian_check(fp, calib, theirs: dict) -> tuple[int, float, float, float]:
     return n, worst, ours, them
 
 
-def quantize_ours(model_dir: str, bits: int, args: argparse.Namespace, calib):
+def quantize_ours(model_dir: str, bits: int, args: argparse.Namespace, calib, model=None):
+    """Our GPTQ on a fresh FP copy of the checkpoint (or on `model`); (the model, seconds)."""
     from ptq_bench.quant.registry import get_method
 
     method = get_method("gptq")
     cfg = method.make_config({"w_bits": bits, "group_size": args.group_size, "damp": args.damp, "act_order": False,
                               "sym": True, "static_groups": False, "true_sequential": args.true_sequential})
-    model = load_fp(model_dir)
+    model = load_fp(model_dir) if model is None else model
     t0 = time.perf_counter()
     method.apply(model, cfg, calib)
     return model, time.perf_counter() - t0
@@ -511,6 +518,10 @@ def main(argv: list[str] | None = None) -> int:
               f"{100 * agree['same']:.2f}% of weights bit-equal to ours, |W_ours - W_theirs| / |W_theirs - W_fp| "
               f"median {agree['rel_median']:.2e}, max {agree['rel_max']:.2e}; our solver on its Hessians "
               f"reproduces {100 * solver_same:.2f}% of its weights bit-exactly", flush=True)
+        if args.envelope:
+            found = envelope(lambda m, b=bits: quantize_ours(model_dir, b, args, calib, m)[0],
+                             lambda m: perplexity(m, test_ids, args.seqlen, max_windows), fp)
+            print(envelope_line(bits, ppl_ours, ppl_theirs, found), flush=True)
         rows.append((bits, ppl_ours, ppl_theirs, ppl_ckpt, min(t_ours), min(t_theirs), theirs["pack_s"], agree,
                      solver_same))
         del ours, theirs, theirs_fp

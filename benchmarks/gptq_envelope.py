@@ -1,0 +1,96 @@
+"""Our GPTQ under rounding-level changes (`gptq_vs_gptqmodel.py --envelope`): how far one run's perplexity moves
+when nothing changes but float rounding. Three reruns of ours beside the shipped one:
+
+- `summed as GPTQModel`: each Hessian summed as GPTQModel sums it (fp32 X^T X per batch, added up, scaled by 2/n
+  once at the end), where ours and the reference GPTQ keep a running average rescaled at every batch;
+- `float64`: the shipped sum accumulated in float64 and rounded to float32 once (the most exact of the three);
+- `weights x (1 + 1e-6 N(0,1))`: the FP block weights perturbed (seed 0), the shipped summation.
+
+Each moves a Hessian by about 1e-7 relative, as GPTQModel's and ours differ; GPTQ's error feedback turns such
+differences into other grid choices from the first block on. A gap between two implementations inside this
+envelope is not a difference of method.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+from collections.abc import Callable, Iterator
+from typing import Any
+
+
+def _summed(self: Any, x: Any) -> None:
+    """Hessian.add as GPTQModel accumulates: a float32 sum of X^T X, scaled by 2/n when read."""
+    import torch
+
+    x = x.reshape(-1, x.shape[-1]).float()
+    if not hasattr(self, "sum"):
+        self.sum = torch.zeros_like(self.H)
+    self.sum += x.T @ x
+    self.n += x.shape[0]
+    self.H = self.sum * (2.0 / float(self.n))
+
+
+def _float64(self: Any, x: Any) -> None:
+    """Hessian.add in float64, rounded to float32 once per read."""
+    import torch
+
+    x = x.reshape(-1, x.shape[-1]).double()
+    if not hasattr(self, "sum"):
+        self.sum = torch.zeros(self.H.shape, dtype=torch.float64, device=self.H.device)
+    self.sum += x.T @ x
+    self.n += x.shape[0]
+    self.H = (self.sum * (2 / self.n)).float()
+
+
+HESSIAN_SUMS = {"summed as GPTQModel": _summed, "float64": _float64}
+
+
+@contextlib.contextmanager
+def hessian_summed(add: Callable[[Any, Any], None]) -> Iterator[None]:
+    """Every Hessian statistic built inside accumulates with `add` in place of the shipped running average."""
+    from ptq_bench.quant.statistics import Hessian
+
+    shipped = Hessian.add
+    Hessian.add = add
+    try:
+        yield
+    finally:
+        Hessian.add = shipped
+
+
+def perturbed(model: Any, seed: int = 0, rel: float = 1e-6) -> Any:
+    """A copy of `model` whose decoder-block weight matrices are multiplied by (1 + rel N(0, 1))."""
+    import torch
+
+    from ptq_bench.quant.calibrate import decoder_layers
+
+    out = copy.deepcopy(model)
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for layer in decoder_layers(out):
+            for t in layer.parameters():
+                if t.dim() == 2:
+                    t.mul_(1 + rel * torch.randn(t.shape, generator=gen))
+    return out
+
+
+def envelope(quantize: Callable[[Any], Any], score: Callable[[Any], float], fp: Any) -> dict[str, float]:
+    """Perplexity of ours under each rounding-level change. `quantize(model or None)` quantizes a copy of the FP
+    model (or the model given), `score(model)` is the comparison's perplexity."""
+    found = {}
+    for label, add in HESSIAN_SUMS.items():
+        with hessian_summed(add):
+            found[label] = score(quantize(None))
+    found["weights x (1 + 1e-6 N(0,1))"] = score(quantize(perturbed(fp)))
+    return found
+
+
+def envelope_line(bits: int, shipped: float, theirs: float, found: dict[str, float]) -> str:
+    """One line: each rerun's perplexity, the range with the shipped run, and whether GPTQModel's falls in it."""
+    every = [shipped, *found.values()]
+    low, high = min(every), max(every)
+    inside = "inside" if low <= theirs <= high else "outside"
+    return (f"[w{bits}] ours under rounding-level changes: " + ", ".join(f"{k} {v:.4f}" for k, v in found.items())
+            + f"; with the shipped run {low:.2f}..{high:.2f} ({100 * (high / low - 1):.1f}%), mean "
+            f"{sum(every) / len(every):.2f}; GPTQModel's {theirs:.2f} is {inside}")

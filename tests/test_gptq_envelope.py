@@ -1,0 +1,71 @@
+"""benchmarks/gptq_envelope.py: the changes it reruns our GPTQ under are rounding-level (the same Hessian to
+float32's precision, weights moved by ~1e-6), each reaches the run it is meant for, and the shipped sum is restored."""
+
+from __future__ import annotations
+
+import torch
+from quant_fixtures import tiny_llama
+from test_benchmark_fairness import _module
+
+from ptq_bench.quant.calibrate import decoder_layers
+from ptq_bench.quant.statistics import Hessian
+
+
+def _hessian(x: torch.Tensor, batches: int = 16) -> torch.Tensor:
+    h = Hessian(x.shape[-1])
+    for part in x.chunk(batches):
+        h.add(part)
+    return h.H
+
+
+def test_each_sum_is_the_shipped_hessian_to_float32_precision(monkeypatch):
+    env = _module("gptq_envelope", monkeypatch)
+    x = torch.randn(4096, 48, generator=torch.Generator().manual_seed(0)) * torch.linspace(0.1, 10, 48)
+    exact = (2 / x.shape[0]) * (x.double().T @ x.double())
+    shipped_add, shipped = Hessian.add, _hessian(x)
+    for label, add in env.HESSIAN_SUMS.items():
+        with env.hessian_summed(add):
+            h = _hessian(x)
+        rel = float((h.double() - exact).abs().max() / exact.abs().max())
+        assert h.dtype == torch.float32 and rel < 1e-6, (label, rel)  # the Hessian, to float32's precision
+        assert not torch.equal(h, shipped), label  # other roundings than the shipped sum's
+    assert Hessian.add is shipped_add and torch.equal(_hessian(x), shipped)  # restored
+
+
+def test_perturbed_moves_only_a_copy_s_block_matrices_by_about_1e_6(monkeypatch):
+    env = _module("gptq_envelope", monkeypatch)
+    fp = tiny_llama()
+    before = {k: v.clone() for k, v in fp.state_dict().items()}
+    out = env.perturbed(fp)
+    assert all(torch.equal(v, before[k]) for k, v in fp.state_dict().items())  # the original untouched
+    blocks = {f"model.layers.{i}.{n}" for i, layer in enumerate(decoder_layers(out))
+              for n, t in layer.named_parameters() if t.dim() == 2}
+    moved = {k for k, v in out.state_dict().items() if not torch.equal(v, before[k])}
+    assert blocks and moved == blocks
+    for k in blocks:
+        rel = float(((out.state_dict()[k] - before[k]) / before[k]).abs().max())
+        assert 1e-7 < rel < 1e-5, (k, rel)
+
+
+def test_each_rerun_quantizes_under_its_own_change(monkeypatch):
+    env = _module("gptq_envelope", monkeypatch)
+    fp, seen = tiny_llama(), []
+
+    def quantize(model):
+        seen.append((Hessian.add, model))
+        return len(seen)
+
+    found = env.envelope(quantize, lambda m: 50.0 + m, fp)
+    assert list(found.values()) == [51.0, 52.0, 53.0]
+    assert [add for add, _ in seen[:2]] == list(env.HESSIAN_SUMS.values()) and seen[0][1] is None
+    add, noisy = seen[2]
+    assert add is not env.HESSIAN_SUMS["float64"] and noisy is not fp
+    assert not torch.equal(noisy.model.layers[0].mlp.up_proj.weight, fp.model.layers[0].mlp.up_proj.weight)
+
+
+def test_the_line_says_whether_gptqmodel_falls_inside_the_range(monkeypatch):
+    env = _module("gptq_envelope", monkeypatch)
+    found = {"summed as GPTQModel": 55.43, "float64": 59.36, "weights x (1 + 1e-6 N(0,1))": 55.80}
+    line = env.envelope_line(4, 58.80, 55.26, found)
+    assert "with the shipped run 55.43..59.36 (7.1%)" in line and "GPTQModel's 55.26 is outside" in line, line
+    assert "is inside" in env.envelope_line(4, 58.80, 56.0, found)
