@@ -4,7 +4,7 @@ when nothing changes but float rounding. Three reruns of ours beside the shipped
 - `summed as GPTQModel`: each Hessian summed as GPTQModel sums it (fp32 X^T X per batch, added up, scaled by 2/n
   once at the end), where ours and the reference GPTQ keep a running average rescaled at every batch;
 - `float64`: the shipped sum accumulated in float64 and rounded to float32 once (the most exact of the three);
-- `weights x (1 + 1e-6 N(0,1))`: the FP block weights perturbed (seed 0), the shipped summation.
+- `weights x (1 + 1e-6 N(0,1))`: the FP block parameters perturbed (seed 0), the shipped summation.
 
 Each moves a Hessian by about 1e-7 relative, as GPTQModel's and ours differ; GPTQ's error feedback turns such
 differences into other grid choices from the first block on. A gap between two implementations inside this
@@ -60,7 +60,9 @@ def hessian_summed(add: Callable[[Any, Any], None]) -> Iterator[None]:
 
 
 def perturbed(model: Any, seed: int = 0, rel: float = 1e-6) -> Any:
-    """A copy of `model` whose decoder-block weight matrices are multiplied by (1 + rel N(0, 1))."""
+    """A copy of `model` whose decoder-block parameters are multiplied by (1 + rel N(0, 1)): float-rounding-sized
+    noise (the blocks in order, each block's parameters in order: the draws smoothquant_vs_llmcompressor.py took
+    when it matched `.layers.` in the names)."""
     import torch
 
     from ptq_bench.quant.calibrate import decoder_layers
@@ -68,10 +70,8 @@ def perturbed(model: Any, seed: int = 0, rel: float = 1e-6) -> Any:
     out = copy.deepcopy(model)
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
-        for layer in decoder_layers(out):
-            for t in layer.parameters():
-                if t.dim() == 2:
-                    t.mul_(1 + rel * torch.randn(t.shape, generator=gen))
+        for t in decoder_layers(out).parameters():
+            t.mul_(1 + rel * torch.randn(t.shape, generator=gen))
     return out
 
 

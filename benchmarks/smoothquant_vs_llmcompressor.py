@@ -85,6 +85,7 @@ from bench_args import (  # noqa: E402
     positive,
     source,
 )
+from gptq_envelope import perturbed  # noqa: E402
 
 INSTALL_HINT = ("llm-compressor is not installed: .venv/bin/pip install --no-deps llmcompressor==0.14.0.1 "
                 "compressed-tensors==0.19.0 loguru==0.7.3 (see benchmarks/README.md)")
@@ -286,19 +287,6 @@ def max_rel_diff(ours: dict[str, Any], theirs: dict[str, Any]) -> tuple[float, s
     per = {k: float(((ours[k].float() - theirs[k].float()).abs() / theirs[k].float()).max()) for k in ours}
     worst = max(per, key=per.get)
     return per[worst], worst, per
-
-
-def perturbed(model: Any, seed: int, rel: float = 1e-6) -> Any:
-    """A copy of `model` whose block parameters are multiplied by (1 + rel N(0, 1)): float-rounding-sized noise."""
-    import torch
-
-    out = copy.deepcopy(model)
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, t in out.named_parameters():
-            if ".layers." in name:
-                t.mul_(1 + rel * torch.randn(t.shape, generator=gen))
-    return out
 
 
 def ppl(model: Any, test_ids: Any, seqlen: int, windows: int) -> float:

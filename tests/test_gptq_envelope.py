@@ -3,6 +3,8 @@ float32's precision, weights moved by ~1e-6), each reaches the run it is meant f
 
 from __future__ import annotations
 
+import copy
+
 import torch
 from quant_fixtures import tiny_llama
 from test_benchmark_fairness import _module
@@ -32,19 +34,33 @@ def test_each_sum_is_the_shipped_hessian_to_float32_precision(monkeypatch):
     assert Hessian.add is shipped_add and torch.equal(_hessian(x), shipped)  # restored
 
 
-def test_perturbed_moves_only_a_copy_s_block_matrices_by_about_1e_6(monkeypatch):
+def test_perturbed_moves_only_a_copy_s_block_parameters_by_about_1e_6(monkeypatch):
     env = _module("gptq_envelope", monkeypatch)
     fp = tiny_llama()
     before = {k: v.clone() for k, v in fp.state_dict().items()}
     out = env.perturbed(fp)
     assert all(torch.equal(v, before[k]) for k, v in fp.state_dict().items())  # the original untouched
-    blocks = {f"model.layers.{i}.{n}" for i, layer in enumerate(decoder_layers(out))
-              for n, t in layer.named_parameters() if t.dim() == 2}
+    blocks = {f"model.layers.{i}.{n}" for i, layer in enumerate(decoder_layers(out)) for n, _ in layer.named_parameters()}
     moved = {k for k, v in out.state_dict().items() if not torch.equal(v, before[k])}
     assert blocks and moved == blocks
     for k in blocks:
         rel = float(((out.state_dict()[k] - before[k]) / before[k]).abs().max())
         assert 1e-7 < rel < 1e-5, (k, rel)
+
+
+def test_perturbed_draws_what_the_smoothquant_script_drew(monkeypatch):
+    """smoothquant_vs_llmcompressor.py had its own copy, matching `.layers.` in parameter names; it now imports
+    this one, and its noise rows keep their figures only if the draws are the same, tensor for tensor."""
+    env = _module("gptq_envelope", monkeypatch)
+    fp = tiny_llama()
+    old = copy.deepcopy(fp)
+    gen = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        for name, t in old.named_parameters():
+            if ".layers." in name:
+                t.mul_(1 + 1e-6 * torch.randn(t.shape, generator=gen))
+    new = env.perturbed(fp, 3)
+    assert all(torch.equal(v, new.state_dict()[k]) for k, v in old.state_dict().items())
 
 
 def test_each_rerun_quantizes_under_its_own_change(monkeypatch):
