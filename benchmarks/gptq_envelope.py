@@ -19,31 +19,22 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 
-def _summed(self: Any, x: Any) -> None:
-    """Hessian.add as GPTQModel accumulates: a float32 sum of X^T X, scaled by 2/n when read."""
-    import torch
+def _summing(dtype: str) -> Callable[[Any, Any], None]:
+    """A Hessian.add that sums X^T X in torch's `dtype` and scales the sum by 2/n (rounded to float32) when read."""
+    def add(self: Any, x: Any) -> None:
+        import torch
 
-    x = x.reshape(-1, x.shape[-1]).float()
-    if not hasattr(self, "sum"):
-        self.sum = torch.zeros_like(self.H)
-    self.sum += x.T @ x
-    self.n += x.shape[0]
-    self.H = self.sum * (2.0 / float(self.n))
-
-
-def _float64(self: Any, x: Any) -> None:
-    """Hessian.add in float64, rounded to float32 once per read."""
-    import torch
-
-    x = x.reshape(-1, x.shape[-1]).double()
-    if not hasattr(self, "sum"):
-        self.sum = torch.zeros(self.H.shape, dtype=torch.float64, device=self.H.device)
-    self.sum += x.T @ x
-    self.n += x.shape[0]
-    self.H = (self.sum * (2 / self.n)).float()
+        kind = getattr(torch, dtype)
+        x = x.reshape(-1, x.shape[-1]).to(kind)
+        if not hasattr(self, "sum"):
+            self.sum = torch.zeros(self.H.shape, dtype=kind, device=self.H.device)
+        self.sum += x.T @ x
+        self.n += x.shape[0]
+        self.H = (self.sum * (2.0 / self.n)).float()
+    return add
 
 
-HESSIAN_SUMS = {"summed as GPTQModel": _summed, "float64": _float64}
+HESSIAN_SUMS = {"summed as GPTQModel": _summing("float32"), "float64": _summing("float64")}
 
 
 @contextlib.contextmanager
