@@ -20,7 +20,7 @@ from typing import Any
 
 
 def _summing(dtype: str) -> Callable[[Any, Any], None]:
-    """A Hessian.add that sums X^T X in torch's `dtype` and scales the sum by 2/n (rounded to float32) when read."""
+    """A Hessian.add that sums X^T X in torch's `dtype`; after each batch H is the sum x 2/n, rounded to float32."""
     def add(self: Any, x: Any) -> None:
         import torch
 

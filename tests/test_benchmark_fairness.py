@@ -4,24 +4,11 @@ statuses mean what benchmarks/README.md says."""
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-from smoke_ref import ROOT
-
-BENCH = ROOT / "benchmarks"
-
-
-def _module(name: str, monkeypatch):
-    monkeypatch.syspath_prepend(str(BENCH))  # the scripts import their sibling modules
-    spec = importlib.util.spec_from_file_location(name, BENCH / f"{name}.py")
-    mod = importlib.util.module_from_spec(spec)
-    monkeypatch.setitem(sys.modules, name, mod)  # dataclasses look their module up
-    spec.loader.exec_module(mod)
-    return mod
+from bench_module import bench_module
 
 
 class FakeSuite:
@@ -59,7 +46,7 @@ class FakeSuite:
 def _bench(monkeypatch, repeats: int = 2) -> tuple[dict, dict]:
     import ptq_bench.eval.harness as harness
 
-    mod = _module("eval_speed", monkeypatch)
+    mod = bench_module("eval_speed", monkeypatch)
     suites: dict = {}
 
     def make(*a, **k):
@@ -94,7 +81,7 @@ def test_eval_speed_fastlm_tokenizes_inside_the_timed_call(monkeypatch):
 
 def test_max_delta_refuses_unequal_response_lists(monkeypatch):
     """An agreement figure over a truncated list (zip stops at the shorter) would cover a subset of the work."""
-    mod = _module("eval_speed_report", monkeypatch)
+    mod = bench_module("eval_speed_report", monkeypatch)
     assert mod.max_delta({"t": [(-1.0, True), (-2.0, False)]}, {"t": [(-1.5, True), (-2.0, True)]}) == (0.5, 1)
     with pytest.raises(ValueError):
         mod.max_delta({"t": [(-1.0, True), (-9.0, False)]}, {"t": [(-1.0, True)]})
@@ -104,7 +91,7 @@ def test_max_delta_refuses_unequal_response_lists(monkeypatch):
 
 def test_lm_eval_cli_check_bad_input_exits_2_not_1(tmp_path, monkeypatch, capsys):
     """Exit 1 means 'the two sides differ' (README); a run folder with no `none` row is bad input: exit 2."""
-    mod = _module("lm_eval_cli_check", monkeypatch)
+    mod = bench_module("lm_eval_cli_check", monkeypatch)
     with pytest.raises(SystemExit) as exc:
         mod.main(["--recipe-run", str(tmp_path)])
     assert exc.value.code == 2 and "'none' row" in capsys.readouterr().err
@@ -117,7 +104,7 @@ def test_gptq_loop_library_way_solves_copies_like_the_reference(monkeypatch):
 
     import torch
 
-    mod = _module("gptq_loop", monkeypatch)
+    mod = bench_module("gptq_loop", monkeypatch)
     a = argparse.Namespace(hidden=64, intermediate=128, heads=4, kv_heads=2, bits=4, group_size=32)
     problem = mod.block_problem(a, "cpu")
     before = {n: m.weight.detach().clone() for n, m in problem[0].items()}
@@ -137,7 +124,7 @@ def test_calib_memory_inplace_method_seconds_leave_the_backup_out(monkeypatch):
 
     import ptq_bench.quant.apply as apply
 
-    mod = _module("calib_memory", monkeypatch)
+    mod = bench_module("calib_memory", monkeypatch)
 
     class SlowBackup:
         def __init__(self, model, folder) -> None:
@@ -162,7 +149,7 @@ def test_calib_memory_inplace_method_seconds_leave_the_backup_out(monkeypatch):
 def test_gpu_vs_cpu_flags_a_metric_only_one_run_has(monkeypatch, capsys):
     """A row whose accuracy only one device measured printed "–" (read: neither measured it) and exit 0; the
     agreement columns covered the metrics both rows have, silently. It now lists such metrics and exits 1."""
-    mod = _module("gpu_vs_cpu", monkeypatch)
+    mod = bench_module("gpu_vs_cpu", monkeypatch)
     row = {"method": "none", "config": {}, "metrics": {"ppl_gptq/wikitext2": 10.0, "lm_eval/piqa/0shot/acc": 0.6}}
     key = ("m", "FP16", None, "{}")
     assert mod.compare({key: row}, {key: row}, ("cpu", "cuda")) == 0
@@ -175,7 +162,7 @@ def test_eval_speed_exits_1_when_an_exact_model_disagrees(monkeypatch):
     """eval_speed printed its agreement and exited 0 whatever it said: a float model beyond 1e-4 in a
     request's log-likelihood, or with an accuracy moved, is a disagreement (exit 1); a model rounding
     activations in float32 is not held to it."""
-    mod = _module("eval_speed_report", monkeypatch)
+    mod = bench_module("eval_speed_report", monkeypatch)
     good = [{"max_abs_dloglik": 6.1e-5, "dacc": 0.0}, {"max_abs_dloglik": 1e-6, "dacc": 0.0}]
     assert mod.verdict(good, exact=True)[1] == 0
     assert mod.verdict(good + [{"max_abs_dloglik": 2e-4, "dacc": 0.0}], exact=True)[1] == 1

@@ -8,6 +8,7 @@ import subprocess
 import sys
 
 import pytest
+from bench_module import bench_module
 from smoke_ref import ROOT
 
 
@@ -52,14 +53,10 @@ def test_bitlinear_float_path_caches_the_weight_with_equal_logits():
     assert all(float(ln.split("kernels ")[-1].split("x")[0]) > 1.2 for ln in lines), out
 
 
-def test_gpu_vs_cpu_prints_a_dash_where_neither_row_measured(capsys):
+def test_gpu_vs_cpu_prints_a_dash_where_neither_row_measured(capsys, monkeypatch):
     """The committed CPU and CUDA SmolLM2 rows: GPTQ W3 ran no zero-shot task on either device, and the base
     has no KLD; that is "–", not a difference of 0 (which the CUDA results' README once printed)."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("gpu_vs_cpu", ROOT / "benchmarks" / "gpu_vs_cpu.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    mod = bench_module("gpu_vs_cpu", monkeypatch)
     cuda = mod.keyed(ROOT / "results" / "smollm2_ptq_cuda_bf16")
     cpu = {k: v for k, v in mod.keyed(ROOT / "results" / "smollm2_ptq").items() if k in cuda}
     assert mod.compare(cpu, cuda, ("cpu", "cuda")) == 0

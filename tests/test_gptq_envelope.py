@@ -6,8 +6,8 @@ from __future__ import annotations
 import copy
 
 import torch
+from bench_module import bench_module
 from quant_fixtures import tiny_llama
-from test_benchmark_fairness import _module
 
 from ptq_bench.quant.calibrate import decoder_layers
 from ptq_bench.quant.statistics import Hessian
@@ -21,7 +21,7 @@ def _hessian(x: torch.Tensor, batches: int = 16) -> torch.Tensor:
 
 
 def test_each_sum_is_the_shipped_hessian_to_float32_precision(monkeypatch):
-    env = _module("gptq_envelope", monkeypatch)
+    env = bench_module("gptq_envelope", monkeypatch)
     x = torch.randn(4096, 48, generator=torch.Generator().manual_seed(0)) * torch.linspace(0.1, 10, 48)
     exact = (2 / x.shape[0]) * (x.double().T @ x.double())
     shipped_add, shipped = Hessian.add, _hessian(x)
@@ -35,7 +35,7 @@ def test_each_sum_is_the_shipped_hessian_to_float32_precision(monkeypatch):
 
 
 def test_perturbed_moves_only_a_copy_s_block_parameters_by_about_1e_6(monkeypatch):
-    env = _module("gptq_envelope", monkeypatch)
+    env = bench_module("gptq_envelope", monkeypatch)
     fp = tiny_llama()
     before = {k: v.clone() for k, v in fp.state_dict().items()}
     out = env.perturbed(fp)
@@ -51,7 +51,7 @@ def test_perturbed_moves_only_a_copy_s_block_parameters_by_about_1e_6(monkeypatc
 def test_perturbed_draws_what_the_smoothquant_script_drew(monkeypatch):
     """smoothquant_vs_llmcompressor.py had its own copy, matching `.layers.` in parameter names; it now imports
     this one, and its noise rows keep their figures only if the draws are the same, tensor for tensor."""
-    env = _module("gptq_envelope", monkeypatch)
+    env = bench_module("gptq_envelope", monkeypatch)
     fp = tiny_llama()
     old = copy.deepcopy(fp)
     gen = torch.Generator().manual_seed(3)
@@ -64,7 +64,7 @@ def test_perturbed_draws_what_the_smoothquant_script_drew(monkeypatch):
 
 
 def test_each_rerun_quantizes_under_its_own_change(monkeypatch):
-    env = _module("gptq_envelope", monkeypatch)
+    env = bench_module("gptq_envelope", monkeypatch)
     fp, seen = tiny_llama(), []
 
     def quantize(model):
@@ -80,7 +80,7 @@ def test_each_rerun_quantizes_under_its_own_change(monkeypatch):
 
 
 def test_the_line_says_whether_gptqmodel_falls_inside_the_range(monkeypatch):
-    env = _module("gptq_envelope", monkeypatch)
+    env = bench_module("gptq_envelope", monkeypatch)
     found = {"summed as GPTQModel": 55.43, "float64": 59.36, "weights x (1 + 1e-6 N(0,1))": 55.80}
     line = env.envelope_line(4, 58.80, 55.26, found)
     assert "with the shipped run 55.43..59.36 (7.1%)" in line and "GPTQModel's 55.26 is outside" in line, line
