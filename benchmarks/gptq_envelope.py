@@ -9,6 +9,9 @@ when nothing changes but float rounding. Three reruns of ours beside the shipped
 Each moves a Hessian by about 1e-7 relative, as GPTQModel's and ours differ; GPTQ's error feedback turns such
 differences into other grid choices from the first block on. A gap between two implementations inside this
 envelope is not a difference of method.
+
+`gptq_vs_gptqmodel.py --perturb K` runs both sides on the same K perturbed copies of the FP weights (seeds 0..K-1)
+besides the shipped weights, so each side's mean over K + 1 runs and its own spread are compared on equal inputs.
 """
 
 from __future__ import annotations
@@ -85,3 +88,25 @@ def envelope_line(bits: int, shipped: float, theirs: float, found: dict[str, flo
     return (f"[w{bits}] ours under rounding-level changes: " + ", ".join(f"{k} {v:.4f}" for k, v in found.items())
             + f"; with the shipped run {low:.2f}..{high:.2f} ({100 * (high / low - 1):.1f}%), mean "
             f"{sum(every) / len(every):.2f}; GPTQModel's {theirs:.2f} is {inside}")
+
+
+def paired_line(bits: int, ours: list[float], theirs: list[float]) -> str:
+    """One line over runs of both sides on the same FP weights (the shipped ones, then each perturbed copy): each
+    side's mean and standard deviation within the seed (relative to its mean), the ratio of the means, and in
+    how many runs ours is above."""
+    n = len(ours)
+    mean_o, mean_t = sum(ours) / n, sum(theirs) / n
+    above = sum(o > t for o, t in zip(ours, theirs, strict=True))
+    return (f"[w{bits}] both sides on the same {n} FP weights (shipped, then x (1 + 1e-6 N(0,1)) seeds 0..{n - 2}): "
+            "ours " + ", ".join(f"{v:.4f}" for v in ours) + "; GPTQModel " + ", ".join(f"{v:.4f}" for v in theirs)
+            + f"; means {mean_o:.2f} / {mean_t:.2f} = {mean_o / mean_t:.4f}, sd within the seed ours "
+            f"{100 * _sd(ours) / mean_o:.1f}%, GPTQModel {100 * _sd(theirs) / mean_t:.1f}%; ours above in {above} of {n}")
+
+
+def _sd(values: list[float]) -> float:
+    """The sample standard deviation (0 for one value)."""
+    n = len(values)
+    if n < 2:
+        return 0.0
+    mean = sum(values) / n
+    return (sum((v - mean) ** 2 for v in values) / (n - 1)) ** 0.5

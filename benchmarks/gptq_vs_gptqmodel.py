@@ -46,6 +46,9 @@ passes included on both sides; its packing only with --pack), best of --repeats,
 With --envelope, ours is rerun three times under rounding-level changes (gptq_envelope.py: the Hessians summed
 as GPTQModel sums them, or in float64; the FP weights x (1 + 1e-6 N(0,1))) and one line per bit width prints their
 perplexities, their range with the shipped run, and whether GPTQModel's perplexity falls inside it.
+With --perturb K, both sides are also run on K copies of the FP weights x (1 + 1e-6 N(0,1)) (seeds 0..K-1; GPTQModel
+reads each from a float32 checkpoint saved to a temporary folder), and one line per bit width prints both sides'
+K + 1 perplexities, their means, each side's spread within the seed, and in how many runs ours is above.
 Exit status: 0 when every |ours/theirs - 1| <= tolerance, 1 otherwise, 2 when GPTQModel is missing.
 """
 
@@ -75,7 +78,7 @@ from bench_args import (  # noqa: E402
     non_negative,
     positive,
 )
-from gptq_envelope import envelope, envelope_line  # noqa: E402
+from gptq_envelope import envelope, envelope_line, paired_line, perturbed  # noqa: E402
 
 INSTALL_HINT = (
     "GPTQModel is not installed: pip install --no-deps gptqmodel pypcre logbar device-smi tokenicer defuser "
@@ -102,6 +105,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--verbose", action="store_true", help="show GPTQModel's own logging")
     p.add_argument("--envelope", action="store_true",
                    help="also rerun ours under three rounding-level changes (gptq_envelope.py) and print the range")
+    p.add_argument("--perturb", type=non_negative, default=0, metavar="K",
+                   help="also run both sides on K copies of the FP weights x (1 + 1e-6 N(0,1)), seeds 0..K-1")
     args = p.parse_args(argv)
     for bits in args.bits:
         method_config(p, "gptq", "--bits/--group-size/--damp", w_bits=bits, group_size=args.group_size, damp=args.damp)
@@ -413,9 +418,13 @@ def _silenced():
 
 def load_weights_into(model_dir: str, weights: dict):
     """An fp32 copy of the FP model with `weights` (name -> (out, in)) in place of its linears."""
+    return weights_into(load_fp(model_dir), weights)
+
+
+def weights_into(model, weights: dict):
+    """`model` (changed in place) with `weights` (name -> (out, in)) in place of its linears."""
     import torch
 
-    model = load_fp(model_dir)
     mods = dict(model.named_modules())
     for name, w in weights.items():
         target = weight_of(mods, name)
@@ -439,6 +448,18 @@ def weight_agreement(ours, theirs_weights: dict, fp) -> dict:
     rel.sort()
     return {"same": same / max(total, 1), "rel_median": rel[len(rel) // 2] if rel else float("nan"),
             "rel_max": rel[-1] if rel else float("nan"), "n": len(rel)}
+
+
+def perturbed_pair(model_dir: str, tok, fp, bits: int, args: argparse.Namespace, calib, seed: int, score) -> tuple[float, float]:
+    """(ours, GPTQModel's) perplexity, both sides quantizing the same FP weights x (1 + 1e-6 N(0,1))
+    (gptq_envelope.perturbed, `seed`); GPTQModel loads them from a float32 checkpoint saved with `tok`."""
+    noisy = perturbed(fp, seed)
+    ours = quantize_ours(model_dir, bits, args, calib, copy.deepcopy(noisy))[0]
+    with tempfile.TemporaryDirectory(prefix="gptq_perturbed_") as tmp:
+        noisy.save_pretrained(tmp)
+        tok.save_pretrained(tmp)
+        theirs = quantize_theirs(tmp, bits, args, calib)
+    return score(ours), score(weights_into(noisy, theirs["solved"]))
 
 
 # --------------------------------------------------------------------------------------------- main
@@ -522,6 +543,12 @@ def main(argv: list[str] | None = None) -> int:
             found = envelope(lambda m, b=bits: quantize_ours(model_dir, b, args, calib, m)[0],
                              lambda m: perplexity(m, test_ids, args.seqlen, max_windows), fp)
             print(envelope_line(bits, ppl_ours, ppl_theirs, found), flush=True)
+        if args.perturb:
+            pairs = [perturbed_pair(model_dir, tok, fp, bits, args, calib, seed,
+                                    lambda m: perplexity(m, test_ids, args.seqlen, max_windows))
+                     for seed in range(args.perturb)]
+            print(paired_line(bits, [ppl_ours, *(o for o, _ in pairs)], [ppl_theirs, *(t for _, t in pairs)]),
+                  flush=True)
         rows.append((bits, ppl_ours, ppl_theirs, ppl_ckpt, min(t_ours), min(t_theirs), theirs["pack_s"], agree,
                      solver_same))
         del ours, theirs, theirs_fp

@@ -85,3 +85,14 @@ def test_the_line_says_whether_gptqmodel_falls_inside_the_range(monkeypatch):
     line = env.envelope_line(4, 58.80, 55.26, found)
     assert "with the shipped run 55.43..59.36 (7.1%)" in line and "GPTQModel's 55.26 is outside" in line, line
     assert "is inside" in env.envelope_line(4, 58.80, 56.0, found)
+
+
+def test_the_paired_line_compares_both_sides_means_and_spreads_over_the_same_runs(monkeypatch):
+    env = bench_module("gptq_envelope", monkeypatch)
+    line = env.paired_line(4, [58.0, 60.0, 56.0, 58.0], [56.0, 57.0, 55.0, 56.0])
+    assert "on the same 4 FP weights (shipped, then x (1 + 1e-6 N(0,1)) seeds 0..2)" in line, line
+    assert "ours 58.0000, 60.0000, 56.0000, 58.0000; GPTQModel 56.0000, 57.0000, 55.0000, 56.0000" in line, line
+    # means 58 / 56; sample sd 1.633 (2.8% of 58) and 0.8165 (1.5% of 56); ours above in all four
+    assert "means 58.00 / 56.00 = 1.0357, sd within the seed ours 2.8%, GPTQModel 1.5%; ours above in 4 of 4" in line
+    assert "ours above in 1 of 2" in env.paired_line(4, [57.0, 56.0], [56.0, 56.0])  # a tie is not above
+    assert "sd within the seed ours 0.0%" in env.paired_line(4, [57.0], [56.0])
