@@ -456,8 +456,9 @@ def perturbed_pair(model_dir: str, tok, fp, bits: int, args: argparse.Namespace,
     noisy = perturbed(fp, seed)
     ours = quantize_ours(model_dir, bits, args, calib, copy.deepcopy(noisy))[0]
     with tempfile.TemporaryDirectory(prefix="gptq_perturbed_") as tmp:
-        noisy.save_pretrained(tmp)
-        tok.save_pretrained(tmp)
+        with contextlib.nullcontext() if args.verbose else _silenced():  # its shard-writing progress bar
+            noisy.save_pretrained(tmp)
+            tok.save_pretrained(tmp)
         theirs = quantize_theirs(tmp, bits, args, calib)
     return score(ours), score(weights_into(noisy, theirs["solved"]))
 

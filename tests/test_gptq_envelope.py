@@ -3,7 +3,9 @@ float32's precision, weights moved by ~1e-6), each reaches the run it is meant f
 
 from __future__ import annotations
 
+import argparse
 import copy
+from pathlib import Path
 
 import torch
 from bench_module import bench_module
@@ -96,3 +98,38 @@ def test_the_paired_line_compares_both_sides_means_and_spreads_over_the_same_run
     assert "means 58.00 / 56.00 = 1.0357, sd within the seed ours 2.8%, GPTQModel 1.5%; ours above in 4 of 4" in line
     assert "ours above in 1 of 2" in env.paired_line(4, [57.0, 56.0], [56.0, 56.0])  # a tie is not above
     assert "sd within the seed ours 0.0%" in env.paired_line(4, [57.0], [56.0])
+
+
+def test_both_sides_quantize_the_same_perturbed_weights(monkeypatch):
+    """`--perturb`: ours gets a perturbed copy in memory, GPTQModel (stood in for here) the same weights through a
+    float32 checkpoint in a temporary folder, removed afterwards; its solved weights are scored on that copy."""
+    from transformers import AutoModelForCausalLM
+
+    cmp = bench_module("gptq_vs_gptqmodel", monkeypatch)
+    fp, seen = tiny_llama(), {}
+    up = "model.layers.0.mlp.up_proj"
+
+    def ours(_model_dir, _bits, _args, _calib, model=None):
+        seen["ours"] = copy.deepcopy(model.state_dict())
+        return model, 0.0
+
+    def theirs(model_dir, _bits, _args, _calib):
+        seen["dir"], seen["theirs"] = model_dir, AutoModelForCausalLM.from_pretrained(model_dir).state_dict()
+        return {"solved": {up: torch.zeros_like(fp.model.layers[0].mlp.up_proj.weight)}}
+
+    class Tok:
+        def save_pretrained(self, folder):
+            Path(folder, "tokenizer.json").write_text("{}")
+
+    monkeypatch.setattr(cmp, "quantize_ours", ours)
+    monkeypatch.setattr(cmp, "quantize_theirs", theirs)
+    scored = []
+    got = cmp.perturbed_pair("unused", Tok(), fp, 4, argparse.Namespace(verbose=False), None, 1,
+                             lambda m: scored.append(copy.deepcopy(m.state_dict())) or len(scored))
+    assert got == (1, 2) and not Path(seen["dir"]).exists()
+    want = bench_module("gptq_envelope", monkeypatch).perturbed(fp, 1).state_dict()
+    assert not torch.equal(want[f"{up}.weight"], fp.state_dict()[f"{up}.weight"])
+    for name, tensor in want.items():
+        assert torch.equal(seen["ours"][name], tensor) and torch.equal(seen["theirs"][name], tensor), name
+        solved = torch.zeros_like(tensor) if name == f"{up}.weight" else tensor
+        assert torch.equal(scored[1][name], solved), name
