@@ -309,3 +309,20 @@ def test_non_finite_calibration_inputs_are_named_not_blamed_on_damp(name):
     method = get_method(name)
     with pytest.raises(QuantError, match="holds NaN or inf: its calibration inputs are not finite"):
         method.apply(model, method.make_config({"w_bits": 4 if name == "gptq" else 2}), calib_tokens(4, 16))
+
+
+def test_gptq_rounds_w_over_scale_then_adds_the_zero_point_as_quant_py():
+    """The reference's quant.py: clamp(round(w / scale) + zero, 0, maxq). round(w / scale + zero) first rounds
+    w / scale to float32's spacing at zero's size (2^-20 at zero 8): 1.5 - 2^-23 + 8 is 9.5, a tie, rounded to
+    10, one level above the reference's 9. Found where GPTQModel (which rounds as quant.py) and ours, fed
+    bit-equal Hessians, parted on SmolLM2 (benchmarks/README.md); a 1 x 2 weight with H = I shows it, since
+    column 0 (max |w| 7.5, so scale 1 at 4 bits) feeds nothing back to column 1."""
+    w = torch.tensor([[-7.5, 1.5 - 2.0**-23]])
+    assert float(torch.tensor(1.5 - 2.0**-23) + 8) == 9.5  # the old sum: a tie in float32
+    q, grid, _ = gptq_solve(w, torch.eye(2), 4, group_size=-1)
+    assert float(grid.scale.flatten()[0]) == 1.0 and q.tolist() == [[-8.0, 1.0]]
+    # an odd zero point (ternary: zero 1): the tie 0.5 rounds to 0 first (even), then 1 is added
+    from ptq_bench.quant.primitives import quantize_int_zero
+
+    one = torch.ones(1)
+    assert quantize_int_zero(torch.tensor([0.5]), one, one, 2).tolist() == [0.0]

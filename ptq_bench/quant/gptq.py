@@ -5,7 +5,8 @@ Per linear, with H = (2/n) sum x x^T over its calibration inputs (fp32):
 1. dead input columns (H_ii = 0): H_ii = 1 and W[:, i] = 0;
 2. H += damp * mean(diag H) * I; U = upper Cholesky factor of H^-1
    (chol -> cholesky_inverse -> chol(upper)), so U_ii^2 is the conditional variance of column i;
-3. columns in blocks of `block_size`: q_i = quant(w_i); err = (w_i - q_i) / U_ii;
+3. columns in blocks of `block_size`: q_i = quant(w_i) (round(w / scale) + zero, clamped, in quant.py's order);
+   err = (w_i - q_i) / U_ii;
    W[:, i:block end] -= err U[i, i:block end]; after the block, the columns to its right get the
    lazy update W[:, rest] -= Err U[block, rest];
 4. group_size g: the quantizer (min-max, `quant.py`) is re-fitted every g columns on the current,
@@ -35,7 +36,7 @@ from ptq_bench.quant.apply import Solver, Stacked, hessian_stat, quantize_model
 from ptq_bench.quant.configs import GPTQConfig
 from ptq_bench.quant.ldlq import error_feedback, inverse_hessian_factor
 from ptq_bench.quant.linears import weight_matrix
-from ptq_bench.quant.primitives import Grid, minmax_params, quantize_scalar
+from ptq_bench.quant.primitives import Grid, minmax_params, quantize_int_zero
 from ptq_bench.quant.registry import QuantReport, register
 from ptq_bench.quant.statistics import Hessian
 
@@ -87,7 +88,7 @@ def gptq_solve(
         elif group_size != -1 and col % gs == 0:
             fit = minmax_params(W[:, col:col + gs], bits, sym)
             fits.append(fit)
-        return quantize_scalar(w, *fit, out=out)
+        return quantize_int_zero(w, *fit, out=out)
 
     Q, losses = error_feedback(W, U, quant_col, block_size)
 
@@ -121,7 +122,7 @@ def gptq_solver(cfg: GPTQConfig) -> Solver:
     return solve
 
 
-@register("gptq", version=2)  # 2: act-order groups count their g_idx in effective_bits
+@register("gptq", version=3)  # 2: act-order groups count their g_idx in effective_bits; 3: round(w / scale) + zero
 def quantize_gptq(model: nn.Module, cfg: GPTQConfig, calib: Tensor) -> QuantReport:
     """GPTQ every linear of every decoder block, block by block on the quantized model's activations."""
     return quantize_model(model, gptq_solver(cfg), cfg.a_bits, calib=calib, make_stat=hessian_stat,

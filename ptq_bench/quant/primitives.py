@@ -167,11 +167,23 @@ def minmax_params(w: Tensor, bits: float, sym: bool = True) -> tuple[Tensor, Ten
 
 
 def quantize_scalar(w: Tensor, scale: Tensor, zero: Tensor, maxq: int, out: Tensor | None = None) -> Tensor:
-    """Round-to-nearest onto scale * (q - zero), q in [0, maxq]; all arguments broadcast; written into `out`
-    when given. Five kernels, each value that of clamp(round(w / scale + zero), 0, maxq) and scale * (q - zero)
-    bit for bit: addcdiv adds 1 * w / scale to zero (no rounding step fused), the rest works in place.
-    GPTQ's and QuIP's column loops call it once per column, where kernel launches bound a GPU's time."""
+    """Round-to-nearest onto scale * (q - zero), q in [0, maxq], for a zero point that may be fractional (QuIP's
+    2^b levels on [-s, s]); all arguments broadcast; written into `out` when given. Five kernels, each value that
+    of clamp(round(w / scale + zero), 0, maxq) and scale * (q - zero) bit for bit: addcdiv adds 1 * w / scale to
+    zero (no rounding step fused), the rest works in place. QuIP's column loop calls it once per column, where
+    kernel launches bound a GPU's time."""
     q = torch.addcdiv(zero, w, scale).round_().clamp_(0, maxq)
+    return torch.mul(scale, q.sub_(zero), out=out)
+
+
+def quantize_int_zero(w: Tensor, scale: Tensor, zero: Tensor, maxq: int, out: Tensor | None = None) -> Tensor:
+    """Round-to-nearest onto scale * (q - zero) for an integer zero point: q = clamp(round(w / scale) + zero, 0,
+    maxq), as GPTQ's quant.py, SmoothQuant's fake_quant and BitNet's RoundClip round. round(w / scale + zero)
+    differs: it moves every tie by one level where zero is odd, and it rounds w / scale to the float32 spacing of
+    zero's size first (2^-20 at zero 8), which flips the rare value within that of a half level (GPTQ's error
+    feedback carries each flip on). Six kernels, written into `out` when given; GPTQ's column loop calls it once
+    per column."""
+    q = torch.div(w, scale).round_().add_(zero).clamp_(0, maxq)
     return torch.mul(scale, q.sub_(zero), out=out)
 
 
@@ -185,12 +197,8 @@ def quantize(w: Tensor, grid: Grid) -> Tensor:
         # Sign: q = [w > 0] exactly. round(w / scale + 1/2) gave -beta to every 0 < w < 2^-24 scale (the sum is 1/2 in
         # float32, a tie rounded to even, 0).
         return torch.mul(scale, (wf > 0).float().sub_(zero)).to(w.dtype)
-    if torch.equal(grid.zero, grid.zero.round()):
-        # An integer zero point: round w / scale, then add it, as SmoothQuant's fake_quant, GPTQ's quant.py and
-        # BitNet's RoundClip do. round(w / scale + zero) moves every tie by one level where zero is odd.
-        q = torch.div(wf, scale).round_().add_(zero).clamp_(0, grid.maxq)
-        return torch.mul(scale, q.sub_(zero)).to(w.dtype)
-    return quantize_scalar(wf, scale, zero, grid.maxq).to(w.dtype)
+    integer = torch.equal(grid.zero, grid.zero.round())
+    return (quantize_int_zero if integer else quantize_scalar)(wf, scale, zero, grid.maxq).to(w.dtype)
 
 
 def grid_codes(w: Tensor, grid: Grid) -> Tensor:
