@@ -49,6 +49,10 @@ perplexities, their range with the shipped run, and whether GPTQModel's perplexi
 With --perturb K, both sides are also run on K copies of the FP weights x (1 + 1e-6 N(0,1)) (seeds 0..K-1; GPTQModel
 reads each from a float32 checkpoint saved to a temporary folder), and one line per bit width prints both sides'
 K + 1 perplexities, their means, each side's spread within the seed, and in how many runs ours is above.
+Then ours runs once more with each Hessian summed as GPTQModel sums it (fp32 X^T X per batch, scaled once; ours
+keeps the reference's running average): with group_size 128 or -1 that is the one difference left, and the line
+prints the share of weights bit-equal to GPTQModel's (SmolLM2 W4 g128: 100.00% in every block, the perplexities
+equal; benchmarks/README.md).
 Exit status: 0 when every |ours/theirs - 1| <= tolerance, 1 otherwise, 2 when GPTQModel is missing.
 """
 
@@ -78,7 +82,14 @@ from bench_args import (  # noqa: E402
     non_negative,
     positive,
 )
-from gptq_envelope import envelope, envelope_line, paired_line, perturbed  # noqa: E402
+from gptq_envelope import (  # noqa: E402
+    HESSIAN_SUMS,
+    envelope,
+    envelope_line,
+    hessian_summed,
+    paired_line,
+    perturbed,
+)
 
 INSTALL_HINT = (
     "GPTQModel is not installed: pip install --no-deps gptqmodel pypcre logbar device-smi tokenicer defuser "
@@ -450,6 +461,24 @@ def weight_agreement(ours, theirs_weights: dict, fp) -> dict:
             "rel_max": rel[-1] if rel else float("nan"), "n": len(rel)}
 
 
+def matched_check(model_dir: str, bits: int, args: argparse.Namespace, calib, theirs: dict, ppl_theirs: float,
+                  score) -> str:
+    """Ours with each Hessian summed as GPTQModel sums it (fp32 X^T X per batch, scaled once): the one
+    difference left between the two pipelines where groups start at block boundaries. One line: the share of
+    weights bit-equal to GPTQModel's, overall and in the least block, and both perplexities."""
+    with hessian_summed(HESSIAN_SUMS["summed as GPTQModel"]):
+        ours = quantize_ours(model_dir, bits, args, calib)[0]
+    mods, blocks = dict(ours.named_modules()), {}
+    for name, w in theirs["solved"].items():
+        block = name.split(".layers.")[-1].split(".")[0]
+        same, total = blocks.get(block, (0, 0))
+        blocks[block] = (same + int((weight_of(mods, name) == w).sum()), total + w.numel())
+    share = sum(s for s, _ in blocks.values()) / sum(t for _, t in blocks.values())
+    least = min(s / t for s, t in blocks.values())
+    return (f"[w{bits}] ours with the Hessians summed as GPTQModel sums them: {100 * share:.2f}% of weights bit-equal "
+            f"to GPTQModel's (least block {100 * least:.2f}%), ppl {score(ours):.4f} against its {ppl_theirs:.4f}")
+
+
 def perturbed_pair(model_dir: str, tok, fp, bits: int, args: argparse.Namespace, calib, seed: int, score) -> tuple[float, float]:
     """(ours, GPTQModel's) perplexity, both sides quantizing the same FP weights x (1 + 1e-6 N(0,1))
     (gptq_envelope.perturbed, `seed`); GPTQModel loads them from a float32 checkpoint saved with `tok`."""
@@ -540,6 +569,8 @@ def main(argv: list[str] | None = None) -> int:
               f"{100 * agree['same']:.2f}% of weights bit-equal to ours, |W_ours - W_theirs| / |W_theirs - W_fp| "
               f"median {agree['rel_median']:.2e}, max {agree['rel_max']:.2e}; our solver on its Hessians "
               f"reproduces {100 * solver_same:.2f}% of its weights bit-exactly", flush=True)
+        print(matched_check(model_dir, bits, args, calib, theirs, ppl_theirs,
+                            lambda m: perplexity(m, test_ids, args.seqlen, max_windows)), flush=True)
         if args.envelope:
             found = envelope(lambda m, b=bits: quantize_ours(model_dir, b, args, calib, m)[0],
                              lambda m: perplexity(m, test_ids, args.seqlen, max_windows), fp)

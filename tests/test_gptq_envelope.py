@@ -133,3 +133,25 @@ def test_both_sides_quantize_the_same_perturbed_weights(monkeypatch):
         assert torch.equal(seen["ours"][name], tensor) and torch.equal(seen["theirs"][name], tensor), name
         solved = torch.zeros_like(tensor) if name == f"{up}.weight" else tensor
         assert torch.equal(scored[1][name], solved), name
+
+
+def test_the_matched_check_counts_bit_equal_weights_under_gptqmodel_s_summation(monkeypatch):
+    """Ours is rerun with GPTQModel's Hessian summation in force, and the line counts bit-equal weights overall and
+    in the least block (here: one row of 64 in block 1's up_proj differs)."""
+    cmp = bench_module("gptq_vs_gptqmodel", monkeypatch)
+    fp, seen = tiny_llama(), []
+
+    def ours(_model_dir, _bits, _args, _calib, model=None):
+        seen.append(Hessian.add)
+        return copy.deepcopy(fp), 0.0
+
+    monkeypatch.setattr(cmp, "quantize_ours", ours)
+    solved = {n: m.weight.detach().clone() for n, m in fp.named_modules()
+              if isinstance(m, torch.nn.Linear) and ".layers." in n}
+    solved["model.layers.1.mlp.up_proj"][0] += 1
+    block = sum(w.numel() for n, w in solved.items() if ".layers.1." in n)
+    line = cmp.matched_check("unused", 4, None, None, {"solved": solved}, 12.5, lambda m: 12.25)
+    assert seen == [cmp.HESSIAN_SUMS["summed as GPTQModel"]] and Hessian.add is not seen[0]
+    overall, least = 100 * (1 - 64 / (2 * block)), 100 * (1 - 64 / block)
+    assert f"{overall:.2f}% of weights bit-equal to GPTQModel's (least block {least:.2f}%)" in line, line
+    assert "ppl 12.2500 against its 12.5000" in line and overall != least
