@@ -15,8 +15,9 @@ SmolLM2-135M, 2026-12-04: results/smollm2_ptq_cuda_bf16). Two ways of walking on
   stack is no larger than the block's largest linear (`quant.apply.sharing`: q/k/v, not gate/up), and the
   loss is summed once per block of columns (`quant.ldlq.error_feedback`).
 
-Both ways round each column with the library's `quantize_scalar` (five kernels written into the column since
-2026-12-04, six and a copy before), so the two differ by their loops only.
+Both ways round each column with the library's GPTQ rounding (`quantize_int_zero` since 2026-12-07: six kernels,
+`w / scale` rounded before the zero point is added, as the reference's quant.py; `quantize_scalar`, five kernels,
+from 2026-12-04; six and a copy before), so the two differ by their loops only.
 
 The script prints, for each way, the columns walked, the kernels dispatched (aten operations that are not views,
 counted by a TorchDispatchMode over one block), and the seconds per block (the best of --repeats). It also

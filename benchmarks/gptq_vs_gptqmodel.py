@@ -473,10 +473,11 @@ def matched_check(model_dir: str, bits: int, args: argparse.Namespace, calib, th
         block = name.split(".layers.")[-1].split(".")[0]
         same, total = blocks.get(block, (0, 0))
         blocks[block] = (same + int((weight_of(mods, name) == w).sum()), total + w.numel())
-    share = sum(s for s, _ in blocks.values()) / sum(t for _, t in blocks.values())
+    same, total = sum(s for s, _ in blocks.values()), sum(t for _, t in blocks.values())
     least = min(s / t for s, t in blocks.values())
-    return (f"[w{bits}] ours with the Hessians summed as GPTQModel sums them: {100 * share:.2f}% of weights bit-equal "
-            f"to GPTQModel's (least block {100 * least:.2f}%), ppl {score(ours):.4f} against its {ppl_theirs:.4f}")
+    return (f"[w{bits}] ours with the Hessians summed as GPTQModel sums them: {100 * same / total:.2f}% of weights "
+            f"bit-equal to GPTQModel's ({total - same} of {total} differ; least block {100 * least:.2f}%), ppl "
+            f"{score(ours):.4f} against its {ppl_theirs:.4f}")
 
 
 def perturbed_pair(model_dir: str, tok, fp, bits: int, args: argparse.Namespace, calib, seed: int, score) -> tuple[float, float]:

@@ -153,5 +153,6 @@ def test_the_matched_check_counts_bit_equal_weights_under_gptqmodel_s_summation(
     line = cmp.matched_check("unused", 4, None, None, {"solved": solved}, 12.5, lambda m: 12.25)
     assert seen == [cmp.HESSIAN_SUMS["summed as GPTQModel"]] and Hessian.add is not seen[0]
     overall, least = 100 * (1 - 64 / (2 * block)), 100 * (1 - 64 / block)
-    assert f"{overall:.2f}% of weights bit-equal to GPTQModel's (least block {least:.2f}%)" in line, line
+    assert (f"{overall:.2f}% of weights bit-equal to GPTQModel's (64 of {2 * block} differ; least block "
+            f"{least:.2f}%)") in line, line
     assert "ppl 12.2500 against its 12.5000" in line and overall != least
