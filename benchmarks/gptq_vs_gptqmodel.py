@@ -51,8 +51,8 @@ reads each from a float32 checkpoint saved to a temporary folder), and one line 
 K + 1 perplexities, their means, each side's spread within the seed, and in how many runs ours is above.
 Then ours runs once more with each Hessian summed as GPTQModel sums it (fp32 X^T X per batch, scaled once; ours
 keeps the reference's running average): with group_size 128 or -1 that is the one difference left, and the line
-prints the share of weights bit-equal to GPTQModel's (SmolLM2 W4 g128: 100.00% in every block, the perplexities
-equal; benchmarks/README.md).
+prints the share of weights bit-equal to GPTQModel's and how many differ (SmolLM2 W4 g128: none of 106,168,320,
+the perplexities equal; benchmarks/README.md).
 Exit status: 0 when every |ours/theirs - 1| <= tolerance, 1 otherwise, 2 when GPTQModel is missing.
 """
 
@@ -447,17 +447,23 @@ def weights_into(model, weights: dict):
 
 
 def weight_agreement(ours, theirs_weights: dict, fp) -> dict:
-    """How close the two quantized weight sets are, relative to the quantization error itself."""
+    """How close the two quantized weight sets are: the share of bit-equal weights (overall, and in the decoder
+    block with the least), how many differ, and the difference relative to the quantization error itself."""
 
     o_mods, f_mods = dict(ours.named_modules()), dict(fp.named_modules())
-    same, total, rel = 0, 0, []
+    blocks: dict[str, tuple[int, int]] = {}  # block index -> (bit-equal weights, weights)
+    rel = []
     for name, wt in theirs_weights.items():
         wo, wf = weight_of(o_mods, name).float(), weight_of(f_mods, name).float()
-        same += int((wo == wt).sum())
-        total += wt.numel()
+        block = name.split(".layers.")[-1].split(".")[0]
+        same, total = blocks.get(block, (0, 0))
+        blocks[block] = (same + int((wo == wt).sum()), total + wt.numel())
         rel.append(float((wo - wt).norm() / (wt - wf).norm().clamp(min=1e-12)))
     rel.sort()
-    return {"same": same / max(total, 1), "rel_median": rel[len(rel) // 2] if rel else float("nan"),
+    same, total = sum(s for s, _ in blocks.values()), sum(t for _, t in blocks.values())
+    return {"same": same / max(total, 1), "differ": total - same, "total": total,
+            "least_block": min((s / t for s, t in blocks.values()), default=float("nan")),
+            "rel_median": rel[len(rel) // 2] if rel else float("nan"),
             "rel_max": rel[-1] if rel else float("nan"), "n": len(rel)}
 
 
@@ -468,16 +474,10 @@ def matched_check(model_dir: str, bits: int, args: argparse.Namespace, calib, th
     weights bit-equal to GPTQModel's, overall and in the least block, and both perplexities."""
     with hessian_summed(HESSIAN_SUMS["summed as GPTQModel"]):
         ours = quantize_ours(model_dir, bits, args, calib)[0]
-    mods, blocks = dict(ours.named_modules()), {}
-    for name, w in theirs["solved"].items():
-        block = name.split(".layers.")[-1].split(".")[0]
-        same, total = blocks.get(block, (0, 0))
-        blocks[block] = (same + int((weight_of(mods, name) == w).sum()), total + w.numel())
-    same, total = sum(s for s, _ in blocks.values()), sum(t for _, t in blocks.values())
-    least = min(s / t for s, t in blocks.values())
-    return (f"[w{bits}] ours with the Hessians summed as GPTQModel sums them: {100 * same / total:.2f}% of weights "
-            f"bit-equal to GPTQModel's ({total - same} of {total} differ; least block {100 * least:.2f}%), ppl "
-            f"{score(ours):.4f} against its {ppl_theirs:.4f}")
+    agree = weight_agreement(ours, theirs["solved"], ours)  # (its third argument scales only figures not shown here)
+    return (f"[w{bits}] ours with the Hessians summed as GPTQModel sums them: {100 * agree['same']:.2f}% of weights "
+            f"bit-equal to GPTQModel's ({agree['differ']} of {agree['total']} differ; least block "
+            f"{100 * agree['least_block']:.2f}%), ppl {score(ours):.4f} against its {ppl_theirs:.4f}")
 
 
 def perturbed_pair(model_dir: str, tok, fp, bits: int, args: argparse.Namespace, calib, seed: int, score) -> tuple[float, float]:
@@ -525,7 +525,10 @@ def main(argv: list[str] | None = None) -> int:
           f"true_sequential {args.true_sequential}, threads {args.threads}", flush=True)
 
     fp = load_fp(model_dir)
-    fp_ppl = perplexity(fp, test_ids, args.seqlen, max_windows)
+    def score(model) -> float:
+        return perplexity(model, test_ids, args.seqlen, max_windows)
+
+    fp_ppl = score(fp)
     print(f"FP ppl {fp_ppl:.4f}", flush=True)
 
     warm_up(model_dir, args, calib[:2])
@@ -538,11 +541,11 @@ def main(argv: list[str] | None = None) -> int:
             t_ours.append(t)
             theirs = quantize_theirs(model_dir, bits, args, calib)
             t_theirs.append(theirs["seconds"])
-        ppl_ours = perplexity(ours, test_ids, args.seqlen, max_windows)
+        ppl_ours = score(ours)
         print(f"[w{bits}] ours: ppl {ppl_ours:.4f}, {min(t_ours):.1f}s", flush=True)
 
         theirs_fp = load_weights_into(model_dir, theirs["solved"])
-        ppl_theirs = perplexity(theirs_fp, test_ids, args.seqlen, max_windows)
+        ppl_theirs = score(theirs_fp)
         agree = weight_agreement(ours, theirs["solved"], fp)
         solver_same = solver_check(fp, theirs, bits, args)
         if bits == args.bits[0] and not args.true_sequential:
@@ -556,12 +559,12 @@ def main(argv: list[str] | None = None) -> int:
         ppl_ckpt = float("nan")
         if theirs["packed"]:
             pk = weight_agreement(theirs_fp, theirs["packed"], fp)
-            ppl_ckpt = perplexity(load_weights_into(model_dir, theirs["packed"]), test_ids, args.seqlen, max_windows)
+            ppl_ckpt = score(load_weights_into(model_dir, theirs["packed"]))
             print(f"[w{bits}] GPTQModel checkpoint (int weights, fp16 scales) dequantized: ppl {ppl_ckpt:.4f}; "
                   f"|W_ckpt - W_solver| / |W_solver - W_fp| median {pk['rel_median']:.2e}", flush=True)
             try:  # its own CPU kernel (fp32 here: TorchFusedLinear; needs in_features % group_size == 0)
                 with contextlib.nullcontext() if args.verbose else _silenced():
-                    ppl_kernel = perplexity(theirs["model"].model.eval(), test_ids, args.seqlen, max_windows)
+                    ppl_kernel = score(theirs["model"].model.eval())
                 print(f"[w{bits}] GPTQModel checkpoint through its own CPU kernel: ppl {ppl_kernel:.4f}", flush=True)
             except Exception as exc:  # a sanity check only
                 print(f"[w{bits}] GPTQModel kernel forward failed: {type(exc).__name__}: {str(exc)[:200]}",
@@ -570,16 +573,12 @@ def main(argv: list[str] | None = None) -> int:
               f"{100 * agree['same']:.2f}% of weights bit-equal to ours, |W_ours - W_theirs| / |W_theirs - W_fp| "
               f"median {agree['rel_median']:.2e}, max {agree['rel_max']:.2e}; our solver on its Hessians "
               f"reproduces {100 * solver_same:.2f}% of its weights bit-exactly", flush=True)
-        print(matched_check(model_dir, bits, args, calib, theirs, ppl_theirs,
-                            lambda m: perplexity(m, test_ids, args.seqlen, max_windows)), flush=True)
+        print(matched_check(model_dir, bits, args, calib, theirs, ppl_theirs, score), flush=True)
         if args.envelope:
-            found = envelope(lambda m, b=bits: quantize_ours(model_dir, b, args, calib, m)[0],
-                             lambda m: perplexity(m, test_ids, args.seqlen, max_windows), fp)
+            found = envelope(lambda m, b=bits: quantize_ours(model_dir, b, args, calib, m)[0], score, fp)
             print(envelope_line(bits, ppl_ours, ppl_theirs, found), flush=True)
         if args.perturb:
-            pairs = [perturbed_pair(model_dir, tok, fp, bits, args, calib, seed,
-                                    lambda m: perplexity(m, test_ids, args.seqlen, max_windows))
-                     for seed in range(args.perturb)]
+            pairs = [perturbed_pair(model_dir, tok, fp, bits, args, calib, seed, score) for seed in range(args.perturb)]
             print(paired_line(bits, [ppl_ours, *(o for o, _ in pairs)], [ppl_theirs, *(t for _, t in pairs)]),
                   flush=True)
         rows.append((bits, ppl_ours, ppl_theirs, ppl_ckpt, min(t_ours), min(t_theirs), theirs["pack_s"], agree,
