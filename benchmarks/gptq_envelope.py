@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import statistics
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -105,8 +106,4 @@ def paired_line(bits: int, ours: list[float], theirs: list[float]) -> str:
 
 def _sd(values: list[float]) -> float:
     """The sample standard deviation (0 for one value)."""
-    n = len(values)
-    if n < 2:
-        return 0.0
-    mean = sum(values) / n
-    return (sum((v - mean) ** 2 for v in values) / (n - 1)) ** 0.5
+    return statistics.stdev(values) if len(values) > 1 else 0.0

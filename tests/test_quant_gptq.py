@@ -12,7 +12,7 @@ from ptq_bench.fixed_order import lapack_threads
 from ptq_bench.quant.calibrate import capture_inputs, decoder_layers, quantizable_linears, run_layer
 from ptq_bench.quant.gptq import GPTQConfig, gptq_solve
 from ptq_bench.quant.ldlq import inverse_hessian_factor
-from ptq_bench.quant.primitives import minmax_params, on_grid, quantize_scalar
+from ptq_bench.quant.primitives import minmax_params, on_grid, quantize_int_zero, quantize_scalar
 from ptq_bench.quant.statistics import Hessian
 
 
@@ -322,7 +322,5 @@ def test_gptq_rounds_w_over_scale_then_adds_the_zero_point_as_quant_py():
     q, grid, _ = gptq_solve(w, torch.eye(2), 4, group_size=-1)
     assert float(grid.scale.flatten()[0]) == 1.0 and q.tolist() == [[-8.0, 1.0]]
     # an odd zero point (ternary: zero 1): the tie 0.5 rounds to 0 first (even), then 1 is added
-    from ptq_bench.quant.primitives import quantize_int_zero
-
     one = torch.ones(1)
     assert quantize_int_zero(torch.tensor([0.5]), one, one, 2).tolist() == [0.0]
