@@ -218,7 +218,7 @@ DEEP = "[" * 100_000 + "]" * 100_000  # 200 kB of nesting: json's RecursionError
 
 
 @pytest.mark.parametrize(("where", "says"), [
-    ("results.jsonl", "results.jsonl:18: damaged row (arrays or objects nested too deeply); skipped"),
+    ("results.jsonl", "results.jsonl:{line}: damaged row (arrays or objects nested too deeply); skipped"),
     ("manifest.json", "manifest.json: damaged manifest (not valid JSON: arrays or objects nested too deeply)"),
     ("curves/bitnet_b1.json", None)])
 def test_json_nested_too_deeply_is_a_damaged_file_not_a_traceback(tmp_path, capsys, where, says):
@@ -226,6 +226,7 @@ def test_json_nested_too_deeply_is_a_damaged_file_not_a_traceback(tmp_path, caps
     traceback; now it is damaged like any other unreadable JSON: reported, skipped, every intact row rendered."""
     run_dir = _copied_run_with_names(tmp_path, {})
     file = run_dir / where
+    says = says and says.format(line=len(file.read_text().splitlines()) + 1)  # the line after the committed rows
     file.write_text(file.read_text() + DEEP + "\n" if where == "results.jsonl" else DEEP)
     assert main(["report", str(run_dir)]) == 0
     err = capsys.readouterr().err
