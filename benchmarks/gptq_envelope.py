@@ -70,15 +70,22 @@ def perturbed(model: Any, seed: int = 0, rel: float = 1e-6) -> Any:
     return out
 
 
-def envelope(quantize: Callable[[Any], Any], score: Callable[[Any], float], fp: Any) -> dict[str, float]:
+NOISE = "weights x (1 + 1e-6 N(0,1))"  # the envelope's perturbed run: seed 0, the shipped summation
+
+
+def envelope(quantize: Callable[[Any], Any], score: Callable[[Any], float], fp: Any,
+             done: dict[str, float] | None = None) -> dict[str, float]:
     """Perplexity of ours under each rounding-level change. `quantize(model or None)` quantizes a copy of the FP
-    model (or the model given), `score(model)` is the comparison's perplexity."""
-    found = {}
+    model (or the model given), `score(model)` is the comparison's perplexity; a change already in `done` (label:
+    perplexity, run elsewhere in the same script) is not run again."""
+    found = dict(done or {})
     for label, add in HESSIAN_SUMS.items():
-        with hessian_summed(add):
-            found[label] = score(quantize(None))
-    found["weights x (1 + 1e-6 N(0,1))"] = score(quantize(perturbed(fp)))
-    return found
+        if label not in found:
+            with hessian_summed(add):
+                found[label] = score(quantize(None))
+    if NOISE not in found:
+        found[NOISE] = score(quantize(perturbed(fp)))
+    return {label: found[label] for label in (*HESSIAN_SUMS, NOISE)}
 
 
 def envelope_line(bits: int, shipped: float, theirs: float, found: dict[str, float]) -> str:

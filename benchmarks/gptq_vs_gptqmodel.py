@@ -84,6 +84,7 @@ from bench_args import (  # noqa: E402
 )
 from gptq_envelope import (  # noqa: E402
     HESSIAN_SUMS,
+    NOISE,
     envelope,
     envelope_line,
     hessian_summed,
@@ -468,29 +469,34 @@ def weight_agreement(ours, theirs_weights: dict, fp) -> dict:
 
 
 def matched_check(model_dir: str, bits: int, args: argparse.Namespace, calib, theirs: dict, ppl_theirs: float,
-                  score) -> str:
+                  score) -> tuple[str, float]:
     """Ours with each Hessian summed as GPTQModel sums it (fp32 X^T X per batch, scaled once): the one
     difference left between the two pipelines where groups start at block boundaries. One line: the share of
-    weights bit-equal to GPTQModel's, overall and in the least block, and both perplexities."""
+    weights bit-equal to GPTQModel's, overall and in the least block, and both perplexities; and ours' perplexity
+    (the envelope's "summed as GPTQModel" run, not run again there)."""
     with hessian_summed(HESSIAN_SUMS["summed as GPTQModel"]):
         ours = quantize_ours(model_dir, bits, args, calib)[0]
     agree = weight_agreement(ours, theirs["solved"], ours)  # (its third argument scales only figures not shown here)
+    ppl = score(ours)
     return (f"[w{bits}] ours with the Hessians summed as GPTQModel sums them: {100 * agree['same']:.2f}% of weights "
             f"bit-equal to GPTQModel's ({agree['differ']} of {agree['total']} differ; least block "
-            f"{100 * agree['least_block']:.2f}%), ppl {score(ours):.4f} against its {ppl_theirs:.4f}")
+            f"{100 * agree['least_block']:.2f}%), ppl {ppl:.4f} against its {ppl_theirs:.4f}"), ppl
 
 
-def perturbed_pair(model_dir: str, tok, fp, bits: int, args: argparse.Namespace, calib, seed: int, score) -> tuple[float, float]:
+def perturbed_pair(model_dir: str, tok, fp, bits: int, args: argparse.Namespace, calib, seed: int, score,
+                   ours_ppl: float | None = None) -> tuple[float, float]:
     """(ours, GPTQModel's) perplexity, both sides quantizing the same FP weights x (1 + 1e-6 N(0,1))
-    (gptq_envelope.perturbed, `seed`); GPTQModel loads them from a float32 checkpoint saved with `tok`."""
+    (gptq_envelope.perturbed, `seed`); GPTQModel loads them from a float32 checkpoint saved with `tok`. `ours_ppl`:
+    ours on these weights, already measured (the envelope's noise run is seed 0's), so not run again."""
     noisy = perturbed(fp, seed)
-    ours = quantize_ours(model_dir, bits, args, calib, copy.deepcopy(noisy))[0]
+    if ours_ppl is None:
+        ours_ppl = score(quantize_ours(model_dir, bits, args, calib, copy.deepcopy(noisy))[0])
     with tempfile.TemporaryDirectory(prefix="gptq_perturbed_") as tmp:
         with contextlib.nullcontext() if args.verbose else _silenced():  # its shard-writing progress bar
             noisy.save_pretrained(tmp)
             tok.save_pretrained(tmp)
         theirs = quantize_theirs(tmp, bits, args, calib)
-    return score(ours), score(weights_into(noisy, theirs["solved"]))
+    return ours_ppl, score(weights_into(noisy, theirs["solved"]))
 
 
 # --------------------------------------------------------------------------------------------- main
@@ -573,12 +579,16 @@ def main(argv: list[str] | None = None) -> int:
               f"{100 * agree['same']:.2f}% of weights bit-equal to ours, |W_ours - W_theirs| / |W_theirs - W_fp| "
               f"median {agree['rel_median']:.2e}, max {agree['rel_max']:.2e}; our solver on its Hessians "
               f"reproduces {100 * solver_same:.2f}% of its weights bit-exactly", flush=True)
-        print(matched_check(model_dir, bits, args, calib, theirs, ppl_theirs, score), flush=True)
+        line, ppl_matched = matched_check(model_dir, bits, args, calib, theirs, ppl_theirs, score)
+        print(line, flush=True)
+        found: dict[str, float] = {}
         if args.envelope:
-            found = envelope(lambda m, b=bits: quantize_ours(model_dir, b, args, calib, m)[0], score, fp)
+            found = envelope(lambda m, b=bits: quantize_ours(model_dir, b, args, calib, m)[0], score, fp,
+                             done={"summed as GPTQModel": ppl_matched})
             print(envelope_line(bits, ppl_ours, ppl_theirs, found), flush=True)
         if args.perturb:
-            pairs = [perturbed_pair(model_dir, tok, fp, bits, args, calib, seed, score) for seed in range(args.perturb)]
+            pairs = [perturbed_pair(model_dir, tok, fp, bits, args, calib, seed, score,
+                                    found.get(NOISE) if seed == 0 else None) for seed in range(args.perturb)]
             print(paired_line(bits, [ppl_ours, *(o for o, _ in pairs)], [ppl_theirs, *(t for _, t in pairs)]),
                   flush=True)
         rows.append((bits, ppl_ours, ppl_theirs, ppl_ckpt, min(t_ours), min(t_theirs), theirs["pack_s"], agree,

@@ -150,7 +150,7 @@ def test_the_matched_check_counts_bit_equal_weights_under_gptqmodel_s_summation(
               if isinstance(m, torch.nn.Linear) and ".layers." in n}
     solved["model.layers.1.mlp.up_proj"][0] += 1
     block = sum(w.numel() for n, w in solved.items() if ".layers.1." in n)
-    line = cmp.matched_check("unused", 4, None, None, {"solved": solved}, 12.5, lambda m: 12.25)
+    line, _ = cmp.matched_check("unused", 4, None, None, {"solved": solved}, 12.5, lambda m: 12.25)
     assert seen == [cmp.HESSIAN_SUMS["summed as GPTQModel"]] and Hessian.add is not seen[0]
     overall, least = 100 * (1 - 64 / (2 * block)), 100 * (1 - 64 / block)
     assert (f"{overall:.2f}% of weights bit-equal to GPTQModel's (64 of {2 * block} differ; least block "
