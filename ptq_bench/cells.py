@@ -52,7 +52,8 @@ def _fmt_bits(b: float) -> str:
 
 
 def _sweep_params(params: dict[str, Any], where: str) -> list[dict[str, Any]]:
-    """Expand list-valued w_bits / a_bits into one params dict per cell (see QuantSpec)."""
+    """Expand list-valued w_bits / a_bits into one params dict per cell (see QuantSpec); a_granularity applies
+    to the cells that quantize activations."""
     w, a = params.get("w_bits"), params.get("a_bits")
     wl, al = isinstance(w, list), isinstance(a, list)
     if wl and al and len(w) != len(a):
@@ -67,6 +68,8 @@ def _sweep_params(params: dict[str, Any], where: str) -> list[dict[str, Any]]:
             p["w_bits"] = w[i]
         if al:
             p["a_bits"] = a[i]
+            if a[i] == 16:  # an unquantized cell of an activation sweep has no activation scales to place
+                p.pop("a_granularity", None)
         out.append(p)
     return out
 

@@ -95,6 +95,7 @@ def test_dtype_preserved():
     ({"w_bits": 9}, "w_bits"), ({"w_bits": 1.5}, "w_bits"), ({"w_granularity": "row"}, "w_granularity"),
     ({"group_size": 0}, "group_size"), ({"group_size": 32}, "group_size 32 needs w_granularity"),
     ({"a_bits": 12}, "a_bits"), ({"a_granularity": "channel"}, "a_granularity"),
+    ({"a_bits": 16, "a_granularity": "tensor"}, "a_granularity 'tensor' needs a_bits below 16"),
 ])
 def test_bad_config(kw, field):
     with pytest.raises(ValueError, match=field):

@@ -101,6 +101,7 @@ def test_norm_width_mismatch_is_one_line(calib):
     ({"w_granularity": "x"}, "w_granularity"), ({"a_granularity": "channel"}, "a_granularity"),
     ({"w_granularity": "tensor", "group_size": 32}, "group_size 32 needs w_granularity"),
     ({"group_size": 0}, "group_size"),
+    ({"a_bits": 16, "a_granularity": "tensor"}, "a_granularity 'tensor' needs a_bits below 16"),
 ])
 def test_bad_config(kw, field):
     with pytest.raises(ValueError, match=field):

@@ -98,6 +98,22 @@ def test_expand_cells_zips_bit_lists(tmp_path):
     assert labels == ["absmax W8A8", "absmax W4A4", "absmax W1A8"]
 
 
+def test_a_granularity_reaches_only_quantized_activation_cells(tmp_path, capsys):
+    """An a_bits sweep with a per-tensor activation scale: its a_bits 16 cell has no activation scales, so its
+    row and cell id carry the default (it is the W8A16 cell of any other sweep); a scalar a_bits 16 is refused."""
+    def sweep(r):
+        r["quantize"] = [{"method": "absmax", "w_bits": 8, "a_bits": [8, 16], "a_granularity": "tensor"},
+                         {"method": "absmax", "w_bits": 8}]
+
+    cells = [c for c in expand_cells(load_recipe(write(tmp_path, sweep))) if c.method != "none"]
+    assert [(c.config.a_bits, c.config.a_granularity) for c in cells] == [(8, "tensor"), (16, "token")]
+
+    def scalar(r):
+        r["quantize"] = [{"method": "smoothquant", "a_bits": 16, "a_granularity": "tensor"}]
+
+    assert_refused(write(tmp_path, scalar), capsys, "a_granularity 'tensor' needs a_bits below 16")
+
+
 def _set(*keys_and_value):
     """A mutation that sets r[k1][k2]...[kn] = value (list indices allowed)."""
     *keys, value = keys_and_value

@@ -35,6 +35,16 @@ def refuse_unused_group_size(cfg: Any) -> None:
                          "which has no groups)")
 
 
+def refuse_unused_a_granularity(cfg: Any) -> None:
+    """An a_granularity other than the default places activation scales, which a_bits 16 never has: refused,
+    not ignored (a row would name a setting that did not happen). An a_bits sweep drops it on its 16 cells
+    (`cells._sweep_params`)."""
+    default = type(cfg).__dataclass_fields__["a_granularity"].default
+    if cfg.a_bits == 16 and cfg.a_granularity != default:
+        raise ValueError(f"a_granularity {cfg.a_granularity!r} needs a_bits below 16 (a_bits 16 leaves the "
+                         "activations unquantized)")
+
+
 @dataclass(frozen=True)
 class AbsmaxConfig:
     w_bits: float = bound(8, choices=W_BITS)  # weight bits: 1 (sign), 1.58 (ternary), 2..8, 16 = unquantized
@@ -46,6 +56,7 @@ class AbsmaxConfig:
     def __post_init__(self) -> None:
         check_fields(self)
         refuse_unused_group_size(self)
+        refuse_unused_a_granularity(self)
         if self.w_bits == 16 and self.a_bits == 16:  # a row claiming a method ran on a model left as it was
             raise ValueError("w_bits 16 with a_bits 16 quantizes nothing (16 = unquantized): the model's base "
                              "row is that row")
@@ -63,6 +74,7 @@ class SmoothQuantConfig:
     def __post_init__(self) -> None:  # W16A16 is smoothing alone (the fold changes every weight): allowed
         check_fields(self)
         refuse_unused_group_size(self)
+        refuse_unused_a_granularity(self)
 
 
 @dataclass(frozen=True)
