@@ -117,8 +117,10 @@ def print_solver_agreement(theirs: Any, found: dict[Any, tuple[int, int]]) -> No
     def share(rs: list[tuple[int, int]]) -> str:
         return f"{100 * sum(r[0] for r in rs) / sum(r[1] for r in rs):.3f}%"
 
+    equal, total = (sum(r[i] for r in rows.values()) for i in (0, 1))
     print(f"one shared Hessian (each weight and Hessian llm-compressor's quantize_weight got, also solved by "
-          f"our gptq_solve), {len(rows)} linears: {share(list(rows.values()))} of weights equal, "
+          f"our gptq_solve), {len(rows)} linears: {share(list(rows.values()))} of weights equal "
+          f"({total - equal:,} of {total:,} differ), "
           f"block 0 {share(block0)}, least {share([rows[worst]])} ({worst})", flush=True)
 
 
