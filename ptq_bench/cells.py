@@ -68,8 +68,8 @@ def _sweep_params(params: dict[str, Any], where: str) -> list[dict[str, Any]]:
             p["w_bits"] = w[i]
         if al:
             p["a_bits"] = a[i]
-            if a[i] == 16:  # an unquantized cell of an activation sweep has no activation scales to place
-                p.pop("a_granularity", None)
+            if a[i] == 16 and any(b != 16 for b in a):  # the sweep's unquantized cell places no activation
+                p.pop("a_granularity", None)  # scales (a list of only 16s keeps it, and is refused)
         out.append(p)
     return out
 

@@ -100,7 +100,8 @@ def test_expand_cells_zips_bit_lists(tmp_path):
 
 def test_a_granularity_reaches_only_quantized_activation_cells(tmp_path, capsys):
     """An a_bits sweep with a per-tensor activation scale: its a_bits 16 cell has no activation scales, so its
-    row and cell id carry the default (it is the W8A16 cell of any other sweep); a scalar a_bits 16 is refused."""
+    row and cell id carry the default (it is the W8A16 cell of any other sweep); with no quantized activations at
+    all (a_bits 16, or a list of only 16s) it is refused."""
     def sweep(r):
         r["quantize"] = [{"method": "absmax", "w_bits": 8, "a_bits": [8, 16], "a_granularity": "tensor"},
                          {"method": "absmax", "w_bits": 8}]
@@ -108,10 +109,9 @@ def test_a_granularity_reaches_only_quantized_activation_cells(tmp_path, capsys)
     cells = [c for c in expand_cells(load_recipe(write(tmp_path, sweep))) if c.method != "none"]
     assert [(c.config.a_bits, c.config.a_granularity) for c in cells] == [(8, "tensor"), (16, "token")]
 
-    def scalar(r):
-        r["quantize"] = [{"method": "smoothquant", "a_bits": 16, "a_granularity": "tensor"}]
-
-    assert_refused(write(tmp_path, scalar), capsys, "a_granularity 'tensor' needs a_bits below 16")
+    for a_bits in (16, [16, 16]):
+        unquantized = _set("quantize", [{"method": "smoothquant", "a_bits": a_bits, "a_granularity": "tensor"}])
+        assert_refused(write(tmp_path, unquantized), capsys, "a_granularity 'tensor' needs a_bits below 16")
 
 
 def _set(*keys_and_value):
