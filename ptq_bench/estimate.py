@@ -49,7 +49,7 @@ from ptq_bench.estimate_act import (
 from ptq_bench.estimate_model import Probe, cast, first_blocks, open_model, outside_blocks
 from ptq_bench.estimate_prep import SHARE, Prep
 from ptq_bench.estimate_sets import kl_window, kld_part, ppl_lines, ppl_rows, set_sizes, windows_unknown
-from ptq_bench.estimate_zero_shot import SAMPLE_DOCS, SAMPLE_REPEATS, ZeroShot
+from ptq_bench.estimate_zero_shot import SAMPLE_REPEATS, ZeroShot, sample_docs
 from ptq_bench.prepare import model_schedule
 from ptq_bench.recipe import Recipe, expand_cells
 
@@ -330,8 +330,9 @@ def _zero_shot_lines(recipe: Recipe, found: list[Measured]) -> tuple[list[str], 
     limit = "all" if e.limit is None else e.limit
     from ptq_bench.report.run import shot_name
 
-    lines = [f"{shot_name(e.num_fewshot)} ({e.backend}, {len(e.tasks)} tasks, {limit} documents each; timed on {SAMPLE_DOCS} and "
-             f"{3 * SAMPLE_DOCS} per task, best of {SAMPLE_REPEATS}): {hms(total)} for {len(cells)} cells"]
+    timed = " and ".join(str(d) for d in dict.fromkeys(sample_docs(e.limit)))
+    lines = [f"{shot_name(e.num_fewshot)} ({e.backend}, {len(e.tasks)} tasks, {limit} documents each; timed on {timed} "
+             f"per task, best of {SAMPLE_REPEATS}): {hms(total)} for {len(cells)} cells"]
     for m in found:
         rates = {"": base_rates(m, 1)} | {f" {act_name(k)}": r for k, r in m.act.items()}
         lines.append(f"  {m.name:<14} every task once: " + ", ".join(

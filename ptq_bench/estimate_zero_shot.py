@@ -82,11 +82,18 @@ class ZeroShot:
             limit, t0 = self.recipe.eval.limit, time.perf_counter()
             work = self._positions(self._suite(tok, limit))
             self.prep.add("building the tasks", time.perf_counter() - t0)
-            samples = [self._suite(tok, docs if limit is None else min(docs, limit))
-                       for docs in (SAMPLE_DOCS, 3 * SAMPLE_DOCS)]
+            samples = [self._suite(tok, docs) for docs in sample_docs(limit)]
             built = Built(work, [(suite, self._positions(suite)) for suite in samples])
             self._built.append((tok, built))
         return built
+
+
+def sample_docs(limit: int | None) -> tuple[int, int]:
+    """Documents per task of the two timed samples: SAMPLE_DOCS and 3 x SAMPLE_DOCS, never more than the run
+    evaluates (at a limit <= SAMPLE_DOCS both are the run's own documents, and the line through them is that
+    time)."""
+    small, large = SAMPLE_DOCS, 3 * SAMPLE_DOCS
+    return (small, large) if limit is None else (min(small, limit), min(large, limit))
 
 
 def _evaluate_s(suite: Any, model: Any) -> float:

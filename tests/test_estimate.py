@@ -47,7 +47,7 @@ def test_estimate_times_the_training_step_and_writes_nothing(tmp_path, capsys, m
     assert "windows wikitext2 8, c4 8:" in out  # the smoke recipe's max_windows and sets
     assert "KLD references (float32 base log-probs" in out and ": 0.00206 GB;" in out  # 2 x 8 x 63 x 512 x 4 B
     assert "per PTQ cell besides its forwards" in out and "for 4 PTQ cells" in out
-    assert "zero-shot (fast, 4 tasks, 8 documents each; timed on 4 and 12 per task, best of 2)" in out
+    assert "zero-shot (fast, 4 tasks, 8 documents each; timed on 4 and 8 per task, best of 2)" in out
     assert out.count("every task once:") == 3
     assert "calibration tokens): " in out and "for 4 PTQ cells" in out  # smoke: absmax W8/4/2/1 on fp16
     assert sum(" per cell" in x and x.strip().startswith("fp16 ") for x in out.splitlines()) == 4
