@@ -61,6 +61,8 @@ def _sweep_params(params: dict[str, Any], where: str) -> list[dict[str, Any]]:
     n = len(w) if wl else len(a) if al else 1
     if not 1 <= n <= MAX_SETTINGS:
         raise RecipeError(f"{where}: a bits list must have 1 to {MAX_SETTINGS} items, got {n}")
+    # a_granularity reaches only the cells that quantize activations (a list of only 16s keeps it, and is refused)
+    drop_on_16 = al and any(b != 16 for b in a)
     out = []
     for i in range(n):
         p = dict(params)
@@ -68,8 +70,8 @@ def _sweep_params(params: dict[str, Any], where: str) -> list[dict[str, Any]]:
             p["w_bits"] = w[i]
         if al:
             p["a_bits"] = a[i]
-            if a[i] == 16 and any(b != 16 for b in a):  # the sweep's unquantized cell places no activation
-                p.pop("a_granularity", None)  # scales (a list of only 16s keeps it, and is refused)
+        if drop_on_16 and a[i] == 16:
+            p.pop("a_granularity", None)
         out.append(p)
     return out
 

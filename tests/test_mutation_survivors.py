@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 import torch
 import yaml
+from test_estimate import _recipe
 from tiny_families import tiny_model
 
 from ptq_bench.cells import _sweep_params
@@ -140,11 +141,7 @@ def test_damp_one_is_refused_by_both_hessian_methods():
 
 
 def _smoke(tmp_path: Path, **changes: Any) -> Recipe:
-    raw = yaml.safe_load(SMOKE.read_text())
-    raw.update(output_dir=str(tmp_path / "out"), cache_dir=str(tmp_path / "cache"), **changes)
-    path = tmp_path / "r.yaml"
-    path.write_text(yaml.safe_dump(raw))
-    return load_recipe(path)
+    return load_recipe(_recipe(tmp_path, **changes))
 
 
 def _eval(**perplexity: Any) -> dict:
