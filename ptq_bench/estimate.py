@@ -330,7 +330,7 @@ def _zero_shot_lines(recipe: Recipe, found: list[Measured]) -> tuple[list[str], 
     limit = "all" if e.limit is None else e.limit
     from ptq_bench.report.run import shot_name
 
-    timed = " and ".join(str(d) for d in dict.fromkeys(sample_docs(e.limit)))
+    timed = " and ".join(str(d) for d in sample_docs(e.limit))
     lines = [f"{shot_name(e.num_fewshot)} ({e.backend}, {len(e.tasks)} tasks, {limit} documents each; timed on {timed} "
              f"per task, best of {SAMPLE_REPEATS}): {hms(total)} for {len(cells)} cells"]
     for m in found:

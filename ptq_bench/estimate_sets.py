@@ -110,8 +110,8 @@ def _room_line(recipe: Recipe, sizes: dict[str, float]) -> str:
     total, where = sum(sizes.values()), recipe.cache_path / "kld"
     room = free_bytes(where)
     per = f" ({', '.join(f'{k} {_gb(v)}' for k, v in sizes.items())})" if len(sizes) > 1 else ""
-    line = (f"KLD references (float32 base log-probs, written to {where} unless a run left them there): "
-            f"{_gb(total)}{per}; {_gb(room)} free there")
+    line = (f"KLD references (float32 base log-probs and top-1 ids, written to {where} unless a run left them "
+            f"there): {_gb(total)}{per}; {_gb(room)} free there")
     if math.isnan(total):
         return f"{line} ({UNKNOWN})"
     if total > room:

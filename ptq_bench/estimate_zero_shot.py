@@ -57,8 +57,8 @@ class ZeroShot:
     def seconds(self, model: Any, own_tok: Any, evaluating: Any = contextlib.nullcontext) -> tuple[float, dict[str, float]]:
         """(seconds of one evaluate call's fixed cost, per task the model's projected seconds of work at the
         recipe's limit): a line through two timed samples (SAMPLE_DOCS and 3 x SAMPLE_DOCS documents per
-        task, each the best of SAMPLE_REPEATS calls after its own warm-up call: a first call's new shapes
-        or one slow call would otherwise set the slope), so lm-eval's per-call cost is not scaled up with
+        task; one at a limit <= SAMPLE_DOCS), each the best of SAMPLE_REPEATS calls after its own warm-up call: a first call's new shapes
+        or one slow call would otherwise set the slope, so lm-eval's per-call cost is not scaled up with
         the work. `evaluating()`: the context a forward runs in (an offloaded model's blocks streamed)."""
         from ptq_bench.eval.work import model_sizes, weighted
 
@@ -69,7 +69,7 @@ class ZeroShot:
                 suite.evaluate(model, progress=False)  # warm-up: this sample's shapes
                 best = min(_evaluate_s(suite, model) for _ in range(SAMPLE_REPEATS))
             points.append((sum(weighted(p, sizes) for p in positions.values()), best))
-        (w1, t1), (w2, t2) = points
+        (w1, t1), (w2, t2) = points[0], points[-1]  # one sample (limit <= SAMPLE_DOCS): no fixed part
         rate = (t2 - t1) / (w2 - w1) if w2 > w1 and t2 > t1 else t2 / max(1, w2)  # noise: no fixed part
         fixed = max(0.0, t2 - rate * w2)
         return fixed, {t: weighted(p, sizes) * rate for t, p in built.work.items()}
@@ -88,12 +88,11 @@ class ZeroShot:
         return built
 
 
-def sample_docs(limit: int | None) -> tuple[int, int]:
-    """Documents per task of the two timed samples: SAMPLE_DOCS and 3 x SAMPLE_DOCS, never more than the run
-    evaluates (at a limit <= SAMPLE_DOCS both are the run's own documents, and the line through them is that
-    time)."""
+def sample_docs(limit: int | None) -> tuple[int, ...]:
+    """Documents per task of the timed samples: SAMPLE_DOCS and 3 x SAMPLE_DOCS, never more than the run
+    evaluates (at a limit <= SAMPLE_DOCS one sample, the run's own documents, whose time is the run's)."""
     small, large = SAMPLE_DOCS, 3 * SAMPLE_DOCS
-    return (small, large) if limit is None else (min(small, limit), min(large, limit))
+    return (small, large) if limit is None else tuple(dict.fromkeys((min(small, limit), min(large, limit))))
 
 
 def _evaluate_s(suite: Any, model: Any) -> float:

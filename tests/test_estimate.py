@@ -45,7 +45,8 @@ def test_estimate_times_the_training_step_and_writes_nothing(tmp_path, capsys, m
         assert f"x {steps} steps" in line and "s/step" in line
     assert "train.tokens that fit 1 h of training:" in out
     assert "windows wikitext2 8, c4 8:" in out  # the smoke recipe's max_windows and sets
-    assert "KLD references (float32 base log-probs" in out and ": 0.00206 GB;" in out  # 2 x 8 x 63 x 512 x 4 B
+    # 2 x 8 x 63 x (512 x 4 + 8) B
+    assert "KLD references (float32 base log-probs and top-1 ids" in out and ": 0.00207 GB;" in out
     assert "per PTQ cell besides its forwards" in out and "for 4 PTQ cells" in out
     assert "zero-shot (fast, 4 tasks, 8 documents each; timed on 4 and 8 per task, best of 2)" in out
     assert out.count("every task once:") == 3
@@ -409,9 +410,9 @@ def test_whole_sets_are_projected_from_the_windows_the_run_evaluates(tmp_path, c
     ids = Evaluator(recipe.eval, data_dir, tmp_path / "c", tok, "t").ppl_ids
     wins = {s: len(v) // 64 for s, v in ids.items()}
     assert f"windows wikitext2 {wins['wikitext2']}, c4 {wins['c4']}: " in out
-    size = sum(wins.values()) * 63 * recipe.tokenizer.vocab_size * 4
-    assert f"KLD references (float32 base log-probs, written to {recipe.cache_path / 'kld'} unless a run left " \
-           f"them there): {size / 1e9:.3g} GB;" in out
+    size = sum(wins.values()) * 63 * (recipe.tokenizer.vocab_size * 4 + 8)
+    assert f"KLD references (float32 base log-probs and top-1 ids, written to {recipe.cache_path / 'kld'} unless a " \
+           f"run left them there): {size / 1e9:.3g} GB;" in out
     assert "not counted" not in out
 
 
@@ -421,7 +422,7 @@ def test_references_larger_than_the_free_disk_are_flagged(tmp_path, monkeypatch)
 
     recipe = load_recipe(_recipe(tmp_path))  # smoke: PTQ cells on fp16 only
     wins = {"wikitext2": 8.0, "c4": 8.0}
-    assert [sets.kld_bytes(recipe, n, 512, wins) for n in ("fp16", "bitnet_b1")] == [2 * 8 * 63 * 512 * 4, None]
+    assert [sets.kld_bytes(recipe, n, 512, wins) for n in ("fp16", "bitnet_b1")] == [2 * 8 * 63 * (512 * 4 + 8), None]
     assert sets.kld_bytes(load_recipe(_recipe(tmp_path, eval=_no_kld())), "fp16", 512, wins) is None
     found = _smoke_found()
     found[0].kld_bytes = 3e9
@@ -516,7 +517,7 @@ def test_a_trained_model_is_sized_by_the_fitted_tokenizer(tmp_path, capsys, data
     out = capsys.readouterr().out
     vocab = len(train_recipe_tokenizer(load_recipe(path), data_dir))
     assert vocab < 16384
-    assert f": {2 * 8 * 63 * vocab * 4 / 1e9:.3g} GB;" in next(x for x in out.splitlines() if x.startswith("KLD references"))
+    assert f": {2 * 8 * 63 * (vocab * 4 + 8) / 1e9:.3g} GB;" in next(x for x in out.splitlines() if x.startswith("KLD references"))
 
 
 def test_an_offloaded_models_untimed_activation_cells_are_named_without_tasks(tmp_path):

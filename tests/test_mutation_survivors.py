@@ -32,11 +32,12 @@ SEQ, BATCH, VOCAB = 64, 2, 512
 # ----------------------------------------------------------------------------- KLD: the disk-room check
 
 
-def test_the_room_check_asks_for_exactly_the_references_float32_bytes(tmp_path, monkeypatch):
-    """5 windows of 64 tokens at vocabulary 512: 5 x 63 x 512 x 4 = 645,120 bytes. A disk with exactly that
-    free builds it; one byte less is refused. Kills: `need > free` as `>=` or `> 2 * free`, a 2-byte unit
-    in `reference_bytes`, and `_compute` asking for one predicted token fewer per window."""
-    need = 5 * (SEQ - 1) * VOCAB * 4
+def test_the_room_check_asks_for_exactly_the_references_bytes(tmp_path, monkeypatch):
+    """5 windows of 64 tokens at vocabulary 512: 5 x 63 x (512 x 4 + 8) = 647,640 bytes (float32 log-probs and
+    int64 top-1 ids). A disk with exactly that free builds it; one byte less is refused. Kills: `need > free`
+    as `>=` or `> 2 * free`, a 2-byte unit in `reference_bytes`, leaving the top-1 file out of the count, and
+    `_compute` asking for one predicted token fewer per window."""
+    need = 5 * (SEQ - 1) * (VOCAB * 4 + 8)
     assert kld.reference_bytes(5, SEQ, VOCAB) == need
     base = tiny_model("llama", vocab_size=VOCAB)
     ids = torch.randint(0, VOCAB, (5 * SEQ + 17,), generator=torch.Generator().manual_seed(0))
@@ -44,7 +45,7 @@ def test_the_room_check_asks_for_exactly_the_references_float32_bytes(tmp_path, 
     ref = kld.build_reference(base, ids, "wikitext2", SEQ, path=tmp_path / "fits" / "r.npy", batch_size=BATCH)
     assert ref.logprobs.shape == (5, SEQ - 1, VOCAB)
     monkeypatch.setattr(kld, "free_bytes", lambda folder: float(need - 1))
-    with pytest.raises(PtqBenchError, match=r"KLD reference of wikitext2 needs 0\.000645 GB .* 0\.000645 GB is free"):
+    with pytest.raises(PtqBenchError, match=r"KLD reference of wikitext2 needs 0\.000648 GB .* 0\.000648 GB is free"):
         kld.build_reference(base, ids, "wikitext2", SEQ, path=tmp_path / "short" / "r.npy", batch_size=BATCH)
 
 
@@ -180,20 +181,22 @@ def test_a_cell_without_an_a_granularity_field_quantizes_activations_per_token()
     assert act_key(Cell("m", "gptq", GPTQConfig())) is None
 
 
-def test_zero_shot_samples_are_capped_at_the_recipes_limit(monkeypatch):
-    """The timing samples are SAMPLE_DOCS and 3 x SAMPLE_DOCS documents, never more than the run evaluates.
-    Kills: `min(docs, limit)` dropped."""
+@pytest.mark.parametrize("limit, built", [(6, [6, 4, 6]), (3, [3, 3])])
+def test_zero_shot_samples_are_capped_at_the_recipes_limit(monkeypatch, limit, built):
+    """The timing samples are SAMPLE_DOCS and 3 x SAMPLE_DOCS documents, never more than the run evaluates;
+    at a limit <= SAMPLE_DOCS the two would be the same documents, built (and timed) once. Kills: `min(docs,
+    limit)` dropped, and the equal second sample kept."""
     from types import SimpleNamespace
 
     from ptq_bench import estimate_zero_shot
 
     asked: list[int | None] = []
-    zs = estimate_zero_shot.ZeroShot(SimpleNamespace(eval=SimpleNamespace(limit=6, backend="fast")), None,
+    zs = estimate_zero_shot.ZeroShot(SimpleNamespace(eval=SimpleNamespace(limit=limit, backend="fast")), None,
                                      prep=SimpleNamespace(add=lambda *a: None))
     monkeypatch.setattr(zs, "_suite", lambda _tok, limit: asked.append(limit) or limit)
     monkeypatch.setattr(zs, "_positions", lambda suite: {"piqa": (suite, 0)})
     zs._tasks(object())
-    assert asked == [6, 4, 6]
+    assert asked == built
 
 
 def test_a_timed_models_activation_cells_are_not_said_to_be_projected_at_its_base_rate(tmp_path):
@@ -209,7 +212,7 @@ def test_a_timed_models_activation_cells_are_not_said_to_be_projected_at_its_bas
 
 @pytest.mark.parametrize("limit, docs, said", [(None, (4, 12), "timed on 4 and 12 per task"),
                                                (8, (4, 8), "timed on 4 and 8 per task"),
-                                               (3, (3, 3), "timed on 3 per task")])
+                                               (3, (3,), "timed on 3 per task")])
 def test_the_zero_shot_line_names_the_documents_it_timed(tmp_path, limit, docs, said):
     """The line said "timed on 4 and 12" whatever the limit, where the samples are capped at it (4 and 8 at
     smoke's limit 8; one size at a limit <= 4)."""

@@ -192,8 +192,9 @@ def _compute(model: torch.nn.Module, wins: torch.Tensor, set_name: str, seqlen: 
 
 
 def reference_bytes(n_windows: float, seqlen: int, vocab: int) -> float:
-    """Bytes of a reference's float32 log-probs: n_windows x (seqlen - 1) x vocab x 4 (the .npy header aside)."""
-    return n_windows * (seqlen - 1) * vocab * 4
+    """Bytes of a reference on disk: its float32 log-probs and int64 top-1 ids, n_windows x (seqlen - 1) x
+    (vocab x 4 + 8) (the .npy headers and the metadata aside)."""
+    return n_windows * (seqlen - 1) * (vocab * 4 + 8)
 
 
 def _check_room(tmp: Path, need: float, set_name: str) -> None:
