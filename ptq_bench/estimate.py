@@ -48,6 +48,7 @@ from ptq_bench.estimate_act import (
 )
 from ptq_bench.estimate_model import Probe, cast, first_blocks, open_model, outside_blocks
 from ptq_bench.estimate_prep import SHARE, Prep
+from ptq_bench.estimate_ray import ray_line
 from ptq_bench.estimate_sets import kl_window, kld_part, ppl_lines, ppl_rows, set_sizes, windows_unknown
 from ptq_bench.estimate_zero_shot import SAMPLE_REPEATS, ZeroShot, sample_docs
 from ptq_bench.prepare import model_schedule
@@ -279,11 +280,14 @@ def report(recipe: Recipe, found: list[Measured], device: str, hours: float | No
         per_token = sum(m.step_s for m in trained) / tok_per_step
         fit = int(hours * 3600 / per_token) // tok_per_step * tok_per_step
         lines.append(f"train.tokens that fit {hours:g} h of training: {fit:,}")
-    total = training + sum(m.load_s for m in found)  # each source model loaded once
+    cells = expand_cells(recipe)
+    per_cell = [0.0] * len(cells)
     for part in (ppl_lines, kld_part, _zero_shot_lines, _quant_lines):
         more, seconds = part(recipe, found)
         lines.extend(more)
-        total += seconds
+        if seconds:  # a part with no work for this recipe has none
+            per_cell = [a + b for a, b in zip(per_cell, seconds, strict=True)]
+    total = training + sum(m.load_s for m in found) + sum(per_cell)  # each source model loaded once
     lines.extend(untimed_lines(recipe, found))
     if prep:
         lines.append(f"preparation (each text timed on its first {SHARE:.0%}, the perplexity sets whole; no tokenizing "
@@ -291,19 +295,28 @@ def report(recipe: Recipe, found: list[Measured], device: str, hours: float | No
                      + ", ".join(f"{what} {hms(s)}" for what, s in prep.items()))
     lines.append(f"total: {hms(total + sum((prep or {}).values()))} projected"
                  + (" (whole-set perplexity and KLD work not counted)" if windows_unknown(recipe, found) else ""))
-    if recipe.executor.kind != "local":
-        lines.append(f"executor {recipe.executor.kind}: projected as a local run on this machine (models and cells one "
-                     "after another); its workers run them side by side")
+    if recipe.executor.kind == "ray":
+        lines.append(_ray_line(found, cells, per_cell, sum((prep or {}).values())))
     lines.append("not projected: " + ("writing the KLD references, " if any(
         m.kld_bytes for m in found) else "") + "writing the report" + ("" if prep else " (the texts' tokenizing: no data folder)"))
     return lines
 
 
-def _quant_lines(recipe: Recipe, found: list[Measured]) -> tuple[list[str], float]:
-    """The quantization projection: the total, then per model and setting its seconds per cell; its seconds."""
+def _ray_line(found: list[Measured], cells: list[Any], per_cell: list[float], prep_s: float) -> str:
+    """The Ray projection (`estimate_ray`): each model's training or loading, then its cells' seconds."""
+    import torch
+
+    prepare = {m.name: m.train_s + m.load_s for m in found}
+    return ray_line({name: prepare[name] for name in dict.fromkeys(c.model for c in cells)},
+                    [(c.model, s) for c, s in zip(cells, per_cell)], prep_s, torch.get_num_threads())
+
+
+def _quant_lines(recipe: Recipe, found: list[Measured]) -> tuple[list[str], list[float]]:
+    """The quantization projection: the total, then per model and setting its seconds per cell; the seconds of
+    each cell (`expand_cells`' order; 0 where not projected)."""
     rows = [(m.name, label, s, n) for m in found for label, (s, n) in m.quant_s.items()]
     if not rows:
-        return [], 0.0
+        return [], []
     c = recipe.calibration
     timed = [(s, n) for _, _, s, n in rows if not math.isnan(s)]
     total, cells, left = sum(s * n for s, n in timed), sum(n for _, n in timed), sum(n for *_, n in rows)
@@ -312,21 +325,24 @@ def _quant_lines(recipe: Recipe, found: list[Measured]) -> tuple[list[str], floa
              + (f" ({left - cells} not projected)" if left > cells else "")]
     lines.extend(f"  {name:<14} {label:<36} " + (UNREACHED if math.isnan(s) else f"{hms(s):>12} per cell")
                  + (f" x {n} cells" if n > 1 else "") for name, label, s, n in rows)
-    return lines, total
+    seconds = {c: s for m in found for label, group in _quant_settings(recipe, m.name).items()
+               for c in group if not math.isnan(s := m.quant_s[label][0])}
+    return lines, [seconds.get(c, 0.0) for c in expand_cells(recipe)]
 
 
-def _zero_shot_lines(recipe: Recipe, found: list[Measured]) -> tuple[list[str], float]:
+def _zero_shot_lines(recipe: Recipe, found: list[Measured]) -> tuple[list[str], list[float]]:
     """Per model (and activation setting), one pass over every task; the sum over cells (each running its own
-    tasks at its rates, `estimate_act.cell_rates`); its seconds."""
+    tasks at its rates, `estimate_act.cell_rates`); the seconds of each cell (`expand_cells`' order)."""
     e = recipe.eval
     if not e.tasks or not any(m.zero_shot_s for m in found):
-        return [], 0.0
+        return [], []
     by_model = {m.name: m for m in found}
     cells = expand_cells(recipe)
-    total = 0.0
+    per_cell = []
     for c in cells:
         r, tasks = cell_rates(by_model[c.model], c, 1), e.tasks if c.tasks is None else c.tasks
-        total += (r.zero_shot_call_s + sum(r.zero_shot_s[t] for t in tasks)) if tasks else 0.0
+        per_cell.append((r.zero_shot_call_s + sum(r.zero_shot_s[t] for t in tasks)) if tasks else 0.0)
+    total = sum(per_cell)
     limit = "all" if e.limit is None else e.limit
     from ptq_bench.report.run import shot_name
 
@@ -337,7 +353,7 @@ def _zero_shot_lines(recipe: Recipe, found: list[Measured]) -> tuple[list[str], 
         rates = {"": base_rates(m, 1)} | {f" {act_name(k)}": r for k, r in m.act.items()}
         lines.append(f"  {m.name:<14} every task once: " + ", ".join(
             f"{hms(r.zero_shot_call_s + sum(r.zero_shot_s.values()))}{k}" for k, r in rates.items()))
-    return lines, total
+    return lines, per_cell
 
 
 def estimate(recipe: Recipe, device: str, steps: int = 10, warmup: int = 3, hours: float | None = None,

@@ -56,15 +56,16 @@ def kld_bytes(recipe: Recipe, name: str, vocab: int, windows: dict[str, float]) 
     return sum(reference_bytes(windows[s], p.seq_len, vocab) for s in p.sets)
 
 
-def ppl_lines(recipe: Recipe, found: list[Any]) -> tuple[list[str], float]:
-    """The perplexity projection's line and seconds: per cell, its model's batches of windows at the cell's
-    rates (`found`: estimate.Measured; `estimate_act.cell_rates`); none when a whole set's windows are unknown."""
+def ppl_lines(recipe: Recipe, found: list[Any]) -> tuple[list[str], list[float]]:
+    """The perplexity projection's line and seconds per cell (`expand_cells`' order): its model's batches of
+    windows at the cell's rates (`found`: estimate.Measured; `estimate_act.cell_rates`); none when a whole
+    set's windows are unknown."""
     p, cells, rows = recipe.eval.perplexity, expand_cells(recipe), ppl_rows(recipe)
     if not p.sets or not found:
-        return [], 0.0
+        return [], []
     head = f"perplexity: {hms(max(m.ppl_batch_s for m in found))} per batch of {rows} x {p.seq_len} (slowest model); "
     if windows_unknown(recipe, found):
-        return [head + UNKNOWN], 0.0
+        return [head + UNKNOWN], []
     by_model = {m.name: m for m in found}
     per_cell = []
     for c in cells:
@@ -73,7 +74,7 @@ def ppl_lines(recipe: Recipe, found: list[Any]) -> tuple[list[str], float]:
         per_cell.append(r.ppl_batch_s * sum(-(-int(n) // r.rows) for n in m.windows.values()))
     counts = ", ".join(f"{s} " + " / ".join(dict.fromkeys(str(int(m.windows[s])) for m in found)) for s in p.sets)
     return [head + f"windows {counts}: {hms(max(per_cell))} per cell (slowest), "
-            f"{hms(sum(per_cell))} for {len(cells)} cells"], sum(per_cell)
+            f"{hms(sum(per_cell))} for {len(cells)} cells"], per_cell
 
 
 def kl_window(vocab: int, seq_len: int, device: str) -> Callable[[], Any]:
@@ -88,21 +89,24 @@ def kl_window(vocab: int, seq_len: int, device: str) -> Callable[[], Any]:
     return lambda: window_kl(base, logits, top1)
 
 
-def kld_part(recipe: Recipe, found: list[Any]) -> tuple[list[str], float]:
-    """The KLD lines and seconds: each PTQ cell's distance work (its model's timed window, `kl_window_s`, times
-    its windows), and the references' size (per model when several) against the room in the cache folder."""
+def kld_part(recipe: Recipe, found: list[Any]) -> tuple[list[str], list[float]]:
+    """The KLD lines and seconds per cell (`expand_cells`' order): each PTQ cell's distance work (its model's
+    timed window, `kl_window_s`, times its windows), and the references' size (per model when several) against
+    the room in the cache folder."""
     refs = [m for m in found if m.kld_bytes is not None]
     if not refs:
-        return [], 0.0
-    per_cell = {m.name: m.kl_window_s * sum(m.windows.values()) for m in refs}
-    cells = [c for c in expand_cells(recipe) if c.method != "none" and c.model in per_cell]
-    seconds = sum(per_cell[c.model] for c in cells)
+        return [], []
+    per_model = {m.name: m.kl_window_s * sum(m.windows.values()) for m in refs}
+    cells = expand_cells(recipe)
+    ptq = [c.method != "none" and c.model in per_model for c in cells]
+    per_cell = [per_model[c.model] if is_ptq else 0.0 for c, is_ptq in zip(cells, ptq)]
+    seconds, n_cells = sum(per_cell), sum(ptq)
     room = _room_line(recipe, {m.name: m.kld_bytes for m in refs})
     if math.isnan(seconds):
-        return [room], 0.0
+        return [room], []
     return [f"KLD (float64 KL over the vocabulary, {hms(max(m.kl_window_s for m in refs))} per window, slowest "
-            f"model): {hms(max(per_cell.values()))} per PTQ cell besides its forwards, {hms(seconds)} for "
-            f"{len(cells)} PTQ cells", room], seconds
+            f"model): {hms(max(per_model.values()))} per PTQ cell besides its forwards, {hms(seconds)} for "
+            f"{n_cells} PTQ cells", room], per_cell
 
 
 def _room_line(recipe: Recipe, sizes: dict[str, float]) -> str:

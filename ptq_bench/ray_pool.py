@@ -71,15 +71,7 @@ class Dispatch:
                 self.give(actor, *work)
 
     def next_for(self, actor: Any) -> tuple[str, Any] | None:
-        """The next cell of the model `actor` holds, else a model to prepare (models train side by side), else
-        the next cell of another ready model."""
-        own = self.holds[actor]
-        if own in self.ready and self.left[own]:
-            return "cell", self.left[own].pop(0)
-        if self.preps:
-            return "model", self.preps.pop(0)
-        other = next((name for name in sorted(self.ready) if self.left[name]), None)
-        return None if other is None else ("cell", self.left[other].pop(0))
+        return next_work(self.holds[actor], self.ready, self.left, self.preps)
 
     def give(self, actor: Any, what: str, item: Any) -> None:
         if what == "model":
@@ -124,6 +116,18 @@ class Dispatch:
         stores nothing of it: the cache's own writes are whole or absent)."""
         for actor in list(self.holds):
             self.end(actor)
+
+
+def next_work(own: str | None, ready: set[str], left: dict[str, list[Any]], preps: list[str]) -> tuple[str, Any] | None:
+    """An idle actor's next work, taken out of `left` (model -> its cells not handed out) or `preps` (models to
+    prepare): the next cell of the model it holds (`own`), else a model to prepare (models train side by side),
+    else the next cell of another ready model. `estimate_ray` replays it with projected durations."""
+    if own in ready and left[own]:
+        return "cell", left[own].pop(0)
+    if preps:
+        return "model", preps.pop(0)
+    other = next((name for name in sorted(ready) if left[name]), None)
+    return None if other is None else ("cell", left[other].pop(0))
 
 
 def _name(what: str, item: Any) -> str:

@@ -14,7 +14,7 @@ import yaml
 from ptq_bench.cli import main
 from ptq_bench.estimate import Measured, report
 from ptq_bench.estimate_sets import kld_part
-from ptq_bench.recipe import load_recipe
+from ptq_bench.recipe import expand_cells, load_recipe
 
 ROOT = Path(__file__).resolve().parents[1]
 SMOKE = ROOT / "recipes" / "smoke.yaml"
@@ -327,8 +327,10 @@ def test_a_probe_whose_random_ids_miss_an_expert_is_not_a_refusal(tmp_path, monk
     out = est._quant_cell_s(r, "fp16", tiny_model("llama", layers=6), 512, "cpu")
     assert out["absmax W8A16 channel"] == (15.0, 1) and math.isnan(out["gptq W4A16 g128"][0])
     found = [Measured("fp16", "fp16", 1, 1.0, 10, 0.5, None, quant_s=out)]
-    lines, _ = est._quant_lines(r, found)
+    lines, per_cell = est._quant_lines(r, found)
     assert lines[0].endswith(": 15.0 s for 1 PTQ cells (2 not projected)"), lines[0]
+    # per cell (expand_cells' order): Absmax on fp16 only; the two GPTQ seeds not projected, base cells none
+    assert per_cell == [15.0 if (c.model, c.method) == ("fp16", "absmax") else 0.0 for c in expand_cells(r)]
     assert est.UNREACHED in lines[2] and lines[2].endswith("x 2 cells"), lines[2]
 
 
@@ -368,14 +370,30 @@ def test_loading_a_source_model_is_projected_once(tmp_path):
     assert "total: 17.5 s projected" in lines, lines
 
 
-def test_a_ray_recipe_is_said_to_be_projected_as_a_local_run(tmp_path):
-    """A recipe with `executor: {kind: ray}` was projected as a local run with nothing said: its total read as
-    the Ray run's wall time, which spreads models and cells over the workers."""
+def test_a_ray_recipe_is_projected_through_the_pools_dispatch(tmp_path):
+    """A Ray recipe was projected as a local run (models and cells one after another). Its line now replays the
+    projected durations through the pool's dispatch on 1, 2, ... slots; one slot is the local total. A cell waits
+    for its model: the source's 17 s of loading, then its 0.5 s of perplexity, on any number of slots."""
     found = [Measured("fp16", "source", 1, 0.0, 0, 0.25, None, windows={"wikitext2": 8, "c4": 8}, load_s=17.0)]
-    for kind, said in (("ray", True), ("local", False)):
+    for kind in ("ray", "local"):
         recipe = load_recipe(_recipe(tmp_path, quantize=[], models={"fp16": {"kind": "fp16"}}, executor={"kind": kind}))
         lines = report(recipe, found, "cpu", None)
-        assert any(x.startswith("executor ray: projected as a local run") for x in lines) is said, lines
+        ray = [x for x in lines if x.startswith("executor ray")]
+        assert ray == ([f"executor ray, replayed through its dispatch (models prepared side by side, each model's "
+                        f"cells once it is ready; each cell slot as fast as this machine with its "
+                        f"{torch.get_num_threads()} torch threads): 1 slot 17.5 s (no more slots gain); not counted: "
+                        "each worker building the tasks and reading the tokenized texts, and opening a model it did "
+                        "not prepare"] if kind == "ray" else []), lines
+    recipe = load_recipe(_recipe(tmp_path, executor={"kind": "ray"}))  # smoke: 3 models, 7 cells
+    lines = report(recipe, _smoke_found(1.0, 2.5, 1.0), "cpu", None, {"fitting the BPE": 10.0})
+    total = next(x for x in lines if x.startswith("total: "))
+    ray = next(x for x in lines if x.startswith("executor ray"))
+    # 10 s of preparation; training 100 + 250 + 100 s; 7 cells x 1 s of perplexity (two sets of 8 windows)
+    assert total == "total: 7 min 47 s projected"
+    # one slot: the local total. Two: bitnet_b158 trains 250 s on one, then its cell; on the other fp16 trains
+    # 100 s, runs its 5 cells (the actor keeps its own model's cells before a preparation), then bitnet_b1
+    # trains 100 s and runs its cell: 10 + max(251, 206) s. No pool does better than the longest model + cell.
+    assert "1 slot 7 min 47 s, 2 slots 4 min 21 s (no more slots gain)" in ray, ray
 
 
 def test_a_text_is_timed_on_its_head_and_projected_to_all(monkeypatch):
@@ -444,7 +462,7 @@ def test_each_ptq_cells_kl_work_is_projected(tmp_path):
     found = _smoke_found()
     found[0].kld_bytes, found[0].kl_window_s = 1e6, 0.5
     lines, seconds = kld_part(recipe, found)
-    assert seconds == 4 * 16 * 0.5  # cells x windows x seconds per window
+    assert seconds == [0.0] * 3 + [16 * 0.5] * 4  # 3 base cells, then 4 PTQ cells x windows x seconds per window
     assert "0.5 s per window" in lines[0] and "8.0 s per PTQ cell besides its forwards, 32.0 s for 4 PTQ cells" in lines[0]
     assert "total: 3 min 59 s projected" in report(recipe, found, "cpu", None)  # + 2 x 100 s training, 7 x 1 s ppl
 

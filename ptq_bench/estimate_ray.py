@@ -1,0 +1,65 @@
+"""`ptq-bench estimate` for a recipe run on Ray: the projected durations (each model's training or loading, each
+cell's quantization and evaluation) replayed through the Ray pool's own dispatch (`ray_pool.next_work`) on 1,
+2, 4, ... cell slots. Each slot is taken to be as fast as this machine was when timed (its torch thread count);
+a cluster's slots run `executor.cpus_per_cell` threads, or a GPU each, on their own hardware.
+"""
+
+from __future__ import annotations
+
+import heapq
+from typing import Any
+
+from ptq_bench.console import hms
+from ptq_bench.ray_pool import next_work
+
+NOT_COUNTED = ("each worker building the tasks and reading the tokenized texts, and opening a model it did not "
+               "prepare")
+
+
+def makespan(prepare_s: dict[str, float], cells: list[tuple[str, float]], slots: int) -> float:
+    """Wall seconds of the pool's work on `slots` actors: the models (name -> seconds to train or load, in the
+    order the run hands them out) prepared side by side, and each model's cells ((model, seconds), in order)
+    once it is ready; after every call that ends, each idle actor (in order) takes `next_work`, as
+    `ray_pool.Dispatch.feed` hands it out."""
+    holds: list[str | None] = [None] * slots  # the model each actor keeps open
+    ready: set[str] = set()
+    preps = list(prepare_s)
+    left = {name: [(m, s) for m, s in cells if m == name] for name in prepare_s}
+    running: list[tuple[float, int, str, Any]] = []  # (end, actor, what, item): a heap
+    t = 0.0
+    while True:
+        busy = {actor for _, actor, _, _ in running}
+        for actor in range(slots):
+            if actor not in busy and (work := next_work(holds[actor], ready, left, preps)):
+                what, item = work
+                holds[actor] = item if what == "model" else item[0]
+                heapq.heappush(running, (t + (prepare_s[item] if what == "model" else item[1]), actor, what, item))
+        if not running:
+            return t
+        t, _, what, item = heapq.heappop(running)
+        if what == "model":
+            ready.add(item)
+
+
+def slot_counts(n_items: int) -> list[int]:
+    """1, 2, 4, ... below the number of work items (models and cells), then that number (no pool is larger)."""
+    counts = [1]
+    while counts[-1] * 2 < n_items:
+        counts.append(counts[-1] * 2)
+    return counts + ([n_items] if n_items > counts[-1] else [])
+
+
+def ray_line(prepare_s: dict[str, float], cells: list[tuple[str, float]], prep_s: float, threads: int) -> str:
+    """The projection's line: the wall time on 1, 2, 4, ... cell slots (up to the first count no larger pool
+    improves on), after the driver's preparation (`prep_s`: tokenizer, tokenized texts)."""
+    counts = slot_counts(len(prepare_s) + len(cells))
+    best = makespan(prepare_s, cells, counts[-1])
+    parts = []
+    for n in counts:
+        wall = makespan(prepare_s, cells, n)
+        parts.append(f"{n} slot{'s' if n > 1 else ''} {hms(prep_s + wall)}")
+        if wall <= best:
+            break
+    return (f"executor ray, replayed through its dispatch (models prepared side by side, each model's cells once it "
+            f"is ready; each cell slot as fast as this machine with its {threads} torch threads): "
+            + ", ".join(parts) + f" (no more slots gain); not counted: {NOT_COUNTED}")
