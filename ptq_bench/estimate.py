@@ -325,8 +325,11 @@ def _quant_lines(recipe: Recipe, found: list[Measured]) -> tuple[list[str], list
              + (f" ({left - cells} not projected)" if left > cells else "")]
     lines.extend(f"  {name:<14} {label:<36} " + (UNREACHED if math.isnan(s) else f"{hms(s):>12} per cell")
                  + (f" x {n} cells" if n > 1 else "") for name, label, s, n in rows)
-    seconds = {c: s for m in found for label, group in _quant_settings(recipe, m.name).items()
-               for c in group if not math.isnan(s := m.quant_s[label][0])}
+    seconds = {}  # cell -> its setting's seconds (a setting's calibration seeds are cells of it; NaN: 0)
+    for m in found:
+        for label, group in _quant_settings(recipe, m.name).items():
+            s = m.quant_s[label][0]
+            seconds.update(dict.fromkeys(group, 0.0 if math.isnan(s) else s))
     return lines, [seconds.get(c, 0.0) for c in expand_cells(recipe)]
 
 

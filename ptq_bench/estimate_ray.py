@@ -60,6 +60,7 @@ def ray_line(prepare_s: dict[str, float], cells: list[tuple[str, float]], prep_s
         parts.append(f"{n} slot{'s' if n > 1 else ''} {hms(prep_s + wall)}")
         if wall <= best:
             break
+    speed = f"{threads} torch thread" + ("s" if threads > 1 else "")
     return (f"executor ray, replayed through its dispatch (models prepared side by side, each model's cells once it "
-            f"is ready; each cell slot as fast as this machine with its {threads} torch threads): "
+            f"is ready; each cell slot as fast as this machine with its {speed}): "
             + ", ".join(parts) + f" (no more slots gain); not counted: {NOT_COUNTED}")

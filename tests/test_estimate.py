@@ -375,13 +375,14 @@ def test_a_ray_recipe_is_projected_through_the_pools_dispatch(tmp_path):
     projected durations through the pool's dispatch on 1, 2, ... slots; one slot is the local total. A cell waits
     for its model: the source's 17 s of loading, then its 0.5 s of perplexity, on any number of slots."""
     found = [Measured("fp16", "source", 1, 0.0, 0, 0.25, None, windows={"wikitext2": 8, "c4": 8}, load_s=17.0)]
+    threads = f"{torch.get_num_threads()} torch thread" + ("s" if torch.get_num_threads() > 1 else "")
     for kind in ("ray", "local"):
         recipe = load_recipe(_recipe(tmp_path, quantize=[], models={"fp16": {"kind": "fp16"}}, executor={"kind": kind}))
         lines = report(recipe, found, "cpu", None)
         ray = [x for x in lines if x.startswith("executor ray")]
         assert ray == ([f"executor ray, replayed through its dispatch (models prepared side by side, each model's "
                         f"cells once it is ready; each cell slot as fast as this machine with its "
-                        f"{torch.get_num_threads()} torch threads): 1 slot 17.5 s (no more slots gain); not counted: "
+                        f"{threads}): 1 slot 17.5 s (no more slots gain); not counted: "
                         "each worker building the tasks and reading the tokenized texts, and opening a model it did "
                         "not prepare"] if kind == "ray" else []), lines
     recipe = load_recipe(_recipe(tmp_path, executor={"kind": "ray"}))  # smoke: 3 models, 7 cells
