@@ -78,7 +78,7 @@ def _estimate(args: argparse.Namespace) -> int:
     from ptq_bench.prepare import pick_device
     from ptq_bench.recipe import load_recipe
 
-    recipe = load_recipe(args.recipe)
+    recipe = load_recipe(args.recipe, executor={} if args.executor is None else {"kind": args.executor})
     data_dir = check_data(recipe)  # the texts run encodes (tokenizer, perplexity, calibration) and task files
     device = pick_device(args.device or recipe.device)
     for line in estimate(recipe, device, steps=args.steps, warmup=args.warmup, hours=args.hours, progress=log,
@@ -195,6 +195,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--hours", type=at_least(1e-3, float), help="also print the train.tokens that fit this many "
                                                              "hours of training")
     e.add_argument("--device", choices=["auto", "cpu", "cuda"], help="overrides the recipe's device")
+    e.add_argument("--executor", help="project the run as this executor runs it (overrides executor.kind): local, or "
+                                      "ray (also its wall time on 1, 2, 4, ... cell slots)")
     e.set_defaults(fn=_estimate)
     rep = sub.add_parser("report", help="re-render tables and plots from a results folder")
     rep.add_argument("run_dir", help="the results folder a run wrote (its output_dir, e.g. runs/smoke)")

@@ -36,7 +36,8 @@ def test_estimate_times_the_training_step_and_writes_nothing(tmp_path, capsys, m
     monkeypatch.setattr(train_mod, "update", lambda *a, **k: (calls.append(1), real(*a, **k)))
     path = _recipe(tmp_path)
     before = set(tmp_path.rglob("*"))
-    assert main(["estimate", str(path), "--steps", "2", "--warmup", "1", "--hours", "1", "--device", "cpu"]) == 0
+    assert main(["estimate", str(path), "--steps", "2", "--warmup", "1", "--hours", "1", "--device", "cpu",
+                 "--executor", "ray"]) == 0
     out = capsys.readouterr().out
     assert len(calls) == 3 * (2 + 1)  # three trained models, warm-up + timed optimizer steps each
     steps = 40960 // (64 * 16)
@@ -57,7 +58,10 @@ def test_estimate_times_the_training_step_and_writes_nothing(tmp_path, capsys, m
     for what in ("tokenizer training", "tokenizing the training corpus", "tokenizing the perplexity sets"):
         assert what in prep
     assert "calibration" not in prep  # absmax does not calibrate
-    assert any(x.startswith("total: ") for x in out.splitlines())
+    total = next(x for x in out.splitlines() if x.startswith("total: ")).split()[1:-1]
+    # --executor ray: the Ray projection too, whose one slot is the local total
+    ray = next(x for x in out.splitlines() if x.startswith("executor ray, replayed through its dispatch"))
+    assert f"): 1 slot {' '.join(total)}, 2 slots " in ray, (total, ray)
     assert set(tmp_path.rglob("*")) == before  # no cache, no run folder
 
 

@@ -307,8 +307,10 @@ def test_executor_section_is_typed_and_not_in_the_hash(tmp_path, capsys):
 
 def test_run_flags_are_checked_before_anything_is_written(tmp_path, capsys):
     path = _recipe(tmp_path)
-    for argv, key in ([["--executor", "spark"], "executor.kind"], [["--address", "h:6379"], "--address"]):
-        assert main(["run", str(path), *argv]) == 2
+    for command, argv, key in (("run", ["--executor", "spark"], "executor.kind"),
+                               ("run", ["--address", "h:6379"], "--address"),
+                               ("estimate", ["--executor", "spark"], "executor.kind")):
+        assert main([command, str(path), *argv]) == 2
         err = capsys.readouterr().err.strip()
         assert err.count("\n") == 0 and key in err, err
     assert not (tmp_path / "out").exists() and not (tmp_path / "cache").exists()
