@@ -50,16 +50,12 @@ def slot_counts(n_items: int) -> list[int]:
 
 
 def ray_line(prepare_s: dict[str, float], cells: list[tuple[str, float]], prep_s: float, threads: int) -> str:
-    """The projection's line: the wall time on 1, 2, 4, ... cell slots (up to the first count no larger pool
-    improves on), after the driver's preparation (`prep_s`: tokenizer, tokenized texts)."""
+    """The projection's line: the wall time on 1, 2, 4, ... cell slots, up to the first count with the least wall
+    time of them all, after the driver's preparation (`prep_s`: tokenizer, tokenized texts)."""
     counts = slot_counts(len(prepare_s) + len(cells))
-    best = makespan(prepare_s, cells, counts[-1])
-    parts = []
-    for n in counts:
-        wall = makespan(prepare_s, cells, n)
-        parts.append(f"{n} slot{'s' if n > 1 else ''} {hms(prep_s + wall)}")
-        if wall <= best:
-            break
+    walls = [makespan(prepare_s, cells, n) for n in counts]
+    shown = walls.index(min(walls)) + 1  # no larger count does better (the pool's policy is greedy, not monotone)
+    parts = [f"{n} slot{'s' if n > 1 else ''} {hms(prep_s + wall)}" for n, wall in zip(counts[:shown], walls)]
     speed = f"{threads} torch thread" + ("s" if threads > 1 else "")
     return (f"executor ray, replayed through its dispatch (models prepared side by side, each model's cells once it "
             f"is ready; each cell slot as fast as this machine with its {speed}): "
