@@ -49,7 +49,16 @@ def slot_counts(n_items: int) -> list[int]:
     return counts + ([n_items] if n_items > counts[-1] else [])
 
 
-def ray_line(prepare_s: dict[str, float], cells: list[tuple[str, float]], prep_s: float, threads: int) -> str:
+def thread_hint(threads: int, cpus_per_cell: float) -> str:
+    """On a CPU, a note when this process's torch threads are not the threads a Ray actor runs (Ray sets
+    OMP_NUM_THREADS to its CPUs)."""
+    slot = max(1, int(cpus_per_cell))
+    return "" if slot == threads else (f" (a slot runs executor.cpus_per_cell = {slot} thread{'s' if slot > 1 else ''}: "
+                                       f"OMP_NUM_THREADS={slot} ptq-bench estimate ... times at that count)")
+
+
+def ray_line(prepare_s: dict[str, float], cells: list[tuple[str, float]], prep_s: float, threads: int,
+             hint: str = "") -> str:
     """The projection's line: the wall time on 1, 2, 4, ... cell slots, up to the first count with the least wall
     time of them all, after the driver's preparation (`prep_s`: tokenizer, tokenized texts)."""
     counts = slot_counts(len(prepare_s) + len(cells))
@@ -58,5 +67,5 @@ def ray_line(prepare_s: dict[str, float], cells: list[tuple[str, float]], prep_s
     parts = [f"{n} slot{'s' if n > 1 else ''} {hms(prep_s + wall)}" for n, wall in zip(counts[:shown], walls)]
     speed = f"{threads} torch thread" + ("s" if threads > 1 else "")
     return (f"executor ray, replayed through its dispatch (models prepared side by side, each model's cells once it "
-            f"is ready; each cell slot as fast as this machine with its {speed}): "
+            f"is ready; each cell slot as fast as this machine with its {speed}{hint}): "
             + ", ".join(parts) + f" (no more slots gain); not counted: {NOT_COUNTED}")

@@ -379,9 +379,11 @@ def test_a_ray_recipe_is_projected_through_the_pools_dispatch(tmp_path):
     projected durations through the pool's dispatch on 1, 2, ... slots; one slot is the local total. A cell waits
     for its model: the source's 17 s of loading, then its 0.5 s of perplexity, on any number of slots."""
     found = [Measured("fp16", "source", 1, 0.0, 0, 0.25, None, windows={"wikitext2": 8, "c4": 8}, load_s=17.0)]
-    threads = f"{torch.get_num_threads()} torch thread" + ("s" if torch.get_num_threads() > 1 else "")
+    n = torch.get_num_threads()
+    threads = f"{n} torch thread" + ("s" if n > 1 else "")
     for kind in ("ray", "local"):
-        recipe = load_recipe(_recipe(tmp_path, quantize=[], models={"fp16": {"kind": "fp16"}}, executor={"kind": kind}))
+        recipe = load_recipe(_recipe(tmp_path, quantize=[], models={"fp16": {"kind": "fp16"}},
+                                     executor={"kind": kind, "cpus_per_cell": n}))
         lines = report(recipe, found, "cpu", None)
         ray = [x for x in lines if x.startswith("executor ray")]
         assert ray == ([f"executor ray, replayed through its dispatch (models prepared side by side, each model's "
@@ -389,8 +391,12 @@ def test_a_ray_recipe_is_projected_through_the_pools_dispatch(tmp_path):
                         f"{threads}): 1 slot 17.5 s (no more slots gain); not counted: "
                         "each worker building the tasks and reading the tokenized texts, and opening a model it did "
                         "not prepare"] if kind == "ray" else []), lines
-    recipe = load_recipe(_recipe(tmp_path, executor={"kind": "ray"}))  # smoke: 3 models, 7 cells
+    # an actor of cpus_per_cell CPUs runs that many threads (Ray sets OMP_NUM_THREADS): said when timed otherwise
+    recipe = load_recipe(_recipe(tmp_path, executor={"kind": "ray", "cpus_per_cell": n + 1}))  # smoke: 3 models, 7 cells
     lines = report(recipe, _smoke_found(1.0, 2.5, 1.0), "cpu", None, {"fitting the BPE": 10.0})
+    assert f"{threads} (a slot runs executor.cpus_per_cell = {n + 1} threads: OMP_NUM_THREADS={n + 1} ptq-bench " \
+           "estimate ... times at that count)): " in next(x for x in lines if x.startswith("executor ray"))
+    assert "(a slot runs" not in next(x for x in report(recipe, _smoke_found(), "cuda", None) if x.startswith("executor"))
     total = next(x for x in lines if x.startswith("total: "))
     ray = next(x for x in lines if x.startswith("executor ray"))
     # 10 s of preparation; training 100 + 250 + 100 s; 7 cells x 1 s of perplexity (two sets of 8 windows)
