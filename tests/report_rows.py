@@ -33,3 +33,8 @@ def run_dir(parent: Path, rows: list[Any], layout: str | None = None, manifest: 
     for c in curves:
         (d / "curves" / f"{c['model']}.json").write_text(json.dumps(c, allow_nan=True), encoding="utf-8")
     return d
+
+
+def md_cells(line: str) -> list[str]:
+    """The stripped cells of one markdown table row ("| a | b |" -> ["a", "b"])."""
+    return [c.strip() for c in line.strip("|").split("|")]

@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import yaml
+from report_rows import md_cells
 from test_source_pipeline import checkpoint, tokenizer_dir  # noqa: F401  (a fixture)
 
 from ptq_bench.cli import main
@@ -57,10 +58,10 @@ def test_quantized_rows_carry_kld_against_the_base(tmp_path, tokenizer_dir, monk
             dppl = row.metrics[f"ppl_gptq/{tail}"] - base.metrics[f"ppl_gptq/{tail}"]
             assert abs(row.metrics[f"dppl/{tail}"] - dppl) <= 1e-9 * abs(dppl) + 1e-12
     table = (tmp_path / "out" / "table.md").read_text().splitlines()
-    head = [c.strip() for c in table[2].strip("|").split("|")]  # title, blank, header
+    head = md_cells(table[2])  # title, blank, header
     col, agree_col = head.index("kld/wikitext2/seq32/first3win/mean"), head.index("top1_agree/wikitext2/seq32/first3win")
     for line in table[4:7]:
-        cells = [c.strip() for c in line.strip("|").split("|")]
+        cells = md_cells(line)
         assert (cells[col] == "–") == (cells[1] == "none") and (cells[agree_col] == "–") == (cells[1] == "none")
     assert "top1_agree/wikitext2/seq32/first3win" in (tmp_path / "out" / "table.csv").read_text().splitlines()[0]
     assert (tmp_path / "out" / "kld_vs_bits.png").stat().st_size > 0

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from report_rows import row, run_dir
+from report_rows import md_cells, row, run_dir
 
 from ptq_bench.eval.harness import PAPER_TASKS, TASKS
 from ptq_bench.report import render
@@ -72,7 +72,7 @@ def _synthetic_run(tmp_path: Path, layout: str) -> Path:
 
 def _md_header(path: Path) -> list[str]:
     first = next(ln for ln in path.read_text(encoding="utf-8").splitlines() if ln.startswith("|"))
-    return [c.strip() for c in first.strip("|").split("|")]
+    return md_cells(first)
 
 
 @pytest.mark.parametrize("name", LAYOUT_NAMES)

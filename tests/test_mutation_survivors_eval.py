@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 import torch
 from quant_fixtures import add_outlier_channels, calib_tokens, quantized_copy, tiny_llama
-from report_rows import row, run_dir
+from report_rows import md_cells, row, run_dir
 
 from ptq_bench.errors import PtqBenchError
 from ptq_bench.eval.encoder import check_fits
@@ -105,7 +105,7 @@ def test_rows_that_ran_no_task_name_no_limit():
 
 
 def _seed_line(md: str, method: str) -> dict[str, str]:
-    lines = [[c.strip() for c in ln.strip("|").split("|")] for ln in md.splitlines() if ln.startswith("|")]
+    lines = [md_cells(ln) for ln in md.splitlines() if ln.startswith("|")]
     head = lines[0]
     return dict(zip(head, next(cells for cells in lines if method in cells)))
 

@@ -3,7 +3,7 @@ BitNet b1.58 Tables 1/2; copied from ../shared/reference/paper_tables.md), with 
 
 from __future__ import annotations
 
-from report_rows import row, run_dir
+from report_rows import md_cells, row, run_dir
 
 from ptq_bench.report import render
 from ptq_bench.report.fmt import to_latex, to_markdown
@@ -40,7 +40,7 @@ def _cells(text: str) -> list[list[str]]:
 
 
 def _md_rows(md: str) -> list[list[str]]:
-    return [[c.strip() for c in ln.strip("|").split("|")] for ln in md.splitlines()[2:]]
+    return [md_cells(ln) for ln in md.splitlines()[2:]]
 
 
 def test_the_b158_reference_prints_every_row_and_column_of_the_paper_as_printed():
@@ -61,7 +61,7 @@ def test_table3_paper_columns_print_the_papers_digits(tmp_path):
     d = run_dir(tmp_path, rows, layout="bitnet_table3")
     render(d)
     lines = [ln for ln in (d / "paper_table.md").read_text(encoding="utf-8").splitlines() if ln.startswith("|")]
-    head, *body = [[c.strip() for c in ln.strip("|").split("|")] for ln in lines if not ln.startswith("|---")]
+    head, *body = [md_cells(ln) for ln in lines if not ln.startswith("|---")]
     for cells in body:
         rec = dict(zip(head, cells))
         want = paper[(rec["WBits"], rec["Method"], rec["ABits"])]
@@ -122,7 +122,7 @@ def test_paper_tables_mark_a_model_that_diverged_in_training(tmp_path):
         render(d)
         ours = (d / "paper_table.md").read_text(encoding="utf-8").split("\n\n")[1]  # not the paper's own rows
         lines = [ln for ln in ours.splitlines() if ln.startswith("|")]
-        head, _, *body = [[c.strip() for c in ln.strip("|").split("|")] for ln in lines]
+        head, _, *body = [md_cells(ln) for ln in lines]
         recs = [dict(zip(head, cells)) for cells in body if len(cells) == len(head)]
         assert "diverged" in head, layout
         assert {r[name]: r["diverged"] for r in recs if r[name] in ("FP16", "LLaMA", "Absmax", "BitNet b1.58")} \
@@ -141,7 +141,7 @@ def test_table3_names_a_loaded_model_rather_than_passing_it_off_as_the_papers_tr
     d = run_dir(tmp_path, rows, manifest=json.dumps(manifest))
     render(d)
     lines = [ln for ln in (d / "paper_table.md").read_text(encoding="utf-8").splitlines() if ln.startswith("|")]
-    head, _, *body = [[c.strip() for c in ln.strip("|").split("|")] for ln in lines]
+    head, _, *body = [md_cells(ln) for ln in lines]
     assert head[0] == "Model" and [cells[0] for cells in body] == ["–", "sm", "sm"]  # the paper's Random row first
 
 
@@ -183,7 +183,7 @@ def test_table3_lists_the_papers_random_row_and_its_row_order(tmp_path):
     d = run_dir(tmp_path, rows, layout="bitnet_table3")
     render(d)
     lines = [ln for ln in (d / "paper_table.md").read_text(encoding="utf-8").splitlines() if ln.startswith("|")]
-    body = [[c.strip() for c in ln.strip("|").split("|")] for ln in lines[2:]]
+    body = [md_cells(ln) for ln in lines[2:]]
     assert [c[1] for c in body] == ["Random", "FP16", "GPTQ", "Absmax", "SmoothQuant"]
     assert body[0][-5:] == ["50.0", "50.0", "25.0", "50.0", "43.8"] and set(body[0][4:11]) == {"–"}
 

@@ -6,6 +6,8 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
+from report_rows import md_cells
+
 ROOT = Path(__file__).resolve().parents[1]
 METHODS = {"FP16": "none", "Absmax": "absmax", "SmoothQuant": "smoothquant", "GPTQ": "gptq", "QuIP": "quip"}
 COLUMNS = {"PPL (WikiText-2)": "ppl_gptq/wikitext2/seq512/first12win", "C4 PPL": "ppl_gptq/c4/seq512/first12win",
@@ -16,7 +18,7 @@ def _readme_table() -> list[dict[str, str]]:
     lines = (ROOT / "README.md").read_text(encoding="utf-8").splitlines()
     start = next(i for i, ln in enumerate(lines) if ln.startswith("| WBits") and "top-1 agree %" in ln)
     end = next(i for i in range(start, len(lines)) if not lines[i].startswith("|"))
-    head, _, *body = [[c.strip() for c in ln.strip("|").split("|")] for ln in lines[start:end]]
+    head, _, *body = [md_cells(ln) for ln in lines[start:end]]
     return [dict(zip(head, cells)) for cells in body]
 
 

@@ -8,7 +8,7 @@ import math
 from pathlib import Path
 
 import pytest
-from report_rows import row, run_dir
+from report_rows import md_cells, row, run_dir
 
 from ptq_bench.models.build import ArchConfig, build_model, weight_bytes
 from ptq_bench.report import plots as plots_mod
@@ -75,8 +75,8 @@ def _run_dir(tmp_path: Path, rows: list, layout: str | None = None, manifest: st
 def _md_cells(text: str) -> list[dict[str, str]]:
     """The first markdown table of `text` as {header: cell} per row."""
     lines = [ln for ln in text.splitlines() if ln.startswith("|")]
-    head = [c.strip() for c in lines[0].strip("|").split("|")]
-    return [dict(zip(head, [c.strip() for c in ln.strip("|").split("|")])) for ln in lines[2:] if not ln.startswith("|--")]
+    head = md_cells(lines[0])
+    return [dict(zip(head, md_cells(ln))) for ln in lines[2:] if not ln.startswith("|--")]
 
 
 def _nonfinite_rows():

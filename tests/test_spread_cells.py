@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from report_rows import row, run_dir
+from report_rows import md_cells, row, run_dir
 
 from ptq_bench.report import render
 
@@ -17,7 +17,7 @@ def _seed_rows(accs_on_seed0_only: bool = True) -> list[dict]:
 
 def _line(md: str, method: str) -> list[str]:
     line = next(ln for ln in md.splitlines() if f"| {method} |" in ln)
-    return [c.strip() for c in line.strip("|").split("|")]
+    return md_cells(line)
 
 
 def test_a_cell_measured_on_fewer_seeds_shows_them_not_a_dash(tmp_path):
@@ -33,7 +33,7 @@ def test_a_cell_measured_on_fewer_seeds_shows_them_not_a_dash(tmp_path):
 
 
 def _gptq_lines(md: str) -> list[list[str]]:
-    return [[c.strip() for c in ln.strip("|").split("|")] for ln in md.splitlines() if "| gptq |" in ln]
+    return [md_cells(ln) for ln in md.splitlines() if "| gptq |" in ln]
 
 
 def test_seeds_of_other_versions_or_devices_are_not_pooled(tmp_path):
