@@ -296,21 +296,21 @@ def report(recipe: Recipe, found: list[Measured], device: str, hours: float | No
     lines.append(f"total: {hms(total + sum((prep or {}).values()))} projected"
                  + (" (whole-set perplexity and KLD work not counted)" if windows_unknown(recipe, found) else ""))
     if recipe.executor.kind == "ray":
-        lines.append(_ray_line(recipe, device, found, per_cell, sum((prep or {}).values())))
+        lines.append(_ray_line(recipe, device, found, zip(cells, per_cell), sum((prep or {}).values())))
     lines.append("not projected: " + ("writing the KLD references, " if any(
         m.kld_bytes for m in found) else "") + "writing the report" + ("" if prep else " (the texts' tokenizing: no data folder)"))
     return lines
 
 
-def _ray_line(recipe: Recipe, device: str, found: list[Measured], per_cell: list[float], prep_s: float) -> str:
-    """The Ray projection (`estimate_ray`): each model's training or loading, then its cells' seconds."""
+def _ray_line(recipe: Recipe, device: str, found: list[Measured], cell_s: Any, prep_s: float) -> str:
+    """The Ray projection (`estimate_ray`): each model's training or loading, then its cells' seconds (`cell_s`:
+    (cell, seconds) pairs in `expand_cells`' order)."""
     import torch
 
-    cells, threads = expand_cells(recipe), torch.get_num_threads()
+    cells, threads = [(c.model, s) for c, s in cell_s], torch.get_num_threads()
     prepare = {m.name: m.train_s + m.load_s for m in found}
     hint = thread_hint(threads, recipe.executor.cpus_per_cell) if device == "cpu" else ""
-    return ray_line({name: prepare[name] for name in dict.fromkeys(c.model for c in cells)},
-                    [(c.model, s) for c, s in zip(cells, per_cell)], prep_s, threads, hint)
+    return ray_line({name: prepare[name] for name in dict.fromkeys(m for m, _ in cells)}, cells, prep_s, threads, hint)
 
 
 def _quant_lines(recipe: Recipe, found: list[Measured]) -> tuple[list[str], list[float]]:

@@ -49,11 +49,15 @@ def slot_counts(n_items: int) -> list[int]:
     return counts + ([n_items] if n_items > counts[-1] else [])
 
 
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" + ("s" if n > 1 else "")
+
+
 def thread_hint(threads: int, cpus_per_cell: float) -> str:
     """On a CPU, a note when this process's torch threads are not the threads a Ray actor runs (Ray sets
     OMP_NUM_THREADS to its CPUs)."""
     slot = max(1, int(cpus_per_cell))
-    return "" if slot == threads else (f" (a slot runs executor.cpus_per_cell = {slot} thread{'s' if slot > 1 else ''}: "
+    return "" if slot == threads else (f" (a slot runs executor.cpus_per_cell = {_count(slot, 'thread')}: "
                                        f"OMP_NUM_THREADS={slot} ptq-bench estimate ... times at that count)")
 
 
@@ -64,8 +68,7 @@ def ray_line(prepare_s: dict[str, float], cells: list[tuple[str, float]], prep_s
     counts = slot_counts(len(prepare_s) + len(cells))
     walls = [makespan(prepare_s, cells, n) for n in counts]
     shown = walls.index(min(walls)) + 1  # no larger count does better (the pool's policy is greedy, not monotone)
-    parts = [f"{n} slot{'s' if n > 1 else ''} {hms(prep_s + wall)}" for n, wall in zip(counts[:shown], walls)]
-    speed = f"{threads} torch thread" + ("s" if threads > 1 else "")
+    parts = [f"{_count(n, 'slot')} {hms(prep_s + wall)}" for n, wall in zip(counts[:shown], walls)]
     return (f"executor ray, replayed through its dispatch (models prepared side by side, each model's cells once it "
-            f"is ready; each cell slot as fast as this machine with its {speed}{hint}): "
+            f"is ready; each cell slot as fast as this machine with its {_count(threads, 'torch thread')}{hint}): "
             + ", ".join(parts) + f" (no more slots gain); not counted: {NOT_COUNTED}")
