@@ -52,6 +52,7 @@ from ptq_bench.estimate_ray import ray_line, thread_hint
 from ptq_bench.estimate_sets import kl_window, kld_part, ppl_lines, ppl_rows, set_sizes, windows_unknown
 from ptq_bench.estimate_zero_shot import SAMPLE_REPEATS, ZeroShot, sample_docs
 from ptq_bench.prepare import model_schedule
+from ptq_bench.ray_pool import cells_by_model
 from ptq_bench.recipe import Recipe, expand_cells
 
 UNREACHED = ("not projected: random calibration ids reached no token of an expert; the run's text is routed "
@@ -307,10 +308,11 @@ def _ray_line(recipe: Recipe, device: str, found: list[Measured], cell_s: Any, p
     (cell, seconds) pairs in `expand_cells`' order)."""
     import torch
 
-    cells, threads = [(c.model, s) for c, s in cell_s], torch.get_num_threads()
+    pairs, threads = list(cell_s), torch.get_num_threads()
     prepare = {m.name: m.train_s + m.load_s for m in found}
+    order = cells_by_model([c for c, _ in pairs])  # the order the pool prepares the models in
     hint = thread_hint(threads, recipe.executor.cpus_per_cell) if device == "cpu" else ""
-    return ray_line({name: prepare[name] for name in dict.fromkeys(m for m, _ in cells)}, cells, prep_s, threads, hint)
+    return ray_line({name: prepare[name] for name in order}, [(c.model, s) for c, s in pairs], prep_s, threads, hint)
 
 
 def _quant_lines(recipe: Recipe, found: list[Measured]) -> tuple[list[str], list[float]]:

@@ -7,24 +7,31 @@ a cluster's slots run `executor.cpus_per_cell` threads, or a GPU each, on their 
 from __future__ import annotations
 
 import heapq
-from typing import Any
+from typing import Any, NamedTuple
 
 from ptq_bench.console import hms
-from ptq_bench.ray_pool import next_work
+from ptq_bench.ray_pool import held, next_work
 
 NOT_COUNTED = ("each worker building the tasks and reading the tokenized texts, and opening a model it did not "
                "prepare")
 
 
+class _Cell(NamedTuple):
+    """A cell as the replay sees it: its model and its projected seconds."""
+
+    model: str
+    seconds: float
+
+
 def makespan(prepare_s: dict[str, float], cells: list[tuple[str, float]], slots: int) -> float:
     """Wall seconds of the pool's work on `slots` actors: the models (name -> seconds to train or load, in the
-    order the run hands them out) prepared side by side, and each model's cells ((model, seconds), in order)
-    once it is ready; after every call that ends, each idle actor (in order) takes `next_work`, as
-    `ray_pool.Dispatch.feed` hands it out."""
+    order the run hands them out: `ray_pool.cells_by_model`'s) prepared side by side, and each model's cells
+    ((model, seconds), in order) once it is ready; after every call that ends, each idle actor (in order) takes
+    `next_work`, as `ray_pool.Dispatch.feed` hands it out."""
     holds: list[str | None] = [None] * slots  # the model each actor keeps open
     ready: set[str] = set()
     preps = list(prepare_s)
-    left = {name: [(m, s) for m, s in cells if m == name] for name in prepare_s}
+    left = {name: [_Cell(m, s) for m, s in cells if m == name] for name in prepare_s}
     running: list[tuple[float, int, str, Any]] = []  # (end, actor, what, item): a heap
     t = 0.0
     while True:
@@ -32,8 +39,8 @@ def makespan(prepare_s: dict[str, float], cells: list[tuple[str, float]], slots:
         for actor in range(slots):
             if actor not in busy and (work := next_work(holds[actor], ready, left, preps)):
                 what, item = work
-                holds[actor] = item if what == "model" else item[0]
-                heapq.heappush(running, (t + (prepare_s[item] if what == "model" else item[1]), actor, what, item))
+                holds[actor] = held(what, item)
+                heapq.heappush(running, (t + (prepare_s[item] if what == "model" else item.seconds), actor, what, item))
         if not running:
             return t
         t, _, what, item = heapq.heappop(running)

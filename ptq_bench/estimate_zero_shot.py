@@ -57,9 +57,9 @@ class ZeroShot:
     def seconds(self, model: Any, own_tok: Any, evaluating: Any = contextlib.nullcontext) -> tuple[float, dict[str, float]]:
         """(seconds of one evaluate call's fixed cost, per task the model's projected seconds of work at the
         recipe's limit): a line through two timed samples (SAMPLE_DOCS and 3 x SAMPLE_DOCS documents per
-        task; one at a limit <= SAMPLE_DOCS), each the best of SAMPLE_REPEATS calls after its own warm-up call: a first call's new shapes
-        or one slow call would otherwise set the slope, so lm-eval's per-call cost is not scaled up with
-        the work. `evaluating()`: the context a forward runs in (an offloaded model's blocks streamed)."""
+        task; one at a limit <= SAMPLE_DOCS), each the best of SAMPLE_REPEATS calls after its own warm-up call
+        (a first call's new shapes or one slow call would otherwise set the slope), so lm-eval's per-call cost
+        is not scaled up with the work. `evaluating()`: the context a forward runs in (an offloaded model's blocks streamed)."""
         from ptq_bench.eval.work import model_sizes, weighted
 
         tok = self.prep.tokenizer(own_tok)  # the model's own, or the recipe's BPE (fitted once)

@@ -33,7 +33,7 @@ class Dispatch:
         self.sw, self.job, self.ex = sw, job, ex
         self.actor = ray.remote(actor_class).options(num_cpus=ex.cpus_per_cell, num_gpus=ex.gpus_per_cell,
                                                      max_restarts=0, max_task_retries=0)
-        self.left = {name: [c for c in sw.todo if c.model == name] for name in dict.fromkeys(c.model for c in sw.todo)}
+        self.left = cells_by_model(sw.todo)
         self.preps, self.ready = list(self.left), set()  # models to prepare; models prepared
         self.pending: dict[Any, tuple[str, Any, Any]] = {}  # ObjectRef -> ("model", name, actor) | ("cell", Cell, actor)
         self.holds: dict[Any, str | None] = {}  # actor -> the model it keeps open
@@ -78,7 +78,7 @@ class Dispatch:
             ref = actor.prepare.remote(self.job, item, self.left[item])
         else:
             ref = actor.run.remote(self.job, item)
-        self.holds[actor] = item if what == "model" else item.model
+        self.holds[actor] = held(what, item)
         self.pending[ref] = (what, item, actor)
 
     def done(self, what: str, item: Any, actor: Any, failed: str | None, lost: bool) -> None:
@@ -116,6 +116,16 @@ class Dispatch:
         stores nothing of it: the cache's own writes are whole or absent)."""
         for actor in list(self.holds):
             self.end(actor)
+
+
+def cells_by_model(cells: list[Any]) -> dict[str, list[Any]]:
+    """Model -> its cells, in order; the models in the order of their first cell (the order they are prepared in)."""
+    return {name: [c for c in cells if c.model == name] for name in dict.fromkeys(c.model for c in cells)}
+
+
+def held(what: str, item: Any) -> str:
+    """The model an actor keeps open after a call: the model it prepared, or its cell's model."""
+    return item if what == "model" else item.model
 
 
 def next_work(own: str | None, ready: set[str], left: dict[str, list[Any]], preps: list[str]) -> tuple[str, Any] | None:
