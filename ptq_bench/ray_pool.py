@@ -129,13 +129,15 @@ def held(what: str, item: Any) -> str:
 
 
 def next_work(own: str | None, ready: set[str], left: dict[str, list[Any]], preps: list[str]) -> tuple[str, Any] | None:
-    """An idle actor's next work, taken out of `left` (model -> its cells not handed out) or `preps` (models to
-    prepare): the next cell of the model it holds (`own`), else a model to prepare (models train side by side),
-    else the next cell of another ready model. `estimate_ray` replays it with projected durations."""
-    if own in ready and left[own]:
-        return "cell", left[own].pop(0)
+    """An idle actor's next work, taken out of `preps` (models to prepare) or `left` (model -> its cells not handed
+    out): a model to prepare (models train side by side, and a preparation is the long chain its cells wait on:
+    started first, it ends sooner, while actors without one run the ready models' cells), else the next cell of
+    the model it holds (`own`: no re-opening), else the next cell of another ready model. `estimate_ray` replays it
+    with projected durations."""
     if preps:
         return "model", preps.pop(0)
+    if own in ready and left[own]:
+        return "cell", left[own].pop(0)
     other = next((name for name in sorted(ready) if left[name]), None)
     return None if other is None else ("cell", left[other].pop(0))
 

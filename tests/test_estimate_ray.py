@@ -1,6 +1,6 @@
 """`estimate_ray`: the Ray projection replays the pool's own dispatch (`ray_pool.next_work`) over projected
-durations. Figures worked by hand from the policy: an actor runs its own model's cells, then prepares the next
-model, then takes another ready model's cells; no cell starts before its model is ready."""
+durations. Figures worked by hand from the policy: an actor prepares the next model while one is left, then runs
+its own model's cells, then takes another ready model's cells; no cell starts before its model is ready."""
 
 from __future__ import annotations
 
@@ -33,19 +33,19 @@ def test_an_idle_actor_takes_another_ready_models_cells():
 
 def test_the_projection_follows_the_pools_policy(monkeypatch):
     """The replay asks `ray_pool.next_work` itself. Models A (3 s, one cell of 3 s), B (6 s), C (7 s) on 2 slots:
-    actor 0 prepares A and runs its cell before it prepares C (3 + 3 + 7 = 13 s). A policy that prepared every
-    model first would give 10 s (C on actor 0 from 3 s; A's cell on actor 1 from 6 s)."""
+    actor 0 prepares A, then C (every preparation first) from 3 s; A's cell runs on actor 1 from 6 s: 10 s. The
+    pool's earlier policy (an actor ran its own model's cells before it prepared another) gave 13 s (3 + 3 + 7)."""
     from ptq_bench import ray_pool
 
-    def models_first(own, ready, left, preps):
-        if preps:
-            return "model", preps.pop(0)
+    def own_cells_first(own, ready, left, preps):
+        if own in ready and left[own]:
+            return "cell", left[own].pop(0)
         return ray_pool.next_work(own, ready, left, preps)
 
     prepare, cells = {"A": 3.0, "B": 6.0, "C": 7.0}, [("A", 3.0)]
-    assert makespan(prepare, cells, 2) == 13.0
-    monkeypatch.setattr(estimate_ray, "next_work", models_first)
     assert makespan(prepare, cells, 2) == 10.0
+    monkeypatch.setattr(estimate_ray, "next_work", own_cells_first)
+    assert makespan(prepare, cells, 2) == 13.0
 
 
 @pytest.mark.parametrize("n, counts", [(1, [1]), (2, [1, 2]), (7, [1, 2, 4, 7]), (8, [1, 2, 4, 8])])

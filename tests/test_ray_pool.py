@@ -98,6 +98,19 @@ def test_a_raised_call_fails_at_once_and_a_failed_model_takes_its_cells(cluster)
     assert not d.pending and not d.holds  # nothing left to do: every actor retired
 
 
+def test_an_actor_prepares_the_next_model_before_its_own_models_cells(cluster):
+    """2 slots, models a (2 cells), b, c: a's actor, once a is ready, prepares c (the long chain its cells wait on)
+    rather than run a's cells; b's actor, once b is ready, runs b's cell, then a's."""
+    d = _dispatch({"a": 2, "b": 1, "c": 1})
+    assert sorted(item for _, item, _ in d.pending.values()) == ["a", "b"]
+    assert _end(d, "model") == "a"
+    assert sorted(str(item) for w, item, _ in d.pending.values() if w == "model") == ["b", "c"]
+    assert _end(d, "model") == "b"
+    assert [c.model for w, c, _ in d.pending.values() if w == "cell"] == ["b"]
+    assert _end(d, "cell").model == "b"
+    assert [c.model for w, c, _ in d.pending.values() if w == "cell"] == ["a"]
+
+
 def test_the_pool_grows_with_the_cluster_while_there_is_work(cluster, capsys):
     cluster.slots = 1
     d = _dispatch({"m": 6})
