@@ -12,8 +12,8 @@ from typing import Any, NamedTuple
 from ptq_bench.console import hms
 from ptq_bench.ray_pool import held, next_work
 
-NOT_COUNTED = ("each worker building the tasks and reading the tokenized texts, and opening a model it did not "
-               "prepare")
+NOT_COUNTED = ("each worker building the tasks and reading the tokenized texts, and an actor opening each model it "
+               "moves to")
 
 
 class _Cell(NamedTuple):

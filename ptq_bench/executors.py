@@ -15,9 +15,9 @@ takes one call at a time from the driver:
   folder; the scratch lies in the shared cache under the run's token, and the driver removes it when the run
   ends); it returns the Row as a dict, with the evaluator's provenance.
 
-An actor keeps one model loaded (the last it opened) and is handed that model's cells first, then a model to
-prepare (models train side by side), then another ready model's cells: a model is loaded once per actor that
-runs it, not once per cell.
+An actor keeps one model loaded (the last it opened) and is handed a model still to prepare first (models train
+side by side), then that model's cells, then another ready model's cells (`ray_pool.next_work`): an actor opens
+a model when it moves to it, not for every cell.
 
 The driver checks each returned row (a complete `Row` of the cell it asked for) and appends it as it
 arrives, so resume, the lock and the manifest behave as locally. The pool follows the cluster (`ray_pool`):
@@ -131,7 +131,8 @@ class CellActor:
     """A Ray actor: one worker process of the run's pool (one per cell slot). It prepares models and runs cells,
     one call at a time, and keeps the last model it opened loaded: the model it trained or loaded, or the one its
     last cell ran on (each cell quantizes a copy; with `in_place` or `offload` the model itself, restored after
-    it). The driver hands it that model's cells first and kills the pool when the run ends."""
+    it). The driver hands it a model still to prepare first, then that model's cells (`ray_pool.next_work`), and
+    kills the pool when the run ends."""
 
     def prepare(self, job: Job, name: str, cells: list[Cell]) -> tuple[str, dict, dict]:
         return prepare_model(job, name, cells)
@@ -240,7 +241,7 @@ def make_job(sw: Sweep) -> Job:
 
 def drive(sw: Sweep, job: Job, ex: ExecutorSpec) -> None:
     """A pool of actors that follows the cluster's cell slots (`ray_pool.Dispatch`): each prepares a model or
-    runs a cell at a time, handed its own model's cells first; results are collected as they end."""
+    runs a cell at a time, as `ray_pool.next_work` hands them out; results are collected as they end."""
     import ray
 
     d = Dispatch(sw, job, ex, CellActor)

@@ -389,8 +389,8 @@ def test_a_ray_recipe_is_projected_through_the_pools_dispatch(tmp_path):
         assert ray == ([f"executor ray, replayed through its dispatch (models prepared side by side, each model's "
                         f"cells once it is ready; each cell slot as fast as this machine with its "
                         f"{threads}): 1 slot 17.5 s (no more slots gain); not counted: "
-                        "each worker building the tasks and reading the tokenized texts, and opening a model it did "
-                        "not prepare"] if kind == "ray" else []), lines
+                        "each worker building the tasks and reading the tokenized texts, and an actor opening each "
+                        "model it moves to"] if kind == "ray" else []), lines
     # an actor of cpus_per_cell CPUs runs that many threads (Ray sets OMP_NUM_THREADS): said when timed otherwise
     recipe = load_recipe(_recipe(tmp_path, executor={"kind": "ray", "cpus_per_cell": n + 1}))  # smoke: 3 models, 7 cells
     lines = report(recipe, _smoke_found(1.0, 2.5, 1.0), "cpu", None, {"fitting the BPE": 10.0})
