@@ -104,7 +104,7 @@ def test_an_actor_prepares_the_next_model_before_its_own_models_cells(cluster):
     d = _dispatch({"a": 2, "b": 1, "c": 1})
     assert sorted(item for _, item, _ in d.pending.values()) == ["a", "b"]
     assert _end(d, "model") == "a"
-    assert sorted(str(item) for w, item, _ in d.pending.values() if w == "model") == ["b", "c"]
+    assert sorted(item for w, item, _ in d.pending.values() if w == "model") == ["b", "c"]
     assert _end(d, "model") == "b"
     assert [c.model for w, c, _ in d.pending.values() if w == "cell"] == ["b"]
     assert _end(d, "cell").model == "b"
