@@ -10,7 +10,7 @@ import heapq
 from typing import Any, NamedTuple
 
 from ptq_bench.console import hms
-from ptq_bench.ray_pool import held, next_work
+from ptq_bench.ray_pool import cells_by_model, held, next_work
 
 NOT_COUNTED = ("each worker building the tasks and reading the tokenized texts, and an actor opening each model it "
                "moves to")
@@ -31,7 +31,7 @@ def makespan(prepare_s: dict[str, float], cells: list[tuple[str, float]], slots:
     holds: list[str | None] = [None] * slots  # the model each actor keeps open
     ready: set[str] = set()
     preps = list(prepare_s)
-    left = {name: [_Cell(m, s) for m, s in cells if m == name] for name in prepare_s}
+    left = {name: [] for name in prepare_s} | cells_by_model([_Cell(m, s) for m, s in cells])  # a model may have none
     running: list[tuple[float, int, str, Any]] = []  # (end, actor, what, item): a heap
     t = 0.0
     while True:
@@ -69,7 +69,7 @@ def thread_hint(threads: int, cpus_per_cell: float) -> str:
 
 
 def ray_line(prepare_s: dict[str, float], cells: list[tuple[str, float]], prep_s: float, threads: int,
-             hint: str = "") -> str:
+             hint: str) -> str:
     """The projection's line: the wall time on 1, 2, 4, ... cell slots, up to the first count with the least wall
     time of them all, after the driver's preparation (`prep_s`: tokenizer, tokenized texts)."""
     counts = slot_counts(len(prepare_s) + len(cells))
