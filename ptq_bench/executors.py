@@ -16,7 +16,7 @@ takes one call at a time from the driver:
   ends); it returns the Row as a dict, with the evaluator's provenance.
 
 An actor keeps one model loaded (the last it opened) and is handed a model still to prepare first (models train
-side by side), then that model's cells, then another ready model's cells (`ray_pool.next_work`): an actor opens
+side by side), then the cells of the model it holds, then another ready model's cells (`ray_pool.next_work`): an actor opens
 a model when it moves to it, not for every cell.
 
 The driver checks each returned row (a complete `Row` of the cell it asked for) and appends it as it
@@ -131,8 +131,8 @@ class CellActor:
     """A Ray actor: one worker process of the run's pool (one per cell slot). It prepares models and runs cells,
     one call at a time, and keeps the last model it opened loaded: the model it trained or loaded, or the one its
     last cell ran on (each cell quantizes a copy; with `in_place` or `offload` the model itself, restored after
-    it). The driver hands it a model still to prepare first, then that model's cells (`ray_pool.next_work`), and
-    kills the pool when the run ends."""
+    it). The driver hands it its calls in the order `ray_pool.next_work` gives, and kills the pool when the run
+    ends."""
 
     def prepare(self, job: Job, name: str, cells: list[Cell]) -> tuple[str, dict, dict]:
         return prepare_model(job, name, cells)
