@@ -15,9 +15,9 @@ takes one call at a time from the driver:
   folder; the scratch lies in the shared cache under the run's token, and the driver removes it when the run
   ends); it returns the Row as a dict, with the evaluator's provenance.
 
-An actor keeps one model loaded (the last it opened) and is handed a model still to prepare first (models train
-side by side), then the cells of the model it holds, then another ready model's cells (`ray_pool.next_work`): an actor opens
-a model when it moves to it, not for every cell.
+An actor keeps one model loaded (the last it opened) and is handed a model still to prepare first (models
+train side by side), then the cells of the model it holds, then another ready model's cells
+(`ray_pool.next_work`): an actor opens a model when it moves to it, not for every cell.
 
 The driver checks each returned row (a complete `Row` of the cell it asked for) and appends it as it
 arrives, so resume, the lock and the manifest behave as locally. The pool follows the cluster (`ray_pool`):
