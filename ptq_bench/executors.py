@@ -131,8 +131,8 @@ class CellActor:
     """A Ray actor: one worker process of the run's pool (one per cell slot). It prepares models and runs cells,
     one call at a time, and keeps the last model it opened loaded: the model it trained or loaded, or the one its
     last cell ran on (each cell quantizes a copy; with `in_place` or `offload` the model itself, restored after
-    it). The driver hands it its calls in the order `ray_pool.next_work` gives, and kills the pool when the run
-    ends."""
+    it). The driver hands it its calls in the order `ray_pool.next_work` gives, and kills the pool when the
+    run ends."""
 
     def prepare(self, job: Job, name: str, cells: list[Cell]) -> tuple[str, dict, dict]:
         return prepare_model(job, name, cells)

@@ -402,8 +402,8 @@ def test_a_ray_recipe_is_projected_through_the_pools_dispatch(tmp_path):
     # 10 s of preparation; training 100 + 250 + 100 s; 7 cells x 1 s of perplexity (two sets of 8 windows)
     assert total == "total: 7 min 47 s projected"
     # one slot: the local total. Two: bitnet_b158 trains 250 s on one, then its cell; on the other fp16 trains
-    # 100 s, then bitnet_b1 (a preparation before the cells of the model an actor holds) 100 s and its cell, then
-    # fp16's 5 cells: 10 + max(251, 206) s. No pool does better than the longest model + cell.
+    # 100 s, then bitnet_b1 (a preparation before the cells of the model an actor holds) 100 s and its cell,
+    # then fp16's 5 cells: 10 + max(251, 206) s. No pool does better than the longest model + cell.
     assert "1 slot 7 min 47 s, 2 slots 4 min 21 s (no more slots gain)" in ray, ray
 
 
